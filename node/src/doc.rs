@@ -1,0 +1,272 @@
+//! The content model inside automerge documents: how records map onto automerge maps.
+//!
+//! Members live at the root of their unit's members document, one map per record keyed by
+//! the record id. Each field is its own map entry, so concurrent edits of different fields of
+//! the same member (a township correcting a name while the village updates education) merge
+//! without loss. A profile holds the unit's name and its registered children (a map used as
+//! a set, so additions merge too).
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use grassroots_schema::{
+    ActorTag, Education, Gender, Member, MemberId, MemberPatch, MemberStatus, NewMember,
+    RecordId, UnitId, UnitProfile,
+};
+
+/// A failure inside automerge while writing a record.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    /// automerge refused the operation.
+    #[error("automerge: {0}")]
+    Automerge(#[from] AutomergeError),
+    /// The record to update does not exist in the document.
+    #[error("no record {0}")]
+    NoSuchRecord(RecordId),
+}
+
+/// A fresh actor for `unit`: the unit in the id, a random nonce per process.
+pub fn actor_for(unit: &UnitId, nonce: [u8; 8]) -> ActorId {
+    ActorId::from(ActorTag::encode(unit, nonce))
+}
+
+/// An empty document that will author changes as `actor`.
+pub fn empty(actor: &ActorId) -> Automerge {
+    Automerge::new().with_actor(actor.clone())
+}
+
+/// Add a member record.
+pub fn create_member(doc: &mut Automerge, record: RecordId, m: &NewMember) -> Result<(), DocError> {
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        let obj = tx.put_object(ROOT, record.to_string(), ObjType::Map)?;
+        tx.put(&obj, "name", m.name.trim())?;
+        tx.put(&obj, "birthYear", m.birth_year)?;
+        tx.put(&obj, "gender", m.gender.as_str())?;
+        tx.put(&obj, "education", m.education.as_str())?;
+        tx.put(&obj, "joinedOn", m.joined_on.as_str())?;
+        tx.put(&obj, "status", m.status.as_str())?;
+        Ok(())
+    })
+    .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(())
+}
+
+/// Change the fields a patch names, leaving the others to merge with concurrent edits.
+pub fn update_member(doc: &mut Automerge, record: RecordId, p: &MemberPatch) -> Result<(), DocError> {
+    let obj = match doc.get(ROOT, record.to_string())? {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        _ => return Err(DocError::NoSuchRecord(record)),
+    };
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        if let Some(v) = &p.name {
+            tx.put(&obj, "name", v.trim())?;
+        }
+        if let Some(v) = p.birth_year {
+            tx.put(&obj, "birthYear", v)?;
+        }
+        if let Some(v) = p.gender {
+            tx.put(&obj, "gender", v.as_str())?;
+        }
+        if let Some(v) = p.education {
+            tx.put(&obj, "education", v.as_str())?;
+        }
+        if let Some(v) = &p.joined_on {
+            tx.put(&obj, "joinedOn", v.as_str())?;
+        }
+        if let Some(v) = p.status {
+            tx.put(&obj, "status", v.as_str())?;
+        }
+        Ok(())
+    })
+    .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(())
+}
+
+fn get_str(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Str(t) => Some(t.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn get_int(doc: &Automerge, obj: &ObjId, key: &str) -> Option<i64> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => match s.as_ref() {
+            ScalarValue::Int(i) => Some(*i),
+            ScalarValue::Uint(u) => i64::try_from(*u).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Every well-formed member record of `unit`'s members document. A record that does not
+/// parse (an authorised but buggy writer) is skipped and logged, never fatal.
+pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
+    let mut out = Vec::new();
+    for key in doc.keys(ROOT) {
+        let Ok(record) = key.parse::<RecordId>() else {
+            tracing::warn!(%unit, key, "members document has a non-record key");
+            continue;
+        };
+        let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, &key) else {
+            continue;
+        };
+        let member = (|| {
+            Some(Member {
+                id: MemberId {
+                    unit: unit.clone(),
+                    record,
+                },
+                name: get_str(doc, &obj, "name")?,
+                birth_year: get_int(doc, &obj, "birthYear")?,
+                gender: Gender::parse(&get_str(doc, &obj, "gender")?)?,
+                education: Education::parse(&get_str(doc, &obj, "education")?)?,
+                joined_on: get_str(doc, &obj, "joinedOn")?,
+                status: MemberStatus::parse(&get_str(doc, &obj, "status")?)?,
+            })
+        })();
+        match member {
+            Some(m) => out.push(m),
+            None => tracing::warn!(%unit, %record, "member record is incomplete; skipped"),
+        }
+    }
+    out
+}
+
+/// Write the profile fields that differ from what the document holds; no change when equal,
+/// so a restart does not grow the history.
+pub fn set_profile(doc: &mut Automerge, name: &str, children: &[UnitId]) -> Result<bool, DocError> {
+    let current_name = get_str(doc, &ROOT, "name");
+    let kids = match doc.get(ROOT, "children")? {
+        Some((Value::Object(ObjType::Map), id)) => Some(id),
+        _ => None,
+    };
+    let missing: Vec<&UnitId> = children
+        .iter()
+        .filter(|c| match &kids {
+            Some(k) => doc.get(k, c.as_str()).ok().flatten().is_none(),
+            None => true,
+        })
+        .collect();
+    if current_name.as_deref() == Some(name) && missing.is_empty() && kids.is_some() {
+        return Ok(false);
+    }
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        if current_name.as_deref() != Some(name) {
+            tx.put(ROOT, "name", name)?;
+        }
+        let kids = match &kids {
+            Some(k) => k.clone(),
+            None => tx.put_object(ROOT, "children", ObjType::Map)?,
+        };
+        for c in &missing {
+            tx.put(&kids, c.as_str(), true)?;
+        }
+        Ok(())
+    })
+    .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(true)
+}
+
+/// The profile a document describes, if it has a name yet.
+pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
+    let name = get_str(doc, &ROOT, "name")?;
+    let mut children = Vec::new();
+    if let Ok(Some((Value::Object(ObjType::Map), kids))) = doc.get(ROOT, "children") {
+        for k in doc.keys(&kids) {
+            match k.parse::<UnitId>() {
+                Ok(c) if c.parent().as_ref() == Some(unit) => children.push(c),
+                _ => tracing::warn!(%unit, key = k, "profile lists a unit that is not a child"),
+            }
+        }
+    }
+    Some(UnitProfile {
+        id: unit.clone(),
+        name,
+        children,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::sync::{self, SyncDoc};
+
+    fn unit(s: &str) -> UnitId {
+        s.parse().unwrap()
+    }
+
+    fn sample() -> NewMember {
+        NewMember {
+            name: "Wang Fang".into(),
+            birth_year: 1988,
+            gender: Gender::Female,
+            education: Education::SeniorSecondary,
+            joined_on: "2012-07-01".into(),
+            status: MemberStatus::Full,
+        }
+    }
+
+    fn sync_pair(a: &mut Automerge, b: &mut Automerge) {
+        let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+        for _ in 0..20 {
+            let m1 = a.generate_sync_message(&mut sa);
+            if let Some(m) = m1.clone() {
+                b.receive_sync_message(&mut sb, m).unwrap();
+            }
+            let m2 = b.generate_sync_message(&mut sb);
+            if let Some(m) = m2.clone() {
+                a.receive_sync_message(&mut sa, m).unwrap();
+            }
+            if m1.is_none() && m2.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not settle");
+    }
+
+    #[test]
+    fn concurrent_field_edits_both_survive() {
+        let v = unit("c01/k01/t01/v01");
+        let t = unit("c01/k01/t01");
+        let mut village = empty(&actor_for(&v, [1; 8]));
+        let rec = RecordId::from_u64(7);
+        create_member(&mut village, rec, &sample()).unwrap();
+        let mut township = empty(&actor_for(&t, [2; 8]));
+        sync_pair(&mut village, &mut township);
+        update_member(&mut township, rec, &MemberPatch { name: Some("Wang Fang (corrected)".into()), ..Default::default() }).unwrap();
+        update_member(&mut village, rec, &MemberPatch { education: Some(Education::College), ..Default::default() }).unwrap();
+        sync_pair(&mut village, &mut township);
+        for d in [&village, &township] {
+            let m = &read_members(d, &v)[0];
+            assert_eq!(m.name, "Wang Fang (corrected)");
+            assert_eq!(m.education, Education::College);
+        }
+    }
+
+    #[test]
+    fn profile_is_written_once() {
+        let u = unit("c01/k01");
+        let mut d = empty(&actor_for(&u, [3; 8]));
+        let kids = vec![unit("c01/k01/t01"), unit("c01/k01/t02")];
+        assert!(set_profile(&mut d, "Eastern County", &kids).unwrap());
+        assert!(!set_profile(&mut d, "Eastern County", &kids).unwrap(), "no-op rewrite");
+        let p = read_profile(&d, &u).unwrap();
+        assert_eq!(p.name, "Eastern County");
+        assert_eq!(p.children, kids);
+    }
+
+    #[test]
+    fn updating_a_missing_record_is_an_error() {
+        let u = unit("c01");
+        let mut d = empty(&actor_for(&u, [4; 8]));
+        assert!(matches!(
+            update_member(&mut d, RecordId::from_u64(1), &MemberPatch::default()),
+            Err(DocError::NoSuchRecord(_))
+        ));
+    }
+}

@@ -1,0 +1,443 @@
+//! The network shell: QUIC endpoints, frames on a stream, the hello, and the link tasks.
+//!
+//! One QUIC connection per link, one bidirectional stream on it. The child dials its parent
+//! and redials with exponential backoff and jitter; the parent accepts its registered
+//! children only. A link is trusted only after the application hello is answered: a client
+//! whose certificate the server rejected still sees `connect` succeed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grassroots_schema::UnitId;
+use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::pki::{self, Identity, PkiError};
+use crate::store::StoreHandle;
+use crate::sync::wire::{self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError};
+
+/// QUIC application close codes.
+pub mod close {
+    use quinn::VarInt;
+    /// Orderly shutdown.
+    pub const BYE: VarInt = VarInt::from_u32(0);
+    /// The peer is not a registered parent or child, or its certificate was issued by the
+    /// wrong CA.
+    pub const NOT_ADJACENT: VarInt = VarInt::from_u32(1);
+    /// The hello was missing, late or incompatible.
+    pub const HANDSHAKE: VarInt = VarInt::from_u32(2);
+    /// A frame over the size cap.
+    pub const TOO_LARGE: VarInt = VarInt::from_u32(3);
+}
+
+/// Link timing and limits, set on purpose rather than left at quinn's defaults.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// QUIC keep-alive (quinn's default is none).
+    pub keep_alive: Duration,
+    /// Idle timeout after which a silent link is declared dead.
+    pub idle_timeout: Duration,
+    /// First redial delay.
+    pub backoff_min: Duration,
+    /// Longest redial delay.
+    pub backoff_max: Duration,
+    /// Time allowed for connect + hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A network failure on one link.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// TLS or certificate setup failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Binding or configuring the endpoint failed.
+    #[error("endpoint: {0}")]
+    Endpoint(String),
+    /// Starting a connection failed.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was closed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to the stream failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading from the stream failed.
+    #[error("read: {0}")]
+    Read(String),
+    /// A frame over [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the cap")]
+    TooLarge(usize),
+    /// The handshake broke a rule.
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// The peer refused us.
+    #[error("refused by peer: {reason:?}: {detail}")]
+    Refused {
+        /// Why.
+        reason: RejectReason,
+        /// Detail.
+        detail: String,
+    },
+    /// Timed out.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl NetError {
+    /// Whether retrying soon cannot help: the certificate or adjacency was refused.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            NetError::Refused { reason, .. } => {
+                matches!(reason, RejectReason::NotAdjacent | RejectReason::Version)
+            }
+            NetError::Connection(quinn::ConnectionError::TransportError(e)) => {
+                // TLS alerts (bad or unknown certificate) arrive as crypto errors.
+                e.code.to_string().contains("crypto")
+            }
+            NetError::Connection(quinn::ConnectionError::ConnectionClosed(c)) => {
+                c.error_code.to_string().contains("crypto")
+            }
+            NetError::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                c.error_code == close::NOT_ADJACENT
+            }
+            _ => false,
+        }
+    }
+}
+
+fn transport(cfg: &LinkConfig) -> Result<quinn::TransportConfig, NetError> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(cfg.keep_alive));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| NetError::Endpoint(e.to_string()))?,
+    ));
+    // One stream per link; a few spare for future use.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(4));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Bounded buffers: quinn's per-connection receive window is unbounded by default.
+    t.stream_receive_window(VarInt::from_u32(4 << 20));
+    t.receive_window(VarInt::from_u32(8 << 20));
+    t.send_window(8 << 20);
+    // Random loss on village links is not congestion: BBR does not collapse on it.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    Ok(t)
+}
+
+/// A QUIC endpoint that serves children and dials the parent with this identity.
+pub fn endpoint(identity: &Identity, listen: SocketAddr, cfg: &LinkConfig) -> Result<Endpoint, NetError> {
+    let transport = Arc::new(transport(cfg)?);
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    let mut ep = Endpoint::server(server, listen).map_err(|e| NetError::Endpoint(format!("bind {listen}: {e}")))?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// Write one frame.
+pub async fn write_frame(send: &mut SendStream, msg: &Msg) -> Result<(), NetError> {
+    let body = wire::encode(msg);
+    if body.len() > MAX_FRAME {
+        return Err(NetError::TooLarge(body.len()));
+    }
+    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    send.write_all(&body).await?;
+    Ok(())
+}
+
+/// Read one frame: `Ok(None)` when the peer finished the stream cleanly; an inner `Err` for
+/// a frame that arrived whole but does not decode (the link can go on).
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Result<Msg, WireError>>, NetError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(NetError::Read(e.to_string())),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(NetError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| NetError::Read(e.to_string()))?;
+    Ok(Some(wire::decode(&body)))
+}
+
+fn hello(identity: &Identity) -> Msg {
+    Msg::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        unit: identity.unit.clone(),
+        software: concat!("grassroots ", env!("CARGO_PKG_VERSION")).to_owned(),
+    })
+}
+
+/// The peer's unit from its verified certificate, checked to be `expected` (when given)
+/// and to have been issued by the CA of the peer's parent.
+fn verify_peer(conn: &Connection, identity: &Identity) -> Result<UnitId, NetError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| NetError::Handshake("peer presented no certificate".into()))?;
+    let (unit, issuer) = pki::peer_unit(&certs, &identity.deployment)?;
+    if issuer != pki::expected_issuer(&unit, &identity.deployment) {
+        return Err(NetError::Refused {
+            reason: RejectReason::NotAdjacent,
+            detail: format!("certificate of {unit} issued by {issuer:?}, not by its parent's CA"),
+        });
+    }
+    Ok(unit)
+}
+
+/// An established, hello-checked link.
+pub struct Link {
+    /// The connection.
+    pub conn: Connection,
+    /// Our half of the link's stream.
+    pub send: SendStream,
+    /// Their half.
+    pub recv: RecvStream,
+    /// The unit at the other end.
+    pub peer: UnitId,
+}
+
+/// Dial `parent` at `addr` and complete the hello. Used by the dial loop and by tests that
+/// play a (possibly hostile) child.
+pub async fn connect_parent(
+    endpoint: &Endpoint,
+    identity: &Identity,
+    parent: &UnitId,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Link, NetError> {
+    let fut = async {
+        let server_name = parent.dns_name(&identity.deployment);
+        let conn = endpoint.connect(addr, &server_name)?.await?;
+        let peer = verify_peer(&conn, identity)?;
+        if &peer != parent {
+            conn.close(close::NOT_ADJACENT, b"not my parent");
+            return Err(NetError::Refused {
+                reason: RejectReason::NotAdjacent,
+                detail: format!("{peer} answered for {parent}"),
+            });
+        }
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &hello(identity)).await?;
+        match read_frame(&mut recv).await? {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => Ok(Link { conn, send, recv, peer }),
+            Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!("hello from {} version {}", h.unit, h.version))),
+            Some(Ok(Msg::Reject { reason, detail, .. })) => Err(NetError::Refused { reason, detail }),
+            Some(Ok(other)) => Err(NetError::Handshake(format!("expected hello, got {other:?}"))),
+            Some(Err(e)) => Err(NetError::Handshake(e.to_string())),
+            None => Err(NetError::Handshake("parent closed the stream".into())),
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| NetError::Timeout)?
+}
+
+async fn accept_child(
+    incoming: quinn::Incoming,
+    identity: &Identity,
+    children: &[UnitId],
+    timeout: Duration,
+) -> Result<Link, NetError> {
+    let fut = async {
+        let conn = incoming.await?;
+        let peer = match verify_peer(&conn, identity) {
+            Ok(p) => p,
+            Err(e) => {
+                conn.close(close::NOT_ADJACENT, b"certificate not issued by the peer's parent");
+                return Err(e);
+            }
+        };
+        if !children.contains(&peer) {
+            conn.close(close::NOT_ADJACENT, b"not a registered child");
+            return Err(NetError::Refused {
+                reason: RejectReason::NotAdjacent,
+                detail: format!("{peer} is not a registered child of {}", identity.unit),
+            });
+        }
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        match read_frame(&mut recv).await? {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => {
+                write_frame(&mut send, &hello(identity)).await?;
+                Ok(Link { conn, send, recv, peer })
+            }
+            Some(Ok(Msg::Hello(h))) if h.version != PROTOCOL_VERSION => {
+                let reject = Msg::Reject {
+                    reason: RejectReason::Version,
+                    doc: None,
+                    detail: format!("protocol version {} not supported", h.version),
+                };
+                let _ = write_frame(&mut send, &reject).await;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                conn.close(close::HANDSHAKE, b"version");
+                Err(NetError::Handshake(format!("version {}", h.version)))
+            }
+            other => {
+                conn.close(close::HANDSHAKE, b"expected hello");
+                Err(NetError::Handshake(format!("expected a hello naming {peer}, got {other:?}")))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| NetError::Timeout)?
+}
+
+/// Run a link until it ends or `cancel` fires: register with the store, pump frames both
+/// ways, unregister. Reading and writing are two futures so neither is cancelled mid-frame.
+pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken) {
+    let Link { conn, mut send, mut recv, peer } = link;
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    if store.peer_up(peer.clone(), out_tx.clone()).await.is_err() {
+        conn.close(close::BYE, b"shutting down");
+        return;
+    }
+    tracing::info!(%peer, remote = %conn.remote_address(), "link up");
+    let reader = async {
+        loop {
+            match read_frame(&mut recv).await {
+                Ok(Some(Ok(msg))) => {
+                    if store.from_peer(peer.clone(), msg).await.is_err() {
+                        return "store closed".to_owned();
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(%peer, "malformed frame: {e}");
+                    let _ = out_tx.send(Msg::Reject {
+                        reason: RejectReason::Malformed,
+                        doc: None,
+                        detail: e.to_string(),
+                    });
+                }
+                Ok(None) => return "peer finished the stream".to_owned(),
+                Err(NetError::TooLarge(n)) => {
+                    conn.close(close::TOO_LARGE, b"frame over the size cap");
+                    return format!("peer sent a {n} byte frame; link closed");
+                }
+                Err(e) => return e.to_string(),
+            }
+        }
+    };
+    let writer = async {
+        while let Some(msg) = out_rx.recv().await {
+            if let Err(e) = write_frame(&mut send, &msg).await {
+                return e.to_string();
+            }
+        }
+        "outbox closed".to_owned()
+    };
+    let why = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => "shutting down".to_owned(),
+        r = reader => r,
+        w = writer => w,
+    };
+    store.peer_down(peer.clone()).await;
+    // Orderly end: finish our stream and give the peer a moment to read it before closing,
+    // since close() drops data in flight.
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    conn.close(close::BYE, b"bye");
+    tracing::info!(%peer, "link down: {why}");
+}
+
+/// Accept children until cancelled; each accepted link runs on `tasks`.
+pub async fn accept_loop(
+    endpoint: Endpoint,
+    identity: Arc<Identity>,
+    children: Arc<Vec<UnitId>>,
+    store: StoreHandle,
+    cfg: LinkConfig,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+        };
+        let (identity, children, store, cancel) = (identity.clone(), children.clone(), store.clone(), cancel.clone());
+        let timeout = cfg.handshake_timeout;
+        tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            match accept_child(incoming, &identity, &children, timeout).await {
+                Ok(link) => run_link(link, store, cancel).await,
+                Err(e) => tracing::warn!(%remote, "refused an incoming link: {e}"),
+            }
+        });
+    }
+}
+
+/// Keep a link to the parent up until cancelled: dial, run, redial with backoff + jitter. A
+/// refused certificate or adjacency is permanent: it is logged loudly and retried only at the
+/// slowest pace, never in a hot loop.
+pub async fn dial_loop(
+    endpoint: Endpoint,
+    identity: Arc<Identity>,
+    parent: UnitId,
+    addr: SocketAddr,
+    store: StoreHandle,
+    cfg: LinkConfig,
+    cancel: CancellationToken,
+) {
+    let rng = SystemRandom::new();
+    let mut backoff = cfg.backoff_min;
+    while !cancel.is_cancelled() {
+        let started = Instant::now();
+        let mut delay = backoff;
+        match connect_parent(&endpoint, &identity, &parent, addr, cfg.handshake_timeout).await {
+            Ok(link) => {
+                run_link(link, store.clone(), cancel.clone()).await;
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = cfg.backoff_min;
+                    delay = backoff;
+                }
+            }
+            Err(e) if e.is_permanent() => {
+                tracing::error!(%parent, %addr, "parent refused this node ({e}); will not retry before {:?}", cfg.backoff_max * 4);
+                delay = cfg.backoff_max * 4;
+            }
+            Err(e) => tracing::debug!(%parent, %addr, "dial failed: {e}; retry in {delay:?}"),
+        }
+        // Jitter in [0.75, 1.25) so a county's villages do not redial in lockstep.
+        let mut b = [0u8; 2];
+        let jitter = if rng.fill(&mut b).is_ok() {
+            0.75 + f64::from(u16::from_be_bytes(b)) / 131_072.0
+        } else {
+            1.0
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}

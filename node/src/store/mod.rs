@@ -1,0 +1,750 @@
+//! The store: one actor owns redb and the hosted automerge documents.
+//!
+//! Everything that changes state goes through [`StoreHandle`] to the actor thread, which
+//! drains its inbox in batches, applies each command to the sync [`Engine`], then commits the
+//! whole batch in one redb write transaction (group commit: many writers share one fsync) and
+//! only then answers callers and sends sync messages to peers. So an acknowledged write is
+//! durable, and a node forwards only what it has stored. Reads of the query views go through
+//! [`StoreReader`] and never touch the actor.
+
+mod reader;
+pub mod tables;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use automerge::{Automerge, ChangeHash};
+use grassroots_schema::{
+    DocId, DocKind, DocMeta, Member, MemberId, MemberPatch, NewMember, RecordError, RecordId,
+    Role, UnitId,
+};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::{mpsc, oneshot};
+
+pub use reader::{MemberCursor, MemberPage, StoreReader};
+use tables::*;
+
+use crate::doc::{self, DocError};
+use crate::sync::wire::{self, Msg};
+use crate::sync::{Engine, Rejection};
+
+/// Incremental change rows per document before they are folded into a snapshot.
+const SNAPSHOT_EVERY: u32 = 64;
+/// Most commands applied in one commit.
+const MAX_BATCH: usize = 512;
+/// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
+const INBOX: usize = 4096;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// redb failed.
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    /// Another process (a running node) holds the database.
+    #[error("the store at {0} is in use by another process (is the node running?)")]
+    Locked(String),
+    /// Stored bytes do not decode.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The actor has stopped.
+    #[error("the store has shut down")]
+    Closed,
+    /// The store's random source failed.
+    #[error("no randomness available")]
+    Random,
+}
+
+/// Why a write was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// Field validation failed.
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
+    /// The record does not exist here.
+    #[error("no member {0}")]
+    NotFound(MemberId),
+    /// The node may not hold or author this document (rules 1 and 2).
+    #[error("{}", .0.detail)]
+    Refused(Rejection),
+    /// automerge failed.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    /// Storage failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+type Reply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+enum Command {
+    CreateMember {
+        unit: UnitId,
+        member: NewMember,
+        reply: oneshot::Sender<Result<Member, WriteError>>,
+    },
+    UpdateMember {
+        id: MemberId,
+        patch: MemberPatch,
+        reply: oneshot::Sender<Result<Member, WriteError>>,
+    },
+    SetProfile {
+        name: String,
+        children: Vec<UnitId>,
+        reply: oneshot::Sender<Result<(), WriteError>>,
+    },
+    AddUser {
+        token_hash: [u8; 32],
+        unit: UnitId,
+        role: Role,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    PeerUp {
+        peer: UnitId,
+        outbox: mpsc::UnboundedSender<Msg>,
+        reply: oneshot::Sender<()>,
+    },
+    PeerDown {
+        peer: UnitId,
+    },
+    FromPeer {
+        peer: UnitId,
+        msg: Msg,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to the store actor.
+///
+/// Lifecycle: [`open`] spawns the actor thread and returns the first handle and a
+/// [`StoreThread`]. The actor runs until [`StoreThread::shutdown`] (which flushes sync
+/// states and joins the thread) or until every handle is dropped.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Owner of the actor thread.
+#[derive(Debug)]
+pub struct StoreThread {
+    handle: StoreHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StoreThread {
+    /// Ask the actor to persist what it holds and stop, then wait for it.
+    pub async fn shutdown(mut self) {
+        let (reply, rx) = oneshot::channel();
+        if self.handle.tx.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Open (or create) the store at `path` for the node of `me`: load every document, check
+/// the layout, and start the actor.
+pub fn open(path: &Path, me: UnitId) -> Result<(StoreHandle, StoreReader, StoreThread), StoreError> {
+    let database = match Database::create(path) {
+        Ok(d) => d,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Locked(path.display().to_string()));
+        }
+        Err(e) => return Err(db(e)),
+    };
+    let database = Arc::new(database);
+    init_tables(&database)?;
+    let rng = SystemRandom::new();
+    let mut nonce = [0u8; 8];
+    rng.fill(&mut nonce).map_err(|_| StoreError::Random)?;
+    let mut engine = Engine::new(me.clone(), doc::actor_for(&me, nonce));
+    let mut persisted = HashMap::new();
+    load_documents(&database, &mut engine, &mut persisted)?;
+    let (tx, rx) = mpsc::channel(INBOX);
+    let actor = Actor {
+        db: database.clone(),
+        engine,
+        outboxes: HashMap::new(),
+        persisted,
+        rng,
+        rejected: 0,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("store {me}"))
+        .spawn(move || actor.run(rx))
+        .map_err(|e| StoreError::Corrupt(format!("cannot start store thread: {e}")))?;
+    let handle = StoreHandle { tx };
+    Ok((
+        handle.clone(),
+        StoreReader::new(database),
+        StoreThread {
+            handle,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn init_tables(database: &Database) -> Result<(), StoreError> {
+    let tx = database.begin_write().map_err(db)?;
+    {
+        let mut meta = tx.open_table(META).map_err(db)?;
+        let layout = meta.get("layout").map_err(db)?.map(|v| v.value());
+        match layout {
+            None => {
+                meta.insert("layout", LAYOUT).map_err(db)?;
+            }
+            Some(LAYOUT) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "store layout {other} is newer than this build's {LAYOUT}"
+                )));
+            }
+        }
+        tx.open_table(DOCS).map_err(db)?;
+        tx.open_table(SNAPSHOTS).map_err(db)?;
+        tx.open_table(CHANGES).map_err(db)?;
+        tx.open_table(SYNC_STATES).map_err(db)?;
+        tx.open_table(USERS).map_err(db)?;
+        tx.open_table(VIEW_MEMBERS).map_err(db)?;
+        tx.open_table(VIEW_UNITS).map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
+/// Per-document persistence bookkeeping, updated only after a commit succeeded.
+#[derive(Debug, Clone, Default)]
+struct Persisted {
+    heads: Vec<ChangeHash>,
+    next_seq: u64,
+    rows_since_snapshot: u32,
+}
+
+fn load_documents(
+    database: &Database,
+    engine: &mut Engine,
+    persisted: &mut HashMap<DocId, Persisted>,
+) -> Result<(), StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let docs = tx.open_table(DOCS).map_err(db)?;
+    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
+    for row in docs.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let id_str = k.value().to_owned();
+        let id: DocId = id_str
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
+        let audience =
+            wire::decode_audience(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut document = match snaps.get(id_str.as_str()).map_err(db)? {
+            Some(s) => Automerge::load(s.value())
+                .map_err(|e| StoreError::Corrupt(format!("snapshot of {id}: {e}")))?,
+            None => Automerge::new(),
+        };
+        let mut p = Persisted::default();
+        for row in changes
+            .range((id_str.as_str(), 0)..=(id_str.as_str(), u64::MAX))
+            .map_err(db)?
+        {
+            let (k, v) = row.map_err(db)?;
+            document
+                .load_incremental(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("changes of {id}: {e}")))?;
+            p.next_seq = k.value().1 + 1;
+            p.rows_since_snapshot += 1;
+        }
+        p.heads = document.get_heads();
+        persisted.insert(id.clone(), p);
+        engine.insert(DocMeta { id, audience }, document);
+    }
+    Ok(())
+}
+
+impl StoreHandle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Add a member to `unit`'s register; returns once it is durable.
+    pub async fn create_member(&self, unit: UnitId, member: NewMember) -> Result<Member, WriteError> {
+        self.call(|reply| Command::CreateMember { unit, member, reply })
+            .await
+            .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
+    }
+
+    /// Change fields of a member; returns the merged record once durable.
+    pub async fn update_member(&self, id: MemberId, patch: MemberPatch) -> Result<Member, WriteError> {
+        self.call(|reply| Command::UpdateMember { id, patch, reply })
+            .await
+            .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
+    }
+
+    /// Write this node's own profile (name and registered children) when it differs.
+    pub async fn set_profile(&self, name: String, children: Vec<UnitId>) -> Result<(), WriteError> {
+        self.call(|reply| Command::SetProfile { name, children, reply })
+            .await
+            .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
+    }
+
+    /// Bind a token (by its hash) to a unit and role.
+    pub async fn add_user(&self, token_hash: [u8; 32], unit: UnitId, role: Role) -> Result<(), StoreError> {
+        self.call(|reply| Command::AddUser { token_hash, unit, role, reply })
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// A link to `peer` passed its hello: start syncing, sending through `outbox`.
+    pub async fn peer_up(&self, peer: UnitId, outbox: mpsc::UnboundedSender<Msg>) -> Result<(), StoreError> {
+        self.call(|reply| Command::PeerUp { peer, outbox, reply })
+            .await
+            .ok_or(StoreError::Closed)
+    }
+
+    /// The link to `peer` ended; its sync states are persisted.
+    pub async fn peer_down(&self, peer: UnitId) {
+        let _ = self.tx.send(Command::PeerDown { peer }).await;
+    }
+
+    /// A message arrived from `peer`. Waits when the actor's inbox is full (backpressure on
+    /// the link).
+    pub async fn from_peer(&self, peer: UnitId, msg: Msg) -> Result<(), StoreError> {
+        self.tx
+            .send(Command::FromPeer { peer, msg })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    dirty: BTreeSet<DocId>,
+    created: BTreeSet<DocId>,
+    sends: Vec<(UnitId, Msg)>,
+    replies: Vec<Reply>,
+    states: Vec<(UnitId, DocId, Vec<u8>)>,
+    users: Vec<([u8; 32], String)>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+struct Actor {
+    db: Arc<Database>,
+    engine: Engine,
+    outboxes: HashMap<UnitId, mpsc::UnboundedSender<Msg>>,
+    persisted: HashMap<DocId, Persisted>,
+    rng: SystemRandom,
+    rejected: u64,
+}
+
+impl Actor {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let _span = tracing::info_span!("store", unit = %self.engine.me()).entered();
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Batch::default();
+            self.on_command(first, &mut batch);
+            let mut taken = 1;
+            while batch.shutdown.is_none() && taken < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => self.on_command(cmd, &mut batch),
+                    Err(_) => break,
+                }
+                taken += 1;
+            }
+            if batch.shutdown.is_some() {
+                let peers: Vec<UnitId> = self.engine.peers().cloned().collect();
+                for p in peers {
+                    self.on_peer_down(p, &mut batch);
+                }
+            }
+            let result = self.commit(&batch);
+            if let Err(e) = &result {
+                tracing::error!("commit failed, nothing in this batch is acknowledged: {e}");
+            } else {
+                for (peer, msg) in batch.sends {
+                    if let Some(out) = self.outboxes.get(&peer) {
+                        let _ = out.send(msg);
+                    }
+                }
+            }
+            for reply in batch.replies {
+                reply(result.as_ref().map(|_| ()));
+            }
+            if let Some(done) = batch.shutdown {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command, batch: &mut Batch) {
+        match cmd {
+            Command::CreateMember { unit, member, reply } => {
+                let r = self.create_member(unit, member, batch);
+                reply_after_commit(batch, reply, r);
+            }
+            Command::UpdateMember { id, patch, reply } => {
+                let r = self.update_member(id, patch, batch);
+                reply_after_commit(batch, reply, r);
+            }
+            Command::SetProfile { name, children, reply } => {
+                let r = self.set_profile(&name, &children, batch);
+                reply_after_commit(batch, reply, r);
+            }
+            Command::AddUser { token_hash, unit, role, reply } => {
+                batch.users.push((token_hash, format!("{unit} {role}")));
+                batch.replies.push(Box::new(move |c| {
+                    let _ = reply.send(c.map_err(|e| StoreError::Corrupt(e.to_string())));
+                }));
+            }
+            Command::PeerUp { peer, outbox, reply } => {
+                let saved = match self.saved_states(&peer) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%peer, "cannot read saved sync states, starting fresh: {e}");
+                        HashMap::new()
+                    }
+                };
+                for msg in self.engine.connect(&peer, saved) {
+                    batch.sends.push((peer.clone(), msg));
+                }
+                self.outboxes.insert(peer, outbox);
+                batch.replies.push(Box::new(move |_| {
+                    let _ = reply.send(());
+                }));
+            }
+            Command::PeerDown { peer } => self.on_peer_down(peer, batch),
+            Command::FromPeer { peer, msg } => match self.engine.receive(&peer, msg) {
+                Ok(step) => {
+                    batch.dirty.extend(step.changed);
+                    batch.created.extend(step.created);
+                    batch.sends.extend(step.send);
+                }
+                Err(rejection) => {
+                    self.rejected += 1;
+                    tracing::warn!(
+                        %peer,
+                        reason = ?rejection.reason,
+                        doc = ?rejection.doc.as_ref().map(ToString::to_string),
+                        detail = %rejection.detail,
+                        total_rejected = self.rejected,
+                        "rejected a message from a peer"
+                    );
+                    batch.sends.push((peer, rejection.to_msg()));
+                }
+            },
+            Command::Shutdown { reply } => batch.shutdown = Some(reply),
+        }
+    }
+
+    fn on_peer_down(&mut self, peer: UnitId, batch: &mut Batch) {
+        for (doc, state) in self.engine.disconnect(&peer) {
+            batch.states.push((peer.clone(), doc, state));
+        }
+        self.outboxes.remove(&peer);
+    }
+
+    fn saved_states(&self, peer: &UnitId) -> Result<HashMap<DocId, Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SYNC_STATES).map_err(db)?;
+        let mut out = HashMap::new();
+        let p = peer.as_str();
+        // Doc ids are "kind:unit"; every one sorts between "" and "~".
+        for row in t.range((p, "")..(p, "~")).map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            if let Ok(id) = k.value().1.parse::<DocId>() {
+                out.insert(id, v.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    fn random_record(&self) -> Result<RecordId, StoreError> {
+        let mut b = [0u8; 8];
+        self.rng.fill(&mut b).map_err(|_| StoreError::Random)?;
+        Ok(RecordId::from_u64(u64::from_be_bytes(b)))
+    }
+
+    fn local_doc(&mut self, meta: DocMeta, batch: &mut Batch) -> Result<&mut Automerge, WriteError> {
+        let id = meta.id.clone();
+        let (doc, created) = self.engine.local_doc(meta).map_err(WriteError::Refused)?;
+        if created {
+            batch.created.insert(id);
+        }
+        Ok(doc)
+    }
+
+    fn after_local_write(&mut self, id: DocId, batch: &mut Batch) {
+        batch.sends.extend(self.engine.fan_out(&id, None));
+        batch.dirty.insert(id);
+    }
+
+    fn create_member(&mut self, unit: UnitId, m: NewMember, batch: &mut Batch) -> Result<Member, WriteError> {
+        m.validate()?;
+        let record = self.random_record()?;
+        let meta = DocMeta::new(DocId::new(DocKind::Members, unit.clone()));
+        let id = meta.id.clone();
+        doc::create_member(self.local_doc(meta, batch)?, record, &m)?;
+        self.after_local_write(id, batch);
+        Ok(Member {
+            id: MemberId { unit, record },
+            name: m.name.trim().to_owned(),
+            birth_year: m.birth_year,
+            gender: m.gender,
+            education: m.education,
+            joined_on: m.joined_on,
+            status: m.status,
+        })
+    }
+
+    fn update_member(&mut self, id: MemberId, p: MemberPatch, batch: &mut Batch) -> Result<Member, WriteError> {
+        p.validate()?;
+        let doc_id = DocId::new(DocKind::Members, id.unit.clone());
+        let Some(meta) = self.engine.get(&doc_id).map(|e| e.meta.clone()) else {
+            return Err(WriteError::NotFound(id));
+        };
+        let doc = self.local_doc(meta, batch)?;
+        match doc::update_member(doc, id.record, &p) {
+            Err(DocError::NoSuchRecord(_)) => return Err(WriteError::NotFound(id)),
+            r => r?,
+        }
+        let merged = doc::read_members(doc, &id.unit)
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| WriteError::NotFound(id.clone()))?;
+        self.after_local_write(doc_id, batch);
+        Ok(merged)
+    }
+
+    fn set_profile(&mut self, name: &str, children: &[UnitId], batch: &mut Batch) -> Result<(), WriteError> {
+        let me = self.engine.me().clone();
+        let meta = DocMeta::new(DocId::new(DocKind::Profile, me));
+        let id = meta.id.clone();
+        if doc::set_profile(self.local_doc(meta, batch)?, name, children)? {
+            self.after_local_write(id, batch);
+        }
+        Ok(())
+    }
+
+    /// Persist the batch in one write transaction: new documents, appended changes (or a
+    /// snapshot every [`SNAPSHOT_EVERY`] rows), re-materialised views, sync states, users.
+    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.dirty.is_empty() && batch.created.is_empty() && batch.states.is_empty() && batch.users.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(db)?;
+        let mut updated: Vec<(DocId, Persisted)> = Vec::new();
+        {
+            let mut docs = tx.open_table(DOCS).map_err(db)?;
+            let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+            let mut changes = tx.open_table(CHANGES).map_err(db)?;
+            let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+            let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
+            for id in batch.created.iter().chain(batch.dirty.iter()) {
+                let Some(entry) = self.engine.get(id) else { continue };
+                let key = id.to_string();
+                docs.insert(key.as_str(), wire::encode_audience(&entry.meta.audience).as_slice())
+                    .map_err(db)?;
+            }
+            for id in &batch.dirty {
+                let Some(entry) = self.engine.get(id) else { continue };
+                let key = id.to_string();
+                let mut p = self.persisted.get(id).cloned().unwrap_or_default();
+                let heads = entry.doc.get_heads();
+                if heads == p.heads {
+                    continue;
+                }
+                if p.rows_since_snapshot >= SNAPSHOT_EVERY {
+                    snaps.insert(key.as_str(), entry.doc.save().as_slice()).map_err(db)?;
+                    changes
+                        .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
+                        .map_err(db)?;
+                    p.next_seq = 0;
+                    p.rows_since_snapshot = 0;
+                } else {
+                    let bytes = entry.doc.save_after(&p.heads);
+                    changes.insert((key.as_str(), p.next_seq), bytes.as_slice()).map_err(db)?;
+                    p.next_seq += 1;
+                    p.rows_since_snapshot += 1;
+                }
+                p.heads = heads;
+                materialise(&mut members, &mut units, entry)?;
+                updated.push((id.clone(), p));
+            }
+            let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
+            for (peer, doc, state) in &batch.states {
+                let d = doc.to_string();
+                states.insert((peer.as_str(), d.as_str()), state.as_slice()).map_err(db)?;
+            }
+            let mut users = tx.open_table(USERS).map_err(db)?;
+            for (hash, value) in &batch.users {
+                users.insert(hash.as_slice(), value.as_str()).map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        self.persisted.extend(updated);
+        Ok(())
+    }
+}
+
+fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+    batch: &mut Batch,
+    reply: oneshot::Sender<Result<T, E>>,
+    result: Result<T, E>,
+) {
+    match result {
+        Err(e) => {
+            let _ = reply.send(Err(e));
+        }
+        Ok(v) => batch.replies.push(Box::new(move |commit| {
+            let _ = reply.send(match commit {
+                Ok(()) => Ok(v),
+                Err(e) => Err(E::from(StoreError::Corrupt(format!("commit failed: {e}")))),
+            });
+        })),
+    }
+}
+
+/// Rewrite the view rows of one document from its current content.
+fn materialise(
+    members: &mut redb::Table<'_, (&str, &str), &[u8]>,
+    units: &mut redb::Table<'_, &str, &[u8]>,
+    entry: &crate::sync::DocEntry,
+) -> Result<(), StoreError> {
+    let owner = entry.meta.owner();
+    let key = owner.tree_key();
+    match entry.meta.id.kind {
+        DocKind::Members => {
+            members
+                .retain_in((key.as_str(), "")..(key.as_str(), "~"), |_, _| false)
+                .map_err(db)?;
+            for m in doc::read_members(&entry.doc, owner) {
+                let rec = m.id.record.to_string();
+                let json = serde_json::to_vec(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                members.insert((key.as_str(), rec.as_str()), json.as_slice()).map_err(db)?;
+            }
+        }
+        DocKind::Profile => {
+            if let Some(p) = doc::read_profile(&entry.doc, owner) {
+                let json = serde_json::to_vec(&p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                units.insert(key.as_str(), json.as_slice()).map_err(db)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grassroots_schema::{Education, Gender, MemberStatus};
+
+    fn u(s: &str) -> UnitId {
+        s.parse().unwrap()
+    }
+
+    fn sample(name: &str) -> NewMember {
+        NewMember {
+            name: name.into(),
+            birth_year: 1985,
+            gender: Gender::Female,
+            education: Education::Bachelor,
+            joined_on: "2010-07-01".into(),
+            status: MemberStatus::Full,
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_reopen_and_views_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let me = u("c01/k01/t01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        h.set_profile("Riverside".into(), vec![u("c01/k01/t01/v01")]).await.unwrap();
+        let mut ids = Vec::new();
+        // More than SNAPSHOT_EVERY writes so a compaction happens in between.
+        for i in 0..(SNAPSHOT_EVERY as usize + 10) {
+            ids.push(h.create_member(me.clone(), sample(&format!("Member {i}"))).await.unwrap().id);
+        }
+        let upd = h
+            .update_member(ids[0].clone(), MemberPatch { name: Some("Renamed".into()), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(upd.name, "Renamed");
+        assert_eq!(r.members(&me, false, None, 1000).unwrap().total, ids.len());
+        t.shutdown().await;
+        drop(h);
+        drop(r);
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let page = r.members(&me, false, None, 1000).unwrap();
+        assert_eq!(page.total, ids.len());
+        assert_eq!(r.member(&ids[0]).unwrap().unwrap().name, "Renamed");
+        assert_eq!(r.unit(&me).unwrap().unwrap().name, "Riverside");
+        // Writing after reopen continues the same document.
+        h.create_member(me.clone(), sample("After Reopen")).await.unwrap();
+        assert_eq!(r.members(&me, false, None, 1000).unwrap().total, ids.len() + 1);
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn refused_and_invalid_writes_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        // A sibling's register is outside this node's scope.
+        let e = h.create_member(u("c01/k01/t02"), sample("Nope")).await.unwrap_err();
+        assert!(matches!(e, WriteError::Refused(_)), "{e:?}");
+        let mut bad = sample("x");
+        bad.joined_on = "2024-02-30".into();
+        assert!(matches!(h.create_member(me.clone(), bad).await, Err(WriteError::Invalid(_))));
+        let missing = MemberId { unit: me.clone(), record: RecordId::from_u64(1) };
+        assert!(matches!(h.update_member(missing, MemberPatch::default()).await, Err(WriteError::NotFound(_))));
+        assert_eq!(r.members(&me, true, None, 10).unwrap().total, 0);
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn subtree_listing_and_pagination() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        for unit in ["c01/k01", "c01/k01/t01", "c01/k01/t01/v01", "c01/k01/t02"] {
+            for i in 0..3 {
+                h.create_member(u(unit), sample(&format!("{unit} {i}"))).await.unwrap();
+            }
+        }
+        assert_eq!(r.members(&me, true, None, 100).unwrap().total, 12);
+        assert_eq!(r.members(&u("c01/k01/t01"), true, None, 100).unwrap().total, 6);
+        assert_eq!(r.members(&u("c01/k01/t01"), false, None, 100).unwrap().total, 3);
+        // Walk pages of 5.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = r.members(&me, true, after.as_ref(), 5).unwrap();
+            seen.extend(page.items.iter().map(|(_, m)| m.id.clone()));
+            after = page.items.last().map(|(c, _)| c.clone());
+            if !page.has_next {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 12);
+        let mut dedup = seen.clone();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 12);
+        t.shutdown().await;
+    }
+}

@@ -1,0 +1,173 @@
+//! [`StoreReader`]: read-only access to the query views, from any thread.
+//!
+//! Readers open redb read transactions (MVCC snapshots) and never block the writer; they
+//! never load an automerge document.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use grassroots_schema::{Member, MemberId, Role, UnitId, UnitProfile};
+use redb::{Database, ReadableDatabase};
+
+use super::StoreError;
+use super::tables::{USERS, VIEW_MEMBERS, VIEW_UNITS};
+
+/// A cloneable handle for reading the views. Shares the database with the store actor,
+/// which alone writes.
+#[derive(Clone, Debug)]
+pub struct StoreReader {
+    db: Arc<Database>,
+}
+
+/// A position in a members listing: the unit's tree key and the record id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberCursor {
+    /// `c01/k01/` form of the unit.
+    pub tree_key: String,
+    /// Record id.
+    pub record: String,
+}
+
+/// One page of a members listing.
+#[derive(Debug, Clone)]
+pub struct MemberPage {
+    /// The members, each with the cursor that points at it.
+    pub items: Vec<(MemberCursor, Member)>,
+    /// Members in the whole listing (all pages).
+    pub total: usize,
+    /// Whether more follow the last item.
+    pub has_next: bool,
+}
+
+fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The smallest string greater than every string starting with `prefix` (which ends in '/').
+fn prefix_end(prefix: &str) -> String {
+    // '/' + 1 == '0'; tree keys end in '/', so this bounds the whole subtree.
+    let mut s = prefix.trim_end_matches('/').to_owned();
+    s.push('0');
+    s
+}
+
+impl StoreReader {
+    pub(crate) fn new(db: Arc<Database>) -> Self {
+        StoreReader { db }
+    }
+
+    /// The profile of a unit, if this node holds it.
+    pub fn unit(&self, id: &UnitId) -> Result<Option<UnitProfile>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_UNITS).map_err(db)?;
+        match t.get(id.tree_key().as_str()).map_err(db)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Profiles of the known children of a unit, in id order.
+    pub fn children(&self, id: &UnitId) -> Result<Vec<UnitProfile>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_UNITS).map_err(db)?;
+        let start = id.tree_key();
+        let end = prefix_end(&start);
+        let mut out = Vec::new();
+        for row in t
+            .range::<&str>((Bound::Excluded(start.as_str()), Bound::Excluded(end.as_str())))
+            .map_err(db)?
+        {
+            let (_, v) = row.map_err(db)?;
+            let p: UnitProfile = decode(v.value())?;
+            if p.id.parent().as_ref() == Some(id) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One member, if this node holds it.
+    pub fn member(&self, id: &MemberId) -> Result<Option<Member>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+        let key = id.unit.tree_key();
+        let rec = id.record.to_string();
+        match t.get((key.as_str(), rec.as_str())).map_err(db)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Members of `unit` (and of its whole subtree when `subtree`), in (unit, record) order,
+    /// `first` of them after `after`.
+    pub fn members(
+        &self,
+        unit: &UnitId,
+        subtree: bool,
+        after: Option<&MemberCursor>,
+        first: usize,
+    ) -> Result<MemberPage, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+        let key = unit.tree_key();
+        let (lo_key, hi_key) = if subtree {
+            (key.clone(), prefix_end(&key))
+        } else {
+            (key.clone(), key.clone())
+        };
+        // Record ids are hex; "~" sorts after all of them.
+        let lo = (lo_key.as_str(), "");
+        let hi = if subtree {
+            (hi_key.as_str(), "")
+        } else {
+            (hi_key.as_str(), "~")
+        };
+        let mut total = 0;
+        let mut items = Vec::new();
+        let mut has_next = false;
+        for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let (tk, rec) = k.value();
+            total += 1;
+            if let Some(a) = after {
+                if (tk, rec) <= (a.tree_key.as_str(), a.record.as_str()) {
+                    continue;
+                }
+            }
+            if items.len() < first {
+                let cursor = MemberCursor {
+                    tree_key: tk.to_owned(),
+                    record: rec.to_owned(),
+                };
+                items.push((cursor, decode(v.value())?));
+            } else {
+                has_next = true;
+            }
+        }
+        Ok(MemberPage {
+            items,
+            total,
+            has_next,
+        })
+    }
+
+    /// The (unit, role) a token hash is bound to.
+    pub fn user(&self, token_hash: &[u8; 32]) -> Result<Option<(UnitId, Role)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(USERS).map_err(db)?;
+        let Some(v) = t.get(token_hash.as_slice()).map_err(db)? else {
+            return Ok(None);
+        };
+        let s = v.value();
+        let (unit, role) = s
+            .split_once(' ')
+            .ok_or_else(|| StoreError::Corrupt(format!("user row {s:?}")))?;
+        let unit = unit.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+        let role = role.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+        Ok(Some((unit, role)))
+    }
+}

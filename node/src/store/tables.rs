@@ -1,0 +1,32 @@
+//! redb table definitions. Names carry a version; a layout change means a new name and a
+//! numbered migration (none yet: this is layout 1). `docs/storage.md` describes each.
+
+use redb::TableDefinition;
+
+/// Layout version written in [`META`] under `"layout"`.
+pub const LAYOUT: u64 = 1;
+
+/// `"layout"` -> layout version.
+pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
+
+/// doc id (`kind:unit`) -> audience (wire encoding). One row per hosted document.
+pub const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs-1");
+
+/// doc id -> `Automerge::save()` of the last compaction.
+pub const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshots-1");
+
+/// (doc id, sequence) -> concatenated raw changes appended by one commit since the snapshot.
+pub const CHANGES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("changes-1");
+
+/// (peer unit, doc id) -> `sync::State::encode()` saved when the link ended.
+pub const SYNC_STATES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("sync-states-1");
+
+/// SHA-256 of a token -> `"unit role"`.
+pub const USERS: TableDefinition<'_, &[u8], &str> = TableDefinition::new("users-1");
+
+/// (unit tree key `c01/k01/`, record id) -> member JSON. The members view.
+pub const VIEW_MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("view-members-1");
+
+/// unit tree key -> unit profile JSON. The units view.
+pub const VIEW_UNITS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-units-1");

@@ -1,0 +1,8 @@
+//! The I/O-free sync core: documents, per-peer automerge sync states and the rules checked on
+//! every incoming message. It is fed messages and returns messages to send; the store actor
+//! drives it and persists what changed, the network layer only moves frames.
+
+mod engine;
+pub mod wire;
+
+pub use engine::{DocEntry, Engine, Rejection, Step};

@@ -1,0 +1,437 @@
+//! The sync protocol's messages and their byte encoding (`docs/protocol.md` is the spec).
+//!
+//! A frame is a big-endian `u32` body length followed by the body; the body is a type byte
+//! and the payload. Strings are `u16` length + UTF-8, byte blobs `u32` length + bytes.
+//! Decoding is bounded: every length is checked against what is left, and a frame over
+//! [`MAX_FRAME`] is refused before it is read.
+
+use grassroots_schema::{Audience, DocId, DocMeta, Level, UnitId};
+
+/// ALPN of the sync protocol; the version is part of it.
+pub const ALPN: &[u8] = b"grassroots/sync/1";
+/// Protocol version carried in the hello.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Largest frame body either side sends or accepts.
+pub const MAX_FRAME: usize = 16 << 20;
+/// Capability flags this build sends; no capability is defined yet, the bits are reserved.
+pub const CAPABILITIES: u64 = 0;
+
+/// One message of the exchange on a link's stream.
+///
+/// 1. The child opens one bidirectional stream and sends [`Msg::Hello`]; the parent answers
+///    with its own hello or a [`Msg::Reject`] and closes.
+/// 2. Each side sends [`Msg::Announce`] with every document in the link's scope, then one
+///    [`Msg::Sync`] per document it wants to reconcile (automerge's sync protocol inside).
+/// 3. Both sides keep answering sync messages until automerge has nothing to send; a local
+///    change later produces new sync messages (live push).
+/// 4. A message that breaks a rule is answered with [`Msg::Reject`] and otherwise ignored.
+///    Unknown message types (from a newer peer) decode to [`Msg::Unknown`] and are ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// Opening message both ways.
+    Hello(Hello),
+    /// Documents the sender holds in the link's scope.
+    Announce(Vec<DocMeta>),
+    /// An automerge sync message for one document.
+    Sync {
+        /// The document.
+        doc: DocId,
+        /// `automerge::sync::Message::encode()` bytes.
+        data: Vec<u8>,
+    },
+    /// The previous message (about `doc`, if any) was refused.
+    Reject {
+        /// Why.
+        reason: RejectReason,
+        /// The document concerned.
+        doc: Option<DocId>,
+        /// Human-readable detail for logs.
+        detail: String,
+    },
+    /// A message type this version does not know.
+    Unknown(u8),
+}
+
+/// The opening message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u8,
+    /// Capability bits of the sender.
+    pub capabilities: u64,
+    /// The sender's unit; must match its certificate.
+    pub unit: UnitId,
+    /// The sender's software version, for logs.
+    pub software: String,
+}
+
+/// Why a message was refused. Stable codes: they are on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Bytes that do not decode.
+    Malformed,
+    /// A document outside the link's scope (rule 1).
+    OutOfScope,
+    /// A change authored by a unit without authority over the document (rule 2).
+    Unauthorised,
+    /// A frame or message over a size cap.
+    TooLarge,
+    /// automerge failed or panicked while applying the message.
+    ApplyFailed,
+    /// The peer is not this node's registered parent or child.
+    NotAdjacent,
+    /// The peer speaks an incompatible protocol version.
+    Version,
+    /// A code from a newer peer.
+    Other(u8),
+}
+
+impl RejectReason {
+    fn code(self) -> u8 {
+        match self {
+            RejectReason::Malformed => 1,
+            RejectReason::OutOfScope => 2,
+            RejectReason::Unauthorised => 3,
+            RejectReason::TooLarge => 4,
+            RejectReason::ApplyFailed => 5,
+            RejectReason::NotAdjacent => 6,
+            RejectReason::Version => 7,
+            RejectReason::Other(c) => c,
+        }
+    }
+
+    fn from_code(c: u8) -> Self {
+        match c {
+            1 => RejectReason::Malformed,
+            2 => RejectReason::OutOfScope,
+            3 => RejectReason::Unauthorised,
+            4 => RejectReason::TooLarge,
+            5 => RejectReason::ApplyFailed,
+            6 => RejectReason::NotAdjacent,
+            7 => RejectReason::Version,
+            c => RejectReason::Other(c),
+        }
+    }
+}
+
+/// Why bytes did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The body ended inside a field.
+    #[error("message truncated")]
+    Truncated,
+    /// A string is not UTF-8 or not a valid id.
+    #[error("bad field: {0}")]
+    BadField(String),
+    /// Bytes left over after the message.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    /// The frame is larger than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME} byte cap")]
+    TooLarge(usize),
+    /// An empty body.
+    #[error("empty frame")]
+    Empty,
+}
+
+const T_HELLO: u8 = 1;
+const T_ANNOUNCE: u8 = 2;
+const T_SYNC: u8 = 3;
+const T_REJECT: u8 = 4;
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        // Every string we send is an id, a version or a short detail: cut at the u16 cap on
+        // a character boundary rather than fail.
+        let mut end = s.len().min(u16::MAX as usize);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.u16(end as u16);
+        self.0.extend_from_slice(&s.as_bytes()[..end]);
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn audience(&mut self, a: &Audience) {
+        match a {
+            Audience::None => self.u8(0),
+            Audience::Descendants => self.u8(1),
+            Audience::Level(l) => {
+                self.u8(2);
+                self.u8(l.depth() as u8);
+            }
+            Audience::Units(list) => {
+                self.u8(3);
+                self.u16(list.len().min(u16::MAX as usize) as u16);
+                for u in list.iter().take(u16::MAX as usize) {
+                    self.str(u.as_str());
+                }
+            }
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self) -> Result<&'a str, WireError> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| WireError::BadField("not utf-8".into()))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, WireError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+    fn unit(&mut self) -> Result<UnitId, WireError> {
+        self.str()?
+            .parse()
+            .map_err(|e: grassroots_schema::IdError| WireError::BadField(e.to_string()))
+    }
+    fn doc(&mut self) -> Result<DocId, WireError> {
+        self.str()?
+            .parse()
+            .map_err(|e: grassroots_schema::IdError| WireError::BadField(e.to_string()))
+    }
+    fn audience(&mut self) -> Result<Audience, WireError> {
+        Ok(match self.u8()? {
+            0 => Audience::None,
+            1 => Audience::Descendants,
+            2 => Audience::Level(
+                Level::from_depth(self.u8()? as usize)
+                    .ok_or_else(|| WireError::BadField("level".into()))?,
+            ),
+            3 => {
+                let n = self.u16()?;
+                let mut v = Vec::with_capacity(n.min(1024) as usize);
+                for _ in 0..n {
+                    v.push(self.unit()?);
+                }
+                Audience::Units(v)
+            }
+            t => return Err(WireError::BadField(format!("audience tag {t}"))),
+        })
+    }
+}
+
+/// The body of a frame for `msg` (type byte and payload, no length prefix).
+pub fn encode(msg: &Msg) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    match msg {
+        Msg::Hello(h) => {
+            w.u8(T_HELLO);
+            w.u8(h.version);
+            w.u64(h.capabilities);
+            w.str(h.unit.as_str());
+            w.str(&h.software);
+        }
+        Msg::Announce(docs) => {
+            w.u8(T_ANNOUNCE);
+            w.u32(docs.len() as u32);
+            for d in docs {
+                w.str(&d.id.to_string());
+                w.audience(&d.audience);
+            }
+        }
+        Msg::Sync { doc, data } => {
+            w.u8(T_SYNC);
+            w.str(&doc.to_string());
+            w.bytes(data);
+        }
+        Msg::Reject {
+            reason,
+            doc,
+            detail,
+        } => {
+            w.u8(T_REJECT);
+            w.u8(reason.code());
+            w.str(&doc.as_ref().map(ToString::to_string).unwrap_or_default());
+            w.str(detail);
+        }
+        Msg::Unknown(t) => w.u8(*t),
+    }
+    w.0
+}
+
+/// Decode a frame body. Unknown types decode to [`Msg::Unknown`] whatever their payload.
+pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let mut r = Reader(body);
+    let t = r.u8().map_err(|_| WireError::Empty)?;
+    let msg = match t {
+        T_HELLO => Msg::Hello(Hello {
+            version: r.u8()?,
+            capabilities: r.u64()?,
+            unit: r.unit()?,
+            software: r.str()?.to_owned(),
+        }),
+        T_ANNOUNCE => {
+            let n = r.u32()?;
+            let mut docs = Vec::with_capacity(n.min(4096) as usize);
+            for _ in 0..n {
+                let id = r.doc()?;
+                let audience = r.audience()?;
+                docs.push(DocMeta { id, audience });
+            }
+            Msg::Announce(docs)
+        }
+        T_SYNC => Msg::Sync {
+            doc: r.doc()?,
+            data: r.bytes()?,
+        },
+        T_REJECT => {
+            let reason = RejectReason::from_code(r.u8()?);
+            let doc = match r.str()? {
+                "" => None,
+                s => Some(s.parse().map_err(|e: grassroots_schema::IdError| {
+                    WireError::BadField(e.to_string())
+                })?),
+            };
+            Msg::Reject {
+                reason,
+                doc,
+                detail: r.str()?.to_owned(),
+            }
+        }
+        other => return Ok(Msg::Unknown(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(WireError::Trailing(r.0.len()));
+    }
+    Ok(msg)
+}
+
+/// Meta of stored documents uses the same encoding as the announce entries.
+pub fn encode_audience(a: &Audience) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    w.audience(a);
+    w.0
+}
+
+/// Inverse of [`encode_audience`].
+pub fn decode_audience(b: &[u8]) -> Result<Audience, WireError> {
+    let mut r = Reader(b);
+    let a = r.audience()?;
+    if !r.0.is_empty() {
+        return Err(WireError::Trailing(r.0.len()));
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grassroots_schema::DocKind;
+
+    fn u(s: &str) -> UnitId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let msgs = vec![
+            Msg::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                capabilities: 0b101,
+                unit: u("c01/k01"),
+                software: "grassroots 0.1.0".into(),
+            }),
+            Msg::Announce(vec![
+                DocMeta::new(DocId::new(DocKind::Members, u("c01/k01"))),
+                DocMeta {
+                    id: DocId::new(DocKind::Members, u("c01")),
+                    audience: Audience::Units(vec![u("c01/k01/t01")]),
+                },
+                DocMeta {
+                    id: DocId::new(DocKind::Members, u("c01")),
+                    audience: Audience::Level(Level::Village),
+                },
+            ]),
+            Msg::Sync {
+                doc: DocId::new(DocKind::Profile, u("c01")),
+                data: vec![0x42, 1, 2, 3],
+            },
+            Msg::Reject {
+                reason: RejectReason::Unauthorised,
+                doc: Some(DocId::new(DocKind::Members, u("c01/k02"))),
+                detail: "change by c01/k03".into(),
+            },
+            Msg::Reject {
+                reason: RejectReason::Other(99),
+                doc: None,
+                detail: String::new(),
+            },
+        ];
+        for m in msgs {
+            assert_eq!(decode(&encode(&m)).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_not_errors() {
+        assert_eq!(decode(&[200, 1, 2, 3]).unwrap(), Msg::Unknown(200));
+    }
+
+    #[test]
+    fn truncated_and_trailing_bytes_are_errors() {
+        let body = encode(&Msg::Sync {
+            doc: DocId::new(DocKind::Members, u("c01")),
+            data: vec![1; 10],
+        });
+        for cut in 0..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "cut at {cut} decoded");
+        }
+        let mut long = body.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(WireError::Trailing(1)));
+        // A length field claiming more than is there must not allocate or panic.
+        let mut lying = vec![T_SYNC];
+        lying.extend_from_slice(&3u16.to_be_bytes());
+        lying.extend_from_slice(b"bad");
+        assert!(decode(&lying).is_err());
+    }
+}

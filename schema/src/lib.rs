@@ -1,0 +1,30 @@
+//! The vocabulary of grassroots: ids, levels, records and the three tree rules.
+//!
+//! One deployment covers one administrative tree (city > county > township > village). Every
+//! unit is named by its path from the root (`c01/k02/t03/v07`), so the tree relations between
+//! two units (self, parent, child, ancestor, descendant, sibling, cousin) are pure functions of
+//! their ids, and so are the three rules every other crate obeys:
+//!
+//! 1. **scope**: which documents a node replicates and which cross a link ([`replicated_at`]);
+//! 2. **authority**: which unit may author a change to a document ([`may_author`]);
+//! 3. **visibility**: what a caller may read or write at a gateway ([`can_read`], [`can_write`]).
+//!
+//! This crate does no I/O and knows nothing of automerge, redb, QUIC or GraphQL. The serde
+//! derives on [`records`] are the storage model of the query views: a compatibility promise.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod ids;
+mod level;
+pub mod records;
+mod rules;
+
+pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, UnitId};
+pub use level::Level;
+pub use records::{
+    Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, UnitProfile,
+};
+pub use rules::{
+    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_write, may_author, relation,
+    replicated_at,
+};

@@ -1,0 +1,309 @@
+//! Record types and their validation. These serde derives are the storage model of the views.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{MemberId, UnitId};
+use crate::level::Level;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Storage name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+            /// Parse the storage name.
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Gender as recorded in the member register.
+    Gender { Male = "male", Female = "female" }
+);
+
+string_enum!(
+    /// Highest education completed; the seed tracks "low education" as a weakness.
+    Education {
+        Primary = "primary",
+        JuniorSecondary = "junior_secondary",
+        SeniorSecondary = "senior_secondary",
+        Vocational = "vocational",
+        /// Three-year college (dazhuan): counts as higher education.
+        College = "college",
+        Bachelor = "bachelor",
+        Postgraduate = "postgraduate",
+    }
+);
+
+impl Education {
+    /// Whether this counts as higher education for the seed's targets.
+    pub fn is_higher(self) -> bool {
+        matches!(
+            self,
+            Education::College | Education::Bachelor | Education::Postgraduate
+        )
+    }
+}
+
+string_enum!(
+    /// Membership status.
+    MemberStatus { Probationary = "probationary", Full = "full" }
+);
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A name is empty or too long.
+    #[error("name must be 1-100 characters")]
+    BadName,
+    /// A birth year outside the plausible range.
+    #[error("birth year {0} is outside 1900-2100")]
+    BadBirthYear(i64),
+    /// A date is not `YYYY-MM-DD`.
+    #[error("date {0:?} is not a valid YYYY-MM-DD date")]
+    BadDate(String),
+}
+
+/// A party member as the views and the gateway see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Owning unit and record.
+    #[serde(with = "member_id_str")]
+    pub id: MemberId,
+    /// Full name.
+    pub name: String,
+    /// Year of birth.
+    pub birth_year: i64,
+    /// Gender.
+    pub gender: Gender,
+    /// Highest education.
+    pub education: Education,
+    /// Date joined, `YYYY-MM-DD`.
+    pub joined_on: String,
+    /// Probationary or full.
+    pub status: MemberStatus,
+}
+
+/// The fields of a new member, validated by [`NewMember::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMember {
+    /// Full name.
+    pub name: String,
+    /// Year of birth.
+    pub birth_year: i64,
+    /// Gender.
+    pub gender: Gender,
+    /// Highest education.
+    pub education: Education,
+    /// Date joined, `YYYY-MM-DD`.
+    pub joined_on: String,
+    /// Probationary or full.
+    pub status: MemberStatus,
+}
+
+impl NewMember {
+    /// Check every field.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        validate_name(&self.name)?;
+        validate_birth_year(self.birth_year)?;
+        validate_date(&self.joined_on)
+    }
+}
+
+/// A partial update: `None` leaves a field as it is. Each field merges on its own, so a
+/// township's correction of a name and a village's change of education both survive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New birth year.
+    pub birth_year: Option<i64>,
+    /// New gender.
+    pub gender: Option<Gender>,
+    /// New education.
+    pub education: Option<Education>,
+    /// New join date.
+    pub joined_on: Option<String>,
+    /// New status.
+    pub status: Option<MemberStatus>,
+}
+
+impl MemberPatch {
+    /// Check every field present.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if let Some(n) = &self.name {
+            validate_name(n)?;
+        }
+        if let Some(y) = self.birth_year {
+            validate_birth_year(y)?;
+        }
+        if let Some(d) = &self.joined_on {
+            validate_date(d)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), RecordError> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > 100 {
+        return Err(RecordError::BadName);
+    }
+    Ok(())
+}
+
+fn validate_birth_year(y: i64) -> Result<(), RecordError> {
+    if !(1900..=2100).contains(&y) {
+        return Err(RecordError::BadBirthYear(y));
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` with a real month and day (leap years included).
+pub fn validate_date(d: &str) -> Result<(), RecordError> {
+    let bad = || RecordError::BadDate(d.to_owned());
+    let b = d.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<u32, RecordError> {
+        let s = &d[r];
+        if !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
+    let (y, m, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if y < 1900 || day == 0 || day > days {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A unit as the views know it, from its profile document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitProfile {
+    /// The unit.
+    #[serde(with = "unit_id_str")]
+    pub id: UnitId,
+    /// Display name ("Qingshui Village").
+    pub name: String,
+    /// Registered child units: the only units that may link to it from below.
+    #[serde(with = "unit_ids_str")]
+    pub children: Vec<UnitId>,
+}
+
+impl UnitProfile {
+    /// The level, from the id.
+    pub fn level(&self) -> Level {
+        self.id.level()
+    }
+}
+
+mod member_id_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::ids::MemberId;
+
+    pub fn serialize<S: Serializer>(id: &MemberId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MemberId, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+mod unit_id_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::ids::UnitId;
+
+    pub fn serialize<S: Serializer>(id: &UnitId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnitId, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+mod unit_ids_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error, ser::SerializeSeq};
+
+    use crate::ids::UnitId;
+
+    pub fn serialize<S: Serializer>(ids: &[UnitId], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(ids.len()))?;
+        for id in ids {
+            seq.serialize_element(id.as_str())?;
+        }
+        seq.end()
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<UnitId>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_checked() {
+        for ok in ["2024-02-29", "1999-12-31", "2000-02-29"] {
+            assert!(validate_date(ok).is_ok(), "{ok}");
+        }
+        for bad in ["2023-02-29", "1900-02-29", "2024-13-01", "2024-00-10", "24-01-01", "2024/01/01", "2024-01-32", "abcd-ef-gh"] {
+            assert!(validate_date(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_member_validation() {
+        let mut m = NewMember {
+            name: "Li Wei".into(),
+            birth_year: 1990,
+            gender: Gender::Male,
+            education: Education::Bachelor,
+            joined_on: "2015-07-01".into(),
+            status: MemberStatus::Full,
+        };
+        assert!(m.validate().is_ok());
+        m.name = "  ".into();
+        assert_eq!(m.validate(), Err(RecordError::BadName));
+        m.name = "Li".into();
+        m.birth_year = 1800;
+        assert_eq!(m.validate(), Err(RecordError::BadBirthYear(1800)));
+    }
+
+    #[test]
+    fn enums_round_trip() {
+        for e in Education::ALL {
+            assert_eq!(Education::parse(e.as_str()), Some(*e));
+        }
+        assert!(Education::College.is_higher());
+        assert!(!Education::Vocational.is_higher());
+    }
+}

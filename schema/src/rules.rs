@@ -1,0 +1,416 @@
+//! The three rules of the tree: replication scope, write authority, visibility.
+//!
+//! One concept drives all three: every document has one owner unit and an optional audience
+//! of the owner's descendants. Sync, store and gateway call these functions and nothing else
+//! decides who gets, writes or reads what.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::ids::{DocId, UnitId};
+use crate::level::Level;
+
+/// How `other` stands to `me` in the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Relation {
+    /// The same unit.
+    SelfUnit,
+    /// `other` is my parent.
+    Parent,
+    /// `other` is my child.
+    Child,
+    /// `other` is an ancestor above my parent.
+    Ancestor,
+    /// `other` is a descendant below my children.
+    Descendant,
+    /// Same parent, different unit.
+    Sibling,
+    /// Same root, neither in my line nor my sibling (includes my parent's siblings).
+    Cousin,
+    /// Another tree altogether.
+    Unrelated,
+}
+
+impl Relation {
+    /// Every relation, for exhaustive tests.
+    pub const ALL: [Relation; 8] = [
+        Relation::SelfUnit,
+        Relation::Parent,
+        Relation::Child,
+        Relation::Ancestor,
+        Relation::Descendant,
+        Relation::Sibling,
+        Relation::Cousin,
+        Relation::Unrelated,
+    ];
+}
+
+/// The relation of `other` as seen from `me`.
+pub fn relation(me: &UnitId, other: &UnitId) -> Relation {
+    if me == other {
+        Relation::SelfUnit
+    } else if other.is_ancestor_of(me) {
+        if me.parent().as_ref() == Some(other) {
+            Relation::Parent
+        } else {
+            Relation::Ancestor
+        }
+    } else if me.is_ancestor_of(other) {
+        if other.parent().as_ref() == Some(me) {
+            Relation::Child
+        } else {
+            Relation::Descendant
+        }
+    } else if me.root() != other.root() {
+        Relation::Unrelated
+    } else if me.parent().is_some() && me.parent() == other.parent() {
+        Relation::Sibling
+    } else {
+        Relation::Cousin
+    }
+}
+
+/// Which descendants of the owner a document is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// Internal to the owner (and readable by its ancestors).
+    None,
+    /// Every descendant of the owner.
+    Descendants,
+    /// Descendants at one level.
+    Level(Level),
+    /// Listed descendants (and, for replication, the units on the path to them).
+    Units(Vec<UnitId>),
+}
+
+impl Audience {
+    /// Whether `unit` (a strict descendant of `owner`) is addressed.
+    pub fn addresses(&self, owner: &UnitId, unit: &UnitId) -> bool {
+        if !owner.is_ancestor_of(unit) {
+            return false;
+        }
+        match self {
+            Audience::None => false,
+            Audience::Descendants => true,
+            Audience::Level(l) => unit.level() == *l,
+            Audience::Units(list) => list.contains(unit),
+        }
+    }
+
+    /// Whether some unit in `subtree` (a strict descendant of `owner`) is addressed, which is
+    /// what decides whether the document travels down the link to `subtree`.
+    fn reaches_subtree(&self, owner: &UnitId, subtree: &UnitId) -> bool {
+        if !owner.is_ancestor_of(subtree) {
+            return false;
+        }
+        match self {
+            Audience::None => false,
+            Audience::Descendants => true,
+            Audience::Level(l) => *l >= subtree.level(),
+            Audience::Units(list) => list
+                .iter()
+                .any(|u| u.is_in_subtree_of(subtree) && owner.is_ancestor_of(u)),
+        }
+    }
+}
+
+/// What every node knows of a document besides its content: its id (kind and owner, fixed at
+/// creation) and its audience (fixed at creation too).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DocMeta {
+    /// Kind and owner.
+    pub id: DocId,
+    /// Who below the owner it is addressed to.
+    pub audience: Audience,
+}
+
+impl DocMeta {
+    /// Metadata for a new document; the audience a kind always has is applied here.
+    pub fn new(id: DocId) -> Self {
+        let audience = match id.kind {
+            crate::ids::DocKind::Profile => Audience::Descendants,
+            _ => Audience::None,
+        };
+        DocMeta { id, audience }
+    }
+
+    /// The owner unit.
+    pub fn owner(&self) -> &UnitId {
+        &self.id.owner
+    }
+}
+
+/// Rule 1, replication scope: whether the node of `unit` holds `doc`. It holds everything
+/// owned in its subtree and what its ancestors address to some unit of its subtree.
+///
+/// The scope of the link between a parent and its child `c` is exactly `replicated_at(c, ..)`:
+/// nothing else crosses that link.
+pub fn replicated_at(unit: &UnitId, doc: &DocMeta) -> bool {
+    let owner = doc.owner();
+    owner.is_in_subtree_of(unit) || doc.audience.reaches_subtree(owner, unit)
+}
+
+/// Rule 2, write authority: a change to a document owned by `owner` may be authored only by
+/// the owner or one of its ancestors (supervision). Units in an audience answer in their own
+/// documents.
+pub fn may_author(author: &UnitId, owner: &UnitId) -> bool {
+    owner.is_in_subtree_of(author)
+}
+
+/// What a token lets its holder do, bound to one unit. Ordered: each role can do what the
+/// ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads the unit's subtree.
+    Viewer,
+    /// Also writes the unit's own records.
+    Clerk,
+    /// Also acts on the subtree: corrects, handles, signs off, appraises.
+    Supervisor,
+    /// Also manages users and enrols child nodes.
+    Admin,
+}
+
+impl Role {
+    /// Every role, least first.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Clerk, Role::Supervisor, Role::Admin];
+
+    /// Storage and CLI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Clerk => "clerk",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role name that is not one of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}: expected viewer, clerk, supervisor or admin")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// Who is asking at a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// No token: public items only.
+    Anonymous,
+    /// A token bound to a unit and a role.
+    User {
+        /// The unit the token is bound to.
+        unit: UnitId,
+        /// What the token allows.
+        role: Role,
+    },
+}
+
+/// Rule 3, visibility: a caller bound to U reads what is owned in subtree(U) and what is
+/// addressed to U; anyone reads public kinds. Siblings, cousins and ancestors' internal data:
+/// never.
+pub fn can_read(caller: &Caller, doc: &DocMeta) -> bool {
+    if doc.id.kind.is_public() {
+        return true;
+    }
+    match caller {
+        Caller::Anonymous => false,
+        Caller::User { unit, .. } => {
+            doc.owner().is_in_subtree_of(unit) || doc.audience.addresses(doc.owner(), unit)
+        }
+    }
+}
+
+/// Rule 3 for writes of records in a document owned by `owner`: a clerk writes its own
+/// unit's records, a supervisor (and an admin) also its subtree's. Viewers and anonymous
+/// callers never write.
+pub fn can_write(caller: &Caller, owner: &UnitId) -> bool {
+    match caller {
+        Caller::Anonymous => false,
+        Caller::User { unit, role } => match role {
+            Role::Viewer => false,
+            Role::Clerk => unit == owner,
+            Role::Supervisor | Role::Admin => owner.is_in_subtree_of(unit),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::DocKind;
+
+    fn u(s: &str) -> UnitId {
+        s.parse().unwrap()
+    }
+
+    /// One (me, other) pair per relation. Four levels mean no unit has both an ancestor above
+    /// its parent and a grandchild, so the centre is a township except for `Descendant`.
+    fn cases() -> Vec<(Relation, UnitId, UnitId)> {
+        Relation::ALL
+            .into_iter()
+            .map(|rel| {
+                let (me, other) = match rel {
+                    Relation::SelfUnit => ("c01/k01/t01", "c01/k01/t01"),
+                    Relation::Parent => ("c01/k01/t01", "c01/k01"),
+                    Relation::Child => ("c01/k01/t01", "c01/k01/t01/v01"),
+                    Relation::Ancestor => ("c01/k01/t01", "c01"),
+                    Relation::Descendant => ("c01/k01", "c01/k01/t01/v01"),
+                    Relation::Sibling => ("c01/k01/t01", "c01/k01/t02"),
+                    Relation::Cousin => ("c01/k01/t01", "c01/k02/t01"),
+                    Relation::Unrelated => ("c01/k01/t01", "c99/k01/t01"),
+                };
+                (rel, u(me), u(other))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn relation_covers_every_case() {
+        for (rel, me, other) in cases() {
+            assert_eq!(relation(&me, &other), rel, "{rel:?}");
+        }
+        // A parent's sibling is a cousin, not a sibling.
+        assert_eq!(relation(&u("c01/k01/t01"), &u("c01/k02")), Relation::Cousin);
+        // Two roots are siblings of nothing.
+        assert_eq!(relation(&u("c01"), &u("c02")), Relation::Unrelated);
+    }
+
+    #[test]
+    fn scope_matrix_for_internal_documents() {
+        // A document of `me` with no audience lives exactly at `me` and its ancestors.
+        for (rel, me, other) in cases() {
+            let doc = DocMeta::new(DocId::new(DocKind::Members, me.clone()));
+            let expected = matches!(
+                rel,
+                Relation::SelfUnit | Relation::Parent | Relation::Ancestor
+            );
+            assert_eq!(replicated_at(&other, &doc), expected, "members at {rel:?}");
+        }
+    }
+
+    #[test]
+    fn scope_matrix_for_addressed_documents() {
+        // A profile (audience: all descendants) reaches the owner's line both ways, never
+        // siblings, cousins or other trees.
+        for (rel, me, other) in cases() {
+            let doc = DocMeta::new(DocId::new(DocKind::Profile, me.clone()));
+            let expected = !matches!(
+                rel,
+                Relation::Sibling | Relation::Cousin | Relation::Unrelated
+            );
+            assert_eq!(replicated_at(&other, &doc), expected, "profile at {rel:?}");
+        }
+    }
+
+    #[test]
+    fn audiences_narrow_replication() {
+        let county = u("c01/k01");
+        let list = DocMeta {
+            id: DocId::new(DocKind::Members, county.clone()),
+            audience: Audience::Units(vec![u("c01/k01/t01/v02")]),
+        };
+        assert!(replicated_at(&u("c01/k01/t01"), &list), "path to an addressee");
+        assert!(replicated_at(&u("c01/k01/t01/v02"), &list));
+        assert!(!replicated_at(&u("c01/k01/t01/v01"), &list), "a sibling of the addressee");
+        assert!(!replicated_at(&u("c01/k01/t02"), &list));
+        let villages = DocMeta {
+            audience: Audience::Level(Level::Village),
+            ..list.clone()
+        };
+        assert!(replicated_at(&u("c01/k01/t02/v09"), &villages));
+        assert!(replicated_at(&u("c01/k01/t02"), &villages), "relays to villages");
+        assert!(!replicated_at(&u("c01/k02/t01/v01"), &villages), "another county");
+        // An audience can never name a unit outside the owner's subtree.
+        let stray = DocMeta {
+            audience: Audience::Units(vec![u("c01/k02/t01")]),
+            ..list
+        };
+        assert!(!replicated_at(&u("c01/k02/t01"), &stray));
+    }
+
+    #[test]
+    fn authority_matrix() {
+        // A change to a document of `me` may come from `me`, its parent, its ancestors only.
+        for (rel, me, other) in cases() {
+            let expected = matches!(
+                rel,
+                Relation::SelfUnit | Relation::Parent | Relation::Ancestor
+            );
+            assert_eq!(may_author(&other, &me), expected, "author {rel:?}");
+        }
+    }
+
+    #[test]
+    fn visibility_matrix_every_role_relation_kind() {
+        // The caller is bound to `me`; the document is owned by `other`.
+        for kind in DocKind::ALL {
+            for (rel, me, owner) in cases() {
+                let doc = DocMeta::new(DocId::new(kind, owner.clone()));
+                assert_eq!(
+                    can_read(&Caller::Anonymous, &doc),
+                    kind.is_public(),
+                    "anonymous read {kind:?} {rel:?}"
+                );
+                assert!(!can_write(&Caller::Anonymous, &owner), "anonymous write {rel:?}");
+                let in_subtree = matches!(
+                    rel,
+                    Relation::SelfUnit | Relation::Child | Relation::Descendant
+                );
+                for role in Role::ALL {
+                    let caller = Caller::User {
+                        unit: me.clone(),
+                        role,
+                    };
+                    let read = kind.is_public() || in_subtree;
+                    assert_eq!(can_read(&caller, &doc), read, "{role} read {kind:?} {rel:?}");
+                    let write = match role {
+                        Role::Viewer => false,
+                        Role::Clerk => rel == Relation::SelfUnit,
+                        Role::Supervisor | Role::Admin => in_subtree,
+                    };
+                    assert_eq!(can_write(&caller, &owner), write, "{role} write {rel:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn addressed_internal_documents_are_read_by_the_addressee_only() {
+        let directive = DocMeta {
+            id: DocId::new(DocKind::Members, u("c01/k01")),
+            audience: Audience::Level(Level::Township),
+        };
+        let reader = |unit: &str| Caller::User {
+            unit: u(unit),
+            role: Role::Viewer,
+        };
+        assert!(can_read(&reader("c01/k01/t01"), &directive));
+        assert!(!can_read(&reader("c01/k01/t01/v01"), &directive), "not addressed");
+        assert!(!can_read(&reader("c01/k02/t01"), &directive), "another county");
+        assert!(can_read(&reader("c01"), &directive), "ancestor of the owner");
+    }
+
+    #[test]
+    fn roles_parse() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}
