@@ -1,1 +1,321 @@
-fn main(){}
+//! The `grassroots` binary: parse the command line, build components, run, map errors to
+//! exit codes. Logic lives in the libraries.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use grassroots::demo;
+use grassroots::federation::{Federation, FederationOptions};
+use grassroots::launch::RunningNode;
+use grassroots_node::auth::{new_token, token_hash};
+use grassroots_node::{Identity, LinkConfig, NodeConfig};
+use grassroots_schema::{Role, UnitId};
+use serde::Deserialize;
+
+/// grassroots: every level of an administrative tree runs its own node, works offline, and
+/// syncs with the levels above and below it over QUIC; each node serves GraphQL.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Certificates: create a deployment's root, issue a child's identity.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Run one node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Manage the tokens of a (stopped) node.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Start a whole demo federation on this machine (19 nodes on 127.0.0.1) and keep it
+    /// running until Ctrl-C.
+    Demo {
+        /// Folder for the nodes' data and demo.json (replaced if it holds an earlier demo).
+        #[arg(long, default_value = "grassroots-demo")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create the root CA of a new deployment and the root node's identity in DIR/pki.
+    Init {
+        /// The root node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The root unit's id, e.g. `c01`.
+        #[arg(long)]
+        unit: UnitId,
+        /// DNS suffix naming the deployment, e.g. `linhe.grassroots`.
+        #[arg(long)]
+        deployment: String,
+    },
+    /// Issue the identity of a child unit with this node's CA (writes CHILD_DIR/pki; hand
+    /// that folder to the child's operator over a trusted channel).
+    Issue {
+        /// The issuing (parent) node's data folder.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The child unit's id, e.g. `c01/k03`.
+        #[arg(long)]
+        unit: UnitId,
+        /// The child's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run the node whose data folder is DIR (reads DIR/node.toml; see deploy/).
+    Run {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a token bound to a unit and role and print it (shown once, stored hashed).
+    Add {
+        /// The node's data folder (the node must be stopped).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The unit the token acts for (this node's unit or one below it).
+        #[arg(long)]
+        unit: UnitId,
+        /// viewer, clerk, supervisor or admin.
+        #[arg(long)]
+        role: Role,
+    },
+}
+
+/// `node.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeToml {
+    name: String,
+    quic_listen: SocketAddr,
+    graphql_listen: SocketAddr,
+    parent_addr: Option<SocketAddr>,
+    #[serde(default)]
+    children: Vec<String>,
+    keep_alive_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Pki { command } => {
+            init_tracing("warn");
+            pki(command)
+        }
+        Command::Node {
+            command: NodeCommand::Run { dir },
+        } => {
+            init_tracing("info");
+            node_run(&dir).await
+        }
+        Command::User {
+            command: UserCommand::Add { dir, unit, role },
+        } => {
+            init_tracing("warn");
+            user_add(&dir, unit, role).await
+        }
+        Command::Demo { dir } => {
+            init_tracing("warn");
+            run_demo(dir).await
+        }
+    }
+}
+
+fn pki(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init {
+            dir,
+            unit,
+            deployment,
+        } => {
+            if unit.parent().is_some() {
+                bail!("{unit} is not a root unit: `pki init` is for the top of the tree");
+            }
+            let id = Identity::create_root(&unit, &deployment)?;
+            id.save(&dir.join("pki"))?;
+            println!(
+                "root CA and identity of {unit} written to {}",
+                dir.join("pki").display()
+            );
+        }
+        PkiCommand::Issue { ca_dir, unit, dir } => {
+            let parent = Identity::load(&ca_dir.join("pki"))?;
+            let child = parent.issue_child(&unit)?;
+            child.save(&dir.join("pki"))?;
+            println!(
+                "identity of {unit} issued by {} written to {}",
+                parent.unit,
+                dir.join("pki").display()
+            );
+            println!(
+                "add \"{unit}\" to the children of {} in its node.toml",
+                parent.unit
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn node_run(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("node.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: NodeToml =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut link = LinkConfig::default();
+    if let Some(s) = cfg.keep_alive_secs {
+        link.keep_alive = Duration::from_secs(s);
+    }
+    if let Some(s) = cfg.idle_timeout_secs {
+        link.idle_timeout = Duration::from_secs(s);
+    }
+    let children = cfg
+        .children
+        .iter()
+        .map(|c| c.parse::<UnitId>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let node_cfg = NodeConfig {
+        data_dir: dir.to_owned(),
+        name: cfg.name,
+        quic_listen: cfg.quic_listen,
+        parent_addr: cfg.parent_addr,
+        children,
+        link,
+    };
+    let running = RunningNode::start(node_cfg, cfg.graphql_listen).await?;
+    println!(
+        "{} running: QUIC {} GraphQL {}",
+        running.node.unit(),
+        running.node.quic_addr(),
+        running.graphql_url()
+    );
+    shutdown_signal().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn user_add(dir: &Path, unit: UnitId, role: Role) -> anyhow::Result<()> {
+    let identity = Identity::load(&dir.join("pki"))?;
+    if !unit.is_in_subtree_of(&identity.unit) {
+        bail!("{unit} is not {} or below it", identity.unit);
+    }
+    let (store, _reader, thread) =
+        grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
+    let token = new_token()?;
+    store
+        .add_user(token_hash(&token), unit.clone(), role)
+        .await?;
+    thread.shutdown().await;
+    println!("{token}");
+    eprintln!("token for {role} of {unit}; it is not stored in clear and cannot be shown again");
+    Ok(())
+}
+
+async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
+    if dir.exists() {
+        if dir.join("demo.json").exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("clearing the previous demo in {}", dir.display()))?;
+        } else if std::fs::read_dir(&dir)?.next().is_some() {
+            bail!(
+                "{} exists and is not an earlier demo folder; pick another --dir",
+                dir.display()
+            );
+        }
+    }
+    let units = demo::tree()?;
+    println!("starting {} nodes in {} ...", units.len(), dir.display());
+    let fed = Federation::start(
+        units,
+        FederationOptions {
+            dir: dir.clone(),
+            deployment: "demo.grassroots".into(),
+            link: LinkConfig::default(),
+            via: None,
+        },
+    )
+    .await?;
+    demo::seed(&fed).await?;
+    let manifest = dir.join("demo.json");
+    demo::write_manifest(&fed, &manifest)?;
+    println!();
+    println!(
+        "{:<18} {:<9} {:<20} GraphiQL (token in the URL)",
+        "unit", "level", "name"
+    );
+    for spec in &fed.units {
+        let node = fed.node(&spec.id)?;
+        println!(
+            "{:<18} {:<9} {:<20} http://{}/?token={}",
+            spec.id.as_str(),
+            spec.id.level().as_str(),
+            spec.name,
+            node.http_addr,
+            fed.token(&spec.id, Role::Supervisor)?
+        );
+    }
+    println!();
+    println!("tokens for every role and unit: {}", manifest.display());
+    println!("try, at the city: {{ nodeUnit {{ name members(subtree: true) {{ totalCount }} }} }}");
+    println!("press Ctrl-C to stop");
+    shutdown_signal().await;
+    println!("stopping ...");
+    fed.shutdown().await;
+    Ok(())
+}

@@ -7,10 +7,12 @@
 //! a set, so additions merge too).
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{
+    ActorId, Automerge, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
 use grassroots_schema::{
-    ActorTag, Education, Gender, Member, MemberId, MemberPatch, MemberStatus, NewMember,
-    RecordId, UnitId, UnitProfile,
+    ActorTag, Education, Gender, Member, MemberId, MemberPatch, MemberStatus, NewMember, RecordId,
+    UnitId, UnitProfile,
 };
 
 /// A failure inside automerge while writing a record.
@@ -52,7 +54,11 @@ pub fn create_member(doc: &mut Automerge, record: RecordId, m: &NewMember) -> Re
 }
 
 /// Change the fields a patch names, leaving the others to merge with concurrent edits.
-pub fn update_member(doc: &mut Automerge, record: RecordId, p: &MemberPatch) -> Result<(), DocError> {
+pub fn update_member(
+    doc: &mut Automerge,
+    record: RecordId,
+    p: &MemberPatch,
+) -> Result<(), DocError> {
     let obj = match doc.get(ROOT, record.to_string())? {
         Some((Value::Object(ObjType::Map), id)) => id,
         _ => return Err(DocError::NoSuchRecord(record)),
@@ -238,8 +244,24 @@ mod tests {
         create_member(&mut village, rec, &sample()).unwrap();
         let mut township = empty(&actor_for(&t, [2; 8]));
         sync_pair(&mut village, &mut township);
-        update_member(&mut township, rec, &MemberPatch { name: Some("Wang Fang (corrected)".into()), ..Default::default() }).unwrap();
-        update_member(&mut village, rec, &MemberPatch { education: Some(Education::College), ..Default::default() }).unwrap();
+        update_member(
+            &mut township,
+            rec,
+            &MemberPatch {
+                name: Some("Wang Fang (corrected)".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        update_member(
+            &mut village,
+            rec,
+            &MemberPatch {
+                education: Some(Education::College),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         sync_pair(&mut village, &mut township);
         for d in [&village, &township] {
             let m = &read_members(d, &v)[0];
@@ -254,7 +276,10 @@ mod tests {
         let mut d = empty(&actor_for(&u, [3; 8]));
         let kids = vec![unit("c01/k01/t01"), unit("c01/k01/t02")];
         assert!(set_profile(&mut d, "Eastern County", &kids).unwrap());
-        assert!(!set_profile(&mut d, "Eastern County", &kids).unwrap(), "no-op rewrite");
+        assert!(
+            !set_profile(&mut d, "Eastern County", &kids).unwrap(),
+            "no-op rewrite"
+        );
         let p = read_profile(&d, &u).unwrap();
         assert_eq!(p.name, "Eastern County");
         assert_eq!(p.children, kids);

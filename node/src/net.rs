@@ -18,7 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::pki::{self, Identity, PkiError};
 use crate::store::StoreHandle;
-use crate::sync::wire::{self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError};
+use crate::sync::wire::{
+    self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError,
+};
 
 /// QUIC application close codes.
 pub mod close {
@@ -128,7 +130,8 @@ fn transport(cfg: &LinkConfig) -> Result<quinn::TransportConfig, NetError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(cfg.keep_alive));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(cfg.idle_timeout).map_err(|e| NetError::Endpoint(e.to_string()))?,
+        quinn::IdleTimeout::try_from(cfg.idle_timeout)
+            .map_err(|e| NetError::Endpoint(e.to_string()))?,
     ));
     // One stream per link; a few spare for future use.
     t.max_concurrent_bidi_streams(VarInt::from_u32(4));
@@ -143,17 +146,24 @@ fn transport(cfg: &LinkConfig) -> Result<quinn::TransportConfig, NetError> {
 }
 
 /// A QUIC endpoint that serves children and dials the parent with this identity.
-pub fn endpoint(identity: &Identity, listen: SocketAddr, cfg: &LinkConfig) -> Result<Endpoint, NetError> {
+pub fn endpoint(
+    identity: &Identity,
+    listen: SocketAddr,
+    cfg: &LinkConfig,
+) -> Result<Endpoint, NetError> {
     let transport = Arc::new(transport(cfg)?);
-    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
-        .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let server_crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
+            .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
-    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
-        .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let client_crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
+            .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
-    let mut ep = Endpoint::server(server, listen).map_err(|e| NetError::Endpoint(format!("bind {listen}: {e}")))?;
+    let mut ep = Endpoint::server(server, listen)
+        .map_err(|e| NetError::Endpoint(format!("bind {listen}: {e}")))?;
     ep.set_default_client_config(client);
     Ok(ep)
 }
@@ -203,7 +213,10 @@ fn hello(identity: &Identity) -> Msg {
 fn verify_peer(conn: &Connection, identity: &Identity) -> Result<UnitId, NetError> {
     let certs = conn
         .peer_identity()
-        .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or_else(|| NetError::Handshake("peer presented no certificate".into()))?;
     let (unit, issuer) = pki::peer_unit(&certs, &identity.deployment)?;
     if issuer != pki::expected_issuer(&unit, &identity.deployment) {
@@ -250,15 +263,31 @@ pub async fn connect_parent(
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, &hello(identity)).await?;
         match read_frame(&mut recv).await? {
-            Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => Ok(Link { conn, send, recv, peer }),
-            Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!("hello from {} version {}", h.unit, h.version))),
-            Some(Ok(Msg::Reject { reason, detail, .. })) => Err(NetError::Refused { reason, detail }),
-            Some(Ok(other)) => Err(NetError::Handshake(format!("expected hello, got {other:?}"))),
+            Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => {
+                Ok(Link {
+                    conn,
+                    send,
+                    recv,
+                    peer,
+                })
+            }
+            Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!(
+                "hello from {} version {}",
+                h.unit, h.version
+            ))),
+            Some(Ok(Msg::Reject { reason, detail, .. })) => {
+                Err(NetError::Refused { reason, detail })
+            }
+            Some(Ok(other)) => Err(NetError::Handshake(format!(
+                "expected hello, got {other:?}"
+            ))),
             Some(Err(e)) => Err(NetError::Handshake(e.to_string())),
             None => Err(NetError::Handshake("parent closed the stream".into())),
         }
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| NetError::Timeout)?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| NetError::Timeout)?
 }
 
 async fn accept_child(
@@ -272,7 +301,10 @@ async fn accept_child(
         let peer = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
-                conn.close(close::NOT_ADJACENT, b"certificate not issued by the peer's parent");
+                conn.close(
+                    close::NOT_ADJACENT,
+                    b"certificate not issued by the peer's parent",
+                );
                 return Err(e);
             }
         };
@@ -287,7 +319,12 @@ async fn accept_child(
         match read_frame(&mut recv).await? {
             Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => {
                 write_frame(&mut send, &hello(identity)).await?;
-                Ok(Link { conn, send, recv, peer })
+                Ok(Link {
+                    conn,
+                    send,
+                    recv,
+                    peer,
+                })
             }
             Some(Ok(Msg::Hello(h))) if h.version != PROTOCOL_VERSION => {
                 let reject = Msg::Reject {
@@ -303,17 +340,26 @@ async fn accept_child(
             }
             other => {
                 conn.close(close::HANDSHAKE, b"expected hello");
-                Err(NetError::Handshake(format!("expected a hello naming {peer}, got {other:?}")))
+                Err(NetError::Handshake(format!(
+                    "expected a hello naming {peer}, got {other:?}"
+                )))
             }
         }
     };
-    tokio::time::timeout(timeout, fut).await.map_err(|_| NetError::Timeout)?
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| NetError::Timeout)?
 }
 
 /// Run a link until it ends or `cancel` fires: register with the store, pump frames both
 /// ways, unregister. Reading and writing are two futures so neither is cancelled mid-frame.
 pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken) {
-    let Link { conn, mut send, mut recv, peer } = link;
+    let Link {
+        conn,
+        mut send,
+        mut recv,
+        peer,
+    } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     if store.peer_up(peer.clone(), out_tx.clone()).await.is_err() {
         conn.close(close::BYE, b"shutting down");
@@ -384,7 +430,12 @@ pub async fn accept_loop(
             _ = cancel.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (identity, children, store, cancel) = (identity.clone(), children.clone(), store.clone(), cancel.clone());
+        let (identity, children, store, cancel) = (
+            identity.clone(),
+            children.clone(),
+            store.clone(),
+            cancel.clone(),
+        );
         let timeout = cfg.handshake_timeout;
         tasks.spawn(async move {
             let remote = incoming.remote_address();

@@ -202,7 +202,10 @@ impl Identity {
             ("root.pem", certs(std::slice::from_ref(&self.root))),
             ("node-chain.pem", certs(&self.chain)),
             ("ca-chain.pem", certs(&self.issuer_chain)),
-            ("node.key", pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.clone()))),
+            (
+                "node.key",
+                pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.clone())),
+            ),
             ("ca.key", self.ca_key_pem.clone()),
         ];
         for (name, content) in files {
@@ -240,7 +243,9 @@ impl Identity {
             .trim()
             .split_once(' ')
             .ok_or_else(|| PkiError::BadPem("unit.txt".into()))?;
-        let unit: UnitId = unit.parse().map_err(|_| PkiError::BadPem("unit.txt".into()))?;
+        let unit: UnitId = unit
+            .parse()
+            .map_err(|_| PkiError::BadPem("unit.txt".into()))?;
         let root = certs("root.pem")?
             .into_iter()
             .next()
@@ -313,8 +318,8 @@ pub fn peer_unit(
     let leaf = certs
         .first()
         .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| PkiError::PeerCert(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| PkiError::PeerCert(e.to_string()))?;
     let issuer = cert
         .issuer()
         .iter_common_name()
@@ -357,7 +362,10 @@ mod tests {
         assert_eq!(root.chain.len(), 1);
         assert_eq!(county.chain.len(), 1, "leaf signed by the root CA directly");
         assert_eq!(town.chain.len(), 2, "leaf + county CA");
-        assert!(county.issue_child(&u("c01/k02/t01")).is_err(), "not a child");
+        assert!(
+            county.issue_child(&u("c01/k02/t01")).is_err(),
+            "not a child"
+        );
         let dir = tempfile::tempdir().unwrap();
         town.save(dir.path()).unwrap();
         let back = Identity::load(dir.path()).unwrap();

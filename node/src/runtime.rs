@@ -83,15 +83,25 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let identity = Arc::new(Identity::load(&cfg.data_dir.join("pki"))?);
         let unit = identity.unit.clone();
-        if let Some(child) = cfg.children.iter().find(|c| c.parent().as_ref() != Some(&unit)) {
-            return Err(NodeError::NotAChild { unit, child: child.clone() });
+        if let Some(child) = cfg
+            .children
+            .iter()
+            .find(|c| c.parent().as_ref() != Some(&unit))
+        {
+            return Err(NodeError::NotAChild {
+                unit,
+                child: child.clone(),
+            });
         }
         let parent = unit.parent();
         if parent.is_some() && cfg.parent_addr.is_none() {
             return Err(NodeError::NoParentAddress(unit));
         }
-        let (store, reader, store_thread) = store::open(&cfg.data_dir.join("store.redb"), unit.clone())?;
-        store.set_profile(cfg.name.clone(), cfg.children.clone()).await?;
+        let (store, reader, store_thread) =
+            store::open(&cfg.data_dir.join("store.redb"), unit.clone())?;
+        store
+            .set_profile(cfg.name.clone(), cfg.children.clone())
+            .await?;
         let endpoint = net::endpoint(&identity, cfg.quic_listen, &cfg.link)?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -150,7 +160,9 @@ impl Node {
     /// The bound QUIC address.
     pub fn quic_addr(&self) -> SocketAddr {
         // local_addr only fails for a closed socket; the endpoint lives as long as the node.
-        self.endpoint.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Stop in order: links (each persists its sync states), endpoint, store.

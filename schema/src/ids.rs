@@ -10,7 +10,9 @@ use crate::level::Level;
 #[non_exhaustive]
 pub enum IdError {
     /// A unit path segment is empty, too long or has characters outside `[a-z0-9-]`.
-    #[error("invalid unit label {0:?}: use 1-30 characters of a-z, 0-9 and '-', not starting with '-'")]
+    #[error(
+        "invalid unit label {0:?}: use 1-30 characters of a-z, 0-9 and '-', not starting with '-'"
+    )]
     BadLabel(String),
     /// A unit path is deeper than the four levels.
     #[error("unit path {0:?} is deeper than the four levels (city/county/township/village)")]
@@ -327,7 +329,16 @@ mod tests {
     fn unit_paths_parse_and_reject() {
         assert_eq!(u("c01/k02/t03/v07").level(), Level::Village);
         assert_eq!(u("c01").level(), Level::City);
-        for bad in ["", "c01/", "/c01", "C01", "c01//k1", "-x", "c01/k02/t03/v07/x", "a b"] {
+        for bad in [
+            "",
+            "c01/",
+            "/c01",
+            "C01",
+            "c01//k1",
+            "-x",
+            "c01/k02/t03/v07/x",
+            "a b",
+        ] {
             assert!(bad.parse::<UnitId>().is_err(), "{bad:?} accepted");
         }
     }
@@ -336,7 +347,10 @@ mod tests {
     fn ancestry_is_by_whole_labels() {
         assert!(u("c01").is_ancestor_of(&u("c01/k02")));
         assert!(u("c01").is_ancestor_of(&u("c01/k02/t03")));
-        assert!(!u("c01/k0").is_ancestor_of(&u("c01/k02")), "prefix of a label is not an ancestor");
+        assert!(
+            !u("c01/k0").is_ancestor_of(&u("c01/k02")),
+            "prefix of a label is not an ancestor"
+        );
         assert!(!u("c01").is_ancestor_of(&u("c01")));
         assert!(u("c01").is_in_subtree_of(&u("c01")));
         assert_eq!(u("c01/k02/t03").parent(), Some(u("c01/k02")));

@@ -25,6 +25,6 @@ pub use records::{
     Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, UnitProfile,
 };
 pub use rules::{
-    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_write, may_author, relation,
-    replicated_at,
+    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_write, may_author,
+    relation, replicated_at,
 };

@@ -325,17 +325,29 @@ mod tests {
             id: DocId::new(DocKind::Members, county.clone()),
             audience: Audience::Units(vec![u("c01/k01/t01/v02")]),
         };
-        assert!(replicated_at(&u("c01/k01/t01"), &list), "path to an addressee");
+        assert!(
+            replicated_at(&u("c01/k01/t01"), &list),
+            "path to an addressee"
+        );
         assert!(replicated_at(&u("c01/k01/t01/v02"), &list));
-        assert!(!replicated_at(&u("c01/k01/t01/v01"), &list), "a sibling of the addressee");
+        assert!(
+            !replicated_at(&u("c01/k01/t01/v01"), &list),
+            "a sibling of the addressee"
+        );
         assert!(!replicated_at(&u("c01/k01/t02"), &list));
         let villages = DocMeta {
             audience: Audience::Level(Level::Village),
             ..list.clone()
         };
         assert!(replicated_at(&u("c01/k01/t02/v09"), &villages));
-        assert!(replicated_at(&u("c01/k01/t02"), &villages), "relays to villages");
-        assert!(!replicated_at(&u("c01/k02/t01/v01"), &villages), "another county");
+        assert!(
+            replicated_at(&u("c01/k01/t02"), &villages),
+            "relays to villages"
+        );
+        assert!(
+            !replicated_at(&u("c01/k02/t01/v01"), &villages),
+            "another county"
+        );
         // An audience can never name a unit outside the owner's subtree.
         let stray = DocMeta {
             audience: Audience::Units(vec![u("c01/k02/t01")]),
@@ -367,7 +379,10 @@ mod tests {
                     kind.is_public(),
                     "anonymous read {kind:?} {rel:?}"
                 );
-                assert!(!can_write(&Caller::Anonymous, &owner), "anonymous write {rel:?}");
+                assert!(
+                    !can_write(&Caller::Anonymous, &owner),
+                    "anonymous write {rel:?}"
+                );
                 let in_subtree = matches!(
                     rel,
                     Relation::SelfUnit | Relation::Child | Relation::Descendant
@@ -378,7 +393,11 @@ mod tests {
                         role,
                     };
                     let read = kind.is_public() || in_subtree;
-                    assert_eq!(can_read(&caller, &doc), read, "{role} read {kind:?} {rel:?}");
+                    assert_eq!(
+                        can_read(&caller, &doc),
+                        read,
+                        "{role} read {kind:?} {rel:?}"
+                    );
                     let write = match role {
                         Role::Viewer => false,
                         Role::Clerk => rel == Relation::SelfUnit,
@@ -401,9 +420,18 @@ mod tests {
             role: Role::Viewer,
         };
         assert!(can_read(&reader("c01/k01/t01"), &directive));
-        assert!(!can_read(&reader("c01/k01/t01/v01"), &directive), "not addressed");
-        assert!(!can_read(&reader("c01/k02/t01"), &directive), "another county");
-        assert!(can_read(&reader("c01"), &directive), "ancestor of the owner");
+        assert!(
+            !can_read(&reader("c01/k01/t01/v01"), &directive),
+            "not addressed"
+        );
+        assert!(
+            !can_read(&reader("c01/k02/t01"), &directive),
+            "another county"
+        );
+        assert!(
+            can_read(&reader("c01"), &directive),
+            "ancestor of the owner"
+        );
     }
 
     #[test]

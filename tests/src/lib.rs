@@ -1,0 +1,110 @@
+//! Support for the cross-crate integration tests: a UDP relay that can cut a link, a small
+//! GraphQL client, and polling helpers.
+
+pub mod relay;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use grassroots::federation::{Federation, FederationOptions, UnitSpec, Via};
+use grassroots_node::LinkConfig;
+use grassroots_schema::UnitId;
+use serde_json::{Value, json};
+
+/// Parse a unit id (test input is trusted).
+pub fn unit(s: &str) -> UnitId {
+    s.parse().unwrap_or_else(|e| panic!("bad unit id {s}: {e}"))
+}
+
+/// Short timeouts so a cut link is noticed and redialled quickly.
+pub fn fast_links() -> LinkConfig {
+    LinkConfig {
+        keep_alive: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(3),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(1),
+        handshake_timeout: Duration::from_secs(3),
+    }
+}
+
+/// A small tree: one city, two counties, a township under each, two villages under the first
+/// township and one under the other.
+pub fn small_tree() -> Vec<UnitSpec> {
+    [
+        ("c01", "Linhe City"),
+        ("c01/k01", "Dongping County"),
+        ("c01/k02", "Xishan County"),
+        ("c01/k01/t01", "Qingshui Township"),
+        ("c01/k02/t01", "Shiqiao Township"),
+        ("c01/k01/t01/v01", "Liujia Village"),
+        ("c01/k01/t01/v02", "Zhangwan Village"),
+        ("c01/k02/t01/v01", "Nanshan Village"),
+    ]
+    .into_iter()
+    .map(|(id, name)| UnitSpec {
+        id: unit(id),
+        name: name.into(),
+    })
+    .collect()
+}
+
+/// Start a federation in a fresh temporary folder.
+pub async fn start(
+    units: Vec<UnitSpec>,
+    via: Option<Via>,
+) -> anyhow::Result<(Federation, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let fed = Federation::start(
+        units,
+        FederationOptions {
+            dir: dir.path().to_owned(),
+            deployment: "test.grassroots".into(),
+            link: fast_links(),
+            via,
+        },
+    )
+    .await?;
+    Ok((fed, dir))
+}
+
+/// POST a GraphQL query; returns the whole response (data and errors).
+pub async fn gql(
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> anyhow::Result<Value> {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(url)
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.context("sending query")?;
+    Ok(resp.json().await.context("decoding response")?)
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn error_code(resp: &Value) -> Option<&str> {
+    resp["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -17,8 +17,8 @@ use std::thread::JoinHandle;
 
 use automerge::{Automerge, ChangeHash};
 use grassroots_schema::{
-    DocId, DocKind, DocMeta, Member, MemberId, MemberPatch, NewMember, RecordError, RecordId,
-    Role, UnitId,
+    DocId, DocKind, DocMeta, Member, MemberId, MemberPatch, NewMember, RecordError, RecordId, Role,
+    UnitId,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -146,7 +146,13 @@ impl StoreThread {
     /// Ask the actor to persist what it holds and stop, then wait for it.
     pub async fn shutdown(mut self) {
         let (reply, rx) = oneshot::channel();
-        if self.handle.tx.send(Command::Shutdown { reply }).await.is_ok() {
+        if self
+            .handle
+            .tx
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         if let Some(t) = self.thread.take() {
@@ -157,7 +163,10 @@ impl StoreThread {
 
 /// Open (or create) the store at `path` for the node of `me`: load every document, check
 /// the layout, and start the actor.
-pub fn open(path: &Path, me: UnitId) -> Result<(StoreHandle, StoreReader, StoreThread), StoreError> {
+pub fn open(
+    path: &Path,
+    me: UnitId,
+) -> Result<(StoreHandle, StoreReader, StoreThread), StoreError> {
     let database = match Database::create(path) {
         Ok(d) => d,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -281,14 +290,26 @@ impl StoreHandle {
     }
 
     /// Add a member to `unit`'s register; returns once it is durable.
-    pub async fn create_member(&self, unit: UnitId, member: NewMember) -> Result<Member, WriteError> {
-        self.call(|reply| Command::CreateMember { unit, member, reply })
-            .await
-            .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
+    pub async fn create_member(
+        &self,
+        unit: UnitId,
+        member: NewMember,
+    ) -> Result<Member, WriteError> {
+        self.call(|reply| Command::CreateMember {
+            unit,
+            member,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// Change fields of a member; returns the merged record once durable.
-    pub async fn update_member(&self, id: MemberId, patch: MemberPatch) -> Result<Member, WriteError> {
+    pub async fn update_member(
+        &self,
+        id: MemberId,
+        patch: MemberPatch,
+    ) -> Result<Member, WriteError> {
         self.call(|reply| Command::UpdateMember { id, patch, reply })
             .await
             .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
@@ -296,23 +317,45 @@ impl StoreHandle {
 
     /// Write this node's own profile (name and registered children) when it differs.
     pub async fn set_profile(&self, name: String, children: Vec<UnitId>) -> Result<(), WriteError> {
-        self.call(|reply| Command::SetProfile { name, children, reply })
-            .await
-            .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
+        self.call(|reply| Command::SetProfile {
+            name,
+            children,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// Bind a token (by its hash) to a unit and role.
-    pub async fn add_user(&self, token_hash: [u8; 32], unit: UnitId, role: Role) -> Result<(), StoreError> {
-        self.call(|reply| Command::AddUser { token_hash, unit, role, reply })
-            .await
-            .unwrap_or(Err(StoreError::Closed))
+    pub async fn add_user(
+        &self,
+        token_hash: [u8; 32],
+        unit: UnitId,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Command::AddUser {
+            token_hash,
+            unit,
+            role,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(StoreError::Closed))
     }
 
     /// A link to `peer` passed its hello: start syncing, sending through `outbox`.
-    pub async fn peer_up(&self, peer: UnitId, outbox: mpsc::UnboundedSender<Msg>) -> Result<(), StoreError> {
-        self.call(|reply| Command::PeerUp { peer, outbox, reply })
-            .await
-            .ok_or(StoreError::Closed)
+    pub async fn peer_up(
+        &self,
+        peer: UnitId,
+        outbox: mpsc::UnboundedSender<Msg>,
+    ) -> Result<(), StoreError> {
+        self.call(|reply| Command::PeerUp {
+            peer,
+            outbox,
+            reply,
+        })
+        .await
+        .ok_or(StoreError::Closed)
     }
 
     /// The link to `peer` ended; its sync states are persisted.
@@ -392,7 +435,11 @@ impl Actor {
 
     fn on_command(&mut self, cmd: Command, batch: &mut Batch) {
         match cmd {
-            Command::CreateMember { unit, member, reply } => {
+            Command::CreateMember {
+                unit,
+                member,
+                reply,
+            } => {
                 let r = self.create_member(unit, member, batch);
                 reply_after_commit(batch, reply, r);
             }
@@ -400,17 +447,30 @@ impl Actor {
                 let r = self.update_member(id, patch, batch);
                 reply_after_commit(batch, reply, r);
             }
-            Command::SetProfile { name, children, reply } => {
+            Command::SetProfile {
+                name,
+                children,
+                reply,
+            } => {
                 let r = self.set_profile(&name, &children, batch);
                 reply_after_commit(batch, reply, r);
             }
-            Command::AddUser { token_hash, unit, role, reply } => {
+            Command::AddUser {
+                token_hash,
+                unit,
+                role,
+                reply,
+            } => {
                 batch.users.push((token_hash, format!("{unit} {role}")));
                 batch.replies.push(Box::new(move |c| {
                     let _ = reply.send(c.map_err(|e| StoreError::Corrupt(e.to_string())));
                 }));
             }
-            Command::PeerUp { peer, outbox, reply } => {
+            Command::PeerUp {
+                peer,
+                outbox,
+                reply,
+            } => {
                 let saved = match self.saved_states(&peer) {
                     Ok(s) => s,
                     Err(e) => {
@@ -478,7 +538,11 @@ impl Actor {
         Ok(RecordId::from_u64(u64::from_be_bytes(b)))
     }
 
-    fn local_doc(&mut self, meta: DocMeta, batch: &mut Batch) -> Result<&mut Automerge, WriteError> {
+    fn local_doc(
+        &mut self,
+        meta: DocMeta,
+        batch: &mut Batch,
+    ) -> Result<&mut Automerge, WriteError> {
         let id = meta.id.clone();
         let (doc, created) = self.engine.local_doc(meta).map_err(WriteError::Refused)?;
         if created {
@@ -492,7 +556,12 @@ impl Actor {
         batch.dirty.insert(id);
     }
 
-    fn create_member(&mut self, unit: UnitId, m: NewMember, batch: &mut Batch) -> Result<Member, WriteError> {
+    fn create_member(
+        &mut self,
+        unit: UnitId,
+        m: NewMember,
+        batch: &mut Batch,
+    ) -> Result<Member, WriteError> {
         m.validate()?;
         let record = self.random_record()?;
         let meta = DocMeta::new(DocId::new(DocKind::Members, unit.clone()));
@@ -510,7 +579,12 @@ impl Actor {
         })
     }
 
-    fn update_member(&mut self, id: MemberId, p: MemberPatch, batch: &mut Batch) -> Result<Member, WriteError> {
+    fn update_member(
+        &mut self,
+        id: MemberId,
+        p: MemberPatch,
+        batch: &mut Batch,
+    ) -> Result<Member, WriteError> {
         p.validate()?;
         let doc_id = DocId::new(DocKind::Members, id.unit.clone());
         let Some(meta) = self.engine.get(&doc_id).map(|e| e.meta.clone()) else {
@@ -529,7 +603,12 @@ impl Actor {
         Ok(merged)
     }
 
-    fn set_profile(&mut self, name: &str, children: &[UnitId], batch: &mut Batch) -> Result<(), WriteError> {
+    fn set_profile(
+        &mut self,
+        name: &str,
+        children: &[UnitId],
+        batch: &mut Batch,
+    ) -> Result<(), WriteError> {
         let me = self.engine.me().clone();
         let meta = DocMeta::new(DocId::new(DocKind::Profile, me));
         let id = meta.id.clone();
@@ -542,7 +621,11 @@ impl Actor {
     /// Persist the batch in one write transaction: new documents, appended changes (or a
     /// snapshot every [`SNAPSHOT_EVERY`] rows), re-materialised views, sync states, users.
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        if batch.dirty.is_empty() && batch.created.is_empty() && batch.states.is_empty() && batch.users.is_empty() {
+        if batch.dirty.is_empty()
+            && batch.created.is_empty()
+            && batch.states.is_empty()
+            && batch.users.is_empty()
+        {
             return Ok(());
         }
         let tx = self.db.begin_write().map_err(db)?;
@@ -554,13 +637,20 @@ impl Actor {
             let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
             let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
             for id in batch.created.iter().chain(batch.dirty.iter()) {
-                let Some(entry) = self.engine.get(id) else { continue };
+                let Some(entry) = self.engine.get(id) else {
+                    continue;
+                };
                 let key = id.to_string();
-                docs.insert(key.as_str(), wire::encode_audience(&entry.meta.audience).as_slice())
-                    .map_err(db)?;
+                docs.insert(
+                    key.as_str(),
+                    wire::encode_audience(&entry.meta.audience).as_slice(),
+                )
+                .map_err(db)?;
             }
             for id in &batch.dirty {
-                let Some(entry) = self.engine.get(id) else { continue };
+                let Some(entry) = self.engine.get(id) else {
+                    continue;
+                };
                 let key = id.to_string();
                 let mut p = self.persisted.get(id).cloned().unwrap_or_default();
                 let heads = entry.doc.get_heads();
@@ -568,7 +658,9 @@ impl Actor {
                     continue;
                 }
                 if p.rows_since_snapshot >= SNAPSHOT_EVERY {
-                    snaps.insert(key.as_str(), entry.doc.save().as_slice()).map_err(db)?;
+                    snaps
+                        .insert(key.as_str(), entry.doc.save().as_slice())
+                        .map_err(db)?;
                     changes
                         .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
                         .map_err(db)?;
@@ -576,7 +668,9 @@ impl Actor {
                     p.rows_since_snapshot = 0;
                 } else {
                     let bytes = entry.doc.save_after(&p.heads);
-                    changes.insert((key.as_str(), p.next_seq), bytes.as_slice()).map_err(db)?;
+                    changes
+                        .insert((key.as_str(), p.next_seq), bytes.as_slice())
+                        .map_err(db)?;
                     p.next_seq += 1;
                     p.rows_since_snapshot += 1;
                 }
@@ -587,7 +681,9 @@ impl Actor {
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
             for (peer, doc, state) in &batch.states {
                 let d = doc.to_string();
-                states.insert((peer.as_str(), d.as_str()), state.as_slice()).map_err(db)?;
+                states
+                    .insert((peer.as_str(), d.as_str()), state.as_slice())
+                    .map_err(db)?;
             }
             let mut users = tx.open_table(USERS).map_err(db)?;
             for (hash, value) in &batch.users {
@@ -633,13 +729,17 @@ fn materialise(
                 .map_err(db)?;
             for m in doc::read_members(&entry.doc, owner) {
                 let rec = m.id.record.to_string();
-                let json = serde_json::to_vec(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                members.insert((key.as_str(), rec.as_str()), json.as_slice()).map_err(db)?;
+                let json =
+                    serde_json::to_vec(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                members
+                    .insert((key.as_str(), rec.as_str()), json.as_slice())
+                    .map_err(db)?;
             }
         }
         DocKind::Profile => {
             if let Some(p) = doc::read_profile(&entry.doc, owner) {
-                let json = serde_json::to_vec(&p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let json =
+                    serde_json::to_vec(&p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 units.insert(key.as_str(), json.as_slice()).map_err(db)?;
             }
         }
@@ -674,14 +774,27 @@ mod tests {
         let path = dir.path().join("store.redb");
         let me = u("c01/k01/t01");
         let (h, r, t) = open(&path, me.clone()).unwrap();
-        h.set_profile("Riverside".into(), vec![u("c01/k01/t01/v01")]).await.unwrap();
+        h.set_profile("Riverside".into(), vec![u("c01/k01/t01/v01")])
+            .await
+            .unwrap();
         let mut ids = Vec::new();
         // More than SNAPSHOT_EVERY writes so a compaction happens in between.
         for i in 0..(SNAPSHOT_EVERY as usize + 10) {
-            ids.push(h.create_member(me.clone(), sample(&format!("Member {i}"))).await.unwrap().id);
+            ids.push(
+                h.create_member(me.clone(), sample(&format!("Member {i}")))
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         let upd = h
-            .update_member(ids[0].clone(), MemberPatch { name: Some("Renamed".into()), ..Default::default() })
+            .update_member(
+                ids[0].clone(),
+                MemberPatch {
+                    name: Some("Renamed".into()),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(upd.name, "Renamed");
@@ -695,8 +808,13 @@ mod tests {
         assert_eq!(r.member(&ids[0]).unwrap().unwrap().name, "Renamed");
         assert_eq!(r.unit(&me).unwrap().unwrap().name, "Riverside");
         // Writing after reopen continues the same document.
-        h.create_member(me.clone(), sample("After Reopen")).await.unwrap();
-        assert_eq!(r.members(&me, false, None, 1000).unwrap().total, ids.len() + 1);
+        h.create_member(me.clone(), sample("After Reopen"))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.members(&me, false, None, 1000).unwrap().total,
+            ids.len() + 1
+        );
         t.shutdown().await;
     }
 
@@ -706,13 +824,25 @@ mod tests {
         let me = u("c01/k01/t01");
         let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
         // A sibling's register is outside this node's scope.
-        let e = h.create_member(u("c01/k01/t02"), sample("Nope")).await.unwrap_err();
+        let e = h
+            .create_member(u("c01/k01/t02"), sample("Nope"))
+            .await
+            .unwrap_err();
         assert!(matches!(e, WriteError::Refused(_)), "{e:?}");
         let mut bad = sample("x");
         bad.joined_on = "2024-02-30".into();
-        assert!(matches!(h.create_member(me.clone(), bad).await, Err(WriteError::Invalid(_))));
-        let missing = MemberId { unit: me.clone(), record: RecordId::from_u64(1) };
-        assert!(matches!(h.update_member(missing, MemberPatch::default()).await, Err(WriteError::NotFound(_))));
+        assert!(matches!(
+            h.create_member(me.clone(), bad).await,
+            Err(WriteError::Invalid(_))
+        ));
+        let missing = MemberId {
+            unit: me.clone(),
+            record: RecordId::from_u64(1),
+        };
+        assert!(matches!(
+            h.update_member(missing, MemberPatch::default()).await,
+            Err(WriteError::NotFound(_))
+        ));
         assert_eq!(r.members(&me, true, None, 10).unwrap().total, 0);
         t.shutdown().await;
     }
@@ -724,12 +854,22 @@ mod tests {
         let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
         for unit in ["c01/k01", "c01/k01/t01", "c01/k01/t01/v01", "c01/k01/t02"] {
             for i in 0..3 {
-                h.create_member(u(unit), sample(&format!("{unit} {i}"))).await.unwrap();
+                h.create_member(u(unit), sample(&format!("{unit} {i}")))
+                    .await
+                    .unwrap();
             }
         }
         assert_eq!(r.members(&me, true, None, 100).unwrap().total, 12);
-        assert_eq!(r.members(&u("c01/k01/t01"), true, None, 100).unwrap().total, 6);
-        assert_eq!(r.members(&u("c01/k01/t01"), false, None, 100).unwrap().total, 3);
+        assert_eq!(
+            r.members(&u("c01/k01/t01"), true, None, 100).unwrap().total,
+            6
+        );
+        assert_eq!(
+            r.members(&u("c01/k01/t01"), false, None, 100)
+                .unwrap()
+                .total,
+            3
+        );
         // Walk pages of 5.
         let mut seen = Vec::new();
         let mut after = None;

@@ -78,7 +78,10 @@ impl StoreReader {
         let end = prefix_end(&start);
         let mut out = Vec::new();
         for row in t
-            .range::<&str>((Bound::Excluded(start.as_str()), Bound::Excluded(end.as_str())))
+            .range::<&str>((
+                Bound::Excluded(start.as_str()),
+                Bound::Excluded(end.as_str()),
+            ))
             .map_err(db)?
         {
             let (_, v) = row.map_err(db)?;
@@ -166,8 +169,12 @@ impl StoreReader {
         let (unit, role) = s
             .split_once(' ')
             .ok_or_else(|| StoreError::Corrupt(format!("user row {s:?}")))?;
-        let unit = unit.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-        let role = role.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+        let unit = unit
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+        let role = role
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
         Ok(Some((unit, role)))
     }
 }

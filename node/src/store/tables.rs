@@ -19,7 +19,8 @@ pub const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sn
 pub const CHANGES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("changes-1");
 
 /// (peer unit, doc id) -> `sync::State::encode()` saved when the link ended.
-pub const SYNC_STATES: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("sync-states-1");
+pub const SYNC_STATES: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("sync-states-1");
 
 /// SHA-256 of a token -> `"unit role"`.
 pub const USERS: TableDefinition<'_, &[u8], &str> = TableDefinition::new("users-1");

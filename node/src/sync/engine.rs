@@ -132,10 +132,13 @@ impl Engine {
         }
         let created = !self.docs.contains_key(&meta.id);
         let actor = self.actor.clone();
-        let entry = self.docs.entry(meta.id.clone()).or_insert_with(|| DocEntry {
-            meta,
-            doc: doc::empty(&actor),
-        });
+        let entry = self
+            .docs
+            .entry(meta.id.clone())
+            .or_insert_with(|| DocEntry {
+                meta,
+                doc: doc::empty(&actor),
+            });
         Ok((&mut entry.doc, created))
     }
 
@@ -236,7 +239,11 @@ impl Engine {
     /// rejection should be sent back.
     pub fn receive(&mut self, peer: &UnitId, msg: Msg) -> Result<Step, Rejection> {
         if !self.peers.contains_key(peer) {
-            return Err(Rejection::new(RejectReason::NotAdjacent, None, "not connected"));
+            return Err(Rejection::new(
+                RejectReason::NotAdjacent,
+                None,
+                "not connected",
+            ));
         }
         match msg {
             Msg::Announce(metas) => self.on_announce(peer, metas),
@@ -266,7 +273,10 @@ impl Engine {
             return Err(Rejection::new(
                 RejectReason::OutOfScope,
                 Some(&meta.id),
-                format!("{} is outside the scope of the link {} <-> {}", meta.id, self.me, peer),
+                format!(
+                    "{} is outside the scope of the link {} <-> {}",
+                    meta.id, self.me, peer
+                ),
             ));
         }
         if let Some(have) = self.docs.get(&meta.id) {
@@ -308,19 +318,36 @@ impl Engine {
         };
         self.check_scope(peer, &meta)?;
         let message = sync::Message::decode(data).map_err(|e| {
-            Rejection::new(RejectReason::Malformed, Some(&id), format!("sync message: {e}"))
+            Rejection::new(
+                RejectReason::Malformed,
+                Some(&id),
+                format!("sync message: {e}"),
+            )
         })?;
         let mut step = Step::default();
         if !self.docs.contains_key(&id) {
             let doc = doc::empty(&self.actor);
-            self.docs.insert(id.clone(), DocEntry { meta: meta.clone(), doc });
+            self.docs.insert(
+                id.clone(),
+                DocEntry {
+                    meta: meta.clone(),
+                    doc,
+                },
+            );
             step.created.insert(id.clone());
         }
         let (Some(entry), Some(peer_sync)) = (self.docs.get_mut(&id), self.peers.get_mut(peer))
         else {
-            return Err(Rejection::new(RejectReason::ApplyFailed, Some(&id), "document vanished"));
+            return Err(Rejection::new(
+                RejectReason::ApplyFailed,
+                Some(&id),
+                "document vanished",
+            ));
         };
-        let state = peer_sync.states.entry(id.clone()).or_insert_with(sync::State::new);
+        let state = peer_sync
+            .states
+            .entry(id.clone())
+            .or_insert_with(sync::State::new);
         let before = entry.doc.get_heads();
 
         // Peer bytes are hostile: apply to a copy inside catch_unwind (automerge 0.12 panics
@@ -438,7 +465,11 @@ mod tests {
 
     /// Deterministic two-peer harness: deliver every queued message in order until quiet.
     /// Returns rejections seen, by receiving side.
-    fn pump(a: &mut Engine, b: &mut Engine, mut queue: Vec<(UnitId, UnitId, Msg)>) -> Vec<Rejection> {
+    fn pump(
+        a: &mut Engine,
+        b: &mut Engine,
+        mut queue: Vec<(UnitId, UnitId, Msg)>,
+    ) -> Vec<Rejection> {
         let mut rejected = Vec::new();
         let mut rounds = 0;
         while let Some((from, to, msg)) = (!queue.is_empty()).then(|| queue.remove(0)) {
@@ -458,14 +489,28 @@ mod tests {
 
     fn connect(a: &mut Engine, b: &mut Engine) -> Vec<(UnitId, UnitId, Msg)> {
         let (ua, ub) = (a.me().clone(), b.me().clone());
-        let mut q: Vec<_> = a.connect(&ub, HashMap::new()).into_iter().map(|m| (ua.clone(), ub.clone(), m)).collect();
-        q.extend(b.connect(&ua, HashMap::new()).into_iter().map(|m| (ub.clone(), ua.clone(), m)));
+        let mut q: Vec<_> = a
+            .connect(&ub, HashMap::new())
+            .into_iter()
+            .map(|m| (ua.clone(), ub.clone(), m))
+            .collect();
+        q.extend(
+            b.connect(&ua, HashMap::new())
+                .into_iter()
+                .map(|m| (ub.clone(), ua.clone(), m)),
+        );
         q
     }
 
     fn names(e: &Engine, owner: &str) -> Vec<String> {
         let id = DocId::new(DocKind::Members, u(owner));
-        let mut v: Vec<String> = e.get(&id).map(|d| doc::read_members(&d.doc, &u(owner))).unwrap_or_default().into_iter().map(|m| m.name).collect();
+        let mut v: Vec<String> = e
+            .get(&id)
+            .map(|d| doc::read_members(&d.doc, &u(owner)))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
         v.sort();
         v
     }
@@ -490,8 +535,14 @@ mod tests {
         write(&mut t, "c01/k01/t01/v02", 2, "Sibling Village Member");
         let q = connect(&mut t, &mut v);
         assert!(pump(&mut t, &mut v, q).is_empty());
-        assert!(v.get(&DocId::new(DocKind::Members, u("c01/k01/t01"))).is_none());
-        assert!(v.get(&DocId::new(DocKind::Members, u("c01/k01/t01/v02"))).is_none());
+        assert!(
+            v.get(&DocId::new(DocKind::Members, u("c01/k01/t01")))
+                .is_none()
+        );
+        assert!(
+            v.get(&DocId::new(DocKind::Members, u("c01/k01/t01/v02")))
+                .is_none()
+        );
     }
 
     #[test]
@@ -524,12 +575,25 @@ mod tests {
         let mut fs = sync::State::new();
         let mut rejected = None;
         for _ in 0..6 {
-            let Some(m) = forged.generate_sync_message(&mut fs) else { break };
-            match t.receive(&u("c01/k01/t01/v01"), Msg::Sync { doc: id.clone(), data: m.encode() }) {
+            let Some(m) = forged.generate_sync_message(&mut fs) else {
+                break;
+            };
+            match t.receive(
+                &u("c01/k01/t01/v01"),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: m.encode(),
+                },
+            ) {
                 Ok(step) => {
                     for (_, reply) in step.send {
                         if let Msg::Sync { data, .. } = reply {
-                            forged.receive_sync_message(&mut fs, sync::Message::decode(&data).unwrap()).unwrap();
+                            forged
+                                .receive_sync_message(
+                                    &mut fs,
+                                    sync::Message::decode(&data).unwrap(),
+                                )
+                                .unwrap();
                         }
                     }
                 }
@@ -541,7 +605,10 @@ mod tests {
         }
         let r = rejected.expect("forged change accepted");
         assert_eq!(r.reason, RejectReason::Unauthorised);
-        assert_eq!(t.get(&id).map(|e| e.doc.get_heads()).unwrap_or_default(), before);
+        assert_eq!(
+            t.get(&id).map(|e| e.doc.get_heads()).unwrap_or_default(),
+            before
+        );
         assert!(names(&t, "c01/k01/t01/v01").is_empty());
     }
 
@@ -551,12 +618,19 @@ mod tests {
         let mut v = engine("c01/k01/t01/v01", 2);
         let _ = connect(&mut t, &mut v);
         let foreign = DocMeta::new(DocId::new(DocKind::Members, u("c01/k01/t01/v02")));
-        let r = t.receive(&u("c01/k01/t01/v01"), Msg::Announce(vec![foreign.clone()])).unwrap_err();
+        let r = t
+            .receive(&u("c01/k01/t01/v01"), Msg::Announce(vec![foreign.clone()]))
+            .unwrap_err();
         assert_eq!(r.reason, RejectReason::OutOfScope);
         assert!(t.get(&foreign.id).is_none(), "nothing created");
         // A child may not push its parent's internal document either.
         let up = DocMeta::new(DocId::new(DocKind::Members, u("c01/k01/t01")));
-        assert_eq!(t.receive(&u("c01/k01/t01/v01"), Msg::Announce(vec![up])).unwrap_err().reason, RejectReason::OutOfScope);
+        assert_eq!(
+            t.receive(&u("c01/k01/t01/v01"), Msg::Announce(vec![up]))
+                .unwrap_err()
+                .reason,
+            RejectReason::OutOfScope
+        );
     }
 
     #[test]
@@ -565,8 +639,21 @@ mod tests {
         let mut v = engine("c01/k01/t01/v01", 2);
         let _ = connect(&mut t, &mut v);
         let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
-        for junk in [vec![], vec![0x42], vec![0x43, 0xff, 0xff, 0xff], b"hello world".to_vec()] {
-            let r = t.receive(&u("c01/k01/t01/v01"), Msg::Sync { doc: id.clone(), data: junk }).unwrap_err();
+        for junk in [
+            vec![],
+            vec![0x42],
+            vec![0x43, 0xff, 0xff, 0xff],
+            b"hello world".to_vec(),
+        ] {
+            let r = t
+                .receive(
+                    &u("c01/k01/t01/v01"),
+                    Msg::Sync {
+                        doc: id.clone(),
+                        data: junk,
+                    },
+                )
+                .unwrap_err();
             assert_eq!(r.reason, RejectReason::Malformed);
         }
     }
@@ -593,17 +680,32 @@ mod tests {
             flags: None,
             version: sync::MessageVersion::V1,
         };
-        let r = t.receive(&u("c01/k01/t01/v01"), Msg::Sync { doc: id.clone(), data: msg.encode() });
+        let r = t.receive(
+            &u("c01/k01/t01/v01"),
+            Msg::Sync {
+                doc: id.clone(),
+                data: msg.encode(),
+            },
+        );
         assert!(r.is_err(), "hostile input accepted");
-        assert_eq!(t.get(&id).unwrap().doc.get_heads(), heads, "document untouched");
+        assert_eq!(
+            t.get(&id).unwrap().doc.get_heads(),
+            heads,
+            "document untouched"
+        );
         // The engine still works afterwards: the village's profile arrives.
         let profile = DocMeta::new(DocId::new(DocKind::Profile, u("c01/k01/t01/v01")));
         let (d, _) = v.local_doc(profile.clone()).unwrap();
         doc::set_profile(d, "Clear Water Village", &[]).unwrap();
-        let q: Vec<_> = v.fan_out(&profile.id, None).into_iter().map(|(p, m)| (u("c01/k01/t01/v01"), p, m)).collect();
+        let q: Vec<_> = v
+            .fan_out(&profile.id, None)
+            .into_iter()
+            .map(|(p, m)| (u("c01/k01/t01/v01"), p, m))
+            .collect();
         let r = pump(&mut t, &mut v, q);
         assert!(r.is_empty(), "{r:?}");
-        let got = doc::read_profile(&t.get(&profile.id).unwrap().doc, &u("c01/k01/t01/v01")).unwrap();
+        let got =
+            doc::read_profile(&t.get(&profile.id).unwrap().doc, &u("c01/k01/t01/v01")).unwrap();
         assert_eq!(got.name, "Clear Water Village");
     }
 
@@ -616,7 +718,10 @@ mod tests {
         let id = write(&mut v, "c01/k01/t01/v01", 3, "Live");
         let out = v.fan_out(&id, None);
         assert_eq!(out.len(), 1);
-        let q = out.into_iter().map(|(p, m)| (u("c01/k01/t01/v01"), p, m)).collect();
+        let q = out
+            .into_iter()
+            .map(|(p, m)| (u("c01/k01/t01/v01"), p, m))
+            .collect();
         pump(&mut t, &mut v, q);
         assert_eq!(names(&t, "c01/k01/t01/v01"), vec!["Live".to_string()]);
     }

@@ -325,12 +325,13 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
         },
         T_REJECT => {
             let reason = RejectReason::from_code(r.u8()?);
-            let doc = match r.str()? {
-                "" => None,
-                s => Some(s.parse().map_err(|e: grassroots_schema::IdError| {
-                    WireError::BadField(e.to_string())
-                })?),
-            };
+            let doc =
+                match r.str()? {
+                    "" => None,
+                    s => Some(s.parse().map_err(|e: grassroots_schema::IdError| {
+                        WireError::BadField(e.to_string())
+                    })?),
+                };
             Msg::Reject {
                 reason,
                 doc,

@@ -1,0 +1,478 @@
+//! The GraphQL schema: types, queries, mutations. Every read and write decision calls the
+//! rules in `grassroots_schema`; nothing here decides visibility on its own.
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::{
+    Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Schema, SimpleObject,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use grassroots_node::{MemberCursor, StoreHandle, StoreReader};
+use grassroots_schema as gs;
+use grassroots_schema::{Caller, DocId, DocKind, DocMeta, MemberId, UnitId, can_read, can_write};
+
+use crate::error::{Code, error, from_write, internal};
+
+/// Largest page a list returns.
+pub const MAX_PAGE: i32 = 100;
+/// Page size when `first` is not given.
+pub const DEFAULT_PAGE: i32 = 20;
+
+/// What resolvers need: the node's unit and its store.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// The unit this node serves.
+    pub node_unit: UnitId,
+    /// Writes.
+    pub store: StoreHandle,
+    /// Reads of the views.
+    pub reader: StoreReader,
+}
+
+/// The schema type served at `/graphql`.
+pub type GatewaySchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Build the schema with its limits.
+pub fn build_schema(backend: Backend) -> GatewaySchema {
+    Schema::build(Query, Mutation, EmptySubscription)
+        .data(backend)
+        .limit_depth(16)
+        .limit_complexity(10_000)
+        .limit_recursive_depth(32)
+        .disable_suggestions()
+        .finish()
+}
+
+fn caller<'a>(ctx: &'a Context<'_>) -> &'a Caller {
+    ctx.data_opt::<Caller>().unwrap_or(&Caller::Anonymous)
+}
+
+fn backend<'a>(ctx: &'a Context<'_>) -> Result<&'a Backend> {
+    ctx.data::<Backend>()
+        .map_err(|_| internal("backend missing from schema data"))
+}
+
+fn parse_unit(id: &ID) -> Result<UnitId> {
+    id.parse::<UnitId>()
+        .map_err(|e| error(Code::BadUserInput, format!("unit id: {e}")))
+}
+
+macro_rules! mirror_enum {
+    ($(#[$m:meta])* $name:ident = $src:path { $($(#[$vm:meta])* $v:ident),+ $(,)? }) => {
+        #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+        $(#[$m])*
+        pub enum $name { $($(#[$vm])* $v),+ }
+        impl From<$src> for $name {
+            fn from(v: $src) -> Self {
+                use $src as S;
+                match v { $(S::$v => $name::$v),+ }
+            }
+        }
+        impl From<$name> for $src {
+            fn from(v: $name) -> Self {
+                use $src as S;
+                match v { $($name::$v => S::$v),+ }
+            }
+        }
+    };
+}
+
+mirror_enum!(
+    /// Administrative level.
+    #[graphql(name = "Level")]
+    LevelGql = gs::Level { City, County, Township, Village }
+);
+mirror_enum!(
+    /// What a token allows at its unit.
+    #[graphql(name = "Role")]
+    RoleGql = gs::Role {
+        /// Reads the unit's subtree.
+        Viewer,
+        /// Also writes the unit's own records.
+        Clerk,
+        /// Also corrects and acts on the subtree's records.
+        Supervisor,
+        /// Also manages users and child nodes.
+        Admin,
+    }
+);
+mirror_enum!(
+    /// Gender.
+    #[graphql(name = "Gender")]
+    GenderGql = gs::Gender { Male, Female }
+);
+mirror_enum!(
+    /// Highest education completed. COLLEGE and above count as higher education.
+    #[graphql(name = "Education")]
+    EducationGql = gs::Education { Primary, JuniorSecondary, SeniorSecondary, Vocational, College, Bachelor, Postgraduate }
+);
+mirror_enum!(
+    /// Membership status.
+    #[graphql(name = "MemberStatus")]
+    MemberStatusGql = gs::MemberStatus { Probationary, Full }
+);
+
+/// An administrative unit (city, county, township or village). Unit profiles are public.
+pub struct Unit {
+    id: UnitId,
+    profile: Option<gs::UnitProfile>,
+}
+
+impl Unit {
+    fn load(b: &Backend, id: UnitId) -> Result<Option<Unit>> {
+        let profile = b.reader.unit(&id).map_err(internal)?;
+        Ok(profile.map(|p| Unit {
+            id,
+            profile: Some(p),
+        }))
+    }
+
+    fn known(b: &Backend, id: UnitId) -> Result<Unit> {
+        let profile = b.reader.unit(&id).map_err(internal)?;
+        Ok(Unit { id, profile })
+    }
+}
+
+/// Extra fields of a connection.
+#[derive(SimpleObject)]
+pub struct ConnectionTotal {
+    /// Items in the whole list, all pages.
+    total_count: usize,
+}
+
+/// A page of members.
+pub type MemberConnection = Connection<String, MemberGql, ConnectionTotal, EmptyFields>;
+
+fn encode_cursor(c: &MemberCursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{}", c.tree_key, c.record))
+}
+
+fn decode_cursor(s: &str) -> Result<MemberCursor> {
+    let bad = || error(Code::BadUserInput, "invalid cursor");
+    let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (tree_key, record) = text.split_once('|').ok_or_else(bad)?;
+    Ok(MemberCursor {
+        tree_key: tree_key.to_owned(),
+        record: record.to_owned(),
+    })
+}
+
+fn page_size(first: Option<i32>) -> Result<usize> {
+    match first.unwrap_or(DEFAULT_PAGE) {
+        n if (0..=MAX_PAGE).contains(&n) => Ok(n as usize),
+        n => Err(error(
+            Code::BadUserInput,
+            format!("first must be between 0 and {MAX_PAGE}, got {n}"),
+        )),
+    }
+}
+
+#[Object]
+impl Unit {
+    /// Path of the unit from the root, e.g. `c01/k02/t03/v07`.
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+
+    /// Display name; the id until the unit's profile has reached this node.
+    async fn name(&self) -> String {
+        self.profile
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| self.id.to_string())
+    }
+
+    /// Administrative level.
+    async fn level(&self) -> LevelGql {
+        self.id.level().into()
+    }
+
+    /// The unit above; null at the root or when not known here.
+    async fn parent(&self, ctx: &Context<'_>) -> Result<Option<Unit>> {
+        match self.id.parent() {
+            Some(p) => Unit::load(backend(ctx)?, p),
+            None => Ok(None),
+        }
+    }
+
+    /// The units directly below that this node knows.
+    async fn children(&self, ctx: &Context<'_>) -> Result<Vec<Unit>> {
+        let b = backend(ctx)?;
+        Ok(b.reader
+            .children(&self.id)
+            .map_err(internal)?
+            .into_iter()
+            .map(|p| Unit {
+                id: p.id.clone(),
+                profile: Some(p),
+            })
+            .collect())
+    }
+
+    /// Party members of this unit (or of its whole subtree with `subtree: true`), in
+    /// (unit, record) order. Needs a token whose unit is this unit or above it.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    async fn members(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+    ) -> Result<MemberConnection> {
+        let b = backend(ctx)?;
+        let who = caller(ctx);
+        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
+        if !can_read(who, &doc) {
+            return Err(match who {
+                Caller::Anonymous => error(
+                    Code::Unauthenticated,
+                    "members are not public: send a token",
+                ),
+                Caller::User { .. } => error(
+                    Code::Forbidden,
+                    format!("members of {} are outside your unit's subtree", self.id),
+                ),
+            });
+        }
+        let first = page_size(first)?;
+        let after = after.as_deref().map(decode_cursor).transpose()?;
+        let page = b
+            .reader
+            .members(&self.id, subtree, after.as_ref(), first)
+            .map_err(internal)?;
+        let mut conn = Connection::with_additional_fields(
+            after.is_some(),
+            page.has_next,
+            ConnectionTotal {
+                total_count: page.total,
+            },
+        );
+        conn.edges.extend(
+            page.items
+                .into_iter()
+                .map(|(c, m)| Edge::new(encode_cursor(&c), MemberGql(m))),
+        );
+        Ok(conn)
+    }
+}
+
+/// A party member.
+#[derive(Debug)]
+pub struct MemberGql(gs::Member);
+
+#[Object(name = "Member")]
+impl MemberGql {
+    /// `unit#record`, stable for the member's life.
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// Full name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// Year of birth.
+    async fn birth_year(&self) -> i64 {
+        self.0.birth_year
+    }
+    /// Gender.
+    async fn gender(&self) -> GenderGql {
+        self.0.gender.into()
+    }
+    /// Highest education.
+    async fn education(&self) -> EducationGql {
+        self.0.education.into()
+    }
+    /// Date joined, `YYYY-MM-DD`.
+    async fn joined_on(&self) -> &str {
+        &self.0.joined_on
+    }
+    /// Probationary or full.
+    async fn status(&self) -> MemberStatusGql {
+        self.0.status.into()
+    }
+    /// The unit whose register holds the member.
+    async fn unit(&self, ctx: &Context<'_>) -> Result<Unit> {
+        Unit::known(backend(ctx)?, self.0.id.unit.clone())
+    }
+}
+
+/// Who the caller is.
+pub struct Me {
+    caller: Caller,
+}
+
+#[Object]
+impl Me {
+    /// The token's role; null for anonymous callers.
+    async fn role(&self) -> Option<RoleGql> {
+        match &self.caller {
+            Caller::Anonymous => None,
+            Caller::User { role, .. } => Some((*role).into()),
+        }
+    }
+    /// The token's unit; null for anonymous callers.
+    async fn unit(&self, ctx: &Context<'_>) -> Result<Option<Unit>> {
+        match &self.caller {
+            Caller::Anonymous => Ok(None),
+            Caller::User { unit, .. } => Ok(Some(Unit::known(backend(ctx)?, unit.clone())?)),
+        }
+    }
+}
+
+/// Read operations.
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// The caller, as the token identifies them.
+    async fn me(&self, ctx: &Context<'_>) -> Me {
+        Me {
+            caller: caller(ctx).clone(),
+        }
+    }
+
+    /// The unit this node serves.
+    async fn node_unit(&self, ctx: &Context<'_>) -> Result<Unit> {
+        let b = backend(ctx)?;
+        Unit::known(b, b.node_unit.clone())
+    }
+
+    /// A unit by id; null when this node does not know it.
+    async fn unit(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Unit>> {
+        Unit::load(backend(ctx)?, parse_unit(&id)?)
+    }
+
+    /// A member by id; null when not held here or not visible to the caller.
+    async fn member(&self, ctx: &Context<'_>, id: ID) -> Result<Option<MemberGql>> {
+        let id: MemberId = id
+            .parse()
+            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        let doc = DocMeta::new(DocId::new(DocKind::Members, id.unit.clone()));
+        if !can_read(caller(ctx), &doc) {
+            return Ok(None);
+        }
+        Ok(backend(ctx)?
+            .reader
+            .member(&id)
+            .map_err(internal)?
+            .map(MemberGql))
+    }
+}
+
+/// A new member.
+#[derive(InputObject)]
+pub struct CreateMemberInput {
+    /// The unit whose register gets the member.
+    unit: ID,
+    /// Full name.
+    name: String,
+    /// Year of birth.
+    birth_year: i64,
+    /// Gender.
+    gender: GenderGql,
+    /// Highest education.
+    education: EducationGql,
+    /// Date joined, `YYYY-MM-DD`.
+    joined_on: String,
+    /// Probationary (default) or full.
+    #[graphql(default_with = "MemberStatusGql::Probationary")]
+    status: MemberStatusGql,
+}
+
+/// Fields to change; omitted fields stay as they are and merge with concurrent edits.
+#[derive(InputObject, Default)]
+pub struct UpdateMemberInput {
+    /// Full name.
+    name: Option<String>,
+    /// Year of birth.
+    birth_year: Option<i64>,
+    /// Gender.
+    gender: Option<GenderGql>,
+    /// Highest education.
+    education: Option<EducationGql>,
+    /// Date joined, `YYYY-MM-DD`.
+    joined_on: Option<String>,
+    /// Probationary or full.
+    status: Option<MemberStatusGql>,
+}
+
+fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<()> {
+    let who = caller(ctx);
+    if matches!(who, Caller::Anonymous) {
+        return Err(error(Code::Unauthenticated, "writes need a token"));
+    }
+    if !can_write(who, owner) {
+        return Err(error(
+            Code::Forbidden,
+            format!("your role and unit do not allow writing records of {owner}"),
+        ));
+    }
+    if !owner.is_in_subtree_of(&b.node_unit) {
+        return Err(error(
+            Code::Forbidden,
+            format!("this node ({}) does not hold {owner}", b.node_unit),
+        ));
+    }
+    Ok(())
+}
+
+/// Write operations. Each returns once the change is durable on this node.
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Add a member to a unit's register: a clerk of that unit, or a supervisor above it.
+    async fn create_member(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateMemberInput,
+    ) -> Result<MemberGql> {
+        let b = backend(ctx)?;
+        let unit = parse_unit(&input.unit)?;
+        authorise_write(ctx, b, &unit)?;
+        let member = gs::NewMember {
+            name: input.name,
+            birth_year: input.birth_year,
+            gender: input.gender.into(),
+            education: input.education.into(),
+            joined_on: input.joined_on,
+            status: input.status.into(),
+        };
+        b.store
+            .create_member(unit, member)
+            .await
+            .map(MemberGql)
+            .map_err(from_write)
+    }
+
+    /// Change a member's fields: the owning unit's clerk, or a supervisor above it (a
+    /// township correcting a village's record).
+    async fn update_member(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateMemberInput,
+    ) -> Result<MemberGql> {
+        let b = backend(ctx)?;
+        let id: MemberId = id
+            .parse()
+            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        authorise_write(ctx, b, &id.unit)?;
+        let patch = gs::MemberPatch {
+            name: input.name,
+            birth_year: input.birth_year,
+            gender: input.gender.map(Into::into),
+            education: input.education.map(Into::into),
+            joined_on: input.joined_on,
+            status: input.status.map(Into::into),
+        };
+        b.store
+            .update_member(id, patch)
+            .await
+            .map(MemberGql)
+            .map_err(from_write)
+    }
+}

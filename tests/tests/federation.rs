@@ -1,0 +1,413 @@
+//! Real nodes on loopback: visibility follows the tree, offline writes converge, forged
+//! changes are refused.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use automerge::sync::{self, SyncDoc};
+use grassroots_node::auth::{new_token, token_hash};
+use grassroots_node::net::{self, read_frame, write_frame};
+use grassroots_node::sync::wire::{Msg, RejectReason};
+use grassroots_node::{Identity, doc};
+use grassroots_schema::{
+    DocId, DocKind, DocMeta, Education, Gender, MemberStatus, NewMember, RecordId, Role,
+};
+use grassroots_tests::relay::Relay;
+use grassroots_tests::{error_code, eventually, fast_links, gql, small_tree, start, unit};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const CREATE: &str =
+    "mutation($input: CreateMemberInput!) { createMember(input: $input) { id name unit { id } } }";
+const UPDATE: &str = "mutation($id: ID!, $input: UpdateMemberInput!) { updateMember(id: $id, input: $input) { id name education } }";
+const MEMBER: &str = "query($id: ID!) { member(id: $id) { id name education } }";
+
+fn new_member(unit: &str, name: &str) -> Value {
+    json!({ "input": { "unit": unit, "name": name, "birthYear": 1992, "gender": "FEMALE",
+                       "education": "SENIOR_SECONDARY", "joinedOn": "2018-07-01" } })
+}
+
+async fn member_at(url: &str, token: Option<&str>, id: &str) -> anyhow::Result<Value> {
+    let r = gql(url, token, MEMBER, json!({ "id": id })).await?;
+    Ok(r["data"]["member"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn village_member_reaches_ancestors_and_no_one_else() -> anyhow::Result<()> {
+    let (fed, _dir) = start(small_tree(), None).await?;
+    let (v01, v02, t01, k01, c01) = (
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01/v02"),
+        unit("c01/k01/t01"),
+        unit("c01/k01"),
+        unit("c01"),
+    );
+    let (k02, k02v) = (unit("c01/k02"), unit("c01/k02/t01/v01"));
+
+    let r = gql(
+        &fed.graphql_url(&v01)?,
+        Some(fed.token(&v01, Role::Clerk)?),
+        CREATE,
+        new_member("c01/k01/t01/v01", "Chen Xiu"),
+    )
+    .await?;
+    let id = r["data"]["createMember"]["id"]
+        .as_str()
+        .with_context(|| format!("create failed: {r}"))?
+        .to_owned();
+
+    // Up the tree within seconds: township, county, city.
+    for u in [&t01, &k01, &c01] {
+        let (url, token) = (fed.graphql_url(u)?, fed.token(u, Role::Viewer)?.to_owned());
+        let m =
+            eventually(WAIT, &format!("member at {u}"), || {
+                let (url, token, id) = (url.clone(), token.clone(), id.clone());
+                async move {
+                    Ok(Some(member_at(&url, Some(&token), &id).await?).filter(|m| !m.is_null()))
+                }
+            })
+            .await?;
+        assert_eq!(m["name"], "Chen Xiu");
+    }
+
+    // Never to a sibling village or another county: the data is not even there.
+    for u in [&v02, &k02, &k02v] {
+        let url = fed.graphql_url(u)?;
+        assert!(
+            member_at(&url, Some(fed.token(u, Role::Admin)?), &id)
+                .await?
+                .is_null(),
+            "visible at {u}"
+        );
+        let r = gql(
+            &url,
+            Some(fed.token(u, Role::Admin)?),
+            "query($id: ID!) { unit(id: $id) { id } }",
+            json!({ "id": "c01/k01/t01/v01" }),
+        )
+        .await?;
+        assert!(r["data"]["unit"].is_null(), "{u} knows the village: {r}");
+    }
+
+    // At the city, which holds the data, the rules still decide: anonymous callers and a
+    // sibling village's tokens see nothing and cannot write.
+    let city = fed.graphql_url(&c01)?;
+    assert!(member_at(&city, None, &id).await?.is_null());
+    let r = gql(
+        &city,
+        None,
+        "{ unit(id: \"c01/k01/t01/v01\") { name members { totalCount } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("UNAUTHENTICATED"), "{r}");
+    let store = fed.node(&c01)?.node.store();
+    let (sib_viewer, sib_clerk) = (new_token()?, new_token()?);
+    store
+        .add_user(token_hash(&sib_viewer), v02.clone(), Role::Viewer)
+        .await?;
+    store
+        .add_user(token_hash(&sib_clerk), v02.clone(), Role::Clerk)
+        .await?;
+    assert!(member_at(&city, Some(&sib_viewer), &id).await?.is_null());
+    let r = gql(
+        &city,
+        Some(&sib_viewer),
+        "{ unit(id: \"c01/k01/t01/v01\") { members { totalCount } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("FORBIDDEN"), "{r}");
+    let r = gql(
+        &city,
+        Some(&sib_clerk),
+        CREATE,
+        new_member("c01/k01/t01/v01", "Intruder"),
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("FORBIDDEN"), "{r}");
+    // And at the sibling's own node.
+    let r = gql(
+        &fed.graphql_url(&v02)?,
+        Some(fed.token(&v02, Role::Clerk)?),
+        CREATE,
+        new_member("c01/k01/t01/v01", "Intruder"),
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("FORBIDDEN"), "{r}");
+    // A viewer cannot write its own unit either; a bad date is BAD_USER_INPUT.
+    let r = gql(
+        &fed.graphql_url(&v01)?,
+        Some(fed.token(&v01, Role::Viewer)?),
+        CREATE,
+        new_member("c01/k01/t01/v01", "X"),
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("FORBIDDEN"), "{r}");
+    let mut bad = new_member("c01/k01/t01/v01", "X");
+    bad["input"]["joinedOn"] = json!("2023-02-29");
+    let r = gql(
+        &fed.graphql_url(&v01)?,
+        Some(fed.token(&v01, Role::Clerk)?),
+        CREATE,
+        bad,
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("BAD_USER_INPUT"), "{r}");
+    let r = gql(
+        &fed.graphql_url(&v01)?,
+        Some("grt_not_a_token"),
+        "{ me { role } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(error_code(&r), Some("UNAUTHENTICATED"), "{r}");
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_village_and_township_edits_converge_when_the_link_returns() -> anyhow::Result<()> {
+    let v01 = unit("c01/k01/t01/v01");
+    let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
+    let keep = relays.clone();
+    let via = Box::new(
+        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
+            if child.as_str() != "c01/k01/t01/v01" {
+                return parent;
+            }
+            let relay = Relay::start(parent).expect("relay");
+            let addr = relay.addr();
+            keep.lock().expect("relay list").push(relay);
+            addr
+        },
+    );
+    let (fed, _dir) = start(small_tree(), Some(via)).await?;
+    let (t01, c01) = (unit("c01/k01/t01"), unit("c01"));
+    let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
+    let (clerk, supervisor) = (
+        fed.token(&v01, Role::Clerk)?.to_owned(),
+        fed.token(&t01, Role::Supervisor)?.to_owned(),
+    );
+
+    let r = gql(
+        &village,
+        Some(&clerk),
+        CREATE,
+        new_member("c01/k01/t01/v01", "Zhao Ping"),
+    )
+    .await?;
+    let a = r["data"]["createMember"]["id"]
+        .as_str()
+        .context("create A")?
+        .to_owned();
+    eventually(WAIT, "A at the township", || {
+        let (u, t, id) = (township.clone(), supervisor.clone(), a.clone());
+        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
+    })
+    .await?;
+
+    relays.lock().expect("relays")[0].cut();
+    // Both sides keep accepting writes while the link is down.
+    let r = gql(
+        &village,
+        Some(&clerk),
+        UPDATE,
+        json!({ "id": a, "input": { "education": "COLLEGE" } }),
+    )
+    .await?;
+    assert_eq!(r["data"]["updateMember"]["education"], "COLLEGE", "{r}");
+    let r = gql(
+        &village,
+        Some(&clerk),
+        CREATE,
+        new_member("c01/k01/t01/v01", "Sun Hong"),
+    )
+    .await?;
+    let b = r["data"]["createMember"]["id"]
+        .as_str()
+        .context("create B offline")?
+        .to_owned();
+    let r = gql(
+        &township,
+        Some(&supervisor),
+        UPDATE,
+        json!({ "id": a, "input": { "name": "Zhao Ping (corrected)" } }),
+    )
+    .await?;
+    assert_eq!(
+        r["data"]["updateMember"]["name"], "Zhao Ping (corrected)",
+        "{r}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        member_at(&township, Some(&supervisor), &b).await?.is_null(),
+        "B crossed a cut link"
+    );
+    assert!(
+        relays.lock().expect("relays")[0].dropped() > 0,
+        "the relay saw no traffic while cut"
+    );
+
+    relays.lock().expect("relays")[0].restore();
+    let merged = |url: String, token: String| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let ma = member_at(&url, Some(&token), &a).await?;
+            let mb = member_at(&url, Some(&token), &b).await?;
+            Ok(Some((ma, mb)).filter(|(ma, mb)| {
+                ma["name"] == "Zhao Ping (corrected)"
+                    && ma["education"] == "COLLEGE"
+                    && mb["name"] == "Sun Hong"
+            }))
+        }
+    };
+    eventually(WAIT, "convergence at the township", || {
+        merged(township.clone(), supervisor.clone())
+    })
+    .await?;
+    eventually(WAIT, "convergence at the village", || {
+        merged(village.clone(), clerk.clone())
+    })
+    .await?;
+    let city = (
+        fed.graphql_url(&c01)?,
+        fed.token(&c01, Role::Viewer)?.to_owned(),
+    );
+    eventually(WAIT, "convergence at the city", || {
+        merged(city.0.clone(), city.1.clone())
+    })
+    .await?;
+    fed.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::Result<()> {
+    let (mut fed, dir) = start(small_tree(), None).await?;
+    let (v01, v02, t01) = (
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01/v02"),
+        unit("c01/k01/t01"),
+    );
+    let honest = gql(
+        &fed.graphql_url(&v01)?,
+        Some(fed.token(&v01, Role::Clerk)?),
+        CREATE,
+        new_member("c01/k01/t01/v01", "Honest One"),
+    )
+    .await?;
+    let honest_id = honest["data"]["createMember"]["id"]
+        .as_str()
+        .context("honest create")?
+        .to_owned();
+    let township = fed.graphql_url(&t01)?;
+    let t_token = fed.token(&t01, Role::Viewer)?.to_owned();
+    eventually(WAIT, "honest member at the township", || {
+        let (u, t, id) = (township.clone(), t_token.clone(), honest_id.clone());
+        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
+    })
+    .await?;
+
+    // Play the village with its real certificate (the honest node is stopped first).
+    fed.stop(&v01).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+    let t_addr = fed.node(&t01)?.node.quic_addr();
+    let mut link =
+        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+
+    // 1. Out of scope: the sibling's register.
+    let sibling_doc = DocMeta::new(DocId::new(DocKind::Members, v02.clone()));
+    write_frame(&mut link.send, &Msg::Announce(vec![sibling_doc])).await?;
+    // 2. Garbage where a sync message should be.
+    let own = DocId::new(DocKind::Members, v01.clone());
+    write_frame(
+        &mut link.send,
+        &Msg::Sync {
+            doc: own.clone(),
+            data: b"not automerge".to_vec(),
+        },
+    )
+    .await?;
+    // 3. A change to its own register authored under the sibling's actor id.
+    let mut forged = doc::empty(&doc::actor_for(&v02, [7; 8]));
+    let m = NewMember {
+        name: "Forged Member".into(),
+        birth_year: 1980,
+        gender: Gender::Male,
+        education: Education::Primary,
+        joined_on: "2000-01-01".into(),
+        status: MemberStatus::Full,
+    };
+    doc::create_member(&mut forged, RecordId::from_u64(0xbad), &m)?;
+    let mut state = sync::State::new();
+    if let Some(first) = forged.generate_sync_message(&mut state) {
+        write_frame(
+            &mut link.send,
+            &Msg::Sync {
+                doc: own.clone(),
+                data: first.encode(),
+            },
+        )
+        .await?;
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains(&RejectReason::Unauthorised) {
+        let frame = tokio::time::timeout_at(deadline, read_frame(&mut link.recv))
+            .await
+            .context("no rejection arrived")??;
+        match frame.context("township closed the stream")?? {
+            Msg::Reject { reason, .. } => seen.push(reason),
+            Msg::Sync { doc, data } if doc == own => {
+                forged.receive_sync_message(&mut state, sync::Message::decode(&data)?)?;
+                if let Some(reply) = forged.generate_sync_message(&mut state) {
+                    write_frame(
+                        &mut link.send,
+                        &Msg::Sync {
+                            doc: own.clone(),
+                            data: reply.encode(),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(seen.contains(&RejectReason::OutOfScope), "{seen:?}");
+    assert!(seen.contains(&RejectReason::Malformed), "{seen:?}");
+    link.conn.close(0u32.into(), b"done");
+
+    // Nothing of it landed; the township still works and the honest village syncs again.
+    let r = gql(
+        &township,
+        Some(&t_token),
+        "{ unit(id: \"c01/k01/t01/v01\") { members { totalCount edges { node { name } } } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(r["data"]["unit"]["members"]["totalCount"], 1, "{r}");
+    fed.restart(&v01).await?;
+    let r = gql(
+        &fed.graphql_url(&v01)?,
+        Some(fed.token(&v01, Role::Clerk)?),
+        CREATE,
+        new_member("c01/k01/t01/v01", "After Restart"),
+    )
+    .await?;
+    let later = r["data"]["createMember"]["id"]
+        .as_str()
+        .context("create after restart")?
+        .to_owned();
+    eventually(WAIT, "member after restart at the township", || {
+        let (u, t, id) = (township.clone(), t_token.clone(), later.clone());
+        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
+    })
+    .await?;
+    fed.shutdown().await;
+    Ok(())
+}
