@@ -83,7 +83,7 @@ pub async fn gql(
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.context("sending query")?;
-    Ok(resp.json().await.context("decoding response")?)
+    resp.json().await.context("decoding response")
 }
 
 /// The `extensions.code` of the first error, if any.

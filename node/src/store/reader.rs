@@ -136,10 +136,10 @@ impl StoreReader {
             let (k, v) = row.map_err(db)?;
             let (tk, rec) = k.value();
             total += 1;
-            if let Some(a) = after {
-                if (tk, rec) <= (a.tree_key.as_str(), a.record.as_str()) {
-                    continue;
-                }
+            if let Some(a) = after
+                && (tk, rec) <= (a.tree_key.as_str(), a.record.as_str())
+            {
+                continue;
             }
             if items.len() < first {
                 let cursor = MemberCursor {

@@ -279,14 +279,14 @@ impl Engine {
                 ),
             ));
         }
-        if let Some(have) = self.docs.get(&meta.id) {
-            if have.meta.audience != meta.audience {
-                return Err(Rejection::new(
-                    RejectReason::Malformed,
-                    Some(&meta.id),
-                    "audience differs from the one fixed at creation",
-                ));
-            }
+        if let Some(have) = self.docs.get(&meta.id)
+            && have.meta.audience != meta.audience
+        {
+            return Err(Rejection::new(
+                RejectReason::Malformed,
+                Some(&meta.id),
+                "audience differs from the one fixed at creation",
+            ));
         }
         Ok(())
     }
@@ -378,7 +378,7 @@ impl Engine {
         }
         let owner = meta.owner();
         for change in candidate.get_changes(&before) {
-            let author = ActorTag::unit_of(&change.actor_id().to_bytes()).map_err(|_| {
+            let author = ActorTag::unit_of(change.actor_id().to_bytes()).map_err(|_| {
                 Rejection::new(
                     RejectReason::Unauthorised,
                     Some(&id),

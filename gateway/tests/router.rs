@@ -1,0 +1,199 @@
+//! The gateway through `Router::oneshot`: routes, limits, error codes, the SDL snapshot.
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use grassroots_gateway::{Backend, build_schema, router};
+use grassroots_node::auth::{new_token, token_hash};
+use grassroots_schema::{Role, UnitId};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Fixture {
+    backend: Backend,
+    _thread: grassroots_node::store::StoreThread,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let unit: UnitId = "c01/k01".parse().unwrap();
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
+    store
+        .set_profile("Dongping County".into(), vec![])
+        .await
+        .unwrap();
+    Fixture {
+        backend: Backend {
+            node_unit: unit,
+            store,
+            reader,
+        },
+        _thread: thread,
+        _dir: dir,
+    }
+}
+
+async fn post(f: &Fixture, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    let mut req = Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = router(f.backend.clone())
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn query(f: &Fixture, token: Option<&str>, q: &str) -> Value {
+    post(
+        f,
+        token,
+        serde_json::to_vec(&json!({ "query": q })).unwrap(),
+    )
+    .await
+    .1
+}
+
+#[tokio::test]
+async fn graphiql_and_assets_are_served_without_a_cdn() {
+    let f = fixture().await;
+    let resp = router(f.backend.clone())
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let html =
+        String::from_utf8(to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(html.contains("/assets/graphiql.min.js"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "page loads something remote"
+    );
+    for asset in [
+        "graphiql.min.js",
+        "graphiql.min.css",
+        "react.production.min.js",
+        "react-dom.production.min.js",
+    ] {
+        let resp = router(f.backend.clone())
+            .oneshot(
+                Request::get(format!("/assets/{asset}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{asset}");
+        assert!(to_bytes(resp.into_body(), 4 << 20).await.unwrap().len() > 1000);
+    }
+    let resp = router(f.backend.clone())
+        .oneshot(Request::get("/assets/nope.js").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = router(f.backend.clone())
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_requests_get_codes_not_crashes() {
+    let f = fixture().await;
+    let (status, body) = post(&f, None, b"{not json".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    let (status, _) = post(&f, None, vec![b' '; 300 * 1024]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = post(
+        &f,
+        Some("grt_forged"),
+        serde_json::to_vec(&json!({"query": "{ me { role } }"})).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    let r = query(&f, None, "{ nodeUnit { nmae } }").await;
+    assert!(r["errors"][0]["message"].as_str().unwrap().contains("nmae"));
+    assert!(
+        !r.to_string().contains("Did you mean"),
+        "suggestions leak the schema: {r}"
+    );
+    let deep = format!(
+        "{{ nodeUnit {} id {} }}",
+        "{ parent ".repeat(20),
+        "}".repeat(20)
+    );
+    let r = query(&f, None, &deep).await;
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn page_size_is_capped_and_roles_apply() {
+    let f = fixture().await;
+    let viewer = new_token().unwrap();
+    f.backend
+        .store
+        .add_user(
+            token_hash(&viewer),
+            f.backend.node_unit.clone(),
+            Role::Viewer,
+        )
+        .await
+        .unwrap();
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { members(first: 101) { totalCount } } }",
+    )
+    .await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{r}"
+    );
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { members(first: 100) { totalCount } } }",
+    )
+    .await;
+    assert_eq!(r["data"]["nodeUnit"]["members"]["totalCount"], 0, "{r}");
+    let r = query(&f, Some(&viewer), "{ me { role unit { id level } } }").await;
+    assert_eq!(
+        r["data"]["me"],
+        json!({ "role": "VIEWER", "unit": { "id": "c01/k01", "level": "COUNTY" } })
+    );
+    let r = query(&f, None, "{ me { role unit { id } } }").await;
+    assert_eq!(r["data"]["me"], json!({ "role": null, "unit": null }));
+}
+
+/// The published SDL is reviewed like code: this fails when the schema drifts from
+/// `schema/schema.graphql`. Regenerate with `UPDATE_SDL=1 cargo test -p grassroots-gateway`.
+#[tokio::test]
+async fn sdl_snapshot_is_current() {
+    let f = fixture().await;
+    let sdl = build_schema(f.backend.clone()).sdl();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema/schema.graphql");
+    if std::env::var_os("UPDATE_SDL").is_some() {
+        std::fs::write(&path, &sdl).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == sdl,
+        "schema/schema.graphql is stale: rerun with UPDATE_SDL=1 and review the diff"
+    );
+}
