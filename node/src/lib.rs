@@ -17,10 +17,12 @@ pub mod doc;
 pub mod net;
 pub mod pki;
 pub mod runtime;
+pub mod status;
 pub mod store;
 pub mod sync;
 
 pub use net::LinkConfig;
 pub use pki::Identity;
 pub use runtime::{Node, NodeConfig, NodeError};
+pub use status::{LinkStatus, NodeStatus};
 pub use store::{MemberCursor, MemberPage, StoreError, StoreHandle, StoreReader, WriteError};

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pki::{self, Identity, PkiError};
+use crate::status::LinkCounters;
 use crate::store::StoreHandle;
 use crate::sync::wire::{
     self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError,
@@ -168,20 +169,27 @@ pub fn endpoint(
     Ok(ep)
 }
 
-/// Write one frame.
-pub async fn write_frame(send: &mut SendStream, msg: &Msg) -> Result<(), NetError> {
+/// Write one frame; returns its size on the wire.
+pub async fn write_frame(send: &mut SendStream, msg: &Msg) -> Result<usize, NetError> {
     let body = wire::encode(msg);
     if body.len() > MAX_FRAME {
         return Err(NetError::TooLarge(body.len()));
     }
     send.write_all(&(body.len() as u32).to_be_bytes()).await?;
     send.write_all(&body).await?;
-    Ok(())
+    Ok(body.len() + 4)
 }
 
 /// Read one frame: `Ok(None)` when the peer finished the stream cleanly; an inner `Err` for
 /// a frame that arrived whole but does not decode (the link can go on).
 pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Result<Msg, WireError>>, NetError> {
+    Ok(read_counted(recv).await?.map(|(m, _)| m))
+}
+
+/// [`read_frame`] that also returns the frame's size on the wire.
+pub async fn read_counted(
+    recv: &mut RecvStream,
+) -> Result<Option<(Result<Msg, WireError>, usize)>, NetError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -196,7 +204,7 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Result<Msg, Wire
     recv.read_exact(&mut body)
         .await
         .map_err(|e| NetError::Read(e.to_string()))?;
-    Ok(Some(wire::decode(&body)))
+    Ok(Some((wire::decode(&body), len + 4)))
 }
 
 fn hello(identity: &Identity) -> Msg {
@@ -361,20 +369,27 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         peer,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    if store.peer_up(peer.clone(), out_tx.clone()).await.is_err() {
+    let counters = Arc::new(LinkCounters::default());
+    if store
+        .peer_up(peer.clone(), out_tx.clone(), counters.clone())
+        .await
+        .is_err()
+    {
         conn.close(close::BYE, b"shutting down");
         return;
     }
     tracing::info!(%peer, remote = %conn.remote_address(), "link up");
     let reader = async {
         loop {
-            match read_frame(&mut recv).await {
-                Ok(Some(Ok(msg))) => {
+            match read_counted(&mut recv).await {
+                Ok(Some((Ok(msg), size))) => {
+                    counters.received(size);
                     if store.from_peer(peer.clone(), msg).await.is_err() {
                         return "store closed".to_owned();
                     }
                 }
-                Ok(Some(Err(e))) => {
+                Ok(Some((Err(e), size))) => {
+                    counters.received(size);
                     tracing::warn!(%peer, "malformed frame: {e}");
                     let _ = out_tx.send(Msg::Reject {
                         reason: RejectReason::Malformed,
@@ -393,8 +408,9 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     };
     let writer = async {
         while let Some(msg) = out_rx.recv().await {
-            if let Err(e) = write_frame(&mut send, &msg).await {
-                return e.to_string();
+            match write_frame(&mut send, &msg).await {
+                Ok(size) => counters.sent(size),
+                Err(e) => return e.to_string(),
             }
         }
         "outbox closed".to_owned()

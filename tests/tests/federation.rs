@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use automerge::sync::{self, SyncDoc};
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_node::net::{self, read_frame, write_frame};
-use grassroots_node::sync::wire::{Msg, RejectReason};
+use grassroots_node::sync::wire::{Msg, RejectReason, Summary};
 use grassroots_node::{Identity, doc};
 use grassroots_schema::{
     DocId, DocKind, DocMeta, Education, Gender, MemberStatus, NewMember, RecordId, Role,
@@ -321,7 +321,12 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
 
     // 1. Out of scope: the sibling's register.
     let sibling_doc = DocMeta::new(DocId::new(DocKind::Members, v02.clone()));
-    write_frame(&mut link.send, &Msg::Announce(vec![sibling_doc])).await?;
+    let summary = Summary {
+        unit: v02.clone(),
+        docs: vec![(sibling_doc, [0; 16])],
+        children: vec![],
+    };
+    write_frame(&mut link.send, &Msg::Summary(summary)).await?;
     // 2. Garbage where a sync message should be.
     let own = DocId::new(DocKind::Members, v01.clone());
     write_frame(

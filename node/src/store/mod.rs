@@ -10,7 +10,7 @@
 mod reader;
 pub mod tables;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,6 +28,7 @@ pub use reader::{MemberCursor, MemberPage, StoreReader};
 use tables::*;
 
 use crate::doc::{self, DocError};
+use crate::status::{LinkCounters, LinkStatus, NodeStatus, now_ms};
 use crate::sync::wire::{self, Msg};
 use crate::sync::{Engine, Rejection};
 
@@ -37,6 +38,8 @@ const SNAPSHOT_EVERY: u32 = 64;
 const MAX_BATCH: usize = 512;
 /// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
 const INBOX: usize = 4096;
+/// Sync data packed into one `SyncBatch` frame at most (well under the frame cap).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +114,11 @@ enum Command {
     PeerUp {
         peer: UnitId,
         outbox: mpsc::UnboundedSender<Msg>,
+        counters: Arc<LinkCounters>,
         reply: oneshot::Sender<()>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
     },
     PeerDown {
         peer: UnitId,
@@ -182,6 +189,7 @@ pub fn open(
     let mut engine = Engine::new(me.clone(), doc::actor_for(&me, nonce));
     let mut persisted = HashMap::new();
     load_documents(&database, &mut engine, &mut persisted)?;
+    let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
     let actor = Actor {
         db: database.clone(),
@@ -189,7 +197,8 @@ pub fn open(
         outboxes: HashMap::new(),
         persisted,
         rng,
-        rejected: 0,
+        links: HashMap::new(),
+        heard,
     };
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
@@ -229,8 +238,22 @@ fn init_tables(database: &Database) -> Result<(), StoreError> {
         tx.open_table(USERS).map_err(db)?;
         tx.open_table(VIEW_MEMBERS).map_err(db)?;
         tx.open_table(VIEW_UNITS).map_err(db)?;
+        tx.open_table(HEARD).map_err(db)?;
     }
     tx.commit().map_err(db)
+}
+
+fn load_heard(database: &Database) -> Result<HashMap<UnitId, u64>, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let t = tx.open_table(HEARD).map_err(db)?;
+    let mut out = HashMap::new();
+    for row in t.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        if let Ok(u) = k.value().parse() {
+            out.insert(u, v.value());
+        }
+    }
+    Ok(out)
 }
 
 /// Per-document persistence bookkeeping, updated only after a commit succeeded.
@@ -348,14 +371,23 @@ impl StoreHandle {
         &self,
         peer: UnitId,
         outbox: mpsc::UnboundedSender<Msg>,
+        counters: Arc<LinkCounters>,
     ) -> Result<(), StoreError> {
         self.call(|reply| Command::PeerUp {
             peer,
             outbox,
+            counters,
             reply,
         })
         .await
         .ok_or(StoreError::Closed)
+    }
+
+    /// Links and freshness.
+    pub async fn status(&self) -> Result<NodeStatus, StoreError> {
+        self.call(|reply| Command::Status { reply })
+            .await
+            .ok_or(StoreError::Closed)
     }
 
     /// The link to `peer` ended; its sync states are persisted.
@@ -381,7 +413,16 @@ struct Batch {
     replies: Vec<Reply>,
     states: Vec<(UnitId, DocId, Vec<u8>)>,
     users: Vec<([u8; 32], String)>,
+    heard: BTreeMap<UnitId, u64>,
     shutdown: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug)]
+struct LinkEntry {
+    counters: Arc<LinkCounters>,
+    since_ms: u64,
+    connected: bool,
+    rejected: u64,
 }
 
 struct Actor {
@@ -390,7 +431,8 @@ struct Actor {
     outboxes: HashMap<UnitId, mpsc::UnboundedSender<Msg>>,
     persisted: HashMap<DocId, Persisted>,
     rng: SystemRandom,
-    rejected: u64,
+    links: HashMap<UnitId, LinkEntry>,
+    heard: HashMap<UnitId, u64>,
 }
 
 impl Actor {
@@ -417,11 +459,10 @@ impl Actor {
             if let Err(e) = &result {
                 tracing::error!("commit failed, nothing in this batch is acknowledged: {e}");
             } else {
-                for (peer, msg) in batch.sends {
-                    if let Some(out) = self.outboxes.get(&peer) {
-                        let _ = out.send(msg);
-                    }
-                }
+                self.heard
+                    .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
+                let sends = std::mem::take(&mut batch.sends);
+                self.deliver(sends);
             }
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
@@ -466,9 +507,13 @@ impl Actor {
                     let _ = reply.send(c.map_err(|e| StoreError::Corrupt(e.to_string())));
                 }));
             }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
             Command::PeerUp {
                 peer,
                 outbox,
+                counters,
                 reply,
             } => {
                 let saved = match self.saved_states(&peer) {
@@ -481,31 +526,46 @@ impl Actor {
                 for msg in self.engine.connect(&peer, saved) {
                     batch.sends.push((peer.clone(), msg));
                 }
-                self.outboxes.insert(peer, outbox);
+                self.outboxes.insert(peer.clone(), outbox);
+                let rejected = self.links.get(&peer).map_or(0, |l| l.rejected);
+                self.links.insert(
+                    peer,
+                    LinkEntry {
+                        counters,
+                        since_ms: now_ms(),
+                        connected: true,
+                        rejected,
+                    },
+                );
                 batch.replies.push(Box::new(move |_| {
                     let _ = reply.send(());
                 }));
             }
             Command::PeerDown { peer } => self.on_peer_down(peer, batch),
-            Command::FromPeer { peer, msg } => match self.engine.receive(&peer, msg) {
-                Ok(step) => {
-                    batch.dirty.extend(step.changed);
-                    batch.created.extend(step.created);
-                    batch.sends.extend(step.send);
+            Command::FromPeer { peer, msg } => {
+                let step = self.engine.receive(&peer, msg);
+                let now = now_ms();
+                for author in step.authors {
+                    batch.heard.insert(author, now);
                 }
-                Err(rejection) => {
-                    self.rejected += 1;
+                for rejection in &step.rejected {
+                    let total = self.links.get_mut(&peer).map_or(0, |l| {
+                        l.rejected += 1;
+                        l.rejected
+                    });
                     tracing::warn!(
                         %peer,
                         reason = ?rejection.reason,
                         doc = ?rejection.doc.as_ref().map(ToString::to_string),
                         detail = %rejection.detail,
-                        total_rejected = self.rejected,
+                        rejected_from_peer = total,
                         "rejected a message from a peer"
                     );
-                    batch.sends.push((peer, rejection.to_msg()));
                 }
-            },
+                batch.dirty.extend(step.changed);
+                batch.created.extend(step.created);
+                batch.sends.extend(step.send);
+            }
             Command::Shutdown { reply } => batch.shutdown = Some(reply),
         }
     }
@@ -515,6 +575,79 @@ impl Actor {
             batch.states.push((peer.clone(), doc, state));
         }
         self.outboxes.remove(&peer);
+        if let Some(l) = self.links.get_mut(&peer) {
+            l.connected = false;
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut links: Vec<LinkStatus> = self
+            .links
+            .iter()
+            .map(|(peer, l)| {
+                let progress = self.engine.progress(peer).unwrap_or_default();
+                LinkStatus {
+                    peer: peer.clone(),
+                    connected: l.connected,
+                    since_ms: l.since_ms,
+                    last_frame_ms: l.counters.last_frame_ms.load(Relaxed),
+                    bytes_in: l.counters.bytes_in.load(Relaxed),
+                    bytes_out: l.counters.bytes_out.load(Relaxed),
+                    docs_in_flight: progress.in_flight,
+                    docs_queued: progress.queued,
+                    rejected: l.rejected,
+                }
+            })
+            .collect();
+        links.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let mut heard: Vec<(UnitId, u64)> =
+            self.heard.iter().map(|(u, t)| (u.clone(), *t)).collect();
+        heard.sort();
+        NodeStatus { links, heard }
+    }
+
+    /// Send messages to their peers in order, packing runs of sync messages to the same peer
+    /// into one `SyncBatch` frame (up to `MAX_BATCH_BYTES`).
+    fn deliver(&self, sends: Vec<(UnitId, Msg)>) {
+        // Per peer: the sync items waiting to go out and their total size.
+        type Pending = (Vec<(DocId, Vec<u8>)>, usize);
+        let mut pending: HashMap<UnitId, Pending> = HashMap::new();
+        let flush = |peer: &UnitId, items: Vec<(DocId, Vec<u8>)>| {
+            let Some(out) = self.outboxes.get(peer) else {
+                return;
+            };
+            let msg = match <[_; 1]>::try_from(items) {
+                Ok([(doc, data)]) => Msg::Sync { doc, data },
+                Err(items) if items.is_empty() => return,
+                Err(items) => Msg::SyncBatch(items),
+            };
+            let _ = out.send(msg);
+        };
+        for (peer, msg) in sends {
+            match msg {
+                Msg::Sync { doc, data } => {
+                    let entry = pending.entry(peer.clone()).or_default();
+                    if entry.1 + data.len() > MAX_BATCH_BYTES && !entry.0.is_empty() {
+                        flush(&peer, std::mem::take(&mut entry.0));
+                        entry.1 = 0;
+                    }
+                    entry.1 += data.len();
+                    entry.0.push((doc, data));
+                }
+                other => {
+                    if let Some((items, _)) = pending.remove(&peer) {
+                        flush(&peer, items);
+                    }
+                    if let Some(out) = self.outboxes.get(&peer) {
+                        let _ = out.send(other);
+                    }
+                }
+            }
+        }
+        for (peer, (items, _)) in pending {
+            flush(&peer, items);
+        }
     }
 
     fn saved_states(&self, peer: &UnitId) -> Result<HashMap<DocId, Vec<u8>>, StoreError> {
@@ -552,6 +685,7 @@ impl Actor {
     }
 
     fn after_local_write(&mut self, id: DocId, batch: &mut Batch) {
+        batch.heard.insert(self.engine.me().clone(), now_ms());
         batch.sends.extend(self.engine.fan_out(&id, None));
         batch.dirty.insert(id);
     }
@@ -688,6 +822,10 @@ impl Actor {
             let mut users = tx.open_table(USERS).map_err(db)?;
             for (hash, value) in &batch.users {
                 users.insert(hash.as_slice(), value.as_str()).map_err(db)?;
+            }
+            let mut heard = tx.open_table(HEARD).map_err(db)?;
+            for (unit, at) in &batch.heard {
+                heard.insert(unit.as_str(), *at).map_err(db)?;
             }
         }
         tx.commit().map_err(db)?;

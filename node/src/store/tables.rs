@@ -31,3 +31,7 @@ pub const VIEW_MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> =
 
 /// unit tree key -> unit profile JSON. The units view.
 pub const VIEW_UNITS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-units-1");
+
+/// unit path -> when a change authored by that unit last arrived or was made here (ms since
+/// the Unix epoch). Freshness for "last heard from".
+pub const HEARD: TableDefinition<'_, &str, u64> = TableDefinition::new("heard-1");

@@ -1,14 +1,23 @@
 //! [`Engine`]: the state machine behind every link.
+//!
+//! Reconciliation cost follows the changes, not the data: each side digests its link scope as
+//! a tree (unit subtrees, then per-document heads) and the two sides descend only where the
+//! digests differ; only differing documents run automerge's sync protocol, at most
+//! [`MAX_IN_FLIGHT`] at a time per link.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge, Change, ReadDoc};
+use automerge::{ActorId, Automerge, Change};
 use grassroots_schema::{ActorTag, DocId, DocMeta, UnitId, may_author, replicated_at};
+use ring::digest::{SHA256, digest};
 
-use super::wire::{Msg, RejectReason};
+use super::wire::{self, Digest, Msg, RejectReason, Summary};
 use crate::doc;
+
+/// Documents per link whose reconciliation this side has started and not yet finished.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// A hosted document and its metadata.
 #[derive(Debug)]
@@ -59,19 +68,186 @@ pub struct Step {
     pub changed: BTreeSet<DocId>,
     /// Documents created by this input (to persist their metadata).
     pub created: BTreeSet<DocId>,
+    /// Parts of the input that were refused (already queued in `send` as `Reject`).
+    pub rejected: Vec<Rejection>,
+    /// Units whose changes were applied (freshness: "last heard from").
+    pub authors: BTreeSet<UnitId>,
+}
+
+impl Step {
+    fn reject(&mut self, peer: &UnitId, r: Rejection) {
+        self.send.push((peer.clone(), r.to_msg()));
+        self.rejected.push(r);
+    }
+}
+
+/// Reconciliation progress of one link, for status displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkProgress {
+    /// Documents being reconciled now.
+    pub in_flight: usize,
+    /// Documents waiting for a slot.
+    pub queued: usize,
 }
 
 #[derive(Debug, Default)]
 struct PeerSync {
+    /// Persisted states not decoded yet (decoded on first use, never reused across links).
+    saved: HashMap<DocId, Vec<u8>>,
     states: HashMap<DocId, sync::State>,
+    /// Units whose summary this side sent during this session.
+    summarised: HashSet<UnitId>,
+    active: BTreeSet<DocId>,
+    queue: VecDeque<DocId>,
+    queued: HashSet<DocId>,
+}
+
+impl PeerSync {
+    /// The state of `id`, decoded from the saved bytes on first use or fresh.
+    fn state(&mut self, id: &DocId) -> &mut sync::State {
+        let saved = &mut self.saved;
+        self.states.entry(id.clone()).or_insert_with(|| {
+            saved
+                .remove(id)
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// The scope of one link as a digest tree.
+#[derive(Debug, Default)]
+struct ScopeTree {
+    docs: BTreeMap<UnitId, Vec<(DocMeta, Digest)>>,
+    children: BTreeMap<UnitId, BTreeSet<UnitId>>,
+    digests: BTreeMap<UnitId, Digest>,
+}
+
+fn digest16(bytes: &[u8]) -> Digest {
+    let d = digest(&SHA256, bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
+}
+
+fn heads_digest(doc: &Automerge) -> Digest {
+    let mut heads = doc.get_heads();
+    heads.sort();
+    let mut buf = Vec::with_capacity(heads.len() * 32);
+    for h in &heads {
+        buf.extend_from_slice(h.as_ref());
+    }
+    digest16(&buf)
+}
+
+/// The automerge storage chunk header: magic, checksum, type, LEB128 length.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED_CHANGE: u8 = 2;
+
+/// Split a blob of concatenated automerge storage chunks, checking every header.
+fn split_chunks(mut data: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
+            return None;
+        }
+        let kind = data[8];
+        let (mut len, mut shift, mut i) = (0u64, 0u32, 9usize);
+        loop {
+            let b = *data.get(i)?;
+            len |= u64::from(b & 0x7f).checked_shl(shift)?;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        let end = i.checked_add(usize::try_from(len).ok()?)?;
+        if end > data.len() {
+            return None;
+        }
+        out.push((kind, &data[..end]));
+        data = &data[end..];
+    }
+    Some(out)
+}
+
+/// The units that authored the changes in one sync-message chunk (a change, several
+/// changes, or a whole document), decoded without touching any hosted document.
+fn authors_of(chunk: &[u8], id: &DocId) -> Result<Vec<UnitId>, Rejection> {
+    let malformed = |what: &str| Rejection::new(RejectReason::Malformed, Some(id), what.to_owned());
+    let unit = |c: &Change| {
+        ActorTag::unit_of(c.actor_id().to_bytes()).map_err(|_| {
+            Rejection::new(
+                RejectReason::Unauthorised,
+                Some(id),
+                "a change's actor does not name a unit",
+            )
+        })
+    };
+    let mut out = Vec::new();
+    for (kind, bytes) in split_chunks(chunk).ok_or_else(|| malformed("unreadable change chunk"))? {
+        match kind {
+            CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE => {
+                let c = Change::from_bytes(bytes.to_vec())
+                    .map_err(|e| malformed(&format!("change: {e}")))?;
+                out.push(unit(&c)?);
+            }
+            CHUNK_DOCUMENT => {
+                // A whole document (sent to a peer that has nothing): load it on its own,
+                // isolated, and read every change's author.
+                let loaded = catch_unwind(|| Automerge::load(bytes))
+                    .map_err(|_| {
+                        Rejection::new(
+                            RejectReason::ApplyFailed,
+                            Some(id),
+                            "automerge panicked loading a document chunk",
+                        )
+                    })?
+                    .map_err(|e| malformed(&format!("document chunk: {e}")))?;
+                for c in loaded.get_changes(&[]) {
+                    out.push(unit(&c)?);
+                }
+            }
+            _ => return Err(malformed("unknown chunk type")),
+        }
+    }
+    Ok(out)
+}
+
+impl ScopeTree {
+    fn digest(&self, unit: &UnitId) -> Option<&Digest> {
+        self.digests.get(unit)
+    }
+
+    fn summary(&self, unit: &UnitId) -> Summary {
+        Summary {
+            unit: unit.clone(),
+            docs: self.docs.get(unit).cloned().unwrap_or_default(),
+            children: self
+                .children
+                .get(unit)
+                .map(|c| {
+                    c.iter()
+                        .filter_map(|x| self.digests.get(x).map(|d| (x.clone(), *d)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// The documents of one node and the sync state of each connected peer.
 ///
 /// Lifecycle: owned by the store actor. [`Engine::connect`] when a link's hello is done,
 /// [`Engine::receive`] for each message, [`Engine::disconnect`] when the link ends (its sync
-/// states are returned for persisting and never reused in memory: a fresh state is decoded
-/// at the next connection).
+/// states are returned for persisting and never reused in memory: the saved bytes are
+/// decoded afresh at the next connection).
 #[derive(Debug)]
 pub struct Engine {
     me: UnitId,
@@ -142,54 +318,88 @@ impl Engine {
         Ok((&mut entry.doc, created))
     }
 
+    /// The unit whose subtree bounds the link to `peer`: the child end of the link.
+    fn link_child<'a>(&'a self, peer: &'a UnitId) -> Option<&'a UnitId> {
+        if peer.parent().as_ref() == Some(&self.me) {
+            Some(peer)
+        } else if self.me.parent().as_ref() == Some(peer) {
+            Some(&self.me)
+        } else {
+            None
+        }
+    }
+
     /// Whether `meta` is in the scope of the link to `peer` (rule 1), which must be this
     /// node's parent or child.
     pub fn in_link_scope(&self, peer: &UnitId, meta: &DocMeta) -> bool {
-        if peer.parent().as_ref() == Some(&self.me) {
-            replicated_at(peer, meta)
-        } else if self.me.parent().as_ref() == Some(peer) {
-            replicated_at(&self.me, meta)
-        } else {
-            false
+        self.link_child(peer)
+            .is_some_and(|child| replicated_at(child, meta))
+    }
+
+    fn scope_tree(&self, peer: &UnitId) -> ScopeTree {
+        let mut t = ScopeTree::default();
+        for e in self.docs.values() {
+            if !self.in_link_scope(peer, &e.meta) {
+                continue;
+            }
+            let owner = e.meta.owner().clone();
+            t.docs
+                .entry(owner.clone())
+                .or_default()
+                .push((e.meta.clone(), heads_digest(&e.doc)));
+            let mut unit = owner;
+            while let Some(parent) = unit.parent() {
+                t.children.entry(parent.clone()).or_default().insert(unit);
+                unit = parent;
+            }
         }
+        // Bottom-up: deepest units first, so children are digested before their parent.
+        let mut units: BTreeSet<UnitId> = t.docs.keys().cloned().collect();
+        units.extend(t.children.keys().cloned());
+        units.insert(self.me.root());
+        let mut order: Vec<UnitId> = units.into_iter().collect();
+        order.sort_by_key(|u| std::cmp::Reverse(u.level()));
+        for unit in order {
+            let mut buf = Vec::new();
+            buf.extend_from_slice(unit.as_str().as_bytes());
+            buf.push(0);
+            for (meta, d) in t.docs.get(&unit).map(Vec::as_slice).unwrap_or_default() {
+                buf.extend_from_slice(meta.id.to_string().as_bytes());
+                buf.push(0);
+                buf.extend_from_slice(&wire::encode_audience(&meta.audience));
+                buf.extend_from_slice(d);
+            }
+            buf.push(0xff);
+            if let Some(kids) = t.children.get(&unit) {
+                for k in kids {
+                    buf.extend_from_slice(k.as_str().as_bytes());
+                    buf.push(0);
+                    if let Some(d) = t.digests.get(k) {
+                        buf.extend_from_slice(d);
+                    }
+                }
+            }
+            t.digests.insert(unit, digest16(&buf));
+        }
+        t
     }
 
     /// A link to `peer` is up. `saved` holds the sync states persisted at the last
-    /// connection. Returns the opening messages: the announce, then a sync message per
-    /// document in scope.
+    /// connection (decoded lazily). Returns the opening message: the root digest.
     pub fn connect(&mut self, peer: &UnitId, saved: HashMap<DocId, Vec<u8>>) -> Vec<Msg> {
-        let mut states = HashMap::new();
-        for (id, bytes) in saved {
-            match sync::State::decode(&bytes) {
-                Ok(s) => {
-                    states.insert(id, s);
-                }
-                Err(e) => tracing::warn!(%peer, doc = %id, "discarding unreadable sync state: {e}"),
-            }
-        }
-        let in_scope: Vec<DocId> = self
-            .docs
-            .values()
-            .filter(|e| self.in_link_scope(peer, &e.meta))
-            .map(|e| e.meta.id.clone())
-            .collect();
-        let announce = Msg::Announce(
-            in_scope
-                .iter()
-                .filter_map(|id| self.docs.get(id).map(|e| e.meta.clone()))
-                .collect(),
+        self.peers.insert(
+            peer.clone(),
+            PeerSync {
+                saved,
+                ..PeerSync::default()
+            },
         );
-        self.peers.insert(peer.clone(), PeerSync { states });
-        let mut out = vec![announce];
-        for id in in_scope {
-            if let Some(m) = self.generate(peer, &id) {
-                out.push(m);
-            }
-        }
-        out
+        let tree = self.scope_tree(peer);
+        let root = tree.digest(&self.me.root()).copied().unwrap_or_default();
+        vec![Msg::Root(root)]
     }
 
-    /// The link to `peer` ended. Returns its encoded sync states to persist.
+    /// The link to `peer` ended. Returns the sync states used during it, to persist.
     pub fn disconnect(&mut self, peer: &UnitId) -> Vec<(DocId, Vec<u8>)> {
         self.peers
             .remove(peer)
@@ -202,19 +412,59 @@ impl Engine {
         self.peers.keys()
     }
 
+    /// Reconciliation progress of the link to `peer`.
+    pub fn progress(&self, peer: &UnitId) -> Option<LinkProgress> {
+        self.peers.get(peer).map(|p| LinkProgress {
+            in_flight: p.active.len(),
+            queued: p.queue.len(),
+        })
+    }
+
     fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<Msg> {
         let entry = self.docs.get(id)?;
-        let state = self
-            .peers
-            .get_mut(peer)?
-            .states
-            .entry(id.clone())
-            .or_insert_with(sync::State::new);
+        let state = self.peers.get_mut(peer)?.state(id);
         let m = entry.doc.generate_sync_message(state)?;
         Some(Msg::Sync {
             doc: id.clone(),
             data: m.encode(),
         })
+    }
+
+    /// Begin reconciling `id` with `peer`, or queue it when the link has enough in flight.
+    fn start(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.active.contains(id) || p.queued.contains(id) {
+            return;
+        }
+        if p.active.len() >= MAX_IN_FLIGHT {
+            p.queued.insert(id.clone());
+            p.queue.push_back(id.clone());
+            return;
+        }
+        p.active.insert(id.clone());
+        match self.generate(peer, id) {
+            Some(m) => step.send.push((peer.clone(), m)),
+            None => self.finish(peer, id, step),
+        }
+    }
+
+    /// This side has nothing more to send for `id`: free its slot for the next one.
+    fn finish(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if !p.active.remove(id) {
+            return;
+        }
+        let next = p.queue.pop_front();
+        if let Some(n) = &next {
+            p.queued.remove(n);
+        }
+        if let Some(n) = next {
+            self.start(peer, &n, step);
+        }
     }
 
     /// Messages for every connected peer whose link scope holds `id`, after `id` changed
@@ -235,88 +485,195 @@ impl Engine {
             .collect()
     }
 
-    /// Handle one message from a connected `peer`. On `Err`, nothing was applied and the
-    /// rejection should be sent back.
-    pub fn receive(&mut self, peer: &UnitId, msg: Msg) -> Result<Step, Rejection> {
+    /// Handle one message from a connected `peer`. Refused parts are listed in
+    /// [`Step::rejected`] and answered in [`Step::send`]; nothing of them was applied.
+    pub fn receive(&mut self, peer: &UnitId, msg: Msg) -> Step {
+        let mut step = Step::default();
         if !self.peers.contains_key(peer) {
-            return Err(Rejection::new(
-                RejectReason::NotAdjacent,
-                None,
-                "not connected",
-            ));
+            step.reject(
+                peer,
+                Rejection::new(RejectReason::NotAdjacent, None, "not connected"),
+            );
+            return step;
         }
         match msg {
-            Msg::Announce(metas) => self.on_announce(peer, metas),
-            Msg::Sync { doc, data } => self.on_sync(peer, doc, &data),
+            Msg::Root(d) => self.on_root(peer, d, &mut step),
+            Msg::Summary(sm) => {
+                if let Err(r) = self.on_summary(peer, sm, &mut step) {
+                    step.reject(peer, r);
+                }
+            }
+            Msg::Sync { doc, data } => {
+                if let Err(r) = self.on_sync(peer, doc, &data, &mut step) {
+                    step.reject(peer, r);
+                }
+            }
+            Msg::SyncBatch(items) => {
+                for (doc, data) in items {
+                    if let Err(r) = self.on_sync(peer, doc, &data, &mut step) {
+                        step.reject(peer, r);
+                    }
+                }
+            }
             Msg::Reject {
                 reason,
                 doc,
                 detail,
             } => {
                 tracing::warn!(%peer, ?reason, doc = ?doc.map(|d| d.to_string()), detail, "peer refused our message");
-                Ok(Step::default())
             }
-            Msg::Unknown(t) => {
-                tracing::debug!(%peer, t, "ignoring unknown message type");
-                Ok(Step::default())
-            }
-            Msg::Hello(_) => Err(Rejection::new(
-                RejectReason::Malformed,
-                None,
-                "hello after the handshake",
-            )),
+            Msg::Unknown(t) => tracing::debug!(%peer, t, "ignoring unknown message type"),
+            Msg::Hello(_) => step.reject(
+                peer,
+                Rejection::new(RejectReason::Malformed, None, "hello after the handshake"),
+            ),
+        }
+        step
+    }
+
+    fn on_root(&mut self, peer: &UnitId, theirs: Digest, step: &mut Step) {
+        let root = self.me.root();
+        let tree = self.scope_tree(peer);
+        if tree.digest(&root) == Some(&theirs) {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(peer)
+            && p.summarised.insert(root.clone())
+        {
+            step.send
+                .push((peer.clone(), Msg::Summary(tree.summary(&root))));
         }
     }
 
-    fn check_scope(&self, peer: &UnitId, meta: &DocMeta) -> Result<(), Rejection> {
-        if !self.in_link_scope(peer, meta) {
+    fn check_summary(&self, peer: &UnitId, sm: &Summary) -> Result<(), Rejection> {
+        let child = self
+            .link_child(peer)
+            .ok_or_else(|| Rejection::new(RejectReason::NotAdjacent, None, "not adjacent"))?;
+        if !(sm.unit.is_in_subtree_of(child) || sm.unit.is_ancestor_of(child)) {
             return Err(Rejection::new(
                 RejectReason::OutOfScope,
-                Some(&meta.id),
-                format!(
-                    "{} is outside the scope of the link {} <-> {}",
-                    meta.id, self.me, peer
-                ),
+                None,
+                format!("summary of {} outside the link's scope", sm.unit),
             ));
         }
-        if let Some(have) = self.docs.get(&meta.id)
-            && have.meta.audience != meta.audience
+        for (meta, _) in &sm.docs {
+            if meta.owner() != &sm.unit || !self.in_link_scope(peer, meta) {
+                return Err(Rejection::new(
+                    RejectReason::OutOfScope,
+                    Some(&meta.id),
+                    format!(
+                        "{} is outside the scope of the link {} <-> {}",
+                        meta.id, self.me, peer
+                    ),
+                ));
+            }
+            if let Some(have) = self.docs.get(&meta.id)
+                && have.meta.audience != meta.audience
+            {
+                return Err(Rejection::new(
+                    RejectReason::Malformed,
+                    Some(&meta.id),
+                    "audience differs from the one fixed at creation",
+                ));
+            }
+        }
+        if let Some((x, _)) = sm
+            .children
+            .iter()
+            .find(|(x, _)| x.parent().as_ref() != Some(&sm.unit))
         {
             return Err(Rejection::new(
                 RejectReason::Malformed,
-                Some(&meta.id),
-                "audience differs from the one fixed at creation",
+                None,
+                format!("{x} listed as a child of {}", sm.unit),
             ));
         }
         Ok(())
     }
 
-    fn on_announce(&mut self, peer: &UnitId, metas: Vec<DocMeta>) -> Result<Step, Rejection> {
-        // Validate the whole message before creating anything: rejected whole.
-        for meta in &metas {
-            self.check_scope(peer, meta)?;
+    fn on_summary(&mut self, peer: &UnitId, sm: Summary, step: &mut Step) -> Result<(), Rejection> {
+        self.check_summary(peer, &sm)?;
+        let tree = self.scope_tree(peer);
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Ok(());
+        };
+        if p.summarised.insert(sm.unit.clone()) {
+            step.send
+                .push((peer.clone(), Msg::Summary(tree.summary(&sm.unit))));
         }
-        let mut step = Step::default();
-        for meta in metas {
-            let id = meta.id.clone();
-            if !self.docs.contains_key(&id) {
-                let doc = doc::empty(&self.actor);
-                self.docs.insert(id.clone(), DocEntry { meta, doc });
-                step.created.insert(id.clone());
-            }
-            if let Some(m) = self.generate(peer, &id) {
-                step.send.push((peer.clone(), m));
+        // Documents of this unit: start those whose heads differ or that the peer lacks;
+        // create those only the peer has (the peer starts them).
+        let mine: BTreeMap<DocId, Digest> = tree
+            .docs
+            .get(&sm.unit)
+            .map(|v| v.iter().map(|(m, d)| (m.id.clone(), *d)).collect())
+            .unwrap_or_default();
+        let theirs: BTreeMap<DocId, (DocMeta, Digest)> = sm
+            .docs
+            .into_iter()
+            .map(|(m, d)| (m.id.clone(), (m, d)))
+            .collect();
+        for (id, (meta, d)) in &theirs {
+            match mine.get(id) {
+                Some(md) if md == d => {}
+                Some(_) => self.start(peer, id, step),
+                None => {
+                    if !self.docs.contains_key(id) {
+                        let doc = doc::empty(&self.actor);
+                        self.docs.insert(
+                            id.clone(),
+                            DocEntry {
+                                meta: meta.clone(),
+                                doc,
+                            },
+                        );
+                        step.created.insert(id.clone());
+                    }
+                }
             }
         }
-        Ok(step)
+        for id in mine.keys().filter(|id| !theirs.contains_key(*id)) {
+            self.start(peer, id, step);
+        }
+        // Child subtrees: descend where the digests differ.
+        let theirs_kids: BTreeMap<UnitId, Digest> = sm.children.into_iter().collect();
+        let mut kids: BTreeSet<UnitId> = theirs_kids.keys().cloned().collect();
+        kids.extend(tree.children.get(&sm.unit).into_iter().flatten().cloned());
+        for x in kids {
+            if tree.digest(&x) == theirs_kids.get(&x) {
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(peer)
+                && p.summarised.insert(x.clone())
+            {
+                step.send
+                    .push((peer.clone(), Msg::Summary(tree.summary(&x))));
+            }
+        }
+        Ok(())
     }
 
-    fn on_sync(&mut self, peer: &UnitId, id: DocId, data: &[u8]) -> Result<Step, Rejection> {
+    fn on_sync(
+        &mut self,
+        peer: &UnitId,
+        id: DocId,
+        data: &[u8],
+        step: &mut Step,
+    ) -> Result<(), Rejection> {
         let meta = match self.docs.get(&id) {
             Some(e) => e.meta.clone(),
             None => DocMeta::new(id.clone()),
         };
-        self.check_scope(peer, &meta)?;
+        if !self.in_link_scope(peer, &meta) {
+            return Err(Rejection::new(
+                RejectReason::OutOfScope,
+                Some(&id),
+                format!(
+                    "{id} is outside the scope of the link {} <-> {peer}",
+                    self.me
+                ),
+            ));
+        }
         let message = sync::Message::decode(data).map_err(|e| {
             Rejection::new(
                 RejectReason::Malformed,
@@ -324,7 +681,6 @@ impl Engine {
                 format!("sync message: {e}"),
             )
         })?;
-        let mut step = Step::default();
         if !self.docs.contains_key(&id) {
             let doc = doc::empty(&self.actor);
             self.docs.insert(
@@ -344,16 +700,29 @@ impl Engine {
                 "document vanished",
             ));
         };
-        let state = peer_sync
-            .states
-            .entry(id.clone())
-            .or_insert_with(sync::State::new);
+        let state = peer_sync.state(&id);
         let before = entry.doc.get_heads();
 
-        // Peer bytes are hostile: apply to a copy inside catch_unwind (automerge 0.12 panics
-        // on some malformed changes), check the author of every new change against rule 2,
-        // and only then adopt the copy. A refused message leaves document and state as they were.
-        let chunks: Vec<Vec<u8>> = message.changes.iter().map(<[u8]>::to_vec).collect();
+        // Peer bytes are hostile. First every change the message carries is decoded and its
+        // author checked against rule 2, before anything is applied: automerge may queue a
+        // change whose dependencies are missing (bloom-filter false positives make honest
+        // peers do that) and apply it later, so checking only what applied now is not enough.
+        let owner = meta.owner();
+        let mut authors = BTreeSet::new();
+        for chunk in message.changes.iter() {
+            for author in authors_of(chunk, &id)? {
+                if !may_author(&author, owner) {
+                    return Err(Rejection::new(
+                        RejectReason::Unauthorised,
+                        Some(&id),
+                        format!("change by {author} to a document owned by {owner}"),
+                    ));
+                }
+                authors.insert(author);
+            }
+        }
+        // Then apply to a copy inside catch_unwind (automerge 0.12 panics on some malformed
+        // changes) and adopt the copy only if that went well.
         let mut candidate = entry.doc.clone();
         let mut candidate_state = state.clone();
         let applied = catch_unwind(AssertUnwindSafe(|| {
@@ -376,61 +745,27 @@ impl Engine {
             }
             Ok(Ok(())) => {}
         }
-        let owner = meta.owner();
-        for change in candidate.get_changes(&before) {
-            let author = ActorTag::unit_of(change.actor_id().to_bytes()).map_err(|_| {
-                Rejection::new(
-                    RejectReason::Unauthorised,
-                    Some(&id),
-                    "a change's actor does not name a unit",
-                )
-            })?;
-            if !may_author(&author, owner) {
-                return Err(Rejection::new(
-                    RejectReason::Unauthorised,
-                    Some(&id),
-                    format!("change by {author} to a document owned by {owner}"),
-                ));
-            }
-        }
         let changed = candidate.get_heads() != before;
-        // automerge queues changes whose dependencies are missing and silently drops chunks
-        // it cannot parse. Over an ordered stream neither happens honestly, and a queued
-        // change would be applied later without passing the authority check: refuse both.
-        if !candidate.get_missing_deps(&[]).is_empty() {
-            return Err(Rejection::new(
-                RejectReason::Malformed,
-                Some(&id),
-                "changes with missing dependencies",
-            ));
-        }
-        let dropped = chunks.into_iter().any(|c| {
-            Change::from_bytes(c).is_ok_and(|c| candidate.get_change_by_hash(&c.hash()).is_none())
-        });
-        if dropped {
-            return Err(Rejection::new(
-                RejectReason::Malformed,
-                Some(&id),
-                "a change that automerge did not apply",
-            ));
-        }
         entry.doc = candidate;
         *state = candidate_state;
+        step.authors.extend(authors);
         if changed {
             step.changed.insert(id.clone());
         }
-        if let Some(m) = self.generate(peer, &id) {
-            step.send.push((peer.clone(), m));
+        match self.generate(peer, &id) {
+            Some(m) => step.send.push((peer.clone(), m)),
+            None => self.finish(peer, &id, step),
         }
         if changed {
             step.send.extend(self.fan_out(&id, Some(peer)));
         }
-        Ok(step)
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::Summary;
     use super::*;
     use grassroots_schema::{DocKind, Education, Gender, MemberStatus, NewMember, RecordId};
 
@@ -476,13 +811,9 @@ mod tests {
             rounds += 1;
             assert!(rounds < 10_000, "did not settle");
             let target = if &to == a.me() { &mut *a } else { &mut *b };
-            match target.receive(&from, msg) {
-                Ok(step) => queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m))),
-                Err(r) => {
-                    queue.push((to.clone(), from.clone(), r.to_msg()));
-                    rejected.push(r);
-                }
-            }
+            let step = target.receive(&from, msg);
+            queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+            rejected.extend(step.rejected);
         }
         rejected
     }
@@ -578,28 +909,22 @@ mod tests {
             let Some(m) = forged.generate_sync_message(&mut fs) else {
                 break;
             };
-            match t.receive(
+            let step = t.receive(
                 &u("c01/k01/t01/v01"),
                 Msg::Sync {
                     doc: id.clone(),
                     data: m.encode(),
                 },
-            ) {
-                Ok(step) => {
-                    for (_, reply) in step.send {
-                        if let Msg::Sync { data, .. } = reply {
-                            forged
-                                .receive_sync_message(
-                                    &mut fs,
-                                    sync::Message::decode(&data).unwrap(),
-                                )
-                                .unwrap();
-                        }
-                    }
-                }
-                Err(r) => {
-                    rejected = Some(r);
-                    break;
+            );
+            if let Some(r) = step.rejected.into_iter().next() {
+                rejected = Some(r);
+                break;
+            }
+            for (_, reply) in step.send {
+                if let Msg::Sync { data, .. } = reply {
+                    forged
+                        .receive_sync_message(&mut fs, sync::Message::decode(&data).unwrap())
+                        .unwrap();
                 }
             }
         }
@@ -613,24 +938,40 @@ mod tests {
     }
 
     #[test]
-    fn out_of_scope_announce_is_rejected() {
+    fn out_of_scope_summaries_are_rejected() {
         let mut t = engine("c01/k01/t01", 1);
         let mut v = engine("c01/k01/t01/v01", 2);
         let _ = connect(&mut t, &mut v);
-        let foreign = DocMeta::new(DocId::new(DocKind::Members, u("c01/k01/t01/v02")));
-        let r = t
-            .receive(&u("c01/k01/t01/v01"), Msg::Announce(vec![foreign.clone()]))
-            .unwrap_err();
-        assert_eq!(r.reason, RejectReason::OutOfScope);
-        assert!(t.get(&foreign.id).is_none(), "nothing created");
-        // A child may not push its parent's internal document either.
-        let up = DocMeta::new(DocId::new(DocKind::Members, u("c01/k01/t01")));
-        assert_eq!(
-            t.receive(&u("c01/k01/t01/v01"), Msg::Announce(vec![up]))
-                .unwrap_err()
-                .reason,
-            RejectReason::OutOfScope
+        let summary = |unit: &str, owner: &str| {
+            Msg::Summary(Summary {
+                unit: u(unit),
+                docs: vec![(
+                    DocMeta::new(DocId::new(DocKind::Members, u(owner))),
+                    [0; 16],
+                )],
+                children: vec![],
+            })
+        };
+        // The sibling's register.
+        let step = t.receive(
+            &u("c01/k01/t01/v01"),
+            summary("c01/k01/t01/v02", "c01/k01/t01/v02"),
         );
+        assert_eq!(step.rejected[0].reason, RejectReason::OutOfScope);
+        assert!(
+            t.get(&DocId::new(DocKind::Members, u("c01/k01/t01/v02")))
+                .is_none(),
+            "nothing created"
+        );
+        // A child may not push its parent's internal document either.
+        let step = t.receive(&u("c01/k01/t01/v01"), summary("c01/k01/t01", "c01/k01/t01"));
+        assert_eq!(step.rejected[0].reason, RejectReason::OutOfScope);
+        // Nor may a summary list a document under another unit.
+        let step = t.receive(
+            &u("c01/k01/t01/v01"),
+            summary("c01/k01/t01/v01", "c01/k01/t01/v02"),
+        );
+        assert_eq!(step.rejected[0].reason, RejectReason::OutOfScope);
     }
 
     #[test]
@@ -645,16 +986,14 @@ mod tests {
             vec![0x43, 0xff, 0xff, 0xff],
             b"hello world".to_vec(),
         ] {
-            let r = t
-                .receive(
-                    &u("c01/k01/t01/v01"),
-                    Msg::Sync {
-                        doc: id.clone(),
-                        data: junk,
-                    },
-                )
-                .unwrap_err();
-            assert_eq!(r.reason, RejectReason::Malformed);
+            let step = t.receive(
+                &u("c01/k01/t01/v01"),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: junk,
+                },
+            );
+            assert_eq!(step.rejected[0].reason, RejectReason::Malformed);
         }
     }
 
@@ -687,7 +1026,7 @@ mod tests {
                 data: msg.encode(),
             },
         );
-        assert!(r.is_err(), "hostile input accepted");
+        assert!(!r.rejected.is_empty(), "hostile input accepted");
         assert_eq!(
             t.get(&id).unwrap().doc.get_heads(),
             heads,
@@ -724,5 +1063,116 @@ mod tests {
             .collect();
         pump(&mut t, &mut v, q);
         assert_eq!(names(&t, "c01/k01/t01/v01"), vec!["Live".to_string()]);
+    }
+
+    /// Deliver like [`pump`] but count messages and encoded bytes; also check that no link
+    /// ever has more than `MAX_IN_FLIGHT` documents in flight.
+    fn pump_counted(
+        a: &mut Engine,
+        b: &mut Engine,
+        mut queue: Vec<(UnitId, UnitId, Msg)>,
+    ) -> (usize, usize, usize) {
+        let (mut msgs, mut bytes, mut rounds) = (0, 0, 0);
+        while !queue.is_empty() {
+            rounds += 1;
+            assert!(rounds < 1000, "did not settle");
+            let mut next = Vec::new();
+            for (from, to, msg) in std::mem::take(&mut queue) {
+                msgs += 1;
+                bytes += super::super::wire::encode(&msg).len() + 4;
+                let target = if &to == a.me() { &mut *a } else { &mut *b };
+                let step = target.receive(&from, msg);
+                assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+                let p = target.progress(&from).unwrap();
+                assert!(p.in_flight <= MAX_IN_FLIGHT);
+                next.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+            }
+            queue = next;
+        }
+        (msgs, bytes, rounds)
+    }
+
+    /// A county with `n` village registers under 10 townships, synced to the city.
+    fn big_pair(n: usize) -> (Engine, Engine) {
+        let mut k = engine("c01/k01", 1);
+        let mut c = engine("c01", 2);
+        for i in 0..n {
+            let owner = format!("c01/k01/t{:02}/v{:03}", i % 10, i);
+            write(&mut k, &owner, i as u64, "Seed");
+        }
+        let q = connect(&mut k, &mut c);
+        pump_counted(&mut k, &mut c, q);
+        (k, c)
+    }
+
+    fn reconnect(k: &mut Engine, c: &mut Engine) -> Vec<(UnitId, UnitId, Msg)> {
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        let mut q: Vec<_> = k
+            .connect(&uc, sk)
+            .into_iter()
+            .map(|m| (uk.clone(), uc.clone(), m))
+            .collect();
+        q.extend(
+            c.connect(&uk, sc)
+                .into_iter()
+                .map(|m| (uc.clone(), uk.clone(), m)),
+        );
+        q
+    }
+
+    #[test]
+    fn idle_reconnect_costs_one_digest_each_way() {
+        let (mut k, mut c) = big_pair(500);
+        assert_eq!(names(&c, "c01/k01/t03/v003"), vec!["Seed".to_string()]);
+        let q = reconnect(&mut k, &mut c);
+        let (msgs, bytes, _) = pump_counted(&mut k, &mut c, q);
+        assert_eq!(msgs, 2, "only the two root digests");
+        assert!(bytes < 100, "{bytes} bytes");
+    }
+
+    #[test]
+    fn one_changed_document_descends_only_its_branch() {
+        let (mut k, mut c) = big_pair(500);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let _ = k.disconnect(&uc);
+        let _ = c.disconnect(&uk);
+        write(&mut k, "c01/k01/t04/v004", 9999, "Changed Offline");
+        let q = {
+            let mut q: Vec<_> = k
+                .connect(&uc, HashMap::new())
+                .into_iter()
+                .map(|m| (uk.clone(), uc.clone(), m))
+                .collect();
+            q.extend(
+                c.connect(&uk, HashMap::new())
+                    .into_iter()
+                    .map(|m| (uc.clone(), uk.clone(), m)),
+            );
+            q
+        };
+        let (msgs, bytes, rounds) = pump_counted(&mut k, &mut c, q);
+        assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
+        // Root, summaries for c01, c01/k01, its township and the village, then a few sync
+        // messages: independent of the 500 documents.
+        assert!(msgs <= 20, "{msgs} messages");
+        assert!(rounds <= 10, "{rounds} rounds");
+        assert!(bytes < 8_000, "{bytes} bytes");
+    }
+
+    #[test]
+    fn a_fresh_parent_catches_up_with_bounded_concurrency() {
+        // big_pair already synced 300 documents to an empty city through the queue; check
+        // it is all there, and that both sides agree on every document's heads.
+        let (k, c) = big_pair(300);
+        for e in k.docs() {
+            assert_eq!(
+                c.get(&e.meta.id).map(|d| d.doc.get_heads()),
+                Some(e.doc.get_heads()),
+                "{}",
+                e.meta.id
+            );
+        }
     }
 }

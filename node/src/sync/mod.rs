@@ -5,4 +5,4 @@
 mod engine;
 pub mod wire;
 
-pub use engine::{DocEntry, Engine, Rejection, Step};
+pub use engine::{DocEntry, Engine, LinkProgress, MAX_IN_FLIGHT, Rejection, Step};

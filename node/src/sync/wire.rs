@@ -19,19 +19,26 @@ pub const CAPABILITIES: u64 = 0;
 /// One message of the exchange on a link's stream.
 ///
 /// 1. The child opens one bidirectional stream and sends [`Msg::Hello`]; the parent answers
-///    with its own hello or a [`Msg::Reject`] and closes.
-/// 2. Each side sends [`Msg::Announce`] with every document in the link's scope, then one
-///    [`Msg::Sync`] per document it wants to reconcile (automerge's sync protocol inside).
-/// 3. Both sides keep answering sync messages until automerge has nothing to send; a local
-///    change later produces new sync messages (live push).
-/// 4. A message that breaks a rule is answered with [`Msg::Reject`] and otherwise ignored.
+///    with its own hello, or a [`Msg::Reject`] and closes.
+/// 2. Each side sends [`Msg::Root`]: the digest of everything in the link's scope. Equal
+///    digests end the exchange (an idle reconnect costs these two messages).
+/// 3. Otherwise each side sends a [`Msg::Summary`] of the root unit; a side receiving a
+///    summary answers with its own for that unit (once per unit and session), starts syncing
+///    the unit's documents whose heads differ, and sends summaries of the child units whose
+///    digests differ. The descent follows only the branches that changed.
+/// 4. Documents are reconciled with automerge's sync protocol in [`Msg::Sync`] (several in
+///    one frame as [`Msg::SyncBatch`]) until automerge has nothing to send; a local change
+///    later produces new sync messages to every connected peer in scope (live push).
+/// 5. A message that breaks a rule is answered with [`Msg::Reject`] and otherwise ignored.
 ///    Unknown message types (from a newer peer) decode to [`Msg::Unknown`] and are ignored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
     /// Opening message both ways.
     Hello(Hello),
-    /// Documents the sender holds in the link's scope.
-    Announce(Vec<DocMeta>),
+    /// Digest of the sender's whole link scope.
+    Root(Digest),
+    /// The sender's view of one unit of the scope tree.
+    Summary(Summary),
     /// An automerge sync message for one document.
     Sync {
         /// The document.
@@ -39,6 +46,8 @@ pub enum Msg {
         /// `automerge::sync::Message::encode()` bytes.
         data: Vec<u8>,
     },
+    /// Several sync messages in one frame (small documents batched).
+    SyncBatch(Vec<(DocId, Vec<u8>)>),
     /// The previous message (about `doc`, if any) was refused.
     Reject {
         /// Why.
@@ -50,6 +59,21 @@ pub enum Msg {
     },
     /// A message type this version does not know.
     Unknown(u8),
+}
+
+/// A 128-bit digest (truncated SHA-256).
+pub type Digest = [u8; 16];
+
+/// One node of the scope tree as the sender sees it: the documents the unit owns (in the
+/// link's scope) with a digest of their heads, and the digests of its child subtrees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The unit.
+    pub unit: UnitId,
+    /// Documents owned by the unit: metadata and a digest of the document's heads.
+    pub docs: Vec<(DocMeta, Digest)>,
+    /// Child units with something in scope below them, and their subtree digests.
+    pub children: Vec<(UnitId, Digest)>,
 }
 
 /// The opening message.
@@ -137,9 +161,12 @@ pub enum WireError {
 }
 
 const T_HELLO: u8 = 1;
-const T_ANNOUNCE: u8 = 2;
+// 2 was an early "announce every document" message; never reuse it.
 const T_SYNC: u8 = 3;
 const T_REJECT: u8 = 4;
+const T_ROOT: u8 = 5;
+const T_SUMMARY: u8 = 6;
+const T_SYNC_BATCH: u8 = 7;
 
 struct Writer(Vec<u8>);
 
@@ -169,6 +196,9 @@ impl Writer {
     fn bytes(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
+    }
+    fn digest(&mut self, d: &Digest) {
+        self.0.extend_from_slice(d);
     }
     fn audience(&mut self, a: &Audience) {
         match a {
@@ -225,6 +255,11 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
     }
+    fn digest(&mut self) -> Result<Digest, WireError> {
+        let mut d = [0u8; 16];
+        d.copy_from_slice(self.take(16)?);
+        Ok(d)
+    }
     fn unit(&mut self) -> Result<UnitId, WireError> {
         self.str()?
             .parse()
@@ -267,12 +302,31 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             w.str(h.unit.as_str());
             w.str(&h.software);
         }
-        Msg::Announce(docs) => {
-            w.u8(T_ANNOUNCE);
-            w.u32(docs.len() as u32);
-            for d in docs {
-                w.str(&d.id.to_string());
-                w.audience(&d.audience);
+        Msg::Root(d) => {
+            w.u8(T_ROOT);
+            w.digest(d);
+        }
+        Msg::Summary(sm) => {
+            w.u8(T_SUMMARY);
+            w.str(sm.unit.as_str());
+            w.u32(sm.docs.len() as u32);
+            for (meta, d) in &sm.docs {
+                w.str(&meta.id.to_string());
+                w.audience(&meta.audience);
+                w.digest(d);
+            }
+            w.u32(sm.children.len() as u32);
+            for (u, d) in &sm.children {
+                w.str(u.as_str());
+                w.digest(d);
+            }
+        }
+        Msg::SyncBatch(items) => {
+            w.u8(T_SYNC_BATCH);
+            w.u32(items.len() as u32);
+            for (doc, data) in items {
+                w.str(&doc.to_string());
+                w.bytes(data);
             }
         }
         Msg::Sync { doc, data } => {
@@ -309,15 +363,36 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
             unit: r.unit()?,
             software: r.str()?.to_owned(),
         }),
-        T_ANNOUNCE => {
+        T_ROOT => Msg::Root(r.digest()?),
+        T_SUMMARY => {
+            let unit = r.unit()?;
             let n = r.u32()?;
             let mut docs = Vec::with_capacity(n.min(4096) as usize);
             for _ in 0..n {
                 let id = r.doc()?;
                 let audience = r.audience()?;
-                docs.push(DocMeta { id, audience });
+                docs.push((DocMeta { id, audience }, r.digest()?));
             }
-            Msg::Announce(docs)
+            let n = r.u32()?;
+            let mut children = Vec::with_capacity(n.min(4096) as usize);
+            for _ in 0..n {
+                let u = r.unit()?;
+                children.push((u, r.digest()?));
+            }
+            Msg::Summary(Summary {
+                unit,
+                docs,
+                children,
+            })
+        }
+        T_SYNC_BATCH => {
+            let n = r.u32()?;
+            let mut items = Vec::with_capacity(n.min(4096) as usize);
+            for _ in 0..n {
+                let doc = r.doc()?;
+                items.push((doc, r.bytes()?));
+            }
+            Msg::SyncBatch(items)
         }
         T_SYNC => Msg::Sync {
             doc: r.doc()?,
@@ -381,16 +456,34 @@ mod tests {
                 unit: u("c01/k01"),
                 software: "grassroots 0.1.0".into(),
             }),
-            Msg::Announce(vec![
-                DocMeta::new(DocId::new(DocKind::Members, u("c01/k01"))),
-                DocMeta {
-                    id: DocId::new(DocKind::Members, u("c01")),
-                    audience: Audience::Units(vec![u("c01/k01/t01")]),
-                },
-                DocMeta {
-                    id: DocId::new(DocKind::Members, u("c01")),
-                    audience: Audience::Level(Level::Village),
-                },
+            Msg::Root([7; 16]),
+            Msg::Summary(Summary {
+                unit: u("c01/k01"),
+                docs: vec![
+                    (
+                        DocMeta::new(DocId::new(DocKind::Members, u("c01/k01"))),
+                        [1; 16],
+                    ),
+                    (
+                        DocMeta {
+                            id: DocId::new(DocKind::Members, u("c01/k01")),
+                            audience: Audience::Units(vec![u("c01/k01/t01")]),
+                        },
+                        [2; 16],
+                    ),
+                    (
+                        DocMeta {
+                            id: DocId::new(DocKind::Members, u("c01/k01")),
+                            audience: Audience::Level(Level::Village),
+                        },
+                        [3; 16],
+                    ),
+                ],
+                children: vec![(u("c01/k01/t01"), [4; 16])],
+            }),
+            Msg::SyncBatch(vec![
+                (DocId::new(DocKind::Members, u("c01")), vec![1, 2, 3]),
+                (DocId::new(DocKind::Profile, u("c01")), vec![]),
             ]),
             Msg::Sync {
                 doc: DocId::new(DocKind::Profile, u("c01")),

@@ -1,0 +1,77 @@
+//! Link and freshness status: what `unit { sync }` and `grassroots status` show.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use grassroots_schema::UnitId;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters of one live link, bumped by the link task and read by the store for status.
+/// Atomics, not a lock: the writer is the link task, readers only sample.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Frame bytes received (length prefixes included).
+    pub bytes_in: AtomicU64,
+    /// Frame bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Frames received.
+    pub frames_in: AtomicU64,
+    /// Frames sent.
+    pub frames_out: AtomicU64,
+    /// When the last frame arrived (ms since the epoch).
+    pub last_frame_ms: AtomicU64,
+}
+
+impl LinkCounters {
+    /// Count one received frame of `bytes`.
+    pub fn received(&self, bytes: usize) {
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.last_frame_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Count one sent frame of `bytes`.
+    pub fn sent(&self, bytes: usize) {
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One link (to the parent or a child) as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The unit at the other end.
+    pub peer: UnitId,
+    /// Whether the link is up now.
+    pub connected: bool,
+    /// When it came up (or last came up), ms since the epoch.
+    pub since_ms: u64,
+    /// When the last frame arrived, ms since the epoch (0: never).
+    pub last_frame_ms: u64,
+    /// Frame bytes received on the current (or last) connection.
+    pub bytes_in: u64,
+    /// Frame bytes sent on the current (or last) connection.
+    pub bytes_out: u64,
+    /// Documents being reconciled now.
+    pub docs_in_flight: usize,
+    /// Documents waiting for reconciliation.
+    pub docs_queued: usize,
+    /// Messages from this peer refused since the node started.
+    pub rejected: u64,
+}
+
+/// The status of a node: its links and when each unit was last heard from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Links known since start (connected or not).
+    pub links: Vec<LinkStatus>,
+    /// Per unit: when a change it authored last arrived or was made here (ms since epoch).
+    pub heard: Vec<(UnitId, u64)>,
+}
