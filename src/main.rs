@@ -41,6 +41,18 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Show a running node's subtree: links, bytes, documents pending, last heard from.
+    Status {
+        /// The node's GraphQL URL, e.g. http://127.0.0.1:8400/graphql.
+        #[arg(long)]
+        url: String,
+        /// A token of the node's unit (viewer or above).
+        #[arg(long, env = "GRASSROOTS_TOKEN")]
+        token: String,
+        /// Redraw every second (progress while a catch-up runs) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Start a whole demo federation on this machine (19 nodes on 127.0.0.1) and keep it
     /// running until Ctrl-C.
     Demo {
@@ -173,6 +185,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { dir } => {
             init_tracing("warn");
             run_demo(dir).await
+        }
+        Command::Status { url, token, watch } => {
+            init_tracing("warn");
+            status(&url, &token, watch).await
         }
     }
 }
@@ -318,4 +334,103 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
     println!("stopping ...");
     fed.shutdown().await;
     Ok(())
+}
+
+const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since lastFrameAt bytesIn bytesOut docsInFlight docsQueued rejected } } } \
+    query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn status_line(unit: &serde_json::Value) -> String {
+    let mut line = format!(
+        "{} {} ({})",
+        unit["id"].as_str().unwrap_or("?"),
+        unit["name"].as_str().unwrap_or("?"),
+        unit["level"].as_str().unwrap_or("?").to_lowercase()
+    );
+    let sync = &unit["sync"];
+    if let Some(link) = sync["link"].as_object() {
+        let up = link["connected"].as_bool().unwrap_or(false);
+        line += &format!(
+            "  link {}  in {} out {}",
+            if up { "UP" } else { "DOWN" },
+            human_bytes(link["bytesIn"].as_u64().unwrap_or(0)),
+            human_bytes(link["bytesOut"].as_u64().unwrap_or(0)),
+        );
+        let (f, q) = (
+            link["docsInFlight"].as_u64().unwrap_or(0),
+            link["docsQueued"].as_u64().unwrap_or(0),
+        );
+        if f + q > 0 {
+            line += &format!("  syncing {f} docs, {q} queued");
+        }
+        let rejected = link["rejected"].as_u64().unwrap_or(0);
+        if rejected > 0 {
+            line += &format!("  REJECTED {rejected}");
+        }
+    }
+    match sync["lastHeardFrom"].as_str() {
+        Some(t) => line += &format!("  heard {t}"),
+        None if sync.is_null() => {}
+        None => line += "  never heard",
+    }
+    if sync["stale"].as_bool() == Some(true) {
+        line += "  STALE";
+    }
+    line
+}
+
+fn print_tree(unit: &serde_json::Value, prefix: &str, last: bool, root: bool, out: &mut String) {
+    let (branch, next) = match (root, last) {
+        (true, _) => ("", String::new()),
+        (false, true) => ("`-- ", format!("{prefix}    ")),
+        (false, false) => ("|-- ", format!("{prefix}|   ")),
+    };
+    out.push_str(&format!("{prefix}{branch}{}\n", status_line(unit)));
+    let kids = unit["children"].as_array().cloned().unwrap_or_default();
+    for (i, k) in kids.iter().enumerate() {
+        print_tree(k, &next, i + 1 == kids.len(), false, out);
+    }
+}
+
+async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    loop {
+        let resp: serde_json::Value = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "query": STATUS_QUERY }))
+            .send()
+            .await
+            .with_context(|| format!("querying {url}"))?
+            .json()
+            .await
+            .context("decoding the answer")?;
+        if let Some(err) = resp["errors"].get(0) {
+            bail!("{}", err["message"].as_str().unwrap_or("query failed"));
+        }
+        let node = &resp["data"]["nodeUnit"];
+        let mut out = String::new();
+        if !node["parent"].is_null() {
+            out.push_str(&format!("parent: {}\n", status_line(&node["parent"])));
+        }
+        print_tree(node, "", true, true, &mut out);
+        if watch {
+            // Clear the screen and redraw.
+            print!("\x1b[2J\x1b[H{out}");
+        } else {
+            print!("{out}");
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown_signal() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }

@@ -112,6 +112,65 @@ mirror_enum!(
     MemberStatusGql = gs::MemberStatus { Probationary, Full }
 );
 
+/// RFC 3339 UTC time of a millisecond Unix timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The state of this node's link to a neighbouring unit.
+#[derive(SimpleObject)]
+pub struct LinkState {
+    /// Whether the link is up now.
+    connected: bool,
+    /// When it last came up.
+    since: String,
+    /// When the last frame arrived; null if none yet.
+    last_frame_at: Option<String>,
+    /// Frame bytes received on the current (or last) connection.
+    bytes_in: u64,
+    /// Frame bytes sent on the current (or last) connection.
+    bytes_out: u64,
+    /// Documents being reconciled now (this side's count).
+    docs_in_flight: usize,
+    /// Documents waiting for reconciliation.
+    docs_queued: usize,
+    /// Messages from this peer refused since the node started.
+    rejected: u64,
+}
+
+/// Freshness and sync state of a unit's data, as this node sees it.
+#[derive(SimpleObject)]
+pub struct UnitSync {
+    /// When a change authored by the unit last reached (or was made at) this node; null if
+    /// never.
+    last_heard_from: Option<String>,
+    /// True when nothing was heard from the unit for more than a day.
+    stale: bool,
+    /// This node's link to the unit: only for its parent and its children.
+    link: Option<LinkState>,
+}
+
+/// How long without news before a unit's figures are called stale.
+const STALE_AFTER_MS: u64 = 24 * 3600 * 1000;
+
 /// An administrative unit (city, county, township or village). Unit profiles are public.
 pub struct Unit {
     id: UnitId,
@@ -156,6 +215,19 @@ fn decode_cursor(s: &str) -> Result<MemberCursor> {
         tree_key: tree_key.to_owned(),
         record: record.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(
+            super::rfc3339(1_795_000_000_000),
+            "2026-11-18T11:06:40.000Z"
+        );
+    }
 }
 
 fn page_size(first: Option<i32>) -> Result<usize> {
@@ -208,6 +280,46 @@ impl Unit {
                 profile: Some(p),
             })
             .collect())
+    }
+
+    /// Freshness and link state; null for callers who may not read the unit's internal
+    /// data (the node's own link to its parent is shown to the node's users).
+    async fn sync(&self, ctx: &Context<'_>) -> Result<Option<UnitSync>> {
+        let b = backend(ctx)?;
+        let who = caller(ctx);
+        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
+        // The link to the parent is this node's own state: its users may see it.
+        let own_parent_link = b.node_unit.parent().as_ref() == Some(&self.id)
+            && matches!(who, Caller::User { unit, .. } if b.node_unit.is_in_subtree_of(unit));
+        if !can_read(who, &doc) && !own_parent_link {
+            return Ok(None);
+        }
+        let status = b.store.status().await.map_err(internal)?;
+        let heard = status
+            .heard
+            .iter()
+            .find(|(u, _)| u == &self.id)
+            .map(|(_, t)| *t);
+        let link = status
+            .links
+            .into_iter()
+            .find(|l| l.peer == self.id)
+            .map(|l| LinkState {
+                connected: l.connected,
+                since: rfc3339(l.since_ms),
+                last_frame_at: (l.last_frame_ms > 0).then(|| rfc3339(l.last_frame_ms)),
+                bytes_in: l.bytes_in,
+                bytes_out: l.bytes_out,
+                docs_in_flight: l.docs_in_flight,
+                docs_queued: l.docs_queued,
+                rejected: l.rejected,
+            });
+        let now = grassroots_node::status::now_ms();
+        Ok(Some(UnitSync {
+            last_heard_from: heard.map(rfc3339),
+            stale: heard.is_none_or(|t| now.saturating_sub(t) > STALE_AFTER_MS),
+            link,
+        }))
     }
 
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in

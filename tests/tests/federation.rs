@@ -209,6 +209,19 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
     })
     .await?;
 
+    let link_up = |up: bool| {
+        let (u, t) = (township.clone(), supervisor.clone());
+        async move {
+            let r = gql(&u, Some(&t), "{ unit(id: \"c01/k01/t01/v01\") { sync { lastHeardFrom link { connected bytesIn } } } }", json!({})).await?;
+            let sync = &r["data"]["unit"]["sync"];
+            Ok(Some(sync.clone()).filter(|s| s["link"]["connected"] == up))
+        }
+    };
+    let s = eventually(WAIT, "link reported up", || link_up(true)).await?;
+    assert!(
+        s["lastHeardFrom"].is_string() && s["link"]["bytesIn"].as_u64() > Some(0),
+        "{s}"
+    );
     relays.lock().expect("relays")[0].cut();
     // Both sides keep accepting writes while the link is down.
     let r = gql(
@@ -251,6 +264,8 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
         "the relay saw no traffic while cut"
     );
 
+    // The township notices the dead link (idle timeout) and says so in its status.
+    eventually(WAIT, "link reported down", || link_up(false)).await?;
     relays.lock().expect("relays")[0].restore();
     let merged = |url: String, token: String| {
         let (a, b) = (a.clone(), b.clone());
