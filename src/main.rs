@@ -89,6 +89,12 @@ enum PkiCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Print the SHA-256 fingerprint of a node's certificate (what a revocation names).
+    Fingerprint {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +229,10 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 "add \"{unit}\" to the children of {} in its node.toml",
                 parent.unit
             );
+            println!("certificate fingerprint: {}", child.fingerprint());
+        }
+        PkiCommand::Fingerprint { dir } => {
+            println!("{}", Identity::load(&dir.join("pki"))?.fingerprint());
         }
     }
     Ok(())

@@ -52,6 +52,9 @@ pub fn from_write(e: WriteError) -> async_graphql::Error {
         WriteError::Invalid(r) => error(Code::BadUserInput, r.to_string()),
         WriteError::NotFound(id) => error(Code::NotFound, format!("no member {id}")),
         WriteError::Refused(r) => error(Code::Forbidden, r.detail),
+        e @ (WriteError::NotAChild(_) | WriteError::BadFingerprint) => {
+            error(Code::BadUserInput, e.to_string())
+        }
         other => internal(other),
     }
 }

@@ -140,6 +140,8 @@ pub fn rfc3339(ms: u64) -> String {
 pub struct LinkState {
     /// Whether the link is up now.
     connected: bool,
+    /// SHA-256 fingerprint of the certificate the peer presented (what a revocation names).
+    certificate_fingerprint: String,
     /// When it last came up.
     since: String,
     /// When the last frame arrived; null if none yet.
@@ -260,6 +262,15 @@ impl Unit {
         self.id.level().into()
     }
 
+    /// Fingerprints of certificates this unit's CA issued and then revoked. Public, so any
+    /// node can refuse them.
+    async fn revoked_certificates(&self) -> Vec<String> {
+        self.profile
+            .as_ref()
+            .map(|p| p.revoked.clone())
+            .unwrap_or_default()
+    }
+
     /// The unit above; null at the root or when not known here.
     async fn parent(&self, ctx: &Context<'_>) -> Result<Option<Unit>> {
         match self.id.parent() {
@@ -306,6 +317,7 @@ impl Unit {
             .find(|l| l.peer == self.id)
             .map(|l| LinkState {
                 connected: l.connected,
+                certificate_fingerprint: l.fingerprint,
                 since: rfc3339(l.since_ms),
                 last_frame_at: (l.last_frame_ms > 0).then(|| rfc3339(l.last_frame_ms)),
                 bytes_in: l.bytes_in,
@@ -511,6 +523,25 @@ pub struct UpdateMemberInput {
     status: Option<MemberStatusGql>,
 }
 
+/// Revoke a child's certificate.
+#[derive(InputObject)]
+pub struct RevokeCertificateInput {
+    /// The child unit whose certificate is revoked.
+    unit: ID,
+    /// SHA-256 fingerprint of the certificate (hex), as `grassroots pki issue` printed it or
+    /// `unit { sync { link { certificateFingerprint } } }` shows it.
+    fingerprint: String,
+}
+
+/// A recorded revocation.
+#[derive(SimpleObject)]
+pub struct RevokeCertificatePayload {
+    /// The child unit.
+    unit: ID,
+    /// The revoked fingerprint.
+    fingerprint: String,
+}
+
 fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<()> {
     let who = caller(ctx);
     if matches!(who, Caller::Anonymous) {
@@ -536,6 +567,39 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
+    /// Revoke a child's certificate: an admin of this node's unit, at this node, for one of
+    /// its children. The revocation travels in this unit's profile to every descendant; the
+    /// child's live link is dropped and its redials are refused.
+    async fn revoke_certificate(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeCertificateInput,
+    ) -> Result<RevokeCertificatePayload> {
+        let b = backend(ctx)?;
+        let unit = parse_unit(&input.unit)?;
+        match caller(ctx) {
+            Caller::Anonymous => {
+                return Err(error(Code::Unauthenticated, "revocation needs a token"));
+            }
+            Caller::User { unit: u, role } if *role == gs::Role::Admin && *u == b.node_unit => {}
+            Caller::User { .. } => {
+                return Err(error(
+                    Code::Forbidden,
+                    "only an admin of this node's unit may revoke its children's certificates",
+                ));
+            }
+        }
+        let fingerprint = input.fingerprint.trim().to_lowercase();
+        b.store
+            .revoke(unit.clone(), fingerprint.clone())
+            .await
+            .map_err(from_write)?;
+        Ok(RevokeCertificatePayload {
+            unit: ID(unit.to_string()),
+            fingerprint,
+        })
+    }
+
     /// Add a member to a unit's register: a clerk of that unit, or a supervisor above it.
     async fn create_member(
         &self,

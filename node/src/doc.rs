@@ -190,11 +190,35 @@ pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
             }
         }
     }
+    let mut revoked = Vec::new();
+    if let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(ROOT, "revoked") {
+        revoked.extend(doc.keys(&map));
+    }
     Some(UnitProfile {
         id: unit.clone(),
         name,
         children,
+        revoked,
     })
+}
+
+/// Record in a profile that the certificate with `fingerprint` (issued to `child`) is
+/// revoked. Revocations are never removed; re-enrolment issues a new certificate.
+pub fn revoke(doc: &mut Automerge, fingerprint: &str, child: &UnitId) -> Result<(), DocError> {
+    let map = match doc.get(ROOT, "revoked")? {
+        Some((Value::Object(ObjType::Map), id)) => Some(id),
+        _ => None,
+    };
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        let map = match &map {
+            Some(m) => m.clone(),
+            None => tx.put_object(ROOT, "revoked", ObjType::Map)?,
+        };
+        tx.put(&map, fingerprint, child.as_str())?;
+        Ok(())
+    })
+    .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -283,6 +307,11 @@ mod tests {
         let p = read_profile(&d, &u).unwrap();
         assert_eq!(p.name, "Eastern County");
         assert_eq!(p.children, kids);
+        revoke(&mut d, "ab12", &kids[0]).unwrap();
+        assert_eq!(
+            read_profile(&d, &u).unwrap().revoked,
+            vec!["ab12".to_string()]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pki::{self, Identity, PkiError};
 use crate::status::LinkCounters;
-use crate::store::StoreHandle;
+use crate::store::{StoreHandle, StoreReader};
 use crate::sync::wire::{
     self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError,
 };
@@ -109,9 +109,10 @@ impl NetError {
     /// Whether retrying soon cannot help: the certificate or adjacency was refused.
     pub fn is_permanent(&self) -> bool {
         match self {
-            NetError::Refused { reason, .. } => {
-                matches!(reason, RejectReason::NotAdjacent | RejectReason::Version)
-            }
+            NetError::Refused { reason, .. } => matches!(
+                reason,
+                RejectReason::NotAdjacent | RejectReason::Version | RejectReason::Revoked
+            ),
             NetError::Connection(quinn::ConnectionError::TransportError(e)) => {
                 // TLS alerts (bad or unknown certificate) arrive as crypto errors.
                 e.code.to_string().contains("crypto")
@@ -175,8 +176,14 @@ pub async fn write_frame(send: &mut SendStream, msg: &Msg) -> Result<usize, NetE
     if body.len() > MAX_FRAME {
         return Err(NetError::TooLarge(body.len()));
     }
-    send.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    send.write_all(&body).await?;
+    let lost = |e: quinn::WriteError| match e {
+        quinn::WriteError::ConnectionLost(c) => NetError::Connection(c),
+        other => NetError::Write(other),
+    };
+    send.write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .map_err(lost)?;
+    send.write_all(&body).await.map_err(lost)?;
     Ok(body.len() + 4)
 }
 
@@ -194,17 +201,25 @@ pub async fn read_counted(
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(NetError::Read(e.to_string())),
+        Err(e) => return Err(read_error(e)),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(NetError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| NetError::Read(e.to_string()))?;
+    recv.read_exact(&mut body).await.map_err(read_error)?;
     Ok(Some((wire::decode(&body), len + 4)))
+}
+
+/// Keep the connection error (and so the peer's close code) when a read fails.
+fn read_error(e: quinn::ReadExactError) -> NetError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+            NetError::Connection(c)
+        }
+        other => NetError::Read(other.to_string()),
+    }
 }
 
 fn hello(identity: &Identity) -> Msg {
@@ -216,9 +231,9 @@ fn hello(identity: &Identity) -> Msg {
     })
 }
 
-/// The peer's unit from its verified certificate, checked to be `expected` (when given)
-/// and to have been issued by the CA of the peer's parent.
-fn verify_peer(conn: &Connection, identity: &Identity) -> Result<UnitId, NetError> {
+/// The peer's unit from its verified certificate, checked to have been issued by the CA of
+/// the peer's parent, and the certificate's fingerprint.
+fn verify_peer(conn: &Connection, identity: &Identity) -> Result<(UnitId, String), NetError> {
     let certs = conn
         .peer_identity()
         .and_then(|i| {
@@ -233,7 +248,26 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<UnitId, NetErro
             detail: format!("certificate of {unit} issued by {issuer:?}, not by its parent's CA"),
         });
     }
-    Ok(unit)
+    let fp = certs
+        .first()
+        .map(|c| pki::fingerprint(c))
+        .unwrap_or_default();
+    Ok((unit, fp))
+}
+
+/// Whether the issuer of `peer`'s certificate (its parent, or itself at the root) lists the
+/// certificate as revoked in its profile, as far as this node knows.
+pub fn is_revoked(reader: &StoreReader, peer: &UnitId, fingerprint: &str) -> bool {
+    let issuer = peer.parent().unwrap_or_else(|| peer.clone());
+    match reader.unit(&issuer) {
+        Ok(Some(p)) => p.revoked.iter().any(|r| r == fingerprint),
+        Ok(None) => false,
+        Err(e) => {
+            // Fail closed: a store that cannot answer does not let the peer in.
+            tracing::error!(%peer, "cannot read revocations: {e}");
+            true
+        }
+    }
 }
 
 /// An established, hello-checked link.
@@ -246,6 +280,8 @@ pub struct Link {
     pub recv: RecvStream,
     /// The unit at the other end.
     pub peer: UnitId,
+    /// Fingerprint of the certificate the peer presented.
+    pub fingerprint: String,
 }
 
 /// Dial `parent` at `addr` and complete the hello. Used by the dial loop and by tests that
@@ -260,7 +296,7 @@ pub async fn connect_parent(
     let fut = async {
         let server_name = parent.dns_name(&identity.deployment);
         let conn = endpoint.connect(addr, &server_name)?.await?;
-        let peer = verify_peer(&conn, identity)?;
+        let (peer, fingerprint) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
             return Err(NetError::Refused {
@@ -277,6 +313,7 @@ pub async fn connect_parent(
                     send,
                     recv,
                     peer,
+                    fingerprint,
                 })
             }
             Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!(
@@ -302,11 +339,12 @@ async fn accept_child(
     incoming: quinn::Incoming,
     identity: &Identity,
     children: &[UnitId],
+    reader: &StoreReader,
     timeout: Duration,
 ) -> Result<Link, NetError> {
     let fut = async {
         let conn = incoming.await?;
-        let peer = match verify_peer(&conn, identity) {
+        let (peer, fingerprint) = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
                 conn.close(
@@ -316,6 +354,13 @@ async fn accept_child(
                 return Err(e);
             }
         };
+        if is_revoked(reader, &peer, &fingerprint) {
+            conn.close(close::NOT_ADJACENT, b"certificate revoked");
+            return Err(NetError::Refused {
+                reason: RejectReason::Revoked,
+                detail: format!("certificate {fingerprint} of {peer} is revoked"),
+            });
+        }
         if !children.contains(&peer) {
             conn.close(close::NOT_ADJACENT, b"not a registered child");
             return Err(NetError::Refused {
@@ -332,6 +377,7 @@ async fn accept_child(
                     send,
                     recv,
                     peer,
+                    fingerprint,
                 })
             }
             Some(Ok(Msg::Hello(h))) if h.version != PROTOCOL_VERSION => {
@@ -367,9 +413,10 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         mut send,
         mut recv,
         peer,
+        fingerprint,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(LinkCounters::default());
+    let counters = Arc::new(LinkCounters::new(fingerprint));
     if store
         .peer_up(peer.clone(), out_tx.clone(), counters.clone())
         .await
@@ -421,7 +468,7 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         r = reader => r,
         w = writer => w,
     };
-    store.peer_down(peer.clone()).await;
+    store.peer_down(peer.clone(), counters.session).await;
     // Orderly end: finish our stream and give the peer a moment to read it before closing,
     // since close() drops data in flight.
     let _ = send.finish();
@@ -430,33 +477,47 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     tracing::info!(%peer, "link down: {why}");
 }
 
-/// Accept children until cancelled; each accepted link runs on `tasks`.
+/// What every link task needs.
+#[derive(Clone, Debug)]
+pub struct LinkContext {
+    /// This node's identity.
+    pub identity: Arc<Identity>,
+    /// The store to feed.
+    pub store: StoreHandle,
+    /// Views, for revocation checks.
+    pub reader: StoreReader,
+    /// Link timing.
+    pub cfg: LinkConfig,
+    /// Cancelled at shutdown.
+    pub cancel: CancellationToken,
+}
+
+/// Accept registered children until cancelled; each accepted link runs on `tasks`.
 pub async fn accept_loop(
     endpoint: Endpoint,
-    identity: Arc<Identity>,
+    ctx: LinkContext,
     children: Arc<Vec<UnitId>>,
-    store: StoreHandle,
-    cfg: LinkConfig,
-    cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
     loop {
         let incoming = tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
+            _ = ctx.cancel.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (identity, children, store, cancel) = (
-            identity.clone(),
-            children.clone(),
-            store.clone(),
-            cancel.clone(),
-        );
-        let timeout = cfg.handshake_timeout;
+        let (ctx, children) = (ctx.clone(), children.clone());
         tasks.spawn(async move {
             let remote = incoming.remote_address();
-            match accept_child(incoming, &identity, &children, timeout).await {
-                Ok(link) => run_link(link, store, cancel).await,
+            let accepted = accept_child(
+                incoming,
+                &ctx.identity,
+                &children,
+                &ctx.reader,
+                ctx.cfg.handshake_timeout,
+            )
+            .await;
+            match accepted {
+                Ok(link) => run_link(link, ctx.store, ctx.cancel).await,
                 Err(e) => tracing::warn!(%remote, "refused an incoming link: {e}"),
             }
         });
@@ -464,32 +525,44 @@ pub async fn accept_loop(
 }
 
 /// Keep a link to the parent up until cancelled: dial, run, redial with backoff + jitter. A
-/// refused certificate or adjacency is permanent: it is logged loudly and retried only at the
-/// slowest pace, never in a hot loop.
-pub async fn dial_loop(
-    endpoint: Endpoint,
-    identity: Arc<Identity>,
-    parent: UnitId,
-    addr: SocketAddr,
-    store: StoreHandle,
-    cfg: LinkConfig,
-    cancel: CancellationToken,
-) {
+/// refused or revoked certificate or adjacency is permanent: it is logged loudly and retried
+/// only at the slowest pace, never in a hot loop.
+pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, addr: SocketAddr) {
+    let cfg = &ctx.cfg;
     let rng = SystemRandom::new();
     let mut backoff = cfg.backoff_min;
-    while !cancel.is_cancelled() {
+    while !ctx.cancel.is_cancelled() {
         let started = Instant::now();
         let mut delay = backoff;
-        match connect_parent(&endpoint, &identity, &parent, addr, cfg.handshake_timeout).await {
+        let attempt = connect_parent(
+            &endpoint,
+            &ctx.identity,
+            &parent,
+            addr,
+            cfg.handshake_timeout,
+        )
+        .await;
+        let attempt = attempt.and_then(|link| {
+            if is_revoked(&ctx.reader, &link.peer, &link.fingerprint) {
+                link.conn
+                    .close(close::NOT_ADJACENT, b"your certificate is revoked");
+                return Err(NetError::Refused {
+                    reason: RejectReason::Revoked,
+                    detail: format!("the parent's certificate {} is revoked", link.fingerprint),
+                });
+            }
+            Ok(link)
+        });
+        match attempt {
             Ok(link) => {
-                run_link(link, store.clone(), cancel.clone()).await;
+                run_link(link, ctx.store.clone(), ctx.cancel.clone()).await;
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff = cfg.backoff_min;
                     delay = backoff;
                 }
             }
             Err(e) if e.is_permanent() => {
-                tracing::error!(%parent, %addr, "parent refused this node ({e}); will not retry before {:?}", cfg.backoff_max * 4);
+                tracing::error!(%parent, %addr, "link to the parent refused ({e}); will not retry before {:?}", cfg.backoff_max * 4);
                 delay = cfg.backoff_max * 4;
             }
             Err(e) => tracing::debug!(%parent, %addr, "dial failed: {e}; retry in {delay:?}"),
@@ -502,7 +575,7 @@ pub async fn dial_loop(
             1.0
         };
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = ctx.cancel.cancelled() => return,
             _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(cfg.backoff_max);

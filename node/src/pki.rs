@@ -183,6 +183,51 @@ impl Identity {
         })
     }
 
+    /// Issue for any unit, skipping the adjacency check: only for tests that prove the
+    /// peers' checks (a CA issuing outside its subtree, a grandparent skipping a level).
+    #[cfg(feature = "testing")]
+    pub fn testing_issue_any(&self, unit: &UnitId) -> Result<Identity, PkiError> {
+        let issuer = self.issuer()?;
+        let ca_key = KeyPair::generate()?;
+        let ca = ca_params(unit, &self.deployment)?.signed_by(&ca_key, &issuer)?;
+        let leaf_key = KeyPair::generate()?;
+        let leaf = leaf_params(unit, &self.deployment)?.signed_by(&leaf_key, &issuer)?;
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(self.issuer_chain.iter().cloned());
+        let mut issuer_chain = vec![ca.der().clone()];
+        issuer_chain.extend(self.issuer_chain.iter().cloned());
+        Ok(Identity {
+            unit: unit.clone(),
+            deployment: self.deployment.clone(),
+            root: self.root.clone(),
+            chain,
+            key: leaf_key.serialize_der(),
+            issuer_chain,
+            ca_key_pem: ca_key.serialize_pem(),
+        })
+    }
+
+    /// Sign a certificate for `unit` with this node's TLS (leaf) key, as if the leaf were a
+    /// CA: only for tests proving that such a chain is refused.
+    #[cfg(feature = "testing")]
+    pub fn testing_issue_with_leaf_key(&self, unit: &UnitId) -> Result<Identity, PkiError> {
+        let leaf_key = KeyPair::from_der_and_sign_algo(
+            &PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )?;
+        let issuer = Issuer::new(leaf_params(&self.unit, &self.deployment)?, leaf_key);
+        let key = KeyPair::generate()?;
+        let cert = leaf_params(unit, &self.deployment)?.signed_by(&key, &issuer)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        Ok(Identity {
+            unit: unit.clone(),
+            chain,
+            key: key.serialize_der(),
+            ..self.clone()
+        })
+    }
+
     /// Write the identity folder (PEM files; keys readable by the owner only).
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
         let io = |path: &Path| {
@@ -307,6 +352,21 @@ impl Identity {
             .with_client_auth_cert(self.chain.clone(), self.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
+    }
+}
+
+/// The SHA-256 fingerprint (lower-case hex) of a certificate: what revocations list.
+pub fn fingerprint(cert: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, cert).as_ref())
+}
+
+impl Identity {
+    /// Fingerprint of this node's own TLS certificate.
+    pub fn fingerprint(&self) -> String {
+        self.chain
+            .first()
+            .map(|c| fingerprint(c))
+            .unwrap_or_default()
     }
 }
 

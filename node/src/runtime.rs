@@ -105,25 +105,21 @@ impl Node {
         let endpoint = net::endpoint(&identity, cfg.quic_listen, &cfg.link)?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let ctx = net::LinkContext {
+            identity: identity.clone(),
+            store: store.clone(),
+            reader: reader.clone(),
+            cfg: cfg.link.clone(),
+            cancel: cancel.clone(),
+        };
         tasks.spawn(net::accept_loop(
             endpoint.clone(),
-            identity.clone(),
+            ctx.clone(),
             Arc::new(cfg.children.clone()),
-            store.clone(),
-            cfg.link.clone(),
-            cancel.clone(),
             tasks.clone(),
         ));
         if let (Some(parent), Some(addr)) = (parent, cfg.parent_addr) {
-            tasks.spawn(net::dial_loop(
-                endpoint.clone(),
-                identity.clone(),
-                parent,
-                addr,
-                store.clone(),
-                cfg.link.clone(),
-                cancel.clone(),
-            ));
+            tasks.spawn(net::dial_loop(endpoint.clone(), ctx, parent, addr));
         }
         tracing::info!(%unit, quic = ?endpoint.local_addr().ok(), "node started");
         Ok(Node {

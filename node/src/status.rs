@@ -17,6 +17,10 @@ pub fn now_ms() -> u64 {
 /// Atomics, not a lock: the writer is the link task, readers only sample.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
+    /// Unique per connection, so a late "link down" of an old connection cannot end a new one.
+    pub session: u64,
+    /// SHA-256 fingerprint of the peer's certificate.
+    pub fingerprint: String,
     /// Frame bytes received (length prefixes included).
     pub bytes_in: AtomicU64,
     /// Frame bytes sent.
@@ -30,6 +34,16 @@ pub struct LinkCounters {
 }
 
 impl LinkCounters {
+    /// Counters for a new connection with a peer presenting `fingerprint`.
+    pub fn new(fingerprint: String) -> Self {
+        static SESSIONS: AtomicU64 = AtomicU64::new(1);
+        LinkCounters {
+            session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+            fingerprint,
+            ..LinkCounters::default()
+        }
+    }
+
     /// Count one received frame of `bytes`.
     pub fn received(&self, bytes: usize) {
         self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -51,6 +65,8 @@ pub struct LinkStatus {
     pub peer: UnitId,
     /// Whether the link is up now.
     pub connected: bool,
+    /// SHA-256 fingerprint of the certificate the peer presented.
+    pub fingerprint: String,
     /// When it came up (or last came up), ms since the epoch.
     pub since_ms: u64,
     /// When the last frame arrived, ms since the epoch (0: never).

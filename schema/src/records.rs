@@ -211,6 +211,9 @@ pub struct UnitProfile {
     /// Registered child units: the only units that may link to it from below.
     #[serde(with = "unit_ids_str")]
     pub children: Vec<UnitId>,
+    /// SHA-256 fingerprints (hex) of certificates this unit's CA issued and revoked.
+    #[serde(default)]
+    pub revoked: Vec<String>,
 }
 
 impl UnitProfile {

@@ -72,6 +72,12 @@ pub enum WriteError {
     /// The record does not exist here.
     #[error("no member {0}")]
     NotFound(MemberId),
+    /// Only a unit's parent may revoke its certificate.
+    #[error("{0} is not a child of this node")]
+    NotAChild(UnitId),
+    /// A certificate fingerprint is not 64 lower-case hex digits.
+    #[error("fingerprint must be 64 lower-case hex digits (SHA-256)")]
+    BadFingerprint,
     /// The node may not hold or author this document (rules 1 and 2).
     #[error("{}", .0.detail)]
     Refused(Rejection),
@@ -122,6 +128,12 @@ enum Command {
     },
     PeerDown {
         peer: UnitId,
+        session: u64,
+    },
+    Revoke {
+        child: UnitId,
+        fingerprint: String,
+        reply: oneshot::Sender<Result<(), WriteError>>,
     },
     FromPeer {
         peer: UnitId,
@@ -390,9 +402,21 @@ impl StoreHandle {
             .ok_or(StoreError::Closed)
     }
 
-    /// The link to `peer` ended; its sync states are persisted.
-    pub async fn peer_down(&self, peer: UnitId) {
-        let _ = self.tx.send(Command::PeerDown { peer }).await;
+    /// The link to `peer` (the connection `session`) ended; its sync states are persisted.
+    pub async fn peer_down(&self, peer: UnitId, session: u64) {
+        let _ = self.tx.send(Command::PeerDown { peer, session }).await;
+    }
+
+    /// Revoke a child's certificate: recorded in this node's profile (which travels to
+    /// every descendant), and the child's live link is dropped. Durable before it returns.
+    pub async fn revoke(&self, child: UnitId, fingerprint: String) -> Result<(), WriteError> {
+        self.call(|reply| Command::Revoke {
+            child,
+            fingerprint,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// A message arrived from `peer`. Waits when the actor's inbox is full (backpressure on
@@ -541,7 +565,28 @@ impl Actor {
                     let _ = reply.send(());
                 }));
             }
-            Command::PeerDown { peer } => self.on_peer_down(peer, batch),
+            Command::PeerDown { peer, session } => {
+                // A late notice from an older connection must not end a newer one.
+                if self
+                    .links
+                    .get(&peer)
+                    .is_some_and(|l| l.counters.session == session)
+                {
+                    self.on_peer_down(peer, batch);
+                }
+            }
+            Command::Revoke {
+                child,
+                fingerprint,
+                reply,
+            } => {
+                let r = self.revoke(&child, &fingerprint, batch);
+                if r.is_ok() && self.outboxes.contains_key(&child) {
+                    tracing::warn!(%child, "certificate revoked: dropping the live link");
+                    self.on_peer_down(child, batch);
+                }
+                reply_after_commit(batch, reply, r);
+            }
             Command::FromPeer { peer, msg } => {
                 let step = self.engine.receive(&peer, msg);
                 let now = now_ms();
@@ -590,6 +635,7 @@ impl Actor {
                 LinkStatus {
                     peer: peer.clone(),
                     connected: l.connected,
+                    fingerprint: l.counters.fingerprint.clone(),
                     since_ms: l.since_ms,
                     last_frame_ms: l.counters.last_frame_ms.load(Relaxed),
                     bytes_in: l.counters.bytes_in.load(Relaxed),
@@ -735,6 +781,30 @@ impl Actor {
             .ok_or_else(|| WriteError::NotFound(id.clone()))?;
         self.after_local_write(doc_id, batch);
         Ok(merged)
+    }
+
+    fn revoke(
+        &mut self,
+        child: &UnitId,
+        fingerprint: &str,
+        batch: &mut Batch,
+    ) -> Result<(), WriteError> {
+        let me = self.engine.me().clone();
+        if child.parent().as_ref() != Some(&me) {
+            return Err(WriteError::NotAChild(child.clone()));
+        }
+        if fingerprint.len() != 64
+            || !fingerprint
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(WriteError::BadFingerprint);
+        }
+        let meta = DocMeta::new(DocId::new(DocKind::Profile, me));
+        let id = meta.id.clone();
+        doc::revoke(self.local_doc(meta, batch)?, fingerprint, child)?;
+        self.after_local_write(id, batch);
+        Ok(())
     }
 
     fn set_profile(

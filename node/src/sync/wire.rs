@@ -107,6 +107,8 @@ pub enum RejectReason {
     NotAdjacent,
     /// The peer speaks an incompatible protocol version.
     Version,
+    /// The peer's certificate was revoked by its issuer.
+    Revoked,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -121,6 +123,7 @@ impl RejectReason {
             RejectReason::ApplyFailed => 5,
             RejectReason::NotAdjacent => 6,
             RejectReason::Version => 7,
+            RejectReason::Revoked => 8,
             RejectReason::Other(c) => c,
         }
     }
@@ -134,6 +137,7 @@ impl RejectReason {
             5 => RejectReason::ApplyFailed,
             6 => RejectReason::NotAdjacent,
             7 => RejectReason::Version,
+            8 => RejectReason::Revoked,
             c => RejectReason::Other(c),
         }
     }

@@ -1,0 +1,217 @@
+//! The PKI/link matrix against a running township: every wrong peer is refused, the parent
+//! and a registered child are accepted, and a revoked certificate is dropped and refused.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use grassroots::federation::UnitSpec;
+use grassroots_node::net::{self, NetError};
+use grassroots_node::{Identity, LinkConfig};
+use grassroots_schema::{Role, UnitId};
+use grassroots_tests::{eventually, fast_links, gql, start, unit};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn tree() -> Vec<UnitSpec> {
+    [
+        "c01",
+        "c01/k01",
+        "c01/k02",
+        "c01/k01/t01",
+        "c01/k01/t02",
+        "c01/k02/t01",
+        "c01/k01/t01/v01",
+        "c01/k01/t01/v02",
+        "c01/k01/t01/v03",
+        "c01/k02/t01/v01",
+    ]
+    .into_iter()
+    .map(|id| UnitSpec {
+        id: unit(id),
+        name: format!("Unit {id}"),
+    })
+    .collect()
+}
+
+async fn try_link(
+    identity: &Identity,
+    parent: &UnitId,
+    addr: std::net::SocketAddr,
+) -> Result<(), NetError> {
+    let endpoint = net::endpoint(
+        identity,
+        "127.0.0.1:0".parse().expect("addr"),
+        &LinkConfig { ..fast_links() },
+    )?;
+    let result =
+        net::connect_parent(&endpoint, identity, parent, addr, Duration::from_secs(5)).await;
+    if let Ok(link) = &result {
+        link.conn.close(0u32.into(), b"probe done");
+    }
+    endpoint.close(0u32.into(), b"probe done");
+    result.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> anyhow::Result<()> {
+    let (mut fed, dir) = start(tree(), None).await?;
+    let (t01, v02, v03) = (
+        unit("c01/k01/t01"),
+        unit("c01/k01/t01/v02"),
+        unit("c01/k01/t01/v03"),
+    );
+    // v03 is registered at the township but not running: the probes below speak for it.
+    fed.stop(&v03).await?;
+    let load = |u: &str| Identity::load(&dir.path().join(u.replace('/', "_")).join("pki"));
+    let township = fed.node(&t01)?.node.quic_addr();
+
+    // Accepted: a registered child with its own certificate.
+    try_link(&load("c01/k01/t01/v03")?, &t01, township)
+        .await
+        .context("registered child refused")?;
+    // Accepted: the township's own link to its parent is up.
+    let county_url = fed.graphql_url(&unit("c01/k01"))?;
+    let county_token = fed.token(&unit("c01/k01"), Role::Viewer)?.to_owned();
+    eventually(WAIT, "township link up at the county", || {
+        let (u, t) = (county_url.clone(), county_token.clone());
+        async move {
+            let r = gql(
+                &u,
+                Some(&t),
+                "{ unit(id: \"c01/k01/t01\") { sync { link { connected } } } }",
+                json!({}),
+            )
+            .await?;
+            Ok(Some(()).filter(|_| r["data"]["unit"]["sync"]["link"]["connected"] == true))
+        }
+    })
+    .await?;
+
+    let t02 = load("c01/k01/t02")?;
+    let k01 = load("c01/k01")?;
+    let v01 = load("c01/k01/t01/v01")?;
+    let foreign_root = Identity::create_root(&unit("c01"), "test.grassroots")?;
+    let foreign = foreign_root
+        .issue_child(&unit("c01/k01"))?
+        .issue_child(&t01)?
+        .issue_child(&v03)?;
+    let cases: Vec<(&str, Identity)> = vec![
+        ("sibling township", t02.clone()),
+        ("cousin village", load("c01/k02/t01/v01")?),
+        ("parent claiming to be a child", k01.clone()),
+        ("foreign root", foreign),
+        (
+            "village certificate used as a CA",
+            v01.testing_issue_with_leaf_key(&v03)?,
+        ),
+        (
+            "township issuing for another township's village",
+            t02.testing_issue_any(&v03)?,
+        ),
+        (
+            "valid chain, not issued by the parent",
+            k01.testing_issue_any(&v03)?,
+        ),
+    ];
+    for (case, identity) in cases {
+        match try_link(&identity, &t01, township).await {
+            Ok(()) => anyhow::bail!("{case}: accepted"),
+            Err(e) => assert!(
+                e.is_permanent(),
+                "{case}: refused but not as permanent: {e:?}"
+            ),
+        }
+    }
+
+    // Revocation: the township's admin revokes v02's certificate. The live link drops, the
+    // revocation is in the township's profile, and v02 is refused from then on.
+    let town_url = fed.graphql_url(&t01)?;
+    let admin = fed.token(&t01, Role::Admin)?.to_owned();
+    let link_of_v02 = || {
+        let (u, t) = (town_url.clone(), admin.clone());
+        async move {
+            let r = gql(&u, Some(&t), "{ unit(id: \"c01/k01/t01/v02\") { sync { link { connected certificateFingerprint } } } }", json!({})).await?;
+            anyhow::Ok(r["data"]["unit"]["sync"]["link"].clone())
+        }
+    };
+    let link = eventually(WAIT, "v02 linked", || async {
+        Ok(Some(link_of_v02().await?).filter(|l| l["connected"] == true))
+    })
+    .await?;
+    let fp = load("c01/k01/t01/v02")?.fingerprint();
+    assert_eq!(link["certificateFingerprint"], fp);
+    // Only an admin of the township may revoke; a clerk may not.
+    let clerk = fed.token(&t01, Role::Clerk)?;
+    let revoke = "mutation($u: ID!, $f: String!) { revokeCertificate(input: { unit: $u, fingerprint: $f }) { unit fingerprint } }";
+    let r = gql(
+        &town_url,
+        Some(clerk),
+        revoke,
+        json!({ "u": v02.to_string(), "f": fp }),
+    )
+    .await?;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "FORBIDDEN", "{r}");
+    let r = gql(
+        &town_url,
+        Some(&admin),
+        revoke,
+        json!({ "u": v02.to_string(), "f": fp }),
+    )
+    .await?;
+    assert_eq!(r["data"]["revokeCertificate"]["fingerprint"], fp, "{r}");
+    eventually(WAIT, "v02 link dropped", || async {
+        Ok(Some(link_of_v02().await?).filter(|l| l["connected"] == false))
+    })
+    .await?;
+    let err = try_link(&load("c01/k01/t01/v02")?, &t01, township)
+        .await
+        .err()
+        .context("revoked certificate accepted")?;
+    assert!(err.is_permanent(), "{err:?}");
+    // The revocation is public in the township's profile, and it reached the county.
+    let r = gql(
+        &county_url,
+        None,
+        "{ unit(id: \"c01/k01/t01\") { revokedCertificates } }",
+        json!({}),
+    )
+    .await?;
+    let listed = eventually(WAIT, "revocation at the county", || {
+        let u = county_url.clone();
+        async move {
+            let r = gql(
+                &u,
+                None,
+                "{ unit(id: \"c01/k01/t01\") { revokedCertificates } }",
+                json!({}),
+            )
+            .await?;
+            Ok(Some(r["data"]["unit"]["revokedCertificates"].clone())
+                .filter(|l| l.as_array().is_some_and(|a| !a.is_empty())))
+        }
+    })
+    .await?;
+    assert_eq!(listed, json!([fp]), "{r}");
+    // Writes at the revoked village no longer reach the township.
+    let v02_url = fed.graphql_url(&v02)?;
+    let r = gql(&v02_url, Some(fed.token(&v02, Role::Clerk)?), "mutation { createMember(input: { unit: \"c01/k01/t01/v02\", name: \"After Revocation\", birthYear: 1990, gender: MALE, education: PRIMARY, joinedOn: \"2020-01-01\" }) { id } }", json!({})).await?;
+    let id = r["data"]["createMember"]["id"]
+        .as_str()
+        .context("write at the revoked village")?
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = gql(
+        &town_url,
+        Some(&admin),
+        "query($id: ID!) { member(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await?;
+    assert!(
+        r["data"]["member"].is_null(),
+        "a revoked village's write arrived: {r}"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
