@@ -108,3 +108,30 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Every member id of `unit`'s subtree as seen through `url`, paging 100 at a time.
+pub async fn subtree_member_ids(
+    url: &str,
+    token: &str,
+    unit: &str,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let q = "query($u: ID!, $after: String) { unit(id: $u) { members(first: 100, after: $after, subtree: true) { edges { node { id } } pageInfo { hasNextPage endCursor } } } }";
+    let mut ids = std::collections::BTreeSet::new();
+    let mut after = Value::Null;
+    loop {
+        let r = gql(url, Some(token), q, json!({ "u": unit, "after": after })).await?;
+        let conn = &r["data"]["unit"]["members"];
+        let edges = conn["edges"]
+            .as_array()
+            .with_context(|| format!("no members in {r}"))?;
+        ids.extend(
+            edges
+                .iter()
+                .filter_map(|e| e["node"]["id"].as_str().map(str::to_owned)),
+        );
+        if conn["pageInfo"]["hasNextPage"] != true {
+            return Ok(ids);
+        }
+        after = conn["pageInfo"]["endCursor"].clone();
+    }
+}

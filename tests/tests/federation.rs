@@ -400,7 +400,40 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     }
     assert!(seen.contains(&RejectReason::OutOfScope), "{seen:?}");
     assert!(seen.contains(&RejectReason::Malformed), "{seen:?}");
-    link.conn.close(0u32.into(), b"done");
+
+    // Meanwhile an honest sibling keeps syncing through the same township.
+    let honest_sibling = gql(
+        &fed.graphql_url(&v02)?,
+        Some(fed.token(&v02, Role::Clerk)?),
+        CREATE,
+        new_member("c01/k01/t01/v02", "Sibling During Attack"),
+    )
+    .await?;
+    let sibling_id = honest_sibling["data"]["createMember"]["id"]
+        .as_str()
+        .context("sibling create")?
+        .to_owned();
+    eventually(
+        WAIT,
+        "the sibling's member at the township during the attack",
+        || {
+            let (u, t, id) = (township.clone(), t_token.clone(), sibling_id.clone());
+            async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
+        },
+    )
+    .await?;
+
+    // 4. A frame over the size cap: the township closes the link with the typed close code.
+    link.send.write_all(&(u32::MAX).to_be_bytes()).await?;
+    let closed = tokio::time::timeout(WAIT, link.conn.closed())
+        .await
+        .context("link not closed")?;
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, net::close::TOO_LARGE)
+        }
+        other => anyhow::bail!("expected an application close, got {other}"),
+    }
 
     // Nothing of it landed; the township still works and the honest village syncs again.
     let r = gql(
