@@ -77,14 +77,15 @@ impl Relay {
                 }
                 let now = Instant::now();
                 let mut depart = now;
-                let rate = c.rate_bps.load(Ordering::Relaxed);
-                if rate > 0 {
+                if let Some(ns) =
+                    (n as u64 * 8 * 1_000_000_000).checked_div(c.rate_bps.load(Ordering::Relaxed))
+                {
                     let start = free_at[dir].max(now);
                     if start - now > MAX_QUEUE {
                         c.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    depart = start + Duration::from_nanos(n as u64 * 8 * 1_000_000_000 / rate);
+                    depart = start + Duration::from_nanos(ns);
                     free_at[dir] = depart;
                 }
                 let at = depart + Duration::from_micros(c.delay_us.load(Ordering::Relaxed));
