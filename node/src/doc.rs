@@ -118,29 +118,36 @@ pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
             tracing::warn!(%unit, key, "members document has a non-record key");
             continue;
         };
-        let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, &key) else {
-            continue;
-        };
-        let member = (|| {
-            Some(Member {
-                id: MemberId {
-                    unit: unit.clone(),
-                    record,
-                },
-                name: get_str(doc, &obj, "name")?,
-                birth_year: get_int(doc, &obj, "birthYear")?,
-                gender: Gender::parse(&get_str(doc, &obj, "gender")?)?,
-                education: Education::parse(&get_str(doc, &obj, "education")?)?,
-                joined_on: get_str(doc, &obj, "joinedOn")?,
-                status: MemberStatus::parse(&get_str(doc, &obj, "status")?)?,
-            })
-        })();
-        match member {
-            Some(m) => out.push(m),
-            None => tracing::warn!(%unit, %record, "member record is incomplete; skipped"),
+        if let Some(m) = read_member(doc, unit, record) {
+            out.push(m);
         }
     }
     out
+}
+
+/// One member record, if present and well-formed (an incomplete one is logged and skipped).
+pub fn read_member(doc: &Automerge, unit: &UnitId, record: RecordId) -> Option<Member> {
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
+        return None;
+    };
+    let member = (|| {
+        Some(Member {
+            id: MemberId {
+                unit: unit.clone(),
+                record,
+            },
+            name: get_str(doc, &obj, "name")?,
+            birth_year: get_int(doc, &obj, "birthYear")?,
+            gender: Gender::parse(&get_str(doc, &obj, "gender")?)?,
+            education: Education::parse(&get_str(doc, &obj, "education")?)?,
+            joined_on: get_str(doc, &obj, "joinedOn")?,
+            status: MemberStatus::parse(&get_str(doc, &obj, "status")?)?,
+        })
+    })();
+    if member.is_none() {
+        tracing::warn!(%unit, %record, "member record is incomplete; skipped");
+    }
+    member
 }
 
 /// Write the profile fields that differ from what the document holds; no change when equal,

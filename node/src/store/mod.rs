@@ -34,6 +34,9 @@ use crate::sync::{Engine, Rejection};
 
 /// Incremental change rows per document before they are folded into a snapshot.
 const SNAPSHOT_EVERY: u32 = 64;
+/// Changes since the snapshot before they are folded into a new one: automerge loads a
+/// compacted document many times faster than the same history as raw changes.
+const SNAPSHOT_CHANGES: usize = 1_000;
 /// Most commands applied in one commit.
 const MAX_BATCH: usize = 512;
 /// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
@@ -211,6 +214,7 @@ pub fn open(
         rng,
         links: HashMap::new(),
         heard,
+        retry: BTreeSet::new(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
@@ -274,6 +278,7 @@ struct Persisted {
     heads: Vec<ChangeHash>,
     next_seq: u64,
     rows_since_snapshot: u32,
+    changes_since_snapshot: usize,
 }
 
 fn load_documents(
@@ -299,6 +304,7 @@ fn load_documents(
             None => Automerge::new(),
         };
         let mut p = Persisted::default();
+        let snapshot_heads = document.get_heads();
         for row in changes
             .range((id_str.as_str(), 0)..=(id_str.as_str(), u64::MAX))
             .map_err(db)?
@@ -311,6 +317,7 @@ fn load_documents(
             p.rows_since_snapshot += 1;
         }
         p.heads = document.get_heads();
+        p.changes_since_snapshot = document.get_changes(&snapshot_heads).len();
         persisted.insert(id.clone(), p);
         engine.insert(DocMeta { id, audience }, document);
     }
@@ -432,6 +439,12 @@ impl StoreHandle {
 #[derive(Default)]
 struct Batch {
     dirty: BTreeSet<DocId>,
+    /// Documents changed by peers: their views are rebuilt whole.
+    resync: BTreeSet<DocId>,
+    /// Records written locally: only their view rows are rewritten.
+    records: BTreeMap<DocId, BTreeSet<RecordId>>,
+    /// Documents peers changed, to forward to the other peers once stored.
+    forward: Vec<(DocId, UnitId)>,
     created: BTreeSet<DocId>,
     sends: Vec<(UnitId, Msg)>,
     replies: Vec<Reply>,
@@ -457,6 +470,8 @@ struct Actor {
     rng: SystemRandom,
     links: HashMap<UnitId, LinkEntry>,
     heard: HashMap<UnitId, u64>,
+    /// Documents whose changes a failed commit did not persist.
+    retry: BTreeSet<DocId>,
 }
 
 impl Actor {
@@ -479,17 +494,30 @@ impl Actor {
                     self.on_peer_down(p, &mut batch);
                 }
             }
+            // Documents a failed commit left unpersisted go into this one, views rebuilt whole.
+            let retry = std::mem::take(&mut self.retry);
+            batch.resync.extend(retry.iter().cloned());
+            batch.dirty.extend(retry);
             let result = self.commit(&batch);
             if let Err(e) = &result {
                 tracing::error!("commit failed, nothing in this batch is acknowledged: {e}");
+                self.retry.extend(batch.dirty.iter().cloned());
             } else {
                 self.heard
                     .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
-                let sends = std::mem::take(&mut batch.sends);
+                let mut sends = std::mem::take(&mut batch.sends);
+                for (doc, from) in std::mem::take(&mut batch.forward) {
+                    sends.extend(self.engine.fan_out(&doc, Some(&from)));
+                }
                 self.deliver(sends);
             }
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
+            }
+            if batch.shutdown.is_none() && rx.is_empty() {
+                if let Err(e) = self.compact_one() {
+                    tracing::warn!("compaction failed (changes stay as rows): {e}");
+                }
             }
             if let Some(done) = batch.shutdown {
                 let _ = done.send(());
@@ -607,6 +635,8 @@ impl Actor {
                         "rejected a message from a peer"
                     );
                 }
+                batch.resync.extend(step.changed.iter().cloned());
+                batch.forward.extend(step.forward);
                 batch.dirty.extend(step.changed);
                 batch.created.extend(step.created);
                 batch.sends.extend(step.send);
@@ -747,6 +777,7 @@ impl Actor {
         let meta = DocMeta::new(DocId::new(DocKind::Members, unit.clone()));
         let id = meta.id.clone();
         doc::create_member(self.local_doc(meta, batch)?, record, &m)?;
+        batch.records.entry(id.clone()).or_default().insert(record);
         self.after_local_write(id, batch);
         Ok(Member {
             id: MemberId { unit, record },
@@ -775,10 +806,13 @@ impl Actor {
             Err(DocError::NoSuchRecord(_)) => return Err(WriteError::NotFound(id)),
             r => r?,
         }
-        let merged = doc::read_members(doc, &id.unit)
-            .into_iter()
-            .find(|m| m.id == id)
+        let merged = doc::read_member(doc, &id.unit, id.record)
             .ok_or_else(|| WriteError::NotFound(id.clone()))?;
+        batch
+            .records
+            .entry(doc_id.clone())
+            .or_default()
+            .insert(id.record);
         self.after_local_write(doc_id, batch);
         Ok(merged)
     }
@@ -822,8 +856,54 @@ impl Actor {
         Ok(())
     }
 
+    /// Fold one document's change rows into a snapshot, if any document is due. Runs only
+    /// when the inbox is empty, in its own transaction; loses nothing if it fails (the rows
+    /// are deleted in the same transaction that writes the snapshot).
+    fn compact_one(&mut self) -> Result<(), StoreError> {
+        let due = self
+            .persisted
+            .iter()
+            .find(|(_, p)| {
+                p.rows_since_snapshot >= SNAPSHOT_EVERY
+                    || p.changes_since_snapshot >= SNAPSHOT_CHANGES
+            })
+            .map(|(id, _)| id.clone());
+        let Some(id) = due else { return Ok(()) };
+        let Some(entry) = self.engine.get(&id) else {
+            return Ok(());
+        };
+        let Some(mut p) = self.persisted.get(&id).cloned() else {
+            return Ok(());
+        };
+        // Only what is already persisted goes into the snapshot.
+        let snapshot = if entry.doc.get_heads() == p.heads {
+            entry.doc.save()
+        } else {
+            return Ok(());
+        };
+        let key = id.to_string();
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+            let mut changes = tx.open_table(CHANGES).map_err(db)?;
+            snaps
+                .insert(key.as_str(), snapshot.as_slice())
+                .map_err(db)?;
+            changes
+                .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        p.next_seq = 0;
+        p.rows_since_snapshot = 0;
+        p.changes_since_snapshot = 0;
+        self.persisted.insert(id, p);
+        Ok(())
+    }
+
     /// Persist the batch in one write transaction: new documents, appended changes (or a
-    /// snapshot every [`SNAPSHOT_EVERY`] rows), re-materialised views, sync states, users.
+    /// snapshot every [`SNAPSHOT_EVERY`] rows or [`SNAPSHOT_CHANGES`] changes), re-materialised
+    /// views, sync states, users.
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         if batch.dirty.is_empty()
             && batch.created.is_empty()
@@ -861,7 +941,12 @@ impl Actor {
                 if heads == p.heads {
                     continue;
                 }
-                if p.rows_since_snapshot >= SNAPSHOT_EVERY {
+                let new = entry.doc.get_changes(&p.heads);
+                // Compaction normally waits for an idle moment (`compact_one`); only a node
+                // that never idles compacts inline, so change rows stay bounded.
+                if p.rows_since_snapshot >= 4 * SNAPSHOT_EVERY
+                    || p.changes_since_snapshot + new.len() >= 4 * SNAPSHOT_CHANGES
+                {
                     snaps
                         .insert(key.as_str(), entry.doc.save().as_slice())
                         .map_err(db)?;
@@ -870,16 +955,25 @@ impl Actor {
                         .map_err(db)?;
                     p.next_seq = 0;
                     p.rows_since_snapshot = 0;
+                    p.changes_since_snapshot = 0;
                 } else {
-                    let bytes = entry.doc.save_after(&p.heads);
+                    let mut bytes = Vec::new();
+                    for c in &new {
+                        bytes.extend_from_slice(c.raw_bytes());
+                    }
                     changes
                         .insert((key.as_str(), p.next_seq), bytes.as_slice())
                         .map_err(db)?;
                     p.next_seq += 1;
                     p.rows_since_snapshot += 1;
+                    p.changes_since_snapshot += new.len();
                 }
                 p.heads = heads;
-                materialise(&mut members, &mut units, entry)?;
+                let only = match batch.records.get(id) {
+                    Some(records) if !batch.resync.contains(id) => Some(records),
+                    _ => None,
+                };
+                materialise(&mut members, &mut units, entry, only)?;
                 updated.push((id.clone(), p));
             }
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
@@ -922,28 +1016,46 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
     }
 }
 
-/// Rewrite the view rows of one document from its current content.
+/// Rewrite the view rows of one document from its current content: all of them, or only
+/// those of `only` (records written locally; a peer's changes rebuild the whole document).
 fn materialise(
     members: &mut redb::Table<'_, (&str, &str), &[u8]>,
     units: &mut redb::Table<'_, &str, &[u8]>,
     entry: &crate::sync::DocEntry,
+    only: Option<&BTreeSet<RecordId>>,
 ) -> Result<(), StoreError> {
     let owner = entry.meta.owner();
     let key = owner.tree_key();
+    let put = |members: &mut redb::Table<'_, (&str, &str), &[u8]>, m: &Member| {
+        let rec = m.id.record.to_string();
+        let json = serde_json::to_vec(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        members
+            .insert((key.as_str(), rec.as_str()), json.as_slice())
+            .map_err(db)?;
+        Ok::<(), StoreError>(())
+    };
     match entry.meta.id.kind {
-        DocKind::Members => {
-            members
-                .retain_in((key.as_str(), "")..(key.as_str(), "~"), |_, _| false)
-                .map_err(db)?;
-            for m in doc::read_members(&entry.doc, owner) {
-                let rec = m.id.record.to_string();
-                let json =
-                    serde_json::to_vec(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                members
-                    .insert((key.as_str(), rec.as_str()), json.as_slice())
-                    .map_err(db)?;
+        DocKind::Members => match only {
+            Some(records) => {
+                for record in records {
+                    match doc::read_member(&entry.doc, owner, *record) {
+                        Some(m) => put(members, &m)?,
+                        None => {
+                            let rec = record.to_string();
+                            members.remove((key.as_str(), rec.as_str())).map_err(db)?;
+                        }
+                    }
+                }
             }
-        }
+            None => {
+                members
+                    .retain_in((key.as_str(), "")..(key.as_str(), "~"), |_, _| false)
+                    .map_err(db)?;
+                for m in doc::read_members(&entry.doc, owner) {
+                    put(members, &m)?;
+                }
+            }
+        },
         DocKind::Profile => {
             if let Some(p) = doc::read_profile(&entry.doc, owner) {
                 let json =

@@ -66,6 +66,10 @@ pub struct Step {
     pub send: Vec<(UnitId, Msg)>,
     /// Documents whose content changed (to persist and re-materialise).
     pub changed: BTreeSet<DocId>,
+    /// Documents a peer changed, with that peer: once stored, push them to the other
+    /// connected peers in scope ([`Engine::fan_out`]). The engine does not do it itself so
+    /// that a node forwards only what it has made durable.
+    pub forward: Vec<(DocId, UnitId)>,
     /// Documents created by this input (to persist their metadata).
     pub created: BTreeSet<DocId>,
     /// Parts of the input that were refused (already queued in `send` as `Reject`).
@@ -115,14 +119,6 @@ impl PeerSync {
     }
 }
 
-/// The scope of one link as a digest tree.
-#[derive(Debug, Default)]
-struct ScopeTree {
-    docs: BTreeMap<UnitId, Vec<(DocMeta, Digest)>>,
-    children: BTreeMap<UnitId, BTreeSet<UnitId>>,
-    digests: BTreeMap<UnitId, Digest>,
-}
-
 fn digest16(bytes: &[u8]) -> Digest {
     let d = digest(&SHA256, bytes);
     let mut out = [0u8; 16];
@@ -146,35 +142,55 @@ const CHUNK_DOCUMENT: u8 = 0;
 const CHUNK_CHANGE: u8 = 1;
 const CHUNK_COMPRESSED_CHANGE: u8 = 2;
 
-/// Split a blob of concatenated automerge storage chunks, checking every header.
-fn split_chunks(mut data: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+fn leb128(data: &[u8], pos: &mut usize) -> Option<u64> {
+    let (mut v, mut shift) = (0u64, 0u32);
+    loop {
+        let b = *data.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f).checked_shl(shift)?;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+/// Split a blob of concatenated automerge storage chunks, checking every header. Each item
+/// is (chunk type, the whole chunk, the chunk's body).
+fn split_chunks(mut data: &[u8]) -> Option<Vec<(u8, &[u8], &[u8])>> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.len() < 9 || data[..4] != CHUNK_MAGIC {
             return None;
         }
         let kind = data[8];
-        let (mut len, mut shift, mut i) = (0u64, 0u32, 9usize);
-        loop {
-            let b = *data.get(i)?;
-            len |= u64::from(b & 0x7f).checked_shl(shift)?;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 63 {
-                return None;
-            }
-        }
-        let end = i.checked_add(usize::try_from(len).ok()?)?;
+        let mut pos = 9;
+        let len = usize::try_from(leb128(data, &mut pos)?).ok()?;
+        let end = pos.checked_add(len)?;
         if end > data.len() {
             return None;
         }
-        out.push((kind, &data[..end]));
+        out.push((kind, &data[..end], &data[pos..end]));
         data = &data[end..];
     }
     Some(out)
+}
+
+/// The actor list that opens a document chunk's body.
+fn document_actors(body: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut pos = 0;
+    let n = leb128(body, &mut pos)?;
+    let mut actors = Vec::with_capacity(n.min(1024) as usize);
+    for _ in 0..n {
+        let len = usize::try_from(leb128(body, &mut pos)?).ok()?;
+        let end = pos.checked_add(len)?;
+        actors.push(body.get(pos..end)?);
+        pos = end;
+    }
+    Some(actors)
 }
 
 /// The units that authored the changes in one sync-message chunk (a change, several
@@ -191,7 +207,9 @@ fn authors_of(chunk: &[u8], id: &DocId) -> Result<Vec<UnitId>, Rejection> {
         })
     };
     let mut out = Vec::new();
-    for (kind, bytes) in split_chunks(chunk).ok_or_else(|| malformed("unreadable change chunk"))? {
+    for (kind, bytes, body) in
+        split_chunks(chunk).ok_or_else(|| malformed("unreadable change chunk"))?
+    {
         match kind {
             CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE => {
                 let c = Change::from_bytes(bytes.to_vec())
@@ -199,47 +217,26 @@ fn authors_of(chunk: &[u8], id: &DocId) -> Result<Vec<UnitId>, Rejection> {
                 out.push(unit(&c)?);
             }
             CHUNK_DOCUMENT => {
-                // A whole document (sent to a peer that has nothing): load it on its own,
-                // isolated, and read every change's author.
-                let loaded = catch_unwind(|| Automerge::load(bytes))
-                    .map_err(|_| {
+                // A whole document (sent to a peer that has nothing). Its body opens with the
+                // list of every actor its changes use (a change naming an actor outside the
+                // list does not load), so checking that list checks every author without
+                // decoding the document twice.
+                for actor in
+                    document_actors(body).ok_or_else(|| malformed("unreadable document chunk"))?
+                {
+                    out.push(ActorTag::unit_of(actor).map_err(|_| {
                         Rejection::new(
-                            RejectReason::ApplyFailed,
+                            RejectReason::Unauthorised,
                             Some(id),
-                            "automerge panicked loading a document chunk",
+                            "a document actor does not name a unit",
                         )
-                    })?
-                    .map_err(|e| malformed(&format!("document chunk: {e}")))?;
-                for c in loaded.get_changes(&[]) {
-                    out.push(unit(&c)?);
+                    })?);
                 }
             }
             _ => return Err(malformed("unknown chunk type")),
         }
     }
     Ok(out)
-}
-
-impl ScopeTree {
-    fn digest(&self, unit: &UnitId) -> Option<&Digest> {
-        self.digests.get(unit)
-    }
-
-    fn summary(&self, unit: &UnitId) -> Summary {
-        Summary {
-            unit: unit.clone(),
-            docs: self.docs.get(unit).cloned().unwrap_or_default(),
-            children: self
-                .children
-                .get(unit)
-                .map(|c| {
-                    c.iter()
-                        .filter_map(|x| self.digests.get(x).map(|d| (x.clone(), *d)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
 }
 
 /// The documents of one node and the sync state of each connected peer.
@@ -254,6 +251,16 @@ pub struct Engine {
     actor: ActorId,
     docs: BTreeMap<DocId, DocEntry>,
     peers: HashMap<UnitId, PeerSync>,
+    /// Index: owner unit -> its documents.
+    by_owner: BTreeMap<UnitId, BTreeSet<DocId>>,
+    /// Index: unit -> child units with documents somewhere below them.
+    kids: BTreeMap<UnitId, BTreeSet<UnitId>>,
+    /// Heads digests, dropped when a document may have changed.
+    doc_digests: HashMap<DocId, Digest>,
+    /// Digests of whole subtrees over every hosted document owned in them, dropped up the
+    /// chain of ancestors when a document below may have changed. Within the subtree of a
+    /// link's child every hosted document is in the link's scope, so these serve every link.
+    subtree_digests: HashMap<UnitId, Digest>,
 }
 
 impl Engine {
@@ -264,6 +271,171 @@ impl Engine {
             actor,
             docs: BTreeMap::new(),
             peers: HashMap::new(),
+            by_owner: BTreeMap::new(),
+            kids: BTreeMap::new(),
+            doc_digests: HashMap::new(),
+            subtree_digests: HashMap::new(),
+        }
+    }
+
+    /// Host a document, keeping the indexes and caches right.
+    fn add_doc(&mut self, meta: DocMeta, doc: Automerge) {
+        let id = meta.id.clone();
+        let owner = meta.owner().clone();
+        self.docs.insert(id.clone(), DocEntry { meta, doc });
+        self.by_owner
+            .entry(owner.clone())
+            .or_default()
+            .insert(id.clone());
+        let mut unit = owner;
+        while let Some(parent) = unit.parent() {
+            self.kids.entry(parent.clone()).or_default().insert(unit);
+            unit = parent;
+        }
+        self.invalidate(&id);
+    }
+
+    /// `id` may have changed: drop its cached digest and those of its owner's line.
+    fn invalidate(&mut self, id: &DocId) {
+        self.doc_digests.remove(id);
+        let mut unit = Some(id.owner.clone());
+        while let Some(u) = unit {
+            self.subtree_digests.remove(&u);
+            unit = u.parent();
+        }
+    }
+
+    fn doc_digest(&mut self, id: &DocId) -> Digest {
+        if let Some(d) = self.doc_digests.get(id) {
+            return *d;
+        }
+        let d = self
+            .docs
+            .get(id)
+            .map(|e| heads_digest(&e.doc))
+            .unwrap_or_default();
+        self.doc_digests.insert(id.clone(), d);
+        d
+    }
+
+    fn hash_unit(unit: &UnitId, docs: &[(DocMeta, Digest)], kids: &[(UnitId, Digest)]) -> Digest {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(unit.as_str().as_bytes());
+        buf.push(0);
+        for (meta, d) in docs {
+            buf.extend_from_slice(meta.id.to_string().as_bytes());
+            buf.push(0);
+            buf.extend_from_slice(&wire::encode_audience(&meta.audience));
+            buf.extend_from_slice(d);
+        }
+        buf.push(0xff);
+        for (k, d) in kids {
+            buf.extend_from_slice(k.as_str().as_bytes());
+            buf.push(0);
+            buf.extend_from_slice(d);
+        }
+        digest16(&buf)
+    }
+
+    /// Digest of everything hosted and owned in `unit`'s subtree (cached).
+    fn subtree_digest(&mut self, unit: &UnitId) -> Digest {
+        if let Some(d) = self.subtree_digests.get(unit) {
+            return *d;
+        }
+        let docs = self.unit_docs(unit, None);
+        let kid_ids: Vec<UnitId> = self.kids.get(unit).into_iter().flatten().cloned().collect();
+        let kids: Vec<(UnitId, Digest)> = kid_ids
+            .into_iter()
+            .map(|k| {
+                let d = self.subtree_digest(&k);
+                (k, d)
+            })
+            .collect();
+        let d = Self::hash_unit(unit, &docs, &kids);
+        self.subtree_digests.insert(unit.clone(), d);
+        d
+    }
+
+    /// Documents owned by `unit` (only those in the link's scope when `link` names the
+    /// link's child), sorted by id, with their heads digests.
+    fn unit_docs(&mut self, unit: &UnitId, link: Option<&UnitId>) -> Vec<(DocMeta, Digest)> {
+        let ids: Vec<DocId> = self
+            .by_owner
+            .get(unit)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(meta) = self.docs.get(&id).map(|e| e.meta.clone()) else {
+                continue;
+            };
+            if link.is_some_and(|child| !replicated_at(child, &meta)) {
+                continue;
+            }
+            let d = self.doc_digest(&id);
+            out.push((meta, d));
+        }
+        out
+    }
+
+    /// The scope tree of the link whose child end is `child`, seen at `unit`: its documents
+    /// and its children with their digests. Below (and at) the child every hosted document
+    /// is in scope, so the cached subtree digests serve; above it only the path to the
+    /// child and what ancestors address to the child's subtree count.
+    fn link_node(
+        &mut self,
+        child: &UnitId,
+        unit: &UnitId,
+    ) -> (Vec<(DocMeta, Digest)>, Vec<(UnitId, Digest)>) {
+        if unit.is_in_subtree_of(child) {
+            let docs = self.unit_docs(unit, None);
+            let kid_ids: Vec<UnitId> = self.kids.get(unit).into_iter().flatten().cloned().collect();
+            let kids = kid_ids
+                .into_iter()
+                .map(|k| {
+                    let d = self.subtree_digest(&k);
+                    (k, d)
+                })
+                .collect();
+            (docs, kids)
+        } else if unit.is_ancestor_of(child) {
+            let docs = self.unit_docs(unit, Some(child));
+            let next = child
+                .labels()
+                .take(unit.labels().count() + 1)
+                .collect::<Vec<_>>()
+                .join("/")
+                .parse::<UnitId>();
+            let kids = match next {
+                Ok(next) => {
+                    let d = self.link_digest(child, &next);
+                    vec![(next, d)]
+                }
+                Err(_) => Vec::new(),
+            };
+            (docs, kids)
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    }
+
+    /// Digest of `unit` in the scope tree of the link whose child end is `child`.
+    fn link_digest(&mut self, child: &UnitId, unit: &UnitId) -> Digest {
+        if unit.is_in_subtree_of(child) {
+            return self.subtree_digest(unit);
+        }
+        let (docs, kids) = self.link_node(child, unit);
+        Self::hash_unit(unit, &docs, &kids)
+    }
+
+    fn summary(&mut self, child: &UnitId, unit: &UnitId) -> Summary {
+        let (docs, children) = self.link_node(child, unit);
+        Summary {
+            unit: unit.clone(),
+            docs,
+            children,
         }
     }
 
@@ -275,7 +447,7 @@ impl Engine {
     /// Host a document loaded from storage.
     pub fn insert(&mut self, meta: DocMeta, mut doc: Automerge) {
         doc.set_actor(self.actor.clone());
-        self.docs.insert(meta.id.clone(), DocEntry { meta, doc });
+        self.add_doc(meta, doc);
     }
 
     /// A hosted document.
@@ -306,15 +478,18 @@ impl Engine {
                 format!("{} may not write {}", self.me, meta.id),
             ));
         }
-        let created = !self.docs.contains_key(&meta.id);
-        let actor = self.actor.clone();
-        let entry = self
-            .docs
-            .entry(meta.id.clone())
-            .or_insert_with(|| DocEntry {
-                meta,
-                doc: doc::empty(&actor),
-            });
+        let id = meta.id.clone();
+        let created = !self.docs.contains_key(&id);
+        if created {
+            let doc = doc::empty(&self.actor);
+            self.add_doc(meta, doc);
+        } else {
+            // The caller is about to change it.
+            self.invalidate(&id);
+        }
+        let entry = self.docs.get_mut(&id).ok_or_else(|| {
+            Rejection::new(RejectReason::ApplyFailed, Some(&id), "document vanished")
+        })?;
         Ok((&mut entry.doc, created))
     }
 
@@ -336,54 +511,6 @@ impl Engine {
             .is_some_and(|child| replicated_at(child, meta))
     }
 
-    fn scope_tree(&self, peer: &UnitId) -> ScopeTree {
-        let mut t = ScopeTree::default();
-        for e in self.docs.values() {
-            if !self.in_link_scope(peer, &e.meta) {
-                continue;
-            }
-            let owner = e.meta.owner().clone();
-            t.docs
-                .entry(owner.clone())
-                .or_default()
-                .push((e.meta.clone(), heads_digest(&e.doc)));
-            let mut unit = owner;
-            while let Some(parent) = unit.parent() {
-                t.children.entry(parent.clone()).or_default().insert(unit);
-                unit = parent;
-            }
-        }
-        // Bottom-up: deepest units first, so children are digested before their parent.
-        let mut units: BTreeSet<UnitId> = t.docs.keys().cloned().collect();
-        units.extend(t.children.keys().cloned());
-        units.insert(self.me.root());
-        let mut order: Vec<UnitId> = units.into_iter().collect();
-        order.sort_by_key(|u| std::cmp::Reverse(u.level()));
-        for unit in order {
-            let mut buf = Vec::new();
-            buf.extend_from_slice(unit.as_str().as_bytes());
-            buf.push(0);
-            for (meta, d) in t.docs.get(&unit).map(Vec::as_slice).unwrap_or_default() {
-                buf.extend_from_slice(meta.id.to_string().as_bytes());
-                buf.push(0);
-                buf.extend_from_slice(&wire::encode_audience(&meta.audience));
-                buf.extend_from_slice(d);
-            }
-            buf.push(0xff);
-            if let Some(kids) = t.children.get(&unit) {
-                for k in kids {
-                    buf.extend_from_slice(k.as_str().as_bytes());
-                    buf.push(0);
-                    if let Some(d) = t.digests.get(k) {
-                        buf.extend_from_slice(d);
-                    }
-                }
-            }
-            t.digests.insert(unit, digest16(&buf));
-        }
-        t
-    }
-
     /// A link to `peer` is up. `saved` holds the sync states persisted at the last
     /// connection (decoded lazily). Returns the opening message: the root digest.
     pub fn connect(&mut self, peer: &UnitId, saved: HashMap<DocId, Vec<u8>>) -> Vec<Msg> {
@@ -394,9 +521,11 @@ impl Engine {
                 ..PeerSync::default()
             },
         );
-        let tree = self.scope_tree(peer);
-        let root = tree.digest(&self.me.root()).copied().unwrap_or_default();
-        vec![Msg::Root(root)]
+        let Some(child) = self.link_child(peer).cloned() else {
+            return Vec::new();
+        };
+        let root = self.me.root();
+        vec![Msg::Root(self.link_digest(&child, &root))]
     }
 
     /// The link to `peer` ended. Returns the sync states used during it, to persist.
@@ -532,16 +661,20 @@ impl Engine {
     }
 
     fn on_root(&mut self, peer: &UnitId, theirs: Digest, step: &mut Step) {
+        let Some(child) = self.link_child(peer).cloned() else {
+            return;
+        };
         let root = self.me.root();
-        let tree = self.scope_tree(peer);
-        if tree.digest(&root) == Some(&theirs) {
+        if self.link_digest(&child, &root) == theirs {
             return;
         }
-        if let Some(p) = self.peers.get_mut(peer)
-            && p.summarised.insert(root.clone())
+        if self
+            .peers
+            .get_mut(peer)
+            .is_some_and(|p| p.summarised.insert(root.clone()))
         {
-            step.send
-                .push((peer.clone(), Msg::Summary(tree.summary(&root))));
+            let sm = self.summary(&child, &root);
+            step.send.push((peer.clone(), Msg::Summary(sm)));
         }
     }
 
@@ -593,21 +726,27 @@ impl Engine {
 
     fn on_summary(&mut self, peer: &UnitId, sm: Summary, step: &mut Step) -> Result<(), Rejection> {
         self.check_summary(peer, &sm)?;
-        let tree = self.scope_tree(peer);
-        let Some(p) = self.peers.get_mut(peer) else {
+        let Some(child) = self.link_child(peer).cloned() else {
             return Ok(());
         };
-        if p.summarised.insert(sm.unit.clone()) {
-            step.send
-                .push((peer.clone(), Msg::Summary(tree.summary(&sm.unit))));
+        let (my_docs, my_kids) = self.link_node(&child, &sm.unit);
+        if self
+            .peers
+            .get_mut(peer)
+            .is_some_and(|p| p.summarised.insert(sm.unit.clone()))
+        {
+            step.send.push((
+                peer.clone(),
+                Msg::Summary(Summary {
+                    unit: sm.unit.clone(),
+                    docs: my_docs.clone(),
+                    children: my_kids.clone(),
+                }),
+            ));
         }
         // Documents of this unit: start those whose heads differ or that the peer lacks;
         // create those only the peer has (the peer starts them).
-        let mine: BTreeMap<DocId, Digest> = tree
-            .docs
-            .get(&sm.unit)
-            .map(|v| v.iter().map(|(m, d)| (m.id.clone(), *d)).collect())
-            .unwrap_or_default();
+        let mine: BTreeMap<DocId, Digest> = my_docs.into_iter().map(|(m, d)| (m.id, d)).collect();
         let theirs: BTreeMap<DocId, (DocMeta, Digest)> = sm
             .docs
             .into_iter()
@@ -620,13 +759,7 @@ impl Engine {
                 None => {
                     if !self.docs.contains_key(id) {
                         let doc = doc::empty(&self.actor);
-                        self.docs.insert(
-                            id.clone(),
-                            DocEntry {
-                                meta: meta.clone(),
-                                doc,
-                            },
-                        );
+                        self.add_doc(meta.clone(), doc);
                         step.created.insert(id.clone());
                     }
                 }
@@ -637,17 +770,20 @@ impl Engine {
         }
         // Child subtrees: descend where the digests differ.
         let theirs_kids: BTreeMap<UnitId, Digest> = sm.children.into_iter().collect();
+        let my_kids: BTreeMap<UnitId, Digest> = my_kids.into_iter().collect();
         let mut kids: BTreeSet<UnitId> = theirs_kids.keys().cloned().collect();
-        kids.extend(tree.children.get(&sm.unit).into_iter().flatten().cloned());
+        kids.extend(my_kids.keys().cloned());
         for x in kids {
-            if tree.digest(&x) == theirs_kids.get(&x) {
+            if my_kids.get(&x) == theirs_kids.get(&x) {
                 continue;
             }
-            if let Some(p) = self.peers.get_mut(peer)
-                && p.summarised.insert(x.clone())
+            if self
+                .peers
+                .get_mut(peer)
+                .is_some_and(|p| p.summarised.insert(x.clone()))
             {
-                step.send
-                    .push((peer.clone(), Msg::Summary(tree.summary(&x))));
+                let sm = self.summary(&child, &x);
+                step.send.push((peer.clone(), Msg::Summary(sm)));
             }
         }
         Ok(())
@@ -681,28 +817,6 @@ impl Engine {
                 format!("sync message: {e}"),
             )
         })?;
-        if !self.docs.contains_key(&id) {
-            let doc = doc::empty(&self.actor);
-            self.docs.insert(
-                id.clone(),
-                DocEntry {
-                    meta: meta.clone(),
-                    doc,
-                },
-            );
-            step.created.insert(id.clone());
-        }
-        let (Some(entry), Some(peer_sync)) = (self.docs.get_mut(&id), self.peers.get_mut(peer))
-        else {
-            return Err(Rejection::new(
-                RejectReason::ApplyFailed,
-                Some(&id),
-                "document vanished",
-            ));
-        };
-        let state = peer_sync.state(&id);
-        let before = entry.doc.get_heads();
-
         // Peer bytes are hostile. First every change the message carries is decoded and its
         // author checked against rule 2, before anything is applied: automerge may queue a
         // change whose dependencies are missing (bloom-filter false positives make honest
@@ -721,6 +835,22 @@ impl Engine {
                 authors.insert(author);
             }
         }
+        if !self.docs.contains_key(&id) {
+            let doc = doc::empty(&self.actor);
+            self.add_doc(meta.clone(), doc);
+            step.created.insert(id.clone());
+        }
+        let (Some(entry), Some(peer_sync)) = (self.docs.get_mut(&id), self.peers.get_mut(peer))
+        else {
+            return Err(Rejection::new(
+                RejectReason::ApplyFailed,
+                Some(&id),
+                "document vanished",
+            ));
+        };
+        let state = peer_sync.state(&id);
+        let before = entry.doc.get_heads();
+
         // Then apply to a copy inside catch_unwind (automerge 0.12 panics on some malformed
         // changes) and adopt the copy only if that went well.
         let mut candidate = entry.doc.clone();
@@ -750,6 +880,7 @@ impl Engine {
         *state = candidate_state;
         step.authors.extend(authors);
         if changed {
+            self.invalidate(&id);
             step.changed.insert(id.clone());
         }
         match self.generate(peer, &id) {
@@ -757,7 +888,7 @@ impl Engine {
             None => self.finish(peer, &id, step),
         }
         if changed {
-            step.send.extend(self.fan_out(&id, Some(peer)));
+            step.forward.push((id.clone(), peer.clone()));
         }
         Ok(())
     }
@@ -1174,5 +1305,31 @@ mod tests {
                 e.meta.id
             );
         }
+    }
+
+    #[test]
+    fn document_chunks_reveal_every_actor_from_their_header() {
+        let (a, b) = (u("c01/k01"), u("c01/k02"));
+        let mut d = doc::empty(&doc::actor_for(&a, [1; 8]));
+        doc::create_member(&mut d, RecordId::from_u64(1), &member("One")).unwrap();
+        let mut other = d.fork().with_actor(doc::actor_for(&b, [2; 8]));
+        doc::create_member(&mut other, RecordId::from_u64(2), &member("Two")).unwrap();
+        d.merge(&mut other).unwrap();
+        let saved = d.save();
+        let chunks = split_chunks(&saved).unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].0, CHUNK_DOCUMENT);
+        let mut units: Vec<UnitId> = document_actors(chunks[0].2)
+            .unwrap()
+            .into_iter()
+            .map(|a| ActorTag::unit_of(a).unwrap())
+            .collect();
+        units.sort();
+        assert_eq!(units, vec![a.clone(), b]);
+        let id = DocId::new(DocKind::Members, a);
+        assert_eq!(authors_of(&saved, &id).unwrap().len(), 2);
+        // Truncated or junk chunks are refused, not misread.
+        assert!(authors_of(&saved[..saved.len() - 1], &id).is_err());
+        assert!(authors_of(b"junk", &id).is_err());
     }
 }

@@ -1,0 +1,561 @@
+//! Benchmarks, one JSON line per figure:
+//! `{"scenario","metric","value","unit","baseline","ratio"}`.
+//!
+//! `cargo run --release -p grassroots-tests --bin bench -- <scenario|all>`
+//!
+//! - `idle-reconnect`: a county holding 10,000 documents reconnects to the city with nothing
+//!   changed: protocol bytes and round trips, against per-document automerge sync (what
+//!   automerge-repo and samod do on a reconnect) computed in the same run.
+//! - `catch-up`: a village that made 5,000 changes (1,000 household members, then 4,000
+//!   edits) while offline reconnects to its township over QUIC on loopback; time until the
+//!   township has everything durably, against samod 0.16 doing the same in the same run; and
+//!   UDP bytes through the link over the raw JSON of the records.
+//! - `lossy-link`: the same catch-up through a relay with 30% random loss and 256 kbit/s;
+//!   application goodput over what the link can carry (rate x (1 - loss)).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use automerge::sync;
+use automerge::sync::SyncDoc;
+use grassroots::federation::{Federation, FederationOptions, UnitSpec};
+use grassroots_node::doc;
+use grassroots_node::sync::Engine;
+use grassroots_node::sync::wire::{self, Msg};
+use grassroots_schema::{
+    DocId, DocKind, DocMeta, Education, Gender, Member, MemberPatch, MemberStatus, NewMember,
+    RecordId, UnitId,
+};
+use grassroots_tests::relay::Relay;
+use grassroots_tests::{fast_links, unit};
+use serde_json::json;
+
+fn emit(scenario: &str, metric: &str, value: f64, unit: &str, baseline: Option<f64>) {
+    let mut line = json!({ "scenario": scenario, "metric": metric, "value": value, "unit": unit });
+    if let Some(b) = baseline {
+        line["baseline"] = json!(b);
+        line["ratio"] = json!(if b != 0.0 { value / b } else { f64::NAN });
+    }
+    println!("{line}");
+}
+
+// ---------------------------------------------------------------- idle-reconnect
+
+fn engine(u: &str, nonce: u8) -> Engine {
+    let id = unit(u);
+    Engine::new(id.clone(), doc::actor_for(&id, [nonce; 8]))
+}
+
+fn household(i: usize) -> NewMember {
+    NewMember {
+        name: format!("Household head {i}"),
+        birth_year: 1940 + (i % 60) as i64,
+        gender: if i % 3 == 0 {
+            Gender::Female
+        } else {
+            Gender::Male
+        },
+        education: [
+            Education::Primary,
+            Education::JuniorSecondary,
+            Education::SeniorSecondary,
+        ][i % 3],
+        joined_on: format!("{}-07-01", 1970 + i % 50),
+        status: MemberStatus::Full,
+    }
+}
+
+/// Deliver messages in rounds (one round = one network round trip's worth of messages in
+/// flight), counting rounds and encoded frame bytes.
+fn pump(a: &mut Engine, b: &mut Engine, mut queue: Vec<(UnitId, UnitId, Msg)>) -> (usize, usize) {
+    let (mut bytes, mut rounds) = (0, 0);
+    while !queue.is_empty() {
+        rounds += 1;
+        let mut next = Vec::new();
+        for (from, to, msg) in std::mem::take(&mut queue) {
+            bytes += wire::encode(&msg).len() + 4;
+            let target = if &to == a.me() { &mut *a } else { &mut *b };
+            let step = target.receive(&from, msg);
+            next.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+        }
+        queue = next;
+    }
+    (bytes, rounds)
+}
+
+fn connect(
+    a: &mut Engine,
+    b: &mut Engine,
+    sa: HashMap<DocId, Vec<u8>>,
+    sb: HashMap<DocId, Vec<u8>>,
+) -> Vec<(UnitId, UnitId, Msg)> {
+    let (ua, ub) = (a.me().clone(), b.me().clone());
+    let mut q: Vec<_> = a
+        .connect(&ub, sa)
+        .into_iter()
+        .map(|m| (ua.clone(), ub.clone(), m))
+        .collect();
+    q.extend(
+        b.connect(&ua, sb)
+            .into_iter()
+            .map(|m| (ub.clone(), ua.clone(), m)),
+    );
+    q
+}
+
+fn idle_reconnect() -> anyhow::Result<()> {
+    const DOCS: usize = 10_000;
+    let mut county = engine("c01/k01", 1);
+    let mut city = engine("c01", 2);
+    for i in 0..DOCS {
+        // 100 townships x 100 villages, one register each.
+        let owner = unit(&format!("c01/k01/t{:03}/v{:03}", i / 100, i % 100));
+        let (d, _) = county
+            .local_doc(DocMeta::new(DocId::new(DocKind::Members, owner)))
+            .map_err(|r| anyhow::anyhow!(r.detail))?;
+        doc::create_member(d, RecordId::from_u64(i as u64), &household(i))?;
+    }
+    let q = connect(&mut county, &mut city, HashMap::new(), HashMap::new());
+    pump(&mut county, &mut city, q);
+    let (uk, uc) = (county.me().clone(), city.me().clone());
+    let saved_k: HashMap<_, _> = county.disconnect(&uc).into_iter().collect();
+    let saved_c: HashMap<_, _> = city.disconnect(&uk).into_iter().collect();
+
+    // Ours: hello both ways (one round trip), then the digest exchange.
+    let hello = |u: &UnitId| {
+        wire::encode(&Msg::Hello(wire::Hello {
+            version: wire::PROTOCOL_VERSION,
+            capabilities: wire::CAPABILITIES,
+            unit: u.clone(),
+            software: concat!("grassroots ", env!("CARGO_PKG_VERSION")).into(),
+        }))
+        .len()
+            + 4
+    };
+    let q = connect(&mut county, &mut city, saved_k.clone(), saved_c.clone());
+    let (bytes, rounds) = pump(&mut county, &mut city, q);
+    let ours_bytes = (bytes + hello(&uk) + hello(&uc)) as f64;
+    let ours_rounds = (rounds + 1) as f64;
+
+    // Baseline: per-document automerge sync from the saved states, as automerge-repo does
+    // on a reconnect: every document exchanges sync messages until both sides are quiet.
+    let (mut base_bytes, mut base_rounds) = (0usize, 0usize);
+    for e in county.docs() {
+        let other = city.get(&e.meta.id).context("city lacks a document")?;
+        let (mut a, mut b) = (e.doc.clone(), other.doc.clone());
+        let mut sa = saved_k
+            .get(&e.meta.id)
+            .and_then(|s| sync::State::decode(s).ok())
+            .unwrap_or_default();
+        let mut sb = saved_c
+            .get(&e.meta.id)
+            .and_then(|s| sync::State::decode(s).ok())
+            .unwrap_or_default();
+        let mut r = 0;
+        loop {
+            let m1 = a.generate_sync_message(&mut sa);
+            let m2 = b.generate_sync_message(&mut sb);
+            if m1.is_none() && m2.is_none() {
+                break;
+            }
+            r += 1;
+            if let Some(m) = m1 {
+                let enc = m.encode();
+                base_bytes += enc.len() + e.meta.id.to_string().len();
+                b.receive_sync_message(&mut sb, sync::Message::decode(&enc)?)?;
+            }
+            if let Some(m) = m2 {
+                let enc = m.encode();
+                base_bytes += enc.len() + e.meta.id.to_string().len();
+                a.receive_sync_message(&mut sa, sync::Message::decode(&enc)?)?;
+            }
+        }
+        base_rounds = base_rounds.max(r);
+    }
+    emit(
+        "idle-reconnect",
+        "bytes",
+        ours_bytes,
+        "bytes",
+        Some(base_bytes as f64),
+    );
+    emit(
+        "idle-reconnect",
+        "round_trips",
+        ours_rounds,
+        "round_trips",
+        Some((base_rounds + 1) as f64),
+    );
+    emit(
+        "idle-reconnect",
+        "documents",
+        DOCS as f64,
+        "documents",
+        None,
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- catch-up (ours)
+
+const HOUSEHOLDS: usize = 1_000;
+const EDITS: usize = 4_000;
+
+struct CatchUp {
+    seconds: f64,
+    udp_bytes: u64,
+    app_bytes: u64,
+    raw_json: usize,
+}
+
+/// A chain city > county > township > village with the village behind a relay. The village
+/// node is stopped while its own store takes 5,000 changes (written concurrently, so group
+/// commit applies); then, with `impair` applied to the relay, the clock starts, the village
+/// node starts and dials, and the township is polled until it holds the final records.
+async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
+    let dir = tempfile::tempdir()?;
+    let village = unit("c01/k01/t01/v01");
+    let units = ["c01", "c01/k01", "c01/k01/t01", "c01/k01/t01/v01"]
+        .into_iter()
+        .map(|u| UnitSpec {
+            id: unit(u),
+            name: format!("Unit {u}"),
+        })
+        .collect();
+    let relay_slot: Arc<std::sync::Mutex<Option<Relay>>> = Arc::default();
+    let keep = relay_slot.clone();
+    let via = Box::new(move |child: &UnitId, parent: std::net::SocketAddr| {
+        if child.as_str() != "c01/k01/t01/v01" {
+            return parent;
+        }
+        let relay = Relay::start(parent).expect("relay");
+        let addr = relay.addr();
+        *keep.lock().expect("relay") = Some(relay);
+        addr
+    });
+    let mut link = fast_links();
+    link.idle_timeout = Duration::from_secs(30);
+    link.keep_alive = Duration::from_secs(2);
+    let mut fed = Federation::start(
+        units,
+        FederationOptions {
+            dir: dir.path().to_owned(),
+            deployment: "bench.grassroots".into(),
+            link,
+            via: Some(via),
+        },
+    )
+    .await?;
+    fed.stop(&village).await?;
+
+    // Offline: the village's own store takes the 5,000 changes.
+    let (store, reader, thread) = grassroots_node::store::open(
+        &dir.path().join("c01_k01_t01_v01").join("store.redb"),
+        village.clone(),
+    )?;
+    let mut ids = Vec::with_capacity(HOUSEHOLDS);
+    for chunk in (0..HOUSEHOLDS).collect::<Vec<_>>().chunks(100) {
+        let writes = chunk
+            .iter()
+            .map(|&i| store.create_member(village.clone(), household(i)));
+        for m in futures::future::join_all(writes).await {
+            ids.push(m?.id);
+        }
+    }
+    let mut last: Option<Member> = None;
+    for chunk in (0..EDITS).collect::<Vec<_>>().chunks(100) {
+        let writes = chunk.iter().map(|&i| {
+            let patch = MemberPatch {
+                name: Some(format!("Household head {} (rev {i})", i % HOUSEHOLDS)),
+                ..Default::default()
+            };
+            store.update_member(ids[i % HOUSEHOLDS].clone(), patch)
+        });
+        for m in futures::future::join_all(writes).await {
+            last = Some(m?);
+        }
+    }
+    let last = last.context("no edits")?;
+    let records = reader.members(&village, false, None, HOUSEHOLDS + 1)?;
+    let raw_json =
+        serde_json::to_vec(&records.items.iter().map(|(_, m)| m).collect::<Vec<_>>())?.len();
+    thread.shutdown().await;
+    drop((store, reader));
+
+    let township = fed.node(&unit("c01/k01/t01"))?.node.reader();
+    let before = {
+        let guard = relay_slot.lock().expect("relay");
+        let relay = guard.as_ref().context("relay")?;
+        impair(relay);
+        relay.forwarded().1
+    };
+    let start = Instant::now();
+    fed.restart(&village).await?;
+    let started = start.elapsed().as_secs_f64();
+    let mut linked = None;
+    loop {
+        if linked.is_none()
+            && fed
+                .node(&village)?
+                .node
+                .store()
+                .status()
+                .await?
+                .links
+                .iter()
+                .any(|l| l.connected)
+        {
+            linked = Some(start.elapsed().as_secs_f64());
+        }
+        let done = township.members(&village, false, None, 0)?.total == HOUSEHOLDS
+            && township
+                .member(&last.id)?
+                .is_some_and(|m| m.name == last.name);
+        if done {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("catch-up did not finish in 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    eprintln!(
+        "phases: node started {started:.3}s, link up {:.3}s, done {seconds:.3}s",
+        linked.unwrap_or(f64::NAN)
+    );
+    let udp_bytes = relay_slot
+        .lock()
+        .expect("relay")
+        .as_ref()
+        .context("relay")?
+        .forwarded()
+        .1
+        - before;
+    let app_bytes = fed
+        .node(&village)?
+        .node
+        .store()
+        .status()
+        .await?
+        .links
+        .iter()
+        .map(|l| l.bytes_out)
+        .sum::<u64>();
+    fed.shutdown().await;
+    Ok(CatchUp {
+        seconds,
+        udp_bytes,
+        app_bytes,
+        raw_json,
+    })
+}
+
+// ---------------------------------------------------------------- catch-up (samod)
+
+struct CountingDialer {
+    acceptor: samod::AcceptorHandle,
+    bytes: Arc<AtomicU64>,
+}
+
+impl samod::Dialer for CountingDialer {
+    type Error = std::convert::Infallible;
+    fn url(&self) -> samod::Url {
+        samod::Url::parse("channel://village-to-township").expect("url")
+    }
+    fn connect(
+        &self,
+    ) -> futures::future::BoxFuture<'static, Result<samod::Transport, samod::DialError<Self::Error>>>
+    {
+        use futures::StreamExt;
+        let (acceptor, up, down) = (
+            self.acceptor.clone(),
+            self.bytes.clone(),
+            self.bytes.clone(),
+        );
+        Box::pin(async move {
+            let (a_tx, b_rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+            let (b_tx, a_rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+            let b_rx = b_rx.map(move |m| {
+                up.fetch_add(m.len() as u64, Relaxed);
+                Ok::<_, std::convert::Infallible>(m)
+            });
+            let a_rx = a_rx.map(move |m| {
+                down.fetch_add(m.len() as u64, Relaxed);
+                Ok::<_, std::convert::Infallible>(m)
+            });
+            acceptor
+                .accept(samod::Transport::new(b_rx, b_tx))
+                .map_err(samod::DialError::transient)?;
+            Ok(samod::Transport::new(a_rx, a_tx))
+        })
+    }
+}
+
+/// samod 0.16 (automerge-repo in Rust) doing the same catch-up: the village's document with
+/// the same 5,000 changes in filesystem storage; the village repo is stopped, and the clock
+/// covers what ours does: the village starting from its storage, connecting (in-memory
+/// transport, no TLS) and the township holding every change.
+async fn catch_up_samod() -> anyhow::Result<(f64, u64)> {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir()?;
+    let village_store = samod::storage::TokioFilesystemStorage::new(dir.path().join("village"));
+    let township_repo = samod::Repo::build_tokio()
+        .with_storage(samod::storage::TokioFilesystemStorage::new(
+            dir.path().join("township"),
+        ))
+        .load()
+        .await;
+    // The same content made the same way: one change per record, one per edit.
+    let mut d = doc::empty(&doc::actor_for(&unit("c01/k01/t01/v01"), [1; 8]));
+    for i in 0..HOUSEHOLDS {
+        doc::create_member(&mut d, RecordId::from_u64(i as u64), &household(i))?;
+    }
+    for i in 0..EDITS {
+        let patch = MemberPatch {
+            name: Some(format!("Household head {} (rev {i})", i % HOUSEHOLDS)),
+            ..Default::default()
+        };
+        doc::update_member(&mut d, RecordId::from_u64((i % HOUSEHOLDS) as u64), &patch)?;
+    }
+    let want = d.get_heads();
+    let doc_id = {
+        let offline = samod::Repo::build_tokio()
+            .with_storage(village_store.clone())
+            .load()
+            .await;
+        let handle = offline
+            .create(d)
+            .await
+            .map_err(|_| anyhow::anyhow!("samod stopped"))?;
+        let id = handle.document_id().clone();
+        offline.stop().await;
+        id
+    };
+    let bytes = Arc::new(AtomicU64::new(0));
+    let acceptor = township_repo
+        .make_acceptor(samod::Url::parse("channel://township")?)
+        .map_err(|_| anyhow::anyhow!("samod stopped"))?;
+    let start = Instant::now();
+    let village_repo = samod::Repo::build_tokio()
+        .with_storage(village_store)
+        .load()
+        .await;
+    let _open = village_repo
+        .find(doc_id.clone())
+        .await
+        .map_err(|_| anyhow::anyhow!("samod stopped"))?
+        .context("village lost its document")?;
+    let dialer = village_repo
+        .dial(
+            samod::BackoffConfig::default(),
+            Arc::new(CountingDialer {
+                acceptor,
+                bytes: bytes.clone(),
+            }),
+        )
+        .map_err(|_| anyhow::anyhow!("samod stopped"))?;
+    dialer
+        .established()
+        .await
+        .map_err(|e| anyhow::anyhow!("samod dial: {e:?}"))?;
+    let found = township_repo
+        .find(doc_id)
+        .await
+        .map_err(|_| anyhow::anyhow!("samod stopped"))?
+        .context("township did not find the document")?;
+    let mut changes = found.changes();
+    while found.with_document(|d| d.get_heads()) != want {
+        if tokio::time::timeout(Duration::from_secs(60), changes.next())
+            .await
+            .is_err()
+        {
+            bail!("samod catch-up stalled");
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    dialer.close();
+    village_repo.stop().await;
+    township_repo.stop().await;
+    Ok((seconds, bytes.load(Relaxed)))
+}
+
+async fn catch_up() -> anyhow::Result<()> {
+    let ours = catch_up_ours(|_| {}).await?;
+    let (samod_s, samod_bytes) = catch_up_samod().await?;
+    emit("catch-up", "time", ours.seconds, "s", Some(samod_s));
+    emit(
+        "catch-up",
+        "wire_over_raw_json",
+        ours.udp_bytes as f64 / ours.raw_json as f64,
+        "ratio",
+        Some(samod_bytes as f64 / ours.raw_json as f64),
+    );
+    emit("catch-up", "raw_json", ours.raw_json as f64, "bytes", None);
+    emit(
+        "catch-up",
+        "wire_bytes",
+        ours.udp_bytes as f64,
+        "bytes",
+        Some(samod_bytes as f64),
+    );
+    Ok(())
+}
+
+async fn lossy_link() -> anyhow::Result<()> {
+    const RATE: u64 = 256_000;
+    const LOSS: f64 = 0.30;
+    let run = catch_up_ours(|r| {
+        r.set_rate(RATE);
+        r.set_loss(LOSS);
+        r.set_delay(Duration::from_millis(20));
+    })
+    .await?;
+    let ideal = RATE as f64 / 8.0 * (1.0 - LOSS);
+    let goodput = run.app_bytes as f64 / run.seconds;
+    emit(
+        "lossy-link",
+        "goodput_over_ideal",
+        goodput / ideal,
+        "ratio",
+        None,
+    );
+    emit("lossy-link", "goodput", goodput, "bytes/s", Some(ideal));
+    emit("lossy-link", "time", run.seconds, "s", None);
+    emit(
+        "lossy-link",
+        "app_bytes",
+        run.app_bytes as f64,
+        "bytes",
+        None,
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let all = scenario == "all";
+    let mut ran = false;
+    if all || scenario == "idle-reconnect" {
+        idle_reconnect()?;
+        ran = true;
+    }
+    if all || scenario == "catch-up" {
+        rt.block_on(catch_up())?;
+        ran = true;
+    }
+    if all || scenario == "lossy-link" {
+        rt.block_on(lossy_link())?;
+        ran = true;
+    }
+    if !ran {
+        bail!("unknown scenario {scenario:?}: idle-reconnect, catch-up, lossy-link or all");
+    }
+    Ok(())
+}
