@@ -514,10 +514,11 @@ impl Actor {
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
             }
-            if batch.shutdown.is_none() && rx.is_empty() {
-                if let Err(e) = self.compact_one() {
-                    tracing::warn!("compaction failed (changes stay as rows): {e}");
-                }
+            if batch.shutdown.is_none()
+                && rx.is_empty()
+                && let Err(e) = self.compact_one()
+            {
+                tracing::warn!("compaction failed (changes stay as rows): {e}");
             }
             if let Some(done) = batch.shutdown {
                 let _ = done.send(());

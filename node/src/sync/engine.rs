@@ -16,6 +16,11 @@ use ring::digest::{SHA256, digest};
 use super::wire::{self, Digest, Msg, RejectReason, Summary};
 use crate::doc;
 
+/// A document and the digest of its heads.
+type DocDigest = (DocMeta, Digest);
+/// A unit and the digest of its subtree.
+type UnitDigest = (UnitId, Digest);
+
 /// Documents per link whose reconciliation this side has started and not yet finished.
 pub const MAX_IN_FLIGHT: usize = 64;
 
@@ -158,9 +163,11 @@ fn leb128(data: &[u8], pos: &mut usize) -> Option<u64> {
     }
 }
 
-/// Split a blob of concatenated automerge storage chunks, checking every header. Each item
-/// is (chunk type, the whole chunk, the chunk's body).
-fn split_chunks(mut data: &[u8]) -> Option<Vec<(u8, &[u8], &[u8])>> {
+/// One storage chunk: its type, the whole chunk, and its body.
+type RawChunk<'a> = (u8, &'a [u8], &'a [u8]);
+
+/// Split a blob of concatenated automerge storage chunks, checking every header.
+fn split_chunks(mut data: &[u8]) -> Option<Vec<RawChunk<'_>>> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.len() < 9 || data[..4] != CHUNK_MAGIC {
@@ -384,11 +391,7 @@ impl Engine {
     /// and its children with their digests. Below (and at) the child every hosted document
     /// is in scope, so the cached subtree digests serve; above it only the path to the
     /// child and what ancestors address to the child's subtree count.
-    fn link_node(
-        &mut self,
-        child: &UnitId,
-        unit: &UnitId,
-    ) -> (Vec<(DocMeta, Digest)>, Vec<(UnitId, Digest)>) {
+    fn link_node(&mut self, child: &UnitId, unit: &UnitId) -> (Vec<DocDigest>, Vec<UnitDigest>) {
         if unit.is_in_subtree_of(child) {
             let docs = self.unit_docs(unit, None);
             let kid_ids: Vec<UnitId> = self.kids.get(unit).into_iter().flatten().cloned().collect();
