@@ -53,7 +53,7 @@ fn household(i: usize) -> NewMember {
     NewMember {
         name: format!("Household head {i}"),
         birth_year: 1940 + (i % 60) as i64,
-        gender: if i % 3 == 0 {
+        gender: if i.is_multiple_of(3) {
             Gender::Female
         } else {
             Gender::Male
