@@ -142,7 +142,8 @@ fn transport(cfg: &LinkConfig) -> Result<quinn::TransportConfig, NetError> {
     t.stream_receive_window(VarInt::from_u32(4 << 20));
     t.receive_window(VarInt::from_u32(8 << 20));
     t.send_window(8 << 20);
-    // Random loss on village links is not congestion: BBR does not collapse on it.
+    // Random loss on village links is not congestion. quinn's BBR still caps its window in
+    // loss recovery, but measured best of what was tried (docs/benchmarks.md).
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Ok(t)
 }

@@ -68,13 +68,6 @@ impl Relay {
                     c.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                if (rng % 1_000_000) < u64::from(c.loss_ppm.load(Ordering::Relaxed)) {
-                    c.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
                 let now = Instant::now();
                 let mut depart = now;
                 if let Some(ns) =
@@ -87,6 +80,15 @@ impl Relay {
                     }
                     depart = start + Duration::from_nanos(ns);
                     free_at[dir] = depart;
+                }
+                // Random loss after the bottleneck: a datagram lost in transit has still used
+                // its share of the link, as on a real lossy line.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                if (rng % 1_000_000) < u64::from(c.loss_ppm.load(Ordering::Relaxed)) {
+                    c.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
                 let at = depart + Duration::from_micros(c.delay_us.load(Ordering::Relaxed));
                 c.forwarded.fetch_add(1, Ordering::Relaxed);

@@ -671,13 +671,28 @@ impl Engine {
         if self.link_digest(&child, &root) == theirs {
             return;
         }
-        if self
-            .peers
-            .get_mut(peer)
-            .is_some_and(|p| p.summarised.insert(root.clone()))
-        {
-            let sm = self.summary(&child, &root);
-            step.send.push((peer.clone(), Msg::Summary(sm)));
+        // Both sides know the path from the root down to the link's child, and the
+        // difference is somewhere on or below it: send all of it at once rather than one
+        // level per round trip (a village link is four levels deep).
+        let depth = child.labels().count();
+        for level in 1..=depth {
+            let Ok(unit) = child
+                .labels()
+                .take(level)
+                .collect::<Vec<_>>()
+                .join("/")
+                .parse::<UnitId>()
+            else {
+                continue;
+            };
+            if self
+                .peers
+                .get_mut(peer)
+                .is_some_and(|p| p.summarised.insert(unit.clone()))
+            {
+                let sm = self.summary(&child, &unit);
+                step.send.push((peer.clone(), Msg::Summary(sm)));
+            }
         }
     }
 
