@@ -190,7 +190,19 @@ impl Federation {
             .get(unit)
             .cloned()
             .with_context(|| format!("unknown unit {unit}"))?;
-        let running = RunningNode::start(cfg, http).await?;
+        // quinn's endpoint driver may still hold the old UDP socket for a moment after
+        // shutdown (a restarted process gets its port back from the OS at exit).
+        let mut attempts = 0;
+        let running = loop {
+            match RunningNode::start(cfg.clone(), http).await {
+                Ok(r) => break r,
+                Err(e) if attempts < 50 && format!("{e:#}").contains("in use") => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.nodes.insert(unit.clone(), running);
         Ok(())
     }
