@@ -129,6 +129,9 @@ enum Command {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    VerifyViews {
+        reply: oneshot::Sender<Result<Vec<String>, StoreError>>,
+    },
     PeerDown {
         peer: UnitId,
         session: u64,
@@ -402,6 +405,14 @@ impl StoreHandle {
         .ok_or(StoreError::Closed)
     }
 
+    /// Compare the query views with a rebuild from the documents; returns the differences
+    /// (empty when the views are exact).
+    pub async fn verify_views(&self) -> Result<Vec<String>, StoreError> {
+        self.call(|reply| Command::VerifyViews { reply })
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Links and freshness.
     pub async fn status(&self) -> Result<NodeStatus, StoreError> {
         self.call(|reply| Command::Status { reply })
@@ -563,6 +574,9 @@ impl Actor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Command::VerifyViews { reply } => {
+                let _ = reply.send(self.verify_views());
+            }
             Command::PeerUp {
                 peer,
                 outbox,
@@ -654,6 +668,73 @@ impl Actor {
         if let Some(l) = self.links.get_mut(&peer) {
             l.connected = false;
         }
+    }
+
+    /// The view rows the documents imply, against the rows stored.
+    fn verify_views(&self) -> Result<Vec<String>, StoreError> {
+        let mut want_members: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
+        let mut want_units: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for entry in self.engine.docs() {
+            let owner = entry.meta.owner();
+            match entry.meta.id.kind {
+                DocKind::Members => {
+                    for m in doc::read_members(&entry.doc, owner) {
+                        want_members
+                            .insert((owner.tree_key(), m.id.record.to_string()), to_json(&m)?);
+                    }
+                }
+                DocKind::Profile => {
+                    if let Some(p) = doc::read_profile(&entry.doc, owner) {
+                        want_units.insert(owner.tree_key(), to_json(&p)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let tx = self.db.begin_read().map_err(db)?;
+        let mut have_members = BTreeMap::new();
+        for row in tx
+            .open_table(VIEW_MEMBERS)
+            .map_err(db)?
+            .iter()
+            .map_err(db)?
+        {
+            let (k, v) = row.map_err(db)?;
+            let (a, b) = k.value();
+            have_members.insert((a.to_owned(), b.to_owned()), v.value().to_vec());
+        }
+        let mut have_units = BTreeMap::new();
+        for row in tx.open_table(VIEW_UNITS).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            have_units.insert(k.value().to_owned(), v.value().to_vec());
+        }
+        let mut diffs = Vec::new();
+        for (k, v) in &want_members {
+            if have_members.get(k) != Some(v) {
+                diffs.push(format!(
+                    "member {}{} missing or stale in the view",
+                    k.0, k.1
+                ));
+            }
+        }
+        for k in have_members
+            .keys()
+            .filter(|k| !want_members.contains_key(*k))
+        {
+            diffs.push(format!(
+                "member {}{} in the view but not in the documents",
+                k.0, k.1
+            ));
+        }
+        for (k, v) in &want_units {
+            if have_units.get(k) != Some(v) {
+                diffs.push(format!("unit {k} missing or stale in the view"));
+            }
+        }
+        for k in have_units.keys().filter(|k| !want_units.contains_key(*k)) {
+            diffs.push(format!("unit {k} in the view but not in the documents"));
+        }
+        Ok(diffs)
     }
 
     fn status(&self) -> NodeStatus {
@@ -999,6 +1080,11 @@ impl Actor {
     }
 }
 
+/// A view row's bytes: the JSON of a view model.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
     batch: &mut Batch,
     reply: oneshot::Sender<Result<T, E>>,
@@ -1029,7 +1115,7 @@ fn materialise(
     let key = owner.tree_key();
     let put = |members: &mut redb::Table<'_, (&str, &str), &[u8]>, m: &Member| {
         let rec = m.id.record.to_string();
-        let json = serde_json::to_vec(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = to_json(m)?;
         members
             .insert((key.as_str(), rec.as_str()), json.as_slice())
             .map_err(db)?;
@@ -1059,8 +1145,7 @@ fn materialise(
         },
         DocKind::Profile => {
             if let Some(p) = doc::read_profile(&entry.doc, owner) {
-                let json =
-                    serde_json::to_vec(&p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let json = to_json(&p)?;
                 units.insert(key.as_str(), json.as_slice()).map_err(db)?;
             }
         }

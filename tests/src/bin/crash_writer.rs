@@ -1,0 +1,68 @@
+//! A store writer for the crash test: opens a store and writes members from several
+//! concurrent tasks, printing `ACK <member id>` for each write once it is acknowledged
+//! (durable), until it is killed.
+//!
+//! `crash-writer <store.redb> <unit>`
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use grassroots_schema::{Education, Gender, MemberPatch, MemberStatus, NewMember, UnitId};
+
+const WRITERS: usize = 8;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().context("usage: crash-writer STORE UNIT")?;
+    let unit: UnitId = args
+        .next()
+        .context("usage: crash-writer STORE UNIT")?
+        .parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (store, _reader, _thread) = grassroots_node::store::open(path.as_ref(), unit.clone())?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for w in 0..WRITERS {
+            let (store, unit, tx) = (store.clone(), unit.clone(), tx.clone());
+            tokio::spawn(async move {
+                for i in 0u64.. {
+                    let m = NewMember {
+                        name: format!("Writer {w} member {i}"),
+                        birth_year: 1950 + (i % 50) as i64,
+                        gender: Gender::Female,
+                        education: Education::SeniorSecondary,
+                        joined_on: "2001-07-01".into(),
+                        status: MemberStatus::Full,
+                    };
+                    let Ok(created) = store.create_member(unit.clone(), m).await else {
+                        return;
+                    };
+                    // Every other record also gets an edit, so updates are under test too.
+                    if i % 2 == 0 {
+                        let patch = MemberPatch {
+                            name: Some(format!("Writer {w} member {i} (edited)")),
+                            ..Default::default()
+                        };
+                        let Ok(edited) = store.update_member(created.id.clone(), patch).await
+                        else {
+                            return;
+                        };
+                        let _ = tx.send(format!("ACK {} {}", edited.id, edited.name));
+                    } else {
+                        let _ = tx.send(format!("ACK {} {}", created.id, created.name));
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut out = std::io::stdout().lock();
+        while let Some(line) = rx.recv().await {
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+        anyhow::Ok(())
+    })
+}
