@@ -12,6 +12,10 @@
 //!   UDP bytes through the link over the raw JSON of the records.
 //! - `lossy-link`: the same catch-up through a relay with 30% random loss and 256 kbit/s;
 //!   application goodput over what the link can carry (rate x (1 - loss)).
+//! - `ingest`: durable changes/s with 1, 8 and 64 concurrent writers (group commit), the
+//!   disk's fsync latency in the same run, and acknowledgement p99 over fsync p99.
+//! - `propagation`: a write through a village's GraphQL until the city's GraphQL shows it,
+//!   3 hops on loopback, beside the run's fsync latency.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -551,6 +555,121 @@ async fn lossy_link() -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------- store (issue 4)
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// fsync latency of this disk now, in ms: p50 and p99 of 200 small durable writes.
+fn fsync_latency(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(dir.join("fsync-probe"))?;
+    let mut ms = Vec::new();
+    for i in 0..200u32 {
+        f.write_all(&i.to_le_bytes().repeat(1024))?;
+        let t = Instant::now();
+        f.sync_all()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((percentile(&ms, 0.5), percentile(&ms, 0.99)))
+}
+
+/// Durable changes per second with `writers` concurrent writers on one store, and their
+/// acknowledgement latencies (ms, sorted).
+async fn ingest_run(writers: usize, per_writer: usize) -> anyhow::Result<(f64, Vec<f64>)> {
+    let dir = tempfile::tempdir()?;
+    let unit = unit("c01/k01/t01/v01");
+    let (store, _reader, thread) = grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone())?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (store, unit) = (store.clone(), unit.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_writer);
+            for i in 0..per_writer {
+                let t = Instant::now();
+                store.create_member(unit.clone(), household(w * per_writer + i)).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let rate = (writers * per_writer) as f64 / start.elapsed().as_secs_f64();
+    thread.shutdown().await;
+    lat.sort_by(f64::total_cmp);
+    Ok((rate, lat))
+}
+
+async fn ingest() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (p50, p99) = fsync_latency(dir.path())?;
+    let (r1, _) = ingest_run(1, 300).await?;
+    let (r8, _) = ingest_run(8, 250).await?;
+    let (r64, lat64) = ingest_run(64, 100).await?;
+    emit("ingest", "fsync_p50_ms", p50, "ms", None);
+    emit("ingest", "fsync_p99_ms", p99, "ms", None);
+    emit("ingest", "changes_per_s_1", r1, "changes/s", None);
+    emit("ingest", "changes_per_s_8", r8, "changes/s", Some(r1));
+    emit("ingest", "changes_per_s_64", r64, "changes/s", Some(r1));
+    emit("ingest", "ack_p99_ms_64", percentile(&lat64, 0.99), "ms", None);
+    emit("ingest", "ack_p99_over_fsync_p99", percentile(&lat64, 0.99) / p99, "ratio", None);
+    Ok(())
+}
+
+/// A write at a village through its GraphQL, until the city's GraphQL shows it: 3 hops,
+/// each storing durably before it forwards.
+async fn propagation() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (fsync_p50, fsync_p99) = fsync_latency(dir.path())?;
+    let units = ["c01", "c01/k01", "c01/k01/t01", "c01/k01/t01/v01"]
+        .into_iter()
+        .map(|u| UnitSpec { id: unit(u), name: format!("Unit {u}") })
+        .collect();
+    let fed = Federation::start(units, FederationOptions { dir: dir.path().to_owned(), deployment: "bench.grassroots".into(), link: grassroots_node::LinkConfig::default(), via: None }).await?;
+    let (village, city) = (unit("c01/k01/t01/v01"), unit("c01"));
+    let client = reqwest::Client::new();
+    let (vurl, vtok) = (fed.graphql_url(&village)?, fed.token(&village, grassroots_schema::Role::Clerk)?.to_owned());
+    let (curl, ctok) = (fed.graphql_url(&city)?, fed.token(&city, grassroots_schema::Role::Viewer)?.to_owned());
+    // Let the links come up.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ms = Vec::new();
+    for i in 0..100 {
+        let q = json!({ "query": "mutation($i: CreateMemberInput!) { createMember(input: $i) { id } }",
+            "variables": { "i": { "unit": village.as_str(), "name": format!("Probe {i}"), "birthYear": 1990, "gender": "MALE", "education": "BACHELOR", "joinedOn": "2020-01-01" } } });
+        let t = Instant::now();
+        let r: serde_json::Value = client.post(&vurl).bearer_auth(&vtok).json(&q).send().await?.json().await?;
+        let id = r["data"]["createMember"]["id"].as_str().context("create")?.to_owned();
+        loop {
+            let q = json!({ "query": "query($id: ID!) { member(id: $id) { id } }", "variables": { "id": id } });
+            let r: serde_json::Value = client.post(&curl).bearer_auth(&ctok).json(&q).send().await?.json().await?;
+            if !r["data"]["member"].is_null() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("write {i} never reached the city");
+            }
+        }
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    fed.shutdown().await;
+    emit("propagation", "p50_ms", percentile(&ms, 0.5), "ms", None);
+    emit("propagation", "p99_ms", percentile(&ms, 0.99), "ms", None);
+    emit("propagation", "fsync_p50_ms", fsync_p50, "ms", None);
+    emit("propagation", "fsync_p99_ms", fsync_p99, "ms", None);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -570,8 +689,16 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(lossy_link())?;
         ran = true;
     }
+    if all || scenario == "ingest" {
+        rt.block_on(ingest())?;
+        ran = true;
+    }
+    if all || scenario == "propagation" {
+        rt.block_on(propagation())?;
+        ran = true;
+    }
     if !ran {
-        bail!("unknown scenario {scenario:?}: idle-reconnect, catch-up, lossy-link or all");
+        bail!("unknown scenario {scenario:?}: idle-reconnect, catch-up, lossy-link, ingest, propagation or all");
     }
     Ok(())
 }
