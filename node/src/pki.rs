@@ -161,41 +161,29 @@ impl Identity {
                 parent: self.unit.clone(),
             });
         }
-        let issuer = self.issuer()?;
-        let ca_key = KeyPair::generate()?;
-        let ca = ca_params(child, &self.deployment)?.signed_by(&ca_key, &issuer)?;
-        let leaf_key = KeyPair::generate()?;
-        let leaf = leaf_params(child, &self.deployment)?.signed_by(&leaf_key, &issuer)?;
-        // The child's TLS chain: its leaf, this node's CA (unless it is the root), and above.
-        let mut my_cas = self.issuer_chain.clone();
-        let mut chain = vec![leaf.der().clone()];
-        chain.append(&mut my_cas.clone());
-        let mut issuer_chain = vec![ca.der().clone()];
-        issuer_chain.append(&mut my_cas);
-        Ok(Identity {
-            unit: child.clone(),
-            deployment: self.deployment.clone(),
-            root: self.root.clone(),
-            chain,
-            key: leaf_key.serialize_der(),
-            issuer_chain,
-            ca_key_pem: ca_key.serialize_pem(),
-        })
+        self.issue(child)
     }
 
     /// Issue for any unit, skipping the adjacency check: only for tests that prove the
     /// peers' checks (a CA issuing outside its subtree, a grandparent skipping a level).
     #[cfg(feature = "testing")]
     pub fn testing_issue_any(&self, unit: &UnitId) -> Result<Identity, PkiError> {
+        self.issue(unit)
+    }
+
+    fn issue(&self, unit: &UnitId) -> Result<Identity, PkiError> {
         let issuer = self.issuer()?;
         let ca_key = KeyPair::generate()?;
         let ca = ca_params(unit, &self.deployment)?.signed_by(&ca_key, &issuer)?;
         let leaf_key = KeyPair::generate()?;
         let leaf = leaf_params(unit, &self.deployment)?.signed_by(&leaf_key, &issuer)?;
-        let mut chain = vec![leaf.der().clone()];
-        chain.extend(self.issuer_chain.iter().cloned());
-        let mut issuer_chain = vec![ca.der().clone()];
-        issuer_chain.extend(self.issuer_chain.iter().cloned());
+        // The TLS chain: the leaf, then this node's CA and those above it (not the root).
+        let chain = std::iter::once(leaf.der().clone())
+            .chain(self.issuer_chain.iter().cloned())
+            .collect();
+        let issuer_chain = std::iter::once(ca.der().clone())
+            .chain(self.issuer_chain.iter().cloned())
+            .collect();
         Ok(Identity {
             unit: unit.clone(),
             deployment: self.deployment.clone(),

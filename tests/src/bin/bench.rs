@@ -585,7 +585,8 @@ fn fsync_latency(dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
 async fn ingest_run(writers: usize, per_writer: usize) -> anyhow::Result<(f64, Vec<f64>)> {
     let dir = tempfile::tempdir()?;
     let unit = unit("c01/k01/t01/v01");
-    let (store, _reader, thread) = grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone())?;
+    let (store, _reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone())?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..writers {
@@ -594,7 +595,9 @@ async fn ingest_run(writers: usize, per_writer: usize) -> anyhow::Result<(f64, V
             let mut lat = Vec::with_capacity(per_writer);
             for i in 0..per_writer {
                 let t = Instant::now();
-                store.create_member(unit.clone(), household(w * per_writer + i)).await?;
+                store
+                    .create_member(unit.clone(), household(w * per_writer + i))
+                    .await?;
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
             anyhow::Ok(lat)
@@ -621,8 +624,20 @@ async fn ingest() -> anyhow::Result<()> {
     emit("ingest", "changes_per_s_1", r1, "changes/s", None);
     emit("ingest", "changes_per_s_8", r8, "changes/s", Some(r1));
     emit("ingest", "changes_per_s_64", r64, "changes/s", Some(r1));
-    emit("ingest", "ack_p99_ms_64", percentile(&lat64, 0.99), "ms", None);
-    emit("ingest", "ack_p99_over_fsync_p99", percentile(&lat64, 0.99) / p99, "ratio", None);
+    emit(
+        "ingest",
+        "ack_p99_ms_64",
+        percentile(&lat64, 0.99),
+        "ms",
+        None,
+    );
+    emit(
+        "ingest",
+        "ack_p99_over_fsync_p99",
+        percentile(&lat64, 0.99) / p99,
+        "ratio",
+        None,
+    );
     Ok(())
 }
 
@@ -633,13 +648,33 @@ async fn propagation() -> anyhow::Result<()> {
     let (fsync_p50, fsync_p99) = fsync_latency(dir.path())?;
     let units = ["c01", "c01/k01", "c01/k01/t01", "c01/k01/t01/v01"]
         .into_iter()
-        .map(|u| UnitSpec { id: unit(u), name: format!("Unit {u}") })
+        .map(|u| UnitSpec {
+            id: unit(u),
+            name: format!("Unit {u}"),
+        })
         .collect();
-    let fed = Federation::start(units, FederationOptions { dir: dir.path().to_owned(), deployment: "bench.grassroots".into(), link: grassroots_node::LinkConfig::default(), via: None }).await?;
+    let fed = Federation::start(
+        units,
+        FederationOptions {
+            dir: dir.path().to_owned(),
+            deployment: "bench.grassroots".into(),
+            link: grassroots_node::LinkConfig::default(),
+            via: None,
+        },
+    )
+    .await?;
     let (village, city) = (unit("c01/k01/t01/v01"), unit("c01"));
     let client = reqwest::Client::new();
-    let (vurl, vtok) = (fed.graphql_url(&village)?, fed.token(&village, grassroots_schema::Role::Clerk)?.to_owned());
-    let (curl, ctok) = (fed.graphql_url(&city)?, fed.token(&city, grassroots_schema::Role::Viewer)?.to_owned());
+    let (vurl, vtok) = (
+        fed.graphql_url(&village)?,
+        fed.token(&village, grassroots_schema::Role::Clerk)?
+            .to_owned(),
+    );
+    let (curl, ctok) = (
+        fed.graphql_url(&city)?,
+        fed.token(&city, grassroots_schema::Role::Viewer)?
+            .to_owned(),
+    );
     // Let the links come up.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut ms = Vec::new();
@@ -647,11 +682,28 @@ async fn propagation() -> anyhow::Result<()> {
         let q = json!({ "query": "mutation($i: CreateMemberInput!) { createMember(input: $i) { id } }",
             "variables": { "i": { "unit": village.as_str(), "name": format!("Probe {i}"), "birthYear": 1990, "gender": "MALE", "education": "BACHELOR", "joinedOn": "2020-01-01" } } });
         let t = Instant::now();
-        let r: serde_json::Value = client.post(&vurl).bearer_auth(&vtok).json(&q).send().await?.json().await?;
-        let id = r["data"]["createMember"]["id"].as_str().context("create")?.to_owned();
+        let r: serde_json::Value = client
+            .post(&vurl)
+            .bearer_auth(&vtok)
+            .json(&q)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = r["data"]["createMember"]["id"]
+            .as_str()
+            .context("create")?
+            .to_owned();
         loop {
             let q = json!({ "query": "query($id: ID!) { member(id: $id) { id } }", "variables": { "id": id } });
-            let r: serde_json::Value = client.post(&curl).bearer_auth(&ctok).json(&q).send().await?.json().await?;
+            let r: serde_json::Value = client
+                .post(&curl)
+                .bearer_auth(&ctok)
+                .json(&q)
+                .send()
+                .await?
+                .json()
+                .await?;
             if !r["data"]["member"].is_null() {
                 break;
             }
@@ -698,7 +750,9 @@ fn main() -> anyhow::Result<()> {
         ran = true;
     }
     if !ran {
-        bail!("unknown scenario {scenario:?}: idle-reconnect, catch-up, lossy-link, ingest, propagation or all");
+        bail!(
+            "unknown scenario {scenario:?}: idle-reconnect, catch-up, lossy-link, ingest, propagation or all"
+        );
     }
     Ok(())
 }
