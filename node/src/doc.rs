@@ -37,20 +37,92 @@ pub fn empty(actor: &ActorId) -> Automerge {
     Automerge::new().with_actor(actor.clone())
 }
 
+/// One write to a members document; several are applied in one transaction by
+/// [`apply_member_writes`].
+#[derive(Debug, Clone, Copy)]
+pub enum MemberWrite<'a> {
+    /// Add a record.
+    Create(RecordId, &'a NewMember),
+    /// Change the fields a patch names.
+    Update(RecordId, &'a MemberPatch),
+}
+
+fn put_member(
+    tx: &mut impl Transactable,
+    record: RecordId,
+    m: &NewMember,
+) -> Result<(), AutomergeError> {
+    let obj = tx.put_object(ROOT, record.to_string(), ObjType::Map)?;
+    tx.put(&obj, "name", m.name.trim())?;
+    tx.put(&obj, "birthYear", m.birth_year)?;
+    tx.put(&obj, "gender", m.gender.as_str())?;
+    tx.put(&obj, "education", m.education.as_str())?;
+    tx.put(&obj, "joinedOn", m.joined_on.as_str())?;
+    tx.put(&obj, "status", m.status.as_str())?;
+    Ok(())
+}
+
+fn patch_member(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    p: &MemberPatch,
+) -> Result<(), AutomergeError> {
+    if let Some(v) = &p.name {
+        tx.put(obj, "name", v.trim())?;
+    }
+    if let Some(v) = p.birth_year {
+        tx.put(obj, "birthYear", v)?;
+    }
+    if let Some(v) = p.gender {
+        tx.put(obj, "gender", v.as_str())?;
+    }
+    if let Some(v) = p.education {
+        tx.put(obj, "education", v.as_str())?;
+    }
+    if let Some(v) = &p.joined_on {
+        tx.put(obj, "joinedOn", v.as_str())?;
+    }
+    if let Some(v) = p.status {
+        tx.put(obj, "status", v.as_str())?;
+    }
+    Ok(())
+}
+
+/// Apply writes in order in one automerge transaction, so a batch of writers shares one
+/// change (as they share one fsync). Each write has its own result: an update of a missing
+/// record is `NoSuchRecord` and does not stop the others. An automerge failure rolls all of
+/// them back.
+pub fn apply_member_writes(
+    doc: &mut Automerge,
+    writes: &[MemberWrite<'_>],
+) -> Result<Vec<Result<(), DocError>>, DocError> {
+    let results = doc
+        .transact::<_, _, AutomergeError>(|tx| {
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                match *w {
+                    MemberWrite::Create(record, m) => {
+                        put_member(tx, record, m)?;
+                        out.push(Ok(()));
+                    }
+                    MemberWrite::Update(record, p) => match tx.get(ROOT, record.to_string())? {
+                        Some((Value::Object(ObjType::Map), obj)) => {
+                            patch_member(tx, &obj, p)?;
+                            out.push(Ok(()));
+                        }
+                        _ => out.push(Err(DocError::NoSuchRecord(record))),
+                    },
+                }
+            }
+            Ok(out)
+        })
+        .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(results.result)
+}
+
 /// Add a member record.
 pub fn create_member(doc: &mut Automerge, record: RecordId, m: &NewMember) -> Result<(), DocError> {
-    doc.transact::<_, _, AutomergeError>(|tx| {
-        let obj = tx.put_object(ROOT, record.to_string(), ObjType::Map)?;
-        tx.put(&obj, "name", m.name.trim())?;
-        tx.put(&obj, "birthYear", m.birth_year)?;
-        tx.put(&obj, "gender", m.gender.as_str())?;
-        tx.put(&obj, "education", m.education.as_str())?;
-        tx.put(&obj, "joinedOn", m.joined_on.as_str())?;
-        tx.put(&obj, "status", m.status.as_str())?;
-        Ok(())
-    })
-    .map_err(|f| DocError::Automerge(f.error))?;
-    Ok(())
+    first(apply_member_writes(doc, &[MemberWrite::Create(record, m)])?)
 }
 
 /// Change the fields a patch names, leaving the others to merge with concurrent edits.
@@ -59,33 +131,11 @@ pub fn update_member(
     record: RecordId,
     p: &MemberPatch,
 ) -> Result<(), DocError> {
-    let obj = match doc.get(ROOT, record.to_string())? {
-        Some((Value::Object(ObjType::Map), id)) => id,
-        _ => return Err(DocError::NoSuchRecord(record)),
-    };
-    doc.transact::<_, _, AutomergeError>(|tx| {
-        if let Some(v) = &p.name {
-            tx.put(&obj, "name", v.trim())?;
-        }
-        if let Some(v) = p.birth_year {
-            tx.put(&obj, "birthYear", v)?;
-        }
-        if let Some(v) = p.gender {
-            tx.put(&obj, "gender", v.as_str())?;
-        }
-        if let Some(v) = p.education {
-            tx.put(&obj, "education", v.as_str())?;
-        }
-        if let Some(v) = &p.joined_on {
-            tx.put(&obj, "joinedOn", v.as_str())?;
-        }
-        if let Some(v) = p.status {
-            tx.put(&obj, "status", v.as_str())?;
-        }
-        Ok(())
-    })
-    .map_err(|f| DocError::Automerge(f.error))?;
-    Ok(())
+    first(apply_member_writes(doc, &[MemberWrite::Update(record, p)])?)
+}
+
+fn first(results: Vec<Result<(), DocError>>) -> Result<(), DocError> {
+    results.into_iter().next().unwrap_or(Ok(()))
 }
 
 fn get_str(doc: &Automerge, obj: &ObjId, key: &str) -> Option<String> {

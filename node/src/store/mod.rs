@@ -447,8 +447,22 @@ impl StoreHandle {
     }
 }
 
+/// A member write waiting for the batch's single transaction on its document.
+struct PendingWrite {
+    doc: DocId,
+    op: PendingOp,
+    reply: oneshot::Sender<Result<Member, WriteError>>,
+}
+
+enum PendingOp {
+    Create(MemberId, NewMember),
+    Update(MemberId, MemberPatch),
+}
+
 #[derive(Default)]
 struct Batch {
+    /// Member writes of this batch, applied per document in one transaction each.
+    writes: Vec<PendingWrite>,
     dirty: BTreeSet<DocId>,
     /// Documents changed by peers: their views are rebuilt whole.
     resync: BTreeSet<DocId>,
@@ -505,6 +519,7 @@ impl Actor {
                     self.on_peer_down(p, &mut batch);
                 }
             }
+            self.apply_writes(&mut batch);
             // Documents a failed commit left unpersisted go into this one, views rebuilt whole.
             let retry = std::mem::take(&mut self.retry);
             batch.resync.extend(retry.iter().cloned());
@@ -545,12 +560,31 @@ impl Actor {
                 member,
                 reply,
             } => {
-                let r = self.create_member(unit, member, batch);
-                reply_after_commit(batch, reply, r);
+                if let Err(e) = member.validate() {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+                match self.random_record() {
+                    Ok(record) => batch.writes.push(PendingWrite {
+                        doc: DocId::new(DocKind::Members, unit.clone()),
+                        op: PendingOp::Create(MemberId { unit, record }, member),
+                        reply,
+                    }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
             }
             Command::UpdateMember { id, patch, reply } => {
-                let r = self.update_member(id, patch, batch);
-                reply_after_commit(batch, reply, r);
+                if let Err(e) = patch.validate() {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+                batch.writes.push(PendingWrite {
+                    doc: DocId::new(DocKind::Members, id.unit.clone()),
+                    op: PendingOp::Update(id, patch),
+                    reply,
+                });
             }
             Command::SetProfile {
                 name,
@@ -848,55 +882,94 @@ impl Actor {
         batch.dirty.insert(id);
     }
 
-    fn create_member(
-        &mut self,
-        unit: UnitId,
-        m: NewMember,
-        batch: &mut Batch,
-    ) -> Result<Member, WriteError> {
-        m.validate()?;
-        let record = self.random_record()?;
-        let meta = DocMeta::new(DocId::new(DocKind::Members, unit.clone()));
-        let id = meta.id.clone();
-        doc::create_member(self.local_doc(meta, batch)?, record, &m)?;
-        batch.records.entry(id.clone()).or_default().insert(record);
-        self.after_local_write(id, batch);
-        Ok(Member {
-            id: MemberId { unit, record },
-            name: m.name.trim().to_owned(),
-            birth_year: m.birth_year,
-            gender: m.gender,
-            education: m.education,
-            joined_on: m.joined_on,
-            status: m.status,
-        })
-    }
-
-    fn update_member(
-        &mut self,
-        id: MemberId,
-        p: MemberPatch,
-        batch: &mut Batch,
-    ) -> Result<Member, WriteError> {
-        p.validate()?;
-        let doc_id = DocId::new(DocKind::Members, id.unit.clone());
-        let Some(meta) = self.engine.get(&doc_id).map(|e| e.meta.clone()) else {
-            return Err(WriteError::NotFound(id));
-        };
-        let doc = self.local_doc(meta, batch)?;
-        match doc::update_member(doc, id.record, &p) {
-            Err(DocError::NoSuchRecord(_)) => return Err(WriteError::NotFound(id)),
-            r => r?,
+    /// Apply the batch's member writes: per document, in arrival order, in one automerge
+    /// transaction (one change), so concurrent writers share the change as they share the
+    /// fsync. Replies wait for the commit like every other write.
+    fn apply_writes(&mut self, batch: &mut Batch) {
+        let mut by_doc: BTreeMap<DocId, Vec<PendingWrite>> = BTreeMap::new();
+        for w in std::mem::take(&mut batch.writes) {
+            by_doc.entry(w.doc.clone()).or_default().push(w);
         }
-        let merged = doc::read_member(doc, &id.unit, id.record)
-            .ok_or_else(|| WriteError::NotFound(id.clone()))?;
-        batch
-            .records
-            .entry(doc_id.clone())
-            .or_default()
-            .insert(id.record);
-        self.after_local_write(doc_id, batch);
-        Ok(merged)
+        for (doc_id, writes) in by_doc {
+            let exists = self.engine.get(&doc_id).is_some();
+            if !exists && writes.iter().all(|w| matches!(w.op, PendingOp::Update(..))) {
+                for w in writes {
+                    let PendingOp::Update(id, _) = w.op else {
+                        continue;
+                    };
+                    let _ = w.reply.send(Err(WriteError::NotFound(id)));
+                }
+                continue;
+            }
+            let meta = DocMeta::new(doc_id.clone());
+            let doc = match self.engine.local_doc(meta) {
+                Ok((doc, created)) => {
+                    if created {
+                        batch.created.insert(doc_id.clone());
+                    }
+                    doc
+                }
+                Err(rejection) => {
+                    for w in writes {
+                        let _ = w.reply.send(Err(WriteError::Refused(rejection.clone())));
+                    }
+                    continue;
+                }
+            };
+            let ops: Vec<doc::MemberWrite<'_>> = writes
+                .iter()
+                .map(|w| match &w.op {
+                    PendingOp::Create(id, m) => doc::MemberWrite::Create(id.record, m),
+                    PendingOp::Update(id, p) => doc::MemberWrite::Update(id.record, p),
+                })
+                .collect();
+            let results = doc::apply_member_writes(doc, &ops);
+            drop(ops);
+            let results = match results {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(doc = %doc_id, "automerge refused a batch of writes: {e}");
+                    for w in writes {
+                        let err = StoreError::Corrupt(format!("automerge: {e}"));
+                        let _ = w.reply.send(Err(WriteError::Store(err)));
+                    }
+                    continue;
+                }
+            };
+            let mut applied = false;
+            for (w, result) in writes.into_iter().zip(results) {
+                let outcome = match (w.op, result) {
+                    (PendingOp::Create(id, m), Ok(())) => Ok(Member {
+                        id,
+                        name: m.name.trim().to_owned(),
+                        birth_year: m.birth_year,
+                        gender: m.gender,
+                        education: m.education,
+                        joined_on: m.joined_on,
+                        status: m.status,
+                    }),
+                    (PendingOp::Update(id, _), Ok(())) => {
+                        doc::read_member(doc, &id.unit, id.record).ok_or(WriteError::NotFound(id))
+                    }
+                    (PendingOp::Update(id, _), Err(DocError::NoSuchRecord(_))) => {
+                        Err(WriteError::NotFound(id))
+                    }
+                    (_, Err(e)) => Err(WriteError::Doc(e)),
+                };
+                if let Ok(m) = &outcome {
+                    applied = true;
+                    batch
+                        .records
+                        .entry(doc_id.clone())
+                        .or_default()
+                        .insert(m.id.record);
+                }
+                reply_after_commit(batch, w.reply, outcome);
+            }
+            if applied {
+                self.after_local_write(doc_id, batch);
+            }
+        }
     }
 
     fn revoke(
@@ -1291,6 +1364,42 @@ mod tests {
         let mut dedup = seen.clone();
         dedup.dedup();
         assert_eq!(dedup.len(), 12);
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_a_transaction_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let first = h.create_member(me.clone(), sample("First")).await.unwrap();
+        // Creates, an edit of an existing record and an edit of a missing one, all at once:
+        // they land in the same batch, and only the bad one fails.
+        let creates = (0..40).map(|i| h.create_member(me.clone(), sample(&format!("Batch {i}"))));
+        let edit = h.update_member(
+            first.id.clone(),
+            MemberPatch {
+                name: Some("First, edited".into()),
+                ..Default::default()
+            },
+        );
+        let missing = MemberId {
+            unit: me.clone(),
+            record: RecordId::from_u64(7),
+        };
+        let bad = h.update_member(
+            missing,
+            MemberPatch {
+                name: Some("Nobody".into()),
+                ..Default::default()
+            },
+        );
+        let (created, edited, bad) = tokio::join!(futures::future::join_all(creates), edit, bad);
+        assert!(created.iter().all(Result::is_ok));
+        assert_eq!(edited.unwrap().name, "First, edited");
+        assert!(matches!(bad, Err(WriteError::NotFound(_))));
+        assert_eq!(r.members(&me, false, None, 100).unwrap().total, 41);
+        assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
 }
