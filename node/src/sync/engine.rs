@@ -685,14 +685,19 @@ impl Engine {
             else {
                 continue;
             };
-            if self
-                .peers
-                .get_mut(peer)
-                .is_some_and(|p| p.summarised.insert(unit.clone()))
-            {
-                let sm = self.summary(&child, &unit);
-                step.send.push((peer.clone(), Msg::Summary(sm)));
-            }
+            self.summarise_once(peer, &child, &unit, step);
+        }
+    }
+
+    /// Send this side's summary of `unit` to `peer`, unless already sent this session.
+    fn summarise_once(&mut self, peer: &UnitId, child: &UnitId, unit: &UnitId, step: &mut Step) {
+        if self
+            .peers
+            .get_mut(peer)
+            .is_some_and(|p| p.summarised.insert(unit.clone()))
+        {
+            let sm = self.summary(child, unit);
+            step.send.push((peer.clone(), Msg::Summary(sm)));
         }
     }
 
@@ -795,14 +800,7 @@ impl Engine {
             if my_kids.get(&x) == theirs_kids.get(&x) {
                 continue;
             }
-            if self
-                .peers
-                .get_mut(peer)
-                .is_some_and(|p| p.summarised.insert(x.clone()))
-            {
-                let sm = self.summary(&child, &x);
-                step.send.push((peer.clone(), Msg::Summary(sm)));
-            }
+            self.summarise_once(peer, &child, &x, step);
         }
         Ok(())
     }

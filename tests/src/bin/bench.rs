@@ -727,31 +727,26 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let all = scenario == "all";
+    type Scenario<'a> = (&'static str, Box<dyn Fn() -> anyhow::Result<()> + 'a>);
+    let scenarios: Vec<Scenario<'_>> = vec![
+        ("idle-reconnect", Box::new(idle_reconnect)),
+        ("catch-up", Box::new(|| rt.block_on(catch_up()))),
+        ("lossy-link", Box::new(|| rt.block_on(lossy_link()))),
+        ("ingest", Box::new(|| rt.block_on(ingest()))),
+        ("propagation", Box::new(|| rt.block_on(propagation()))),
+    ];
     let mut ran = false;
-    if all || scenario == "idle-reconnect" {
-        idle_reconnect()?;
-        ran = true;
-    }
-    if all || scenario == "catch-up" {
-        rt.block_on(catch_up())?;
-        ran = true;
-    }
-    if all || scenario == "lossy-link" {
-        rt.block_on(lossy_link())?;
-        ran = true;
-    }
-    if all || scenario == "ingest" {
-        rt.block_on(ingest())?;
-        ran = true;
-    }
-    if all || scenario == "propagation" {
-        rt.block_on(propagation())?;
-        ran = true;
+    for (name, run) in &scenarios {
+        if scenario == "all" || scenario == *name {
+            run()?;
+            ran = true;
+        }
     }
     if !ran {
+        let names: Vec<&str> = scenarios.iter().map(|(n, _)| *n).collect();
         bail!(
-            "unknown scenario {scenario:?}: idle-reconnect, catch-up, lossy-link, ingest, propagation or all"
+            "unknown scenario {scenario:?}: one of {} or all",
+            names.join(", ")
         );
     }
     Ok(())
