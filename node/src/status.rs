@@ -90,4 +90,6 @@ pub struct NodeStatus {
     pub links: Vec<LinkStatus>,
     /// Per unit: when a change it authored last arrived or was made here (ms since epoch).
     pub heard: Vec<(UnitId, u64)>,
+    /// Documents this node hosts.
+    pub documents: usize,
 }

@@ -796,7 +796,11 @@ impl Actor {
         let mut heard: Vec<(UnitId, u64)> =
             self.heard.iter().map(|(u, t)| (u.clone(), *t)).collect();
         heard.sort();
-        NodeStatus { links, heard }
+        NodeStatus {
+            links,
+            heard,
+            documents: self.engine.docs().count(),
+        }
     }
 
     /// Send messages to their peers in order, packing runs of sync messages to the same peer

@@ -16,6 +16,8 @@
 //!   disk's fsync latency in the same run, and acknowledgement p99 over fsync p99.
 //! - `propagation`: a write through a village's GraphQL until the city's GraphQL shows it,
 //!   3 hops on loopback, beside the run's fsync latency.
+//! - `cold-start`: a county node with 200 villages' data, start to first GraphQL answer.
+//! - `memory`: resident memory of a node holding 5,000 villages' registers, and per document.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -722,8 +724,170 @@ async fn propagation() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fill a store for `holder` with the demo generator's members for `villages` villages
+/// (30 each), written by 64 concurrent writers.
+async fn fill_store(
+    path: &std::path::Path,
+    holder: &UnitId,
+    villages: &[UnitId],
+) -> anyhow::Result<usize> {
+    let (store, _reader, thread) = grassroots_node::store::open(path, holder.clone())?;
+    let mut writes = Vec::new();
+    for v in villages {
+        for m in grassroots::demo::members_for(v, 30) {
+            writes.push((v.clone(), m));
+        }
+    }
+    let total = writes.len();
+    let mut it = writes.into_iter();
+    loop {
+        let chunk: Vec<_> = it.by_ref().take(64).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        for r in
+            futures::future::join_all(chunk.into_iter().map(|(v, m)| store.create_member(v, m)))
+                .await
+        {
+            r?;
+        }
+    }
+    thread.shutdown().await;
+    Ok(total)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A county node with 200 villages' data (6,000 members): time from starting the node to
+/// its first GraphQL answer over the whole subtree.
+async fn cold_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let county = unit("c01/k01");
+    let root = grassroots_node::Identity::create_root(&unit("c01"), "bench.grassroots")?;
+    root.issue_child(&county)?.save(&dir.path().join("pki"))?;
+    let villages: Vec<UnitId> = (0..200)
+        .map(|i| unit(&format!("c01/k01/t{:02}/v{:02}", i / 20, i % 20)))
+        .collect();
+    let total = fill_store(&dir.path().join("store.redb"), &county, &villages).await?;
+    let token = grassroots_node::auth::new_token()?;
+    {
+        let (store, _r, t) =
+            grassroots_node::store::open(&dir.path().join("store.redb"), county.clone())?;
+        store
+            .add_user(
+                grassroots_node::auth::token_hash(&token),
+                county.clone(),
+                grassroots_schema::Role::Viewer,
+            )
+            .await?;
+        t.shutdown().await;
+    }
+    let cfg = grassroots_node::NodeConfig {
+        data_dir: dir.path().to_owned(),
+        name: "Cold County".into(),
+        quic_listen: "127.0.0.1:0".parse()?,
+        // The parent is not running: the node must answer without it.
+        parent_addr: Some("127.0.0.1:9".parse()?),
+        children: Vec::new(),
+        link: grassroots_node::LinkConfig::default(),
+    };
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    let node = grassroots::launch::RunningNode::start(cfg, "127.0.0.1:0".parse()?).await?;
+    let q = json!({ "query": "{ nodeUnit { members(subtree: true) { totalCount } } }" });
+    let r: serde_json::Value = client
+        .post(node.graphql_url())
+        .bearer_auth(&token)
+        .json(&q)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if r["data"]["nodeUnit"]["members"]["totalCount"].as_u64() != Some(total as u64) {
+        bail!("cold start answered {r}");
+    }
+    node.shutdown().await;
+    emit("cold-start", "first_answer_ms", ms, "ms", None);
+    emit("cold-start", "members", total as f64, "members", None);
+    Ok(())
+}
+
+/// A city node holding 5,000 villages' registers (150,000 members from the demo generator):
+/// the store is filled here, then opened by a fresh process of this binary that reports its
+/// resident memory before and after loading.
+async fn memory() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let city = unit("c01");
+    let villages: Vec<UnitId> = (0..5000)
+        .map(|i| {
+            unit(&format!(
+                "c01/k{:02}/t{:02}/v{:02}",
+                i / 500,
+                (i / 50) % 10,
+                i % 50
+            ))
+        })
+        .collect();
+    fill_store(&dir.path().join("store.redb"), &city, &villages).await?;
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("memory-probe")
+        .arg(dir.path().join("store.redb"))
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let mut nums = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<f64>().ok());
+    let (before, after, docs) = (
+        nums.next().context("probe")?,
+        nums.next().context("probe")?,
+        nums.next().context("probe")?,
+    );
+    emit("memory", "rss_bytes_5000_villages", after, "bytes", None);
+    emit(
+        "memory",
+        "bytes_per_doc",
+        (after - before) / docs,
+        "bytes",
+        None,
+    );
+    emit("memory", "documents", docs, "documents", None);
+    Ok(())
+}
+
+/// The child side of `memory`: open the store, print RSS before and after, and the
+/// number of documents.
+fn memory_probe(path: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let before = rss_bytes();
+        let (store, _r, t) = grassroots_node::store::open(path.as_ref(), unit("c01"))?;
+        let after = rss_bytes();
+        let docs = store.status().await?.documents;
+        t.shutdown().await;
+        println!("{before} {after} {docs}");
+        anyhow::Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if scenario == "memory-probe" {
+        return memory_probe(&std::env::args().nth(2).context("memory-probe PATH")?);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -734,6 +898,8 @@ fn main() -> anyhow::Result<()> {
         ("lossy-link", Box::new(|| rt.block_on(lossy_link()))),
         ("ingest", Box::new(|| rt.block_on(ingest()))),
         ("propagation", Box::new(|| rt.block_on(propagation()))),
+        ("cold-start", Box::new(|| rt.block_on(cold_start()))),
+        ("memory", Box::new(|| rt.block_on(memory()))),
     ];
     let mut ran = false;
     for (name, run) in &scenarios {
