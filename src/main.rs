@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Check or rebuild a (stopped) node's query views from its documents.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Show a running node's subtree: links, bytes, documents pending, last heard from.
     Status {
         /// The node's GraphQL URL, e.g. http://127.0.0.1:8400/graphql.
@@ -101,6 +106,22 @@ enum PkiCommand {
 enum NodeCommand {
     /// Run the node whose data folder is DIR (reads DIR/node.toml; see deploy/).
     Run {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Compare the views with a rebuild from the documents; exit 1 on differences.
+    Verify {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Rebuild the views from the documents.
+    Rebuild {
         /// The node's data folder.
         #[arg(long)]
         dir: PathBuf,
@@ -192,6 +213,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing("warn");
             run_demo(dir).await
         }
+        Command::Store { command } => {
+            init_tracing("warn");
+            store_command(command).await
+        }
         Command::Status { url, token, watch } => {
             init_tracing("warn");
             status(&url, &token, watch).await
@@ -274,6 +299,30 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
     shutdown_signal().await;
     running.shutdown().await;
     Ok(())
+}
+
+async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
+    let (dir, rebuild) = match command {
+        StoreCommand::Verify { dir } => (dir, false),
+        StoreCommand::Rebuild { dir } => (dir, true),
+    };
+    let identity = Identity::load(&dir.join("pki"))?;
+    let (store, _reader, thread) =
+        grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
+    if rebuild {
+        store.rebuild_views().await?;
+    }
+    let diffs = store.verify_views().await?;
+    thread.shutdown().await;
+    for d in &diffs {
+        println!("{d}");
+    }
+    if diffs.is_empty() {
+        println!("views match the documents");
+        Ok(())
+    } else {
+        bail!("{} view rows differ from the documents", diffs.len())
+    }
 }
 
 async fn user_add(dir: &Path, unit: UnitId, role: Role) -> anyhow::Result<()> {

@@ -132,6 +132,9 @@ enum Command {
     VerifyViews {
         reply: oneshot::Sender<Result<Vec<String>, StoreError>>,
     },
+    RebuildViews {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     PeerDown {
         peer: UnitId,
         session: u64,
@@ -413,6 +416,13 @@ impl StoreHandle {
             .unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Rebuild every view row from the documents, in one transaction.
+    pub async fn rebuild_views(&self) -> Result<(), StoreError> {
+        self.call(|reply| Command::RebuildViews { reply })
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
     /// Links and freshness.
     pub async fn status(&self) -> Result<NodeStatus, StoreError> {
         self.call(|reply| Command::Status { reply })
@@ -611,6 +621,9 @@ impl Actor {
             Command::VerifyViews { reply } => {
                 let _ = reply.send(self.verify_views());
             }
+            Command::RebuildViews { reply } => {
+                let _ = reply.send(self.rebuild_views());
+            }
             Command::PeerUp {
                 peer,
                 outbox,
@@ -702,6 +715,21 @@ impl Actor {
         if let Some(l) = self.links.get_mut(&peer) {
             l.connected = false;
         }
+    }
+
+    /// Drop every view row and write them again from the documents.
+    fn rebuild_views(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+            let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
+            members.retain(|_, _| false).map_err(db)?;
+            units.retain(|_, _| false).map_err(db)?;
+            for entry in self.engine.docs() {
+                materialise(&mut members, &mut units, entry, None)?;
+            }
+        }
+        tx.commit().map_err(db)
     }
 
     /// The view rows the documents imply, against the rows stored.
@@ -1404,6 +1432,10 @@ mod tests {
         assert!(matches!(bad, Err(WriteError::NotFound(_))));
         assert_eq!(r.members(&me, false, None, 100).unwrap().total, 41);
         assert!(h.verify_views().await.unwrap().is_empty());
+        // A rebuild from the documents gives the same rows.
+        h.rebuild_views().await.unwrap();
+        assert!(h.verify_views().await.unwrap().is_empty());
+        assert_eq!(r.members(&me, false, None, 100).unwrap().total, 41);
         t.shutdown().await;
     }
 }
