@@ -170,6 +170,10 @@ pub struct UnitSync {
     link: Option<LinkState>,
 }
 
+/// The node's status, fetched from the store at most once per request however many units
+/// a query asks `sync` of.
+pub type StatusOnce = tokio::sync::OnceCell<grassroots_node::NodeStatus>;
+
 /// How long without news before a unit's figures are called stale.
 const STALE_AFTER_MS: u64 = 24 * 3600 * 1000;
 
@@ -305,7 +309,13 @@ impl Unit {
         if !can_read(who, &doc) && !own_parent_link {
             return Ok(None);
         }
-        let status = b.store.status().await.map_err(internal)?;
+        let status = ctx
+            .data_opt::<StatusOnce>()
+            .ok_or_else(|| internal("status cache missing from request data"))?
+            .get_or_try_init(|| b.store.status())
+            .await
+            .map_err(internal)?
+            .clone();
         let heard = status
             .heard
             .iter()

@@ -13,7 +13,7 @@ use grassroots_node::auth::token_hash;
 use grassroots_schema::Caller;
 
 use crate::error::{Code, error, internal};
-use crate::graphql::{Backend, GatewaySchema, build_schema};
+use crate::graphql::{Backend, GatewaySchema, StatusOnce, build_schema};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -94,7 +94,13 @@ async fn graphql(
         Ok(c) => c,
         Err(e) => return (StatusCode::UNAUTHORIZED, reply_error(e)).into_response(),
     };
-    match tokio::time::timeout(QUERY_TIMEOUT, app.schema.execute(request.data(caller))).await {
+    match tokio::time::timeout(
+        QUERY_TIMEOUT,
+        app.schema
+            .execute(request.data(caller).data(StatusOnce::default())),
+    )
+    .await
+    {
         Ok(resp) => Json(resp).into_response(),
         Err(_) => reply_error(
             async_graphql::Error::new("query timed out")

@@ -323,7 +323,8 @@ fn load_documents(
             p.rows_since_snapshot += 1;
         }
         p.heads = document.get_heads();
-        p.changes_since_snapshot = document.get_changes(&snapshot_heads).len();
+        // Metadata only: counting must not rebuild every change's bytes.
+        p.changes_since_snapshot = document.get_changes_meta(&snapshot_heads).len();
         persisted.insert(id.clone(), p);
         engine.insert(DocMeta { id, audience }, document);
     }

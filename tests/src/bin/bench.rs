@@ -306,19 +306,10 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
     let start = Instant::now();
     fed.restart(&village).await?;
     let started = start.elapsed().as_secs_f64();
+    let vstore = fed.node(&village)?.node.store();
     let mut linked = None;
     loop {
-        if linked.is_none()
-            && fed
-                .node(&village)?
-                .node
-                .store()
-                .status()
-                .await?
-                .links
-                .iter()
-                .any(|l| l.connected)
-        {
+        if linked.is_none() && vstore.status().await?.links.iter().any(|l| l.connected) {
             linked = Some(start.elapsed().as_secs_f64());
         }
         let done = township.members(&village, false, None, 0)?.total == HOUSEHOLDS
@@ -347,10 +338,7 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
         .forwarded()
         .1
         - before;
-    let app_bytes = fed
-        .node(&village)?
-        .node
-        .store()
+    let app_bytes = vstore
         .status()
         .await?
         .links
