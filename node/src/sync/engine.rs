@@ -13,6 +13,10 @@ use automerge::{ActorId, Automerge, Change};
 use grassroots_schema::{ActorTag, DocId, DocMeta, UnitId, may_author, replicated_at};
 use ring::digest::{SHA256, digest};
 
+use super::chunks::{
+    CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE, CHUNK_DOCUMENT, document_actors, inflated_len,
+    split_chunks,
+};
 use super::wire::{self, Digest, Msg, RejectReason, Summary};
 use crate::doc;
 
@@ -23,6 +27,10 @@ type UnitDigest = (UnitId, Digest);
 
 /// Documents per link whose reconciliation this side has started and not yet finished.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Most bytes the changes of one incoming sync message may inflate to (compressed changes
+/// and document columns are measured before automerge decompresses them).
+pub const MAX_INFLATED: u64 = 64 << 20;
 
 /// A hosted document and its metadata.
 #[derive(Debug)]
@@ -141,68 +149,11 @@ fn heads_digest(doc: &Automerge) -> Digest {
     digest16(&buf)
 }
 
-/// The automerge storage chunk header: magic, checksum, type, LEB128 length.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-const CHUNK_DOCUMENT: u8 = 0;
-const CHUNK_CHANGE: u8 = 1;
-const CHUNK_COMPRESSED_CHANGE: u8 = 2;
-
-fn leb128(data: &[u8], pos: &mut usize) -> Option<u64> {
-    let (mut v, mut shift) = (0u64, 0u32);
-    loop {
-        let b = *data.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f).checked_shl(shift)?;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
-        }
-    }
-}
-
-/// One storage chunk: its type, the whole chunk, and its body.
-type RawChunk<'a> = (u8, &'a [u8], &'a [u8]);
-
-/// Split a blob of concatenated automerge storage chunks, checking every header.
-fn split_chunks(mut data: &[u8]) -> Option<Vec<RawChunk<'_>>> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
-            return None;
-        }
-        let kind = data[8];
-        let mut pos = 9;
-        let len = usize::try_from(leb128(data, &mut pos)?).ok()?;
-        let end = pos.checked_add(len)?;
-        if end > data.len() {
-            return None;
-        }
-        out.push((kind, &data[..end], &data[pos..end]));
-        data = &data[end..];
-    }
-    Some(out)
-}
-
-/// The actor list that opens a document chunk's body.
-fn document_actors(body: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut pos = 0;
-    let n = leb128(body, &mut pos)?;
-    let mut actors = Vec::with_capacity(n.min(1024) as usize);
-    for _ in 0..n {
-        let len = usize::try_from(leb128(body, &mut pos)?).ok()?;
-        let end = pos.checked_add(len)?;
-        actors.push(body.get(pos..end)?);
-        pos = end;
-    }
-    Some(actors)
-}
-
 /// The units that authored the changes in one sync-message chunk (a change, several
 /// changes, or a whole document), decoded without touching any hosted document.
-fn authors_of(chunk: &[u8], id: &DocId) -> Result<Vec<UnitId>, Rejection> {
+/// Also adds what the chunk inflates to onto `inflated`, refusing the chunk once the
+/// message's total passes [`MAX_INFLATED`].
+fn authors_of(chunk: &[u8], id: &DocId, inflated: &mut u64) -> Result<Vec<UnitId>, Rejection> {
     let malformed = |what: &str| Rejection::new(RejectReason::Malformed, Some(id), what.to_owned());
     let unit = |c: &Change| {
         ActorTag::unit_of(c.actor_id().to_bytes()).map_err(|_| {
@@ -217,6 +168,17 @@ fn authors_of(chunk: &[u8], id: &DocId) -> Result<Vec<UnitId>, Rejection> {
     for (kind, bytes, body) in
         split_chunks(chunk).ok_or_else(|| malformed("unreadable change chunk"))?
     {
+        let left = MAX_INFLATED.saturating_sub(*inflated);
+        let size = inflated_len(kind, body, left)
+            .ok_or_else(|| malformed("unreadable or corrupt compressed chunk"))?;
+        *inflated = inflated.saturating_add(size);
+        if *inflated > MAX_INFLATED {
+            return Err(Rejection::new(
+                RejectReason::TooLarge,
+                Some(id),
+                format!("the message's changes inflate past {MAX_INFLATED} bytes"),
+            ));
+        }
         match kind {
             CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE => {
                 let c = Change::from_bytes(bytes.to_vec())
@@ -839,8 +801,9 @@ impl Engine {
         // peers do that) and apply it later, so checking only what applied now is not enough.
         let owner = meta.owner();
         let mut authors = BTreeSet::new();
+        let mut inflated = 0u64;
         for chunk in message.changes.iter() {
-            for author in authors_of(chunk, &id)? {
+            for author in authors_of(chunk, &id, &mut inflated)? {
                 if !may_author(&author, owner) {
                     return Err(Rejection::new(
                         RejectReason::Unauthorised,
@@ -1343,9 +1306,14 @@ mod tests {
         units.sort();
         assert_eq!(units, vec![a.clone(), b]);
         let id = DocId::new(DocKind::Members, a);
-        assert_eq!(authors_of(&saved, &id).unwrap().len(), 2);
+        let mut n = 0;
+        assert_eq!(authors_of(&saved, &id, &mut n).unwrap().len(), 2);
+        assert!(n > 0);
         // Truncated or junk chunks are refused, not misread.
-        assert!(authors_of(&saved[..saved.len() - 1], &id).is_err());
-        assert!(authors_of(b"junk", &id).is_err());
+        assert!(authors_of(&saved[..saved.len() - 1], &id, &mut 0).is_err());
+        assert!(authors_of(b"junk", &id, &mut 0).is_err());
+        // A message whose changes would inflate past the cap is refused as too large.
+        let r = authors_of(&saved, &id, &mut (MAX_INFLATED - 1)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::TooLarge);
     }
 }

@@ -2,7 +2,8 @@
 //! every incoming message. It is fed messages and returns messages to send; the store actor
 //! drives it and persists what changed, the network layer only moves frames.
 
+mod chunks;
 mod engine;
 pub mod wire;
 
-pub use engine::{DocEntry, Engine, LinkProgress, MAX_IN_FLIGHT, Rejection, Step};
+pub use engine::{DocEntry, Engine, LinkProgress, MAX_IN_FLIGHT, MAX_INFLATED, Rejection, Step};
