@@ -92,4 +92,8 @@ pub struct NodeStatus {
     pub heard: Vec<(UnitId, u64)>,
     /// Documents this node hosts.
     pub documents: usize,
+    /// Of those, loaded in memory now.
+    pub documents_loaded: usize,
+    /// Estimated memory of the loaded documents.
+    pub loaded_bytes: u64,
 }

@@ -3,9 +3,11 @@
 //! messages, with sessions reset at random (sync states persisted and decoded fresh). After
 //! a final round of clean sessions every pair of linked replicas has equal heads and equal
 //! content for every document in the link's scope, no replica holds a document outside its
-//! own scope, and nothing panicked.
+//! own scope, and nothing panicked. Replicas also evict every document at random moments
+//! (their "disk" holds what they had), so syncing documents read back is exercised too.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use grassroots_node::doc;
 use grassroots_node::sync::Engine;
@@ -41,12 +43,16 @@ enum Op {
         link: usize,
         steps: usize,
     },
+    Evict {
+        replica: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..4usize, 0..4usize, 0..4u64, any::<u8>()).prop_map(|(replica, owner, record, value)| Op::Write { replica, owner, record, value }),
         2 => (0..3usize, 1..60usize).prop_map(|(link, steps)| Op::Session { link, steps }),
+        1 => (0..4usize).prop_map(|replica| Op::Evict { replica }),
     ]
 }
 
@@ -62,23 +68,51 @@ impl Rng {
     }
 }
 
+type Disk = Arc<Mutex<HashMap<DocId, Vec<u8>>>>;
+
 struct World {
     engines: Vec<Engine>,
+    disks: Vec<Disk>,
     /// Persisted sync states per (replica, peer replica).
     saved: HashMap<(usize, usize), HashMap<DocId, Vec<u8>>>,
 }
 
 impl World {
     fn new() -> World {
+        let disks: Vec<Disk> = UNITS.iter().map(|_| Disk::default()).collect();
         let engines = UNITS
             .iter()
             .enumerate()
-            .map(|(i, s)| Engine::new(u(s), doc::actor_for(&u(s), [i as u8 + 1; 8])))
+            .map(|(i, s)| {
+                let mut e = Engine::new(u(s), doc::actor_for(&u(s), [i as u8 + 1; 8]));
+                let disk = disks[i].clone();
+                e.set_source(Box::new(move |id| {
+                    let bytes = disk.lock().unwrap().get(id).cloned().ok_or("not on disk")?;
+                    automerge::Automerge::load(&bytes).map_err(|e| e.to_string())
+                }));
+                e
+            })
             .collect();
         World {
             engines,
+            disks,
             saved: HashMap::new(),
         }
+    }
+
+    /// Persist every loaded document of `replica` to its disk, then evict them all.
+    fn evict(&mut self, replica: usize) {
+        let e = &mut self.engines[replica];
+        let mut disk = self.disks[replica].lock().unwrap();
+        for d in e.docs() {
+            if let Some(doc) = d.doc() {
+                disk.insert(d.meta.id.clone(), doc.save());
+            }
+        }
+        drop(disk);
+        let loaded = e.residency().loaded;
+        assert_eq!(e.evict_to(0, |_, _| false), loaded);
+        assert_eq!(e.residency().loaded, 0);
     }
 
     fn write(&mut self, replica: usize, owner: usize, record: u64, value: u8) {
@@ -169,7 +203,13 @@ impl World {
         changed
     }
 
-    fn check(&self) {
+    fn check(&mut self) {
+        for e in &mut self.engines {
+            let ids: Vec<DocId> = e.docs().map(|d| d.meta.id.clone()).collect();
+            for id in ids {
+                e.load(&id).unwrap();
+            }
+        }
         for (i, e) in self.engines.iter().enumerate() {
             for d in e.docs() {
                 assert!(
@@ -189,9 +229,10 @@ impl World {
                 let other = ec
                     .get(&d.meta.id)
                     .unwrap_or_else(|| panic!("{} missing at {}", d.meta.id, UNITS[c]));
+                let (d_doc, other_doc) = (d.doc().unwrap(), other.doc().unwrap());
                 assert_eq!(
-                    d.doc.get_heads(),
-                    other.doc.get_heads(),
+                    d_doc.get_heads(),
+                    other_doc.get_heads(),
                     "{} differs on {}-{}",
                     d.meta.id,
                     UNITS[p],
@@ -199,8 +240,8 @@ impl World {
                 );
                 let owner = d.meta.owner();
                 assert_eq!(
-                    doc::read_members(&d.doc, owner),
-                    doc::read_members(&other.doc, owner)
+                    doc::read_members(d_doc, owner),
+                    doc::read_members(other_doc, owner)
                 );
             }
             for d in ec.docs() {
@@ -226,6 +267,7 @@ proptest! {
             match op {
                 Op::Write { replica, owner, record, value } => world.write(replica, owner, record, value),
                 Op::Session { link, steps } => { world.session(link, Some(steps), &mut rng); }
+                Op::Evict { replica } => world.evict(replica),
             }
         }
         // Heal: clean sessions on every link until a full pass changes nothing.

@@ -17,6 +17,7 @@
 mod ids;
 mod level;
 pub mod records;
+pub mod rollup;
 mod rules;
 
 pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, UnitId};
@@ -24,6 +25,7 @@ pub use level::Level;
 pub use records::{
     Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, UnitProfile,
 };
+pub use rollup::Rollup;
 pub use rules::{
     Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_write, may_author,
     relation, replicated_at,

@@ -7,7 +7,9 @@
 //! durable, and a node forwards only what it has stored. Reads of the query views go through
 //! [`StoreReader`] and never touch the actor.
 
+mod load;
 mod reader;
+mod rollup;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -189,12 +191,32 @@ impl StoreThread {
     }
 }
 
-/// Open (or create) the store at `path` for the node of `me`: load every document, check
-/// the layout, and start the actor.
-pub fn open(
-    path: &Path,
-    me: UnitId,
-) -> Result<(StoreHandle, StoreReader, StoreThread), StoreError> {
+/// How a store uses memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Estimated bytes of loaded automerge documents kept after each commit; the least
+    /// recently used beyond it are evicted (and read back from the store when next needed).
+    pub doc_memory_budget: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            doc_memory_budget: 64 << 20,
+        }
+    }
+}
+
+/// The three parts of an open store.
+pub type Opened = (StoreHandle, StoreReader, StoreThread);
+
+/// Open (or create) the store at `path` for the node of `me` with default options.
+pub fn open(path: &Path, me: UnitId) -> Result<Opened, StoreError> {
+    open_with(path, me, StoreOptions::default())
+}
+
+/// Open (or create) the store at `path` for the node of `me`.
+pub fn open_with(path: &Path, me: UnitId, options: StoreOptions) -> Result<Opened, StoreError> {
     let database = match Database::create(path) {
         Ok(d) => d,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -202,14 +224,28 @@ pub fn open(
         }
         Err(e) => return Err(db(e)),
     };
+    open_database(database, me, options)
+}
+
+/// Open a store on an already opened redb database (any storage backend): check the layout
+/// and migrate, index the documents (none is loaded until needed), and start the actor.
+pub fn open_database(
+    database: Database,
+    me: UnitId,
+    options: StoreOptions,
+) -> Result<Opened, StoreError> {
     let database = Arc::new(database);
-    init_tables(&database)?;
+    load::init_tables(&database)?;
     let rng = SystemRandom::new();
     let mut nonce = [0u8; 8];
     rng.fill(&mut nonce).map_err(|_| StoreError::Random)?;
     let mut engine = Engine::new(me.clone(), doc::actor_for(&me, nonce));
     let mut persisted = HashMap::new();
-    load_documents(&database, &mut engine, &mut persisted)?;
+    load::load_index(&database, &mut engine, &mut persisted)?;
+    let source_db = database.clone();
+    engine.set_source(Box::new(move |id| {
+        load::load_doc(&source_db, id).map_err(|e| e.to_string())
+    }));
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
     let actor = Actor {
@@ -221,6 +257,7 @@ pub fn open(
         links: HashMap::new(),
         heard,
         retry: BTreeSet::new(),
+        options,
     };
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
@@ -235,34 +272,6 @@ pub fn open(
             thread: Some(thread),
         },
     ))
-}
-
-fn init_tables(database: &Database) -> Result<(), StoreError> {
-    let tx = database.begin_write().map_err(db)?;
-    {
-        let mut meta = tx.open_table(META).map_err(db)?;
-        let layout = meta.get("layout").map_err(db)?.map(|v| v.value());
-        match layout {
-            None => {
-                meta.insert("layout", LAYOUT).map_err(db)?;
-            }
-            Some(LAYOUT) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "store layout {other} is newer than this build's {LAYOUT}"
-                )));
-            }
-        }
-        tx.open_table(DOCS).map_err(db)?;
-        tx.open_table(SNAPSHOTS).map_err(db)?;
-        tx.open_table(CHANGES).map_err(db)?;
-        tx.open_table(SYNC_STATES).map_err(db)?;
-        tx.open_table(USERS).map_err(db)?;
-        tx.open_table(VIEW_MEMBERS).map_err(db)?;
-        tx.open_table(VIEW_UNITS).map_err(db)?;
-        tx.open_table(HEARD).map_err(db)?;
-    }
-    tx.commit().map_err(db)
 }
 
 fn load_heard(database: &Database) -> Result<HashMap<UnitId, u64>, StoreError> {
@@ -285,50 +294,6 @@ struct Persisted {
     next_seq: u64,
     rows_since_snapshot: u32,
     changes_since_snapshot: usize,
-}
-
-fn load_documents(
-    database: &Database,
-    engine: &mut Engine,
-    persisted: &mut HashMap<DocId, Persisted>,
-) -> Result<(), StoreError> {
-    let tx = database.begin_read().map_err(db)?;
-    let docs = tx.open_table(DOCS).map_err(db)?;
-    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
-    let changes = tx.open_table(CHANGES).map_err(db)?;
-    for row in docs.iter().map_err(db)? {
-        let (k, v) = row.map_err(db)?;
-        let id_str = k.value().to_owned();
-        let id: DocId = id_str
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
-        let audience =
-            wire::decode_audience(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut document = match snaps.get(id_str.as_str()).map_err(db)? {
-            Some(s) => Automerge::load(s.value())
-                .map_err(|e| StoreError::Corrupt(format!("snapshot of {id}: {e}")))?,
-            None => Automerge::new(),
-        };
-        let mut p = Persisted::default();
-        let snapshot_heads = document.get_heads();
-        for row in changes
-            .range((id_str.as_str(), 0)..=(id_str.as_str(), u64::MAX))
-            .map_err(db)?
-        {
-            let (k, v) = row.map_err(db)?;
-            document
-                .load_incremental(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("changes of {id}: {e}")))?;
-            p.next_seq = k.value().1 + 1;
-            p.rows_since_snapshot += 1;
-        }
-        p.heads = document.get_heads();
-        // Metadata only: counting must not rebuild every change's bytes.
-        p.changes_since_snapshot = document.get_changes_meta(&snapshot_heads).len();
-        persisted.insert(id.clone(), p);
-        engine.insert(DocMeta { id, audience }, document);
-    }
-    Ok(())
 }
 
 impl StoreHandle {
@@ -508,6 +473,7 @@ struct Actor {
     heard: HashMap<UnitId, u64>,
     /// Documents whose changes a failed commit did not persist.
     retry: BTreeSet<DocId>,
+    options: StoreOptions,
 }
 
 impl Actor {
@@ -547,6 +513,7 @@ impl Actor {
                     sends.extend(self.engine.fan_out(&doc, Some(&from)));
                 }
                 self.deliver(sends);
+                self.evict();
             }
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
@@ -727,9 +694,19 @@ impl Actor {
             members.retain(|_, _| false).map_err(db)?;
             units.retain(|_, _| false).map_err(db)?;
             for entry in self.engine.docs() {
-                materialise(&mut members, &mut units, entry, None)?;
+                let loaded;
+                let d = match entry.doc() {
+                    Some(d) => d,
+                    None => {
+                        loaded = load::load_doc(&self.db, &entry.meta.id)?;
+                        &loaded
+                    }
+                };
+                let mut ignored = rollup::Deltas::default();
+                materialise(&mut members, &mut units, &mut ignored, &entry.meta, d, None)?;
             }
         }
+        rollup::rebuild(&tx)?;
         tx.commit().map_err(db)
     }
 
@@ -737,17 +714,27 @@ impl Actor {
     fn verify_views(&self) -> Result<Vec<String>, StoreError> {
         let mut want_members: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
         let mut want_units: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut all_members = Vec::new();
         for entry in self.engine.docs() {
             let owner = entry.meta.owner();
+            let loaded;
+            let d = match entry.doc() {
+                Some(d) => d,
+                None => {
+                    loaded = load::load_doc(&self.db, &entry.meta.id)?;
+                    &loaded
+                }
+            };
             match entry.meta.id.kind {
                 DocKind::Members => {
-                    for m in doc::read_members(&entry.doc, owner) {
+                    for m in doc::read_members(d, owner) {
                         want_members
                             .insert((owner.tree_key(), m.id.record.to_string()), to_json(&m)?);
+                        all_members.push(m);
                     }
                 }
                 DocKind::Profile => {
-                    if let Some(p) = doc::read_profile(&entry.doc, owner) {
+                    if let Some(p) = doc::read_profile(d, owner) {
                         want_units.insert(owner.tree_key(), to_json(&p)?);
                     }
                 }
@@ -797,6 +784,30 @@ impl Actor {
         for k in have_units.keys().filter(|k| !want_units.contains_key(*k)) {
             diffs.push(format!("unit {k} in the view but not in the documents"));
         }
+        let want_rollups = rollup::compute(all_members.iter())?;
+        let mut have_rollups = BTreeMap::new();
+        for row in tx
+            .open_table(VIEW_ROLLUPS)
+            .map_err(db)?
+            .iter()
+            .map_err(db)?
+        {
+            let (k, v) = row.map_err(db)?;
+            have_rollups.insert(k.value().to_owned(), v.value().to_vec());
+        }
+        for (k, v) in &want_rollups {
+            if have_rollups.get(k) != Some(v) {
+                diffs.push(format!("roll-up of {k} missing or stale"));
+            }
+        }
+        for k in have_rollups
+            .keys()
+            .filter(|k| !want_rollups.contains_key(*k))
+        {
+            diffs.push(format!(
+                "roll-up of {k} in the view but no members below it"
+            ));
+        }
         Ok(diffs)
     }
 
@@ -825,10 +836,31 @@ impl Actor {
         let mut heard: Vec<(UnitId, u64)> =
             self.heard.iter().map(|(u, t)| (u.clone(), *t)).collect();
         heard.sort();
+        let residency = self.engine.residency();
         NodeStatus {
             links,
             heard,
-            documents: self.engine.docs().count(),
+            documents: residency.hosted,
+            documents_loaded: residency.loaded,
+            loaded_bytes: residency.loaded_bytes,
+        }
+    }
+
+    /// Drop loaded documents beyond the memory budget, never one with changes not yet
+    /// persisted (it would be read back without them).
+    fn evict(&mut self) {
+        let persisted = &self.persisted;
+        let retry = &self.retry;
+        let evicted = self
+            .engine
+            .evict_to(self.options.doc_memory_budget, |id, heads| {
+                retry.contains(id)
+                    || persisted
+                        .get(id)
+                        .map_or(!heads.is_empty(), |p| p.heads != heads)
+            });
+        if evicted > 0 {
+            tracing::debug!(evicted, "documents evicted to the memory budget");
         }
     }
 
@@ -1057,17 +1089,15 @@ impl Actor {
             })
             .map(|(id, _)| id.clone());
         let Some(id) = due else { return Ok(()) };
-        let Some(entry) = self.engine.get(&id) else {
-            return Ok(());
-        };
         let Some(mut p) = self.persisted.get(&id).cloned() else {
             return Ok(());
         };
-        // Only what is already persisted goes into the snapshot.
-        let snapshot = if entry.doc.get_heads() == p.heads {
-            entry.doc.save()
-        } else {
-            return Ok(());
+        // Only what is already persisted goes into the snapshot. An evicted document is
+        // read back for the occasion and not kept.
+        let snapshot = match self.engine.get(&id).and_then(|e| e.doc()) {
+            Some(d) if d.get_heads() == p.heads => d.save(),
+            Some(_) => return Ok(()),
+            None => load::load_doc(&self.db, &id)?.save(),
         };
         let key = id.to_string();
         let tx = self.db.begin_write().map_err(db)?;
@@ -1100,10 +1130,20 @@ impl Actor {
         {
             return Ok(());
         }
+        // Dirty documents are loaded (never evicted while unpersisted); a retried one might
+        // not be if its load failed before.
+        for id in &batch.dirty {
+            if let Err(r) = self.engine.load(id) {
+                tracing::error!(doc = %id, "cannot load a changed document: {}", r.detail);
+            }
+        }
         let tx = self.db.begin_write().map_err(db)?;
         let mut updated: Vec<(DocId, Persisted)> = Vec::new();
         {
             let mut docs = tx.open_table(DOCS).map_err(db)?;
+            let mut heads_t = tx.open_table(HEADS).map_err(db)?;
+            let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+            let mut deltas = rollup::Deltas::default();
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
             let mut changes = tx.open_table(CHANGES).map_err(db)?;
             let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
@@ -1120,23 +1160,30 @@ impl Actor {
                 .map_err(db)?;
             }
             for id in &batch.dirty {
-                let Some(entry) = self.engine.get(id) else {
+                let Some((meta, d)) = self
+                    .engine
+                    .get(id)
+                    .and_then(|e| e.doc().map(|d| (&e.meta, d)))
+                else {
                     continue;
                 };
                 let key = id.to_string();
                 let mut p = self.persisted.get(id).cloned().unwrap_or_default();
-                let heads = entry.doc.get_heads();
+                let heads = d.get_heads();
                 if heads == p.heads {
                     continue;
                 }
-                let new = entry.doc.get_changes(&p.heads);
+                heads_t
+                    .insert(key.as_str(), load::encode_heads(&heads).as_slice())
+                    .map_err(db)?;
+                let new = d.get_changes(&p.heads);
                 // Compaction normally waits for an idle moment (`compact_one`); only a node
                 // that never idles compacts inline, so change rows stay bounded.
                 if p.rows_since_snapshot >= 4 * SNAPSHOT_EVERY
                     || p.changes_since_snapshot + new.len() >= 4 * SNAPSHOT_CHANGES
                 {
                     snaps
-                        .insert(key.as_str(), entry.doc.save().as_slice())
+                        .insert(key.as_str(), d.save().as_slice())
                         .map_err(db)?;
                     changes
                         .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
@@ -1161,9 +1208,10 @@ impl Actor {
                     Some(records) if !batch.resync.contains(id) => Some(records),
                     _ => None,
                 };
-                materialise(&mut members, &mut units, entry, only)?;
+                materialise(&mut members, &mut units, &mut deltas, meta, d, only)?;
                 updated.push((id.clone(), p));
             }
+            deltas.apply(&mut rollups)?;
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
             for (peer, doc, state) in &batch.states {
                 let d = doc.to_string();
@@ -1211,46 +1259,64 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
 
 /// Rewrite the view rows of one document from its current content: all of them, or only
 /// those of `only` (records written locally; a peer's changes rebuild the whole document).
+/// Member rows replaced or removed count `-1` in `deltas`, rows written `+1`.
 fn materialise(
     members: &mut redb::Table<'_, (&str, &str), &[u8]>,
     units: &mut redb::Table<'_, &str, &[u8]>,
-    entry: &crate::sync::DocEntry,
+    deltas: &mut rollup::Deltas,
+    meta: &DocMeta,
+    document: &Automerge,
     only: Option<&BTreeSet<RecordId>>,
 ) -> Result<(), StoreError> {
-    let owner = entry.meta.owner();
+    let owner = meta.owner();
     let key = owner.tree_key();
-    let put = |members: &mut redb::Table<'_, (&str, &str), &[u8]>, m: &Member| {
-        let rec = m.id.record.to_string();
-        let json = to_json(m)?;
-        members
-            .insert((key.as_str(), rec.as_str()), json.as_slice())
-            .map_err(db)?;
-        Ok::<(), StoreError>(())
+    let old_row = |bytes: &[u8]| {
+        serde_json::from_slice::<Member>(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("member row under {key}: {e}")))
     };
-    match entry.meta.id.kind {
+    match meta.id.kind {
         DocKind::Members => match only {
             Some(records) => {
                 for record in records {
-                    match doc::read_member(&entry.doc, owner, *record) {
-                        Some(m) => put(members, &m)?,
-                        None => {
-                            let rec = record.to_string();
-                            members.remove((key.as_str(), rec.as_str())).map_err(db)?;
+                    let rec = record.to_string();
+                    let old = match doc::read_member(document, owner, *record) {
+                        Some(m) => {
+                            deltas.note(&m, 1);
+                            let json = to_json(&m)?;
+                            members
+                                .insert((key.as_str(), rec.as_str()), json.as_slice())
+                                .map_err(db)?
+                                .map(|v| old_row(v.value()))
                         }
+                        None => members
+                            .remove((key.as_str(), rec.as_str()))
+                            .map_err(db)?
+                            .map(|v| old_row(v.value())),
+                    };
+                    if let Some(old) = old {
+                        deltas.note(&old?, -1);
                     }
                 }
             }
             None => {
-                members
-                    .retain_in((key.as_str(), "")..(key.as_str(), "~"), |_, _| false)
-                    .map_err(db)?;
-                for m in doc::read_members(&entry.doc, owner) {
-                    put(members, &m)?;
+                for row in members
+                    .extract_from_if((key.as_str(), "")..(key.as_str(), "~"), |_, _| true)
+                    .map_err(db)?
+                {
+                    let (_, v) = row.map_err(db)?;
+                    deltas.note(&old_row(v.value())?, -1);
+                }
+                for m in doc::read_members(document, owner) {
+                    deltas.note(&m, 1);
+                    let rec = m.id.record.to_string();
+                    members
+                        .insert((key.as_str(), rec.as_str()), to_json(&m)?.as_slice())
+                        .map_err(db)?;
                 }
             }
         },
         DocKind::Profile => {
-            if let Some(p) = doc::read_profile(&entry.doc, owner) {
+            if let Some(p) = doc::read_profile(document, owner) {
                 let json = to_json(&p)?;
                 units.insert(key.as_str(), json.as_slice()).map_err(db)?;
             }
@@ -1438,5 +1504,117 @@ mod tests {
         assert!(h.verify_views().await.unwrap().is_empty());
         assert_eq!(r.members(&me, false, None, 100).unwrap().total, 41);
         t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn documents_are_evicted_to_the_budget_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01");
+        let units = ["c01/k01", "c01/k01/t01", "c01/k01/t01/v01", "c01/k01/t02"];
+        let tiny = StoreOptions {
+            doc_memory_budget: 0,
+        };
+        let (h, r, t) = open_with(&path, me.clone(), tiny).unwrap();
+        let mut ids = Vec::new();
+        for round in 0..3 {
+            for unit in units {
+                let m = h
+                    .create_member(u(unit), sample(&format!("{unit} {round}")))
+                    .await
+                    .unwrap();
+                ids.push(m.id);
+                // Every commit leaves nothing loaded: each document was persisted first.
+                let st = h.status().await.unwrap();
+                assert_eq!(st.documents_loaded, 0, "{st:?}");
+            }
+        }
+        // Edits of evicted documents read them back, and nothing is lost.
+        for id in &ids {
+            let patch = MemberPatch {
+                education: Some(Education::Primary),
+                ..Default::default()
+            };
+            assert_eq!(
+                h.update_member(id.clone(), patch).await.unwrap().education,
+                Education::Primary
+            );
+        }
+        assert_eq!(r.members(&me, true, None, 100).unwrap().total, 12);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        let rollup = r.rollup(&me).unwrap();
+        assert_eq!(rollup.members, 12);
+        assert_eq!(rollup.by_education.get("primary"), Some(&12));
+        assert_eq!(rollup.higher_education(), 0);
+        assert_eq!(r.rollup(&u("c01/k01/t01")).unwrap().members, 6);
+        assert_eq!(r.rollup(&u("c01/k01/t03")).unwrap().members, 0);
+        t.shutdown().await;
+        drop((h, r));
+
+        // Reopened, nothing is loaded until needed, and the digests still match.
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let st = h.status().await.unwrap();
+        assert_eq!((st.documents, st.documents_loaded), (4, 0));
+        h.create_member(u("c01/k01/t02"), sample("After"))
+            .await
+            .unwrap();
+        assert_eq!(h.status().await.unwrap().documents_loaded, 1);
+        assert_eq!(r.rollup(&me).unwrap().members, 13);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_layout_1_store_is_migrated_in_numbered_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        for unit in ["c01/k01/t01", "c01/k01/t01/v01"] {
+            for i in 0..5 {
+                h.create_member(u(unit), sample(&format!("{unit} {i}")))
+                    .await
+                    .unwrap();
+            }
+        }
+        t.shutdown().await;
+        drop((h, r));
+        // Make it a layout-1 store: no heads, no roll-ups.
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.delete_table(HEADS).unwrap();
+            tx.delete_table(VIEW_ROLLUPS).unwrap();
+            tx.open_table(META).unwrap().insert("layout", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        {
+            let tx = r.db_for_tests().begin_read().unwrap();
+            let layout = tx.open_table(META).unwrap().get("layout").unwrap().unwrap();
+            assert_eq!(layout.value(), LAYOUT);
+        }
+        assert_eq!(r.rollup(&me).unwrap().members, 10);
+        assert_eq!(r.rollup(&u("c01/k01/t01/v01")).unwrap().members, 5);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        // The migrated heads serve the digests: a write continues the same history.
+        h.create_member(me.clone(), sample("After")).await.unwrap();
+        assert_eq!(r.rollup(&me).unwrap().members, 11);
+        t.shutdown().await;
+        drop((h, r));
+        // A store newer than this build is refused, not misread.
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("layout", LAYOUT + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(
+            open(&path, me.clone()),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

@@ -6,11 +6,11 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use grassroots_schema::{Member, MemberId, Role, UnitId, UnitProfile};
+use grassroots_schema::{Member, MemberId, Role, Rollup, UnitId, UnitProfile};
 use redb::{Database, ReadableDatabase};
 
 use super::StoreError;
-use super::tables::{USERS, VIEW_MEMBERS, VIEW_UNITS};
+use super::tables::{USERS, VIEW_MEMBERS, VIEW_ROLLUPS, VIEW_UNITS};
 
 /// A cloneable handle for reading the views. Shares the database with the store actor,
 /// which alone writes.
@@ -58,6 +58,22 @@ fn prefix_end(prefix: &str) -> String {
 impl StoreReader {
     pub(crate) fn new(db: Arc<Database>) -> Self {
         StoreReader { db }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn db_for_tests(&self) -> &Database {
+        &self.db
+    }
+
+    /// Counts over the members of `id`'s whole subtree, as this node holds them: one row,
+    /// whatever the size of the subtree. Empty when it holds no member there.
+    pub fn rollup(&self, id: &UnitId) -> Result<Rollup, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+        match t.get(id.tree_key().as_str()).map_err(db)? {
+            Some(v) => decode(v.value()),
+            None => Ok(Rollup::default()),
+        }
     }
 
     /// The profile of a unit, if this node holds it.

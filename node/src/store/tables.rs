@@ -1,16 +1,21 @@
-//! redb table definitions. Names carry a version; a layout change means a new name and a
-//! numbered migration (none yet: this is layout 1). `docs/storage.md` describes each.
+//! redb table definitions. Names carry a version; a layout change means a new name or table
+//! and a numbered migration (`load.rs`). `docs/storage.md` describes each.
 
 use redb::TableDefinition;
 
 /// Layout version written in [`META`] under `"layout"`.
-pub const LAYOUT: u64 = 1;
+/// 1: first layout; 2: [`HEADS`]; 3: [`VIEW_ROLLUPS`].
+pub const LAYOUT: u64 = 3;
 
 /// `"layout"` -> layout version.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 
 /// doc id (`kind:unit`) -> audience (wire encoding). One row per hosted document.
 pub const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs-1");
+
+/// doc id -> the document's heads as committed (32-byte change hashes, concatenated): the
+/// engine's digests at start-up without loading any document. Since layout 2.
+pub const HEADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("heads-1");
 
 /// doc id -> `Automerge::save()` of the last compaction.
 pub const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshots-1");
@@ -31,6 +36,11 @@ pub const VIEW_MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> =
 
 /// unit tree key -> unit profile JSON. The units view.
 pub const VIEW_UNITS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-units-1");
+
+/// unit tree key -> [`grassroots_schema::Rollup`] JSON: counts over the members of the
+/// unit's whole subtree, adjusted by deltas in the commit that changes a member row. No row
+/// for a subtree without members. Since layout 3.
+pub const VIEW_ROLLUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-rollups-1");
 
 /// unit path -> when a change authored by that unit last arrived or was made here (ms since
 /// the Unix epoch). Freshness for "last heard from".

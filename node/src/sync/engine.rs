@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{ActorId, Automerge, Change};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
 use grassroots_schema::{ActorTag, DocId, DocMeta, UnitId, may_author, replicated_at};
 use ring::digest::{SHA256, digest};
 
@@ -32,13 +32,63 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// and document columns are measured before automerge decompresses them).
 pub const MAX_INFLATED: u64 = 64 << 20;
 
-/// A hosted document and its metadata.
+/// Where an evicted document is read back from: the store's durable copy.
+pub type DocSource = Box<dyn FnMut(&DocId) -> Result<Automerge, String> + Send>;
+
+/// Fixed memory a loaded automerge document costs, whatever its size (an estimate, measured
+/// with the `memory` benchmark).
+const DOC_BASE_BYTES: u64 = 16 << 10;
+/// Memory per automerge operation of a loaded document (an estimate, as above).
+const OP_BYTES: u64 = 64;
+
+/// A hosted document and its metadata. The automerge document itself is loaded only while
+/// in use ([`Engine::evict_to`] drops it again); its heads digest stays known either way.
 #[derive(Debug)]
 pub struct DocEntry {
     /// Owner, kind and audience.
     pub meta: DocMeta,
-    /// The automerge document.
-    pub doc: Automerge,
+    doc: Option<Automerge>,
+    /// Engine tick of the last use (least recently used documents are evicted first).
+    used: u64,
+}
+
+impl DocEntry {
+    /// The automerge document, when loaded.
+    pub fn doc(&self) -> Option<&Automerge> {
+        self.doc.as_ref()
+    }
+}
+
+/// Estimated memory of a loaded document.
+fn doc_cost(doc: &Automerge) -> u64 {
+    DOC_BASE_BYTES + doc.stats().num_ops * OP_BYTES
+}
+
+/// What the engine holds in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Residency {
+    /// Hosted documents.
+    pub hosted: usize,
+    /// Of those, loaded now.
+    pub loaded: usize,
+    /// Estimated memory of the loaded ones.
+    pub loaded_bytes: u64,
+    /// Loads from the source since the engine started.
+    pub loads: u64,
+}
+
+/// The optional [`DocSource`] (a named type so that the engine stays `Debug`).
+#[derive(Default)]
+struct Source(Option<DocSource>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Source(set)"
+        } else {
+            "Source(none)"
+        })
+    }
 }
 
 /// A refused incoming message: sent back to the peer, counted and logged; nothing of the
@@ -140,7 +190,10 @@ fn digest16(bytes: &[u8]) -> Digest {
 }
 
 fn heads_digest(doc: &Automerge) -> Digest {
-    let mut heads = doc.get_heads();
+    digest_of_heads(doc.get_heads())
+}
+
+fn digest_of_heads(mut heads: Vec<ChangeHash>) -> Digest {
     heads.sort();
     let mut buf = Vec::with_capacity(heads.len() * 32);
     for h in &heads {
@@ -230,6 +283,11 @@ pub struct Engine {
     /// chain of ancestors when a document below may have changed. Within the subtree of a
     /// link's child every hosted document is in the link's scope, so these serve every link.
     subtree_digests: HashMap<UnitId, Digest>,
+    /// Reads evicted documents back; without one nothing is evicted.
+    source: Source,
+    /// Use counter for least-recently-used eviction.
+    tick: u64,
+    loads: u64,
 }
 
 impl Engine {
@@ -244,14 +302,133 @@ impl Engine {
             kids: BTreeMap::new(),
             doc_digests: HashMap::new(),
             subtree_digests: HashMap::new(),
+            source: Source::default(),
+            tick: 0,
+            loads: 0,
         }
     }
 
+    /// Let the engine evict documents, reading them back from `source` when next needed.
+    pub fn set_source(&mut self, source: DocSource) {
+        self.source = Source(Some(source));
+    }
+
+    /// Make `id` loaded (reading it from the source if evicted) and mark it used.
+    fn ensure(&mut self, id: &DocId) -> Result<&mut Automerge, Rejection> {
+        self.tick += 1;
+        let entry = self.docs.get_mut(id).ok_or_else(|| {
+            Rejection::new(RejectReason::ApplyFailed, Some(id), "no such document")
+        })?;
+        entry.used = self.tick;
+        if entry.doc.is_none() {
+            let source = self.source.0.as_mut().ok_or_else(|| {
+                Rejection::new(RejectReason::ApplyFailed, Some(id), "evicted, no source")
+            })?;
+            let mut d = source(id).map_err(|e| {
+                Rejection::new(
+                    RejectReason::ApplyFailed,
+                    Some(id),
+                    format!("cannot load the document: {e}"),
+                )
+            })?;
+            d.set_actor(self.actor.clone());
+            self.loads += 1;
+            // The digest kept while evicted must describe what was loaded.
+            if self.doc_digests.get(id) != Some(&heads_digest(&d)) {
+                tracing::warn!(doc = %id, "a reloaded document differs from its digest");
+                self.doc_digests.remove(id);
+                let mut unit = Some(id.owner.clone());
+                while let Some(u) = unit {
+                    self.subtree_digests.remove(&u);
+                    unit = u.parent();
+                }
+            }
+            entry.doc = Some(d);
+        }
+        entry.doc.as_mut().ok_or_else(|| {
+            Rejection::new(RejectReason::ApplyFailed, Some(id), "document not loaded")
+        })
+    }
+
+    /// The document `id`, loaded if it was evicted (for the store's reads and commits).
+    pub fn load(&mut self, id: &DocId) -> Result<&Automerge, Rejection> {
+        self.ensure(id).map(|d| &*d)
+    }
+
+    /// Evict least recently used documents until the loaded ones are estimated under
+    /// `budget` bytes. Skips documents in flight on a link and those `keep` names (given the
+    /// id and current heads: the store keeps what it has not yet persisted). Nothing is
+    /// evicted without a source. Returns how many were evicted.
+    pub fn evict_to(&mut self, budget: u64, keep: impl Fn(&DocId, &[ChangeHash]) -> bool) -> usize {
+        if self.source.0.is_none() {
+            return 0;
+        }
+        let mut loaded: Vec<(u64, DocId, u64)> = self
+            .docs
+            .iter()
+            .filter_map(|(id, e)| e.doc.as_ref().map(|d| (e.used, id.clone(), doc_cost(d))))
+            .collect();
+        let mut total: u64 = loaded.iter().map(|(_, _, c)| c).sum();
+        if total <= budget {
+            return 0;
+        }
+        let active: HashSet<DocId> = self
+            .peers
+            .values()
+            .flat_map(|p| p.active.iter().cloned())
+            .collect();
+        loaded.sort();
+        let mut evicted = 0;
+        for (_, id, cost) in loaded {
+            if total <= budget {
+                break;
+            }
+            if active.contains(&id) {
+                continue;
+            }
+            let Some(heads) = self
+                .docs
+                .get(&id)
+                .and_then(|e| e.doc.as_ref())
+                .map(|d| d.get_heads())
+            else {
+                continue;
+            };
+            if keep(&id, &heads) {
+                continue;
+            }
+            // The digest must outlive the document.
+            self.doc_digest(&id);
+            if let Some(e) = self.docs.get_mut(&id) {
+                e.doc = None;
+                total = total.saturating_sub(cost);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// How many documents are hosted and loaded, and their estimated memory.
+    pub fn residency(&self) -> Residency {
+        let mut r = Residency {
+            hosted: self.docs.len(),
+            loads: self.loads,
+            ..Residency::default()
+        };
+        for d in self.docs.values().filter_map(|e| e.doc.as_ref()) {
+            r.loaded += 1;
+            r.loaded_bytes += doc_cost(d);
+        }
+        r
+    }
+
     /// Host a document, keeping the indexes and caches right.
-    fn add_doc(&mut self, meta: DocMeta, doc: Automerge) {
+    fn add_doc(&mut self, meta: DocMeta, doc: Option<Automerge>) {
         let id = meta.id.clone();
         let owner = meta.owner().clone();
-        self.docs.insert(id.clone(), DocEntry { meta, doc });
+        self.tick += 1;
+        let used = self.tick;
+        self.docs.insert(id.clone(), DocEntry { meta, doc, used });
         self.by_owner
             .entry(owner.clone())
             .or_default()
@@ -261,7 +438,15 @@ impl Engine {
             self.kids.entry(parent.clone()).or_default().insert(unit);
             unit = parent;
         }
-        self.invalidate(&id);
+        if self.docs.get(&id).is_some_and(|e| e.doc.is_some()) {
+            self.invalidate(&id);
+        } else {
+            let mut unit = Some(id.owner.clone());
+            while let Some(u) = unit {
+                self.subtree_digests.remove(&u);
+                unit = u.parent();
+            }
+        }
     }
 
     /// `id` may have changed: drop its cached digest and those of its owner's line.
@@ -281,7 +466,8 @@ impl Engine {
         let d = self
             .docs
             .get(id)
-            .map(|e| heads_digest(&e.doc))
+            .and_then(|e| e.doc.as_ref())
+            .map(heads_digest)
             .unwrap_or_default();
         self.doc_digests.insert(id.clone(), d);
         d
@@ -412,7 +598,15 @@ impl Engine {
     /// Host a document loaded from storage.
     pub fn insert(&mut self, meta: DocMeta, mut doc: Automerge) {
         doc.set_actor(self.actor.clone());
-        self.add_doc(meta, doc);
+        self.add_doc(meta, Some(doc));
+    }
+
+    /// Host a document known by its heads only: it is read from the source when first
+    /// needed (start-up of a store with many documents).
+    pub fn insert_unloaded(&mut self, meta: DocMeta, heads: Vec<ChangeHash>) {
+        self.doc_digests
+            .insert(meta.id.clone(), digest_of_heads(heads));
+        self.add_doc(meta, None);
     }
 
     /// A hosted document.
@@ -447,15 +641,13 @@ impl Engine {
         let created = !self.docs.contains_key(&id);
         if created {
             let doc = doc::empty(&self.actor);
-            self.add_doc(meta, doc);
+            self.add_doc(meta, Some(doc));
         } else {
+            self.ensure(&id)?;
             // The caller is about to change it.
             self.invalidate(&id);
         }
-        let entry = self.docs.get_mut(&id).ok_or_else(|| {
-            Rejection::new(RejectReason::ApplyFailed, Some(&id), "document vanished")
-        })?;
-        Ok((&mut entry.doc, created))
+        Ok((self.ensure(&id)?, created))
     }
 
     /// The unit whose subtree bounds the link to `peer`: the child end of the link.
@@ -515,9 +707,16 @@ impl Engine {
     }
 
     fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<Msg> {
-        let entry = self.docs.get(id)?;
+        if !self.peers.contains_key(peer) {
+            return None;
+        }
+        if let Err(r) = self.ensure(id) {
+            tracing::error!(doc = %id, "cannot sync a document: {}", r.detail);
+            return None;
+        }
+        let doc = self.docs.get(id)?.doc.as_ref()?;
         let state = self.peers.get_mut(peer)?.state(id);
-        let m = entry.doc.generate_sync_message(state)?;
+        let m = doc.generate_sync_message(state)?;
         Some(Msg::Sync {
             doc: id.clone(),
             data: m.encode(),
@@ -744,7 +943,7 @@ impl Engine {
                 None => {
                     if !self.docs.contains_key(id) {
                         let doc = doc::empty(&self.actor);
-                        self.add_doc(meta.clone(), doc);
+                        self.add_doc(meta.clone(), Some(doc));
                         step.created.insert(id.clone());
                     }
                 }
@@ -816,11 +1015,14 @@ impl Engine {
         }
         if !self.docs.contains_key(&id) {
             let doc = doc::empty(&self.actor);
-            self.add_doc(meta.clone(), doc);
+            self.add_doc(meta.clone(), Some(doc));
             step.created.insert(id.clone());
         }
-        let (Some(entry), Some(peer_sync)) = (self.docs.get_mut(&id), self.peers.get_mut(peer))
-        else {
+        self.ensure(&id)?;
+        let (Some(doc), Some(peer_sync)) = (
+            self.docs.get_mut(&id).and_then(|e| e.doc.as_mut()),
+            self.peers.get_mut(peer),
+        ) else {
             return Err(Rejection::new(
                 RejectReason::ApplyFailed,
                 Some(&id),
@@ -828,11 +1030,11 @@ impl Engine {
             ));
         };
         let state = peer_sync.state(&id);
-        let before = entry.doc.get_heads();
+        let before = doc.get_heads();
 
         // Then apply to a copy inside catch_unwind (automerge 0.12 panics on some malformed
         // changes) and adopt the copy only if that went well.
-        let mut candidate = entry.doc.clone();
+        let mut candidate = doc.clone();
         let mut candidate_state = state.clone();
         let applied = catch_unwind(AssertUnwindSafe(|| {
             candidate.receive_sync_message(&mut candidate_state, message)
@@ -855,7 +1057,7 @@ impl Engine {
             Ok(Ok(())) => {}
         }
         let changed = candidate.get_heads() != before;
-        entry.doc = candidate;
+        *doc = candidate;
         *state = candidate_state;
         step.authors.extend(authors);
         if changed {
@@ -947,7 +1149,7 @@ mod tests {
         let id = DocId::new(DocKind::Members, u(owner));
         let mut v: Vec<String> = e
             .get(&id)
-            .map(|d| doc::read_members(&d.doc, &u(owner)))
+            .map(|d| doc::read_members(d.doc().unwrap(), &u(owner)))
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.name)
@@ -996,7 +1198,8 @@ mod tests {
         let q = connect(&mut t, &mut v);
         let r = pump(&mut t, &mut v, q);
         assert!(r.is_empty(), "{r:?}");
-        let p = doc::read_profile(&v.get(&meta.id).unwrap().doc, &u("c01/k01/t01")).unwrap();
+        let p =
+            doc::read_profile(v.get(&meta.id).unwrap().doc().unwrap(), &u("c01/k01/t01")).unwrap();
         assert_eq!(p.name, "Riverside Township");
     }
 
@@ -1011,7 +1214,10 @@ mod tests {
         let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
         let mut forged = doc::empty(&doc::actor_for(&u("c01/k01/t01/v02"), [9; 8]));
         doc::create_member(&mut forged, RecordId::from_u64(66), &member("Forged")).unwrap();
-        let before = t.get(&id).map(|e| e.doc.get_heads()).unwrap_or_default();
+        let before = t
+            .get(&id)
+            .map(|e| e.doc().unwrap().get_heads())
+            .unwrap_or_default();
         // The first message carries heads only; drive the exchange by hand.
         let mut fs = sync::State::new();
         let mut rejected = None;
@@ -1041,7 +1247,9 @@ mod tests {
         let r = rejected.expect("forged change accepted");
         assert_eq!(r.reason, RejectReason::Unauthorised);
         assert_eq!(
-            t.get(&id).map(|e| e.doc.get_heads()).unwrap_or_default(),
+            t.get(&id)
+                .map(|e| e.doc().unwrap().get_heads())
+                .unwrap_or_default(),
             before
         );
         assert!(names(&t, "c01/k01/t01/v01").is_empty());
@@ -1120,7 +1328,7 @@ mod tests {
         let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
         let loaded = Automerge::load(base).unwrap();
         t.insert(DocMeta::new(id.clone()), loaded);
-        let heads = t.get(&id).unwrap().doc.get_heads();
+        let heads = t.get(&id).unwrap().doc().unwrap().get_heads();
         let msg = sync::Message {
             heads: vec![],
             need: vec![],
@@ -1138,7 +1346,7 @@ mod tests {
         );
         assert!(!r.rejected.is_empty(), "hostile input accepted");
         assert_eq!(
-            t.get(&id).unwrap().doc.get_heads(),
+            t.get(&id).unwrap().doc().unwrap().get_heads(),
             heads,
             "document untouched"
         );
@@ -1153,8 +1361,11 @@ mod tests {
             .collect();
         let r = pump(&mut t, &mut v, q);
         assert!(r.is_empty(), "{r:?}");
-        let got =
-            doc::read_profile(&t.get(&profile.id).unwrap().doc, &u("c01/k01/t01/v01")).unwrap();
+        let got = doc::read_profile(
+            t.get(&profile.id).unwrap().doc().unwrap(),
+            &u("c01/k01/t01/v01"),
+        )
+        .unwrap();
         assert_eq!(got.name, "Clear Water Village");
     }
 
@@ -1278,8 +1489,8 @@ mod tests {
         let (k, c) = big_pair(300);
         for e in k.docs() {
             assert_eq!(
-                c.get(&e.meta.id).map(|d| d.doc.get_heads()),
-                Some(e.doc.get_heads()),
+                c.get(&e.meta.id).map(|d| d.doc().unwrap().get_heads()),
+                Some(e.doc().unwrap().get_heads()),
                 "{}",
                 e.meta.id
             );

@@ -2,8 +2,11 @@
 //! every incoming message. It is fed messages and returns messages to send; the store actor
 //! drives it and persists what changed, the network layer only moves frames.
 
-mod chunks;
+pub(crate) mod chunks;
 mod engine;
 pub mod wire;
 
-pub use engine::{DocEntry, Engine, LinkProgress, MAX_IN_FLIGHT, MAX_INFLATED, Rejection, Step};
+pub use engine::{
+    DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT, MAX_INFLATED, Rejection, Residency,
+    Step,
+};

@@ -151,7 +151,13 @@ fn idle_reconnect() -> anyhow::Result<()> {
     let (mut base_bytes, mut base_rounds) = (0usize, 0usize);
     for e in county.docs() {
         let other = city.get(&e.meta.id).context("city lacks a document")?;
-        let (mut a, mut b) = (e.doc.clone(), other.doc.clone());
+        let (mut a, mut b) = (
+            e.doc().context("engine without a source evicted")?.clone(),
+            other
+                .doc()
+                .context("engine without a source evicted")?
+                .clone(),
+        );
         let mut sa = saved_k
             .get(&e.meta.id)
             .and_then(|s| sync::State::decode(s).ok())

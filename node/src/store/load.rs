@@ -1,0 +1,197 @@
+//! Opening a store: the layout check and numbered migrations, the start-up index (every
+//! document's metadata and heads, no automerge document loaded), and reading one document
+//! from its snapshot and change rows when the engine needs it.
+
+use std::collections::HashMap;
+
+use automerge::{Automerge, ChangeHash};
+use grassroots_schema::{DocId, DocMeta};
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use super::tables::*;
+use super::{Persisted, StoreError, db};
+use crate::sync::chunks::split_chunks;
+use crate::sync::{Engine, wire};
+
+/// One migration: it brings a store at layout `N - 1` to layout `N` inside one write
+/// transaction, together with the new layout number (so a crash leaves the old layout or the
+/// new one, never a mix).
+type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
+
+/// Migrations by the layout they produce, in order. A store at layout `n` runs every one
+/// whose number is above `n`.
+const MIGRATIONS: &[(u64, &str, Migration)] = &[
+    (
+        2,
+        "heads table for start-up without loading",
+        migrate_2_heads,
+    ),
+    (3, "per-unit roll-ups", super::rollup::migrate_3_rollups),
+];
+
+/// Create the tables of a new store, or bring an older store's layout up to date.
+pub(super) fn init_tables(database: &Database) -> Result<(), StoreError> {
+    let tx = database.begin_write().map_err(db)?;
+    let layout = {
+        let meta = tx.open_table(META).map_err(db)?;
+        meta.get("layout").map_err(db)?.map(|v| v.value())
+    };
+    let fresh = layout.is_none();
+    create_tables(&tx)?;
+    match layout {
+        None => {
+            tx.open_table(META)
+                .map_err(db)?
+                .insert("layout", LAYOUT)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+        }
+        Some(l) if l > LAYOUT => {
+            return Err(StoreError::Corrupt(format!(
+                "store layout {l} is newer than this build's {LAYOUT}"
+            )));
+        }
+        Some(l) => {
+            tx.commit().map_err(db)?;
+            for (to, what, run) in MIGRATIONS.iter().filter(|(to, _, _)| *to > l) {
+                let tx = database.begin_write().map_err(db)?;
+                run(&tx)?;
+                tx.open_table(META)
+                    .map_err(db)?
+                    .insert("layout", *to)
+                    .map_err(db)?;
+                tx.commit().map_err(db)?;
+                tracing::info!(layout = to, "store migrated: {what}");
+            }
+        }
+    }
+    if fresh {
+        tracing::debug!(layout = LAYOUT, "new store");
+    }
+    Ok(())
+}
+
+fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(DOCS).map_err(db)?;
+    tx.open_table(HEADS).map_err(db)?;
+    tx.open_table(SNAPSHOTS).map_err(db)?;
+    tx.open_table(CHANGES).map_err(db)?;
+    tx.open_table(SYNC_STATES).map_err(db)?;
+    tx.open_table(USERS).map_err(db)?;
+    tx.open_table(VIEW_MEMBERS).map_err(db)?;
+    tx.open_table(VIEW_UNITS).map_err(db)?;
+    tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+    tx.open_table(HEARD).map_err(db)?;
+    Ok(())
+}
+
+/// Layout 2: every document's heads in [`HEADS`], computed by loading it once.
+fn migrate_2_heads(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let ids: Vec<String> = {
+        let docs = tx.open_table(DOCS).map_err(db)?;
+        docs.iter()
+            .map_err(db)?
+            .map(|row| row.map(|(k, _)| k.value().to_owned()).map_err(db))
+            .collect::<Result<_, _>>()?
+    };
+    let mut heads = tx.open_table(HEADS).map_err(db)?;
+    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
+    for id in ids {
+        let doc = read_doc(&snaps, &changes, &id)?;
+        heads
+            .insert(id.as_str(), encode_heads(&doc.get_heads()).as_slice())
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+pub(super) fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn decode_heads(id: &str, bytes: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(StoreError::Corrupt(format!("heads of {id}")));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            ChangeHash(h)
+        })
+        .collect())
+}
+
+/// A document from its snapshot and change rows, through any table handles.
+fn read_doc(
+    snaps: &impl ReadableTable<&'static str, &'static [u8]>,
+    changes: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    id: &str,
+) -> Result<Automerge, StoreError> {
+    let mut document = match snaps.get(id).map_err(db)? {
+        Some(s) => Automerge::load(s.value())
+            .map_err(|e| StoreError::Corrupt(format!("snapshot of {id}: {e}")))?,
+        None => Automerge::new(),
+    };
+    for row in changes.range((id, 0)..=(id, u64::MAX)).map_err(db)? {
+        let (_, v) = row.map_err(db)?;
+        document
+            .load_incremental(v.value())
+            .map_err(|e| StoreError::Corrupt(format!("changes of {id}: {e}")))?;
+    }
+    Ok(document)
+}
+
+/// Read one document as last committed.
+pub(super) fn load_doc(database: &Database, id: &DocId) -> Result<Automerge, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
+    read_doc(&snaps, &changes, &id.to_string())
+}
+
+/// Host every stored document in `engine` by its metadata and heads (none is loaded), and
+/// rebuild the persistence bookkeeping from the change rows' keys and chunk headers.
+pub(super) fn load_index(
+    database: &Database,
+    engine: &mut Engine,
+    persisted: &mut HashMap<DocId, Persisted>,
+) -> Result<(), StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let docs = tx.open_table(DOCS).map_err(db)?;
+    let heads_t = tx.open_table(HEADS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
+    for row in docs.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let id_str = k.value().to_owned();
+        let id: DocId = id_str
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
+        let audience =
+            wire::decode_audience(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let heads = match heads_t.get(id_str.as_str()).map_err(db)? {
+            Some(h) => decode_heads(&id_str, h.value())?,
+            None => Vec::new(),
+        };
+        let mut p = Persisted {
+            heads: heads.clone(),
+            ..Persisted::default()
+        };
+        for row in changes
+            .range((id_str.as_str(), 0)..=(id_str.as_str(), u64::MAX))
+            .map_err(db)?
+        {
+            let (k, v) = row.map_err(db)?;
+            p.next_seq = k.value().1 + 1;
+            p.rows_since_snapshot += 1;
+            p.changes_since_snapshot += split_chunks(v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("change row of {id}")))?
+                .len();
+        }
+        persisted.insert(id.clone(), p);
+        engine.insert_unloaded(DocMeta { id, audience }, heads);
+    }
+    Ok(())
+}

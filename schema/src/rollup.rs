@@ -1,0 +1,209 @@
+//! Roll-ups: per-unit counts over a whole subtree, from which the seed's indicators are
+//! computed for any year without touching a record. A store keeps one [`Rollup`] per unit
+//! (its subtree's totals) and adjusts it by signed deltas as records change, so a city-wide
+//! indicator is one row and each child's figure is one row more.
+//!
+//! Counts are keyed by stable values (birth year, join year, storage names of enums) rather
+//! than by derived categories ("under 35"), which depend on the year asked about.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::records::Member;
+
+/// Age below which a member counts as young in the seed's targets.
+pub const YOUNG_UNDER: i64 = 35;
+/// Age from which a member counts as elderly ("ageing members").
+pub const ELDERLY_FROM: i64 = 60;
+
+/// Counts over the members of a subtree. Every map omits zero counts, so two roll-ups of the
+/// same members are equal whatever order the records came and went in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollup {
+    /// Members.
+    pub members: i64,
+    /// Members by status storage name.
+    pub by_status: BTreeMap<String, i64>,
+    /// Members by gender storage name.
+    pub by_gender: BTreeMap<String, i64>,
+    /// Members by education storage name.
+    pub by_education: BTreeMap<String, i64>,
+    /// Members by birth year.
+    pub by_birth_year: BTreeMap<i64, i64>,
+    /// Members with higher education, by join year, then birth year ("new members under 35
+    /// with higher education" for any year).
+    pub higher_by_joined: BTreeMap<i64, BTreeMap<i64, i64>>,
+}
+
+fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
+    let v = map.entry(key.clone()).or_default();
+    *v += by;
+    if *v == 0 {
+        map.remove(key);
+    }
+}
+
+/// The year of a `YYYY-MM-DD` date.
+fn year_of(date: &str) -> Option<i64> {
+    date.get(..4)?.parse().ok()
+}
+
+impl Rollup {
+    /// Count `m` once more (`sign` 1) or once less (`sign` -1).
+    pub fn count(&mut self, m: &Member, sign: i64) {
+        self.members += sign;
+        bump(&mut self.by_status, &m.status.as_str().to_owned(), sign);
+        bump(&mut self.by_gender, &m.gender.as_str().to_owned(), sign);
+        bump(
+            &mut self.by_education,
+            &m.education.as_str().to_owned(),
+            sign,
+        );
+        bump(&mut self.by_birth_year, &m.birth_year, sign);
+        if m.education.is_higher()
+            && let Some(joined) = year_of(&m.joined_on)
+        {
+            let by_birth = self.higher_by_joined.entry(joined).or_default();
+            bump(by_birth, &m.birth_year, sign);
+            if by_birth.is_empty() {
+                self.higher_by_joined.remove(&joined);
+            }
+        }
+    }
+
+    /// Add `other` times `sign` to this roll-up.
+    pub fn merge(&mut self, other: &Rollup, sign: i64) {
+        self.members += sign * other.members;
+        for (k, v) in &other.by_status {
+            bump(&mut self.by_status, k, sign * v);
+        }
+        for (k, v) in &other.by_gender {
+            bump(&mut self.by_gender, k, sign * v);
+        }
+        for (k, v) in &other.by_education {
+            bump(&mut self.by_education, k, sign * v);
+        }
+        for (k, v) in &other.by_birth_year {
+            bump(&mut self.by_birth_year, k, sign * v);
+        }
+        for (joined, births) in &other.higher_by_joined {
+            let mine = self.higher_by_joined.entry(*joined).or_default();
+            for (b, v) in births {
+                bump(mine, b, sign * v);
+            }
+            if mine.is_empty() {
+                self.higher_by_joined.remove(joined);
+            }
+        }
+    }
+
+    /// Whether it counts nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Rollup::default()
+    }
+
+    /// Members younger than [`YOUNG_UNDER`] in `year`.
+    pub fn young(&self, year: i64) -> i64 {
+        self.by_birth_year
+            .range(year - YOUNG_UNDER + 1..)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Members aged [`ELDERLY_FROM`] or more in `year`.
+    pub fn elderly(&self, year: i64) -> i64 {
+        self.by_birth_year
+            .range(..=year - ELDERLY_FROM)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Members with higher education.
+    pub fn higher_education(&self) -> i64 {
+        crate::records::Education::ALL
+            .iter()
+            .filter(|e| e.is_higher())
+            .filter_map(|e| self.by_education.get(e.as_str()))
+            .sum()
+    }
+
+    /// Members who joined in `year`, younger than [`YOUNG_UNDER`] then, with higher
+    /// education (the seed's target: at least one per village a year).
+    pub fn new_young_higher(&self, year: i64) -> i64 {
+        self.higher_by_joined
+            .get(&year)
+            .map(|b| b.range(year - YOUNG_UNDER + 1..).map(|(_, n)| n).sum())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Education, Gender, MemberId, MemberStatus, RecordId};
+
+    fn m(i: u64, birth: i64, edu: Education, joined: &str) -> Member {
+        Member {
+            id: MemberId {
+                unit: "c01/k01/t01/v01".parse().unwrap(),
+                record: RecordId::from_u64(i),
+            },
+            name: format!("M{i}"),
+            birth_year: birth,
+            gender: Gender::Female,
+            education: edu,
+            joined_on: joined.into(),
+            status: MemberStatus::Full,
+        }
+    }
+
+    #[test]
+    fn counts_give_the_indicators_for_any_year() {
+        let mut r = Rollup::default();
+        r.count(&m(1, 1995, Education::Bachelor, "2026-03-01"), 1);
+        r.count(&m(2, 1960, Education::Primary, "1990-01-01"), 1);
+        r.count(&m(3, 1980, Education::College, "2026-05-01"), 1);
+        assert_eq!(r.members, 3);
+        assert_eq!(r.young(2026), 1, "born 1995 is 31 in 2026");
+        assert_eq!(r.young(2031), 0, "and 36 in 2031");
+        assert_eq!(r.elderly(2026), 1);
+        assert_eq!(r.higher_education(), 2);
+        assert_eq!(r.new_young_higher(2026), 1, "the 1980 member is too old");
+        assert_eq!(r.new_young_higher(2025), 0);
+    }
+
+    #[test]
+    fn removing_what_was_added_leaves_nothing_in_any_order() {
+        let ms: Vec<Member> = (0..20)
+            .map(|i| {
+                let edu = Education::ALL[i as usize % Education::ALL.len()];
+                m(i, 1950 + i as i64 * 3, edu, &format!("{}-01-01", 2000 + i))
+            })
+            .collect();
+        let mut a = Rollup::default();
+        let mut b = Rollup::default();
+        for x in &ms {
+            a.count(x, 1);
+        }
+        for x in ms.iter().rev() {
+            b.count(x, 1);
+        }
+        assert_eq!(a, b);
+        let mut delta = Rollup::default();
+        delta.merge(&a, -1);
+        b.merge(&delta, 1);
+        assert!(b.is_empty(), "{b:?}");
+        for x in &ms {
+            a.count(x, -1);
+        }
+        assert!(a.is_empty(), "{a:?}");
+        let json = serde_json::to_string(&ms.iter().fold(Rollup::default(), |mut r, x| {
+            r.count(x, 1);
+            r
+        }))
+        .unwrap();
+        let back: Rollup = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.members, 20);
+    }
+}
