@@ -126,6 +126,7 @@ impl Federation {
                 parent_addr,
                 children: children_of(&sorted, &id),
                 link: opts.link.clone(),
+                store: grassroots_node::store::StoreOptions::default(),
             };
             let running = RunningNode::start(cfg.clone(), localhost)
                 .await

@@ -11,6 +11,7 @@ use grassroots::demo;
 use grassroots::federation::{Federation, FederationOptions};
 use grassroots::launch::RunningNode;
 use grassroots_node::auth::{new_token, token_hash};
+use grassroots_node::store::StoreOptions;
 use grassroots_node::{Identity, LinkConfig, NodeConfig};
 use grassroots_schema::{Role, UnitId};
 use serde::Deserialize;
@@ -156,6 +157,9 @@ struct NodeToml {
     children: Vec<String>,
     keep_alive_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
+    /// evicted and read back from the store when needed.
+    doc_memory_mb: Option<u64>,
 }
 
 fn init_tracing(default: &str) {
@@ -288,6 +292,12 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         parent_addr: cfg.parent_addr,
         children,
         link,
+        store: match cfg.doc_memory_mb {
+            Some(mb) => StoreOptions {
+                doc_memory_budget: mb << 20,
+            },
+            None => StoreOptions::default(),
+        },
     };
     let running = RunningNode::start(node_cfg, cfg.graphql_listen).await?;
     println!(

@@ -12,7 +12,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::net::{self, LinkConfig, NetError};
 use crate::pki::{Identity, PkiError};
-use crate::store::{self, StoreError, StoreHandle, StoreReader, StoreThread, WriteError};
+use crate::store::{
+    self, StoreError, StoreHandle, StoreOptions, StoreReader, StoreThread, WriteError,
+};
 
 /// What a node needs to run.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct NodeConfig {
     pub children: Vec<UnitId>,
     /// Link timing.
     pub link: LinkConfig,
+    /// Store memory settings.
+    pub store: StoreOptions,
 }
 
 /// Why a node could not start.
@@ -98,7 +102,7 @@ impl Node {
             return Err(NodeError::NoParentAddress(unit));
         }
         let (store, reader, store_thread) =
-            store::open(&cfg.data_dir.join("store.redb"), unit.clone())?;
+            store::open_with(&cfg.data_dir.join("store.redb"), unit.clone(), cfg.store)?;
         store
             .set_profile(cfg.name.clone(), cfg.children.clone())
             .await?;

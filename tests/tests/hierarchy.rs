@@ -139,6 +139,12 @@ async fn partitioned_lossy_hierarchy_converges_without_losing_acknowledged_write
         )
         .await?;
         assert_eq!(have.len(), want.len());
+        // The roll-up row of the node's own unit counts the same members, and every view
+        // (rows and roll-ups, maintained by deltas as changes arrived) equals a rebuild.
+        let node = &fed.node(u)?.node;
+        assert_eq!(node.reader().rollup(u)?.members as usize, want.len(), "{u}");
+        let diffs = node.store().verify_views().await?;
+        assert!(diffs.is_empty(), "{u}: {diffs:?}");
     }
     assert!(
         relays

@@ -795,6 +795,7 @@ async fn cold_start() -> anyhow::Result<()> {
         parent_addr: Some("127.0.0.1:9".parse()?),
         children: Vec::new(),
         link: grassroots_node::LinkConfig::default(),
+        store: grassroots_node::store::StoreOptions::default(),
     };
     let client = reqwest::Client::new();
     let start = Instant::now();
