@@ -295,6 +295,7 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         store: match cfg.doc_memory_mb {
             Some(mb) => StoreOptions {
                 doc_memory_budget: mb << 20,
+                ..StoreOptions::default()
             },
             None => StoreOptions::default(),
         },

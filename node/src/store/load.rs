@@ -23,8 +23,8 @@ type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 const MIGRATIONS: &[(u64, &str, Migration)] = &[
     (
         2,
-        "heads table for start-up without loading",
-        migrate_2_heads,
+        "document state for start-up without loading",
+        migrate_2_doc_state,
     ),
     (3, "per-unit roll-ups", super::rollup::migrate_3_rollups),
 ];
@@ -73,7 +73,7 @@ pub(super) fn init_tables(database: &Database) -> Result<(), StoreError> {
 
 fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(DOCS).map_err(db)?;
-    tx.open_table(HEADS).map_err(db)?;
+    tx.open_table(DOC_STATE).map_err(db)?;
     tx.open_table(SNAPSHOTS).map_err(db)?;
     tx.open_table(CHANGES).map_err(db)?;
     tx.open_table(SYNC_STATES).map_err(db)?;
@@ -85,8 +85,8 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Layout 2: every document's heads in [`HEADS`], computed by loading it once.
-fn migrate_2_heads(tx: &WriteTransaction) -> Result<(), StoreError> {
+/// Layout 2: every document's persistence state in [`DOC_STATE`], found by loading it once.
+fn migrate_2_doc_state(tx: &WriteTransaction) -> Result<(), StoreError> {
     let ids: Vec<String> = {
         let docs = tx.open_table(DOCS).map_err(db)?;
         docs.iter()
@@ -94,34 +94,68 @@ fn migrate_2_heads(tx: &WriteTransaction) -> Result<(), StoreError> {
             .map(|row| row.map(|(k, _)| k.value().to_owned()).map_err(db))
             .collect::<Result<_, _>>()?
     };
-    let mut heads = tx.open_table(HEADS).map_err(db)?;
+    let mut state = tx.open_table(DOC_STATE).map_err(db)?;
     let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
     let changes = tx.open_table(CHANGES).map_err(db)?;
     for id in ids {
         let doc = read_doc(&snaps, &changes, &id)?;
-        heads
-            .insert(id.as_str(), encode_heads(&doc.get_heads()).as_slice())
+        let mut p = Persisted {
+            heads: doc.get_heads(),
+            ..Persisted::default()
+        };
+        for row in changes
+            .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+            .map_err(db)?
+        {
+            let (k, v) = row.map_err(db)?;
+            p.next_seq = k.value().1 + 1;
+            p.rows_since_snapshot += 1;
+            p.changes_since_snapshot += split_chunks(v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("change row of {id}")))?
+                .len();
+        }
+        state
+            .insert(id.as_str(), encode_state(&p).as_slice())
             .map_err(db)?;
     }
     Ok(())
 }
 
-pub(super) fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
-    heads.iter().flat_map(|h| h.0).collect()
+/// The [`DOC_STATE`] row of a document.
+pub(super) fn encode_state(p: &Persisted) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 32 * p.heads.len());
+    out.extend_from_slice(&p.next_seq.to_be_bytes());
+    out.extend_from_slice(&p.rows_since_snapshot.to_be_bytes());
+    let changes = u32::try_from(p.changes_since_snapshot).unwrap_or(u32::MAX);
+    out.extend_from_slice(&changes.to_be_bytes());
+    out.extend(p.heads.iter().flat_map(|h| h.0));
+    out
 }
 
-fn decode_heads(id: &str, bytes: &[u8]) -> Result<Vec<ChangeHash>, StoreError> {
-    if !bytes.len().is_multiple_of(32) {
-        return Err(StoreError::Corrupt(format!("heads of {id}")));
+fn decode_state(id: &str, bytes: &[u8]) -> Result<Persisted, StoreError> {
+    let bad = || StoreError::Corrupt(format!("document state of {id}"));
+    let (fixed, heads) = bytes.split_at_checked(16).ok_or_else(bad)?;
+    if !heads.len().is_multiple_of(32) {
+        return Err(bad());
     }
-    Ok(bytes
-        .chunks_exact(32)
-        .map(|c| {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(c);
-            ChangeHash(h)
-        })
-        .collect())
+    let u64_at = |r: std::ops::Range<usize>| -> Result<u64, StoreError> {
+        let mut b = [0u8; 8];
+        b[8 - r.len()..].copy_from_slice(fixed.get(r).ok_or_else(bad)?);
+        Ok(u64::from_be_bytes(b))
+    };
+    Ok(Persisted {
+        next_seq: u64_at(0..8)?,
+        rows_since_snapshot: u32::try_from(u64_at(8..12)?).map_err(|_| bad())?,
+        changes_since_snapshot: usize::try_from(u64_at(12..16)?).map_err(|_| bad())?,
+        heads: heads
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                ChangeHash(h)
+            })
+            .collect(),
+    })
 }
 
 /// A document from its snapshot and change rows, through any table handles.
@@ -152,8 +186,8 @@ pub(super) fn load_doc(database: &Database, id: &DocId) -> Result<Automerge, Sto
     read_doc(&snaps, &changes, &id.to_string())
 }
 
-/// Host every stored document in `engine` by its metadata and heads (none is loaded), and
-/// rebuild the persistence bookkeeping from the change rows' keys and chunk headers.
+/// Host every stored document in `engine` by its metadata and heads (none is loaded), with
+/// the persistence bookkeeping from [`DOC_STATE`]: start-up reads no document and no change.
 pub(super) fn load_index(
     database: &Database,
     engine: &mut Engine,
@@ -161,8 +195,7 @@ pub(super) fn load_index(
 ) -> Result<(), StoreError> {
     let tx = database.begin_read().map_err(db)?;
     let docs = tx.open_table(DOCS).map_err(db)?;
-    let heads_t = tx.open_table(HEADS).map_err(db)?;
-    let changes = tx.open_table(CHANGES).map_err(db)?;
+    let state = tx.open_table(DOC_STATE).map_err(db)?;
     for row in docs.iter().map_err(db)? {
         let (k, v) = row.map_err(db)?;
         let id_str = k.value().to_owned();
@@ -171,25 +204,12 @@ pub(super) fn load_index(
             .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
         let audience =
             wire::decode_audience(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let heads = match heads_t.get(id_str.as_str()).map_err(db)? {
-            Some(h) => decode_heads(&id_str, h.value())?,
-            None => Vec::new(),
+        // A document created empty and never changed has no state row yet.
+        let p = match state.get(id_str.as_str()).map_err(db)? {
+            Some(s) => decode_state(&id_str, s.value())?,
+            None => Persisted::default(),
         };
-        let mut p = Persisted {
-            heads: heads.clone(),
-            ..Persisted::default()
-        };
-        for row in changes
-            .range((id_str.as_str(), 0)..=(id_str.as_str(), u64::MAX))
-            .map_err(db)?
-        {
-            let (k, v) = row.map_err(db)?;
-            p.next_seq = k.value().1 + 1;
-            p.rows_since_snapshot += 1;
-            p.changes_since_snapshot += split_chunks(v.value())
-                .ok_or_else(|| StoreError::Corrupt(format!("change row of {id}")))?
-                .len();
-        }
+        let heads = p.heads.clone();
         persisted.insert(id.clone(), p);
         engine.insert_unloaded(DocMeta { id, audience }, heads);
     }

@@ -197,12 +197,16 @@ pub struct StoreOptions {
     /// Estimated bytes of loaded automerge documents kept after each commit; the least
     /// recently used beyond it are evicted (and read back from the store when next needed).
     pub doc_memory_budget: u64,
+    /// redb's page cache (its default is 1 GiB, which a city answering queries over a large
+    /// subtree would fill).
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             doc_memory_budget: 64 << 20,
+            cache_bytes: 128 << 20,
         }
     }
 }
@@ -217,7 +221,10 @@ pub fn open(path: &Path, me: UnitId) -> Result<Opened, StoreError> {
 
 /// Open (or create) the store at `path` for the node of `me`.
 pub fn open_with(path: &Path, me: UnitId, options: StoreOptions) -> Result<Opened, StoreError> {
-    let database = match Database::create(path) {
+    let database = match Database::builder()
+        .set_cache_size(options.cache_bytes)
+        .create(path)
+    {
         Ok(d) => d,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(StoreError::Locked(path.display().to_string()));
@@ -443,7 +450,9 @@ struct Batch {
     /// Documents changed by peers: their views are rebuilt whole.
     resync: BTreeSet<DocId>,
     /// Records written locally: only their view rows are rewritten.
-    records: BTreeMap<DocId, BTreeSet<RecordId>>,
+    /// Each with its row as of the end of the batch's transaction (a create's own fields, or
+    /// an update's read-back), so the view is written without reading the document again.
+    records: BTreeMap<DocId, BTreeMap<RecordId, Member>>,
     /// Documents peers changed, to forward to the other peers once stored.
     forward: Vec<(DocId, UnitId)>,
     created: BTreeSet<DocId>,
@@ -1027,7 +1036,7 @@ impl Actor {
                         .records
                         .entry(doc_id.clone())
                         .or_default()
-                        .insert(m.id.record);
+                        .insert(m.id.record, m.clone());
                 }
                 reply_after_commit(batch, w.reply, outcome);
             }
@@ -1100,21 +1109,25 @@ impl Actor {
             None => load::load_doc(&self.db, &id)?.save(),
         };
         let key = id.to_string();
+        p.next_seq = 0;
+        p.rows_since_snapshot = 0;
+        p.changes_since_snapshot = 0;
         let tx = self.db.begin_write().map_err(db)?;
         {
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
             let mut changes = tx.open_table(CHANGES).map_err(db)?;
+            let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
             snaps
                 .insert(key.as_str(), snapshot.as_slice())
                 .map_err(db)?;
             changes
                 .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
                 .map_err(db)?;
+            state_t
+                .insert(key.as_str(), load::encode_state(&p).as_slice())
+                .map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        p.next_seq = 0;
-        p.rows_since_snapshot = 0;
-        p.changes_since_snapshot = 0;
         self.persisted.insert(id, p);
         Ok(())
     }
@@ -1141,7 +1154,7 @@ impl Actor {
         let mut updated: Vec<(DocId, Persisted)> = Vec::new();
         {
             let mut docs = tx.open_table(DOCS).map_err(db)?;
-            let mut heads_t = tx.open_table(HEADS).map_err(db)?;
+            let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
             let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
             let mut deltas = rollup::Deltas::default();
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
@@ -1173,9 +1186,6 @@ impl Actor {
                 if heads == p.heads {
                     continue;
                 }
-                heads_t
-                    .insert(key.as_str(), load::encode_heads(&heads).as_slice())
-                    .map_err(db)?;
                 let new = d.get_changes(&p.heads);
                 // Compaction normally waits for an idle moment (`compact_one`); only a node
                 // that never idles compacts inline, so change rows stay bounded.
@@ -1204,6 +1214,9 @@ impl Actor {
                     p.changes_since_snapshot += new.len();
                 }
                 p.heads = heads;
+                state_t
+                    .insert(key.as_str(), load::encode_state(&p).as_slice())
+                    .map_err(db)?;
                 let only = match batch.records.get(id) {
                     Some(records) if !batch.resync.contains(id) => Some(records),
                     _ => None,
@@ -1258,7 +1271,8 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
 }
 
 /// Rewrite the view rows of one document from its current content: all of them, or only
-/// those of `only` (records written locally; a peer's changes rebuild the whole document).
+/// those of `only` (records written locally, with their current rows; a peer's changes
+/// rebuild the whole document).
 /// Member rows replaced or removed count `-1` in `deltas`, rows written `+1`.
 fn materialise(
     members: &mut redb::Table<'_, (&str, &str), &[u8]>,
@@ -1266,7 +1280,7 @@ fn materialise(
     deltas: &mut rollup::Deltas,
     meta: &DocMeta,
     document: &Automerge,
-    only: Option<&BTreeSet<RecordId>>,
+    only: Option<&BTreeMap<RecordId, Member>>,
 ) -> Result<(), StoreError> {
     let owner = meta.owner();
     let key = owner.tree_key();
@@ -1277,22 +1291,13 @@ fn materialise(
     match meta.id.kind {
         DocKind::Members => match only {
             Some(records) => {
-                for record in records {
+                for (record, m) in records {
                     let rec = record.to_string();
-                    let old = match doc::read_member(document, owner, *record) {
-                        Some(m) => {
-                            deltas.note(&m, 1);
-                            let json = to_json(&m)?;
-                            members
-                                .insert((key.as_str(), rec.as_str()), json.as_slice())
-                                .map_err(db)?
-                                .map(|v| old_row(v.value()))
-                        }
-                        None => members
-                            .remove((key.as_str(), rec.as_str()))
-                            .map_err(db)?
-                            .map(|v| old_row(v.value())),
-                    };
+                    deltas.note(m, 1);
+                    let old = members
+                        .insert((key.as_str(), rec.as_str()), to_json(m)?.as_slice())
+                        .map_err(db)?
+                        .map(|v| old_row(v.value()));
                     if let Some(old) = old {
                         deltas.note(&old?, -1);
                     }
@@ -1514,6 +1519,7 @@ mod tests {
         let units = ["c01/k01", "c01/k01/t01", "c01/k01/t01/v01", "c01/k01/t02"];
         let tiny = StoreOptions {
             doc_memory_budget: 0,
+            ..StoreOptions::default()
         };
         let (h, r, t) = open_with(&path, me.clone(), tiny).unwrap();
         let mut ids = Vec::new();
@@ -1583,7 +1589,7 @@ mod tests {
         {
             let d = Database::create(&path).unwrap();
             let tx = d.begin_write().unwrap();
-            tx.delete_table(HEADS).unwrap();
+            tx.delete_table(DOC_STATE).unwrap();
             tx.delete_table(VIEW_ROLLUPS).unwrap();
             tx.open_table(META).unwrap().insert("layout", 1).unwrap();
             tx.commit().unwrap();

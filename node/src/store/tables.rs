@@ -4,7 +4,7 @@
 use redb::TableDefinition;
 
 /// Layout version written in [`META`] under `"layout"`.
-/// 1: first layout; 2: [`HEADS`]; 3: [`VIEW_ROLLUPS`].
+/// 1: first layout; 2: [`DOC_STATE`]; 3: [`VIEW_ROLLUPS`].
 pub const LAYOUT: u64 = 3;
 
 /// `"layout"` -> layout version.
@@ -13,9 +13,10 @@ pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 /// doc id (`kind:unit`) -> audience (wire encoding). One row per hosted document.
 pub const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs-1");
 
-/// doc id -> the document's heads as committed (32-byte change hashes, concatenated): the
-/// engine's digests at start-up without loading any document. Since layout 2.
-pub const HEADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("heads-1");
+/// doc id -> persistence state as committed: next change-row sequence (`u64` BE), change rows
+/// and changes since the snapshot (`u32` BE each), then the heads (32-byte change hashes,
+/// concatenated). Start-up reads only this (no document, no change row). Since layout 2.
+pub const DOC_STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("doc-state-1");
 
 /// doc id -> `Automerge::save()` of the last compaction.
 pub const SNAPSHOTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshots-1");

@@ -47,7 +47,8 @@ const OP_BYTES: u64 = 64;
 pub struct DocEntry {
     /// Owner, kind and audience.
     pub meta: DocMeta,
-    doc: Option<Automerge>,
+    /// Boxed: an `Automerge` is 3.5 KB inline, which every hosted entry would pay.
+    doc: Option<Box<Automerge>>,
     /// Engine tick of the last use (least recently used documents are evicted first).
     used: u64,
 }
@@ -55,7 +56,7 @@ pub struct DocEntry {
 impl DocEntry {
     /// The automerge document, when loaded.
     pub fn doc(&self) -> Option<&Automerge> {
-        self.doc.as_ref()
+        self.doc.as_deref()
     }
 }
 
@@ -288,6 +289,8 @@ pub struct Engine {
     /// Use counter for least-recently-used eviction.
     tick: u64,
     loads: u64,
+    /// Documents loaded now (eviction looks at these only, not at every hosted one).
+    resident: HashSet<DocId>,
 }
 
 impl Engine {
@@ -305,6 +308,7 @@ impl Engine {
             source: Source::default(),
             tick: 0,
             loads: 0,
+            resident: HashSet::new(),
         }
     }
 
@@ -343,9 +347,10 @@ impl Engine {
                     unit = u.parent();
                 }
             }
-            entry.doc = Some(d);
+            entry.doc = Some(Box::new(d));
+            self.resident.insert(id.clone());
         }
-        entry.doc.as_mut().ok_or_else(|| {
+        entry.doc.as_deref_mut().ok_or_else(|| {
             Rejection::new(RejectReason::ApplyFailed, Some(id), "document not loaded")
         })
     }
@@ -363,10 +368,14 @@ impl Engine {
         if self.source.0.is_none() {
             return 0;
         }
+        let docs = &self.docs;
         let mut loaded: Vec<(u64, DocId, u64)> = self
-            .docs
+            .resident
             .iter()
-            .filter_map(|(id, e)| e.doc.as_ref().map(|d| (e.used, id.clone(), doc_cost(d))))
+            .filter_map(|id| {
+                let e = docs.get(id)?;
+                e.doc.as_ref().map(|d| (e.used, id.clone(), doc_cost(d)))
+            })
             .collect();
         let mut total: u64 = loaded.iter().map(|(_, _, c)| c).sum();
         if total <= budget {
@@ -401,6 +410,7 @@ impl Engine {
             self.doc_digest(&id);
             if let Some(e) = self.docs.get_mut(&id) {
                 e.doc = None;
+                self.resident.remove(&id);
                 total = total.saturating_sub(cost);
                 evicted += 1;
             }
@@ -415,7 +425,11 @@ impl Engine {
             loads: self.loads,
             ..Residency::default()
         };
-        for d in self.docs.values().filter_map(|e| e.doc.as_ref()) {
+        for d in self
+            .resident
+            .iter()
+            .filter_map(|id| self.docs.get(id)?.doc.as_ref())
+        {
             r.loaded += 1;
             r.loaded_bytes += doc_cost(d);
         }
@@ -428,6 +442,12 @@ impl Engine {
         let owner = meta.owner().clone();
         self.tick += 1;
         let used = self.tick;
+        if doc.is_some() {
+            self.resident.insert(id.clone());
+        } else {
+            self.resident.remove(&id);
+        }
+        let doc = doc.map(Box::new);
         self.docs.insert(id.clone(), DocEntry { meta, doc, used });
         self.by_owner
             .entry(owner.clone())
@@ -466,7 +486,7 @@ impl Engine {
         let d = self
             .docs
             .get(id)
-            .and_then(|e| e.doc.as_ref())
+            .and_then(|e| e.doc.as_deref())
             .map(heads_digest)
             .unwrap_or_default();
         self.doc_digests.insert(id.clone(), d);

@@ -844,12 +844,20 @@ async fn memory() -> anyhow::Result<()> {
     let mut nums = text
         .split_whitespace()
         .filter_map(|n| n.parse::<f64>().ok());
-    let (before, after, docs) = (
+    let (before, after, docs, queried) = (
+        nums.next().context("probe")?,
         nums.next().context("probe")?,
         nums.next().context("probe")?,
         nums.next().context("probe")?,
     );
     emit("memory", "rss_bytes_5000_villages", after, "bytes", None);
+    emit(
+        "memory",
+        "rss_bytes_after_rollup_queries",
+        queried,
+        "bytes",
+        None,
+    );
     emit(
         "memory",
         "bytes_per_doc",
@@ -869,11 +877,21 @@ fn memory_probe(path: &str) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let before = rss_bytes();
-        let (store, _r, t) = grassroots_node::store::open(path.as_ref(), unit("c01"))?;
+        let (store, r, t) = grassroots_node::store::open(path.as_ref(), unit("c01"))?;
         let after = rss_bytes();
         let docs = store.status().await?.documents;
+        // Then what a city answers all day, from the views: its roll-up, each county's, and
+        // a page of the subtree's members.
+        let city = unit("c01");
+        let mut total = r.rollup(&city)?.members;
+        for k in 0..10 {
+            total -= r.rollup(&unit(&format!("c01/k{k:02}")))?.members;
+        }
+        anyhow::ensure!(total == 0, "county roll-ups do not sum to the city's");
+        anyhow::ensure!(r.members(&city, true, None, 100)?.items.len() == 100);
+        let queried = rss_bytes();
         t.shutdown().await;
-        println!("{before} {after} {docs}");
+        println!("{before} {after} {docs} {queried}");
         anyhow::Ok(())
     })
 }
