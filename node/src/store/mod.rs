@@ -39,6 +39,9 @@ const SNAPSHOT_EVERY: u32 = 64;
 /// Changes since the snapshot before they are folded into a new one: automerge loads a
 /// compacted document many times faster than the same history as raw changes.
 const SNAPSHOT_CHANGES: usize = 1_000;
+/// Bytes of change rows since the snapshot before they are folded into a new one: batched
+/// writes make few, large changes, which the change count alone would let pile up.
+const SNAPSHOT_BYTES: u64 = 256 << 10;
 /// Most commands applied in one commit.
 const MAX_BATCH: usize = 512;
 /// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
@@ -301,6 +304,7 @@ struct Persisted {
     next_seq: u64,
     rows_since_snapshot: u32,
     changes_since_snapshot: usize,
+    bytes_since_snapshot: u64,
 }
 
 impl StoreHandle {
@@ -1095,6 +1099,7 @@ impl Actor {
             .find(|(_, p)| {
                 p.rows_since_snapshot >= SNAPSHOT_EVERY
                     || p.changes_since_snapshot >= SNAPSHOT_CHANGES
+                    || p.bytes_since_snapshot >= SNAPSHOT_BYTES
             })
             .map(|(id, _)| id.clone());
         let Some(id) = due else { return Ok(()) };
@@ -1112,6 +1117,7 @@ impl Actor {
         p.next_seq = 0;
         p.rows_since_snapshot = 0;
         p.changes_since_snapshot = 0;
+        p.bytes_since_snapshot = 0;
         let tx = self.db.begin_write().map_err(db)?;
         {
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
@@ -1187,10 +1193,17 @@ impl Actor {
                     continue;
                 }
                 let new = d.get_changes(&p.heads);
+                let mut bytes = Vec::new();
+                for c in &new {
+                    bytes.extend_from_slice(c.raw_bytes());
+                }
                 // Compaction normally waits for an idle moment (`compact_one`); only a node
-                // that never idles compacts inline, so change rows stay bounded.
+                // that never idles compacts inline, so change rows stay bounded. The backlog
+                // before this commit decides: one large arrival (a village's catch-up) is
+                // written as a row and compacted off the critical path.
                 if p.rows_since_snapshot >= 4 * SNAPSHOT_EVERY
-                    || p.changes_since_snapshot + new.len() >= 4 * SNAPSHOT_CHANGES
+                    || p.changes_since_snapshot >= 4 * SNAPSHOT_CHANGES
+                    || p.bytes_since_snapshot >= 4 * SNAPSHOT_BYTES
                 {
                     snaps
                         .insert(key.as_str(), d.save().as_slice())
@@ -1201,17 +1214,15 @@ impl Actor {
                     p.next_seq = 0;
                     p.rows_since_snapshot = 0;
                     p.changes_since_snapshot = 0;
+                    p.bytes_since_snapshot = 0;
                 } else {
-                    let mut bytes = Vec::new();
-                    for c in &new {
-                        bytes.extend_from_slice(c.raw_bytes());
-                    }
                     changes
                         .insert((key.as_str(), p.next_seq), bytes.as_slice())
                         .map_err(db)?;
                     p.next_seq += 1;
                     p.rows_since_snapshot += 1;
                     p.changes_since_snapshot += new.len();
+                    p.bytes_since_snapshot += bytes.len() as u64;
                 }
                 p.heads = heads;
                 state_t

@@ -14,7 +14,8 @@ pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 pub const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs-1");
 
 /// doc id -> persistence state as committed: next change-row sequence (`u64` BE), change rows
-/// and changes since the snapshot (`u32` BE each), then the heads (32-byte change hashes,
+/// and changes since the snapshot (`u32` BE each), bytes of change rows since the snapshot
+/// (`u64` BE), then the heads (32-byte change hashes,
 /// concatenated). Start-up reads only this (no document, no change row). Since layout 2.
 pub const DOC_STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("doc-state-1");
 
