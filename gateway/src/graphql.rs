@@ -198,6 +198,90 @@ impl Unit {
     }
 }
 
+/// Member figures over a unit's whole subtree, from the roll-up view (one row, however
+/// large the subtree): never computed by scanning records.
+#[derive(SimpleObject)]
+pub struct Indicators {
+    /// The year the age-based figures refer to.
+    year: i64,
+    /// Members.
+    members: i64,
+    /// Probationary members.
+    probationary: i64,
+    /// Women.
+    women: i64,
+    /// Members younger than 35 in `year`.
+    under35: i64,
+    /// `under35 / members` (0 when there are no members).
+    under35_share: f64,
+    /// Members aged 60 or more in `year` (the seed's "ageing members").
+    aged60_plus: i64,
+    /// `aged60Plus / members`.
+    aged60_plus_share: f64,
+    /// Members with higher education (college or above).
+    higher_education: i64,
+    /// `higherEducation / members`.
+    higher_education_share: f64,
+    /// Members by highest education, every level listed.
+    by_education: Vec<EducationCount>,
+    /// Members who joined in `year`, younger than 35 then, with higher education (the seed's
+    /// target: at least one a year per village).
+    new_young_higher_education: i64,
+}
+
+/// A count of members with one education level.
+#[derive(SimpleObject)]
+pub struct EducationCount {
+    /// Highest education completed.
+    education: EducationGql,
+    /// Members.
+    count: i64,
+}
+
+fn share(part: i64, whole: i64) -> f64 {
+    if whole <= 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+impl Indicators {
+    fn from_rollup(r: &gs::Rollup, year: i64) -> Indicators {
+        let count =
+            |m: &std::collections::BTreeMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let higher = r.higher_education();
+        Indicators {
+            year,
+            members: r.members,
+            probationary: count(&r.by_status, gs::MemberStatus::Probationary.as_str()),
+            women: count(&r.by_gender, gs::Gender::Female.as_str()),
+            under35: r.young(year),
+            under35_share: share(r.young(year), r.members),
+            aged60_plus: r.elderly(year),
+            aged60_plus_share: share(r.elderly(year), r.members),
+            higher_education: higher,
+            higher_education_share: share(higher, r.members),
+            by_education: gs::Education::ALL
+                .iter()
+                .map(|e| EducationCount {
+                    education: (*e).into(),
+                    count: count(&r.by_education, e.as_str()),
+                })
+                .collect(),
+            new_young_higher_education: r.new_young_higher(year),
+        }
+    }
+}
+
+/// The current calendar year (UTC).
+fn this_year() -> i64 {
+    rfc3339(grassroots_node::status::now_ms())
+        .get(..4)
+        .and_then(|y| y.parse().ok())
+        .unwrap_or(1970)
+}
+
 /// Extra fields of a connection.
 #[derive(SimpleObject)]
 pub struct ConnectionTotal {
@@ -342,6 +426,29 @@ impl Unit {
             stale: heard.is_none_or(|t| now.saturating_sub(t) > STALE_AFTER_MS),
             link,
         }))
+    }
+
+    /// Member figures over this unit's whole subtree, as this node holds it; null for
+    /// callers who may not read the unit's members. `year` (default: this year) sets the
+    /// reference for ages and new members.
+    async fn indicators(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Indicators>> {
+        let b = backend(ctx)?;
+        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
+        if !can_read(caller(ctx), &doc) {
+            return Ok(None);
+        }
+        let year = match year {
+            Some(y) if (1900..=2200).contains(&y) => i64::from(y),
+            Some(y) => {
+                return Err(error(
+                    Code::BadUserInput,
+                    format!("year must be between 1900 and 2200, got {y}"),
+                ));
+            }
+            None => this_year(),
+        };
+        let rollup = b.reader.rollup(&self.id).map_err(internal)?;
+        Ok(Some(Indicators::from_rollup(&rollup, year)))
     }
 
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in

@@ -181,6 +181,81 @@ async fn page_size_is_capped_and_roles_apply() {
     assert_eq!(r["data"]["me"], json!({ "role": null, "unit": null }));
 }
 
+#[tokio::test]
+async fn indicators_come_from_the_rollups_and_follow_visibility() {
+    use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
+    let f = fixture().await;
+    let (viewer, outsider) = (new_token().unwrap(), new_token().unwrap());
+    let store = &f.backend.store;
+    store
+        .add_user(
+            token_hash(&viewer),
+            f.backend.node_unit.clone(),
+            Role::Viewer,
+        )
+        .await
+        .unwrap();
+    store
+        .add_user(
+            token_hash(&outsider),
+            "c01/k02".parse().unwrap(),
+            Role::Admin,
+        )
+        .await
+        .unwrap();
+    // County: 2 members; its township: 3, one young with a bachelor's who joined in 2026.
+    let m = |birth: i64, edu: Education, joined: &str| NewMember {
+        name: "Someone".into(),
+        birth_year: birth,
+        gender: Gender::Female,
+        education: edu,
+        joined_on: joined.into(),
+        status: MemberStatus::Full,
+    };
+    let (county, township): (UnitId, UnitId) =
+        ("c01/k01".parse().unwrap(), "c01/k01/t01".parse().unwrap());
+    for (unit, member) in [
+        (&county, m(1950, Education::Primary, "1980-01-01")),
+        (&county, m(1970, Education::College, "2000-01-01")),
+        (&township, m(1999, Education::Bachelor, "2026-04-01")),
+        (&township, m(1960, Education::SeniorSecondary, "1990-01-01")),
+        (&township, m(1985, Education::Primary, "2026-04-01")),
+    ] {
+        store.create_member(unit.clone(), member).await.unwrap();
+    }
+    let q = r#"{ nodeUnit { indicators(year: 2026) { members under35 aged60Plus higherEducation
+        newYoungHigherEducation under35Share byEducation { education count } } } }"#;
+    let r = query(&f, Some(&viewer), q).await;
+    let ind = &r["data"]["nodeUnit"]["indicators"];
+    assert_eq!(ind["members"], 5, "{r}");
+    assert_eq!(ind["under35"], 1, "{r}");
+    assert_eq!(ind["aged60Plus"], 2, "{r}");
+    assert_eq!(ind["higherEducation"], 2, "{r}");
+    assert_eq!(ind["newYoungHigherEducation"], 1, "{r}");
+    assert_eq!(ind["byEducation"].as_array().unwrap().len(), 7, "{r}");
+    assert!(
+        (ind["under35Share"].as_f64().unwrap() - 0.2).abs() < 1e-9,
+        "{r}"
+    );
+    // The county's row is the sum of its own members and its township's row.
+    assert_eq!(f.backend.reader.rollup(&township).unwrap().members, 3);
+    // Another county's admin and anonymous callers see no figures.
+    for token in [Some(outsider.as_str()), None] {
+        let r = query(&f, token, "{ nodeUnit { indicators { members } } }").await;
+        assert_eq!(r["data"]["nodeUnit"]["indicators"], Value::Null, "{r}");
+    }
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { indicators(year: 3000) { members } } }",
+    )
+    .await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{r}"
+    );
+}
+
 /// The published SDL is reviewed like code: this fails when the schema drifts from
 /// `schema/schema.graphql`. Regenerate with `UPDATE_SDL=1 cargo test -p grassroots-gateway`.
 #[tokio::test]
