@@ -1315,19 +1315,32 @@ fn materialise(
                 }
             }
             None => {
+                // Compare with the stored rows and touch only those that differ: a peer's
+                // change usually alters a few records of a large register.
+                let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
                 for row in members
-                    .extract_from_if((key.as_str(), "")..(key.as_str(), "~"), |_, _| true)
+                    .range((key.as_str(), "")..(key.as_str(), "~"))
                     .map_err(db)?
                 {
-                    let (_, v) = row.map_err(db)?;
-                    deltas.note(&old_row(v.value())?, -1);
+                    let (k, v) = row.map_err(db)?;
+                    old.insert(k.value().1.to_owned(), v.value().to_vec());
                 }
                 for m in doc::read_members(document, owner) {
-                    deltas.note(&m, 1);
                     let rec = m.id.record.to_string();
+                    let json = to_json(&m)?;
+                    match old.remove(&rec) {
+                        Some(before) if before == json => continue,
+                        Some(before) => deltas.note(&old_row(&before)?, -1),
+                        None => {}
+                    }
+                    deltas.note(&m, 1);
                     members
-                        .insert((key.as_str(), rec.as_str()), to_json(&m)?.as_slice())
+                        .insert((key.as_str(), rec.as_str()), json.as_slice())
                         .map_err(db)?;
+                }
+                for (rec, before) in old {
+                    deltas.note(&old_row(&before)?, -1);
+                    members.remove((key.as_str(), rec.as_str())).map_err(db)?;
                 }
             }
         },
