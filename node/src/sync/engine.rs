@@ -288,6 +288,7 @@ pub struct Engine {
     source: Source,
     /// Use counter for least-recently-used eviction.
     tick: u64,
+    /// Documents read back from the source so far.
     loads: u64,
     /// Documents loaded now (eviction looks at these only, not at every hosted one).
     resident: HashSet<DocId>,
@@ -336,23 +337,23 @@ impl Engine {
                 )
             })?;
             d.set_actor(self.actor.clone());
-            self.loads += 1;
             // The digest kept while evicted must describe what was loaded.
-            if self.doc_digests.get(id) != Some(&heads_digest(&d)) {
+            let stale = self.doc_digests.get(id) != Some(&heads_digest(&d));
+            entry.doc = Some(Box::new(d));
+            self.loads += 1;
+            self.resident.insert(id.clone());
+            if stale {
                 tracing::warn!(doc = %id, "a reloaded document differs from its digest");
                 self.doc_digests.remove(id);
-                let mut unit = Some(id.owner.clone());
-                while let Some(u) = unit {
-                    self.subtree_digests.remove(&u);
-                    unit = u.parent();
-                }
+                self.invalidate_line(&id.owner);
             }
-            entry.doc = Some(Box::new(d));
-            self.resident.insert(id.clone());
         }
-        entry.doc.as_deref_mut().ok_or_else(|| {
-            Rejection::new(RejectReason::ApplyFailed, Some(id), "document not loaded")
-        })
+        self.docs
+            .get_mut(id)
+            .and_then(|e| e.doc.as_deref_mut())
+            .ok_or_else(|| {
+                Rejection::new(RejectReason::ApplyFailed, Some(id), "document not loaded")
+            })
     }
 
     /// The document `id`, loaded if it was evicted (for the store's reads and commits).
@@ -461,21 +462,23 @@ impl Engine {
         if self.docs.get(&id).is_some_and(|e| e.doc.is_some()) {
             self.invalidate(&id);
         } else {
-            let mut unit = Some(id.owner.clone());
-            while let Some(u) = unit {
-                self.subtree_digests.remove(&u);
-                unit = u.parent();
-            }
+            // Unloaded: its digest came with it.
+            self.invalidate_line(&id.owner);
         }
     }
 
     /// `id` may have changed: drop its cached digest and those of its owner's line.
     fn invalidate(&mut self, id: &DocId) {
         self.doc_digests.remove(id);
-        let mut unit = Some(id.owner.clone());
-        while let Some(u) = unit {
+        self.invalidate_line(&id.owner);
+    }
+
+    /// Drop the subtree digests of `unit` and every ancestor.
+    fn invalidate_line(&mut self, unit: &UnitId) {
+        let mut at = Some(unit.clone());
+        while let Some(u) = at {
             self.subtree_digests.remove(&u);
-            unit = u.parent();
+            at = u.parent();
         }
     }
 
