@@ -1492,6 +1492,28 @@ mod tests {
         let mut dedup = seen.clone();
         dedup.dedup();
         assert_eq!(dedup.len(), 12);
+        // A cursor from outside the listing never opens another unit's rows.
+        let t01 = u("c01/k01/t01");
+        let outside = |tree_key: &str| MemberCursor {
+            tree_key: tree_key.into(),
+            record: "0".into(),
+        };
+        for (cursor, want) in [
+            ("c01/", 6),
+            ("c01/k01/", 6),
+            ("c01/k01/t02/", 0),
+            ("c01/k01/t01/v01/", 3),
+        ] {
+            let page = r.members(&t01, true, Some(&outside(cursor)), 100).unwrap();
+            assert_eq!(page.total, 6);
+            assert_eq!(page.items.len(), want, "{cursor}");
+            assert!(
+                page.items
+                    .iter()
+                    .all(|(_, m)| m.id.unit.is_in_subtree_of(&t01))
+            );
+        }
+        assert!(r.members(&t01, true, None, 0).unwrap().has_next);
         t.shutdown().await;
     }
 

@@ -133,39 +133,58 @@ impl StoreReader {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
         let key = unit.tree_key();
-        let (lo_key, hi_key) = if subtree {
-            (key.clone(), prefix_end(&key))
-        } else {
-            (key.clone(), key.clone())
-        };
+        let end = prefix_end(&key);
         // Record ids are hex; "~" sorts after all of them.
-        let lo = (lo_key.as_str(), "");
+        let lo = (key.as_str(), "");
         let hi = if subtree {
-            (hi_key.as_str(), "")
+            (end.as_str(), "")
         } else {
-            (hi_key.as_str(), "~")
+            (key.as_str(), "~")
         };
-        let mut total = 0;
+        // The subtree's count is its roll-up row (same read transaction, so it matches the
+        // rows); a unit's own register is counted, which reads only its own rows.
+        let total = if subtree {
+            let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+            match r.get(key.as_str()).map_err(db)? {
+                Some(v) => usize::try_from(decode::<Rollup>(v.value())?.members)
+                    .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?,
+                None => 0,
+            }
+        } else {
+            t.range::<(&str, &str)>(lo..hi).map_err(db)?.count()
+        };
+        // Start just after the cursor, never before the listing's own range (a cursor from
+        // elsewhere must not open another unit's rows).
+        let start = match after {
+            Some(a) if (a.tree_key.as_str(), a.record.as_str()) >= hi => {
+                return Ok(MemberPage {
+                    items: Vec::new(),
+                    total,
+                    has_next: false,
+                });
+            }
+            Some(a) if (a.tree_key.as_str(), a.record.as_str()) >= lo => {
+                Bound::Excluded((a.tree_key.as_str(), a.record.as_str()))
+            }
+            _ => Bound::Included(lo),
+        };
         let mut items = Vec::new();
         let mut has_next = false;
-        for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+        for row in t
+            .range::<(&str, &str)>((start, Bound::Excluded(hi)))
+            .map_err(db)?
+        {
             let (k, v) = row.map_err(db)?;
-            let (tk, rec) = k.value();
-            total += 1;
-            if let Some(a) = after
-                && (tk, rec) <= (a.tree_key.as_str(), a.record.as_str())
-            {
-                continue;
-            }
-            if items.len() < first {
-                let cursor = MemberCursor {
-                    tree_key: tk.to_owned(),
-                    record: rec.to_owned(),
-                };
-                items.push((cursor, decode(v.value())?));
-            } else {
+            if items.len() == first {
                 has_next = true;
+                break;
             }
+            let (tk, rec) = k.value();
+            let cursor = MemberCursor {
+                tree_key: tk.to_owned(),
+                record: rec.to_owned(),
+            };
+            items.push((cursor, decode(v.value())?));
         }
         Ok(MemberPage {
             items,
