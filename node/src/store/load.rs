@@ -36,10 +36,10 @@ pub(super) fn init_tables(database: &Database) -> Result<(), StoreError> {
         let meta = tx.open_table(META).map_err(db)?;
         meta.get("layout").map_err(db)?.map(|v| v.value())
     };
-    let fresh = layout.is_none();
     create_tables(&tx)?;
     match layout {
         None => {
+            tracing::debug!(layout = LAYOUT, "new store");
             tx.open_table(META)
                 .map_err(db)?
                 .insert("layout", LAYOUT)
@@ -64,9 +64,6 @@ pub(super) fn init_tables(database: &Database) -> Result<(), StoreError> {
                 tracing::info!(layout = to, "store migrated: {what}");
             }
         }
-    }
-    if fresh {
-        tracing::debug!(layout = LAYOUT, "new store");
     }
     Ok(())
 }

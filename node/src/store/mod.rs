@@ -12,6 +12,7 @@ mod reader;
 mod rollup;
 pub mod tables;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -314,19 +315,29 @@ impl StoreHandle {
         rx.await.ok()
     }
 
+    /// [`Self::call`] for commands that answer a `Result`: a stopped actor is
+    /// [`StoreError::Closed`].
+    async fn ask<T, E: From<StoreError>>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, E>>) -> Command,
+    ) -> Result<T, E> {
+        self.call(make)
+            .await
+            .unwrap_or_else(|| Err(StoreError::Closed.into()))
+    }
+
     /// Add a member to `unit`'s register; returns once it is durable.
     pub async fn create_member(
         &self,
         unit: UnitId,
         member: NewMember,
     ) -> Result<Member, WriteError> {
-        self.call(|reply| Command::CreateMember {
+        self.ask(|reply| Command::CreateMember {
             unit,
             member,
             reply,
         })
         .await
-        .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// Change fields of a member; returns the merged record once durable.
@@ -335,20 +346,18 @@ impl StoreHandle {
         id: MemberId,
         patch: MemberPatch,
     ) -> Result<Member, WriteError> {
-        self.call(|reply| Command::UpdateMember { id, patch, reply })
+        self.ask(|reply| Command::UpdateMember { id, patch, reply })
             .await
-            .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// Write this node's own profile (name and registered children) when it differs.
     pub async fn set_profile(&self, name: String, children: Vec<UnitId>) -> Result<(), WriteError> {
-        self.call(|reply| Command::SetProfile {
+        self.ask(|reply| Command::SetProfile {
             name,
             children,
             reply,
         })
         .await
-        .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// Bind a token (by its hash) to a unit and role.
@@ -358,14 +367,13 @@ impl StoreHandle {
         unit: UnitId,
         role: Role,
     ) -> Result<(), StoreError> {
-        self.call(|reply| Command::AddUser {
+        self.ask(|reply| Command::AddUser {
             token_hash,
             unit,
             role,
             reply,
         })
         .await
-        .unwrap_or(Err(StoreError::Closed))
     }
 
     /// A link to `peer` passed its hello: start syncing, sending through `outbox`.
@@ -388,16 +396,12 @@ impl StoreHandle {
     /// Compare the query views with a rebuild from the documents; returns the differences
     /// (empty when the views are exact).
     pub async fn verify_views(&self) -> Result<Vec<String>, StoreError> {
-        self.call(|reply| Command::VerifyViews { reply })
-            .await
-            .unwrap_or(Err(StoreError::Closed))
+        self.ask(|reply| Command::VerifyViews { reply }).await
     }
 
     /// Rebuild every view row from the documents, in one transaction.
     pub async fn rebuild_views(&self) -> Result<(), StoreError> {
-        self.call(|reply| Command::RebuildViews { reply })
-            .await
-            .unwrap_or(Err(StoreError::Closed))
+        self.ask(|reply| Command::RebuildViews { reply }).await
     }
 
     /// Links and freshness.
@@ -415,13 +419,12 @@ impl StoreHandle {
     /// Revoke a child's certificate: recorded in this node's profile (which travels to
     /// every descendant), and the child's live link is dropped. Durable before it returns.
     pub async fn revoke(&self, child: UnitId, fingerprint: String) -> Result<(), WriteError> {
-        self.call(|reply| Command::Revoke {
+        self.ask(|reply| Command::Revoke {
             child,
             fingerprint,
             reply,
         })
         .await
-        .unwrap_or(Err(WriteError::Store(StoreError::Closed)))
     }
 
     /// A message arrived from `peer`. Waits when the actor's inbox is full (backpressure on
@@ -704,56 +707,57 @@ impl Actor {
         {
             let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
             let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
+            let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
             members.retain(|_, _| false).map_err(db)?;
             units.retain(|_, _| false).map_err(db)?;
+            rollups.retain(|_, _| false).map_err(db)?;
+            // From empty tables every member is a +1: the deltas are the roll-ups.
+            let mut deltas = rollup::Deltas::default();
             for entry in self.engine.docs() {
-                let loaded;
-                let d = match entry.doc() {
-                    Some(d) => d,
-                    None => {
-                        loaded = load::load_doc(&self.db, &entry.meta.id)?;
-                        &loaded
-                    }
-                };
-                let mut ignored = rollup::Deltas::default();
-                materialise(&mut members, &mut units, &mut ignored, &entry.meta, d, None)?;
+                let d = self.doc_or_load(entry)?;
+                materialise(&mut members, &mut units, &mut deltas, &entry.meta, &d, None)?;
             }
+            deltas.apply(&mut rollups)?;
         }
-        rollup::rebuild(&tx)?;
         tx.commit().map_err(db)
+    }
+
+    /// A hosted document: the loaded one, or read from the store for this use only.
+    fn doc_or_load<'a>(
+        &self,
+        entry: &'a crate::sync::DocEntry,
+    ) -> Result<Cow<'a, Automerge>, StoreError> {
+        Ok(match entry.doc() {
+            Some(d) => Cow::Borrowed(d),
+            None => Cow::Owned(load::load_doc(&self.db, &entry.meta.id)?),
+        })
     }
 
     /// The view rows the documents imply, against the rows stored.
     fn verify_views(&self) -> Result<Vec<String>, StoreError> {
-        let mut want_members: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
-        let mut want_units: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut want_members = BTreeMap::new();
+        let mut want_units = BTreeMap::new();
         let mut all_members = Vec::new();
         for entry in self.engine.docs() {
             let owner = entry.meta.owner();
-            let loaded;
-            let d = match entry.doc() {
-                Some(d) => d,
-                None => {
-                    loaded = load::load_doc(&self.db, &entry.meta.id)?;
-                    &loaded
-                }
-            };
+            let d = self.doc_or_load(entry)?;
             match entry.meta.id.kind {
                 DocKind::Members => {
-                    for m in doc::read_members(d, owner) {
+                    for m in doc::read_members(&d, owner) {
                         want_members
-                            .insert((owner.tree_key(), m.id.record.to_string()), to_json(&m)?);
+                            .insert(format!("{}{}", owner.tree_key(), m.id.record), to_json(&m)?);
                         all_members.push(m);
                     }
                 }
                 DocKind::Profile => {
-                    if let Some(p) = doc::read_profile(d, owner) {
+                    if let Some(p) = doc::read_profile(&d, owner) {
                         want_units.insert(owner.tree_key(), to_json(&p)?);
                     }
                 }
                 _ => {}
             }
         }
+        let want_rollups = rollup::compute(all_members.iter())?;
         let tx = self.db.begin_read().map_err(db)?;
         let mut have_members = BTreeMap::new();
         for row in tx
@@ -763,64 +767,21 @@ impl Actor {
             .map_err(db)?
         {
             let (k, v) = row.map_err(db)?;
-            let (a, b) = k.value();
-            have_members.insert((a.to_owned(), b.to_owned()), v.value().to_vec());
+            let (unit, record) = k.value();
+            have_members.insert(format!("{unit}{record}"), v.value().to_vec());
         }
-        let mut have_units = BTreeMap::new();
-        for row in tx.open_table(VIEW_UNITS).map_err(db)?.iter().map_err(db)? {
-            let (k, v) = row.map_err(db)?;
-            have_units.insert(k.value().to_owned(), v.value().to_vec());
-        }
+        let rows = |table: redb::TableDefinition<'_, &str, &[u8]>| -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+            let mut out = BTreeMap::new();
+            for row in tx.open_table(table).map_err(db)?.iter().map_err(db)? {
+                let (k, v) = row.map_err(db)?;
+                out.insert(k.value().to_owned(), v.value().to_vec());
+            }
+            Ok(out)
+        };
         let mut diffs = Vec::new();
-        for (k, v) in &want_members {
-            if have_members.get(k) != Some(v) {
-                diffs.push(format!(
-                    "member {}{} missing or stale in the view",
-                    k.0, k.1
-                ));
-            }
-        }
-        for k in have_members
-            .keys()
-            .filter(|k| !want_members.contains_key(*k))
-        {
-            diffs.push(format!(
-                "member {}{} in the view but not in the documents",
-                k.0, k.1
-            ));
-        }
-        for (k, v) in &want_units {
-            if have_units.get(k) != Some(v) {
-                diffs.push(format!("unit {k} missing or stale in the view"));
-            }
-        }
-        for k in have_units.keys().filter(|k| !want_units.contains_key(*k)) {
-            diffs.push(format!("unit {k} in the view but not in the documents"));
-        }
-        let want_rollups = rollup::compute(all_members.iter())?;
-        let mut have_rollups = BTreeMap::new();
-        for row in tx
-            .open_table(VIEW_ROLLUPS)
-            .map_err(db)?
-            .iter()
-            .map_err(db)?
-        {
-            let (k, v) = row.map_err(db)?;
-            have_rollups.insert(k.value().to_owned(), v.value().to_vec());
-        }
-        for (k, v) in &want_rollups {
-            if have_rollups.get(k) != Some(v) {
-                diffs.push(format!("roll-up of {k} missing or stale"));
-            }
-        }
-        for k in have_rollups
-            .keys()
-            .filter(|k| !want_rollups.contains_key(*k))
-        {
-            diffs.push(format!(
-                "roll-up of {k} in the view but no members below it"
-            ));
-        }
+        compare_rows("member", &want_members, &have_members, &mut diffs);
+        compare_rows("unit", &want_units, &rows(VIEW_UNITS)?, &mut diffs);
+        compare_rows("roll-up", &want_rollups, &rows(VIEW_ROLLUPS)?, &mut diffs);
         Ok(diffs)
     }
 
@@ -1108,11 +1069,14 @@ impl Actor {
         };
         // Only what is already persisted goes into the snapshot. An evicted document is
         // read back for the occasion and not kept.
-        let snapshot = match self.engine.get(&id).and_then(|e| e.doc()) {
-            Some(d) if d.get_heads() == p.heads => d.save(),
-            Some(_) => return Ok(()),
-            None => load::load_doc(&self.db, &id)?.save(),
+        let Some(entry) = self.engine.get(&id) else {
+            return Ok(());
         };
+        let d = self.doc_or_load(entry)?;
+        if d.get_heads() != p.heads {
+            return Ok(());
+        }
+        let snapshot = d.save();
         let key = id.to_string();
         p.next_seq = 0;
         p.rows_since_snapshot = 0;
@@ -1255,6 +1219,23 @@ impl Actor {
         tx.commit().map_err(db)?;
         self.persisted.extend(updated);
         Ok(())
+    }
+}
+
+/// Name every row `want` (from the documents) and `have` (stored) disagree on.
+fn compare_rows(
+    what: &str,
+    want: &BTreeMap<String, Vec<u8>>,
+    have: &BTreeMap<String, Vec<u8>>,
+    diffs: &mut Vec<String>,
+) {
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            diffs.push(format!("{what} {k} missing or stale in the view"));
+        }
+    }
+    for k in have.keys().filter(|k| !want.contains_key(*k)) {
+        diffs.push(format!("{what} {k} in the view but not in the documents"));
     }
 }
 

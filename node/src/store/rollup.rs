@@ -76,8 +76,8 @@ pub(super) fn compute<'a>(
         .collect()
 }
 
-/// Rewrite the roll-ups from the members view (rebuilds and migration 3).
-pub(super) fn rebuild(tx: &WriteTransaction) -> Result<(), StoreError> {
+/// Layout 3: the roll-up table, computed from the members view.
+pub(super) fn migrate_3_rollups(tx: &WriteTransaction) -> Result<(), StoreError> {
     let mut members = Vec::new();
     for row in tx
         .open_table(VIEW_MEMBERS)
@@ -97,9 +97,4 @@ pub(super) fn rebuild(tx: &WriteTransaction) -> Result<(), StoreError> {
         table.insert(key.as_str(), json.as_slice()).map_err(db)?;
     }
     Ok(())
-}
-
-/// Layout 3: the roll-up table, computed from the members view.
-pub(super) fn migrate_3_rollups(tx: &WriteTransaction) -> Result<(), StoreError> {
-    rebuild(tx)
 }

@@ -74,8 +74,6 @@ pub struct Residency {
     pub loaded: usize,
     /// Estimated memory of the loaded ones.
     pub loaded_bytes: u64,
-    /// Loads from the source since the engine started.
-    pub loads: u64,
 }
 
 /// The optional [`DocSource`] (a named type so that the engine stays `Debug`).
@@ -288,8 +286,6 @@ pub struct Engine {
     source: Source,
     /// Use counter for least-recently-used eviction.
     tick: u64,
-    /// Documents read back from the source so far.
-    loads: u64,
     /// Documents loaded now (eviction looks at these only, not at every hosted one).
     resident: HashSet<DocId>,
 }
@@ -308,7 +304,6 @@ impl Engine {
             subtree_digests: HashMap::new(),
             source: Source::default(),
             tick: 0,
-            loads: 0,
             resident: HashSet::new(),
         }
     }
@@ -340,7 +335,6 @@ impl Engine {
             // The digest kept while evicted must describe what was loaded.
             let stale = self.doc_digests.get(id) != Some(&heads_digest(&d));
             entry.doc = Some(Box::new(d));
-            self.loads += 1;
             self.resident.insert(id.clone());
             if stale {
                 tracing::warn!(doc = %id, "a reloaded document differs from its digest");
@@ -423,7 +417,6 @@ impl Engine {
     pub fn residency(&self) -> Residency {
         let mut r = Residency {
             hosted: self.docs.len(),
-            loads: self.loads,
             ..Residency::default()
         };
         for d in self
@@ -441,13 +434,9 @@ impl Engine {
     fn add_doc(&mut self, meta: DocMeta, doc: Option<Automerge>) {
         let id = meta.id.clone();
         let owner = meta.owner().clone();
+        let loaded = doc.is_some();
         self.tick += 1;
         let used = self.tick;
-        if doc.is_some() {
-            self.resident.insert(id.clone());
-        } else {
-            self.resident.remove(&id);
-        }
         let doc = doc.map(Box::new);
         self.docs.insert(id.clone(), DocEntry { meta, doc, used });
         self.by_owner
@@ -459,10 +448,12 @@ impl Engine {
             self.kids.entry(parent.clone()).or_default().insert(unit);
             unit = parent;
         }
-        if self.docs.get(&id).is_some_and(|e| e.doc.is_some()) {
+        if loaded {
+            self.resident.insert(id.clone());
             self.invalidate(&id);
         } else {
             // Unloaded: its digest came with it.
+            self.resident.remove(&id);
             self.invalidate_line(&id.owner);
         }
     }
