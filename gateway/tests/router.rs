@@ -34,6 +34,17 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// A new token bound to `unit` with `role`.
+async fn token_for(f: &Fixture, unit: &str, role: Role) -> String {
+    let token = new_token().unwrap();
+    f.backend
+        .store
+        .add_user(token_hash(&token), unit.parse().unwrap(), role)
+        .await
+        .unwrap();
+    token
+}
+
 async fn post(f: &Fixture, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
     let mut req = Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
@@ -145,16 +156,7 @@ async fn bad_requests_get_codes_not_crashes() {
 #[tokio::test]
 async fn page_size_is_capped_and_roles_apply() {
     let f = fixture().await;
-    let viewer = new_token().unwrap();
-    f.backend
-        .store
-        .add_user(
-            token_hash(&viewer),
-            f.backend.node_unit.clone(),
-            Role::Viewer,
-        )
-        .await
-        .unwrap();
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
     let r = query(
         &f,
         Some(&viewer),
@@ -185,24 +187,9 @@ async fn page_size_is_capped_and_roles_apply() {
 async fn indicators_come_from_the_rollups_and_follow_visibility() {
     use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
     let f = fixture().await;
-    let (viewer, outsider) = (new_token().unwrap(), new_token().unwrap());
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let outsider = token_for(&f, "c01/k02", Role::Admin).await;
     let store = &f.backend.store;
-    store
-        .add_user(
-            token_hash(&viewer),
-            f.backend.node_unit.clone(),
-            Role::Viewer,
-        )
-        .await
-        .unwrap();
-    store
-        .add_user(
-            token_hash(&outsider),
-            "c01/k02".parse().unwrap(),
-            Role::Admin,
-        )
-        .await
-        .unwrap();
     // County: 2 members; its township: 3, one young with a bachelor's who joined in 2026.
     let m = |birth: i64, edu: Education, joined: &str| NewMember {
         name: "Someone".into(),
@@ -237,7 +224,7 @@ async fn indicators_come_from_the_rollups_and_follow_visibility() {
         (ind["under35Share"].as_f64().unwrap() - 0.2).abs() < 1e-9,
         "{r}"
     );
-    // The county's row is the sum of its own members and its township's row.
+    // The township's own row counts only its three members.
     assert_eq!(f.backend.reader.rollup(&township).unwrap().members, 3);
     // Another county's admin and anonymous callers see no figures.
     for token in [Some(outsider.as_str()), None] {

@@ -75,7 +75,19 @@ pub async fn gql(
     query: &str,
     variables: Value,
 ) -> anyhow::Result<Value> {
-    let client = reqwest::Client::new();
+    gql_with(&reqwest::Client::new(), url, token, query, variables).await
+}
+
+/// [`gql`] through a given client, whose connections are reused (benchmarks time queries;
+/// a client is not shared between tests, since its pooled connections belong to the runtime
+/// that opened them).
+pub async fn gql_with(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> anyhow::Result<Value> {
     let mut req = client
         .post(url)
         .json(&json!({ "query": query, "variables": variables }));

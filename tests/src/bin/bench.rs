@@ -36,7 +36,7 @@ use grassroots_schema::{
     RecordId, UnitId,
 };
 use grassroots_tests::relay::Relay;
-use grassroots_tests::unit;
+use grassroots_tests::{gql_with, unit};
 use serde_json::json;
 
 fn emit(scenario: &str, metric: &str, value: f64, unit: &str, baseline: Option<f64>) {
@@ -675,31 +675,29 @@ async fn propagation() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut ms = Vec::new();
     for i in 0..100 {
-        let q = json!({ "query": "mutation($i: CreateMemberInput!) { createMember(input: $i) { id } }",
-            "variables": { "i": { "unit": village.as_str(), "name": format!("Probe {i}"), "birthYear": 1990, "gender": "MALE", "education": "BACHELOR", "joinedOn": "2020-01-01" } } });
+        let vars = json!({ "i": { "unit": village.as_str(), "name": format!("Probe {i}"), "birthYear": 1990, "gender": "MALE", "education": "BACHELOR", "joinedOn": "2020-01-01" } });
         let t = Instant::now();
-        let r: serde_json::Value = client
-            .post(&vurl)
-            .bearer_auth(&vtok)
-            .json(&q)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let r = gql_with(
+            &client,
+            &vurl,
+            Some(&vtok),
+            "mutation($i: CreateMemberInput!) { createMember(input: $i) { id } }",
+            vars,
+        )
+        .await?;
         let id = r["data"]["createMember"]["id"]
             .as_str()
             .context("create")?
             .to_owned();
         loop {
-            let q = json!({ "query": "query($id: ID!) { member(id: $id) { id } }", "variables": { "id": id } });
-            let r: serde_json::Value = client
-                .post(&curl)
-                .bearer_auth(&ctok)
-                .json(&q)
-                .send()
-                .await?
-                .json()
-                .await?;
+            let r = gql_with(
+                &client,
+                &curl,
+                Some(&ctok),
+                "query($id: ID!) { member(id: $id) { id } }",
+                json!({ "id": id }),
+            )
+            .await?;
             if !r["data"]["member"].is_null() {
                 break;
             }
@@ -800,15 +798,14 @@ async fn cold_start() -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let start = Instant::now();
     let node = grassroots::launch::RunningNode::start(cfg, "127.0.0.1:0".parse()?).await?;
-    let q = json!({ "query": "{ nodeUnit { members(subtree: true) { totalCount } } }" });
-    let r: serde_json::Value = client
-        .post(node.graphql_url())
-        .bearer_auth(&token)
-        .json(&q)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let r = gql_with(
+        &client,
+        &node.graphql_url(),
+        Some(&token),
+        "{ nodeUnit { members(subtree: true) { totalCount } } }",
+        json!({}),
+    )
+    .await?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if r["data"]["nodeUnit"]["members"]["totalCount"].as_u64() != Some(total as u64) {
         bail!("cold start answered {r}");
@@ -821,7 +818,7 @@ async fn cold_start() -> anyhow::Result<()> {
 
 /// A city node holding 5,000 villages' registers (150,000 members from the demo generator):
 /// the store is filled here, then opened by a fresh process of this binary that reports its
-/// resident memory before and after loading.
+/// resident memory before and after opening, and after a few roll-up queries.
 async fn memory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let city = unit("c01");
