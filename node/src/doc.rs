@@ -7,8 +7,11 @@
 //! a set, so additions merge too).
 
 use automerge::transaction::Transactable;
+use std::collections::BTreeSet;
+
 use automerge::{
-    ActorId, Automerge, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+    ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, PatchAction, Prop, ROOT,
+    ReadDoc, ScalarValue, Value,
 };
 use grassroots_schema::{
     ActorTag, Education, Gender, Member, MemberId, MemberPatch, MemberStatus, NewMember, RecordId,
@@ -170,6 +173,29 @@ pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
         };
         if let Some(m) = read_member(doc, unit, record) {
             out.push(m);
+        }
+    }
+    out
+}
+
+/// The records that changed between two sets of heads of a members document (created,
+/// edited or removed), from automerge's diff rather than by reading every record.
+pub fn touched_records(
+    doc: &Automerge,
+    before: &[ChangeHash],
+    after: &[ChangeHash],
+) -> BTreeSet<RecordId> {
+    let mut out = BTreeSet::new();
+    for patch in doc.diff(before, after) {
+        // A record's own map is the first step of the path; a patch on the root itself
+        // names the record in its action.
+        let key = match (patch.path.first(), &patch.action) {
+            (Some((_, Prop::Map(k))), _) => k.clone(),
+            (None, PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key }) => key.clone(),
+            _ => continue,
+        };
+        if let Ok(r) = key.parse() {
+            out.insert(r);
         }
     }
     out
@@ -379,5 +405,28 @@ mod tests {
             update_member(&mut d, RecordId::from_u64(1), &MemberPatch::default()),
             Err(DocError::NoSuchRecord(_))
         ));
+    }
+
+    #[test]
+    fn a_diff_names_exactly_the_records_that_changed() {
+        let u = unit("c01/k01/t01/v01");
+        let mut d = empty(&actor_for(&u, [1; 8]));
+        for i in 0..50 {
+            create_member(&mut d, RecordId::from_u64(i), &sample()).unwrap();
+        }
+        let before = d.get_heads();
+        assert!(touched_records(&d, &before, &before).is_empty());
+        // Another replica edits one record and adds one; they arrive here by sync.
+        let mut other = d.fork().with_actor(actor_for(&unit("c01/k01/t01"), [2; 8]));
+        let patch = MemberPatch {
+            name: Some("Renamed".into()),
+            ..Default::default()
+        };
+        update_member(&mut other, RecordId::from_u64(7), &patch).unwrap();
+        create_member(&mut other, RecordId::from_u64(99), &sample()).unwrap();
+        sync_pair(&mut d, &mut other);
+        let touched = touched_records(&d, &before, &d.get_heads());
+        let want: BTreeSet<RecordId> = [7, 99].into_iter().map(RecordId::from_u64).collect();
+        assert_eq!(touched, want);
     }
 }

@@ -459,7 +459,7 @@ struct Batch {
     /// Records written locally: only their view rows are rewritten.
     /// Each with its row as of the end of the batch's transaction (a create's own fields, or
     /// an update's read-back), so the view is written without reading the document again.
-    records: BTreeMap<DocId, BTreeMap<RecordId, Member>>,
+    records: BTreeMap<DocId, BTreeMap<RecordId, Option<Member>>>,
     /// Documents peers changed, to forward to the other peers once stored.
     forward: Vec<(DocId, UnitId)>,
     created: BTreeSet<DocId>,
@@ -1001,7 +1001,7 @@ impl Actor {
                         .records
                         .entry(doc_id.clone())
                         .or_default()
-                        .insert(m.id.record, m.clone());
+                        .insert(m.id.record, Some(m.clone()));
                 }
                 reply_after_commit(batch, w.reply, outcome);
             }
@@ -1152,6 +1152,8 @@ impl Actor {
                 };
                 let key = id.to_string();
                 let mut p = self.persisted.get(id).cloned().unwrap_or_default();
+                // What the views reflect now: they were committed with these heads.
+                let viewed = p.heads.clone();
                 let heads = d.get_heads();
                 if heads == p.heads {
                     continue;
@@ -1192,8 +1194,18 @@ impl Actor {
                 state_t
                     .insert(key.as_str(), load::encode_state(&p).as_slice())
                     .map_err(db)?;
+                // Peer changes: the records automerge's diff names since the views' heads
+                // (a new document is read whole).
+                let diffed;
                 let only = match batch.records.get(id) {
                     Some(records) if !batch.resync.contains(id) => Some(records),
+                    _ if id.kind == DocKind::Members && !viewed.is_empty() => {
+                        diffed = doc::touched_records(d, &viewed, &p.heads)
+                            .into_iter()
+                            .map(|r| (r, doc::read_member(d, &id.owner, r)))
+                            .collect();
+                        Some(&diffed)
+                    }
                     _ => None,
                 };
                 materialise(&mut members, &mut units, &mut deltas, meta, d, only)?;
@@ -1263,8 +1275,8 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
 }
 
 /// Rewrite the view rows of one document from its current content: all of them, or only
-/// those of `only` (records written locally, with their current rows; a peer's changes
-/// rebuild the whole document).
+/// those of `only` (records written locally or named by a diff, with their current rows, or
+/// `None` for a record that is gone).
 /// Member rows replaced or removed count `-1` in `deltas`, rows written `+1`.
 fn materialise(
     members: &mut redb::Table<'_, (&str, &str), &[u8]>,
@@ -1272,7 +1284,7 @@ fn materialise(
     deltas: &mut rollup::Deltas,
     meta: &DocMeta,
     document: &Automerge,
-    only: Option<&BTreeMap<RecordId, Member>>,
+    only: Option<&BTreeMap<RecordId, Option<Member>>>,
 ) -> Result<(), StoreError> {
     let owner = meta.owner();
     let key = owner.tree_key();
@@ -1283,21 +1295,28 @@ fn materialise(
     match meta.id.kind {
         DocKind::Members => match only {
             Some(records) => {
-                for (record, m) in records {
+                for (record, row) in records {
                     let rec = record.to_string();
-                    deltas.note(m, 1);
-                    let old = members
-                        .insert((key.as_str(), rec.as_str()), to_json(m)?.as_slice())
-                        .map_err(db)?
-                        .map(|v| old_row(v.value()));
+                    let old = match row {
+                        Some(m) => {
+                            deltas.note(m, 1);
+                            members
+                                .insert((key.as_str(), rec.as_str()), to_json(m)?.as_slice())
+                                .map_err(db)?
+                                .map(|v| old_row(v.value()))
+                        }
+                        None => members
+                            .remove((key.as_str(), rec.as_str()))
+                            .map_err(db)?
+                            .map(|v| old_row(v.value())),
+                    };
                     if let Some(old) = old {
                         deltas.note(&old?, -1);
                     }
                 }
             }
             None => {
-                // Compare with the stored rows and touch only those that differ: a peer's
-                // change usually alters a few records of a large register.
+                // Compare with the stored rows and touch only those that differ.
                 let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
                 for row in members
                     .range((key.as_str(), "")..(key.as_str(), "~"))
