@@ -170,18 +170,29 @@ fn read_doc(
     // One `load` of the snapshot and every change row together: automerge builds the
     // document in one pass, where `load_incremental` per row applies changes one by one
     // (measured: 91 ms against a few ms for a 5,000-change register).
-    let mut bytes = match snaps.get(id).map_err(db)? {
-        Some(s) => s.value().to_vec(),
-        None => Vec::new(),
-    };
-    for row in changes.range((id, 0)..=(id, u64::MAX)).map_err(db)? {
-        let (_, v) = row.map_err(db)?;
-        bytes.extend_from_slice(v.value());
-    }
+    let bytes = doc_bytes(snaps, changes, id, u64::MAX)?;
     if bytes.is_empty() {
         return Ok(Automerge::new());
     }
     Automerge::load(&bytes).map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))
+}
+
+/// The snapshot of `id` followed by its change rows numbered below `below`.
+fn doc_bytes(
+    snaps: &impl ReadableTable<&'static str, &'static [u8]>,
+    changes: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    id: &str,
+    below: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = match snaps.get(id).map_err(db)? {
+        Some(s) => s.value().to_vec(),
+        None => Vec::new(),
+    };
+    for row in changes.range((id, 0)..(id, below)).map_err(db)? {
+        let (_, v) = row.map_err(db)?;
+        bytes.extend_from_slice(v.value());
+    }
+    Ok(bytes)
 }
 
 /// Read one document as last committed.
@@ -190,6 +201,19 @@ pub(super) fn load_doc(database: &Database, id: &DocId) -> Result<Automerge, Sto
     let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
     let changes = tx.open_table(CHANGES).map_err(db)?;
     read_doc(&snaps, &changes, &id.to_string())
+}
+
+/// The committed bytes of one document (snapshot, then change rows numbered below `below`),
+/// read in one read transaction: what compaction folds.
+pub(super) fn committed_bytes(
+    database: &Database,
+    id: &DocId,
+    below: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
+    doc_bytes(&snaps, &changes, &id.to_string(), below)
 }
 
 /// Host every stored document in `engine` by its metadata and heads (none is loaded), with

@@ -7,6 +7,7 @@
 //! durable, and a node forwards only what it has stored. Reads of the query views go through
 //! [`StoreReader`] and never touch the actor.
 
+mod compact;
 mod load;
 mod reader;
 mod rollup;
@@ -43,6 +44,11 @@ const SNAPSHOT_CHANGES: usize = 1_000;
 /// Bytes of change rows since the snapshot before they are folded into a new one: batched
 /// writes make few, large changes, which the change count alone would let pile up.
 const SNAPSHOT_BYTES: u64 = 256 << 10;
+/// Random low bits of a record id (the rest is the creation time in milliseconds).
+const RECORD_RANDOM_BITS: u32 = 22;
+/// How long the store waits for the rest of a group of concurrent writers, and how often.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(20);
+const LINGER_ROUNDS: u32 = 2;
 /// Most commands applied in one commit.
 const MAX_BATCH: usize = 512;
 /// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
@@ -154,6 +160,8 @@ enum Command {
         peer: UnitId,
         msg: Msg,
     },
+    /// A snapshot from the compactor thread, to be stored with the next commit.
+    Compacted(compact::Done),
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -259,6 +267,18 @@ pub fn open_database(
     }));
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
+    let activity = Arc::new(compact::Activity::new());
+    let compactor = compact::Compactor::spawn(
+        database.clone(),
+        tx.downgrade(),
+        activity.clone(),
+        format!("compact {me}"),
+    )?;
+    let due = persisted
+        .iter()
+        .filter(|(_, p)| p.due())
+        .map(|(id, _)| id.clone())
+        .collect();
     let actor = Actor {
         db: database.clone(),
         engine,
@@ -269,6 +289,12 @@ pub fn open_database(
         heard,
         retry: BTreeSet::new(),
         options,
+        compactor,
+        activity,
+        due,
+        compacting: None,
+        last_record: 0,
+        last_batch_writes: 0,
     };
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
@@ -306,6 +332,23 @@ struct Persisted {
     rows_since_snapshot: u32,
     changes_since_snapshot: usize,
     bytes_since_snapshot: u64,
+}
+
+impl Persisted {
+    /// Whether the change rows since the snapshot should be folded into a new one.
+    fn due(&self) -> bool {
+        self.rows_since_snapshot >= SNAPSHOT_EVERY
+            || self.changes_since_snapshot >= SNAPSHOT_CHANGES
+            || self.bytes_since_snapshot >= SNAPSHOT_BYTES
+    }
+
+    /// Whether the rows have piled up to four times the thresholds: compaction then starts
+    /// without waiting for the store to be quiet.
+    fn backlogged(&self) -> bool {
+        self.rows_since_snapshot >= 4 * SNAPSHOT_EVERY
+            || self.changes_since_snapshot >= 4 * SNAPSHOT_CHANGES
+            || self.bytes_since_snapshot >= 4 * SNAPSHOT_BYTES
+    }
 }
 
 impl StoreHandle {
@@ -468,6 +511,8 @@ struct Batch {
     states: Vec<(UnitId, DocId, Vec<u8>)>,
     users: Vec<([u8; 32], String)>,
     heard: BTreeMap<UnitId, u64>,
+    /// Snapshots from the compactor, stored in this batch's transaction.
+    compacted: Vec<compact::Done>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -490,22 +535,64 @@ struct Actor {
     /// Documents whose changes a failed commit did not persist.
     retry: BTreeSet<DocId>,
     options: StoreOptions,
+    compactor: compact::Compactor,
+    /// When the store last had work (compactions wait for quiet).
+    activity: Arc<compact::Activity>,
+    /// Documents whose change rows are due to be folded into a snapshot.
+    due: BTreeSet<DocId>,
+    /// Member writes in the last batch: how many writers there are to wait for.
+    last_batch_writes: usize,
+    /// The last record id this node made (ids only grow).
+    last_record: u64,
+    /// The document the compactor is working on (one at a time: a job holds a whole
+    /// document in memory).
+    compacting: Option<DocId>,
 }
 
 impl Actor {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let _span = tracing::info_span!("store", unit = %self.engine.me()).entered();
+        self.next_compaction();
+        let done = self.serve(&mut rx);
+        // No result can be delivered any more: close the inbox so a compactor sending one
+        // fails at once, then wait for it, so the database is closed when the caller is told.
+        rx.close();
+        self.compactor.stop();
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Serve commands until shutdown (its reply is returned) or until every handle is gone.
+    fn serve(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<oneshot::Sender<()>> {
         while let Some(first) = rx.blocking_recv() {
+            if !matches!(first, Command::Compacted(_)) {
+                self.activity.touch();
+            }
             let mut batch = Batch::default();
             self.on_command(first, &mut batch);
             let mut taken = 1;
+            let mut lingered = 0;
             while batch.shutdown.is_none() && taken < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(cmd) => self.on_command(cmd, &mut batch),
+                    // Group commit: writers that were in the last batch are still sending
+                    // their next write. Waiting a moment for them makes one commit of what
+                    // would be two; a lone writer (last batch of one) never waits.
+                    Err(_)
+                        if lingered < LINGER_ROUNDS
+                            && !batch.writes.is_empty()
+                            && batch.writes.len() < self.last_batch_writes =>
+                    {
+                        lingered += 1;
+                        std::thread::sleep(LINGER);
+                        continue;
+                    }
                     Err(_) => break,
                 }
                 taken += 1;
             }
+            self.last_batch_writes = batch.writes.len();
             if batch.shutdown.is_some() {
                 let peers: Vec<UnitId> = self.engine.peers().cloned().collect();
                 for p in peers {
@@ -518,9 +605,15 @@ impl Actor {
             batch.resync.extend(retry.iter().cloned());
             batch.dirty.extend(retry);
             let result = self.commit(&batch);
+            if !batch.compacted.is_empty() {
+                self.compacting = None;
+            }
             if let Err(e) = &result {
                 tracing::error!("commit failed, nothing in this batch is acknowledged: {e}");
                 self.retry.extend(batch.dirty.iter().cloned());
+                // A snapshot not stored is made again from what is committed by then.
+                self.due
+                    .extend(batch.compacted.iter().map(|d| d.job.doc.clone()));
             } else {
                 self.heard
                     .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
@@ -534,16 +627,37 @@ impl Actor {
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
             }
-            if batch.shutdown.is_none()
-                && rx.is_empty()
-                && let Err(e) = self.compact_one()
-            {
-                tracing::warn!("compaction failed (changes stay as rows): {e}");
+            if batch.shutdown.is_some() {
+                return batch.shutdown;
             }
-            if let Some(done) = batch.shutdown {
-                let _ = done.send(());
-                return;
+            self.next_compaction();
+        }
+        None
+    }
+
+    /// Give the compactor the next due document, unless it is busy.
+    fn next_compaction(&mut self) {
+        if self.compacting.is_some() {
+            return;
+        }
+        while let Some(id) = self.due.pop_first() {
+            let Some(p) = self.persisted.get(&id).filter(|p| p.due()) else {
+                continue;
+            };
+            let job = compact::Job {
+                doc: id.clone(),
+                upto: p.next_seq,
+                rows: p.rows_since_snapshot,
+                changes: p.changes_since_snapshot,
+                bytes: p.bytes_since_snapshot,
+                urgent: p.backlogged(),
+            };
+            if self.compactor.submit(job) {
+                self.compacting = Some(id);
+            } else {
+                tracing::warn!("the compactor thread is gone: change rows are no longer folded");
             }
+            return;
         }
     }
 
@@ -558,7 +672,7 @@ impl Actor {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
-                match self.random_record() {
+                match self.new_record() {
                     Ok(record) => batch.writes.push(PendingWrite {
                         doc: DocId::new(DocKind::Members, unit.clone()),
                         op: PendingOp::Create(MemberId { unit, record }, member),
@@ -687,6 +801,7 @@ impl Actor {
                 batch.created.extend(step.created);
                 batch.sends.extend(step.send);
             }
+            Command::Compacted(done) => batch.compacted.push(done),
             Command::Shutdown { reply } => batch.shutdown = Some(reply),
         }
     }
@@ -896,10 +1011,19 @@ impl Actor {
         Ok(out)
     }
 
-    fn random_record(&self) -> Result<RecordId, StoreError> {
+    /// A new record id: milliseconds since the epoch in the high 42 bits, random low bits,
+    /// and never below the last id this node made. Ids made in time order land next to each
+    /// other in the members view, so a batch of creates dirties a few B-tree pages instead of
+    /// one per record (the commit was a third of the ingest time with random ids). Two nodes
+    /// collide only by creating in the same register in the same millisecond with the same
+    /// 22 random bits.
+    fn new_record(&mut self) -> Result<RecordId, StoreError> {
         let mut b = [0u8; 8];
         self.rng.fill(&mut b).map_err(|_| StoreError::Random)?;
-        Ok(RecordId::from_u64(u64::from_be_bytes(b)))
+        let random = u64::from_be_bytes(b) & ((1 << RECORD_RANDOM_BITS) - 1);
+        let id = (now_ms() << RECORD_RANDOM_BITS | random).max(self.last_record.wrapping_add(1));
+        self.last_record = id;
+        Ok(RecordId::from_u64(id))
     }
 
     fn local_doc(
@@ -1050,66 +1174,14 @@ impl Actor {
         Ok(())
     }
 
-    /// Fold one document's change rows into a snapshot, if any document is due. Runs only
-    /// when the inbox is empty, in its own transaction; loses nothing if it fails (the rows
-    /// are deleted in the same transaction that writes the snapshot).
-    fn compact_one(&mut self) -> Result<(), StoreError> {
-        let due = self
-            .persisted
-            .iter()
-            .find(|(_, p)| {
-                p.rows_since_snapshot >= SNAPSHOT_EVERY
-                    || p.changes_since_snapshot >= SNAPSHOT_CHANGES
-                    || p.bytes_since_snapshot >= SNAPSHOT_BYTES
-            })
-            .map(|(id, _)| id.clone());
-        let Some(id) = due else { return Ok(()) };
-        let Some(mut p) = self.persisted.get(&id).cloned() else {
-            return Ok(());
-        };
-        // Only what is already persisted goes into the snapshot. An evicted document is
-        // read back for the occasion and not kept.
-        let Some(entry) = self.engine.get(&id) else {
-            return Ok(());
-        };
-        let d = self.doc_or_load(entry)?;
-        if d.get_heads() != p.heads {
-            return Ok(());
-        }
-        let snapshot = d.save();
-        let key = id.to_string();
-        p.next_seq = 0;
-        p.rows_since_snapshot = 0;
-        p.changes_since_snapshot = 0;
-        p.bytes_since_snapshot = 0;
-        let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
-            let mut changes = tx.open_table(CHANGES).map_err(db)?;
-            let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
-            snaps
-                .insert(key.as_str(), snapshot.as_slice())
-                .map_err(db)?;
-            changes
-                .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
-                .map_err(db)?;
-            state_t
-                .insert(key.as_str(), load::encode_state(&p).as_slice())
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
-        self.persisted.insert(id, p);
-        Ok(())
-    }
-
-    /// Persist the batch in one write transaction: new documents, appended changes (or a
-    /// snapshot every [`SNAPSHOT_EVERY`] rows or [`SNAPSHOT_CHANGES`] changes), re-materialised
-    /// views, sync states, users.
+    /// Persist the batch in one write transaction: new documents, appended change rows,
+    /// snapshots the compactor made, re-materialised views and roll-ups, sync states, users.
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
         if batch.dirty.is_empty()
             && batch.created.is_empty()
             && batch.states.is_empty()
             && batch.users.is_empty()
+            && batch.compacted.is_empty()
         {
             return Ok(());
         }
@@ -1121,7 +1193,7 @@ impl Actor {
             }
         }
         let tx = self.db.begin_write().map_err(db)?;
-        let mut updated: Vec<(DocId, Persisted)> = Vec::new();
+        let mut updated: BTreeMap<DocId, Persisted> = BTreeMap::new();
         {
             let mut docs = tx.open_table(DOCS).map_err(db)?;
             let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
@@ -1131,7 +1203,13 @@ impl Actor {
             let mut changes = tx.open_table(CHANGES).map_err(db)?;
             let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
             let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
-            for id in batch.created.iter().chain(batch.dirty.iter()) {
+            // A document's audience is fixed at creation: its row is written once, when the
+            // document is first committed (a created one whose commit failed is still dirty).
+            let unwritten = batch
+                .dirty
+                .iter()
+                .filter(|id| !self.persisted.contains_key(*id));
+            for id in batch.created.iter().chain(unwritten) {
                 let Some(entry) = self.engine.get(id) else {
                     continue;
                 };
@@ -1163,33 +1241,13 @@ impl Actor {
                 for c in &new {
                     bytes.extend_from_slice(c.raw_bytes());
                 }
-                // Compaction normally waits for an idle moment (`compact_one`); only a node
-                // that never idles compacts inline, so change rows stay bounded. The backlog
-                // before this commit decides: one large arrival (a village's catch-up) is
-                // written as a row and compacted off the critical path.
-                if p.rows_since_snapshot >= 4 * SNAPSHOT_EVERY
-                    || p.changes_since_snapshot >= 4 * SNAPSHOT_CHANGES
-                    || p.bytes_since_snapshot >= 4 * SNAPSHOT_BYTES
-                {
-                    snaps
-                        .insert(key.as_str(), d.save().as_slice())
-                        .map_err(db)?;
-                    changes
-                        .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
-                        .map_err(db)?;
-                    p.next_seq = 0;
-                    p.rows_since_snapshot = 0;
-                    p.changes_since_snapshot = 0;
-                    p.bytes_since_snapshot = 0;
-                } else {
-                    changes
-                        .insert((key.as_str(), p.next_seq), bytes.as_slice())
-                        .map_err(db)?;
-                    p.next_seq += 1;
-                    p.rows_since_snapshot += 1;
-                    p.changes_since_snapshot += new.len();
-                    p.bytes_since_snapshot += bytes.len() as u64;
-                }
+                changes
+                    .insert((key.as_str(), p.next_seq), bytes.as_slice())
+                    .map_err(db)?;
+                p.next_seq += 1;
+                p.rows_since_snapshot += 1;
+                p.changes_since_snapshot += new.len();
+                p.bytes_since_snapshot += bytes.len() as u64;
                 p.heads = heads;
                 state_t
                     .insert(key.as_str(), load::encode_state(&p).as_slice())
@@ -1209,7 +1267,40 @@ impl Actor {
                     _ => None,
                 };
                 materialise(&mut members, &mut units, &mut deltas, meta, d, only)?;
-                updated.push((id.clone(), p));
+                updated.insert(id.clone(), p);
+            }
+            // Snapshots from the compactor replace exactly the rows they were made from; rows
+            // appended since stay, and so does their share of the bookkeeping.
+            for done in &batch.compacted {
+                let job = &done.job;
+                let snapshot = match &done.snapshot {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(doc = %job.doc, "compaction failed (changes stay as rows): {e}");
+                        continue;
+                    }
+                };
+                let Some(mut p) = updated
+                    .get(&job.doc)
+                    .or_else(|| self.persisted.get(&job.doc))
+                    .cloned()
+                else {
+                    continue;
+                };
+                let key = job.doc.to_string();
+                snaps
+                    .insert(key.as_str(), snapshot.as_slice())
+                    .map_err(db)?;
+                changes
+                    .retain_in((key.as_str(), 0)..(key.as_str(), job.upto), |_, _| false)
+                    .map_err(db)?;
+                p.rows_since_snapshot = p.rows_since_snapshot.saturating_sub(job.rows);
+                p.changes_since_snapshot = p.changes_since_snapshot.saturating_sub(job.changes);
+                p.bytes_since_snapshot = p.bytes_since_snapshot.saturating_sub(job.bytes);
+                state_t
+                    .insert(key.as_str(), load::encode_state(&p).as_slice())
+                    .map_err(db)?;
+                updated.insert(job.doc.clone(), p);
             }
             deltas.apply(&mut rollups)?;
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
@@ -1229,6 +1320,12 @@ impl Actor {
             }
         }
         tx.commit().map_err(db)?;
+        self.due.extend(
+            updated
+                .iter()
+                .filter(|(_, p)| p.due())
+                .map(|(id, _)| id.clone()),
+        );
         self.persisted.extend(updated);
         Ok(())
     }
@@ -1422,6 +1519,83 @@ mod tests {
             r.members(&me, false, None, 1000).unwrap().total,
             ids.len() + 1
         );
+        t.shutdown().await;
+    }
+
+    /// Change rows and whether a snapshot exists for `doc`, as committed.
+    fn rows_and_snapshot(r: &StoreReader, doc: &DocId) -> (usize, bool) {
+        let tx = r.db.begin_read().unwrap();
+        let key = doc.to_string();
+        let rows = tx
+            .open_table(CHANGES)
+            .unwrap()
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .unwrap()
+            .count();
+        let snap = tx
+            .open_table(SNAPSHOTS)
+            .unwrap()
+            .get(key.as_str())
+            .unwrap()
+            .is_some();
+        (rows, snap)
+    }
+
+    #[tokio::test]
+    async fn compaction_runs_beside_writes_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let me = u("c01/k01/t01/v01");
+        let doc = DocId::new(DocKind::Members, me.clone());
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..SNAPSHOT_EVERY as usize {
+            let m = h.create_member(me.clone(), sample(&format!("M {i}"))).await;
+            ids.push(m.unwrap().id);
+        }
+        // Writes keep going while the compactor folds the first rows: the rows they add
+        // must survive the snapshot that replaces the older ones.
+        let mut waited = 0;
+        loop {
+            let m = h
+                .create_member(me.clone(), sample(&format!("M {}", ids.len())))
+                .await;
+            ids.push(m.unwrap().id);
+            // Each create is one commit and one row until a snapshot replaces some.
+            let (rows, snap) = rows_and_snapshot(&r, &doc);
+            if snap && rows < ids.len() {
+                break;
+            }
+            waited += 1;
+            assert!(
+                waited < 5_000,
+                "no compaction after {waited} more writes ({rows} rows)"
+            );
+        }
+        for id in ids.iter().step_by(7) {
+            let patch = MemberPatch {
+                status: Some(MemberStatus::Probationary),
+                ..Default::default()
+            };
+            h.update_member(id.clone(), patch).await.unwrap();
+        }
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        t.shutdown().await;
+        drop((h, r));
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        // Each record read back from the document (snapshot and remaining rows) as written.
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        let page = r.members(&me, false, None, 1000).unwrap();
+        assert_eq!(page.total, ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let m = r.member(id).unwrap().unwrap();
+            let want = if i % 7 == 0 {
+                MemberStatus::Probationary
+            } else {
+                sample("").status
+            };
+            assert_eq!(m.status, want, "member {i}");
+        }
         t.shutdown().await;
     }
 

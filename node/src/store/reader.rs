@@ -16,7 +16,7 @@ use super::tables::{USERS, VIEW_MEMBERS, VIEW_ROLLUPS, VIEW_UNITS};
 /// which alone writes.
 #[derive(Clone, Debug)]
 pub struct StoreReader {
-    db: Arc<Database>,
+    pub(super) db: Arc<Database>,
 }
 
 /// A position in a members listing: the unit's tree key and the record id.

@@ -622,8 +622,22 @@ async fn ingest() -> anyhow::Result<()> {
     emit("ingest", "changes_per_s_64", r64, "changes/s", Some(r1));
     emit(
         "ingest",
+        "ack_p50_ms_64",
+        percentile(&lat64, 0.5),
+        "ms",
+        None,
+    );
+    emit(
+        "ingest",
         "ack_p99_ms_64",
         percentile(&lat64, 0.99),
+        "ms",
+        None,
+    );
+    emit(
+        "ingest",
+        "ack_max_ms_64",
+        percentile(&lat64, 1.0),
         "ms",
         None,
     );

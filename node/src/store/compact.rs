@@ -1,0 +1,184 @@
+//! Compaction off the store thread.
+//!
+//! Folding a document's change rows into a snapshot means loading and saving the whole
+//! document: tens of milliseconds for a large register. Done on the store thread, every write
+//! queued behind it waited that long (it was most of the ingest benchmark's ack p99). The
+//! compactor thread reads only what is already committed (snapshot and rows below a sequence
+//! number, in its own read transaction), so it needs neither the loaded documents nor the
+//! store thread; the store thread then writes the snapshot and deletes exactly those rows in
+//! one of its own transactions, so a crash at any point leaves either the old snapshot and all
+//! rows or the new snapshot and the newer rows.
+//!
+//! A compaction waits for the store to be quiet for [`QUIET`] (at most [`MAX_DEFER`]): on a
+//! two-core machine a load and save running beside a burst of writes made the commits of the
+//! burst several times slower (a lower thread priority did not help). Under sustained load it
+//! runs after [`MAX_DEFER`] anyway, and at once when the rows have piled up to four times the
+//! thresholds, so change rows stay bounded.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use automerge::Automerge;
+use grassroots_schema::DocId;
+use redb::Database;
+use tokio::sync::mpsc;
+
+use super::{Command, StoreError, load};
+
+/// How long the store must have been without work before a compaction starts.
+pub(super) const QUIET: Duration = Duration::from_millis(50);
+/// How long a compaction waits for quiet at most.
+pub(super) const MAX_DEFER: Duration = Duration::from_secs(2);
+
+/// When the store last had work, shared by the store thread (which notes it) and the
+/// compactor (which waits for it to be long enough ago).
+#[derive(Debug)]
+pub(super) struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+    /// Set when the store stops: a job still waiting is dropped.
+    closing: AtomicBool,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Note that the store is working now.
+    pub fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Sleep until the store has been quiet for [`QUIET`], or for [`MAX_DEFER`] at most;
+    /// false if the store is stopping.
+    fn wait_for_quiet(&self) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.closing.load(Ordering::Relaxed) {
+                return false;
+            }
+            let quiet = self.quiet_for();
+            let waited = start.elapsed();
+            if quiet >= QUIET || waited >= MAX_DEFER {
+                return true;
+            }
+            std::thread::sleep((QUIET - quiet).min(MAX_DEFER - waited));
+        }
+    }
+}
+
+/// Fold the rows of `doc` with sequence numbers below `upto` (every row persisted when the
+/// job was made) into a new snapshot. The counts are those rows' share of the document's
+/// compaction bookkeeping, subtracted when the result is stored.
+#[derive(Debug, Clone)]
+pub(super) struct Job {
+    pub doc: DocId,
+    pub upto: u64,
+    pub rows: u32,
+    pub changes: usize,
+    pub bytes: u64,
+    /// The rows have piled up (a store that never goes quiet): start without waiting.
+    pub urgent: bool,
+}
+
+/// A finished job: the snapshot of the snapshot and rows it covered.
+#[derive(Debug)]
+pub(super) struct Done {
+    pub job: Job,
+    pub snapshot: Result<Vec<u8>, StoreError>,
+}
+
+/// The compactor thread and the way to give it work.
+#[derive(Debug)]
+pub(super) struct Compactor {
+    jobs: Option<std_mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    activity: Arc<Activity>,
+}
+
+impl Compactor {
+    /// Start the thread. Results come back as [`Command::Compacted`] through a weak sender,
+    /// so the compactor never keeps the store's inbox open on its own.
+    pub fn spawn(
+        database: Arc<Database>,
+        inbox: mpsc::WeakSender<Command>,
+        activity: Arc<Activity>,
+        name: String,
+    ) -> Result<Compactor, StoreError> {
+        let (jobs, rx) = std_mpsc::channel::<Job>();
+        let shared = activity.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                for job in rx {
+                    if !job.urgent && !activity.wait_for_quiet() {
+                        return;
+                    }
+                    let snapshot = fold(&database, &job);
+                    let Some(inbox) = inbox.upgrade() else { return };
+                    if inbox
+                        .blocking_send(Command::Compacted(Done { job, snapshot }))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start compactor thread: {e}")))?;
+        Ok(Compactor {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            activity: shared,
+        })
+    }
+
+    /// Hand a job over; false if the thread is gone (compaction then stops, nothing is lost:
+    /// the rows stay and are read as before).
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+
+    /// Stop taking jobs, drop one still waiting for quiet, and wait for the thread. The
+    /// store's inbox must be closed first, so a result being sent fails instead of waiting for
+    /// a reader that is gone.
+    pub fn stop(&mut self) {
+        self.activity.closing.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Read the snapshot and the rows below `job.upto` as committed now, and save them as one.
+fn fold(database: &Database, job: &Job) -> Result<Vec<u8>, StoreError> {
+    let key = job.doc.to_string();
+    let bytes = load::committed_bytes(database, &job.doc, job.upto)?;
+    // Our own committed bytes, but a panic in automerge must still not take the thread down
+    // silently with the job half done: it becomes an error like any other.
+    let saved = catch_unwind(AssertUnwindSafe(|| {
+        Automerge::load(&bytes).map(|d: Automerge| d.save())
+    }));
+    match saved {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(StoreError::Corrupt(format!("document {key}: {e}"))),
+        Err(_) => Err(StoreError::Corrupt(format!(
+            "document {key}: automerge panicked while compacting"
+        ))),
+    }
+}
