@@ -166,7 +166,7 @@ impl Compactor {
 }
 
 /// Read the snapshot and the rows below `job.upto` as committed now, and save them as one.
-fn fold(database: &Database, job: &Job) -> Result<Vec<u8>, StoreError> {
+pub(super) fn fold(database: &Database, job: &Job) -> Result<Vec<u8>, StoreError> {
     let key = job.doc.to_string();
     let bytes = load::committed_bytes(database, &job.doc, job.upto)?;
     // Our own committed bytes, but a panic in automerge must still not take the thread down

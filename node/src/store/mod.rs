@@ -44,6 +44,8 @@ const SNAPSHOT_CHANGES: usize = 1_000;
 /// Bytes of change rows since the snapshot before they are folded into a new one: batched
 /// writes make few, large changes, which the change count alone would let pile up.
 const SNAPSHOT_BYTES: u64 = 256 << 10;
+/// How long a stopping store spends folding due documents at most.
+const STOP_COMPACTION: std::time::Duration = std::time::Duration::from_millis(500);
 /// Random low bits of a record id (the rest is the creation time in milliseconds).
 const RECORD_RANDOM_BITS: u32 = 22;
 /// How long the store waits for the rest of a group of concurrent writers, and how often.
@@ -342,6 +344,18 @@ impl Persisted {
             || self.bytes_since_snapshot >= SNAPSHOT_BYTES
     }
 
+    /// A compaction of every row persisted so far.
+    fn job(&self, doc: &DocId) -> compact::Job {
+        compact::Job {
+            doc: doc.clone(),
+            upto: self.next_seq,
+            rows: self.rows_since_snapshot,
+            changes: self.changes_since_snapshot,
+            bytes: self.bytes_since_snapshot,
+            urgent: self.backlogged(),
+        }
+    }
+
     /// Whether the rows have piled up to four times the thresholds: compaction then starts
     /// without waiting for the store to be quiet.
     fn backlogged(&self) -> bool {
@@ -558,6 +572,7 @@ impl Actor {
         // fails at once, then wait for it, so the database is closed when the caller is told.
         rx.close();
         self.compactor.stop();
+        self.compact_before_stop();
         if let Some(done) = done {
             let _ = done.send(());
         }
@@ -635,22 +650,48 @@ impl Actor {
         None
     }
 
+    /// Fold what is due before the store closes (within [`STOP_COMPACTION`]), so the next
+    /// start does not read a document's backlog of change rows: a village that wrote offline
+    /// and was stopped would otherwise load its register from hundreds of rows when it next
+    /// syncs. Whatever is left stays as rows, which lose nothing.
+    fn compact_before_stop(&mut self) {
+        let start = std::time::Instant::now();
+        if let Some(id) = self.compacting.take() {
+            self.due.insert(id);
+        }
+        let mut batch = Batch::default();
+        while start.elapsed() < STOP_COMPACTION
+            && let Some(id) = self.due.pop_first()
+        {
+            let Some(job) = self
+                .persisted
+                .get(&id)
+                .filter(|p| p.due())
+                .map(|p| p.job(&id))
+            else {
+                continue;
+            };
+            let snapshot = compact::fold(&self.db, &job);
+            batch.compacted.push(compact::Done { job, snapshot });
+        }
+        if let Err(e) = self.commit(&batch) {
+            tracing::warn!("compaction at stop failed (changes stay as rows): {e}");
+        }
+    }
+
     /// Give the compactor the next due document, unless it is busy.
     fn next_compaction(&mut self) {
         if self.compacting.is_some() {
             return;
         }
         while let Some(id) = self.due.pop_first() {
-            let Some(p) = self.persisted.get(&id).filter(|p| p.due()) else {
+            let Some(job) = self
+                .persisted
+                .get(&id)
+                .filter(|p| p.due())
+                .map(|p| p.job(&id))
+            else {
                 continue;
-            };
-            let job = compact::Job {
-                doc: id.clone(),
-                upto: p.next_seq,
-                rows: p.rows_since_snapshot,
-                changes: p.changes_since_snapshot,
-                bytes: p.bytes_since_snapshot,
-                urgent: p.backlogged(),
             };
             if self.compactor.submit(job) {
                 self.compacting = Some(id);
@@ -1504,6 +1545,10 @@ mod tests {
         assert_eq!(upd.name, "Renamed");
         assert_eq!(r.members(&me, false, None, 1000).unwrap().total, ids.len());
         t.shutdown().await;
+        // The writes never left the store quiet long enough for the compactor; stopping
+        // folded the rows, so the next start reads one snapshot.
+        let doc = DocId::new(DocKind::Members, me.clone());
+        assert_eq!(rows_and_snapshot(&r, &doc), (0, true));
         drop(h);
         drop(r);
         let (h, r, t) = open(&path, me.clone()).unwrap();
