@@ -270,6 +270,7 @@ pub fn open_database(
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
     let activity = Arc::new(compact::Activity::new());
+    let rollups = Arc::new(reader::RollupCache::default());
     let compactor = compact::Compactor::spawn(
         database.clone(),
         tx.downgrade(),
@@ -293,6 +294,7 @@ pub fn open_database(
         options,
         compactor,
         activity,
+        rollups: rollups.clone(),
         due,
         compacting: None,
         last_record: 0,
@@ -305,7 +307,7 @@ pub fn open_database(
     let handle = StoreHandle { tx };
     Ok((
         handle.clone(),
-        StoreReader::new(database),
+        StoreReader::new(database, rollups),
         StoreThread {
             handle,
             thread: Some(thread),
@@ -552,6 +554,8 @@ struct Actor {
     compactor: compact::Compactor,
     /// When the store last had work (compactions wait for quiet).
     activity: Arc<compact::Activity>,
+    /// Readers' decoded roll-ups, told of every commit.
+    rollups: Arc<reader::RollupCache>,
     /// Documents whose change rows are due to be folded into a snapshot.
     due: BTreeSet<DocId>,
     /// Member writes in the last batch: how many writers there are to wait for.
@@ -875,7 +879,9 @@ impl Actor {
             }
             deltas.apply(&mut rollups)?;
         }
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        self.rollups.committed();
+        Ok(())
     }
 
     /// A hosted document: the loaded one, or read from the store for this use only.
@@ -1361,6 +1367,7 @@ impl Actor {
             }
         }
         tx.commit().map_err(db)?;
+        self.rollups.committed();
         self.due.extend(
             updated
                 .iter()
@@ -1569,7 +1576,7 @@ mod tests {
 
     /// Change rows and whether a snapshot exists for `doc`, as committed.
     fn rows_and_snapshot(r: &StoreReader, doc: &DocId) -> (usize, bool) {
-        let tx = r.db.begin_read().unwrap();
+        let tx = r.db_for_tests().begin_read().unwrap();
         let key = doc.to_string();
         let rows = tx
             .open_table(CHANGES)

@@ -3,8 +3,10 @@
 //! Readers open redb read transactions (MVCC snapshots) and never block the writer; they
 //! never load an automerge document.
 
+use std::collections::HashMap;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use grassroots_schema::{Member, MemberId, Role, Rollup, UnitId, UnitProfile};
 use redb::{Database, ReadableDatabase};
@@ -16,7 +18,30 @@ use super::tables::{USERS, VIEW_MEMBERS, VIEW_ROLLUPS, VIEW_UNITS};
 /// which alone writes.
 #[derive(Clone, Debug)]
 pub struct StoreReader {
-    pub(super) db: Arc<Database>,
+    db: Arc<Database>,
+    rollups: Arc<RollupCache>,
+}
+
+/// Decoded roll-up rows, each tagged with the commit count it was read at.
+///
+/// A city's roll-up row holds thousands of counts; decoding it took 40 us, most of an
+/// indicator query's cost. The store actor bumps `commits` after every commit, so an entry
+/// tagged with an older count is read again: an answer never reflects less than what was
+/// committed before the query began.
+#[derive(Debug, Default)]
+pub(super) struct RollupCache {
+    commits: AtomicU64,
+    rows: Mutex<HashMap<UnitId, (u64, Arc<Rollup>)>>,
+}
+
+/// Roll-ups kept decoded at most (units read most: the node's own and its children's).
+const ROLLUP_CACHE_UNITS: usize = 512;
+
+impl RollupCache {
+    /// Called by the store actor after each commit.
+    pub(super) fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A position in a members listing: the unit's tree key and the record id.
@@ -56,8 +81,8 @@ fn prefix_end(prefix: &str) -> String {
 }
 
 impl StoreReader {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        StoreReader { db }
+    pub(super) fn new(db: Arc<Database>, rollups: Arc<RollupCache>) -> Self {
+        StoreReader { db, rollups }
     }
 
     #[cfg(test)]
@@ -67,13 +92,31 @@ impl StoreReader {
 
     /// Counts over the members of `id`'s whole subtree, as this node holds them: one row,
     /// whatever the size of the subtree. Empty when it holds no member there.
-    pub fn rollup(&self, id: &UnitId) -> Result<Rollup, StoreError> {
+    pub fn rollup(&self, id: &UnitId) -> Result<Arc<Rollup>, StoreError> {
+        // The count is taken before the read: a commit in between makes the entry look
+        // older than it is (read again next time), never newer.
+        let commits = self.rollups.commits.load(Ordering::Acquire);
+        let cached = self.rollups.rows.lock().ok().and_then(|rows| {
+            rows.get(id)
+                .filter(|(at, _)| *at == commits)
+                .map(|(_, r)| r.clone())
+        });
+        if let Some(r) = cached {
+            return Ok(r);
+        }
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-        match t.get(id.tree_key().as_str()).map_err(db)? {
-            Some(v) => decode(v.value()),
-            None => Ok(Rollup::default()),
+        let rollup = Arc::new(match t.get(id.tree_key().as_str()).map_err(db)? {
+            Some(v) => decode(v.value())?,
+            None => Rollup::default(),
+        });
+        if let Ok(mut rows) = self.rollups.rows.lock() {
+            if rows.len() >= ROLLUP_CACHE_UNITS && !rows.contains_key(id) {
+                rows.clear();
+            }
+            rows.insert(id.clone(), (commits, rollup.clone()));
         }
+        Ok(rollup)
     }
 
     /// The profile of a unit, if this node holds it.

@@ -18,6 +18,13 @@
 //!   3 hops on loopback, beside the run's fsync latency.
 //! - `cold-start`: a county node with 200 villages' data, start to first GraphQL answer.
 //! - `memory`: resident memory of a node holding 5,000 villages' registers, and per document.
+//! - `rollup`: a city's indicator query over 5,000 villages' members through its GraphQL
+//!   gateway at 32 concurrent connections: requests/s against `{ __typename }` on the same
+//!   server in the same run, and p99 latency; every response body checked.
+
+/// The node binary's allocator, so nodes run in this process as they run in production.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -836,17 +843,7 @@ async fn cold_start() -> anyhow::Result<()> {
 async fn memory() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let city = unit("c01");
-    let villages: Vec<UnitId> = (0..5000)
-        .map(|i| {
-            unit(&format!(
-                "c01/k{:02}/t{:02}/v{:02}",
-                i / 500,
-                (i / 50) % 10,
-                i % 50
-            ))
-        })
-        .collect();
-    fill_store(&dir.path().join("store.redb"), &city, &villages).await?;
+    fill_store(&dir.path().join("store.redb"), &city, &city_villages()).await?;
     let out = std::process::Command::new(std::env::current_exe()?)
         .arg("memory-probe")
         .arg(dir.path().join("store.redb"))
@@ -907,6 +904,137 @@ fn memory_probe(path: &str) -> anyhow::Result<()> {
     })
 }
 
+/// The villages of the 5,000-village city used by `memory` and `rollup`: 10 counties of 10
+/// townships of 50 villages.
+fn city_villages() -> Vec<UnitId> {
+    (0..5000)
+        .map(|i| {
+            unit(&format!(
+                "c01/k{:02}/t{:02}/v{:02}",
+                i / 500,
+                (i / 50) % 10,
+                i % 50
+            ))
+        })
+        .collect()
+}
+
+/// Requests per second and latencies (ms, sorted) of `query` sent by `connections`
+/// concurrent clients (one connection each) for `duration`; `check` validates every body.
+async fn load(
+    url: &str,
+    token: &str,
+    query: &'static str,
+    connections: usize,
+    duration: Duration,
+    check: fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (url, token) = (url.to_owned(), token.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()?;
+            let mut lat = Vec::new();
+            // At least one request each, so a zero duration is a warm-up.
+            loop {
+                let t = Instant::now();
+                let r = gql_with(&client, &url, Some(&token), query, json!({})).await?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                anyhow::ensure!(check(&r), "unexpected answer: {r}");
+                if start.elapsed() >= duration {
+                    break;
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok((rate, lat))
+}
+
+const ROLLUP_QUERY: &str = "{ nodeUnit { indicators(year: 2026) { members \
+    probationary women under35 under35Share aged60Plus aged60PlusShare higherEducation \
+    higherEducationShare byEducation { education count } newYoungHigherEducation } } }";
+
+/// A city node's gateway over 5,000 villages' data (150,000 members): the city's indicator
+/// query against the trivial query, both at 32 concurrent connections on the same server.
+async fn rollup() -> anyhow::Result<()> {
+    const CONNECTIONS: usize = 32;
+    const ROUNDS: usize = 6;
+    const PHASE: Duration = Duration::from_millis(500);
+    let dir = tempfile::tempdir()?;
+    let city = unit("c01");
+    let path = dir.path().join("store.redb");
+    let total = fill_store(&path, &city, &city_villages()).await?;
+    let (store, reader, thread) = grassroots_node::store::open(&path, city.clone())?;
+    let token = grassroots_node::auth::new_token()?;
+    store
+        .add_user(
+            grassroots_node::auth::token_hash(&token),
+            city.clone(),
+            grassroots_schema::Role::Viewer,
+        )
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/graphql", listener.local_addr()?);
+    let backend = grassroots_gateway::graphql::Backend {
+        node_unit: city.clone(),
+        store: store.clone(),
+        reader,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(grassroots_gateway::http::serve(listener, backend, async {
+        let _ = stopped.await;
+    }));
+    // The city's figure must be the sum of every village's members: checked on each answer.
+    static MEMBERS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    MEMBERS.get_or_init(|| total as u64);
+    let trivial = |r: &serde_json::Value| r["data"]["__typename"] == "Query";
+    let indicators = |r: &serde_json::Value| {
+        let i = &r["data"]["nodeUnit"]["indicators"];
+        i["members"].as_u64() == MEMBERS.get().copied()
+            && i["byEducation"].as_array().is_some_and(|b| {
+                b.iter().filter_map(|e| e["count"].as_u64()).sum::<u64>()
+                    == i["members"].as_u64().unwrap_or(0)
+            })
+            && r.get("errors").is_none()
+    };
+    // Warm both paths once, then measure each in turn.
+    load(&url, &token, "{ __typename }", 1, Duration::ZERO, trivial).await?;
+    load(&url, &token, ROLLUP_QUERY, 1, Duration::ZERO, indicators).await?;
+    // Alternating short phases, so a drift of the machine's speed during the run (this one
+    // swings by a third within minutes) falls on both queries alike.
+    let (mut base_n, mut base_s, mut n, mut secs, mut lat) = (0.0, 0.0, 0.0, 0.0, Vec::new());
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let (_, l) = load(&url, &token, "{ __typename }", CONNECTIONS, PHASE, trivial).await?;
+        (base_n, base_s) = (base_n + l.len() as f64, base_s + t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (_, l) = load(&url, &token, ROLLUP_QUERY, CONNECTIONS, PHASE, indicators).await?;
+        (n, secs) = (n + l.len() as f64, secs + t.elapsed().as_secs_f64());
+        lat.extend(l);
+    }
+    lat.sort_by(f64::total_cmp);
+    let (base, rate) = (base_n / base_s, n / secs);
+    let _ = stop.send(());
+    server.await??;
+    drop(store);
+    thread.shutdown().await;
+    emit("rollup", "req_per_s", rate, "req/s", Some(base));
+    emit("rollup", "p50_ms", percentile(&lat, 0.5), "ms", None);
+    emit("rollup", "p99_ms", percentile(&lat, 0.99), "ms", None);
+    emit("rollup", "members", total as f64, "members", None);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     if scenario == "memory-probe" {
@@ -924,6 +1052,7 @@ fn main() -> anyhow::Result<()> {
         ("propagation", Box::new(|| rt.block_on(propagation()))),
         ("cold-start", Box::new(|| rt.block_on(cold_start()))),
         ("memory", Box::new(|| rt.block_on(memory()))),
+        ("rollup", Box::new(|| rt.block_on(rollup()))),
     ];
     let mut ran = false;
     for (name, run) in &scenarios {
