@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use grassroots_gateway::{Backend, serve};
+use grassroots_gateway::{Backend, GatewayOptions, serve_with};
 use grassroots_node::{Node, NodeConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,8 +23,17 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Start the node from `cfg` and serve its gateway on `http_listen`.
+    /// Start the node from `cfg` and serve its gateway on `http_listen` (default options).
     pub async fn start(cfg: NodeConfig, http_listen: SocketAddr) -> anyhow::Result<RunningNode> {
+        Self::start_with(cfg, http_listen, GatewayOptions::default()).await
+    }
+
+    /// Start the node from `cfg` and serve its gateway on `http_listen` with `options`.
+    pub async fn start_with(
+        cfg: NodeConfig,
+        http_listen: SocketAddr,
+        options: GatewayOptions,
+    ) -> anyhow::Result<RunningNode> {
         let node = Node::start(cfg).await.context("starting node")?;
         let backend = Backend {
             node_unit: node.unit().clone(),
@@ -38,7 +47,8 @@ impl RunningNode {
         let http_cancel = CancellationToken::new();
         let stop = http_cancel.clone();
         let http_task = tokio::spawn(async move {
-            let served = serve(listener, backend, async move { stop.cancelled().await }).await;
+            let shutdown = async move { stop.cancelled().await };
+            let served = serve_with(listener, backend, options, shutdown).await;
             if let Err(e) = served {
                 tracing::error!("gateway server failed: {e}");
             }

@@ -167,6 +167,8 @@ struct NodeToml {
     /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
     /// evicted and read back from the store when needed.
     doc_memory_mb: Option<u64>,
+    /// Answer GraphQL introspection (`__schema`, `__type`); GraphiQL needs it. Default true.
+    introspection: Option<bool>,
 }
 
 fn init_tracing(default: &str) {
@@ -307,7 +309,10 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
             None => StoreOptions::default(),
         },
     };
-    let running = RunningNode::start(node_cfg, cfg.graphql_listen).await?;
+    let gateway = grassroots_gateway::GatewayOptions {
+        introspection: cfg.introspection.unwrap_or(true),
+    };
+    let running = RunningNode::start_with(node_cfg, cfg.graphql_listen, gateway).await?;
     println!(
         "{} running: QUIC {} GraphQL {}",
         running.node.unit(),

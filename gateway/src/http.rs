@@ -1,13 +1,14 @@
 //! The HTTP face of a node: `/graphql`, GraphiQL at `/` with embedded assets, `/healthz`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_graphql::ErrorExtensions;
-use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -15,7 +16,7 @@ use axum::routing::get;
 use grassroots_node::auth::token_hash;
 use grassroots_schema::Caller;
 
-use crate::error::{Code, error, internal};
+use crate::error::{Code, code_unlabelled, error, internal};
 use crate::graphql::{Backend, GatewaySchema, StatusOnce, build_schema};
 
 /// Largest request body accepted.
@@ -28,6 +29,24 @@ struct App {
     schema: GatewaySchema,
     backend: Backend,
     parsed: Arc<ParsedQueries>,
+    options: GatewayOptions,
+}
+
+/// How a node's gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayOptions {
+    /// Answer `__schema` and `__type` (GraphiQL needs them). A production node can switch
+    /// them off (`introspection = false` in node.toml); the SDL is published in the
+    /// repository anyway.
+    pub introspection: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            introspection: true,
+        }
+    }
 }
 
 /// Parsed query documents by query text. Dashboards send the same few queries over and
@@ -45,9 +64,8 @@ const PARSED_QUERIES: usize = 256;
 const PARSED_QUERY_BYTES: usize = 4096;
 
 impl ParsedQueries {
-    /// Give `request` its parsed document from the cache, or parse it now and keep it.
-    /// A query that does not parse is left alone: execution reports the syntax error.
-    fn attach(&self, request: &mut async_graphql::Request) {
+    /// Give `request` its parsed document, from the cache or parsed now (and kept).
+    fn attach(&self, request: &mut async_graphql::Request) -> Result<(), async_graphql::Error> {
         let hit = self
             .docs
             .lock()
@@ -55,29 +73,36 @@ impl ParsedQueries {
             .and_then(|docs| docs.get(&request.query).cloned());
         if let Some(doc) = hit {
             request.set_parsed_query(doc);
-            return;
+            return Ok(());
         }
-        if request.query.len() > PARSED_QUERY_BYTES {
-            return;
-        }
-        let Ok(doc) = request.parsed_query().cloned() else {
-            return;
-        };
-        if let Ok(mut docs) = self.docs.lock() {
+        let doc = request
+            .parsed_query()
+            .map_err(|e| error(Code::ParseFailed, e.message))?
+            .clone();
+        if request.query.len() <= PARSED_QUERY_BYTES
+            && let Ok(mut docs) = self.docs.lock()
+        {
             if docs.len() >= PARSED_QUERIES {
                 docs.clear();
             }
             docs.insert(request.query.clone(), doc);
         }
+        Ok(())
     }
 }
 
-/// The router of a node's gateway.
+/// The router of a node's gateway, with default options.
 pub fn router(backend: Backend) -> Router {
+    router_with(backend, GatewayOptions::default())
+}
+
+/// The router of a node's gateway.
+pub fn router_with(backend: Backend, options: GatewayOptions) -> Router {
     let app = App {
         schema: build_schema(backend.clone()),
         backend,
         parsed: Arc::default(),
+        options,
     };
     Router::new()
         .route("/", get(graphiql))
@@ -124,24 +149,57 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, async_graphql:
 async fn graphql(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Result<Json<async_graphql::Request>, axum::extract::rejection::JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut request = match body {
-        Ok(Json(r)) => r,
+    let body = match body {
+        Ok(b) => b,
         Err(e) => {
             let status = e.status();
-            let reply = reply_error(error(
-                Code::BadUserInput,
-                format!("request body: {}", e.body_text()),
-            ));
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Code::PayloadTooLarge
+            } else {
+                Code::BadUserInput
+            };
+            let reply = reply_error(error(code, format!("request body: {}", e.body_text())));
             return (status, reply).into_response();
+        }
+    };
+    let mut request = match serde_json::from_slice::<async_graphql::Request>(&body) {
+        Ok(r) => r,
+        // One operation per request: a batch is refused as a whole, before anything runs.
+        Err(_) if body.trim_ascii_start().starts_with(b"[") => {
+            let reply = reply_error(error(
+                Code::BatchNotSupported,
+                "send one operation per request",
+            ));
+            return (StatusCode::BAD_REQUEST, reply).into_response();
+        }
+        Err(e) => {
+            let reply = reply_error(error(Code::BadUserInput, format!("request body: {e}")));
+            return (StatusCode::BAD_REQUEST, reply).into_response();
         }
     };
     let caller = match authenticate(&app, &headers) {
         Ok(c) => c,
         Err(e) => return (StatusCode::UNAUTHORIZED, reply_error(e)).into_response(),
     };
-    app.parsed.attach(&mut request);
+    if let Err(e) = app.parsed.attach(&mut request) {
+        return reply_error(e).into_response();
+    }
+    if !app.options.introspection {
+        let asks = request
+            .parsed_query()
+            .map(asks_introspection)
+            .unwrap_or(false);
+        if asks {
+            let e = error(
+                Code::IntrospectionDisabled,
+                "introspection is switched off on this node",
+            );
+            return reply_error(e).into_response();
+        }
+        request = request.disable_introspection();
+    }
     match tokio::time::timeout(
         QUERY_TIMEOUT,
         app.schema
@@ -149,13 +207,38 @@ async fn graphql(
     )
     .await
     {
-        Ok(resp) => Json(resp).into_response(),
-        Err(_) => reply_error(
-            async_graphql::Error::new("query timed out")
-                .extend_with(|_, e| e.set("code", Code::Timeout.as_str())),
-        )
-        .into_response(),
+        Ok(mut resp) => {
+            code_unlabelled(&mut resp);
+            Json(resp).into_response()
+        }
+        Err(_) => reply_error(error(Code::Timeout, "query timed out")).into_response(),
     }
+}
+
+/// Whether any operation of `doc` selects `__schema` or `__type` at its root, directly or
+/// through fragments (async-graphql alone would answer null without saying why).
+fn asks_introspection(doc: &ExecutableDocument) -> bool {
+    fn walk<'a>(
+        doc: &'a ExecutableDocument,
+        set: &'a SelectionSet,
+        seen: &mut HashSet<&'a str>,
+    ) -> bool {
+        set.items.iter().any(|item| match &item.node {
+            Selection::Field(f) => matches!(f.node.name.node.as_str(), "__schema" | "__type"),
+            Selection::InlineFragment(i) => walk(doc, &i.node.selection_set.node, seen),
+            Selection::FragmentSpread(s) => {
+                let name = s.node.fragment_name.node.as_str();
+                seen.insert(name)
+                    && doc
+                        .fragments
+                        .get(&s.node.fragment_name.node)
+                        .is_some_and(|f| walk(doc, &f.node.selection_set.node, seen))
+            }
+        })
+    }
+    doc.operations
+        .iter()
+        .any(|(_, op)| walk(doc, &op.node.selection_set.node, &mut HashSet::new()))
 }
 
 async fn healthz(State(app): State<App>) -> Json<serde_json::Value> {
@@ -219,7 +302,17 @@ pub async fn serve(
     backend: Backend,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(backend))
+    serve_with(listener, backend, GatewayOptions::default(), shutdown).await
+}
+
+/// [`serve`] with options.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    backend: Backend,
+    options: GatewayOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(backend, options))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -15,4 +15,4 @@ pub mod graphql;
 pub mod http;
 
 pub use graphql::{Backend, GatewaySchema, build_schema};
-pub use http::{router, serve};
+pub use http::{GatewayOptions, router, router_with, serve, serve_with};

@@ -2,7 +2,7 @@
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
-use grassroots_gateway::{Backend, build_schema, router};
+use grassroots_gateway::{Backend, GatewayOptions, build_schema, router, router_with};
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_schema::{Role, UnitId};
 use serde_json::{Value, json};
@@ -46,11 +46,20 @@ async fn token_for(f: &Fixture, unit: &str, role: Role) -> String {
 }
 
 async fn post(f: &Fixture, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    post_with(f, GatewayOptions::default(), token, body).await
+}
+
+async fn post_with(
+    f: &Fixture,
+    options: GatewayOptions,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let mut req = Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let resp = router(f.backend.clone())
+    let resp = router_with(f.backend.clone(), options)
         .oneshot(req.body(Body::from(body)).unwrap())
         .await
         .unwrap();
@@ -151,6 +160,94 @@ async fn bad_requests_get_codes_not_crashes() {
             .contains("nested too deep"),
         "{r}"
     );
+}
+
+fn code(r: &Value) -> &str {
+    r["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+}
+
+/// Each limit of the gateway refuses what goes over it with its documented code, and none
+/// of them answers with data.
+#[tokio::test]
+async fn each_limit_is_refused_with_its_code() {
+    let f = fixture().await;
+    let admin = token_for(&f, "c01/k01", Role::Admin).await;
+    let body = |q: &str| serde_json::to_vec(&json!({ "query": q })).unwrap();
+
+    // Depth: 20 nested parents is over the limit of 16.
+    let deep = format!(
+        "{{ nodeUnit {} id {} }}",
+        "{ parent ".repeat(20),
+        "}".repeat(20)
+    );
+    let r = query(&f, None, &deep).await;
+    assert_eq!(code(&r), "QUERY_TOO_DEEP", "{r}");
+    assert!(r["data"].is_null(), "{r}");
+
+    // Complexity: an alias flood over the largest page. One alias is fine; 200 of them
+    // multiply the page size past the limit.
+    let one = "{ nodeUnit { members(first: 100) { nodes { name } } } }";
+    let r = query(&f, Some(&admin), one).await;
+    assert!(r.get("errors").is_none(), "{r}");
+    let flood: String = (0..200)
+        .map(|i| format!("a{i}: members(first: 100) {{ nodes {{ name birthYear }} }} "))
+        .collect();
+    let r = query(&f, Some(&admin), &format!("{{ nodeUnit {{ {flood} }} }}")).await;
+    assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{r}");
+    assert!(r["data"].is_null(), "{r}");
+
+    // One operation per request: a JSON batch is refused whole.
+    let batch = serde_json::to_vec(
+        &json!([{ "query": "{ me { role } }" }, { "query": "{ me { role } }" }]),
+    )
+    .unwrap();
+    let (status, r) = post(&f, None, batch).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(code(&r), "BATCH_NOT_SUPPORTED", "{r}");
+    // Two operations in one document need an operation name, and only that one runs.
+    let two = "query A { me { role } } query B { nodeUnit { id } }";
+    let r = query(&f, None, two).await;
+    assert_eq!(code(&r), "GRAPHQL_VALIDATION_FAILED", "{r}");
+    let (_, r) = post(
+        &f,
+        None,
+        serde_json::to_vec(&json!({ "query": two, "operationName": "B" })).unwrap(),
+    )
+    .await;
+    assert_eq!(r["data"], json!({ "nodeUnit": { "id": "c01/k01" } }), "{r}");
+
+    // Body size: over 256 KiB, even when it is a valid query padded with spaces.
+    let big = body(&format!("{{ me {{ role }} {} }}", " ".repeat(300 * 1024)));
+    let (status, r) = post(&f, None, big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code(&r), "PAYLOAD_TOO_LARGE", "{r}");
+
+    // Syntax, and fields the schema does not have (no suggestions).
+    let r = query(&f, None, "{ nodeUnit { id ").await;
+    assert_eq!(code(&r), "GRAPHQL_PARSE_FAILED", "{r}");
+    let r = query(&f, None, "{ nodeUnit { nmae } }").await;
+    assert_eq!(code(&r), "GRAPHQL_VALIDATION_FAILED", "{r}");
+    assert!(!r.to_string().contains("Did you mean"), "{r}");
+    // The same bad query again (the parsed-query cache must not change the answer).
+    let r = query(&f, None, "{ nodeUnit { id ").await;
+    assert_eq!(code(&r), "GRAPHQL_PARSE_FAILED", "{r}");
+
+    // Introspection: on by default (GraphiQL needs it), refused when switched off.
+    let intro = body("{ __schema { queryType { name } } }");
+    let (_, r) = post(&f, None, intro.clone()).await;
+    assert_eq!(r["data"]["__schema"]["queryType"]["name"], "Query", "{r}");
+    let off = GatewayOptions {
+        introspection: false,
+    };
+    let (_, r) = post_with(&f, off, None, intro).await;
+    assert_eq!(code(&r), "INTROSPECTION_DISABLED", "{r}");
+    let hidden =
+        "{ ...F } fragment F on Query { ... on Query { __type(name: \"Unit\") { name } } }";
+    let (_, r) = post_with(&f, off, None, body(hidden)).await;
+    assert_eq!(code(&r), "INTROSPECTION_DISABLED", "{r}");
+    let (_, r) = post_with(&f, off, None, body("{ __typename nodeUnit { id } }")).await;
+    assert_eq!(r["data"]["__typename"], "Query", "{r}");
+    assert_eq!(r["data"]["nodeUnit"]["id"], "c01/k01", "{r}");
 }
 
 #[tokio::test]
