@@ -275,6 +275,84 @@ impl Indicators {
 }
 
 /// The current calendar year (UTC).
+/// A reference year from a query argument (this year when absent).
+fn parse_year(year: Option<i32>) -> Result<i64> {
+    match year {
+        Some(y) if (1900..=2200).contains(&y) => Ok(i64::from(y)),
+        Some(y) => Err(error(
+            Code::BadUserInput,
+            format!("year must be between 1900 and 2200, got {y}"),
+        )),
+        None => Ok(this_year()),
+    }
+}
+
+/// A target the seed sets.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TargetKind {
+    /// At least 1 new member a year per village who is under 35 with higher education.
+    NewYoungHigherEducatedMember,
+}
+
+/// How a unit's subtree stands against one of the seed's targets.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct Target {
+    /// Which target.
+    target: TargetKind,
+    /// The target as the seed states it.
+    description: String,
+    /// The year it is measured for.
+    year: i64,
+    /// Villages checked: every village of the subtree this node knows.
+    villages: i64,
+    /// True when every village checked meets it (false when there is none to check).
+    met: bool,
+    /// Villages that miss it.
+    missing_count: i64,
+    #[graphql(skip)]
+    missing_ids: Vec<UnitId>,
+}
+
+#[async_graphql::ComplexObject]
+impl Target {
+    /// Villages that miss the target, in id order (so grouped by township and county; each
+    /// has its `parent`). At most 100 a page.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    async fn missing(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Id of the last village of the previous page.")] after: Option<ID>,
+    ) -> Result<Vec<Unit>> {
+        let b = backend(ctx)?;
+        let first = first.unwrap_or(DEFAULT_PAGE);
+        if !(0..=MAX_PAGE).contains(&first) {
+            return Err(error(
+                Code::BadUserInput,
+                format!("first must be between 0 and {MAX_PAGE}"),
+            ));
+        }
+        let after = after.as_ref().map(parse_unit).transpose()?;
+        let mut out = Vec::new();
+        for id in self
+            .missing_ids
+            .iter()
+            .filter(|v| after.as_ref().is_none_or(|a| *v > a))
+            .take(first as usize)
+        {
+            let profile = b.reader.unit(id).map_err(internal)?;
+            out.push(Unit {
+                id: id.clone(),
+                profile,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn this_year() -> i64 {
     rfc3339(grassroots_node::status::now_ms())
         .get(..4)
@@ -437,18 +515,39 @@ impl Unit {
         if !can_read(caller(ctx), &doc) {
             return Ok(None);
         }
-        let year = match year {
-            Some(y) if (1900..=2200).contains(&y) => i64::from(y),
-            Some(y) => {
-                return Err(error(
-                    Code::BadUserInput,
-                    format!("year must be between 1900 and 2200, got {y}"),
-                ));
-            }
-            None => this_year(),
-        };
+        let year = parse_year(year)?;
         let rollup = b.reader.rollup(&self.id).map_err(internal)?;
         Ok(Some(Indicators::from_rollup(&rollup, year)))
+    }
+
+    /// The seed's targets that member figures decide, each met or missed by this unit's
+    /// subtree, with the villages that miss it. Same visibility as `indicators`. (The
+    /// targets on activists, organisations, meetings and appraisals come with those
+    /// records.)
+    async fn targets(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Vec<Target>>> {
+        let b = backend(ctx)?;
+        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
+        if !can_read(caller(ctx), &doc) {
+            return Ok(None);
+        }
+        let year = parse_year(year)?;
+        let villages = b.reader.villages(&self.id).map_err(internal)?;
+        let missing: Vec<UnitId> = villages
+            .iter()
+            .filter(|(_, r)| r.new_young_higher(year) < 1)
+            .map(|(v, _)| v.clone())
+            .collect();
+        Ok(Some(vec![Target {
+            target: TargetKind::NewYoungHigherEducatedMember,
+            description: "Each village develops at least 1 new member a year who is under 35 \
+                          with higher education."
+                .into(),
+            year,
+            villages: villages.len() as i64,
+            met: missing.is_empty() && !villages.is_empty(),
+            missing_count: missing.len() as i64,
+            missing_ids: missing,
+        }]))
     }
 
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in

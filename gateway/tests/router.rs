@@ -356,3 +356,83 @@ async fn sdl_snapshot_is_current() {
         "schema/schema.graphql is stale: rerun with UPDATE_SDL=1 and review the diff"
     );
 }
+
+/// The seed's target "1 new member a year per village, under 35 with higher education":
+/// met or missed over the subtree, with the villages that miss it, from the roll-ups.
+#[tokio::test]
+async fn targets_name_the_villages_that_miss_them() {
+    use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let outsider = token_for(&f, "c01/k02", Role::Admin).await;
+    let m = |birth: i64, edu: Education, joined: &str| NewMember {
+        name: "Someone".into(),
+        birth_year: birth,
+        gender: Gender::Male,
+        education: edu,
+        joined_on: joined.into(),
+        status: MemberStatus::Probationary,
+    };
+    // v01 meets it; v02 only has an old recruit, t02/v01 a young one without a degree, and
+    // the county's own member is not a village's.
+    for (unit, member) in [
+        ("c01/k01/t01/v01", m(2000, Education::College, "2026-03-01")),
+        (
+            "c01/k01/t01/v02",
+            m(1990, Education::Bachelor, "2026-03-01"),
+        ),
+        (
+            "c01/k01/t02/v01",
+            m(2001, Education::SeniorSecondary, "2026-03-01"),
+        ),
+        ("c01/k01", m(2002, Education::Bachelor, "2026-03-01")),
+    ] {
+        let unit: UnitId = unit.parse().unwrap();
+        f.backend.store.create_member(unit, member).await.unwrap();
+    }
+    let q = r#"{ nodeUnit { targets(year: 2026) { target met villages missingCount
+        missing(first: 1) { id parent { id } } } } }"#;
+    let r = query(&f, Some(&viewer), q).await;
+    let t = &r["data"]["nodeUnit"]["targets"][0];
+    assert_eq!(t["target"], "NEW_YOUNG_HIGHER_EDUCATED_MEMBER", "{r}");
+    assert_eq!(t["villages"], 3, "{r}");
+    assert_eq!(t["met"], false, "{r}");
+    assert_eq!(t["missingCount"], 2, "{r}");
+    assert_eq!(
+        t["missing"],
+        json!([{ "id": "c01/k01/t01/v02", "parent": null }]),
+        "{r}"
+    );
+    // The next page starts after the last village shown.
+    let q = r#"{ nodeUnit { targets(year: 2026) {
+        missing(first: 100, after: "c01/k01/t01/v02") { id } } } }"#;
+    let r = query(&f, Some(&viewer), q).await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["targets"][0]["missing"],
+        json!([{ "id": "c01/k01/t02/v01" }]),
+        "{r}"
+    );
+    // In 2025 nobody joined: every village misses it.
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { targets(year: 2025) { missingCount } } }",
+    )
+    .await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["targets"][0]["missingCount"], 3,
+        "{r}"
+    );
+    // Same visibility as the member figures.
+    for token in [Some(outsider.as_str()), None] {
+        let r = query(&f, token, "{ nodeUnit { targets { met } } }").await;
+        assert_eq!(r["data"]["nodeUnit"]["targets"], Value::Null, "{r}");
+    }
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { targets { missing(first: 101) { id } } } }",
+    )
+    .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+}

@@ -119,6 +119,42 @@ impl StoreReader {
         Ok(rollup)
     }
 
+    /// Every village of `id`'s subtree this node knows, from a profile or from members it
+    /// holds there, with its roll-up (empty when it holds none of its members), in id order.
+    /// One read transaction and two range scans however many villages: what a target report
+    /// over a city needs, never a lookup per village.
+    pub fn villages(&self, id: &UnitId) -> Result<Vec<(UnitId, Rollup)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let start = id.tree_key();
+        let end = prefix_end(&start);
+        let range = (
+            Bound::Included(start.as_str()),
+            Bound::Excluded(end.as_str()),
+        );
+        let village = |key: &str| {
+            key.trim_end_matches('/')
+                .parse::<UnitId>()
+                .ok()
+                .filter(|u| u.level() == grassroots_schema::Level::Village)
+        };
+        let mut out: std::collections::BTreeMap<UnitId, Rollup> = Default::default();
+        let units = tx.open_table(VIEW_UNITS).map_err(db)?;
+        for row in units.range::<&str>(range).map_err(db)? {
+            let (k, _) = row.map_err(db)?;
+            if let Some(v) = village(k.value()) {
+                out.entry(v).or_default();
+            }
+        }
+        let rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+        for row in rollups.range::<&str>(range).map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            if let Some(u) = village(k.value()) {
+                out.insert(u, decode(v.value())?);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// The profile of a unit, if this node holds it.
     pub fn unit(&self, id: &UnitId) -> Result<Option<UnitProfile>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
