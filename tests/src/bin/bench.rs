@@ -424,8 +424,8 @@ async fn catch_up_samod() -> anyhow::Result<(f64, u64)> {
         .load()
         .await;
     // The same content: one change per record, one per edit. Records are made field by
-    // field, as an automerge-repo application would (our store's batched insertion made
-    // samod's sync messages 1.8x larger, which would have flattered the ratio).
+    // field, as an automerge-repo application would, not with our store's batched
+    // insertion (a baseline should not inherit our optimisations, nor their side effects).
     let mut d = doc::empty(&doc::actor_for(&unit("c01/k01/t01/v01"), [1; 8]));
     for i in 0..HOUSEHOLDS {
         use automerge::transaction::Transactable as _;
