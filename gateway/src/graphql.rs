@@ -3,13 +3,14 @@
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{
-    Context, EmptySubscription, Enum, ID, InputObject, Object, Result, Schema, SimpleObject,
+    Context, Enum, ID, InputObject, Object, Result, Schema, SimpleObject, Subscription,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use grassroots_node::{MemberCursor, StoreHandle, StoreReader};
 use grassroots_schema as gs;
 use grassroots_schema::{Caller, DocId, DocKind, DocMeta, MemberId, UnitId, can_read, can_write};
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{Code, error, from_write, internal};
 
@@ -30,11 +31,23 @@ pub struct Backend {
 }
 
 /// The schema type served at `/graphql`.
-pub type GatewaySchema = Schema<Query, Mutation, EmptySubscription>;
+pub type GatewaySchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// Build the schema with its limits.
+/// Build the schema with its limits, introspection on.
 pub fn build_schema(backend: Backend) -> GatewaySchema {
-    Schema::build(Query, Mutation, EmptySubscription)
+    build_schema_with(backend, true)
+}
+
+/// Build the schema with its limits; without `introspection`, `__schema` and `__type`
+/// answer nothing over any transport (HTTP also refuses them with a code).
+pub fn build_schema_with(backend: Backend, introspection: bool) -> GatewaySchema {
+    let builder = Schema::build(Query, Mutation, SubscriptionRoot);
+    let builder = if introspection {
+        builder
+    } else {
+        builder.disable_introspection()
+    };
+    builder
         .data(backend)
         .limit_depth(16)
         .limit_complexity(10_000)
@@ -275,6 +288,84 @@ impl Indicators {
 }
 
 /// The current calendar year (UTC).
+/// What a change notification names.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum RecordKind {
+    /// A unit's member register.
+    Members,
+    /// A unit's profile (name, children, revoked certificates).
+    Profile,
+}
+
+/// A change stored on this node.
+#[derive(SimpleObject)]
+pub struct Change {
+    /// The unit whose records changed.
+    unit: ID,
+    /// Which of its records.
+    kind: RecordKind,
+    /// When this node stored the change (RFC 3339, UTC).
+    at: String,
+    /// Notifications this subscriber missed just before this one because it read too
+    /// slowly; when not 0, re-query everything shown.
+    missed: i64,
+}
+
+/// Live notifications (WebSocket at `/graphql/ws`, `graphql-transport-ws` or `graphql-ws`).
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Changes stored on this node (made here or received from a peer) to records of
+    /// `unit`'s subtree (default: this node's unit) that the caller may read. A notification
+    /// says what changed, not the new values: re-query what you show.
+    async fn changes(
+        &self,
+        ctx: &Context<'_>,
+        unit: Option<ID>,
+    ) -> Result<impl futures_util::Stream<Item = Change> + use<>> {
+        let b = backend(ctx)?;
+        let root = match unit {
+            Some(id) => parse_unit(&id)?,
+            None => b.node_unit.clone(),
+        };
+        let who = caller(ctx).clone();
+        let rx = b.store.subscribe();
+        Ok(futures_util::stream::unfold(
+            (rx, root, who),
+            |(mut rx, root, who)| async move {
+                let mut missed = 0i64;
+                loop {
+                    match rx.recv().await {
+                        Ok(c) => {
+                            let kind = match c.doc.kind {
+                                DocKind::Members => RecordKind::Members,
+                                DocKind::Profile => RecordKind::Profile,
+                                _ => continue,
+                            };
+                            let meta = DocMeta::new(c.doc.clone());
+                            if !c.doc.owner.is_in_subtree_of(&root) || !can_read(&who, &meta) {
+                                continue;
+                            }
+                            let change = Change {
+                                unit: ID(c.doc.owner.to_string()),
+                                kind,
+                                at: rfc3339(c.at_ms),
+                                missed,
+                            };
+                            return Some((change, (rx, root, who)));
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            missed = missed.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            },
+        ))
+    }
+}
+
 /// A reference year from a query argument (this year when absent).
 fn parse_year(year: Option<i32>) -> Result<i64> {
     match year {

@@ -4,11 +4,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -17,7 +20,7 @@ use grassroots_node::auth::token_hash;
 use grassroots_schema::Caller;
 
 use crate::error::{Code, code_unlabelled, error, internal};
-use crate::graphql::{Backend, GatewaySchema, StatusOnce, build_schema};
+use crate::graphql::{Backend, GatewaySchema, StatusOnce, build_schema_with};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -99,7 +102,7 @@ pub fn router(backend: Backend) -> Router {
 /// The router of a node's gateway.
 pub fn router_with(backend: Backend, options: GatewayOptions) -> Router {
     let app = App {
-        schema: build_schema(backend.clone()),
+        schema: build_schema_with(backend.clone(), options.introspection),
         backend,
         parsed: Arc::default(),
         options,
@@ -107,6 +110,7 @@ pub fn router_with(backend: Backend, options: GatewayOptions) -> Router {
     Router::new()
         .route("/", get(graphiql))
         .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/assets/{file}", get(asset))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -124,9 +128,12 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, async_graphql:
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(Caller::Anonymous);
     };
-    let token = value
-        .to_str()
-        .ok()
+    caller_of(app, value.to_str().ok())
+}
+
+/// The caller an `Authorization` value (`Bearer <token>`) names.
+fn caller_of(app: &App, authorization: Option<&str>) -> Result<Caller, async_graphql::Error> {
+    let token = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| {
@@ -213,6 +220,47 @@ async fn graphql(
         }
         Err(_) => reply_error(error(Code::Timeout, "query timed out")).into_response(),
     }
+}
+
+/// Subscriptions (and queries) over a WebSocket. The token comes in the upgrade request's
+/// `Authorization` header or, since browsers cannot set one, as `Authorization` in the
+/// `connection_init` payload; an unknown token closes the connection. Messages are capped
+/// like request bodies; depth and complexity limits apply as over HTTP.
+async fn graphql_ws(
+    State(app): State<App>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let from_header = match headers.get(header::AUTHORIZATION) {
+        Some(_) => match authenticate(&app, &headers) {
+            Ok(c) => Some(c),
+            Err(e) => return (StatusCode::UNAUTHORIZED, reply_error(e)).into_response(),
+        },
+        None => None,
+    };
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(MAX_BODY)
+        .max_frame_size(MAX_BODY)
+        .on_upgrade(move |stream| {
+            let schema = app.schema.clone();
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let caller = match from_header {
+                        Some(c) => c,
+                        None => match payload.get("Authorization").and_then(|v| v.as_str()) {
+                            Some(value) => caller_of(&app, Some(value))?,
+                            None => Caller::Anonymous,
+                        },
+                    };
+                    let mut data = async_graphql::Data::default();
+                    data.insert(caller);
+                    data.insert(StatusOnce::default());
+                    Ok(data)
+                })
+                .serve()
+        })
 }
 
 /// Whether any operation of `doc` selects `__schema` or `__type` at its root, directly or

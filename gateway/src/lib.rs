@@ -14,5 +14,5 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 
-pub use graphql::{Backend, GatewaySchema, build_schema};
+pub use graphql::{Backend, GatewaySchema, build_schema, build_schema_with};
 pub use http::{GatewayOptions, router, router_with, serve, serve_with};

@@ -26,7 +26,7 @@ use grassroots_schema::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use reader::{MemberCursor, MemberPage, StoreReader};
 use tables::*;
@@ -51,6 +51,8 @@ const RECORD_RANDOM_BITS: u32 = 32;
 /// How long the store waits for the rest of a group of concurrent writers, and how often.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(20);
 const LINGER_ROUNDS: u32 = 2;
+/// Change notifications buffered per subscriber.
+pub const CHANGE_FEED: usize = 1024;
 /// Most commands applied in one commit.
 const MAX_BATCH: usize = 512;
 /// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
@@ -177,6 +179,16 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
+    changes: broadcast::Sender<DocChange>,
+}
+
+/// A document whose change was just stored (made here or received from a peer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocChange {
+    /// The document.
+    pub doc: DocId,
+    /// When it was stored, ms since the epoch.
+    pub at_ms: u64,
 }
 
 /// Owner of the actor thread.
@@ -270,6 +282,7 @@ pub fn open_database(
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
     let activity = Arc::new(compact::Activity::new());
+    let (changes, _) = broadcast::channel(CHANGE_FEED);
     let rollups = Arc::new(reader::RollupCache::default());
     let compactor = compact::Compactor::spawn(
         database.clone(),
@@ -295,6 +308,7 @@ pub fn open_database(
         compactor,
         activity,
         rollups: rollups.clone(),
+        changes: changes.clone(),
         due,
         compacting: None,
         last_record: 0,
@@ -304,7 +318,7 @@ pub fn open_database(
         .name(format!("store {me}"))
         .spawn(move || actor.run(rx))
         .map_err(|e| StoreError::Corrupt(format!("cannot start store thread: {e}")))?;
-    let handle = StoreHandle { tx };
+    let handle = StoreHandle { tx, changes };
     Ok((
         handle.clone(),
         StoreReader::new(database, rollups),
@@ -368,6 +382,12 @@ impl Persisted {
 }
 
 impl StoreHandle {
+    /// Notifications of stored changes, from now on. A receiver that falls more than
+    /// [`CHANGE_FEED`] notifications behind is told how many it missed (`Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<DocChange> {
+        self.changes.subscribe()
+    }
+
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.ok()?;
@@ -554,6 +574,8 @@ struct Actor {
     compactor: compact::Compactor,
     /// When the store last had work (compactions wait for quiet).
     activity: Arc<compact::Activity>,
+    /// Change notifications to subscribers.
+    changes: broadcast::Sender<DocChange>,
     /// Readers' decoded roll-ups, told of every commit.
     rollups: Arc<reader::RollupCache>,
     /// Documents whose change rows are due to be folded into a snapshot.
@@ -633,7 +655,8 @@ impl Actor {
                 // A snapshot not stored is made again from what is committed by then.
                 self.due
                     .extend(batch.compacted.iter().map(|d| d.job.doc.clone()));
-            } else {
+            } else if let Ok(changed) = &result {
+                self.notify(changed);
                 self.heard
                     .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
                 let mut sends = std::mem::take(&mut batch.sends);
@@ -680,6 +703,20 @@ impl Actor {
         }
         if let Err(e) = self.commit(&batch) {
             tracing::warn!("compaction at stop failed (changes stay as rows): {e}");
+        }
+    }
+
+    /// Tell subscribers which documents a commit changed (nobody listening is fine).
+    fn notify(&self, changed: &[DocId]) {
+        if changed.is_empty() || self.changes.receiver_count() == 0 {
+            return;
+        }
+        let at_ms = now_ms();
+        for doc in changed {
+            let _ = self.changes.send(DocChange {
+                doc: doc.clone(),
+                at_ms,
+            });
         }
     }
 
@@ -1224,14 +1261,15 @@ impl Actor {
 
     /// Persist the batch in one write transaction: new documents, appended change rows,
     /// snapshots the compactor made, re-materialised views and roll-ups, sync states, users.
-    fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
+    /// Returns the documents whose content the commit stored (for change notifications).
+    fn commit(&mut self, batch: &Batch) -> Result<Vec<DocId>, StoreError> {
         if batch.dirty.is_empty()
             && batch.created.is_empty()
             && batch.states.is_empty()
             && batch.users.is_empty()
             && batch.compacted.is_empty()
         {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Dirty documents are loaded (never evicted while unpersisted); a retried one might
         // not be if its load failed before.
@@ -1242,6 +1280,7 @@ impl Actor {
         }
         let tx = self.db.begin_write().map_err(db)?;
         let mut updated: BTreeMap<DocId, Persisted> = BTreeMap::new();
+        let mut changed = Vec::new();
         {
             let mut docs = tx.open_table(DOCS).map_err(db)?;
             let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
@@ -1316,6 +1355,7 @@ impl Actor {
                 };
                 materialise(&mut members, &mut units, &mut deltas, meta, d, only)?;
                 updated.insert(id.clone(), p);
+                changed.push(id.clone());
             }
             // Snapshots from the compactor replace exactly the rows they were made from; rows
             // appended since stay, and so does their share of the bookkeeping.
@@ -1376,7 +1416,7 @@ impl Actor {
                 .map(|(id, _)| id.clone()),
         );
         self.persisted.extend(updated);
-        Ok(())
+        Ok(changed)
     }
 }
 

@@ -1,0 +1,145 @@
+//! Subscriptions over a real WebSocket (`graphql-transport-ws`): notifications follow the
+//! caller's scope, and a bad token is refused.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use grassroots_gateway::{Backend, serve};
+use grassroots_node::auth::{new_token, token_hash};
+use grassroots_schema::{Education, Gender, MemberStatus, NewMember, Role, UnitId};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, token: Option<&str>) -> Ws {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let payload = match token {
+        Some(t) => json!({ "Authorization": format!("Bearer {t}") }),
+        None => json!({}),
+    };
+    send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": payload }),
+    )
+    .await;
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next JSON message, or None if the socket closes or nothing comes within `wait`.
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn subscribe(ws: &mut Ws) {
+    let ack = next(ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    send(
+        ws,
+        json!({ "id": "1", "type": "subscribe",
+                "payload": { "query": "subscription { changes { unit kind missed } }" } }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn changes_follow_the_callers_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let county: UnitId = "c01/k01".parse().unwrap();
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), county.clone()).unwrap();
+    let token = |unit: &str, role| {
+        let (store, unit) = (store.clone(), unit.parse::<UnitId>().unwrap());
+        async move {
+            let t = new_token().unwrap();
+            store.add_user(token_hash(&t), unit, role).await.unwrap();
+            t
+        }
+    };
+    let viewer = token("c01/k01", Role::Viewer).await;
+    let outsider = token("c01/k02", Role::Admin).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
+    let backend = Backend {
+        node_unit: county.clone(),
+        store: store.clone(),
+        reader,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, backend, async {
+        let _ = stopped.await;
+    }));
+
+    // An unknown token ends the connection instead of acknowledging it.
+    let mut forged = connect(&url, Some("grt_forged")).await;
+    let reply = next(&mut forged, Duration::from_secs(5)).await;
+    assert!(
+        reply.as_ref().is_none_or(|r| r["type"] != "connection_ack"),
+        "{reply:?}"
+    );
+
+    let mut mine = connect(&url, Some(&viewer)).await;
+    let mut theirs = connect(&url, Some(&outsider)).await;
+    subscribe(&mut mine).await;
+    subscribe(&mut theirs).await;
+    // Subscriptions are registered when the server has read the subscribe message.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let member = NewMember {
+        name: "Wang Fang".into(),
+        birth_year: 1990,
+        gender: Gender::Female,
+        education: Education::Bachelor,
+        joined_on: "2020-01-01".into(),
+        status: MemberStatus::Full,
+    };
+    let village: UnitId = "c01/k01/t01/v01".parse().unwrap();
+    store.create_member(village, member).await.unwrap();
+    store
+        .set_profile("Dongping County".into(), vec![])
+        .await
+        .unwrap();
+
+    // The county's viewer hears of both: the village register, then the county's profile.
+    let got = next(&mut mine, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        got["payload"]["data"]["changes"],
+        json!({ "unit": "c01/k01/t01/v01", "kind": "MEMBERS", "missed": 0 }),
+        "{got}"
+    );
+    let got = next(&mut mine, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        got["payload"]["data"]["changes"]["kind"], "PROFILE",
+        "{got}"
+    );
+    // Another county's admin may not read the register: its first notice is the public
+    // profile, written after the register.
+    let got = next(&mut theirs, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        got["payload"]["data"]["changes"],
+        json!({ "unit": "c01/k01", "kind": "PROFILE", "missed": 0 }),
+        "{got}"
+    );
+
+    let _ = stop.send(());
+    drop((mine, theirs, forged));
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    thread.shutdown().await;
+}
