@@ -419,20 +419,14 @@ impl Target {
         #[graphql(desc = "Id of the last village of the previous page.")] after: Option<ID>,
     ) -> Result<Vec<Unit>> {
         let b = backend(ctx)?;
-        let first = first.unwrap_or(DEFAULT_PAGE);
-        if !(0..=MAX_PAGE).contains(&first) {
-            return Err(error(
-                Code::BadUserInput,
-                format!("first must be between 0 and {MAX_PAGE}"),
-            ));
-        }
+        let first = page_size(first)?;
         let after = after.as_ref().map(parse_unit).transpose()?;
         let mut out = Vec::new();
         for id in self
             .missing_ids
             .iter()
             .filter(|v| after.as_ref().is_none_or(|a| *v > a))
-            .take(first as usize)
+            .take(first)
         {
             let profile = b.reader.unit(id).map_err(internal)?;
             out.push(Unit {

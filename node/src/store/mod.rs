@@ -688,16 +688,8 @@ impl Actor {
         }
         let mut batch = Batch::default();
         while start.elapsed() < STOP_COMPACTION
-            && let Some(id) = self.due.pop_first()
+            && let Some(job) = self.next_due_job()
         {
-            let Some(job) = self
-                .persisted
-                .get(&id)
-                .filter(|p| p.due())
-                .map(|p| p.job(&id))
-            else {
-                continue;
-            };
             let snapshot = compact::fold(&self.db, &job);
             batch.compacted.push(compact::Done { job, snapshot });
         }
@@ -725,22 +717,24 @@ impl Actor {
         if self.compacting.is_some() {
             return;
         }
-        while let Some(id) = self.due.pop_first() {
-            let Some(job) = self
-                .persisted
-                .get(&id)
-                .filter(|p| p.due())
-                .map(|p| p.job(&id))
-            else {
-                continue;
-            };
+        if let Some(job) = self.next_due_job() {
+            let id = job.doc.clone();
             if self.compactor.submit(job) {
                 self.compacting = Some(id);
             } else {
                 tracing::warn!("the compactor thread is gone: change rows are no longer folded");
             }
-            return;
         }
+    }
+
+    /// The next document still due for compaction, as a job over all its rows.
+    fn next_due_job(&mut self) -> Option<compact::Job> {
+        while let Some(id) = self.due.pop_first() {
+            if let Some(p) = self.persisted.get(&id).filter(|p| p.due()) {
+                return Some(p.job(&id));
+            }
+        }
+        None
     }
 
     fn on_command(&mut self, cmd: Command, batch: &mut Batch) {
