@@ -171,6 +171,17 @@ async fn graphql(
             return (status, reply).into_response();
         }
     };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        let e = error(
+            Code::BadUserInput,
+            "expected Content-Type: application/json",
+        );
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, reply_error(e)).into_response();
+    }
     let mut request = match serde_json::from_slice::<async_graphql::Request>(&body) {
         Ok(r) => r,
         // One operation per request: a batch is refused as a whole, before anything runs.

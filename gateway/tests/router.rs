@@ -222,6 +222,18 @@ async fn each_limit_is_refused_with_its_code() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(code(&r), "PAYLOAD_TOO_LARGE", "{r}");
 
+    // A body that is not declared JSON (what a cross-site form can send) is refused.
+    let resp = router(f.backend.clone())
+        .oneshot(
+            Request::post("/graphql")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(body("{ me { role } }")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
     // Syntax, and fields the schema does not have (no suggestions).
     let r = query(&f, None, "{ nodeUnit { id ").await;
     assert_eq!(code(&r), "GRAPHQL_PARSE_FAILED", "{r}");

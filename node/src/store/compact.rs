@@ -96,7 +96,7 @@ pub(super) struct Job {
     pub urgent: bool,
 }
 
-/// A finished job: the snapshot of the snapshot and rows it covered.
+/// A finished job and the snapshot it made of what it covered.
 #[derive(Debug)]
 pub(super) struct Done {
     pub job: Job,
