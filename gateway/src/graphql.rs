@@ -1,6 +1,9 @@
 //! The GraphQL schema: types, queries, mutations. Every read and write decision calls the
 //! rules in `grassroots_schema`; nothing here decides visibility on its own.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{
     Context, Enum, ID, InputObject, Object, Result, Schema, SimpleObject, Subscription,
@@ -194,6 +197,8 @@ const STALE_AFTER_MS: u64 = 24 * 3600 * 1000;
 pub struct Unit {
     id: UnitId,
     profile: Option<gs::UnitProfile>,
+    /// The roll-up, when the parent's `children` read its children's in one batch.
+    rollup: Option<Arc<gs::Rollup>>,
 }
 
 impl Unit {
@@ -202,12 +207,17 @@ impl Unit {
         Ok(profile.map(|p| Unit {
             id,
             profile: Some(p),
+            rollup: None,
         }))
     }
 
     fn known(b: &Backend, id: UnitId) -> Result<Unit> {
         let profile = b.reader.unit(&id).map_err(internal)?;
-        Ok(Unit { id, profile })
+        Ok(Unit {
+            id,
+            profile,
+            rollup: None,
+        })
     }
 }
 
@@ -432,6 +442,7 @@ impl Target {
             out.push(Unit {
                 id: id.clone(),
                 profile,
+                rollup: None,
             });
         }
         Ok(out)
@@ -533,12 +544,20 @@ impl Unit {
     /// The units directly below that this node knows.
     async fn children(&self, ctx: &Context<'_>) -> Result<Vec<Unit>> {
         let b = backend(ctx)?;
-        Ok(b.reader
-            .children(&self.id)
-            .map_err(internal)?
+        let profiles = b.reader.children(&self.id).map_err(internal)?;
+        // A tree query asking every child's figures reads their roll-ups in one batch
+        // (one read transaction) rather than one lookup per child.
+        let mut rollups = if ctx.look_ahead().field("indicators").exists() {
+            let ids: Vec<UnitId> = profiles.iter().map(|p| p.id.clone()).collect();
+            b.reader.rollups(&ids).map_err(internal)?
+        } else {
+            HashMap::new()
+        };
+        Ok(profiles
             .into_iter()
             .map(|p| Unit {
                 id: p.id.clone(),
+                rollup: rollups.remove(&p.id),
                 profile: Some(p),
             })
             .collect())
@@ -601,7 +620,10 @@ impl Unit {
             return Ok(None);
         }
         let year = parse_year(year)?;
-        let rollup = b.reader.rollup(&self.id).map_err(internal)?;
+        let rollup = match &self.rollup {
+            Some(r) => r.clone(),
+            None => b.reader.rollup(&self.id).map_err(internal)?,
+        };
         Ok(Some(Indicators::from_rollup(&rollup, year)))
     }
 

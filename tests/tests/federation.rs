@@ -72,6 +72,25 @@ async fn village_member_reaches_ancestors_and_no_one_else() -> anyhow::Result<()
         assert_eq!(m["name"], "Chen Xiu");
     }
 
+    // The city's figures, and each county's read in one batch by `children`: the member
+    // counts once in the city's, in k01's and in no other county's.
+    let r = gql(
+        &fed.graphql_url(&c01)?,
+        Some(fed.token(&c01, Role::Viewer)?),
+        "{ nodeUnit { indicators { members } children { id indicators { members } } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(r["data"]["nodeUnit"]["indicators"]["members"], 1, "{r}");
+    let counties = r["data"]["nodeUnit"]["children"]
+        .as_array()
+        .context("children")?;
+    assert_eq!(counties.len(), 2, "{r}");
+    for c in counties {
+        let want = if c["id"] == "c01/k01" { 1 } else { 0 };
+        assert_eq!(c["indicators"]["members"], want, "{r}");
+    }
+
     // Never to a sibling village or another county: the data is not even there.
     for u in [&v02, &k02, &k02v] {
         let url = fed.graphql_url(u)?;

@@ -110,13 +110,48 @@ impl StoreReader {
             Some(v) => decode(v.value())?,
             None => Rollup::default(),
         });
+        self.remember(id, commits, &rollup);
+        Ok(rollup)
+    }
+
+    /// The roll-ups of several units, from the decoded ones still current and one read
+    /// transaction for the rest (what a tree query needs for one level).
+    pub fn rollups(&self, ids: &[UnitId]) -> Result<HashMap<UnitId, Arc<Rollup>>, StoreError> {
+        let commits = self.rollups.commits.load(Ordering::Acquire);
+        let mut out = HashMap::with_capacity(ids.len());
+        if let Ok(rows) = self.rollups.rows.lock() {
+            for id in ids {
+                if let Some((at, r)) = rows.get(id)
+                    && *at == commits
+                {
+                    out.insert(id.clone(), r.clone());
+                }
+            }
+        }
+        let missing: Vec<&UnitId> = ids.iter().filter(|id| !out.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+        for id in missing {
+            let rollup = Arc::new(match t.get(id.tree_key().as_str()).map_err(db)? {
+                Some(v) => decode(v.value())?,
+                None => Rollup::default(),
+            });
+            self.remember(id, commits, &rollup);
+            out.insert(id.clone(), rollup);
+        }
+        Ok(out)
+    }
+
+    fn remember(&self, id: &UnitId, commits: u64, rollup: &Arc<Rollup>) {
         if let Ok(mut rows) = self.rollups.rows.lock() {
             if rows.len() >= ROLLUP_CACHE_UNITS && !rows.contains_key(id) {
                 rows.clear();
             }
             rows.insert(id.clone(), (commits, rollup.clone()));
         }
-        Ok(rollup)
     }
 
     /// Every village of `id`'s subtree this node knows, from a profile or from members it
