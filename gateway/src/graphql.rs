@@ -744,6 +744,34 @@ impl MemberGql {
     async fn unit(&self, ctx: &Context<'_>) -> Result<Unit> {
         Unit::known(backend(ctx)?, self.0.id.unit.clone())
     }
+    /// Who created the record and when; null for records made without a caller (generated
+    /// data, or written before records were stamped).
+    async fn created(&self) -> Option<StampGql> {
+        self.0.created.clone().map(StampGql)
+    }
+    /// Who last updated the record and when; null if never updated through the gateway.
+    async fn changed(&self) -> Option<StampGql> {
+        self.0.changed.clone().map(StampGql)
+    }
+}
+
+/// Who wrote a record and when. Written into the record, so every level sees the same.
+pub struct StampGql(gs::Stamp);
+
+#[Object(name = "Stamp")]
+impl StampGql {
+    /// When the node that took the write stored it (RFC 3339, UTC).
+    async fn at(&self) -> String {
+        rfc3339(u64::try_from(self.0.at_ms).unwrap_or(0))
+    }
+    /// The writer's unit.
+    async fn unit(&self) -> ID {
+        ID(self.0.unit.to_string())
+    }
+    /// The writer's role there.
+    async fn role(&self) -> RoleGql {
+        self.0.role.into()
+    }
 }
 
 /// Who the caller is.
@@ -865,11 +893,18 @@ pub struct RevokeCertificatePayload {
     fingerprint: String,
 }
 
-fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<()> {
+/// Check the caller may write records of `owner` here; returns the stamp its writes carry.
+fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<gs::Stamp> {
     let who = caller(ctx);
-    if matches!(who, Caller::Anonymous) {
+    let Caller::User { unit, role } = who else {
         return Err(error(Code::Unauthenticated, "writes need a token"));
-    }
+    };
+    let stamp = gs::Stamp {
+        // The store sets the time it takes the write.
+        at_ms: 0,
+        unit: unit.clone(),
+        role: *role,
+    };
     if !can_write(who, owner) {
         return Err(error(
             Code::Forbidden,
@@ -882,7 +917,7 @@ fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<()>
             format!("this node ({}) does not hold {owner}", b.node_unit),
         ));
     }
-    Ok(())
+    Ok(stamp)
 }
 
 /// Write operations. Each returns once the change is durable on this node.
@@ -931,7 +966,7 @@ impl Mutation {
     ) -> Result<MemberGql> {
         let b = backend(ctx)?;
         let unit = parse_unit(&input.unit)?;
-        authorise_write(ctx, b, &unit)?;
+        let by = authorise_write(ctx, b, &unit)?;
         let member = gs::NewMember {
             name: input.name,
             birth_year: input.birth_year,
@@ -941,7 +976,7 @@ impl Mutation {
             status: input.status.into(),
         };
         b.store
-            .create_member(unit, member)
+            .create_member_by(unit, member, Some(by))
             .await
             .map(MemberGql)
             .map_err(from_write)
@@ -959,7 +994,7 @@ impl Mutation {
         let id: MemberId = id
             .parse()
             .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
-        authorise_write(ctx, b, &id.unit)?;
+        let by = authorise_write(ctx, b, &id.unit)?;
         let patch = gs::MemberPatch {
             name: input.name,
             birth_year: input.birth_year,
@@ -969,7 +1004,7 @@ impl Mutation {
             status: input.status.map(Into::into),
         };
         b.store
-            .update_member(id, patch)
+            .update_member_by(id, patch, Some(by))
             .await
             .map(MemberGql)
             .map_err(from_write)

@@ -448,3 +448,59 @@ async fn targets_name_the_villages_that_miss_them() {
     .await;
     assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
 }
+
+/// Every member record carries who created and who last changed it (unit and role) and
+/// when, written into the record, and the view rows agree with the document.
+#[tokio::test]
+async fn records_carry_who_wrote_them_and_when() {
+    let f = fixture().await;
+    let clerk = token_for(&f, "c01/k01/t01", Role::Clerk).await;
+    let supervisor = token_for(&f, "c01/k01", Role::Supervisor).await;
+    let create = r#"mutation { createMember(input: { unit: "c01/k01/t01", name: "Zhao Min",
+        birthYear: 1992, gender: FEMALE, education: COLLEGE, joinedOn: "2021-06-01" }) {
+        id created { unit role at } changed { unit } } }"#;
+    let r = query(&f, Some(&clerk), create).await;
+    let m = &r["data"]["createMember"];
+    assert_eq!(m["created"]["unit"], "c01/k01/t01", "{r}");
+    assert_eq!(m["created"]["role"], "CLERK", "{r}");
+    assert!(
+        m["created"]["at"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("20")),
+        "{r}"
+    );
+    assert_eq!(m["changed"], Value::Null, "{r}");
+    let id = m["id"].as_str().unwrap().to_owned();
+
+    let update = format!(
+        r#"mutation {{ updateMember(id: "{id}", input: {{ name: "Zhao Min (corrected)" }}) {{
+        name created {{ unit role }} changed {{ unit role at }} }} }}"#
+    );
+    let r = query(&f, Some(&supervisor), &update).await;
+    let m = &r["data"]["updateMember"];
+    assert_eq!(m["name"], "Zhao Min (corrected)", "{r}");
+    assert_eq!(
+        m["created"],
+        json!({ "unit": "c01/k01/t01", "role": "CLERK" }),
+        "{r}"
+    );
+    assert_eq!(m["changed"]["unit"], "c01/k01", "{r}");
+    assert_eq!(m["changed"]["role"], "SUPERVISOR", "{r}");
+
+    // Read back from the view, and the view equals what the document holds.
+    let r = query(
+        &f,
+        Some(&supervisor),
+        &format!(r#"{{ member(id: "{id}") {{ created {{ role }} changed {{ role }} }} }}"#),
+    )
+    .await;
+    assert_eq!(
+        r["data"]["member"],
+        json!({ "created": { "role": "CLERK" }, "changed": { "role": "SUPERVISOR" } }),
+        "{r}"
+    );
+    assert_eq!(
+        f.backend.store.verify_views().await.unwrap(),
+        Vec::<String>::new()
+    );
+}

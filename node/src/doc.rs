@@ -15,7 +15,7 @@ use automerge::{
 };
 use grassroots_schema::{
     ActorTag, Education, Gender, Member, MemberId, MemberPatch, MemberStatus, NewMember, RecordId,
-    UnitId, UnitProfile,
+    Stamp, UnitId, UnitProfile,
 };
 
 /// A failure inside automerge while writing a record.
@@ -44,20 +44,21 @@ pub fn empty(actor: &ActorId) -> Automerge {
 /// [`apply_member_writes`].
 #[derive(Debug, Clone, Copy)]
 pub enum MemberWrite<'a> {
-    /// Add a record.
-    Create(RecordId, &'a NewMember),
-    /// Change the fields a patch names.
-    Update(RecordId, &'a MemberPatch),
+    /// Add a record, stamped with its writer when there is one.
+    Create(RecordId, &'a NewMember, Option<&'a Stamp>),
+    /// Change the fields a patch names, stamped when there is a writer and a field.
+    Update(RecordId, &'a MemberPatch, Option<&'a Stamp>),
 }
 
 fn put_member(
     tx: &mut impl Transactable,
     record: RecordId,
     m: &NewMember,
+    stamp: Option<&Stamp>,
 ) -> Result<(), AutomergeError> {
     // One batched insertion: automerge splices the new map's ops in two steps instead of one
     // per field, which is most of the cost of a create in a large register.
-    let fields: HashMap<&str, hydrate::Value> = HashMap::from([
+    let mut fields: HashMap<&str, hydrate::Value> = HashMap::from([
         ("name", hydrate::Value::scalar(m.name.trim())),
         ("birthYear", hydrate::Value::scalar(m.birth_year)),
         ("gender", hydrate::Value::scalar(m.gender.as_str())),
@@ -65,15 +66,32 @@ fn put_member(
         ("joinedOn", hydrate::Value::scalar(m.joined_on.as_str())),
         ("status", hydrate::Value::scalar(m.status.as_str())),
     ]);
+    if let Some(st) = stamp {
+        fields.insert(CREATED_AT, hydrate::Value::scalar(st.at_ms));
+        fields.insert(CREATED_BY, hydrate::Value::scalar(st.by().as_str()));
+    }
     tx.batch_create_object(ROOT, record.to_string(), &fields.into(), false)?;
     Ok(())
 }
+
+/// Record fields holding who created and who last changed a record (see [`Stamp`]).
+const CREATED_AT: &str = "createdAt";
+const CREATED_BY: &str = "createdBy";
+const CHANGED_AT: &str = "changedAt";
+const CHANGED_BY: &str = "changedBy";
 
 fn patch_member(
     tx: &mut impl Transactable,
     obj: &ObjId,
     p: &MemberPatch,
+    stamp: Option<&Stamp>,
 ) -> Result<(), AutomergeError> {
+    if let Some(st) = stamp
+        && *p != MemberPatch::default()
+    {
+        tx.put(obj, CHANGED_AT, st.at_ms)?;
+        tx.put(obj, CHANGED_BY, st.by().as_str())?;
+    }
     if let Some(v) = &p.name {
         tx.put(obj, "name", v.trim())?;
     }
@@ -108,17 +126,19 @@ pub fn apply_member_writes(
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 match *w {
-                    MemberWrite::Create(record, m) => {
-                        put_member(tx, record, m)?;
+                    MemberWrite::Create(record, m, stamp) => {
+                        put_member(tx, record, m, stamp)?;
                         out.push(Ok(()));
                     }
-                    MemberWrite::Update(record, p) => match tx.get(ROOT, record.to_string())? {
-                        Some((Value::Object(ObjType::Map), obj)) => {
-                            patch_member(tx, &obj, p)?;
-                            out.push(Ok(()));
+                    MemberWrite::Update(record, p, stamp) => {
+                        match tx.get(ROOT, record.to_string())? {
+                            Some((Value::Object(ObjType::Map), obj)) => {
+                                patch_member(tx, &obj, p, stamp)?;
+                                out.push(Ok(()));
+                            }
+                            _ => out.push(Err(DocError::NoSuchRecord(record))),
                         }
-                        _ => out.push(Err(DocError::NoSuchRecord(record))),
-                    },
+                    }
                 }
             }
             Ok(out)
@@ -129,7 +149,10 @@ pub fn apply_member_writes(
 
 /// Add a member record.
 pub fn create_member(doc: &mut Automerge, record: RecordId, m: &NewMember) -> Result<(), DocError> {
-    first(apply_member_writes(doc, &[MemberWrite::Create(record, m)])?)
+    first(apply_member_writes(
+        doc,
+        &[MemberWrite::Create(record, m, None)],
+    )?)
 }
 
 /// Change the fields a patch names, leaving the others to merge with concurrent edits.
@@ -138,7 +161,10 @@ pub fn update_member(
     record: RecordId,
     p: &MemberPatch,
 ) -> Result<(), DocError> {
-    first(apply_member_writes(doc, &[MemberWrite::Update(record, p)])?)
+    first(apply_member_writes(
+        doc,
+        &[MemberWrite::Update(record, p, None)],
+    )?)
 }
 
 fn first(results: Vec<Result<(), DocError>>) -> Result<(), DocError> {
@@ -207,6 +233,13 @@ fn member_from(unit: &UnitId, record: RecordId, value: &hydrate::Value) -> Optio
             education: Education::parse(&text("education")?)?,
             joined_on: text("joinedOn")?,
             status: MemberStatus::parse(&text("status")?)?,
+            // A stamp that does not parse is left out; the record still counts.
+            created: int(CREATED_AT)
+                .zip(text(CREATED_BY))
+                .and_then(|(at, by)| Stamp::parse(at, &by)),
+            changed: int(CHANGED_AT)
+                .zip(text(CHANGED_BY))
+                .and_then(|(at, by)| Stamp::parse(at, &by)),
         })
     })();
     if member.is_none() {

@@ -23,7 +23,8 @@ mod rules;
 pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, UnitId};
 pub use level::Level;
 pub use records::{
-    Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, UnitProfile,
+    Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, Stamp,
+    UnitProfile,
 };
 pub use rollup::Rollup;
 pub use rules::{

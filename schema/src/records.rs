@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{MemberId, UnitId};
 use crate::level::Level;
+use crate::rules::Role;
 
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
@@ -94,6 +95,45 @@ pub struct Member {
     pub joined_on: String,
     /// Probationary or full.
     pub status: MemberStatus,
+    /// Who created the record and when (absent on records written without a caller, such
+    /// as generated data or records older than stamps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Stamp>,
+    /// Who last changed it through an update and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Stamp>,
+}
+
+/// Who wrote a record and when: the unit and role of the token that made the write, and
+/// the time the node that took it stored it. Written into the record itself, so it travels
+/// with the record to every level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Milliseconds since the epoch.
+    pub at_ms: i64,
+    /// The writer's unit.
+    #[serde(with = "unit_id_str")]
+    pub unit: UnitId,
+    /// The writer's role there.
+    #[serde(with = "role_str")]
+    pub role: Role,
+}
+
+impl Stamp {
+    /// `"<unit> <role>"`, the form stored in a document.
+    pub fn by(&self) -> String {
+        format!("{} {}", self.unit, self.role.as_str())
+    }
+
+    /// A stamp from its stored form, or `None` if it does not parse.
+    pub fn parse(at_ms: i64, by: &str) -> Option<Stamp> {
+        let (unit, role) = by.split_once(' ')?;
+        Some(Stamp {
+            at_ms,
+            unit: unit.parse().ok()?,
+            role: role.parse().ok()?,
+        })
+    }
 }
 
 /// The fields of a new member, validated by [`NewMember::validate`].
@@ -232,6 +272,19 @@ mod member_id_str {
         s.collect_str(id)
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MemberId, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+mod role_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::rules::Role;
+
+    pub fn serialize<S: Serializer>(r: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(r.as_str())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
         String::deserialize(d)?.parse().map_err(D::Error::custom)
     }
 }

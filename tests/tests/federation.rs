@@ -22,7 +22,8 @@ const WAIT: Duration = Duration::from_secs(20);
 const CREATE: &str =
     "mutation($input: CreateMemberInput!) { createMember(input: $input) { id name unit { id } } }";
 const UPDATE: &str = "mutation($id: ID!, $input: UpdateMemberInput!) { updateMember(id: $id, input: $input) { id name education } }";
-const MEMBER: &str = "query($id: ID!) { member(id: $id) { id name education } }";
+const MEMBER: &str =
+    "query($id: ID!) { member(id: $id) { id name education created { unit role } } }";
 
 fn new_member(unit: &str, name: &str) -> Value {
     json!({ "input": { "unit": unit, "name": name, "birthYear": 1992, "gender": "FEMALE",
@@ -70,6 +71,12 @@ async fn village_member_reaches_ancestors_and_no_one_else() -> anyhow::Result<()
             })
             .await?;
         assert_eq!(m["name"], "Chen Xiu");
+        // Who created it travels with the record.
+        assert_eq!(
+            m["created"],
+            json!({ "unit": "c01/k01/t01/v01", "role": "CLERK" }),
+            "at {u}"
+        );
     }
 
     // The city's figures, and each county's read in one batch by `children`: the member

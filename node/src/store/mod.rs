@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use automerge::{Automerge, ChangeHash};
 use grassroots_schema::{
     DocId, DocKind, DocMeta, Member, MemberId, MemberPatch, NewMember, RecordError, RecordId, Role,
-    UnitId,
+    Stamp, UnitId,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -118,11 +118,13 @@ enum Command {
     CreateMember {
         unit: UnitId,
         member: NewMember,
+        by: Option<Stamp>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
     },
     UpdateMember {
         id: MemberId,
         patch: MemberPatch,
+        by: Option<Stamp>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
     },
     SetProfile {
@@ -411,9 +413,21 @@ impl StoreHandle {
         unit: UnitId,
         member: NewMember,
     ) -> Result<Member, WriteError> {
+        self.create_member_by(unit, member, None).await
+    }
+
+    /// [`create_member`](Self::create_member), stamped with who made the write (`by`'s
+    /// time is replaced by the time the store takes it).
+    pub async fn create_member_by(
+        &self,
+        unit: UnitId,
+        member: NewMember,
+        by: Option<Stamp>,
+    ) -> Result<Member, WriteError> {
         self.ask(|reply| Command::CreateMember {
             unit,
             member,
+            by,
             reply,
         })
         .await
@@ -425,8 +439,23 @@ impl StoreHandle {
         id: MemberId,
         patch: MemberPatch,
     ) -> Result<Member, WriteError> {
-        self.ask(|reply| Command::UpdateMember { id, patch, reply })
-            .await
+        self.update_member_by(id, patch, None).await
+    }
+
+    /// [`update_member`](Self::update_member), stamped with who made the write.
+    pub async fn update_member_by(
+        &self,
+        id: MemberId,
+        patch: MemberPatch,
+        by: Option<Stamp>,
+    ) -> Result<Member, WriteError> {
+        self.ask(|reply| Command::UpdateMember {
+            id,
+            patch,
+            by,
+            reply,
+        })
+        .await
     }
 
     /// Write this node's own profile (name and registered children) when it differs.
@@ -524,8 +553,16 @@ struct PendingWrite {
 }
 
 enum PendingOp {
-    Create(MemberId, NewMember),
-    Update(MemberId, MemberPatch),
+    Create(MemberId, NewMember, Option<Stamp>),
+    Update(MemberId, MemberPatch, Option<Stamp>),
+}
+
+/// A writer's stamp with the time the store takes the write.
+fn stamped(by: Option<Stamp>) -> Option<Stamp> {
+    by.map(|s| Stamp {
+        at_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+        ..s
+    })
 }
 
 #[derive(Default)]
@@ -742,6 +779,7 @@ impl Actor {
             Command::CreateMember {
                 unit,
                 member,
+                by,
                 reply,
             } => {
                 if let Err(e) = member.validate() {
@@ -751,7 +789,7 @@ impl Actor {
                 match self.new_record() {
                     Ok(record) => batch.writes.push(PendingWrite {
                         doc: DocId::new(DocKind::Members, unit.clone()),
-                        op: PendingOp::Create(MemberId { unit, record }, member),
+                        op: PendingOp::Create(MemberId { unit, record }, member, stamped(by)),
                         reply,
                     }),
                     Err(e) => {
@@ -759,14 +797,19 @@ impl Actor {
                     }
                 }
             }
-            Command::UpdateMember { id, patch, reply } => {
+            Command::UpdateMember {
+                id,
+                patch,
+                by,
+                reply,
+            } => {
                 if let Err(e) = patch.validate() {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
                 batch.writes.push(PendingWrite {
                     doc: DocId::new(DocKind::Members, id.unit.clone()),
-                    op: PendingOp::Update(id, patch),
+                    op: PendingOp::Update(id, patch, stamped(by)),
                     reply,
                 });
             }
@@ -1136,7 +1179,7 @@ impl Actor {
             let exists = self.engine.get(&doc_id).is_some();
             if !exists && writes.iter().all(|w| matches!(w.op, PendingOp::Update(..))) {
                 for w in writes {
-                    let PendingOp::Update(id, _) = w.op else {
+                    let PendingOp::Update(id, ..) = w.op else {
                         continue;
                     };
                     let _ = w.reply.send(Err(WriteError::NotFound(id)));
@@ -1161,8 +1204,12 @@ impl Actor {
             let ops: Vec<doc::MemberWrite<'_>> = writes
                 .iter()
                 .map(|w| match &w.op {
-                    PendingOp::Create(id, m) => doc::MemberWrite::Create(id.record, m),
-                    PendingOp::Update(id, p) => doc::MemberWrite::Update(id.record, p),
+                    PendingOp::Create(id, m, by) => {
+                        doc::MemberWrite::Create(id.record, m, by.as_ref())
+                    }
+                    PendingOp::Update(id, p, by) => {
+                        doc::MemberWrite::Update(id.record, p, by.as_ref())
+                    }
                 })
                 .collect();
             let results = doc::apply_member_writes(doc, &ops);
@@ -1181,7 +1228,7 @@ impl Actor {
             let mut applied = false;
             for (w, result) in writes.into_iter().zip(results) {
                 let outcome = match (w.op, result) {
-                    (PendingOp::Create(id, m), Ok(())) => Ok(Member {
+                    (PendingOp::Create(id, m, by), Ok(())) => Ok(Member {
                         id,
                         name: m.name.trim().to_owned(),
                         birth_year: m.birth_year,
@@ -1189,11 +1236,13 @@ impl Actor {
                         education: m.education,
                         joined_on: m.joined_on,
                         status: m.status,
+                        created: by,
+                        changed: None,
                     }),
-                    (PendingOp::Update(id, _), Ok(())) => {
+                    (PendingOp::Update(id, ..), Ok(())) => {
                         doc::read_member(doc, &id.unit, id.record).ok_or(WriteError::NotFound(id))
                     }
-                    (PendingOp::Update(id, _), Err(DocError::NoSuchRecord(_))) => {
+                    (PendingOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
                         Err(WriteError::NotFound(id))
                     }
                     (_, Err(e)) => Err(WriteError::Doc(e)),
