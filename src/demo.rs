@@ -118,6 +118,8 @@ pub fn members_for(unit: &UnitId, count: usize) -> Vec<NewMember> {
                 } else {
                     MemberStatus::Full
                 },
+                phone: None,
+                id_number: None,
             }
         })
         .collect()

@@ -12,7 +12,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use grassroots_node::{MemberCursor, StoreHandle, StoreReader};
 use grassroots_schema as gs;
-use grassroots_schema::{Caller, DocId, DocKind, DocMeta, MemberId, UnitId, can_read, can_write};
+use grassroots_schema::{
+    Caller, DocId, DocKind, DocMeta, MemberId, UnitId, can_read, can_read_sensitive, can_write,
+};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{Code, error, from_write, internal};
@@ -744,6 +746,19 @@ impl MemberGql {
     async fn unit(&self, ctx: &Context<'_>) -> Result<Unit> {
         Unit::known(backend(ctx)?, self.0.id.unit.clone())
     }
+    /// Phone number: null unless the caller is a clerk (or above) of the member's own unit.
+    async fn phone(&self, ctx: &Context<'_>) -> Option<&str> {
+        can_read_sensitive(caller(ctx), &self.0.id.unit)
+            .then_some(self.0.phone.as_deref())
+            .flatten()
+    }
+    /// Personal identity number: null unless the caller is a clerk (or above) of the
+    /// member's own unit.
+    async fn id_number(&self, ctx: &Context<'_>) -> Option<&str> {
+        can_read_sensitive(caller(ctx), &self.0.id.unit)
+            .then_some(self.0.id_number.as_deref())
+            .flatten()
+    }
     /// Who created the record and when; null for records made without a caller (generated
     /// data, or written before records were stamped).
     async fn created(&self) -> Option<StampGql> {
@@ -855,6 +870,10 @@ pub struct CreateMemberInput {
     /// Probationary (default) or full.
     #[graphql(default_with = "MemberStatusGql::Probationary")]
     status: MemberStatusGql,
+    /// Phone number (sensitive: read back only by the owning unit's clerks and above).
+    phone: Option<String>,
+    /// Personal identity number (sensitive, like `phone`).
+    id_number: Option<String>,
 }
 
 /// Fields to change; omitted fields stay as they are and merge with concurrent edits.
@@ -872,6 +891,10 @@ pub struct UpdateMemberInput {
     joined_on: Option<String>,
     /// Probationary or full.
     status: Option<MemberStatusGql>,
+    /// Phone number.
+    phone: Option<String>,
+    /// Personal identity number.
+    id_number: Option<String>,
 }
 
 /// Revoke a child's certificate.
@@ -974,6 +997,8 @@ impl Mutation {
             education: input.education.into(),
             joined_on: input.joined_on,
             status: input.status.into(),
+            phone: input.phone,
+            id_number: input.id_number,
         };
         b.store
             .create_member_by(unit, member, Some(by))
@@ -1002,6 +1027,8 @@ impl Mutation {
             education: input.education.map(Into::into),
             joined_on: input.joined_on,
             status: input.status.map(Into::into),
+            phone: input.phone,
+            id_number: input.id_number,
         };
         b.store
             .update_member_by(id, patch, Some(by))

@@ -1,6 +1,7 @@
 //! The visibility and write matrix through GraphQL, for member records: every role (and
 //! anonymous) x every relation between the caller's unit and the record's unit x read,
-//! create and update, each cell asserted allowed or refused. The rules have the same matrix
+//! create and update, each cell asserted allowed or refused; and, where the record is
+//! readable, whether its sensitive fields (phone, identity number) are shown. The rules have the same matrix
 //! as unit tests (`schema/src/rules.rs`); this one proves the gateway applies them and adds
 //! no path around them.
 
@@ -63,12 +64,14 @@ async fn every_role_relation_and_operation_on_member_records() {
         education: Education::College,
         joined_on: "2015-05-01".into(),
         status: MemberStatus::Full,
+        phone: Some("+86 138 0000 0000".into()),
+        id_number: Some("11010519491231002X".into()),
     };
     let create = "mutation($u: ID!) { createMember(input: { unit: $u, name: \"New\", \
         birthYear: 1990, gender: FEMALE, education: BACHELOR, joinedOn: \"2026-01-01\" }) { id } }";
     let update =
         "mutation($id: ID!) { updateMember(id: $id, input: { name: \"Renamed\" }) { id } }";
-    let read = "query($id: ID!) { member(id: $id) { id name } }";
+    let read = "query($id: ID!) { member(id: $id) { id name phone idNumber } }";
     let mut cells = 0;
     for (rel, me, other) in cases() {
         let (me_u, owner): (UnitId, UnitId) = (me.parse().unwrap(), other.parse().unwrap());
@@ -83,9 +86,9 @@ async fn every_role_relation_and_operation_on_member_records() {
             rel,
             Relation::SelfUnit | Relation::Child | Relation::Descendant
         );
-        let mut callers: Vec<(String, Option<String>, bool, bool)> = vec![
-            // (who, token, may read, may write)
-            ("anonymous".into(), None, false, false),
+        let mut callers: Vec<(String, Option<String>, bool, bool, bool)> = vec![
+            // (who, token, may read, may read sensitive fields, may write)
+            ("anonymous".into(), None, false, false, false),
         ];
         for role in Role::ALL {
             let t = new_token().unwrap();
@@ -98,15 +101,27 @@ async fn every_role_relation_and_operation_on_member_records() {
                 Role::Clerk => rel == Relation::SelfUnit,
                 Role::Supervisor | Role::Admin => in_subtree,
             };
-            callers.push((format!("{role}"), Some(t), in_subtree, write));
+            let sensitive = rel == Relation::SelfUnit && role >= Role::Clerk;
+            callers.push((format!("{role}"), Some(t), in_subtree, sensitive, write));
         }
-        for (who, token, may_read, may_write) in callers {
+        for (who, token, may_read, may_see_sensitive, may_write) in callers {
             let t = token.as_deref();
             let cell = format!("{who} at {me} on {other} ({rel:?})");
 
             let r = query(&backend, t, read, json!({ "id": record })).await;
             let seen = !r["data"]["member"].is_null();
             assert_eq!(seen, may_read, "read: {cell}: {r}");
+            if seen {
+                let shown = r["data"]["member"]["phone"] == "+86 138 0000 0000"
+                    && r["data"]["member"]["idNumber"] == "11010519491231002X";
+                let hidden = r["data"]["member"]["phone"].is_null()
+                    && r["data"]["member"]["idNumber"].is_null();
+                assert!(
+                    if may_see_sensitive { shown } else { hidden },
+                    "sensitive: {cell}: {r}"
+                );
+                cells += 1;
+            }
 
             let r = query(&backend, t, create, json!({ "u": other })).await;
             let made = !r["data"].is_null() && !r["data"]["createMember"].is_null();
@@ -134,6 +149,7 @@ async fn every_role_relation_and_operation_on_member_records() {
             cells += 3;
         }
     }
-    // 7 relations x (anonymous + 4 roles) x 3 operations.
-    assert_eq!(cells, 7 * 5 * 3);
+    // 7 relations x (anonymous + 4 roles) x 3 operations, and the sensitive fields of every
+    // record a caller may read (3 relations x 4 roles).
+    assert_eq!(cells, 7 * 5 * 3 + 3 * 4);
 }

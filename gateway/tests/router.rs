@@ -307,6 +307,8 @@ async fn indicators_come_from_the_rollups_and_follow_visibility() {
         education: edu,
         joined_on: joined.into(),
         status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
     };
     let (county, township): (UnitId, UnitId) =
         ("c01/k01".parse().unwrap(), "c01/k01/t01".parse().unwrap());
@@ -384,6 +386,8 @@ async fn targets_name_the_villages_that_miss_them() {
         education: edu,
         joined_on: joined.into(),
         status: MemberStatus::Probationary,
+        phone: None,
+        id_number: None,
     };
     // v01 meets it; v02 only has an old recruit, t02/v01 a young one without a degree, and
     // the county's own member is not a village's.
@@ -503,4 +507,19 @@ async fn records_carry_who_wrote_them_and_when() {
         f.backend.store.verify_views().await.unwrap(),
         Vec::<String>::new()
     );
+
+    // Sensitive fields are checked like the others and refused whole when malformed.
+    for (field, value) in [
+        ("phone", "call me"),
+        ("idNumber", "1101 0519"),
+        ("phone", "+"),
+    ] {
+        let bad = format!(
+            r#"mutation {{ createMember(input: {{ unit: "c01/k01/t01", name: "X",
+            birthYear: 1990, gender: MALE, education: PRIMARY, joinedOn: "2020-01-01",
+            {field}: "{value}" }}) {{ id }} }}"#
+        );
+        let r = query(&f, Some(&clerk), &bad).await;
+        assert_eq!(code(&r), "BAD_USER_INPUT", "{field} {value:?}: {r}");
+    }
 }

@@ -109,6 +109,8 @@ async fn changes_follow_the_callers_scope() {
         education: Education::Bachelor,
         joined_on: "2020-01-01".into(),
         status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
     };
     let village: UnitId = "c01/k01/t01/v01".parse().unwrap();
     store.create_member(village, member).await.unwrap();

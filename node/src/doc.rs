@@ -66,6 +66,12 @@ fn put_member(
         ("joinedOn", hydrate::Value::scalar(m.joined_on.as_str())),
         ("status", hydrate::Value::scalar(m.status.as_str())),
     ]);
+    if let Some(v) = &m.phone {
+        fields.insert(PHONE, hydrate::Value::scalar(v.as_str()));
+    }
+    if let Some(v) = &m.id_number {
+        fields.insert(ID_NUMBER, hydrate::Value::scalar(v.as_str()));
+    }
     if let Some(st) = stamp {
         fields.insert(CREATED_AT, hydrate::Value::scalar(st.at_ms));
         fields.insert(CREATED_BY, hydrate::Value::scalar(st.by().as_str()));
@@ -73,6 +79,10 @@ fn put_member(
     tx.batch_create_object(ROOT, record.to_string(), &fields.into(), false)?;
     Ok(())
 }
+
+/// Sensitive record fields (the gateway shows them to the owning unit's clerks and above).
+const PHONE: &str = "phone";
+const ID_NUMBER: &str = "idNumber";
 
 /// Record fields holding who created and who last changed a record (see [`Stamp`]).
 const CREATED_AT: &str = "createdAt";
@@ -109,6 +119,12 @@ fn patch_member(
     }
     if let Some(v) = p.status {
         tx.put(obj, "status", v.as_str())?;
+    }
+    if let Some(v) = &p.phone {
+        tx.put(obj, PHONE, v.as_str())?;
+    }
+    if let Some(v) = &p.id_number {
+        tx.put(obj, ID_NUMBER, v.as_str())?;
     }
     Ok(())
 }
@@ -233,6 +249,8 @@ fn member_from(unit: &UnitId, record: RecordId, value: &hydrate::Value) -> Optio
             education: Education::parse(&text("education")?)?,
             joined_on: text("joinedOn")?,
             status: MemberStatus::parse(&text("status")?)?,
+            phone: text(PHONE),
+            id_number: text(ID_NUMBER),
             // A stamp that does not parse is left out; the record still counts.
             created: int(CREATED_AT)
                 .zip(text(CREATED_BY))
@@ -374,6 +392,8 @@ mod tests {
             education: Education::SeniorSecondary,
             joined_on: "2012-07-01".into(),
             status: MemberStatus::Full,
+            phone: None,
+            id_number: None,
         }
     }
 

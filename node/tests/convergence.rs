@@ -135,6 +135,8 @@ impl World {
                 education: Education::Primary,
                 joined_on: "2001-07-01".into(),
                 status: MemberStatus::Full,
+                phone: None,
+                id_number: None,
             };
             doc::create_member(d, rec, &m).unwrap();
         }

@@ -167,6 +167,8 @@ fn member(name: String, i: u64) -> NewMember {
         education: Education::ALL[(i % 7) as usize],
         joined_on: "2020-01-15".into(),
         status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
     }
 }
 

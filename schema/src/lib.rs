@@ -28,6 +28,6 @@ pub use records::{
 };
 pub use rollup::Rollup;
 pub use rules::{
-    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_write, may_author,
-    relation, replicated_at,
+    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_read_sensitive,
+    can_write, may_author, relation, replicated_at,
 };

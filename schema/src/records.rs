@@ -75,6 +75,12 @@ pub enum RecordError {
     /// A date is not `YYYY-MM-DD`.
     #[error("date {0:?} is not a valid YYYY-MM-DD date")]
     BadDate(String),
+    /// A phone number with other than digits, spaces, `+`, `-`, or of the wrong length.
+    #[error("phone must be 3-20 characters of digits, spaces, '+' and '-'")]
+    BadPhone,
+    /// An identity number with other than letters and digits, or of the wrong length.
+    #[error("identity number must be 4-32 letters and digits")]
+    BadIdNumber,
 }
 
 /// A party member as the views and the gateway see it.
@@ -95,6 +101,12 @@ pub struct Member {
     pub joined_on: String,
     /// Probationary or full.
     pub status: MemberStatus,
+    /// Phone number: sensitive, shown only to the owning unit's clerks and above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Personal identity number: sensitive, like `phone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_number: Option<String>,
     /// Who created the record and when (absent on records written without a caller, such
     /// as generated data or records older than stamps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +163,10 @@ pub struct NewMember {
     pub joined_on: String,
     /// Probationary or full.
     pub status: MemberStatus,
+    /// Phone number (sensitive).
+    pub phone: Option<String>,
+    /// Personal identity number (sensitive).
+    pub id_number: Option<String>,
 }
 
 impl NewMember {
@@ -158,7 +174,8 @@ impl NewMember {
     pub fn validate(&self) -> Result<(), RecordError> {
         validate_name(&self.name)?;
         validate_birth_year(self.birth_year)?;
-        validate_date(&self.joined_on)
+        validate_date(&self.joined_on)?;
+        validate_sensitive(self.phone.as_deref(), self.id_number.as_deref())
     }
 }
 
@@ -178,6 +195,10 @@ pub struct MemberPatch {
     pub joined_on: Option<String>,
     /// New status.
     pub status: Option<MemberStatus>,
+    /// New phone number.
+    pub phone: Option<String>,
+    /// New identity number.
+    pub id_number: Option<String>,
 }
 
 impl MemberPatch {
@@ -192,8 +213,27 @@ impl MemberPatch {
         if let Some(d) = &self.joined_on {
             validate_date(d)?;
         }
-        Ok(())
+        validate_sensitive(self.phone.as_deref(), self.id_number.as_deref())
     }
+}
+
+fn validate_sensitive(phone: Option<&str>, id_number: Option<&str>) -> Result<(), RecordError> {
+    if let Some(p) = phone {
+        let ok = (3..=20).contains(&p.chars().count())
+            && p.chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-'))
+            && p.chars().any(|c| c.is_ascii_digit());
+        if !ok {
+            return Err(RecordError::BadPhone);
+        }
+    }
+    if let Some(n) = id_number {
+        let ok = (4..=32).contains(&n.len()) && n.bytes().all(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(RecordError::BadIdNumber);
+        }
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), RecordError> {
@@ -354,6 +394,8 @@ mod tests {
             education: Education::Bachelor,
             joined_on: "2015-07-01".into(),
             status: MemberStatus::Full,
+            phone: None,
+            id_number: None,
         };
         assert!(m.validate().is_ok());
         m.name = "  ".into();

@@ -155,6 +155,8 @@ mod tests {
             education: edu,
             joined_on: joined.into(),
             status: MemberStatus::Full,
+            phone: None,
+            id_number: None,
             created: None,
             changed: None,
         }

@@ -236,6 +236,13 @@ pub fn can_read(caller: &Caller, doc: &DocMeta) -> bool {
     }
 }
 
+/// Rule 3 for sensitive fields (identity and phone numbers) of records owned by `owner`:
+/// only the owning unit's clerks, supervisors and admins, who work with the person. Viewers
+/// and every other unit, ancestors included, see the record without them.
+pub fn can_read_sensitive(caller: &Caller, owner: &UnitId) -> bool {
+    matches!(caller, Caller::User { unit, role } if unit == owner && *role >= Role::Clerk)
+}
+
 /// Rule 3 for writes of records in a document owned by `owner`: a clerk writes its own
 /// unit's records, a supervisor (and an admin) also its subtree's. Viewers and anonymous
 /// callers never write.
@@ -383,6 +390,7 @@ mod tests {
                     !can_write(&Caller::Anonymous, &owner),
                     "anonymous write {rel:?}"
                 );
+                assert!(!can_read_sensitive(&Caller::Anonymous, &owner));
                 let in_subtree = matches!(
                     rel,
                     Relation::SelfUnit | Relation::Child | Relation::Descendant
@@ -404,6 +412,12 @@ mod tests {
                         Role::Supervisor | Role::Admin => in_subtree,
                     };
                     assert_eq!(can_write(&caller, &owner), write, "{role} write {rel:?}");
+                    let sensitive = rel == Relation::SelfUnit && role >= Role::Clerk;
+                    assert_eq!(
+                        can_read_sensitive(&caller, &owner),
+                        sensitive,
+                        "{role} sensitive {rel:?}"
+                    );
                 }
             }
         }

@@ -387,6 +387,8 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
         education: Education::Primary,
         joined_on: "2000-01-01".into(),
         status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
     };
     doc::create_member(&mut forged, RecordId::from_u64(0xbad), &m)?;
     let mut state = sync::State::new();

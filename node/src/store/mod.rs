@@ -1236,6 +1236,8 @@ impl Actor {
                         education: m.education,
                         joined_on: m.joined_on,
                         status: m.status,
+                        phone: m.phone,
+                        id_number: m.id_number,
                         created: by,
                         changed: None,
                     }),
@@ -1601,6 +1603,8 @@ mod tests {
             education: Education::Bachelor,
             joined_on: "2010-07-01".into(),
             status: MemberStatus::Full,
+            phone: None,
+            id_number: None,
         }
     }
 

@@ -1113,6 +1113,8 @@ mod tests {
             education: Education::JuniorSecondary,
             joined_on: "1999-07-01".into(),
             status: MemberStatus::Full,
+            phone: None,
+            id_number: None,
         }
     }
 

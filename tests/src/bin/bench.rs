@@ -78,6 +78,8 @@ fn household(i: usize) -> NewMember {
         ][i % 3],
         joined_on: format!("{}-07-01", 1970 + i % 50),
         status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
     }
 }
 

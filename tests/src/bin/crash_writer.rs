@@ -36,6 +36,8 @@ fn main() -> anyhow::Result<()> {
                         education: Education::SeniorSecondary,
                         joined_on: "2001-07-01".into(),
                         status: MemberStatus::Full,
+                        phone: None,
+                        id_number: None,
                     };
                     let Ok(created) = store.create_member(unit.clone(), m).await else {
                         return;
