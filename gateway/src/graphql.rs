@@ -670,6 +670,8 @@ impl Unit {
         #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
         #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
         #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only members with this status (`totalCount` counts those too).")]
+        status: Option<MemberStatusGql>,
     ) -> Result<MemberConnection> {
         let b = backend(ctx)?;
         let who = caller(ctx);
@@ -690,7 +692,13 @@ impl Unit {
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let page = b
             .reader
-            .members(&self.id, subtree, after.as_ref(), first)
+            .members_with(
+                &self.id,
+                subtree,
+                status.map(Into::into),
+                after.as_ref(),
+                first,
+            )
             .map_err(internal)?;
         let mut conn = Connection::with_additional_fields(
             after.is_some(),

@@ -523,3 +523,84 @@ async fn records_carry_who_wrote_them_and_when() {
         assert_eq!(code(&r), "BAD_USER_INPUT", "{field} {value:?}: {r}");
     }
 }
+
+/// `members(status:)` lists and counts only members of that status, over a unit or its
+/// subtree, page by page.
+#[tokio::test]
+async fn members_filter_by_status() {
+    use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let m = |status| NewMember {
+        name: "Someone".into(),
+        birth_year: 1980,
+        gender: Gender::Male,
+        education: Education::Primary,
+        joined_on: "2010-01-01".into(),
+        status,
+        phone: None,
+        id_number: None,
+    };
+    for (unit, status) in [
+        ("c01/k01", MemberStatus::Probationary),
+        ("c01/k01", MemberStatus::Full),
+        ("c01/k01/t01", MemberStatus::Probationary),
+        ("c01/k01/t01", MemberStatus::Probationary),
+        ("c01/k01/t02/v01", MemberStatus::Full),
+    ] {
+        let unit: UnitId = unit.parse().unwrap();
+        f.backend
+            .store
+            .create_member(unit, m(status))
+            .await
+            .unwrap();
+    }
+    let count = |q: &'static str| {
+        let (f, viewer) = (&f, viewer.clone());
+        async move {
+            let r = query(f, Some(&viewer), q).await;
+            r["data"]["nodeUnit"]["members"]["totalCount"]
+                .as_u64()
+                .unwrap_or(u64::MAX)
+        }
+    };
+    assert_eq!(
+        count("{ nodeUnit { members(status: PROBATIONARY) { totalCount } } }").await,
+        1
+    );
+    assert_eq!(
+        count("{ nodeUnit { members(status: FULL) { totalCount } } }").await,
+        1
+    );
+    assert_eq!(
+        count("{ nodeUnit { members(subtree: true, status: PROBATIONARY) { totalCount } } }").await,
+        3
+    );
+    assert_eq!(
+        count("{ nodeUnit { members(subtree: true, status: FULL) { totalCount } } }").await,
+        2
+    );
+    // Pages of one: three probationary members, then no more.
+    let mut after: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let cursor = after
+            .as_ref()
+            .map_or(String::new(), |c| format!(r#", after: "{c}""#));
+        let q = format!(
+            "{{ nodeUnit {{ members(subtree: true, status: PROBATIONARY, first: 1{cursor}) {{
+            pageInfo {{ hasNextPage endCursor }} nodes {{ status }} }} }} }}"
+        );
+        let r = query(&f, Some(&viewer), &q).await;
+        let page = &r["data"]["nodeUnit"]["members"];
+        for n in page["nodes"].as_array().unwrap() {
+            assert_eq!(n["status"], "PROBATIONARY", "{r}");
+            seen += 1;
+        }
+        if page["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = page["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, 3);
+}

@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use grassroots_schema::{Member, MemberId, Role, Rollup, UnitId, UnitProfile};
+use grassroots_schema::{Member, MemberId, MemberStatus, Role, Rollup, UnitId, UnitProfile};
 use redb::{Database, ReadableDatabase};
 
 use super::StoreError;
@@ -244,6 +244,19 @@ impl StoreReader {
         after: Option<&MemberCursor>,
         first: usize,
     ) -> Result<MemberPage, StoreError> {
+        self.members_with(unit, subtree, None, after, first)
+    }
+
+    /// [`members`](Self::members) with only those of `status` when given. The subtree's
+    /// count comes from its roll-up row as without a filter; pages skip the other rows.
+    pub fn members_with(
+        &self,
+        unit: &UnitId,
+        subtree: bool,
+        status: Option<MemberStatus>,
+        after: Option<&MemberCursor>,
+        first: usize,
+    ) -> Result<MemberPage, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
         let key = unit.tree_key();
@@ -257,13 +270,28 @@ impl StoreReader {
         };
         // The subtree's count is its roll-up row (same read transaction, so it matches the
         // rows); a unit's own register is counted, which reads only its own rows.
+        let wanted = |m: &Member| status.is_none_or(|s| m.status == s);
         let total = if subtree {
             let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-            match r.get(key.as_str()).map_err(db)? {
-                Some(v) => usize::try_from(decode::<Rollup>(v.value())?.members)
-                    .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?,
+            let n = match r.get(key.as_str()).map_err(db)? {
+                Some(v) => {
+                    let rollup = decode::<Rollup>(v.value())?;
+                    match status {
+                        Some(s) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
+                        None => rollup.members,
+                    }
+                }
                 None => 0,
+            };
+            usize::try_from(n)
+                .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?
+        } else if status.is_some() {
+            let mut n = 0;
+            for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+                let (_, v) = row.map_err(db)?;
+                n += usize::from(wanted(&decode(v.value())?));
             }
+            n
         } else {
             t.range::<(&str, &str)>(lo..hi).map_err(db)?.count()
         };
@@ -289,6 +317,10 @@ impl StoreReader {
             .map_err(db)?
         {
             let (k, v) = row.map_err(db)?;
+            let m: Member = decode(v.value())?;
+            if !wanted(&m) {
+                continue;
+            }
             if items.len() == first {
                 has_next = true;
                 break;
@@ -298,7 +330,7 @@ impl StoreReader {
                 tree_key: tk.to_owned(),
                 record: rec.to_owned(),
             };
-            items.push((cursor, decode(v.value())?));
+            items.push((cursor, m));
         }
         Ok(MemberPage {
             items,
