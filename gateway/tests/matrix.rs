@@ -32,6 +32,20 @@ fn code(r: &Value) -> &str {
     r["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
 }
 
+/// A write went through exactly when allowed; a refusal says why (no token, or not allowed).
+fn assert_write(r: &Value, field: &str, allowed: bool, has_token: bool, cell: &str) {
+    let done = !r["data"].is_null() && !r["data"][field].is_null();
+    assert_eq!(done, allowed, "{field}: {cell}: {r}");
+    if !done {
+        let want = if has_token {
+            "FORBIDDEN"
+        } else {
+            "UNAUTHENTICATED"
+        };
+        assert_eq!(code(r), want, "{field}: {cell}: {r}");
+    }
+}
+
 /// One (caller's unit, record's unit) pair per relation, all under the city whose node
 /// answers (it holds every unit's records).
 fn cases() -> Vec<(Relation, &'static str, &'static str)> {
@@ -124,28 +138,9 @@ async fn every_role_relation_and_operation_on_member_records() {
             }
 
             let r = query(&backend, t, create, json!({ "u": other })).await;
-            let made = !r["data"].is_null() && !r["data"]["createMember"].is_null();
-            assert_eq!(made, may_write, "create: {cell}: {r}");
-            if !made {
-                let want = if t.is_none() {
-                    "UNAUTHENTICATED"
-                } else {
-                    "FORBIDDEN"
-                };
-                assert_eq!(code(&r), want, "create: {cell}: {r}");
-            }
-
+            assert_write(&r, "createMember", may_write, t.is_some(), &cell);
             let r = query(&backend, t, update, json!({ "id": record })).await;
-            let changed = !r["data"].is_null() && !r["data"]["updateMember"].is_null();
-            assert_eq!(changed, may_write, "update: {cell}: {r}");
-            if !changed {
-                let want = if t.is_none() {
-                    "UNAUTHENTICATED"
-                } else {
-                    "FORBIDDEN"
-                };
-                assert_eq!(code(&r), want, "update: {cell}: {r}");
-            }
+            assert_write(&r, "updateMember", may_write, t.is_some(), &cell);
             cells += 3;
         }
     }
