@@ -10,6 +10,7 @@ use async_graphql::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use grassroots_node::store::Writer;
 use grassroots_node::{MemberCursor, StoreHandle, StoreReader};
 use grassroots_schema as gs;
 use grassroots_schema::{
@@ -924,17 +925,11 @@ pub struct RevokeCertificatePayload {
     fingerprint: String,
 }
 
-/// Check the caller may write records of `owner` here; returns the stamp its writes carry.
-fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<gs::Stamp> {
+/// Check the caller may write records of `owner` here; returns who its writes are by.
+fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<Writer> {
     let who = caller(ctx);
     let Caller::User { unit, role } = who else {
         return Err(error(Code::Unauthenticated, "writes need a token"));
-    };
-    let stamp = gs::Stamp {
-        // The store sets the time it takes the write.
-        at_ms: 0,
-        unit: unit.clone(),
-        role: *role,
     };
     if !can_write(who, owner) {
         return Err(error(
@@ -948,7 +943,7 @@ fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<gs:
             format!("this node ({}) does not hold {owner}", b.node_unit),
         ));
     }
-    Ok(stamp)
+    Ok((unit.clone(), *role))
 }
 
 /// Write operations. Each returns once the change is durable on this node.

@@ -118,13 +118,13 @@ enum Command {
     CreateMember {
         unit: UnitId,
         member: NewMember,
-        by: Option<Stamp>,
+        by: Option<Writer>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
     },
     UpdateMember {
         id: MemberId,
         patch: MemberPatch,
-        by: Option<Stamp>,
+        by: Option<Writer>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
     },
     SetProfile {
@@ -357,9 +357,20 @@ struct Persisted {
 impl Persisted {
     /// Whether the change rows since the snapshot should be folded into a new one.
     fn due(&self) -> bool {
-        self.rows_since_snapshot >= SNAPSHOT_EVERY
-            || self.changes_since_snapshot >= SNAPSHOT_CHANGES
-            || self.bytes_since_snapshot >= SNAPSHOT_BYTES
+        self.beyond(1)
+    }
+
+    /// Whether the rows have piled up to four times the thresholds: compaction then starts
+    /// without waiting for the store to be quiet.
+    fn backlogged(&self) -> bool {
+        self.beyond(4)
+    }
+
+    /// Whether the change rows since the snapshot reach `factor` times any threshold.
+    fn beyond(&self, factor: u32) -> bool {
+        self.rows_since_snapshot >= factor * SNAPSHOT_EVERY
+            || self.changes_since_snapshot >= factor as usize * SNAPSHOT_CHANGES
+            || self.bytes_since_snapshot >= u64::from(factor) * SNAPSHOT_BYTES
     }
 
     /// A compaction of every row persisted so far.
@@ -372,14 +383,6 @@ impl Persisted {
             bytes: self.bytes_since_snapshot,
             urgent: self.backlogged(),
         }
-    }
-
-    /// Whether the rows have piled up to four times the thresholds: compaction then starts
-    /// without waiting for the store to be quiet.
-    fn backlogged(&self) -> bool {
-        self.rows_since_snapshot >= 4 * SNAPSHOT_EVERY
-            || self.changes_since_snapshot >= 4 * SNAPSHOT_CHANGES
-            || self.bytes_since_snapshot >= 4 * SNAPSHOT_BYTES
     }
 }
 
@@ -416,13 +419,13 @@ impl StoreHandle {
         self.create_member_by(unit, member, None).await
     }
 
-    /// [`create_member`](Self::create_member), stamped with who made the write (`by`'s
-    /// time is replaced by the time the store takes it).
+    /// [`create_member`](Self::create_member), stamped with who made the write and the time
+    /// the store takes it.
     pub async fn create_member_by(
         &self,
         unit: UnitId,
         member: NewMember,
-        by: Option<Stamp>,
+        by: Option<Writer>,
     ) -> Result<Member, WriteError> {
         self.ask(|reply| Command::CreateMember {
             unit,
@@ -447,7 +450,7 @@ impl StoreHandle {
         &self,
         id: MemberId,
         patch: MemberPatch,
-        by: Option<Stamp>,
+        by: Option<Writer>,
     ) -> Result<Member, WriteError> {
         self.ask(|reply| Command::UpdateMember {
             id,
@@ -557,11 +560,15 @@ enum PendingOp {
     Update(MemberId, MemberPatch, Option<Stamp>),
 }
 
-/// A writer's stamp with the time the store takes the write.
-fn stamped(by: Option<Stamp>) -> Option<Stamp> {
-    by.map(|s| Stamp {
+/// Who makes a write through the gateway: the token's unit and role.
+pub type Writer = (UnitId, Role);
+
+/// A writer's stamp, at the time the store takes the write.
+fn stamped(by: Option<Writer>) -> Option<Stamp> {
+    by.map(|(unit, role)| Stamp {
         at_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
-        ..s
+        unit,
+        role,
     })
 }
 
@@ -1326,6 +1333,7 @@ impl Actor {
         let tx = self.db.begin_write().map_err(db)?;
         let mut updated: BTreeMap<DocId, Persisted> = BTreeMap::new();
         let mut changed = Vec::new();
+        let rollups_changed;
         {
             let mut docs = tx.open_table(DOCS).map_err(db)?;
             let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
@@ -1435,7 +1443,7 @@ impl Actor {
                     .map_err(db)?;
                 updated.insert(job.doc.clone(), p);
             }
-            deltas.apply(&mut rollups)?;
+            rollups_changed = deltas.apply(&mut rollups)?;
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
             for (peer, doc, state) in &batch.states {
                 let d = doc.to_string();
@@ -1453,7 +1461,10 @@ impl Actor {
             }
         }
         tx.commit().map_err(db)?;
-        self.rollups.committed();
+        // Readers' decoded roll-ups stay valid through commits that did not touch them.
+        if rollups_changed {
+            self.rollups.committed();
+        }
         self.due.extend(
             updated
                 .iter()

@@ -93,30 +93,16 @@ impl StoreReader {
     /// Counts over the members of `id`'s whole subtree, as this node holds them: one row,
     /// whatever the size of the subtree. Empty when it holds no member there.
     pub fn rollup(&self, id: &UnitId) -> Result<Arc<Rollup>, StoreError> {
-        // The count is taken before the read: a commit in between makes the entry look
-        // older than it is (read again next time), never newer.
-        let commits = self.rollups.commits.load(Ordering::Acquire);
-        let cached = self.rollups.rows.lock().ok().and_then(|rows| {
-            rows.get(id)
-                .filter(|(at, _)| *at == commits)
-                .map(|(_, r)| r.clone())
-        });
-        if let Some(r) = cached {
-            return Ok(r);
-        }
-        let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-        let rollup = Arc::new(match t.get(id.tree_key().as_str()).map_err(db)? {
-            Some(v) => decode(v.value())?,
-            None => Rollup::default(),
-        });
-        self.remember(id, commits, &rollup);
-        Ok(rollup)
+        self.rollups(std::slice::from_ref(id))?
+            .remove(id)
+            .ok_or_else(|| StoreError::Corrupt(format!("roll-up of {id} not read")))
     }
 
     /// The roll-ups of several units, from the decoded ones still current and one read
     /// transaction for the rest (what a tree query needs for one level).
     pub fn rollups(&self, ids: &[UnitId]) -> Result<HashMap<UnitId, Arc<Rollup>>, StoreError> {
+        // The count is taken before the read: a commit in between makes an entry look
+        // older than it is (read again next time), never newer.
         let commits = self.rollups.commits.load(Ordering::Acquire);
         let mut out = HashMap::with_capacity(ids.len());
         if let Ok(rows) = self.rollups.rows.lock() {

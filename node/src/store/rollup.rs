@@ -22,8 +22,10 @@ impl Deltas {
         self.0.entry(m.id.unit.clone()).or_default().count(m, sign);
     }
 
-    /// Add the deltas to the stored roll-ups of their units and every ancestor.
-    pub(super) fn apply(self, table: &mut Table<'_, &str, &[u8]>) -> Result<(), StoreError> {
+    /// Add the deltas to the stored roll-ups of their units and every ancestor; whether any
+    /// row changed.
+    pub(super) fn apply(self, table: &mut Table<'_, &str, &[u8]>) -> Result<bool, StoreError> {
+        let mut wrote = false;
         let mut by_unit: BTreeMap<UnitId, Rollup> = BTreeMap::new();
         for (unit, delta) in self.0 {
             let mut at = Some(unit);
@@ -42,6 +44,7 @@ impl Deltas {
                 None => Rollup::default(),
             };
             row.merge(&delta, 1);
+            wrote = true;
             if row.is_empty() {
                 table.remove(key.as_str()).map_err(db)?;
             } else {
@@ -50,7 +53,7 @@ impl Deltas {
                     .map_err(db)?;
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 }
 

@@ -234,6 +234,17 @@ struct CatchUp {
     raw_json: usize,
 }
 
+/// One unit per level: city > county > township > village.
+fn chain() -> Vec<UnitSpec> {
+    ["c01", "c01/k01", "c01/k01/t01", "c01/k01/t01/v01"]
+        .into_iter()
+        .map(|u| UnitSpec {
+            id: unit(u),
+            name: format!("Unit {u}"),
+        })
+        .collect()
+}
+
 /// A chain city > county > township > village with the village behind a relay. The village
 /// node is stopped while its own store takes 5,000 changes (written concurrently, so group
 /// commit applies); then, with `impair` applied to the relay, the clock starts, the village
@@ -241,13 +252,7 @@ struct CatchUp {
 async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
     let dir = tempfile::tempdir()?;
     let village = unit("c01/k01/t01/v01");
-    let units = ["c01", "c01/k01", "c01/k01/t01", "c01/k01/t01/v01"]
-        .into_iter()
-        .map(|u| UnitSpec {
-            id: unit(u),
-            name: format!("Unit {u}"),
-        })
-        .collect();
+    let units = chain();
     let relay_slot: Arc<std::sync::Mutex<Option<Relay>>> = Arc::default();
     let keep = relay_slot.clone();
     let via = Box::new(move |child: &UnitId, parent: std::net::SocketAddr| {
@@ -681,13 +686,7 @@ async fn ingest() -> anyhow::Result<()> {
 async fn propagation() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (fsync_p50, fsync_p99) = fsync_latency(dir.path())?;
-    let units = ["c01", "c01/k01", "c01/k01/t01", "c01/k01/t01/v01"]
-        .into_iter()
-        .map(|u| UnitSpec {
-            id: unit(u),
-            name: format!("Unit {u}"),
-        })
-        .collect();
+    let units = chain();
     let fed = Federation::start(
         units,
         FederationOptions {
