@@ -25,7 +25,7 @@ pub struct StoreReader {
 /// Decoded roll-up rows, each tagged with the commit count it was read at.
 ///
 /// A city's roll-up row holds thousands of counts; decoding it took 40 us, most of an
-/// indicator query's cost. The store actor bumps `commits` after every commit, so an entry
+/// indicator query's cost. The store actor bumps `commits` after every commit that changes a roll-up row, so an entry
 /// tagged with an older count is read again: an answer never reflects less than what was
 /// committed before the query began.
 #[derive(Debug, Default)]
@@ -38,7 +38,7 @@ pub(super) struct RollupCache {
 const ROLLUP_CACHE_UNITS: usize = 512;
 
 impl RollupCache {
-    /// Called by the store actor after each commit.
+    /// Called by the store actor after each commit that changed a roll-up row.
     pub(super) fn committed(&self) {
         self.commits.fetch_add(1, Ordering::Release);
     }
