@@ -25,9 +25,9 @@ pub struct StoreReader {
 /// Decoded roll-up rows, each tagged with the commit count it was read at.
 ///
 /// A city's roll-up row holds thousands of counts; decoding it took 40 us, most of an
-/// indicator query's cost. The store actor bumps `commits` after every commit that changes a roll-up row, so an entry
-/// tagged with an older count is read again: an answer never reflects less than what was
-/// committed before the query began.
+/// indicator query's cost. The store actor bumps `commits` after every commit that changes a
+/// roll-up row, so an entry tagged with an older count is read again: an answer never
+/// reflects less than what was committed before the query began.
 #[derive(Debug, Default)]
 pub(super) struct RollupCache {
     commits: AtomicU64,
