@@ -98,6 +98,9 @@ pub fn from_write(e: WriteError) -> async_graphql::Error {
     match e {
         WriteError::Invalid(r) => error(Code::BadUserInput, r.to_string()),
         WriteError::NotFound(id) => error(Code::NotFound, format!("no member {id}")),
+        e @ (WriteError::NoRecord(_) | WriteError::NoUnit(_)) => {
+            error(Code::NotFound, e.to_string())
+        }
         WriteError::Refused(r) => error(Code::Forbidden, r.detail),
         e @ (WriteError::NotAChild(_) | WriteError::BadFingerprint) => {
             error(Code::BadUserInput, e.to_string())

@@ -18,6 +18,12 @@ use grassroots_schema::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::entities::{
+    self as en, ActivistGql, AppraisalGql, AssetCategoryGql, CadrePostGql, CollectiveAssetGql,
+    ComplaintGql, DirectiveGql, DisclosureCategoryGql, DisclosureGql, ListArgs, MeetingGql,
+    MeetingKindGql, OrganisationGql, ProjectGql, ProjectStatusGql, RecordConnection, ReportGql,
+    ServiceFunctionGql,
+};
 use crate::error::{Code, error, from_write, internal};
 
 /// Largest page a list returns.
@@ -62,16 +68,16 @@ pub fn build_schema_with(backend: Backend, introspection: bool) -> GatewaySchema
         .finish()
 }
 
-fn caller<'a>(ctx: &'a Context<'_>) -> &'a Caller {
+pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> &'a Caller {
     ctx.data_opt::<Caller>().unwrap_or(&Caller::Anonymous)
 }
 
-fn backend<'a>(ctx: &'a Context<'_>) -> Result<&'a Backend> {
+pub(crate) fn backend<'a>(ctx: &'a Context<'_>) -> Result<&'a Backend> {
     ctx.data::<Backend>()
         .map_err(|_| internal("backend missing from schema data"))
 }
 
-fn parse_unit(id: &ID) -> Result<UnitId> {
+pub(crate) fn parse_unit(id: &ID) -> Result<UnitId> {
     id.parse::<UnitId>()
         .map_err(|e| error(Code::BadUserInput, format!("unit id: {e}")))
 }
@@ -214,7 +220,7 @@ impl Unit {
         }))
     }
 
-    fn known(b: &Backend, id: UnitId) -> Result<Unit> {
+    pub(crate) fn known(b: &Backend, id: UnitId) -> Result<Unit> {
         let profile = b.reader.unit(&id).map_err(internal)?;
         Ok(Unit {
             id,
@@ -224,10 +230,14 @@ impl Unit {
     }
 }
 
-/// Member figures over a unit's whole subtree, from the roll-up view (one row, however
-/// large the subtree): never computed by scanning records.
+/// Figures over a unit's whole subtree, from the roll-up view (one row, however large the
+/// subtree): never computed by scanning records. Member figures are computed with the
+/// object; the others when asked for.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct Indicators {
+    #[graphql(skip)]
+    rollup: Arc<gs::Rollup>,
     /// The year the age-based figures refer to.
     year: i64,
     /// Members.
@@ -273,11 +283,13 @@ fn share(part: i64, whole: i64) -> f64 {
 }
 
 impl Indicators {
-    fn from_rollup(r: &gs::Rollup, year: i64) -> Indicators {
+    fn from_rollup(rollup: Arc<gs::Rollup>, year: i64) -> Indicators {
+        let r = &*rollup;
         let count =
             |m: &std::collections::BTreeMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
         let higher = r.higher_education();
         Indicators {
+            rollup: rollup.clone(),
             year,
             members: r.members,
             probationary: count(&r.by_status, gs::MemberStatus::Probationary.as_str()),
@@ -300,14 +312,309 @@ impl Indicators {
     }
 }
 
+/// Villages of a subtree with one organisation.
+#[derive(SimpleObject)]
+pub struct OrganisationCoverage {
+    /// The organisation.
+    organisation: OrganisationGql,
+    /// Villages that have it.
+    villages: i64,
+    /// `villages / Indicators.villages`.
+    share: f64,
+}
+
+/// Routine meetings of one kind held in one quarter.
+#[derive(SimpleObject)]
+pub struct QuarterMeetings {
+    /// `YYYYQn`.
+    quarter: String,
+    /// Which routine meeting.
+    kind: MeetingKindGql,
+    /// How many were held in the subtree.
+    count: i64,
+}
+
+/// Items and total value of one of the three capitals.
+#[derive(SimpleObject)]
+pub struct AssetTotal {
+    /// Funds, assets or resources.
+    category: AssetCategoryGql,
+    /// Items recorded.
+    items: i64,
+    /// Their total value (yuan).
+    value: i64,
+}
+
+/// Disclosures of one category.
+#[derive(SimpleObject)]
+pub struct DisclosureCount {
+    /// The category.
+    category: DisclosureCategoryGql,
+    /// Items published.
+    count: i64,
+}
+
+/// The mean of a sum over a count (0 when there is nothing to count).
+fn mean(sum: i64, count: i64) -> f64 {
+    share(sum, count)
+}
+
+#[async_graphql::ComplexObject]
+impl Indicators {
+    /// Villages of the subtree whose profile this node holds.
+    async fn villages(&self) -> i64 {
+        self.rollup.tally("villages")
+    }
+
+    /// Activists (stage ACTIVIST or DEVELOPMENT_TARGET); the seed asks for at least 3 per
+    /// village.
+    async fn activists(&self) -> i64 {
+        self.rollup.tally("talent/activist") + self.rollup.tally("talent/development_target")
+    }
+
+    /// Applicants for membership.
+    async fn applicants(&self) -> i64 {
+        self.rollup.tally("talent/applicant")
+    }
+
+    /// Reserve cadres (successors for village posts).
+    async fn reserve_cadres(&self) -> i64 {
+        self.rollup.tally("talent/reserve_cadre")
+    }
+
+    /// Cadre posts recorded.
+    async fn cadre_posts(&self) -> i64 {
+        self.rollup.tallies_under("posts/").map(|(_, n)| n).sum()
+    }
+
+    /// Villages with each organisation of the "1 + X" model.
+    async fn organisation_coverage(&self) -> Vec<OrganisationCoverage> {
+        let villages = self.rollup.tally("villages");
+        gs::entities::Organisation::ALL
+            .iter()
+            .map(|o| {
+                let n = self.rollup.tally(&format!("org/{}", o.as_str()));
+                OrganisationCoverage {
+                    organisation: (*o).into(),
+                    villages: n,
+                    share: share(n, villages),
+                }
+            })
+            .collect()
+    }
+
+    /// Villages with an activity place.
+    async fn villages_with_activity_place(&self) -> i64 {
+        self.rollup.tally("place")
+    }
+
+    /// `villagesWithActivityPlace / villages`.
+    async fn activity_place_coverage(&self) -> f64 {
+        share(self.rollup.tally("place"), self.rollup.tally("villages"))
+    }
+
+    /// The routine "three sessions and one lesson" held in each quarter of `year`.
+    async fn routine_meetings(&self) -> Vec<QuarterMeetings> {
+        let mut out = Vec::new();
+        for q in 1..=4 {
+            let quarter = format!("{}Q{q}", self.year);
+            for k in gs::entities::MeetingKind::ROUTINE {
+                out.push(QuarterMeetings {
+                    count: self
+                        .rollup
+                        .tally(&format!("meetings/{quarter}/{}", k.as_str())),
+                    quarter: quarter.clone(),
+                    kind: k.into(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Hours of training held in `year`.
+    async fn training_hours(&self) -> i64 {
+        self.rollup.tally(&format!("training_hours/{}", self.year))
+    }
+
+    /// Democratic appraisals of members held for `year`.
+    async fn appraisals_held(&self) -> i64 {
+        self.rollup
+            .tally(&format!("appraisals/{}/democratic_appraisal", self.year))
+    }
+
+    /// Of those, appraisals with a result.
+    async fn appraisals_completed(&self) -> i64 {
+        self.rollup.tally(&format!(
+            "appraisals_rated/{}/democratic_appraisal",
+            self.year
+        ))
+    }
+
+    /// `appraisalsCompleted / appraisalsHeld`.
+    async fn appraisal_completion(&self) -> f64 {
+        let y = self.year;
+        share(
+            self.rollup
+                .tally(&format!("appraisals_rated/{y}/democratic_appraisal")),
+            self.rollup
+                .tally(&format!("appraisals/{y}/democratic_appraisal")),
+        )
+    }
+
+    /// Complaints filed in the subtree, all time.
+    async fn complaints(&self) -> i64 {
+        self.rollup.tally("complaints")
+    }
+
+    /// Complaints waiting for handling (open or escalated).
+    async fn complaints_open(&self) -> i64 {
+        self.rollup
+            .tallies_under("complaints_open/")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Open complaints past their due date (today, UTC).
+    async fn complaints_overdue(&self) -> i64 {
+        let today = rfc3339(grassroots_node::status::now_ms());
+        let today = today.get(..10).unwrap_or("");
+        self.rollup
+            .tallies_under("complaints_open/")
+            .filter(|(due, _)| *due < today)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Complaints answered.
+    async fn complaints_answered(&self) -> i64 {
+        self.rollup.tally("complaints_answered")
+    }
+
+    /// Mean days from filing to answer, over the complaints answered.
+    async fn mean_response_days(&self) -> f64 {
+        mean(
+            self.rollup.tally("complaint_response_days"),
+            self.rollup.tally("complaints_answered"),
+        )
+    }
+
+    /// Directives issued in the subtree in `year`.
+    async fn directives_issued(&self) -> i64 {
+        self.rollup.tally(&format!("directives/{}", self.year))
+    }
+
+    /// Reports for a period of `year` submitted in the subtree.
+    async fn reports_submitted(&self) -> i64 {
+        self.reports("reports/")
+    }
+
+    /// Of those, reports the level above has reviewed.
+    async fn reports_reviewed(&self) -> i64 {
+        self.reports("reports_reviewed/")
+    }
+
+    /// Projects by status.
+    async fn projects(&self, status: Option<ProjectStatusGql>) -> i64 {
+        match status {
+            Some(s) => {
+                let s = gs::entities::ProjectStatus::from(s);
+                self.rollup.tally(&format!("projects/{}", s.as_str()))
+            }
+            None => self.rollup.tallies_under("projects/").map(|(_, n)| n).sum(),
+        }
+    }
+
+    /// Collective assets by category.
+    async fn assets(&self) -> Vec<AssetTotal> {
+        gs::entities::AssetCategory::ALL
+            .iter()
+            .map(|c| AssetTotal {
+                category: (*c).into(),
+                items: self.rollup.tally(&format!("assets/{}", c.as_str())),
+                value: self.rollup.tally(&format!("asset_value/{}", c.as_str())),
+            })
+            .collect()
+    }
+
+    /// Public disclosures by category.
+    async fn disclosures(&self) -> Vec<DisclosureCount> {
+        gs::entities::DisclosureCategory::ALL
+            .iter()
+            .map(|c| DisclosureCount {
+                category: (*c).into(),
+                count: self.rollup.tally(&format!("disclosures/{}", c.as_str())),
+            })
+            .collect()
+    }
+}
+
+impl Indicators {
+    /// Reports (under `prefix`) whose period lies in `year`.
+    fn reports(&self, prefix: &str) -> i64 {
+        let year = gs::entities::period_months(&self.year.to_string());
+        self.rollup
+            .tallies_under(prefix)
+            .filter(|(key, _)| {
+                let period = key.split_once('/').map_or("", |(_, p)| p);
+                year.is_some_and(|y| {
+                    gs::entities::in_period(y, &gs::Value::Text(period.to_owned()))
+                })
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
 /// The current calendar year (UTC).
-/// What a change notification names.
+/// What a change notification names: one of a unit's documents.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum RecordKind {
     /// A unit's member register.
     Members,
-    /// A unit's profile (name, children, revoked certificates).
+    /// A unit's profile (name, children, organisations, activity place, revoked
+    /// certificates).
     Profile,
+    /// Activists and reserve cadres.
+    Activists,
+    /// Cadre posts.
+    Posts,
+    /// Meetings, activities and training.
+    Meetings,
+    /// Appraisals.
+    Appraisals,
+    /// Projects.
+    Projects,
+    /// Collective assets.
+    Assets,
+    /// Public disclosures.
+    Disclosures,
+    /// Complaints.
+    Complaints,
+    /// Directives the unit issued.
+    Directives,
+    /// Reports the unit submitted.
+    Reports,
+}
+
+impl RecordKind {
+    /// The GraphQL name of a document kind (`None` for a kind added after this build).
+    fn of(k: DocKind) -> Option<RecordKind> {
+        Some(match k {
+            DocKind::Members => RecordKind::Members,
+            DocKind::Profile => RecordKind::Profile,
+            DocKind::Activists => RecordKind::Activists,
+            DocKind::Posts => RecordKind::Posts,
+            DocKind::Meetings => RecordKind::Meetings,
+            DocKind::Appraisals => RecordKind::Appraisals,
+            DocKind::Projects => RecordKind::Projects,
+            DocKind::Assets => RecordKind::Assets,
+            DocKind::Disclosures => RecordKind::Disclosures,
+            DocKind::Complaints => RecordKind::Complaints,
+            DocKind::Directives => RecordKind::Directives,
+            DocKind::Reports => RecordKind::Reports,
+            _ => return None,
+        })
+    }
 }
 
 /// A change stored on this node.
@@ -351,10 +658,8 @@ impl SubscriptionRoot {
                 loop {
                     match rx.recv().await {
                         Ok(c) => {
-                            let kind = match c.doc.kind {
-                                DocKind::Members => RecordKind::Members,
-                                DocKind::Profile => RecordKind::Profile,
-                                _ => continue,
+                            let Some(kind) = RecordKind::of(c.doc.kind) else {
+                                continue;
                             };
                             let meta = DocMeta::new(c.doc.clone());
                             if !c.doc.owner.is_in_subtree_of(&root) || !can_read(&who, &meta) {
@@ -391,11 +696,111 @@ fn parse_year(year: Option<i32>) -> Result<i64> {
     }
 }
 
+/// How the units a directive addresses have reported back.
+#[derive(SimpleObject)]
+pub struct DirectiveReceipts {
+    /// The directive.
+    directive: DirectiveGql,
+    /// Units it addresses that this node knows.
+    addressed: i64,
+    /// Of those, units that filed a REPORT_BACK report naming it.
+    received: i64,
+    /// `received / addressed` (the directive receipt rate).
+    rate: f64,
+}
+
 /// A target the seed sets.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum TargetKind {
     /// At least 1 new member a year per village who is under 35 with higher education.
     NewYoungHigherEducatedMember,
+    /// At least 3 activists in each village.
+    ActivistsPerVillage,
+    /// Every village has its party branch, its villagers' committee and an activity place.
+    VillageOrganisationsAndPlace,
+    /// Every village holds the routine "three sessions and one lesson" in each quarter.
+    RoutineMeetings,
+    /// Every village holds its annual democratic appraisal of members, with a result.
+    AnnualAppraisal,
+}
+
+/// Activists a village needs (the seed's target).
+const ACTIVISTS_PER_VILLAGE: i64 = 3;
+
+/// Quarters of `year` that have ended by now (`YYYYQn`).
+fn ended_quarters(year: i64) -> Vec<String> {
+    let now = rfc3339(grassroots_node::status::now_ms());
+    let this_year = now
+        .get(..4)
+        .and_then(|y| y.parse::<i64>().ok())
+        .unwrap_or(1970);
+    let month = now
+        .get(5..7)
+        .and_then(|m| m.parse::<i64>().ok())
+        .unwrap_or(1);
+    let ended = match year.cmp(&this_year) {
+        std::cmp::Ordering::Less => 4,
+        std::cmp::Ordering::Equal => (month - 1) / 3,
+        std::cmp::Ordering::Greater => 0,
+    };
+    (1..=ended).map(|q| format!("{year}Q{q}")).collect()
+}
+
+/// Each target and whether one village's roll-up meets it in `year`.
+fn seed_targets(year: i64) -> Vec<(TargetKind, String, Box<dyn Fn(&gs::Rollup) -> bool>)> {
+    let quarters = ended_quarters(year);
+    let routine: Vec<String> = quarters
+        .iter()
+        .flat_map(|q| {
+            gs::entities::MeetingKind::ROUTINE
+                .iter()
+                .map(move |k| format!("meetings/{q}/{}", k.as_str()))
+        })
+        .collect();
+    let appraisal = format!("appraisals_rated/{year}/democratic_appraisal");
+    vec![
+        (
+            TargetKind::NewYoungHigherEducatedMember,
+            "Each village develops at least 1 new member a year who is under 35 with higher \
+             education."
+                .into(),
+            Box::new(move |r: &gs::Rollup| r.new_young_higher(year) >= 1),
+        ),
+        (
+            TargetKind::ActivistsPerVillage,
+            format!("At least {ACTIVISTS_PER_VILLAGE} activists in each village."),
+            Box::new(|r: &gs::Rollup| {
+                r.tally("talent/activist") + r.tally("talent/development_target")
+                    >= ACTIVISTS_PER_VILLAGE
+            }),
+        ),
+        (
+            TargetKind::VillageOrganisationsAndPlace,
+            "Full coverage: every village has its party branch, its villagers' committee and \
+             an activity place."
+                .into(),
+            Box::new(|r: &gs::Rollup| {
+                r.tally("org/party_branch") > 0
+                    && r.tally("org/villagers_committee") > 0
+                    && r.tally("place") > 0
+            }),
+        ),
+        (
+            TargetKind::RoutineMeetings,
+            format!(
+                "Each village holds a branch general meeting, a branch committee meeting, a \
+                 group meeting and a party lecture in every quarter ({} of {year} ended so far).",
+                quarters.len()
+            ),
+            Box::new(move |r: &gs::Rollup| routine.iter().all(|k| r.tally(k) > 0)),
+        ),
+        (
+            TargetKind::AnnualAppraisal,
+            "Each village holds its democratic appraisal of members once a year, with a result."
+                .into(),
+            Box::new(move |r: &gs::Rollup| r.tally(&appraisal) > 0),
+        ),
+    ]
 }
 
 /// How a unit's subtree stands against one of the seed's targets.
@@ -463,17 +868,17 @@ fn this_year() -> i64 {
 #[derive(SimpleObject)]
 pub struct ConnectionTotal {
     /// Items in the whole list, all pages.
-    total_count: usize,
+    pub(crate) total_count: usize,
 }
 
 /// A page of members.
 pub type MemberConnection = Connection<String, MemberGql, ConnectionTotal, EmptyFields>;
 
-fn encode_cursor(c: &MemberCursor) -> String {
+pub(crate) fn encode_cursor(c: &MemberCursor) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{}", c.tree_key, c.record))
 }
 
-fn decode_cursor(s: &str) -> Result<MemberCursor> {
+pub(crate) fn decode_cursor(s: &str) -> Result<MemberCursor> {
     let bad = || error(Code::BadUserInput, "invalid cursor");
     let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
@@ -497,7 +902,7 @@ mod tests {
     }
 }
 
-fn page_size(first: Option<i32>) -> Result<usize> {
+pub(crate) fn page_size(first: Option<i32>) -> Result<usize> {
     match first.unwrap_or(DEFAULT_PAGE) {
         n if (0..=MAX_PAGE).contains(&n) => Ok(n as usize),
         n => Err(error(
@@ -533,6 +938,27 @@ impl Unit {
         self.profile
             .as_ref()
             .map(|p| p.revoked.clone())
+            .unwrap_or_default()
+    }
+
+    /// Organisations present (the "1 + X" model). Public, like the rest of the profile.
+    async fn organisations(&self) -> Vec<OrganisationGql> {
+        self.profile
+            .as_ref()
+            .map(|p| p.organisations.iter().map(|o| (*o).into()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the unit has an activity place.
+    async fn activity_place(&self) -> bool {
+        self.profile.as_ref().is_some_and(|p| p.activity_place)
+    }
+
+    /// Service functions its activity place offers.
+    async fn functions(&self) -> Vec<ServiceFunctionGql> {
+        self.profile
+            .as_ref()
+            .map(|p| p.functions.iter().map(|f| (*f).into()).collect())
             .unwrap_or_default()
     }
 
@@ -627,13 +1053,12 @@ impl Unit {
             Some(r) => r.clone(),
             None => b.reader.rollup(&self.id).map_err(internal)?,
         };
-        Ok(Some(Indicators::from_rollup(&rollup, year)))
+        Ok(Some(Indicators::from_rollup(rollup, year)))
     }
 
-    /// The seed's targets that member figures decide, each met or missed by this unit's
-    /// subtree, with the villages that miss it. Same visibility as `indicators`. (The
-    /// targets on activists, organisations, meetings and appraisals come with those
-    /// records.)
+    /// The seed's targets, each met or missed by this unit's subtree, with the villages
+    /// that miss it ("which villages have fewer than 3 activists, by township"). Same
+    /// visibility as `indicators`.
     async fn targets(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Vec<Target>>> {
         let b = backend(ctx)?;
         let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
@@ -642,22 +1067,426 @@ impl Unit {
         }
         let year = parse_year(year)?;
         let villages = b.reader.villages(&self.id).map_err(internal)?;
-        let missing: Vec<UnitId> = villages
-            .iter()
-            .filter(|(_, r)| r.new_young_higher(year) < 1)
-            .map(|(v, _)| v.clone())
-            .collect();
-        Ok(Some(vec![Target {
-            target: TargetKind::NewYoungHigherEducatedMember,
-            description: "Each village develops at least 1 new member a year who is under 35 \
-                          with higher education."
-                .into(),
-            year,
-            villages: villages.len() as i64,
-            met: missing.is_empty() && !villages.is_empty(),
-            missing_count: missing.len() as i64,
-            missing_ids: missing,
-        }]))
+        Ok(Some(
+            seed_targets(year)
+                .into_iter()
+                .map(|(target, description, meets)| {
+                    let missing: Vec<UnitId> = villages
+                        .iter()
+                        .filter(|(_, r)| !meets(r))
+                        .map(|(v, _)| v.clone())
+                        .collect();
+                    Target {
+                        target,
+                        description,
+                        year,
+                        villages: villages.len() as i64,
+                        met: missing.is_empty() && !villages.is_empty(),
+                        missing_count: missing.len() as i64,
+                        missing_ids: missing,
+                    }
+                })
+                .collect(),
+        ))
+    }
+
+    /// Activists, applicants and reserve cadres of this unit (or its subtree).
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn activists(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this stage.")] stage: Option<en::TalentStageGql>,
+    ) -> Result<RecordConnection<ActivistGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("stage", stage.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Cadre posts of this unit (or its subtree).
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn cadre_posts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this post.")] post: Option<en::PostKindGql>,
+    ) -> Result<RecordConnection<CadrePostGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("post", post.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Meetings, activities and training of this unit (or its subtree); `period` looks at `heldOn`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn meetings(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this kind.")] kind: Option<MeetingKindGql>,
+    ) -> Result<RecordConnection<MeetingGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("kind", kind.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Appraisals of this unit (or its subtree); `period` looks at `year`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn appraisals(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this kind.")] kind: Option<en::AppraisalKindGql>,
+    ) -> Result<RecordConnection<AppraisalGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("kind", kind.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Projects of this unit (or its subtree); `period` looks at `startedOn`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn projects(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this category.")] category: Option<en::ProjectCategoryGql>,
+        #[graphql(desc = "Only this status.")] status: Option<ProjectStatusGql>,
+    ) -> Result<RecordConnection<ProjectGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[
+                ("category", category.map(en::FieldValue::into_value)),
+                ("status", status.map(en::FieldValue::into_value)),
+            ],
+        )
+    }
+
+    /// Collective assets of this unit (or its subtree).
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn assets(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this category.")] category: Option<AssetCategoryGql>,
+    ) -> Result<RecordConnection<CollectiveAssetGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("category", category.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Public disclosures of this unit (or its subtree): readable without a token.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn disclosures(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this category.")] category: Option<DisclosureCategoryGql>,
+    ) -> Result<RecordConnection<DisclosureGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("category", category.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Complaints filed at this unit (or its subtree); `period` looks at `filedOn`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn complaints(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this status (records without one are OPEN).")] status: Option<
+            en::ComplaintStatusGql,
+        >,
+    ) -> Result<RecordConnection<ComplaintGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("status", status.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// Directives this unit (or its subtree) issued, those the caller may read.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn directives(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+    ) -> Result<RecordConnection<DirectiveGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(ctx, &self.id, args, &[])
+    }
+
+    /// Reports this unit (or its subtree) submitted; `period` looks at `submittedOn`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn reports(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this kind.")] kind: Option<en::ReportKindGql>,
+    ) -> Result<RecordConnection<ReportGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[("kind", kind.map(en::FieldValue::into_value))],
+        )
+    }
+
+    /// How the units each directive of this unit addresses have reported back: for the
+    /// unit's own callers and those above it. Directives within `period` when given.
+    async fn directive_receipts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Only directives issued within this period.")] period: Option<String>,
+    ) -> Result<Vec<DirectiveReceipts>> {
+        let b = backend(ctx)?;
+        if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, &self.id) {
+            return Err(e);
+        }
+        let args = ListArgs {
+            first: Some(MAX_PAGE),
+            after: None,
+            subtree: false,
+            level: None,
+            period,
+        };
+        let mut out = Vec::new();
+        let mut page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
+        loop {
+            let last = page.edges.last().map(|e| e.cursor.clone());
+            for edge in page.edges {
+                let d = edge.node.0;
+                let target = format!("{}#{}", d.id.unit, d.id.record);
+                let addressed = b
+                    .reader
+                    .units_below(&d.id.unit, d.to_level())
+                    .map_err(internal)?;
+                let received = b.reader.receipts(&target).map_err(internal)?;
+                out.push(DirectiveReceipts {
+                    addressed: addressed as i64,
+                    received: received as i64,
+                    rate: share(received as i64, addressed as i64),
+                    directive: DirectiveGql(d),
+                });
+            }
+            if !page.has_next_page {
+                break;
+            }
+            let args = ListArgs {
+                first: Some(MAX_PAGE),
+                after: last,
+                subtree: false,
+                level: None,
+                period: None,
+            };
+            page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
+        }
+        Ok(out)
+    }
+
+    /// Directives addressed to this unit by the units above it, oldest issuer first: for
+    /// callers of this unit or above it.
+    async fn directives_received(&self, ctx: &Context<'_>) -> Result<Vec<DirectiveGql>> {
+        let b = backend(ctx)?;
+        let who = caller(ctx);
+        if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
+            return Err(e);
+        }
+        let all = b.reader.directives_above(&self.id).map_err(internal)?;
+        Ok(all
+            .into_iter()
+            .filter(|d| d.to_level().is_none_or(|l| l == self.id.level()))
+            .filter(|d| gs::can_read_record(who, d))
+            .map(DirectiveGql)
+            .collect())
     }
 
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in
@@ -780,7 +1609,7 @@ impl MemberGql {
 }
 
 /// Who wrote a record and when. Written into the record, so every level sees the same.
-pub struct StampGql(gs::Stamp);
+pub struct StampGql(pub gs::Stamp);
 
 #[Object(name = "Stamp")]
 impl StampGql {
@@ -844,6 +1673,36 @@ impl Query {
         Unit::load(backend(ctx)?, parse_unit(&id)?)
     }
 
+    /// A record of any kind but members by id (`kind:unit#record`); null when not held here
+    /// or not visible to the caller.
+    async fn record(&self, ctx: &Context<'_>, id: ID) -> Result<Option<AnyRecord>> {
+        let r: gs::RecordRef = id
+            .parse()
+            .map_err(|e| error(Code::BadUserInput, format!("record id: {e}")))?;
+        Ok(match r.kind {
+            DocKind::Activists => en::by_id::<ActivistGql>(ctx, &id)?.map(AnyRecord::Activist),
+            DocKind::Posts => en::by_id::<CadrePostGql>(ctx, &id)?.map(AnyRecord::CadrePost),
+            DocKind::Meetings => en::by_id::<MeetingGql>(ctx, &id)?.map(AnyRecord::Meeting),
+            DocKind::Appraisals => en::by_id::<AppraisalGql>(ctx, &id)?.map(AnyRecord::Appraisal),
+            DocKind::Projects => en::by_id::<ProjectGql>(ctx, &id)?.map(AnyRecord::Project),
+            DocKind::Assets => {
+                en::by_id::<CollectiveAssetGql>(ctx, &id)?.map(AnyRecord::CollectiveAsset)
+            }
+            DocKind::Disclosures => {
+                en::by_id::<DisclosureGql>(ctx, &id)?.map(AnyRecord::Disclosure)
+            }
+            DocKind::Complaints => en::by_id::<ComplaintGql>(ctx, &id)?.map(AnyRecord::Complaint),
+            DocKind::Directives => en::by_id::<DirectiveGql>(ctx, &id)?.map(AnyRecord::Directive),
+            DocKind::Reports => en::by_id::<ReportGql>(ctx, &id)?.map(AnyRecord::Report),
+            _ => {
+                return Err(error(
+                    Code::BadUserInput,
+                    "members are read with `member(id)`, units with `unit(id)`",
+                ));
+            }
+        })
+    }
+
     /// A member by id; null when not held here or not visible to the caller.
     async fn member(&self, ctx: &Context<'_>, id: ID) -> Result<Option<MemberGql>> {
         let id: MemberId = id
@@ -859,6 +1718,42 @@ impl Query {
             .map_err(internal)?
             .map(MemberGql))
     }
+}
+
+/// A record of one of the kinds besides members.
+#[derive(async_graphql::Union)]
+pub enum AnyRecord {
+    /// An activist or reserve cadre.
+    Activist(ActivistGql),
+    /// A cadre post.
+    CadrePost(CadrePostGql),
+    /// A meeting.
+    Meeting(MeetingGql),
+    /// An appraisal.
+    Appraisal(AppraisalGql),
+    /// A project.
+    Project(ProjectGql),
+    /// A collective asset.
+    CollectiveAsset(CollectiveAssetGql),
+    /// A public disclosure.
+    Disclosure(DisclosureGql),
+    /// A complaint.
+    Complaint(ComplaintGql),
+    /// A directive.
+    Directive(DirectiveGql),
+    /// A report.
+    Report(ReportGql),
+}
+
+/// A change to a unit's organisations and activity place; omitted parts stay.
+#[derive(InputObject)]
+pub struct UpdateUnitInput {
+    /// Organisations present (replaces the set).
+    organisations: Option<Vec<OrganisationGql>>,
+    /// Whether the unit has an activity place.
+    activity_place: Option<bool>,
+    /// Service functions offered (replaces the set).
+    functions: Option<Vec<ServiceFunctionGql>>,
 }
 
 /// A new member.
@@ -926,7 +1821,7 @@ pub struct RevokeCertificatePayload {
 }
 
 /// Check the caller may write records of `owner` here; returns who its writes are by.
-fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<Writer> {
+pub(crate) fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) -> Result<Writer> {
     let who = caller(ctx);
     let Caller::User { unit, role } = who else {
         return Err(error(Code::Unauthenticated, "writes need a token"));
@@ -1038,5 +1933,232 @@ impl Mutation {
             .await
             .map(MemberGql)
             .map_err(from_write)
+    }
+
+    /// Add an activist, applicant or reserve cadre: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_activist(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateActivistInput,
+    ) -> Result<ActivistGql> {
+        ActivistGql::create(ctx, input).await
+    }
+
+    /// Change fields of an activist, applicant or reserve cadre (same rule as creating one).
+    async fn update_activist(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateActivistInput,
+    ) -> Result<ActivistGql> {
+        ActivistGql::update(ctx, &id, input).await
+    }
+
+    /// Add a cadre post: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_cadre_post(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateCadrePostInput,
+    ) -> Result<CadrePostGql> {
+        CadrePostGql::create(ctx, input).await
+    }
+
+    /// Change fields of a cadre post (same rule as creating one).
+    async fn update_cadre_post(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateCadrePostInput,
+    ) -> Result<CadrePostGql> {
+        CadrePostGql::update(ctx, &id, input).await
+    }
+
+    /// Add a meeting, activity or training: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_meeting(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateMeetingInput,
+    ) -> Result<MeetingGql> {
+        MeetingGql::create(ctx, input).await
+    }
+
+    /// Change fields of a meeting, activity or training (same rule as creating one).
+    async fn update_meeting(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateMeetingInput,
+    ) -> Result<MeetingGql> {
+        MeetingGql::update(ctx, &id, input).await
+    }
+
+    /// Add an appraisal: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_appraisal(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateAppraisalInput,
+    ) -> Result<AppraisalGql> {
+        AppraisalGql::create(ctx, input).await
+    }
+
+    /// Change fields of an appraisal (same rule as creating one).
+    async fn update_appraisal(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateAppraisalInput,
+    ) -> Result<AppraisalGql> {
+        AppraisalGql::update(ctx, &id, input).await
+    }
+
+    /// Add a project: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_project(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateProjectInput,
+    ) -> Result<ProjectGql> {
+        ProjectGql::create(ctx, input).await
+    }
+
+    /// Change fields of a project (same rule as creating one).
+    async fn update_project(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateProjectInput,
+    ) -> Result<ProjectGql> {
+        ProjectGql::update(ctx, &id, input).await
+    }
+
+    /// Add a collective asset: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_collective_asset(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateCollectiveAssetInput,
+    ) -> Result<CollectiveAssetGql> {
+        CollectiveAssetGql::create(ctx, input).await
+    }
+
+    /// Change fields of a collective asset (same rule as creating one).
+    async fn update_collective_asset(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateCollectiveAssetInput,
+    ) -> Result<CollectiveAssetGql> {
+        CollectiveAssetGql::update(ctx, &id, input).await
+    }
+
+    /// Add a public disclosure: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_disclosure(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateDisclosureInput,
+    ) -> Result<DisclosureGql> {
+        DisclosureGql::create(ctx, input).await
+    }
+
+    /// Change fields of a public disclosure (same rule as creating one).
+    async fn update_disclosure(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateDisclosureInput,
+    ) -> Result<DisclosureGql> {
+        DisclosureGql::update(ctx, &id, input).await
+    }
+
+    /// Add a complaint: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_complaint(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateComplaintInput,
+    ) -> Result<ComplaintGql> {
+        ComplaintGql::create(ctx, input).await
+    }
+
+    /// Change fields of a complaint (same rule as creating one).
+    async fn update_complaint(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateComplaintInput,
+    ) -> Result<ComplaintGql> {
+        ComplaintGql::update(ctx, &id, input).await
+    }
+
+    /// Add a directive: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_directive(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateDirectiveInput,
+    ) -> Result<DirectiveGql> {
+        DirectiveGql::create(ctx, input).await
+    }
+
+    /// Change fields of a directive (same rule as creating one).
+    async fn update_directive(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateDirectiveInput,
+    ) -> Result<DirectiveGql> {
+        DirectiveGql::update(ctx, &id, input).await
+    }
+
+    /// Add a report: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_report(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateReportInput,
+    ) -> Result<ReportGql> {
+        ReportGql::create(ctx, input).await
+    }
+
+    /// Change fields of a report (same rule as creating one).
+    async fn update_report(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateReportInput,
+    ) -> Result<ReportGql> {
+        ReportGql::update(ctx, &id, input).await
+    }
+
+    /// Set a unit's organisations and activity place: a clerk of the unit, or a
+    /// supervisor above it.
+    async fn update_unit(&self, ctx: &Context<'_>, id: ID, input: UpdateUnitInput) -> Result<Unit> {
+        let b = backend(ctx)?;
+        let unit = parse_unit(&id)?;
+        authorise_write(ctx, b, &unit)?;
+        let details = gs::UnitDetails {
+            organisations: input
+                .organisations
+                .map(|o| o.into_iter().map(Into::into).collect()),
+            activity_place: input.activity_place,
+            functions: input
+                .functions
+                .map(|f| f.into_iter().map(Into::into).collect()),
+        };
+        let profile = b
+            .store
+            .set_unit_details(unit.clone(), details)
+            .await
+            .map_err(from_write)?;
+        Ok(Unit {
+            id: unit,
+            profile: Some(profile),
+            rollup: None,
+        })
     }
 }

@@ -13,9 +13,11 @@ use automerge::{
     ActorId, Automerge, AutomergeError, ChangeHash, ObjId, ObjType, PatchAction, Prop, ROOT,
     ReadDoc, ScalarValue, Value, hydrate,
 };
+use grassroots_schema::entities::{Organisation, ServiceFunction};
 use grassroots_schema::{
-    ActorTag, Education, Gender, Member, MemberId, MemberPatch, MemberStatus, NewMember, RecordId,
-    Stamp, UnitId, UnitProfile,
+    ActorTag, Education, EntitySpec, Fields, Gender, Member, MemberId, MemberPatch, MemberStatus,
+    NewMember, Record, RecordId, RecordRef, Stamp, UnitDetails, UnitId, UnitProfile,
+    Value as FieldValue,
 };
 
 /// A failure inside automerge while writing a record.
@@ -137,30 +139,188 @@ pub fn apply_member_writes(
     doc: &mut Automerge,
     writes: &[MemberWrite<'_>],
 ) -> Result<Vec<Result<(), DocError>>, DocError> {
+    in_one_change(doc, writes, |tx, w| match *w {
+        MemberWrite::Create(record, m, stamp) => {
+            put_member(tx, record, m, stamp)?;
+            Ok(Ok(()))
+        }
+        MemberWrite::Update(record, p, stamp) => {
+            with_record(tx, record, |tx, obj| patch_member(tx, obj, p, stamp))
+        }
+    })
+}
+
+/// Run `one` for each write inside one automerge transaction.
+fn in_one_change<W>(
+    doc: &mut Automerge,
+    writes: &[W],
+    one: impl Fn(
+        &mut automerge::transaction::Transaction<'_>,
+        &W,
+    ) -> Result<Result<(), DocError>, AutomergeError>,
+) -> Result<Vec<Result<(), DocError>>, DocError> {
     let results = doc
         .transact::<_, _, AutomergeError>(|tx| {
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
-                match *w {
-                    MemberWrite::Create(record, m, stamp) => {
-                        put_member(tx, record, m, stamp)?;
-                        out.push(Ok(()));
-                    }
-                    MemberWrite::Update(record, p, stamp) => {
-                        match tx.get(ROOT, record.to_string())? {
-                            Some((Value::Object(ObjType::Map), obj)) => {
-                                patch_member(tx, &obj, p, stamp)?;
-                                out.push(Ok(()));
-                            }
-                            _ => out.push(Err(DocError::NoSuchRecord(record))),
-                        }
-                    }
-                }
+                out.push(one(tx, w)?);
             }
             Ok(out)
         })
         .map_err(|f| DocError::Automerge(f.error))?;
     Ok(results.result)
+}
+
+/// Run `edit` on an existing record's map, or answer `NoSuchRecord`.
+fn with_record(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    record: RecordId,
+    edit: impl FnOnce(
+        &mut automerge::transaction::Transaction<'_>,
+        &ObjId,
+    ) -> Result<(), AutomergeError>,
+) -> Result<Result<(), DocError>, AutomergeError> {
+    match tx.get(ROOT, record.to_string())? {
+        Some((Value::Object(ObjType::Map), obj)) => {
+            edit(tx, &obj)?;
+            Ok(Ok(()))
+        }
+        _ => Ok(Err(DocError::NoSuchRecord(record))),
+    }
+}
+
+/// One write to a document of one of the [`grassroots_schema::ENTITIES`]; several are
+/// applied in one transaction by [`apply_record_writes`].
+#[derive(Debug, Clone, Copy)]
+pub enum RecordWrite<'a> {
+    /// Add a record with these (validated) fields.
+    Create(RecordId, &'a Fields, Option<&'a Stamp>),
+    /// Set the fields named, leaving the others to merge.
+    Update(RecordId, &'a Fields, Option<&'a Stamp>),
+}
+
+fn scalar(v: &FieldValue) -> ScalarValue {
+    match v {
+        FieldValue::Bool(b) => ScalarValue::Boolean(*b),
+        FieldValue::Int(i) => ScalarValue::Int(*i),
+        FieldValue::Text(t) => ScalarValue::Str(t.as_str().into()),
+    }
+}
+
+/// Apply record writes in order in one automerge transaction (see [`apply_member_writes`]).
+pub fn apply_record_writes(
+    doc: &mut Automerge,
+    writes: &[RecordWrite<'_>],
+) -> Result<Vec<Result<(), DocError>>, DocError> {
+    in_one_change(doc, writes, |tx, w| match *w {
+        RecordWrite::Create(record, fields, stamp) => {
+            let mut map: HashMap<&str, hydrate::Value> = fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), hydrate::Value::Scalar(scalar(v))))
+                .collect();
+            if let Some(st) = stamp {
+                map.insert(CREATED_AT, hydrate::Value::scalar(st.at_ms));
+                map.insert(CREATED_BY, hydrate::Value::scalar(st.by().as_str()));
+            }
+            tx.batch_create_object(ROOT, record.to_string(), &map.into(), false)?;
+            Ok(Ok(()))
+        }
+        RecordWrite::Update(record, fields, stamp) => with_record(tx, record, |tx, obj| {
+            if let Some(st) = stamp
+                && !fields.is_empty()
+            {
+                tx.put(obj, CHANGED_AT, st.at_ms)?;
+                tx.put(obj, CHANGED_BY, st.by().as_str())?;
+            }
+            for (k, v) in fields {
+                tx.put(obj, k.as_str(), scalar(v))?;
+            }
+            Ok(())
+        }),
+    })
+}
+
+/// Every well-formed record of a document of `spec`'s kind owned by `unit`, in record order.
+/// A record that does not fit the description is skipped and logged, never fatal.
+pub fn read_records(doc: &Automerge, spec: &EntitySpec, unit: &UnitId) -> Vec<Record> {
+    let hydrate::Value::Map(root) = doc.hydrate(None) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, value) in root.iter() {
+        let Ok(record) = key.parse::<RecordId>() else {
+            tracing::warn!(%unit, key, kind = spec.kind.as_str(), "a non-record key; skipped");
+            continue;
+        };
+        if let Some(r) = record_from(spec, unit, record, &value.value) {
+            out.push(r);
+        }
+    }
+    out.sort_by_key(|r| r.id.record);
+    out
+}
+
+/// One record of a document of `spec`'s kind, if present and well-formed.
+pub fn read_record(
+    doc: &Automerge,
+    spec: &EntitySpec,
+    unit: &UnitId,
+    record: RecordId,
+) -> Option<Record> {
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
+        return None;
+    };
+    record_from(spec, unit, record, &ReadDoc::hydrate(doc, &obj, None).ok()?)
+}
+
+/// A record from its map: every described field of the right type (required ones present);
+/// keys it does not describe (a newer version's fields) are left out.
+fn record_from(
+    spec: &EntitySpec,
+    unit: &UnitId,
+    record: RecordId,
+    value: &hydrate::Value,
+) -> Option<Record> {
+    let parsed = (|| {
+        let hydrate::Value::Map(map) = value else {
+            return None;
+        };
+        let scalar = |key: &str| match map.get(key)? {
+            hydrate::Value::Scalar(s) => Some(s),
+            _ => None,
+        };
+        let mut fields = Fields::new();
+        for f in spec.fields {
+            let v = match scalar(f.name) {
+                None if f.required => return None,
+                None => continue,
+                Some(ScalarValue::Str(t)) => FieldValue::Text(t.to_string()),
+                Some(ScalarValue::Int(i)) => FieldValue::Int(*i),
+                Some(ScalarValue::Uint(u)) => FieldValue::Int(i64::try_from(*u).ok()?),
+                Some(ScalarValue::Boolean(b)) => FieldValue::Bool(*b),
+                Some(_) => return None,
+            };
+            fields.insert(f.name.to_owned(), v);
+        }
+        let stamp = |at: &str, by: &str| match (scalar(at), scalar(by)) {
+            (Some(ScalarValue::Int(at)), Some(ScalarValue::Str(by))) => Stamp::parse(*at, by),
+            _ => None,
+        };
+        Some(Record {
+            id: RecordRef {
+                kind: spec.kind,
+                unit: unit.clone(),
+                record,
+            },
+            fields,
+            created: stamp(CREATED_AT, CREATED_BY),
+            changed: stamp(CHANGED_AT, CHANGED_BY),
+        })
+    })();
+    if parsed.is_none() {
+        tracing::warn!(%unit, %record, kind = spec.kind.as_str(), "record does not fit its kind; skipped");
+    }
+    parsed
 }
 
 /// Add a member record.
@@ -348,12 +508,70 @@ pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
     if let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(ROOT, "revoked") {
         revoked.extend(doc.keys(&map));
     }
+    let activity_place = matches!(
+        doc.get(ROOT, ACTIVITY_PLACE),
+        Ok(Some((Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
+    );
     Some(UnitProfile {
         id: unit.clone(),
         name,
         children,
         revoked,
+        organisations: read_set(doc, ORGANISATIONS, Organisation::parse),
+        activity_place,
+        functions: read_set(doc, FUNCTIONS, ServiceFunction::parse),
     })
+}
+
+/// Profile keys of the unit's organisations and activity place (maps used as sets, so
+/// additions from two levels merge).
+const ORGANISATIONS: &str = "organisations";
+const ACTIVITY_PLACE: &str = "activityPlace";
+const FUNCTIONS: &str = "functions";
+
+/// The known values of a map-as-set, in storage-name order (unknown names are skipped).
+fn read_set<T: Copy>(doc: &Automerge, key: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
+    let mut names: Vec<String> = match doc.get(ROOT, key) {
+        Ok(Some((Value::Object(ObjType::Map), map))) => doc.keys(&map).collect(),
+        _ => Vec::new(),
+    };
+    names.sort();
+    names.iter().filter_map(|n| parse(n)).collect()
+}
+
+/// Change a unit's organisations and activity place: each set given is replaced (names
+/// added and removed one by one, so a concurrent addition elsewhere survives). Whether
+/// anything changed.
+pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bool, DocError> {
+    let before = doc.get_heads();
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        let mut replace = |key: &str, want: Vec<&str>| -> Result<(), AutomergeError> {
+            let map = match tx.get(ROOT, key)? {
+                Some((Value::Object(ObjType::Map), m)) => m,
+                _ => tx.put_object(ROOT, key, ObjType::Map)?,
+            };
+            let have: Vec<String> = tx.keys(&map).collect();
+            for k in have.iter().filter(|k| !want.contains(&k.as_str())) {
+                tx.delete(&map, k.as_str())?;
+            }
+            for w in want.iter().filter(|w| !have.iter().any(|h| h == *w)) {
+                tx.put(&map, *w, true)?;
+            }
+            Ok(())
+        };
+        if let Some(o) = &details.organisations {
+            replace(ORGANISATIONS, o.iter().map(|o| o.as_str()).collect())?;
+        }
+        if let Some(f) = &details.functions {
+            replace(FUNCTIONS, f.iter().map(|f| f.as_str()).collect())?;
+        }
+        if let Some(p) = details.activity_place {
+            tx.put(ROOT, ACTIVITY_PLACE, p)?;
+        }
+        Ok(())
+    })
+    .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(doc.get_heads() != before)
 }
 
 /// Record in a profile that the certificate with `fingerprint` (issued to `child`) is

@@ -29,6 +29,9 @@ pub enum IdError {
     /// A member id is not `unit#record`.
     #[error("invalid member id {0:?}: expected UNIT#RECORD")]
     BadMemberId(String),
+    /// A record reference is not `kind:unit#record`.
+    #[error("invalid record id {0:?}: expected KIND:UNIT#RECORD")]
+    BadRecordRef(String),
     /// The level name is unknown.
     #[error("unknown level {0:?}")]
     UnknownLevel(String),
@@ -162,28 +165,73 @@ impl FromStr for UnitId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum DocKind {
-    /// The unit's profile: name, registered children. Addressed to all descendants.
+    /// The unit's profile: name, registered children, organisations and activity place.
+    /// Addressed to all descendants.
     Profile,
     /// The unit's party members, keyed by record id.
     Members,
+    /// Activists, applicants and reserve cadres: the talent pipeline.
+    Activists,
+    /// Cadre posts and who holds them.
+    Posts,
+    /// Meetings, activities and training.
+    Meetings,
+    /// Appraisals, questioning and debriefings.
+    Appraisals,
+    /// Projects.
+    Projects,
+    /// Collective assets ("three capitals").
+    Assets,
+    /// Public disclosures: readable by anyone.
+    Disclosures,
+    /// Complaints and reports from citizens filed at the unit.
+    Complaints,
+    /// Directives, plans and notices the unit issues downward. Addressed to all
+    /// descendants; each record names the level it is for.
+    Directives,
+    /// Reports the unit submits upward (and its report-backs on directives).
+    Reports,
 }
 
 impl DocKind {
     /// Every kind this version knows.
-    pub const ALL: [DocKind; 2] = [DocKind::Profile, DocKind::Members];
+    pub const ALL: [DocKind; 12] = [
+        DocKind::Profile,
+        DocKind::Members,
+        DocKind::Activists,
+        DocKind::Posts,
+        DocKind::Meetings,
+        DocKind::Appraisals,
+        DocKind::Projects,
+        DocKind::Assets,
+        DocKind::Disclosures,
+        DocKind::Complaints,
+        DocKind::Directives,
+        DocKind::Reports,
+    ];
 
     /// Wire and storage name.
     pub fn as_str(self) -> &'static str {
         match self {
             DocKind::Profile => "profile",
             DocKind::Members => "members",
+            DocKind::Activists => "activists",
+            DocKind::Posts => "posts",
+            DocKind::Meetings => "meetings",
+            DocKind::Appraisals => "appraisals",
+            DocKind::Projects => "projects",
+            DocKind::Assets => "assets",
+            DocKind::Disclosures => "disclosures",
+            DocKind::Complaints => "complaints",
+            DocKind::Directives => "directives",
+            DocKind::Reports => "reports",
         }
     }
 
     /// Whether anyone, without logging in, may read documents of this kind. Unit profiles are
     /// the public organisation chart that public disclosures hang from.
     pub fn is_public(self) -> bool {
-        matches!(self, DocKind::Profile)
+        matches!(self, DocKind::Profile | DocKind::Disclosures)
     }
 }
 
@@ -283,6 +331,45 @@ impl FromStr for MemberId {
             .split_once('#')
             .ok_or_else(|| IdError::BadMemberId(s.to_owned()))?;
         Ok(MemberId {
+            unit: unit.parse()?,
+            record: record.parse()?,
+        })
+    }
+}
+
+/// A record of any kind but members: its document (kind and owner) and its id there,
+/// written `meetings:c01/k02/t03/v07#0123456789abcdef`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordRef {
+    /// The kind of record (the document kind).
+    pub kind: DocKind,
+    /// The unit whose document holds it.
+    pub unit: UnitId,
+    /// The record within that document.
+    pub record: RecordId,
+}
+
+impl RecordRef {
+    /// The document holding the record.
+    pub fn doc(&self) -> DocId {
+        DocId::new(self.kind, self.unit.clone())
+    }
+}
+
+impl fmt::Display for RecordRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}#{}", self.kind.as_str(), self.unit, self.record)
+    }
+}
+
+impl FromStr for RecordRef {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || IdError::BadRecordRef(s.to_owned());
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let (unit, record) = rest.split_once('#').ok_or_else(bad)?;
+        Ok(RecordRef {
+            kind: kind.parse()?,
             unit: unit.parse()?,
             record: record.parse()?,
         })

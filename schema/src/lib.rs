@@ -14,20 +14,48 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+/// An enum stored by name: `ALL`, `NAMES`, `as_str`, `parse`, serde as the snake-case name.
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// Every storage name, in the order of [`Self::ALL`].
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
+            /// Storage name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+            /// Parse the storage name.
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+    };
+}
+
+pub mod entities;
 mod ids;
 mod level;
 pub mod records;
 pub mod rollup;
 mod rules;
 
-pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, UnitId};
+pub use entities::{ENTITIES, EntitySpec, Fields, Record, Value, entity};
+pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, RecordRef, UnitId};
 pub use level::Level;
 pub use records::{
     Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, Stamp,
-    UnitProfile,
+    UnitDetails, UnitProfile,
 };
 pub use rollup::Rollup;
 pub use rules::{
-    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_read_sensitive,
-    can_write, may_author, relation, replicated_at,
+    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_read, can_read_record,
+    can_read_record_sensitive, can_read_sensitive, can_supervise, can_write, may_author, relation,
+    replicated_at,
 };

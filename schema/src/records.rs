@@ -2,31 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::entities::{Organisation, ServiceFunction};
 use crate::ids::{MemberId, UnitId};
 use crate::level::Level;
 use crate::rules::Role;
-
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vm])* $variant),+ }
-
-        impl $name {
-            /// Every value.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            /// Storage name.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-            /// Parse the storage name.
-            pub fn parse(s: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == s)
-            }
-        }
-    };
-}
 
 string_enum!(
     /// Gender as recorded in the member register.
@@ -81,6 +60,14 @@ pub enum RecordError {
     /// An identity number with other than letters and digits, or of the wrong length.
     #[error("identity number must be 4-32 letters and digits")]
     BadIdNumber,
+    /// A field of a record is unknown, missing or malformed.
+    #[error("{field}: {why}")]
+    BadField {
+        /// The field's name.
+        field: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// A party member as the views and the gateway see it.
@@ -219,13 +206,7 @@ impl MemberPatch {
 
 fn validate_sensitive(phone: Option<&str>, id_number: Option<&str>) -> Result<(), RecordError> {
     if let Some(p) = phone {
-        let ok = (3..=20).contains(&p.chars().count())
-            && p.chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-'))
-            && p.chars().any(|c| c.is_ascii_digit());
-        if !ok {
-            return Err(RecordError::BadPhone);
-        }
+        validate_phone(p)?;
     }
     if let Some(n) = id_number {
         let ok = (4..=32).contains(&n.len()) && n.bytes().all(|c| c.is_ascii_alphanumeric());
@@ -234,6 +215,19 @@ fn validate_sensitive(phone: Option<&str>, id_number: Option<&str>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// 3-20 characters of digits, spaces, `+` and `-`, with at least one digit.
+pub fn validate_phone(p: &str) -> Result<(), RecordError> {
+    let ok = (3..=20).contains(&p.chars().count())
+        && p.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-'))
+        && p.chars().any(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(RecordError::BadPhone)
+    }
 }
 
 fn validate_name(name: &str) -> Result<(), RecordError> {
@@ -294,6 +288,15 @@ pub struct UnitProfile {
     /// SHA-256 fingerprints (hex) of certificates this unit's CA issued and revoked.
     #[serde(default)]
     pub revoked: Vec<String>,
+    /// Organisations present (the "1 + X" model), in storage-name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub organisations: Vec<Organisation>,
+    /// Whether the unit has an activity place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activity_place: bool,
+    /// Service functions its activity place offers, in storage-name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<ServiceFunction>,
 }
 
 impl UnitProfile {
@@ -301,6 +304,40 @@ impl UnitProfile {
     pub fn level(&self) -> Level {
         self.id.level()
     }
+
+    /// What a village's profile adds to the roll-ups (coverage of organisations and
+    /// activity places); nothing for other levels.
+    pub fn tallies(&self) -> Vec<(String, i64)> {
+        if self.level() != Level::Village {
+            return Vec::new();
+        }
+        let mut out = vec![("villages".to_owned(), 1)];
+        out.extend(
+            self.organisations
+                .iter()
+                .map(|o| (format!("org/{}", o.as_str()), 1)),
+        );
+        if self.activity_place {
+            out.push(("place".to_owned(), 1));
+        }
+        out.extend(
+            self.functions
+                .iter()
+                .map(|f| (format!("function/{}", f.as_str()), 1)),
+        );
+        out
+    }
+}
+
+/// A change to a unit's organisations and activity place; `None` leaves a part as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitDetails {
+    /// Organisations present (replaces the set).
+    pub organisations: Option<Vec<Organisation>>,
+    /// Whether there is an activity place.
+    pub activity_place: Option<bool>,
+    /// Service functions offered (replaces the set).
+    pub functions: Option<Vec<ServiceFunction>>,
 }
 
 mod member_id_str {

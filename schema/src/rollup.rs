@@ -34,6 +34,10 @@ pub struct Rollup {
     /// Members with higher education, by join year, then birth year ("new members under 35
     /// with higher education" for any year).
     pub higher_by_joined: BTreeMap<i64, BTreeMap<i64, i64>>,
+    /// Counts (and sums) from the other record kinds and from village profiles, keyed by
+    /// `what/stable value` (see `EntitySpec::tallies` and `UnitProfile::tallies`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tallies: BTreeMap<String, i64>,
 }
 
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
@@ -72,8 +76,33 @@ impl Rollup {
         }
     }
 
+    /// Add `tallies` once more (`sign` 1) or once less (`sign` -1).
+    pub fn count_tallies(&mut self, tallies: &[(String, i64)], sign: i64) {
+        for (k, v) in tallies {
+            bump(&mut self.tallies, k, sign * v);
+        }
+    }
+
+    /// One tally (0 when absent).
+    pub fn tally(&self, key: &str) -> i64 {
+        self.tallies.get(key).copied().unwrap_or(0)
+    }
+
+    /// The tallies whose key starts with `prefix`, with the rest of the key.
+    pub fn tallies_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, i64)> {
+        self.tallies
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map_while(move |(k, v)| k.strip_prefix(prefix).map(|rest| (rest, *v)))
+    }
+
     /// Add `other` times `sign` to this roll-up.
     pub fn merge(&mut self, other: &Rollup, sign: i64) {
+        for (k, v) in &other.tallies {
+            bump(&mut self.tallies, k, sign * v);
+        }
         self.members += sign * other.members;
         for (k, v) in &other.by_status {
             bump(&mut self.by_status, k, sign * v);

@@ -7,7 +7,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::ids::{DocId, UnitId};
+use crate::entities::Record;
+use crate::ids::{DocId, DocKind, UnitId};
 use crate::level::Level;
 
 /// How `other` stands to `me` in the tree.
@@ -128,7 +129,7 @@ impl DocMeta {
     /// Metadata for a new document; the audience a kind always has is applied here.
     pub fn new(id: DocId) -> Self {
         let audience = match id.kind {
-            crate::ids::DocKind::Profile => Audience::Descendants,
+            crate::ids::DocKind::Profile | crate::ids::DocKind::Directives => Audience::Descendants,
             _ => Audience::None,
         };
         DocMeta { id, audience }
@@ -243,6 +244,36 @@ pub fn can_read_sensitive(caller: &Caller, owner: &UnitId) -> bool {
     matches!(caller, Caller::User { unit, role } if unit == owner && *role >= Role::Clerk)
 }
 
+/// Rule 3 for one record of the other kinds: the document's rule, narrowed for directives to
+/// the level each is addressed to (a township relays a directive for villages but does not
+/// read it). The issuer and its ancestors always read it.
+pub fn can_read_record(caller: &Caller, record: &Record) -> bool {
+    let owner = &record.id.unit;
+    if !can_read(caller, &DocMeta::new(record.id.doc())) {
+        return false;
+    }
+    match (caller, record.id.kind) {
+        (Caller::User { unit, .. }, DocKind::Directives) if owner.is_ancestor_of(unit) => {
+            record.to_level().is_none_or(|l| l == unit.level())
+        }
+        _ => true,
+    }
+}
+
+/// Rule 3 for sensitive fields of one record (a complainant's identity, phone numbers):
+/// clerks and above at the owning unit, and for a complaint at the unit handling it.
+pub fn can_read_record_sensitive(caller: &Caller, record: &Record) -> bool {
+    can_read_sensitive(caller, &record.id.unit)
+        || (record.id.kind == DocKind::Complaints && can_read_sensitive(caller, &record.handler()))
+}
+
+/// Rule 3 for supervisory fields (appraisal results, complaint handling, report reviews) of
+/// records owned by `owner`: supervisors and admins of the owner or a unit above it. A
+/// clerk, even of the owning unit, never sets them.
+pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
+    matches!(caller, Caller::User { unit, role } if *role >= Role::Supervisor && owner.is_in_subtree_of(unit))
+}
+
 /// Rule 3 for writes of records in a document owned by `owner`: a clerk writes its own
 /// unit's records, a supervisor (and an admin) also its subtree's. Viewers and anonymous
 /// callers never write.
@@ -260,7 +291,6 @@ pub fn can_write(caller: &Caller, owner: &UnitId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::DocKind;
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
@@ -400,7 +430,9 @@ mod tests {
                         unit: me.clone(),
                         role,
                     };
-                    let read = kind.is_public() || in_subtree;
+                    let addressed = doc.audience == Audience::Descendants
+                        && matches!(rel, Relation::Parent | Relation::Ancestor);
+                    let read = kind.is_public() || in_subtree || addressed;
                     assert_eq!(
                         can_read(&caller, &doc),
                         read,
@@ -446,6 +478,103 @@ mod tests {
             can_read(&reader("c01"), &directive),
             "ancestor of the owner"
         );
+    }
+
+    fn record(kind: DocKind, owner: &str, fields: &[(&str, &str)]) -> Record {
+        Record {
+            id: crate::ids::RecordRef {
+                kind,
+                unit: u(owner),
+                record: crate::ids::RecordId::from_u64(1),
+            },
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), crate::entities::Value::Text((*v).into())))
+                .collect(),
+            created: None,
+            changed: None,
+        }
+    }
+
+    #[test]
+    fn directives_are_read_at_the_level_they_address() {
+        let to_villages = record(DocKind::Directives, "c01/k01", &[("toLevel", "village")]);
+        let to_all = record(DocKind::Directives, "c01/k01", &[]);
+        let at = |unit: &str| Caller::User {
+            unit: u(unit),
+            role: Role::Viewer,
+        };
+        for (unit, villages, all) in [
+            ("c01/k01/t01/v01", true, true),
+            ("c01/k01/t01", false, true),
+            ("c01/k01", true, true),
+            ("c01", true, true),
+            ("c01/k02/t01/v01", false, false),
+        ] {
+            assert_eq!(can_read_record(&at(unit), &to_villages), villages, "{unit}");
+            assert_eq!(can_read_record(&at(unit), &to_all), all, "{unit}");
+        }
+        assert!(!can_read_record(&Caller::Anonymous, &to_all));
+        let disclosure = record(DocKind::Disclosures, "c01/k01/t01/v01", &[]);
+        assert!(can_read_record(&Caller::Anonymous, &disclosure));
+    }
+
+    #[test]
+    fn a_complainant_is_known_to_the_filing_and_the_handling_unit() {
+        let c = record(
+            DocKind::Complaints,
+            "c01/k01/t01/v01",
+            &[("handler", "c01/k01")],
+        );
+        let at = |unit: &str, role| Caller::User {
+            unit: u(unit),
+            role,
+        };
+        assert!(can_read_record_sensitive(
+            &at("c01/k01/t01/v01", Role::Clerk),
+            &c
+        ));
+        assert!(can_read_record_sensitive(
+            &at("c01/k01", Role::Supervisor),
+            &c
+        ));
+        assert!(!can_read_record_sensitive(&at("c01/k01", Role::Viewer), &c));
+        assert!(
+            !can_read_record_sensitive(&at("c01/k01/t01", Role::Admin), &c),
+            "in between"
+        );
+        assert!(
+            !can_read_record_sensitive(&at("c01", Role::Admin), &c),
+            "above the handler"
+        );
+        let meeting = record(
+            DocKind::Meetings,
+            "c01/k01/t01/v01",
+            &[("handler", "c01/k01")],
+        );
+        assert!(!can_read_record_sensitive(
+            &at("c01/k01", Role::Supervisor),
+            &meeting
+        ));
+    }
+
+    #[test]
+    fn supervisory_fields_need_a_supervisor_at_or_above() {
+        for (rel, me, owner) in cases() {
+            for role in Role::ALL {
+                let caller = Caller::User {
+                    unit: me.clone(),
+                    role,
+                };
+                let want = role >= Role::Supervisor
+                    && matches!(
+                        rel,
+                        Relation::SelfUnit | Relation::Child | Relation::Descendant
+                    );
+                assert_eq!(can_supervise(&caller, &owner), want, "{role} {rel:?}");
+            }
+        }
+        assert!(!can_supervise(&Caller::Anonymous, &u("c01")));
     }
 
     #[test]

@@ -26,7 +26,12 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "document state for start-up without loading",
         migrate_2_doc_state,
     ),
-    (3, "per-unit roll-ups", super::rollup::migrate_3_rollups),
+    (3, "per-unit roll-ups", super::rollup::recompute),
+    (
+        4,
+        "views of every record kind, roll-ups with their tallies",
+        super::rollup::recompute,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.
@@ -78,6 +83,8 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(VIEW_MEMBERS).map_err(db)?;
     tx.open_table(VIEW_UNITS).map_err(db)?;
     tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+    tx.open_table(VIEW_RECORDS).map_err(db)?;
+    tx.open_table(VIEW_REFS).map_err(db)?;
     tx.open_table(HEARD).map_err(db)?;
     Ok(())
 }

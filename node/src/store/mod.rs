@@ -21,14 +21,14 @@ use std::thread::JoinHandle;
 
 use automerge::{Automerge, ChangeHash};
 use grassroots_schema::{
-    DocId, DocKind, DocMeta, Member, MemberId, MemberPatch, NewMember, RecordError, RecordId, Role,
-    Stamp, UnitId,
+    DocId, DocKind, DocMeta, Fields, Member, MemberId, MemberPatch, NewMember, Record, RecordError,
+    RecordId, RecordRef, Role, Stamp, UnitDetails, UnitId, UnitProfile, entity,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use reader::{MemberCursor, MemberPage, StoreReader};
+pub use reader::{MemberCursor, MemberPage, RecordPage, StoreReader};
 use tables::*;
 
 use crate::doc::{self, DocError};
@@ -91,6 +91,15 @@ pub enum WriteError {
     /// The record does not exist here.
     #[error("no member {0}")]
     NotFound(MemberId),
+    /// The record does not exist here.
+    #[error("no record {0}")]
+    NoRecord(RecordRef),
+    /// The kind has no records of its own (members and profiles have their own writes).
+    #[error("{0:?} documents do not hold records of this kind")]
+    NotARecordKind(DocKind),
+    /// The unit's profile has not reached this node.
+    #[error("unit {0} is not known here")]
+    NoUnit(UnitId),
     /// Only a unit's parent may revoke its certificate.
     #[error("{0} is not a child of this node")]
     NotAChild(UnitId),
@@ -126,6 +135,24 @@ enum Command {
         patch: MemberPatch,
         by: Option<Writer>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
+    },
+    CreateRecord {
+        kind: DocKind,
+        unit: UnitId,
+        fields: Fields,
+        by: Option<Writer>,
+        reply: oneshot::Sender<Result<Record, WriteError>>,
+    },
+    UpdateRecord {
+        id: RecordRef,
+        fields: Fields,
+        by: Option<Writer>,
+        reply: oneshot::Sender<Result<Record, WriteError>>,
+    },
+    SetUnitDetails {
+        unit: UnitId,
+        details: UnitDetails,
+        reply: oneshot::Sender<Result<UnitProfile, WriteError>>,
     },
     SetProfile {
         name: String,
@@ -461,6 +488,57 @@ impl StoreHandle {
         .await
     }
 
+    /// Add a record of one of the [`grassroots_schema::ENTITIES`] to `unit`'s document of
+    /// that kind, stamped with its writer; returns once it is durable. The fields are
+    /// validated against the kind's description (text trimmed).
+    pub async fn create_record(
+        &self,
+        kind: DocKind,
+        unit: UnitId,
+        fields: Fields,
+        by: Option<Writer>,
+    ) -> Result<Record, WriteError> {
+        self.ask(|reply| Command::CreateRecord {
+            kind,
+            unit,
+            fields,
+            by,
+            reply,
+        })
+        .await
+    }
+
+    /// Set the named fields of a record; returns the merged record once durable.
+    pub async fn update_record(
+        &self,
+        id: RecordRef,
+        fields: Fields,
+        by: Option<Writer>,
+    ) -> Result<Record, WriteError> {
+        self.ask(|reply| Command::UpdateRecord {
+            id,
+            fields,
+            by,
+            reply,
+        })
+        .await
+    }
+
+    /// Change a unit's organisations and activity place (in its profile); returns the
+    /// profile once durable.
+    pub async fn set_unit_details(
+        &self,
+        unit: UnitId,
+        details: UnitDetails,
+    ) -> Result<UnitProfile, WriteError> {
+        self.ask(|reply| Command::SetUnitDetails {
+            unit,
+            details,
+            reply,
+        })
+        .await
+    }
+
     /// Write this node's own profile (name and registered children) when it differs.
     pub async fn set_profile(&self, name: String, children: Vec<UnitId>) -> Result<(), WriteError> {
         self.ask(|reply| Command::SetProfile {
@@ -560,6 +638,25 @@ enum PendingOp {
     Update(MemberId, MemberPatch, Option<Stamp>),
 }
 
+/// A write of a record of the other kinds, waiting like a [`PendingWrite`].
+struct PendingRecord {
+    op: RecordOp,
+    reply: oneshot::Sender<Result<Record, WriteError>>,
+}
+
+enum RecordOp {
+    Create(RecordRef, Fields, Option<Stamp>),
+    Update(RecordRef, Fields, Option<Stamp>),
+}
+
+impl RecordOp {
+    fn id(&self) -> &RecordRef {
+        match self {
+            RecordOp::Create(id, ..) | RecordOp::Update(id, ..) => id,
+        }
+    }
+}
+
 /// Who makes a write through the gateway: the token's unit and role.
 pub type Writer = (UnitId, Role);
 
@@ -576,6 +673,10 @@ fn stamped(by: Option<Writer>) -> Option<Stamp> {
 struct Batch {
     /// Member writes of this batch, applied per document in one transaction each.
     writes: Vec<PendingWrite>,
+    /// Writes of the other record kinds, likewise.
+    record_writes: Vec<PendingRecord>,
+    /// Records of the other kinds written locally, with their rows (like `records`).
+    entity_rows: BTreeMap<DocId, BTreeMap<RecordId, Option<Record>>>,
     dirty: BTreeSet<DocId>,
     /// Documents changed by peers: their views are rebuilt whole.
     resync: BTreeSet<DocId>,
@@ -685,6 +786,7 @@ impl Actor {
                 }
             }
             self.apply_writes(&mut batch);
+            self.apply_record_writes(&mut batch);
             // Documents a failed commit left unpersisted go into this one, views rebuilt whole.
             let retry = std::mem::take(&mut self.retry);
             batch.resync.extend(retry.iter().cloned());
@@ -820,6 +922,62 @@ impl Actor {
                     reply,
                 });
             }
+            Command::CreateRecord {
+                kind,
+                unit,
+                fields,
+                by,
+                reply,
+            } => {
+                let checked = match entity(kind) {
+                    None => Err(WriteError::NotARecordKind(kind)),
+                    Some(spec) => {
+                        let fields = trimmed(fields);
+                        match spec.validate(&unit, &fields, true) {
+                            Ok(()) => self.new_record().map(|r| (r, fields)).map_err(Into::into),
+                            Err(e) => Err(e.into()),
+                        }
+                    }
+                };
+                match checked {
+                    Ok((record, fields)) => batch.record_writes.push(PendingRecord {
+                        op: RecordOp::Create(RecordRef { kind, unit, record }, fields, stamped(by)),
+                        reply,
+                    }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::UpdateRecord {
+                id,
+                fields,
+                by,
+                reply,
+            } => {
+                let fields = trimmed(fields);
+                let checked = match entity(id.kind) {
+                    None => Err(WriteError::NotARecordKind(id.kind)),
+                    Some(spec) => spec.validate(&id.unit, &fields, false).map_err(Into::into),
+                };
+                match checked {
+                    Ok(()) => batch.record_writes.push(PendingRecord {
+                        op: RecordOp::Update(id, fields, stamped(by)),
+                        reply,
+                    }),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::SetUnitDetails {
+                unit,
+                details,
+                reply,
+            } => {
+                let r = self.set_unit_details(&unit, &details, batch);
+                reply_after_commit(batch, reply, r);
+            }
             Command::SetProfile {
                 name,
                 children,
@@ -946,19 +1104,25 @@ impl Actor {
     fn rebuild_views(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db)?;
         {
-            let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
-            let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
+            let mut views = Views {
+                members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
+                units: tx.open_table(VIEW_UNITS).map_err(db)?,
+                records: tx.open_table(VIEW_RECORDS).map_err(db)?,
+                refs: tx.open_table(VIEW_REFS).map_err(db)?,
+                deltas: rollup::Deltas::default(),
+            };
             let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-            members.retain(|_, _| false).map_err(db)?;
-            units.retain(|_, _| false).map_err(db)?;
+            views.members.retain(|_, _| false).map_err(db)?;
+            views.units.retain(|_, _| false).map_err(db)?;
+            views.records.retain(|_, _| false).map_err(db)?;
+            views.refs.retain(|_, _| false).map_err(db)?;
             rollups.retain(|_, _| false).map_err(db)?;
-            // From empty tables every member is a +1: the deltas are the roll-ups.
-            let mut deltas = rollup::Deltas::default();
+            // From empty tables every row is a +1: the deltas are the roll-ups.
             for entry in self.engine.docs() {
                 let d = self.doc_or_load(entry)?;
-                materialise(&mut members, &mut units, &mut deltas, &entry.meta, &d, None)?;
+                views.materialise(&entry.meta, &d, &Only::All)?;
             }
-            deltas.apply(&mut rollups)?;
+            views.deltas.apply(&mut rollups)?;
         }
         tx.commit().map_err(db)?;
         self.rollups.committed();
@@ -980,7 +1144,10 @@ impl Actor {
     fn verify_views(&self) -> Result<Vec<String>, StoreError> {
         let mut want_members = BTreeMap::new();
         let mut want_units = BTreeMap::new();
+        let mut want_records = BTreeMap::new();
+        let mut want_refs = BTreeMap::new();
         let mut all_members = Vec::new();
+        let mut tallies = Vec::new();
         for entry in self.engine.docs() {
             let owner = entry.meta.owner();
             let d = self.doc_or_load(entry)?;
@@ -995,24 +1162,33 @@ impl Actor {
                 DocKind::Profile => {
                     if let Some(p) = doc::read_profile(&d, owner) {
                         want_units.insert(owner.tree_key(), to_json(&p)?);
+                        tallies.push((owner.clone(), p.tallies()));
                     }
                 }
-                _ => {}
+                kind => {
+                    let Some(spec) = entity(kind) else { continue };
+                    let prefix = records_key(kind, owner);
+                    for r in doc::read_records(&d, spec, owner) {
+                        if let Some(target) = r.directive() {
+                            want_refs.insert(format!("{target}{}", ref_source(&r)), Vec::new());
+                        }
+                        want_records.insert(format!("{prefix}{}", r.id.record), to_json(&r)?);
+                        tallies.push((owner.clone(), spec.tallies(&r)));
+                    }
+                }
             }
         }
-        let want_rollups = rollup::compute(all_members.iter())?;
+        let want_rollups = rollup::compute(all_members.iter(), tallies.into_iter())?;
         let tx = self.db.begin_read().map_err(db)?;
-        let mut have_members = BTreeMap::new();
-        for row in tx
-            .open_table(VIEW_MEMBERS)
-            .map_err(db)?
-            .iter()
-            .map_err(db)?
-        {
-            let (k, v) = row.map_err(db)?;
-            let (unit, record) = k.value();
-            have_members.insert(format!("{unit}{record}"), v.value().to_vec());
-        }
+        let pairs = |table: redb::TableDefinition<'_, (&str, &str), &[u8]>| -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+            let mut out = BTreeMap::new();
+            for row in tx.open_table(table).map_err(db)?.iter().map_err(db)? {
+                let (k, v) = row.map_err(db)?;
+                let (a, b) = k.value();
+                out.insert(format!("{a}{b}"), v.value().to_vec());
+            }
+            Ok(out)
+        };
         let rows = |table: redb::TableDefinition<'_, &str, &[u8]>| -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
             let mut out = BTreeMap::new();
             for row in tx.open_table(table).map_err(db)?.iter().map_err(db)? {
@@ -1022,7 +1198,9 @@ impl Actor {
             Ok(out)
         };
         let mut diffs = Vec::new();
-        compare_rows("member", &want_members, &have_members, &mut diffs);
+        compare_rows("member", &want_members, &pairs(VIEW_MEMBERS)?, &mut diffs);
+        compare_rows("record", &want_records, &pairs(VIEW_RECORDS)?, &mut diffs);
+        compare_rows("receipt", &want_refs, &pairs(VIEW_REFS)?, &mut diffs);
         compare_rows("unit", &want_units, &rows(VIEW_UNITS)?, &mut diffs);
         compare_rows("roll-up", &want_rollups, &rows(VIEW_ROLLUPS)?, &mut diffs);
         Ok(diffs)
@@ -1272,6 +1450,118 @@ impl Actor {
         }
     }
 
+    /// Apply the batch's record writes like [`Self::apply_writes`]: per document, in
+    /// arrival order, in one automerge transaction.
+    fn apply_record_writes(&mut self, batch: &mut Batch) {
+        let mut by_doc: BTreeMap<DocId, Vec<PendingRecord>> = BTreeMap::new();
+        for w in std::mem::take(&mut batch.record_writes) {
+            by_doc.entry(w.op.id().doc()).or_default().push(w);
+        }
+        for (doc_id, writes) in by_doc {
+            let Some(spec) = entity(doc_id.kind) else {
+                continue;
+            };
+            let exists = self.engine.get(&doc_id).is_some();
+            if !exists && writes.iter().all(|w| matches!(w.op, RecordOp::Update(..))) {
+                for w in writes {
+                    let _ = w.reply.send(Err(WriteError::NoRecord(w.op.id().clone())));
+                }
+                continue;
+            }
+            let doc = match self.local_doc(DocMeta::new(doc_id.clone()), batch) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    let detail = e.to_string();
+                    for w in writes {
+                        let err = match &e {
+                            WriteError::Refused(r) => WriteError::Refused(r.clone()),
+                            _ => WriteError::Store(StoreError::Corrupt(detail.clone())),
+                        };
+                        let _ = w.reply.send(Err(err));
+                    }
+                    continue;
+                }
+            };
+            let ops: Vec<doc::RecordWrite<'_>> = writes
+                .iter()
+                .map(|w| match &w.op {
+                    RecordOp::Create(id, f, by) => {
+                        doc::RecordWrite::Create(id.record, f, by.as_ref())
+                    }
+                    RecordOp::Update(id, f, by) => {
+                        doc::RecordWrite::Update(id.record, f, by.as_ref())
+                    }
+                })
+                .collect();
+            let results = doc::apply_record_writes(doc, &ops);
+            drop(ops);
+            let results = match results {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(doc = %doc_id, "automerge refused a batch of writes: {e}");
+                    for w in writes {
+                        let err = StoreError::Corrupt(format!("automerge: {e}"));
+                        let _ = w.reply.send(Err(WriteError::Store(err)));
+                    }
+                    continue;
+                }
+            };
+            let mut applied = false;
+            for (w, result) in writes.into_iter().zip(results) {
+                let outcome = match (w.op, result) {
+                    (RecordOp::Create(id, fields, by), Ok(())) => Ok(Record {
+                        id,
+                        fields,
+                        created: by,
+                        changed: None,
+                    }),
+                    (RecordOp::Update(id, ..), Ok(())) => {
+                        doc::read_record(doc, spec, &id.unit, id.record)
+                            .ok_or(WriteError::NoRecord(id))
+                    }
+                    (RecordOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
+                        Err(WriteError::NoRecord(id))
+                    }
+                    (_, Err(e)) => Err(WriteError::Doc(e)),
+                };
+                if let Ok(r) = &outcome {
+                    applied = true;
+                    batch
+                        .entity_rows
+                        .entry(doc_id.clone())
+                        .or_default()
+                        .insert(r.id.record, Some(r.clone()));
+                }
+                reply_after_commit(batch, w.reply, outcome);
+            }
+            if applied {
+                self.after_local_write(doc_id, batch);
+            }
+        }
+    }
+
+    fn set_unit_details(
+        &mut self,
+        unit: &UnitId,
+        details: &UnitDetails,
+        batch: &mut Batch,
+    ) -> Result<UnitProfile, WriteError> {
+        let meta = DocMeta::new(DocId::new(DocKind::Profile, unit.clone()));
+        let id = meta.id.clone();
+        let exists = self.engine.get(&id).is_some();
+        if !exists {
+            return Err(WriteError::NoUnit(unit.clone()));
+        }
+        let doc = self.local_doc(meta, batch)?;
+        let changed = doc::set_unit_details(doc, details)?;
+        let profile =
+            doc::read_profile(doc, unit).ok_or_else(|| WriteError::NoUnit(unit.clone()))?;
+        if changed {
+            self.after_local_write(id, batch);
+        }
+        Ok(profile)
+    }
+
     fn revoke(
         &mut self,
         child: &UnitId,
@@ -1338,11 +1628,15 @@ impl Actor {
             let mut docs = tx.open_table(DOCS).map_err(db)?;
             let mut state_t = tx.open_table(DOC_STATE).map_err(db)?;
             let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-            let mut deltas = rollup::Deltas::default();
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
             let mut changes = tx.open_table(CHANGES).map_err(db)?;
-            let mut members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
-            let mut units = tx.open_table(VIEW_UNITS).map_err(db)?;
+            let mut views = Views {
+                members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
+                units: tx.open_table(VIEW_UNITS).map_err(db)?,
+                records: tx.open_table(VIEW_RECORDS).map_err(db)?,
+                refs: tx.open_table(VIEW_REFS).map_err(db)?,
+                deltas: rollup::Deltas::default(),
+            };
             // A document's audience is fixed at creation: its row is written once, when the
             // document is first committed (a created one whose commit failed is still dirty).
             let unwritten = batch
@@ -1394,19 +1688,27 @@ impl Actor {
                     .map_err(db)?;
                 // Peer changes: the records automerge's diff names since the views' heads
                 // (a new document is read whole).
-                let diffed;
-                let only = match batch.records.get(id) {
-                    Some(records) if !batch.resync.contains(id) => Some(records),
-                    _ if id.kind == DocKind::Members && !viewed.is_empty() => {
-                        diffed = doc::touched_records(d, &viewed, &p.heads)
-                            .into_iter()
+                let local = !batch.resync.contains(id);
+                let touched = || doc::touched_records(d, &viewed, &p.heads).into_iter();
+                let only = match (batch.records.get(id), batch.entity_rows.get(id)) {
+                    (Some(rows), _) if local => Only::Members(Cow::Borrowed(rows)),
+                    (_, Some(rows)) if local => Only::Records(Cow::Borrowed(rows)),
+                    _ if viewed.is_empty() => Only::All,
+                    _ if id.kind == DocKind::Members => Only::Members(Cow::Owned(
+                        touched()
                             .map(|r| (r, doc::read_member(d, &id.owner, r)))
-                            .collect();
-                        Some(&diffed)
-                    }
-                    _ => None,
+                            .collect(),
+                    )),
+                    _ => match entity(id.kind) {
+                        Some(spec) => Only::Records(Cow::Owned(
+                            touched()
+                                .map(|r| (r, doc::read_record(d, spec, &id.owner, r)))
+                                .collect(),
+                        )),
+                        None => Only::All,
+                    },
                 };
-                materialise(&mut members, &mut units, &mut deltas, meta, d, only)?;
+                views.materialise(meta, d, &only)?;
                 updated.insert(id.clone(), p);
                 changed.push(id.clone());
             }
@@ -1443,7 +1745,7 @@ impl Actor {
                     .map_err(db)?;
                 updated.insert(job.doc.clone(), p);
             }
-            rollups_changed = deltas.apply(&mut rollups)?;
+            rollups_changed = views.deltas.apply(&mut rollups)?;
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
             for (peer, doc, state) in &batch.states {
                 let d = doc.to_string();
@@ -1493,6 +1795,19 @@ fn compare_rows(
     }
 }
 
+/// Text fields trimmed, as they are stored and validated.
+fn trimmed(mut fields: Fields) -> Fields {
+    for v in fields.values_mut() {
+        if let grassroots_schema::Value::Text(t) = v {
+            let t2 = t.trim();
+            if t2.len() != t.len() {
+                *t = t2.to_owned();
+            }
+        }
+    }
+    fields
+}
+
 /// A view row's bytes: the JSON of a view model.
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -1516,85 +1831,187 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
     }
 }
 
-/// Rewrite the view rows of one document from its current content: all of them, or only
-/// those of `only` (records written locally or named by a diff, with their current rows, or
-/// `None` for a record that is gone).
-/// Member rows replaced or removed count `-1` in `deltas`, rows written `+1`.
-fn materialise(
-    members: &mut redb::Table<'_, (&str, &str), &[u8]>,
-    units: &mut redb::Table<'_, &str, &[u8]>,
-    deltas: &mut rollup::Deltas,
-    meta: &DocMeta,
-    document: &Automerge,
-    only: Option<&BTreeMap<RecordId, Option<Member>>>,
-) -> Result<(), StoreError> {
-    let owner = meta.owner();
-    let key = owner.tree_key();
-    let old_row = |bytes: &[u8]| {
-        serde_json::from_slice::<Member>(bytes)
-            .map_err(|e| StoreError::Corrupt(format!("member row under {key}: {e}")))
-    };
-    match meta.id.kind {
-        DocKind::Members => match only {
-            Some(records) => {
-                for (record, row) in records {
-                    let rec = record.to_string();
-                    let old = match row {
-                        Some(m) => {
-                            deltas.note(m, 1);
-                            members
-                                .insert((key.as_str(), rec.as_str()), to_json(m)?.as_slice())
-                                .map_err(db)?
-                                .map(|v| old_row(v.value()))
-                        }
-                        None => members
-                            .remove((key.as_str(), rec.as_str()))
-                            .map_err(db)?
-                            .map(|v| old_row(v.value())),
-                    };
-                    if let Some(old) = old {
-                        deltas.note(&old?, -1);
-                    }
+/// The view tables a commit writes, and the roll-up deltas of the rows it replaces.
+struct Views<'t> {
+    members: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    units: redb::Table<'t, &'static str, &'static [u8]>,
+    records: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    refs: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    deltas: rollup::Deltas,
+}
+
+/// Which rows of a document a commit rewrites.
+enum Only<'a> {
+    /// Every row, compared with the stored ones.
+    All,
+    /// These members (`None`: the record is gone).
+    Members(Cow<'a, BTreeMap<RecordId, Option<Member>>>),
+    /// These records of the other kinds.
+    Records(Cow<'a, BTreeMap<RecordId, Option<Record>>>),
+}
+
+/// The first key of a record kind's rows for one unit: `kind|tree key`.
+fn records_key(kind: DocKind, unit: &UnitId) -> String {
+    format!("{}|{}", kind.as_str(), unit.tree_key())
+}
+
+/// The second key of a receipt row: the reporting unit's tree key and the record.
+fn ref_source(r: &Record) -> String {
+    format!("{}|{}", r.id.unit.tree_key(), r.id.record)
+}
+
+impl Views<'_> {
+    /// Rewrite the view rows of one document from its current content: all of them, or
+    /// only the records named (with their current rows). Rows replaced or removed count
+    /// `-1` in the roll-up deltas, rows written `+1`.
+    fn materialise(
+        &mut self,
+        meta: &DocMeta,
+        document: &Automerge,
+        only: &Only<'_>,
+    ) -> Result<(), StoreError> {
+        let owner = meta.owner();
+        match (meta.id.kind, only) {
+            (DocKind::Members, Only::Members(rows)) => {
+                for (record, row) in rows.iter() {
+                    self.put_member(owner, *record, row.as_ref())?;
                 }
             }
-            None => {
-                // Compare with the stored rows and touch only those that differ.
-                let mut old: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-                for row in members
-                    .range((key.as_str(), "")..(key.as_str(), "~"))
-                    .map_err(db)?
-                {
-                    let (k, v) = row.map_err(db)?;
-                    old.insert(k.value().1.to_owned(), v.value().to_vec());
-                }
+            (DocKind::Members, _) => {
+                let key = owner.tree_key();
+                let mut old = stored(&self.members, &key)?;
                 for m in doc::read_members(document, owner) {
-                    let rec = m.id.record.to_string();
-                    let json = to_json(&m)?;
-                    match old.remove(&rec) {
-                        Some(before) if before == json => continue,
-                        Some(before) => deltas.note(&old_row(&before)?, -1),
-                        None => {}
+                    if old.remove(&m.id.record.to_string()) != Some(to_json(&m)?) {
+                        self.put_member(owner, m.id.record, Some(&m))?;
                     }
-                    deltas.note(&m, 1);
-                    members
-                        .insert((key.as_str(), rec.as_str()), json.as_slice())
-                        .map_err(db)?;
                 }
-                for (rec, before) in old {
-                    deltas.note(&old_row(&before)?, -1);
-                    members.remove((key.as_str(), rec.as_str())).map_err(db)?;
+                for rec in old.keys() {
+                    let record = rec
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                    self.put_member(owner, record, None)?;
                 }
             }
-        },
-        DocKind::Profile => {
-            if let Some(p) = doc::read_profile(document, owner) {
-                let json = to_json(&p)?;
-                units.insert(key.as_str(), json.as_slice()).map_err(db)?;
+            (DocKind::Profile, _) => {
+                if let Some(p) = doc::read_profile(document, owner) {
+                    let key = owner.tree_key();
+                    let json = to_json(&p)?;
+                    let old = self
+                        .units
+                        .insert(key.as_str(), json.as_slice())
+                        .map_err(db)?;
+                    if let Some(old) = old {
+                        let old: UnitProfile = serde_json::from_slice(old.value())
+                            .map_err(|e| StoreError::Corrupt(format!("unit row {key}: {e}")))?;
+                        self.deltas.note_tallies(owner, &old.tallies(), -1);
+                    }
+                    self.deltas.note_tallies(owner, &p.tallies(), 1);
+                }
+            }
+            (kind, Only::Records(rows)) => {
+                for (record, row) in rows.iter() {
+                    self.put_record(kind, owner, *record, row.as_ref())?;
+                }
+            }
+            (kind, _) => {
+                let Some(spec) = entity(kind) else {
+                    return Ok(());
+                };
+                let mut old = stored(&self.records, &records_key(kind, owner))?;
+                for r in doc::read_records(document, spec, owner) {
+                    if old.remove(&r.id.record.to_string()) != Some(to_json(&r)?) {
+                        self.put_record(kind, owner, r.id.record, Some(&r))?;
+                    }
+                }
+                for rec in old.keys() {
+                    let record = rec
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                    self.put_record(kind, owner, record, None)?;
+                }
             }
         }
-        _ => {}
+        Ok(())
     }
-    Ok(())
+
+    /// Write (or with `None` remove) one member row, noting the roll-up deltas.
+    fn put_member(
+        &mut self,
+        owner: &UnitId,
+        record: RecordId,
+        row: Option<&Member>,
+    ) -> Result<(), StoreError> {
+        let key = owner.tree_key();
+        let rec = record.to_string();
+        let k = (key.as_str(), rec.as_str());
+        let old = match row {
+            Some(m) => {
+                self.deltas.note(m, 1);
+                self.members.insert(k, to_json(m)?.as_slice()).map_err(db)?
+            }
+            None => self.members.remove(k).map_err(db)?,
+        };
+        if let Some(old) = old {
+            let old: Member = serde_json::from_slice(old.value())
+                .map_err(|e| StoreError::Corrupt(format!("member row {key}{rec}: {e}")))?;
+            self.deltas.note(&old, -1);
+        }
+        Ok(())
+    }
+
+    /// Write (or remove) one record row and its receipt row, noting the roll-up deltas.
+    fn put_record(
+        &mut self,
+        kind: DocKind,
+        owner: &UnitId,
+        record: RecordId,
+        row: Option<&Record>,
+    ) -> Result<(), StoreError> {
+        let Some(spec) = entity(kind) else {
+            return Ok(());
+        };
+        let key = records_key(kind, owner);
+        let rec = record.to_string();
+        let k = (key.as_str(), rec.as_str());
+        let old = match row {
+            Some(r) => self.records.insert(k, to_json(r)?.as_slice()).map_err(db)?,
+            None => self.records.remove(k).map_err(db)?,
+        };
+        let old: Option<Record> = match old {
+            Some(v) => Some(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| StoreError::Corrupt(format!("record row {key}{rec}: {e}")))?,
+            ),
+            None => None,
+        };
+        for (r, sign) in old.iter().map(|r| (r, -1)).chain(row.map(|r| (r, 1))) {
+            self.deltas.note_tallies(owner, &spec.tallies(r), sign);
+            if let Some(target) = r.directive() {
+                let source = ref_source(r);
+                if sign > 0 {
+                    self.refs
+                        .insert((target, source.as_str()), [].as_slice())
+                        .map_err(db)?;
+                } else {
+                    self.refs.remove((target, source.as_str())).map_err(db)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stored rows under one first key, by second key.
+fn stored(
+    table: &redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    key: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in table.range((key, "")..(key, "~")).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        out.insert(k.value().1.to_owned(), v.value().to_vec());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

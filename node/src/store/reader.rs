@@ -8,11 +8,14 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use grassroots_schema::{Member, MemberId, MemberStatus, Role, Rollup, UnitId, UnitProfile};
-use redb::{Database, ReadableDatabase};
+use grassroots_schema::{
+    DocKind, Level, Member, MemberId, MemberStatus, Record, RecordRef, Role, Rollup, UnitId,
+    UnitProfile,
+};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::StoreError;
-use super::tables::{USERS, VIEW_MEMBERS, VIEW_ROLLUPS, VIEW_UNITS};
+use super::tables::{USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS};
 
 /// A cloneable handle for reading the views. Shares the database with the store actor,
 /// which alone writes.
@@ -44,7 +47,8 @@ impl RollupCache {
     }
 }
 
-/// A position in a members listing: the unit's tree key and the record id.
+/// A position in a listing: the row's first key (the unit's tree key, prefixed by the kind
+/// for records of the other kinds) and the record id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberCursor {
     /// `c01/k01/` form of the unit.
@@ -62,6 +66,60 @@ pub struct MemberPage {
     pub total: usize,
     /// Whether more follow the last item.
     pub has_next: bool,
+}
+
+/// One page of a listing of records of the other kinds.
+#[derive(Debug, Clone)]
+pub struct RecordPage {
+    /// The records, each with the cursor that points at it.
+    pub items: Vec<(MemberCursor, Record)>,
+    /// Records in the whole listing (all pages).
+    pub total: usize,
+    /// Whether more follow the last item.
+    pub has_next: bool,
+}
+
+/// `first` rows in `lo..hi` after `after` that `wanted` keeps, and whether more follow.
+/// The page starts just after the cursor, never before the listing's own range (a cursor
+/// from elsewhere must not open another unit's rows).
+fn page<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    lo: (&str, &str),
+    hi: (&str, &str),
+    after: Option<&MemberCursor>,
+    first: usize,
+    wanted: impl Fn(&T) -> bool,
+) -> Result<(Vec<(MemberCursor, T)>, bool), StoreError> {
+    let start = match after {
+        Some(a) if (a.tree_key.as_str(), a.record.as_str()) >= hi => {
+            return Ok((Vec::new(), false));
+        }
+        Some(a) if (a.tree_key.as_str(), a.record.as_str()) >= lo => {
+            Bound::Excluded((a.tree_key.as_str(), a.record.as_str()))
+        }
+        _ => Bound::Included(lo),
+    };
+    let mut items = Vec::new();
+    for row in t
+        .range::<(&str, &str)>((start, Bound::Excluded(hi)))
+        .map_err(db)?
+    {
+        let (k, v) = row.map_err(db)?;
+        let item: T = decode(v.value())?;
+        if !wanted(&item) {
+            continue;
+        }
+        if items.len() == first {
+            return Ok((items, true));
+        }
+        let (tk, rec) = k.value();
+        let cursor = MemberCursor {
+            tree_key: tk.to_owned(),
+            record: rec.to_owned(),
+        };
+        items.push((cursor, item));
+    }
+    Ok((items, false))
 }
 
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -281,48 +339,120 @@ impl StoreReader {
         } else {
             t.range::<(&str, &str)>(lo..hi).map_err(db)?.count()
         };
-        // Start just after the cursor, never before the listing's own range (a cursor from
-        // elsewhere must not open another unit's rows).
-        let start = match after {
-            Some(a) if (a.tree_key.as_str(), a.record.as_str()) >= hi => {
-                return Ok(MemberPage {
-                    items: Vec::new(),
-                    total,
-                    has_next: false,
-                });
-            }
-            Some(a) if (a.tree_key.as_str(), a.record.as_str()) >= lo => {
-                Bound::Excluded((a.tree_key.as_str(), a.record.as_str()))
-            }
-            _ => Bound::Included(lo),
-        };
-        let mut items = Vec::new();
-        let mut has_next = false;
-        for row in t
-            .range::<(&str, &str)>((start, Bound::Excluded(hi)))
-            .map_err(db)?
-        {
-            let (k, v) = row.map_err(db)?;
-            let m: Member = decode(v.value())?;
-            if !wanted(&m) {
-                continue;
-            }
-            if items.len() == first {
-                has_next = true;
-                break;
-            }
-            let (tk, rec) = k.value();
-            let cursor = MemberCursor {
-                tree_key: tk.to_owned(),
-                record: rec.to_owned(),
-            };
-            items.push((cursor, m));
-        }
+        let (items, has_next) = page(&t, lo, hi, after, first, wanted)?;
         Ok(MemberPage {
             items,
             total,
             has_next,
         })
+    }
+
+    /// Records of `kind` owned by `unit` (or anywhere in its subtree when `subtree`) that
+    /// `wanted` keeps, in (unit, record) order: `first` of them after `after`, and how many
+    /// there are in all.
+    pub fn records(
+        &self,
+        kind: DocKind,
+        unit: &UnitId,
+        subtree: bool,
+        wanted: &dyn Fn(&Record) -> bool,
+        after: Option<&MemberCursor>,
+        first: usize,
+    ) -> Result<RecordPage, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
+        let key = format!("{}|{}", kind.as_str(), unit.tree_key());
+        let end = format!("{}|{}", kind.as_str(), prefix_end(&unit.tree_key()));
+        let lo = (key.as_str(), "");
+        let hi = if subtree {
+            (end.as_str(), "")
+        } else {
+            (key.as_str(), "~")
+        };
+        let mut total = 0;
+        for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            total += usize::from(wanted(&decode(v.value())?));
+        }
+        let (items, has_next) = page(&t, lo, hi, after, first, wanted)?;
+        Ok(RecordPage {
+            items,
+            total,
+            has_next,
+        })
+    }
+
+    /// One record of the other kinds, if this node holds it.
+    pub fn record(&self, id: &RecordRef) -> Result<Option<Record>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
+        let key = format!("{}|{}", id.kind.as_str(), id.unit.tree_key());
+        let rec = id.record.to_string();
+        match t.get((key.as_str(), rec.as_str())).map_err(db)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The directives issued by every unit above `unit` (whoever they address), nearest
+    /// issuer last.
+    pub fn directives_above(&self, unit: &UnitId) -> Result<Vec<Record>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
+        let mut out = Vec::new();
+        let mut above = Vec::new();
+        let mut at = unit.parent();
+        while let Some(a) = at {
+            at = a.parent();
+            above.push(a);
+        }
+        for a in above.iter().rev() {
+            let key = format!("{}|{}", DocKind::Directives.as_str(), a.tree_key());
+            for row in t
+                .range((key.as_str(), "")..(key.as_str(), "~"))
+                .map_err(db)?
+            {
+                let (_, v) = row.map_err(db)?;
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Distinct units that filed a report-back naming `directive` (`unit#record`).
+    pub fn receipts(&self, directive: &str) -> Result<usize, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_REFS).map_err(db)?;
+        let mut units = std::collections::BTreeSet::new();
+        for row in t.range((directive, "")..(directive, "~")).map_err(db)? {
+            let (k, _) = row.map_err(db)?;
+            if let Some((unit, _)) = k.value().1.split_once('|') {
+                units.insert(unit.to_owned());
+            }
+        }
+        Ok(units.len())
+    }
+
+    /// Units strictly below `unit` this node knows (from their profiles), at `level` only
+    /// when given: how many a directive addresses.
+    pub fn units_below(&self, unit: &UnitId, level: Option<Level>) -> Result<usize, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_UNITS).map_err(db)?;
+        let start = unit.tree_key();
+        let end = prefix_end(&start);
+        let mut n = 0;
+        for row in t
+            .range::<&str>((
+                Bound::Excluded(start.as_str()),
+                Bound::Excluded(end.as_str()),
+            ))
+            .map_err(db)?
+        {
+            let (k, _) = row.map_err(db)?;
+            let depth = k.value().trim_end_matches('/').split('/').count();
+            n += usize::from(level.is_none_or(|l| l.depth() == depth));
+        }
+        Ok(n)
     }
 
     /// The (unit, role) a token hash is bound to.

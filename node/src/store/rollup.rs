@@ -1,15 +1,16 @@
 //! The roll-up view: one [`Rollup`] per unit over its whole subtree, kept by deltas.
 //!
-//! Each commit notes the member rows it replaces (`-1`) and writes (`+1`) per owning unit,
+//! Each commit notes the member, record and village profile rows it replaces (`-1`) and
+//! writes (`+1`) per owning unit,
 //! then adds each unit's delta to the rows of the unit and every ancestor: at most four
 //! read-modify-writes per unit touched, whatever the size of the subtree.
 
 use std::collections::BTreeMap;
 
-use grassroots_schema::{Member, Rollup, UnitId};
+use grassroots_schema::{Member, Record, Rollup, UnitId, UnitProfile, entity};
 use redb::{ReadableTable, Table, WriteTransaction};
 
-use super::tables::{VIEW_MEMBERS, VIEW_ROLLUPS};
+use super::tables::{VIEW_MEMBERS, VIEW_RECORDS, VIEW_ROLLUPS, VIEW_UNITS};
 use super::{StoreError, db, to_json};
 
 /// Signed changes to the roll-ups, by the unit owning the records.
@@ -20,6 +21,16 @@ impl Deltas {
     /// `m` appears (`sign` 1) or disappears (`sign` -1) from the members view.
     pub(super) fn note(&mut self, m: &Member, sign: i64) {
         self.0.entry(m.id.unit.clone()).or_default().count(m, sign);
+    }
+
+    /// A record's or a profile's tallies appear (`sign` 1) or disappear (`sign` -1).
+    pub(super) fn note_tallies(&mut self, unit: &UnitId, tallies: &[(String, i64)], sign: i64) {
+        if !tallies.is_empty() {
+            self.0
+                .entry(unit.clone())
+                .or_default()
+                .count_tallies(tallies, sign);
+        }
     }
 
     /// Add the deltas to the stored roll-ups of their units and every ancestor; whether any
@@ -61,26 +72,38 @@ fn parse(key: &str, bytes: &[u8]) -> Result<Rollup, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("roll-up {key}: {e}")))
 }
 
-/// Roll-ups computed from scratch over `members`, by unit tree key.
+/// Roll-ups computed from scratch over `members` and the `tallies` of records and profiles,
+/// by unit tree key.
 pub(super) fn compute<'a>(
     members: impl Iterator<Item = &'a Member>,
+    tallies: impl Iterator<Item = (UnitId, Vec<(String, i64)>)>,
 ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-    let mut by_unit: BTreeMap<UnitId, Rollup> = BTreeMap::new();
+    let mut deltas = Deltas::default();
     for m in members {
-        let mut at = Some(m.id.unit.clone());
+        deltas.note(m, 1);
+    }
+    for (unit, t) in tallies {
+        deltas.note_tallies(&unit, &t, 1);
+    }
+    let mut by_unit: BTreeMap<UnitId, Rollup> = BTreeMap::new();
+    for (unit, delta) in deltas.0 {
+        let mut at = Some(unit);
         while let Some(u) = at {
             at = u.parent();
-            by_unit.entry(u).or_default().count(m, 1);
+            by_unit.entry(u).or_default().merge(&delta, 1);
         }
     }
     by_unit
         .into_iter()
+        .filter(|(_, r)| !r.is_empty())
         .map(|(u, r)| Ok((u.tree_key(), to_json(&r)?)))
         .collect()
 }
 
-/// Layout 3: the roll-up table, computed from the members view.
-pub(super) fn migrate_3_rollups(tx: &WriteTransaction) -> Result<(), StoreError> {
+/// Migrations to layouts 3 and 4: the roll-up table computed again from the members, unit
+/// and record views.
+pub(super) fn recompute(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("{what}: {e}"));
     let mut members = Vec::new();
     for row in tx
         .open_table(VIEW_MEMBERS)
@@ -88,15 +111,33 @@ pub(super) fn migrate_3_rollups(tx: &WriteTransaction) -> Result<(), StoreError>
         .iter()
         .map_err(db)?
     {
-        let (k, v) = row.map_err(db)?;
-        let m: Member = serde_json::from_slice(v.value()).map_err(|e| {
-            StoreError::Corrupt(format!("member row {}{}: {e}", k.value().0, k.value().1))
-        })?;
-        members.push(m);
+        let (_, v) = row.map_err(db)?;
+        members.push(
+            serde_json::from_slice::<Member>(v.value()).map_err(|e| corrupt("member row", e))?,
+        );
+    }
+    let mut tallies = Vec::new();
+    for row in tx.open_table(VIEW_UNITS).map_err(db)?.iter().map_err(db)? {
+        let (_, v) = row.map_err(db)?;
+        let p: UnitProfile =
+            serde_json::from_slice(v.value()).map_err(|e| corrupt("unit row", e))?;
+        tallies.push((p.id.clone(), p.tallies()));
+    }
+    for row in tx
+        .open_table(VIEW_RECORDS)
+        .map_err(db)?
+        .iter()
+        .map_err(db)?
+    {
+        let (_, v) = row.map_err(db)?;
+        let r: Record = serde_json::from_slice(v.value()).map_err(|e| corrupt("record row", e))?;
+        if let Some(spec) = entity(r.id.kind) {
+            tallies.push((r.id.unit.clone(), spec.tallies(&r)));
+        }
     }
     let mut table = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
     table.retain(|_, _| false).map_err(db)?;
-    for (key, json) in compute(members.iter())? {
+    for (key, json) in compute(members.iter(), tallies.into_iter())? {
         table.insert(key.as_str(), json.as_slice()).map_err(db)?;
     }
     Ok(())

@@ -4,8 +4,9 @@
 use redb::TableDefinition;
 
 /// Layout version written in [`META`] under `"layout"`.
-/// 1: first layout; 2: [`DOC_STATE`]; 3: [`VIEW_ROLLUPS`].
-pub const LAYOUT: u64 = 3;
+/// 1: first layout; 2: [`DOC_STATE`]; 3: [`VIEW_ROLLUPS`]; 4: [`VIEW_RECORDS`],
+/// [`VIEW_REFS`] and roll-up tallies.
+pub const LAYOUT: u64 = 4;
 
 /// `"layout"` -> layout version.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
@@ -47,3 +48,13 @@ pub const VIEW_ROLLUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new(
 /// unit path -> when a change authored by that unit last arrived or was made here (ms since
 /// the Unix epoch). Freshness for "last heard from".
 pub const HEARD: TableDefinition<'_, &str, u64> = TableDefinition::new("heard-1");
+
+/// (`kind|unit tree key`, record id) -> [`grassroots_schema::Record`] JSON. The view of every
+/// record kind but members, e.g. `("meetings|c01/k01/t01/v01/", "0123456789abcdef")`.
+/// Since layout 4.
+pub const VIEW_RECORDS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("view-records-1");
+
+/// (directive `unit#record`, `reporting unit tree key|record`) -> empty. The report-backs
+/// naming each directive: its receipts. Since layout 4.
+pub const VIEW_REFS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("view-refs-1");

@@ -1,0 +1,899 @@
+//! Every record kind besides members and unit profiles, described by data: the fields of each
+//! kind with their types, which are required, which are sensitive and which only a
+//! supervisor writes. One generic path stores, validates, views and rolls up all of them; the
+//! gateway gives each kind its own typed GraphQL object over the same description.
+//!
+//! A record is a map of scalar fields (text, integer, boolean), so concurrent edits of
+//! different fields merge, as they do for members.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DocKind, MemberId, RecordRef, UnitId};
+use crate::level::Level;
+use crate::records::{Education, RecordError, Stamp, validate_date};
+
+string_enum!(
+    /// Where someone stands in the talent pipeline.
+    TalentStage {
+        Applicant = "applicant",
+        Activist = "activist",
+        /// An activist chosen for development into a member.
+        DevelopmentTarget = "development_target",
+        /// A reserve cadre: a successor for a village post.
+        ReserveCadre = "reserve_cadre",
+    }
+);
+
+string_enum!(
+    /// The background the seed looks for in activists and reserve cadres.
+    TalentBackground {
+        ReturningMigrant = "returning_migrant",
+        CollegeGraduate = "college_graduate",
+        Veteran = "veteran",
+        CooperativeHead = "cooperative_head",
+        RichExpert = "rich_expert",
+        Other = "other",
+    }
+);
+
+string_enum!(
+    /// A village cadre post.
+    PostKind {
+        Secretary = "secretary",
+        /// Director of the villagers' committee.
+        Director = "director",
+        DeputySecretary = "deputy_secretary",
+        CommitteeMember = "committee_member",
+        Other = "other",
+    }
+);
+
+string_enum!(
+    /// How a cadre was selected.
+    Selection {
+        DirectElection = "direct_election",
+        /// "Two pushes, one choice".
+        TwoPushesOneChoice = "two_pushes_one_choice",
+        OpenSelection = "open_selection",
+        Appointment = "appointment",
+    }
+);
+
+string_enum!(
+    /// A meeting or activity. The first four are the routine "three sessions and one lesson".
+    MeetingKind {
+        BranchGeneralMeeting = "branch_general_meeting",
+        BranchCommitteeMeeting = "branch_committee_meeting",
+        GroupMeeting = "group_meeting",
+        PartyLecture = "party_lecture",
+        ThemeActivity = "theme_activity",
+        HeartToHeartTalk = "heart_to_heart_talk",
+        Training = "training",
+    }
+);
+
+impl MeetingKind {
+    /// The routine "three sessions and one lesson".
+    pub const ROUTINE: [MeetingKind; 4] = [
+        MeetingKind::BranchGeneralMeeting,
+        MeetingKind::BranchCommitteeMeeting,
+        MeetingKind::GroupMeeting,
+        MeetingKind::PartyLecture,
+    ];
+}
+
+string_enum!(
+    /// How a training was given.
+    TrainingMode {
+        DistanceEducation = "distance_education",
+        RotationTraining = "rotation_training",
+        OnSite = "on_site",
+    }
+);
+
+string_enum!(
+    /// What an appraisal is.
+    AppraisalKind {
+        /// The annual democratic appraisal of members.
+        DemocraticAppraisal = "democratic_appraisal",
+        /// Performance appraisal of a cadre by the level above.
+        CadrePerformance = "cadre_performance",
+        VillagersQuestioning = "villagers_questioning",
+        /// A secretary reporting to the level above.
+        Debriefing = "debriefing",
+    }
+);
+
+string_enum!(
+    /// The result of an appraisal (supervisory).
+    AppraisalResult {
+        Excellent = "excellent",
+        Competent = "competent",
+        BasicallyCompetent = "basically_competent",
+        Incompetent = "incompetent",
+    }
+);
+
+string_enum!(
+    /// What followed an appraisal (supervisory).
+    AppraisalOutcome {
+        NoAction = "no_action",
+        Adjustment = "adjustment",
+        Recall = "recall",
+    }
+);
+
+string_enum!(
+    /// Kind of project.
+    ProjectCategory {
+        Agriculture = "agriculture",
+        Infrastructure = "infrastructure",
+        Industry = "industry",
+        Environment = "environment",
+        Other = "other",
+    }
+);
+
+string_enum!(
+    /// Where a project stands.
+    ProjectStatus {
+        Planned = "planned",
+        InProgress = "in_progress",
+        Completed = "completed",
+        Suspended = "suspended",
+    }
+);
+
+string_enum!(
+    /// The "three capitals".
+    AssetCategory { Funds = "funds", Assets = "assets", Resources = "resources" }
+);
+
+string_enum!(
+    /// Categories of public disclosure, as the seed's city publishes them.
+    DisclosureCategory {
+        Funds = "funds",
+        AgricultureProjects = "agriculture_projects",
+        ThreeCapitals = "three_capitals",
+        VillageActivities = "village_activities",
+        PartyAffairs = "party_affairs",
+        CadreResponsibility = "cadre_responsibility",
+    }
+);
+
+string_enum!(
+    /// Where a complaint stands (set by the handling unit).
+    ComplaintStatus {
+        Open = "open",
+        /// Passed to a higher level to handle.
+        Escalated = "escalated",
+        /// Answered with feedback.
+        Handled = "handled",
+        Closed = "closed",
+    }
+);
+
+impl ComplaintStatus {
+    /// Whether the complaint still waits for handling.
+    pub fn is_open(self) -> bool {
+        matches!(self, ComplaintStatus::Open | ComplaintStatus::Escalated)
+    }
+}
+
+string_enum!(
+    /// What a report is.
+    ReportKind {
+        QuarterlyAnalysis = "quarterly_analysis",
+        HalfYearSelfExamination = "half_year_self_examination",
+        AnnualAssessment = "annual_assessment",
+        Debriefing = "debriefing",
+        /// The report-back a directive asks for; names the directive.
+        ReportBack = "report_back",
+    }
+);
+
+string_enum!(
+    /// The level above's review of a report (supervisory).
+    ReportReview { Accepted = "accepted", Returned = "returned" }
+);
+
+string_enum!(
+    /// Organisations of the "1 + X" model a village may have.
+    Organisation {
+        PartyBranch = "party_branch",
+        VillagersCommittee = "villagers_committee",
+        CollectiveEconomic = "collective_economic",
+        FarmersCooperative = "farmers_cooperative",
+    }
+);
+
+string_enum!(
+    /// Service functions of an activity place.
+    ServiceFunction {
+        ActivityCentre = "activity_centre",
+        Deliberation = "deliberation",
+        ConvenienceService = "convenience_service",
+        EducationTraining = "education_training",
+        Culture = "culture",
+    }
+);
+
+/// Levels a directive can be addressed to.
+const ADDRESSABLE: &[&str] = &["county", "township", "village"];
+
+/// A field's value. Stored in automerge as the matching scalar and in the views as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// Text (also dates, enum storage names, unit ids and record references).
+    Text(String),
+}
+
+impl Value {
+    /// The text, if this is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The integer, if this is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+/// A record's fields by storage name.
+pub type Fields = BTreeMap<String, Value>;
+
+/// What a field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// Text of 1 to `max` characters (trimmed).
+    Text {
+        /// Most characters.
+        max: usize,
+    },
+    /// An integer in a range.
+    Int {
+        /// Least value.
+        min: i64,
+        /// Greatest value.
+        max: i64,
+    },
+    /// `YYYY-MM-DD`.
+    Date,
+    /// One of these storage names.
+    Choice(&'static [&'static str]),
+    /// True or false.
+    Bool,
+    /// A unit id: the record's own unit or one of its ancestors (who handles it).
+    UnitUp,
+    /// A directive of one of the record's unit's ancestors, written `unit#record`.
+    DirectiveRef,
+    /// A phone number (the members' rule).
+    Phone,
+}
+
+/// Who may read or write a field beyond the record itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Whoever reads or writes the record.
+    Plain,
+    /// Read only by the owning unit's clerks and above, and the handling unit's.
+    Sensitive,
+    /// Written only by supervisors of the owning unit or above: results, handling, reviews.
+    Supervisory,
+}
+
+/// One field of a record kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// Storage and GraphQL name (camelCase).
+    pub name: &'static str,
+    /// What it holds.
+    pub ty: FieldType,
+    /// Whether a new record must have it.
+    pub required: bool,
+    /// Who may read or write it.
+    pub access: Access,
+}
+
+/// A record kind: its document kind, its GraphQL type name and its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntitySpec {
+    /// The document kind holding its records (one document per unit).
+    pub kind: DocKind,
+    /// GraphQL type name.
+    pub type_name: &'static str,
+    /// Every field.
+    pub fields: &'static [FieldSpec],
+    /// The field the `period` filter looks at.
+    pub period_field: &'static str,
+}
+
+const fn f(name: &'static str, ty: FieldType, required: bool, access: Access) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        required,
+        access,
+    }
+}
+
+const NAME: FieldType = FieldType::Text { max: 100 };
+const NOTE: FieldType = FieldType::Text { max: 2_000 };
+const BODY: FieldType = FieldType::Text { max: 20_000 };
+const YEAR: FieldType = FieldType::Int {
+    min: 1900,
+    max: 2200,
+};
+const COUNT: FieldType = FieldType::Int {
+    min: 0,
+    max: 1_000_000,
+};
+const MONEY: FieldType = FieldType::Int {
+    min: 0,
+    max: 1_000_000_000_000,
+};
+use Access::{Plain, Sensitive, Supervisory};
+use FieldType::{Bool, Choice, Date, DirectiveRef, Phone, UnitUp};
+
+/// Every record kind but members and profiles.
+pub const ENTITIES: &[EntitySpec] = &[
+    EntitySpec {
+        kind: DocKind::Activists,
+        type_name: "Activist",
+        period_field: "since",
+        fields: &[
+            f("name", NAME, true, Plain),
+            f("stage", Choice(TalentStage::NAMES), true, Plain),
+            f("background", Choice(TalentBackground::NAMES), false, Plain),
+            f("birthYear", YEAR, false, Plain),
+            f("education", Choice(Education::NAMES), false, Plain),
+            f("since", Date, true, Plain),
+            f("phone", Phone, false, Sensitive),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Posts,
+        type_name: "CadrePost",
+        period_field: "termStart",
+        fields: &[
+            f("post", Choice(PostKind::NAMES), true, Plain),
+            f("holder", NAME, true, Plain),
+            f("selection", Choice(Selection::NAMES), true, Plain),
+            f("termStart", Date, true, Plain),
+            f("termEnd", Date, false, Plain),
+            f("basicSalary", MONEY, false, Plain),
+            f("reward", MONEY, false, Plain),
+            f("concurrentPost", Choice(PostKind::NAMES), false, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Meetings,
+        type_name: "Meeting",
+        period_field: "heldOn",
+        fields: &[
+            f("kind", Choice(MeetingKind::NAMES), true, Plain),
+            f("heldOn", Date, true, Plain),
+            f("attendance", COUNT, true, Plain),
+            f("hours", FieldType::Int { min: 0, max: 1_000 }, false, Plain),
+            f("trainingMode", Choice(TrainingMode::NAMES), false, Plain),
+            f("theme", NAME, false, Plain),
+            f("summary", NOTE, false, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Appraisals,
+        type_name: "Appraisal",
+        period_field: "year",
+        fields: &[
+            f("kind", Choice(AppraisalKind::NAMES), true, Plain),
+            f("year", YEAR, true, Plain),
+            f("subject", NAME, true, Plain),
+            f("heldOn", Date, false, Plain),
+            f("result", Choice(AppraisalResult::NAMES), false, Supervisory),
+            f(
+                "outcome",
+                Choice(AppraisalOutcome::NAMES),
+                false,
+                Supervisory,
+            ),
+            f("remarks", NOTE, false, Supervisory),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Projects,
+        type_name: "Project",
+        period_field: "startedOn",
+        fields: &[
+            f("name", NAME, true, Plain),
+            f("category", Choice(ProjectCategory::NAMES), true, Plain),
+            f("status", Choice(ProjectStatus::NAMES), true, Plain),
+            f("startedOn", Date, true, Plain),
+            f("budget", MONEY, false, Plain),
+            f("summary", NOTE, false, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Assets,
+        type_name: "CollectiveAsset",
+        period_field: "recordedOn",
+        fields: &[
+            f("name", NAME, true, Plain),
+            f("category", Choice(AssetCategory::NAMES), true, Plain),
+            f("value", MONEY, true, Plain),
+            f("recordedOn", Date, true, Plain),
+            f("managedBy", NAME, false, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Disclosures,
+        type_name: "Disclosure",
+        period_field: "publishedOn",
+        fields: &[
+            f("title", NAME, true, Plain),
+            f("category", Choice(DisclosureCategory::NAMES), true, Plain),
+            f("publishedOn", Date, true, Plain),
+            f("body", BODY, true, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Complaints,
+        type_name: "Complaint",
+        period_field: "filedOn",
+        fields: &[
+            f("subject", NAME, true, Plain),
+            f("body", BODY, true, Plain),
+            f("filedOn", Date, true, Plain),
+            f("dueOn", Date, true, Plain),
+            f("complainant", NAME, false, Sensitive),
+            f("complainantPhone", Phone, false, Sensitive),
+            f("status", Choice(ComplaintStatus::NAMES), false, Supervisory),
+            f("handler", UnitUp, false, Supervisory),
+            f("response", NOTE, false, Supervisory),
+            f("respondedOn", Date, false, Supervisory),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Directives,
+        type_name: "Directive",
+        period_field: "issuedOn",
+        fields: &[
+            f("title", NAME, true, Plain),
+            f("body", BODY, true, Plain),
+            f("issuedOn", Date, true, Plain),
+            f("toLevel", Choice(ADDRESSABLE), false, Plain),
+            f("deadline", Date, false, Plain),
+            f("reportBack", Bool, false, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Reports,
+        type_name: "Report",
+        period_field: "submittedOn",
+        fields: &[
+            f("kind", Choice(ReportKind::NAMES), true, Plain),
+            f("period", FieldType::Text { max: 10 }, true, Plain),
+            f("submittedOn", Date, true, Plain),
+            f("body", BODY, true, Plain),
+            f("directive", DirectiveRef, false, Plain),
+            f("review", Choice(ReportReview::NAMES), false, Supervisory),
+            f("reviewComment", NOTE, false, Supervisory),
+        ],
+    },
+];
+
+/// The description of a record kind, or `None` for members and profiles.
+pub fn entity(kind: DocKind) -> Option<&'static EntitySpec> {
+    ENTITIES.iter().find(|e| e.kind == kind)
+}
+
+/// A record of one of the [`ENTITIES`] as the views and the gateway see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Kind, owning unit and record.
+    #[serde(with = "ref_str")]
+    pub id: RecordRef,
+    /// Its fields, as stored.
+    pub fields: Fields,
+    /// Who created it and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Stamp>,
+    /// Who last changed it and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Stamp>,
+}
+
+impl Record {
+    /// A text field.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_text)
+    }
+
+    /// An integer field.
+    pub fn int(&self, field: &str) -> Option<i64> {
+        self.fields.get(field).and_then(Value::as_int)
+    }
+
+    /// The level a directive is addressed to (`None`: every descendant of its issuer).
+    pub fn to_level(&self) -> Option<Level> {
+        self.text("toLevel").and_then(|l| l.parse().ok())
+    }
+
+    /// The unit handling a complaint: its `handler`, else the unit it was filed at.
+    pub fn handler(&self) -> UnitId {
+        self.text("handler")
+            .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| self.id.unit.clone())
+    }
+
+    /// The directive a report-back answers, as `unit#record`.
+    pub fn directive(&self) -> Option<&str> {
+        self.text("directive")
+    }
+}
+
+/// Why a record's fields were refused.
+fn bad(field: &str, why: impl Into<String>) -> RecordError {
+    RecordError::BadField {
+        field: field.to_owned(),
+        why: why.into(),
+    }
+}
+
+impl EntitySpec {
+    /// The spec of a field.
+    pub fn field(&self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Check the fields of a new record (`new`) or of an update, for a record of `owner`:
+    /// every field known and well-formed, and a new record has every required one.
+    pub fn validate(&self, owner: &UnitId, fields: &Fields, new: bool) -> Result<(), RecordError> {
+        for (name, value) in fields {
+            let spec = self
+                .field(name)
+                .ok_or_else(|| bad(name, format!("{} has no such field", self.type_name)))?;
+            check_value(spec, owner, value)?;
+        }
+        if new
+            && let Some(missing) = self
+                .fields
+                .iter()
+                .find(|f| f.required && !fields.contains_key(f.name))
+        {
+            return Err(bad(missing.name, "is required"));
+        }
+        Ok(())
+    }
+
+    /// Whether a write names a field only supervisors write.
+    pub fn touches_supervisory(&self, fields: &Fields) -> bool {
+        fields.keys().any(|k| {
+            self.field(k)
+                .is_some_and(|f| f.access == Access::Supervisory)
+        })
+    }
+
+    /// What the record adds to its unit's roll-up (and every ancestor's): counts keyed by
+    /// stable values, so they can be subtracted when the record changes.
+    pub fn tallies(&self, r: &Record) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        let text = |k: &str| r.text(k).unwrap_or("");
+        match self.kind {
+            DocKind::Activists => out.push((format!("talent/{}", text("stage")), 1)),
+            DocKind::Posts => out.push((format!("posts/{}", text("post")), 1)),
+            DocKind::Meetings => {
+                let held = text("heldOn");
+                if let Some(q) = quarter_of(held) {
+                    out.push((format!("meetings/{q}/{}", text("kind")), 1));
+                }
+                if let (Some(h), Some(y)) = (r.int("hours"), held.get(..4)) {
+                    out.push((format!("training_hours/{y}"), h));
+                }
+            }
+            DocKind::Appraisals => {
+                let (year, kind) = (r.int("year").unwrap_or(0), text("kind"));
+                out.push((format!("appraisals/{year}/{kind}"), 1));
+                if r.text("result").is_some() {
+                    out.push((format!("appraisals_rated/{year}/{kind}"), 1));
+                }
+            }
+            DocKind::Projects => out.push((format!("projects/{}", text("status")), 1)),
+            DocKind::Assets => {
+                let c = text("category");
+                out.push((format!("assets/{c}"), 1));
+                out.push((format!("asset_value/{c}"), r.int("value").unwrap_or(0)));
+            }
+            DocKind::Disclosures => out.push((format!("disclosures/{}", text("category")), 1)),
+            DocKind::Complaints => {
+                let open = ComplaintStatus::parse(r.text("status").unwrap_or("open"))
+                    .is_none_or(ComplaintStatus::is_open);
+                out.push(("complaints".into(), 1));
+                if open {
+                    out.push((format!("complaints_open/{}", text("dueOn")), 1));
+                }
+                if let (Some(filed), Some(answered)) = (
+                    days_since_epoch(text("filedOn")),
+                    r.text("respondedOn").and_then(days_since_epoch),
+                ) {
+                    out.push(("complaints_answered".into(), 1));
+                    out.push(("complaint_response_days".into(), (answered - filed).max(0)));
+                }
+            }
+            DocKind::Directives => {
+                out.push((
+                    format!("directives/{}", text("issuedOn").get(..4).unwrap_or("")),
+                    1,
+                ));
+            }
+            DocKind::Reports => {
+                let (kind, period) = (text("kind"), text("period"));
+                out.push((format!("reports/{kind}/{period}"), 1));
+                if r.text("review").is_some() {
+                    out.push((format!("reports_reviewed/{kind}/{period}"), 1));
+                }
+            }
+            DocKind::Profile | DocKind::Members => {}
+        }
+        out
+    }
+}
+
+fn check_value(spec: &FieldSpec, owner: &UnitId, value: &Value) -> Result<(), RecordError> {
+    let name = spec.name;
+    let text = || value.as_text().ok_or_else(|| bad(name, "must be text"));
+    match spec.ty {
+        FieldType::Text { max } => {
+            let n = text()?.trim().chars().count();
+            if n == 0 || n > max {
+                return Err(bad(name, format!("must be 1-{max} characters")));
+            }
+        }
+        FieldType::Int { min, max } => {
+            let v = value
+                .as_int()
+                .ok_or_else(|| bad(name, "must be an integer"))?;
+            if !(min..=max).contains(&v) {
+                return Err(bad(name, format!("must be between {min} and {max}")));
+            }
+        }
+        FieldType::Date => validate_date(text()?).map_err(|e| bad(name, e.to_string()))?,
+        FieldType::Choice(names) => {
+            let t = text()?;
+            if !names.contains(&t) {
+                return Err(bad(name, format!("must be one of {}", names.join(", "))));
+            }
+        }
+        FieldType::Bool => {
+            if !matches!(value, Value::Bool(_)) {
+                return Err(bad(name, "must be true or false"));
+            }
+        }
+        FieldType::UnitUp => {
+            let u: UnitId = text()?.parse().map_err(|e| bad(name, format!("{e}")))?;
+            if !owner.is_in_subtree_of(&u) {
+                return Err(bad(name, format!("must be {owner} or a unit above it")));
+            }
+        }
+        FieldType::DirectiveRef => {
+            let d: MemberId = text()?.parse().map_err(|e| bad(name, format!("{e}")))?;
+            if !d.unit.is_ancestor_of(owner) {
+                return Err(bad(
+                    name,
+                    format!("must be a directive of a unit above {owner}"),
+                ));
+            }
+        }
+        FieldType::Phone => {
+            crate::records::validate_phone(text()?).map_err(|e| bad(name, e.to_string()))?
+        }
+    }
+    Ok(())
+}
+
+/// `YYYYQn` of a `YYYY-MM-DD` date.
+pub fn quarter_of(date: &str) -> Option<String> {
+    let month: u32 = date.get(5..7)?.parse().ok()?;
+    let year = date.get(..4)?;
+    (1..=12)
+        .contains(&month)
+        .then(|| format!("{year}Q{}", (month - 1) / 3 + 1))
+}
+
+/// Days from 1970-01-01 to a `YYYY-MM-DD` date (Howard Hinnant's algorithm).
+pub fn days_since_epoch(date: &str) -> Option<i64> {
+    validate_date(date).ok()?;
+    let y: i64 = date.get(..4)?.parse().ok()?;
+    let m: i64 = date.get(5..7)?.parse().ok()?;
+    let d: i64 = date.get(8..10)?.parse().ok()?;
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The months (counted from year 0) a period covers: `YYYY`, `YYYYHn`, `YYYYQn`, `YYYY-MM`
+/// or `YYYY-MM-DD`.
+pub fn period_months(p: &str) -> Option<(i64, i64)> {
+    let year: i64 = p.get(..4)?.parse().ok()?;
+    let base = year * 12;
+    let rest = &p[4..];
+    let n = |s: &str| s.parse::<i64>().ok();
+    match rest.as_bytes().first() {
+        None => Some((base, base + 11)),
+        Some(b'H') => match n(&rest[1..])? {
+            h @ 1..=2 => Some((base + (h - 1) * 6, base + h * 6 - 1)),
+            _ => None,
+        },
+        Some(b'Q') => match n(&rest[1..])? {
+            q @ 1..=4 => Some((base + (q - 1) * 3, base + q * 3 - 1)),
+            _ => None,
+        },
+        Some(b'-') => {
+            let m = n(rest.get(1..3)?)?;
+            if !(1..=12).contains(&m) || !(rest.len() == 3 || validate_date(p).is_ok()) {
+                return None;
+            }
+            Some((base + m - 1, base + m - 1))
+        }
+        _ => None,
+    }
+}
+
+/// Whether a record's period value (a date, a year or a period like `2026Q3`) lies within
+/// the period `p`.
+pub fn in_period(p: (i64, i64), value: &Value) -> bool {
+    let have = match value {
+        Value::Int(y) => Some((y * 12, y * 12 + 11)),
+        Value::Text(t) => period_months(t),
+        Value::Bool(_) => None,
+    };
+    have.is_some_and(|(a, b)| p.0 <= a && b <= p.1)
+}
+
+mod ref_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::ids::RecordRef;
+
+    pub fn serialize<S: Serializer>(id: &RecordRef, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RecordRef, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> UnitId {
+        s.parse().unwrap()
+    }
+
+    fn fields(pairs: &[(&str, Value)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    #[test]
+    fn every_kind_but_members_and_profiles_is_described_once() {
+        for kind in DocKind::ALL {
+            let n = ENTITIES.iter().filter(|e| e.kind == kind).count();
+            let expected = usize::from(!matches!(kind, DocKind::Members | DocKind::Profile));
+            assert_eq!(n, expected, "{kind:?}");
+        }
+        for e in ENTITIES {
+            assert!(e.field(e.period_field).is_some(), "{}", e.type_name);
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let meetings = entity(DocKind::Meetings).unwrap();
+        let v = u("c01/k01/t01/v01");
+        let ok = fields(&[
+            ("kind", t("party_lecture")),
+            ("heldOn", t("2026-03-02")),
+            ("attendance", Value::Int(23)),
+        ]);
+        assert!(meetings.validate(&v, &ok, true).is_ok());
+        let mut missing = ok.clone();
+        missing.remove("attendance");
+        assert!(meetings.validate(&v, &missing, true).is_err());
+        assert!(meetings.validate(&v, &missing, false).is_ok(), "an update");
+        for (k, val) in [
+            ("kind", t("picnic")),
+            ("heldOn", t("2026-02-30")),
+            ("attendance", Value::Int(-1)),
+            ("attendance", t("many")),
+            ("nonsense", t("x")),
+        ] {
+            let mut f = ok.clone();
+            f.insert(k.into(), val);
+            let e = meetings.validate(&v, &f, true).unwrap_err();
+            assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn handlers_and_directives_must_be_above_the_record() {
+        let complaints = entity(DocKind::Complaints).unwrap();
+        let v = u("c01/k01/t01/v01");
+        for (handler, ok) in [
+            ("c01/k01", true),
+            ("c01/k01/t01/v01", true),
+            ("c01/k02", false),
+            ("c01/k01/t01/v02", false),
+        ] {
+            let f = fields(&[("handler", t(handler))]);
+            assert_eq!(complaints.validate(&v, &f, false).is_ok(), ok, "{handler}");
+        }
+        let reports = entity(DocKind::Reports).unwrap();
+        for (directive, ok) in [
+            ("c01/k01#00000000000000aa", true),
+            ("c01/k01/t01/v01#00000000000000aa", false),
+            ("c01/k02#00000000000000aa", false),
+            ("c01/k01", false),
+        ] {
+            let f = fields(&[("directive", t(directive))]);
+            assert_eq!(reports.validate(&v, &f, false).is_ok(), ok, "{directive}");
+        }
+    }
+
+    #[test]
+    fn periods_contain_dates_years_and_periods() {
+        let q1 = period_months("2026Q1").unwrap();
+        assert!(in_period(q1, &t("2026-03-31")));
+        assert!(!in_period(q1, &t("2026-04-01")));
+        assert!(in_period(q1, &t("2026Q1")));
+        assert!(
+            !in_period(q1, &Value::Int(2026)),
+            "a year is not within a quarter"
+        );
+        let y = period_months("2026").unwrap();
+        assert!(in_period(y, &Value::Int(2026)));
+        assert!(in_period(y, &t("2026H2")));
+        assert!(in_period(
+            period_months("2026-03").unwrap(),
+            &t("2026-03-09")
+        ));
+        for bad in ["2026Q5", "2026H0", "26", "2026-13", "2026-02-30", "2026X"] {
+            assert!(period_months(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_count_days() {
+        assert_eq!(days_since_epoch("1970-01-01"), Some(0));
+        assert_eq!(days_since_epoch("2000-03-01"), Some(11_017));
+        assert_eq!(
+            days_since_epoch("2026-03-01").unwrap() - days_since_epoch("2026-02-01").unwrap(),
+            28
+        );
+        assert_eq!(quarter_of("2026-11-26").as_deref(), Some("2026Q4"));
+    }
+}
