@@ -1745,9 +1745,12 @@ pub enum AnyRecord {
     Report(ReportGql),
 }
 
-/// A change to a unit's organisations and activity place; omitted parts stay.
+/// A change to a unit's profile; omitted parts stay.
 #[derive(InputObject)]
 pub struct UpdateUnitInput {
+    /// Display name. Naming a unit below that this node does not know yet registers it (a
+    /// village without a node of its own, whose records the level above keeps).
+    name: Option<String>,
     /// Organisations present (replaces the set).
     organisations: Option<Vec<OrganisationGql>>,
     /// Whether the unit has an activity place.
@@ -2135,13 +2138,14 @@ impl Mutation {
         ReportGql::update(ctx, &id, input).await
     }
 
-    /// Set a unit's organisations and activity place: a clerk of the unit, or a
-    /// supervisor above it.
+    /// Set a unit's name, organisations and activity place: a clerk of the unit, or a
+    /// supervisor above it (who can also register a unit below that has no node).
     async fn update_unit(&self, ctx: &Context<'_>, id: ID, input: UpdateUnitInput) -> Result<Unit> {
         let b = backend(ctx)?;
         let unit = parse_unit(&id)?;
         authorise_write(ctx, b, &unit)?;
         let details = gs::UnitDetails {
+            name: input.name,
             organisations: input
                 .organisations
                 .map(|o| o.into_iter().map(Into::into).collect()),

@@ -148,3 +148,220 @@ async fn every_role_relation_and_operation_on_member_records() {
     // record a caller may read (3 relations x 4 roles).
     assert_eq!(cells, 7 * 5 * 3 + 3 * 4);
 }
+
+/// One record kind in the matrix: how to create one (as GraphQL input fields after
+/// `unit: $u`), a plain field to update, a supervisory update if the kind has supervisory
+/// fields, and a sensitive field with the value created, if it has one.
+struct Kind {
+    name: &'static str,
+    create: &'static str,
+    update: &'static str,
+    supervisory: Option<&'static str>,
+    sensitive: Option<(&'static str, &'static str)>,
+    public: bool,
+    addressed_down: bool,
+}
+
+fn kinds() -> Vec<Kind> {
+    let k = |name, create, update, supervisory, sensitive| Kind {
+        name,
+        create,
+        update,
+        supervisory,
+        sensitive,
+        public: name == "Disclosure",
+        addressed_down: name == "Directive",
+    };
+    vec![
+        k(
+            "Activist",
+            r#"name: "Zhao Lei", stage: ACTIVIST, since: "2026-01-05", phone: "139 1234 5678""#,
+            r#"name: "Zhao Lei (corrected)""#,
+            None,
+            Some(("phone", "139 1234 5678")),
+        ),
+        k(
+            "CadrePost",
+            r#"post: SECRETARY, holder: "Wu Gang", selection: DIRECT_ELECTION, termStart: "2024-01-01""#,
+            r#"holder: "Wu Gang Jr""#,
+            None,
+            None,
+        ),
+        k(
+            "Meeting",
+            r#"kind: PARTY_LECTURE, heldOn: "2026-03-01", attendance: 18"#,
+            r#"summary: "On the new rules""#,
+            None,
+            None,
+        ),
+        k(
+            "Appraisal",
+            r#"kind: DEMOCRATIC_APPRAISAL, year: 2026, subject: "Members of the branch""#,
+            r#"heldOn: "2026-12-01""#,
+            Some("result: EXCELLENT, outcome: NO_ACTION"),
+            None,
+        ),
+        k(
+            "Project",
+            r#"name: "Irrigation", category: AGRICULTURE, status: PLANNED, startedOn: "2026-02-01""#,
+            "status: IN_PROGRESS",
+            None,
+            None,
+        ),
+        k(
+            "CollectiveAsset",
+            r#"name: "Fish pond", category: RESOURCES, value: 120000, recordedOn: "2026-01-01""#,
+            r#"managedBy: "Cooperative""#,
+            None,
+            None,
+        ),
+        k(
+            "Disclosure",
+            r#"title: "Subsidy list", category: FUNDS, publishedOn: "2026-01-10", body: "..." "#,
+            r#"title: "Subsidy list (revised)""#,
+            None,
+            None,
+        ),
+        k(
+            "Complaint",
+            r#"subject: "Road", body: "Potholes", filedOn: "2026-01-02", dueOn: "2026-02-01", complainant: "Zhang San""#,
+            r#"subject: "Road repair""#,
+            Some(r#"status: HANDLED, response: "Repaired", respondedOn: "2026-01-20""#),
+            Some(("complainant", "Zhang San")),
+        ),
+        k(
+            "Directive",
+            r#"title: "Spring planting", body: "...", issuedOn: "2026-02-01""#,
+            r#"deadline: "2026-04-01""#,
+            None,
+            None,
+        ),
+        k(
+            "Report",
+            r#"kind: QUARTERLY_ANALYSIS, period: "2026Q1", submittedOn: "2026-04-02", body: "...""#,
+            r#"body: "Revised""#,
+            Some("review: ACCEPTED"),
+            None,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_role_relation_and_operation_on_every_other_record_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let city: UnitId = "c01".parse().unwrap();
+    let (store, reader, _thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone()).unwrap();
+    let backend = Backend {
+        node_unit: city.clone(),
+        store: store.clone(),
+        reader,
+    };
+    let admin = new_token().unwrap();
+    store
+        .add_user(token_hash(&admin), city, Role::Admin)
+        .await
+        .unwrap();
+    // A token per (unit, role), made once.
+    let mut tokens = std::collections::HashMap::new();
+    for (_, me, _) in cases() {
+        for role in Role::ALL {
+            if !tokens.contains_key(&(me, role)) {
+                let t = new_token().unwrap();
+                store
+                    .add_user(token_hash(&t), me.parse().unwrap(), role)
+                    .await
+                    .unwrap();
+                tokens.insert((me, role), t);
+            }
+        }
+    }
+    let mut cells = 0;
+    let mut expected = 0;
+    for kind in kinds() {
+        let n = kind.name;
+        let create = format!(
+            "mutation($u: ID!) {{ create{n}(input: {{ unit: $u, {} }}) {{ id }} }}",
+            kind.create
+        );
+        let update = format!(
+            "mutation($id: ID!) {{ update{n}(id: $id, input: {{ {} }}) {{ id }} }}",
+            kind.update
+        );
+        let supervise = kind.supervisory.map(|s| {
+            format!("mutation($id: ID!) {{ update{n}(id: $id, input: {{ {s} }}) {{ id }} }}")
+        });
+        let sensitive_field = kind.sensitive.map_or("id", |(f, _)| f);
+        let read = format!(
+            "query($id: ID!) {{ record(id: $id) {{ __typename ... on {n} {{ id {sensitive_field} }} }} }}"
+        );
+        for (rel, me, other) in cases() {
+            let r = query(&backend, Some(&admin), &create, json!({ "u": other })).await;
+            let record = r["data"][format!("create{n}")]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("seed {n}: {r}"))
+                .to_owned();
+            let in_subtree = matches!(
+                rel,
+                Relation::SelfUnit | Relation::Child | Relation::Descendant
+            );
+            let addressed =
+                kind.addressed_down && matches!(rel, Relation::Parent | Relation::Ancestor);
+            let mut callers: Vec<(String, Option<String>, bool, bool, bool, bool)> = vec![
+                // (who, token, read, sensitive, write, supervisory write)
+                ("anonymous".into(), None, kind.public, false, false, false),
+            ];
+            for role in Role::ALL {
+                let write = match role {
+                    Role::Viewer => false,
+                    Role::Clerk => rel == Relation::SelfUnit,
+                    Role::Supervisor | Role::Admin => in_subtree,
+                };
+                callers.push((
+                    format!("{role}"),
+                    Some(tokens[&(me, role)].clone()),
+                    kind.public || in_subtree || addressed,
+                    rel == Relation::SelfUnit && role >= Role::Clerk,
+                    write,
+                    in_subtree && role >= Role::Supervisor,
+                ));
+            }
+            for (who, token, may_read, may_see, may_write, may_supervise) in callers {
+                let t = token.as_deref();
+                let cell = format!("{n}: {who} at {me} on {other} ({rel:?})");
+                let r = query(&backend, t, &read, json!({ "id": record })).await;
+                assert!(r["errors"].is_null(), "read: {cell}: {r}");
+                let seen = !r["data"]["record"].is_null();
+                assert_eq!(seen, may_read, "read: {cell}: {r}");
+                cells += 1;
+                expected += 1;
+                if let (true, Some((field, value))) = (seen, kind.sensitive) {
+                    let got = &r["data"]["record"][field];
+                    if may_see {
+                        assert_eq!(got, value, "sensitive: {cell}: {r}");
+                    } else {
+                        assert!(got.is_null(), "sensitive: {cell}: {r}");
+                    }
+                    cells += 1;
+                }
+                let r = query(&backend, t, &create, json!({ "u": other })).await;
+                assert_write(&r, &format!("create{n}"), may_write, t.is_some(), &cell);
+                let r = query(&backend, t, &update, json!({ "id": record })).await;
+                assert_write(&r, &format!("update{n}"), may_write, t.is_some(), &cell);
+                cells += 2;
+                expected += 2;
+                if let Some(s) = &supervise {
+                    let r = query(&backend, t, s, json!({ "id": record })).await;
+                    assert_write(&r, &format!("update{n}"), may_supervise, t.is_some(), &cell);
+                    cells += 1;
+                    expected += 1;
+                }
+            }
+        }
+    }
+    // Every kind: 7 relations x (anonymous + 4 roles) x (read, create, update), a
+    // supervisory update for the 3 kinds that have one; the sensitive field of every
+    // readable record of the 2 kinds that have one (3 relations x 4 roles each).
+    assert_eq!(expected, 10 * 7 * 5 * 3 + 3 * 7 * 5);
+    assert_eq!(cells, expected + 2 * 3 * 4);
+}

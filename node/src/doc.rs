@@ -568,6 +568,9 @@ pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bo
         if let Some(p) = details.activity_place {
             tx.put(ROOT, ACTIVITY_PLACE, p)?;
         }
+        if let Some(n) = &details.name {
+            tx.put(ROOT, "name", n.trim())?;
+        }
         Ok(())
     })
     .map_err(|f| DocError::Automerge(f.error))?;

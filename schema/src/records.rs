@@ -299,6 +299,13 @@ pub struct UnitProfile {
     pub functions: Vec<ServiceFunction>,
 }
 
+impl UnitDetails {
+    /// Check the name, if given.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        self.name.as_deref().map_or(Ok(()), validate_name)
+    }
+}
+
 impl UnitProfile {
     /// The level, from the id.
     pub fn level(&self) -> Level {
@@ -329,9 +336,12 @@ impl UnitProfile {
     }
 }
 
-/// A change to a unit's organisations and activity place; `None` leaves a part as it is.
+/// A change to a unit's profile by its users or a level above: `None` leaves a part as it
+/// is. A level above can also register a unit that has no node (yet) by giving its name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitDetails {
+    /// Display name.
+    pub name: Option<String>,
     /// Organisations present (replaces the set).
     pub organisations: Option<Vec<Organisation>>,
     /// Whether there is an activity place.

@@ -194,6 +194,197 @@ async fn village_member_reaches_ancestors_and_no_one_else() -> anyhow::Result<()
     Ok(())
 }
 
+/// Poll `query` at `url` until `pick` finds something in its data.
+async fn until(
+    url: &str,
+    token: Option<&str>,
+    query: &str,
+    vars: Value,
+    what: &str,
+    pick: impl Fn(&Value) -> Option<Value>,
+) -> anyhow::Result<Value> {
+    eventually(WAIT, what, || {
+        let (url, token, vars) = (url.to_owned(), token.map(str::to_owned), vars.clone());
+        let r = async move { gql(&url, token.as_deref(), query, vars).await };
+        let pick = &pick;
+        async move { Ok(pick(&r.await?["data"])) }
+    })
+    .await
+}
+
+/// Records of the other kinds travel by the same rules as members: a complaint filed at a
+/// village is handled at the county and the handling flows back down; a directive to the
+/// villages reaches them through a township that cannot read it, and their report-backs
+/// reach the county; a village's disclosure is public at the city. The views every node
+/// built from its peers' changes equal a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_every_kind_travel_by_the_rules() -> anyhow::Result<()> {
+    let (fed, _dir) = start(small_tree(), None).await?;
+    let (v01, t01, k01, c01) = (
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01"),
+        unit("c01/k01"),
+        unit("c01"),
+    );
+    let (v01_url, k01_url) = (fed.graphql_url(&v01)?, fed.graphql_url(&k01)?);
+    let v01_clerk = fed.token(&v01, Role::Clerk)?.to_owned();
+    let r = gql(
+        &v01_url,
+        Some(&v01_clerk),
+        "mutation { createComplaint(input: { unit: \"c01/k01/t01/v01\", subject: \"Road\",
+            body: \"Potholes\", filedOn: \"2026-01-02\", dueOn: \"2026-01-20\",
+            complainant: \"Zhang San\" }) { id } }",
+        json!({}),
+    )
+    .await?;
+    let complaint = r["data"]["createComplaint"]["id"]
+        .as_str()
+        .with_context(|| format!("complaint: {r}"))?
+        .to_owned();
+    let read = "query($id: ID!) { record(id: $id) { ... on Complaint { status complainant
+        response changed { unit } } } }";
+    // At the county: readable, the complainant hidden from a county viewer.
+    let k01_viewer = fed.token(&k01, Role::Viewer)?.to_owned();
+    let seen = until(
+        &k01_url,
+        Some(&k01_viewer),
+        read,
+        json!({ "id": complaint }),
+        "the complaint at the county",
+        |d| Some(d["record"].clone()).filter(|r| !r.is_null()),
+    )
+    .await?;
+    assert!(seen["complainant"].is_null(), "{seen}");
+    let r = gql(
+        &k01_url,
+        Some(fed.token(&k01, Role::Supervisor)?),
+        "mutation($id: ID!) { updateComplaint(id: $id, input: { status: HANDLED,
+            response: \"Repaired\", respondedOn: \"2026-01-11\" }) { status } }",
+        json!({ "id": complaint }),
+    )
+    .await?;
+    assert_eq!(r["data"]["updateComplaint"]["status"], "HANDLED", "{r}");
+    // The handling flows back down to the village.
+    let back = until(
+        &v01_url,
+        Some(&v01_clerk),
+        read,
+        json!({ "id": complaint }),
+        "the handling at the village",
+        |d| Some(d["record"].clone()).filter(|r| r["status"] == "HANDLED"),
+    )
+    .await?;
+    assert_eq!(back["response"], "Repaired");
+    assert_eq!(
+        back["complainant"], "Zhang San",
+        "the filing clerk sees who complained"
+    );
+    assert_eq!(back["changed"]["unit"], "c01/k01");
+
+    // A directive to the villages of the county.
+    let r = gql(
+        &k01_url,
+        Some(fed.token(&k01, Role::Clerk)?),
+        "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Spring planting\",
+            body: \"...\", issuedOn: \"2026-02-01\", toLevel: VILLAGE, reportBack: true }) { id } }",
+        json!({}),
+    )
+    .await?;
+    let directive = r["data"]["createDirective"]["id"]
+        .as_str()
+        .with_context(|| format!("directive: {r}"))?
+        .to_owned();
+    let received = "{ nodeUnit { directivesReceived { id title } } }";
+    until(
+        &v01_url,
+        Some(&v01_clerk),
+        received,
+        json!({}),
+        "the directive at the village",
+        |d| {
+            d["nodeUnit"]["directivesReceived"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .map(|a| a[0].clone())
+        },
+    )
+    .await?;
+    // The township relays it (it holds the document) but does not read it.
+    let t01_url = fed.graphql_url(&t01)?;
+    let t01_admin = fed.token(&t01, Role::Admin)?.to_owned();
+    let r = gql(&t01_url, Some(&t01_admin), received, json!({})).await?;
+    assert_eq!(
+        r["data"]["nodeUnit"]["directivesReceived"],
+        json!([]),
+        "{r}"
+    );
+    let r = gql(
+        &t01_url,
+        Some(&t01_admin),
+        "query($id: ID!) { record(id: $id) { __typename } }",
+        json!({ "id": directive }),
+    )
+    .await?;
+    assert!(r["data"]["record"].is_null(), "{r}");
+    let r = gql(
+        &v01_url,
+        Some(&v01_clerk),
+        "mutation($d: ID!) { createReport(input: { unit: \"c01/k01/t01/v01\", kind: REPORT_BACK,
+            period: \"2026Q1\", submittedOn: \"2026-03-01\", body: \"Done\", directive: $d }) { id } }",
+        json!({ "d": directive.trim_start_matches("directives:") }),
+    )
+    .await?;
+    assert!(r["errors"].is_null(), "{r}");
+    let receipts = until(
+        &k01_url,
+        Some(&k01_viewer),
+        "{ nodeUnit { directiveReceipts { addressed received } } }",
+        json!({}),
+        "the report-back at the county",
+        |d| {
+            d["nodeUnit"]["directiveReceipts"]
+                .as_array()
+                .and_then(|a| a.first().cloned())
+                .filter(|r| r["received"] == 1)
+        },
+    )
+    .await?;
+    assert_eq!(
+        receipts["addressed"], 2,
+        "the county's two villages: {receipts}"
+    );
+
+    // A village disclosure is public at the city.
+    let r = gql(
+        &v01_url,
+        Some(&v01_clerk),
+        "mutation { createDisclosure(input: { unit: \"c01/k01/t01/v01\", title: \"Subsidies\",
+            category: FUNDS, publishedOn: \"2026-03-01\", body: \"...\" }) { id } }",
+        json!({}),
+    )
+    .await?;
+    assert!(r["errors"].is_null(), "{r}");
+    until(
+        &fed.graphql_url(&c01)?,
+        None,
+        "{ nodeUnit { disclosures(subtree: true) { totalCount } } }",
+        json!({}),
+        "the disclosure at the city, anonymously",
+        |d| Some(d.clone()).filter(|d| d["nodeUnit"]["disclosures"]["totalCount"] == 1),
+    )
+    .await?;
+
+    for u in [&v01, &t01, &k01, &c01] {
+        let diffs = fed.node(u)?.node.store().verify_views().await?;
+        assert!(
+            diffs.is_empty(),
+            "views at {u} differ from a rebuild: {diffs:?}"
+        );
+    }
+    fed.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_village_and_township_edits_converge_when_the_link_returns() -> anyhow::Result<()> {
     let v01 = unit("c01/k01/t01/v01");

@@ -97,8 +97,8 @@ pub enum WriteError {
     /// The kind has no records of its own (members and profiles have their own writes).
     #[error("{0:?} documents do not hold records of this kind")]
     NotARecordKind(DocKind),
-    /// The unit's profile has not reached this node.
-    #[error("unit {0} is not known here")]
+    /// The unit's profile has not reached this node (and no name was given to register it).
+    #[error("unit {0} is not known here (give its name to register it)")]
     NoUnit(UnitId),
     /// Only a unit's parent may revoke its certificate.
     #[error("{0} is not a child of this node")]
@@ -524,8 +524,9 @@ impl StoreHandle {
         .await
     }
 
-    /// Change a unit's organisations and activity place (in its profile); returns the
-    /// profile once durable.
+    /// Change a unit's name, organisations and activity place (in its profile), creating
+    /// the profile of a unit below that has none when a name is given; returns the profile
+    /// once durable.
     pub async fn set_unit_details(
         &self,
         unit: UnitId,
@@ -1548,8 +1549,9 @@ impl Actor {
     ) -> Result<UnitProfile, WriteError> {
         let meta = DocMeta::new(DocId::new(DocKind::Profile, unit.clone()));
         let id = meta.id.clone();
-        let exists = self.engine.get(&id).is_some();
-        if !exists {
+        details.validate()?;
+        // A level above may register a unit without a node of its own by naming it.
+        if self.engine.get(&id).is_none() && details.name.is_none() {
             return Err(WriteError::NoUnit(unit.clone()));
         }
         let doc = self.local_doc(meta, batch)?;

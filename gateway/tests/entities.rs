@@ -1,0 +1,495 @@
+//! The seed's entities through GraphQL on one county node: coverage of organisations and
+//! activity places, the talent pipeline, routine meetings, complaints handled above the
+//! village, directives addressed by level with their report-backs, public disclosures; the
+//! indicators and targets they feed; the views equal a rebuild afterwards.
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, header};
+use grassroots_gateway::{Backend, router};
+use grassroots_node::auth::{new_token, token_hash};
+use grassroots_schema::{Role, UnitId};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Fixture {
+    backend: Backend,
+    _thread: grassroots_node::store::StoreThread,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let unit: UnitId = "c01/k01".parse().unwrap();
+        let (store, reader, thread) =
+            grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
+        store
+            .set_profile("Dongping County".into(), vec![])
+            .await
+            .unwrap();
+        Fixture {
+            backend: Backend {
+                node_unit: unit,
+                store,
+                reader,
+            },
+            _thread: thread,
+            _dir: dir,
+        }
+    }
+
+    async fn token(&self, unit: &str, role: Role) -> String {
+        let t = new_token().unwrap();
+        self.backend
+            .store
+            .add_user(token_hash(&t), unit.parse().unwrap(), role)
+            .await
+            .unwrap();
+        t
+    }
+
+    async fn gql(&self, token: Option<&str>, q: &str, vars: Value) -> Value {
+        let mut req = Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = serde_json::to_vec(&json!({ "query": q, "variables": vars })).unwrap();
+        let resp = router(self.backend.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 22).await.unwrap()).unwrap()
+    }
+
+    /// A query that must succeed; its data.
+    async fn ok(&self, token: Option<&str>, q: &str, vars: Value) -> Value {
+        let r = self.gql(token, q, vars).await;
+        assert!(r["errors"].is_null(), "{q}: {r}");
+        r["data"].clone()
+    }
+}
+
+fn code(r: &Value) -> &str {
+    r["errors"][0]["extensions"]["code"].as_str().unwrap_or("")
+}
+
+const VILLAGES: [&str; 3] = ["c01/k01/t01/v01", "c01/k01/t01/v02", "c01/k01/t02/v01"];
+
+#[tokio::test]
+async fn the_seed_entities_feed_indicators_and_targets() {
+    let f = Fixture::new().await;
+    let county = f.token("c01/k01", Role::Supervisor).await;
+    let county_clerk = f.token("c01/k01", Role::Clerk).await;
+    let v01 = f.token(VILLAGES[0], Role::Clerk).await;
+    let v01_viewer = f.token(VILLAGES[0], Role::Viewer).await;
+    let township = f.token("c01/k01/t01", Role::Supervisor).await;
+
+    // The county registers its townships and villages (none has a node yet) and what each
+    // village has.
+    let update_unit = "mutation($id: ID!, $i: UpdateUnitInput!) { updateUnit(id: $id, input: $i) {
+        id name organisations activityPlace } }";
+    for (id, name) in [
+        ("c01/k01/t01", "Qingshui Township"),
+        ("c01/k01/t02", "Baihe Township"),
+        (VILLAGES[0], "Liujia Village"),
+        (VILLAGES[1], "Zhangwan Village"),
+        (VILLAGES[2], "Taohua Village"),
+    ] {
+        f.ok(
+            Some(&county),
+            update_unit,
+            json!({ "id": id, "i": { "name": name } }),
+        )
+        .await;
+    }
+    let r = f
+        .gql(
+            Some(&county),
+            update_unit,
+            json!({ "id": "c01/k01/t09/v09", "i": {} }),
+        )
+        .await;
+    assert_eq!(code(&r), "NOT_FOUND", "an unknown unit without a name: {r}");
+    let d = f
+        .ok(
+            Some(&v01),
+            update_unit,
+            json!({ "id": VILLAGES[0], "i": {
+                "organisations": ["PARTY_BRANCH", "VILLAGERS_COMMITTEE", "FARMERS_COOPERATIVE"],
+                "activityPlace": true } }),
+        )
+        .await;
+    assert_eq!(
+        d["updateUnit"]["organisations"],
+        json!(["FARMERS_COOPERATIVE", "PARTY_BRANCH", "VILLAGERS_COMMITTEE"])
+    );
+    f.ok(
+        Some(&county),
+        update_unit,
+        json!({ "id": VILLAGES[1], "i": { "organisations": ["PARTY_BRANCH"] } }),
+    )
+    .await;
+    let r = f
+        .gql(
+            Some(&v01),
+            update_unit,
+            json!({ "id": VILLAGES[1], "i": { "activityPlace": true } }),
+        )
+        .await;
+    assert_eq!(
+        code(&r),
+        "FORBIDDEN",
+        "a village clerk on another village: {r}"
+    );
+
+    // The talent pipeline: v01 has 3 activists, v02 one, t02/v01 an applicant only.
+    let activist = "mutation($u: ID!, $s: TalentStage!) { createActivist(input: {
+        unit: $u, name: \"Someone\", stage: $s, since: \"2026-02-01\" }) { id } }";
+    for (u, stage) in [
+        (VILLAGES[0], "ACTIVIST"),
+        (VILLAGES[0], "ACTIVIST"),
+        (VILLAGES[0], "DEVELOPMENT_TARGET"),
+        (VILLAGES[1], "ACTIVIST"),
+        (VILLAGES[2], "APPLICANT"),
+        (VILLAGES[2], "RESERVE_CADRE"),
+    ] {
+        f.ok(Some(&county), activist, json!({ "u": u, "s": stage }))
+            .await;
+    }
+
+    // Routine meetings: v01 holds all four in every quarter of 2025, v02 skips Q4's lecture.
+    let meeting = "mutation($u: ID!, $k: MeetingKind!, $d: String!) { createMeeting(input: {
+        unit: $u, kind: $k, heldOn: $d, attendance: 12 }) { id } }";
+    for (u, skip) in [
+        (VILLAGES[0], None),
+        (VILLAGES[1], Some(("11", "PARTY_LECTURE"))),
+    ] {
+        for month in ["02", "05", "08", "11"] {
+            for kind in [
+                "BRANCH_GENERAL_MEETING",
+                "BRANCH_COMMITTEE_MEETING",
+                "GROUP_MEETING",
+                "PARTY_LECTURE",
+            ] {
+                if skip == Some((month, kind)) {
+                    continue;
+                }
+                let day = format!("2025-{month}-10");
+                f.ok(
+                    Some(&county),
+                    meeting,
+                    json!({ "u": u, "k": kind, "d": day }),
+                )
+                .await;
+            }
+        }
+    }
+    let d = f
+        .ok(
+            Some(&county),
+            r#"{ nodeUnit {
+                q2: meetings(subtree: true, period: "2025Q2") { totalCount }
+                lectures: meetings(subtree: true, period: "2025", kind: PARTY_LECTURE) { totalCount }
+                villages: meetings(subtree: true, level: VILLAGE) { totalCount }
+                own: meetings { totalCount } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(d["nodeUnit"]["q2"]["totalCount"], 8, "{d}");
+    assert_eq!(d["nodeUnit"]["lectures"]["totalCount"], 7, "{d}");
+    assert_eq!(d["nodeUnit"]["villages"]["totalCount"], 31, "{d}");
+    assert_eq!(d["nodeUnit"]["own"]["totalCount"], 0, "{d}");
+    let r = f
+        .gql(
+            Some(&county),
+            r#"{ nodeUnit { meetings(period: "2025Q5") { totalCount } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+
+    // An appraisal: the village records it, only a supervisor sets the result.
+    let d = f
+        .ok(
+            Some(&v01),
+            "mutation { createAppraisal(input: { unit: \"c01/k01/t01/v01\",
+                kind: DEMOCRATIC_APPRAISAL, year: 2025, subject: \"Branch members\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let appraisal = d["createAppraisal"]["id"].as_str().unwrap().to_owned();
+    let rate = "mutation($id: ID!) { updateAppraisal(id: $id, input: { result: COMPETENT }) {
+        result changed { unit role } } }";
+    let r = f.gql(Some(&v01), rate, json!({ "id": appraisal })).await;
+    assert_eq!(code(&r), "FORBIDDEN", "a clerk setting a result: {r}");
+    let d = f
+        .ok(Some(&township), rate, json!({ "id": appraisal }))
+        .await;
+    assert_eq!(
+        d["updateAppraisal"],
+        json!({ "result": "COMPETENT", "changed": { "unit": "c01/k01/t01", "role": "SUPERVISOR" } })
+    );
+
+    // The targets for 2025, by village.
+    let d = f
+        .ok(
+            Some(&county),
+            "{ nodeUnit { targets(year: 2025) { target villages met missingCount
+                missing(first: 10) { id } } } }",
+            json!({}),
+        )
+        .await;
+    let targets: std::collections::HashMap<String, Value> = d["nodeUnit"]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["target"].as_str().unwrap().to_owned(), t.clone()))
+        .collect();
+    let missing = |t: &str| -> Vec<String> {
+        targets[t]["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(targets["ACTIVISTS_PER_VILLAGE"]["villages"], 3, "{d}");
+    assert_eq!(missing("ACTIVISTS_PER_VILLAGE"), [VILLAGES[1], VILLAGES[2]]);
+    assert_eq!(
+        missing("VILLAGE_ORGANISATIONS_AND_PLACE"),
+        [VILLAGES[1], VILLAGES[2]]
+    );
+    assert_eq!(missing("ROUTINE_MEETINGS"), [VILLAGES[1], VILLAGES[2]]);
+    assert_eq!(missing("ANNUAL_APPRAISAL"), [VILLAGES[1], VILLAGES[2]]);
+    assert_eq!(targets["ANNUAL_APPRAISAL"]["met"], false);
+
+    // Complaints: filed at v01, escalated to the county, answered there.
+    let d = f
+        .ok(
+            Some(&v01),
+            "mutation { createComplaint(input: { unit: \"c01/k01/t01/v01\", subject: \"Road\",
+                body: \"Potholes\", filedOn: \"2026-01-02\", dueOn: \"2026-01-20\",
+                complainant: \"Zhang San\", complainantPhone: \"138 0000 1111\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let complaint = d["createComplaint"]["id"].as_str().unwrap().to_owned();
+    let r = f
+        .gql(
+            Some(&v01),
+            "mutation($id: ID!) { updateComplaint(id: $id, input: { status: HANDLED }) { id } }",
+            json!({ "id": complaint }),
+        )
+        .await;
+    assert_eq!(
+        code(&r),
+        "FORBIDDEN",
+        "the village clerk cannot close it: {r}"
+    );
+    let r = f
+        .gql(
+            Some(&county),
+            "mutation($id: ID!) { updateComplaint(id: $id, input: { handler: \"c01/k02\" }) { id } }",
+            json!({ "id": complaint }),
+        )
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "a handler off the line: {r}");
+    f.ok(
+        Some(&county),
+        "mutation($id: ID!) { updateComplaint(id: $id, input: { status: ESCALATED,
+            handler: \"c01/k01\" }) { id } }",
+        json!({ "id": complaint }),
+    )
+    .await;
+    let who = "query($id: ID!) { record(id: $id) { ... on Complaint { subject complainant
+        complainantPhone handler status } } }";
+    for (token, sees) in [
+        (&v01, true),
+        (&county_clerk, true),
+        (&county, true),
+        (&v01_viewer, false),
+        (&township, false),
+    ] {
+        let d = f.ok(Some(token), who, json!({ "id": complaint })).await;
+        assert_eq!(d["record"]["subject"], "Road", "{d}");
+        assert_eq!(
+            d["record"]["complainant"] == "Zhang San",
+            sees,
+            "complainant: {d}"
+        );
+        assert_eq!(d["record"]["complainantPhone"].is_null(), !sees, "{d}");
+    }
+    let figures = "{ nodeUnit { indicators(year: 2026) { complaints complaintsOpen
+        complaintsOverdue complaintsAnswered meanResponseDays } } }";
+    let d = f.ok(Some(&county), figures, json!({})).await;
+    assert_eq!(
+        d["nodeUnit"]["indicators"],
+        json!({ "complaints": 1, "complaintsOpen": 1, "complaintsOverdue": 1,
+            "complaintsAnswered": 0, "meanResponseDays": 0.0 })
+    );
+    f.ok(
+        Some(&county),
+        "mutation($id: ID!) { updateComplaint(id: $id, input: { status: HANDLED,
+            response: \"Repaired\", respondedOn: \"2026-01-11\" }) { id } }",
+        json!({ "id": complaint }),
+    )
+    .await;
+    let d = f.ok(Some(&county), figures, json!({})).await;
+    assert_eq!(
+        d["nodeUnit"]["indicators"],
+        json!({ "complaints": 1, "complaintsOpen": 0, "complaintsOverdue": 0,
+            "complaintsAnswered": 1, "meanResponseDays": 9.0 })
+    );
+
+    // A directive to the villages, with report-backs.
+    let d = f
+        .ok(
+            Some(&county_clerk),
+            "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Spring planting\",
+                body: \"...\", issuedOn: \"2026-02-01\", toLevel: VILLAGE, reportBack: true }) { id } }",
+            json!({}),
+        )
+        .await;
+    let directive = d["createDirective"]["id"].as_str().unwrap().to_owned();
+    let target = directive.trim_start_matches("directives:").to_owned();
+    let received = "query($u: ID!) { unit(id: $u) { directivesReceived { title } } }";
+    let d = f
+        .ok(Some(&v01), received, json!({ "u": VILLAGES[0] }))
+        .await;
+    assert_eq!(
+        d["unit"]["directivesReceived"],
+        json!([{ "title": "Spring planting" }])
+    );
+    let d = f
+        .ok(Some(&township), received, json!({ "u": "c01/k01/t01" }))
+        .await;
+    assert_eq!(
+        d["unit"]["directivesReceived"],
+        json!([]),
+        "not addressed: {d}"
+    );
+    let d = f
+        .ok(
+            Some(&township),
+            "query($id: ID!) { record(id: $id) { __typename } }",
+            json!({ "id": directive }),
+        )
+        .await;
+    assert!(d["record"].is_null(), "a township does not read it: {d}");
+    let report_back = "mutation($u: ID!, $d: ID!) { createReport(input: { unit: $u,
+        kind: REPORT_BACK, period: \"2026Q1\", submittedOn: \"2026-03-01\", body: \"Done\",
+        directive: $d }) { id } }";
+    let d = f
+        .ok(
+            Some(&v01),
+            report_back,
+            json!({ "u": VILLAGES[0], "d": target }),
+        )
+        .await;
+    let report = d["createReport"]["id"].as_str().unwrap().to_owned();
+    let r = f
+        .gql(
+            Some(&county),
+            report_back,
+            json!({ "u": "c01/k01", "d": target }),
+        )
+        .await;
+    assert_eq!(
+        code(&r),
+        "BAD_USER_INPUT",
+        "the issuer reporting to itself: {r}"
+    );
+    let receipts =
+        "{ nodeUnit { directiveReceipts { directive { title } addressed received rate } } }";
+    let d = f.ok(Some(&county), receipts, json!({})).await;
+    assert_eq!(
+        d["nodeUnit"]["directiveReceipts"],
+        json!([{ "directive": { "title": "Spring planting" }, "addressed": 3, "received": 1,
+            "rate": 1.0 / 3.0 }])
+    );
+    // The township reviews the report; its figures count it.
+    f.ok(
+        Some(&township),
+        "mutation($id: ID!) { updateReport(id: $id, input: { review: ACCEPTED }) { id } }",
+        json!({ "id": report }),
+    )
+    .await;
+    let d = f
+        .ok(
+            Some(&county),
+            "{ nodeUnit { indicators(year: 2026) { reportsSubmitted reportsReviewed directivesIssued } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["nodeUnit"]["indicators"],
+        json!({ "reportsSubmitted": 1, "reportsReviewed": 1, "directivesIssued": 1 })
+    );
+
+    // Disclosures are public; meetings are not.
+    f.ok(
+        Some(&v01),
+        "mutation { createDisclosure(input: { unit: \"c01/k01/t01/v01\", title: \"Subsidies 2026\",
+            category: FUNDS, publishedOn: \"2026-03-01\", body: \"...\" }) { id } }",
+        json!({}),
+    )
+    .await;
+    let d = f
+        .ok(
+            None,
+            "{ unit(id: \"c01/k01\") { disclosures(subtree: true, category: FUNDS) {
+                totalCount edges { node { title unit { name } } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["unit"]["disclosures"],
+        json!({ "totalCount": 1, "edges": [{ "node": { "title": "Subsidies 2026",
+            "unit": { "name": "Liujia Village" } } }] })
+    );
+    let r = f
+        .gql(
+            None,
+            "{ unit(id: \"c01/k01\") { meetings { totalCount } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&r), "UNAUTHENTICATED", "{r}");
+
+    // Coverage and pipeline figures, and their children's, from the roll-ups.
+    let figures = "{ nodeUnit { indicators(year: 2025) { villages activists applicants
+        reserveCadres villagesWithActivityPlace activityPlaceCoverage
+        organisationCoverage { organisation villages }
+        appraisalsHeld appraisalsCompleted routineMeetings { quarter kind count } } } }";
+    let before = f.ok(Some(&county), figures, json!({})).await;
+    let i = &before["nodeUnit"]["indicators"];
+    assert_eq!(i["villages"], 3, "{i}");
+    assert_eq!(i["activists"], 4, "{i}");
+    assert_eq!(i["applicants"], 1, "{i}");
+    assert_eq!(i["reserveCadres"], 1, "{i}");
+    assert_eq!(i["villagesWithActivityPlace"], 1, "{i}");
+    assert_eq!(i["activityPlaceCoverage"], 1.0 / 3.0, "{i}");
+    assert_eq!(
+        i["organisationCoverage"][0],
+        json!({ "organisation": "PARTY_BRANCH", "villages": 2 })
+    );
+    assert_eq!(
+        (
+            i["appraisalsHeld"].clone(),
+            i["appraisalsCompleted"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        i["routineMeetings"][15],
+        json!({ "quarter": "2025Q4", "kind": "PARTY_LECTURE", "count": 1 })
+    );
+
+    // The incrementally kept views equal a rebuild from the documents.
+    assert_eq!(
+        f.backend.store.verify_views().await.unwrap(),
+        Vec::<String>::new()
+    );
+    f.backend.store.rebuild_views().await.unwrap();
+    assert_eq!(f.ok(Some(&county), figures, json!({})).await, before);
+}
