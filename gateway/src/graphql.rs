@@ -746,8 +746,11 @@ fn ended_quarters(year: i64) -> Vec<String> {
     (1..=ended).map(|q| format!("{year}Q{q}")).collect()
 }
 
-/// Each target and whether one village's roll-up meets it in `year`.
-fn seed_targets(year: i64) -> Vec<(TargetKind, String, Box<dyn Fn(&gs::Rollup) -> bool>)> {
+/// Whether one village's roll-up meets a target.
+type Meets = Box<dyn Fn(&gs::Rollup) -> bool>;
+
+/// Each target, as the seed states it, and whether one village's roll-up meets it in `year`.
+fn seed_targets(year: i64) -> Vec<(TargetKind, String, Meets)> {
     let quarters = ended_quarters(year);
     let routine: Vec<String> = quarters
         .iter()
