@@ -149,6 +149,10 @@ enum UserCommand {
         /// viewer, clerk, supervisor or admin.
         #[arg(long)]
         role: Role,
+        /// Who the token is for; named in the records they write (default: a label from
+        /// the token).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -217,10 +221,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_run(&dir).await
         }
         Command::User {
-            command: UserCommand::Add { dir, unit, role },
+            command:
+                UserCommand::Add {
+                    dir,
+                    unit,
+                    role,
+                    name,
+                },
         } => {
             init_tracing("warn");
-            user_add(&dir, unit, role).await
+            user_add(&dir, unit, role, name).await
         }
         Command::Demo { dir } => {
             init_tracing("warn");
@@ -348,7 +358,12 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn user_add(dir: &Path, unit: UnitId, role: Role) -> anyhow::Result<()> {
+async fn user_add(
+    dir: &Path,
+    unit: UnitId,
+    role: Role,
+    name: Option<String>,
+) -> anyhow::Result<()> {
     let identity = Identity::load(&dir.join("pki"))?;
     if !unit.is_in_subtree_of(&identity.unit) {
         bail!("{unit} is not {} or below it", identity.unit);
@@ -357,7 +372,7 @@ async fn user_add(dir: &Path, unit: UnitId, role: Role) -> anyhow::Result<()> {
         grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
     let token = new_token()?;
     store
-        .add_user(token_hash(&token), unit.clone(), role)
+        .add_named_user(token_hash(&token), unit.clone(), role, name)
         .await?;
     thread.shutdown().await;
     println!("{token}");

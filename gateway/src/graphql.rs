@@ -42,6 +42,10 @@ pub struct Backend {
     pub reader: StoreReader,
 }
 
+/// The user a request's token was issued to (request data beside the [`Caller`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserName(pub String);
+
 /// The schema type served at `/graphql`.
 pub type GatewaySchema = Schema<Query, Mutation, SubscriptionRoot>;
 
@@ -1628,6 +1632,11 @@ impl StampGql {
     async fn role(&self) -> RoleGql {
         self.0.role.into()
     }
+    /// The user the writer's token was issued to (`grassroots user add --name`, else a
+    /// label from the token); null on records written before users were named.
+    async fn user(&self) -> Option<&str> {
+        self.0.user.as_deref()
+    }
 }
 
 /// Who the caller is.
@@ -1844,7 +1853,14 @@ pub(crate) fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) ->
             format!("this node ({}) does not hold {owner}", b.node_unit),
         ));
     }
-    Ok((unit.clone(), *role))
+    let user = ctx
+        .data_opt::<UserName>()
+        .map_or_else(|| "unknown".to_owned(), |u| u.0.clone());
+    Ok(Writer {
+        unit: unit.clone(),
+        role: *role,
+        user,
+    })
 }
 
 /// Write operations. Each returns once the change is durable on this node.

@@ -20,7 +20,7 @@ use grassroots_node::auth::token_hash;
 use grassroots_schema::Caller;
 
 use crate::error::{Code, code_unlabelled, error, internal};
-use crate::graphql::{Backend, GatewaySchema, StatusOnce, build_schema_with};
+use crate::graphql::{Backend, GatewaySchema, StatusOnce, UserName, build_schema_with};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -123,16 +123,19 @@ fn reply_error(e: async_graphql::Error) -> Json<async_graphql::Response> {
     ]))
 }
 
+/// The caller a token names, and the user it was issued to.
+type Who = (Caller, Option<UserName>);
+
 /// The caller a request's bearer token names; no header means anonymous.
-fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, async_graphql::Error> {
+fn authenticate(app: &App, headers: &HeaderMap) -> Result<Who, async_graphql::Error> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(Caller::Anonymous);
+        return Ok((Caller::Anonymous, None));
     };
     caller_of(app, value.to_str().ok())
 }
 
 /// The caller an `Authorization` value (`Bearer <token>`) names.
-fn caller_of(app: &App, authorization: Option<&str>) -> Result<Caller, async_graphql::Error> {
+fn caller_of(app: &App, authorization: Option<&str>) -> Result<Who, async_graphql::Error> {
     let token = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
@@ -148,7 +151,13 @@ fn caller_of(app: &App, authorization: Option<&str>) -> Result<Caller, async_gra
         .user(&token_hash(token))
         .map_err(internal)?
     {
-        Some((unit, role)) => Ok(Caller::User { unit, role }),
+        Some(u) => Ok((
+            Caller::User {
+                unit: u.unit,
+                role: u.role,
+            },
+            Some(UserName(u.name)),
+        )),
         None => Err(error(Code::Unauthenticated, "unknown token")),
     }
 }
@@ -197,7 +206,7 @@ async fn graphql(
             return (StatusCode::BAD_REQUEST, reply).into_response();
         }
     };
-    let caller = match authenticate(&app, &headers) {
+    let (caller, user) = match authenticate(&app, &headers) {
         Ok(c) => c,
         Err(e) => return (StatusCode::UNAUTHORIZED, reply_error(e)).into_response(),
     };
@@ -218,13 +227,11 @@ async fn graphql(
         }
         request = request.disable_introspection();
     }
-    match tokio::time::timeout(
-        QUERY_TIMEOUT,
-        app.schema
-            .execute(request.data(caller).data(StatusOnce::default())),
-    )
-    .await
-    {
+    request = request.data(caller).data(StatusOnce::default());
+    if let Some(u) = user {
+        request = request.data(u);
+    }
+    match tokio::time::timeout(QUERY_TIMEOUT, app.schema.execute(request)).await {
         Ok(mut resp) => {
             code_unlabelled(&mut resp);
             Json(resp).into_response()
@@ -258,15 +265,18 @@ async fn graphql_ws(
             let schema = app.schema.clone();
             GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
-                    let caller = match from_header {
+                    let (caller, user) = match from_header {
                         Some(c) => c,
                         None => match payload.get("Authorization").and_then(|v| v.as_str()) {
                             Some(value) => caller_of(&app, Some(value))?,
-                            None => Caller::Anonymous,
+                            None => (Caller::Anonymous, None),
                         },
                     };
                     let mut data = async_graphql::Data::default();
                     data.insert(caller);
+                    if let Some(u) = user {
+                        data.insert(u);
+                    }
                     data.insert(StatusOnce::default());
                     Ok(data)
                 })

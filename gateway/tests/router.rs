@@ -34,6 +34,10 @@ async fn fixture() -> Fixture {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new token bound to `unit` with `role`.
 async fn token_for(f: &Fixture, unit: &str, role: Role) -> String {
     let token = new_token().unwrap();
@@ -459,14 +463,27 @@ async fn targets_name_the_villages_that_miss_them() {
 async fn records_carry_who_wrote_them_and_when() {
     let f = fixture().await;
     let clerk = token_for(&f, "c01/k01/t01", Role::Clerk).await;
-    let supervisor = token_for(&f, "c01/k01", Role::Supervisor).await;
+    // A named user; the clerk's token has no name and is labelled from its hash.
+    let supervisor = new_token().unwrap();
+    f.backend
+        .store
+        .add_named_user(
+            token_hash(&supervisor),
+            "c01/k01".parse().unwrap(),
+            Role::Supervisor,
+            Some("Chen Jing".into()),
+        )
+        .await
+        .unwrap();
     let create = r#"mutation { createMember(input: { unit: "c01/k01/t01", name: "Zhao Min",
         birthYear: 1992, gender: FEMALE, education: COLLEGE, joinedOn: "2021-06-01" }) {
-        id created { unit role at } changed { unit } } }"#;
+        id created { unit role user at } changed { unit } } }"#;
     let r = query(&f, Some(&clerk), create).await;
     let m = &r["data"]["createMember"];
     assert_eq!(m["created"]["unit"], "c01/k01/t01", "{r}");
     assert_eq!(m["created"]["role"], "CLERK", "{r}");
+    let label = format!("user-{}", &hex(&token_hash(&clerk))[..8]);
+    assert_eq!(m["created"]["user"], label.as_str(), "{r}");
     assert!(
         m["created"]["at"]
             .as_str()
@@ -478,7 +495,7 @@ async fn records_carry_who_wrote_them_and_when() {
 
     let update = format!(
         r#"mutation {{ updateMember(id: "{id}", input: {{ name: "Zhao Min (corrected)" }}) {{
-        name created {{ unit role }} changed {{ unit role at }} }} }}"#
+        name created {{ unit role }} changed {{ unit role user at }} }} }}"#
     );
     let r = query(&f, Some(&supervisor), &update).await;
     let m = &r["data"]["updateMember"];
@@ -490,17 +507,19 @@ async fn records_carry_who_wrote_them_and_when() {
     );
     assert_eq!(m["changed"]["unit"], "c01/k01", "{r}");
     assert_eq!(m["changed"]["role"], "SUPERVISOR", "{r}");
+    assert_eq!(m["changed"]["user"], "Chen Jing", "{r}");
 
     // Read back from the view, and the view equals what the document holds.
     let r = query(
         &f,
         Some(&supervisor),
-        &format!(r#"{{ member(id: "{id}") {{ created {{ role }} changed {{ role }} }} }}"#),
+        &format!(r#"{{ member(id: "{id}") {{ created {{ role }} changed {{ role user }} }} }}"#),
     )
     .await;
     assert_eq!(
         r["data"]["member"],
-        json!({ "created": { "role": "CLERK" }, "changed": { "role": "SUPERVISOR" } }),
+        json!({ "created": { "role": "CLERK" },
+            "changed": { "role": "SUPERVISOR", "user": "Chen Jing" } }),
         "{r}"
     );
     assert_eq!(

@@ -116,21 +116,32 @@ pub struct Stamp {
     /// The writer's role there.
     #[serde(with = "role_str")]
     pub role: Role,
+    /// The user the writer's token was issued to (its name, or a label from the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Stamp {
-    /// `"<unit> <role>"`, the form stored in a document.
+    /// `"<unit> <role>[ <user>]"`, the form stored in a document.
     pub fn by(&self) -> String {
-        format!("{} {}", self.unit, self.role.as_str())
+        match &self.user {
+            Some(u) => format!("{} {} {u}", self.unit, self.role.as_str()),
+            None => format!("{} {}", self.unit, self.role.as_str()),
+        }
     }
 
     /// A stamp from its stored form, or `None` if it does not parse.
     pub fn parse(at_ms: i64, by: &str) -> Option<Stamp> {
-        let (unit, role) = by.split_once(' ')?;
+        let (unit, rest) = by.split_once(' ')?;
+        let (role, user) = match rest.split_once(' ') {
+            Some((r, u)) => (r, Some(u.to_owned())),
+            None => (rest, None),
+        };
         Some(Stamp {
             at_ms,
             unit: unit.parse().ok()?,
             role: role.parse().ok()?,
+            user,
         })
     }
 }
@@ -213,6 +224,18 @@ fn validate_sensitive(phone: Option<&str>, id_number: Option<&str>) -> Result<()
         if !ok {
             return Err(RecordError::BadIdNumber);
         }
+    }
+    Ok(())
+}
+
+/// A user's name on a token: 1-60 characters, no control characters.
+pub fn validate_user_name(name: &str) -> Result<(), RecordError> {
+    let n = name.trim().chars().count();
+    if n == 0 || n > 60 || name.chars().any(char::is_control) {
+        return Err(RecordError::BadField {
+            field: "user name".into(),
+            why: "must be 1-60 characters without control characters".into(),
+        });
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use reader::{MemberCursor, MemberPage, RecordPage, StoreReader};
+pub use reader::{MemberCursor, MemberPage, RecordPage, StoreReader, TokenUser};
 use tables::*;
 
 use crate::doc::{self, DocError};
@@ -163,6 +163,7 @@ enum Command {
         token_hash: [u8; 32],
         unit: UnitId,
         role: Role,
+        name: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     PeerUp {
@@ -550,17 +551,29 @@ impl StoreHandle {
         .await
     }
 
-    /// Bind a token (by its hash) to a unit and role.
+    /// Bind a token (by its hash) to a unit and role; its user is labelled from the hash.
     pub async fn add_user(
         &self,
         token_hash: [u8; 32],
         unit: UnitId,
         role: Role,
     ) -> Result<(), StoreError> {
+        self.add_named_user(token_hash, unit, role, None).await
+    }
+
+    /// Bind a token to a unit and role for a named user (named in the records they write).
+    pub async fn add_named_user(
+        &self,
+        token_hash: [u8; 32],
+        unit: UnitId,
+        role: Role,
+        name: Option<String>,
+    ) -> Result<(), StoreError> {
         self.ask(|reply| Command::AddUser {
             token_hash,
             unit,
             role,
+            name,
             reply,
         })
         .await
@@ -658,15 +671,24 @@ impl RecordOp {
     }
 }
 
-/// Who makes a write through the gateway: the token's unit and role.
-pub type Writer = (UnitId, Role);
+/// Who makes a write through the gateway: the token's unit, role and user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    /// The unit the token is bound to.
+    pub unit: UnitId,
+    /// Its role there.
+    pub role: Role,
+    /// Who the token was issued to.
+    pub user: String,
+}
 
 /// A writer's stamp, at the time the store takes the write.
 fn stamped(by: Option<Writer>) -> Option<Stamp> {
-    by.map(|(unit, role)| Stamp {
+    by.map(|w| Stamp {
         at_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
-        unit,
-        role,
+        unit: w.unit,
+        role: w.role,
+        user: Some(w.user),
     })
 }
 
@@ -991,9 +1013,20 @@ impl Actor {
                 token_hash,
                 unit,
                 role,
+                name,
                 reply,
             } => {
-                batch.users.push((token_hash, format!("{unit} {role}")));
+                let row = match name.as_deref().map(str::trim) {
+                    Some(n) => {
+                        if let Err(e) = grassroots_schema::records::validate_user_name(n) {
+                            let _ = reply.send(Err(StoreError::Corrupt(e.to_string())));
+                            return;
+                        }
+                        format!("{unit} {role} {n}")
+                    }
+                    None => format!("{unit} {role}"),
+                };
+                batch.users.push((token_hash, row));
                 batch.replies.push(Box::new(move |c| {
                     let _ = reply.send(c.map_err(|e| StoreError::Corrupt(e.to_string())));
                 }));

@@ -68,6 +68,17 @@ pub struct MemberPage {
     pub has_next: bool,
 }
 
+/// What a token is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUser {
+    /// The unit.
+    pub unit: UnitId,
+    /// The role there.
+    pub role: Role,
+    /// Who it was issued to.
+    pub name: String,
+}
+
 /// One page of a listing of records of the other kinds.
 #[derive(Debug, Clone)]
 pub struct RecordPage {
@@ -455,23 +466,31 @@ impl StoreReader {
         Ok(n)
     }
 
-    /// The (unit, role) a token hash is bound to.
-    pub fn user(&self, token_hash: &[u8; 32]) -> Result<Option<(UnitId, Role)>, StoreError> {
+    /// The unit, role and user a token hash is bound to. A token added without a name is
+    /// labelled `user-` and the first 8 hex digits of its hash.
+    pub fn user(&self, token_hash: &[u8; 32]) -> Result<Option<TokenUser>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(USERS).map_err(db)?;
         let Some(v) = t.get(token_hash.as_slice()).map_err(db)? else {
             return Ok(None);
         };
         let s = v.value();
-        let (unit, role) = s
+        let (unit, rest) = s
             .split_once(' ')
             .ok_or_else(|| StoreError::Corrupt(format!("user row {s:?}")))?;
+        let (role, name) = match rest.split_once(' ') {
+            Some((r, n)) => (r, n.to_owned()),
+            None => {
+                let hex: String = token_hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+                (rest, format!("user-{hex}"))
+            }
+        };
         let unit = unit
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
         let role = role
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-        Ok(Some((unit, role)))
+        Ok(Some(TokenUser { unit, role, name }))
     }
 }
