@@ -262,7 +262,7 @@ async fn graphql_ws(
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
         .on_upgrade(move |stream| {
-            let schema = app.schema.clone();
+            let schema = Timed(app.schema.clone());
             GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let (caller, user) = match from_header {
@@ -282,6 +282,74 @@ async fn graphql_ws(
                 })
                 .serve()
         })
+}
+
+/// The schema as the WebSocket runs it: queries and mutations end after [`QUERY_TIMEOUT`]
+/// as over HTTP (subscriptions run until the client stops them), and every error gets its
+/// code.
+#[derive(Clone)]
+struct Timed(GatewaySchema);
+
+impl async_graphql::Executor for Timed {
+    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
+        match tokio::time::timeout(QUERY_TIMEOUT, self.0.execute(request)).await {
+            Ok(mut resp) => {
+                code_unlabelled(&mut resp);
+                resp
+            }
+            Err(_) => timed_out(),
+        }
+    }
+
+    fn execute_stream(
+        &self,
+        request: async_graphql::Request,
+        session_data: Option<Arc<async_graphql::Data>>,
+    ) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
+        use futures_util::StreamExt as _;
+        let subscription = is_subscription(&request);
+        let mut stream = async_graphql::Executor::execute_stream(&self.0, request, session_data);
+        if subscription {
+            return stream
+                .map(|mut resp| {
+                    code_unlabelled(&mut resp);
+                    resp
+                })
+                .boxed();
+        }
+        futures_util::stream::once(async move {
+            match tokio::time::timeout(QUERY_TIMEOUT, stream.next()).await {
+                Ok(Some(mut resp)) => {
+                    code_unlabelled(&mut resp);
+                    resp
+                }
+                Ok(None) => async_graphql::Response::default(),
+                Err(_) => timed_out(),
+            }
+        })
+        .boxed()
+    }
+}
+
+fn timed_out() -> async_graphql::Response {
+    async_graphql::Response::from_errors(vec![
+        error(Code::Timeout, "query timed out").into_server_error(async_graphql::Pos::default()),
+    ])
+}
+
+/// Whether the operation a request runs is a subscription (a request that does not parse
+/// is not; the schema answers it with its error).
+fn is_subscription(request: &async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let op = match (&doc.operations, &request.operation_name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    op.is_some_and(|op| op.node.ty == OperationType::Subscription)
 }
 
 /// Whether any operation of `doc` selects `__schema` or `__type` at its root, directly or

@@ -140,6 +140,72 @@ async fn changes_follow_the_callers_scope() {
         "{got}"
     );
 
+    // Records of the other kinds are named by their kind.
+    let meeting = [("kind", "party_lecture"), ("heldOn", "2026-03-01")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), grassroots_schema::Value::Text(v.into())))
+        .chain([("attendance".to_owned(), grassroots_schema::Value::Int(9))])
+        .collect();
+    store
+        .create_record(
+            grassroots_schema::DocKind::Meetings,
+            "c01/k01/t01/v02".parse().unwrap(),
+            meeting,
+            None,
+        )
+        .await
+        .unwrap();
+    let got = next(&mut mine, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        got["payload"]["data"]["changes"],
+        json!({ "unit": "c01/k01/t01/v02", "kind": "MEETINGS", "missed": 0 }),
+        "{got}"
+    );
+
+    // Queries run over the socket too, with the same error codes as over HTTP.
+    send(
+        &mut mine,
+        json!({ "id": "2", "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { id } }" } }),
+    )
+    .await;
+    let got = next(&mut mine, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got["id"], "2", "{got}");
+    assert_eq!(got["payload"]["data"]["nodeUnit"]["id"], "c01/k01", "{got}");
+    assert_eq!(
+        next(&mut mine, Duration::from_secs(5)).await.unwrap()["type"],
+        "complete"
+    );
+    send(
+        &mut mine,
+        json!({ "id": "3", "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { members(first: 101) { totalCount } } }" } }),
+    )
+    .await;
+    let got = next(&mut mine, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got["id"], "3", "{got}");
+    assert_eq!(
+        got["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{got}"
+    );
+    assert_eq!(
+        next(&mut mine, Duration::from_secs(5)).await.unwrap()["type"],
+        "complete"
+    );
+
+    send(
+        &mut mine,
+        json!({ "id": "4", "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { nosuch } }" } }),
+    )
+    .await;
+    let got = next(&mut mine, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got["id"], "4", "{got}");
+    assert_eq!(
+        got["payload"]["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED",
+        "{got}"
+    );
+
     let _ = stop.send(());
     drop((mine, theirs, forged));
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
