@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use grassroots_schema::{Education, Gender, MemberStatus, NewMember, Role, UnitId};
+use grassroots_schema::entities::{MeetingKind, Organisation, ServiceFunction};
+use grassroots_schema::{
+    DocKind, Education, Fields, Gender, MemberStatus, NewMember, Role, UnitDetails, UnitId, Value,
+};
 
 use crate::federation::{Federation, UnitSpec};
 
@@ -139,8 +142,154 @@ pub async fn seed(fed: &Federation) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("seeding {}", spec.id))?;
         }
+        for (kind, fields) in records_for(&spec.id, last_year()) {
+            store
+                .create_record(kind, spec.id.clone(), fields, None)
+                .await
+                .with_context(|| format!("seeding {} of {}", kind.as_str(), spec.id))?;
+        }
+        if spec.id.level() == grassroots_schema::Level::Village {
+            store
+                .set_unit_details(spec.id.clone(), village_details(&spec.id))
+                .await
+                .with_context(|| format!("seeding the profile of {}", spec.id))?;
+        }
     }
     Ok(())
+}
+
+/// Last calendar year (UTC): the demo's meetings and appraisals are last year's, so the
+/// year's targets are decided.
+fn last_year() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days to a civil year is exact enough here: a year off only on New Year's Eve.
+    1970 + (secs / 31_556_952) as i64 - 1
+}
+
+fn seed_rng(unit: &UnitId, salt: u64) -> Lcg {
+    Lcg(unit
+        .as_str()
+        .bytes()
+        .fold(salt, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b))))
+}
+
+/// Organisations and activity place of a village: most have all, some miss one (coverage
+/// gaps the levels above must see).
+fn village_details(unit: &UnitId) -> UnitDetails {
+    let mut rng = seed_rng(unit, 11);
+    let mut organisations = vec![Organisation::PartyBranch];
+    if rng.next(4) != 0 {
+        organisations.push(Organisation::VillagersCommittee);
+    }
+    if rng.next(2) == 0 {
+        organisations.push(Organisation::FarmersCooperative);
+    }
+    UnitDetails {
+        organisations: Some(organisations),
+        activity_place: Some(rng.next(5) != 0),
+        functions: Some(vec![
+            ServiceFunction::ActivityCentre,
+            ServiceFunction::Culture,
+        ]),
+        ..UnitDetails::default()
+    }
+}
+
+/// A unit's records of the other kinds in `year`: villages have activists, routine
+/// meetings (sometimes one skipped), an appraisal, a complaint and a disclosure; counties
+/// issue a directive to their villages.
+fn records_for(unit: &UnitId, year: i64) -> Vec<(DocKind, Fields)> {
+    let mut rng = seed_rng(unit, 13);
+    let text = |s: &str| Value::Text(s.to_owned());
+    let f = |pairs: Vec<(&str, Value)>| -> Fields {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
+    let mut out = Vec::new();
+    match unit.level() {
+        grassroots_schema::Level::Village => {
+            for _ in 0..rng.next(5) {
+                let name = format!(
+                    "{} {}",
+                    SURNAMES[rng.next(SURNAMES.len())],
+                    GIVEN[rng.next(GIVEN.len())]
+                );
+                out.push((
+                    DocKind::Activists,
+                    f(vec![
+                        ("name", text(&name)),
+                        ("stage", text("activist")),
+                        ("since", text(&format!("{year}-0{}-15", 1 + rng.next(9)))),
+                    ]),
+                ));
+            }
+            let skip = rng.next(6);
+            for (q, month) in ["02", "05", "08", "11"].into_iter().enumerate() {
+                for (k, kind) in MeetingKind::ROUTINE.iter().enumerate() {
+                    if skip == q * 4 + k {
+                        continue;
+                    }
+                    out.push((
+                        DocKind::Meetings,
+                        f(vec![
+                            ("kind", text(kind.as_str())),
+                            ("heldOn", text(&format!("{year}-{month}-1{k}"))),
+                            ("attendance", Value::Int(8 + rng.next(20) as i64)),
+                        ]),
+                    ));
+                }
+            }
+            if rng.next(4) != 0 {
+                out.push((
+                    DocKind::Appraisals,
+                    f(vec![
+                        ("kind", text("democratic_appraisal")),
+                        ("year", Value::Int(year)),
+                        ("subject", text("Members of the branch")),
+                        ("result", text("competent")),
+                    ]),
+                ));
+            }
+            out.push((
+                DocKind::Complaints,
+                f(vec![
+                    ("subject", text("Irrigation channel blocked")),
+                    (
+                        "body",
+                        text("The channel above the fields has been blocked since spring."),
+                    ),
+                    ("filedOn", text(&format!("{year}-10-08"))),
+                    ("dueOn", text(&format!("{year}-10-22"))),
+                    ("complainant", text("A villager")),
+                ]),
+            ));
+            out.push((
+                DocKind::Disclosures,
+                f(vec![
+                    ("title", text(&format!("Farmland subsidies {year}"))),
+                    ("category", text("funds")),
+                    ("publishedOn", text(&format!("{year}-06-30"))),
+                    ("body", text("Recipients and amounts, paid point to point.")),
+                ]),
+            ));
+        }
+        grassroots_schema::Level::County => out.push((
+            DocKind::Directives,
+            f(vec![
+                ("title", text("Spring planting and flood prevention")),
+                (
+                    "body",
+                    text("Every village checks its channels and reports back."),
+                ),
+                ("issuedOn", text(&format!("{year}-03-01"))),
+                ("toLevel", text("village")),
+                ("reportBack", Value::Bool(true)),
+            ]),
+        )),
+        _ => {}
+    }
+    out
 }
 
 /// `demo.json`: for each unit its id, name, level, parent, GraphQL URL and a token per role.
