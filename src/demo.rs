@@ -130,6 +130,8 @@ pub fn members_for(unit: &UnitId, count: usize) -> Vec<NewMember> {
 
 /// Seed every node with its own members (written at its own node, so they sync upward).
 pub async fn seed(fed: &Federation) -> anyhow::Result<()> {
+    // Each county's fund programme, which its villages pay out (units come root first).
+    let mut programmes = std::collections::HashMap::new();
     for spec in &fed.units {
         let count = match spec.id.level() {
             grassroots_schema::Level::Village => 6,
@@ -142,11 +144,17 @@ pub async fn seed(fed: &Federation) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("seeding {}", spec.id))?;
         }
-        for (kind, fields) in records_for(&spec.id, last_year()) {
-            store
+        let county = std::iter::successors(Some(spec.id.clone()), UnitId::parent)
+            .find(|u| u.level() == grassroots_schema::Level::County);
+        let programme = county.as_ref().and_then(|c| programmes.get(c)).cloned();
+        for (kind, fields) in records_for(&spec.id, last_year(), programme.as_deref()) {
+            let r = store
                 .create_record(kind, spec.id.clone(), fields, None)
                 .await
                 .with_context(|| format!("seeding {} of {}", kind.as_str(), spec.id))?;
+            if kind == DocKind::Funds {
+                programmes.insert(spec.id.clone(), format!("{}#{}", r.id.unit, r.id.record));
+            }
         }
         if spec.id.level() == grassroots_schema::Level::Village {
             store
@@ -200,7 +208,7 @@ fn village_details(unit: &UnitId) -> UnitDetails {
 /// A unit's records of the other kinds in `year`: villages have activists, routine
 /// meetings (sometimes one skipped), an appraisal, a complaint and a disclosure; counties
 /// issue a directive to their villages.
-fn records_for(unit: &UnitId, year: i64) -> Vec<(DocKind, Fields)> {
+fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKind, Fields)> {
     let mut rng = seed_rng(unit, 13);
     let text = |s: &str| Value::Text(s.to_owned());
     let f = |pairs: Vec<(&str, Value)>| -> Fields {
@@ -209,7 +217,7 @@ fn records_for(unit: &UnitId, year: i64) -> Vec<(DocKind, Fields)> {
     let mut out = Vec::new();
     match unit.level() {
         grassroots_schema::Level::Village => {
-            for _ in 0..rng.next(5) {
+            for _ in 0..1 + rng.next(5) {
                 let name = format!(
                     "{} {}",
                     SURNAMES[rng.next(SURNAMES.len())],
@@ -224,7 +232,7 @@ fn records_for(unit: &UnitId, year: i64) -> Vec<(DocKind, Fields)> {
                     ]),
                 ));
             }
-            let skip = rng.next(6);
+            let skip = rng.next(40);
             for (q, month) in ["02", "05", "08", "11"].into_iter().enumerate() {
                 for (k, kind) in MeetingKind::ROUTINE.iter().enumerate() {
                     if skip == q * 4 + k {
@@ -264,6 +272,34 @@ fn records_for(unit: &UnitId, year: i64) -> Vec<(DocKind, Fields)> {
                     ("complainant", text("A villager")),
                 ]),
             ));
+            if let Some(p) = programme {
+                for i in 0..2 + rng.next(3) {
+                    let name = format!(
+                        "{} {}",
+                        SURNAMES[rng.next(SURNAMES.len())],
+                        GIVEN[rng.next(GIVEN.len())]
+                    );
+                    let in_kind = rng.next(8) == 0;
+                    out.push((
+                        DocKind::Disbursements,
+                        f(vec![
+                            ("programme", text(p)),
+                            ("recipient", text(&name)),
+                            ("amount", Value::Int(800)),
+                            (
+                                "method",
+                                text(if in_kind { "in_kind" } else { "bank_transfer" }),
+                            ),
+                            (
+                                "status",
+                                text(if i == 0 && in_kind { "delayed" } else { "paid" }),
+                            ),
+                            ("paidOn", text(&format!("{year}-04-1{i}"))),
+                            ("published", Value::Bool(true)),
+                        ]),
+                    ));
+                }
+            }
             out.push((
                 DocKind::Disclosures,
                 f(vec![
@@ -274,19 +310,30 @@ fn records_for(unit: &UnitId, year: i64) -> Vec<(DocKind, Fields)> {
                 ]),
             ));
         }
-        grassroots_schema::Level::County => out.push((
-            DocKind::Directives,
-            f(vec![
-                ("title", text("Spring planting and flood prevention")),
-                (
-                    "body",
-                    text("Every village checks its channels and reports back."),
-                ),
-                ("issuedOn", text(&format!("{year}-03-01"))),
-                ("toLevel", text("village")),
-                ("reportBack", Value::Bool(true)),
-            ]),
-        )),
+        grassroots_schema::Level::County => {
+            out.push((
+                DocKind::Directives,
+                f(vec![
+                    ("title", text("Spring planting and flood prevention")),
+                    (
+                        "body",
+                        text("Every village checks its channels and reports back."),
+                    ),
+                    ("issuedOn", text(&format!("{year}-03-01"))),
+                    ("toLevel", text("village")),
+                    ("reportBack", Value::Bool(true)),
+                ]),
+            ));
+            out.push((
+                DocKind::Funds,
+                f(vec![
+                    ("name", text("Farmland fertility subsidy")),
+                    ("year", Value::Int(year)),
+                    ("total", Value::Int(24_000)),
+                    ("perRecipient", Value::Int(800)),
+                ]),
+            ));
+        }
         _ => {}
     }
     out

@@ -349,6 +349,15 @@ pub struct AssetTotal {
     value: i64,
 }
 
+/// Disbursements with one status.
+#[derive(SimpleObject)]
+pub struct DisbursementCount {
+    /// The status.
+    status: en::DisbursementStatusGql,
+    /// How many.
+    count: i64,
+}
+
 /// Disclosures of one category.
 #[derive(SimpleObject)]
 pub struct DisclosureCount {
@@ -540,6 +549,33 @@ impl Indicators {
             .collect()
     }
 
+    /// Total of the fund programmes for `year` run in the subtree (yuan).
+    async fn funds_allocated(&self) -> i64 {
+        self.rollup.tally(&format!("funds/{}", self.year))
+    }
+
+    /// Total paid out in `year` in the subtree (yuan).
+    async fn funds_disbursed(&self) -> i64 {
+        self.rollup.tally(&format!("disbursed/{}", self.year))
+    }
+
+    /// Disbursements by status (all years): DELAYED and RETURNED ones are what whole-process
+    /// tracking looks for.
+    async fn disbursements(&self) -> Vec<DisbursementCount> {
+        gs::entities::DisbursementStatus::ALL
+            .iter()
+            .map(|s| DisbursementCount {
+                status: (*s).into(),
+                count: self.rollup.tally(&format!("disbursements/{}", s.as_str())),
+            })
+            .collect()
+    }
+
+    /// Disbursements paid in kind instead of money (all years).
+    async fn disbursements_in_kind(&self) -> i64 {
+        self.rollup.tally("disbursements_in_kind")
+    }
+
     /// Public disclosures by category.
     async fn disclosures(&self) -> Vec<DisclosureCount> {
         gs::entities::DisclosureCategory::ALL
@@ -598,6 +634,10 @@ pub enum RecordKind {
     Directives,
     /// Reports the unit submitted.
     Reports,
+    /// Fund programmes the unit runs.
+    Funds,
+    /// Disbursements paid at the unit.
+    Disbursements,
 }
 
 impl RecordKind {
@@ -616,6 +656,8 @@ impl RecordKind {
             DocKind::Complaints => RecordKind::Complaints,
             DocKind::Directives => RecordKind::Directives,
             DocKind::Reports => RecordKind::Reports,
+            DocKind::Funds => RecordKind::Funds,
+            DocKind::Disbursements => RecordKind::Disbursements,
             _ => return None,
         })
     }
@@ -1427,6 +1469,95 @@ impl Unit {
         )
     }
 
+    /// Fund programmes this unit (or its subtree) runs; `period` looks at `year`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn fund_programmes(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+    ) -> Result<RecordConnection<en::FundProgrammeGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(ctx, &self.id, args, &[])
+    }
+
+    /// Disbursements paid at this unit (or its subtree); `period` looks at `paidOn`. Anyone reads the published ones; the rest follow the unit's visibility.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn disbursements(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+        #[graphql(
+            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
+        )]
+        period: Option<String>,
+        #[graphql(desc = "Only this status.")] status: Option<en::DisbursementStatusGql>,
+        #[graphql(desc = "Only this method.")] method: Option<en::DisbursementMethodGql>,
+        #[graphql(desc = "Only those of this programme (`unit#record`).")] programme: Option<ID>,
+        #[graphql(desc = "Only published (true) or unpublished (false) ones.")] published: Option<
+            bool,
+        >,
+    ) -> Result<RecordConnection<en::DisbursementGql>> {
+        let args = ListArgs {
+            first,
+            after,
+            subtree,
+            level,
+            period,
+        };
+        en::list(
+            ctx,
+            &self.id,
+            args,
+            &[
+                ("status", status.map(en::FieldValue::into_value)),
+                ("method", method.map(en::FieldValue::into_value)),
+                ("programme", programme.map(en::FieldValue::into_value)),
+                ("published", published.map(en::FieldValue::into_value)),
+            ],
+        )
+    }
+
+    /// Fund programmes of the units above this one, which it pays out: for callers of this
+    /// unit or above it.
+    async fn fund_programmes_above(&self, ctx: &Context<'_>) -> Result<Vec<en::FundProgrammeGql>> {
+        let b = backend(ctx)?;
+        let who = caller(ctx);
+        if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
+            return Err(e);
+        }
+        let all = b
+            .reader
+            .records_above(DocKind::Funds, &self.id)
+            .map_err(internal)?;
+        Ok(all
+            .into_iter()
+            .filter(|r| gs::can_read_record(who, r))
+            .map(en::FundProgrammeGql)
+            .collect())
+    }
+
     /// How the units each directive of this unit addresses have reported back: for the
     /// unit's own callers and those above it. Directives within `period` when given.
     async fn directive_receipts(
@@ -1451,12 +1582,11 @@ impl Unit {
             let last = page.edges.last().map(|e| e.cursor.clone());
             for edge in page.edges {
                 let d = edge.node.0;
-                let target = format!("{}#{}", d.id.unit, d.id.record);
                 let addressed = b
                     .reader
                     .units_below(&d.id.unit, d.to_level())
                     .map_err(internal)?;
-                let received = b.reader.receipts(&target).map_err(internal)?;
+                let received = b.reader.referring_units(&d.id).map_err(internal)?;
                 out.push(DirectiveReceipts {
                     addressed: addressed as i64,
                     received: received as i64,
@@ -1487,7 +1617,10 @@ impl Unit {
         if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
             return Err(e);
         }
-        let all = b.reader.directives_above(&self.id).map_err(internal)?;
+        let all = b
+            .reader
+            .records_above(DocKind::Directives, &self.id)
+            .map_err(internal)?;
         Ok(all
             .into_iter()
             .filter(|d| d.to_level().is_none_or(|l| l == self.id.level()))
@@ -1706,6 +1839,12 @@ impl Query {
             DocKind::Complaints => en::by_id::<ComplaintGql>(ctx, &id)?.map(AnyRecord::Complaint),
             DocKind::Directives => en::by_id::<DirectiveGql>(ctx, &id)?.map(AnyRecord::Directive),
             DocKind::Reports => en::by_id::<ReportGql>(ctx, &id)?.map(AnyRecord::Report),
+            DocKind::Funds => {
+                en::by_id::<en::FundProgrammeGql>(ctx, &id)?.map(AnyRecord::FundProgramme)
+            }
+            DocKind::Disbursements => {
+                en::by_id::<en::DisbursementGql>(ctx, &id)?.map(AnyRecord::Disbursement)
+            }
             _ => {
                 return Err(error(
                     Code::BadUserInput,
@@ -1755,6 +1894,10 @@ pub enum AnyRecord {
     Directive(DirectiveGql),
     /// A report.
     Report(ReportGql),
+    /// A fund programme.
+    FundProgramme(en::FundProgrammeGql),
+    /// A disbursement.
+    Disbursement(en::DisbursementGql),
 }
 
 /// A change to a unit's profile; omitted parts stay.
@@ -2155,6 +2298,46 @@ impl Mutation {
         input: en::UpdateReportInput,
     ) -> Result<ReportGql> {
         ReportGql::update(ctx, &id, input).await
+    }
+
+    /// Add a fund programme: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_fund_programme(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateFundProgrammeInput,
+    ) -> Result<en::FundProgrammeGql> {
+        en::FundProgrammeGql::create(ctx, input).await
+    }
+
+    /// Change fields of a fund programme (same rule as creating one).
+    async fn update_fund_programme(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateFundProgrammeInput,
+    ) -> Result<en::FundProgrammeGql> {
+        en::FundProgrammeGql::update(ctx, &id, input).await
+    }
+
+    /// Add a disbursement: a clerk of the unit, or a supervisor above it (fields only supervisors
+    /// write need a supervisor).
+    async fn create_disbursement(
+        &self,
+        ctx: &Context<'_>,
+        input: en::CreateDisbursementInput,
+    ) -> Result<en::DisbursementGql> {
+        en::DisbursementGql::create(ctx, input).await
+    }
+
+    /// Change fields of a disbursement (same rule as creating one).
+    async fn update_disbursement(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: en::UpdateDisbursementInput,
+    ) -> Result<en::DisbursementGql> {
+        en::DisbursementGql::update(ctx, &id, input).await
     }
 
     /// Set a unit's name, organisations and activity place: a clerk of the unit, or a

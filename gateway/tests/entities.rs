@@ -493,3 +493,107 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     f.backend.store.rebuild_views().await.unwrap();
     assert_eq!(f.ok(Some(&county), figures, json!({})).await, before);
 }
+
+#[tokio::test]
+async fn fund_programmes_are_paid_point_to_point_and_published() {
+    let f = Fixture::new().await;
+    let county = f.token("c01/k01", Role::Clerk).await;
+    let v01 = f.token(VILLAGES[0], Role::Clerk).await;
+    let supervisor = f.token("c01/k01", Role::Supervisor).await;
+    f.ok(
+        Some(&supervisor),
+        "mutation { updateUnit(id: \"c01/k01/t01/v01\", input: { name: \"Liujia\" }) { id } }",
+        json!({}),
+    )
+    .await;
+    let d = f
+        .ok(
+            Some(&county),
+            "mutation { createFundProgramme(input: { unit: \"c01/k01\", name: \"Farmland subsidy\",
+                year: 2026, total: 300000, perRecipient: 800 }) { id } }",
+            json!({}),
+        )
+        .await;
+    let programme = d["createFundProgramme"]["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("funds:")
+        .to_owned();
+    // The village sees the programme it pays out.
+    let d = f
+        .ok(
+            Some(&v01),
+            "query($u: ID!) { unit(id: $u) { fundProgrammesAbove { name total } } }",
+            json!({ "u": VILLAGES[0] }),
+        )
+        .await;
+    assert_eq!(
+        d["unit"]["fundProgrammesAbove"],
+        json!([{ "name": "Farmland subsidy", "total": 300000 }])
+    );
+    let pay = "mutation($p: ID!, $r: String!, $m: DisbursementMethod!, $s: DisbursementStatus!,
+        $pub: Boolean) { createDisbursement(input: { unit: \"c01/k01/t01/v01\", programme: $p,
+        recipient: $r, recipientIdNumber: \"11010519491231002X\", amount: 800, method: $m,
+        status: $s, paidOn: \"2026-04-02\", published: $pub }) { id } }";
+    for (recipient, method, status, published) in [
+        ("Li Ming", "BANK_TRANSFER", "PAID", true),
+        ("Wang Hua", "BANK_TRANSFER", "PAID", false),
+        ("Zhao Qiang", "IN_KIND", "DELAYED", false),
+    ] {
+        f.ok(
+            Some(&v01),
+            pay,
+            json!({ "p": programme, "r": recipient, "m": method, "s": status, "pub": published }),
+        )
+        .await;
+    }
+    let r = f
+        .gql(
+            Some(&v01),
+            pay,
+            json!({ "p": "c01/k02#00000000000000aa", "r": "X", "m": "CASH", "s": "PAID" }),
+        )
+        .await;
+    assert_eq!(
+        code(&r),
+        "BAD_USER_INPUT",
+        "another county's programme: {r}"
+    );
+
+    // Anyone reads the published payment, without the recipient's identity number.
+    let list = "query($p: ID) { unit(id: \"c01/k01\") { disbursements(subtree: true,
+        programme: $p) { totalCount edges { node { recipient amount recipientIdNumber } } } } }";
+    let d = f.ok(None, list, json!({ "p": programme })).await;
+    assert_eq!(
+        d["unit"]["disbursements"],
+        json!({ "totalCount": 1, "edges": [{ "node": { "recipient": "Li Ming", "amount": 800,
+            "recipientIdNumber": null } }] })
+    );
+    let d = f.ok(Some(&v01), list, json!({ "p": programme })).await;
+    assert_eq!(d["unit"]["disbursements"]["totalCount"], 3, "{d}");
+    assert_eq!(
+        d["unit"]["disbursements"]["edges"][0]["node"]["recipientIdNumber"],
+        "11010519491231002X"
+    );
+    let d = f
+        .ok(
+            Some(&county),
+            "{ nodeUnit { indicators(year: 2026) { fundsAllocated fundsDisbursed
+                disbursementsInKind disbursements { status count } } } }",
+            json!({}),
+        )
+        .await;
+    let i = &d["nodeUnit"]["indicators"];
+    assert_eq!(i["fundsAllocated"], 300000, "{i}");
+    assert_eq!(i["fundsDisbursed"], 1600, "{i}");
+    assert_eq!(i["disbursementsInKind"], 1, "{i}");
+    assert_eq!(
+        i["disbursements"],
+        json!([{ "status": "PLANNED", "count": 0 }, { "status": "PAID", "count": 2 },
+            { "status": "DELAYED", "count": 1 }, { "status": "RETURNED", "count": 0 }])
+    );
+    assert_eq!(
+        f.backend.store.verify_views().await.unwrap(),
+        Vec::<String>::new()
+    );
+}

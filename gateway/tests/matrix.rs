@@ -1,7 +1,8 @@
-//! The visibility and write matrix through GraphQL, for member records: every role (and
-//! anonymous) x every relation between the caller's unit and the record's unit x read,
-//! create and update, each cell asserted allowed or refused; and, where the record is
-//! readable, whether its sensitive fields (phone, identity number) are shown. The rules have the same matrix
+//! The visibility and write matrix through GraphQL, for member records and every other
+//! record kind: every role (and anonymous) x every relation between the caller's unit and
+//! the record's unit x read, create and update (and a supervisory update where the kind has
+//! supervisory fields), each cell asserted allowed or refused; and, where the record is
+//! readable, whether its sensitive fields are shown. The rules have the same matrix
 //! as unit tests (`schema/src/rules.rs`); this one proves the gateway applies them and adds
 //! no path around them.
 
@@ -154,7 +155,7 @@ async fn every_role_relation_and_operation_on_member_records() {
 /// fields, and a sensitive field with the value created, if it has one.
 struct Kind {
     name: &'static str,
-    create: &'static str,
+    create: String,
     update: &'static str,
     supervisory: Option<&'static str>,
     sensitive: Option<(&'static str, &'static str)>,
@@ -162,17 +163,36 @@ struct Kind {
     addressed_down: bool,
 }
 
-fn kinds() -> Vec<Kind> {
-    let k = |name, create, update, supervisory, sensitive| Kind {
+/// Every kind; disbursements are paid out of `programme` (the root's, so above every
+/// unit).
+fn kinds(programme: &str) -> Vec<Kind> {
+    let k = |name, create: &str, update, supervisory, sensitive| Kind {
         name,
-        create,
+        create: create.to_owned(),
         update,
         supervisory,
         sensitive,
         public: name == "Disclosure",
-        addressed_down: name == "Directive",
+        addressed_down: matches!(name, "Directive" | "FundProgramme"),
     };
+    let disbursement = format!(
+        r#"programme: "{programme}", recipient: "Li Ming", recipientIdNumber: "11010519491231002X", amount: 800, method: BANK_TRANSFER, status: PLANNED"#
+    );
     vec![
+        k(
+            "FundProgramme",
+            r#"name: "Farmland subsidy", year: 2026, total: 500000"#,
+            r#"purpose: "Grain""#,
+            None,
+            None,
+        ),
+        k(
+            "Disbursement",
+            &disbursement,
+            "status: PAID",
+            None,
+            Some(("recipientIdNumber", "11010519491231002X")),
+        ),
         k(
             "Activist",
             r#"name: "Zhao Lei", stage: ACTIVIST, since: "2026-01-05", phone: "139 1234 5678""#,
@@ -276,9 +296,22 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
             }
         }
     }
+    let r = query(
+        &backend,
+        Some(&admin),
+        r#"mutation { createFundProgramme(input: { unit: "c01", name: "Subsidy", year: 2026,
+            total: 1000 }) { id } }"#,
+        json!({}),
+    )
+    .await;
+    let programme = r["data"]["createFundProgramme"]["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("funds:")
+        .to_owned();
     let mut cells = 0;
     let mut expected = 0;
-    for kind in kinds() {
+    for kind in kinds(&programme) {
         let n = kind.name;
         let create = format!(
             "mutation($u: ID!) {{ create{n}(input: {{ unit: $u, {} }}) {{ id }} }}",
@@ -361,7 +394,7 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
     }
     // Every kind: 7 relations x (anonymous + 4 roles) x (read, create, update), a
     // supervisory update for the 3 kinds that have one; the sensitive field of every
-    // readable record of the 2 kinds that have one (3 relations x 4 roles each).
-    assert_eq!(expected, 10 * 7 * 5 * 3 + 3 * 7 * 5);
-    assert_eq!(cells, expected + 2 * 3 * 4);
+    // readable record of the 3 kinds that have one (3 relations x 4 roles each).
+    assert_eq!(expected, 12 * 7 * 5 * 3 + 3 * 7 * 5);
+    assert_eq!(cells, expected + 3 * 3 * 4);
 }

@@ -220,6 +220,26 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// How a disbursement reached its recipient. The seed wants money paid point to point;
+    /// payment in kind is one of the failures to catch.
+    DisbursementMethod {
+        BankTransfer = "bank_transfer",
+        Cash = "cash",
+        InKind = "in_kind",
+    }
+);
+
+string_enum!(
+    /// Where a disbursement stands.
+    DisbursementStatus {
+        Planned = "planned",
+        Paid = "paid",
+        Delayed = "delayed",
+        Returned = "returned",
+    }
+);
+
 /// Levels a directive can be addressed to.
 const ADDRESSABLE: &[&str] = &["county", "township", "village"];
 
@@ -279,8 +299,16 @@ pub enum FieldType {
     Bool,
     /// A unit id: the record's own unit or one of its ancestors (who handles it).
     UnitUp,
-    /// A directive of one of the record's unit's ancestors, written `unit#record`.
-    DirectiveRef,
+    /// A record of `kind` owned by a unit above the record's unit (or by the record's unit
+    /// too, unless `strict`), written `unit#record`.
+    UpRef {
+        /// The kind referred to.
+        kind: DocKind,
+        /// Whether the referred record must be owned strictly above.
+        strict: bool,
+    },
+    /// A personal identity number (the members' rule).
+    IdNumber,
     /// A phone number (the members' rule).
     Phone,
 }
@@ -347,7 +375,7 @@ const MONEY: FieldType = FieldType::Int {
     max: 1_000_000_000_000,
 };
 use Access::{Plain, Sensitive, Supervisory};
-use FieldType::{Bool, Choice, Date, DirectiveRef, Phone, UnitUp};
+use FieldType::{Bool, Choice, Date, IdNumber, Phone, UnitUp, UpRef};
 
 /// Every record kind but members and profiles.
 pub const ENTITIES: &[EntitySpec] = &[
@@ -488,9 +516,52 @@ pub const ENTITIES: &[EntitySpec] = &[
             f("period", FieldType::Text { max: 10 }, true, Plain),
             f("submittedOn", Date, true, Plain),
             f("body", BODY, true, Plain),
-            f("directive", DirectiveRef, false, Plain),
+            f(
+                "directive",
+                UpRef {
+                    kind: DocKind::Directives,
+                    strict: true,
+                },
+                false,
+                Plain,
+            ),
             f("review", Choice(ReportReview::NAMES), false, Supervisory),
             f("reviewComment", NOTE, false, Supervisory),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Funds,
+        type_name: "FundProgramme",
+        period_field: "year",
+        fields: &[
+            f("name", NAME, true, Plain),
+            f("year", YEAR, true, Plain),
+            f("total", MONEY, true, Plain),
+            f("perRecipient", MONEY, false, Plain),
+            f("purpose", NOTE, false, Plain),
+        ],
+    },
+    EntitySpec {
+        kind: DocKind::Disbursements,
+        type_name: "Disbursement",
+        period_field: "paidOn",
+        fields: &[
+            f(
+                "programme",
+                UpRef {
+                    kind: DocKind::Funds,
+                    strict: false,
+                },
+                true,
+                Plain,
+            ),
+            f("recipient", NAME, true, Plain),
+            f("recipientIdNumber", IdNumber, false, Sensitive),
+            f("amount", MONEY, true, Plain),
+            f("method", Choice(DisbursementMethod::NAMES), true, Plain),
+            f("status", Choice(DisbursementStatus::NAMES), true, Plain),
+            f("paidOn", Date, false, Plain),
+            f("published", Bool, false, Plain),
         ],
     },
 ];
@@ -539,9 +610,22 @@ impl Record {
             .unwrap_or_else(|| self.id.unit.clone())
     }
 
-    /// The directive a report-back answers, as `unit#record`.
-    pub fn directive(&self) -> Option<&str> {
-        self.text("directive")
+    /// Whether anyone may read it: a published disbursement.
+    pub fn is_published(&self) -> bool {
+        self.id.kind == DocKind::Disbursements
+            && self.fields.get("published") == Some(&Value::Bool(true))
+    }
+
+    /// The record it refers to (a report-back's directive, a disbursement's programme), as
+    /// `kind:unit#record`, from its description's reference field.
+    pub fn refers_to(&self) -> Option<String> {
+        let spec = entity(self.id.kind)?;
+        spec.fields.iter().find_map(|f| match f.ty {
+            FieldType::UpRef { kind, .. } => self
+                .text(f.name)
+                .map(|target| format!("{}:{target}", kind.as_str())),
+            _ => None,
+        })
     }
 }
 
@@ -646,6 +730,21 @@ impl EntitySpec {
                     out.push((format!("reports_reviewed/{kind}/{period}"), 1));
                 }
             }
+            DocKind::Funds => {
+                let year = r.int("year").unwrap_or(0);
+                out.push((format!("funds/{year}"), r.int("total").unwrap_or(0)));
+            }
+            DocKind::Disbursements => {
+                out.push((format!("disbursements/{}", text("status")), 1));
+                if text("status") == "paid"
+                    && let Some(y) = r.text("paidOn").and_then(|d| d.get(..4))
+                {
+                    out.push((format!("disbursed/{y}"), r.int("amount").unwrap_or(0)));
+                }
+                if text("method") == "in_kind" {
+                    out.push(("disbursements_in_kind".into(), 1));
+                }
+            }
             DocKind::Profile | DocKind::Members => {}
         }
         out
@@ -688,14 +787,23 @@ fn check_value(spec: &FieldSpec, owner: &UnitId, value: &Value) -> Result<(), Re
                 return Err(bad(name, format!("must be {owner} or a unit above it")));
             }
         }
-        FieldType::DirectiveRef => {
+        FieldType::UpRef { kind, strict } => {
             let d: MemberId = text()?.parse().map_err(|e| bad(name, format!("{e}")))?;
-            if !d.unit.is_ancestor_of(owner) {
+            let above = if strict {
+                d.unit.is_ancestor_of(owner)
+            } else {
+                owner.is_in_subtree_of(&d.unit)
+            };
+            if !above {
+                let whose = if strict { "above" } else { "at or above" };
                 return Err(bad(
                     name,
-                    format!("must be a directive of a unit above {owner}"),
+                    format!("must name {} of a unit {whose} {owner}", kind.as_str()),
                 ));
             }
+        }
+        FieldType::IdNumber => {
+            crate::records::validate_id_number(text()?).map_err(|e| bad(name, e.to_string()))?
         }
         FieldType::Phone => {
             crate::records::validate_phone(text()?).map_err(|e| bad(name, e.to_string()))?

@@ -191,11 +191,17 @@ pub enum DocKind {
     Directives,
     /// Reports the unit submits upward (and its report-backs on directives).
     Reports,
+    /// Fund programmes the unit runs (subsidies for farmers). Addressed to all descendants,
+    /// which pay them out.
+    Funds,
+    /// Payments of fund programmes to recipients, point to point; published ones are
+    /// readable by anyone.
+    Disbursements,
 }
 
 impl DocKind {
     /// Every kind this version knows.
-    pub const ALL: [DocKind; 12] = [
+    pub const ALL: [DocKind; 14] = [
         DocKind::Profile,
         DocKind::Members,
         DocKind::Activists,
@@ -208,6 +214,8 @@ impl DocKind {
         DocKind::Complaints,
         DocKind::Directives,
         DocKind::Reports,
+        DocKind::Funds,
+        DocKind::Disbursements,
     ];
 
     /// Wire and storage name.
@@ -225,6 +233,8 @@ impl DocKind {
             DocKind::Complaints => "complaints",
             DocKind::Directives => "directives",
             DocKind::Reports => "reports",
+            DocKind::Funds => "funds",
+            DocKind::Disbursements => "disbursements",
         }
     }
 
@@ -232,6 +242,12 @@ impl DocKind {
     /// the public organisation chart that public disclosures hang from.
     pub fn is_public(self) -> bool {
         matches!(self, DocKind::Profile | DocKind::Disclosures)
+    }
+
+    /// Whether some records of this kind are public (published disbursements) though the
+    /// kind is not: readers are checked record by record.
+    pub fn has_public_records(self) -> bool {
+        matches!(self, DocKind::Disbursements)
     }
 }
 

@@ -220,12 +220,19 @@ fn validate_sensitive(phone: Option<&str>, id_number: Option<&str>) -> Result<()
         validate_phone(p)?;
     }
     if let Some(n) = id_number {
-        let ok = (4..=32).contains(&n.len()) && n.bytes().all(|c| c.is_ascii_alphanumeric());
-        if !ok {
-            return Err(RecordError::BadIdNumber);
-        }
+        validate_id_number(n)?;
     }
     Ok(())
+}
+
+/// 4-32 ASCII letters and digits.
+pub fn validate_id_number(n: &str) -> Result<(), RecordError> {
+    let ok = (4..=32).contains(&n.len()) && n.bytes().all(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(RecordError::BadIdNumber)
+    }
 }
 
 /// A user's name on a token: 1-60 characters, no control characters.

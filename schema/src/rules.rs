@@ -129,7 +129,9 @@ impl DocMeta {
     /// Metadata for a new document; the audience a kind always has is applied here.
     pub fn new(id: DocId) -> Self {
         let audience = match id.kind {
-            crate::ids::DocKind::Profile | crate::ids::DocKind::Directives => Audience::Descendants,
+            crate::ids::DocKind::Profile
+            | crate::ids::DocKind::Directives
+            | crate::ids::DocKind::Funds => Audience::Descendants,
             _ => Audience::None,
         };
         DocMeta { id, audience }
@@ -246,9 +248,13 @@ pub fn can_read_sensitive(caller: &Caller, owner: &UnitId) -> bool {
 
 /// Rule 3 for one record of the other kinds: the document's rule, narrowed for directives to
 /// the level each is addressed to (a township relays a directive for villages but does not
-/// read it). The issuer and its ancestors always read it.
+/// read it; the issuer and its ancestors always read it), widened for published
+/// disbursements, which anyone reads.
 pub fn can_read_record(caller: &Caller, record: &Record) -> bool {
     let owner = &record.id.unit;
+    if record.is_published() {
+        return true;
+    }
     if !can_read(caller, &DocMeta::new(record.id.doc())) {
         return false;
     }
@@ -517,6 +523,12 @@ mod tests {
         assert!(!can_read_record(&Caller::Anonymous, &to_all));
         let disclosure = record(DocKind::Disclosures, "c01/k01/t01/v01", &[]);
         assert!(can_read_record(&Caller::Anonymous, &disclosure));
+        let mut paid = record(DocKind::Disbursements, "c01/k01/t01/v01", &[]);
+        assert!(!can_read_record(&Caller::Anonymous, &paid));
+        assert!(!can_read_record(&at("c01/k01/t01/v02"), &paid), "a sibling");
+        paid.fields
+            .insert("published".into(), crate::entities::Value::Bool(true));
+        assert!(can_read_record(&Caller::Anonymous, &paid), "published");
     }
 
     #[test]

@@ -1203,7 +1203,7 @@ impl Actor {
                     let Some(spec) = entity(kind) else { continue };
                     let prefix = records_key(kind, owner);
                     for r in doc::read_records(&d, spec, owner) {
-                        if let Some(target) = r.directive() {
+                        if let Some(target) = r.refers_to() {
                             want_refs.insert(format!("{target}{}", ref_source(&r)), Vec::new());
                         }
                         want_records.insert(format!("{prefix}{}", r.id.record), to_json(&r)?);
@@ -2021,8 +2021,8 @@ impl Views<'_> {
         };
         for (r, sign) in old.iter().map(|r| (r, -1)).chain(row.map(|r| (r, 1))) {
             self.deltas.note_tallies(owner, &spec.tallies(r), sign);
-            if let Some(target) = r.directive() {
-                let source = ref_source(r);
+            if let Some(target) = r.refers_to() {
+                let (target, source) = (target.as_str(), ref_source(r));
                 if sign > 0 {
                     self.refs
                         .insert((target, source.as_str()), [].as_slice())

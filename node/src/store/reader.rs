@@ -405,9 +405,9 @@ impl StoreReader {
         }
     }
 
-    /// The directives issued by every unit above `unit` (whoever they address), nearest
-    /// issuer last.
-    pub fn directives_above(&self, unit: &UnitId) -> Result<Vec<Record>, StoreError> {
+    /// The records of `kind` owned by every unit above `unit` (directives whoever they
+    /// address, fund programmes), nearest unit last.
+    pub fn records_above(&self, kind: DocKind, unit: &UnitId) -> Result<Vec<Record>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
         let mut out = Vec::new();
@@ -418,7 +418,7 @@ impl StoreReader {
             above.push(a);
         }
         for a in above.iter().rev() {
-            let key = format!("{}|{}", DocKind::Directives.as_str(), a.tree_key());
+            let key = format!("{}|{}", kind.as_str(), a.tree_key());
             for row in t
                 .range((key.as_str(), "")..(key.as_str(), "~"))
                 .map_err(db)?
@@ -430,12 +430,15 @@ impl StoreReader {
         Ok(out)
     }
 
-    /// Distinct units that filed a report-back naming `directive` (`unit#record`).
-    pub fn receipts(&self, directive: &str) -> Result<usize, StoreError> {
+    /// Distinct units with a record referring to `target` (`kind:unit#record`): the units
+    /// that reported back on a directive, or paid out of a fund programme.
+    pub fn referring_units(&self, target: &RecordRef) -> Result<usize, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_REFS).map_err(db)?;
+        let target = target.to_string();
+        let target = target.as_str();
         let mut units = std::collections::BTreeSet::new();
-        for row in t.range((directive, "")..(directive, "~")).map_err(db)? {
+        for row in t.range((target, "")..(target, "~")).map_err(db)? {
             let (k, _) = row.map_err(db)?;
             if let Some((unit, _)) = k.value().1.split_once('|') {
                 units.insert(unit.to_owned());

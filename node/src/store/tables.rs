@@ -55,6 +55,7 @@ pub const HEARD: TableDefinition<'_, &str, u64> = TableDefinition::new("heard-1"
 pub const VIEW_RECORDS: TableDefinition<'_, (&str, &str), &[u8]> =
     TableDefinition::new("view-records-1");
 
-/// (directive `unit#record`, `reporting unit tree key|record`) -> empty. The report-backs
-/// naming each directive: its receipts. Since layout 4.
+/// (referred record `kind:unit#record`, `referring unit tree key|record`) -> empty. What
+/// refers to each record: a directive's report-backs (its receipts), a fund programme's
+/// disbursements. Since layout 4.
 pub const VIEW_REFS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("view-refs-1");
