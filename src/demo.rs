@@ -215,6 +215,34 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
         pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     };
     let mut out = Vec::new();
+    // Study sessions above the villages (the city once, the others twice, a few skip one)
+    // and debriefings below the city (most units).
+    let studies = match unit.level() {
+        grassroots_schema::Level::City => 1,
+        grassroots_schema::Level::Village => 0,
+        _ => 2 - usize::from(rng.next(4) == 0),
+    };
+    for s in 0..studies {
+        out.push((
+            DocKind::Meetings,
+            f(vec![
+                ("kind", text("study_session")),
+                ("heldOn", text(&format!("{year}-0{}-20", 3 + 5 * s))),
+                ("attendance", Value::Int(9)),
+            ]),
+        ));
+    }
+    if unit.level() != grassroots_schema::Level::City && rng.next(5) != 0 {
+        out.push((
+            DocKind::Reports,
+            f(vec![
+                ("kind", text("debriefing")),
+                ("period", text(&year.to_string())),
+                ("submittedOn", text(&format!("{year}-12-15"))),
+                ("body", text("The secretary reports on the year's work.")),
+            ]),
+        ));
+    }
     match unit.level() {
         grassroots_schema::Level::Village => {
             for _ in 0..1 + rng.next(5) {

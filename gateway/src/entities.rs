@@ -215,7 +215,7 @@ stored_enum!(
     MeetingKindGql = "MeetingKind",
     MeetingKind {
         BranchGeneralMeeting, BranchCommitteeMeeting, GroupMeeting, PartyLecture, ThemeActivity,
-        HeartToHeartTalk, Training
+        HeartToHeartTalk, Training, StudySession
     }
 );
 stored_enum!(

@@ -768,6 +768,11 @@ pub enum TargetKind {
     RoutineMeetings,
     /// Every village holds its annual democratic appraisal of members, with a result.
     AnnualAppraisal,
+    /// The city studies rural organisation work at least once a year, counties and
+    /// townships at least twice.
+    StudySessions,
+    /// County, township and village secretaries debrief to the level above every year.
+    Debriefing,
 }
 
 /// Activists a village needs (the seed's target).
@@ -792,11 +797,15 @@ fn ended_quarters(year: i64) -> Vec<String> {
     (1..=ended).map(|q| format!("{year}Q{q}")).collect()
 }
 
-/// Whether one village's roll-up meets a target.
-type Meets = Box<dyn Fn(&gs::Rollup) -> bool>;
+/// Whether one unit (at a level), by the counts of its own records, meets a target.
+type Meets = Box<dyn Fn(gs::Level, &gs::Rollup) -> bool>;
 
-/// Each target, as the seed states it, and whether one village's roll-up meets it in `year`.
-fn seed_targets(year: i64) -> Vec<(TargetKind, String, Meets)> {
+/// The levels of villages.
+const VILLAGES: &[gs::Level] = &[gs::Level::Village];
+
+/// Each target, as the seed states it, the levels it applies to, and whether one unit's own
+/// counts meet it in `year`.
+fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Meets)> {
     let quarters = ended_quarters(year);
     let routine: Vec<String> = quarters
         .iter()
@@ -807,18 +816,24 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, Meets)> {
         })
         .collect();
     let appraisal = format!("appraisals_rated/{year}/democratic_appraisal");
+    let studies: Vec<String> = (1..=4)
+        .map(|q| format!("meetings/{year}Q{q}/study_session"))
+        .collect();
+    let year_months = gs::entities::period_months(&year.to_string());
     vec![
         (
             TargetKind::NewYoungHigherEducatedMember,
             "Each village develops at least 1 new member a year who is under 35 with higher \
              education."
                 .into(),
-            Box::new(move |r: &gs::Rollup| r.new_young_higher(year) >= 1),
+            VILLAGES,
+            Box::new(move |_, r: &gs::Rollup| r.new_young_higher(year) >= 1),
         ),
         (
             TargetKind::ActivistsPerVillage,
             format!("At least {ACTIVISTS_PER_VILLAGE} activists in each village."),
-            Box::new(|r: &gs::Rollup| {
+            VILLAGES,
+            Box::new(|_, r: &gs::Rollup| {
                 r.tally("talent/activist") + r.tally("talent/development_target")
                     >= ACTIVISTS_PER_VILLAGE
             }),
@@ -828,10 +843,37 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, Meets)> {
             "Full coverage: every village has its party branch, its villagers' committee and \
              an activity place."
                 .into(),
-            Box::new(|r: &gs::Rollup| {
+            VILLAGES,
+            Box::new(|_, r: &gs::Rollup| {
                 r.tally("org/party_branch") > 0
                     && r.tally("org/villagers_committee") > 0
                     && r.tally("place") > 0
+            }),
+        ),
+        (
+            TargetKind::StudySessions,
+            "The city studies rural organisation work at least once a year; counties and \
+             townships at least twice (STUDY_SESSION meetings)."
+                .into(),
+            &[gs::Level::City, gs::Level::County, gs::Level::Township],
+            Box::new(move |level, r: &gs::Rollup| {
+                let held: i64 = studies.iter().map(|k| r.tally(k)).sum();
+                held >= if level == gs::Level::City { 1 } else { 2 }
+            }),
+        ),
+        (
+            TargetKind::Debriefing,
+            "County, township and village secretaries debrief to the level above every year \
+             (a DEBRIEFING report for a period of the year)."
+                .into(),
+            &[gs::Level::County, gs::Level::Township, gs::Level::Village],
+            Box::new(move |_, r: &gs::Rollup| {
+                r.tallies_under("reports/debriefing/").any(|(period, n)| {
+                    n > 0
+                        && year_months.is_some_and(|y| {
+                            gs::entities::in_period(y, &gs::Value::Text(period.to_owned()))
+                        })
+                })
             }),
         ),
         (
@@ -841,13 +883,15 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, Meets)> {
                  group meeting and a party lecture in every quarter ({} of {year} ended so far).",
                 quarters.len()
             ),
-            Box::new(move |r: &gs::Rollup| routine.iter().all(|k| r.tally(k) > 0)),
+            VILLAGES,
+            Box::new(move |_, r: &gs::Rollup| routine.iter().all(|k| r.tally(k) > 0)),
         ),
         (
             TargetKind::AnnualAppraisal,
             "Each village holds its democratic appraisal of members once a year, with a result."
                 .into(),
-            Box::new(move |r: &gs::Rollup| r.tally(&appraisal) > 0),
+            VILLAGES,
+            Box::new(move |_, r: &gs::Rollup| r.tally(&appraisal) > 0),
         ),
     ]
 }
@@ -862,11 +906,13 @@ pub struct Target {
     description: String,
     /// The year it is measured for.
     year: i64,
-    /// Villages checked: every village of the subtree this node knows.
-    villages: i64,
-    /// True when every village checked meets it (false when there is none to check).
+    /// The levels it applies to.
+    levels: Vec<LevelGql>,
+    /// Units checked: every unit of the subtree at those levels that this node knows.
+    units: i64,
+    /// True when every unit checked meets it (false when there is none to check).
     met: bool,
-    /// Villages that miss it.
+    /// Units that miss it.
     missing_count: i64,
     #[graphql(skip)]
     missing_ids: Vec<UnitId>,
@@ -874,7 +920,7 @@ pub struct Target {
 
 #[async_graphql::ComplexObject]
 impl Target {
-    /// Villages that miss the target, in id order (so grouped by township and county; each
+    /// Units that miss the target, in id order (so grouped by county and township; each
     /// has its `parent`). At most 100 a page.
     #[graphql(
         complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
@@ -883,7 +929,7 @@ impl Target {
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Id of the last village of the previous page.")] after: Option<ID>,
+        #[graphql(desc = "Id of the last unit of the previous page.")] after: Option<ID>,
     ) -> Result<Vec<Unit>> {
         let b = backend(ctx)?;
         let first = page_size(first)?;
@@ -1105,9 +1151,10 @@ impl Unit {
         Ok(Some(Indicators::from_rollup(rollup, year)))
     }
 
-    /// The seed's targets, each met or missed by this unit's subtree, with the villages
-    /// that miss it ("which villages have fewer than 3 activists, by township"). Same
-    /// visibility as `indicators`.
+    /// The seed's targets, each met or missed by this unit's subtree, with the units that
+    /// miss it ("which villages have fewer than 3 activists, by township"). Each is checked
+    /// on every unit of the subtree at the levels it applies to, against that unit's own
+    /// records. Same visibility as `indicators`.
     async fn targets(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Vec<Target>>> {
         let b = backend(ctx)?;
         let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
@@ -1115,22 +1162,27 @@ impl Unit {
             return Ok(None);
         }
         let year = parse_year(year)?;
-        let villages = b.reader.villages(&self.id).map_err(internal)?;
+        let units = b.reader.units_own(&self.id).map_err(internal)?;
         Ok(Some(
             seed_targets(year)
                 .into_iter()
-                .map(|(target, description, meets)| {
-                    let missing: Vec<UnitId> = villages
+                .map(|(target, description, levels, meets)| {
+                    let checked: Vec<&(UnitId, gs::Rollup)> = units
                         .iter()
-                        .filter(|(_, r)| !meets(r))
-                        .map(|(v, _)| v.clone())
+                        .filter(|(u, _)| levels.contains(&u.level()))
+                        .collect();
+                    let missing: Vec<UnitId> = checked
+                        .iter()
+                        .filter(|(u, own)| !meets(u.level(), own))
+                        .map(|(u, _)| u.clone())
                         .collect();
                     Target {
                         target,
                         description,
                         year,
-                        villages: villages.len() as i64,
-                        met: missing.is_empty() && !villages.is_empty(),
+                        levels: levels.iter().map(|l| (*l).into()).collect(),
+                        units: checked.len() as i64,
+                        met: missing.is_empty() && !checked.is_empty(),
                         missing_count: missing.len() as i64,
                         missing_ids: missing,
                     }

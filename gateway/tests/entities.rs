@@ -230,11 +230,32 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         json!({ "result": "COMPETENT", "changed": { "unit": "c01/k01/t01", "role": "SUPERVISOR" } })
     );
 
-    // The targets for 2025, by village.
+    // The county studies rural work twice in 2025, one township once; v01 debriefs.
+    for (unit, day) in [
+        ("c01/k01", "2025-03-01"),
+        ("c01/k01", "2025-09-01"),
+        ("c01/k01/t01", "2025-05-01"),
+    ] {
+        f.ok(
+            Some(&county),
+            meeting,
+            json!({ "u": unit, "k": "STUDY_SESSION", "d": day }),
+        )
+        .await;
+    }
+    f.ok(
+        Some(&v01),
+        "mutation { createReport(input: { unit: \"c01/k01/t01/v01\", kind: DEBRIEFING,
+            period: \"2025\", submittedOn: \"2026-01-10\", body: \"...\" }) { id } }",
+        json!({}),
+    )
+    .await;
+
+    // The targets for 2025, each over the units of the levels it applies to.
     let d = f
         .ok(
             Some(&county),
-            "{ nodeUnit { targets(year: 2025) { target villages met missingCount
+            "{ nodeUnit { targets(year: 2025) { target units levels met missingCount
                 missing(first: 10) { id } } } }",
             json!({}),
         )
@@ -253,7 +274,26 @@ async fn the_seed_entities_feed_indicators_and_targets() {
             .map(|v| v["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(targets["ACTIVISTS_PER_VILLAGE"]["villages"], 3, "{d}");
+    assert_eq!(targets["ACTIVISTS_PER_VILLAGE"]["units"], 3, "{d}");
+    assert_eq!(
+        targets["ACTIVISTS_PER_VILLAGE"]["levels"],
+        json!(["VILLAGE"]),
+        "{d}"
+    );
+    // The county's own two sessions count for it, not its townships' (one each at most).
+    assert_eq!(targets["STUDY_SESSIONS"]["units"], 3, "{d}");
+    assert_eq!(missing("STUDY_SESSIONS"), ["c01/k01/t01", "c01/k01/t02"]);
+    assert_eq!(targets["DEBRIEFING"]["units"], 6, "{d}");
+    assert_eq!(
+        missing("DEBRIEFING"),
+        [
+            "c01/k01",
+            "c01/k01/t01",
+            VILLAGES[1],
+            "c01/k01/t02",
+            VILLAGES[2]
+        ]
+    );
     assert_eq!(missing("ACTIVISTS_PER_VILLAGE"), [VILLAGES[1], VILLAGES[2]]);
     assert_eq!(
         missing("VILLAGE_ORGANISATIONS_AND_PLACE"),

@@ -410,12 +410,12 @@ async fn targets_name_the_villages_that_miss_them() {
         let unit: UnitId = unit.parse().unwrap();
         f.backend.store.create_member(unit, member).await.unwrap();
     }
-    let q = r#"{ nodeUnit { targets(year: 2026) { target met villages missingCount
+    let q = r#"{ nodeUnit { targets(year: 2026) { target met units missingCount
         missing(first: 1) { id parent { id } } } } }"#;
     let r = query(&f, Some(&viewer), q).await;
     let t = &r["data"]["nodeUnit"]["targets"][0];
     assert_eq!(t["target"], "NEW_YOUNG_HIGHER_EDUCATED_MEMBER", "{r}");
-    assert_eq!(t["villages"], 3, "{r}");
+    assert_eq!(t["units"], 3, "{r}");
     assert_eq!(t["met"], false, "{r}");
     assert_eq!(t["missingCount"], 2, "{r}");
     assert_eq!(

@@ -71,6 +71,9 @@ string_enum!(
         ThemeActivity = "theme_activity",
         HeartToHeartTalk = "heart_to_heart_talk",
         Training = "training",
+        /// A committee studying rural organisation work (the seed: the city once a year,
+        /// counties and townships twice).
+        StudySession = "study_session",
     }
 );
 

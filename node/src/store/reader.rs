@@ -209,11 +209,12 @@ impl StoreReader {
         }
     }
 
-    /// Every village of `id`'s subtree this node knows, from a profile or from members it
-    /// holds there, with its roll-up (empty when it holds none of its members), in id order.
-    /// One read transaction and two range scans however many villages: what a target report
-    /// over a city needs, never a lookup per village.
-    pub fn villages(&self, id: &UnitId) -> Result<Vec<(UnitId, Rollup)>, StoreError> {
+    /// Every unit of `id`'s subtree (`id` included) this node knows, from a profile or from
+    /// records it holds there, with the counts of its own records (its roll-up less its
+    /// children's; for a village, its roll-up), in id order. One read transaction and two
+    /// range scans however many units: what a target report over a city needs, never a
+    /// lookup per unit.
+    pub fn units_own(&self, id: &UnitId) -> Result<Vec<(UnitId, Rollup)>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let start = id.tree_key();
         let end = prefix_end(&start);
@@ -221,26 +222,29 @@ impl StoreReader {
             Bound::Included(start.as_str()),
             Bound::Excluded(end.as_str()),
         );
-        let village = |key: &str| {
-            key.trim_end_matches('/')
-                .parse::<UnitId>()
-                .ok()
-                .filter(|u| u.level() == grassroots_schema::Level::Village)
-        };
+        let unit = |key: &str| key.trim_end_matches('/').parse::<UnitId>().ok();
         let mut out: std::collections::BTreeMap<UnitId, Rollup> = Default::default();
         let units = tx.open_table(VIEW_UNITS).map_err(db)?;
         for row in units.range::<&str>(range).map_err(db)? {
             let (k, _) = row.map_err(db)?;
-            if let Some(v) = village(k.value()) {
-                out.entry(v).or_default();
+            if let Some(u) = unit(k.value()) {
+                out.entry(u).or_default();
             }
         }
         let rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+        let mut subtract: Vec<(UnitId, Rollup)> = Vec::new();
         for row in rollups.range::<&str>(range).map_err(db)? {
             let (k, v) = row.map_err(db)?;
-            if let Some(u) = village(k.value()) {
-                out.insert(u, decode(v.value())?);
+            if let Some(u) = unit(k.value()) {
+                let r: Rollup = decode(v.value())?;
+                if let Some(p) = u.parent().filter(|p| p.is_in_subtree_of(id)) {
+                    subtract.push((p, r.clone()));
+                }
+                out.entry(u).or_default().merge(&r, 1);
             }
+        }
+        for (parent, child) in subtract {
+            out.entry(parent).or_default().merge(&child, -1);
         }
         Ok(out.into_iter().collect())
     }
