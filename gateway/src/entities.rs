@@ -14,8 +14,8 @@ use grassroots_schema::{
 
 use crate::error::{Code, error, from_write, internal};
 use crate::graphql::{
-    ConnectionTotal, LevelGql, StampGql, Unit, authorise_write, backend, caller, decode_cursor,
-    encode_cursor, page_size, parse_unit,
+    ConnectionTotal, LevelGql, ProfileCache, StampGql, Unit, authorise_write, backend, caller,
+    decode_cursor, encode_cursor, page_size, parse_unit,
 };
 
 /// A value of a record field, to and from its stored form.
@@ -333,7 +333,7 @@ macro_rules! entity {
 
             /// The unit whose record it is.
             async fn unit(&self, ctx: &Context<'_>) -> Result<Unit> {
-                Unit::known(backend(ctx)?, self.0.id.unit.clone())
+                Unit::cached(ctx, self.0.id.unit.clone())
             }
 
             /// Who created it and when (null for records written without a caller).
@@ -741,6 +741,7 @@ pub fn list<T: EntityType>(
         .reader
         .records(T::KIND, unit, args.subtree, &wanted, after.as_ref(), first)
         .map_err(internal)?;
+    ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let mut conn = Connection::with_additional_fields(
         after.is_some(),
         page.has_next,

@@ -232,6 +232,78 @@ impl Unit {
             rollup: None,
         })
     }
+
+    /// [`Unit::known`] through the request's [`ProfileCache`], which a listing fills for
+    /// its whole page in one read.
+    pub(crate) fn cached(ctx: &Context<'_>, id: UnitId) -> Result<Unit> {
+        let b = backend(ctx)?;
+        let Some(cache) = ctx.data_opt::<ProfileCache>() else {
+            return Unit::known(b, id);
+        };
+        let hit = cache.0.lock().ok().and_then(|c| c.get(&id).cloned());
+        let profile = match hit {
+            Some(p) => p,
+            None => {
+                let p = b.reader.unit(&id).map_err(internal)?;
+                if let Ok(mut c) = cache.0.lock() {
+                    c.insert(id.clone(), p.clone());
+                }
+                p
+            }
+        };
+        Ok(Unit {
+            id,
+            profile,
+            rollup: None,
+        })
+    }
+}
+
+/// Unit profiles read during one request: a page of records asking for their `unit` reads
+/// the page's units in one batch (like a DataLoader) instead of one lookup per record.
+#[derive(Default, Debug)]
+pub struct ProfileCache(std::sync::Mutex<HashMap<UnitId, Option<gs::UnitProfile>>>);
+
+impl ProfileCache {
+    /// Read the profiles of `ids` not cached yet, in one read transaction, when the
+    /// selection asks for items' units.
+    pub(crate) fn prefetch<'a>(
+        ctx: &Context<'_>,
+        ids: impl Iterator<Item = &'a UnitId>,
+    ) -> Result<()> {
+        let Some(cache) = ctx.data_opt::<ProfileCache>() else {
+            return Ok(());
+        };
+        if !ctx
+            .look_ahead()
+            .field("edges")
+            .field("node")
+            .field("unit")
+            .exists()
+        {
+            return Ok(());
+        }
+        let missing: Vec<UnitId> = match cache.0.lock() {
+            Ok(c) => {
+                let mut m: Vec<UnitId> = ids.filter(|u| !c.contains_key(*u)).cloned().collect();
+                m.sort();
+                m.dedup();
+                m
+            }
+            Err(_) => return Ok(()),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut found = backend(ctx)?.reader.units(&missing).map_err(internal)?;
+        if let Ok(mut c) = cache.0.lock() {
+            for id in missing {
+                let p = found.remove(&id);
+                c.insert(id, p);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Figures over a unit's whole subtree, from the roll-up view (one row, however large the
@@ -1729,6 +1801,7 @@ impl Unit {
                 total_count: page.total,
             },
         );
+        ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
         conn.edges.extend(
             page.items
                 .into_iter()
@@ -1774,7 +1847,7 @@ impl MemberGql {
     }
     /// The unit whose register holds the member.
     async fn unit(&self, ctx: &Context<'_>) -> Result<Unit> {
-        Unit::known(backend(ctx)?, self.0.id.unit.clone())
+        Unit::cached(ctx, self.0.id.unit.clone())
     }
     /// Phone number: null unless the caller is a clerk (or above) of the member's own unit.
     async fn phone(&self, ctx: &Context<'_>) -> Option<&str> {

@@ -20,7 +20,9 @@ use grassroots_node::auth::token_hash;
 use grassroots_schema::Caller;
 
 use crate::error::{Code, code_unlabelled, error, internal};
-use crate::graphql::{Backend, GatewaySchema, StatusOnce, UserName, build_schema_with};
+use crate::graphql::{
+    Backend, GatewaySchema, ProfileCache, StatusOnce, UserName, build_schema_with,
+};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -227,7 +229,10 @@ async fn graphql(
         }
         request = request.disable_introspection();
     }
-    request = request.data(caller).data(StatusOnce::default());
+    request = request
+        .data(caller)
+        .data(StatusOnce::default())
+        .data(ProfileCache::default());
     if let Some(u) = user {
         request = request.data(u);
     }

@@ -259,6 +259,19 @@ impl StoreReader {
         }
     }
 
+    /// The profiles of several units this node holds, in one read transaction.
+    pub fn units(&self, ids: &[UnitId]) -> Result<HashMap<UnitId, UnitProfile>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_UNITS).map_err(db)?;
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = t.get(id.tree_key().as_str()).map_err(db)? {
+                out.insert(id.clone(), decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Profiles of the known children of a unit, in id order.
     pub fn children(&self, id: &UnitId) -> Result<Vec<UnitProfile>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
