@@ -671,6 +671,146 @@ impl RecordOp {
     }
 }
 
+/// A caller's reply channel and what it is to be answered.
+type Answer<T> = (
+    oneshot::Sender<Result<T, WriteError>>,
+    Result<T, WriteError>,
+);
+
+/// A write waiting for its document's transaction in a batch: a member write or a record
+/// write of another kind. What differs between them; [`Actor::apply_waiting`] does the rest.
+trait Waiting: Sized {
+    /// The view row a write produces.
+    type Row: Clone + Send + 'static;
+    /// The document written.
+    fn doc(&self) -> DocId;
+    /// Whether it changes an existing record.
+    fn is_update(&self) -> bool;
+    /// The error for a record that does not exist.
+    fn missing(&self) -> WriteError;
+    /// Answer the caller with an error now.
+    fn fail(self, e: WriteError);
+    /// Apply a group of writes to their document in one transaction.
+    fn apply(doc: &mut Automerge, writes: &[Self]) -> Result<Vec<Result<(), DocError>>, DocError>;
+    /// What the caller is answered after the commit, and its reply channel.
+    fn outcome(self, doc: &Automerge, result: Result<(), DocError>) -> Answer<Self::Row>;
+    /// The record id of a row.
+    fn record(row: &Self::Row) -> RecordId;
+    /// Where the batch keeps the rows its writes produced.
+    fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Self::Row>>>;
+}
+
+impl Waiting for PendingWrite {
+    type Row = Member;
+    fn doc(&self) -> DocId {
+        self.doc.clone()
+    }
+    fn is_update(&self) -> bool {
+        matches!(self.op, PendingOp::Update(..))
+    }
+    fn missing(&self) -> WriteError {
+        match &self.op {
+            PendingOp::Create(id, ..) | PendingOp::Update(id, ..) => {
+                WriteError::NotFound(id.clone())
+            }
+        }
+    }
+    fn fail(self, e: WriteError) {
+        let _ = self.reply.send(Err(e));
+    }
+    fn apply(doc: &mut Automerge, writes: &[Self]) -> Result<Vec<Result<(), DocError>>, DocError> {
+        let ops: Vec<doc::MemberWrite<'_>> = writes
+            .iter()
+            .map(|w| match &w.op {
+                PendingOp::Create(id, m, by) => doc::MemberWrite::Create(id.record, m, by.as_ref()),
+                PendingOp::Update(id, p, by) => doc::MemberWrite::Update(id.record, p, by.as_ref()),
+            })
+            .collect();
+        doc::apply_member_writes(doc, &ops)
+    }
+    fn outcome(self, doc: &Automerge, result: Result<(), DocError>) -> Answer<Member> {
+        let outcome = match (self.op, result) {
+            (PendingOp::Create(id, m, by), Ok(())) => Ok(Member {
+                id,
+                name: m.name.trim().to_owned(),
+                birth_year: m.birth_year,
+                gender: m.gender,
+                education: m.education,
+                joined_on: m.joined_on,
+                status: m.status,
+                phone: m.phone,
+                id_number: m.id_number,
+                created: by,
+                changed: None,
+            }),
+            (PendingOp::Update(id, ..), Ok(())) => {
+                doc::read_member(doc, &id.unit, id.record).ok_or(WriteError::NotFound(id))
+            }
+            (PendingOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
+                Err(WriteError::NotFound(id))
+            }
+            (_, Err(e)) => Err(WriteError::Doc(e)),
+        };
+        (self.reply, outcome)
+    }
+    fn record(row: &Member) -> RecordId {
+        row.id.record
+    }
+    fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Member>>> {
+        &mut batch.records
+    }
+}
+
+impl Waiting for PendingRecord {
+    type Row = Record;
+    fn doc(&self) -> DocId {
+        self.op.id().doc()
+    }
+    fn is_update(&self) -> bool {
+        matches!(self.op, RecordOp::Update(..))
+    }
+    fn missing(&self) -> WriteError {
+        WriteError::NoRecord(self.op.id().clone())
+    }
+    fn fail(self, e: WriteError) {
+        let _ = self.reply.send(Err(e));
+    }
+    fn apply(doc: &mut Automerge, writes: &[Self]) -> Result<Vec<Result<(), DocError>>, DocError> {
+        let ops: Vec<doc::RecordWrite<'_>> = writes
+            .iter()
+            .map(|w| match &w.op {
+                RecordOp::Create(id, f, by) => doc::RecordWrite::Create(id.record, f, by.as_ref()),
+                RecordOp::Update(id, f, by) => doc::RecordWrite::Update(id.record, f, by.as_ref()),
+            })
+            .collect();
+        doc::apply_record_writes(doc, &ops)
+    }
+    fn outcome(self, doc: &Automerge, result: Result<(), DocError>) -> Answer<Record> {
+        let outcome = match (self.op, result) {
+            (RecordOp::Create(id, fields, by), Ok(())) => Ok(Record {
+                id,
+                fields,
+                created: by,
+                changed: None,
+            }),
+            (RecordOp::Update(id, ..), Ok(())) => entity(id.kind)
+                .and_then(|spec| doc::read_record(doc, spec, &id.unit, id.record))
+                .ok_or(WriteError::NoRecord(id)),
+            (RecordOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
+                Err(WriteError::NoRecord(id))
+            }
+            (_, Err(e)) => Err(WriteError::Doc(e)),
+        };
+        (self.reply, outcome)
+    }
+    fn record(row: &Record) -> RecordId {
+        row.id.record
+    }
+    fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Record>>> {
+        &mut batch.entity_rows
+    }
+}
+
 /// Who makes a write through the gateway: the token's unit, role and user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Writer {
@@ -809,7 +949,6 @@ impl Actor {
                 }
             }
             self.apply_writes(&mut batch);
-            self.apply_record_writes(&mut batch);
             // Documents a failed commit left unpersisted go into this one, views rebuilt whole.
             let retry = std::mem::take(&mut self.retry);
             batch.resync.extend(retry.iter().cloned());
@@ -1386,187 +1525,64 @@ impl Actor {
         batch.dirty.insert(id);
     }
 
-    /// Apply the batch's member writes: per document, in arrival order, in one automerge
+    /// Apply the batch's writes: per document, in arrival order, in one automerge
     /// transaction (one change), so concurrent writers share the change as they share the
     /// fsync. Replies wait for the commit like every other write.
     fn apply_writes(&mut self, batch: &mut Batch) {
-        let mut by_doc: BTreeMap<DocId, Vec<PendingWrite>> = BTreeMap::new();
-        for w in std::mem::take(&mut batch.writes) {
-            by_doc.entry(w.doc.clone()).or_default().push(w);
-        }
-        for (doc_id, writes) in by_doc {
-            let exists = self.engine.get(&doc_id).is_some();
-            if !exists && writes.iter().all(|w| matches!(w.op, PendingOp::Update(..))) {
-                for w in writes {
-                    let PendingOp::Update(id, ..) = w.op else {
-                        continue;
-                    };
-                    let _ = w.reply.send(Err(WriteError::NotFound(id)));
-                }
-                continue;
-            }
-            let meta = DocMeta::new(doc_id.clone());
-            let doc = match self.engine.local_doc(meta) {
-                Ok((doc, created)) => {
-                    if created {
-                        batch.created.insert(doc_id.clone());
-                    }
-                    doc
-                }
-                Err(rejection) => {
-                    for w in writes {
-                        let _ = w.reply.send(Err(WriteError::Refused(rejection.clone())));
-                    }
-                    continue;
-                }
-            };
-            let ops: Vec<doc::MemberWrite<'_>> = writes
-                .iter()
-                .map(|w| match &w.op {
-                    PendingOp::Create(id, m, by) => {
-                        doc::MemberWrite::Create(id.record, m, by.as_ref())
-                    }
-                    PendingOp::Update(id, p, by) => {
-                        doc::MemberWrite::Update(id.record, p, by.as_ref())
-                    }
-                })
-                .collect();
-            let results = doc::apply_member_writes(doc, &ops);
-            drop(ops);
-            let results = match results {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(doc = %doc_id, "automerge refused a batch of writes: {e}");
-                    for w in writes {
-                        let err = StoreError::Corrupt(format!("automerge: {e}"));
-                        let _ = w.reply.send(Err(WriteError::Store(err)));
-                    }
-                    continue;
-                }
-            };
-            let mut applied = false;
-            for (w, result) in writes.into_iter().zip(results) {
-                let outcome = match (w.op, result) {
-                    (PendingOp::Create(id, m, by), Ok(())) => Ok(Member {
-                        id,
-                        name: m.name.trim().to_owned(),
-                        birth_year: m.birth_year,
-                        gender: m.gender,
-                        education: m.education,
-                        joined_on: m.joined_on,
-                        status: m.status,
-                        phone: m.phone,
-                        id_number: m.id_number,
-                        created: by,
-                        changed: None,
-                    }),
-                    (PendingOp::Update(id, ..), Ok(())) => {
-                        doc::read_member(doc, &id.unit, id.record).ok_or(WriteError::NotFound(id))
-                    }
-                    (PendingOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
-                        Err(WriteError::NotFound(id))
-                    }
-                    (_, Err(e)) => Err(WriteError::Doc(e)),
-                };
-                if let Ok(m) = &outcome {
-                    applied = true;
-                    batch
-                        .records
-                        .entry(doc_id.clone())
-                        .or_default()
-                        .insert(m.id.record, Some(m.clone()));
-                }
-                reply_after_commit(batch, w.reply, outcome);
-            }
-            if applied {
-                self.after_local_write(doc_id, batch);
-            }
-        }
+        let members = std::mem::take(&mut batch.writes);
+        self.apply_waiting(members, batch);
+        let records = std::mem::take(&mut batch.record_writes);
+        self.apply_waiting(records, batch);
     }
 
-    /// Apply the batch's record writes like [`Self::apply_writes`]: per document, in
-    /// arrival order, in one automerge transaction.
-    fn apply_record_writes(&mut self, batch: &mut Batch) {
-        let mut by_doc: BTreeMap<DocId, Vec<PendingRecord>> = BTreeMap::new();
-        for w in std::mem::take(&mut batch.record_writes) {
-            by_doc.entry(w.op.id().doc()).or_default().push(w);
+    /// [`Self::apply_writes`] for one kind of waiting write.
+    fn apply_waiting<W: Waiting>(&mut self, writes: Vec<W>, batch: &mut Batch) {
+        let mut by_doc: BTreeMap<DocId, Vec<W>> = BTreeMap::new();
+        for w in writes {
+            by_doc.entry(w.doc()).or_default().push(w);
         }
         for (doc_id, writes) in by_doc {
-            let Some(spec) = entity(doc_id.kind) else {
-                continue;
-            };
             let exists = self.engine.get(&doc_id).is_some();
-            if !exists && writes.iter().all(|w| matches!(w.op, RecordOp::Update(..))) {
+            if !exists && writes.iter().all(W::is_update) {
                 for w in writes {
-                    let _ = w.reply.send(Err(WriteError::NoRecord(w.op.id().clone())));
+                    let missing = w.missing();
+                    w.fail(missing);
                 }
                 continue;
             }
             let doc = match self.local_doc(DocMeta::new(doc_id.clone()), batch) {
                 Ok(doc) => doc,
                 Err(e) => {
-                    let detail = e.to_string();
                     for w in writes {
-                        let err = match &e {
+                        w.fail(match &e {
                             WriteError::Refused(r) => WriteError::Refused(r.clone()),
-                            _ => WriteError::Store(StoreError::Corrupt(detail.clone())),
-                        };
-                        let _ = w.reply.send(Err(err));
+                            other => StoreError::Corrupt(other.to_string()).into(),
+                        });
                     }
                     continue;
                 }
             };
-            let ops: Vec<doc::RecordWrite<'_>> = writes
-                .iter()
-                .map(|w| match &w.op {
-                    RecordOp::Create(id, f, by) => {
-                        doc::RecordWrite::Create(id.record, f, by.as_ref())
-                    }
-                    RecordOp::Update(id, f, by) => {
-                        doc::RecordWrite::Update(id.record, f, by.as_ref())
-                    }
-                })
-                .collect();
-            let results = doc::apply_record_writes(doc, &ops);
-            drop(ops);
-            let results = match results {
+            let results = match W::apply(doc, &writes) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(doc = %doc_id, "automerge refused a batch of writes: {e}");
                     for w in writes {
-                        let err = StoreError::Corrupt(format!("automerge: {e}"));
-                        let _ = w.reply.send(Err(WriteError::Store(err)));
+                        w.fail(StoreError::Corrupt(format!("automerge: {e}")).into());
                     }
                     continue;
                 }
             };
             let mut applied = false;
             for (w, result) in writes.into_iter().zip(results) {
-                let outcome = match (w.op, result) {
-                    (RecordOp::Create(id, fields, by), Ok(())) => Ok(Record {
-                        id,
-                        fields,
-                        created: by,
-                        changed: None,
-                    }),
-                    (RecordOp::Update(id, ..), Ok(())) => {
-                        doc::read_record(doc, spec, &id.unit, id.record)
-                            .ok_or(WriteError::NoRecord(id))
-                    }
-                    (RecordOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
-                        Err(WriteError::NoRecord(id))
-                    }
-                    (_, Err(e)) => Err(WriteError::Doc(e)),
-                };
-                if let Ok(r) = &outcome {
+                let (reply, outcome) = w.outcome(doc, result);
+                if let Ok(row) = &outcome {
                     applied = true;
-                    batch
-                        .entity_rows
+                    W::rows(batch)
                         .entry(doc_id.clone())
                         .or_default()
-                        .insert(r.id.record, Some(r.clone()));
+                        .insert(W::record(row), Some(row.clone()));
                 }
-                reply_after_commit(batch, w.reply, outcome);
+                reply_after_commit(batch, reply, outcome);
             }
             if applied {
                 self.after_local_write(doc_id, batch);
