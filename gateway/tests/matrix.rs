@@ -286,13 +286,13 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
     let mut tokens = std::collections::HashMap::new();
     for (_, me, _) in cases() {
         for role in Role::ALL {
-            if !tokens.contains_key(&(me, role)) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = tokens.entry((me, role)) {
                 let t = new_token().unwrap();
                 store
                     .add_user(token_hash(&t), me.parse().unwrap(), role)
                     .await
                     .unwrap();
-                tokens.insert((me, role), t);
+                slot.insert(t);
             }
         }
     }
