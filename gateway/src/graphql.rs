@@ -2131,6 +2131,51 @@ pub(crate) fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) ->
     })
 }
 
+/// Check the caller may manage the users of `unit` here.
+fn authorise_users(ctx: &Context<'_>, b: &Backend, unit: &UnitId) -> Result<()> {
+    let who = caller(ctx);
+    if matches!(who, Caller::Anonymous) {
+        return Err(error(Code::Unauthenticated, "managing users needs a token"));
+    }
+    if !gs::can_manage_users(who, unit) {
+        return Err(error(
+            Code::Forbidden,
+            format!("only an admin of {unit} or of a unit above it manages its users"),
+        ));
+    }
+    if !unit.is_in_subtree_of(&b.node_unit) {
+        return Err(error(
+            Code::Forbidden,
+            format!("this node ({}) does not serve {unit}", b.node_unit),
+        ));
+    }
+    Ok(())
+}
+
+/// A new user's token.
+#[derive(InputObject)]
+pub struct CreateUserTokenInput {
+    /// The unit the token acts for.
+    unit: ID,
+    /// What it allows there.
+    role: RoleGql,
+    /// Who it is for: named in the records they write (1-60 characters).
+    name: String,
+}
+
+/// A token, shown once.
+#[derive(SimpleObject)]
+pub struct UserToken {
+    /// The bearer token (`Authorization: Bearer ...`); not stored in clear.
+    token: String,
+    /// The unit it acts for.
+    unit: ID,
+    /// Its role.
+    role: RoleGql,
+    /// Its user.
+    name: String,
+}
+
 /// Write operations. Each returns once the change is durable on this node.
 pub struct Mutation;
 
@@ -2463,6 +2508,63 @@ impl Mutation {
         input: en::UpdateDisbursementInput,
     ) -> Result<en::DisbursementGql> {
         en::DisbursementGql::update(ctx, &id, input).await
+    }
+
+    /// Create a token for a user of a unit: an admin of that unit or of one above it (held
+    /// by this node). The token is shown once, here; it is stored hashed.
+    async fn create_user_token(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateUserTokenInput,
+    ) -> Result<UserToken> {
+        let b = backend(ctx)?;
+        let unit = parse_unit(&input.unit)?;
+        authorise_users(ctx, b, &unit)?;
+        let name = input.name.trim().to_owned();
+        gs::records::validate_user_name(&name)
+            .map_err(|e| error(Code::BadUserInput, e.to_string()))?;
+        let token = grassroots_node::auth::new_token().map_err(internal)?;
+        b.store
+            .add_named_user(
+                grassroots_node::auth::token_hash(&token),
+                unit.clone(),
+                input.role.into(),
+                Some(name.clone()),
+            )
+            .await
+            .map_err(internal)?;
+        Ok(UserToken {
+            token,
+            unit: ID(unit.to_string()),
+            role: input.role,
+            name,
+        })
+    }
+
+    /// Revoke every token of a user bound to `unit` (default: the caller's unit) or a unit
+    /// below it: an admin there or above. Returns how many were revoked; they stop working
+    /// at once.
+    async fn revoke_user_tokens(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        unit: Option<ID>,
+    ) -> Result<i64> {
+        let b = backend(ctx)?;
+        let within = match (unit, caller(ctx)) {
+            (Some(u), _) => parse_unit(&u)?,
+            (None, Caller::User { unit, .. }) => unit.clone(),
+            (None, Caller::Anonymous) => {
+                return Err(error(Code::Unauthenticated, "managing users needs a token"));
+            }
+        };
+        authorise_users(ctx, b, &within)?;
+        let n = b
+            .store
+            .remove_users(name.trim().to_owned(), within)
+            .await
+            .map_err(internal)?;
+        Ok(n as i64)
     }
 
     /// Set a unit's name, organisations and activity place: a clerk of the unit, or a

@@ -398,3 +398,92 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
     assert_eq!(expected, 12 * 7 * 5 * 3 + 3 * 7 * 5);
     assert_eq!(cells, expected + 3 * 3 * 4);
 }
+
+#[tokio::test]
+async fn only_admins_at_or_above_manage_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let city: UnitId = "c01".parse().unwrap();
+    let (store, reader, _thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone()).unwrap();
+    let backend = Backend {
+        node_unit: city,
+        store: store.clone(),
+        reader,
+    };
+    let create = "mutation($u: ID!) { createUserToken(input: { unit: $u, role: CLERK,
+        name: \"Chen Jing\" }) { token name role } }";
+    let revoke = "mutation($u: ID!) { revokeUserTokens(name: \"Chen Jing\", unit: $u) }";
+    let me_query = "{ me { role unit { id } } }";
+    let mut cells = 0;
+    for (rel, me, other) in cases() {
+        let mut callers: Vec<(String, Option<String>, bool)> =
+            vec![("anonymous".into(), None, false)];
+        for role in Role::ALL {
+            let t = new_token().unwrap();
+            store
+                .add_user(token_hash(&t), me.parse().unwrap(), role)
+                .await
+                .unwrap();
+            let allowed = role == Role::Admin
+                && matches!(
+                    rel,
+                    Relation::SelfUnit | Relation::Child | Relation::Descendant
+                );
+            callers.push((format!("{role}"), Some(t), allowed));
+        }
+        for (who, token, allowed) in callers {
+            let t = token.as_deref();
+            let cell = format!("{who} at {me} for {other} ({rel:?})");
+            let r = query(&backend, t, create, json!({ "u": other })).await;
+            assert_write(&r, "createUserToken", allowed, t.is_some(), &cell);
+            let r2 = query(&backend, t, revoke, json!({ "u": other })).await;
+            assert_eq!(r2["errors"].is_null(), allowed, "revoke: {cell}: {r2}");
+            if !allowed {
+                let want = if t.is_some() {
+                    "FORBIDDEN"
+                } else {
+                    "UNAUTHENTICATED"
+                };
+                assert_eq!(code(&r2), want, "revoke: {cell}: {r2}");
+            }
+            cells += 2;
+            if allowed {
+                // The token worked until it was revoked, and only then stopped.
+                assert_eq!(r2["data"]["revokeUserTokens"], 1, "{cell}: {r2}");
+                let token = r["data"]["createUserToken"]["token"].as_str().unwrap();
+                let me_r = query(&backend, Some(token), me_query, json!({})).await;
+                assert_eq!(code(&me_r), "UNAUTHENTICATED", "{cell}: {me_r}");
+            }
+        }
+    }
+    assert_eq!(cells, 7 * 5 * 2);
+
+    // A created token acts for its unit and role, and names its user in what it writes.
+    let admin = new_token().unwrap();
+    store
+        .add_user(token_hash(&admin), "c01".parse().unwrap(), Role::Admin)
+        .await
+        .unwrap();
+    let r = query(&backend, Some(&admin), create, json!({ "u": "c01/k01" })).await;
+    let token = r["data"]["createUserToken"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = query(&backend, Some(&token), me_query, json!({})).await;
+    assert_eq!(
+        r["data"]["me"],
+        json!({ "role": "CLERK", "unit": { "id": "c01/k01" } })
+    );
+    let r = query(
+        &backend,
+        Some(&token),
+        "mutation { createMeeting(input: { unit: \"c01/k01\", kind: STUDY_SESSION,
+            heldOn: \"2026-03-01\", attendance: 7 }) { created { user } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        r["data"]["createMeeting"]["created"]["user"], "Chen Jing",
+        "{r}"
+    );
+}

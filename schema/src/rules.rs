@@ -280,6 +280,12 @@ pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
     matches!(caller, Caller::User { unit, role } if *role >= Role::Supervisor && owner.is_in_subtree_of(unit))
 }
 
+/// Rule 3 for users: an admin creates and revokes the tokens of its unit and the units
+/// below it.
+pub fn can_manage_users(caller: &Caller, unit: &UnitId) -> bool {
+    matches!(caller, Caller::User { unit: mine, role: Role::Admin } if unit.is_in_subtree_of(mine))
+}
+
 /// Rule 3 for writes of records in a document owned by `owner`: a clerk writes its own
 /// unit's records, a supervisor (and an admin) also its subtree's. Viewers and anonymous
 /// callers never write.
@@ -587,6 +593,25 @@ mod tests {
             }
         }
         assert!(!can_supervise(&Caller::Anonymous, &u("c01")));
+    }
+
+    #[test]
+    fn only_admins_manage_users_at_or_below_them() {
+        for (rel, me, other) in cases() {
+            for role in Role::ALL {
+                let caller = Caller::User {
+                    unit: me.clone(),
+                    role,
+                };
+                let want = role == Role::Admin
+                    && matches!(
+                        rel,
+                        Relation::SelfUnit | Relation::Child | Relation::Descendant
+                    );
+                assert_eq!(can_manage_users(&caller, &other), want, "{role} {rel:?}");
+            }
+        }
+        assert!(!can_manage_users(&Caller::Anonymous, &u("c01")));
     }
 
     #[test]

@@ -166,6 +166,11 @@ enum Command {
         name: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    RemoveUsers {
+        name: String,
+        within: UnitId,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
     PeerUp {
         peer: UnitId,
         outbox: mpsc::UnboundedSender<Msg>,
@@ -579,6 +584,17 @@ impl StoreHandle {
         .await
     }
 
+    /// Remove every token of the user `name` (or of the label an unnamed token shows) bound
+    /// to `within` or a unit below it; how many were removed, once durable.
+    pub async fn remove_users(&self, name: String, within: UnitId) -> Result<usize, StoreError> {
+        self.ask(|reply| Command::RemoveUsers {
+            name,
+            within,
+            reply,
+        })
+        .await
+    }
+
     /// A link to `peer` passed its hello: start syncing, sending through `outbox`.
     pub async fn peer_up(
         &self,
@@ -854,6 +870,8 @@ struct Batch {
     replies: Vec<Reply>,
     states: Vec<(UnitId, DocId, Vec<u8>)>,
     users: Vec<([u8; 32], String)>,
+    /// Tokens to delete (by hash).
+    users_removed: Vec<[u8; 32]>,
     heard: BTreeMap<UnitId, u64>,
     /// Snapshots from the compactor, stored in this batch's transaction.
     compacted: Vec<compact::Done>,
@@ -1169,6 +1187,23 @@ impl Actor {
                 batch.replies.push(Box::new(move |c| {
                     let _ = reply.send(c.map_err(|e| StoreError::Corrupt(e.to_string())));
                 }));
+            }
+            Command::RemoveUsers {
+                name,
+                within,
+                reply,
+            } => {
+                let found = reader::users_named(&self.db, &name, &within);
+                match found {
+                    Ok(hashes) => {
+                        let n = hashes.len();
+                        batch.users_removed.extend(hashes);
+                        reply_after_commit(batch, reply, Ok(n));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
@@ -1660,6 +1695,7 @@ impl Actor {
             && batch.created.is_empty()
             && batch.states.is_empty()
             && batch.users.is_empty()
+            && batch.users_removed.is_empty()
             && batch.compacted.is_empty()
         {
             return Ok(Vec::new());
@@ -1807,6 +1843,9 @@ impl Actor {
             let mut users = tx.open_table(USERS).map_err(db)?;
             for (hash, value) in &batch.users {
                 users.insert(hash.as_slice(), value.as_str()).map_err(db)?;
+            }
+            for hash in &batch.users_removed {
+                users.remove(hash.as_slice()).map_err(db)?;
             }
             let mut heard = tx.open_table(HEARD).map_err(db)?;
             for (unit, at) in &batch.heard {

@@ -68,6 +68,53 @@ pub struct MemberPage {
     pub has_next: bool,
 }
 
+/// A `users-1` row: `"unit role"` or `"unit role name"`.
+fn parse_user(token_hash: &[u8], s: &str) -> Result<TokenUser, StoreError> {
+    let (unit, rest) = s
+        .split_once(' ')
+        .ok_or_else(|| StoreError::Corrupt(format!("user row {s:?}")))?;
+    let (role, name) = match rest.split_once(' ') {
+        Some((r, n)) => (r, n.to_owned()),
+        None => {
+            let hex: String = token_hash
+                .iter()
+                .take(4)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            (rest, format!("user-{hex}"))
+        }
+    };
+    let unit = unit
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+    let role = role
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+    Ok(TokenUser { unit, role, name })
+}
+
+/// The hashes of the tokens of user `name` bound to `within` or a unit below it.
+pub(super) fn users_named(
+    database: &Database,
+    name: &str,
+    within: &UnitId,
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let t = tx.open_table(USERS).map_err(db)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let u = parse_user(k.value(), v.value())?;
+        if u.name == name
+            && u.unit.is_in_subtree_of(within)
+            && let Ok(hash) = <[u8; 32]>::try_from(k.value())
+        {
+            out.push(hash);
+        }
+    }
+    Ok(out)
+}
+
 /// What a token is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenUser {
@@ -494,23 +541,6 @@ impl StoreReader {
         let Some(v) = t.get(token_hash.as_slice()).map_err(db)? else {
             return Ok(None);
         };
-        let s = v.value();
-        let (unit, rest) = s
-            .split_once(' ')
-            .ok_or_else(|| StoreError::Corrupt(format!("user row {s:?}")))?;
-        let (role, name) = match rest.split_once(' ') {
-            Some((r, n)) => (r, n.to_owned()),
-            None => {
-                let hex: String = token_hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-                (rest, format!("user-{hex}"))
-            }
-        };
-        let unit = unit
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-        let role = role
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-        Ok(Some(TokenUser { unit, role, name }))
+        parse_user(token_hash, v.value()).map(Some)
     }
 }
