@@ -9,7 +9,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object, Result};
 use grassroots_schema as gs;
 use grassroots_schema::{
     Caller, DocId, DocKind, DocMeta, Fields, Record, RecordRef, UnitId, Value, can_read,
-    can_read_record, can_read_record_sensitive, can_supervise, entity,
+    can_read_record, can_read_record_sensitive, can_write_fields, entity,
 };
 
 use crate::error::{Code, error, from_write, internal};
@@ -737,10 +737,16 @@ pub fn list<T: EntityType>(
             && filters.iter().all(|(k, v)| r.fields.get(*k) == Some(v))
             && can_read_record(who, r)
     };
-    let page = b
-        .reader
-        .records(T::KIND, unit, args.subtree, &wanted, after.as_ref(), first)
-        .map_err(internal)?;
+    let count = ctx.look_ahead().field("totalCount").exists();
+    let query = grassroots_node::store::RecordQuery {
+        kind: T::KIND,
+        unit,
+        subtree: args.subtree,
+        after: after.as_ref(),
+        first,
+        count,
+    };
+    let page = b.reader.records(&query, &wanted).map_err(internal)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let mut conn = Connection::with_additional_fields(
         after.is_some(),
@@ -780,19 +786,22 @@ pub fn by_id<T: EntityType>(ctx: &Context<'_>, id: &ID) -> Result<Option<T>> {
         .map(T::from))
 }
 
-/// Refuse a write naming supervisory fields unless the caller supervises `owner`.
+/// Refuse a write naming fields the caller may not set (`can_write_fields`); `current` is
+/// the record as this node holds it, for an update.
 fn authorise_fields(
     ctx: &Context<'_>,
     kind: DocKind,
     owner: &UnitId,
+    current: Option<&Record>,
     fields: &Fields,
 ) -> Result<()> {
     let spec = entity(kind).ok_or_else(|| internal("a GraphQL record type without a kind"))?;
-    if spec.touches_supervisory(fields) && !can_supervise(caller(ctx), owner) {
+    if !can_write_fields(caller(ctx), spec, owner, current, fields) {
         return Err(error(
             Code::Forbidden,
             format!(
-                "results, handling and reviews of {owner}'s records are written by supervisors of {owner} or above"
+                "results and handling of {owner}'s records are written by supervisors of the \
+                 unit handling them or above, reviews by supervisors above {owner}"
             ),
         ));
     }
@@ -803,7 +812,7 @@ async fn create<T: EntityType>(ctx: &Context<'_>, unit: &ID, fields: Fields) -> 
     let b = backend(ctx)?;
     let unit = parse_unit(unit)?;
     let by = authorise_write(ctx, b, &unit)?;
-    authorise_fields(ctx, T::KIND, &unit, &fields)?;
+    authorise_fields(ctx, T::KIND, &unit, None, &fields)?;
     b.store
         .create_record(T::KIND, unit, fields, Some(by))
         .await
@@ -815,7 +824,8 @@ async fn update<T: EntityType>(ctx: &Context<'_>, id: &ID, fields: Fields) -> Re
     let b = backend(ctx)?;
     let id = parse_ref(id, T::KIND)?;
     let by = authorise_write(ctx, b, &id.unit)?;
-    authorise_fields(ctx, T::KIND, &id.unit, &fields)?;
+    let current = b.reader.record(&id).map_err(internal)?;
+    authorise_fields(ctx, T::KIND, &id.unit, current.as_ref(), &fields)?;
     b.store
         .update_record(id, fields, Some(by))
         .await

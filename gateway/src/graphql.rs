@@ -28,6 +28,10 @@ use crate::error::{Code, error, from_write, internal};
 
 /// Largest page a list returns.
 pub const MAX_PAGE: i32 = 100;
+/// What a listing over a whole subtree adds to a query's complexity: its count and filters
+/// read every row of the subtree's range, so a query holds at most 200 of them.
+pub const SUBTREE_SCAN: usize = 50;
+
 /// Page size when `first` is not given.
 pub const DEFAULT_PAGE: i32 = 20;
 
@@ -1049,7 +1053,8 @@ pub(crate) fn decode_cursor(s: &str) -> Result<MemberCursor> {
     let bad = || error(Code::BadUserInput, "invalid cursor");
     let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (tree_key, record) = text.split_once('|').ok_or_else(bad)?;
+    // The record id is last; a record listing's first key (`kind|tree key`) has a '|' too.
+    let (tree_key, record) = text.rsplit_once('|').ok_or_else(bad)?;
     Ok(MemberCursor {
         tree_key: tree_key.to_owned(),
         record: record.to_owned(),
@@ -1265,7 +1270,7 @@ impl Unit {
 
     /// Activists, applicants and reserve cadres of this unit (or its subtree).
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn activists(
@@ -1298,7 +1303,7 @@ impl Unit {
 
     /// Cadre posts of this unit (or its subtree).
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn cadre_posts(
@@ -1331,7 +1336,7 @@ impl Unit {
 
     /// Meetings, activities and training of this unit (or its subtree); `period` looks at `heldOn`.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn meetings(
@@ -1364,7 +1369,7 @@ impl Unit {
 
     /// Appraisals of this unit (or its subtree); `period` looks at `year`.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn appraisals(
@@ -1397,7 +1402,7 @@ impl Unit {
 
     /// Projects of this unit (or its subtree); `period` looks at `startedOn`.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn projects(
@@ -1434,7 +1439,7 @@ impl Unit {
 
     /// Collective assets of this unit (or its subtree).
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn assets(
@@ -1467,7 +1472,7 @@ impl Unit {
 
     /// Public disclosures of this unit (or its subtree): readable without a token.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn disclosures(
@@ -1500,7 +1505,7 @@ impl Unit {
 
     /// Complaints filed at this unit (or its subtree); `period` looks at `filedOn`.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn complaints(
@@ -1535,7 +1540,7 @@ impl Unit {
 
     /// Directives this unit (or its subtree) issued, those the caller may read.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn directives(
@@ -1562,7 +1567,7 @@ impl Unit {
 
     /// Reports this unit (or its subtree) submitted; `period` looks at `submittedOn`.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn reports(
@@ -1595,7 +1600,7 @@ impl Unit {
 
     /// Fund programmes this unit (or its subtree) runs; `period` looks at `year`.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn fund_programmes(
@@ -1622,7 +1627,7 @@ impl Unit {
 
     /// Disbursements paid at this unit (or its subtree); `period` looks at `paidOn`. Anyone reads the published ones; the rest follow the unit's visibility.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     #[allow(clippy::too_many_arguments)]
     async fn disbursements(
@@ -1682,55 +1687,60 @@ impl Unit {
             .collect())
     }
 
-    /// How the units each directive of this unit addresses have reported back: for the
-    /// unit's own callers and those above it. Directives within `period` when given.
+    /// How the units each directive of this unit addresses have reported back, a page of
+    /// directives at a time: for the unit's own callers and those above it.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * (child_complexity + 5) + 1"
+    )]
     async fn directive_receipts(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
         #[graphql(desc = "Only directives issued within this period.")] period: Option<String>,
-    ) -> Result<Vec<DirectiveReceipts>> {
+    ) -> Result<Connection<String, DirectiveReceipts, ConnectionTotal, EmptyFields>> {
         let b = backend(ctx)?;
         if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, &self.id) {
             return Err(e);
         }
         let args = ListArgs {
-            first: Some(MAX_PAGE),
-            after: None,
+            first,
+            after,
             subtree: false,
             level: None,
             period,
         };
-        let mut out = Vec::new();
-        let mut page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
-        loop {
-            let last = page.edges.last().map(|e| e.cursor.clone());
-            for edge in page.edges {
-                let d = edge.node.0;
-                let addressed = b
-                    .reader
-                    .units_below(&d.id.unit, d.to_level())
-                    .map_err(internal)?;
-                let received = b.reader.referring_units(&d.id).map_err(internal)?;
-                out.push(DirectiveReceipts {
+        let page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
+        let mut conn = Connection::with_additional_fields(
+            page.has_previous_page,
+            page.has_next_page,
+            ConnectionTotal {
+                total_count: page.additional_fields.total_count,
+            },
+        );
+        for edge in page.edges {
+            let d = edge.node.0;
+            let level = d.to_level();
+            let addressed = b.reader.units_below(&d.id.unit, level).map_err(internal)?;
+            // Only report-backs from the units it addresses count.
+            let received = b
+                .reader
+                .referring_units(&d.id)
+                .map_err(internal)?
+                .iter()
+                .filter(|u| d.id.unit.is_ancestor_of(u) && level.is_none_or(|l| u.level() == l))
+                .count();
+            conn.edges.push(Edge::new(
+                edge.cursor,
+                DirectiveReceipts {
                     addressed: addressed as i64,
                     received: received as i64,
                     rate: share(received as i64, addressed as i64),
                     directive: DirectiveGql(d),
-                });
-            }
-            if !page.has_next_page {
-                break;
-            }
-            let args = ListArgs {
-                first: Some(MAX_PAGE),
-                after: last,
-                subtree: false,
-                level: None,
-                period: None,
-            };
-            page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
+                },
+            ));
         }
-        Ok(out)
+        Ok(conn)
     }
 
     /// Directives addressed to this unit by the units above it, oldest issuer first: for
@@ -1756,7 +1766,7 @@ impl Unit {
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in
     /// (unit, record) order. Needs a token whose unit is this unit or above it.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
     async fn members(
         &self,
@@ -1891,9 +1901,13 @@ impl StampGql {
         self.0.role.into()
     }
     /// The user the writer's token was issued to (`grassroots user add --name`, else a
-    /// label from the token); null on records written before users were named.
-    async fn user(&self) -> Option<&str> {
-        self.0.user.as_deref()
+    /// label from the token); null on records written before users were named, and for
+    /// callers without a token (who may read public records).
+    async fn user(&self, ctx: &Context<'_>) -> Option<&str> {
+        match caller(ctx) {
+            Caller::Anonymous => None,
+            Caller::User { .. } => self.0.user.as_deref(),
+        }
     }
 }
 

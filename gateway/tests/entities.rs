@@ -82,6 +82,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     let county_clerk = f.token("c01/k01", Role::Clerk).await;
     let v01 = f.token(VILLAGES[0], Role::Clerk).await;
     let v01_viewer = f.token(VILLAGES[0], Role::Viewer).await;
+    let v01_supervisor = f.token(VILLAGES[0], Role::Supervisor).await;
     let township = f.token("c01/k01/t01", Role::Supervisor).await;
 
     // The county registers its townships and villages (none has a node yet) and what each
@@ -199,6 +200,36 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     assert_eq!(d["nodeUnit"]["lectures"]["totalCount"], 7, "{d}");
     assert_eq!(d["nodeUnit"]["villages"]["totalCount"], 31, "{d}");
     assert_eq!(d["nodeUnit"]["own"]["totalCount"], 0, "{d}");
+    // Pages follow each other through their cursors: every meeting once, in order.
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let d = f
+            .ok(
+                Some(&county),
+                "query($a: String) { nodeUnit { meetings(subtree: true, first: 7, after: $a) {
+                    pageInfo { hasNextPage endCursor } edges { node { id } } } } }",
+                json!({ "a": after }),
+            )
+            .await;
+        let m = &d["nodeUnit"]["meetings"];
+        seen.extend(
+            m["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["node"]["id"].as_str().unwrap().to_owned()),
+        );
+        if m["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = m["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+        assert!(seen.len() <= 31, "paging does not end: {seen:?}");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted.len()), (31, 31), "{seen:?}");
     let r = f
         .gql(
             Some(&county),
@@ -334,6 +365,19 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         )
         .await;
     assert_eq!(code(&r), "BAD_USER_INPUT", "a handler off the line: {r}");
+    // A new complaint is open; while the village handles it, its supervisor may answer it.
+    let d = f
+        .ok(
+            Some(&county),
+            "{ nodeUnit { complaints(subtree: true, status: OPEN) { totalCount } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(d["nodeUnit"]["complaints"]["totalCount"], 1, "{d}");
+    let note =
+        "mutation($id: ID!) { updateComplaint(id: $id, input: { response: \"Noted\" }) { id } }";
+    f.ok(Some(&v01_supervisor), note, json!({ "id": complaint }))
+        .await;
     f.ok(
         Some(&county),
         "mutation($id: ID!) { updateComplaint(id: $id, input: { status: ESCALATED,
@@ -341,6 +385,11 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         json!({ "id": complaint }),
     )
     .await;
+    // Escalated to the county, it is no longer the village's to answer or close.
+    let r = f
+        .gql(Some(&v01_supervisor), note, json!({ "id": complaint }))
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "the village after escalation: {r}");
     let who = "query($id: ID!) { record(id: $id) { ... on Complaint { subject complainant
         complainantPhone handler status } } }";
     for (token, sees) in [
@@ -439,14 +488,37 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         "BAD_USER_INPUT",
         "the issuer reporting to itself: {r}"
     );
-    let receipts =
-        "{ nodeUnit { directiveReceipts { directive { title } addressed received rate } } }";
+    // A township's report naming the directive is no receipt: it is not addressed.
+    f.ok(
+        Some(&township),
+        report_back,
+        json!({ "u": "c01/k01/t01", "d": target }),
+    )
+    .await;
+    let receipts = "{ nodeUnit { directiveReceipts { totalCount edges { node {
+        directive { title } addressed received rate } } } } }";
     let d = f.ok(Some(&county), receipts, json!({})).await;
     assert_eq!(
         d["nodeUnit"]["directiveReceipts"],
-        json!([{ "directive": { "title": "Spring planting" }, "addressed": 3, "received": 1,
-            "rate": 1.0 / 3.0 }])
+        json!({ "totalCount": 1, "edges": [{ "node": { "directive": { "title": "Spring planting" },
+            "addressed": 3, "received": 1, "rate": 1.0 / 3.0 } }] })
     );
+    // A report is reviewed from above: the village's own supervisor may not, the township may;
+    // a period that is not one is refused.
+    let review = "mutation($id: ID!) { updateReport(id: $id, input: { review: ACCEPTED }) { id } }";
+    let r = f
+        .gql(Some(&v01_supervisor), review, json!({ "id": report }))
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "reviewing its own report: {r}");
+    let r = f
+        .gql(
+            Some(&v01),
+            "mutation { createReport(input: { unit: \"c01/k01/t01/v01\", kind: DEBRIEFING,
+                period: \"2026Q5\", submittedOn: \"2026-03-01\", body: \"x\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
     // The township reviews the report; its figures count it.
     f.ok(
         Some(&township),
@@ -463,7 +535,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         .await;
     assert_eq!(
         d["nodeUnit"]["indicators"],
-        json!({ "reportsSubmitted": 1, "reportsReviewed": 1, "directivesIssued": 1 })
+        json!({ "reportsSubmitted": 2, "reportsReviewed": 1, "directivesIssued": 1 })
     );
 
     // Disclosures are public; meetings are not.

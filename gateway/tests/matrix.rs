@@ -161,6 +161,8 @@ struct Kind {
     sensitive: Option<(&'static str, &'static str)>,
     public: bool,
     addressed_down: bool,
+    /// Its supervisory fields are reviews, written only from strictly above.
+    review: bool,
 }
 
 /// Every kind; disbursements are paid out of `programme` (the root's, so above every
@@ -174,6 +176,7 @@ fn kinds(programme: &str) -> Vec<Kind> {
         sensitive,
         public: name == "Disclosure",
         addressed_down: matches!(name, "Directive" | "FundProgramme"),
+        review: name == "Report",
     };
     let disbursement = format!(
         r#"programme: "{programme}", recipient: "Li Ming", recipientIdNumber: "11010519491231002X", amount: 800, method: BANK_TRANSFER, status: PLANNED"#
@@ -356,7 +359,12 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
                     kind.public || in_subtree || addressed,
                     rel == Relation::SelfUnit && role >= Role::Clerk,
                     write,
-                    in_subtree && role >= Role::Supervisor,
+                    role >= Role::Supervisor
+                        && if kind.review {
+                            matches!(rel, Relation::Child | Relation::Descendant)
+                        } else {
+                            in_subtree
+                        },
                 ));
             }
             for (who, token, may_read, may_see, may_write, may_supervise) in callers {

@@ -302,6 +302,9 @@ fn record_from(
             };
             fields.insert(f.name.to_owned(), v);
         }
+        // What a peer wrote is held to the same description as a local write: a record that
+        // does not validate stays in the document but out of the views.
+        spec.validate(unit, &fields, true).ok()?;
         let stamp = |at: &str, by: &str| match (scalar(at), scalar(by)) {
             (Some(ScalarValue::Int(at)), Some(ScalarValue::Str(by))) => Stamp::parse(*at, by),
             _ => None,
@@ -689,6 +692,43 @@ mod tests {
             read_profile(&d, &u).unwrap().revoked,
             vec!["ab12".to_string()]
         );
+    }
+
+    #[test]
+    fn records_that_do_not_fit_their_kind_stay_out_of_the_views() {
+        use grassroots_schema::{DocKind, Value as V, entity};
+        let u = unit("c01/k01/t01/v01");
+        let spec = entity(DocKind::Meetings).unwrap();
+        let mut d = empty(&actor_for(&u, [5; 8]));
+        let fields = |attendance: i64, kind: &str| -> Fields {
+            [
+                ("kind", V::Text(kind.into())),
+                ("heldOn", V::Text("2026-03-01".into())),
+                ("attendance", V::Int(attendance)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+        };
+        // Written straight into the document, as a buggy or hostile peer could.
+        let (good, negative, unknown) = (
+            fields(12, "party_lecture"),
+            fields(i64::MIN, "party_lecture"),
+            fields(12, "picnic"),
+        );
+        apply_record_writes(
+            &mut d,
+            &[
+                RecordWrite::Create(RecordId::from_u64(1), &good, None),
+                RecordWrite::Create(RecordId::from_u64(2), &negative, None),
+                RecordWrite::Create(RecordId::from_u64(3), &unknown, None),
+            ],
+        )
+        .unwrap();
+        let read = read_records(&d, spec, &u);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].id.record, RecordId::from_u64(1));
+        assert!(read_record(&d, spec, &u, RecordId::from_u64(2)).is_none());
     }
 
     #[test]

@@ -312,6 +312,8 @@ pub enum FieldType {
     },
     /// A personal identity number (the members' rule).
     IdNumber,
+    /// A period: `YYYY`, `YYYYHn`, `YYYYQn`, `YYYY-MM` or `YYYY-MM-DD`.
+    Period,
     /// A phone number (the members' rule).
     Phone,
 }
@@ -323,8 +325,12 @@ pub enum Access {
     Plain,
     /// Read only by the owning unit's clerks and above, and the handling unit's.
     Sensitive,
-    /// Written only by supervisors of the owning unit or above: results, handling, reviews.
+    /// Written only by supervisors of the owning unit or above (for a complaint, of the unit
+    /// handling it or above): results and handling.
     Supervisory,
+    /// Written only by supervisors of a unit above the owning one: reviews of what the unit
+    /// submitted.
+    Review,
 }
 
 /// One field of a record kind.
@@ -377,7 +383,7 @@ const MONEY: FieldType = FieldType::Int {
     min: 0,
     max: 1_000_000_000_000,
 };
-use Access::{Plain, Sensitive, Supervisory};
+use Access::{Plain, Review, Sensitive, Supervisory};
 use FieldType::{Bool, Choice, Date, IdNumber, Phone, UnitUp, UpRef};
 
 /// Every record kind but members and profiles.
@@ -516,7 +522,7 @@ pub const ENTITIES: &[EntitySpec] = &[
         period_field: "submittedOn",
         fields: &[
             f("kind", Choice(ReportKind::NAMES), true, Plain),
-            f("period", FieldType::Text { max: 10 }, true, Plain),
+            f("period", FieldType::Period, true, Plain),
             f("submittedOn", Date, true, Plain),
             f("body", BODY, true, Plain),
             f(
@@ -528,8 +534,8 @@ pub const ENTITIES: &[EntitySpec] = &[
                 false,
                 Plain,
             ),
-            f("review", Choice(ReportReview::NAMES), false, Supervisory),
-            f("reviewComment", NOTE, false, Supervisory),
+            f("review", Choice(ReportReview::NAMES), false, Review),
+            f("reviewComment", NOTE, false, Review),
         ],
     },
     EntitySpec {
@@ -666,12 +672,21 @@ impl EntitySpec {
         Ok(())
     }
 
-    /// Whether a write names a field only supervisors write.
-    pub fn touches_supervisory(&self, fields: &Fields) -> bool {
-        fields.keys().any(|k| {
-            self.field(k)
-                .is_some_and(|f| f.access == Access::Supervisory)
-        })
+    /// The access classes of the fields a write names.
+    pub fn accesses<'a>(&'a self, fields: &'a Fields) -> impl Iterator<Item = Access> + 'a {
+        fields
+            .keys()
+            .filter_map(|k| self.field(k).map(|f| f.access))
+    }
+
+    /// The fields a new record starts with besides those given: a complaint is open.
+    pub fn with_defaults(&self, mut fields: Fields) -> Fields {
+        if self.kind == DocKind::Complaints {
+            fields
+                .entry("status".into())
+                .or_insert_with(|| Value::Text(ComplaintStatus::Open.as_str().into()));
+        }
+        fields
     }
 
     /// What the record adds to its unit's roll-up (and every ancestor's): counts keyed by
@@ -808,6 +823,14 @@ fn check_value(spec: &FieldSpec, owner: &UnitId, value: &Value) -> Result<(), Re
         FieldType::IdNumber => {
             crate::records::validate_id_number(text()?).map_err(|e| bad(name, e.to_string()))?
         }
+        FieldType::Period => {
+            if period_months(text()?).is_none() {
+                return Err(bad(
+                    name,
+                    "must be YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD",
+                ));
+            }
+        }
         FieldType::Phone => {
             crate::records::validate_phone(text()?).map_err(|e| bad(name, e.to_string()))?
         }
@@ -871,7 +894,7 @@ pub fn period_months(p: &str) -> Option<(i64, i64)> {
 /// the period `p`.
 pub fn in_period(p: (i64, i64), value: &Value) -> bool {
     let have = match value {
-        Value::Int(y) => Some((y * 12, y * 12 + 11)),
+        Value::Int(y) => y.checked_mul(12).map(|m| (m, m + 11)),
         Value::Text(t) => period_months(t),
         Value::Bool(_) => None,
     };

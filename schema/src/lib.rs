@@ -57,5 +57,5 @@ pub use rollup::Rollup;
 pub use rules::{
     Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_manage_users, can_read,
     can_read_record, can_read_record_sensitive, can_read_sensitive, can_supervise, can_write,
-    may_author, relation, replicated_at,
+    can_write_fields, may_author, relation, replicated_at,
 };

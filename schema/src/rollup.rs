@@ -40,9 +40,12 @@ pub struct Rollup {
     pub tallies: BTreeMap<String, i64>,
 }
 
+/// Add `by` to a count. Wrapping, not checked: a sum that adds and later subtracts the same
+/// values must come back to where it was whatever the order (validated values keep real
+/// sums far from the limits).
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
     let v = map.entry(key.clone()).or_default();
-    *v += by;
+    *v = v.wrapping_add(by);
     if *v == 0 {
         map.remove(key);
     }
@@ -79,7 +82,7 @@ impl Rollup {
     /// Add `tallies` once more (`sign` 1) or once less (`sign` -1).
     pub fn count_tallies(&mut self, tallies: &[(String, i64)], sign: i64) {
         for (k, v) in tallies {
-            bump(&mut self.tallies, k, sign * v);
+            bump(&mut self.tallies, k, sign.wrapping_mul(*v));
         }
     }
 
@@ -101,25 +104,25 @@ impl Rollup {
     /// Add `other` times `sign` to this roll-up.
     pub fn merge(&mut self, other: &Rollup, sign: i64) {
         for (k, v) in &other.tallies {
-            bump(&mut self.tallies, k, sign * v);
+            bump(&mut self.tallies, k, sign.wrapping_mul(*v));
         }
-        self.members += sign * other.members;
+        self.members = self.members.wrapping_add(sign.wrapping_mul(other.members));
         for (k, v) in &other.by_status {
-            bump(&mut self.by_status, k, sign * v);
+            bump(&mut self.by_status, k, sign.wrapping_mul(*v));
         }
         for (k, v) in &other.by_gender {
-            bump(&mut self.by_gender, k, sign * v);
+            bump(&mut self.by_gender, k, sign.wrapping_mul(*v));
         }
         for (k, v) in &other.by_education {
-            bump(&mut self.by_education, k, sign * v);
+            bump(&mut self.by_education, k, sign.wrapping_mul(*v));
         }
         for (k, v) in &other.by_birth_year {
-            bump(&mut self.by_birth_year, k, sign * v);
+            bump(&mut self.by_birth_year, k, sign.wrapping_mul(*v));
         }
         for (joined, births) in &other.higher_by_joined {
             let mine = self.higher_by_joined.entry(*joined).or_default();
             for (b, v) in births {
-                bump(mine, b, sign * v);
+                bump(mine, b, sign.wrapping_mul(*v));
             }
             if mine.is_empty() {
                 self.higher_by_joined.remove(joined);

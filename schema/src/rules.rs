@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::entities::Record;
+use crate::entities::{Access, EntitySpec, Fields, Record};
 use crate::ids::{DocId, DocKind, UnitId};
 use crate::level::Level;
 
@@ -278,6 +278,34 @@ pub fn can_read_record_sensitive(caller: &Caller, record: &Record) -> bool {
 /// clerk, even of the owning unit, never sets them.
 pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
     matches!(caller, Caller::User { unit, role } if *role >= Role::Supervisor && owner.is_in_subtree_of(unit))
+}
+
+/// Rule 3 for the fields a write names on a record of `owner` (`current`: the record as it
+/// is, for an update): supervisory fields need a supervisor of the owner or above, and for
+/// a complaint of the unit handling it now or above (once escalated, the filing unit no
+/// longer closes it); review fields need a supervisor strictly above the owner. The
+/// record-level rule ([`can_write`]) applies besides.
+pub fn can_write_fields(
+    caller: &Caller,
+    spec: &EntitySpec,
+    owner: &UnitId,
+    current: Option<&Record>,
+    fields: &Fields,
+) -> bool {
+    spec.accesses(fields).all(|access| match access {
+        Access::Plain | Access::Sensitive => true,
+        Access::Supervisory => {
+            let handler = match current {
+                Some(r) if spec.kind == DocKind::Complaints => r.handler(),
+                _ => owner.clone(),
+            };
+            can_supervise(caller, &handler)
+        }
+        Access::Review => matches!(
+            caller,
+            Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(owner)
+        ),
+    })
 }
 
 /// Rule 3 for users: an admin creates and revokes the tokens of its unit and the units

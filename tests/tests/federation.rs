@@ -338,13 +338,13 @@ async fn records_of_every_kind_travel_by_the_rules() -> anyhow::Result<()> {
     let receipts = until(
         &k01_url,
         Some(&k01_viewer),
-        "{ nodeUnit { directiveReceipts { addressed received } } }",
+        "{ nodeUnit { directiveReceipts { edges { node { addressed received } } } } }",
         json!({}),
         "the report-back at the county",
         |d| {
-            d["nodeUnit"]["directiveReceipts"]
+            d["nodeUnit"]["directiveReceipts"]["edges"]
                 .as_array()
-                .and_then(|a| a.first().cloned())
+                .and_then(|a| a.first().map(|e| e["node"].clone()))
                 .filter(|r| r["received"] == 1)
         },
     )

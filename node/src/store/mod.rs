@@ -28,7 +28,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use reader::{MemberCursor, MemberPage, RecordPage, StoreReader, TokenUser};
+pub use reader::{MemberCursor, MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser};
 use tables::*;
 
 use crate::doc::{self, DocError};
@@ -848,6 +848,13 @@ fn stamped(by: Option<Writer>) -> Option<Stamp> {
     })
 }
 
+impl Batch {
+    /// Writes of records (members and the other kinds) waiting in this batch.
+    fn waiting(&self) -> usize {
+        self.writes.len() + self.record_writes.len()
+    }
+}
+
 #[derive(Default)]
 struct Batch {
     /// Member writes of this batch, applied per document in one transaction each.
@@ -948,8 +955,8 @@ impl Actor {
                     // would be two; a lone writer (last batch of one) never waits.
                     Err(_)
                         if lingered < LINGER_ROUNDS
-                            && !batch.writes.is_empty()
-                            && batch.writes.len() < self.last_batch_writes =>
+                            && batch.waiting() > 0
+                            && batch.waiting() < self.last_batch_writes =>
                     {
                         lingered += 1;
                         std::thread::sleep(LINGER);
@@ -959,7 +966,7 @@ impl Actor {
                 }
                 taken += 1;
             }
-            self.last_batch_writes = batch.writes.len();
+            self.last_batch_writes = batch.waiting();
             if batch.shutdown.is_some() {
                 let peers: Vec<UnitId> = self.engine.peers().cloned().collect();
                 for p in peers {
@@ -1114,7 +1121,10 @@ impl Actor {
                     Some(spec) => {
                         let fields = trimmed(fields);
                         match spec.validate(&unit, &fields, true) {
-                            Ok(()) => self.new_record().map(|r| (r, fields)).map_err(Into::into),
+                            Ok(()) => self
+                                .new_record()
+                                .map(|r| (r, spec.with_defaults(fields)))
+                                .map_err(Into::into),
                             Err(e) => Err(e.into()),
                         }
                     }
@@ -1607,11 +1617,11 @@ impl Actor {
                     continue;
                 }
             };
-            let mut applied = false;
+            // The document changed if any write went in, even one whose read-back failed.
+            let applied = results.iter().any(Result::is_ok);
             for (w, result) in writes.into_iter().zip(results) {
                 let (reply, outcome) = w.outcome(doc, result);
                 if let Ok(row) = &outcome {
-                    applied = true;
                     W::rows(batch)
                         .entry(doc_id.clone())
                         .or_default()
@@ -1640,12 +1650,11 @@ impl Actor {
         }
         let doc = self.local_doc(meta, batch)?;
         let changed = doc::set_unit_details(doc, details)?;
-        let profile =
-            doc::read_profile(doc, unit).ok_or_else(|| WriteError::NoUnit(unit.clone()))?;
+        let profile = doc::read_profile(doc, unit);
         if changed {
             self.after_local_write(id, batch);
         }
-        Ok(profile)
+        profile.ok_or_else(|| WriteError::NoUnit(unit.clone()))
     }
 
     fn revoke(

@@ -126,6 +126,25 @@ pub struct TokenUser {
     pub name: String,
 }
 
+/// Which records a listing reads: those of `kind` owned by `unit` (or anywhere in its
+/// subtree when `subtree`), `first` of them after `after`, and, when `count`, how many there
+/// are in all (0 otherwise: counting reads the whole range).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordQuery<'a> {
+    /// The kind.
+    pub kind: DocKind,
+    /// The unit.
+    pub unit: &'a UnitId,
+    /// Whether its whole subtree.
+    pub subtree: bool,
+    /// Where the page starts.
+    pub after: Option<&'a MemberCursor>,
+    /// Page size.
+    pub first: usize,
+    /// Whether to count the whole listing.
+    pub count: bool,
+}
+
 /// One page of a listing of records of the other kinds.
 #[derive(Debug, Clone)]
 pub struct RecordPage {
@@ -422,18 +441,20 @@ impl StoreReader {
         })
     }
 
-    /// Records of `kind` owned by `unit` (or anywhere in its subtree when `subtree`) that
-    /// `wanted` keeps, in (unit, record) order: `first` of them after `after`, and how many
-    /// there are in all.
+    /// The page `q` asks for, of the records `wanted` keeps, in (unit, record) order.
     pub fn records(
         &self,
-        kind: DocKind,
-        unit: &UnitId,
-        subtree: bool,
+        q: &RecordQuery<'_>,
         wanted: &dyn Fn(&Record) -> bool,
-        after: Option<&MemberCursor>,
-        first: usize,
     ) -> Result<RecordPage, StoreError> {
+        let RecordQuery {
+            kind,
+            unit,
+            subtree,
+            after,
+            first,
+            count,
+        } = *q;
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
         let key = format!("{}|{}", kind.as_str(), unit.tree_key());
@@ -445,9 +466,11 @@ impl StoreReader {
             (key.as_str(), "~")
         };
         let mut total = 0;
-        for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
-            let (_, v) = row.map_err(db)?;
-            total += usize::from(wanted(&decode(v.value())?));
+        if count {
+            for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+                let (_, v) = row.map_err(db)?;
+                total += usize::from(wanted(&decode(v.value())?));
+            }
         }
         let (items, has_next) = page(&t, lo, hi, after, first, wanted)?;
         Ok(RecordPage {
@@ -495,8 +518,8 @@ impl StoreReader {
     }
 
     /// Distinct units with a record referring to `target` (`kind:unit#record`): the units
-    /// that reported back on a directive, or paid out of a fund programme.
-    pub fn referring_units(&self, target: &RecordRef) -> Result<usize, StoreError> {
+    /// that reported back on a directive, or paid out of a fund programme; in id order.
+    pub fn referring_units(&self, target: &RecordRef) -> Result<Vec<UnitId>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_REFS).map_err(db)?;
         let target = target.to_string();
@@ -508,7 +531,14 @@ impl StoreReader {
                 units.insert(unit.to_owned());
             }
         }
-        Ok(units.len())
+        units
+            .into_iter()
+            .map(|u| {
+                u.trim_end_matches('/')
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("receipt row {u}: {e}")))
+            })
+            .collect()
     }
 
     /// Units strictly below `unit` this node knows (from their profiles), at `level` only
