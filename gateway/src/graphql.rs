@@ -50,6 +50,11 @@ pub struct Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserName(pub String);
 
+/// The hash of a WebSocket connection's token, so a long-lived subscription can see that it
+/// was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash(pub [u8; 32]);
+
 /// The schema type served at `/graphql`.
 pub type GatewaySchema = Schema<Query, Mutation, SubscriptionRoot>;
 
@@ -773,32 +778,46 @@ impl SubscriptionRoot {
         };
         let who = caller(ctx).clone();
         let rx = b.store.subscribe();
+        // A connection's token is checked again at every notification: revoking it ends the
+        // subscription.
+        let token = ctx.data_opt::<TokenHash>().copied();
+        let reader = b.reader.clone();
         Ok(futures_util::stream::unfold(
             (rx, root, who),
-            |(mut rx, root, who)| async move {
-                let mut missed = 0i64;
-                loop {
-                    match rx.recv().await {
-                        Ok(c) => {
-                            let Some(kind) = RecordKind::of(c.doc.kind) else {
-                                continue;
-                            };
-                            let meta = DocMeta::new(c.doc.clone());
-                            if !c.doc.owner.is_in_subtree_of(&root) || !can_read(&who, &meta) {
-                                continue;
+            move |(mut rx, root, who)| {
+                let reader = reader.clone();
+                async move {
+                    let mut missed = 0i64;
+                    loop {
+                        match rx.recv().await {
+                            Ok(_)
+                                if token
+                                    .is_some_and(|t| !matches!(reader.user(&t.0), Ok(Some(_)))) =>
+                            {
+                                return None;
                             }
-                            let change = Change {
-                                unit: ID(c.doc.owner.to_string()),
-                                kind,
-                                at: rfc3339(c.at_ms),
-                                missed,
-                            };
-                            return Some((change, (rx, root, who)));
+                            Ok(c) => {
+                                let Some(kind) = RecordKind::of(c.doc.kind) else {
+                                    continue;
+                                };
+                                let meta = DocMeta::new(c.doc.clone());
+                                if !c.doc.owner.is_in_subtree_of(&root) || !can_read(&who, &meta) {
+                                    continue;
+                                }
+                                let change = Change {
+                                    unit: ID(c.doc.owner.to_string()),
+                                    kind,
+                                    at: rfc3339(c.at_ms),
+                                    missed,
+                                };
+                                return Some((change, (rx, root, who)));
+                            }
+                            Err(RecvError::Lagged(n)) => {
+                                missed =
+                                    missed.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+                            }
+                            Err(RecvError::Closed) => return None,
                         }
-                        Err(RecvError::Lagged(n)) => {
-                            missed = missed.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
-                        }
-                        Err(RecvError::Closed) => return None,
                     }
                 }
             },

@@ -21,7 +21,7 @@ use grassroots_schema::Caller;
 
 use crate::error::{Code, code_unlabelled, error, internal};
 use crate::graphql::{
-    Backend, GatewaySchema, ProfileCache, StatusOnce, UserName, build_schema_with,
+    Backend, GatewaySchema, ProfileCache, StatusOnce, TokenHash, UserName, build_schema_with,
 };
 
 /// Largest request body accepted.
@@ -125,8 +125,8 @@ fn reply_error(e: async_graphql::Error) -> Json<async_graphql::Response> {
     ]))
 }
 
-/// The caller a token names, and the user it was issued to.
-type Who = (Caller, Option<UserName>);
+/// The caller a token names, the user it was issued to, and the token's hash.
+type Who = (Caller, Option<(UserName, TokenHash)>);
 
 /// The caller a request's bearer token names; no header means anonymous.
 fn authenticate(app: &App, headers: &HeaderMap) -> Result<Who, async_graphql::Error> {
@@ -147,18 +147,14 @@ fn caller_of(app: &App, authorization: Option<&str>) -> Result<Who, async_graphq
                 "expected 'Authorization: Bearer <token>'",
             )
         })?;
-    match app
-        .backend
-        .reader
-        .user(&token_hash(token))
-        .map_err(internal)?
-    {
+    let hash = token_hash(token);
+    match app.backend.reader.user(&hash).map_err(internal)? {
         Some(u) => Ok((
             Caller::User {
                 unit: u.unit,
                 role: u.role,
             },
-            Some(UserName(u.name)),
+            Some((UserName(u.name), TokenHash(hash))),
         )),
         None => Err(error(Code::Unauthenticated, "unknown token")),
     }
@@ -233,7 +229,7 @@ async fn graphql(
         .data(caller)
         .data(StatusOnce::default())
         .data(ProfileCache::default());
-    if let Some(u) = user {
+    if let Some((u, _)) = user {
         request = request.data(u);
     }
     match tokio::time::timeout(QUERY_TIMEOUT, app.schema.execute(request)).await {
@@ -267,7 +263,7 @@ async fn graphql_ws(
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
         .on_upgrade(move |stream| {
-            let schema = Timed(app.schema.clone());
+            let schema = Timed(app.schema.clone(), app.backend.reader.clone());
             GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let (caller, user) = match from_header {
@@ -279,8 +275,9 @@ async fn graphql_ws(
                     };
                     let mut data = async_graphql::Data::default();
                     data.insert(caller);
-                    if let Some(u) = user {
+                    if let Some((u, hash)) = user {
                         data.insert(u);
+                        data.insert(hash);
                     }
                     data.insert(StatusOnce::default());
                     Ok(data)
@@ -290,10 +287,10 @@ async fn graphql_ws(
 }
 
 /// The schema as the WebSocket runs it: queries and mutations end after [`QUERY_TIMEOUT`]
-/// as over HTTP (subscriptions run until the client stops them), and every error gets its
-/// code.
+/// as over HTTP (subscriptions run until the client stops them), every error gets its code,
+/// and an operation on a connection whose token was revoked since it opened is refused.
 #[derive(Clone)]
-struct Timed(GatewaySchema);
+struct Timed(GatewaySchema, grassroots_node::StoreReader);
 
 impl async_graphql::Executor for Timed {
     async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
@@ -312,6 +309,22 @@ impl async_graphql::Executor for Timed {
         session_data: Option<Arc<async_graphql::Data>>,
     ) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
         use futures_util::StreamExt as _;
+        let token = session_data
+            .as_ref()
+            .and_then(|d| d.get(&std::any::TypeId::of::<TokenHash>()))
+            .and_then(|b| b.downcast_ref::<TokenHash>())
+            .copied();
+        if let Some(t) = token
+            && !matches!(self.1.user(&t.0), Ok(Some(_)))
+        {
+            let e = error(Code::Unauthenticated, "the connection's token was revoked");
+            return futures_util::stream::once(async move {
+                async_graphql::Response::from_errors(vec![
+                    e.into_server_error(async_graphql::Pos::default()),
+                ])
+            })
+            .boxed();
+        }
         let subscription = is_subscription(&request);
         let mut stream = async_graphql::Executor::execute_stream(&self.0, request, session_data);
         if subscription {

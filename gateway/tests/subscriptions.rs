@@ -206,8 +206,48 @@ async fn changes_follow_the_callers_scope() {
         "{got}"
     );
 
+    // Revoking a token ends its subscriptions and refuses its next operations, on a socket
+    // opened before.
+    let named = new_token().unwrap();
+    store
+        .add_named_user(
+            token_hash(&named),
+            county.clone(),
+            Role::Viewer,
+            Some("Leaving Soon".into()),
+        )
+        .await
+        .unwrap();
+    let mut leaving = connect(&url, Some(&named)).await;
+    subscribe(&mut leaving).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        store
+            .remove_users("Leaving Soon".into(), county.clone())
+            .await
+            .unwrap(),
+        1
+    );
+    store
+        .set_profile("Dongping County (renamed)".into(), vec![])
+        .await
+        .unwrap();
+    let got = next(&mut leaving, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(got, json!({ "id": "1", "type": "complete" }), "{got}");
+    send(
+        &mut leaving,
+        json!({ "id": "5", "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { id } }" } }),
+    )
+    .await;
+    let got = next(&mut leaving, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        got["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{got}"
+    );
+
     let _ = stop.send(());
-    drop((mine, theirs, forged));
+    drop((mine, theirs, forged, leaving));
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     thread.shutdown().await;
 }
