@@ -79,6 +79,20 @@ async fn partitioned_lossy_hierarchy_converges_without_losing_acknowledged_write
                 .as_str()
                 .with_context(|| format!("write at {at}: {r}"))?;
             acked.entry(at.clone()).or_default().insert(id.to_owned());
+            // A record of another kind beside each member: the generic record path under
+            // the same faults.
+            let r = gql(
+                &fed.graphql_url(at)?,
+                Some(fed.token(at, Role::Clerk)?),
+                "mutation($u: ID!) { createMeeting(input: { unit: $u, kind: GROUP_MEETING,
+                    heldOn: \"2026-03-01\", attendance: 9 }) { id } }",
+                json!({ "u": at.as_str() }),
+            )
+            .await?;
+            let id = r["data"]["createMeeting"]["id"]
+                .as_str()
+                .with_context(|| format!("meeting at {at}: {r}"))?;
+            acked.entry(at.clone()).or_default().insert(id.to_owned());
         }
         Ok(())
     }
@@ -119,7 +133,16 @@ async fn partitioned_lossy_hierarchy_converges_without_losing_acknowledged_write
             .iter()
             .filter(|(u, _)| u.is_in_subtree_of(root))
             .flat_map(|(_, ids)| ids.iter().cloned())
+            .filter(|id| !id.starts_with("meetings:"))
             .collect()
+    };
+    let meetings = |root: &UnitId| -> usize {
+        acked
+            .iter()
+            .filter(|(u, _)| u.is_in_subtree_of(root))
+            .flat_map(|(_, ids)| ids.iter())
+            .filter(|id| id.starts_with("meetings:"))
+            .count()
     };
     // Every node above the writes ends with exactly the acknowledged writes of its subtree.
     for u in &units {
@@ -139,6 +162,22 @@ async fn partitioned_lossy_hierarchy_converges_without_losing_acknowledged_write
         )
         .await?;
         assert_eq!(have.len(), want.len());
+        let want_meetings = meetings(u);
+        eventually(Duration::from_secs(60), &format!("meetings at {u}"), || {
+            let (url, token, u) = (url.clone(), token.clone(), u.to_string());
+            async move {
+                let r = gql(
+                    &url,
+                    Some(&token),
+                    "query($u: ID!) { unit(id: $u) { meetings(subtree: true) { totalCount } } }",
+                    json!({ "u": u }),
+                )
+                .await?;
+                let n = r["data"]["unit"]["meetings"]["totalCount"].as_u64();
+                Ok(n.filter(|n| *n as usize == want_meetings))
+            }
+        })
+        .await?;
         // The roll-up row of the node's own unit counts the same members, and every view
         // (rows and roll-ups, maintained by deltas as changes arrived) equals a rebuild.
         let node = &fed.node(u)?.node;
