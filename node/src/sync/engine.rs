@@ -907,6 +907,19 @@ impl Engine {
                     "audience differs from the one fixed at creation",
                 ));
             }
+            // Every kind has one audience (profiles, directives and fund programmes: all
+            // descendants; the rest: none). A peer claiming another would widen who reads
+            // a unit's records.
+            if meta.audience != DocMeta::new(meta.id.clone()).audience {
+                return Err(Rejection::new(
+                    RejectReason::Malformed,
+                    Some(&meta.id),
+                    format!(
+                        "{} documents do not have that audience",
+                        meta.id.kind.as_str()
+                    ),
+                ));
+            }
         }
         if let Some((x, _)) = sm
             .children
@@ -1306,6 +1319,22 @@ mod tests {
             summary("c01/k01/t01/v01", "c01/k01/t01/v02"),
         );
         assert_eq!(step.rejected[0].reason, RejectReason::OutOfScope);
+        // Nor give a register an audience its kind does not have (a township's members
+        // addressed to its villages would be read there).
+        let widened = DocMeta {
+            id: DocId::new(DocKind::Members, u("c01/k01/t01/v01")),
+            audience: grassroots_schema::Audience::Descendants,
+        };
+        let step = t.receive(
+            &u("c01/k01/t01/v01"),
+            Msg::Summary(Summary {
+                unit: u("c01/k01/t01/v01"),
+                docs: vec![(widened.clone(), [0; 16])],
+                children: vec![],
+            }),
+        );
+        assert_eq!(step.rejected[0].reason, RejectReason::Malformed);
+        assert!(t.get(&widened.id).is_none(), "nothing created");
     }
 
     #[test]
