@@ -7,7 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Silence (both ways) after which a link waiting for its peer sends a probe.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
 
 use grassroots_schema::UnitId;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
@@ -17,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pki::{self, Identity, PkiError};
-use crate::status::LinkCounters;
+use crate::status::{LinkCounters, now_ms};
 use crate::store::{StoreHandle, StoreReader};
 use crate::sync::wire::{
     self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError,
@@ -430,6 +434,8 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     let reader = async {
         loop {
             match read_counted(&mut recv).await {
+                // A probe only made the transport acknowledge; it is not data.
+                Ok(Some((Ok(Msg::Probe), _))) => {}
                 Ok(Some((Ok(msg), size))) => {
                     counters.received(size);
                     if store.from_peer(peer.clone(), msg).await.is_err() {
@@ -455,10 +461,37 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         }
     };
     let writer = async {
-        while let Some(msg) = out_rx.recv().await {
-            match write_frame(&mut send, &msg).await {
-                Ok(size) => counters.sent(size),
-                Err(e) => return e.to_string(),
+        // While a reconciliation waits for the peer and the link has been silent both ways
+        // for a probe interval, send a probe: its acknowledgement tells QUIC which earlier
+        // datagrams were lost, where waiting for the retransmission timer (doubled after
+        // each loss) would stall a lossy village link for seconds. Random loss is not
+        // congestion. Probes are not counted as traffic.
+        let mut tick = tokio::time::interval(PROBE_AFTER);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent = Instant::now();
+        loop {
+            tokio::select! {
+                msg = out_rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    match write_frame(&mut send, &msg).await {
+                        Ok(size) => counters.sent(size),
+                        Err(e) => return e.to_string(),
+                    }
+                    last_sent = Instant::now();
+                }
+                _ = tick.tick() => {
+                    let heard = now_ms().saturating_sub(counters.last_frame_ms.load(Ordering::Relaxed));
+                    if counters.awaiting.load(Ordering::Relaxed)
+                        && last_sent.elapsed() >= PROBE_AFTER
+                        && heard >= PROBE_AFTER.as_millis() as u64
+                    {
+                        if let Err(e) = write_frame(&mut send, &Msg::Probe).await {
+                            return e.to_string();
+                        }
+                        counters.probes_out.fetch_add(1, Ordering::Relaxed);
+                        last_sent = Instant::now();
+                    }
+                }
             }
         }
         "outbox closed".to_owned()

@@ -31,6 +31,11 @@ pub struct LinkCounters {
     pub frames_out: AtomicU64,
     /// When the last frame arrived (ms since the epoch).
     pub last_frame_ms: AtomicU64,
+    /// Whether a reconciliation on this link waits for the peer (documents in flight or
+    /// queued), set by the store after each batch: the link probes a silent peer only then.
+    pub awaiting: std::sync::atomic::AtomicBool,
+    /// Probes sent (not counted in the frames and bytes above).
+    pub probes_out: AtomicU64,
 }
 
 impl LinkCounters {
@@ -75,6 +80,8 @@ pub struct LinkStatus {
     pub bytes_in: u64,
     /// Frame bytes sent on the current (or last) connection.
     pub bytes_out: u64,
+    /// Probes sent on it (see the protocol's Probe message).
+    pub probes_out: u64,
     /// Documents being reconciled now.
     pub docs_in_flight: usize,
     /// Documents waiting for reconciliation.

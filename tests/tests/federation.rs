@@ -381,6 +381,13 @@ async fn records_of_every_kind_travel_by_the_rules() -> anyhow::Result<()> {
             "views at {u} differ from a rebuild: {diffs:?}"
         );
     }
+    // Links with nothing to reconcile stay silent: no probes.
+    let probes =
+        |s: grassroots_node::NodeStatus| -> u64 { s.links.iter().map(|l| l.probes_out).sum() };
+    let store = fed.node(&t01)?.node.store();
+    let before = probes(store.status().await?);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(probes(store.status().await?), before, "an idle link probed");
     fed.shutdown().await;
     Ok(())
 }

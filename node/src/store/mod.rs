@@ -997,6 +997,15 @@ impl Actor {
                     sends.extend(self.engine.fan_out(&doc, Some(&from)));
                 }
                 self.deliver(sends);
+                for (peer, link) in &self.links {
+                    let waiting = self
+                        .engine
+                        .progress(peer)
+                        .is_some_and(|p| p.in_flight + p.queued > 0);
+                    link.counters
+                        .awaiting
+                        .store(waiting, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.evict();
             }
             for reply in batch.replies {
@@ -1439,6 +1448,7 @@ impl Actor {
                     last_frame_ms: l.counters.last_frame_ms.load(Relaxed),
                     bytes_in: l.counters.bytes_in.load(Relaxed),
                     bytes_out: l.counters.bytes_out.load(Relaxed),
+                    probes_out: l.counters.probes_out.load(Relaxed),
                     docs_in_flight: progress.in_flight,
                     docs_queued: progress.queued,
                     rejected: l.rejected,

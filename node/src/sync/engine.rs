@@ -830,6 +830,7 @@ impl Engine {
                 tracing::warn!(%peer, ?reason, doc = ?doc.map(|d| d.to_string()), detail, "peer refused our message");
             }
             Msg::Unknown(t) => tracing::debug!(%peer, t, "ignoring unknown message type"),
+            Msg::Probe => {}
             Msg::Hello(_) => step.reject(
                 peer,
                 Rejection::new(RejectReason::Malformed, None, "hello after the handshake"),

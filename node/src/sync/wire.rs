@@ -57,6 +57,9 @@ pub enum Msg {
         /// Human-readable detail for logs.
         detail: String,
     },
+    /// Nothing: sent into a silent link while the sender waits for the peer, so that lost
+    /// datagrams are noticed sooner than the transport's backed-off timers would. Ignored.
+    Probe,
     /// A message type this version does not know.
     Unknown(u8),
 }
@@ -171,6 +174,7 @@ const T_REJECT: u8 = 4;
 const T_ROOT: u8 = 5;
 const T_SUMMARY: u8 = 6;
 const T_SYNC_BATCH: u8 = 7;
+const T_PROBE: u8 = 8;
 
 struct Writer(Vec<u8>);
 
@@ -348,6 +352,7 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
             w.str(&doc.as_ref().map(ToString::to_string).unwrap_or_default());
             w.str(detail);
         }
+        Msg::Probe => w.u8(T_PROBE),
         Msg::Unknown(t) => w.u8(*t),
     }
     w.0
@@ -417,6 +422,7 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
                 detail: r.str()?.to_owned(),
             }
         }
+        T_PROBE => Msg::Probe,
         other => return Ok(Msg::Unknown(other)),
     };
     if !r.0.is_empty() {
@@ -461,6 +467,7 @@ mod tests {
                 software: "grassroots 0.1.0".into(),
             }),
             Msg::Root([7; 16]),
+            Msg::Probe,
             Msg::Summary(Summary {
                 unit: u("c01/k01"),
                 docs: vec![
