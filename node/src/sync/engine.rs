@@ -685,6 +685,19 @@ impl Engine {
     /// A link to `peer` is up. `saved` holds the sync states persisted at the last
     /// connection (decoded lazily). Returns the opening message: the root digest.
     pub fn connect(&mut self, peer: &UnitId, saved: HashMap<DocId, Vec<u8>>) -> Vec<Msg> {
+        // Documents whose heads moved since the last session with this peer (they differ
+        // from the heads both sides shared then) start at once, beside the root digest,
+        // instead of after the digest descent: on a lossy link every round costs. An
+        // unchanged document sends nothing, so an idle reconnect costs what it did.
+        let mut changed = Vec::new();
+        for (id, bytes) in &saved {
+            let Some(shared) = sync::State::decode(bytes).ok().map(|s| s.shared_heads) else {
+                continue;
+            };
+            if self.docs.contains_key(id) && self.doc_digest(id) != digest_of_heads(shared) {
+                changed.push(id.clone());
+            }
+        }
         self.peers.insert(
             peer.clone(),
             PeerSync {
@@ -696,7 +709,20 @@ impl Engine {
             return Vec::new();
         };
         let root = self.me.root();
-        vec![Msg::Root(self.link_digest(&child, &root))]
+        let mut out = vec![Msg::Root(self.link_digest(&child, &root))];
+        let mut step = Step::default();
+        changed.sort();
+        for id in changed {
+            let in_scope = self
+                .docs
+                .get(&id)
+                .is_some_and(|e| self.in_link_scope(peer, &e.meta));
+            if in_scope {
+                self.start(peer, &id, &mut step);
+            }
+        }
+        out.extend(step.send.into_iter().map(|(_, m)| m));
+        out
     }
 
     /// The link to `peer` ended. Returns the sync states used during it, to persist.
@@ -1526,6 +1552,31 @@ mod tests {
         assert!(msgs <= 20, "{msgs} messages");
         assert!(rounds <= 10, "{rounds} rounds");
         assert!(bytes < 8_000, "{bytes} bytes");
+    }
+
+    #[test]
+    fn a_document_changed_since_the_last_session_starts_with_the_root_digest() {
+        let (mut k, mut c) = big_pair(300);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        let changed = write(&mut k, "c01/k01/t04/v004", 9999, "Changed Offline");
+        // The changed side sends its document's sync message in its first flight; the
+        // other side, with nothing changed, only its root digest.
+        let first = k.connect(&uc, sk);
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(matches!(first[0], Msg::Root(_)));
+        assert!(matches!(&first[1], Msg::Sync { doc, .. } if *doc == changed));
+        let theirs = c.connect(&uk, sc);
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        let mut q: Vec<_> = first
+            .into_iter()
+            .map(|m| (uk.clone(), uc.clone(), m))
+            .collect();
+        q.extend(theirs.into_iter().map(|m| (uc.clone(), uk.clone(), m)));
+        let (_, _, rounds) = pump_counted(&mut k, &mut c, q);
+        assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
+        assert!(rounds <= 6, "{rounds} rounds");
     }
 
     #[test]
