@@ -10,9 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Silence (both ways) after which a link waiting for its peer sends a probe.
-const PROBE_AFTER: Duration = Duration::from_millis(100);
-
 use grassroots_schema::UnitId;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -26,6 +23,12 @@ use crate::store::{StoreHandle, StoreReader};
 use crate::sync::wire::{
     self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError,
 };
+
+/// Silence (both ways) after which a link waiting for its peer sends a probe.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+/// Probes sent without hearing from the peer before the link stops probing (until it hears
+/// again): a peer that does not answer is not helped by more.
+const MAX_UNANSWERED_PROBES: u32 = 50;
 
 /// QUIC application close codes.
 pub mod close {
@@ -469,6 +472,8 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         let mut tick = tokio::time::interval(PROBE_AFTER);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sent = Instant::now();
+        // Probes since the peer was last heard from (by the time of that frame).
+        let (mut unanswered, mut heard_at) = (0u32, 0u64);
         loop {
             tokio::select! {
                 msg = out_rx.recv() => {
@@ -480,11 +485,17 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                     last_sent = Instant::now();
                 }
                 _ = tick.tick() => {
-                    let heard = now_ms().saturating_sub(counters.last_frame_ms.load(Ordering::Relaxed));
+                    let last_frame = counters.last_frame_ms.load(Ordering::Relaxed);
+                    if last_frame != heard_at {
+                        (unanswered, heard_at) = (0, last_frame);
+                    }
+                    let heard = now_ms().saturating_sub(last_frame);
                     if counters.awaiting.load(Ordering::Relaxed)
+                        && unanswered < MAX_UNANSWERED_PROBES
                         && last_sent.elapsed() >= PROBE_AFTER
                         && heard >= PROBE_AFTER.as_millis() as u64
                     {
+                        unanswered += 1;
                         if let Err(e) = write_frame(&mut send, &Msg::Probe).await {
                             return e.to_string();
                         }
