@@ -373,7 +373,7 @@ macro_rules! entity {
             }
         }
 
-        #[doc = concat!("Fields of a ", $name, " to change; omitted ones stay and merge with concurrent edits.")]
+        #[doc = concat!("The fields of the ", $name, " to change; omitted ones stay and merge with concurrent edits.")]
         #[derive(InputObject, Default)]
         #[graphql(name = $update_name)]
         pub struct $update {

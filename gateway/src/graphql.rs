@@ -66,7 +66,7 @@ pub fn build_schema(backend: Backend) -> GatewaySchema {
 /// Build the schema with its limits; without `introspection`, `__schema` and `__type`
 /// answer nothing over any transport (HTTP also refuses them with a code).
 pub fn build_schema_with(backend: Backend, introspection: bool) -> GatewaySchema {
-    let builder = Schema::build(Query, Mutation, SubscriptionRoot);
+    let builder = Schema::build(Query, Mutation::default(), SubscriptionRoot);
     let builder = if introspection {
         builder
     } else {
@@ -216,7 +216,11 @@ pub type StatusOnce = tokio::sync::OnceCell<grassroots_node::NodeStatus>;
 const STALE_AFTER_MS: u64 = 24 * 3600 * 1000;
 
 /// An administrative unit (city, county, township or village). Unit profiles are public.
-pub struct Unit {
+#[derive(async_graphql::MergedObject)]
+pub struct Unit(UnitCore, UnitRecords);
+
+/// A unit's own fields (merged with its record listings into [`Unit`]).
+pub struct UnitCore {
     id: UnitId,
     profile: Option<gs::UnitProfile>,
     /// The roll-up, when the parent's `children` read its children's in one batch.
@@ -224,22 +228,25 @@ pub struct Unit {
 }
 
 impl Unit {
+    fn new(id: UnitId, profile: Option<gs::UnitProfile>, rollup: Option<Arc<gs::Rollup>>) -> Unit {
+        Unit(
+            UnitCore {
+                id: id.clone(),
+                profile,
+                rollup,
+            },
+            UnitRecords(id),
+        )
+    }
+
     fn load(b: &Backend, id: UnitId) -> Result<Option<Unit>> {
         let profile = b.reader.unit(&id).map_err(internal)?;
-        Ok(profile.map(|p| Unit {
-            id,
-            profile: Some(p),
-            rollup: None,
-        }))
+        Ok(profile.map(|p| Unit::new(id, Some(p), None)))
     }
 
     pub(crate) fn known(b: &Backend, id: UnitId) -> Result<Unit> {
         let profile = b.reader.unit(&id).map_err(internal)?;
-        Ok(Unit {
-            id,
-            profile,
-            rollup: None,
-        })
+        Ok(Unit::new(id, profile, None))
     }
 
     /// [`Unit::known`] through the request's [`ProfileCache`], which a listing fills for
@@ -260,11 +267,7 @@ impl Unit {
                 p
             }
         };
-        Ok(Unit {
-            id,
-            profile,
-            rollup: None,
-        })
+        Ok(Unit::new(id, profile, None))
     }
 }
 
@@ -1037,11 +1040,7 @@ impl Target {
             .take(first)
         {
             let profile = b.reader.unit(id).map_err(internal)?;
-            out.push(Unit {
-                id: id.clone(),
-                profile,
-                rollup: None,
-            });
+            out.push(Unit::new(id.clone(), profile, None));
         }
         Ok(out)
     }
@@ -1104,7 +1103,7 @@ pub(crate) fn page_size(first: Option<i32>) -> Result<usize> {
 }
 
 #[Object]
-impl Unit {
+impl UnitCore {
     /// Path of the unit from the root, e.g. `c01/k02/t03/v07`.
     async fn id(&self) -> ID {
         ID(self.id.to_string())
@@ -1175,10 +1174,9 @@ impl Unit {
         };
         Ok(profiles
             .into_iter()
-            .map(|p| Unit {
-                id: p.id.clone(),
-                rollup: rollups.remove(&p.id),
-                profile: Some(p),
+            .map(|p| {
+                let rollup = rollups.remove(&p.id);
+                Unit::new(p.id.clone(), Some(p), rollup)
             })
             .collect())
     }
@@ -1285,406 +1283,6 @@ impl Unit {
                 })
                 .collect(),
         ))
-    }
-
-    /// Activists, applicants and reserve cadres of this unit (or its subtree).
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn activists(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this stage.")] stage: Option<en::TalentStageGql>,
-    ) -> Result<RecordConnection<ActivistGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("stage", stage.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Cadre posts of this unit (or its subtree).
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn cadre_posts(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this post.")] post: Option<en::PostKindGql>,
-    ) -> Result<RecordConnection<CadrePostGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("post", post.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Meetings, activities and training of this unit (or its subtree); `period` looks at `heldOn`.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn meetings(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this kind.")] kind: Option<MeetingKindGql>,
-    ) -> Result<RecordConnection<MeetingGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("kind", kind.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Appraisals of this unit (or its subtree); `period` looks at `year`.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn appraisals(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this kind.")] kind: Option<en::AppraisalKindGql>,
-    ) -> Result<RecordConnection<AppraisalGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("kind", kind.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Projects of this unit (or its subtree); `period` looks at `startedOn`.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn projects(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this category.")] category: Option<en::ProjectCategoryGql>,
-        #[graphql(desc = "Only this status.")] status: Option<ProjectStatusGql>,
-    ) -> Result<RecordConnection<ProjectGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[
-                ("category", category.map(en::FieldValue::into_value)),
-                ("status", status.map(en::FieldValue::into_value)),
-            ],
-        )
-    }
-
-    /// Collective assets of this unit (or its subtree).
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn assets(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this category.")] category: Option<AssetCategoryGql>,
-    ) -> Result<RecordConnection<CollectiveAssetGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("category", category.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Public disclosures of this unit (or its subtree): readable without a token.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn disclosures(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this category.")] category: Option<DisclosureCategoryGql>,
-    ) -> Result<RecordConnection<DisclosureGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("category", category.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Complaints filed at this unit (or its subtree); `period` looks at `filedOn`.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn complaints(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this status (records without one are OPEN).")] status: Option<
-            en::ComplaintStatusGql,
-        >,
-    ) -> Result<RecordConnection<ComplaintGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("status", status.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Directives this unit (or its subtree) issued, those the caller may read.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn directives(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-    ) -> Result<RecordConnection<DirectiveGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(ctx, &self.id, args, &[])
-    }
-
-    /// Reports this unit (or its subtree) submitted; `period` looks at `submittedOn`.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn reports(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this kind.")] kind: Option<en::ReportKindGql>,
-    ) -> Result<RecordConnection<ReportGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[("kind", kind.map(en::FieldValue::into_value))],
-        )
-    }
-
-    /// Fund programmes this unit (or its subtree) runs; `period` looks at `year`.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn fund_programmes(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-    ) -> Result<RecordConnection<en::FundProgrammeGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(ctx, &self.id, args, &[])
-    }
-
-    /// Disbursements paid at this unit (or its subtree); `period` looks at `paidOn`. Anyone reads the published ones; the rest follow the unit's visibility.
-    #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
-    )]
-    #[allow(clippy::too_many_arguments)]
-    async fn disbursements(
-        &self,
-        ctx: &Context<'_>,
-        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
-        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
-        #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
-        #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-        #[graphql(
-            desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD."
-        )]
-        period: Option<String>,
-        #[graphql(desc = "Only this status.")] status: Option<en::DisbursementStatusGql>,
-        #[graphql(desc = "Only this method.")] method: Option<en::DisbursementMethodGql>,
-        #[graphql(desc = "Only those of this programme (`unit#record`).")] programme: Option<ID>,
-        #[graphql(desc = "Only published (true) or unpublished (false) ones.")] published: Option<
-            bool,
-        >,
-    ) -> Result<RecordConnection<en::DisbursementGql>> {
-        let args = ListArgs {
-            first,
-            after,
-            subtree,
-            level,
-            period,
-        };
-        en::list(
-            ctx,
-            &self.id,
-            args,
-            &[
-                ("status", status.map(en::FieldValue::into_value)),
-                ("method", method.map(en::FieldValue::into_value)),
-                ("programme", programme.map(en::FieldValue::into_value)),
-                ("published", published.map(en::FieldValue::into_value)),
-            ],
-        )
     }
 
     /// Fund programmes of the units above this one, which it pays out: for callers of this
@@ -1841,6 +1439,93 @@ impl Unit {
 }
 
 /// A party member.
+/// The record listings of a unit, one per kind: the same arguments and the same path
+/// (`entities::list`), generated from the table below. Merged into [`Unit`].
+macro_rules! unit_listings {
+    ($( $(#[$m:meta])* $name:ident: $gql:ty { $( $farg:ident: $fty:ty = $key:literal, $fdesc:literal; )* } )+) => {
+        /// A unit's record listings (its fields are `Unit`'s).
+        pub struct UnitRecords(UnitId);
+
+        #[Object]
+        impl UnitRecords {
+            $(
+                $(#[$m])*
+                #[graphql(
+                    complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
+                )]
+                #[allow(clippy::too_many_arguments)]
+                async fn $name(
+                    &self,
+                    ctx: &Context<'_>,
+                    #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+                    #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+                    #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
+                    #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
+                    #[graphql(desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD.")]
+                    period: Option<String>,
+                    $( #[graphql(desc = $fdesc)] $farg: Option<$fty>, )*
+                ) -> Result<RecordConnection<$gql>> {
+                    let args = ListArgs { first, after, subtree, level, period };
+                    en::list(ctx, &self.0, args, &[$( ($key, $farg.map(en::FieldValue::into_value)) ),*])
+                }
+            )+
+        }
+    };
+}
+
+unit_listings! {
+    /// Activists, applicants and reserve cadres of this unit (or its subtree).
+    activists: ActivistGql {
+        stage: en::TalentStageGql = "stage", "Only this stage.";
+    }
+    /// Cadre posts of this unit (or its subtree).
+    cadre_posts: CadrePostGql {
+        post: en::PostKindGql = "post", "Only this post.";
+    }
+    /// Meetings, activities and training of this unit (or its subtree); `period` looks at `heldOn`.
+    meetings: MeetingGql {
+        kind: MeetingKindGql = "kind", "Only this kind.";
+    }
+    /// Appraisals of this unit (or its subtree); `period` looks at `year`.
+    appraisals: AppraisalGql {
+        kind: en::AppraisalKindGql = "kind", "Only this kind.";
+    }
+    /// Projects of this unit (or its subtree); `period` looks at `startedOn`.
+    projects: ProjectGql {
+        category: en::ProjectCategoryGql = "category", "Only this category.";
+        status: ProjectStatusGql = "status", "Only this status.";
+    }
+    /// Collective assets of this unit (or its subtree).
+    assets: CollectiveAssetGql {
+        category: AssetCategoryGql = "category", "Only this category.";
+    }
+    /// Public disclosures of this unit (or its subtree): readable without a token.
+    disclosures: DisclosureGql {
+        category: DisclosureCategoryGql = "category", "Only this category.";
+    }
+    /// Complaints filed at this unit (or its subtree); `period` looks at `filedOn`.
+    complaints: ComplaintGql {
+        status: en::ComplaintStatusGql = "status", "Only this status (new complaints are OPEN).";
+    }
+    /// Directives this unit (or its subtree) issued, those the caller may read.
+    directives: DirectiveGql {
+    }
+    /// Reports this unit (or its subtree) submitted; `period` looks at `submittedOn`.
+    reports: ReportGql {
+        kind: en::ReportKindGql = "kind", "Only this kind.";
+    }
+    /// Fund programmes this unit (or its subtree) runs; `period` looks at `year`.
+    fund_programmes: en::FundProgrammeGql {
+    }
+    /// Disbursements paid at this unit (or its subtree); `period` looks at `paidOn`. Anyone reads the published ones; the rest follow the unit's visibility.
+    disbursements: en::DisbursementGql {
+        status: en::DisbursementStatusGql = "status", "Only this status.";
+        method: en::DisbursementMethodGql = "method", "Only this method.";
+        programme: ID = "programme", "Only those of this programme (`unit#record`).";
+        published: bool = "published", "Only published (true) or unpublished (false) ones.";
+    }
+}
+
 #[derive(Debug)]
 pub struct MemberGql(gs::Member);
 
@@ -2210,10 +1895,15 @@ pub struct UserToken {
 }
 
 /// Write operations. Each returns once the change is durable on this node.
-pub struct Mutation;
+#[derive(async_graphql::MergedObject, Default)]
+pub struct Mutation(MutationCore, RecordMutations);
+
+/// The writes besides those of records of a kind (merged into [`Mutation`]).
+#[derive(Default)]
+pub struct MutationCore;
 
 #[Object]
-impl Mutation {
+impl MutationCore {
     /// Revoke a child's certificate: an admin of this node's unit, at this node, for one of
     /// its children. The revocation travels in this unit's profile to every descendant; the
     /// child's live link is dropped and its redials are refused.
@@ -2303,246 +1993,6 @@ impl Mutation {
             .map_err(from_write)
     }
 
-    /// Add an activist, applicant or reserve cadre: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_activist(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateActivistInput,
-    ) -> Result<ActivistGql> {
-        ActivistGql::create(ctx, input).await
-    }
-
-    /// Change fields of an activist, applicant or reserve cadre (same rule as creating one).
-    async fn update_activist(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateActivistInput,
-    ) -> Result<ActivistGql> {
-        ActivistGql::update(ctx, &id, input).await
-    }
-
-    /// Add a cadre post: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_cadre_post(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateCadrePostInput,
-    ) -> Result<CadrePostGql> {
-        CadrePostGql::create(ctx, input).await
-    }
-
-    /// Change fields of a cadre post (same rule as creating one).
-    async fn update_cadre_post(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateCadrePostInput,
-    ) -> Result<CadrePostGql> {
-        CadrePostGql::update(ctx, &id, input).await
-    }
-
-    /// Add a meeting, activity or training: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_meeting(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateMeetingInput,
-    ) -> Result<MeetingGql> {
-        MeetingGql::create(ctx, input).await
-    }
-
-    /// Change fields of a meeting, activity or training (same rule as creating one).
-    async fn update_meeting(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateMeetingInput,
-    ) -> Result<MeetingGql> {
-        MeetingGql::update(ctx, &id, input).await
-    }
-
-    /// Add an appraisal: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_appraisal(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateAppraisalInput,
-    ) -> Result<AppraisalGql> {
-        AppraisalGql::create(ctx, input).await
-    }
-
-    /// Change fields of an appraisal (same rule as creating one).
-    async fn update_appraisal(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateAppraisalInput,
-    ) -> Result<AppraisalGql> {
-        AppraisalGql::update(ctx, &id, input).await
-    }
-
-    /// Add a project: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_project(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateProjectInput,
-    ) -> Result<ProjectGql> {
-        ProjectGql::create(ctx, input).await
-    }
-
-    /// Change fields of a project (same rule as creating one).
-    async fn update_project(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateProjectInput,
-    ) -> Result<ProjectGql> {
-        ProjectGql::update(ctx, &id, input).await
-    }
-
-    /// Add a collective asset: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_collective_asset(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateCollectiveAssetInput,
-    ) -> Result<CollectiveAssetGql> {
-        CollectiveAssetGql::create(ctx, input).await
-    }
-
-    /// Change fields of a collective asset (same rule as creating one).
-    async fn update_collective_asset(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateCollectiveAssetInput,
-    ) -> Result<CollectiveAssetGql> {
-        CollectiveAssetGql::update(ctx, &id, input).await
-    }
-
-    /// Add a public disclosure: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_disclosure(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateDisclosureInput,
-    ) -> Result<DisclosureGql> {
-        DisclosureGql::create(ctx, input).await
-    }
-
-    /// Change fields of a public disclosure (same rule as creating one).
-    async fn update_disclosure(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateDisclosureInput,
-    ) -> Result<DisclosureGql> {
-        DisclosureGql::update(ctx, &id, input).await
-    }
-
-    /// Add a complaint: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_complaint(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateComplaintInput,
-    ) -> Result<ComplaintGql> {
-        ComplaintGql::create(ctx, input).await
-    }
-
-    /// Change fields of a complaint (same rule as creating one).
-    async fn update_complaint(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateComplaintInput,
-    ) -> Result<ComplaintGql> {
-        ComplaintGql::update(ctx, &id, input).await
-    }
-
-    /// Add a directive: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_directive(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateDirectiveInput,
-    ) -> Result<DirectiveGql> {
-        DirectiveGql::create(ctx, input).await
-    }
-
-    /// Change fields of a directive (same rule as creating one).
-    async fn update_directive(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateDirectiveInput,
-    ) -> Result<DirectiveGql> {
-        DirectiveGql::update(ctx, &id, input).await
-    }
-
-    /// Add a report: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_report(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateReportInput,
-    ) -> Result<ReportGql> {
-        ReportGql::create(ctx, input).await
-    }
-
-    /// Change fields of a report (same rule as creating one).
-    async fn update_report(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateReportInput,
-    ) -> Result<ReportGql> {
-        ReportGql::update(ctx, &id, input).await
-    }
-
-    /// Add a fund programme: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_fund_programme(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateFundProgrammeInput,
-    ) -> Result<en::FundProgrammeGql> {
-        en::FundProgrammeGql::create(ctx, input).await
-    }
-
-    /// Change fields of a fund programme (same rule as creating one).
-    async fn update_fund_programme(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateFundProgrammeInput,
-    ) -> Result<en::FundProgrammeGql> {
-        en::FundProgrammeGql::update(ctx, &id, input).await
-    }
-
-    /// Add a disbursement: a clerk of the unit, or a supervisor above it (fields only supervisors
-    /// write need a supervisor).
-    async fn create_disbursement(
-        &self,
-        ctx: &Context<'_>,
-        input: en::CreateDisbursementInput,
-    ) -> Result<en::DisbursementGql> {
-        en::DisbursementGql::create(ctx, input).await
-    }
-
-    /// Change fields of a disbursement (same rule as creating one).
-    async fn update_disbursement(
-        &self,
-        ctx: &Context<'_>,
-        id: ID,
-        input: en::UpdateDisbursementInput,
-    ) -> Result<en::DisbursementGql> {
-        en::DisbursementGql::update(ctx, &id, input).await
-    }
-
     /// Create a token for a user of a unit: an admin of that unit or of one above it (held
     /// by this node). The token is shown once, here; it is stored hashed.
     async fn create_user_token(
@@ -2621,10 +2071,46 @@ impl Mutation {
             .set_unit_details(unit.clone(), details)
             .await
             .map_err(from_write)?;
-        Ok(Unit {
-            id: unit,
-            profile: Some(profile),
-            rollup: None,
-        })
+        Ok(Unit::new(unit, Some(profile), None))
     }
+}
+
+/// Create and update of every record kind, generated from the table below: one rule path
+/// (`entities::create`, `entities::update`) for all. Merged into [`Mutation`].
+macro_rules! record_mutations {
+    ($( $what:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident); )+) => {
+        /// The record writes (their fields are `Mutation`'s).
+        #[derive(Default)]
+        pub struct RecordMutations;
+
+        #[Object]
+        impl RecordMutations {
+            $(
+                #[doc = concat!("Add ", $what, ": a clerk of the unit, or a supervisor above it (fields only supervisors write need a supervisor).")]
+                async fn $create(&self, ctx: &Context<'_>, input: en::$cin) -> Result<en::$gql> {
+                    en::$gql::create(ctx, input).await
+                }
+
+                #[doc = concat!("Change fields of ", $what, " (same rule as creating one).")]
+                async fn $update(&self, ctx: &Context<'_>, id: ID, input: en::$uin) -> Result<en::$gql> {
+                    en::$gql::update(ctx, &id, input).await
+                }
+            )+
+        }
+    };
+}
+
+record_mutations! {
+    "an activist, applicant or reserve cadre": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput);
+    "a cadre post": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput);
+    "a meeting, activity or training": MeetingGql, create_meeting(CreateMeetingInput), update_meeting(UpdateMeetingInput);
+    "an appraisal": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput);
+    "a project": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput);
+    "a collective asset": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput);
+    "a public disclosure": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput);
+    "a complaint": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput);
+    "a directive": DirectiveGql, create_directive(CreateDirectiveInput), update_directive(UpdateDirectiveInput);
+    "a report": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput);
+    "a fund programme": FundProgrammeGql, create_fund_programme(CreateFundProgrammeInput), update_fund_programme(UpdateFundProgrammeInput);
+    "a disbursement": DisbursementGql, create_disbursement(CreateDisbursementInput), update_disbursement(UpdateDisbursementInput);
 }
