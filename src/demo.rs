@@ -144,7 +144,9 @@ pub async fn seed(fed: &Federation) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("seeding {}", spec.id))?;
         }
-        let county = std::iter::successors(Some(spec.id.clone()), UnitId::parent)
+        let county = spec
+            .id
+            .line()
             .find(|u| u.level() == grassroots_schema::Level::County);
         let programme = county.as_ref().and_then(|c| programmes.get(c)).cloned();
         for (kind, fields) in records_for(&spec.id, last_year(), programme.as_deref()) {

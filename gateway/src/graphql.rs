@@ -2004,8 +2004,6 @@ impl MutationCore {
         let unit = parse_unit(&input.unit)?;
         authorise_users(ctx, b, &unit)?;
         let name = input.name.trim().to_owned();
-        gs::records::validate_user_name(&name)
-            .map_err(|e| error(Code::BadUserInput, e.to_string()))?;
         let token = grassroots_node::auth::new_token().map_err(internal)?;
         b.store
             .add_named_user(
@@ -2015,7 +2013,10 @@ impl MutationCore {
                 Some(name.clone()),
             )
             .await
-            .map_err(internal)?;
+            .map_err(|e| match e {
+                grassroots_node::StoreError::Invalid(r) => error(Code::BadUserInput, r.to_string()),
+                other => internal(other),
+            })?;
         Ok(UserToken {
             token,
             unit: ID(unit.to_string()),

@@ -494,4 +494,13 @@ async fn only_admins_at_or_above_manage_users() {
         r["data"]["createMeeting"]["created"]["user"], "Chen Jing",
         "{r}"
     );
+    // A name that is none is refused with its code, and no token is made.
+    let r = query(
+        &backend,
+        Some(&admin),
+        "mutation { createUserToken(input: { unit: \"c01\", role: VIEWER, name: \"  \" }) { token } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
 }

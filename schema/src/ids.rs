@@ -87,6 +87,11 @@ impl UnitId {
         self.0.rfind('/').map(|i| UnitId(self.0[..i].to_owned()))
     }
 
+    /// This unit, then its parent, and so on up to the root.
+    pub fn line(&self) -> impl Iterator<Item = UnitId> + use<> {
+        std::iter::successors(Some(self.clone()), UnitId::parent)
+    }
+
     /// The root (city) of this unit's tree.
     pub fn root(&self) -> UnitId {
         UnitId(self.0.split('/').next().unwrap_or_default().to_owned())

@@ -79,6 +79,9 @@ pub enum StoreError {
     /// The store's random source failed.
     #[error("no randomness available")]
     Random,
+    /// What was asked to be stored is invalid (a user's name).
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
 }
 
 /// Why a write was refused or failed.
@@ -658,7 +661,6 @@ impl StoreHandle {
 
 /// A member write waiting for the batch's single transaction on its document.
 struct PendingWrite {
-    doc: DocId,
     op: PendingOp,
     reply: oneshot::Sender<Result<Member, WriteError>>,
 }
@@ -666,6 +668,14 @@ struct PendingWrite {
 enum PendingOp {
     Create(MemberId, NewMember, Option<Stamp>),
     Update(MemberId, MemberPatch, Option<Stamp>),
+}
+
+impl PendingOp {
+    fn id(&self) -> &MemberId {
+        match self {
+            PendingOp::Create(id, ..) | PendingOp::Update(id, ..) => id,
+        }
+    }
 }
 
 /// A write of a record of the other kinds, waiting like a [`PendingWrite`].
@@ -719,17 +729,13 @@ trait Waiting: Sized {
 impl Waiting for PendingWrite {
     type Row = Member;
     fn doc(&self) -> DocId {
-        self.doc.clone()
+        DocId::new(DocKind::Members, self.op.id().unit.clone())
     }
     fn is_update(&self) -> bool {
         matches!(self.op, PendingOp::Update(..))
     }
     fn missing(&self) -> WriteError {
-        match &self.op {
-            PendingOp::Create(id, ..) | PendingOp::Update(id, ..) => {
-                WriteError::NotFound(id.clone())
-            }
-        }
+        WriteError::NotFound(self.op.id().clone())
     }
     fn fail(self, e: WriteError) {
         let _ = self.reply.send(Err(e));
@@ -913,7 +919,8 @@ struct Actor {
     rollups: Arc<reader::RollupCache>,
     /// Documents whose change rows are due to be folded into a snapshot.
     due: BTreeSet<DocId>,
-    /// Member writes in the last batch: how many writers there are to wait for.
+    /// Record writes (members and the other kinds) in the last batch: how many writers
+    /// there are to wait for.
     last_batch_writes: usize,
     /// The last record id this node made (ids only grow).
     last_record: u64,
@@ -1093,7 +1100,6 @@ impl Actor {
                 }
                 match self.new_record() {
                     Ok(record) => batch.writes.push(PendingWrite {
-                        doc: DocId::new(DocKind::Members, unit.clone()),
                         op: PendingOp::Create(MemberId { unit, record }, member, stamped(by)),
                         reply,
                     }),
@@ -1113,7 +1119,6 @@ impl Actor {
                     return;
                 }
                 batch.writes.push(PendingWrite {
-                    doc: DocId::new(DocKind::Members, id.unit.clone()),
                     op: PendingOp::Update(id, patch, stamped(by)),
                     reply,
                 });
@@ -1195,7 +1200,7 @@ impl Actor {
                 let row = match name.as_deref().map(str::trim) {
                     Some(n) => {
                         if let Err(e) = grassroots_schema::records::validate_user_name(n) {
-                            let _ = reply.send(Err(StoreError::Corrupt(e.to_string())));
+                            let _ = reply.send(Err(e.into()));
                             return;
                         }
                         format!("{unit} {role} {n}")
@@ -1535,8 +1540,7 @@ impl Actor {
         let t = tx.open_table(SYNC_STATES).map_err(db)?;
         let mut out = HashMap::new();
         let p = peer.as_str();
-        // Doc ids are "kind:unit"; every one sorts between "" and "~".
-        for row in t.range((p, "")..(p, "~")).map_err(db)? {
+        for row in t.range(rows_of(p)).map_err(db)? {
             let (k, v) = row.map_err(db)?;
             if let Ok(id) = k.value().1.parse::<DocId>() {
                 out.insert(id, v.value().to_vec());
@@ -1959,11 +1963,6 @@ enum Only<'a> {
     Records(Cow<'a, BTreeMap<RecordId, Option<Record>>>),
 }
 
-/// The first key of a record kind's rows for one unit: `kind|tree key`.
-fn records_key(kind: DocKind, unit: &UnitId) -> String {
-    format!("{}|{}", kind.as_str(), unit.tree_key())
-}
-
 /// The second key of a receipt row: the reporting unit's tree key and the record.
 fn ref_source(r: &Record) -> String {
     format!("{}|{}", r.id.unit.tree_key(), r.id.record)
@@ -1987,19 +1986,11 @@ impl Views<'_> {
                 }
             }
             (DocKind::Members, _) => {
-                let key = owner.tree_key();
-                let mut old = stored(&self.members, &key)?;
-                for m in doc::read_members(document, owner) {
-                    if old.remove(&m.id.record.to_string()) != Some(to_json(&m)?) {
-                        self.put_member(owner, m.id.record, Some(&m))?;
-                    }
-                }
-                for rec in old.keys() {
-                    let record = rec
-                        .parse()
-                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-                    self.put_member(owner, record, None)?;
-                }
+                let old = stored(&self.members, &owner.tree_key())?;
+                let now = doc::read_members(document, owner)
+                    .into_iter()
+                    .map(|m| (m.id.record, m));
+                self.rewrite(old, now, |v, r, m| v.put_member(owner, r, m))?;
             }
             (DocKind::Profile, _) => {
                 if let Some(p) = doc::read_profile(document, owner) {
@@ -2026,19 +2017,34 @@ impl Views<'_> {
                 let Some(spec) = entity(kind) else {
                     return Ok(());
                 };
-                let mut old = stored(&self.records, &records_key(kind, owner))?;
-                for r in doc::read_records(document, spec, owner) {
-                    if old.remove(&r.id.record.to_string()) != Some(to_json(&r)?) {
-                        self.put_record(kind, owner, r.id.record, Some(&r))?;
-                    }
-                }
-                for rec in old.keys() {
-                    let record = rec
-                        .parse()
-                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-                    self.put_record(kind, owner, record, None)?;
-                }
+                let old = stored(&self.records, &records_key(kind, owner))?;
+                let now = doc::read_records(document, spec, owner)
+                    .into_iter()
+                    .map(|r| (r.id.record, r));
+                self.rewrite(old, now, |v, id, r| v.put_record(kind, owner, id, r))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Bring one document's rows from `old` (stored, by record id) to `now` (read from the
+    /// document): `put` rows that differ or are new, remove (`put` with `None`) those gone.
+    fn rewrite<T: serde::Serialize>(
+        &mut self,
+        mut old: BTreeMap<String, Vec<u8>>,
+        now: impl Iterator<Item = (RecordId, T)>,
+        mut put: impl FnMut(&mut Self, RecordId, Option<&T>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for (record, row) in now {
+            if old.remove(&record.to_string()) != Some(to_json(&row)?) {
+                put(self, record, Some(&row))?;
+            }
+        }
+        for rec in old.keys() {
+            let record = rec
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("view row {rec}: {e}")))?;
+            put(self, record, None)?;
         }
         Ok(())
     }
@@ -2116,7 +2122,7 @@ fn stored(
     key: &str,
 ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
     let mut out = BTreeMap::new();
-    for row in table.range((key, "")..(key, "~")).map_err(db)? {
+    for row in table.range(rows_of(key)).map_err(db)? {
         let (k, v) = row.map_err(db)?;
         out.insert(k.value().1.to_owned(), v.value().to_vec());
     }

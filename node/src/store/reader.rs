@@ -15,7 +15,9 @@ use grassroots_schema::{
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::StoreError;
-use super::tables::{USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS};
+use super::tables::{
+    USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
+};
 
 /// A cloneable handle for reading the views. Shares the database with the store actor,
 /// which alone writes.
@@ -205,6 +207,20 @@ fn db<E: Into<redb::Error>>(e: E) -> StoreError {
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The keys a listing spans in a table keyed (`prefix` + unit tree key, record id): its
+/// first key, and the key pair the range ends before. Without `subtree`, the unit's own
+/// rows; with it, every row of the units below too.
+fn listing(prefix: &str, unit: &UnitId, subtree: bool) -> (String, (String, &'static str)) {
+    let tree = unit.tree_key();
+    let key = format!("{prefix}{tree}");
+    let end = if subtree {
+        (format!("{prefix}{}", prefix_end(&tree)), "")
+    } else {
+        (key.clone(), "~")
+    };
+    (key, end)
 }
 
 /// The smallest string greater than every string starting with `prefix` (which ends in '/').
@@ -397,15 +413,8 @@ impl StoreReader {
     ) -> Result<MemberPage, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
-        let key = unit.tree_key();
-        let end = prefix_end(&key);
-        // Record ids are hex; "~" sorts after all of them.
-        let lo = (key.as_str(), "");
-        let hi = if subtree {
-            (end.as_str(), "")
-        } else {
-            (key.as_str(), "~")
-        };
+        let (key, end) = listing("", unit, subtree);
+        let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         // The subtree's count is its roll-up row (same read transaction, so it matches the
         // rows); a unit's own register is counted, which reads only its own rows.
         let wanted = |m: &Member| status.is_none_or(|s| m.status == s);
@@ -457,14 +466,8 @@ impl StoreReader {
         } = *q;
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
-        let key = format!("{}|{}", kind.as_str(), unit.tree_key());
-        let end = format!("{}|{}", kind.as_str(), prefix_end(&unit.tree_key()));
-        let lo = (key.as_str(), "");
-        let hi = if subtree {
-            (end.as_str(), "")
-        } else {
-            (key.as_str(), "~")
-        };
+        let (key, end) = listing(&format!("{}|", kind.as_str()), unit, subtree);
+        let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         let mut total = 0;
         if count {
             for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
@@ -484,7 +487,7 @@ impl StoreReader {
     pub fn record(&self, id: &RecordRef) -> Result<Option<Record>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
-        let key = format!("{}|{}", id.kind.as_str(), id.unit.tree_key());
+        let key = records_key(id.kind, &id.unit);
         let rec = id.record.to_string();
         match t.get((key.as_str(), rec.as_str())).map_err(db)? {
             Some(v) => Ok(Some(decode(v.value())?)),
@@ -498,18 +501,10 @@ impl StoreReader {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
         let mut out = Vec::new();
-        let mut above = Vec::new();
-        let mut at = unit.parent();
-        while let Some(a) = at {
-            at = a.parent();
-            above.push(a);
-        }
+        let above: Vec<UnitId> = unit.line().skip(1).collect();
         for a in above.iter().rev() {
-            let key = format!("{}|{}", kind.as_str(), a.tree_key());
-            for row in t
-                .range((key.as_str(), "")..(key.as_str(), "~"))
-                .map_err(db)?
-            {
+            let key = records_key(kind, a);
+            for row in t.range(rows_of(&key)).map_err(db)? {
                 let (_, v) = row.map_err(db)?;
                 out.push(decode(v.value())?);
             }
@@ -525,7 +520,7 @@ impl StoreReader {
         let target = target.to_string();
         let target = target.as_str();
         let mut units = std::collections::BTreeSet::new();
-        for row in t.range((target, "")..(target, "~")).map_err(db)? {
+        for row in t.range(rows_of(target)).map_err(db)? {
             let (k, _) = row.map_err(db)?;
             if let Some((unit, _)) = k.value().1.split_once('|') {
                 units.insert(unit.to_owned());

@@ -37,15 +37,7 @@ impl Deltas {
     /// row changed.
     pub(super) fn apply(self, table: &mut Table<'_, &str, &[u8]>) -> Result<bool, StoreError> {
         let mut wrote = false;
-        let mut by_unit: BTreeMap<UnitId, Rollup> = BTreeMap::new();
-        for (unit, delta) in self.0 {
-            let mut at = Some(unit);
-            while let Some(u) = at {
-                at = u.parent();
-                by_unit.entry(u).or_default().merge(&delta, 1);
-            }
-        }
-        for (unit, delta) in by_unit {
+        for (unit, delta) in self.up_the_tree() {
             if delta.is_empty() {
                 continue;
             }
@@ -68,6 +60,19 @@ impl Deltas {
     }
 }
 
+impl Deltas {
+    /// Each unit's delta added to its own and every ancestor's.
+    fn up_the_tree(self) -> BTreeMap<UnitId, Rollup> {
+        let mut by_unit: BTreeMap<UnitId, Rollup> = BTreeMap::new();
+        for (unit, delta) in self.0 {
+            for u in unit.line() {
+                by_unit.entry(u).or_default().merge(&delta, 1);
+            }
+        }
+        by_unit
+    }
+}
+
 fn parse(key: &str, bytes: &[u8]) -> Result<Rollup, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("roll-up {key}: {e}")))
 }
@@ -85,15 +90,8 @@ pub(super) fn compute<'a>(
     for (unit, t) in tallies {
         deltas.note_tallies(&unit, &t, 1);
     }
-    let mut by_unit: BTreeMap<UnitId, Rollup> = BTreeMap::new();
-    for (unit, delta) in deltas.0 {
-        let mut at = Some(unit);
-        while let Some(u) = at {
-            at = u.parent();
-            by_unit.entry(u).or_default().merge(&delta, 1);
-        }
-    }
-    by_unit
+    deltas
+        .up_the_tree()
         .into_iter()
         .filter(|(_, r)| !r.is_empty())
         .map(|(u, r)| Ok((u.tree_key(), to_json(&r)?)))

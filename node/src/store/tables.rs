@@ -1,7 +1,19 @@
 //! redb table definitions. Names carry a version; a layout change means a new name or table
 //! and a numbered migration (`load.rs`). `docs/storage.md` describes each.
 
+use grassroots_schema::{DocKind, UnitId};
 use redb::TableDefinition;
+
+/// The first key of a unit's rows of one record kind in [`VIEW_RECORDS`]: `kind|tree key`.
+pub(super) fn records_key(kind: DocKind, unit: &UnitId) -> String {
+    format!("{}|{}", kind.as_str(), unit.tree_key())
+}
+
+/// The rows of a two-part key whose first part is `first`. Second parts (record ids in hex,
+/// doc ids, `unit|record`) all sort between "" and "~".
+pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
+    (first, "")..(first, "~")
+}
 
 /// Layout version written in [`META`] under `"layout"`.
 /// 1: first layout; 2: [`DOC_STATE`]; 3: [`VIEW_ROLLUPS`]; 4: [`VIEW_RECORDS`],

@@ -466,10 +466,8 @@ impl Engine {
 
     /// Drop the subtree digests of `unit` and every ancestor.
     fn invalidate_line(&mut self, unit: &UnitId) {
-        let mut at = Some(unit.clone());
-        while let Some(u) = at {
+        for u in unit.line() {
             self.subtree_digests.remove(&u);
-            at = u.parent();
         }
     }
 
