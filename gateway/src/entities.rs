@@ -763,6 +763,24 @@ pub fn list<T: EntityType>(
     Ok(conn)
 }
 
+/// The records of `T`'s kind that the units above `unit` address to it (directives for its
+/// level, fund programmes), oldest issuer first: for callers of `unit` or above it.
+pub fn addressed<T: EntityType>(ctx: &Context<'_>, unit: &UnitId) -> Result<Vec<T>> {
+    let who = caller(ctx);
+    if let Some(e) = refuse_read(who, DocKind::Members, unit) {
+        return Err(e);
+    }
+    let above = backend(ctx)?
+        .reader
+        .records_above(T::KIND, unit)
+        .map_err(internal)?;
+    Ok(above
+        .into_iter()
+        .filter(|r| gs::addressed_to(r, unit) && can_read_record(who, r))
+        .map(T::from)
+        .collect())
+}
+
 /// A record id of kind `kind` from its text.
 fn parse_ref(id: &ID, kind: DocKind) -> Result<RecordRef> {
     let r: RecordRef = id

@@ -1288,20 +1288,7 @@ impl UnitCore {
     /// Fund programmes of the units above this one, which it pays out: for callers of this
     /// unit or above it.
     async fn fund_programmes_above(&self, ctx: &Context<'_>) -> Result<Vec<en::FundProgrammeGql>> {
-        let b = backend(ctx)?;
-        let who = caller(ctx);
-        if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
-            return Err(e);
-        }
-        let all = b
-            .reader
-            .records_above(DocKind::Funds, &self.id)
-            .map_err(internal)?;
-        Ok(all
-            .into_iter()
-            .filter(|r| gs::can_read_record(who, r))
-            .map(en::FundProgrammeGql)
-            .collect())
+        en::addressed(ctx, &self.id)
     }
 
     /// How the units each directive of this unit addresses have reported back, a page of
@@ -1345,7 +1332,7 @@ impl UnitCore {
                 .referring_units(&d.id)
                 .map_err(internal)?
                 .iter()
-                .filter(|u| d.id.unit.is_ancestor_of(u) && level.is_none_or(|l| u.level() == l))
+                .filter(|u| gs::addressed_to(&d, u))
                 .count();
             conn.edges.push(Edge::new(
                 edge.cursor,
@@ -1363,21 +1350,7 @@ impl UnitCore {
     /// Directives addressed to this unit by the units above it, oldest issuer first: for
     /// callers of this unit or above it.
     async fn directives_received(&self, ctx: &Context<'_>) -> Result<Vec<DirectiveGql>> {
-        let b = backend(ctx)?;
-        let who = caller(ctx);
-        if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
-            return Err(e);
-        }
-        let all = b
-            .reader
-            .records_above(DocKind::Directives, &self.id)
-            .map_err(internal)?;
-        Ok(all
-            .into_iter()
-            .filter(|d| d.to_level().is_none_or(|l| l == self.id.level()))
-            .filter(|d| gs::can_read_record(who, d))
-            .map(DirectiveGql)
-            .collect())
+        en::addressed(ctx, &self.id)
     }
 
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in
@@ -1396,18 +1369,8 @@ impl UnitCore {
     ) -> Result<MemberConnection> {
         let b = backend(ctx)?;
         let who = caller(ctx);
-        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
-        if !can_read(who, &doc) {
-            return Err(match who {
-                Caller::Anonymous => error(
-                    Code::Unauthenticated,
-                    "members are not public: send a token",
-                ),
-                Caller::User { .. } => error(
-                    Code::Forbidden,
-                    format!("members of {} are outside your unit's subtree", self.id),
-                ),
-            });
+        if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
+            return Err(e);
         }
         let first = page_size(first)?;
         let after = after.as_deref().map(decode_cursor).transpose()?;

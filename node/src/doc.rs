@@ -74,10 +74,7 @@ fn put_member(
     if let Some(v) = &m.id_number {
         fields.insert(ID_NUMBER, hydrate::Value::scalar(v.as_str()));
     }
-    if let Some(st) = stamp {
-        fields.insert(CREATED_AT, hydrate::Value::scalar(st.at_ms));
-        fields.insert(CREATED_BY, hydrate::Value::scalar(st.by().as_str()));
-    }
+    stamp_created(&mut fields, stamp);
     tx.batch_create_object(ROOT, record.to_string(), &fields.into(), false)?;
     Ok(())
 }
@@ -92,18 +89,57 @@ const CREATED_BY: &str = "createdBy";
 const CHANGED_AT: &str = "changedAt";
 const CHANGED_BY: &str = "changedBy";
 
+/// Add the creation stamp, if any, to a new record's fields.
+fn stamp_created(fields: &mut HashMap<&str, hydrate::Value>, stamp: Option<&Stamp>) {
+    if let Some(st) = stamp {
+        fields.insert(CREATED_AT, hydrate::Value::scalar(st.at_ms));
+        fields.insert(CREATED_BY, hydrate::Value::scalar(st.by().as_str()));
+    }
+}
+
+/// Stamp a record as changed, when there is a writer and the write changes something.
+fn stamp_changed(
+    tx: &mut impl Transactable,
+    obj: &ObjId,
+    stamp: Option<&Stamp>,
+    changes_something: bool,
+) -> Result<(), AutomergeError> {
+    if let Some(st) = stamp
+        && changes_something
+    {
+        tx.put(obj, CHANGED_AT, st.at_ms)?;
+        tx.put(obj, CHANGED_BY, st.by().as_str())?;
+    }
+    Ok(())
+}
+
+/// Who created and who last changed a record, from its map (a stamp that does not parse
+/// is left out; the record still counts).
+fn stamps(map: &hydrate::Map) -> (Option<Stamp>, Option<Stamp>) {
+    let stamp = |at: &str, by: &str| {
+        let at = match map.get(at)? {
+            hydrate::Value::Scalar(s) => match s {
+                ScalarValue::Int(i) => *i,
+                ScalarValue::Uint(u) => i64::try_from(*u).ok()?,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        match map.get(by)? {
+            hydrate::Value::Scalar(ScalarValue::Str(by)) => Stamp::parse(at, by),
+            _ => None,
+        }
+    };
+    (stamp(CREATED_AT, CREATED_BY), stamp(CHANGED_AT, CHANGED_BY))
+}
+
 fn patch_member(
     tx: &mut impl Transactable,
     obj: &ObjId,
     p: &MemberPatch,
     stamp: Option<&Stamp>,
 ) -> Result<(), AutomergeError> {
-    if let Some(st) = stamp
-        && *p != MemberPatch::default()
-    {
-        tx.put(obj, CHANGED_AT, st.at_ms)?;
-        tx.put(obj, CHANGED_BY, st.by().as_str())?;
-    }
+    stamp_changed(tx, obj, stamp, *p != MemberPatch::default())?;
     if let Some(v) = &p.name {
         tx.put(obj, "name", v.trim())?;
     }
@@ -218,20 +254,12 @@ pub fn apply_record_writes(
                 .iter()
                 .map(|(k, v)| (k.as_str(), hydrate::Value::Scalar(scalar(v))))
                 .collect();
-            if let Some(st) = stamp {
-                map.insert(CREATED_AT, hydrate::Value::scalar(st.at_ms));
-                map.insert(CREATED_BY, hydrate::Value::scalar(st.by().as_str()));
-            }
+            stamp_created(&mut map, stamp);
             tx.batch_create_object(ROOT, record.to_string(), &map.into(), false)?;
             Ok(Ok(()))
         }
         RecordWrite::Update(record, fields, stamp) => with_record(tx, record, |tx, obj| {
-            if let Some(st) = stamp
-                && !fields.is_empty()
-            {
-                tx.put(obj, CHANGED_AT, st.at_ms)?;
-                tx.put(obj, CHANGED_BY, st.by().as_str())?;
-            }
+            stamp_changed(tx, obj, stamp, !fields.is_empty())?;
             for (k, v) in fields {
                 tx.put(obj, k.as_str(), scalar(v))?;
             }
@@ -305,10 +333,7 @@ fn record_from(
         // What a peer wrote is held to the same description as a local write: a record that
         // does not validate stays in the document but out of the views.
         spec.validate(unit, &fields, true).ok()?;
-        let stamp = |at: &str, by: &str| match (scalar(at), scalar(by)) {
-            (Some(ScalarValue::Int(at)), Some(ScalarValue::Str(by))) => Stamp::parse(*at, by),
-            _ => None,
-        };
+        let (created, changed) = stamps(map);
         Some(Record {
             id: RecordRef {
                 kind: spec.kind,
@@ -316,8 +341,8 @@ fn record_from(
                 record,
             },
             fields,
-            created: stamp(CREATED_AT, CREATED_BY),
-            changed: stamp(CHANGED_AT, CHANGED_BY),
+            created,
+            changed,
         })
     })();
     if parsed.is_none() {
@@ -401,6 +426,7 @@ fn member_from(unit: &UnitId, record: RecordId, value: &hydrate::Value) -> Optio
             ScalarValue::Uint(u) => i64::try_from(*u).ok(),
             _ => None,
         };
+        let (created, changed) = stamps(fields);
         Some(Member {
             id: MemberId {
                 unit: unit.clone(),
@@ -414,13 +440,8 @@ fn member_from(unit: &UnitId, record: RecordId, value: &hydrate::Value) -> Optio
             status: MemberStatus::parse(&text("status")?)?,
             phone: text(PHONE),
             id_number: text(ID_NUMBER),
-            // A stamp that does not parse is left out; the record still counts.
-            created: int(CREATED_AT)
-                .zip(text(CREATED_BY))
-                .and_then(|(at, by)| Stamp::parse(at, &by)),
-            changed: int(CHANGED_AT)
-                .zip(text(CHANGED_BY))
-                .and_then(|(at, by)| Stamp::parse(at, &by)),
+            created,
+            changed,
         })
     })();
     if member.is_none() {

@@ -55,7 +55,7 @@ pub use records::{
 };
 pub use rollup::Rollup;
 pub use rules::{
-    Audience, Caller, DocMeta, Relation, Role, UnknownRole, can_manage_users, can_read,
-    can_read_record, can_read_record_sensitive, can_read_sensitive, can_supervise, can_write,
-    can_write_fields, may_author, relation, replicated_at,
+    Audience, Caller, DocMeta, Relation, Role, UnknownRole, addressed_to, can_manage_users,
+    can_read, can_read_record, can_read_record_sensitive, can_read_sensitive, can_supervise,
+    can_write, can_write_fields, may_author, relation, replicated_at,
 };

@@ -260,10 +260,16 @@ pub fn can_read_record(caller: &Caller, record: &Record) -> bool {
     }
     match (caller, record.id.kind) {
         (Caller::User { unit, .. }, DocKind::Directives) if owner.is_ancestor_of(unit) => {
-            record.to_level().is_none_or(|l| l == unit.level())
+            addressed_to(record, unit)
         }
         _ => true,
     }
+}
+
+/// Whether a record sent down (a directive, a fund programme) is addressed to `unit`: the
+/// unit is below the record's owner and, for a directive for one level, at that level.
+pub fn addressed_to(record: &Record, unit: &UnitId) -> bool {
+    record.id.unit.is_ancestor_of(unit) && record.to_level().is_none_or(|l| l == unit.level())
 }
 
 /// Rule 3 for sensitive fields of one record (a complainant's identity, phone numbers):
