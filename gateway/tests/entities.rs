@@ -5,47 +5,17 @@
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, header};
-use grassroots_gateway::{Backend, router};
-use grassroots_node::auth::{new_token, token_hash};
-use grassroots_schema::{Role, UnitId};
+use grassroots_gateway::router;
+use grassroots_schema::Role;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-struct Fixture {
-    backend: Backend,
-    _thread: grassroots_node::store::StoreThread,
-    _dir: tempfile::TempDir,
-}
+mod common;
+use common::{Fixture, fixture, token_for};
 
 impl Fixture {
-    async fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let unit: UnitId = "c01/k01".parse().unwrap();
-        let (store, reader, thread) =
-            grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
-        store
-            .set_profile("Dongping County".into(), vec![])
-            .await
-            .unwrap();
-        Fixture {
-            backend: Backend {
-                node_unit: unit,
-                store,
-                reader,
-            },
-            _thread: thread,
-            _dir: dir,
-        }
-    }
-
     async fn token(&self, unit: &str, role: Role) -> String {
-        let t = new_token().unwrap();
-        self.backend
-            .store
-            .add_user(token_hash(&t), unit.parse().unwrap(), role)
-            .await
-            .unwrap();
-        t
+        token_for(self, unit, role).await
     }
 
     async fn gql(&self, token: Option<&str>, q: &str, vars: Value) -> Value {
@@ -77,7 +47,7 @@ const VILLAGES: [&str; 3] = ["c01/k01/t01/v01", "c01/k01/t01/v02", "c01/k01/t02/
 
 #[tokio::test]
 async fn the_seed_entities_feed_indicators_and_targets() {
-    let f = Fixture::new().await;
+    let f = fixture().await;
     let county = f.token("c01/k01", Role::Supervisor).await;
     let county_clerk = f.token("c01/k01", Role::Clerk).await;
     let v01 = f.token(VILLAGES[0], Role::Clerk).await;
@@ -608,7 +578,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
 
 #[tokio::test]
 async fn fund_programmes_are_paid_point_to_point_and_published() {
-    let f = Fixture::new().await;
+    let f = fixture().await;
     let county = f.token("c01/k01", Role::Clerk).await;
     let v01 = f.token(VILLAGES[0], Role::Clerk).await;
     let supervisor = f.token("c01/k01", Role::Supervisor).await;

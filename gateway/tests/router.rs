@@ -2,51 +2,17 @@
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
-use grassroots_gateway::{Backend, GatewayOptions, build_schema, router, router_with};
+use grassroots_gateway::{GatewayOptions, build_schema, router, router_with};
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_schema::{Role, UnitId};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-struct Fixture {
-    backend: Backend,
-    _thread: grassroots_node::store::StoreThread,
-    _dir: tempfile::TempDir,
-}
-
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let unit: UnitId = "c01/k01".parse().unwrap();
-    let (store, reader, thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
-    store
-        .set_profile("Dongping County".into(), vec![])
-        .await
-        .unwrap();
-    Fixture {
-        backend: Backend {
-            node_unit: unit,
-            store,
-            reader,
-        },
-        _thread: thread,
-        _dir: dir,
-    }
-}
+mod common;
+use common::{Fixture, fixture, token_for};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new token bound to `unit` with `role`.
-async fn token_for(f: &Fixture, unit: &str, role: Role) -> String {
-    let token = new_token().unwrap();
-    f.backend
-        .store
-        .add_user(token_hash(&token), unit.parse().unwrap(), role)
-        .await
-        .unwrap();
-    token
 }
 
 async fn post(f: &Fixture, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {

@@ -1,0 +1,44 @@
+//! What the gateway's integration tests share: a county node's store and tokens for it.
+
+use grassroots_gateway::Backend;
+use grassroots_node::auth::{new_token, token_hash};
+use grassroots_schema::{Role, UnitId};
+
+/// A county node's store (with its profile) and the gateway's backend over it.
+pub struct Fixture {
+    pub backend: Backend,
+    _thread: grassroots_node::store::StoreThread,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh store for the county `c01/k01`, named Dongping County.
+pub async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let unit: UnitId = "c01/k01".parse().unwrap();
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
+    store
+        .set_profile("Dongping County".into(), vec![])
+        .await
+        .unwrap();
+    Fixture {
+        backend: Backend {
+            node_unit: unit,
+            store,
+            reader,
+        },
+        _thread: thread,
+        _dir: dir,
+    }
+}
+
+/// A new token bound to `unit` with `role`.
+pub async fn token_for(f: &Fixture, unit: &str, role: Role) -> String {
+    let token = new_token().unwrap();
+    f.backend
+        .store
+        .add_user(token_hash(&token), unit.parse().unwrap(), role)
+        .await
+        .unwrap();
+    token
+}
