@@ -29,6 +29,10 @@ const PROBE_AFTER: Duration = Duration::from_millis(100);
 /// Probes sent without hearing from the peer before the link stops probing (until it hears
 /// again): a peer that does not answer is not helped by more.
 const MAX_UNANSWERED_PROBES: u32 = 50;
+/// A dial starts another QUIC handshake beside the ones still running after this long.
+const RACE_AFTER: Duration = Duration::from_millis(500);
+/// Handshakes one dial runs at once.
+const MAX_RACING: usize = 4;
 
 /// QUIC application close codes.
 pub mod close {
@@ -302,8 +306,8 @@ pub async fn connect_parent(
     timeout: Duration,
 ) -> Result<Link, NetError> {
     let fut = async {
-        let server_name = parent.dns_name(&identity.deployment);
-        let conn = endpoint.connect(addr, &server_name)?.await?;
+        let conn = race_handshakes(endpoint, addr, &parent.dns_name(&identity.deployment)).await?;
+        tracing::debug!(%parent, "handshake done; hello next");
         let (peer, fingerprint) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
@@ -314,7 +318,22 @@ pub async fn connect_parent(
         }
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, &hello(identity)).await?;
-        match read_frame(&mut recv).await? {
+        // Probe while the answer is awaited, as a waiting link does (see `run_link`): a lost
+        // hello is then noticed from the probes' acknowledgements, not after QUIC's backed-off
+        // probe timeout. The parent reads the hello first and ignores the probes after it.
+        let answer = {
+            let answer = read_frame(&mut recv);
+            tokio::pin!(answer);
+            loop {
+                tokio::select! {
+                    a = &mut answer => break a,
+                    () = tokio::time::sleep(PROBE_AFTER) => {
+                        write_frame(&mut send, &Msg::Probe).await?;
+                    }
+                }
+            }
+        };
+        match answer? {
             Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => {
                 Ok(Link {
                     conn,
@@ -341,6 +360,56 @@ pub async fn connect_parent(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| NetError::Timeout)?
+}
+
+/// The QUIC handshake with the parent, raced: while none has completed, another starts every
+/// [`RACE_AFTER`], up to [`MAX_RACING`] at once, and the first to complete wins (the others are
+/// dropped, which closes them). A handshake flight lost on a lossy link waits out QUIC's probe
+/// timeout, which doubles with each loss in a row, so one unlucky handshake can take 10 s; a
+/// fresh one starts with a short timeout again. Costs a few KB only on a link that is already
+/// slow to answer; on a healthy link the first handshake completes long before the second
+/// would start.
+async fn race_handshakes(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<Connection, NetError> {
+    let mut running = tokio::task::JoinSet::new();
+    running.spawn(endpoint.connect(addr, server_name)?);
+    loop {
+        let room = running.len() < MAX_RACING;
+        tokio::select! {
+            done = running.join_next() => match done {
+                Some(Ok(Ok(conn))) => return Ok(conn),
+                // A refused certificate is refused again: no point waiting for the others.
+                Some(Ok(Err(e))) if running.is_empty() || NetError::from(e.clone()).is_permanent() => {
+                    return Err(e.into());
+                }
+                Some(Ok(Err(e))) => tracing::debug!(%addr, "one of the raced handshakes failed: {e}"),
+                Some(Err(e)) => return Err(NetError::Handshake(format!("handshake task: {e}"))),
+                None => return Err(NetError::Timeout),
+            },
+            () = tokio::time::sleep(RACE_AFTER), if room => {
+                tracing::debug!(%addr, racing = running.len() + 1, "handshake slow; starting another");
+                running.spawn(endpoint.connect(addr, server_name)?);
+            }
+        }
+    }
+}
+
+/// Whether an incoming link ended because the child closed it without a reason, as it does
+/// to a raced handshake that lost (mid-handshake, QUIC reports an application close as the
+/// transport's APPLICATION_ERROR).
+fn dropped_by_child(e: &NetError) -> bool {
+    match e {
+        NetError::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+            c.error_code == close::BYE
+        }
+        NetError::Connection(quinn::ConnectionError::ConnectionClosed(c)) => {
+            c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR
+        }
+        _ => false,
+    }
 }
 
 async fn accept_child(
@@ -563,6 +632,10 @@ pub async fn accept_loop(
             .await;
             match accepted {
                 Ok(link) => run_link(link, ctx.store, ctx.cancel).await,
+                // A child that raced handshakes drops the ones that lost: not a refusal.
+                Err(e) if dropped_by_child(&e) => {
+                    tracing::debug!(%remote, "an incoming handshake was dropped by the child")
+                }
                 Err(e) => tracing::warn!(%remote, "refused an incoming link: {e}"),
             }
         });

@@ -125,6 +125,9 @@ pub struct Identity {
     /// This node's CA and the CAs above it, not the root (empty at the root).
     issuer_chain: Vec<CertificateDer<'static>>,
     ca_key_pem: String,
+    /// Whether the handshake presents the whole chain rather than the leaf alone; only test
+    /// identities that must reach the peer's chain checks set it.
+    present_chain: bool,
 }
 
 impl Identity {
@@ -144,6 +147,7 @@ impl Identity {
             key: leaf_key.serialize_der(),
             issuer_chain: vec![],
             ca_key_pem: ca_key.serialize_pem(),
+            present_chain: false,
         })
     }
 
@@ -168,7 +172,10 @@ impl Identity {
     /// peers' checks (a CA issuing outside its subtree, a grandparent skipping a level).
     #[cfg(feature = "testing")]
     pub fn testing_issue_any(&self, unit: &UnitId) -> Result<Identity, PkiError> {
-        self.issue(unit)
+        Ok(Identity {
+            present_chain: true,
+            ..self.issue(unit)?
+        })
     }
 
     fn issue(&self, unit: &UnitId) -> Result<Identity, PkiError> {
@@ -192,6 +199,7 @@ impl Identity {
             key: leaf_key.serialize_der(),
             issuer_chain,
             ca_key_pem: ca_key.serialize_pem(),
+            present_chain: false,
         })
     }
 
@@ -212,6 +220,7 @@ impl Identity {
             unit: unit.clone(),
             chain,
             key: key.serialize_der(),
+            present_chain: true,
             ..self.clone()
         })
     }
@@ -299,6 +308,7 @@ impl Identity {
             key,
             issuer_chain: certs("ca-chain.pem")?,
             ca_key_pem: read("ca.key")?,
+            present_chain: false,
         })
     }
 
@@ -316,30 +326,163 @@ impl Identity {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()))
     }
 
+    /// What the handshake presents: the leaf alone. Both ends of a link already hold the
+    /// CA that issued the other's leaf (a parent issued its child's; a child holds every CA
+    /// above it), so sending the intermediates would only lengthen the handshake: on a lossy
+    /// village link every extra datagram in a flight is one more chance to wait out a
+    /// retransmission timeout.
+    fn presented(&self) -> Vec<CertificateDer<'static>> {
+        if self.present_chain {
+            self.chain.clone()
+        } else {
+            self.chain.iter().take(1).cloned().collect()
+        }
+    }
+
     /// TLS 1.3 server config that requires a client certificate chaining to the root.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PkiError> {
         let provider = Self::provider();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        // No CA hints in the certificate request: every peer has one certificate to offer.
+        let inner = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.roots()?),
             provider.clone(),
         )
+        .clear_root_hint_subjects()
         .build()?;
+        let verifier = Arc::new(KnownIntermediates {
+            inner,
+            known: self.issuer_chain.clone(),
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.private_key())?;
+            .with_single_cert(self.presented(), self.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
     }
 
-    /// TLS 1.3 client config presenting this node's chain.
+    /// TLS 1.3 client config presenting this node's certificate.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, PkiError> {
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Self::provider())
+        let provider = Self::provider();
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider.clone(),
+        )
+        .build()?;
+        let verifier = Arc::new(KnownIntermediates {
+            inner,
+            known: self.issuer_chain.clone(),
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.private_key())?;
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(self.presented(), self.private_key())?;
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
+    }
+}
+
+/// A webpki verifier that builds the peer's chain from what the peer presented plus the CAs
+/// this node already holds (its own CA and those above it). Every check stays webpki's: the
+/// chain must still reach the root, and name constraints still bind each CA; only where the
+/// intermediates come from changes.
+#[derive(Debug)]
+struct KnownIntermediates<V: ?Sized> {
+    inner: Arc<V>,
+    known: Vec<CertificateDer<'static>>,
+}
+
+impl<V: ?Sized> KnownIntermediates<V> {
+    fn with_known<'a>(&'a self, presented: &[CertificateDer<'a>]) -> Vec<CertificateDer<'a>> {
+        presented
+            .iter()
+            .cloned()
+            .chain(self.known.iter().cloned())
+            .collect()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier
+    for KnownIntermediates<dyn rustls::server::danger::ClientCertVerifier>
+{
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, &self.with_known(intermediates), now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier
+    for KnownIntermediates<rustls::client::WebPkiServerVerifier>
+{
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(
+            end_entity,
+            &self.with_known(intermediates),
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -425,5 +568,64 @@ mod tests {
         // Configs build (the ring provider is passed explicitly).
         back.server_config().unwrap();
         back.client_config().unwrap();
+    }
+
+    /// A TLS handshake in memory: `Ok` with the certificates each side saw of the other.
+    fn handshake(client: &Identity, server: &Identity) -> Result<(usize, usize), rustls::Error> {
+        let name =
+            rustls::pki_types::ServerName::try_from(server.unit.dns_name(&server.deployment))
+                .unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client.client_config().unwrap()), name)?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server.server_config().unwrap()))?;
+        while c.is_handshaking() || s.is_handshaking() {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            if buf.is_empty() && !c.wants_write() {
+                break;
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets()?;
+        }
+        Ok((
+            c.peer_certificates().map_or(0, <[_]>::len),
+            s.peer_certificates().map_or(0, <[_]>::len),
+        ))
+    }
+
+    #[test]
+    fn peers_present_their_leaf_alone_and_chains_are_still_checked() {
+        let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let county = root.issue_child(&u("c01/k01")).unwrap();
+        let town = county.issue_child(&u("c01/k01/t01")).unwrap();
+        let village = town.issue_child(&u("c01/k01/t01/v01")).unwrap();
+        assert_eq!(village.chain.len(), 3);
+        // Parent and child each see one certificate: the chain is built from what the
+        // verifying side already holds.
+        assert_eq!(handshake(&village, &town).unwrap(), (1, 1));
+        assert_eq!(handshake(&town, &county).unwrap(), (1, 1));
+        assert_eq!(handshake(&county, &root).unwrap(), (1, 1));
+        // The county does not hold the township's CA: a village presenting its leaf alone
+        // does not chain there, so nothing is accepted on a missing link of the chain.
+        let err = handshake(&village, &county).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "{err:?}"
+        );
+        // Another deployment's township, though named alike, is refused both ways.
+        let foreign = Identity::create_root(&u("c01"), "test.grassroots")
+            .unwrap()
+            .issue_child(&u("c01/k01"))
+            .unwrap()
+            .issue_child(&u("c01/k01/t01"))
+            .unwrap();
+        assert!(handshake(&foreign, &county).is_err());
+        assert!(handshake(&village, &foreign).is_err());
     }
 }

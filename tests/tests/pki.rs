@@ -8,6 +8,7 @@ use grassroots::federation::UnitSpec;
 use grassroots_node::net::{self, NetError};
 use grassroots_node::{Identity, LinkConfig};
 use grassroots_schema::{Role, UnitId};
+use grassroots_tests::relay::Relay;
 use grassroots_tests::{eventually, fast_links, gql, start, unit};
 use serde_json::json;
 
@@ -212,6 +213,53 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
         r["data"]["member"].is_null(),
         "a revoked village's write arrived: {r}"
     );
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A dial whose handshake is stuck behind a dead link starts fresh handshakes beside it, so
+/// it connects soon after the link heals. A single handshake would retransmit its first
+/// flight at about 1, 3 and 7 s (QUIC's probe timeout doubles after each loss): after a 4 s
+/// outage it would connect at about 7 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_stuck_behind_a_dead_link_connects_soon_after_it_heals() -> anyhow::Result<()> {
+    let units = tree().into_iter().take(2).collect::<Vec<_>>();
+    let (mut fed, dir) = start(units, None).await?;
+    let (city, county) = (unit("c01"), unit("c01/k01"));
+    fed.stop(&county).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
+    let relay = Relay::start(fed.node(&city)?.node.quic_addr())?;
+    relay.cut();
+    // Production's idle timeout: QUIC also gives up a handshake after it.
+    let cfg = LinkConfig {
+        handshake_timeout: Duration::from_secs(20),
+        idle_timeout: Duration::from_secs(30),
+        ..fast_links()
+    };
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &cfg)?;
+    let started = std::time::Instant::now();
+    let heal = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        relay.restore();
+    };
+    let (link, ()) = tokio::join!(
+        net::connect_parent(
+            &endpoint,
+            &identity,
+            &city,
+            relay.addr(),
+            cfg.handshake_timeout
+        ),
+        heal
+    );
+    let took = started.elapsed();
+    let link = link.context("dial after the outage")?;
+    assert!(
+        took < Duration::from_millis(6_000),
+        "connected {took:?} after the dial began; the link healed at 4 s"
+    );
+    link.conn.close(0u32.into(), b"done");
+    endpoint.close(0u32.into(), b"done");
     fed.shutdown().await;
     Ok(())
 }

@@ -12,6 +12,9 @@
 //!   UDP bytes through the link over the raw JSON of the records.
 //! - `lossy-link`: the same catch-up through a relay with 30% random loss and 256 kbit/s;
 //!   application goodput over what the link can carry (rate x (1 - loss)).
+//! - `lossy-dial`: 30 dials of a village to its township through that same relay, each until the
+//!   link's hello is answered: link-up time p50, p90 and max (what the whole lossy catch-up
+//!   spends before its transfer starts, with enough samples to compare).
 //! - `ingest`: durable changes/s with 1, 8 and 64 concurrent writers (group commit), the
 //!   disk's fsync latency in the same run, and acknowledgement p99 over fsync p99.
 //! - `propagation`: a write through a village's GraphQL until the city's GraphQL shows it,
@@ -581,6 +584,90 @@ async fn lossy_link() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn lossy_dial() -> anyhow::Result<()> {
+    const DIALS: usize = 30;
+    let dir = tempfile::tempdir()?;
+    let (township, village) = (unit("c01/k01/t01"), unit("c01/k01/t01/v01"));
+    let mut fed = Federation::start(
+        chain(),
+        FederationOptions {
+            dir: dir.path().to_owned(),
+            deployment: "bench.grassroots".into(),
+            link: grassroots_node::LinkConfig::default(),
+            via: None,
+        },
+    )
+    .await?;
+    fed.stop(&village).await?;
+    let identity =
+        grassroots_node::Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
+    let relay = Relay::start(fed.node(&township)?.node.quic_addr())?;
+    relay.set_rate(256_000);
+    relay.set_loss(0.30);
+    relay.set_delay(Duration::from_millis(20));
+    let cfg = grassroots_node::LinkConfig::default();
+    let (mut times, mut failed) = (Vec::with_capacity(DIALS), 0);
+    for _ in 0..DIALS {
+        // A fresh endpoint per dial, as a restarted node has: no state carried over.
+        let endpoint = grassroots_node::net::endpoint(&identity, "127.0.0.1:0".parse()?, &cfg)?;
+        let start = Instant::now();
+        // Redial at once after a failed attempt (the parent gives up a handshake after
+        // `handshake_timeout` too): the time counts until a link is up.
+        let link = loop {
+            match grassroots_node::net::connect_parent(
+                &endpoint,
+                &identity,
+                &township,
+                relay.addr(),
+                cfg.handshake_timeout,
+            )
+            .await
+            {
+                Ok(link) => break link,
+                Err(e) if start.elapsed() < Duration::from_secs(120) => {
+                    eprintln!("dial failed after {:?}: {e}", start.elapsed());
+                    failed += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        times.push(start.elapsed().as_secs_f64());
+        link.conn.close(0u32.into(), b"bench");
+        endpoint.close(0u32.into(), b"bench");
+    }
+    times.sort_by(f64::total_cmp);
+    emit(
+        "lossy-dial",
+        "link_up_p50",
+        percentile(&times, 0.5),
+        "s",
+        None,
+    );
+    emit(
+        "lossy-dial",
+        "link_up_p90",
+        percentile(&times, 0.9),
+        "s",
+        None,
+    );
+    emit(
+        "lossy-dial",
+        "link_up_max",
+        percentile(&times, 1.0),
+        "s",
+        None,
+    );
+    emit(
+        "lossy-dial",
+        "failed_attempts",
+        f64::from(failed),
+        "count",
+        None,
+    );
+    fed.shutdown().await;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- store (issue 4)
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -1054,6 +1141,13 @@ async fn rollup() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    // The nodes' logs, on standard error, only when asked for (`RUST_LOG=grassroots_node=debug`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if scenario == "memory-probe" {
         return memory_probe(&std::env::args().nth(2).context("memory-probe PATH")?);
     }
@@ -1065,6 +1159,7 @@ fn main() -> anyhow::Result<()> {
         ("idle-reconnect", Box::new(idle_reconnect)),
         ("catch-up", Box::new(|| rt.block_on(catch_up()))),
         ("lossy-link", Box::new(|| rt.block_on(lossy_link()))),
+        ("lossy-dial", Box::new(|| rt.block_on(lossy_dial()))),
         ("ingest", Box::new(|| rt.block_on(ingest()))),
         ("propagation", Box::new(|| rt.block_on(propagation()))),
         ("cold-start", Box::new(|| rt.block_on(cold_start()))),
