@@ -306,6 +306,7 @@ pub async fn connect_parent(
     timeout: Duration,
 ) -> Result<Link, NetError> {
     let fut = async {
+        tracing::debug!(%parent, %addr, "dialing");
         let conn = race_handshakes(endpoint, addr, &parent.dns_name(&identity.deployment)).await?;
         tracing::debug!(%parent, "handshake done; hello next");
         let (peer, fingerprint) = verify_peer(&conn, identity)?;

@@ -46,6 +46,9 @@ const SNAPSHOT_CHANGES: usize = 1_000;
 const SNAPSHOT_BYTES: u64 = 256 << 10;
 /// How long a stopping store spends folding due documents at most.
 const STOP_COMPACTION: std::time::Duration = std::time::Duration::from_millis(500);
+/// Change rows since the snapshot from which a stopping store folds a document even below
+/// the thresholds: the next start reads every row of a document it loads.
+const STOP_FOLD_ROWS: u32 = 8;
 /// Random low bits of a record id (the rest is the creation time in seconds).
 const RECORD_RANDOM_BITS: u32 = 32;
 /// How long the store waits for the rest of a group of concurrent writers, and how often.
@@ -1035,9 +1038,20 @@ impl Actor {
         if let Some(id) = self.compacting.take() {
             self.due.insert(id);
         }
+        // Below the thresholds too: what is not folded now is read row by row at the next
+        // start (a village's register written offline, just under 256 KiB of rows, loaded in
+        // 20 ms instead of 5).
+        let worth = |p: &Persisted| p.due() || p.rows_since_snapshot >= STOP_FOLD_ROWS;
+        let more: Vec<DocId> = self
+            .persisted
+            .iter()
+            .filter(|(_, p)| worth(p))
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.due.extend(more);
         let mut batch = Batch::default();
         while start.elapsed() < STOP_COMPACTION
-            && let Some(job) = self.next_due_job()
+            && let Some(job) = self.next_job(worth)
         {
             let snapshot = compact::fold(&self.db, &job);
             batch.compacted.push(compact::Done { job, snapshot });
@@ -1078,8 +1092,13 @@ impl Actor {
 
     /// The next document still due for compaction, as a job over all its rows.
     fn next_due_job(&mut self) -> Option<compact::Job> {
+        self.next_job(Persisted::due)
+    }
+
+    /// The next queued document whose rows `worth` says to fold.
+    fn next_job(&mut self, worth: impl Fn(&Persisted) -> bool) -> Option<compact::Job> {
         while let Some(id) = self.due.pop_first() {
-            if let Some(p) = self.persisted.get(&id).filter(|p| p.due()) {
+            if let Some(p) = self.persisted.get(&id).filter(|p| worth(p)) {
                 return Some(p.job(&id));
             }
         }
@@ -1780,18 +1799,29 @@ impl Actor {
                 if heads == p.heads {
                     continue;
                 }
-                let new = d.get_changes(&p.heads);
-                let mut bytes = Vec::new();
-                for c in &new {
-                    bytes.extend_from_slice(c.raw_bytes());
+                if p.heads.is_empty() && p.next_seq == 0 {
+                    // A document's first commit (nothing of it stored yet) is its snapshot:
+                    // a register received whole from a peer is stored as automerge's compact
+                    // form, a ninth of its raw changes (29 KB against 268 KB for 1,000
+                    // households), and saving it costs less than re-encoding those changes
+                    // (automerge keeps no raw bytes for a document received whole).
+                    snaps
+                        .insert(key.as_str(), d.save().as_slice())
+                        .map_err(db)?;
+                } else {
+                    let new = d.get_changes(&p.heads);
+                    let mut bytes = Vec::new();
+                    for c in &new {
+                        bytes.extend_from_slice(c.raw_bytes());
+                    }
+                    changes
+                        .insert((key.as_str(), p.next_seq), bytes.as_slice())
+                        .map_err(db)?;
+                    p.next_seq += 1;
+                    p.rows_since_snapshot += 1;
+                    p.changes_since_snapshot += new.len();
+                    p.bytes_since_snapshot += bytes.len() as u64;
                 }
-                changes
-                    .insert((key.as_str(), p.next_seq), bytes.as_slice())
-                    .map_err(db)?;
-                p.next_seq += 1;
-                p.rows_since_snapshot += 1;
-                p.changes_since_snapshot += new.len();
-                p.bytes_since_snapshot += bytes.len() as u64;
                 p.heads = heads;
                 state_t
                     .insert(key.as_str(), load::encode_state(&p).as_slice())
@@ -2226,6 +2256,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_first_commit_is_a_snapshot_and_a_stop_folds_a_few_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let me = u("c01/k01/t01/v01");
+        let doc = DocId::new(DocKind::Members, me.clone());
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        h.create_member(me.clone(), sample("First")).await.unwrap();
+        assert_eq!(rows_and_snapshot(&r, &doc), (0, true));
+        let rows = STOP_FOLD_ROWS as usize;
+        for i in 0..rows {
+            h.create_member(me.clone(), sample(&format!("M {i}")))
+                .await
+                .unwrap();
+        }
+        // Far below the thresholds: nothing is folded while the store runs...
+        assert_eq!(rows_and_snapshot(&r, &doc), (rows, true));
+        t.shutdown().await;
+        drop((h, r));
+        // ...but a stop folds them, so the next start reads one snapshot.
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(rows_and_snapshot(&r, &doc), (0, true));
+        assert_eq!(r.members(&me, false, None, 100).unwrap().total, rows + 1);
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn compaction_runs_beside_writes_and_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.redb");
@@ -2245,9 +2302,11 @@ mod tests {
                 .create_member(me.clone(), sample(&format!("M {}", ids.len())))
                 .await;
             ids.push(m.unwrap().id);
-            // Each create is one commit and one row until a snapshot replaces some.
+            // The first create is the document's first snapshot; each later one is one
+            // commit and one row until a new snapshot replaces some.
             let (rows, snap) = rows_and_snapshot(&r, &doc);
-            if snap && rows < ids.len() {
+            assert!(snap);
+            if rows + 1 < ids.len() {
                 break;
             }
             waited += 1;
