@@ -125,9 +125,9 @@ pub struct Identity {
     /// This node's CA and the CAs above it, not the root (empty at the root).
     issuer_chain: Vec<CertificateDer<'static>>,
     ca_key_pem: String,
-    /// Whether the handshake presents the whole chain rather than the leaf alone; only test
-    /// identities that must reach the peer's chain checks set it.
-    present_chain: bool,
+    /// Whether the handshake presents the leaf alone (see [`Identity::presented`]); only
+    /// tests set it.
+    leaf_only: bool,
 }
 
 impl Identity {
@@ -147,7 +147,7 @@ impl Identity {
             key: leaf_key.serialize_der(),
             issuer_chain: vec![],
             ca_key_pem: ca_key.serialize_pem(),
-            present_chain: false,
+            leaf_only: false,
         })
     }
 
@@ -172,10 +172,7 @@ impl Identity {
     /// peers' checks (a CA issuing outside its subtree, a grandparent skipping a level).
     #[cfg(feature = "testing")]
     pub fn testing_issue_any(&self, unit: &UnitId) -> Result<Identity, PkiError> {
-        Ok(Identity {
-            present_chain: true,
-            ..self.issue(unit)?
-        })
+        self.issue(unit)
     }
 
     fn issue(&self, unit: &UnitId) -> Result<Identity, PkiError> {
@@ -199,7 +196,7 @@ impl Identity {
             key: leaf_key.serialize_der(),
             issuer_chain,
             ca_key_pem: ca_key.serialize_pem(),
-            present_chain: false,
+            leaf_only: false,
         })
     }
 
@@ -220,7 +217,6 @@ impl Identity {
             unit: unit.clone(),
             chain,
             key: key.serialize_der(),
-            present_chain: true,
             ..self.clone()
         })
     }
@@ -308,7 +304,7 @@ impl Identity {
             key,
             issuer_chain: certs("ca-chain.pem")?,
             ca_key_pem: read("ca.key")?,
-            present_chain: false,
+            leaf_only: false,
         })
     }
 
@@ -326,16 +322,18 @@ impl Identity {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()))
     }
 
-    /// What the handshake presents: the leaf alone. Both ends of a link already hold the
-    /// CA that issued the other's leaf (a parent issued its child's; a child holds every CA
-    /// above it), so sending the intermediates would only lengthen the handshake: on a lossy
-    /// village link every extra datagram in a flight is one more chance to wait out a
-    /// retransmission timeout.
+    /// What the handshake presents: the leaf and the CA that issued it, not the CAs above.
+    /// The verifiers build the chain from what is presented plus the CAs they hold: a child
+    /// holds every CA above it, a parent every CA above its own. Fewer certificates make
+    /// fewer datagrams per TLS flight, each of which a lossy village link may lose
+    /// (docs/benchmarks.md). The issuing CA is still sent because a parent whose identity
+    /// was issued again (`grassroots pki issue`) has a new CA and no longer holds the one
+    /// that signed its children's leaves; the leaf alone would strand them.
     fn presented(&self) -> Vec<CertificateDer<'static>> {
-        if self.present_chain {
-            self.chain.clone()
-        } else {
+        if self.leaf_only {
             self.chain.iter().take(1).cloned().collect()
+        } else {
+            self.chain.iter().take(2).cloned().collect()
         }
     }
 
@@ -403,6 +401,34 @@ impl<V: ?Sized> KnownIntermediates<V> {
     }
 }
 
+/// Handshake signatures are checked by the wrapped verifier, unchanged (the client and server
+/// verifier traits declare the same three methods).
+macro_rules! signatures_by_inner {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
+}
+
 impl rustls::server::danger::ClientCertVerifier
     for KnownIntermediates<dyn rustls::server::danger::ClientCertVerifier>
 {
@@ -420,27 +446,7 @@ impl rustls::server::danger::ClientCertVerifier
             .verify_client_cert(end_entity, &self.with_known(intermediates), now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    signatures_by_inner!();
 }
 
 impl rustls::client::danger::ServerCertVerifier
@@ -463,27 +469,7 @@ impl rustls::client::danger::ServerCertVerifier
         )
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    signatures_by_inner!();
 }
 
 /// The SHA-256 fingerprint (lower-case hex) of a certificate: what revocations list.
@@ -597,12 +583,25 @@ mod tests {
     }
 
     #[test]
-    fn peers_present_their_leaf_alone_and_chains_are_still_checked() {
+    fn a_leaf_presented_alone_is_verified_with_the_cas_held_and_chains_are_still_checked() {
         let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
         let county = root.issue_child(&u("c01/k01")).unwrap();
         let town = county.issue_child(&u("c01/k01/t01")).unwrap();
         let village = town.issue_child(&u("c01/k01/t01/v01")).unwrap();
         assert_eq!(village.chain.len(), 3);
+        // Nodes present their leaf and its issuer: the village 2 of its 3 certificates.
+        assert_eq!(handshake(&village, &town).unwrap(), (2, 2));
+        // A township whose identity was issued again (a new CA) still takes its villages:
+        // their leaves chain through the old township CA they present.
+        let town_again = county.issue_child(&u("c01/k01/t01")).unwrap();
+        assert_eq!(handshake(&village, &town_again).unwrap(), (2, 2));
+        let leaf = |i: &Identity| Identity {
+            leaf_only: true,
+            ..i.clone()
+        };
+        // Which the leaf alone would not: the new CA did not sign it.
+        assert!(handshake(&leaf(&village), &town_again).is_err());
+        let (county, town, village) = (leaf(&county), leaf(&town), leaf(&village));
         // Parent and child each see one certificate: the chain is built from what the
         // verifying side already holds.
         assert_eq!(handshake(&village, &town).unwrap(), (1, 1));

@@ -248,6 +248,24 @@ fn chain() -> Vec<UnitSpec> {
         .collect()
 }
 
+/// The chain city > county > township > village on loopback, stores in `dir`.
+async fn start_chain(
+    dir: &std::path::Path,
+    link: grassroots_node::LinkConfig,
+    via: Option<grassroots::federation::Via>,
+) -> anyhow::Result<Federation> {
+    Federation::start(
+        chain(),
+        FederationOptions {
+            dir: dir.to_owned(),
+            deployment: "bench.grassroots".into(),
+            link,
+            via,
+        },
+    )
+    .await
+}
+
 /// A chain city > county > township > village with the village behind a relay. The village
 /// node is stopped while its own store takes 5,000 changes (written concurrently, so group
 /// commit applies); then, with `impair` applied to the relay, the clock starts, the village
@@ -255,7 +273,6 @@ fn chain() -> Vec<UnitSpec> {
 async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
     let dir = tempfile::tempdir()?;
     let village = unit("c01/k01/t01/v01");
-    let units = chain();
     let relay_slot: Arc<std::sync::Mutex<Option<Relay>>> = Arc::default();
     let keep = relay_slot.clone();
     let via = Box::new(move |child: &UnitId, parent: std::net::SocketAddr| {
@@ -273,16 +290,7 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
         backoff_min: Duration::from_millis(100),
         ..Default::default()
     };
-    let mut fed = Federation::start(
-        units,
-        FederationOptions {
-            dir: dir.path().to_owned(),
-            deployment: "bench.grassroots".into(),
-            link,
-            via: Some(via),
-        },
-    )
-    .await?;
+    let mut fed = start_chain(dir.path(), link, Some(via)).await?;
     fed.stop(&village).await?;
 
     // Offline: the village's own store takes the 5,000 changes.
@@ -588,16 +596,7 @@ async fn lossy_dial() -> anyhow::Result<()> {
     const DIALS: usize = 30;
     let dir = tempfile::tempdir()?;
     let (township, village) = (unit("c01/k01/t01"), unit("c01/k01/t01/v01"));
-    let mut fed = Federation::start(
-        chain(),
-        FederationOptions {
-            dir: dir.path().to_owned(),
-            deployment: "bench.grassroots".into(),
-            link: grassroots_node::LinkConfig::default(),
-            via: None,
-        },
-    )
-    .await?;
+    let mut fed = start_chain(dir.path(), grassroots_node::LinkConfig::default(), None).await?;
     fed.stop(&village).await?;
     let identity =
         grassroots_node::Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
@@ -773,17 +772,7 @@ async fn ingest() -> anyhow::Result<()> {
 async fn propagation() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (fsync_p50, fsync_p99) = fsync_latency(dir.path())?;
-    let units = chain();
-    let fed = Federation::start(
-        units,
-        FederationOptions {
-            dir: dir.path().to_owned(),
-            deployment: "bench.grassroots".into(),
-            link: grassroots_node::LinkConfig::default(),
-            via: None,
-        },
-    )
-    .await?;
+    let fed = start_chain(dir.path(), grassroots_node::LinkConfig::default(), None).await?;
     let (village, city) = (unit("c01/k01/t01/v01"), unit("c01"));
     let client = reqwest::Client::new();
     let (vurl, vtok) = (
