@@ -325,11 +325,14 @@ pub async fn connect_parent(
         let answer = {
             let answer = read_frame(&mut recv);
             tokio::pin!(answer);
+            let mut probing = true;
             loop {
                 tokio::select! {
                     a = &mut answer => break a,
-                    () = tokio::time::sleep(PROBE_AFTER) => {
-                        write_frame(&mut send, &Msg::Probe).await?;
+                    () = tokio::time::sleep(PROBE_AFTER), if probing => {
+                        // A failed probe ends the probing, not the wait: the answer (a
+                        // parent's Reject, say) or the connection's error is still read.
+                        probing = write_frame(&mut send, &Msg::Probe).await.is_ok();
                     }
                 }
             }
