@@ -1029,10 +1029,11 @@ impl Actor {
         None
     }
 
-    /// Fold what is due before the store closes (within [`STOP_COMPACTION`]), so the next
-    /// start does not read a document's backlog of change rows: a village that wrote offline
-    /// and was stopped would otherwise load its register from hundreds of rows when it next
-    /// syncs. Whatever is left stays as rows, which lose nothing.
+    /// Fold what is due, then documents with [`STOP_FOLD_ROWS`] or more rows, before the store
+    /// closes (within [`STOP_COMPACTION`]), so the next start does not read a document's
+    /// backlog of change rows: a village that wrote offline and was stopped would otherwise
+    /// load its register from many rows when it next syncs. Whatever is left stays as rows,
+    /// which lose nothing.
     fn compact_before_stop(&mut self) {
         let start = std::time::Instant::now();
         if let Some(id) = self.compacting.take() {
