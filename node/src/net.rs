@@ -296,8 +296,9 @@ pub struct Link {
     pub fingerprint: String,
 }
 
-/// Dial `parent` at `addr` and complete the hello. Used by the dial loop and by tests that
-/// play a (possibly hostile) child.
+/// Dial `parent` at `addr` and complete the hello, racing handshakes (see
+/// [`race_handshakes`]). Used by the dial loop and by tests that play a (possibly hostile)
+/// child.
 pub async fn connect_parent(
     endpoint: &Endpoint,
     identity: &Identity,
@@ -305,9 +306,27 @@ pub async fn connect_parent(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<Link, NetError> {
+    dial(endpoint, identity, parent, addr, timeout, MAX_RACING).await
+}
+
+/// [`connect_parent`] with at most `racing` handshakes at once.
+async fn dial(
+    endpoint: &Endpoint,
+    identity: &Identity,
+    parent: &UnitId,
+    addr: SocketAddr,
+    timeout: Duration,
+    racing: usize,
+) -> Result<Link, NetError> {
     let fut = async {
         tracing::debug!(%parent, %addr, "dialing");
-        let conn = race_handshakes(endpoint, addr, &parent.dns_name(&identity.deployment)).await?;
+        let conn = race_handshakes(
+            endpoint,
+            addr,
+            &parent.dns_name(&identity.deployment),
+            racing,
+        )
+        .await?;
         tracing::debug!(%parent, "handshake done; hello next");
         let (peer, fingerprint) = verify_peer(&conn, identity)?;
         if &peer != parent {
@@ -367,7 +386,7 @@ pub async fn connect_parent(
 }
 
 /// The QUIC handshake with the parent, raced: while none has completed, another starts every
-/// [`RACE_AFTER`], up to [`MAX_RACING`] at once, and the first to complete wins (the others are
+/// [`RACE_AFTER`], up to `racing` at once, and the first to complete wins (the others are
 /// dropped, which closes them). A handshake flight lost on a lossy link waits out QUIC's probe
 /// timeout, which doubles with each loss in a row, so one unlucky handshake can take 10 s; a
 /// fresh one starts with a short timeout again. Costs a few KB only on a link that is already
@@ -377,11 +396,12 @@ async fn race_handshakes(
     endpoint: &Endpoint,
     addr: SocketAddr,
     server_name: &str,
+    racing: usize,
 ) -> Result<Connection, NetError> {
     let mut running = tokio::task::JoinSet::new();
     running.spawn(endpoint.connect(addr, server_name)?);
     loop {
-        let room = running.len() < MAX_RACING;
+        let room = running.len() < racing;
         tokio::select! {
             done = running.join_next() => match done {
                 Some(Ok(Ok(conn))) => return Ok(conn),
@@ -653,17 +673,28 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, add
     let cfg = &ctx.cfg;
     let rng = SystemRandom::new();
     let mut backoff = cfg.backoff_min;
+    let mut failed_in_a_row = 0u32;
     while !ctx.cancel.is_cancelled() {
         let started = Instant::now();
         let mut delay = backoff;
-        let attempt = connect_parent(
+        // Raced handshakes help a lossy link, not a parent that is down: after two failed
+        // dials in a row, one handshake at a time, so a village whose parent is away does
+        // not spend four times the dial traffic on a metered line.
+        let racing = if failed_in_a_row >= 2 { 1 } else { MAX_RACING };
+        let attempt = dial(
             &endpoint,
             &ctx.identity,
             &parent,
             addr,
             cfg.handshake_timeout,
+            racing,
         )
         .await;
+        failed_in_a_row = if attempt.is_ok() {
+            0
+        } else {
+            failed_in_a_row.saturating_add(1)
+        };
         let attempt = attempt.and_then(|link| {
             if is_revoked(&ctx.reader, &link.peer, &link.fingerprint) {
                 link.conn

@@ -263,3 +263,72 @@ async fn a_dial_stuck_behind_a_dead_link_connects_soon_after_it_heals() -> anyho
     fed.shutdown().await;
     Ok(())
 }
+
+/// A dial loop whose parent is away races handshakes on its first two dials only, then dials
+/// one handshake at a time: racing helps a lossy link, not a parent that is down, and a
+/// village on a metered line should not pay four times the dial traffic for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_that_is_away_is_dialled_one_handshake_at_a_time() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir()?;
+    let county =
+        Identity::create_root(&unit("c01"), "test.grassroots")?.issue_child(&unit("c01/k01"))?;
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), unit("c01/k01"))?;
+    // The parent's address: a socket that reads and never answers.
+    let away = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let cfg = LinkConfig {
+        handshake_timeout: Duration::from_secs(2),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(100),
+        ..fast_links()
+    };
+    let endpoint = net::endpoint(&county, "127.0.0.1:0".parse()?, &cfg)?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let ctx = net::LinkContext {
+        identity: std::sync::Arc::new(county),
+        store,
+        reader,
+        cfg,
+        cancel: cancel.clone(),
+    };
+    let dialing = tokio::spawn(net::dial_loop(
+        endpoint,
+        ctx,
+        unit("c01"),
+        away.local_addr()?,
+    ));
+    // Each handshake's Initial packets carry its own destination connection id (long header:
+    // flags, version, id length, id).
+    let started = std::time::Instant::now();
+    let mut first_seen: HashMap<Vec<u8>, Duration> = HashMap::new();
+    let mut buf = [0u8; 2048];
+    while started.elapsed() < Duration::from_secs(9) {
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), away.recv(&mut buf)).await
+            && n > 6
+            && buf[0] & 0x80 != 0
+            && let Some(id) = buf.get(6..6 + usize::from(buf[5]))
+        {
+            first_seen.entry(id.to_vec()).or_insert(started.elapsed());
+        }
+    }
+    cancel.cancel();
+    dialing.await?;
+    thread.shutdown().await;
+    let mut times: Vec<Duration> = first_seen.into_values().collect();
+    times.sort();
+    // Dials of 2 s each: the first two (until about 4.2 s) race up to 4 handshakes; the
+    // later ones (about 4.2, 6.3 and 8.4 s) start one each.
+    let early = times
+        .iter()
+        .filter(|t| **t < Duration::from_secs(4))
+        .count();
+    let late = times
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(4_500))
+        .count();
+    assert!(early >= 5, "the first dials raced: {times:?}");
+    assert!(late <= 3, "later dials start one handshake each: {times:?}");
+    Ok(())
+}
