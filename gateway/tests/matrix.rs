@@ -16,6 +16,8 @@ use grassroots_schema::{
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod common;
+
 async fn query(backend: &Backend, token: Option<&str>, q: &str, vars: Value) -> Value {
     let mut req = Request::post("/graphql").header(header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
@@ -63,15 +65,8 @@ fn cases() -> Vec<(Relation, &'static str, &'static str)> {
 
 #[tokio::test]
 async fn every_role_relation_and_operation_on_member_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let city: UnitId = "c01".parse().unwrap();
-    let (store, reader, _thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone()).unwrap();
-    let backend = Backend {
-        node_unit: city,
-        store: store.clone(),
-        reader,
-    };
+    let f = common::store_for("c01").await;
+    let (backend, store) = (&f.backend, &f.backend.store);
     let member = NewMember {
         name: "Li Wei".into(),
         birth_year: 1988,
@@ -123,7 +118,7 @@ async fn every_role_relation_and_operation_on_member_records() {
             let t = token.as_deref();
             let cell = format!("{who} at {me} on {other} ({rel:?})");
 
-            let r = query(&backend, t, read, json!({ "id": record })).await;
+            let r = query(backend, t, read, json!({ "id": record })).await;
             let seen = !r["data"]["member"].is_null();
             assert_eq!(seen, may_read, "read: {cell}: {r}");
             if seen {
@@ -138,9 +133,9 @@ async fn every_role_relation_and_operation_on_member_records() {
                 cells += 1;
             }
 
-            let r = query(&backend, t, create, json!({ "u": other })).await;
+            let r = query(backend, t, create, json!({ "u": other })).await;
             assert_write(&r, "createMember", may_write, t.is_some(), &cell);
-            let r = query(&backend, t, update, json!({ "id": record })).await;
+            let r = query(backend, t, update, json!({ "id": record })).await;
             assert_write(&r, "updateMember", may_write, t.is_some(), &cell);
             cells += 3;
         }
@@ -271,15 +266,9 @@ fn kinds(programme: &str) -> Vec<Kind> {
 
 #[tokio::test]
 async fn every_role_relation_and_operation_on_every_other_record_kind() {
-    let dir = tempfile::tempdir().unwrap();
+    let f = common::store_for("c01").await;
+    let (backend, store) = (&f.backend, &f.backend.store);
     let city: UnitId = "c01".parse().unwrap();
-    let (store, reader, _thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone()).unwrap();
-    let backend = Backend {
-        node_unit: city.clone(),
-        store: store.clone(),
-        reader,
-    };
     let admin = new_token().unwrap();
     store
         .add_user(token_hash(&admin), city, Role::Admin)
@@ -300,7 +289,7 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
         }
     }
     let r = query(
-        &backend,
+        backend,
         Some(&admin),
         r#"mutation { createFundProgramme(input: { unit: "c01", name: "Subsidy", year: 2026,
             total: 1000 }) { id } }"#,
@@ -332,7 +321,7 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
             "query($id: ID!) {{ record(id: $id) {{ __typename ... on {n} {{ id {sensitive_field} }} }} }}"
         );
         for (rel, me, other) in cases() {
-            let r = query(&backend, Some(&admin), &create, json!({ "u": other })).await;
+            let r = query(backend, Some(&admin), &create, json!({ "u": other })).await;
             let record = r["data"][format!("create{n}")]["id"]
                 .as_str()
                 .unwrap_or_else(|| panic!("seed {n}: {r}"))
@@ -370,7 +359,7 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
             for (who, token, may_read, may_see, may_write, may_supervise) in callers {
                 let t = token.as_deref();
                 let cell = format!("{n}: {who} at {me} on {other} ({rel:?})");
-                let r = query(&backend, t, &read, json!({ "id": record })).await;
+                let r = query(backend, t, &read, json!({ "id": record })).await;
                 assert!(r["errors"].is_null(), "read: {cell}: {r}");
                 let seen = !r["data"]["record"].is_null();
                 assert_eq!(seen, may_read, "read: {cell}: {r}");
@@ -385,14 +374,14 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
                     }
                     cells += 1;
                 }
-                let r = query(&backend, t, &create, json!({ "u": other })).await;
+                let r = query(backend, t, &create, json!({ "u": other })).await;
                 assert_write(&r, &format!("create{n}"), may_write, t.is_some(), &cell);
-                let r = query(&backend, t, &update, json!({ "id": record })).await;
+                let r = query(backend, t, &update, json!({ "id": record })).await;
                 assert_write(&r, &format!("update{n}"), may_write, t.is_some(), &cell);
                 cells += 2;
                 expected += 2;
                 if let Some(s) = &supervise {
-                    let r = query(&backend, t, s, json!({ "id": record })).await;
+                    let r = query(backend, t, s, json!({ "id": record })).await;
                     assert_write(&r, &format!("update{n}"), may_supervise, t.is_some(), &cell);
                     cells += 1;
                     expected += 1;
@@ -409,15 +398,8 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
 
 #[tokio::test]
 async fn only_admins_at_or_above_manage_users() {
-    let dir = tempfile::tempdir().unwrap();
-    let city: UnitId = "c01".parse().unwrap();
-    let (store, reader, _thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone()).unwrap();
-    let backend = Backend {
-        node_unit: city,
-        store: store.clone(),
-        reader,
-    };
+    let f = common::store_for("c01").await;
+    let (backend, store) = (&f.backend, &f.backend.store);
     let create = "mutation($u: ID!) { createUserToken(input: { unit: $u, role: CLERK,
         name: \"Chen Jing\" }) { token name role } }";
     let revoke = "mutation($u: ID!) { revokeUserTokens(name: \"Chen Jing\", unit: $u) }";
@@ -442,9 +424,9 @@ async fn only_admins_at_or_above_manage_users() {
         for (who, token, allowed) in callers {
             let t = token.as_deref();
             let cell = format!("{who} at {me} for {other} ({rel:?})");
-            let r = query(&backend, t, create, json!({ "u": other })).await;
+            let r = query(backend, t, create, json!({ "u": other })).await;
             assert_write(&r, "createUserToken", allowed, t.is_some(), &cell);
-            let r2 = query(&backend, t, revoke, json!({ "u": other })).await;
+            let r2 = query(backend, t, revoke, json!({ "u": other })).await;
             assert_eq!(r2["errors"].is_null(), allowed, "revoke: {cell}: {r2}");
             if !allowed {
                 let want = if t.is_some() {
@@ -459,7 +441,7 @@ async fn only_admins_at_or_above_manage_users() {
                 // The token worked until it was revoked, and only then stopped.
                 assert_eq!(r2["data"]["revokeUserTokens"], 1, "{cell}: {r2}");
                 let token = r["data"]["createUserToken"]["token"].as_str().unwrap();
-                let me_r = query(&backend, Some(token), me_query, json!({})).await;
+                let me_r = query(backend, Some(token), me_query, json!({})).await;
                 assert_eq!(code(&me_r), "UNAUTHENTICATED", "{cell}: {me_r}");
             }
         }
@@ -472,18 +454,18 @@ async fn only_admins_at_or_above_manage_users() {
         .add_user(token_hash(&admin), "c01".parse().unwrap(), Role::Admin)
         .await
         .unwrap();
-    let r = query(&backend, Some(&admin), create, json!({ "u": "c01/k01" })).await;
+    let r = query(backend, Some(&admin), create, json!({ "u": "c01/k01" })).await;
     let token = r["data"]["createUserToken"]["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let r = query(&backend, Some(&token), me_query, json!({})).await;
+    let r = query(backend, Some(&token), me_query, json!({})).await;
     assert_eq!(
         r["data"]["me"],
         json!({ "role": "CLERK", "unit": { "id": "c01/k01" } })
     );
     let r = query(
-        &backend,
+        backend,
         Some(&token),
         "mutation { createMeeting(input: { unit: \"c01/k01\", kind: STUDY_SESSION,
             heldOn: \"2026-03-01\", attendance: 7 }) { created { user } } }",
@@ -496,7 +478,7 @@ async fn only_admins_at_or_above_manage_users() {
     );
     // A name that is none is refused with its code, and no token is made.
     let r = query(
-        &backend,
+        backend,
         Some(&admin),
         "mutation { createUserToken(input: { unit: \"c01\", role: VIEWER, name: \"  \" }) { token } }",
         json!({}),

@@ -125,9 +125,6 @@ pub struct Identity {
     /// This node's CA and the CAs above it, not the root (empty at the root).
     issuer_chain: Vec<CertificateDer<'static>>,
     ca_key_pem: String,
-    /// Whether the handshake presents the leaf alone (see [`Identity::presented`]); only
-    /// tests set it.
-    leaf_only: bool,
 }
 
 impl Identity {
@@ -147,7 +144,6 @@ impl Identity {
             key: leaf_key.serialize_der(),
             issuer_chain: vec![],
             ca_key_pem: ca_key.serialize_pem(),
-            leaf_only: false,
         })
     }
 
@@ -196,7 +192,6 @@ impl Identity {
             key: leaf_key.serialize_der(),
             issuer_chain,
             ca_key_pem: ca_key.serialize_pem(),
-            leaf_only: false,
         })
     }
 
@@ -304,7 +299,6 @@ impl Identity {
             key,
             issuer_chain: certs("ca-chain.pem")?,
             ca_key_pem: read("ca.key")?,
-            leaf_only: false,
         })
     }
 
@@ -330,11 +324,7 @@ impl Identity {
     /// was issued again (`grassroots pki issue`) has a new CA and no longer holds the one
     /// that signed its children's leaves; the leaf alone would strand them.
     fn presented(&self) -> Vec<CertificateDer<'static>> {
-        if self.leaf_only {
-            self.chain.iter().take(1).cloned().collect()
-        } else {
-            self.chain.iter().take(2).cloned().collect()
-        }
+        self.chain.iter().take(2).cloned().collect()
     }
 
     /// TLS 1.3 server config that requires a client certificate chaining to the root.
@@ -595,8 +585,9 @@ mod tests {
         // their leaves chain through the old township CA they present.
         let town_again = county.issue_child(&u("c01/k01/t01")).unwrap();
         assert_eq!(handshake(&village, &town_again).unwrap(), (2, 2));
+        // An identity whose chain is its leaf alone presents only that.
         let leaf = |i: &Identity| Identity {
-            leaf_only: true,
+            chain: i.chain.iter().take(1).cloned().collect(),
             ..i.clone()
         };
         // Which the leaf alone would not: the new CA did not sign it.

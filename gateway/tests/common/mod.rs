@@ -1,4 +1,6 @@
-//! What the gateway's integration tests share: a county node's store and tokens for it.
+//! What the gateway's integration tests share: a node's store and tokens for it.
+// Each test binary uses part of it.
+#![allow(dead_code)]
 
 use grassroots_gateway::Backend;
 use grassroots_node::auth::{new_token, token_hash};
@@ -13,14 +15,21 @@ pub struct Fixture {
 
 /// A fresh store for the county `c01/k01`, named Dongping County.
 pub async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let unit: UnitId = "c01/k01".parse().unwrap();
-    let (store, reader, thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
-    store
+    let f = store_for("c01/k01").await;
+    f.backend
+        .store
         .set_profile("Dongping County".into(), vec![])
         .await
         .unwrap();
+    f
+}
+
+/// A fresh, empty store for a node of `unit`, and the gateway's backend over it.
+pub async fn store_for(unit: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let unit: UnitId = unit.parse().unwrap();
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
     Fixture {
         backend: Backend {
             node_unit: unit,
