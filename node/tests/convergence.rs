@@ -80,7 +80,7 @@ struct World {
 impl World {
     fn new() -> World {
         let disks: Vec<Disk> = UNITS.iter().map(|_| Disk::default()).collect();
-        let engines = UNITS
+        let mut engines = UNITS
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -92,7 +92,13 @@ impl World {
                 }));
                 e
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // The township registers its villages (a county creates documents only for units of
+        // the registered tree); the profile reaches the county through the same lossy
+        // sessions as everything else.
+        let meta = DocMeta::new(DocId::new(DocKind::Profile, u(UNITS[1])));
+        let (d, _) = engines[1].local_doc(meta).unwrap();
+        doc::set_profile(d, "Township", &[u(UNITS[2]), u(UNITS[3])]).unwrap();
         World {
             engines,
             disks,

@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
-use grassroots_schema::{ActorTag, DocId, DocMeta, UnitId, may_author, replicated_at};
+use grassroots_schema::{ActorTag, DocId, DocKind, DocMeta, UnitId, may_author, replicated_at};
 use ring::digest::{SHA256, digest};
 
 use super::chunks::{
@@ -27,6 +27,10 @@ type UnitDigest = (UnitId, Digest);
 
 /// Documents per link whose reconciliation this side has started and not yet finished.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Documents per link set aside because their owner is not registered yet (see
+/// [`RejectReason::Unregistered`]); past this, more are ignored until the next session.
+pub const MAX_DEFERRED: usize = 10_000;
 
 /// Most bytes the changes of one incoming sync message may inflate to (compressed changes
 /// and document columns are measured before automerge decompresses them).
@@ -166,6 +170,9 @@ struct PeerSync {
     active: BTreeSet<DocId>,
     queue: VecDeque<DocId>,
     queued: HashSet<DocId>,
+    /// Documents the peer offered whose owner is not registered in this node's copy of the
+    /// tree yet: created and started once a profile registers the owner.
+    deferred: BTreeMap<DocId, DocMeta>,
 }
 
 impl PeerSync {
@@ -288,6 +295,9 @@ pub struct Engine {
     tick: u64,
     /// Documents loaded now (eviction looks at these only, not at every hosted one).
     resident: HashSet<DocId>,
+    /// Per unit, the children its hosted profile registers (read on first use, dropped
+    /// when that profile may have changed).
+    registered: HashMap<UnitId, BTreeSet<UnitId>>,
 }
 
 impl Engine {
@@ -305,6 +315,7 @@ impl Engine {
             source: Source::default(),
             tick: 0,
             resident: HashSet::new(),
+            registered: HashMap::new(),
         }
     }
 
@@ -338,8 +349,7 @@ impl Engine {
             self.resident.insert(id.clone());
             if stale {
                 tracing::warn!(doc = %id, "a reloaded document differs from its digest");
-                self.doc_digests.remove(id);
-                self.invalidate_line(&id.owner);
+                self.invalidate(id);
             }
         }
         self.docs
@@ -455,13 +465,20 @@ impl Engine {
             // Unloaded: its digest came with it.
             self.resident.remove(&id);
             self.invalidate_line(&id.owner);
+            if id.kind == DocKind::Profile {
+                self.registered.remove(&id.owner);
+            }
         }
     }
 
-    /// `id` may have changed: drop its cached digest and those of its owner's line.
+    /// `id` may have changed: drop its cached digest and those of its owner's line (and
+    /// the registrations read from it, for a profile).
     fn invalidate(&mut self, id: &DocId) {
         self.doc_digests.remove(id);
         self.invalidate_line(&id.owner);
+        if id.kind == DocKind::Profile {
+            self.registered.remove(&id.owner);
+        }
     }
 
     /// Drop the subtree digests of `unit` and every ancestor.
@@ -662,6 +679,96 @@ impl Engine {
         Ok((self.ensure(&id)?, created))
     }
 
+    /// Whether `unit`'s parent registers it in the profile this node holds (a root has no
+    /// parent to register it).
+    fn is_registered(&mut self, unit: &UnitId) -> bool {
+        let Some(parent) = unit.parent() else {
+            return true;
+        };
+        if let Some(kids) = self.registered.get(&parent) {
+            return kids.contains(unit);
+        }
+        let id = DocId::new(DocKind::Profile, parent.clone());
+        let kids: BTreeSet<UnitId> = if self.docs.contains_key(&id) {
+            match self.ensure(&id) {
+                Ok(d) => doc::read_profile(d, &parent)
+                    .map(|p| p.children.into_iter().collect())
+                    .unwrap_or_default(),
+                Err(r) => {
+                    tracing::error!(doc = %id, "cannot read registrations: {}", r.detail);
+                    BTreeSet::new()
+                }
+            }
+        } else {
+            BTreeSet::new()
+        };
+        let yes = kids.contains(unit);
+        self.registered.insert(parent, kids);
+        yes
+    }
+
+    /// Whether a document owned by `owner` may be created from the link whose child end is
+    /// `child`: every unit from the owner up to (not including) the child must be registered
+    /// in its parent's profile, so that whatever a child's subtree sends belongs to a unit
+    /// the tree shows. The child itself was checked at the handshake; units at or above it
+    /// are not the child's to add.
+    fn registered_below(&mut self, child: &UnitId, owner: &UnitId) -> bool {
+        if !child.is_ancestor_of(owner) {
+            return true;
+        }
+        let line: Vec<UnitId> = owner.line().take_while(|u| u != child).collect();
+        line.iter().all(|u| self.is_registered(u))
+    }
+
+    /// Set aside a document `peer` offered whose owner is not registered yet.
+    fn defer(&mut self, peer: &UnitId, meta: &DocMeta) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if p.deferred.len() < MAX_DEFERRED {
+            tracing::debug!(%peer, doc = %meta.id, "owner not registered yet: document deferred");
+            p.deferred.insert(meta.id.clone(), meta.clone());
+        }
+    }
+
+    /// After a profile changed: create and start the deferred documents whose owners are
+    /// registered now.
+    fn undefer(&mut self, step: &mut Step) {
+        let waiting: Vec<(UnitId, DocMeta)> = self
+            .peers
+            .iter()
+            .flat_map(|(peer, p)| p.deferred.values().map(|m| (peer.clone(), m.clone())))
+            .collect();
+        for (peer, meta) in waiting {
+            let Some(child) = self.link_child(&peer).cloned() else {
+                continue;
+            };
+            if !self.registered_below(&child, meta.owner()) {
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.deferred.remove(&meta.id);
+            }
+            let id = meta.id.clone();
+            if !self.docs.contains_key(&id) {
+                self.add_doc(meta, Some(doc::empty(&self.actor)));
+                step.created.insert(id.clone());
+            }
+            self.start(&peer, &id, step);
+        }
+    }
+
+    /// The peer set `id` aside (its owner is not registered there yet): free the slot and
+    /// forget what was sent, so that the peer's own request later gets every change.
+    fn on_deferred(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
+        tracing::debug!(%peer, doc = %id, "peer deferred a document until its owner is registered");
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.states.remove(id);
+            p.saved.remove(id);
+        }
+        self.finish(peer, id, step);
+    }
+
     /// The unit whose subtree bounds the link to `peer`: the child end of the link.
     fn link_child<'a>(&'a self, peer: &'a UnitId) -> Option<&'a UnitId> {
         if peer.parent().as_ref() == Some(&self.me) {
@@ -744,7 +851,10 @@ impl Engine {
         })
     }
 
-    fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<Msg> {
+    /// The next sync message for `id` to `peer`, if any, and whether it is only the last
+    /// word of a finished reconciliation: it carries no changes and asks for none, and the
+    /// peer's heads are already this side's.
+    fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<(Msg, bool)> {
         if !self.peers.contains_key(peer) {
             return None;
         }
@@ -755,10 +865,18 @@ impl Engine {
         let doc = self.docs.get(id)?.doc.as_ref()?;
         let state = self.peers.get_mut(peer)?.state(id);
         let m = doc.generate_sync_message(state)?;
-        Some(Msg::Sync {
+        let settled = m.changes.iter().next().is_none()
+            && m.need.is_empty()
+            && state.their_heads.as_ref().is_some_and(|theirs| {
+                let mut theirs = theirs.clone();
+                theirs.sort();
+                theirs == m.heads
+            });
+        let msg = Msg::Sync {
             doc: id.clone(),
             data: m.encode(),
-        })
+        };
+        Some((msg, settled))
     }
 
     /// Begin reconciling `id` with `peer`, or queue it when the link has enough in flight.
@@ -776,7 +894,11 @@ impl Engine {
         }
         p.active.insert(id.clone());
         match self.generate(peer, id) {
-            Some(m) => step.send.push((peer.clone(), m)),
+            Some((m, false)) => step.send.push((peer.clone(), m)),
+            Some((m, true)) => {
+                step.send.push((peer.clone(), m));
+                self.finish(peer, id, step);
+            }
             None => self.finish(peer, id, step),
         }
     }
@@ -812,7 +934,7 @@ impl Engine {
             .collect();
         targets
             .into_iter()
-            .filter_map(|p| self.generate(&p, id).map(|m| (p, m)))
+            .filter_map(|p| self.generate(&p, id).map(|(m, _)| (p, m)))
             .collect()
     }
 
@@ -846,6 +968,11 @@ impl Engine {
                     }
                 }
             }
+            Msg::Reject {
+                reason: RejectReason::Unregistered,
+                doc: Some(doc),
+                ..
+            } => self.on_deferred(peer, &doc, &mut step),
             Msg::Reject {
                 reason,
                 doc,
@@ -992,12 +1119,13 @@ impl Engine {
             match mine.get(id) {
                 Some(md) if md == d => {}
                 Some(_) => self.start(peer, id, step),
+                None if self.docs.contains_key(id) => {}
+                // Not an offence: the profile registering the owner may still be on its way.
+                None if !self.registered_below(&child, meta.owner()) => self.defer(peer, meta),
                 None => {
-                    if !self.docs.contains_key(id) {
-                        let doc = doc::empty(&self.actor);
-                        self.add_doc(meta.clone(), Some(doc));
-                        step.created.insert(id.clone());
-                    }
+                    let doc = doc::empty(&self.actor);
+                    self.add_doc(meta.clone(), Some(doc));
+                    step.created.insert(id.clone());
                 }
             }
         }
@@ -1066,6 +1194,23 @@ impl Engine {
             }
         }
         if !self.docs.contains_key(&id) {
+            // A document of a unit this node does not know to be registered waits for the
+            // profile that registers it (often in flight on the same link): not an offence,
+            // so it is answered but not counted as a rejection.
+            if let Some(child) = self.link_child(peer).cloned()
+                && !self.registered_below(&child, owner)
+            {
+                self.defer(peer, &meta);
+                step.send.push((
+                    peer.clone(),
+                    Msg::Reject {
+                        reason: RejectReason::Unregistered,
+                        doc: Some(id.clone()),
+                        detail: format!("{owner} is not registered here yet"),
+                    },
+                ));
+                return Ok(());
+            }
             let doc = doc::empty(&self.actor);
             self.add_doc(meta.clone(), Some(doc));
             step.created.insert(id.clone());
@@ -1116,12 +1261,22 @@ impl Engine {
             self.invalidate(&id);
             step.changed.insert(id.clone());
         }
+        // A slot is held until this side has nothing more to say. When its last message
+        // only tells the peer that the heads now agree, the peer answers nothing, so the
+        // slot is freed as that message goes.
         match self.generate(peer, &id) {
-            Some(m) => step.send.push((peer.clone(), m)),
+            Some((m, false)) => step.send.push((peer.clone(), m)),
+            Some((m, true)) => {
+                step.send.push((peer.clone(), m));
+                self.finish(peer, &id, step);
+            }
             None => self.finish(peer, &id, step),
         }
         if changed {
             step.forward.push((id.clone(), peer.clone()));
+            if id.kind == DocKind::Profile {
+                self.undefer(step);
+            }
         }
         Ok(())
     }
@@ -1161,6 +1316,16 @@ mod tests {
         let id = meta.id.clone();
         let (d, _) = e.local_doc(meta).unwrap();
         doc::create_member(d, RecordId::from_u64(rec), &member(name)).unwrap();
+        id
+    }
+
+    /// Write `unit`'s profile registering `children`.
+    fn register(e: &mut Engine, unit: &str, children: &[&str]) -> DocId {
+        let meta = DocMeta::new(DocId::new(DocKind::Profile, u(unit)));
+        let id = meta.id.clone();
+        let (d, _) = e.local_doc(meta).unwrap();
+        let kids: Vec<UnitId> = children.iter().map(|c| u(c)).collect();
+        doc::set_profile(d, &format!("Unit {unit}"), &kids).unwrap();
         id
     }
 
@@ -1483,13 +1648,23 @@ mod tests {
         (msgs, bytes, rounds)
     }
 
-    /// A county with `n` village registers under 10 townships, synced to the city.
+    /// A county with `n` village registers under 10 townships, every unit registered,
+    /// synced to the city.
     fn big_pair(n: usize) -> (Engine, Engine) {
         let mut k = engine("c01/k01", 1);
         let mut c = engine("c01", 2);
+        let mut tree: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for i in 0..n {
-            let owner = format!("c01/k01/t{:02}/v{:03}", i % 10, i);
+            let township = format!("c01/k01/t{:02}", i % 10);
+            let owner = format!("{township}/v{:03}", i);
             write(&mut k, &owner, i as u64, "Seed");
+            tree.entry(township).or_default().push(owner);
+        }
+        let townships: Vec<&str> = tree.keys().map(String::as_str).collect();
+        register(&mut k, "c01/k01", &townships);
+        for (township, villages) in &tree {
+            let villages: Vec<&str> = villages.iter().map(String::as_str).collect();
+            register(&mut k, township, &villages);
         }
         let q = connect(&mut k, &mut c);
         pump_counted(&mut k, &mut c, q);
@@ -1575,6 +1750,56 @@ mod tests {
         let (_, _, rounds) = pump_counted(&mut k, &mut c, q);
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
         assert!(rounds <= 6, "{rounds} rounds");
+    }
+
+    #[test]
+    fn a_child_adds_only_units_its_tree_registers() {
+        let mut k = engine("c01/k01", 1);
+        let mut t = engine("c01/k01/t01", 2);
+        register(&mut t, "c01/k01/t01", &["c01/k01/t01/v01"]);
+        write(&mut t, "c01/k01/t01/v01", 1, "Registered Village");
+        write(&mut t, "c01/k01/t01/v02", 2, "Unregistered Village");
+        let q = connect(&mut t, &mut k);
+        // Not an offence: nothing is counted as rejected on either side.
+        assert!(pump(&mut t, &mut k, q).is_empty());
+        assert_eq!(names(&k, "c01/k01/t01/v01"), vec!["Registered Village"]);
+        let v02 = DocId::new(DocKind::Members, u("c01/k01/t01/v02"));
+        assert!(
+            k.get(&v02).is_none(),
+            "an unregistered unit's document was created"
+        );
+
+        // Live push of a further write is set aside too, and the pushing side's slot freed.
+        write(&mut t, "c01/k01/t01/v02", 3, "Still Unregistered");
+        let q: Vec<_> = t
+            .fan_out(&v02, None)
+            .into_iter()
+            .map(|(to, m)| (u("c01/k01/t01"), to, m))
+            .collect();
+        assert_eq!(q.len(), 1);
+        assert!(pump(&mut t, &mut k, q).is_empty());
+        assert!(k.get(&v02).is_none());
+        assert_eq!(t.progress(k.me()).unwrap().in_flight, 0);
+
+        // Once the township registers v02, the county asks for its documents in the same
+        // session and gets every change, including those it set aside.
+        let profile = register(
+            &mut t,
+            "c01/k01/t01",
+            &["c01/k01/t01/v01", "c01/k01/t01/v02"],
+        );
+        let q: Vec<_> = t
+            .fan_out(&profile, None)
+            .into_iter()
+            .map(|(to, m)| (u("c01/k01/t01"), to, m))
+            .collect();
+        assert!(pump(&mut t, &mut k, q).is_empty());
+        assert_eq!(
+            names(&k, "c01/k01/t01/v02"),
+            vec!["Still Unregistered", "Unregistered Village"]
+        );
+        assert_eq!(k.progress(t.me()).unwrap().in_flight, 0);
+        assert_eq!(t.progress(k.me()).unwrap().in_flight, 0);
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub enum RejectReason {
     Version,
     /// The peer's certificate was revoked by its issuer.
     Revoked,
+    /// Not now: the document's owner is not (yet) registered in the receiver's copy of the
+    /// tree. The sender frees the document's slot and forgets what it sent; the receiver asks
+    /// for the document itself once a profile registers the owner.
+    Unregistered,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -127,6 +131,7 @@ impl RejectReason {
             RejectReason::NotAdjacent => 6,
             RejectReason::Version => 7,
             RejectReason::Revoked => 8,
+            RejectReason::Unregistered => 9,
             RejectReason::Other(c) => c,
         }
     }
@@ -141,6 +146,7 @@ impl RejectReason {
             6 => RejectReason::NotAdjacent,
             7 => RejectReason::Version,
             8 => RejectReason::Revoked,
+            9 => RejectReason::Unregistered,
             c => RejectReason::Other(c),
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release -p grassroots-tests --bin bench -- <scenario|all>`
 //!
-//! - `idle-reconnect`: a county holding 10,000 documents reconnects to the city with nothing
-//!   changed: protocol bytes and round trips, against per-document automerge sync (what
+//! - `idle-reconnect`: a county holding 10,000 village registers (and the 101 profiles that
+//!   register their units) reconnects to the city with nothing changed: protocol bytes and round trips, against per-document automerge sync (what
 //!   automerge-repo and samod do on a reconnect) computed in the same run.
 //! - `catch-up`: a village that made 5,000 changes (1,000 household members, then 4,000
 //!   edits) while offline reconnects to its township over QUIC on loopback; time until the
@@ -29,7 +29,7 @@
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -136,6 +136,23 @@ fn idle_reconnect() -> anyhow::Result<()> {
             .map_err(|r| anyhow::anyhow!(r.detail))?;
         doc::create_member(d, RecordId::from_u64(i as u64), &household(i))?;
     }
+    // The registered tree (the city creates documents only for registered units).
+    let mut tree: BTreeMap<UnitId, Vec<UnitId>> = BTreeMap::new();
+    for i in 0..DOCS {
+        let township = unit(&format!("c01/k01/t{:03}", i / 100));
+        let village = unit(&format!("{township}/v{:03}", i % 100));
+        tree.entry(unit("c01/k01"))
+            .or_default()
+            .push(township.clone());
+        tree.entry(township).or_default().push(village);
+    }
+    for (parent, mut kids) in tree {
+        kids.dedup();
+        let (d, _) = county
+            .local_doc(DocMeta::new(DocId::new(DocKind::Profile, parent.clone())))
+            .map_err(|r| anyhow::anyhow!(r.detail))?;
+        doc::set_profile(d, &format!("Unit {parent}"), &kids)?;
+    }
     let q = connect(&mut county, &mut city, HashMap::new(), HashMap::new());
     pump(&mut county, &mut city, q);
     let (uk, uc) = (county.me().clone(), city.me().clone());
@@ -216,7 +233,7 @@ fn idle_reconnect() -> anyhow::Result<()> {
     emit(
         "idle-reconnect",
         "documents",
-        DOCS as f64,
+        county.docs().count() as f64,
         "documents",
         None,
     );
