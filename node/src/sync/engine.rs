@@ -107,7 +107,11 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: RejectReason, doc: Option<&DocId>, detail: impl Into<String>) -> Self {
+    pub(super) fn new(
+        reason: RejectReason,
+        doc: Option<&DocId>,
+        detail: impl Into<String>,
+    ) -> Self {
         Rejection {
             reason,
             doc: doc.cloned(),
@@ -1253,6 +1257,21 @@ impl Engine {
             }
             Ok(Ok(())) => {}
         }
+        // Rule 3's field-level authority, on the copy: which record a change touched, and
+        // who handled it then, are only known against the document.
+        match catch_unwind(AssertUnwindSafe(|| {
+            super::fields::check(&candidate, &before, &meta)
+        })) {
+            Ok(Ok(())) => {}
+            Ok(Err(r)) => return Err(r),
+            Err(_) => {
+                return Err(Rejection::new(
+                    RejectReason::ApplyFailed,
+                    Some(&id),
+                    "automerge panicked while the message's fields were checked",
+                ));
+            }
+        }
         let changed = candidate.get_heads() != before;
         *doc = candidate;
         *state = candidate_state;
@@ -1800,6 +1819,167 @@ mod tests {
         );
         assert_eq!(k.progress(t.me()).unwrap().in_flight, 0);
         assert_eq!(t.progress(k.me()).unwrap().in_flight, 0);
+    }
+
+    /// Write `fields` (text values) to record `rec` of `owner`'s document of `kind` at `e`:
+    /// created when `create`, else updated. Returns the document.
+    fn write_fields(
+        e: &mut Engine,
+        kind: DocKind,
+        owner: &str,
+        rec: u64,
+        create: bool,
+        fields: &[(&str, &str)],
+    ) -> DocId {
+        let meta = DocMeta::new(DocId::new(kind, u(owner)));
+        let id = meta.id.clone();
+        let fields: grassroots_schema::Fields = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), grassroots_schema::Value::Text(v.to_string())))
+            .collect();
+        let (d, _) = e.local_doc(meta).unwrap();
+        let rec = RecordId::from_u64(rec);
+        let w = if create {
+            doc::RecordWrite::Create(rec, &fields, None)
+        } else {
+            doc::RecordWrite::Update(rec, &fields, None)
+        };
+        let results = doc::apply_record_writes(d, &[w]).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        id
+    }
+
+    /// The value of `field` of record `rec` in `id` at `e`.
+    fn field_of(e: &Engine, id: &DocId, rec: u64, field: &str) -> Option<String> {
+        let d = e.get(id)?.doc()?;
+        let (_, obj) = d
+            .get(automerge::ROOT, RecordId::from_u64(rec).to_string())
+            .ok()??;
+        match d.get(&obj, field).ok()?? {
+            (automerge::Value::Scalar(s), _) => s.as_str().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// Deliver `id`'s pending sync messages from `from` to `to` (live push) until quiet.
+    fn push(from: &mut Engine, to: &mut Engine, id: &DocId) -> Vec<Rejection> {
+        let me = from.me().clone();
+        let q: Vec<_> = from
+            .fan_out(id, None)
+            .into_iter()
+            .map(|(p, m)| (me.clone(), p, m))
+            .collect();
+        pump(from, to, q)
+    }
+
+    #[test]
+    fn supervisory_and_review_fields_are_checked_at_every_hop() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let vu = "c01/k01/t01/v01";
+        let q = connect(&mut t, &mut v);
+        assert!(pump(&mut t, &mut v, q).is_empty());
+
+        // A village files a complaint and handles it itself: its own supervisory fields.
+        let complaints = write_fields(
+            &mut v,
+            DocKind::Complaints,
+            vu,
+            1,
+            true,
+            &[("subject", "Road"), ("status", "OPEN")],
+        );
+        write_fields(
+            &mut v,
+            DocKind::Complaints,
+            vu,
+            1,
+            false,
+            &[("response", "Looking")],
+        );
+        assert!(push(&mut v, &mut t, &complaints).is_empty());
+        assert_eq!(
+            field_of(&t, &complaints, 1, "response").as_deref(),
+            Some("Looking")
+        );
+
+        // The township takes it over; from then on the village may not close it.
+        write_fields(
+            &mut t,
+            DocKind::Complaints,
+            vu,
+            1,
+            false,
+            &[("handler", "c01/k01/t01")],
+        );
+        assert!(push(&mut t, &mut v, &complaints).is_empty());
+        write_fields(
+            &mut v,
+            DocKind::Complaints,
+            vu,
+            1,
+            false,
+            &[("status", "CLOSED")],
+        );
+        let r = push(&mut v, &mut t, &complaints);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, RejectReason::Unauthorised);
+        assert_eq!(
+            field_of(&t, &complaints, 1, "status").as_deref(),
+            Some("OPEN")
+        );
+        // Plain fields of the same record still come from the village.
+        let mut v2 = engine(vu, 3);
+        let q = connect(&mut t, &mut v2);
+        assert!(pump(&mut t, &mut v2, q).is_empty());
+        write_fields(
+            &mut v2,
+            DocKind::Complaints,
+            vu,
+            1,
+            false,
+            &[("subject", "Road repair")],
+        );
+        assert!(push(&mut v2, &mut t, &complaints).is_empty());
+        assert_eq!(
+            field_of(&t, &complaints, 1, "subject").as_deref(),
+            Some("Road repair")
+        );
+
+        // A report's review comes only from above.
+        let reports = write_fields(
+            &mut v2,
+            DocKind::Reports,
+            vu,
+            2,
+            true,
+            &[("body", "Done"), ("review", "ACCEPTED")],
+        );
+        let r = push(&mut v2, &mut t, &reports);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, RejectReason::Unauthorised);
+        assert!(
+            t.get(&reports)
+                .is_none_or(|e| e.doc().unwrap().get_heads().is_empty())
+        );
+        let mut v3 = engine(vu, 4);
+        let q = connect(&mut t, &mut v3);
+        assert!(pump(&mut t, &mut v3, q).is_empty());
+        write_fields(&mut v3, DocKind::Reports, vu, 3, true, &[("body", "Done")]);
+        assert!(push(&mut v3, &mut t, &reports).is_empty());
+        write_fields(
+            &mut t,
+            DocKind::Reports,
+            vu,
+            3,
+            false,
+            &[("review", "ACCEPTED")],
+        );
+        assert!(push(&mut t, &mut v3, &reports).is_empty());
+        assert_eq!(
+            field_of(&v3, &reports, 3, "review").as_deref(),
+            Some("ACCEPTED")
+        );
     }
 
     #[test]

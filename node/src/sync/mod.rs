@@ -4,6 +4,7 @@
 
 pub(crate) mod chunks;
 mod engine;
+mod fields;
 pub mod wire;
 
 pub use engine::{
