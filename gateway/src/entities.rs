@@ -5,7 +5,7 @@
 //! rules.
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::{Context, Enum, ID, InputObject, Object, Result};
+use async_graphql::{Context, Enum, ID, InputObject, MaybeUndefined, Object, Result};
 use grassroots_schema as gs;
 use grassroots_schema::{
     Caller, DocId, DocKind, DocMeta, Fields, Record, RecordRef, UnitId, Value, can_read,
@@ -91,6 +91,20 @@ pub trait Shape<T> {
     fn out(v: Option<T>) -> Result<Self::Out>;
     /// Put a create-input value into the fields.
     fn put(fields: &mut Fields, key: &str, v: Self::Out);
+}
+
+/// One field of an update: omitted leaves it, `null` clears it (refused later for a
+/// required field, with the field named), a value sets it.
+fn put_change<T: FieldValue>(fields: &mut Fields, key: &str, v: MaybeUndefined<T>) {
+    match v {
+        MaybeUndefined::Undefined => {}
+        MaybeUndefined::Null => {
+            fields.insert(key.to_owned(), Value::Null);
+        }
+        MaybeUndefined::Value(v) => {
+            fields.insert(key.to_owned(), v.into_value());
+        }
+    }
 }
 
 /// Whether a shape is required, for the drift test.
@@ -373,17 +387,17 @@ macro_rules! entity {
             }
         }
 
-        #[doc = concat!("The fields of the ", $name, " to change; omitted ones stay and merge with concurrent edits.")]
+        #[doc = concat!("The fields of the ", $name, " to change; omitted ones stay and merge with concurrent edits. `null` clears an optional field (a required one cannot be cleared).")]
         #[derive(InputObject, Default)]
         #[graphql(name = $update_name)]
         pub struct $update {
-            $( $(#[$fm])* pub $field: Option<$ty>, )+
+            $( $(#[$fm])* pub $field: MaybeUndefined<$ty>, )+
         }
 
         impl $update {
             fn into_fields(self) -> Fields {
                 let mut f = Fields::new();
-                $( <Opt as Shape<$ty>>::put(&mut f, $key, self.$field); )+
+                $( put_change(&mut f, $key, self.$field); )+
                 f
             }
         }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::{
-    Context, Enum, ID, InputObject, Object, Result, Schema, SimpleObject, Subscription,
+    Context, Enum, ID, InputObject, MaybeUndefined, Object, Result, Schema, SimpleObject,
+    Subscription,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -1745,24 +1746,46 @@ pub struct CreateMemberInput {
 }
 
 /// Fields to change; omitted fields stay as they are and merge with concurrent edits.
+/// `null` clears `phone` or `idNumber`; the other fields cannot be cleared.
 #[derive(InputObject, Default)]
 pub struct UpdateMemberInput {
     /// Full name.
-    name: Option<String>,
+    name: MaybeUndefined<String>,
     /// Year of birth.
-    birth_year: Option<i64>,
+    birth_year: MaybeUndefined<i64>,
     /// Gender.
-    gender: Option<GenderGql>,
+    gender: MaybeUndefined<GenderGql>,
     /// Highest education.
-    education: Option<EducationGql>,
+    education: MaybeUndefined<EducationGql>,
     /// Date joined, `YYYY-MM-DD`.
-    joined_on: Option<String>,
+    joined_on: MaybeUndefined<String>,
     /// Probationary or full.
-    status: Option<MemberStatusGql>,
+    status: MaybeUndefined<MemberStatusGql>,
     /// Phone number.
-    phone: Option<String>,
+    phone: MaybeUndefined<String>,
     /// Personal identity number.
-    id_number: Option<String>,
+    id_number: MaybeUndefined<String>,
+}
+
+/// A required field of an update: omitted leaves it, `null` is refused.
+fn required<T>(name: &str, v: MaybeUndefined<T>) -> Result<Option<T>> {
+    match v {
+        MaybeUndefined::Undefined => Ok(None),
+        MaybeUndefined::Null => Err(error(
+            Code::BadUserInput,
+            format!("{name} is required and cannot be cleared"),
+        )),
+        MaybeUndefined::Value(v) => Ok(Some(v)),
+    }
+}
+
+/// An optional field of an update: omitted leaves it (`None`), `null` clears it.
+fn optional<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
+    match v {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(v)),
+    }
 }
 
 /// Revoke a child's certificate.
@@ -1940,14 +1963,14 @@ impl MutationCore {
             .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
         let by = authorise_write(ctx, b, &id.unit)?;
         let patch = gs::MemberPatch {
-            name: input.name,
-            birth_year: input.birth_year,
-            gender: input.gender.map(Into::into),
-            education: input.education.map(Into::into),
-            joined_on: input.joined_on,
-            status: input.status.map(Into::into),
-            phone: input.phone,
-            id_number: input.id_number,
+            name: required("name", input.name)?,
+            birth_year: required("birthYear", input.birth_year)?,
+            gender: required("gender", input.gender)?.map(Into::into),
+            education: required("education", input.education)?.map(Into::into),
+            joined_on: required("joinedOn", input.joined_on)?,
+            status: required("status", input.status)?.map(Into::into),
+            phone: optional(input.phone),
+            id_number: optional(input.id_number),
         };
         b.store
             .update_member_by(id, patch, Some(by))

@@ -679,3 +679,127 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
         Vec::<String>::new()
     );
 }
+
+#[tokio::test]
+async fn null_clears_an_optional_field_and_is_refused_for_a_required_one() {
+    let f = fixture().await;
+    let clerk = f.token("c01/k01", Role::Clerk).await;
+    let supervisor = f.token("c01/k01", Role::Supervisor).await;
+
+    // A record: its optional field cleared, the others left as they were.
+    let d = f
+        .ok(
+            Some(&clerk),
+            "mutation { createComplaint(input: { unit: \"c01/k01\", subject: \"Water\",
+                body: \"No water\", filedOn: \"2026-02-01\", dueOn: \"2026-02-20\",
+                complainant: \"Li Si\", complainantPhone: \"138 0000 2222\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let id = d["createComplaint"]["id"].as_str().unwrap().to_owned();
+    let clear =
+        "mutation($id: ID!, $i: UpdateComplaintInput!) { updateComplaint(id: $id, input: $i) {
+        subject complainant complainantPhone response } }";
+    let d = f
+        .ok(
+            Some(&clerk),
+            clear,
+            json!({ "id": id, "i": { "complainantPhone": null } }),
+        )
+        .await;
+    let c = &d["updateComplaint"];
+    assert_eq!(c["complainantPhone"], Value::Null, "{d}");
+    assert_eq!(c["complainant"], "Li Si", "{d}");
+    assert_eq!(c["subject"], "Water", "{d}");
+    // Read back from the views, not only from the write's answer.
+    let d = f
+        .ok(
+            Some(&clerk),
+            "query($id: ID!) { record(id: $id) { ... on Complaint { complainantPhone complainant } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(d["record"]["complainantPhone"], Value::Null, "{d}");
+    assert_eq!(d["record"]["complainant"], "Li Si", "{d}");
+
+    // A required field cannot be cleared; nothing of that write is applied.
+    let r = f
+        .gql(
+            Some(&clerk),
+            clear,
+            json!({ "id": id, "i": { "subject": null, "complainant": "Wang Wu" } }),
+        )
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("subject"),
+        "{r}"
+    );
+    // Clearing a supervisory field needs the same authority as setting it.
+    f.ok(
+        Some(&supervisor),
+        clear,
+        json!({ "id": id, "i": { "response": "On it" } }),
+    )
+    .await;
+    let r = f
+        .gql(
+            Some(&clerk),
+            clear,
+            json!({ "id": id, "i": { "response": null } }),
+        )
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let d = f
+        .ok(
+            Some(&supervisor),
+            clear,
+            json!({ "id": id, "i": { "response": null } }),
+        )
+        .await;
+    assert_eq!(d["updateComplaint"]["response"], Value::Null, "{d}");
+    assert_eq!(d["updateComplaint"]["complainant"], "Li Si", "{d}");
+
+    // A member: the phone is optional, the name is not.
+    let d = f
+        .ok(
+            Some(&clerk),
+            "mutation { createMember(input: { unit: \"c01/k01\", name: \"Zhao Min\",
+                birthYear: 1992, gender: FEMALE, education: COLLEGE, joinedOn: \"2021-06-01\",
+                phone: \"139 0000 3333\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let member = d["createMember"]["id"].as_str().unwrap().to_owned();
+    let update = "mutation($id: ID!, $i: UpdateMemberInput!) { updateMember(id: $id, input: $i) {
+        name phone } }";
+    let d = f
+        .ok(
+            Some(&clerk),
+            update,
+            json!({ "id": member, "i": { "phone": null } }),
+        )
+        .await;
+    assert_eq!(d["updateMember"]["phone"], Value::Null, "{d}");
+    assert_eq!(d["updateMember"]["name"], "Zhao Min", "{d}");
+    let r = f
+        .gql(
+            Some(&clerk),
+            update,
+            json!({ "id": member, "i": { "name": null } }),
+        )
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    let d = f
+        .ok(
+            Some(&clerk),
+            "query($id: ID!) { member(id: $id) { name phone } }",
+            json!({ "id": member }),
+        )
+        .await;
+    assert_eq!(d["member"]["name"], "Zhao Min", "{d}");
+    assert_eq!(d["member"]["phone"], Value::Null, "{d}");
+}

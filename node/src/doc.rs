@@ -158,11 +158,21 @@ fn patch_member(
     if let Some(v) = p.status {
         tx.put(obj, "status", v.as_str())?;
     }
-    if let Some(v) = &p.phone {
-        tx.put(obj, PHONE, v.as_str())?;
+    for (key, v) in [(PHONE, &p.phone), (ID_NUMBER, &p.id_number)] {
+        match v {
+            Some(Some(v)) => tx.put(obj, key, v.as_str())?,
+            Some(None) => clear(tx, obj, key)?,
+            None => {}
+        }
     }
-    if let Some(v) = &p.id_number {
-        tx.put(obj, ID_NUMBER, v.as_str())?;
+    Ok(())
+}
+
+/// Remove `key` from a record's map, if it is there (a concurrent set it has not seen
+/// survives the merge).
+fn clear(tx: &mut impl Transactable, obj: &ObjId, key: &str) -> Result<(), AutomergeError> {
+    if tx.get(obj, key)?.is_some() {
+        tx.delete(obj, key)?;
     }
     Ok(())
 }
@@ -235,11 +245,13 @@ pub enum RecordWrite<'a> {
     Update(RecordId, &'a Fields, Option<&'a Stamp>),
 }
 
-fn scalar(v: &FieldValue) -> ScalarValue {
+/// The automerge scalar of a field value (`None` for [`FieldValue::Null`], which clears).
+fn scalar(v: &FieldValue) -> Option<ScalarValue> {
     match v {
-        FieldValue::Bool(b) => ScalarValue::Boolean(*b),
-        FieldValue::Int(i) => ScalarValue::Int(*i),
-        FieldValue::Text(t) => ScalarValue::Str(t.as_str().into()),
+        FieldValue::Bool(b) => Some(ScalarValue::Boolean(*b)),
+        FieldValue::Int(i) => Some(ScalarValue::Int(*i)),
+        FieldValue::Text(t) => Some(ScalarValue::Str(t.as_str().into())),
+        FieldValue::Null => None,
     }
 }
 
@@ -252,7 +264,7 @@ pub fn apply_record_writes(
         RecordWrite::Create(record, fields, stamp) => {
             let mut map: HashMap<&str, hydrate::Value> = fields
                 .iter()
-                .map(|(k, v)| (k.as_str(), hydrate::Value::Scalar(scalar(v))))
+                .filter_map(|(k, v)| Some((k.as_str(), hydrate::Value::Scalar(scalar(v)?))))
                 .collect();
             stamp_created(&mut map, stamp);
             tx.batch_create_object(ROOT, record.to_string(), &map.into(), false)?;
@@ -261,7 +273,10 @@ pub fn apply_record_writes(
         RecordWrite::Update(record, fields, stamp) => with_record(tx, record, |tx, obj| {
             stamp_changed(tx, obj, stamp, !fields.is_empty())?;
             for (k, v) in fields {
-                tx.put(obj, k.as_str(), scalar(v))?;
+                match scalar(v) {
+                    Some(s) => tx.put(obj, k.as_str(), s)?,
+                    None => clear(tx, obj, k)?,
+                }
             }
             Ok(())
         }),

@@ -256,6 +256,9 @@ pub enum Value {
     Int(i64),
     /// Text (also dates, enum storage names, unit ids and record references).
     Text(String),
+    /// In an update only: clear this optional field. Never stored: a cleared field is
+    /// absent from the record.
+    Null,
 }
 
 impl Value {
@@ -659,7 +662,18 @@ impl EntitySpec {
             let spec = self
                 .field(name)
                 .ok_or_else(|| bad(name, format!("{} has no such field", self.type_name)))?;
-            check_value(spec, owner, value)?;
+            match value {
+                Value::Null if new => return Err(bad(name, "a new record leaves it out instead")),
+                Value::Null if spec.required => {
+                    return Err(bad(name, "is required and cannot be cleared"));
+                }
+                // A complaint is always open, handled or escalated.
+                Value::Null if self.with_defaults(Fields::new()).contains_key(name) => {
+                    return Err(bad(name, "has a default and cannot be cleared"));
+                }
+                Value::Null => {}
+                _ => check_value(spec, owner, value)?,
+            }
         }
         if new
             && let Some(missing) = self
@@ -896,7 +910,7 @@ pub fn in_period(p: (i64, i64), value: &Value) -> bool {
     let have = match value {
         Value::Int(y) => y.checked_mul(12).map(|m| (m, m + 11)),
         Value::Text(t) => period_months(t),
-        Value::Bool(_) => None,
+        Value::Bool(_) | Value::Null => None,
     };
     have.is_some_and(|(a, b)| p.0 <= a && b <= p.1)
 }
@@ -970,6 +984,26 @@ mod tests {
             f.insert(k.into(), val);
             let e = meetings.validate(&v, &f, true).unwrap_err();
             assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_update_clears_only_optional_fields_without_a_default() {
+        let complaints = entity(DocKind::Complaints).unwrap();
+        let v = u("c01/k01/t01/v01");
+        let clear = |k: &str| fields(&[(k, Value::Null)]);
+        assert!(
+            complaints
+                .validate(&v, &clear("complainantPhone"), false)
+                .is_ok()
+        );
+        for (k, new, why) in [
+            ("complainantPhone", true, "a new record"),
+            ("subject", false, "required"),
+            ("status", false, "default"),
+        ] {
+            let e = complaints.validate(&v, &clear(k), new).unwrap_err();
+            assert!(e.to_string().contains(k), "{why}: {e}");
         }
     }
 

@@ -193,10 +193,10 @@ pub struct MemberPatch {
     pub joined_on: Option<String>,
     /// New status.
     pub status: Option<MemberStatus>,
-    /// New phone number.
-    pub phone: Option<String>,
-    /// New identity number.
-    pub id_number: Option<String>,
+    /// New phone number; `Some(None)` clears it.
+    pub phone: Option<Option<String>>,
+    /// New identity number; `Some(None)` clears it.
+    pub id_number: Option<Option<String>>,
 }
 
 impl MemberPatch {
@@ -211,7 +211,10 @@ impl MemberPatch {
         if let Some(d) = &self.joined_on {
             validate_date(d)?;
         }
-        validate_sensitive(self.phone.as_deref(), self.id_number.as_deref())
+        validate_sensitive(
+            self.phone.as_ref().and_then(Option::as_deref),
+            self.id_number.as_ref().and_then(Option::as_deref),
+        )
     }
 }
 

@@ -2470,10 +2470,11 @@ mod tests {
                             ]),
                             DocKind::Complaints => {
                                 let status = ["open", "handled", "escalated"][next(3)];
-                                f(vec![("status", text(status)), ("respondedOn", text(&date))])
+                                let responded = [text(&date), V::Null][next(2)].clone();
+                                f(vec![("status", text(status)), ("respondedOn", responded)])
                             }
                             _ => f(vec![
-                                ("review", text("accepted")),
+                                ("review", [text("accepted"), V::Null][next(2)].clone()),
                                 ("period", text("2026Q2")),
                             ]),
                         };
