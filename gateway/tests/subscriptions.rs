@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use grassroots_gateway::{Backend, serve};
+use grassroots_gateway::serve;
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_schema::{Education, Gender, MemberStatus, NewMember, Role, UnitId};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+mod common;
+use common::{store_for, token_for};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -61,29 +64,16 @@ async fn subscribe(ws: &mut Ws) {
 
 #[tokio::test]
 async fn changes_follow_the_callers_scope() {
-    let dir = tempfile::tempdir().unwrap();
-    let county: UnitId = "c01/k01".parse().unwrap();
-    let (store, reader, thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), county.clone()).unwrap();
-    let token = |unit: &str, role| {
-        let (store, unit) = (store.clone(), unit.parse::<UnitId>().unwrap());
-        async move {
-            let t = new_token().unwrap();
-            store.add_user(token_hash(&t), unit, role).await.unwrap();
-            t
-        }
-    };
-    let viewer = token("c01/k01", Role::Viewer).await;
-    let outsider = token("c01/k02", Role::Admin).await;
+    // A county store without a profile yet: writing it is one of the notices below.
+    let f = store_for("c01/k01").await;
+    let county = f.backend.node_unit.clone();
+    let store = f.backend.store.clone();
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let outsider = token_for(&f, "c01/k02", Role::Admin).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
-    let backend = Backend {
-        node_unit: county.clone(),
-        store: store.clone(),
-        reader,
-    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, backend, async {
+    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
         let _ = stopped.await;
     }));
 
@@ -249,5 +239,5 @@ async fn changes_follow_the_callers_scope() {
     let _ = stop.send(());
     drop((mine, theirs, forged, leaving));
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    thread.shutdown().await;
+    f.shutdown().await;
 }

@@ -13,6 +13,13 @@ pub struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+impl Fixture {
+    /// Stop the store; returns once its database is closed.
+    pub async fn shutdown(self) {
+        self._thread.shutdown().await;
+    }
+}
+
 /// A fresh store for the county `c01/k01`, named Dongping County.
 pub async fn fixture() -> Fixture {
     let f = store_for("c01/k01").await;
