@@ -738,6 +738,15 @@ async fn null_clears_an_optional_field_and_is_refused_for_a_required_one() {
             .contains("subject"),
         "{r}"
     );
+    let d = f
+        .ok(
+            Some(&clerk),
+            "query($id: ID!) { record(id: $id) { ... on Complaint { subject complainant } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(d["record"]["subject"], "Water", "{d}");
+    assert_eq!(d["record"]["complainant"], "Li Si", "{d}");
     // Clearing a supervisory field needs the same authority as setting it.
     f.ok(
         Some(&supervisor),

@@ -531,9 +531,31 @@ pub fn set_profile(doc: &mut Automerge, name: &str, children: &[UnitId]) -> Resu
     Ok(true)
 }
 
-/// The profile a document describes, if it has a name yet.
-pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
-    let name = get_str(doc, &ROOT, "name")?;
+/// Add `child` to the children a profile registers; no change when it is there.
+pub fn register_child(doc: &mut Automerge, child: &UnitId) -> Result<bool, DocError> {
+    let kids = match doc.get(ROOT, "children")? {
+        Some((Value::Object(ObjType::Map), id)) => Some(id),
+        _ => None,
+    };
+    if let Some(k) = &kids
+        && doc.get(k, child.as_str())?.is_some()
+    {
+        return Ok(false);
+    }
+    doc.transact::<_, _, AutomergeError>(|tx| {
+        let kids = match &kids {
+            Some(k) => k.clone(),
+            None => tx.put_object(ROOT, "children", ObjType::Map)?,
+        };
+        tx.put(&kids, child.as_str(), true)
+    })
+    .map_err(|f| DocError::Automerge(f.error))?;
+    Ok(true)
+}
+
+/// The children a profile registers, named or not yet (a level above may register a unit
+/// before anything else of its profile is written).
+pub fn profile_children(doc: &Automerge, unit: &UnitId) -> Vec<UnitId> {
     let mut children = Vec::new();
     if let Ok(Some((Value::Object(ObjType::Map), kids))) = doc.get(ROOT, "children") {
         for k in doc.keys(&kids) {
@@ -543,6 +565,13 @@ pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
             }
         }
     }
+    children
+}
+
+/// The profile a document describes, if it has a name yet.
+pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
+    let name = get_str(doc, &ROOT, "name")?;
+    let children = profile_children(doc, unit);
     let mut revoked = Vec::new();
     if let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(ROOT, "revoked") {
         revoked.extend(doc.keys(&map));
@@ -673,6 +702,40 @@ mod tests {
             }
         }
         panic!("sync did not settle");
+    }
+
+    #[test]
+    fn a_clear_leaves_a_concurrent_set_it_had_not_seen() {
+        let unit: UnitId = "c01/k01/t01/v01".parse().unwrap();
+        let mut a = empty(&actor_for(&unit, [1; 8]));
+        let rec = RecordId::from_u64(7);
+        let member = NewMember {
+            name: "Zhao Min".into(),
+            birth_year: 1992,
+            gender: Gender::Female,
+            education: Education::College,
+            joined_on: "2021-06-01".into(),
+            status: MemberStatus::Full,
+            phone: Some("139 0000 3333".into()),
+            id_number: None,
+        };
+        create_member(&mut a, rec, &member).unwrap();
+        let mut b = a.fork().with_actor(actor_for(&unit, [2; 8]));
+        let clear = MemberPatch {
+            phone: Some(None),
+            ..MemberPatch::default()
+        };
+        update_member(&mut a, rec, &clear).unwrap();
+        assert_eq!(read_member(&a, &unit, rec).unwrap().phone, None);
+        let set = MemberPatch {
+            phone: Some(Some("138 1111 2222".into())),
+            ..MemberPatch::default()
+        };
+        update_member(&mut b, rec, &set).unwrap();
+        a.merge(&mut b).unwrap();
+        let merged = read_member(&a, &unit, rec).unwrap();
+        assert_eq!(merged.phone.as_deref(), Some("138 1111 2222"));
+        assert_eq!(merged.name, "Zhao Min");
     }
 
     #[test]

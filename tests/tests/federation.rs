@@ -212,6 +212,59 @@ async fn until(
     .await
 }
 
+/// A unit without a node, named from above, is registered up to the naming node, so its
+/// records travel up like any other's (a node creates documents from a link only for units
+/// of the registered tree).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_named_from_above_travel_up_like_any_other() -> anyhow::Result<()> {
+    let (fed, _dir) = start(small_tree(), None).await?;
+    let (k02, c01) = (unit("c01/k02"), unit("c01"));
+    let url = fed.graphql_url(&k02)?;
+    let token = fed.token(&k02, Role::Supervisor)?;
+    let name =
+        "mutation($id: ID!, $n: String!) { updateUnit(id: $id, input: { name: $n }) { id } }";
+    for (id, n) in [
+        ("c01/k02/t09/v09", "Hilltop Village"),
+        ("c01/k02/t09", "Riverbend Township"),
+    ] {
+        let r = gql(&url, Some(token), name, json!({ "id": id, "n": n })).await?;
+        anyhow::ensure!(r["errors"].is_null(), "naming {id}: {r}");
+    }
+    let r = gql(
+        &url,
+        Some(token),
+        CREATE,
+        new_member("c01/k02/t09/v09", "Lin Hua"),
+    )
+    .await?;
+    let id = r["data"]["createMember"]["id"]
+        .as_str()
+        .with_context(|| format!("create failed: {r}"))?
+        .to_owned();
+    let city = fed.graphql_url(&c01)?;
+    let viewer = fed.token(&c01, Role::Viewer)?;
+    until(
+        &city,
+        Some(viewer),
+        MEMBER,
+        json!({ "id": id }),
+        "the member at the city",
+        |d| d["member"]["name"].as_str().map(|_| d["member"].clone()),
+    )
+    .await?;
+    until(
+        &city,
+        Some(viewer),
+        "{ unit(id: \"c01/k02/t09\") { name children { id } } }",
+        json!({}),
+        "the township and its village at the city",
+        |d| (d["unit"]["children"][0]["id"] == "c01/k02/t09/v09").then(|| d.clone()),
+    )
+    .await?;
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// Records of the other kinds travel by the same rules as members: a complaint filed at a
 /// village is handled at the county and the handling flows back down; a directive to the
 /// villages reaches them through a township that cannot read it, and their report-backs

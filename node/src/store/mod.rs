@@ -727,6 +727,11 @@ trait Waiting: Sized {
     fn record(row: &Self::Row) -> RecordId;
     /// Where the batch keeps the rows its writes produced.
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Self::Row>>>;
+    /// The existing record an update changes and the fields it names (for the field-level
+    /// authority a parent will check of this node's change); `None` for the rest.
+    fn update_fields(&self) -> Option<(RecordId, Vec<&str>)> {
+        None
+    }
 }
 
 impl Waiting for PendingWrite {
@@ -833,6 +838,14 @@ impl Waiting for PendingRecord {
     }
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Record>>> {
         &mut batch.entity_rows
+    }
+    fn update_fields(&self) -> Option<(RecordId, Vec<&str>)> {
+        match &self.op {
+            RecordOp::Update(id, fields, _) => {
+                Some((id.record, fields.keys().map(String::as_str).collect()))
+            }
+            RecordOp::Create(..) => None,
+        }
     }
 }
 
@@ -1632,7 +1645,9 @@ impl Actor {
                 }
                 continue;
             }
-            let doc = match self.local_doc(DocMeta::new(doc_id.clone()), batch) {
+            let meta = DocMeta::new(doc_id.clone());
+            let me = self.engine.me().clone();
+            let doc = match self.local_doc(meta.clone(), batch) {
                 Ok(doc) => doc,
                 Err(e) => {
                     for w in writes {
@@ -1644,6 +1659,35 @@ impl Actor {
                     continue;
                 }
             };
+            // What the parent will check of this node's change, checked against the document
+            // the change is built on: refused now rather than accepted here and refused
+            // there, which would hold back every later change of the document.
+            let (writes, refused): (Vec<W>, Vec<(W, String)>) =
+                writes
+                    .into_iter()
+                    .fold((Vec::new(), Vec::new()), |(mut ok, mut no), w| {
+                        let verdict = match w.update_fields() {
+                            Some((record, fields)) => {
+                                crate::sync::check_local(doc, &meta, &me, record, fields)
+                            }
+                            None => Ok(()),
+                        };
+                        match verdict {
+                            Ok(()) => ok.push(w),
+                            Err(why) => no.push((w, why)),
+                        }
+                        (ok, no)
+                    });
+            for (w, detail) in refused {
+                w.fail(WriteError::Refused(Rejection {
+                    reason: wire::RejectReason::Unauthorised,
+                    doc: Some(doc_id.clone()),
+                    detail,
+                }));
+            }
+            if writes.is_empty() {
+                continue;
+            }
             let results = match W::apply(doc, &writes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -1690,6 +1734,21 @@ impl Actor {
         let profile = doc::read_profile(doc, unit);
         if changed {
             self.after_local_write(id, batch);
+        }
+        // Named from above, the unit joins the registered tree: each unit from it up to this
+        // node listed in its parent's profile, so that its documents travel up (a node
+        // creates documents from a link only for registered units).
+        let me = self.engine.me().clone();
+        for (child, parent) in unit
+            .line()
+            .take_while(|u| *u != me)
+            .filter_map(|u| u.parent().map(|p| (u, p)))
+        {
+            let meta = DocMeta::new(DocId::new(DocKind::Profile, parent));
+            let id = meta.id.clone();
+            if doc::register_child(self.local_doc(meta, batch)?, &child)? {
+                self.after_local_write(id, batch);
+            }
         }
         profile.ok_or_else(|| WriteError::NoUnit(unit.clone()))
     }
@@ -2487,6 +2546,85 @@ mod tests {
             assert!(diffs.is_empty(), "round {round}: {diffs:?}");
             t.shutdown().await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_the_parent_would_refuse_is_refused_at_once() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let f = |pairs: &[(&str, &str)]| -> Fields {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), V::Text(v.to_string())))
+                .collect()
+        };
+        let c = h
+            .create_record(
+                DocKind::Complaints,
+                me.clone(),
+                f(&[
+                    ("subject", "Road"),
+                    ("body", "Potholes"),
+                    ("filedOn", "2026-01-02"),
+                    ("dueOn", "2026-01-20"),
+                ]),
+                None,
+            )
+            .await
+            .unwrap();
+        // The village hands it up; from then on its node may not close it, whoever writes.
+        h.update_record(c.id.clone(), f(&[("handler", "c01/k01/t01")]), None)
+            .await
+            .unwrap();
+        let e = h
+            .update_record(c.id.clone(), f(&[("status", "handled")]), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, WriteError::Refused(r) if r.detail.contains("handled by c01/k01/t01")),
+            "{e}"
+        );
+        let now = h
+            .update_record(c.id.clone(), f(&[("subject", "Road repair")]), None)
+            .await
+            .unwrap();
+        assert_eq!(now.fields.get("status"), Some(&V::Text("open".into())));
+        assert_eq!(
+            now.fields.get("subject"),
+            Some(&V::Text("Road repair".into()))
+        );
+        assert_eq!(r.record(&c.id).unwrap().unwrap(), now);
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn naming_a_unit_below_registers_it_up_to_this_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let name = |n: &str| UnitDetails {
+            name: Some(n.into()),
+            ..UnitDetails::default()
+        };
+        h.set_unit_details(me.clone(), name("County"))
+            .await
+            .unwrap();
+        // A village under a township that has no name (nor node) yet: both registered.
+        h.set_unit_details(u("c01/k01/t02/v05"), name("Village"))
+            .await
+            .unwrap();
+        h.set_unit_details(u("c01/k01/t02"), name("Township"))
+            .await
+            .unwrap();
+        let units = r.units(&[me.clone(), u("c01/k01/t02")]).unwrap();
+        assert_eq!(units[&me].children, vec![u("c01/k01/t02")]);
+        assert_eq!(
+            units[&u("c01/k01/t02")].children,
+            vec![u("c01/k01/t02/v05")]
+        );
+        t.shutdown().await;
     }
 
     #[tokio::test]

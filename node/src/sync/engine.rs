@@ -175,8 +175,11 @@ struct PeerSync {
     queue: VecDeque<DocId>,
     queued: HashSet<DocId>,
     /// Documents the peer offered whose owner is not registered in this node's copy of the
-    /// tree yet: created and started once a profile registers the owner.
-    deferred: BTreeMap<DocId, DocMeta>,
+    /// tree yet, by the unit whose profile must register the next unit down: created and
+    /// started once a profile registers the owner.
+    deferred: BTreeMap<UnitId, BTreeMap<DocId, DocMeta>>,
+    /// How many documents `deferred` holds.
+    deferred_count: usize,
 }
 
 impl PeerSync {
@@ -695,9 +698,7 @@ impl Engine {
         let id = DocId::new(DocKind::Profile, parent.clone());
         let kids: BTreeSet<UnitId> = if self.docs.contains_key(&id) {
             match self.ensure(&id) {
-                Ok(d) => doc::read_profile(d, &parent)
-                    .map(|p| p.children.into_iter().collect())
-                    .unwrap_or_default(),
+                Ok(d) => doc::profile_children(d, &parent).into_iter().collect(),
                 Err(r) => {
                     tracing::error!(doc = %id, "cannot read registrations: {}", r.detail);
                     BTreeSet::new()
@@ -711,54 +712,70 @@ impl Engine {
         yes
     }
 
-    /// Whether a document owned by `owner` may be created from the link whose child end is
-    /// `child`: every unit from the owner up to (not including) the child must be registered
-    /// in its parent's profile, so that whatever a child's subtree sends belongs to a unit
-    /// the tree shows. The child itself was checked at the handshake; units at or above it
-    /// are not the child's to add.
-    fn registered_below(&mut self, child: &UnitId, owner: &UnitId) -> bool {
+    /// The first unit, walking down from the link's child `child` to `owner`, that its
+    /// parent's profile does not register; `None` when a document of `owner` may be created
+    /// from the link. So whatever a child's subtree sends belongs to a unit the tree shows.
+    /// The child itself was checked at the handshake, and units at or above it are not the
+    /// child's to add. Walking down stops at the first unknown unit, so made-up ids below
+    /// it cost no lookups (and fill no cache).
+    fn unregistered_below(&mut self, child: &UnitId, owner: &UnitId) -> Option<UnitId> {
         if !child.is_ancestor_of(owner) {
-            return true;
+            return None;
         }
-        let line: Vec<UnitId> = owner.line().take_while(|u| u != child).collect();
-        line.iter().all(|u| self.is_registered(u))
+        let mut line: Vec<UnitId> = owner.line().take_while(|u| u != child).collect();
+        line.reverse();
+        line.into_iter().find(|u| !self.is_registered(u))
     }
 
-    /// Set aside a document `peer` offered whose owner is not registered yet.
-    fn defer(&mut self, peer: &UnitId, meta: &DocMeta) {
-        let Some(p) = self.peers.get_mut(peer) else {
+    /// Set aside a document `peer` offered whose owner is not registered yet (`missing` is
+    /// the first unregistered unit on the way down to it).
+    fn defer(&mut self, peer: &UnitId, meta: &DocMeta, missing: &UnitId) {
+        let (Some(p), Some(waits_on)) = (self.peers.get_mut(peer), missing.parent()) else {
             return;
         };
-        if p.deferred.len() < MAX_DEFERRED {
-            tracing::debug!(%peer, doc = %meta.id, "owner not registered yet: document deferred");
-            p.deferred.insert(meta.id.clone(), meta.clone());
+        if p.deferred_count < MAX_DEFERRED
+            && p.deferred
+                .entry(waits_on)
+                .or_default()
+                .insert(meta.id.clone(), meta.clone())
+                .is_none()
+        {
+            p.deferred_count += 1;
+            tracing::debug!(%peer, doc = %meta.id, %missing, "owner not registered yet: document deferred");
         }
     }
 
-    /// After a profile changed: create and start the deferred documents whose owners are
-    /// registered now.
-    fn undefer(&mut self, step: &mut Step) {
-        let waiting: Vec<(UnitId, DocMeta)> = self
+    /// After `unit`'s profile changed: create and start the documents deferred until it
+    /// registered a unit, or defer them again until the next unit down is registered.
+    fn undefer(&mut self, unit: &UnitId, step: &mut Step) {
+        let peers: Vec<UnitId> = self
             .peers
             .iter()
-            .flat_map(|(peer, p)| p.deferred.values().map(|m| (peer.clone(), m.clone())))
+            .filter(|(_, p)| p.deferred.contains_key(unit))
+            .map(|(peer, _)| peer.clone())
             .collect();
-        for (peer, meta) in waiting {
+        for peer in peers {
             let Some(child) = self.link_child(&peer).cloned() else {
                 continue;
             };
-            if !self.registered_below(&child, meta.owner()) {
+            let Some(waiting) = self.peers.get_mut(&peer).and_then(|p| {
+                let waiting = p.deferred.remove(unit)?;
+                p.deferred_count -= waiting.len();
+                Some(waiting)
+            }) else {
                 continue;
+            };
+            for (id, meta) in waiting {
+                if let Some(missing) = self.unregistered_below(&child, meta.owner()) {
+                    self.defer(&peer, &meta, &missing);
+                    continue;
+                }
+                if !self.docs.contains_key(&id) {
+                    self.add_doc(meta, Some(doc::empty(&self.actor)));
+                    step.created.insert(id.clone());
+                }
+                self.start(&peer, &id, step);
             }
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.deferred.remove(&meta.id);
-            }
-            let id = meta.id.clone();
-            if !self.docs.contains_key(&id) {
-                self.add_doc(meta, Some(doc::empty(&self.actor)));
-                step.created.insert(id.clone());
-            }
-            self.start(&peer, &id, step);
         }
     }
 
@@ -1125,8 +1142,11 @@ impl Engine {
                 Some(_) => self.start(peer, id, step),
                 None if self.docs.contains_key(id) => {}
                 // Not an offence: the profile registering the owner may still be on its way.
-                None if !self.registered_below(&child, meta.owner()) => self.defer(peer, meta),
                 None => {
+                    if let Some(missing) = self.unregistered_below(&child, meta.owner()) {
+                        self.defer(peer, meta, &missing);
+                        continue;
+                    }
                     let doc = doc::empty(&self.actor);
                     self.add_doc(meta.clone(), Some(doc));
                     step.created.insert(id.clone());
@@ -1202,9 +1222,9 @@ impl Engine {
             // profile that registers it (often in flight on the same link): not an offence,
             // so it is answered but not counted as a rejection.
             if let Some(child) = self.link_child(peer).cloned()
-                && !self.registered_below(&child, owner)
+                && let Some(missing) = self.unregistered_below(&child, owner)
             {
-                self.defer(peer, &meta);
+                self.defer(peer, &meta, &missing);
                 step.send.push((
                     peer.clone(),
                     Msg::Reject {
@@ -1294,7 +1314,7 @@ impl Engine {
         if changed {
             step.forward.push((id.clone(), peer.clone()));
             if id.kind == DocKind::Profile {
-                self.undefer(step);
+                self.undefer(&id.owner, step);
             }
         }
         Ok(())
@@ -1861,15 +1881,42 @@ mod tests {
         }
     }
 
-    /// Deliver `id`'s pending sync messages from `from` to `to` (live push) until quiet.
+    /// Deliver `id`'s live push from `from` to `to` (its only peer) and the exchange it
+    /// starts, until quiet.
     fn push(from: &mut Engine, to: &mut Engine, id: &DocId) -> Vec<Rejection> {
-        let me = from.me().clone();
-        let q: Vec<_> = from
+        push_among(&mut [from, to], 0, id)
+    }
+
+    /// [`pump`] among several engines, by the unit each message is addressed to.
+    fn pump_among(
+        engines: &mut [&mut Engine],
+        mut queue: Vec<(UnitId, UnitId, Msg)>,
+    ) -> Vec<Rejection> {
+        let mut rejected = Vec::new();
+        let mut rounds = 0;
+        while let Some((from, to, msg)) = (!queue.is_empty()).then(|| queue.remove(0)) {
+            rounds += 1;
+            assert!(rounds < 10_000, "did not settle");
+            let target = engines
+                .iter_mut()
+                .find(|e| *e.me() == to)
+                .unwrap_or_else(|| panic!("no engine for {to}"));
+            let step = target.receive(&from, msg);
+            queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+            rejected.extend(step.rejected);
+        }
+        rejected
+    }
+
+    /// `id`'s live push from `engines[from]` to its peers among `engines`, until quiet.
+    fn push_among(engines: &mut [&mut Engine], from: usize, id: &DocId) -> Vec<Rejection> {
+        let me = engines[from].me().clone();
+        let q = engines[from]
             .fan_out(id, None)
             .into_iter()
             .map(|(p, m)| (me.clone(), p, m))
             .collect();
-        pump(from, to, q)
+        pump_among(engines, q)
     }
 
     #[test]
@@ -1993,6 +2040,110 @@ mod tests {
                 Some(e.doc().unwrap().get_heads()),
                 "{}",
                 e.meta.id
+            );
+        }
+        // Every slot was freed when its reconciliation ended, on both sides (a starter
+        // whose last message only confirmed equal heads used to keep its slot).
+        for (e, peer) in [(&k, c.me()), (&c, k.me())] {
+            let p = e.progress(peer).unwrap();
+            assert_eq!((p.in_flight, p.queued), (0, 0), "at {}", e.me());
+        }
+    }
+
+    #[test]
+    fn records_are_not_erased_or_handed_off_the_line_from_below() {
+        use automerge::transaction::Transactable as _;
+        let mut k = engine("c01/k01", 1);
+        let mut t = engine("c01/k01/t01", 2);
+        let mut v = engine("c01/k01/t01/v01", 3);
+        let vu = "c01/k01/t01/v01";
+        register(&mut k, "c01/k01", &["c01/k01/t01"]);
+        register(&mut t, "c01/k01/t01", &[vu]);
+        let q = connect(&mut k, &mut t);
+        assert!(pump(&mut k, &mut t, q).is_empty());
+        let q = connect(&mut t, &mut v);
+        assert!(pump(&mut t, &mut v, q).is_empty());
+        let complaints = write_fields(
+            &mut v,
+            DocKind::Complaints,
+            vu,
+            1,
+            true,
+            &[("subject", "Road"), ("status", "OPEN")],
+        );
+        assert!(push_among(&mut [&mut v, &mut t, &mut k], 0, &complaints).is_empty());
+        write_fields(
+            &mut t,
+            DocKind::Complaints,
+            vu,
+            1,
+            false,
+            &[("handler", "c01/k01/t01")],
+        );
+        // The township's escalation goes down to the village and up to the county, which
+        // accepts what the township accepted.
+        assert!(push_among(&mut [&mut t, &mut v, &mut k], 0, &complaints).is_empty());
+        assert_eq!(
+            field_of(&k, &complaints, 1, "handler").as_deref(),
+            Some("c01/k01/t01")
+        );
+
+        let rec = RecordId::from_u64(1).to_string();
+        type Edit<'a> = Box<dyn Fn(&mut Automerge) + 'a>;
+        let attempts: [(&str, Edit<'_>); 3] = [
+            (
+                "deleting it",
+                Box::new(|d: &mut Automerge| {
+                    let mut tx = d.transaction();
+                    tx.delete(automerge::ROOT, rec.as_str()).unwrap();
+                    tx.commit();
+                }),
+            ),
+            (
+                "replacing it with a closed one",
+                Box::new(|d: &mut Automerge| {
+                    let mut tx = d.transaction();
+                    let obj = tx
+                        .put_object(automerge::ROOT, rec.as_str(), automerge::ObjType::Map)
+                        .unwrap();
+                    tx.put(&obj, "status", "CLOSED").unwrap();
+                    tx.commit();
+                }),
+            ),
+            (
+                "handing it off the line",
+                Box::new(|d: &mut Automerge| {
+                    let (_, obj) = d.get(automerge::ROOT, rec.as_str()).unwrap().unwrap();
+                    let mut tx = d.transaction();
+                    tx.put(&obj, "handler", "c01/k02").unwrap();
+                    tx.commit();
+                }),
+            ),
+        ];
+        for (what, edit) in attempts {
+            // A fresh copy of the village for each attempt (a refused change stays in the
+            // history of the node that made it).
+            let mut hostile = engine(vu, 9);
+            let q = connect(&mut t, &mut hostile);
+            assert!(pump_among(&mut [&mut t, &mut hostile, &mut k], q).is_empty());
+            let (d, _) = hostile.local_doc(DocMeta::new(complaints.clone())).unwrap();
+            edit(d);
+            let r = push_among(&mut [&mut hostile, &mut t, &mut k], 0, &complaints);
+            assert_eq!(r.len(), 1, "{what}: {r:?}");
+            assert_eq!(
+                field_of(&t, &complaints, 1, "subject").as_deref(),
+                Some("Road"),
+                "{what}"
+            );
+            assert_eq!(
+                field_of(&t, &complaints, 1, "handler").as_deref(),
+                Some("c01/k01/t01"),
+                "{what}"
+            );
+            assert_eq!(
+                field_of(&k, &complaints, 1, "handler").as_deref(),
+                Some("c01/k01/t01"),
+                "{what} reached the county"
             );
         }
     }

@@ -1,19 +1,30 @@
-//! Field-level authority for changes from peers (rule 3's supervisory and review fields).
+//! Field-level authority that a change's unit decides (rule 3's supervisory and review
+//! fields, as far as a unit can be told from a change).
 //!
 //! Rule 2 (a change's author is the owner or above) is checked on every change before any is
-//! applied. Two kinds of field need more, and knowing which record a change touched and who
-//! handled it then needs the document, so these are checked on the copy the message was
-//! applied to, before the copy is adopted:
-//! - review fields (a report's review) only from a unit strictly above the owner;
-//! - a complaint's supervisory fields (status, handler, response) only from the unit handling
-//!   it when the change was made, or above: once a village escalates a complaint, the village
-//!   no longer closes it.
+//! applied. Two kinds of record need more, and which record a change touched and who handled
+//! it then are only known against the document, so peer changes are checked on the copy the
+//! message was applied to, before the copy is adopted ([`check`]):
+//! - a report's review fields only from a unit strictly above the owner;
+//! - a complaint's supervisory fields (status, handler, response, respondedOn) only from the
+//!   unit handling it as of the change's dependencies, or above, and the handler only ever
+//!   names the owner or a unit above it: once a village escalates a complaint, the village
+//!   no longer closes it;
+//! - replacing or deleting an existing record of those kinds (no honest writer does either)
+//!   needs the same authority, or a review or an escalation could be erased by rewriting the
+//!   record whole.
 //!
-//! A peer's unit is all a change names: which user (clerk or supervisor) wrote it is the
-//! gateway's check at the node that took the write.
+//! A change names a unit, not a user: that a supervisor, not a clerk, wrote it is the
+//! gateway's check at the node that took the write. The same rules are checked on local
+//! writes as the store applies them ([`check_local`]), against the document the change will
+//! be built on, so a write is refused at once rather than accepted here and refused by the
+//! parent (which would stop every later change of the document from travelling up).
 
-use automerge::{Automerge, ChangeHash, ObjType, ReadDoc, ScalarValue, Value};
-use grassroots_schema::{Access, ActorTag, DocKind, DocMeta, EntitySpec, UnitId, entity};
+use std::collections::HashMap;
+
+use automerge::legacy::{Key, OpType};
+use automerge::{Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use grassroots_schema::{Access, ActorTag, DocKind, DocMeta, EntitySpec, RecordId, UnitId, entity};
 
 use super::engine::Rejection;
 use super::wire::RejectReason;
@@ -21,72 +32,238 @@ use super::wire::RejectReason;
 /// The record field that names the unit handling a complaint.
 const HANDLER: &str = "handler";
 
-/// Whether documents of `spec`'s kind have fields a change's author alone does not authorise.
-fn needs_check(spec: &EntitySpec) -> bool {
-    spec.kind == DocKind::Complaints || spec.fields.iter().any(|f| f.access == Access::Review)
+/// The description of `meta`'s kind, when its records have fields a change's author alone
+/// does not authorise.
+fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
+    entity(meta.id.kind).filter(|spec| {
+        spec.kind == DocKind::Complaints || spec.fields.iter().any(|f| f.access == Access::Review)
+    })
 }
 
-/// Check every change `candidate` holds beyond `before` against field-level authority.
+/// What one check reads of a document, with the handlers it looked up.
+struct Reader<'a> {
+    doc: &'a Automerge,
+    spec: &'static EntitySpec,
+    owner: &'a UnitId,
+    /// Handler per (record map, heads): a change setting several supervisory fields of one
+    /// record looks it up once.
+    handlers: HashMap<(ObjId, Vec<ChangeHash>), UnitId>,
+}
+
+impl Reader<'_> {
+    /// The unit handling the complaint whose map is `obj`, as of `heads`: the owner while the
+    /// record did not exist yet or names no valid handler (one on the owner's line).
+    fn handler(&mut self, obj: &ObjId, heads: &[ChangeHash]) -> UnitId {
+        let key = (obj.clone(), heads.to_vec());
+        if let Some(h) = self.handlers.get(&key) {
+            return h.clone();
+        }
+        let h = match self.doc.get_at(obj, HANDLER, heads) {
+            Ok(Some((Value::Scalar(s), _))) => valid_handler(self.owner, &s),
+            _ => None,
+        }
+        .unwrap_or_else(|| self.owner.clone());
+        self.handlers.insert(key, h.clone());
+        h
+    }
+
+    /// Why `author` may not write field `name` of the record map `obj` as of `heads`, if it
+    /// may not.
+    fn refusal(
+        &mut self,
+        author: &UnitId,
+        obj: &ObjId,
+        name: &str,
+        heads: &[ChangeHash],
+    ) -> Option<String> {
+        let owner = self.owner;
+        match self.spec.field(name)?.access {
+            Access::Review if !author.is_ancestor_of(owner) => Some(format!(
+                "{author} may not set {name} of a record of {owner}: reviews come from above"
+            )),
+            Access::Supervisory if self.spec.kind == DocKind::Complaints => {
+                let handler = self.handler(obj, heads);
+                (!handler.is_in_subtree_of(author)).then(|| {
+                    format!("{author} may not set {name} of a complaint handled by {handler}")
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Why `author` may not replace or delete the existing record map `obj` (as of `heads`),
+    /// if it may not: it needs the authority the record's guarded fields need.
+    fn refusal_whole(
+        &mut self,
+        author: &UnitId,
+        obj: &ObjId,
+        heads: &[ChangeHash],
+    ) -> Option<String> {
+        let guarded = self
+            .spec
+            .fields
+            .iter()
+            .find(|f| matches!(f.access, Access::Review | Access::Supervisory))?;
+        self.refusal(author, obj, guarded.name, heads)
+            .map(|why| format!("replacing or deleting a record: {why}"))
+    }
+}
+
+/// The handler a value names, if it is a unit at or above `owner`.
+fn valid_handler(owner: &UnitId, value: &ScalarValue) -> Option<UnitId> {
+    match value {
+        ScalarValue::Str(s) => s
+            .parse::<UnitId>()
+            .ok()
+            .filter(|h| owner.is_in_subtree_of(h)),
+        _ => None,
+    }
+}
+
+/// Check every change `candidate` holds beyond `before` (a peer's, just applied to this
+/// copy) against the field-level authority of its author's unit.
 pub fn check(
     candidate: &Automerge,
     before: &[ChangeHash],
     meta: &DocMeta,
 ) -> Result<(), Rejection> {
-    let Some(spec) = entity(meta.id.kind).filter(|s| needs_check(s)) else {
+    let Some(spec) = guarded(meta) else {
         return Ok(());
     };
-    let owner = meta.owner();
-    let refuse = |detail: String| {
-        Err(Rejection::new(
-            RejectReason::Unauthorised,
-            Some(&meta.id),
-            detail,
-        ))
+    let refuse = |reason, detail: String| Err(Rejection::new(reason, Some(&meta.id), detail));
+    let mut reader = Reader {
+        doc: candidate,
+        spec,
+        owner: meta.owner(),
+        handlers: HashMap::new(),
     };
     for change in candidate.get_changes(before) {
         let Ok(author) = ActorTag::unit_of(change.actor_id().to_bytes()) else {
-            return refuse("a change's actor does not name a unit".into());
+            return refuse(
+                RejectReason::Unauthorised,
+                "a change's actor does not name a unit".into(),
+            );
         };
         let deps = change.deps().to_vec();
         for op in change.decode().operations {
-            let automerge::legacy::Key::Map(name) = &op.key else {
+            let Key::Map(name) = &op.key else {
                 continue;
             };
-            let Some(field) = spec.field(name) else {
+            let Ok((obj, _)) = candidate.import(&op.obj.to_string()) else {
                 continue;
             };
-            match field.access {
-                Access::Review if !author.is_ancestor_of(owner) => {
-                    return refuse(format!(
-                        "{author} may not set {name} of a record of {owner}: reviews come from above"
-                    ));
+            if obj == ROOT {
+                // A record put or deleted whole: fine when new, guarded when it existed.
+                if let Ok(Some((Value::Object(ObjType::Map), old))) =
+                    candidate.get_at(ROOT, name.as_str(), &deps)
+                    && let Some(why) = reader.refusal_whole(&author, &old, &deps)
+                {
+                    return refuse(RejectReason::Unauthorised, why);
                 }
-                Access::Supervisory if spec.kind == DocKind::Complaints => {
-                    let handler = handler_at(candidate, &op.obj.to_string(), &deps, owner);
-                    if !handler.is_in_subtree_of(&author) {
-                        return refuse(format!(
-                            "{author} may not set {name} of a complaint handled by {handler}"
-                        ));
-                    }
-                }
-                _ => {}
+                continue;
+            }
+            if name == HANDLER
+                && spec.kind == DocKind::Complaints
+                && let OpType::Put(v) = &op.action
+                && valid_handler(reader.owner, v).is_none()
+            {
+                return refuse(
+                    RejectReason::Malformed,
+                    format!(
+                        "a complaint handler must be {} or a unit above it",
+                        reader.owner
+                    ),
+                );
+            }
+            if let Some(why) = reader.refusal(&author, &obj, name, &deps) {
+                return refuse(RejectReason::Unauthorised, why);
             }
         }
     }
     Ok(())
 }
 
-/// The unit handling the complaint whose map is `obj`, as of `heads`: the owner while the
-/// record did not exist yet or names no (valid) handler.
-fn handler_at(doc: &Automerge, obj: &str, heads: &[ChangeHash], owner: &UnitId) -> UnitId {
-    let Ok((obj, ObjType::Map)) = doc.import(obj) else {
-        return owner.clone();
+/// Check that this node (`me`) may write `fields` of record `record` of `meta`'s document as
+/// it is now (`doc`): what a parent will check of the change the write makes.
+pub fn check_local<'f>(
+    doc: &Automerge,
+    meta: &DocMeta,
+    me: &UnitId,
+    record: RecordId,
+    fields: impl IntoIterator<Item = &'f str>,
+) -> Result<(), String> {
+    let Some(spec) = guarded(meta) else {
+        return Ok(());
     };
-    match doc.get_at(&obj, HANDLER, heads) {
-        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-            ScalarValue::Str(u) => u.parse().unwrap_or_else(|_| owner.clone()),
-            _ => owner.clone(),
-        },
-        _ => owner.clone(),
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
+        // A new record (or none): the owner's line may set every field of it.
+        return Ok(());
+    };
+    let heads = doc.get_heads();
+    let mut reader = Reader {
+        doc,
+        spec,
+        owner: meta.owner(),
+        handlers: HashMap::new(),
+    };
+    for name in fields {
+        if let Some(why) = reader.refusal(me, &obj, name, &heads) {
+            return Err(why);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::{self, RecordWrite};
+    use grassroots_schema::{DocId, Fields, Value as V};
+
+    fn u(s: &str) -> UnitId {
+        s.parse().unwrap()
+    }
+
+    fn write(doc: &mut Automerge, record: u64, create: bool, fields: &[(&str, &str)]) {
+        let fields: Fields = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), V::Text(v.to_string())))
+            .collect();
+        let rec = RecordId::from_u64(record);
+        let w = if create {
+            RecordWrite::Create(rec, &fields, None)
+        } else {
+            RecordWrite::Update(rec, &fields, None)
+        };
+        let results = doc::apply_record_writes(doc, &[w]).unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn a_local_write_is_held_to_what_the_parent_will_check() {
+        let (village, township) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
+        let meta = DocMeta::new(DocId::new(DocKind::Complaints, village.clone()));
+        let mut d = doc::empty(&doc::actor_for(&village, [1; 8]));
+        write(&mut d, 1, true, &[("subject", "Road"), ("status", "OPEN")]);
+        let rec = RecordId::from_u64(1);
+        // Handled by the village: its node may answer it.
+        assert!(check_local(&d, &meta, &village, rec, ["status"]).is_ok());
+        write(&mut d, 1, false, &[("handler", "c01/k01/t01")]);
+        let e = check_local(&d, &meta, &village, rec, ["subject", "status"]).unwrap_err();
+        assert!(e.contains("handled by c01/k01/t01"), "{e}");
+        assert!(check_local(&d, &meta, &village, rec, ["subject"]).is_ok());
+        assert!(check_local(&d, &meta, &township, rec, ["status"]).is_ok());
+        // A new record (no such id yet) is the owner's to fill.
+        let new = RecordId::from_u64(2);
+        assert!(check_local(&d, &meta, &village, new, ["status"]).is_ok());
+
+        let reports = DocMeta::new(DocId::new(DocKind::Reports, village.clone()));
+        let mut r = doc::empty(&doc::actor_for(&village, [1; 8]));
+        write(&mut r, 1, true, &[("body", "Done")]);
+        assert!(check_local(&r, &reports, &village, rec, ["review"]).is_err());
+        assert!(check_local(&r, &reports, &township, rec, ["review"]).is_ok());
+        // Kinds without guarded fields are not read at all.
+        let members = DocMeta::new(DocId::new(DocKind::Members, village.clone()));
+        assert!(check_local(&r, &members, &village, rec, ["review"]).is_ok());
     }
 }

@@ -7,6 +7,8 @@ mod engine;
 mod fields;
 pub mod wire;
 
+pub use fields::check_local;
+
 pub use engine::{
     DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT, MAX_INFLATED, Rejection, Residency,
     Step,
