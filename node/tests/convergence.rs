@@ -4,7 +4,9 @@
 //! a final round of clean sessions every pair of linked replicas has equal heads and equal
 //! content for every document in the link's scope, no replica holds a document outside its
 //! own scope, and nothing panicked. Replicas also evict every document at random moments
-//! (their "disk" holds what they had), so syncing documents read back is exercised too.
+//! (their "disk" holds what they had), so syncing documents read back is exercised too, and
+//! the township registers its villages at random moments (the county holds a village's
+//! documents only once its registration has arrived).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,11 @@ enum Op {
     Evict {
         replica: usize,
     },
+    /// The township registers one of its villages (the county creates the documents of
+    /// registered units only; before, they wait, within the session or for the next).
+    Register {
+        village: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,6 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..4usize, 0..4usize, 0..4u64, any::<u8>()).prop_map(|(replica, owner, record, value)| Op::Write { replica, owner, record, value }),
         2 => (0..3usize, 1..60usize).prop_map(|(link, steps)| Op::Session { link, steps }),
         1 => (0..4usize).prop_map(|replica| Op::Evict { replica }),
+        1 => (2..4usize).prop_map(|village| Op::Register { village }),
     ]
 }
 
@@ -80,7 +88,7 @@ struct World {
 impl World {
     fn new() -> World {
         let disks: Vec<Disk> = UNITS.iter().map(|_| Disk::default()).collect();
-        let mut engines = UNITS
+        let engines = UNITS
             .iter()
             .enumerate()
             .map(|(i, s)| {
@@ -93,12 +101,6 @@ impl World {
                 e
             })
             .collect::<Vec<_>>();
-        // The township registers its villages (a county creates documents only for units of
-        // the registered tree); the profile reaches the county through the same lossy
-        // sessions as everything else.
-        let meta = DocMeta::new(DocId::new(DocKind::Profile, u(UNITS[1])));
-        let (d, _) = engines[1].local_doc(meta).unwrap();
-        doc::set_profile(d, "Township", &[u(UNITS[2]), u(UNITS[3])]).unwrap();
         World {
             engines,
             disks,
@@ -146,6 +148,14 @@ impl World {
             };
             doc::create_member(d, rec, &m).unwrap();
         }
+    }
+
+    /// The township registers `village` in its profile; the profile reaches the county
+    /// through the same lossy sessions as everything else.
+    fn register(&mut self, village: usize) {
+        let meta = DocMeta::new(DocId::new(DocKind::Profile, u(UNITS[1])));
+        let (d, _) = self.engines[1].local_doc(meta).unwrap();
+        doc::register_child(d, &u(UNITS[village])).unwrap();
     }
 
     fn pair(&mut self, a: usize, b: usize) -> (&mut Engine, &mut Engine) {
@@ -276,8 +286,12 @@ proptest! {
                 Op::Write { replica, owner, record, value } => world.write(replica, owner, record, value),
                 Op::Session { link, steps } => { world.session(link, Some(steps), &mut rng); }
                 Op::Evict { replica } => world.evict(replica),
+                Op::Register { village } => world.register(village),
             }
         }
+        // Both villages are registered by the end (the case decides when).
+        world.register(2);
+        world.register(3);
         // Heal: clean sessions on every link until a full pass changes nothing.
         let mut passes = 0;
         loop {
