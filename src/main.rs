@@ -433,7 +433,7 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since lastFrameAt bytesIn bytesOut docsInFlight docsQueued rejected } } } \
+const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
     query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
 
 fn human_bytes(n: u64) -> String {
@@ -466,6 +466,10 @@ fn status_line(unit: &serde_json::Value) -> String {
         );
         if f + q > 0 {
             line += &format!("  syncing {f} docs, {q} queued");
+        }
+        let unregistered = link["docsUnregistered"].as_u64().unwrap_or(0);
+        if unregistered > 0 {
+            line += &format!("  {unregistered} docs of unregistered units");
         }
         let rejected = link["rejected"].as_u64().unwrap_or(0);
         if rejected > 0 {

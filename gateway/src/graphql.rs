@@ -193,6 +193,10 @@ pub struct LinkState {
     docs_in_flight: usize,
     /// Documents waiting for reconciliation.
     docs_queued: usize,
+    /// Documents the peer offered for units that no profile on this node registers yet:
+    /// not taken until a profile registers the unit (for a unit with no node of its own,
+    /// name it from a level above).
+    docs_unregistered: usize,
     /// Messages from this peer refused since the node started.
     rejected: u64,
 }
@@ -1219,6 +1223,7 @@ impl UnitCore {
                 bytes_out: l.bytes_out,
                 docs_in_flight: l.docs_in_flight,
                 docs_queued: l.docs_queued,
+                docs_unregistered: l.docs_unregistered,
                 rejected: l.rejected,
             });
         let now = grassroots_node::status::now_ms();

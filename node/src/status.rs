@@ -86,6 +86,8 @@ pub struct LinkStatus {
     pub docs_in_flight: usize,
     /// Documents waiting for reconciliation.
     pub docs_queued: usize,
+    /// Documents the peer offered whose unit no profile here registers yet (not created).
+    pub docs_unregistered: usize,
     /// Messages from this peer refused since the node started.
     pub rejected: u64,
 }

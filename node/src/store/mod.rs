@@ -1492,6 +1492,7 @@ impl Actor {
                     probes_out: l.counters.probes_out.load(Relaxed),
                     docs_in_flight: progress.in_flight,
                     docs_queued: progress.queued,
+                    docs_unregistered: progress.unregistered,
                     rejected: l.rejected,
                 }
             })

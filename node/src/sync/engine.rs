@@ -162,6 +162,9 @@ pub struct LinkProgress {
     pub in_flight: usize,
     /// Documents waiting for a slot.
     pub queued: usize,
+    /// Documents the peer offered whose unit is not registered here yet (not created; they
+    /// wait for a profile that registers the unit).
+    pub unregistered: usize,
 }
 
 #[derive(Debug, Default)]
@@ -733,13 +736,16 @@ impl Engine {
         let (Some(p), Some(waits_on)) = (self.peers.get_mut(peer), missing.parent()) else {
             return;
         };
-        if p.deferred_count < MAX_DEFERRED
-            && p.deferred
-                .entry(waits_on)
-                .or_default()
-                .insert(meta.id.clone(), meta.clone())
-                .is_none()
-        {
+        if p.deferred_count >= MAX_DEFERRED {
+            return;
+        }
+        let waiting = p.deferred.entry(waits_on.clone()).or_default();
+        if waiting.is_empty() {
+            // Once per unit and session: an operator's sign that a unit's data is not
+            // coming up because no profile here registers it (it may also just be early).
+            tracing::info!(%peer, %missing, "documents of a unit not registered in the profile of {waits_on} wait for its registration");
+        }
+        if waiting.insert(meta.id.clone(), meta.clone()).is_none() {
             p.deferred_count += 1;
             tracing::debug!(%peer, doc = %meta.id, %missing, "owner not registered yet: document deferred");
         }
@@ -869,6 +875,7 @@ impl Engine {
         self.peers.get(peer).map(|p| LinkProgress {
             in_flight: p.active.len(),
             queued: p.queue.len(),
+            unregistered: p.deferred_count,
         })
     }
 
@@ -1819,6 +1826,7 @@ mod tests {
         assert!(pump(&mut t, &mut k, q).is_empty());
         assert!(k.get(&v02).is_none());
         assert_eq!(t.progress(k.me()).unwrap().in_flight, 0);
+        assert_eq!(k.progress(t.me()).unwrap().unregistered, 1);
 
         // Once the township registers v02, the county asks for its documents in the same
         // session and gets every change, including those it set aside.
@@ -1839,6 +1847,7 @@ mod tests {
         );
         assert_eq!(k.progress(t.me()).unwrap().in_flight, 0);
         assert_eq!(t.progress(k.me()).unwrap().in_flight, 0);
+        assert_eq!(k.progress(t.me()).unwrap().unregistered, 0);
     }
 
     /// Write `fields` (text values) to record `rec` of `owner`'s document of `kind` at `e`:
