@@ -1377,22 +1377,14 @@ mod tests {
 
     /// Deterministic two-peer harness: deliver every queued message in order until quiet.
     /// Returns rejections seen, by receiving side.
-    fn pump(
-        a: &mut Engine,
-        b: &mut Engine,
-        mut queue: Vec<(UnitId, UnitId, Msg)>,
-    ) -> Vec<Rejection> {
-        let mut rejected = Vec::new();
-        let mut rounds = 0;
-        while let Some((from, to, msg)) = (!queue.is_empty()).then(|| queue.remove(0)) {
-            rounds += 1;
-            assert!(rounds < 10_000, "did not settle");
-            let target = if &to == a.me() { &mut *a } else { &mut *b };
-            let step = target.receive(&from, msg);
-            queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
-            rejected.extend(step.rejected);
-        }
-        rejected
+    fn pump(a: &mut Engine, b: &mut Engine, queue: Vec<(UnitId, UnitId, Msg)>) -> Vec<Rejection> {
+        pump_among(&mut [a, b], queue)
+    }
+
+    /// Connect two engines and run their first session until quiet, with nothing refused.
+    fn link(a: &mut Engine, b: &mut Engine) {
+        let q = connect(a, b);
+        assert!(pump(a, b, q).is_empty());
     }
 
     fn connect(a: &mut Engine, b: &mut Engine) -> Vec<(UnitId, UnitId, Msg)> {
@@ -1429,8 +1421,7 @@ mod tests {
         let mut v = engine("c01/k01/t01/v01", 2);
         write(&mut v, "c01/k01/t01/v01", 1, "Village Writer");
         write(&mut t, "c01/k01/t01/v01", 2, "Township Correction");
-        let q = connect(&mut t, &mut v);
-        assert!(pump(&mut t, &mut v, q).is_empty());
+        link(&mut t, &mut v);
         assert_eq!(names(&t, "c01/k01/t01/v01"), names(&v, "c01/k01/t01/v01"));
         assert_eq!(names(&t, "c01/k01/t01/v01").len(), 2);
     }
@@ -1441,8 +1432,7 @@ mod tests {
         let mut v = engine("c01/k01/t01/v01", 2);
         write(&mut t, "c01/k01/t01", 1, "Township Member");
         write(&mut t, "c01/k01/t01/v02", 2, "Sibling Village Member");
-        let q = connect(&mut t, &mut v);
-        assert!(pump(&mut t, &mut v, q).is_empty());
+        link(&mut t, &mut v);
         assert!(
             v.get(&DocId::new(DocKind::Members, u("c01/k01/t01")))
                 .is_none()
@@ -1604,8 +1594,7 @@ mod tests {
         let input = include_bytes!("../../tests/fixtures/am_panic_input.bin");
         let mut t = engine("c01/k01/t01", 1);
         let mut v = engine("c01/k01/t01/v01", 2);
-        let q = connect(&mut t, &mut v);
-        assert!(pump(&mut t, &mut v, q).is_empty());
+        link(&mut t, &mut v);
         let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
         let loaded = Automerge::load(base).unwrap();
         t.insert(DocMeta::new(id.clone()), loaded);
@@ -1878,6 +1867,23 @@ mod tests {
         id
     }
 
+    /// Record 1 of `unit`'s complaints, filed and handled by `unit` (written at `e`).
+    fn file_complaint(e: &mut Engine, unit: &str) -> DocId {
+        write_fields(
+            e,
+            DocKind::Complaints,
+            unit,
+            1,
+            true,
+            &[("subject", "Road"), ("status", "OPEN")],
+        )
+    }
+
+    /// Set `fields` of record 1 of `unit`'s complaints at `e`.
+    fn update_complaint(e: &mut Engine, unit: &str, fields: &[(&str, &str)]) {
+        write_fields(e, DocKind::Complaints, unit, 1, false, fields);
+    }
+
     /// The value of `field` of record `rec` in `id` at `e`.
     fn field_of(e: &Engine, id: &DocId, rec: u64, field: &str) -> Option<String> {
         let d = e.get(id)?.doc()?;
@@ -1933,26 +1939,11 @@ mod tests {
         let mut t = engine("c01/k01/t01", 1);
         let mut v = engine("c01/k01/t01/v01", 2);
         let vu = "c01/k01/t01/v01";
-        let q = connect(&mut t, &mut v);
-        assert!(pump(&mut t, &mut v, q).is_empty());
+        link(&mut t, &mut v);
 
         // A village files a complaint and handles it itself: its own supervisory fields.
-        let complaints = write_fields(
-            &mut v,
-            DocKind::Complaints,
-            vu,
-            1,
-            true,
-            &[("subject", "Road"), ("status", "OPEN")],
-        );
-        write_fields(
-            &mut v,
-            DocKind::Complaints,
-            vu,
-            1,
-            false,
-            &[("response", "Looking")],
-        );
+        let complaints = file_complaint(&mut v, vu);
+        update_complaint(&mut v, vu, &[("response", "Looking")]);
         assert!(push(&mut v, &mut t, &complaints).is_empty());
         assert_eq!(
             field_of(&t, &complaints, 1, "response").as_deref(),
@@ -1960,23 +1951,9 @@ mod tests {
         );
 
         // The township takes it over; from then on the village may not close it.
-        write_fields(
-            &mut t,
-            DocKind::Complaints,
-            vu,
-            1,
-            false,
-            &[("handler", "c01/k01/t01")],
-        );
+        update_complaint(&mut t, vu, &[("handler", "c01/k01/t01")]);
         assert!(push(&mut t, &mut v, &complaints).is_empty());
-        write_fields(
-            &mut v,
-            DocKind::Complaints,
-            vu,
-            1,
-            false,
-            &[("status", "CLOSED")],
-        );
+        update_complaint(&mut v, vu, &[("status", "CLOSED")]);
         let r = push(&mut v, &mut t, &complaints);
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].reason, RejectReason::Unauthorised);
@@ -1986,16 +1963,8 @@ mod tests {
         );
         // Plain fields of the same record still come from the village.
         let mut v2 = engine(vu, 3);
-        let q = connect(&mut t, &mut v2);
-        assert!(pump(&mut t, &mut v2, q).is_empty());
-        write_fields(
-            &mut v2,
-            DocKind::Complaints,
-            vu,
-            1,
-            false,
-            &[("subject", "Road repair")],
-        );
+        link(&mut t, &mut v2);
+        update_complaint(&mut v2, vu, &[("subject", "Road repair")]);
         assert!(push(&mut v2, &mut t, &complaints).is_empty());
         assert_eq!(
             field_of(&t, &complaints, 1, "subject").as_deref(),
@@ -2019,8 +1988,7 @@ mod tests {
                 .is_none_or(|e| e.doc().unwrap().get_heads().is_empty())
         );
         let mut v3 = engine(vu, 4);
-        let q = connect(&mut t, &mut v3);
-        assert!(pump(&mut t, &mut v3, q).is_empty());
+        link(&mut t, &mut v3);
         write_fields(&mut v3, DocKind::Reports, vu, 3, true, &[("body", "Done")]);
         assert!(push(&mut v3, &mut t, &reports).is_empty());
         write_fields(
@@ -2068,27 +2036,11 @@ mod tests {
         let vu = "c01/k01/t01/v01";
         register(&mut k, "c01/k01", &["c01/k01/t01"]);
         register(&mut t, "c01/k01/t01", &[vu]);
-        let q = connect(&mut k, &mut t);
-        assert!(pump(&mut k, &mut t, q).is_empty());
-        let q = connect(&mut t, &mut v);
-        assert!(pump(&mut t, &mut v, q).is_empty());
-        let complaints = write_fields(
-            &mut v,
-            DocKind::Complaints,
-            vu,
-            1,
-            true,
-            &[("subject", "Road"), ("status", "OPEN")],
-        );
+        link(&mut k, &mut t);
+        link(&mut t, &mut v);
+        let complaints = file_complaint(&mut v, vu);
         assert!(push_among(&mut [&mut v, &mut t, &mut k], 0, &complaints).is_empty());
-        write_fields(
-            &mut t,
-            DocKind::Complaints,
-            vu,
-            1,
-            false,
-            &[("handler", "c01/k01/t01")],
-        );
+        update_complaint(&mut t, vu, &[("handler", "c01/k01/t01")]);
         // The township's escalation goes down to the village and up to the county, which
         // accepts what the township accepted.
         assert!(push_among(&mut [&mut t, &mut v, &mut k], 0, &complaints).is_empty());
