@@ -283,6 +283,74 @@ pub fn apply_record_writes(
     })
 }
 
+/// The value of a field decided from above (`EntitySpec::decided_above`: a review, a
+/// complaint's handling) of the record map `obj`, as of `heads` (`None`: now), with
+/// concurrent values resolved by authority, not by automerge's op order: the value written
+/// by the unit highest on the line wins, and among one unit's values automerge's usual
+/// winner (highest counter, then actor). Otherwise a unit below could win a conflict it
+/// started from old heads just by writing more ops. `None` when there is no scalar value.
+pub fn by_authority(
+    doc: &Automerge,
+    obj: &ObjId,
+    key: &str,
+    heads: Option<&[ChangeHash]>,
+) -> Option<ScalarValue> {
+    let all = match heads {
+        Some(h) => doc.get_all_at(obj, key, h),
+        None => doc.get_all(obj, key),
+    }
+    .ok()?;
+    // Depth of the writing unit: fewer labels is higher on the line.
+    let depth = |actor: &ActorId| {
+        ActorTag::unit_of(actor.to_bytes()).map_or(usize::MAX, |u| u.labels().count())
+    };
+    all.into_iter()
+        .filter_map(|(v, id)| match (v, id) {
+            (Value::Scalar(s), automerge::ObjId::Id(counter, actor, _)) => {
+                Some((depth(&actor), counter, actor, s.into_owned()))
+            }
+            _ => None,
+        })
+        .max_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)))
+        .map(|(.., s)| s)
+}
+
+/// A record's hydrated map with its fields decided from above resolved by authority
+/// ([`by_authority`]) where concurrent values exist; unchanged for other kinds.
+fn resolved<'a>(
+    doc: &Automerge,
+    spec: &EntitySpec,
+    record: RecordId,
+    value: &'a hydrate::Value,
+) -> std::borrow::Cow<'a, hydrate::Value> {
+    use std::borrow::Cow;
+    let mut fields = spec.decided_above().peekable();
+    if fields.peek().is_none() {
+        return Cow::Borrowed(value);
+    }
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
+        return Cow::Borrowed(value);
+    };
+    let mut out = Cow::Borrowed(value);
+    for f in fields {
+        if doc.get_all(&obj, f.name).map_or(0, |all| all.len()) < 2 {
+            continue;
+        }
+        if let (Some(s), hydrate::Value::Map(map)) =
+            (by_authority(doc, &obj, f.name, None), out.to_mut())
+        {
+            map.insert(
+                f.name.to_owned(),
+                hydrate::MapValue {
+                    value: hydrate::Value::Scalar(s),
+                    conflict: true,
+                },
+            );
+        }
+    }
+    out
+}
+
 /// Every well-formed record of a document of `spec`'s kind owned by `unit`, in record order.
 /// A record that does not fit the description is skipped and logged, never fatal.
 pub fn read_records(doc: &Automerge, spec: &EntitySpec, unit: &UnitId) -> Vec<Record> {
@@ -295,7 +363,12 @@ pub fn read_records(doc: &Automerge, spec: &EntitySpec, unit: &UnitId) -> Vec<Re
             tracing::warn!(%unit, key, kind = spec.kind.as_str(), "a non-record key; skipped");
             continue;
         };
-        if let Some(r) = record_from(spec, unit, record, &value.value) {
+        if let Some(r) = record_from(
+            spec,
+            unit,
+            record,
+            &resolved(doc, spec, record, &value.value),
+        ) {
             out.push(r);
         }
     }
@@ -313,7 +386,8 @@ pub fn read_record(
     let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
         return None;
     };
-    record_from(spec, unit, record, &ReadDoc::hydrate(doc, &obj, None).ok()?)
+    let value = ReadDoc::hydrate(doc, &obj, None).ok()?;
+    record_from(spec, unit, record, &resolved(doc, spec, record, &value))
 }
 
 /// A record from its map: every described field of the right type (required ones present);
@@ -557,25 +631,34 @@ pub fn register_child(doc: &mut Automerge, child: &UnitId) -> Result<bool, DocEr
 /// before anything else of its profile is written).
 pub fn profile_children(doc: &Automerge, unit: &UnitId) -> Vec<UnitId> {
     let mut children = Vec::new();
-    if let Ok(Some((Value::Object(ObjType::Map), kids))) = doc.get(ROOT, "children") {
-        for k in doc.keys(&kids) {
-            match k.parse::<UnitId>() {
-                Ok(c) if c.parent().as_ref() == Some(unit) => children.push(c),
-                _ => tracing::warn!(%unit, key = k, "profile lists a unit that is not a child"),
-            }
+    for k in union_keys(doc, "children") {
+        match k.parse::<UnitId>() {
+            Ok(c) if c.parent().as_ref() == Some(unit) => children.push(c),
+            _ => tracing::warn!(%unit, key = k, "profile lists a unit that is not a child"),
         }
     }
     children
+}
+
+/// The keys of the map at `key` of the root, over every map put there concurrently: two
+/// writers that each found no map (a unit and a level above registering children, say)
+/// each made one, and automerge shows only one of them. Used for the add-only sets
+/// (registered children, revocations), where losing the other map would lose entries.
+fn union_keys(doc: &Automerge, key: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    for (v, map) in doc.get_all(ROOT, key).unwrap_or_default() {
+        if matches!(v, Value::Object(ObjType::Map)) {
+            keys.extend(doc.keys(&map));
+        }
+    }
+    keys
 }
 
 /// The profile a document describes, if it has a name yet.
 pub fn read_profile(doc: &Automerge, unit: &UnitId) -> Option<UnitProfile> {
     let name = get_str(doc, &ROOT, "name")?;
     let children = profile_children(doc, unit);
-    let mut revoked = Vec::new();
-    if let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(ROOT, "revoked") {
-        revoked.extend(doc.keys(&map));
-    }
+    let revoked = union_keys(doc, "revoked").into_iter().collect();
     let activity_place = matches!(
         doc.get(ROOT, ACTIVITY_PLACE),
         Ok(Some((Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
@@ -702,6 +785,21 @@ mod tests {
             }
         }
         panic!("sync did not settle");
+    }
+
+    #[test]
+    fn registrations_in_maps_made_at_once_are_all_kept() {
+        let unit: UnitId = "c01/k01/t01".parse().unwrap();
+        let kid = |s: &str| -> UnitId { s.parse().unwrap() };
+        let mut a = empty(&actor_for(&unit, [1; 8]));
+        let mut b = empty(&actor_for(&"c01/k01".parse().unwrap(), [2; 8]));
+        assert!(register_child(&mut a, &kid("c01/k01/t01/v01")).unwrap());
+        assert!(register_child(&mut b, &kid("c01/k01/t01/v02")).unwrap());
+        assert!(!register_child(&mut b, &kid("c01/k01/t01/v02")).unwrap());
+        a.merge(&mut b).unwrap();
+        let mut got = profile_children(&a, &unit);
+        got.sort();
+        assert_eq!(got, vec![kid("c01/k01/t01/v01"), kid("c01/k01/t01/v02")]);
     }
 
     #[test]

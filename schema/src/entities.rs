@@ -686,6 +686,16 @@ impl EntitySpec {
         Ok(())
     }
 
+    /// The fields only units above their writer may overrule, and only by authority: review
+    /// fields, and a complaint's supervisory fields (the unit handling it decides them).
+    /// Concurrent values of these resolve by authority, not by automerge's op order.
+    pub fn decided_above(&self) -> impl Iterator<Item = &'static FieldSpec> + '_ {
+        let complaints = self.kind == DocKind::Complaints;
+        self.fields.iter().filter(move |f| {
+            f.access == Access::Review || (complaints && f.access == Access::Supervisory)
+        })
+    }
+
     /// The access classes of the fields a write names.
     pub fn accesses<'a>(&'a self, fields: &'a Fields) -> impl Iterator<Item = Access> + 'a {
         fields

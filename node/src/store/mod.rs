@@ -1618,6 +1618,12 @@ impl Actor {
     fn after_local_write(&mut self, id: DocId, batch: &mut Batch) {
         batch.heard.insert(self.engine.me().clone(), now_ms());
         batch.sends.extend(self.engine.fan_out(&id, None));
+        if id.kind == DocKind::Profile {
+            // It may register a unit whose documents a link set aside.
+            let step = self.engine.registrations_changed(&id.owner);
+            batch.created.extend(step.created);
+            batch.sends.extend(step.send);
+        }
         batch.dirty.insert(id);
     }
 

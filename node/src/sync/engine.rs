@@ -736,7 +736,11 @@ impl Engine {
         let (Some(p), Some(waits_on)) = (self.peers.get_mut(peer), missing.parent()) else {
             return;
         };
-        if p.deferred_count >= MAX_DEFERRED {
+        // Counted once: a document waits in one place (deferred from a summary and again
+        // from a sync message, it may have been filed under another unit already).
+        if p.deferred_count >= MAX_DEFERRED
+            || p.deferred.values().any(|docs| docs.contains_key(&meta.id))
+        {
             return;
         }
         let waiting = p.deferred.entry(waits_on.clone()).or_default();
@@ -783,6 +787,16 @@ impl Engine {
                 self.start(&peer, &id, step);
             }
         }
+    }
+
+    /// This node wrote `unit`'s profile itself (a level above naming a unit registers it):
+    /// documents set aside until it registered one start now, as when a profile arrives
+    /// from a peer. The returned step holds what to send and what was created.
+    pub fn registrations_changed(&mut self, unit: &UnitId) -> Step {
+        self.registered.remove(unit);
+        let mut step = Step::default();
+        self.undefer(unit, &mut step);
+        step
     }
 
     /// The peer set `id` aside (its owner is not registered there yet): free the slot and
@@ -1875,7 +1889,13 @@ mod tests {
             unit,
             1,
             true,
-            &[("subject", "Road"), ("status", "OPEN")],
+            &[
+                ("subject", "Road"),
+                ("body", "Potholes"),
+                ("filedOn", "2026-01-02"),
+                ("dueOn", "2026-01-20"),
+                ("status", "open"),
+            ],
         )
     }
 
@@ -1959,7 +1979,7 @@ mod tests {
         assert_eq!(r[0].reason, RejectReason::Unauthorised);
         assert_eq!(
             field_of(&t, &complaints, 1, "status").as_deref(),
-            Some("OPEN")
+            Some("open")
         );
         // Plain fields of the same record still come from the village.
         let mut v2 = engine(vu, 3);
@@ -2025,6 +2045,106 @@ mod tests {
             let p = e.progress(peer).unwrap();
             assert_eq!((p.in_flight, p.queued), (0, 0), "at {}", e.me());
         }
+    }
+
+    #[test]
+    fn writes_from_old_heads_do_not_outrank_the_line_above() {
+        use automerge::transaction::Transactable as _;
+        let mut t = engine("c01/k01/t01", 2);
+        let mut v = engine("c01/k01/t01/v01", 3);
+        let vu = "c01/k01/t01/v01";
+        register(&mut t, "c01/k01/t01", &[vu]);
+        link(&mut t, &mut v);
+        let complaints = file_complaint(&mut v, vu);
+        assert!(push(&mut v, &mut t, &complaints).is_empty());
+        let filed = v.get(&complaints).unwrap().doc().unwrap().clone();
+        update_complaint(&mut t, vu, &[("handler", "c01/k01/t01")]);
+        assert!(push(&mut t, &mut v, &complaints).is_empty());
+        let spec = grassroots_schema::entity(DocKind::Complaints).unwrap();
+        let rec = RecordId::from_u64(1);
+        let handler = |e: &Engine| {
+            doc::read_record(
+                e.get(&complaints).unwrap().doc().unwrap(),
+                spec,
+                &u(vu),
+                rec,
+            )
+            .unwrap()
+            .handler()
+        };
+
+        // A village writing from the heads before the escalation, with many ops so that
+        // automerge's op order would pick its value: its change is concurrent, so it is
+        // taken, but the handler the township set stays, by authority.
+        let mut stale = engine(vu, 9);
+        let mut d = filed.fork().with_actor(doc::actor_for(&u(vu), [9; 8]));
+        let (_, obj) = d.get(automerge::ROOT, rec.to_string()).unwrap().unwrap();
+        {
+            let mut tx = d.transaction();
+            for i in 0..200 {
+                tx.put(&obj, "subject", format!("Road {i}")).unwrap();
+            }
+            tx.put(&obj, "handler", vu).unwrap();
+            tx.commit();
+        }
+        stale.insert(DocMeta::new(complaints.clone()), d);
+        link(&mut t, &mut stale);
+        assert_eq!(
+            field_of(&t, &complaints, 1, "handler").as_deref(),
+            Some(vu),
+            "automerge's own pick is the village's"
+        );
+        assert_eq!(handler(&t), u("c01/k01/t01"));
+        assert_eq!(handler(&stale), u("c01/k01/t01"));
+
+        // A second record under the same id, made from before the first existed, is refused.
+        let mut forger = engine(vu, 10);
+        let (d, _) = forger.local_doc(DocMeta::new(complaints.clone())).unwrap();
+        {
+            let mut tx = d.transaction();
+            let obj = tx
+                .put_object(automerge::ROOT, rec.to_string(), automerge::ObjType::Map)
+                .unwrap();
+            for i in 0..200 {
+                tx.put(&obj, "subject", format!("Forged {i}")).unwrap();
+            }
+            tx.put(&obj, "status", "CLOSED").unwrap();
+            tx.commit();
+        }
+        let q = connect(&mut t, &mut forger);
+        let r = pump(&mut t, &mut forger, q);
+        assert!(
+            r.iter().any(|r| r.reason == RejectReason::Unauthorised),
+            "{r:?}"
+        );
+        assert_eq!(handler(&t), u("c01/k01/t01"));
+        assert_eq!(
+            field_of(&t, &complaints, 1, "status").as_deref(),
+            Some("open")
+        );
+    }
+
+    #[test]
+    fn a_registration_written_here_starts_what_waited_for_it() {
+        let mut k = engine("c01/k01", 1);
+        let mut t = engine("c01/k01/t01", 2);
+        write(&mut t, "c01/k01/t01/v05", 1, "Named From Above");
+        link(&mut t, &mut k);
+        let v05 = DocId::new(DocKind::Members, u("c01/k01/t01/v05"));
+        assert!(k.get(&v05).is_none());
+        assert_eq!(k.progress(t.me()).unwrap().unregistered, 1);
+        // The county registers the village in the township's profile itself.
+        register(&mut k, "c01/k01/t01", &["c01/k01/t01/v05"]);
+        let step = k.registrations_changed(&u("c01/k01/t01"));
+        assert!(step.created.contains(&v05));
+        let q = step
+            .send
+            .into_iter()
+            .map(|(p, m)| (u("c01/k01"), p, m))
+            .collect();
+        assert!(pump(&mut k, &mut t, q).is_empty());
+        assert_eq!(names(&k, "c01/k01/t01/v05"), vec!["Named From Above"]);
+        assert_eq!(k.progress(t.me()).unwrap().unregistered, 0);
     }
 
     #[test]

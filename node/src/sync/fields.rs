@@ -28,6 +28,7 @@ use grassroots_schema::{Access, ActorTag, DocKind, DocMeta, EntitySpec, RecordId
 
 use super::engine::Rejection;
 use super::wire::RejectReason;
+use crate::doc;
 
 /// The record field that names the unit handling a complaint.
 const HANDLER: &str = "handler";
@@ -35,9 +36,7 @@ const HANDLER: &str = "handler";
 /// The description of `meta`'s kind, when its records have fields a change's author alone
 /// does not authorise.
 fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
-    entity(meta.id.kind).filter(|spec| {
-        spec.kind == DocKind::Complaints || spec.fields.iter().any(|f| f.access == Access::Review)
-    })
+    entity(meta.id.kind).filter(|spec| spec.decided_above().next().is_some())
 }
 
 /// What one check reads of a document, with the handlers it looked up.
@@ -58,11 +57,9 @@ impl Reader<'_> {
         if let Some(h) = self.handlers.get(&key) {
             return h.clone();
         }
-        let h = match self.doc.get_at(obj, HANDLER, heads) {
-            Ok(Some((Value::Scalar(s), _))) => valid_handler(self.owner, &s),
-            _ => None,
-        }
-        .unwrap_or_else(|| self.owner.clone());
+        let h = doc::by_authority(self.doc, obj, HANDLER, Some(heads))
+            .and_then(|s| valid_handler(self.owner, &s))
+            .unwrap_or_else(|| self.owner.clone());
         self.handlers.insert(key, h.clone());
         h
     }
@@ -159,6 +156,21 @@ pub fn check(
                     && let Some(why) = reader.refusal_whole(&author, &old, &deps)
                 {
                     return refuse(RejectReason::Unauthorised, why);
+                }
+                // A second record under an id made concurrently with the first (from heads
+                // before it): automerge would show whichever has the higher op id, so a
+                // unit below could replace a reviewed or escalated record by writing from
+                // old heads. Honest ids are random and never made twice.
+                if !matches!(op.action, OpType::Delete)
+                    && candidate
+                        .get_all(ROOT, name.as_str())
+                        .map_or(0, |v| v.len())
+                        > 1
+                {
+                    return refuse(
+                        RejectReason::Unauthorised,
+                        format!("a second record under the id {name}"),
+                    );
                 }
                 continue;
             }
