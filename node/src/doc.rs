@@ -331,9 +331,13 @@ fn resolved<'a>(
     let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
         return Cow::Borrowed(value);
     };
+    let hydrate::Value::Map(map) = value else {
+        return Cow::Borrowed(value);
+    };
     let mut out = Cow::Borrowed(value);
     for f in fields {
-        if doc.get_all(&obj, f.name).map_or(0, |all| all.len()) < 2 {
+        // Only a field with concurrent values can resolve differently.
+        if !map.iter().any(|(k, v)| k == f.name && v.conflict) {
             continue;
         }
         if let (Some(s), hydrate::Value::Map(map)) =
@@ -682,12 +686,10 @@ const FUNCTIONS: &str = "functions";
 
 /// The known values of a map-as-set, in storage-name order (unknown names are skipped).
 fn read_set<T: Copy>(doc: &Automerge, key: &str, parse: impl Fn(&str) -> Option<T>) -> Vec<T> {
-    let mut names: Vec<String> = match doc.get(ROOT, key) {
-        Ok(Some((Value::Object(ObjType::Map), map))) => doc.keys(&map).collect(),
-        _ => Vec::new(),
-    };
-    names.sort();
-    names.iter().filter_map(|n| parse(n)).collect()
+    union_keys(doc, key)
+        .iter()
+        .filter_map(|n| parse(n))
+        .collect()
 }
 
 /// Change a unit's organisations and activity place: each set given is replaced (names
@@ -696,16 +698,31 @@ fn read_set<T: Copy>(doc: &Automerge, key: &str, parse: impl Fn(&str) -> Option<
 pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bool, DocError> {
     let before = doc.get_heads();
     doc.transact::<_, _, AutomergeError>(|tx| {
+        // Every map put at the key concurrently is read (`read_set`), so a name is removed
+        // from each of them and added to the visible one.
         let mut replace = |key: &str, want: Vec<&str>| -> Result<(), AutomergeError> {
+            let maps: Vec<ObjId> = tx
+                .get_all(ROOT, key)?
+                .into_iter()
+                .filter(|(v, _)| matches!(v, Value::Object(ObjType::Map)))
+                .map(|(_, m)| m)
+                .collect();
+            let mut have = BTreeSet::new();
+            for m in &maps {
+                let keys: Vec<String> = tx.keys(m).collect();
+                for k in keys {
+                    if want.contains(&k.as_str()) {
+                        have.insert(k);
+                    } else {
+                        tx.delete(m, k.as_str())?;
+                    }
+                }
+            }
             let map = match tx.get(ROOT, key)? {
                 Some((Value::Object(ObjType::Map), m)) => m,
                 _ => tx.put_object(ROOT, key, ObjType::Map)?,
             };
-            let have: Vec<String> = tx.keys(&map).collect();
-            for k in have.iter().filter(|k| !want.contains(&k.as_str())) {
-                tx.delete(&map, k.as_str())?;
-            }
-            for w in want.iter().filter(|w| !have.iter().any(|h| h == *w)) {
+            for w in want.iter().filter(|w| !have.contains(**w)) {
                 tx.put(&map, *w, true)?;
             }
             Ok(())
@@ -785,6 +802,30 @@ mod tests {
             }
         }
         panic!("sync did not settle");
+    }
+
+    #[test]
+    fn sets_made_at_once_by_two_levels_merge_and_replace_across_both() {
+        use grassroots_schema::entities::Organisation as O;
+        let unit: UnitId = "c01/k01/t01/v01".parse().unwrap();
+        let orgs = |list: &[O]| UnitDetails {
+            name: Some("Village".into()),
+            organisations: Some(list.to_vec()),
+            ..UnitDetails::default()
+        };
+        let mut a = empty(&actor_for(&unit, [1; 8]));
+        let mut b = empty(&actor_for(&"c01/k01/t01".parse().unwrap(), [2; 8]));
+        set_unit_details(&mut a, &orgs(&[O::PartyBranch])).unwrap();
+        set_unit_details(&mut b, &orgs(&[O::VillagersCommittee])).unwrap();
+        a.merge(&mut b).unwrap();
+        let got = read_profile(&a, &unit).unwrap().organisations;
+        assert_eq!(got.len(), 2, "{got:?}");
+        // Replacing the set removes a name from whichever map holds it.
+        set_unit_details(&mut a, &orgs(&[O::PartyBranch])).unwrap();
+        assert_eq!(
+            read_profile(&a, &unit).unwrap().organisations,
+            vec![O::PartyBranch]
+        );
     }
 
     #[test]

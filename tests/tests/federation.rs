@@ -619,12 +619,13 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
         children: vec![],
     };
     write_frame(&mut link.send, &Msg::Summary(summary)).await?;
-    // 2. Garbage where a sync message should be.
+    // 2. Garbage where a sync message should be (for another of its documents: a refused
+    // document is not synced with the peer again in the session).
     let own = DocId::new(DocKind::Members, v01.clone());
     write_frame(
         &mut link.send,
         &Msg::Sync {
-            doc: own.clone(),
+            doc: DocId::new(DocKind::Meetings, v01.clone()),
             data: b"not automerge".to_vec(),
         },
     )

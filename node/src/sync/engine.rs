@@ -183,6 +183,8 @@ struct PeerSync {
     deferred: BTreeMap<UnitId, BTreeMap<DocId, DocMeta>>,
     /// How many documents `deferred` holds.
     deferred_count: usize,
+    /// Documents whose message from this peer was refused: not synced again this session.
+    refused: HashSet<DocId>,
 }
 
 impl PeerSync {
@@ -897,7 +899,7 @@ impl Engine {
     /// word of a finished reconciliation: it carries no changes and asks for none, and the
     /// peer's heads are already this side's.
     fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<(Msg, bool)> {
-        if !self.peers.contains_key(peer) {
+        if self.peers.get(peer).is_none_or(|p| p.refused.contains(id)) {
             return None;
         }
         if let Err(r) = self.ensure(id) {
@@ -998,16 +1000,10 @@ impl Engine {
                     step.reject(peer, r);
                 }
             }
-            Msg::Sync { doc, data } => {
-                if let Err(r) = self.on_sync(peer, doc, &data, &mut step) {
-                    step.reject(peer, r);
-                }
-            }
+            Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut step),
             Msg::SyncBatch(items) => {
                 for (doc, data) in items {
-                    if let Err(r) = self.on_sync(peer, doc, &data, &mut step) {
-                        step.reject(peer, r);
-                    }
+                    self.sync_or_refuse(peer, doc, &data, &mut step);
                 }
             }
             Msg::Reject {
@@ -1189,6 +1185,28 @@ impl Engine {
             self.summarise_once(peer, &child, &x, step);
         }
         Ok(())
+    }
+
+    /// Handle one document's sync message. A document whose message was refused is not
+    /// synced with that peer again this session: automerge would keep asking for (and the
+    /// peer keep sending) the refused change, a loop with no end.
+    fn sync_or_refuse(&mut self, peer: &UnitId, doc: DocId, data: &[u8], step: &mut Step) {
+        if self
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.refused.contains(&doc))
+        {
+            tracing::debug!(%peer, %doc, "ignoring a document refused earlier this session");
+            return;
+        }
+        let id = doc.clone();
+        if let Err(r) = self.on_sync(peer, doc, data, step) {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.refused.insert(id.clone());
+            }
+            self.finish(peer, &id, step);
+            step.reject(peer, r);
+        }
     }
 
     fn on_sync(
@@ -1583,20 +1601,29 @@ mod tests {
         let mut v = engine("c01/k01/t01/v01", 2);
         let _ = connect(&mut t, &mut v);
         let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
+        let send = |t: &mut Engine, junk: &[u8]| {
+            t.receive(
+                &u("c01/k01/t01/v01"),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: junk.to_vec(),
+                },
+            )
+        };
         for junk in [
             vec![],
             vec![0x42],
             vec![0x43, 0xff, 0xff, 0xff],
             b"hello world".to_vec(),
         ] {
-            let step = t.receive(
-                &u("c01/k01/t01/v01"),
-                Msg::Sync {
-                    doc: id.clone(),
-                    data: junk,
-                },
-            );
+            // A session per message: after a refusal the document is not synced with that
+            // peer again in the session.
+            let _ = t.disconnect(v.me());
+            let _ = t.connect(v.me(), HashMap::new());
+            let step = send(&mut t, &junk);
             assert_eq!(step.rejected[0].reason, RejectReason::Malformed);
+            let again = send(&mut t, &junk);
+            assert!(again.rejected.is_empty() && again.send.is_empty());
         }
     }
 
@@ -2096,6 +2123,24 @@ mod tests {
         );
         assert_eq!(handler(&t), u("c01/k01/t01"));
         assert_eq!(handler(&stale), u("c01/k01/t01"));
+
+        // Deleting the record from the heads before the escalation is refused: it is judged
+        // against the record as the township holds it too.
+        let mut eraser = engine(vu, 11);
+        let mut d = filed.fork().with_actor(doc::actor_for(&u(vu), [11; 8]));
+        {
+            let mut tx = d.transaction();
+            tx.delete(automerge::ROOT, rec.to_string()).unwrap();
+            tx.commit();
+        }
+        eraser.insert(DocMeta::new(complaints.clone()), d);
+        let q = connect(&mut t, &mut eraser);
+        let r = pump(&mut t, &mut eraser, q);
+        assert!(
+            r.iter().any(|r| r.reason == RejectReason::Unauthorised),
+            "{r:?}"
+        );
+        assert_eq!(handler(&t), u("c01/k01/t01"));
 
         // A second record under the same id, made from before the first existed, is refused.
         let mut forger = engine(vu, 10);

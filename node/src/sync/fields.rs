@@ -150,20 +150,32 @@ pub fn check(
                 continue;
             };
             if obj == ROOT {
-                // A record put or deleted whole: fine when new, guarded when it existed.
-                if let Ok(Some((Value::Object(ObjType::Map), old))) =
-                    candidate.get_at(ROOT, name.as_str(), &deps)
-                    && let Some(why) = reader.refusal_whole(&author, &old, &deps)
-                {
-                    return refuse(RejectReason::Unauthorised, why);
+                // A record put or deleted whole: fine when new, guarded when it existed,
+                // judged against every record under that id as of the change's
+                // dependencies and as this node held them before the message (no honest
+                // writer deletes or replaces a record, so a change made from older heads
+                // gets no benefit of the doubt here).
+                for heads in [deps.as_slice(), before] {
+                    for (v, old) in candidate
+                        .get_all_at(ROOT, name.as_str(), heads)
+                        .unwrap_or_default()
+                    {
+                        if matches!(v, Value::Object(ObjType::Map))
+                            && let Some(why) = reader.refusal_whole(&author, &old, heads)
+                        {
+                            return refuse(RejectReason::Unauthorised, why);
+                        }
+                    }
                 }
-                // A second record under an id made concurrently with the first (from heads
-                // before it): automerge would show whichever has the higher op id, so a
-                // unit below could replace a reviewed or escalated record by writing from
-                // old heads. Honest ids are random and never made twice.
+                // A second record under an id, made concurrently with the first (from heads
+                // before it): automerge would show whichever has the higher op id. Counted
+                // over what this node held and the change itself, so the later of the two
+                // to arrive is refused. Honest ids are random and never made twice.
+                let mut seen = before.to_vec();
+                seen.push(change.hash());
                 if !matches!(op.action, OpType::Delete)
                     && candidate
-                        .get_all(ROOT, name.as_str())
+                        .get_all_at(ROOT, name.as_str(), &seen)
                         .map_or(0, |v| v.len())
                         > 1
                 {
