@@ -718,11 +718,12 @@ pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bo
                     }
                 }
             }
-            let map = match tx.get(ROOT, key)? {
-                Some((Value::Object(ObjType::Map), m)) => m,
-                _ => tx.put_object(ROOT, key, ObjType::Map)?,
+            let (map, fresh) = match tx.get(ROOT, key)? {
+                Some((Value::Object(ObjType::Map), m)) => (m, false),
+                // A new map replaces whatever was there: every wanted name goes into it.
+                _ => (tx.put_object(ROOT, key, ObjType::Map)?, true),
             };
-            for w in want.iter().filter(|w| !have.contains(**w)) {
+            for w in want.iter().filter(|w| fresh || !have.contains(**w)) {
                 tx.put(&map, *w, true)?;
             }
             Ok(())

@@ -32,6 +32,20 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// [`RejectReason::Unregistered`]); past this, more are ignored until the next session.
 pub const MAX_DEFERRED: usize = 10_000;
 
+/// The detail of the `ApplyFailed` that automerge panicking on a message (or on checking
+/// it) gives: the one `ApplyFailed` that is the sender's doing, not a local failure.
+const PANICKED: &str = "automerge panicked on the message";
+
+/// Whether a refusal is for what the sender sent (so the document is not synced with it
+/// again this session), not for a local failure such as a document that would not load.
+fn is_peers_fault(reason: RejectReason, detail: &str) -> bool {
+    match reason {
+        RejectReason::ApplyFailed => detail == PANICKED,
+        RejectReason::Unregistered => false,
+        _ => true,
+    }
+}
+
 /// Most bytes the changes of one incoming sync message may inflate to (compressed changes
 /// and document columns are measured before automerge decompresses them).
 pub const MAX_INFLATED: u64 = 64 << 20;
@@ -937,13 +951,32 @@ impl Engine {
             return;
         }
         p.active.insert(id.clone());
-        match self.generate(peer, id) {
-            Some((m, false)) => step.send.push((peer.clone(), m)),
-            Some((m, true)) => {
-                step.send.push((peer.clone(), m));
-                self.finish(peer, id, step);
+        self.kick(peer, id.clone(), step);
+    }
+
+    /// Send the first message of `id`, just put in flight. While a document has nothing to
+    /// say (or only its last word), its slot goes to the next queued one: a loop, not
+    /// recursion, so a long queue of such documents does not grow the stack.
+    fn kick(&mut self, peer: &UnitId, mut id: DocId, step: &mut Step) {
+        loop {
+            match self.generate(peer, &id) {
+                Some((m, false)) => {
+                    step.send.push((peer.clone(), m));
+                    return;
+                }
+                Some((m, true)) => step.send.push((peer.clone(), m)),
+                None => {}
             }
-            None => self.finish(peer, id, step),
+            let Some(p) = self.peers.get_mut(peer) else {
+                return;
+            };
+            p.active.remove(&id);
+            let Some(next) = p.queue.pop_front() else {
+                return;
+            };
+            p.queued.remove(&next);
+            p.active.insert(next.clone());
+            id = next;
         }
     }
 
@@ -955,13 +988,12 @@ impl Engine {
         if !p.active.remove(id) {
             return;
         }
-        let next = p.queue.pop_front();
-        if let Some(n) = &next {
-            p.queued.remove(n);
-        }
-        if let Some(n) = next {
-            self.start(peer, &n, step);
-        }
+        let Some(next) = p.queue.pop_front() else {
+            return;
+        };
+        p.queued.remove(&next);
+        p.active.insert(next.clone());
+        self.kick(peer, next, step);
     }
 
     /// Messages for every connected peer whose link scope holds `id`, after `id` changed
@@ -1011,6 +1043,16 @@ impl Engine {
                 doc: Some(doc),
                 ..
             } => self.on_deferred(peer, &doc, &mut step),
+            // The peer refused this side's message for a document: it will not sync it with
+            // this side again this session, so neither does this side (nor keep a slot).
+            Msg::Reject {
+                reason,
+                doc: Some(doc),
+                detail,
+            } if is_peers_fault(reason, &detail) => {
+                tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message; the document waits for the next session");
+                self.freeze(peer, &doc, &mut step);
+            }
             Msg::Reject {
                 reason,
                 doc,
@@ -1201,12 +1243,24 @@ impl Engine {
         }
         let id = doc.clone();
         if let Err(r) = self.on_sync(peer, doc, data, step) {
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.refused.insert(id.clone());
+            // A local failure (the document could not be read back) is not the peer's
+            // doing: the document stays in sync with it.
+            if is_peers_fault(r.reason, &r.detail) {
+                self.freeze(peer, &id, step);
             }
-            self.finish(peer, &id, step);
             step.reject(peer, r);
         }
+    }
+
+    /// Stop syncing `id` with `peer` for the rest of the session, freeing its slot (a refused
+    /// document, by either side). Bounded like the deferred documents.
+    fn freeze(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
+        if let Some(p) = self.peers.get_mut(peer)
+            && p.refused.len() < MAX_DEFERRED
+        {
+            p.refused.insert(id.clone());
+        }
+        self.finish(peer, id, step);
     }
 
     fn on_sync(
@@ -1304,7 +1358,7 @@ impl Engine {
                 return Err(Rejection::new(
                     RejectReason::ApplyFailed,
                     Some(&id),
-                    "automerge panicked on the message",
+                    PANICKED,
                 ));
             }
             Ok(Err(e)) => {
@@ -1327,7 +1381,7 @@ impl Engine {
                 return Err(Rejection::new(
                     RejectReason::ApplyFailed,
                     Some(&id),
-                    "automerge panicked while the message's fields were checked",
+                    PANICKED,
                 ));
             }
         }
@@ -2166,6 +2220,37 @@ mod tests {
         assert_eq!(
             field_of(&t, &complaints, 1, "status").as_deref(),
             Some("open")
+        );
+        // Neither side keeps the refused document in flight, and neither side resends it.
+        assert_eq!(forger.progress(t.me()).unwrap().in_flight, 0);
+        assert_eq!(t.progress(forger.me()).unwrap().in_flight, 0);
+
+        // Two records under one id in a single message (to a township that has neither).
+        let mut fresh = engine("c01/k01/t01", 12);
+        register(&mut fresh, "c01/k01/t01", &[vu]);
+        let mut twice = engine(vu, 13);
+        let mut a = doc::empty(&doc::actor_for(&u(vu), [13; 8]));
+        let mut b = doc::empty(&doc::actor_for(&u(vu), [14; 8]));
+        for d in [&mut a, &mut b] {
+            let mut tx = d.transaction();
+            let obj = tx
+                .put_object(automerge::ROOT, rec.to_string(), automerge::ObjType::Map)
+                .unwrap();
+            tx.put(&obj, "status", "open").unwrap();
+            tx.commit();
+        }
+        a.merge(&mut b).unwrap();
+        twice.insert(DocMeta::new(complaints.clone()), a);
+        let q = connect(&mut fresh, &mut twice);
+        let r = pump(&mut fresh, &mut twice, q);
+        assert!(
+            r.iter().any(|r| r.reason == RejectReason::Unauthorised),
+            "{r:?}"
+        );
+        assert!(
+            fresh
+                .get(&complaints)
+                .is_none_or(|e| e.doc().unwrap().get_heads().is_empty())
         );
     }
 

@@ -171,13 +171,19 @@ pub fn check(
                 // before it): automerge would show whichever has the higher op id. Counted
                 // over what this node held and the change itself, so the later of the two
                 // to arrive is refused. Honest ids are random and never made twice.
+                // Two new records under one id in a single message are refused too.
                 let mut seen = before.to_vec();
                 seen.push(change.hash());
+                let count = |heads: Option<&[ChangeHash]>| {
+                    match heads {
+                        Some(h) => candidate.get_all_at(ROOT, name.as_str(), h),
+                        None => candidate.get_all(ROOT, name.as_str()),
+                    }
+                    .map_or(0, |v| v.len())
+                };
+                let now = count(None);
                 if !matches!(op.action, OpType::Delete)
-                    && candidate
-                        .get_all_at(ROOT, name.as_str(), &seen)
-                        .map_or(0, |v| v.len())
-                        > 1
+                    && (count(Some(&seen)) > 1 || (now > 1 && now > count(Some(before))))
                 {
                     return refuse(
                         RejectReason::Unauthorised,
