@@ -11,8 +11,13 @@
 //!   names the owner or a unit above it: once a village escalates a complaint, the village
 //!   no longer closes it;
 //! - replacing or deleting an existing record of those kinds (no honest writer does either)
-//!   needs the same authority, or a review or an escalation could be erased by rewriting the
-//!   record whole.
+//!   needs the same authority, judged against every record under the id as of the change's
+//!   dependencies and as this node held them, or a review or an escalation could be erased
+//!   by rewriting the record whole; and a second record under an existing id is refused.
+//!
+//! A change judged by its dependencies may still be concurrent with a decision above it, so
+//! the values of these fields are read by authority ([`crate::doc::by_authority`]), never by
+//! automerge's op order, which the writer controls.
 //!
 //! A change names a unit, not a user: that a supervisor, not a clerk, wrote it is the
 //! gateway's check at the node that took the write. The same rules are checked on local
@@ -96,11 +101,7 @@ impl Reader<'_> {
         obj: &ObjId,
         heads: &[ChangeHash],
     ) -> Option<String> {
-        let guarded = self
-            .spec
-            .fields
-            .iter()
-            .find(|f| matches!(f.access, Access::Review | Access::Supervisory))?;
+        let guarded = self.spec.decided_above().next()?;
         self.refusal(author, obj, guarded.name, heads)
             .map(|why| format!("replacing or deleting a record: {why}"))
     }
