@@ -297,7 +297,7 @@ pub struct Link {
 }
 
 /// Dial `parent` at `addr` and complete the hello, racing handshakes (see
-/// [`race_handshakes`]). Used by the dial loop and by tests that play a (possibly hostile)
+/// `race_handshakes`). Used by the dial loop and by tests that play a (possibly hostile)
 /// child.
 pub async fn connect_parent(
     endpoint: &Endpoint,
