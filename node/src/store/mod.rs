@@ -1911,9 +1911,10 @@ impl Actor {
                     )),
                     _ => match entity(id.kind) {
                         // Fields decided from above are read by authority, and automerge's
-                        // diff says nothing when a concurrent value loses its op order but
-                        // wins by authority: such a document's rows are all read again
-                        // (one unit's complaints or reports).
+                        // diff says nothing when a field already in conflict gets another
+                        // value that loses the op order (it may win by authority): such a
+                        // document's rows are all read again (one unit's complaints or
+                        // reports).
                         Some(spec) if spec.decided_above().next().is_some() => Only::All,
                         Some(spec) => Only::Records(Cow::Owned(
                             touched()
