@@ -41,7 +41,7 @@ const PANICKED: &str = "automerge panicked on the message";
 fn is_peers_fault(reason: RejectReason, detail: &str) -> bool {
     match reason {
         RejectReason::ApplyFailed => detail == PANICKED,
-        RejectReason::Unregistered => false,
+        RejectReason::Unregistered | RejectReason::Other(_) => false,
         _ => true,
     }
 }
@@ -815,8 +815,9 @@ impl Engine {
         step
     }
 
-    /// The peer set `id` aside (its owner is not registered there yet): free the slot and
-    /// forget what was sent, so that the peer's own request later gets every change.
+    /// The peer set `id` aside (its owner is not registered there yet) or could not take it
+    /// now: free the slot and forget what was sent, so that the next exchange (the peer's
+    /// own request, or the next session) gets every change.
     fn on_deferred(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
         tracing::debug!(%peer, doc = %id, "peer deferred a document until its owner is registered");
         if let Some(p) = self.peers.get_mut(peer) {
@@ -1053,12 +1054,23 @@ impl Engine {
                 tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message; the document waits for the next session");
                 self.freeze(peer, &doc, &mut step);
             }
+            // Refused for a failure on the peer's side, or for a reason this build does not
+            // know: nothing to freeze, but start over (slot freed, state dropped) so that
+            // neither side waits for the other.
             Msg::Reject {
                 reason,
-                doc,
+                doc: Some(doc),
                 detail,
             } => {
-                tracing::warn!(%peer, ?reason, doc = ?doc.map(|d| d.to_string()), detail, "peer refused our message");
+                tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message");
+                self.on_deferred(peer, &doc, &mut step);
+            }
+            Msg::Reject {
+                reason,
+                doc: None,
+                detail,
+            } => {
+                tracing::warn!(%peer, ?reason, detail, "peer refused our message");
             }
             Msg::Unknown(t) => tracing::debug!(%peer, t, "ignoring unknown message type"),
             Msg::Probe => {}
@@ -1247,6 +1259,8 @@ impl Engine {
             // doing: the document stays in sync with it.
             if is_peers_fault(r.reason, &r.detail) {
                 self.freeze(peer, &id, step);
+            } else {
+                self.finish(peer, &id, step);
             }
             step.reject(peer, r);
         }
@@ -1254,8 +1268,12 @@ impl Engine {
 
     /// Stop syncing `id` with `peer` for the rest of the session, freeing its slot (a refused
     /// document, by either side). Bounded like the deferred documents.
+    /// Only hosted documents are frozen: the loop it prevents needs a document this side
+    /// syncs, and ids a peer invents must not fill the bound.
     fn freeze(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
+        let hosted = self.docs.contains_key(id);
         if let Some(p) = self.peers.get_mut(peer)
+            && hosted
             && p.refused.len() < MAX_DEFERRED
         {
             p.refused.insert(id.clone());
@@ -1654,7 +1672,8 @@ mod tests {
         let mut t = engine("c01/k01/t01", 1);
         let mut v = engine("c01/k01/t01/v01", 2);
         let _ = connect(&mut t, &mut v);
-        let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
+        // Hosted here (only a hosted document is frozen after a refusal).
+        let id = write(&mut t, "c01/k01/t01/v01", 1, "Hosted");
         let send = |t: &mut Engine, junk: &[u8]| {
             t.receive(
                 &u("c01/k01/t01/v01"),
@@ -1679,6 +1698,55 @@ mod tests {
             let again = send(&mut t, &junk);
             assert!(again.rejected.is_empty() && again.send.is_empty());
         }
+    }
+
+    #[test]
+    fn a_local_failure_frees_both_slots_and_freezes_nothing() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let id = write(&mut t, "c01/k01/t01/v01", 1, "At The Township");
+        link(&mut t, &mut v);
+        let (ut, uv) = (t.me().clone(), v.me().clone());
+        let st: HashMap<_, _> = t.disconnect(&uv).into_iter().collect();
+        let sv: HashMap<_, _> = v.disconnect(&ut).into_iter().collect();
+        // The township's copy is evicted and can no longer be read back.
+        t.set_source(Box::new(|_| Err("disk gone".into())));
+        let loaded = t.residency().loaded;
+        assert_eq!(t.evict_to(0, |_, _| false), loaded);
+        // The village wrote while apart: its register starts at connect, taking a slot.
+        write(&mut v, "c01/k01/t01/v01", 2, "From The Village");
+        let mut q: Vec<_> = v
+            .connect(&ut, sv)
+            .into_iter()
+            .map(|m| (uv.clone(), ut.clone(), m))
+            .collect();
+        assert_eq!(v.progress(&ut).unwrap().in_flight, 1);
+        q.extend(
+            t.connect(&uv, st)
+                .into_iter()
+                .map(|m| (ut.clone(), uv.clone(), m)),
+        );
+        let r = pump(&mut t, &mut v, q);
+        assert!(
+            !r.is_empty() && r.iter().all(|r| r.reason == RejectReason::ApplyFailed),
+            "{r:?}"
+        );
+        // Neither side waits for the other, and the township looks at the document again
+        // (nothing was frozen).
+        assert_eq!(v.progress(&ut).unwrap().in_flight, 0);
+        assert_eq!(t.progress(&uv).unwrap().in_flight, 0);
+        let again = t.receive(
+            &uv,
+            Msg::Sync {
+                doc: id.clone(),
+                data: vec![0x42],
+            },
+        );
+        assert_eq!(
+            again.rejected.len(),
+            1,
+            "a later message is still looked at"
+        );
     }
 
     #[test]
