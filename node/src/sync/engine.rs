@@ -1268,15 +1268,23 @@ impl Engine {
 
     /// Stop syncing `id` with `peer` for the rest of the session, freeing its slot (a refused
     /// document, by either side). Bounded like the deferred documents.
-    /// Only hosted documents are frozen: the loop it prevents needs a document this side
-    /// syncs, and ids a peer invents must not fill the bound.
+    /// Only documents this side hosts or has set aside are frozen: the loop it prevents
+    /// needs a document this side syncs, and ids a peer invents must not fill the bound. A
+    /// set-aside document leaves the waiting list, so its registration does not start it
+    /// (the peer would not answer, and the slot would stay taken).
     fn freeze(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
         let hosted = self.docs.contains_key(id);
-        if let Some(p) = self.peers.get_mut(peer)
-            && hosted
-            && p.refused.len() < MAX_DEFERRED
-        {
-            p.refused.insert(id.clone());
+        if let Some(p) = self.peers.get_mut(peer) {
+            let before = p.deferred_count;
+            for docs in p.deferred.values_mut() {
+                if docs.remove(id).is_some() {
+                    p.deferred_count -= 1;
+                }
+            }
+            let deferred = p.deferred_count < before;
+            if (hosted || deferred) && p.refused.len() < MAX_DEFERRED {
+                p.refused.insert(id.clone());
+            }
         }
         self.finish(peer, id, step);
     }
@@ -1747,6 +1755,43 @@ mod tests {
             1,
             "a later message is still looked at"
         );
+    }
+
+    #[test]
+    fn a_set_aside_document_refused_for_its_content_is_not_started_later() {
+        let mut k = engine("c01/k01", 1);
+        let mut t = engine("c01/k01/t01", 2);
+        write(&mut t, "c01/k01/t01/v02", 1, "Not Yet Registered");
+        link(&mut t, &mut k);
+        let ut = t.me().clone();
+        let v02 = DocId::new(DocKind::Members, u("c01/k01/t01/v02"));
+        assert_eq!(k.progress(&ut).unwrap().unregistered, 1);
+        // A change to it authored by another township: refused before anything is created.
+        let mut forged = doc::empty(&doc::actor_for(&u("c01/k01/t02"), [5; 8]));
+        doc::create_member(&mut forged, RecordId::from_u64(9), &member("Forged")).unwrap();
+        let change = forged.get_changes(&[]).pop().unwrap();
+        let msg = sync::Message {
+            heads: vec![change.hash()],
+            need: vec![],
+            have: vec![],
+            changes: change.raw_bytes().to_vec().into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        };
+        let step = k.receive(
+            &ut,
+            Msg::Sync {
+                doc: v02.clone(),
+                data: msg.encode(),
+            },
+        );
+        assert_eq!(step.rejected[0].reason, RejectReason::Unauthorised);
+        assert_eq!(k.progress(&ut).unwrap().unregistered, 0);
+        // Registering the village later does not start it (the township would not answer).
+        register(&mut k, "c01/k01/t01", &["c01/k01/t01/v02"]);
+        let step = k.registrations_changed(&ut);
+        assert!(step.send.is_empty() && step.created.is_empty(), "{step:?}");
+        assert_eq!(k.progress(&ut).unwrap().in_flight, 0);
     }
 
     #[test]
