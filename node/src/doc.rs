@@ -577,29 +577,20 @@ pub fn read_member(doc: &Automerge, unit: &UnitId, record: RecordId) -> Option<M
 /// Write the profile fields that differ from what the document holds; no change when equal,
 /// so a restart does not grow the history.
 pub fn set_profile(doc: &mut Automerge, name: &str, children: &[UnitId]) -> Result<bool, DocError> {
-    let current_name = get_str(doc, &ROOT, "name");
-    let kids = match doc.get(ROOT, "children")? {
-        Some((Value::Object(ObjType::Map), id)) => Some(id),
-        _ => None,
-    };
+    let named = get_str(doc, &ROOT, "name").as_deref() == Some(name);
+    let have = union_keys(doc, CHILDREN);
     let missing: Vec<&UnitId> = children
         .iter()
-        .filter(|c| match &kids {
-            Some(k) => doc.get(k, c.as_str()).ok().flatten().is_none(),
-            None => true,
-        })
+        .filter(|c| !have.contains(c.as_str()))
         .collect();
-    if current_name.as_deref() == Some(name) && missing.is_empty() && kids.is_some() {
+    if named && missing.is_empty() {
         return Ok(false);
     }
     doc.transact::<_, _, AutomergeError>(|tx| {
-        if current_name.as_deref() != Some(name) {
+        if !named {
             tx.put(ROOT, "name", name)?;
         }
-        let kids = match &kids {
-            Some(k) => k.clone(),
-            None => tx.put_object(ROOT, "children", ObjType::Map)?,
-        };
+        let kids = set_map(tx, CHILDREN)?;
         for c in &missing {
             tx.put(&kids, c.as_str(), true)?;
         }
@@ -611,31 +602,35 @@ pub fn set_profile(doc: &mut Automerge, name: &str, children: &[UnitId]) -> Resu
 
 /// Add `child` to the children a profile registers; no change when it is there.
 pub fn register_child(doc: &mut Automerge, child: &UnitId) -> Result<bool, DocError> {
-    let kids = match doc.get(ROOT, "children")? {
-        Some((Value::Object(ObjType::Map), id)) => Some(id),
-        _ => None,
-    };
-    if let Some(k) = &kids
-        && doc.get(k, child.as_str())?.is_some()
-    {
+    if union_keys(doc, CHILDREN).contains(child.as_str()) {
         return Ok(false);
     }
     doc.transact::<_, _, AutomergeError>(|tx| {
-        let kids = match &kids {
-            Some(k) => k.clone(),
-            None => tx.put_object(ROOT, "children", ObjType::Map)?,
-        };
+        let kids = set_map(tx, CHILDREN)?;
         tx.put(&kids, child.as_str(), true)
     })
     .map_err(|f| DocError::Automerge(f.error))?;
     Ok(true)
 }
 
+/// Profile key of the registered children (a map used as a set).
+const CHILDREN: &str = "children";
+
+/// The visible map at `key` of the root, made when there is none. Readers of these sets
+/// take every map made there concurrently ([`union_keys`]), so adding to the visible one is
+/// enough.
+fn set_map(tx: &mut impl Transactable, key: &str) -> Result<ObjId, AutomergeError> {
+    match tx.get(ROOT, key)? {
+        Some((Value::Object(ObjType::Map), m)) => Ok(m),
+        _ => tx.put_object(ROOT, key, ObjType::Map),
+    }
+}
+
 /// The children a profile registers, named or not yet (a level above may register a unit
 /// before anything else of its profile is written).
 pub fn profile_children(doc: &Automerge, unit: &UnitId) -> Vec<UnitId> {
     let mut children = Vec::new();
-    for k in union_keys(doc, "children") {
+    for k in union_keys(doc, CHILDREN) {
         match k.parse::<UnitId>() {
             Ok(c) if c.parent().as_ref() == Some(unit) => children.push(c),
             _ => tracing::warn!(%unit, key = k, "profile lists a unit that is not a child"),
@@ -749,15 +744,8 @@ pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bo
 /// Record in a profile that the certificate with `fingerprint` (issued to `child`) is
 /// revoked. Revocations are never removed; re-enrolment issues a new certificate.
 pub fn revoke(doc: &mut Automerge, fingerprint: &str, child: &UnitId) -> Result<(), DocError> {
-    let map = match doc.get(ROOT, "revoked")? {
-        Some((Value::Object(ObjType::Map), id)) => Some(id),
-        _ => None,
-    };
     doc.transact::<_, _, AutomergeError>(|tx| {
-        let map = match &map {
-            Some(m) => m.clone(),
-            None => tx.put_object(ROOT, "revoked", ObjType::Map)?,
-        };
+        let map = set_map(tx, "revoked")?;
         tx.put(&map, fingerprint, child.as_str())?;
         Ok(())
     })

@@ -1669,29 +1669,24 @@ impl Actor {
             // What the parent will check of this node's change, checked against the document
             // the change is built on: refused now rather than accepted here and refused
             // there, which would hold back every later change of the document.
-            let (writes, refused): (Vec<W>, Vec<(W, String)>) =
-                writes
-                    .into_iter()
-                    .fold((Vec::new(), Vec::new()), |(mut ok, mut no), w| {
-                        let verdict = match w.update_fields() {
-                            Some((record, fields)) => {
-                                crate::sync::check_local(doc, &meta, &me, record, fields)
-                            }
-                            None => Ok(()),
-                        };
-                        match verdict {
-                            Ok(()) => ok.push(w),
-                            Err(why) => no.push((w, why)),
-                        }
-                        (ok, no)
-                    });
-            for (w, detail) in refused {
-                w.fail(WriteError::Refused(Rejection {
-                    reason: wire::RejectReason::Unauthorised,
-                    doc: Some(doc_id.clone()),
-                    detail,
-                }));
+            let mut allowed = Vec::with_capacity(writes.len());
+            for w in writes {
+                let verdict = match w.update_fields() {
+                    Some((record, fields)) => {
+                        crate::sync::check_local(doc, &meta, &me, record, fields)
+                    }
+                    None => Ok(()),
+                };
+                match verdict {
+                    Ok(()) => allowed.push(w),
+                    Err(detail) => w.fail(WriteError::Refused(Rejection {
+                        reason: wire::RejectReason::Unauthorised,
+                        doc: Some(doc_id.clone()),
+                        detail,
+                    })),
+                }
             }
+            let writes = allowed;
             if writes.is_empty() {
                 continue;
             }

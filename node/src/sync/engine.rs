@@ -195,13 +195,16 @@ struct PeerSync {
     /// tree yet, by the unit whose profile must register the next unit down: created and
     /// started once a profile registers the owner.
     deferred: BTreeMap<UnitId, BTreeMap<DocId, DocMeta>>,
-    /// How many documents `deferred` holds.
-    deferred_count: usize,
     /// Documents whose message from this peer was refused: not synced again this session.
     refused: HashSet<DocId>,
 }
 
 impl PeerSync {
+    /// How many documents are set aside (see `deferred`).
+    fn deferred_len(&self) -> usize {
+        self.deferred.values().map(BTreeMap::len).sum()
+    }
+
     /// The state of `id`, decoded from the saved bytes on first use or fresh.
     fn state(&mut self, id: &DocId) -> &mut sync::State {
         let saved = &mut self.saved;
@@ -746,6 +749,21 @@ impl Engine {
         line.into_iter().find(|u| !self.is_registered(u))
     }
 
+    /// A document `peer` offers that this node does not host: created empty when its owner
+    /// is in the registered tree, else set aside ([`Engine::defer`]). Whether it is hosted
+    /// now.
+    fn take_new(&mut self, peer: &UnitId, meta: &DocMeta, step: &mut Step) -> bool {
+        if let Some(child) = self.link_child(peer).cloned()
+            && let Some(missing) = self.unregistered_below(&child, meta.owner())
+        {
+            self.defer(peer, meta, &missing);
+            return false;
+        }
+        self.add_doc(meta.clone(), Some(doc::empty(&self.actor)));
+        step.created.insert(meta.id.clone());
+        true
+    }
+
     /// Set aside a document `peer` offered whose owner is not registered yet (`missing` is
     /// the first unregistered unit on the way down to it).
     fn defer(&mut self, peer: &UnitId, meta: &DocMeta, missing: &UnitId) {
@@ -754,7 +772,7 @@ impl Engine {
         };
         // Counted once: a document waits in one place (deferred from a summary and again
         // from a sync message, it may have been filed under another unit already).
-        if p.deferred_count >= MAX_DEFERRED
+        if p.deferred_len() >= MAX_DEFERRED
             || p.deferred.values().any(|docs| docs.contains_key(&meta.id))
         {
             return;
@@ -765,10 +783,8 @@ impl Engine {
             // coming up because no profile here registers it (it may also just be early).
             tracing::info!(%peer, %missing, "documents of a unit not registered in the profile of {waits_on} wait for its registration");
         }
-        if waiting.insert(meta.id.clone(), meta.clone()).is_none() {
-            p.deferred_count += 1;
-            tracing::debug!(%peer, doc = %meta.id, %missing, "owner not registered yet: document deferred");
-        }
+        waiting.insert(meta.id.clone(), meta.clone());
+        tracing::debug!(%peer, doc = %meta.id, %missing, "owner not registered yet: document deferred");
     }
 
     /// After `unit`'s profile changed: create and start the documents deferred until it
@@ -781,26 +797,18 @@ impl Engine {
             .map(|(peer, _)| peer.clone())
             .collect();
         for peer in peers {
-            let Some(child) = self.link_child(&peer).cloned() else {
-                continue;
-            };
-            let Some(waiting) = self.peers.get_mut(&peer).and_then(|p| {
-                let waiting = p.deferred.remove(unit)?;
-                p.deferred_count -= waiting.len();
-                Some(waiting)
-            }) else {
+            let Some(waiting) = self
+                .peers
+                .get_mut(&peer)
+                .and_then(|p| p.deferred.remove(unit))
+            else {
                 continue;
             };
             for (id, meta) in waiting {
-                if let Some(missing) = self.unregistered_below(&child, meta.owner()) {
-                    self.defer(&peer, &meta, &missing);
-                    continue;
+                // Set aside again when a unit further down is not registered yet.
+                if self.docs.contains_key(&id) || self.take_new(&peer, &meta, step) {
+                    self.start(&peer, &id, step);
                 }
-                if !self.docs.contains_key(&id) {
-                    self.add_doc(meta, Some(doc::empty(&self.actor)));
-                    step.created.insert(id.clone());
-                }
-                self.start(&peer, &id, step);
             }
         }
     }
@@ -818,8 +826,8 @@ impl Engine {
     /// The peer set `id` aside (its owner is not registered there yet) or could not take it
     /// now: free the slot and forget what was sent, so that the next exchange (the peer's
     /// own request, or the next session) gets every change.
-    fn on_deferred(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
-        tracing::debug!(%peer, doc = %id, "peer deferred a document until its owner is registered");
+    fn start_over(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
+        tracing::debug!(%peer, doc = %id, "the peer did not take a document now; starting over");
         if let Some(p) = self.peers.get_mut(peer) {
             p.states.remove(id);
             p.saved.remove(id);
@@ -906,7 +914,7 @@ impl Engine {
         self.peers.get(peer).map(|p| LinkProgress {
             in_flight: p.active.len(),
             queued: p.queue.len(),
-            unregistered: p.deferred_count,
+            unregistered: p.deferred_len(),
         })
     }
 
@@ -968,33 +976,31 @@ impl Engine {
                 Some((m, true)) => step.send.push((peer.clone(), m)),
                 None => {}
             }
-            let Some(p) = self.peers.get_mut(peer) else {
-                return;
-            };
-            p.active.remove(&id);
-            let Some(next) = p.queue.pop_front() else {
-                return;
-            };
-            p.queued.remove(&next);
-            p.active.insert(next.clone());
-            id = next;
+            match self.hand_slot_on(peer, &id) {
+                Some(next) => id = next,
+                None => return,
+            }
         }
+    }
+
+    /// Free the slot of `id` (when it holds one) and give it to the next queued document,
+    /// which is returned, now in flight.
+    fn hand_slot_on(&mut self, peer: &UnitId, id: &DocId) -> Option<DocId> {
+        let p = self.peers.get_mut(peer)?;
+        if !p.active.remove(id) {
+            return None;
+        }
+        let next = p.queue.pop_front()?;
+        p.queued.remove(&next);
+        p.active.insert(next.clone());
+        Some(next)
     }
 
     /// This side has nothing more to send for `id`: free its slot for the next one.
     fn finish(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
-        let Some(p) = self.peers.get_mut(peer) else {
-            return;
-        };
-        if !p.active.remove(id) {
-            return;
+        if let Some(next) = self.hand_slot_on(peer, id) {
+            self.kick(peer, next, step);
         }
-        let Some(next) = p.queue.pop_front() else {
-            return;
-        };
-        p.queued.remove(&next);
-        p.active.insert(next.clone());
-        self.kick(peer, next, step);
     }
 
     /// Messages for every connected peer whose link scope holds `id`, after `id` changed
@@ -1043,7 +1049,7 @@ impl Engine {
                 reason: RejectReason::Unregistered,
                 doc: Some(doc),
                 ..
-            } => self.on_deferred(peer, &doc, &mut step),
+            } => self.start_over(peer, &doc, &mut step),
             // The peer refused this side's message for a document: it will not sync it with
             // this side again this session, so neither does this side (nor keep a slot).
             Msg::Reject {
@@ -1063,7 +1069,7 @@ impl Engine {
                 detail,
             } => {
                 tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message");
-                self.on_deferred(peer, &doc, &mut step);
+                self.start_over(peer, &doc, &mut step);
             }
             Msg::Reject {
                 reason,
@@ -1212,15 +1218,10 @@ impl Engine {
                 Some(md) if md == d => {}
                 Some(_) => self.start(peer, id, step),
                 None if self.docs.contains_key(id) => {}
-                // Not an offence: the profile registering the owner may still be on its way.
+                // Not an offence when set aside: the profile registering the owner may
+                // still be on its way.
                 None => {
-                    if let Some(missing) = self.unregistered_below(&child, meta.owner()) {
-                        self.defer(peer, meta, &missing);
-                        continue;
-                    }
-                    let doc = doc::empty(&self.actor);
-                    self.add_doc(meta.clone(), Some(doc));
-                    step.created.insert(id.clone());
+                    self.take_new(peer, meta, step);
                 }
             }
         }
@@ -1267,21 +1268,18 @@ impl Engine {
     }
 
     /// Stop syncing `id` with `peer` for the rest of the session, freeing its slot (a refused
-    /// document, by either side). Bounded like the deferred documents.
-    /// Only documents this side hosts or has set aside are frozen: the loop it prevents
-    /// needs a document this side syncs, and ids a peer invents must not fill the bound. A
-    /// set-aside document leaves the waiting list, so its registration does not start it
-    /// (the peer would not answer, and the slot would stay taken).
+    /// document, by either side). Only documents this side hosts or has set aside are
+    /// frozen, at most [`MAX_DEFERRED`]: the loop it prevents needs a document this side
+    /// syncs, and ids a peer invents must not fill the bound. A set-aside document leaves
+    /// the waiting list, so its registration does not start it (the peer would not answer,
+    /// and the slot would stay taken).
     fn freeze(&mut self, peer: &UnitId, id: &DocId, step: &mut Step) {
         let hosted = self.docs.contains_key(id);
         if let Some(p) = self.peers.get_mut(peer) {
-            let before = p.deferred_count;
-            for docs in p.deferred.values_mut() {
-                if docs.remove(id).is_some() {
-                    p.deferred_count -= 1;
-                }
-            }
-            let deferred = p.deferred_count < before;
+            let deferred = p
+                .deferred
+                .values_mut()
+                .any(|docs| docs.remove(id).is_some());
             if (hosted || deferred) && p.refused.len() < MAX_DEFERRED {
                 p.refused.insert(id.clone());
             }
@@ -1336,27 +1334,19 @@ impl Engine {
                 authors.insert(author);
             }
         }
-        if !self.docs.contains_key(&id) {
-            // A document of a unit this node does not know to be registered waits for the
-            // profile that registers it (often in flight on the same link): not an offence,
-            // so it is answered but not counted as a rejection.
-            if let Some(child) = self.link_child(peer).cloned()
-                && let Some(missing) = self.unregistered_below(&child, owner)
-            {
-                self.defer(peer, &meta, &missing);
-                step.send.push((
-                    peer.clone(),
-                    Msg::Reject {
-                        reason: RejectReason::Unregistered,
-                        doc: Some(id.clone()),
-                        detail: format!("{owner} is not registered here yet"),
-                    },
-                ));
-                return Ok(());
-            }
-            let doc = doc::empty(&self.actor);
-            self.add_doc(meta.clone(), Some(doc));
-            step.created.insert(id.clone());
+        // A document of a unit this node does not know to be registered waits for the
+        // profile that registers it (often in flight on the same link): not an offence, so
+        // it is answered but not counted as a rejection.
+        if !self.docs.contains_key(&id) && !self.take_new(peer, &meta, step) {
+            step.send.push((
+                peer.clone(),
+                Msg::Reject {
+                    reason: RejectReason::Unregistered,
+                    doc: Some(id.clone()),
+                    detail: format!("{owner} is not registered here yet"),
+                },
+            ));
+            return Ok(());
         }
         self.ensure(&id)?;
         let (Some(doc), Some(peer_sync)) = (
@@ -1491,6 +1481,14 @@ mod tests {
     /// Returns rejections seen, by receiving side.
     fn pump(a: &mut Engine, b: &mut Engine, queue: Vec<(UnitId, UnitId, Msg)>) -> Vec<Rejection> {
         pump_among(&mut [a, b], queue)
+    }
+
+    /// Connect two engines and run their first session until quiet: something is refused
+    /// for `reason`.
+    fn assert_refused(a: &mut Engine, b: &mut Engine, reason: RejectReason) {
+        let q = connect(a, b);
+        let r = pump(a, b, q);
+        assert!(r.iter().any(|r| r.reason == reason), "{r:?}");
     }
 
     /// Connect two engines and run their first session until quiet, with nothing refused.
@@ -2301,12 +2299,7 @@ mod tests {
             tx.commit();
         }
         eraser.insert(DocMeta::new(complaints.clone()), d);
-        let q = connect(&mut t, &mut eraser);
-        let r = pump(&mut t, &mut eraser, q);
-        assert!(
-            r.iter().any(|r| r.reason == RejectReason::Unauthorised),
-            "{r:?}"
-        );
+        assert_refused(&mut t, &mut eraser, RejectReason::Unauthorised);
         assert_eq!(handler(&t), u("c01/k01/t01"));
 
         // A second record under the same id, made from before the first existed, is refused.
@@ -2323,12 +2316,7 @@ mod tests {
             tx.put(&obj, "status", "CLOSED").unwrap();
             tx.commit();
         }
-        let q = connect(&mut t, &mut forger);
-        let r = pump(&mut t, &mut forger, q);
-        assert!(
-            r.iter().any(|r| r.reason == RejectReason::Unauthorised),
-            "{r:?}"
-        );
+        assert_refused(&mut t, &mut forger, RejectReason::Unauthorised);
         assert_eq!(handler(&t), u("c01/k01/t01"));
         assert_eq!(
             field_of(&t, &complaints, 1, "status").as_deref(),
@@ -2354,12 +2342,7 @@ mod tests {
         }
         a.merge(&mut b).unwrap();
         twice.insert(DocMeta::new(complaints.clone()), a);
-        let q = connect(&mut fresh, &mut twice);
-        let r = pump(&mut fresh, &mut twice, q);
-        assert!(
-            r.iter().any(|r| r.reason == RejectReason::Unauthorised),
-            "{r:?}"
-        );
+        assert_refused(&mut fresh, &mut twice, RejectReason::Unauthorised);
         assert!(
             fresh
                 .get(&complaints)
