@@ -113,9 +113,20 @@ fn stamp_changed(
     Ok(())
 }
 
-/// Who created and who last changed a record, from its map (a stamp that does not parse
-/// is left out; the record still counts).
-fn stamps(map: &hydrate::Map) -> (Option<Stamp>, Option<Stamp>) {
+/// Who created and who last changed record `record`, from its map (a stamp that does not
+/// parse is left out; the record still counts).
+///
+/// A stamp is the writing node's claim about its caller, and a node serves only the users of
+/// its own subtree, so a stamp naming a unit outside the subtree of the node whose change
+/// wrote it (its op's actor) is a claim no honest node makes: it is left out too, and logged.
+/// Checked here, where every view and every answer reads records, rather than on each hop,
+/// where a register received whole would have to be decoded change by change.
+fn stamps(
+    doc: &Automerge,
+    unit: &UnitId,
+    record: RecordId,
+    map: &hydrate::Map,
+) -> (Option<Stamp>, Option<Stamp>) {
     let stamp = |at: &str, by: &str| {
         let at = match map.get(at)? {
             hydrate::Value::Scalar(s) => match s {
@@ -125,12 +136,37 @@ fn stamps(map: &hydrate::Map) -> (Option<Stamp>, Option<Stamp>) {
             },
             _ => return None,
         };
-        match map.get(by)? {
-            hydrate::Value::Scalar(ScalarValue::Str(by)) => Stamp::parse(at, by),
-            _ => None,
+        let stamp = match map.get(by)? {
+            hydrate::Value::Scalar(ScalarValue::Str(by)) => Stamp::parse(at, by)?,
+            _ => return None,
+        };
+        let author = stamp_author(doc, record, by);
+        if author
+            .as_ref()
+            .is_some_and(|a| stamp.unit.is_in_subtree_of(a))
+        {
+            Some(stamp)
+        } else {
+            tracing::warn!(
+                %unit, %record, field = by, claimed = %stamp.unit,
+                author = ?author.map(|a| a.to_string()),
+                "a stamp names a unit its writing node does not serve; left out"
+            );
+            None
         }
     };
     (stamp(CREATED_AT, CREATED_BY), stamp(CHANGED_AT, CHANGED_BY))
+}
+
+/// The unit of the node whose change wrote the value of `key` in record `record`'s map.
+fn stamp_author(doc: &Automerge, record: RecordId, key: &str) -> Option<UnitId> {
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
+        return None;
+    };
+    match doc.get(&obj, key).ok()?? {
+        (_, automerge::ObjId::Id(_, actor, _)) => ActorTag::unit_of(actor.to_bytes()).ok(),
+        _ => None,
+    }
 }
 
 fn patch_member(
@@ -368,6 +404,7 @@ pub fn read_records(doc: &Automerge, spec: &EntitySpec, unit: &UnitId) -> Vec<Re
             continue;
         };
         if let Some(r) = record_from(
+            doc,
             spec,
             unit,
             record,
@@ -391,12 +428,19 @@ pub fn read_record(
         return None;
     };
     let value = ReadDoc::hydrate(doc, &obj, None).ok()?;
-    record_from(spec, unit, record, &resolved(doc, spec, record, &value))
+    record_from(
+        doc,
+        spec,
+        unit,
+        record,
+        &resolved(doc, spec, record, &value),
+    )
 }
 
 /// A record from its map: every described field of the right type (required ones present);
 /// keys it does not describe (a newer version's fields) are left out.
 fn record_from(
+    doc: &Automerge,
     spec: &EntitySpec,
     unit: &UnitId,
     record: RecordId,
@@ -426,7 +470,7 @@ fn record_from(
         // What a peer wrote is held to the same description as a local write: a record that
         // does not validate stays in the document but out of the views.
         spec.validate(unit, &fields, true).ok()?;
-        let (created, changed) = stamps(map);
+        let (created, changed) = stamps(doc, unit, record, map);
         Some(Record {
             id: RecordRef {
                 kind: spec.kind,
@@ -492,7 +536,7 @@ pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
             tracing::warn!(%unit, key, "members document has a non-record key");
             continue;
         };
-        if let Some(m) = member_from(unit, record, &value.value) {
+        if let Some(m) = member_from(doc, unit, record, &value.value) {
             out.push(m);
         }
     }
@@ -501,7 +545,12 @@ pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
 }
 
 /// A member from its record's map, or `None` (logged) if a field is missing or malformed.
-fn member_from(unit: &UnitId, record: RecordId, value: &hydrate::Value) -> Option<Member> {
+fn member_from(
+    doc: &Automerge,
+    unit: &UnitId,
+    record: RecordId,
+    value: &hydrate::Value,
+) -> Option<Member> {
     let member = (|| {
         let hydrate::Value::Map(fields) = value else {
             return None;
@@ -519,7 +568,7 @@ fn member_from(unit: &UnitId, record: RecordId, value: &hydrate::Value) -> Optio
             ScalarValue::Uint(u) => i64::try_from(*u).ok(),
             _ => None,
         };
-        let (created, changed) = stamps(fields);
+        let (created, changed) = stamps(doc, unit, record, fields);
         Some(Member {
             id: MemberId {
                 unit: unit.clone(),
@@ -571,7 +620,7 @@ pub fn read_member(doc: &Automerge, unit: &UnitId, record: RecordId) -> Option<M
     let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
         return None;
     };
-    member_from(unit, record, &ReadDoc::hydrate(doc, &obj, None).ok()?)
+    member_from(doc, unit, record, &ReadDoc::hydrate(doc, &obj, None).ok()?)
 }
 
 /// Write the profile fields that differ from what the document holds; no change when equal,
@@ -791,6 +840,47 @@ mod tests {
             }
         }
         panic!("sync did not settle");
+    }
+
+    #[test]
+    fn a_stamp_naming_a_unit_its_writing_node_does_not_serve_is_left_out() {
+        let (village, township) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+        let stamp = |u: &UnitId| Stamp {
+            at_ms: 1_700_000_000_000,
+            unit: u.clone(),
+            role: grassroots_schema::Role::Supervisor,
+            user: Some("Li".into()),
+        };
+        let rec = RecordId::from_u64(7);
+        // The township's node serves the village (a village without a node of its own): a
+        // stamp naming a village user, written by the township's node, stands.
+        let mut d = empty(&actor_for(&township, [2; 8]));
+        let honest = stamp(&village);
+        apply_member_writes(
+            &mut d,
+            &[MemberWrite::Create(rec, &sample(), Some(&honest))],
+        )
+        .unwrap();
+        let m = read_member(&d, &village, rec).unwrap();
+        assert_eq!(m.created.as_ref(), Some(&honest));
+        // The village's node claims a township supervisor changed the record: left out, in
+        // every reader, while the rest of the change stands.
+        let mut v = d.fork().with_actor(actor_for(&village, [1; 8]));
+        let patch = MemberPatch {
+            name: Some("Wang Fang (moved)".into()),
+            ..Default::default()
+        };
+        let forged = stamp(&township);
+        apply_member_writes(&mut v, &[MemberWrite::Update(rec, &patch, Some(&forged))]).unwrap();
+        let m = read_member(&v, &village, rec).unwrap();
+        assert_eq!(m.name, "Wang Fang (moved)");
+        assert_eq!(m.changed, None);
+        assert_eq!(m.created.as_ref(), Some(&honest));
+        assert_eq!(read_members(&v, &village)[0].changed, None);
+        // Its own unit it may name.
+        let own = stamp(&village);
+        apply_member_writes(&mut v, &[MemberWrite::Update(rec, &patch, Some(&own))]).unwrap();
+        assert_eq!(read_member(&v, &village, rec).unwrap().changed, Some(own));
     }
 
     #[test]

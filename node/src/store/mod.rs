@@ -1731,21 +1731,31 @@ impl Actor {
         if self.engine.get(&id).is_none() && details.name.is_none() {
             return Err(WriteError::NoUnit(unit.clone()));
         }
+        // Named from above, the unit joins the registered tree: each unit from it up to this
+        // node listed in its parent's profile, so that its documents travel up (a node
+        // creates documents from a link only for registered units).
+        let me = self.engine.me().clone();
+        let line: Vec<(UnitId, UnitId)> = unit
+            .line()
+            .take_while(|u| *u != me)
+            .filter_map(|u| u.parent().map(|p| (u, p)))
+            .collect();
+        // Every profile the write touches is read in first: one that will not load refuses
+        // the whole write before any part of it is made, rather than leave the details
+        // changed and the registration missing. (Nothing is evicted before the commit.)
+        for p in std::iter::once(unit).chain(line.iter().map(|(_, p)| p)) {
+            let id = DocId::new(DocKind::Profile, p.clone());
+            if self.engine.get(&id).is_some() {
+                self.engine.load(&id).map_err(WriteError::Refused)?;
+            }
+        }
         let doc = self.local_doc(meta, batch)?;
         let changed = doc::set_unit_details(doc, details)?;
         let profile = doc::read_profile(doc, unit);
         if changed {
             self.after_local_write(id, batch);
         }
-        // Named from above, the unit joins the registered tree: each unit from it up to this
-        // node listed in its parent's profile, so that its documents travel up (a node
-        // creates documents from a link only for registered units).
-        let me = self.engine.me().clone();
-        for (child, parent) in unit
-            .line()
-            .take_while(|u| *u != me)
-            .filter_map(|u| u.parent().map(|p| (u, p)))
-        {
+        for (child, parent) in line {
             let meta = DocMeta::new(DocId::new(DocKind::Profile, parent));
             let id = meta.id.clone();
             if doc::register_child(self.local_doc(meta, batch)?, &child)? {
@@ -2632,6 +2642,49 @@ mod tests {
             units[&u("c01/k01/t02")].children,
             vec![u("c01/k01/t02/v05")]
         );
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_registration_that_cannot_be_written_leaves_the_details_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01");
+        let name = |n: &str| UnitDetails {
+            name: Some(n.into()),
+            ..UnitDetails::default()
+        };
+        let (h, _, t) = open(&path, me.clone()).unwrap();
+        h.set_unit_details(me.clone(), name("Township"))
+            .await
+            .unwrap();
+        t.shutdown().await;
+        // This node's own profile, which a new village is registered in, no longer loads
+        // (documents are read lazily, so the store still opens).
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let key = DocId::new(DocKind::Profile, me.clone()).to_string();
+                let mut snaps = tx.open_table(SNAPSHOTS).unwrap();
+                assert!(snaps.get(key.as_str()).unwrap().is_some());
+                snaps
+                    .insert(key.as_str(), b"not automerge".as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let v = u("c01/k01/t01/v09");
+        let e = h
+            .set_unit_details(v.clone(), name("New Village"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, WriteError::Refused(_)), "{e:?}");
+        // Nothing of the write was made: no profile for the village either, not even once a
+        // later write has committed again.
+        h.create_member(me.clone(), sample("After")).await.unwrap();
+        assert!(r.units(std::slice::from_ref(&v)).unwrap().is_empty());
         t.shutdown().await;
     }
 

@@ -32,17 +32,19 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// [`RejectReason::Unregistered`]); past this, more are ignored until the next session.
 pub const MAX_DEFERRED: usize = 10_000;
 
-/// The detail of the `ApplyFailed` that automerge panicking on a message (or on checking
-/// it) gives: the one `ApplyFailed` that is the sender's doing, not a local failure.
-const PANICKED: &str = "automerge panicked on the message";
-
 /// Whether a refusal is for what the sender sent (so the document is not synced with it
 /// again this session), not for a local failure such as a document that would not load.
-fn is_peers_fault(reason: RejectReason, detail: &str) -> bool {
+fn is_peers_fault(reason: RejectReason) -> bool {
     match reason {
-        RejectReason::ApplyFailed => detail == PANICKED,
-        RejectReason::Unregistered | RejectReason::Other(_) => false,
-        _ => true,
+        RejectReason::ApplyFailed | RejectReason::Unregistered | RejectReason::Other(_) => false,
+        RejectReason::Malformed
+        | RejectReason::OutOfScope
+        | RejectReason::Unauthorised
+        | RejectReason::TooLarge
+        | RejectReason::NotAdjacent
+        | RejectReason::Version
+        | RejectReason::Revoked
+        | RejectReason::Panicked => true,
     }
 }
 
@@ -1056,7 +1058,7 @@ impl Engine {
                 reason,
                 doc: Some(doc),
                 detail,
-            } if is_peers_fault(reason, &detail) => {
+            } if is_peers_fault(reason) => {
                 tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message; the document waits for the next session");
                 self.freeze(peer, &doc, &mut step);
             }
@@ -1258,7 +1260,7 @@ impl Engine {
         if let Err(r) = self.on_sync(peer, doc, data, step) {
             // A local failure (the document could not be read back) is not the peer's
             // doing: the document stays in sync with it.
-            if is_peers_fault(r.reason, &r.detail) {
+            if is_peers_fault(r.reason) {
                 self.freeze(peer, &id, step);
             } else {
                 self.finish(peer, &id, step);
@@ -1372,9 +1374,9 @@ impl Engine {
         match applied {
             Err(_) => {
                 return Err(Rejection::new(
-                    RejectReason::ApplyFailed,
+                    RejectReason::Panicked,
                     Some(&id),
-                    PANICKED,
+                    "automerge panicked on the message",
                 ));
             }
             Ok(Err(e)) => {
@@ -1395,9 +1397,9 @@ impl Engine {
             Ok(Err(r)) => return Err(r),
             Err(_) => {
                 return Err(Rejection::new(
-                    RejectReason::ApplyFailed,
+                    RejectReason::Panicked,
                     Some(&id),
-                    PANICKED,
+                    "automerge panicked on checking the message",
                 ));
             }
         }
@@ -1798,29 +1800,50 @@ mod tests {
         // Delivered as a sync message's change chunk, it must be refused, not crash the node.
         let base = include_bytes!("../../tests/fixtures/am_panic_base.automerge");
         let input = include_bytes!("../../tests/fixtures/am_panic_input.bin");
-        let mut t = engine("c01/k01/t01", 1);
-        let mut v = engine("c01/k01/t01/v01", 2);
-        link(&mut t, &mut v);
         let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
-        let loaded = Automerge::load(base).unwrap();
-        t.insert(DocMeta::new(id.clone()), loaded);
-        let heads = t.get(&id).unwrap().doc().unwrap().get_heads();
-        let msg = sync::Message {
-            heads: vec![],
-            need: vec![],
-            have: vec![],
-            changes: input.to_vec().into(),
-            flags: None,
-            version: sync::MessageVersion::V1,
+        // A township holding the base, linked to its village (a refused document is not
+        // synced again in the session, so each case gets a fresh pair).
+        let pair = || {
+            let mut t = engine("c01/k01/t01", 1);
+            let mut v = engine("c01/k01/t01/v01", 2);
+            link(&mut t, &mut v);
+            t.insert(DocMeta::new(id.clone()), Automerge::load(base).unwrap());
+            (t, v)
         };
-        let r = t.receive(
-            &u("c01/k01/t01/v01"),
-            Msg::Sync {
-                doc: id.clone(),
-                data: msg.encode(),
-            },
-        );
-        assert!(!r.rejected.is_empty(), "hostile input accepted");
+        let (mut t, _) = pair();
+        let heads = t.get(&id).unwrap().doc().unwrap().get_heads();
+        let send = |t: &mut Engine, change: &[u8]| {
+            let msg = sync::Message {
+                heads: vec![],
+                need: vec![],
+                have: vec![],
+                changes: change.to_vec().into(),
+                flags: None,
+                version: sync::MessageVersion::V1,
+            };
+            t.receive(
+                &u("c01/k01/t01/v01"),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: msg.encode(),
+                },
+            )
+            .rejected
+        };
+        // As given, its actor names no unit: refused before automerge sees it.
+        let r = send(&mut t, input);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, RejectReason::Unauthorised, "{r:?}");
+        // The same change from the village's own actor passes every check before automerge,
+        // and automerge panics on it: caught, the copy discarded, and refused as the
+        // sender's doing (a reason of its own, not a local failure's).
+        let mut change = Change::from_bytes(input.to_vec()).unwrap().decode();
+        change.actor_id = doc::actor_for(&u("c01/k01/t01/v01"), [9; 8]);
+        let change = Change::from(change);
+        let (mut t, mut v) = pair();
+        let r = send(&mut t, change.raw_bytes());
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, RejectReason::Panicked, "{r:?}");
         assert_eq!(
             t.get(&id).unwrap().doc().unwrap().get_heads(),
             heads,

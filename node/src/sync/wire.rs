@@ -104,7 +104,8 @@ pub enum RejectReason {
     Unauthorised,
     /// A frame or message over a size cap.
     TooLarge,
-    /// automerge failed or panicked while applying the message.
+    /// The receiver could not apply the message for a reason of its own (a document that
+    /// would not load): not the sender's fault.
     ApplyFailed,
     /// The peer is not this node's registered parent or child.
     NotAdjacent,
@@ -116,6 +117,9 @@ pub enum RejectReason {
     /// tree. The sender frees the document's slot and forgets what it sent; the receiver asks
     /// for the document itself once a profile registers the owner.
     Unregistered,
+    /// automerge panicked on the message, or on checking it: the sender's bytes are at fault
+    /// (the panic was caught and the copy it was applied to discarded).
+    Panicked,
     /// A code from a newer peer.
     Other(u8),
 }
@@ -132,6 +136,7 @@ impl RejectReason {
             RejectReason::Version => 7,
             RejectReason::Revoked => 8,
             RejectReason::Unregistered => 9,
+            RejectReason::Panicked => 10,
             RejectReason::Other(c) => c,
         }
     }
@@ -147,6 +152,7 @@ impl RejectReason {
             7 => RejectReason::Version,
             8 => RejectReason::Revoked,
             9 => RejectReason::Unregistered,
+            10 => RejectReason::Panicked,
             c => RejectReason::Other(c),
         }
     }
