@@ -1,17 +1,24 @@
-//! A UDP relay on 127.0.0.1 between one client and one upstream: a fault injector needing no
+//! A UDP relay on 127.0.0.1 between clients and one upstream: a fault injector needing no
 //! root and no `tc netem`. It can cut and restore the link (a partition), drop datagrams at
 //! random, delay them, and cap the rate (a bottleneck with a bounded queue, tail drop).
+//!
+//! Each client address gets its own socket towards the upstream, as behind a NAT, so the
+//! upstream's answers go back to the client that asked. (With one shared socket, a closed
+//! endpoint's last datagrams made the relay send a new endpoint's handshake answers to the
+//! old one, which added half a second to every dial after the first.) The impairments are
+//! one link: every client shares the bottleneck of each direction.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Control {
     cut: AtomicBool,
     /// Drop probability in parts per million.
@@ -22,6 +29,77 @@ struct Control {
     dropped: AtomicU64,
     forwarded: AtomicU64,
     forwarded_bytes: AtomicU64,
+    /// Per direction (0: to upstream, 1: to clients): when the bottleneck is free.
+    free_at: Mutex<[Instant; 2]>,
+    rng: Mutex<u64>,
+}
+
+impl Control {
+    fn new(seed: u64) -> Control {
+        Control {
+            cut: AtomicBool::new(false),
+            loss_ppm: AtomicU32::new(0),
+            delay_us: AtomicU64::new(0),
+            rate_bps: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            forwarded_bytes: AtomicU64::new(0),
+            free_at: Mutex::new([Instant::now(); 2]),
+            rng: Mutex::new(seed),
+        }
+    }
+
+    /// When a datagram of `n` bytes going `dir` arrives at the far end, or `None` if it is
+    /// dropped (cut, a full queue, or random loss).
+    fn admit(&self, n: usize, dir: usize) -> Option<Instant> {
+        if self.cut.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let now = Instant::now();
+        let mut depart = now;
+        if let Some(ns) =
+            (n as u64 * 8 * 1_000_000_000).checked_div(self.rate_bps.load(Ordering::Relaxed))
+        {
+            let mut free_at = self.free_at.lock().expect("relay clock");
+            let start = free_at[dir].max(now);
+            if start - now > MAX_QUEUE {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            depart = start + Duration::from_nanos(ns);
+            free_at[dir] = depart;
+        }
+        // Random loss after the bottleneck: a datagram lost in transit has still used its
+        // share of the link, as on a real lossy line.
+        let r = {
+            let mut rng = self.rng.lock().expect("relay rng");
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        if (r % 1_000_000) < u64::from(self.loss_ppm.load(Ordering::Relaxed)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        self.forwarded_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Some(depart + Duration::from_micros(self.delay_us.load(Ordering::Relaxed)))
+    }
+}
+
+/// Send `datagram` from `socket` to `to` at `at` (at once if that has passed).
+async fn send_at(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr, at: Instant) {
+    if at <= Instant::now() {
+        let _ = socket.send_to(datagram, to).await;
+    } else {
+        let (s, d) = (socket.clone(), datagram.to_vec());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = s.send_to(&d, to).await;
+        });
+    }
 }
 
 /// A running relay. Dropping it stops the relay.
@@ -29,7 +107,7 @@ struct Control {
 pub struct Relay {
     addr: SocketAddr,
     ctl: Arc<Control>,
-    task: JoinHandle<()>,
+    tasks: JoinSet<()>,
 }
 
 /// Longest queue the bottleneck holds before it drops (like a router buffer).
@@ -43,69 +121,52 @@ impl Relay {
         std_socket.set_nonblocking(true)?;
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
         let addr = socket.local_addr()?;
-        let ctl = Arc::new(Control::default());
+        let ctl = Arc::new(Control::new(
+            0x9e37_79b9_7f4a_7c15u64 ^ u64::from(addr.port()),
+        ));
+        let mut tasks = JoinSet::new();
         let c = ctl.clone();
-        let task = tokio::spawn(async move {
-            let mut client: Option<SocketAddr> = None;
+        // The answers' tasks live as long as the relay: aborted with the set when it drops.
+        let answers: Arc<Mutex<JoinSet<()>>> = Arc::default();
+        tasks.spawn(async move {
+            let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
             let mut buf = vec![0u8; 65_536];
-            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(addr.port());
-            // Per direction (0: to upstream, 1: to client): when the bottleneck is free.
-            let mut free_at = [Instant::now(), Instant::now()];
             loop {
                 let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                     return;
                 };
-                let (to, dir) = if from == upstream {
-                    match client {
-                        Some(cl) => (cl, 1),
-                        None => continue,
+                let out = match clients.get(&from) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0")
+                            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                            .and_then(UdpSocket::from_std)
+                        else {
+                            continue;
+                        };
+                        let s = Arc::new(s);
+                        clients.insert(from, s.clone());
+                        let (back, listen, c) = (s.clone(), socket.clone(), c.clone());
+                        answers.lock().expect("relay tasks").spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok((n, src)) = back.recv_from(&mut buf).await {
+                                if src != upstream {
+                                    continue;
+                                }
+                                if let Some(at) = c.admit(n, 1) {
+                                    send_at(&listen, &buf[..n], from, at).await;
+                                }
+                            }
+                        });
+                        s
                     }
-                } else {
-                    client = Some(from);
-                    (upstream, 0)
                 };
-                if c.cut.load(Ordering::Relaxed) {
-                    c.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let now = Instant::now();
-                let mut depart = now;
-                if let Some(ns) =
-                    (n as u64 * 8 * 1_000_000_000).checked_div(c.rate_bps.load(Ordering::Relaxed))
-                {
-                    let start = free_at[dir].max(now);
-                    if start - now > MAX_QUEUE {
-                        c.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    depart = start + Duration::from_nanos(ns);
-                    free_at[dir] = depart;
-                }
-                // Random loss after the bottleneck: a datagram lost in transit has still used
-                // its share of the link, as on a real lossy line.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                if (rng % 1_000_000) < u64::from(c.loss_ppm.load(Ordering::Relaxed)) {
-                    c.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let at = depart + Duration::from_micros(c.delay_us.load(Ordering::Relaxed));
-                c.forwarded.fetch_add(1, Ordering::Relaxed);
-                c.forwarded_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                let datagram = buf[..n].to_vec();
-                if at <= now {
-                    let _ = socket.send_to(&datagram, to).await;
-                } else {
-                    let s = socket.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(at).await;
-                        let _ = s.send_to(&datagram, to).await;
-                    });
+                if let Some(at) = c.admit(n, 0) {
+                    send_at(&out, &buf[..n], upstream, at).await;
                 }
             }
         });
-        Ok(Relay { addr, ctl, task })
+        Ok(Relay { addr, ctl, tasks })
     }
 
     /// Where the client should send.
@@ -158,6 +219,39 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.task.abort();
+        self.tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_client_gets_its_own_answers() {
+        // An echo server upstream.
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..n], from).await;
+            }
+        });
+        let relay = Relay::start(upstream).unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Interleaved: `b` speaks last, yet `a`'s answer still reaches `a`.
+        a.send_to(b"from a", relay.addr()).await.unwrap();
+        b.send_to(b"from b", relay.addr()).await.unwrap();
+        let mut buf = [0u8; 64];
+        for (socket, want) in [(&a, b"from a"), (&b, b"from b")] {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&buf[..n], want);
+        }
+        assert_eq!(relay.forwarded().0, 4);
     }
 }
