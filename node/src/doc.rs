@@ -140,6 +140,12 @@ fn stamps(
             hydrate::Value::Scalar(ScalarValue::Str(by)) => Stamp::parse(at, by)?,
             _ => return None,
         };
+        // Every change to a document is the owner's or from above it (rule 2, checked on
+        // every hop and on local writes), so a stamp naming the owner's subtree needs no
+        // look-up of its author.
+        if stamp.unit.is_in_subtree_of(unit) {
+            return Some(stamp);
+        }
         let author = stamp_author(doc, record, by);
         if author
             .as_ref()
@@ -877,6 +883,18 @@ mod tests {
         assert_eq!(m.changed, None);
         assert_eq!(m.created.as_ref(), Some(&honest));
         assert_eq!(read_members(&v, &village)[0].changed, None);
+        // The township's node naming a township supervisor (a correction from above) stands.
+        let mut t = v.fork().with_actor(actor_for(&township, [3; 8]));
+        let above = Stamp {
+            user: Some("Zhao".into()),
+            ..stamp(&township)
+        };
+        let fix = MemberPatch {
+            name: Some("Wang Fang".into()),
+            ..Default::default()
+        };
+        apply_member_writes(&mut t, &[MemberWrite::Update(rec, &fix, Some(&above))]).unwrap();
+        assert_eq!(read_member(&t, &village, rec).unwrap().changed, Some(above));
         // Its own unit it may name.
         let own = stamp(&village);
         apply_member_writes(&mut v, &[MemberWrite::Update(rec, &patch, Some(&own))]).unwrap();

@@ -204,7 +204,7 @@ impl World {
             let from_unit = u(UNITS[from]);
             let step = self.engines[to].receive(&from_unit, msg);
             // Honest peers are never refused, however the channel mangles the order; an
-            // automerge panic would show up here as ApplyFailed.
+            // automerge panic would show up here as `Panicked`.
             assert!(
                 step.rejected.is_empty(),
                 "honest message refused: {:?}",

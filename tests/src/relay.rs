@@ -102,7 +102,8 @@ async fn send_at(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr, at: I
     }
 }
 
-/// A running relay. Dropping it stops the relay.
+/// A running relay. Dropping it stops it taking datagrams; those already delayed in flight
+/// are still delivered.
 #[derive(Debug)]
 pub struct Relay {
     addr: SocketAddr,
@@ -126,7 +127,8 @@ impl Relay {
         ));
         let mut tasks = JoinSet::new();
         let c = ctl.clone();
-        // The answers' tasks live as long as the relay: aborted with the set when it drops.
+        // The answers' tasks live as long as the main task: its set, dropped with it, aborts
+        // them.
         let answers: Arc<Mutex<JoinSet<()>>> = Arc::default();
         tasks.spawn(async move {
             let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();

@@ -529,6 +529,30 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_keeps_its_code() {
+        let known = [
+            RejectReason::Malformed,
+            RejectReason::OutOfScope,
+            RejectReason::Unauthorised,
+            RejectReason::TooLarge,
+            RejectReason::ApplyFailed,
+            RejectReason::NotAdjacent,
+            RejectReason::Version,
+            RejectReason::Revoked,
+            RejectReason::Unregistered,
+            RejectReason::Panicked,
+        ];
+        for (i, r) in known.into_iter().enumerate() {
+            // Codes are fixed on the wire: 1 to 10 in this order.
+            assert_eq!(usize::from(r.code()), i + 1, "{r:?}");
+            assert_eq!(RejectReason::from_code(r.code()), r);
+        }
+        // A code from a newer peer is kept as it came.
+        assert_eq!(RejectReason::from_code(11), RejectReason::Other(11));
+        assert_eq!(RejectReason::Other(11).code(), 11);
+    }
+
+    #[test]
     fn unknown_types_are_not_errors() {
         assert_eq!(decode(&[200, 1, 2, 3]).unwrap(), Msg::Unknown(200));
     }
