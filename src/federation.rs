@@ -184,6 +184,16 @@ impl Federation {
         Ok(())
     }
 
+    /// Give a stopped node other link settings, for its next [`Federation::restart`].
+    pub fn set_link(&mut self, unit: &UnitId, link: LinkConfig) -> anyhow::Result<()> {
+        let (cfg, _) = self
+            .configs
+            .get_mut(unit)
+            .with_context(|| format!("unknown unit {unit}"))?;
+        cfg.link = link;
+        Ok(())
+    }
+
     /// Start a stopped node again on the same ports, from its stored data.
     pub async fn restart(&mut self, unit: &UnitId) -> anyhow::Result<()> {
         let (cfg, http) = self

@@ -51,7 +51,8 @@ pub mod close {
 /// Link timing and limits, set on purpose rather than left at quinn's defaults.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// QUIC keep-alive (quinn's default is none).
+    /// QUIC keep-alive of the links this node dials (quinn's default is none); on the links
+    /// it serves, a backup at half the idle timeout (the child sets the pace).
     pub keep_alive: Duration,
     /// Idle timeout after which a silent link is declared dead.
     pub idle_timeout: Duration,
@@ -139,9 +140,40 @@ impl NetError {
     }
 }
 
-fn transport(cfg: &LinkConfig) -> Result<quinn::TransportConfig, NetError> {
+impl LinkConfig {
+    /// Refuse settings that would take links down: a keep-alive that is not shorter than the
+    /// idle timeout lets an idle link expire between two keep-alives.
+    pub fn validate(&self) -> Result<(), NetError> {
+        if self.keep_alive >= self.idle_timeout {
+            return Err(NetError::Endpoint(format!(
+                "the keep-alive ({:?}) must be shorter than the idle timeout ({:?})",
+                self.keep_alive, self.idle_timeout
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which end of a link a transport serves: a dialling child keeps its link alive; a parent
+/// only backs it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Child,
+    Parent,
+}
+
+fn transport(cfg: &LinkConfig, end: End) -> Result<quinn::TransportConfig, NetError> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(cfg.keep_alive));
+    // The child keeps the link alive: it dials, sits behind any NAT, and pays for the bytes
+    // on a village's metered line, so its own keep-alive sets what an idle link costs. quinn
+    // restarts the keep-alive timer on every packet received, so a parent's shorter interval
+    // would otherwise set the pace of every link below it. The parent's keep-alive (half its
+    // idle timeout) only fires if the child's pings stop arriving for that long, as when a
+    // child's keep-alive is longer than the parent's idle timeout.
+    t.keep_alive_interval(Some(match end {
+        End::Child => cfg.keep_alive,
+        End::Parent => cfg.keep_alive.max(cfg.idle_timeout / 2),
+    }));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(cfg.idle_timeout)
             .map_err(|e| NetError::Endpoint(e.to_string()))?,
@@ -165,17 +197,17 @@ pub fn endpoint(
     listen: SocketAddr,
     cfg: &LinkConfig,
 ) -> Result<Endpoint, NetError> {
-    let transport = Arc::new(transport(cfg)?);
+    cfg.validate()?;
     let server_crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
             .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(transport.clone());
+    server.transport_config(Arc::new(transport(cfg, End::Parent)?));
     let client_crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
             .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport);
+    client.transport_config(Arc::new(transport(cfg, End::Child)?));
     let mut ep = Endpoint::server(server, listen)
         .map_err(|e| NetError::Endpoint(format!("bind {listen}: {e}")))?;
     ep.set_default_client_config(client);

@@ -744,3 +744,60 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     fed.shutdown().await;
     Ok(())
 }
+
+/// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
+/// for them on a village's metered line. The city here pings every 300 ms by its own
+/// setting; its county, set to 1 s, keeps their link at about two datagrams a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<()> {
+    let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
+    let keep = relays.clone();
+    let via = Box::new(
+        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
+            if child.as_str() != "c01/k01" {
+                return parent;
+            }
+            let relay = Relay::start(parent).expect("relay");
+            let addr = relay.addr();
+            keep.lock().expect("relay list").push(relay);
+            addr
+        },
+    );
+    let tree = small_tree().into_iter().take(2).collect();
+    let (mut fed, _dir) = start(tree, Some(via)).await?;
+    let k01 = unit("c01/k01");
+    fed.stop(&k01).await?;
+    fed.set_link(
+        &k01,
+        grassroots_node::LinkConfig {
+            keep_alive: Duration::from_secs(1),
+            ..fast_links()
+        },
+    )?;
+    fed.restart(&k01).await?;
+    let store = fed.node(&k01)?.node.store();
+    eventually(WAIT, "the county's link up", || async {
+        Ok(store
+            .status()
+            .await?
+            .links
+            .iter()
+            .any(|l| l.connected)
+            .then_some(()))
+    })
+    .await?;
+    // The first exchange over, the link is idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let forwarded = || relays.lock().expect("relay list")[0].forwarded().0;
+    let before = forwarded();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let datagrams = forwarded() - before;
+    // About two per second (a ping and its acknowledgement) at the county's 1 s; the
+    // city's 300 ms would make twenty or more.
+    assert!(
+        (2..=12).contains(&datagrams),
+        "{datagrams} datagrams in 3 s on an idle link"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
