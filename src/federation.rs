@@ -186,6 +186,9 @@ impl Federation {
 
     /// Give a stopped node other link settings, for its next [`Federation::restart`].
     pub fn set_link(&mut self, unit: &UnitId, link: LinkConfig) -> anyhow::Result<()> {
+        if self.nodes.contains_key(unit) {
+            bail!("{unit} is running: stop it first");
+        }
         let (cfg, _) = self
             .configs
             .get_mut(unit)

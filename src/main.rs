@@ -299,6 +299,14 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
     if let Some(s) = cfg.idle_timeout_secs {
         link.idle_timeout = Duration::from_secs(s);
     }
+    link.validate().with_context(|| {
+        format!(
+            "{}: keep_alive_secs ({}) must be at least 1 and at most half idle_timeout_secs ({})",
+            path.display(),
+            link.keep_alive.as_secs(),
+            link.idle_timeout.as_secs()
+        )
+    })?;
     let children = cfg
         .children
         .iter()

@@ -51,8 +51,9 @@ pub mod close {
 /// Link timing and limits, set on purpose rather than left at quinn's defaults.
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    /// QUIC keep-alive of the links this node dials (quinn's default is none); on the links
-    /// it serves, a backup at half the idle timeout (the child sets the pace).
+    /// QUIC keep-alive of the links this node dials (quinn's default is none), above zero and
+    /// at most half the idle timeout; on the links it serves, a backup at half the idle
+    /// timeout (the child sets the pace).
     pub keep_alive: Duration,
     /// Idle timeout after which a silent link is declared dead.
     pub idle_timeout: Duration,
@@ -141,12 +142,15 @@ impl NetError {
 }
 
 impl LinkConfig {
-    /// Refuse settings that would take links down: a keep-alive that is not shorter than the
-    /// idle timeout lets an idle link expire between two keep-alives.
+    /// Refuse settings that would take links down or flood them: a keep-alive of zero, or
+    /// one over half the idle timeout. With every node at most half, whichever end sets the
+    /// pace of a link pings within half the idle timeout the two ends agree on (the shorter
+    /// of theirs), so one lost ping does not end an idle link.
     pub fn validate(&self) -> Result<(), NetError> {
-        if self.keep_alive >= self.idle_timeout {
+        if self.keep_alive.is_zero() || self.keep_alive > self.idle_timeout / 2 {
             return Err(NetError::Endpoint(format!(
-                "the keep-alive ({:?}) must be shorter than the idle timeout ({:?})",
+                "the keep-alive ({:?}) must be above zero and at most half the idle timeout \
+                 ({:?})",
                 self.keep_alive, self.idle_timeout
             )));
         }
@@ -166,13 +170,13 @@ fn transport(cfg: &LinkConfig, end: End) -> Result<quinn::TransportConfig, NetEr
     let mut t = quinn::TransportConfig::default();
     // The child keeps the link alive: it dials, sits behind any NAT, and pays for the bytes
     // on a village's metered line, so its own keep-alive sets what an idle link costs. quinn
-    // restarts the keep-alive timer on every packet received, so a parent's shorter interval
-    // would otherwise set the pace of every link below it. The parent's keep-alive (half its
-    // idle timeout) only fires if the child's pings stop arriving for that long, as when a
-    // child's keep-alive is longer than the parent's idle timeout.
+    // restarts the keep-alive timer on every packet sent or received, so a parent's shorter
+    // interval would otherwise set the pace of every link below it. The parent's keep-alive
+    // (half its idle timeout) only fires if nothing passed either way for that long, as when
+    // the child's interval is longer than that.
     t.keep_alive_interval(Some(match end {
         End::Child => cfg.keep_alive,
-        End::Parent => cfg.keep_alive.max(cfg.idle_timeout / 2),
+        End::Parent => cfg.idle_timeout / 2,
     }));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(cfg.idle_timeout)
@@ -764,5 +768,26 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, add
             _ = tokio::time::sleep(delay.mul_f64(jitter)) => {}
         }
         backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keep_alive_is_above_zero_and_at_most_half_the_idle_timeout() {
+        let at = |keep_alive: u64, idle_timeout: u64| LinkConfig {
+            keep_alive: Duration::from_secs(keep_alive),
+            idle_timeout: Duration::from_secs(idle_timeout),
+            ..LinkConfig::default()
+        };
+        assert!(LinkConfig::default().validate().is_ok());
+        assert!(at(25, 60).validate().is_ok());
+        assert!(at(30, 60).validate().is_ok());
+        for bad in [at(0, 60), at(31, 60), at(60, 60), at(90, 60)] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains("at most half the idle timeout"), "{e}");
+        }
     }
 }

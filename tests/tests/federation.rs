@@ -746,8 +746,9 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
 }
 
 /// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
-/// for them on a village's metered line. The city here pings every 300 ms by its own
-/// setting; its county, set to 1 s, keeps their link at about two datagrams a second.
+/// for them on a village's metered line. The city's setting here is 300 ms (its links up
+/// would ping at that pace); its county, set to 1 s, keeps their link at about two datagrams
+/// a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<()> {
     let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
@@ -786,12 +787,26 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
             .then_some(()))
     })
     .await?;
-    // The first exchange over, the link is idle.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait for the first exchange to end: nothing in flight or queued, and the link's frame
+    // bytes flat for a second.
+    let frames = || async {
+        let s = store.status().await?;
+        let l = s.links.first().context("no link")?;
+        anyhow::Ok((l.docs_in_flight + l.docs_queued, l.bytes_in + l.bytes_out))
+    };
+    eventually(WAIT, "the link idle", || async {
+        let (busy, bytes) = frames().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, later) = frames().await?;
+        Ok((busy == 0 && later == bytes).then_some(()))
+    })
+    .await?;
     let forwarded = || relays.lock().expect("relay list")[0].forwarded().0;
-    let before = forwarded();
+    let (before, bytes_before) = (forwarded(), frames().await?.1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let datagrams = forwarded() - before;
+    // Only the transport spoke: no frame of the protocol went either way.
+    assert_eq!(frames().await?.1, bytes_before, "frames on an idle link");
     // About two per second (a ping and its acknowledgement) at the county's 1 s; the
     // city's 300 ms would make twenty or more.
     assert!(
