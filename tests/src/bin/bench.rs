@@ -287,13 +287,12 @@ async fn start_chain(
     .await
 }
 
-/// A chain city > county > township > village with the village behind a relay. The village
-/// node is stopped while its own store takes 5,000 changes (written concurrently, so group
-/// commit applies); then, with `impair` applied to the relay, the clock starts, the village
-/// node starts and dials, and the township is polled until it holds the final records.
-async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
-    let dir = tempfile::tempdir()?;
-    let village = unit("c01/k01/t01/v01");
+/// Where the chain's village reaches its township: through a relay, made when the village
+/// first dials and kept in the slot returned beside it.
+fn village_behind_relay() -> (
+    grassroots::federation::Via,
+    Arc<std::sync::Mutex<Option<Relay>>>,
+) {
     let relay_slot: Arc<std::sync::Mutex<Option<Relay>>> = Arc::default();
     let keep = relay_slot.clone();
     let via = Box::new(move |child: &UnitId, parent: std::net::SocketAddr| {
@@ -305,6 +304,17 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
         *keep.lock().expect("relay") = Some(relay);
         addr
     });
+    (via, relay_slot)
+}
+
+/// A chain city > county > township > village with the village behind a relay. The village
+/// node is stopped while its own store takes 5,000 changes (written concurrently, so group
+/// commit applies); then, with `impair` applied to the relay, the clock starts, the village
+/// node starts and dials, and the township is polled until it holds the final records.
+async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
+    let dir = tempfile::tempdir()?;
+    let village = unit("c01/k01/t01/v01");
+    let (via, relay_slot) = village_behind_relay();
     // Production timing, except a quick first redial: a 3 s handshake timeout (the tests'
     // setting) aborts handshakes that 30% loss merely slows down.
     let link = grassroots_node::LinkConfig {
@@ -769,17 +779,7 @@ async fn idle_link_run(link: grassroots_node::LinkConfig) -> anyhow::Result<(f64
     let idle = link.keep_alive * 6;
     let dir = tempfile::tempdir()?;
     let village = unit("c01/k01/t01/v01");
-    let relay_slot: Arc<std::sync::Mutex<Option<Relay>>> = Arc::default();
-    let keep = relay_slot.clone();
-    let via = Box::new(move |child: &UnitId, parent: std::net::SocketAddr| {
-        if child.as_str() != "c01/k01/t01/v01" {
-            return parent;
-        }
-        let relay = Relay::start(parent).expect("relay");
-        let addr = relay.addr();
-        *keep.lock().expect("relay") = Some(relay);
-        addr
-    });
+    let (via, relay_slot) = village_behind_relay();
     let fed = start_chain(dir.path(), link, Some(via)).await?;
     let store = fed.node(&village)?.node.store();
     let start = Instant::now();
