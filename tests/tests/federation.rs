@@ -816,3 +816,126 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
     fed.shutdown().await;
     Ok(())
 }
+
+/// A village node that writes a stamp claiming a county admin made its record: the record
+/// reaches the township and the county, its stamp is shown at neither (the village's node
+/// serves no county user), while an honest stamp sent the same way is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
+    let (mut fed, dir) = start(small_tree(), None).await?;
+    let (v01, t01, k01) = (
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01"),
+        unit("c01/k01"),
+    );
+    // Play the village with its real certificate (the honest node is stopped first).
+    fed.stop(&v01).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+    let t_addr = fed.node(&t01)?.node.quic_addr();
+    let mut link =
+        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    let stamp = |unit: &str, user: &str| grassroots_schema::Stamp {
+        at_ms: 1_780_000_000_000,
+        unit: unit.parse().expect("unit"),
+        role: Role::Admin,
+        user: Some(user.into()),
+    };
+    let (forged_stamp, honest_stamp) =
+        (stamp("c01/k01", "Mallory"), stamp("c01/k01/t01/v01", "Li"));
+    let member = |name: &str| NewMember {
+        name: name.into(),
+        birth_year: 1985,
+        gender: Gender::Female,
+        education: Education::Primary,
+        joined_on: "2010-01-01".into(),
+        status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
+    };
+    let (forged_m, honest_m) = (member("Stamped By Nobody"), member("Stamped By Li"));
+    let (forged_r, honest_r) = (RecordId::from_u64(0x5eed), RecordId::from_u64(0x600d));
+    let mut register = doc::empty(&doc::actor_for(&v01, [7; 8]));
+    doc::apply_member_writes(
+        &mut register,
+        &[
+            doc::MemberWrite::Create(forged_r, &forged_m, Some(&forged_stamp)),
+            doc::MemberWrite::Create(honest_r, &honest_m, Some(&honest_stamp)),
+        ],
+    )?;
+    // Sync the register with the township in the background.
+    let own = DocId::new(DocKind::Members, v01.clone());
+    let pump: tokio::task::JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
+        let mut state = sync::State::new();
+        if let Some(first) = register.generate_sync_message(&mut state) {
+            let data = first.encode();
+            write_frame(
+                &mut link.send,
+                &Msg::Sync {
+                    doc: own.clone(),
+                    data,
+                },
+            )
+            .await?;
+        }
+        loop {
+            match read_frame(&mut link.recv)
+                .await?
+                .context("stream closed")??
+            {
+                Msg::Sync { doc, data } if doc == own => {
+                    register.receive_sync_message(&mut state, sync::Message::decode(&data)?)?;
+                    if let Some(reply) = register.generate_sync_message(&mut state) {
+                        let data = reply.encode();
+                        write_frame(
+                            &mut link.send,
+                            &Msg::Sync {
+                                doc: own.clone(),
+                                data,
+                            },
+                        )
+                        .await?;
+                    }
+                }
+                Msg::Reject { reason, detail, .. } => anyhow::bail!("refused: {reason:?} {detail}"),
+                _ => {}
+            }
+        }
+    });
+    let id = |r: RecordId| {
+        grassroots_schema::MemberId {
+            unit: v01.clone(),
+            record: r,
+        }
+        .to_string()
+    };
+    for level in [&t01, &k01] {
+        let (url, token) = (
+            fed.graphql_url(level)?,
+            fed.token(level, Role::Viewer)?.to_owned(),
+        );
+        let at = |r: RecordId| {
+            let (url, token, id) = (url.clone(), token.clone(), id(r));
+            async move { member_at(&url, Some(&token), &id).await }
+        };
+        let forged = eventually(WAIT, "the forged-stamp member above", || async {
+            Ok(Some(at(forged_r).await?).filter(|m| !m.is_null()))
+        })
+        .await?;
+        assert_eq!(forged["name"], "Stamped By Nobody", "{level}: {forged}");
+        assert!(
+            forged["created"].is_null(),
+            "{level} shows a forged stamp: {forged}"
+        );
+        let honest = at(honest_r).await?;
+        assert_eq!(
+            honest["created"],
+            json!({ "unit": "c01/k01/t01/v01", "role": "ADMIN" }),
+            "{level}: {honest}"
+        );
+    }
+    assert!(!pump.is_finished(), "the link ended: {:?}", pump.await);
+    pump.abort();
+    fed.shutdown().await;
+    Ok(())
+}
