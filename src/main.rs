@@ -168,6 +168,8 @@ struct NodeToml {
     children: Vec<String>,
     keep_alive_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    /// QUIC path MTU discovery (on unless set to false).
+    mtu_discovery: Option<bool>,
     /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
     /// evicted and read back from the store when needed.
     doc_memory_mb: Option<u64>,
@@ -298,6 +300,9 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
     }
     if let Some(s) = cfg.idle_timeout_secs {
         link.idle_timeout = Duration::from_secs(s);
+    }
+    if let Some(m) = cfg.mtu_discovery {
+        link.mtu_discovery = m;
     }
     link.validate().with_context(|| {
         format!(

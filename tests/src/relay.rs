@@ -29,6 +29,8 @@ struct Control {
     dropped: AtomicU64,
     forwarded: AtomicU64,
     forwarded_bytes: AtomicU64,
+    /// The largest datagram forwarded since last asked.
+    largest: AtomicU64,
     /// Per direction (0: to upstream, 1: to clients): when the bottleneck is free.
     free_at: Mutex<[Instant; 2]>,
     rng: Mutex<u64>,
@@ -44,6 +46,7 @@ impl Control {
             dropped: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             forwarded_bytes: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
             free_at: Mutex::new([Instant::now(); 2]),
             rng: Mutex::new(seed),
         }
@@ -85,6 +88,7 @@ impl Control {
         }
         self.forwarded.fetch_add(1, Ordering::Relaxed);
         self.forwarded_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.largest.fetch_max(n as u64, Ordering::Relaxed);
         Some(depart + Duration::from_micros(self.delay_us.load(Ordering::Relaxed)))
     }
 }
@@ -208,6 +212,11 @@ impl Relay {
     /// Datagrams dropped (cut, random loss or a full queue).
     pub fn dropped(&self) -> u64 {
         self.ctl.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The largest datagram forwarded (either way) since the last call.
+    pub fn take_largest(&self) -> u64 {
+        self.ctl.largest.swap(0, Ordering::Relaxed)
     }
 
     /// Datagrams and bytes forwarded.

@@ -939,3 +939,70 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
     fed.shutdown().await;
     Ok(())
 }
+
+/// A node with path MTU discovery off sends nothing over 1,200 bytes and tells its parent so,
+/// which then probes no larger either; with it on (the default) both ends probe above it
+/// right after the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow::Result<()> {
+    let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
+    let keep = relays.clone();
+    let via = Box::new(
+        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
+            if child.as_str() != "c01/k01" {
+                return parent;
+            }
+            let relay = Relay::start(parent).expect("relay");
+            let addr = relay.addr();
+            keep.lock().expect("relay list").push(relay);
+            addr
+        },
+    );
+    let tree = small_tree().into_iter().take(2).collect();
+    let (mut fed, _dir) = start(tree, Some(via)).await?;
+    let k01 = unit("c01/k01");
+    let largest = || relays.lock().expect("relay list")[0].take_largest();
+    let linked = |fed: &grassroots::federation::Federation| -> anyhow::Result<_> {
+        let store = fed.node(&k01)?.node.store();
+        Ok(async move {
+            eventually(WAIT, "the county's link up", || async {
+                Ok(store
+                    .status()
+                    .await?
+                    .links
+                    .iter()
+                    .any(|l| l.connected)
+                    .then_some(()))
+            })
+            .await
+        })
+    };
+    linked(&fed)?.await?;
+    // Discovery runs right after the handshake; give it a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with = largest();
+    assert!(
+        with > 1200,
+        "no datagram over 1,200 bytes with discovery on ({with})"
+    );
+
+    fed.stop(&k01).await?;
+    fed.set_link(
+        &k01,
+        grassroots_node::LinkConfig {
+            mtu_discovery: false,
+            ..fast_links()
+        },
+    )?;
+    largest();
+    fed.restart(&k01).await?;
+    linked(&fed)?.await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let without = largest();
+    assert!(
+        (1..=1200).contains(&without),
+        "a datagram of {without} bytes with discovery off at the county"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
