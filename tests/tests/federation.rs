@@ -576,6 +576,22 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
     Ok(())
 }
 
+/// Play the village c01/k01/t01/v01 with its real certificate, its honest node stopped
+/// first: a link to its township, and the endpoint it runs on (keep it alive).
+async fn play_village(
+    fed: &mut grassroots::federation::Federation,
+    dir: &std::path::Path,
+) -> anyhow::Result<(quinn::Endpoint, net::Link)> {
+    let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+    fed.stop(&v01).await?;
+    let identity = Identity::load(&dir.join("c01_k01_t01_v01").join("pki"))?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+    let t_addr = fed.node(&t01)?.node.quic_addr();
+    let link =
+        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    Ok((endpoint, link))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::Result<()> {
     let (mut fed, dir) = start(small_tree(), None).await?;
@@ -603,13 +619,7 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     })
     .await?;
 
-    // Play the village with its real certificate (the honest node is stopped first).
-    fed.stop(&v01).await?;
-    let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
-    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
-    let t_addr = fed.node(&t01)?.node.quic_addr();
-    let mut link =
-        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    let (_endpoint, mut link) = play_village(&mut fed, dir.path()).await?;
 
     // 1. Out of scope: the sibling's register.
     let sibling_doc = DocMeta::new(DocId::new(DocKind::Members, v02.clone()));
@@ -745,27 +755,60 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     Ok(())
 }
 
+/// A city and its county, the county's link through a relay (returned).
+async fn county_behind_relay() -> anyhow::Result<(
+    grassroots::federation::Federation,
+    tempfile::TempDir,
+    Arc<Relay>,
+)> {
+    let slot: Arc<Mutex<Option<Arc<Relay>>>> = Arc::default();
+    let keep = slot.clone();
+    let via = Box::new(
+        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
+            if child.as_str() != "c01/k01" {
+                return parent;
+            }
+            let relay = Arc::new(Relay::start(parent).expect("relay"));
+            let addr = relay.addr();
+            *keep.lock().expect("relay slot") = Some(relay);
+            addr
+        },
+    );
+    let tree = small_tree().into_iter().take(2).collect();
+    let (fed, dir) = start(tree, Some(via)).await?;
+    let relay = slot
+        .lock()
+        .expect("relay slot")
+        .clone()
+        .context("no relay")?;
+    Ok((fed, dir, relay))
+}
+
+/// Wait until `unit`'s node has its link up.
+async fn link_up(
+    fed: &grassroots::federation::Federation,
+    unit: &grassroots_schema::UnitId,
+) -> anyhow::Result<()> {
+    let store = fed.node(unit)?.node.store();
+    eventually(WAIT, "the link up", || async {
+        Ok(store
+            .status()
+            .await?
+            .links
+            .iter()
+            .any(|l| l.connected)
+            .then_some(()))
+    })
+    .await
+}
+
 /// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
 /// for them on a village's metered line. The city's setting here is 300 ms (its links up
 /// would ping at that pace); its county, set to 1 s, keeps their link at about two datagrams
 /// a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<()> {
-    let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
-    let keep = relays.clone();
-    let via = Box::new(
-        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
-            if child.as_str() != "c01/k01" {
-                return parent;
-            }
-            let relay = Relay::start(parent).expect("relay");
-            let addr = relay.addr();
-            keep.lock().expect("relay list").push(relay);
-            addr
-        },
-    );
-    let tree = small_tree().into_iter().take(2).collect();
-    let (mut fed, _dir) = start(tree, Some(via)).await?;
+    let (mut fed, _dir, relay) = county_behind_relay().await?;
     let k01 = unit("c01/k01");
     fed.stop(&k01).await?;
     fed.set_link(
@@ -776,17 +819,8 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
         },
     )?;
     fed.restart(&k01).await?;
+    link_up(&fed, &k01).await?;
     let store = fed.node(&k01)?.node.store();
-    eventually(WAIT, "the county's link up", || async {
-        Ok(store
-            .status()
-            .await?
-            .links
-            .iter()
-            .any(|l| l.connected)
-            .then_some(()))
-    })
-    .await?;
     // Wait for the first exchange to end: nothing in flight or queued, and the link's frame
     // bytes flat for a second.
     let frames = || async {
@@ -801,7 +835,7 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
         Ok((busy == 0 && later == bytes).then_some(()))
     })
     .await?;
-    let forwarded = || relays.lock().expect("relay list")[0].forwarded().0;
+    let forwarded = || relay.forwarded().0;
     let (before, bytes_before) = (forwarded(), frames().await?.1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let datagrams = forwarded() - before;
@@ -828,13 +862,7 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
         unit("c01/k01/t01"),
         unit("c01/k01"),
     );
-    // Play the village with its real certificate (the honest node is stopped first).
-    fed.stop(&v01).await?;
-    let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
-    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
-    let t_addr = fed.node(&t01)?.node.quic_addr();
-    let mut link =
-        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    let (_endpoint, mut link) = play_village(&mut fed, dir.path()).await?;
     let stamp = |unit: &str, user: &str| grassroots_schema::Stamp {
         at_ms: 1_780_000_000_000,
         unit: unit.parse().expect("unit"),
@@ -867,36 +895,21 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
     let own = DocId::new(DocKind::Members, v01.clone());
     let pump: tokio::task::JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
         let mut state = sync::State::new();
-        if let Some(first) = register.generate_sync_message(&mut state) {
-            let data = first.encode();
-            write_frame(
-                &mut link.send,
-                &Msg::Sync {
-                    doc: own.clone(),
-                    data,
-                },
-            )
-            .await?;
-        }
+        let mut incoming: Option<Vec<u8>> = None;
         loop {
+            // Answer what arrived (nothing, the first time), then read on.
+            if let Some(data) = incoming.take() {
+                register.receive_sync_message(&mut state, sync::Message::decode(&data)?)?;
+            }
+            if let Some(m) = register.generate_sync_message(&mut state) {
+                let (doc, data) = (own.clone(), m.encode());
+                write_frame(&mut link.send, &Msg::Sync { doc, data }).await?;
+            }
             match read_frame(&mut link.recv)
                 .await?
                 .context("stream closed")??
             {
-                Msg::Sync { doc, data } if doc == own => {
-                    register.receive_sync_message(&mut state, sync::Message::decode(&data)?)?;
-                    if let Some(reply) = register.generate_sync_message(&mut state) {
-                        let data = reply.encode();
-                        write_frame(
-                            &mut link.send,
-                            &Msg::Sync {
-                                doc: own.clone(),
-                                data,
-                            },
-                        )
-                        .await?;
-                    }
-                }
+                Msg::Sync { doc, data } if doc == own => incoming = Some(data),
                 Msg::Reject { reason, detail, .. } => anyhow::bail!("refused: {reason:?} {detail}"),
                 _ => {}
             }
@@ -945,39 +958,10 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
 /// right after the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow::Result<()> {
-    let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
-    let keep = relays.clone();
-    let via = Box::new(
-        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
-            if child.as_str() != "c01/k01" {
-                return parent;
-            }
-            let relay = Relay::start(parent).expect("relay");
-            let addr = relay.addr();
-            keep.lock().expect("relay list").push(relay);
-            addr
-        },
-    );
-    let tree = small_tree().into_iter().take(2).collect();
-    let (mut fed, _dir) = start(tree, Some(via)).await?;
+    let (mut fed, _dir, relay) = county_behind_relay().await?;
     let k01 = unit("c01/k01");
-    let largest = || relays.lock().expect("relay list")[0].take_largest();
-    let linked = |fed: &grassroots::federation::Federation| -> anyhow::Result<_> {
-        let store = fed.node(&k01)?.node.store();
-        Ok(async move {
-            eventually(WAIT, "the county's link up", || async {
-                Ok(store
-                    .status()
-                    .await?
-                    .links
-                    .iter()
-                    .any(|l| l.connected)
-                    .then_some(()))
-            })
-            .await
-        })
-    };
-    linked(&fed)?.await?;
+    let largest = || relay.take_largest();
+    link_up(&fed, &k01).await?;
     // Discovery runs right after the handshake; give it a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with = largest();
@@ -996,7 +980,7 @@ async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow:
     )?;
     largest();
     fed.restart(&k01).await?;
-    linked(&fed)?.await?;
+    link_up(&fed, &k01).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let without = largest();
     assert!(
