@@ -954,8 +954,8 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
 }
 
 /// A node with path MTU discovery off sends nothing over 1,200 bytes and tells its parent so,
-/// which then probes no larger either; with it on (the default) both ends probe above it
-/// right after the handshake.
+/// which then probes no larger either; with it on (the default) the link carries larger
+/// probes right after the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow::Result<()> {
     let (mut fed, _dir, relay) = county_behind_relay().await?;
