@@ -1784,15 +1784,6 @@ fn required<T>(name: &str, v: MaybeUndefined<T>) -> Result<Option<T>> {
     }
 }
 
-/// An optional field of an update: omitted leaves it (`None`), `null` clears it.
-fn optional<T>(v: MaybeUndefined<T>) -> Option<Option<T>> {
-    match v {
-        MaybeUndefined::Undefined => None,
-        MaybeUndefined::Null => Some(None),
-        MaybeUndefined::Value(v) => Some(Some(v)),
-    }
-}
-
 /// Revoke a child's certificate.
 #[derive(InputObject)]
 pub struct RevokeCertificateInput {
@@ -1974,8 +1965,9 @@ impl MutationCore {
             education: required("education", input.education)?.map(Into::into),
             joined_on: required("joinedOn", input.joined_on)?,
             status: required("status", input.status)?.map(Into::into),
-            phone: optional(input.phone),
-            id_number: optional(input.id_number),
+            // Omitted leaves a field (`None`), `null` clears it (`Some(None)`).
+            phone: input.phone.into(),
+            id_number: input.id_number.into(),
         };
         b.store
             .update_member_by(id, patch, Some(by))

@@ -164,11 +164,17 @@ fn stamps(
     (stamp(CREATED_AT, CREATED_BY), stamp(CHANGED_AT, CHANGED_BY))
 }
 
+/// The map of record `record`, if the document holds one.
+pub fn record_obj(doc: &impl ReadDoc, record: RecordId) -> Option<ObjId> {
+    match doc.get(ROOT, record.to_string()) {
+        Ok(Some((Value::Object(ObjType::Map), obj))) => Some(obj),
+        _ => None,
+    }
+}
+
 /// The unit of the node whose change wrote the value of `key` in record `record`'s map.
 fn stamp_author(doc: &Automerge, record: RecordId, key: &str) -> Option<UnitId> {
-    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
-        return None;
-    };
+    let obj = record_obj(doc, record)?;
     match doc.get(&obj, key).ok()?? {
         (_, automerge::ObjId::Id(_, actor, _)) => ActorTag::unit_of(actor.to_bytes()).ok(),
         _ => None,
@@ -342,19 +348,22 @@ pub fn by_authority(
         None => doc.get_all(obj, key),
     }
     .ok()?;
-    // Depth of the writing unit: fewer labels is higher on the line.
-    let depth = |actor: &ActorId| {
-        ActorTag::unit_of(actor.to_bytes()).map_or(usize::MAX, |u| u.labels().count())
+    // The writing unit's rank: higher on the line ranks higher; an actor naming no unit
+    // ranks lowest.
+    let rank = |actor: &ActorId| {
+        ActorTag::unit_of(actor.to_bytes())
+            .ok()
+            .map(|u| std::cmp::Reverse(u.level()))
     };
     all.into_iter()
         .filter_map(|(v, id)| match (v, id) {
             (Value::Scalar(s), automerge::ObjId::Id(counter, actor, _)) => {
-                Some((depth(&actor), counter, actor, s.into_owned()))
+                Some(((rank(&actor), counter, actor), s.into_owned()))
             }
             _ => None,
         })
-        .max_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)))
-        .map(|(.., s)| s)
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, s)| s)
 }
 
 /// A record's hydrated map with its fields decided from above resolved by authority
@@ -366,22 +375,22 @@ fn resolved<'a>(
     value: &'a hydrate::Value,
 ) -> std::borrow::Cow<'a, hydrate::Value> {
     use std::borrow::Cow;
-    let mut fields = spec.decided_above().peekable();
-    if fields.peek().is_none() {
-        return Cow::Borrowed(value);
-    }
-    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
-        return Cow::Borrowed(value);
-    };
     let hydrate::Value::Map(map) = value else {
         return Cow::Borrowed(value);
     };
+    // Only a field with concurrent values can resolve differently.
+    let mut conflicted = spec
+        .decided_above()
+        .filter(|f| map.iter().any(|(k, v)| k == f.name && v.conflict))
+        .peekable();
+    if conflicted.peek().is_none() {
+        return Cow::Borrowed(value);
+    }
+    let Some(obj) = record_obj(doc, record) else {
+        return Cow::Borrowed(value);
+    };
     let mut out = Cow::Borrowed(value);
-    for f in fields {
-        // Only a field with concurrent values can resolve differently.
-        if !map.iter().any(|(k, v)| k == f.name && v.conflict) {
-            continue;
-        }
+    for f in conflicted {
         if let (Some(s), hydrate::Value::Map(map)) =
             (by_authority(doc, &obj, f.name, None), out.to_mut())
         {
@@ -430,9 +439,7 @@ pub fn read_record(
     unit: &UnitId,
     record: RecordId,
 ) -> Option<Record> {
-    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
-        return None;
-    };
+    let obj = record_obj(doc, record)?;
     let value = ReadDoc::hydrate(doc, &obj, None).ok()?;
     record_from(
         doc,
@@ -623,9 +630,7 @@ pub fn touched_records(
 
 /// One member record, if present and well-formed (an incomplete one is logged and skipped).
 pub fn read_member(doc: &Automerge, unit: &UnitId, record: RecordId) -> Option<Member> {
-    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
-        return None;
-    };
+    let obj = record_obj(doc, record)?;
     member_from(doc, unit, record, &ReadDoc::hydrate(doc, &obj, None).ok()?)
 }
 

@@ -167,7 +167,7 @@ impl LinkConfig {
 
 /// Which end of a link a transport serves: a dialling child keeps its link alive; a parent
 /// only backs it up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum End {
     Child,
     Parent,

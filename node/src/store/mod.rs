@@ -1740,10 +1740,11 @@ impl Actor {
             .take_while(|u| *u != me)
             .filter_map(|u| u.parent().map(|p| (u, p)))
             .collect();
-        // Every profile the write touches is read in first: one that will not load refuses
-        // the whole write before any part of it is made, rather than leave the details
-        // changed and the registration missing. (Nothing is evicted before the commit.)
-        for p in std::iter::once(unit).chain(line.iter().map(|(_, p)| p)) {
+        // The profiles the registration touches are read in first: one that will not load
+        // refuses the whole write before any part of it is made, rather than leave the
+        // details changed and the registration missing. (The unit's own profile fails, if
+        // it does, before anything is changed; nothing is evicted before the commit.)
+        for (_, p) in &line {
             let id = DocId::new(DocKind::Profile, p.clone());
             if self.engine.get(&id).is_some() {
                 self.engine.load(&id).map_err(WriteError::Refused)?;
@@ -2250,6 +2251,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Unit details giving only a name.
+    fn name(n: &str) -> UnitDetails {
+        UnitDetails {
+            name: Some(n.into()),
+            ..UnitDetails::default()
+        }
+    }
+
     fn sample(name: &str) -> NewMember {
         NewMember {
             name: name.into(),
@@ -2622,10 +2631,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = u("c01/k01");
         let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        let name = |n: &str| UnitDetails {
-            name: Some(n.into()),
-            ..UnitDetails::default()
-        };
         h.set_unit_details(me.clone(), name("County"))
             .await
             .unwrap();
@@ -2650,10 +2655,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let me = u("c01/k01/t01");
-        let name = |n: &str| UnitDetails {
-            name: Some(n.into()),
-            ..UnitDetails::default()
-        };
         let (h, _, t) = open(&path, me.clone()).unwrap();
         h.set_unit_details(me.clone(), name("Township"))
             .await

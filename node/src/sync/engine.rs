@@ -32,6 +32,10 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// [`RejectReason::Unregistered`]); past this, more are ignored until the next session.
 pub const MAX_DEFERRED: usize = 10_000;
 
+/// Documents per link frozen for the session after a refusal (see `Engine::freeze`); past
+/// this, a further refused document is not frozen.
+const MAX_REFUSED: usize = 10_000;
+
 /// Whether a refusal is for what the sender sent (so the document is not synced with it
 /// again this session), not for a local failure such as a document that would not load.
 fn is_peers_fault(reason: RejectReason) -> bool {
@@ -965,9 +969,11 @@ impl Engine {
         self.kick(peer, id.clone(), step);
     }
 
-    /// Send the first message of `id`, just put in flight. While a document has nothing to
-    /// say (or only its last word), its slot goes to the next queued one: a loop, not
-    /// recursion, so a long queue of such documents does not grow the stack.
+    /// Send the next message of `id`, which holds a slot. A slot is held until this side has
+    /// nothing more to say: when its last message only tells the peer that the heads now
+    /// agree, the peer answers nothing, so the slot is freed as that message goes. A freed
+    /// slot goes to the next queued document: a loop, not recursion, so a long queue of
+    /// documents with nothing to say does not grow the stack.
     fn kick(&mut self, peer: &UnitId, mut id: DocId, step: &mut Step) {
         loop {
             match self.generate(peer, &id) {
@@ -1271,7 +1277,7 @@ impl Engine {
 
     /// Stop syncing `id` with `peer` for the rest of the session, freeing its slot (a refused
     /// document, by either side). Only documents this side hosts or has set aside are
-    /// frozen, at most [`MAX_DEFERRED`]: the loop it prevents needs a document this side
+    /// frozen, at most [`MAX_REFUSED`]: the loop it prevents needs a document this side
     /// syncs, and ids a peer invents must not fill the bound. A set-aside document leaves
     /// the waiting list, so its registration does not start it (the peer would not answer,
     /// and the slot would stay taken).
@@ -1282,7 +1288,7 @@ impl Engine {
                 .deferred
                 .values_mut()
                 .any(|docs| docs.remove(id).is_some());
-            if (hosted || deferred) && p.refused.len() < MAX_DEFERRED {
+            if (hosted || deferred) && p.refused.len() < MAX_REFUSED {
                 p.refused.insert(id.clone());
             }
         }
@@ -1411,17 +1417,7 @@ impl Engine {
             self.invalidate(&id);
             step.changed.insert(id.clone());
         }
-        // A slot is held until this side has nothing more to say. When its last message
-        // only tells the peer that the heads now agree, the peer answers nothing, so the
-        // slot is freed as that message goes.
-        match self.generate(peer, &id) {
-            Some((m, false)) => step.send.push((peer.clone(), m)),
-            Some((m, true)) => {
-                step.send.push((peer.clone(), m));
-                self.finish(peer, &id, step);
-            }
-            None => self.finish(peer, &id, step),
-        }
+        self.kick(peer, id.clone(), step);
         if changed {
             step.forward.push((id.clone(), peer.clone()));
             if id.kind == DocKind::Profile {

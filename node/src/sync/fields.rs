@@ -147,6 +147,14 @@ pub fn check(
             let Key::Map(name) = &op.key else {
                 continue;
             };
+            // Most ops set a record's plain field, which nothing here guards: skip them
+            // before turning the op's object into a document id (a string round trip).
+            if !matches!(op.obj, automerge::legacy::ObjectId::Root)
+                && name.as_str() != HANDLER
+                && spec.decided_above().all(|f| f.name != name.as_str())
+            {
+                continue;
+            }
             let Ok((obj, _)) = candidate.import(&op.obj.to_string()) else {
                 continue;
             };
@@ -226,7 +234,7 @@ pub fn check_local<'f>(
     let Some(spec) = guarded(meta) else {
         return Ok(());
     };
-    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get(ROOT, record.to_string()) else {
+    let Some(obj) = doc::record_obj(doc, record) else {
         // A new record (or none): the owner's line may set every field of it.
         return Ok(());
     };
@@ -293,8 +301,5 @@ mod tests {
         write(&mut r, 1, true, &[("body", "Done")]);
         assert!(check_local(&r, &reports, &village, rec, ["review"]).is_err());
         assert!(check_local(&r, &reports, &township, rec, ["review"]).is_ok());
-        // Kinds without guarded fields are not read at all.
-        let members = DocMeta::new(DocId::new(DocKind::Members, village.clone()));
-        assert!(check_local(&r, &members, &village, rec, ["review"]).is_ok());
     }
 }
