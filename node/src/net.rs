@@ -67,7 +67,8 @@ pub struct LinkConfig {
     /// neither probes nor lets its peers probe towards it (it tells them 1,200 bytes is its
     /// largest): each link then carries about 13 KB less in its first seconds, which a
     /// village on a metered line may prefer to the larger datagrams' gain in a bulk transfer
-    /// (a sixth fewer packets, about 1% fewer bytes).
+    /// (by arithmetic: 1,200/1,452, a sixth, fewer packets, and so about 1% fewer header
+    /// bytes).
     pub mtu_discovery: bool,
 }
 

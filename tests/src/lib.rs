@@ -4,6 +4,7 @@
 pub mod relay;
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -67,6 +68,50 @@ pub async fn start(
     )
     .await?;
     Ok((fed, dir))
+}
+
+/// A [`Via`] that puts `child`'s link to its parent through a [`Relay`], made when the
+/// federation starts the child, and the slot that then holds it ([`relay_of`]).
+pub fn behind_relay(child: &str) -> (Via, RelaySlot) {
+    let slot = RelaySlot::default();
+    let keep = slot.clone();
+    let child = unit(child);
+    let via = Box::new(move |c: &UnitId, parent: std::net::SocketAddr| {
+        if *c != child {
+            return parent;
+        }
+        let relay = Arc::new(relay::Relay::start(parent).expect("relay"));
+        let addr = relay.addr();
+        *keep.lock().expect("relay slot") = Some(relay);
+        addr
+    });
+    (via, slot)
+}
+
+/// Where [`behind_relay`] keeps its relay.
+pub type RelaySlot = Arc<Mutex<Option<Arc<relay::Relay>>>>;
+
+/// The relay in `slot`, once the federation has started the child behind it.
+pub fn relay_of(slot: &RelaySlot) -> anyhow::Result<Arc<relay::Relay>> {
+    slot.lock()
+        .expect("relay slot")
+        .clone()
+        .context("the child behind the relay has not started")
+}
+
+/// Wait until `unit`'s node has a link up.
+pub async fn link_up(fed: &Federation, unit: &UnitId) -> anyhow::Result<()> {
+    let store = fed.node(unit)?.node.store();
+    eventually(Duration::from_secs(30), "the link up", || async {
+        Ok(store
+            .status()
+            .await?
+            .links
+            .iter()
+            .any(|l| l.connected)
+            .then_some(()))
+    })
+    .await
 }
 
 /// POST a GraphQL query; returns the whole response (data and errors).

@@ -112,7 +112,8 @@ async fn send_at(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr, at: I
 pub struct Relay {
     addr: SocketAddr,
     ctl: Arc<Control>,
-    tasks: JoinSet<()>,
+    /// Held for its drop, which aborts the relay's task.
+    _task: JoinSet<()>,
 }
 
 /// Longest queue the bottleneck holds before it drops (like a router buffer).
@@ -131,10 +132,10 @@ impl Relay {
         ));
         let mut tasks = JoinSet::new();
         let c = ctl.clone();
-        // The answers' tasks live as long as the main task: its set, dropped with it, aborts
-        // them.
-        let answers: Arc<Mutex<JoinSet<()>>> = Arc::default();
         tasks.spawn(async move {
+            // The answers' tasks live as long as this one: their set, dropped with it, aborts
+            // them.
+            let mut answers = JoinSet::new();
             let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
             let mut buf = vec![0u8; 65_536];
             loop {
@@ -144,16 +145,13 @@ impl Relay {
                 let out = match clients.get(&from) {
                     Some(s) => s.clone(),
                     None => {
-                        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0")
-                            .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                            .and_then(UdpSocket::from_std)
-                        else {
+                        let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
                             continue;
                         };
                         let s = Arc::new(s);
                         clients.insert(from, s.clone());
                         let (back, listen, c) = (s.clone(), socket.clone(), c.clone());
-                        answers.lock().expect("relay tasks").spawn(async move {
+                        answers.spawn(async move {
                             let mut buf = vec![0u8; 65_536];
                             while let Ok((n, src)) = back.recv_from(&mut buf).await {
                                 if src != upstream {
@@ -172,7 +170,11 @@ impl Relay {
                 }
             }
         });
-        Ok(Relay { addr, ctl, tasks })
+        Ok(Relay {
+            addr,
+            ctl,
+            _task: tasks,
+        })
     }
 
     /// Where the client should send.
@@ -225,12 +227,6 @@ impl Relay {
             self.ctl.forwarded.load(Ordering::Relaxed),
             self.ctl.forwarded_bytes.load(Ordering::Relaxed),
         )
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.tasks.abort_all();
     }
 }
 

@@ -1,11 +1,12 @@
 //! Real nodes on loopback: visibility follows the tree, offline writes converge, forged
 //! changes are refused.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use automerge::sync::{self, SyncDoc};
+use grassroots::federation::Federation;
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_node::net::{self, read_frame, write_frame};
 use grassroots_node::sync::wire::{Msg, RejectReason, Summary};
@@ -14,7 +15,10 @@ use grassroots_schema::{
     DocId, DocKind, DocMeta, Education, Gender, MemberStatus, NewMember, RecordId, Role,
 };
 use grassroots_tests::relay::Relay;
-use grassroots_tests::{error_code, eventually, fast_links, gql, small_tree, start, unit};
+use grassroots_tests::{
+    behind_relay, error_code, eventually, fast_links, gql, link_up, relay_of, small_tree, start,
+    unit,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -448,20 +452,9 @@ async fn records_of_every_kind_travel_by_the_rules() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_village_and_township_edits_converge_when_the_link_returns() -> anyhow::Result<()> {
     let v01 = unit("c01/k01/t01/v01");
-    let relays: Arc<Mutex<Vec<Relay>>> = Arc::default();
-    let keep = relays.clone();
-    let via = Box::new(
-        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
-            if child.as_str() != "c01/k01/t01/v01" {
-                return parent;
-            }
-            let relay = Relay::start(parent).expect("relay");
-            let addr = relay.addr();
-            keep.lock().expect("relay list").push(relay);
-            addr
-        },
-    );
+    let (via, slot) = behind_relay("c01/k01/t01/v01");
     let (fed, _dir) = start(small_tree(), Some(via)).await?;
+    let relay = relay_of(&slot)?;
     let (t01, c01) = (unit("c01/k01/t01"), unit("c01"));
     let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
     let (clerk, supervisor) = (
@@ -499,7 +492,7 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
         s["lastHeardFrom"].is_string() && s["link"]["bytesIn"].as_u64() > Some(0),
         "{s}"
     );
-    relays.lock().expect("relays")[0].cut();
+    relay.cut();
     // Both sides keep accepting writes while the link is down.
     let r = gql(
         &village,
@@ -536,14 +529,11 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
         member_at(&township, Some(&supervisor), &b).await?.is_null(),
         "B crossed a cut link"
     );
-    assert!(
-        relays.lock().expect("relays")[0].dropped() > 0,
-        "the relay saw no traffic while cut"
-    );
+    assert!(relay.dropped() > 0, "the relay saw no traffic while cut");
 
     // The township notices the dead link (idle timeout) and says so in its status.
     eventually(WAIT, "link reported down", || link_up(false)).await?;
-    relays.lock().expect("relays")[0].restore();
+    relay.restore();
     let merged = |url: String, token: String| {
         let (a, b) = (a.clone(), b.clone());
         async move {
@@ -579,7 +569,7 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
 /// Play the village c01/k01/t01/v01 with its real certificate, its honest node stopped
 /// first: a link to its township, and the endpoint it runs on (keep it alive).
 async fn play_village(
-    fed: &mut grassroots::federation::Federation,
+    fed: &mut Federation,
     dir: &std::path::Path,
 ) -> anyhow::Result<(quinn::Endpoint, net::Link)> {
     let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
@@ -756,50 +746,11 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
 }
 
 /// A city and its county, the county's link through a relay (returned).
-async fn county_behind_relay() -> anyhow::Result<(
-    grassroots::federation::Federation,
-    tempfile::TempDir,
-    Arc<Relay>,
-)> {
-    let slot: Arc<Mutex<Option<Arc<Relay>>>> = Arc::default();
-    let keep = slot.clone();
-    let via = Box::new(
-        move |child: &grassroots_schema::UnitId, parent: std::net::SocketAddr| {
-            if child.as_str() != "c01/k01" {
-                return parent;
-            }
-            let relay = Arc::new(Relay::start(parent).expect("relay"));
-            let addr = relay.addr();
-            *keep.lock().expect("relay slot") = Some(relay);
-            addr
-        },
-    );
+async fn county_behind_relay() -> anyhow::Result<(Federation, tempfile::TempDir, Arc<Relay>)> {
+    let (via, slot) = behind_relay("c01/k01");
     let tree = small_tree().into_iter().take(2).collect();
     let (fed, dir) = start(tree, Some(via)).await?;
-    let relay = slot
-        .lock()
-        .expect("relay slot")
-        .clone()
-        .context("no relay")?;
-    Ok((fed, dir, relay))
-}
-
-/// Wait until `unit`'s node has its link up.
-async fn link_up(
-    fed: &grassroots::federation::Federation,
-    unit: &grassroots_schema::UnitId,
-) -> anyhow::Result<()> {
-    let store = fed.node(unit)?.node.store();
-    eventually(WAIT, "the link up", || async {
-        Ok(store
-            .status()
-            .await?
-            .links
-            .iter()
-            .any(|l| l.connected)
-            .then_some(()))
-    })
-    .await
+    Ok((fed, dir, relay_of(&slot)?))
 }
 
 /// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
@@ -835,10 +786,9 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
         Ok((busy == 0 && later == bytes).then_some(()))
     })
     .await?;
-    let forwarded = || relay.forwarded().0;
-    let (before, bytes_before) = (forwarded(), frames().await?.1);
+    let (before, bytes_before) = (relay.forwarded().0, frames().await?.1);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let datagrams = forwarded() - before;
+    let datagrams = relay.forwarded().0 - before;
     // Only the transport spoke: no frame of the protocol went either way.
     assert_eq!(frames().await?.1, bytes_before, "frames on an idle link");
     // About two per second (a ping and its acknowledgement) at the county's 1 s; the
@@ -927,20 +877,21 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
             fed.graphql_url(level)?,
             fed.token(level, Role::Viewer)?.to_owned(),
         );
-        let at = |r: RecordId| {
-            let (url, token, id) = (url.clone(), token.clone(), id(r));
-            async move { member_at(&url, Some(&token), &id).await }
-        };
-        let forged = eventually(WAIT, "the forged-stamp member above", || async {
-            Ok(Some(at(forged_r).await?).filter(|m| !m.is_null()))
-        })
+        let forged = until(
+            &url,
+            Some(&token),
+            MEMBER,
+            json!({ "id": id(forged_r) }),
+            "the forged-stamp member above",
+            |d| Some(d["member"].clone()).filter(|m| !m.is_null()),
+        )
         .await?;
         assert_eq!(forged["name"], "Stamped By Nobody", "{level}: {forged}");
         assert!(
             forged["created"].is_null(),
             "{level} shows a forged stamp: {forged}"
         );
-        let honest = at(honest_r).await?;
+        let honest = member_at(&url, Some(&token), &id(honest_r)).await?;
         assert_eq!(
             honest["created"],
             json!({ "unit": "c01/k01/t01/v01", "role": "ADMIN" }),
@@ -960,11 +911,10 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
 async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow::Result<()> {
     let (mut fed, _dir, relay) = county_behind_relay().await?;
     let k01 = unit("c01/k01");
-    let largest = || relay.take_largest();
     link_up(&fed, &k01).await?;
     // Discovery runs right after the handshake; give it a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let with = largest();
+    let with = relay.take_largest();
     assert!(
         with > 1200,
         "no datagram over 1,200 bytes with discovery on ({with})"
@@ -978,11 +928,11 @@ async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow:
             ..fast_links()
         },
     )?;
-    largest();
+    relay.take_largest();
     fed.restart(&k01).await?;
     link_up(&fed, &k01).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let without = largest();
+    let without = relay.take_largest();
     assert!(
         (1..=1200).contains(&without),
         "a datagram of {without} bytes with discovery off at the county"

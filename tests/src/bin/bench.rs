@@ -16,7 +16,9 @@
 //!   link's hello is answered: link-up time p50, p90 and max and the bytes per dial (what the
 //!   whole lossy catch-up spends before its transfer starts, with enough samples to compare);
 //!   `link_up_*` from a fresh endpoint each time (a restarted node), `redial_*` from one
-//!   endpoint (a running node whose link came back, resuming its TLS session).
+//!   endpoint (a running node whose link came back, resuming its TLS session); then, loss
+//!   off, the bytes of a link held open 3 s with path MTU discovery on and off
+//!   (`mtu_on_bytes_per_link`, `mtu_off_bytes_per_link`).
 //! - `idle-link`: what an idle, connected village link costs per hour (bytes with IPv4 and
 //!   UDP headers, and datagrams), with the default link settings and the village example's.
 //! - `ingest`: durable changes/s with 1, 8 and 64 concurrent writers (group commit), the
@@ -50,7 +52,7 @@ use grassroots_schema::{
     RecordId, UnitId,
 };
 use grassroots_tests::relay::Relay;
-use grassroots_tests::{gql_with, unit};
+use grassroots_tests::{behind_relay, gql_with, link_up, relay_of, unit};
 use serde_json::json;
 
 fn emit(scenario: &str, metric: &str, value: f64, unit: &str, baseline: Option<f64>) {
@@ -287,26 +289,6 @@ async fn start_chain(
     .await
 }
 
-/// Where the chain's village reaches its township: through a relay, made when the village
-/// first dials and kept in the slot returned beside it.
-fn village_behind_relay() -> (
-    grassroots::federation::Via,
-    Arc<std::sync::Mutex<Option<Relay>>>,
-) {
-    let relay_slot: Arc<std::sync::Mutex<Option<Relay>>> = Arc::default();
-    let keep = relay_slot.clone();
-    let via = Box::new(move |child: &UnitId, parent: std::net::SocketAddr| {
-        if child.as_str() != "c01/k01/t01/v01" {
-            return parent;
-        }
-        let relay = Relay::start(parent).expect("relay");
-        let addr = relay.addr();
-        *keep.lock().expect("relay") = Some(relay);
-        addr
-    });
-    (via, relay_slot)
-}
-
 /// A chain city > county > township > village with the village behind a relay. The village
 /// node is stopped while its own store takes 5,000 changes (written concurrently, so group
 /// commit applies); then, with `impair` applied to the relay, the clock starts, the village
@@ -314,7 +296,7 @@ fn village_behind_relay() -> (
 async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
     let dir = tempfile::tempdir()?;
     let village = unit("c01/k01/t01/v01");
-    let (via, relay_slot) = village_behind_relay();
+    let (via, relay_slot) = behind_relay("c01/k01/t01/v01");
     // Production timing, except a quick first redial: a 3 s handshake timeout (the tests'
     // setting) aborts handshakes that 30% loss merely slows down.
     let link = grassroots_node::LinkConfig {
@@ -359,12 +341,9 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
     drop((store, reader));
 
     let township = fed.node(&unit("c01/k01/t01"))?.node.reader();
-    let before = {
-        let guard = relay_slot.lock().expect("relay");
-        let relay = guard.as_ref().context("relay")?;
-        impair(relay);
-        relay.forwarded().1
-    };
+    let relay = relay_of(&relay_slot)?;
+    impair(&relay);
+    let before = relay.forwarded().1;
     let start = Instant::now();
     fed.restart(&village).await?;
     let started = start.elapsed().as_secs_f64();
@@ -392,14 +371,7 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
         "phases: node started {started:.3}s, link up {:.3}s, done {seconds:.3}s",
         linked.unwrap_or(f64::NAN)
     );
-    let udp_bytes = relay_slot
-        .lock()
-        .expect("relay")
-        .as_ref()
-        .context("relay")?
-        .forwarded()
-        .1
-        - before;
+    let udp_bytes = relay.forwarded().1 - before;
     let app_bytes = vstore
         .status()
         .await?
@@ -637,8 +609,14 @@ async fn lossy_dial() -> anyhow::Result<()> {
     // A fresh endpoint per dial, as a restarted node has (no TLS session to resume); then
     // one endpoint for every dial, as a running node has when its link comes back (TLS
     // 1.3 resumption: no certificates in the handshake's flights).
+    let defaults = grassroots_node::LinkConfig::default();
     for (metric, fresh) in [("link_up", true), ("redial", false)] {
-        let (times, failed, bytes) = dials(&identity, &township, &relay, fresh).await?;
+        let plain = Dials {
+            fresh,
+            count: 30,
+            hold: Duration::ZERO,
+        };
+        let (times, failed, bytes) = dials(&identity, &township, &relay, &defaults, plain).await?;
         for (name, p) in [("p50", 0.5), ("p90", 0.9), ("max", 1.0)] {
             emit(
                 "lossy-dial",
@@ -663,11 +641,42 @@ async fn lossy_dial() -> anyhow::Result<()> {
             None,
         );
     }
+    // What path MTU discovery costs a link that stays up: loss off, five fresh dials each
+    // held open 3 s (quinn's search runs right after the handshake), with discovery on and
+    // off at the village (off, it also tells the township not to probe).
+    relay.set_loss(0.0);
+    for (metric, mtu_discovery) in [("mtu_on", true), ("mtu_off", false)] {
+        let cfg = grassroots_node::LinkConfig {
+            mtu_discovery,
+            ..Default::default()
+        };
+        let held = Dials {
+            fresh: true,
+            count: 5,
+            hold: Duration::from_secs(3),
+        };
+        let (_, _, bytes) = dials(&identity, &township, &relay, &cfg, held).await?;
+        emit(
+            "lossy-dial",
+            &format!("{metric}_bytes_per_link"),
+            bytes,
+            "bytes",
+            None,
+        );
+    }
     fed.shutdown().await;
     Ok(())
 }
 
-/// 30 dials of the village through `relay`, each until the township's hello answers (a
+/// How [`dials`] dials: from a fresh endpoint each time or from one that has linked once,
+/// how many times, and how long each link is held open once up.
+struct Dials {
+    fresh: bool,
+    count: usize,
+    hold: Duration,
+}
+
+/// Dials of the village through `relay` with `cfg`, each until the township's hello answers (a
 /// failed attempt is redialled at once and its time counted): the sorted times, the failed
 /// attempts, and the mean bytes per dial the relay passed on (both ways; what it dropped is
 /// not counted).
@@ -675,15 +684,14 @@ async fn dials(
     identity: &grassroots_node::Identity,
     township: &grassroots_schema::UnitId,
     relay: &Relay,
-    fresh: bool,
+    cfg: &grassroots_node::LinkConfig,
+    how: Dials,
 ) -> anyhow::Result<(Vec<f64>, u32, f64)> {
-    const DIALS: usize = 30;
-    let cfg = grassroots_node::LinkConfig::default();
-    let (mut times, mut failed) = (Vec::with_capacity(DIALS), 0);
+    let (mut times, mut failed) = (Vec::with_capacity(how.count), 0);
     let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
-    let endpoint = || grassroots_node::net::endpoint(identity, any, &cfg);
+    let endpoint = || grassroots_node::net::endpoint(identity, any, cfg);
     let mut kept = None;
-    if !fresh {
+    if !how.fresh {
         // One link first, so that the endpoint holds a session to resume.
         let ep = endpoint()?;
         let link = grassroots_node::net::connect_parent(
@@ -698,7 +706,7 @@ async fn dials(
         kept = Some(ep);
     }
     let before = relay.forwarded();
-    for _ in 0..DIALS {
+    for _ in 0..how.count {
         let endpoint = match &kept {
             Some(ep) => ep.clone(),
             None => endpoint()?,
@@ -725,6 +733,7 @@ async fn dials(
             }
         };
         times.push(start.elapsed().as_secs_f64());
+        tokio::time::sleep(how.hold).await;
         link.conn.close(0u32.into(), b"bench");
         if kept.is_none() {
             endpoint.close(0u32.into(), b"bench");
@@ -732,7 +741,7 @@ async fn dials(
     }
     let after = relay.forwarded();
     times.sort_by(f64::total_cmp);
-    let bytes = (after.1 - before.1) as f64 / DIALS as f64;
+    let bytes = (after.1 - before.1) as f64 / how.count as f64;
     Ok((times, failed, bytes))
 }
 
@@ -740,16 +749,18 @@ async fn dials(
 /// sync (keep-alives and their acknowledgements), through the relay over six keep-alive
 /// intervals, per hour, with IPv4 and UDP headers (28 bytes a datagram) added to what the
 /// relay carries: with the default link settings and with the village example's
-/// (`deploy/village`: a keep-alive of 25 s and an idle timeout of 60 s), side by side.
+/// (`deploy/village`: a keep-alive of 25 s, an idle timeout of 60 s, no path MTU
+/// discovery), side by side.
 async fn idle_link() -> anyhow::Result<()> {
-    let config = |keep_alive: u64, idle_timeout: u64| grassroots_node::LinkConfig {
-        keep_alive: Duration::from_secs(keep_alive),
-        idle_timeout: Duration::from_secs(idle_timeout),
+    let village_example = grassroots_node::LinkConfig {
+        keep_alive: Duration::from_secs(25),
+        idle_timeout: Duration::from_secs(60),
+        mtu_discovery: false,
         ..Default::default()
     };
     let runs = [
         ("default", grassroots_node::LinkConfig::default()),
-        ("village_example", config(25, 60)),
+        ("village_example", village_example),
     ]
     .map(|(name, link)| async move { (name, idle_link_run(link).await) });
     for (name, run) in futures::future::join_all(runs).await {
@@ -779,29 +790,15 @@ async fn idle_link_run(link: grassroots_node::LinkConfig) -> anyhow::Result<(f64
     let idle = link.keep_alive * 6;
     let dir = tempfile::tempdir()?;
     let village = unit("c01/k01/t01/v01");
-    let (via, relay_slot) = village_behind_relay();
+    let (via, relay_slot) = behind_relay("c01/k01/t01/v01");
     let fed = start_chain(dir.path(), link, Some(via)).await?;
-    let store = fed.node(&village)?.node.store();
-    let start = Instant::now();
-    while !store.status().await?.links.iter().any(|l| l.connected) {
-        if start.elapsed() > Duration::from_secs(30) {
-            bail!("the village's link did not come up");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    link_up(&fed, &village).await?;
     // Let the first exchange (profiles, digests) finish.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let forwarded = || {
-        relay_slot
-            .lock()
-            .expect("relay")
-            .as_ref()
-            .map(Relay::forwarded)
-            .context("relay")
-    };
-    let before = forwarded()?;
+    let relay = relay_of(&relay_slot)?;
+    let before = relay.forwarded();
     tokio::time::sleep(idle).await;
-    let after = forwarded()?;
+    let after = relay.forwarded();
     fed.shutdown().await;
     let per_hour = 3600.0 / idle.as_secs_f64();
     let datagrams = (after.0 - before.0) as f64;
