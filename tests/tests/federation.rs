@@ -34,6 +34,15 @@ fn new_member(unit: &str, name: &str) -> Value {
                        "education": "SENIOR_SECONDARY", "joinedOn": "2018-07-01" } })
 }
 
+/// Create a member named `name` of `unit` through `url` as `token`; its id.
+async fn create_member(url: &str, token: &str, unit: &str, name: &str) -> anyhow::Result<String> {
+    let r = gql(url, Some(token), CREATE, new_member(unit, name)).await?;
+    r["data"]["createMember"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("creating {name} failed: {r}"))
+}
+
 async fn member_at(url: &str, token: Option<&str>, id: &str) -> anyhow::Result<Value> {
     let r = gql(url, token, MEMBER, json!({ "id": id })).await?;
     Ok(r["data"]["member"].clone())
@@ -51,17 +60,13 @@ async fn village_member_reaches_ancestors_and_no_one_else() -> anyhow::Result<()
     );
     let (k02, k02v) = (unit("c01/k02"), unit("c01/k02/t01/v01"));
 
-    let r = gql(
+    let id = create_member(
         &fed.graphql_url(&v01)?,
-        Some(fed.token(&v01, Role::Clerk)?),
-        CREATE,
-        new_member("c01/k01/t01/v01", "Chen Xiu"),
+        fed.token(&v01, Role::Clerk)?,
+        "c01/k01/t01/v01",
+        "Chen Xiu",
     )
     .await?;
-    let id = r["data"]["createMember"]["id"]
-        .as_str()
-        .with_context(|| format!("create failed: {r}"))?
-        .to_owned();
 
     // Up the tree within seconds: township, county, city.
     for u in [&t01, &k01, &c01] {
@@ -234,17 +239,7 @@ async fn units_named_from_above_travel_up_like_any_other() -> anyhow::Result<()>
         let r = gql(&url, Some(token), name, json!({ "id": id, "n": n })).await?;
         anyhow::ensure!(r["errors"].is_null(), "naming {id}: {r}");
     }
-    let r = gql(
-        &url,
-        Some(token),
-        CREATE,
-        new_member("c01/k02/t09/v09", "Lin Hua"),
-    )
-    .await?;
-    let id = r["data"]["createMember"]["id"]
-        .as_str()
-        .with_context(|| format!("create failed: {r}"))?
-        .to_owned();
+    let id = create_member(&url, token, "c01/k02/t09/v09", "Lin Hua").await?;
     let city = fed.graphql_url(&c01)?;
     let viewer = fed.token(&c01, Role::Viewer)?;
     until(
@@ -462,17 +457,7 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
         fed.token(&t01, Role::Supervisor)?.to_owned(),
     );
 
-    let r = gql(
-        &village,
-        Some(&clerk),
-        CREATE,
-        new_member("c01/k01/t01/v01", "Zhao Ping"),
-    )
-    .await?;
-    let a = r["data"]["createMember"]["id"]
-        .as_str()
-        .context("create A")?
-        .to_owned();
+    let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     eventually(WAIT, "A at the township", || {
         let (u, t, id) = (township.clone(), supervisor.clone(), a.clone());
         async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
@@ -502,17 +487,7 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
     )
     .await?;
     assert_eq!(r["data"]["updateMember"]["education"], "COLLEGE", "{r}");
-    let r = gql(
-        &village,
-        Some(&clerk),
-        CREATE,
-        new_member("c01/k01/t01/v01", "Sun Hong"),
-    )
-    .await?;
-    let b = r["data"]["createMember"]["id"]
-        .as_str()
-        .context("create B offline")?
-        .to_owned();
+    let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
     let r = gql(
         &township,
         Some(&supervisor),
@@ -590,17 +565,13 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
         unit("c01/k01/t01/v02"),
         unit("c01/k01/t01"),
     );
-    let honest = gql(
+    let honest_id = create_member(
         &fed.graphql_url(&v01)?,
-        Some(fed.token(&v01, Role::Clerk)?),
-        CREATE,
-        new_member("c01/k01/t01/v01", "Honest One"),
+        fed.token(&v01, Role::Clerk)?,
+        "c01/k01/t01/v01",
+        "Honest One",
     )
     .await?;
-    let honest_id = honest["data"]["createMember"]["id"]
-        .as_str()
-        .context("honest create")?
-        .to_owned();
     let township = fed.graphql_url(&t01)?;
     let t_token = fed.token(&t01, Role::Viewer)?.to_owned();
     eventually(WAIT, "honest member at the township", || {
@@ -682,17 +653,13 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     assert!(seen.contains(&RejectReason::Malformed), "{seen:?}");
 
     // Meanwhile an honest sibling keeps syncing through the same township.
-    let honest_sibling = gql(
+    let sibling_id = create_member(
         &fed.graphql_url(&v02)?,
-        Some(fed.token(&v02, Role::Clerk)?),
-        CREATE,
-        new_member("c01/k01/t01/v02", "Sibling During Attack"),
+        fed.token(&v02, Role::Clerk)?,
+        "c01/k01/t01/v02",
+        "Sibling During Attack",
     )
     .await?;
-    let sibling_id = honest_sibling["data"]["createMember"]["id"]
-        .as_str()
-        .context("sibling create")?
-        .to_owned();
     eventually(
         WAIT,
         "the sibling's member at the township during the attack",
@@ -725,17 +692,13 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     .await?;
     assert_eq!(r["data"]["unit"]["members"]["totalCount"], 1, "{r}");
     fed.restart(&v01).await?;
-    let r = gql(
+    let later = create_member(
         &fed.graphql_url(&v01)?,
-        Some(fed.token(&v01, Role::Clerk)?),
-        CREATE,
-        new_member("c01/k01/t01/v01", "After Restart"),
+        fed.token(&v01, Role::Clerk)?,
+        "c01/k01/t01/v01",
+        "After Restart",
     )
     .await?;
-    let later = r["data"]["createMember"]["id"]
-        .as_str()
-        .context("create after restart")?
-        .to_owned();
     eventually(WAIT, "member after restart at the township", || {
         let (u, t, id) = (township.clone(), t_token.clone(), later.clone());
         async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }

@@ -1753,15 +1753,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_set_aside_document_refused_for_its_content_is_not_started_later() {
+    /// A county linked to its township, which holds the members of `village` (not
+    /// registered in any profile) with one named `name`: the county has set the register
+    /// aside, and holds nothing of it.
+    fn county_with_unregistered(village: &str, name: &str) -> (Engine, Engine, DocId) {
         let mut k = engine("c01/k01", 1);
         let mut t = engine("c01/k01/t01", 2);
-        write(&mut t, "c01/k01/t01/v02", 1, "Not Yet Registered");
+        write(&mut t, village, 1, name);
         link(&mut t, &mut k);
+        let id = DocId::new(DocKind::Members, u(village));
+        assert!(k.get(&id).is_none());
+        assert_eq!(k.progress(t.me()).unwrap().unregistered, 1);
+        (k, t, id)
+    }
+
+    #[test]
+    fn a_set_aside_document_refused_for_its_content_is_not_started_later() {
+        let (mut k, t, v02) = county_with_unregistered("c01/k01/t01/v02", "Not Yet Registered");
         let ut = t.me().clone();
-        let v02 = DocId::new(DocKind::Members, u("c01/k01/t01/v02"));
-        assert_eq!(k.progress(&ut).unwrap().unregistered, 1);
         // A change to it authored by another township: refused before anything is created.
         let mut forged = doc::empty(&doc::actor_for(&u("c01/k01/t02"), [5; 8]));
         doc::create_member(&mut forged, RecordId::from_u64(9), &member("Forged")).unwrap();
@@ -2371,13 +2380,7 @@ mod tests {
 
     #[test]
     fn a_registration_written_here_starts_what_waited_for_it() {
-        let mut k = engine("c01/k01", 1);
-        let mut t = engine("c01/k01/t01", 2);
-        write(&mut t, "c01/k01/t01/v05", 1, "Named From Above");
-        link(&mut t, &mut k);
-        let v05 = DocId::new(DocKind::Members, u("c01/k01/t01/v05"));
-        assert!(k.get(&v05).is_none());
-        assert_eq!(k.progress(t.me()).unwrap().unregistered, 1);
+        let (mut k, mut t, v05) = county_with_unregistered("c01/k01/t01/v05", "Named From Above");
         // The county registers the village in the township's profile itself.
         register(&mut k, "c01/k01/t01", &["c01/k01/t01/v05"]);
         let step = k.registrations_changed(&u("c01/k01/t01"));
