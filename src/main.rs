@@ -18,6 +18,7 @@ use grassroots::demo;
 use grassroots::federation::{Federation, FederationOptions};
 use grassroots::launch::RunningNode;
 use grassroots_node::auth::{new_token, token_hash};
+use grassroots_node::pki::{PendingIdentity, REQUEST_FILE as PKI_REQUEST_FILE};
 use grassroots_node::store::StoreOptions;
 use grassroots_node::{Identity, LinkConfig, NodeConfig};
 use grassroots_schema::{Role, UnitId};
@@ -89,8 +90,9 @@ enum PkiCommand {
         #[arg(long)]
         deployment: String,
     },
-    /// Issue the identity of a child unit with this node's CA (writes CHILD_DIR/pki; hand
-    /// that folder to the child's operator over a trusted channel).
+    /// Issue the identity of a child unit with this node's CA, keys included (writes
+    /// CHILD_DIR/pki; hand that folder to the child's operator over a trusted channel).
+    /// `pki request` / `sign` / `accept` do the same without the keys travelling.
     Issue {
         /// The issuing (parent) node's data folder.
         #[arg(long)]
@@ -101,6 +103,45 @@ enum PkiCommand {
         /// The child's data folder.
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// At a new child: make its keys in DIR/pki and write the request its parent signs
+    /// (DIR/pki/request.pem). The private keys never leave DIR.
+    Request {
+        /// The child's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The child's unit id, e.g. `c01/k03`.
+        #[arg(long)]
+        unit: UnitId,
+        /// The deployment's DNS suffix, as the parent's operator gives it.
+        #[arg(long)]
+        deployment: String,
+    },
+    /// At the parent: sign a child's request with this node's CA (every field of the
+    /// certificates is set here; only the public keys come from the request).
+    Sign {
+        /// The issuing (parent) node's data folder.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The child unit the request must name, e.g. `c01/k03`.
+        #[arg(long)]
+        unit: UnitId,
+        /// The child's request.pem.
+        #[arg(long)]
+        request: PathBuf,
+        /// Where to write the answer to hand back to the child.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// At the child: check the parent's answer against DIR's keys and the root, and
+    /// complete DIR/pki.
+    Accept {
+        /// The child's data folder (where `pki request` ran).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The answer written by `pki sign`.
+        #[arg(long)]
+        answer: PathBuf,
     },
     /// Print the SHA-256 fingerprint of a node's certificate (what a revocation names).
     Fingerprint {
@@ -280,6 +321,63 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 parent.unit
             );
             println!("certificate fingerprint: {}", child.fingerprint());
+        }
+        PkiCommand::Request {
+            dir,
+            unit,
+            deployment,
+        } => {
+            let pki = dir.join("pki");
+            PendingIdentity::create(&unit, &deployment)?.save(&pki)?;
+            println!(
+                "keys of {unit} made in {}; send {} to the parent's operator",
+                pki.display(),
+                pki.join(PKI_REQUEST_FILE).display()
+            );
+        }
+        PkiCommand::Sign {
+            ca_dir,
+            unit,
+            request,
+            out,
+        } => {
+            let parent = Identity::load(&ca_dir.join("pki"))?;
+            let text = std::fs::read_to_string(&request)
+                .with_context(|| format!("reading {}", request.display()))?;
+            let answer = parent.sign_request(&unit, &text)?;
+            std::fs::write(&out, answer).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "certificates of {unit} signed by {} written to {}; hand it back to the \
+                 child's operator",
+                parent.unit,
+                out.display()
+            );
+            println!(
+                "add \"{unit}\" to the children of {} in its node.toml",
+                parent.unit
+            );
+            println!(
+                "root fingerprint (for the child to compare): {}",
+                parent.root_fingerprint()
+            );
+        }
+        PkiCommand::Accept { dir, answer } => {
+            let pki = dir.join("pki");
+            let pending = PendingIdentity::load(&pki)?;
+            let text = std::fs::read_to_string(&answer)
+                .with_context(|| format!("reading {}", answer.display()))?;
+            let identity = pending.accept(&text)?;
+            identity.save(&pki)?;
+            println!(
+                "identity of {} complete in {}",
+                identity.unit,
+                pki.display()
+            );
+            println!("certificate fingerprint: {}", identity.fingerprint());
+            println!(
+                "root fingerprint: {} (compare it with the parent's operator)",
+                identity.root_fingerprint()
+            );
         }
         PkiCommand::Fingerprint { dir } => {
             println!("{}", Identity::load(&dir.join("pki"))?.fingerprint());
@@ -540,5 +638,98 @@ async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
             _ = shutdown_signal() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki_cli(args: &[&str]) -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["grassroots", "pki"].iter().chain(args))?;
+        match cli.command {
+            Command::Pki { command } => pki(command),
+            _ => bail!("not a pki command"),
+        }
+    }
+
+    /// The request flow through the command line: the child's keys stay in its folder, the
+    /// parent signs, the child accepts, and the node can load what it ends with.
+    #[test]
+    fn a_child_identity_by_request_sign_and_accept() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let path = |p: &str| tmp.path().join(p).display().to_string();
+        let (city, county, request, answer) = (
+            path("city"),
+            path("k01"),
+            path("k01/pki/request.pem"),
+            path("answer.pem"),
+        );
+        pki_cli(&[
+            "init",
+            "--dir",
+            &city,
+            "--unit",
+            "c01",
+            "--deployment",
+            "t.grassroots",
+        ])?;
+        pki_cli(&[
+            "request",
+            "--dir",
+            &county,
+            "--unit",
+            "c01/k01",
+            "--deployment",
+            "t.grassroots",
+        ])?;
+        assert!(
+            Identity::load(&tmp.path().join("k01/pki")).is_err(),
+            "not usable yet"
+        );
+        // The parent signs only for the unit it names, and the request must name it too.
+        let wrong = pki_cli(&[
+            "sign",
+            "--ca-dir",
+            &city,
+            "--unit",
+            "c01/k02",
+            "--request",
+            &request,
+            "--out",
+            &answer,
+        ]);
+        assert!(wrong.is_err());
+        pki_cli(&[
+            "sign",
+            "--ca-dir",
+            &city,
+            "--unit",
+            "c01/k01",
+            "--request",
+            &request,
+            "--out",
+            &answer,
+        ])?;
+        assert!(!std::fs::read_to_string(&answer)?.contains("PRIVATE"));
+        pki_cli(&["accept", "--dir", &county, "--answer", &answer])?;
+        let id = Identity::load(&tmp.path().join("k01/pki"))?;
+        assert_eq!(id.unit, "c01/k01".parse()?);
+        let root = Identity::load(&tmp.path().join("city/pki"))?;
+        assert_eq!(id.root_fingerprint(), root.root_fingerprint());
+        // A second request into the same folder would lose the keys: refused.
+        assert!(
+            pki_cli(&[
+                "request",
+                "--dir",
+                &county,
+                "--unit",
+                "c01/k01",
+                "--deployment",
+                "t.grassroots"
+            ])
+            .is_err()
+        );
+        Ok(())
     }
 }

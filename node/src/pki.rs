@@ -8,18 +8,26 @@
 //! layer also checks that the peer is its registered parent or child and that the peer's
 //! certificate was issued by the peer's parent ([`expected_issuer`]).
 //!
-//! In this first cut the parent generates the child's keys and hands over the folder
-//! (`grassroots pki issue`); a CSR flow that keeps the child's key on the child comes later.
+//! A child's identity comes one of two ways. The parent can generate the child's keys and
+//! hand over the whole folder (`grassroots pki issue`: one step, but the private keys travel).
+//! Or the child keeps its keys ([`PendingIdentity`]): it sends its parent a request (two
+//! self-signed PKCS#10 requests, one per key), the parent signs certificates whose every
+//! field it sets itself, taking only the public keys from the request
+//! ([`Identity::sign_request`]), and the child checks what comes back against its own keys
+//! and the root before it uses it ([`PendingIdentity::accept`]). Only public data travels.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use grassroots_schema::UnitId;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, PublicKeyData,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{
+    CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+};
 
 use crate::sync::wire::ALPN;
 
@@ -58,7 +66,27 @@ pub enum PkiError {
     /// The peer's certificate does not name a unit of this deployment.
     #[error("peer certificate: {0}")]
     PeerCert(String),
+    /// A child's certificate request cannot be signed.
+    #[error("certificate request: {0}")]
+    Request(String),
+    /// What the parent sent back does not fit the keys and request it answers.
+    #[error("issued certificates: {0}")]
+    Issued(String),
+    /// The folder holds keys whose certificates have not been accepted yet.
+    #[error(
+        "{0}: the identity was requested but not yet accepted (`grassroots pki accept` with \
+         the parent's answer)"
+    )]
+    Pending(String),
+    /// The folder already holds keys; writing would lose them.
+    #[error("{0} already holds an identity or a pending request; use another folder")]
+    Exists(String),
 }
+
+/// PEM label of a PKCS#10 request.
+const REQUEST_LABEL: &str = "CERTIFICATE REQUEST";
+/// PEM label of a certificate.
+const CERT_LABEL: &str = "CERTIFICATE";
 
 /// Validity window of every certificate issued here.
 fn validity(params: &mut CertificateParams) {
@@ -109,6 +137,44 @@ fn leaf_params(unit: &UnitId, deployment: &str) -> Result<CertificateParams, Pki
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     Ok(p)
+}
+
+/// A request names its key's future subject and nothing else: the parent sets every other
+/// field itself, so nothing a request asks for reaches a certificate.
+fn request_params(common_name: String) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, common_name);
+    p
+}
+
+/// The common name in a certificate's subject.
+fn subject_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+}
+
+fn pem_blocks(text: &str, label: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
+    let blocks = pem::parse_many(text).map_err(|e| format!("{what} is not PEM: {e}"))?;
+    if blocks.is_empty() {
+        return Err(format!("{what} holds no PEM block"));
+    }
+    blocks
+        .into_iter()
+        .map(|b| {
+            if b.tag() == label {
+                Ok(b.into_contents())
+            } else {
+                Err(format!(
+                    "{what} holds a {} where a {label} belongs",
+                    b.tag()
+                ))
+            }
+        })
+        .collect()
 }
 
 /// Everything a node needs to prove who it is and to issue for its children.
@@ -172,27 +238,88 @@ impl Identity {
     }
 
     fn issue(&self, unit: &UnitId) -> Result<Identity, PkiError> {
-        let issuer = self.issuer()?;
         let ca_key = KeyPair::generate()?;
-        let ca = ca_params(unit, &self.deployment)?.signed_by(&ca_key, &issuer)?;
         let leaf_key = KeyPair::generate()?;
-        let leaf = leaf_params(unit, &self.deployment)?.signed_by(&leaf_key, &issuer)?;
-        // The TLS chain: the leaf, then this node's CA and those above it (not the root).
-        let chain = std::iter::once(leaf.der().clone())
-            .chain(self.issuer_chain.iter().cloned())
-            .collect();
-        let issuer_chain = std::iter::once(ca.der().clone())
-            .chain(self.issuer_chain.iter().cloned())
-            .collect();
-        Ok(Identity {
-            unit: unit.clone(),
-            deployment: self.deployment.clone(),
+        let issued = self.certify(unit, &leaf_key, &ca_key)?;
+        Ok(issued.identity(
+            unit.clone(),
+            self.deployment.clone(),
+            leaf_key.serialize_der(),
+            ca_key.serialize_pem(),
+        ))
+    }
+
+    /// Certificates for `unit`'s two public keys, every field set here.
+    fn certify(
+        &self,
+        unit: &UnitId,
+        leaf_key: &impl PublicKeyData,
+        ca_key: &impl PublicKeyData,
+    ) -> Result<Issued, PkiError> {
+        let issuer = self.issuer()?;
+        let ca = ca_params(unit, &self.deployment)?.signed_by(ca_key, &issuer)?;
+        let leaf = leaf_params(unit, &self.deployment)?.signed_by(leaf_key, &issuer)?;
+        Ok(Issued {
+            leaf: leaf.der().clone(),
+            ca: ca.der().clone(),
+            above: self.issuer_chain.clone(),
             root: self.root.clone(),
-            chain,
-            key: leaf_key.serialize_der(),
-            issuer_chain,
-            ca_key_pem: ca_key.serialize_pem(),
         })
+    }
+
+    /// Sign a child's request ([`PendingIdentity::create`]): check that both of its
+    /// requests are signed by the keys they carry and name `child` of this deployment, then
+    /// certify those keys. Returns the answer to hand back (PEM: the child's TLS
+    /// certificate, its CA, the CAs above it and the root, in that order).
+    pub fn sign_request(&self, child: &UnitId, request: &str) -> Result<String, PkiError> {
+        if child.parent().as_ref() != Some(&self.unit) {
+            return Err(PkiError::NotAChild {
+                child: child.clone(),
+                parent: self.unit.clone(),
+            });
+        }
+        let blocks =
+            pem_blocks(request, REQUEST_LABEL, "the request").map_err(PkiError::Request)?;
+        let [leaf, ca] = <[Vec<u8>; 2]>::try_from(blocks).map_err(|b| {
+            PkiError::Request(format!(
+                "{} requests where two belong (the node's, then its CA's)",
+                b.len()
+            ))
+        })?;
+        let leaf = Self::requested_key(&leaf, child.dns_name(&self.deployment), "node")?;
+        let ca = Self::requested_key(&ca, ca_common_name(child, &self.deployment), "CA")?;
+        if leaf.der_bytes() == ca.der_bytes() {
+            // One key for both would let the TLS key sign certificates.
+            return Err(PkiError::Request(
+                "the node and CA requests carry the same key".into(),
+            ));
+        }
+        Ok(self.certify(child, &leaf, &ca)?.to_pem())
+    }
+
+    /// The public key of one request, once its signature (proof that the requester holds
+    /// the private key) and its name are checked.
+    fn requested_key(der: &[u8], want: String, which: &str) -> Result<rcgen::PublicKey, PkiError> {
+        let request =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+                .map_err(|e| PkiError::Request(format!("the {which} request: {e}")))?;
+        let named = request
+            .params
+            .distinguished_name
+            .get(&DnType::CommonName)
+            .and_then(|v| match v {
+                rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+                rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            });
+        if named.as_deref() != Some(want.as_str()) {
+            return Err(PkiError::Request(format!(
+                "the {which} request names {}, not {want} (another unit, or another \
+                 deployment name)",
+                named.as_deref().unwrap_or("nothing")
+            )));
+        }
+        Ok(request.public_key)
     }
 
     /// Sign a certificate for `unit` with this node's TLS (leaf) key, as if the leaf were a
@@ -216,69 +343,54 @@ impl Identity {
         })
     }
 
-    /// Write the identity folder (PEM files; keys readable by the owner only).
+    /// Write the identity folder (PEM files; keys readable by the owner only). A request
+    /// this identity answers is removed: it has served.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| PkiError::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let certs = |v: &[CertificateDer<'static>]| {
             pem::encode_many(
                 &v.iter()
-                    .map(|c| pem::Pem::new("CERTIFICATE", c.to_vec()))
+                    .map(|c| pem::Pem::new(CERT_LABEL, c.to_vec()))
                     .collect::<Vec<_>>(),
             )
         };
-        let files: [(&str, String); 6] = [
-            ("unit.txt", format!("{} {}\n", self.unit, self.deployment)),
-            ("root.pem", certs(std::slice::from_ref(&self.root))),
-            ("node-chain.pem", certs(&self.chain)),
-            ("ca-chain.pem", certs(&self.issuer_chain)),
-            (
-                "node.key",
-                pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.clone())),
-            ),
-            ("ca.key", self.ca_key_pem.clone()),
-        ];
-        for (name, content) in files {
-            let path = dir.join(name);
-            std::fs::write(&path, content).map_err(io(&path))?;
-            #[cfg(unix)]
-            if name.ends_with(".key") {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(io(&path))?;
-            }
+        write_files(
+            dir,
+            &[
+                ("unit.txt", format!("{} {}\n", self.unit, self.deployment)),
+                ("root.pem", certs(std::slice::from_ref(&self.root))),
+                ("node-chain.pem", certs(&self.chain)),
+                ("ca-chain.pem", certs(&self.issuer_chain)),
+                (
+                    "node.key",
+                    pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.clone())),
+                ),
+                ("ca.key", self.ca_key_pem.clone()),
+            ],
+        )?;
+        let request = dir.join(REQUEST_FILE);
+        match std::fs::remove_file(&request) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PkiError::Io {
+                path: request.display().to_string(),
+                source: e,
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Read an identity folder written by [`Identity::save`].
     pub fn load(dir: &Path) -> Result<Identity, PkiError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        };
+        if !dir.join("root.pem").exists() && dir.join(REQUEST_FILE).exists() {
+            return Err(PkiError::Pending(dir.display().to_string()));
+        }
         let certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, PkiError> {
-            let text = read(name)?;
-            let pems = pem::parse_many(text).map_err(|_| PkiError::BadPem(name.to_owned()))?;
+            let pems =
+                pem::parse_many(read(dir, name)?).map_err(|_| PkiError::BadPem(name.to_owned()))?;
             Ok(pems
                 .into_iter()
-                .map(|p| CertificateDer::from(p.contents().to_vec()))
+                .map(|p| CertificateDer::from(p.into_contents()))
                 .collect())
         };
-        let unit_txt = read("unit.txt")?;
-        let (unit, deployment) = unit_txt
-            .trim()
-            .split_once(' ')
-            .ok_or_else(|| PkiError::BadPem("unit.txt".into()))?;
-        let unit: UnitId = unit
-            .parse()
-            .map_err(|_| PkiError::BadPem("unit.txt".into()))?;
+        let (unit, deployment) = read_unit(dir)?;
         let root = certs("root.pem")?
             .into_iter()
             .next()
@@ -287,18 +399,14 @@ impl Identity {
         if chain.is_empty() {
             return Err(PkiError::BadPem("node-chain.pem".into()));
         }
-        let key = pem::parse(read("node.key")?)
-            .map_err(|_| PkiError::BadPem("node.key".into()))?
-            .contents()
-            .to_vec();
         Ok(Identity {
             unit,
-            deployment: deployment.to_owned(),
+            deployment,
             root,
             chain,
-            key,
+            key: read_key(dir)?,
             issuer_chain: certs("ca-chain.pem")?,
-            ca_key_pem: read("ca.key")?,
+            ca_key_pem: read(dir, "ca.key")?,
         })
     }
 
@@ -369,6 +477,280 @@ impl Identity {
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         Ok(cfg)
     }
+}
+
+/// Certificates a parent issued for one child.
+struct Issued {
+    leaf: CertificateDer<'static>,
+    ca: CertificateDer<'static>,
+    /// The issuing parent's CA and those above it, not the root.
+    above: Vec<CertificateDer<'static>>,
+    root: CertificateDer<'static>,
+}
+
+impl Issued {
+    fn identity(
+        self,
+        unit: UnitId,
+        deployment: String,
+        key: Vec<u8>,
+        ca_key_pem: String,
+    ) -> Identity {
+        // The TLS chain: the leaf, then the parent's CA and those above it (not the root).
+        let chain = std::iter::once(self.leaf)
+            .chain(self.above.iter().cloned())
+            .collect();
+        let issuer_chain = std::iter::once(self.ca).chain(self.above).collect();
+        Identity {
+            unit,
+            deployment,
+            root: self.root,
+            chain,
+            key,
+            issuer_chain,
+            ca_key_pem,
+        }
+    }
+
+    fn to_pem(&self) -> String {
+        let all = [&self.leaf, &self.ca]
+            .into_iter()
+            .chain(&self.above)
+            .chain([&self.root]);
+        pem::encode_many(
+            &all.map(|c| pem::Pem::new(CERT_LABEL, c.to_vec()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn from_pem(text: &str) -> Result<Issued, PkiError> {
+        let mut certs: Vec<CertificateDer<'static>> = pem_blocks(text, CERT_LABEL, "the answer")
+            .map_err(PkiError::Issued)?
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        if certs.len() < 3 {
+            return Err(PkiError::Issued(format!(
+                "{} certificates where at least three belong (node, CA, root)",
+                certs.len()
+            )));
+        }
+        let root = certs
+            .pop()
+            .ok_or_else(|| PkiError::Issued("no root".into()))?;
+        let mut certs = certs.into_iter();
+        let (Some(leaf), Some(ca)) = (certs.next(), certs.next()) else {
+            return Err(PkiError::Issued("no node or CA certificate".into()));
+        };
+        Ok(Issued {
+            leaf,
+            ca,
+            above: certs.collect(),
+            root,
+        })
+    }
+}
+
+/// A unit's own keys, waiting for the certificates its parent signs for them
+/// (`grassroots pki request`, then `grassroots pki accept`). The private keys never leave
+/// the folder they were made in.
+#[derive(Debug)]
+pub struct PendingIdentity {
+    /// The unit the keys are for.
+    pub unit: UnitId,
+    /// The deployment's DNS suffix.
+    pub deployment: String,
+    key: KeyPair,
+    ca_key: KeyPair,
+}
+
+/// Name of the request file in a pending identity folder.
+pub const REQUEST_FILE: &str = "request.pem";
+
+impl PendingIdentity {
+    /// New keys for `unit` (not the root: its identity comes from [`Identity::create_root`]).
+    pub fn create(unit: &UnitId, deployment: &str) -> Result<PendingIdentity, PkiError> {
+        if unit.parent().is_none() {
+            return Err(PkiError::Request(format!(
+                "{unit} is the root unit; its identity comes from `grassroots pki init`"
+            )));
+        }
+        Ok(PendingIdentity {
+            unit: unit.clone(),
+            deployment: deployment.to_owned(),
+            key: KeyPair::generate()?,
+            ca_key: KeyPair::generate()?,
+        })
+    }
+
+    /// What the parent signs: a PKCS#10 request per key (the node's, then its CA's), each
+    /// signed by its own key.
+    pub fn request(&self) -> Result<String, PkiError> {
+        let leaf =
+            request_params(self.unit.dns_name(&self.deployment)).serialize_request(&self.key)?;
+        let ca = request_params(ca_common_name(&self.unit, &self.deployment))
+            .serialize_request(&self.ca_key)?;
+        Ok(pem::encode_many(&[
+            pem::Pem::new(REQUEST_LABEL, leaf.der().to_vec()),
+            pem::Pem::new(REQUEST_LABEL, ca.der().to_vec()),
+        ]))
+    }
+
+    /// Write the keys and the request into a new identity folder. A folder that already
+    /// holds keys is left alone: overwriting them would strand the identity they belong to.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        for held in ["node.key", "ca.key"] {
+            if dir.join(held).exists() {
+                return Err(PkiError::Exists(dir.display().to_string()));
+            }
+        }
+        write_files(
+            dir,
+            &[
+                ("unit.txt", format!("{} {}\n", self.unit, self.deployment)),
+                (
+                    "node.key",
+                    pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.serialize_der())),
+                ),
+                ("ca.key", self.ca_key.serialize_pem()),
+                (REQUEST_FILE, self.request()?),
+            ],
+        )
+    }
+
+    /// Read a folder written by [`PendingIdentity::save`].
+    pub fn load(dir: &Path) -> Result<PendingIdentity, PkiError> {
+        let (unit, deployment) = read_unit(dir)?;
+        let key = read_key(dir)?;
+        let key =
+            KeyPair::try_from(key.as_slice()).map_err(|_| PkiError::BadPem("node.key".into()))?;
+        let ca_key = KeyPair::from_pem(&read(dir, "ca.key")?)?;
+        Ok(PendingIdentity {
+            unit,
+            deployment,
+            key,
+            ca_key,
+        })
+    }
+
+    /// Take the parent's answer ([`Identity::sign_request`]) after checking that it
+    /// certifies this folder's two keys for this unit, that the node's certificate chains
+    /// to the root it came with, and that the CA's certificate was signed by the same
+    /// issuer. The root is the one thing taken on trust: compare its fingerprint with the
+    /// parent's operator over another channel.
+    pub fn accept(&self, answer: &str) -> Result<Identity, PkiError> {
+        let issued = Issued::from_pem(answer)?;
+        fn parse<'a>(
+            der: &'a CertificateDer<'static>,
+            which: &str,
+        ) -> Result<x509_parser::certificate::X509Certificate<'a>, PkiError> {
+            x509_parser::parse_x509_certificate(der)
+                .map(|(_, c)| c)
+                .map_err(|e| PkiError::Issued(format!("the {which} certificate: {e}")))
+        }
+        let (leaf, ca) = (parse(&issued.leaf, "node")?, parse(&issued.ca, "CA")?);
+        if leaf.public_key().raw != self.key.subject_public_key_info().as_slice() {
+            return Err(PkiError::Issued(
+                "the node certificate is not for this folder's key (an answer to another \
+                 request?)"
+                    .into(),
+            ));
+        }
+        if ca.public_key().raw != self.ca_key.subject_public_key_info().as_slice() {
+            return Err(PkiError::Issued(
+                "the CA certificate is not for this folder's CA key".into(),
+            ));
+        }
+        let (unit, issuer) = peer_unit(std::slice::from_ref(&issued.leaf), &self.deployment)?;
+        if unit != self.unit || issuer != expected_issuer(&unit, &self.deployment) {
+            return Err(PkiError::Issued(format!(
+                "the node certificate names {unit} issued by {issuer}, not {} issued by its \
+                 parent",
+                self.unit
+            )));
+        }
+        if subject_name(&ca).as_deref() != Some(ca_common_name(&unit, &self.deployment).as_str())
+            || !ca.is_ca()
+        {
+            return Err(PkiError::Issued(format!(
+                "the CA certificate is not {unit}'s CA"
+            )));
+        }
+        // The node certificate, with the CAs above it, must reach the root (webpki: chain,
+        // validity, name constraints, key usage).
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(issued.root.clone())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Identity::provider(),
+        )
+        .build()
+        .map_err(|e| PkiError::Issued(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from(unit.dns_name(&self.deployment))
+            .map_err(|e| PkiError::Issued(e.to_string()))?;
+        rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            verifier.as_ref(),
+            &issued.leaf,
+            &issued.above,
+            &name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|e| PkiError::Issued(format!("the node certificate does not chain: {e}")))?;
+        // Its own issuer signed the CA certificate too.
+        let issuer_der = issued.above.first().unwrap_or(&issued.root);
+        let issuer_cert = parse(issuer_der, "issuing CA")?;
+        ca.verify_signature(Some(issuer_cert.public_key()))
+            .map_err(|e| PkiError::Issued(format!("the CA certificate's signature: {e}")))?;
+        let (key, ca_key_pem) = (self.key.serialize_der(), self.ca_key.serialize_pem());
+        Ok(issued.identity(self.unit.clone(), self.deployment.clone(), key, ca_key_pem))
+    }
+}
+
+fn read(dir: &Path, name: &str) -> Result<String, PkiError> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path).map_err(|source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn read_unit(dir: &Path) -> Result<(UnitId, String), PkiError> {
+    let unit_txt = read(dir, "unit.txt")?;
+    let (unit, deployment) = unit_txt
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| PkiError::BadPem("unit.txt".into()))?;
+    let unit: UnitId = unit
+        .parse()
+        .map_err(|_| PkiError::BadPem("unit.txt".into()))?;
+    Ok((unit, deployment.to_owned()))
+}
+
+fn read_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
+    Ok(pem::parse(read(dir, "node.key")?)
+        .map_err(|_| PkiError::BadPem("node.key".into()))?
+        .into_contents())
+}
+
+/// Write files into `dir` (made if missing); keys readable by the owner only.
+fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| PkiError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for (name, content) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, content).map_err(io(&path))?;
+        #[cfg(unix)]
+        if name.ends_with(".key") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// A webpki verifier that builds the peer's chain from what the peer presented plus the CAs
@@ -474,6 +856,12 @@ impl Identity {
             .first()
             .map(|c| fingerprint(c))
             .unwrap_or_default()
+    }
+
+    /// Fingerprint of the deployment's root certificate: what two operators compare to
+    /// know they trust the same root.
+    pub fn root_fingerprint(&self) -> String {
+        fingerprint(&self.root)
     }
 }
 
@@ -617,5 +1005,157 @@ mod tests {
             .unwrap();
         assert!(handshake(&foreign, &county).is_err());
         assert!(handshake(&village, &foreign).is_err());
+    }
+
+    /// Re-encode a PEM text with one byte of its `index`th block's DER flipped.
+    fn flip(text: &str, index: usize, at: impl Fn(usize) -> usize) -> String {
+        let mut blocks = pem::parse_many(text).unwrap();
+        let b = &blocks[index];
+        let mut der = b.contents().to_vec();
+        let i = at(der.len());
+        der[i] ^= 0x55;
+        blocks[index] = pem::Pem::new(b.tag(), der);
+        pem::encode_many(&blocks)
+    }
+
+    #[test]
+    fn a_child_keeps_its_keys_and_the_parent_signs_its_request() {
+        let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let county = root.issue_child(&u("c01/k01")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let t01 = u("c01/k01/t01");
+        PendingIdentity::create(&t01, "test.grassroots")
+            .unwrap()
+            .save(&pki)
+            .unwrap();
+        // Keys held, certificates not yet: the node cannot start on it, and a second
+        // request would not overwrite the keys.
+        let err = Identity::load(&pki).unwrap_err();
+        assert!(matches!(err, PkiError::Pending(_)), "{err}");
+        let again = PendingIdentity::create(&t01, "test.grassroots").unwrap();
+        assert!(matches!(again.save(&pki), Err(PkiError::Exists(_))));
+
+        let request = std::fs::read_to_string(pki.join(REQUEST_FILE)).unwrap();
+        assert!(!request.contains("PRIVATE"));
+        let answer = county.sign_request(&t01, &request).unwrap();
+        assert!(!answer.contains("PRIVATE"));
+        let pending = PendingIdentity::load(&pki).unwrap();
+        let town = pending.accept(&answer).unwrap();
+        assert_eq!(town.key, pending.key.serialize_der(), "its own key");
+        assert_eq!(town.ca_key_pem, pending.ca_key.serialize_pem());
+        town.save(&pki).unwrap();
+        assert!(!pki.join(REQUEST_FILE).exists());
+        let town = Identity::load(&pki).unwrap();
+        // The chains of a parent-made identity, and the same handshakes.
+        let made = county.issue_child(&t01).unwrap();
+        assert_eq!(town.chain.len(), made.chain.len());
+        assert_eq!(town.issuer_chain.len(), made.issuer_chain.len());
+        assert_eq!(handshake(&town, &county).unwrap(), (1, 2));
+        // Its CA issues for its own subtree like any other.
+        let village = town.issue_child(&u("c01/k01/t01/v01")).unwrap();
+        assert_eq!(handshake(&village, &town).unwrap(), (2, 2));
+    }
+
+    #[test]
+    fn requests_and_answers_that_do_not_fit_are_refused() {
+        let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let county = root.issue_child(&u("c01/k01")).unwrap();
+        let town = county.issue_child(&u("c01/k01/t01")).unwrap();
+        let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
+        let pending = |unit: &UnitId, deployment: &str| {
+            let p = PendingIdentity::create(unit, deployment).unwrap();
+            let r = p.request().unwrap();
+            (p, r)
+        };
+        let request_err = |e: PkiError| matches!(e, PkiError::Request(_));
+        assert!(PendingIdentity::create(&u("c01"), "test.grassroots").is_err());
+
+        let (mine, request) = pending(&v01, "test.grassroots");
+        // Only the parent signs, and only for the unit the request names.
+        assert!(matches!(
+            county.sign_request(&v01, &request),
+            Err(PkiError::NotAChild { .. })
+        ));
+        assert!(request_err(town.sign_request(&v02, &request).unwrap_err()));
+        let (_, foreign) = pending(&v01, "other.grassroots");
+        assert!(request_err(town.sign_request(&v01, &foreign).unwrap_err()));
+        // A request whose signature does not match its key (no proof of possession).
+        for block in 0..2 {
+            let bad = flip(&request, block, |n| n - 1);
+            assert!(
+                request_err(town.sign_request(&v01, &bad).unwrap_err()),
+                "{block}"
+            );
+        }
+        // One request, three, a certificate in its place, or no PEM at all.
+        let blocks = pem::parse_many(&request).unwrap();
+        assert!(request_err(
+            town.sign_request(&v01, &pem::encode(&blocks[0]))
+                .unwrap_err()
+        ));
+        let three = pem::encode_many(&[blocks[0].clone(), blocks[1].clone(), blocks[1].clone()]);
+        assert!(request_err(town.sign_request(&v01, &three).unwrap_err()));
+        let cert = pem::encode(&pem::Pem::new(CERT_LABEL, town.chain[0].to_vec()));
+        assert!(request_err(town.sign_request(&v01, &cert).unwrap_err()));
+        assert!(request_err(town.sign_request(&v01, "hello").unwrap_err()));
+        // One key for both: the node's key would sign certificates.
+        let key = KeyPair::generate().unwrap();
+        let same = pem::encode_many(&[
+            pem::Pem::new(
+                REQUEST_LABEL,
+                request_params(v01.dns_name("test.grassroots"))
+                    .serialize_request(&key)
+                    .unwrap()
+                    .der()
+                    .to_vec(),
+            ),
+            pem::Pem::new(
+                REQUEST_LABEL,
+                request_params(ca_common_name(&v01, "test.grassroots"))
+                    .serialize_request(&key)
+                    .unwrap()
+                    .der()
+                    .to_vec(),
+            ),
+        ]);
+        assert!(request_err(town.sign_request(&v01, &same).unwrap_err()));
+
+        let issued_err = |e: PkiError| matches!(e, PkiError::Issued(_));
+        let answer = town.sign_request(&v01, &request).unwrap();
+        let blocks = |text: &str| pem::parse_many(text).unwrap();
+        let (_, theirs) = pending(&v01, "test.grassroots");
+        let answer_for_theirs = town.sign_request(&v01, &theirs).unwrap();
+        // An answer to another request: not this folder's keys.
+        assert!(issued_err(mine.accept(&answer_for_theirs).unwrap_err()));
+        // The genuine answer with the CA certificate swapped in from the other one.
+        let mut swapped = blocks(&answer);
+        swapped[1] = blocks(&answer_for_theirs)[1].clone();
+        assert!(issued_err(
+            mine.accept(&pem::encode_many(&swapped)).unwrap_err()
+        ));
+        // An answer that names another root: the chain does not reach it.
+        let other_root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let mut rerooted = blocks(&answer);
+        let last = rerooted.len() - 1;
+        rerooted[last] = pem::Pem::new(CERT_LABEL, other_root.root.to_vec());
+        assert!(issued_err(
+            mine.accept(&pem::encode_many(&rerooted)).unwrap_err()
+        ));
+        // The parent's CA left out: the node certificate does not chain.
+        let mut short = blocks(&answer);
+        short.remove(2);
+        assert!(issued_err(
+            mine.accept(&pem::encode_many(&short)).unwrap_err()
+        ));
+        // A certificate damaged, the request sent back, or no answer at all.
+        assert!(issued_err(
+            mine.accept(&flip(&answer, 0, |n| n / 2)).unwrap_err()
+        ));
+        assert!(issued_err(mine.accept(&request).unwrap_err()));
+        assert!(issued_err(mine.accept("").unwrap_err()));
+        // The genuine answer still works after all that.
+        let village = mine.accept(&answer).unwrap();
+        assert_eq!(handshake(&village, &town).unwrap(), (2, 2));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use grassroots::federation::UnitSpec;
 use grassroots_node::net::{self, NetError};
+use grassroots_node::pki::PendingIdentity;
 use grassroots_node::{Identity, LinkConfig};
 use grassroots_schema::{Role, UnitId};
 use grassroots_tests::relay::Relay;
@@ -71,6 +72,14 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
     try_link(&load("c01/k01/t01/v03")?, &t01, township)
         .await
         .context("registered child refused")?;
+    // Accepted: the same child with keys it made itself, its request signed by the township
+    // (`pki request`, `sign`, `accept`).
+    let town = load("c01/k01/t01")?;
+    let pending = PendingIdentity::create(&v03, &town.deployment)?;
+    let own = pending.accept(&town.sign_request(&v03, &pending.request()?)?)?;
+    try_link(&own, &t01, township)
+        .await
+        .context("child with its own keys refused")?;
     // Accepted: the township's own link to its parent is up.
     let county_url = fed.graphql_url(&unit("c01/k01"))?;
     let county_token = fed.token(&unit("c01/k01"), Role::Viewer)?.to_owned();
