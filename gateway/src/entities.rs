@@ -577,6 +577,8 @@ entity!(
         /// Where it stands (null: open).
         status: ComplaintStatusGql = "status", Opt, Plain;
         /// The unit handling it: the filing unit or one above it (null: the filing unit).
+        /// Naming it without a status sets the status too: ESCALATED when the handler is
+        /// above the filing unit, OPEN when it is the filing unit.
         handler: ID = "handler", Opt, Plain;
         /// The answer given.
         response: String = "response", Opt, Plain;

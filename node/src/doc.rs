@@ -303,9 +303,15 @@ fn scalar(v: &FieldValue) -> Option<ScalarValue> {
     }
 }
 
-/// Apply record writes in order in one automerge transaction (see [`apply_member_writes`]).
+/// Apply record writes of `spec`'s kind in order in one automerge transaction (see
+/// [`apply_member_writes`]). A `null` clears a field by deleting its key, so a value set
+/// concurrently survives, except in a field decided from above
+/// ([`EntitySpec::decided_above`]): there it writes an explicit null, which takes part in
+/// the resolution by authority ([`by_authority`]) like any value, so a clearing from above
+/// wins over a value set concurrently below.
 pub fn apply_record_writes(
     doc: &mut Automerge,
+    spec: &EntitySpec,
     writes: &[RecordWrite<'_>],
 ) -> Result<Vec<Result<(), DocError>>, DocError> {
     in_one_change(doc, writes, |tx, w| match *w {
@@ -323,6 +329,9 @@ pub fn apply_record_writes(
             for (k, v) in fields {
                 match scalar(v) {
                     Some(s) => tx.put(obj, k.as_str(), s)?,
+                    None if spec.decided_above().any(|f| f.name == k) => {
+                        tx.put(obj, k.as_str(), ScalarValue::Null)?
+                    }
                     None => clear(tx, obj, k)?,
                 }
             }
@@ -470,8 +479,9 @@ fn record_from(
         let mut fields = Fields::new();
         for f in spec.fields {
             let v = match scalar(f.name) {
-                None if f.required => return None,
-                None => continue,
+                // An explicit null is how a field decided from above is cleared.
+                None | Some(ScalarValue::Null) if f.required => return None,
+                None | Some(ScalarValue::Null) => continue,
                 Some(ScalarValue::Str(t)) => FieldValue::Text(t.to_string()),
                 Some(ScalarValue::Int(i)) => FieldValue::Int(*i),
                 Some(ScalarValue::Uint(u)) => FieldValue::Int(i64::try_from(*u).ok()?),
@@ -1058,6 +1068,7 @@ mod tests {
         );
         apply_record_writes(
             &mut d,
+            spec,
             &[
                 RecordWrite::Create(RecordId::from_u64(1), &good, None),
                 RecordWrite::Create(RecordId::from_u64(2), &negative, None),

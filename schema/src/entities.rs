@@ -713,6 +713,26 @@ impl EntitySpec {
         fields
     }
 
+    /// The fields an update of a record of `owner` writes besides those given: a complaint
+    /// whose handler is named (or cleared) without a status gets the status that goes with
+    /// it, escalated when handled above its owner, open when back with its owner. The
+    /// handing-over unit thereby writes the status too, so a close made concurrently below
+    /// loses to it by authority instead of standing beside the new handler.
+    pub fn with_update_defaults(&self, owner: &UnitId, mut fields: Fields) -> Fields {
+        if self.kind != DocKind::Complaints || fields.contains_key("status") {
+            return fields;
+        }
+        let status = match fields.get("handler") {
+            None => return fields,
+            Some(Value::Text(h)) if h.parse::<UnitId>().ok().as_ref() != Some(owner) => {
+                ComplaintStatus::Escalated
+            }
+            Some(_) => ComplaintStatus::Open,
+        };
+        fields.insert("status".into(), Value::Text(status.as_str().into()));
+        fields
+    }
+
     /// What the record adds to its unit's roll-up (and every ancestor's): counts keyed by
     /// stable values, so they can be subtracted when the record changes.
     pub fn tallies(&self, r: &Record) -> Vec<(String, i64)> {
@@ -1015,6 +1035,33 @@ mod tests {
             let e = complaints.validate(&v, &clear(k), new).unwrap_err();
             assert!(e.to_string().contains(k), "{why}: {e}");
         }
+    }
+
+    #[test]
+    fn handing_a_complaint_over_writes_its_status() {
+        let complaints = entity(DocKind::Complaints).unwrap();
+        let v = u("c01/k01/t01/v01");
+        let status = |f: &[(&str, Value)]| {
+            complaints
+                .with_update_defaults(&v, fields(f))
+                .get("status")
+                .cloned()
+        };
+        assert_eq!(status(&[("handler", t("c01/k01"))]), Some(t("escalated")));
+        assert_eq!(
+            status(&[("handler", t("c01/k01/t01/v01"))]),
+            Some(t("open"))
+        );
+        assert_eq!(status(&[("handler", Value::Null)]), Some(t("open")));
+        // A status given stands; no handler named, no status added; other kinds untouched.
+        assert_eq!(
+            status(&[("handler", t("c01/k01")), ("status", t("handled"))]),
+            Some(t("handled"))
+        );
+        assert_eq!(status(&[("response", t("Noted"))]), None);
+        let reports = entity(DocKind::Reports).unwrap();
+        let f = fields(&[("handler", t("c01/k01"))]);
+        assert_eq!(reports.with_update_defaults(&v, f.clone()), f);
     }
 
     #[test]

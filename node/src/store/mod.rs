@@ -684,6 +684,8 @@ impl PendingOp {
 /// A write of a record of the other kinds, waiting like a [`PendingWrite`].
 struct PendingRecord {
     op: RecordOp,
+    /// The description of the record's kind (the write was validated against it).
+    spec: &'static grassroots_schema::EntitySpec,
     reply: oneshot::Sender<Result<Record, WriteError>>,
 }
 
@@ -813,7 +815,11 @@ impl Waiting for PendingRecord {
                 RecordOp::Update(id, f, by) => doc::RecordWrite::Update(id.record, f, by.as_ref()),
             })
             .collect();
-        doc::apply_record_writes(doc, &ops)
+        // One document, so one kind.
+        match writes.first() {
+            Some(w) => doc::apply_record_writes(doc, w.spec, &ops),
+            None => Ok(Vec::new()),
+        }
     }
     fn outcome(self, doc: &Automerge, result: Result<(), DocError>) -> Answer<Record> {
         let outcome = match (self.op, result) {
@@ -1173,15 +1179,16 @@ impl Actor {
                         match spec.validate(&unit, &fields, true) {
                             Ok(()) => self
                                 .new_record()
-                                .map(|r| (r, spec.with_defaults(fields)))
+                                .map(|r| (r, spec, spec.with_defaults(fields)))
                                 .map_err(Into::into),
                             Err(e) => Err(e.into()),
                         }
                     }
                 };
                 match checked {
-                    Ok((record, fields)) => batch.record_writes.push(PendingRecord {
+                    Ok((record, spec, fields)) => batch.record_writes.push(PendingRecord {
                         op: RecordOp::Create(RecordRef { kind, unit, record }, fields, stamped(by)),
+                        spec,
                         reply,
                     }),
                     Err(e) => {
@@ -1195,14 +1202,19 @@ impl Actor {
                 by,
                 reply,
             } => {
-                let fields = trimmed(fields);
                 let checked = match entity(id.kind) {
                     None => Err(WriteError::NotARecordKind(id.kind)),
-                    Some(spec) => spec.validate(&id.unit, &fields, false).map_err(Into::into),
+                    Some(spec) => {
+                        let fields = trimmed(fields);
+                        spec.validate(&id.unit, &fields, false)
+                            .map(|()| (spec, spec.with_update_defaults(&id.unit, fields)))
+                            .map_err(Into::into)
+                    }
                 };
                 match checked {
-                    Ok(()) => batch.record_writes.push(PendingRecord {
+                    Ok((spec, fields)) => batch.record_writes.push(PendingRecord {
                         op: RecordOp::Update(id, fields, stamped(by)),
+                        spec,
                         reply,
                     }),
                     Err(e) => {
@@ -2601,10 +2613,13 @@ mod tests {
             )
             .await
             .unwrap();
-        // The village hands it up; from then on its node may not close it, whoever writes.
-        h.update_record(c.id.clone(), f(&[("handler", "c01/k01/t01")]), None)
+        // The village hands it up (escalated, since no status was given); from then on its
+        // node may not close it, whoever writes.
+        let up = h
+            .update_record(c.id.clone(), f(&[("handler", "c01/k01/t01")]), None)
             .await
             .unwrap();
+        assert_eq!(up.fields.get("status"), Some(&V::Text("escalated".into())));
         let e = h
             .update_record(c.id.clone(), f(&[("status", "handled")]), None)
             .await
@@ -2617,7 +2632,7 @@ mod tests {
             .update_record(c.id.clone(), f(&[("subject", "Road repair")]), None)
             .await
             .unwrap();
-        assert_eq!(now.fields.get("status"), Some(&V::Text("open".into())));
+        assert_eq!(now.fields.get("status"), Some(&V::Text("escalated".into())));
         assert_eq!(
             now.fields.get("subject"),
             Some(&V::Text("Road repair".into()))

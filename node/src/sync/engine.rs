@@ -2096,7 +2096,8 @@ mod tests {
         } else {
             doc::RecordWrite::Update(rec, &fields, None)
         };
-        let results = doc::apply_record_writes(d, &[w]).unwrap();
+        let spec = grassroots_schema::entity(kind).unwrap();
+        let results = doc::apply_record_writes(d, spec, &[w]).unwrap();
         assert!(results.iter().all(Result::is_ok));
         id
     }
@@ -2244,6 +2245,77 @@ mod tests {
             field_of(&v3, &reports, 3, "review").as_deref(),
             Some("ACCEPTED")
         );
+    }
+
+    #[test]
+    fn a_clearing_and_a_handover_above_outrank_concurrent_writes_below() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let vu = "c01/k01/t01/v01";
+        link(&mut t, &mut v);
+        let complaints = file_complaint(&mut v, vu);
+        update_complaint(&mut v, vu, &[("response", "Looking")]);
+        assert!(push(&mut v, &mut t, &complaints).is_empty());
+        let spec = grassroots_schema::entity(DocKind::Complaints).unwrap();
+        let read = |e: &Engine| {
+            doc::read_record(
+                e.get(&complaints).unwrap().doc().unwrap(),
+                spec,
+                &u(vu),
+                RecordId::from_u64(1),
+            )
+            .unwrap()
+        };
+        let text = |e: &Engine, f: &str| read(e).text(f).map(str::to_owned);
+
+        // The village (handling it) answers while the township, above it, clears the
+        // answer: the clearing is a value of its own, and the township's ranks higher.
+        update_complaint(&mut v, vu, &[("response", "Fixed")]);
+        let (d, _) = t.local_doc(DocMeta::new(complaints.clone())).unwrap();
+        let null: grassroots_schema::Fields =
+            [("response".to_owned(), grassroots_schema::Value::Null)].into();
+        let w = doc::RecordWrite::Update(RecordId::from_u64(1), &null, None);
+        assert!(doc::apply_record_writes(d, spec, &[w]).unwrap()[0].is_ok());
+        let r = push(&mut v, &mut t, &complaints);
+        assert!(r.is_empty(), "{r:?}");
+        let r = push(&mut t, &mut v, &complaints);
+        assert!(r.is_empty(), "{r:?}");
+        for e in [&t, &v] {
+            assert_eq!(text(e, "response"), None, "at {}", e.me());
+        }
+
+        // The village closes it while the township takes it over (the store writes the
+        // status with the handler): the handover's status stands at both ends.
+        update_complaint(&mut v, vu, &[("status", "closed")]);
+        update_complaint(
+            &mut t,
+            vu,
+            &[("handler", "c01/k01/t01"), ("status", "escalated")],
+        );
+        assert!(push(&mut v, &mut t, &complaints).is_empty());
+        assert!(push(&mut t, &mut v, &complaints).is_empty());
+        for e in [&t, &v] {
+            assert_eq!(
+                text(e, "status").as_deref(),
+                Some("escalated"),
+                "at {}",
+                e.me()
+            );
+            assert_eq!(read(e).handler(), u("c01/k01/t01"));
+        }
+
+        // Handing it back to its owner is a null handler, which every hop takes (the store
+        // adds the status that goes with it).
+        let (d, _) = t.local_doc(DocMeta::new(complaints.clone())).unwrap();
+        let back: grassroots_schema::Fields = spec.with_update_defaults(
+            &u(vu),
+            [("handler".to_owned(), grassroots_schema::Value::Null)].into(),
+        );
+        let w = doc::RecordWrite::Update(RecordId::from_u64(1), &back, None);
+        assert!(doc::apply_record_writes(d, spec, &[w]).unwrap()[0].is_ok());
+        assert!(push(&mut t, &mut v, &complaints).is_empty());
+        assert_eq!(read(&v).handler(), u(vu));
+        assert_eq!(text(&v, "status").as_deref(), Some("open"));
     }
 
     #[test]

@@ -201,9 +201,11 @@ pub fn check(
                 }
                 continue;
             }
+            // A null handler hands the complaint back to its owner.
             if name == HANDLER
                 && spec.kind == DocKind::Complaints
                 && let OpType::Put(v) = &op.action
+                && !matches!(v, ScalarValue::Null)
                 && valid_handler(reader.owner, v).is_none()
             {
                 return refuse(
@@ -263,7 +265,13 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn write(doc: &mut Automerge, record: u64, create: bool, fields: &[(&str, &str)]) {
+    fn write(
+        doc: &mut Automerge,
+        kind: DocKind,
+        record: u64,
+        create: bool,
+        fields: &[(&str, &str)],
+    ) {
         let fields: Fields = fields
             .iter()
             .map(|(k, v)| (k.to_string(), V::Text(v.to_string())))
@@ -274,7 +282,8 @@ mod tests {
         } else {
             RecordWrite::Update(rec, &fields, None)
         };
-        let results = doc::apply_record_writes(doc, &[w]).unwrap();
+        let spec = grassroots_schema::entity(kind).unwrap();
+        let results = doc::apply_record_writes(doc, spec, &[w]).unwrap();
         assert!(results.iter().all(Result::is_ok));
     }
 
@@ -283,11 +292,23 @@ mod tests {
         let (village, township) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
         let meta = DocMeta::new(DocId::new(DocKind::Complaints, village.clone()));
         let mut d = doc::empty(&doc::actor_for(&village, [1; 8]));
-        write(&mut d, 1, true, &[("subject", "Road"), ("status", "OPEN")]);
+        write(
+            &mut d,
+            DocKind::Complaints,
+            1,
+            true,
+            &[("subject", "Road"), ("status", "OPEN")],
+        );
         let rec = RecordId::from_u64(1);
         // Handled by the village: its node may answer it.
         assert!(check_local(&d, &meta, &village, rec, ["status"]).is_ok());
-        write(&mut d, 1, false, &[("handler", "c01/k01/t01")]);
+        write(
+            &mut d,
+            DocKind::Complaints,
+            1,
+            false,
+            &[("handler", "c01/k01/t01")],
+        );
         let e = check_local(&d, &meta, &village, rec, ["subject", "status"]).unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
         assert!(check_local(&d, &meta, &village, rec, ["subject"]).is_ok());
@@ -298,7 +319,7 @@ mod tests {
 
         let reports = DocMeta::new(DocId::new(DocKind::Reports, village.clone()));
         let mut r = doc::empty(&doc::actor_for(&village, [1; 8]));
-        write(&mut r, 1, true, &[("body", "Done")]);
+        write(&mut r, DocKind::Reports, 1, true, &[("body", "Done")]);
         assert!(check_local(&r, &reports, &village, rec, ["review"]).is_err());
         assert!(check_local(&r, &reports, &township, rec, ["review"]).is_ok());
     }
