@@ -32,6 +32,11 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "views of every record kind, roll-ups with their tallies",
         super::rollup::recompute,
     ),
+    (
+        5,
+        "every view written again from the documents",
+        migrate_5_views,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.
@@ -124,6 +129,39 @@ fn migrate_2_doc_state(tx: &WriteTransaction) -> Result<(), StoreError> {
             .map_err(db)?;
     }
     Ok(())
+}
+
+/// Layout 5: every view row written again from the documents, as `grassroots store rebuild`
+/// does. Rows written by earlier builds could hold what readers now leave out: a stamp
+/// naming a unit outside the writing node's subtree (checked on reading since layout 5).
+fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let metas: Vec<(String, DocMeta)> = {
+        let docs = tx.open_table(DOCS).map_err(db)?;
+        docs.iter()
+            .map_err(db)?
+            .map(|row| {
+                let (k, v) = row.map_err(db)?;
+                let id_str = k.value().to_owned();
+                let id: DocId = id_str
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
+                let audience = wire::decode_audience(v.value())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok((id_str, DocMeta { id, audience }))
+            })
+            .collect::<Result<_, StoreError>>()?
+    };
+    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
+    super::rebuild_views_in(
+        tx,
+        metas.into_iter().map(|(id, meta)| {
+            Ok((
+                meta,
+                std::borrow::Cow::Owned(read_doc(&snaps, &changes, &id)?),
+            ))
+        }),
+    )
 }
 
 /// Bytes before the heads in a [`DOC_STATE`] row.

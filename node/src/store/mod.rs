@@ -1383,27 +1383,12 @@ impl Actor {
     /// Drop every view row and write them again from the documents.
     fn rebuild_views(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db)?;
-        {
-            let mut views = Views {
-                members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
-                units: tx.open_table(VIEW_UNITS).map_err(db)?,
-                records: tx.open_table(VIEW_RECORDS).map_err(db)?,
-                refs: tx.open_table(VIEW_REFS).map_err(db)?,
-                deltas: rollup::Deltas::default(),
-            };
-            let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-            views.members.retain(|_, _| false).map_err(db)?;
-            views.units.retain(|_, _| false).map_err(db)?;
-            views.records.retain(|_, _| false).map_err(db)?;
-            views.refs.retain(|_, _| false).map_err(db)?;
-            rollups.retain(|_, _| false).map_err(db)?;
-            // From empty tables every row is a +1: the deltas are the roll-ups.
-            for entry in self.engine.docs() {
-                let d = self.doc_or_load(entry)?;
-                views.materialise(&entry.meta, &d, &Only::All)?;
-            }
-            views.deltas.apply(&mut rollups)?;
-        }
+        rebuild_views_in(
+            &tx,
+            self.engine
+                .docs()
+                .map(|entry| Ok((entry.meta.clone(), self.doc_or_load(entry)?))),
+        )?;
         tx.commit().map_err(db)?;
         self.rollups.committed();
         Ok(())
@@ -2075,6 +2060,35 @@ struct Views<'t> {
     records: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     refs: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     deltas: rollup::Deltas,
+}
+
+/// Drop every view row (roll-ups included) and write them again from `docs`, every hosted
+/// document, in `tx`. Documents are taken one at a time, so a store's documents need not
+/// fit in memory together.
+fn rebuild_views_in<'d>(
+    tx: &redb::WriteTransaction,
+    docs: impl Iterator<Item = Result<(DocMeta, Cow<'d, Automerge>), StoreError>>,
+) -> Result<(), StoreError> {
+    let mut views = Views {
+        members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
+        units: tx.open_table(VIEW_UNITS).map_err(db)?,
+        records: tx.open_table(VIEW_RECORDS).map_err(db)?,
+        refs: tx.open_table(VIEW_REFS).map_err(db)?,
+        deltas: rollup::Deltas::default(),
+    };
+    let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+    views.members.retain(|_, _| false).map_err(db)?;
+    views.units.retain(|_, _| false).map_err(db)?;
+    views.records.retain(|_, _| false).map_err(db)?;
+    views.refs.retain(|_, _| false).map_err(db)?;
+    rollups.retain(|_, _| false).map_err(db)?;
+    // From empty tables every row is a +1: the deltas are the roll-ups.
+    for doc in docs {
+        let (meta, d) = doc?;
+        views.materialise(&meta, &d, &Only::All)?;
+    }
+    views.deltas.apply(&mut rollups)?;
+    Ok(())
 }
 
 /// Which rows of a document a commit rewrites.
@@ -2892,6 +2906,46 @@ mod tests {
         assert_eq!(h.status().await.unwrap().documents_loaded, 1);
         assert_eq!(r.rollup(&me).unwrap().members, 13);
         assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_layout_4_store_has_its_views_written_again_from_the_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let m = h.create_member(me.clone(), sample("Kept")).await.unwrap();
+        t.shutdown().await;
+        drop((h, r));
+        // A layout-4 store whose view row says what its document does not (as a row written
+        // by an earlier build, before stamps were checked on reading, could).
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            {
+                let mut members = tx.open_table(VIEW_MEMBERS).unwrap();
+                let key = (me.tree_key(), m.id.record.to_string());
+                let row = members
+                    .get((key.0.as_str(), key.1.as_str()))
+                    .unwrap()
+                    .unwrap()
+                    .value()
+                    .to_vec();
+                let mut stale: Member = serde_json::from_slice(&row).unwrap();
+                stale.name = "Stale".into();
+                let stale = serde_json::to_vec(&stale).unwrap();
+                members
+                    .insert((key.0.as_str(), key.1.as_str()), stale.as_slice())
+                    .unwrap();
+            }
+            tx.open_table(META).unwrap().insert("layout", 4).unwrap();
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(r.member(&m.id).unwrap().unwrap().name, "Kept");
+        assert!(h.verify_views().await.unwrap().is_empty());
+        assert_eq!(r.rollup(&me).unwrap().members, 1);
         t.shutdown().await;
     }
 
