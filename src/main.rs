@@ -142,12 +142,20 @@ enum PkiCommand {
         /// The answer written by `pki sign`.
         #[arg(long)]
         answer: PathBuf,
+        /// The deployment's root fingerprint, as the parent's operator gives it over
+        /// another channel than the answer (`pki sign` and `pki fingerprint --root` print
+        /// it): an answer under any other root is refused.
+        #[arg(long)]
+        root_fingerprint: String,
     },
     /// Print the SHA-256 fingerprint of a node's certificate (what a revocation names).
     Fingerprint {
         /// The node's data folder.
         #[arg(long)]
         dir: PathBuf,
+        /// The deployment's root certificate's instead (what `pki accept` checks).
+        #[arg(long)]
+        root: bool,
     },
 }
 
@@ -300,14 +308,17 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
             if unit.parent().is_some() {
                 bail!("{unit} is not a root unit: `pki init` is for the top of the tree");
             }
+            refuse_held_keys(&dir)?;
             let id = Identity::create_root(&unit, &deployment)?;
             id.save(&dir.join("pki"))?;
             println!(
                 "root CA and identity of {unit} written to {}",
                 dir.join("pki").display()
             );
+            println!("root fingerprint: {}", id.root_fingerprint());
         }
         PkiCommand::Issue { ca_dir, unit, dir } => {
+            refuse_held_keys(&dir)?;
             let parent = Identity::load(&ca_dir.join("pki"))?;
             let child = parent.issue_child(&unit)?;
             child.save(&dir.join("pki"))?;
@@ -361,12 +372,16 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 parent.root_fingerprint()
             );
         }
-        PkiCommand::Accept { dir, answer } => {
+        PkiCommand::Accept {
+            dir,
+            answer,
+            root_fingerprint,
+        } => {
             let pki = dir.join("pki");
             let pending = PendingIdentity::load(&pki)?;
             let text = std::fs::read_to_string(&answer)
                 .with_context(|| format!("reading {}", answer.display()))?;
-            let identity = pending.accept(&text)?;
+            let identity = pending.accept(&text, &root_fingerprint)?;
             identity.save(&pki)?;
             println!(
                 "identity of {} complete in {}",
@@ -374,14 +389,29 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 pki.display()
             );
             println!("certificate fingerprint: {}", identity.fingerprint());
-            println!(
-                "root fingerprint: {} (compare it with the parent's operator)",
-                identity.root_fingerprint()
-            );
         }
-        PkiCommand::Fingerprint { dir } => {
-            println!("{}", Identity::load(&dir.join("pki"))?.fingerprint());
+        PkiCommand::Fingerprint { dir, root } => {
+            let identity = Identity::load(&dir.join("pki"))?;
+            if root {
+                println!("{}", identity.root_fingerprint());
+            } else {
+                println!("{}", identity.fingerprint());
+            }
         }
+    }
+    Ok(())
+}
+
+/// `pki init` and `pki issue` make keys: never over keys a folder already holds (a live
+/// identity, or a request waiting for its answer), which may exist nowhere else.
+fn refuse_held_keys(dir: &Path) -> anyhow::Result<()> {
+    let pki = dir.join("pki");
+    if ["node.key", "ca.key"].iter().any(|k| pki.join(k).exists()) {
+        bail!(
+            "{} already holds keys; use another folder (a re-issued identity goes into a new \
+             folder, then replaces the old one)",
+            pki.display()
+        );
     }
     Ok(())
 }
@@ -683,9 +713,10 @@ mod tests {
             "--deployment",
             "t.grassroots",
         ])?;
+        let pending = Identity::load(&tmp.path().join("k01/pki")).unwrap_err();
         assert!(
-            Identity::load(&tmp.path().join("k01/pki")).is_err(),
-            "not usable yet"
+            matches!(pending, grassroots_node::pki::PkiError::Pending(_)),
+            "{pending}"
         );
         // The parent signs only for the unit it names, and the request must name it too.
         let wrong = pki_cli(&[
@@ -712,7 +743,42 @@ mod tests {
             &answer,
         ])?;
         assert!(!std::fs::read_to_string(&answer)?.contains("PRIVATE"));
-        pki_cli(&["accept", "--dir", &county, "--answer", &answer])?;
+        let pin = Identity::load(&tmp.path().join("city/pki"))?.root_fingerprint();
+        // Another root's fingerprint: refused, and the folder stays pending.
+        let other = "00".repeat(32);
+        let accept = |pin: &str| {
+            pki_cli(&[
+                "accept",
+                "--dir",
+                &county,
+                "--answer",
+                &answer,
+                "--root-fingerprint",
+                pin,
+            ])
+        };
+        assert!(accept(&other).is_err());
+        accept(&pin)?;
+        // Accepted once; a second accept, or keys made over it, are refused.
+        assert!(accept(&pin).is_err());
+        assert!(
+            pki_cli(&[
+                "issue", "--ca-dir", &city, "--unit", "c01/k01", "--dir", &county
+            ])
+            .is_err()
+        );
+        assert!(
+            pki_cli(&[
+                "init",
+                "--dir",
+                &city,
+                "--unit",
+                "c01",
+                "--deployment",
+                "t.grassroots"
+            ])
+            .is_err()
+        );
         let id = Identity::load(&tmp.path().join("k01/pki"))?;
         assert_eq!(id.unit, "c01/k01".parse()?);
         let root = Identity::load(&tmp.path().join("city/pki"))?;

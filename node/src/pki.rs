@@ -178,7 +178,7 @@ fn pem_blocks(text: &str, label: &str, what: &str) -> Result<Vec<Vec<u8>>, Strin
 }
 
 /// Everything a node needs to prove who it is and to issue for its children.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Identity {
     /// The node's unit.
     pub unit: UnitId,
@@ -191,6 +191,18 @@ pub struct Identity {
     /// This node's CA and the CAs above it, not the root (empty at the root).
     issuer_chain: Vec<CertificateDer<'static>>,
     ca_key_pem: String,
+}
+
+/// The keys are left out: a `{:?}` (an error report, a log line) must not print them.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("unit", &self.unit)
+            .field("deployment", &self.deployment)
+            .field("certificate", &self.fingerprint())
+            .field("root", &self.root_fingerprint())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Identity {
@@ -618,8 +630,11 @@ impl PendingIdentity {
         )
     }
 
-    /// Read a folder written by [`PendingIdentity::save`].
+    /// Read a folder written by [`PendingIdentity::save`] whose request is not yet accepted.
     pub fn load(dir: &Path) -> Result<PendingIdentity, PkiError> {
+        if dir.join("root.pem").exists() {
+            return Err(PkiError::Exists(dir.display().to_string()));
+        }
         let (unit, deployment) = read_unit(dir)?;
         let key = read_key(dir)?;
         let key =
@@ -633,13 +648,21 @@ impl PendingIdentity {
         })
     }
 
-    /// Take the parent's answer ([`Identity::sign_request`]) after checking that it
-    /// certifies this folder's two keys for this unit, that the node's certificate chains
-    /// to the root it came with, and that the CA's certificate was signed by the same
-    /// issuer. The root is the one thing taken on trust: compare its fingerprint with the
-    /// parent's operator over another channel.
-    pub fn accept(&self, answer: &str) -> Result<Identity, PkiError> {
+    /// Take the parent's answer ([`Identity::sign_request`]) after checking that its root
+    /// is the one whose fingerprint the operator was given over another channel (`root`:
+    /// the answer travels over any channel, and whoever can replace it could otherwise
+    /// bring a root of their own), that it certifies this folder's two keys for this unit,
+    /// that the node's certificate chains to that root, and that one issuer signed both
+    /// certificates.
+    pub fn accept(&self, answer: &str, root: &str) -> Result<Identity, PkiError> {
         let issued = Issued::from_pem(answer)?;
+        let got = fingerprint(&issued.root);
+        if !got.eq_ignore_ascii_case(root.trim()) {
+            return Err(PkiError::Issued(format!(
+                "its root is {got}, not the root {} the parent's operator gave; refused",
+                root.trim()
+            )));
+        }
         fn parse<'a>(
             der: &'a CertificateDer<'static>,
             which: &str,
@@ -697,11 +720,15 @@ impl PendingIdentity {
             rustls::pki_types::UnixTime::now(),
         )
         .map_err(|e| PkiError::Issued(format!("the node certificate does not chain: {e}")))?;
-        // Its own issuer signed the CA certificate too.
+        // The parent's CA signed both certificates.
         let issuer_der = issued.above.first().unwrap_or(&issued.root);
         let issuer_cert = parse(issuer_der, "issuing CA")?;
-        ca.verify_signature(Some(issuer_cert.public_key()))
-            .map_err(|e| PkiError::Issued(format!("the CA certificate's signature: {e}")))?;
+        for (cert, which) in [(&leaf, "node"), (&ca, "CA")] {
+            cert.verify_signature(Some(issuer_cert.public_key()))
+                .map_err(|e| {
+                    PkiError::Issued(format!("the {which} certificate's signature: {e}"))
+                })?;
+        }
         let (key, ca_key_pem) = (self.key.serialize_der(), self.ca_key.serialize_pem());
         Ok(issued.identity(self.unit.clone(), self.deployment.clone(), key, ca_key_pem))
     }
@@ -733,8 +760,12 @@ fn read_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
         .into_contents())
 }
 
-/// Write files into `dir` (made if missing); keys readable by the owner only.
+/// Write files into `dir` (made if missing), each whole or not at all: written to a
+/// temporary file (keys readable by the owner only from their creation), flushed, then
+/// renamed over the old one, and the folder flushed. A crash never leaves a key file empty,
+/// and a key may exist nowhere else.
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
+    use std::io::Write as _;
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| PkiError::Io { path, source }
@@ -742,14 +773,23 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     for (name, content) in files {
         let path = dir.join(name);
-        std::fs::write(&path, content).map_err(io(&path))?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         if name.ends_with(".key") {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io(&path))?;
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
         }
+        let mut file = options.open(&tmp).map_err(io(&tmp))?;
+        file.write_all(content.as_bytes()).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
     }
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok(())
 }
 
@@ -1041,12 +1081,29 @@ mod tests {
         let answer = county.sign_request(&t01, &request).unwrap();
         assert!(!answer.contains("PRIVATE"));
         let pending = PendingIdentity::load(&pki).unwrap();
-        let town = pending.accept(&answer).unwrap();
+        let town = pending.accept(&answer, &root.root_fingerprint()).unwrap();
         assert_eq!(town.key, pending.key.serialize_der(), "its own key");
         assert_eq!(town.ca_key_pem, pending.ca_key.serialize_pem());
         town.save(&pki).unwrap();
         assert!(!pki.join(REQUEST_FILE).exists());
+        // Accepted once: the folder is no longer a pending one.
+        assert!(matches!(
+            PendingIdentity::load(&pki),
+            Err(PkiError::Exists(_))
+        ));
+        #[cfg(unix)]
+        for key in ["node.key", "ca.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(pki.join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
         let town = Identity::load(&pki).unwrap();
+        // Its keys stay out of debug output.
+        let shown = format!("{town:?}");
+        assert!(!shown.contains("PRIVATE") && !shown.contains(&town.ca_key_pem[30..60]));
         // The chains of a parent-made identity, and the same handshakes.
         let made = county.issue_child(&t01).unwrap();
         assert_eq!(town.chain.len(), made.chain.len());
@@ -1122,40 +1179,69 @@ mod tests {
         assert!(request_err(town.sign_request(&v01, &same).unwrap_err()));
 
         let issued_err = |e: PkiError| matches!(e, PkiError::Issued(_));
+        let pin = root.root_fingerprint();
         let answer = town.sign_request(&v01, &request).unwrap();
         let blocks = |text: &str| pem::parse_many(text).unwrap();
+        let refused = |answer: &[pem::Pem], pin: &str| {
+            issued_err(mine.accept(&pem::encode_many(answer), pin).unwrap_err())
+        };
         let (_, theirs) = pending(&v01, "test.grassroots");
         let answer_for_theirs = town.sign_request(&v01, &theirs).unwrap();
         // An answer to another request: not this folder's keys.
-        assert!(issued_err(mine.accept(&answer_for_theirs).unwrap_err()));
+        assert!(refused(&blocks(&answer_for_theirs), &pin));
         // The genuine answer with the CA certificate swapped in from the other one.
         let mut swapped = blocks(&answer);
         swapped[1] = blocks(&answer_for_theirs)[1].clone();
-        assert!(issued_err(
-            mine.accept(&pem::encode_many(&swapped)).unwrap_err()
-        ));
-        // An answer that names another root: the chain does not reach it.
-        let other_root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        assert!(refused(&swapped, &pin));
+        // A CA certificate for this folder's CA key, but signed by another township's CA,
+        // or named for a node, or not a CA.
+        let t02 = county.issue_child(&u("c01/k01/t02")).unwrap();
+        let mut wrong_issuer = blocks(&answer);
+        let by_t02 = t02.certify(&v01, &mine.key, &mine.ca_key).unwrap();
+        wrong_issuer[1] = pem::Pem::new(CERT_LABEL, by_t02.ca.to_vec());
+        assert!(refused(&wrong_issuer, &pin));
+        let issuer = town.issuer().unwrap();
+        for params in [
+            leaf_params(&v01, "test.grassroots").unwrap(),
+            request_params(ca_common_name(&v01, "test.grassroots")),
+        ] {
+            let mut bad_ca = blocks(&answer);
+            let cert = params.signed_by(&mine.ca_key, &issuer).unwrap();
+            bad_ca[1] = pem::Pem::new(CERT_LABEL, cert.der().to_vec());
+            assert!(refused(&bad_ca, &pin));
+        }
+        // An answer under a root of someone else's making: every certificate in it is
+        // right for this folder's keys and names, so only the pinned root tells.
+        let fake_root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let fake_town = fake_root
+            .issue_child(&u("c01/k01"))
+            .unwrap()
+            .issue_child(&u("c01/k01/t01"))
+            .unwrap();
+        let forged = blocks(&fake_town.sign_request(&v01, &request).unwrap());
+        assert!(refused(&forged, &pin));
+        assert!(
+            mine.accept(&pem::encode_many(&forged), &fake_root.root_fingerprint())
+                .is_ok(),
+            "the same answer with its own root pinned: the pin is what refused it"
+        );
+        // The genuine chain under another root: refused by the pin, and by the chain when
+        // that root is pinned.
         let mut rerooted = blocks(&answer);
         let last = rerooted.len() - 1;
-        rerooted[last] = pem::Pem::new(CERT_LABEL, other_root.root.to_vec());
-        assert!(issued_err(
-            mine.accept(&pem::encode_many(&rerooted)).unwrap_err()
-        ));
+        rerooted[last] = pem::Pem::new(CERT_LABEL, fake_root.root.to_vec());
+        assert!(refused(&rerooted, &pin));
+        assert!(refused(&rerooted, &fake_root.root_fingerprint()));
         // The parent's CA left out: the node certificate does not chain.
         let mut short = blocks(&answer);
         short.remove(2);
-        assert!(issued_err(
-            mine.accept(&pem::encode_many(&short)).unwrap_err()
-        ));
+        assert!(refused(&short, &pin));
         // A certificate damaged, the request sent back, or no answer at all.
-        assert!(issued_err(
-            mine.accept(&flip(&answer, 0, |n| n / 2)).unwrap_err()
-        ));
-        assert!(issued_err(mine.accept(&request).unwrap_err()));
-        assert!(issued_err(mine.accept("").unwrap_err()));
+        assert!(refused(&blocks(&flip(&answer, 0, |n| n / 2)), &pin));
+        assert!(issued_err(mine.accept(&request, &pin).unwrap_err()));
+        assert!(issued_err(mine.accept("", &pin).unwrap_err()));
         // The genuine answer still works after all that.
-        let village = mine.accept(&answer).unwrap();
+        let village = mine.accept(&answer, &pin.to_uppercase()).unwrap();
         assert_eq!(handshake(&village, &town).unwrap(), (2, 2));
     }
 }

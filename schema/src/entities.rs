@@ -579,6 +579,14 @@ pub const ENTITIES: &[EntitySpec] = &[
 ];
 
 /// The description of a record kind, or `None` for members and profiles.
+/// The unit a complaint's `handler` field names, if it names one.
+fn handler_named(fields: &Fields) -> Option<UnitId> {
+    match fields.get("handler") {
+        Some(Value::Text(h)) => h.parse().ok(),
+        _ => None,
+    }
+}
+
 pub fn entity(kind: DocKind) -> Option<&'static EntitySpec> {
     ENTITIES.iter().find(|e| e.kind == kind)
 }
@@ -668,7 +676,7 @@ impl EntitySpec {
                     return Err(bad(name, "is required and cannot be cleared"));
                 }
                 // A complaint is always open, handled or escalated.
-                Value::Null if self.with_defaults(Fields::new()).contains_key(name) => {
+                Value::Null if self.with_defaults(owner, Fields::new()).contains_key(name) => {
                     return Err(bad(name, "has a default and cannot be cleared"));
                 }
                 Value::Null => {}
@@ -703,31 +711,50 @@ impl EntitySpec {
             .filter_map(|k| self.field(k).map(|f| f.access))
     }
 
-    /// The fields a new record starts with besides those given: a complaint is open.
-    pub fn with_defaults(&self, mut fields: Fields) -> Fields {
-        if self.kind == DocKind::Complaints {
-            fields
-                .entry("status".into())
-                .or_insert_with(|| Value::Text(ComplaintStatus::Open.as_str().into()));
+    /// The fields a new record of `owner` starts with besides those given: a complaint
+    /// without a status is open, or escalated when it is filed with a handler above its
+    /// owner.
+    pub fn with_defaults(&self, owner: &UnitId, mut fields: Fields) -> Fields {
+        if self.kind == DocKind::Complaints && !fields.contains_key("status") {
+            let status = match handler_named(&fields) {
+                Some(h) if &h != owner => ComplaintStatus::Escalated,
+                _ => ComplaintStatus::Open,
+            };
+            fields.insert("status".into(), Value::Text(status.as_str().into()));
         }
         fields
     }
 
-    /// The fields an update of a record of `owner` writes besides those given: a complaint
-    /// whose handler is named (or cleared) without a status gets the status that goes with
-    /// it, escalated when handled above its owner, open when back with its owner. The
-    /// handing-over unit thereby writes the status too, so a close made concurrently below
-    /// loses to it by authority instead of standing beside the new handler.
-    pub fn with_update_defaults(&self, owner: &UnitId, mut fields: Fields) -> Fields {
+    /// The fields an update of a record of `owner`, handled now by `handler`, writes besides
+    /// those given: a complaint whose handler changes (a null: back to its owner) without a
+    /// status named gets the status that goes with it, escalated when handled above its
+    /// owner, open when back with its owner. The handing-over unit thereby writes the status
+    /// too, so a close made concurrently below loses to it by authority instead of standing
+    /// beside the new handler. Naming the current handler again changes nothing.
+    pub fn with_update_defaults(
+        &self,
+        owner: &UnitId,
+        handler: &UnitId,
+        mut fields: Fields,
+    ) -> Fields {
         if self.kind != DocKind::Complaints || fields.contains_key("status") {
             return fields;
         }
-        let status = match fields.get("handler") {
+        let new = match fields.get("handler") {
             None => return fields,
-            Some(Value::Text(h)) if h.parse::<UnitId>().ok().as_ref() != Some(owner) => {
-                ComplaintStatus::Escalated
-            }
-            Some(_) => ComplaintStatus::Open,
+            Some(Value::Null) => owner.clone(),
+            Some(_) => match handler_named(&fields) {
+                Some(h) => h,
+                None => return fields,
+            },
+        };
+        if &new == handler {
+            return fields;
+        }
+        let status = if &new == owner {
+            ComplaintStatus::Open
+        } else {
+            ComplaintStatus::Escalated
         };
         fields.insert("status".into(), Value::Text(status.as_str().into()));
         fields
@@ -1041,18 +1068,27 @@ mod tests {
     fn handing_a_complaint_over_writes_its_status() {
         let complaints = entity(DocKind::Complaints).unwrap();
         let v = u("c01/k01/t01/v01");
-        let status = |f: &[(&str, Value)]| {
+        let status_with = |now: &str, f: &[(&str, Value)]| {
             complaints
-                .with_update_defaults(&v, fields(f))
+                .with_update_defaults(&v, &u(now), fields(f))
                 .get("status")
                 .cloned()
         };
+        let status = |f: &[(&str, Value)]| status_with("c01/k01/t01/v01", f);
         assert_eq!(status(&[("handler", t("c01/k01"))]), Some(t("escalated")));
+        // Naming the handler it has changes nothing: a status set since stands.
+        assert_eq!(status(&[("handler", t("c01/k01/t01/v01"))]), None);
+        assert_eq!(status(&[("handler", Value::Null)]), None);
+        assert_eq!(status_with("c01/k01", &[("handler", t("c01/k01"))]), None);
+        // Back to its owner: open again.
         assert_eq!(
-            status(&[("handler", t("c01/k01/t01/v01"))]),
+            status_with("c01/k01", &[("handler", Value::Null)]),
             Some(t("open"))
         );
-        assert_eq!(status(&[("handler", Value::Null)]), Some(t("open")));
+        assert_eq!(
+            status_with("c01/k01", &[("handler", t("c01/k01/t01/v01"))]),
+            Some(t("open"))
+        );
         // A status given stands; no handler named, no status added; other kinds untouched.
         assert_eq!(
             status(&[("handler", t("c01/k01")), ("status", t("handled"))]),
@@ -1061,7 +1097,21 @@ mod tests {
         assert_eq!(status(&[("response", t("Noted"))]), None);
         let reports = entity(DocKind::Reports).unwrap();
         let f = fields(&[("handler", t("c01/k01"))]);
-        assert_eq!(reports.with_update_defaults(&v, f.clone()), f);
+        assert_eq!(reports.with_update_defaults(&v, &v, f.clone()), f);
+        // Filed: open, or escalated when filed with a handler above.
+        let filed = |f: &[(&str, Value)]| {
+            complaints
+                .with_defaults(&v, fields(f))
+                .get("status")
+                .cloned()
+        };
+        assert_eq!(filed(&[]), Some(t("open")));
+        assert_eq!(filed(&[("handler", t("c01/k01/t01/v01"))]), Some(t("open")));
+        assert_eq!(filed(&[("handler", t("c01/k01"))]), Some(t("escalated")));
+        assert_eq!(
+            filed(&[("handler", t("c01/k01")), ("status", t("open"))]),
+            Some(t("open"))
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
     // (`pki request`, `sign`, `accept`).
     let town = load("c01/k01/t01")?;
     let pending = PendingIdentity::create(&v03, &town.deployment)?;
-    let own = pending.accept(&town.sign_request(&v03, &pending.request()?)?)?;
+    let own = pending.accept(
+        &town.sign_request(&v03, &pending.request()?)?,
+        &town.root_fingerprint(),
+    )?;
     try_link(&own, &t01, township)
         .await
         .context("child with its own keys refused")?;

@@ -153,14 +153,19 @@ fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     };
     let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
     let changes = tx.open_table(CHANGES).map_err(db)?;
+    // A document that does not read is left out of the views (and named), not allowed to
+    // stop the store from opening: start-up reads no document, so it would not have before.
     super::rebuild_views_in(
         tx,
-        metas.into_iter().map(|(id, meta)| {
-            Ok((
-                meta,
-                std::borrow::Cow::Owned(read_doc(&snaps, &changes, &id)?),
-            ))
-        }),
+        metas
+            .into_iter()
+            .filter_map(|(id, meta)| match read_doc(&snaps, &changes, &id) {
+                Ok(d) => Some(Ok((meta, std::borrow::Cow::Owned(d)))),
+                Err(e) => {
+                    tracing::error!(doc = %id, "views left out of a document that does not read: {e}");
+                    None
+                }
+            }),
     )
 }
 

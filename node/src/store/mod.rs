@@ -734,6 +734,8 @@ trait Waiting: Sized {
     fn update_fields(&self) -> Option<(RecordId, Vec<&str>)> {
         None
     }
+    /// Complete the write against the document it is built on (before it is checked).
+    fn settle(&mut self, _doc: &Automerge) {}
 }
 
 impl Waiting for PendingWrite {
@@ -851,6 +853,19 @@ impl Waiting for PendingRecord {
                 Some((id.record, fields.keys().map(String::as_str).collect()))
             }
             RecordOp::Create(..) => None,
+        }
+    }
+    /// A complaint's handler named anew brings its status along
+    /// (`EntitySpec::with_update_defaults`), judged against the handler it has now.
+    fn settle(&mut self, doc: &Automerge) {
+        if let RecordOp::Update(id, fields, _) = &mut self.op
+            && fields.contains_key("handler")
+        {
+            let now = doc::read_record(doc, self.spec, &id.unit, id.record)
+                .map_or_else(|| id.unit.clone(), |r| r.handler());
+            *fields = self
+                .spec
+                .with_update_defaults(&id.unit, &now, std::mem::take(fields));
         }
     }
 }
@@ -1179,7 +1194,7 @@ impl Actor {
                         match spec.validate(&unit, &fields, true) {
                             Ok(()) => self
                                 .new_record()
-                                .map(|r| (r, spec, spec.with_defaults(fields)))
+                                .map(|r| (r, spec, spec.with_defaults(&unit, fields)))
                                 .map_err(Into::into),
                             Err(e) => Err(e.into()),
                         }
@@ -1207,7 +1222,7 @@ impl Actor {
                     Some(spec) => {
                         let fields = trimmed(fields);
                         spec.validate(&id.unit, &fields, false)
-                            .map(|()| (spec, spec.with_update_defaults(&id.unit, fields)))
+                            .map(|()| (spec, fields))
                             .map_err(Into::into)
                     }
                 };
@@ -1667,7 +1682,8 @@ impl Actor {
             // the change is built on: refused now rather than accepted here and refused
             // there, which would hold back every later change of the document.
             let mut allowed = Vec::with_capacity(writes.len());
-            for w in writes {
+            for mut w in writes {
+                w.settle(doc);
                 let verdict = match w.update_fields() {
                     Some((record, fields)) => {
                         crate::sync::check_local(doc, &meta, &me, record, fields)
@@ -2599,6 +2615,55 @@ mod tests {
             assert!(diffs.is_empty(), "round {round}: {diffs:?}");
             t.shutdown().await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_complaint_handed_over_carries_its_status_and_a_restated_handler_does_not() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let f = |pairs: &[(&str, V)]| -> Fields {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        let text = |s: &str| V::Text(s.into());
+        let filed = |extra: &[(&str, V)]| {
+            let mut fields = f(&[
+                ("subject", text("Road")),
+                ("body", text("Potholes")),
+                ("filedOn", text("2026-01-02")),
+                ("dueOn", text("2026-01-20")),
+            ]);
+            fields.extend(f(extra));
+            h.create_record(DocKind::Complaints, village.clone(), fields, None)
+        };
+        let status = |rec: &Record| rec.fields.get("status").cloned();
+        let c = filed(&[]).await.unwrap();
+        assert_eq!(status(&c), Some(text("open")));
+        let update = |pairs: &[(&str, V)]| h.update_record(c.id.clone(), f(pairs), None);
+        let up = update(&[("handler", text("c01/k01/t01"))]).await.unwrap();
+        assert_eq!(status(&up), Some(text("escalated")));
+        update(&[("status", text("handled"))]).await.unwrap();
+        // Naming the handler it has, with an answer: the status set since stands.
+        let again = update(&[
+            ("handler", text("c01/k01/t01")),
+            ("response", text("Fixed")),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(status(&again), Some(text("handled")));
+        // Handed back to the village: open again, and its handler is the village.
+        let back = update(&[("handler", V::Null)]).await.unwrap();
+        assert_eq!(status(&back), Some(text("open")));
+        assert_eq!(back.handler(), village);
+        assert_eq!(r.record(&c.id).unwrap().unwrap(), back);
+        // Filed straight to the township: escalated from the start.
+        let direct = filed(&[("handler", text("c01/k01/t01"))]).await.unwrap();
+        assert_eq!(status(&direct), Some(text("escalated")));
+        t.shutdown().await;
     }
 
     #[tokio::test]
