@@ -219,6 +219,8 @@ struct NodeToml {
     idle_timeout_secs: Option<u64>,
     /// QUIC path MTU discovery (on unless set to false).
     mtu_discovery: Option<bool>,
+    /// The round trip QUIC assumes on a new link before it has measured one (default 333).
+    initial_rtt_ms: Option<u64>,
     /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
     /// evicted and read back from the store when needed.
     doc_memory_mb: Option<u64>,
@@ -416,10 +418,10 @@ fn refuse_held_keys(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn node_run(dir: &Path) -> anyhow::Result<()> {
-    let path = dir.join("node.toml");
+/// `node.toml` read, and its link settings checked.
+fn read_node_toml(path: &Path) -> anyhow::Result<(NodeToml, LinkConfig)> {
     let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg: NodeToml =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut link = LinkConfig::default();
@@ -432,8 +434,16 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
     if let Some(m) = cfg.mtu_discovery {
         link.mtu_discovery = m;
     }
+    if let Some(ms) = cfg.initial_rtt_ms {
+        link.initial_rtt = Duration::from_millis(ms);
+    }
     link.validate()
-        .with_context(|| format!("{}: keep_alive_secs and idle_timeout_secs", path.display()))?;
+        .with_context(|| format!("{}: the link settings", path.display()))?;
+    Ok((cfg, link))
+}
+
+async fn node_run(dir: &Path) -> anyhow::Result<()> {
+    let (cfg, link) = read_node_toml(&dir.join("node.toml"))?;
     let children = cfg
         .children
         .iter()
@@ -681,6 +691,25 @@ mod tests {
             Command::Pki { command } => pki(command),
             _ => bail!("not a pki command"),
         }
+    }
+
+    /// Every example in deploy/ is a node.toml this build runs with.
+    #[test]
+    fn the_deploy_examples_are_valid() -> anyhow::Result<()> {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut seen = 0;
+        for level in ["city", "county", "township", "village"] {
+            let (cfg, link) = read_node_toml(&deploy.join(level).join("node.toml"))?;
+            assert!(!cfg.name.is_empty());
+            if level == "village" {
+                assert!(!link.mtu_discovery);
+                assert_eq!(link.initial_rtt, Duration::from_millis(150));
+                assert_eq!(link.keep_alive, Duration::from_secs(25));
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+        Ok(())
     }
 
     /// The request flow through the command line: the child's keys stay in its folder, the

@@ -26,7 +26,7 @@ pub fn fast_links() -> LinkConfig {
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(3),
-        mtu_discovery: true,
+        ..LinkConfig::default()
     }
 }
 

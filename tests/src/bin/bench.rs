@@ -596,9 +596,32 @@ async fn lossy_link() -> anyhow::Result<()> {
 }
 
 async fn lossy_dial() -> anyhow::Result<()> {
+    let defaults = grassroots_node::LinkConfig::default();
+    let baseline = lossy_dials("", &defaults, None).await?;
+    // The same with both ends guessing a round trip near this line's (the relay's 40 ms of
+    // delay plus a handshake datagram's 38 ms at 256 kbit/s each way) instead of quinn's
+    // 333 ms: every handshake timer follows from the guess.
+    let guess = grassroots_node::LinkConfig {
+        initial_rtt: Duration::from_millis(150),
+        ..Default::default()
+    };
+    lossy_dials("_initial_rtt_150ms", &guess, Some(&baseline)).await?;
+    Ok(())
+}
+
+/// Dial figures of one link configuration, named with `suffix`, at 30% loss and 256 kbit/s:
+/// 30 dials from a fresh endpoint each (a restarted node: no TLS session to resume), then 30
+/// from one endpoint (a running node whose link comes back: TLS 1.3 resumption, no
+/// certificates in the handshake). With no `baseline`, also what path MTU discovery costs a
+/// link that stays up. Returns each figure by name, the baseline of a later call.
+async fn lossy_dials(
+    suffix: &str,
+    link: &grassroots_node::LinkConfig,
+    baseline: Option<&HashMap<String, f64>>,
+) -> anyhow::Result<HashMap<String, f64>> {
     let dir = tempfile::tempdir()?;
     let (township, village) = (unit("c01/k01/t01"), unit("c01/k01/t01/v01"));
-    let mut fed = start_chain(dir.path(), grassroots_node::LinkConfig::default(), None).await?;
+    let mut fed = start_chain(dir.path(), link.clone(), None).await?;
     fed.stop(&village).await?;
     let identity =
         grassroots_node::Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
@@ -606,66 +629,64 @@ async fn lossy_dial() -> anyhow::Result<()> {
     relay.set_rate(256_000);
     relay.set_loss(0.30);
     relay.set_delay(Duration::from_millis(20));
-    // A fresh endpoint per dial, as a restarted node has (no TLS session to resume); then
-    // one endpoint for every dial, as a running node has when its link comes back (TLS
-    // 1.3 resumption: no certificates in the handshake's flights).
-    let defaults = grassroots_node::LinkConfig::default();
-    for (metric, fresh) in [("link_up", true), ("redial", false)] {
+    let mut figures = HashMap::new();
+    for (what, fresh) in [("link_up", true), ("redial", false)] {
         let plain = Dials {
             fresh,
             count: 30,
             hold: Duration::ZERO,
         };
-        let (times, failed, bytes) = dials(&identity, &township, &relay, &defaults, plain).await?;
+        let (times, failed, bytes) = dials(&identity, &township, &relay, link, plain).await?;
+        let metric = |name: &str| format!("{what}{suffix}_{name}");
+        let base = |name: &str| baseline.and_then(|b| b.get(&format!("{what}_{name}")).copied());
         for (name, p) in [("p50", 0.5), ("p90", 0.9), ("max", 1.0)] {
-            emit(
-                "lossy-dial",
-                &format!("{metric}_{name}"),
-                percentile(&times, p),
-                "s",
-                None,
-            );
+            let v = percentile(&times, p);
+            emit("lossy-dial", &metric(name), v, "s", base(name));
+            figures.insert(metric(name), v);
         }
         emit(
             "lossy-dial",
-            &format!("{metric}_failed_attempts"),
+            &metric("failed_attempts"),
             f64::from(failed),
             "count",
             None,
         );
         emit(
             "lossy-dial",
-            &format!("{metric}_bytes_per_dial"),
+            &metric("bytes_per_dial"),
             bytes,
             "bytes",
-            None,
+            base("bytes_per_dial"),
         );
+        figures.insert(metric("bytes_per_dial"), bytes);
     }
-    // What path MTU discovery costs a link that stays up: loss off, five fresh dials each
-    // held open 3 s (quinn's search runs right after the handshake), with discovery on and
-    // off at the village (off, it also tells the township not to probe).
-    relay.set_loss(0.0);
-    for (metric, mtu_discovery) in [("mtu_on", true), ("mtu_off", false)] {
-        let cfg = grassroots_node::LinkConfig {
-            mtu_discovery,
-            ..Default::default()
-        };
-        let held = Dials {
-            fresh: true,
-            count: 5,
-            hold: Duration::from_secs(3),
-        };
-        let (_, _, bytes) = dials(&identity, &township, &relay, &cfg, held).await?;
-        emit(
-            "lossy-dial",
-            &format!("{metric}_bytes_per_link"),
-            bytes,
-            "bytes",
-            None,
-        );
+    if baseline.is_none() {
+        // What path MTU discovery costs a link that stays up: loss off, five fresh dials
+        // each held open 3 s (quinn's search runs right after the handshake), with discovery
+        // on and off at the village (off, it also tells the township not to probe).
+        relay.set_loss(0.0);
+        for (metric, mtu_discovery) in [("mtu_on", true), ("mtu_off", false)] {
+            let cfg = grassroots_node::LinkConfig {
+                mtu_discovery,
+                ..link.clone()
+            };
+            let held = Dials {
+                fresh: true,
+                count: 5,
+                hold: Duration::from_secs(3),
+            };
+            let (_, _, bytes) = dials(&identity, &township, &relay, &cfg, held).await?;
+            emit(
+                "lossy-dial",
+                &format!("{metric}_bytes_per_link"),
+                bytes,
+                "bytes",
+                None,
+            );
+        }
     }
     fed.shutdown().await;
-    Ok(())
+    Ok(figures)
 }
 
 /// How [`dials`] dials: from a fresh endpoint each time or from one that has linked once,
