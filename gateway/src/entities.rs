@@ -574,11 +574,14 @@ entity!(
         complainant: String = "complainant", Opt, Sensitive;
         /// Their phone number (sensitive).
         complainant_phone: String = "complainantPhone", Opt, Sensitive;
-        /// Where it stands (null: open).
+        /// Where it stands (filed without one: OPEN, or ESCALATED with a handler above the
+        /// filing unit).
         status: ComplaintStatusGql = "status", Opt, Plain;
         /// The unit handling it: the filing unit or one above it (null: the filing unit).
-        /// Naming it without a status sets the status too: ESCALATED when the handler is
-        /// above the filing unit, OPEN when it is the filing unit.
+        /// Naming it without a status sets the waiting status that goes with it (ESCALATED
+        /// above the filing unit, OPEN at it) when the handler changes, or when the
+        /// complaint is still waiting; a HANDLED or CLOSED one named again as it is keeps
+        /// its status.
         handler: ID = "handler", Opt, Plain;
         /// The answer given.
         response: String = "response", Opt, Plain;

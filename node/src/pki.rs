@@ -365,11 +365,12 @@ impl Identity {
                     .collect::<Vec<_>>(),
             )
         };
+        // `root.pem` last: it marks a folder complete ([`PendingIdentity::load`]), so a
+        // crash before it leaves a request that can still be accepted.
         write_files(
             dir,
             &[
                 ("unit.txt", format!("{} {}\n", self.unit, self.deployment)),
-                ("root.pem", certs(std::slice::from_ref(&self.root))),
                 ("node-chain.pem", certs(&self.chain)),
                 ("ca-chain.pem", certs(&self.issuer_chain)),
                 (
@@ -377,6 +378,7 @@ impl Identity {
                     pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.clone())),
                 ),
                 ("ca.key", self.ca_key_pem.clone()),
+                ("root.pem", certs(std::slice::from_ref(&self.root))),
             ],
         )?;
         let request = dir.join(REQUEST_FILE);
@@ -774,17 +776,28 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
     for (name, content) in files {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
+        // A temporary file left by a crash is replaced, not reused: made anew, its mode is
+        // the one set here, and nothing placed at its name is followed.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+            _ => {}
+        }
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         if name.ends_with(".key") {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(&tmp).map_err(io(&tmp))?;
-        file.write_all(content.as_bytes()).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let written = options.open(&tmp).and_then(|mut file| {
+            file.write_all(content.as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            // Never leave a partial copy of a key behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&path)(e));
+        }
     }
     #[cfg(unix)]
     std::fs::File::open(dir)

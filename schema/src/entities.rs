@@ -578,7 +578,6 @@ pub const ENTITIES: &[EntitySpec] = &[
     },
 ];
 
-/// The description of a record kind, or `None` for members and profiles.
 /// The unit a complaint's `handler` field names, if it names one.
 fn handler_named(fields: &Fields) -> Option<UnitId> {
     match fields.get("handler") {
@@ -587,6 +586,7 @@ fn handler_named(fields: &Fields) -> Option<UnitId> {
     }
 }
 
+/// The description of a record kind, or `None` for members and profiles.
 pub fn entity(kind: DocKind) -> Option<&'static EntitySpec> {
     ENTITIES.iter().find(|e| e.kind == kind)
 }
@@ -725,16 +725,20 @@ impl EntitySpec {
         fields
     }
 
-    /// The fields an update of a record of `owner`, handled now by `handler`, writes besides
-    /// those given: a complaint whose handler changes (a null: back to its owner) without a
-    /// status named gets the status that goes with it, escalated when handled above its
-    /// owner, open when back with its owner. The handing-over unit thereby writes the status
-    /// too, so a close made concurrently below loses to it by authority instead of standing
-    /// beside the new handler. Naming the current handler again changes nothing.
+    /// The fields an update of a record of `owner`, handled now by `handler` with `status`,
+    /// writes besides those given: a complaint whose handler is named (a null: back to its
+    /// owner) without a status gets the waiting status that goes with it, escalated when
+    /// handled above its owner, open when back with its owner. The handing-over unit thereby
+    /// writes the status too, so a close made concurrently below loses to it by authority
+    /// instead of standing beside the new handler. A handler named again as it is keeps a
+    /// handled or closed status (an answer sent with the form's handler field), and
+    /// restates a waiting one (so a handover made concurrently below does not leave its
+    /// status beside the handler restated above).
     pub fn with_update_defaults(
         &self,
         owner: &UnitId,
         handler: &UnitId,
+        status: Option<&str>,
         mut fields: Fields,
     ) -> Fields {
         if self.kind != DocKind::Complaints || fields.contains_key("status") {
@@ -748,7 +752,10 @@ impl EntitySpec {
                 None => return fields,
             },
         };
-        if &new == handler {
+        let waiting = status
+            .and_then(ComplaintStatus::parse)
+            .is_none_or(ComplaintStatus::is_open);
+        if &new == handler && !waiting {
             return fields;
         }
         let status = if &new == owner {
@@ -1068,25 +1075,40 @@ mod tests {
     fn handing_a_complaint_over_writes_its_status() {
         let complaints = entity(DocKind::Complaints).unwrap();
         let v = u("c01/k01/t01/v01");
-        let status_with = |now: &str, f: &[(&str, Value)]| {
+        let status_with = |now: &str, was: &str, f: &[(&str, Value)]| {
             complaints
-                .with_update_defaults(&v, &u(now), fields(f))
+                .with_update_defaults(&v, &u(now), Some(was), fields(f))
                 .get("status")
                 .cloned()
         };
-        let status = |f: &[(&str, Value)]| status_with("c01/k01/t01/v01", f);
+        let status = |f: &[(&str, Value)]| status_with("c01/k01/t01/v01", "open", f);
         assert_eq!(status(&[("handler", t("c01/k01"))]), Some(t("escalated")));
-        // Naming the handler it has changes nothing: a status set since stands.
-        assert_eq!(status(&[("handler", t("c01/k01/t01/v01"))]), None);
-        assert_eq!(status(&[("handler", Value::Null)]), None);
-        assert_eq!(status_with("c01/k01", &[("handler", t("c01/k01"))]), None);
+        // Named again as it is: a waiting status is restated, an answered one stands.
+        assert_eq!(
+            status(&[("handler", t("c01/k01/t01/v01"))]),
+            Some(t("open"))
+        );
+        assert_eq!(status(&[("handler", Value::Null)]), Some(t("open")));
+        let at_county = |was: &str, f: &[(&str, Value)]| status_with("c01/k01", was, f);
+        assert_eq!(
+            at_county("escalated", &[("handler", t("c01/k01"))]),
+            Some(t("escalated"))
+        );
+        for answered in ["handled", "closed"] {
+            assert_eq!(at_county(answered, &[("handler", t("c01/k01"))]), None);
+            // Handed on, it waits again.
+            assert_eq!(
+                at_county(answered, &[("handler", t("c01"))]),
+                Some(t("escalated"))
+            );
+        }
         // Back to its owner: open again.
         assert_eq!(
-            status_with("c01/k01", &[("handler", Value::Null)]),
+            at_county("handled", &[("handler", Value::Null)]),
             Some(t("open"))
         );
         assert_eq!(
-            status_with("c01/k01", &[("handler", t("c01/k01/t01/v01"))]),
+            at_county("escalated", &[("handler", t("c01/k01/t01/v01"))]),
             Some(t("open"))
         );
         // A status given stands; no handler named, no status added; other kinds untouched.
@@ -1097,7 +1119,7 @@ mod tests {
         assert_eq!(status(&[("response", t("Noted"))]), None);
         let reports = entity(DocKind::Reports).unwrap();
         let f = fields(&[("handler", t("c01/k01"))]);
-        assert_eq!(reports.with_update_defaults(&v, &v, f.clone()), f);
+        assert_eq!(reports.with_update_defaults(&v, &v, None, f.clone()), f);
         // Filed: open, or escalated when filed with a handler above.
         let filed = |f: &[(&str, Value)]| {
             complaints

@@ -153,18 +153,25 @@ fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     };
     let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
     let changes = tx.open_table(CHANGES).map_err(db)?;
-    // A document that does not read is left out of the views (and named), not allowed to
-    // stop the store from opening: start-up reads no document, so it would not have before.
+    // A document whose stored bytes do not parse is left out of the views (and named), not
+    // allowed to stop the store from opening: start-up reads no document, so it would not
+    // have before. A failure to read the store itself stops the migration (nothing is
+    // committed, and the next open tries again).
     super::rebuild_views_in(
         tx,
         metas
             .into_iter()
             .filter_map(|(id, meta)| match read_doc(&snaps, &changes, &id) {
                 Ok(d) => Some(Ok((meta, std::borrow::Cow::Owned(d)))),
-                Err(e) => {
-                    tracing::error!(doc = %id, "views left out of a document that does not read: {e}");
+                Err(StoreError::Corrupt(e)) => {
+                    tracing::error!(
+                        doc = %id,
+                        "views left out of a document that does not parse ({e}); once it is \
+                         repaired, `grassroots store rebuild` writes them"
+                    );
                     None
                 }
+                Err(e) => Some(Err(e)),
             }),
     )
 }

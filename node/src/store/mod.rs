@@ -734,9 +734,15 @@ trait Waiting: Sized {
     fn update_fields(&self) -> Option<(RecordId, Vec<&str>)> {
         None
     }
-    /// Complete the write against the document it is built on (before it is checked).
-    fn settle(&mut self, _doc: &Automerge) {}
+    /// Complete the write against the document it is built on and what the writes before
+    /// it in the batch leave (before it is checked).
+    fn settle(&mut self, _doc: &Automerge, _earlier: &Handling) {}
+    /// Note what this write leaves for the writes after it in the batch (once allowed).
+    fn leave(&self, _doc: &Automerge, _earlier: &mut Handling) {}
 }
+
+/// A complaint's handler and status as the writes of a batch leave them, by record.
+type Handling = HashMap<RecordId, (UnitId, Option<String>)>;
 
 impl Waiting for PendingWrite {
     type Row = Member;
@@ -855,18 +861,58 @@ impl Waiting for PendingRecord {
             RecordOp::Create(..) => None,
         }
     }
-    /// A complaint's handler named anew brings its status along
-    /// (`EntitySpec::with_update_defaults`), judged against the handler it has now.
-    fn settle(&mut self, doc: &Automerge) {
+    /// A complaint's handler named brings its status along
+    /// (`EntitySpec::with_update_defaults`), judged against its handler and status now.
+    fn settle(&mut self, doc: &Automerge, earlier: &Handling) {
         if let RecordOp::Update(id, fields, _) = &mut self.op
             && fields.contains_key("handler")
         {
-            let now = doc::read_record(doc, self.spec, &id.unit, id.record)
-                .map_or_else(|| id.unit.clone(), |r| r.handler());
-            *fields = self
-                .spec
-                .with_update_defaults(&id.unit, &now, std::mem::take(fields));
+            let (now, status) = handling(doc, self.spec, id, earlier);
+            *fields = self.spec.with_update_defaults(
+                &id.unit,
+                &now,
+                status.as_deref(),
+                std::mem::take(fields),
+            );
         }
+    }
+    fn leave(&self, doc: &Automerge, earlier: &mut Handling) {
+        use grassroots_schema::Value as V;
+        let RecordOp::Update(id, fields, _) = &self.op else {
+            return;
+        };
+        if self.spec.kind != DocKind::Complaints
+            || !(fields.contains_key("handler") || fields.contains_key("status"))
+        {
+            return;
+        }
+        let (mut handler, mut status) = handling(doc, self.spec, id, earlier);
+        match fields.get("handler") {
+            Some(V::Text(t)) => handler = t.parse().unwrap_or_else(|_| id.unit.clone()),
+            Some(_) => handler = id.unit.clone(),
+            None => {}
+        }
+        if let Some(V::Text(t)) = fields.get("status") {
+            status = Some(t.clone());
+        }
+        earlier.insert(id.record, (handler, status));
+    }
+}
+
+/// A complaint's handler and status as the batch's earlier writes left them, or as the
+/// document has them.
+fn handling(
+    doc: &Automerge,
+    spec: &grassroots_schema::EntitySpec,
+    id: &RecordRef,
+    earlier: &Handling,
+) -> (UnitId, Option<String>) {
+    match earlier.get(&id.record) {
+        Some(h) => h.clone(),
+        None => doc::read_record(doc, spec, &id.unit, id.record).map_or_else(
+            || (id.unit.clone(), None),
+            |r| (r.handler(), r.text("status").map(str::to_owned)),
+        ),
     }
 }
 
@@ -1682,8 +1728,9 @@ impl Actor {
             // the change is built on: refused now rather than accepted here and refused
             // there, which would hold back every later change of the document.
             let mut allowed = Vec::with_capacity(writes.len());
+            let mut earlier = Handling::new();
             for mut w in writes {
-                w.settle(doc);
+                w.settle(doc, &earlier);
                 let verdict = match w.update_fields() {
                     Some((record, fields)) => {
                         crate::sync::check_local(doc, &meta, &me, record, fields)
@@ -1691,7 +1738,10 @@ impl Actor {
                     None => Ok(()),
                 };
                 match verdict {
-                    Ok(()) => allowed.push(w),
+                    Ok(()) => {
+                        w.leave(doc, &mut earlier);
+                        allowed.push(w);
+                    }
                     Err(detail) => w.fail(WriteError::Refused(Rejection {
                         reason: wire::RejectReason::Unauthorised,
                         doc: Some(doc_id.clone()),
@@ -1848,13 +1898,7 @@ impl Actor {
             let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
             let mut changes = tx.open_table(CHANGES).map_err(db)?;
-            let mut views = Views {
-                members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
-                units: tx.open_table(VIEW_UNITS).map_err(db)?,
-                records: tx.open_table(VIEW_RECORDS).map_err(db)?,
-                refs: tx.open_table(VIEW_REFS).map_err(db)?,
-                deltas: rollup::Deltas::default(),
-            };
+            let mut views = Views::open(&tx)?;
             // A document's audience is fixed at creation: its row is written once, when the
             // document is first committed (a created one whose commit failed is still dirty).
             let unwritten = batch
@@ -2085,13 +2129,7 @@ fn rebuild_views_in<'d>(
     tx: &redb::WriteTransaction,
     docs: impl Iterator<Item = Result<(DocMeta, Cow<'d, Automerge>), StoreError>>,
 ) -> Result<(), StoreError> {
-    let mut views = Views {
-        members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
-        units: tx.open_table(VIEW_UNITS).map_err(db)?,
-        records: tx.open_table(VIEW_RECORDS).map_err(db)?,
-        refs: tx.open_table(VIEW_REFS).map_err(db)?,
-        deltas: rollup::Deltas::default(),
-    };
+    let mut views = Views::open(tx)?;
     let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
     views.members.retain(|_, _| false).map_err(db)?;
     views.units.retain(|_, _| false).map_err(db)?;
@@ -2122,7 +2160,18 @@ fn ref_source(r: &Record) -> String {
     format!("{}|{}", r.id.unit.tree_key(), r.id.record)
 }
 
-impl Views<'_> {
+impl<'t> Views<'t> {
+    /// The view tables of `tx`, with no delta yet.
+    fn open(tx: &'t redb::WriteTransaction) -> Result<Views<'t>, StoreError> {
+        Ok(Views {
+            members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
+            units: tx.open_table(VIEW_UNITS).map_err(db)?,
+            records: tx.open_table(VIEW_RECORDS).map_err(db)?,
+            refs: tx.open_table(VIEW_REFS).map_err(db)?,
+            deltas: rollup::Deltas::default(),
+        })
+    }
+
     /// Rewrite the view rows of one document from its current content: all of them, or
     /// only the records named (with their current rows). Rows replaced or removed count
     /// `-1` in the roll-up deltas, rows written `+1`.
@@ -2618,7 +2667,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_complaint_handed_over_carries_its_status_and_a_restated_handler_does_not() {
+    async fn a_complaint_handed_over_carries_its_status_and_an_answer_stands() {
         use grassroots_schema::Value as V;
         let dir = tempfile::tempdir().unwrap();
         let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
@@ -2663,6 +2712,18 @@ mod tests {
         // Filed straight to the township: escalated from the start.
         let direct = filed(&[("handler", text("c01/k01/t01"))]).await.unwrap();
         assert_eq!(status(&direct), Some(text("escalated")));
+        // Two writes in one batch, the second judged by what the first leaves: an answer,
+        // then the handler named again as it is with a note; the answer stands.
+        let write = |pairs: &[(&str, V)]| h.update_record(direct.id.clone(), f(pairs), None);
+        let (answered, noted) = tokio::join!(
+            write(&[("status", text("handled"))]),
+            write(&[
+                ("handler", text("c01/k01/t01")),
+                ("response", text("Fixed"))
+            ]),
+        );
+        answered.unwrap();
+        assert_eq!(status(&noted.unwrap()), Some(text("handled")));
         t.shutdown().await;
     }
 
@@ -3011,6 +3072,40 @@ mod tests {
         assert_eq!(r.member(&m.id).unwrap().unwrap().name, "Kept");
         assert!(h.verify_views().await.unwrap().is_empty());
         assert_eq!(r.rollup(&me).unwrap().members, 1);
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_document_that_does_not_parse_is_left_out_of_the_layout_5_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let kept = h.create_member(me.clone(), sample("Kept")).await.unwrap();
+        let lost = h
+            .create_member(village.clone(), sample("Lost"))
+            .await
+            .unwrap();
+        t.shutdown().await;
+        drop((h, r));
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            {
+                let id = DocId::new(DocKind::Members, village.clone()).to_string();
+                let mut snaps = tx.open_table(SNAPSHOTS).unwrap();
+                assert!(snaps.get(id.as_str()).unwrap().is_some());
+                snaps
+                    .insert(id.as_str(), b"not automerge".as_slice())
+                    .unwrap();
+            }
+            tx.open_table(META).unwrap().insert("layout", 4).unwrap();
+            tx.commit().unwrap();
+        }
+        // The store opens; the other documents' views are written, the broken one's left out.
+        let (_h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(r.member(&kept.id).unwrap().unwrap().name, "Kept");
+        assert!(r.member(&lost.id).unwrap().is_none());
         t.shutdown().await;
     }
 

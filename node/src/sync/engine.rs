@@ -2175,17 +2175,22 @@ mod tests {
         pump_among(engines, q)
     }
 
-    #[test]
-    fn supervisory_and_review_fields_are_checked_at_every_hop() {
+    /// A township and its village, linked, and a complaint the village filed and answered
+    /// itself (its own supervisory fields), synced to the township.
+    fn complaint_answered_below() -> (Engine, Engine, &'static str, DocId) {
         let mut t = engine("c01/k01/t01", 1);
         let mut v = engine("c01/k01/t01/v01", 2);
         let vu = "c01/k01/t01/v01";
         link(&mut t, &mut v);
-
-        // A village files a complaint and handles it itself: its own supervisory fields.
         let complaints = file_complaint(&mut v, vu);
         update_complaint(&mut v, vu, &[("response", "Looking")]);
         assert!(push(&mut v, &mut t, &complaints).is_empty());
+        (t, v, vu, complaints)
+    }
+
+    #[test]
+    fn supervisory_and_review_fields_are_checked_at_every_hop() {
+        let (mut t, mut v, vu, complaints) = complaint_answered_below();
         assert_eq!(
             field_of(&t, &complaints, 1, "response").as_deref(),
             Some("Looking")
@@ -2249,13 +2254,7 @@ mod tests {
 
     #[test]
     fn a_clearing_and_a_handover_above_outrank_concurrent_writes_below() {
-        let mut t = engine("c01/k01/t01", 1);
-        let mut v = engine("c01/k01/t01/v01", 2);
-        let vu = "c01/k01/t01/v01";
-        link(&mut t, &mut v);
-        let complaints = file_complaint(&mut v, vu);
-        update_complaint(&mut v, vu, &[("response", "Looking")]);
-        assert!(push(&mut v, &mut t, &complaints).is_empty());
+        let (mut t, mut v, vu, complaints) = complaint_answered_below();
         let spec = grassroots_schema::entity(DocKind::Complaints).unwrap();
         let read = |e: &Engine| {
             doc::read_record(
@@ -2310,6 +2309,7 @@ mod tests {
         let back: grassroots_schema::Fields = spec.with_update_defaults(
             &u(vu),
             &u("c01/k01/t01"),
+            Some("escalated"),
             [("handler".to_owned(), grassroots_schema::Value::Null)].into(),
         );
         let w = doc::RecordWrite::Update(RecordId::from_u64(1), &back, None);
