@@ -157,6 +157,7 @@ fn subject_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<
         .map(str::to_owned)
 }
 
+/// The contents of every PEM block in `text` (`what`, for the error), each labelled `label`.
 fn pem_blocks(text: &str, label: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
     let blocks = pem::parse_many(text).map_err(|e| format!("{what} is not PEM: {e}"))?;
     if blocks.is_empty() {

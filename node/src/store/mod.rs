@@ -2817,19 +2817,7 @@ mod tests {
         t.shutdown().await;
         // This node's own profile, which a new village is registered in, no longer loads
         // (documents are read lazily, so the store still opens).
-        {
-            let db = redb::Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            {
-                let key = DocId::new(DocKind::Profile, me.clone()).to_string();
-                let mut snaps = tx.open_table(SNAPSHOTS).unwrap();
-                assert!(snaps.get(key.as_str()).unwrap().is_some());
-                snaps
-                    .insert(key.as_str(), b"not automerge".as_slice())
-                    .unwrap();
-            }
-            tx.commit().unwrap();
-        }
+        break_snapshot(&path, DocId::new(DocKind::Profile, me.clone()), None);
         let (h, r, t) = open(&path, me.clone()).unwrap();
         let v = u("c01/k01/t01/v09");
         let e = h
@@ -3075,6 +3063,25 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// Replace the stored snapshot of `doc` (a stopped store's) with bytes that do not
+    /// parse, and set the store's layout to `layout` if given.
+    fn break_snapshot(path: &Path, doc: DocId, layout: Option<u64>) {
+        let d = Database::create(path).unwrap();
+        let tx = d.begin_write().unwrap();
+        {
+            let key = doc.to_string();
+            let mut snaps = tx.open_table(SNAPSHOTS).unwrap();
+            assert!(snaps.get(key.as_str()).unwrap().is_some());
+            snaps
+                .insert(key.as_str(), b"not automerge".as_slice())
+                .unwrap();
+        }
+        if let Some(l) = layout {
+            tx.open_table(META).unwrap().insert("layout", l).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
     #[tokio::test]
     async fn a_document_that_does_not_parse_is_left_out_of_the_layout_5_views() {
         let dir = tempfile::tempdir().unwrap();
@@ -3088,20 +3095,11 @@ mod tests {
             .unwrap();
         t.shutdown().await;
         drop((h, r));
-        {
-            let d = Database::create(&path).unwrap();
-            let tx = d.begin_write().unwrap();
-            {
-                let id = DocId::new(DocKind::Members, village.clone()).to_string();
-                let mut snaps = tx.open_table(SNAPSHOTS).unwrap();
-                assert!(snaps.get(id.as_str()).unwrap().is_some());
-                snaps
-                    .insert(id.as_str(), b"not automerge".as_slice())
-                    .unwrap();
-            }
-            tx.open_table(META).unwrap().insert("layout", 4).unwrap();
-            tx.commit().unwrap();
-        }
+        break_snapshot(
+            &path,
+            DocId::new(DocKind::Members, village.clone()),
+            Some(4),
+        );
         // The store opens; the other documents' views are written, the broken one's left out.
         let (_h, r, t) = open(&path, me.clone()).unwrap();
         assert_eq!(r.member(&kept.id).unwrap().unwrap().name, "Kept");
