@@ -578,10 +578,9 @@ entity!(
         /// filing unit).
         status: ComplaintStatusGql = "status", Opt, Plain;
         /// The unit handling it: the filing unit or one above it (null: the filing unit).
-        /// Naming it without a status sets the waiting status that goes with it (ESCALATED
-        /// above the filing unit, OPEN at it) when the handler changes, or when the
-        /// complaint is still waiting; a HANDLED or CLOSED one named again as it is keeps
-        /// its status.
+        /// A new handler named without a status brings the status that goes with it
+        /// (ESCALATED above the filing unit, OPEN at it); naming the handler it has changes
+        /// nothing.
         handler: ID = "handler", Opt, Plain;
         /// The answer given.
         response: String = "response", Opt, Plain;

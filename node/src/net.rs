@@ -75,8 +75,8 @@ pub struct LinkConfig {
     /// datagram lost in the handshake is sent again after three times this (RFC 9002's probe
     /// timeout), so on a lossy village line a guess near the real round trip brings a link
     /// up sooner than quinn's default of 333 ms. Too low a guess costs a few datagrams
-    /// sent twice, never the link. Between 10 ms and 1 s: three probe timeouts of a longer
-    /// guess (3, 6 and 12 times it) would outlast the handshake timeout.
+    /// sent twice, never the link. Between 10 ms and 1 s, so that the first two probe
+    /// timeouts (after 3 and 9 times the guess) fit in the default 10 s handshake timeout.
     pub initial_rtt: Duration,
 }
 

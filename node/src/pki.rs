@@ -765,7 +765,7 @@ fn read_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
 
 /// Write files into `dir` (made if missing), each whole or not at all: written to a
 /// temporary file (keys readable by the owner only from their creation), flushed, then
-/// renamed over the old one, and the folder flushed. A crash never leaves a key file empty,
+/// renamed over the old one, and the folder flushed after each. A crash never leaves a key file empty,
 /// and a key may exist nowhere else.
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
     use std::io::Write as _;
@@ -799,11 +799,13 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(&path)(e));
         }
+        // Each rename durable before the next file: the last one may mark the folder
+        // complete (`root.pem`).
+        #[cfg(unix)]
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
     }
-    #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
     Ok(())
 }
 

@@ -725,23 +725,20 @@ impl EntitySpec {
         fields
     }
 
-    /// The fields an update of a record of `owner`, handled now by `handler` with `status`,
-    /// writes besides those given: a complaint whose handler is named (a null: back to its
-    /// owner) without a status gets the waiting status that goes with it, escalated when
-    /// handled above its owner, open when back with its owner. The handing-over unit thereby
-    /// writes the status too, so a close made concurrently below loses to it by authority
-    /// instead of standing beside the new handler. A handler named again as it is keeps a
-    /// handled or closed status (an answer sent with the form's handler field), and
-    /// restates a waiting one (so a handover made concurrently below does not leave its
-    /// status beside the handler restated above).
+    /// The fields an update of a record of `owner`, handled now by `handler`, writes instead
+    /// of those given: a complaint's handler named as it is now is left out (naming it
+    /// decides nothing, and written it would outrank by authority a handover or an answer
+    /// made concurrently below); a handler that changes (a null: back to its owner) without
+    /// a status named brings the waiting status that goes with it, escalated when handled
+    /// above its owner, open when back with its owner, so a close made concurrently below
+    /// loses to the handover by authority instead of standing beside the new handler.
     pub fn with_update_defaults(
         &self,
         owner: &UnitId,
         handler: &UnitId,
-        status: Option<&str>,
         mut fields: Fields,
     ) -> Fields {
-        if self.kind != DocKind::Complaints || fields.contains_key("status") {
+        if self.kind != DocKind::Complaints {
             return fields;
         }
         let new = match fields.get("handler") {
@@ -752,18 +749,16 @@ impl EntitySpec {
                 None => return fields,
             },
         };
-        let waiting = status
-            .and_then(ComplaintStatus::parse)
-            .is_none_or(ComplaintStatus::is_open);
-        if &new == handler && !waiting {
-            return fields;
+        if &new == handler {
+            fields.remove("handler");
+        } else if !fields.contains_key("status") {
+            let status = if &new == owner {
+                ComplaintStatus::Open
+            } else {
+                ComplaintStatus::Escalated
+            };
+            fields.insert("status".into(), Value::Text(status.as_str().into()));
         }
-        let status = if &new == owner {
-            ComplaintStatus::Open
-        } else {
-            ComplaintStatus::Escalated
-        };
-        fields.insert("status".into(), Value::Text(status.as_str().into()));
         fields
     }
 
@@ -1075,41 +1070,33 @@ mod tests {
     fn handing_a_complaint_over_writes_its_status() {
         let complaints = entity(DocKind::Complaints).unwrap();
         let v = u("c01/k01/t01/v01");
-        let status_with = |now: &str, was: &str, f: &[(&str, Value)]| {
-            complaints
-                .with_update_defaults(&v, &u(now), Some(was), fields(f))
-                .get("status")
-                .cloned()
+        let with = |now: &str, f: &[(&str, Value)]| {
+            complaints.with_update_defaults(&v, &u(now), fields(f))
         };
-        let status = |f: &[(&str, Value)]| status_with("c01/k01/t01/v01", "open", f);
+        let status_with = |now: &str, f: &[(&str, Value)]| with(now, f).get("status").cloned();
+        let status = |f: &[(&str, Value)]| status_with("c01/k01/t01/v01", f);
         assert_eq!(status(&[("handler", t("c01/k01"))]), Some(t("escalated")));
-        // Named again as it is: a waiting status is restated, an answered one stands.
-        assert_eq!(
-            status(&[("handler", t("c01/k01/t01/v01"))]),
-            Some(t("open"))
-        );
-        assert_eq!(status(&[("handler", Value::Null)]), Some(t("open")));
-        let at_county = |was: &str, f: &[(&str, Value)]| status_with("c01/k01", was, f);
-        assert_eq!(
-            at_county("escalated", &[("handler", t("c01/k01"))]),
-            Some(t("escalated"))
-        );
-        for answered in ["handled", "closed"] {
-            assert_eq!(at_county(answered, &[("handler", t("c01/k01"))]), None);
-            // Handed on, it waits again.
-            assert_eq!(
-                at_county(answered, &[("handler", t("c01"))]),
-                Some(t("escalated"))
-            );
+        // Named as it is, the handler is left out and nothing is added.
+        for (now, named) in [
+            ("c01/k01/t01/v01", t("c01/k01/t01/v01")),
+            ("c01/k01/t01/v01", Value::Null),
+            ("c01/k01", t("c01/k01")),
+        ] {
+            let out = with(now, &[("handler", named.clone()), ("response", t("Noted"))]);
+            assert_eq!(out, fields(&[("response", t("Noted"))]), "{now} {named:?}");
         }
-        // Back to its owner: open again.
+        // Back to its owner: open again; handed on: escalated.
         assert_eq!(
-            at_county("handled", &[("handler", Value::Null)]),
+            status_with("c01/k01", &[("handler", Value::Null)]),
             Some(t("open"))
         );
         assert_eq!(
-            at_county("escalated", &[("handler", t("c01/k01/t01/v01"))]),
+            status_with("c01/k01", &[("handler", t("c01/k01/t01/v01"))]),
             Some(t("open"))
+        );
+        assert_eq!(
+            status_with("c01/k01", &[("handler", t("c01"))]),
+            Some(t("escalated"))
         );
         // A status given stands; no handler named, no status added; other kinds untouched.
         assert_eq!(
@@ -1119,7 +1106,7 @@ mod tests {
         assert_eq!(status(&[("response", t("Noted"))]), None);
         let reports = entity(DocKind::Reports).unwrap();
         let f = fields(&[("handler", t("c01/k01"))]);
-        assert_eq!(reports.with_update_defaults(&v, &v, None, f.clone()), f);
+        assert_eq!(reports.with_update_defaults(&v, &v, f.clone()), f);
         // Filed: open, or escalated when filed with a handler above.
         let filed = |f: &[(&str, Value)]| {
             complaints

@@ -738,11 +738,11 @@ trait Waiting: Sized {
     /// it in the batch leave (before it is checked).
     fn settle(&mut self, _doc: &Automerge, _earlier: &Handling) {}
     /// Note what this write leaves for the writes after it in the batch (once allowed).
-    fn leave(&self, _doc: &Automerge, _earlier: &mut Handling) {}
+    fn leave(&self, _earlier: &mut Handling) {}
 }
 
-/// A complaint's handler and status as the writes of a batch leave them, by record.
-type Handling = HashMap<RecordId, (UnitId, Option<String>)>;
+/// A complaint's handler as the writes of a batch leave it, by record.
+type Handling = HashMap<RecordId, UnitId>;
 
 impl Waiting for PendingWrite {
     type Row = Member;
@@ -861,58 +861,44 @@ impl Waiting for PendingRecord {
             RecordOp::Create(..) => None,
         }
     }
-    /// A complaint's handler named brings its status along
-    /// (`EntitySpec::with_update_defaults`), judged against its handler and status now.
+    /// A complaint's handler named is judged against the handler it has
+    /// (`EntitySpec::with_update_defaults`): left out when unchanged, else it brings its
+    /// waiting status along.
     fn settle(&mut self, doc: &Automerge, earlier: &Handling) {
         if let RecordOp::Update(id, fields, _) = &mut self.op
             && fields.contains_key("handler")
         {
-            let (now, status) = handling(doc, self.spec, id, earlier);
-            *fields = self.spec.with_update_defaults(
-                &id.unit,
-                &now,
-                status.as_deref(),
-                std::mem::take(fields),
-            );
+            let now = handler_now(doc, self.spec, id, earlier);
+            *fields = self
+                .spec
+                .with_update_defaults(&id.unit, &now, std::mem::take(fields));
         }
     }
-    fn leave(&self, doc: &Automerge, earlier: &mut Handling) {
+    fn leave(&self, earlier: &mut Handling) {
         use grassroots_schema::Value as V;
-        let RecordOp::Update(id, fields, _) = &self.op else {
-            return;
-        };
-        if self.spec.kind != DocKind::Complaints
-            || !(fields.contains_key("handler") || fields.contains_key("status"))
+        if let RecordOp::Update(id, fields, _) = &self.op
+            && let Some(h) = fields.get("handler")
         {
-            return;
+            let handler = match h {
+                V::Text(t) => t.parse().unwrap_or_else(|_| id.unit.clone()),
+                _ => id.unit.clone(),
+            };
+            earlier.insert(id.record, handler);
         }
-        let (mut handler, mut status) = handling(doc, self.spec, id, earlier);
-        match fields.get("handler") {
-            Some(V::Text(t)) => handler = t.parse().unwrap_or_else(|_| id.unit.clone()),
-            Some(_) => handler = id.unit.clone(),
-            None => {}
-        }
-        if let Some(V::Text(t)) = fields.get("status") {
-            status = Some(t.clone());
-        }
-        earlier.insert(id.record, (handler, status));
     }
 }
 
-/// A complaint's handler and status as the batch's earlier writes left them, or as the
-/// document has them.
-fn handling(
+/// A complaint's handler as the batch's earlier writes left it, or as the document has it.
+fn handler_now(
     doc: &Automerge,
     spec: &grassroots_schema::EntitySpec,
     id: &RecordRef,
     earlier: &Handling,
-) -> (UnitId, Option<String>) {
+) -> UnitId {
     match earlier.get(&id.record) {
         Some(h) => h.clone(),
-        None => doc::read_record(doc, spec, &id.unit, id.record).map_or_else(
-            || (id.unit.clone(), None),
-            |r| (r.handler(), r.text("status").map(str::to_owned)),
-        ),
+        None => doc::read_record(doc, spec, &id.unit, id.record)
+            .map_or_else(|| id.unit.clone(), |r| r.handler()),
     }
 }
 
@@ -1739,7 +1725,7 @@ impl Actor {
                 };
                 match verdict {
                     Ok(()) => {
-                        w.leave(doc, &mut earlier);
+                        w.leave(&mut earlier);
                         allowed.push(w);
                     }
                     Err(detail) => w.fail(WriteError::Refused(Rejection {
@@ -2667,7 +2653,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_complaint_handed_over_carries_its_status_and_an_answer_stands() {
+    async fn a_complaint_handed_over_carries_its_status_and_a_handler_named_as_it_is_writes_nothing()
+     {
         use grassroots_schema::Value as V;
         let dir = tempfile::tempdir().unwrap();
         let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
@@ -2696,7 +2683,7 @@ mod tests {
         let up = update(&[("handler", text("c01/k01/t01"))]).await.unwrap();
         assert_eq!(status(&up), Some(text("escalated")));
         update(&[("status", text("handled"))]).await.unwrap();
-        // Naming the handler it has, with an answer: the status set since stands.
+        // Naming the handler it has, with an answer: nothing but the answer is written.
         let again = update(&[
             ("handler", text("c01/k01/t01")),
             ("response", text("Fixed")),
@@ -2712,18 +2699,17 @@ mod tests {
         // Filed straight to the township: escalated from the start.
         let direct = filed(&[("handler", text("c01/k01/t01"))]).await.unwrap();
         assert_eq!(status(&direct), Some(text("escalated")));
-        // Two writes in one batch, the second judged by what the first leaves: an answer,
-        // then the handler named again as it is with a note; the answer stands.
+        // Two writes in one batch, the second judged by what the first leaves: handed to
+        // the county, then straight back to the township (a change, not a restatement).
         let write = |pairs: &[(&str, V)]| h.update_record(direct.id.clone(), f(pairs), None);
-        let (answered, noted) = tokio::join!(
-            write(&[("status", text("handled"))]),
-            write(&[
-                ("handler", text("c01/k01/t01")),
-                ("response", text("Fixed"))
-            ]),
+        let (up, down) = tokio::join!(
+            write(&[("handler", text("c01/k01"))]),
+            write(&[("handler", text("c01/k01/t01"))]),
         );
-        answered.unwrap();
-        assert_eq!(status(&noted.unwrap()), Some(text("handled")));
+        assert_eq!(status(&up.unwrap()), Some(text("escalated")));
+        let down = down.unwrap();
+        assert_eq!(down.handler(), me);
+        assert_eq!(status(&down), Some(text("escalated")));
         t.shutdown().await;
     }
 

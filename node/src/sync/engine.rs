@@ -2309,7 +2309,6 @@ mod tests {
         let back: grassroots_schema::Fields = spec.with_update_defaults(
             &u(vu),
             &u("c01/k01/t01"),
-            Some("escalated"),
             [("handler".to_owned(), grassroots_schema::Value::Null)].into(),
         );
         let w = doc::RecordWrite::Update(RecordId::from_u64(1), &back, None);
