@@ -79,7 +79,10 @@ pub enum PkiError {
     )]
     Pending(String),
     /// The folder already holds keys; writing would lose them.
-    #[error("{0} already holds an identity or a pending request; use another folder")]
+    #[error(
+        "{0} already holds an identity or a pending request; use another folder (a re-issued \
+         identity goes into a new folder, then replaces the old one)"
+    )]
     Exists(String),
 }
 
@@ -614,11 +617,7 @@ impl PendingIdentity {
     /// Write the keys and the request into a new identity folder. A folder that already
     /// holds keys is left alone: overwriting them would strand the identity they belong to.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        for held in ["node.key", "ca.key"] {
-            if dir.join(held).exists() {
-                return Err(PkiError::Exists(dir.display().to_string()));
-            }
-        }
+        refuse_held_keys(dir)?;
         write_files(
             dir,
             &[
@@ -735,6 +734,16 @@ impl PendingIdentity {
         let (key, ca_key_pem) = (self.key.serialize_der(), self.ca_key.serialize_pem());
         Ok(issued.identity(self.unit.clone(), self.deployment.clone(), key, ca_key_pem))
     }
+}
+
+/// Refuse an identity folder that already holds keys (a live identity, or a request waiting
+/// for its answer): keys made where they are used exist nowhere else, so new keys are made
+/// only into a folder without any.
+pub fn refuse_held_keys(dir: &Path) -> Result<(), PkiError> {
+    if ["node.key", "ca.key"].iter().any(|k| dir.join(k).exists()) {
+        return Err(PkiError::Exists(dir.display().to_string()));
+    }
+    Ok(())
 }
 
 fn read(dir: &Path, name: &str) -> Result<String, PkiError> {

@@ -578,12 +578,25 @@ pub const ENTITIES: &[EntitySpec] = &[
     },
 ];
 
-/// The unit a complaint's `handler` field names, if it names one.
-fn handler_named(fields: &Fields) -> Option<UnitId> {
-    match fields.get("handler") {
-        Some(Value::Text(h)) => h.parse().ok(),
+/// The handler a write of a complaint of `owner` names: the unit its `handler` field names,
+/// `owner` for a null (handed back), `None` when it names none.
+pub fn handler_in(owner: &UnitId, fields: &Fields) -> Option<UnitId> {
+    match fields.get("handler")? {
+        Value::Null => Some(owner.clone()),
+        Value::Text(h) => h.parse().ok(),
         _ => None,
     }
+}
+
+/// The status a complaint of `owner` waits in while `handler` has it: escalated above its
+/// owner, open with it.
+fn waiting_status(owner: &UnitId, handler: &UnitId) -> Value {
+    let status = if handler == owner {
+        ComplaintStatus::Open
+    } else {
+        ComplaintStatus::Escalated
+    };
+    Value::Text(status.as_str().into())
 }
 
 /// The description of a record kind, or `None` for members and profiles.
@@ -716,11 +729,8 @@ impl EntitySpec {
     /// owner.
     pub fn with_defaults(&self, owner: &UnitId, mut fields: Fields) -> Fields {
         if self.kind == DocKind::Complaints && !fields.contains_key("status") {
-            let status = match handler_named(&fields) {
-                Some(h) if &h != owner => ComplaintStatus::Escalated,
-                _ => ComplaintStatus::Open,
-            };
-            fields.insert("status".into(), Value::Text(status.as_str().into()));
+            let handler = handler_in(owner, &fields).unwrap_or_else(|| owner.clone());
+            fields.insert("status".into(), waiting_status(owner, &handler));
         }
         fields
     }
@@ -738,26 +748,14 @@ impl EntitySpec {
         handler: &UnitId,
         mut fields: Fields,
     ) -> Fields {
-        if self.kind != DocKind::Complaints {
-            return fields;
-        }
-        let new = match fields.get("handler") {
-            None => return fields,
-            Some(Value::Null) => owner.clone(),
-            Some(_) => match handler_named(&fields) {
-                Some(h) => h,
-                None => return fields,
-            },
+        let new = match handler_in(owner, &fields) {
+            Some(new) if self.kind == DocKind::Complaints => new,
+            _ => return fields,
         };
         if &new == handler {
             fields.remove("handler");
         } else if !fields.contains_key("status") {
-            let status = if &new == owner {
-                ComplaintStatus::Open
-            } else {
-                ComplaintStatus::Escalated
-            };
-            fields.insert("status".into(), Value::Text(status.as_str().into()));
+            fields.insert("status".into(), waiting_status(owner, &new));
         }
         fields
     }

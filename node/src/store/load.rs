@@ -141,13 +141,7 @@ fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
             .map_err(db)?
             .map(|row| {
                 let (k, v) = row.map_err(db)?;
-                let id_str = k.value().to_owned();
-                let id: DocId = id_str
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
-                let audience = wire::decode_audience(v.value())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                Ok((id_str, DocMeta { id, audience }))
+                Ok((k.value().to_owned(), doc_meta(k.value(), v.value())?))
             })
             .collect::<Result<_, StoreError>>()?
     };
@@ -274,6 +268,17 @@ pub(super) fn committed_bytes(
     doc_bytes(&snaps, &changes, &id.to_string(), below)
 }
 
+/// A document's metadata from its [`DOCS`] row.
+fn doc_meta(id: &str, audience: &[u8]) -> Result<DocMeta, StoreError> {
+    Ok(DocMeta {
+        id: id
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("doc id {id:?}: {e}")))?,
+        audience: wire::decode_audience(audience)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
+}
+
 /// Host every stored document in `engine` by its metadata and heads (none is loaded), with
 /// the persistence bookkeeping from [`DOC_STATE`]: start-up reads no document and no change.
 pub(super) fn load_index(
@@ -286,20 +291,16 @@ pub(super) fn load_index(
     let state = tx.open_table(DOC_STATE).map_err(db)?;
     for row in docs.iter().map_err(db)? {
         let (k, v) = row.map_err(db)?;
-        let id_str = k.value().to_owned();
-        let id: DocId = id_str
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("doc id {id_str:?}: {e}")))?;
-        let audience =
-            wire::decode_audience(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id_str = k.value();
+        let meta = doc_meta(id_str, v.value())?;
         // A document created empty and never changed has no state row yet.
-        let p = match state.get(id_str.as_str()).map_err(db)? {
-            Some(s) => decode_state(&id_str, s.value())?,
+        let p = match state.get(id_str).map_err(db)? {
+            Some(s) => decode_state(id_str, s.value())?,
             None => Persisted::default(),
         };
         let heads = p.heads.clone();
-        persisted.insert(id.clone(), p);
-        engine.insert_unloaded(DocMeta { id, audience }, heads);
+        persisted.insert(meta.id.clone(), p);
+        engine.insert_unloaded(meta, heads);
     }
     Ok(())
 }

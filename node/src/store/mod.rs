@@ -875,14 +875,9 @@ impl Waiting for PendingRecord {
         }
     }
     fn leave(&self, earlier: &mut Handling) {
-        use grassroots_schema::Value as V;
         if let RecordOp::Update(id, fields, _) = &self.op
-            && let Some(h) = fields.get("handler")
+            && let Some(handler) = grassroots_schema::entities::handler_in(&id.unit, fields)
         {
-            let handler = match h {
-                V::Text(t) => t.parse().unwrap_or_else(|_| id.unit.clone()),
-                _ => id.unit.clone(),
-            };
             earlier.insert(id.record, handler);
         }
     }

@@ -2083,18 +2083,30 @@ mod tests {
         create: bool,
         fields: &[(&str, &str)],
     ) -> DocId {
-        let meta = DocMeta::new(DocId::new(kind, u(owner)));
-        let id = meta.id.clone();
         let fields: grassroots_schema::Fields = fields
             .iter()
             .map(|(k, v)| (k.to_string(), grassroots_schema::Value::Text(v.to_string())))
             .collect();
+        write_record(e, kind, owner, rec, create, &fields)
+    }
+
+    /// [`write_fields`] with any values.
+    fn write_record(
+        e: &mut Engine,
+        kind: DocKind,
+        owner: &str,
+        rec: u64,
+        create: bool,
+        fields: &grassroots_schema::Fields,
+    ) -> DocId {
+        let meta = DocMeta::new(DocId::new(kind, u(owner)));
+        let id = meta.id.clone();
         let (d, _) = e.local_doc(meta).unwrap();
         let rec = RecordId::from_u64(rec);
         let w = if create {
-            doc::RecordWrite::Create(rec, &fields, None)
+            doc::RecordWrite::Create(rec, fields, None)
         } else {
-            doc::RecordWrite::Update(rec, &fields, None)
+            doc::RecordWrite::Update(rec, fields, None)
         };
         let spec = grassroots_schema::entity(kind).unwrap();
         let results = doc::apply_record_writes(d, spec, &[w]).unwrap();
@@ -2270,11 +2282,8 @@ mod tests {
         // The village (handling it) answers while the township, above it, clears the
         // answer: the clearing is a value of its own, and the township's ranks higher.
         update_complaint(&mut v, vu, &[("response", "Fixed")]);
-        let (d, _) = t.local_doc(DocMeta::new(complaints.clone())).unwrap();
-        let null: grassroots_schema::Fields =
-            [("response".to_owned(), grassroots_schema::Value::Null)].into();
-        let w = doc::RecordWrite::Update(RecordId::from_u64(1), &null, None);
-        assert!(doc::apply_record_writes(d, spec, &[w]).unwrap()[0].is_ok());
+        let null = [("response".to_owned(), grassroots_schema::Value::Null)].into();
+        write_record(&mut t, DocKind::Complaints, vu, 1, false, &null);
         let r = push(&mut v, &mut t, &complaints);
         assert!(r.is_empty(), "{r:?}");
         let r = push(&mut t, &mut v, &complaints);
@@ -2305,14 +2314,12 @@ mod tests {
 
         // Handing it back to its owner is a null handler, which every hop takes (the store
         // adds the status that goes with it).
-        let (d, _) = t.local_doc(DocMeta::new(complaints.clone())).unwrap();
-        let back: grassroots_schema::Fields = spec.with_update_defaults(
+        let back = spec.with_update_defaults(
             &u(vu),
             &u("c01/k01/t01"),
             [("handler".to_owned(), grassroots_schema::Value::Null)].into(),
         );
-        let w = doc::RecordWrite::Update(RecordId::from_u64(1), &back, None);
-        assert!(doc::apply_record_writes(d, spec, &[w]).unwrap()[0].is_ok());
+        write_record(&mut t, DocKind::Complaints, vu, 1, false, &back);
         assert!(push(&mut t, &mut v, &complaints).is_empty());
         assert_eq!(read(&v).handler(), u(vu));
         assert_eq!(text(&v, "status").as_deref(), Some("open"));
