@@ -123,10 +123,11 @@ impl Federation {
                 data_dir: dir,
                 name: spec.name.clone(),
                 quic_listen: localhost,
-                parent_addr,
+                parent_addr: parent_addr.map(Into::into),
                 children: children_of(&sorted, &id),
                 link: opts.link.clone(),
                 store: grassroots_node::store::StoreOptions::default(),
+                backups: grassroots_node::BackupPolicy::default(),
             };
             let running = RunningNode::start(cfg.clone(), localhost)
                 .await
@@ -194,6 +195,23 @@ impl Federation {
             .get_mut(unit)
             .with_context(|| format!("unknown unit {unit}"))?;
         cfg.link = link;
+        Ok(())
+    }
+
+    /// Give a stopped node another parent address, for its next [`Federation::restart`].
+    pub fn set_parent_addr(
+        &mut self,
+        unit: &UnitId,
+        addr: grassroots_node::net::ParentAddr,
+    ) -> anyhow::Result<()> {
+        if self.nodes.contains_key(unit) {
+            bail!("{unit} is running: stop it first");
+        }
+        let (cfg, _) = self
+            .configs
+            .get_mut(unit)
+            .with_context(|| format!("unknown unit {unit}"))?;
+        cfg.parent_addr = Some(addr);
         Ok(())
     }
 

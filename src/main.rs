@@ -20,7 +20,7 @@ use grassroots::launch::RunningNode;
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_node::pki::{PendingIdentity, REQUEST_FILE as PKI_REQUEST_FILE, refuse_held_keys};
 use grassroots_node::store::StoreOptions;
-use grassroots_node::{Identity, LinkConfig, NodeConfig};
+use grassroots_node::{BackupPolicy, Identity, LinkConfig, NodeConfig};
 use grassroots_schema::{Role, UnitId};
 use serde::Deserialize;
 
@@ -183,6 +183,28 @@ enum StoreCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Copy a stopped node's store into a backup file (a running node: its `backupStore`
+    /// mutation, or `backup_every_hours` in node.toml).
+    Backup {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The backup file (default: DIR/backups/store-<UTC time>.redb).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Put a backup in place of a stopped node's store. The backup is checked first (a
+    /// store of this node's unit whose views match its documents); the replaced store is
+    /// kept as store.redb.before-restore-<time>. At its next sync the node gets back from
+    /// its parent and children what they hold of what it wrote after the backup.
+    Restore {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,7 +234,8 @@ struct NodeToml {
     name: String,
     quic_listen: SocketAddr,
     graphql_listen: SocketAddr,
-    parent_addr: Option<SocketAddr>,
+    /// The parent's address and port, or `host:port` (looked up again at every dial).
+    parent_addr: Option<String>,
     #[serde(default)]
     children: Vec<String>,
     keep_alive_secs: Option<u64>,
@@ -227,6 +250,41 @@ struct NodeToml {
     doc_memory_mb: Option<u64>,
     /// Answer GraphQL introspection (`__schema`, `__type`); GraphiQL needs it. Default true.
     introspection: Option<bool>,
+    /// Hours between backups of the store into `backups/` (default 24; 0: none).
+    backup_every_hours: Option<u64>,
+    /// Backups kept (default 3; at least 1).
+    backups_kept: Option<usize>,
+    /// Where backups go (default `backups/` in the data folder; relative to it).
+    backup_dir: Option<PathBuf>,
+}
+
+impl NodeToml {
+    /// `parent_addr`, checked (a host name is looked up at each dial, not here).
+    fn parent(&self) -> anyhow::Result<Option<grassroots_node::net::ParentAddr>> {
+        self.parent_addr
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .context("parent_addr")
+    }
+
+    /// The backup settings, checked.
+    fn backups(&self) -> anyhow::Result<BackupPolicy> {
+        let mut policy = BackupPolicy::default();
+        match self.backup_every_hours {
+            Some(0) => policy.every = None,
+            Some(h) if h <= 24 * 366 => policy.every = Some(Duration::from_secs(h * 3600)),
+            Some(h) => bail!("backup_every_hours = {h}: at most a year (8784)"),
+            None => {}
+        }
+        match self.backups_kept {
+            Some(0) => bail!("backups_kept = 0: keep at least one (or set backup_every_hours = 0)"),
+            Some(k) => policy.keep = k,
+            None => {}
+        }
+        policy.dir.clone_from(&self.backup_dir);
+        Ok(policy)
+    }
 }
 
 fn init_tracing(default: &str) {
@@ -427,6 +485,10 @@ fn read_node_toml(path: &Path) -> anyhow::Result<(NodeToml, LinkConfig)> {
     }
     link.validate()
         .with_context(|| format!("{}: the link settings", path.display()))?;
+    cfg.backups()
+        .with_context(|| format!("{}: the backup settings", path.display()))?;
+    cfg.parent()
+        .with_context(|| format!("{}: the parent", path.display()))?;
     Ok((cfg, link))
 }
 
@@ -437,11 +499,13 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|c| c.parse::<UnitId>())
         .collect::<Result<Vec<_>, _>>()?;
+    let backups = cfg.backups()?;
+    let parent_addr = cfg.parent()?;
     let node_cfg = NodeConfig {
         data_dir: dir.to_owned(),
         name: cfg.name,
         quic_listen: cfg.quic_listen,
-        parent_addr: cfg.parent_addr,
+        parent_addr,
         children,
         link,
         store: match cfg.doc_memory_mb {
@@ -451,6 +515,7 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
             },
             None => StoreOptions::default(),
         },
+        backups,
     };
     let gateway = grassroots_gateway::GatewayOptions {
         introspection: cfg.introspection.unwrap_or(true),
@@ -462,15 +527,51 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         running.node.quic_addr(),
         running.graphql_url()
     );
-    shutdown_signal().await;
-    running.shutdown().await;
-    Ok(())
+    let store = running.node.store();
+    tokio::select! {
+        _ = shutdown_signal() => {
+            running.shutdown().await;
+            Ok(())
+        }
+        // A store that cannot write acknowledges nothing more; stopping lets the service
+        // manager start the node again, which recovers once the cause is fixed.
+        reason = store.failed() => {
+            tracing::error!("stopping: {reason}");
+            running.shutdown().await;
+            bail!("the node stopped: {reason}")
+        }
+    }
 }
 
 async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
     let (dir, rebuild) = match command {
         StoreCommand::Verify { dir } => (dir, false),
         StoreCommand::Rebuild { dir } => (dir, true),
+        StoreCommand::Backup { dir, out } => return store_backup(&dir, out).await,
+        StoreCommand::Restore { dir, from } => {
+            let identity = Identity::load(&dir.join("pki"))?;
+            let restored = grassroots_node::store::backup::restore(
+                &from,
+                &dir.join("store.redb"),
+                &identity.unit,
+                grassroots_node::status::now_ms(),
+            )
+            .await
+            .with_context(|| format!("restoring {}", from.display()))?;
+            println!("restored {} into {}", from.display(), dir.display());
+            if let Some(kept) = restored.kept {
+                println!("the replaced store is kept as {}", kept.display());
+            }
+            println!(
+                "users (tokens): {}",
+                if restored.users_kept {
+                    "as they were in the replaced store"
+                } else {
+                    "as they were in the backup (the replaced store did not open)"
+                }
+            );
+            return Ok(());
+        }
     };
     let identity = Identity::load(&dir.join("pki"))?;
     let (store, _reader, thread) =
@@ -491,6 +592,27 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
+async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let identity = Identity::load(&dir.join("pki"))?;
+    let (_store, reader, thread) =
+        grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
+    let now = grassroots_node::status::now_ms();
+    let done = match out {
+        Some(out) => reader.backup_to(&out),
+        None => reader.backup(now),
+    };
+    thread.shutdown().await;
+    let info = done?;
+    println!(
+        "{}: {} documents, {} bytes, {} ms",
+        info.path.display(),
+        info.documents,
+        info.bytes,
+        info.took_ms
+    );
+    Ok(())
+}
+
 async fn user_add(
     dir: &Path,
     unit: UnitId,
@@ -501,15 +623,18 @@ async fn user_add(
     if !unit.is_in_subtree_of(&identity.unit) {
         bail!("{unit} is not {} or below it", identity.unit);
     }
-    let (store, _reader, thread) =
+    let (store, reader, thread) =
         grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
     let token = new_token()?;
-    store
-        .add_named_user(token_hash(&token), unit.clone(), role, name)
-        .await?;
+    let hash = token_hash(&token);
+    store.add_named_user(hash, unit.clone(), role, name).await?;
+    let user = reader.user(&hash);
     thread.shutdown().await;
+    let name = user?.map(|u| u.name).unwrap_or_default();
     println!("{token}");
-    eprintln!("token for {role} of {unit}; it is not stored in clear and cannot be shown again");
+    eprintln!(
+        "token for {role} of {unit}, user \"{name}\" (revokeUserTokens(name: \"{name}\") revokes it); it is not stored in clear and cannot be shown again"
+    );
     Ok(())
 }
 
@@ -566,7 +691,7 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
+const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
     query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
 
 fn human_bytes(n: u64) -> String {
@@ -587,12 +712,29 @@ fn status_line(unit: &serde_json::Value) -> String {
     let sync = &unit["sync"];
     if let Some(link) = sync["link"].as_object() {
         let up = link["connected"].as_bool().unwrap_or(false);
+        if up {
+            line += "  link UP";
+        } else {
+            line += "  link DOWN";
+            if let Some(t) = link["downSince"].as_str() {
+                line += &format!(" since {t}");
+            }
+            if link["since"].is_null() {
+                line += " (never up since start)";
+            }
+        }
         line += &format!(
-            "  link {}  in {} out {}",
-            if up { "UP" } else { "DOWN" },
+            "  in {} out {}",
             human_bytes(link["bytesIn"].as_u64().unwrap_or(0)),
             human_bytes(link["bytesOut"].as_u64().unwrap_or(0)),
         );
+        let failed = link["failedDials"].as_u64().unwrap_or(0);
+        if !up && failed > 0 {
+            line += &format!(
+                "  {failed} dials failed, last: {}",
+                link["lastError"].as_str().unwrap_or("?")
+            );
+        }
         let (f, q) = (
             link["docsInFlight"].as_u64().unwrap_or(0),
             link["docsQueued"].as_u64().unwrap_or(0),
@@ -679,6 +821,133 @@ mod tests {
             Command::Pki { command } => pki(command),
             _ => bail!("not a pki command"),
         }
+    }
+
+    fn store_cli(args: &[&str]) -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["grassroots", "store"].iter().chain(args))?;
+        match cli.command {
+            Command::Store { command } => {
+                tokio::runtime::Runtime::new()?.block_on(store_command(command))
+            }
+            _ => bail!("not a store command"),
+        }
+    }
+
+    /// `store backup` and `store restore` on a stopped node: the restore brings back what
+    /// the backup held, keeps the store it replaced, and refuses a backup of another unit.
+    #[test]
+    fn a_stopped_node_is_backed_up_and_restored() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let (dir, other) = (tmp.path().join("c01"), tmp.path().join("c02"));
+        let rt = tokio::runtime::Runtime::new()?;
+        let members = |dir: &Path, add: Option<&str>| -> anyhow::Result<usize> {
+            rt.block_on(async {
+                let unit: UnitId = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .parse()?;
+                let (store, reader, thread) =
+                    grassroots_node::store::open(&dir.join("store.redb"), unit.clone())?;
+                store.set_profile(format!("City {unit}"), vec![]).await?;
+                if let Some(name) = add {
+                    let m = grassroots_schema::NewMember {
+                        name: name.into(),
+                        birth_year: 1980,
+                        gender: grassroots_schema::Gender::Male,
+                        education: grassroots_schema::Education::JuniorSecondary,
+                        joined_on: "2001-07-01".into(),
+                        status: grassroots_schema::MemberStatus::Full,
+                        phone: None,
+                        id_number: None,
+                    };
+                    store.create_member(unit.clone(), m).await?;
+                }
+                let n = reader.members(&unit, false, None, 100)?.total;
+                thread.shutdown().await;
+                Ok(n)
+            })
+        };
+        for (d, unit) in [(&dir, "c01"), (&other, "c02")] {
+            pki_cli(&[
+                "init",
+                "--dir",
+                d.to_str().context("path")?,
+                "--unit",
+                unit,
+                "--deployment",
+                "t.grassroots",
+            ])?;
+            assert_eq!(members(d, Some("Before"))?, 1);
+        }
+        let d = dir.to_str().context("path")?;
+        let backup = tmp.path().join("c01-backup.redb");
+        store_cli(&[
+            "backup",
+            "--dir",
+            d,
+            "--out",
+            backup.to_str().context("path")?,
+        ])?;
+        assert_eq!(members(&dir, Some("After"))?, 2);
+        let theirs = tmp.path().join("c02-backup.redb");
+        store_cli(&[
+            "backup",
+            "--dir",
+            other.to_str().context("path")?,
+            "--out",
+            theirs.to_str().context("path")?,
+        ])?;
+        let err = store_cli(&[
+            "restore",
+            "--dir",
+            d,
+            "--from",
+            theirs.to_str().context("path")?,
+        ])
+        .expect_err("another unit's backup was restored");
+        assert!(format!("{err:#}").contains("not a store of c01"), "{err:#}");
+        assert_eq!(members(&dir, None)?, 2);
+        store_cli(&[
+            "restore",
+            "--dir",
+            d,
+            "--from",
+            backup.to_str().context("path")?,
+        ])?;
+        assert_eq!(members(&dir, None)?, 1);
+        let kept: Vec<_> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("store.redb.before-restore-")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1);
+        // Without --out, the backup goes to the node's backups folder.
+        store_cli(&["backup", "--dir", d])?;
+        assert_eq!(std::fs::read_dir(dir.join("backups"))?.count(), 1);
+        Ok(())
+    }
+
+    /// node.toml's backup settings: 0 hours switches periodic backups off; keeping none is
+    /// refused.
+    #[test]
+    fn backup_settings_are_read_and_checked() -> anyhow::Result<()> {
+        let base =
+            "name = \"C\"\nquic_listen = \"127.0.0.1:1\"\ngraphql_listen = \"127.0.0.1:2\"\n";
+        let read = |extra: &str| -> anyhow::Result<BackupPolicy> {
+            toml::from_str::<NodeToml>(&format!("{base}{extra}"))?.backups()
+        };
+        assert_eq!(read("")?, BackupPolicy::default());
+        assert_eq!(read("backup_every_hours = 0")?.every, None);
+        let p = read("backup_every_hours = 6\nbackups_kept = 28\nbackup_dir = \"/mnt/usb\"")?;
+        assert_eq!((p.every, p.keep), (Some(Duration::from_secs(6 * 3600)), 28));
+        assert_eq!(p.dir.as_deref(), Some(Path::new("/mnt/usb")));
+        assert!(read("backups_kept = 0").is_err());
+        assert!(read("backup_every_hours = 100000").is_err());
+        Ok(())
     }
 
     /// Every example in deploy/ is a node.toml this build runs with.

@@ -2,7 +2,7 @@
 //! logged once and never sent.
 
 use async_graphql::ErrorExtensions;
-use grassroots_node::WriteError;
+use grassroots_node::{StoreError, WriteError};
 
 /// Error codes, stable across versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,11 @@ pub enum Code {
     PayloadTooLarge,
     /// Introspection is switched off on this node.
     IntrospectionDisabled,
+    /// A backup could not be written (the message says why: a full disk, permissions).
+    BackupFailed,
+    /// The write was not stored: the node's store cannot write now (the message says why,
+    /// a full disk for one); nothing changed.
+    NotStored,
 }
 
 impl Code {
@@ -53,6 +58,8 @@ impl Code {
             Code::BatchNotSupported => "BATCH_NOT_SUPPORTED",
             Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Code::IntrospectionDisabled => "INTROSPECTION_DISABLED",
+            Code::BackupFailed => "BACKUP_FAILED",
+            Code::NotStored => "NOT_STORED",
         }
     }
 }
@@ -102,6 +109,9 @@ pub fn from_write(e: WriteError) -> async_graphql::Error {
             error(Code::NotFound, e.to_string())
         }
         WriteError::Refused(r) => error(Code::Forbidden, r.detail),
+        WriteError::Store(StoreError::NotStored(why)) => {
+            error(Code::NotStored, format!("not stored: {why}"))
+        }
         e @ (WriteError::NotAChild(_) | WriteError::BadFingerprint) => {
             error(Code::BadUserInput, e.to_string())
         }

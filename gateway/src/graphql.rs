@@ -181,8 +181,16 @@ pub struct LinkState {
     connected: bool,
     /// SHA-256 fingerprint of the certificate the peer presented (what a revocation names).
     certificate_fingerprint: String,
-    /// When it last came up.
-    since: String,
+    /// When it last came up; null if it has not since this node started.
+    since: Option<String>,
+    /// When it went down (null while up): for a link not up since this node started, the
+    /// start or its first failed dial.
+    down_since: Option<String>,
+    /// Dials to the parent that failed since the link was last up (a child dials its
+    /// parent, so a link to a child counts none).
+    failed_dials: u32,
+    /// Why the last failed dial failed (unreachable, timed out, refused, revoked, ...).
+    last_error: Option<String>,
     /// When the last frame arrived; null if none yet.
     last_frame_at: Option<String>,
     /// Frame bytes received on the current (or last) connection.
@@ -1217,7 +1225,10 @@ impl UnitCore {
             .map(|l| LinkState {
                 connected: l.connected,
                 certificate_fingerprint: l.fingerprint,
-                since: rfc3339(l.since_ms),
+                since: (l.since_ms > 0).then(|| rfc3339(l.since_ms)),
+                down_since: (!l.connected && l.down_since_ms > 0).then(|| rfc3339(l.down_since_ms)),
+                failed_dials: l.failed_dials,
+                last_error: l.last_error,
                 last_frame_at: (l.last_frame_ms > 0).then(|| rfc3339(l.last_frame_ms)),
                 bytes_in: l.bytes_in,
                 bytes_out: l.bytes_out,
@@ -1794,6 +1805,19 @@ pub struct RevokeCertificateInput {
     fingerprint: String,
 }
 
+/// A backup just written.
+#[derive(SimpleObject)]
+pub struct StoreBackup {
+    /// The file, on the node's machine.
+    file: String,
+    /// Its size.
+    bytes: u64,
+    /// Documents it holds.
+    documents: u64,
+    /// Time taken to write it (ms).
+    took_ms: u64,
+}
+
 /// A recorded revocation.
 #[derive(SimpleObject)]
 pub struct RevokeCertificatePayload {
@@ -1916,6 +1940,42 @@ impl MutationCore {
         Ok(RevokeCertificatePayload {
             unit: ID(unit.to_string()),
             fingerprint,
+        })
+    }
+
+    /// Copy this node's whole store into a backup file beside it (`backups/` in its data
+    /// folder), consistent as of the moment it starts, while the node keeps working: an
+    /// admin of this node's unit. Older backups are not deleted here (node.toml's
+    /// `backups_kept` applies to the periodic ones).
+    async fn backup_store(&self, ctx: &Context<'_>) -> Result<StoreBackup> {
+        let b = backend(ctx)?;
+        match caller(ctx) {
+            Caller::Anonymous => {
+                return Err(error(Code::Unauthenticated, "a backup needs a token"));
+            }
+            Caller::User { unit, role } if *role == gs::Role::Admin && *unit == b.node_unit => {}
+            Caller::User { .. } => {
+                return Err(error(
+                    Code::Forbidden,
+                    "only an admin of this node's unit may back up its store",
+                ));
+            }
+        }
+        let reader = b.reader.clone();
+        let info =
+            tokio::task::spawn_blocking(move || reader.backup(grassroots_node::status::now_ms()))
+                .await
+                .map_err(internal)?
+                .map_err(|e| {
+                    tracing::warn!("backup failed: {e}");
+                    error(Code::BackupFailed, format!("backup failed: {e}"))
+                })?;
+        tracing::info!(file = %info.path.display(), bytes = info.bytes, "store backed up on request");
+        Ok(StoreBackup {
+            file: info.path.display().to_string(),
+            bytes: info.bytes,
+            documents: info.documents,
+            took_ms: info.took_ms,
         })
     }
 

@@ -136,6 +136,14 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<Who, async_graphql::Er
     caller_of(app, value.to_str().ok())
 }
 
+/// An error's `extensions.code`.
+fn code_of(e: &async_graphql::Error) -> Option<&str> {
+    match e.extensions.as_ref()?.get("code")? {
+        async_graphql::Value::String(c) => Some(c.as_str()),
+        _ => None,
+    }
+}
+
 /// The caller an `Authorization` value (`Bearer <token>`) names.
 fn caller_of(app: &App, authorization: Option<&str>) -> Result<Who, async_graphql::Error> {
     let token = authorization
@@ -206,6 +214,10 @@ async fn graphql(
     };
     let (caller, user) = match authenticate(&app, &headers) {
         Ok(c) => c,
+        // A token that could not be looked up is not a wrong token.
+        Err(e) if code_of(&e) == Some(Code::Internal.as_str()) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, reply_error(e)).into_response();
+        }
         Err(e) => return (StatusCode::UNAUTHORIZED, reply_error(e)).into_response(),
     };
     if let Err(e) = app.parsed.attach(&mut request) {
@@ -396,8 +408,17 @@ fn asks_introspection(doc: &ExecutableDocument) -> bool {
         .any(|(_, op)| walk(doc, &op.node.selection_set.node, &mut HashSet::new()))
 }
 
-async fn healthz(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "unit": app.backend.node_unit.to_string() }))
+/// `ok`, or 503 and why once the store cannot write (the node then stops).
+async fn healthz(State(app): State<App>) -> axum::response::Response {
+    let unit = app.backend.node_unit.to_string();
+    match app.backend.store.failure() {
+        None => Json(serde_json::json!({ "status": "ok", "unit": unit })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "failing", "unit": unit, "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 const GRAPHIQL_HTML: &str = include_str!("graphiql.html");

@@ -589,3 +589,43 @@ async fn members_filter_by_status() {
     }
     assert_eq!(seen, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_of_the_node_backs_it_up() {
+    let f = fixture().await;
+    let q = "mutation { backupStore { file bytes documents tookMs } }";
+    assert_eq!(code(&query(&f, None, q).await), "UNAUTHENTICATED");
+    for (unit, role) in [("c01/k01", Role::Supervisor), ("c01/k01/t01", Role::Admin)] {
+        let token = token_for(&f, unit, role).await;
+        assert_eq!(
+            code(&query(&f, Some(&token), q).await),
+            "FORBIDDEN",
+            "{unit} {role}"
+        );
+    }
+    let dir = f.backend.reader.backup_dir().unwrap().to_owned();
+    assert!(!dir.exists(), "a refused backup wrote something");
+    let admin = token_for(&f, "c01/k01", Role::Admin).await;
+    // A backup that cannot be written says why, and the node goes on.
+    std::fs::write(&dir, b"a file where the folder goes").unwrap();
+    let r = query(&f, Some(&admin), q).await;
+    assert_eq!(code(&r), "BACKUP_FAILED", "{r}");
+    std::fs::remove_file(&dir).unwrap();
+    let r = query(&f, Some(&admin), q).await;
+    let b = &r["data"]["backupStore"];
+    let file = std::path::PathBuf::from(b["file"].as_str().unwrap_or_default());
+    assert_eq!(file.parent(), Some(dir.as_path()), "{r}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        b["bytes"].as_u64().unwrap()
+    );
+    assert!(b["documents"].as_u64() >= Some(1), "{r}");
+    // Names are to the millisecond: a second backup right after is another file.
+    let r = query(&f, Some(&admin), q).await;
+    let second = r["data"]["backupStore"]["file"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!second.is_empty() && second != b["file"], "{r}");
+    assert!(file.exists());
+    f.shutdown().await;
+}

@@ -23,6 +23,6 @@ pub mod sync;
 
 pub use net::LinkConfig;
 pub use pki::Identity;
-pub use runtime::{Node, NodeConfig, NodeError};
+pub use runtime::{BackupPolicy, Node, NodeConfig, NodeError};
 pub use status::{LinkStatus, NodeStatus};
 pub use store::{MemberCursor, MemberPage, StoreError, StoreHandle, StoreReader, WriteError};

@@ -136,6 +136,93 @@ pub enum NetError {
     /// Timed out.
     #[error("timed out")]
     Timeout,
+    /// The parent's host name did not resolve.
+    #[error("cannot resolve {host}: {detail}")]
+    Resolve {
+        /// The name.
+        host: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Where a parent listens: an address, or a host name and port looked up again at every
+/// dial (so a parent whose address changes, behind dynamic DNS, is found again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentAddr {
+    /// An IP address and port.
+    Socket(SocketAddr),
+    /// `host:port`, resolved at each dial.
+    Host(String),
+}
+
+impl From<SocketAddr> for ParentAddr {
+    fn from(a: SocketAddr) -> Self {
+        ParentAddr::Socket(a)
+    }
+}
+
+impl std::fmt::Display for ParentAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParentAddr::Socket(a) => a.fmt(f),
+            ParentAddr::Host(h) => f.write_str(h),
+        }
+    }
+}
+
+/// A `parent_addr` that is neither an address and port nor `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an address and port or host:port")]
+pub struct BadParentAddr(String);
+
+impl std::str::FromStr for ParentAddr {
+    type Err = BadParentAddr;
+
+    /// An IP address and port, or `host:port` (checked for a port, not resolved).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ParentAddr::Socket(a));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port))
+                if !host.is_empty()
+                    && !host.contains(char::is_whitespace)
+                    && port.parse::<u16>().is_ok() =>
+            {
+                Ok(ParentAddr::Host(s.to_owned()))
+            }
+            _ => Err(BadParentAddr(s.to_owned())),
+        }
+    }
+}
+
+impl ParentAddr {
+    /// The address to dial now. For a host name, the first address the lookup gives in
+    /// the family of `local` (the endpoint's own address: an IPv4 socket cannot reach an
+    /// IPv6 address), else the first.
+    pub async fn resolve(&self, local: Option<SocketAddr>) -> Result<SocketAddr, NetError> {
+        match self {
+            ParentAddr::Socket(a) => Ok(*a),
+            ParentAddr::Host(h) => {
+                let resolve = |detail: String| NetError::Resolve {
+                    host: h.clone(),
+                    detail,
+                };
+                let found: Vec<SocketAddr> = tokio::net::lookup_host(h.as_str())
+                    .await
+                    .map_err(|e| resolve(e.to_string()))?
+                    .collect();
+                let family = local.map(|l| l.is_ipv4());
+                found
+                    .iter()
+                    .find(|a| Some(a.is_ipv4()) == family)
+                    .or(found.first())
+                    .copied()
+                    .ok_or_else(|| resolve("no address".into()))
+            }
+        }
+    }
 }
 
 impl NetError {
@@ -746,7 +833,7 @@ pub async fn accept_loop(
 /// Keep a link to the parent up until cancelled: dial, run, redial with backoff + jitter. A
 /// refused or revoked certificate or adjacency is permanent: it is logged loudly and retried
 /// only at the slowest pace, never in a hot loop.
-pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, addr: SocketAddr) {
+pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at: ParentAddr) {
     let cfg = &ctx.cfg;
     let rng = SystemRandom::new();
     let mut backoff = cfg.backoff_min;
@@ -758,15 +845,22 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, add
         // dials in a row, one handshake at a time, so a village whose parent is away does
         // not spend four times the dial traffic on a metered line.
         let racing = if failed_in_a_row >= 2 { 1 } else { MAX_RACING };
-        let attempt = dial(
-            &endpoint,
-            &ctx.identity,
-            &parent,
-            addr,
-            cfg.handshake_timeout,
-            racing,
-        )
-        .await;
+        let addr = at.clone();
+        let attempt = match at.resolve(endpoint.local_addr().ok()).await {
+            Ok(resolved) => {
+                dial(
+                    &endpoint,
+                    &ctx.identity,
+                    &parent,
+                    resolved,
+                    cfg.handshake_timeout,
+                    racing,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let failed_before = failed_in_a_row;
         failed_in_a_row = if attempt.is_ok() {
             0
         } else {
@@ -785,6 +879,9 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, add
         });
         match attempt {
             Ok(link) => {
+                if failed_before > 0 {
+                    tracing::info!(%parent, %addr, "reached the parent after {failed_before} failed dials");
+                }
                 run_link(link, ctx.store.clone(), ctx.cancel.clone()).await;
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff = cfg.backoff_min;
@@ -794,8 +891,20 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, add
             Err(e) if e.is_permanent() => {
                 tracing::error!(%parent, %addr, "link to the parent refused ({e}); will not retry before {:?}", cfg.backoff_max * 4);
                 delay = cfg.backoff_max * 4;
+                ctx.store.dial_failed(parent.clone(), e.to_string()).await;
             }
-            Err(e) => tracing::debug!(%parent, %addr, "dial failed: {e}; retry in {delay:?}"),
+            Err(e) => {
+                // The first failure in a row is worth an operator's eye (a village's line
+                // down, a wrong address); the rest of the row only now and then.
+                if failed_in_a_row == 1 {
+                    tracing::warn!(%parent, %addr, "cannot reach the parent: {e}; retrying, at most every {:?}", cfg.backoff_max);
+                } else if failed_in_a_row.is_multiple_of(30) {
+                    tracing::info!(%parent, %addr, "still cannot reach the parent after {failed_in_a_row} dials: {e}");
+                } else {
+                    tracing::debug!(%parent, %addr, "dial failed: {e}; retry in {delay:?}");
+                }
+                ctx.store.dial_failed(parent.clone(), e.to_string()).await;
+            }
         }
         // Jitter in [0.75, 1.25) so a county's villages do not redial in lockstep.
         let mut b = [0u8; 2];
@@ -815,6 +924,32 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, add
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_parent_address_is_an_address_or_a_host_name_resolved_in_the_endpoints_family() {
+        let a: ParentAddr = "10.1.2.3:7400".parse().unwrap();
+        assert_eq!(a, ParentAddr::Socket("10.1.2.3:7400".parse().unwrap()));
+        let h: ParentAddr = "localhost:7400".parse().unwrap();
+        assert_eq!(h, ParentAddr::Host("localhost:7400".into()));
+        assert!(matches!("[::1]:7400".parse(), Ok(ParentAddr::Socket(_))));
+        for bad in [
+            "localhost",
+            "localhost:",
+            ":7400",
+            "a b:7400",
+            "host:99999",
+            "",
+        ] {
+            assert!(bad.parse::<ParentAddr>().is_err(), "{bad}");
+        }
+        let v4 = h.resolve(Some("0.0.0.0:0".parse().unwrap())).await.unwrap();
+        assert_eq!(v4, "127.0.0.1:7400".parse().unwrap());
+        let missing: ParentAddr = "no-such-host.invalid:7400".parse().unwrap();
+        assert!(matches!(
+            missing.resolve(None).await,
+            Err(NetError::Resolve { .. })
+        ));
+    }
 
     #[test]
     fn an_initial_round_trip_is_between_10_ms_and_1_s() {

@@ -10,7 +10,7 @@ use quinn::Endpoint;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::net::{self, LinkConfig, NetError};
+use crate::net::{self, LinkConfig, NetError, ParentAddr};
 use crate::pki::{Identity, PkiError};
 use crate::store::{
     self, StoreError, StoreHandle, StoreOptions, StoreReader, StoreThread, WriteError,
@@ -26,13 +26,75 @@ pub struct NodeConfig {
     /// UDP address for QUIC.
     pub quic_listen: SocketAddr,
     /// Where the parent listens (required unless this is the root).
-    pub parent_addr: Option<SocketAddr>,
+    pub parent_addr: Option<ParentAddr>,
     /// Registered children: the only units accepted from below.
     pub children: Vec<UnitId>,
     /// Link timing.
     pub link: LinkConfig,
     /// Store memory settings.
     pub store: StoreOptions,
+    /// Periodic backups of the store.
+    pub backups: BackupPolicy,
+}
+
+/// When and where a running node copies its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPolicy {
+    /// Time between backups (none: only on request); the first is taken one interval
+    /// after start.
+    pub every: Option<Duration>,
+    /// Backups kept in the folder; older ones are deleted after each new one.
+    pub keep: usize,
+    /// The folder (default: `backups/` in the data folder, on the store's own disk).
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for BackupPolicy {
+    /// Daily, three of them, beside the store.
+    fn default() -> Self {
+        BackupPolicy {
+            every: Some(Duration::from_secs(24 * 3600)),
+            keep: 3,
+            dir: None,
+        }
+    }
+}
+
+/// Take a backup every `policy.every` until cancelled. A failure (a full disk) is logged
+/// and the node goes on; the next interval tries again.
+async fn backup_loop(reader: StoreReader, policy: BackupPolicy, cancel: CancellationToken) {
+    let Some(every) = policy.every else { return };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let r = reader.clone();
+        let keep = policy.keep;
+        let done = tokio::task::spawn_blocking(move || {
+            let info = r.backup(crate::status::now_ms())?;
+            let pruned = match r.backup_dir() {
+                Some(dir) => store::backup::prune_backups(dir, keep)?,
+                None => 0,
+            };
+            Ok::<_, StoreError>((info, pruned))
+        })
+        .await;
+        match done {
+            Ok(Ok((info, pruned))) => tracing::info!(
+                file = %info.path.display(),
+                bytes = info.bytes,
+                documents = info.documents,
+                took_ms = info.took_ms,
+                pruned,
+                "store backed up"
+            ),
+            Ok(Err(e)) => tracing::warn!("backup failed: {e}"),
+            Err(e) => tracing::warn!("backup task failed: {e}"),
+        }
+    }
 }
 
 /// Why a node could not start.
@@ -103,9 +165,16 @@ impl Node {
         }
         let (store, reader, store_thread) =
             store::open_with(&cfg.data_dir.join("store.redb"), unit.clone(), cfg.store)?;
+        let reader = match &cfg.backups.dir {
+            Some(dir) => reader.with_backup_dir(cfg.data_dir.join(dir)),
+            None => reader,
+        };
         store
             .set_profile(cfg.name.clone(), cfg.children.clone())
             .await?;
+        store
+            .expect_peers(parent.iter().chain(&cfg.children).cloned().collect())
+            .await;
         let endpoint = net::endpoint(&identity, cfg.quic_listen, &cfg.link)?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -121,6 +190,11 @@ impl Node {
             ctx.clone(),
             Arc::new(cfg.children.clone()),
             tasks.clone(),
+        ));
+        tasks.spawn(backup_loop(
+            reader.clone(),
+            cfg.backups.clone(),
+            cancel.clone(),
         ));
         if let (Some(parent), Some(addr)) = (parent, cfg.parent_addr) {
             tasks.spawn(net::dial_loop(endpoint.clone(), ctx, parent, addr));
@@ -181,5 +255,41 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The periodic backups keep the newest `keep` copies, each a store that opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn periodic_backups_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let me: UnitId = "c01".parse().unwrap();
+        let (h, r, t) = store::open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        h.set_profile("City".into(), vec![]).await.unwrap();
+        let cancel = CancellationToken::new();
+        let policy = BackupPolicy {
+            every: Some(Duration::from_millis(100)),
+            keep: 2,
+            dir: None,
+        };
+        let backups = tokio::spawn(backup_loop(r.clone(), policy, cancel.clone()));
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        cancel.cancel();
+        backups.await.unwrap();
+        t.shutdown().await;
+        drop((h, r));
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        for f in files {
+            let (_h, r, t) = store::open(&f, me.clone()).unwrap();
+            assert_eq!(r.unit(&me).unwrap().unwrap().name, "City");
+            t.shutdown().await;
+        }
     }
 }

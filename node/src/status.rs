@@ -72,8 +72,15 @@ pub struct LinkStatus {
     pub connected: bool,
     /// SHA-256 fingerprint of the certificate the peer presented.
     pub fingerprint: String,
-    /// When it came up (or last came up), ms since the epoch.
+    /// When it came up (or last came up), ms since the epoch (0: never since start).
     pub since_ms: u64,
+    /// When it went down, ms since the epoch (0 while up); for a peer never connected since
+    /// start, the start or the first failed dial.
+    pub down_since_ms: u64,
+    /// Dials to the peer that failed since the link was last up (or since start).
+    pub failed_dials: u32,
+    /// Why the last of them failed.
+    pub last_error: Option<String>,
     /// When the last frame arrived, ms since the epoch (0: never).
     pub last_frame_ms: u64,
     /// Frame bytes received on the current (or last) connection.

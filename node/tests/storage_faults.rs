@@ -49,6 +49,8 @@ struct Disk {
     /// I/O operations left before the power cut (`None`: never).
     countdown: Option<u64>,
     dead: bool,
+    /// The disk's size: a write or a resize beyond it fails as a full disk would.
+    capacity: Option<u64>,
 }
 
 fn apply(image: &mut Vec<u8>, op: &Pending) {
@@ -77,6 +79,14 @@ impl Disk {
             *n -= 1;
         }
         Ok(())
+    }
+
+    /// Whether a file of `len` bytes fits on the disk.
+    fn room(&self, len: u64) -> std::io::Result<()> {
+        match self.capacity {
+            Some(c) if len > c => Err(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+            _ => Ok(()),
+        }
     }
 
     /// The image found after the power comes back.
@@ -126,6 +136,7 @@ impl StorageBackend for Faulty {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         let mut d = self.0.lock().map_err(|_| io_err("poisoned"))?;
         d.tick()?;
+        d.room(len)?;
         let op = Pending::SetLen(len);
         apply(&mut d.current, &op);
         d.pending.push(op);
@@ -143,6 +154,7 @@ impl StorageBackend for Faulty {
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let mut d = self.0.lock().map_err(|_| io_err("poisoned"))?;
         d.tick()?;
+        d.room(offset + data.len() as u64)?;
         let op = Pending::Write(offset, data.to_vec());
         apply(&mut d.current, &op);
         d.pending.push(op);
@@ -263,4 +275,75 @@ async fn acknowledged_writes_survive_power_cuts_below_redb() {
         "only {} writes acknowledged",
         acked.len()
     );
+}
+
+/// A disk that fills up: the write that does not fit is refused with a clear reason, the
+/// store says it can no longer write (the node then stops), and once there is room again
+/// the store opens with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_clearly_and_loses_none() {
+    let me: UnitId = "c01/k01/t01/v01".parse().unwrap();
+    let faulty = disk(Vec::new(), None);
+    let db = redb::Database::builder()
+        .create_with_backend(Faulty(faulty.clone()))
+        .unwrap();
+    let (h, r, t) = store::open_database(db, me.clone(), StoreOptions::default()).unwrap();
+    h.set_profile("Liujia".into(), vec![]).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(
+            h.create_member(me.clone(), member(format!("n{i}"), i))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    assert_eq!(h.failure(), None);
+    {
+        let mut d = faulty.lock().unwrap();
+        d.capacity = Some(d.current.len() as u64 + (64 << 10));
+    }
+    let mut refused = None;
+    for i in 20..5_000u64 {
+        match h
+            .create_member(me.clone(), member(format!("n{i}"), i))
+            .await
+        {
+            Ok(m) => acked.push(m.id),
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk never filled");
+    assert!(refused.contains("not stored"), "{refused}");
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(5), h.failed())
+        .await
+        .expect("the store did not report its failure");
+    assert!(reason.contains("the disk is full"), "{reason}");
+    assert_eq!(h.failure().as_deref(), Some(reason.as_str()));
+    // Later writes are refused too, not hung.
+    let later = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        h.create_member(me.clone(), member("late".into(), 1)),
+    )
+    .await
+    .expect("a write hung on the failed store");
+    assert!(later.is_err());
+    t.shutdown().await;
+    drop((h, r));
+
+    // Room again (the operator freed some): every acknowledged write is there.
+    let image = faulty.lock().unwrap().current.clone();
+    let db = redb::Database::builder()
+        .create_with_backend(Faulty(disk(image, None)))
+        .unwrap();
+    let (h, r, t) = store::open_database(db, me.clone(), StoreOptions::default()).unwrap();
+    for id in &acked {
+        assert!(r.member(id).unwrap().is_some(), "acknowledged {id} lost");
+    }
+    assert!(h.verify_views().await.unwrap().is_empty());
+    assert!(acked.len() > 20);
+    t.shutdown().await;
 }

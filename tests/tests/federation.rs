@@ -739,7 +739,11 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
     // bytes flat for a second.
     let frames = || async {
         let s = store.status().await?;
-        let l = s.links.first().context("no link")?;
+        let l = s
+            .links
+            .iter()
+            .find(|l| l.peer.as_str() == "c01")
+            .context("no link to the city")?;
         anyhow::Ok((l.docs_in_flight + l.docs_queued, l.bytes_in + l.bytes_out))
     };
     eventually(WAIT, "the link idle", || async {
@@ -899,6 +903,235 @@ async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow:
     assert!(
         (1..=1200).contains(&without),
         "a datagram of {without} bytes with discovery off at the county"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A village node whose disk was replaced (its store gone, its keys kept) gets its own records
+/// back from its township, and its new writes, made under a new actor, travel up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_village_that_lost_its_store_gets_its_records_back() -> anyhow::Result<()> {
+    let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+    let (mut fed, dir) = start(small_tree(), None).await?;
+    let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
+    let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
+    let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
+    let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
+    let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
+    let present = |url: String, token: String, ids: Vec<String>| async move {
+        for id in &ids {
+            if member_at(&url, Some(&token), id).await?.is_null() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    };
+    eventually(WAIT, "the records at the township", || {
+        present(
+            township.clone(),
+            supervisor.clone(),
+            vec![a.clone(), b.clone()],
+        )
+    })
+    .await?;
+
+    fed.stop(&v01).await?;
+    let store = dir.path().join("c01_k01_t01_v01").join("store.redb");
+    std::fs::remove_file(&store).with_context(|| format!("removing {}", store.display()))?;
+    fed.restart(&v01).await?;
+    // Users are kept in the store, so the new one has none yet.
+    let r = gql(&village, Some(&clerk), MEMBER, json!({ "id": a })).await?;
+    assert_eq!(error_code(&r), Some("UNAUTHENTICATED"), "{r}");
+    let clerk = new_token()?;
+    fed.node(&v01)?
+        .node
+        .store()
+        .add_user(token_hash(&clerk), v01.clone(), Role::Clerk)
+        .await?;
+    eventually(WAIT, "the records back at the village", || {
+        present(village.clone(), clerk.clone(), vec![a.clone(), b.clone()])
+    })
+    .await?;
+
+    let c = create_member(&village, &clerk, "c01/k01/t01/v01", "Li Na").await?;
+    let r = gql(
+        &village,
+        Some(&clerk),
+        UPDATE,
+        json!({ "id": a, "input": { "education": "COLLEGE" } }),
+    )
+    .await?;
+    assert_eq!(r["data"]["updateMember"]["education"], "COLLEGE", "{r}");
+    eventually(WAIT, "the new writes at the township", || {
+        let (url, token, a, c) = (township.clone(), supervisor.clone(), a.clone(), c.clone());
+        async move {
+            let (ma, mc) = (
+                member_at(&url, Some(&token), &a).await?,
+                member_at(&url, Some(&token), &c).await?,
+            );
+            Ok((ma["education"] == "COLLEGE" && mc["name"] == "Li Na").then_some(()))
+        }
+    })
+    .await?;
+    let status = fed.node(&t01)?.node.store().status().await?;
+    let link = status
+        .links
+        .iter()
+        .find(|l| l.peer == v01)
+        .context("no link to the village")?;
+    assert_eq!(link.rejected, 0, "{link:?}");
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A village restored from an older backup (taken through GraphQL while it ran) gets back
+/// from its township what it wrote after the backup, though the sync states it restored
+/// are older than what the township remembers of it, and writes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_village_restored_from_an_old_backup_gets_the_rest_back() -> anyhow::Result<()> {
+    let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+    let (mut fed, dir) = start(small_tree(), None).await?;
+    let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
+    let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
+    let admin = fed.token(&v01, Role::Admin)?.to_owned();
+    let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
+    let at = |url: &str, token: &str, id: &str| {
+        let (url, token, id) = (url.to_owned(), token.to_owned(), id.to_owned());
+        move || {
+            let (url, token, id) = (url.clone(), token.clone(), id.clone());
+            async move { Ok(Some(member_at(&url, Some(&token), &id).await?).filter(|m| !m.is_null())) }
+        }
+    };
+    let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
+    eventually(WAIT, "A at the township", at(&township, &supervisor, &a)).await?;
+    let r = gql(
+        &village,
+        Some(&admin),
+        "mutation { backupStore { file documents } }",
+        json!({}),
+    )
+    .await?;
+    let backup = r["data"]["backupStore"]["file"]
+        .as_str()
+        .with_context(|| format!("no backup: {r}"))?
+        .to_owned();
+    let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
+    eventually(WAIT, "B at the township", at(&township, &supervisor, &b)).await?;
+    // A user added after the backup keeps their token through the restore.
+    let r = gql(
+        &village,
+        Some(&admin),
+        "mutation { createUserToken(input: { unit: \"c01/k01/t01/v01\", role: CLERK, name: \"Wang Li\" }) { token } }",
+        json!({}),
+    )
+    .await?;
+    let late = r["data"]["createUserToken"]["token"]
+        .as_str()
+        .with_context(|| format!("no token: {r}"))?
+        .to_owned();
+
+    fed.stop(&v01).await?;
+    let data = dir.path().join("c01_k01_t01_v01");
+    let restored = grassroots_node::store::backup::restore(
+        std::path::Path::new(&backup),
+        &data.join("store.redb"),
+        &v01,
+        grassroots_node::status::now_ms(),
+    )
+    .await?;
+    assert!(restored.users_kept);
+    assert!(restored.kept.context("no store was replaced")?.exists());
+    fed.restart(&v01).await?;
+    // The backup holds the users and A; B comes back from the township.
+    assert!(!member_at(&village, Some(&clerk), &a).await?.is_null());
+    eventually(WAIT, "B back at the village", at(&village, &clerk, &b)).await?;
+    let c = create_member(&village, &late, "c01/k01/t01/v01", "Li Na").await?;
+    eventually(WAIT, "C at the township", at(&township, &supervisor, &c)).await?;
+    let status = fed.node(&t01)?.node.store().status().await?;
+    let link = status
+        .links
+        .iter()
+        .find(|l| l.peer == v01)
+        .context("no link to the village")?;
+    assert_eq!(link.rejected, 0, "{link:?}");
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A link that is down says so, since when and why: at the village, its parent link with
+/// the failed dials and the last one's reason (then its parent is found again by host
+/// name); at the township, a village that has not connected since the township started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_link_says_since_when_and_why() -> anyhow::Result<()> {
+    let (v01, v02, t01) = (
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01/v02"),
+        unit("c01/k01/t01"),
+    );
+    let (via, slot) = behind_relay("c01/k01/t01/v01");
+    let (mut fed, _dir) = start(small_tree(), Some(via)).await?;
+    let relay = relay_of(&slot)?;
+    let village = fed.graphql_url(&v01)?;
+    let viewer = fed.token(&v01, Role::Viewer)?.to_owned();
+    const PARENT: &str = "{ unit(id: \"c01/k01/t01\") { sync { link { connected since downSince failedDials lastError } } } }";
+    let parent_link = || {
+        let (url, token) = (village.clone(), viewer.clone());
+        async move {
+            let r = gql(&url, Some(&token), PARENT, json!({})).await?;
+            anyhow::Ok(r["data"]["unit"]["sync"]["link"].clone())
+        }
+    };
+    let up = eventually(WAIT, "the parent link up", || async {
+        Ok(Some(parent_link().await?).filter(|l| l["connected"] == true))
+    })
+    .await?;
+    assert!(up["since"].is_string() && up["downSince"].is_null(), "{up}");
+    assert_eq!(up["failedDials"], 0, "{up}");
+
+    relay.cut();
+    let down = eventually(WAIT, "failed dials at the village", || async {
+        Ok(Some(parent_link().await?)
+            .filter(|l| l["connected"] == false && l["failedDials"].as_u64() >= Some(2)))
+    })
+    .await?;
+    assert!(down["downSince"].is_string(), "{down}");
+    let why = down["lastError"].as_str().unwrap_or_default();
+    assert!(!why.is_empty(), "{down}");
+    // Its parent found by name from now on (looked up at every dial).
+    fed.stop(&v01).await?;
+    let port = fed.node(&t01)?.node.quic_addr().port();
+    fed.set_parent_addr(
+        &v01,
+        format!("localhost:{port}")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+    )?;
+    fed.restart(&v01).await?;
+    let back = eventually(WAIT, "the parent link back", || async {
+        Ok(Some(parent_link().await?).filter(|l| l["connected"] == true))
+    })
+    .await?;
+    assert_eq!(back["failedDials"], 0, "{back}");
+    assert!(
+        back["lastError"].is_null() && back["downSince"].is_null(),
+        "{back}"
+    );
+
+    // A village not connected since the township started: down since the start.
+    fed.stop(&v02).await?;
+    fed.stop(&t01).await?;
+    fed.restart(&t01).await?;
+    let store = fed.node(&t01)?.node.store();
+    let status = store.status().await?;
+    let l = status
+        .links
+        .iter()
+        .find(|l| l.peer == v02)
+        .context("the stopped village is not listed")?;
+    assert!(
+        !l.connected && l.since_ms == 0 && l.down_since_ms > 0,
+        "{l:?}"
     );
     fed.shutdown().await;
     Ok(())

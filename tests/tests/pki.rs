@@ -308,7 +308,7 @@ async fn a_parent_that_is_away_is_dialled_one_handshake_at_a_time() -> anyhow::R
         endpoint,
         ctx,
         unit("c01"),
-        away.local_addr()?,
+        away.local_addr()?.into(),
     ));
     // Each handshake's Initial packets carry its own destination connection id (long header:
     // flags, version, id length, id).

@@ -7,6 +7,7 @@
 //! durable, and a node forwards only what it has stored. Reads of the query views go through
 //! [`StoreReader`] and never touch the actor.
 
+pub mod backup;
 mod compact;
 mod load;
 mod reader;
@@ -26,7 +27,7 @@ use grassroots_schema::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use reader::{MemberCursor, MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser};
 use tables::*;
@@ -85,6 +86,17 @@ pub enum StoreError {
     /// What was asked to be stored is invalid (a user's name).
     #[error(transparent)]
     Invalid(#[from] RecordError),
+    /// A commit failed: the write is not stored.
+    #[error("not stored: {0}")]
+    NotStored(String),
+    /// A file operation outside redb failed (a backup, a restore).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
 }
 
 /// Why a write was refused or failed.
@@ -196,6 +208,21 @@ enum Command {
         peer: UnitId,
         session: u64,
     },
+    /// The peers this node expects links with (its parent and registered children).
+    Expect {
+        peers: Vec<UnitId>,
+    },
+    /// A dial to `peer` failed.
+    DialFailed {
+        peer: UnitId,
+        error: String,
+    },
+    /// Tests: block the actor inside a batch until `until` yields, so that commands sent
+    /// meanwhile join that batch.
+    #[cfg(test)]
+    Hold {
+        until: std::sync::mpsc::Receiver<()>,
+    },
     Revoke {
         child: UnitId,
         fingerprint: String,
@@ -221,6 +248,7 @@ enum Command {
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
     changes: broadcast::Sender<DocChange>,
+    failure: watch::Receiver<Option<String>>,
 }
 
 /// A document whose change was just stored (made here or received from a peer).
@@ -298,7 +326,8 @@ pub fn open_with(path: &Path, me: UnitId, options: StoreOptions) -> Result<Opene
         }
         Err(e) => return Err(db(e)),
     };
-    open_database(database, me, options)
+    let (handle, reader, thread) = open_database(database, me, options)?;
+    Ok((handle, reader.with_file(path.to_owned()), thread))
 }
 
 /// Open a store on an already opened redb database (any storage backend): check the layout
@@ -324,6 +353,7 @@ pub fn open_database(
     let (tx, rx) = mpsc::channel(INBOX);
     let activity = Arc::new(compact::Activity::new());
     let (changes, _) = broadcast::channel(CHANGE_FEED);
+    let (failure, failed) = watch::channel(None);
     let rollups = Arc::new(reader::RollupCache::default());
     let compactor = compact::Compactor::spawn(
         database.clone(),
@@ -343,6 +373,7 @@ pub fn open_database(
         persisted,
         rng,
         links: HashMap::new(),
+        dials: HashMap::new(),
         heard,
         retry: BTreeSet::new(),
         options,
@@ -354,12 +385,17 @@ pub fn open_database(
         compacting: None,
         last_record: 0,
         last_batch_writes: 0,
+        failure,
     };
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
         .spawn(move || actor.run(rx))
         .map_err(|e| StoreError::Corrupt(format!("cannot start store thread: {e}")))?;
-    let handle = StoreHandle { tx, changes };
+    let handle = StoreHandle {
+        tx,
+        changes,
+        failure: failed,
+    };
     Ok((
         handle.clone(),
         StoreReader::new(database, rollups),
@@ -426,6 +462,23 @@ impl Persisted {
 }
 
 impl StoreHandle {
+    /// Why the store can no longer write, once a commit has failed in redb or below it (a
+    /// full disk, an I/O error). The node should then stop: only a reopen recovers.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Wait until the store can no longer write ([`StoreHandle::failure`]); never returns
+    /// while it can.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failure.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The actor stopped without a failure: nothing more will fail.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Notifications of stored changes, from now on. A receiver that falls more than
     /// [`CHANGE_FEED`] notifications behind is told how many it missed (`Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<DocChange> {
@@ -639,6 +692,17 @@ impl StoreHandle {
     /// The link to `peer` (the connection `session`) ended; its sync states are persisted.
     pub async fn peer_down(&self, peer: UnitId, session: u64) {
         let _ = self.tx.send(Command::PeerDown { peer, session }).await;
+    }
+
+    /// The peers this node expects links with: each is shown in the status, down, until it
+    /// connects.
+    pub async fn expect_peers(&self, peers: Vec<UnitId>) {
+        let _ = self.tx.send(Command::Expect { peers }).await;
+    }
+
+    /// A dial to `peer` failed with `error` (shown in the status until the link comes up).
+    pub async fn dial_failed(&self, peer: UnitId, error: String) {
+        let _ = self.tx.send(Command::DialFailed { peer, error }).await;
     }
 
     /// Revoke a child's certificate: recorded in this node's profile (which travels to
@@ -959,8 +1023,22 @@ struct Batch {
 struct LinkEntry {
     counters: Arc<LinkCounters>,
     since_ms: u64,
+    /// When it went down (0 while up).
+    down_since_ms: u64,
     connected: bool,
     rejected: u64,
+}
+
+/// A peer this node has had no link with since it last went down, or ever: expected at
+/// start (parent and children), or dialled without success.
+#[derive(Debug, Default)]
+struct DialFailures {
+    /// Since when (the first failure, or the start).
+    since_ms: u64,
+    /// Dials that failed since then.
+    count: u32,
+    /// The last failure's reason.
+    last_error: Option<String>,
 }
 
 struct Actor {
@@ -970,6 +1048,8 @@ struct Actor {
     persisted: HashMap<DocId, Persisted>,
     rng: SystemRandom,
     links: HashMap<UnitId, LinkEntry>,
+    /// Expected peers without a link now, and failed dials ([`DialFailures`]).
+    dials: HashMap<UnitId, DialFailures>,
     heard: HashMap<UnitId, u64>,
     /// Documents whose changes a failed commit did not persist.
     retry: BTreeSet<DocId>,
@@ -991,6 +1071,8 @@ struct Actor {
     /// The document the compactor is working on (one at a time: a job holds a whole
     /// document in memory).
     compacting: Option<DocId>,
+    /// Set once a commit fails in redb or below it ([`StoreHandle::failed`]).
+    failure: watch::Sender<Option<String>>,
 }
 
 impl Actor {
@@ -1055,6 +1137,15 @@ impl Actor {
             }
             if let Err(e) = &result {
                 tracing::error!("commit failed, nothing in this batch is acknowledged: {e}");
+                if let StoreError::Db(cause) = e
+                    && self.failure.borrow().is_none()
+                {
+                    // redb refuses every later operation after an I/O failure, and a failed
+                    // fsync leaves what the disk holds unknown: only a reopen recovers.
+                    let reason = failure_reason(cause);
+                    tracing::error!("{reason}");
+                    self.failure.send_replace(Some(reason));
+                }
                 self.retry.extend(batch.dirty.iter().cloned());
                 // A snapshot not stored is made again from what is committed by then.
                 self.due
@@ -1346,11 +1437,13 @@ impl Actor {
                 }
                 self.outboxes.insert(peer.clone(), outbox);
                 let rejected = self.links.get(&peer).map_or(0, |l| l.rejected);
+                self.dials.remove(&peer);
                 self.links.insert(
                     peer,
                     LinkEntry {
                         counters,
                         since_ms: now_ms(),
+                        down_since_ms: 0,
                         connected: true,
                         rejected,
                     },
@@ -1368,6 +1461,28 @@ impl Actor {
                 {
                     self.on_peer_down(peer, batch);
                 }
+            }
+            Command::Expect { peers } => {
+                let now = now_ms();
+                for p in peers {
+                    self.dials.entry(p).or_insert_with(|| DialFailures {
+                        since_ms: now,
+                        ..DialFailures::default()
+                    });
+                }
+            }
+            #[cfg(test)]
+            Command::Hold { until } => {
+                let _ = until.recv();
+            }
+            Command::DialFailed { peer, error } => {
+                let now = now_ms();
+                let d = self.dials.entry(peer).or_insert_with(|| DialFailures {
+                    since_ms: now,
+                    ..DialFailures::default()
+                });
+                d.count = d.count.saturating_add(1);
+                d.last_error = Some(error);
             }
             Command::Revoke {
                 child,
@@ -1419,6 +1534,7 @@ impl Actor {
         self.outboxes.remove(&peer);
         if let Some(l) = self.links.get_mut(&peer) {
             l.connected = false;
+            l.down_since_ms = now_ms();
         }
     }
 
@@ -1520,11 +1636,15 @@ impl Actor {
             .iter()
             .map(|(peer, l)| {
                 let progress = self.engine.progress(peer).unwrap_or_default();
+                let dials = self.dials.get(peer);
                 LinkStatus {
                     peer: peer.clone(),
                     connected: l.connected,
                     fingerprint: l.counters.fingerprint.clone(),
                     since_ms: l.since_ms,
+                    down_since_ms: l.down_since_ms,
+                    failed_dials: dials.map_or(0, |d| d.count),
+                    last_error: dials.and_then(|d| d.last_error.clone()),
                     last_frame_ms: l.counters.last_frame_ms.load(Relaxed),
                     bytes_in: l.counters.bytes_in.load(Relaxed),
                     bytes_out: l.counters.bytes_out.load(Relaxed),
@@ -1536,6 +1656,29 @@ impl Actor {
                 }
             })
             .collect();
+        // Peers never connected since start: down since then, with their dial failures.
+        links.extend(
+            self.dials
+                .iter()
+                .filter(|(peer, _)| !self.links.contains_key(*peer))
+                .map(|(peer, d)| LinkStatus {
+                    peer: peer.clone(),
+                    connected: false,
+                    fingerprint: String::new(),
+                    since_ms: 0,
+                    down_since_ms: d.since_ms,
+                    failed_dials: d.count,
+                    last_error: d.last_error.clone(),
+                    last_frame_ms: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    probes_out: 0,
+                    docs_in_flight: 0,
+                    docs_queued: 0,
+                    docs_unregistered: 0,
+                    rejected: 0,
+                }),
+        );
         links.sort_by(|a, b| a.peer.cmp(&b.peer));
         let mut heard: Vec<(UnitId, u64)> =
             self.heard.iter().map(|(u, t)| (u.clone(), *t)).collect();
@@ -2071,6 +2214,23 @@ fn trimmed(mut fields: Fields) -> Fields {
     fields
 }
 
+/// What an operator is told when the store stops being able to write.
+fn failure_reason(cause: &redb::Error) -> String {
+    let full = match cause {
+        redb::Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    };
+    if full {
+        format!(
+            "the disk is full: the store cannot write ({cause}); free some space, then start the node again (every acknowledged write is kept)"
+        )
+    } else {
+        format!(
+            "the store cannot write ({cause}); start the node again once the cause is fixed (every acknowledged write is kept)"
+        )
+    }
+}
+
 /// A view row's bytes: the JSON of a view model.
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -2088,7 +2248,7 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
         Ok(v) => batch.replies.push(Box::new(move |commit| {
             let _ = reply.send(match commit {
                 Ok(()) => Ok(v),
-                Err(e) => Err(E::from(StoreError::Corrupt(format!("commit failed: {e}")))),
+                Err(e) => Err(E::from(StoreError::NotStored(e.to_string()))),
             });
         })),
     }
@@ -2697,10 +2857,18 @@ mod tests {
         // Two writes in one batch, the second judged by what the first leaves: handed to
         // the county, then straight back to the township (a change, not a restatement).
         let write = |pairs: &[(&str, V)]| h.update_record(direct.id.clone(), f(pairs), None);
+        // The actor is held inside a batch while both are sent, so they join it.
+        let (release, until) = std::sync::mpsc::channel();
+        h.tx.send(Command::Hold { until }).await.unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            release.send(())
+        });
         let (up, down) = tokio::join!(
             write(&[("handler", text("c01/k01"))]),
             write(&[("handler", text("c01/k01/t01"))]),
         );
+        releaser.join().unwrap().unwrap();
         assert_eq!(status(&up.unwrap()), Some(text("escalated")));
         let down = down.unwrap();
         assert_eq!(down.handler(), me);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,7 @@ use grassroots_schema::{
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::StoreError;
+use super::backup::BackupInfo;
 use super::tables::{
     USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
 };
@@ -25,6 +27,10 @@ use super::tables::{
 pub struct StoreReader {
     db: Arc<Database>,
     rollups: Arc<RollupCache>,
+    /// Where [`StoreReader::backup`] writes (none for a store not opened from a file).
+    backups: Option<PathBuf>,
+    /// The store's file (none for another storage backend).
+    file: Option<PathBuf>,
 }
 
 /// Decoded roll-up rows, each tagged with the commit count it was read at.
@@ -233,12 +239,60 @@ fn prefix_end(prefix: &str) -> String {
 
 impl StoreReader {
     pub(super) fn new(db: Arc<Database>, rollups: Arc<RollupCache>) -> Self {
-        StoreReader { db, rollups }
+        StoreReader {
+            db,
+            rollups,
+            backups: None,
+            file: None,
+        }
     }
 
     #[cfg(test)]
     pub(crate) fn db_for_tests(&self) -> &Database {
         &self.db
+    }
+
+    /// Backups of the store at `file` go to `backups/` beside it.
+    pub(super) fn with_file(self, file: PathBuf) -> Self {
+        StoreReader {
+            backups: Some(super::backup::backup_dir(&file)),
+            file: Some(file),
+            ..self
+        }
+    }
+
+    /// Send [`StoreReader::backup`]'s copies to `dir` instead (another disk).
+    pub fn with_backup_dir(self, dir: PathBuf) -> Self {
+        StoreReader {
+            backups: Some(dir),
+            ..self
+        }
+    }
+
+    /// The folder [`StoreReader::backup`] writes to.
+    pub fn backup_dir(&self) -> Option<&Path> {
+        self.backups.as_deref()
+    }
+
+    /// Write a consistent copy of the whole store into the backup folder, named for
+    /// `now_ms` ([`super::backup::backup_name`]), while writes go on. Blocking: it reads
+    /// the whole store.
+    pub fn backup(&self, now_ms: u64) -> Result<BackupInfo, StoreError> {
+        let dir = self.backups.as_deref().ok_or_else(|| StoreError::Io {
+            what: "backing up".into(),
+            source: std::io::Error::other("this store was not opened from a file"),
+        })?;
+        self.backup_to(&dir.join(super::backup::backup_name(now_ms)))
+    }
+
+    /// Write a consistent copy of the whole store to `out` (which must not exist yet).
+    pub fn backup_to(&self, out: &Path) -> Result<BackupInfo, StoreError> {
+        let size = self
+            .file
+            .as_deref()
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len());
+        super::backup::write_backup(&self.db, out, size)
     }
 
     /// Counts over the members of `id`'s whole subtree, as this node holds them: one row,

@@ -1069,6 +1069,7 @@ async fn cold_start() -> anyhow::Result<()> {
         children: Vec::new(),
         link: grassroots_node::LinkConfig::default(),
         store: grassroots_node::store::StoreOptions::default(),
+        backups: grassroots_node::BackupPolicy::default(),
     };
     let client = reqwest::Client::new();
     let start = Instant::now();
