@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::Context as _;
 use grassroots_schema::entities::{MeetingKind, Organisation, ServiceFunction};
 use grassroots_schema::{
-    DocKind, Education, Fields, Gender, MemberStatus, NewMember, Role, UnitDetails, UnitId, Value,
+    DocKind, Education, Fields, Gender, MemberCategory, MemberStatus, NewMember, Role, UnitDetails,
+    UnitId, Value,
 };
 
 use crate::federation::{Federation, UnitSpec};
@@ -123,6 +124,16 @@ pub fn members_for(unit: &UnitId, count: usize) -> Vec<NewMember> {
                 },
                 phone: None,
                 id_number: None,
+                // Roughly one member in eight works away from home, one in twelve is in
+                // difficulty (more among the old).
+                categories: [
+                    (rng.next(8) == 0).then_some(MemberCategory::Floating),
+                    (rng.next(if birth_year < 1955 { 4 } else { 16 }) == 0)
+                        .then_some(MemberCategory::InDifficulty),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
             }
         })
         .collect()

@@ -860,6 +860,7 @@ mod tests {
                         status: grassroots_schema::MemberStatus::Full,
                         phone: None,
                         id_number: None,
+                        categories: Vec::new(),
                     };
                     store.create_member(unit.clone(), m).await?;
                 }

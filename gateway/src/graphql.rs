@@ -151,6 +151,17 @@ mirror_enum!(
     MemberStatusGql = gs::MemberStatus { Probationary, Full }
 );
 
+mirror_enum!(
+    /// A category a member may be in (any number of them).
+    #[graphql(name = "MemberCategory")]
+    MemberCategoryGql = gs::MemberCategory {
+        /// Working away from home (a floating or migrant member, with a mobile activity card).
+        Floating,
+        /// In difficulty (old age, illness, poverty): whom the branch's care visits are for.
+        InDifficulty,
+    }
+);
+
 /// RFC 3339 UTC time of a millisecond Unix timestamp.
 pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
@@ -364,6 +375,10 @@ pub struct Indicators {
     /// Members who joined in `year`, younger than 35 then, with higher education (the seed's
     /// target: at least one a year per village).
     new_young_higher_education: i64,
+    /// Floating (migrant) members, working away from home.
+    floating: i64,
+    /// Members in difficulty.
+    in_difficulty: i64,
 }
 
 /// A count of members with one education level.
@@ -409,6 +424,8 @@ impl Indicators {
                 })
                 .collect(),
             new_young_higher_education: r.new_young_higher(year),
+            floating: r.in_category(gs::MemberCategory::Floating),
+            in_difficulty: r.in_category(gs::MemberCategory::InDifficulty),
         }
     }
 }
@@ -1523,6 +1540,10 @@ impl MemberGql {
     async fn birth_year(&self) -> i64 {
         self.0.birth_year
     }
+    /// The categories the member is in.
+    async fn categories(&self) -> Vec<MemberCategoryGql> {
+        self.0.categories.iter().map(|c| (*c).into()).collect()
+    }
     /// Gender.
     async fn gender(&self) -> GenderGql {
         self.0.gender.into()
@@ -1759,6 +1780,8 @@ pub struct CreateMemberInput {
     phone: Option<String>,
     /// Personal identity number (sensitive, like `phone`).
     id_number: Option<String>,
+    /// The categories the member is in (none when omitted or null).
+    categories: Option<Vec<MemberCategoryGql>>,
 }
 
 /// Fields to change; omitted fields stay as they are and merge with concurrent edits.
@@ -1781,6 +1804,9 @@ pub struct UpdateMemberInput {
     phone: MaybeUndefined<String>,
     /// Personal identity number.
     id_number: MaybeUndefined<String>,
+    /// The categories the member is in from now on (the others are cleared); `null` or `[]`
+    /// clears them all.
+    categories: MaybeUndefined<Vec<MemberCategoryGql>>,
 }
 
 /// A required field of an update: omitted leaves it, `null` is refused.
@@ -1997,6 +2023,12 @@ impl MutationCore {
             status: input.status.into(),
             phone: input.phone,
             id_number: input.id_number,
+            categories: input
+                .categories
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
         };
         b.store
             .create_member_by(unit, member, Some(by))
@@ -2028,6 +2060,11 @@ impl MutationCore {
             // Omitted leaves a field (`None`), `null` clears it (`Some(None)`).
             phone: input.phone.into(),
             id_number: input.id_number.into(),
+            categories: match input.categories {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(Vec::new()),
+                MaybeUndefined::Value(c) => Some(c.into_iter().map(Into::into).collect()),
+            },
         };
         b.store
             .update_member_by(id, patch, Some(by))

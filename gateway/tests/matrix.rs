@@ -76,6 +76,7 @@ async fn every_role_relation_and_operation_on_member_records() {
         status: MemberStatus::Full,
         phone: Some("+86 138 0000 0000".into()),
         id_number: Some("11010519491231002X".into()),
+        categories: Vec::new(),
     };
     let create = "mutation($u: ID!) { createMember(input: { unit: $u, name: \"New\", \
         birthYear: 1990, gender: FEMALE, education: BACHELOR, joinedOn: \"2026-01-01\" }) { id } }";

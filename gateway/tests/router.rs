@@ -279,6 +279,7 @@ async fn indicators_come_from_the_rollups_and_follow_visibility() {
         status: MemberStatus::Full,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     };
     let (county, township): (UnitId, UnitId) =
         ("c01/k01".parse().unwrap(), "c01/k01/t01".parse().unwrap());
@@ -358,6 +359,7 @@ async fn targets_name_the_villages_that_miss_them() {
         status: MemberStatus::Probationary,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     };
     // v01 meets it; v02 only has an old recruit, t02/v01 a young one without a degree, and
     // the county's own member is not a village's.
@@ -525,6 +527,7 @@ async fn members_filter_by_status() {
         status,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     };
     for (unit, status) in [
         ("c01/k01", MemberStatus::Probationary),
@@ -627,5 +630,74 @@ async fn only_an_admin_of_the_node_backs_it_up() {
         .unwrap_or_default();
     assert!(!second.is_empty() && second != b["file"], "{r}");
     assert!(file.exists());
+    f.shutdown().await;
+}
+
+/// Categories through GraphQL: set at creation, read back, replaced and cleared by an
+/// update, and counted over the subtree in the indicators, views equal to a rebuild.
+#[tokio::test]
+async fn member_categories_are_written_read_and_counted() {
+    let f = fixture().await;
+    let clerk = token_for(&f, "c01/k01", Role::Clerk).await;
+    let create = "mutation($u: ID!, $c: [MemberCategory!]) { createMember(input: { unit: $u, name: \"Li Wei\", birthYear: 1980, gender: MALE, education: PRIMARY, joinedOn: \"2001-07-01\", categories: $c }) { id categories } }";
+    let new = |unit: &str, cats: Value| {
+        let (f, clerk) = (&f, clerk.clone());
+        let body = json!({ "query": create, "variables": { "u": unit, "c": cats } });
+        async move {
+            post(f, Some(&clerk), serde_json::to_vec(&body).unwrap())
+                .await
+                .1
+        }
+    };
+    let r = new("c01/k01", json!(["IN_DIFFICULTY", "FLOATING", "FLOATING"])).await;
+    assert_eq!(
+        r["data"]["createMember"]["categories"],
+        json!(["FLOATING", "IN_DIFFICULTY"]),
+        "{r}"
+    );
+    let a = r["data"]["createMember"]["id"].as_str().unwrap().to_owned();
+    let supervisor = token_for(&f, "c01/k01", Role::Supervisor).await;
+    for (unit, cats) in [
+        ("c01/k01/t01", json!(["FLOATING"])),
+        ("c01/k01/t01", json!(null)),
+    ] {
+        let body = json!({ "query": create, "variables": { "u": unit, "c": cats } });
+        let r = post(&f, Some(&supervisor), serde_json::to_vec(&body).unwrap())
+            .await
+            .1;
+        assert!(r["data"]["createMember"]["id"].is_string(), "{r}");
+    }
+    let indicators = || async {
+        let r = query(
+            &f,
+            Some(&clerk),
+            "{ nodeUnit { indicators { members floating inDifficulty } } }",
+        )
+        .await;
+        r["data"]["nodeUnit"]["indicators"].clone()
+    };
+    assert_eq!(
+        indicators().await,
+        json!({ "members": 3, "floating": 2, "inDifficulty": 1 })
+    );
+    let update = "mutation($id: ID!, $c: [MemberCategory!]) { updateMember(id: $id, input: { categories: $c }) { categories } }";
+    for (cats, want, floating, difficulty) in [
+        (json!(["IN_DIFFICULTY"]), json!(["IN_DIFFICULTY"]), 1, 1),
+        (json!(null), json!([]), 1, 0),
+    ] {
+        let body = json!({ "query": update, "variables": { "id": a, "c": cats } });
+        let r = post(&f, Some(&clerk), serde_json::to_vec(&body).unwrap())
+            .await
+            .1;
+        assert_eq!(r["data"]["updateMember"]["categories"], want, "{r}");
+        assert_eq!(
+            indicators().await,
+            json!({ "members": 3, "floating": floating, "inDifficulty": difficulty })
+        );
+    }
+    // Leaving categories out of an update leaves them.
+    let r = query(&f, Some(&clerk), &format!("mutation {{ updateMember(id: \"{a}\", input: {{ name: \"Li Wei Jr\" }}) {{ categories }} }}")).await;
+    assert_eq!(r["data"]["updateMember"]["categories"], json!([]), "{r}");
+    assert!(f.backend.store.verify_views().await.unwrap().is_empty());
     f.shutdown().await;
 }

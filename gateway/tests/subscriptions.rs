@@ -101,6 +101,7 @@ async fn changes_follow_the_callers_scope() {
         status: MemberStatus::Full,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     };
     let village: UnitId = "c01/k01/t01/v01".parse().unwrap();
     store.create_member(village, member).await.unwrap();

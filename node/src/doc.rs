@@ -15,8 +15,8 @@ use automerge::{
 };
 use grassroots_schema::entities::{Organisation, ServiceFunction};
 use grassroots_schema::{
-    ActorTag, Education, EntitySpec, Fields, Gender, Member, MemberId, MemberPatch, MemberStatus,
-    NewMember, Record, RecordId, RecordRef, Stamp, UnitDetails, UnitId, UnitProfile,
+    ActorTag, Education, EntitySpec, Fields, Gender, Member, MemberCategory, MemberId, MemberPatch,
+    MemberStatus, NewMember, Record, RecordId, RecordRef, Stamp, UnitDetails, UnitId, UnitProfile,
     Value as FieldValue,
 };
 
@@ -73,6 +73,9 @@ fn put_member(
     }
     if let Some(v) = &m.id_number {
         fields.insert(ID_NUMBER, hydrate::Value::scalar(v.as_str()));
+    }
+    for c in &m.categories {
+        fields.insert(c.field(), hydrate::Value::scalar(true));
     }
     stamp_created(&mut fields, stamp);
     tx.batch_create_object(ROOT, record.to_string(), &fields.into(), false)?;
@@ -211,6 +214,20 @@ fn patch_member(
             Some(Some(v)) => tx.put(obj, key, v.as_str())?,
             Some(None) => clear(tx, obj, key)?,
             None => {}
+        }
+    }
+    if let Some(cats) = &p.categories {
+        for c in MemberCategory::ALL {
+            if cats.contains(c) {
+                // Only a change is written: a category restated would outvote a concurrent
+                // removal made elsewhere for nothing.
+                if !matches!(tx.get(obj, c.field())?, Some((automerge::Value::Scalar(v), _)) if v.as_ref() == &ScalarValue::Boolean(true))
+                {
+                    tx.put(obj, c.field(), true)?;
+                }
+            } else {
+                clear(tx, obj, c.field())?;
+            }
         }
     }
     Ok(())
@@ -605,6 +622,13 @@ fn member_from(
             status: MemberStatus::parse(&text("status")?)?,
             phone: text(PHONE),
             id_number: text(ID_NUMBER),
+            // A category is in when its field is `true`; anything else a peer wrote there
+            // counts as not in it.
+            categories: MemberCategory::ALL
+                .iter()
+                .copied()
+                .filter(|c| matches!(scalar(c.field()), Some(ScalarValue::Boolean(true))))
+                .collect(),
             created,
             changed,
         })
@@ -842,6 +866,7 @@ mod tests {
             status: MemberStatus::Full,
             phone: None,
             id_number: None,
+            categories: Vec::new(),
         }
     }
 
@@ -969,6 +994,7 @@ mod tests {
             status: MemberStatus::Full,
             phone: Some("139 0000 3333".into()),
             id_number: None,
+            categories: Vec::new(),
         };
         create_member(&mut a, rec, &member).unwrap();
         let mut b = a.fork().with_actor(actor_for(&unit, [2; 8]));
@@ -987,6 +1013,51 @@ mod tests {
         let merged = read_member(&a, &unit, rec).unwrap();
         assert_eq!(merged.phone.as_deref(), Some("138 1111 2222"));
         assert_eq!(merged.name, "Zhao Min");
+    }
+
+    /// Categories are one field each: concurrent changes to different ones merge, a set
+    /// without one clears it, and a value that is not `true` counts as not in it.
+    #[test]
+    fn member_categories_merge_one_field_each() {
+        use MemberCategory as C;
+        let v = unit("c01/k01/t01/v01");
+        let mut a = empty(&actor_for(&v, [1; 8]));
+        let rec = RecordId::from_u64(7);
+        create_member(&mut a, rec, &sample()).unwrap();
+        assert!(read_member(&a, &v, rec).unwrap().categories.is_empty());
+        let mut b = a.fork().with_actor(actor_for(&v, [2; 8]));
+        let set = |c: Vec<C>| MemberPatch {
+            categories: Some(c),
+            ..MemberPatch::default()
+        };
+        update_member(&mut a, rec, &set(vec![C::Floating])).unwrap();
+        update_member(&mut b, rec, &set(vec![C::InDifficulty])).unwrap();
+        a.merge(&mut b).unwrap();
+        assert_eq!(
+            read_member(&a, &v, rec).unwrap().categories,
+            vec![C::Floating, C::InDifficulty]
+        );
+        update_member(&mut a, rec, &set(vec![C::InDifficulty])).unwrap();
+        assert_eq!(
+            read_member(&a, &v, rec).unwrap().categories,
+            vec![C::InDifficulty]
+        );
+        // Restating a category writes nothing.
+        let heads = a.get_heads();
+        update_member(&mut a, rec, &set(vec![C::InDifficulty])).unwrap();
+        assert_eq!(a.get_heads(), heads);
+        // A peer's non-boolean value is not a category.
+        let obj = match a.get(ROOT, rec.to_string()).unwrap() {
+            Some((_, obj)) => obj,
+            None => panic!("no record"),
+        };
+        let mut tx = a.transaction();
+        tx.put(&obj, C::Floating.field(), "yes").unwrap();
+        tx.commit();
+        assert_eq!(
+            read_member(&a, &v, rec).unwrap().categories,
+            vec![C::InDifficulty]
+        );
     }
 
     #[test]

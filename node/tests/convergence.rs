@@ -145,6 +145,7 @@ impl World {
                 status: MemberStatus::Full,
                 phone: None,
                 id_number: None,
+                categories: Vec::new(),
             };
             doc::create_member(d, rec, &m).unwrap();
         }

@@ -181,6 +181,7 @@ fn member(name: String, i: u64) -> NewMember {
         status: MemberStatus::Full,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     }
 }
 

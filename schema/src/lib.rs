@@ -50,8 +50,8 @@ pub use entities::{Access, ENTITIES, EntitySpec, Fields, Record, Value, entity};
 pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, RecordRef, UnitId};
 pub use level::Level;
 pub use records::{
-    Education, Gender, Member, MemberPatch, MemberStatus, NewMember, RecordError, Stamp,
-    UnitDetails, UnitProfile,
+    Education, Gender, Member, MemberCategory, MemberPatch, MemberStatus, NewMember, RecordError,
+    Stamp, UnitDetails, UnitProfile, category_set,
 };
 pub use rollup::Rollup;
 pub use rules::{

@@ -41,6 +41,36 @@ string_enum!(
     MemberStatus { Probationary = "probationary", Full = "full" }
 );
 
+string_enum!(
+    /// A category a member may be in (any number of them): who needs the branch's
+    /// particular attention.
+    MemberCategory {
+        /// Working away from home (a floating or migrant member, with a mobile activity
+        /// card): takes part in the branch's life from afar.
+        Floating = "floating",
+        /// In difficulty (old age, illness, poverty): the branch's care visits are for them.
+        InDifficulty = "in_difficulty",
+    }
+);
+
+impl MemberCategory {
+    /// The record field holding whether a member is in this category (`true` or absent):
+    /// one field per category, so concurrent changes to different categories merge.
+    pub fn field(self) -> &'static str {
+        match self {
+            MemberCategory::Floating => "floating",
+            MemberCategory::InDifficulty => "inDifficulty",
+        }
+    }
+}
+
+/// Categories as a sorted set without repeats.
+pub fn category_set(mut c: Vec<MemberCategory>) -> Vec<MemberCategory> {
+    c.sort_by_key(|c| c.as_str());
+    c.dedup();
+    c
+}
+
 /// Why a record was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -94,6 +124,9 @@ pub struct Member {
     /// Personal identity number: sensitive, like `phone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_number: Option<String>,
+    /// The categories the member is in, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<MemberCategory>,
     /// Who created the record and when (absent on records written without a caller, such
     /// as generated data or records older than stamps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +198,8 @@ pub struct NewMember {
     pub phone: Option<String>,
     /// Personal identity number (sensitive).
     pub id_number: Option<String>,
+    /// Categories (floating, in difficulty).
+    pub categories: Vec<MemberCategory>,
 }
 
 impl NewMember {
@@ -197,6 +232,9 @@ pub struct MemberPatch {
     pub phone: Option<Option<String>>,
     /// New identity number; `Some(None)` clears it.
     pub id_number: Option<Option<String>>,
+    /// The categories the member is in from now on (the others are cleared); `None`
+    /// leaves them as they are.
+    pub categories: Option<Vec<MemberCategory>>,
 }
 
 impl MemberPatch {
@@ -476,6 +514,7 @@ mod tests {
             status: MemberStatus::Full,
             phone: None,
             id_number: None,
+            categories: Vec::new(),
         };
         assert!(m.validate().is_ok());
         m.name = "  ".into();

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::Member;
+use crate::records::{Member, MemberCategory};
 
 /// Age below which a member counts as young in the seed's targets.
 pub const YOUNG_UNDER: i64 = 35;
@@ -51,6 +51,11 @@ fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
     }
 }
 
+/// The tally of members in category `c`.
+fn category_key(c: MemberCategory) -> String {
+    format!("member-category/{}", c.as_str())
+}
+
 /// The year of a `YYYY-MM-DD` date.
 fn year_of(date: &str) -> Option<i64> {
     date.get(..4)?.parse().ok()
@@ -68,6 +73,9 @@ impl Rollup {
             sign,
         );
         bump(&mut self.by_birth_year, &m.birth_year, sign);
+        for c in &m.categories {
+            bump(&mut self.tallies, &category_key(*c), sign);
+        }
         if m.education.is_higher()
             && let Some(joined) = year_of(&m.joined_on)
         {
@@ -77,6 +85,11 @@ impl Rollup {
                 self.higher_by_joined.remove(&joined);
             }
         }
+    }
+
+    /// Members in category `c`.
+    pub fn in_category(&self, c: MemberCategory) -> i64 {
+        self.tallies.get(&category_key(c)).copied().unwrap_or(0)
     }
 
     /// Add `tallies` once more (`sign` 1) or once less (`sign` -1).
@@ -189,6 +202,7 @@ mod tests {
             status: MemberStatus::Full,
             phone: None,
             id_number: None,
+            categories: Vec::new(),
             created: None,
             changed: None,
         }

@@ -612,6 +612,7 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
         status: MemberStatus::Full,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     };
     doc::create_member(&mut forged, RecordId::from_u64(0xbad), &m)?;
     let mut state = sync::State::new();
@@ -797,6 +798,7 @@ async fn a_stamp_a_child_forges_is_shown_nowhere_above() -> anyhow::Result<()> {
         status: MemberStatus::Full,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     };
     let (forged_m, honest_m) = (member("Stamped By Nobody"), member("Stamped By Li"));
     let (forged_r, honest_r) = (RecordId::from_u64(0x5eed), RecordId::from_u64(0x600d));

@@ -844,6 +844,7 @@ impl Waiting for PendingWrite {
                 status: m.status,
                 phone: m.phone,
                 id_number: m.id_number,
+                categories: grassroots_schema::category_set(m.categories),
                 created: by,
                 changed: None,
             }),
@@ -2501,6 +2502,7 @@ mod tests {
             status: MemberStatus::Full,
             phone: None,
             id_number: None,
+            categories: Vec::new(),
         }
     }
 

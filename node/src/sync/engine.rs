@@ -1454,6 +1454,7 @@ mod tests {
             status: MemberStatus::Full,
             phone: None,
             id_number: None,
+            categories: Vec::new(),
         }
     }
 

@@ -89,6 +89,7 @@ fn household(i: usize) -> NewMember {
         status: MemberStatus::Full,
         phone: None,
         id_number: None,
+        categories: Vec::new(),
     }
 }
 

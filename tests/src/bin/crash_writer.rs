@@ -38,6 +38,7 @@ fn main() -> anyhow::Result<()> {
                         status: MemberStatus::Full,
                         phone: None,
                         id_number: None,
+                        categories: Vec::new(),
                     };
                     let Ok(created) = store.create_member(unit.clone(), m).await else {
                         return;
