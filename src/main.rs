@@ -20,6 +20,7 @@ use grassroots::launch::RunningNode;
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_node::pki::{PendingIdentity, REQUEST_FILE as PKI_REQUEST_FILE, refuse_held_keys};
 use grassroots_node::store::StoreOptions;
+use grassroots_node::store::backup::{self, UsersFrom};
 use grassroots_node::{BackupPolicy, Identity, LinkConfig, NodeConfig};
 use grassroots_schema::{Role, UnitId};
 use serde::Deserialize;
@@ -550,7 +551,7 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Backup { dir, out } => return store_backup(&dir, out).await,
         StoreCommand::Restore { dir, from } => {
             let identity = Identity::load(&dir.join("pki"))?;
-            let restored = grassroots_node::store::backup::restore(
+            let restored = backup::restore(
                 &from,
                 &dir.join("store.redb"),
                 &identity.unit,
@@ -562,14 +563,14 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
             if let Some(kept) = restored.kept {
                 println!("the replaced store is kept as {}", kept.display());
             }
-            println!(
-                "users (tokens): {}",
-                if restored.users_kept {
-                    "as they were in the replaced store"
-                } else {
-                    "as they were in the backup (the replaced store did not open)"
+            match restored.users {
+                UsersFrom::Replaced(n) => {
+                    println!("users (tokens): the {n} of the replaced store");
                 }
-            );
+                UsersFrom::Backup(n) => println!(
+                    "users (tokens): the {n} of the backup (the replaced store did not open or had none)"
+                ),
+            }
             return Ok(());
         }
     };
@@ -594,15 +595,25 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
 
 async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     let identity = Identity::load(&dir.join("pki"))?;
-    let (_store, reader, thread) =
-        grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
-    let now = grassroots_node::status::now_ms();
-    let done = match out {
-        Some(out) => reader.backup_to(&out),
-        None => reader.backup(now),
-    };
-    thread.shutdown().await;
-    let info = done?;
+    let path = dir.join("store.redb");
+    // Opened as it is: no store made where none is, no migration run before the copy.
+    let database = backup::open_existing(&path)?;
+    match backup::owner_of(&database)? {
+        Some(o) if o == identity.unit.as_str() => {}
+        Some(o) => bail!("{} belongs to {o}, not {}", path.display(), identity.unit),
+        None => bail!(
+            "{} names no owner yet: start the node once with this build (or run `store verify`), then back it up",
+            path.display()
+        ),
+    }
+    let out = out.unwrap_or_else(|| {
+        backup::backup_dir(&path).join(backup::backup_name(
+            identity.unit.as_str(),
+            grassroots_node::status::now_ms(),
+        ))
+    });
+    let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+    let info = backup::write_backup(&database, &out, size)?;
     println!(
         "{}: {} documents, {} bytes, {} ms",
         info.path.display(),

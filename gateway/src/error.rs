@@ -100,6 +100,14 @@ pub fn internal(detail: impl std::fmt::Display) -> async_graphql::Error {
     error(Code::Internal, "internal error")
 }
 
+/// Map a store failure: a write not stored says why; the rest is internal.
+pub fn from_store(e: StoreError) -> async_graphql::Error {
+    match e {
+        StoreError::NotStored(why) => error(Code::NotStored, format!("not stored: {why}")),
+        other => internal(other),
+    }
+}
+
 /// Map a store write failure.
 pub fn from_write(e: WriteError) -> async_graphql::Error {
     match e {
@@ -109,9 +117,7 @@ pub fn from_write(e: WriteError) -> async_graphql::Error {
             error(Code::NotFound, e.to_string())
         }
         WriteError::Refused(r) => error(Code::Forbidden, r.detail),
-        WriteError::Store(StoreError::NotStored(why)) => {
-            error(Code::NotStored, format!("not stored: {why}"))
-        }
+        WriteError::Store(e) => from_store(e),
         e @ (WriteError::NotAChild(_) | WriteError::BadFingerprint) => {
             error(Code::BadUserInput, e.to_string())
         }

@@ -25,7 +25,7 @@ use crate::entities::{
     MeetingKindGql, OrganisationGql, ProjectGql, ProjectStatusGql, RecordConnection, ReportGql,
     ServiceFunctionGql,
 };
-use crate::error::{Code, error, from_write, internal};
+use crate::error::{Code, error, from_store, from_write, internal};
 
 /// Largest page a list returns.
 pub const MAX_PAGE: i32 = 100;
@@ -166,16 +166,7 @@ mirror_enum!(
 pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = gs::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
@@ -1971,8 +1962,9 @@ impl MutationCore {
 
     /// Copy this node's whole store into a backup file beside it (`backups/` in its data
     /// folder), consistent as of the moment it starts, while the node keeps working: an
-    /// admin of this node's unit. Older backups are not deleted here (node.toml's
-    /// `backups_kept` applies to the periodic ones).
+    /// admin of this node's unit. One backup is written at a time (another is refused with
+    /// `BACKUP_FAILED` meanwhile); the next periodic backup prunes the folder to node.toml's
+    /// `backups_kept`.
     async fn backup_store(&self, ctx: &Context<'_>) -> Result<StoreBackup> {
         let b = backend(ctx)?;
         match caller(ctx) {
@@ -2095,7 +2087,7 @@ impl MutationCore {
             .await
             .map_err(|e| match e {
                 grassroots_node::StoreError::Invalid(r) => error(Code::BadUserInput, r.to_string()),
-                other => internal(other),
+                other => from_store(other),
             })?;
         Ok(UserToken {
             token,
@@ -2127,7 +2119,7 @@ impl MutationCore {
             .store
             .remove_users(name.trim().to_owned(), within)
             .await
-            .map_err(internal)?;
+            .map_err(from_store)?;
         Ok(n as i64)
     }
 

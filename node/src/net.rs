@@ -185,9 +185,10 @@ impl std::str::FromStr for ParentAddr {
             return Ok(ParentAddr::Socket(a));
         }
         match s.rsplit_once(':') {
+            // A colon in the host is an IPv6 address without its brackets: ambiguous.
             Some((host, port))
                 if !host.is_empty()
-                    && !host.contains(char::is_whitespace)
+                    && !host.contains(|c: char| c.is_whitespace() || c == ':')
                     && port.parse::<u16>().is_ok() =>
             {
                 Ok(ParentAddr::Host(s.to_owned()))
@@ -198,10 +199,16 @@ impl std::str::FromStr for ParentAddr {
 }
 
 impl ParentAddr {
-    /// The address to dial now. For a host name, the first address the lookup gives in
-    /// the family of `local` (the endpoint's own address: an IPv4 socket cannot reach an
-    /// IPv6 address), else the first.
-    pub async fn resolve(&self, local: Option<SocketAddr>) -> Result<SocketAddr, NetError> {
+    /// The address to dial now. A host name is looked up (within `timeout`); of the
+    /// addresses in the family of `local` (the endpoint's own: an IPv4 socket cannot reach
+    /// an IPv6 address), or of all if none is, the `attempt`-th in turn, so successive
+    /// dials try each.
+    pub async fn resolve(
+        &self,
+        local: Option<SocketAddr>,
+        attempt: usize,
+        timeout: Duration,
+    ) -> Result<SocketAddr, NetError> {
         match self {
             ParentAddr::Socket(a) => Ok(*a),
             ParentAddr::Host(h) => {
@@ -209,17 +216,22 @@ impl ParentAddr {
                     host: h.clone(),
                     detail,
                 };
-                let found: Vec<SocketAddr> = tokio::net::lookup_host(h.as_str())
-                    .await
-                    .map_err(|e| resolve(e.to_string()))?
-                    .collect();
-                let family = local.map(|l| l.is_ipv4());
-                found
+                let found: Vec<SocketAddr> =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host(h.as_str()))
+                        .await
+                        .map_err(|_| resolve(format!("no answer within {timeout:?}")))?
+                        .map_err(|e| resolve(e.to_string()))?
+                        .collect();
+                let family: Vec<SocketAddr> = found
                     .iter()
-                    .find(|a| Some(a.is_ipv4()) == family)
-                    .or(found.first())
                     .copied()
-                    .ok_or_else(|| resolve("no address".into()))
+                    .filter(|a| Some(a.is_ipv4()) == local.map(|l| l.is_ipv4()))
+                    .collect();
+                let pool = if family.is_empty() { found } else { family };
+                match pool.len() {
+                    0 => Err(resolve("no address".into())),
+                    n => Ok(pool[attempt % n]),
+                }
             }
         }
     }
@@ -846,7 +858,11 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
         // not spend four times the dial traffic on a metered line.
         let racing = if failed_in_a_row >= 2 { 1 } else { MAX_RACING };
         let addr = at.clone();
-        let attempt = match at.resolve(endpoint.local_addr().ok()).await {
+        let resolved = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = at.resolve(endpoint.local_addr().ok(), failed_in_a_row as usize, cfg.handshake_timeout) => r,
+        };
+        let attempt = match resolved {
             Ok(resolved) => {
                 dial(
                     &endpoint,
@@ -942,11 +958,17 @@ mod tests {
         ] {
             assert!(bad.parse::<ParentAddr>().is_err(), "{bad}");
         }
-        let v4 = h.resolve(Some("0.0.0.0:0".parse().unwrap())).await.unwrap();
-        assert_eq!(v4, "127.0.0.1:7400".parse().unwrap());
+        let wait = Duration::from_secs(5);
+        for attempt in 0..3 {
+            let v4 = h
+                .resolve(Some("0.0.0.0:0".parse().unwrap()), attempt, wait)
+                .await
+                .unwrap();
+            assert_eq!(v4, "127.0.0.1:7400".parse().unwrap());
+        }
         let missing: ParentAddr = "no-such-host.invalid:7400".parse().unwrap();
         assert!(matches!(
-            missing.resolve(None).await,
+            missing.resolve(None, 0, wait).await,
             Err(NetError::Resolve { .. })
         ));
     }

@@ -1,7 +1,7 @@
 //! [`Node`]: one running node, wiring identity, store and network.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,37 +60,61 @@ impl Default for BackupPolicy {
     }
 }
 
-/// Take a backup every `policy.every` until cancelled. A failure (a full disk) is logged
-/// and the node goes on; the next interval tries again.
-async fn backup_loop(reader: StoreReader, policy: BackupPolicy, cancel: CancellationToken) {
+/// When the first periodic backup after start is due: `every` after the newest one there
+/// is, but not before a settling delay (at most 10 minutes) after start.
+fn first_backup_in(every: Duration, since_newest: Option<Duration>) -> Duration {
+    let settle = every.min(Duration::from_secs(600));
+    match since_newest {
+        Some(age) => every.saturating_sub(age).max(settle),
+        None => settle,
+    }
+}
+
+/// Take a backup every `policy.every` until cancelled, and prune to `policy.keep`. The
+/// first is due `every` after the newest backup already in the folder (a node restarted
+/// more often than `every` still backs up), and not before a settling delay after start. A
+/// failure (a full disk) is logged and the node goes on; the next interval tries again.
+async fn backup_loop(
+    reader: StoreReader,
+    unit: UnitId,
+    policy: BackupPolicy,
+    cancel: CancellationToken,
+) {
     let Some(every) = policy.every else { return };
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let Some(dir) = reader.backup_dir().map(Path::to_owned) else {
+        return;
+    };
+    let since_newest = store::backup::newest_backup(&dir, unit.as_str())
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+    let first = first_backup_in(every, since_newest);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let r = reader.clone();
+        let (r, dir, unit) = (reader.clone(), dir.clone(), unit.clone());
         let keep = policy.keep;
         let done = tokio::task::spawn_blocking(move || {
             let info = r.backup(crate::status::now_ms())?;
-            let pruned = match r.backup_dir() {
-                Some(dir) => store::backup::prune_backups(dir, keep)?,
-                None => 0,
-            };
+            let pruned = store::backup::prune_backups(&dir, unit.as_str(), keep, Some(&info.path));
             Ok::<_, StoreError>((info, pruned))
         })
         .await;
         match done {
-            Ok(Ok((info, pruned))) => tracing::info!(
-                file = %info.path.display(),
-                bytes = info.bytes,
-                documents = info.documents,
-                took_ms = info.took_ms,
-                pruned,
-                "store backed up"
-            ),
+            Ok(Ok((info, pruned))) => {
+                tracing::info!(
+                    file = %info.path.display(),
+                    bytes = info.bytes,
+                    documents = info.documents,
+                    took_ms = info.took_ms,
+                    "store backed up"
+                );
+                if let Err(e) = pruned {
+                    tracing::warn!("old backups not pruned: {e}");
+                }
+            }
             Ok(Err(e)) => tracing::warn!("backup failed: {e}"),
             Err(e) => tracing::warn!("backup task failed: {e}"),
         }
@@ -193,6 +217,7 @@ impl Node {
         ));
         tasks.spawn(backup_loop(
             reader.clone(),
+            unit.clone(),
             cfg.backups.clone(),
             cancel.clone(),
         ));
@@ -262,6 +287,19 @@ impl Drop for Node {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_first_backup_follows_the_newest_one() {
+        let (h, m) = (Duration::from_secs(3600), Duration::from_secs(60));
+        let day = 24 * h;
+        // None yet, or overdue (a node restarted more often than a day): after settling.
+        assert_eq!(first_backup_in(day, None), 10 * m);
+        assert_eq!(first_backup_in(day, Some(30 * h)), 10 * m);
+        // The last one two hours ago: 22 hours on.
+        assert_eq!(first_backup_in(day, Some(2 * h)), 22 * h);
+        // A short interval settles for the interval itself.
+        assert_eq!(first_backup_in(m, None), m);
+    }
+
     /// The periodic backups keep the newest `keep` copies, each a store that opens.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn periodic_backups_keep_the_newest() {
@@ -275,7 +313,7 @@ mod tests {
             keep: 2,
             dir: None,
         };
-        let backups = tokio::spawn(backup_loop(r.clone(), policy, cancel.clone()));
+        let backups = tokio::spawn(backup_loop(r.clone(), me.clone(), policy, cancel.clone()));
         tokio::time::sleep(Duration::from_millis(650)).await;
         cancel.cancel();
         backups.await.unwrap();

@@ -318,7 +318,10 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_none() {
         }
     }
     let refused = refused.expect("the disk never filled");
-    assert!(refused.contains("not stored"), "{refused}");
+    assert!(
+        refused.contains("not stored") && refused.contains("the disk is full"),
+        "{refused}"
+    );
     let reason = tokio::time::timeout(std::time::Duration::from_secs(5), h.failed())
         .await
         .expect("the store did not report its failure");

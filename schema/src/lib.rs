@@ -46,7 +46,9 @@ pub mod records;
 pub mod rollup;
 mod rules;
 
-pub use entities::{Access, ENTITIES, EntitySpec, Fields, Record, Value, entity};
+pub use entities::{
+    Access, ENTITIES, EntitySpec, Fields, Record, Value, civil_from_days, days_since_epoch, entity,
+};
 pub use ids::{ActorTag, DocId, DocKind, IdError, MemberId, RecordId, RecordRef, UnitId};
 pub use level::Level;
 pub use records::{

@@ -1042,7 +1042,13 @@ async fn a_village_restored_from_an_old_backup_gets_the_rest_back() -> anyhow::R
         grassroots_node::status::now_ms(),
     )
     .await?;
-    assert!(restored.users_kept);
+    assert!(
+        matches!(
+            restored.users,
+            grassroots_node::store::backup::UsersFrom::Replaced(n) if n > 0
+        ),
+        "{restored:?}"
+    );
     assert!(restored.kept.context("no store was replaced")?.exists());
     fed.restart(&v01).await?;
     // The backup holds the users and A; B comes back from the township.

@@ -3,24 +3,28 @@
 //!
 //! A copy is read in one redb read transaction (an MVCC snapshot), so the node keeps taking
 //! writes while it is made and the copy holds exactly what was committed when it began. It
-//! is written into a new redb file beside its final name, made durable, then renamed: a
-//! crash leaves no half backup under a backup's name. Restoring puts the copy in the store's
-//! place after opening it as a store (migrating it if it is older) and checking its views;
-//! the store it replaces is kept beside it. What the node wrote after the copy is not in it:
-//! the parent and children send back what they hold of it at the next sync.
+//! is written into a new redb file beside its final name, made durable, then linked to that
+//! name (never over an existing file): a crash leaves no half backup under a backup's name.
+//! One backup is written at a time per process. Restoring checks a copy of the backup (a
+//! store of this node's unit whose views equal its documents) and then puts it in the
+//! store's place in one rename; the store it replaces is kept beside it. What the node wrote
+//! after the backup is not in it: the parent and children send back what they hold of it at
+//! the next sync.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
 
-use grassroots_schema::{DocId, DocKind, UnitId};
+use grassroots_schema::UnitId;
 use redb::{
-    Database, Key, ReadTransaction, ReadableDatabase, TableDefinition, Value, WriteTransaction,
+    Database, Key, ReadTransaction, ReadableDatabase, ReadableTableMetadata, TableDefinition,
+    Value, WriteTransaction,
 };
 
 use super::StoreError;
 use super::tables::{
-    CHANGES, DOC_STATE, DOCS, HEARD, META, SNAPSHOTS, SYNC_STATES, USERS, VIEW_MEMBERS,
-    VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
+    CHANGES, DOC_STATE, DOCS, HEARD, LAYOUT, META, OWNER, SNAPSHOTS, SYNC_STATES, USERS,
+    VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
 
 /// Where a node keeps its backups: `backups/` beside its store file.
@@ -70,6 +74,18 @@ fn copy<K: Key + 'static, V: Value + 'static>(
     Ok(rows)
 }
 
+/// The unit a store belongs to (its `owner-1` row), if it has one.
+pub fn owner_of(database: &Database) -> Result<Option<String>, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    match tx.open_table(OWNER) {
+        Ok(t) => Ok(redb::ReadableTable::get(&t, "unit")
+            .map_err(db)?
+            .map(|v| v.value().to_owned())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(db(e)),
+    }
+}
+
 /// Room kept free on the backup's disk beyond the copy itself, so that a backup on the
 /// store's own disk never takes the last of it from the store's commits.
 pub const FREE_MARGIN: u64 = 256 << 20;
@@ -87,6 +103,10 @@ pub fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
 
+/// One backup at a time in a process: concurrent copies would each pass the free-space
+/// check and together fill the disk.
+static WRITING: Mutex<()> = Mutex::new(());
+
 /// Copy the whole store into a new file at `out` (which must not exist yet). `size` is the
 /// store file's size, if known: the backup is refused unless its folder's disk has that
 /// much free and [`FREE_MARGIN`] more (a copy is never larger than the file it copies).
@@ -96,8 +116,22 @@ pub fn write_backup(
     size: Option<u64>,
 ) -> Result<BackupInfo, StoreError> {
     let started = Instant::now();
+    let _writing = match WRITING.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return Err(StoreError::Io {
+                what: "backing up".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "another backup is being written; try again when it is done",
+                ),
+            });
+        }
+    };
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        remove_partials(dir);
         if let (Some(size), Some(free)) = (size, free_bytes(dir)) {
             let needed = size.saturating_add(FREE_MARGIN);
             if free < needed {
@@ -113,13 +147,35 @@ pub fn write_backup(
             }
         }
     }
+    if out.exists() {
+        return Err(StoreError::Io {
+            what: format!("writing the backup {}", out.display()),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        });
+    }
     let partial = out.with_extension("partial");
     let result = copy_store(source, out, &partial, started);
-    if result.is_err() {
-        // A half copy is no backup and takes room the store may need.
-        let _ = std::fs::remove_file(&partial);
-    }
+    // The partial file is never a backup, whether the copy went well (it is linked under
+    // the backup's name by then) or not (it takes room the store may need).
+    let _ = std::fs::remove_file(&partial);
     result
+}
+
+/// Remove what crashed backups left in `dir` (they take room and are never backups).
+fn remove_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("store-")
+            && name.ends_with(".partial")
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!("cannot remove {}: {err}", e.path().display());
+        }
+    }
 }
 
 fn copy_store(
@@ -128,23 +184,19 @@ fn copy_store(
     partial: &Path,
     started: Instant,
 ) -> Result<BackupInfo, StoreError> {
-    if out.exists() {
-        return Err(StoreError::Io {
-            what: format!("writing the backup {}", out.display()),
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        });
-    }
-    // A partial file is left only by a crash during an earlier attempt: it is never a backup.
-    match std::fs::remove_file(partial) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(format!("removing {}", partial.display()))(e)),
-    }
     let documents = {
         let target = Database::create(partial).map_err(db)?;
+        // It holds personal data and token hashes: its owner's alone, from the start.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(format!("restricting {}", partial.display())))?;
+        }
         let from = source.begin_read().map_err(db)?;
         let to = target.begin_write().map_err(db)?;
         copy(&from, &to, META)?;
+        copy(&from, &to, OWNER)?;
         let documents = copy(&from, &to, DOCS)?;
         copy(&from, &to, DOC_STATE)?;
         copy(&from, &to, SNAPSHOTS)?;
@@ -161,7 +213,8 @@ fn copy_store(
         to.commit().map_err(db)?;
         documents
     };
-    std::fs::rename(partial, out).map_err(io(format!("renaming {}", partial.display())))?;
+    // A link, not a rename: it fails rather than replace a file already under that name.
+    std::fs::hard_link(partial, out).map_err(io(format!("naming {}", out.display())))?;
     sync_dir(out)?;
     let bytes = std::fs::metadata(out)
         .map_err(io(format!("reading {}", out.display())))?
@@ -185,101 +238,139 @@ fn sync_dir(file: &Path) -> Result<(), StoreError> {
         .map_err(io(format!("flushing {}", dir.display())))
 }
 
-/// A backup's file name for a moment: `store-20261127T053000.250Z.redb` (UTC, to the
-/// millisecond), so that names sort by time.
-pub fn backup_name(epoch_ms: u64) -> String {
+/// The start of every backup name of `unit`'s store: `store-c01_k01-`.
+fn name_prefix(unit: &str) -> String {
+    format!("store-{}-", unit.replace('/', "_"))
+}
+
+/// A backup's file name for `unit` at a moment: `store-c01_k01-20261127T053000.250Z.redb`
+/// (UTC, to the millisecond), so that one unit's names sort by time and units sharing a
+/// backup folder keep apart.
+pub fn backup_name(unit: &str, epoch_ms: u64) -> String {
+    format!("{}{}.redb", name_prefix(unit), utc_stamp(epoch_ms))
+}
+
+/// `20261127T053000.250Z` for a millisecond Unix time.
+fn utc_stamp(epoch_ms: u64) -> String {
     let (secs, ms) = (epoch_ms / 1000, epoch_ms % 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = grassroots_schema::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
     format!(
-        "store-{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}Z.redb",
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{ms:03}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
     )
 }
 
-/// (year, month, day) of a count of days since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Delete the oldest backups in `dir` beyond the newest `keep` (only files named as
-/// [`backup_name`] makes them). Returns how many were deleted.
-pub fn prune_backups(dir: &Path, keep: usize) -> Result<usize, StoreError> {
+/// `unit`'s backups in `dir`, oldest first by name.
+fn backups_of(dir: &Path, unit: &str) -> Result<Vec<PathBuf>, StoreError> {
+    let prefix = name_prefix(unit);
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with("store-") && n.ends_with(".redb"))
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(".redb"))
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
     };
     names.sort();
-    let excess = names.len().saturating_sub(keep);
-    for name in &names[..excess] {
-        let path = dir.join(name);
-        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// When `unit`'s newest backup in `dir` was written (its file's modification time).
+pub fn newest_backup(dir: &Path, unit: &str) -> Option<SystemTime> {
+    backups_of(dir, unit)
+        .ok()?
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
+}
+
+/// Delete `unit`'s oldest backups in `dir` beyond the newest `keep`, never `latest` (the
+/// one just written, even if a clock set back gave it an older name). Other files, other
+/// units' backups included, are left. Returns how many were deleted.
+pub fn prune_backups(
+    dir: &Path,
+    unit: &str,
+    keep: usize,
+    latest: Option<&Path>,
+) -> Result<usize, StoreError> {
+    let all: Vec<PathBuf> = backups_of(dir, unit)?
+        .into_iter()
+        .filter(|p| Some(p.as_path()) != latest)
+        .collect();
+    let keep_others = keep.saturating_sub(usize::from(latest.is_some()));
+    let excess = all.len().saturating_sub(keep_others);
+    for path in &all[..excess] {
+        std::fs::remove_file(path).map_err(io(format!("removing {}", path.display())))?;
     }
     Ok(excess)
 }
 
-/// Check that the backup at `from` is a store of `me` that opens: its layout is one this
-/// build reads and it hosts `me`'s profile (every node writes its own at start).
-pub fn check_backup(from: &Path, me: &UnitId) -> Result<u64, StoreError> {
-    let database = match Database::open(from) {
-        Ok(d) => d,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(StoreError::Locked(from.display().to_string()));
-        }
-        Err(e) => return Err(db(e)),
-    };
-    let tx = database.begin_read().map_err(db)?;
-    let layout = match tx.open_table(META) {
-        Ok(t) => redb::ReadableTable::get(&t, "layout")
-            .map_err(db)?
-            .map(|v| v.value()),
-        Err(redb::TableError::TableDoesNotExist(_)) => None,
-        Err(e) => return Err(db(e)),
-    };
-    match layout {
-        Some(l) if l <= super::tables::LAYOUT => {}
-        Some(l) => {
+/// Check that the database at `path` is a store of `me` this build reads: its owner row
+/// names `me` and its layout is not newer than this build's. Returns its document count.
+fn check_backup(database: &Database, path: &Path, me: &UnitId) -> Result<u64, StoreError> {
+    match owner_of(database)? {
+        Some(o) if o == me.as_str() => {}
+        Some(o) => {
             return Err(StoreError::Corrupt(format!(
-                "{} has layout {l}, newer than this build's {}",
-                from.display(),
-                super::tables::LAYOUT
+                "{} is not a store of {me}: it belongs to {o}",
+                path.display()
             )));
         }
         None => {
             return Err(StoreError::Corrupt(format!(
-                "{} is not a grassroots store (no layout)",
-                from.display()
+                "{} is not a store of {me}: it names no owner",
+                path.display()
             )));
         }
     }
-    let docs = tx.open_table(DOCS).map_err(db)?;
-    let profile = DocId::new(DocKind::Profile, me.clone()).to_string();
-    if redb::ReadableTable::get(&docs, profile.as_str())
+    let tx = database.begin_read().map_err(db)?;
+    let layout = redb::ReadableTable::get(&tx.open_table(META).map_err(db)?, "layout")
         .map_err(db)?
-        .is_none()
-    {
-        return Err(StoreError::Corrupt(format!(
-            "{} is not a store of {me}: it does not hold {me}'s profile",
-            from.display()
-        )));
+        .map(|v| v.value());
+    match layout {
+        Some(l) if l <= LAYOUT => {}
+        Some(l) => return Err(StoreError::TooNew { layout: l }),
+        None => {
+            return Err(StoreError::Corrupt(format!(
+                "{} is not a grassroots store (no layout)",
+                path.display()
+            )));
+        }
     }
-    redb::ReadableTableMetadata::len(&docs).map_err(db)
+    tx.open_table(DOCS).map_err(db)?.len().map_err(db)
+}
+
+/// Open a database that must exist (never create one), mapping the lock to
+/// [`StoreError::Locked`].
+pub fn open_existing(path: &Path) -> Result<Database, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Io {
+            what: format!("opening {}", path.display()),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    match Database::open(path) {
+        Ok(d) => Ok(d),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            Err(StoreError::Locked(path.display().to_string()))
+        }
+        Err(e) => Err(db(e)),
+    }
+}
+
+/// Where the users of a restored store came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsersFrom {
+    /// The store it replaced (users live only at this node; its list is the newest, so a
+    /// token revoked after the backup stays revoked).
+    Replaced(u64),
+    /// The backup: the store it replaced did not open or held no user (a node started
+    /// on an empty disk before the restore).
+    Backup(u64),
 }
 
 /// What a restore did.
@@ -287,16 +378,16 @@ pub fn check_backup(from: &Path, me: &UnitId) -> Result<u64, StoreError> {
 pub struct Restored {
     /// Where the replaced store is kept (none when there was no store).
     pub kept: Option<PathBuf>,
-    /// Whether the users (tokens) are the replaced store's rather than the backup's.
-    pub users_kept: bool,
+    /// Whose users the restored store has, and how many.
+    pub users: UsersFrom,
 }
 
-/// Put the backup at `from` in place of the store at `store` (the node must be stopped):
-/// the backup is copied beside the store, opened as a store of `me` (a migration runs if it
-/// is older) and its views checked, then renamed into place. The store it replaces is kept
-/// as `store.redb.before-restore-<time>`. Users live only at this node and the newest list
-/// is the one to keep (a token revoked after the backup must stay revoked), so they are
-/// taken from the replaced store when it opens.
+/// Put the backup at `from` in place of the store at `store` (the node must be stopped).
+/// The backup is copied beside the store and the copy checked: a store of `me`, opened as
+/// a store (a migration runs if it is older), its views equal to its documents. The store it
+/// replaces is kept as `store.redb.before-restore-<time>` and the copy renamed over it in
+/// one step, so there is a store at every moment. Users come from the replaced store when it
+/// opens and holds any ([`UsersFrom`]).
 pub async fn restore(
     from: &Path,
     store: &Path,
@@ -319,55 +410,78 @@ pub async fn restore(
     } else {
         None
     };
-    check_backup(from, me)?;
     let staged = store.with_extension("restoring");
     let result = stage(from, &staged, current.as_ref(), me).await;
     drop(current);
-    let users_kept = match result {
-        Ok(kept) => kept,
+    let users = match result {
+        Ok(users) => users,
         Err(e) => {
             let _ = std::fs::remove_file(&staged);
             return Err(e);
         }
     };
     let kept = if store.exists() {
-        let name = backup_name(now_ms);
-        let stamp = name.trim_start_matches("store-").trim_end_matches(".redb");
-        let kept = store.with_extension(format!("redb.before-restore-{stamp}"));
-        std::fs::rename(store, &kept).map_err(io(format!("renaming {}", store.display())))?;
+        let kept = store.with_extension(format!("redb.before-restore-{}", utc_stamp(now_ms)));
+        // A second name for the old store, then the copy renamed over the first: no moment
+        // without a store.
+        if let Err(e) = std::fs::hard_link(store, &kept) {
+            let _ = std::fs::remove_file(&staged);
+            return Err(io(format!(
+                "keeping {} as {}",
+                store.display(),
+                kept.display()
+            ))(e));
+        }
         Some(kept)
     } else {
         None
     };
     std::fs::rename(&staged, store).map_err(io(format!("renaming {}", staged.display())))?;
     sync_dir(store)?;
-    Ok(Restored { kept, users_kept })
+    Ok(Restored { kept, users })
 }
 
-/// Copy the backup to `staged`, give it `current`'s users, open it as a store and check
-/// its views. Returns whether the users were replaced.
+/// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
+/// any, open it as a store and check its views.
 async fn stage(
     from: &Path,
     staged: &Path,
     current: Option<&Database>,
     me: &UnitId,
-) -> Result<bool, StoreError> {
+) -> Result<UsersFrom, StoreError> {
     std::fs::copy(from, staged).map_err(io(format!(
         "copying {} to {}",
         from.display(),
         staged.display()
     )))?;
-    let users_kept = match current {
-        Some(current) => {
-            let target = Database::open(staged).map_err(db)?;
-            let from = current.begin_read().map_err(db)?;
-            let to = target.begin_write().map_err(db)?;
-            to.delete_table(USERS).map_err(db)?;
-            copy(&from, &to, USERS)?;
-            to.commit().map_err(db)?;
-            true
+    let users = {
+        let target = open_existing(staged)?;
+        check_backup(&target, from, me)?;
+        let current_users = match current {
+            Some(c) => {
+                let tx = c.begin_read().map_err(db)?;
+                match tx.open_table(USERS) {
+                    Ok(t) => t.len().map_err(db)?,
+                    Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                    Err(e) => return Err(db(e)),
+                }
+            }
+            None => 0,
+        };
+        match current {
+            Some(c) if current_users > 0 => {
+                let read = c.begin_read().map_err(db)?;
+                let to = target.begin_write().map_err(db)?;
+                to.delete_table(USERS).map_err(db)?;
+                copy(&read, &to, USERS)?;
+                to.commit().map_err(db)?;
+                UsersFrom::Replaced(current_users)
+            }
+            _ => {
+                let tx = target.begin_read().map_err(db)?;
+                UsersFrom::Backup(tx.open_table(USERS).map_err(db)?.len().map_err(db)?)
+            }
         }
-        None => false,
     };
     let (handle, _reader, thread) = super::open(staged, me.clone())?;
     let diffs = handle.verify_views().await;
@@ -382,13 +496,13 @@ async fn stage(
     std::fs::File::open(staged)
         .and_then(|f| f.sync_all())
         .map_err(io(format!("flushing {}", staged.display())))?;
-    Ok(users_kept)
+    Ok(users)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
+    use grassroots_schema::{Education, Gender, MemberStatus, NewMember, Role};
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
@@ -466,7 +580,7 @@ mod tests {
             info.path,
             dir.path()
                 .join("backups")
-                .join("store-20261127T053007.000Z.redb")
+                .join("store-c01_k01_t01_v01-20261127T053007.000Z.redb")
         );
         assert!(info.bytes > 0 && info.documents >= 2, "{info:?}");
         let all = names(&r, &me);
@@ -499,8 +613,10 @@ mod tests {
         let (h, r, t) = super::super::open(&path, me.clone()).unwrap();
         h.set_profile("Liujia".into(), vec![]).await.unwrap();
         h.create_member(me.clone(), sample("Kept")).await.unwrap();
+        h.add_user([1; 32], me.clone(), Role::Clerk).await.unwrap();
         let backup = r.backup(1_000).unwrap().path;
         h.create_member(me.clone(), sample("Later")).await.unwrap();
+        h.add_user([2; 32], me.clone(), Role::Admin).await.unwrap();
         assert!(matches!(
             restore(&backup, &path, &me, 2_000).await,
             Err(StoreError::Locked(_))
@@ -519,10 +635,11 @@ mod tests {
         assert!(restore(&junk, &path, &me, 2_000).await.is_err());
 
         let restored = restore(&backup, &path, &me, 2_000).await.unwrap();
-        assert!(restored.users_kept);
+        assert_eq!(restored.users, UsersFrom::Replaced(2));
         let kept = restored.kept.unwrap();
         let (_h, r, t) = super::super::open(&path, me.clone()).unwrap();
         assert_eq!(names(&r, &me), vec!["Kept".to_owned()]);
+        assert!(r.user(&[2; 32]).unwrap().is_some(), "a newer user lost");
         t.shutdown().await;
         let (_h, r, t) = super::super::open(&kept, me.clone()).unwrap();
         assert_eq!(names(&r, &me), vec!["Kept".to_owned(), "Later".to_owned()]);
@@ -538,7 +655,7 @@ mod tests {
         let me = u("c01");
         let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
         h.set_profile("City".into(), vec![]).await.unwrap();
-        let out = dir.path().join("backups").join(backup_name(5));
+        let out = dir.path().join("backups").join(backup_name("c01", 5));
         let free = free_bytes(dir.path()).unwrap();
         let err = write_backup(r.db_for_tests(), &out, Some(free)).unwrap_err();
         assert!(
@@ -557,42 +674,94 @@ mod tests {
 
     #[test]
     fn backup_names_are_utc_times_that_sort() {
-        assert_eq!(backup_name(0), "store-19700101T000000.000Z.redb");
+        let at = |ms| backup_name("c01/k01", ms);
+        assert_eq!(at(0), "store-c01_k01-19700101T000000.000Z.redb");
         // 2026-11-27 05:30:07.250 UTC.
         assert_eq!(
-            backup_name(1_795_757_407_250),
-            "store-20261127T053007.250Z.redb"
+            at(1_795_757_407_250),
+            "store-c01_k01-20261127T053007.250Z.redb"
         );
         // 2024-02-29 23:59:59.009 UTC (a leap day).
         assert_eq!(
-            backup_name(1_709_251_199_009),
-            "store-20240229T235959.009Z.redb"
+            at(1_709_251_199_009),
+            "store-c01_k01-20240229T235959.009Z.redb"
         );
-        assert!(backup_name(1_709_251_199_009) < backup_name(1_709_251_199_010));
-        assert!(backup_name(1_709_251_199_999) < backup_name(1_795_757_407_000));
+        assert!(at(1_709_251_199_009) < at(1_709_251_199_010));
+        assert!(at(1_709_251_199_999) < at(1_795_757_407_000));
     }
 
+    /// Pruning keeps a unit's newest backups and the one just written, and touches no
+    /// other file, another unit's backups included.
     #[test]
-    fn pruning_keeps_the_newest_backups_and_nothing_else_is_touched() {
+    fn pruning_keeps_the_newest_and_the_latest_and_nothing_else_is_touched() {
         let dir = tempfile::tempdir().unwrap();
-        for ms in [3_000u64, 1_000, 2_000, 4_000] {
-            std::fs::write(dir.path().join(backup_name(ms * 86_400)), b"x").unwrap();
+        let day = |n: u64| n * 86_400_000;
+        for n in [3, 1, 2, 4] {
+            std::fs::write(dir.path().join(backup_name("c01", day(n))), b"x").unwrap();
         }
+        let theirs = backup_name("c01/k01", day(1));
+        std::fs::write(dir.path().join(&theirs), b"x").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"keep me").unwrap();
-        assert_eq!(prune_backups(dir.path(), 2).unwrap(), 2);
+        // Written last under an older name (a clock set back): kept all the same.
+        let latest = dir.path().join(backup_name("c01", day(0)));
+        std::fs::write(&latest, b"x").unwrap();
+        assert_eq!(
+            prune_backups(dir.path(), "c01", 2, Some(&latest)).unwrap(),
+            3
+        );
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
+        let mut want = vec![
+            "notes.txt".to_owned(),
+            theirs,
+            backup_name("c01", day(0)),
+            backup_name("c01", day(4)),
+        ];
+        want.sort();
+        assert_eq!(left, want);
         assert_eq!(
-            left,
-            vec![
-                "notes.txt".to_owned(),
-                backup_name(3_000 * 86_400),
-                backup_name(4_000 * 86_400)
-            ]
+            prune_backups(&dir.path().join("none"), "c01", 2, None).unwrap(),
+            0
         );
-        assert_eq!(prune_backups(&dir.path().join("none"), 2).unwrap(), 0);
+    }
+
+    /// A second backup while one is written is refused, and what a crashed backup left is
+    /// removed by the next one.
+    #[tokio::test]
+    async fn one_backup_at_a_time_and_no_partial_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01");
+        let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        h.set_profile("City".into(), vec![]).await.unwrap();
+        let stale = dir
+            .path()
+            .join("backups")
+            .join("store-c01-19700101T000000.000Z.partial");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, vec![0; 4096]).unwrap();
+        {
+            let _busy = WRITING.lock().unwrap();
+            let err = r.backup(7).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::ResourceBusy),
+                "{err}"
+            );
+        }
+        let info = r.backup(8).unwrap();
+        assert!(!stale.exists());
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
+            .unwrap()
+            .collect();
+        assert_eq!(files.len(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&info.path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+        t.shutdown().await;
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use automerge::{Automerge, ChangeHash};
-use grassroots_schema::{DocId, DocMeta};
+use grassroots_schema::{DocId, DocMeta, UnitId};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::tables::*;
@@ -40,12 +40,28 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.
-pub(super) fn init_tables(database: &Database) -> Result<(), StoreError> {
+pub(super) fn init_tables(database: &Database, me: &UnitId) -> Result<(), StoreError> {
     let tx = database.begin_write().map_err(db)?;
     let layout = {
         let meta = tx.open_table(META).map_err(db)?;
         meta.get("layout").map_err(db)?.map(|v| v.value())
     };
+    {
+        let mut owner = tx.open_table(OWNER).map_err(db)?;
+        let found = owner.get("unit").map_err(db)?.map(|v| v.value().to_owned());
+        match found {
+            Some(o) if o != me.as_str() => {
+                return Err(StoreError::NotOwner {
+                    owner: o,
+                    me: me.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                owner.insert("unit", me.as_str()).map_err(db)?;
+            }
+        }
+    }
     create_tables(&tx)?;
     match layout {
         None => {
@@ -57,9 +73,7 @@ pub(super) fn init_tables(database: &Database) -> Result<(), StoreError> {
             tx.commit().map_err(db)?;
         }
         Some(l) if l > LAYOUT => {
-            return Err(StoreError::Corrupt(format!(
-                "store layout {l} is newer than this build's {LAYOUT}"
-            )));
+            return Err(StoreError::TooNew { layout: l });
         }
         Some(l) => {
             tx.commit().map_err(db)?;

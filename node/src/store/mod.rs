@@ -86,6 +86,23 @@ pub enum StoreError {
     /// What was asked to be stored is invalid (a user's name).
     #[error(transparent)]
     Invalid(#[from] RecordError),
+    /// The store belongs to another unit's node.
+    #[error("this store belongs to the node of {owner}, not {me}")]
+    NotOwner {
+        /// The unit the store was made for.
+        owner: String,
+        /// The unit it was opened for.
+        me: UnitId,
+    },
+    /// A newer build wrote the store.
+    #[error(
+        "the store has layout {layout}, written by a newer build (this one reads up to {}): run that build, or restore a backup taken before the upgrade",
+        tables::LAYOUT
+    )]
+    TooNew {
+        /// The store's layout.
+        layout: u64,
+    },
     /// A commit failed: the write is not stored.
     #[error("not stored: {0}")]
     NotStored(String),
@@ -338,7 +355,7 @@ pub fn open_database(
     options: StoreOptions,
 ) -> Result<Opened, StoreError> {
     let database = Arc::new(database);
-    load::init_tables(&database)?;
+    load::init_tables(&database, &me)?;
     let rng = SystemRandom::new();
     let mut nonce = [0u8; 8];
     rng.fill(&mut nonce).map_err(|_| StoreError::Random)?;
@@ -468,14 +485,14 @@ impl StoreHandle {
         self.failure.borrow().clone()
     }
 
-    /// Wait until the store can no longer write ([`StoreHandle::failure`]); never returns
-    /// while it can.
+    /// Wait until the store can no longer write: a failed commit ([`StoreHandle::failure`])
+    /// or its actor gone. Never returns while it can write.
     pub async fn failed(&self) -> String {
         let mut rx = self.failure.clone();
         match rx.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
-            // The actor stopped without a failure: nothing more will fail.
-            Err(_) => std::future::pending().await,
+            // The actor is gone (stopped, or its thread died): it writes nothing more.
+            Err(_) => "the store has stopped".into(),
         }
     }
 
@@ -2249,6 +2266,9 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
         Ok(v) => batch.replies.push(Box::new(move |commit| {
             let _ = reply.send(match commit {
                 Ok(()) => Ok(v),
+                Err(StoreError::Db(cause)) => {
+                    Err(E::from(StoreError::NotStored(failure_reason(cause))))
+                }
                 Err(e) => Err(E::from(StoreError::NotStored(e.to_string()))),
             });
         })),
@@ -2862,8 +2882,13 @@ mod tests {
         // The actor is held inside a batch while both are sent, so they join it.
         let (release, until) = std::sync::mpsc::channel();
         h.tx.send(Command::Hold { until }).await.unwrap();
+        let inbox = h.tx.clone();
         let releaser = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            // Released once both writes wait in the inbox (the hold itself was taken).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while inbox.capacity() > INBOX - 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             release.send(())
         });
         let (up, down) = tokio::join!(
@@ -3306,9 +3331,28 @@ mod tests {
                 .unwrap();
             tx.commit().unwrap();
         }
+        let newer = LAYOUT + 1;
         assert!(matches!(
             open(&path, me.clone()),
-            Err(StoreError::Corrupt(_))
+            Err(StoreError::TooNew { layout }) if layout == newer
         ));
+        // A store is opened only for the unit it was made for.
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("layout", LAYOUT)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let other = u("c01/k02");
+        let err = open(&path, other).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotOwner { owner, .. } if owner == me.as_str()),
+            "{err}"
+        );
+        let (_h, _r, t) = open(&path, me.clone()).unwrap();
+        t.shutdown().await;
     }
 }

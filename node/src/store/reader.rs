@@ -282,7 +282,8 @@ impl StoreReader {
             what: "backing up".into(),
             source: std::io::Error::other("this store was not opened from a file"),
         })?;
-        self.backup_to(&dir.join(super::backup::backup_name(now_ms)))
+        let owner = super::backup::owner_of(&self.db)?.unwrap_or_default();
+        self.backup_to(&dir.join(super::backup::backup_name(&owner, now_ms)))
     }
 
     /// Write a consistent copy of the whole store to `out` (which must not exist yet).

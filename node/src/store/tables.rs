@@ -23,6 +23,10 @@ pub const LAYOUT: u64 = 5;
 /// `"layout"` -> layout version.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 
+/// `"unit"` -> the unit whose node this store belongs to, written at its first open (by
+/// this build, at the first open of an older store); a store is opened only for it.
+pub const OWNER: TableDefinition<'_, &str, &str> = TableDefinition::new("owner-1");
+
 /// doc id (`kind:unit`) -> audience (wire encoding). One row per hosted document.
 pub const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs-1");
 
