@@ -413,6 +413,11 @@ macro_rules! entity {
             pub async fn update(ctx: &Context<'_>, id: &ID, input: $update) -> Result<$gql> {
                 update::<$gql>(ctx, id, input.into_fields()).await
             }
+
+            /// Remove one (the mutation's body).
+            pub async fn delete(ctx: &Context<'_>, id: &ID) -> Result<$gql> {
+                delete::<$gql>(ctx, id).await
+            }
         }
     };
 }
@@ -864,6 +869,39 @@ async fn update<T: EntityType>(ctx: &Context<'_>, id: &ID, fields: Fields) -> Re
     authorise_fields(ctx, T::KIND, &id.unit, current.as_ref(), &fields)?;
     b.store
         .update_record(id, fields, Some(by))
+        .await
+        .map(T::from)
+        .map_err(from_write)
+}
+
+/// Remove a record: whoever may write it, and for a kind with supervisory or review fields
+/// (an appraisal, a complaint, a report) whoever may write those too, judged against the
+/// record as it is (a county's complaint is not removed by the village that filed it, a
+/// report only by a supervisor above its unit).
+async fn delete<T: EntityType>(ctx: &Context<'_>, id: &ID) -> Result<T> {
+    let b = backend(ctx)?;
+    let id = parse_ref(id, T::KIND)?;
+    authorise_write(ctx, b, &id.unit)?;
+    let spec = entity(T::KIND).ok_or_else(|| internal("a GraphQL record type without a kind"))?;
+    let current = b
+        .reader
+        .record(&id)
+        .map_err(internal)?
+        .ok_or_else(|| error(Code::NotFound, format!("no record {id}")))?;
+    let guarded: Fields = spec
+        .fields
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.access,
+                gs::entities::Access::Supervisory | gs::entities::Access::Review
+            )
+        })
+        .map(|f| (f.name.to_owned(), gs::Value::Null))
+        .collect();
+    authorise_fields(ctx, T::KIND, &id.unit, Some(&current), &guarded)?;
+    b.store
+        .delete_record(id)
         .await
         .map(T::from)
         .map_err(from_write)

@@ -2029,6 +2029,22 @@ impl MutationCore {
             .map_err(from_write)
     }
 
+    /// Remove a member from the register (left, moved away, died): the owning unit's
+    /// clerk, or a supervisor above it. Returns the record as it was; the removal travels
+    /// like any change.
+    async fn delete_member(&self, ctx: &Context<'_>, id: ID) -> Result<MemberGql> {
+        let b = backend(ctx)?;
+        let id: MemberId = id
+            .parse()
+            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        authorise_write(ctx, b, &id.unit)?;
+        b.store
+            .delete_member(id)
+            .await
+            .map(MemberGql)
+            .map_err(from_write)
+    }
+
     /// Change a member's fields: the owning unit's clerk, or a supervisor above it (a
     /// township correcting a village's record).
     async fn update_member(
@@ -2151,7 +2167,7 @@ impl MutationCore {
 /// Create and update of every record kind, generated from the table below: one rule path
 /// (`entities::create`, `entities::update`) for all. Merged into [`Mutation`].
 macro_rules! record_mutations {
-    ($( $what:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident); )+) => {
+    ($( $what:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident), $delete:ident; )+) => {
         /// The record writes (their fields are `Mutation`'s).
         #[derive(Default)]
         pub struct RecordMutations;
@@ -2168,22 +2184,27 @@ macro_rules! record_mutations {
                 async fn $update(&self, ctx: &Context<'_>, id: ID, input: en::$uin) -> Result<en::$gql> {
                     en::$gql::update(ctx, &id, input).await
                 }
+
+                #[doc = concat!("Remove ", $what, " (same rule as writing every field of it, supervisory ones included, judged against it as it is); returns it as it was. The removal travels like any change.")]
+                async fn $delete(&self, ctx: &Context<'_>, id: ID) -> Result<en::$gql> {
+                    en::$gql::delete(ctx, &id).await
+                }
             )+
         }
     };
 }
 
 record_mutations! {
-    "an activist, applicant or reserve cadre": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput);
-    "a cadre post": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput);
-    "a meeting, activity or training": MeetingGql, create_meeting(CreateMeetingInput), update_meeting(UpdateMeetingInput);
-    "an appraisal": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput);
-    "a project": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput);
-    "a collective asset": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput);
-    "a public disclosure": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput);
-    "a complaint": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput);
-    "a directive": DirectiveGql, create_directive(CreateDirectiveInput), update_directive(UpdateDirectiveInput);
-    "a report": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput);
-    "a fund programme": FundProgrammeGql, create_fund_programme(CreateFundProgrammeInput), update_fund_programme(UpdateFundProgrammeInput);
-    "a disbursement": DisbursementGql, create_disbursement(CreateDisbursementInput), update_disbursement(UpdateDisbursementInput);
+    "an activist, applicant or reserve cadre": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput), delete_activist;
+    "a cadre post": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput), delete_cadre_post;
+    "a meeting, activity or training": MeetingGql, create_meeting(CreateMeetingInput), update_meeting(UpdateMeetingInput), delete_meeting;
+    "an appraisal": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput), delete_appraisal;
+    "a project": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput), delete_project;
+    "a collective asset": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput), delete_collective_asset;
+    "a public disclosure": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput), delete_disclosure;
+    "a complaint": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput), delete_complaint;
+    "a directive": DirectiveGql, create_directive(CreateDirectiveInput), update_directive(UpdateDirectiveInput), delete_directive;
+    "a report": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput), delete_report;
+    "a fund programme": FundProgrammeGql, create_fund_programme(CreateFundProgrammeInput), update_fund_programme(UpdateFundProgrammeInput), delete_fund_programme;
+    "a disbursement": DisbursementGql, create_disbursement(CreateDisbursementInput), update_disbursement(UpdateDisbursementInput), delete_disbursement;
 }

@@ -1,7 +1,8 @@
 //! The visibility and write matrix through GraphQL, for member records and every other
 //! record kind: every role (and anonymous) x every relation between the caller's unit and
-//! the record's unit x read, create and update (and a supervisory update where the kind has
-//! supervisory fields), each cell asserted allowed or refused; and, where the record is
+//! the record's unit x read, create, update and delete (and a supervisory update where the
+//! kind has supervisory fields, whose authority a delete needs too), each cell asserted
+//! allowed or refused; and, where the record is
 //! readable, whether its sensitive fields are shown. The rules have the same matrix
 //! as unit tests (`schema/src/rules.rs`); this one proves the gateway applies them and adds
 //! no path around them.
@@ -83,6 +84,7 @@ async fn every_role_relation_and_operation_on_member_records() {
     let update =
         "mutation($id: ID!) { updateMember(id: $id, input: { name: \"Renamed\" }) { id } }";
     let read = "query($id: ID!) { member(id: $id) { id name phone idNumber } }";
+    let delete = "mutation($id: ID!) { deleteMember(id: $id) { id } }";
     let mut cells = 0;
     for (rel, me, other) in cases() {
         let (me_u, owner): (UnitId, UnitId) = (me.parse().unwrap(), other.parse().unwrap());
@@ -138,12 +140,24 @@ async fn every_role_relation_and_operation_on_member_records() {
             assert_write(&r, "createMember", may_write, t.is_some(), &cell);
             let r = query(backend, t, update, json!({ "id": record })).await;
             assert_write(&r, "updateMember", may_write, t.is_some(), &cell);
-            cells += 3;
+            let doomed = store
+                .create_member(owner.clone(), member.clone())
+                .await
+                .unwrap()
+                .id;
+            let r = query(backend, t, delete, json!({ "id": doomed.to_string() })).await;
+            assert_write(&r, "deleteMember", may_write, t.is_some(), &cell);
+            assert_eq!(
+                backend.reader.member(&doomed).unwrap().is_none(),
+                may_write,
+                "delete: {cell}"
+            );
+            cells += 4;
         }
     }
-    // 7 relations x (anonymous + 4 roles) x 3 operations, and the sensitive fields of every
+    // 7 relations x (anonymous + 4 roles) x 4 operations, and the sensitive fields of every
     // record a caller may read (3 relations x 4 roles).
-    assert_eq!(cells, 7 * 5 * 3 + 3 * 4);
+    assert_eq!(cells, 7 * 5 * 4 + 3 * 4);
 }
 
 /// One record kind in the matrix: how to create one (as GraphQL input fields after
@@ -314,6 +328,7 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
             "mutation($id: ID!) {{ update{n}(id: $id, input: {{ {} }}) {{ id }} }}",
             kind.update
         );
+        let delete = format!("mutation($id: ID!) {{ delete{n}(id: $id) {{ id }} }}");
         let supervise = kind.supervisory.map(|s| {
             format!("mutation($id: ID!) {{ update{n}(id: $id, input: {{ {s} }}) {{ id }} }}")
         });
@@ -387,13 +402,31 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
                     cells += 1;
                     expected += 1;
                 }
+                // Removing a record of a kind with supervisory fields needs their authority.
+                let r = query(backend, Some(&admin), &create, json!({ "u": other })).await;
+                let doomed = r["data"][format!("create{n}")]["id"].clone();
+                let may_delete = if supervise.is_some() {
+                    may_supervise
+                } else {
+                    may_write
+                };
+                let r = query(backend, t, &delete, json!({ "id": doomed })).await;
+                assert_write(&r, &format!("delete{n}"), may_delete, t.is_some(), &cell);
+                let left = query(backend, Some(&admin), &read, json!({ "id": doomed })).await;
+                assert_eq!(
+                    left["data"]["record"].is_null(),
+                    may_delete,
+                    "delete: {cell}: {left}"
+                );
+                cells += 1;
+                expected += 1;
             }
         }
     }
-    // Every kind: 7 relations x (anonymous + 4 roles) x (read, create, update), a
+    // Every kind: 7 relations x (anonymous + 4 roles) x (read, create, update, delete), a
     // supervisory update for the 3 kinds that have one; the sensitive field of every
     // readable record of the 3 kinds that have one (3 relations x 4 roles each).
-    assert_eq!(expected, 12 * 7 * 5 * 3 + 3 * 7 * 5);
+    assert_eq!(expected, 12 * 7 * 5 * 4 + 3 * 7 * 5);
     assert_eq!(cells, expected + 3 * 3 * 4);
 }
 

@@ -50,6 +50,8 @@ pub enum MemberWrite<'a> {
     Create(RecordId, &'a NewMember, Option<&'a Stamp>),
     /// Change the fields a patch names, stamped when there is a writer and a field.
     Update(RecordId, &'a MemberPatch, Option<&'a Stamp>),
+    /// Remove a record.
+    Delete(RecordId),
 }
 
 fn put_member(
@@ -258,7 +260,23 @@ pub fn apply_member_writes(
         MemberWrite::Update(record, p, stamp) => {
             with_record(tx, record, |tx, obj| patch_member(tx, obj, p, stamp))
         }
+        MemberWrite::Delete(record) => delete_record(tx, record),
     })
+}
+
+/// Remove a record's map from the document, or answer `NoSuchRecord`. Every value under
+/// that id goes (a concurrent edit inside it is lost with it; a concurrent second record
+/// under the id, which no honest node makes, would stay).
+fn delete_record(
+    tx: &mut automerge::transaction::Transaction<'_>,
+    record: RecordId,
+) -> Result<Result<(), DocError>, AutomergeError> {
+    let key = record.to_string();
+    if tx.get(ROOT, key.as_str())?.is_none() {
+        return Ok(Err(DocError::NoSuchRecord(record)));
+    }
+    tx.delete(ROOT, key.as_str())?;
+    Ok(Ok(()))
 }
 
 /// Run `one` for each write inside one automerge transaction.
@@ -308,6 +326,8 @@ pub enum RecordWrite<'a> {
     Create(RecordId, &'a Fields, Option<&'a Stamp>),
     /// Set the fields named, leaving the others to merge.
     Update(RecordId, &'a Fields, Option<&'a Stamp>),
+    /// Remove a record.
+    Delete(RecordId),
 }
 
 /// The automerge scalar of a field value (`None` for [`FieldValue::Null`], which clears).
@@ -354,6 +374,7 @@ pub fn apply_record_writes(
             }
             Ok(())
         }),
+        RecordWrite::Delete(record) => delete_record(tx, record),
     })
 }
 

@@ -1144,3 +1144,81 @@ async fn a_down_link_says_since_when_and_why() -> anyhow::Result<()> {
     fed.shutdown().await;
     Ok(())
 }
+
+/// A member removed at the village is removed at every level above, and one a township
+/// supervisor removes from the village's register is removed at the village.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_travels_both_ways() -> anyhow::Result<()> {
+    let (v01, t01, c01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"), unit("c01"));
+    let (fed, _dir) = start(small_tree(), None).await?;
+    let (village, township, city) = (
+        fed.graphql_url(&v01)?,
+        fed.graphql_url(&t01)?,
+        fed.graphql_url(&c01)?,
+    );
+    let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
+    let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
+    let viewer = fed.token(&c01, Role::Viewer)?.to_owned();
+    let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
+    let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
+    let shown = |url: &str, token: &str, id: &str, want: bool| {
+        let (url, token, id) = (url.to_owned(), token.to_owned(), id.to_owned());
+        move || {
+            let (url, token, id) = (url.clone(), token.clone(), id.clone());
+            async move {
+                let m = member_at(&url, Some(&token), &id).await?;
+                Ok((m.is_null() != want).then_some(()))
+            }
+        }
+    };
+    for id in [&a, &b] {
+        eventually(
+            WAIT,
+            "the member at the city",
+            shown(&city, &viewer, id, true),
+        )
+        .await?;
+    }
+    const DELETE: &str = "mutation($id: ID!) { deleteMember(id: $id) { name } }";
+    let r = gql(&village, Some(&clerk), DELETE, json!({ "id": a })).await?;
+    assert_eq!(r["data"]["deleteMember"]["name"], "Zhao Ping", "{r}");
+    eventually(
+        WAIT,
+        "A gone at the township",
+        shown(&township, &supervisor, &a, false),
+    )
+    .await?;
+    eventually(WAIT, "A gone at the city", shown(&city, &viewer, &a, false)).await?;
+    let r = gql(&township, Some(&supervisor), DELETE, json!({ "id": b })).await?;
+    assert_eq!(r["data"]["deleteMember"]["name"], "Sun Hong", "{r}");
+    eventually(
+        WAIT,
+        "B gone at the village",
+        shown(&village, &clerk, &b, false),
+    )
+    .await?;
+    let r = gql(
+        &city,
+        Some(&viewer),
+        "{ unit(id: \"c01/k01/t01/v01\") { indicators { members } } }",
+        json!({}),
+    )
+    .await?;
+    eventually(WAIT, "no member counted at the city", || {
+        let (url, token) = (city.clone(), viewer.clone());
+        async move {
+            let r = gql(
+                &url,
+                Some(&token),
+                "{ unit(id: \"c01/k01/t01/v01\") { indicators { members } } }",
+                json!({}),
+            )
+            .await?;
+            Ok((r["data"]["unit"]["indicators"]["members"] == 0).then_some(()))
+        }
+    })
+    .await
+    .with_context(|| format!("first read: {r}"))?;
+    fed.shutdown().await;
+    Ok(())
+}

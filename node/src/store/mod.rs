@@ -184,6 +184,14 @@ enum Command {
         by: Option<Writer>,
         reply: oneshot::Sender<Result<Record, WriteError>>,
     },
+    DeleteMember {
+        id: MemberId,
+        reply: oneshot::Sender<Result<Member, WriteError>>,
+    },
+    DeleteRecord {
+        id: RecordRef,
+        reply: oneshot::Sender<Result<Record, WriteError>>,
+    },
     SetUnitDetails {
         unit: UnitId,
         details: UnitDetails,
@@ -606,6 +614,20 @@ impl StoreHandle {
         .await
     }
 
+    /// Remove a member from its unit's register; returns the record as it was, once the
+    /// removal is durable. It travels like any change; who may remove is the gateway's
+    /// check (as for an update).
+    pub async fn delete_member(&self, id: MemberId) -> Result<Member, WriteError> {
+        self.ask(|reply| Command::DeleteMember { id, reply }).await
+    }
+
+    /// Remove a record of one of the [`grassroots_schema::ENTITIES`]; returns it as it was,
+    /// once the removal is durable. A record with fields decided from above (a complaint, a
+    /// report) is removed only by a unit with authority over them, as its parent checks.
+    pub async fn delete_record(&self, id: RecordRef) -> Result<Record, WriteError> {
+        self.ask(|reply| Command::DeleteRecord { id, reply }).await
+    }
+
     /// Change a unit's name, organisations and activity place (in its profile), creating
     /// the profile of a unit below that has none when a name is given; returns the profile
     /// once durable.
@@ -752,12 +774,14 @@ struct PendingWrite {
 enum PendingOp {
     Create(MemberId, NewMember, Option<Stamp>),
     Update(MemberId, MemberPatch, Option<Stamp>),
+    /// A removal, with the record as it was (read when the write is settled).
+    Delete(MemberId, Option<Member>),
 }
 
 impl PendingOp {
     fn id(&self) -> &MemberId {
         match self {
-            PendingOp::Create(id, ..) | PendingOp::Update(id, ..) => id,
+            PendingOp::Create(id, ..) | PendingOp::Update(id, ..) | PendingOp::Delete(id, _) => id,
         }
     }
 }
@@ -773,12 +797,14 @@ struct PendingRecord {
 enum RecordOp {
     Create(RecordRef, Fields, Option<Stamp>),
     Update(RecordRef, Fields, Option<Stamp>),
+    /// A removal, with the record as it was (read when the write is settled).
+    Delete(RecordRef, Option<Record>),
 }
 
 impl RecordOp {
     fn id(&self) -> &RecordRef {
         match self {
-            RecordOp::Create(id, ..) | RecordOp::Update(id, ..) => id,
+            RecordOp::Create(id, ..) | RecordOp::Update(id, ..) | RecordOp::Delete(id, _) => id,
         }
     }
 }
@@ -796,8 +822,10 @@ trait Waiting: Sized {
     type Row: Clone + Send + 'static;
     /// The document written.
     fn doc(&self) -> DocId;
-    /// Whether it changes an existing record.
+    /// Whether it changes (or removes) an existing record.
     fn is_update(&self) -> bool;
+    /// Whether it removes its record (its row goes from the views).
+    fn deletes(&self) -> bool;
     /// The error for a record that does not exist.
     fn missing(&self) -> WriteError;
     /// Answer the caller with an error now.
@@ -820,6 +848,11 @@ trait Waiting: Sized {
     fn settle(&mut self, _doc: &Automerge, _earlier: &Handling) {}
     /// Note what this write leaves for the writes after it in the batch (once allowed).
     fn leave(&self, _earlier: &mut Handling) {}
+    /// Why the write cannot be made, as settled (a removal of a record that is not there,
+    /// or not readable: removing what no view shows would answer nothing).
+    fn doomed(&self) -> bool {
+        false
+    }
 }
 
 /// A complaint's handler as the writes of a batch leave it, by record.
@@ -831,7 +864,10 @@ impl Waiting for PendingWrite {
         DocId::new(DocKind::Members, self.op.id().unit.clone())
     }
     fn is_update(&self) -> bool {
-        matches!(self.op, PendingOp::Update(..))
+        !matches!(self.op, PendingOp::Create(..))
+    }
+    fn deletes(&self) -> bool {
+        matches!(self.op, PendingOp::Delete(..))
     }
     fn missing(&self) -> WriteError {
         WriteError::NotFound(self.op.id().clone())
@@ -845,6 +881,7 @@ impl Waiting for PendingWrite {
             .map(|w| match &w.op {
                 PendingOp::Create(id, m, by) => doc::MemberWrite::Create(id.record, m, by.as_ref()),
                 PendingOp::Update(id, p, by) => doc::MemberWrite::Update(id.record, p, by.as_ref()),
+                PendingOp::Delete(id, _) => doc::MemberWrite::Delete(id.record),
             })
             .collect();
         doc::apply_member_writes(doc, &ops)
@@ -868,15 +905,25 @@ impl Waiting for PendingWrite {
             (PendingOp::Update(id, ..), Ok(())) => {
                 doc::read_member(doc, &id.unit, id.record).ok_or(WriteError::NotFound(id))
             }
-            (PendingOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
-                Err(WriteError::NotFound(id))
-            }
+            (PendingOp::Delete(id, before), Ok(())) => before.ok_or(WriteError::NotFound(id)),
+            (
+                PendingOp::Update(id, ..) | PendingOp::Delete(id, _),
+                Err(DocError::NoSuchRecord(_)),
+            ) => Err(WriteError::NotFound(id)),
             (_, Err(e)) => Err(WriteError::Doc(e)),
         };
         (self.reply, outcome)
     }
     fn record(row: &Member) -> RecordId {
         row.id.record
+    }
+    fn settle(&mut self, doc: &Automerge, _earlier: &Handling) {
+        if let PendingOp::Delete(id, before) = &mut self.op {
+            *before = doc::read_member(doc, &id.unit, id.record);
+        }
+    }
+    fn doomed(&self) -> bool {
+        matches!(self.op, PendingOp::Delete(_, None))
     }
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Member>>> {
         &mut batch.records
@@ -889,7 +936,10 @@ impl Waiting for PendingRecord {
         self.op.id().doc()
     }
     fn is_update(&self) -> bool {
-        matches!(self.op, RecordOp::Update(..))
+        !matches!(self.op, RecordOp::Create(..))
+    }
+    fn deletes(&self) -> bool {
+        matches!(self.op, RecordOp::Delete(..))
     }
     fn missing(&self) -> WriteError {
         WriteError::NoRecord(self.op.id().clone())
@@ -903,6 +953,7 @@ impl Waiting for PendingRecord {
             .map(|w| match &w.op {
                 RecordOp::Create(id, f, by) => doc::RecordWrite::Create(id.record, f, by.as_ref()),
                 RecordOp::Update(id, f, by) => doc::RecordWrite::Update(id.record, f, by.as_ref()),
+                RecordOp::Delete(id, _) => doc::RecordWrite::Delete(id.record),
             })
             .collect();
         // One document, so one kind.
@@ -922,9 +973,11 @@ impl Waiting for PendingRecord {
             (RecordOp::Update(id, ..), Ok(())) => entity(id.kind)
                 .and_then(|spec| doc::read_record(doc, spec, &id.unit, id.record))
                 .ok_or(WriteError::NoRecord(id)),
-            (RecordOp::Update(id, ..), Err(DocError::NoSuchRecord(_))) => {
-                Err(WriteError::NoRecord(id))
-            }
+            (RecordOp::Delete(id, before), Ok(())) => before.ok_or(WriteError::NoRecord(id)),
+            (
+                RecordOp::Update(id, ..) | RecordOp::Delete(id, _),
+                Err(DocError::NoSuchRecord(_)),
+            ) => Err(WriteError::NoRecord(id)),
             (_, Err(e)) => Err(WriteError::Doc(e)),
         };
         (self.reply, outcome)
@@ -940,6 +993,12 @@ impl Waiting for PendingRecord {
             RecordOp::Update(id, fields, _) => {
                 Some((id.record, fields.keys().map(String::as_str).collect()))
             }
+            // Removing a record whose fields are decided from above needs the authority
+            // they need, as the parent checks (`sync::fields`).
+            RecordOp::Delete(id, _) => Some((
+                id.record,
+                self.spec.decided_above().take(1).map(|f| f.name).collect(),
+            )),
             RecordOp::Create(..) => None,
         }
     }
@@ -947,6 +1006,9 @@ impl Waiting for PendingRecord {
     /// (`EntitySpec::with_update_defaults`): left out when unchanged, else it brings its
     /// waiting status along.
     fn settle(&mut self, doc: &Automerge, earlier: &Handling) {
+        if let RecordOp::Delete(id, before) = &mut self.op {
+            *before = doc::read_record(doc, self.spec, &id.unit, id.record);
+        }
         if let RecordOp::Update(id, fields, _) = &mut self.op
             && fields.contains_key("handler")
         {
@@ -955,6 +1017,9 @@ impl Waiting for PendingRecord {
                 .spec
                 .with_update_defaults(&id.unit, &now, std::mem::take(fields));
         }
+    }
+    fn doomed(&self) -> bool {
+        matches!(self.op, RecordOp::Delete(_, None))
     }
     fn leave(&self, earlier: &mut Handling) {
         if let RecordOp::Update(id, fields, _) = &self.op
@@ -1373,6 +1438,20 @@ impl Actor {
                     }
                 }
             }
+            Command::DeleteMember { id, reply } => batch.writes.push(PendingWrite {
+                op: PendingOp::Delete(id, None),
+                reply,
+            }),
+            Command::DeleteRecord { id, reply } => match entity(id.kind) {
+                None => {
+                    let _ = reply.send(Err(WriteError::NotARecordKind(id.kind)));
+                }
+                Some(spec) => batch.record_writes.push(PendingRecord {
+                    op: RecordOp::Delete(id, None),
+                    spec,
+                    reply,
+                }),
+            },
             Command::SetUnitDetails {
                 unit,
                 details,
@@ -1873,6 +1952,11 @@ impl Actor {
             let mut earlier = Handling::new();
             for mut w in writes {
                 w.settle(doc, &earlier);
+                if w.doomed() {
+                    let missing = w.missing();
+                    w.fail(missing);
+                    continue;
+                }
                 let verdict = match w.update_fields() {
                     Some((record, fields)) => {
                         crate::sync::check_local(doc, &meta, &me, record, fields)
@@ -1908,12 +1992,13 @@ impl Actor {
             // The document changed if any write went in, even one whose read-back failed.
             let applied = results.iter().any(Result::is_ok);
             for (w, result) in writes.into_iter().zip(results) {
+                let deletes = w.deletes();
                 let (reply, outcome) = w.outcome(doc, result);
                 if let Ok(row) = &outcome {
                     W::rows(batch)
                         .entry(doc_id.clone())
                         .or_default()
-                        .insert(W::record(row), Some(row.clone()));
+                        .insert(W::record(row), (!deletes).then(|| row.clone()));
                 }
                 reply_after_commit(batch, reply, outcome);
             }
@@ -3097,6 +3182,73 @@ mod tests {
             );
         }
         assert!(r.members(&t01, true, None, 0).unwrap().has_next);
+        t.shutdown().await;
+    }
+
+    /// A removal takes the record's row and its counts out of the views, answers the record
+    /// as it was, and is refused for a record that is not there; a complaint handled above
+    /// this node is not removed here (its parent would refuse the change).
+    #[tokio::test]
+    async fn a_removed_record_leaves_the_views_and_the_counts() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let (me, county) = (u("c01/k01/t01/v01"), u("c01/k01"));
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let a = h.create_member(me.clone(), sample("Stays")).await.unwrap();
+        let b = h.create_member(me.clone(), sample("Leaves")).await.unwrap();
+        assert_eq!(r.rollup(&me).unwrap().members, 2);
+        let gone = h.delete_member(b.id.clone()).await.unwrap();
+        assert_eq!(gone.name, "Leaves");
+        assert!(r.member(&b.id).unwrap().is_none());
+        assert!(r.member(&a.id).unwrap().is_some());
+        assert_eq!(r.rollup(&me).unwrap().members, 1);
+        assert!(matches!(
+            h.delete_member(b.id.clone()).await,
+            Err(WriteError::NotFound(_))
+        ));
+        let text = |s: &str| V::Text(s.into());
+        let meeting = h
+            .create_record(
+                DocKind::Meetings,
+                me.clone(),
+                [
+                    ("kind", text("branch_general_meeting")),
+                    ("heldOn", text("2026-03-02")),
+                    ("attendance", V::Int(12)),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+                None,
+            )
+            .await
+            .unwrap();
+        h.delete_record(meeting.id.clone()).await.unwrap();
+        assert!(r.record(&meeting.id).unwrap().is_none());
+        let complaint = |handler: Option<&UnitId>| {
+            let mut fields: Fields = [
+                ("subject", text("Road")),
+                ("body", text("Potholes")),
+                ("filedOn", text("2026-01-02")),
+                ("dueOn", text("2026-01-20")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            if let Some(hd) = handler {
+                fields.insert("handler".into(), text(hd.as_str()));
+            }
+            h.create_record(DocKind::Complaints, me.clone(), fields, None)
+        };
+        let own = complaint(None).await.unwrap();
+        h.delete_record(own.id.clone()).await.unwrap();
+        let above = complaint(Some(&county)).await.unwrap();
+        assert!(matches!(
+            h.delete_record(above.id.clone()).await,
+            Err(WriteError::Refused(_))
+        ));
+        assert!(r.record(&above.id).unwrap().is_some());
+        assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
 
