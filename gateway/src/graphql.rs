@@ -1642,6 +1642,31 @@ impl Query {
         }
     }
 
+    /// The users (tokens) of `unit` (default: the caller's) and the units below it that this
+    /// node holds, by unit and name: an admin there or above. A token itself is never shown
+    /// again; `revokeUserTokens(name)` revokes by the names listed here.
+    async fn users(&self, ctx: &Context<'_>, unit: Option<ID>) -> Result<Vec<UserEntry>> {
+        let b = backend(ctx)?;
+        let within = match (unit, caller(ctx)) {
+            (Some(u), _) => parse_unit(&u)?,
+            (None, Caller::User { unit, .. }) => unit.clone(),
+            (None, Caller::Anonymous) => {
+                return Err(error(Code::Unauthenticated, "managing users needs a token"));
+            }
+        };
+        authorise_users(ctx, b, &within)?;
+        Ok(b.reader
+            .users_within(&within)
+            .map_err(internal)?
+            .into_iter()
+            .map(|u| UserEntry {
+                unit: ID(u.unit.to_string()),
+                role: u.role.into(),
+                name: u.name,
+            })
+            .collect())
+    }
+
     /// The unit this node serves.
     async fn node_unit(&self, ctx: &Context<'_>) -> Result<Unit> {
         let b = backend(ctx)?;
@@ -1820,6 +1845,17 @@ pub struct RevokeCertificateInput {
     /// SHA-256 fingerprint of the certificate (hex), as `grassroots pki issue` printed it or
     /// `unit { sync { link { certificateFingerprint } } }` shows it.
     fingerprint: String,
+}
+
+/// A user of this node: who a token was issued to.
+#[derive(SimpleObject)]
+pub struct UserEntry {
+    /// The unit the token acts for.
+    unit: ID,
+    /// Its role there.
+    role: RoleGql,
+    /// Who it was issued to (`user-` and 8 hex digits for a token made without a name).
+    name: String,
 }
 
 /// A backup just written.

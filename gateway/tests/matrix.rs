@@ -438,6 +438,7 @@ async fn only_admins_at_or_above_manage_users() {
         name: \"Chen Jing\" }) { token name role } }";
     let revoke = "mutation($u: ID!) { revokeUserTokens(name: \"Chen Jing\", unit: $u) }";
     let me_query = "{ me { role unit { id } } }";
+    let list = "query($u: ID!) { users(unit: $u) { unit role name } }";
     let mut cells = 0;
     for (rel, me, other) in cases() {
         let mut callers: Vec<(String, Option<String>, bool)> =
@@ -460,6 +461,30 @@ async fn only_admins_at_or_above_manage_users() {
             let cell = format!("{who} at {me} for {other} ({rel:?})");
             let r = query(backend, t, create, json!({ "u": other })).await;
             assert_write(&r, "createUserToken", allowed, t.is_some(), &cell);
+            // The listing follows the same rule, and names the user just made.
+            let l = query(backend, t, list, json!({ "u": other })).await;
+            if allowed {
+                let listed = l["data"]["users"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    listed.iter().any(|u| u["name"] == "Chen Jing"
+                        && u["unit"] == other
+                        && u["role"] == "CLERK"),
+                    "users: {cell}: {l}"
+                );
+                assert!(
+                    listed
+                        .iter()
+                        .all(|u| u["unit"].as_str().is_some_and(|x| x.starts_with(other))),
+                    "users outside {other}: {cell}: {l}"
+                );
+            } else {
+                let want = if t.is_some() {
+                    "FORBIDDEN"
+                } else {
+                    "UNAUTHENTICATED"
+                };
+                assert_eq!(code(&l), want, "users: {cell}: {l}");
+            }
             let r2 = query(backend, t, revoke, json!({ "u": other })).await;
             assert_eq!(r2["errors"].is_null(), allowed, "revoke: {cell}: {r2}");
             if !allowed {
@@ -470,7 +495,7 @@ async fn only_admins_at_or_above_manage_users() {
                 };
                 assert_eq!(code(&r2), want, "revoke: {cell}: {r2}");
             }
-            cells += 2;
+            cells += 3;
             if allowed {
                 // The token worked until it was revoked, and only then stopped.
                 assert_eq!(r2["data"]["revokeUserTokens"], 1, "{cell}: {r2}");
@@ -480,7 +505,7 @@ async fn only_admins_at_or_above_manage_users() {
             }
         }
     }
-    assert_eq!(cells, 7 * 5 * 2);
+    assert_eq!(cells, 7 * 5 * 3);
 
     // A created token acts for its unit and role, and names its user in what it writes.
     let admin = new_token().unwrap();

@@ -613,6 +613,22 @@ impl StoreReader {
         Ok(n)
     }
 
+    /// Every user (token) bound to `within` or a unit below it, by unit, then name.
+    pub fn users_within(&self, within: &UnitId) -> Result<Vec<TokenUser>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(USERS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let u = parse_user(k.value(), v.value())?;
+            if u.unit.is_in_subtree_of(within) {
+                out.push(u);
+            }
+        }
+        out.sort_by(|a, b| (&a.unit, &a.name).cmp(&(&b.unit, &b.name)));
+        Ok(out)
+    }
+
     /// The unit, role and user a token hash is bound to. A token added without a name is
     /// labelled `user-` and the first 8 hex digits of its hash.
     pub fn user(&self, token_hash: &[u8; 32]) -> Result<Option<TokenUser>, StoreError> {
