@@ -606,8 +606,14 @@ async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
             path.display()
         ),
     }
+    // The folder node.toml names for backups, if any, so pruning sees this one too.
+    let folder = match read_node_toml(&dir.join("node.toml")) {
+        Ok((cfg, _)) => cfg.backup_dir.map(|d| dir.join(d)),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| backup::backup_dir(&path));
     let out = out.unwrap_or_else(|| {
-        backup::backup_dir(&path).join(backup::backup_name(
+        folder.join(backup::backup_name(
             identity.unit.as_str(),
             grassroots_node::status::now_ms(),
         ))

@@ -118,6 +118,7 @@ pub fn from_write(e: WriteError) -> async_graphql::Error {
         }
         WriteError::Refused(r) => error(Code::Forbidden, r.detail),
         WriteError::Store(e) => from_store(e),
+        e @ WriteError::NotRemovable(_) => error(Code::Forbidden, e.to_string()),
         e @ (WriteError::NotAChild(_) | WriteError::BadFingerprint) => {
             error(Code::BadUserInput, e.to_string())
         }

@@ -2203,7 +2203,7 @@ impl MutationCore {
 /// Create and update of every record kind, generated from the table below: one rule path
 /// (`entities::create`, `entities::update`) for all. Merged into [`Mutation`].
 macro_rules! record_mutations {
-    ($( $what:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident), $delete:ident; )+) => {
+    ($( $what:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident) $(, $delete:ident)?; )+) => {
         /// The record writes (their fields are `Mutation`'s).
         #[derive(Default)]
         pub struct RecordMutations;
@@ -2221,15 +2221,20 @@ macro_rules! record_mutations {
                     en::$gql::update(ctx, &id, input).await
                 }
 
-                #[doc = concat!("Remove ", $what, " (same rule as writing every field of it, supervisory ones included, judged against it as it is); returns it as it was. The removal travels like any change.")]
-                async fn $delete(&self, ctx: &Context<'_>, id: ID) -> Result<en::$gql> {
-                    en::$gql::delete(ctx, &id).await
-                }
+                $(
+                    #[doc = concat!("Remove ", $what, " (same rule as writing every field of it, supervisory ones included, judged against it as it is); returns it as it was. The removal travels like any change.")]
+                    async fn $delete(&self, ctx: &Context<'_>, id: ID) -> Result<en::$gql> {
+                        en::$gql::delete(ctx, &id).await
+                    }
+                )?
             )+
         }
     };
 }
 
+// Complaints and reports are not removed: they are what the levels above hold a unit to
+// account by, and a removal concurrent with a decision above (an escalation, a review)
+// would be refused at the hop that holds the decision, holding the document back there.
 record_mutations! {
     "an activist, applicant or reserve cadre": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput), delete_activist;
     "a cadre post": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput), delete_cadre_post;
@@ -2238,9 +2243,9 @@ record_mutations! {
     "a project": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput), delete_project;
     "a collective asset": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput), delete_collective_asset;
     "a public disclosure": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput), delete_disclosure;
-    "a complaint": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput), delete_complaint;
+    "a complaint": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput);
     "a directive": DirectiveGql, create_directive(CreateDirectiveInput), update_directive(UpdateDirectiveInput), delete_directive;
-    "a report": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput), delete_report;
+    "a report": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput);
     "a fund programme": FundProgrammeGql, create_fund_programme(CreateFundProgrammeInput), update_fund_programme(UpdateFundProgrammeInput), delete_fund_programme;
     "a disbursement": DisbursementGql, create_disbursement(CreateDisbursementInput), update_disbursement(UpdateDisbursementInput), delete_disbursement;
 }

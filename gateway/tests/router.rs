@@ -696,8 +696,22 @@ async fn member_categories_are_written_read_and_counted() {
         );
     }
     // Leaving categories out of an update leaves them.
-    let r = query(&f, Some(&clerk), &format!("mutation {{ updateMember(id: \"{a}\", input: {{ name: \"Li Wei Jr\" }}) {{ categories }} }}")).await;
-    assert_eq!(r["data"]["updateMember"]["categories"], json!([]), "{r}");
+    let body = json!({ "query": update, "variables": { "id": a, "c": ["FLOATING"] } });
+    post(&f, Some(&clerk), serde_json::to_vec(&body).unwrap()).await;
+    let r = query(
+        &f,
+        Some(&clerk),
+        &format!(
+            "mutation {{ updateMember(id: \"{a}\", input: {{ name: \"Li Wei Jr\" }}) {{ name categories }} }}"
+        ),
+    )
+    .await;
+    assert_eq!(
+        r["data"]["updateMember"],
+        json!({ "name": "Li Wei Jr", "categories": ["FLOATING"] }),
+        "{r}"
+    );
+
     assert!(f.backend.store.verify_views().await.unwrap().is_empty());
     f.shutdown().await;
 }

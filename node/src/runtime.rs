@@ -40,8 +40,8 @@ pub struct NodeConfig {
 /// When and where a running node copies its store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupPolicy {
-    /// Time between backups (none: only on request); the first is taken one interval
-    /// after start.
+    /// Time between backups (none: only on request); the first is due that long after the
+    /// newest one in the folder, but not before a settling delay after start.
     pub every: Option<Duration>,
     /// Backups kept in the folder; older ones are deleted after each new one.
     pub keep: usize,
@@ -314,12 +314,24 @@ mod tests {
             dir: None,
         };
         let backups = tokio::spawn(backup_loop(r.clone(), me.clone(), policy, cancel.clone()));
-        tokio::time::sleep(Duration::from_millis(650)).await;
+        // A second at 100 ms makes several backups, pruned to the newest two; a slow machine
+        // gets up to 20 s to write two.
+        let dir = dir.path().join("backups");
+        let start = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let written = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+            let waited = start.elapsed();
+            if (written >= 2 && waited > Duration::from_secs(1)) || waited > Duration::from_secs(20)
+            {
+                break;
+            }
+        }
         cancel.cancel();
         backups.await.unwrap();
         t.shutdown().await;
         drop((h, r));
-        let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("backups"))
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();

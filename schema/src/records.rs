@@ -64,11 +64,14 @@ impl MemberCategory {
     }
 }
 
-/// Categories as a sorted set without repeats.
-pub fn category_set(mut c: Vec<MemberCategory>) -> Vec<MemberCategory> {
-    c.sort_by_key(|c| c.as_str());
-    c.dedup();
-    c
+/// Categories as a set without repeats, in the order of [`MemberCategory::ALL`] (the order
+/// a record read from its document has them in).
+pub fn category_set(c: Vec<MemberCategory>) -> Vec<MemberCategory> {
+    MemberCategory::ALL
+        .iter()
+        .copied()
+        .filter(|x| c.contains(x))
+        .collect()
 }
 
 /// Why a record was refused.
@@ -124,7 +127,7 @@ pub struct Member {
     /// Personal identity number: sensitive, like `phone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_number: Option<String>,
-    /// The categories the member is in, sorted.
+    /// The categories the member is in, in the order of [`MemberCategory::ALL`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub categories: Vec<MemberCategory>,
     /// Who created the record and when (absent on records written without a caller, such

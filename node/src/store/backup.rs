@@ -11,6 +11,7 @@
 //! after the backup is not in it: the parent and children send back what they hold of it at
 //! the next sync.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
@@ -103,9 +104,29 @@ pub fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
 
-/// One backup at a time in a process: concurrent copies would each pass the free-space
-/// check and together fill the disk.
-static WRITING: Mutex<()> = Mutex::new(());
+/// The folders a backup is being written into now, in this process: one at a time per
+/// folder, as concurrent copies would each pass the free-space check and together fill
+/// the disk.
+static WRITING: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// A folder taken in [`WRITING`] until dropped.
+struct Writing(PathBuf);
+
+impl Writing {
+    fn take(dir: &Path) -> Option<Writing> {
+        let mut busy = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        busy.insert(dir.to_owned()).then(|| Writing(dir.to_owned()))
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
 
 /// Copy the whole store into a new file at `out` (which must not exist yet). `size` is the
 /// store file's size, if known: the backup is refused unless its folder's disk has that
@@ -116,35 +137,36 @@ pub fn write_backup(
     size: Option<u64>,
 ) -> Result<BackupInfo, StoreError> {
     let started = Instant::now();
-    let _writing = match WRITING.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            return Err(StoreError::Io {
-                what: "backing up".into(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::ResourceBusy,
-                    "another backup is being written; try again when it is done",
-                ),
-            });
-        }
+    let dir = match out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
     };
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        remove_partials(dir);
-        if let (Some(size), Some(free)) = (size, free_bytes(dir)) {
-            let needed = size.saturating_add(FREE_MARGIN);
-            if free < needed {
-                return Err(StoreError::Io {
-                    what: format!(
-                        "backing up into {}: {} MiB free, {} MiB needed (the store and a margin)",
-                        dir.display(),
-                        free >> 20,
-                        needed >> 20
-                    ),
-                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
-                });
-            }
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(io(format!("reading {}", dir.display())))?;
+    let Some(_writing) = Writing::take(&dir) else {
+        return Err(StoreError::Io {
+            what: format!("backing up into {}", dir.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "another backup is being written there; try again when it is done",
+            ),
+        });
+    };
+    remove_partials(&dir, &owner_of(source)?.unwrap_or_default());
+    if let (Some(size), Some(free)) = (size, free_bytes(&dir)) {
+        let needed = size.saturating_add(FREE_MARGIN);
+        if free < needed {
+            return Err(StoreError::Io {
+                what: format!(
+                    "backing up into {}: {} MiB free, {} MiB needed (the store and a margin)",
+                    dir.display(),
+                    free >> 20,
+                    needed >> 20
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            });
         }
     }
     if out.exists() {
@@ -154,6 +176,13 @@ pub fn write_backup(
         });
     }
     let partial = out.with_extension("partial");
+    // What a crash left under this very name (an `--out` of one's own choosing): redb would
+    // open it and the copy would land on top of its rows.
+    match std::fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing {}", partial.display()))(e)),
+    }
     let result = copy_store(source, out, &partial, started);
     // The partial file is never a backup, whether the copy went well (it is linked under
     // the backup's name by then) or not (it takes room the store may need).
@@ -161,15 +190,17 @@ pub fn write_backup(
     result
 }
 
-/// Remove what crashed backups left in `dir` (they take room and are never backups).
-fn remove_partials(dir: &Path) {
+/// Remove what crashed backups of `unit`'s store left in `dir` (they take room and are
+/// never backups). Other units' are theirs to clean: one may be being written now.
+fn remove_partials(dir: &Path, unit: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let prefix = name_prefix(unit);
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("store-")
+        if name.starts_with(&prefix)
             && name.ends_with(".partial")
             && let Err(err) = std::fs::remove_file(e.path())
         {
@@ -728,22 +759,24 @@ mod tests {
         );
     }
 
-    /// A second backup while one is written is refused, and what a crashed backup left is
-    /// removed by the next one.
+    /// A second backup into a folder while one is written there is refused; what a
+    /// crashed backup of this unit left is removed by the next one (another unit's is left);
+    /// a partial file under an `--out` name is not built upon; backups are their owner's.
     #[tokio::test]
     async fn one_backup_at_a_time_and_no_partial_left() {
         let dir = tempfile::tempdir().unwrap();
         let me = u("c01");
         let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
         h.set_profile("City".into(), vec![]).await.unwrap();
-        let stale = dir
-            .path()
-            .join("backups")
-            .join("store-c01-19700101T000000.000Z.partial");
-        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
-        std::fs::write(&stale, vec![0; 4096]).unwrap();
+        let backups = dir.path().join("backups");
+        std::fs::create_dir_all(&backups).unwrap();
+        let stale = backups.join("store-c01-19700101T000000.000Z.partial");
+        let theirs = backups.join("store-c01_k01-19700101T000000.000Z.partial");
+        for f in [&stale, &theirs] {
+            std::fs::write(f, vec![0; 4096]).unwrap();
+        }
         {
-            let _busy = WRITING.lock().unwrap();
+            let _busy = Writing::take(&backups.canonicalize().unwrap()).unwrap();
             let err = r.backup(7).unwrap_err();
             assert!(
                 matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::ResourceBusy),
@@ -751,17 +784,22 @@ mod tests {
             );
         }
         let info = r.backup(8).unwrap();
-        assert!(!stale.exists());
-        let files: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
-            .unwrap()
-            .collect();
-        assert_eq!(files.len(), 1);
+        assert!(!stale.exists() && theirs.exists());
+        assert_eq!(std::fs::read_dir(&backups).unwrap().count(), 2);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&info.path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{mode:o}");
         }
+        let out = dir.path().join("nightly.redb");
+        std::fs::write(out.with_extension("partial"), b"left by a crash").unwrap();
+        r.backup_to(&out).unwrap();
+        assert!(!out.with_extension("partial").exists());
+        t.shutdown().await;
+        drop((h, r));
+        let (_h, r, t) = super::super::open(&out, me.clone()).unwrap();
+        assert_eq!(r.unit(&me).unwrap().unwrap().name, "City");
         t.shutdown().await;
     }
 }

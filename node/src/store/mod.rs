@@ -129,6 +129,9 @@ pub enum WriteError {
     /// The record does not exist here.
     #[error("no record {0}")]
     NoRecord(RecordRef),
+    /// Records of this kind are not removed (complaints, reports).
+    #[error("{0:?} records are not removed: the levels above hold their unit to account by them")]
+    NotRemovable(DocKind),
     /// The kind has no records of its own (members and profiles have their own writes).
     #[error("{0:?} documents do not hold records of this kind")]
     NotARecordKind(DocKind),
@@ -1445,6 +1448,12 @@ impl Actor {
             Command::DeleteRecord { id, reply } => match entity(id.kind) {
                 None => {
                     let _ = reply.send(Err(WriteError::NotARecordKind(id.kind)));
+                }
+                // Fields decided from above (a complaint's handling, a report's review) make
+                // a record one the levels above hold its unit to account by; a removal
+                // concurrent with such a decision would be refused at the hop holding it.
+                Some(spec) if spec.decided_above().next().is_some() => {
+                    let _ = reply.send(Err(WriteError::NotRemovable(id.kind)));
                 }
                 Some(spec) => batch.record_writes.push(PendingRecord {
                     op: RecordOp::Delete(id, None),
@@ -3186,8 +3195,8 @@ mod tests {
     }
 
     /// A removal takes the record's row and its counts out of the views, answers the record
-    /// as it was, and is refused for a record that is not there; a complaint handled above
-    /// this node is not removed here (its parent would refuse the change).
+    /// as it was, and is refused for a record that is not there; complaints (and reports)
+    /// are not removed.
     #[tokio::test]
     async fn a_removed_record_leaves_the_views_and_the_counts() {
         use grassroots_schema::Value as V;
@@ -3240,14 +3249,14 @@ mod tests {
             }
             h.create_record(DocKind::Complaints, me.clone(), fields, None)
         };
-        let own = complaint(None).await.unwrap();
-        h.delete_record(own.id.clone()).await.unwrap();
-        let above = complaint(Some(&county)).await.unwrap();
-        assert!(matches!(
-            h.delete_record(above.id.clone()).await,
-            Err(WriteError::Refused(_))
-        ));
-        assert!(r.record(&above.id).unwrap().is_some());
+        for handler in [None, Some(&county)] {
+            let c = complaint(handler).await.unwrap();
+            assert!(matches!(
+                h.delete_record(c.id.clone()).await,
+                Err(WriteError::NotRemovable(DocKind::Complaints))
+            ));
+            assert!(r.record(&c.id).unwrap().is_some());
+        }
         assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
