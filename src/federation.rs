@@ -185,8 +185,8 @@ impl Federation {
         Ok(())
     }
 
-    /// Give a stopped node other link settings, for its next [`Federation::restart`].
-    pub fn set_link(&mut self, unit: &UnitId, link: LinkConfig) -> anyhow::Result<()> {
+    /// The configuration a stopped node restarts with.
+    fn stopped_config(&mut self, unit: &UnitId) -> anyhow::Result<&mut NodeConfig> {
         if self.nodes.contains_key(unit) {
             bail!("{unit} is running: stop it first");
         }
@@ -194,7 +194,12 @@ impl Federation {
             .configs
             .get_mut(unit)
             .with_context(|| format!("unknown unit {unit}"))?;
-        cfg.link = link;
+        Ok(cfg)
+    }
+
+    /// Give a stopped node other link settings, for its next [`Federation::restart`].
+    pub fn set_link(&mut self, unit: &UnitId, link: LinkConfig) -> anyhow::Result<()> {
+        self.stopped_config(unit)?.link = link;
         Ok(())
     }
 
@@ -204,14 +209,7 @@ impl Federation {
         unit: &UnitId,
         addr: grassroots_node::net::ParentAddr,
     ) -> anyhow::Result<()> {
-        if self.nodes.contains_key(unit) {
-            bail!("{unit} is running: stop it first");
-        }
-        let (cfg, _) = self
-            .configs
-            .get_mut(unit)
-            .with_context(|| format!("unknown unit {unit}"))?;
-        cfg.parent_addr = Some(addr);
+        self.stopped_config(unit)?.parent_addr = Some(addr);
         Ok(())
     }
 

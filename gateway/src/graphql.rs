@@ -1647,14 +1647,7 @@ impl Query {
     /// again; `revokeUserTokens(name)` revokes by the names listed here.
     async fn users(&self, ctx: &Context<'_>, unit: Option<ID>) -> Result<Vec<UserEntry>> {
         let b = backend(ctx)?;
-        let within = match (unit, caller(ctx)) {
-            (Some(u), _) => parse_unit(&u)?,
-            (None, Caller::User { unit, .. }) => unit.clone(),
-            (None, Caller::Anonymous) => {
-                return Err(error(Code::Unauthenticated, "managing users needs a token"));
-            }
-        };
-        authorise_users(ctx, b, &within)?;
+        let within = users_unit(ctx, b, unit)?;
         Ok(b.reader
             .users_within(&within)
             .map_err(internal)?
@@ -1909,6 +1902,19 @@ pub(crate) fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) ->
 }
 
 /// Check the caller may manage the users of `unit` here.
+/// The unit whose users an operation manages (`unit`, or the caller's own), checked.
+fn users_unit(ctx: &Context<'_>, b: &Backend, unit: Option<ID>) -> Result<UnitId> {
+    let within = match (unit, caller(ctx)) {
+        (Some(u), _) => parse_unit(&u)?,
+        (None, Caller::User { unit, .. }) => unit.clone(),
+        (None, Caller::Anonymous) => {
+            return Err(error(Code::Unauthenticated, "managing users needs a token"));
+        }
+    };
+    authorise_users(ctx, b, &within)?;
+    Ok(within)
+}
+
 fn authorise_users(ctx: &Context<'_>, b: &Backend, unit: &UnitId) -> Result<()> {
     let who = caller(ctx);
     if matches!(who, Caller::Anonymous) {
@@ -2159,14 +2165,7 @@ impl MutationCore {
         unit: Option<ID>,
     ) -> Result<i64> {
         let b = backend(ctx)?;
-        let within = match (unit, caller(ctx)) {
-            (Some(u), _) => parse_unit(&u)?,
-            (None, Caller::User { unit, .. }) => unit.clone(),
-            (None, Caller::Anonymous) => {
-                return Err(error(Code::Unauthenticated, "managing users needs a token"));
-            }
-        };
-        authorise_users(ctx, b, &within)?;
+        let within = users_unit(ctx, b, unit)?;
         let n = b
             .store
             .remove_users(name.trim().to_owned(), within)

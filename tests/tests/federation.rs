@@ -12,7 +12,7 @@ use grassroots_node::net::{self, read_frame, write_frame};
 use grassroots_node::sync::wire::{Msg, RejectReason, Summary};
 use grassroots_node::{Identity, doc};
 use grassroots_schema::{
-    DocId, DocKind, DocMeta, Education, Gender, MemberStatus, NewMember, RecordId, Role,
+    DocId, DocKind, DocMeta, Education, Gender, MemberStatus, NewMember, RecordId, Role, UnitId,
 };
 use grassroots_tests::relay::Relay;
 use grassroots_tests::{
@@ -46,6 +46,34 @@ async fn create_member(url: &str, token: &str, unit: &str, name: &str) -> anyhow
 async fn member_at(url: &str, token: Option<&str>, id: &str) -> anyhow::Result<Value> {
     let r = gql(url, token, MEMBER, json!({ "id": id })).await?;
     Ok(r["data"]["member"].clone())
+}
+
+/// Wait until, answered without error, the member `id` is shown at `url` (`want`) or not.
+async fn until_member(
+    what: &str,
+    url: &str,
+    token: &str,
+    id: &str,
+    want: bool,
+) -> anyhow::Result<()> {
+    eventually(WAIT, what, || async move {
+        let r = gql(url, Some(token), MEMBER, json!({ "id": id })).await?;
+        anyhow::ensure!(r["errors"].is_null(), "{r}");
+        Ok((r["data"]["member"].is_null() != want).then_some(()))
+    })
+    .await
+}
+
+/// Assert that `at` has refused nothing from `from` since it started.
+async fn no_rejections(fed: &Federation, at: &UnitId, from: &UnitId) -> anyhow::Result<()> {
+    let status = fed.node(at)?.node.store().status().await?;
+    let link = status
+        .links
+        .iter()
+        .find(|l| l.peer == *from)
+        .with_context(|| format!("no link from {from} at {at}"))?;
+    anyhow::ensure!(link.rejected == 0, "{link:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -921,22 +949,16 @@ async fn a_village_that_lost_its_store_gets_its_records_back() -> anyhow::Result
     let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
-    let present = |url: String, token: String, ids: Vec<String>| async move {
-        for id in &ids {
-            if member_at(&url, Some(&token), id).await?.is_null() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    };
-    eventually(WAIT, "the records at the township", || {
-        present(
-            township.clone(),
-            supervisor.clone(),
-            vec![a.clone(), b.clone()],
+    for id in [&a, &b] {
+        until_member(
+            "the records at the township",
+            &township,
+            &supervisor,
+            id,
+            true,
         )
-    })
-    .await?;
+        .await?;
+    }
 
     fed.stop(&v01).await?;
     let store = dir.path().join("c01_k01_t01_v01").join("store.redb");
@@ -951,10 +973,16 @@ async fn a_village_that_lost_its_store_gets_its_records_back() -> anyhow::Result
         .store()
         .add_user(token_hash(&clerk), v01.clone(), Role::Clerk)
         .await?;
-    eventually(WAIT, "the records back at the village", || {
-        present(village.clone(), clerk.clone(), vec![a.clone(), b.clone()])
-    })
-    .await?;
+    for id in [&a, &b] {
+        until_member(
+            "the records back at the village",
+            &village,
+            &clerk,
+            id,
+            true,
+        )
+        .await?;
+    }
 
     let c = create_member(&village, &clerk, "c01/k01/t01/v01", "Li Na").await?;
     let r = gql(
@@ -976,13 +1004,7 @@ async fn a_village_that_lost_its_store_gets_its_records_back() -> anyhow::Result
         }
     })
     .await?;
-    let status = fed.node(&t01)?.node.store().status().await?;
-    let link = status
-        .links
-        .iter()
-        .find(|l| l.peer == v01)
-        .context("no link to the village")?;
-    assert_eq!(link.rejected, 0, "{link:?}");
+    no_rejections(&fed, &t01, &v01).await?;
     fed.shutdown().await;
     Ok(())
 }
@@ -998,15 +1020,8 @@ async fn a_village_restored_from_an_old_backup_gets_the_rest_back() -> anyhow::R
     let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
     let admin = fed.token(&v01, Role::Admin)?.to_owned();
     let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
-    let at = |url: &str, token: &str, id: &str| {
-        let (url, token, id) = (url.to_owned(), token.to_owned(), id.to_owned());
-        move || {
-            let (url, token, id) = (url.clone(), token.clone(), id.clone());
-            async move { Ok(Some(member_at(&url, Some(&token), &id).await?).filter(|m| !m.is_null())) }
-        }
-    };
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
-    eventually(WAIT, "A at the township", at(&township, &supervisor, &a)).await?;
+    until_member("A at the township", &township, &supervisor, &a, true).await?;
     let r = gql(
         &village,
         Some(&admin),
@@ -1019,7 +1034,7 @@ async fn a_village_restored_from_an_old_backup_gets_the_rest_back() -> anyhow::R
         .with_context(|| format!("no backup: {r}"))?
         .to_owned();
     let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
-    eventually(WAIT, "B at the township", at(&township, &supervisor, &b)).await?;
+    until_member("B at the township", &township, &supervisor, &b, true).await?;
     // A user added after the backup keeps their token through the restore.
     let r = gql(
         &village,
@@ -1053,16 +1068,10 @@ async fn a_village_restored_from_an_old_backup_gets_the_rest_back() -> anyhow::R
     fed.restart(&v01).await?;
     // The backup holds the users and A; B comes back from the township.
     assert!(!member_at(&village, Some(&clerk), &a).await?.is_null());
-    eventually(WAIT, "B back at the village", at(&village, &clerk, &b)).await?;
+    until_member("B back at the village", &village, &clerk, &b, true).await?;
     let c = create_member(&village, &late, "c01/k01/t01/v01", "Li Na").await?;
-    eventually(WAIT, "C at the township", at(&township, &supervisor, &c)).await?;
-    let status = fed.node(&t01)?.node.store().status().await?;
-    let link = status
-        .links
-        .iter()
-        .find(|l| l.peer == v01)
-        .context("no link to the village")?;
-    assert_eq!(link.rejected, 0, "{link:?}");
+    until_member("C at the township", &township, &supervisor, &c, true).await?;
+    no_rejections(&fed, &t01, &v01).await?;
     fed.shutdown().await;
     Ok(())
 }
@@ -1161,45 +1170,23 @@ async fn a_removal_travels_both_ways() -> anyhow::Result<()> {
     let viewer = fed.token(&c01, Role::Viewer)?.to_owned();
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
-    // Answered without error, the member is there (`want`) or not.
-    let shown = |url: &str, token: &str, id: &str, want: bool| {
-        let (url, token, id) = (url.to_owned(), token.to_owned(), id.to_owned());
-        move || {
-            let (url, token, id) = (url.clone(), token.clone(), id.clone());
-            async move {
-                let r = gql(&url, Some(&token), MEMBER, json!({ "id": id })).await?;
-                anyhow::ensure!(r["errors"].is_null(), "{r}");
-                Ok((r["data"]["member"].is_null() != want).then_some(()))
-            }
-        }
-    };
     for id in [&a, &b] {
         for (url, token) in [
             (&village, &clerk),
             (&township, &supervisor),
             (&city, &viewer),
         ] {
-            eventually(WAIT, "the member everywhere", shown(url, token, id, true)).await?;
+            until_member("the member everywhere", url, token, id, true).await?;
         }
     }
     const DELETE: &str = "mutation($id: ID!) { deleteMember(id: $id) { name } }";
     let r = gql(&village, Some(&clerk), DELETE, json!({ "id": a })).await?;
     assert_eq!(r["data"]["deleteMember"]["name"], "Zhao Ping", "{r}");
-    eventually(
-        WAIT,
-        "A gone at the township",
-        shown(&township, &supervisor, &a, false),
-    )
-    .await?;
-    eventually(WAIT, "A gone at the city", shown(&city, &viewer, &a, false)).await?;
+    until_member("A gone at the township", &township, &supervisor, &a, false).await?;
+    until_member("A gone at the city", &city, &viewer, &a, false).await?;
     let r = gql(&township, Some(&supervisor), DELETE, json!({ "id": b })).await?;
     assert_eq!(r["data"]["deleteMember"]["name"], "Sun Hong", "{r}");
-    eventually(
-        WAIT,
-        "B gone at the village",
-        shown(&village, &clerk, &b, false),
-    )
-    .await?;
+    until_member("B gone at the village", &village, &clerk, &b, false).await?;
     eventually(WAIT, "no member counted at the city", || {
         let (url, token) = (city.clone(), viewer.clone());
         async move {

@@ -532,25 +532,12 @@ async fn stage(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::sample;
     use super::*;
-    use grassroots_schema::{Education, Gender, MemberStatus, NewMember, Role};
+    use grassroots_schema::Role;
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
-    }
-
-    fn sample(name: &str) -> NewMember {
-        NewMember {
-            name: name.into(),
-            birth_year: 1985,
-            gender: Gender::Female,
-            education: Education::Bachelor,
-            joined_on: "2010-07-01".into(),
-            status: MemberStatus::Full,
-            phone: None,
-            id_number: None,
-            categories: Vec::new(),
-        }
     }
 
     fn names(r: &super::super::StoreReader, me: &UnitId) -> Vec<String> {

@@ -2606,7 +2606,7 @@ mod tests {
         }
     }
 
-    fn sample(name: &str) -> NewMember {
+    pub(super) fn sample(name: &str) -> NewMember {
         NewMember {
             name: name.into(),
             birth_year: 1985,
@@ -3194,6 +3194,14 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// Record fields from (name, value) pairs.
+    fn fields(pairs: &[(&str, grassroots_schema::Value)]) -> Fields {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
     /// A removal takes the record's row and its counts out of the views, answers the record
     /// as it was, and is refused for a record that is not there; complaints (and reports)
     /// are not removed.
@@ -3216,38 +3224,28 @@ mod tests {
             Err(WriteError::NotFound(_))
         ));
         let text = |s: &str| V::Text(s.into());
+        let meeting = fields(&[
+            ("kind", text("branch_general_meeting")),
+            ("heldOn", text("2026-03-02")),
+            ("attendance", V::Int(12)),
+        ]);
         let meeting = h
-            .create_record(
-                DocKind::Meetings,
-                me.clone(),
-                [
-                    ("kind", text("branch_general_meeting")),
-                    ("heldOn", text("2026-03-02")),
-                    ("attendance", V::Int(12)),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-                None,
-            )
+            .create_record(DocKind::Meetings, me.clone(), meeting, None)
             .await
             .unwrap();
         h.delete_record(meeting.id.clone()).await.unwrap();
         assert!(r.record(&meeting.id).unwrap().is_none());
         let complaint = |handler: Option<&UnitId>| {
-            let mut fields: Fields = [
+            let mut filed = fields(&[
                 ("subject", text("Road")),
                 ("body", text("Potholes")),
                 ("filedOn", text("2026-01-02")),
                 ("dueOn", text("2026-01-20")),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+            ]);
             if let Some(hd) = handler {
-                fields.insert("handler".into(), text(hd.as_str()));
+                filed.insert("handler".into(), text(hd.as_str()));
             }
-            h.create_record(DocKind::Complaints, me.clone(), fields, None)
+            h.create_record(DocKind::Complaints, me.clone(), filed, None)
         };
         for handler in [None, Some(&county)] {
             let c = complaint(handler).await.unwrap();
