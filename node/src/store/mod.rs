@@ -625,8 +625,8 @@ impl StoreHandle {
     }
 
     /// Remove a record of one of the [`grassroots_schema::ENTITIES`]; returns it as it was,
-    /// once the removal is durable. A record with fields decided from above (a complaint, a
-    /// report) is removed only by a unit with authority over them, as its parent checks.
+    /// once the removal is durable. Records with fields decided from above (complaints,
+    /// reports) are never removed ([`WriteError::NotRemovable`]).
     pub async fn delete_record(&self, id: RecordRef) -> Result<Record, WriteError> {
         self.ask(|reply| Command::DeleteRecord { id, reply }).await
     }
@@ -851,8 +851,9 @@ trait Waiting: Sized {
     fn settle(&mut self, _doc: &Automerge, _earlier: &Handling) {}
     /// Note what this write leaves for the writes after it in the batch (once allowed).
     fn leave(&self, _earlier: &mut Handling) {}
-    /// Why the write cannot be made, as settled (a removal of a record that is not there,
-    /// or not readable: removing what no view shows would answer nothing).
+    /// Whether the write cannot be made, as settled: a removal of a record that is not
+    /// there, or not readable (written incomplete by a peer: no view shows it, and the
+    /// caller is answered that it does not exist).
     fn doomed(&self) -> bool {
         false
     }
@@ -996,13 +997,9 @@ impl Waiting for PendingRecord {
             RecordOp::Update(id, fields, _) => {
                 Some((id.record, fields.keys().map(String::as_str).collect()))
             }
-            // Removing a record whose fields are decided from above needs the authority
-            // they need, as the parent checks (`sync::fields`).
-            RecordOp::Delete(id, _) => Some((
-                id.record,
-                self.spec.decided_above().take(1).map(|f| f.name).collect(),
-            )),
-            RecordOp::Create(..) => None,
+            // Kinds with fields decided from above, whose removal a parent would judge by
+            // them, are refused before they get here (`WriteError::NotRemovable`).
+            RecordOp::Create(..) | RecordOp::Delete(..) => None,
         }
     }
     /// A complaint's handler named is judged against the handler it has
