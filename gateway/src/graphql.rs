@@ -415,8 +415,8 @@ impl Indicators {
                 })
                 .collect(),
             new_young_higher_education: r.new_young_higher(year),
-            floating: r.in_category(gs::MemberCategory::Floating),
-            in_difficulty: r.in_category(gs::MemberCategory::InDifficulty),
+            floating: r.in_category(gs::MemberCategory::Floating, None),
+            in_difficulty: r.in_category(gs::MemberCategory::InDifficulty, None),
         }
     }
 }
@@ -1391,6 +1391,10 @@ impl UnitCore {
         #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
         #[graphql(desc = "Only members with this status (`totalCount` counts those too).")]
         status: Option<MemberStatusGql>,
+        #[graphql(
+            desc = "Only members in this category (`totalCount` counts those too): who is in difficulty, for the care visits."
+        )]
+        category: Option<MemberCategoryGql>,
     ) -> Result<MemberConnection> {
         let b = backend(ctx)?;
         let who = caller(ctx);
@@ -1404,7 +1408,10 @@ impl UnitCore {
             .members_with(
                 &self.id,
                 subtree,
-                status.map(Into::into),
+                grassroots_node::store::MemberFilter {
+                    status: status.map(Into::into),
+                    category: category.map(Into::into),
+                },
                 after.as_ref(),
                 first,
             )

@@ -712,6 +712,40 @@ async fn member_categories_are_written_read_and_counted() {
         "{r}"
     );
 
+    // Listings filter by category (and status), counted from the roll-ups over a subtree.
+    let listed = |args: &str| {
+        let (f, clerk) = (&f, clerk.clone());
+        let q = format!(
+            "{{ nodeUnit {{ members({args}) {{ totalCount edges {{ node {{ name }} }} }} }} }}"
+        );
+        async move {
+            let r = query(f, Some(&clerk), &q).await;
+            let m = &r["data"]["nodeUnit"]["members"];
+            let names = m["edges"].as_array().map_or(0, Vec::len);
+            (m["totalCount"].as_u64().unwrap_or(u64::MAX), names as u64)
+        }
+    };
+    assert_eq!(listed("subtree: true, category: FLOATING").await, (2, 2));
+    assert_eq!(listed("category: FLOATING").await, (1, 1));
+    assert_eq!(
+        listed("subtree: true, category: IN_DIFFICULTY").await,
+        (0, 0)
+    );
+    assert_eq!(
+        listed("subtree: true, category: FLOATING, status: FULL").await,
+        (0, 0)
+    );
+    let body = json!({ "query": "mutation($id: ID!) { updateMember(id: $id, input: { status: FULL }) { id } }", "variables": { "id": a } });
+    post(&f, Some(&clerk), serde_json::to_vec(&body).unwrap()).await;
+    assert_eq!(
+        listed("subtree: true, category: FLOATING, status: FULL").await,
+        (1, 1)
+    );
+    assert_eq!(
+        listed("subtree: true, category: FLOATING, status: PROBATIONARY").await,
+        (1, 1)
+    );
+    assert_eq!(listed("category: FLOATING, status: FULL").await, (1, 1));
     assert!(f.backend.store.verify_views().await.unwrap().is_empty());
     f.shutdown().await;
 }

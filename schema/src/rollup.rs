@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{Member, MemberCategory};
+use crate::records::{Member, MemberCategory, MemberStatus};
 
 /// Age below which a member counts as young in the seed's targets.
 pub const YOUNG_UNDER: i64 = 35;
@@ -51,9 +51,12 @@ fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
     }
 }
 
-/// The tally of members in category `c`.
-fn category_key(c: MemberCategory) -> String {
-    format!("member-category/{}", c.as_str())
+/// The tally of members in category `c` (of one status when given).
+fn category_key(c: MemberCategory, status: Option<MemberStatus>) -> String {
+    match status {
+        None => format!("member-category/{}", c.as_str()),
+        Some(s) => format!("member-category/{}/{}", c.as_str(), s.as_str()),
+    }
 }
 
 /// The year of a `YYYY-MM-DD` date.
@@ -74,7 +77,8 @@ impl Rollup {
         );
         bump(&mut self.by_birth_year, &m.birth_year, sign);
         for c in &m.categories {
-            bump(&mut self.tallies, &category_key(*c), sign);
+            bump(&mut self.tallies, &category_key(*c, None), sign);
+            bump(&mut self.tallies, &category_key(*c, Some(m.status)), sign);
         }
         if m.education.is_higher()
             && let Some(joined) = year_of(&m.joined_on)
@@ -87,9 +91,12 @@ impl Rollup {
         }
     }
 
-    /// Members in category `c`.
-    pub fn in_category(&self, c: MemberCategory) -> i64 {
-        self.tallies.get(&category_key(c)).copied().unwrap_or(0)
+    /// Members in category `c` (of `status` only, when given).
+    pub fn in_category(&self, c: MemberCategory, status: Option<MemberStatus>) -> i64 {
+        self.tallies
+            .get(&category_key(c, status))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Add `tallies` once more (`sign` 1) or once less (`sign` -1).

@@ -29,7 +29,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use reader::{MemberCursor, MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser};
+pub use reader::{
+    MemberCursor, MemberFilter, MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser,
+};
 use tables::*;
 
 use crate::doc::{self, DocError};

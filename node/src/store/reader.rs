@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use grassroots_schema::{
-    DocKind, Level, Member, MemberId, MemberStatus, Record, RecordRef, Role, Rollup, UnitId,
-    UnitProfile,
+    DocKind, Level, Member, MemberCategory, MemberId, MemberStatus, Record, RecordRef, Role,
+    Rollup, UnitId, UnitProfile,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -63,6 +63,15 @@ pub struct MemberCursor {
     pub tree_key: String,
     /// Record id.
     pub record: String,
+}
+
+/// Which members a listing shows: all, or only those of a status, of a category, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemberFilter {
+    /// Only members of this status.
+    pub status: Option<MemberStatus>,
+    /// Only members in this category.
+    pub category: Option<MemberCategory>,
 }
 
 /// One page of a members listing.
@@ -453,41 +462,46 @@ impl StoreReader {
         after: Option<&MemberCursor>,
         first: usize,
     ) -> Result<MemberPage, StoreError> {
-        self.members_with(unit, subtree, None, after, first)
+        self.members_with(unit, subtree, MemberFilter::default(), after, first)
     }
 
-    /// [`members`](Self::members) with only those of `status` when given. The subtree's
+    /// [`members`](Self::members) with only those `filter` lets through. The subtree's
     /// count comes from its roll-up row as without a filter; pages skip the other rows.
     pub fn members_with(
         &self,
         unit: &UnitId,
         subtree: bool,
-        status: Option<MemberStatus>,
+        filter: MemberFilter,
         after: Option<&MemberCursor>,
         first: usize,
     ) -> Result<MemberPage, StoreError> {
+        let MemberFilter { status, category } = filter;
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         // The subtree's count is its roll-up row (same read transaction, so it matches the
         // rows); a unit's own register is counted, which reads only its own rows.
-        let wanted = |m: &Member| status.is_none_or(|s| m.status == s);
+        let wanted = |m: &Member| {
+            status.is_none_or(|s| m.status == s)
+                && category.is_none_or(|c| m.categories.contains(&c))
+        };
         let total = if subtree {
             let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
             let n = match r.get(key.as_str()).map_err(db)? {
                 Some(v) => {
                     let rollup = decode::<Rollup>(v.value())?;
-                    match status {
-                        Some(s) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
-                        None => rollup.members,
+                    match (category, status) {
+                        (Some(c), s) => rollup.in_category(c, s),
+                        (None, Some(s)) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
+                        (None, None) => rollup.members,
                     }
                 }
                 None => 0,
             };
             usize::try_from(n)
                 .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?
-        } else if status.is_some() {
+        } else if status.is_some() || category.is_some() {
             let mut n = 0;
             for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
                 let (_, v) = row.map_err(db)?;
