@@ -190,7 +190,8 @@ enum StoreCommand {
         /// The node's data folder.
         #[arg(long)]
         dir: PathBuf,
-        /// The backup file (default: DIR/backups/store-<UTC time>.redb).
+        /// The backup file (default: store-<unit>-<UTC time>.redb in node.toml's backup_dir,
+        /// or DIR/backups; the folder is then pruned to backups_kept).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -606,20 +607,32 @@ async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
             path.display()
         ),
     }
-    // The folder node.toml names for backups, if any, so pruning sees this one too.
-    let folder = match read_node_toml(&dir.join("node.toml")) {
-        Ok((cfg, _)) => cfg.backup_dir.map(|d| dir.join(d)),
-        Err(_) => None,
-    }
-    .unwrap_or_else(|| backup::backup_dir(&path));
+    // Into the folder node.toml names (the backups' folder beside the store otherwise),
+    // pruned to its backups_kept, unless a file is named.
+    let policy = match read_node_toml(&dir.join("node.toml")) {
+        Ok((cfg, _)) => cfg.backups()?,
+        Err(_) => BackupPolicy::default(),
+    };
+    let folder = match &policy.dir {
+        Some(d) => dir.join(d),
+        None => backup::backup_dir(&path),
+    };
+    let named = out.is_some();
     let out = out.unwrap_or_else(|| {
         folder.join(backup::backup_name(
             identity.unit.as_str(),
             grassroots_node::status::now_ms(),
         ))
     });
-    let size = std::fs::metadata(&path).map(|m| m.len()).ok();
-    let info = backup::write_backup(&database, &out, size)?;
+    let info = backup::write_backup(&database, &out, Some(&path))?;
+    if !named {
+        backup::prune_backups(
+            &folder,
+            identity.unit.as_str(),
+            policy.keep,
+            Some(&info.path),
+        )?;
+    }
     println!(
         "{}: {} documents, {} bytes, {} ms",
         info.path.display(),

@@ -2009,11 +2009,11 @@ impl MutationCore {
         })
     }
 
-    /// Copy this node's whole store into a backup file beside it (`backups/` in its data
-    /// folder), consistent as of the moment it starts, while the node keeps working: an
-    /// admin of this node's unit. One backup is written at a time (another is refused with
-    /// `BACKUP_FAILED` meanwhile); the next periodic backup prunes the folder to node.toml's
-    /// `backups_kept`.
+    /// Copy this node's whole store into a backup file in its backup folder (node.toml's
+    /// `backup_dir`, or `backups/` in its data folder), consistent as of the moment it
+    /// starts, while the node keeps working: an admin of this node's unit. One backup is
+    /// written into a folder at a time (another is refused with `BACKUP_FAILED` meanwhile);
+    /// the folder is then pruned to node.toml's `backups_kept`.
     async fn backup_store(&self, ctx: &Context<'_>) -> Result<StoreBackup> {
         let b = backend(ctx)?;
         match caller(ctx) {

@@ -201,8 +201,8 @@ impl std::str::FromStr for ParentAddr {
 impl ParentAddr {
     /// The address to dial now. A host name is looked up (within `timeout`); of the
     /// addresses in the family of `local` (the endpoint's own: an IPv4 socket cannot reach
-    /// an IPv6 address), or of all if none is, the `attempt`-th in turn, so successive
-    /// dials try each.
+    /// an IPv6 address; one on the IPv6 wildcard reaches both), or of all if none is, the
+    /// `attempt`-th in turn, so successive dials try each.
     pub async fn resolve(
         &self,
         local: Option<SocketAddr>,
@@ -222,10 +222,12 @@ impl ParentAddr {
                         .map_err(|_| resolve(format!("no answer within {timeout:?}")))?
                         .map_err(|e| resolve(e.to_string()))?
                         .collect();
+                // A socket on the IPv6 wildcard is dual-stack: it reaches both families.
+                let dual = local.is_some_and(|l| l.is_ipv6() && l.ip().is_unspecified());
                 let family: Vec<SocketAddr> = found
                     .iter()
                     .copied()
-                    .filter(|a| Some(a.is_ipv4()) == local.map(|l| l.is_ipv4()))
+                    .filter(|a| !dual && Some(a.is_ipv4()) == local.map(|l| l.is_ipv4()))
                     .collect();
                 let pool = if family.is_empty() { found } else { family };
                 match pool.len() {
@@ -966,6 +968,23 @@ mod tests {
                 .unwrap();
             assert_eq!(v4, "127.0.0.1:7400".parse().unwrap());
         }
+        // A dual-stack socket takes every address the name has, in turn.
+        let both: Vec<SocketAddr> = tokio::net::lookup_host("localhost:7400")
+            .await
+            .unwrap()
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for attempt in 0..both.len() {
+            seen.insert(
+                h.resolve(Some("[::]:0".parse().unwrap()), attempt, wait)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            both.iter().collect::<std::collections::BTreeSet<_>>().len()
+        );
         let missing: ParentAddr = "no-such-host.invalid:7400".parse().unwrap();
         assert!(matches!(
             missing.resolve(None, 0, wait).await,

@@ -80,7 +80,10 @@ async fn backup_loop(
     policy: BackupPolicy,
     cancel: CancellationToken,
 ) {
-    let Some(every) = policy.every else { return };
+    // A zero interval would make a busy loop (and tokio's interval refuses it).
+    let Some(every) = policy.every.filter(|e| !e.is_zero()) else {
+        return;
+    };
     let Some(dir) = reader.backup_dir().map(Path::to_owned) else {
         return;
     };
@@ -94,27 +97,17 @@ async fn backup_loop(
             _ = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let (r, dir, unit) = (reader.clone(), dir.clone(), unit.clone());
-        let keep = policy.keep;
-        let done = tokio::task::spawn_blocking(move || {
-            let info = r.backup(crate::status::now_ms())?;
-            let pruned = store::backup::prune_backups(&dir, unit.as_str(), keep, Some(&info.path));
-            Ok::<_, StoreError>((info, pruned))
-        })
-        .await;
+        let r = reader.clone();
+        // The reader prunes to the backups kept (`with_backups_kept`).
+        let done = tokio::task::spawn_blocking(move || r.backup(crate::status::now_ms())).await;
         match done {
-            Ok(Ok((info, pruned))) => {
-                tracing::info!(
-                    file = %info.path.display(),
-                    bytes = info.bytes,
-                    documents = info.documents,
-                    took_ms = info.took_ms,
-                    "store backed up"
-                );
-                if let Err(e) = pruned {
-                    tracing::warn!("old backups not pruned: {e}");
-                }
-            }
+            Ok(Ok(info)) => tracing::info!(
+                file = %info.path.display(),
+                bytes = info.bytes,
+                documents = info.documents,
+                took_ms = info.took_ms,
+                "store backed up"
+            ),
             Ok(Err(e)) => tracing::warn!("backup failed: {e}"),
             Err(e) => tracing::warn!("backup task failed: {e}"),
         }
@@ -192,7 +185,8 @@ impl Node {
         let reader = match &cfg.backups.dir {
             Some(dir) => reader.with_backup_dir(cfg.data_dir.join(dir)),
             None => reader,
-        };
+        }
+        .with_backups_kept(cfg.backups.keep);
         store
             .set_profile(cfg.name.clone(), cfg.children.clone())
             .await?;
@@ -313,6 +307,7 @@ mod tests {
             keep: 2,
             dir: None,
         };
+        let r = r.with_backups_kept(policy.keep);
         let backups = tokio::spawn(backup_loop(r.clone(), me.clone(), policy, cancel.clone()));
         // A second at 100 ms makes several backups, pruned to the newest two; a slow machine
         // gets up to 20 s to write two.

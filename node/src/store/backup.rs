@@ -5,7 +5,7 @@
 //! writes while it is made and the copy holds exactly what was committed when it began. It
 //! is written into a new redb file beside its final name, made durable, then linked to that
 //! name (never over an existing file): a crash leaves no half backup under a backup's name.
-//! One backup is written at a time per process. Restoring checks a copy of the backup (a
+//! One backup is written into a folder at a time per process. Restoring checks a copy of the backup (a
 //! store of this node's unit whose views equal its documents) and then puts it in the
 //! store's place in one rename; the store it replaces is kept beside it. What the node wrote
 //! after the backup is not in it: the parent and children send back what they hold of it at
@@ -128,20 +128,28 @@ impl Drop for Writing {
     }
 }
 
-/// Copy the whole store into a new file at `out` (which must not exist yet). `size` is the
-/// store file's size, if known: the backup is refused unless its folder's disk has that
-/// much free and [`FREE_MARGIN`] more (a copy is never larger than the file it copies).
+/// Copy the whole store into a new file at `out` (which must not exist yet). `file` is the
+/// store's file, if known: the backup is refused unless its folder's disk has the file's
+/// size free and [`FREE_MARGIN`] more (a copy is never larger than the file it copies), and
+/// the folder (when made here) and the backup are given to the file's owner.
 pub fn write_backup(
     source: &Database,
     out: &Path,
-    size: Option<u64>,
+    file: Option<&Path>,
 ) -> Result<BackupInfo, StoreError> {
     let started = Instant::now();
+    let size = file
+        .and_then(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len());
+    let owner = file.and_then(owner_ids);
     let dir = match out.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(d) => d,
         None => Path::new("."),
     };
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        give(dir, owner)?;
+    }
     let dir = dir
         .canonicalize()
         .map_err(io(format!("reading {}", dir.display())))?;
@@ -183,7 +191,7 @@ pub fn write_backup(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(format!("removing {}", partial.display()))(e)),
     }
-    let result = copy_store(source, out, &partial, started);
+    let result = copy_store(source, out, &partial, started, owner);
     // The partial file is never a backup, whether the copy went well (it is linked under
     // the backup's name by then) or not (it takes room the store may need).
     let _ = std::fs::remove_file(&partial);
@@ -214,6 +222,7 @@ fn copy_store(
     out: &Path,
     partial: &Path,
     started: Instant,
+    owner: Option<(u32, u32)>,
 ) -> Result<BackupInfo, StoreError> {
     let documents = {
         let target = Database::create(partial).map_err(db)?;
@@ -224,6 +233,7 @@ fn copy_store(
             std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o600))
                 .map_err(io(format!("restricting {}", partial.display())))?;
         }
+        give(partial, owner)?;
         let from = source.begin_read().map_err(db)?;
         let to = target.begin_write().map_err(db)?;
         copy(&from, &to, META)?;
@@ -425,8 +435,11 @@ pub async fn restore(
     me: &UnitId,
     now_ms: u64,
 ) -> Result<Restored, StoreError> {
-    // Refuse while the node runs: redb holds a lock on an open store.
-    let current = if store.exists() {
+    // Refuse while the node runs: redb holds a lock on an open store. The store stays open
+    // (locked) until the copy is in its place, so a node started meanwhile cannot run on
+    // the file being replaced; where there is none, an empty one holds the place.
+    let had_store = store.exists();
+    let current = if had_store {
         match Database::open(store) {
             Ok(d) => Some(d),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -441,9 +454,18 @@ pub async fn restore(
     } else {
         None
     };
+    let placeholder = if had_store {
+        None
+    } else {
+        Some(Database::create(store).map_err(db)?)
+    };
+    let owner = owner_ids(if had_store {
+        store
+    } else {
+        store.parent().unwrap_or(Path::new("."))
+    });
     let staged = store.with_extension("restoring");
-    let result = stage(from, &staged, current.as_ref(), me).await;
-    drop(current);
+    let result = stage(from, &staged, current.as_ref(), me, owner).await;
     let users = match result {
         Ok(users) => users,
         Err(e) => {
@@ -451,7 +473,7 @@ pub async fn restore(
             return Err(e);
         }
     };
-    let kept = if store.exists() {
+    let kept = if had_store {
         let kept = store.with_extension(format!("redb.before-restore-{}", utc_stamp(now_ms)));
         // A second name for the old store, then the copy renamed over the first: no moment
         // without a store.
@@ -468,8 +490,44 @@ pub async fn restore(
         None
     };
     std::fs::rename(&staged, store).map_err(io(format!("renaming {}", staged.display())))?;
+    drop((current, placeholder));
     sync_dir(store)?;
     Ok(Restored { kept, users })
+}
+
+/// The owner (user, group) of `path`, which files made for it are given.
+#[cfg(unix)]
+fn owner_ids(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
+}
+
+#[cfg(not(unix))]
+fn owner_ids(_path: &Path) -> Option<(u32, u32)> {
+    None
+}
+
+/// Give `path` to `owner`: a file made by an operator's command (run as root) for a node
+/// that runs as its own user must be that user's, or the node cannot open it.
+#[cfg(unix)]
+fn give(path: &Path, owner: Option<(u32, u32)>) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let m = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
+    if (m.uid(), m.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(format!(
+        "giving {} to user {uid}, group {gid} (the store's owner)",
+        path.display()
+    )))
+}
+
+#[cfg(not(unix))]
+fn give(_path: &Path, _owner: Option<(u32, u32)>) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
@@ -479,12 +537,14 @@ async fn stage(
     staged: &Path,
     current: Option<&Database>,
     me: &UnitId,
+    owner: Option<(u32, u32)>,
 ) -> Result<UsersFrom, StoreError> {
     std::fs::copy(from, staged).map_err(io(format!(
         "copying {} to {}",
         from.display(),
         staged.display()
     )))?;
+    give(staged, owner)?;
     let users = {
         let target = open_existing(staged)?;
         check_backup(&target, from, me)?;
@@ -535,6 +595,8 @@ mod tests {
     use super::super::tests::sample;
     use super::*;
     use grassroots_schema::Role;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
@@ -578,16 +640,22 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let done = Arc::new(AtomicUsize::new(0));
         let writer = {
-            let (h, me) = (h.clone(), me.clone());
+            let (h, me, done) = (h.clone(), me.clone(), done.clone());
             tokio::spawn(async move {
                 for i in 0..300 {
-                    h.create_member(me.clone(), sample(&format!("During {i}")))
+                    h.create_member(me.clone(), sample(&format!("During {i:03}")))
                         .await
                         .unwrap();
+                    done.store(i + 1, Ordering::SeqCst);
                 }
             })
         };
+        // Taken while the writer is under way: past its 20th write, before its last.
+        while done.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let reader = r.clone();
         let info = tokio::task::spawn_blocking(move || reader.backup(1_795_757_407_000))
             .await
@@ -608,15 +676,27 @@ mod tests {
 
         let (h, r, t) = super::super::open(&info.path, me.clone()).unwrap();
         assert!(h.verify_views().await.unwrap().is_empty());
+        // The acknowledged writes are sequential: the copy holds exactly the first k.
         let copied = names(&r, &me);
-        assert!(copied.len() >= 50 && copied.iter().all(|n| all.contains(n)));
+        let during: Vec<&String> = copied.iter().filter(|n| n.starts_with("During")).collect();
+        let k = during.len();
+        assert!((20..=300).contains(&k), "{k} writes in the copy");
+        let want: Vec<String> = (0..k).map(|i| format!("During {i:03}")).collect();
+        assert_eq!(during, want.iter().collect::<Vec<_>>());
+        assert_eq!(copied.len(), 50 + k);
+        assert!(copied.iter().all(|n| all.contains(n)));
         t.shutdown().await;
-        // The same name twice is refused, not overwritten.
+        // A file is never overwritten: a backup in the same millisecond takes the next name.
         let (_h, r, t) = super::super::open(&path, me.clone()).unwrap();
         assert!(matches!(
-            r.backup(1_795_757_407_000),
-            Err(StoreError::Io { .. })
+            r.backup_to(&info.path),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists
         ));
+        let next = r.backup(1_795_757_407_000).unwrap();
+        assert_eq!(
+            next.path.file_name().and_then(|n| n.to_str()),
+            Some("store-c01_k01_t01_v01-20261127T053007.001Z.redb")
+        );
         t.shutdown().await;
     }
 
@@ -652,7 +732,21 @@ mod tests {
         std::fs::write(&junk, b"not a database at all").unwrap();
         assert!(restore(&junk, &path, &me, 2_000).await.is_err());
 
+        // The store belongs to the node's own user; the restore is run as root (as an
+        // operator's `sudo` would: where this test is not root, ownership is not checked).
+        #[cfg(unix)]
+        let node_user = std::os::unix::fs::chown(&path, Some(65534), Some(65534))
+            .is_ok()
+            .then_some((65534, 65534));
         let restored = restore(&backup, &path, &me, 2_000).await.unwrap();
+        #[cfg(unix)]
+        if let Some(ids) = node_user {
+            assert_eq!(
+                owner_ids(&path),
+                Some(ids),
+                "the restored store is not the node's"
+            );
+        }
         assert_eq!(restored.users, UsersFrom::Replaced(2));
         let kept = restored.kept.unwrap();
         let (_h, r, t) = super::super::open(&path, me.clone()).unwrap();
@@ -675,7 +769,10 @@ mod tests {
         h.set_profile("City".into(), vec![]).await.unwrap();
         let out = dir.path().join("backups").join(backup_name("c01", 5));
         let free = free_bytes(dir.path()).unwrap();
-        let err = write_backup(r.db_for_tests(), &out, Some(free)).unwrap_err();
+        // A store file as large as the free space (sparse: it takes none).
+        let big = dir.path().join("big.redb");
+        std::fs::File::create(&big).unwrap().set_len(free).unwrap();
+        let err = write_backup(r.db_for_tests(), &out, Some(&big)).unwrap_err();
         assert!(
             matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
             "{err}"
@@ -686,7 +783,7 @@ mod tests {
                 .count(),
             0
         );
-        assert!(write_backup(r.db_for_tests(), &out, Some(1)).is_ok());
+        assert!(write_backup(r.db_for_tests(), &out, None).is_ok());
         t.shutdown().await;
     }
 

@@ -37,6 +37,11 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "every view written again from the documents",
         migrate_5_views,
     ),
+    (
+        6,
+        "every view written again: member categories in member rows and roll-ups",
+        migrate_5_views,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.

@@ -247,10 +247,11 @@ enum Command {
         peer: UnitId,
         error: String,
     },
-    /// Tests: block the actor inside a batch until `until` yields, so that commands sent
-    /// meanwhile join that batch.
+    /// Tests: block the actor inside a batch (saying so on `entered`) until `until` yields,
+    /// so that commands sent meanwhile join that batch.
     #[cfg(test)]
     Hold {
+        entered: std::sync::mpsc::Sender<()>,
         until: std::sync::mpsc::Receiver<()>,
     },
     Revoke {
@@ -1577,7 +1578,8 @@ impl Actor {
                 }
             }
             #[cfg(test)]
-            Command::Hold { until } => {
+            Command::Hold { entered, until } => {
+                let _ = entered.send(());
                 let _ = until.recv();
             }
             Command::DialFailed { peer, error } => {
@@ -2974,14 +2976,22 @@ mod tests {
         let write = |pairs: &[(&str, V)]| h.update_record(direct.id.clone(), f(pairs), None);
         // The actor is held inside a batch while both are sent, so they join it.
         let (release, until) = std::sync::mpsc::channel();
-        h.tx.send(Command::Hold { until }).await.unwrap();
+        let (entered, held) = std::sync::mpsc::channel();
+        h.tx.send(Command::Hold { entered, until }).await.unwrap();
         let inbox = h.tx.clone();
         let releaser = std::thread::spawn(move || {
-            // Released once both writes wait in the inbox (the hold itself was taken).
+            // Once the actor holds (the hold taken from the inbox), released when both
+            // writes wait in the inbox.
+            held.recv().unwrap();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while inbox.capacity() > INBOX - 2 && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
+            assert_eq!(
+                inbox.capacity(),
+                INBOX - 2,
+                "the writes never waited together"
+            );
             release.send(())
         });
         let (up, down) = tokio::join!(
@@ -3394,6 +3404,60 @@ mod tests {
         assert_eq!(r.member(&m.id).unwrap().unwrap().name, "Kept");
         assert!(h.verify_views().await.unwrap().is_empty());
         assert_eq!(r.rollup(&me).unwrap().members, 1);
+        t.shutdown().await;
+    }
+
+    /// A node of an earlier build took a member's categories in without counting them: its
+    /// row and roll-up have none. Layout 6 writes the views again, so they are counted.
+    #[tokio::test]
+    async fn a_layout_5_store_counts_the_categories_it_took_in() {
+        use grassroots_schema::MemberCategory as C;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let mut member = sample("Away");
+        member.categories = vec![C::Floating];
+        let m = h.create_member(me.clone(), member).await.unwrap();
+        assert_eq!(r.rollup(&me).unwrap().in_category(C::Floating, None), 1);
+        t.shutdown().await;
+        drop((h, r));
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            {
+                let mut members = tx.open_table(VIEW_MEMBERS).unwrap();
+                let key = (me.tree_key(), m.id.record.to_string());
+                let mut old = m.clone();
+                old.categories.clear();
+                let old = serde_json::to_vec(&old).unwrap();
+                members
+                    .insert((key.0.as_str(), key.1.as_str()), old.as_slice())
+                    .unwrap();
+                let mut rollups = tx.open_table(VIEW_ROLLUPS).unwrap();
+                for unit in me.line() {
+                    let k = unit.tree_key();
+                    let row = rollups.get(k.as_str()).unwrap().map(|v| v.value().to_vec());
+                    if let Some(row) = row {
+                        let mut roll: grassroots_schema::Rollup =
+                            serde_json::from_slice(&row).unwrap();
+                        roll.tallies
+                            .retain(|k, _| !k.starts_with("member-category/"));
+                        let roll = serde_json::to_vec(&roll).unwrap();
+                        rollups.insert(k.as_str(), roll.as_slice()).unwrap();
+                    }
+                }
+            }
+            tx.open_table(META).unwrap().insert("layout", 5).unwrap();
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(
+            r.member(&m.id).unwrap().unwrap().categories,
+            vec![C::Floating]
+        );
+        assert_eq!(r.rollup(&me).unwrap().in_category(C::Floating, None), 1);
+        assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
 

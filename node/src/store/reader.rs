@@ -31,6 +31,8 @@ pub struct StoreReader {
     backups: Option<PathBuf>,
     /// The store's file (none for another storage backend).
     file: Option<PathBuf>,
+    /// Backups kept in the folder (none: no pruning).
+    kept: Option<usize>,
 }
 
 /// Decoded roll-up rows, each tagged with the commit count it was read at.
@@ -253,6 +255,7 @@ impl StoreReader {
             rollups,
             backups: None,
             file: None,
+            kept: None,
         }
     }
 
@@ -283,26 +286,53 @@ impl StoreReader {
         self.backups.as_deref()
     }
 
+    /// Keep this many backups in the folder: each backup prunes the older ones, and one
+    /// refused for want of room prunes to one fewer and tries again.
+    pub fn with_backups_kept(self, keep: usize) -> Self {
+        StoreReader {
+            kept: Some(keep.max(1)),
+            ..self
+        }
+    }
+
     /// Write a consistent copy of the whole store into the backup folder, named for
-    /// `now_ms` ([`super::backup::backup_name`]), while writes go on. Blocking: it reads
+    /// `now_ms` ([`super::backup::backup_name`], a millisecond later if that name is taken),
+    /// while writes go on; then prune the folder to the backups kept. Blocking: it reads
     /// the whole store.
     pub fn backup(&self, now_ms: u64) -> Result<BackupInfo, StoreError> {
+        use super::backup::{backup_name, prune_backups};
         let dir = self.backups.as_deref().ok_or_else(|| StoreError::Io {
             what: "backing up".into(),
             source: std::io::Error::other("this store was not opened from a file"),
         })?;
         let owner = super::backup::owner_of(&self.db)?.unwrap_or_default();
-        self.backup_to(&dir.join(super::backup::backup_name(&owner, now_ms)))
+        let free_name = || {
+            (now_ms..now_ms.saturating_add(1000))
+                .map(|ms| dir.join(backup_name(&owner, ms)))
+                .find(|p| !p.exists())
+                .unwrap_or_else(|| dir.join(backup_name(&owner, now_ms)))
+        };
+        let info = match (self.backup_to(&free_name()), self.kept) {
+            (Err(StoreError::Io { source, .. }), Some(keep))
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                // The old copies take the room a new one needs: keep one fewer, then try.
+                prune_backups(dir, &owner, keep.saturating_sub(1).max(1), None)?;
+                self.backup_to(&free_name())?
+            }
+            (result, _) => result?,
+        };
+        if let Some(keep) = self.kept
+            && let Err(e) = prune_backups(dir, &owner, keep, Some(&info.path))
+        {
+            tracing::warn!("old backups not pruned: {e}");
+        }
+        Ok(info)
     }
 
     /// Write a consistent copy of the whole store to `out` (which must not exist yet).
     pub fn backup_to(&self, out: &Path) -> Result<BackupInfo, StoreError> {
-        let size = self
-            .file
-            .as_deref()
-            .and_then(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len());
-        super::backup::write_backup(&self.db, out, size)
+        super::backup::write_backup(&self.db, out, self.file.as_deref())
     }
 
     /// Counts over the members of `id`'s whole subtree, as this node holds them: one row,
