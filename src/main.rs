@@ -609,11 +609,15 @@ async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     }
     // Into the folder node.toml names (the backups' folder beside the store otherwise),
     // pruned to its backups_kept, unless a file is named.
+    // Pruned only by the node's own settings: unread, nothing is deleted.
     let policy = match read_node_toml(&dir.join("node.toml")) {
-        Ok((cfg, _)) => cfg.backups()?,
-        Err(_) => BackupPolicy::default(),
+        Ok((cfg, _)) => Some(cfg.backups()?),
+        Err(e) => {
+            eprintln!("node.toml not read ({e:#}): the backups folder is not pruned");
+            None
+        }
     };
-    let folder = match &policy.dir {
+    let folder = match policy.as_ref().and_then(|p| p.dir.as_ref()) {
         Some(d) => dir.join(d),
         None => backup::backup_dir(&path),
     };
@@ -625,14 +629,6 @@ async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
         ))
     });
     let info = backup::write_backup(&database, &out, Some(&path))?;
-    if !named {
-        backup::prune_backups(
-            &folder,
-            identity.unit.as_str(),
-            policy.keep,
-            Some(&info.path),
-        )?;
-    }
     println!(
         "{}: {} documents, {} bytes, {} ms",
         info.path.display(),
@@ -640,6 +636,12 @@ async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
         info.bytes,
         info.took_ms
     );
+    if let (false, Some(policy)) = (named, policy) {
+        let unit = identity.unit.as_str();
+        if let Err(e) = backup::prune_backups(&folder, unit, policy.keep, Some(&info.path)) {
+            eprintln!("older backups not pruned: {e}");
+        }
+    }
     Ok(())
 }
 

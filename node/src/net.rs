@@ -171,6 +171,23 @@ impl std::fmt::Display for ParentAddr {
     }
 }
 
+/// Of the addresses a name has, the `attempt`-th in turn of those in the family of `local`
+/// (an IPv4 socket cannot reach an IPv6 address; one on the IPv6 wildcard is dual-stack, as
+/// Linux makes it by default, and reaches both), or of all if none is.
+fn pick(found: &[SocketAddr], local: Option<SocketAddr>, attempt: usize) -> Option<SocketAddr> {
+    let dual = local.is_some_and(|l| l.is_ipv6() && l.ip().is_unspecified());
+    let family: Vec<SocketAddr> = found
+        .iter()
+        .copied()
+        .filter(|a| !dual && Some(a.is_ipv4()) == local.map(|l| l.is_ipv4()))
+        .collect();
+    let pool = if family.is_empty() { found } else { &family };
+    match pool.len() {
+        0 => None,
+        n => Some(pool[attempt % n]),
+    }
+}
+
 /// A `parent_addr` that is neither an address and port nor `host:port`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not an address and port or host:port")]
@@ -222,18 +239,7 @@ impl ParentAddr {
                         .map_err(|_| resolve(format!("no answer within {timeout:?}")))?
                         .map_err(|e| resolve(e.to_string()))?
                         .collect();
-                // A socket on the IPv6 wildcard is dual-stack: it reaches both families.
-                let dual = local.is_some_and(|l| l.is_ipv6() && l.ip().is_unspecified());
-                let family: Vec<SocketAddr> = found
-                    .iter()
-                    .copied()
-                    .filter(|a| !dual && Some(a.is_ipv4()) == local.map(|l| l.is_ipv4()))
-                    .collect();
-                let pool = if family.is_empty() { found } else { family };
-                match pool.len() {
-                    0 => Err(resolve("no address".into())),
-                    n => Ok(pool[attempt % n]),
-                }
+                pick(&found, local, attempt).ok_or_else(|| resolve("no address".into()))
             }
         }
     }
@@ -968,23 +974,25 @@ mod tests {
                 .unwrap();
             assert_eq!(v4, "127.0.0.1:7400".parse().unwrap());
         }
-        // A dual-stack socket takes every address the name has, in turn.
-        let both: Vec<SocketAddr> = tokio::net::lookup_host("localhost:7400")
-            .await
-            .unwrap()
-            .collect();
-        let mut seen = std::collections::BTreeSet::new();
-        for attempt in 0..both.len() {
-            seen.insert(
-                h.resolve(Some("[::]:0".parse().unwrap()), attempt, wait)
-                    .await
-                    .unwrap(),
-            );
-        }
-        assert_eq!(
-            seen.len(),
-            both.iter().collect::<std::collections::BTreeSet<_>>().len()
-        );
+        // Which address, from a name with both families.
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let found = [
+            a("[2001:db8::1]:7400"),
+            a("192.0.2.1:7400"),
+            a("192.0.2.2:7400"),
+        ];
+        let turns = |local: &str| -> Vec<SocketAddr> {
+            (0..4)
+                .filter_map(|i| pick(&found, Some(a(local)), i))
+                .collect()
+        };
+        let (v6, v4a, v4b) = (found[0], found[1], found[2]);
+        assert_eq!(turns("0.0.0.0:0"), vec![v4a, v4b, v4a, v4b]);
+        assert_eq!(turns("[2001:db8::9]:0"), vec![v6, v6, v6, v6]);
+        assert_eq!(turns("[::]:0"), vec![v6, v4a, v4b, v6]);
+        // Only the other family: tried all the same.
+        assert_eq!(pick(&found[..1], Some(a("0.0.0.0:0")), 0), Some(v6));
+        assert_eq!(pick(&[], None, 0), None);
         let missing: ParentAddr = "no-such-host.invalid:7400".parse().unwrap();
         assert!(matches!(
             missing.resolve(None, 0, wait).await,

@@ -147,8 +147,11 @@ pub fn write_backup(
         None => Path::new("."),
     };
     if !dir.exists() {
+        let made: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        give(dir, owner)?;
+        for d in made {
+            give(d, owner)?;
+        }
     }
     let dir = dir
         .canonicalize()
@@ -454,42 +457,48 @@ pub async fn restore(
     } else {
         None
     };
-    let placeholder = if had_store {
-        None
-    } else {
-        Some(Database::create(store).map_err(db)?)
-    };
     let owner = owner_ids(if had_store {
         store
     } else {
         store.parent().unwrap_or(Path::new("."))
     });
+    let placeholder = if had_store {
+        None
+    } else {
+        Some(Database::create(store).map_err(db)?)
+    };
     let staged = store.with_extension("restoring");
-    let result = stage(from, &staged, current.as_ref(), me, owner).await;
-    let users = match result {
-        Ok(users) => users,
-        Err(e) => {
-            let _ = std::fs::remove_file(&staged);
-            return Err(e);
+    // On any failure from here: no half copy left, and no empty placeholder where there
+    // was no store (a node must not start on it).
+    let fail = |placeholder: Option<Database>, e: StoreError| {
+        let _ = std::fs::remove_file(&staged);
+        if let Some(p) = placeholder {
+            drop(p);
+            let _ = std::fs::remove_file(store);
         }
+        Err(e)
+    };
+    let users = match stage(from, &staged, current.as_ref(), me, owner).await {
+        Ok(users) => users,
+        Err(e) => return fail(placeholder, e),
     };
     let kept = if had_store {
         let kept = store.with_extension(format!("redb.before-restore-{}", utc_stamp(now_ms)));
         // A second name for the old store, then the copy renamed over the first: no moment
         // without a store.
         if let Err(e) = std::fs::hard_link(store, &kept) {
-            let _ = std::fs::remove_file(&staged);
-            return Err(io(format!(
-                "keeping {} as {}",
-                store.display(),
-                kept.display()
-            ))(e));
+            return fail(
+                placeholder,
+                io(format!("keeping {} as {}", store.display(), kept.display()))(e),
+            );
         }
         Some(kept)
     } else {
         None
     };
-    std::fs::rename(&staged, store).map_err(io(format!("renaming {}", staged.display())))?;
+    if let Err(e) = std::fs::rename(&staged, store) {
+        return fail(placeholder, io(format!("renaming {}", staged.display()))(e));
+    }
     drop((current, placeholder));
     sync_dir(store)?;
     Ok(Restored { kept, users })
@@ -654,6 +663,7 @@ mod tests {
         };
         // Taken while the writer is under way: past its 20th write, before its last.
         while done.load(Ordering::SeqCst) < 20 {
+            assert!(!writer.is_finished(), "the writer stopped early");
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let reader = r.clone();
@@ -731,6 +741,25 @@ mod tests {
         let junk = dir.path().join("junk.redb");
         std::fs::write(&junk, b"not a database at all").unwrap();
         assert!(restore(&junk, &path, &me, 2_000).await.is_err());
+        // Where there is no store, a failed restore leaves none (no empty one to start on).
+        let bare = dir.path().join("bare").join("store.redb");
+        std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+        assert!(restore(&junk, &bare, &me, 2_000).await.is_err());
+        assert!(restore(&backup, &bare, &other, 2_000).await.is_err());
+        assert_eq!(
+            std::fs::read_dir(bare.parent().unwrap()).unwrap().count(),
+            0
+        );
+        // ... and a restore that works makes one, keeping nothing beside it.
+        let restored = restore(&backup, &bare, &me, 2_000).await.unwrap();
+        assert_eq!(
+            (restored.kept, restored.users),
+            (None, UsersFrom::Backup(1))
+        );
+        assert_eq!(
+            std::fs::read_dir(bare.parent().unwrap()).unwrap().count(),
+            1
+        );
 
         // The store belongs to the node's own user; the restore is run as root (as an
         // operator's `sudo` would: where this test is not root, ownership is not checked).
@@ -771,7 +800,10 @@ mod tests {
         let free = free_bytes(dir.path()).unwrap();
         // A store file as large as the free space (sparse: it takes none).
         let big = dir.path().join("big.redb");
-        std::fs::File::create(&big).unwrap().set_len(free).unwrap();
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(free.saturating_add(FREE_MARGIN))
+            .unwrap();
         let err = write_backup(r.db_for_tests(), &out, Some(&big)).unwrap_err();
         assert!(
             matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
@@ -884,6 +916,51 @@ mod tests {
         drop((h, r));
         let (_h, r, t) = super::super::open(&out, me.clone()).unwrap();
         assert_eq!(r.unit(&me).unwrap().unwrap().name, "City");
+        t.shutdown().await;
+    }
+
+    /// Rotation: with two or more kept, a backup first prunes to one fewer, so the new copy
+    /// has the room the oldest took; with one kept, the only copy stays until the new one is
+    /// written. Another unit's files are never touched.
+    #[tokio::test]
+    async fn a_backup_rotates_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01");
+        let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        h.set_profile("City".into(), vec![]).await.unwrap();
+        let backups = dir.path().join("backups");
+        std::fs::create_dir_all(&backups).unwrap();
+        let day = |n: u64| n * 86_400_000;
+        for n in [1, 2, 3] {
+            std::fs::write(backups.join(backup_name("c01", day(n))), b"old").unwrap();
+        }
+        std::fs::write(backups.join(backup_name("c01/k01", day(1))), b"theirs").unwrap();
+        let kept = |r: &super::super::StoreReader| {
+            let mut n: Vec<String> = std::fs::read_dir(&backups)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            let _ = r;
+            n
+        };
+        let two = r.clone().with_backups_kept(2);
+        let new = two.backup(day(10)).unwrap();
+        let mut want = vec![
+            backup_name("c01", day(3)),
+            backup_name("c01/k01", day(1)),
+            new.path.file_name().unwrap().to_str().unwrap().to_owned(),
+        ];
+        want.sort();
+        assert_eq!(kept(&two), want);
+        let one = r.clone().with_backups_kept(1);
+        let newer = one.backup(day(11)).unwrap();
+        let mut want = vec![
+            backup_name("c01/k01", day(1)),
+            newer.path.file_name().unwrap().to_str().unwrap().to_owned(),
+        ];
+        want.sort();
+        assert_eq!(kept(&one), want);
         t.shutdown().await;
     }
 }

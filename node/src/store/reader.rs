@@ -286,8 +286,8 @@ impl StoreReader {
         self.backups.as_deref()
     }
 
-    /// Keep this many backups in the folder: each backup prunes the older ones, and one
-    /// refused for want of room prunes to one fewer and tries again.
+    /// Keep this many backups in the folder: a backup first prunes to one fewer (the room
+    /// the oldest took is the new copy's), and after it to this many.
     pub fn with_backups_kept(self, keep: usize) -> Self {
         StoreReader {
             kept: Some(keep.max(1)),
@@ -312,16 +312,12 @@ impl StoreReader {
                 .find(|p| !p.exists())
                 .unwrap_or_else(|| dir.join(backup_name(&owner, now_ms)))
         };
-        let info = match (self.backup_to(&free_name()), self.kept) {
-            (Err(StoreError::Io { source, .. }), Some(keep))
-                if source.kind() == std::io::ErrorKind::StorageFull =>
-            {
-                // The old copies take the room a new one needs: keep one fewer, then try.
-                prune_backups(dir, &owner, keep.saturating_sub(1).max(1), None)?;
-                self.backup_to(&free_name())?
-            }
-            (result, _) => result?,
-        };
+        // Rotation: the oldest goes first, so its room is there for the new copy; with one
+        // kept, the only copy stays until a new one is written.
+        if let Some(keep) = self.kept.filter(|k| *k >= 2) {
+            prune_backups(dir, &owner, keep - 1, None)?;
+        }
+        let info = self.backup_to(&free_name())?;
         if let Some(keep) = self.kept
             && let Err(e) = prune_backups(dir, &owner, keep, Some(&info.path))
         {
