@@ -749,3 +749,120 @@ async fn member_categories_are_written_read_and_counted() {
     assert!(f.backend.store.verify_views().await.unwrap().is_empty());
     f.shutdown().await;
 }
+
+/// A disk that fills up, below redb: writes fit until `full` is set.
+#[derive(Debug, Default)]
+struct Filling {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    full: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FillingDisk(std::sync::Arc<Filling>);
+
+impl redb::StorageBackend for FillingDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.bytes.lock().unwrap().len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let b = self.0.bytes.lock().unwrap();
+        let start = offset as usize;
+        out.copy_from_slice(&b[start..start + out.len()]);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let mut b = self.0.bytes.lock().unwrap();
+        if len > b.len() as u64 && self.0.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        b.resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.0.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if self.0.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        let mut b = self.0.bytes.lock().unwrap();
+        let end = offset as usize + data.len();
+        if b.len() < end {
+            b.resize(end, 0);
+        }
+        b[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A full disk through the gateway: the write is answered `NOT_STORED` with the reason, and
+/// `/healthz` turns to 503 with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_not_stored_and_unhealthy() {
+    let disk = FillingDisk::default();
+    let db = redb::Database::builder()
+        .create_with_backend(disk.clone())
+        .unwrap();
+    let unit: UnitId = "c01/k01".parse().unwrap();
+    let (store, reader, thread) = grassroots_node::store::open_database(
+        db,
+        unit.clone(),
+        grassroots_node::store::StoreOptions::default(),
+    )
+    .unwrap();
+    store
+        .set_profile("Dongping County".into(), vec![])
+        .await
+        .unwrap();
+    let token = new_token().unwrap();
+    store
+        .add_user(token_hash(&token), unit.clone(), Role::Clerk)
+        .await
+        .unwrap();
+    let app = router(grassroots_gateway::Backend {
+        node_unit: unit,
+        store,
+        reader,
+    });
+    let health = |app: axum::Router| async move {
+        let resp = app
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice::<Value>(&body).unwrap())
+    };
+    assert_eq!(health(app.clone()).await.0, StatusCode::OK);
+    disk.0.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let create = json!({ "query": "mutation { createMember(input: { unit: \"c01/k01\", name: \"Li\", birthYear: 1980, gender: MALE, education: PRIMARY, joinedOn: \"2001-07-01\" }) { id } }" });
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::post("/graphql")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from(serde_json::to_vec(&create).unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let r: Value =
+        serde_json::from_slice(&to_bytes(resp.into_body(), 1 << 16).await.unwrap()).unwrap();
+    assert_eq!(code(&r), "NOT_STORED", "{r}");
+    let message = r["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the disk is full"), "{r}");
+    let (status, body) = health(app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "failing", "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the disk is full")
+    );
+    thread.shutdown().await;
+}

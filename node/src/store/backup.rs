@@ -5,11 +5,11 @@
 //! writes while it is made and the copy holds exactly what was committed when it began. It
 //! is written into a new redb file beside its final name, made durable, then linked to that
 //! name (never over an existing file): a crash leaves no half backup under a backup's name.
-//! One backup is written into a folder at a time per process. Restoring checks a copy of the backup (a
-//! store of this node's unit whose views equal its documents) and then puts it in the
-//! store's place in one rename; the store it replaces is kept beside it. What the node wrote
-//! after the backup is not in it: the parent and children send back what they hold of it at
-//! the next sync.
+//! One backup is written into a folder at a time per process. Restoring checks a copy of the
+//! backup (a store of this node's unit whose views equal its documents) and then puts it in
+//! the store's place in one rename; the store it replaces is kept beside it. What the node
+//! wrote after the backup is not in it: the parent and children send back what they hold of
+//! it at the next sync.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
