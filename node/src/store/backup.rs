@@ -611,6 +611,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A store of the city `c01` in `dir`, its profile written.
+    async fn city(dir: &Path) -> super::super::Opened {
+        let (h, r, t) = super::super::open(&dir.join("store.redb"), u("c01")).unwrap();
+        h.set_profile("City".into(), vec![]).await.unwrap();
+        (h, r, t)
+    }
+
     fn names(r: &super::super::StoreReader, me: &UnitId) -> Vec<String> {
         let mut n: Vec<String> = r
             .members(me, false, None, 10_000)
@@ -793,9 +800,7 @@ mod tests {
     #[tokio::test]
     async fn a_backup_without_room_is_refused_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01");
-        let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
-        h.set_profile("City".into(), vec![]).await.unwrap();
+        let (_h, r, t) = city(dir.path()).await;
         let out = dir.path().join("backups").join(backup_name("c01", 5));
         let free = free_bytes(dir.path()).unwrap();
         // A store file as large as the free space (sparse: it takes none).
@@ -880,10 +885,8 @@ mod tests {
     /// a partial file under an `--out` name is not built upon; backups are their owner's.
     #[tokio::test]
     async fn one_backup_at_a_time_and_no_partial_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let me = u("c01");
-        let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
-        h.set_profile("City".into(), vec![]).await.unwrap();
+        let (dir, me) = (tempfile::tempdir().unwrap(), u("c01"));
+        let (h, r, t) = city(dir.path()).await;
         let backups = dir.path().join("backups");
         std::fs::create_dir_all(&backups).unwrap();
         let stale = backups.join("store-c01-19700101T000000.000Z.partial");
@@ -925,9 +928,7 @@ mod tests {
     #[tokio::test]
     async fn a_backup_rotates_the_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01");
-        let (h, r, t) = super::super::open(&dir.path().join("store.redb"), me.clone()).unwrap();
-        h.set_profile("City".into(), vec![]).await.unwrap();
+        let (_h, r, t) = city(dir.path()).await;
         let backups = dir.path().join("backups");
         std::fs::create_dir_all(&backups).unwrap();
         let day = |n: u64| n * 86_400_000;

@@ -3378,33 +3378,40 @@ mod tests {
         drop((h, r));
         // A layout-4 store whose view row says what its document does not (as a row written
         // by an earlier build, before stamps were checked on reading, could).
-        {
-            let d = Database::create(&path).unwrap();
-            let tx = d.begin_write().unwrap();
-            {
-                let mut members = tx.open_table(VIEW_MEMBERS).unwrap();
-                let key = (me.tree_key(), m.id.record.to_string());
-                let row = members
-                    .get((key.0.as_str(), key.1.as_str()))
-                    .unwrap()
-                    .unwrap()
-                    .value()
-                    .to_vec();
-                let mut stale: Member = serde_json::from_slice(&row).unwrap();
-                stale.name = "Stale".into();
-                let stale = serde_json::to_vec(&stale).unwrap();
-                members
-                    .insert((key.0.as_str(), key.1.as_str()), stale.as_slice())
-                    .unwrap();
-            }
-            tx.open_table(META).unwrap().insert("layout", 4).unwrap();
-            tx.commit().unwrap();
-        }
+        let mut stale = m.clone();
+        stale.name = "Stale".into();
+        as_written_before(&path, &stale, 4, |_| {});
         let (h, r, t) = open(&path, me.clone()).unwrap();
         assert_eq!(r.member(&m.id).unwrap().unwrap().name, "Kept");
         assert!(h.verify_views().await.unwrap().is_empty());
         assert_eq!(r.rollup(&me).unwrap().members, 1);
         t.shutdown().await;
+    }
+
+    /// Make the stopped store at `path` look written by an earlier build: `row` as its member
+    /// row, `more` done in the same transaction, and its layout `layout`.
+    fn as_written_before(
+        path: &Path,
+        row: &Member,
+        layout: u64,
+        more: impl FnOnce(&redb::WriteTransaction),
+    ) {
+        let d = Database::create(path).unwrap();
+        let tx = d.begin_write().unwrap();
+        {
+            let mut members = tx.open_table(VIEW_MEMBERS).unwrap();
+            let key = (row.id.unit.tree_key(), row.id.record.to_string());
+            let bytes = serde_json::to_vec(row).unwrap();
+            members
+                .insert((key.0.as_str(), key.1.as_str()), bytes.as_slice())
+                .unwrap();
+        }
+        more(&tx);
+        tx.open_table(META)
+            .unwrap()
+            .insert("layout", layout)
+            .unwrap();
+        tx.commit().unwrap();
     }
 
     /// A node of an earlier build took a member's categories in without counting them: its
@@ -3422,35 +3429,22 @@ mod tests {
         assert_eq!(r.rollup(&me).unwrap().in_category(C::Floating, None), 1);
         t.shutdown().await;
         drop((h, r));
-        {
-            let d = Database::create(&path).unwrap();
-            let tx = d.begin_write().unwrap();
-            {
-                let mut members = tx.open_table(VIEW_MEMBERS).unwrap();
-                let key = (me.tree_key(), m.id.record.to_string());
-                let mut old = m.clone();
-                old.categories.clear();
-                let old = serde_json::to_vec(&old).unwrap();
-                members
-                    .insert((key.0.as_str(), key.1.as_str()), old.as_slice())
-                    .unwrap();
-                let mut rollups = tx.open_table(VIEW_ROLLUPS).unwrap();
-                for unit in me.line() {
-                    let k = unit.tree_key();
-                    let row = rollups.get(k.as_str()).unwrap().map(|v| v.value().to_vec());
-                    if let Some(row) = row {
-                        let mut roll: grassroots_schema::Rollup =
-                            serde_json::from_slice(&row).unwrap();
-                        roll.tallies
-                            .retain(|k, _| !k.starts_with("member-category/"));
-                        let roll = serde_json::to_vec(&roll).unwrap();
-                        rollups.insert(k.as_str(), roll.as_slice()).unwrap();
-                    }
+        let mut old = m.clone();
+        old.categories.clear();
+        as_written_before(&path, &old, 5, |tx| {
+            let mut rollups = tx.open_table(VIEW_ROLLUPS).unwrap();
+            for unit in me.line() {
+                let k = unit.tree_key();
+                let row = rollups.get(k.as_str()).unwrap().map(|v| v.value().to_vec());
+                if let Some(row) = row {
+                    let mut roll: grassroots_schema::Rollup = serde_json::from_slice(&row).unwrap();
+                    roll.tallies
+                        .retain(|k, _| !k.starts_with("member-category/"));
+                    let roll = serde_json::to_vec(&roll).unwrap();
+                    rollups.insert(k.as_str(), roll.as_slice()).unwrap();
                 }
             }
-            tx.open_table(META).unwrap().insert("layout", 5).unwrap();
-            tx.commit().unwrap();
-        }
+        });
         let (h, r, t) = open(&path, me.clone()).unwrap();
         assert_eq!(
             r.member(&m.id).unwrap().unwrap().categories,
