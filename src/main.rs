@@ -726,6 +726,8 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
 const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
     query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
 
+const BACKUPS_QUERY: &str = "{ backups { last { at file bytes } lastError { at message } } }";
+
 fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1 << 20)),
@@ -829,6 +831,35 @@ async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
             out.push_str(&format!("parent: {}\n", status_line(&node["parent"])));
         }
         print_tree(node, "", true, true, &mut out);
+        // Backups are shown to users of the node's unit only: left out for the others.
+        let b: serde_json::Value = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "query": BACKUPS_QUERY }))
+            .send()
+            .await
+            .with_context(|| format!("querying {url}"))?
+            .json()
+            .await
+            .context("decoding the answer")?;
+        let b = &b["data"]["backups"];
+        if !b.is_null() {
+            match b["last"]["at"].as_str() {
+                Some(at) => out.push_str(&format!(
+                    "backups: last {at} ({}, {})",
+                    b["last"]["file"].as_str().unwrap_or("?"),
+                    human_bytes(b["last"]["bytes"].as_u64().unwrap_or(0))
+                )),
+                None => out.push_str("backups: none yet"),
+            }
+            if let Some(m) = b["lastError"]["message"].as_str() {
+                out.push_str(&format!(
+                    "  FAILED {}: {m}",
+                    b["lastError"]["at"].as_str().unwrap_or("?")
+                ));
+            }
+            out.push('\n');
+        }
         if watch {
             // Clear the screen and redraw.
             print!("\x1b[2J\x1b[H{out}");

@@ -1667,6 +1667,37 @@ impl Query {
             .collect())
     }
 
+    /// How this node's backups went: the newest and the last failure (a full disk, a folder
+    /// it may not write); for users of this node's unit.
+    async fn backups(&self, ctx: &Context<'_>) -> Result<BackupState> {
+        let b = backend(ctx)?;
+        match caller(ctx) {
+            Caller::Anonymous => {
+                return Err(error(Code::Unauthenticated, "backups need a token"));
+            }
+            Caller::User { unit, .. } if *unit == b.node_unit => {}
+            Caller::User { .. } => {
+                return Err(error(
+                    Code::Forbidden,
+                    "only users of this node's unit see its backups",
+                ));
+            }
+        }
+        let log = b.reader.backup_log();
+        Ok(BackupState {
+            folder: b.reader.backup_dir().map(|d| d.display().to_string()),
+            last: log.last.map(|(at, file, bytes)| BackupFile {
+                at: rfc3339(at),
+                file: file.display().to_string(),
+                bytes,
+            }),
+            last_error: log.last_error.map(|(at, message)| BackupError {
+                at: rfc3339(at),
+                message,
+            }),
+        })
+    }
+
     /// The unit this node serves.
     async fn node_unit(&self, ctx: &Context<'_>) -> Result<Unit> {
         let b = backend(ctx)?;
@@ -1856,6 +1887,37 @@ pub struct UserEntry {
     role: RoleGql,
     /// Who it was issued to (`user-` and 8 hex digits for a token made without a name).
     name: String,
+}
+
+/// How a node's backups went.
+#[derive(SimpleObject)]
+pub struct BackupState {
+    /// Where they are written, on the node's machine.
+    folder: Option<String>,
+    /// The newest (at start, the newest file found in the folder).
+    last: Option<BackupFile>,
+    /// The last failure since the node started, if no backup has worked since.
+    last_error: Option<BackupError>,
+}
+
+/// A backup file.
+#[derive(SimpleObject)]
+pub struct BackupFile {
+    /// When it was written.
+    at: String,
+    /// Where.
+    file: String,
+    /// Its size.
+    bytes: u64,
+}
+
+/// A backup that failed.
+#[derive(SimpleObject)]
+pub struct BackupError {
+    /// When.
+    at: String,
+    /// Why.
+    message: String,
 }
 
 /// A backup just written.

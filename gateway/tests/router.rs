@@ -609,10 +609,21 @@ async fn only_an_admin_of_the_node_backs_it_up() {
     let dir = f.backend.reader.backup_dir().unwrap().to_owned();
     assert!(!dir.exists(), "a refused backup wrote something");
     let admin = token_for(&f, "c01/k01", Role::Admin).await;
-    // A backup that cannot be written says why, and the node goes on.
+    // A backup that cannot be written says why, and the node goes on; its users see the
+    // failure until a backup works.
+    let state = "{ backups { folder last { file bytes } lastError { message } } }";
     std::fs::write(&dir, b"a file where the folder goes").unwrap();
     let r = query(&f, Some(&admin), q).await;
     assert_eq!(code(&r), "BACKUP_FAILED", "{r}");
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let s = query(&f, Some(&viewer), state).await;
+    assert!(
+        s["data"]["backups"]["lastError"]["message"].is_string(),
+        "{s}"
+    );
+    assert!(s["data"]["backups"]["last"].is_null(), "{s}");
+    let below = token_for(&f, "c01/k01/t01", Role::Admin).await;
+    assert_eq!(code(&query(&f, Some(&below), state).await), "FORBIDDEN");
     std::fs::remove_file(&dir).unwrap();
     let r = query(&f, Some(&admin), q).await;
     let b = &r["data"]["backupStore"];
@@ -623,6 +634,9 @@ async fn only_an_admin_of_the_node_backs_it_up() {
         b["bytes"].as_u64().unwrap()
     );
     assert!(b["documents"].as_u64() >= Some(1), "{r}");
+    let s = query(&f, Some(&viewer), state).await;
+    assert_eq!(s["data"]["backups"]["last"]["file"], b["file"], "{s}");
+    assert!(s["data"]["backups"]["lastError"].is_null(), "{s}");
     // Names are to the millisecond: a second backup right after is another file.
     let r = query(&f, Some(&admin), q).await;
     let second = r["data"]["backupStore"]["file"]

@@ -323,6 +323,19 @@ fn backups_of(dir: &Path, unit: &str) -> Result<Vec<PathBuf>, StoreError> {
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
+/// `unit`'s newest backup in `dir` by name: when it was written (ms since the epoch, from
+/// its file's modification time), where, and its size.
+pub fn newest_backup_file(dir: &Path, unit: &str) -> Option<(u64, PathBuf, u64)> {
+    let path = backups_of(dir, unit).ok()?.pop()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    let at = meta
+        .modified()
+        .ok()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?;
+    Some((u64::try_from(at.as_millis()).ok()?, path, meta.len()))
+}
+
 /// When `unit`'s newest backup in `dir` was written (its file's modification time).
 pub fn newest_backup(dir: &Path, unit: &str) -> Option<SystemTime> {
     backups_of(dir, unit)
@@ -936,6 +949,9 @@ mod tests {
             std::fs::write(backups.join(backup_name("c01", day(n))), b"old").unwrap();
         }
         std::fs::write(backups.join(backup_name("c01/k01", day(1))), b"theirs").unwrap();
+        // Before any backup of this process: the newest of its unit's files in the folder.
+        let found = r.backup_log().last.map(|(_, p, _)| p);
+        assert_eq!(found, Some(backups.join(backup_name("c01", day(3)))));
         let kept = |r: &super::super::StoreReader| {
             let mut n: Vec<String> = std::fs::read_dir(&backups)
                 .unwrap()

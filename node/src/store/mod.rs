@@ -30,7 +30,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use reader::{
-    MemberCursor, MemberFilter, MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser,
+    BackupLog, MemberCursor, MemberFilter, MemberPage, RecordPage, RecordQuery, StoreReader,
+    TokenUser,
 };
 use tables::*;
 

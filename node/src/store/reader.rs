@@ -33,6 +33,18 @@ pub struct StoreReader {
     file: Option<PathBuf>,
     /// Backups kept in the folder (none: no pruning).
     kept: Option<usize>,
+    /// How this node's backups went (shared by every clone).
+    backup_log: Arc<Mutex<BackupLog>>,
+}
+
+/// The last backup written and the last that failed, as this process saw them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupLog {
+    /// The newest backup: when (ms since the epoch), where, how large. At start, the newest
+    /// file found in the folder.
+    pub last: Option<(u64, PathBuf, u64)>,
+    /// The last failure since start: when and why (cleared by a backup that works).
+    pub last_error: Option<(u64, String)>,
 }
 
 /// Decoded roll-up rows, each tagged with the commit count it was read at.
@@ -256,6 +268,7 @@ impl StoreReader {
             backups: None,
             file: None,
             kept: None,
+            backup_log: Arc::default(),
         }
     }
 
@@ -271,6 +284,23 @@ impl StoreReader {
             file: Some(file),
             ..self
         }
+    }
+
+    /// How this node's backups went: the newest (at start, the newest file in the folder)
+    /// and the last failure since.
+    pub fn backup_log(&self) -> BackupLog {
+        let mut log = self
+            .backup_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if log.last.is_none()
+            && let (Some(dir), Ok(Some(owner))) =
+                (self.backups.as_deref(), super::backup::owner_of(&self.db))
+        {
+            log.last = super::backup::newest_backup_file(dir, &owner);
+        }
+        log
     }
 
     /// Send [`StoreReader::backup`]'s copies to `dir` instead (another disk).
@@ -314,10 +344,22 @@ impl StoreReader {
         };
         // Rotation: the oldest goes first, so its room is there for the new copy; with one
         // kept, the only copy stays until a new one is written.
-        if let Some(keep) = self.kept.filter(|k| *k >= 2) {
-            prune_backups(dir, &owner, keep - 1, None)?;
+        let written = match self.kept.filter(|k| *k >= 2) {
+            Some(keep) => prune_backups(dir, &owner, keep - 1, None).map(|_| ()),
+            None => Ok(()),
         }
-        let info = self.backup_to(&free_name())?;
+        .and_then(|()| self.backup_to(&free_name()));
+        {
+            let mut log = self.backup_log.lock().unwrap_or_else(|p| p.into_inner());
+            match &written {
+                Ok(info) => {
+                    log.last = Some((now_ms, info.path.clone(), info.bytes));
+                    log.last_error = None;
+                }
+                Err(e) => log.last_error = Some((now_ms, e.to_string())),
+            }
+        }
+        let info = written?;
         if let Some(keep) = self.kept
             && let Err(e) = prune_backups(dir, &owner, keep, Some(&info.path))
         {
