@@ -809,19 +809,29 @@ fn print_tree(unit: &serde_json::Value, prefix: &str, last: bool, root: bool, ou
     }
 }
 
+/// POST one GraphQL query; the whole answer (data and errors).
+async fn post_query(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    query: &str,
+) -> anyhow::Result<serde_json::Value> {
+    client
+        .post(url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .await
+        .with_context(|| format!("querying {url}"))?
+        .json()
+        .await
+        .context("decoding the answer")
+}
+
 async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     loop {
-        let resp: serde_json::Value = client
-            .post(url)
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "query": STATUS_QUERY }))
-            .send()
-            .await
-            .with_context(|| format!("querying {url}"))?
-            .json()
-            .await
-            .context("decoding the answer")?;
+        let resp = post_query(&client, url, token, STATUS_QUERY).await?;
         if let Some(err) = resp["errors"].get(0) {
             bail!("{}", err["message"].as_str().unwrap_or("query failed"));
         }
@@ -832,16 +842,7 @@ async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
         }
         print_tree(node, "", true, true, &mut out);
         // Backups are shown to users of the node's unit only: left out for the others.
-        let b: serde_json::Value = client
-            .post(url)
-            .bearer_auth(token)
-            .json(&serde_json::json!({ "query": BACKUPS_QUERY }))
-            .send()
-            .await
-            .with_context(|| format!("querying {url}"))?
-            .json()
-            .await
-            .context("decoding the answer")?;
+        let b = post_query(&client, url, token, BACKUPS_QUERY).await?;
         let b = &b["data"]["backups"];
         if !b.is_null() {
             match b["last"]["at"].as_str() {
