@@ -1671,18 +1671,7 @@ impl Query {
     /// it may not write); for users of this node's unit.
     async fn backups(&self, ctx: &Context<'_>) -> Result<BackupState> {
         let b = backend(ctx)?;
-        match caller(ctx) {
-            Caller::Anonymous => {
-                return Err(error(Code::Unauthenticated, "backups need a token"));
-            }
-            Caller::User { unit, .. } if *unit == b.node_unit => {}
-            Caller::User { .. } => {
-                return Err(error(
-                    Code::Forbidden,
-                    "only users of this node's unit see its backups",
-                ));
-            }
-        }
+        authorise_node_user(ctx, b, gs::Role::Viewer, "see its backups")?;
         let log = b.reader.backup_log();
         Ok(BackupState {
             folder: b.reader.backup_dir().map(|d| d.display().to_string()),
@@ -1970,7 +1959,22 @@ pub(crate) fn authorise_write(ctx: &Context<'_>, b: &Backend, owner: &UnitId) ->
     })
 }
 
-/// Check the caller may manage the users of `unit` here.
+/// Check the caller is a user of this node's own unit with at least `role`, for an
+/// operation on the node itself (`what`, as in "only an admin of this node's unit may ...").
+fn authorise_node_user(ctx: &Context<'_>, b: &Backend, role: gs::Role, what: &str) -> Result<()> {
+    match caller(ctx) {
+        Caller::Anonymous => Err(error(
+            Code::Unauthenticated,
+            format!("a token is needed to {what}"),
+        )),
+        Caller::User { unit, role: r } if *r >= role && *unit == b.node_unit => Ok(()),
+        Caller::User { .. } => Err(error(
+            Code::Forbidden,
+            format!("only a user of this node's unit with the {role} role or above may {what}"),
+        )),
+    }
+}
+
 /// The unit whose users an operation manages (`unit`, or the caller's own), checked.
 fn users_unit(ctx: &Context<'_>, b: &Backend, unit: Option<ID>) -> Result<UnitId> {
     let within = match (unit, caller(ctx)) {
@@ -1984,6 +1988,7 @@ fn users_unit(ctx: &Context<'_>, b: &Backend, unit: Option<ID>) -> Result<UnitId
     Ok(within)
 }
 
+/// Check the caller may manage the users of `unit` here.
 fn authorise_users(ctx: &Context<'_>, b: &Backend, unit: &UnitId) -> Result<()> {
     let who = caller(ctx);
     if matches!(who, Caller::Anonymous) {
@@ -2048,18 +2053,12 @@ impl MutationCore {
     ) -> Result<RevokeCertificatePayload> {
         let b = backend(ctx)?;
         let unit = parse_unit(&input.unit)?;
-        match caller(ctx) {
-            Caller::Anonymous => {
-                return Err(error(Code::Unauthenticated, "revocation needs a token"));
-            }
-            Caller::User { unit: u, role } if *role == gs::Role::Admin && *u == b.node_unit => {}
-            Caller::User { .. } => {
-                return Err(error(
-                    Code::Forbidden,
-                    "only an admin of this node's unit may revoke its children's certificates",
-                ));
-            }
-        }
+        authorise_node_user(
+            ctx,
+            b,
+            gs::Role::Admin,
+            "revoke its children's certificates",
+        )?;
         let fingerprint = input.fingerprint.trim().to_lowercase();
         b.store
             .revoke(unit.clone(), fingerprint.clone())
@@ -2078,18 +2077,7 @@ impl MutationCore {
     /// the folder is then pruned to node.toml's `backups_kept`.
     async fn backup_store(&self, ctx: &Context<'_>) -> Result<StoreBackup> {
         let b = backend(ctx)?;
-        match caller(ctx) {
-            Caller::Anonymous => {
-                return Err(error(Code::Unauthenticated, "a backup needs a token"));
-            }
-            Caller::User { unit, role } if *role == gs::Role::Admin && *unit == b.node_unit => {}
-            Caller::User { .. } => {
-                return Err(error(
-                    Code::Forbidden,
-                    "only an admin of this node's unit may back up its store",
-                ));
-            }
-        }
+        authorise_node_user(ctx, b, gs::Role::Admin, "back up its store")?;
         let reader = b.reader.clone();
         let info =
             tokio::task::spawn_blocking(move || reader.backup(grassroots_node::status::now_ms()))

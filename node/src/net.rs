@@ -216,10 +216,9 @@ impl std::str::FromStr for ParentAddr {
 }
 
 impl ParentAddr {
-    /// The address to dial now. A host name is looked up (within `timeout`); of the
-    /// addresses in the family of `local` (the endpoint's own: an IPv4 socket cannot reach
-    /// an IPv6 address; one on the IPv6 wildcard reaches both), or of all if none is, the
-    /// `attempt`-th in turn, so successive dials try each.
+    /// The address to dial now. A host name is looked up (within `timeout`) and one of its
+    /// addresses taken by [`pick`] for the endpoint at `local`, the `attempt`-th in turn, so
+    /// successive dials try each.
     pub async fn resolve(
         &self,
         local: Option<SocketAddr>,

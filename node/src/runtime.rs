@@ -87,8 +87,8 @@ async fn backup_loop(
     let Some(dir) = reader.backup_dir().map(Path::to_owned) else {
         return;
     };
-    let since_newest = store::backup::newest_backup(&dir, unit.as_str())
-        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+    let since_newest = store::backup::newest_backup_file(&dir, unit.as_str())
+        .map(|(at, _, _)| Duration::from_millis(crate::status::now_ms().saturating_sub(at)));
     let first = first_backup_in(every, since_newest);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

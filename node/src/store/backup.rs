@@ -22,11 +22,11 @@ use redb::{
     Value, WriteTransaction,
 };
 
-use super::StoreError;
 use super::tables::{
     CHANGES, DOC_STATE, DOCS, HEARD, LAYOUT, META, OWNER, SNAPSHOTS, SYNC_STATES, USERS,
     VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
+use super::{StoreError, db};
 
 /// Where a node keeps its backups: `backups/` beside its store file.
 pub fn backup_dir(store: &Path) -> PathBuf {
@@ -44,10 +44,6 @@ pub struct BackupInfo {
     pub documents: u64,
     /// Time taken to write it (ms).
     pub took_ms: u64,
-}
-
-fn db<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -334,15 +330,6 @@ pub fn newest_backup_file(dir: &Path, unit: &str) -> Option<(u64, PathBuf, u64)>
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()?;
     Some((u64::try_from(at.as_millis()).ok()?, path, meta.len()))
-}
-
-/// When `unit`'s newest backup in `dir` was written (its file's modification time).
-pub fn newest_backup(dir: &Path, unit: &str) -> Option<SystemTime> {
-    backups_of(dir, unit)
-        .ok()?
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .max()
 }
 
 /// Delete `unit`'s oldest backups in `dir` beyond the newest `keep`, never `latest` (the

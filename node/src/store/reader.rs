@@ -15,11 +15,11 @@ use grassroots_schema::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::StoreError;
 use super::backup::BackupInfo;
 use super::tables::{
     USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
 };
+use super::{StoreError, db};
 
 /// A cloneable handle for reading the views. Shares the database with the store actor,
 /// which alone writes.
@@ -228,10 +228,6 @@ fn page<T: serde::de::DeserializeOwned>(
         items.push((cursor, item));
     }
     Ok((items, false))
-}
-
-fn db<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
