@@ -723,7 +723,7 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
+const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected protocol software since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
     query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
 
 const BACKUPS_QUERY: &str = "{ backups { last { at file bytes } lastError { at message } } }";
@@ -748,6 +748,10 @@ fn status_line(unit: &serde_json::Value) -> String {
         let up = link["connected"].as_bool().unwrap_or(false);
         if up {
             line += "  link UP";
+            // During a rollout, which neighbours run which release.
+            if let (Some(s), Some(p)) = (link["software"].as_str(), link["protocol"].as_u64()) {
+                line += &format!(" ({s}, protocol {p})");
+            }
         } else {
             line += "  link DOWN";
             if let Some(t) = link["downSince"].as_str() {

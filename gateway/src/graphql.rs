@@ -183,15 +183,23 @@ pub struct LinkState {
     connected: bool,
     /// SHA-256 fingerprint of the certificate the peer presented (what a revocation names).
     certificate_fingerprint: String,
+    /// The sync protocol version the current (or last) connection ran at: the newest both
+    /// ends speak. Null if the link has not been up since this node started.
+    protocol: Option<u8>,
+    /// The peer's software and its version, as it named them when the link came up (null
+    /// likewise): during a rollout, which neighbours still run an older release.
+    software: Option<String>,
     /// When it last came up; null if it has not since this node started.
     since: Option<String>,
     /// When it went down (null while up): for a link not up since this node started, the
     /// start or its first failed dial.
     down_since: Option<String>,
-    /// Dials to the parent that failed since the link was last up (a child dials its
-    /// parent, so a link to a child counts none).
+    /// Dials that failed since the link was last up: to the parent, this node's; from a
+    /// child, those this node refused once the child's certificate was checked (revoked, a
+    /// release that speaks no protocol version in common, a bad hello).
     failed_dials: u32,
-    /// Why the last failed dial failed (unreachable, timed out, refused, revoked, ...).
+    /// Why the last failed dial failed (unreachable, timed out, refused, revoked, protocol
+    /// versions apart, ...).
     last_error: Option<String>,
     /// When the last frame arrived; null if none yet.
     last_frame_at: Option<String>,
@@ -1233,6 +1241,8 @@ impl UnitCore {
             .map(|l| LinkState {
                 connected: l.connected,
                 certificate_fingerprint: l.fingerprint,
+                protocol: (l.protocol > 0).then_some(l.protocol),
+                software: (!l.software.is_empty()).then_some(l.software),
                 since: (l.since_ms > 0).then(|| rfc3339(l.since_ms)),
                 down_since: (!l.connected && l.down_since_ms > 0).then(|| rfc3339(l.down_since_ms)),
                 failed_dials: l.failed_dials,

@@ -21,7 +21,7 @@ use crate::pki::{self, Identity, PkiError};
 use crate::status::{LinkCounters, now_ms};
 use crate::store::{StoreHandle, StoreReader};
 use crate::sync::wire::{
-    self, CAPABILITIES, Hello, MAX_FRAME, Msg, PROTOCOL_VERSION, RejectReason, WireError,
+    self, CAPABILITIES, Hello, MAX_FRAME, Msg, RejectReason, VERSIONS, Versions, WireError,
 };
 
 /// Silence (both ways) after which a link waiting for its peer sends a probe.
@@ -125,8 +125,9 @@ pub enum NetError {
     /// The handshake broke a rule.
     #[error("handshake: {0}")]
     Handshake(String),
-    /// The peer refused us.
-    #[error("refused by peer: {reason:?}: {detail}")]
+    /// A refusal: by the parent of this node's dial, or by this node of a child's (the
+    /// detail says which and why).
+    #[error("refused ({reason:?}): {detail}")]
     Refused {
         /// Why.
         reason: RejectReason,
@@ -417,13 +418,50 @@ fn read_error(e: quinn::ReadExactError) -> NetError {
     }
 }
 
+/// This build's name and version, as hellos carry it.
+pub const SOFTWARE: &str = concat!("grassroots ", env!("CARGO_PKG_VERSION"));
+
 fn hello(identity: &Identity) -> Msg {
     Msg::Hello(Hello {
-        version: PROTOCOL_VERSION,
+        versions: VERSIONS,
         capabilities: CAPABILITIES,
         unit: identity.unit.clone(),
-        software: concat!("grassroots ", env!("CARGO_PKG_VERSION")).to_owned(),
+        software: SOFTWARE.to_owned(),
     })
+}
+
+/// A peer's software name as its hello gives it, cut to 64 characters of printable text:
+/// it is shown in status and logs.
+fn shown(software: &str) -> String {
+    software
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect()
+}
+
+/// Why a parent and a child that speak these versions (and run this software, where known)
+/// cannot talk, and which of the two to upgrade: said the same way at both ends.
+fn versions_apart(
+    parent: Versions,
+    parent_software: Option<&str>,
+    child: Versions,
+    child_software: Option<&str>,
+) -> String {
+    let named = |who: &str, software: Option<&str>| match software {
+        Some(s) => format!("{who} ({s})"),
+        None => who.to_owned(),
+    };
+    let older = if parent.newest < child.oldest {
+        "parent"
+    } else {
+        "child"
+    };
+    format!(
+        "{} speaks {parent} and {} {child}: upgrade the {older}",
+        named("the parent", parent_software),
+        named("the child", child_software)
+    )
 }
 
 /// The peer's unit from its verified certificate, checked to have been issued by the CA of
@@ -477,6 +515,10 @@ pub struct Link {
     pub peer: UnitId,
     /// Fingerprint of the certificate the peer presented.
     pub fingerprint: String,
+    /// The protocol version the link runs at: the newest both sides speak.
+    pub version: u8,
+    /// The peer's software, as its hello names it.
+    pub software: String,
 }
 
 /// Dial `parent` at `addr` and complete the hello, racing handshakes (see
@@ -540,19 +582,38 @@ async fn dial(
             }
         };
         match answer? {
-            Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => {
-                Ok(Link {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer => match VERSIONS.agree(h.versions) {
+                Some(version) => Ok(Link {
                     conn,
                     send,
                     recv,
                     peer,
                     fingerprint,
+                    version,
+                    software: shown(&h.software),
+                }),
+                None => Err(NetError::Refused {
+                    reason: RejectReason::Version,
+                    detail: versions_apart(
+                        h.versions,
+                        Some(&shown(&h.software)),
+                        VERSIONS,
+                        Some(SOFTWARE),
+                    ),
+                }),
+            },
+            Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!(
+                "hello from {} answering for {peer}",
+                h.unit
+            ))),
+            // A parent of another release is refused like one that refused us: for good.
+            Some(Err(WireError::Version(theirs))) => {
+                conn.close(close::HANDSHAKE, b"version");
+                Err(NetError::Refused {
+                    reason: RejectReason::Version,
+                    detail: versions_apart(theirs, None, VERSIONS, Some(SOFTWARE)),
                 })
             }
-            Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!(
-                "hello from {} version {}",
-                h.unit, h.version
-            ))),
             Some(Ok(Msg::Reject { reason, detail, .. })) => {
                 Err(NetError::Refused { reason, detail })
             }
@@ -619,13 +680,18 @@ fn dropped_by_child(e: &NetError) -> bool {
     }
 }
 
+/// Accept a link from a child: its certificate, registration and hello checked. A registered
+/// child refused after its certificate was checked (revoked, of another release, a bad hello)
+/// is told `store`, so that the refusal shows in this node's status of the link.
 async fn accept_child(
     incoming: quinn::Incoming,
     identity: &Identity,
     children: &[UnitId],
+    store: &StoreHandle,
     reader: &StoreReader,
     timeout: Duration,
 ) -> Result<Link, NetError> {
+    let mut known = None;
     let fut = async {
         let conn = incoming.await?;
         let (peer, fingerprint) = match verify_peer(&conn, identity) {
@@ -638,6 +704,9 @@ async fn accept_child(
                 return Err(e);
             }
         };
+        if children.contains(&peer) {
+            known = Some(peer.clone());
+        }
         if is_revoked(reader, &peer, &fingerprint) {
             conn.close(close::NOT_ADJACENT, b"certificate revoked");
             return Err(NetError::Refused {
@@ -654,7 +723,16 @@ async fn accept_child(
         }
         let (mut send, mut recv) = conn.accept_bi().await?;
         match read_frame(&mut recv).await? {
-            Some(Ok(Msg::Hello(h))) if h.unit == peer && h.version == PROTOCOL_VERSION => {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer => {
+                let Some(version) = VERSIONS.agree(h.versions) else {
+                    // Unreachable while decoding refuses such hellos; kept for safety.
+                    return Err(NetError::Handshake(versions_apart(
+                        VERSIONS,
+                        Some(SOFTWARE),
+                        h.versions,
+                        Some(&shown(&h.software)),
+                    )));
+                };
                 write_frame(&mut send, &hello(identity)).await?;
                 Ok(Link {
                     conn,
@@ -662,19 +740,26 @@ async fn accept_child(
                     recv,
                     peer,
                     fingerprint,
+                    version,
+                    software: shown(&h.software),
                 })
             }
-            Some(Ok(Msg::Hello(h))) if h.version != PROTOCOL_VERSION => {
+            Some(Err(WireError::Version(theirs))) => {
+                // Said to the child, which shows it and redials only at its slowest pace.
+                let detail = versions_apart(VERSIONS, Some(SOFTWARE), theirs, None);
                 let reject = Msg::Reject {
                     reason: RejectReason::Version,
                     doc: None,
-                    detail: format!("protocol version {} not supported", h.version),
+                    detail: detail.clone(),
                 };
                 let _ = write_frame(&mut send, &reject).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
                 conn.close(close::HANDSHAKE, b"version");
-                Err(NetError::Handshake(format!("version {}", h.version)))
+                Err(NetError::Refused {
+                    reason: RejectReason::Version,
+                    detail,
+                })
             }
             other => {
                 conn.close(close::HANDSHAKE, b"expected hello");
@@ -684,9 +769,16 @@ async fn accept_child(
             }
         }
     };
-    tokio::time::timeout(timeout, fut)
+    let accepted = tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| NetError::Timeout)?
+        .map_err(|_| NetError::Timeout)
+        .and_then(|r| r);
+    if let (Err(e), Some(peer)) = (&accepted, known)
+        && !dropped_by_child(e)
+    {
+        store.dial_failed(peer, e.to_string()).await;
+    }
+    accepted
 }
 
 /// Run a link until it ends or `cancel` fires: register with the store, pump frames both
@@ -698,9 +790,11 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         mut recv,
         peer,
         fingerprint,
+        version,
+        software,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(LinkCounters::new(fingerprint));
+    let counters = Arc::new(LinkCounters::new(fingerprint, version, software));
     if store
         .peer_up(peer.clone(), out_tx.clone(), counters.clone())
         .await
@@ -709,7 +803,7 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         conn.close(close::BYE, b"shutting down");
         return;
     }
-    tracing::info!(%peer, remote = %conn.remote_address(), "link up");
+    tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, "link up");
     let reader = async {
         loop {
             match read_counted(&mut recv).await {
@@ -833,6 +927,7 @@ pub async fn accept_loop(
                 incoming,
                 &ctx.identity,
                 &children,
+                &ctx.store,
                 &ctx.reader,
                 ctx.cfg.handshake_timeout,
             )
@@ -947,6 +1042,23 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn releases_apart_are_told_which_to_upgrade_in_text_safe_to_show() {
+        let v = |oldest, newest| Versions { oldest, newest };
+        assert_eq!(
+            versions_apart(v(1, 1), Some("grassroots 0.1.0"), v(2, 3), None),
+            "the parent (grassroots 0.1.0) speaks protocol version 1 and the child protocol \
+             versions 2 to 3: upgrade the parent"
+        );
+        assert_eq!(
+            versions_apart(v(4, 5), None, v(1, 3), Some("grassroots 0.1.0")),
+            "the parent speaks protocol versions 4 to 5 and the child (grassroots 0.1.0) \
+             protocol versions 1 to 3: upgrade the child"
+        );
+        assert_eq!(shown("grassroots\n9\u{7}.0"), "grassroots9.0");
+        assert_eq!(shown(&"x".repeat(1000)).len(), 64);
+    }
 
     #[tokio::test]
     async fn a_parent_address_is_an_address_or_a_host_name_resolved_in_the_endpoints_family() {

@@ -21,6 +21,10 @@ pub struct LinkCounters {
     pub session: u64,
     /// SHA-256 fingerprint of the peer's certificate.
     pub fingerprint: String,
+    /// The protocol version the connection runs at.
+    pub protocol: u8,
+    /// The peer's software, as its hello names it.
+    pub software: String,
     /// Frame bytes received (length prefixes included).
     pub bytes_in: AtomicU64,
     /// Frame bytes sent.
@@ -39,12 +43,15 @@ pub struct LinkCounters {
 }
 
 impl LinkCounters {
-    /// Counters for a new connection with a peer presenting `fingerprint`.
-    pub fn new(fingerprint: String) -> Self {
+    /// Counters for a new connection at `protocol` with a peer presenting `fingerprint` and
+    /// running `software`.
+    pub fn new(fingerprint: String, protocol: u8, software: String) -> Self {
         static SESSIONS: AtomicU64 = AtomicU64::new(1);
         LinkCounters {
             session: SESSIONS.fetch_add(1, Ordering::Relaxed),
             fingerprint,
+            protocol,
+            software,
             ..LinkCounters::default()
         }
     }
@@ -72,6 +79,10 @@ pub struct LinkStatus {
     pub connected: bool,
     /// SHA-256 fingerprint of the certificate the peer presented.
     pub fingerprint: String,
+    /// The protocol version the current (or last) connection ran at (0: never connected).
+    pub protocol: u8,
+    /// The peer's software on the current (or last) connection (empty: never connected).
+    pub software: String,
     /// When it came up (or last came up), ms since the epoch (0: never since start).
     pub since_ms: u64,
     /// When it went down, ms since the epoch (0 while up); for a peer never connected since

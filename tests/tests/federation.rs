@@ -9,7 +9,7 @@ use automerge::sync::{self, SyncDoc};
 use grassroots::federation::Federation;
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_node::net::{self, read_frame, write_frame};
-use grassroots_node::sync::wire::{Msg, RejectReason, Summary};
+use grassroots_node::sync::wire::{Hello, Msg, RejectReason, Summary, VERSIONS, Versions};
 use grassroots_node::{Identity, doc};
 use grassroots_schema::{
     DocId, DocKind, DocMeta, Education, Gender, MemberStatus, NewMember, RecordId, Role, UnitId,
@@ -1202,6 +1202,154 @@ async fn a_removal_travels_both_ways() -> anyhow::Result<()> {
         }
     })
     .await?;
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// Open a link to the township c01/k01/t01 as `identity` and say a hello in `versions`:
+/// the connection, the stream and the township's answer.
+async fn hello_in(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    t_addr: std::net::SocketAddr,
+    versions: Versions,
+) -> anyhow::Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream, Msg)> {
+    let t01 = unit("c01/k01/t01");
+    let conn = endpoint
+        .connect(t_addr, &t01.dns_name(&identity.deployment))?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Msg::Hello(Hello {
+        versions,
+        capabilities: 0,
+        unit: identity.unit.clone(),
+        software: "grassroots 9.9.9".into(),
+    });
+    write_frame(&mut send, &hello).await?;
+    let answer = read_frame(&mut recv).await?.context("no answer")??;
+    Ok((conn, send, recv, answer))
+}
+
+/// A child of a later release that still speaks this build's protocol is served at the newest
+/// version both speak, and the township shows its release; one that speaks none of this
+/// build's versions is told so, and the refusal shows at both ends, at a child as permanent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_apart_agree_on_a_version_or_say_which_to_upgrade() -> anyhow::Result<()> {
+    let (mut fed, dir) = start(small_tree(), None).await?;
+    let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+    link_up(&fed, &v01).await?;
+    fed.stop(&v01).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+    let t_addr = fed.node(&t01)?.node.quic_addr();
+    let township = fed.graphql_url(&t01)?;
+    let viewer = fed.token(&t01, Role::Viewer)?.to_owned();
+    const CHILD: &str = "{ unit(id: \"c01/k01/t01/v01\") { sync { link { connected protocol software failedDials lastError } } } }";
+    let child_link = || {
+        let (url, token) = (township.clone(), viewer.clone());
+        async move {
+            let r = gql(&url, Some(&token), CHILD, json!({})).await?;
+            anyhow::Ok(r["data"]["unit"]["sync"]["link"].clone())
+        }
+    };
+
+    // A later release speaking this build's newest version and two more.
+    let later = Versions {
+        oldest: VERSIONS.newest,
+        newest: VERSIONS.newest + 2,
+    };
+    let (conn, _send, mut recv, answer) = hello_in(&endpoint, &identity, t_addr, later).await?;
+    match answer {
+        Msg::Hello(h) => assert_eq!((h.versions, h.unit), (VERSIONS, t01.clone())),
+        other => anyhow::bail!("expected the township's hello, got {other:?}"),
+    }
+    // The link runs: the township goes on with its digest.
+    let next = read_frame(&mut recv).await?.context("closed")??;
+    assert!(matches!(next, Msg::Root(_)), "{next:?}");
+    let up = eventually(WAIT, "the child's link up at the township", || async {
+        Ok(Some(child_link().await?).filter(|l| l["connected"] == true))
+    })
+    .await?;
+    assert_eq!(up["protocol"], u64::from(VERSIONS.newest), "{up}");
+    assert_eq!(up["software"], "grassroots 9.9.9", "{up}");
+    conn.close(net::close::BYE, b"");
+
+    // A release speaking only versions after this build's.
+    let beyond = Versions {
+        oldest: VERSIONS.newest + 1,
+        newest: VERSIONS.newest + 2,
+    };
+    let (_conn, _send, _recv, answer) = hello_in(&endpoint, &identity, t_addr, beyond).await?;
+    let Msg::Reject { reason, detail, .. } = answer else {
+        anyhow::bail!("expected a refusal, got {answer:?}");
+    };
+    assert_eq!(reason, RejectReason::Version);
+    assert!(detail.ends_with("upgrade the parent"), "{detail}");
+    let refused = eventually(WAIT, "the refusal in the township's status", || async {
+        Ok(Some(child_link().await?).filter(|l| l["failedDials"].as_u64() >= Some(1)))
+    })
+    .await?;
+    assert_eq!(refused["connected"], false, "{refused}");
+    let why = refused["lastError"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&beyond.to_string()) && why.contains(&VERSIONS.to_string()),
+        "{refused}"
+    );
+
+    // The honest village facing a parent of a later release: its hello answered in versions
+    // it does not speak (and whose hello it cannot read further).
+    fed.stop(&t01).await?;
+    let t_identity = Identity::load(&dir.path().join("c01_k01_t01").join("pki"))?;
+    // The stopped node's endpoint driver may hold its socket for a moment.
+    let fake = eventually(WAIT, "the township's port free", || async {
+        Ok(net::endpoint(&t_identity, t_addr, &fast_links()).ok())
+    })
+    .await?;
+    let answering = tokio::spawn({
+        let (fake, unit) = (fake.clone(), t01.clone());
+        async move {
+            while let Some(incoming) = fake.accept().await {
+                let unit = unit.clone();
+                tokio::spawn(async move {
+                    let conn = incoming.await?;
+                    let (mut send, mut recv) = conn.accept_bi().await?;
+                    read_frame(&mut recv).await?;
+                    let hello = Msg::Hello(Hello {
+                        versions: beyond,
+                        capabilities: 0,
+                        unit,
+                        software: "grassroots 9.9.9".into(),
+                    });
+                    write_frame(&mut send, &hello).await?;
+                    // Held until the village closes it.
+                    conn.closed().await;
+                    anyhow::Ok(())
+                });
+            }
+        }
+    });
+    fed.restart(&v01).await?;
+    let store = fed.node(&v01)?.node.store();
+    let parent_link = || async {
+        let status = store.status().await?;
+        anyhow::Ok(status.links.into_iter().find(|l| l.peer == t01))
+    };
+    let refused = eventually(WAIT, "the refusal in the village's status", || async {
+        Ok(parent_link().await?.filter(|l| l.failed_dials >= 1))
+    })
+    .await?;
+    let why = refused.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains(&beyond.to_string()) && why.ends_with("upgrade the child"),
+        "{refused:?}"
+    );
+    // Permanent: not redialled before 4 x the longest backoff (at least 3 s with jitter);
+    // an ordinary failure would be redialled within 0.2 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later_status = parent_link().await?.context("the parent's link is gone")?;
+    assert_eq!(later_status.failed_dials, 1, "{later_status:?}");
+    assert!(!later_status.connected);
+    answering.abort();
     fed.shutdown().await;
     Ok(())
 }

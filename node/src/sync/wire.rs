@@ -7,10 +7,14 @@
 
 use grassroots_schema::{Audience, DocId, DocMeta, Level, UnitId};
 
-/// ALPN of the sync protocol; the version is part of it.
-pub const ALPN: &[u8] = b"grassroots/sync/1";
-/// Protocol version carried in the hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// ALPN of the sync protocol. The version is not part of it: versions are agreed in the
+/// hellos, so that a peer of another release is told why it is refused.
+pub const ALPN: &[u8] = b"grassroots/sync";
+/// The protocol versions this build speaks.
+pub const VERSIONS: Versions = Versions {
+    oldest: 1,
+    newest: 1,
+};
 /// Largest frame body either side sends or accepts.
 pub const MAX_FRAME: usize = 16 << 20;
 /// Capability flags this build sends; no capability is defined yet, the bits are reserved.
@@ -79,11 +83,40 @@ pub struct Summary {
     pub children: Vec<(UnitId, Digest)>,
 }
 
-/// The opening message.
+/// A range of protocol versions a node speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    /// The oldest.
+    pub oldest: u8,
+    /// The newest.
+    pub newest: u8,
+}
+
+impl Versions {
+    /// The version a link between speakers of `self` and `other` runs at: the newest both
+    /// speak, or none.
+    pub fn agree(self, other: Versions) -> Option<u8> {
+        let v = self.newest.min(other.newest);
+        (v >= self.oldest.max(other.oldest)).then_some(v)
+    }
+}
+
+impl std::fmt::Display for Versions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.oldest == self.newest {
+            write!(f, "protocol version {}", self.newest)
+        } else {
+            write!(f, "protocol versions {} to {}", self.oldest, self.newest)
+        }
+    }
+}
+
+/// The opening message. Its type byte and the two version bytes that open its payload are
+/// the same in every version, so any two releases can tell whether they can talk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
-    /// [`PROTOCOL_VERSION`] of the sender.
-    pub version: u8,
+    /// The versions the sender speaks ([`VERSIONS`] for this build).
+    pub versions: Versions,
     /// Capability bits of the sender.
     pub capabilities: u64,
     /// The sender's unit; must match its certificate.
@@ -177,6 +210,10 @@ pub enum WireError {
     /// An empty body.
     #[error("empty frame")]
     Empty,
+    /// A hello in versions this build does not speak; the rest of it is not read, since
+    /// another version may lay it out otherwise.
+    #[error("a hello in {0}, which this build does not speak")]
+    Version(Versions),
 }
 
 const T_HELLO: u8 = 1;
@@ -317,7 +354,8 @@ pub fn encode(msg: &Msg) -> Vec<u8> {
     match msg {
         Msg::Hello(h) => {
             w.u8(T_HELLO);
-            w.u8(h.version);
+            w.u8(h.versions.newest);
+            w.u8(h.versions.oldest);
             w.u64(h.capabilities);
             w.str(h.unit.as_str());
             w.str(&h.software);
@@ -379,7 +417,23 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
     let t = r.u8().map_err(|_| WireError::Empty)?;
     let msg = match t {
         T_HELLO => Msg::Hello(Hello {
-            version: r.u8()?,
+            versions: {
+                let newest = r.u8()?;
+                let v = Versions {
+                    oldest: r.u8()?,
+                    newest,
+                };
+                if v.oldest > v.newest {
+                    return Err(WireError::BadField(format!(
+                        "versions from {} to {}",
+                        v.oldest, v.newest
+                    )));
+                }
+                if VERSIONS.agree(v).is_none() {
+                    return Err(WireError::Version(v));
+                }
+                v
+            },
             capabilities: r.u64()?,
             unit: r.unit()?,
             software: r.str()?.to_owned(),
@@ -473,7 +527,10 @@ mod tests {
     fn every_message_round_trips() {
         let msgs = vec![
             Msg::Hello(Hello {
-                version: PROTOCOL_VERSION,
+                versions: Versions {
+                    oldest: 1,
+                    newest: 3,
+                },
                 capabilities: 0b101,
                 unit: u("c01/k01"),
                 software: "grassroots 0.1.0".into(),
@@ -550,6 +607,48 @@ mod tests {
         // A code from a newer peer is kept as it came.
         assert_eq!(RejectReason::from_code(11), RejectReason::Other(11));
         assert_eq!(RejectReason::Other(11).code(), 11);
+    }
+
+    #[test]
+    fn a_link_runs_at_the_newest_version_both_speak() {
+        let v = |oldest, newest| Versions { oldest, newest };
+        assert_eq!(v(1, 3).agree(v(2, 5)), Some(3));
+        assert_eq!(v(2, 5).agree(v(1, 3)), Some(3));
+        assert_eq!(v(1, 1).agree(v(1, 1)), Some(1));
+        assert_eq!(v(1, 2).agree(v(3, 4)), None);
+        assert_eq!(v(3, 4).agree(v(1, 2)), None);
+        assert_eq!(v(1, 1).to_string(), "protocol version 1");
+        assert_eq!(v(1, 3).to_string(), "protocol versions 1 to 3");
+    }
+
+    #[test]
+    fn a_hello_this_build_cannot_speak_is_read_only_to_its_versions() {
+        let beyond = VERSIONS.newest + 1;
+        // Another release may lay out the rest of its hello otherwise: only the versions
+        // are read.
+        assert_eq!(
+            decode(&[T_HELLO, beyond + 1, beyond, 0xff]),
+            Err(WireError::Version(Versions {
+                oldest: beyond,
+                newest: beyond + 1
+            }))
+        );
+        // A newer peer that still speaks ours says the rest as this build does.
+        let newer = Msg::Hello(Hello {
+            versions: Versions {
+                oldest: VERSIONS.newest,
+                newest: beyond,
+            },
+            capabilities: 1 << 63,
+            unit: u("c01/k01"),
+            software: "grassroots 9.0.0".into(),
+        });
+        assert_eq!(decode(&encode(&newer)).unwrap(), newer);
+        // Oldest above newest is no range.
+        assert!(matches!(
+            decode(&[T_HELLO, 1, 2, 0xff]),
+            Err(WireError::BadField(_))
+        ));
     }
 
     #[test]

@@ -169,10 +169,10 @@ fn idle_reconnect() -> anyhow::Result<()> {
     // Ours: hello both ways (one round trip), then the digest exchange.
     let hello = |u: &UnitId| {
         wire::encode(&Msg::Hello(wire::Hello {
-            version: wire::PROTOCOL_VERSION,
+            versions: wire::VERSIONS,
             capabilities: wire::CAPABILITIES,
             unit: u.clone(),
-            software: concat!("grassroots ", env!("CARGO_PKG_VERSION")).into(),
+            software: grassroots_node::net::SOFTWARE.into(),
         }))
         .len()
             + 4
