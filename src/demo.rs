@@ -162,7 +162,7 @@ pub async fn seed(fed: &Federation) -> anyhow::Result<()> {
         let programme = county.as_ref().and_then(|c| programmes.get(c)).cloned();
         for (kind, fields) in records_for(&spec.id, last_year(), programme.as_deref()) {
             let r = store
-                .create_record(kind, spec.id.clone(), fields, None)
+                .create_record(kind, spec.id.clone(), fields, None, None)
                 .await
                 .with_context(|| format!("seeding {} of {}", kind.as_str(), spec.id))?;
             if kind == DocKind::Funds {

@@ -403,10 +403,10 @@ macro_rules! entity {
         }
 
         impl $gql {
-            /// Create one (the mutation's body).
-            pub async fn create(ctx: &Context<'_>, input: $create) -> Result<$gql> {
+            /// Create one (the mutation's body), with the client's request key if any.
+            pub async fn create(ctx: &Context<'_>, input: $create, request: Option<&str>) -> Result<$gql> {
                 let (unit, fields) = input.into_fields();
-                create::<$gql>(ctx, &unit, fields).await
+                create::<$gql>(ctx, &unit, fields, request).await
             }
 
             /// Update one (the mutation's body).
@@ -849,13 +849,19 @@ fn authorise_fields(
     Ok(())
 }
 
-async fn create<T: EntityType>(ctx: &Context<'_>, unit: &ID, fields: Fields) -> Result<T> {
+async fn create<T: EntityType>(
+    ctx: &Context<'_>,
+    unit: &ID,
+    fields: Fields,
+    request: Option<&str>,
+) -> Result<T> {
     let b = backend(ctx)?;
+    let request = crate::graphql::request_key(request)?;
     let unit = parse_unit(unit)?;
     let by = authorise_write(ctx, b, &unit)?;
     authorise_fields(ctx, T::KIND, &unit, None, &fields)?;
     b.store
-        .create_record(T::KIND, unit, fields, Some(by))
+        .create_record(T::KIND, unit, fields, Some(by), request)
         .await
         .map(T::from)
         .map_err(from_write)

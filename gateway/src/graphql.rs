@@ -91,6 +91,19 @@ pub(crate) fn backend<'a>(ctx: &'a Context<'_>) -> Result<&'a Backend> {
         .map_err(|_| internal("backend missing from schema data"))
 }
 
+/// A create's `requestId`, checked: 1 to 64 characters, none of them control characters.
+pub(crate) fn request_key(key: Option<&str>) -> Result<Option<&str>> {
+    match key {
+        Some(k) if k.is_empty() || k.chars().count() > 64 || k.chars().any(char::is_control) => {
+            Err(error(
+                Code::BadUserInput,
+                "requestId: 1 to 64 characters, no control characters",
+            ))
+        }
+        k => Ok(k),
+    }
+}
+
 pub(crate) fn parse_unit(id: &ID) -> Result<UnitId> {
     id.parse::<UnitId>()
         .map_err(|e| error(Code::BadUserInput, format!("unit id: {e}")))
@@ -2107,12 +2120,17 @@ impl MutationCore {
     }
 
     /// Add a member to a unit's register: a clerk of that unit, or a supervisor above it.
+    /// `requestId`, a key the client chooses (1 to 64 characters), makes a retry harmless:
+    /// the same create repeated with it by the same user makes nothing more and answers the
+    /// member the first made, as it is now (if it was removed since, it is made again).
     async fn create_member(
         &self,
         ctx: &Context<'_>,
         input: CreateMemberInput,
+        request_id: Option<String>,
     ) -> Result<MemberGql> {
         let b = backend(ctx)?;
+        let request = request_key(request_id.as_deref())?;
         let unit = parse_unit(&input.unit)?;
         let by = authorise_write(ctx, b, &unit)?;
         let member = gs::NewMember {
@@ -2132,7 +2150,7 @@ impl MutationCore {
                 .collect(),
         };
         b.store
-            .create_member_by(unit, member, Some(by))
+            .create_member_by(unit, member, Some(by), request)
             .await
             .map(MemberGql)
             .map_err(from_write)
@@ -2277,9 +2295,9 @@ macro_rules! record_mutations {
         #[Object]
         impl RecordMutations {
             $(
-                #[doc = concat!("Add ", $what, ": a clerk of the unit, or a supervisor above it (fields only supervisors write need a supervisor).")]
-                async fn $create(&self, ctx: &Context<'_>, input: en::$cin) -> Result<en::$gql> {
-                    en::$gql::create(ctx, input).await
+                #[doc = concat!("Add ", $what, ": a clerk of the unit, or a supervisor above it (fields only supervisors write need a supervisor). `requestId` makes a retry harmless, as for `createMember`.")]
+                async fn $create(&self, ctx: &Context<'_>, input: en::$cin, request_id: Option<String>) -> Result<en::$gql> {
+                    en::$gql::create(ctx, input, request_id.as_deref()).await
                 }
 
                 #[doc = concat!("Change fields of ", $what, " (same rule as creating one).")]

@@ -511,6 +511,46 @@ async fn records_carry_who_wrote_them_and_when() {
     }
 }
 
+/// A create sent again with its `requestId` (its answer lost) answers the record the first
+/// made and makes no other, for members and the other kinds; a bad key is refused.
+#[tokio::test]
+async fn a_create_sent_again_with_its_request_id_makes_one_record() {
+    let f = fixture().await;
+    let clerk = token_for(&f, "c01/k01", Role::Clerk).await;
+    let member = |key: &str| {
+        format!(
+            r#"mutation {{ createMember(requestId: "{key}", input: {{ unit: "c01/k01",
+            name: "Zhao Min", birthYear: 1992, gender: FEMALE, education: COLLEGE,
+            joinedOn: "2021-06-01" }}) {{ id name }} }}"#
+        )
+    };
+    let count = r#"{ unit(id: "c01/k01") { members { totalCount } meetings { totalCount } } }"#;
+    let first = query(&f, Some(&clerk), &member("phone-7f3a-0001")).await;
+    let again = query(&f, Some(&clerk), &member("phone-7f3a-0001")).await;
+    assert!(first["data"]["createMember"]["id"].is_string(), "{first}");
+    assert_eq!(first["data"], again["data"]);
+    let other = query(&f, Some(&clerk), &member("phone-7f3a-0002")).await;
+    assert_ne!(
+        other["data"]["createMember"]["id"],
+        first["data"]["createMember"]["id"]
+    );
+    let meeting = r#"mutation { createMeeting(requestId: "m1", input: { unit: "c01/k01",
+        kind: GROUP_MEETING, heldOn: "2026-03-02", attendance: 12, hours: 2 }) { id } }"#;
+    let m1 = query(&f, Some(&clerk), meeting).await;
+    let m2 = query(&f, Some(&clerk), meeting).await;
+    assert!(m1["data"]["createMeeting"]["id"].is_string(), "{m1}");
+    assert_eq!(m1["data"], m2["data"]);
+    let r = query(&f, Some(&clerk), count).await;
+    assert_eq!(r["data"]["unit"]["members"]["totalCount"], 2, "{r}");
+    assert_eq!(r["data"]["unit"]["meetings"]["totalCount"], 1, "{r}");
+    for bad in [String::new(), "x".repeat(65), "a\\u0007b".into()] {
+        let r = query(&f, Some(&clerk), &member(&bad)).await;
+        assert_eq!(code(&r), "BAD_USER_INPUT", "{bad:?}: {r}");
+    }
+    let r = query(&f, Some(&clerk), count).await;
+    assert_eq!(r["data"]["unit"]["members"]["totalCount"], 2, "{r}");
+}
+
 /// `members(status:)` lists and counts only members of that status, over a unit or its
 /// subtree, page by page.
 #[tokio::test]

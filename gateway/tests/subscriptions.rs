@@ -143,6 +143,7 @@ async fn changes_follow_the_callers_scope() {
             "c01/k01/t01/v02".parse().unwrap(),
             meeting,
             None,
+            None,
         )
         .await
         .unwrap();

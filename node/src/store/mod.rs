@@ -15,7 +15,7 @@ mod rollup;
 pub mod tables;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -169,6 +169,7 @@ enum Command {
         unit: UnitId,
         member: NewMember,
         by: Option<Writer>,
+        request: Option<String>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
     },
     UpdateMember {
@@ -182,6 +183,7 @@ enum Command {
         unit: UnitId,
         fields: Fields,
         by: Option<Writer>,
+        request: Option<String>,
         reply: oneshot::Sender<Result<Record, WriteError>>,
     },
     UpdateRecord {
@@ -540,21 +542,26 @@ impl StoreHandle {
         unit: UnitId,
         member: NewMember,
     ) -> Result<Member, WriteError> {
-        self.create_member_by(unit, member, None).await
+        self.create_member_by(unit, member, None, None).await
     }
 
     /// [`create_member`](Self::create_member), stamped with who made the write and the time
-    /// the store takes it.
+    /// the store takes it. With a `request` key, a repeat of the create by the same writer
+    /// (a retry whose first answer was lost) makes nothing and answers the record the first
+    /// made, as it is now (see [`request_record`]).
     pub async fn create_member_by(
         &self,
         unit: UnitId,
         member: NewMember,
         by: Option<Writer>,
+        request: Option<&str>,
     ) -> Result<Member, WriteError> {
+        let request = request.map(str::to_owned);
         self.ask(|reply| Command::CreateMember {
             unit,
             member,
             by,
+            request,
             reply,
         })
         .await
@@ -587,19 +594,23 @@ impl StoreHandle {
 
     /// Add a record of one of the [`grassroots_schema::ENTITIES`] to `unit`'s document of
     /// that kind, stamped with its writer; returns once it is durable. The fields are
-    /// validated against the kind's description (text trimmed).
+    /// validated against the kind's description (text trimmed). A `request` key makes a
+    /// repeat harmless, as in [`create_member_by`](Self::create_member_by).
     pub async fn create_record(
         &self,
         kind: DocKind,
         unit: UnitId,
         fields: Fields,
         by: Option<Writer>,
+        request: Option<&str>,
     ) -> Result<Record, WriteError> {
+        let request = request.map(str::to_owned);
         self.ask(|reply| Command::CreateRecord {
             kind,
             unit,
             fields,
             by,
+            request,
             reply,
         })
         .await
@@ -861,6 +872,12 @@ trait Waiting: Sized {
     fn doomed(&self) -> bool {
         false
     }
+    /// The record a create makes (`None` for other writes).
+    fn creates(&self) -> Option<RecordId>;
+    /// For a create whose record is in `doc` already (a repeat of a create with a request
+    /// key): the caller's answer, the record as it is; nothing is to be written. Otherwise
+    /// the write back.
+    fn existing(self, doc: &Automerge) -> Result<Answer<Self::Row>, Self>;
 }
 
 /// A complaint's handler as the writes of a batch leave it, by record.
@@ -932,6 +949,21 @@ impl Waiting for PendingWrite {
     }
     fn doomed(&self) -> bool {
         matches!(self.op, PendingOp::Delete(_, None))
+    }
+    fn creates(&self) -> Option<RecordId> {
+        match &self.op {
+            PendingOp::Create(id, ..) => Some(id.record),
+            _ => None,
+        }
+    }
+    fn existing(self, doc: &Automerge) -> Result<Answer<Member>, Self> {
+        match &self.op {
+            PendingOp::Create(id, ..) => match doc::read_member(doc, &id.unit, id.record) {
+                Some(m) => Ok((self.reply, Ok(m))),
+                None => Err(self),
+            },
+            _ => Err(self),
+        }
     }
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Member>>> {
         &mut batch.records
@@ -1025,6 +1057,22 @@ impl Waiting for PendingRecord {
     fn doomed(&self) -> bool {
         matches!(self.op, RecordOp::Delete(_, None))
     }
+    fn creates(&self) -> Option<RecordId> {
+        match &self.op {
+            RecordOp::Create(id, ..) => Some(id.record),
+            _ => None,
+        }
+    }
+    fn existing(self, doc: &Automerge) -> Result<Answer<Record>, Self> {
+        match &self.op {
+            RecordOp::Create(id, ..) => match doc::read_record(doc, self.spec, &id.unit, id.record)
+            {
+                Some(r) => Ok((self.reply, Ok(r))),
+                None => Err(self),
+            },
+            _ => Err(self),
+        }
+    }
     fn leave(&self, earlier: &mut Handling) {
         if let RecordOp::Update(id, fields, _) = &self.op
             && let Some(handler) = grassroots_schema::entities::handler_in(&id.unit, fields)
@@ -1057,6 +1105,29 @@ pub struct Writer {
     pub role: Role,
     /// Who the token was issued to.
     pub user: String,
+}
+
+/// The record a create with the caller's `key` makes in `unit`: the first 64 bits of a
+/// SHA-256 over the unit, the writer (its unit and user) and the key, so a repeat by the same
+/// writer names the same record, and the same key from another writer another. (A record
+/// removed since is made again by a repeat.)
+pub fn request_record(unit: &UnitId, by: Option<&Writer>, key: &str) -> RecordId {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        "grassroots create request",
+        unit.as_str(),
+        by.map_or("", |w| w.unit.as_str()),
+        by.map_or("", |w| w.user.as_str()),
+        key,
+    ] {
+        // Length-prefixed, so no two splits of the same bytes hash alike.
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let d = h.finish();
+    let mut bits = [0u8; 8];
+    bits.copy_from_slice(&d.as_ref()[..8]);
+    RecordId::from_u64(u64::from_be_bytes(bits))
 }
 
 /// A writer's stamp, at the time the store takes the write.
@@ -1354,13 +1425,18 @@ impl Actor {
                 unit,
                 member,
                 by,
+                request,
                 reply,
             } => {
                 if let Err(e) = member.validate() {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
-                match self.new_record() {
+                let record = match &request {
+                    Some(key) => Ok(request_record(&unit, by.as_ref(), key)),
+                    None => self.new_record(),
+                };
+                match record {
                     Ok(record) => batch.writes.push(PendingWrite {
                         op: PendingOp::Create(MemberId { unit, record }, member, stamped(by)),
                         reply,
@@ -1390,6 +1466,7 @@ impl Actor {
                 unit,
                 fields,
                 by,
+                request,
                 reply,
             } => {
                 let checked = match entity(kind) {
@@ -1397,10 +1474,12 @@ impl Actor {
                     Some(spec) => {
                         let fields = trimmed(fields);
                         match spec.validate(&unit, &fields, true) {
-                            Ok(()) => self
-                                .new_record()
-                                .map(|r| (r, spec, spec.with_defaults(&unit, fields)))
-                                .map_err(Into::into),
+                            Ok(()) => match &request {
+                                Some(key) => Ok(request_record(&unit, by.as_ref(), key)),
+                                None => self.new_record(),
+                            }
+                            .map(|r| (r, spec, spec.with_defaults(&unit, fields)))
+                            .map_err(Into::into),
                             Err(e) => Err(e.into()),
                         }
                     }
@@ -1965,7 +2044,24 @@ impl Actor {
             // there, which would hold back every later change of the document.
             let mut allowed = Vec::with_capacity(writes.len());
             let mut earlier = Handling::new();
+            // Creates of this batch by record, and repeats of them in it (answered after the
+            // writes are applied, with what the first made).
+            let (mut made, mut repeats) = (HashSet::new(), Vec::new());
             for mut w in writes {
+                if let Some(record) = w.creates() {
+                    if made.contains(&record) {
+                        repeats.push(w);
+                        continue;
+                    }
+                    w = match w.existing(doc) {
+                        Ok((reply, outcome)) => {
+                            reply_after_commit(batch, reply, outcome);
+                            continue;
+                        }
+                        Err(w) => w,
+                    };
+                    made.insert(record);
+                }
                 w.settle(doc, &earlier);
                 if w.doomed() {
                     let missing = w.missing();
@@ -2016,6 +2112,15 @@ impl Actor {
                         .insert(W::record(row), (!deletes).then(|| row.clone()));
                 }
                 reply_after_commit(batch, reply, outcome);
+            }
+            for w in repeats {
+                match w.existing(doc) {
+                    Ok((reply, outcome)) => reply_after_commit(batch, reply, outcome),
+                    Err(w) => {
+                        let missing = w.missing();
+                        w.fail(missing);
+                    }
+                }
             }
             if applied {
                 self.after_local_write(doc_id, batch);
@@ -2836,6 +2941,7 @@ mod tests {
                     .map(|(k, v)| (k.to_owned(), v))
                     .collect(),
                     None,
+                    None,
                 )
                 .await
                 .unwrap();
@@ -2857,7 +2963,7 @@ mod tests {
                             ("hours", V::Int(next(8) as i64)),
                         ]);
                         made.push(
-                            h.create_record(DocKind::Meetings, unit, fields, None)
+                            h.create_record(DocKind::Meetings, unit, fields, None, None)
                                 .await
                                 .unwrap()
                                 .id,
@@ -2871,7 +2977,7 @@ mod tests {
                             ("dueOn", text(&date)),
                         ]);
                         made.push(
-                            h.create_record(DocKind::Complaints, unit, fields, None)
+                            h.create_record(DocKind::Complaints, unit, fields, None, None)
                                 .await
                                 .unwrap()
                                 .id,
@@ -2886,7 +2992,7 @@ mod tests {
                             ("directive", text(&target)),
                         ]);
                         made.push(
-                            h.create_record(DocKind::Reports, unit, fields, None)
+                            h.create_record(DocKind::Reports, unit, fields, None, None)
                                 .await
                                 .unwrap()
                                 .id,
@@ -2951,7 +3057,7 @@ mod tests {
                 ("dueOn", text("2026-01-20")),
             ]);
             fields.extend(f(extra));
-            h.create_record(DocKind::Complaints, village.clone(), fields, None)
+            h.create_record(DocKind::Complaints, village.clone(), fields, None, None)
         };
         let status = |rec: &Record| rec.fields.get("status").cloned();
         let c = filed(&[]).await.unwrap();
@@ -2980,30 +3086,12 @@ mod tests {
         // the county, then straight back to the township (a change, not a restatement).
         let write = |pairs: &[(&str, V)]| h.update_record(direct.id.clone(), f(pairs), None);
         // The actor is held inside a batch while both are sent, so they join it.
-        let (release, until) = std::sync::mpsc::channel();
-        let (entered, held) = std::sync::mpsc::channel();
-        h.tx.send(Command::Hold { entered, until }).await.unwrap();
-        let inbox = h.tx.clone();
-        let releaser = std::thread::spawn(move || {
-            // Once the actor holds (the hold taken from the inbox), released when both
-            // writes wait in the inbox.
-            held.recv().unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while inbox.capacity() > INBOX - 2 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            assert_eq!(
-                inbox.capacity(),
-                INBOX - 2,
-                "the writes never waited together"
-            );
-            release.send(())
-        });
+        let releaser = hold_for(&h, 2).await;
         let (up, down) = tokio::join!(
             write(&[("handler", text("c01/k01"))]),
             write(&[("handler", text("c01/k01/t01"))]),
         );
-        releaser.join().unwrap().unwrap();
+        releaser.join().unwrap();
         assert_eq!(status(&up.unwrap()), Some(text("escalated")));
         let down = down.unwrap();
         assert_eq!(down.handler(), me);
@@ -3033,6 +3121,7 @@ mod tests {
                     ("filedOn", "2026-01-02"),
                     ("dueOn", "2026-01-20"),
                 ]),
+                None,
                 None,
             )
             .await
@@ -3208,6 +3297,142 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// Hold the actor inside a batch until `n` more commands wait in its inbox, so that
+    /// they join one batch; join the returned thread once they are sent.
+    async fn hold_for(h: &StoreHandle, n: usize) -> std::thread::JoinHandle<()> {
+        let (release, until) = std::sync::mpsc::channel();
+        let (entered, held) = std::sync::mpsc::channel();
+        h.tx.send(Command::Hold { entered, until }).await.unwrap();
+        let inbox = h.tx.clone();
+        std::thread::spawn(move || {
+            // Once the actor holds (the hold taken from the inbox), released when the
+            // commands wait in the inbox.
+            held.recv().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while inbox.capacity() > INBOX - n && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert_eq!(
+                inbox.capacity(),
+                INBOX - n,
+                "the commands never waited together"
+            );
+            release.send(()).unwrap();
+        })
+    }
+
+    /// A create repeated with its request key by the same writer (a retry whose answer was
+    /// lost) makes nothing more and answers the record as it is, also within one batch and
+    /// after a restart; another writer's key or another key makes another record.
+    #[tokio::test]
+    async fn a_create_repeated_with_its_request_key_makes_nothing_more() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01/v01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let clerk = |user: &str| {
+            Some(Writer {
+                unit: me.clone(),
+                role: Role::Clerk,
+                user: user.into(),
+            })
+        };
+        let create = |name: &str, user: &str, key: &'static str| {
+            h.create_member_by(me.clone(), sample(name), clerk(user), Some(key))
+        };
+        let total = || r.members(&me, false, None, 0).unwrap().total;
+        let first = create("Li Wei", "amy", "form-17").await.unwrap();
+        // The form sent again, even changed: the record the first made, nothing written.
+        let again = create("Li Wei (typo fixed)", "amy", "form-17")
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(total(), 1);
+        // As it is now.
+        let renamed = h
+            .update_member(
+                first.id.clone(),
+                MemberPatch {
+                    name: Some("Li Wei Jr".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(create("Li Wei", "amy", "form-17").await.unwrap(), renamed);
+        // Another writer's key, or another key: another record.
+        let bo = create("Li Wei", "bo", "form-17").await.unwrap();
+        let next = create("Li Wei", "amy", "form-18").await.unwrap();
+        assert!(bo.id != first.id && next.id != first.id && bo.id != next.id);
+        assert_eq!(total(), 3);
+        // Repeats in one batch: one record, made by the first, both answered with it.
+        let releaser = hold_for(&h, 2).await;
+        let (a, b) = tokio::join!(
+            create("Zhao Min", "amy", "form-19"),
+            create("Zhao Min 2", "amy", "form-19")
+        );
+        releaser.join().unwrap();
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!((a.name.as_str(), &a), ("Zhao Min", &b));
+        assert_eq!(total(), 4);
+        // Records of the other kinds alike.
+        let meeting = || {
+            fields(&[
+                ("kind", V::Text("group_meeting".into())),
+                ("heldOn", V::Text("2026-03-02".into())),
+                ("attendance", V::Int(12)),
+                ("hours", V::Int(2)),
+            ])
+        };
+        let m1 = h
+            .create_record(
+                DocKind::Meetings,
+                me.clone(),
+                meeting(),
+                clerk("amy"),
+                Some("m-1"),
+            )
+            .await
+            .unwrap();
+        let m2 = h
+            .create_record(
+                DocKind::Meetings,
+                me.clone(),
+                meeting(),
+                clerk("amy"),
+                Some("m-1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(m1, m2);
+        let meetings = RecordQuery {
+            kind: DocKind::Meetings,
+            unit: &me,
+            subtree: false,
+            after: None,
+            first: 10,
+            count: true,
+        };
+        assert_eq!(r.records(&meetings, &|_| true).unwrap().items.len(), 1);
+        // A record removed since is made again by a repeat.
+        h.delete_member(next.id.clone()).await.unwrap();
+        let remade = create("Li Wei", "amy", "form-18").await.unwrap();
+        assert_eq!(remade.id, next.id);
+        t.shutdown().await;
+        drop((h, r));
+        // After a restart, a repeat still finds its record.
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let after = h
+            .create_member_by(me.clone(), sample("Li Wei"), clerk("amy"), Some("form-17"))
+            .await
+            .unwrap();
+        assert_eq!(after, renamed);
+        assert_eq!(r.members(&me, false, None, 0).unwrap().total, 4);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+    }
+
     /// Record fields from (name, value) pairs.
     fn fields(pairs: &[(&str, grassroots_schema::Value)]) -> Fields {
         pairs
@@ -3244,7 +3469,7 @@ mod tests {
             ("attendance", V::Int(12)),
         ]);
         let meeting = h
-            .create_record(DocKind::Meetings, me.clone(), meeting, None)
+            .create_record(DocKind::Meetings, me.clone(), meeting, None, None)
             .await
             .unwrap();
         h.delete_record(meeting.id.clone()).await.unwrap();
@@ -3259,7 +3484,7 @@ mod tests {
             if let Some(hd) = handler {
                 filed.insert("handler".into(), text(hd.as_str()));
             }
-            h.create_record(DocKind::Complaints, me.clone(), filed, None)
+            h.create_record(DocKind::Complaints, me.clone(), filed, None, None)
         };
         for handler in [None, Some(&county)] {
             let c = complaint(handler).await.unwrap();
