@@ -1,7 +1,7 @@
 //! The GraphQL schema: types, queries, mutations. Every read and write decision calls the
 //! rules in `grassroots_schema`; nothing here decides visibility on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
@@ -884,6 +884,7 @@ fn parse_year(year: Option<i32>) -> Result<i64> {
 
 /// How the units a directive addresses have reported back.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct DirectiveReceipts {
     /// The directive.
     directive: DirectiveGql,
@@ -893,6 +894,25 @@ pub struct DirectiveReceipts {
     received: i64,
     /// `received / addressed` (the directive receipt rate).
     rate: f64,
+    /// Whether its deadline (if it has one) is before today (UTC).
+    past_deadline: bool,
+    #[graphql(skip)]
+    missing: Vec<UnitId>,
+}
+
+#[async_graphql::ComplexObject]
+impl DirectiveReceipts {
+    /// The units it addresses that have not reported back, in tree order, at most `first`
+    /// (default 100): whom to ask. `addressed - received` is how many there are in all.
+    #[graphql(complexity = "first.unwrap_or(100).clamp(0, 1000) as usize * child_complexity")]
+    async fn missing(&self, first: Option<i32>) -> Vec<Unit> {
+        let first = usize::try_from(first.unwrap_or(100).clamp(0, 1000)).unwrap_or(0);
+        self.missing
+            .iter()
+            .take(first)
+            .map(|u| Unit::new(u.clone(), None, None))
+            .collect()
+    }
 }
 
 /// A target the seed sets.
@@ -1363,6 +1383,10 @@ impl UnitCore {
             period,
         };
         let page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
+        let today = rfc3339(grassroots_node::status::now_ms())
+            .get(..10)
+            .unwrap_or_default()
+            .to_owned();
         let mut conn = Connection::with_additional_fields(
             page.has_previous_page,
             page.has_next_page,
@@ -1375,19 +1399,28 @@ impl UnitCore {
             let level = d.to_level();
             let addressed = b.reader.units_below(&d.id.unit, level).map_err(internal)?;
             // Only report-backs from the units it addresses count.
-            let received = b
+            let reported: HashSet<UnitId> = b
                 .reader
                 .referring_units(&d.id)
                 .map_err(internal)?
-                .iter()
+                .into_iter()
                 .filter(|u| gs::addressed_to(&d, u))
-                .count();
+                .collect();
+            let received = addressed.iter().filter(|u| reported.contains(u)).count();
+            let missing: Vec<UnitId> = addressed
+                .iter()
+                .filter(|u| !reported.contains(u))
+                .cloned()
+                .collect();
+            let past_deadline = d.text("deadline").is_some_and(|due| due < today.as_str());
             conn.edges.push(Edge::new(
                 edge.cursor,
                 DirectiveReceipts {
-                    addressed: addressed as i64,
+                    addressed: addressed.len() as i64,
                     received: received as i64,
-                    rate: share(received as i64, addressed as i64),
+                    rate: share(received as i64, addressed.len() as i64),
+                    past_deadline,
+                    missing,
                     directive: DirectiveGql(d),
                 },
             ));

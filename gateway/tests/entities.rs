@@ -466,12 +466,31 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     )
     .await;
     let receipts = "{ nodeUnit { directiveReceipts { totalCount edges { node {
-        directive { title } addressed received rate } } } } }";
+        directive { title } addressed received rate pastDeadline missing { id } } } } } }";
     let d = f.ok(Some(&county), receipts, json!({})).await;
     assert_eq!(
         d["nodeUnit"]["directiveReceipts"],
         json!({ "totalCount": 1, "edges": [{ "node": { "directive": { "title": "Spring planting" },
-            "addressed": 3, "received": 1, "rate": 1.0 / 3.0 } }] })
+            "addressed": 3, "received": 1, "rate": 1.0 / 3.0, "pastDeadline": false,
+            "missing": [{ "id": VILLAGES[1] }, { "id": VILLAGES[2] }] } }] })
+    );
+    // With a deadline gone by, and asking for one unit of those missing.
+    f.ok(
+        Some(&county_clerk),
+        "mutation($id: ID!) { updateDirective(id: $id, input: { deadline: \"2026-03-01\" }) { id } }",
+        json!({ "id": directive }),
+    )
+    .await;
+    let d = f
+        .ok(
+            Some(&county),
+            "{ nodeUnit { directiveReceipts { edges { node { pastDeadline missing(first: 1) { id } } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["nodeUnit"]["directiveReceipts"]["edges"][0]["node"],
+        json!({ "pastDeadline": true, "missing": [{ "id": VILLAGES[1] }] })
     );
     // A report is reviewed from above: the village's own supervisor may not, the township may;
     // a period that is not one is refused.

@@ -670,13 +670,17 @@ impl StoreReader {
     }
 
     /// Units strictly below `unit` this node knows (from their profiles), at `level` only
-    /// when given: how many a directive addresses.
-    pub fn units_below(&self, unit: &UnitId, level: Option<Level>) -> Result<usize, StoreError> {
+    /// when given, in tree order: the units a directive addresses.
+    pub fn units_below(
+        &self,
+        unit: &UnitId,
+        level: Option<Level>,
+    ) -> Result<Vec<UnitId>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_UNITS).map_err(db)?;
         let start = unit.tree_key();
         let end = prefix_end(&start);
-        let mut n = 0;
+        let mut out = Vec::new();
         for row in t
             .range::<&str>((
                 Bound::Excluded(start.as_str()),
@@ -685,10 +689,15 @@ impl StoreReader {
             .map_err(db)?
         {
             let (k, _) = row.map_err(db)?;
-            let depth = k.value().trim_end_matches('/').split('/').count();
-            n += usize::from(level.is_none_or(|l| l.depth() == depth));
+            let path = k.value().trim_end_matches('/');
+            if level.is_none_or(|l| l.depth() == path.split('/').count()) {
+                out.push(
+                    path.parse()
+                        .map_err(|e| StoreError::Corrupt(format!("unit row {path}: {e}")))?,
+                );
+            }
         }
-        Ok(n)
+        Ok(out)
     }
 
     /// Every user (token) bound to `within` or a unit below it, by unit, then name.
