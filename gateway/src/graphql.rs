@@ -933,13 +933,21 @@ pub enum TargetKind {
     StudySessions,
     /// County, township and village secretaries debrief to the level above every year.
     Debriefing,
+    /// Counties, townships and villages file a quarterly analysis for every quarter ended.
+    QuarterlyAnalysis,
+    /// Counties, townships and villages file a half-year self-examination for every half
+    /// ended.
+    HalfYearSelfExamination,
+    /// Counties, townships and villages file an annual assessment once the year has ended.
+    AnnualAssessment,
 }
 
 /// Activists a village needs (the seed's target).
 const ACTIVISTS_PER_VILLAGE: i64 = 3;
 
-/// Quarters of `year` that have ended by now (`YYYYQn`).
-fn ended_quarters(year: i64) -> Vec<String> {
+/// Periods of `year` `months` long that have ended by now, as `YYYY<mark>n` (quarters:
+/// 3 and `Q`, halves: 6 and `H`; the year itself: 12 and no mark).
+fn ended_periods(year: i64, months: i64, mark: &str) -> Vec<String> {
     let now = rfc3339(grassroots_node::status::now_ms());
     let this_year = now
         .get(..4)
@@ -950,12 +958,42 @@ fn ended_quarters(year: i64) -> Vec<String> {
         .and_then(|m| m.parse::<i64>().ok())
         .unwrap_or(1);
     let ended = match year.cmp(&this_year) {
-        std::cmp::Ordering::Less => 4,
-        std::cmp::Ordering::Equal => (month - 1) / 3,
+        std::cmp::Ordering::Less => 12 / months,
+        std::cmp::Ordering::Equal => (month - 1) / months,
         std::cmp::Ordering::Greater => 0,
     };
-    (1..=ended).map(|q| format!("{year}Q{q}")).collect()
+    (1..=ended)
+        .map(|n| {
+            if months == 12 {
+                year.to_string()
+            } else {
+                format!("{year}{mark}{n}")
+            }
+        })
+        .collect()
 }
+
+/// Quarters of `year` that have ended by now (`YYYYQn`).
+fn ended_quarters(year: i64) -> Vec<String> {
+    ended_periods(year, 3, "Q")
+}
+
+/// Whether a unit's own reports of `kind` include one for each of `periods` (a report counts
+/// for the period its own period spans: `2026Q1`, not a month of it).
+fn filed_for_each(r: &gs::Rollup, kind: &str, periods: &[String]) -> bool {
+    let spans = |p: &str| gs::entities::period_months(p);
+    let filed: Vec<(i64, i64)> = r
+        .tallies_under(&format!("reports/{kind}/"))
+        .filter(|(_, n)| *n > 0)
+        .filter_map(|(p, _)| spans(p))
+        .collect();
+    periods
+        .iter()
+        .all(|p| spans(p).is_some_and(|want| filed.contains(&want)))
+}
+
+/// The levels that report to the level above.
+const REPORTING: &[gs::Level] = &[gs::Level::County, gs::Level::Township, gs::Level::Village];
 
 /// Whether one unit (at a level), by the counts of its own records, meets a target.
 type Meets = Box<dyn Fn(gs::Level, &gs::Rollup) -> bool>;
@@ -1026,7 +1064,7 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
             "County, township and village secretaries debrief to the level above every year \
              (a DEBRIEFING report for a period of the year)."
                 .into(),
-            &[gs::Level::County, gs::Level::Township, gs::Level::Village],
+            REPORTING,
             Box::new(move |_, r: &gs::Rollup| {
                 r.tallies_under("reports/debriefing/").any(|(period, n)| {
                     n > 0
@@ -1053,7 +1091,54 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
             VILLAGES,
             Box::new(move |_, r: &gs::Rollup| r.tally(&appraisal) > 0),
         ),
+        scheduled_report(
+            TargetKind::QuarterlyAnalysis,
+            "a quarterly analysis for every quarter",
+            "quarterly_analysis",
+            quarters.clone(),
+            year,
+        ),
+        scheduled_report(
+            TargetKind::HalfYearSelfExamination,
+            "a half-year self-examination for every half",
+            "half_year_self_examination",
+            ended_periods(year, 6, "H"),
+            year,
+        ),
+        scheduled_report(
+            TargetKind::AnnualAssessment,
+            "an annual assessment for the year, once",
+            "annual_assessment",
+            ended_periods(year, 12, ""),
+            year,
+        ),
     ]
+}
+
+/// A target of a report each county, township and village files to the level above for
+/// every period of `year` that has ended.
+fn scheduled_report(
+    target: TargetKind,
+    what: &str,
+    kind: &'static str,
+    periods: Vec<String>,
+    year: i64,
+) -> (TargetKind, String, &'static [gs::Level], Meets) {
+    let description = format!(
+        "Each county, township and village files {what} of {year} that has ended ({}), \
+         reported to the level above.",
+        if periods.is_empty() {
+            "none yet".to_owned()
+        } else {
+            periods.join(", ")
+        }
+    );
+    (
+        target,
+        description,
+        REPORTING,
+        Box::new(move |_, r: &gs::Rollup| filed_for_each(r, kind, &periods)),
+    )
 }
 
 /// How a unit's subtree stands against one of the seed's targets.

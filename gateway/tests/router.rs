@@ -425,6 +425,94 @@ async fn targets_name_the_villages_that_miss_them() {
     assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
 }
 
+/// The scheduled reports (quarterly, half-year, annual) are targets per county, township
+/// and village: one report for each period that has ended, by its own period.
+#[tokio::test]
+async fn scheduled_reports_are_targets_for_every_period_ended() {
+    use grassroots_schema::{DocKind, Value as V};
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let file = |unit: &str, kind: &str, period: &str| {
+        let fields = [
+            ("kind", V::Text(kind.into())),
+            ("period", V::Text(period.into())),
+            ("submittedOn", V::Text("2026-01-10".into())),
+            ("body", V::Text("...".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let unit: UnitId = unit.parse().unwrap();
+        let store = f.backend.store.clone();
+        async move {
+            store
+                .create_record(DocKind::Reports, unit, fields, None, None)
+                .await
+                .unwrap();
+        }
+    };
+    // v01 files everything for 2025; v02 misses its fourth quarter (a December report is a
+    // month's, not the quarter's) and its second half.
+    for q in ["2025Q1", "2025Q2", "2025Q3", "2025Q4"] {
+        file("c01/k01/t01/v01", "quarterly_analysis", q).await;
+    }
+    for h in ["2025H1", "2025H2"] {
+        file("c01/k01/t01/v01", "half_year_self_examination", h).await;
+    }
+    file("c01/k01/t01/v01", "annual_assessment", "2025").await;
+    for q in ["2025Q1", "2025Q2", "2025Q3", "2025-12"] {
+        file("c01/k01/t01/v02", "quarterly_analysis", q).await;
+    }
+    file("c01/k01/t01/v02", "half_year_self_examination", "2025H1").await;
+    file("c01/k01/t01/v02", "annual_assessment", "2025").await;
+    let q = r#"{ nodeUnit { targets(year: 2025) { target description met missing { id } } } }"#;
+    let r = query(&f, Some(&viewer), q).await;
+    let targets = r["data"]["nodeUnit"]["targets"].as_array().unwrap();
+    let missing = |target: &str| -> Vec<String> {
+        let t = targets
+            .iter()
+            .find(|t| t["target"] == target)
+            .unwrap_or_else(|| panic!("no {target}: {r}"));
+        assert_eq!(t["met"], false, "{t}");
+        t["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The county files its own too: none here.
+    let (quarterly, half, annual) = (
+        missing("QUARTERLY_ANALYSIS"),
+        missing("HALF_YEAR_SELF_EXAMINATION"),
+        missing("ANNUAL_ASSESSMENT"),
+    );
+    assert!(
+        quarterly.contains(&"c01/k01/t01/v02".to_owned()),
+        "{quarterly:?}"
+    );
+    assert!(half.contains(&"c01/k01/t01/v02".to_owned()), "{half:?}");
+    assert!(
+        !annual.contains(&"c01/k01/t01/v02".to_owned()),
+        "{annual:?}"
+    );
+    for list in [&quarterly, &half, &annual] {
+        assert!(list.contains(&"c01/k01".to_owned()), "{list:?}");
+        assert!(!list.contains(&"c01/k01/t01/v01".to_owned()), "{list:?}");
+    }
+    let d = targets
+        .iter()
+        .find(|t| t["target"] == "QUARTERLY_ANALYSIS")
+        .unwrap();
+    assert!(
+        d["description"]
+            .as_str()
+            .unwrap()
+            .contains("2025Q1, 2025Q2, 2025Q3, 2025Q4"),
+        "{d}"
+    );
+}
+
 /// Every member record carries who created and who last changed it (unit and role) and
 /// when, written into the record, and the view rows agree with the document.
 #[tokio::test]
