@@ -256,6 +256,30 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
             ]),
         ));
     }
+    // The scheduled reports to the level above, a few left out.
+    if unit.level() != grassroots_schema::Level::City {
+        let periods = (1..=4)
+            .map(|q| ("quarterly_analysis", format!("{year}Q{q}"), 3 * q))
+            .chain((1..=2).map(|h| ("half_year_self_examination", format!("{year}H{h}"), 6 * h)))
+            .chain([("annual_assessment", year.to_string(), 12)]);
+        for (kind, period, month) in periods {
+            if rng.next(8) == 0 {
+                continue;
+            }
+            out.push((
+                DocKind::Reports,
+                f(vec![
+                    ("kind", text(kind)),
+                    ("period", text(&period)),
+                    ("submittedOn", text(&format!("{year}-{month:02}-28"))),
+                    (
+                        "body",
+                        text("What was done, what fell short, what comes next."),
+                    ),
+                ]),
+            ));
+        }
+    }
     match unit.level() {
         grassroots_schema::Level::Village => {
             for _ in 0..1 + rng.next(5) {
