@@ -297,6 +297,46 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
                     ]),
                 ));
             }
+            // The secretary (often past 55, a few also director) and, in most villages, a
+            // reserve cadre to succeed them.
+            let secretary = format!(
+                "{} {}",
+                SURNAMES[rng.next(SURNAMES.len())],
+                GIVEN[rng.next(GIVEN.len())]
+            );
+            let education = [
+                "junior_secondary",
+                "senior_secondary",
+                "vocational",
+                "college",
+            ][rng.next(4)];
+            let mut post = vec![
+                ("post", text("secretary")),
+                ("holder", text(&secretary)),
+                ("selection", text("direct_election")),
+                ("termStart", text(&format!("{}-01-15", year - 2))),
+                ("birthYear", Value::Int(1955 + rng.next(36) as i64)),
+                ("education", text(education)),
+            ];
+            if rng.next(3) == 0 {
+                post.push(("concurrentPost", text("director")));
+            }
+            out.push((DocKind::Posts, f(post)));
+            if rng.next(3) != 0 {
+                let name = format!(
+                    "{} {}",
+                    SURNAMES[rng.next(SURNAMES.len())],
+                    GIVEN[rng.next(GIVEN.len())]
+                );
+                out.push((
+                    DocKind::Activists,
+                    f(vec![
+                        ("name", text(&name)),
+                        ("stage", text("reserve_cadre")),
+                        ("since", text(&format!("{year}-03-01"))),
+                    ]),
+                ));
+            }
             let skip = rng.next(40);
             for (q, month) in ["02", "05", "08", "11"].into_iter().enumerate() {
                 for (k, kind) in MeetingKind::ROUTINE.iter().enumerate() {

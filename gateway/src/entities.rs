@@ -463,6 +463,10 @@ entity!(
         reward: i64 = "reward", Opt, Plain;
         /// A post held concurrently (a secretary who is also director).
         concurrent_post: PostKindGql = "concurrentPost", Opt, Plain;
+        /// The holder's year of birth (for the age of a unit's secretaries).
+        birth_year: i64 = "birthYear", Opt, Plain;
+        /// The holder's highest education.
+        education: crate::graphql::EducationGql = "education", Opt, Plain;
     }
 );
 

@@ -493,6 +493,74 @@ pub struct DisclosureCount {
     count: i64,
 }
 
+/// A subtree's secretaries in office in a year (see `Indicators.secretaries`).
+#[derive(SimpleObject, Default)]
+pub struct SecretaryFigures {
+    /// Secretaries in office: a term that started by the year and had not ended before it.
+    total: i64,
+    /// Aged under 35 in the year (of those whose birth year is recorded).
+    under35: i64,
+    /// Aged 35 to 49.
+    aged35_to49: i64,
+    /// Aged 50 to 59.
+    aged50_to59: i64,
+    /// Aged 60 or over.
+    aged60_or_over: i64,
+    /// Whose birth year is not recorded.
+    age_unknown: i64,
+    /// Mean age of those whose birth year is recorded (0 if none).
+    mean_age: f64,
+    /// With higher education (college or above).
+    higher_educated: i64,
+    /// Also director of the villagers' committee.
+    also_director: i64,
+    /// `alsoDirector / total`.
+    also_director_share: f64,
+}
+
+impl SecretaryFigures {
+    fn of(rollup: &gs::Rollup, year: i64) -> SecretaryFigures {
+        let mut s = SecretaryFigures::default();
+        let (mut ages, mut aged) = (0i64, 0i64);
+        for (key, n) in rollup.tallies_under("secretary/") {
+            // start/end/born/education/director, as `EntitySpec::tallies` writes it.
+            let parts: Vec<&str> = key.split('/').collect();
+            let [start, end, born, edu, director] = parts[..] else {
+                continue;
+            };
+            let in_office = start.parse::<i64>().is_ok_and(|s| s <= year)
+                && (end == "open" || end.parse::<i64>().is_ok_and(|e| e >= year));
+            if !in_office || n <= 0 {
+                continue;
+            }
+            s.total += n;
+            match born.parse::<i64>() {
+                Ok(b) => {
+                    let age = year - b;
+                    *match age {
+                        ..35 => &mut s.under35,
+                        35..50 => &mut s.aged35_to49,
+                        50..60 => &mut s.aged50_to59,
+                        _ => &mut s.aged60_or_over,
+                    } += n;
+                    ages += age * n;
+                    aged += n;
+                }
+                Err(_) => s.age_unknown += n,
+            }
+            if gs::Education::parse(edu).is_some_and(gs::Education::is_higher) {
+                s.higher_educated += n;
+            }
+            if director == "1" {
+                s.also_director += n;
+            }
+        }
+        s.mean_age = mean(ages, aged);
+        s.also_director_share = share(s.also_director, s.total);
+        s
+    }
+}
+
 /// The mean of a sum over a count (0 when there is nothing to count).
 fn mean(sum: i64, count: i64) -> f64 {
     share(sum, count)
@@ -524,6 +592,13 @@ impl Indicators {
     /// Cadre posts recorded.
     async fn cadre_posts(&self) -> i64 {
         self.rollup.tallies_under("posts/").map(|(_, n)| n).sum()
+    }
+
+    /// The subtree's secretaries (SECRETARY cadre posts) in office in `year`: how old, how
+    /// educated, how many are also director (the seed's ageing and successor weaknesses;
+    /// with `reserveCadres` and the `SECRETARY_SUCCESSORS` target).
+    async fn secretaries(&self) -> SecretaryFigures {
+        SecretaryFigures::of(&self.rollup, self.year)
     }
 
     /// Villages with each organisation of the "1 + X" model.
@@ -940,6 +1015,9 @@ pub enum TargetKind {
     HalfYearSelfExamination,
     /// Counties, townships and villages file an annual assessment once the year has ended.
     AnnualAssessment,
+    /// Every village has a reserve cadre, a successor for its secretary (the seed names
+    /// missing successors as a weakness the numbers must expose).
+    SecretarySuccessors,
 }
 
 /// Activists a village needs (the seed's target).
@@ -1090,6 +1168,14 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
                 .into(),
             VILLAGES,
             Box::new(move |_, r: &gs::Rollup| r.tally(&appraisal) > 0),
+        ),
+        (
+            TargetKind::SecretarySuccessors,
+            "Every village has a reserve cadre (an activist at stage RESERVE_CADRE) to succeed \
+             its secretary: missing successors are a weakness the seed names."
+                .into(),
+            VILLAGES,
+            Box::new(|_, r: &gs::Rollup| r.tally("talent/reserve_cadre") > 0),
         ),
         scheduled_report(
             TargetKind::QuarterlyAnalysis,

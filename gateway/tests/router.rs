@@ -513,6 +513,111 @@ async fn scheduled_reports_are_targets_for_every_period_ended() {
     );
 }
 
+/// The secretaries in office in a year are counted by age, education and concurrent post,
+/// and villages without a reserve cadre miss the successors target.
+#[tokio::test]
+async fn secretaries_are_counted_by_age_and_villages_without_a_successor_named() {
+    use grassroots_schema::{DocKind, Value as V};
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let add = |kind: DocKind, unit: &str, pairs: Vec<(&str, V)>| {
+        let fields = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let unit: UnitId = unit.parse().unwrap();
+        let store = f.backend.store.clone();
+        async move {
+            store
+                .create_record(kind, unit, fields, None, None)
+                .await
+                .unwrap();
+        }
+    };
+    let t = |s: &str| V::Text(s.into());
+    let post = |post: &str, start: &str, more: Vec<(&'static str, V)>| {
+        let mut p = vec![
+            ("post", t(post)),
+            ("holder", t("Someone")),
+            ("selection", t("direct_election")),
+            ("termStart", t(start)),
+        ];
+        p.extend(more);
+        p
+    };
+    // v01: 68 in 2026, college, also director; v02: 36, no education given; t02/v01: a term
+    // that ended in 2024 and one without a birth year; a deputy is not a secretary.
+    let v01 = post(
+        "secretary",
+        "2021-01-01",
+        vec![
+            ("birthYear", V::Int(1958)),
+            ("education", t("college")),
+            ("concurrentPost", t("director")),
+        ],
+    );
+    add(DocKind::Posts, "c01/k01/t01/v01", v01).await;
+    let v02 = post("secretary", "2024-03-01", vec![("birthYear", V::Int(1990))]);
+    add(DocKind::Posts, "c01/k01/t01/v02", v02).await;
+    let ended = post(
+        "secretary",
+        "2019-01-01",
+        vec![("termEnd", t("2024-12-31")), ("birthYear", V::Int(1950))],
+    );
+    add(DocKind::Posts, "c01/k01/t02/v01", ended).await;
+    add(
+        DocKind::Posts,
+        "c01/k01/t02/v01",
+        post("secretary", "2025-01-01", vec![]),
+    )
+    .await;
+    let deputy = post(
+        "deputy_secretary",
+        "2021-01-01",
+        vec![("birthYear", V::Int(1999))],
+    );
+    add(DocKind::Posts, "c01/k01/t01/v01", deputy).await;
+    let reserve = vec![
+        ("name", t("Liu Yang")),
+        ("stage", t("reserve_cadre")),
+        ("since", t("2025-05-01")),
+    ];
+    add(DocKind::Activists, "c01/k01/t01/v01", reserve).await;
+    let q = r#"{ nodeUnit { indicators(year: 2026) { reserveCadres secretaries { total under35
+        aged35To49 aged50To59 aged60OrOver ageUnknown meanAge higherEducated alsoDirector
+        alsoDirectorShare } } targets(year: 2026) { target missing { id } } } }"#;
+    let r = query(&f, Some(&viewer), q).await;
+    let n = &r["data"]["nodeUnit"];
+    assert_eq!(
+        n["indicators"]["secretaries"],
+        json!({ "total": 3, "under35": 0, "aged35To49": 1, "aged50To59": 0, "aged60OrOver": 1,
+            "ageUnknown": 1, "meanAge": 52.0, "higherEducated": 1, "alsoDirector": 1,
+            "alsoDirectorShare": 1.0 / 3.0 }),
+        "{r}"
+    );
+    assert_eq!(n["indicators"]["reserveCadres"], 1, "{r}");
+    let successors = n["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "SECRETARY_SUCCESSORS")
+        .unwrap();
+    assert_eq!(
+        successors["missing"],
+        json!([{ "id": "c01/k01/t01/v02" }, { "id": "c01/k01/t02/v01" }]),
+        "{r}"
+    );
+    // In 2023 the ended term was still running, and v02's had not begun.
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { indicators(year: 2023) { secretaries { total aged60OrOver } } } }",
+    )
+    .await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["indicators"]["secretaries"],
+        json!({ "total": 2, "aged60OrOver": 2 }),
+        "{r}"
+    );
+}
+
 /// Every member record carries who created and who last changed it (unit and role) and
 /// when, written into the record, and the view rows agree with the document.
 #[tokio::test]

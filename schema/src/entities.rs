@@ -418,6 +418,8 @@ pub const ENTITIES: &[EntitySpec] = &[
             f("basicSalary", MONEY, false, Plain),
             f("reward", MONEY, false, Plain),
             f("concurrentPost", Choice(PostKind::NAMES), false, Plain),
+            f("birthYear", YEAR, false, Plain),
+            f("education", Choice(Education::NAMES), false, Plain),
         ],
     },
     EntitySpec {
@@ -767,7 +769,24 @@ impl EntitySpec {
         let text = |k: &str| r.text(k).unwrap_or("");
         match self.kind {
             DocKind::Activists => out.push((format!("talent/{}", text("stage")), 1)),
-            DocKind::Posts => out.push((format!("posts/{}", text("post")), 1)),
+            DocKind::Posts => {
+                out.push((format!("posts/{}", text("post")), 1));
+                if text("post") == PostKind::Secretary.as_str() {
+                    // The years it is held (to the end of the term's year, or open), who
+                    // holds it (born, education) and whether also director: the ageing of
+                    // secretaries, their education and concurrent posts, for any year.
+                    let end = r.text("termEnd").and_then(|d| d.get(..4)).unwrap_or("open");
+                    let start = text("termStart").get(..4).unwrap_or("");
+                    let born = r.int("birthYear").map_or("-".to_owned(), |y| y.to_string());
+                    let edu = r.text("education").unwrap_or("-");
+                    let director =
+                        u8::from(r.text("concurrentPost") == Some(PostKind::Director.as_str()));
+                    out.push((
+                        format!("secretary/{start}/{end}/{born}/{edu}/{director}"),
+                        1,
+                    ));
+                }
+            }
             DocKind::Meetings => {
                 let held = text("heldOn");
                 if let Some(q) = quarter_of(held) {

@@ -32,11 +32,13 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "views of every record kind, roll-ups with their tallies",
         super::rollup::recompute,
     ),
-    // Layout 6 writes every view again, as 5 did: a store older than 5 does it once.
-    (5, "views written again at layout 6", nothing),
+    // Layout 7 writes every view again, as 5 and 6 did: a store older than 6 does it once.
+    (5, "views written again at layout 7", nothing),
+    (6, "views written again at layout 7", nothing),
     (
-        6,
-        "every view written again (stamps checked on reading, member categories counted)",
+        7,
+        "every view written again (stamps checked on reading, member categories and \
+         secretaries counted)",
         migrate_5_views,
     ),
 ];
@@ -152,10 +154,10 @@ fn nothing(_tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Layout 6: every view row written again from the documents, as `grassroots store rebuild`
+/// Layout 7: every view row written again from the documents, as `grassroots store rebuild`
 /// does. Rows written by earlier builds could hold what readers now leave out (a stamp
 /// naming a unit outside the writing node's subtree, checked on reading since layout 5) or
-/// lack what they now count (member categories, counted since layout 6).
+/// lack what they now count (member categories since layout 6, secretaries since 7).
 fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     let metas: Vec<(String, DocMeta)> = {
         let docs = tx.open_table(DOCS).map_err(db)?;

@@ -3685,6 +3685,59 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// A store of an earlier layout has no secretary tallies: layout 7 writes the views
+    /// again, so its secretaries are counted (from layout 6, and from 5 in the same one pass).
+    #[tokio::test]
+    async fn a_layout_5_or_6_store_counts_its_secretaries() {
+        use grassroots_schema::Value as V;
+        for layout in [5, 6] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.redb");
+            let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
+            let (h, r, t) = open(&path, me.clone()).unwrap();
+            let m = h.create_member(me.clone(), sample("Kept")).await.unwrap();
+            let post = fields(&[
+                ("post", V::Text("secretary".into())),
+                ("holder", V::Text("Wang Fang".into())),
+                ("selection", V::Text("direct_election".into())),
+                ("termStart", V::Text("2021-01-01".into())),
+                ("birthYear", V::Int(1961)),
+            ]);
+            h.create_record(DocKind::Posts, village.clone(), post, None, None)
+                .await
+                .unwrap();
+            let secretaries = |r: &StoreReader| {
+                r.rollup(&me)
+                    .unwrap()
+                    .tallies_under("secretary/")
+                    .map(|(k, n)| (k.to_owned(), n))
+                    .collect::<Vec<_>>()
+            };
+            let want = vec![("2021/open/1961/-/0".to_owned(), 1)];
+            assert_eq!(secretaries(&r), want);
+            t.shutdown().await;
+            drop((h, r));
+            as_written_before(&path, &m, layout, |tx| {
+                let mut rollups = tx.open_table(VIEW_ROLLUPS).unwrap();
+                for unit in village.line() {
+                    let k = unit.tree_key();
+                    let row = rollups.get(k.as_str()).unwrap().map(|v| v.value().to_vec());
+                    if let Some(row) = row {
+                        let mut roll: grassroots_schema::Rollup =
+                            serde_json::from_slice(&row).unwrap();
+                        roll.tallies.retain(|k, _| !k.starts_with("secretary/"));
+                        let roll = serde_json::to_vec(&roll).unwrap();
+                        rollups.insert(k.as_str(), roll.as_slice()).unwrap();
+                    }
+                }
+            });
+            let (h, r, t) = open(&path, me.clone()).unwrap();
+            assert_eq!(secretaries(&r), want, "from layout {layout}");
+            assert!(h.verify_views().await.unwrap().is_empty());
+            t.shutdown().await;
+        }
+    }
+
     /// Replace the stored snapshot of `doc` (a stopped store's) with bytes that do not
     /// parse, and set the store's layout to `layout` if given.
     fn break_snapshot(path: &Path, doc: DocId, layout: Option<u64>) {

@@ -19,8 +19,9 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// 1: first layout; 2: [`DOC_STATE`]; 3: [`VIEW_ROLLUPS`]; 4: [`VIEW_RECORDS`],
 /// [`VIEW_REFS`] and roll-up tallies; 5: views written again (stamps checked on reading);
 /// 6: views written again (member categories, which a node of an earlier build took in
-/// from a peer without counting them).
-pub const LAYOUT: u64 = 6;
+/// from a peer without counting them); 7: views written again (secretaries' terms, age,
+/// education and concurrent posts in the roll-up tallies).
+pub const LAYOUT: u64 = 7;
 
 /// `"layout"` -> layout version.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
