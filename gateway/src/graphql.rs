@@ -462,6 +462,10 @@ pub struct QuarterMeetings {
     kind: MeetingKindGql,
     /// How many were held in the subtree.
     count: i64,
+    /// People attending them, summed over the meetings.
+    attendance: i64,
+    /// `attendance / count` (0 when none was held).
+    mean_attendance: f64,
 }
 
 /// Items and total value of one of the three capitals.
@@ -489,8 +493,10 @@ pub struct DisbursementCount {
 pub struct DisclosureCount {
     /// The category.
     category: DisclosureCategoryGql,
-    /// Items published.
+    /// Items published (all years).
     count: i64,
+    /// Items published in the indicators' `year`: a unit that stopped publishing shows.
+    in_year: i64,
 }
 
 /// A subtree's secretaries in office in a year (see `Indicators.secretaries`).
@@ -633,10 +639,16 @@ impl Indicators {
         for q in 1..=4 {
             let quarter = format!("{}Q{q}", self.year);
             for k in gs::entities::MeetingKind::ROUTINE {
+                let count = self
+                    .rollup
+                    .tally(&format!("meetings/{quarter}/{}", k.as_str()));
+                let attendance = self
+                    .rollup
+                    .tally(&format!("attendance/{quarter}/{}", k.as_str()));
                 out.push(QuarterMeetings {
-                    count: self
-                        .rollup
-                        .tally(&format!("meetings/{quarter}/{}", k.as_str())),
+                    count,
+                    attendance,
+                    mean_attendance: mean(attendance, count),
                     quarter: quarter.clone(),
                     kind: k.into(),
                 });
@@ -784,6 +796,9 @@ impl Indicators {
             .map(|c| DisclosureCount {
                 category: (*c).into(),
                 count: self.rollup.tally(&format!("disclosures/{}", c.as_str())),
+                in_year: self
+                    .rollup
+                    .tally(&format!("disclosures_in/{}/{}", self.year, c.as_str())),
             })
             .collect()
     }

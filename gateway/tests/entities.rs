@@ -561,7 +561,8 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     let figures = "{ nodeUnit { indicators(year: 2025) { villages activists applicants
         reserveCadres villagesWithActivityPlace activityPlaceCoverage
         organisationCoverage { organisation villages }
-        appraisalsHeld appraisalsCompleted routineMeetings { quarter kind count } } } }";
+        appraisalsHeld appraisalsCompleted routineMeetings { quarter kind count attendance
+        meanAttendance } disclosures { category count inYear } } } }";
     let before = f.ok(Some(&county), figures, json!({})).await;
     let i = &before["nodeUnit"]["indicators"];
     assert_eq!(i["villages"], 3, "{i}");
@@ -583,7 +584,25 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     );
     assert_eq!(
         i["routineMeetings"][15],
-        json!({ "quarter": "2025Q4", "kind": "PARTY_LECTURE", "count": 1 })
+        json!({ "quarter": "2025Q4", "kind": "PARTY_LECTURE", "count": 1, "attendance": 12,
+            "meanAttendance": 12.0 })
+    );
+    // The disclosure of 2026: counted in all years, not in 2025's.
+    assert_eq!(
+        i["disclosures"][0],
+        json!({ "category": "FUNDS", "count": 1, "inYear": 0 }),
+        "{i}"
+    );
+    let d = f
+        .ok(
+            Some(&county),
+            "{ nodeUnit { indicators(year: 2026) { disclosures { category inYear } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["nodeUnit"]["indicators"]["disclosures"][0],
+        json!({ "category": "FUNDS", "inYear": 1 })
     );
 
     // The incrementally kept views equal a rebuild from the documents.

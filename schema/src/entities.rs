@@ -791,6 +791,8 @@ impl EntitySpec {
                 let held = text("heldOn");
                 if let Some(q) = quarter_of(held) {
                     out.push((format!("meetings/{q}/{}", text("kind")), 1));
+                    let attendance = r.int("attendance").unwrap_or(0);
+                    out.push((format!("attendance/{q}/{}", text("kind")), attendance));
                 }
                 if let (Some(h), Some(y)) = (r.int("hours"), held.get(..4)) {
                     out.push((format!("training_hours/{y}"), h));
@@ -809,7 +811,12 @@ impl EntitySpec {
                 out.push((format!("assets/{c}"), 1));
                 out.push((format!("asset_value/{c}"), r.int("value").unwrap_or(0)));
             }
-            DocKind::Disclosures => out.push((format!("disclosures/{}", text("category")), 1)),
+            DocKind::Disclosures => {
+                let category = text("category");
+                out.push((format!("disclosures/{category}"), 1));
+                let year = text("publishedOn").get(..4).unwrap_or("");
+                out.push((format!("disclosures_in/{year}/{category}"), 1));
+            }
             DocKind::Complaints => {
                 let open = ComplaintStatus::parse(r.text("status").unwrap_or("open"))
                     .is_none_or(ComplaintStatus::is_open);

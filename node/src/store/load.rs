@@ -37,8 +37,8 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
     (6, "views written again at layout 7", nothing),
     (
         7,
-        "every view written again (stamps checked on reading, member categories and \
-         secretaries counted)",
+        "every view written again (stamps checked on reading; member categories, \
+         secretaries, attendance and disclosure years counted)",
         migrate_5_views,
     ),
 ];
