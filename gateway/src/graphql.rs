@@ -264,6 +264,11 @@ pub struct UnitCore {
 }
 
 impl Unit {
+    /// A unit known by its id alone (its fields read when asked).
+    pub(crate) fn bare(id: UnitId) -> Unit {
+        Unit::new(id, None, None)
+    }
+
     fn new(id: UnitId, profile: Option<gs::UnitProfile>, rollup: Option<Arc<gs::Rollup>>) -> Unit {
         Unit(
             UnitCore {
@@ -1497,6 +1502,52 @@ impl UnitCore {
             None => b.reader.rollup(&self.id).map_err(internal)?,
         };
         Ok(Some(Indicators::from_rollup(rollup, year)))
+    }
+
+    /// How evenly `figure` is spread over the units of this subtree at `level` (default:
+    /// villages): the lowest and highest `ends` (default 5, at most 100) named, with the
+    /// mean and spread. Counts are compared per village above the village level. "Unbalanced
+    /// work across branches" is a weakness the seed says the numbers must expose. Same
+    /// visibility as `indicators`.
+    async fn balance(
+        &self,
+        ctx: &Context<'_>,
+        figure: crate::balance::BalanceFigure,
+        level: Option<LevelGql>,
+        year: Option<i32>,
+        ends: Option<i32>,
+    ) -> Result<Option<crate::balance::Balance>> {
+        let b = backend(ctx)?;
+        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
+        if !can_read(caller(ctx), &doc) {
+            return Ok(None);
+        }
+        let year = parse_year(year)?;
+        let ends = match ends.unwrap_or(5) {
+            e @ 0..=100 => e as usize,
+            e => {
+                return Err(error(
+                    Code::BadUserInput,
+                    format!("ends must be between 0 and 100, got {e}"),
+                ));
+            }
+        };
+        let level: gs::Level = level.map_or(gs::Level::Village, Into::into);
+        let ids = b
+            .reader
+            .units_below(&self.id, Some(level))
+            .map_err(internal)?;
+        let mut rollups = b.reader.rollups(&ids).map_err(internal)?;
+        let units = ids
+            .into_iter()
+            .map(|u| {
+                let r = rollups.remove(&u).unwrap_or_default();
+                (u, r)
+            })
+            .collect();
+        Ok(Some(crate::balance::Balance::of(
+            figure, units, level, year, ends,
+        )))
     }
 
     /// The seed's targets, each met or missed by this unit's subtree, with the units that

@@ -10,6 +10,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod balance;
 pub mod entities;
 pub mod error;
 pub mod graphql;

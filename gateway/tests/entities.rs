@@ -127,6 +127,36 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         f.ok(Some(&county), activist, json!({ "u": u, "s": stage }))
             .await;
     }
+    // How evenly: by village, and by township per village.
+    let balance = "query($l: Level) { nodeUnit { balance(figure: ACTIVISTS, level: $l, year: 2026,
+        ends: 1) { units min max mean stdDev lowest { unit { id } value }
+        highest { unit { id } value } } } }";
+    let d = f.ok(Some(&county), balance, json!({})).await;
+    let mean = 4.0 / 3.0;
+    let sd = ((3.0f64 - mean).powi(2) + (1.0f64 - mean).powi(2) + mean.powi(2)) / 3.0;
+    assert_eq!(
+        d["nodeUnit"]["balance"],
+        json!({ "units": 3, "min": 0.0, "max": 3.0, "mean": mean, "stdDev": sd.sqrt(),
+            "lowest": [{ "unit": { "id": VILLAGES[2] }, "value": 0.0 }],
+            "highest": [{ "unit": { "id": VILLAGES[0] }, "value": 3.0 }] })
+    );
+    let d = f
+        .ok(Some(&county), balance, json!({ "l": "TOWNSHIP" }))
+        .await;
+    assert_eq!(
+        d["nodeUnit"]["balance"]["lowest"],
+        json!([{ "unit": { "id": "c01/k01/t02" }, "value": 0.0 }])
+    );
+    assert_eq!(
+        d["nodeUnit"]["balance"]["highest"],
+        json!([{ "unit": { "id": "c01/k01/t01" }, "value": 2.0 }])
+    );
+    let d = f.ok(Some(&v01_viewer), balance, json!({})).await;
+    assert_eq!(
+        d["nodeUnit"]["balance"],
+        Value::Null,
+        "a village reads no county figures"
+    );
 
     // Routine meetings: v01 holds all four in every quarter of 2025, v02 skips Q4's lecture.
     let meeting = "mutation($u: ID!, $k: MeetingKind!, $d: String!) { createMeeting(input: {

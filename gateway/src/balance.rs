@@ -1,0 +1,169 @@
+//! How evenly a figure is spread over the units of a subtree at one level: "unbalanced work
+//! across branches", a weakness the seed says the numbers must expose. Each unit's value
+//! comes from its subtree's roll-up row, read in one batch, so the cost is one row per unit
+//! compared.
+
+use std::sync::Arc;
+
+use async_graphql::{Enum, SimpleObject};
+use grassroots_schema as gs;
+use grassroots_schema::UnitId;
+use grassroots_schema::entities::MeetingKind;
+
+use crate::graphql::Unit;
+
+/// A figure to compare across units.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum BalanceFigure {
+    /// Members.
+    Members,
+    /// Share of members under 35 in the year.
+    Under35Share,
+    /// Share of members aged 60 or over in the year.
+    Aged60PlusShare,
+    /// Share of members with higher education.
+    HigherEducationShare,
+    /// Activists (stages ACTIVIST and DEVELOPMENT_TARGET), per village.
+    Activists,
+    /// Routine meetings ("three sessions and one lesson") held in the year, per village.
+    RoutineMeetings,
+    /// Hours of training held in the year, per village.
+    TrainingHours,
+    /// Public disclosures published in the year, per village.
+    Disclosures,
+}
+
+impl BalanceFigure {
+    /// Whether it is a count, compared per village (a share is compared as it is).
+    fn per_village(self) -> bool {
+        !matches!(
+            self,
+            BalanceFigure::Under35Share
+                | BalanceFigure::Aged60PlusShare
+                | BalanceFigure::HigherEducationShare
+                | BalanceFigure::Members
+        )
+    }
+
+    /// Its value for a unit whose subtree's roll-up is `r`.
+    fn value(self, r: &gs::Rollup, year: i64, level: gs::Level) -> f64 {
+        let share = |part: i64| {
+            if r.members > 0 {
+                part as f64 / r.members as f64
+            } else {
+                0.0
+            }
+        };
+        let count = match self {
+            BalanceFigure::Members => return r.members as f64,
+            BalanceFigure::Under35Share => return share(r.young(year)),
+            BalanceFigure::Aged60PlusShare => return share(r.elderly(year)),
+            BalanceFigure::HigherEducationShare => return share(r.higher_education()),
+            BalanceFigure::Activists => {
+                r.tally("talent/activist") + r.tally("talent/development_target")
+            }
+            BalanceFigure::RoutineMeetings => (1..=4)
+                .flat_map(|q| {
+                    MeetingKind::ROUTINE
+                        .iter()
+                        .map(move |k| r.tally(&format!("meetings/{year}Q{q}/{}", k.as_str())))
+                })
+                .sum(),
+            BalanceFigure::TrainingHours => r.tally(&format!("training_hours/{year}")),
+            BalanceFigure::Disclosures => r
+                .tallies_under(&format!("disclosures_in/{year}/"))
+                .map(|(_, n)| n)
+                .sum(),
+        };
+        // A village is one village; a unit above counts the villages it holds.
+        let villages = if level == gs::Level::Village {
+            1
+        } else {
+            r.tally("villages")
+        };
+        if self.per_village() && villages > 0 {
+            count as f64 / villages as f64
+        } else {
+            count as f64
+        }
+    }
+}
+
+/// One unit's value of the figure compared.
+#[derive(SimpleObject)]
+pub struct UnitValue {
+    /// The unit.
+    unit: Unit,
+    /// Its value.
+    value: f64,
+}
+
+/// How a figure is spread over the units of a subtree at one level.
+#[derive(SimpleObject)]
+pub struct Balance {
+    /// The figure.
+    figure: BalanceFigure,
+    /// Units compared: every unit of the subtree at the level that this node knows.
+    units: i64,
+    /// The lowest value.
+    min: f64,
+    /// The highest value.
+    max: f64,
+    /// The mean.
+    mean: f64,
+    /// The standard deviation.
+    std_dev: f64,
+    /// `stdDev / mean` (0 when the mean is 0): how uneven, comparable across figures.
+    variation: f64,
+    /// The units with the lowest values, lowest first (ties by id): those that lag.
+    lowest: Vec<UnitValue>,
+    /// The units with the highest values, highest first.
+    highest: Vec<UnitValue>,
+}
+
+impl Balance {
+    /// `figure` over `units` (each with its subtree's roll-up) at `level` in `year`, with
+    /// the `ends` lowest and highest named.
+    pub fn of(
+        figure: BalanceFigure,
+        units: Vec<(UnitId, Arc<gs::Rollup>)>,
+        level: gs::Level,
+        year: i64,
+        ends: usize,
+    ) -> Balance {
+        let mut values: Vec<(UnitId, f64)> = units
+            .into_iter()
+            .map(|(u, r)| {
+                let v = figure.value(&r, year, level);
+                (u, v)
+            })
+            .collect();
+        values.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let n = values.len();
+        let mean = if n > 0 {
+            values.iter().map(|(_, v)| v).sum::<f64>() / n as f64
+        } else {
+            0.0
+        };
+        let std_dev = if n > 0 {
+            (values.iter().map(|(_, v)| (v - mean).powi(2)).sum::<f64>() / n as f64).sqrt()
+        } else {
+            0.0
+        };
+        let named = |(u, v): &(UnitId, f64)| UnitValue {
+            unit: Unit::bare(u.clone()),
+            value: *v,
+        };
+        Balance {
+            figure,
+            units: n as i64,
+            min: values.first().map_or(0.0, |(_, v)| *v),
+            max: values.last().map_or(0.0, |(_, v)| *v),
+            mean,
+            std_dev,
+            variation: if mean > 0.0 { std_dev / mean } else { 0.0 },
+            lowest: values.iter().take(ends).map(named).collect(),
+            highest: values.iter().rev().take(ends).map(named).collect(),
+        }
+    }
+}
