@@ -2442,6 +2442,25 @@ impl MutationCore {
             .map_err(from_write)
     }
 
+    /// Move a member to another unit's register (a member who moved from one village to
+    /// another): for a caller who may write both registers (a township's supervisor moving
+    /// a member between two of its villages). The member is made there with the same fields
+    /// and a new id, and removed here, in one commit; returns the member as made.
+    async fn transfer_member(&self, ctx: &Context<'_>, id: ID, to_unit: ID) -> Result<MemberGql> {
+        let b = backend(ctx)?;
+        let id: MemberId = id
+            .parse()
+            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        let to = parse_unit(&to_unit)?;
+        authorise_write(ctx, b, &id.unit)?;
+        let by = authorise_write(ctx, b, &to)?;
+        b.store
+            .transfer_member(id, to, Some(by))
+            .await
+            .map(MemberGql)
+            .map_err(from_write)
+    }
+
     /// Change a member's fields: the owning unit's clerk, or a supervisor above it (a
     /// township correcting a village's record).
     async fn update_member(

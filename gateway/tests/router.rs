@@ -744,6 +744,42 @@ async fn a_create_sent_again_with_its_request_id_makes_one_record() {
     assert_eq!(r["data"]["unit"]["members"]["totalCount"], 2, "{r}");
 }
 
+/// A township's supervisor moves a member between two of its villages; a village's clerk
+/// may not move one to another village.
+#[tokio::test]
+async fn a_member_is_moved_by_a_clerk_of_both_registers() {
+    let f = fixture().await;
+    let township = token_for(&f, "c01/k01/t01", Role::Supervisor).await;
+    let village = token_for(&f, "c01/k01/t01/v01", Role::Clerk).await;
+    let create = r#"mutation { createMember(input: { unit: "c01/k01/t01/v01", name: "Zhao Min",
+        birthYear: 1992, gender: FEMALE, education: COLLEGE, joinedOn: "2021-06-01" }) { id } }"#;
+    let r = query(&f, Some(&village), create).await;
+    let id = r["data"]["createMember"]["id"].as_str().unwrap().to_owned();
+    let transfer = |to: &str| {
+        format!(
+            r#"mutation {{ transferMember(id: "{id}", toUnit: "{to}") {{ id name unit {{ id }}
+            created {{ unit }} }} }}"#
+        )
+    };
+    let r = query(&f, Some(&village), &transfer("c01/k01/t01/v02")).await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = query(&f, Some(&township), &transfer("c01/k01/t01/v02")).await;
+    let moved = &r["data"]["transferMember"];
+    assert_eq!(moved["name"], "Zhao Min", "{r}");
+    assert_eq!(moved["unit"]["id"], "c01/k01/t01/v02", "{r}");
+    assert_eq!(moved["created"]["unit"], "c01/k01/t01", "{r}");
+    let r = query(
+        &f,
+        Some(&township),
+        &format!(r#"{{ member(id: "{id}") {{ id }} }}"#),
+    )
+    .await;
+    assert_eq!(r["data"]["member"], Value::Null, "{r}");
+    // Again: the member is no longer there.
+    let r = query(&f, Some(&township), &transfer("c01/k01/t01/v02")).await;
+    assert_eq!(code(&r), "NOT_FOUND", "{r}");
+}
+
 /// `members(status:)` lists and counts only members of that status, over a unit or its
 /// subtree, page by page.
 #[tokio::test]

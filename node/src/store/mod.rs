@@ -196,6 +196,12 @@ enum Command {
         id: MemberId,
         reply: oneshot::Sender<Result<Member, WriteError>>,
     },
+    TransferMember {
+        id: MemberId,
+        to: UnitId,
+        by: Option<Writer>,
+        reply: oneshot::Sender<Result<Member, WriteError>>,
+    },
     DeleteRecord {
         id: RecordRef,
         reply: oneshot::Sender<Result<Record, WriteError>>,
@@ -637,6 +643,19 @@ impl StoreHandle {
     /// check (as for an update).
     pub async fn delete_member(&self, id: MemberId) -> Result<Member, WriteError> {
         self.ask(|reply| Command::DeleteMember { id, reply }).await
+    }
+
+    /// Move a member to `to`'s register (a member who moved between two branches this node
+    /// holds): the record is made there, with its fields and a new id, and removed from
+    /// its unit's register, in one commit. Returns the member as made.
+    pub async fn transfer_member(
+        &self,
+        id: MemberId,
+        to: UnitId,
+        by: Option<Writer>,
+    ) -> Result<Member, WriteError> {
+        self.ask(|reply| Command::TransferMember { id, to, by, reply })
+            .await
     }
 
     /// Remove a record of one of the [`grassroots_schema::ENTITIES`]; returns it as it was,
@@ -1525,6 +1544,72 @@ impl Actor {
                 op: PendingOp::Delete(id, None),
                 reply,
             }),
+            Command::TransferMember { id, to, by, reply } => {
+                if to == id.unit {
+                    let _ = reply.send(Err(WriteError::Invalid(RecordError::BadField {
+                        field: "to".into(),
+                        why: "is the member's own unit".into(),
+                    })));
+                    return;
+                }
+                let doc = DocId::new(DocKind::Members, id.unit.clone());
+                let found = match self.engine.get(&doc) {
+                    None => Ok(None),
+                    Some(_) => self
+                        .engine
+                        .load(&doc)
+                        .map(|d| doc::read_member(d, &id.unit, id.record)),
+                };
+                let member = match found {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        let _ = reply.send(Err(WriteError::NotFound(id)));
+                        return;
+                    }
+                    Err(r) => {
+                        let _ = reply.send(Err(WriteError::Refused(r)));
+                        return;
+                    }
+                };
+                // The register it goes to, made if need be: refused here, before the removal
+                // is queued, if this node may not write it.
+                if let Err(e) = self.local_doc(
+                    DocMeta::new(DocId::new(DocKind::Members, to.clone())),
+                    batch,
+                ) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let record = match self.new_record() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let moved = NewMember {
+                    name: member.name,
+                    birth_year: member.birth_year,
+                    gender: member.gender,
+                    education: member.education,
+                    joined_on: member.joined_on,
+                    status: member.status,
+                    phone: member.phone,
+                    id_number: member.id_number,
+                    categories: member.categories.into_iter().collect(),
+                };
+                // Both in this batch, so in one commit; the removal's answer is the
+                // caller's only through the record made.
+                batch.writes.push(PendingWrite {
+                    op: PendingOp::Create(MemberId { unit: to, record }, moved, stamped(by)),
+                    reply,
+                });
+                let (removed, _) = oneshot::channel();
+                batch.writes.push(PendingWrite {
+                    op: PendingOp::Delete(id, None),
+                    reply: removed,
+                });
+            }
             Command::DeleteRecord { id, reply } => match entity(id.kind) {
                 None => {
                     let _ = reply.send(Err(WriteError::NotARecordKind(id.kind)));
@@ -3429,6 +3514,59 @@ mod tests {
             .unwrap();
         assert_eq!(after, renamed);
         assert_eq!(r.members(&me, false, None, 0).unwrap().total, 4);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+    }
+
+    /// A member moved between two villages of the node: made in one register, removed
+    /// from the other, in one commit, counts following; refused whole when it cannot be
+    /// made.
+    #[tokio::test]
+    async fn a_member_moves_between_registers_in_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let mut who = sample("Moving Zhao");
+        who.phone = Some("13800000000".into());
+        let m = h.create_member(v01.clone(), who).await.unwrap();
+        h.create_member(v02.clone(), sample("Staying"))
+            .await
+            .unwrap();
+        let moved = h
+            .transfer_member(m.id.clone(), v02.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(moved.id.unit, v02);
+        assert_eq!(
+            (
+                moved.name.as_str(),
+                moved.phone.as_deref(),
+                moved.joined_on.as_str()
+            ),
+            ("Moving Zhao", Some("13800000000"), m.joined_on.as_str())
+        );
+        assert!(r.member(&m.id).unwrap().is_none());
+        assert_eq!(r.member(&moved.id).unwrap().unwrap(), moved);
+        assert_eq!(r.rollup(&v01).unwrap().members, 0);
+        assert_eq!(r.rollup(&v02).unwrap().members, 2);
+        assert_eq!(r.rollup(&me).unwrap().members, 2);
+        // Refused, and nothing changed: to its own unit, from nowhere, to a unit outside.
+        assert!(matches!(
+            h.transfer_member(moved.id.clone(), v02.clone(), None).await,
+            Err(WriteError::Invalid(_))
+        ));
+        assert!(matches!(
+            h.transfer_member(m.id.clone(), v02.clone(), None).await,
+            Err(WriteError::NotFound(_))
+        ));
+        assert!(matches!(
+            h.transfer_member(moved.id.clone(), u("c01/k01/t02/v01"), None)
+                .await,
+            Err(WriteError::Refused(_))
+        ));
+        assert_eq!(r.member(&moved.id).unwrap().unwrap(), moved);
+        assert_eq!(r.rollup(&me).unwrap().members, 2);
         assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
