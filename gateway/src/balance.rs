@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Enum, SimpleObject};
+use async_graphql::{Context, Enum, Result, SimpleObject};
 use grassroots_schema as gs;
 use grassroots_schema::UnitId;
 use grassroots_schema::entities::MeetingKind;
@@ -15,7 +15,7 @@ use crate::graphql::Unit;
 /// A figure to compare across units.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum BalanceFigure {
-    /// Members.
+    /// Members, per village.
     Members,
     /// Share of members under 35 in the year.
     Under35Share,
@@ -41,7 +41,6 @@ impl BalanceFigure {
             BalanceFigure::Under35Share
                 | BalanceFigure::Aged60PlusShare
                 | BalanceFigure::HigherEducationShare
-                | BalanceFigure::Members
         )
     }
 
@@ -55,7 +54,7 @@ impl BalanceFigure {
             }
         };
         let count = match self {
-            BalanceFigure::Members => return r.members as f64,
+            BalanceFigure::Members => r.members,
             BalanceFigure::Under35Share => return share(r.young(year)),
             BalanceFigure::Aged60PlusShare => return share(r.elderly(year)),
             BalanceFigure::HigherEducationShare => return share(r.higher_education()),
@@ -91,11 +90,20 @@ impl BalanceFigure {
 
 /// One unit's value of the figure compared.
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct UnitValue {
-    /// The unit.
-    unit: Unit,
+    #[graphql(skip)]
+    unit: UnitId,
     /// Its value.
     value: f64,
+}
+
+#[async_graphql::ComplexObject]
+impl UnitValue {
+    /// The unit.
+    async fn unit(&self, ctx: &Context<'_>) -> Result<Unit> {
+        Unit::cached(ctx, self.unit.clone())
+    }
 }
 
 /// How a figure is spread over the units of a subtree at one level.
@@ -151,7 +159,7 @@ impl Balance {
             0.0
         };
         let named = |(u, v): &(UnitId, f64)| UnitValue {
-            unit: Unit::bare(u.clone()),
+            unit: u.clone(),
             value: *v,
         };
         Balance {

@@ -39,6 +39,9 @@ pub enum Code {
     /// The write was not stored: the node's store cannot write now (the message says why,
     /// a full disk for one); nothing changed.
     NotStored,
+    /// The write met another of the same record being stored with it (a member's transfer
+    /// and another write of that member); nothing changed: ask again.
+    Conflict,
 }
 
 impl Code {
@@ -60,6 +63,7 @@ impl Code {
             Code::IntrospectionDisabled => "INTROSPECTION_DISABLED",
             Code::BackupFailed => "BACKUP_FAILED",
             Code::NotStored => "NOT_STORED",
+            Code::Conflict => "CONFLICT",
         }
     }
 }
@@ -122,6 +126,7 @@ pub fn from_write(e: WriteError) -> async_graphql::Error {
         e @ (WriteError::NotAChild(_) | WriteError::BadFingerprint) => {
             error(Code::BadUserInput, e.to_string())
         }
+        e @ WriteError::InFlight(_) => error(Code::Conflict, e.to_string()),
         other => internal(other),
     }
 }

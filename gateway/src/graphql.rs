@@ -264,11 +264,6 @@ pub struct UnitCore {
 }
 
 impl Unit {
-    /// A unit known by its id alone (its fields read when asked).
-    pub(crate) fn bare(id: UnitId) -> Unit {
-        Unit::new(id, None, None)
-    }
-
     fn new(id: UnitId, profile: Option<gs::UnitProfile>, rollup: Option<Arc<gs::Rollup>>) -> Unit {
         Unit(
             UnitCore {
@@ -1000,12 +995,12 @@ impl DirectiveReceipts {
     /// The units it addresses that have not reported back, in tree order, at most `first`
     /// (default 100): whom to ask. `addressed - received` is how many there are in all.
     #[graphql(complexity = "first.unwrap_or(100).clamp(0, 1000) as usize * child_complexity")]
-    async fn missing(&self, first: Option<i32>) -> Vec<Unit> {
+    async fn missing(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Unit>> {
         let first = usize::try_from(first.unwrap_or(100).clamp(0, 1000)).unwrap_or(0);
         self.missing
             .iter()
             .take(first)
-            .map(|u| Unit::new(u.clone(), None, None))
+            .map(|u| Unit::cached(ctx, u.clone()))
             .collect()
     }
 }

@@ -129,7 +129,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     }
     // How evenly: by village, and by township per village.
     let balance = "query($l: Level) { nodeUnit { balance(figure: ACTIVISTS, level: $l, year: 2026,
-        ends: 1) { units min max mean stdDev lowest { unit { id } value }
+        ends: 1) { units min max mean stdDev lowest { unit { id name } value }
         highest { unit { id } value } } } }";
     let d = f.ok(Some(&county), balance, json!({})).await;
     let mean = 4.0 / 3.0;
@@ -137,7 +137,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     assert_eq!(
         d["nodeUnit"]["balance"],
         json!({ "units": 3, "min": 0.0, "max": 3.0, "mean": mean, "stdDev": sd.sqrt(),
-            "lowest": [{ "unit": { "id": VILLAGES[2] }, "value": 0.0 }],
+            "lowest": [{ "unit": { "id": VILLAGES[2], "name": "Taohua Village" }, "value": 0.0 }],
             "highest": [{ "unit": { "id": VILLAGES[0] }, "value": 3.0 }] })
     );
     let d = f
@@ -145,7 +145,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         .await;
     assert_eq!(
         d["nodeUnit"]["balance"]["lowest"],
-        json!([{ "unit": { "id": "c01/k01/t02" }, "value": 0.0 }])
+        json!([{ "unit": { "id": "c01/k01/t02", "name": "Baihe Township" }, "value": 0.0 }])
     );
     assert_eq!(
         d["nodeUnit"]["balance"]["highest"],
@@ -496,13 +496,14 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     )
     .await;
     let receipts = "{ nodeUnit { directiveReceipts { totalCount edges { node {
-        directive { title } addressed received rate pastDeadline missing { id } } } } } }";
+        directive { title } addressed received rate pastDeadline missing { id name } } } } } }";
     let d = f.ok(Some(&county), receipts, json!({})).await;
     assert_eq!(
         d["nodeUnit"]["directiveReceipts"],
         json!({ "totalCount": 1, "edges": [{ "node": { "directive": { "title": "Spring planting" },
             "addressed": 3, "received": 1, "rate": 1.0 / 3.0, "pastDeadline": false,
-            "missing": [{ "id": VILLAGES[1] }, { "id": VILLAGES[2] }] } }] })
+            "missing": [{ "id": VILLAGES[1], "name": "Zhangwan Village" },
+                { "id": VILLAGES[2], "name": "Taohua Village" }] } }] })
     );
     // With a deadline gone by, and asking for one unit of those missing.
     f.ok(

@@ -747,8 +747,20 @@ async fn a_create_sent_again_with_its_request_id_makes_one_record() {
 /// A township's supervisor moves a member between two of its villages; a village's clerk
 /// may not move one to another village.
 #[tokio::test]
-async fn a_member_is_moved_by_a_clerk_of_both_registers() {
+async fn a_member_is_moved_by_a_supervisor_of_both_registers() {
     let f = fixture().await;
+    // The village it goes to is registered (named from above); an unknown one is refused.
+    f.backend
+        .store
+        .set_unit_details(
+            "c01/k01/t01/v02".parse().unwrap(),
+            grassroots_schema::UnitDetails {
+                name: Some("Zhangwan Village".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let township = token_for(&f, "c01/k01/t01", Role::Supervisor).await;
     let village = token_for(&f, "c01/k01/t01/v01", Role::Clerk).await;
     let create = r#"mutation { createMember(input: { unit: "c01/k01/t01/v01", name: "Zhao Min",
@@ -763,6 +775,8 @@ async fn a_member_is_moved_by_a_clerk_of_both_registers() {
     };
     let r = query(&f, Some(&village), &transfer("c01/k01/t01/v02")).await;
     assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = query(&f, Some(&township), &transfer("c01/k01/t01/v09")).await;
+    assert_eq!(code(&r), "NOT_FOUND", "{r}");
     let r = query(&f, Some(&township), &transfer("c01/k01/t01/v02")).await;
     let moved = &r["data"]["transferMember"];
     assert_eq!(moved["name"], "Zhao Min", "{r}");

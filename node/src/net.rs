@@ -682,7 +682,8 @@ fn dropped_by_child(e: &NetError) -> bool {
 
 /// Accept a link from a child: its certificate, registration and hello checked. A registered
 /// child refused after its certificate was checked (revoked, of another release, a bad hello)
-/// is told `store`, so that the refusal shows in this node's status of the link.
+/// is told `store`, so that the refusal shows in this node's status of the link (a timeout or
+/// a dropped connection is not: a child's raced handshakes end so).
 async fn accept_child(
     incoming: quinn::Incoming,
     identity: &Identity,
@@ -773,8 +774,10 @@ async fn accept_child(
         .await
         .map_err(|_| NetError::Timeout)
         .and_then(|r| r);
-    if let (Err(e), Some(peer)) = (&accepted, known)
-        && !dropped_by_child(e)
+    // Only refusals: a raced handshake the child dropped, or one that timed out when its
+    // close was lost, is no failure of the child's (its link may well be up meanwhile).
+    if let (Err(e @ (NetError::Refused { .. } | NetError::Handshake(_))), Some(peer)) =
+        (&accepted, known)
     {
         store.dial_failed(peer, e.to_string()).await;
     }

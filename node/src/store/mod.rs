@@ -132,6 +132,19 @@ pub enum WriteError {
     /// The record does not exist here.
     #[error("no record {0}")]
     NoRecord(RecordRef),
+    /// Another write of this member is being stored in the same commit as a transfer of it:
+    /// one of the two is refused, to be asked again.
+    #[error("member {0} has a write being stored with its transfer; ask again")]
+    InFlight(MemberId),
+    /// A transfer made the member in its new register but could not remove it from the old
+    /// one (automerge refused that document's writes): it is in both now.
+    #[error("made as {made} but not removed from its old register: {detail}")]
+    NotRemoved {
+        /// The member as made in its new register.
+        made: MemberId,
+        /// Why it was not removed.
+        detail: String,
+    },
     /// Records of this kind are not removed (complaints, reports).
     #[error("{0:?} records are not removed: the levels above hold their unit to account by them")]
     NotRemovable(DocKind),
@@ -201,6 +214,8 @@ enum Command {
         to: UnitId,
         by: Option<Writer>,
         reply: oneshot::Sender<Result<Member, WriteError>>,
+        /// The removal's answer (dropped unanswered if the transfer is refused first).
+        removed: oneshot::Sender<Result<Member, WriteError>>,
     },
     DeleteRecord {
         id: RecordRef,
@@ -654,8 +669,24 @@ impl StoreHandle {
         to: UnitId,
         by: Option<Writer>,
     ) -> Result<Member, WriteError> {
-        self.ask(|reply| Command::TransferMember { id, to, by, reply })
-            .await
+        let (removed, was_removed) = oneshot::channel();
+        let made = self
+            .ask(|reply| Command::TransferMember {
+                id,
+                to,
+                by,
+                reply,
+                removed,
+            })
+            .await?;
+        match was_removed.await {
+            Ok(Ok(_)) => Ok(made),
+            Ok(Err(e)) => Err(WriteError::NotRemoved {
+                made: made.id,
+                detail: e.to_string(),
+            }),
+            Err(_) => Err(StoreError::Closed.into()),
+        }
     }
 
     /// Remove a record of one of the [`grassroots_schema::ENTITIES`]; returns it as it was,
@@ -1170,6 +1201,9 @@ impl Batch {
 struct Batch {
     /// Member writes of this batch, applied per document in one transaction each.
     writes: Vec<PendingWrite>,
+    /// Removals of transfers: each applied after the member writes, only if the member was
+    /// made in its new register (by id there).
+    moves: Vec<(MemberId, PendingWrite)>,
     /// Writes of the other record kinds, likewise.
     record_writes: Vec<PendingRecord>,
     /// Records of the other kinds written locally, with their rows (like `records`).
@@ -1194,6 +1228,13 @@ struct Batch {
     /// Snapshots from the compactor, stored in this batch's transaction.
     compacted: Vec<compact::Done>,
     shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    /// Whether a transfer in this batch moves the member `id`.
+    fn moving(&self, id: &MemberId) -> bool {
+        self.moves.iter().any(|(_, w)| w.op.id() == id)
+    }
 }
 
 #[derive(Debug)]
@@ -1475,6 +1516,10 @@ impl Actor {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
+                if batch.moving(&id) {
+                    let _ = reply.send(Err(WriteError::InFlight(id)));
+                    return;
+                }
                 batch.writes.push(PendingWrite {
                     op: PendingOp::Update(id, patch, stamped(by)),
                     reply,
@@ -1540,11 +1585,26 @@ impl Actor {
                     }
                 }
             }
+            Command::DeleteMember { id, reply } if batch.moving(&id) => {
+                let _ = reply.send(Err(WriteError::InFlight(id)));
+            }
             Command::DeleteMember { id, reply } => batch.writes.push(PendingWrite {
                 op: PendingOp::Delete(id, None),
                 reply,
             }),
-            Command::TransferMember { id, to, by, reply } => {
+            Command::TransferMember {
+                id,
+                to,
+                by,
+                reply,
+                removed,
+            } => {
+                // Judged on the member as committed: another write of it in this batch
+                // (applied later) would be lost or copied.
+                if batch.writes.iter().any(|w| w.op.id() == &id) || batch.moving(&id) {
+                    let _ = reply.send(Err(WriteError::InFlight(id)));
+                    return;
+                }
                 if to == id.unit {
                     let _ = reply.send(Err(WriteError::Invalid(RecordError::BadField {
                         field: "to".into(),
@@ -1571,8 +1631,17 @@ impl Actor {
                         return;
                     }
                 };
-                // The register it goes to, made if need be: refused here, before the removal
-                // is queued, if this node may not write it.
+                // A unit this node knows (a registered one), and its register, made if need
+                // be: refused here, before the removal is queued, if this node may not write
+                // it.
+                if self
+                    .engine
+                    .get(&DocId::new(DocKind::Profile, to.clone()))
+                    .is_none()
+                {
+                    let _ = reply.send(Err(WriteError::NoUnit(to)));
+                    return;
+                }
                 if let Err(e) = self.local_doc(
                     DocMeta::new(DocId::new(DocKind::Members, to.clone())),
                     batch,
@@ -1598,17 +1667,19 @@ impl Actor {
                     id_number: member.id_number,
                     categories: member.categories.into_iter().collect(),
                 };
-                // Both in this batch, so in one commit; the removal's answer is the
-                // caller's only through the record made.
+                // Both in this batch, so in one commit.
+                let made = MemberId { unit: to, record };
                 batch.writes.push(PendingWrite {
-                    op: PendingOp::Create(MemberId { unit: to, record }, moved, stamped(by)),
+                    op: PendingOp::Create(made.clone(), moved, stamped(by)),
                     reply,
                 });
-                let (removed, _) = oneshot::channel();
-                batch.writes.push(PendingWrite {
-                    op: PendingOp::Delete(id, None),
-                    reply: removed,
-                });
+                batch.moves.push((
+                    made,
+                    PendingWrite {
+                        op: PendingOp::Delete(id, None),
+                        reply: removed,
+                    },
+                ));
             }
             Command::DeleteRecord { id, reply } => match entity(id.kind) {
                 None => {
@@ -2091,6 +2162,23 @@ impl Actor {
     fn apply_writes(&mut self, batch: &mut Batch) {
         let members = std::mem::take(&mut batch.writes);
         self.apply_waiting(members, batch);
+        // A transfer's removal only once its member is made, so that a failure leaves the
+        // member where it was rather than nowhere.
+        let mut removals = Vec::new();
+        for (made, removal) in std::mem::take(&mut batch.moves) {
+            let doc = DocId::new(DocKind::Members, made.unit.clone());
+            let there = self.engine.get(&doc).is_some()
+                && self
+                    .engine
+                    .load(&doc)
+                    .is_ok_and(|d| doc::read_member(d, &made.unit, made.record).is_some());
+            if there {
+                removals.push(removal);
+            } else {
+                removal.fail(WriteError::NotFound(made));
+            }
+        }
+        self.apply_waiting(removals, batch);
         let records = std::mem::take(&mut batch.record_writes);
         self.apply_waiting(records, batch);
     }
@@ -2175,33 +2263,51 @@ impl Actor {
             if writes.is_empty() {
                 continue;
             }
-            let results = match W::apply(doc, &writes) {
-                Ok(r) => r,
+            // Why each create of the batch that failed did, for its repeats.
+            let mut failed: HashMap<RecordId, String> = HashMap::new();
+            let (writes, results) = match W::apply(doc, &writes) {
+                Ok(r) => (writes, r),
                 Err(e) => {
                     tracing::error!(doc = %doc_id, "automerge refused a batch of writes: {e}");
                     for w in writes {
+                        if let Some(record) = w.creates() {
+                            failed.insert(record, format!("automerge: {e}"));
+                        }
                         w.fail(StoreError::Corrupt(format!("automerge: {e}")).into());
                     }
-                    continue;
+                    (Vec::new(), Vec::new())
                 }
             };
             // The document changed if any write went in, even one whose read-back failed.
             let applied = results.iter().any(Result::is_ok);
             for (w, result) in writes.into_iter().zip(results) {
                 let deletes = w.deletes();
+                let created = w.creates();
                 let (reply, outcome) = w.outcome(doc, result);
-                if let Ok(row) = &outcome {
-                    W::rows(batch)
-                        .entry(doc_id.clone())
-                        .or_default()
-                        .insert(W::record(row), (!deletes).then(|| row.clone()));
+                match (&outcome, created) {
+                    (Ok(row), _) => {
+                        W::rows(batch)
+                            .entry(doc_id.clone())
+                            .or_default()
+                            .insert(W::record(row), (!deletes).then(|| row.clone()));
+                    }
+                    (Err(e), Some(record)) => {
+                        failed.insert(record, e.to_string());
+                    }
+                    (Err(_), None) => {}
                 }
                 reply_after_commit(batch, reply, outcome);
             }
+            // Repeats get what their first got: the record it made, or its failure.
             for w in repeats {
-                match w.existing(doc) {
-                    Ok((reply, outcome)) => reply_after_commit(batch, reply, outcome),
-                    Err(w) => {
+                let first = w.creates().and_then(|r| failed.get(&r).cloned());
+                match (first, w.existing(doc)) {
+                    (None, Ok((reply, outcome))) => reply_after_commit(batch, reply, outcome),
+                    (Some(why), Ok((reply, _))) => {
+                        let _ = reply.send(Err(StoreError::Corrupt(why).into()));
+                    }
+                    (Some(why), Err(w)) => w.fail(StoreError::Corrupt(why).into()),
+                    (None, Err(w)) => {
                         let missing = w.missing();
                         w.fail(missing);
                     }
@@ -3527,6 +3633,9 @@ mod tests {
         let me = u("c01/k01/t01");
         let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
         let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        for (v, n) in [(&v01, "Liujia"), (&v02, "Zhangwan")] {
+            h.set_unit_details(v.clone(), name(n)).await.unwrap();
+        }
         let mut who = sample("Moving Zhao");
         who.phone = Some("13800000000".into());
         let m = h.create_member(v01.clone(), who).await.unwrap();
@@ -3563,10 +3672,58 @@ mod tests {
         assert!(matches!(
             h.transfer_member(moved.id.clone(), u("c01/k01/t02/v01"), None)
                 .await,
-            Err(WriteError::Refused(_))
+            Err(WriteError::NoUnit(_))
+        ));
+        assert!(matches!(
+            h.transfer_member(moved.id.clone(), u("c01/k01/t01/v09"), None)
+                .await,
+            Err(WriteError::NoUnit(_))
         ));
         assert_eq!(r.member(&moved.id).unwrap().unwrap(), moved);
         assert_eq!(r.rollup(&me).unwrap().members, 2);
+
+        // Another write of the member in the same commit as its transfer: whichever comes
+        // second is refused, and the first stands whole.
+        let rename = |id: &MemberId, to: &str| {
+            h.update_member(
+                id.clone(),
+                MemberPatch {
+                    name: Some(to.into()),
+                    ..Default::default()
+                },
+            )
+        };
+        let releaser = hold_for(&h, 2).await;
+        let (renamed, tr) = tokio::join!(
+            rename(&moved.id, "Renamed First"),
+            h.transfer_member(moved.id.clone(), v01.clone(), None)
+        );
+        releaser.join().unwrap();
+        assert_eq!(renamed.unwrap().name, "Renamed First");
+        assert!(matches!(tr, Err(WriteError::InFlight(_))), "{tr:?}");
+        let releaser = hold_for(&h, 2).await;
+        let (tr, renamed) = tokio::join!(
+            h.transfer_member(moved.id.clone(), v01.clone(), None),
+            rename(&moved.id, "Renamed Late")
+        );
+        releaser.join().unwrap();
+        assert!(
+            matches!(renamed, Err(WriteError::InFlight(_))),
+            "{renamed:?}"
+        );
+        let back = tr.unwrap();
+        assert_eq!((back.name.as_str(), &back.id.unit), ("Renamed First", &v01));
+        let releaser = hold_for(&h, 2).await;
+        let (once, twice) = tokio::join!(
+            h.transfer_member(back.id.clone(), v02.clone(), None),
+            h.transfer_member(back.id.clone(), v02.clone(), None)
+        );
+        releaser.join().unwrap();
+        assert!(matches!(twice, Err(WriteError::InFlight(_))), "{twice:?}");
+        let last = once.unwrap();
+        assert_eq!(r.members(&v02, false, None, 0).unwrap().total, 2);
+        assert_eq!(r.members(&v01, false, None, 0).unwrap().total, 0);
+        assert_eq!(r.member(&last.id).unwrap().unwrap().name, "Renamed First");
         assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
