@@ -1005,6 +1005,25 @@ impl DirectiveReceipts {
     }
 }
 
+/// How a fund programme's money reached its recipients, from the roll-up of the unit that
+/// runs it: interception shows as a shortfall against what it promised each recipient,
+/// misappropriation as more paid out than its total.
+#[derive(SimpleObject)]
+pub struct FundTracking {
+    /// The programme.
+    programme: en::FundProgrammeGql,
+    /// Disbursements paid under it (status PAID), anywhere below.
+    recipients: i64,
+    /// What they were paid in all (yuan).
+    paid: i64,
+    /// `recipients x perRecipient` (null when the programme names no amount per recipient).
+    expected: Option<i64>,
+    /// `expected - paid` when positive: money that did not reach recipients it was owed to.
+    shortfall: Option<i64>,
+    /// Whether more was paid out than the programme's total.
+    over_total: bool,
+}
+
 /// A target the seed sets.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum TargetKind {
@@ -1654,6 +1673,61 @@ impl UnitCore {
                     past_deadline,
                     missing,
                     directive: DirectiveGql(d),
+                },
+            ));
+        }
+        Ok(conn)
+    }
+
+    /// How the money of each fund programme this unit runs reached its recipients, a page of
+    /// programmes at a time: for the unit's own callers and those above it.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * (child_complexity + 5) + 1"
+    )]
+    async fn fund_tracking(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size, at most 100 (default 20).")] first: Option<i32>,
+        #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
+        #[graphql(desc = "Only programmes of this period (their `year`).")] period: Option<String>,
+    ) -> Result<Connection<String, FundTracking, ConnectionTotal, EmptyFields>> {
+        let b = backend(ctx)?;
+        if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, &self.id) {
+            return Err(e);
+        }
+        let args = ListArgs {
+            first,
+            after,
+            subtree: false,
+            level: None,
+            period,
+        };
+        let page = en::list::<en::FundProgrammeGql>(ctx, &self.id, args, &[])?;
+        let rollup = b.reader.rollup(&self.id).map_err(internal)?;
+        let mut conn = Connection::with_additional_fields(
+            page.has_previous_page,
+            page.has_next_page,
+            ConnectionTotal {
+                total_count: page.additional_fields.total_count,
+            },
+        );
+        for edge in page.edges {
+            let p = edge.node.0;
+            let target = format!("{}#{}", p.id.unit, p.id.record);
+            let paid = rollup.tally(&format!("programme_paid/{target}"));
+            let recipients = rollup.tally(&format!("programme_recipients/{target}"));
+            let expected = p
+                .int("perRecipient")
+                .map(|each| each.saturating_mul(recipients));
+            conn.edges.push(Edge::new(
+                edge.cursor,
+                FundTracking {
+                    recipients,
+                    paid,
+                    expected,
+                    shortfall: expected.map(|e| e.saturating_sub(paid).max(0)),
+                    over_total: p.int("total").is_some_and(|t| paid > t),
+                    programme: en::FundProgrammeGql::from(p),
                 },
             ));
         }

@@ -743,6 +743,30 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
         json!([{ "status": "PLANNED", "count": 0 }, { "status": "PAID", "count": 2 },
             { "status": "DELAYED", "count": 1 }, { "status": "RETURNED", "count": 0 }])
     );
+    // One recipient paid 500 of the 800 promised: the programme shows the shortfall.
+    f.ok(
+        Some(&v01),
+        "mutation($p: ID!) { createDisbursement(input: { unit: \"c01/k01/t01/v01\",
+            programme: $p, recipient: \"Sun Li\", amount: 500, method: BANK_TRANSFER,
+            status: PAID, paidOn: \"2026-04-03\" }) { id } }",
+        json!({ "p": programme }),
+    )
+    .await;
+    let tracking = "{ nodeUnit { fundTracking { totalCount edges { node { programme { name }
+        recipients paid expected shortfall overTotal } } } } }";
+    let d = f.ok(Some(&county), tracking, json!({})).await;
+    assert_eq!(
+        d["nodeUnit"]["fundTracking"],
+        json!({ "totalCount": 1, "edges": [{ "node": { "programme": { "name": "Farmland subsidy" },
+            "recipients": 3, "paid": 2100, "expected": 2400, "shortfall": 300,
+            "overTotal": false } }] })
+    );
+    let r = f.gql(Some(&v01), tracking, json!({})).await;
+    assert_eq!(
+        code(&r),
+        "FORBIDDEN",
+        "a village on its county's programmes: {r}"
+    );
     assert_eq!(
         f.backend.store.verify_views().await.unwrap(),
         Vec::<String>::new()
