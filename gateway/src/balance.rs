@@ -17,6 +17,8 @@ use crate::graphql::Unit;
 pub enum BalanceFigure {
     /// Members, per village.
     Members,
+    /// Members who joined in the year, per village.
+    NewMembers,
     /// Share of members under 35 in the year.
     Under35Share,
     /// Share of members aged 60 or over in the year.
@@ -55,6 +57,7 @@ impl BalanceFigure {
         };
         let count = match self {
             BalanceFigure::Members => r.members,
+            BalanceFigure::NewMembers => r.tally(&format!("member-joined/{year}")),
             BalanceFigure::Under35Share => return share(r.young(year)),
             BalanceFigure::Aged60PlusShare => return share(r.elderly(year)),
             BalanceFigure::HigherEducationShare => return share(r.higher_education()),

@@ -479,6 +479,24 @@ pub struct AssetTotal {
     value: i64,
 }
 
+/// Appraisals of a year with one result.
+#[derive(SimpleObject)]
+pub struct AppraisalResultCount {
+    /// The result.
+    result: en::AppraisalResultGql,
+    /// How many (of every kind of appraisal).
+    count: i64,
+}
+
+/// Appraisals of a year followed by one outcome.
+#[derive(SimpleObject)]
+pub struct AppraisalOutcomeCount {
+    /// The outcome.
+    outcome: en::AppraisalOutcomeGql,
+    /// How many.
+    count: i64,
+}
+
 /// Disbursements with one status.
 #[derive(SimpleObject)]
 pub struct DisbursementCount {
@@ -660,6 +678,52 @@ impl Indicators {
     /// Hours of training held in `year`.
     async fn training_hours(&self) -> i64 {
         self.rollup.tally(&format!("training_hours/{}", self.year))
+    }
+
+    /// Members who joined in `year` (party building's yearly figure).
+    async fn new_members(&self) -> i64 {
+        self.rollup.tally(&format!("member-joined/{}", self.year))
+    }
+
+    /// Of those, the members under 35 when they joined.
+    async fn new_members_under35(&self) -> i64 {
+        self.rollup
+            .tally(&format!("member-joined/{}/young", self.year))
+    }
+
+    /// Of those, the women.
+    async fn new_members_women(&self) -> i64 {
+        self.rollup
+            .tally(&format!("member-joined/{}/women", self.year))
+    }
+
+    /// Appraisals for `year` by result (every kind: members' and cadres'): how many cadres
+    /// were found incompetent.
+    async fn appraisal_results(&self) -> Vec<AppraisalResultCount> {
+        gs::entities::AppraisalResult::ALL
+            .iter()
+            .map(|r| AppraisalResultCount {
+                result: (*r).into(),
+                count: self
+                    .rollup
+                    .tally(&format!("appraisal_result/{}/{}", self.year, r.as_str())),
+            })
+            .collect()
+    }
+
+    /// Appraisals for `year` by what followed them: adjustments and recalls.
+    async fn appraisal_outcomes(&self) -> Vec<AppraisalOutcomeCount> {
+        gs::entities::AppraisalOutcome::ALL
+            .iter()
+            .map(|o| AppraisalOutcomeCount {
+                outcome: (*o).into(),
+                count: self.rollup.tally(&format!(
+                    "appraisal_outcome/{}/{}",
+                    self.year,
+                    o.as_str()
+                )),
+            })
+            .collect()
     }
 
     /// Democratic appraisals of members held for `year`.

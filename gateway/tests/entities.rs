@@ -593,7 +593,8 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         reserveCadres villagesWithActivityPlace activityPlaceCoverage
         organisationCoverage { organisation villages }
         appraisalsHeld appraisalsCompleted routineMeetings { quarter kind count attendance
-        meanAttendance } disclosures { category count inYear } } } }";
+        meanAttendance } disclosures { category count inYear }
+        appraisalResults { result count } appraisalOutcomes { outcome count } } } }";
     let before = f.ok(Some(&county), figures, json!({})).await;
     let i = &before["nodeUnit"]["indicators"];
     assert_eq!(i["villages"], 3, "{i}");
@@ -617,6 +618,15 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         i["routineMeetings"][15],
         json!({ "quarter": "2025Q4", "kind": "PARTY_LECTURE", "count": 1, "attendance": 12,
             "meanAttendance": 12.0 })
+    );
+    assert_eq!(
+        i["appraisalResults"],
+        json!([{ "result": "EXCELLENT", "count": 0 }, { "result": "COMPETENT", "count": 1 },
+            { "result": "BASICALLY_COMPETENT", "count": 0 }, { "result": "INCOMPETENT", "count": 0 }])
+    );
+    assert_eq!(
+        i["appraisalOutcomes"][0],
+        json!({ "outcome": "NO_ACTION", "count": 0 })
     );
     // The disclosure of 2026: counted in all years, not in 2025's.
     assert_eq!(

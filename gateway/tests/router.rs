@@ -618,6 +618,55 @@ async fn secretaries_are_counted_by_age_and_villages_without_a_successor_named()
     );
 }
 
+/// Members who joined in a year are counted, with the young (under 35 when they joined) and
+/// the women among them, and compared across villages.
+#[tokio::test]
+async fn new_members_are_counted_by_the_year_they_joined() {
+    use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let m = |birth: i64, gender: Gender, joined: &str| NewMember {
+        name: "Someone".into(),
+        birth_year: birth,
+        gender,
+        education: Education::SeniorSecondary,
+        joined_on: joined.into(),
+        status: MemberStatus::Probationary,
+        phone: None,
+        id_number: None,
+        categories: Vec::new(),
+    };
+    for (unit, member) in [
+        ("c01/k01/t01/v01", m(1995, Gender::Female, "2025-07-01")),
+        ("c01/k01/t01/v01", m(1980, Gender::Male, "2025-03-01")),
+        // 35 in the year it joined: not young.
+        ("c01/k01/t01/v02", m(1990, Gender::Male, "2025-01-10")),
+        ("c01/k01/t01/v02", m(2000, Gender::Female, "2024-12-31")),
+    ] {
+        let unit: UnitId = unit.parse().unwrap();
+        f.backend.store.create_member(unit, member).await.unwrap();
+    }
+    let q =
+        "{ nodeUnit { indicators(year: 2025) { newMembers newMembersUnder35 newMembersWomen } } }";
+    let r = query(&f, Some(&viewer), q).await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["indicators"],
+        json!({ "newMembers": 3, "newMembersUnder35": 1, "newMembersWomen": 1 }),
+        "{r}"
+    );
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { indicators(year: 2024) { newMembers newMembersUnder35 newMembersWomen } } }",
+    )
+    .await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["indicators"],
+        json!({ "newMembers": 1, "newMembersUnder35": 1, "newMembersWomen": 1 }),
+        "{r}"
+    );
+}
+
 /// Every member record carries who created and who last changed it (unit and role) and
 /// when, written into the record, and the view rows agree with the document.
 #[tokio::test]

@@ -801,8 +801,12 @@ impl EntitySpec {
             DocKind::Appraisals => {
                 let (year, kind) = (r.int("year").unwrap_or(0), text("kind"));
                 out.push((format!("appraisals/{year}/{kind}"), 1));
-                if r.text("result").is_some() {
+                if let Some(result) = r.text("result") {
                     out.push((format!("appraisals_rated/{year}/{kind}"), 1));
+                    out.push((format!("appraisal_result/{year}/{result}"), 1));
+                }
+                if let Some(outcome) = r.text("outcome") {
+                    out.push((format!("appraisal_outcome/{year}/{outcome}"), 1));
                 }
             }
             DocKind::Projects => out.push((format!("projects/{}", text("status")), 1)),

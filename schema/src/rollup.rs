@@ -80,6 +80,25 @@ impl Rollup {
             bump(&mut self.tallies, &category_key(*c, None), sign);
             bump(&mut self.tallies, &category_key(*c, Some(m.status)), sign);
         }
+        // Members who joined in a year (party building's yearly figure), and of those the
+        // young (under 35 that year) and the women.
+        if let Some(joined) = year_of(&m.joined_on) {
+            bump(&mut self.tallies, &format!("member-joined/{joined}"), sign);
+            if joined - m.birth_year < YOUNG_UNDER {
+                bump(
+                    &mut self.tallies,
+                    &format!("member-joined/{joined}/young"),
+                    sign,
+                );
+            }
+            if m.gender == crate::records::Gender::Female {
+                bump(
+                    &mut self.tallies,
+                    &format!("member-joined/{joined}/women"),
+                    sign,
+                );
+            }
+        }
         if m.education.is_higher()
             && let Some(joined) = year_of(&m.joined_on)
         {

@@ -21,7 +21,8 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// 6: views written again (member categories, which a node of an earlier build took in
 /// from a peer without counting them); 7: views written again (secretaries' terms, age,
 /// education and concurrent posts, meeting attendance, disclosures by year, payments per
-/// fund programme in the roll-up tallies).
+/// fund programme, appraisal results and outcomes, members by year of joining in the
+/// roll-up tallies).
 pub const LAYOUT: u64 = 7;
 
 /// `"layout"` -> layout version.
