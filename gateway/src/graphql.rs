@@ -1809,6 +1809,8 @@ impl UnitCore {
     #[graphql(
         complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
     )]
+    // One argument per filter, as GraphQL takes them.
+    #[allow(clippy::too_many_arguments)]
     async fn members(
         &self,
         ctx: &Context<'_>,
@@ -1821,6 +1823,14 @@ impl UnitCore {
             desc = "Only members in this category (`totalCount` counts those too): who is in difficulty, for the care visits."
         )]
         category: Option<MemberCategoryGql>,
+        #[graphql(
+            desc = "Only members whose name contains this, ignoring case (1 to 64 characters). With this or the filters below, a subtree's `totalCount` is counted from its rows, not read from its roll-up."
+        )]
+        name_contains: Option<String>,
+        #[graphql(desc = "Only members of this education.")] education: Option<EducationGql>,
+        #[graphql(desc = "Only members of this gender.")] gender: Option<GenderGql>,
+        #[graphql(desc = "Only members born in or after this year.")] born_from: Option<i32>,
+        #[graphql(desc = "Only members born in or before this year.")] born_to: Option<i32>,
     ) -> Result<MemberConnection> {
         let b = backend(ctx)?;
         let who = caller(ctx);
@@ -1837,6 +1847,19 @@ impl UnitCore {
                 grassroots_node::store::MemberFilter {
                     status: status.map(Into::into),
                     category: category.map(Into::into),
+                    name: match name_contains {
+                        Some(n) if n.trim().is_empty() || n.chars().count() > 64 => {
+                            return Err(error(
+                                Code::BadUserInput,
+                                "nameContains: 1 to 64 characters",
+                            ));
+                        }
+                        n => n.map(|n| n.trim().to_lowercase()),
+                    },
+                    education: education.map(Into::into),
+                    gender: gender.map(Into::into),
+                    born_from: born_from.map(i64::from),
+                    born_to: born_to.map(i64::from),
                 },
                 after.as_ref(),
                 first,

@@ -843,6 +843,86 @@ async fn a_member_is_moved_by_a_supervisor_of_both_registers() {
     assert_eq!(code(&r), "NOT_FOUND", "{r}");
 }
 
+/// A member is found by part of the name, and listings filter by education, gender and birth
+/// years, counted from the rows.
+#[tokio::test]
+async fn members_are_found_by_name_and_filtered_by_what_they_are() {
+    use grassroots_schema::{Education, Gender, MemberStatus, NewMember};
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let m = |name: &str, birth: i64, gender: Gender, education: Education| NewMember {
+        name: name.into(),
+        birth_year: birth,
+        gender,
+        education,
+        joined_on: "2010-01-01".into(),
+        status: MemberStatus::Full,
+        phone: None,
+        id_number: None,
+        categories: Vec::new(),
+    };
+    for (unit, member) in [
+        (
+            "c01/k01",
+            m("Zhang Wei", 1950, Gender::Male, Education::Primary),
+        ),
+        (
+            "c01/k01/t01",
+            m("Li Zhangmei", 1990, Gender::Female, Education::Bachelor),
+        ),
+        (
+            "c01/k01/t01/v01",
+            m("Wang Fang", 1962, Gender::Female, Education::Primary),
+        ),
+        (
+            "c01/k01/t02/v01",
+            m("Zhao Lei", 2001, Gender::Male, Education::College),
+        ),
+    ] {
+        let unit: UnitId = unit.parse().unwrap();
+        f.backend.store.create_member(unit, member).await.unwrap();
+    }
+    let names = |args: &'static str| {
+        let (f, viewer) = (&f, viewer.clone());
+        async move {
+            let q = format!(
+                "{{ nodeUnit {{ members(subtree: true, {args}) {{ totalCount nodes {{ name }} }} }} }}"
+            );
+            let r = query(f, Some(&viewer), &q).await;
+            let m = &r["data"]["nodeUnit"]["members"];
+            let names: Vec<String> = m["nodes"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{r}"))
+                .iter()
+                .map(|n| n["name"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(m["totalCount"].as_u64(), Some(names.len() as u64), "{r}");
+            names
+        }
+    };
+    assert_eq!(
+        names(r#"nameContains: "ZHANG""#).await,
+        ["Zhang Wei", "Li Zhangmei"]
+    );
+    assert_eq!(names("gender: FEMALE, bornTo: 1970").await, ["Wang Fang"]);
+    assert_eq!(
+        names("education: PRIMARY").await,
+        ["Zhang Wei", "Wang Fang"]
+    );
+    assert_eq!(names("bornFrom: 1990").await, ["Li Zhangmei", "Zhao Lei"]);
+    assert_eq!(
+        names(r#"nameContains: "zhao", education: BACHELOR"#).await,
+        Vec::<String>::new()
+    );
+    let r = query(
+        &f,
+        Some(&viewer),
+        r#"{ nodeUnit { members(nameContains: " ") { totalCount } } }"#,
+    )
+    .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+}
+
 /// `members(status:)` lists and counts only members of that status, over a unit or its
 /// subtree, page by page.
 #[tokio::test]

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use grassroots_schema::{
-    DocKind, Level, Member, MemberCategory, MemberId, MemberStatus, Record, RecordRef, Role,
-    Rollup, UnitId, UnitProfile,
+    DocKind, Education, Gender, Level, Member, MemberCategory, MemberId, MemberStatus, Record,
+    RecordRef, Role, Rollup, UnitId, UnitProfile,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -79,13 +79,48 @@ pub struct MemberCursor {
     pub record: String,
 }
 
-/// Which members a listing shows: all, or only those of a status, of a category, or both.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which members a listing shows: all, or only those every given condition keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberFilter {
     /// Only members of this status.
     pub status: Option<MemberStatus>,
     /// Only members in this category.
     pub category: Option<MemberCategory>,
+    /// Only members whose name contains this (case-insensitive; already lower-cased).
+    pub name: Option<String>,
+    /// Only members of this education.
+    pub education: Option<Education>,
+    /// Only members of this gender.
+    pub gender: Option<Gender>,
+    /// Only members born in or after this year.
+    pub born_from: Option<i64>,
+    /// Only members born in or before this year.
+    pub born_to: Option<i64>,
+}
+
+impl MemberFilter {
+    /// Whether it keeps `m`.
+    fn keeps(&self, m: &Member) -> bool {
+        self.status.is_none_or(|s| m.status == s)
+            && self.category.is_none_or(|c| m.categories.contains(&c))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| m.name.to_lowercase().contains(n.as_str()))
+            && self.education.is_none_or(|e| m.education == e)
+            && self.gender.is_none_or(|g| m.gender == g)
+            && self.born_from.is_none_or(|y| m.birth_year >= y)
+            && self.born_to.is_none_or(|y| m.birth_year <= y)
+    }
+
+    /// Whether it asks more than a status and a category, which the roll-ups count.
+    fn beyond_rollups(&self) -> bool {
+        self.name.is_some()
+            || self.education.is_some()
+            || self.gender.is_some()
+            || self.born_from.is_some()
+            || self.born_to.is_some()
+    }
 }
 
 /// One page of a members listing.
@@ -539,18 +574,16 @@ impl StoreReader {
         after: Option<&MemberCursor>,
         first: usize,
     ) -> Result<MemberPage, StoreError> {
-        let MemberFilter { status, category } = filter;
+        let (status, category) = (filter.status, filter.category);
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         // The subtree's count is its roll-up row (same read transaction, so it matches the
-        // rows); a unit's own register is counted, which reads only its own rows.
-        let wanted = |m: &Member| {
-            status.is_none_or(|s| m.status == s)
-                && category.is_none_or(|c| m.categories.contains(&c))
-        };
-        let total = if subtree {
+        // rows) when the filter asks only what roll-ups count; otherwise, and for a unit's
+        // own register, the rows are counted.
+        let wanted = |m: &Member| filter.keeps(m);
+        let total = if subtree && !filter.beyond_rollups() {
             let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
             let n = match r.get(key.as_str()).map_err(db)? {
                 Some(v) => {
@@ -565,7 +598,7 @@ impl StoreReader {
             };
             usize::try_from(n)
                 .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?
-        } else if status.is_some() || category.is_some() {
+        } else if status.is_some() || category.is_some() || filter.beyond_rollups() {
             let mut n = 0;
             for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
                 let (_, v) = row.map_err(db)?;
