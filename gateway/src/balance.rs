@@ -57,7 +57,7 @@ impl BalanceFigure {
         };
         let count = match self {
             BalanceFigure::Members => r.members,
-            BalanceFigure::NewMembers => r.tally(&format!("member-joined/{year}")),
+            BalanceFigure::NewMembers => r.joined(year)[0],
             BalanceFigure::Under35Share => return share(r.young(year)),
             BalanceFigure::Aged60PlusShare => return share(r.elderly(year)),
             BalanceFigure::HigherEducationShare => return share(r.higher_education()),

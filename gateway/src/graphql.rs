@@ -682,19 +682,17 @@ impl Indicators {
 
     /// Members who joined in `year` (party building's yearly figure).
     async fn new_members(&self) -> i64 {
-        self.rollup.tally(&format!("member-joined/{}", self.year))
+        self.rollup.joined(self.year)[0]
     }
 
     /// Of those, the members under 35 when they joined.
     async fn new_members_under35(&self) -> i64 {
-        self.rollup
-            .tally(&format!("member-joined/{}/young", self.year))
+        self.rollup.joined(self.year)[1]
     }
 
     /// Of those, the women.
     async fn new_members_women(&self) -> i64 {
-        self.rollup
-            .tally(&format!("member-joined/{}/women", self.year))
+        self.rollup.joined(self.year)[2]
     }
 
     /// Appraisals for `year` by result (every kind: members' and cadres'): how many cadres

@@ -34,6 +34,11 @@ pub struct Rollup {
     /// Members with higher education, by join year, then birth year ("new members under 35
     /// with higher education" for any year).
     pub higher_by_joined: BTreeMap<i64, BTreeMap<i64, i64>>,
+    /// Members by join year, as `[all, young (under 35 that year), women]` (the yearly
+    /// figure of party building). Numbers, not tally keys: a row of a city's roll-up holds
+    /// one entry per year since the oldest member joined.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_joined_year: BTreeMap<i64, [i64; 3]>,
     /// Counts (and sums) from the other record kinds and from village profiles, keyed by
     /// `what/stable value` (see `EntitySpec::tallies` and `UnitProfile::tallies`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -48,6 +53,17 @@ fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
     *v = v.wrapping_add(by);
     if *v == 0 {
         map.remove(key);
+    }
+}
+
+/// Add `delta` to a year's `[all, young, women]` counts, dropping the year at zero.
+fn bump_joined(map: &mut BTreeMap<i64, [i64; 3]>, year: i64, delta: [i64; 3]) {
+    let v = map.entry(year).or_default();
+    for (c, d) in v.iter_mut().zip(delta) {
+        *c = c.wrapping_add(d);
+    }
+    if *v == [0; 3] {
+        map.remove(&year);
     }
 }
 
@@ -83,21 +99,20 @@ impl Rollup {
         // Members who joined in a year (party building's yearly figure), and of those the
         // young (under 35 that year) and the women.
         if let Some(joined) = year_of(&m.joined_on) {
-            bump(&mut self.tallies, &format!("member-joined/{joined}"), sign);
-            if joined - m.birth_year < YOUNG_UNDER {
-                bump(
-                    &mut self.tallies,
-                    &format!("member-joined/{joined}/young"),
-                    sign,
-                );
-            }
-            if m.gender == crate::records::Gender::Female {
-                bump(
-                    &mut self.tallies,
-                    &format!("member-joined/{joined}/women"),
-                    sign,
-                );
-            }
+            let delta = [
+                sign,
+                if joined - m.birth_year < YOUNG_UNDER {
+                    sign
+                } else {
+                    0
+                },
+                if m.gender == crate::records::Gender::Female {
+                    sign
+                } else {
+                    0
+                },
+            ];
+            bump_joined(&mut self.by_joined_year, joined, delta);
         }
         if m.education.is_higher()
             && let Some(joined) = year_of(&m.joined_on)
@@ -108,6 +123,11 @@ impl Rollup {
                 self.higher_by_joined.remove(&joined);
             }
         }
+    }
+
+    /// Members who joined in `year`: `[all, young (under 35 that year), women]`.
+    pub fn joined(&self, year: i64) -> [i64; 3] {
+        self.by_joined_year.get(&year).copied().unwrap_or_default()
     }
 
     /// Members in category `c` (of `status` only, when given).
@@ -157,6 +177,10 @@ impl Rollup {
         }
         for (k, v) in &other.by_birth_year {
             bump(&mut self.by_birth_year, k, sign.wrapping_mul(*v));
+        }
+        for (joined, counts) in &other.by_joined_year {
+            let delta = counts.map(|c| sign.wrapping_mul(c));
+            bump_joined(&mut self.by_joined_year, *joined, delta);
         }
         for (joined, births) in &other.higher_by_joined {
             let mine = self.higher_by_joined.entry(*joined).or_default();
