@@ -1585,6 +1585,9 @@ impl UnitCore {
     /// mean and spread. Counts are compared per village above the village level. "Unbalanced
     /// work across branches" is a weakness the seed says the numbers must expose. Same
     /// visibility as `indicators`.
+    #[graphql(
+        complexity = "SUBTREE_SCAN + 2 * ends.unwrap_or(5).clamp(0, 100) as usize * child_complexity"
+    )]
     async fn balance(
         &self,
         ctx: &Context<'_>,
@@ -1630,6 +1633,7 @@ impl UnitCore {
     /// miss it ("which villages have fewer than 3 activists, by township"). Each is checked
     /// on every unit of the subtree at the levels it applies to, against that unit's own
     /// records. Same visibility as `indicators`.
+    #[graphql(complexity = "SUBTREE_SCAN + child_complexity")]
     async fn targets(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Vec<Target>>> {
         let b = backend(ctx)?;
         let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));

@@ -165,6 +165,14 @@ async fn each_limit_is_refused_with_its_code() {
     let r = query(&f, Some(&admin), &format!("{{ nodeUnit {{ {flood} }} }}")).await;
     assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{r}");
     assert!(r["data"].is_null(), "{r}");
+    // The subtree-wide figures read a row per unit: a flood of them is refused too.
+    for field in ["balance(figure: MEMBERS) { mean }", "targets { met }"] {
+        let r = query(&f, Some(&admin), &format!("{{ nodeUnit {{ {field} }} }}")).await;
+        assert!(r.get("errors").is_none(), "{field}: {r}");
+        let flood: String = (0..250).map(|i| format!("a{i}: {field} ")).collect();
+        let r = query(&f, Some(&admin), &format!("{{ nodeUnit {{ {flood} }} }}")).await;
+        assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{field}: {r}");
+    }
 
     // One operation per request: a JSON batch is refused whole.
     let batch = serde_json::to_vec(
