@@ -264,6 +264,11 @@ stored_enum!(
     AssetCategoryGql = "AssetCategory", AssetCategory { Funds, Assets, Resources }
 );
 stored_enum!(
+    /// A sensitive item a disclosure is about, which the seed says must be disclosed truthfully.
+    SensitiveItemGql = "SensitiveItem",
+    SensitiveItem { CollectiveIncome, Debt, Investment, CadrePay, Hospitality }
+);
+stored_enum!(
     /// Category of a public disclosure.
     DisclosureCategoryGql = "DisclosureCategory",
     DisclosureCategory {
@@ -562,6 +567,9 @@ entity!(
         published_on: String = "publishedOn", Req, Plain;
         /// Text.
         body: String = "body", Req, Plain;
+        /// The sensitive item it discloses, if it is one (collective income, debt, investment,
+        /// cadre pay, hospitality).
+        item: SensitiveItemGql = "item", Opt, Plain;
     }
 );
 

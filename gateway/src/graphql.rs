@@ -497,6 +497,15 @@ pub struct AppraisalOutcomeCount {
     count: i64,
 }
 
+/// Disclosures of a year about one sensitive item.
+#[derive(SimpleObject)]
+pub struct SensitiveDisclosureCount {
+    /// The item.
+    item: en::SensitiveItemGql,
+    /// Disclosures about it published in the year.
+    count: i64,
+}
+
 /// Disbursements with one status.
 #[derive(SimpleObject)]
 pub struct DisbursementCount {
@@ -849,6 +858,20 @@ impl Indicators {
     /// Disbursements paid in kind instead of money (all years).
     async fn disbursements_in_kind(&self) -> i64 {
         self.rollup.tally("disbursements_in_kind")
+    }
+
+    /// Disclosures published in `year` about each sensitive item (collective income, debt,
+    /// investment, cadre pay, hospitality), which the seed says must be disclosed truthfully.
+    async fn sensitive_disclosures(&self) -> Vec<SensitiveDisclosureCount> {
+        gs::entities::SensitiveItem::ALL
+            .iter()
+            .map(|i| SensitiveDisclosureCount {
+                item: (*i).into(),
+                count: self
+                    .rollup
+                    .tally(&format!("disclosed_item/{}/{}", self.year, i.as_str())),
+            })
+            .collect()
     }
 
     /// Public disclosures by category.

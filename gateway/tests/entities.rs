@@ -562,7 +562,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     f.ok(
         Some(&v01),
         "mutation { createDisclosure(input: { unit: \"c01/k01/t01/v01\", title: \"Subsidies 2026\",
-            category: FUNDS, publishedOn: \"2026-03-01\", body: \"...\" }) { id } }",
+            category: FUNDS, publishedOn: \"2026-03-01\", body: \"...\", item: COLLECTIVE_INCOME }) { id } }",
         json!({}),
     )
     .await;
@@ -637,13 +637,20 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     let d = f
         .ok(
             Some(&county),
-            "{ nodeUnit { indicators(year: 2026) { disclosures { category inYear } } } }",
+            "{ nodeUnit { indicators(year: 2026) { disclosures { category inYear }
+                sensitiveDisclosures { item count } } } }",
             json!({}),
         )
         .await;
     assert_eq!(
         d["nodeUnit"]["indicators"]["disclosures"][0],
         json!({ "category": "FUNDS", "inYear": 1 })
+    );
+    assert_eq!(
+        d["nodeUnit"]["indicators"]["sensitiveDisclosures"],
+        json!([{ "item": "COLLECTIVE_INCOME", "count": 1 }, { "item": "DEBT", "count": 0 },
+            { "item": "INVESTMENT", "count": 0 }, { "item": "CADRE_PAY", "count": 0 },
+            { "item": "HOSPITALITY", "count": 0 }])
     );
 
     // The incrementally kept views equal a rebuild from the documents.

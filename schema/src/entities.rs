@@ -167,6 +167,17 @@ string_enum!(
 );
 
 string_enum!(
+    /// The sensitive items the seed says must be disclosed truthfully.
+    SensitiveItem {
+        CollectiveIncome = "collective_income",
+        Debt = "debt",
+        Investment = "investment",
+        CadrePay = "cadre_pay",
+        Hospitality = "hospitality",
+    }
+);
+
+string_enum!(
     /// Where a complaint stands (set by the handling unit).
     ComplaintStatus {
         Open = "open",
@@ -489,6 +500,7 @@ pub const ENTITIES: &[EntitySpec] = &[
             f("category", Choice(DisclosureCategory::NAMES), true, Plain),
             f("publishedOn", Date, true, Plain),
             f("body", BODY, true, Plain),
+            f("item", Choice(SensitiveItem::NAMES), false, Plain),
         ],
     },
     EntitySpec {
@@ -820,6 +832,9 @@ impl EntitySpec {
                 out.push((format!("disclosures/{category}"), 1));
                 let year = text("publishedOn").get(..4).unwrap_or("");
                 out.push((format!("disclosures_in/{year}/{category}"), 1));
+                if let Some(item) = r.text("item") {
+                    out.push((format!("disclosed_item/{year}/{item}"), 1));
+                }
             }
             DocKind::Complaints => {
                 let open = ComplaintStatus::parse(r.text("status").unwrap_or("open"))

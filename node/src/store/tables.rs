@@ -21,8 +21,8 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// 6: views written again (member categories, which a node of an earlier build took in
 /// from a peer without counting them); 7: views written again (secretaries' terms, age,
 /// education and concurrent posts, meeting attendance, disclosures by year, payments per
-/// fund programme, appraisal results and outcomes, members by year of joining in the
-/// roll-up tallies).
+/// fund programme, appraisal results and outcomes, disclosures of sensitive items in the
+/// roll-up tallies; members by year of joining).
 pub const LAYOUT: u64 = 7;
 
 /// `"layout"` -> layout version.
