@@ -417,6 +417,26 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
                     ("body", text("Recipients and amounts, paid point to point.")),
                 ]),
             ));
+            // Most villages publish their collective accounts; a few leave debt out.
+            if rng.next(4) != 0 {
+                let items: &[&str] = if rng.next(3) == 0 {
+                    &["collective_income", "investment"]
+                } else {
+                    &["collective_income", "debt", "investment"]
+                };
+                for item in items {
+                    out.push((
+                        DocKind::Disclosures,
+                        f(vec![
+                            ("title", text(&format!("Collective accounts {year}: {item}"))),
+                            ("category", text("three_capitals")),
+                            ("publishedOn", text(&format!("{year}-12-20"))),
+                            ("body", text("The year's figures, as the accounts show them.")),
+                            ("item", text(item)),
+                        ]),
+                    ));
+                }
+            }
         }
         grassroots_schema::Level::County => {
             out.push((
