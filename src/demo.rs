@@ -428,10 +428,16 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
                     out.push((
                         DocKind::Disclosures,
                         f(vec![
-                            ("title", text(&format!("Collective accounts {year}: {item}"))),
+                            (
+                                "title",
+                                text(&format!("Collective accounts {year}: {item}")),
+                            ),
                             ("category", text("three_capitals")),
                             ("publishedOn", text(&format!("{year}-12-20"))),
-                            ("body", text("The year's figures, as the accounts show them.")),
+                            (
+                                "body",
+                                text("The year's figures, as the accounts show them."),
+                            ),
                             ("item", text(item)),
                         ]),
                     ));

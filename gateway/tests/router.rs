@@ -644,6 +644,7 @@ async fn new_members_are_counted_by_the_year_they_joined() {
         id_number: None,
         categories: Vec::new(),
     };
+    let mut made = Vec::new();
     for (unit, member) in [
         ("c01/k01/t01/v01", m(1995, Gender::Female, "2025-07-01")),
         ("c01/k01/t01/v01", m(1980, Gender::Male, "2025-03-01")),
@@ -652,8 +653,38 @@ async fn new_members_are_counted_by_the_year_they_joined() {
         ("c01/k01/t01/v02", m(2000, Gender::Female, "2024-12-31")),
     ] {
         let unit: UnitId = unit.parse().unwrap();
-        f.backend.store.create_member(unit, member).await.unwrap();
+        made.push(
+            f.backend
+                .store
+                .create_member(unit, member)
+                .await
+                .unwrap()
+                .id,
+        );
     }
+    // A member moved to 2023 by a correction and then back, and one removed: counted as
+    // they stand.
+    for joined in ["2023-05-01", "2024-12-31"] {
+        let patch = grassroots_schema::MemberPatch {
+            joined_on: Some(joined.into()),
+            ..Default::default()
+        };
+        f.backend
+            .store
+            .update_member(made[3].clone(), patch)
+            .await
+            .unwrap();
+    }
+    let extra = f
+        .backend
+        .store
+        .create_member(
+            "c01/k01/t01/v02".parse().unwrap(),
+            m(1999, Gender::Male, "2025-02-02"),
+        )
+        .await
+        .unwrap();
+    f.backend.store.delete_member(extra.id).await.unwrap();
     let q =
         "{ nodeUnit { indicators(year: 2025) { newMembers newMembersUnder35 newMembersWomen } } }";
     let r = query(&f, Some(&viewer), q).await;
@@ -671,6 +702,45 @@ async fn new_members_are_counted_by_the_year_they_joined() {
     assert_eq!(
         r["data"]["nodeUnit"]["indicators"],
         json!({ "newMembers": 1, "newMembersUnder35": 1, "newMembersWomen": 1 }),
+        "{r}"
+    );
+    assert_eq!(
+        f.backend.store.verify_views().await.unwrap(),
+        Vec::<String>::new()
+    );
+    // Compared across the villages (no profiles here: by the roll-ups the store holds).
+    f.backend
+        .store
+        .set_unit_details(
+            "c01/k01/t01/v01".parse().unwrap(),
+            grassroots_schema::UnitDetails {
+                name: Some("Liujia".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    f.backend
+        .store
+        .set_unit_details(
+            "c01/k01/t01/v02".parse().unwrap(),
+            grassroots_schema::UnitDetails {
+                name: Some("Zhangwan".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { balance(figure: NEW_MEMBERS, year: 2025, ends: 1) { units min max
+            lowest { unit { name } } } } }",
+    )
+    .await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["balance"],
+        json!({ "units": 2, "min": 1.0, "max": 2.0, "lowest": [{ "unit": { "name": "Zhangwan" } }] }),
         "{r}"
     );
 }

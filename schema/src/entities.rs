@@ -870,16 +870,10 @@ impl EntitySpec {
             }
             DocKind::Disbursements => {
                 out.push((format!("disbursements/{}", text("status")), 1));
-                if text("status") == "paid" {
-                    let amount = r.int("amount").unwrap_or(0);
-                    if let Some(y) = r.text("paidOn").and_then(|d| d.get(..4)) {
-                        out.push((format!("disbursed/{y}"), amount));
-                    }
-                    // Per programme (`unit#record`): what its recipients were paid, against
-                    // what it promised each (interception shows as a shortfall).
-                    let programme = text("programme");
-                    out.push((format!("programme_paid/{programme}"), amount));
-                    out.push((format!("programme_recipients/{programme}"), 1));
+                if text("status") == "paid"
+                    && let Some(y) = r.text("paidOn").and_then(|d| d.get(..4))
+                {
+                    out.push((format!("disbursed/{y}"), r.int("amount").unwrap_or(0)));
                 }
                 if text("method") == "in_kind" {
                     out.push(("disbursements_in_kind".into(), 1));

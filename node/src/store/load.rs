@@ -32,13 +32,15 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "views of every record kind, roll-ups with their tallies",
         super::rollup::recompute,
     ),
-    // Layout 7 writes every view again, as 5 and 6 did: a store older than 6 does it once.
-    (5, "views written again at layout 7", nothing),
-    (6, "views written again at layout 7", nothing),
+    // Layout 8 writes every view again, as 5 to 7 did: a store older than 7 does it once.
+    (5, "views written again at layout 8", nothing),
+    (6, "views written again at layout 8", nothing),
+    (7, "views written again at layout 8", nothing),
     (
-        7,
+        8,
         "every view written again (stamps checked on reading; member categories, \
-         secretaries, attendance and disclosure years counted)",
+         secretaries, attendance, disclosure years and items, appraisal results and \
+         members by join year counted)",
         migrate_5_views,
     ),
 ];
@@ -154,10 +156,11 @@ fn nothing(_tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Layout 7: every view row written again from the documents, as `grassroots store rebuild`
+/// Layout 8: every view row written again from the documents, as `grassroots store rebuild`
 /// does. Rows written by earlier builds could hold what readers now leave out (a stamp
 /// naming a unit outside the writing node's subtree, checked on reading since layout 5) or
-/// lack what they now count (member categories since layout 6, secretaries since 7).
+/// lack what they now count (member categories since layout 6, secretaries, attendance and
+/// disclosure years since 7, the rest of the roll-up's additions since 8).
 fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     let metas: Vec<(String, DocMeta)> = {
         let docs = tx.open_table(DOCS).map_err(db)?;

@@ -3980,12 +3980,13 @@ mod tests {
         t.shutdown().await;
     }
 
-    /// A store of an earlier layout has no secretary tallies: layout 7 writes the views
-    /// again, so its secretaries are counted (from layout 6, and from 5 in the same one pass).
+    /// A store of an earlier layout lacks what later layouts count (secretaries since 7,
+    /// members by join year since 8): layout 8 writes the views again, so they are counted
+    /// (from layout 7, and from 5 or 6 in the same one pass).
     #[tokio::test]
-    async fn a_layout_5_or_6_store_counts_its_secretaries() {
+    async fn a_store_of_an_earlier_layout_counts_what_later_ones_added() {
         use grassroots_schema::Value as V;
-        for layout in [5, 6] {
+        for layout in [5, 6, 7] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.redb");
             let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
@@ -4010,6 +4011,8 @@ mod tests {
             };
             let want = vec![("2021/open/1961/-/0".to_owned(), 1)];
             assert_eq!(secretaries(&r), want);
+            let joined = r.rollup(&me).unwrap().by_joined_year.clone();
+            assert_eq!(joined.len(), 1, "{joined:?}");
             t.shutdown().await;
             drop((h, r));
             as_written_before(&path, &m, layout, |tx| {
@@ -4021,6 +4024,7 @@ mod tests {
                         let mut roll: grassroots_schema::Rollup =
                             serde_json::from_slice(&row).unwrap();
                         roll.tallies.retain(|k, _| !k.starts_with("secretary/"));
+                        roll.by_joined_year.clear();
                         let roll = serde_json::to_vec(&roll).unwrap();
                         rollups.insert(k.as_str(), roll.as_slice()).unwrap();
                     }
@@ -4028,6 +4032,11 @@ mod tests {
             });
             let (h, r, t) = open(&path, me.clone()).unwrap();
             assert_eq!(secretaries(&r), want, "from layout {layout}");
+            assert_eq!(
+                r.rollup(&me).unwrap().by_joined_year,
+                joined,
+                "from layout {layout}"
+            );
             assert!(h.verify_views().await.unwrap().is_empty());
             t.shutdown().await;
         }

@@ -561,11 +561,13 @@ impl StoreReader {
         after: Option<&MemberCursor>,
         first: usize,
     ) -> Result<MemberPage, StoreError> {
-        self.members_with(unit, subtree, MemberFilter::default(), after, first)
+        self.members_with(unit, subtree, MemberFilter::default(), after, first, true)
     }
 
-    /// [`members`](Self::members) with only those `filter` lets through. The subtree's
-    /// count comes from its roll-up row as without a filter; pages skip the other rows.
+    /// [`members`](Self::members) with only those `filter` lets through; pages skip the
+    /// other rows. A subtree's count comes from its roll-up row when the filter is at most a
+    /// status and a category; otherwise the rows are counted, and only when `count` asks
+    /// (the total is 0 when it does not).
     pub fn members_with(
         &self,
         unit: &UnitId,
@@ -573,6 +575,7 @@ impl StoreReader {
         filter: MemberFilter,
         after: Option<&MemberCursor>,
         first: usize,
+        count: bool,
     ) -> Result<MemberPage, StoreError> {
         let (status, category) = (filter.status, filter.category);
         let tx = self.db.begin_read().map_err(db)?;
@@ -598,6 +601,8 @@ impl StoreReader {
             };
             usize::try_from(n)
                 .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?
+        } else if !count {
+            0
         } else if status.is_some() || category.is_some() || filter.beyond_rollups() {
             let mut n = 0;
             for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
@@ -672,6 +677,31 @@ impl StoreReader {
             let key = records_key(kind, a);
             for row in t.range(rows_of(&key)).map_err(db)? {
                 let (_, v) = row.map_err(db)?;
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records of `kind` referring to `target` (`kind:unit#record`): a fund programme's
+    /// disbursements, a directive's report-backs; in (unit, record) order.
+    pub fn referring_records(
+        &self,
+        target: &RecordRef,
+        kind: DocKind,
+    ) -> Result<Vec<Record>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let refs = tx.open_table(VIEW_REFS).map_err(db)?;
+        let records = tx.open_table(VIEW_RECORDS).map_err(db)?;
+        let target = target.to_string();
+        let mut out = Vec::new();
+        for row in refs.range(rows_of(&target)).map_err(db)? {
+            let (k, _) = row.map_err(db)?;
+            let Some((unit_key, record)) = k.value().1.split_once('|') else {
+                continue;
+            };
+            let key = format!("{}|{unit_key}", kind.as_str());
+            if let Some(v) = records.get((key.as_str(), record)).map_err(db)? {
                 out.push(decode(v.value())?);
             }
         }

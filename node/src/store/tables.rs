@@ -20,10 +20,10 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// [`VIEW_REFS`] and roll-up tallies; 5: views written again (stamps checked on reading);
 /// 6: views written again (member categories, which a node of an earlier build took in
 /// from a peer without counting them); 7: views written again (secretaries' terms, age,
-/// education and concurrent posts, meeting attendance, disclosures by year, payments per
-/// fund programme, appraisal results and outcomes, disclosures of sensitive items in the
-/// roll-up tallies; members by year of joining).
-pub const LAYOUT: u64 = 7;
+/// education and concurrent posts, meeting attendance, disclosures by year in the roll-up
+/// tallies); 8: views written again (appraisal results and outcomes, disclosures of
+/// sensitive items in the tallies; members by year of joining).
+pub const LAYOUT: u64 = 8;
 
 /// `"layout"` -> layout version.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
