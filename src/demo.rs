@@ -83,6 +83,12 @@ impl Lcg {
             .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % n as u64) as usize
     }
+
+    /// A person's name: a surname, then a given name.
+    fn person(&mut self) -> String {
+        let surname = SURNAMES[self.next(SURNAMES.len())];
+        format!("{surname} {}", GIVEN[self.next(GIVEN.len())])
+    }
 }
 
 /// Realistic members for one unit: ageing, mostly secondary education, a few graduates.
@@ -104,11 +110,7 @@ pub fn members_for(unit: &UnitId, count: usize) -> Vec<NewMember> {
             };
             let joined = (birth_year + 20 + rng.next(20) as i64).min(2025);
             NewMember {
-                name: format!(
-                    "{} {}",
-                    SURNAMES[rng.next(SURNAMES.len())],
-                    GIVEN[rng.next(GIVEN.len())]
-                ),
+                name: rng.person(),
                 birth_year,
                 gender: if rng.next(3) == 0 {
                     Gender::Female
@@ -283,11 +285,7 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
     match unit.level() {
         grassroots_schema::Level::Village => {
             for _ in 0..1 + rng.next(5) {
-                let name = format!(
-                    "{} {}",
-                    SURNAMES[rng.next(SURNAMES.len())],
-                    GIVEN[rng.next(GIVEN.len())]
-                );
+                let name = rng.person();
                 out.push((
                     DocKind::Activists,
                     f(vec![
@@ -299,11 +297,7 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
             }
             // The secretary (often past 55, a few also director) and, in most villages, a
             // reserve cadre to succeed them.
-            let secretary = format!(
-                "{} {}",
-                SURNAMES[rng.next(SURNAMES.len())],
-                GIVEN[rng.next(GIVEN.len())]
-            );
+            let secretary = rng.person();
             let education = [
                 "junior_secondary",
                 "senior_secondary",
@@ -323,11 +317,7 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
             }
             out.push((DocKind::Posts, f(post)));
             if rng.next(3) != 0 {
-                let name = format!(
-                    "{} {}",
-                    SURNAMES[rng.next(SURNAMES.len())],
-                    GIVEN[rng.next(GIVEN.len())]
-                );
+                let name = rng.person();
                 out.push((
                     DocKind::Activists,
                     f(vec![
@@ -379,11 +369,7 @@ fn records_for(unit: &UnitId, year: i64, programme: Option<&str>) -> Vec<(DocKin
             ));
             if let Some(p) = programme {
                 for i in 0..2 + rng.next(3) {
-                    let name = format!(
-                        "{} {}",
-                        SURNAMES[rng.next(SURNAMES.len())],
-                        GIVEN[rng.next(GIVEN.len())]
-                    );
+                    let name = rng.person();
                     let in_kind = rng.next(8) == 0;
                     // Now and then a recipient gets less than promised (`fundTracking`
                     // shows the shortfall).

@@ -1057,6 +1057,42 @@ fn parse_year(year: Option<i32>) -> Result<i64> {
     }
 }
 
+/// A page of `unit`'s own records of `T` for a report on each (receipts, fund tracking): for
+/// callers who may read the unit's members (its own and those above it).
+fn own_records<T: en::EntityType>(
+    ctx: &Context<'_>,
+    unit: &UnitId,
+    first: Option<i32>,
+    after: Option<String>,
+    period: Option<String>,
+) -> Result<en::RecordConnection<T>> {
+    if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, unit) {
+        return Err(e);
+    }
+    let args = ListArgs {
+        first,
+        after,
+        subtree: false,
+        level: None,
+        period,
+    };
+    en::list::<T>(ctx, unit, args, &[])
+}
+
+/// An empty connection paged as `page` is (its page flags and total), to hold a report on
+/// each of its records.
+fn paged_like<T: async_graphql::OutputType, N: async_graphql::OutputType>(
+    page: &en::RecordConnection<T>,
+) -> Connection<String, N, ConnectionTotal, EmptyFields> {
+    Connection::with_additional_fields(
+        page.has_previous_page,
+        page.has_next_page,
+        ConnectionTotal {
+            total_count: page.additional_fields.total_count,
+        },
+    )
+}
+
 /// How the units a directive addresses have reported back.
 #[derive(SimpleObject)]
 #[graphql(complex)]
@@ -1752,28 +1788,12 @@ impl UnitCore {
         #[graphql(desc = "Only directives issued within this period.")] period: Option<String>,
     ) -> Result<Connection<String, DirectiveReceipts, ConnectionTotal, EmptyFields>> {
         let b = backend(ctx)?;
-        if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, &self.id) {
-            return Err(e);
-        }
-        let args = ListArgs {
-            first,
-            after,
-            subtree: false,
-            level: None,
-            period,
-        };
-        let page = en::list::<DirectiveGql>(ctx, &self.id, args, &[])?;
+        let page = own_records::<DirectiveGql>(ctx, &self.id, first, after, period)?;
         let today = rfc3339(grassroots_node::status::now_ms())
             .get(..10)
             .unwrap_or_default()
             .to_owned();
-        let mut conn = Connection::with_additional_fields(
-            page.has_previous_page,
-            page.has_next_page,
-            ConnectionTotal {
-                total_count: page.additional_fields.total_count,
-            },
-        );
+        let mut conn = paged_like(&page);
         for edge in page.edges {
             let d = edge.node.0;
             let level = d.to_level();
@@ -1822,24 +1842,8 @@ impl UnitCore {
         #[graphql(desc = "Only programmes of this period (their `year`).")] period: Option<String>,
     ) -> Result<Connection<String, FundTracking, ConnectionTotal, EmptyFields>> {
         let b = backend(ctx)?;
-        if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, &self.id) {
-            return Err(e);
-        }
-        let args = ListArgs {
-            first,
-            after,
-            subtree: false,
-            level: None,
-            period,
-        };
-        let page = en::list::<en::FundProgrammeGql>(ctx, &self.id, args, &[])?;
-        let mut conn = Connection::with_additional_fields(
-            page.has_previous_page,
-            page.has_next_page,
-            ConnectionTotal {
-                total_count: page.additional_fields.total_count,
-            },
-        );
+        let page = own_records::<en::FundProgrammeGql>(ctx, &self.id, first, after, period)?;
+        let mut conn = paged_like(&page);
         for edge in page.edges {
             let p = edge.node.0;
             let paid = b
