@@ -599,14 +599,7 @@ async fn store_backup(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     let path = dir.join("store.redb");
     // Opened as it is: no store made where none is, no migration run before the copy.
     let database = backup::open_existing(&path)?;
-    match backup::owner_of(&database)? {
-        Some(o) if o == identity.unit.as_str() => {}
-        Some(o) => bail!("{} belongs to {o}, not {}", path.display(), identity.unit),
-        None => bail!(
-            "{} names no owner yet: start the node once with this build (or run `store verify`), then back it up",
-            path.display()
-        ),
-    }
+    backup::check_owner(&database, &path, &identity.unit)?;
     // Into the folder node.toml names (the backups' folder beside the store otherwise),
     // pruned to its backups_kept, unless a file is named.
     // Pruned only by the node's own settings: unread, nothing is deleted.

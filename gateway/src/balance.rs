@@ -8,9 +8,8 @@ use std::sync::Arc;
 use async_graphql::{Context, Enum, Result, SimpleObject};
 use grassroots_schema as gs;
 use grassroots_schema::UnitId;
-use grassroots_schema::entities::MeetingKind;
 
-use crate::graphql::Unit;
+use crate::graphql::{Unit, share};
 
 /// A figure to compare across units.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -36,55 +35,28 @@ pub enum BalanceFigure {
 }
 
 impl BalanceFigure {
-    /// Whether it is a count, compared per village (a share is compared as it is).
-    fn per_village(self) -> bool {
-        !matches!(
-            self,
-            BalanceFigure::Under35Share
-                | BalanceFigure::Aged60PlusShare
-                | BalanceFigure::HigherEducationShare
-        )
-    }
-
     /// Its value for a unit whose subtree's roll-up is `r`.
     fn value(self, r: &gs::Rollup, year: i64, level: gs::Level) -> f64 {
-        let share = |part: i64| {
-            if r.members > 0 {
-                part as f64 / r.members as f64
-            } else {
-                0.0
-            }
-        };
         let count = match self {
             BalanceFigure::Members => r.members,
             BalanceFigure::NewMembers => r.joined(year)[0],
-            BalanceFigure::Under35Share => return share(r.young(year)),
-            BalanceFigure::Aged60PlusShare => return share(r.elderly(year)),
-            BalanceFigure::HigherEducationShare => return share(r.higher_education()),
-            BalanceFigure::Activists => {
-                r.tally("talent/activist") + r.tally("talent/development_target")
-            }
-            BalanceFigure::RoutineMeetings => (1..=4)
-                .flat_map(|q| {
-                    MeetingKind::ROUTINE
-                        .iter()
-                        .map(move |k| r.tally(&format!("meetings/{year}Q{q}/{}", k.as_str())))
-                })
-                .sum(),
-            BalanceFigure::TrainingHours => r.tally(&format!("training_hours/{year}")),
-            BalanceFigure::Disclosures => r
-                .tallies_under(&format!("disclosures_in/{year}/"))
-                .map(|(_, n)| n)
-                .sum(),
+            BalanceFigure::Under35Share => return share(r.young(year), r.members),
+            BalanceFigure::Aged60PlusShare => return share(r.elderly(year), r.members),
+            BalanceFigure::HigherEducationShare => return share(r.higher_education(), r.members),
+            BalanceFigure::Activists => r.activists(),
+            BalanceFigure::RoutineMeetings => r.routine_meetings_in(year),
+            BalanceFigure::TrainingHours => r.training_hours(year),
+            BalanceFigure::Disclosures => r.disclosures_in(year, None),
         };
-        // A village is one village; a unit above counts the villages it holds.
+        // A count, compared per village (a share returned above as it is): a village is one
+        // village; a unit above counts the villages it holds.
         let villages = if level == gs::Level::Village {
             1
         } else {
             r.tally("villages")
         };
-        if self.per_village() && villages > 0 {
-            count as f64 / villages as f64
+        if villages > 0 {
+            share(count, villages)
         } else {
             count as f64
         }

@@ -104,6 +104,20 @@ pub(crate) fn request_key(key: Option<&str>) -> Result<Option<&str>> {
     }
 }
 
+/// Whether the caller may read `unit`'s members, and so its figures (indicators, targets,
+/// balance).
+fn reads_members(ctx: &Context<'_>, unit: &UnitId) -> bool {
+    can_read(
+        caller(ctx),
+        &DocMeta::new(DocId::new(DocKind::Members, unit.clone())),
+    )
+}
+
+fn parse_member(id: &ID) -> Result<MemberId> {
+    id.parse::<MemberId>()
+        .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))
+}
+
 pub(crate) fn parse_unit(id: &ID) -> Result<UnitId> {
     id.parse::<UnitId>()
         .map_err(|e| error(Code::BadUserInput, format!("unit id: {e}")))
@@ -402,7 +416,7 @@ pub struct EducationCount {
     count: i64,
 }
 
-fn share(part: i64, whole: i64) -> f64 {
+pub(crate) fn share(part: i64, whole: i64) -> f64 {
     if whole <= 0 {
         0.0
     } else {
@@ -555,36 +569,27 @@ impl SecretaryFigures {
     fn of(rollup: &gs::Rollup, year: i64) -> SecretaryFigures {
         let mut s = SecretaryFigures::default();
         let (mut ages, mut aged) = (0i64, 0i64);
-        for (key, n) in rollup.tallies_under("secretary/") {
-            // start/end/born/education/director, as `EntitySpec::tallies` writes it.
-            let parts: Vec<&str> = key.split('/').collect();
-            let [start, end, born, edu, director] = parts[..] else {
-                continue;
-            };
-            let in_office = start.parse::<i64>().is_ok_and(|s| s <= year)
-                && (end == "open" || end.parse::<i64>().is_ok_and(|e| e >= year));
-            if !in_office || n <= 0 {
-                continue;
-            }
+        use gs::rollup::{ELDERLY_FROM, YOUNG_UNDER};
+        for (sec, n) in rollup.secretaries_in(year) {
             s.total += n;
-            match born.parse::<i64>() {
-                Ok(b) => {
+            match sec.birth_year {
+                Some(b) => {
                     let age = year - b;
                     *match age {
-                        ..35 => &mut s.under35,
-                        35..50 => &mut s.aged35_to49,
-                        50..60 => &mut s.aged50_to59,
+                        ..YOUNG_UNDER => &mut s.under35,
+                        YOUNG_UNDER..50 => &mut s.aged35_to49,
+                        50..ELDERLY_FROM => &mut s.aged50_to59,
                         _ => &mut s.aged60_or_over,
                     } += n;
                     ages += age * n;
                     aged += n;
                 }
-                Err(_) => s.age_unknown += n,
+                None => s.age_unknown += n,
             }
-            if gs::Education::parse(edu).is_some_and(gs::Education::is_higher) {
+            if sec.education.is_some_and(gs::Education::is_higher) {
                 s.higher_educated += n;
             }
-            if director == "1" {
+            if sec.also_director {
                 s.also_director += n;
             }
         }
@@ -609,7 +614,7 @@ impl Indicators {
     /// Activists (stage ACTIVIST or DEVELOPMENT_TARGET); the seed asks for at least 3 per
     /// village.
     async fn activists(&self) -> i64 {
-        self.rollup.tally("talent/activist") + self.rollup.tally("talent/development_target")
+        self.rollup.activists()
     }
 
     /// Applicants for membership.
@@ -666,9 +671,7 @@ impl Indicators {
         for q in 1..=4 {
             let quarter = format!("{}Q{q}", self.year);
             for k in gs::entities::MeetingKind::ROUTINE {
-                let count = self
-                    .rollup
-                    .tally(&format!("meetings/{quarter}/{}", k.as_str()));
+                let count = self.rollup.meetings(&quarter, k);
                 let attendance = self
                     .rollup
                     .tally(&format!("attendance/{quarter}/{}", k.as_str()));
@@ -686,7 +689,7 @@ impl Indicators {
 
     /// Hours of training held in `year`.
     async fn training_hours(&self) -> i64 {
-        self.rollup.tally(&format!("training_hours/{}", self.year))
+        self.rollup.training_hours(self.year)
     }
 
     /// Members who joined in `year` (party building's yearly figure).
@@ -773,11 +776,10 @@ impl Indicators {
 
     /// Open complaints past their due date (today, UTC).
     async fn complaints_overdue(&self) -> i64 {
-        let today = rfc3339(grassroots_node::status::now_ms());
-        let today = today.get(..10).unwrap_or("");
+        let today = today();
         self.rollup
             .tallies_under("complaints_open/")
-            .filter(|(due, _)| *due < today)
+            .filter(|(due, _)| *due < today.as_str())
             .map(|(_, n)| n)
             .sum()
     }
@@ -881,9 +883,7 @@ impl Indicators {
             .map(|c| DisclosureCount {
                 category: (*c).into(),
                 count: self.rollup.tally(&format!("disclosures/{}", c.as_str())),
-                in_year: self
-                    .rollup
-                    .tally(&format!("disclosures_in/{}/{}", self.year, c.as_str())),
+                in_year: self.rollup.disclosures_in(self.year, Some(c.as_str())),
             })
             .collect()
     }
@@ -1221,7 +1221,7 @@ const ACTIVISTS_PER_VILLAGE: i64 = 3;
 /// Periods of `year` `months` long that have ended by now, as `YYYY<mark>n` (quarters:
 /// 3 and `Q`, halves: 6 and `H`; the year itself: 12 and no mark).
 fn ended_periods(year: i64, months: i64, mark: &str) -> Vec<String> {
-    let now = rfc3339(grassroots_node::status::now_ms());
+    let now = today();
     let this_year = now
         .get(..4)
         .and_then(|y| y.parse::<i64>().ok())
@@ -1304,10 +1304,7 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
             TargetKind::ActivistsPerVillage,
             format!("At least {ACTIVISTS_PER_VILLAGE} activists in each village."),
             VILLAGES,
-            Box::new(|_, r: &gs::Rollup| {
-                r.tally("talent/activist") + r.tally("talent/development_target")
-                    >= ACTIVISTS_PER_VILLAGE
-            }),
+            Box::new(|_, r: &gs::Rollup| r.activists() >= ACTIVISTS_PER_VILLAGE),
         ),
         (
             TargetKind::VillageOrganisationsAndPlace,
@@ -1474,8 +1471,15 @@ impl Target {
     }
 }
 
+/// Today's date, `YYYY-MM-DD` (UTC).
+fn today() -> String {
+    let mut now = rfc3339(grassroots_node::status::now_ms());
+    now.truncate(10);
+    now
+}
+
 fn this_year() -> i64 {
-    rfc3339(grassroots_node::status::now_ms())
+    today()
         .get(..4)
         .and_then(|y| y.parse().ok())
         .unwrap_or(1970)
@@ -1667,8 +1671,7 @@ impl UnitCore {
     /// reference for ages and new members.
     async fn indicators(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Indicators>> {
         let b = backend(ctx)?;
-        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
-        if !can_read(caller(ctx), &doc) {
+        if !reads_members(ctx, &self.id) {
             return Ok(None);
         }
         let year = parse_year(year)?;
@@ -1696,8 +1699,7 @@ impl UnitCore {
         ends: Option<i32>,
     ) -> Result<Option<crate::balance::Balance>> {
         let b = backend(ctx)?;
-        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
-        if !can_read(caller(ctx), &doc) {
+        if !reads_members(ctx, &self.id) {
             return Ok(None);
         }
         let year = parse_year(year)?;
@@ -1735,8 +1737,7 @@ impl UnitCore {
     #[graphql(complexity = "SUBTREE_SCAN + child_complexity")]
     async fn targets(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Vec<Target>>> {
         let b = backend(ctx)?;
-        let doc = DocMeta::new(DocId::new(DocKind::Members, self.id.clone()));
-        if !can_read(caller(ctx), &doc) {
+        if !reads_members(ctx, &self.id) {
             return Ok(None);
         }
         let year = parse_year(year)?;
@@ -1789,10 +1790,7 @@ impl UnitCore {
     ) -> Result<Connection<String, DirectiveReceipts, ConnectionTotal, EmptyFields>> {
         let b = backend(ctx)?;
         let page = own_records::<DirectiveGql>(ctx, &self.id, first, after, period)?;
-        let today = rfc3339(grassroots_node::status::now_ms())
-            .get(..10)
-            .unwrap_or_default()
-            .to_owned();
+        let today = today();
         let mut conn = paged_like(&page);
         for edge in page.edges {
             let d = edge.node.0;
@@ -2244,9 +2242,7 @@ impl Query {
 
     /// A member by id; null when not held here or not visible to the caller.
     async fn member(&self, ctx: &Context<'_>, id: ID) -> Result<Option<MemberGql>> {
-        let id: MemberId = id
-            .parse()
-            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        let id = parse_member(&id)?;
         let doc = DocMeta::new(DocId::new(DocKind::Members, id.unit.clone()));
         if !can_read(caller(ctx), &doc) {
             return Ok(None);
@@ -2646,9 +2642,7 @@ impl MutationCore {
     /// like any change.
     async fn delete_member(&self, ctx: &Context<'_>, id: ID) -> Result<MemberGql> {
         let b = backend(ctx)?;
-        let id: MemberId = id
-            .parse()
-            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        let id = parse_member(&id)?;
         authorise_write(ctx, b, &id.unit)?;
         b.store
             .delete_member(id)
@@ -2663,9 +2657,7 @@ impl MutationCore {
     /// and a new id, and removed here, in one commit; returns the member as made.
     async fn transfer_member(&self, ctx: &Context<'_>, id: ID, to_unit: ID) -> Result<MemberGql> {
         let b = backend(ctx)?;
-        let id: MemberId = id
-            .parse()
-            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        let id = parse_member(&id)?;
         let to = parse_unit(&to_unit)?;
         authorise_write(ctx, b, &id.unit)?;
         let by = authorise_write(ctx, b, &to)?;
@@ -2685,9 +2677,7 @@ impl MutationCore {
         input: UpdateMemberInput,
     ) -> Result<MemberGql> {
         let b = backend(ctx)?;
-        let id: MemberId = id
-            .parse()
-            .map_err(|e| error(Code::BadUserInput, format!("member id: {e}")))?;
+        let id = parse_member(&id)?;
         let by = authorise_write(ctx, b, &id.unit)?;
         let patch = gs::MemberPatch {
             name: required("name", input.name)?,

@@ -421,7 +421,7 @@ fn read_error(e: quinn::ReadExactError) -> NetError {
 /// This build's name and version, as hellos carry it.
 pub const SOFTWARE: &str = concat!("grassroots ", env!("CARGO_PKG_VERSION"));
 
-fn hello(identity: &Identity) -> Msg {
+fn hello_of(identity: &Identity) -> Msg {
     Msg::Hello(Hello {
         versions: VERSIONS,
         capabilities: CAPABILITIES,
@@ -562,7 +562,7 @@ async fn dial(
             });
         }
         let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(&mut send, &hello(identity)).await?;
+        write_frame(&mut send, &hello_of(identity)).await?;
         // Probe while the answer is awaited, as a waiting link does (see `run_link`): a lost
         // hello is then noticed from the probes' acknowledgements, not after QUIC's backed-off
         // probe timeout. The parent reads the hello first and ignores the probes after it.
@@ -581,52 +581,58 @@ async fn dial(
                 }
             }
         };
-        match answer? {
-            Some(Ok(Msg::Hello(h))) if h.unit == peer => match VERSIONS.agree(h.versions) {
-                Some(version) => Ok(Link {
-                    conn,
-                    send,
-                    recv,
-                    peer,
-                    fingerprint,
-                    version,
-                    software: shown(&h.software),
-                }),
-                None => Err(NetError::Refused {
-                    reason: RejectReason::Version,
-                    detail: versions_apart(
-                        h.versions,
-                        Some(&shown(&h.software)),
-                        VERSIONS,
-                        Some(SOFTWARE),
-                    ),
-                }),
-            },
-            Some(Ok(Msg::Hello(h))) => Err(NetError::Handshake(format!(
-                "hello from {} answering for {peer}",
-                h.unit
-            ))),
+        let hello = match answer? {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer => agreed(h),
+            Some(Err(WireError::Version(theirs))) => Err(theirs),
+            Some(Ok(Msg::Hello(h))) => {
+                return Err(NetError::Handshake(format!(
+                    "hello from {} answering for {peer}",
+                    h.unit
+                )));
+            }
+            Some(Ok(Msg::Reject { reason, detail, .. })) => {
+                return Err(NetError::Refused { reason, detail });
+            }
+            Some(Ok(other)) => {
+                return Err(NetError::Handshake(format!(
+                    "expected hello, got {other:?}"
+                )));
+            }
+            Some(Err(e)) => return Err(NetError::Handshake(e.to_string())),
+            None => return Err(NetError::Handshake("parent closed the stream".into())),
+        };
+        match hello {
+            Ok((version, h)) => Ok(Link {
+                conn,
+                send,
+                recv,
+                peer,
+                fingerprint,
+                version,
+                software: shown(&h.software),
+            }),
             // A parent of another release is refused like one that refused us: for good.
-            Some(Err(WireError::Version(theirs))) => {
+            Err(theirs) => {
                 conn.close(close::HANDSHAKE, b"version");
                 Err(NetError::Refused {
                     reason: RejectReason::Version,
                     detail: versions_apart(theirs, None, VERSIONS, Some(SOFTWARE)),
                 })
             }
-            Some(Ok(Msg::Reject { reason, detail, .. })) => {
-                Err(NetError::Refused { reason, detail })
-            }
-            Some(Ok(other)) => Err(NetError::Handshake(format!(
-                "expected hello, got {other:?}"
-            ))),
-            Some(Err(e)) => Err(NetError::Handshake(e.to_string())),
-            None => Err(NetError::Handshake("parent closed the stream".into())),
         }
     };
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| NetError::Timeout)?
+}
+
+/// The version a link runs at with a peer of this hello, or the versions it speaks when it
+/// shares none with this build (which decoding already refuses: [`WireError::Version`]).
+fn agreed(h: Hello) -> Result<(u8, Hello), Versions> {
+    match VERSIONS.agree(h.versions) {
+        Some(v) => Ok((v, h)),
+        None => Err(h.versions),
+    }
 }
 
 /// The QUIC handshake with the parent, raced: while none has completed, another starts every
@@ -723,18 +729,19 @@ async fn accept_child(
             });
         }
         let (mut send, mut recv) = conn.accept_bi().await?;
-        match read_frame(&mut recv).await? {
-            Some(Ok(Msg::Hello(h))) if h.unit == peer => {
-                let Some(version) = VERSIONS.agree(h.versions) else {
-                    // Unreachable while decoding refuses such hellos; kept for safety.
-                    return Err(NetError::Handshake(versions_apart(
-                        VERSIONS,
-                        Some(SOFTWARE),
-                        h.versions,
-                        Some(&shown(&h.software)),
-                    )));
-                };
-                write_frame(&mut send, &hello(identity)).await?;
+        let hello = match read_frame(&mut recv).await? {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer => agreed(h),
+            Some(Err(WireError::Version(theirs))) => Err(theirs),
+            other => {
+                conn.close(close::HANDSHAKE, b"expected hello");
+                return Err(NetError::Handshake(format!(
+                    "expected a hello naming {peer}, got {other:?}"
+                )));
+            }
+        };
+        match hello {
+            Ok((version, h)) => {
+                write_frame(&mut send, &hello_of(identity)).await?;
                 Ok(Link {
                     conn,
                     send,
@@ -745,7 +752,7 @@ async fn accept_child(
                     software: shown(&h.software),
                 })
             }
-            Some(Err(WireError::Version(theirs))) => {
+            Err(theirs) => {
                 // Said to the child, which shows it and redials only at its slowest pace.
                 let detail = versions_apart(VERSIONS, Some(SOFTWARE), theirs, None);
                 let reject = Msg::Reject {
@@ -761,12 +768,6 @@ async fn accept_child(
                     reason: RejectReason::Version,
                     detail,
                 })
-            }
-            other => {
-                conn.close(close::HANDSHAKE, b"expected hello");
-                Err(NetError::Handshake(format!(
-                    "expected a hello naming {peer}, got {other:?}"
-                )))
             }
         }
     };
@@ -962,7 +963,6 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
         // dials in a row, one handshake at a time, so a village whose parent is away does
         // not spend four times the dial traffic on a metered line.
         let racing = if failed_in_a_row >= 2 { 1 } else { MAX_RACING };
-        let addr = at.clone();
         let resolved = tokio::select! {
             _ = ctx.cancel.cancelled() => return,
             r = at.resolve(endpoint.local_addr().ok(), failed_in_a_row as usize, cfg.handshake_timeout) => r,
@@ -1001,7 +1001,7 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
         match attempt {
             Ok(link) => {
                 if failed_before > 0 {
-                    tracing::info!(%parent, %addr, "reached the parent after {failed_before} failed dials");
+                    tracing::info!(%parent, addr = %at, "reached the parent after {failed_before} failed dials");
                 }
                 run_link(link, ctx.store.clone(), ctx.cancel.clone()).await;
                 if started.elapsed() > Duration::from_secs(10) {
@@ -1009,20 +1009,18 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
                     delay = backoff;
                 }
             }
-            Err(e) if e.is_permanent() => {
-                tracing::error!(%parent, %addr, "link to the parent refused ({e}); will not retry before {:?}", cfg.backoff_max * 4);
-                delay = cfg.backoff_max * 4;
-                ctx.store.dial_failed(parent.clone(), e.to_string()).await;
-            }
             Err(e) => {
-                // The first failure in a row is worth an operator's eye (a village's line
-                // down, a wrong address); the rest of the row only now and then.
-                if failed_in_a_row == 1 {
-                    tracing::warn!(%parent, %addr, "cannot reach the parent: {e}; retrying, at most every {:?}", cfg.backoff_max);
+                if e.is_permanent() {
+                    tracing::error!(%parent, addr = %at, "link to the parent refused ({e}); will not retry before {:?}", cfg.backoff_max * 4);
+                    delay = cfg.backoff_max * 4;
+                } else if failed_in_a_row == 1 {
+                    // The first failure in a row is worth an operator's eye (a village's
+                    // line down, a wrong address); the rest of the row only now and then.
+                    tracing::warn!(%parent, addr = %at, "cannot reach the parent: {e}; retrying, at most every {:?}", cfg.backoff_max);
                 } else if failed_in_a_row.is_multiple_of(30) {
-                    tracing::info!(%parent, %addr, "still cannot reach the parent after {failed_in_a_row} dials: {e}");
+                    tracing::info!(%parent, addr = %at, "still cannot reach the parent after {failed_in_a_row} dials: {e}");
                 } else {
-                    tracing::debug!(%parent, %addr, "dial failed: {e}; retry in {delay:?}");
+                    tracing::debug!(%parent, addr = %at, "dial failed: {e}; retry in {delay:?}");
                 }
                 ctx.store.dial_failed(parent.clone(), e.to_string()).await;
             }

@@ -1,7 +1,7 @@
 //! [`Node`]: one running node, wiring identity, store and network.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,20 +74,18 @@ fn first_backup_in(every: Duration, since_newest: Option<Duration>) -> Duration 
 /// first is due `every` after the newest backup already in the folder (a node restarted
 /// more often than `every` still backs up), and not before a settling delay after start. A
 /// failure (a full disk) is logged and the node goes on; the next interval tries again.
-async fn backup_loop(
-    reader: StoreReader,
-    unit: UnitId,
-    policy: BackupPolicy,
-    cancel: CancellationToken,
-) {
+async fn backup_loop(reader: StoreReader, policy: BackupPolicy, cancel: CancellationToken) {
     // A zero interval would make a busy loop (and tokio's interval refuses it).
     let Some(every) = policy.every.filter(|e| !e.is_zero()) else {
         return;
     };
-    let Some(dir) = reader.backup_dir().map(Path::to_owned) else {
+    if reader.backup_dir().is_none() {
         return;
-    };
-    let since_newest = store::backup::newest_backup_file(&dir, unit.as_str())
+    }
+    // At start the log's newest is the newest file in the folder.
+    let since_newest = reader
+        .backup_log()
+        .last
         .map(|(at, _, _)| Duration::from_millis(crate::status::now_ms().saturating_sub(at)));
     let first = first_backup_in(every, since_newest);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
@@ -211,7 +209,6 @@ impl Node {
         ));
         tasks.spawn(backup_loop(
             reader.clone(),
-            unit.clone(),
             cfg.backups.clone(),
             cancel.clone(),
         ));
@@ -308,7 +305,7 @@ mod tests {
             dir: None,
         };
         let r = r.with_backups_kept(policy.keep);
-        let backups = tokio::spawn(backup_loop(r.clone(), me.clone(), policy, cancel.clone()));
+        let backups = tokio::spawn(backup_loop(r.clone(), policy, cancel.clone()));
         // A second at 100 ms makes several backups, pruned to the newest two; a slow machine
         // gets up to 20 s to write two.
         let dir = dir.path().join("backups");

@@ -110,6 +110,37 @@ pub struct LinkStatus {
     pub rejected: u64,
 }
 
+impl LinkStatus {
+    /// A link to `peer` not up since the node started: down since `down_since_ms`, with its
+    /// failed dials.
+    pub fn never_up(
+        peer: UnitId,
+        down_since_ms: u64,
+        failed_dials: u32,
+        last_error: Option<String>,
+    ) -> LinkStatus {
+        LinkStatus {
+            peer,
+            connected: false,
+            fingerprint: String::new(),
+            protocol: 0,
+            software: String::new(),
+            since_ms: 0,
+            down_since_ms,
+            failed_dials,
+            last_error,
+            last_frame_ms: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            probes_out: 0,
+            docs_in_flight: 0,
+            docs_queued: 0,
+            docs_unregistered: 0,
+            rejected: 0,
+        }
+    }
+}
+
 /// The status of a node: its links and when each unit was last heard from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStatus {

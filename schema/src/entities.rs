@@ -592,6 +592,39 @@ pub const ENTITIES: &[EntitySpec] = &[
     },
 ];
 
+/// The prefix of a secretary post's tally: `secretary/<term start year>/<term end year or
+/// open>/<birth year or ->/<education or ->/<1 if also director>`.
+pub(crate) const SECRETARY: &str = "secretary/";
+
+/// A secretary counted in a roll-up, from a SECRETARY post's tally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secretary {
+    /// The holder's year of birth, if recorded.
+    pub birth_year: Option<i64>,
+    /// The holder's education, if recorded.
+    pub education: Option<Education>,
+    /// Whether also director of the villagers' committee.
+    pub also_director: bool,
+}
+
+impl Secretary {
+    /// The secretary a tally key (after [`SECRETARY`]) names, if the post is held in `year`
+    /// (a term begun by the year and not ended before it).
+    pub(crate) fn in_office(key: &str, year: i64) -> Option<Secretary> {
+        let parts: Vec<&str> = key.split('/').collect();
+        let [start, end, born, education, director] = parts[..] else {
+            return None;
+        };
+        let held = start.parse::<i64>().is_ok_and(|s| s <= year)
+            && (end == "open" || end.parse::<i64>().is_ok_and(|e| e >= year));
+        held.then(|| Secretary {
+            birth_year: born.parse().ok(),
+            education: Education::parse(education),
+            also_director: director == "1",
+        })
+    }
+}
+
 /// The handler a write of a complaint of `owner` names: the unit its `handler` field names,
 /// `owner` for a null (handed back), `None` when it names none.
 pub fn handler_in(owner: &UnitId, fields: &Fields) -> Option<UnitId> {
@@ -794,7 +827,7 @@ impl EntitySpec {
                     let director =
                         u8::from(r.text("concurrentPost") == Some(PostKind::Director.as_str()));
                     out.push((
-                        format!("secretary/{start}/{end}/{born}/{edu}/{director}"),
+                        format!("{SECRETARY}{start}/{end}/{born}/{edu}/{director}"),
                         1,
                     ));
                 }

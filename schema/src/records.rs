@@ -205,6 +205,23 @@ pub struct NewMember {
     pub categories: Vec<MemberCategory>,
 }
 
+impl Member {
+    /// Its fields as a new record's (another register's, for a member who moved).
+    pub fn into_new(self) -> NewMember {
+        NewMember {
+            name: self.name,
+            birth_year: self.birth_year,
+            gender: self.gender,
+            education: self.education,
+            joined_on: self.joined_on,
+            status: self.status,
+            phone: self.phone,
+            id_number: self.id_number,
+            categories: self.categories,
+        }
+    }
+}
+
 impl NewMember {
     /// Check every field.
     pub fn validate(&self) -> Result<(), RecordError> {

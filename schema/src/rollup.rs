@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::entities::{MeetingKind, SECRETARY, Secretary};
 use crate::records::{Member, MemberCategory, MemberStatus};
 
 /// Age below which a member counts as young in the seed's targets.
@@ -122,6 +123,46 @@ impl Rollup {
             if by_birth.is_empty() {
                 self.higher_by_joined.remove(&joined);
             }
+        }
+    }
+
+    /// The secretaries in office in `year`, each with how many the roll-up counts alike.
+    pub fn secretaries_in(&self, year: i64) -> impl Iterator<Item = (Secretary, i64)> + '_ {
+        self.tallies_under(SECRETARY)
+            .filter(|(_, n)| *n > 0)
+            .filter_map(move |(key, n)| Secretary::in_office(key, year).map(|s| (s, n)))
+    }
+
+    /// Activists (stages ACTIVIST and DEVELOPMENT_TARGET).
+    pub fn activists(&self) -> i64 {
+        self.tally("talent/activist") + self.tally("talent/development_target")
+    }
+
+    /// Meetings of `kind` held in `quarter` (`YYYYQn`).
+    pub fn meetings(&self, quarter: &str, kind: MeetingKind) -> i64 {
+        self.tally(&format!("meetings/{quarter}/{}", kind.as_str()))
+    }
+
+    /// The routine meetings ("three sessions and one lesson") held in `year`, all kinds.
+    pub fn routine_meetings_in(&self, year: i64) -> i64 {
+        (1..=4)
+            .flat_map(|q| MeetingKind::ROUTINE.map(|k| self.meetings(&format!("{year}Q{q}"), k)))
+            .sum()
+    }
+
+    /// Hours of training held in `year`.
+    pub fn training_hours(&self, year: i64) -> i64 {
+        self.tally(&format!("training_hours/{year}"))
+    }
+
+    /// Disclosures published in `year`, of one category or (`None`) of all.
+    pub fn disclosures_in(&self, year: i64, category: Option<&str>) -> i64 {
+        match category {
+            Some(c) => self.tally(&format!("disclosures_in/{year}/{c}")),
+            None => self
+                .tallies_under(&format!("disclosures_in/{year}/"))
+                .map(|(_, n)| n)
+                .sum(),
         }
     }
 

@@ -474,16 +474,16 @@ async fn records_of_every_kind_travel_by_the_rules() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_village_and_township_edits_converge_when_the_link_returns() -> anyhow::Result<()> {
-    let v01 = unit("c01/k01/t01/v01");
     let (via, slot) = behind_relay("c01/k01/t01/v01");
     let (fed, _dir) = start(small_tree(), Some(via)).await?;
     let relay = relay_of(&slot)?;
-    let (t01, c01) = (unit("c01/k01/t01"), unit("c01"));
-    let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
-    let (clerk, supervisor) = (
-        fed.token(&v01, Role::Clerk)?.to_owned(),
-        fed.token(&t01, Role::Supervisor)?.to_owned(),
-    );
+    let c01 = unit("c01");
+    let Pair {
+        village,
+        township,
+        clerk,
+        supervisor,
+    } = pair(&fed)?;
 
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     eventually(WAIT, "A at the township", || {
@@ -567,6 +567,25 @@ async fn offline_village_and_township_edits_converge_when_the_link_returns() -> 
     .await?;
     fed.shutdown().await;
     Ok(())
+}
+
+/// The village c01/k01/t01/v01 and its township c01/k01/t01 of the small tree: their GraphQL
+/// URLs, a village clerk's token and a township supervisor's.
+struct Pair {
+    village: String,
+    township: String,
+    clerk: String,
+    supervisor: String,
+}
+
+fn pair(fed: &Federation) -> anyhow::Result<Pair> {
+    let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+    Ok(Pair {
+        village: fed.graphql_url(&v01)?,
+        township: fed.graphql_url(&t01)?,
+        clerk: fed.token(&v01, Role::Clerk)?.to_owned(),
+        supervisor: fed.token(&t01, Role::Supervisor)?.to_owned(),
+    })
 }
 
 /// Play the village c01/k01/t01/v01 with its real certificate, its honest node stopped
@@ -944,9 +963,12 @@ async fn a_node_without_mtu_discovery_keeps_its_links_to_1200_bytes() -> anyhow:
 async fn a_village_that_lost_its_store_gets_its_records_back() -> anyhow::Result<()> {
     let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
     let (mut fed, dir) = start(small_tree(), None).await?;
-    let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
-    let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
-    let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
+    let Pair {
+        village,
+        township,
+        clerk,
+        supervisor,
+    } = pair(&fed)?;
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;
     for id in [&a, &b] {
@@ -1016,10 +1038,13 @@ async fn a_village_that_lost_its_store_gets_its_records_back() -> anyhow::Result
 async fn a_village_restored_from_an_old_backup_gets_the_rest_back() -> anyhow::Result<()> {
     let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
     let (mut fed, dir) = start(small_tree(), None).await?;
-    let (village, township) = (fed.graphql_url(&v01)?, fed.graphql_url(&t01)?);
-    let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
+    let Pair {
+        village,
+        township,
+        clerk,
+        supervisor,
+    } = pair(&fed)?;
     let admin = fed.token(&v01, Role::Admin)?.to_owned();
-    let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     until_member("A at the township", &township, &supervisor, &a, true).await?;
     let r = gql(
@@ -1158,15 +1183,15 @@ async fn a_down_link_says_since_when_and_why() -> anyhow::Result<()> {
 /// supervisor removes from the village's register is removed at the village.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_travels_both_ways() -> anyhow::Result<()> {
-    let (v01, t01, c01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"), unit("c01"));
+    let c01 = unit("c01");
     let (fed, _dir) = start(small_tree(), None).await?;
-    let (village, township, city) = (
-        fed.graphql_url(&v01)?,
-        fed.graphql_url(&t01)?,
-        fed.graphql_url(&c01)?,
-    );
-    let clerk = fed.token(&v01, Role::Clerk)?.to_owned();
-    let supervisor = fed.token(&t01, Role::Supervisor)?.to_owned();
+    let Pair {
+        village,
+        township,
+        clerk,
+        supervisor,
+    } = pair(&fed)?;
+    let city = fed.graphql_url(&c01)?;
     let viewer = fed.token(&c01, Role::Viewer)?.to_owned();
     let a = create_member(&village, &clerk, "c01/k01/t01/v01", "Zhao Ping").await?;
     let b = create_member(&village, &clerk, "c01/k01/t01/v01", "Sun Hong").await?;

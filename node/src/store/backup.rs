@@ -23,8 +23,8 @@ use redb::{
 };
 
 use super::tables::{
-    CHANGES, DOC_STATE, DOCS, HEARD, LAYOUT, META, OWNER, SNAPSHOTS, SYNC_STATES, USERS,
-    VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
+    CHANGES, DOC_STATE, DOCS, HEARD, META, OWNER, SNAPSHOTS, SYNC_STATES, USERS, VIEW_MEMBERS,
+    VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
 use super::{StoreError, db};
 
@@ -138,10 +138,7 @@ pub fn write_backup(
         .and_then(|f| std::fs::metadata(f).ok())
         .map(|m| m.len());
     let owner = file.and_then(owner_ids);
-    let dir = match out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(d) => d,
-        None => Path::new("."),
-    };
+    let dir = folder_of(out);
     if !dir.exists() {
         let made: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -267,12 +264,16 @@ fn copy_store(
     })
 }
 
+/// The folder holding `file` (`.` for a bare name).
+fn folder_of(file: &Path) -> &Path {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Flush the folder holding `file`, so a rename into it survives a power loss.
 fn sync_dir(file: &Path) -> Result<(), StoreError> {
-    let dir = match file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(d) => d,
-        None => Path::new("."),
-    };
+    let dir = folder_of(file);
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("flushing {}", dir.display())))
@@ -321,7 +322,7 @@ fn backups_of(dir: &Path, unit: &str) -> Result<Vec<PathBuf>, StoreError> {
 
 /// `unit`'s newest backup in `dir` by name: when it was written (ms since the epoch, from
 /// its file's modification time), where, and its size.
-pub fn newest_backup_file(dir: &Path, unit: &str) -> Option<(u64, PathBuf, u64)> {
+pub(super) fn newest_backup_file(dir: &Path, unit: &str) -> Option<(u64, PathBuf, u64)> {
     let path = backups_of(dir, unit).ok()?.pop()?;
     let meta = std::fs::metadata(&path).ok()?;
     let at = meta
@@ -353,39 +354,22 @@ pub fn prune_backups(
     Ok(excess)
 }
 
-/// Check that the database at `path` is a store of `me` this build reads: its owner row
-/// names `me` and its layout is not newer than this build's. Returns its document count.
-fn check_backup(database: &Database, path: &Path, me: &UnitId) -> Result<u64, StoreError> {
+/// Check that the database at `path` is a store of `me`: its owner row names `me` (whether
+/// this build reads its layout is checked when it is opened as a store).
+pub fn check_owner(database: &Database, path: &Path, me: &UnitId) -> Result<(), StoreError> {
     match owner_of(database)? {
-        Some(o) if o == me.as_str() => {}
-        Some(o) => {
-            return Err(StoreError::Corrupt(format!(
-                "{} is not a store of {me}: it belongs to {o}",
-                path.display()
-            )));
-        }
-        None => {
-            return Err(StoreError::Corrupt(format!(
-                "{} is not a store of {me}: it names no owner",
-                path.display()
-            )));
-        }
+        Some(o) if o == me.as_str() => Ok(()),
+        Some(o) => Err(StoreError::Corrupt(format!(
+            "{} is not a store of {me}: it belongs to {o}",
+            path.display()
+        ))),
+        None => Err(StoreError::Corrupt(format!(
+            "{} is not a store of {me}: it names no owner (a store an earlier build wrote \
+             records its owner when this build first opens it, at the node's start or \
+             `grassroots store verify`)",
+            path.display()
+        ))),
     }
-    let tx = database.begin_read().map_err(db)?;
-    let layout = redb::ReadableTable::get(&tx.open_table(META).map_err(db)?, "layout")
-        .map_err(db)?
-        .map(|v| v.value());
-    match layout {
-        Some(l) if l <= LAYOUT => {}
-        Some(l) => return Err(StoreError::TooNew { layout: l }),
-        None => {
-            return Err(StoreError::Corrupt(format!(
-                "{} is not a grassroots store (no layout)",
-                path.display()
-            )));
-        }
-    }
-    tx.open_table(DOCS).map_err(db)?.len().map_err(db)
 }
 
 /// Open a database that must exist (never create one), mapping the lock to
@@ -457,11 +441,7 @@ pub async fn restore(
     } else {
         None
     };
-    let owner = owner_ids(if had_store {
-        store
-    } else {
-        store.parent().unwrap_or(Path::new("."))
-    });
+    let owner = owner_ids(if had_store { store } else { folder_of(store) });
     let placeholder = if had_store {
         None
     } else {
@@ -539,6 +519,16 @@ fn give(_path: &Path, _owner: Option<(u32, u32)>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Users (tokens) a store holds (none when it has no users table).
+fn users_in(database: &Database) -> Result<u64, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    match tx.open_table(USERS) {
+        Ok(t) => t.len().map_err(db),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(db(e)),
+    }
+}
+
 /// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
 /// any, open it as a store and check its views.
 async fn stage(
@@ -556,16 +546,9 @@ async fn stage(
     give(staged, owner)?;
     let users = {
         let target = open_existing(staged)?;
-        check_backup(&target, from, me)?;
+        check_owner(&target, from, me)?;
         let current_users = match current {
-            Some(c) => {
-                let tx = c.begin_read().map_err(db)?;
-                match tx.open_table(USERS) {
-                    Ok(t) => t.len().map_err(db)?,
-                    Err(redb::TableError::TableDoesNotExist(_)) => 0,
-                    Err(e) => return Err(db(e)),
-                }
-            }
+            Some(c) => users_in(c)?,
             None => 0,
         };
         match current {
@@ -577,10 +560,7 @@ async fn stage(
                 to.commit().map_err(db)?;
                 UsersFrom::Replaced(current_users)
             }
-            _ => {
-                let tx = target.begin_read().map_err(db)?;
-                UsersFrom::Backup(tx.open_table(USERS).map_err(db)?.len().map_err(db)?)
-            }
+            _ => UsersFrom::Backup(users_in(&target)?),
         }
     };
     let (handle, _reader, thread) = super::open(staged, me.clone())?;
@@ -748,6 +728,22 @@ mod tests {
         let junk = dir.path().join("junk.redb");
         std::fs::write(&junk, b"not a database at all").unwrap();
         assert!(restore(&junk, &path, &me, 2_000).await.is_err());
+        // A backup a newer build wrote is refused when the copy is opened as a store.
+        let newer = dir.path().join("newer.redb");
+        std::fs::copy(&backup, &newer).unwrap();
+        {
+            let d = Database::open(&newer).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("layout", super::super::tables::LAYOUT + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(
+            restore(&newer, &path, &me, 2_000).await,
+            Err(StoreError::TooNew { .. })
+        ));
         // Where there is no store, a failed restore leaves none (no empty one to start on).
         let bare = dir.path().join("bare").join("store.redb");
         std::fs::create_dir_all(bare.parent().unwrap()).unwrap();

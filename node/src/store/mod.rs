@@ -896,8 +896,14 @@ trait Waiting: Sized {
     fn deletes(&self) -> bool;
     /// The error for a record that does not exist.
     fn missing(&self) -> WriteError;
+    /// The caller's reply channel.
+    fn into_reply(self) -> oneshot::Sender<Result<Self::Row, WriteError>>;
+    /// The record the write names, as `doc` holds it (`None`: not there, or not readable).
+    fn read(&self, doc: &Automerge) -> Option<Self::Row>;
     /// Answer the caller with an error now.
-    fn fail(self, e: WriteError);
+    fn fail(self, e: WriteError) {
+        let _ = self.into_reply().send(Err(e));
+    }
     /// Apply a group of writes to their document in one transaction.
     fn apply(doc: &mut Automerge, writes: &[Self]) -> Result<Vec<Result<(), DocError>>, DocError>;
     /// What the caller is answered after the commit, and its reply channel.
@@ -927,7 +933,12 @@ trait Waiting: Sized {
     /// For a create whose record is in `doc` already (a repeat of a create with a request
     /// key): the caller's answer, the record as it is; nothing is to be written. Otherwise
     /// the write back.
-    fn existing(self, doc: &Automerge) -> Result<Answer<Self::Row>, Self>;
+    fn existing(self, doc: &Automerge) -> Result<Answer<Self::Row>, Self> {
+        match self.creates().and_then(|_| self.read(doc)) {
+            Some(row) => Ok((self.into_reply(), Ok(row))),
+            None => Err(self),
+        }
+    }
 }
 
 /// A complaint's handler as the writes of a batch leave it, by record.
@@ -947,8 +958,12 @@ impl Waiting for PendingWrite {
     fn missing(&self) -> WriteError {
         WriteError::NotFound(self.op.id().clone())
     }
-    fn fail(self, e: WriteError) {
-        let _ = self.reply.send(Err(e));
+    fn into_reply(self) -> oneshot::Sender<Result<Member, WriteError>> {
+        self.reply
+    }
+    fn read(&self, doc: &Automerge) -> Option<Member> {
+        let id = self.op.id();
+        doc::read_member(doc, &id.unit, id.record)
     }
     fn apply(doc: &mut Automerge, writes: &[Self]) -> Result<Vec<Result<(), DocError>>, DocError> {
         let ops: Vec<doc::MemberWrite<'_>> = writes
@@ -993,8 +1008,11 @@ impl Waiting for PendingWrite {
         row.id.record
     }
     fn settle(&mut self, doc: &Automerge, _earlier: &Handling) {
-        if let PendingOp::Delete(id, before) = &mut self.op {
-            *before = doc::read_member(doc, &id.unit, id.record);
+        if self.deletes() {
+            let row = self.read(doc);
+            if let PendingOp::Delete(_, before) = &mut self.op {
+                *before = row;
+            }
         }
     }
     fn doomed(&self) -> bool {
@@ -1004,15 +1022,6 @@ impl Waiting for PendingWrite {
         match &self.op {
             PendingOp::Create(id, ..) => Some(id.record),
             _ => None,
-        }
-    }
-    fn existing(self, doc: &Automerge) -> Result<Answer<Member>, Self> {
-        match &self.op {
-            PendingOp::Create(id, ..) => match doc::read_member(doc, &id.unit, id.record) {
-                Some(m) => Ok((self.reply, Ok(m))),
-                None => Err(self),
-            },
-            _ => Err(self),
         }
     }
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Member>>> {
@@ -1034,8 +1043,12 @@ impl Waiting for PendingRecord {
     fn missing(&self) -> WriteError {
         WriteError::NoRecord(self.op.id().clone())
     }
-    fn fail(self, e: WriteError) {
-        let _ = self.reply.send(Err(e));
+    fn into_reply(self) -> oneshot::Sender<Result<Record, WriteError>> {
+        self.reply
+    }
+    fn read(&self, doc: &Automerge) -> Option<Record> {
+        let id = self.op.id();
+        doc::read_record(doc, self.spec, &id.unit, id.record)
     }
     fn apply(doc: &mut Automerge, writes: &[Self]) -> Result<Vec<Result<(), DocError>>, DocError> {
         let ops: Vec<doc::RecordWrite<'_>> = writes
@@ -1092,8 +1105,11 @@ impl Waiting for PendingRecord {
     /// (`EntitySpec::with_update_defaults`): left out when unchanged, else it brings its
     /// waiting status along.
     fn settle(&mut self, doc: &Automerge, earlier: &Handling) {
-        if let RecordOp::Delete(id, before) = &mut self.op {
-            *before = doc::read_record(doc, self.spec, &id.unit, id.record);
+        if self.deletes() {
+            let row = self.read(doc);
+            if let RecordOp::Delete(_, before) = &mut self.op {
+                *before = row;
+            }
         }
         if let RecordOp::Update(id, fields, _) = &mut self.op
             && fields.contains_key("handler")
@@ -1111,16 +1127,6 @@ impl Waiting for PendingRecord {
         match &self.op {
             RecordOp::Create(id, ..) => Some(id.record),
             _ => None,
-        }
-    }
-    fn existing(self, doc: &Automerge) -> Result<Answer<Record>, Self> {
-        match &self.op {
-            RecordOp::Create(id, ..) => match doc::read_record(doc, self.spec, &id.unit, id.record)
-            {
-                Some(r) => Ok((self.reply, Ok(r))),
-                None => Err(self),
-            },
-            _ => Err(self),
         }
     }
     fn leave(&self, earlier: &mut Handling) {
@@ -1492,11 +1498,7 @@ impl Actor {
                     let _ = reply.send(Err(e.into()));
                     return;
                 }
-                let record = match &request {
-                    Some(key) => Ok(request_record(&unit, by.as_ref(), key)),
-                    None => self.new_record(),
-                };
-                match record {
+                match self.record_for(&unit, by.as_ref(), request.as_deref()) {
                     Ok(record) => batch.writes.push(PendingWrite {
                         op: PendingOp::Create(MemberId { unit, record }, member, stamped(by)),
                         reply,
@@ -1538,12 +1540,10 @@ impl Actor {
                     Some(spec) => {
                         let fields = trimmed(fields);
                         match spec.validate(&unit, &fields, true) {
-                            Ok(()) => match &request {
-                                Some(key) => Ok(request_record(&unit, by.as_ref(), key)),
-                                None => self.new_record(),
-                            }
-                            .map(|r| (r, spec, spec.with_defaults(&unit, fields)))
-                            .map_err(Into::into),
+                            Ok(()) => self
+                                .record_for(&unit, by.as_ref(), request.as_deref())
+                                .map(|r| (r, spec, spec.with_defaults(&unit, fields)))
+                                .map_err(Into::into),
                             Err(e) => Err(e.into()),
                         }
                     }
@@ -1612,15 +1612,7 @@ impl Actor {
                     })));
                     return;
                 }
-                let doc = DocId::new(DocKind::Members, id.unit.clone());
-                let found = match self.engine.get(&doc) {
-                    None => Ok(None),
-                    Some(_) => self
-                        .engine
-                        .load(&doc)
-                        .map(|d| doc::read_member(d, &id.unit, id.record)),
-                };
-                let member = match found {
+                let member = match self.held_member(&id) {
                     Ok(Some(m)) => m,
                     Ok(None) => {
                         let _ = reply.send(Err(WriteError::NotFound(id)));
@@ -1656,21 +1648,10 @@ impl Actor {
                         return;
                     }
                 };
-                let moved = NewMember {
-                    name: member.name,
-                    birth_year: member.birth_year,
-                    gender: member.gender,
-                    education: member.education,
-                    joined_on: member.joined_on,
-                    status: member.status,
-                    phone: member.phone,
-                    id_number: member.id_number,
-                    categories: member.categories.into_iter().collect(),
-                };
                 // Both in this batch, so in one commit.
                 let made = MemberId { unit: to, record };
                 batch.writes.push(PendingWrite {
-                    op: PendingOp::Create(made.clone(), moved, stamped(by)),
+                    op: PendingOp::Create(made.clone(), member.into_new(), stamped(by)),
                     reply,
                 });
                 batch.moves.push((
@@ -1805,12 +1786,8 @@ impl Actor {
                 }
             }
             Command::Expect { peers } => {
-                let now = now_ms();
                 for p in peers {
-                    self.dials.entry(p).or_insert_with(|| DialFailures {
-                        since_ms: now,
-                        ..DialFailures::default()
-                    });
+                    self.dials_of(p);
                 }
             }
             #[cfg(test)]
@@ -1819,11 +1796,7 @@ impl Actor {
                 let _ = until.recv();
             }
             Command::DialFailed { peer, error } => {
-                let now = now_ms();
-                let d = self.dials.entry(peer).or_insert_with(|| DialFailures {
-                    since_ms: now,
-                    ..DialFailures::default()
-                });
+                let d = self.dials_of(peer);
                 d.count = d.count.saturating_add(1);
                 d.last_error = Some(error);
             }
@@ -2006,24 +1979,8 @@ impl Actor {
             self.dials
                 .iter()
                 .filter(|(peer, _)| !self.links.contains_key(*peer))
-                .map(|(peer, d)| LinkStatus {
-                    peer: peer.clone(),
-                    connected: false,
-                    fingerprint: String::new(),
-                    protocol: 0,
-                    software: String::new(),
-                    since_ms: 0,
-                    down_since_ms: d.since_ms,
-                    failed_dials: d.count,
-                    last_error: d.last_error.clone(),
-                    last_frame_ms: 0,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    probes_out: 0,
-                    docs_in_flight: 0,
-                    docs_queued: 0,
-                    docs_unregistered: 0,
-                    rejected: 0,
+                .map(|(peer, d)| {
+                    LinkStatus::never_up(peer.clone(), d.since_ms, d.count, d.last_error.clone())
                 }),
         );
         links.sort_by(|a, b| a.peer.cmp(&b.peer));
@@ -2131,6 +2088,39 @@ impl Actor {
         Ok(RecordId::from_u64(id))
     }
 
+    /// The id of a record a create makes: the one its request key names, or a new one.
+    fn record_for(
+        &mut self,
+        unit: &UnitId,
+        by: Option<&Writer>,
+        request: Option<&str>,
+    ) -> Result<RecordId, StoreError> {
+        match request {
+            Some(key) => Ok(request_record(unit, by, key)),
+            None => self.new_record(),
+        }
+    }
+
+    /// A member as this node holds it (its register loaded if need be): `None` when there
+    /// is no such record or it is not readable.
+    fn held_member(&mut self, id: &MemberId) -> Result<Option<Member>, Rejection> {
+        let doc = DocId::new(DocKind::Members, id.unit.clone());
+        if self.engine.get(&doc).is_none() {
+            return Ok(None);
+        }
+        let d = self.engine.load(&doc)?;
+        Ok(doc::read_member(d, &id.unit, id.record))
+    }
+
+    /// The failed dials of `peer`, counted from now if none were yet.
+    fn dials_of(&mut self, peer: UnitId) -> &mut DialFailures {
+        let now = now_ms();
+        self.dials.entry(peer).or_insert_with(|| DialFailures {
+            since_ms: now,
+            ..DialFailures::default()
+        })
+    }
+
     fn local_doc(
         &mut self,
         meta: DocMeta,
@@ -2166,13 +2156,7 @@ impl Actor {
         // member where it was rather than nowhere.
         let mut removals = Vec::new();
         for (made, removal) in std::mem::take(&mut batch.moves) {
-            let doc = DocId::new(DocKind::Members, made.unit.clone());
-            let there = self.engine.get(&doc).is_some()
-                && self
-                    .engine
-                    .load(&doc)
-                    .is_ok_and(|d| doc::read_member(d, &made.unit, made.record).is_some());
-            if there {
+            if matches!(self.held_member(&made), Ok(Some(_))) {
                 removals.push(removal);
             } else {
                 removal.fail(WriteError::NotFound(made));
@@ -2300,17 +2284,15 @@ impl Actor {
             }
             // Repeats get what their first got: the record it made, or its failure.
             for w in repeats {
-                let first = w.creates().and_then(|r| failed.get(&r).cloned());
-                match (first, w.existing(doc)) {
-                    (None, Ok((reply, outcome))) => reply_after_commit(batch, reply, outcome),
-                    (Some(why), Ok((reply, _))) => {
-                        let _ = reply.send(Err(StoreError::Corrupt(why).into()));
-                    }
-                    (Some(why), Err(w)) => w.fail(StoreError::Corrupt(why).into()),
-                    (None, Err(w)) => {
-                        let missing = w.missing();
-                        w.fail(missing);
-                    }
+                match w.creates().and_then(|r| failed.get(&r).cloned()) {
+                    Some(why) => w.fail(StoreError::Corrupt(why).into()),
+                    None => match w.existing(doc) {
+                        Ok((reply, outcome)) => reply_after_commit(batch, reply, outcome),
+                        Err(w) => {
+                            let missing = w.missing();
+                            w.fail(missing);
+                        }
+                    },
                 }
             }
             if applied {

@@ -603,7 +603,7 @@ impl StoreReader {
                 .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?
         } else if !count {
             0
-        } else if status.is_some() || category.is_some() || filter.beyond_rollups() {
+        } else if filter != MemberFilter::default() {
             let mut n = 0;
             for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
                 let (_, v) = row.map_err(db)?;
