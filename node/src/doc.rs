@@ -745,13 +745,24 @@ fn set_map(tx: &mut impl Transactable, key: &str) -> Result<ObjId, AutomergeErro
 /// before anything else of its profile is written).
 pub fn profile_children(doc: &Automerge, unit: &UnitId) -> Vec<UnitId> {
     let mut children = Vec::new();
+    let mut strays = 0usize;
     for k in union_keys(doc, CHILDREN) {
         match k.parse::<UnitId>() {
             Ok(c) if c.parent().as_ref() == Some(unit) => children.push(c),
-            _ => tracing::warn!(%unit, key = k, "profile lists a unit that is not a child"),
+            _ => strays += 1,
         }
     }
+    // Once per read, not per entry: a profile is read again at every change of it.
+    if strays > 0 {
+        tracing::warn!(%unit, strays, "profile lists units that are not its children");
+    }
     children
+}
+
+/// How many entries a profile's add-only sets hold: registered children and revoked
+/// certificates (what a peer's change to a profile may not grow without bound).
+pub fn profile_entries(doc: &Automerge) -> usize {
+    union_keys(doc, CHILDREN).len() + union_keys(doc, "revoked").len()
 }
 
 /// The keys of the map at `key` of the root, over every map put there concurrently: two

@@ -33,6 +33,15 @@ const MAX_UNANSWERED_PROBES: u32 = 50;
 const RACE_AFTER: Duration = Duration::from_millis(500);
 /// Handshakes one dial runs at once.
 const MAX_RACING: usize = 4;
+/// How long a link waits for the peer to take any byte of a frame before it gives up on
+/// the peer: a slow village link takes some every few seconds; one that takes none for this
+/// long has stopped reading.
+const WRITE_STALL: Duration = Duration::from_secs(120);
+/// Frame bytes one link may have waiting in the store's inbox (at least one frame of
+/// [`MAX_FRAME`]).
+const LINK_INBOX_BYTES: usize = 2 * MAX_FRAME;
+/// The piece in which a frame's body is read (and its buffer grown).
+const READ_PIECE: usize = 64 << 10;
 
 /// QUIC application close codes.
 pub mod close {
@@ -137,6 +146,9 @@ pub enum NetError {
     /// Timed out.
     #[error("timed out")]
     Timeout,
+    /// The peer took no bytes of a frame for this long (it stopped reading).
+    #[error("the peer read nothing for {0:?}")]
+    Stalled(Duration),
     /// The parent's host name did not resolve.
     #[error("cannot resolve {host}: {detail}")]
     Resolve {
@@ -368,6 +380,17 @@ pub fn endpoint(
 
 /// Write one frame; returns its size on the wire.
 pub async fn write_frame(send: &mut SendStream, msg: &Msg) -> Result<usize, NetError> {
+    write_frame_unless_stalled(send, msg, None).await
+}
+
+/// [`write_frame`], failing with [`NetError::Stalled`] when the peer takes no byte of it for
+/// `stall`: a peer that stops reading must not hold the link (and what waits to be sent on
+/// it) for ever, while a slow link that keeps taking bytes is left alone.
+async fn write_frame_unless_stalled(
+    send: &mut SendStream,
+    msg: &Msg,
+    stall: Option<Duration>,
+) -> Result<usize, NetError> {
     let body = wire::encode(msg);
     if body.len() > MAX_FRAME {
         return Err(NetError::TooLarge(body.len()));
@@ -376,10 +399,20 @@ pub async fn write_frame(send: &mut SendStream, msg: &Msg) -> Result<usize, NetE
         quinn::WriteError::ConnectionLost(c) => NetError::Connection(c),
         other => NetError::Write(other),
     };
-    send.write_all(&(body.len() as u32).to_be_bytes())
-        .await
-        .map_err(lost)?;
-    send.write_all(&body).await.map_err(lost)?;
+    let prefix = (body.len() as u32).to_be_bytes();
+    for part in [&prefix[..], &body[..]] {
+        let mut at = 0;
+        while at < part.len() {
+            let write = send.write(&part[at..]);
+            at += match stall {
+                Some(stall) => tokio::time::timeout(stall, write)
+                    .await
+                    .map_err(|_| NetError::Stalled(stall))?,
+                None => write.await,
+            }
+            .map_err(lost)?;
+        }
+    }
     Ok(body.len() + 4)
 }
 
@@ -403,8 +436,14 @@ pub async fn read_counted(
     if len > MAX_FRAME {
         return Err(NetError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_error)?;
+    // Grown as the bytes arrive, not allocated whole from the length: a peer announcing a
+    // large frame and sending it slowly holds only what it sent.
+    let mut body = Vec::new();
+    while body.len() < len {
+        let at = body.len();
+        body.resize(at + (len - at).min(READ_PIECE), 0);
+        recv.read_exact(&mut body[at..]).await.map_err(read_error)?;
+    }
     Ok(Some((wire::decode(&body), len + 4)))
 }
 
@@ -433,11 +472,7 @@ fn hello_of(identity: &Identity) -> Msg {
 /// A peer's software name as its hello gives it, cut to 64 characters of printable text:
 /// it is shown in status and logs.
 fn shown(software: &str) -> String {
-    software
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect()
+    wire::printable(software, 64)
 }
 
 /// Why a parent and a child that speak these versions (and run this software, where known)
@@ -799,6 +834,10 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let counters = Arc::new(LinkCounters::new(fingerprint, version, software));
+    // Frames handed to the store and not yet handled hold their size of this budget, so a
+    // peer sending faster than the store handles waits on its own link (QUIC's flow control
+    // then holds it back) instead of filling the store's inbox for every link.
+    let budget = Arc::new(tokio::sync::Semaphore::new(LINK_INBOX_BYTES));
     if store
         .peer_up(peer.clone(), out_tx.clone(), counters.clone())
         .await
@@ -815,7 +854,15 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                 Ok(Some((Ok(Msg::Probe), _))) => {}
                 Ok(Some((Ok(msg), size))) => {
                     counters.received(size);
-                    if store.from_peer(peer.clone(), msg).await.is_err() {
+                    let want = size.min(LINK_INBOX_BYTES) as u32;
+                    let Ok(held) = budget.clone().acquire_many_owned(want).await else {
+                        return "store closed".to_owned();
+                    };
+                    if store
+                        .from_peer(peer.clone(), msg, Some(held))
+                        .await
+                        .is_err()
+                    {
                         return "store closed".to_owned();
                     }
                 }
@@ -852,7 +899,7 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
             tokio::select! {
                 msg = out_rx.recv() => {
                     let Some(msg) = msg else { break };
-                    match write_frame(&mut send, &msg).await {
+                    match write_frame_unless_stalled(&mut send, &msg, Some(WRITE_STALL)).await {
                         Ok(size) => counters.sent(size),
                         Err(e) => return e.to_string(),
                     }
@@ -870,7 +917,10 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                         && heard >= PROBE_AFTER.as_millis() as u64
                     {
                         unanswered += 1;
-                        if let Err(e) = write_frame(&mut send, &Msg::Probe).await {
+                        if let Err(e) =
+                            write_frame_unless_stalled(&mut send, &Msg::Probe, Some(WRITE_STALL))
+                                .await
+                        {
                             return e.to_string();
                         }
                         counters.probes_out.fetch_add(1, Ordering::Relaxed);
@@ -884,6 +934,11 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     let why = tokio::select! {
         biased;
         _ = cancel.cancelled() => "shutting down".to_owned(),
+        _ = counters.close.cancelled() => {
+            "closed by this node (revoked, replaced by a newer connection, or too many \
+             refused messages)"
+                .to_owned()
+        }
         r = reader => r,
         w = writer => w,
     };

@@ -756,6 +756,97 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     Ok(())
 }
 
+/// A connection of a child that a newer one replaces is closed; a sync message whose Bloom
+/// filter would make automerge 0.12 divide by zero (a panic on the store thread, which
+/// stopped the node) is refused; and a child that goes on sending refused messages is cut
+/// off. The township keeps working throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Result<()> {
+    let (mut fed, dir) = start(small_tree(), None).await?;
+    let (v01, v02, t01) = (
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01/v02"),
+        unit("c01/k01/t01"),
+    );
+    let (endpoint, first) = play_village(&mut fed, dir.path()).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
+    let t_addr = fed.node(&t01)?.node.quic_addr();
+    let mut second =
+        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    match tokio::time::timeout(WAIT, first.conn.closed())
+        .await
+        .context("the replaced connection stays open")?
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, net::close::BYE),
+        other => anyhow::bail!("expected the township to close it, got {other}"),
+    }
+
+    // One `have` whose filter claims an entry but no bits per entry.
+    let own = DocId::new(DocKind::Members, v01.clone());
+    write_frame(
+        &mut second.send,
+        &Msg::Sync {
+            doc: own.clone(),
+            data: vec![0x42, 0, 0, 1, 0, 3, 1, 0, 1, 0],
+        },
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, read_frame(&mut second.recv))
+            .await
+            .context("no refusal arrived")??;
+        if let Msg::Reject { reason, doc, .. } =
+            frame.context("the township closed the stream")??
+            && doc.as_ref() == Some(&own)
+        {
+            assert_eq!(reason, RejectReason::Malformed);
+            break;
+        }
+    }
+
+    // Refused messages that freeze nothing (summaries of the sibling), past the cap.
+    let sibling = Msg::Summary(Summary {
+        unit: v02.clone(),
+        docs: vec![(
+            DocMeta::new(DocId::new(DocKind::Members, v02.clone())),
+            [0; 16],
+        )],
+        children: vec![],
+    });
+    for _ in 0..1100 {
+        if write_frame(&mut second.send, &sibling).await.is_err() {
+            break;
+        }
+    }
+    match tokio::time::timeout(WAIT, second.conn.closed())
+        .await
+        .context("a child sending only refused messages is not cut off")?
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, net::close::BYE),
+        other => anyhow::bail!("expected the township to close it, got {other}"),
+    }
+
+    // The township still works, and the honest village syncs through it again.
+    fed.restart(&v01).await?;
+    let township = fed.graphql_url(&t01)?;
+    let t_token = fed.token(&t01, Role::Viewer)?.to_owned();
+    let later = create_member(
+        &fed.graphql_url(&v01)?,
+        fed.token(&v01, Role::Clerk)?,
+        "c01/k01/t01/v01",
+        "After The Flood",
+    )
+    .await?;
+    eventually(WAIT, "the honest village's member at the township", || {
+        let (u, t, id) = (township.clone(), t_token.clone(), later.clone());
+        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
+    })
+    .await?;
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// A city and its county, the county's link through a relay (returned).
 async fn county_behind_relay() -> anyhow::Result<(Federation, tempfile::TempDir, Arc<Relay>)> {
     let (via, slot) = behind_relay("c01/k01");

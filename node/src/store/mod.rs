@@ -64,6 +64,10 @@ pub const CHANGE_FEED: usize = 1024;
 const MAX_BATCH: usize = 512;
 /// Inbox capacity: callers wait (backpressure) when the actor is this far behind.
 const INBOX: usize = 4096;
+/// Messages refused from one peer on one connection before the connection is closed: an
+/// honest peer's refusals are a few documents a session (each refused document is frozen),
+/// a hostile one's could otherwise flood the log and the replies.
+const MAX_REJECTED_PER_LINK: u32 = 1024;
 /// Sync data packed into one `SyncBatch` frame at most (well under the frame cap).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
@@ -286,6 +290,8 @@ enum Command {
     FromPeer {
         peer: UnitId,
         msg: Msg,
+        /// The link's share of the inbox this frame holds, given back once it is handled.
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// A snapshot from the compactor thread, to be stored with the next commit.
     Compacted(compact::Done),
@@ -825,9 +831,14 @@ impl StoreHandle {
 
     /// A message arrived from `peer`. Waits when the actor's inbox is full (backpressure on
     /// the link).
-    pub async fn from_peer(&self, peer: UnitId, msg: Msg) -> Result<(), StoreError> {
+    pub async fn from_peer(
+        &self,
+        peer: UnitId,
+        msg: Msg,
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(), StoreError> {
         self.tx
-            .send(Command::FromPeer { peer, msg })
+            .send(Command::FromPeer { peer, msg, held })
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -1251,6 +1262,8 @@ struct LinkEntry {
     down_since_ms: u64,
     connected: bool,
     rejected: u64,
+    /// Messages refused from the peer during this connection.
+    rejected_now: u32,
 }
 
 /// A peer this node has had no link with since it last went down, or ever: expected at
@@ -1755,6 +1768,13 @@ impl Actor {
                         HashMap::new()
                     }
                 };
+                // A newer connection of the same peer replaces a live one (a child whose
+                // address changed redials before its old connection times out here); two
+                // at once would feed one session from two streams.
+                if self.outboxes.contains_key(&peer) {
+                    tracing::info!(%peer, "a new connection replaces the live one");
+                    self.on_peer_down(peer.clone(), batch);
+                }
                 for msg in self.engine.connect(&peer, saved) {
                     batch.sends.push((peer.clone(), msg));
                 }
@@ -1769,6 +1789,7 @@ impl Actor {
                         down_since_ms: 0,
                         connected: true,
                         rejected,
+                        rejected_now: 0,
                     },
                 );
                 batch.replies.push(Box::new(move |_| {
@@ -1812,25 +1833,43 @@ impl Actor {
                 }
                 reply_after_commit(batch, reply, r);
             }
-            Command::FromPeer { peer, msg } => {
+            // The frame's hold on the link's budget ends with this arm.
+            Command::FromPeer {
+                peer,
+                msg,
+                held: _held,
+            } => {
                 let step = self.engine.receive(&peer, msg);
                 let now = now_ms();
                 for author in step.authors {
                     batch.heard.insert(author, now);
                 }
+                let mut over = false;
                 for rejection in &step.rejected {
-                    let total = self.links.get_mut(&peer).map_or(0, |l| {
+                    let (total, now) = self.links.get_mut(&peer).map_or((0, 0), |l| {
                         l.rejected += 1;
-                        l.rejected
+                        l.rejected_now = l.rejected_now.saturating_add(1);
+                        (l.rejected, l.rejected_now)
                     });
+                    // Logged one by one up to a point; a peer past it is cut off.
+                    if now <= MAX_REJECTED_PER_LINK {
+                        tracing::warn!(
+                            %peer,
+                            reason = ?rejection.reason,
+                            doc = ?rejection.doc.as_ref().map(ToString::to_string),
+                            detail = %rejection.detail,
+                            rejected_from_peer = total,
+                            "rejected a message from a peer"
+                        );
+                    }
+                    over |= now > MAX_REJECTED_PER_LINK;
+                }
+                if over && self.outboxes.contains_key(&peer) {
                     tracing::warn!(
                         %peer,
-                        reason = ?rejection.reason,
-                        doc = ?rejection.doc.as_ref().map(ToString::to_string),
-                        detail = %rejection.detail,
-                        rejected_from_peer = total,
-                        "rejected a message from a peer"
+                        "more than {MAX_REJECTED_PER_LINK} messages refused on this connection: closing it"
                     );
+                    self.on_peer_down(peer.clone(), batch);
                 }
                 batch.resync.extend(step.changed.iter().cloned());
                 batch.forward.extend(step.forward);
@@ -1843,6 +1882,8 @@ impl Actor {
         }
     }
 
+    /// The link to `peer` ends: its sync states are saved, and its connection is closed if
+    /// it still runs (a revocation, a replacement or a misbehaving peer end it from here).
     fn on_peer_down(&mut self, peer: UnitId, batch: &mut Batch) {
         for (doc, state) in self.engine.disconnect(&peer) {
             batch.states.push((peer.clone(), doc, state));
@@ -1851,6 +1892,7 @@ impl Actor {
         if let Some(l) = self.links.get_mut(&peer) {
             l.connected = false;
             l.down_since_ms = now_ms();
+            l.counters.close.cancel();
         }
     }
 
@@ -2036,7 +2078,10 @@ impl Actor {
             match msg {
                 Msg::Sync { doc, data } => {
                     let entry = pending.entry(peer.clone()).or_default();
-                    if entry.1 + data.len() > MAX_BATCH_BYTES && !entry.0.is_empty() {
+                    if (entry.1 + data.len() > MAX_BATCH_BYTES
+                        || entry.0.len() >= wire::MAX_BATCH_ITEMS)
+                        && !entry.0.is_empty()
+                    {
                         flush(&peer, std::mem::take(&mut entry.0));
                         entry.1 = 0;
                     }

@@ -14,7 +14,7 @@ use grassroots_schema::{ActorTag, DocId, DocKind, DocMeta, UnitId, may_author, r
 use ring::digest::{SHA256, digest};
 
 use super::chunks::{
-    CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE, CHUNK_DOCUMENT, document_actors, inflated_len,
+    CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE, CHUNK_DOCUMENT, document_actors, inflated_len, leb128,
     split_chunks,
 };
 use super::wire::{self, Digest, Msg, RejectReason, Summary};
@@ -36,6 +36,18 @@ pub const MAX_DEFERRED: usize = 10_000;
 /// this, a further refused document is not frozen.
 const MAX_REFUSED: usize = 10_000;
 
+/// Units per link whose summaries are exchanged in one session; past this a peer's summary
+/// is refused (a tree of 5,000 villages has about 5,300 units; a peer inventing units must
+/// not grow the session's memory without bound).
+const MAX_SUMMARISED: usize = 100_000;
+
+/// Registered children and revoked certificates one profile may hold: a county has tens
+/// of townships, a township tens of villages.
+pub const MAX_PROFILE_ENTRIES: usize = 10_000;
+
+/// A peer's refusals logged as warnings per session; the rest at debug level.
+const MAX_LOGGED_REFUSALS: u32 = 32;
+
 /// Whether a refusal is for what the sender sent (so the document is not synced with it
 /// again this session), not for a local failure such as a document that would not load.
 fn is_peers_fault(reason: RejectReason) -> bool {
@@ -52,9 +64,21 @@ fn is_peers_fault(reason: RejectReason) -> bool {
     }
 }
 
-/// Most bytes the changes of one incoming sync message may inflate to (compressed changes
-/// and document columns are measured before automerge decompresses them).
+/// Most bytes the changes of one incoming frame (a sync message, or every message of a
+/// batch together) may inflate to (compressed changes and document columns are measured
+/// before automerge decompresses them).
 pub const MAX_INFLATED: u64 = 64 << 20;
+
+/// Most change hashes a sync message may list as heads (or a `have` as its last sync): an
+/// honest one lists a document's heads, a handful.
+const MAX_HEADS: usize = 1024;
+/// Most change hashes a sync message may ask for (its `need`).
+const MAX_NEED: usize = 16_384;
+/// Most `have` entries in a sync message (automerge sends at most one).
+const MAX_HAVES: usize = 4;
+/// Most probes per hash a `have`'s Bloom filter may ask for (automerge uses 7): automerge
+/// allocates that many per change it tests, and trusts the number.
+const MAX_PROBES: u64 = 32;
 
 /// Where an evicted document is read back from: the store's durable copy.
 pub type DocSource = Box<dyn FnMut(&DocId) -> Result<Automerge, String> + Send>;
@@ -203,6 +227,8 @@ struct PeerSync {
     deferred: BTreeMap<UnitId, BTreeMap<DocId, DocMeta>>,
     /// Documents whose message from this peer was refused: not synced again this session.
     refused: HashSet<DocId>,
+    /// The peer's refusals of this side's messages heard this session.
+    refusals_heard: u32,
 }
 
 impl PeerSync {
@@ -247,6 +273,47 @@ fn digest_of_heads(mut heads: Vec<ChangeHash>) -> Digest {
 /// changes, or a whole document), decoded without touching any hosted document.
 /// Also adds what the chunk inflates to onto `inflated`, refusing the chunk once the
 /// message's total passes [`MAX_INFLATED`].
+/// Refuse what automerge would trust in a peer's sync message: a Bloom filter whose shape
+/// makes it divide by zero or allocate without bound when tested (automerge 0.12 panics on
+/// a filter with no bits), and hash lists no honest peer sends.
+fn check_message(m: &sync::Message) -> Result<(), String> {
+    if m.heads.len() > MAX_HEADS || m.need.len() > MAX_NEED || m.have.len() > MAX_HAVES {
+        return Err(format!(
+            "{} heads, {} needed and {} haves (at most {MAX_HEADS}, {MAX_NEED}, {MAX_HAVES})",
+            m.heads.len(),
+            m.need.len(),
+            m.have.len()
+        ));
+    }
+    for have in &m.have {
+        if have.last_sync.len() > MAX_HEADS {
+            return Err(format!("a have lists {} hashes", have.last_sync.len()));
+        }
+        // Empty: no entries, never probed. Otherwise entries, bits per entry and probes, then
+        // the bits, which must be there (automerge takes entries x bits / 8 bytes).
+        let bloom = have.bloom.to_bytes();
+        if bloom.is_empty() {
+            continue;
+        }
+        let mut pos = 0;
+        let (Some(_entries), Some(bits_per_entry), Some(probes)) = (
+            leb128(&bloom, &mut pos),
+            leb128(&bloom, &mut pos),
+            leb128(&bloom, &mut pos),
+        ) else {
+            return Err("an unreadable Bloom filter".into());
+        };
+        if bits_per_entry == 0 || !(1..=MAX_PROBES).contains(&probes) || pos >= bloom.len() {
+            return Err(format!(
+                "a Bloom filter of {bits_per_entry} bits per entry, {probes} probes and {} \
+                 bytes",
+                bloom.len() - pos.min(bloom.len())
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn authors_of(chunk: &[u8], id: &DocId, inflated: &mut u64) -> Result<Vec<UnitId>, Rejection> {
     let malformed = |what: &str| Rejection::new(RejectReason::Malformed, Some(id), what.to_owned());
     let unit = |c: &Change| {
@@ -270,12 +337,14 @@ fn authors_of(chunk: &[u8], id: &DocId, inflated: &mut u64) -> Result<Vec<UnitId
             return Err(Rejection::new(
                 RejectReason::TooLarge,
                 Some(id),
-                format!("the message's changes inflate past {MAX_INFLATED} bytes"),
+                format!("the frame's changes inflate past {MAX_INFLATED} bytes"),
             ));
         }
         match kind {
             CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE => {
-                let c = Change::from_bytes(bytes.to_vec())
+                // Peer bytes: a panic decoding them is a refusal like any other.
+                let c = catch_unwind(|| Change::from_bytes(bytes.to_vec()))
+                    .map_err(|_| malformed("automerge panicked decoding a change"))?
                     .map_err(|e| malformed(&format!("change: {e}")))?;
                 out.push(unit(&c)?);
             }
@@ -936,8 +1005,20 @@ impl Engine {
             return None;
         }
         let doc = self.docs.get(id)?.doc.as_ref()?;
-        let state = self.peers.get_mut(peer)?.state(id);
-        let m = doc.generate_sync_message(state)?;
+        let p = self.peers.get_mut(peer)?;
+        // The state holds what the peer said it has; automerge trusts it. A panic here must
+        // not take the store down: the document stops syncing with this peer this session.
+        let generated = catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(p.state(id))));
+        let Ok(m) = generated else {
+            tracing::error!(%peer, doc = %id, "automerge panicked generating a sync message; the document waits for the next session with this peer");
+            p.states.remove(id);
+            if p.refused.len() < MAX_REFUSED {
+                p.refused.insert(id.clone());
+            }
+            return None;
+        };
+        let m = m?;
+        let state = p.state(id);
         let settled = m.changes.iter().next().is_none()
             && m.need.is_empty()
             && state.their_heads.as_ref().is_some_and(|theirs| {
@@ -1047,10 +1128,13 @@ impl Engine {
                     step.reject(peer, r);
                 }
             }
-            Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut step),
+            Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut 0, &mut step),
             Msg::SyncBatch(items) => {
+                // One inflation budget for the whole frame: items of a batch may each name
+                // another (even invented) document, so a budget per item would not bound it.
+                let mut inflated = 0;
                 for (doc, data) in items {
-                    self.sync_or_refuse(peer, doc, &data, &mut step);
+                    self.sync_or_refuse(peer, doc, &data, &mut inflated, &mut step);
                 }
             }
             Msg::Reject {
@@ -1058,34 +1142,11 @@ impl Engine {
                 doc: Some(doc),
                 ..
             } => self.start_over(peer, &doc, &mut step),
-            // The peer refused this side's message for a document: it will not sync it with
-            // this side again this session, so neither does this side (nor keep a slot).
             Msg::Reject {
                 reason,
-                doc: Some(doc),
+                doc,
                 detail,
-            } if is_peers_fault(reason) => {
-                tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message; the document waits for the next session");
-                self.freeze(peer, &doc, &mut step);
-            }
-            // Refused for a failure on the peer's side, or for a reason this build does not
-            // know: nothing to freeze, but start over (slot freed, state dropped) so that
-            // neither side waits for the other.
-            Msg::Reject {
-                reason,
-                doc: Some(doc),
-                detail,
-            } => {
-                tracing::warn!(%peer, ?reason, %doc, detail, "peer refused our message");
-                self.start_over(peer, &doc, &mut step);
-            }
-            Msg::Reject {
-                reason,
-                doc: None,
-                detail,
-            } => {
-                tracing::warn!(%peer, ?reason, detail, "peer refused our message");
-            }
+            } => self.on_reject(peer, reason, doc, &detail, &mut step),
             Msg::Unknown(t) => tracing::debug!(%peer, t, "ignoring unknown message type"),
             Msg::Probe => {}
             Msg::Hello(_) => step.reject(
@@ -1094,6 +1155,41 @@ impl Engine {
             ),
         }
         step
+    }
+
+    /// The peer refused a message of this side's.
+    fn on_reject(
+        &mut self,
+        peer: &UnitId,
+        reason: RejectReason,
+        doc: Option<DocId>,
+        detail: &str,
+        step: &mut Step,
+    ) {
+        // The peer's words, shortened; and only the first few of a session at warning level,
+        // since a peer decides how many it sends.
+        let loud = self.peers.get_mut(peer).is_some_and(|p| {
+            p.refusals_heard = p.refusals_heard.saturating_add(1);
+            p.refusals_heard <= MAX_LOGGED_REFUSALS
+        });
+        let detail = wire::printable(detail, 256);
+        let shown = doc.as_ref().map(ToString::to_string);
+        if loud {
+            tracing::warn!(%peer, ?reason, doc = ?shown, %detail, "peer refused our message");
+        } else {
+            tracing::debug!(%peer, ?reason, doc = ?shown, %detail, "peer refused our message");
+        }
+        match doc {
+            // Refused for what this side sent: the peer will not sync that document with this
+            // side again this session, so neither does this side (nor keep a slot); it waits
+            // for the next session.
+            Some(doc) if is_peers_fault(reason) => self.freeze(peer, &doc, step),
+            // Refused for a failure on the peer's side, or for a reason this build does not
+            // know: nothing to freeze, but start over (slot freed, state dropped) so that
+            // neither side waits for the other.
+            Some(doc) => self.start_over(peer, &doc, step),
+            None => {}
+        }
     }
 
     fn on_root(&mut self, peer: &UnitId, theirs: Digest, step: &mut Step) {
@@ -1124,11 +1220,9 @@ impl Engine {
 
     /// Send this side's summary of `unit` to `peer`, unless already sent this session.
     fn summarise_once(&mut self, peer: &UnitId, child: &UnitId, unit: &UnitId, step: &mut Step) {
-        if self
-            .peers
-            .get_mut(peer)
-            .is_some_and(|p| p.summarised.insert(unit.clone()))
-        {
+        if self.peers.get_mut(peer).is_some_and(|p| {
+            p.summarised.len() < MAX_SUMMARISED && p.summarised.insert(unit.clone())
+        }) {
             let sm = self.summary(child, unit);
             step.send.push((peer.clone(), Msg::Summary(sm)));
         }
@@ -1195,6 +1289,15 @@ impl Engine {
 
     fn on_summary(&mut self, peer: &UnitId, sm: Summary, step: &mut Step) -> Result<(), Rejection> {
         self.check_summary(peer, &sm)?;
+        if self.peers.get(peer).is_some_and(|p| {
+            p.summarised.len() >= MAX_SUMMARISED && !p.summarised.contains(&sm.unit)
+        }) {
+            return Err(Rejection::new(
+                RejectReason::TooLarge,
+                None,
+                format!("more than {MAX_SUMMARISED} units summarised in one session"),
+            ));
+        }
         let Some(child) = self.link_child(peer).cloned() else {
             return Ok(());
         };
@@ -1253,7 +1356,14 @@ impl Engine {
     /// Handle one document's sync message. A document whose message was refused is not
     /// synced with that peer again this session: automerge would keep asking for (and the
     /// peer keep sending) the refused change, a loop with no end.
-    fn sync_or_refuse(&mut self, peer: &UnitId, doc: DocId, data: &[u8], step: &mut Step) {
+    fn sync_or_refuse(
+        &mut self,
+        peer: &UnitId,
+        doc: DocId,
+        data: &[u8],
+        inflated: &mut u64,
+        step: &mut Step,
+    ) {
         if self
             .peers
             .get(peer)
@@ -1263,7 +1373,7 @@ impl Engine {
             return;
         }
         let id = doc.clone();
-        if let Err(r) = self.on_sync(peer, doc, data, step) {
+        if let Err(r) = self.on_sync(peer, doc, data, inflated, step) {
             // A local failure (the document could not be read back) is not the peer's
             // doing: the document stays in sync with it.
             if is_peers_fault(r.reason) {
@@ -1300,6 +1410,7 @@ impl Engine {
         peer: &UnitId,
         id: DocId,
         data: &[u8],
+        inflated: &mut u64,
         step: &mut Step,
     ) -> Result<(), Rejection> {
         let meta = match self.docs.get(&id) {
@@ -1316,22 +1427,25 @@ impl Engine {
                 ),
             ));
         }
-        let message = sync::Message::decode(data).map_err(|e| {
-            Rejection::new(
-                RejectReason::Malformed,
-                Some(&id),
-                format!("sync message: {e}"),
-            )
-        })?;
+        let message = catch_unwind(|| sync::Message::decode(data))
+            .map_err(|_| "automerge panicked decoding it".to_owned())
+            .and_then(|m| m.map_err(|e| e.to_string()))
+            .and_then(|m| check_message(&m).map(|()| m))
+            .map_err(|e| {
+                Rejection::new(
+                    RejectReason::Malformed,
+                    Some(&id),
+                    format!("sync message: {e}"),
+                )
+            })?;
         // Peer bytes are hostile. First every change the message carries is decoded and its
         // author checked against rule 2, before anything is applied: automerge may queue a
         // change whose dependencies are missing (bloom-filter false positives make honest
         // peers do that) and apply it later, so checking only what applied now is not enough.
         let owner = meta.owner();
         let mut authors = BTreeSet::new();
-        let mut inflated = 0u64;
         for chunk in message.changes.iter() {
-            for author in authors_of(chunk, &id, &mut inflated)? {
+            for author in authors_of(chunk, &id, inflated)? {
                 if !may_author(&author, owner) {
                     return Err(Rejection::new(
                         RejectReason::Unauthorised,
@@ -1371,11 +1485,14 @@ impl Engine {
         let before = doc.get_heads();
 
         // Then apply to a copy inside catch_unwind (automerge 0.12 panics on some malformed
-        // changes) and adopt the copy only if that went well.
-        let mut candidate = doc.clone();
+        // changes) and adopt the copy only if that went well. A message without changes only
+        // reads the document, so it needs no copy: a peer sending many small messages for a
+        // large document must not cost a copy of it each.
+        let mut candidate = (!message.changes.is_empty()).then(|| doc.clone());
         let mut candidate_state = state.clone();
-        let applied = catch_unwind(AssertUnwindSafe(|| {
-            candidate.receive_sync_message(&mut candidate_state, message)
+        let applied = catch_unwind(AssertUnwindSafe(|| match candidate.as_mut() {
+            Some(copy) => copy.receive_sync_message(&mut candidate_state, message),
+            None => doc.receive_sync_message(&mut candidate_state, message),
         }));
         match applied {
             Err(_) => {
@@ -1394,23 +1511,40 @@ impl Engine {
             }
             Ok(Ok(())) => {}
         }
-        // Rule 3's field-level authority, on the copy: which record a change touched, and
-        // who handled it then, are only known against the document.
-        match catch_unwind(AssertUnwindSafe(|| {
-            super::fields::check(&candidate, &before, &meta)
-        })) {
-            Ok(Ok(())) => {}
-            Ok(Err(r)) => return Err(r),
-            Err(_) => {
-                return Err(Rejection::new(
-                    RejectReason::Panicked,
-                    Some(&id),
-                    "automerge panicked on checking the message",
-                ));
+        let mut changed = false;
+        if let Some(candidate) = candidate {
+            // Rule 3's field-level authority, on the copy: which record a change touched,
+            // and who handled it then, are only known against the document.
+            match catch_unwind(AssertUnwindSafe(|| {
+                super::fields::check(&candidate, &before, &meta)
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(r)) => return Err(r),
+                Err(_) => {
+                    return Err(Rejection::new(
+                        RejectReason::Panicked,
+                        Some(&id),
+                        "automerge panicked on checking the message",
+                    ));
+                }
             }
+            // A profile is read whole at every change of it, by every node up the line.
+            if id.kind == DocKind::Profile {
+                let n = doc::profile_entries(&candidate);
+                if n > MAX_PROFILE_ENTRIES {
+                    return Err(Rejection::new(
+                        RejectReason::TooLarge,
+                        Some(&id),
+                        format!(
+                            "a profile of {n} registered units and revocations (at most \
+                             {MAX_PROFILE_ENTRIES})"
+                        ),
+                    ));
+                }
+            }
+            changed = candidate.get_heads() != before;
+            *doc = candidate;
         }
-        let changed = candidate.get_heads() != before;
-        *doc = candidate;
         *state = candidate_state;
         step.authors.extend(authors);
         if changed {
@@ -1703,6 +1837,115 @@ mod tests {
             let again = send(&mut t, &junk);
             assert!(again.rejected.is_empty() && again.send.is_empty());
         }
+    }
+
+    /// automerge 0.12 trusts a `have`'s Bloom filter: one with no bits divides by zero when
+    /// this side next tests its changes against it, and one asking for 2^32 probes allocates
+    /// 16 GiB per change. Both must be refused at decoding, and the engine go on.
+    #[test]
+    fn a_bloom_filter_automerge_would_choke_on_is_refused() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let _ = connect(&mut t, &mut v);
+        let id = write(&mut t, "c01/k01/t01/v01", 1, "Hosted");
+        // Type 0x42, no heads, no need, one have (no last sync; the filter's bytes), no
+        // changes.
+        let message = |bloom: &[u8]| {
+            let mut m = vec![0x42, 0, 0, 1, 0, bloom.len() as u8];
+            m.extend_from_slice(bloom);
+            m.push(0);
+            m
+        };
+        let no_bits = message(&[1, 0, 1]);
+        let many_probes = message(&[1, 10, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0]);
+        for bad in [no_bits, many_probes] {
+            let _ = t.disconnect(v.me());
+            let _ = t.connect(v.me(), HashMap::new());
+            let step = t.receive(
+                &u("c01/k01/t01/v01"),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: bad,
+                },
+            );
+            assert_eq!(step.rejected.len(), 1, "{:?}", step.rejected);
+            assert_eq!(step.rejected[0].reason, RejectReason::Malformed);
+            assert!(
+                step.rejected[0].detail.contains("Bloom"),
+                "{:?}",
+                step.rejected
+            );
+        }
+        // An honest filter still passes, and the document syncs.
+        let _ = t.disconnect(v.me());
+        let _ = v.disconnect(t.me());
+        link(&mut t, &mut v);
+        assert_eq!(
+            v.get(&id).unwrap().doc().unwrap().get_heads(),
+            t.get(&id).unwrap().doc().unwrap().get_heads()
+        );
+    }
+
+    /// The inflation cap holds for a whole batch: items naming different documents, each
+    /// under the cap alone, may not together make this side inflate more than it.
+    #[test]
+    fn a_batch_shares_one_inflation_budget() {
+        use std::io::Write as _;
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let _ = connect(&mut t, &mut v);
+        // A compressed-change chunk inflating to 30 MiB of zeros (not a change once inflated:
+        // refused as malformed, after its inflation has been counted).
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&vec![0u8; 30 << 20]).unwrap();
+        let body = z.finish().unwrap();
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, CHUNK_COMPRESSED_CHANGE];
+        let mut n = body.len();
+        while n >= 0x80 {
+            chunk.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        chunk.push(n as u8);
+        chunk.extend_from_slice(&body);
+        let message = sync::Message {
+            heads: vec![],
+            need: vec![],
+            have: vec![],
+            changes: chunk.into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        }
+        .encode();
+        let items = [DocKind::Members, DocKind::Meetings, DocKind::Complaints]
+            .into_iter()
+            .map(|k| (DocId::new(k, u("c01/k01/t01/v01")), message.clone()))
+            .collect();
+        let step = t.receive(&u("c01/k01/t01/v01"), Msg::SyncBatch(items));
+        let reasons: Vec<_> = step.rejected.iter().map(|r| r.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                RejectReason::Malformed,
+                RejectReason::Malformed,
+                RejectReason::TooLarge
+            ],
+            "{:?}",
+            step.rejected
+        );
+        assert!(
+            step.rejected[2].detail.contains("frame"),
+            "{:?}",
+            step.rejected
+        );
+        // One such message alone is under the cap.
+        let step = t.receive(
+            &u("c01/k01/t01/v01"),
+            Msg::Sync {
+                doc: DocId::new(DocKind::Activists, u("c01/k01/t01/v01")),
+                data: message,
+            },
+        );
+        assert_eq!(step.rejected[0].reason, RejectReason::Malformed);
     }
 
     #[test]

@@ -214,6 +214,41 @@ pub enum WireError {
     /// another version may lay it out otherwise.
     #[error("a hello in {0}, which this build does not speak")]
     Version(Versions),
+    /// A list longer than any honest peer sends (decoding it would cost memory out of
+    /// proportion to the frame).
+    #[error("{n} {what} in one message (at most {max})")]
+    TooMany {
+        /// What the list holds.
+        what: &'static str,
+        /// How many the message says it holds.
+        n: u64,
+        /// The most this build reads.
+        max: u64,
+    },
+}
+
+/// Most items of one `SyncBatch`; a sender splits longer runs into several batches.
+pub const MAX_BATCH_ITEMS: usize = 4096;
+/// Most documents one `Summary` lists: a unit holds one per kind.
+pub const MAX_SUMMARY_DOCS: usize = 1024;
+/// Most children one `Summary` lists.
+pub const MAX_SUMMARY_CHILDREN: usize = 16_384;
+/// Most units an audience names.
+const MAX_AUDIENCE_UNITS: usize = 64;
+
+/// A peer's text as this node shows it (logs, status): printable characters only, at most
+/// `max` of them.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+/// `n` if it is at most `max`.
+fn at_most(n: impl Into<u64>, max: usize, what: &'static str) -> Result<u64, WireError> {
+    let (n, max) = (n.into(), max as u64);
+    if n > max {
+        return Err(WireError::TooMany { what, n, max });
+    }
+    Ok(n)
 }
 
 const T_HELLO: u8 = 1;
@@ -336,8 +371,8 @@ impl<'a> Reader<'a> {
                     .ok_or_else(|| WireError::BadField("level".into()))?,
             ),
             3 => {
-                let n = self.u16()?;
-                let mut v = Vec::with_capacity(n.min(1024) as usize);
+                let n = at_most(self.u16()?, MAX_AUDIENCE_UNITS, "audience units")?;
+                let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.unit()?);
                 }
@@ -441,14 +476,14 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
         T_ROOT => Msg::Root(r.digest()?),
         T_SUMMARY => {
             let unit = r.unit()?;
-            let n = r.u32()?;
-            let mut docs = Vec::with_capacity(n.min(4096) as usize);
+            let n = at_most(r.u32()?, MAX_SUMMARY_DOCS, "documents")?;
+            let mut docs = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let id = r.doc()?;
                 let audience = r.audience()?;
                 docs.push((DocMeta { id, audience }, r.digest()?));
             }
-            let n = r.u32()?;
+            let n = at_most(r.u32()?, MAX_SUMMARY_CHILDREN, "children")?;
             let mut children = Vec::with_capacity(n.min(4096) as usize);
             for _ in 0..n {
                 let u = r.unit()?;
@@ -461,8 +496,8 @@ pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
             })
         }
         T_SYNC_BATCH => {
-            let n = r.u32()?;
-            let mut items = Vec::with_capacity(n.min(4096) as usize);
+            let n = at_most(r.u32()?, MAX_BATCH_ITEMS, "batch items")?;
+            let mut items = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let doc = r.doc()?;
                 items.push((doc, r.bytes()?));
@@ -649,6 +684,63 @@ mod tests {
             decode(&[T_HELLO, 1, 2, 0xff]),
             Err(WireError::BadField(_))
         ));
+    }
+
+    /// Lists longer than an honest peer sends are refused before they are read, whatever
+    /// the frame's size allows.
+    #[test]
+    fn lists_past_their_caps_are_refused() {
+        let doc = DocId::new(DocKind::Members, u("c01/k01"));
+        let batch = |n: usize| Msg::SyncBatch(vec![(doc.clone(), vec![0x42]); n]);
+        assert!(matches!(
+            decode(&encode(&batch(MAX_BATCH_ITEMS))),
+            Ok(Msg::SyncBatch(items)) if items.len() == MAX_BATCH_ITEMS
+        ));
+        assert!(matches!(
+            decode(&encode(&batch(MAX_BATCH_ITEMS + 1))),
+            Err(WireError::TooMany {
+                what: "batch items",
+                ..
+            })
+        ));
+        let summary = |docs: usize, children: usize| {
+            Msg::Summary(Summary {
+                unit: u("c01/k01"),
+                docs: vec![(DocMeta::new(doc.clone()), [0; 16]); docs],
+                children: vec![(u("c01/k01/t01"), [0; 16]); children],
+            })
+        };
+        assert!(decode(&encode(&summary(MAX_SUMMARY_DOCS, MAX_SUMMARY_CHILDREN))).is_ok());
+        for (docs, children, what) in [
+            (MAX_SUMMARY_DOCS + 1, 0, "documents"),
+            (0, MAX_SUMMARY_CHILDREN + 1, "children"),
+        ] {
+            let e = decode(&encode(&summary(docs, children))).unwrap_err();
+            assert!(
+                matches!(e, WireError::TooMany { what: w, .. } if w == what),
+                "{e}"
+            );
+        }
+        let units = DocMeta {
+            id: doc.clone(),
+            audience: Audience::Units(vec![u("c01/k01/t01"); MAX_AUDIENCE_UNITS + 1]),
+        };
+        let e = decode(&encode(&Msg::Summary(Summary {
+            unit: u("c01/k01"),
+            docs: vec![(units, [0; 16])],
+            children: vec![],
+        })))
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WireError::TooMany {
+                    what: "audience units",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
