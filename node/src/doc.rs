@@ -760,9 +760,13 @@ pub fn profile_children(doc: &Automerge, unit: &UnitId) -> Vec<UnitId> {
 }
 
 /// How many entries a profile's add-only sets hold: registered children and revoked
-/// certificates (what a peer's change to a profile may not grow without bound).
+/// certificates, and the concurrent maps they are read over (what a peer's change to a
+/// profile may not grow without bound).
 pub fn profile_entries(doc: &Automerge) -> usize {
-    union_keys(doc, CHILDREN).len() + union_keys(doc, "revoked").len()
+    [CHILDREN, "revoked"]
+        .into_iter()
+        .map(|k| union_keys(doc, k).len() + doc.get_all(ROOT, k).map_or(0, |v| v.len()))
+        .sum()
 }
 
 /// The keys of the map at `key` of the root, over every map put there concurrently: two

@@ -40,6 +40,9 @@ const WRITE_STALL: Duration = Duration::from_secs(120);
 /// Frame bytes one link may have waiting in the store's inbox (at least one frame of
 /// [`MAX_FRAME`]).
 const LINK_INBOX_BYTES: usize = 2 * MAX_FRAME;
+/// Frames that do not decode, on one connection, before it is closed (as for messages the
+/// store refuses, see the store's cap).
+const MAX_MALFORMED_FRAMES: u32 = 1024;
 /// The piece in which a frame's body is read (and its buffer grown).
 const READ_PIECE: usize = 64 << 10;
 
@@ -848,6 +851,7 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     }
     tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, "link up");
     let reader = async {
+        let mut malformed = 0u32;
         loop {
             match read_counted(&mut recv).await {
                 // A probe only made the transport acknowledge; it is not data.
@@ -858,8 +862,9 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                     let Ok(held) = budget.clone().acquire_many_owned(want).await else {
                         return "store closed".to_owned();
                     };
+                    let session = counters.session;
                     if store
-                        .from_peer(peer.clone(), msg, Some(held))
+                        .from_peer(peer.clone(), session, msg, Some(held))
                         .await
                         .is_err()
                     {
@@ -868,12 +873,23 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                 }
                 Ok(Some((Err(e), size))) => {
                     counters.received(size);
-                    tracing::warn!(%peer, "malformed frame: {e}");
-                    let _ = out_tx.send(Msg::Reject {
+                    // Answered here, without the store: counted and capped here too.
+                    malformed += 1;
+                    if malformed > MAX_MALFORMED_FRAMES {
+                        return format!("{malformed} malformed frames; link closed");
+                    }
+                    if malformed <= 32 {
+                        tracing::warn!(%peer, "malformed frame: {e}");
+                    }
+                    let reject = Msg::Reject {
                         reason: RejectReason::Malformed,
                         doc: None,
                         detail: e.to_string(),
-                    });
+                    };
+                    counters
+                        .queued_out
+                        .fetch_add(wire::weight(&reject), Ordering::Relaxed);
+                    let _ = out_tx.send(reject);
                 }
                 Ok(None) => return "peer finished the stream".to_owned(),
                 Err(NetError::TooLarge(n)) => {
@@ -903,6 +919,7 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                         Ok(size) => counters.sent(size),
                         Err(e) => return e.to_string(),
                     }
+                    counters.queued_out.fetch_sub(wire::weight(&msg), Ordering::Relaxed);
                     last_sent = Instant::now();
                 }
                 _ = tick.tick() => {

@@ -40,6 +40,9 @@ pub struct LinkCounters {
     pub awaiting: std::sync::atomic::AtomicBool,
     /// Probes sent (not counted in the frames and bytes above).
     pub probes_out: AtomicU64,
+    /// What waits to be written to the peer, by [`crate::sync::wire::weight`]: added by the
+    /// store as it queues a message, taken off by the link once it is written.
+    pub queued_out: AtomicU64,
     /// Cancelled by the store to end the link: its certificate was revoked, a newer
     /// connection of the same peer replaced it, or the peer sent too many refused messages.
     pub close: tokio_util::sync::CancellationToken,

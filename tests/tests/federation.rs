@@ -758,8 +758,8 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
 
 /// A connection of a child that a newer one replaces is closed; a sync message whose Bloom
 /// filter would make automerge 0.12 divide by zero (a panic on the store thread, which
-/// stopped the node) is refused; and a child that goes on sending refused messages is cut
-/// off. The township keeps working throughout.
+/// stopped the node) is refused; and a child that goes on sending refused messages, or
+/// frames that do not decode, is cut off. The township keeps working throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Result<()> {
     let (mut fed, dir) = start(small_tree(), None).await?;
@@ -826,6 +826,19 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
         quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, net::close::BYE),
         other => anyhow::bail!("expected the township to close it, got {other}"),
     }
+
+    // Likewise frames that do not decode (a sync message cut short), which the link answers
+    // without the store.
+    let mut third =
+        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    for _ in 0..1100 {
+        if third.send.write_all(&[0, 0, 0, 1, 3]).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::timeout(WAIT, third.conn.closed())
+        .await
+        .context("a child sending only undecodable frames is not cut off")?;
 
     // The township still works, and the honest village syncs through it again.
     fed.restart(&v01).await?;

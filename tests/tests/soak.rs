@@ -203,7 +203,9 @@ async fn writer(
         let roll = rng.below(100);
         let transfers = !villages.is_empty();
         if roll < 30 || members.is_empty() {
-            let (name, year) = (format!("{at} m{n}"), 1970 + (n % 30) as i64);
+            // Fixed width, so that no name is part of another (the search by name is
+            // a substring search).
+            let (name, year) = (format!("{at} m{n:06}"), 1970 + (n % 30) as i64);
             let data = client
                 .write(
                     CREATE_MEMBER,
@@ -223,7 +225,7 @@ async fn writer(
         } else if roll < 55 {
             let i = rng.below(members.len() as u64) as usize;
             let id = members[i].clone();
-            let name = format!("{at} m{n} renamed");
+            let name = format!("{at} m{n:06} renamed");
             client
                 .write(UPDATE_MEMBER, json!({ "id": id, "name": name }))
                 .await?;
@@ -344,7 +346,7 @@ async fn writer(
 /// transfer that lost or copied a member.
 async fn find_once(client: &Client, at: &UnitId, name: &str) -> anyhow::Result<(String, UnitId)> {
     let q = "query($u: ID!, $n: String!) { unit(id: $u) { members(subtree: true,
-        nameContains: $n, first: 10) { edges { node { id name unit { id } } } } } }";
+        nameContains: $n, first: 100) { edges { node { id name unit { id } } } } } }";
     let (answer, _) = client
         .until_answered(q, json!({ "u": at.as_str(), "n": name }), &[])
         .await?;
@@ -614,6 +616,21 @@ async fn federation_under_chaos_keeps_every_acknowledged_write() -> anyhow::Resu
         );
         let diffs = node.store().verify_views().await?;
         assert!(diffs.is_empty(), "{u} (SOAK_SEED={seed}): {diffs:?}");
+        // Honest nodes refuse nothing of each other, whatever the faults (a refusal would
+        // hold a document back until the next session, which convergence alone can miss).
+        let refused: Vec<_> = node
+            .store()
+            .status()
+            .await?
+            .links
+            .into_iter()
+            .filter(|l| l.rejected > 0)
+            .map(|l| (l.peer, l.rejected))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{u} refused messages of {refused:?} (SOAK_SEED={seed})"
+        );
     }
     let converged_in = healed.elapsed().as_secs_f64();
     eprintln!(

@@ -68,6 +68,10 @@ const INBOX: usize = 4096;
 /// honest peer's refusals are a few documents a session (each refused document is frozen),
 /// a hostile one's could otherwise flood the log and the replies.
 const MAX_REJECTED_PER_LINK: u32 = 1024;
+/// Bytes waiting to be sent to one peer before its connection is closed: an honest peer
+/// reads what it asked for; one that keeps asking without reading would hold this node's
+/// memory.
+const MAX_OUTBOX_BYTES: u64 = 256 << 20;
 /// Sync data packed into one `SyncBatch` frame at most (well under the frame cap).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
@@ -289,6 +293,9 @@ enum Command {
     },
     FromPeer {
         peer: UnitId,
+        /// The connection it came on ([`LinkCounters::session`]): frames an older connection
+        /// read after a newer one replaced it are dropped.
+        session: u64,
         msg: Msg,
         /// The link's share of the inbox this frame holds, given back once it is handled.
         held: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -326,11 +333,18 @@ pub struct DocChange {
 pub struct StoreThread {
     handle: StoreHandle,
     thread: Option<JoinHandle<()>>,
+    /// Set when the store is asked to stop: peer frames still queued are dropped.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreThread {
     /// Ask the actor to persist what it holds and stop, then wait for it.
     pub async fn shutdown(mut self) {
+        // Frames of peers queued before the stop are not worked through first (on a busy
+        // node, that took a minute and more): the peers offer them again next session. Local
+        // writes still queued are stored.
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
         if self
             .handle
@@ -413,6 +427,7 @@ pub fn open_database(
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
     let activity = Arc::new(compact::Activity::new());
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (changes, _) = broadcast::channel(CHANGE_FEED);
     let (failure, failed) = watch::channel(None);
     let rollups = Arc::new(reader::RollupCache::default());
@@ -447,6 +462,7 @@ pub fn open_database(
         last_record: 0,
         last_batch_writes: 0,
         failure,
+        stopping: stopping.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
@@ -463,6 +479,7 @@ pub fn open_database(
         StoreThread {
             handle,
             thread: Some(thread),
+            stopping,
         },
     ))
 }
@@ -834,11 +851,17 @@ impl StoreHandle {
     pub async fn from_peer(
         &self,
         peer: UnitId,
+        session: u64,
         msg: Msg,
         held: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(), StoreError> {
         self.tx
-            .send(Command::FromPeer { peer, msg, held })
+            .send(Command::FromPeer {
+                peer,
+                session,
+                msg,
+                held,
+            })
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -1279,6 +1302,8 @@ struct DialFailures {
 }
 
 struct Actor {
+    /// Set by [`StoreThread::shutdown`].
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     db: Arc<Database>,
     engine: Engine,
     outboxes: HashMap<UnitId, mpsc::UnboundedSender<Msg>>,
@@ -1761,19 +1786,30 @@ impl Actor {
                 counters,
                 reply,
             } => {
-                let saved = match self.saved_states(&peer) {
+                // A newer connection of the same peer replaces a live one (a child whose
+                // address changed redials before its old connection times out here); two
+                // at once would feed one session from two streams.
+                let replaced = self.outboxes.contains_key(&peer);
+                if replaced {
+                    tracing::info!(%peer, "a new connection replaces the live one");
+                    self.on_peer_down(peer.clone(), batch);
+                }
+                let mut saved = match self.saved_states(&peer) {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(%peer, "cannot read saved sync states, starting fresh: {e}");
                         HashMap::new()
                     }
                 };
-                // A newer connection of the same peer replaces a live one (a child whose
-                // address changed redials before its old connection times out here); two
-                // at once would feed one session from two streams.
-                if self.outboxes.contains_key(&peer) {
-                    tracing::info!(%peer, "a new connection replaces the live one");
-                    self.on_peer_down(peer.clone(), batch);
+                // The replaced session's states are not committed yet: newer than the saved.
+                if replaced {
+                    saved.extend(
+                        batch
+                            .states
+                            .iter()
+                            .filter(|(p, _, _)| *p == peer)
+                            .map(|(_, d, s)| (d.clone(), s.clone())),
+                    );
                 }
                 for msg in self.engine.connect(&peer, saved) {
                     batch.sends.push((peer.clone(), msg));
@@ -1836,9 +1872,35 @@ impl Actor {
             // The frame's hold on the link's budget ends with this arm.
             Command::FromPeer {
                 peer,
+                session,
                 msg,
                 held: _held,
             } => {
+                let Some(link) = self.links.get(&peer) else {
+                    return;
+                };
+                if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if link.counters.session != session {
+                    tracing::debug!(%peer, "dropping a frame of a replaced connection");
+                    return;
+                }
+                // A peer that asks for more than it reads: what waits to be sent to it is
+                // this node's memory.
+                let queued = link
+                    .counters
+                    .queued_out
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if queued > MAX_OUTBOX_BYTES && self.outboxes.contains_key(&peer) {
+                    tracing::warn!(
+                        %peer,
+                        queued,
+                        "the peer does not read what this node sends: closing the connection"
+                    );
+                    self.on_peer_down(peer, batch);
+                    return;
+                }
                 let step = self.engine.receive(&peer, msg);
                 let now = now_ms();
                 for author in step.authors {
@@ -1846,9 +1908,13 @@ impl Actor {
                 }
                 let mut over = false;
                 for rejection in &step.rejected {
+                    // A local failure (a document that would not load) is not the peer's.
+                    let theirs = crate::sync::is_peers_fault(rejection.reason);
                     let (total, now) = self.links.get_mut(&peer).map_or((0, 0), |l| {
                         l.rejected += 1;
-                        l.rejected_now = l.rejected_now.saturating_add(1);
+                        if theirs {
+                            l.rejected_now = l.rejected_now.saturating_add(1);
+                        }
                         (l.rejected, l.rejected_now)
                     });
                     // Logged one by one up to a point; a peer past it is cut off.
@@ -2059,9 +2125,19 @@ impl Actor {
 
     /// Send messages to their peers in order, packing runs of sync messages to the same peer
     /// into one `SyncBatch` frame (up to `MAX_BATCH_BYTES`).
+    /// Hand `msg` to a link's writer, counting it as waiting until written.
+    fn enqueue(&self, peer: &UnitId, out: &mpsc::UnboundedSender<Msg>, msg: Msg) {
+        if let Some(l) = self.links.get(peer) {
+            l.counters
+                .queued_out
+                .fetch_add(wire::weight(&msg), std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = out.send(msg);
+    }
+
     fn deliver(&self, sends: Vec<(UnitId, Msg)>) {
-        // Per peer: the sync items waiting to go out and their total size.
-        type Pending = (Vec<(DocId, Vec<u8>)>, usize);
+        // Per peer: the sync items waiting to go out, their total size and their documents.
+        type Pending = (Vec<(DocId, Vec<u8>)>, usize, HashSet<DocId>);
         let mut pending: HashMap<UnitId, Pending> = HashMap::new();
         let flush = |peer: &UnitId, items: Vec<(DocId, Vec<u8>)>| {
             let Some(out) = self.outboxes.get(peer) else {
@@ -2072,33 +2148,38 @@ impl Actor {
                 Err(items) if items.is_empty() => return,
                 Err(items) => Msg::SyncBatch(items),
             };
-            let _ = out.send(msg);
+            self.enqueue(peer, out, msg);
         };
         for (peer, msg) in sends {
             match msg {
                 Msg::Sync { doc, data } => {
                     let entry = pending.entry(peer.clone()).or_default();
+                    // One item per document in a batch: a receiver refuses a batch that
+                    // repeats one document more than a few times (each item is answered).
                     if (entry.1 + data.len() > MAX_BATCH_BYTES
-                        || entry.0.len() >= wire::MAX_BATCH_ITEMS)
+                        || entry.0.len() >= wire::MAX_BATCH_ITEMS
+                        || entry.2.contains(&doc))
                         && !entry.0.is_empty()
                     {
                         flush(&peer, std::mem::take(&mut entry.0));
                         entry.1 = 0;
+                        entry.2.clear();
                     }
                     entry.1 += data.len();
+                    entry.2.insert(doc.clone());
                     entry.0.push((doc, data));
                 }
                 other => {
-                    if let Some((items, _)) = pending.remove(&peer) {
+                    if let Some((items, _, _)) = pending.remove(&peer) {
                         flush(&peer, items);
                     }
                     if let Some(out) = self.outboxes.get(&peer) {
-                        let _ = out.send(other);
+                        self.enqueue(&peer, out, other);
                     }
                 }
             }
         }
-        for (peer, (items, _)) in pending {
+        for (peer, (items, _, _)) in pending {
             flush(&peer, items);
         }
     }

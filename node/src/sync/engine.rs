@@ -45,12 +45,16 @@ const MAX_SUMMARISED: usize = 100_000;
 /// of townships, a township tens of villages.
 pub const MAX_PROFILE_ENTRIES: usize = 10_000;
 
+/// Items of one batch for one document (an honest sender has at most a reply and a live
+/// push for it); further ones are refused.
+const MAX_ITEMS_PER_DOC: u32 = 4;
+
 /// A peer's refusals logged as warnings per session; the rest at debug level.
 const MAX_LOGGED_REFUSALS: u32 = 32;
 
 /// Whether a refusal is for what the sender sent (so the document is not synced with it
 /// again this session), not for a local failure such as a document that would not load.
-fn is_peers_fault(reason: RejectReason) -> bool {
+pub(crate) fn is_peers_fault(reason: RejectReason) -> bool {
     match reason {
         RejectReason::ApplyFailed | RejectReason::Unregistered | RejectReason::Other(_) => false,
         RejectReason::Malformed
@@ -1015,7 +1019,14 @@ impl Engine {
             if p.refused.len() < MAX_REFUSED {
                 p.refused.insert(id.clone());
             }
-            return None;
+            // Told as this side's failure, so the peer frees its slot and starts over next
+            // session; this side's slot is handed on (the word is the last one).
+            let reject = Msg::Reject {
+                reason: RejectReason::ApplyFailed,
+                doc: Some(id.clone()),
+                detail: "could not make a sync message for it".into(),
+            };
+            return Some((reject, true));
         };
         let m = m?;
         let state = p.state(id);
@@ -1133,7 +1144,23 @@ impl Engine {
                 // One inflation budget for the whole frame: items of a batch may each name
                 // another (even invented) document, so a budget per item would not bound it.
                 let mut inflated = 0;
+                // Each item is answered, and an answer can be a whole document: an item
+                // repeated for one document must not multiply that work.
+                let mut seen: HashMap<DocId, u32> = HashMap::new();
                 for (doc, data) in items {
+                    let n = seen.entry(doc.clone()).or_default();
+                    *n += 1;
+                    if *n > MAX_ITEMS_PER_DOC {
+                        step.reject(
+                            peer,
+                            Rejection::new(
+                                RejectReason::Malformed,
+                                Some(&doc),
+                                format!("more than {MAX_ITEMS_PER_DOC} items for it in one batch"),
+                            ),
+                        );
+                        continue;
+                    }
                     self.sync_or_refuse(peer, doc, &data, &mut inflated, &mut step);
                 }
             }
@@ -1514,9 +1541,27 @@ impl Engine {
         let mut changed = false;
         if let Some(candidate) = candidate {
             // Rule 3's field-level authority, on the copy: which record a change touched,
-            // and who handled it then, are only known against the document.
+            // and who handled it then, are only known against the document. And a profile,
+            // read whole at every change of it by every node up the line, may not grow past
+            // its cap (one already past it may still change otherwise).
+            let grown =
+                |doc: &Automerge| (id.kind == DocKind::Profile).then(|| doc::profile_entries(doc));
+            let entries_before = grown(doc);
             match catch_unwind(AssertUnwindSafe(|| {
-                super::fields::check(&candidate, &before, &meta)
+                super::fields::check(&candidate, &before, &meta)?;
+                match (grown(&candidate), entries_before) {
+                    (Some(n), Some(was)) if n > MAX_PROFILE_ENTRIES && n > was => {
+                        Err(Rejection::new(
+                            RejectReason::TooLarge,
+                            Some(&id),
+                            format!(
+                                "a profile of {n} registered units, revocations and their \
+                                 maps (at most {MAX_PROFILE_ENTRIES})"
+                            ),
+                        ))
+                    }
+                    _ => Ok(()),
+                }
             })) {
                 Ok(Ok(())) => {}
                 Ok(Err(r)) => return Err(r),
@@ -1525,20 +1570,6 @@ impl Engine {
                         RejectReason::Panicked,
                         Some(&id),
                         "automerge panicked on checking the message",
-                    ));
-                }
-            }
-            // A profile is read whole at every change of it, by every node up the line.
-            if id.kind == DocKind::Profile {
-                let n = doc::profile_entries(&candidate);
-                if n > MAX_PROFILE_ENTRIES {
-                    return Err(Rejection::new(
-                        RejectReason::TooLarge,
-                        Some(&id),
-                        format!(
-                            "a profile of {n} registered units and revocations (at most \
-                             {MAX_PROFILE_ENTRIES})"
-                        ),
                     ));
                 }
             }
@@ -1946,6 +1977,64 @@ mod tests {
             },
         );
         assert_eq!(step.rejected[0].reason, RejectReason::Malformed);
+    }
+
+    /// Every item of a batch is answered, and an answer can be a whole document: more than
+    /// a few items for one document in one batch are refused.
+    #[test]
+    fn a_batch_repeating_one_document_is_answered_a_few_times_only() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let _ = connect(&mut t, &mut v);
+        let id = write(&mut t, "c01/k01/t01/v01", 1, "Hosted");
+        // Each item claims to hold nothing of the document.
+        let nothing = sync::Message {
+            heads: vec![],
+            need: vec![],
+            have: vec![],
+            changes: Vec::<Vec<u8>>::new().into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        }
+        .encode();
+        let items = vec![(id.clone(), nothing); MAX_ITEMS_PER_DOC as usize + 3];
+        let step = t.receive(&u("c01/k01/t01/v01"), Msg::SyncBatch(items));
+        assert_eq!(step.rejected.len(), 3, "{:?}", step.rejected);
+        assert!(
+            step.rejected
+                .iter()
+                .all(|r| r.reason == RejectReason::Malformed && r.detail.contains("one batch"))
+        );
+    }
+
+    /// A peer's change may not grow a profile's registered units past the cap (each node
+    /// up the line reads them whole at every change of the profile).
+    #[test]
+    fn a_profile_may_not_grow_past_its_cap() {
+        use automerge::transaction::Transactable as _;
+        let mut k = engine("c01/k01", 1);
+        let mut t = engine("c01/k01/t01", 2);
+        link(&mut k, &mut t);
+        let profile = DocId::new(DocKind::Profile, u("c01/k01/t01"));
+        let (d, _) = t.local_doc(DocMeta::new(profile.clone())).unwrap();
+        let mut tx = d.transaction();
+        let children = tx
+            .put_object(automerge::ROOT, "children", automerge::ObjType::Map)
+            .unwrap();
+        for i in 0..=MAX_PROFILE_ENTRIES {
+            tx.put(&children, format!("c01/k01/t01/v{i}"), true)
+                .unwrap();
+        }
+        tx.commit();
+        let r = push_among(&mut [&mut t, &mut k], 0, &profile);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].reason, RejectReason::TooLarge, "{r:?}");
+        assert!(
+            k.get(&profile)
+                .and_then(|e| e.doc())
+                .is_none_or(|d| doc::profile_entries(d) < MAX_PROFILE_ENTRIES),
+            "nothing of it adopted"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod engine;
 mod fields;
 pub mod wire;
 
+pub(crate) use engine::is_peers_fault;
 pub use fields::check_local;
 
 pub use engine::{

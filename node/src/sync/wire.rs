@@ -236,6 +236,22 @@ pub const MAX_SUMMARY_CHILDREN: usize = 16_384;
 /// Most units an audience names.
 const MAX_AUDIENCE_UNITS: usize = 64;
 
+/// About how many bytes `msg` takes (its sync data, plus a little per message and item):
+/// what the store counts as waiting to be written to a peer.
+pub fn weight(msg: &Msg) -> u64 {
+    const OVERHEAD: u64 = 64;
+    match msg {
+        Msg::Sync { data, .. } => data.len() as u64 + OVERHEAD,
+        Msg::SyncBatch(items) => items
+            .iter()
+            .map(|(_, data)| data.len() as u64 + OVERHEAD)
+            .sum(),
+        Msg::Summary(s) => (s.docs.len() + s.children.len() + 1) as u64 * OVERHEAD,
+        Msg::Reject { detail, .. } => detail.len() as u64 + OVERHEAD,
+        _ => OVERHEAD,
+    }
+}
+
 /// A peer's text as this node shows it (logs, status): printable characters only, at most
 /// `max` of them.
 pub fn printable(text: &str, max: usize) -> String {
