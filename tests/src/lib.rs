@@ -51,6 +51,28 @@ pub fn small_tree() -> Vec<UnitSpec> {
     .collect()
 }
 
+/// A city `c01` with `counties` counties, each with `townships` townships of `villages`
+/// villages, each unit named "Unit <id>".
+pub fn full_tree(counties: usize, townships: usize, villages: usize) -> Vec<UnitSpec> {
+    let mut units = vec!["c01".to_owned()];
+    for k in 1..=counties {
+        units.push(format!("c01/k{k:02}"));
+        for t in 1..=townships {
+            units.push(format!("c01/k{k:02}/t{t:02}"));
+            for v in 1..=villages {
+                units.push(format!("c01/k{k:02}/t{t:02}/v{v:02}"));
+            }
+        }
+    }
+    units
+        .into_iter()
+        .map(|id| UnitSpec {
+            name: format!("Unit {id}"),
+            id: unit(&id),
+        })
+        .collect()
+}
+
 /// Start a federation in a fresh temporary folder.
 pub async fn start(
     units: Vec<UnitSpec>,

@@ -7,33 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use grassroots::federation::UnitSpec;
 use grassroots_schema::{Role, UnitId};
 use grassroots_tests::relay::Relay;
-use grassroots_tests::{eventually, gql, start, subtree_member_ids, unit};
+use grassroots_tests::{eventually, full_tree, gql, start, subtree_member_ids, unit};
 use serde_json::json;
 
 const CREATE: &str = "mutation($input: CreateMemberInput!) { createMember(input: $input) { id } }";
-
-fn tree() -> Vec<UnitSpec> {
-    let mut units = vec!["c01".to_owned()];
-    for k in 1..=2 {
-        units.push(format!("c01/k{k:02}"));
-        for t in 1..=2 {
-            units.push(format!("c01/k{k:02}/t{t:02}"));
-            for v in 1..=4 {
-                units.push(format!("c01/k{k:02}/t{t:02}/v{v:02}"));
-            }
-        }
-    }
-    units
-        .into_iter()
-        .map(|id| UnitSpec {
-            name: format!("Unit {id}"),
-            id: unit(&id),
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_lossy_hierarchy_converges_without_losing_acknowledged_writes()
@@ -48,7 +27,7 @@ async fn partitioned_lossy_hierarchy_converges_without_losing_acknowledged_write
         keep.lock().expect("relays").insert(child.clone(), relay);
         addr
     });
-    let (mut fed, _dir) = start(tree(), Some(via)).await?;
+    let (mut fed, _dir) = start(full_tree(2, 2, 4), Some(via)).await?;
     assert_eq!(fed.nodes.len(), 23);
     let relay = |u: &str, f: &dyn Fn(&Relay)| {
         f(relays

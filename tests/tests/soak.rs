@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use grassroots::federation::{Federation, UnitSpec};
+use grassroots::federation::Federation;
 use grassroots_schema::{Level, Role, UnitId};
 use grassroots_tests::relay::Relay;
-use grassroots_tests::{error_code, start, unit};
+use grassroots_tests::{error_code, full_tree, start, unit};
 use serde_json::{Value, json};
 
 /// SplitMix64: reproducible choices from one seed, without a dependency.
@@ -44,26 +44,6 @@ impl Rng {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
         (!items.is_empty()).then(|| &items[self.below(items.len() as u64) as usize])
     }
-}
-
-fn tree() -> Vec<UnitSpec> {
-    let mut units = vec!["c01".to_owned()];
-    for k in 1..=2 {
-        units.push(format!("c01/k{k:02}"));
-        for t in 1..=2 {
-            units.push(format!("c01/k{k:02}/t{t:02}"));
-            for v in 1..=3 {
-                units.push(format!("c01/k{k:02}/t{t:02}/v{v:02}"));
-            }
-        }
-    }
-    units
-        .into_iter()
-        .map(|id| UnitSpec {
-            name: format!("Unit {id}"),
-            id: unit(&id),
-        })
-        .collect()
 }
 
 /// What the writers were told was stored: record id to its register and fields.
@@ -126,7 +106,14 @@ impl Client {
                     }
                 },
                 Err(e) => {
-                    last = format!("no answer: {e}");
+                    // The whole chain: reqwest's own text does not say why.
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why = format!("{why}: {s}");
+                        source = s.source();
+                    }
+                    last = format!("no answer: {why}");
                     None
                 }
             };
@@ -147,7 +134,10 @@ impl Client {
                 );
             }
             self.stats.resent.fetch_add(1, Relaxed);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Backing off as a client should, so that a node catching up is not buried in
+            // repeats of requests it is still working on.
+            let wait = 200u64.saturating_mul(1 << attempts.min(5)).min(5_000);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
 
@@ -435,7 +425,7 @@ async fn federation_under_chaos_keeps_every_acknowledged_write() -> anyhow::Resu
         keep.lock().expect("relays").insert(child.clone(), relay);
         addr
     });
-    let (mut fed, _dir) = start(tree(), Some(via)).await?;
+    let (mut fed, _dir) = start(full_tree(2, 2, 3), Some(via)).await?;
     let units: Vec<UnitId> = fed.units.iter().map(|u| u.id.clone()).collect();
     let with_relay = |u: &UnitId, f: &dyn Fn(&Relay)| {
         if let Some(r) = relays.lock().expect("relays").get(u) {
