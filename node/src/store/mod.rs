@@ -2123,8 +2123,6 @@ impl Actor {
         }
     }
 
-    /// Send messages to their peers in order, packing runs of sync messages to the same peer
-    /// into one `SyncBatch` frame (up to `MAX_BATCH_BYTES`).
     /// Hand `msg` to a link's writer, counting it as waiting until written.
     fn enqueue(&self, peer: &UnitId, out: &mpsc::UnboundedSender<Msg>, msg: Msg) {
         if let Some(l) = self.links.get(peer) {
@@ -2135,6 +2133,8 @@ impl Actor {
         let _ = out.send(msg);
     }
 
+    /// Send messages to their peers in order, packing runs of sync messages to the same peer
+    /// into one `SyncBatch` frame (up to `MAX_BATCH_BYTES`, one message per document).
     fn deliver(&self, sends: Vec<(UnitId, Msg)>) {
         // Per peer: the sync items waiting to go out, their total size and their documents.
         type Pending = (Vec<(DocId, Vec<u8>)>, usize, HashSet<DocId>);

@@ -41,12 +41,13 @@ const MAX_REFUSED: usize = 10_000;
 /// not grow the session's memory without bound).
 const MAX_SUMMARISED: usize = 100_000;
 
-/// Registered children and revoked certificates one profile may hold: a county has tens
-/// of townships, a township tens of villages.
+/// Registered children, revoked certificates and the concurrent maps they are read over,
+/// past which a peer's change may not grow a profile: a county has tens of townships, a
+/// township tens of villages.
 pub const MAX_PROFILE_ENTRIES: usize = 10_000;
 
-/// Items of one batch for one document (an honest sender has at most a reply and a live
-/// push for it); further ones are refused.
+/// Items of one batch for one document; further ones are refused (this build's sender puts
+/// one in a batch, and starts another batch for a second).
 const MAX_ITEMS_PER_DOC: u32 = 4;
 
 /// A peer's refusals logged as warnings per session; the rest at debug level.
