@@ -952,8 +952,8 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         biased;
         _ = cancel.cancelled() => "shutting down".to_owned(),
         _ = counters.close.cancelled() => {
-            "closed by this node (revoked, replaced by a newer connection, or too many \
-             refused messages)"
+            "closed by this node (revoked, replaced by a newer connection, too many refused \
+             messages, or not reading what it is sent)"
                 .to_owned()
         }
         r = reader => r,

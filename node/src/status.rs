@@ -44,7 +44,8 @@ pub struct LinkCounters {
     /// store as it queues a message, taken off by the link once it is written.
     pub queued_out: AtomicU64,
     /// Cancelled by the store to end the link: its certificate was revoked, a newer
-    /// connection of the same peer replaced it, or the peer sent too many refused messages.
+    /// connection of the same peer replaced it, or the peer sent too many refused messages
+    /// or does not read what it is sent.
     pub close: tokio_util::sync::CancellationToken,
 }
 

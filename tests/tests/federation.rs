@@ -604,6 +604,24 @@ async fn play_village(
     Ok((endpoint, link))
 }
 
+/// Wait for the peer to close `conn` with `code` (`what` names the connection).
+async fn closed_by_peer(
+    conn: &quinn::Connection,
+    code: quinn::VarInt,
+    what: &str,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .with_context(|| format!("{what}: not closed"))?
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            anyhow::ensure!(c.error_code == code, "{what}: closed with {}", c.error_code);
+            Ok(())
+        }
+        other => anyhow::bail!("{what}: expected the peer to close it, got {other}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::Result<()> {
     let (mut fed, dir) = start(small_tree(), None).await?;
@@ -720,15 +738,7 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
 
     // 4. A frame over the size cap: the township closes the link with the typed close code.
     link.send.write_all(&(u32::MAX).to_be_bytes()).await?;
-    let closed = tokio::time::timeout(WAIT, link.conn.closed())
-        .await
-        .context("link not closed")?;
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            assert_eq!(c.error_code, net::close::TOO_LARGE)
-        }
-        other => anyhow::bail!("expected an application close, got {other}"),
-    }
+    closed_by_peer(&link.conn, net::close::TOO_LARGE, "the link over the cap").await?;
 
     // Nothing of it landed; the township still works and the honest village syncs again.
     let r = gql(
@@ -773,13 +783,7 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
     let t_addr = fed.node(&t01)?.node.quic_addr();
     let mut second =
         net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
-    match tokio::time::timeout(WAIT, first.conn.closed())
-        .await
-        .context("the replaced connection stays open")?
-    {
-        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, net::close::BYE),
-        other => anyhow::bail!("expected the township to close it, got {other}"),
-    }
+    closed_by_peer(&first.conn, net::close::BYE, "the replaced connection").await?;
 
     // One `have` whose filter claims an entry but no bits per entry.
     let own = DocId::new(DocKind::Members, v01.clone());
@@ -819,13 +823,12 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
             break;
         }
     }
-    match tokio::time::timeout(WAIT, second.conn.closed())
-        .await
-        .context("a child sending only refused messages is not cut off")?
-    {
-        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, net::close::BYE),
-        other => anyhow::bail!("expected the township to close it, got {other}"),
-    }
+    closed_by_peer(
+        &second.conn,
+        net::close::BYE,
+        "a child sending refused messages",
+    )
+    .await?;
 
     // Likewise frames that do not decode (a sync message cut short), which the link answers
     // without the store.
@@ -836,9 +839,12 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
             break;
         }
     }
-    tokio::time::timeout(WAIT, third.conn.closed())
-        .await
-        .context("a child sending only undecodable frames is not cut off")?;
+    closed_by_peer(
+        &third.conn,
+        net::close::BYE,
+        "a child sending undecodable frames",
+    )
+    .await?;
 
     // The township still works, and the honest village syncs through it again.
     fed.restart(&v01).await?;
