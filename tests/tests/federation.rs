@@ -604,6 +604,28 @@ async fn play_village(
     Ok((endpoint, link))
 }
 
+/// Start the village c01/k01/t01/v01 again (after a test played it) and see a member it
+/// writes, named `name`, reach its township.
+async fn honest_village_syncs_again(fed: &mut Federation, name: &str) -> anyhow::Result<()> {
+    let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
+    fed.restart(&v01).await?;
+    let township = fed.graphql_url(&t01)?;
+    let t_token = fed.token(&t01, Role::Viewer)?.to_owned();
+    let later = create_member(
+        &fed.graphql_url(&v01)?,
+        fed.token(&v01, Role::Clerk)?,
+        v01.as_str(),
+        name,
+    )
+    .await?;
+    eventually(WAIT, &format!("{name} at the township"), || {
+        let (u, t, id) = (township.clone(), t_token.clone(), later.clone());
+        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
+    })
+    .await?;
+    Ok(())
+}
+
 /// Wait for the peer to close `conn` with `code` (`what` names the connection).
 async fn closed_by_peer(
     conn: &quinn::Connection,
@@ -749,19 +771,7 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     )
     .await?;
     assert_eq!(r["data"]["unit"]["members"]["totalCount"], 1, "{r}");
-    fed.restart(&v01).await?;
-    let later = create_member(
-        &fed.graphql_url(&v01)?,
-        fed.token(&v01, Role::Clerk)?,
-        "c01/k01/t01/v01",
-        "After Restart",
-    )
-    .await?;
-    eventually(WAIT, "member after restart at the township", || {
-        let (u, t, id) = (township.clone(), t_token.clone(), later.clone());
-        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
-    })
-    .await?;
+    honest_village_syncs_again(&mut fed, "After Restart").await?;
     fed.shutdown().await;
     Ok(())
 }
@@ -847,21 +857,7 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
     .await?;
 
     // The township still works, and the honest village syncs through it again.
-    fed.restart(&v01).await?;
-    let township = fed.graphql_url(&t01)?;
-    let t_token = fed.token(&t01, Role::Viewer)?.to_owned();
-    let later = create_member(
-        &fed.graphql_url(&v01)?,
-        fed.token(&v01, Role::Clerk)?,
-        "c01/k01/t01/v01",
-        "After The Flood",
-    )
-    .await?;
-    eventually(WAIT, "the honest village's member at the township", || {
-        let (u, t, id) = (township.clone(), t_token.clone(), later.clone());
-        async move { Ok(Some(member_at(&u, Some(&t), &id).await?).filter(|m| !m.is_null())) }
-    })
-    .await?;
+    honest_village_syncs_again(&mut fed, "After The Flood").await?;
     fed.shutdown().await;
     Ok(())
 }

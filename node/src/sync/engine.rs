@@ -1545,24 +1545,24 @@ impl Engine {
             // and who handled it then, are only known against the document. And a profile,
             // read whole at every change of it by every node up the line, may not grow past
             // its cap (one already past it may still change otherwise).
-            let grown =
-                |doc: &Automerge| (id.kind == DocKind::Profile).then(|| doc::profile_entries(doc));
-            let entries_before = grown(doc);
+            let held = &*doc;
             match catch_unwind(AssertUnwindSafe(|| {
                 super::fields::check(&candidate, &before, &meta)?;
-                match (grown(&candidate), entries_before) {
-                    (Some(n), Some(was)) if n > MAX_PROFILE_ENTRIES && n > was => {
-                        Err(Rejection::new(
+                // The profile as held is counted only when the new one is past the cap.
+                if id.kind == DocKind::Profile {
+                    let n = doc::profile_entries(&candidate);
+                    if n > MAX_PROFILE_ENTRIES && n > doc::profile_entries(held) {
+                        return Err(Rejection::new(
                             RejectReason::TooLarge,
                             Some(&id),
                             format!(
                                 "a profile of {n} registered units, revocations and their \
                                  maps (at most {MAX_PROFILE_ENTRIES})"
                             ),
-                        ))
+                        ));
                     }
-                    _ => Ok(()),
                 }
+                Ok(())
             })) {
                 Ok(Ok(())) => {}
                 Ok(Err(r)) => return Err(r),
