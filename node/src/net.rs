@@ -40,6 +40,9 @@ const WRITE_STALL: Duration = Duration::from_secs(120);
 /// Frame bytes one link may have waiting in the store's inbox (at least one frame of
 /// [`MAX_FRAME`]).
 const LINK_INBOX_BYTES: usize = 2 * MAX_FRAME;
+/// What a frame holds of that budget at least: about what a frame waiting in the store
+/// costs beside its bytes, so that a flood of tiny frames is bounded in number too.
+const MIN_FRAME_CHARGE: usize = 256;
 /// Frames that do not decode, on one connection, before it is closed (as for messages the
 /// store refuses, see the store's cap).
 const MAX_MALFORMED_FRAMES: u32 = 1024;
@@ -858,7 +861,7 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
                 Ok(Some((Ok(Msg::Probe), _))) => {}
                 Ok(Some((Ok(msg), size))) => {
                     counters.received(size);
-                    let want = size.min(LINK_INBOX_BYTES) as u32;
+                    let want = size.clamp(MIN_FRAME_CHARGE, LINK_INBOX_BYTES) as u32;
                     let Ok(held) = budget.clone().acquire_many_owned(want).await else {
                         return "store closed".to_owned();
                     };

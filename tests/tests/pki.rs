@@ -177,6 +177,26 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
         Ok(Some(link_of_v02().await?).filter(|l| l["connected"] == false))
     })
     .await?;
+    // The connection itself is closed, not only left out of the township's sync: the
+    // village sees its link to the township go down, and its redials refused.
+    let v02_url = fed.graphql_url(&v02)?;
+    let v02_admin = fed.token(&v02, Role::Admin)?.to_owned();
+    let seen = eventually(WAIT, "v02's own link down", || {
+        let (u, t) = (v02_url.clone(), v02_admin.clone());
+        async move {
+            let r = gql(
+                &u,
+                Some(&t),
+                "{ unit(id: \"c01/k01/t01\") { sync { link { connected lastError } } } }",
+                json!({}),
+            )
+            .await?;
+            let link = r["data"]["unit"]["sync"]["link"].clone();
+            Ok(Some(link).filter(|l| l["connected"] == false && l["lastError"].is_string()))
+        }
+    })
+    .await?;
+    eprintln!("v02 after its revocation: {seen}");
     let err = try_link(&load("c01/k01/t01/v02")?, &t01, township)
         .await
         .err()
@@ -207,7 +227,6 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
     .await?;
     assert_eq!(listed, json!([fp]), "{r}");
     // Writes at the revoked village no longer reach the township.
-    let v02_url = fed.graphql_url(&v02)?;
     let r = gql(&v02_url, Some(fed.token(&v02, Role::Clerk)?), "mutation { createMember(input: { unit: \"c01/k01/t01/v02\", name: \"After Revocation\", birthYear: 1990, gender: MALE, education: PRIMARY, joinedOn: \"2020-01-01\" }) { id } }", json!({})).await?;
     let id = r["data"]["createMember"]["id"]
         .as_str()

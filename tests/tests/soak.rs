@@ -90,6 +90,7 @@ impl Client {
         let mut last = String::new();
         loop {
             attempts += 1;
+            let asked = Instant::now();
             let sent = self
                 .http
                 .post(&self.url)
@@ -117,6 +118,15 @@ impl Client {
                     None
                 }
             };
+            if asked.elapsed() > Duration::from_secs(5) {
+                // When a node first falls behind, beside its store's slow-batch lines.
+                eprintln!(
+                    "soak: {} took {:.1} s (attempt {attempts}, answered: {})",
+                    self.url,
+                    asked.elapsed().as_secs_f64(),
+                    answer.is_some()
+                );
+            }
             if let Some(a) = answer {
                 match error_code(&a) {
                     None if !a["data"].is_null() => return Ok((Ok(a["data"].clone()), attempts)),
@@ -413,6 +423,13 @@ async fn federation_under_chaos_keeps_every_acknowledged_write() -> anyhow::Resu
                 .map_or(1, |d| d.as_nanos() as u64)
         });
     eprintln!("soak: {secs} s, SOAK_SEED={seed}");
+    // The nodes' logs (a slow store batch, a link dropped) when RUST_LOG asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut rng = Rng(seed);
 
     let relays: Arc<Mutex<BTreeMap<UnitId, Relay>>> = Arc::default();

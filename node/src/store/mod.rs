@@ -74,6 +74,17 @@ const MAX_REJECTED_PER_LINK: u32 = 1024;
 const MAX_OUTBOX_BYTES: u64 = 256 << 20;
 /// Sync data packed into one `SyncBatch` frame at most (well under the frame cap).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// A batch taking this long is logged with where its time went.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Peers' frames worked through in one batch at most, after its local commands.
+const MAX_PEER_FRAMES: usize = 256;
+/// Work on peers' frames after which a batch takes no more of them (at least one is taken):
+/// a debug build or a slow board spends 40-50 ms on a frame for a register of 2,000
+/// members, and a batch of 500 such frames held a local write 29 s.
+const PEER_WORK: std::time::Duration = std::time::Duration::from_millis(500);
+/// Peers' frames taken out of the inbox ahead of their turn at most: each holds its link's
+/// inbox budget, and this bounds their number too.
+const MAX_DEFERRED: usize = 65_536;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +318,38 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The command's name, for the slow-batch log.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::CreateMember { .. } => "CreateMember",
+            Command::UpdateMember { .. } => "UpdateMember",
+            Command::CreateRecord { .. } => "CreateRecord",
+            Command::UpdateRecord { .. } => "UpdateRecord",
+            Command::DeleteMember { .. } => "DeleteMember",
+            Command::TransferMember { .. } => "TransferMember",
+            Command::DeleteRecord { .. } => "DeleteRecord",
+            Command::SetUnitDetails { .. } => "SetUnitDetails",
+            Command::SetProfile { .. } => "SetProfile",
+            Command::AddUser { .. } => "AddUser",
+            Command::RemoveUsers { .. } => "RemoveUsers",
+            Command::PeerUp { .. } => "PeerUp",
+            Command::Status { .. } => "Status",
+            Command::VerifyViews { .. } => "VerifyViews",
+            Command::RebuildViews { .. } => "RebuildViews",
+            Command::PeerDown { .. } => "PeerDown",
+            Command::Expect { .. } => "Expect",
+            Command::DialFailed { .. } => "DialFailed",
+            #[cfg(test)]
+            Command::Hold { .. } => "Hold",
+            Command::Revoke { .. } => "Revoke",
+            Command::FromPeer { .. } => "FromPeer",
+            Command::Compacted(_) => "Compacted",
+            Command::Shutdown { .. } => "Shutdown",
+        }
+    }
+}
+
 /// A cloneable handle to the store actor.
 ///
 /// Lifecycle: [`open`] spawns the actor thread and returns the first handle and a
@@ -461,6 +504,7 @@ pub fn open_database(
         compacting: None,
         last_record: 0,
         last_batch_writes: 0,
+        deferred: std::collections::VecDeque::new(),
         failure,
         stopping: stopping.clone(),
     };
@@ -864,6 +908,47 @@ impl StoreHandle {
             })
             .await
             .map_err(|_| StoreError::Closed)
+    }
+}
+
+/// Where one batch's time went, logged when the batch was slow: a node whose callers time
+/// out says whether it was peers' frames, local writes or the commit that held them.
+#[derive(Default)]
+struct BatchTiming {
+    peer_frames: usize,
+    local: usize,
+    /// Times since the batch started: local commands taken in, peers' frames worked
+    /// through, writes applied, committed.
+    gathered: std::time::Duration,
+    received: std::time::Duration,
+    written: std::time::Duration,
+    committed: std::time::Duration,
+    /// The local command that took longest to take in, and how long.
+    slowest: (&'static str, std::time::Duration),
+}
+
+impl BatchTiming {
+    fn report(&self, me: &UnitId, total: std::time::Duration, docs: usize, queued: usize) {
+        if total < SLOW_BATCH {
+            return;
+        }
+        let ms = |d: std::time::Duration| d.as_millis();
+        tracing::warn!(
+            unit = %me,
+            total_ms = ms(total),
+            peer_frames = self.peer_frames,
+            local_commands = self.local,
+            documents = docs,
+            local_ms = ms(self.gathered),
+            peer_ms = ms(self.received.saturating_sub(self.gathered)),
+            slowest_local = self.slowest.0,
+            slowest_local_ms = ms(self.slowest.1),
+            writes_ms = ms(self.written.saturating_sub(self.received)),
+            commit_ms = ms(self.committed.saturating_sub(self.written)),
+            after_ms = ms(total.saturating_sub(self.committed)),
+            still_queued = queued,
+            "a slow store batch"
+        );
     }
 }
 
@@ -1328,6 +1413,9 @@ struct Actor {
     /// Record writes (members and the other kinds) in the last batch: how many writers
     /// there are to wait for.
     last_batch_writes: usize,
+    /// Peers' frames taken out of the inbox and not yet worked through, oldest first
+    /// ([`Actor::serve`]).
+    deferred: std::collections::VecDeque<Command>,
     /// The last record id this node made (ids only grow).
     last_record: u64,
     /// The document the compactor is working on (one at a time: a job holds a whole
@@ -1353,18 +1441,37 @@ impl Actor {
     }
 
     /// Serve commands until shutdown (its reply is returned) or until every handle is gone.
+    ///
+    /// Local commands go first: each batch takes every local command waiting (up to
+    /// [`MAX_BATCH`]) and then peers' frames, oldest first, up to [`MAX_PEER_FRAMES`] and
+    /// [`PEER_WORK`] of work. A node that cannot keep up with its peers (a slow board, a
+    /// flood of a catch-up) still answers its own users within a batch or two; the frames
+    /// it has not reached wait here, each holding its link's inbox budget, so a fast peer
+    /// is slowed on its own link.
     fn serve(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<oneshot::Sender<()>> {
-        while let Some(first) = rx.blocking_recv() {
-            if !matches!(first, Command::Compacted(_)) {
-                self.activity.touch();
-            }
+        loop {
+            // Wait only when no peer frame is left to work through.
+            let first = if self.deferred.is_empty() {
+                match rx.blocking_recv() {
+                    Some(cmd) => Some(cmd),
+                    None => return None,
+                }
+            } else {
+                rx.try_recv().ok()
+            };
+            let started = std::time::Instant::now();
             let mut batch = Batch::default();
-            self.on_command(first, &mut batch);
-            let mut taken = 1;
+            let mut timing = BatchTiming::default();
+            if let Some(cmd) = first {
+                self.take(cmd, &mut batch, &mut timing);
+            }
             let mut lingered = 0;
-            while batch.shutdown.is_none() && taken < MAX_BATCH {
+            while batch.shutdown.is_none()
+                && timing.local < MAX_BATCH
+                && self.deferred.len() < MAX_DEFERRED
+            {
                 match rx.try_recv() {
-                    Ok(cmd) => self.on_command(cmd, &mut batch),
+                    Ok(cmd) => self.take(cmd, &mut batch, &mut timing),
                     // Group commit: writers that were in the last batch are still sending
                     // their next write. Waiting a moment for them makes one commit of what
                     // would be two; a lone writer (last batch of one) never waits.
@@ -1375,11 +1482,22 @@ impl Actor {
                     {
                         lingered += 1;
                         std::thread::sleep(LINGER);
-                        continue;
                     }
                     Err(_) => break,
                 }
-                taken += 1;
+            }
+            if batch.shutdown.is_some() {
+                // Dropped, not worked through: the peers offer them again next session.
+                self.deferred.clear();
+            }
+            timing.gathered = started.elapsed();
+            let work = std::time::Instant::now();
+            while timing.peer_frames < MAX_PEER_FRAMES
+                && (timing.peer_frames == 0 || work.elapsed() < PEER_WORK)
+                && let Some(cmd) = self.deferred.pop_front()
+            {
+                timing.peer_frames += 1;
+                self.on_command(cmd, &mut batch);
             }
             self.last_batch_writes = batch.waiting();
             if batch.shutdown.is_some() {
@@ -1388,12 +1506,15 @@ impl Actor {
                     self.on_peer_down(p, &mut batch);
                 }
             }
+            timing.received = started.elapsed();
             self.apply_writes(&mut batch);
+            timing.written = started.elapsed();
             // Documents a failed commit left unpersisted go into this one, views rebuilt whole.
             let retry = std::mem::take(&mut self.retry);
             batch.resync.extend(retry.iter().cloned());
             batch.dirty.extend(retry);
             let result = self.commit(&batch);
+            timing.committed = started.elapsed();
             if !batch.compacted.is_empty() {
                 self.compacting = None;
             }
@@ -1435,12 +1556,40 @@ impl Actor {
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
             }
+            timing.report(
+                self.engine.me(),
+                started.elapsed(),
+                batch.dirty.len(),
+                rx.len() + self.deferred.len(),
+            );
             if batch.shutdown.is_some() {
                 return batch.shutdown;
             }
             self.next_compaction();
         }
-        None
+    }
+
+    /// Take one command into `batch`: a local one is applied now, a peer's frame waits its
+    /// turn in [`Actor::deferred`].
+    fn take(&mut self, cmd: Command, batch: &mut Batch, timing: &mut BatchTiming) {
+        match cmd {
+            Command::FromPeer { .. } => {
+                self.activity.touch();
+                self.deferred.push_back(cmd);
+            }
+            Command::Compacted(_) => self.on_command(cmd, batch),
+            _ => {
+                self.activity.touch();
+                timing.local += 1;
+                let name = cmd.name();
+                let started = std::time::Instant::now();
+                self.on_command(cmd, batch);
+                let took = started.elapsed();
+                if took > timing.slowest.1 {
+                    timing.slowest = (name, took);
+                }
+            }
+        }
     }
 
     /// Fold what is due, then documents with [`STOP_FOLD_ROWS`] or more rows, before the store
@@ -1882,8 +2031,10 @@ impl Actor {
                 if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
-                if link.counters.session != session {
-                    tracing::debug!(%peer, "dropping a frame of a replaced connection");
+                // Frames wait behind local commands (`serve`), so their link may have gone
+                // down or been replaced since they were read: the peer sends again.
+                if !link.connected || link.counters.session != session {
+                    tracing::debug!(%peer, "dropping a frame of a closed or replaced connection");
                     return;
                 }
                 // A peer that asks for more than it reads: what waits to be sent to it is
@@ -3618,6 +3769,99 @@ mod tests {
             );
             release.send(()).unwrap();
         })
+    }
+
+    /// A local write queued behind more peers' frames than a batch takes is answered in the
+    /// first batch, ahead of them; the frames are all worked through after it, in order.
+    #[tokio::test]
+    async fn a_local_write_is_not_held_behind_a_flood_of_peer_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let parent = u("c01/k01/t01");
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let (out, mut sent) = mpsc::unbounded_channel();
+        let counters = Arc::new(LinkCounters::new("fp".into(), 1, "test".into()));
+        let session = counters.session;
+        h.peer_up(parent.clone(), out, counters).await.unwrap();
+        while sent.try_recv().is_ok() {}
+        // Each answered with a refusal (a hello after the handshake), in the order handled.
+        let hello = Msg::Hello(wire::Hello {
+            versions: wire::VERSIONS,
+            capabilities: 0,
+            unit: parent.clone(),
+            software: "test".into(),
+        });
+        let frames = MAX_BATCH + 100;
+        let hold = hold_for(&h, frames + 1).await;
+        for _ in 0..frames {
+            h.from_peer(parent.clone(), session, hello.clone(), None)
+                .await
+                .unwrap();
+        }
+        let write = {
+            let h = h.clone();
+            let me = me.clone();
+            tokio::spawn(async move { h.create_member(me, sample("Li Wei")).await })
+        };
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        write.await.unwrap().unwrap();
+        // The write's push of the register to the parent comes after the refusals of the
+        // first batch only.
+        let mut refusals = 0;
+        let mut pushed_after = None;
+        while refusals < frames || pushed_after.is_none() {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(30), sent.recv())
+                .await
+                .expect("every frame answered and the write pushed")
+                .expect("link open");
+            match msg {
+                Msg::Reject { .. } => refusals += 1,
+                Msg::Sync { .. } | Msg::SyncBatch(_) if pushed_after.is_none() => {
+                    pushed_after = Some(refusals);
+                }
+                _ => {}
+            }
+        }
+        let pushed_after = pushed_after.unwrap_or_default();
+        assert!(
+            pushed_after <= MAX_PEER_FRAMES,
+            "the write waited for {pushed_after} peer frames"
+        );
+        let refused = |st: NodeStatus| {
+            st.links
+                .iter()
+                .find(|l| l.peer == parent)
+                .map(|l| l.rejected)
+        };
+        let before = refused(h.status().await.unwrap());
+        assert_eq!(before, Some(frames as u64));
+        // Frames of a link that went down while they waited are dropped, not refused: they
+        // were read before the link closed, and the peer sends again on its next one.
+        let hold = hold_for(&h, frames + 2).await;
+        for _ in 0..frames {
+            h.from_peer(parent.clone(), session, hello.clone(), None)
+                .await
+                .unwrap();
+        }
+        h.peer_down(parent.clone(), session).await;
+        let status = {
+            let h = h.clone();
+            tokio::spawn(async move { h.status().await })
+        };
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        let during = status.await.unwrap().unwrap();
+        assert!(
+            during
+                .links
+                .iter()
+                .any(|l| l.peer == parent && !l.connected)
+        );
+        assert_eq!(refused(h.status().await.unwrap()), before);
+        t.shutdown().await;
     }
 
     /// A create repeated with its request key by the same writer (a retry whose answer was
