@@ -145,7 +145,15 @@ impl Relay {
                 let out = match clients.get(&from) {
                     Some(s) => s.clone(),
                     None => {
-                        let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
+                        // On another loopback address where it can: a port the kernel
+                        // picks on 127.0.0.1 may be one a stopped node is about to bind
+                        // again, and this socket lives as long as the relay (a soak's
+                        // restart once failed on it).
+                        let bound = match UdpSocket::bind("127.0.0.2:0").await {
+                            Ok(s) => Ok(s),
+                            Err(_) => UdpSocket::bind("127.0.0.1:0").await,
+                        };
+                        let Ok(s) = bound else {
                             continue;
                         };
                         let s = Arc::new(s);

@@ -82,9 +82,9 @@ const MAX_PEER_FRAMES: usize = 256;
 /// a debug build or a slow board spends 40-50 ms on a frame for a register of 2,000
 /// members, and a batch of 500 such frames held a local write 29 s.
 const PEER_WORK: std::time::Duration = std::time::Duration::from_millis(500);
-/// Peers' frames taken out of the inbox ahead of their turn at most: each holds its link's
-/// inbox budget, and this bounds their number too.
-const MAX_DEFERRED: usize = 65_536;
+/// Capacity of the peers' inbox (frames, and links gone down): readers wait when the store
+/// is this far behind, beside their links' own budgets.
+const PEER_INBOX: usize = 4096;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +358,9 @@ impl Command {
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
+    /// The peers' inbox: their frames, and their links going down, in the order the links
+    /// read them. Kept apart so that local commands never queue behind them.
+    peer_tx: mpsc::Sender<Command>,
     changes: broadcast::Sender<DocChange>,
     failure: watch::Receiver<Option<String>>,
 }
@@ -469,6 +472,7 @@ pub fn open_database(
     }));
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
+    let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX);
     let activity = Arc::new(compact::Activity::new());
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (changes, _) = broadcast::channel(CHANGE_FEED);
@@ -504,16 +508,20 @@ pub fn open_database(
         compacting: None,
         last_record: 0,
         last_batch_writes: 0,
-        deferred: std::collections::VecDeque::new(),
         failure,
         stopping: stopping.clone(),
     };
+    // Only to wait on both inboxes at once; it runs nothing else.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the store's waiter: {e}")))?;
     let thread = std::thread::Builder::new()
         .name(format!("store {me}"))
-        .spawn(move || actor.run(rx))
+        .spawn(move || actor.run(rt, rx, peer_rx))
         .map_err(|e| StoreError::Corrupt(format!("cannot start store thread: {e}")))?;
     let handle = StoreHandle {
         tx,
+        peer_tx,
         changes,
         failure: failed,
     };
@@ -865,7 +873,9 @@ impl StoreHandle {
 
     /// The link to `peer` (the connection `session`) ended; its sync states are persisted.
     pub async fn peer_down(&self, peer: UnitId, session: u64) {
-        let _ = self.tx.send(Command::PeerDown { peer, session }).await;
+        // Through the peers' inbox, behind the frames the link read before it went down:
+        // they are applied, not dropped.
+        let _ = self.peer_tx.send(Command::PeerDown { peer, session }).await;
     }
 
     /// The peers this node expects links with: each is shown in the status, down, until it
@@ -899,7 +909,7 @@ impl StoreHandle {
         msg: Msg,
         held: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(), StoreError> {
-        self.tx
+        self.peer_tx
             .send(Command::FromPeer {
                 peer,
                 session,
@@ -1413,9 +1423,6 @@ struct Actor {
     /// Record writes (members and the other kinds) in the last batch: how many writers
     /// there are to wait for.
     last_batch_writes: usize,
-    /// Peers' frames taken out of the inbox and not yet worked through, oldest first
-    /// ([`Actor::serve`]).
-    deferred: std::collections::VecDeque<Command>,
     /// The last record id this node made (ids only grow).
     last_record: u64,
     /// The document the compactor is working on (one at a time: a job holds a whole
@@ -1426,13 +1433,19 @@ struct Actor {
 }
 
 impl Actor {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    fn run(
+        mut self,
+        rt: tokio::runtime::Runtime,
+        mut rx: mpsc::Receiver<Command>,
+        mut peers: mpsc::Receiver<Command>,
+    ) {
         let _span = tracing::info_span!("store", unit = %self.engine.me()).entered();
         self.next_compaction();
-        let done = self.serve(&mut rx);
+        let done = self.serve(&rt, &mut rx, &mut peers);
         // No result can be delivered any more: close the inbox so a compactor sending one
         // fails at once, then wait for it, so the database is closed when the caller is told.
         rx.close();
+        peers.close();
         self.compactor.stop();
         self.compact_before_stop();
         if let Some(done) = done {
@@ -1443,33 +1456,38 @@ impl Actor {
     /// Serve commands until shutdown (its reply is returned) or until every handle is gone.
     ///
     /// Local commands go first: each batch takes every local command waiting (up to
-    /// [`MAX_BATCH`]) and then peers' frames, oldest first, up to [`MAX_PEER_FRAMES`] and
-    /// [`PEER_WORK`] of work. A node that cannot keep up with its peers (a slow board, a
-    /// flood of a catch-up) still answers its own users within a batch or two; the frames
-    /// it has not reached wait here, each holding its link's inbox budget, so a fast peer
-    /// is slowed on its own link.
-    fn serve(&mut self, rx: &mut mpsc::Receiver<Command>) -> Option<oneshot::Sender<()>> {
+    /// [`MAX_BATCH`]) and then what the peers' inbox holds, oldest first, up to
+    /// [`MAX_PEER_FRAMES`] and [`PEER_WORK`] of work. A node that cannot keep up with its
+    /// peers (a slow board, a flood of a catch-up) still answers its own callers within a
+    /// batch or two; the frames it has not reached wait in the peers' inbox, each holding its
+    /// link's inbox budget, so a fast peer is slowed on its own link.
+    fn serve(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        rx: &mut mpsc::Receiver<Command>,
+        peers: &mut mpsc::Receiver<Command>,
+    ) -> Option<oneshot::Sender<()>> {
         loop {
-            // Wait only when no peer frame is left to work through.
-            let first = if self.deferred.is_empty() {
-                match rx.blocking_recv() {
-                    Some(cmd) => Some(cmd),
-                    None => return None,
+            let first = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    Some(cmd) = rx.recv() => Some((cmd, false)),
+                    Some(cmd) = peers.recv() => Some((cmd, true)),
+                    else => None,
                 }
-            } else {
-                rx.try_recv().ok()
-            };
+            });
+            let (first, from_peer) = first?;
             let started = std::time::Instant::now();
             let mut batch = Batch::default();
             let mut timing = BatchTiming::default();
-            if let Some(cmd) = first {
-                self.take(cmd, &mut batch, &mut timing);
+            let mut peer_first = None;
+            if from_peer {
+                peer_first = Some(first);
+            } else {
+                self.take(first, &mut batch, &mut timing);
             }
             let mut lingered = 0;
-            while batch.shutdown.is_none()
-                && timing.local < MAX_BATCH
-                && self.deferred.len() < MAX_DEFERRED
-            {
+            while batch.shutdown.is_none() && timing.local < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(cmd) => self.take(cmd, &mut batch, &mut timing),
                     // Group commit: writers that were in the last batch are still sending
@@ -1486,18 +1504,20 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            if batch.shutdown.is_some() {
-                // Dropped, not worked through: the peers offer them again next session.
-                self.deferred.clear();
-            }
             timing.gathered = started.elapsed();
-            let work = std::time::Instant::now();
-            while timing.peer_frames < MAX_PEER_FRAMES
-                && (timing.peer_frames == 0 || work.elapsed() < PEER_WORK)
-                && let Some(cmd) = self.deferred.pop_front()
-            {
-                timing.peer_frames += 1;
-                self.on_command(cmd, &mut batch);
+            // At shutdown what peers sent is left unread: they offer it again next session.
+            if batch.shutdown.is_none() {
+                let work = std::time::Instant::now();
+                while timing.peer_frames < MAX_PEER_FRAMES
+                    && (timing.peer_frames == 0 || work.elapsed() < PEER_WORK)
+                    && let Some(cmd) = peer_first.take().or_else(|| peers.try_recv().ok())
+                {
+                    timing.peer_frames += 1;
+                    self.on_command(cmd, &mut batch);
+                }
+                if timing.peer_frames > 0 {
+                    self.activity.touch();
+                }
             }
             self.last_batch_writes = batch.waiting();
             if batch.shutdown.is_some() {
@@ -1560,7 +1580,7 @@ impl Actor {
                 self.engine.me(),
                 started.elapsed(),
                 batch.dirty.len(),
-                rx.len() + self.deferred.len(),
+                rx.len() + peers.len(),
             );
             if batch.shutdown.is_some() {
                 return batch.shutdown;
@@ -1569,14 +1589,9 @@ impl Actor {
         }
     }
 
-    /// Take one command into `batch`: a local one is applied now, a peer's frame waits its
-    /// turn in [`Actor::deferred`].
+    /// Take one local command into `batch`.
     fn take(&mut self, cmd: Command, batch: &mut Batch, timing: &mut BatchTiming) {
         match cmd {
-            Command::FromPeer { .. } => {
-                self.activity.touch();
-                self.deferred.push_back(cmd);
-            }
             Command::Compacted(_) => self.on_command(cmd, batch),
             _ => {
                 self.activity.touch();
@@ -3750,29 +3765,36 @@ mod tests {
     /// Hold the actor inside a batch until `n` more commands wait in its inbox, so that
     /// they join one batch; join the returned thread once they are sent.
     async fn hold_for(h: &StoreHandle, n: usize) -> std::thread::JoinHandle<()> {
+        hold_for_with_peers(h, n, 0).await
+    }
+
+    /// [`hold_for`] until `n` local commands and `p` peers' commands wait.
+    async fn hold_for_with_peers(
+        h: &StoreHandle,
+        n: usize,
+        p: usize,
+    ) -> std::thread::JoinHandle<()> {
         let (release, until) = std::sync::mpsc::channel();
         let (entered, held) = std::sync::mpsc::channel();
         h.tx.send(Command::Hold { entered, until }).await.unwrap();
-        let inbox = h.tx.clone();
+        let (inbox, peers) = (h.tx.clone(), h.peer_tx.clone());
         std::thread::spawn(move || {
             // Once the actor holds (the hold taken from the inbox), released when the
-            // commands wait in the inbox.
+            // commands wait in the inboxes.
             held.recv().unwrap();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while inbox.capacity() > INBOX - n && std::time::Instant::now() < deadline {
+            let waiting = || (INBOX - inbox.capacity(), PEER_INBOX - peers.capacity());
+            while waiting() != (n, p) && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            assert_eq!(
-                inbox.capacity(),
-                INBOX - n,
-                "the commands never waited together"
-            );
+            assert_eq!(waiting(), (n, p), "the commands never waited together");
             release.send(()).unwrap();
         })
     }
 
     /// A local write queued behind more peers' frames than a batch takes is answered in the
-    /// first batch, ahead of them; the frames are all worked through after it, in order.
+    /// first batch, ahead of them. A link's going down waits behind the frames it read,
+    /// which are handled first; frames of that link after it are dropped, not refused.
     #[tokio::test]
     async fn a_local_write_is_not_held_behind_a_flood_of_peer_frames() {
         let dir = tempfile::tempdir().unwrap();
@@ -3792,7 +3814,7 @@ mod tests {
             software: "test".into(),
         });
         let frames = MAX_BATCH + 100;
-        let hold = hold_for(&h, frames + 1).await;
+        let hold = hold_for_with_peers(&h, 1, frames).await;
         for _ in 0..frames {
             h.from_peer(parent.clone(), session, hello.clone(), None)
                 .await
@@ -3837,15 +3859,23 @@ mod tests {
         };
         let before = refused(h.status().await.unwrap());
         assert_eq!(before, Some(frames as u64));
-        // Frames of a link that went down while they waited are dropped, not refused: they
-        // were read before the link closed, and the peer sends again on its next one.
-        let hold = hold_for(&h, frames + 2).await;
-        for _ in 0..frames {
+        // A link's going down takes its place behind the frames it read: they are handled
+        // first (here each refused), and frames after it are dropped, not refused. More
+        // than a batch takes, and fewer than close the link for refusals.
+        let more = MAX_PEER_FRAMES + 50;
+        assert!(frames + more < MAX_REJECTED_PER_LINK as usize);
+        let hold = hold_for_with_peers(&h, 1, more + 3).await;
+        for _ in 0..more {
             h.from_peer(parent.clone(), session, hello.clone(), None)
                 .await
                 .unwrap();
         }
         h.peer_down(parent.clone(), session).await;
+        for _ in 0..2 {
+            h.from_peer(parent.clone(), session, hello.clone(), None)
+                .await
+                .unwrap();
+        }
         let status = {
             let h = h.clone();
             tokio::spawn(async move { h.status().await })
@@ -3853,14 +3883,25 @@ mod tests {
         tokio::task::spawn_blocking(move || hold.join().unwrap())
             .await
             .unwrap();
+        // The status went ahead of the frames, and the link was still up then.
         let during = status.await.unwrap().unwrap();
-        assert!(
-            during
-                .links
-                .iter()
-                .any(|l| l.peer == parent && !l.connected)
-        );
-        assert_eq!(refused(h.status().await.unwrap()), before);
+        assert!(during.links.iter().any(|l| l.peer == parent && l.connected));
+        assert_eq!(refused(during), before);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let after = loop {
+            let st = h.status().await.unwrap();
+            // Once the peers' inbox is empty, a status comes after everything in it.
+            if h.peer_tx.capacity() == PEER_INBOX && st.links.iter().any(|l| !l.connected) {
+                let st = h.status().await.unwrap();
+                break refused(st);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the frames were not handled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        assert_eq!(after, Some((frames + more) as u64));
         t.shutdown().await;
     }
 

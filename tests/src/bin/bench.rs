@@ -177,14 +177,18 @@ fn idle_reconnect() -> anyhow::Result<()> {
         .len()
             + 4
     };
+    let began = Instant::now();
     let q = connect(&mut county, &mut city, saved_k.clone(), saved_c.clone());
     let (bytes, rounds) = pump(&mut county, &mut city, q);
+    // Both sides' work in memory (no I/O): what a reconnect costs the store threads.
+    let ours_ms = began.elapsed().as_secs_f64() * 1000.0;
     let ours_bytes = (bytes + hello(&uk) + hello(&uc)) as f64;
     let ours_rounds = (rounds + 1) as f64;
 
     // Baseline: per-document automerge sync from the saved states, as automerge-repo does
     // on a reconnect: every document exchanges sync messages until both sides are quiet.
     let (mut base_bytes, mut base_rounds) = (0usize, 0usize);
+    let mut base_time = Duration::ZERO;
     for e in county.docs() {
         let other = city.get(&e.meta.id).context("city lacks a document")?;
         let (mut a, mut b) = (
@@ -203,6 +207,7 @@ fn idle_reconnect() -> anyhow::Result<()> {
             .and_then(|s| sync::State::decode(s).ok())
             .unwrap_or_default();
         let mut r = 0;
+        let began = Instant::now();
         loop {
             let m1 = a.generate_sync_message(&mut sa);
             let m2 = b.generate_sync_message(&mut sb);
@@ -221,8 +226,16 @@ fn idle_reconnect() -> anyhow::Result<()> {
                 a.receive_sync_message(&mut sa, sync::Message::decode(&enc)?)?;
             }
         }
+        base_time += began.elapsed();
         base_rounds = base_rounds.max(r);
     }
+    emit(
+        "idle-reconnect",
+        "cpu_ms",
+        ours_ms,
+        "ms",
+        Some(base_time.as_secs_f64() * 1000.0),
+    );
     emit(
         "idle-reconnect",
         "bytes",
