@@ -2744,7 +2744,8 @@ impl Actor {
                 if heads == p.heads {
                     continue;
                 }
-                if p.heads.is_empty() && p.next_seq == 0 {
+                // The changes since the views' heads, when this commit stores them as a row.
+                let new = if p.heads.is_empty() && p.next_seq == 0 {
                     // A document's first commit (nothing of it stored yet) is its snapshot:
                     // a register received whole from a peer is stored as automerge's compact
                     // form, a ninth of its raw changes (29 KB against 268 KB for 1,000
@@ -2753,10 +2754,11 @@ impl Actor {
                     snaps
                         .insert(key.as_str(), d.save().as_slice())
                         .map_err(db)?;
+                    None
                 } else {
-                    let new = d.get_changes(&p.heads);
+                    let changes_new = d.get_changes(&p.heads);
                     let mut bytes = Vec::new();
-                    for c in &new {
+                    for c in &changes_new {
                         bytes.extend_from_slice(c.raw_bytes());
                     }
                     changes
@@ -2764,17 +2766,23 @@ impl Actor {
                         .map_err(db)?;
                     p.next_seq += 1;
                     p.rows_since_snapshot += 1;
-                    p.changes_since_snapshot += new.len();
+                    p.changes_since_snapshot += changes_new.len();
                     p.bytes_since_snapshot += bytes.len() as u64;
-                }
+                    Some(changes_new)
+                };
                 p.heads = heads;
                 state_t
                     .insert(key.as_str(), load::encode_state(&p).as_slice())
                     .map_err(db)?;
-                // Peer changes: the records automerge's diff names since the views' heads
-                // (a new document is read whole).
+                // Peer changes: the records the new changes name, or else that automerge's
+                // diff names since the views' heads (a new document is read whole).
                 let local = !batch.resync.contains(id);
-                let touched = || doc::touched_records(d, &viewed, &p.heads).into_iter();
+                let touched = || {
+                    new.as_deref()
+                        .and_then(|n| doc::records_touched_by(d, n))
+                        .unwrap_or_else(|| doc::touched_records(d, &viewed, &p.heads))
+                        .into_iter()
+                };
                 let only = match (batch.records.get(id), batch.entity_rows.get(id)) {
                     (Some(rows), _) if local => Only::Members(Cow::Borrowed(rows)),
                     (_, Some(rows)) if local => Only::Records(Cow::Borrowed(rows)),
