@@ -2046,8 +2046,9 @@ impl Actor {
                 if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
                 }
-                // Frames wait behind local commands (`serve`), so their link may have gone
-                // down or been replaced since they were read: the peer sends again.
+                // Frames wait behind local commands (`serve`): their link may have been
+                // closed here since (a revocation, too many refusals) or replaced by a newer
+                // connection. Dropped, not refused: the peer sends again on its next one.
                 if !link.connected || link.counters.session != session {
                     tracing::debug!(%peer, "dropping a frame of a closed or replaced connection");
                     return;
@@ -2780,7 +2781,10 @@ impl Actor {
                 let touched = || {
                     new.as_deref()
                         .and_then(|n| doc::records_touched_by(d, n))
-                        .unwrap_or_else(|| doc::touched_records(d, &viewed, &p.heads))
+                        .unwrap_or_else(|| {
+                            tracing::debug!(doc = %id, "records touched: from the diff");
+                            doc::touched_records(d, &viewed, &p.heads)
+                        })
                         .into_iter()
                 };
                 let only = match (batch.records.get(id), batch.entity_rows.get(id)) {
