@@ -379,18 +379,14 @@ pub struct DocChange {
 pub struct StoreThread {
     handle: StoreHandle,
     thread: Option<JoinHandle<()>>,
-    /// Set when the store is asked to stop: peer frames still queued are dropped.
-    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl StoreThread {
     /// Ask the actor to persist what it holds and stop, then wait for it.
     pub async fn shutdown(mut self) {
-        // Frames of peers queued before the stop are not worked through first (on a busy
-        // node, that took a minute and more): the peers offer them again next session. Local
-        // writes still queued are stored.
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // The stop is a local command, taken ahead of peers' frames: those still queued are
+        // not worked through (on a busy node, that took a minute and more) and the peers
+        // offer them again next session. Local writes queued before it are stored.
         let (reply, rx) = oneshot::channel();
         if self
             .handle
@@ -474,7 +470,6 @@ pub fn open_database(
     let (tx, rx) = mpsc::channel(INBOX);
     let (peer_tx, peer_rx) = mpsc::channel(PEER_INBOX);
     let activity = Arc::new(compact::Activity::new());
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (changes, _) = broadcast::channel(CHANGE_FEED);
     let (failure, failed) = watch::channel(None);
     let rollups = Arc::new(reader::RollupCache::default());
@@ -509,7 +504,6 @@ pub fn open_database(
         last_record: 0,
         last_batch_writes: 0,
         failure,
-        stopping: stopping.clone(),
     };
     // Only to wait on both inboxes at once; it runs nothing else.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -531,7 +525,6 @@ pub fn open_database(
         StoreThread {
             handle,
             thread: Some(thread),
-            stopping,
         },
     ))
 }
@@ -1397,8 +1390,6 @@ struct DialFailures {
 }
 
 struct Actor {
-    /// Set by [`StoreThread::shutdown`].
-    stopping: Arc<std::sync::atomic::AtomicBool>,
     db: Arc<Database>,
     engine: Engine,
     outboxes: HashMap<UnitId, mpsc::UnboundedSender<Msg>>,
@@ -2043,9 +2034,6 @@ impl Actor {
                 let Some(link) = self.links.get(&peer) else {
                     return;
                 };
-                if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    return;
-                }
                 // Frames wait behind local commands (`serve`): their link may have been
                 // closed here since (a revocation, too many refusals) or replaced by a newer
                 // connection. Dropped, not refused: the peer sends again on its next one.
@@ -3858,7 +3846,7 @@ mod tests {
                 _ => {}
             }
         }
-        let pushed_after = pushed_after.unwrap_or_default();
+        let pushed_after = pushed_after.expect("the loop ends once the write is pushed");
         assert!(
             pushed_after <= MAX_PEER_FRAMES,
             "the write waited for {pushed_after} peer frames"
