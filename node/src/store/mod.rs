@@ -1520,7 +1520,8 @@ impl Actor {
             timing.received = started.elapsed();
             self.apply_writes(&mut batch);
             timing.written = started.elapsed();
-            // Documents a failed commit left unpersisted go into this one, views rebuilt whole.
+            // Documents a failed commit left unpersisted go into this one, their views read
+            // again from what changed since they were committed.
             let retry = std::mem::take(&mut self.retry);
             batch.resync.extend(retry.iter().cloned());
             batch.dirty.extend(retry);
@@ -1531,12 +1532,13 @@ impl Actor {
             }
             if let Err(e) = &result {
                 tracing::error!("commit failed, nothing in this batch is acknowledged: {e}");
-                if let StoreError::Db(cause) = e
-                    && self.failure.borrow().is_none()
-                {
+                if self.failure.borrow().is_none() {
                     // redb refuses every later operation after an I/O failure, and a failed
-                    // fsync leaves what the disk holds unknown: only a reopen recovers.
-                    let reason = failure_reason(cause);
+                    // fsync leaves what the disk holds unknown: only a reopen recovers. Any
+                    // other failure (a stored view row that no longer decodes) would fail
+                    // every later commit the same way, since the retried documents are
+                    // read again: the node stops rather than refuse writes while healthy.
+                    let reason = failure_reason(e);
                     tracing::error!("{reason}");
                     self.failure.send_replace(Some(reason));
                 }
@@ -1906,7 +1908,7 @@ impl Actor {
                 };
                 batch.users.push((token_hash, row));
                 batch.replies.push(Box::new(move |c| {
-                    let _ = reply.send(c.map_err(|e| StoreError::Corrupt(e.to_string())));
+                    let _ = reply.send(c.map_err(|e| StoreError::NotStored(failure_reason(e))));
                 }));
             }
             Command::RemoveUsers {
@@ -2431,6 +2433,7 @@ impl Actor {
     /// transaction (one change), so concurrent writers share the change as they share the
     /// fsync. Replies wait for the commit like every other write.
     fn apply_writes(&mut self, batch: &mut Batch) {
+        self.reread_moved(batch);
         let members = std::mem::take(&mut batch.writes);
         self.apply_waiting(members, batch);
         // A transfer's removal only once its member is made, so that a failure leaves the
@@ -2446,6 +2449,35 @@ impl Actor {
         self.apply_waiting(removals, batch);
         let records = std::mem::take(&mut batch.record_writes);
         self.apply_waiting(records, batch);
+    }
+
+    /// A transfer copies its member as held now, not as read when the command was taken:
+    /// peers' frames are handled after the local commands of a batch, so a peer's edit of
+    /// the member taken into this batch is carried over, and a member a peer removed is not
+    /// made again (its copy fails, and with it the removal).
+    fn reread_moved(&mut self, batch: &mut Batch) {
+        for i in 0..batch.moves.len() {
+            let (made, source) = {
+                let (made, removal) = &batch.moves[i];
+                (made.clone(), removal.op.id().clone())
+            };
+            let Some(at) = batch
+                .writes
+                .iter()
+                .position(|w| matches!(&w.op, PendingOp::Create(id, ..) if *id == made))
+            else {
+                continue;
+            };
+            match self.held_member(&source) {
+                Ok(Some(now)) => {
+                    if let PendingOp::Create(_, new, _) = &mut batch.writes[at].op {
+                        *new = now.into_new();
+                    }
+                }
+                Ok(None) => batch.writes.remove(at).fail(WriteError::NotFound(source)),
+                Err(r) => batch.writes.remove(at).fail(WriteError::Refused(r)),
+            }
+        }
     }
 
     /// [`Self::apply_writes`] for one kind of waiting write.
@@ -2903,14 +2935,18 @@ fn trimmed(mut fields: Fields) -> Fields {
 }
 
 /// What an operator is told when the store stops being able to write.
-fn failure_reason(cause: &redb::Error) -> String {
+fn failure_reason(cause: &StoreError) -> String {
     let full = match cause {
-        redb::Error::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+        StoreError::Db(redb::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
         _ => false,
     };
     if full {
         format!(
             "the disk is full: the store cannot write ({cause}); free some space, then start the node again (every acknowledged write is kept)"
+        )
+    } else if let StoreError::Corrupt(_) = cause {
+        format!(
+            "the store cannot commit ({cause}); with the node stopped, `grassroots store verify` shows which views differ from the documents and `grassroots store rebuild` makes them again (every acknowledged write is kept)"
         )
     } else {
         format!(
@@ -2936,10 +2972,7 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
         Ok(v) => batch.replies.push(Box::new(move |commit| {
             let _ = reply.send(match commit {
                 Ok(()) => Ok(v),
-                Err(StoreError::Db(cause)) => {
-                    Err(E::from(StoreError::NotStored(failure_reason(cause))))
-                }
-                Err(e) => Err(E::from(StoreError::NotStored(e.to_string()))),
+                Err(e) => Err(E::from(StoreError::NotStored(failure_reason(e)))),
             });
         })),
     }
@@ -3028,18 +3061,25 @@ impl<'t> Views<'t> {
                 self.rewrite(old, now, |v, r, m| v.put_member(owner, r, m))?;
             }
             (DocKind::Profile, _) => {
-                if let Some(p) = doc::read_profile(document, owner) {
-                    let key = owner.tree_key();
-                    let json = to_json(&p)?;
-                    let old = self
-                        .units
-                        .insert(key.as_str(), json.as_slice())
-                        .map_err(db)?;
-                    if let Some(old) = old {
-                        let old: UnitProfile = serde_json::from_slice(old.value())
-                            .map_err(|e| StoreError::Corrupt(format!("unit row {key}: {e}")))?;
-                        self.deltas.note_tallies(owner, &old.tallies(), -1);
+                // A profile that no longer reads as one (a change removed its name) has no
+                // row, as a rebuild would make it.
+                let key = owner.tree_key();
+                let now = doc::read_profile(document, owner);
+                let old = match &now {
+                    Some(p) => {
+                        let json = to_json(p)?;
+                        self.units
+                            .insert(key.as_str(), json.as_slice())
+                            .map_err(db)?
                     }
+                    None => self.units.remove(key.as_str()).map_err(db)?,
+                };
+                if let Some(old) = old {
+                    let old: UnitProfile = serde_json::from_slice(old.value())
+                        .map_err(|e| StoreError::Corrupt(format!("unit row {key}: {e}")))?;
+                    self.deltas.note_tallies(owner, &old.tallies(), -1);
+                }
+                if let Some(p) = now {
                     self.deltas.note_tallies(owner, &p.tallies(), 1);
                 }
             }
@@ -4014,6 +4054,198 @@ mod tests {
         assert_eq!(after, renamed);
         assert_eq!(r.members(&me, false, None, 0).unwrap().total, 4);
         assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+    }
+
+    /// A child's engine on the other end of a link with the store `h` of `parent`.
+    struct ChildLink {
+        engine: Engine,
+        parent: UnitId,
+        sent: mpsc::UnboundedReceiver<Msg>,
+        session: u64,
+    }
+
+    impl ChildLink {
+        /// Linked and synced until neither side has anything more to say.
+        async fn synced(h: &StoreHandle, parent: &UnitId, child: &UnitId) -> Self {
+            let (out, sent) = mpsc::unbounded_channel();
+            let counters = Arc::new(LinkCounters::new("child".into(), 1, "test".into()));
+            let session = counters.session;
+            h.peer_up(child.clone(), out, counters).await.unwrap();
+            let mut engine = Engine::new(child.clone(), doc::actor_for(child, [7; 8]));
+            let hello = engine.connect(parent, HashMap::new());
+            let mut link = ChildLink {
+                engine,
+                parent: parent.clone(),
+                sent,
+                session,
+            };
+            link.exchange(h, hello).await;
+            link
+        }
+
+        /// Send `msgs` to the store, then answer it until it has been quiet for 500 ms.
+        async fn exchange(&mut self, h: &StoreHandle, mut msgs: Vec<Msg>) {
+            let me = self.engine.me().clone();
+            loop {
+                for msg in msgs.drain(..) {
+                    h.from_peer(me.clone(), self.session, msg, None)
+                        .await
+                        .unwrap();
+                }
+                let wait = std::time::Duration::from_millis(500);
+                let Ok(Some(msg)) = tokio::time::timeout(wait, self.sent.recv()).await else {
+                    return;
+                };
+                let step = self.engine.receive(&self.parent, msg);
+                assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+                msgs.extend(step.send.into_iter().map(|(_, m)| m));
+            }
+        }
+    }
+
+    /// A profile a peer's change leaves without a name no longer reads as one: its unit's
+    /// row goes, as a rebuild would have it, and its tallies leave the roll-ups.
+    #[tokio::test]
+    async fn a_profile_that_stops_reading_loses_its_row() {
+        use automerge::transaction::Transactable as _;
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let v01 = u("c01/k01/t01/v01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        h.set_unit_details(v01.clone(), name("Liujia"))
+            .await
+            .unwrap();
+        assert!(r.unit(&v01).unwrap().is_some());
+        let mut village = ChildLink::synced(&h, &me, &v01).await;
+        let profile = DocId::new(DocKind::Profile, v01.clone());
+        let (d, _) = village
+            .engine
+            .local_doc(DocMeta::new(profile.clone()))
+            .unwrap();
+        let mut tx = d.transaction();
+        tx.delete(automerge::ROOT, "name").unwrap();
+        tx.commit();
+        let msgs = village
+            .engine
+            .fan_out(&profile, None)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        village.exchange(&h, msgs).await;
+        assert!(r.unit(&v01).unwrap().is_none(), "the row stayed");
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        drop(h);
+        t.shutdown().await;
+    }
+
+    /// A commit that fails on a stored row that no longer decodes stops the node, with a
+    /// reason naming the commands that mend it; they do, and nothing acknowledged is lost.
+    #[tokio::test]
+    async fn a_commit_failing_on_a_bad_view_row_stops_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01/v01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let m = h.create_member(me.clone(), sample("Li Wei")).await.unwrap();
+        drop((h, r));
+        t.shutdown().await;
+        {
+            let db = Database::open(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut rows = tx.open_table(VIEW_MEMBERS).unwrap();
+                let rec = m.id.record.to_string();
+                let key = (me.tree_key(), rec);
+                rows.insert((key.0.as_str(), key.1.as_str()), b"not json".as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert!(h.failure().is_none());
+        let patch = MemberPatch {
+            name: Some("Li Wei Renamed".into()),
+            ..MemberPatch::default()
+        };
+        let refused = h.update_member(m.id.clone(), patch.clone()).await;
+        assert!(
+            matches!(&refused, Err(WriteError::Store(StoreError::NotStored(why))) if why.contains("store rebuild")),
+            "{refused:?}"
+        );
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(5), h.failed())
+            .await
+            .expect("the failure is reported");
+        assert!(reason.contains("store verify"), "{reason}");
+        drop((h, r));
+        t.shutdown().await;
+        // What the commands do, on the stopped store.
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(h.verify_views().await.unwrap().len(), 1);
+        h.rebuild_views().await.unwrap();
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        assert_eq!(r.member(&m.id).unwrap().unwrap().name, "Li Wei");
+        let renamed = h.update_member(m.id.clone(), patch).await.unwrap();
+        assert_eq!(renamed.name, "Li Wei Renamed");
+        drop(h);
+        t.shutdown().await;
+    }
+
+    /// A village's edit of a member, handled in the batch that takes a transfer of that
+    /// member (peers' frames come after a batch's local commands), moves with the member.
+    #[tokio::test]
+    async fn a_transfer_carries_a_peers_edit_taken_in_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        for (v, n) in [(&v01, "Liujia"), (&v02, "Zhangwan")] {
+            h.set_unit_details(v.clone(), name(n)).await.unwrap();
+        }
+        let m = h
+            .create_member(v01.clone(), sample("Moving Zhao"))
+            .await
+            .unwrap();
+        let mut village = ChildLink::synced(&h, &me, &v01).await;
+        let session = village.session;
+        let register = DocId::new(DocKind::Members, v01.clone());
+        let (d, _) = village
+            .engine
+            .local_doc(DocMeta::new(register.clone()))
+            .unwrap();
+        assert!(
+            doc::read_member(d, &v01, m.id.record).is_some(),
+            "not synced"
+        );
+        let patch = MemberPatch {
+            name: Some("Zhao Renamed".into()),
+            ..MemberPatch::default()
+        };
+        doc::update_member(d, m.id.record, &patch).unwrap();
+        let edit: Vec<Msg> = village
+            .engine
+            .fan_out(&register, None)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        assert!(!edit.is_empty());
+        // The transfer and the village's edit wait together, so one batch takes both.
+        let hold = hold_for_with_peers(&h, 1, edit.len()).await;
+        let moving = {
+            let (h, id, to) = (h.clone(), m.id.clone(), v02.clone());
+            tokio::spawn(async move { h.transfer_member(id, to, None).await })
+        };
+        for msg in edit {
+            h.from_peer(v01.clone(), session, msg, None).await.unwrap();
+        }
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        let moved = moving.await.unwrap().unwrap();
+        assert_eq!(moved.name, "Zhao Renamed");
+        assert_eq!(r.member(&moved.id).unwrap().unwrap().name, "Zhao Renamed");
+        assert!(r.member(&m.id).unwrap().is_none());
+        drop(h);
         t.shutdown().await;
     }
 
