@@ -1539,7 +1539,7 @@ impl Engine {
             }
             Ok(Ok(())) => {}
         }
-        let mut changed = false;
+        let (mut changed, mut new_digest) = (false, None);
         if let Some(candidate) = candidate {
             // Rule 3's field-level authority, on the copy: which record a change touched,
             // and who handled it then, are only known against the document. And a profile,
@@ -1574,13 +1574,22 @@ impl Engine {
                     ));
                 }
             }
-            changed = candidate.get_heads() != before;
+            let after = candidate.get_heads();
+            changed = after != before;
             *doc = candidate;
+            // Kept, not dropped: the heads are at hand, and a node that took many
+            // documents from a peer would otherwise hash them all at its next reconnect.
+            if changed {
+                new_digest = Some(digest_of_heads(after));
+            }
         }
         *state = candidate_state;
         step.authors.extend(authors);
         if changed {
             self.invalidate(&id);
+            if let Some(d) = new_digest {
+                self.doc_digests.insert(id.clone(), d);
+            }
             step.changed.insert(id.clone());
         }
         self.kick(peer, id.clone(), step);
