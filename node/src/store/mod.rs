@@ -920,6 +920,8 @@ impl StoreHandle {
 struct BatchTiming {
     peer_frames: usize,
     local: usize,
+    /// First messages made for documents links had yet to start.
+    started: usize,
     /// Times since the batch started: local commands taken in, peers' frames worked
     /// through, writes applied, committed.
     gathered: std::time::Duration,
@@ -941,6 +943,7 @@ impl BatchTiming {
             total_ms = ms(total),
             peer_frames = self.peer_frames,
             local_commands = self.local,
+            link_starts = self.started,
             documents = docs,
             local_ms = ms(self.gathered),
             peer_ms = ms(self.received.saturating_sub(self.gathered)),
@@ -1459,23 +1462,31 @@ impl Actor {
         peers: &mut mpsc::Receiver<Command>,
     ) -> Option<oneshot::Sender<()>> {
         loop {
-            let first = rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    Some(cmd) = rx.recv() => Some((cmd, false)),
-                    Some(cmd) = peers.recv() => Some((cmd, true)),
-                    else => None,
+            // Documents a link has yet to start are work too: with some, nothing is waited for.
+            let first = if self.engine.has_unstarted() {
+                match rx.try_recv() {
+                    Ok(cmd) => Some((cmd, false)),
+                    Err(_) => peers.try_recv().ok().map(|cmd| (cmd, true)),
                 }
-            });
-            let (first, from_peer) = first?;
+            } else {
+                let first = rt.block_on(async {
+                    tokio::select! {
+                        biased;
+                        Some(cmd) = rx.recv() => Some((cmd, false)),
+                        Some(cmd) = peers.recv() => Some((cmd, true)),
+                        else => None,
+                    }
+                });
+                Some(first?)
+            };
             let started = std::time::Instant::now();
             let mut batch = Batch::default();
             let mut timing = BatchTiming::default();
             let mut peer_first = None;
-            if from_peer {
-                peer_first = Some(first);
-            } else {
-                self.take(first, &mut batch, &mut timing);
+            match first {
+                Some((first, true)) => peer_first = Some(first),
+                Some((first, false)) => self.take(first, &mut batch, &mut timing),
+                None => {}
             }
             let mut lingered = 0;
             while batch.shutdown.is_none() && timing.local < MAX_BATCH {
@@ -1506,7 +1517,16 @@ impl Actor {
                     timing.peer_frames += 1;
                     self.on_command(cmd, &mut batch);
                 }
-                if timing.peer_frames > 0 {
+                // Then links' documents to start, in what is left of the peer work (at
+                // least one when no frame came, so that they advance).
+                if self.engine.has_unstarted()
+                    && (timing.peer_frames == 0 || work.elapsed() < PEER_WORK)
+                {
+                    let sends = self.engine.start_unstarted(work + PEER_WORK);
+                    timing.started = sends.len();
+                    batch.sends.extend(sends);
+                }
+                if timing.peer_frames > 0 || timing.started > 0 {
                     self.activity.touch();
                 }
             }
@@ -1968,7 +1988,10 @@ impl Actor {
                             .map(|(_, d, s)| (d.clone(), s.clone())),
                     );
                 }
-                for msg in self.engine.connect(&peer, saved) {
+                // The documents changed since the last session are loaded and started in
+                // the batches after, within their peer work (a county back after a long
+                // partition may have hundreds).
+                for msg in self.engine.open_link(&peer, saved) {
                     batch.sends.push((peer.clone(), msg));
                 }
                 self.outboxes.insert(peer.clone(), outbox);
@@ -4057,31 +4080,61 @@ mod tests {
         t.shutdown().await;
     }
 
-    /// A child's engine on the other end of a link with the store `h` of `parent`.
-    struct ChildLink {
+    /// An engine on the other end of a link with the store `h` of `store`: its child or its
+    /// parent.
+    struct PeerEngine {
         engine: Engine,
-        parent: UnitId,
+        store: UnitId,
         sent: mpsc::UnboundedReceiver<Msg>,
         session: u64,
     }
 
-    impl ChildLink {
-        /// Linked and synced until neither side has anything more to say.
-        async fn synced(h: &StoreHandle, parent: &UnitId, child: &UnitId) -> Self {
+    impl PeerEngine {
+        /// A fresh engine of `unit`, linked and synced (see [`PeerEngine::link`]).
+        async fn synced(h: &StoreHandle, store: &UnitId, unit: &UnitId) -> Self {
+            let engine = Engine::new(unit.clone(), doc::actor_for(unit, [7; 8]));
+            Self::link(h, store, engine, HashMap::new()).await
+        }
+
+        /// `engine` linked to the store, with the sync states `saved` at its end, and
+        /// synced until neither side has anything more to say.
+        async fn link(
+            h: &StoreHandle,
+            store: &UnitId,
+            engine: Engine,
+            saved: HashMap<DocId, Vec<u8>>,
+        ) -> Self {
+            let (mut link, hello) = Self::open(h, store, engine, saved).await;
+            link.exchange(h, hello).await;
+            link
+        }
+
+        /// The link up at both ends; the engine's opening messages are returned, not sent.
+        async fn open(
+            h: &StoreHandle,
+            store: &UnitId,
+            mut engine: Engine,
+            saved: HashMap<DocId, Vec<u8>>,
+        ) -> (Self, Vec<Msg>) {
             let (out, sent) = mpsc::unbounded_channel();
-            let counters = Arc::new(LinkCounters::new("child".into(), 1, "test".into()));
+            let counters = Arc::new(LinkCounters::new("peer".into(), 1, "test".into()));
             let session = counters.session;
-            h.peer_up(child.clone(), out, counters).await.unwrap();
-            let mut engine = Engine::new(child.clone(), doc::actor_for(child, [7; 8]));
-            let hello = engine.connect(parent, HashMap::new());
-            let mut link = ChildLink {
+            h.peer_up(engine.me().clone(), out, counters).await.unwrap();
+            let hello = engine.connect(store, saved);
+            let link = PeerEngine {
                 engine,
-                parent: parent.clone(),
+                store: store.clone(),
                 sent,
                 session,
             };
-            link.exchange(h, hello).await;
-            link
+            (link, hello)
+        }
+
+        /// The link goes down at both ends; the engine and its sync states are returned.
+        async fn down(mut self, h: &StoreHandle) -> (Engine, HashMap<DocId, Vec<u8>>) {
+            h.peer_down(self.engine.me().clone(), self.session).await;
+            let saved = self.engine.disconnect(&self.store).into_iter().collect();
+            (self.engine, saved)
         }
 
         /// Send `msgs` to the store, then answer it until it has been quiet for 500 ms.
@@ -4097,11 +4150,92 @@ mod tests {
                 let Ok(Some(msg)) = tokio::time::timeout(wait, self.sent.recv()).await else {
                     return;
                 };
-                let step = self.engine.receive(&self.parent, msg);
+                let step = self.engine.receive(&self.store, msg);
                 assert!(step.rejected.is_empty(), "{:?}", step.rejected);
                 msgs.extend(step.send.into_iter().map(|(_, m)| m));
             }
         }
+    }
+
+    /// A link that comes up with more changed documents than it has slots starts them in
+    /// the batches after the link's own (the store waits for no command while some are
+    /// left), and every change reaches the peer.
+    #[tokio::test]
+    async fn a_link_with_many_changed_documents_starts_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let county = u("c01/k01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let villages: Vec<UnitId> = (0..80)
+            .map(|i| u(&format!("c01/k01/t01/v{i:02}")))
+            .collect();
+        let mut members = Vec::new();
+        for v in &villages {
+            h.set_unit_details(v.clone(), name(&format!("Village {v}")))
+                .await
+                .unwrap();
+            members.push(h.create_member(v.clone(), sample("Before")).await.unwrap());
+        }
+        // The county holds a profile registering the township, so it takes its documents.
+        let mut engine = Engine::new(county.clone(), doc::actor_for(&county, [7; 8]));
+        let (d, _) = engine
+            .local_doc(DocMeta::new(DocId::new(DocKind::Profile, county.clone())))
+            .unwrap();
+        doc::set_profile(d, "County", std::slice::from_ref(&me)).unwrap();
+        let link = PeerEngine::link(&h, &me, engine, HashMap::new()).await;
+        let (engine, saved) = link.down(&h).await;
+        let register = |v: &UnitId| DocId::new(DocKind::Members, v.clone());
+        let read = |e: &Engine, m: &Member| {
+            e.get(&register(&m.id.unit))
+                .and_then(|d| d.doc())
+                .and_then(|d| doc::read_member(d, &m.id.unit, m.id.record))
+                .map(|m| m.name)
+        };
+        assert!(
+            members
+                .iter()
+                .all(|m| read(&engine, m).as_deref() == Some("Before"))
+        );
+        let patch = MemberPatch {
+            name: Some("After".into()),
+            ..MemberPatch::default()
+        };
+        for m in &members {
+            h.update_member(m.id.clone(), patch.clone()).await.unwrap();
+        }
+        // Before the county says anything, the store starts a slot's worth of them.
+        let slots = crate::sync::MAX_IN_FLIGHT;
+        assert!(villages.len() > slots);
+        let (mut link, hello) = PeerEngine::open(&h, &me, engine, saved).await;
+        let mut first = Vec::new();
+        let mut started = HashSet::new();
+        while started.len() < slots {
+            let wait = std::time::Duration::from_secs(10);
+            let msg = tokio::time::timeout(wait, link.sent.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} documents started", started.len()))
+                .unwrap();
+            match &msg {
+                Msg::Sync { doc, .. } => {
+                    started.insert(doc.clone());
+                }
+                Msg::SyncBatch(items) => started.extend(items.iter().map(|(d, _)| d.clone())),
+                _ => {}
+            }
+            first.push(msg);
+        }
+        let mut answers = hello;
+        for msg in first {
+            let step = link.engine.receive(&me, msg);
+            answers.extend(step.send.into_iter().map(|(_, m)| m));
+        }
+        link.exchange(&h, answers).await;
+        for m in &members {
+            assert_eq!(read(&link.engine, m).as_deref(), Some("After"), "{}", m.id);
+        }
+        assert_eq!(r.rollup(&me).unwrap().members, 80);
+        drop(h);
+        t.shutdown().await;
     }
 
     /// A profile a peer's change leaves without a name no longer reads as one: its unit's
@@ -4117,7 +4251,7 @@ mod tests {
             .await
             .unwrap();
         assert!(r.unit(&v01).unwrap().is_some());
-        let mut village = ChildLink::synced(&h, &me, &v01).await;
+        let mut village = PeerEngine::synced(&h, &me, &v01).await;
         let profile = DocId::new(DocKind::Profile, v01.clone());
         let (d, _) = village
             .engine
@@ -4206,7 +4340,7 @@ mod tests {
             .create_member(v01.clone(), sample("Moving Zhao"))
             .await
             .unwrap();
-        let mut village = ChildLink::synced(&h, &me, &v01).await;
+        let mut village = PeerEngine::synced(&h, &me, &v01).await;
         let session = village.session;
         let register = DocId::new(DocKind::Members, v01.clone());
         let (d, _) = village

@@ -224,6 +224,11 @@ struct PeerSync {
     /// Units whose summary this side sent during this session.
     summarised: HashSet<UnitId>,
     active: BTreeSet<DocId>,
+    /// Documents holding a slot whose first message is not made yet (see
+    /// [`Engine::open_link`]), in order, and the same as a set: one leaves the set once any
+    /// message of it is made.
+    unstarted: VecDeque<DocId>,
+    unstarted_ids: HashSet<DocId>,
     queue: VecDeque<DocId>,
     queued: HashSet<DocId>,
     /// Documents the peer offered whose owner is not registered in this node's copy of the
@@ -934,8 +939,20 @@ impl Engine {
     }
 
     /// A link to `peer` is up. `saved` holds the sync states persisted at the last
-    /// connection (decoded lazily). Returns the opening message: the root digest.
+    /// connection (decoded lazily). Returns the opening message, the root digest, and the
+    /// first messages of the documents changed since the last session with `peer`.
     pub fn connect(&mut self, peer: &UnitId, saved: HashMap<DocId, Vec<u8>>) -> Vec<Msg> {
+        let mut out = self.open_link(peer, saved);
+        let mut step = Step::default();
+        while self.start_one(peer, &mut step) {}
+        out.extend(step.send.into_iter().map(|(_, m)| m));
+        out
+    }
+
+    /// [`Engine::connect`] without the changed documents' first messages: they take their
+    /// slots now and are made by [`Engine::start_unstarted`], so that a node whose link
+    /// comes up with many changed documents to load answers other work in between.
+    pub fn open_link(&mut self, peer: &UnitId, saved: HashMap<DocId, Vec<u8>>) -> Vec<Msg> {
         // Documents whose heads moved since the last session with this peer (they differ
         // from the heads both sides shared then) start at once, beside the root digest,
         // instead of after the digest descent: on a lossy link every round costs. An
@@ -960,20 +977,68 @@ impl Engine {
             return Vec::new();
         };
         let root = self.me.root();
-        let mut out = vec![Msg::Root(self.link_digest(&child, &root))];
-        let mut step = Step::default();
+        let out = vec![Msg::Root(self.link_digest(&child, &root))];
         changed.sort();
         for id in changed {
             let in_scope = self
                 .docs
                 .get(&id)
                 .is_some_and(|e| self.in_link_scope(peer, &e.meta));
-            if in_scope {
-                self.start(peer, &id, &mut step);
+            let Some(p) = self.peers.get_mut(peer) else {
+                break;
+            };
+            if !in_scope || p.active.contains(&id) || p.queued.contains(&id) {
+                continue;
+            }
+            if p.active.len() >= MAX_IN_FLIGHT {
+                p.queued.insert(id.clone());
+                p.queue.push_back(id);
+            } else {
+                p.active.insert(id.clone());
+                p.unstarted_ids.insert(id.clone());
+                p.unstarted.push_back(id);
             }
         }
-        out.extend(step.send.into_iter().map(|(_, m)| m));
         out
+    }
+
+    /// Whether a link opened with [`Engine::open_link`] still has documents to start.
+    pub fn has_unstarted(&self) -> bool {
+        self.peers.values().any(|p| !p.unstarted_ids.is_empty())
+    }
+
+    /// Make the first messages of documents [`Engine::open_link`] gave slots to, a document
+    /// of each such link in turn, until `deadline` has passed (at least one).
+    pub fn start_unstarted(&mut self, deadline: std::time::Instant) -> Vec<(UnitId, Msg)> {
+        let mut step = Step::default();
+        let mut peers: Vec<UnitId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.unstarted_ids.is_empty())
+            .map(|(u, _)| u.clone())
+            .collect();
+        while !peers.is_empty() {
+            peers.retain(|peer| self.start_one(peer, &mut step));
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        step.send
+    }
+
+    /// Start the next unstarted document of `peer`; false once there was none.
+    fn start_one(&mut self, peer: &UnitId, step: &mut Step) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        // One started meanwhile (the peer's message for it, a live push) is under way.
+        while let Some(id) = p.unstarted.pop_front() {
+            if p.unstarted_ids.remove(&id) {
+                self.kick(peer, id, step);
+                return true;
+            }
+        }
+        false
     }
 
     /// The link to `peer` ended. Returns the sync states used during it, to persist.
@@ -1002,7 +1067,9 @@ impl Engine {
     /// word of a finished reconciliation: it carries no changes and asks for none, and the
     /// peer's heads are already this side's.
     fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<(Msg, bool)> {
-        if self.peers.get(peer).is_none_or(|p| p.refused.contains(id)) {
+        let p = self.peers.get_mut(peer)?;
+        p.unstarted_ids.remove(id);
+        if p.refused.contains(id) {
             return None;
         }
         if let Err(r) = self.ensure(id) {
@@ -2362,6 +2429,80 @@ mod tests {
         let (_, _, rounds) = pump_counted(&mut k, &mut c, q);
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
         assert!(rounds <= 6, "{rounds} rounds");
+    }
+
+    /// A link opened with many changed documents starts them in pieces, each document's
+    /// first message made once, however the peer's messages interleave; all converge.
+    #[test]
+    fn changed_documents_of_an_opened_link_start_in_pieces() {
+        let (mut k, mut c) = big_pair(300);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        let changed: Vec<DocId> = (0..100)
+            .map(|i| {
+                write(
+                    &mut k,
+                    &format!("c01/k01/t{:02}/v{i:03}", i % 10),
+                    9000,
+                    "Moved",
+                )
+            })
+            .collect();
+        let first = k.open_link(&uc, sk);
+        assert!(matches!(first.as_slice(), [Msg::Root(_)]), "{first:?}");
+        assert!(k.has_unstarted());
+        let p = k.progress(&uc).unwrap();
+        assert_eq!(
+            (p.in_flight, p.queued),
+            (MAX_IN_FLIGHT, 100 - MAX_IN_FLIGHT)
+        );
+        // A deadline already passed still starts one document.
+        let one = k.start_unstarted(std::time::Instant::now());
+        assert_eq!(one.len(), 1, "{one:?}");
+        let docs_of = |msgs: &[(UnitId, Msg)]| -> Vec<DocId> {
+            msgs.iter()
+                .filter_map(|(_, m)| match m {
+                    Msg::Sync { doc, .. } => Some(doc.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut started = docs_of(&one);
+        // A document started otherwise meanwhile (here a live push of it) is not started
+        // again.
+        let next = k.peers[&uc].unstarted[0].clone();
+        assert!(changed.contains(&next));
+        let pushed = k.fan_out(&next, None);
+        assert_eq!(docs_of(&pushed), vec![next]);
+        started.extend(docs_of(&pushed));
+        let mut q: Vec<_> = first
+            .into_iter()
+            .map(|m| (uk.clone(), uc.clone(), m))
+            .collect();
+        q.extend(
+            c.connect(&uk, sc)
+                .into_iter()
+                .map(|m| (uc.clone(), uk.clone(), m)),
+        );
+        let rest =
+            k.start_unstarted(std::time::Instant::now() + std::time::Duration::from_secs(60));
+        assert!(!k.has_unstarted());
+        started.extend(docs_of(&rest));
+        assert_eq!(started.len(), MAX_IN_FLIGHT, "each in flight started once");
+        let unique: HashSet<&DocId> = started.iter().collect();
+        assert_eq!(unique.len(), MAX_IN_FLIGHT);
+        q.extend(
+            one.into_iter()
+                .chain(pushed)
+                .chain(rest)
+                .map(|(to, m)| (uk.clone(), to, m)),
+        );
+        pump_counted(&mut k, &mut c, q);
+        for i in 0..100 {
+            let owner = format!("c01/k01/t{:02}/v{i:03}", i % 10);
+            assert!(names(&c, &owner).contains(&"Moved".to_string()), "{owner}");
+        }
     }
 
     #[test]
