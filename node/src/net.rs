@@ -522,6 +522,12 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<(UnitId, String
             detail: format!("certificate of {unit} issued by {issuer:?}, not by its parent's CA"),
         });
     }
+    identity
+        .check_issued(&unit, &certs)
+        .map_err(|e| NetError::Refused {
+            reason: RejectReason::NotAdjacent,
+            detail: e.to_string(),
+        })?;
     let fp = certs
         .first()
         .map(|c| pki::fingerprint(c))

@@ -338,6 +338,29 @@ impl Identity {
         Ok(request.public_key)
     }
 
+    /// Issue with this node's CA a CA named as `named_as`'s, and with it a certificate for
+    /// `unit`: only for tests proving that the issuing key, not the name, is checked.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn testing_issue_under_forged_ca(
+        &self,
+        named_as: &UnitId,
+        unit: &UnitId,
+    ) -> Result<Identity, PkiError> {
+        let sub_key = KeyPair::generate()?;
+        let sub = ca_params(named_as, &self.deployment)?.signed_by(&sub_key, &self.issuer()?)?;
+        let sub_issuer = Issuer::new(ca_params(named_as, &self.deployment)?, sub_key);
+        let key = KeyPair::generate()?;
+        let leaf = leaf_params(unit, &self.deployment)?.signed_by(&key, &sub_issuer)?;
+        let mut chain = vec![leaf.der().clone(), sub.der().clone()];
+        chain.extend(self.issuer_chain.iter().cloned());
+        Ok(Identity {
+            unit: unit.clone(),
+            chain,
+            key: key.serialize_der(),
+            ..self.clone()
+        })
+    }
+
     /// Sign a certificate for `unit` with this node's TLS (leaf) key, as if the leaf were a
     /// CA: only for tests proving that such a chain is refused.
     #[cfg(feature = "testing")]
@@ -436,6 +459,67 @@ impl Identity {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.root.clone())?;
         Ok(roots)
+    }
+
+    /// The CA certificate named `common_name` among those this node holds: the root, the
+    /// CAs above its own certificate, its own CA and those above it.
+    fn known_ca(&self, common_name: &str) -> Option<&CertificateDer<'static>> {
+        std::iter::once(&self.root)
+            .chain(self.chain.iter().skip(1))
+            .chain(&self.issuer_chain)
+            .find(|c| subject_common_name(c).as_deref() == Some(common_name))
+    }
+
+    /// Check that the certificate `peer` presented (`certs`, leaf first; the handshake has
+    /// verified it up to the root) was signed by the key of the CA that must have issued it,
+    /// its parent's: either directly by that CA as this node holds it, or by the CA the peer
+    /// presented under that name, itself signed by the CA above it as this node holds it (a
+    /// parent issued again has a new CA; its children's leaves chain through the old one).
+    /// A chain to the root is not enough: every unit's CA may issue CAs, under any subject
+    /// name, so a unit could otherwise issue itself a new certificate (out of its revocation)
+    /// or one for a unit below its children, through a CA named as the expected issuer.
+    pub fn check_issued(
+        &self,
+        peer: &UnitId,
+        certs: &[CertificateDer<'_>],
+    ) -> Result<(), PkiError> {
+        let leaf = certs
+            .first()
+            .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
+        let issuer_unit = peer.parent().unwrap_or_else(|| peer.clone());
+        let issuer = expected_issuer(peer, &self.deployment);
+        let signed_by = |anchor: &CertificateDer<'_>, between: &[CertificateDer<'_>]| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(anchor.clone().into_owned())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Self::provider(),
+            )
+            .build()?;
+            verifier
+                .verify_client_cert(leaf, between, rustls::pki_types::UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| PkiError::PeerCert(e.to_string()))
+        };
+        let direct = match self.known_ca(&issuer) {
+            Some(ca) => signed_by(ca, &[]),
+            None => Err(PkiError::PeerCert(format!("{issuer:?} is not held here"))),
+        };
+        if direct.is_ok() {
+            return Ok(());
+        }
+        let above = expected_issuer(&issuer_unit, &self.deployment);
+        let through = match (certs.get(1), self.known_ca(&above)) {
+            (Some(presented), Some(ca)) if issuer_unit.parent().is_some() => {
+                signed_by(ca, std::slice::from_ref(presented))
+            }
+            _ => direct,
+        };
+        through.map_err(|e| {
+            PkiError::PeerCert(format!(
+                "the certificate of {peer} was not issued by the key of {issuer:?}: {e}"
+            ))
+        })
     }
 
     fn private_key(&self) -> PrivateKeyDer<'static> {
@@ -930,6 +1014,19 @@ impl Identity {
     }
 }
 
+/// The subject common name of a certificate, if it parses and has one.
+fn subject_common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(cn)
+}
+
 /// The unit a verified peer certificate names, and the common name of its issuer.
 pub fn peer_unit(
     certs: &[CertificateDer<'_>],
@@ -1070,6 +1167,60 @@ mod tests {
             .unwrap();
         assert!(handshake(&foreign, &county).is_err());
         assert!(handshake(&village, &foreign).is_err());
+    }
+
+    /// The issuer of a peer's certificate is checked by its key, not its name: a unit's CA
+    /// may issue a CA under any name, and such a chain still reaches the root.
+    #[test]
+    fn a_peer_certificate_must_be_signed_by_its_issuers_key() {
+        let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let county = root.issue_child(&u("c01/k01")).unwrap();
+        let town = county.issue_child(&u("c01/k01/t01")).unwrap();
+        let village = town.issue_child(&u("c01/k01/t01/v01")).unwrap();
+        let v03 = u("c01/k01/t01/v03");
+        // Every adjacent pair, both ways, with what each presents.
+        for (a, b) in [(&root, &county), (&county, &town), (&town, &village)] {
+            a.check_issued(&b.unit, &b.presented()).unwrap();
+            b.check_issued(&a.unit, &a.presented()).unwrap();
+        }
+        // A township issued again takes its villages (through the old CA they present);
+        // a leaf presented alone is checked against the CA held.
+        let town_again = county.issue_child(&u("c01/k01/t01")).unwrap();
+        town_again
+            .check_issued(&village.unit, &village.presented())
+            .unwrap();
+        town.check_issued(&village.unit, &village.chain[..1])
+            .unwrap();
+        // The township's handshake verifier takes this chain whole (it reaches the root,
+        // and the forged CA bears the township CA's name); the key check does not.
+        let forged = village
+            .testing_issue_under_forged_ca(&town.unit, &village.unit)
+            .unwrap();
+        use rustls::server::danger::ClientCertVerifier as _;
+        let verifier = KnownIntermediates {
+            inner: rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(town.roots().unwrap()),
+                Identity::provider(),
+            )
+            .build()
+            .unwrap(),
+            known: town.issuer_chain.clone(),
+        };
+        let now = rustls::pki_types::UnixTime::now();
+        verifier
+            .verify_client_cert(&forged.chain[0], &forged.chain[1..], now)
+            .unwrap();
+        let err = town.check_issued(&forged.unit, &forged.chain).unwrap_err();
+        assert!(err.to_string().contains("not issued by the key"), "{err}");
+        // Nor one for a unit below the forger.
+        let below = village.testing_issue_under_forged_ca(&town.unit, &v03);
+        assert!(below.is_ok_and(|f| town.check_issued(&f.unit, &f.chain).is_err()));
+        // A county can issue its township's identity again, so a CA it names as the
+        // township's is a township CA: it is trusted for its subtree, as designed.
+        let by_county = county
+            .testing_issue_under_forged_ca(&town.unit, &v03)
+            .unwrap();
+        town.check_issued(&v03, &by_county.presented()).unwrap();
     }
 
     /// Re-encode a PEM text with one byte of its `index`th block's DER flipped.
