@@ -925,6 +925,11 @@ pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bo
     Ok(doc.get_heads() != before)
 }
 
+/// Whether a profile lists `fingerprint` as revoked (whatever else it holds).
+pub fn is_revoked(doc: &Automerge, fingerprint: &str) -> bool {
+    union_keys(doc, "revoked").contains(fingerprint)
+}
+
 /// Record in a profile that the certificate with `fingerprint` (issued to `child`) is
 /// revoked. Revocations are never removed; re-enrolment issues a new certificate.
 pub fn revoke(doc: &mut Automerge, fingerprint: &str, child: &UnitId) -> Result<(), DocError> {

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pki::{self, Identity, PkiError};
 use crate::status::{LinkCounters, now_ms};
-use crate::store::{StoreHandle, StoreReader};
+use crate::store::{StoreError, StoreHandle, StoreReader};
 use crate::sync::wire::{
     self, CAPABILITIES, Hello, MAX_FRAME, Msg, RejectReason, VERSIONS, Versions, WireError,
 };
@@ -834,7 +834,13 @@ async fn accept_child(
 
 /// Run a link until it ends or `cancel` fires: register with the store, pump frames both
 /// ways, unregister. Reading and writing are two futures so neither is cancelled mid-frame.
-pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken) {
+/// Returns the peer's refusal when it ended the link as one (a parent that revoked this
+/// node's certificate), which a dialer treats as a refused dial.
+pub async fn run_link(
+    link: Link,
+    store: StoreHandle,
+    cancel: CancellationToken,
+) -> Option<NetError> {
     let Link {
         conn,
         mut send,
@@ -850,13 +856,19 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
     // peer sending faster than the store handles waits on its own link (QUIC's flow control
     // then holds it back) instead of filling the store's inbox for every link.
     let budget = Arc::new(tokio::sync::Semaphore::new(LINK_INBOX_BYTES));
-    if store
+    match store
         .peer_up(peer.clone(), out_tx.clone(), counters.clone())
         .await
-        .is_err()
     {
-        conn.close(close::BYE, b"shutting down");
-        return;
+        Ok(()) => {}
+        Err(StoreError::Revoked(_)) => {
+            conn.close(close::NOT_ADJACENT, b"certificate revoked");
+            return None;
+        }
+        Err(_) => {
+            conn.close(close::BYE, b"shutting down");
+            return None;
+        }
     }
     tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, "link up");
     let reader = async {
@@ -969,12 +981,22 @@ pub async fn run_link(link: Link, store: StoreHandle, cancel: CancellationToken)
         w = writer => w,
     };
     store.peer_down(peer.clone(), counters.session).await;
+    let refused = conn
+        .close_reason()
+        .map(NetError::Connection)
+        .filter(NetError::is_permanent);
     // Orderly end: finish our stream and give the peer a moment to read it before closing,
     // since close() drops data in flight.
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
-    conn.close(close::BYE, b"bye");
+    if counters.revoked.load(Ordering::Relaxed) {
+        // A refusal: the peer does not redial (it would race the revocation's commit).
+        conn.close(close::NOT_ADJACENT, b"certificate revoked");
+    } else {
+        conn.close(close::BYE, b"bye");
+    }
     tracing::info!(%peer, "link down: {why}");
+    refused
 }
 
 /// What every link task needs.
@@ -1018,7 +1040,9 @@ pub async fn accept_loop(
             )
             .await;
             match accepted {
-                Ok(link) => run_link(link, ctx.store, ctx.cancel).await,
+                Ok(link) => {
+                    run_link(link, ctx.store, ctx.cancel).await;
+                }
                 // A child that raced handshakes drops the ones that lost: not a refusal.
                 Err(e) if dropped_by_child(&e) => {
                     tracing::debug!(%remote, "an incoming handshake was dropped by the child")
@@ -1084,8 +1108,11 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
                 if failed_before > 0 {
                     tracing::info!(%parent, addr = %at, "reached the parent after {failed_before} failed dials");
                 }
-                run_link(link, ctx.store.clone(), ctx.cancel.clone()).await;
-                if started.elapsed() > Duration::from_secs(10) {
+                if let Some(e) = run_link(link, ctx.store.clone(), ctx.cancel.clone()).await {
+                    tracing::error!(%parent, addr = %at, "the parent ended the link as a refusal ({e}); will not retry before {:?}", cfg.backoff_max * 4);
+                    delay = cfg.backoff_max * 4;
+                    ctx.store.dial_failed(parent.clone(), e.to_string()).await;
+                } else if started.elapsed() > Duration::from_secs(10) {
                     backoff = cfg.backoff_min;
                     delay = backoff;
                 }

@@ -47,6 +47,9 @@ pub struct LinkCounters {
     /// connection of the same peer replaced it, or the peer sent too many refused messages
     /// or does not read what it is sent.
     pub close: tokio_util::sync::CancellationToken,
+    /// Set by the store before [`LinkCounters::close`] when the certificate was revoked, so
+    /// that the link closes as a refusal the peer does not redial, not as a goodbye.
+    pub revoked: std::sync::atomic::AtomicBool,
 }
 
 impl LinkCounters {

@@ -196,6 +196,26 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
         }
     })
     .await?;
+    // Closed as a refusal, which the village does not redial, not as a goodbye.
+    eventually(WAIT, "v02's refusal recorded", || {
+        let (u, t) = (v02_url.clone(), v02_admin.clone());
+        async move {
+            let r = gql(
+                &u,
+                Some(&t),
+                "{ unit(id: \"c01/k01/t01\") { sync { link { lastError } } } }",
+                json!({}),
+            )
+            .await?;
+            let link = r["data"]["unit"]["sync"]["link"].clone();
+            Ok(Some(link).filter(|l| {
+                l["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("revoked"))
+            }))
+        }
+    })
+    .await?;
     let err = try_link(&load("c01/k01/t01/v02")?, &t01, township)
         .await
         .err()

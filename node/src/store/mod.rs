@@ -128,6 +128,10 @@ pub enum StoreError {
     /// A commit failed: the write is not stored.
     #[error("not stored: {0}")]
     NotStored(String),
+    /// A link came up with a certificate revoked in its issuer's profile as this node
+    /// holds it now (the check at the handshake reads what is committed).
+    #[error("certificate {0} is revoked")]
+    Revoked(String),
     /// A file operation outside redb failed (a backup, a restore).
     #[error("{what}: {source}")]
     Io {
@@ -266,7 +270,7 @@ enum Command {
         peer: UnitId,
         outbox: mpsc::UnboundedSender<Msg>,
         counters: Arc<LinkCounters>,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
@@ -830,20 +834,20 @@ impl StoreHandle {
     }
 
     /// A link to `peer` passed its hello: start syncing, sending through `outbox`.
+    /// [`StoreError::Revoked`] when its certificate was revoked meanwhile.
     pub async fn peer_up(
         &self,
         peer: UnitId,
         outbox: mpsc::UnboundedSender<Msg>,
         counters: Arc<LinkCounters>,
     ) -> Result<(), StoreError> {
-        self.call(|reply| Command::PeerUp {
+        self.ask(|reply| Command::PeerUp {
             peer,
             outbox,
             counters,
             reply,
         })
         .await
-        .ok_or(StoreError::Closed)
     }
 
     /// Compare the query views with a rebuild from the documents; returns the differences
@@ -1963,6 +1967,13 @@ impl Actor {
                 counters,
                 reply,
             } => {
+                // The handshake read the revocations committed then: one made since (or
+                // in a batch not yet committed) must not let the link in.
+                if self.revoked(&peer, &counters.fingerprint) {
+                    tracing::warn!(%peer, "a link came up with a certificate revoked meanwhile: refused");
+                    let _ = reply.send(Err(StoreError::Revoked(counters.fingerprint.clone())));
+                    return;
+                }
                 // A newer connection of the same peer replaces a live one (a child whose
                 // address changed redials before its old connection times out here); two
                 // at once would feed one session from two streams.
@@ -2009,7 +2020,7 @@ impl Actor {
                     },
                 );
                 batch.replies.push(Box::new(move |_| {
-                    let _ = reply.send(());
+                    let _ = reply.send(Ok(()));
                 }));
             }
             Command::PeerDown { peer, session } => {
@@ -2045,6 +2056,11 @@ impl Actor {
                 let r = self.revoke(&child, &fingerprint, batch);
                 if r.is_ok() && self.outboxes.contains_key(&child) {
                     tracing::warn!(%child, "certificate revoked: dropping the live link");
+                    if let Some(l) = self.links.get(&child) {
+                        l.counters
+                            .revoked
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     self.on_peer_down(child, batch);
                 }
                 reply_after_commit(batch, reply, r);
@@ -2683,6 +2699,24 @@ impl Actor {
             }
         }
         profile.ok_or_else(|| WriteError::NoUnit(unit.clone()))
+    }
+
+    /// Whether `fingerprint`, `peer`'s certificate, is revoked in the profile of its issuer
+    /// (its parent, or itself at the root) as this node holds it now.
+    fn revoked(&mut self, peer: &UnitId, fingerprint: &str) -> bool {
+        let issuer = peer.parent().unwrap_or_else(|| peer.clone());
+        let id = DocId::new(DocKind::Profile, issuer.clone());
+        if self.engine.get(&id).is_none() {
+            return false;
+        }
+        match self.engine.load(&id) {
+            Ok(d) => doc::is_revoked(d, fingerprint),
+            Err(r) => {
+                // Fail closed, as the handshake's check does.
+                tracing::error!(%peer, "cannot read revocations: {}", r.detail);
+                true
+            }
+        }
     }
 
     fn revoke(
@@ -4321,6 +4355,32 @@ mod tests {
         assert_eq!(r.member(&m.id).unwrap().unwrap().name, "Li Wei");
         let renamed = h.update_member(m.id.clone(), patch).await.unwrap();
         assert_eq!(renamed.name, "Li Wei Renamed");
+        drop(h);
+        t.shutdown().await;
+    }
+
+    /// A link coming up with a certificate revoked since its handshake is refused; another
+    /// certificate of the same child is not.
+    #[tokio::test]
+    async fn a_link_with_a_certificate_revoked_meanwhile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let v01 = u("c01/k01/t01/v01");
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        h.set_unit_details(v01.clone(), name("Liujia"))
+            .await
+            .unwrap();
+        let (old, new) = ("ab".repeat(32), "cd".repeat(32));
+        h.revoke(v01.clone(), old.clone()).await.unwrap();
+        let up = |fp: &str| {
+            let (out, _sent) = mpsc::unbounded_channel();
+            let counters = Arc::new(LinkCounters::new(fp.into(), 1, "test".into()));
+            h.peer_up(v01.clone(), out, counters)
+        };
+        assert!(matches!(up(&old).await, Err(StoreError::Revoked(fp)) if fp == old));
+        up(&new).await.unwrap();
+        let st = h.status().await.unwrap();
+        assert!(st.links.iter().any(|l| l.peer == v01 && l.connected));
         drop(h);
         t.shutdown().await;
     }
