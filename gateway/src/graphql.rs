@@ -262,6 +262,34 @@ pub struct UnitSync {
 /// a query asks `sync` of.
 pub type StatusOnce = tokio::sync::OnceCell<grassroots_node::NodeStatus>;
 
+/// Units one operation may reach through `children` and `parent`: four times the whole tree
+/// of a large city (about 5,300 units), so `grassroots status` of any node fits, while a
+/// query going back and forth between the two (`children { parent { children ... } }`, each
+/// level multiplying by the fan-out, which static complexity cannot see) is stopped.
+pub const MAX_UNITS: usize = 20_000;
+
+/// What an operation has reached of [`MAX_UNITS`] (request data, one per operation).
+#[derive(Debug, Default)]
+pub struct UnitBudget(std::sync::atomic::AtomicUsize);
+
+/// Count `n` units reached by the operation; an error once past [`MAX_UNITS`].
+fn reach_units(ctx: &Context<'_>, n: usize) -> Result<()> {
+    let Some(budget) = ctx.data_opt::<UnitBudget>() else {
+        return Ok(());
+    };
+    let reached = budget
+        .0
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+        .saturating_add(n);
+    if reached > MAX_UNITS {
+        return Err(error(
+            Code::TooComplex,
+            format!("a query may reach at most {MAX_UNITS} units through `children` and `parent`"),
+        ));
+    }
+    Ok(())
+}
+
 /// How long without news before a unit's figures are called stale.
 const STALE_AFTER_MS: u64 = 24 * 3600 * 1000;
 
@@ -1587,7 +1615,10 @@ impl UnitCore {
     /// The unit above; null at the root or when not known here.
     async fn parent(&self, ctx: &Context<'_>) -> Result<Option<Unit>> {
         match self.id.parent() {
-            Some(p) => Unit::load(backend(ctx)?, p),
+            Some(p) => {
+                reach_units(ctx, 1)?;
+                Unit::load(backend(ctx)?, p)
+            }
             None => Ok(None),
         }
     }
@@ -1596,6 +1627,7 @@ impl UnitCore {
     async fn children(&self, ctx: &Context<'_>) -> Result<Vec<Unit>> {
         let b = backend(ctx)?;
         let profiles = b.reader.children(&self.id).map_err(internal)?;
+        reach_units(ctx, profiles.len())?;
         // A tree query asking every child's figures reads their roll-ups in one batch
         // (one read transaction) rather than one lookup per child.
         let mut rollups = if ctx.look_ahead().field("indicators").exists() {
@@ -1772,6 +1804,7 @@ impl UnitCore {
 
     /// Fund programmes of the units above this one, which it pays out: for callers of this
     /// unit or above it.
+    #[graphql(complexity = "SUBTREE_SCAN + MAX_PAGE as usize * child_complexity")]
     async fn fund_programmes_above(&self, ctx: &Context<'_>) -> Result<Vec<en::FundProgrammeGql>> {
         en::addressed(ctx, &self.id)
     }
@@ -1856,6 +1889,7 @@ impl UnitCore {
 
     /// Directives addressed to this unit by the units above it, oldest issuer first: for
     /// callers of this unit or above it.
+    #[graphql(complexity = "SUBTREE_SCAN + MAX_PAGE as usize * child_complexity")]
     async fn directives_received(&self, ctx: &Context<'_>) -> Result<Vec<DirectiveGql>> {
         en::addressed(ctx, &self.id)
     }
@@ -2654,13 +2688,27 @@ impl MutationCore {
     /// Move a member to another unit's register (a member who moved from one village to
     /// another): for a caller who may write both registers (a township's supervisor moving
     /// a member between two of its villages). The member is made there with the same fields
-    /// and a new id, and removed here, in one commit; returns the member as made.
+    /// and a new id, and removed here, in one commit; returns the member as made. Not into a
+    /// unit where the caller would read the member's identity and phone numbers when it
+    /// cannot read them where the member is (its own unit, for a supervisor above): a move
+    /// must not be a way to read them.
     async fn transfer_member(&self, ctx: &Context<'_>, id: ID, to_unit: ID) -> Result<MemberGql> {
         let b = backend(ctx)?;
         let id = parse_member(&id)?;
         let to = parse_unit(&to_unit)?;
         authorise_write(ctx, b, &id.unit)?;
         let by = authorise_write(ctx, b, &to)?;
+        let who = caller(ctx);
+        if can_read_sensitive(who, &to) && !can_read_sensitive(who, &id.unit) {
+            return Err(error(
+                Code::Forbidden,
+                format!(
+                    "moving a member of {} into {to} would show you fields only {} reads \
+                     (identity and phone numbers): ask {} or a unit not your own to move it",
+                    id.unit, id.unit, id.unit
+                ),
+            ));
+        }
         b.store
             .transfer_member(id, to, Some(by))
             .await

@@ -21,7 +21,8 @@ use grassroots_schema::Caller;
 
 use crate::error::{Code, code_unlabelled, error, internal};
 use crate::graphql::{
-    Backend, GatewaySchema, ProfileCache, StatusOnce, TokenHash, UserName, build_schema_with,
+    Backend, GatewaySchema, ProfileCache, StatusOnce, TokenHash, UnitBudget, UserName,
+    build_schema_with,
 };
 
 /// Largest request body accepted.
@@ -240,7 +241,8 @@ async fn graphql(
     request = request
         .data(caller)
         .data(StatusOnce::default())
-        .data(ProfileCache::default());
+        .data(ProfileCache::default())
+        .data(UnitBudget::default());
     if let Some((u, _)) = user {
         request = request.data(u);
     }
@@ -291,7 +293,6 @@ async fn graphql_ws(
                         data.insert(u);
                         data.insert(hash);
                     }
-                    data.insert(StatusOnce::default());
                     Ok(data)
                 })
                 .serve()
@@ -338,6 +339,12 @@ impl async_graphql::Executor for Timed {
             .boxed();
         }
         let subscription = is_subscription(&request);
+        // Per operation, not per connection: a status read once per connection would show
+        // its first snapshot for the connection's life, and a budget would run out.
+        let request = request
+            .data(StatusOnce::default())
+            .data(ProfileCache::default())
+            .data(UnitBudget::default());
         let mut stream = async_graphql::Executor::execute_stream(&self.0, request, session_data);
         if subscription {
             return stream

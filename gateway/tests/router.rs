@@ -174,6 +174,33 @@ async fn each_limit_is_refused_with_its_code() {
         assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{field}: {r}");
     }
 
+    // Units reached back and forth through `children` and `parent` multiply by the fan-out
+    // at each level, which static complexity cannot see: 30 townships, four levels down,
+    // would be 810,000 units. A tree read down is fine.
+    for i in 0..30 {
+        f.backend
+            .store
+            .set_unit_details(
+                format!("c01/k01/t{i:02}").parse().unwrap(),
+                grassroots_schema::UnitDetails {
+                    name: Some(format!("Township {i}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let r = query(&f, None, "{ nodeUnit { children { id parent { id } } } }").await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["children"].as_array().map(Vec::len),
+        Some(30),
+        "{r}"
+    );
+    let back_and_forth = "{ nodeUnit { children { parent { children { parent { children { \
+        parent { children { id } } } } } } } } }";
+    let r = query(&f, None, back_and_forth).await;
+    assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{r}");
+
     // One operation per request: a JSON batch is refused whole.
     let batch = serde_json::to_vec(
         &json!([{ "query": "{ me { role } }" }, { "query": "{ me { role } }" }]),
@@ -902,6 +929,11 @@ async fn a_member_is_moved_by_a_supervisor_of_both_registers() {
     };
     let r = query(&f, Some(&village), &transfer("c01/k01/t01/v02")).await;
     assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    // Nor into the supervisor's own unit, where it would read the member's identity and
+    // phone numbers, which only the village reads.
+    let r = query(&f, Some(&township), &transfer("c01/k01/t01")).await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    assert!(r.to_string().contains("identity and phone"), "{r}");
     let r = query(&f, Some(&township), &transfer("c01/k01/t01/v09")).await;
     assert_eq!(code(&r), "NOT_FOUND", "{r}");
     let r = query(&f, Some(&township), &transfer("c01/k01/t01/v02")).await;

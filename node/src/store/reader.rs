@@ -524,18 +524,30 @@ impl StoreReader {
         let start = id.tree_key();
         let end = prefix_end(&start);
         let mut out = Vec::new();
-        for row in t
-            .range::<&str>((
-                Bound::Excluded(start.as_str()),
-                Bound::Excluded(end.as_str()),
-            ))
-            .map_err(db)?
-        {
-            let (_, v) = row.map_err(db)?;
-            let p: UnitProfile = decode(v.value())?;
-            if p.id.parent().as_ref() == Some(id) {
-                out.push(p);
+        // One seek per child, past its whole subtree, rather than a walk over every
+        // profile below: a city's children are 10, its subtree 5,000.
+        let mut from = Bound::Excluded(start.clone());
+        loop {
+            let mut rows = t
+                .range::<&str>((
+                    from.as_ref().map(String::as_str),
+                    Bound::Excluded(end.as_str()),
+                ))
+                .map_err(db)?;
+            let Some(row) = rows.next() else {
+                break;
+            };
+            let (k, v) = row.map_err(db)?;
+            let key = k.value();
+            let label = key
+                .get(start.len()..)
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            let child = format!("{start}{label}/");
+            if key == child {
+                out.push(decode(v.value())?);
             }
+            from = Bound::Included(prefix_end(&child));
         }
         Ok(out)
     }
