@@ -1062,7 +1062,6 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
     let mut backoff = cfg.backoff_min;
     let mut failed_in_a_row = 0u32;
     while !ctx.cancel.is_cancelled() {
-        let started = Instant::now();
         let mut delay = backoff;
         // Raced handshakes help a lossy link, not a parent that is down: after two failed
         // dials in a row, one handshake at a time, so a village whose parent is away does
@@ -1073,17 +1072,18 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
             r = at.resolve(endpoint.local_addr().ok(), failed_in_a_row as usize, cfg.handshake_timeout) => r,
         };
         let attempt = match resolved {
-            Ok(resolved) => {
-                dial(
+            // A stop does not wait out a dial to a parent that is away.
+            Ok(resolved) => tokio::select! {
+                _ = ctx.cancel.cancelled() => return,
+                a = dial(
                     &endpoint,
                     &ctx.identity,
                     &parent,
                     resolved,
                     cfg.handshake_timeout,
                     racing,
-                )
-                .await
-            }
+                ) => a,
+            },
             Err(e) => Err(e),
         };
         let failed_before = failed_in_a_row;
@@ -1108,6 +1108,8 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
                 if failed_before > 0 {
                     tracing::info!(%parent, addr = %at, "reached the parent after {failed_before} failed dials");
                 }
+                // How long the link itself lasted (not the lookup and dial before it).
+                let started = Instant::now();
                 if let Some(e) = run_link(link, ctx.store.clone(), ctx.cancel.clone()).await {
                     tracing::error!(%parent, addr = %at, "the parent ended the link as a refusal ({e}); will not retry before {:?}", cfg.backoff_max * 4);
                     delay = cfg.backoff_max * 4;
