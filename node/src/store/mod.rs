@@ -841,13 +841,20 @@ impl StoreHandle {
         outbox: mpsc::UnboundedSender<Msg>,
         counters: Arc<LinkCounters>,
     ) -> Result<(), StoreError> {
-        self.ask(|reply| Command::PeerUp {
-            peer,
-            outbox,
-            counters,
-            reply,
-        })
-        .await
+        // Through the peers' inbox, behind what an earlier connection of the peer read and
+        // its going down: a quick redial would otherwise replace that connection first and
+        // have the frames it read dropped, to be sent again.
+        let (reply, rx) = oneshot::channel();
+        self.peer_tx
+            .send(Command::PeerUp {
+                peer,
+                outbox,
+                counters,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Compare the query views with a rebuild from the documents; returns the differences
@@ -4381,6 +4388,56 @@ mod tests {
         up(&new).await.unwrap();
         let st = h.status().await.unwrap();
         assert!(st.links.iter().any(|l| l.peer == v01 && l.connected));
+        drop(h);
+        t.shutdown().await;
+    }
+
+    /// A peer that redials while frames of its old connection still wait for the store has
+    /// them handled, not dropped: the new connection comes up behind them.
+    #[tokio::test]
+    async fn frames_of_a_connection_read_before_a_redial_are_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let parent = u("c01/k01/t01");
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let up = |session_name: &str| {
+            let (out, sent) = mpsc::unbounded_channel();
+            let counters = Arc::new(LinkCounters::new(session_name.into(), 1, "test".into()));
+            (out, sent, counters)
+        };
+        let (out, _sent_a, a) = up("a");
+        h.peer_up(parent.clone(), out, a.clone()).await.unwrap();
+        // Each answered with a refusal (a hello after the handshake), so counted.
+        let hello = Msg::Hello(wire::Hello {
+            versions: wire::VERSIONS,
+            capabilities: 0,
+            unit: parent.clone(),
+            software: "test".into(),
+        });
+        let frames = 20;
+        let hold = hold_for_with_peers(&h, 0, frames + 2).await;
+        for _ in 0..frames {
+            h.from_peer(parent.clone(), a.session, hello.clone(), None)
+                .await
+                .unwrap();
+        }
+        h.peer_down(parent.clone(), a.session).await;
+        let (out, _sent_b, b) = up("b");
+        let redial = {
+            let (h, parent) = (h.clone(), parent.clone());
+            tokio::spawn(async move { h.peer_up(parent, out, b).await })
+        };
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        redial.await.unwrap().unwrap();
+        let st = h.status().await.unwrap();
+        let link = st.links.iter().find(|l| l.peer == parent).unwrap();
+        assert!(link.connected);
+        assert_eq!(
+            link.rejected, frames as u64,
+            "the old connection's frames were dropped"
+        );
         drop(h);
         t.shutdown().await;
     }
