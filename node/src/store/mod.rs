@@ -236,6 +236,8 @@ enum Command {
         id: MemberId,
         to: UnitId,
         by: Option<Writer>,
+        /// Whether the member's identity and phone numbers move with it.
+        sensitive: bool,
         reply: oneshot::Sender<Result<Member, WriteError>>,
         /// The removal's answer (dropped unanswered if the transfer is refused first).
         removed: oneshot::Sender<Result<Member, WriteError>>,
@@ -741,12 +743,34 @@ impl StoreHandle {
         to: UnitId,
         by: Option<Writer>,
     ) -> Result<Member, WriteError> {
+        self.transfer(id, to, by, true).await
+    }
+
+    /// [`Self::transfer_member`], the member made without its identity and phone numbers
+    /// (for a mover who does not read them where the member is, and would where it goes).
+    pub async fn transfer_member_without_sensitive(
+        &self,
+        id: MemberId,
+        to: UnitId,
+        by: Option<Writer>,
+    ) -> Result<Member, WriteError> {
+        self.transfer(id, to, by, false).await
+    }
+
+    async fn transfer(
+        &self,
+        id: MemberId,
+        to: UnitId,
+        by: Option<Writer>,
+        sensitive: bool,
+    ) -> Result<Member, WriteError> {
         let (removed, was_removed) = oneshot::channel();
         let made = self
             .ask(|reply| Command::TransferMember {
                 id,
                 to,
                 by,
+                sensitive,
                 reply,
                 removed,
             })
@@ -1346,6 +1370,8 @@ struct Batch {
     /// Removals of transfers: each applied after the member writes, only if the member was
     /// made in its new register (by id there).
     moves: Vec<(MemberId, PendingWrite)>,
+    /// Members transfers make without their identity and phone numbers, by id made.
+    without_sensitive: HashSet<MemberId>,
     /// Writes of the other record kinds, likewise.
     record_writes: Vec<PendingRecord>,
     /// Records of the other kinds written locally, with their rows (like `records`).
@@ -1376,6 +1402,16 @@ impl Batch {
     /// Whether a transfer in this batch moves the member `id`.
     fn moving(&self, id: &MemberId) -> bool {
         self.moves.iter().any(|(_, w)| w.op.id() == id)
+    }
+
+    /// The fields a transfer makes `made` with, from the member as held.
+    fn moved(&self, made: &MemberId, member: Member) -> NewMember {
+        let mut new = member.into_new();
+        if self.without_sensitive.contains(made) {
+            new.phone = None;
+            new.id_number = None;
+        }
+        new
     }
 }
 
@@ -1822,6 +1858,7 @@ impl Actor {
                 id,
                 to,
                 by,
+                sensitive,
                 reply,
                 removed,
             } => {
@@ -1876,8 +1913,11 @@ impl Actor {
                 };
                 // Both in this batch, so in one commit.
                 let made = MemberId { unit: to, record };
+                if !sensitive {
+                    batch.without_sensitive.insert(made.clone());
+                }
                 batch.writes.push(PendingWrite {
-                    op: PendingOp::Create(made.clone(), member.into_new(), stamped(by)),
+                    op: PendingOp::Create(made.clone(), batch.moved(&made, member), stamped(by)),
                     reply,
                 });
                 batch.moves.push((
@@ -2516,8 +2556,9 @@ impl Actor {
             };
             match self.held_member(&source) {
                 Ok(Some(now)) => {
+                    let fields = batch.moved(&made, now);
                     if let PendingOp::Create(_, new, _) = &mut batch.writes[at].op {
-                        *new = now.into_new();
+                        *new = fields;
                     }
                 }
                 Ok(None) => batch.writes.remove(at).fail(WriteError::NotFound(source)),
