@@ -981,20 +981,24 @@ pub async fn run_link(
         w = writer => w,
     };
     store.peer_down(peer.clone(), counters.session).await;
-    let refused = conn
-        .close_reason()
-        .map(NetError::Connection)
-        .filter(NetError::is_permanent);
+    if counters.revoked.load(Ordering::Relaxed) {
+        // A refusal, at once (nothing more is owed to a revoked peer): its dialer sees the
+        // code and does not redial, which would race the revocation's commit.
+        conn.close(close::NOT_ADJACENT, b"certificate revoked");
+        tracing::info!(%peer, "link down: {why}");
+        return None;
+    }
     // Orderly end: finish our stream and give the peer a moment to read it before closing,
     // since close() drops data in flight.
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
-    if counters.revoked.load(Ordering::Relaxed) {
-        // A refusal: the peer does not redial (it would race the revocation's commit).
-        conn.close(close::NOT_ADJACENT, b"certificate revoked");
-    } else {
-        conn.close(close::BYE, b"bye");
-    }
+    // Read after that wait: a peer that refuses this node closes the connection right
+    // after, or instead of, finishing its own stream.
+    let refused = conn
+        .close_reason()
+        .map(NetError::Connection)
+        .filter(NetError::is_permanent);
+    conn.close(close::BYE, b"bye");
     tracing::info!(%peer, "link down: {why}");
     refused
 }
@@ -1071,19 +1075,22 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
             _ = ctx.cancel.cancelled() => return,
             r = at.resolve(endpoint.local_addr().ok(), failed_in_a_row as usize, cfg.handshake_timeout) => r,
         };
+        // A stop waits out a dial in progress (at most the handshake timeout): a dial
+        // dropped mid-handshake leaves its connection to close implicitly, and the UDP port
+        // stays held while it drains (three probe timeouts, seconds before a round trip is
+        // measured), so a node restarted at once could not bind it.
         let attempt = match resolved {
-            // A stop does not wait out a dial to a parent that is away.
-            Ok(resolved) => tokio::select! {
-                _ = ctx.cancel.cancelled() => return,
-                a = dial(
+            Ok(resolved) => {
+                dial(
                     &endpoint,
                     &ctx.identity,
                     &parent,
                     resolved,
                     cfg.handshake_timeout,
                     racing,
-                ) => a,
-            },
+                )
+                .await
+            }
             Err(e) => Err(e),
         };
         let failed_before = failed_in_a_row;

@@ -216,6 +216,17 @@ async fn only_the_parent_and_registered_children_with_valid_chains_get_in() -> a
         }
     })
     .await?;
+    // It does not redial at once: such a dial would be refused at the handshake here, and
+    // counted (its next try is four times the longest backoff away, 4 s in these tests).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = gql(
+        &town_url,
+        Some(&admin),
+        "{ unit(id: \"c01/k01/t01/v02\") { sync { link { failedDials } } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(r["data"]["unit"]["sync"]["link"]["failedDials"], 0, "{r}");
     let err = try_link(&load("c01/k01/t01/v02")?, &t01, township)
         .await
         .err()

@@ -303,6 +303,9 @@ enum Command {
         entered: std::sync::mpsc::Sender<()>,
         until: std::sync::mpsc::Receiver<()>,
     },
+    /// Set the peers' share of a batch.
+    #[cfg(test)]
+    PeerWork(std::time::Duration),
     Revoke {
         child: UnitId,
         fingerprint: String,
@@ -348,6 +351,8 @@ impl Command {
             Command::DialFailed { .. } => "DialFailed",
             #[cfg(test)]
             Command::Hold { .. } => "Hold",
+            #[cfg(test)]
+            Command::PeerWork(_) => "PeerWork",
             Command::Revoke { .. } => "Revoke",
             Command::FromPeer { .. } => "FromPeer",
             Command::Compacted(_) => "Compacted",
@@ -510,6 +515,7 @@ pub fn open_database(
         last_record: 0,
         last_batch_writes: 0,
         failure,
+        peer_work: PEER_WORK,
     };
     // Only to wait on both inboxes at once; it runs nothing else.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1471,6 +1477,8 @@ struct Actor {
     compacting: Option<DocId>,
     /// Set once a commit fails in redb or below it ([`StoreHandle::failed`]).
     failure: watch::Sender<Option<String>>,
+    /// The peers' share of a batch ([`PEER_WORK`]; tests shorten it).
+    peer_work: std::time::Duration,
 }
 
 impl Actor {
@@ -1558,7 +1566,7 @@ impl Actor {
             if batch.shutdown.is_none() {
                 let work = std::time::Instant::now();
                 while timing.peer_frames < MAX_PEER_FRAMES
-                    && (timing.peer_frames == 0 || work.elapsed() < PEER_WORK)
+                    && (timing.peer_frames == 0 || work.elapsed() < self.peer_work)
                     && let Some(cmd) = peer_first.take().or_else(|| peers.try_recv().ok())
                 {
                     timing.peer_frames += 1;
@@ -1567,9 +1575,9 @@ impl Actor {
                 // Then links' documents to start, in what is left of the peer work (at
                 // least one when no frame came, so that they advance).
                 if self.engine.has_unstarted()
-                    && (timing.peer_frames == 0 || work.elapsed() < PEER_WORK)
+                    && (timing.peer_frames == 0 || work.elapsed() < self.peer_work)
                 {
-                    let sends = self.engine.start_unstarted(work + PEER_WORK);
+                    let sends = self.engine.start_unstarted(work + self.peer_work);
                     timing.started = sends.len();
                     batch.sends.extend(sends);
                 }
@@ -2090,6 +2098,8 @@ impl Actor {
                 let _ = entered.send(());
                 let _ = until.recv();
             }
+            #[cfg(test)]
+            Command::PeerWork(d) => self.peer_work = d,
             Command::DialFailed { peer, error } => {
                 let d = self.dials_of(peer);
                 d.count = d.count.saturating_add(1);
@@ -2101,13 +2111,20 @@ impl Actor {
                 reply,
             } => {
                 let r = self.revoke(&child, &fingerprint, batch);
-                if r.is_ok() && self.outboxes.contains_key(&child) {
+                // Only the live link of that certificate: revoking an old one after a
+                // re-enrolment leaves the child's link with its new one alone.
+                let live = self
+                    .links
+                    .get(&child)
+                    .filter(|l| l.connected && l.counters.fingerprint == fingerprint);
+                if r.is_ok()
+                    && let Some(l) = live
+                    && self.outboxes.contains_key(&child)
+                {
                     tracing::warn!(%child, "certificate revoked: dropping the live link");
-                    if let Some(l) = self.links.get(&child) {
-                        l.counters
-                            .revoked
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    l.counters
+                        .revoked
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     self.on_peer_down(child, batch);
                 }
                 reply_after_commit(batch, reply, r);
@@ -4285,7 +4302,12 @@ mod tests {
         for m in &members {
             h.update_member(m.id.clone(), patch.clone()).await.unwrap();
         }
-        // Before the county says anything, the store starts a slot's worth of them.
+        // Before the county says anything, the store starts a slot's worth of them. With
+        // no time for peers' work, the batch that brings the link up starts none: they are
+        // started one a batch after it, batches the store runs without any command coming.
+        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
+            .await
+            .unwrap();
         let slots = crate::sync::MAX_IN_FLIGHT;
         assert!(villages.len() > slots);
         let (mut link, hello) = PeerEngine::open(&h, &me, engine, saved).await;
@@ -4427,8 +4449,14 @@ mod tests {
         };
         assert!(matches!(up(&old).await, Err(StoreError::Revoked(fp)) if fp == old));
         up(&new).await.unwrap();
-        let st = h.status().await.unwrap();
-        assert!(st.links.iter().any(|l| l.peer == v01 && l.connected));
+        let connected = |st: NodeStatus| st.links.iter().any(|l| l.peer == v01 && l.connected);
+        assert!(connected(h.status().await.unwrap()));
+        // Revoking another certificate of the child (an old one, after it re-enrolled)
+        // leaves the live link alone; revoking its own ends it.
+        h.revoke(v01.clone(), "ef".repeat(32)).await.unwrap();
+        assert!(connected(h.status().await.unwrap()));
+        h.revoke(v01.clone(), new.clone()).await.unwrap();
+        assert!(!connected(h.status().await.unwrap()));
         drop(h);
         t.shutdown().await;
     }
