@@ -4511,17 +4511,33 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// A township's store in `dir` with two named villages: the store, its reader and
+    /// thread, the township, and the villages.
+    async fn two_village_township(
+        dir: &Path,
+    ) -> (
+        StoreHandle,
+        StoreReader,
+        StoreThread,
+        UnitId,
+        UnitId,
+        UnitId,
+    ) {
+        let me = u("c01/k01/t01");
+        let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
+        let (h, r, t) = open(&dir.join("s.redb"), me.clone()).unwrap();
+        for (v, n) in [(&v01, "Liujia"), (&v02, "Zhangwan")] {
+            h.set_unit_details(v.clone(), name(n)).await.unwrap();
+        }
+        (h, r, t, me, v01, v02)
+    }
+
     /// A village's edit of a member, handled in the batch that takes a transfer of that
     /// member (peers' frames come after a batch's local commands), moves with the member.
     #[tokio::test]
     async fn a_transfer_carries_a_peers_edit_taken_in_its_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01");
-        let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
-        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        for (v, n) in [(&v01, "Liujia"), (&v02, "Zhangwan")] {
-            h.set_unit_details(v.clone(), name(n)).await.unwrap();
-        }
+        let (h, r, t, me, v01, v02) = two_village_township(dir.path()).await;
         let m = h
             .create_member(v01.clone(), sample("Moving Zhao"))
             .await
@@ -4575,12 +4591,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_moves_between_registers_in_one_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01");
-        let (v01, v02) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
-        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        for (v, n) in [(&v01, "Liujia"), (&v02, "Zhangwan")] {
-            h.set_unit_details(v.clone(), name(n)).await.unwrap();
-        }
+        let (h, r, t, me, v01, v02) = two_village_township(dir.path()).await;
         let mut who = sample("Moving Zhao");
         who.phone = Some("13800000000".into());
         let m = h.create_member(v01.clone(), who).await.unwrap();
