@@ -2055,8 +2055,8 @@ impl Actor {
                     );
                 }
                 // The documents changed since the last session are loaded and started in
-                // the batches after, within their peer work (a county back after a long
-                // partition may have hundreds).
+                // this batch's peer work and, when it runs out, the next batches' (a county
+                // back after a long partition may have hundreds).
                 for msg in self.engine.open_link(&peer, saved) {
                     batch.sends.push((peer.clone(), msg));
                 }
