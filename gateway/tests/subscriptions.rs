@@ -243,3 +243,54 @@ async fn changes_follow_the_callers_scope() {
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     f.shutdown().await;
 }
+
+/// A query over the socket reads the node's status as it is then, not as the connection's
+/// first query read it (the status is read once per operation).
+#[tokio::test]
+async fn each_query_over_a_socket_reads_the_status_anew() {
+    let f = store_for("c01/k01").await;
+    let store = f.backend.store.clone();
+    store
+        .set_profile("Dongping County".into(), vec![])
+        .await
+        .unwrap();
+    let t01: UnitId = "c01/k01/t01".parse().unwrap();
+    store
+        .set_unit_details(
+            t01.clone(),
+            grassroots_schema::UnitDetails {
+                name: Some("Qingshui Township".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let admin = token_for(&f, "c01/k01", Role::Admin).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut ws = connect(&url, Some(&admin)).await;
+    let ack = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    let mut last_error = async |id: &str| {
+        send(
+            &mut ws,
+            json!({ "id": id, "type": "subscribe", "payload": { "query":
+                "{ unit(id: \"c01/k01/t01\") { sync { link { lastError } } } }" } }),
+        )
+        .await;
+        let got = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got["id"], id, "{got}");
+        let complete = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(complete["type"], "complete", "{complete}");
+        got["payload"]["data"]["unit"]["sync"]["link"]["lastError"].clone()
+    };
+    assert_eq!(last_error("1").await, Value::Null);
+    store.dial_failed(t01, "refused for a test".into()).await;
+    assert_eq!(last_error("2").await, json!("refused for a test"));
+    let _ = stop.send(());
+    let _ = server.await;
+}
