@@ -538,7 +538,7 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<(UnitId, String
 /// Whether the issuer of `peer`'s certificate (its parent, or itself at the root) lists the
 /// certificate as revoked in its profile, as far as this node knows.
 pub fn is_revoked(reader: &StoreReader, peer: &UnitId, fingerprint: &str) -> bool {
-    let issuer = peer.parent().unwrap_or_else(|| peer.clone());
+    let issuer = pki::issuer_of(peer);
     match reader.unit(&issuer) {
         Ok(Some(p)) => p.revoked.iter().any(|r| r == fingerprint),
         Ok(None) => false,

@@ -102,10 +102,16 @@ pub fn ca_common_name(unit: &UnitId, deployment: &str) -> String {
     format!("grassroots CA {}", unit.dns_name(deployment))
 }
 
+/// The unit whose CA issues `peer`'s certificates, and whose profile lists their
+/// revocations: its parent, or itself at the root.
+pub fn issuer_of(peer: &UnitId) -> UnitId {
+    peer.parent().unwrap_or_else(|| peer.clone())
+}
+
 /// The CA whose certificate must have issued `peer`'s TLS certificate: its parent's, or the
 /// root's own for the root.
 pub fn expected_issuer(peer: &UnitId, deployment: &str) -> String {
-    ca_common_name(&peer.parent().unwrap_or_else(|| peer.clone()), deployment)
+    ca_common_name(&issuer_of(peer), deployment)
 }
 
 fn ca_params(unit: &UnitId, deployment: &str) -> Result<CertificateParams, PkiError> {
@@ -486,7 +492,7 @@ impl Identity {
         let leaf = certs
             .first()
             .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
-        let issuer_unit = peer.parent().unwrap_or_else(|| peer.clone());
+        let issuer_unit = issuer_of(peer);
         let issuer = expected_issuer(peer, &self.deployment);
         let signed_by = |anchor: &CertificateDer<'_>, between: &[CertificateDer<'_>]| {
             let mut roots = rustls::RootCertStore::empty();
@@ -1017,14 +1023,12 @@ impl Identity {
 /// The subject common name of a certificate, if it parses and has one.
 fn subject_common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    Some(cn)
+    common_name(cert.subject())
+}
+
+/// The first common name of a certificate's subject or issuer.
+fn common_name(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
+    Some(name.iter_common_name().next()?.as_str().ok()?.to_owned())
 }
 
 /// The unit a verified peer certificate names, and the common name of its issuer.
@@ -1037,13 +1041,8 @@ pub fn peer_unit(
         .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
     let (_, cert) =
         x509_parser::parse_x509_certificate(leaf).map_err(|e| PkiError::PeerCert(e.to_string()))?;
-    let issuer = cert
-        .issuer()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or_else(|| PkiError::PeerCert("issuer has no common name".into()))?
-        .to_owned();
+    let issuer = common_name(cert.issuer())
+        .ok_or_else(|| PkiError::PeerCert("issuer has no common name".into()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| PkiError::PeerCert(e.to_string()))?

@@ -1564,20 +1564,20 @@ impl Actor {
             timing.gathered = started.elapsed();
             // At shutdown what peers sent is left unread: they offer it again next session.
             if batch.shutdown.is_none() {
-                let work = std::time::Instant::now();
+                // The peers' share: at least one frame, then as many as fit in the time.
+                let until = std::time::Instant::now() + self.peer_work;
+                let time_left = |frames: usize| frames == 0 || std::time::Instant::now() < until;
                 while timing.peer_frames < MAX_PEER_FRAMES
-                    && (timing.peer_frames == 0 || work.elapsed() < self.peer_work)
+                    && time_left(timing.peer_frames)
                     && let Some(cmd) = peer_first.take().or_else(|| peers.try_recv().ok())
                 {
                     timing.peer_frames += 1;
                     self.on_command(cmd, &mut batch);
                 }
-                // Then links' documents to start, in what is left of the peer work (at
-                // least one when no frame came, so that they advance).
-                if self.engine.has_unstarted()
-                    && (timing.peer_frames == 0 || work.elapsed() < self.peer_work)
-                {
-                    let sends = self.engine.start_unstarted(work + self.peer_work);
+                // Then links' documents to start, in what is left of it (at least one when
+                // no frame came, so that they advance).
+                if self.engine.has_unstarted() && time_left(timing.peer_frames) {
+                    let sends = self.engine.start_unstarted(until);
                     timing.started = sends.len();
                     batch.sends.extend(sends);
                 }
@@ -2769,7 +2769,7 @@ impl Actor {
     /// Whether `fingerprint`, `peer`'s certificate, is revoked in the profile of its issuer
     /// (its parent, or itself at the root) as this node holds it now.
     fn revoked(&mut self, peer: &UnitId, fingerprint: &str) -> bool {
-        let issuer = peer.parent().unwrap_or_else(|| peer.clone());
+        let issuer = crate::pki::issuer_of(peer);
         let id = DocId::new(DocKind::Profile, issuer.clone());
         if self.engine.get(&id).is_none() {
             return false;
@@ -3964,7 +3964,7 @@ mod tests {
         let parent = u("c01/k01/t01");
         let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
         let (out, mut sent) = mpsc::unbounded_channel();
-        let counters = Arc::new(LinkCounters::new("fp".into(), 1, "test".into()));
+        let counters = link_counters("fp");
         let session = counters.session;
         h.peer_up(parent.clone(), out, counters).await.unwrap();
         while sent.try_recv().is_ok() {}
@@ -4216,7 +4216,7 @@ mod tests {
             saved: HashMap<DocId, Vec<u8>>,
         ) -> (Self, Vec<Msg>) {
             let (out, sent) = mpsc::unbounded_channel();
-            let counters = Arc::new(LinkCounters::new("peer".into(), 1, "test".into()));
+            let counters = link_counters("peer");
             let session = counters.session;
             h.peer_up(engine.me().clone(), out, counters).await.unwrap();
             let hello = engine.connect(store, saved);
@@ -4348,12 +4348,7 @@ mod tests {
     async fn a_profile_that_stops_reading_loses_its_row() {
         use automerge::transaction::Transactable as _;
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01");
-        let v01 = u("c01/k01/t01/v01");
-        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        h.set_unit_details(v01.clone(), name("Liujia"))
-            .await
-            .unwrap();
+        let (h, r, t, me, v01, _) = two_village_township(dir.path()).await;
         assert!(r.unit(&v01).unwrap().is_some());
         let mut village = PeerEngine::synced(&h, &me, &v01).await;
         let profile = DocId::new(DocKind::Profile, v01.clone());
@@ -4434,17 +4429,12 @@ mod tests {
     #[tokio::test]
     async fn a_link_with_a_certificate_revoked_meanwhile_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01");
-        let v01 = u("c01/k01/t01/v01");
-        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        h.set_unit_details(v01.clone(), name("Liujia"))
-            .await
-            .unwrap();
+        let (h, _r, t, _, v01, _) = two_village_township(dir.path()).await;
         let (old, new) = ("ab".repeat(32), "cd".repeat(32));
         h.revoke(v01.clone(), old.clone()).await.unwrap();
         let up = |fp: &str| {
             let (out, _sent) = mpsc::unbounded_channel();
-            let counters = Arc::new(LinkCounters::new(fp.into(), 1, "test".into()));
+            let counters = link_counters(fp);
             h.peer_up(v01.clone(), out, counters)
         };
         assert!(matches!(up(&old).await, Err(StoreError::Revoked(fp)) if fp == old));
@@ -4471,7 +4461,7 @@ mod tests {
         let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
         let up = |session_name: &str| {
             let (out, sent) = mpsc::unbounded_channel();
-            let counters = Arc::new(LinkCounters::new(session_name.into(), 1, "test".into()));
+            let counters = link_counters(session_name);
             (out, sent, counters)
         };
         let (out, _sent_a, a) = up("a");
@@ -4509,6 +4499,11 @@ mod tests {
         );
         drop(h);
         t.shutdown().await;
+    }
+
+    /// Counters of a link whose peer presents `fingerprint`.
+    fn link_counters(fingerprint: &str) -> Arc<LinkCounters> {
+        Arc::new(LinkCounters::new(fingerprint.into(), 1, "test".into()))
     }
 
     /// A township's store in `dir` with two named villages: the store, its reader and
