@@ -713,14 +713,43 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
         )
         .await?;
     }
+    // 4. A change to the township's own profile under the township's actor id: its unit
+    // may author it, but no child relays a change authored above it (an actor id is not
+    // signed), so it is the village acting as its township.
+    let profile = DocId::new(DocKind::Profile, t01.clone());
+    let mut as_township = doc::empty(&doc::actor_for(&t01, [7; 8]));
+    doc::set_profile(&mut as_township, "Hijacked", &[])?;
+    let change = as_township
+        .get_changes(&[])
+        .pop()
+        .context("no forged profile change")?;
+    let message = sync::Message {
+        heads: vec![change.hash()],
+        need: vec![],
+        have: vec![],
+        changes: change.raw_bytes().to_vec().into(),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    };
+    write_frame(
+        &mut link.send,
+        &Msg::Sync {
+            doc: profile.clone(),
+            data: message.encode(),
+        },
+    )
+    .await?;
     let mut seen = Vec::new();
+    let unauthorised = |seen: &[(RejectReason, Option<DocId>)], doc: &DocId| {
+        seen.contains(&(RejectReason::Unauthorised, Some(doc.clone())))
+    };
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !seen.contains(&RejectReason::Unauthorised) {
+    while !(unauthorised(&seen, &own) && unauthorised(&seen, &profile)) {
         let frame = tokio::time::timeout_at(deadline, read_frame(&mut link.recv))
             .await
-            .context("no rejection arrived")??;
+            .with_context(|| format!("no rejection arrived for both forgeries: {seen:?}"))??;
         match frame.context("township closed the stream")?? {
-            Msg::Reject { reason, .. } => seen.push(reason),
+            Msg::Reject { reason, doc, .. } => seen.push((reason, doc)),
             Msg::Sync { doc, data } if doc == own => {
                 forged.receive_sync_message(&mut state, sync::Message::decode(&data)?)?;
                 if let Some(reply) = forged.generate_sync_message(&mut state) {
@@ -737,8 +766,9 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
             _ => {}
         }
     }
-    assert!(seen.contains(&RejectReason::OutOfScope), "{seen:?}");
-    assert!(seen.contains(&RejectReason::Malformed), "{seen:?}");
+    let reasons: Vec<RejectReason> = seen.iter().map(|(r, _)| *r).collect();
+    assert!(reasons.contains(&RejectReason::OutOfScope), "{seen:?}");
+    assert!(reasons.contains(&RejectReason::Malformed), "{seen:?}");
 
     // Meanwhile an honest sibling keeps syncing through the same township.
     let sibling_id = create_member(
@@ -758,7 +788,7 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     )
     .await?;
 
-    // 4. A frame over the size cap: the township closes the link with the typed close code.
+    // 5. A frame over the size cap: the township closes the link with the typed close code.
     link.send.write_all(&(u32::MAX).to_be_bytes()).await?;
     closed_by_peer(&link.conn, net::close::TOO_LARGE, "the link over the cap").await?;
 
@@ -771,6 +801,14 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
     )
     .await?;
     assert_eq!(r["data"]["unit"]["members"]["totalCount"], 1, "{r}");
+    let r = gql(
+        &township,
+        Some(&t_token),
+        "{ unit(id: \"c01/k01/t01\") { name } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(r["data"]["unit"]["name"], "Qingshui Township", "{r}");
     honest_village_syncs_again(&mut fed, "After Restart").await?;
     fed.shutdown().await;
     Ok(())

@@ -23,8 +23,8 @@ use redb::{
 };
 
 use super::tables::{
-    CHANGES, DOC_STATE, DOCS, HEARD, META, OWNER, SNAPSHOTS, SYNC_STATES, USERS, VIEW_MEMBERS,
-    VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
+    CHANGES, DOC_STATE, DOCS, HEARD, META, OWNER, RESTORED_AT, SNAPSHOTS, SYNC_STATES, USERS,
+    VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
 use super::{StoreError, db};
 
@@ -292,7 +292,7 @@ pub fn backup_name(unit: &str, epoch_ms: u64) -> String {
 }
 
 /// `20261127T053000.250Z` for a millisecond Unix time.
-fn utc_stamp(epoch_ms: u64) -> String {
+pub(super) fn utc_stamp(epoch_ms: u64) -> String {
     let (secs, ms) = (epoch_ms / 1000, epoch_ms % 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = grassroots_schema::civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
@@ -458,7 +458,7 @@ pub async fn restore(
         }
         Err(e)
     };
-    let users = match stage(from, &staged, current.as_ref(), me, owner).await {
+    let users = match stage(from, &staged, current.as_ref(), me, owner, now_ms).await {
         Ok(users) => users,
         Err(e) => return fail(placeholder, e),
     };
@@ -537,6 +537,7 @@ async fn stage(
     current: Option<&Database>,
     me: &UnitId,
     owner: Option<(u32, u32)>,
+    now_ms: u64,
 ) -> Result<UsersFrom, StoreError> {
     std::fs::copy(from, staged).map_err(io(format!(
         "copying {} to {}",
@@ -547,6 +548,14 @@ async fn stage(
     let users = {
         let target = open_existing(staged)?;
         check_owner(&target, from, me)?;
+        // What this node wrote after the backup may be held only by its children now: the
+        // store takes it back from them for a while (`RETURNING_WINDOW`).
+        let tx = target.begin_write().map_err(db)?;
+        tx.open_table(META)
+            .map_err(db)?
+            .insert(RESTORED_AT, now_ms)
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
         let current_users = match current {
             Some(c) => users_in(c)?,
             None => 0,

@@ -98,6 +98,13 @@ pub(super) fn init_tables(database: &Database, me: &UnitId) -> Result<(), StoreE
     Ok(())
 }
 
+/// When a backup was last restored into the store, if ever (Unix milliseconds).
+pub(super) fn restored_at(database: &Database) -> Result<Option<u64>, StoreError> {
+    let tx = database.begin_read().map_err(db)?;
+    let meta = tx.open_table(META).map_err(db)?;
+    Ok(meta.get(RESTORED_AT).map_err(db)?.map(|v| v.value()))
+}
+
 fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(DOCS).map_err(db)?;
     tx.open_table(DOC_STATE).map_err(db)?;

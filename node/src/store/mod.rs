@@ -85,6 +85,19 @@ const PEER_WORK: std::time::Duration = std::time::Duration::from_millis(500);
 /// Capacity of the peers' inbox (frames, and links gone down): readers wait when the store
 /// is this far behind, beside their links' own budgets.
 const PEER_INBOX: usize = 4096;
+/// How long after a restore from a backup the node takes changes authored at or above its
+/// unit from its children. A child never sends those otherwise (it got them from here), so
+/// outside this window they are refused as forgeries; inside it they are what the node
+/// wrote after the backup and reached a child only. Long enough for a village that comes
+/// online once a week.
+pub const RETURNING_WINDOW: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+
+/// Until when (Unix milliseconds) a store restored at `restored_at_ms` takes back changes
+/// from its children.
+fn returning_until(restored_at_ms: u64) -> u64 {
+    let window = u64::try_from(RETURNING_WINDOW.as_millis()).unwrap_or(u64::MAX);
+    restored_at_ms.saturating_add(window)
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -471,6 +484,19 @@ pub fn open_database(
     let mut nonce = [0u8; 8];
     rng.fill(&mut nonce).map_err(|_| StoreError::Random)?;
     let mut engine = Engine::new(me.clone(), doc::actor_for(&me, nonce));
+    if let Some(at) = load::restored_at(&database)? {
+        let until = returning_until(at);
+        if until > now_ms() {
+            tracing::info!(
+                "restored from a backup: until {}, changes authored by {me} or above it are \
+                 taken from its children",
+                backup::utc_stamp(until)
+            );
+            engine.take_returning_changes_until(Some(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(until),
+            ));
+        }
+    }
     let mut persisted = HashMap::new();
     load::load_index(&database, &mut engine, &mut persisted)?;
     let source_db = database.clone();
@@ -4525,6 +4551,64 @@ mod tests {
             h.set_unit_details(v.clone(), name(n)).await.unwrap();
         }
         (h, r, t, me, v01, v02)
+    }
+
+    /// A township restored from a backup takes back from its village a member it wrote into
+    /// the village's register after the backup (held there only), for [`RETURNING_WINDOW`]
+    /// after the restore; a store restored longer ago than that refuses it.
+    #[tokio::test]
+    async fn a_restored_store_takes_back_what_it_wrote_below_for_a_while() {
+        for (restored_at, comes_back) in [(now_ms(), true), (1_000, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (h, r, t, me, v01, _) = two_village_township(dir.path()).await;
+            let path = dir.path().join("s.redb");
+            h.create_member(v01.clone(), sample("Before The Backup"))
+                .await
+                .unwrap();
+            let backup = r.backup(now_ms()).unwrap().path;
+            h.create_member(v01.clone(), sample("After The Backup"))
+                .await
+                .unwrap();
+            let village = PeerEngine::synced(&h, &me, &v01).await;
+            let (engine, saved) = village.down(&h).await;
+            let held = |e: &Engine| {
+                let d = e.get(&DocId::new(DocKind::Members, v01.clone()));
+                let mut n: Vec<String> = doc::read_members(d.unwrap().doc().unwrap(), &v01)
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect();
+                n.sort();
+                n
+            };
+            assert_eq!(held(&engine), ["After The Backup", "Before The Backup"]);
+            t.shutdown().await;
+            drop((h, r));
+
+            backup::restore(&backup, &path, &me, restored_at)
+                .await
+                .unwrap();
+            let (h, r, t) = open(&path, me.clone()).unwrap();
+            let link = PeerEngine::link(&h, &me, engine, saved).await;
+            let names = |r: &StoreReader| {
+                let mut n: Vec<String> = r
+                    .members(&v01, false, None, 10)
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .map(|(_, m)| m.name)
+                    .collect();
+                n.sort();
+                n
+            };
+            let want: &[&str] = if comes_back {
+                &["After The Backup", "Before The Backup"]
+            } else {
+                &["Before The Backup"]
+            };
+            assert_eq!(names(&r), want, "restored at {restored_at}");
+            let _ = link.down(&h).await;
+            t.shutdown().await;
+        }
     }
 
     /// A village's edit of a member, handled in the batch that takes a transfer of that

@@ -25,8 +25,12 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// sensitive items in the tallies; members by year of joining).
 pub const LAYOUT: u64 = 8;
 
-/// `"layout"` -> layout version.
+/// `"layout"` -> layout version; [`RESTORED_AT`] -> when a backup was last restored into
+/// this store (Unix milliseconds), absent if never.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
+
+/// The [`META`] key of the time of the last restore.
+pub const RESTORED_AT: &str = "restored-at-ms";
 
 /// `"unit"` -> the unit whose node this store belongs to, written at its first open (by
 /// this build, at the first open of an older store); a store is opened only for it.

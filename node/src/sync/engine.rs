@@ -324,7 +324,32 @@ fn check_message(m: &sync::Message) -> Result<(), String> {
     Ok(())
 }
 
-fn authors_of(chunk: &[u8], id: &DocId, inflated: &mut u64) -> Result<Vec<UnitId>, Rejection> {
+/// Whether the changes `candidate` gained beyond `before` are all authored by units `below`
+/// accepts, and every change of `queued` (a child's, authored outside its subtree) was
+/// applied: one left waiting for its dependencies would be applied later, by a message
+/// this check no longer sees. Only messages carrying such changes pay for it.
+fn only_held_relayed(
+    candidate: &Automerge,
+    before: &[ChangeHash],
+    queued: &[ChangeHash],
+    below: impl Fn(&UnitId) -> bool,
+) -> bool {
+    let gained = candidate.get_changes_meta(before);
+    gained
+        .iter()
+        .all(|c| ActorTag::unit_of(c.actor.to_bytes()).is_ok_and(|a| below(&a)))
+        && queued
+            .iter()
+            .all(|h| candidate.get_change_meta_by_hash(h).is_some())
+}
+
+/// The author of every change `chunk` carries, with the change's hash where the chunk is a
+/// single change (a document chunk's actors are read from its header, without hashes).
+fn authors_of(
+    chunk: &[u8],
+    id: &DocId,
+    inflated: &mut u64,
+) -> Result<Vec<(UnitId, Option<ChangeHash>)>, Rejection> {
     let malformed = |what: &str| Rejection::new(RejectReason::Malformed, Some(id), what.to_owned());
     let unit = |c: &Change| {
         ActorTag::unit_of(c.actor_id().to_bytes()).map_err(|_| {
@@ -356,7 +381,7 @@ fn authors_of(chunk: &[u8], id: &DocId, inflated: &mut u64) -> Result<Vec<UnitId
                 let c = catch_unwind(|| Change::from_bytes(bytes.to_vec()))
                     .map_err(|_| malformed("automerge panicked decoding a change"))?
                     .map_err(|e| malformed(&format!("change: {e}")))?;
-                out.push(unit(&c)?);
+                out.push((unit(&c)?, Some(c.hash())));
             }
             CHUNK_DOCUMENT => {
                 // A whole document (sent to a peer that has nothing). Its body opens with the
@@ -366,13 +391,14 @@ fn authors_of(chunk: &[u8], id: &DocId, inflated: &mut u64) -> Result<Vec<UnitId
                 for actor in
                     document_actors(body).ok_or_else(|| malformed("unreadable document chunk"))?
                 {
-                    out.push(ActorTag::unit_of(actor).map_err(|_| {
+                    let author = ActorTag::unit_of(actor).map_err(|_| {
                         Rejection::new(
                             RejectReason::Unauthorised,
                             Some(id),
                             "a document actor does not name a unit",
                         )
-                    })?);
+                    })?;
+                    out.push((author, None));
                 }
             }
             _ => return Err(malformed("unknown chunk type")),
@@ -412,6 +438,9 @@ pub struct Engine {
     /// Per unit, the children its hosted profile registers (read on first use, dropped
     /// when that profile may have changed).
     registered: HashMap<UnitId, BTreeSet<UnitId>>,
+    /// Until when changes authored at or above this node are taken from its children (set
+    /// after a restore from a backup: what this node wrote after it may be held only below).
+    returning_until: Option<std::time::SystemTime>,
 }
 
 impl Engine {
@@ -430,7 +459,42 @@ impl Engine {
             tick: 0,
             resident: HashSet::new(),
             registered: HashMap::new(),
+            returning_until: None,
         }
+    }
+
+    /// Take changes authored by this node's unit or above it from its children until
+    /// `until`. A child relays only changes authored in its own subtree: anything else it
+    /// sends is a forgery (an actor id is not signed) unless this node lost it, which only
+    /// a restore from a backup does.
+    pub fn take_returning_changes_until(&mut self, until: Option<std::time::SystemTime>) {
+        self.returning_until = until;
+    }
+
+    /// Whether a change by `author` may arrive from `peer` (rule 2 aside): from a child, only
+    /// one authored in the child's subtree, except while this node takes back what it lost.
+    fn relayable(&self, author: &UnitId, peer: &UnitId) -> bool {
+        peer.parent().as_ref() != Some(&self.me)
+            || author.is_in_subtree_of(peer)
+            || self
+                .returning_until
+                .is_some_and(|until| std::time::SystemTime::now() < until)
+    }
+
+    /// A child's change authored outside its subtree that this node did not hold. Without
+    /// this refusal a child could act with its parent's authority: rewrite the parent's
+    /// profile or what the units above address to it, or review its own report, by naming
+    /// the parent's unit in its changes' actor id.
+    fn relayed_rejection(&self, peer: &UnitId, id: &DocId) -> Rejection {
+        Rejection::new(
+            RejectReason::Unauthorised,
+            Some(id),
+            format!(
+                "a change authored above {peer}, sent by {peer}, that {} did not hold: a child \
+                 relays only changes authored in its own subtree",
+                self.me
+            ),
+        )
     }
 
     /// Let the engine evict documents, reading them back from `source` when next needed.
@@ -1539,8 +1603,12 @@ impl Engine {
         // peers do that) and apply it later, so checking only what applied now is not enough.
         let owner = meta.owner();
         let mut authors = BTreeSet::new();
+        // Changes from a child authored outside its subtree, by hash where known: each must
+        // be one this node holds already (an honest child may send back what it got from
+        // here), which is checked once the message is applied.
+        let (mut relayed, mut relayed_hashes) = (false, Vec::new());
         for chunk in message.changes.iter() {
-            for author in authors_of(chunk, &id, inflated)? {
+            for (author, hash) in authors_of(chunk, &id, inflated)? {
                 if !may_author(&author, owner) {
                     return Err(Rejection::new(
                         RejectReason::Unauthorised,
@@ -1548,12 +1616,19 @@ impl Engine {
                         format!("change by {author} to a document owned by {owner}"),
                     ));
                 }
+                if !self.relayable(&author, peer) {
+                    relayed = true;
+                    relayed_hashes.extend(hash);
+                }
                 authors.insert(author);
             }
         }
         // A document of a unit this node does not know to be registered waits for the
         // profile that registers it (often in flight on the same link): not an offence, so
         // it is answered but not counted as a rejection.
+        if relayed && !self.docs.contains_key(&id) {
+            return Err(self.relayed_rejection(peer, &id));
+        }
         if !self.docs.contains_key(&id) && !self.take_new(peer, &meta, step) {
             step.send.push((
                 peer.clone(),
@@ -1613,6 +1688,13 @@ impl Engine {
             // read whole at every change of it by every node up the line, may not grow past
             // its cap (one already past it may still change otherwise).
             let held = &*doc;
+            if relayed
+                && !only_held_relayed(&candidate, &before, &relayed_hashes, |a| {
+                    a.is_in_subtree_of(peer)
+                })
+            {
+                return Err(self.relayed_rejection(peer, &id));
+            }
             match catch_unwind(AssertUnwindSafe(|| {
                 super::fields::check(&candidate, &before, &meta)?;
                 // The profile as held is counted only when the new one is past the cap.
@@ -1859,6 +1941,150 @@ mod tests {
             before
         );
         assert!(names(&t, "c01/k01/t01/v01").is_empty());
+    }
+
+    /// A township linked to its village, which holds its own register and the township's
+    /// profile; the township then wrote a member into the village's register (as a
+    /// transfer in does), synced down. Returns the documents as the township held them
+    /// before that write (a backup), and the register's id.
+    fn township_wrote_below() -> (Engine, Engine, Vec<(DocMeta, Automerge)>, DocId) {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let mut t = engine(tu, 1);
+        let mut v = engine(vu, 2);
+        register(&mut t, tu, &[vu]);
+        write(&mut v, vu, 1, "Village Own");
+        link(&mut t, &mut v);
+        let backup = t
+            .docs()
+            .map(|e| (e.meta.clone(), e.doc().unwrap().clone()))
+            .collect();
+        let reg = write(&mut t, vu, 2, "Moved In");
+        assert!(push(&mut t, &mut v, &reg).is_empty());
+        assert_eq!(names(&v, vu), ["Moved In", "Village Own"]);
+        (t, v, backup, reg)
+    }
+
+    #[test]
+    fn a_child_naming_its_parent_in_a_change_is_refused() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let (mut t, mut v, _, reg) = township_wrote_below();
+        let profile = DocId::new(DocKind::Profile, u(tu));
+        // The village writes under the township's actor id: into its own register (what the
+        // township may, as its supervisor) and into the township's profile (which only the
+        // township writes, and every unit below it reads).
+        let forge = |v: &mut Engine, id: &DocId, edit: &dyn Fn(&mut Automerge)| {
+            let e = v.get(id).unwrap();
+            let meta = e.meta.clone();
+            let mut d = e.doc().unwrap().fork();
+            d.set_actor(doc::actor_for(&u(tu), [1; 8]));
+            edit(&mut d);
+            v.insert(meta, d);
+        };
+        forge(&mut v, &reg, &|d| {
+            doc::create_member(d, RecordId::from_u64(3), &member("Forged")).unwrap();
+        });
+        forge(&mut v, &profile, &|d| {
+            doc::set_profile(d, "Hijacked", &[]).unwrap();
+        });
+        for id in [&reg, &profile] {
+            let before = t.get(id).unwrap().doc().unwrap().get_heads();
+            let r = push(&mut v, &mut t, id);
+            assert!(
+                r.iter().any(|r| r.reason == RejectReason::Unauthorised
+                    && r.detail
+                        .contains("relays only changes authored in its own subtree")),
+                "{id}: {r:?}"
+            );
+            assert_eq!(
+                t.get(id).unwrap().doc().unwrap().get_heads(),
+                before,
+                "{id}"
+            );
+        }
+        assert_eq!(names(&t, vu), ["Moved In", "Village Own"]);
+        let p = doc::read_profile(t.get(&profile).unwrap().doc().unwrap(), &u(tu));
+        assert_eq!(p.map(|p| p.name).as_deref(), Some("Unit c01/k01/t01"));
+    }
+
+    /// A sync message carrying `changes` (raw chunks) for `id`, with `heads`.
+    fn carrying(id: &DocId, heads: Vec<ChangeHash>, changes: Vec<u8>) -> Msg {
+        let m = sync::Message {
+            heads,
+            need: vec![],
+            have: vec![],
+            changes: changes.into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        };
+        Msg::Sync {
+            doc: id.clone(),
+            data: m.encode(),
+        }
+    }
+
+    #[test]
+    fn a_child_sending_back_what_its_parent_wrote_is_taken_unless_new_to_it() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let (mut t, mut v, _, reg) = township_wrote_below();
+        // The village's whole register, the township's change in it, and a new one of the
+        // village's own: what the township holds is not new, so the message is taken.
+        write(&mut v, vu, 4, "Village Later");
+        let d = v.get(&reg).unwrap().doc().unwrap();
+        let step = t.receive(&u(vu), carrying(&reg, d.get_heads(), d.save()));
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert_eq!(names(&t, vu), ["Moved In", "Village Later", "Village Own"]);
+        // A change under the township's actor id on top of a village change the township
+        // has not seen: automerge would hold it until that change arrives and then apply
+        // it, past this message's check, so it is refused now.
+        let mut d = v.get(&reg).unwrap().doc().unwrap().fork();
+        doc::create_member(&mut d, RecordId::from_u64(5), &member("Unseen")).unwrap();
+        d.set_actor(doc::actor_for(&u(tu), [1; 8]));
+        doc::create_member(&mut d, RecordId::from_u64(6), &member("Forged")).unwrap();
+        let forged = d.get_last_local_change().unwrap();
+        let before = t.get(&reg).unwrap().doc().unwrap().get_heads();
+        let step = t.receive(
+            &u(vu),
+            carrying(&reg, d.get_heads(), forged.raw_bytes().to_vec()),
+        );
+        assert_eq!(
+            step.rejected.first().map(|r| r.reason),
+            Some(RejectReason::Unauthorised)
+        );
+        let after = t.get(&reg).unwrap().doc().unwrap();
+        assert_eq!(after.get_heads(), before);
+        assert!(
+            after.get_missing_deps(&[]).is_empty(),
+            "the forged change waits"
+        );
+    }
+
+    #[test]
+    fn a_restored_node_takes_back_from_a_child_what_it_wrote_only_for_a_while() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let (_, mut v, backup, _) = township_wrote_below();
+        let restored = |until: Option<std::time::SystemTime>| {
+            let mut t = engine(tu, 3);
+            for (meta, d) in backup.clone() {
+                t.insert(meta, d);
+            }
+            t.take_returning_changes_until(until);
+            t
+        };
+        let now = std::time::SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        // Without the window, or past it, the village's copy of what the township wrote
+        // after the backup is refused: it could be forged.
+        for until in [None, Some(now - hour)] {
+            let mut t = restored(until);
+            let _ = v.disconnect(&u(tu));
+            assert_refused(&mut t, &mut v, RejectReason::Unauthorised);
+            assert_eq!(names(&t, vu), ["Village Own"], "{until:?}");
+        }
+        // Within it, it comes back.
+        let mut t = restored(Some(now + hour));
+        let _ = v.disconnect(&u(tu));
+        link(&mut t, &mut v);
+        assert_eq!(names(&t, vu), ["Moved In", "Village Own"]);
     }
 
     #[test]
