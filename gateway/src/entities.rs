@@ -854,7 +854,9 @@ fn authorise_fields(
             Code::Forbidden,
             format!(
                 "results and handling of {owner}'s records are written by supervisors of the \
-                 unit handling them or above, reviews by supervisors above {owner}"
+                 unit handling them or above; reviews, the rating of a cadre's performance \
+                 appraisal or a debriefing, and changes to a report once accepted by \
+                 supervisors above {owner}"
             ),
         ));
     }

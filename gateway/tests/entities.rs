@@ -557,6 +557,49 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         d["nodeUnit"]["indicators"],
         json!({ "reportsSubmitted": 2, "reportsReviewed": 1, "directivesIssued": 1 })
     );
+    // What was accepted stays so: the village no longer changes the report; the township may.
+    let revise =
+        "mutation($id: ID!) { updateReport(id: $id, input: { body: \"Revised\" }) { id } }";
+    let r = f
+        .gql(Some(&v01_supervisor), revise, json!({ "id": report }))
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "changing an accepted report: {r}");
+    f.ok(Some(&township), revise, json!({ "id": report })).await;
+    // A cadre's performance appraisal is rated from above: the village records it, its own
+    // supervisor may not rate it (nor make it one after rating it as a democratic appraisal),
+    // the township does.
+    let d = f
+        .ok(
+            Some(&v01_supervisor),
+            "mutation { createAppraisal(input: { unit: \"c01/k01/t01/v01\", kind: CADRE_PERFORMANCE,
+                year: 2026, subject: \"Secretary Wu\" }) { id } }",
+            json!({}),
+        )
+        .await;
+    let appraisal = d["createAppraisal"]["id"].as_str().unwrap().to_owned();
+    let rate = "mutation($id: ID!) { updateAppraisal(id: $id, input: { result: EXCELLENT }) {
+        result } }";
+    let r = f
+        .gql(Some(&v01_supervisor), rate, json!({ "id": appraisal }))
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "rating its own cadre: {r}");
+    let r = f
+        .gql(
+            Some(&v01_supervisor),
+            "mutation { createAppraisal(input: { unit: \"c01/k01/t01/v01\", kind: DEBRIEFING,
+                year: 2026, subject: \"Secretary Wu\", result: EXCELLENT }) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        code(&r),
+        "FORBIDDEN",
+        "a debriefing rated by its own unit: {r}"
+    );
+    let d = f
+        .ok(Some(&township), rate, json!({ "id": appraisal }))
+        .await;
+    assert_eq!(d["updateAppraisal"]["result"], "EXCELLENT");
 
     // Disclosures are public; meetings are not.
     f.ok(

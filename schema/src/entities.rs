@@ -109,6 +109,13 @@ string_enum!(
     }
 );
 
+/// Whether an appraisal of `kind` is rated by the level above its unit: a cadre's
+/// performance appraisal, a secretary's debriefing (DOMAIN.md: "performance appraisal of
+/// cadres by the level above"; "a secretary reports to the level above").
+pub fn rated_above(kind: &str) -> bool {
+    kind == AppraisalKind::CadrePerformance.as_str() || kind == AppraisalKind::Debriefing.as_str()
+}
+
 string_enum!(
     /// The result of an appraisal (supervisory).
     AppraisalResult {
@@ -752,6 +759,59 @@ impl EntitySpec {
             return Err(bad(missing.name, "is required"));
         }
         Ok(())
+    }
+
+    /// Why writing `field` of a record of this kind takes a unit strictly above the record's
+    /// owner, if it does (a complaint's handling, which the unit handling it decides, aside).
+    /// `exists`: the record is there already; `held` reads its values as they stand,
+    /// `written` as they are after the write.
+    /// - A review field, always.
+    /// - An appraisal's supervisory fields (result, outcome, remarks) when, after the write,
+    ///   it is one the level above rates ([`rated_above`]): a unit does not rate its own
+    ///   cadres' performance or its secretary's debriefing.
+    /// - The kind of an existing appraisal, changed from or to one of those (else a unit
+    ///   could rate its own as a democratic appraisal and then change the kind).
+    /// - Any field of an existing report accepted above: what was signed off stays so.
+    pub fn above_only(
+        &self,
+        field: &str,
+        exists: bool,
+        held: &dyn Fn(&str) -> Option<String>,
+        written: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<&'static str> {
+        let access = self.field(field)?.access;
+        let rated = |v: Option<String>| v.as_deref().is_some_and(rated_above);
+        match self.kind {
+            _ if access == Access::Review => Some("reviews come from above"),
+            DocKind::Appraisals if access == Access::Supervisory && rated(written("kind")) => {
+                Some("a cadre's performance appraisal and a debriefing are rated from above")
+            }
+            DocKind::Appraisals
+                if field == "kind"
+                    && exists
+                    && held("kind") != written("kind")
+                    && (rated(held("kind")) || rated(written("kind"))) =>
+            {
+                Some("an appraisal rated from above keeps its kind, and no other takes it")
+            }
+            DocKind::Reports
+                if exists && held("review").as_deref() == Some(ReportReview::Accepted.as_str()) =>
+            {
+                Some("a report accepted above is changed only from above")
+            }
+            _ => None,
+        }
+    }
+
+    /// The field whose authority replacing or deleting an existing record takes, for kinds
+    /// with fields decided above the writer: a review, a complaint's status, an appraisal's
+    /// result.
+    pub fn record_guard(&self) -> Option<&'static FieldSpec> {
+        self.decided_above().next().or_else(|| {
+            (self.kind == DocKind::Appraisals)
+                .then(|| self.field("result"))
+                .flatten()
+        })
     }
 
     /// The fields only units above their writer may overrule, and only by authority: review

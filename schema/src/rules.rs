@@ -289,8 +289,9 @@ pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
 /// Rule 3 for the fields a write names on a record of `owner` (`current`: the record as it
 /// is, for an update): supervisory fields need a supervisor of the owner or above, and for
 /// a complaint of the unit handling it now or above (once escalated, the filing unit no
-/// longer closes it); review fields need a supervisor strictly above the owner. The
-/// record-level rule ([`can_write`]) applies besides.
+/// longer closes it); fields [`EntitySpec::above_only`] names (reviews, the rating of a
+/// cadre's performance appraisal or a debriefing, an accepted report) need a supervisor
+/// strictly above the owner. The record-level rule ([`can_write`]) applies besides.
 pub fn can_write_fields(
     caller: &Caller,
     spec: &EntitySpec,
@@ -298,19 +299,32 @@ pub fn can_write_fields(
     current: Option<&Record>,
     fields: &Fields,
 ) -> bool {
-    spec.accesses(fields).all(|access| match access {
-        Access::Plain | Access::Sensitive => true,
-        Access::Supervisory => {
-            let handler = match current {
-                Some(r) if spec.kind == DocKind::Complaints => r.handler(),
-                _ => owner.clone(),
-            };
-            can_supervise(caller, &handler)
+    let held = |k: &str| current.and_then(|r| r.text(k)).map(str::to_owned);
+    let written = |k: &str| match fields.get(k) {
+        Some(v) => v.as_text().map(str::to_owned),
+        None => held(k),
+    };
+    let above = matches!(
+        caller,
+        Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(owner)
+    );
+    fields.keys().all(|name| {
+        if spec
+            .above_only(name, current.is_some(), &held, &written)
+            .is_some()
+        {
+            return above;
         }
-        Access::Review => matches!(
-            caller,
-            Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(owner)
-        ),
+        match spec.field(name).map(|f| f.access) {
+            Some(Access::Supervisory) => {
+                let handler = match current {
+                    Some(r) if spec.kind == DocKind::Complaints => r.handler(),
+                    _ => owner.clone(),
+                };
+                can_supervise(caller, &handler)
+            }
+            _ => true,
+        }
     })
 }
 
@@ -627,6 +641,80 @@ mod tests {
             }
         }
         assert!(!can_supervise(&Caller::Anonymous, &u("c01")));
+    }
+
+    /// Who may write fields whose authority depends on the record: a cadre's performance
+    /// appraisal and a debriefing are rated from strictly above, a democratic appraisal at
+    /// the unit or above; an appraisal's kind moves into or out of the rated ones only from
+    /// above; a report accepted above is changed only from above, a returned one by its unit.
+    #[test]
+    fn ratings_and_accepted_reports_are_decided_from_above() {
+        let spec = |k| crate::entities::entity(k).unwrap();
+        let (appraisals, reports) = (spec(DocKind::Appraisals), spec(DocKind::Reports));
+        let fields = |f: &[(&str, &str)]| -> Fields {
+            f.iter()
+                .map(|(k, v)| ((*k).to_owned(), crate::entities::Value::Text((*v).into())))
+                .collect()
+        };
+        let owner = "c01/k01/t01/v01";
+        let rated = record(DocKind::Appraisals, owner, &[("kind", "cadre_performance")]);
+        let democratic = record(
+            DocKind::Appraisals,
+            owner,
+            &[("kind", "democratic_appraisal")],
+        );
+        let accepted = record(DocKind::Reports, owner, &[("review", "accepted")]);
+        let returned = record(DocKind::Reports, owner, &[("review", "returned")]);
+        let result = fields(&[("result", "excellent")]);
+        let body = fields(&[("body", "Revised")]);
+        for (rel, me, owner_for) in cases() {
+            for role in Role::ALL {
+                let caller = Caller::User {
+                    unit: me.clone(),
+                    role,
+                };
+                let supervisor = role >= Role::Supervisor;
+                let above = supervisor && matches!(rel, Relation::Child | Relation::Descendant);
+                let at_or_above = supervisor
+                    && matches!(
+                        rel,
+                        Relation::SelfUnit | Relation::Child | Relation::Descendant
+                    );
+                let w = |spec, current: Option<&Record>, f: &Fields| {
+                    let mut current = current.cloned();
+                    if let Some(c) = current.as_mut() {
+                        c.id.unit = owner_for.clone();
+                    }
+                    can_write_fields(&caller, spec, &owner_for, current.as_ref(), f)
+                };
+                let cell = format!("{role} {rel:?}");
+                assert_eq!(w(appraisals, Some(&rated), &result), above, "rate: {cell}");
+                assert_eq!(
+                    w(appraisals, Some(&democratic), &result),
+                    at_or_above,
+                    "democratic: {cell}"
+                );
+                // Made rated with its result in one write, or made rated later.
+                let rated_new = fields(&[("kind", "debriefing"), ("result", "competent")]);
+                assert_eq!(w(appraisals, None, &rated_new), above, "new: {cell}");
+                let into = fields(&[("kind", "cadre_performance")]);
+                assert_eq!(
+                    w(appraisals, Some(&democratic), &into),
+                    above,
+                    "into: {cell}"
+                );
+                let back = fields(&[("kind", "democratic_appraisal")]);
+                assert_eq!(w(appraisals, Some(&rated), &back), above, "out of: {cell}");
+                assert!(w(appraisals, Some(&rated), &into), "unchanged kind: {cell}");
+                assert_eq!(
+                    w(reports, Some(&accepted), &body),
+                    above,
+                    "accepted: {cell}"
+                );
+                assert!(w(reports, Some(&returned), &body), "returned: {cell}");
+                assert!(w(reports, None, &body), "new report: {cell}");
+            }
+        }
     }
 
     #[test]

@@ -1104,9 +1104,10 @@ trait Waiting: Sized {
     fn record(row: &Self::Row) -> RecordId;
     /// Where the batch keeps the rows its writes produced.
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Self::Row>>>;
-    /// The existing record an update changes and the fields it names (for the field-level
-    /// authority a parent will check of this node's change); `None` for the rest.
-    fn update_fields(&self) -> Option<(RecordId, Vec<&str>)> {
+    /// The record a write makes, changes or removes and the fields it sets, with their values
+    /// (for the field-level authority a parent will check of this node's change; a removal
+    /// sets the field guarding the record to null); `None` when a parent checks nothing more.
+    fn field_writes(&self) -> Option<(RecordId, Cow<'_, Fields>)> {
         None
     }
     /// Complete the write against the document it is built on and what the writes before
@@ -1283,14 +1284,19 @@ impl Waiting for PendingRecord {
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Record>>> {
         &mut batch.entity_rows
     }
-    fn update_fields(&self) -> Option<(RecordId, Vec<&str>)> {
+    fn field_writes(&self) -> Option<(RecordId, Cow<'_, Fields>)> {
         match &self.op {
-            RecordOp::Update(id, fields, _) => {
-                Some((id.record, fields.keys().map(String::as_str).collect()))
+            RecordOp::Create(id, fields, _) | RecordOp::Update(id, fields, _) => {
+                Some((id.record, Cow::Borrowed(fields)))
             }
-            // Kinds with fields decided from above, whose removal a parent would judge by
-            // them, are refused before they get here (`WriteError::NotRemovable`).
-            RecordOp::Create(..) | RecordOp::Delete(..) => None,
+            // Kinds with fields decided from above (reviews, complaints' handling) are
+            // refused before they get here (`WriteError::NotRemovable`); an appraisal's
+            // removal takes the authority its result takes.
+            RecordOp::Delete(id, _) => self.spec.record_guard().map(|guard| {
+                let fields =
+                    Fields::from([(guard.name.to_owned(), grassroots_schema::Value::Null)]);
+                (id.record, Cow::Owned(fields))
+            }),
         }
     }
     /// A complaint's handler named is judged against the handler it has
@@ -2668,9 +2674,9 @@ impl Actor {
                     w.fail(missing);
                     continue;
                 }
-                let verdict = match w.update_fields() {
+                let verdict = match w.field_writes() {
                     Some((record, fields)) => {
-                        crate::sync::check_local(doc, &meta, &me, record, fields)
+                        crate::sync::check_local(doc, &meta, &me, record, &fields)
                     }
                     None => Ok(()),
                 };

@@ -2,16 +2,21 @@
 //! fields, as far as a unit can be told from a change).
 //!
 //! Rule 2 (a change's author is the owner or above) is checked on every change before any is
-//! applied. Two kinds of record need more, and which record a change touched and who handled
+//! applied. Three kinds of record need more, and which record a change touched and who handled
 //! it then are only known against the document, so peer changes are checked on the copy the
 //! message was applied to, before the copy is adopted ([`check`]):
-//! - a report's review fields only from a unit strictly above the owner;
+//! - a report's review fields only from a unit strictly above the owner, and once the report
+//!   is accepted (as of the change's dependencies) any of its fields;
+//! - an appraisal's result, outcome and remarks only from strictly above when, as of the
+//!   change itself, it is a cadre's performance appraisal or a debriefing, and its kind moved
+//!   into or out of those likewise (`EntitySpec::above_only`, which the gateway applies too);
 //! - a complaint's supervisory fields (status, handler, response, respondedOn) only from the
 //!   unit handling it as of the change's dependencies, or above, and the handler only ever
 //!   names the owner or a unit above it: once a village escalates a complaint, the village
 //!   no longer closes it;
-//! - replacing or deleting an existing record of those kinds (no honest writer does either)
-//!   needs the same authority, judged against every record under the id as of the change's
+//! - replacing or deleting an existing record of those kinds (no honest writer replaces one)
+//!   needs the same authority (an appraisal's rating's, a report's review's, a complaint's
+//!   status's), judged against every record under the id as of the change's
 //!   dependencies and as this node held them, or a review or an escalation could be erased
 //!   by rewriting the record whole; and a second record under an existing id is refused.
 //!
@@ -29,7 +34,9 @@ use std::collections::HashMap;
 
 use automerge::legacy::{Key, OpType};
 use automerge::{Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use grassroots_schema::{Access, ActorTag, DocKind, DocMeta, EntitySpec, RecordId, UnitId, entity};
+use grassroots_schema::{
+    Access, ActorTag, DocKind, DocMeta, EntitySpec, Fields, RecordId, UnitId, entity,
+};
 
 use super::engine::Rejection;
 use super::wire::RejectReason;
@@ -41,7 +48,38 @@ const HANDLER: &str = "handler";
 /// The description of `meta`'s kind, when its records have fields a change's author alone
 /// does not authorise.
 fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
-    entity(meta.id.kind).filter(|spec| spec.decided_above().next().is_some())
+    entity(meta.id.kind).filter(|spec| spec.record_guard().is_some())
+}
+
+/// Whether an op setting field `name` of a record of `spec`'s kind may need more than rule 2
+/// (so [`check`] looks the record up): fields decided above, a complaint's handler, an
+/// appraisal's kind and rating, any field of a report (accepted ones are closed).
+fn watched(spec: &EntitySpec, name: &str) -> bool {
+    match spec.kind {
+        DocKind::Reports => true,
+        DocKind::Appraisals => {
+            name == "kind"
+                || spec
+                    .field(name)
+                    .is_some_and(|f| f.access == Access::Supervisory)
+        }
+        DocKind::Complaints if name == HANDLER => true,
+        _ => spec.decided_above().any(|f| f.name == name),
+    }
+}
+
+/// A field's value in the record map `obj` as of `heads` (`None`: now), as text; concurrent
+/// values resolved by authority ([`doc::by_authority`]).
+fn text_at(
+    doc: &Automerge,
+    obj: &ObjId,
+    key: &str,
+    heads: Option<&[ChangeHash]>,
+) -> Option<String> {
+    match doc::by_authority(doc, obj, key, heads)? {
+        ScalarValue::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
 /// What one check reads of a document, with the handlers it looked up.
@@ -69,40 +107,45 @@ impl Reader<'_> {
         h
     }
 
-    /// Why `author` may not write field `name` of the record map `obj` as of `heads`, if it
-    /// may not.
+    /// Why `author` may not write field `name` of the record map `obj`, if it may not: the
+    /// record as the writer saw it is read as of `heads` (the change's dependencies), and as
+    /// written as of `after` (the change itself).
     fn refusal(
         &mut self,
         author: &UnitId,
         obj: &ObjId,
         name: &str,
         heads: &[ChangeHash],
+        after: &[ChangeHash],
     ) -> Option<String> {
         let owner = self.owner;
-        match self.spec.field(name)?.access {
-            Access::Review if !author.is_ancestor_of(owner) => Some(format!(
-                "{author} may not set {name} of a record of {owner}: reviews come from above"
-            )),
-            Access::Supervisory if self.spec.kind == DocKind::Complaints => {
-                let handler = self.handler(obj, heads);
-                (!handler.is_in_subtree_of(author)).then(|| {
-                    format!("{author} may not set {name} of a complaint handled by {handler}")
-                })
-            }
-            _ => None,
+        if self.spec.kind == DocKind::Complaints
+            && self.spec.field(name)?.access == Access::Supervisory
+        {
+            let handler = self.handler(obj, heads);
+            return (!handler.is_in_subtree_of(author)).then(|| {
+                format!("{author} may not set {name} of a complaint handled by {handler}")
+            });
         }
+        let doc = self.doc;
+        let exists = doc.length_at(obj, heads) > 0;
+        let held = |k: &str| text_at(doc, obj, k, Some(heads));
+        let written = |k: &str| text_at(doc, obj, k, Some(after));
+        let why = self.spec.above_only(name, exists, &held, &written)?;
+        (!author.is_ancestor_of(owner))
+            .then(|| format!("{author} may not set {name} of a record of {owner}: {why}"))
     }
 
     /// Why `author` may not replace or delete the existing record map `obj` (as of `heads`),
-    /// if it may not: it needs the authority the record's guarded fields need.
+    /// if it may not: it needs the authority the record's guarded field needs.
     fn refusal_whole(
         &mut self,
         author: &UnitId,
         obj: &ObjId,
         heads: &[ChangeHash],
     ) -> Option<String> {
-        let guarded = self.spec.decided_above().next()?;
-        self.refusal(author, obj, guarded.name, heads)
+        let guarded = self.spec.record_guard()?;
+        self.refusal(author, obj, guarded.name, heads, heads)
             .map(|why| format!("replacing or deleting a record: {why}"))
     }
 }
@@ -143,16 +186,14 @@ pub fn check(
             );
         };
         let deps = change.deps().to_vec();
+        let itself = [change.hash()];
         for op in change.decode().operations {
             let Key::Map(name) = &op.key else {
                 continue;
             };
             // Most ops set a record's plain field, which nothing here guards: skip them
             // before turning the op's object into a document id (a string round trip).
-            if !matches!(op.obj, automerge::legacy::ObjectId::Root)
-                && name.as_str() != HANDLER
-                && spec.decided_above().all(|f| f.name != name.as_str())
-            {
+            if !matches!(op.obj, automerge::legacy::ObjectId::Root) && !watched(spec, name) {
                 continue;
             }
             let Ok((obj, _)) = candidate.import(&op.obj.to_string()) else {
@@ -216,7 +257,7 @@ pub fn check(
                     ),
                 );
             }
-            if let Some(why) = reader.refusal(&author, &obj, name, &deps) {
+            if let Some(why) = reader.refusal(&author, &obj, name, &deps, &itself) {
                 return refuse(RejectReason::Unauthorised, why);
             }
         }
@@ -224,32 +265,57 @@ pub fn check(
     Ok(())
 }
 
-/// Check that this node (`me`) may write `fields` of record `record` of `meta`'s document as
-/// it is now (`doc`): what a parent will check of the change the write makes.
-pub fn check_local<'f>(
+/// Check that this node (`me`) may write `fields` (with the values written) of record
+/// `record` of `meta`'s document as it is now (`doc`; a record not there yet is created):
+/// what a parent will check of the change the write makes.
+pub fn check_local(
     doc: &Automerge,
     meta: &DocMeta,
     me: &UnitId,
     record: RecordId,
-    fields: impl IntoIterator<Item = &'f str>,
+    fields: &Fields,
 ) -> Result<(), String> {
     let Some(spec) = guarded(meta) else {
         return Ok(());
     };
-    let Some(obj) = doc::record_obj(doc, record) else {
-        // A new record (or none): the owner's line may set every field of it.
-        return Ok(());
-    };
+    let obj = doc::record_obj(doc, record);
+    let owner = meta.owner();
     let heads = doc.get_heads();
     let mut reader = Reader {
         doc,
         spec,
-        owner: meta.owner(),
+        owner,
         handlers: HashMap::new(),
     };
-    for name in fields {
-        if let Some(why) = reader.refusal(me, &obj, name, &heads) {
-            return Err(why);
+    let held = |k: &str| obj.as_ref().and_then(|o| text_at(doc, o, k, None));
+    let written = |k: &str| match fields.get(k) {
+        Some(v) => v.as_text().map(str::to_owned),
+        None => held(k),
+    };
+    for name in fields.keys() {
+        let name = name.as_str();
+        if spec.kind == DocKind::Complaints
+            && spec
+                .field(name)
+                .is_some_and(|f| f.access == Access::Supervisory)
+        {
+            // A new complaint is its owner's to fill.
+            if let Some(o) = &obj {
+                let handler = reader.handler(o, &heads);
+                if !handler.is_in_subtree_of(me) {
+                    return Err(format!(
+                        "{me} may not set {name} of a complaint handled by {handler}"
+                    ));
+                }
+            }
+            continue;
+        }
+        if let Some(why) = spec.above_only(name, obj.is_some(), &held, &written)
+            && !me.is_ancestor_of(owner)
+        {
+            return Err(format!(
+                "{me} may not set {name} of a record of {owner}: {why}"
+            ));
         }
     }
     Ok(())
@@ -263,6 +329,14 @@ mod tests {
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
+    }
+
+    /// Fields written, as text.
+    fn set(fields: &[(&str, &str)]) -> Fields {
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), V::Text(v.to_string())))
+            .collect()
     }
 
     fn write(
@@ -287,6 +361,132 @@ mod tests {
         assert!(results.iter().all(Result::is_ok));
     }
 
+    /// Whether a change made on `d` by `unit` (by `edit`) passes [`check`] at a node
+    /// holding `d`.
+    fn passes(
+        d: &Automerge,
+        meta: &DocMeta,
+        unit: &str,
+        edit: impl FnOnce(&mut Automerge),
+    ) -> bool {
+        let mut copy = d.fork();
+        copy.set_actor(doc::actor_for(&u(unit), [3; 8]));
+        edit(&mut copy);
+        check(&copy, &d.get_heads(), meta).is_ok()
+    }
+
+    #[test]
+    fn ratings_and_accepted_reports_come_from_above_over_sync() {
+        let (v, t) = ("c01/k01/t01/v01", "c01/k01/t01");
+        let meta = DocMeta::new(DocId::new(DocKind::Appraisals, u(v)));
+        let mut d = doc::empty(&doc::actor_for(&u(v), [1; 8]));
+        let (rated, democratic) = (1, 2);
+        let subject = ("subject", "Secretary Wu");
+        write(
+            &mut d,
+            DocKind::Appraisals,
+            rated,
+            true,
+            &[("kind", "cadre_performance"), ("year", "2026"), subject],
+        );
+        write(
+            &mut d,
+            DocKind::Appraisals,
+            democratic,
+            true,
+            &[("kind", "democratic_appraisal"), ("year", "2026"), subject],
+        );
+        let set = |rec, f: &'static [(&'static str, &'static str)]| {
+            move |d: &mut Automerge| write(d, DocKind::Appraisals, rec, false, f)
+        };
+        let excellent: &[(&str, &str)] = &[("result", "excellent")];
+        assert!(
+            !passes(&d, &meta, v, set(rated, excellent)),
+            "a village rates its cadre"
+        );
+        assert!(
+            passes(&d, &meta, t, set(rated, excellent)),
+            "its township rates it"
+        );
+        assert!(
+            passes(&d, &meta, v, set(democratic, excellent)),
+            "democratic appraisal"
+        );
+        // Made rated with its result in one change, or made rated after the result.
+        let made = |d: &mut Automerge| {
+            write(
+                d,
+                DocKind::Appraisals,
+                3,
+                true,
+                &[
+                    ("kind", "debriefing"),
+                    ("year", "2026"),
+                    subject,
+                    ("result", "competent"),
+                ],
+            );
+        };
+        assert!(!passes(&d, &meta, v, made));
+        assert!(!passes(
+            &d,
+            &meta,
+            v,
+            set(democratic, &[("kind", "cadre_performance")])
+        ));
+        assert!(!passes(
+            &d,
+            &meta,
+            v,
+            set(rated, &[("kind", "democratic_appraisal")])
+        ));
+        assert!(passes(
+            &d,
+            &meta,
+            t,
+            set(democratic, &[("kind", "cadre_performance")])
+        ));
+        // Removing a rated appraisal takes the rating's authority.
+        let remove = |d: &mut Automerge| {
+            let spec = grassroots_schema::entity(DocKind::Appraisals).unwrap();
+            let w = [RecordWrite::Delete(RecordId::from_u64(rated))];
+            doc::apply_record_writes(d, spec, &w).unwrap();
+        };
+        assert!(!passes(&d, &meta, v, remove));
+        assert!(passes(&d, &meta, t, remove));
+
+        let meta = DocMeta::new(DocId::new(DocKind::Reports, u(v)));
+        let mut r = doc::empty(&doc::actor_for(&u(v), [1; 8]));
+        let report: &[(&str, &str)] = &[
+            ("kind", "annual_assessment"),
+            ("period", "2026"),
+            ("submittedOn", "2026-12-01"),
+            ("body", "Done"),
+        ];
+        write(&mut r, DocKind::Reports, 1, true, report);
+        let revise =
+            |d: &mut Automerge| write(d, DocKind::Reports, 1, false, &[("body", "Revised")]);
+        assert!(passes(&r, &meta, v, revise), "not reviewed yet");
+        r.set_actor(doc::actor_for(&u(t), [2; 8]));
+        write(
+            &mut r,
+            DocKind::Reports,
+            1,
+            false,
+            &[("review", "accepted")],
+        );
+        assert!(!passes(&r, &meta, v, revise), "accepted");
+        assert!(passes(&r, &meta, t, revise), "from above");
+        write(
+            &mut r,
+            DocKind::Reports,
+            1,
+            false,
+            &[("review", "returned")],
+        );
+        assert!(passes(&r, &meta, v, revise), "returned");
+    }
+
     #[test]
     fn a_local_write_is_held_to_what_the_parent_will_check() {
         let (village, township) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
@@ -301,7 +501,7 @@ mod tests {
         );
         let rec = RecordId::from_u64(1);
         // Handled by the village: its node may answer it.
-        assert!(check_local(&d, &meta, &village, rec, ["status"]).is_ok());
+        assert!(check_local(&d, &meta, &village, rec, &set(&[("status", "OPEN")])).is_ok());
         write(
             &mut d,
             DocKind::Complaints,
@@ -309,18 +509,57 @@ mod tests {
             false,
             &[("handler", "c01/k01/t01")],
         );
-        let e = check_local(&d, &meta, &village, rec, ["subject", "status"]).unwrap_err();
+        let e = check_local(
+            &d,
+            &meta,
+            &village,
+            rec,
+            &set(&[("subject", "Road"), ("status", "OPEN")]),
+        )
+        .unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
-        assert!(check_local(&d, &meta, &village, rec, ["subject"]).is_ok());
-        assert!(check_local(&d, &meta, &township, rec, ["status"]).is_ok());
+        assert!(check_local(&d, &meta, &village, rec, &set(&[("subject", "Road")])).is_ok());
+        assert!(check_local(&d, &meta, &township, rec, &set(&[("status", "OPEN")])).is_ok());
         // A new record (no such id yet) is the owner's to fill.
         let new = RecordId::from_u64(2);
-        assert!(check_local(&d, &meta, &village, new, ["status"]).is_ok());
+        assert!(check_local(&d, &meta, &village, new, &set(&[("status", "OPEN")])).is_ok());
 
         let reports = DocMeta::new(DocId::new(DocKind::Reports, village.clone()));
         let mut r = doc::empty(&doc::actor_for(&village, [1; 8]));
         write(&mut r, DocKind::Reports, 1, true, &[("body", "Done")]);
-        assert!(check_local(&r, &reports, &village, rec, ["review"]).is_err());
-        assert!(check_local(&r, &reports, &township, rec, ["review"]).is_ok());
+        assert!(check_local(&r, &reports, &village, rec, &set(&[("review", "accepted")])).is_err());
+        assert!(
+            check_local(
+                &r,
+                &reports,
+                &township,
+                rec,
+                &set(&[("review", "accepted")])
+            )
+            .is_ok()
+        );
+        // Creates are held to it too: a report made with its review, a debriefing made
+        // with its result; and an accepted report is changed only from above.
+        let new = RecordId::from_u64(2);
+        let review = set(&[("body", "Done"), ("review", "accepted")]);
+        assert!(check_local(&r, &reports, &village, new, &review).is_err());
+        write(
+            &mut r,
+            DocKind::Reports,
+            1,
+            false,
+            &[("review", "accepted")],
+        );
+        let body = set(&[("body", "Revised")]);
+        let e = check_local(&r, &reports, &village, rec, &body).unwrap_err();
+        assert!(e.contains("accepted above"), "{e}");
+        assert!(check_local(&r, &reports, &township, rec, &body).is_ok());
+        let appraisals = DocMeta::new(DocId::new(DocKind::Appraisals, village.clone()));
+        let a = doc::empty(&doc::actor_for(&village, [1; 8]));
+        let rated = set(&[("kind", "debriefing"), ("result", "excellent")]);
+        assert!(check_local(&a, &appraisals, &village, new, &rated).is_err());
+        assert!(check_local(&a, &appraisals, &township, new, &rated).is_ok());
+        let democratic = set(&[("kind", "democratic_appraisal"), ("result", "excellent")]);
+        assert!(check_local(&a, &appraisals, &village, new, &democratic).is_ok());
     }
 }
