@@ -207,6 +207,18 @@ enum StoreCommand {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Have a stopped node take back from its children, for DAYS days, the changes made in
+    /// its unit's name or above it, which it otherwise refuses from a child as forgeries:
+    /// after its disk was lost with no backup to restore (a restore does this by itself for
+    /// 14 days), or when a child that held them came online later than that.
+    TakeBack {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many days from now.
+        #[arg(long, default_value_t = 14)]
+        days: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -550,6 +562,20 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
         StoreCommand::Verify { dir } => (dir, false),
         StoreCommand::Rebuild { dir } => (dir, true),
         StoreCommand::Backup { dir, out } => return store_backup(&dir, out).await,
+        StoreCommand::TakeBack { dir, days } => {
+            let identity = Identity::load(&dir.join("pki"))?;
+            let window = std::time::Duration::from_secs(days.saturating_mul(86_400));
+            let until =
+                grassroots_node::store::window_end(grassroots_node::status::now_ms(), window);
+            backup::take_back(&dir.join("store.redb"), &identity.unit, until)
+                .with_context(|| format!("the store in {}", dir.display()))?;
+            println!(
+                "{} takes back from its children what was made in its name or above it, for \
+                 the next {days} days",
+                identity.unit
+            );
+            return Ok(());
+        }
         StoreCommand::Restore { dir, from } => {
             let identity = Identity::load(&dir.join("pki"))?;
             let restored = backup::restore(
@@ -990,6 +1016,41 @@ mod tests {
         // Without --out, the backup goes to the node's backups folder.
         store_cli(&["backup", "--dir", d])?;
         assert_eq!(std::fs::read_dir(dir.join("backups"))?.count(), 1);
+        // The restored node takes back from its children for 14 days; `take-back` sets
+        // another window, also on a node whose store is new (its disk lost, no backup).
+        let window = |dir: &Path| -> anyhow::Result<Option<u64>> {
+            rt.block_on(async {
+                let unit: UnitId = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .parse()?;
+                let (store, _reader, thread) =
+                    grassroots_node::store::open(&dir.join("store.redb"), unit)?;
+                let until = store.status().await?.take_back_until_ms;
+                thread.shutdown().await;
+                Ok(until)
+            })
+        };
+        let now = grassroots_node::status::now_ms();
+        let day = 86_400_000;
+        let days = |until: Option<u64>| until.map(|u| u.saturating_sub(now) / day);
+        assert_eq!(days(window(&dir)?), Some(13), "after a restore");
+        store_cli(&["take-back", "--dir", d, "--days", "30"])?;
+        assert_eq!(days(window(&dir)?), Some(30));
+        let fresh = tmp.path().join("c03");
+        pki_cli(&[
+            "init",
+            "--dir",
+            fresh.to_str().context("path")?,
+            "--unit",
+            "c03",
+            "--deployment",
+            "t.grassroots",
+        ])?;
+        store_cli(&["take-back", "--dir", fresh.to_str().context("path")?])?;
+        assert_eq!(days(window(&fresh)?), Some(14), "a new store");
+        assert_eq!(window(&other)?, None, "never told");
         Ok(())
     }
 

@@ -164,4 +164,7 @@ pub struct NodeStatus {
     pub documents_loaded: usize,
     /// Estimated memory of the loaded documents.
     pub loaded_bytes: u64,
+    /// Until when (ms since epoch) the node takes back from its children changes made in its
+    /// unit's name or above it (after a restore, or `grassroots store take-back`).
+    pub take_back_until_ms: Option<u64>,
 }

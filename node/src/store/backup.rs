@@ -23,7 +23,7 @@ use redb::{
 };
 
 use super::tables::{
-    CHANGES, DOC_STATE, DOCS, HEARD, META, OWNER, RESTORED_AT, SNAPSHOTS, SYNC_STATES, USERS,
+    CHANGES, DOC_STATE, DOCS, HEARD, META, OWNER, SNAPSHOTS, SYNC_STATES, TAKE_BACK_UNTIL, USERS,
     VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
 use super::{StoreError, db};
@@ -484,6 +484,31 @@ pub async fn restore(
     Ok(Restored { kept, users })
 }
 
+fn set_take_back(database: &Database, until_ms: u64) -> Result<(), StoreError> {
+    let tx = database.begin_write().map_err(db)?;
+    tx.open_table(META)
+        .map_err(db)?
+        .insert(TAKE_BACK_UNTIL, until_ms)
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+/// Have the stopped node of `me` whose store is `store` take back from its children, until
+/// `until_ms`, changes made in its name or above it: a node started on a new store after
+/// its disk was lost (without a backup to restore) gets back what only its children hold.
+/// Where there is no store yet, an empty one is made for `me`.
+pub fn take_back(store: &Path, me: &UnitId, until_ms: u64) -> Result<(), StoreError> {
+    let database = if store.exists() {
+        open_existing(store)?
+    } else {
+        let d = Database::create(store).map_err(db)?;
+        super::load::init_tables(&d, me)?;
+        d
+    };
+    check_owner(&database, store, me)?;
+    set_take_back(&database, until_ms)
+}
+
 /// The owner (user, group) of `path`, which files made for it are given.
 #[cfg(unix)]
 fn owner_ids(path: &Path) -> Option<(u32, u32)> {
@@ -550,12 +575,7 @@ async fn stage(
         check_owner(&target, from, me)?;
         // What this node wrote after the backup may be held only by its children now: the
         // store takes it back from them for a while (`RETURNING_WINDOW`).
-        let tx = target.begin_write().map_err(db)?;
-        tx.open_table(META)
-            .map_err(db)?
-            .insert(RESTORED_AT, now_ms)
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
+        set_take_back(&target, super::window_end(now_ms, super::RETURNING_WINDOW))?;
         let current_users = match current {
             Some(c) => users_in(c)?,
             None => 0,

@@ -98,11 +98,12 @@ pub(super) fn init_tables(database: &Database, me: &UnitId) -> Result<(), StoreE
     Ok(())
 }
 
-/// When a backup was last restored into the store, if ever (Unix milliseconds).
-pub(super) fn restored_at(database: &Database) -> Result<Option<u64>, StoreError> {
+/// Until when (Unix milliseconds) the store takes back from its children changes made in
+/// its unit's name or above it, if it was ever told to.
+pub(super) fn take_back_until(database: &Database) -> Result<Option<u64>, StoreError> {
     let tx = database.begin_read().map_err(db)?;
     let meta = tx.open_table(META).map_err(db)?;
-    Ok(meta.get(RESTORED_AT).map_err(db)?.map(|v| v.value()))
+    Ok(meta.get(TAKE_BACK_UNTIL).map_err(db)?.map(|v| v.value()))
 }
 
 fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {

@@ -85,18 +85,16 @@ const PEER_WORK: std::time::Duration = std::time::Duration::from_millis(500);
 /// Capacity of the peers' inbox (frames, and links gone down): readers wait when the store
 /// is this far behind, beside their links' own budgets.
 const PEER_INBOX: usize = 4096;
-/// How long after a restore from a backup the node takes changes authored at or above its
-/// unit from its children. A child never sends those otherwise (it got them from here), so
-/// outside this window they are refused as forgeries; inside it they are what the node
-/// wrote after the backup and reached a child only. Long enough for a village that comes
-/// online once a week.
+/// How long after a restore from a backup (or `grassroots store take-back`, by default) the
+/// node takes changes authored at or above its unit from its children. A child never sends
+/// those otherwise (it got them from here), so outside this window they are refused as
+/// forgeries; inside it they are what the node wrote after the backup and reached a child
+/// only. Long enough for a village that comes online once a week.
 pub const RETURNING_WINDOW: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
 
-/// Until when (Unix milliseconds) a store restored at `restored_at_ms` takes back changes
-/// from its children.
-fn returning_until(restored_at_ms: u64) -> u64 {
-    let window = u64::try_from(RETURNING_WINDOW.as_millis()).unwrap_or(u64::MAX);
-    restored_at_ms.saturating_add(window)
+/// `window` after `from_ms` (Unix milliseconds).
+pub fn window_end(from_ms: u64, window: std::time::Duration) -> u64 {
+    from_ms.saturating_add(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A storage failure.
@@ -484,18 +482,17 @@ pub fn open_database(
     let mut nonce = [0u8; 8];
     rng.fill(&mut nonce).map_err(|_| StoreError::Random)?;
     let mut engine = Engine::new(me.clone(), doc::actor_for(&me, nonce));
-    if let Some(at) = load::restored_at(&database)? {
-        let until = returning_until(at);
-        if until > now_ms() {
-            tracing::info!(
-                "restored from a backup: until {}, changes authored by {me} or above it are \
-                 taken from its children",
-                backup::utc_stamp(until)
-            );
-            engine.take_returning_changes_until(Some(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(until),
-            ));
-        }
+    if let Some(until) = load::take_back_until(&database)?
+        && until > now_ms()
+    {
+        tracing::info!(
+            "until {}, changes authored by {me} or above it are taken from its children \
+             (what it lost may be held only there: after a restore, or as told)",
+            backup::utc_stamp(until)
+        );
+        engine.take_returning_changes_until(Some(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(until),
+        ));
     }
     let mut persisted = HashMap::new();
     load::load_index(&database, &mut engine, &mut persisted)?;
@@ -2394,6 +2391,10 @@ impl Actor {
             documents: residency.hosted,
             documents_loaded: residency.loaded,
             loaded_bytes: residency.loaded_bytes,
+            take_back_until_ms: self.engine.returning_until().map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
         }
     }
 

@@ -25,12 +25,13 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// sensitive items in the tallies; members by year of joining).
 pub const LAYOUT: u64 = 8;
 
-/// `"layout"` -> layout version; [`RESTORED_AT`] -> when a backup was last restored into
-/// this store (Unix milliseconds), absent if never.
+/// `"layout"` -> layout version; [`TAKE_BACK_UNTIL`] -> until when (Unix milliseconds) the
+/// node takes back from its children changes made in its name or above it (set by a restore
+/// and by `grassroots store take-back`), absent if never.
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 
-/// The [`META`] key of the time of the last restore.
-pub const RESTORED_AT: &str = "restored-at-ms";
+/// The [`META`] key of the end of the window in which a node takes back what it lost.
+pub const TAKE_BACK_UNTIL: &str = "take-back-until-ms";
 
 /// `"unit"` -> the unit whose node this store belongs to, written at its first open (by
 /// this build, at the first open of an older store); a store is opened only for it.

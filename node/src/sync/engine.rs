@@ -471,6 +471,11 @@ impl Engine {
         self.returning_until = until;
     }
 
+    /// Until when changes made at or above this node are taken from its children, if set.
+    pub fn returning_until(&self) -> Option<std::time::SystemTime> {
+        self.returning_until
+    }
+
     /// Whether a change by `author` may arrive from `peer` (rule 2 aside): from a child, only
     /// one authored in the child's subtree, except while this node takes back what it lost.
     fn relayable(&self, author: &UnitId, peer: &UnitId) -> bool {
