@@ -2654,6 +2654,9 @@ impl Actor {
             // Creates of this batch by record, and repeats of them in it (answered after the
             // writes are applied, with what the first made).
             let (mut made, mut repeats) = (HashSet::new(), Vec::new());
+            // What the allowed writes so far set (or, `None`, removed) per record: the parent
+            // judges their one change as a whole, so each write is checked after them.
+            let mut set_before: HashMap<RecordId, Option<Fields>> = HashMap::new();
             for mut w in writes {
                 if let Some(record) = w.creates() {
                     if made.contains(&record) {
@@ -2677,12 +2680,23 @@ impl Actor {
                 }
                 let verdict = match w.field_writes() {
                     Some((record, fields)) => {
-                        crate::sync::check_local(doc, &meta, &me, record, &fields)
+                        let before = set_before.get(&record).map(Option::as_ref);
+                        crate::sync::check_local(doc, &meta, &me, record, &fields, before)
                     }
                     None => Ok(()),
                 };
                 match verdict {
                     Ok(()) => {
+                        if let Some((record, fields)) = w.field_writes() {
+                            let entry = set_before
+                                .entry(record)
+                                .or_insert_with(|| Some(Fields::new()));
+                            match (w.deletes(), entry.as_mut()) {
+                                (true, _) => *entry = None,
+                                (false, Some(set)) => set.extend(fields.into_owned()),
+                                (false, None) => *entry = Some(fields.into_owned()),
+                            }
+                        }
                         w.leave(&mut earlier);
                         allowed.push(w);
                     }
@@ -3756,6 +3770,58 @@ mod tests {
         let down = down.unwrap();
         assert_eq!(down.handler(), me);
         assert_eq!(status(&down), Some(text("escalated")));
+        t.shutdown().await;
+    }
+
+    /// A create and an update of its record taken in one batch make one change, which the
+    /// parent judges whole: the update is checked after the create (a debriefing made by the
+    /// village and then given its result by the village is refused, not sent up to be
+    /// refused there, which would hold back every later change of the document).
+    #[tokio::test]
+    async fn writes_in_one_batch_are_checked_after_each_other() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let appraisal = RecordRef {
+            kind: DocKind::Appraisals,
+            unit: me.clone(),
+            record: request_record(&me, None, "debriefing-2026"),
+        };
+        let made: Fields = [
+            ("kind", V::Text("debriefing".into())),
+            ("year", V::Int(2026)),
+            ("subject", V::Text("Secretary Wu".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let rated = Fields::from([("result".to_owned(), V::Text("excellent".into()))]);
+        let releaser = hold_for(&h, 2).await;
+        let (create, rate) = tokio::join!(
+            h.create_record(
+                DocKind::Appraisals,
+                me.clone(),
+                made,
+                None,
+                Some("debriefing-2026")
+            ),
+            h.update_record(appraisal.clone(), rated, None),
+        );
+        releaser.join().unwrap();
+        assert_eq!(create.unwrap().id, appraisal);
+        let e = rate.unwrap_err();
+        assert!(
+            matches!(&e, WriteError::Refused(r) if r.detail.contains("rated from above")),
+            "{e}"
+        );
+        assert!(
+            r.record(&appraisal)
+                .unwrap()
+                .unwrap()
+                .text("result")
+                .is_none()
+        );
         t.shutdown().await;
     }
 

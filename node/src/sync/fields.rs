@@ -266,14 +266,17 @@ pub fn check(
 }
 
 /// Check that this node (`me`) may write `fields` (with the values written) of record
-/// `record` of `meta`'s document as it is now (`doc`; a record not there yet is created):
-/// what a parent will check of the change the write makes.
+/// `record` of `meta`'s document as it is now (`doc`; a record not there yet is created),
+/// after what the writes before it in the same change did to the record (`earlier`:
+/// `Some(Some(values))` they set, `Some(None)` they removed it): what a parent will check of
+/// the change the writes make together.
 pub fn check_local(
     doc: &Automerge,
     meta: &DocMeta,
     me: &UnitId,
     record: RecordId,
     fields: &Fields,
+    earlier: Option<Option<&Fields>>,
 ) -> Result<(), String> {
     let Some(spec) = guarded(meta) else {
         return Ok(());
@@ -287,7 +290,14 @@ pub fn check_local(
         owner,
         handlers: HashMap::new(),
     };
-    let held = |k: &str| obj.as_ref().and_then(|o| text_at(doc, o, k, None));
+    let gone = matches!(earlier, Some(None));
+    let pending = earlier.flatten();
+    let exists = !gone && (pending.is_some() || obj.is_some());
+    let held = |k: &str| match pending.and_then(|f| f.get(k)) {
+        _ if gone => None,
+        Some(v) => v.as_text().map(str::to_owned),
+        None => obj.as_ref().and_then(|o| text_at(doc, o, k, None)),
+    };
     let written = |k: &str| match fields.get(k) {
         Some(v) => v.as_text().map(str::to_owned),
         None => held(k),
@@ -310,7 +320,7 @@ pub fn check_local(
             }
             continue;
         }
-        if let Some(why) = spec.above_only(name, obj.is_some(), &held, &written)
+        if let Some(why) = spec.above_only(name, exists, &held, &written)
             && !me.is_ancestor_of(owner)
         {
             return Err(format!(
@@ -501,7 +511,7 @@ mod tests {
         );
         let rec = RecordId::from_u64(1);
         // Handled by the village: its node may answer it.
-        assert!(check_local(&d, &meta, &village, rec, &set(&[("status", "OPEN")])).is_ok());
+        assert!(check_local(&d, &meta, &village, rec, &set(&[("status", "OPEN")]), None).is_ok());
         write(
             &mut d,
             DocKind::Complaints,
@@ -515,26 +525,38 @@ mod tests {
             &village,
             rec,
             &set(&[("subject", "Road"), ("status", "OPEN")]),
+            None,
         )
         .unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
-        assert!(check_local(&d, &meta, &village, rec, &set(&[("subject", "Road")])).is_ok());
-        assert!(check_local(&d, &meta, &township, rec, &set(&[("status", "OPEN")])).is_ok());
+        assert!(check_local(&d, &meta, &village, rec, &set(&[("subject", "Road")]), None).is_ok());
+        assert!(check_local(&d, &meta, &township, rec, &set(&[("status", "OPEN")]), None).is_ok());
         // A new record (no such id yet) is the owner's to fill.
         let new = RecordId::from_u64(2);
-        assert!(check_local(&d, &meta, &village, new, &set(&[("status", "OPEN")])).is_ok());
+        assert!(check_local(&d, &meta, &village, new, &set(&[("status", "OPEN")]), None).is_ok());
 
         let reports = DocMeta::new(DocId::new(DocKind::Reports, village.clone()));
         let mut r = doc::empty(&doc::actor_for(&village, [1; 8]));
         write(&mut r, DocKind::Reports, 1, true, &[("body", "Done")]);
-        assert!(check_local(&r, &reports, &village, rec, &set(&[("review", "accepted")])).is_err());
+        assert!(
+            check_local(
+                &r,
+                &reports,
+                &village,
+                rec,
+                &set(&[("review", "accepted")]),
+                None
+            )
+            .is_err()
+        );
         assert!(
             check_local(
                 &r,
                 &reports,
                 &township,
                 rec,
-                &set(&[("review", "accepted")])
+                &set(&[("review", "accepted")]),
+                None
             )
             .is_ok()
         );
@@ -542,7 +564,7 @@ mod tests {
         // with its result; and an accepted report is changed only from above.
         let new = RecordId::from_u64(2);
         let review = set(&[("body", "Done"), ("review", "accepted")]);
-        assert!(check_local(&r, &reports, &village, new, &review).is_err());
+        assert!(check_local(&r, &reports, &village, new, &review, None).is_err());
         write(
             &mut r,
             DocKind::Reports,
@@ -551,15 +573,22 @@ mod tests {
             &[("review", "accepted")],
         );
         let body = set(&[("body", "Revised")]);
-        let e = check_local(&r, &reports, &village, rec, &body).unwrap_err();
+        let e = check_local(&r, &reports, &village, rec, &body, None).unwrap_err();
         assert!(e.contains("accepted above"), "{e}");
-        assert!(check_local(&r, &reports, &township, rec, &body).is_ok());
+        assert!(check_local(&r, &reports, &township, rec, &body, None).is_ok());
         let appraisals = DocMeta::new(DocId::new(DocKind::Appraisals, village.clone()));
         let a = doc::empty(&doc::actor_for(&village, [1; 8]));
         let rated = set(&[("kind", "debriefing"), ("result", "excellent")]);
-        assert!(check_local(&a, &appraisals, &village, new, &rated).is_err());
-        assert!(check_local(&a, &appraisals, &township, new, &rated).is_ok());
+        assert!(check_local(&a, &appraisals, &village, new, &rated, None).is_err());
+        assert!(check_local(&a, &appraisals, &township, new, &rated, None).is_ok());
+        // After an earlier write of the same change made it a debriefing, a result is
+        // judged as the parent will judge the one change both make.
+        let made = set(&[("kind", "debriefing"), ("year", "2026")]);
+        let result = set(&[("result", "excellent")]);
+        assert!(check_local(&a, &appraisals, &village, new, &result, None).is_ok());
+        let e = check_local(&a, &appraisals, &village, new, &result, Some(Some(&made)));
+        assert!(e.is_err_and(|e| e.contains("rated from above")));
         let democratic = set(&[("kind", "democratic_appraisal"), ("result", "excellent")]);
-        assert!(check_local(&a, &appraisals, &village, new, &democratic).is_ok());
+        assert!(check_local(&a, &appraisals, &village, new, &democratic, None).is_ok());
     }
 }
