@@ -15,9 +15,9 @@ use automerge::{
 };
 use grassroots_schema::entities::{Organisation, ServiceFunction};
 use grassroots_schema::{
-    ActorTag, Education, EntitySpec, Fields, Gender, Member, MemberCategory, MemberId, MemberPatch,
-    MemberStatus, NewMember, Record, RecordId, RecordRef, Stamp, UnitDetails, UnitId, UnitProfile,
-    Value as FieldValue,
+    Access, ActorTag, Education, EntitySpec, Fields, Gender, Member, MemberCategory, MemberId,
+    MemberPatch, MemberStatus, NewMember, Record, RecordId, RecordRef, Stamp, UnitDetails, UnitId,
+    UnitProfile, Value as FieldValue,
 };
 
 /// A failure inside automerge while writing a record.
@@ -365,8 +365,15 @@ pub fn apply_record_writes(
             stamp_changed(tx, obj, stamp, !fields.is_empty())?;
             for (k, v) in fields {
                 match scalar(v) {
+                    // A review written again must be an op of its own: automerge skips a
+                    // put of the value already there, and an acceptance holds only for
+                    // what its op had seen (`changed_below_since`).
+                    Some(s) if spec.field(k).is_some_and(|f| f.access == Access::Review) => {
+                        tx.put(obj, k.as_str(), ScalarValue::Null)?;
+                        tx.put(obj, k.as_str(), s)?
+                    }
                     Some(s) => tx.put(obj, k.as_str(), s)?,
-                    None if spec.decided_above().any(|f| f.name == k) => {
+                    None if spec.by_authority().any(|f| f.name == k) => {
                         tx.put(obj, k.as_str(), ScalarValue::Null)?
                     }
                     None => clear(tx, obj, k)?,
@@ -390,6 +397,16 @@ pub fn by_authority(
     key: &str,
     heads: Option<&[ChangeHash]>,
 ) -> Option<ScalarValue> {
+    authority_winner(doc, obj, key, heads).map(|(s, _)| s)
+}
+
+/// [`by_authority`]'s value with the id of the op that wrote it.
+fn authority_winner(
+    doc: &Automerge,
+    obj: &ObjId,
+    key: &str,
+    heads: Option<&[ChangeHash]>,
+) -> Option<(ScalarValue, ObjId)> {
     let all = match heads {
         Some(h) => doc.get_all_at(obj, key, h),
         None => doc.get_all(obj, key),
@@ -403,21 +420,67 @@ pub fn by_authority(
             .map(|u| std::cmp::Reverse(u.level()))
     };
     all.into_iter()
-        .filter_map(|(v, id)| match (v, id) {
-            (Value::Scalar(s), automerge::ObjId::Id(counter, actor, _)) => {
-                Some(((rank(&actor), counter, actor), s.into_owned()))
-            }
+        .filter_map(|(v, id)| match (v, &id) {
+            (Value::Scalar(s), automerge::ObjId::Id(counter, actor, _)) => Some((
+                (rank(actor), *counter, actor.clone()),
+                (s.into_owned(), id.clone()),
+            )),
             _ => None,
         })
         .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, s)| s)
+        .map(|(_, w)| w)
 }
 
-/// A record's hydrated map with its fields decided from above resolved by authority
-/// ([`by_authority`]) where concurrent values exist; unchanged for other kinds.
+/// Whether a described field of the report map `obj` (owned by `owner`) other than its
+/// review changed after, or concurrently with, the change that wrote the review value
+/// `review` (an op id), other than by a unit above the owner: what was accepted is no longer
+/// what the report says. A field removed since counts as changed.
+fn changed_below_since(
+    doc: &Automerge,
+    spec: &EntitySpec,
+    obj: &ObjId,
+    owner: &UnitId,
+    review: &ObjId,
+) -> bool {
+    let Some(accepted) = doc.hash_for_opid(review) else {
+        return false;
+    };
+    let above = |id: &ObjId| match id {
+        automerge::ObjId::Id(_, actor, _) => {
+            ActorTag::unit_of(actor.to_bytes()).is_ok_and(|u| u.is_ancestor_of(owner))
+        }
+        automerge::ObjId::Root => false,
+    };
+    spec.fields
+        .iter()
+        .filter(|f| f.access != Access::Review)
+        .any(|f| {
+            let ids = |heads: Option<&[ChangeHash]>| -> Vec<ObjId> {
+                match heads {
+                    Some(h) => doc.get_all_at(obj, f.name, h),
+                    None => doc.get_all(obj, f.name),
+                }
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect()
+            };
+            let (now, then) = (ids(None), ids(Some(&[accepted])));
+            now.iter().any(|id| !then.contains(id) && !above(id))
+                || (now.is_empty() && !then.is_empty())
+        })
+}
+
+/// A record's hydrated map with the fields that resolve by authority
+/// ([`EntitySpec::by_authority`]) so resolved ([`by_authority`]) where concurrent values
+/// exist; and a report's acceptance left out (the review read as null, waiting for review
+/// again) when the report changed below after, or concurrently with, it
+/// ([`changed_below_since`]): a unit cannot keep an acceptance for content it changed,
+/// whatever heads it wrote from.
 fn resolved<'a>(
     doc: &Automerge,
     spec: &EntitySpec,
+    owner: &UnitId,
     record: RecordId,
     value: &'a hydrate::Value,
 ) -> std::borrow::Cow<'a, hydrate::Value> {
@@ -427,10 +490,16 @@ fn resolved<'a>(
     };
     // Only a field with concurrent values can resolve differently.
     let mut conflicted = spec
-        .decided_above()
+        .by_authority()
         .filter(|f| map.iter().any(|(k, v)| k == f.name && v.conflict))
         .peekable();
-    if conflicted.peek().is_none() {
+    let accepted = spec.kind == grassroots_schema::DocKind::Reports
+        && map.iter().any(|(k, v)| {
+            k == "review"
+                && matches!(&v.value, hydrate::Value::Scalar(s)
+                    if s.as_str() == Some(grassroots_schema::entities::ReportReview::Accepted.as_str()))
+        });
+    if conflicted.peek().is_none() && !accepted {
         return Cow::Borrowed(value);
     }
     let Some(obj) = record_obj(doc, record) else {
@@ -449,6 +518,20 @@ fn resolved<'a>(
                 },
             );
         }
+    }
+    if spec.kind == grassroots_schema::DocKind::Reports
+        && let Some((s, id)) = authority_winner(doc, &obj, "review", None)
+        && s.as_str() == Some(grassroots_schema::entities::ReportReview::Accepted.as_str())
+        && changed_below_since(doc, spec, &obj, owner, &id)
+        && let hydrate::Value::Map(map) = out.to_mut()
+    {
+        map.insert(
+            "review".to_owned(),
+            hydrate::MapValue {
+                value: hydrate::Value::Scalar(ScalarValue::Null),
+                conflict: false,
+            },
+        );
     }
     out
 }
@@ -470,7 +553,7 @@ pub fn read_records(doc: &Automerge, spec: &EntitySpec, unit: &UnitId) -> Vec<Re
             spec,
             unit,
             record,
-            &resolved(doc, spec, record, &value.value),
+            &resolved(doc, spec, unit, record, &value.value),
         ) {
             out.push(r);
         }
@@ -493,8 +576,26 @@ pub fn read_record(
         spec,
         unit,
         record,
-        &resolved(doc, spec, record, &value),
+        &resolved(doc, spec, unit, record, &value),
     )
+}
+
+/// Whether record `record` of a document of `spec`'s kind owned by `unit` was present and
+/// well-formed as of `heads`.
+pub fn record_reads_at(
+    doc: &Automerge,
+    spec: &EntitySpec,
+    unit: &UnitId,
+    record: RecordId,
+    heads: &[ChangeHash],
+) -> bool {
+    let Ok(Some((Value::Object(ObjType::Map), obj))) = doc.get_at(ROOT, record.to_string(), heads)
+    else {
+        return false;
+    };
+    ReadDoc::hydrate(doc, &obj, Some(heads))
+        .ok()
+        .is_some_and(|v| record_from(doc, spec, unit, record, &v).is_some())
 }
 
 /// A record from its map: every described field of the right type (required ones present);
@@ -946,6 +1047,7 @@ pub fn revoke(doc: &mut Automerge, fingerprint: &str, child: &UnitId) -> Result<
 mod tests {
     use super::*;
     use automerge::sync::{self, SyncDoc};
+    use grassroots_schema::DocKind;
 
     fn unit(s: &str) -> UnitId {
         s.parse().unwrap()
@@ -1108,6 +1210,162 @@ mod tests {
         let merged = read_member(&a, &unit, rec).unwrap();
         assert_eq!(merged.phone.as_deref(), Some("138 1111 2222"));
         assert_eq!(merged.name, "Zhao Min");
+    }
+
+    /// Record writes of `kind` on `d` (fields as text, a year as a number).
+    fn record_write(d: &mut Automerge, kind: DocKind, rec: u64, create: bool, f: &[(&str, &str)]) {
+        let fields: grassroots_schema::Fields = f
+            .iter()
+            .map(|(k, v)| {
+                let v = match (*k, v.parse::<i64>()) {
+                    ("year", Ok(i)) => grassroots_schema::Value::Int(i),
+                    _ => grassroots_schema::Value::Text((*v).into()),
+                };
+                (k.to_string(), v)
+            })
+            .collect();
+        let spec = grassroots_schema::entity(kind).unwrap();
+        let rec = RecordId::from_u64(rec);
+        let w = if create {
+            RecordWrite::Create(rec, &fields, None)
+        } else {
+            RecordWrite::Update(rec, &fields, None)
+        };
+        let r = apply_record_writes(d, spec, &[w]).unwrap();
+        assert!(r.iter().all(Result::is_ok));
+    }
+
+    /// A village that changes its report from heads before its township accepted it (as a
+    /// hostile one may, to pass the check against those heads) loses the acceptance: the
+    /// review reads as null, waiting for review again. An edit the acceptance saw, and one
+    /// from above after it, keep it.
+    #[test]
+    fn an_acceptance_holds_only_for_what_was_accepted() {
+        let (v, t): (UnitId, UnitId) = (
+            "c01/k01/t01/v01".parse().unwrap(),
+            "c01/k01/t01".parse().unwrap(),
+        );
+        let spec = grassroots_schema::entity(DocKind::Reports).unwrap();
+        let mut d = empty(&actor_for(&v, [1; 8]));
+        let report = [
+            ("kind", "annual_assessment"),
+            ("period", "2026"),
+            ("submittedOn", "2026-12-01"),
+            ("body", "Done"),
+        ];
+        record_write(&mut d, DocKind::Reports, 1, true, &report);
+        record_write(
+            &mut d,
+            DocKind::Reports,
+            1,
+            false,
+            &[("body", "Done, seen")],
+        );
+        let before = d.fork().with_actor(actor_for(&v, [2; 8]));
+        d.set_actor(actor_for(&t, [3; 8]));
+        record_write(
+            &mut d,
+            DocKind::Reports,
+            1,
+            false,
+            &[("review", "accepted")],
+        );
+        let review = |d: &Automerge| {
+            read_record(d, spec, &v, RecordId::from_u64(1))
+                .unwrap()
+                .text("review")
+                .map(str::to_owned)
+        };
+        assert_eq!(review(&d).as_deref(), Some("accepted"));
+        // From above, after it: still accepted.
+        record_write(
+            &mut d,
+            DocKind::Reports,
+            1,
+            false,
+            &[("body", "Done, corrected above")],
+        );
+        assert_eq!(review(&d).as_deref(), Some("accepted"));
+        // From below, from heads before it.
+        let mut forged = before;
+        record_write(
+            &mut forged,
+            DocKind::Reports,
+            1,
+            false,
+            &[("submittedOn", "2026-11-01")],
+        );
+        d.merge(&mut forged).unwrap();
+        assert_eq!(
+            review(&d),
+            None,
+            "accepted after a change below it never saw"
+        );
+        // Accepted again from above (its change sees the edit): accepted.
+        record_write(
+            &mut d,
+            DocKind::Reports,
+            1,
+            false,
+            &[("review", "accepted")],
+        );
+        assert_eq!(review(&d).as_deref(), Some("accepted"));
+    }
+
+    /// A village writing an appraisal's kind and result from heads before its township made
+    /// it a cadre's performance appraisal and rated it does not win by op order.
+    #[test]
+    fn an_appraisals_kind_and_rating_resolve_by_authority() {
+        let (v, t): (UnitId, UnitId) = (
+            "c01/k01/t01/v01".parse().unwrap(),
+            "c01/k01/t01".parse().unwrap(),
+        );
+        let spec = grassroots_schema::entity(DocKind::Appraisals).unwrap();
+        let mut d = empty(&actor_for(&v, [1; 8]));
+        record_write(
+            &mut d,
+            DocKind::Appraisals,
+            1,
+            true,
+            &[
+                ("kind", "democratic_appraisal"),
+                ("year", "2026"),
+                ("subject", "Secretary Wu"),
+            ],
+        );
+        // The village writes more ops first, so its values have the higher counters and op
+        // order alone would pick them.
+        let mut village = d.fork().with_actor(actor_for(&v, [2; 8]));
+        for day in ["2026-12-01", "2026-12-02", "2026-12-03"] {
+            record_write(
+                &mut village,
+                DocKind::Appraisals,
+                1,
+                false,
+                &[("heldOn", day)],
+            );
+        }
+        d.set_actor(actor_for(&t, [3; 8]));
+        record_write(
+            &mut d,
+            DocKind::Appraisals,
+            1,
+            false,
+            &[("kind", "cadre_performance"), ("result", "incompetent")],
+        );
+        record_write(
+            &mut village,
+            DocKind::Appraisals,
+            1,
+            false,
+            &[("kind", "democratic_appraisal"), ("result", "excellent")],
+        );
+        d.merge(&mut village).unwrap();
+        let r = read_record(&d, spec, &v, RecordId::from_u64(1)).unwrap();
+        assert_eq!(
+            (r.text("kind"), r.text("result")),
+            (Some("cadre_performance"), Some("incompetent"))
+        );
     }
 
     /// Categories are one field each: concurrent changes to different ones merge, a set

@@ -814,6 +814,18 @@ impl EntitySpec {
         })
     }
 
+    /// The fields whose concurrent values resolve by authority (the unit highest on the line
+    /// wins), not by automerge's op order: those decided above ([`Self::decided_above`]),
+    /// and an appraisal's kind and rating, so that a unit writing from older heads cannot
+    /// outrank its parent's rating, or a kind that made the rating the parent's, by op order.
+    pub fn by_authority(&self) -> impl Iterator<Item = &'static FieldSpec> + '_ {
+        let appraisals = self.kind == DocKind::Appraisals;
+        self.fields.iter().filter(move |f| {
+            self.decided_above().any(|d| d.name == f.name)
+                || (appraisals && (f.name == "kind" || f.access == Access::Supervisory))
+        })
+    }
+
     /// The fields only units above their writer may overrule, and only by authority: review
     /// fields, and a complaint's supervisory fields (the unit handling it decides them).
     /// Concurrent values of these resolve by authority, not by automerge's op order.

@@ -2991,7 +2991,7 @@ impl Actor {
                         // value that loses the op order (it may win by authority): such a
                         // document's rows are all read again (one unit's complaints or
                         // reports).
-                        Some(spec) if spec.decided_above().next().is_some() => Only::All,
+                        Some(spec) if spec.by_authority().next().is_some() => Only::All,
                         Some(spec) => Only::Records(Cow::Owned(
                             touched()
                                 .map(|r| (r, doc::read_record(d, spec, &id.owner, r)))

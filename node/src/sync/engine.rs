@@ -1631,9 +1631,6 @@ impl Engine {
         // A document of a unit this node does not know to be registered waits for the
         // profile that registers it (often in flight on the same link): not an offence, so
         // it is answered but not counted as a rejection.
-        if relayed && !self.docs.contains_key(&id) {
-            return Err(self.relayed_rejection(peer, &id));
-        }
         if !self.docs.contains_key(&id) && !self.take_new(peer, &meta, step) {
             step.send.push((
                 peer.clone(),
@@ -2059,7 +2056,7 @@ mod tests {
         assert_eq!(after.get_heads(), before);
         assert!(
             after.get_missing_deps(&[]).is_empty(),
-            "the forged change waits"
+            "a forged change was left waiting"
         );
     }
 
@@ -2085,6 +2082,16 @@ mod tests {
             assert_refused(&mut t, &mut v, RejectReason::Unauthorised);
             assert_eq!(names(&t, vu), ["Village Own"], "{until:?}");
         }
+        // Nor from a document the node does not hold at all (a backup older than the
+        // register): all of it is new here.
+        let mut t = engine(tu, 4);
+        let profile = DocId::new(DocKind::Profile, u(tu));
+        for (meta, d) in backup.iter().filter(|(m, _)| m.id == profile) {
+            t.insert(meta.clone(), d.clone());
+        }
+        let _ = v.disconnect(&u(tu));
+        assert_refused(&mut t, &mut v, RejectReason::Unauthorised);
+        assert!(names(&t, vu).is_empty());
         // Within it, it comes back.
         let mut t = restored(Some(now + hour));
         let _ = v.disconnect(&u(tu));

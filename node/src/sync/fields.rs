@@ -178,6 +178,8 @@ pub fn check(
         owner: meta.owner(),
         handlers: HashMap::new(),
     };
+    // The record maps the changes wrote into (legacy object ids).
+    let mut touched = std::collections::BTreeSet::new();
     for change in candidate.get_changes(before) {
         let Ok(author) = ActorTag::unit_of(change.actor_id().to_bytes()) else {
             return refuse(
@@ -193,8 +195,11 @@ pub fn check(
             };
             // Most ops set a record's plain field, which nothing here guards: skip them
             // before turning the op's object into a document id (a string round trip).
-            if !matches!(op.obj, automerge::legacy::ObjectId::Root) && !watched(spec, name) {
-                continue;
+            if !matches!(op.obj, automerge::legacy::ObjectId::Root) {
+                touched.insert(op.obj.to_string());
+                if !watched(spec, name) {
+                    continue;
+                }
             }
             let Ok((obj, _)) = candidate.import(&op.obj.to_string()) else {
                 continue;
@@ -260,6 +265,34 @@ pub fn check(
             if let Some(why) = reader.refusal(&author, &obj, name, &deps, &itself) {
                 return refuse(RejectReason::Unauthorised, why);
             }
+        }
+    }
+    // Nor may they leave a record that read before them unreadable (a year as text, a
+    // required field removed): every view leaves out such a record, and with it a decision
+    // from above it holds (a rating, a review, a complaint's handling).
+    for o in touched {
+        let Ok((obj, _)) = candidate.import(&o) else {
+            continue;
+        };
+        let record = candidate
+            .parents(&obj)
+            .ok()
+            .and_then(|mut p| p.next())
+            .and_then(|p| match p.prop {
+                automerge::Prop::Map(key) => key.parse::<RecordId>().ok(),
+                automerge::Prop::Seq(_) => None,
+            });
+        if let Some(record) = record
+            && doc::record_reads_at(candidate, spec, reader.owner, record, before)
+            && doc::read_record(candidate, spec, reader.owner, record).is_none()
+        {
+            return refuse(
+                RejectReason::Malformed,
+                format!(
+                    "a change leaves the record {record} no longer readable as a {}",
+                    spec.type_name
+                ),
+            );
         }
     }
     Ok(())
@@ -356,9 +389,13 @@ mod tests {
         create: bool,
         fields: &[(&str, &str)],
     ) {
+        // Text, but a year as a number (as the gateway writes it).
         let fields: Fields = fields
             .iter()
-            .map(|(k, v)| (k.to_string(), V::Text(v.to_string())))
+            .map(|(k, v)| match (*k, v.parse::<i64>()) {
+                ("year", Ok(y)) => (k.to_string(), V::Int(y)),
+                _ => (k.to_string(), V::Text(v.to_string())),
+            })
             .collect();
         let rec = RecordId::from_u64(record);
         let w = if create {
@@ -464,6 +501,15 @@ mod tests {
         };
         assert!(!passes(&d, &meta, v, remove));
         assert!(passes(&d, &meta, t, remove));
+        // Nor does a change leave it unreadable (a year as text), which would drop it, and
+        // its rating, out of every view; one that keeps it readable passes.
+        assert!(!passes(&d, &meta, v, set(rated, &[("year", "soon")])));
+        assert!(passes(
+            &d,
+            &meta,
+            v,
+            set(rated, &[("heldOn", "2026-12-01")])
+        ));
 
         let meta = DocMeta::new(DocId::new(DocKind::Reports, u(v)));
         let mut r = doc::empty(&doc::actor_for(&u(v), [1; 8]));
