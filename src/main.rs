@@ -210,13 +210,15 @@ enum StoreCommand {
     /// Have a stopped node take back from its children, for DAYS days, the changes made in
     /// its unit's name or above it, which it otherwise refuses from a child as forgeries:
     /// after its disk was lost with no backup to restore (a restore does this by itself for
-    /// 14 days), or when a child that held them came online later than that.
+    /// 14 days), or when a child that held them came online later than that. While the
+    /// window is open a child could pass off its own changes as this node's: keep it short.
+    /// Run as the node's user or as root (a store it makes is given to the folder's owner).
     TakeBack {
         /// The node's data folder.
         #[arg(long)]
         dir: PathBuf,
-        /// How many days from now.
-        #[arg(long, default_value_t = 14)]
+        /// How many days from now (0 closes the window; at most 90).
+        #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u64).range(0..=90))]
         days: u64,
     },
 }

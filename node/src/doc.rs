@@ -342,10 +342,12 @@ fn scalar(v: &FieldValue) -> Option<ScalarValue> {
 
 /// Apply record writes of `spec`'s kind in order in one automerge transaction (see
 /// [`apply_member_writes`]). A `null` clears a field by deleting its key, so a value set
-/// concurrently survives, except in a field decided from above
-/// ([`EntitySpec::decided_above`]): there it writes an explicit null, which takes part in
+/// concurrently survives, except in a field that resolves by authority
+/// ([`EntitySpec::by_authority`]): there it writes an explicit null, which takes part in
 /// the resolution by authority ([`by_authority`]) like any value, so a clearing from above
-/// wins over a value set concurrently below.
+/// wins over a value set concurrently below; and in any field of a report, whose acceptance
+/// holds only while nothing below changed it ([`changed_below_since`]): a deleted key has
+/// no op to tell who cleared it, an explicit null does.
 pub fn apply_record_writes(
     doc: &mut Automerge,
     spec: &EntitySpec,
@@ -373,7 +375,9 @@ pub fn apply_record_writes(
                         tx.put(obj, k.as_str(), s)?
                     }
                     Some(s) => tx.put(obj, k.as_str(), s)?,
-                    None if spec.by_authority().any(|f| f.name == k) => {
+                    None if spec.kind == grassroots_schema::DocKind::Reports
+                        || spec.by_authority().any(|f| f.name == k) =>
+                    {
                         tx.put(obj, k.as_str(), ScalarValue::Null)?
                     }
                     None => clear(tx, obj, k)?,
@@ -385,8 +389,8 @@ pub fn apply_record_writes(
     })
 }
 
-/// The value of a field decided from above (`EntitySpec::decided_above`: a review, a
-/// complaint's handling) of the record map `obj`, as of `heads` (`None`: now), with
+/// The value of a field that resolves by authority (`EntitySpec::by_authority`: a review, a
+/// complaint's handling, an appraisal's kind and rating) of the record map `obj`, as of `heads` (`None`: now), with
 /// concurrent values resolved by authority, not by automerge's op order: the value written
 /// by the unit highest on the line wins, and among one unit's values automerge's usual
 /// winner (highest counter, then actor). Otherwise a unit below could win a conflict it
@@ -451,21 +455,38 @@ fn changed_below_since(
         }
         automerge::ObjId::Root => false,
     };
+    // The record as the acceptance saw it, read once (one clock); a field then in conflict
+    // has its other values read apart.
+    let heads = [accepted];
+    let then: HashMap<String, (ObjId, bool)> = doc
+        .map_range_at(obj, .., &heads)
+        .map(|item| {
+            let id = item.id();
+            (item.key.into_owned(), (id, item.conflict))
+        })
+        .collect();
     spec.fields
         .iter()
         .filter(|f| f.access != Access::Review)
         .any(|f| {
-            let ids = |heads: Option<&[ChangeHash]>| -> Vec<ObjId> {
-                match heads {
-                    Some(h) => doc.get_all_at(obj, f.name, h),
-                    None => doc.get_all(obj, f.name),
-                }
+            let now: Vec<ObjId> = doc
+                .get_all(obj, f.name)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(_, id)| id)
-                .collect()
+                .collect();
+            let then: Vec<ObjId> = match then.get(f.name) {
+                None => Vec::new(),
+                Some((id, false)) => vec![id.clone()],
+                Some((_, true)) => doc
+                    .get_all_at(obj, f.name, &heads)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(_, id)| id)
+                    .collect(),
             };
-            let (now, then) = (ids(None), ids(Some(&[accepted])));
+            // A key gone is a raw delete: this build clears a report's fields with an
+            // explicit null, which names its writer.
             now.iter().any(|id| !then.contains(id) && !above(id))
                 || (now.is_empty() && !then.is_empty())
         })
@@ -1212,13 +1233,14 @@ mod tests {
         assert_eq!(merged.name, "Zhao Min");
     }
 
-    /// Record writes of `kind` on `d` (fields as text, a year as a number).
+    /// Record writes of `kind` on `d` (fields as text, a year as a number, `null` a clear).
     fn record_write(d: &mut Automerge, kind: DocKind, rec: u64, create: bool, f: &[(&str, &str)]) {
         let fields: grassroots_schema::Fields = f
             .iter()
             .map(|(k, v)| {
-                let v = match (*k, v.parse::<i64>()) {
-                    ("year", Ok(i)) => grassroots_schema::Value::Int(i),
+                let v = match (*k, *v, v.parse::<i64>()) {
+                    ("year", _, Ok(i)) => grassroots_schema::Value::Int(i),
+                    (_, "null", _) => grassroots_schema::Value::Null,
                     _ => grassroots_schema::Value::Text((*v).into()),
                 };
                 (k.to_string(), v)
@@ -1247,11 +1269,17 @@ mod tests {
         );
         let spec = grassroots_schema::entity(DocKind::Reports).unwrap();
         let mut d = empty(&actor_for(&v, [1; 8]));
+        let named = MemberId {
+            unit: t.clone(),
+            record: RecordId::from_u64(1),
+        }
+        .to_string();
         let report = [
             ("kind", "annual_assessment"),
             ("period", "2026"),
             ("submittedOn", "2026-12-01"),
             ("body", "Done"),
+            ("directive", named.as_str()),
         ];
         record_write(&mut d, DocKind::Reports, 1, true, &report);
         record_write(
@@ -1277,7 +1305,14 @@ mod tests {
                 .map(str::to_owned)
         };
         assert_eq!(review(&d).as_deref(), Some("accepted"));
-        // From above, after it: still accepted.
+        // From above, after it (a field it held cleared, then another changed): still
+        // accepted.
+        record_write(&mut d, DocKind::Reports, 1, false, &[("directive", "null")]);
+        assert_eq!(
+            review(&d).as_deref(),
+            Some("accepted"),
+            "cleared from above"
+        );
         record_write(
             &mut d,
             DocKind::Reports,
@@ -1358,7 +1393,7 @@ mod tests {
             DocKind::Appraisals,
             1,
             false,
-            &[("kind", "democratic_appraisal"), ("result", "excellent")],
+            &[("kind", "villagers_questioning"), ("result", "excellent")],
         );
         d.merge(&mut village).unwrap();
         let r = read_record(&d, spec, &v, RecordId::from_u64(1)).unwrap();

@@ -498,15 +498,30 @@ fn set_take_back(database: &Database, until_ms: u64) -> Result<(), StoreError> {
 /// its disk was lost (without a backup to restore) gets back what only its children hold.
 /// Where there is no store yet, an empty one is made for `me`.
 pub fn take_back(store: &Path, me: &UnitId, until_ms: u64) -> Result<(), StoreError> {
-    let database = if store.exists() {
-        open_existing(store)?
-    } else {
+    let made = !store.exists();
+    let database = if made {
         let d = Database::create(store).map_err(db)?;
         super::load::init_tables(&d, me)?;
         d
+    } else {
+        open_existing(store)?
     };
     check_owner(&database, store, me)?;
-    set_take_back(&database, until_ms)
+    let layout = {
+        let tx = database.begin_read().map_err(db)?;
+        let meta = tx.open_table(META).map_err(db)?;
+        meta.get("layout").map_err(db)?.map(|v| v.value())
+    };
+    if let Some(l) = layout.filter(|l| *l > super::tables::LAYOUT) {
+        return Err(StoreError::TooNew { layout: l });
+    }
+    set_take_back(&database, until_ms)?;
+    drop(database);
+    // A store made by an operator's command (run as root) must be the node's to open.
+    if made {
+        give(store, owner_ids(folder_of(store)))?;
+    }
+    Ok(())
 }
 
 /// The owner (user, group) of `path`, which files made for it are given.

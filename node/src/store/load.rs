@@ -32,15 +32,17 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "views of every record kind, roll-ups with their tallies",
         super::rollup::recompute,
     ),
-    // Layout 8 writes every view again, as 5 to 7 did: a store older than 7 does it once.
-    (5, "views written again at layout 8", nothing),
-    (6, "views written again at layout 8", nothing),
-    (7, "views written again at layout 8", nothing),
+    // Layout 9 writes every view again, as 5 to 8 did: a store older than 8 does it once.
+    (5, "views written again at layout 9", nothing),
+    (6, "views written again at layout 9", nothing),
+    (7, "views written again at layout 9", nothing),
+    (8, "views written again at layout 9", nothing),
     (
-        8,
+        9,
         "every view written again (stamps checked on reading; member categories, \
          secretaries, attendance, disclosure years and items, appraisal results and \
-         members by join year counted)",
+         members by join year counted; appraisals' kind and rating read by authority, \
+         reports changed below their acceptance read as not reviewed)",
         migrate_5_views,
     ),
 ];
@@ -164,11 +166,13 @@ fn nothing(_tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Layout 8: every view row written again from the documents, as `grassroots store rebuild`
+/// Layouts 5 to 9: every view row written again from the documents, as `grassroots store rebuild`
 /// does. Rows written by earlier builds could hold what readers now leave out (a stamp
 /// naming a unit outside the writing node's subtree, checked on reading since layout 5) or
 /// lack what they now count (member categories since layout 6, secretaries, attendance and
-/// disclosure years since 7, the rest of the roll-up's additions since 8).
+/// disclosure years since 7, the rest of the roll-up's additions since 8), or read records
+/// otherwise than readers now do (an appraisal's kind and rating by authority, a report
+/// changed below its acceptance as not reviewed, since 9).
 fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     let metas: Vec<(String, DocMeta)> = {
         let docs = tx.open_table(DOCS).map_err(db)?;

@@ -22,8 +22,10 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// from a peer without counting them); 7: views written again (secretaries' terms, age,
 /// education and concurrent posts, meeting attendance, disclosures by year in the roll-up
 /// tallies); 8: views written again (appraisal results and outcomes, disclosures of
-/// sensitive items in the tallies; members by year of joining).
-pub const LAYOUT: u64 = 8;
+/// sensitive items in the tallies; members by year of joining); 9: views written again (an
+/// appraisal's kind and rating read by authority, a report changed below its acceptance
+/// read as not reviewed).
+pub const LAYOUT: u64 = 9;
 
 /// `"layout"` -> layout version; [`TAKE_BACK_UNTIL`] -> until when (Unix milliseconds) the
 /// node takes back from its children changes made in its name or above it (set by a restore

@@ -282,7 +282,10 @@ pub fn check(
                 automerge::Prop::Map(key) => key.parse::<RecordId>().ok(),
                 automerge::Prop::Seq(_) => None,
             });
+        // A record removed whole is `refusal_whole`'s to judge (an edit and then a removal
+        // in one message leave the map behind, unseen).
         if let Some(record) = record
+            && doc::record_obj(candidate, record).is_some()
             && doc::record_reads_at(candidate, spec, reader.owner, record, before)
             && doc::read_record(candidate, spec, reader.owner, record).is_none()
         {
@@ -510,6 +513,20 @@ mod tests {
             v,
             set(rated, &[("heldOn", "2026-12-01")])
         ));
+        // An edit and then a removal of a record it may remove, in one message.
+        let edit_then_remove = |d: &mut Automerge| {
+            write(
+                d,
+                DocKind::Appraisals,
+                democratic,
+                false,
+                &[("heldOn", "2026-12-01")],
+            );
+            let spec = grassroots_schema::entity(DocKind::Appraisals).unwrap();
+            let w = [RecordWrite::Delete(RecordId::from_u64(democratic))];
+            doc::apply_record_writes(d, spec, &w).unwrap();
+        };
+        assert!(passes(&d, &meta, v, edit_then_remove));
 
         let meta = DocMeta::new(DocId::new(DocKind::Reports, u(v)));
         let mut r = doc::empty(&doc::actor_for(&u(v), [1; 8]));
