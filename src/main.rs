@@ -929,13 +929,17 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         let (dir, other) = (tmp.path().join("c01"), tmp.path().join("c02"));
         let rt = tokio::runtime::Runtime::new()?;
+        // The unit whose data folder `dir` is (named after it in this test).
+        let unit_of = |dir: &Path| -> anyhow::Result<UnitId> {
+            Ok(dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .parse()?)
+        };
         let members = |dir: &Path, add: Option<&str>| -> anyhow::Result<usize> {
             rt.block_on(async {
-                let unit: UnitId = dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("")
-                    .parse()?;
+                let unit = unit_of(dir)?;
                 let (store, reader, thread) =
                     grassroots_node::store::open(&dir.join("store.redb"), unit.clone())?;
                 store.set_profile(format!("City {unit}"), vec![]).await?;
@@ -1022,13 +1026,8 @@ mod tests {
         // another window, also on a node whose store is new (its disk lost, no backup).
         let window = |dir: &Path| -> anyhow::Result<Option<u64>> {
             rt.block_on(async {
-                let unit: UnitId = dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("")
-                    .parse()?;
                 let (store, _reader, thread) =
-                    grassroots_node::store::open(&dir.join("store.redb"), unit)?;
+                    grassroots_node::store::open(&dir.join("store.redb"), unit_of(dir)?)?;
                 let until = store.status().await?.take_back_until_ms;
                 thread.shutdown().await;
                 Ok(until)

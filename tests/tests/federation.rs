@@ -723,22 +723,9 @@ async fn forged_and_out_of_scope_messages_from_a_child_are_refused() -> anyhow::
         .get_changes(&[])
         .pop()
         .context("no forged profile change")?;
-    let message = sync::Message {
-        heads: vec![change.hash()],
-        need: vec![],
-        have: vec![],
-        changes: change.raw_bytes().to_vec().into(),
-        flags: None,
-        version: sync::MessageVersion::V1,
-    };
-    write_frame(
-        &mut link.send,
-        &Msg::Sync {
-            doc: profile.clone(),
-            data: message.encode(),
-        },
-    )
-    .await?;
+    let forged_profile =
+        grassroots_node::sync::carrying(&profile, vec![change.hash()], change.raw_bytes().to_vec());
+    write_frame(&mut link.send, &forged_profile).await?;
     let mut seen = Vec::new();
     let unauthorised = |seen: &[(RejectReason, Option<DocId>)], doc: &DocId| {
         seen.contains(&(RejectReason::Unauthorised, Some(doc.clone())))

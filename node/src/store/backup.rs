@@ -625,7 +625,7 @@ async fn stage(
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::sample;
+    use super::super::tests::{names, sample};
     use super::*;
     use grassroots_schema::Role;
     use std::sync::Arc;
@@ -640,18 +640,6 @@ mod tests {
         let (h, r, t) = super::super::open(&dir.join("store.redb"), u("c01")).unwrap();
         h.set_profile("City".into(), vec![]).await.unwrap();
         (h, r, t)
-    }
-
-    fn names(r: &super::super::StoreReader, me: &UnitId) -> Vec<String> {
-        let mut n: Vec<String> = r
-            .members(me, false, None, 10_000)
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|(_, m)| m.name)
-            .collect();
-        n.sort();
-        n
     }
 
     fn tables(path: &Path) -> Vec<String> {

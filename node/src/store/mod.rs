@@ -4600,6 +4600,19 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// The names of `unit`'s members as `r` reads them, sorted.
+    pub(super) fn names(r: &StoreReader, unit: &UnitId) -> Vec<String> {
+        let mut n: Vec<String> = r
+            .members(unit, false, None, 10_000)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|(_, m)| m.name)
+            .collect();
+        n.sort();
+        n
+    }
+
     /// Counters of a link whose peer presents `fingerprint`.
     fn link_counters(fingerprint: &str) -> Arc<LinkCounters> {
         Arc::new(LinkCounters::new(fingerprint.into(), 1, "test".into()))
@@ -4662,23 +4675,12 @@ mod tests {
                 .unwrap();
             let (h, r, t) = open(&path, me.clone()).unwrap();
             let link = PeerEngine::link(&h, &me, engine, saved).await;
-            let names = |r: &StoreReader| {
-                let mut n: Vec<String> = r
-                    .members(&v01, false, None, 10)
-                    .unwrap()
-                    .items
-                    .into_iter()
-                    .map(|(_, m)| m.name)
-                    .collect();
-                n.sort();
-                n
-            };
             let want: &[&str] = if comes_back {
                 &["After The Backup", "Before The Backup"]
             } else {
                 &["Before The Backup"]
             };
-            assert_eq!(names(&r), want, "restored at {restored_at}");
+            assert_eq!(names(&r, &v01), want, "restored at {restored_at}");
             let _ = link.down(&h).await;
             t.shutdown().await;
         }
@@ -4714,18 +4716,7 @@ mod tests {
         // if the sync before settled within the harness's quiet time, which a loaded
         // machine can miss.
         let change = d.get_last_local_change().unwrap().raw_bytes().to_vec();
-        let message = automerge::sync::Message {
-            heads: d.get_heads(),
-            need: vec![],
-            have: vec![],
-            changes: change.into(),
-            flags: None,
-            version: automerge::sync::MessageVersion::V1,
-        };
-        let edit = vec![Msg::Sync {
-            doc: register.clone(),
-            data: message.encode(),
-        }];
+        let edit = vec![crate::sync::carrying(&register, d.get_heads(), change)];
         // The transfer and the village's edit wait together, so one batch takes both.
         let hold = hold_for_with_peers(&h, 1, edit.len()).await;
         let moving = {

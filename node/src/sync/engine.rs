@@ -1756,6 +1756,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::super::carrying;
     use super::super::wire::Summary;
     use super::*;
     use grassroots_schema::{DocKind, Education, Gender, MemberStatus, NewMember, RecordId};
@@ -2006,22 +2007,6 @@ mod tests {
         assert_eq!(names(&t, vu), ["Moved In", "Village Own"]);
         let p = doc::read_profile(t.get(&profile).unwrap().doc().unwrap(), &u(tu));
         assert_eq!(p.map(|p| p.name).as_deref(), Some("Unit c01/k01/t01"));
-    }
-
-    /// A sync message carrying `changes` (raw chunks) for `id`, with `heads`.
-    fn carrying(id: &DocId, heads: Vec<ChangeHash>, changes: Vec<u8>) -> Msg {
-        let m = sync::Message {
-            heads,
-            need: vec![],
-            have: vec![],
-            changes: changes.into(),
-            flags: None,
-            version: sync::MessageVersion::V1,
-        };
-        Msg::Sync {
-            doc: id.clone(),
-            data: m.encode(),
-        }
     }
 
     #[test]
@@ -2423,21 +2408,8 @@ mod tests {
         let mut forged = doc::empty(&doc::actor_for(&u("c01/k01/t02"), [5; 8]));
         doc::create_member(&mut forged, RecordId::from_u64(9), &member("Forged")).unwrap();
         let change = forged.get_changes(&[]).pop().unwrap();
-        let msg = sync::Message {
-            heads: vec![change.hash()],
-            need: vec![],
-            have: vec![],
-            changes: change.raw_bytes().to_vec().into(),
-            flags: None,
-            version: sync::MessageVersion::V1,
-        };
-        let step = k.receive(
-            &ut,
-            Msg::Sync {
-                doc: v02.clone(),
-                data: msg.encode(),
-            },
-        );
+        let msg = carrying(&v02, vec![change.hash()], change.raw_bytes().to_vec());
+        let step = k.receive(&ut, msg);
         assert_eq!(step.rejected[0].reason, RejectReason::Unauthorised);
         assert_eq!(k.progress(&ut).unwrap().unregistered, 0);
         // Registering the village later does not start it (the township would not answer).

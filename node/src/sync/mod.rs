@@ -14,3 +14,25 @@ pub use engine::{
     DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT, MAX_INFLATED, Rejection, Residency,
     Step,
 };
+
+/// A `Sync` message for `doc` carrying `changes` (raw change chunks) as they are, with
+/// `heads`: what a peer that skips automerge's exchange would send (tests play such peers).
+#[cfg(any(test, feature = "testing"))]
+pub fn carrying(
+    doc: &grassroots_schema::DocId,
+    heads: Vec<automerge::ChangeHash>,
+    changes: Vec<u8>,
+) -> wire::Msg {
+    let m = automerge::sync::Message {
+        heads,
+        need: vec![],
+        have: vec![],
+        changes: changes.into(),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    wire::Msg::Sync {
+        doc: doc.clone(),
+        data: m.encode(),
+    }
+}
