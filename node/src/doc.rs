@@ -390,11 +390,12 @@ pub fn apply_record_writes(
 }
 
 /// The value of a field that resolves by authority (`EntitySpec::by_authority`: a review, a
-/// complaint's handling, an appraisal's kind and rating) of the record map `obj`, as of `heads` (`None`: now), with
-/// concurrent values resolved by authority, not by automerge's op order: the value written
-/// by the unit highest on the line wins, and among one unit's values automerge's usual
-/// winner (highest counter, then actor). Otherwise a unit below could win a conflict it
-/// started from old heads just by writing more ops. `None` when there is no scalar value.
+/// complaint's handling, an appraisal's kind and rating) of the record map `obj`, as of
+/// `heads` (`None`: now), with concurrent values resolved by authority, not by automerge's
+/// op order: the value written by the unit highest on the line wins, and among one unit's
+/// values automerge's usual winner (highest counter, then actor). Otherwise a unit below
+/// could win a conflict it started from old heads just by writing more ops. `None` when
+/// there is no scalar value.
 pub fn by_authority(
     doc: &Automerge,
     obj: &ObjId,

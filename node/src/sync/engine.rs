@@ -439,7 +439,8 @@ pub struct Engine {
     /// when that profile may have changed).
     registered: HashMap<UnitId, BTreeSet<UnitId>>,
     /// Until when changes authored at or above this node are taken from its children (set
-    /// after a restore from a backup: what this node wrote after it may be held only below).
+    /// after a restore from a backup, or by `store take-back` after a lost disk: what this
+    /// node wrote may then be held only below).
     returning_until: Option<std::time::SystemTime>,
 }
 
@@ -465,8 +466,8 @@ impl Engine {
 
     /// Take changes authored by this node's unit or above it from its children until
     /// `until`. A child relays only changes authored in its own subtree: anything else it
-    /// sends is a forgery (an actor id is not signed) unless this node lost it, which only
-    /// a restore from a backup does.
+    /// sends is a forgery (an actor id is not signed) unless this node lost it, as a restore
+    /// from an older backup, or a store lost with its disk, does.
     pub fn take_returning_changes_until(&mut self, until: Option<std::time::SystemTime>) {
         self.returning_until = until;
     }
