@@ -747,7 +747,8 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
 const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected protocol software since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
     query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
 
-const BACKUPS_QUERY: &str = "{ backups { last { at file bytes } lastError { at message } } }";
+const BACKUPS_QUERY: &str =
+    "{ backups { last { at file bytes } lastError { at message } takeBackUntil } }";
 
 fn human_bytes(n: u64) -> String {
     match n {
@@ -885,6 +886,12 @@ async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
                 ));
             }
             out.push('\n');
+            if let Some(until) = b["takeBackUntil"].as_str() {
+                out.push_str(&format!(
+                    "takes back from its children what was made in its name or above it, \
+                     until {until}\n"
+                ));
+            }
         }
         if watch {
             // Clear the screen and redraw.

@@ -2213,7 +2213,9 @@ impl Query {
         let b = backend(ctx)?;
         authorise_node_user(ctx, b, gs::Role::Viewer, "see its backups")?;
         let log = b.reader.backup_log();
+        let take_back = b.store.status().await.map_err(internal)?.take_back_until_ms;
         Ok(BackupState {
+            take_back_until: take_back.map(rfc3339),
             folder: b.reader.backup_dir().map(|d| d.display().to_string()),
             last: log.last.map(|(at, file, bytes)| BackupFile {
                 at: rfc3339(at),
@@ -2425,6 +2427,10 @@ pub struct BackupState {
     last: Option<BackupFile>,
     /// The last failure since the node started, if no backup has worked since.
     last_error: Option<BackupError>,
+    /// Until when this node takes back from its children changes made in its unit's name or
+    /// above it, which it otherwise refuses from them as forgeries (set for 14 days by a
+    /// restore, or by `grassroots store take-back` after a lost disk); null when it does not.
+    take_back_until: Option<String>,
 }
 
 /// A backup file.

@@ -1194,6 +1194,34 @@ async fn only_an_admin_of_the_node_backs_it_up() {
     f.shutdown().await;
 }
 
+/// A node told to take back from its children what was made in its name (after a restore
+/// or a lost disk) says until when, to users of its unit; one never told says null.
+#[tokio::test]
+async fn the_take_back_window_is_shown_to_the_nodes_users() {
+    let q = "{ backups { takeBackUntil } }";
+    let until = grassroots_node::status::now_ms() + 3_600_000;
+    for (window, want) in [(None, None), (Some(until), Some(until))] {
+        let f = common::store_taking_back("c01/k01", window).await;
+        let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+        let r = query(&f, Some(&viewer), q).await;
+        let shown = r["data"]["backups"]["takeBackUntil"]
+            .as_str()
+            .map(str::to_owned);
+        assert_eq!(shown.is_some(), want.is_some(), "{r}");
+        if let (Some(shown), Some(want)) = (shown, want) {
+            // RFC 3339 to the millisecond: the same instant.
+            let secs = (want / 1000) as i64;
+            assert!(shown.ends_with('Z'), "{shown}");
+            let day = grassroots_schema::civil_from_days(secs.div_euclid(86_400));
+            assert!(
+                shown.starts_with(&format!("{:04}-{:02}-{:02}", day.0, day.1, day.2)),
+                "{shown}"
+            );
+        }
+        f.shutdown().await;
+    }
+}
+
 /// Categories through GraphQL: set at creation, read back, replaced and cleared by an
 /// update, and counted over the subtree in the indicators, views equal to a rebuild.
 #[tokio::test]

@@ -33,8 +33,18 @@ pub async fn fixture() -> Fixture {
 
 /// A fresh, empty store for a node of `unit`, and the gateway's backend over it.
 pub async fn store_for(unit: &str) -> Fixture {
+    store_taking_back(unit, None).await
+}
+
+/// [`store_for`], the store told first to take back from its children until `until_ms`
+/// (as `grassroots store take-back` does), if given.
+pub async fn store_taking_back(unit: &str, until_ms: Option<u64>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let unit: UnitId = unit.parse().unwrap();
+    if let Some(until) = until_ms {
+        grassroots_node::store::backup::take_back(&dir.path().join("s.redb"), &unit, until)
+            .unwrap();
+    }
     let (store, reader, thread) =
         grassroots_node::store::open(&dir.path().join("s.redb"), unit.clone()).unwrap();
     Fixture {
