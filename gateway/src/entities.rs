@@ -894,9 +894,10 @@ async fn update<T: EntityType>(ctx: &Context<'_>, id: &ID, fields: Fields) -> Re
         .map_err(from_write)
 }
 
-/// Remove a record: whoever may write it, and for a kind with supervisory fields (an
-/// appraisal) whoever may write those too, judged against the record as it is. Complaints
-/// and reports have no delete mutation (and the store refuses their removal).
+/// Remove a record: whoever may write it, and for a kind with supervisory fields whoever
+/// may write those too, judged against the record as it is. Complaints, reports and
+/// appraisals (the kinds with fields decided above) have no delete mutation, and the store
+/// refuses their removal.
 async fn delete<T: EntityType>(ctx: &Context<'_>, id: &ID) -> Result<T> {
     let b = backend(ctx)?;
     let id = parse_ref(id, T::KIND)?;

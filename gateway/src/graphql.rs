@@ -2857,14 +2857,15 @@ macro_rules! record_mutations {
     };
 }
 
-// Complaints and reports are not removed: they are what the levels above hold a unit to
-// account by, and a removal concurrent with a decision above (an escalation, a review)
-// would be refused at the hop that holds the decision, holding the document back there.
+// Complaints, reports and appraisals are not removed: they are what the levels above hold a
+// unit to account by, and a removal concurrent with a decision above (an escalation, a
+// review, an appraisal made one rated from above) would be refused at the hop that holds the
+// decision, holding the document back there.
 record_mutations! {
     "an activist, applicant or reserve cadre": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput), delete_activist;
     "a cadre post": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput), delete_cadre_post;
     "a meeting, activity or training": MeetingGql, create_meeting(CreateMeetingInput), update_meeting(UpdateMeetingInput), delete_meeting;
-    "an appraisal": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput), delete_appraisal;
+    "an appraisal": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput);
     "a project": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput), delete_project;
     "a collective asset": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput), delete_collective_asset;
     "a public disclosure": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput), delete_disclosure;

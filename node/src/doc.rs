@@ -450,12 +450,7 @@ fn changed_below_since(
     let Some(accepted) = doc.hash_for_opid(review) else {
         return false;
     };
-    let above = |id: &ObjId| match id {
-        automerge::ObjId::Id(_, actor, _) => {
-            ActorTag::unit_of(actor.to_bytes()).is_ok_and(|u| u.is_ancestor_of(owner))
-        }
-        automerge::ObjId::Root => false,
-    };
+    let above = |id: &ObjId| written_above(id, owner);
     // The record as the acceptance saw it, read once (one clock); a field then in conflict
     // has its other values read apart.
     let heads = [accepted];
@@ -493,12 +488,25 @@ fn changed_below_since(
         })
 }
 
+/// Whether the op `id` was written by a unit strictly above `owner`.
+fn written_above(id: &ObjId, owner: &UnitId) -> bool {
+    match id {
+        automerge::ObjId::Id(_, actor, _) => {
+            ActorTag::unit_of(actor.to_bytes()).is_ok_and(|u| u.is_ancestor_of(owner))
+        }
+        automerge::ObjId::Root => false,
+    }
+}
+
 /// A record's hydrated map with the fields that resolve by authority
 /// ([`EntitySpec::by_authority`]) so resolved ([`by_authority`]) where concurrent values
 /// exist; and a report's acceptance left out (the review read as null, waiting for review
 /// again) when the report changed below after, or concurrently with, it
 /// ([`changed_below_since`]): a unit cannot keep an acceptance for content it changed,
-/// whatever heads it wrote from.
+/// whatever heads it wrote from; and an appraisal rated from above (its kind, as resolved,
+/// a cadre's performance appraisal or a debriefing) shows only the rating written from
+/// above: one its unit wrote while it was of another kind, or from heads before it was made
+/// one, is not the level above's.
 fn resolved<'a>(
     doc: &Automerge,
     spec: &EntitySpec,
@@ -521,7 +529,13 @@ fn resolved<'a>(
                 && matches!(&v.value, hydrate::Value::Scalar(s)
                     if s.as_str() == Some(grassroots_schema::entities::ReportReview::Accepted.as_str()))
         });
-    if conflicted.peek().is_none() && !accepted {
+    let rated = spec.kind == grassroots_schema::DocKind::Appraisals
+        && map.iter().any(|(k, v)| {
+            k == "kind"
+                && matches!(&v.value, hydrate::Value::Scalar(s)
+                    if s.as_str().is_some_and(grassroots_schema::entities::rated_above))
+        });
+    if conflicted.peek().is_none() && !accepted && !rated {
         return Cow::Borrowed(value);
     }
     let Some(obj) = record_obj(doc, record) else {
@@ -554,6 +568,24 @@ fn resolved<'a>(
                 conflict: false,
             },
         );
+    }
+    if spec.kind == grassroots_schema::DocKind::Appraisals
+        && by_authority(doc, &obj, "kind", None)
+            .and_then(|k| k.as_str().map(grassroots_schema::entities::rated_above))
+            == Some(true)
+    {
+        for f in spec
+            .fields
+            .iter()
+            .filter(|f| f.access == Access::Supervisory)
+        {
+            if let Some((_, id)) = authority_winner(doc, &obj, f.name, None)
+                && !written_above(&id, owner)
+                && let hydrate::Value::Map(map) = out.to_mut()
+            {
+                map.remove(f.name);
+            }
+        }
     }
     out
 }
@@ -1402,6 +1434,49 @@ mod tests {
             (r.text("kind"), r.text("result")),
             (Some("cadre_performance"), Some("incompetent"))
         );
+    }
+
+    /// An appraisal the village rated as a democratic appraisal, which its township then
+    /// makes a cadre's performance appraisal without rating it: the village's rating is not
+    /// the level above's, so none shows until the township rates it.
+    #[test]
+    fn a_rating_from_below_does_not_become_the_level_aboves() {
+        let (v, t): (UnitId, UnitId) = (
+            "c01/k01/t01/v01".parse().unwrap(),
+            "c01/k01/t01".parse().unwrap(),
+        );
+        let spec = grassroots_schema::entity(DocKind::Appraisals).unwrap();
+        let mut d = empty(&actor_for(&v, [1; 8]));
+        let made = [
+            ("kind", "democratic_appraisal"),
+            ("year", "2026"),
+            ("subject", "Secretary Wu"),
+            ("result", "excellent"),
+        ];
+        record_write(&mut d, DocKind::Appraisals, 1, true, &made);
+        let read = |d: &Automerge| read_record(d, spec, &v, RecordId::from_u64(1)).unwrap();
+        assert_eq!(read(&d).text("result"), Some("excellent"));
+        d.set_actor(actor_for(&t, [2; 8]));
+        record_write(
+            &mut d,
+            DocKind::Appraisals,
+            1,
+            false,
+            &[("kind", "debriefing")],
+        );
+        let r = read(&d);
+        assert_eq!(
+            (r.text("kind"), r.text("result")),
+            (Some("debriefing"), None)
+        );
+        record_write(
+            &mut d,
+            DocKind::Appraisals,
+            1,
+            false,
+            &[("result", "competent")],
+        );
+        assert_eq!(read(&d).text("result"), Some("competent"));
     }
 
     /// Categories are one field each: concurrent changes to different ones merge, a set

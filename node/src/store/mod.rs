@@ -179,7 +179,7 @@ pub enum WriteError {
         /// Why it was not removed.
         detail: String,
     },
-    /// Records of this kind are not removed (complaints, reports).
+    /// Records of this kind are not removed (complaints, reports, appraisals).
     #[error("{0:?} records are not removed: the levels above hold their unit to account by them")]
     NotRemovable(DocKind),
     /// The kind has no records of its own (members and profiles have their own writes).
@@ -1101,9 +1101,9 @@ trait Waiting: Sized {
     fn record(row: &Self::Row) -> RecordId;
     /// Where the batch keeps the rows its writes produced.
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Self::Row>>>;
-    /// The record a write makes, changes or removes and the fields it sets, with their values
-    /// (for the field-level authority a parent will check of this node's change; a removal
-    /// sets the field guarding the record to null); `None` when a parent checks nothing more.
+    /// The record a write makes or changes and the fields it sets, with their values (for the
+    /// field-level authority a parent will check of this node's change); `None` when a parent
+    /// checks nothing more.
     fn field_writes(&self) -> Option<(RecordId, Cow<'_, Fields>)> {
         None
     }
@@ -1286,14 +1286,10 @@ impl Waiting for PendingRecord {
             RecordOp::Create(id, fields, _) | RecordOp::Update(id, fields, _) => {
                 Some((id.record, Cow::Borrowed(fields)))
             }
-            // Kinds with fields decided from above (reviews, complaints' handling) are
-            // refused before they get here (`WriteError::NotRemovable`); an appraisal's
-            // removal takes the authority its result takes.
-            RecordOp::Delete(id, _) => self.spec.record_guard().map(|guard| {
-                let fields =
-                    Fields::from([(guard.name.to_owned(), grassroots_schema::Value::Null)]);
-                (id.record, Cow::Owned(fields))
-            }),
+            // Kinds with fields decided from above (reviews, complaints' handling,
+            // appraisals' ratings) are refused before they get here
+            // (`WriteError::NotRemovable`).
+            RecordOp::Delete(..) => None,
         }
     }
     /// A complaint's handler named is judged against the handler it has
@@ -1969,10 +1965,11 @@ impl Actor {
                 None => {
                     let _ = reply.send(Err(WriteError::NotARecordKind(id.kind)));
                 }
-                // Fields decided from above (a complaint's handling, a report's review) make
-                // a record one the levels above hold its unit to account by; a removal
-                // concurrent with such a decision would be refused at the hop holding it.
-                Some(spec) if spec.decided_above().next().is_some() => {
+                // Fields decided from above (a complaint's handling, a report's review, an
+                // appraisal's rating) make a record one the levels above hold its unit to
+                // account by; a removal concurrent with such a decision would be refused at
+                // the hop holding it.
+                Some(spec) if spec.record_guard().is_some() => {
                     let _ = reply.send(Err(WriteError::NotRemovable(id.kind)));
                 }
                 Some(spec) => batch.record_writes.push(PendingRecord {
@@ -2391,10 +2388,15 @@ impl Actor {
             documents: residency.hosted,
             documents_loaded: residency.loaded,
             loaded_bytes: residency.loaded_bytes,
-            take_back_until_ms: self.engine.returning_until().map(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            }),
+            // Shown while it lasts: a node running past its window no longer takes back.
+            take_back_until_ms: self
+                .engine
+                .returning_until()
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                })
+                .filter(|until| *until > now_ms()),
         }
     }
 
@@ -4897,6 +4899,24 @@ mod tests {
             ));
             assert!(r.record(&c.id).unwrap().is_some());
         }
+        // Nor is an appraisal, rated from above or not (a removal racing a change of its
+        // kind from above would be refused there).
+        let appraisal: Fields = [
+            ("kind", text("democratic_appraisal")),
+            ("year", V::Int(2026)),
+            ("subject", text("Members of the branch")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let a = h
+            .create_record(DocKind::Appraisals, me.clone(), appraisal, None, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            h.delete_record(a.id.clone()).await,
+            Err(WriteError::NotRemovable(DocKind::Appraisals))
+        ));
         assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }

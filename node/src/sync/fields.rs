@@ -14,7 +14,7 @@
 //!   unit handling it as of the change's dependencies, or above, and the handler only ever
 //!   names the owner or a unit above it: once a village escalates a complaint, the village
 //!   no longer closes it;
-//! - replacing or deleting an existing record of those kinds (no honest writer replaces one)
+//! - replacing or deleting an existing record of those kinds (no honest writer does either)
 //!   needs the same authority (an appraisal's rating's, a report's review's, a complaint's
 //!   status's), judged against every record under the id as of the change's
 //!   dependencies and as this node held them, or a review or an escalation could be erased
