@@ -13,11 +13,11 @@ use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop,
     ROOT, ReadDoc, ScalarValue, Value, hydrate,
 };
-use grassroots_schema::entities::{Organisation, ServiceFunction};
+use grassroots_schema::entities::{Organisation, ServiceFunction, rated_above};
 use grassroots_schema::{
-    Access, ActorTag, Education, EntitySpec, Fields, Gender, Member, MemberCategory, MemberId,
-    MemberPatch, MemberStatus, NewMember, Record, RecordId, RecordRef, Stamp, UnitDetails, UnitId,
-    UnitProfile, Value as FieldValue,
+    Access, ActorTag, DocKind, Education, EntitySpec, Fields, Gender, Member, MemberCategory,
+    MemberId, MemberPatch, MemberStatus, NewMember, Record, RecordId, RecordRef, Stamp,
+    UnitDetails, UnitId, UnitProfile, Value as FieldValue,
 };
 
 /// A failure inside automerge while writing a record.
@@ -375,7 +375,7 @@ pub fn apply_record_writes(
                         tx.put(obj, k.as_str(), s)?
                     }
                     Some(s) => tx.put(obj, k.as_str(), s)?,
-                    None if spec.kind == grassroots_schema::DocKind::Reports
+                    None if spec.kind == DocKind::Reports
                         || spec.by_authority().any(|f| f.name == k) =>
                     {
                         tx.put(obj, k.as_str(), ScalarValue::Null)?
@@ -488,6 +488,9 @@ fn changed_below_since(
         })
 }
 
+/// A report review's value for an acceptance.
+const ACCEPTED: &str = grassroots_schema::entities::ReportReview::Accepted.as_str();
+
 /// Whether the op `id` was written by a unit strictly above `owner`.
 fn written_above(id: &ObjId, owner: &UnitId) -> bool {
     match id {
@@ -523,18 +526,13 @@ fn resolved<'a>(
         .by_authority()
         .filter(|f| map.iter().any(|(k, v)| k == f.name && v.conflict))
         .peekable();
-    let accepted = spec.kind == grassroots_schema::DocKind::Reports
-        && map.iter().any(|(k, v)| {
-            k == "review"
-                && matches!(&v.value, hydrate::Value::Scalar(s)
-                    if s.as_str() == Some(grassroots_schema::entities::ReportReview::Accepted.as_str()))
-        });
-    let rated = spec.kind == grassroots_schema::DocKind::Appraisals
-        && map.iter().any(|(k, v)| {
-            k == "kind"
-                && matches!(&v.value, hydrate::Value::Scalar(s)
-                    if s.as_str().is_some_and(grassroots_schema::entities::rated_above))
-        });
+    // Text `key` holds (by op order; a conflict in it is resolved below anyway).
+    let text = |key: &str| match map.get(key) {
+        Some(hydrate::Value::Scalar(s)) => s.as_str(),
+        _ => None,
+    };
+    let accepted = spec.kind == DocKind::Reports && text("review") == Some(ACCEPTED);
+    let rated = spec.kind == DocKind::Appraisals && text("kind").is_some_and(rated_above);
     if conflicted.peek().is_none() && !accepted && !rated {
         return Cow::Borrowed(value);
     }
@@ -555,9 +553,9 @@ fn resolved<'a>(
             );
         }
     }
-    if spec.kind == grassroots_schema::DocKind::Reports
+    if spec.kind == DocKind::Reports
         && let Some((s, id)) = authority_winner(doc, &obj, "review", None)
-        && s.as_str() == Some(grassroots_schema::entities::ReportReview::Accepted.as_str())
+        && s.as_str() == Some(ACCEPTED)
         && changed_below_since(doc, spec, &obj, owner, &id)
         && let hydrate::Value::Map(map) = out.to_mut()
     {
@@ -569,10 +567,9 @@ fn resolved<'a>(
             },
         );
     }
-    if spec.kind == grassroots_schema::DocKind::Appraisals
+    if spec.kind == DocKind::Appraisals
         && by_authority(doc, &obj, "kind", None)
-            .and_then(|k| k.as_str().map(grassroots_schema::entities::rated_above))
-            == Some(true)
+            .is_some_and(|k| k.as_str().is_some_and(rated_above))
     {
         for f in spec
             .fields
@@ -1101,7 +1098,6 @@ pub fn revoke(doc: &mut Automerge, fingerprint: &str, child: &UnitId) -> Result<
 mod tests {
     use super::*;
     use automerge::sync::{self, SyncDoc};
-    use grassroots_schema::DocKind;
 
     fn unit(s: &str) -> UnitId {
         s.parse().unwrap()

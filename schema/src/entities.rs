@@ -819,10 +819,12 @@ impl EntitySpec {
     /// and an appraisal's kind and rating, so that a unit writing from older heads cannot
     /// outrank its parent's rating, or a kind that made the rating the parent's, by op order.
     pub fn by_authority(&self) -> impl Iterator<Item = &'static FieldSpec> + '_ {
+        let handled = matches!(self.kind, DocKind::Complaints | DocKind::Appraisals);
         let appraisals = self.kind == DocKind::Appraisals;
         self.fields.iter().filter(move |f| {
-            self.decided_above().any(|d| d.name == f.name)
-                || (appraisals && (f.name == "kind" || f.access == Access::Supervisory))
+            f.access == Access::Review
+                || (handled && f.access == Access::Supervisory)
+                || (appraisals && f.name == "kind")
         })
     }
 

@@ -28,7 +28,7 @@ macro_rules! string_enum {
             /// Every storage name, in the order of [`Self::ALL`].
             pub const NAMES: &'static [&'static str] = &[$($s),+];
             /// Storage name.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $s),+ }
             }
             /// Parse the storage name.

@@ -490,9 +490,7 @@ pub fn open_database(
              (what it lost may be held only there: after a restore, or as told)",
             backup::utc_stamp(until)
         );
-        engine.take_returning_changes_until(Some(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(until),
-        ));
+        engine.take_returning_changes_until(Some(until));
     }
     let mut persisted = HashMap::new();
     load::load_index(&database, &mut engine, &mut persisted)?;
@@ -1104,7 +1102,7 @@ trait Waiting: Sized {
     /// The record a write makes or changes and the fields it sets, with their values (for the
     /// field-level authority a parent will check of this node's change); `None` when a parent
     /// checks nothing more.
-    fn field_writes(&self) -> Option<(RecordId, Cow<'_, Fields>)> {
+    fn field_writes(&self) -> Option<(RecordId, &Fields)> {
         None
     }
     /// Complete the write against the document it is built on and what the writes before
@@ -1281,10 +1279,10 @@ impl Waiting for PendingRecord {
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Record>>> {
         &mut batch.entity_rows
     }
-    fn field_writes(&self) -> Option<(RecordId, Cow<'_, Fields>)> {
+    fn field_writes(&self) -> Option<(RecordId, &Fields)> {
         match &self.op {
             RecordOp::Create(id, fields, _) | RecordOp::Update(id, fields, _) => {
-                Some((id.record, Cow::Borrowed(fields)))
+                Some((id.record, fields))
             }
             // Kinds with fields decided from above (reviews, complaints' handling,
             // appraisals' ratings) are refused before they get here
@@ -2388,15 +2386,7 @@ impl Actor {
             documents: residency.hosted,
             documents_loaded: residency.loaded,
             loaded_bytes: residency.loaded_bytes,
-            // Shown while it lasts: a node running past its window no longer takes back.
-            take_back_until_ms: self
-                .engine
-                .returning_until()
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                })
-                .filter(|until| *until > now_ms()),
+            take_back_until_ms: self.engine.returning_until(),
         }
     }
 
@@ -2656,9 +2646,9 @@ impl Actor {
             // Creates of this batch by record, and repeats of them in it (answered after the
             // writes are applied, with what the first made).
             let (mut made, mut repeats) = (HashSet::new(), Vec::new());
-            // What the allowed writes so far set (or, `None`, removed) per record: the parent
-            // judges their one change as a whole, so each write is checked after them.
-            let mut set_before: HashMap<RecordId, Option<Fields>> = HashMap::new();
+            // What the allowed writes so far set per record: the parent judges their one
+            // change as a whole, so each write is checked after them.
+            let mut set_before: HashMap<RecordId, Fields> = HashMap::new();
             for mut w in writes {
                 if let Some(record) = w.creates() {
                     if made.contains(&record) {
@@ -2682,22 +2672,16 @@ impl Actor {
                 }
                 let verdict = match w.field_writes() {
                     Some((record, fields)) => {
-                        let before = set_before.get(&record).map(Option::as_ref);
-                        crate::sync::check_local(doc, &meta, &me, record, &fields, before)
+                        let before = set_before.get(&record);
+                        crate::sync::check_local(doc, &meta, &me, record, fields, before)
+                            .map(|()| Some((record, fields.clone())))
                     }
-                    None => Ok(()),
+                    None => Ok(None),
                 };
                 match verdict {
-                    Ok(()) => {
-                        if let Some((record, fields)) = w.field_writes() {
-                            let entry = set_before
-                                .entry(record)
-                                .or_insert_with(|| Some(Fields::new()));
-                            match (w.deletes(), entry.as_mut()) {
-                                (true, _) => *entry = None,
-                                (false, Some(set)) => set.extend(fields.into_owned()),
-                                (false, None) => *entry = Some(fields.into_owned()),
-                            }
+                    Ok(set) => {
+                        if let Some((record, fields)) = set {
+                            set_before.entry(record).or_default().extend(fields);
                         }
                         w.leave(&mut earlier);
                         allowed.push(w);

@@ -441,7 +441,8 @@ pub struct Engine {
     /// Until when changes authored at or above this node are taken from its children (set
     /// after a restore from a backup, or by `store take-back` after a lost disk: what this
     /// node wrote may then be held only below).
-    returning_until: Option<std::time::SystemTime>,
+    /// (Unix milliseconds.)
+    returning_until: Option<u64>,
 }
 
 impl Engine {
@@ -468,23 +469,16 @@ impl Engine {
     /// `until`. A child relays only changes authored in its own subtree: anything else it
     /// sends is a forgery (an actor id is not signed) unless this node lost it, as a restore
     /// from an older backup, or a store lost with its disk, does.
-    pub fn take_returning_changes_until(&mut self, until: Option<std::time::SystemTime>) {
-        self.returning_until = until;
+    /// `until_ms` is in Unix milliseconds.
+    pub fn take_returning_changes_until(&mut self, until_ms: Option<u64>) {
+        self.returning_until = until_ms;
     }
 
-    /// Until when changes made at or above this node are taken from its children, if set.
-    pub fn returning_until(&self) -> Option<std::time::SystemTime> {
+    /// Until when (Unix milliseconds) changes made at or above this node are taken from its
+    /// children, while that lasts.
+    pub fn returning_until(&self) -> Option<u64> {
         self.returning_until
-    }
-
-    /// Whether a change by `author` may arrive from `peer` (rule 2 aside): from a child, only
-    /// one authored in the child's subtree, except while this node takes back what it lost.
-    fn relayable(&self, author: &UnitId, peer: &UnitId) -> bool {
-        peer.parent().as_ref() != Some(&self.me)
-            || author.is_in_subtree_of(peer)
-            || self
-                .returning_until
-                .is_some_and(|until| std::time::SystemTime::now() < until)
+            .filter(|until| *until > crate::status::now_ms())
     }
 
     /// A child's change authored outside its subtree that this node did not hold. Without
@@ -1613,6 +1607,8 @@ impl Engine {
         // be one this node holds already (an honest child may send back what it got from
         // here), which is checked once the message is applied.
         let (mut relayed, mut relayed_hashes) = (false, Vec::new());
+        let from_child =
+            peer.parent().as_ref() == Some(&self.me) && self.returning_until().is_none();
         for chunk in message.changes.iter() {
             for (author, hash) in authors_of(chunk, &id, inflated)? {
                 if !may_author(&author, owner) {
@@ -1622,7 +1618,7 @@ impl Engine {
                         format!("change by {author} to a document owned by {owner}"),
                     ));
                 }
-                if !self.relayable(&author, peer) {
+                if from_child && !author.is_in_subtree_of(peer) {
                     relayed = true;
                     relayed_hashes.extend(hash);
                 }
@@ -1824,18 +1820,17 @@ mod tests {
         assert!(pump(a, b, q).is_empty());
     }
 
+    /// `msgs` as queued from `from` to `to` (for [`pump`]).
+    fn addressed(from: &UnitId, to: &UnitId, msgs: Vec<Msg>) -> Vec<(UnitId, UnitId, Msg)> {
+        msgs.into_iter()
+            .map(|m| (from.clone(), to.clone(), m))
+            .collect()
+    }
+
     fn connect(a: &mut Engine, b: &mut Engine) -> Vec<(UnitId, UnitId, Msg)> {
         let (ua, ub) = (a.me().clone(), b.me().clone());
-        let mut q: Vec<_> = a
-            .connect(&ub, HashMap::new())
-            .into_iter()
-            .map(|m| (ua.clone(), ub.clone(), m))
-            .collect();
-        q.extend(
-            b.connect(&ua, HashMap::new())
-                .into_iter()
-                .map(|m| (ub.clone(), ua.clone(), m)),
-        );
+        let mut q = addressed(&ua, &ub, a.connect(&ub, HashMap::new()));
+        q.extend(addressed(&ub, &ua, b.connect(&ua, HashMap::new())));
         q
     }
 
@@ -2050,7 +2045,7 @@ mod tests {
     fn a_restored_node_takes_back_from_a_child_what_it_wrote_only_for_a_while() {
         let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
         let (_, mut v, backup, _) = township_wrote_below();
-        let restored = |until: Option<std::time::SystemTime>| {
+        let restored = |until: Option<u64>| {
             let mut t = engine(tu, 3);
             for (meta, d) in backup.clone() {
                 t.insert(meta, d);
@@ -2058,8 +2053,8 @@ mod tests {
             t.take_returning_changes_until(until);
             t
         };
-        let now = std::time::SystemTime::now();
-        let hour = std::time::Duration::from_secs(3600);
+        let now = crate::status::now_ms();
+        let hour = 3_600_000;
         // Without the window, or past it, the village's copy of what the township wrote
         // after the backup is refused: it could be forged.
         for until in [None, Some(now - hour)] {
@@ -2353,17 +2348,9 @@ mod tests {
         assert_eq!(t.evict_to(0, |_, _| false), loaded);
         // The village wrote while apart: its register starts at connect, taking a slot.
         write(&mut v, "c01/k01/t01/v01", 2, "From The Village");
-        let mut q: Vec<_> = v
-            .connect(&ut, sv)
-            .into_iter()
-            .map(|m| (uv.clone(), ut.clone(), m))
-            .collect();
+        let mut q = addressed(&uv, &ut, v.connect(&ut, sv));
         assert_eq!(v.progress(&ut).unwrap().in_flight, 1);
-        q.extend(
-            t.connect(&uv, st)
-                .into_iter()
-                .map(|m| (ut.clone(), uv.clone(), m)),
-        );
+        q.extend(addressed(&ut, &uv, t.connect(&uv, st)));
         let r = pump(&mut t, &mut v, q);
         assert!(
             !r.is_empty() && r.iter().all(|r| r.reason == RejectReason::ApplyFailed),
@@ -2565,16 +2552,8 @@ mod tests {
         let (uk, uc) = (k.me().clone(), c.me().clone());
         let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
         let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
-        let mut q: Vec<_> = k
-            .connect(&uc, sk)
-            .into_iter()
-            .map(|m| (uk.clone(), uc.clone(), m))
-            .collect();
-        q.extend(
-            c.connect(&uk, sc)
-                .into_iter()
-                .map(|m| (uc.clone(), uk.clone(), m)),
-        );
+        let mut q = addressed(&uk, &uc, k.connect(&uc, sk));
+        q.extend(addressed(&uc, &uk, c.connect(&uk, sc)));
         q
     }
 
@@ -2595,19 +2574,7 @@ mod tests {
         let _ = k.disconnect(&uc);
         let _ = c.disconnect(&uk);
         write(&mut k, "c01/k01/t04/v004", 9999, "Changed Offline");
-        let q = {
-            let mut q: Vec<_> = k
-                .connect(&uc, HashMap::new())
-                .into_iter()
-                .map(|m| (uk.clone(), uc.clone(), m))
-                .collect();
-            q.extend(
-                c.connect(&uk, HashMap::new())
-                    .into_iter()
-                    .map(|m| (uc.clone(), uk.clone(), m)),
-            );
-            q
-        };
+        let q = connect(&mut k, &mut c);
         let (msgs, bytes, rounds) = pump_counted(&mut k, &mut c, q);
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
         // Root, summaries for c01, c01/k01, its township and the village, then a few sync
@@ -2632,11 +2599,8 @@ mod tests {
         assert!(matches!(&first[1], Msg::Sync { doc, .. } if *doc == changed));
         let theirs = c.connect(&uk, sc);
         assert_eq!(theirs.len(), 1, "{theirs:?}");
-        let mut q: Vec<_> = first
-            .into_iter()
-            .map(|m| (uk.clone(), uc.clone(), m))
-            .collect();
-        q.extend(theirs.into_iter().map(|m| (uc.clone(), uk.clone(), m)));
+        let mut q = addressed(&uk, &uc, first);
+        q.extend(addressed(&uc, &uk, theirs));
         let (_, _, rounds) = pump_counted(&mut k, &mut c, q);
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
         assert!(rounds <= 6, "{rounds} rounds");
@@ -2687,15 +2651,8 @@ mod tests {
         let pushed = k.fan_out(&next, None);
         assert_eq!(docs_of(&pushed), vec![next]);
         started.extend(docs_of(&pushed));
-        let mut q: Vec<_> = first
-            .into_iter()
-            .map(|m| (uk.clone(), uc.clone(), m))
-            .collect();
-        q.extend(
-            c.connect(&uk, sc)
-                .into_iter()
-                .map(|m| (uc.clone(), uk.clone(), m)),
-        );
+        let mut q = addressed(&uk, &uc, first);
+        q.extend(addressed(&uc, &uk, c.connect(&uk, sc)));
         let rest =
             k.start_unstarted(std::time::Instant::now() + std::time::Duration::from_secs(60));
         assert!(!k.has_unstarted());

@@ -52,20 +52,11 @@ fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
 }
 
 /// Whether an op setting field `name` of a record of `spec`'s kind may need more than rule 2
-/// (so [`check`] looks the record up): fields decided above, a complaint's handler, an
-/// appraisal's kind and rating, any field of a report (accepted ones are closed).
+/// (so [`check`] looks the record up): the fields that resolve by authority (those decided
+/// above, a complaint's handler among them, an appraisal's kind and rating), and any field
+/// of a report (an accepted one is closed).
 fn watched(spec: &EntitySpec, name: &str) -> bool {
-    match spec.kind {
-        DocKind::Reports => true,
-        DocKind::Appraisals => {
-            name == "kind"
-                || spec
-                    .field(name)
-                    .is_some_and(|f| f.access == Access::Supervisory)
-        }
-        DocKind::Complaints if name == HANDLER => true,
-        _ => spec.decided_above().any(|f| f.name == name),
-    }
+    spec.kind == DocKind::Reports || spec.by_authority().any(|f| f.name == name)
 }
 
 /// A field's value in the record map `obj` as of `heads` (`None`: now), as text; concurrent
@@ -303,16 +294,15 @@ pub fn check(
 
 /// Check that this node (`me`) may write `fields` (with the values written) of record
 /// `record` of `meta`'s document as it is now (`doc`; a record not there yet is created),
-/// after what the writes before it in the same change did to the record (`earlier`:
-/// `Some(Some(values))` they set, `Some(None)` they removed it): what a parent will check of
-/// the change the writes make together.
+/// after the values the writes before it in the same change set in the record (`earlier`):
+/// what a parent will check of the change the writes make together.
 pub fn check_local(
     doc: &Automerge,
     meta: &DocMeta,
     me: &UnitId,
     record: RecordId,
     fields: &Fields,
-    earlier: Option<Option<&Fields>>,
+    earlier: Option<&Fields>,
 ) -> Result<(), String> {
     let Some(spec) = guarded(meta) else {
         return Ok(());
@@ -326,11 +316,8 @@ pub fn check_local(
         owner,
         handlers: HashMap::new(),
     };
-    let gone = matches!(earlier, Some(None));
-    let pending = earlier.flatten();
-    let exists = !gone && (pending.is_some() || obj.is_some());
-    let held = |k: &str| match pending.and_then(|f| f.get(k)) {
-        _ if gone => None,
+    let exists = earlier.is_some() || obj.is_some();
+    let held = |k: &str| match earlier.and_then(|f| f.get(k)) {
         Some(v) => v.as_text().map(str::to_owned),
         None => obj.as_ref().and_then(|o| text_at(doc, o, k, None)),
     };
@@ -346,13 +333,11 @@ pub fn check_local(
                 .is_some_and(|f| f.access == Access::Supervisory)
         {
             // A new complaint is its owner's to fill.
-            if let Some(o) = &obj {
-                let handler = reader.handler(o, &heads);
-                if !handler.is_in_subtree_of(me) {
-                    return Err(format!(
-                        "{me} may not set {name} of a complaint handled by {handler}"
-                    ));
-                }
+            if let Some(why) = obj
+                .as_ref()
+                .and_then(|o| reader.refusal(me, o, name, &heads, &heads))
+            {
+                return Err(why);
             }
             continue;
         }
@@ -649,7 +634,7 @@ mod tests {
         let made = set(&[("kind", "debriefing"), ("year", "2026")]);
         let result = set(&[("result", "excellent")]);
         assert!(check_local(&a, &appraisals, &village, new, &result, None).is_ok());
-        let e = check_local(&a, &appraisals, &village, new, &result, Some(Some(&made)));
+        let e = check_local(&a, &appraisals, &village, new, &result, Some(&made));
         assert!(e.is_err_and(|e| e.contains("rated from above")));
         let democratic = set(&[("kind", "democratic_appraisal"), ("result", "excellent")]);
         assert!(check_local(&a, &appraisals, &village, new, &democratic, None).is_ok());
