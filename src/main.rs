@@ -261,6 +261,8 @@ struct NodeToml {
     /// The round trip QUIC assumes on a new link before it has measured one (default 333;
     /// 10 to 1,000).
     initial_rtt_ms: Option<u64>,
+    /// How many times each QUIC handshake datagram is sent (default 1; at most 3).
+    handshake_copies: Option<u8>,
     /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
     /// evicted and read back from the store when needed.
     doc_memory_mb: Option<u64>,
@@ -498,6 +500,9 @@ fn read_node_toml(path: &Path) -> anyhow::Result<(NodeToml, LinkConfig)> {
     }
     if let Some(ms) = cfg.initial_rtt_ms {
         link.initial_rtt = Duration::from_millis(ms);
+    }
+    if let Some(n) = cfg.handshake_copies {
+        link.handshake_copies = n;
     }
     link.validate()
         .with_context(|| format!("{}: the link settings", path.display()))?;
@@ -1102,6 +1107,7 @@ mod tests {
         let township = link("Township").context("no township example")?;
         for l in [village, township] {
             assert_eq!(l.initial_rtt, Duration::from_millis(150));
+            assert_eq!(l.handshake_copies, 2);
         }
         Ok(())
     }

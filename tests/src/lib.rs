@@ -26,6 +26,9 @@ pub fn fast_links() -> LinkConfig {
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(3),
+        // Every test's links come up through the socket that copies handshake datagrams,
+        // as the village and township examples' do.
+        handshake_copies: 2,
         ..LinkConfig::default()
     }
 }

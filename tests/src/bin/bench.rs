@@ -321,7 +321,10 @@ async fn start_chain(
 /// node is stopped while its own store takes 5,000 changes (written concurrently, so group
 /// commit applies); then, with `impair` applied to the relay, the clock starts, the village
 /// node starts and dials, and the township is polled until it holds the final records.
-async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
+async fn catch_up_ours(
+    link: grassroots_node::LinkConfig,
+    impair: impl Fn(&Relay),
+) -> anyhow::Result<CatchUp> {
     let dir = tempfile::tempdir()?;
     let village = unit("c01/k01/t01/v01");
     let (via, relay_slot) = behind_relay("c01/k01/t01/v01");
@@ -329,7 +332,7 @@ async fn catch_up_ours(impair: impl Fn(&Relay)) -> anyhow::Result<CatchUp> {
     // setting) aborts handshakes that 30% loss merely slows down.
     let link = grassroots_node::LinkConfig {
         backoff_min: Duration::from_millis(100),
-        ..Default::default()
+        ..link
     };
     let mut fed = start_chain(dir.path(), link, Some(via)).await?;
     fed.stop(&village).await?;
@@ -563,7 +566,7 @@ async fn catch_up_samod() -> anyhow::Result<(f64, u64)> {
 }
 
 async fn catch_up() -> anyhow::Result<()> {
-    let ours = catch_up_ours(|_| {}).await?;
+    let ours = catch_up_ours(grassroots_node::LinkConfig::default(), |_| {}).await?;
     let (samod_s, samod_bytes) = catch_up_samod().await?;
     emit("catch-up", "time", ours.seconds, "s", Some(samod_s));
     emit(
@@ -587,13 +590,13 @@ async fn catch_up() -> anyhow::Result<()> {
 async fn lossy_link() -> anyhow::Result<()> {
     const RATE: u64 = 256_000;
     const LOSS: f64 = 0.30;
-    let run = catch_up_ours(|r| {
+    let impair = |r: &Relay| {
         r.set_rate(RATE);
         r.set_loss(LOSS);
         r.set_delay(Duration::from_millis(20));
-    })
-    .await?;
+    };
     let ideal = RATE as f64 / 8.0 * (1.0 - LOSS);
+    let run = catch_up_ours(grassroots_node::LinkConfig::default(), impair).await?;
     let goodput = run.app_bytes as f64 / run.seconds;
     emit(
         "lossy-link",
@@ -620,6 +623,24 @@ async fn lossy_link() -> anyhow::Result<()> {
         "bytes",
         None,
     );
+    // The same catch-up with every node set as the village example (`deploy/village`): the
+    // settings a deployment on such a line uses.
+    let tuned = catch_up_ours(village_example(), impair).await?;
+    let default = run.app_bytes as f64 / run.seconds / ideal;
+    emit(
+        "lossy-link",
+        "goodput_over_ideal_village_example",
+        tuned.app_bytes as f64 / tuned.seconds / ideal,
+        "ratio",
+        Some(default),
+    );
+    emit(
+        "lossy-link",
+        "transfer_goodput_over_ideal_village_example",
+        tuned.app_bytes as f64 / tuned.transfer_seconds / ideal,
+        "ratio",
+        Some(run.app_bytes as f64 / run.transfer_seconds / ideal),
+    );
     Ok(())
 }
 
@@ -634,6 +655,12 @@ async fn lossy_dial() -> anyhow::Result<()> {
         ..Default::default()
     };
     lossy_dials("_initial_rtt_150ms", &guess, Some(&baseline)).await?;
+    // And with every handshake datagram sent twice by both ends.
+    let copies = grassroots_node::LinkConfig {
+        handshake_copies: 2,
+        ..guess
+    };
+    lossy_dials("_initial_rtt_150ms_copies_2", &copies, Some(&baseline)).await?;
     Ok(())
 }
 
@@ -794,23 +821,29 @@ async fn dials(
     Ok((times, failed, bytes))
 }
 
-/// An idle, connected link: what the village's link to its township costs with nothing to
-/// sync (keep-alives and their acknowledgements), through the relay over six keep-alive
-/// intervals, per hour, with IPv4 and UDP headers (28 bytes a datagram) added to what the
-/// relay carries: with the default link settings and with the village example's
-/// (`deploy/village`: a keep-alive of 25 s, an idle timeout of 60 s, no path MTU
-/// discovery, an initial round trip of 150 ms), side by side.
-async fn idle_link() -> anyhow::Result<()> {
-    let village_example = grassroots_node::LinkConfig {
+/// The link settings of the village example (`deploy/village`, whose test checks the same):
+/// a keep-alive of 25 s, an idle timeout of 60 s, no path MTU discovery, an initial round
+/// trip of 150 ms, each handshake datagram sent twice.
+fn village_example() -> grassroots_node::LinkConfig {
+    grassroots_node::LinkConfig {
         keep_alive: Duration::from_secs(25),
         idle_timeout: Duration::from_secs(60),
         mtu_discovery: false,
         initial_rtt: Duration::from_millis(150),
+        handshake_copies: 2,
         ..Default::default()
-    };
+    }
+}
+
+/// An idle, connected link: what the village's link to its township costs with nothing to
+/// sync (keep-alives and their acknowledgements), through the relay over six keep-alive
+/// intervals, per hour, with IPv4 and UDP headers (28 bytes a datagram) added to what the
+/// relay carries: with the default link settings and with the village example's
+/// ([`village_example`]), side by side.
+async fn idle_link() -> anyhow::Result<()> {
     let runs = [
         ("default", grassroots_node::LinkConfig::default()),
-        ("village_example", village_example),
+        ("village_example", village_example()),
     ]
     .map(|(name, link)| async move { (name, idle_link_run(link).await) });
     for (name, run) in futures::future::join_all(runs).await {
