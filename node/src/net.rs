@@ -96,9 +96,10 @@ pub struct LinkConfig {
     /// timeouts (after 3 and 9 times the guess) fit in the default 10 s handshake timeout.
     pub initial_rtt: Duration,
     /// How many times this node sends each datagram of a QUIC handshake (1 to 3; see
-    /// [`copies`]). A handshake datagram lost on a lossy line waits out a probe timeout of
-    /// three round trips or more; sent twice it is lost only when both copies are. Costs a few
-    /// KB a link, only while it comes up.
+    /// `net/copies.rs`). A handshake datagram lost on a lossy line waits out a probe timeout
+    /// of three round trips or more; sent twice it is lost only when both copies are. Costs a
+    /// few KB a link, only while it comes up; towards a dialling child, the copies stay
+    /// within three times what the child sent (QUIC's amplification limit).
     pub handshake_copies: u8,
 }
 
@@ -1261,6 +1262,21 @@ mod tests {
         for bad in [0, 9, 1_001, 5_000] {
             let e = at(bad).validate().unwrap_err().to_string();
             assert!(e.contains("initial round trip"), "{e}");
+        }
+    }
+
+    #[test]
+    fn handshake_copies_are_one_to_three() {
+        let at = |n: u8| LinkConfig {
+            handshake_copies: n,
+            ..LinkConfig::default()
+        };
+        for ok in [1, 2, 3] {
+            assert!(at(ok).validate().is_ok(), "{ok}");
+        }
+        for bad in [0, 4, 255] {
+            let e = at(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("handshake copies"), "{e}");
         }
     }
 

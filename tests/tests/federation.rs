@@ -900,6 +900,8 @@ async fn an_idle_link_costs_the_keep_alive_its_child_chose() -> anyhow::Result<(
         &k01,
         grassroots_node::LinkConfig {
             keep_alive: Duration::from_secs(1),
+            // The default's plain socket (the tests' links copy handshake datagrams).
+            handshake_copies: 1,
             ..fast_links()
         },
     )?;

@@ -626,13 +626,12 @@ async fn lossy_link() -> anyhow::Result<()> {
     // The same catch-up with every node set as the village example (`deploy/village`): the
     // settings a deployment on such a line uses.
     let tuned = catch_up_ours(village_example(), impair).await?;
-    let default = run.app_bytes as f64 / run.seconds / ideal;
     emit(
         "lossy-link",
         "goodput_over_ideal_village_example",
         tuned.app_bytes as f64 / tuned.seconds / ideal,
         "ratio",
-        Some(default),
+        Some(goodput / ideal),
     );
     emit(
         "lossy-link",
