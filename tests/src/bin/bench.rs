@@ -714,11 +714,23 @@ async fn lossy_dials(
         );
         figures.insert(metric("bytes_per_dial"), bytes);
     }
+    // What a dial costs with nothing lost: five fresh dials, loss off (each handshake
+    // datagram once, or as many times as the setting copies it).
+    relay.set_loss(0.0);
+    let lossless = Dials {
+        fresh: true,
+        count: 5,
+        hold: Duration::ZERO,
+    };
+    let (_, _, bytes) = dials(&identity, &township, &relay, link, lossless).await?;
+    let metric = format!("lossless{suffix}_bytes_per_dial");
+    let base = baseline.and_then(|b| b.get("lossless_bytes_per_dial").copied());
+    emit("lossy-dial", &metric, bytes, "bytes", base);
+    figures.insert(metric, bytes);
     if baseline.is_none() {
         // What path MTU discovery costs a link that stays up: loss off, five fresh dials
         // each held open 3 s (quinn's search runs right after the handshake), with discovery
         // on and off at the village (off, it also tells the township not to probe).
-        relay.set_loss(0.0);
         for (metric, mtu_discovery) in [("mtu_on", true), ("mtu_off", false)] {
             let cfg = grassroots_node::LinkConfig {
                 mtu_discovery,
