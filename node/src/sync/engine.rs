@@ -259,6 +259,33 @@ impl PeerSync {
     }
 }
 
+/// Until the peer has said this session what it has of a document, assume it still holds the
+/// heads both sides shared when the last session ended (the saved state's): the first message
+/// then carries this side's changes since, instead of only asking, and a catch-up takes one
+/// round trip less (each costs on a lossy village line). A peer that no longer holds them (a
+/// restore) answers with what it has, or a reset, and the exchange goes on from there; a
+/// change it already held costs its bytes once. Nothing is assumed for a document never
+/// synced with the peer, or whose shared heads this side does not hold.
+fn assume_shared_heads_held(doc: &Automerge, state: &mut sync::State) {
+    // Heads arrive with every message of the peer: none yet means it has said nothing this
+    // session (a decoded state has an empty `their_have`, not none).
+    if state.their_heads.is_some()
+        || state.their_have.as_ref().is_some_and(|h| !h.is_empty())
+        || state.shared_heads.is_empty()
+        || !state
+            .shared_heads
+            .iter()
+            .all(|h| doc.get_change_meta_by_hash(h).is_some())
+    {
+        return;
+    }
+    state.their_have = Some(vec![sync::Have {
+        last_sync: state.shared_heads.clone(),
+        bloom: sync::BloomFilter::default(),
+    }]);
+    state.their_need.get_or_insert_with(Vec::new);
+}
+
 fn digest16(bytes: &[u8]) -> Digest {
     let d = digest(&SHA256, bytes);
     let mut out = [0u8; 16];
@@ -1142,6 +1169,7 @@ impl Engine {
         }
         let doc = self.docs.get(id)?.doc.as_ref()?;
         let p = self.peers.get_mut(peer)?;
+        assume_shared_heads_held(doc, p.state(id));
         // The state holds what the peer said it has; automerge trusts it. A panic here must
         // not take the store down: the document stops syncing with this peer this session.
         let generated = catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(p.state(id))));
@@ -2604,6 +2632,54 @@ mod tests {
         let (_, _, rounds) = pump_counted(&mut k, &mut c, q);
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
         assert!(rounds <= 6, "{rounds} rounds");
+    }
+
+    /// A document changed since the last session carries its changes in its first message:
+    /// the peer holds them before it has answered anything (a round trip sooner than asking
+    /// first what it has).
+    #[test]
+    fn a_changed_document_carries_its_changes_in_its_first_message() {
+        let (mut k, mut c) = big_pair(50);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        write(&mut k, "c01/k01/t04/v004", 9999, "Changed Offline");
+        let first = k.connect(&uc, sk);
+        let _ = c.connect(&uk, sc);
+        for m in first {
+            assert!(c.receive(&uk, m).rejected.is_empty());
+        }
+        assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
+    }
+
+    /// A peer that no longer holds what both sides shared last session (restored from an
+    /// older backup) still gets everything: the changes sent on that assumption wait for
+    /// what they depend on, which the exchange then sends.
+    #[test]
+    fn a_peer_behind_the_last_session_still_catches_up() {
+        let (mut k, mut c) = big_pair(20);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let _ = k.disconnect(&uc);
+        let _ = c.disconnect(&uk);
+        // The city as a backup holds it: synced up to here.
+        let mut old = engine("c01", 7);
+        link(&mut k, &mut old);
+        let so: HashMap<_, _> = old.disconnect(&uk).into_iter().collect();
+        let _ = k.disconnect(&uc);
+        // A later session with the live city, whose shared heads the village side saves.
+        write(&mut k, "c01/k01/t04/v004", 9998, "Second");
+        link(&mut k, &mut c);
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let _ = c.disconnect(&uk);
+        write(&mut k, "c01/k01/t04/v004", 9997, "Third");
+        // The restored city comes back in the live one's place.
+        let mut q = addressed(&uk, &uc, k.connect(&uc, sk));
+        q.extend(addressed(&uc, &uk, old.connect(&uk, so)));
+        assert!(pump(&mut k, &mut old, q).is_empty());
+        let got = names(&old, "c01/k01/t04/v004");
+        for want in ["Seed", "Second", "Third"] {
+            assert!(got.contains(&want.to_string()), "{got:?}");
+        }
     }
 
     /// A link opened with many changed documents starts them in pieces, each document's
