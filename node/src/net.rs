@@ -98,8 +98,8 @@ pub struct LinkConfig {
     /// How many times this node sends each datagram of a QUIC handshake (1 to 3; see
     /// `net/copies.rs`). A handshake datagram lost on a lossy line waits out a probe timeout
     /// of three round trips or more; sent twice it is lost only when both copies are. Costs a
-    /// few KB a link, only while it comes up; towards a dialling child, the copies stay
-    /// within three times what the child sent (QUIC's amplification limit).
+    /// few KB a link, only while it comes up. Only the handshakes this node dials (to its
+    /// parent) are copied: answering a child's, it keeps QUIC's amplification limit.
     pub handshake_copies: u8,
 }
 
@@ -397,7 +397,10 @@ pub fn endpoint(
         .wrap_udp_socket(socket)
         .map_err(|e| NetError::Endpoint(format!("socket on {listen}: {e}")))?;
     if cfg.handshake_copies > 1 {
-        socket = Arc::new(copies::HandshakeCopies::new(socket, cfg.handshake_copies));
+        socket = Arc::new(
+            copies::HandshakeCopies::new(socket, cfg.handshake_copies)
+                .map_err(|e| NetError::Endpoint(format!("socket on {listen}: {e}")))?,
+        );
     }
     let mut ep = Endpoint::new_with_abstract_socket(endpoint_cfg, Some(server), socket, runtime)
         .map_err(|e| NetError::Endpoint(format!("endpoint on {listen}: {e}")))?;
@@ -716,6 +719,10 @@ async fn race_handshakes(
     server_name: &str,
     racing: usize,
 ) -> Result<Connection, NetError> {
+    // Handshake datagrams to the parent are copied while this runs, if the node says so.
+    let _dialling = endpoint
+        .local_addr()
+        .map(|local| copies::dialling(local, addr));
     let mut running = tokio::task::JoinSet::new();
     running.spawn(endpoint.connect(addr, server_name)?);
     loop {

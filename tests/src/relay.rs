@@ -29,6 +29,9 @@ struct Control {
     dropped: AtomicU64,
     forwarded: AtomicU64,
     forwarded_bytes: AtomicU64,
+    /// Datagrams from clients that open with a QUIC long header (a handshake's), forwarded
+    /// or not.
+    handshake_up: AtomicU64,
     /// The largest datagram forwarded since last asked.
     largest: AtomicU64,
     /// Per direction (0: to upstream, 1: to clients): when the bottleneck is free.
@@ -46,6 +49,7 @@ impl Control {
             dropped: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             forwarded_bytes: AtomicU64::new(0),
+            handshake_up: AtomicU64::new(0),
             largest: AtomicU64::new(0),
             free_at: Mutex::new([Instant::now(); 2]),
             rng: Mutex::new(seed),
@@ -173,6 +177,9 @@ impl Relay {
                         s
                     }
                 };
+                if buf[..n].first().is_some_and(|b| b & 0x80 != 0) {
+                    c.handshake_up.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Some(at) = c.admit(n, 0) {
                     send_at(&out, &buf[..n], upstream, at).await;
                 }
@@ -227,6 +234,11 @@ impl Relay {
     /// The largest datagram forwarded (either way) since the last call.
     pub fn take_largest(&self) -> u64 {
         self.ctl.largest.swap(0, Ordering::Relaxed)
+    }
+
+    /// Datagrams from clients that opened with a QUIC long header (a handshake's).
+    pub fn handshakes_upstream(&self) -> u64 {
+        self.ctl.handshake_up.load(Ordering::Relaxed)
     }
 
     /// Datagrams and bytes forwarded.

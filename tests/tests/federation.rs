@@ -887,6 +887,49 @@ async fn county_behind_relay() -> anyhow::Result<(Federation, tempfile::TempDir,
     Ok((fed, dir, relay_of(&slot)?))
 }
 
+/// A node set to copy its handshake datagrams sends them as often as set to the parent it
+/// dials (its endpoint runs on the copying socket): five dials each at one, two and three
+/// copies through a loss-free relay, which counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Result<()> {
+    let (mut fed, dir, relay) = county_behind_relay().await?;
+    let (city, k01) = (unit("c01"), unit("c01/k01"));
+    fed.stop(&k01).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
+    let mut per_dial = Vec::new();
+    for copies in [1u8, 2, 3] {
+        let cfg = grassroots_node::LinkConfig {
+            handshake_copies: copies,
+            ..fast_links()
+        };
+        let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &cfg)?;
+        let before = relay.handshakes_upstream();
+        for _ in 0..5 {
+            let link = net::connect_parent(
+                &endpoint,
+                &identity,
+                &city,
+                relay.addr(),
+                Duration::from_secs(10),
+            )
+            .await?;
+            link.conn.close(0u32.into(), b"done");
+        }
+        endpoint.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        per_dial.push((relay.handshakes_upstream() - before) as f64 / 5.0);
+    }
+    // Each dial's handshake datagrams (its Initial at least) go once more per copy; the
+    // relay counts what the county sends.
+    assert!(per_dial[0] >= 1.0, "{per_dial:?}");
+    for (n, got) in per_dial.iter().enumerate() {
+        let want = per_dial[0] * (n + 1) as f64;
+        assert!((got - want).abs() <= 0.5 * per_dial[0], "{per_dial:?}");
+    }
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
 /// for them on a village's metered line. The city's setting here is 300 ms (its links up
 /// would ping at that pace); its county, set to 1 s, keeps their link at about two datagrams
