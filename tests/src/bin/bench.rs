@@ -654,7 +654,7 @@ async fn lossy_dial() -> anyhow::Result<()> {
         ..Default::default()
     };
     lossy_dials("_initial_rtt_150ms", &guess, Some(&baseline)).await?;
-    // And with every handshake datagram sent twice by both ends.
+    // And with the village sending each datagram of its handshakes twice.
     let copies = grassroots_node::LinkConfig {
         handshake_copies: 2,
         ..guess
@@ -834,14 +834,13 @@ async fn dials(
 
 /// The link settings of the village example (`deploy/village`, whose test checks the same):
 /// a keep-alive of 25 s, an idle timeout of 60 s, no path MTU discovery, an initial round
-/// trip of 150 ms, each handshake datagram sent twice.
+/// trip of 150 ms.
 fn village_example() -> grassroots_node::LinkConfig {
     grassroots_node::LinkConfig {
         keep_alive: Duration::from_secs(25),
         idle_timeout: Duration::from_secs(60),
         mtu_discovery: false,
         initial_rtt: Duration::from_millis(150),
-        handshake_copies: 2,
         ..Default::default()
     }
 }
