@@ -377,6 +377,16 @@ pub fn endpoint(
             .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(Arc::new(transport(cfg, End::Parent)?));
+    if cfg.handshake_copies > 1 {
+        // A token for each child's next handshake (QUIC's NEW_TOKEN): presented, it validates
+        // the child's address at once, and only then are this node's answers copied.
+        let mut tokens = quinn::ValidationTokenConfig::default();
+        tokens
+            .log(Arc::new(copies::UsedTokens::default()))
+            .sent(1)
+            .lifetime(copies::TOKEN_LIFETIME);
+        server.validation_token_config(tokens);
+    }
     let client_crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
             .map_err(|e| NetError::Endpoint(e.to_string()))?;
@@ -722,7 +732,7 @@ async fn race_handshakes(
     // Handshake datagrams to the parent are copied while this runs, if the node says so.
     let _dialling = endpoint
         .local_addr()
-        .map(|local| copies::dialling(local, addr));
+        .map(|local| copies::copying(local, addr));
     let mut running = tokio::task::JoinSet::new();
     running.spawn(endpoint.connect(addr, server_name)?);
     loop {
@@ -1060,8 +1070,16 @@ pub async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
         let (ctx, children) = (ctx.clone(), children.clone());
+        // A child whose address QUIC validated (it presented a token from an earlier link)
+        // has this node's handshake datagrams copied, if the node says so: no amplification
+        // limit applies to a validated address.
+        let copied = (ctx.cfg.handshake_copies > 1 && incoming.remote_address_validated())
+            .then(|| endpoint.local_addr().ok())
+            .flatten()
+            .map(|local| copies::copying(local, incoming.remote_address()));
         tasks.spawn(async move {
             let remote = incoming.remote_address();
+            let _copied = copied;
             let accepted = accept_child(
                 incoming,
                 &ctx.identity,

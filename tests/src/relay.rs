@@ -32,6 +32,8 @@ struct Control {
     /// Datagrams from clients that open with a QUIC long header (a handshake's), forwarded
     /// or not.
     handshake_up: AtomicU64,
+    /// The same from the upstream to clients.
+    handshake_down: AtomicU64,
     /// The largest datagram forwarded since last asked.
     largest: AtomicU64,
     /// Per direction (0: to upstream, 1: to clients): when the bottleneck is free.
@@ -50,6 +52,7 @@ impl Control {
             forwarded: AtomicU64::new(0),
             forwarded_bytes: AtomicU64::new(0),
             handshake_up: AtomicU64::new(0),
+            handshake_down: AtomicU64::new(0),
             largest: AtomicU64::new(0),
             free_at: Mutex::new([Instant::now(); 2]),
             rng: Mutex::new(seed),
@@ -169,6 +172,9 @@ impl Relay {
                                 if src != upstream {
                                     continue;
                                 }
+                                if buf[..n].first().is_some_and(|b| b & 0x80 != 0) {
+                                    c.handshake_down.fetch_add(1, Ordering::Relaxed);
+                                }
                                 if let Some(at) = c.admit(n, 1) {
                                     send_at(&listen, &buf[..n], from, at).await;
                                 }
@@ -239,6 +245,11 @@ impl Relay {
     /// Datagrams from clients that opened with a QUIC long header (a handshake's).
     pub fn handshakes_upstream(&self) -> u64 {
         self.ctl.handshake_up.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams from the upstream to clients that opened with a QUIC long header.
+    pub fn handshakes_downstream(&self) -> u64 {
+        self.ctl.handshake_down.load(Ordering::Relaxed)
     }
 
     /// Datagrams and bytes forwarded.

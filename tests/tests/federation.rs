@@ -930,6 +930,63 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
     Ok(())
 }
 
+/// A parent set to copy its handshake datagrams copies its answers only to a child that
+/// presents a token from an earlier link (QUIC then holds its address validated, and no
+/// amplification limit applies), never to one dialling for the first time: three dials from
+/// one endpoint, the city's answers counted at the relay, against the same with the city
+/// copying nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyhow::Result<()> {
+    let (mut fed, dir, relay) = county_behind_relay().await?;
+    let (city, k01) = (unit("c01"), unit("c01/k01"));
+    fed.stop(&k01).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
+    let dials = |relay: Arc<Relay>| {
+        let (identity, city) = (identity.clone(), city.clone());
+        async move {
+            let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                let before = relay.handshakes_downstream();
+                let link = net::connect_parent(
+                    &endpoint,
+                    &identity,
+                    &city,
+                    relay.addr(),
+                    Duration::from_secs(10),
+                )
+                .await?;
+                // The city's last handshake datagrams are on their way: let them arrive.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                answers.push(relay.handshakes_downstream() - before);
+                link.conn.close(0u32.into(), b"done");
+            }
+            endpoint.close(0u32.into(), b"done");
+            endpoint.wait_idle().await;
+            anyhow::Ok(answers)
+        }
+    };
+    let copying = dials(relay.clone()).await?;
+    fed.stop(&city).await?;
+    fed.set_link(
+        &city,
+        grassroots_node::LinkConfig {
+            handshake_copies: 1,
+            ..fast_links()
+        },
+    )?;
+    fed.restart(&city).await?;
+    let plain = dials(relay.clone()).await?;
+    // The first dial has no token: the answers go once either way.
+    assert_eq!(copying[0], plain[0], "{copying:?} {plain:?}");
+    // The later ones present the token the link before was given: twice.
+    for i in 1..3 {
+        assert_eq!(copying[i], 2 * plain[i], "{copying:?} {plain:?}");
+    }
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
 /// for them on a village's metered line. The city's setting here is 300 ms (its links up
 /// would ping at that pace); its county, set to 1 s, keeps their link at about two datagrams

@@ -10,17 +10,20 @@
 //!
 //! Only datagrams that open with a long header are copied: the handshake's (Initial and
 //! Handshake packets, with whatever quinn coalesces behind them, which may include the first
-//! application data), and only while the dial's QUIC handshakes run: once one completes,
+//! application data), and only while the handshake is registered (below): once it is done,
 //! nothing more is copied (the last Handshake packets quinn may still send go once), and a
 //! link sends short headers only.
 //!
-//! Only towards a parent this node is dialling, and only while it dials: a server may send
-//! an address it has not validated at most three times what it received from it (RFC 9000,
-//! 8.1), so that a forged source address cannot turn a node into an amplifier. quinn keeps
-//! that limit for what it sends but does not see the copies, and its originals alone may use
-//! all of it, so a node answering a child's handshake copies nothing. The dial registers its
-//! parent's address with [`dialling`] for as long as it runs; quinn's `Endpoint` offers no
-//! way back to its socket, so the registry is keyed by the socket's local address.
+//! Only towards a parent this node is dialling, or a child whose address QUIC has validated,
+//! and only while that handshake runs: a server may send an address it has not validated at
+//! most three times what it received from it (RFC 9000, 8.1), so that a forged source address
+//! cannot turn a node into an amplifier. quinn keeps that limit for what it sends but does
+//! not see the copies, and its own datagrams may use all of it, so a node answering a
+//! child's handshake copies nothing unless the child presented a token from an earlier link
+//! (NEW_TOKEN: its address is then validated, and no limit applies). The dial and the accept
+//! register the address with [`copying`] for as long as the handshake runs; quinn's
+//! `Endpoint` offers no way back to its socket, so the registry is keyed by the socket's
+//! local address.
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -28,47 +31,49 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, UdpPoller};
+use quinn::{AsyncUdpSocket, TokenLog, TokenReuseError, UdpPoller};
 
 /// The first bit of a QUIC packet: set in a long header (RFC 9000, 17.2).
 const LONG_HEADER: u8 = 0x80;
 
-/// Dials in progress, by (local socket address, parent address): how many.
-type Dials = HashMap<(SocketAddr, SocketAddr), usize>;
+/// Handshakes whose datagrams are copied, by (local socket address, peer address): how many
+/// are in progress.
+type Handshakes = HashMap<(SocketAddr, SocketAddr), usize>;
 
-/// The dials in progress of every copying socket in the process. A mutex because sockets
-/// send from many connection tasks, synchronously; it is never held across a send.
-static DIALLING: Mutex<Option<Dials>> = Mutex::new(None);
+/// The handshakes in progress that every copying socket in the process copies. A mutex
+/// because sockets send from many connection tasks, synchronously; it is never held across a
+/// send.
+static COPYING: Mutex<Option<Handshakes>> = Mutex::new(None);
 
-fn dials() -> MutexGuard<'static, Option<Dials>> {
+fn handshakes() -> MutexGuard<'static, Option<Handshakes>> {
     // A count is whole whatever panicked while the lock was held: each update is one step.
-    DIALLING.lock().unwrap_or_else(PoisonError::into_inner)
+    COPYING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A dial in progress from the socket at `local` to `parent`: handshake datagrams the socket
-/// sends there are copied until the returned guard is dropped.
-pub(super) fn dialling(local: SocketAddr, parent: SocketAddr) -> Dialling {
-    *dials()
+/// A handshake in progress between the socket at `local` and `peer` (the parent it dials, or
+/// a child whose address is validated): handshake datagrams the socket sends there are
+/// copied until the returned guard is dropped.
+pub(super) fn copying(local: SocketAddr, peer: SocketAddr) -> Copying {
+    *handshakes()
         .get_or_insert_with(HashMap::new)
-        .entry((local, parent))
+        .entry((local, peer))
         .or_insert(0) += 1;
-    Dialling {
-        key: (local, parent),
-    }
+    Copying { key: (local, peer) }
 }
 
-/// Ends a dial's registration when dropped.
+/// Ends a handshake's registration when dropped.
 #[derive(Debug)]
-pub(super) struct Dialling {
+pub(super) struct Copying {
     key: (SocketAddr, SocketAddr),
 }
 
-impl Drop for Dialling {
+impl Drop for Copying {
     fn drop(&mut self) {
-        let mut dials = dials();
-        let Some(map) = dials.as_mut() else {
+        let mut handshakes = handshakes();
+        let Some(map) = handshakes.as_mut() else {
             return;
         };
         if let Some(n) = map.get_mut(&self.key) {
@@ -80,18 +85,56 @@ impl Drop for Dialling {
     }
 }
 
-fn is_dialling(local: SocketAddr, to: SocketAddr) -> bool {
-    dials()
+fn is_copied(local: SocketAddr, to: SocketAddr) -> bool {
+    handshakes()
         .as_ref()
         .is_some_and(|m| m.contains_key(&(local, to)))
 }
 
-/// A socket sending each handshake datagram to a parent it is dialling `copies` times in all.
+/// How long a child's token validates its address. A village that redials within a day (its
+/// link came back) has its parent's answers copied; one away longer dials as a new one.
+pub(super) const TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Tokens kept as used: more, and further ones are refused (the handshake then goes on
+/// unvalidated, its answers sent once) until the oldest expire.
+const MAX_TOKENS: usize = 4096;
+
+/// The tokens children have presented, so that none validates twice (RFC 9000, 8.1.4: a
+/// replayed token would make the node an amplifier again). Kept until they expire.
+#[derive(Debug, Default)]
+pub(super) struct UsedTokens {
+    used: Mutex<HashMap<u128, SystemTime>>,
+}
+
+impl TokenLog for UsedTokens {
+    fn check_and_insert(
+        &self,
+        nonce: u128,
+        issued: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(), TokenReuseError> {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        if used.contains_key(&nonce) {
+            return Err(TokenReuseError);
+        }
+        if used.len() >= MAX_TOKENS {
+            let now = SystemTime::now();
+            used.retain(|_, expires| *expires > now);
+            if used.len() >= MAX_TOKENS {
+                return Err(TokenReuseError);
+            }
+        }
+        used.insert(nonce, issued + lifetime);
+        Ok(())
+    }
+}
+
+/// A socket sending each datagram of a registered handshake `copies` times in all.
 #[derive(Debug)]
 pub(super) struct HandshakeCopies {
     inner: Arc<dyn AsyncUdpSocket>,
     copies: u8,
-    /// The inner socket's address, the key of its dials.
+    /// The inner socket's address, the key of its handshakes.
     local: SocketAddr,
 }
 
@@ -126,7 +169,7 @@ impl AsyncUdpSocket for HandshakeCopies {
             .chunks(size)
             .filter(|d| long_header(d))
             .peekable();
-        if handshake.peek().is_none() || !is_dialling(self.local, transmit.destination) {
+        if handshake.peek().is_none() || !is_copied(self.local, transmit.destination) {
             return Ok(());
         }
         for datagram in handshake {
@@ -246,10 +289,10 @@ mod tests {
     }
 
     /// A copying socket over a fake at `local`, dialling `addr(1)` while the guard lives.
-    fn dialling_from(local: u16, copies: u8, fake: Fake) -> (Arc<Fake>, HandshakeCopies, Dialling) {
+    fn copying_from(local: u16, copies: u8, fake: Fake) -> (Arc<Fake>, HandshakeCopies, Copying) {
         let fake = Arc::new(Fake { local, ..fake });
         let socket = HandshakeCopies::new(fake.clone(), copies).unwrap();
-        let dial = dialling(socket.local, addr(1));
+        let dial = copying(socket.local, addr(1));
         (fake, socket, dial)
     }
 
@@ -273,7 +316,7 @@ mod tests {
 
     #[test]
     fn handshake_datagrams_to_the_parent_dialled_go_twice_and_the_rest_once() {
-        let (fake, socket, _dial) = dialling_from(1, 2, Fake::default());
+        let (fake, socket, _dial) = copying_from(1, 2, Fake::default());
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         socket.try_send(&transmit(addr(1), &SHORT, None)).unwrap();
         assert_eq!(
@@ -281,7 +324,7 @@ mod tests {
             vec![LONG.to_vec(), LONG.to_vec(), SHORT.to_vec()]
         );
         // Set to one: no copy.
-        let (fake, socket, _dial) = dialling_from(2, 1, Fake::default());
+        let (fake, socket, _dial) = copying_from(2, 1, Fake::default());
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake), vec![LONG.to_vec()]);
     }
@@ -290,11 +333,11 @@ mod tests {
     /// answers: QUIC's amplification limit), nor to the parent once its dial has ended.
     #[test]
     fn only_a_dial_in_progress_is_copied() {
-        let (fake, socket, dial) = dialling_from(3, 3, Fake::default());
+        let (fake, socket, dial) = copying_from(3, 3, Fake::default());
         socket.try_send(&transmit(addr(2), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 1);
         // Two dials of the same parent at once: copied until both end.
-        let second = dialling(socket.local, addr(1));
+        let second = copying(socket.local, addr(1));
         drop(dial);
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 4);
@@ -302,14 +345,40 @@ mod tests {
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 5);
         // Another socket dialling the same parent does not make this one copy.
-        let _other = dialling(SocketAddr::from(([127, 0, 0, 9], 4)), addr(1));
+        let _other = copying(SocketAddr::from(([127, 0, 0, 9], 4)), addr(1));
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 6);
     }
 
+    /// A child's token validates its address once (a replay would make the node an
+    /// amplifier again); a full log refuses new ones until the oldest expire.
+    #[test]
+    fn a_token_validates_once() {
+        let log = UsedTokens::default();
+        let now = SystemTime::now();
+        assert!(log.check_and_insert(1, now, TOKEN_LIFETIME).is_ok());
+        assert!(log.check_and_insert(1, now, TOKEN_LIFETIME).is_err());
+        assert!(log.check_and_insert(2, now, TOKEN_LIFETIME).is_ok());
+        // Full of tokens still valid: refused.
+        for n in 3..MAX_TOKENS as u128 + 1 {
+            assert!(log.check_and_insert(n, now, TOKEN_LIFETIME).is_ok());
+        }
+        assert!(
+            log.check_and_insert(u128::MAX, now, TOKEN_LIFETIME)
+                .is_err()
+        );
+        // Full of expired ones: they make room.
+        let log = UsedTokens::default();
+        let long_ago = now - TOKEN_LIFETIME * 2;
+        for n in 0..MAX_TOKENS as u128 {
+            assert!(log.check_and_insert(n, long_ago, TOKEN_LIFETIME).is_ok());
+        }
+        assert!(log.check_and_insert(u128::MAX, now, TOKEN_LIFETIME).is_ok());
+    }
+
     #[test]
     fn a_batch_copies_its_handshake_datagrams_only() {
-        let (fake, socket, _dial) = dialling_from(5, 2, Fake::default());
+        let (fake, socket, _dial) = copying_from(5, 2, Fake::default());
         // Three datagrams of 4 bytes in one transmit: a handshake one, a short one, a
         // handshake one (the last may be shorter, as in a real batch).
         let batch = [0xc0u8, 1, 1, 1, 0x40, 2, 2, 2, 0xe0, 3];
@@ -327,7 +396,7 @@ mod tests {
             blocked: vec![0],
             ..Fake::default()
         };
-        let (fake, socket, _dial) = dialling_from(6, 3, blocked);
+        let (fake, socket, _dial) = copying_from(6, 3, blocked);
         let e = socket
             .try_send(&transmit(addr(1), &LONG, None))
             .unwrap_err();
@@ -338,7 +407,7 @@ mod tests {
             blocked: vec![1],
             ..Fake::default()
         };
-        let (fake, socket, _dial) = dialling_from(7, 3, blocked);
+        let (fake, socket, _dial) = copying_from(7, 3, blocked);
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake), vec![LONG.to_vec()]);
     }
@@ -346,7 +415,7 @@ mod tests {
     #[test]
     fn the_sockets_abilities_are_passed_through() {
         // quinn reads these: batches, receive offload, and whether path MTU discovery may run.
-        let (_, socket, _dial) = dialling_from(8, 2, Fake::default());
+        let (_, socket, _dial) = copying_from(8, 2, Fake::default());
         assert_eq!(socket.max_transmit_segments(), 64);
         assert_eq!(socket.max_receive_segments(), 7);
         assert!(!socket.may_fragment());
