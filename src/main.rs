@@ -1126,6 +1126,11 @@ mod tests {
         for l in [village, township] {
             assert_eq!(l.initial_rtt, Duration::from_millis(150));
         }
+        // The township copies its answers to villages whose address a token proved.
+        assert_eq!(
+            (village.handshake_copies, township.handshake_copies),
+            (1, 2)
+        );
         Ok(())
     }
 

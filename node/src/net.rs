@@ -732,7 +732,7 @@ async fn race_handshakes(
     // Handshake datagrams to the parent are copied while this runs, if the node says so.
     let _dialling = endpoint
         .local_addr()
-        .map(|local| copies::copying(local, addr));
+        .map(|local| copies::copying(local, addr, copies::Side::Dial));
     let mut running = tokio::task::JoinSet::new();
     running.spawn(endpoint.connect(addr, server_name)?);
     loop {
@@ -777,6 +777,7 @@ fn dropped_by_child(e: &NetError) -> bool {
 /// a dropped connection is not: a child's raced handshakes end so).
 async fn accept_child(
     incoming: quinn::Incoming,
+    copied: Option<copies::Copying>,
     identity: &Identity,
     children: &[UnitId],
     store: &StoreHandle,
@@ -786,6 +787,8 @@ async fn accept_child(
     let mut known = None;
     let fut = async {
         let conn = incoming.await?;
+        // The handshake is done: nothing more of this child's is copied.
+        drop(copied);
         let (peer, fingerprint) = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
@@ -1070,18 +1073,25 @@ pub async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
         let (ctx, children) = (ctx.clone(), children.clone());
+        let local = endpoint.local_addr().ok();
+        let remote = incoming.remote_address();
+        // A handshake from the address this node is dialling is not a child's (a parent never
+        // dials its child): a forged source, whose answers would be copied with the dial's.
+        if local.is_some_and(|l| copies::is_dialling(l, remote)) {
+            tracing::debug!(%remote, "ignored a handshake from the parent's address");
+            incoming.ignore();
+            continue;
+        }
         // A child whose address QUIC validated (it presented a token from an earlier link)
         // has this node's handshake datagrams copied, if the node says so: no amplification
         // limit applies to a validated address.
-        let copied = (ctx.cfg.handshake_copies > 1 && incoming.remote_address_validated())
-            .then(|| endpoint.local_addr().ok())
-            .flatten()
-            .map(|local| copies::copying(local, incoming.remote_address()));
+        let copied = local
+            .filter(|_| ctx.cfg.handshake_copies > 1 && incoming.remote_address_validated())
+            .map(|l| copies::copying(l, remote, copies::Side::Accept));
         tasks.spawn(async move {
-            let remote = incoming.remote_address();
-            let _copied = copied;
             let accepted = accept_child(
                 incoming,
+                copied,
                 &ctx.identity,
                 &children,
                 &ctx.store,

@@ -39,9 +39,23 @@ use quinn::{AsyncUdpSocket, TokenLog, TokenReuseError, UdpPoller};
 /// The first bit of a QUIC packet: set in a long header (RFC 9000, 17.2).
 const LONG_HEADER: u8 = 0x80;
 
-/// Handshakes whose datagrams are copied, by (local socket address, peer address): how many
-/// are in progress.
-type Handshakes = HashMap<(SocketAddr, SocketAddr), usize>;
+/// Which side of a handshake this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Side {
+    /// It dials its parent.
+    Dial,
+    /// It answers a child whose address is validated.
+    Accept,
+}
+
+/// Handshakes whose datagrams are copied, by (local socket address, peer address, side): how
+/// many are in progress.
+type Handshakes = HashMap<(SocketAddr, SocketAddr, Side), usize>;
+
+/// An address as one key, whether quinn reports it IPv4-mapped (a dual-stack socket) or not.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
 
 /// The handshakes in progress that every copying socket in the process copies. A mutex
 /// because sockets send from many connection tasks, synchronously; it is never held across a
@@ -56,18 +70,19 @@ fn handshakes() -> MutexGuard<'static, Option<Handshakes>> {
 /// A handshake in progress between the socket at `local` and `peer` (the parent it dials, or
 /// a child whose address is validated): handshake datagrams the socket sends there are
 /// copied until the returned guard is dropped.
-pub(super) fn copying(local: SocketAddr, peer: SocketAddr) -> Copying {
+pub(super) fn copying(local: SocketAddr, peer: SocketAddr, side: Side) -> Copying {
+    let key = (canonical(local), canonical(peer), side);
     *handshakes()
         .get_or_insert_with(HashMap::new)
-        .entry((local, peer))
+        .entry(key)
         .or_insert(0) += 1;
-    Copying { key: (local, peer) }
+    Copying { key }
 }
 
 /// Ends a handshake's registration when dropped.
 #[derive(Debug)]
 pub(super) struct Copying {
-    key: (SocketAddr, SocketAddr),
+    key: (SocketAddr, SocketAddr, Side),
 }
 
 impl Drop for Copying {
@@ -86,9 +101,18 @@ impl Drop for Copying {
 }
 
 fn is_copied(local: SocketAddr, to: SocketAddr) -> bool {
-    handshakes()
-        .as_ref()
-        .is_some_and(|m| m.contains_key(&(local, to)))
+    let (local, to) = (canonical(local), canonical(to));
+    handshakes().as_ref().is_some_and(|m| {
+        m.contains_key(&(local, to, Side::Dial)) || m.contains_key(&(local, to, Side::Accept))
+    })
+}
+
+/// Whether the socket at `local` is dialling `peer` now: a handshake arriving from that
+/// address is not a child's (a parent never dials its child), and answered it would be
+/// copied.
+pub(super) fn is_dialling(local: SocketAddr, peer: SocketAddr) -> bool {
+    let key = (canonical(local), canonical(peer), Side::Dial);
+    handshakes().as_ref().is_some_and(|m| m.contains_key(&key))
 }
 
 /// How long a child's token validates its address. A village that redials within a day (its
@@ -292,7 +316,7 @@ mod tests {
     fn copying_from(local: u16, copies: u8, fake: Fake) -> (Arc<Fake>, HandshakeCopies, Copying) {
         let fake = Arc::new(Fake { local, ..fake });
         let socket = HandshakeCopies::new(fake.clone(), copies).unwrap();
-        let dial = copying(socket.local, addr(1));
+        let dial = copying(socket.local, addr(1), Side::Dial);
         (fake, socket, dial)
     }
 
@@ -337,7 +361,7 @@ mod tests {
         socket.try_send(&transmit(addr(2), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 1);
         // Two dials of the same parent at once: copied until both end.
-        let second = copying(socket.local, addr(1));
+        let second = copying(socket.local, addr(1), Side::Dial);
         drop(dial);
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 4);
@@ -345,7 +369,7 @@ mod tests {
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 5);
         // Another socket dialling the same parent does not make this one copy.
-        let _other = copying(SocketAddr::from(([127, 0, 0, 9], 4)), addr(1));
+        let _other = copying(SocketAddr::from(([127, 0, 0, 9], 4)), addr(1), Side::Dial);
         socket.try_send(&transmit(addr(1), &LONG, None)).unwrap();
         assert_eq!(sent(&fake).len(), 6);
     }
@@ -374,6 +398,21 @@ mod tests {
             assert!(log.check_and_insert(n, long_ago, TOKEN_LIFETIME).is_ok());
         }
         assert!(log.check_and_insert(u128::MAX, now, TOKEN_LIFETIME).is_ok());
+    }
+
+    /// A dual-stack socket sees its parent IPv4-mapped: the same address. A child's
+    /// handshake registered does not count as a dial of its address.
+    #[test]
+    fn addresses_are_one_key_and_sides_apart() {
+        let local = SocketAddr::from(([127, 0, 0, 9], 10));
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:1".parse().unwrap();
+        let dial = copying(local, mapped, Side::Dial);
+        assert!(is_copied(local, addr(1)) && is_dialling(local, addr(1)));
+        drop(dial);
+        let child = copying(local, addr(1), Side::Accept);
+        assert!(is_copied(local, addr(1)) && !is_dialling(local, addr(1)));
+        drop(child);
+        assert!(!is_copied(local, addr(1)));
     }
 
     #[test]
