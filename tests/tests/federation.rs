@@ -887,6 +887,38 @@ async fn county_behind_relay() -> anyhow::Result<(Federation, tempfile::TempDir,
     Ok((fed, dir, relay_of(&slot)?))
 }
 
+/// `n` dials of `city` through `relay` from one endpoint set as `cfg`, each closed once up:
+/// how far `count` moved during each (read 200 ms after the link came up, so that the
+/// handshake's last datagrams have arrived).
+async fn dials_counted(
+    identity: &Identity,
+    city: &UnitId,
+    relay: &Relay,
+    cfg: &grassroots_node::LinkConfig,
+    n: usize,
+    count: fn(&Relay) -> u64,
+) -> anyhow::Result<Vec<u64>> {
+    let endpoint = net::endpoint(identity, "127.0.0.1:0".parse()?, cfg)?;
+    let mut moved = Vec::new();
+    for _ in 0..n {
+        let before = count(relay);
+        let link = net::connect_parent(
+            &endpoint,
+            identity,
+            city,
+            relay.addr(),
+            Duration::from_secs(10),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        moved.push(count(relay) - before);
+        link.conn.close(0u32.into(), b"done");
+    }
+    endpoint.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(moved)
+}
+
 /// A node set to copy its handshake datagrams sends them as often as set to the parent it
 /// dials (its endpoint runs on the copying socket): five dials each at one, two and three
 /// copies through a loss-free relay, which counts them.
@@ -902,22 +934,15 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
             handshake_copies: copies,
             ..fast_links()
         };
-        let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &cfg)?;
-        let before = relay.handshakes_upstream();
-        for _ in 0..5 {
-            let link = net::connect_parent(
-                &endpoint,
-                &identity,
-                &city,
-                relay.addr(),
-                Duration::from_secs(10),
-            )
-            .await?;
-            link.conn.close(0u32.into(), b"done");
-        }
-        endpoint.close(0u32.into(), b"done");
-        endpoint.wait_idle().await;
-        per_dial.push((relay.handshakes_upstream() - before) as f64 / 5.0);
+        let sent = dials_counted(
+            &identity,
+            &city,
+            &relay,
+            &cfg,
+            5,
+            Relay::handshakes_upstream,
+        );
+        per_dial.push(sent.await?.iter().sum::<u64>() as f64 / 5.0);
     }
     // Each dial's handshake datagrams (its Initial at least) go once more per copy; the
     // relay counts what the county sends.
@@ -941,32 +966,8 @@ async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyho
     let (city, k01) = (unit("c01"), unit("c01/k01"));
     fed.stop(&k01).await?;
     let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
-    let dials = |relay: Arc<Relay>| {
-        let (identity, city) = (identity.clone(), city.clone());
-        async move {
-            let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
-            let mut answers = Vec::new();
-            for _ in 0..3 {
-                let before = relay.handshakes_downstream();
-                let link = net::connect_parent(
-                    &endpoint,
-                    &identity,
-                    &city,
-                    relay.addr(),
-                    Duration::from_secs(10),
-                )
-                .await?;
-                // The city's last handshake datagrams are on their way: let them arrive.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                answers.push(relay.handshakes_downstream() - before);
-                link.conn.close(0u32.into(), b"done");
-            }
-            endpoint.close(0u32.into(), b"done");
-            endpoint.wait_idle().await;
-            anyhow::Ok(answers)
-        }
-    };
-    let copying = dials(relay.clone()).await?;
+    let answers = Relay::handshakes_downstream;
+    let copying = dials_counted(&identity, &city, &relay, &fast_links(), 3, answers).await?;
     fed.stop(&city).await?;
     fed.set_link(
         &city,
@@ -976,7 +977,7 @@ async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyho
         },
     )?;
     fed.restart(&city).await?;
-    let plain = dials(relay.clone()).await?;
+    let plain = dials_counted(&identity, &city, &relay, &fast_links(), 3, answers).await?;
     // The first dial has no token: the answers go once either way.
     assert_eq!(copying[0], plain[0], "{copying:?} {plain:?}");
     // The later ones present the token the link before was given: twice.
