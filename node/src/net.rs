@@ -98,8 +98,10 @@ pub struct LinkConfig {
     /// How many times this node sends each datagram of a QUIC handshake (1 to 3; see
     /// `net/copies.rs`). A handshake datagram lost on a lossy line waits out a probe timeout
     /// of three round trips or more; sent twice it is lost only when both copies are. Costs a
-    /// few KB a link, only while it comes up. Only the handshakes this node dials (to its
-    /// parent) are copied: answering a child's, it keeps QUIC's amplification limit.
+    /// few KB a link, only while it comes up. Copied: the handshakes this node dials (to its
+    /// parent), and its answers to a child presenting a token from a link in the last 24 h
+    /// (which proves the child's address; any other child's are sent once, within QUIC's
+    /// amplification limit).
     pub handshake_copies: u8,
 }
 
