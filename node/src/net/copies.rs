@@ -148,7 +148,8 @@ impl TokenLog for UsedTokens {
                 return Err(TokenReuseError);
             }
         }
-        used.insert(nonce, issued + lifetime);
+        // An expiry past what SystemTime holds counts as past: dropped at the next prune.
+        used.insert(nonce, issued.checked_add(lifetime).unwrap_or(issued));
         Ok(())
     }
 }
