@@ -1068,6 +1068,8 @@ pub async fn accept_loop(
     children: Arc<Vec<UnitId>>,
     tasks: TaskTracker,
 ) {
+    // The socket's address, the key of the handshakes it copies: asked once, not per child.
+    let local = endpoint.local_addr().ok();
     loop {
         let incoming = tokio::select! {
             biased;
@@ -1075,7 +1077,6 @@ pub async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
         let (ctx, children) = (ctx.clone(), children.clone());
-        let local = endpoint.local_addr().ok();
         let remote = incoming.remote_address();
         // A handshake from the address this node is dialling is not a child's (a parent never
         // dials its child): a forged source, whose answers would be copied with the dial's.

@@ -887,6 +887,16 @@ async fn county_behind_relay() -> anyhow::Result<(Federation, tempfile::TempDir,
     Ok((fed, dir, relay_of(&slot)?))
 }
 
+/// The county behind a relay, its node stopped so that a test dials as it: the federation,
+/// its folder, the relay and the county's identity.
+async fn county_to_dial_as() -> anyhow::Result<(Federation, tempfile::TempDir, Arc<Relay>, Identity)>
+{
+    let (mut fed, dir, relay) = county_behind_relay().await?;
+    fed.stop(&unit("c01/k01")).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
+    Ok((fed, dir, relay, identity))
+}
+
 /// `n` dials of `city` through `relay` from one endpoint set as `cfg`, each closed once up:
 /// how far `count` moved during each (read 200 ms after the link came up, so that the
 /// handshake's last datagrams have arrived).
@@ -924,10 +934,8 @@ async fn dials_counted(
 /// copies through a loss-free relay, which counts them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Result<()> {
-    let (mut fed, dir, relay) = county_behind_relay().await?;
-    let (city, k01) = (unit("c01"), unit("c01/k01"));
-    fed.stop(&k01).await?;
-    let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
+    let (fed, _dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
     let mut per_dial = Vec::new();
     for copies in [1u8, 2, 3] {
         let cfg = grassroots_node::LinkConfig {
@@ -962,10 +970,8 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
 /// copying nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyhow::Result<()> {
-    let (mut fed, dir, relay) = county_behind_relay().await?;
-    let (city, k01) = (unit("c01"), unit("c01/k01"));
-    fed.stop(&k01).await?;
-    let identity = Identity::load(&dir.path().join("c01_k01").join("pki"))?;
+    let (mut fed, _dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
     let answers = Relay::handshakes_downstream;
     let copying = dials_counted(&identity, &city, &relay, &fast_links(), 3, answers).await?;
     fed.stop(&city).await?;
