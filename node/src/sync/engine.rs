@@ -237,6 +237,9 @@ struct PeerSync {
     deferred: BTreeMap<UnitId, BTreeMap<DocId, DocMeta>>,
     /// Documents whose message from this peer was refused: not synced again this session.
     refused: HashSet<DocId>,
+    /// Documents this side hosts that the peer's summary this session showed it lacks:
+    /// their first message is the whole document (see [`assume_lacking`]).
+    lacking: HashSet<DocId>,
     /// The peer's refusals of this side's messages heard this session.
     refusals_heard: u32,
 }
@@ -284,6 +287,35 @@ fn assume_shared_heads_held(doc: &Automerge, state: &mut sync::State) {
         bloom: sync::BloomFilter::default(),
     }]);
     state.their_need.get_or_insert_with(Vec::new);
+    assume_v2(state);
+}
+
+/// The peer's summary this session listed no such document: until it has said anything of
+/// it, take it to hold nothing, so the first message is the whole document (automerge's v2
+/// form, its compressed `save()`) instead of a message that only asks what the peer has, a
+/// round trip sooner for every document made since the last session. Every peer of this
+/// protocol version reads v2 sync messages (docs/protocol.md). Were the summary stale, the
+/// peer merges the document like any other message and the exchange goes on from its answer.
+fn assume_lacking(state: &mut sync::State) {
+    if state.their_heads.is_some() {
+        return;
+    }
+    state.their_heads = Some(Vec::new());
+    state.their_need = Some(Vec::new());
+    state.their_have = Some(vec![sync::Have {
+        last_sync: Vec::new(),
+        bloom: sync::BloomFilter::default(),
+    }]);
+    assume_v2(state);
+}
+
+/// Peers of this protocol version read automerge's v2 sync messages; automerge learns it
+/// only from the peer's first message, and without it sends a long backlog as a list of
+/// changes rather than the compressed document.
+fn assume_v2(state: &mut sync::State) {
+    state
+        .their_capabilities
+        .get_or_insert_with(|| vec![sync::Capability::MessageV2]);
 }
 
 fn digest16(bytes: &[u8]) -> Digest {
@@ -1169,7 +1201,11 @@ impl Engine {
         }
         let doc = self.docs.get(id)?.doc.as_ref()?;
         let p = self.peers.get_mut(peer)?;
-        assume_shared_heads_held(doc, p.state(id));
+        if p.lacking.remove(id) {
+            assume_lacking(p.state(id));
+        } else {
+            assume_shared_heads_held(doc, p.state(id));
+        }
         // The state holds what the peer said it has; automerge trusts it. A panic here must
         // not take the store down: the document stops syncing with this peer this session.
         let generated = catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(p.state(id))));
@@ -1524,6 +1560,9 @@ impl Engine {
             }
         }
         for id in mine.keys().filter(|id| !theirs.contains_key(*id)) {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.lacking.insert(id.clone());
+            }
             self.start(peer, id, step);
         }
         // Child subtrees: descend where the digests differ.
@@ -2650,6 +2689,46 @@ mod tests {
             assert!(c.receive(&uk, m).rejected.is_empty());
         }
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
+    }
+
+    /// A document made since the last session, which the peer's summary shows it lacks, goes
+    /// whole in its first message: the peer holds it after that one message, without first
+    /// answering what it has.
+    #[test]
+    fn a_document_the_peer_lacks_goes_whole_in_its_first_message() {
+        let (mut k, mut c) = big_pair(20);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        let villages: Vec<String> = (0..20)
+            .filter(|i| i % 10 == 0)
+            .map(|i| format!("c01/k01/t00/v{i:03}"))
+            .chain(["c01/k01/t00/v900".to_string()])
+            .collect();
+        register(
+            &mut k,
+            "c01/k01/t00",
+            &villages.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let fresh = write(&mut k, "c01/k01/t00/v900", 1, "Made Offline");
+        let mut queue: VecDeque<(UnitId, UnitId, Msg)> = addressed(&uk, &uc, k.connect(&uc, sk))
+            .into_iter()
+            .chain(addressed(&uc, &uk, c.connect(&uk, sc)))
+            .collect();
+        let mut fresh_msgs = 0;
+        while let Some((from, to, msg)) = queue.pop_front() {
+            let first_of_fresh = matches!(&msg, Msg::Sync { doc, .. } if doc == &fresh);
+            let target = if to == uk { &mut k } else { &mut c };
+            let step = target.receive(&from, msg);
+            assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+            queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+            if first_of_fresh && to == uc {
+                fresh_msgs += 1;
+                break;
+            }
+        }
+        assert_eq!(fresh_msgs, 1, "the document was never sent");
+        assert_eq!(names(&c, "c01/k01/t00/v900"), ["Made Offline"]);
     }
 
     /// A peer that no longer holds what both sides shared last session (restored from an
