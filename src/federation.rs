@@ -31,8 +31,10 @@ pub struct FederationOptions {
     pub dir: PathBuf,
     /// DNS suffix of the deployment.
     pub deployment: String,
-    /// Link timing for every node.
+    /// Link timing for every node not in `links`.
     pub link: LinkConfig,
+    /// Link timing of particular nodes (a township set as its example, say).
+    pub links: BTreeMap<UnitId, LinkConfig>,
     /// Parent address rewriting (relays).
     pub via: Option<Via>,
 }
@@ -125,7 +127,7 @@ impl Federation {
                 quic_listen: localhost,
                 parent_addr: parent_addr.map(Into::into),
                 children: children_of(&sorted, &id),
-                link: opts.link.clone(),
+                link: opts.links.get(&id).unwrap_or(&opts.link).clone(),
                 store: grassroots_node::store::StoreOptions::default(),
                 backups: grassroots_node::BackupPolicy::default(),
             };

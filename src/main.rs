@@ -716,6 +716,7 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
             dir: dir.clone(),
             deployment: "demo.grassroots".into(),
             link: LinkConfig::default(),
+            links: Default::default(),
             via: None,
         },
     )

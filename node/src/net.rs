@@ -6,6 +6,7 @@
 //! whose certificate the server rejected still sees `connect` succeed.
 
 mod copies;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -367,11 +368,14 @@ fn transport(cfg: &LinkConfig, end: End) -> Result<quinn::TransportConfig, NetEr
     Ok(t)
 }
 
-/// A QUIC endpoint that serves children and dials the parent with this identity.
+/// A QUIC endpoint that serves children and dials the parent with this identity. The
+/// address tokens its parent gives it are kept in the file `tokens` (a node's data folder,
+/// so that a restarted node presents its last link's), or in memory when none.
 pub fn endpoint(
     identity: &Identity,
     listen: SocketAddr,
     cfg: &LinkConfig,
+    tokens: Option<&std::path::Path>,
 ) -> Result<Endpoint, NetError> {
     cfg.validate()?;
     let server_crypto =
@@ -394,6 +398,9 @@ pub fn endpoint(
             .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(Arc::new(transport(cfg, End::Child)?));
+    if let Some(path) = tokens {
+        client.token_store(Arc::new(tokens::DiskTokens::open(path)));
+    }
     let mut endpoint_cfg = quinn::EndpointConfig::default();
     if !cfg.mtu_discovery {
         // The largest datagram this node takes, sent to every peer: theirs stop probing at it.
@@ -1061,6 +1068,39 @@ pub struct LinkContext {
     pub cancel: CancellationToken,
 }
 
+/// Warnings of one kind logged per minute; the rest go to debug level and are counted in
+/// the first warning of a later minute.
+const WARNINGS_PER_MINUTE: u32 = 10;
+
+/// How many warnings of one kind were logged this minute, so that a peer sending garbage
+/// cannot flood the log.
+#[derive(Debug, Default)]
+struct LogBudget {
+    /// The minute's start, warnings logged in it, and those not logged since the last one.
+    state: std::sync::Mutex<(Option<Instant>, u32, u32)>,
+}
+
+impl LogBudget {
+    /// Whether one more may be logged as a warning at `now`, with how many were not since
+    /// the last that was.
+    fn take(&self, now: Instant) -> Option<u32> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, logged, skipped) = &mut *state;
+        if start.is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(60)) {
+            (*start, *logged) = (Some(now), 0);
+        }
+        if *logged >= WARNINGS_PER_MINUTE {
+            *skipped += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(skipped))
+    }
+}
+
 /// Accept registered children until cancelled; each accepted link runs on `tasks`.
 pub async fn accept_loop(
     endpoint: Endpoint,
@@ -1070,13 +1110,14 @@ pub async fn accept_loop(
 ) {
     // The socket's address, the key of the handshakes it copies: asked once, not per child.
     let local = endpoint.local_addr().ok();
+    let failures = Arc::new(LogBudget::default());
     loop {
         let incoming = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (ctx, children) = (ctx.clone(), children.clone());
+        let (ctx, children, failures) = (ctx.clone(), children.clone(), failures.clone());
         let remote = incoming.remote_address();
         // A handshake from the address this node is dialling is not a child's (a parent never
         // dials its child): a forged source, whose answers would be copied with the dial's.
@@ -1110,7 +1151,20 @@ pub async fn accept_loop(
                 Err(e) if dropped_by_child(&e) => {
                     tracing::debug!(%remote, "an incoming handshake was dropped by the child")
                 }
-                Err(e) => tracing::warn!(%remote, "refused an incoming link: {e}"),
+                // Refused for what the peer's certificate or hello said.
+                Err(e @ (NetError::Refused { .. } | NetError::Handshake(_))) => {
+                    tracing::warn!(%remote, "refused an incoming link: {e}")
+                }
+                // Failed in transport (a datagram that does not decrypt, a timeout): anyone
+                // can send those, so they are logged only a few a minute.
+                Err(e) => match failures.take(Instant::now()) {
+                    Some(0) => tracing::warn!(%remote, "an incoming handshake failed: {e}"),
+                    Some(n) => tracing::warn!(
+                        %remote,
+                        "an incoming handshake failed: {e} ({n} more failed in the last minute, not logged)"
+                    ),
+                    None => tracing::debug!(%remote, "an incoming handshake failed: {e}"),
+                },
             }
         });
     }
@@ -1219,6 +1273,23 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ten warnings a minute; the rest are counted, and the count goes with the first
+    /// warning of the next minute.
+    #[test]
+    fn handshake_failures_are_warned_of_a_few_a_minute() {
+        let budget = LogBudget::default();
+        let t0 = Instant::now();
+        for i in 0..WARNINGS_PER_MINUTE {
+            assert_eq!(budget.take(t0 + Duration::from_secs(u64::from(i))), Some(0));
+        }
+        for _ in 0..25 {
+            assert_eq!(budget.take(t0 + Duration::from_secs(30)), None);
+        }
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(budget.take(later), Some(25));
+        assert_eq!(budget.take(later), Some(0));
+    }
 
     #[test]
     fn releases_apart_are_told_which_to_upgrade_in_text_safe_to_show() {

@@ -191,7 +191,12 @@ impl Node {
         store
             .expect_peers(parent.iter().chain(&cfg.children).cloned().collect())
             .await;
-        let endpoint = net::endpoint(&identity, cfg.quic_listen, &cfg.link)?;
+        let endpoint = net::endpoint(
+            &identity,
+            cfg.quic_listen,
+            &cfg.link,
+            Some(&cfg.data_dir.join("quic-tokens")),
+        )?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let ctx = net::LinkContext {

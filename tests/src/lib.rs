@@ -88,6 +88,7 @@ pub async fn start(
             dir: dir.path().to_owned(),
             deployment: "test.grassroots".into(),
             link: fast_links(),
+            links: Default::default(),
             via,
         },
     )

@@ -597,7 +597,7 @@ async fn play_village(
     let (v01, t01) = (unit("c01/k01/t01/v01"), unit("c01/k01/t01"));
     fed.stop(&v01).await?;
     let identity = Identity::load(&dir.join("c01_k01_t01_v01").join("pki"))?;
-    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     let t_addr = fed.node(&t01)?.node.quic_addr();
     let link =
         net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
@@ -897,9 +897,10 @@ async fn county_to_dial_as() -> anyhow::Result<(Federation, tempfile::TempDir, A
     Ok((fed, dir, relay, identity))
 }
 
-/// `n` dials of `city` through `relay` from one endpoint set as `cfg`, each closed once up:
-/// how far `count` moved during each (read 200 ms after the link came up, so that the
-/// handshake's last datagrams have arrived).
+/// `n` dials of `city` through `relay` from one endpoint set as `cfg` (keeping its tokens
+/// in the file `tokens`, if given), each closed once up: how far `count` moved during each
+/// (read 200 ms after the link came up, so that the handshake's last datagrams have
+/// arrived).
 async fn dials_counted(
     identity: &Identity,
     city: &UnitId,
@@ -907,8 +908,9 @@ async fn dials_counted(
     cfg: &grassroots_node::LinkConfig,
     n: usize,
     count: fn(&Relay) -> u64,
+    tokens: Option<&std::path::Path>,
 ) -> anyhow::Result<Vec<u64>> {
-    let endpoint = net::endpoint(identity, "127.0.0.1:0".parse()?, cfg)?;
+    let endpoint = net::endpoint(identity, "127.0.0.1:0".parse()?, cfg, tokens)?;
     let mut moved = Vec::new();
     for _ in 0..n {
         let before = count(relay);
@@ -949,6 +951,7 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
             &cfg,
             5,
             Relay::handshakes_upstream,
+            None,
         );
         per_dial.push(sent.await?.iter().sum::<u64>() as f64 / 5.0);
     }
@@ -963,6 +966,16 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
     Ok(())
 }
 
+/// The tests' links for a child whose parent's answers are counted: it copies nothing of its
+/// own, since a copy of its Initial arriving after the parent answered draws one more
+/// acknowledgement, and the count would vary with timing.
+fn copying_nothing() -> grassroots_node::LinkConfig {
+    grassroots_node::LinkConfig {
+        handshake_copies: 1,
+        ..fast_links()
+    }
+}
+
 /// A parent set to copy its handshake datagrams copies its answers only to a child that
 /// presents a token from an earlier link (QUIC then holds its address validated, and no
 /// amplification limit applies), never to one dialling for the first time: three dials from
@@ -973,7 +986,16 @@ async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyho
     let (mut fed, _dir, relay, identity) = county_to_dial_as().await?;
     let city = unit("c01");
     let answers = Relay::handshakes_downstream;
-    let copying = dials_counted(&identity, &city, &relay, &fast_links(), 3, answers).await?;
+    let copying = dials_counted(
+        &identity,
+        &city,
+        &relay,
+        &copying_nothing(),
+        3,
+        answers,
+        None,
+    )
+    .await?;
     fed.stop(&city).await?;
     fed.set_link(
         &city,
@@ -983,13 +1005,46 @@ async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyho
         },
     )?;
     fed.restart(&city).await?;
-    let plain = dials_counted(&identity, &city, &relay, &fast_links(), 3, answers).await?;
+    let plain = dials_counted(
+        &identity,
+        &city,
+        &relay,
+        &copying_nothing(),
+        3,
+        answers,
+        None,
+    )
+    .await?;
     // The first dial has no token: the answers go once either way.
     assert_eq!(copying[0], plain[0], "{copying:?} {plain:?}");
     // The later ones present the token the link before was given: twice.
     for i in 1..3 {
         assert_eq!(copying[i], 2 * plain[i], "{copying:?} {plain:?}");
     }
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A child restarted (a new endpoint) presents the token its last link gave it when it keeps
+/// them in a file, as a node does in its data folder, so its parent copies its answers at
+/// once; with the tokens in memory the restarted child dials as a stranger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_child_presents_the_token_of_its_last_link() -> anyhow::Result<()> {
+    let (fed, dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
+    let answers = Relay::handshakes_downstream;
+    let file = dir.path().join("k01-quic-tokens");
+    let mut kept = Vec::new();
+    let mut lost = Vec::new();
+    // Two lives of the child each: the first dial has no token either way.
+    let cfg = copying_nothing();
+    for _ in 0..2 {
+        kept.extend(dials_counted(&identity, &city, &relay, &cfg, 1, answers, Some(&file)).await?);
+        lost.extend(dials_counted(&identity, &city, &relay, &cfg, 1, answers, None).await?);
+    }
+    assert_eq!(kept[0], lost[0], "{kept:?} {lost:?}");
+    assert_eq!(lost[1], lost[0], "{kept:?} {lost:?}");
+    assert_eq!(kept[1], 2 * lost[1], "{kept:?} {lost:?}");
     fed.shutdown().await;
     Ok(())
 }
@@ -1497,7 +1552,7 @@ async fn releases_apart_agree_on_a_version_or_say_which_to_upgrade() -> anyhow::
     link_up(&fed, &v01).await?;
     fed.stop(&v01).await?;
     let identity = Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
-    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links())?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     let t_addr = fed.node(&t01)?.node.quic_addr();
     let township = fed.graphql_url(&t01)?;
     let viewer = fed.token(&t01, Role::Viewer)?.to_owned();
@@ -1559,7 +1614,7 @@ async fn releases_apart_agree_on_a_version_or_say_which_to_upgrade() -> anyhow::
     let t_identity = Identity::load(&dir.path().join("c01_k01_t01").join("pki"))?;
     // The stopped node's endpoint driver may hold its socket for a moment.
     let fake = eventually(WAIT, "the township's port free", || async {
-        Ok(net::endpoint(&t_identity, t_addr, &fast_links()).ok())
+        Ok(net::endpoint(&t_identity, t_addr, &fast_links(), None).ok())
     })
     .await?;
     let answering = tokio::spawn({

@@ -45,6 +45,7 @@ async fn try_link(
         identity,
         "127.0.0.1:0".parse().expect("addr"),
         &LinkConfig { ..fast_links() },
+        None,
     )?;
     let result =
         net::connect_parent(&endpoint, identity, parent, addr, Duration::from_secs(5)).await;
@@ -297,7 +298,7 @@ async fn a_dial_stuck_behind_a_dead_link_connects_soon_after_it_heals() -> anyho
         idle_timeout: Duration::from_secs(30),
         ..fast_links()
     };
-    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &cfg)?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &cfg, None)?;
     let started = std::time::Instant::now();
     let heal = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -344,7 +345,7 @@ async fn a_parent_that_is_away_is_dialled_one_handshake_at_a_time() -> anyhow::R
         backoff_max: Duration::from_millis(100),
         ..fast_links()
     };
-    let endpoint = net::endpoint(&county, "127.0.0.1:0".parse()?, &cfg)?;
+    let endpoint = net::endpoint(&county, "127.0.0.1:0".parse()?, &cfg, None)?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let ctx = net::LinkContext {
         identity: std::sync::Arc::new(county),

@@ -299,30 +299,53 @@ fn chain() -> Vec<UnitSpec> {
         .collect()
 }
 
-/// The chain city > county > township > village on loopback, stores in `dir`.
+/// The chain city > county > township > village on loopback, stores in `dir`, every node's
+/// links set as `link`.
 async fn start_chain(
     dir: &std::path::Path,
     link: grassroots_node::LinkConfig,
     via: Option<grassroots::federation::Via>,
 ) -> anyhow::Result<Federation> {
+    start_chain_as(dir, link, None, via).await
+}
+
+/// [`start_chain`] with the nodes above the village set as `upper`, when given.
+async fn start_chain_as(
+    dir: &std::path::Path,
+    link: grassroots_node::LinkConfig,
+    upper: Option<grassroots_node::LinkConfig>,
+    via: Option<grassroots::federation::Via>,
+) -> anyhow::Result<Federation> {
+    let links = upper
+        .map(|upper| {
+            chain()
+                .into_iter()
+                .filter(|u| u.id.level() != grassroots_schema::Level::Village)
+                .map(|u| (u.id, upper.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     Federation::start(
         chain(),
         FederationOptions {
             dir: dir.to_owned(),
             deployment: "bench.grassroots".into(),
             link,
+            links,
             via,
         },
     )
     .await
 }
 
-/// A chain city > county > township > village with the village behind a relay. The village
+/// A chain city > county > township > village with the village behind a relay, its links set
+/// as `link` (and those of the nodes above it as `upper`, when given). The village
 /// node is stopped while its own store takes 5,000 changes (written concurrently, so group
 /// commit applies); then, with `impair` applied to the relay, the clock starts, the village
 /// node starts and dials, and the township is polled until it holds the final records.
 async fn catch_up_ours(
     link: grassroots_node::LinkConfig,
+    upper: Option<grassroots_node::LinkConfig>,
     impair: impl Fn(&Relay),
 ) -> anyhow::Result<CatchUp> {
     let dir = tempfile::tempdir()?;
@@ -330,11 +353,11 @@ async fn catch_up_ours(
     let (via, relay_slot) = behind_relay("c01/k01/t01/v01");
     // Production timing, except a quick first redial: a 3 s handshake timeout (the tests'
     // setting) aborts handshakes that 30% loss merely slows down.
-    let link = grassroots_node::LinkConfig {
+    let quick = |link| grassroots_node::LinkConfig {
         backoff_min: Duration::from_millis(100),
         ..link
     };
-    let mut fed = start_chain(dir.path(), link, Some(via)).await?;
+    let mut fed = start_chain_as(dir.path(), quick(link), upper.map(quick), Some(via)).await?;
     fed.stop(&village).await?;
 
     // Offline: the village's own store takes the 5,000 changes.
@@ -566,7 +589,7 @@ async fn catch_up_samod() -> anyhow::Result<(f64, u64)> {
 }
 
 async fn catch_up() -> anyhow::Result<()> {
-    let ours = catch_up_ours(grassroots_node::LinkConfig::default(), |_| {}).await?;
+    let ours = catch_up_ours(grassroots_node::LinkConfig::default(), None, |_| {}).await?;
     let (samod_s, samod_bytes) = catch_up_samod().await?;
     emit("catch-up", "time", ours.seconds, "s", Some(samod_s));
     emit(
@@ -596,7 +619,7 @@ async fn lossy_link() -> anyhow::Result<()> {
         r.set_delay(Duration::from_millis(20));
     };
     let ideal = RATE as f64 / 8.0 * (1.0 - LOSS);
-    let run = catch_up_ours(grassroots_node::LinkConfig::default(), impair).await?;
+    let run = catch_up_ours(grassroots_node::LinkConfig::default(), None, impair).await?;
     let goodput = run.app_bytes as f64 / run.seconds;
     emit(
         "lossy-link",
@@ -625,7 +648,7 @@ async fn lossy_link() -> anyhow::Result<()> {
     );
     // The same catch-up with every node set as the village example (`deploy/village`): the
     // settings a deployment on such a line uses.
-    let tuned = catch_up_ours(village_example(), impair).await?;
+    let tuned = catch_up_ours(village_example(), None, impair).await?;
     emit(
         "lossy-link",
         "goodput_over_ideal_village_example",
@@ -637,6 +660,23 @@ async fn lossy_link() -> anyhow::Result<()> {
         "lossy-link",
         "transfer_goodput_over_ideal_village_example",
         tuned.app_bytes as f64 / tuned.transfer_seconds / ideal,
+        "ratio",
+        Some(run.app_bytes as f64 / run.transfer_seconds / ideal),
+    );
+    // As deployed: the village as its example, the nodes above it as the township's, which
+    // copies its handshake answers to the restarted village presenting its last link's token.
+    let deployed = catch_up_ours(village_example(), Some(township_example()), impair).await?;
+    emit(
+        "lossy-link",
+        "goodput_over_ideal_examples",
+        deployed.app_bytes as f64 / deployed.seconds / ideal,
+        "ratio",
+        Some(goodput / ideal),
+    );
+    emit(
+        "lossy-link",
+        "transfer_goodput_over_ideal_examples",
+        deployed.app_bytes as f64 / deployed.transfer_seconds / ideal,
         "ratio",
         Some(run.app_bytes as f64 / run.transfer_seconds / ideal),
     );
@@ -667,9 +707,11 @@ async fn lossy_dial() -> anyhow::Result<()> {
 }
 
 /// Dial figures of one link configuration, named with `suffix`, at 30% loss and 256 kbit/s:
-/// 30 dials from a fresh endpoint each (a restarted node: no TLS session to resume), then 30
-/// from one endpoint (a running node whose link comes back: TLS 1.3 resumption, no
-/// certificates in the handshake). With no `baseline`, also what path MTU discovery costs a
+/// 30 dials from a fresh endpoint each (a new node: no TLS session to resume, no address
+/// token), where the township copies its answers 30 more from a fresh endpoint with the token
+/// its last link was given (a restarted node, which keeps its tokens), then 30 from one
+/// endpoint (a running node whose link comes back: TLS 1.3 resumption, no certificates in the
+/// handshake). With no `baseline`, also what path MTU discovery costs a
 /// link that stays up. The village dials with `village`'s settings if given, `link`'s (every
 /// other node's) if not. Returns each figure by name, the baseline of a later call.
 async fn lossy_dials(
@@ -690,11 +732,20 @@ async fn lossy_dials(
     relay.set_loss(0.30);
     relay.set_delay(Duration::from_millis(20));
     let mut figures = HashMap::new();
-    for (what, fresh) in [("link_up", true), ("redial", false)] {
+    let tokens = dir.path().join("village-quic-tokens");
+    // A restarted node presents the token its last link was given (kept in its folder);
+    // only a parent that copies its answers makes anything of it.
+    let restart = (link.handshake_copies > 1).then_some(("restart", true, Some(tokens)));
+    for (what, fresh, tokens) in [("link_up", true, None)]
+        .into_iter()
+        .chain(restart)
+        .chain([("redial", false, None)])
+    {
         let plain = Dials {
             fresh,
             count: 30,
             hold: Duration::ZERO,
+            tokens,
         };
         let (times, failed, bytes) = dials(&identity, &township, &relay, dial, plain).await?;
         let metric = |name: &str| format!("{what}{suffix}_{name}");
@@ -727,6 +778,7 @@ async fn lossy_dials(
         fresh: true,
         count: 5,
         hold: Duration::ZERO,
+        tokens: None,
     };
     let (_, _, bytes) = dials(&identity, &township, &relay, dial, lossless).await?;
     let metric = format!("lossless{suffix}_bytes_per_dial");
@@ -746,6 +798,7 @@ async fn lossy_dials(
                 fresh: true,
                 count: 5,
                 hold: Duration::from_secs(3),
+                tokens: None,
             };
             let (_, _, bytes) = dials(&identity, &township, &relay, &cfg, held).await?;
             emit(
@@ -767,6 +820,9 @@ struct Dials {
     fresh: bool,
     count: usize,
     hold: Duration,
+    /// The file a fresh endpoint keeps its address tokens in, as a node does in its data
+    /// folder (a restarted node), or none (a node whose folder is new).
+    tokens: Option<std::path::PathBuf>,
 }
 
 /// Dials of the village through `relay` with `cfg`, each until the township's hello answers (a
@@ -782,10 +838,11 @@ async fn dials(
 ) -> anyhow::Result<(Vec<f64>, u32, f64)> {
     let (mut times, mut failed) = (Vec::with_capacity(how.count), 0);
     let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
-    let endpoint = || grassroots_node::net::endpoint(identity, any, cfg);
+    let endpoint = || grassroots_node::net::endpoint(identity, any, cfg, how.tokens.as_deref());
     let mut kept = None;
-    if !how.fresh {
-        // One link first, so that the endpoint holds a session to resume.
+    if !how.fresh || how.tokens.is_some() {
+        // One link first, so that the endpoint holds a session to resume, or the file the
+        // token of a link.
         let ep = endpoint()?;
         let link = grassroots_node::net::connect_parent(
             &ep,
@@ -796,7 +853,11 @@ async fn dials(
         )
         .await?;
         link.conn.close(0u32.into(), b"bench");
-        kept = Some(ep);
+        if how.fresh {
+            ep.close(0u32.into(), b"bench");
+        } else {
+            kept = Some(ep);
+        }
     }
     let before = relay.forwarded();
     for _ in 0..how.count {
@@ -847,6 +908,16 @@ fn village_example() -> grassroots_node::LinkConfig {
         idle_timeout: Duration::from_secs(60),
         mtu_discovery: false,
         initial_rtt: Duration::from_millis(150),
+        ..Default::default()
+    }
+}
+
+/// The link settings of the township example (`deploy/township/node.toml`).
+fn township_example() -> grassroots_node::LinkConfig {
+    grassroots_node::LinkConfig {
+        idle_timeout: Duration::from_secs(60),
+        initial_rtt: Duration::from_millis(150),
+        handshake_copies: 2,
         ..Default::default()
     }
 }
