@@ -453,8 +453,13 @@ async fn federation_under_chaos_keeps_every_acknowledged_write() -> anyhow::Resu
     let model: Arc<Mutex<Model>> = Arc::default();
     let stats: Arc<Stats> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    // The writers' connections leave from 127.0.0.2: from 127.0.0.1, the kernel could give
+    // one the port of a stopped node's GraphQL listener as its own, and the node's restart
+    // would find its port in use for as long as that connection lives (a 600 s soak's
+    // restart failed after 5 s of retries).
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()?;
     let mut writers = Vec::new();
     for u in &units {
