@@ -1068,6 +1068,15 @@ pub struct LinkContext {
     pub cancel: CancellationToken,
 }
 
+/// Whether TLS ended the handshake (an alert: a certificate refused, say).
+fn tls_refused(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Connection(quinn::ConnectionError::TransportError(t))
+            if u64::from(t.code) & !0xff == 0x100
+    )
+}
+
 /// Warnings of one kind logged per minute; the rest go to debug level and are counted in
 /// the first warning of a later minute.
 const WARNINGS_PER_MINUTE: u32 = 10;
@@ -1151,20 +1160,28 @@ pub async fn accept_loop(
                 Err(e) if dropped_by_child(&e) => {
                     tracing::debug!(%remote, "an incoming handshake was dropped by the child")
                 }
-                // Refused for what the peer's certificate or hello said.
-                Err(e @ (NetError::Refused { .. } | NetError::Handshake(_))) => {
+                // Refused for what a certificate that checked out, or the hello, said.
+                Err(e @ (NetError::Refused { .. } | NetError::Handshake(_) | NetError::Pki(_))) => {
                     tracing::warn!(%remote, "refused an incoming link: {e}")
                 }
-                // Failed in transport (a datagram that does not decrypt, a timeout): anyone
-                // can send those, so they are logged only a few a minute.
-                Err(e) => match failures.take(Instant::now()) {
-                    Some(0) => tracing::warn!(%remote, "an incoming handshake failed: {e}"),
-                    Some(n) => tracing::warn!(
-                        %remote,
-                        "an incoming handshake failed: {e} ({n} more failed in the last minute, not logged)"
-                    ),
-                    None => tracing::debug!(%remote, "an incoming handshake failed: {e}"),
-                },
+                // Refused by TLS (a certificate of no unit's CA, expired, of another
+                // deployment) or failed in transport (a timeout): anyone can cause those, so
+                // they are logged a few a minute.
+                Err(e) => {
+                    let what = if tls_refused(&e) {
+                        "refused an incoming link"
+                    } else {
+                        "an incoming handshake failed"
+                    };
+                    match failures.take(Instant::now()) {
+                        Some(0) => tracing::warn!(%remote, "{what}: {e}"),
+                        Some(n) => tracing::warn!(
+                            %remote,
+                            "{what}: {e} ({n} more refused or failed since the last such warning, logged at debug level)"
+                        ),
+                        None => tracing::debug!(%remote, "{what}: {e}"),
+                    }
+                }
             }
         });
     }
@@ -1273,6 +1290,22 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS alert (a certificate refused) reads as a refusal; other transport failures and
+    /// a timeout do not.
+    #[test]
+    fn tls_alerts_read_as_refusals() {
+        let transport = |code: quinn::TransportErrorCode| {
+            NetError::Connection(quinn::ConnectionError::TransportError(code.into()))
+        };
+        assert!(tls_refused(&transport(quinn::TransportErrorCode::crypto(
+            42
+        ))));
+        assert!(!tls_refused(&transport(
+            quinn::TransportErrorCode::PROTOCOL_VIOLATION
+        )));
+        assert!(!tls_refused(&NetError::Timeout));
+    }
 
     /// Ten warnings a minute; the rest are counted, and the count goes with the first
     /// warning of the next minute.

@@ -9,9 +9,11 @@
 //! temporary file renamed over it, after each change; a file that does not read back whole
 //! is ignored (a token only saves a parent some work; losing one costs nothing else).
 //! A taken token leaves the file before it is used, so that none is presented twice
-//! (quinn's rule: a reused token links two of a client's connections). quinn calls in
-//! synchronously, so the file is written on the calling thread: a few hundred bytes, once a
-//! dial and once a link.
+//! (quinn's rule: a reused token links two of a client's connections); one that cannot be
+//! written out is not presented. The file is not synced to disk: after a power cut it may
+//! hold a token already presented, which the parent then takes as unvalidated (its log of
+//! used tokens), answering once. quinn calls in synchronously, so the file is written on the
+//! calling thread: a few hundred bytes, once a dial and once a link.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -66,9 +68,14 @@ impl DiskTokens {
         }
     }
 
-    fn save(&self, tokens: &Tokens) {
-        if let Err(e) = write_atomically(&self.path, &encode(tokens)) {
-            tracing::warn!(path = %self.path.display(), "cannot keep the QUIC address tokens: {e}");
+    /// Whether the file now holds `tokens`.
+    fn save(&self, tokens: &Tokens) -> bool {
+        match write_atomically(&self.path, &encode(tokens)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "cannot keep the QUIC address tokens: {e}");
+                false
+            }
         }
     }
 }
@@ -105,8 +112,8 @@ impl TokenStore for DiskTokens {
         if tokens[at].1.is_empty() {
             tokens.remove(at);
         }
-        self.save(&tokens);
-        token
+        // Still in the file, it would be presented again after a restart: not presented.
+        if self.save(&tokens) { token } else { None }
     }
 }
 
@@ -197,6 +204,16 @@ mod tests {
         assert_eq!(again.take("k01.c01.example"), Some(token(4, 80)));
         drop(again);
         assert_eq!(DiskTokens::open(&path).take("k01.c01.example"), None);
+    }
+
+    /// A token whose taking cannot be written out would be presented again after a
+    /// restart: it is not presented now.
+    #[test]
+    fn a_token_not_written_out_of_the_file_is_not_presented() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskTokens::open(&dir.path().join("gone").join("quic-tokens"));
+        store.insert("c01.example", token(1, 60));
+        assert_eq!(store.take("c01.example"), None);
     }
 
     #[test]

@@ -296,9 +296,10 @@ fn assume_shared_heads_held(doc: &Automerge, state: &mut sync::State) {
 /// round trip sooner for every document made since the last session. Every peer of this
 /// protocol version reads v2 sync messages (docs/protocol.md). Were the summary stale, the
 /// peer merges the document like any other message and the exchange goes on from its answer.
-fn assume_lacking(state: &mut sync::State) {
+/// Returns whether it assumed so (the peer had said nothing of the document yet).
+fn assume_lacking(state: &mut sync::State) -> bool {
     if state.their_heads.is_some() {
-        return;
+        return false;
     }
     state.their_heads = Some(Vec::new());
     state.their_need = Some(Vec::new());
@@ -307,6 +308,7 @@ fn assume_lacking(state: &mut sync::State) {
         bloom: sync::BloomFilter::default(),
     }]);
     assume_v2(state);
+    true
 }
 
 /// Peers of this protocol version read automerge's v2 sync messages; automerge learns it
@@ -1201,9 +1203,8 @@ impl Engine {
         }
         let doc = self.docs.get(id)?.doc.as_ref()?;
         let p = self.peers.get_mut(peer)?;
-        if p.lacking.remove(id) {
-            assume_lacking(p.state(id));
-        } else {
+        let assumed_empty = p.lacking.remove(id) && assume_lacking(p.state(id));
+        if !assumed_empty {
             assume_shared_heads_held(doc, p.state(id));
         }
         // The state holds what the peer said it has; automerge trusts it. A panic here must
@@ -1226,6 +1227,12 @@ impl Engine {
         };
         let m = m?;
         let state = p.state(id);
+        if assumed_empty {
+            // Empty heads would make every message until the peer answers the whole
+            // document again (a write pushed meanwhile); without them automerge sends what is
+            // not in `sent_hashes`: only what is new since this one.
+            state.their_heads = None;
+        }
         let settled = m.changes.iter().next().is_none()
             && m.need.is_empty()
             && state.their_heads.as_ref().is_some_and(|theirs| {
@@ -2693,7 +2700,8 @@ mod tests {
 
     /// A document made since the last session, which the peer's summary shows it lacks, goes
     /// whole in its first message: the peer holds it after that one message, without first
-    /// answering what it has.
+    /// answering what it has. A write pushed before the peer answers goes alone, not with the
+    /// whole document again.
     #[test]
     fn a_document_the_peer_lacks_goes_whole_in_its_first_message() {
         let (mut k, mut c) = big_pair(20);
@@ -2710,25 +2718,49 @@ mod tests {
             "c01/k01/t00",
             &villages.iter().map(String::as_str).collect::<Vec<_>>(),
         );
-        let fresh = write(&mut k, "c01/k01/t00/v900", 1, "Made Offline");
+        let made: Vec<String> = (0..200).map(|i| format!("Made Offline {i:03}")).collect();
+        let fresh = DocId::new(DocKind::Members, u("c01/k01/t00/v900"));
+        for (i, name) in made.iter().enumerate() {
+            write(&mut k, "c01/k01/t00/v900", i as u64, name);
+        }
         let mut queue: VecDeque<(UnitId, UnitId, Msg)> = addressed(&uk, &uc, k.connect(&uc, sk))
             .into_iter()
             .chain(addressed(&uc, &uk, c.connect(&uk, sc)))
             .collect();
-        let mut fresh_msgs = 0;
-        while let Some((from, to, msg)) = queue.pop_front() {
-            let first_of_fresh = matches!(&msg, Msg::Sync { doc, .. } if doc == &fresh);
+        let whole = loop {
+            let (from, to, msg) = queue.pop_front().expect("the document was never sent");
+            let first_of_fresh = match &msg {
+                Msg::Sync { doc, data } if doc == &fresh => Some(data.len()),
+                _ => None,
+            };
             let target = if to == uk { &mut k } else { &mut c };
             let step = target.receive(&from, msg);
             assert!(step.rejected.is_empty(), "{:?}", step.rejected);
             queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
-            if first_of_fresh && to == uc {
-                fresh_msgs += 1;
-                break;
+            if let (Some(len), true) = (first_of_fresh, to == uc) {
+                break len;
             }
-        }
-        assert_eq!(fresh_msgs, 1, "the document was never sent");
-        assert_eq!(names(&c, "c01/k01/t00/v900"), ["Made Offline"]);
+        };
+        assert_eq!(names(&c, "c01/k01/t00/v900"), made);
+        // Written before the city's answer arrives: pushed alone.
+        write(&mut k, "c01/k01/t00/v900", 9999, "Written Meanwhile");
+        let pushed = k.fan_out(&fresh, None);
+        let [(_, Msg::Sync { data, .. })] = pushed.as_slice() else {
+            panic!("{pushed:?}");
+        };
+        assert!(
+            data.len() * 3 < whole,
+            "{} bytes pushed, {whole} whole",
+            data.len()
+        );
+        queue.extend(addressed(
+            &uk,
+            &uc,
+            pushed.into_iter().map(|(_, m)| m).collect(),
+        ));
+        assert!(pump(&mut k, &mut c, queue.into()).is_empty());
+        assert_eq!(names(&c, "c01/k01/t00/v900").len(), made.len() + 1);
+        assert!(names(&c, "c01/k01/t00/v900").contains(&"Written Meanwhile".to_string()));
     }
 
     /// A peer that no longer holds what both sides shared last session (restored from an

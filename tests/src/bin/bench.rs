@@ -357,7 +357,21 @@ async fn catch_up_ours(
         backoff_min: Duration::from_millis(100),
         ..link
     };
+    let copying = upper.as_ref().is_some_and(|u| u.handshake_copies > 1);
     let mut fed = start_chain_as(dir.path(), quick(link), upper.map(quick), Some(via)).await?;
+    // The village's first link up before it stops and when its township copies, the token
+    // that link gave it kept in its folder, which the restart below presents.
+    let tokens = dir.path().join("c01_k01_t01_v01").join("quic-tokens");
+    let vstore = fed.node(&village)?.node.store();
+    let waited = Instant::now();
+    while !(vstore.status().await?.links.iter().any(|l| l.connected)
+        && (!copying || tokens.exists()))
+    {
+        if waited.elapsed() > Duration::from_secs(60) {
+            bail!("the village's first link (and its token) not there in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     fed.stop(&village).await?;
 
     // Offline: the village's own store takes the 5,000 changes.
