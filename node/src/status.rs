@@ -35,8 +35,9 @@ pub struct LinkCounters {
     pub frames_out: AtomicU64,
     /// When the last frame arrived (ms since the epoch).
     pub last_frame_ms: AtomicU64,
-    /// Whether a reconciliation on this link waits for the peer (documents in flight or
-    /// queued), set by the store after each batch: the link probes a silent peer only then.
+    /// Whether a reconciliation on this link waits for the peer (its root digest or a
+    /// summary not yet heard, documents in flight or queued), set by the store after each
+    /// batch: the link probes a silent peer only then.
     pub awaiting: std::sync::atomic::AtomicBool,
     /// Probes sent (not counted in the frames and bytes above).
     pub probes_out: AtomicU64,

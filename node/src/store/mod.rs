@@ -1657,7 +1657,7 @@ impl Actor {
                     let waiting = self
                         .engine
                         .progress(peer)
-                        .is_some_and(|p| p.in_flight + p.queued > 0);
+                        .is_some_and(|p| p.in_flight + p.queued > 0 || p.descending);
                     link.counters
                         .awaiting
                         .store(waiting, std::sync::atomic::Ordering::Relaxed);

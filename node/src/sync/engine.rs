@@ -214,6 +214,9 @@ pub struct LinkProgress {
     /// Documents the peer offered whose unit is not registered here yet (not created; they
     /// wait for a profile that registers the unit).
     pub unregistered: usize,
+    /// Whether the digest exchange waits for the peer: its root digest, or its summary of a
+    /// unit this side summarised, has not arrived yet.
+    pub descending: bool,
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +226,13 @@ struct PeerSync {
     states: HashMap<DocId, sync::State>,
     /// Units whose summary this side sent during this session.
     summarised: HashSet<UnitId>,
+    /// Whether this side sent its root digest, and heard the peer's.
+    root_sent: bool,
+    root_heard: bool,
+    /// Units whose summary the peer sent this session.
+    summaries_heard: HashSet<UnitId>,
+    /// Units this side summarised whose summary the peer has not sent yet (its answer).
+    summaries_awaited: HashSet<UnitId>,
     active: BTreeSet<DocId>,
     /// Documents holding a slot whose first message is not made yet (see
     /// [`Engine::open_link`]), in order, and the same as a set: one leaves the set once any
@@ -1103,6 +1113,9 @@ impl Engine {
         };
         let root = self.me.root();
         let out = vec![Msg::Root(self.link_digest(&child, &root))];
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.root_sent = true;
+        }
         changed.sort();
         for id in changed {
             let in_scope = self
@@ -1185,6 +1198,7 @@ impl Engine {
             in_flight: p.active.len(),
             queued: p.queue.len(),
             unregistered: p.deferred_len(),
+            descending: (p.root_sent && !p.root_heard) || !p.summaries_awaited.is_empty(),
         })
     }
 
@@ -1336,7 +1350,12 @@ impl Engine {
             return step;
         }
         match msg {
-            Msg::Root(d) => self.on_root(peer, d, &mut step),
+            Msg::Root(d) => {
+                if let Some(p) = self.peers.get_mut(peer) {
+                    p.root_heard = true;
+                }
+                self.on_root(peer, d, &mut step)
+            }
             Msg::Summary(sm) => {
                 if let Err(r) = self.on_summary(peer, sm, &mut step) {
                     step.reject(peer, r);
@@ -1451,7 +1470,11 @@ impl Engine {
     /// Send this side's summary of `unit` to `peer`, unless already sent this session.
     fn summarise_once(&mut self, peer: &UnitId, child: &UnitId, unit: &UnitId, step: &mut Step) {
         if self.peers.get_mut(peer).is_some_and(|p| {
-            p.summarised.len() < MAX_SUMMARISED && p.summarised.insert(unit.clone())
+            let send = p.summarised.len() < MAX_SUMMARISED && p.summarised.insert(unit.clone());
+            if send && !p.summaries_heard.contains(unit) {
+                p.summaries_awaited.insert(unit.clone());
+            }
+            send
         }) {
             let sm = self.summary(child, unit);
             step.send.push((peer.clone(), Msg::Summary(sm)));
@@ -1527,6 +1550,11 @@ impl Engine {
                 None,
                 format!("more than {MAX_SUMMARISED} units summarised in one session"),
             ));
+        }
+        if let Some(p) = self.peers.get_mut(peer) {
+            // Bounded: past MAX_SUMMARISED units a new one is refused above.
+            p.summaries_awaited.remove(&sm.unit);
+            p.summaries_heard.insert(sm.unit.clone());
         }
         let Some(child) = self.link_child(peer).cloned() else {
             return Ok(());
@@ -2639,6 +2667,50 @@ mod tests {
         let (msgs, bytes, _) = pump_counted(&mut k, &mut c, q);
         assert_eq!(msgs, 2, "only the two root digests");
         assert!(bytes < 100, "{bytes} bytes");
+    }
+
+    /// A side waits for its peer while the digest exchange is unanswered (the root digest,
+    /// then each summary it sent), so that its link probes a silent peer then too; once every
+    /// summary is answered and nothing is in flight, it waits for nothing.
+    #[test]
+    fn the_digest_exchange_waits_for_the_peer_until_answered() {
+        let (mut k, mut c) = big_pair(50);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let descending = |e: &Engine, peer: &UnitId| e.progress(peer).unwrap().descending;
+        // Unchanged: waiting for the root only, until it arrives.
+        let q = reconnect(&mut k, &mut c);
+        assert!(descending(&k, &uc) && descending(&c, &uk));
+        assert!(pump(&mut k, &mut c, q).is_empty());
+        assert!(!descending(&k, &uc) && !descending(&c, &uk));
+        // Changed: the county hears the city's root, which differs, and sends its summaries
+        // down to the changed branch: it waits for their answers, not for the root.
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        write(&mut k, "c01/k01/t05/v005", 9999, "New");
+        let mine = addressed(&uk, &uc, k.connect(&uc, sk));
+        let theirs = c.connect(&uk, sc);
+        let root = theirs
+            .iter()
+            .position(|m| matches!(m, Msg::Root(_)))
+            .expect("a root");
+        let mut q = mine;
+        for (i, m) in theirs.into_iter().enumerate() {
+            if i == root {
+                let step = k.receive(&uc, m);
+                assert!(step.send.iter().any(|(_, m)| matches!(m, Msg::Summary(_))));
+                assert!(descending(&k, &uc), "summaries unanswered");
+                q.extend(addressed(
+                    &uk,
+                    &uc,
+                    step.send.into_iter().map(|(_, m)| m).collect(),
+                ));
+            } else {
+                q.push((uc.clone(), uk.clone(), m));
+            }
+        }
+        assert!(pump(&mut k, &mut c, q).is_empty());
+        assert!(!descending(&k, &uc) && !descending(&c, &uk));
+        assert_eq!(names(&c, "c01/k01/t05/v005"), ["New", "Seed"]);
     }
 
     #[test]
