@@ -999,10 +999,19 @@ pub async fn run_link(
                         (unanswered, heard_at) = (0, last_frame);
                     }
                     let heard = now_ms().saturating_sub(last_frame);
-                    if counters.awaiting.load(Ordering::Relaxed)
+                    // The peer's root is overdue only after two round trips of silence: its
+                    // answer to this side's hello and root takes one.
+                    let after = if counters.awaiting.load(Ordering::Relaxed) {
+                        Some(PROBE_AFTER)
+                    } else if counters.awaiting_root.load(Ordering::Relaxed) {
+                        Some(PROBE_AFTER.max(2 * conn.rtt()))
+                    } else {
+                        None
+                    };
+                    if let Some(after) = after
                         && unanswered < MAX_UNANSWERED_PROBES
-                        && last_sent.elapsed() >= PROBE_AFTER
-                        && heard >= PROBE_AFTER.as_millis() as u64
+                        && last_sent.elapsed() >= after
+                        && u128::from(heard) >= after.as_millis()
                     {
                         unanswered += 1;
                         if let Err(e) =

@@ -35,10 +35,13 @@ pub struct LinkCounters {
     pub frames_out: AtomicU64,
     /// When the last frame arrived (ms since the epoch).
     pub last_frame_ms: AtomicU64,
-    /// Whether a reconciliation on this link waits for the peer (its root digest or a
-    /// summary not yet heard, documents in flight or queued), set by the store after each
-    /// batch: the link probes a silent peer only then.
+    /// Whether a reconciliation on this link waits for the peer (the answer to a summary,
+    /// documents in flight or queued), set by the store after each committed batch: the
+    /// link probes a silent peer only then, or while `awaiting_root`.
     pub awaiting: std::sync::atomic::AtomicBool,
+    /// Whether the peer's root digest has not arrived yet: the link probes for it only once
+    /// it is overdue (two round trips of silence), so that an idle reconnect sends none.
+    pub awaiting_root: std::sync::atomic::AtomicBool,
     /// Probes sent (not counted in the frames and bytes above).
     pub probes_out: AtomicU64,
     /// What waits to be written to the peer, by [`crate::sync::wire::weight`]: added by the

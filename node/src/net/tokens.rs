@@ -206,8 +206,9 @@ mod tests {
         assert_eq!(DiskTokens::open(&path).take("k01.c01.example"), None);
     }
 
-    /// A token whose taking cannot be written out would be presented again after a
-    /// restart: it is not presented now.
+    /// A token whose taking cannot be written out is not presented (in the file, it would
+    /// be presented again after a restart); here the folder is gone, so nothing is written
+    /// and no token is ever presented.
     #[test]
     fn a_token_not_written_out_of_the_file_is_not_presented() {
         let dir = tempfile::tempdir().unwrap();

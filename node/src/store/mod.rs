@@ -1654,13 +1654,13 @@ impl Actor {
                 }
                 self.deliver(sends);
                 for (peer, link) in &self.links {
-                    let waiting = self
-                        .engine
-                        .progress(peer)
-                        .is_some_and(|p| p.in_flight + p.queued > 0 || p.descending);
+                    let progress = self.engine.progress(peer).unwrap_or_default();
+                    let waiting = progress.in_flight + progress.queued > 0 || progress.descending;
+                    let relaxed = std::sync::atomic::Ordering::Relaxed;
+                    link.counters.awaiting.store(waiting, relaxed);
                     link.counters
-                        .awaiting
-                        .store(waiting, std::sync::atomic::Ordering::Relaxed);
+                        .awaiting_root
+                        .store(progress.rootless, relaxed);
                 }
                 self.evict();
             }

@@ -214,9 +214,11 @@ pub struct LinkProgress {
     /// Documents the peer offered whose unit is not registered here yet (not created; they
     /// wait for a profile that registers the unit).
     pub unregistered: usize,
-    /// Whether the digest exchange waits for the peer: its root digest, or its summary of a
-    /// unit this side summarised, has not arrived yet.
+    /// Whether the digest exchange waits for the peer's summary of a unit this side
+    /// summarised.
     pub descending: bool,
+    /// Whether the peer's root digest has not arrived yet (this side sent its own).
+    pub rootless: bool,
 }
 
 #[derive(Debug, Default)]
@@ -229,8 +231,6 @@ struct PeerSync {
     /// Whether this side sent its root digest, and heard the peer's.
     root_sent: bool,
     root_heard: bool,
-    /// Units whose summary the peer sent this session.
-    summaries_heard: HashSet<UnitId>,
     /// Units this side summarised whose summary the peer has not sent yet (its answer).
     summaries_awaited: HashSet<UnitId>,
     active: BTreeSet<DocId>,
@@ -1198,7 +1198,8 @@ impl Engine {
             in_flight: p.active.len(),
             queued: p.queue.len(),
             unregistered: p.deferred_len(),
-            descending: (p.root_sent && !p.root_heard) || !p.summaries_awaited.is_empty(),
+            descending: !p.summaries_awaited.is_empty(),
+            rootless: p.root_sent && !p.root_heard,
         })
     }
 
@@ -1428,6 +1429,16 @@ impl Engine {
         } else {
             tracing::debug!(%peer, ?reason, doc = ?shown, %detail, "peer refused our message");
         }
+        // A refused summary is not answered: stop waiting for it (the refusal names the
+        // document its complaint is about, whose owner's summary it was; none, any of them).
+        if let Some(p) = self.peers.get_mut(peer) {
+            match &doc {
+                Some(d) => {
+                    p.summaries_awaited.remove(&d.owner);
+                }
+                None => p.summaries_awaited.clear(),
+            }
+        }
         match doc {
             // Refused for what this side sent: the peer will not sync that document with this
             // side again this session, so neither does this side (nor keep a slot); it waits
@@ -1470,8 +1481,10 @@ impl Engine {
     /// Send this side's summary of `unit` to `peer`, unless already sent this session.
     fn summarise_once(&mut self, peer: &UnitId, child: &UnitId, unit: &UnitId, step: &mut Step) {
         if self.peers.get_mut(peer).is_some_and(|p| {
+            // A unit whose summary the peer sent is in `summarised` already (answered then):
+            // one newly summarised here waits for the peer's.
             let send = p.summarised.len() < MAX_SUMMARISED && p.summarised.insert(unit.clone());
-            if send && !p.summaries_heard.contains(unit) {
+            if send {
                 p.summaries_awaited.insert(unit.clone());
             }
             send
@@ -1541,7 +1554,13 @@ impl Engine {
     }
 
     fn on_summary(&mut self, peer: &UnitId, sm: Summary, step: &mut Step) -> Result<(), Rejection> {
-        self.check_summary(peer, &sm)?;
+        if let Err(r) = self.check_summary(peer, &sm) {
+            // Refused, it answers nothing this side could take: not waited for.
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.summaries_awaited.remove(&sm.unit);
+            }
+            return Err(r);
+        }
         if self.peers.get(peer).is_some_and(|p| {
             p.summarised.len() >= MAX_SUMMARISED && !p.summarised.contains(&sm.unit)
         }) {
@@ -1552,9 +1571,7 @@ impl Engine {
             ));
         }
         if let Some(p) = self.peers.get_mut(peer) {
-            // Bounded: past MAX_SUMMARISED units a new one is refused above.
             p.summaries_awaited.remove(&sm.unit);
-            p.summaries_heard.insert(sm.unit.clone());
         }
         let Some(child) = self.link_child(peer).cloned() else {
             return Ok(());
@@ -2671,46 +2688,63 @@ mod tests {
 
     /// A side waits for its peer while the digest exchange is unanswered (the root digest,
     /// then each summary it sent), so that its link probes a silent peer then too; once every
-    /// summary is answered and nothing is in flight, it waits for nothing.
+    /// summary is answered, or refused, it waits for nothing.
     #[test]
     fn the_digest_exchange_waits_for_the_peer_until_answered() {
         let (mut k, mut c) = big_pair(50);
         let (uk, uc) = (k.me().clone(), c.me().clone());
-        let descending = |e: &Engine, peer: &UnitId| e.progress(peer).unwrap().descending;
+        let waits = |e: &Engine, peer: &UnitId| {
+            let p = e.progress(peer).unwrap();
+            (p.rootless, p.descending)
+        };
         // Unchanged: waiting for the root only, until it arrives.
         let q = reconnect(&mut k, &mut c);
-        assert!(descending(&k, &uc) && descending(&c, &uk));
+        assert_eq!(
+            (waits(&k, &uc), waits(&c, &uk)),
+            ((true, false), (true, false))
+        );
         assert!(pump(&mut k, &mut c, q).is_empty());
-        assert!(!descending(&k, &uc) && !descending(&c, &uk));
+        assert_eq!(
+            (waits(&k, &uc), waits(&c, &uk)),
+            ((false, false), (false, false))
+        );
         // Changed: the county hears the city's root, which differs, and sends its summaries
-        // down to the changed branch: it waits for their answers, not for the root.
-        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
-        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
-        write(&mut k, "c01/k01/t05/v005", 9999, "New");
-        let mine = addressed(&uk, &uc, k.connect(&uc, sk));
-        let theirs = c.connect(&uk, sc);
-        let root = theirs
-            .iter()
-            .position(|m| matches!(m, Msg::Root(_)))
-            .expect("a root");
+        // of the units from the root to itself: it waits for their answers.
+        let changed = |k: &mut Engine, c: &mut Engine, rec| {
+            let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+            let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+            write(k, "c01/k01/t05/v005", rec, "New");
+            let mine = addressed(&uk, &uc, k.connect(&uc, sk));
+            let mut theirs = c.connect(&uk, sc);
+            let root = theirs
+                .iter()
+                .position(|m| matches!(m, Msg::Root(_)))
+                .expect("a root");
+            let step = k.receive(&uc, theirs.remove(root));
+            let summaries: Vec<Msg> = step.send.into_iter().map(|(_, m)| m).collect();
+            assert!(summaries.iter().any(|m| matches!(m, Msg::Summary(_))));
+            assert_eq!(waits(k, &uc), (false, true), "summaries unanswered");
+            (mine, theirs, summaries)
+        };
+        let (mine, theirs, summaries) = changed(&mut k, &mut c, 9999);
         let mut q = mine;
-        for (i, m) in theirs.into_iter().enumerate() {
-            if i == root {
-                let step = k.receive(&uc, m);
-                assert!(step.send.iter().any(|(_, m)| matches!(m, Msg::Summary(_))));
-                assert!(descending(&k, &uc), "summaries unanswered");
-                q.extend(addressed(
-                    &uk,
-                    &uc,
-                    step.send.into_iter().map(|(_, m)| m).collect(),
-                ));
-            } else {
-                q.push((uc.clone(), uk.clone(), m));
-            }
-        }
+        q.extend(addressed(&uc, &uk, theirs));
+        q.extend(addressed(&uk, &uc, summaries));
         assert!(pump(&mut k, &mut c, q).is_empty());
-        assert!(!descending(&k, &uc) && !descending(&c, &uk));
-        assert_eq!(names(&c, "c01/k01/t05/v005"), ["New", "Seed"]);
+        assert_eq!(
+            (waits(&k, &uc), waits(&c, &uk)),
+            ((false, false), (false, false))
+        );
+        assert!(names(&c, "c01/k01/t05/v005").contains(&"New".to_string()));
+        // Refused instead of answered (whatever the peer's reason): not waited for.
+        let (_, _, _) = changed(&mut k, &mut c, 9998);
+        let refusal = Msg::Reject {
+            reason: RejectReason::OutOfScope,
+            doc: None,
+            detail: "no".into(),
+        };
+        let _ = k.receive(&uc, refusal);
+        assert_eq!(waits(&k, &uc), (false, false));
     }
 
     #[test]
