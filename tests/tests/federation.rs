@@ -985,17 +985,19 @@ fn copying_nothing() -> grassroots_node::LinkConfig {
 async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyhow::Result<()> {
     let (mut fed, _dir, relay, identity) = county_to_dial_as().await?;
     let city = unit("c01");
-    let answers = Relay::handshakes_downstream;
-    let copying = dials_counted(
-        &identity,
-        &city,
-        &relay,
-        &copying_nothing(),
-        3,
-        answers,
-        None,
-    )
-    .await?;
+    let cfg = copying_nothing();
+    let three_dials = || {
+        dials_counted(
+            &identity,
+            &city,
+            &relay,
+            &cfg,
+            3,
+            Relay::handshakes_downstream,
+            None,
+        )
+    };
+    let copying = three_dials().await?;
     fed.stop(&city).await?;
     fed.set_link(
         &city,
@@ -1005,16 +1007,7 @@ async fn a_parent_copies_its_answers_only_to_a_child_it_has_validated() -> anyho
         },
     )?;
     fed.restart(&city).await?;
-    let plain = dials_counted(
-        &identity,
-        &city,
-        &relay,
-        &copying_nothing(),
-        3,
-        answers,
-        None,
-    )
-    .await?;
+    let plain = three_dials().await?;
     // The first dial has no token: the answers go once either way.
     assert_eq!(copying[0], plain[0], "{copying:?} {plain:?}");
     // The later ones present the token the link before was given: twice.

@@ -644,10 +644,11 @@ async fn lossy_link() -> anyhow::Result<()> {
     );
     // The same over the transfer alone (from the link's hello): separates the QUIC handshake,
     // whose lost packets cost exponentially backed-off timeouts, from the data transfer.
+    let transfer = |r: &CatchUp| r.app_bytes as f64 / r.transfer_seconds / ideal;
     emit(
         "lossy-link",
         "transfer_goodput_over_ideal",
-        run.app_bytes as f64 / run.transfer_seconds / ideal,
+        transfer(&run),
         "ratio",
         None,
     );
@@ -661,39 +662,29 @@ async fn lossy_link() -> anyhow::Result<()> {
         None,
     );
     // The same catch-up with every node set as the village example (`deploy/village`): the
-    // settings a deployment on such a line uses.
-    let tuned = catch_up_ours(village_example(), None, impair).await?;
-    emit(
-        "lossy-link",
-        "goodput_over_ideal_village_example",
-        tuned.app_bytes as f64 / tuned.seconds / ideal,
-        "ratio",
-        Some(goodput / ideal),
-    );
-    emit(
-        "lossy-link",
-        "transfer_goodput_over_ideal_village_example",
-        tuned.app_bytes as f64 / tuned.transfer_seconds / ideal,
-        "ratio",
-        Some(run.app_bytes as f64 / run.transfer_seconds / ideal),
-    );
-    // As deployed: the village as its example, the nodes above it as the township's, which
-    // copies its handshake answers to the restarted village presenting its last link's token.
-    let deployed = catch_up_ours(village_example(), Some(township_example()), impair).await?;
-    emit(
-        "lossy-link",
-        "goodput_over_ideal_examples",
-        deployed.app_bytes as f64 / deployed.seconds / ideal,
-        "ratio",
-        Some(goodput / ideal),
-    );
-    emit(
-        "lossy-link",
-        "transfer_goodput_over_ideal_examples",
-        deployed.app_bytes as f64 / deployed.transfer_seconds / ideal,
-        "ratio",
-        Some(run.app_bytes as f64 / run.transfer_seconds / ideal),
-    );
+    // settings a deployment on such a line uses; then as deployed: the village as its
+    // example, the nodes above it as the township's, which copies its handshake answers to
+    // the restarted village presenting its last link's token.
+    for (suffix, village, upper) in [
+        ("village_example", village_example(), None),
+        ("examples", village_example(), Some(township_example())),
+    ] {
+        let other = catch_up_ours(village, upper, impair).await?;
+        emit(
+            "lossy-link",
+            &format!("goodput_over_ideal_{suffix}"),
+            other.app_bytes as f64 / other.seconds / ideal,
+            "ratio",
+            Some(goodput / ideal),
+        );
+        emit(
+            "lossy-link",
+            &format!("transfer_goodput_over_ideal_{suffix}"),
+            transfer(&other),
+            "ratio",
+            Some(transfer(&run)),
+        );
+    }
     Ok(())
 }
 
