@@ -1042,6 +1042,55 @@ async fn a_restarted_child_presents_the_token_of_its_last_link() -> anyhow::Resu
     Ok(())
 }
 
+/// An idle reconnect over a slow line probes for nothing: each side's root answers the
+/// other's within a round trip, and a link probes for the peer's root only after two
+/// (150 ms each way through the relay; a probe after 100 ms of silence would go out twice or
+/// more while the root is on its way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_reconnect_over_a_slow_line_sends_no_probe() -> anyhow::Result<()> {
+    let (mut fed, _dir, relay) = county_behind_relay().await?;
+    let (k01, c01) = (unit("c01/k01"), unit("c01"));
+    link_up(&fed, &k01).await?;
+    // The first session's exchange done (its documents were new to the city).
+    let idle = |fed: &Federation| {
+        let store = fed.node(&k01).map(|n| n.node.store());
+        async move {
+            let store = store?;
+            eventually(WAIT, "the county's link idle", || async {
+                let s = store.status().await?;
+                Ok(s.links
+                    .iter()
+                    .all(|l| l.connected && l.docs_in_flight + l.docs_queued == 0)
+                    .then_some(()))
+            })
+            .await
+        }
+    };
+    idle(&fed).await?;
+    fed.stop(&k01).await?;
+    relay.set_delay(Duration::from_millis(150));
+    fed.restart(&k01).await?;
+    link_up(&fed, &k01).await?;
+    idle(&fed).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let probes = |s: grassroots_node::NodeStatus, peer: &UnitId| -> u64 {
+        s.links
+            .iter()
+            .filter(|l| &l.peer == peer)
+            .map(|l| l.probes_out)
+            .sum()
+    };
+    let county = probes(fed.node(&k01)?.node.store().status().await?, &c01);
+    let city = probes(fed.node(&c01)?.node.store().status().await?, &k01);
+    assert_eq!(
+        (county, city),
+        (0, 0),
+        "probes sent by the county and the city"
+    );
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// An idle link's keep-alives follow the child's setting, not its parent's: the child pays
 /// for them on a village's metered line. The city's setting here is 300 ms (its links up
 /// would ping at that pace); its county, set to 1 s, keeps their link at about two datagrams
