@@ -40,7 +40,8 @@ pub struct LinkCounters {
     /// link probes a silent peer only then, or while `awaiting_root`.
     pub awaiting: std::sync::atomic::AtomicBool,
     /// Whether the peer's root digest has not arrived yet: the link probes for it only once
-    /// it is overdue (two round trips of silence), so that an idle reconnect sends none.
+    /// it is overdue (two round trips of silence), so that an idle reconnect sends none
+    /// after its hello (the hello's own probes are not counted here).
     pub awaiting_root: std::sync::atomic::AtomicBool,
     /// Probes sent (not counted in the frames and bytes above).
     pub probes_out: AtomicU64,

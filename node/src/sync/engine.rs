@@ -1429,13 +1429,19 @@ impl Engine {
         } else {
             tracing::debug!(%peer, ?reason, doc = ?shown, %detail, "peer refused our message");
         }
-        // A refused summary is not answered: stop waiting for it (the refusal names the
-        // document its complaint is about, whose owner's summary it was; none, any of them).
+        // A refused summary is not answered: stop waiting for it. A refusal naming a
+        // document this side has no sync traffic for is of a summary listing it (its
+        // owner's); one naming none may be of any.
         if let Some(p) = self.peers.get_mut(peer) {
             match &doc {
-                Some(d) => {
+                Some(d)
+                    if !p.states.contains_key(d)
+                        && !p.active.contains(d)
+                        && !p.queued.contains(d) =>
+                {
                     p.summaries_awaited.remove(&d.owner);
                 }
+                Some(_) => {}
                 None => p.summaries_awaited.clear(),
             }
         }
@@ -1555,9 +1561,13 @@ impl Engine {
 
     fn on_summary(&mut self, peer: &UnitId, sm: Summary, step: &mut Step) -> Result<(), Rejection> {
         if let Err(r) = self.check_summary(peer, &sm) {
-            // Refused, it answers nothing this side could take: not waited for.
+            // Refused, it answers nothing this side could take: not waited for, nor
+            // summarised later (the peer counts it as answered and would not answer again).
             if let Some(p) = self.peers.get_mut(peer) {
                 p.summaries_awaited.remove(&sm.unit);
+                if p.summarised.len() < MAX_SUMMARISED {
+                    p.summarised.insert(sm.unit.clone());
+                }
             }
             return Err(r);
         }
@@ -2736,14 +2746,21 @@ mod tests {
             ((false, false), (false, false))
         );
         assert!(names(&c, "c01/k01/t05/v005").contains(&"New".to_string()));
-        // Refused instead of answered (whatever the peer's reason): not waited for.
+        // Refused instead of answered (whatever the peer's reason): not waited for. A
+        // refusal of a document's sync message is not one of a summary.
         let (_, _, _) = changed(&mut k, &mut c, 9998);
-        let refusal = Msg::Reject {
+        let refusal = |doc| Msg::Reject {
             reason: RejectReason::OutOfScope,
-            doc: None,
+            doc,
             detail: "no".into(),
         };
-        let _ = k.receive(&uc, refusal);
+        let synced = DocId::new(DocKind::Members, u("c01/k01"));
+        let p = k.peers.get_mut(&uc).unwrap();
+        p.active.insert(synced.clone());
+        p.summaries_awaited.insert(u("c01/k01"));
+        let _ = k.receive(&uc, refusal(Some(synced)));
+        assert_eq!(waits(&k, &uc), (false, true));
+        let _ = k.receive(&uc, refusal(None));
         assert_eq!(waits(&k, &uc), (false, false));
     }
 
