@@ -233,6 +233,10 @@ struct PeerSync {
     root_heard: bool,
     /// Units this side summarised whose summary the peer has not sent yet (its answer).
     summaries_awaited: HashSet<UnitId>,
+    /// Whether this side answered a summary and has heard nothing from the peer since: an
+    /// answer always draws the peer's next word (its summaries or documents), unless this
+    /// side's own documents follow; lost, it would wait out QUIC's probe timeouts.
+    answered: bool,
     active: BTreeSet<DocId>,
     /// Documents holding a slot whose first message is not made yet (see
     /// [`Engine::open_link`]), in order, and the same as a set: one leaves the set once any
@@ -1198,7 +1202,7 @@ impl Engine {
             in_flight: p.active.len(),
             queued: p.queue.len(),
             unregistered: p.deferred_len(),
-            descending: !p.summaries_awaited.is_empty(),
+            descending: !p.summaries_awaited.is_empty() || p.answered,
             rootless: p.root_sent && !p.root_heard,
         })
     }
@@ -1349,6 +1353,11 @@ impl Engine {
                 Rejection::new(RejectReason::NotAdjacent, None, "not connected"),
             );
             return step;
+        }
+        if !matches!(msg, Msg::Probe)
+            && let Some(p) = self.peers.get_mut(peer)
+        {
+            p.answered = false;
         }
         match msg {
             Msg::Root(d) => {
@@ -1587,11 +1596,11 @@ impl Engine {
             return Ok(());
         };
         let (my_docs, my_kids) = self.link_node(&child, &sm.unit);
-        if self
-            .peers
-            .get_mut(peer)
-            .is_some_and(|p| p.summarised.insert(sm.unit.clone()))
-        {
+        if self.peers.get_mut(peer).is_some_and(|p| {
+            let answer = p.summarised.insert(sm.unit.clone());
+            p.answered |= answer;
+            answer
+        }) {
             step.send.push((
                 peer.clone(),
                 Msg::Summary(Summary {
@@ -2736,15 +2745,31 @@ mod tests {
             assert_eq!(waits(k, &uc), (false, true), "summaries unanswered");
             (mine, theirs, summaries)
         };
-        let (mine, theirs, summaries) = changed(&mut k, &mut c, 9999);
+        let (mine, theirs, mut summaries) = changed(&mut k, &mut c, 9999);
         let mut q = mine;
         q.extend(addressed(&uc, &uk, theirs));
+        // The city answers the first summary: it waits for the county's next word (its
+        // answer could be lost), which any frame of the county's ends.
+        let first = summaries.remove(0);
+        assert!(matches!(first, Msg::Summary(_)), "{first:?}");
+        let step = c.receive(&uk, first);
+        assert!(step.send.iter().any(|(_, m)| matches!(m, Msg::Summary(_))));
+        assert!(c.peers[&uk].answered, "an answer not followed up");
+        // A probe of the county's says nothing of the answer; its next frame does.
+        let _ = c.receive(&uk, Msg::Probe);
+        assert!(c.peers[&uk].answered);
+        q.extend(addressed(
+            &uc,
+            &uk,
+            step.send.into_iter().map(|(_, m)| m).collect(),
+        ));
         q.extend(addressed(&uk, &uc, summaries));
         assert!(pump(&mut k, &mut c, q).is_empty());
         assert_eq!(
             (waits(&k, &uc), waits(&c, &uk)),
             ((false, false), (false, false))
         );
+        assert!(!c.peers[&uk].answered);
         assert!(names(&c, "c01/k01/t05/v005").contains(&"New".to_string()));
         // Refused instead of answered (whatever the peer's reason): not waited for. A
         // refusal of a document's sync message is not one of a summary.
