@@ -234,8 +234,9 @@ struct PeerSync {
     /// Units this side summarised whose summary the peer has not sent yet (its answer).
     summaries_awaited: HashSet<UnitId>,
     /// Whether this side answered a summary and has heard nothing from the peer since: an
-    /// answer always draws the peer's next word (its summaries or documents), unless this
-    /// side's own documents follow; lost, it would wait out QUIC's probe timeouts.
+    /// answer usually draws the peer's next word (its summaries or documents); lost, it
+    /// would wait out QUIC's probe timeouts. Where nothing follows (that unit equal on both
+    /// sides by then), the link's probes stop after 50.
     answered: bool,
     active: BTreeSet<DocId>,
     /// Documents holding a slot whose first message is not made yet (see
@@ -2755,7 +2756,8 @@ mod tests {
         let step = c.receive(&uk, first);
         assert!(step.send.iter().any(|(_, m)| matches!(m, Msg::Summary(_))));
         assert!(c.peers[&uk].answered, "an answer not followed up");
-        // A probe of the county's says nothing of the answer; its next frame does.
+        // Probes never reach the engine (the link drops them); one that did would say
+        // nothing of the answer. The county's next frame does.
         let _ = c.receive(&uk, Msg::Probe);
         assert!(c.peers[&uk].answered);
         q.extend(addressed(
