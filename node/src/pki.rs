@@ -867,43 +867,17 @@ fn read_key(dir: &Path) -> Result<Vec<u8>, PkiError> {
 /// renamed over the old one, and the folder flushed after each. A crash never leaves a key file empty,
 /// and a key may exist nowhere else.
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
-    use std::io::Write as _;
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| PkiError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     for (name, content) in files {
+        // Each durable (its rename too) before the next file: the last one may mark the
+        // folder complete (`root.pem`).
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        // A temporary file left by a crash is replaced, not reused: made anew, its mode is
-        // the one set here, and nothing placed at its name is followed.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
-            _ => {}
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        if name.ends_with(".key") {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let written = options.open(&tmp).and_then(|mut file| {
-            file.write_all(content.as_bytes())?;
-            file.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-            // Never leave a partial copy of a key behind.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(&path)(e));
-        }
-        // Each rename durable before the next file: the last one may mark the folder
-        // complete (`root.pem`).
-        #[cfg(unix)]
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+        crate::files::replace(&path, content.as_bytes(), name.ends_with(".key"), true)
+            .map_err(io(&path))?;
     }
     Ok(())
 }

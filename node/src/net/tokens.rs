@@ -15,7 +15,6 @@
 //! used tokens), answering once. quinn calls in synchronously, so the file is written on the
 //! calling thread: a few hundred bytes, once a dial and once a link.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -70,7 +69,8 @@ impl DiskTokens {
 
     /// Whether the file now holds `tokens`.
     fn save(&self, tokens: &Tokens) -> bool {
-        match write_atomically(&self.path, &encode(tokens)) {
+        // Whole (a reader never sees half), the owner's only, not flushed (see above).
+        match crate::files::replace(&self.path, &encode(tokens), true, false) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), "cannot keep the QUIC address tokens: {e}");
@@ -156,22 +156,6 @@ fn decode(bytes: &[u8]) -> Option<Tokens> {
         }
     }
     Some(tokens)
-}
-
-/// `bytes` at `path`, through a temporary file renamed over it: a reader never sees half.
-/// Readable by the node's user only.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    drop(file);
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -214,8 +214,8 @@ pub struct LinkProgress {
     /// Documents the peer offered whose unit is not registered here yet (not created; they
     /// wait for a profile that registers the unit).
     pub unregistered: usize,
-    /// Whether the digest exchange waits for the peer's summary of a unit this side
-    /// summarised.
+    /// Whether the digest exchange waits for the peer: its summary of a unit this side
+    /// summarised, or its next word after this side answered one of its summaries.
     pub descending: bool,
     /// Whether the peer's root digest has not arrived yet (this side sent its own).
     pub rootless: bool,

@@ -1,0 +1,52 @@
+//! Files replaced whole: the node's keys and certificates (`pki.rs`) and its kept QUIC
+//! address tokens (`net/tokens.rs`).
+
+use std::io::Write as _;
+use std::path::Path;
+
+/// Replace the file at `path` with `bytes`, whole or not at all: written to `.<name>.tmp`
+/// beside it, then renamed over it. A temporary file left by a crash is removed and made
+/// anew, so its mode is the one set here (the owner's only if `private`, from its creation)
+/// and nothing placed at its name is followed; a failed write leaves none behind. With
+/// `durable`, the data and then the folder are flushed, so the rename survives a crash.
+pub(crate) fn replace(
+    path: &Path,
+    bytes: &[u8],
+    private: bool,
+    durable: bool,
+) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("no file name"))?
+        .to_string_lossy();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{name}.tmp"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_all()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        // Never leave a partial copy (of a key, say) behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    #[cfg(unix)]
+    if durable {
+        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    Ok(())
+}
