@@ -623,7 +623,10 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
         println!("views match the documents");
         Ok(())
     } else {
-        bail!("{} view rows differ from the documents", diffs.len())
+        bail!(
+            "{} differences between the views and the documents",
+            diffs.len()
+        )
     }
 }
 

@@ -1424,7 +1424,16 @@ struct Batch {
     heard: BTreeMap<UnitId, u64>,
     /// Snapshots from the compactor, stored in this batch's transaction.
     compacted: Vec<compact::Done>,
+    /// Views checked or rebuilt once this batch's commit is in: before it, the loaded
+    /// documents may hold what is not committed (a profile set earlier in the batch).
+    views: Vec<ViewsCommand>,
     shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// A command on the views as a whole, taken after its batch's commit.
+enum ViewsCommand {
+    Verify(oneshot::Sender<Result<Vec<String>, StoreError>>),
+    Rebuild(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Batch {
@@ -1666,6 +1675,25 @@ impl Actor {
             }
             for reply in batch.replies {
                 reply(result.as_ref().map(|_| ()));
+            }
+            // After a failed commit the loaded documents hold what is not stored: the views
+            // are neither compared with them nor written from them.
+            let not_stored = |e: &StoreError| StoreError::NotStored(failure_reason(e));
+            for command in batch.views {
+                match (command, &result) {
+                    (ViewsCommand::Verify(reply), Ok(_)) => {
+                        let _ = reply.send(self.verify_views());
+                    }
+                    (ViewsCommand::Rebuild(reply), Ok(_)) => {
+                        let _ = reply.send(self.rebuild_views());
+                    }
+                    (ViewsCommand::Verify(reply), Err(e)) => {
+                        let _ = reply.send(Err(not_stored(e)));
+                    }
+                    (ViewsCommand::Rebuild(reply), Err(e)) => {
+                        let _ = reply.send(Err(not_stored(e)));
+                    }
+                }
             }
             timing.report(
                 self.engine.me(),
@@ -2034,12 +2062,8 @@ impl Actor {
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
-            Command::VerifyViews { reply } => {
-                let _ = reply.send(self.verify_views());
-            }
-            Command::RebuildViews { reply } => {
-                let _ = reply.send(self.rebuild_views());
-            }
+            Command::VerifyViews { reply } => batch.views.push(ViewsCommand::Verify(reply)),
+            Command::RebuildViews { reply } => batch.views.push(ViewsCommand::Rebuild(reply)),
             Command::PeerUp {
                 peer,
                 outbox,
@@ -2246,14 +2270,23 @@ impl Actor {
         }
     }
 
-    /// Drop every view row and write them again from the documents.
+    /// Drop every view row and write them again from the documents. A document that does
+    /// not parse is left out and named in the log, as the migrations do: the rebuild is what
+    /// an operator is sent to, and one bad document must not keep the others' views stale.
     fn rebuild_views(&self) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db)?;
         rebuild_views_in(
             &tx,
             self.engine
                 .docs()
-                .map(|entry| Ok((entry.meta.clone(), self.doc_or_load(entry)?))),
+                .filter_map(|entry| match self.doc_or_load(entry) {
+                    Ok(d) => Some(Ok((entry.meta.clone(), d))),
+                    Err(StoreError::Corrupt(e)) => {
+                        tracing::error!(doc = %entry.meta.id, "views left out of a document that does not parse ({e})");
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }),
         )?;
         tx.commit().map_err(db)?;
         self.rollups.committed();
@@ -2279,9 +2312,19 @@ impl Actor {
         let mut want_refs = BTreeMap::new();
         let mut all_members = Vec::new();
         let mut tallies = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in self.engine.docs() {
             let owner = entry.meta.owner();
-            let d = self.doc_or_load(entry)?;
+            let d = match self.doc_or_load(entry) {
+                Ok(d) => d,
+                // Named as a difference (its views cannot be checked), not an error that
+                // hides what the other documents' views hold.
+                Err(StoreError::Corrupt(e)) => {
+                    unreadable.push(format!("document {} does not parse: {e}", entry.meta.id));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match entry.meta.id.kind {
                 DocKind::Members => {
                     for m in doc::read_members(&d, owner) {
@@ -2328,7 +2371,7 @@ impl Actor {
             }
             Ok(out)
         };
-        let mut diffs = Vec::new();
+        let mut diffs = unreadable;
         compare_rows("member", &want_members, &pairs(VIEW_MEMBERS)?, &mut diffs);
         compare_rows("record", &want_records, &pairs(VIEW_RECORDS)?, &mut diffs);
         compare_rows("receipt", &want_refs, &pairs(VIEW_REFS)?, &mut diffs);
@@ -2905,13 +2948,17 @@ impl Actor {
                 .map_err(db)?;
             }
             for id in &batch.dirty {
-                let Some((meta, d)) = self
-                    .engine
-                    .get(id)
-                    .and_then(|e| e.doc().map(|d| (&e.meta, d)))
-                else {
+                let Some(entry) = self.engine.get(id) else {
                     continue;
                 };
+                // A changed document that is not loaded (a retried one whose load failed)
+                // fails the commit: its writers must not be told their writes are stored.
+                let Some(d) = entry.doc() else {
+                    return Err(StoreError::NotStored(format!(
+                        "document {id} has changes but could not be loaded"
+                    )));
+                };
+                let meta = &entry.meta;
                 let key = id.to_string();
                 let mut p = self.persisted.get(id).cloned().unwrap_or_default();
                 // What the views reflect now: they were committed with these heads.
@@ -5195,6 +5242,112 @@ mod tests {
         let (_h, r, t) = open(&path, me.clone()).unwrap();
         assert_eq!(r.member(&kept.id).unwrap().unwrap().name, "Kept");
         assert!(r.member(&lost.id).unwrap().is_none());
+        t.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_layout_1_store_with_a_document_that_does_not_parse_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let kept = h.create_member(me.clone(), sample("Kept")).await.unwrap();
+        // The village's register: a snapshot (its first commit), then two change rows.
+        for name in ["Lost", "Lost too", "Lost three"] {
+            h.create_member(village.clone(), sample(name))
+                .await
+                .unwrap();
+        }
+        t.shutdown().await;
+        drop((h, r));
+        let broken = DocId::new(DocKind::Members, village.clone());
+        break_snapshot(&path, broken.clone(), Some(1));
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.delete_table(DOC_STATE).unwrap();
+            tx.delete_table(VIEW_ROLLUPS).unwrap();
+            tx.commit().unwrap();
+        }
+        // Migration 2 keeps it without heads instead of refusing to open the store.
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(r.member(&kept.id).unwrap().unwrap().name, "Kept");
+        {
+            let tx = r.db_for_tests().begin_read().unwrap();
+            let key = broken.to_string();
+            let row = tx.open_table(DOC_STATE).unwrap();
+            let state =
+                load::decode_state_for_tests(&key, row.get(key.as_str()).unwrap().unwrap().value());
+            assert!(state.heads.is_empty());
+            // Its change rows stay numbered: a later row is not written over them.
+            let last = tx
+                .open_table(CHANGES)
+                .unwrap()
+                .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                .unwrap()
+                .next_back()
+                .unwrap()
+                .unwrap()
+                .0
+                .value()
+                .1;
+            assert_eq!(state.next_seq, last + 1);
+        }
+        // Verify names it instead of failing; a rebuild leaves it out and writes the rest.
+        let diffs = h.verify_views().await.unwrap();
+        assert!(
+            diffs
+                .iter()
+                .any(|d| d.contains(&format!("document {broken} does not parse"))),
+            "{diffs:?}"
+        );
+        h.rebuild_views().await.unwrap();
+        let diffs = h.verify_views().await.unwrap();
+        assert_eq!(diffs.len(), 1, "{diffs:?}");
+        assert_eq!(r.rollup(&me).unwrap().members, 1);
+        // The other documents take writes as before.
+        h.create_member(me.clone(), sample("After")).await.unwrap();
+        assert_eq!(r.rollup(&me).unwrap().members, 2);
+        t.shutdown().await;
+    }
+
+    /// A verify queued behind a write in one batch compares the views with what that
+    /// batch commits, not with a document changed and not yet committed.
+    #[tokio::test]
+    async fn views_are_verified_after_the_batch_they_share_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01");
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        h.set_unit_details(
+            me.clone(),
+            UnitDetails {
+                name: Some("Before".into()),
+                ..UnitDetails::default()
+            },
+        )
+        .await
+        .unwrap();
+        let held = hold_for(&h, 2).await;
+        let h2 = h.clone();
+        let me2 = me.clone();
+        let write = tokio::spawn(async move {
+            let details = UnitDetails {
+                name: Some("After".into()),
+                ..UnitDetails::default()
+            };
+            h2.set_unit_details(me2, details).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let h3 = h.clone();
+        let verify = tokio::spawn(async move { h3.verify_views().await });
+        tokio::task::spawn_blocking(move || held.join().unwrap())
+            .await
+            .unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(verify.await.unwrap().unwrap(), Vec::<String>::new());
+        // A rebuild after the commit leaves them equal too.
+        h.rebuild_views().await.unwrap();
+        assert!(h.verify_views().await.unwrap().is_empty());
         t.shutdown().await;
     }
 

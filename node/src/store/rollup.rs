@@ -7,10 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use grassroots_schema::{Member, Record, Rollup, UnitId, UnitProfile, entity};
-use redb::{ReadableTable, Table, WriteTransaction};
+use grassroots_schema::{Member, Rollup, UnitId};
+use redb::{ReadableTable, Table};
 
-use super::tables::{VIEW_MEMBERS, VIEW_RECORDS, VIEW_ROLLUPS, VIEW_UNITS};
 use super::{StoreError, db, to_json};
 
 /// Signed changes to the roll-ups, by the unit owning the records.
@@ -96,47 +95,4 @@ pub(super) fn compute<'a>(
         .filter(|(_, r)| !r.is_empty())
         .map(|(u, r)| Ok((u.tree_key(), to_json(&r)?)))
         .collect()
-}
-
-/// Migrations to layouts 3 and 4: the roll-up table computed again from the members, unit
-/// and record views.
-pub(super) fn recompute(tx: &WriteTransaction) -> Result<(), StoreError> {
-    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("{what}: {e}"));
-    let mut members = Vec::new();
-    for row in tx
-        .open_table(VIEW_MEMBERS)
-        .map_err(db)?
-        .iter()
-        .map_err(db)?
-    {
-        let (_, v) = row.map_err(db)?;
-        members.push(
-            serde_json::from_slice::<Member>(v.value()).map_err(|e| corrupt("member row", e))?,
-        );
-    }
-    let mut tallies = Vec::new();
-    for row in tx.open_table(VIEW_UNITS).map_err(db)?.iter().map_err(db)? {
-        let (_, v) = row.map_err(db)?;
-        let p: UnitProfile =
-            serde_json::from_slice(v.value()).map_err(|e| corrupt("unit row", e))?;
-        tallies.push((p.id.clone(), p.tallies()));
-    }
-    for row in tx
-        .open_table(VIEW_RECORDS)
-        .map_err(db)?
-        .iter()
-        .map_err(db)?
-    {
-        let (_, v) = row.map_err(db)?;
-        let r: Record = serde_json::from_slice(v.value()).map_err(|e| corrupt("record row", e))?;
-        if let Some(spec) = entity(r.id.kind) {
-            tallies.push((r.id.unit.clone(), spec.tallies(&r)));
-        }
-    }
-    let mut table = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-    table.retain(|_, _| false).map_err(db)?;
-    for (key, json) in compute(members.iter(), tallies.into_iter())? {
-        table.insert(key.as_str(), json.as_slice()).map_err(db)?;
-    }
-    Ok(())
 }
