@@ -104,6 +104,13 @@ pub struct LinkConfig {
     /// (which proves the child's address; any other child's are sent once, within QUIC's
     /// amplification limit).
     pub handshake_copies: u8,
+    /// Incoming handshakes this node works on at once (TLS, certificate checks and the
+    /// hello), at least 1. Past it, a handshake from an address QUIC has not validated is
+    /// answered with a Retry, which costs this node no state and a forged source cannot
+    /// answer, and one from a validated address is refused (its child redials with backoff):
+    /// a flood of Initials holds at most this many handshakes' memory and signatures, not one
+    /// per datagram for the whole handshake timeout.
+    pub max_handshakes: usize,
 }
 
 /// quinn's (and RFC 9002's) initial round-trip estimate.
@@ -120,6 +127,7 @@ impl Default for LinkConfig {
             mtu_discovery: true,
             initial_rtt: DEFAULT_INITIAL_RTT,
             handshake_copies: 1,
+            max_handshakes: 128,
         }
     }
 }
@@ -1129,13 +1137,17 @@ pub async fn accept_loop(
     // The socket's address, the key of the handshakes it copies: asked once, not per child.
     let local = endpoint.local_addr().ok();
     let failures = Arc::new(LogBudget::default());
+    let refusals = Arc::new(LogBudget::default());
+    let overload = LogBudget::default();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.max_handshakes.max(1)));
     loop {
         let incoming = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return,
             i = endpoint.accept() => match i { Some(i) => i, None => return },
         };
-        let (ctx, children, failures) = (ctx.clone(), children.clone(), failures.clone());
+        let (ctx, children) = (ctx.clone(), children.clone());
+        let (failures, refusals) = (failures.clone(), refusals.clone());
         let remote = incoming.remote_address();
         // A handshake from the address this node is dialling is not a child's (a parent never
         // dials its child): a forged source, whose answers would be copied with the dial's.
@@ -1144,6 +1156,29 @@ pub async fn accept_loop(
             incoming.ignore();
             continue;
         }
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            let answer = if incoming.may_retry() {
+                // Stateless: only a sender that receives the Retry comes back, validated.
+                let _ = incoming.retry();
+                "asked to retry"
+            } else {
+                incoming.refuse();
+                "refused"
+            };
+            let most = ctx.cfg.max_handshakes;
+            match overload.take(Instant::now()) {
+                Some(0) => tracing::warn!(
+                    %remote,
+                    "{most} handshakes in progress, the most this node takes at once: a new one was {answer}"
+                ),
+                Some(n) => tracing::warn!(
+                    %remote,
+                    "{most} handshakes in progress, the most this node takes at once: a new one was {answer} ({n} more since the last such warning)"
+                ),
+                None => tracing::debug!(%remote, "too many handshakes in progress: {answer}"),
+            }
+            continue;
+        };
         // A child whose address QUIC validated (it presented a token from an earlier link)
         // has this node's handshake datagrams copied, if the node says so: no amplification
         // limit applies to a validated address.
@@ -1161,6 +1196,7 @@ pub async fn accept_loop(
                 ctx.cfg.handshake_timeout,
             )
             .await;
+            drop(permit);
             match accepted {
                 Ok(link) => {
                     run_link(link, ctx.store, ctx.cancel).await;
@@ -1169,9 +1205,18 @@ pub async fn accept_loop(
                 Err(e) if dropped_by_child(&e) => {
                     tracing::debug!(%remote, "an incoming handshake was dropped by the child")
                 }
-                // Refused for what a certificate that checked out, or the hello, said.
+                // Refused for what a certificate that checked out, or the hello, said: worth
+                // an operator's eye, but a certificate holder redialling in a loop (a revoked
+                // child) must not flood the log either.
                 Err(e @ (NetError::Refused { .. } | NetError::Handshake(_) | NetError::Pki(_))) => {
-                    tracing::warn!(%remote, "refused an incoming link: {e}")
+                    match refusals.take(Instant::now()) {
+                        Some(0) => tracing::warn!(%remote, "refused an incoming link: {e}"),
+                        Some(n) => tracing::warn!(
+                            %remote,
+                            "refused an incoming link: {e} ({n} more refusals since the last such warning, logged at debug level)"
+                        ),
+                        None => tracing::debug!(%remote, "refused an incoming link: {e}"),
+                    }
                 }
                 // Refused by TLS (a certificate of no unit's CA, expired, of another
                 // deployment) or failed in transport (a timeout): anyone can cause those, so

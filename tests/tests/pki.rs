@@ -394,3 +394,86 @@ async fn a_parent_that_is_away_is_dialled_one_handshake_at_a_time() -> anyhow::R
     assert!(late <= 3, "later dials start one handshake each: {times:?}");
     Ok(())
 }
+
+/// A node works on at most `max_handshakes` incoming handshakes at once. Past it, a new one
+/// is turned away at once (asked to retry, then refused once its address is validated)
+/// instead of held for the handshake timeout, and a child turned away gets in once a slot
+/// is free: a flood of handshakes costs the node that many handshakes' state, no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir()?;
+    let city = unit("c01");
+    let root = Identity::create_root(&city, "test.grassroots")?;
+    let (k01, k02) = (unit("c01/k01"), unit("c01/k02"));
+    let (stalling, honest) = (root.issue_child(&k01)?, root.issue_child(&k02)?);
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone())?;
+    let cfg = LinkConfig {
+        max_handshakes: 1,
+        handshake_timeout: Duration::from_secs(3),
+        ..fast_links()
+    };
+    let endpoint = net::endpoint(&root, "127.0.0.1:0".parse()?, &cfg, None)?;
+    let addr = endpoint.local_addr()?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let ctx = net::LinkContext {
+        identity: Arc::new(root),
+        store,
+        reader,
+        cfg,
+        cancel: cancel.clone(),
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    let accepting = tokio::spawn(net::accept_loop(
+        endpoint.clone(),
+        ctx,
+        Arc::new(vec![k01.clone(), k02.clone()]),
+        tasks.clone(),
+    ));
+    // k01 completes TLS and never says hello: its handshake holds the only slot until the
+    // node's handshake timeout.
+    let stalled_end = net::endpoint(&stalling, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    let stalled = stalled_end
+        .connect(addr, &city.dns_name(&stalling.deployment))?
+        .await?;
+    let slot_taken = std::time::Instant::now();
+    let honest_end = net::endpoint(&honest, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    let dial = || net::connect_parent(&honest_end, &honest, &city, addr, Duration::from_secs(2));
+    let turned_away = dial().await;
+    let took = slot_taken.elapsed();
+    match &turned_away {
+        Err(e @ NetError::Connection(quinn::ConnectionError::ConnectionClosed(c)))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            assert!(!e.is_permanent(), "an overloaded parent is dialled again");
+        }
+        other => panic!(
+            "expected the dial refused while the slot is taken, got {:?}",
+            other.as_ref().map(|l| &l.peer)
+        ),
+    }
+    assert!(
+        took < Duration::from_secs(1),
+        "turned away at once, not held: {took:?}"
+    );
+    // Once k01's handshake has timed out, k02 gets in.
+    let link = eventually(
+        Duration::from_secs(10),
+        "k02 linked once the slot is free",
+        || async { Ok(dial().await.ok()) },
+    )
+    .await?;
+    assert!(
+        slot_taken.elapsed() >= Duration::from_millis(2_500),
+        "k02 got in while k01 still held the slot"
+    );
+    link.conn.close(0u32.into(), b"done");
+    drop(stalled);
+    cancel.cancel();
+    accepting.await?;
+    tasks.close();
+    tasks.wait().await;
+    thread.shutdown().await;
+    Ok(())
+}
