@@ -74,6 +74,21 @@ pub(crate) fn is_peers_fault(reason: RejectReason) -> bool {
 /// before automerge decompresses them).
 pub const MAX_INFLATED: u64 = 64 << 20;
 
+/// Most bytes of changes one outgoing sync message carries, compressed and inflated: a
+/// larger message (a big document sent whole, or a long backlog) goes as several, each with
+/// the same heads, need and have and a run of the changes in causal order, so that no frame
+/// passes [`wire::MAX_FRAME`] nor a receiver's [`MAX_INFLATED`]. A single change larger
+/// than that goes alone, as long as it fits a frame.
+#[cfg(not(test))]
+const MAX_PART: usize = 4 << 20;
+#[cfg(not(test))]
+const MAX_PART_INFLATED: usize = 32 << 20;
+// Smaller under test, so that the engine's tests split a document of a few hundred KB.
+#[cfg(test)]
+const MAX_PART: usize = 256 << 10;
+#[cfg(test)]
+const MAX_PART_INFLATED: usize = 2 << 20;
+
 /// Most change hashes a sync message may list as heads (or a `have` as its last sync): an
 /// honest one lists a document's heads, a handful.
 const MAX_HEADS: usize = 1024;
@@ -398,6 +413,66 @@ fn check_message(m: &sync::Message) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `m` (made from `doc`) as several encoded messages of at most [`MAX_PART`] bytes of
+/// changes each: the same heads, need, have and flags, and the changes it carries (all of
+/// `doc`'s when it carries the document whole) in `doc`'s causal order, compressed, so that
+/// each part applies in full once the ones before it have.
+fn split_message(doc: &Automerge, m: &sync::Message) -> Result<Vec<Vec<u8>>, String> {
+    let mut whole = false;
+    let mut carried = HashSet::new();
+    for entry in m.changes.iter() {
+        for (kind, bytes, _) in split_chunks(entry).ok_or("an unreadable chunk")? {
+            if kind == CHUNK_DOCUMENT {
+                whole = true;
+            } else {
+                let c = Change::from_bytes(bytes.to_vec()).map_err(|e| format!("a change: {e}"))?;
+                carried.insert(c.hash());
+            }
+        }
+    }
+    let frame_room = wire::MAX_FRAME - (64 << 10);
+    let mut parts: Vec<Vec<Vec<u8>>> = Vec::new();
+    let (mut part, mut size, mut inflated) = (Vec::new(), 0, 0);
+    for mut c in doc.get_changes(&[]) {
+        if !whole && !carried.contains(&c.hash()) {
+            continue;
+        }
+        let raw = c.raw_bytes().len();
+        if raw > MAX_PART_INFLATED {
+            return Err(format!("one change of {raw} bytes"));
+        }
+        let bytes = c.bytes().into_owned();
+        if bytes.len() > frame_room {
+            return Err(format!("one change of {} bytes compressed", bytes.len()));
+        }
+        if !part.is_empty() && (size + bytes.len() > MAX_PART || inflated + raw > MAX_PART_INFLATED)
+        {
+            parts.push(std::mem::take(&mut part));
+            (size, inflated) = (0, 0);
+        }
+        size += bytes.len();
+        inflated += raw;
+        part.push(bytes);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    Ok(parts
+        .into_iter()
+        .map(|changes| {
+            sync::Message {
+                heads: m.heads.clone(),
+                need: m.need.clone(),
+                have: m.have.clone(),
+                changes: changes.into(),
+                flags: m.flags,
+                version: m.version.clone(),
+            }
+            .encode()
+        })
+        .collect())
 }
 
 /// Whether the changes `candidate` gained beyond `before` are all authored by units `below`
@@ -1211,7 +1286,7 @@ impl Engine {
     /// The next sync message for `id` to `peer`, if any, and whether it is only the last
     /// word of a finished reconciliation: it carries no changes and asks for none, and the
     /// peer's heads are already this side's.
-    fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<(Msg, bool)> {
+    fn generate(&mut self, peer: &UnitId, id: &DocId) -> Option<(Vec<Msg>, bool)> {
         let p = self.peers.get_mut(peer)?;
         p.unstarted_ids.remove(id);
         if p.refused.contains(id) {
@@ -1243,7 +1318,7 @@ impl Engine {
                 doc: Some(id.clone()),
                 detail: "could not make a sync message for it".into(),
             };
-            return Some((reject, true));
+            return Some((vec![reject], true));
         };
         let m = m?;
         let state = p.state(id);
@@ -1260,11 +1335,51 @@ impl Engine {
                 theirs.sort();
                 theirs == m.heads
             });
-        let msg = Msg::Sync {
-            doc: id.clone(),
-            data: m.encode(),
-        };
-        Some((msg, settled))
+        let carried: usize = m.changes.iter().map(<[u8]>::len).sum();
+        if carried <= MAX_PART {
+            return Some((
+                vec![Msg::Sync {
+                    doc: id.clone(),
+                    data: m.encode(),
+                }],
+                settled,
+            ));
+        }
+        let split = catch_unwind(AssertUnwindSafe(|| split_message(doc, &m)));
+        match split {
+            Ok(Ok(parts)) => {
+                tracing::debug!(%peer, doc = %id, bytes = carried, parts = parts.len(), "a large sync message sent in parts");
+                let msgs = parts
+                    .into_iter()
+                    .map(|data| Msg::Sync {
+                        doc: id.clone(),
+                        data,
+                    })
+                    .collect();
+                Some((msgs, settled))
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(why)) => why,
+                    _ => "automerge panicked reading its changes".to_owned(),
+                };
+                tracing::error!(%peer, doc = %id, bytes = carried, "a sync message too large to send ({why}); the document waits for the next session with this peer");
+                p.states.remove(id);
+                if p.refused.len() < MAX_REFUSED {
+                    p.refused.insert(id.clone());
+                }
+                // As for a panic above: told as this side's failure, so the peer frees its
+                // slot and starts over next session; so does this side.
+                let reject = Msg::Reject {
+                    reason: RejectReason::ApplyFailed,
+                    doc: Some(id.clone()),
+                    detail: format!(
+                        "a sync message of {carried} bytes that cannot be split: {why}"
+                    ),
+                };
+                Some((vec![reject], true))
+            }
+        }
     }
 
     /// Begin reconciling `id` with `peer`, or queue it when the link has enough in flight.
@@ -1292,11 +1407,14 @@ impl Engine {
     fn kick(&mut self, peer: &UnitId, mut id: DocId, step: &mut Step) {
         loop {
             match self.generate(peer, &id) {
-                Some((m, false)) => {
-                    step.send.push((peer.clone(), m));
+                Some((msgs, false)) => {
+                    step.send
+                        .extend(msgs.into_iter().map(|m| (peer.clone(), m)));
                     return;
                 }
-                Some((m, true)) => step.send.push((peer.clone(), m)),
+                Some((msgs, true)) => step
+                    .send
+                    .extend(msgs.into_iter().map(|m| (peer.clone(), m))),
                 None => {}
             }
             match self.hand_slot_on(peer, &id) {
@@ -1340,7 +1458,10 @@ impl Engine {
             .collect();
         targets
             .into_iter()
-            .filter_map(|p| self.generate(&p, id).map(|(m, _)| (p, m)))
+            .flat_map(|p| {
+                let msgs = self.generate(&p, id).map(|(m, _)| m).unwrap_or_default();
+                msgs.into_iter().map(move |m| (p.clone(), m))
+            })
             .collect()
     }
 
@@ -2911,6 +3032,142 @@ mod tests {
         assert!(pump(&mut k, &mut c, queue.into()).is_empty());
         assert_eq!(names(&c, "c01/k01/t00/v900").len(), made.len() + 1);
         assert!(names(&c, "c01/k01/t00/v900").contains(&"Written Meanwhile".to_string()));
+    }
+
+    /// A document whose sync message would pass a frame goes in parts of at most
+    /// `MAX_PART` bytes of changes, in causal order, and the peer ends with all of it,
+    /// nothing refused: sent whole (the peer lacks it), then as a backlog of changes.
+    #[test]
+    fn a_document_too_large_for_one_message_goes_in_parts() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        link(&mut t, &mut v);
+        let (ut, uv) = (t.me().clone(), v.me().clone());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        // Text that deflate barely shrinks, 64 KiB a change.
+        let mut noise = move || -> String {
+            (0..64 << 10)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'!' + (seed % 90) as u8)
+                })
+                .collect()
+        };
+        let id = write(&mut v, "c01/k01/t01/v01", 0, "First");
+        let note = |v: &mut Engine, key: String, text: String| {
+            let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
+            d.transact::<_, _, automerge::AutomergeError>(|tx| {
+                automerge::transaction::Transactable::put(tx, automerge::ROOT, key, text)?;
+                Ok(())
+            })
+            .unwrap();
+        };
+        for i in 0..8 {
+            note(&mut v, format!("note {i}"), noise());
+        }
+        // Delivered until quiet; the sizes of the document's messages from the village.
+        let run = |t: &mut Engine, v: &mut Engine, queue: Vec<(UnitId, UnitId, Msg)>| {
+            let mut queue: VecDeque<_> = queue.into();
+            let mut sizes = Vec::new();
+            while let Some((from, to, msg)) = queue.pop_front() {
+                if let (true, Msg::Sync { doc, data }) = (from == uv, &msg)
+                    && *doc == id
+                {
+                    sizes.push(data.len());
+                }
+                let target = if to == ut { &mut *t } else { &mut *v };
+                let step = target.receive(&from, msg);
+                assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+                queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+            }
+            sizes
+        };
+        let heads = |e: &Engine| e.get(&id).and_then(|d| d.doc().map(Automerge::get_heads));
+        let pushed = addressed(
+            &uv,
+            &ut,
+            v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
+        );
+        let sizes = run(&mut t, &mut v, pushed);
+        let big = sizes.iter().filter(|n| **n > MAX_PART / 4).count();
+        assert!(big >= 2, "the whole document in parts: {sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= MAX_PART + 1024), "{sizes:?}");
+        assert_eq!(heads(&t), heads(&v));
+        // A backlog under a third of the document's changes goes as changes, in parts too.
+        for i in 1..30 {
+            write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i}"));
+        }
+        let pushed = addressed(
+            &uv,
+            &ut,
+            v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
+        );
+        run(&mut t, &mut v, pushed);
+        for i in 8..14 {
+            note(&mut v, format!("note {i}"), noise());
+        }
+        let pushed = addressed(
+            &uv,
+            &ut,
+            v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
+        );
+        let sizes = run(&mut t, &mut v, pushed);
+        let big = sizes.iter().filter(|n| **n > MAX_PART / 4).count();
+        assert!(big >= 2, "the backlog in parts: {sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= MAX_PART + 1024), "{sizes:?}");
+        assert_eq!(heads(&t), heads(&v));
+        assert_eq!(names(&t, "c01/k01/t01/v01").len(), 30);
+    }
+
+    /// A single change too large for any message is not sent: the document waits for the
+    /// next session (the peer told of a failure on this side, which frees its slot), and
+    /// the link's other documents sync.
+    #[test]
+    fn a_change_too_large_for_a_frame_stops_its_document_not_the_link() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        link(&mut t, &mut v);
+        let (ut, uv) = (t.me().clone(), v.me().clone());
+        let id = write(&mut v, "c01/k01/t01/v01", 0, "First");
+        assert!(push_among(&mut [&mut t, &mut v], 1, &id).is_empty());
+        let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
+        // Text deflate barely shrinks, so that neither the change nor the document whole
+        // fits a message.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let huge: String = (0..MAX_PART_INFLATED + 1)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'!' + (seed % 90) as u8)
+            })
+            .collect();
+        d.transact::<_, _, automerge::AutomergeError>(|tx| {
+            automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
+            Ok(())
+        })
+        .unwrap();
+        let pushed = v.fan_out(&id, None);
+        let [(to, Msg::Reject { reason, doc, .. })] = pushed.as_slice() else {
+            let sizes: Vec<u64> = pushed.iter().map(|(_, m)| wire::weight(m)).collect();
+            panic!("expected one refusal, got messages of {sizes:?} bytes");
+        };
+        assert_eq!(
+            (to, *reason, doc.as_ref()),
+            (&ut, RejectReason::ApplyFailed, Some(&id))
+        );
+        let q = addressed(&uv, &ut, pushed.into_iter().map(|(_, m)| m).collect());
+        assert!(pump(&mut t, &mut v, q).is_empty());
+        // Frozen for the session: a later write of it is not pushed...
+        write(&mut v, "c01/k01/t01/v01", 1, "Second");
+        assert!(v.fan_out(&id, None).is_empty());
+        assert_eq!(names(&t, "c01/k01/t01/v01"), vec!["First".to_string()]);
+        // ...while another document of the link still syncs.
+        let profile = register(&mut v, "c01/k01/t01/v01", &[]);
+        assert!(push_among(&mut [&mut t, &mut v], 1, &profile).is_empty());
+        assert!(t.get(&profile).is_some_and(|d| d.doc().is_some()));
     }
 
     /// A peer that no longer holds what both sides shared last session (restored from an
