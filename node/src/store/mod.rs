@@ -537,6 +537,8 @@ pub fn open_database(
         last_batch_writes: 0,
         failure,
         peer_work: PEER_WORK,
+        peer_until: std::time::Instant::now(),
+        peer_rest: None,
     };
     // Only to wait on both inboxes at once; it runs nothing else.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1511,6 +1513,27 @@ struct Actor {
     failure: watch::Sender<Option<String>>,
     /// The peers' share of a batch ([`PEER_WORK`]; tests shorten it).
     peer_work: std::time::Duration,
+    /// When this batch's share of peer work ends (set as it begins).
+    peer_until: std::time::Instant,
+    /// A peer's batch frame handled in part: the rest goes first in the next batch's share,
+    /// ahead of the peers' inbox, so that one frame of thousands of items, each of which
+    /// can cost a document sent whole, holds the node's own users for a share, not seconds.
+    peer_rest: Option<PeerRest>,
+}
+
+/// The items of a peer's batch frame not handled yet.
+struct PeerRest {
+    peer: UnitId,
+    session: u64,
+    rest: crate::sync::BatchRest,
+    /// The link's share of the inbox, held until the whole frame is handled.
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A peer's frame, or the rest of one.
+enum PeerInput {
+    Frame(Msg),
+    Rest(crate::sync::BatchRest),
 }
 
 impl Actor {
@@ -1549,8 +1572,12 @@ impl Actor {
         peers: &mut mpsc::Receiver<Command>,
     ) -> Option<oneshot::Sender<()>> {
         loop {
-            // Documents a link has yet to start are work too: with some, nothing is waited for.
-            let first = if self.engine.has_unstarted() {
+            // Documents a link has yet to start, or the rest of a peer's frame, are work too:
+            // with some, nothing is waited for. The rest goes before that peer's later
+            // frames, so none is taken first.
+            let first = if self.peer_rest.is_some() {
+                rx.try_recv().ok().map(|cmd| (cmd, false))
+            } else if self.engine.has_unstarted() {
                 match rx.try_recv() {
                     Ok(cmd) => Some((cmd, false)),
                     Err(_) => peers.try_recv().ok().map(|cmd| (cmd, true)),
@@ -1598,8 +1625,20 @@ impl Actor {
             if batch.shutdown.is_none() {
                 // The peers' share: at least one frame, then as many as fit in the time.
                 let until = std::time::Instant::now() + self.peer_work;
+                self.peer_until = until;
                 let time_left = |frames: usize| frames == 0 || std::time::Instant::now() < until;
-                while timing.peer_frames < MAX_PEER_FRAMES
+                if let Some(r) = self.peer_rest.take() {
+                    timing.peer_frames += 1;
+                    self.on_peer_input(
+                        r.peer,
+                        r.session,
+                        PeerInput::Rest(r.rest),
+                        r.held,
+                        &mut batch,
+                    );
+                }
+                while self.peer_rest.is_none()
+                    && timing.peer_frames < MAX_PEER_FRAMES
                     && time_left(timing.peer_frames)
                     && let Some(cmd) = peer_first.take().or_else(|| peers.try_recv().ok())
                 {
@@ -2182,83 +2221,111 @@ impl Actor {
                 peer,
                 session,
                 msg,
-                held: _held,
-            } => {
-                let Some(link) = self.links.get(&peer) else {
-                    return;
-                };
-                // Frames wait behind local commands (`serve`): their link may have been
-                // closed here since (a revocation, too many refusals) or replaced by a newer
-                // connection. Dropped, not refused: the peer sends again on its next one.
-                if !link.connected || link.counters.session != session {
-                    tracing::debug!(%peer, "dropping a frame of a closed or replaced connection");
-                    return;
-                }
-                // A peer that asks for more than it reads: what waits to be sent to it is
-                // this node's memory.
-                let queued = link
-                    .counters
-                    .queued_out
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                if queued > MAX_OUTBOX_BYTES && self.outboxes.contains_key(&peer) {
-                    tracing::warn!(
-                        %peer,
-                        queued,
-                        "the peer does not read what this node sends: closing the connection"
-                    );
-                    self.on_peer_down(peer, batch);
-                    return;
-                }
-                let step = self.engine.receive(&peer, msg);
-                let now = now_ms();
-                for author in step.authors {
-                    batch.heard.insert(author, now);
-                }
-                let mut over = false;
-                for rejection in &step.rejected {
-                    // A local failure (a document that would not load) is not the peer's.
-                    let theirs = crate::sync::is_peers_fault(rejection.reason);
-                    let (total, now) = self.links.get_mut(&peer).map_or((0, 0), |l| {
-                        l.rejected += 1;
-                        if theirs {
-                            l.rejected_now = l.rejected_now.saturating_add(1);
-                        }
-                        (l.rejected, l.rejected_now)
-                    });
-                    // Logged one by one up to a point; a peer past it is cut off.
-                    if now <= MAX_REJECTED_PER_LINK {
-                        tracing::warn!(
-                            %peer,
-                            reason = ?rejection.reason,
-                            doc = ?rejection.doc.as_ref().map(ToString::to_string),
-                            detail = %rejection.detail,
-                            rejected_from_peer = total,
-                            "rejected a message from a peer"
-                        );
-                    }
-                    over |= now > MAX_REJECTED_PER_LINK;
-                }
-                if over && self.outboxes.contains_key(&peer) {
-                    tracing::warn!(
-                        %peer,
-                        "more than {MAX_REJECTED_PER_LINK} messages refused on this connection: closing it"
-                    );
-                    self.on_peer_down(peer.clone(), batch);
-                }
-                batch.resync.extend(step.changed.iter().cloned());
-                batch.forward.extend(step.forward);
-                batch.dirty.extend(step.changed);
-                batch.created.extend(step.created);
-                batch.sends.extend(step.send);
-            }
+                held,
+            } => self.on_peer_input(peer, session, PeerInput::Frame(msg), held, batch),
             Command::Compacted(done) => batch.compacted.push(done),
             Command::Shutdown { reply } => batch.shutdown = Some(reply),
         }
     }
 
+    /// A peer's frame, or the rest of one, taken in until this batch's share of peer work
+    /// ends (at least one item of a batch frame).
+    fn on_peer_input(
+        &mut self,
+        peer: UnitId,
+        session: u64,
+        input: PeerInput,
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
+        batch: &mut Batch,
+    ) {
+        let Some(link) = self.links.get(&peer) else {
+            return;
+        };
+        // Frames wait behind local commands (`serve`): their link may have been
+        // closed here since (a revocation, too many refusals) or replaced by a newer
+        // connection. Dropped, not refused: the peer sends again on its next one.
+        if !link.connected || link.counters.session != session {
+            tracing::debug!(%peer, "dropping a frame of a closed or replaced connection");
+            return;
+        }
+        // A peer that asks for more than it reads: what waits to be sent to it is
+        // this node's memory.
+        let queued = link
+            .counters
+            .queued_out
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if queued > MAX_OUTBOX_BYTES && self.outboxes.contains_key(&peer) {
+            tracing::warn!(
+                %peer,
+                queued,
+                "the peer does not read what this node sends: closing the connection"
+            );
+            self.on_peer_down(peer, batch);
+            return;
+        }
+        let until = self.peer_until;
+        let mut more = || std::time::Instant::now() < until;
+        let (step, rest) = match input {
+            PeerInput::Frame(msg) => self.engine.receive_until(&peer, msg, &mut more),
+            PeerInput::Rest(rest) => self.engine.resume(&peer, rest, &mut more),
+        };
+        if let Some(rest) = rest {
+            self.peer_rest = Some(PeerRest {
+                peer: peer.clone(),
+                session,
+                rest,
+                held,
+            });
+        }
+        let now = now_ms();
+        for author in step.authors {
+            batch.heard.insert(author, now);
+        }
+        let mut over = false;
+        for rejection in &step.rejected {
+            // A local failure (a document that would not load) is not the peer's.
+            let theirs = crate::sync::is_peers_fault(rejection.reason);
+            let (total, now) = self.links.get_mut(&peer).map_or((0, 0), |l| {
+                l.rejected += 1;
+                if theirs {
+                    l.rejected_now = l.rejected_now.saturating_add(1);
+                }
+                (l.rejected, l.rejected_now)
+            });
+            // Logged one by one up to a point; a peer past it is cut off.
+            if now <= MAX_REJECTED_PER_LINK {
+                tracing::warn!(
+                    %peer,
+                    reason = ?rejection.reason,
+                    doc = ?rejection.doc.as_ref().map(ToString::to_string),
+                    detail = %rejection.detail,
+                    rejected_from_peer = total,
+                    "rejected a message from a peer"
+                );
+            }
+            over |= now > MAX_REJECTED_PER_LINK;
+        }
+        if over && self.outboxes.contains_key(&peer) {
+            tracing::warn!(
+                %peer,
+                "more than {MAX_REJECTED_PER_LINK} messages refused on this connection: closing it"
+            );
+            self.on_peer_down(peer.clone(), batch);
+        }
+        batch.resync.extend(step.changed.iter().cloned());
+        batch.forward.extend(step.forward);
+        batch.dirty.extend(step.changed);
+        batch.created.extend(step.created);
+        batch.sends.extend(step.send);
+    }
+
     /// The link to `peer` ends: its sync states are saved, and its connection is closed if
     /// it still runs (a revocation, a replacement or a misbehaving peer end it from here).
     fn on_peer_down(&mut self, peer: UnitId, batch: &mut Batch) {
+        // The rest of its last frame is dropped with the link, as its queued frames are.
+        if self.peer_rest.as_ref().is_some_and(|r| r.peer == peer) {
+            self.peer_rest = None;
+        }
         for (doc, state) in self.engine.disconnect(&peer) {
             batch.states.push((peer.clone(), doc, state));
         }
@@ -4084,6 +4151,79 @@ mod tests {
             assert_eq!(waiting(), (n, p), "the commands never waited together");
             release.send(()).unwrap();
         })
+    }
+
+    /// One batch frame of many items is taken in parts, a share of peer work per batch: a
+    /// local write queued with it is answered after the first part, not the whole frame,
+    /// and every item is still answered, in order.
+    #[tokio::test]
+    async fn a_local_write_is_not_held_behind_one_large_batch_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let parent = u("c01/k01/t01");
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let (out, mut sent) = mpsc::unbounded_channel();
+        let counters = link_counters("fp");
+        let session = counters.session;
+        h.peer_up(parent.clone(), out, counters).await.unwrap();
+        while sent.try_recv().is_ok() {}
+        // No share of time: one item a batch.
+        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
+            .await
+            .unwrap();
+        // Items about siblings' registers, outside the link's scope: each answered with a
+        // refusal, in the order handled (fewer than close the link).
+        let items: Vec<(DocId, Vec<u8>)> = (2..202)
+            .map(|i| {
+                let sibling = u(&format!("c01/k01/t01/v{i:03}"));
+                (DocId::new(DocKind::Members, sibling), vec![0x42])
+            })
+            .collect();
+        let n = items.len();
+        assert!(n < MAX_REJECTED_PER_LINK as usize);
+        let hold = hold_for_with_peers(&h, 1, 1).await;
+        h.from_peer(parent.clone(), session, Msg::SyncBatch(items), None)
+            .await
+            .unwrap();
+        let write = {
+            let h = h.clone();
+            let me = me.clone();
+            tokio::spawn(async move { h.create_member(me, sample("Li Wei")).await })
+        };
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        write.await.unwrap().unwrap();
+        let mut refused = Vec::new();
+        let mut pushed_after = None;
+        while refused.len() < n || pushed_after.is_none() {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(30), sent.recv())
+                .await
+                .expect("every item answered and the write pushed")
+                .expect("link open");
+            match msg {
+                Msg::Reject {
+                    reason: wire::RejectReason::OutOfScope,
+                    doc: Some(doc),
+                    ..
+                } => refused.push(doc),
+                Msg::Sync { .. } | Msg::SyncBatch(_) if pushed_after.is_none() => {
+                    pushed_after = Some(refused.len());
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            pushed_after,
+            Some(1),
+            "the write waited for the frame's items"
+        );
+        let owners: Vec<String> = refused.iter().map(|d| d.owner.to_string()).collect();
+        let mut sorted = owners.clone();
+        sorted.sort();
+        assert_eq!(owners, sorted, "answered in order");
+        assert_eq!(owners.len(), n);
+        t.shutdown().await;
     }
 
     /// A local write queued behind more peers' frames than a batch takes is answered in the

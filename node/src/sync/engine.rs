@@ -219,6 +219,37 @@ impl Step {
     }
 }
 
+/// The items of a batch frame not handled yet, with what the frame has used of its
+/// budgets (see [`Engine::receive_until`]).
+#[derive(Debug)]
+pub struct BatchRest {
+    items: VecDeque<(DocId, Vec<u8>)>,
+    /// Bytes the frame's changes inflated to so far ([`MAX_INFLATED`] for the whole frame).
+    inflated: u64,
+    /// Items per document so far ([`MAX_ITEMS_PER_DOC`] for the whole frame).
+    seen: HashMap<DocId, u32>,
+}
+
+impl BatchRest {
+    fn new(items: Vec<(DocId, Vec<u8>)>) -> Self {
+        BatchRest {
+            items: items.into(),
+            inflated: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Items left.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether none is left.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// Reconciliation progress of one link, for status displays.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkProgress {
@@ -1468,6 +1499,96 @@ impl Engine {
     /// Handle one message from a connected `peer`. Refused parts are listed in
     /// [`Step::rejected`] and answered in [`Step::send`]; nothing of them was applied.
     pub fn receive(&mut self, peer: &UnitId, msg: Msg) -> Step {
+        // Never told to stop, nothing of a batch is left.
+        self.receive_until(peer, msg, &mut || true).0
+    }
+
+    /// [`Engine::receive`], leaving the items of a batch frame not handled once `more`
+    /// says no (asked after each item; at least one is handled): every item can cost a
+    /// document loaded and sent whole, and a frame holds thousands. The rest, with what the
+    /// frame has used of its budgets, goes on with [`Engine::resume`].
+    pub fn receive_until(
+        &mut self,
+        peer: &UnitId,
+        msg: Msg,
+        more: &mut dyn FnMut() -> bool,
+    ) -> (Step, Option<BatchRest>) {
+        match msg {
+            Msg::SyncBatch(items) => {
+                let rest = BatchRest::new(items);
+                let mut step = Step::default();
+                self.note_heard(peer);
+                if !self.peers.contains_key(peer) {
+                    step.reject(
+                        peer,
+                        Rejection::new(RejectReason::NotAdjacent, None, "not connected"),
+                    );
+                    return (step, None);
+                }
+                let rest = self.batch_items(peer, rest, &mut step, more);
+                (step, rest)
+            }
+            msg => (self.receive_one(peer, msg), None),
+        }
+    }
+
+    /// Go on with a batch frame [`Engine::receive_until`] left.
+    pub fn resume(
+        &mut self,
+        peer: &UnitId,
+        rest: BatchRest,
+        more: &mut dyn FnMut() -> bool,
+    ) -> (Step, Option<BatchRest>) {
+        let mut step = Step::default();
+        if !self.peers.contains_key(peer) {
+            return (step, None);
+        }
+        let rest = self.batch_items(peer, rest, &mut step, more);
+        (step, rest)
+    }
+
+    /// A frame other than a batch was heard from `peer`: an answer's wait is over.
+    fn note_heard(&mut self, peer: &UnitId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.answered = false;
+        }
+    }
+
+    /// Handle items of a batch until `more` says no (at least one); the rest, if any.
+    fn batch_items(
+        &mut self,
+        peer: &UnitId,
+        mut rest: BatchRest,
+        step: &mut Step,
+        more: &mut dyn FnMut() -> bool,
+    ) -> Option<BatchRest> {
+        // One inflation budget for the whole frame: items of a batch may each name another
+        // (even invented) document, so a budget per item would not bound it. Each item is
+        // answered, and an answer can be a whole document: an item repeated for one
+        // document must not multiply that work.
+        while let Some((doc, data)) = rest.items.pop_front() {
+            let n = rest.seen.entry(doc.clone()).or_default();
+            *n += 1;
+            if *n > MAX_ITEMS_PER_DOC {
+                step.reject(
+                    peer,
+                    Rejection::new(
+                        RejectReason::Malformed,
+                        Some(&doc),
+                        format!("more than {MAX_ITEMS_PER_DOC} items for it in one batch"),
+                    ),
+                );
+            } else {
+                self.sync_or_refuse(peer, doc, &data, &mut rest.inflated, step);
+            }
+            if !rest.items.is_empty() && !more() {
+                return Some(rest);
+            }
+        }
+        None
+    }
+
+    fn receive_one(&mut self, peer: &UnitId, msg: Msg) -> Step {
         let mut step = Step::default();
         if !self.peers.contains_key(peer) {
             step.reject(
@@ -1494,29 +1615,9 @@ impl Engine {
                 }
             }
             Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut 0, &mut step),
+            // Whole (`receive_until` takes a batch in parts).
             Msg::SyncBatch(items) => {
-                // One inflation budget for the whole frame: items of a batch may each name
-                // another (even invented) document, so a budget per item would not bound it.
-                let mut inflated = 0;
-                // Each item is answered, and an answer can be a whole document: an item
-                // repeated for one document must not multiply that work.
-                let mut seen: HashMap<DocId, u32> = HashMap::new();
-                for (doc, data) in items {
-                    let n = seen.entry(doc.clone()).or_default();
-                    *n += 1;
-                    if *n > MAX_ITEMS_PER_DOC {
-                        step.reject(
-                            peer,
-                            Rejection::new(
-                                RejectReason::Malformed,
-                                Some(&doc),
-                                format!("more than {MAX_ITEMS_PER_DOC} items for it in one batch"),
-                            ),
-                        );
-                        continue;
-                    }
-                    self.sync_or_refuse(peer, doc, &data, &mut inflated, &mut step);
-                }
+                let _ = self.batch_items(peer, BatchRest::new(items), &mut step, &mut || true);
             }
             Msg::Reject {
                 reason: RejectReason::Unregistered,
@@ -2524,6 +2625,33 @@ mod tests {
             "{:?}",
             step.rejected
         );
+        // Taken in parts (an item at a time), the frame still has one budget: the third is
+        // refused as the frame's, not counted afresh.
+        let items: Vec<_> = [DocKind::Activists, DocKind::Appraisals, DocKind::Reports]
+            .into_iter()
+            .map(|k| (DocId::new(k, u("c01/k01/t01/v01")), message.clone()))
+            .collect();
+        let v01 = u("c01/k01/t01/v01");
+        let (first, rest) = t.receive_until(&v01, Msg::SyncBatch(items), &mut || false);
+        let mut reasons: Vec<_> = first.rejected.iter().map(|r| r.reason).collect();
+        let mut rest = rest.expect("two items left");
+        assert_eq!(rest.len(), 2);
+        loop {
+            let (step, left) = t.resume(&v01, rest, &mut || false);
+            reasons.extend(step.rejected.iter().map(|r| r.reason));
+            match left {
+                Some(l) => rest = l,
+                None => break,
+            }
+        }
+        assert_eq!(
+            reasons,
+            [
+                RejectReason::Malformed,
+                RejectReason::Malformed,
+                RejectReason::TooLarge
+            ]
+        );
         // One such message alone is under the cap.
         let step = t.receive(
             &u("c01/k01/t01/v01"),
@@ -2553,7 +2681,7 @@ mod tests {
             version: sync::MessageVersion::V1,
         }
         .encode();
-        let items = vec![(id.clone(), nothing); MAX_ITEMS_PER_DOC as usize + 3];
+        let items = vec![(id.clone(), nothing.clone()); MAX_ITEMS_PER_DOC as usize + 3];
         let step = t.receive(&u("c01/k01/t01/v01"), Msg::SyncBatch(items));
         assert_eq!(step.rejected.len(), 3, "{:?}", step.rejected);
         assert!(
@@ -2561,6 +2689,19 @@ mod tests {
                 .iter()
                 .all(|r| r.reason == RejectReason::Malformed && r.detail.contains("one batch"))
         );
+        // The same taken in parts: the count is the frame's, not each part's.
+        let items = vec![(id.clone(), nothing); MAX_ITEMS_PER_DOC as usize + 3];
+        let v01 = u("c01/k01/t01/v01");
+        let (first, mut rest) = t.receive_until(&v01, Msg::SyncBatch(items), &mut || false);
+        let mut rejected = first.rejected.len();
+        let mut parts = 1;
+        while let Some(r) = rest {
+            let (step, left) = t.resume(&v01, r, &mut || false);
+            rejected += step.rejected.len();
+            parts += 1;
+            rest = left;
+        }
+        assert_eq!((parts, rejected), (MAX_ITEMS_PER_DOC as usize + 3, 3));
     }
 
     /// A peer's change may not grow a profile's registered units past the cap (each node
