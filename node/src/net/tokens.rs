@@ -8,6 +8,9 @@
 //! bytes, the token's length (two bytes, big-endian) and bytes. It is rewritten whole, to a
 //! temporary file renamed over it, after each change; a file that does not read back whole
 //! is ignored (a token only saves a parent some work; losing one costs nothing else).
+//! A new token is written at once unless one was in the last second (a parent sending a
+//! stream of them must not keep the file busy); one not written yet is written with the next
+//! take or when the store is dropped.
 //! A taken token leaves the file before it is used, so that none is presented twice
 //! (quinn's rule: a reused token links two of a client's connections); one that cannot be
 //! written out is not presented. The file is not synced to disk: after a power cut it may
@@ -40,11 +43,26 @@ const MAX_NAME_LEN: usize = 255;
 /// Tokens by server name, oldest first; the oldest server first.
 type Tokens = Vec<(String, Vec<Bytes>)>;
 
+/// A new token is written out at most this often: a parent sends one a link, and one
+/// sending them in a stream must not keep the file (and a core) busy. One not written yet
+/// is written with the next token taken, or when the store is dropped; lost in a crash, it
+/// costs only a dial without a token.
+const SAVE_NEW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A [`TokenStore`] kept in a file.
 #[derive(Debug)]
 pub(super) struct DiskTokens {
     path: PathBuf,
-    tokens: Mutex<Tokens>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    tokens: Tokens,
+    /// When a new token was last written out.
+    saved_new: Option<std::time::Instant>,
+    /// Whether the file lacks a token given since.
+    unsaved: bool,
 }
 
 impl DiskTokens {
@@ -63,7 +81,10 @@ impl DiskTokens {
         };
         DiskTokens {
             path: path.to_owned(),
-            tokens: Mutex::new(tokens),
+            kept: Mutex::new(Kept {
+                tokens,
+                ..Kept::default()
+            }),
         }
     }
 
@@ -85,7 +106,8 @@ impl TokenStore for DiskTokens {
         if token.len() > MAX_TOKEN_LEN || server_name.len() > MAX_NAME_LEN {
             return;
         }
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let tokens = &mut kept.tokens;
         let at = match tokens.iter().position(|(name, _)| name == server_name) {
             Some(at) => at,
             None => {
@@ -96,16 +118,24 @@ impl TokenStore for DiskTokens {
                 tokens.len() - 1
             }
         };
-        let kept = &mut tokens[at].1;
-        if kept.len() >= MAX_PER_SERVER {
-            kept.remove(0);
+        let server = &mut tokens[at].1;
+        if server.len() >= MAX_PER_SERVER {
+            server.remove(0);
         }
-        kept.push(token);
-        self.save(&tokens);
+        server.push(token);
+        let now = std::time::Instant::now();
+        if kept_saved_long_ago(&kept, now) {
+            let saved = self.save(&kept.tokens);
+            kept.saved_new = Some(now);
+            kept.unsaved = !saved;
+        } else {
+            kept.unsaved = true;
+        }
     }
 
     fn take(&self, server_name: &str) -> Option<Bytes> {
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let tokens = &mut kept.tokens;
         let at = tokens.iter().position(|(name, _)| name == server_name)?;
         // The newest: the oldest is the likelier to have expired.
         let token = tokens[at].1.pop();
@@ -113,7 +143,28 @@ impl TokenStore for DiskTokens {
             tokens.remove(at);
         }
         // Still in the file, it would be presented again after a restart: not presented.
-        if self.save(&tokens) { token } else { None }
+        if self.save(&kept.tokens) {
+            kept.unsaved = false;
+            token
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a new token may be written out at `now`.
+fn kept_saved_long_ago(kept: &Kept, now: std::time::Instant) -> bool {
+    kept.saved_new
+        .is_none_or(|t| now.saturating_duration_since(t) >= SAVE_NEW_EVERY)
+}
+
+impl Drop for DiskTokens {
+    fn drop(&mut self) {
+        let kept = self.kept.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if kept.unsaved {
+            let tokens = std::mem::take(&mut kept.tokens);
+            self.save(&tokens);
+        }
     }
 }
 
@@ -188,6 +239,44 @@ mod tests {
         assert_eq!(again.take("k01.c01.example"), Some(token(4, 80)));
         drop(again);
         assert_eq!(DiskTokens::open(&path).take("k01.c01.example"), None);
+    }
+
+    /// A stream of new tokens (a parent sending them without end) rewrites the file at
+    /// most once a second; what is not written yet is written with the next take, or when
+    /// the store is dropped.
+    #[test]
+    fn new_tokens_are_written_out_at_most_once_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quic-tokens");
+        let on_disk = || decode(&std::fs::read(&path).unwrap()).unwrap();
+        let store = DiskTokens::open(&path);
+        for i in 1..=50 {
+            store.insert("c01.example", token(i, 60));
+        }
+        assert_eq!(
+            on_disk(),
+            vec![("c01.example".to_owned(), vec![token(1, 60)])]
+        );
+        drop(store);
+        assert_eq!(
+            on_disk(),
+            vec![("c01.example".to_owned(), vec![token(49, 60), token(50, 60)])]
+        );
+        // A take writes out what was not.
+        let store = DiskTokens::open(&path);
+        store.insert("k01.c01.example", token(7, 60));
+        store.insert("k01.c01.example", token(8, 60));
+        assert_eq!(store.take("c01.example"), Some(token(50, 60)));
+        assert_eq!(
+            on_disk(),
+            vec![
+                ("c01.example".to_owned(), vec![token(49, 60)]),
+                (
+                    "k01.c01.example".to_owned(),
+                    vec![token(7, 60), token(8, 60)]
+                )
+            ]
+        );
     }
 
     /// A token whose taking cannot be written out is not presented (in the file, it would
