@@ -140,37 +140,44 @@ fn migrate_2_doc_state(tx: &WriteTransaction) -> Result<(), StoreError> {
     let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
     let changes = tx.open_table(CHANGES).map_err(db)?;
     for id in ids {
-        // A document whose bytes do not parse keeps its rows and gets a state row without
-        // heads (as layout 9 leaves it out of the views): one unreadable document must not
-        // keep the store from opening. The row still numbers its change rows, or later ones
-        // would be written over them.
-        let heads = match read_doc(&snaps, &changes, &id) {
-            Ok(doc) => doc.get_heads(),
-            Err(StoreError::Corrupt(e)) => {
-                tracing::error!(doc = %id, "a document that does not parse is kept as stored, without heads ({e})");
-                Vec::new()
-            }
-            Err(e) => return Err(e),
-        };
-        let mut p = Persisted {
-            heads,
-            ..Persisted::default()
-        };
-        for row in changes
-            .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
-            .map_err(db)?
-        {
-            let (k, v) = row.map_err(db)?;
-            p.next_seq = k.value().1 + 1;
-            p.rows_since_snapshot += 1;
-            p.bytes_since_snapshot += v.value().len() as u64;
-            p.changes_since_snapshot += split_chunks(v.value()).map_or(0, |c| c.len());
-        }
+        let p = state_from_rows(&snaps, &changes, &id)?;
         state
             .insert(id.as_str(), encode_state(&p).as_slice())
             .map_err(db)?;
     }
     Ok(())
+}
+
+/// A document's persistence state found from its stored bytes: its heads by loading it
+/// once, its change rows counted. A document whose bytes do not parse gets no heads (as
+/// layout 9 leaves it out of the views): one unreadable document must not keep the store
+/// from opening. The state still numbers its change rows, or later ones would be written
+/// over them.
+fn state_from_rows(
+    snaps: &impl ReadableTable<&'static str, &'static [u8]>,
+    changes: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    id: &str,
+) -> Result<Persisted, StoreError> {
+    let heads = match read_doc(snaps, changes, id) {
+        Ok(doc) => doc.get_heads(),
+        Err(StoreError::Corrupt(e)) => {
+            tracing::error!(doc = %id, "a document that does not parse is kept as stored, without heads ({e})");
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let mut p = Persisted {
+        heads,
+        ..Persisted::default()
+    };
+    for row in changes.range((id, 0)..=(id, u64::MAX)).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        p.next_seq = k.value().1 + 1;
+        p.rows_since_snapshot += 1;
+        p.bytes_since_snapshot += v.value().len() as u64;
+        p.changes_since_snapshot += split_chunks(v.value()).map_or(0, |c| c.len());
+    }
+    Ok(p)
 }
 
 /// A step whose work a later one does.
@@ -357,10 +364,21 @@ pub(super) fn load_index(
     for row in docs.iter().map_err(db)? {
         let (k, v) = row.map_err(db)?;
         let id_str = k.value();
+        // Not skipped when it does not read: a document of the same id made later would
+        // write its rows over the stored ones.
         let meta = doc_meta(id_str, v.value())?;
-        // A document created empty and never changed has no state row yet.
+        // A document created empty and never changed has no state row yet. One whose row
+        // does not read is counted again from its rows (its next commit writes it anew).
         let p = match state.get(id_str).map_err(db)? {
-            Some(s) => decode_state(id_str, s.value())?,
+            Some(s) => match decode_state(id_str, s.value()) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(doc = %id_str, "{e}: counted again from the stored rows");
+                    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+                    let changes = tx.open_table(CHANGES).map_err(db)?;
+                    state_from_rows(&snaps, &changes, id_str)?
+                }
+            },
             None => Persisted::default(),
         };
         let heads = p.heads.clone();

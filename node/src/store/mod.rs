@@ -5451,6 +5451,70 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// A document state row that does not read is counted again from the stored rows:
+    /// the store opens, and a write after it continues the numbering of the change rows
+    /// instead of writing over them.
+    #[tokio::test]
+    async fn a_state_row_that_does_not_read_is_counted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        for name in ["One", "Two", "Three"] {
+            h.create_member(me.clone(), sample(name)).await.unwrap();
+        }
+        t.shutdown().await;
+        drop((h, r));
+        let id = DocId::new(DocKind::Members, me.clone());
+        let key = id.to_string();
+        let rows = |d: &Database| -> Vec<u64> {
+            let tx = d.begin_read().unwrap();
+            let changes = tx.open_table(CHANGES).unwrap();
+            changes
+                .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                .unwrap()
+                .map(|row| row.unwrap().0.value().1)
+                .collect()
+        };
+        let before = {
+            let d = Database::create(&path).unwrap();
+            let before = rows(&d);
+            assert!(!before.is_empty(), "change rows after the first commit");
+            let tx = d.begin_write().unwrap();
+            tx.open_table(DOC_STATE)
+                .unwrap()
+                .insert(key.as_str(), [1u8, 2, 3].as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+            before
+        };
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        h.create_member(me.clone(), sample("Four")).await.unwrap();
+        let names = |r: &StoreReader| {
+            let mut n: Vec<String> = r
+                .members(&me, false, None, 100)
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|(_, m)| m.name)
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&r), ["Four", "One", "Three", "Two"]);
+        t.shutdown().await;
+        drop((h, r));
+        let after = rows(&Database::create(&path).unwrap());
+        assert!(
+            after.len() > before.len() && after.starts_with(&before),
+            "rows {before:?} then {after:?}"
+        );
+        // Read back from the store alone: nothing was written over.
+        let (_h, r, t) = open(&path, me.clone()).unwrap();
+        assert_eq!(names(&r), ["Four", "One", "Three", "Two"]);
+        t.shutdown().await;
+    }
+
     /// A verify queued behind a write in one batch compares the views with what that
     /// batch commits, not with a document changed and not yet committed.
     #[tokio::test]
