@@ -105,11 +105,12 @@ pub struct LinkConfig {
     /// amplification limit).
     pub handshake_copies: u8,
     /// Incoming handshakes this node works on at once (TLS, certificate checks and the
-    /// hello), at least 1. Past it, a handshake from an address QUIC has not validated is
-    /// answered with a Retry, which costs this node no state and a forged source cannot
-    /// answer, and one from a validated address is refused (its child redials with backoff):
-    /// a flood of Initials holds at most this many handshakes' memory and signatures, not one
-    /// per datagram for the whole handshake timeout.
+    /// hello), at least 1. Addresses QUIC has not validated (by a token or a Retry) take at
+    /// most half of them; past that such a handshake is answered with a Retry, which costs
+    /// this node no state and a forged source cannot answer, and past the whole a validated
+    /// one is refused (its child redials with backoff). So a flood of Initials holds at
+    /// most this many handshakes' memory and signatures, not one per datagram for the whole
+    /// handshake timeout, and Initials from forged sources cannot lock children out.
     pub max_handshakes: usize,
 }
 
@@ -1139,7 +1140,10 @@ pub async fn accept_loop(
     let failures = Arc::new(LogBudget::default());
     let refusals = Arc::new(LogBudget::default());
     let overload = LogBudget::default();
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.max_handshakes.max(1)));
+    let most = ctx.cfg.max_handshakes.max(1);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(most));
+    // Permits kept for validated addresses.
+    let unvalidated_floor = most / 2;
     loop {
         let incoming = tokio::select! {
             biased;
@@ -1156,8 +1160,18 @@ pub async fn accept_loop(
             incoming.ignore();
             continue;
         }
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            let answer = if incoming.may_retry() {
+        // An address QUIC has not validated (it may be forged) takes at most half the
+        // handshakes: past that it is asked to retry, so that Initials from forged sources,
+        // each of which would hold its handshake for the whole timeout, cannot take every
+        // one and lock the node's children out.
+        let validated = incoming.remote_address_validated();
+        let permit = if validated || handshakes.available_permits() > unvalidated_floor {
+            handshakes.clone().try_acquire_owned().ok()
+        } else {
+            None
+        };
+        let Some(permit) = permit else {
+            let answer = if !validated && incoming.may_retry() {
                 // Stateless: only a sender that receives the Retry comes back, validated.
                 let _ = incoming.retry();
                 "asked to retry"

@@ -21,6 +21,9 @@ use tokio::time::Instant;
 #[derive(Debug)]
 struct Control {
     cut: AtomicBool,
+    /// Drop what the upstream sends to clients only (as for a sender with a forged source
+    /// address, which never sees the answers).
+    cut_down: AtomicBool,
     /// Drop probability in parts per million.
     loss_ppm: AtomicU32,
     delay_us: AtomicU64,
@@ -45,6 +48,7 @@ impl Control {
     fn new(seed: u64) -> Control {
         Control {
             cut: AtomicBool::new(false),
+            cut_down: AtomicBool::new(false),
             loss_ppm: AtomicU32::new(0),
             delay_us: AtomicU64::new(0),
             rate_bps: AtomicU64::new(0),
@@ -62,7 +66,7 @@ impl Control {
     /// When a datagram of `n` bytes going `dir` arrives at the far end, or `None` if it is
     /// dropped (cut, a full queue, or random loss).
     fn admit(&self, n: usize, dir: usize) -> Option<Instant> {
-        if self.cut.load(Ordering::Relaxed) {
+        if self.cut.load(Ordering::Relaxed) || (dir == 1 && self.cut_down.load(Ordering::Relaxed)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -211,6 +215,13 @@ impl Relay {
     /// Forward again.
     pub fn restore(&self) {
         self.ctl.cut.store(false, Ordering::Relaxed);
+        self.ctl.cut_down.store(false, Ordering::Relaxed);
+    }
+
+    /// Drop what the upstream sends to clients, and only that, until [`Relay::restore`]:
+    /// the clients' datagrams arrive as from a sender whose source address is forged.
+    pub fn cut_down(&self) {
+        self.ctl.cut_down.store(true, Ordering::Relaxed);
     }
 
     /// Drop each datagram with probability `p` (0.0-1.0).

@@ -447,10 +447,17 @@ fn check_message(m: &sync::Message) -> Result<(), String> {
 }
 
 /// `m` (made from `doc`) as several encoded messages of at most [`MAX_PART`] bytes of
-/// changes each: the same heads, need, have and flags, and the changes it carries (all of
-/// `doc`'s when it carries the document whole) in `doc`'s causal order, compressed, so that
-/// each part applies in full once the ones before it have.
-fn split_message(doc: &Automerge, m: &sync::Message) -> Result<Vec<Vec<u8>>, String> {
+/// changes each: the same heads, need, have and flags, and the changes it carries in
+/// `doc`'s causal order, compressed, so that each part applies in full once the ones before
+/// it have. A message carrying the document whole carries in parts only what is not behind
+/// `shared` (heads both sides hold): the hashes it leaves out are returned, to be taken out
+/// of the sync state's sent hashes, so that automerge sends any of them the peer turns out
+/// to need.
+fn split_message(
+    doc: &Automerge,
+    m: &sync::Message,
+    shared: &[ChangeHash],
+) -> Result<(Vec<Vec<u8>>, Vec<ChangeHash>), String> {
     let mut whole = false;
     let mut carried = HashSet::new();
     for entry in m.changes.iter() {
@@ -463,11 +470,35 @@ fn split_message(doc: &Automerge, m: &sync::Message) -> Result<Vec<Vec<u8>>, Str
             }
         }
     }
-    let frame_room = wire::MAX_FRAME - (64 << 10);
+    let mut left_out = Vec::new();
+    if whole {
+        let after: HashSet<ChangeHash> = doc.get_changes(shared).iter().map(Change::hash).collect();
+        for c in doc.get_changes(&[]) {
+            if after.contains(&c.hash()) {
+                carried.insert(c.hash());
+            } else {
+                left_out.push(c.hash());
+            }
+        }
+    }
+    let frame = |changes: Vec<Vec<u8>>| {
+        sync::Message {
+            heads: m.heads.clone(),
+            need: m.need.clone(),
+            have: m.have.clone(),
+            changes: changes.into(),
+            flags: m.flags,
+            version: m.version.clone(),
+        }
+        .encode()
+    };
+    // What each part repeats (heads, need, a have's Bloom filter) and the frame's own
+    // header leave this much for one change.
+    let frame_room = wire::MAX_FRAME.saturating_sub(frame(Vec::new()).len() + 1024);
     let mut parts: Vec<Vec<Vec<u8>>> = Vec::new();
     let (mut part, mut size, mut inflated) = (Vec::new(), 0, 0);
     for mut c in doc.get_changes(&[]) {
-        if !whole && !carried.contains(&c.hash()) {
+        if !carried.contains(&c.hash()) {
             continue;
         }
         let raw = c.raw_bytes().len();
@@ -490,20 +521,12 @@ fn split_message(doc: &Automerge, m: &sync::Message) -> Result<Vec<Vec<u8>>, Str
     if !part.is_empty() {
         parts.push(part);
     }
-    Ok(parts
-        .into_iter()
-        .map(|changes| {
-            sync::Message {
-                heads: m.heads.clone(),
-                need: m.need.clone(),
-                have: m.have.clone(),
-                changes: changes.into(),
-                flags: m.flags,
-                version: m.version.clone(),
-            }
-            .encode()
-        })
-        .collect())
+    // Nothing past what both hold (a whole document sent to a peer that has it all):
+    // one part with no changes still says the heads.
+    if parts.is_empty() {
+        parts.push(Vec::new());
+    }
+    Ok((parts.into_iter().map(frame).collect(), left_out))
 }
 
 /// Whether the changes `candidate` gained beyond `before` are all authored by units `below`
@@ -1376,9 +1399,14 @@ impl Engine {
                 settled,
             ));
         }
-        let split = catch_unwind(AssertUnwindSafe(|| split_message(doc, &m)));
+        let shared = p.state(id).shared_heads.clone();
+        let split = catch_unwind(AssertUnwindSafe(|| split_message(doc, &m, &shared)));
         match split {
-            Ok(Ok(parts)) => {
+            Ok(Ok((parts, left_out))) => {
+                let state = p.state(id);
+                for h in &left_out {
+                    state.sent_hashes.remove(h);
+                }
                 tracing::debug!(%peer, doc = %id, bytes = carried, parts = parts.len(), "a large sync message sent in parts");
                 let msgs = parts
                     .into_iter()
@@ -3236,7 +3264,8 @@ mod tests {
         assert!(big >= 2, "the whole document in parts: {sizes:?}");
         assert!(sizes.iter().all(|n| *n <= MAX_PART + 1024), "{sizes:?}");
         assert_eq!(heads(&t), heads(&v));
-        // A backlog under a third of the document's changes goes as changes, in parts too.
+        // More than a third of the document's changes: automerge sends it whole, and in
+        // parts only what the peer lacks goes, not the notes both hold.
         for i in 1..30 {
             write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i}"));
         }
@@ -3245,7 +3274,13 @@ mod tests {
             &ut,
             v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
         );
-        run(&mut t, &mut v, pushed);
+        let sizes = run(&mut t, &mut v, pushed);
+        assert!(
+            sizes.iter().sum::<usize>() < MAX_PART / 4,
+            "only the new members: {sizes:?}"
+        );
+        assert_eq!(heads(&t), heads(&v));
+        // A backlog under a third of the document's changes goes as changes, in parts too.
         for i in 8..14 {
             note(&mut v, format!("note {i}"), noise());
         }
