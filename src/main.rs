@@ -157,6 +157,10 @@ enum PkiCommand {
         /// The deployment's root certificate's instead (what `pki accept` checks).
         #[arg(long)]
         root: bool,
+        /// The node's CA certificate's instead (revoked with the node's certificate when
+        /// its machine is lost or stolen).
+        #[arg(long, conflicts_with = "root")]
+        ca: bool,
     },
 }
 
@@ -335,7 +339,13 @@ async fn shutdown_signal() {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(cli))
+    let result = rt.block_on(run(cli));
+    // A blocking task still running (a backup copying a large store to a slow disk) must
+    // not hold the process once the node has stopped and its store is persisted: dropping
+    // the runtime would wait for it, past systemd's stop timeout. Its partial file is
+    // removed by the next backup.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -411,6 +421,7 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 parent.unit
             );
             println!("certificate fingerprint: {}", child.fingerprint());
+            print_ca_fingerprint(&child);
         }
         PkiCommand::Request {
             dir,
@@ -435,6 +446,7 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&request)
                 .with_context(|| format!("reading {}", request.display()))?;
             let answer = parent.sign_request(&unit, &text)?;
+            let (node_fp, ca_fp) = Identity::answer_fingerprints(&answer)?;
             std::fs::write(&out, answer).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "certificates of {unit} signed by {} written to {}; hand it back to the \
@@ -450,6 +462,11 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 "root fingerprint (give it to the child's operator by another channel than \
                  the answer, for `pki accept --root-fingerprint`): {}",
                 parent.root_fingerprint()
+            );
+            println!("certificate fingerprint: {node_fp}");
+            println!(
+                "CA fingerprint: {ca_fp} (keep both: if the child's machine is ever lost or \
+                 stolen, revoke both)"
             );
         }
         PkiCommand::Accept {
@@ -469,17 +486,34 @@ fn pki(command: PkiCommand) -> anyhow::Result<()> {
                 pki.display()
             );
             println!("certificate fingerprint: {}", identity.fingerprint());
+            print_ca_fingerprint(&identity);
         }
-        PkiCommand::Fingerprint { dir, root } => {
+        PkiCommand::Fingerprint { dir, root, ca } => {
             let identity = Identity::load(&dir.join("pki"))?;
             if root {
                 println!("{}", identity.root_fingerprint());
+            } else if ca {
+                let Some(fp) = identity.ca_fingerprint() else {
+                    bail!("the root's CA is the root: `--root` prints its fingerprint");
+                };
+                println!("{fp}");
             } else {
                 println!("{}", identity.fingerprint());
             }
         }
     }
     Ok(())
+}
+
+/// The CA fingerprint of a unit's new identity, with what it is for.
+fn print_ca_fingerprint(identity: &Identity) {
+    if let Some(fp) = identity.ca_fingerprint() {
+        println!(
+            "CA fingerprint: {fp} (if this machine is ever lost or stolen, the parent's admin \
+             revokes this with the certificate's: the CA's key could make certificates for \
+             the units below)"
+        );
+    }
 }
 
 /// `node.toml` read, and its link settings checked.
@@ -864,9 +898,38 @@ async fn post_query(
 }
 
 async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    // A node that does not answer (stalled, or a wrong address that swallows packets) must
+    // not hang the command.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("making an HTTP client")?;
+    if !watch {
+        print!("{}", status_text(&client, url, token).await?);
+        return Ok(());
+    }
+    // One signal listener for the whole watch: a Ctrl-C while a query runs ends it too (a
+    // listener made anew each round would miss one that came before it).
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     loop {
-        let resp = post_query(&client, url, token, STATUS_QUERY).await?;
+        let out = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            out = status_text(&client, url, token) => out?,
+        };
+        // Clear the screen and redraw.
+        print!("\x1b[2J\x1b[H{out}");
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// The status display of the node at `url`: its tree, then its backups.
+async fn status_text(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<String> {
+    {
+        let resp = post_query(client, url, token, STATUS_QUERY).await?;
         if let Some(err) = resp["errors"].get(0) {
             bail!("{}", err["message"].as_str().unwrap_or("query failed"));
         }
@@ -877,7 +940,7 @@ async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
         }
         print_tree(node, "", true, true, &mut out);
         // Backups are shown to users of the node's unit only: left out for the others.
-        let b = post_query(&client, url, token, BACKUPS_QUERY).await?;
+        let b = post_query(client, url, token, BACKUPS_QUERY).await?;
         let b = &b["data"]["backups"];
         if !b.is_null() {
             match b["last"]["at"].as_str() {
@@ -902,17 +965,7 @@ async fn status(url: &str, token: &str, watch: bool) -> anyhow::Result<()> {
                 ));
             }
         }
-        if watch {
-            // Clear the screen and redraw.
-            print!("\x1b[2J\x1b[H{out}");
-        } else {
-            print!("{out}");
-            return Ok(());
-        }
-        tokio::select! {
-            _ = shutdown_signal() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+        Ok(out)
     }
 }
 

@@ -934,6 +934,16 @@ pub fn register_child(doc: &mut Automerge, child: &UnitId) -> Result<bool, DocEr
     Ok(true)
 }
 
+/// Whether `child` is registered in the profile `doc`.
+pub fn is_registered(doc: &Automerge, child: &UnitId) -> bool {
+    union_keys(doc, CHILDREN).contains(child.as_str())
+}
+
+/// Whether `fingerprint` is revoked in the profile `doc`.
+pub fn is_revoked_here(doc: &Automerge, fingerprint: &str) -> bool {
+    union_keys(doc, "revoked").contains(fingerprint)
+}
+
 /// Profile key of the registered children (a map used as a set).
 const CHILDREN: &str = "children";
 

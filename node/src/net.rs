@@ -559,7 +559,7 @@ fn versions_apart(
 
 /// The peer's unit from its verified certificate, checked to have been issued by the CA of
 /// the peer's parent, and the certificate's fingerprint.
-fn verify_peer(conn: &Connection, identity: &Identity) -> Result<(UnitId, String), NetError> {
+fn verify_peer(conn: &Connection, identity: &Identity) -> Result<Verified, NetError> {
     let certs = conn
         .peer_identity()
         .and_then(|i| {
@@ -574,7 +574,7 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<(UnitId, String
             detail: format!("certificate of {unit} issued by {issuer:?}, not by its parent's CA"),
         });
     }
-    identity
+    let via_ca = identity
         .check_issued(&unit, &certs)
         .map_err(|e| NetError::Refused {
             reason: RejectReason::NotAdjacent,
@@ -584,7 +584,30 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<(UnitId, String
         .first()
         .map(|c| pki::fingerprint(c))
         .unwrap_or_default();
-    Ok((unit, fp))
+    Ok((unit, fp, via_ca))
+}
+
+/// A peer's unit, its certificate's fingerprint, and the CA it was checked through when
+/// that is not its issuer's current one ([`Identity::check_issued`]).
+type Verified = (UnitId, String, Option<String>);
+
+/// Why a peer's certificate is revoked, if it is: the certificate itself in its issuer's
+/// profile, or the CA it was checked through in the profile of the unit that issued that
+/// CA (a unit issued again after its machine was lost: certificates its old CA's key makes
+/// since are refused once that CA is revoked).
+pub fn revoked_why(
+    reader: &StoreReader,
+    peer: &UnitId,
+    fingerprint: &str,
+    via_ca: Option<&str>,
+) -> Option<String> {
+    if is_revoked(reader, peer, fingerprint) {
+        return Some(format!("certificate {fingerprint} of {peer} is revoked"));
+    }
+    let issuer = pki::issuer_of(peer);
+    via_ca
+        .filter(|ca| is_revoked(reader, &issuer, ca))
+        .map(|ca| format!("the CA {ca} that issued the certificate of {peer} is revoked"))
 }
 
 /// Whether the issuer of `peer`'s certificate (its parent, or itself at the root) lists the
@@ -614,6 +637,8 @@ pub struct Link {
     pub peer: UnitId,
     /// Fingerprint of the certificate the peer presented.
     pub fingerprint: String,
+    /// The CA the certificate was checked through, when not its issuer's current one.
+    pub via_ca: Option<String>,
     /// The protocol version the link runs at: the newest both sides speak.
     pub version: u8,
     /// The peer's software, as its hello names it.
@@ -652,7 +677,7 @@ async fn dial(
         )
         .await?;
         tracing::debug!(%parent, "handshake done; hello next");
-        let (peer, fingerprint) = verify_peer(&conn, identity)?;
+        let (peer, fingerprint, via_ca) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
             return Err(NetError::Refused {
@@ -707,6 +732,7 @@ async fn dial(
                 recv,
                 peer,
                 fingerprint,
+                via_ca,
                 version,
                 software: shown(&h.software),
             }),
@@ -807,7 +833,7 @@ async fn accept_child(
         let conn = incoming.await?;
         // The handshake is done: nothing more of this child's is copied.
         drop(copied);
-        let (peer, fingerprint) = match verify_peer(&conn, identity) {
+        let (peer, fingerprint, via_ca) = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
                 conn.close(
@@ -820,11 +846,11 @@ async fn accept_child(
         if children.contains(&peer) {
             known = Some(peer.clone());
         }
-        if is_revoked(reader, &peer, &fingerprint) {
+        if let Some(detail) = revoked_why(reader, &peer, &fingerprint, via_ca.as_deref()) {
             conn.close(close::NOT_ADJACENT, b"certificate revoked");
             return Err(NetError::Refused {
                 reason: RejectReason::Revoked,
-                detail: format!("certificate {fingerprint} of {peer} is revoked"),
+                detail,
             });
         }
         if !children.contains(&peer) {
@@ -854,6 +880,7 @@ async fn accept_child(
                     recv,
                     peer,
                     fingerprint,
+                    via_ca,
                     version,
                     software: shown(&h.software),
                 })
@@ -906,11 +933,15 @@ pub async fn run_link(
         mut recv,
         peer,
         fingerprint,
+        via_ca,
         version,
         software,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(LinkCounters::new(fingerprint, version, software));
+    let counters = Arc::new(LinkCounters {
+        via_ca,
+        ..LinkCounters::new(fingerprint, version, software)
+    });
     // Frames handed to the store and not yet handled hold their size of this budget, so a
     // peer sending faster than the store handles waits on its own link (QUIC's flow control
     // then holds it back) instead of filling the store's inbox for every link.
@@ -1298,12 +1329,18 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
             failed_in_a_row.saturating_add(1)
         };
         let attempt = attempt.and_then(|link| {
-            if is_revoked(&ctx.reader, &link.peer, &link.fingerprint) {
+            let why = revoked_why(
+                &ctx.reader,
+                &link.peer,
+                &link.fingerprint,
+                link.via_ca.as_deref(),
+            );
+            if let Some(why) = why {
                 link.conn
                     .close(close::NOT_ADJACENT, b"your certificate is revoked");
                 return Err(NetError::Refused {
                     reason: RejectReason::Revoked,
-                    detail: format!("the parent's certificate {} is revoked", link.fingerprint),
+                    detail: format!("the parent's: {why}"),
                 });
             }
             Ok(link)

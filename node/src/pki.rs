@@ -319,6 +319,14 @@ impl Identity {
         Ok(self.certify(child, &leaf, &ca)?.to_pem())
     }
 
+    /// The fingerprints of the node certificate and the CA certificate an answer of
+    /// [`Identity::sign_request`] carries: what the signing unit revokes if the child's
+    /// machine is lost or stolen.
+    pub fn answer_fingerprints(answer: &str) -> Result<(String, String), PkiError> {
+        let issued = Issued::from_pem(answer)?;
+        Ok((fingerprint(&issued.leaf), fingerprint(&issued.ca)))
+    }
+
     /// The public key of one request, once its signature (proof that the requester holds
     /// the private key) and its name are checked.
     fn requested_key(der: &[u8], want: String, which: &str) -> Result<rcgen::PublicKey, PkiError> {
@@ -484,11 +492,15 @@ impl Identity {
     /// A chain to the root is not enough: every unit's CA may issue CAs, under any subject
     /// name, so a unit could otherwise issue itself a new certificate (out of its revocation)
     /// or one for a unit below its children, through a CA named as the expected issuer.
+    /// Returns the fingerprint of the presented CA when the certificate was checked through
+    /// it: that CA is no longer its unit's own (the unit was issued again), and if its key
+    /// was stolen with the unit's machine, only its revocation (in the profile of the unit
+    /// that issued it) stops certificates made with it since.
     pub fn check_issued(
         &self,
         peer: &UnitId,
         certs: &[CertificateDer<'_>],
-    ) -> Result<(), PkiError> {
+    ) -> Result<Option<String>, PkiError> {
         let leaf = certs
             .first()
             .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
@@ -512,14 +524,15 @@ impl Identity {
             None => Err(PkiError::PeerCert(format!("{issuer:?} is not held here"))),
         };
         if direct.is_ok() {
-            return Ok(());
+            return Ok(None);
         }
         let above = expected_issuer(&issuer_unit, &self.deployment);
         let through = match (certs.get(1), self.known_ca(&above)) {
             (Some(presented), Some(ca)) if issuer_unit.parent().is_some() => {
                 signed_by(ca, std::slice::from_ref(presented))
+                    .map(|()| Some(fingerprint(presented)))
             }
-            _ => direct,
+            _ => direct.map(|()| None),
         };
         through.map_err(|e| {
             PkiError::PeerCert(format!(
@@ -985,6 +998,13 @@ impl Identity {
             .first()
             .map(|c| fingerprint(c))
             .unwrap_or_default()
+    }
+
+    /// Fingerprint of this node's CA certificate (none at the root, whose CA is the root):
+    /// what the issuing unit revokes, beside the node's certificate, when the machine
+    /// holding the CA's key is lost or stolen.
+    pub fn ca_fingerprint(&self) -> Option<String> {
+        self.issuer_chain.first().map(|c| fingerprint(c))
     }
 
     /// Fingerprint of the deployment's root certificate: what two operators compare to

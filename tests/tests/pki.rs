@@ -507,3 +507,91 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
     thread.shutdown().await;
     Ok(())
 }
+
+/// A township issued again (its machine lost or stolen) has a new CA, and its children's
+/// certificates still chain through the old one. Certificates the old CA's key makes since
+/// (a thief's) get in until the county revokes that CA; from then on they are refused, and
+/// the live links through it (the children it issued before) are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_ca_is_refused_once_its_issuer_revokes_it() -> anyhow::Result<()> {
+    let (mut fed, dir) = start(tree(), None).await?;
+    let (k01, t01, v01, v03) = (
+        unit("c01/k01"),
+        unit("c01/k01/t01"),
+        unit("c01/k01/t01/v01"),
+        unit("c01/k01/t01/v03"),
+    );
+    fed.stop(&v03).await?;
+    let folder = |u: &UnitId| dir.path().join(u.as_str().replace('/', "_")).join("pki");
+    // The thief's copy of the township's identity; then the township is issued again by
+    // the county, on the same store.
+    let stolen = Identity::load(&folder(&t01))?;
+    let old_ca = stolen.ca_fingerprint().context("a township has a CA")?;
+    fed.stop(&t01).await?;
+    let reissued = Identity::load(&folder(&k01))?.issue_child(&t01)?;
+    assert_ne!(reissued.ca_fingerprint(), Some(old_ca.clone()));
+    reissued.save(&folder(&t01))?;
+    fed.restart(&t01).await?;
+    let township = fed.node(&t01)?.node.quic_addr();
+    // The old CA's key makes v03 a certificate: its chain is valid, and it gets in.
+    let forged = stolen.issue_child(&v03)?;
+    eventually(WAIT, "the forged certificate linked", || async {
+        Ok(try_link(&forged, &t01, township).await.ok())
+    })
+    .await?;
+    // v01, issued by the old CA before, links as well.
+    let town_url = fed.graphql_url(&t01)?;
+    let town_admin = fed.token(&t01, Role::Admin)?.to_owned();
+    let v01_connected = || {
+        let (u, t) = (town_url.clone(), town_admin.clone());
+        async move {
+            let r = gql(
+                &u,
+                Some(&t),
+                "{ unit(id: \"c01/k01/t01/v01\") { sync { link { connected } } } }",
+                json!({}),
+            )
+            .await?;
+            anyhow::Ok(r["data"]["unit"]["sync"]["link"]["connected"] == true)
+        }
+    };
+    eventually(WAIT, "v01 linked to the township issued again", || async {
+        Ok(v01_connected().await?.then_some(()))
+    })
+    .await?;
+    // The county's admin revokes the old CA.
+    let revoke = "mutation($u: ID!, $f: String!) { revokeCertificate(input: { unit: $u, fingerprint: $f }) { fingerprint } }";
+    let r = gql(
+        &fed.graphql_url(&k01)?,
+        Some(fed.token(&k01, Role::Admin)?),
+        revoke,
+        json!({ "u": t01.to_string(), "f": old_ca }),
+    )
+    .await?;
+    assert_eq!(r["data"]["revokeCertificate"]["fingerprint"], old_ca, "{r}");
+    // Once the county's profile reaches the township: the forged certificate is refused
+    // as revoked, and v01's live link through the old CA is dropped.
+    eventually(WAIT, "the forged certificate refused", || async {
+        Ok(match try_link(&forged, &t01, township).await {
+            Err(NetError::Refused {
+                reason: grassroots_node::sync::wire::RejectReason::Revoked,
+                ..
+            }) => Some(()),
+            Err(e) if e.is_permanent() => Some(()),
+            _ => None,
+        })
+    })
+    .await?;
+    eventually(WAIT, "v01's link through the old CA dropped", || async {
+        Ok((!v01_connected().await?).then_some(()))
+    })
+    .await?;
+    // A certificate from the township's new CA gets in.
+    let fresh = reissued.issue_child(&v03)?;
+    try_link(&fresh, &t01, township)
+        .await
+        .context("a certificate of the new CA")?;
+    let _ = v01;
+    fed.shutdown().await;
+    Ok(())
+}

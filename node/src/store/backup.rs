@@ -200,12 +200,10 @@ fn remove_partials(dir: &Path, unit: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let prefix = name_prefix(unit);
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(&prefix)
-            && name.ends_with(".partial")
+        if is_backup_name(&name, unit, ".partial")
             && let Err(err) = std::fs::remove_file(e.path())
         {
             tracing::warn!("cannot remove {}: {err}", e.path().display());
@@ -284,6 +282,29 @@ fn name_prefix(unit: &str) -> String {
     format!("store-{}-", unit.replace('/', "_"))
 }
 
+/// Whether `name` is a backup name of `unit`'s store with extension `ext` (`.redb`,
+/// `.partial`): the prefix, then a stamp, and nothing else. The prefix alone also begins
+/// the names of a unit whose label extends this one's (`c01/k01-north` after `c01/k01`),
+/// whose backups a shared folder may hold.
+fn is_backup_name(name: &str, unit: &str, ext: &str) -> bool {
+    let Some(stamp) = name
+        .strip_prefix(&name_prefix(unit))
+        .and_then(|rest| rest.strip_suffix(ext))
+    else {
+        return false;
+    };
+    let b = stamp.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    b.len() == 20
+        && digits(0..8)
+        && b[8] == b'T'
+        && digits(9..15)
+        && b[15] == b'.'
+        && digits(16..19)
+        && b[19] == b'Z'
+}
+
 /// A backup's file name for `unit` at a moment: `store-c01_k01-20261127T053000.250Z.redb`
 /// (UTC, to the millisecond), so that one unit's names sort by time and units sharing a
 /// backup folder keep apart.
@@ -306,12 +327,11 @@ pub(super) fn utc_stamp(epoch_ms: u64) -> String {
 
 /// `unit`'s backups in `dir`, oldest first by name.
 fn backups_of(dir: &Path, unit: &str) -> Result<Vec<PathBuf>, StoreError> {
-    let prefix = name_prefix(unit);
     let mut names: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix) && n.ends_with(".redb"))
+            .filter(|n| is_backup_name(n, unit, ".redb"))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
@@ -618,6 +638,22 @@ async fn stage(
 mod tests {
     use super::super::tests::{names, sample};
     use super::*;
+
+    /// A unit's backups are its names with a stamp, not a unit's whose label extends its
+    /// own in a shared folder.
+    #[test]
+    fn backup_names_belong_to_their_unit_exactly() {
+        let mine = backup_name("c01/k01", 1_795_000_000_250);
+        assert!(is_backup_name(&mine, "c01/k01", ".redb"));
+        let partial = mine.replace(".redb", ".partial");
+        assert!(is_backup_name(&partial, "c01/k01", ".partial"));
+        let sibling = backup_name("c01/k01-north", 1_795_000_000_250);
+        assert!(!is_backup_name(&sibling, "c01/k01", ".redb"));
+        assert!(is_backup_name(&sibling, "c01/k01-north", ".redb"));
+        let child = backup_name("c01/k01/t01", 1_795_000_000_250);
+        assert!(!is_backup_name(&child, "c01/k01", ".redb"));
+        assert!(!is_backup_name("store-c01_k01-notes.redb", "c01/k01", ".redb"));
+    }
     use grassroots_schema::Role;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -465,8 +465,32 @@ pub fn open_with(path: &Path, me: UnitId, options: StoreOptions) -> Result<Opene
         }
         Err(e) => return Err(db(e)),
     };
+    owner_only(path)?;
     let (handle, reader, thread) = open_database(database, me, options)?;
     Ok((handle, reader.with_file(path.to_owned()), thread))
+}
+
+/// Make the store file readable and writable by its owner only: it holds personal details
+/// and token hashes (its backups are made so too). redb creates it with the process's umask,
+/// and a store of an earlier build may be open to every local user.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |source| StoreError::Io { what, source }
+        };
+        let mode = std::fs::metadata(path)
+            .map_err(io("reading the permissions of"))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(io("making owner-only"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Open a store on an already opened redb database (any storage backend): check the layout
@@ -2111,7 +2135,7 @@ impl Actor {
             } => {
                 // The handshake read the revocations committed then: one made since (or
                 // in a batch not yet committed) must not let the link in.
-                if self.revoked(&peer, &counters.fingerprint) {
+                if self.link_revoked(&peer, &counters) {
                     tracing::warn!(%peer, "a link came up with a certificate revoked meanwhile: refused");
                     let _ = reply.send(Err(StoreError::Revoked(counters.fingerprint.clone())));
                     return;
@@ -2312,11 +2336,15 @@ impl Actor {
             );
             self.on_peer_down(peer.clone(), batch);
         }
+        let profiles_changed = step.changed.iter().any(|d| d.kind == DocKind::Profile);
         batch.resync.extend(step.changed.iter().cloned());
         batch.forward.extend(step.forward);
         batch.dirty.extend(step.changed);
         batch.created.extend(step.created);
         batch.sends.extend(step.send);
+        if profiles_changed {
+            self.drop_revoked_links(batch);
+        }
     }
 
     /// The link to `peer` ends: its sync states are saved, and its connection is closed if
@@ -2887,10 +2915,15 @@ impl Actor {
         // refuses the whole write before any part of it is made, rather than leave the
         // details changed and the registration missing. (The unit's own profile fails, if
         // it does, before anything is changed; nothing is evicted before the commit.)
-        for (_, p) in &line {
+        for (child, p) in &line {
             let id = DocId::new(DocKind::Profile, p.clone());
             if self.engine.get(&id).is_some() {
                 self.engine.load(&id).map_err(WriteError::Refused)?;
+                // The parent refuses a profile past its cap: one grown past it here would
+                // never travel up again.
+                if let Some(d) = self.engine.get(&id).and_then(|e| e.doc()) {
+                    full_profile(d, &id, !doc::is_registered(d, child))?;
+                }
             }
         }
         let doc = self.local_doc(meta, batch)?;
@@ -2911,6 +2944,37 @@ impl Actor {
 
     /// Whether `fingerprint`, `peer`'s certificate, is revoked in the profile of its issuer
     /// (its parent, or itself at the root) as this node holds it now.
+    /// Whether the link of `peer` with `counters` runs on a revoked certificate, or one
+    /// checked through a revoked CA.
+    fn link_revoked(&mut self, peer: &UnitId, counters: &LinkCounters) -> bool {
+        self.revoked(peer, &counters.fingerprint)
+            || counters
+                .via_ca
+                .as_deref()
+                .is_some_and(|ca| self.revoked(&crate::pki::issuer_of(peer), ca))
+    }
+
+    /// End the live links whose certificate, or the CA it was checked through, a profile
+    /// that changed now revokes (a revocation made above this node and synced here: a CA
+    /// stolen with a machine whose unit was issued again).
+    fn drop_revoked_links(&mut self, batch: &mut Batch) {
+        let live: Vec<(UnitId, Arc<LinkCounters>)> = self
+            .links
+            .iter()
+            .filter(|(p, l)| l.connected && self.outboxes.contains_key(*p))
+            .map(|(p, l)| (p.clone(), l.counters.clone()))
+            .collect();
+        for (peer, counters) in live {
+            if self.link_revoked(&peer, &counters) {
+                tracing::warn!(%peer, "a certificate of a live link is revoked now: dropping it");
+                counters
+                    .revoked
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.on_peer_down(peer, batch);
+            }
+        }
+    }
+
     fn revoked(&mut self, peer: &UnitId, fingerprint: &str) -> bool {
         let issuer = crate::pki::issuer_of(peer);
         let id = DocId::new(DocKind::Profile, issuer.clone());
@@ -2946,7 +3010,9 @@ impl Actor {
         }
         let meta = DocMeta::new(DocId::new(DocKind::Profile, me));
         let id = meta.id.clone();
-        doc::revoke(self.local_doc(meta, batch)?, fingerprint, child)?;
+        let doc = self.local_doc(meta, batch)?;
+        full_profile(doc, &id, !doc::is_revoked_here(doc, fingerprint))?;
+        doc::revoke(doc, fingerprint, child)?;
         self.after_local_write(id, batch);
         Ok(())
     }
@@ -3201,6 +3267,23 @@ fn trimmed(mut fields: Fields) -> Fields {
         }
     }
     fields
+}
+
+/// Refuse a write that would add an entry to the profile `doc` (`adds`) when it holds the
+/// most registered units and revocations a peer takes ([`crate::sync::MAX_PROFILE_ENTRIES`]).
+fn full_profile(doc: &Automerge, id: &DocId, adds: bool) -> Result<(), WriteError> {
+    let max = crate::sync::MAX_PROFILE_ENTRIES;
+    if adds && doc::profile_entries(doc) >= max {
+        return Err(WriteError::Refused(Rejection {
+            reason: wire::RejectReason::TooLarge,
+            doc: Some(id.clone()),
+            detail: format!(
+                "{} holds {max} registered units and revocations, the most a profile may",
+                id.owner
+            ),
+        }));
+    }
+    Ok(())
 }
 
 /// What an operator is told when the store stops being able to write.
@@ -5512,6 +5595,107 @@ mod tests {
         // Read back from the store alone: nothing was written over.
         let (_h, r, t) = open(&path, me.clone()).unwrap();
         assert_eq!(names(&r), ["Four", "One", "Three", "Two"]);
+        t.shutdown().await;
+    }
+
+    /// The store file is its owner's alone, made so and, for a store of an earlier build,
+    /// made so at open: it holds personal details.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_store_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let (h, r, t) = open(&path, u("c01")).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        t.shutdown().await;
+        drop((h, r));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_h, _r, t) = open(&path, u("c01")).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        t.shutdown().await;
+    }
+
+    /// A profile holding the most entries a peer takes refuses a local write that would add
+    /// one (registering a unit, revoking a certificate): grown past it, it would never
+    /// travel up again. A write that adds none still goes.
+    #[tokio::test]
+    async fn a_full_profile_refuses_another_registration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01");
+        let named = |n: &str| UnitDetails {
+            name: Some(n.into()),
+            ..UnitDetails::default()
+        };
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        h.set_unit_details(u("c01/k01/t01/v0"), named("First"))
+            .await
+            .unwrap();
+        t.shutdown().await;
+        drop((h, r));
+        // Filled to the cap behind the store's back, as a long history would.
+        {
+            let d = Database::create(&path).unwrap();
+            let id = DocId::new(DocKind::Profile, me.clone());
+            let mut doc = load::load_doc(&d, &id).unwrap();
+            {
+                use automerge::ReadDoc as _;
+                use automerge::transaction::Transactable as _;
+                let (_, children) = doc.get(automerge::ROOT, "children").unwrap().unwrap();
+                let have = doc::profile_entries(&doc);
+                let mut tx = doc.transaction();
+                for i in have..crate::sync::MAX_PROFILE_ENTRIES {
+                    tx.put(&children, format!("c01/k01/t01/x{i}"), true)
+                        .unwrap();
+                }
+                tx.commit();
+            }
+            assert_eq!(
+                doc::profile_entries(&doc),
+                crate::sync::MAX_PROFILE_ENTRIES,
+                "filled to the cap"
+            );
+            let key = id.to_string();
+            let tx = d.begin_write().unwrap();
+            {
+                tx.open_table(SNAPSHOTS)
+                    .unwrap()
+                    .insert(key.as_str(), doc.save().as_slice())
+                    .unwrap();
+                tx.open_table(CHANGES)
+                    .unwrap()
+                    .retain(|(k, _), _| k != key.as_str())
+                    .unwrap();
+                let p = Persisted {
+                    heads: doc.get_heads(),
+                    ..Persisted::default()
+                };
+                tx.open_table(DOC_STATE)
+                    .unwrap()
+                    .insert(key.as_str(), load::encode_state(&p).as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let (h, _r, t) = open(&path, me.clone()).unwrap();
+        match h
+            .set_unit_details(u("c01/k01/t01/v9"), named("One Too Many"))
+            .await
+        {
+            Err(WriteError::Refused(r)) => assert_eq!(r.reason, wire::RejectReason::TooLarge),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let fingerprint = "ab".repeat(32);
+        assert!(matches!(
+            h.revoke(u("c01/k01/t01/v0"), fingerprint).await,
+            Err(WriteError::Refused(_))
+        ));
+        // Already registered: nothing added, so it goes.
+        h.set_unit_details(u("c01/k01/t01/v0"), named("Renamed"))
+            .await
+            .unwrap();
         t.shutdown().await;
     }
 

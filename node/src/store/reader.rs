@@ -347,8 +347,9 @@ impl StoreReader {
         self.backups.as_deref()
     }
 
-    /// Keep this many backups in the folder: a backup first prunes to one fewer (the room
-    /// the oldest took is the new copy's), and after it to this many.
+    /// Keep this many backups in the folder: after each backup the oldest beyond this many
+    /// are removed, and a backup that does not fit first removes the oldest (its room is the
+    /// new copy's).
     pub fn with_backups_kept(self, keep: usize) -> Self {
         StoreReader {
             kept: Some(keep.max(1)),
@@ -373,13 +374,16 @@ impl StoreReader {
                 .find(|p| !p.exists())
                 .unwrap_or_else(|| dir.join(backup_name(&owner, now_ms)))
         };
-        // Rotation: the oldest goes first, so its room is there for the new copy; with one
+        // Rotation: when the new copy does not fit, the oldest goes first and its room is
+        // the new copy's; otherwise nothing is pruned until the new copy is written, so that
+        // a backup that fails (another being written, a disk error) costs none. With one
         // kept, the only copy stays until a new one is written.
-        let written = match self.kept.filter(|k| *k >= 2) {
-            Some(keep) => prune_backups(dir, &owner, keep - 1, None).map(|_| ()),
-            None => Ok(()),
-        }
-        .and_then(|()| self.backup_to(&free_name()));
+        let no_room = |e: &StoreError| matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull);
+        let written = match (self.backup_to(&free_name()), self.kept.filter(|k| *k >= 2)) {
+            (Err(e), Some(keep)) if no_room(&e) => prune_backups(dir, &owner, keep - 1, None)
+                .and_then(|_| self.backup_to(&free_name())),
+            (written, _) => written,
+        };
         {
             let mut log = self.backup_log.lock().unwrap_or_else(|p| p.into_inner());
             match &written {
