@@ -153,6 +153,21 @@ async fn each_limit_is_refused_with_its_code() {
     let r = query(&f, None, &deep).await;
     assert_eq!(code(&r), "QUERY_TOO_DEEP", "{r}");
     assert!(r["data"].is_null(), "{r}");
+    // Nesting far past any limit, within the body limit: the parser recurses per level, and
+    // must refuse it, not overflow the stack and abort the node.
+    for (before, open) in [
+        ("{ nodeUnit ", "{a"),
+        ("{ unit(id: ", "["),
+        ("{ unit(id: ", "{a:"),
+    ] {
+        let text = format!("{before}{}", open.repeat(60_000));
+        let r = query(&f, None, &text).await;
+        let message = r["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{open}: an error, got {r}");
+        assert!(r["data"].is_null(), "{open}");
+    }
+    let r = query(&f, None, "{ nodeUnit { id } }").await;
+    assert!(r.get("errors").is_none(), "still answering: {r}");
 
     // Complexity: an alias flood over the largest page. One alias is fine; 200 of them
     // multiply the page size past the limit.

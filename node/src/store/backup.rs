@@ -652,7 +652,11 @@ mod tests {
         assert!(is_backup_name(&sibling, "c01/k01-north", ".redb"));
         let child = backup_name("c01/k01/t01", 1_795_000_000_250);
         assert!(!is_backup_name(&child, "c01/k01", ".redb"));
-        assert!(!is_backup_name("store-c01_k01-notes.redb", "c01/k01", ".redb"));
+        assert!(!is_backup_name(
+            "store-c01_k01-notes.redb",
+            "c01/k01",
+            ".redb"
+        ));
     }
     use grassroots_schema::Role;
     use std::sync::Arc;
