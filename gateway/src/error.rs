@@ -42,6 +42,8 @@ pub enum Code {
     /// The write met another of the same record being stored with it (a member's transfer
     /// and another write of that member); nothing changed: ask again.
     Conflict,
+    /// Too many requests without a token are running or waiting: ask again shortly.
+    Busy,
 }
 
 impl Code {
@@ -64,6 +66,7 @@ impl Code {
             Code::BackupFailed => "BACKUP_FAILED",
             Code::NotStored => "NOT_STORED",
             Code::Conflict => "CONFLICT",
+            Code::Busy => "BUSY",
         }
     }
 }

@@ -67,6 +67,23 @@ pub fn build_schema(backend: Backend) -> GatewaySchema {
 /// Build the schema with its limits; without `introspection`, `__schema` and `__type`
 /// answer nothing over any transport (HTTP also refuses them with a code).
 pub fn build_schema_with(backend: Backend, introspection: bool) -> GatewaySchema {
+    build_schema_limited(backend, introspection, MAX_COMPLEXITY)
+}
+
+/// Most complexity of an operation (a list field counts its page size times its selection).
+pub const MAX_COMPLEXITY: usize = 10_000;
+
+/// Most complexity of an operation sent without a token: a public page reads a few
+/// listings; anyone can send such requests, and some listings of public records read every
+/// row of a kind in the subtree to find the published ones.
+pub const MAX_ANONYMOUS_COMPLEXITY: usize = 2_000;
+
+/// [`build_schema_with`] with a complexity limit of `complexity`.
+pub fn build_schema_limited(
+    backend: Backend,
+    introspection: bool,
+    complexity: usize,
+) -> GatewaySchema {
     let builder = Schema::build(Query, Mutation::default(), SubscriptionRoot);
     let builder = if introspection {
         builder
@@ -76,7 +93,7 @@ pub fn build_schema_with(backend: Backend, introspection: bool) -> GatewaySchema
     builder
         .data(backend)
         .limit_depth(16)
-        .limit_complexity(10_000)
+        .limit_complexity(complexity)
         .limit_recursive_depth(32)
         .disable_suggestions()
         .finish()

@@ -33,10 +33,22 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct App {
     schema: GatewaySchema,
+    /// The same with the limits of a request without a token.
+    anonymous: GatewaySchema,
+    /// Requests without a token running at once, and running or waiting: anyone can send
+    /// them, and one of them may read every public record of the subtree, synchronously on
+    /// a worker the node's links share. One at a time leaves the other worker to the links
+    /// and the node's users; past the waiting bound they are told `BUSY`.
+    anonymous_running: Arc<tokio::sync::Semaphore>,
+    anonymous_waiting: Arc<tokio::sync::Semaphore>,
     backend: Backend,
     parsed: Arc<ParsedQueries>,
     options: GatewayOptions,
 }
+
+/// Requests without a token that run at once, and that run or wait.
+const ANONYMOUS_RUNNING: usize = 1;
+const ANONYMOUS_WAITING: usize = 32;
 
 /// How a node's gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +118,13 @@ pub fn router(backend: Backend) -> Router {
 pub fn router_with(backend: Backend, options: GatewayOptions) -> Router {
     let app = App {
         schema: build_schema_with(backend.clone(), options.introspection),
+        anonymous: crate::graphql::build_schema_limited(
+            backend.clone(),
+            options.introspection,
+            crate::graphql::MAX_ANONYMOUS_COMPLEXITY,
+        ),
+        anonymous_running: Arc::new(tokio::sync::Semaphore::new(ANONYMOUS_RUNNING)),
+        anonymous_waiting: Arc::new(tokio::sync::Semaphore::new(ANONYMOUS_WAITING)),
         backend,
         parsed: Arc::default(),
         options,
@@ -243,10 +262,38 @@ async fn graphql(
         .data(StatusOnce::default())
         .data(ProfileCache::default())
         .data(UnitBudget::default());
+    let anonymous = user.is_none();
     if let Some((u, _)) = user {
         request = request.data(u);
     }
-    match tokio::time::timeout(QUERY_TIMEOUT, app.schema.execute(request)).await {
+    if !anonymous {
+        return run(app.schema.execute(request)).await;
+    }
+    let Ok(_waiting) = app.anonymous_waiting.clone().try_acquire_owned() else {
+        let e = error(
+            Code::Busy,
+            "too many requests without a token at once: ask again shortly",
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, reply_error(e)).into_response();
+    };
+    // The wait counts in the query's time.
+    let running = app.anonymous_running.clone();
+    let anonymous_schema = app.anonymous.clone();
+    run(async move {
+        let Ok(_running) = running.acquire_owned().await else {
+            return async_graphql::Response::from_errors(vec![
+                error(Code::Internal, "the gateway is stopping")
+                    .into_server_error(async_graphql::Pos::default()),
+            ]);
+        };
+        anonymous_schema.execute(request).await
+    })
+    .await
+}
+
+/// Answer with what `query` produces within the time a query has.
+async fn run(query: impl std::future::Future<Output = async_graphql::Response>) -> Response {
+    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
         Ok(mut resp) => {
             code_unlabelled(&mut resp);
             Json(resp).into_response()
@@ -277,7 +324,12 @@ async fn graphql_ws(
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
         .on_upgrade(move |stream| {
-            let schema = Timed(app.schema.clone(), app.backend.reader.clone());
+            let schema = Timed {
+                schema: app.schema.clone(),
+                anonymous: app.anonymous.clone(),
+                anonymous_running: app.anonymous_running.clone(),
+                reader: app.backend.reader.clone(),
+            };
             GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let (caller, user) = match from_header {
@@ -303,11 +355,17 @@ async fn graphql_ws(
 /// as over HTTP (subscriptions run until the client stops them), every error gets its code,
 /// and an operation on a connection whose token was revoked since it opened is refused.
 #[derive(Clone)]
-struct Timed(GatewaySchema, grassroots_node::StoreReader);
+struct Timed {
+    schema: GatewaySchema,
+    /// For a connection without a token: its limits, and its share of running at once.
+    anonymous: GatewaySchema,
+    anonymous_running: Arc<tokio::sync::Semaphore>,
+    reader: grassroots_node::StoreReader,
+}
 
 impl async_graphql::Executor for Timed {
     async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
-        match tokio::time::timeout(QUERY_TIMEOUT, self.0.execute(request)).await {
+        match tokio::time::timeout(QUERY_TIMEOUT, self.schema.execute(request)).await {
             Ok(mut resp) => {
                 code_unlabelled(&mut resp);
                 resp
@@ -328,7 +386,7 @@ impl async_graphql::Executor for Timed {
             .and_then(|b| b.downcast_ref::<TokenHash>())
             .copied();
         if let Some(t) = token
-            && !matches!(self.1.user(&t.0), Ok(Some(_)))
+            && !matches!(self.reader.user(&t.0), Ok(Some(_)))
         {
             let e = error(Code::Unauthenticated, "the connection's token was revoked");
             return futures_util::stream::once(async move {
@@ -345,7 +403,15 @@ impl async_graphql::Executor for Timed {
             .data(StatusOnce::default())
             .data(ProfileCache::default())
             .data(UnitBudget::default());
-        let mut stream = async_graphql::Executor::execute_stream(&self.0, request, session_data);
+        // Without a token: the anonymous limits, and a query waits its turn to run.
+        let anonymous = token.is_none();
+        let schema = if anonymous {
+            &self.anonymous
+        } else {
+            &self.schema
+        };
+        let turn = (anonymous && !subscription).then(|| self.anonymous_running.clone());
+        let mut stream = async_graphql::Executor::execute_stream(schema, request, session_data);
         if subscription {
             return stream
                 .map(|mut resp| {
@@ -355,7 +421,14 @@ impl async_graphql::Executor for Timed {
                 .boxed();
         }
         futures_util::stream::once(async move {
-            match tokio::time::timeout(QUERY_TIMEOUT, stream.next()).await {
+            let answer = async {
+                let _running = match turn {
+                    Some(t) => t.acquire_owned().await.ok(),
+                    None => None,
+                };
+                stream.next().await
+            };
+            match tokio::time::timeout(QUERY_TIMEOUT, answer).await {
                 Ok(Some(mut resp)) => {
                     code_unlabelled(&mut resp);
                     resp

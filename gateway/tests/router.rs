@@ -180,6 +180,15 @@ async fn each_limit_is_refused_with_its_code() {
     let r = query(&f, Some(&admin), &format!("{{ nodeUnit {{ {flood} }} }}")).await;
     assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{r}");
     assert!(r["data"].is_null(), "{r}");
+    // Without a token the limit is lower: what a token may ask, anyone may not.
+    let some: String = (0..30)
+        .map(|i| format!("a{i}: members(first: 100) {{ nodes {{ name }} }} "))
+        .collect();
+    let some = format!("{{ nodeUnit {{ {some} }} }}");
+    let r = query(&f, Some(&admin), &some).await;
+    assert!(r.get("errors").is_none(), "with a token: {r}");
+    let r = query(&f, None, &some).await;
+    assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "without one: {r}");
     // The subtree-wide figures read a row per unit: a flood of them is refused too.
     for field in ["balance(figure: MEMBERS) { mean }", "targets { met }"] {
         let r = query(&f, Some(&admin), &format!("{{ nodeUnit {{ {field} }} }}")).await;
