@@ -965,7 +965,16 @@ async fn status_text(client: &reqwest::Client, url: &str, token: &str) -> anyhow
                 ));
             }
         }
-        Ok(out)
+        // What the node answered is shown to an operator's terminal: a unit's name from
+        // below that holds an escape sequence (a node of an older build let one in) must
+        // not run there.
+        Ok(out
+            .chars()
+            .filter(|c| {
+                *c == '\n'
+                    || grassroots_schema::records::plain_text(c.encode_utf8(&mut [0; 4]), false)
+            })
+            .collect())
     }
 }
 

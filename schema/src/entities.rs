@@ -389,7 +389,9 @@ const fn f(name: &'static str, ty: FieldType, required: bool, access: Access) ->
     }
 }
 
-const NAME: FieldType = FieldType::Text { max: 100 };
+/// The longest name-like text (one line).
+const NAME_MAX: usize = 100;
+const NAME: FieldType = FieldType::Text { max: NAME_MAX };
 const NOTE: FieldType = FieldType::Text { max: 2_000 };
 const BODY: FieldType = FieldType::Text { max: 20_000 };
 const YEAR: FieldType = FieldType::Int {
@@ -997,9 +999,17 @@ fn check_value(spec: &FieldSpec, owner: &UnitId, value: &Value) -> Result<(), Re
     let text = || value.as_text().ok_or_else(|| bad(name, "must be text"));
     match spec.ty {
         FieldType::Text { max } => {
-            let n = text()?.trim().chars().count();
+            let t = text()?;
+            let n = t.trim().chars().count();
             if n == 0 || n > max {
                 return Err(bad(name, format!("must be 1-{max} characters")));
+            }
+            // Line breaks in what holds prose (notes, bodies), not in names and titles.
+            if !crate::records::plain_text(t, max > NAME_MAX) {
+                return Err(bad(
+                    name,
+                    "must not hold control characters or bidirectional overrides",
+                ));
             }
         }
         FieldType::Int { min, max } => {
@@ -1208,6 +1218,33 @@ mod tests {
             let e = meetings.validate(&v, &f, true).unwrap_err();
             assert!(e.to_string().contains(k), "{e}");
         }
+    }
+
+    /// Text that would act on a terminal or reorder what is shown around it is refused:
+    /// control characters (line breaks allowed in prose) and bidirectional overrides.
+    #[test]
+    fn text_holds_no_control_characters_or_bidi_overrides() {
+        let meetings = entity(DocKind::Meetings).unwrap();
+        let v = u("c01/k01/t01/v01");
+        let ok = fields(&[
+            ("kind", t("party_lecture")),
+            ("heldOn", t("2026-03-02")),
+            ("attendance", Value::Int(23)),
+        ]);
+        let with_summary = |s: &str| {
+            let mut f = ok.clone();
+            f.insert("summary".into(), t(s));
+            meetings.validate(&v, &f, true)
+        };
+        assert!(with_summary("Studied the plan.\nAgreed on three steps.").is_ok());
+        for bad in ["\u{1b}]0;owned\u{7}", "a\u{0}b", "evil \u{202E}txt.exe"] {
+            let e = with_summary(bad).unwrap_err();
+            assert!(e.to_string().contains("summary"), "{e}");
+        }
+        assert!(crate::records::plain_text("Linhe County", false));
+        assert!(!crate::records::plain_text("Line\nbreak", false));
+        assert!(!crate::records::plain_text("\u{1b}[2J", true));
+        assert!(!crate::records::plain_text("x\u{2066}y", true));
     }
 
     #[test]

@@ -323,10 +323,23 @@ pub fn validate_phone(p: &str) -> Result<(), RecordError> {
 
 fn validate_name(name: &str) -> Result<(), RecordError> {
     let n = name.trim().chars().count();
-    if n == 0 || n > 100 {
+    if n == 0 || n > 100 || !plain_text(name, false) {
         return Err(RecordError::BadName);
     }
     Ok(())
+}
+
+/// Whether `text` holds no character that would act on a terminal or reorder what is shown
+/// around it rather than be read: control characters (line breaks and tabs allowed where
+/// `lines`, in notes and bodies) and the bidirectional embedding, override and isolate
+/// marks. Names and notes are shown to operators in `grassroots status` and to readers up
+/// the tree; a unit's name holding an escape sequence would run in the city's terminal.
+pub fn plain_text(text: &str, lines: bool) -> bool {
+    text.chars().all(|c| {
+        let control = c.is_control() && !(lines && matches!(c, '\n' | '\r' | '\t'));
+        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        !control && !bidi
+    })
 }
 
 fn validate_birth_year(y: i64) -> Result<(), RecordError> {
