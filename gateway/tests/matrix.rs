@@ -259,7 +259,10 @@ fn kinds(programme: &str) -> Vec<Kind> {
             "Complaint",
             r#"subject: "Road", body: "Potholes", filedOn: "2026-01-02", dueOn: "2026-02-01", complainant: "Zhang San""#,
             r#"subject: "Road repair""#,
-            Some(r#"status: HANDLED, response: "Repaired", respondedOn: "2026-01-20""#),
+            // Answered but left open: an answered complaint is closed to its unit's plain
+            // edits (schema's rules test that), which would make later cells depend on
+            // the order the callers run in.
+            Some(r#"response: "Repaired", respondedOn: "2026-01-20""#),
             Some(("complainant", "Zhang San")),
         ),
         k(

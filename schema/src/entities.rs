@@ -774,6 +774,10 @@ impl EntitySpec {
     /// - The kind of an existing appraisal, changed from or to one of those (else a unit
     ///   could rate its own as a democratic appraisal and then change the kind).
     /// - Any field of an existing report accepted above: what was signed off stays so.
+    /// - Any field of an existing appraisal rated from above that holds its result: the
+    ///   rating stays with the person and year it was given for.
+    /// - Any field but the handling of an existing complaint no longer open (escalated,
+    ///   handled or closed): what the handling answered stays what it answered.
     pub fn above_only(
         &self,
         field: &str,
@@ -800,6 +804,16 @@ impl EntitySpec {
                 if exists && held("review").as_deref() == Some(ReportReview::Accepted.as_str()) =>
             {
                 Some("a report accepted above is changed only from above")
+            }
+            DocKind::Appraisals if exists && rated(held("kind")) && held("result").is_some() => {
+                Some("an appraisal rated from above is changed only from above")
+            }
+            DocKind::Complaints
+                if exists
+                    && access != Access::Supervisory
+                    && held("status").is_some_and(|s| s != ComplaintStatus::Open.as_str()) =>
+            {
+                Some("a complaint escalated or answered is changed only from above")
             }
             _ => None,
         }

@@ -663,6 +663,14 @@ mod tests {
             owner,
             &[("kind", "democratic_appraisal")],
         );
+        let rated_with_result = record(
+            DocKind::Appraisals,
+            owner,
+            &[("kind", "cadre_performance"), ("result", "incompetent")],
+        );
+        let complaints = spec(DocKind::Complaints);
+        let open = record(DocKind::Complaints, owner, &[("status", "open")]);
+        let escalated = record(DocKind::Complaints, owner, &[("status", "escalated")]);
         let accepted = record(DocKind::Reports, owner, &[("review", "accepted")]);
         let returned = record(DocKind::Reports, owner, &[("review", "returned")]);
         let result = fields(&[("result", "excellent")]);
@@ -713,6 +721,22 @@ mod tests {
                 );
                 assert!(w(reports, Some(&returned), &body), "returned: {cell}");
                 assert!(w(reports, None, &body), "new report: {cell}");
+                // A rating stays with the person and year it was given for.
+                let elsewhere = fields(&[("subject", "Someone Else")]);
+                assert!(w(appraisals, Some(&rated), &elsewhere), "unrated: {cell}");
+                assert_eq!(
+                    w(appraisals, Some(&rated_with_result), &elsewhere),
+                    above,
+                    "rated: {cell}"
+                );
+                // What a complaint's handling answered stays what it answered.
+                let later = fields(&[("dueOn", "2030-01-01")]);
+                assert!(w(complaints, Some(&open), &later), "open: {cell}");
+                assert_eq!(
+                    w(complaints, Some(&escalated), &later),
+                    above,
+                    "escalated: {cell}"
+                );
             }
         }
     }

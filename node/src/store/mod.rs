@@ -4050,16 +4050,17 @@ mod tests {
             matches!(&e, WriteError::Refused(r) if r.detail.contains("handled by c01/k01/t01")),
             "{e}"
         );
-        let now = h
-            .update_record(c.id.clone(), f(&[("subject", "Road repair")]), None)
+        // Nor change what it handed up (the dates the overdue figures are read from).
+        let e = h
+            .update_record(c.id.clone(), f(&[("dueOn", "2027-01-20")]), None)
             .await
-            .unwrap();
-        assert_eq!(now.fields.get("status"), Some(&V::Text("escalated".into())));
-        assert_eq!(
-            now.fields.get("subject"),
-            Some(&V::Text("Road repair".into()))
+            .unwrap_err();
+        assert!(
+            matches!(&e, WriteError::Refused(r) if r.detail.contains("changed only from above")),
+            "{e}"
         );
-        assert_eq!(r.record(&c.id).unwrap().unwrap(), now);
+        let now = r.record(&c.id).unwrap().unwrap();
+        assert_eq!(now, up);
         t.shutdown().await;
     }
 

@@ -6,7 +6,9 @@
 //! it then are only known against the document, so peer changes are checked on the copy the
 //! message was applied to, before the copy is adopted ([`check`]):
 //! - a report's review fields only from a unit strictly above the owner, and once the report
-//!   is accepted (as of the change's dependencies) any of its fields;
+//!   is accepted (as of the change's dependencies) any of its fields; likewise any field of
+//!   an appraisal rated from above once it holds its result, and any but the handling of a
+//!   complaint no longer open;
 //! - an appraisal's result, outcome and remarks only from strictly above when, as of the
 //!   change itself, it is a cadre's performance appraisal or a debriefing, and its kind moved
 //!   into or out of those likewise (`EntitySpec::above_only`, which the gateway applies too);
@@ -54,9 +56,14 @@ fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
 /// Whether an op setting field `name` of a record of `spec`'s kind may need more than rule 2
 /// (so [`check`] looks the record up): the fields that resolve by authority (those decided
 /// above, a complaint's handler among them, an appraisal's kind and rating), and any field
-/// of a report (an accepted one is closed).
+/// of a report, an appraisal or a complaint (an accepted, rated or answered one is closed).
 fn watched(spec: &EntitySpec, name: &str) -> bool {
-    spec.kind == DocKind::Reports || spec.by_authority().any(|f| f.name == name)
+    // Any field of a report, an appraisal or a complaint: once accepted, rated or answered
+    // above, the whole record is closed to its unit.
+    matches!(
+        spec.kind,
+        DocKind::Reports | DocKind::Appraisals | DocKind::Complaints
+    ) || spec.by_authority().any(|f| f.name == name)
 }
 
 /// A field's value in the record map `obj` as of `heads` (`None`: now), as text; concurrent
@@ -512,6 +519,15 @@ mod tests {
             doc::apply_record_writes(d, spec, &w).unwrap();
         };
         assert!(passes(&d, &meta, v, edit_then_remove));
+        // Once the township has rated it, the rating stays with the person and year it was
+        // given for: the village no longer moves it to someone else.
+        let mut rated_doc = d.fork();
+        rated_doc.set_actor(doc::actor_for(&u(t), [2; 8]));
+        set(rated, excellent)(&mut rated_doc);
+        let elsewhere: &[(&str, &str)] = &[("subject", "Someone Else")];
+        assert!(passes(&d, &meta, v, set(rated, elsewhere)), "not rated yet");
+        assert!(!passes(&rated_doc, &meta, v, set(rated, elsewhere)));
+        assert!(passes(&rated_doc, &meta, t, set(rated, elsewhere)));
 
         let meta = DocMeta::new(DocId::new(DocKind::Reports, u(v)));
         let mut r = doc::empty(&doc::actor_for(&u(v), [1; 8]));
@@ -565,7 +581,7 @@ mod tests {
             DocKind::Complaints,
             1,
             false,
-            &[("handler", "c01/k01/t01")],
+            &[("handler", "c01/k01/t01"), ("status", "escalated")],
         );
         let e = check_local(
             &d,
@@ -577,7 +593,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
-        assert!(check_local(&d, &meta, &village, rec, &set(&[("subject", "Road")]), None).is_ok());
+        // Handed up, it is the handling unit's to change, its plain fields too (the dates
+        // the figures of overdue complaints and response times are read from).
+        let e = check_local(
+            &d,
+            &meta,
+            &village,
+            rec,
+            &set(&[("dueOn", "2027-01-01")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("changed only from above"), "{e}");
+        assert!(
+            check_local(
+                &d,
+                &meta,
+                &township,
+                rec,
+                &set(&[("dueOn", "2027-01-01")]),
+                None
+            )
+            .is_ok()
+        );
         assert!(check_local(&d, &meta, &township, rec, &set(&[("status", "OPEN")]), None).is_ok());
         // A new record (no such id yet) is the owner's to fill.
         let new = RecordId::from_u64(2);
