@@ -59,5 +59,5 @@ pub use rollup::Rollup;
 pub use rules::{
     Audience, Caller, DocMeta, Relation, Role, UnknownRole, addressed_to, can_manage_users,
     can_read, can_read_record, can_read_record_sensitive, can_read_sensitive, can_supervise,
-    can_write, can_write_fields, may_author, relation, replicated_at,
+    can_write, can_write_fields, hands_up_only, may_author, relation, replicated_at,
 };

@@ -319,6 +319,17 @@ pub fn can_write_fields(
             Some(Access::Supervisory) => {
                 let handler = match current {
                     Some(r) if spec.kind == DocKind::Complaints => r.handler(),
+                    // Filed and handed up in one write: what only the handling unit says
+                    // (an answer, a status past waiting) is judged against the handler it
+                    // names, or a unit could file one already answered from above.
+                    None if spec.kind == DocKind::Complaints
+                        && name != "handler"
+                        && !hands_up_only(name, fields) =>
+                    {
+                        crate::entities::handler_in(owner, fields)
+                            .filter(|h| owner.is_in_subtree_of(h))
+                            .unwrap_or_else(|| owner.clone())
+                    }
                     _ => owner.clone(),
                 };
                 can_supervise(caller, &handler)
@@ -326,6 +337,19 @@ pub fn can_write_fields(
             _ => true,
         }
     })
+}
+
+/// Whether writing `name` of a new complaint with `fields` only hands it up: its waiting
+/// status (open, escalated), which filing it with a handler above brings.
+pub fn hands_up_only(name: &str, fields: &Fields) -> bool {
+    name == "status"
+        && fields
+            .get("status")
+            .and_then(|v| v.as_text())
+            .is_some_and(|s| {
+                s == crate::entities::ComplaintStatus::Open.as_str()
+                    || s == crate::entities::ComplaintStatus::Escalated.as_str()
+            })
 }
 
 /// Rule 3 for users: an admin creates and revokes the tokens of its unit and the units
@@ -739,6 +763,26 @@ mod tests {
                 );
             }
         }
+        // Filed and handed up in one write: the answer is the handling unit's.
+        let at = |unit: &str| Caller::User {
+            unit: u(unit),
+            role: Role::Supervisor,
+        };
+        let owner = u(owner);
+        let filed_up = fields(&[("handler", "c01"), ("status", "escalated")]);
+        let filed_answered = fields(&[
+            ("handler", "c01"),
+            ("status", "closed"),
+            ("response", "Done"),
+        ]);
+        let w = |c: &Caller, f: &Fields| can_write_fields(c, complaints, &owner, None, f);
+        assert!(w(&at("c01/k01/t01/v01"), &filed_up));
+        assert!(!w(&at("c01/k01/t01/v01"), &filed_answered));
+        assert!(
+            !w(&at("c01/k01"), &filed_answered),
+            "a unit below the handler"
+        );
+        assert!(w(&at("c01"), &filed_answered));
     }
 
     #[test]

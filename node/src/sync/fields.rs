@@ -36,6 +36,7 @@ use std::collections::HashMap;
 
 use automerge::legacy::{Key, OpType};
 use automerge::{Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use grassroots_schema::entities::ComplaintStatus;
 use grassroots_schema::{
     Access, ActorTag, DocKind, DocMeta, EntitySpec, Fields, RecordId, UnitId, entity,
 };
@@ -120,7 +121,19 @@ impl Reader<'_> {
         if self.spec.kind == DocKind::Complaints
             && self.spec.field(name)?.access == Access::Supervisory
         {
-            let handler = self.handler(obj, heads);
+            // Made in this change and handed up in it: what only the handling unit says (an
+            // answer, a status past waiting) is judged against the handler it names.
+            let made_here = self.doc.length_at(obj, heads) == 0;
+            let waiting = name == "status"
+                && text_at(self.doc, obj, "status", Some(after)).is_some_and(|s| {
+                    s == ComplaintStatus::Open.as_str() || s == ComplaintStatus::Escalated.as_str()
+                });
+            let at = if made_here && name != HANDLER && !waiting {
+                after
+            } else {
+                heads
+            };
+            let handler = self.handler(obj, at);
             return (!handler.is_in_subtree_of(author)).then(|| {
                 format!("{author} may not set {name} of a complaint handled by {handler}")
             });
@@ -339,7 +352,21 @@ pub fn check_local(
                 .field(name)
                 .is_some_and(|f| f.access == Access::Supervisory)
         {
-            // A new complaint is its owner's to fill.
+            // A new complaint is its owner's to fill, but for what only the unit it is
+            // handed up to says (an answer, a status past waiting).
+            if obj.is_none() && earlier.is_none() {
+                if name != HANDLER && !grassroots_schema::hands_up_only(name, fields) {
+                    let handler = grassroots_schema::entities::handler_in(owner, fields)
+                        .filter(|h| owner.is_in_subtree_of(h))
+                        .unwrap_or_else(|| owner.clone());
+                    if !handler.is_in_subtree_of(me) {
+                        return Err(format!(
+                            "{me} may not set {name} of a complaint handled by {handler}"
+                        ));
+                    }
+                }
+                continue;
+            }
             if let Some(why) = obj
                 .as_ref()
                 .and_then(|o| reader.refusal(me, o, name, &heads, &heads))
@@ -529,6 +556,36 @@ mod tests {
         assert!(!passes(&rated_doc, &meta, v, set(rated, elsewhere)));
         assert!(passes(&rated_doc, &meta, t, set(rated, elsewhere)));
 
+        // A complaint filed and handed up in one change says no more than that: an answer,
+        // or a status past waiting, is the handling unit's.
+        let complaints = DocMeta::new(DocId::new(DocKind::Complaints, u(v)));
+        let c = doc::empty(&doc::actor_for(&u(v), [1; 8]));
+        let file = |more: &[(&'static str, &'static str)]| {
+            let mut f = vec![
+                ("subject", "Road"),
+                ("body", "Potholes"),
+                ("filedOn", "2026-01-02"),
+                ("dueOn", "2026-02-01"),
+            ];
+            f.extend_from_slice(more);
+            move |d: &mut Automerge| write(d, DocKind::Complaints, 7, true, &f)
+        };
+        let handed_up = [("handler", t), ("status", "escalated")];
+        let answered = [
+            ("handler", t),
+            ("status", "closed"),
+            ("response", "Resolved by the township"),
+        ];
+        assert!(passes(&c, &complaints, v, file(&handed_up)), "handed up");
+        assert!(
+            !passes(&c, &complaints, v, file(&answered)),
+            "filed answered"
+        );
+        assert!(
+            passes(&c, &complaints, t, file(&answered)),
+            "by the township"
+        );
+
         let meta = DocMeta::new(DocId::new(DocKind::Reports, u(v)));
         let mut r = doc::empty(&doc::actor_for(&u(v), [1; 8]));
         let report: &[(&str, &str)] = &[
@@ -617,9 +674,19 @@ mod tests {
             .is_ok()
         );
         assert!(check_local(&d, &meta, &township, rec, &set(&[("status", "OPEN")]), None).is_ok());
-        // A new record (no such id yet) is the owner's to fill.
+        // A new record (no such id yet) is the owner's to fill, but for what only a unit
+        // above that it names as handler says.
         let new = RecordId::from_u64(2);
         assert!(check_local(&d, &meta, &village, new, &set(&[("status", "OPEN")]), None).is_ok());
+        let handed = set(&[("handler", "c01/k01/t01"), ("status", "escalated")]);
+        assert!(check_local(&d, &meta, &village, new, &handed, None).is_ok());
+        let answered = set(&[
+            ("handler", "c01/k01/t01"),
+            ("status", "closed"),
+            ("response", "Done above"),
+        ]);
+        let e = check_local(&d, &meta, &village, new, &answered, None).unwrap_err();
+        assert!(e.contains("handled by c01/k01/t01"), "{e}");
 
         let reports = DocMeta::new(DocId::new(DocKind::Reports, village.clone()));
         let mut r = doc::empty(&doc::actor_for(&village, [1; 8]));
