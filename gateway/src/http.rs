@@ -328,6 +328,7 @@ async fn graphql_ws(
                 schema: app.schema.clone(),
                 anonymous: app.anonymous.clone(),
                 anonymous_running: app.anonymous_running.clone(),
+                anonymous_waiting: app.anonymous_waiting.clone(),
                 reader: app.backend.reader.clone(),
             };
             GraphQLWebSocket::new(stream, schema, protocol)
@@ -360,6 +361,7 @@ struct Timed {
     /// For a connection without a token: its limits, and its share of running at once.
     anonymous: GatewaySchema,
     anonymous_running: Arc<tokio::sync::Semaphore>,
+    anonymous_waiting: Arc<tokio::sync::Semaphore>,
     reader: grassroots_node::StoreReader,
 }
 
@@ -410,7 +412,25 @@ impl async_graphql::Executor for Timed {
         } else {
             &self.schema
         };
-        let turn = (anonymous && !subscription).then(|| self.anonymous_running.clone());
+        // A query waits its turn, counted among those waiting (a connection may send many
+        // at once): past the bound it is told BUSY, as over HTTP.
+        let turn = if anonymous && !subscription {
+            let Ok(waiting) = self.anonymous_waiting.clone().try_acquire_owned() else {
+                let e = error(
+                    Code::Busy,
+                    "too many requests without a token at once: ask again shortly",
+                );
+                return futures_util::stream::once(async move {
+                    async_graphql::Response::from_errors(vec![
+                        e.into_server_error(async_graphql::Pos::default()),
+                    ])
+                })
+                .boxed();
+            };
+            Some((waiting, self.anonymous_running.clone()))
+        } else {
+            None
+        };
         let mut stream = async_graphql::Executor::execute_stream(schema, request, session_data);
         if subscription {
             return stream
@@ -423,7 +443,7 @@ impl async_graphql::Executor for Timed {
         futures_util::stream::once(async move {
             let answer = async {
                 let _running = match turn {
-                    Some(t) => t.acquire_owned().await.ok(),
+                    Some((waiting, running)) => Some((waiting, running.acquire_owned().await.ok())),
                     None => None,
                 };
                 stream.next().await

@@ -574,7 +574,7 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<Verified, NetEr
             detail: format!("certificate of {unit} issued by {issuer:?}, not by its parent's CA"),
         });
     }
-    let via_ca = identity
+    let cas = identity
         .check_issued(&unit, &certs)
         .map_err(|e| NetError::Refused {
             reason: RejectReason::NotAdjacent,
@@ -584,30 +584,31 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<Verified, NetEr
         .first()
         .map(|c| pki::fingerprint(c))
         .unwrap_or_default();
-    Ok((unit, fp, via_ca))
+    Ok((unit, fp, cas))
 }
 
-/// A peer's unit, its certificate's fingerprint, and the CA it was checked through when
-/// that is not its issuer's current one ([`Identity::check_issued`]).
-type Verified = (UnitId, String, Option<String>);
+/// A peer's unit, its certificate's fingerprint, and the CAs it was checked through, each
+/// with the unit it is the CA of ([`Identity::check_issued`]).
+type Verified = (UnitId, String, Vec<(UnitId, String)>);
 
 /// Why a peer's certificate is revoked, if it is: the certificate itself in its issuer's
-/// profile, or the CA it was checked through in the profile of the unit that issued that
-/// CA (a unit issued again after its machine was lost: certificates its old CA's key makes
-/// since are refused once that CA is revoked).
+/// profile, or a CA it was checked through in the profile of the unit that issued that CA
+/// (a unit issued again after its machine was stolen: certificates its old CA's key makes
+/// since are refused once that CA is revoked, wherever the old CA is still held).
 pub fn revoked_why(
     reader: &StoreReader,
     peer: &UnitId,
     fingerprint: &str,
-    via_ca: Option<&str>,
+    cas: &[(UnitId, String)],
 ) -> Option<String> {
     if is_revoked(reader, peer, fingerprint) {
         return Some(format!("certificate {fingerprint} of {peer} is revoked"));
     }
-    let issuer = pki::issuer_of(peer);
-    via_ca
-        .filter(|ca| is_revoked(reader, &issuer, ca))
-        .map(|ca| format!("the CA {ca} that issued the certificate of {peer} is revoked"))
+    cas.iter()
+        .find(|(unit, ca)| is_revoked(reader, unit, ca))
+        .map(|(unit, ca)| {
+            format!("the CA {ca} of {unit}, through which the certificate of {peer} was checked, is revoked")
+        })
 }
 
 /// Whether the issuer of `peer`'s certificate (its parent, or itself at the root) lists the
@@ -637,8 +638,8 @@ pub struct Link {
     pub peer: UnitId,
     /// Fingerprint of the certificate the peer presented.
     pub fingerprint: String,
-    /// The CA the certificate was checked through, when not its issuer's current one.
-    pub via_ca: Option<String>,
+    /// The CAs the certificate was checked through, each with the unit it is the CA of.
+    pub cas: Vec<(UnitId, String)>,
     /// The protocol version the link runs at: the newest both sides speak.
     pub version: u8,
     /// The peer's software, as its hello names it.
@@ -677,7 +678,7 @@ async fn dial(
         )
         .await?;
         tracing::debug!(%parent, "handshake done; hello next");
-        let (peer, fingerprint, via_ca) = verify_peer(&conn, identity)?;
+        let (peer, fingerprint, cas) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
             return Err(NetError::Refused {
@@ -732,7 +733,7 @@ async fn dial(
                 recv,
                 peer,
                 fingerprint,
-                via_ca,
+                cas,
                 version,
                 software: shown(&h.software),
             }),
@@ -833,7 +834,7 @@ async fn accept_child(
         let conn = incoming.await?;
         // The handshake is done: nothing more of this child's is copied.
         drop(copied);
-        let (peer, fingerprint, via_ca) = match verify_peer(&conn, identity) {
+        let (peer, fingerprint, cas) = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
                 conn.close(
@@ -846,7 +847,7 @@ async fn accept_child(
         if children.contains(&peer) {
             known = Some(peer.clone());
         }
-        if let Some(detail) = revoked_why(reader, &peer, &fingerprint, via_ca.as_deref()) {
+        if let Some(detail) = revoked_why(reader, &peer, &fingerprint, &cas) {
             conn.close(close::NOT_ADJACENT, b"certificate revoked");
             return Err(NetError::Refused {
                 reason: RejectReason::Revoked,
@@ -880,7 +881,7 @@ async fn accept_child(
                     recv,
                     peer,
                     fingerprint,
-                    via_ca,
+                    cas,
                     version,
                     software: shown(&h.software),
                 })
@@ -933,13 +934,13 @@ pub async fn run_link(
         mut recv,
         peer,
         fingerprint,
-        via_ca,
+        cas,
         version,
         software,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let counters = Arc::new(LinkCounters {
-        via_ca,
+        cas,
         ..LinkCounters::new(fingerprint, version, software)
     });
     // Frames handed to the store and not yet handled hold their size of this budget, so a
@@ -1329,12 +1330,7 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
             failed_in_a_row.saturating_add(1)
         };
         let attempt = attempt.and_then(|link| {
-            let why = revoked_why(
-                &ctx.reader,
-                &link.peer,
-                &link.fingerprint,
-                link.via_ca.as_deref(),
-            );
+            let why = revoked_why(&ctx.reader, &link.peer, &link.fingerprint, &link.cas);
             if let Some(why) = why {
                 link.conn
                     .close(close::NOT_ADJACENT, b"your certificate is revoked");

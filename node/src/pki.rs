@@ -492,15 +492,17 @@ impl Identity {
     /// A chain to the root is not enough: every unit's CA may issue CAs, under any subject
     /// name, so a unit could otherwise issue itself a new certificate (out of its revocation)
     /// or one for a unit below its children, through a CA named as the expected issuer.
-    /// Returns the fingerprint of the presented CA when the certificate was checked through
-    /// it: that CA is no longer its unit's own (the unit was issued again), and if its key
-    /// was stolen with the unit's machine, only its revocation (in the profile of the unit
-    /// that issued it) stops certificates made with it since.
+    /// Returns the CAs the certificate was checked through, each with the unit it is the CA
+    /// of: the one held here under the issuer's name, or the CA the peer presented and the
+    /// one above it held here. Any of them may be an old CA of a unit issued again since,
+    /// whose key was stolen with the unit's machine: only its revocation, in the profile of
+    /// the unit that issued it, stops the certificates made with it since, so the caller
+    /// checks each.
     pub fn check_issued(
         &self,
         peer: &UnitId,
         certs: &[CertificateDer<'_>],
-    ) -> Result<Option<String>, PkiError> {
+    ) -> Result<Vec<(UnitId, String)>, PkiError> {
         let leaf = certs
             .first()
             .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
@@ -520,19 +522,23 @@ impl Identity {
                 .map_err(|e| PkiError::PeerCert(e.to_string()))
         };
         let direct = match self.known_ca(&issuer) {
-            Some(ca) => signed_by(ca, &[]),
+            Some(ca) => signed_by(ca, &[]).map(|()| vec![(issuer_unit.clone(), fingerprint(ca))]),
             None => Err(PkiError::PeerCert(format!("{issuer:?} is not held here"))),
         };
         if direct.is_ok() {
-            return Ok(None);
+            return direct;
         }
         let above = expected_issuer(&issuer_unit, &self.deployment);
-        let through = match (certs.get(1), self.known_ca(&above)) {
-            (Some(presented), Some(ca)) if issuer_unit.parent().is_some() => {
-                signed_by(ca, std::slice::from_ref(presented))
-                    .map(|()| Some(fingerprint(presented)))
+        let through = match (certs.get(1), self.known_ca(&above), issuer_unit.parent()) {
+            (Some(presented), Some(ca), Some(above_unit)) => {
+                signed_by(ca, std::slice::from_ref(presented)).map(|()| {
+                    vec![
+                        (issuer_unit.clone(), fingerprint(presented)),
+                        (above_unit, fingerprint(ca)),
+                    ]
+                })
             }
-            _ => direct.map(|()| None),
+            _ => direct,
         };
         through.map_err(|e| {
             PkiError::PeerCert(format!(
@@ -1179,9 +1185,28 @@ mod tests {
         // A township issued again takes its villages (through the old CA they present);
         // a leaf presented alone is checked against the CA held.
         let town_again = county.issue_child(&u("c01/k01/t01")).unwrap();
-        town_again
+        let through = town_again
             .check_issued(&village.unit, &village.presented())
             .unwrap();
+        // Checked through the old CA the village presented, and the county's above it: the
+        // caller looks each up in the revocations of the unit that issued it.
+        let old_ca = town.ca_fingerprint().unwrap();
+        assert_eq!(
+            through,
+            vec![
+                (town.unit.clone(), old_ca.clone()),
+                (county.unit.clone(), county.ca_fingerprint().unwrap()),
+            ]
+        );
+        // Checked directly, a certificate names the CA held here that it was checked
+        // against: a node below a unit issued again still holds that unit's old CA, and a
+        // revocation of it stops certificates its stolen key makes there too.
+        assert_eq!(
+            town.check_issued(&village.unit, &village.presented())
+                .unwrap(),
+            vec![(town.unit.clone(), old_ca)],
+            "a leaf of the CA held here names it"
+        );
         town.check_issued(&village.unit, &village.chain[..1])
             .unwrap();
         // The township's handshake verifier takes this chain whole (it reaches the root,

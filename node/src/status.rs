@@ -21,10 +21,9 @@ pub struct LinkCounters {
     pub session: u64,
     /// SHA-256 fingerprint of the peer's certificate.
     pub fingerprint: String,
-    /// The fingerprint of the CA the peer's certificate was checked through, when that was
-    /// not its issuer's current CA (its issuer was issued again since): a revocation of it
-    /// ends the link too.
-    pub via_ca: Option<String>,
+    /// The CAs the peer's certificate was checked through, each with the unit it is the CA
+    /// of (`Identity::check_issued`): a revocation of any ends the link too.
+    pub cas: Vec<(grassroots_schema::UnitId, String)>,
     /// The protocol version the connection runs at.
     pub protocol: u8,
     /// The peer's software, as its hello names it.

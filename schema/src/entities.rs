@@ -763,6 +763,26 @@ impl EntitySpec {
         Ok(())
     }
 
+    /// Check what a write brings in text: no control characters (line breaks allowed in
+    /// prose, notes and bodies) and no bidirectional overrides, which would act on a
+    /// terminal or reorder what is shown around them. Checked on writes only, not on what
+    /// is read: a record an older build stored with a tab still reads.
+    pub fn check_text(&self, fields: &Fields) -> Result<(), RecordError> {
+        for (name, value) in fields {
+            let (Some(spec), Value::Text(t)) = (self.field(name), value) else {
+                continue;
+            };
+            let lines = matches!(spec.ty, FieldType::Text { max } if max > NAME_MAX);
+            if !crate::records::plain_text(t.trim(), lines) {
+                return Err(bad(
+                    name,
+                    "must not hold control characters or bidirectional overrides",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Why writing `field` of a record of this kind takes a unit strictly above the record's
     /// owner, if it does (a complaint's handling, which the unit handling it decides, aside).
     /// `exists`: the record is there already; `held` reads its values as they stand,
@@ -1013,17 +1033,9 @@ fn check_value(spec: &FieldSpec, owner: &UnitId, value: &Value) -> Result<(), Re
     let text = || value.as_text().ok_or_else(|| bad(name, "must be text"));
     match spec.ty {
         FieldType::Text { max } => {
-            let t = text()?;
-            let n = t.trim().chars().count();
+            let n = text()?.trim().chars().count();
             if n == 0 || n > max {
                 return Err(bad(name, format!("must be 1-{max} characters")));
-            }
-            // Line breaks in what holds prose (notes, bodies), not in names and titles.
-            if !crate::records::plain_text(t, max > NAME_MAX) {
-                return Err(bad(
-                    name,
-                    "must not hold control characters or bidirectional overrides",
-                ));
             }
         }
         FieldType::Int { min, max } => {
@@ -1248,13 +1260,20 @@ mod tests {
         let with_summary = |s: &str| {
             let mut f = ok.clone();
             f.insert("summary".into(), t(s));
-            meetings.validate(&v, &f, true)
+            meetings.validate(&v, &f, true)?;
+            meetings.check_text(&f)
         };
         assert!(with_summary("Studied the plan.\nAgreed on three steps.").is_ok());
         for bad in ["\u{1b}]0;owned\u{7}", "a\u{0}b", "evil \u{202E}txt.exe"] {
             let e = with_summary(bad).unwrap_err();
             assert!(e.to_string().contains("summary"), "{e}");
         }
+        // Read back (validation without the write's text check), a record an older build
+        // stored with a tab in a one-line field still reads.
+        let mut old = ok.clone();
+        old.insert("theme".into(), t("Study\tsession"));
+        assert!(meetings.validate(&v, &old, true).is_ok());
+        assert!(meetings.check_text(&old).is_err());
         assert!(crate::records::plain_text("Linhe County", false));
         assert!(!crate::records::plain_text("Line\nbreak", false));
         assert!(!crate::records::plain_text("\u{1b}[2J", true));

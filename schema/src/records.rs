@@ -323,7 +323,7 @@ pub fn validate_phone(p: &str) -> Result<(), RecordError> {
 
 fn validate_name(name: &str) -> Result<(), RecordError> {
     let n = name.trim().chars().count();
-    if n == 0 || n > 100 || !plain_text(name, false) {
+    if n == 0 || n > 100 || !plain_text(name.trim(), false) {
         return Err(RecordError::BadName);
     }
     Ok(())

@@ -1923,7 +1923,10 @@ impl Actor {
                     None => Err(WriteError::NotARecordKind(kind)),
                     Some(spec) => {
                         let fields = trimmed(fields);
-                        match spec.validate(&unit, &fields, true) {
+                        match spec
+                            .validate(&unit, &fields, true)
+                            .and_then(|()| spec.check_text(&fields))
+                        {
                             Ok(()) => self
                                 .record_for(&unit, by.as_ref(), request.as_deref())
                                 .map(|r| (r, spec, spec.with_defaults(&unit, fields)))
@@ -1954,6 +1957,7 @@ impl Actor {
                     Some(spec) => {
                         let fields = trimmed(fields);
                         spec.validate(&id.unit, &fields, false)
+                            .and_then(|()| spec.check_text(&fields))
                             .map(|()| (spec, fields))
                             .map_err(Into::into)
                     }
@@ -2336,7 +2340,12 @@ impl Actor {
             );
             self.on_peer_down(peer.clone(), batch);
         }
-        let profiles_changed = step.changed.iter().any(|d| d.kind == DocKind::Profile);
+        // Every revocation a link's check reads is in this node's profile or an ancestor's.
+        let me = self.engine.me().clone();
+        let profiles_changed = step
+            .changed
+            .iter()
+            .any(|d| d.kind == DocKind::Profile && (d.owner == me || d.owner.is_ancestor_of(&me)));
         batch.resync.extend(step.changed.iter().cloned());
         batch.forward.extend(step.forward);
         batch.dirty.extend(step.changed);
@@ -2942,16 +2951,11 @@ impl Actor {
         profile.ok_or_else(|| WriteError::NoUnit(unit.clone()))
     }
 
-    /// Whether `fingerprint`, `peer`'s certificate, is revoked in the profile of its issuer
-    /// (its parent, or itself at the root) as this node holds it now.
     /// Whether the link of `peer` with `counters` runs on a revoked certificate, or one
     /// checked through a revoked CA.
     fn link_revoked(&mut self, peer: &UnitId, counters: &LinkCounters) -> bool {
         self.revoked(peer, &counters.fingerprint)
-            || counters
-                .via_ca
-                .as_deref()
-                .is_some_and(|ca| self.revoked(&crate::pki::issuer_of(peer), ca))
+            || counters.cas.iter().any(|(unit, ca)| self.revoked(unit, ca))
     }
 
     /// End the live links whose certificate, or the CA it was checked through, a profile
@@ -2975,6 +2979,8 @@ impl Actor {
         }
     }
 
+    /// Whether `fingerprint`, `peer`'s certificate, is revoked in the profile of its issuer
+    /// (its parent, or itself at the root) as this node holds it now.
     fn revoked(&mut self, peer: &UnitId, fingerprint: &str) -> bool {
         let issuer = crate::pki::issuer_of(peer);
         let id = DocId::new(DocKind::Profile, issuer.clone());

@@ -6,9 +6,9 @@
 //! it then are only known against the document, so peer changes are checked on the copy the
 //! message was applied to, before the copy is adopted ([`check`]):
 //! - a report's review fields only from a unit strictly above the owner, and once the report
-//!   is accepted (as of the change's dependencies) any of its fields; likewise any field of
-//!   an appraisal rated from above once it holds its result, and any but the handling of a
-//!   complaint no longer open;
+//!   is accepted (as of the change's dependencies) any of its fields (an appraisal rated
+//!   from above that holds its result, and a complaint no longer open, are closed likewise
+//!   by [`check_local`] and the gateway, not here: see `watched`);
 //! - an appraisal's result, outcome and remarks only from strictly above when, as of the
 //!   change itself, it is a cadre's performance appraisal or a debriefing, and its kind moved
 //!   into or out of those likewise (`EntitySpec::above_only`, which the gateway applies too);
@@ -57,14 +57,13 @@ fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
 /// Whether an op setting field `name` of a record of `spec`'s kind may need more than rule 2
 /// (so [`check`] looks the record up): the fields that resolve by authority (those decided
 /// above, a complaint's handler among them, an appraisal's kind and rating), and any field
-/// of a report, an appraisal or a complaint (an accepted, rated or answered one is closed).
+/// of a report (an accepted one is closed).
 fn watched(spec: &EntitySpec, name: &str) -> bool {
-    // Any field of a report, an appraisal or a complaint: once accepted, rated or answered
-    // above, the whole record is closed to its unit.
-    matches!(
-        spec.kind,
-        DocKind::Reports | DocKind::Appraisals | DocKind::Complaints
-    ) || spec.by_authority().any(|f| f.name == name)
+    // Not the plain fields of a rated appraisal or an answered complaint: closed to their
+    // unit where writes are taken (`check_local`, the gateway), they are not refused here,
+    // since a history an older build made, which let such edits through, would otherwise
+    // hold its document back on the link for good.
+    spec.kind == DocKind::Reports || spec.by_authority().any(|f| f.name == name)
 }
 
 /// A field's value in the record map `obj` as of `heads` (`None`: now), as text; concurrent
@@ -547,14 +546,31 @@ mod tests {
         };
         assert!(passes(&d, &meta, v, edit_then_remove));
         // Once the township has rated it, the rating stays with the person and year it was
-        // given for: the village no longer moves it to someone else.
+        // given for: the village's node no longer moves it to someone else. (Not refused at
+        // sync: a history an older build made would hold the document back for good.)
         let mut rated_doc = d.fork();
         rated_doc.set_actor(doc::actor_for(&u(t), [2; 8]));
         set(rated, excellent)(&mut rated_doc);
-        let elsewhere: &[(&str, &str)] = &[("subject", "Someone Else")];
-        assert!(passes(&d, &meta, v, set(rated, elsewhere)), "not rated yet");
-        assert!(!passes(&rated_doc, &meta, v, set(rated, elsewhere)));
-        assert!(passes(&rated_doc, &meta, t, set(rated, elsewhere)));
+        let elsewhere = [(
+            "subject".to_owned(),
+            grassroots_schema::Value::Text("Someone Else".into()),
+        )]
+        .into_iter()
+        .collect::<Fields>();
+        let rec = RecordId::from_u64(rated);
+        assert!(
+            check_local(&d, &meta, &u(v), rec, &elsewhere, None).is_ok(),
+            "not rated yet"
+        );
+        let e = check_local(&rated_doc, &meta, &u(v), rec, &elsewhere, None).unwrap_err();
+        assert!(e.contains("changed only from above"), "{e}");
+        assert!(check_local(&rated_doc, &meta, &u(t), rec, &elsewhere, None).is_ok());
+        assert!(passes(
+            &rated_doc,
+            &meta,
+            v,
+            set(rated, &[("subject", "Someone Else")])
+        ));
 
         // A complaint filed and handed up in one change says no more than that: an answer,
         // or a status past waiting, is the handling unit's.
