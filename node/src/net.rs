@@ -1158,6 +1158,19 @@ impl LogBudget {
         *logged += 1;
         Some(std::mem::take(skipped))
     }
+
+    /// Log `message` about `remote` as a warning while the budget allows (saying how many
+    /// went to the debug level since the last), else at debug level.
+    fn warn(&self, remote: SocketAddr, message: &str) {
+        match self.take(Instant::now()) {
+            Some(0) => tracing::warn!(%remote, "{message}"),
+            Some(n) => tracing::warn!(
+                %remote,
+                "{message} ({n} more such since the last such warning, logged at debug level)"
+            ),
+            None => tracing::debug!(%remote, "{message}"),
+        }
+    }
 }
 
 /// Accept registered children until cancelled; each accepted link runs on `tasks`.
@@ -1212,17 +1225,12 @@ pub async fn accept_loop(
                 "refused"
             };
             let most = ctx.cfg.max_handshakes;
-            match overload.take(Instant::now()) {
-                Some(0) => tracing::warn!(
-                    %remote,
+            overload.warn(
+                remote,
+                &format!(
                     "{most} handshakes in progress, the most this node takes at once: a new one was {answer}"
                 ),
-                Some(n) => tracing::warn!(
-                    %remote,
-                    "{most} handshakes in progress, the most this node takes at once: a new one was {answer} ({n} more since the last such warning)"
-                ),
-                None => tracing::debug!(%remote, "too many handshakes in progress: {answer}"),
-            }
+            );
             continue;
         };
         // A child whose address QUIC validated (it presented a token from an earlier link)
@@ -1255,14 +1263,7 @@ pub async fn accept_loop(
                 // an operator's eye, but a certificate holder redialling in a loop (a revoked
                 // child) must not flood the log either.
                 Err(e @ (NetError::Refused { .. } | NetError::Handshake(_) | NetError::Pki(_))) => {
-                    match refusals.take(Instant::now()) {
-                        Some(0) => tracing::warn!(%remote, "refused an incoming link: {e}"),
-                        Some(n) => tracing::warn!(
-                            %remote,
-                            "refused an incoming link: {e} ({n} more refusals since the last such warning, logged at debug level)"
-                        ),
-                        None => tracing::debug!(%remote, "refused an incoming link: {e}"),
-                    }
+                    refusals.warn(remote, &format!("refused an incoming link: {e}"));
                 }
                 // Refused by TLS (a certificate of no unit's CA, expired, of another
                 // deployment) or failed in transport (a timeout): anyone can cause those, so
@@ -1273,14 +1274,7 @@ pub async fn accept_loop(
                     } else {
                         "an incoming handshake failed"
                     };
-                    match failures.take(Instant::now()) {
-                        Some(0) => tracing::warn!(%remote, "{what}: {e}"),
-                        Some(n) => tracing::warn!(
-                            %remote,
-                            "{what}: {e} ({n} more refused or failed since the last such warning, logged at debug level)"
-                        ),
-                        None => tracing::debug!(%remote, "{what}: {e}"),
-                    }
+                    failures.warn(remote, &format!("{what}: {e}"));
                 }
             }
         });
