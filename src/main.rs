@@ -574,6 +574,7 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
     };
     let gateway = grassroots_gateway::GatewayOptions {
         introspection: cfg.introspection.unwrap_or(true),
+        ..grassroots_gateway::GatewayOptions::default()
     };
     let running = RunningNode::start_with(node_cfg, cfg.graphql_listen, gateway).await?;
     println!(

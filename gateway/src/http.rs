@@ -57,12 +57,16 @@ pub struct GatewayOptions {
     /// them off (`introspection = false` in node.toml); the SDL is published in the
     /// repository anyway.
     pub introspection: bool,
+    /// How long a client has to send a request's headers: one that sends them a byte a
+    /// minute would otherwise hold its connection for ever.
+    pub header_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
     fn default() -> Self {
         GatewayOptions {
             introspection: true,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -581,14 +585,69 @@ pub async fn serve(
     serve_with(listener, backend, GatewayOptions::default(), shutdown).await
 }
 
-/// [`serve`] with options.
+/// Connections served at once; past it a new one is closed at once (it would hold a file
+/// descriptor and a task).
+const MAX_CONNECTIONS: usize = 512;
+
+/// How long a stop waits for the requests under way.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// [`serve`] with options. HTTP/1.1 (WebSocket upgrades included) through hyper with a
+/// header-read timeout and a bound on connections, which `axum::serve` does not set.
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     backend: Backend,
     options: GatewayOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router_with(backend, options))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let header_timeout = options.header_timeout;
+    let app = router_with(backend, options);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    let tasks = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, or a connection reset before it was taken: the
+                // listener itself is fine; a moment's pause keeps this from spinning.
+                Err(e) => {
+                    tracing::debug!("accepting an HTTP connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!("{MAX_CONNECTIONS} HTTP connections open: one more closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stopping = stopping.clone();
+        tasks.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopping.changed() => {
+                    // The request under way is answered, then the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(());
+    tasks.close();
+    let _ = tokio::time::timeout(DRAIN, tasks.wait()).await;
+    Ok(())
 }

@@ -279,6 +279,7 @@ async fn each_limit_is_refused_with_its_code() {
     assert_eq!(r["data"]["__schema"]["queryType"]["name"], "Query", "{r}");
     let off = GatewayOptions {
         introspection: false,
+        ..GatewayOptions::default()
     };
     let (_, r) = post_with(&f, off, None, intro).await;
     assert_eq!(code(&r), "INTROSPECTION_DISABLED", "{r}");
@@ -1478,4 +1479,64 @@ async fn a_full_disk_is_not_stored_and_unhealthy() {
             .contains("the disk is full")
     );
     thread.shutdown().await;
+}
+
+/// The server itself: a client that does not finish its request's headers in time is
+/// disconnected, while another is answered; a stop ends the server.
+#[tokio::test]
+async fn a_client_slow_with_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = GatewayOptions {
+        header_timeout: std::time::Duration::from_millis(500),
+        ..GatewayOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(grassroots_gateway::http::serve_with(
+        listener,
+        f.backend.clone(),
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Half a request line, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Meanwhile a whole request is answered.
+    let body = r#"{"query":"{ __typename }"}"#;
+    let mut quick = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    quick.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    quick.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"Query\""), "{answer}");
+    // The slow one is closed once its time is up (a 408 or nothing, then the end).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after 5 s");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "closed before its time: {took:?}"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
 }
