@@ -477,6 +477,64 @@ pub fn write_manifest(fed: &Federation, path: &Path) -> anyhow::Result<()> {
         }));
     }
     let doc = serde_json::json!({ "units": units });
-    std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+    // Every unit's admin token is in it: the owner's alone, as the nodes' stores are.
+    write_private(path, &serde_json::to_vec_pretty(&doc)?)
+}
+
+/// Write `bytes` to `path`, readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, bytes)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The file that marks a folder as the demo's, written before anything else in it: a run
+/// stopped before `demo.json` was written still leaves a folder the next run may clear.
+pub const MARKER: &str = ".grassroots-demo";
+
+/// Whether `dir` is a folder an earlier demo made (its marker, or, from builds before the
+/// marker, `demo.json` beside the city's node folder), which a new demo may clear.
+pub fn is_demo_folder(dir: &Path) -> bool {
+    dir.join(MARKER).exists()
+        || (dir.join("demo.json").exists() && dir.join("c01").join("pki").is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder is the demo's by its marker (or, made by a build before it, `demo.json`
+    /// beside the city's node folder); any other folder holding a `demo.json` is not
+    /// cleared.
+    #[test]
+    fn only_a_demo_folder_is_taken_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(!is_demo_folder(d));
+        std::fs::write(d.join("demo.json"), "{}").unwrap();
+        assert!(!is_demo_folder(d), "a demo.json alone");
+        std::fs::create_dir_all(d.join("c01").join("pki")).unwrap();
+        assert!(is_demo_folder(d), "an earlier build's demo");
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join(MARKER), "").unwrap();
+        assert!(is_demo_folder(other.path()), "an interrupted run's");
+    }
+
+    /// The manifest holds every unit's tokens: its owner's alone.
+    #[cfg(unix)]
+    #[test]
+    fn the_manifest_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("demo.json");
+        write_private(&path, b"{}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

@@ -736,7 +736,7 @@ async fn user_add(
 
 async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
     if dir.exists() {
-        if dir.join("demo.json").exists() {
+        if demo::is_demo_folder(&dir) {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("clearing the previous demo in {}", dir.display()))?;
         } else if std::fs::read_dir(&dir)?.next().is_some() {
@@ -746,6 +746,12 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
             );
         }
     }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(demo::MARKER),
+        "a grassroots demo: `grassroots demo` clears it\n",
+    )
+    .with_context(|| format!("marking {}", dir.display()))?;
     let units = demo::tree()?;
     println!("starting {} nodes in {} ...", units.len(), dir.display());
     let fed = Federation::start(
