@@ -481,16 +481,9 @@ pub fn write_manifest(fed: &Federation, path: &Path) -> anyhow::Result<()> {
     write_private(path, &serde_json::to_vec_pretty(&doc)?)
 }
 
-/// Write `bytes` to `path`, readable by its owner only.
+/// Write `bytes` to `path` whole, readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut file, bytes)
+    grassroots_node::files::replace(path, bytes, true, false)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -977,10 +977,7 @@ async fn status_text(client: &reqwest::Client, url: &str, token: &str) -> anyhow
         // not run there.
         Ok(out
             .chars()
-            .filter(|c| {
-                *c == '\n'
-                    || grassroots_schema::records::plain_text(c.encode_utf8(&mut [0; 4]), false)
-            })
+            .filter(|c| *c == '\n' || grassroots_schema::records::plain_char(*c, false))
             .collect())
     }
 }

@@ -923,7 +923,7 @@ pub fn set_profile(doc: &mut Automerge, name: &str, children: &[UnitId]) -> Resu
 
 /// Add `child` to the children a profile registers; no change when it is there.
 pub fn register_child(doc: &mut Automerge, child: &UnitId) -> Result<bool, DocError> {
-    if union_keys(doc, CHILDREN).contains(child.as_str()) {
+    if is_registered(doc, child) {
         return Ok(false);
     }
     doc.transact::<_, _, AutomergeError>(|tx| {
@@ -937,11 +937,6 @@ pub fn register_child(doc: &mut Automerge, child: &UnitId) -> Result<bool, DocEr
 /// Whether `child` is registered in the profile `doc`.
 pub fn is_registered(doc: &Automerge, child: &UnitId) -> bool {
     union_keys(doc, CHILDREN).contains(child.as_str())
-}
-
-/// Whether `fingerprint` is revoked in the profile `doc`.
-pub fn is_revoked_here(doc: &Automerge, fingerprint: &str) -> bool {
-    union_keys(doc, "revoked").contains(fingerprint)
 }
 
 /// Profile key of the registered children (a map used as a set).

@@ -1,5 +1,5 @@
-//! Files replaced whole: the node's keys and certificates (`pki.rs`) and its kept QUIC
-//! address tokens (`net/tokens.rs`).
+//! Files replaced whole: the node's keys and certificates (`pki.rs`), its kept QUIC
+//! address tokens (`net/tokens.rs`), and the demo's manifest of tokens.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -9,17 +9,12 @@ use std::path::Path;
 /// anew, so its mode is the one set here (the owner's only if `private`, from its creation)
 /// and nothing placed at its name is followed; a failed write leaves none behind. With
 /// `durable`, the data and then the folder are flushed, so the rename survives a crash.
-pub(crate) fn replace(
-    path: &Path,
-    bytes: &[u8],
-    private: bool,
-    durable: bool,
-) -> std::io::Result<()> {
+pub fn replace(path: &Path, bytes: &[u8], private: bool, durable: bool) -> std::io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("no file name"))?
         .to_string_lossy();
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = folder_of(path);
     let tmp = dir.join(format!(".{name}.tmp"));
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -49,4 +44,11 @@ pub(crate) fn replace(
         std::fs::File::open(dir).and_then(|d| d.sync_all())?;
     }
     Ok(())
+}
+
+/// The folder holding `file` (`.` for a bare name).
+pub(crate) fn folder_of(file: &Path) -> &Path {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }

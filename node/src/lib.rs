@@ -14,7 +14,7 @@
 
 pub mod auth;
 pub mod doc;
-mod files;
+pub mod files;
 pub mod net;
 pub mod pki;
 pub mod runtime;

@@ -1206,6 +1206,15 @@ mod tests {
         Value::Text(s.into())
     }
 
+    /// A meeting's required fields, valid.
+    fn a_lecture() -> Fields {
+        fields(&[
+            ("kind", t("party_lecture")),
+            ("heldOn", t("2026-03-02")),
+            ("attendance", Value::Int(23)),
+        ])
+    }
+
     #[test]
     fn every_kind_but_members_and_profiles_is_described_once() {
         for kind in DocKind::ALL {
@@ -1222,11 +1231,7 @@ mod tests {
     fn validation_names_the_field() {
         let meetings = entity(DocKind::Meetings).unwrap();
         let v = u("c01/k01/t01/v01");
-        let ok = fields(&[
-            ("kind", t("party_lecture")),
-            ("heldOn", t("2026-03-02")),
-            ("attendance", Value::Int(23)),
-        ]);
+        let ok = a_lecture();
         assert!(meetings.validate(&v, &ok, true).is_ok());
         let mut missing = ok.clone();
         missing.remove("attendance");
@@ -1252,11 +1257,7 @@ mod tests {
     fn text_holds_no_control_characters_or_bidi_overrides() {
         let meetings = entity(DocKind::Meetings).unwrap();
         let v = u("c01/k01/t01/v01");
-        let ok = fields(&[
-            ("kind", t("party_lecture")),
-            ("heldOn", t("2026-03-02")),
-            ("attendance", Value::Int(23)),
-        ]);
+        let ok = a_lecture();
         let with_summary = |s: &str| {
             let mut f = ok.clone();
             f.insert("summary".into(), t(s));

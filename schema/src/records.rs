@@ -335,11 +335,14 @@ fn validate_name(name: &str) -> Result<(), RecordError> {
 /// marks. Names and notes are shown to operators in `grassroots status` and to readers up
 /// the tree; a unit's name holding an escape sequence would run in the city's terminal.
 pub fn plain_text(text: &str, lines: bool) -> bool {
-    text.chars().all(|c| {
-        let control = c.is_control() && !(lines && matches!(c, '\n' | '\r' | '\t'));
-        let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-        !control && !bidi
-    })
+    text.chars().all(|c| plain_char(c, lines))
+}
+
+/// Whether `c` may stand in [`plain_text`].
+pub fn plain_char(c: char, lines: bool) -> bool {
+    let control = c.is_control() && !(lines && matches!(c, '\n' | '\r' | '\t'));
+    let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    !control && !bidi
 }
 
 fn validate_birth_year(y: i64) -> Result<(), RecordError> {

@@ -346,10 +346,8 @@ pub fn hands_up_only(name: &str, fields: &Fields) -> bool {
         && fields
             .get("status")
             .and_then(|v| v.as_text())
-            .is_some_and(|s| {
-                s == crate::entities::ComplaintStatus::Open.as_str()
-                    || s == crate::entities::ComplaintStatus::Escalated.as_str()
-            })
+            .and_then(crate::entities::ComplaintStatus::parse)
+            .is_some_and(crate::entities::ComplaintStatus::is_open)
 }
 
 /// Rule 3 for users: an admin creates and revokes the tokens of its unit and the units

@@ -138,7 +138,7 @@ pub fn write_backup(
         .and_then(|f| std::fs::metadata(f).ok())
         .map(|m| m.len());
     let owner = file.and_then(owner_ids);
-    let dir = folder_of(out);
+    let dir = crate::files::folder_of(out);
     if !dir.exists() {
         let made: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -262,16 +262,9 @@ fn copy_store(
     })
 }
 
-/// The folder holding `file` (`.` for a bare name).
-fn folder_of(file: &Path) -> &Path {
-    file.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
 /// Flush the folder holding `file`, so a rename into it survives a power loss.
 fn sync_dir(file: &Path) -> Result<(), StoreError> {
-    let dir = folder_of(file);
+    let dir = crate::files::folder_of(file);
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(format!("flushing {}", dir.display())))
@@ -461,7 +454,11 @@ pub async fn restore(
     } else {
         None
     };
-    let owner = owner_ids(if had_store { store } else { folder_of(store) });
+    let owner = owner_ids(if had_store {
+        store
+    } else {
+        crate::files::folder_of(store)
+    });
     let placeholder = if had_store {
         None
     } else {
@@ -530,7 +527,7 @@ pub fn take_back(store: &Path, me: &UnitId, until_ms: u64) -> Result<(), StoreEr
     drop(database);
     // A store made by an operator's command (run as root) must be the node's to open.
     if made {
-        give(store, owner_ids(folder_of(store)))?;
+        give(store, owner_ids(crate::files::folder_of(store)))?;
     }
     Ok(())
 }

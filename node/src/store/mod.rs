@@ -2341,11 +2341,11 @@ impl Actor {
             self.on_peer_down(peer.clone(), batch);
         }
         // Every revocation a link's check reads is in this node's profile or an ancestor's.
-        let me = self.engine.me().clone();
+        let me = self.engine.me();
         let profiles_changed = step
             .changed
             .iter()
-            .any(|d| d.kind == DocKind::Profile && (d.owner == me || d.owner.is_ancestor_of(&me)));
+            .any(|d| d.kind == DocKind::Profile && (d.owner == *me || d.owner.is_ancestor_of(me)));
         batch.resync.extend(step.changed.iter().cloned());
         batch.forward.extend(step.forward);
         batch.dirty.extend(step.changed);
@@ -3017,7 +3017,7 @@ impl Actor {
         let meta = DocMeta::new(DocId::new(DocKind::Profile, me));
         let id = meta.id.clone();
         let doc = self.local_doc(meta, batch)?;
-        full_profile(doc, &id, !doc::is_revoked_here(doc, fingerprint))?;
+        full_profile(doc, &id, !doc::is_revoked(doc, fingerprint))?;
         doc::revoke(doc, fingerprint, child)?;
         self.after_local_write(id, batch);
         Ok(())
@@ -4243,20 +4243,30 @@ mod tests {
         })
     }
 
+    /// The store of `me` with its link to its parent up and what the link sent on coming
+    /// up drained: the handle, the thread, the link's outbox and its session.
+    async fn linked_to_parent(
+        dir: &Path,
+        me: &UnitId,
+    ) -> (StoreHandle, StoreThread, mpsc::UnboundedReceiver<Msg>, u64) {
+        let (h, _r, t) = open(&dir.join("s.redb"), me.clone()).unwrap();
+        let (out, mut sent) = mpsc::unbounded_channel();
+        let counters = link_counters("fp");
+        let session = counters.session;
+        let parent = me.parent().expect("a unit below the root");
+        h.peer_up(parent, out, counters).await.unwrap();
+        while sent.try_recv().is_ok() {}
+        (h, t, sent, session)
+    }
+
     /// One batch frame of many items is taken in parts, a share of peer work per batch: a
     /// local write queued with it is answered after the first part, not the whole frame,
     /// and every item is still answered, in order.
     #[tokio::test]
     async fn a_local_write_is_not_held_behind_one_large_batch_frame() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01/v01");
-        let parent = u("c01/k01/t01");
-        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        let (out, mut sent) = mpsc::unbounded_channel();
-        let counters = link_counters("fp");
-        let session = counters.session;
-        h.peer_up(parent.clone(), out, counters).await.unwrap();
-        while sent.try_recv().is_ok() {}
+        let (me, parent) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
+        let (h, t, mut sent, session) = linked_to_parent(dir.path(), &me).await;
         // No share of time: one item a batch.
         h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
             .await
@@ -4322,14 +4332,8 @@ mod tests {
     #[tokio::test]
     async fn a_local_write_is_not_held_behind_a_flood_of_peer_frames() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01/v01");
-        let parent = u("c01/k01/t01");
-        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        let (out, mut sent) = mpsc::unbounded_channel();
-        let counters = link_counters("fp");
-        let session = counters.session;
-        h.peer_up(parent.clone(), out, counters).await.unwrap();
-        while sent.try_recv().is_ok() {}
+        let (me, parent) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
+        let (h, t, mut sent, session) = linked_to_parent(dir.path(), &me).await;
         // Each answered with a refusal (a hello after the handshake), in the order handled.
         let hello = Msg::Hello(wire::Hello {
             versions: wire::VERSIONS,

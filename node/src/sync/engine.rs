@@ -274,9 +274,8 @@ struct PeerSync {
     states: HashMap<DocId, sync::State>,
     /// Units whose summary this side sent during this session.
     summarised: HashSet<UnitId>,
-    /// Whether this side sent its root digest, and heard the peer's.
-    root_sent: bool,
-    root_heard: bool,
+    /// Whether this side sent its root digest and has not heard the peer's yet.
+    root_awaited: bool,
     /// Units this side summarised whose summary the peer has not sent yet (its answer).
     summaries_awaited: HashSet<UnitId>,
     /// Whether this side answered a summary and has heard nothing from the peer since: an
@@ -1248,7 +1247,7 @@ impl Engine {
         let root = self.me.root();
         let out = vec![Msg::Root(self.link_digest(&child, &root))];
         if let Some(p) = self.peers.get_mut(peer) {
-            p.root_sent = true;
+            p.root_awaited = true;
         }
         changed.sort();
         for id in changed {
@@ -1333,7 +1332,7 @@ impl Engine {
             queued: p.queue.len(),
             unregistered: p.deferred_len(),
             descending: !p.summaries_awaited.is_empty() || p.answered,
-            rootless: p.root_sent && !p.root_heard,
+            rootless: p.root_awaited,
         })
     }
 
@@ -1541,23 +1540,51 @@ impl Engine {
         msg: Msg,
         more: &mut dyn FnMut() -> bool,
     ) -> (Step, Option<BatchRest>) {
-        match msg {
-            Msg::SyncBatch(items) => {
-                let rest = BatchRest::new(items);
-                let mut step = Step::default();
-                self.note_heard(peer);
-                if !self.peers.contains_key(peer) {
-                    step.reject(
-                        peer,
-                        Rejection::new(RejectReason::NotAdjacent, None, "not connected"),
-                    );
-                    return (step, None);
-                }
-                let rest = self.batch_items(peer, rest, &mut step, more);
-                (step, rest)
-            }
-            msg => (self.receive_one(peer, msg), None),
+        let mut step = Step::default();
+        let mut rest = None;
+        let Some(p) = self.peers.get_mut(peer) else {
+            step.reject(
+                peer,
+                Rejection::new(RejectReason::NotAdjacent, None, "not connected"),
+            );
+            return (step, rest);
+        };
+        // Any word of the peer's ends the wait after an answer (a probe is not a word).
+        if !matches!(msg, Msg::Probe) {
+            p.answered = false;
         }
+        if matches!(msg, Msg::Root(_)) {
+            p.root_awaited = false;
+        }
+        match msg {
+            Msg::Root(d) => self.on_root(peer, d, &mut step),
+            Msg::Summary(sm) => {
+                if let Err(r) = self.on_summary(peer, sm, &mut step) {
+                    step.reject(peer, r);
+                }
+            }
+            Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut 0, &mut step),
+            Msg::SyncBatch(items) => {
+                rest = self.batch_items(peer, BatchRest::new(items), &mut step, more);
+            }
+            Msg::Reject {
+                reason: RejectReason::Unregistered,
+                doc: Some(doc),
+                ..
+            } => self.start_over(peer, &doc, &mut step),
+            Msg::Reject {
+                reason,
+                doc,
+                detail,
+            } => self.on_reject(peer, reason, doc, &detail, &mut step),
+            Msg::Unknown(t) => tracing::debug!(%peer, t, "ignoring unknown message type"),
+            Msg::Probe => {}
+            Msg::Hello(_) => step.reject(
+                peer,
+                Rejection::new(RejectReason::Malformed, None, "hello after the handshake"),
+            ),
+        }
+        (step, rest)
     }
 
     /// Go on with a batch frame [`Engine::receive_until`] left.
@@ -1573,13 +1600,6 @@ impl Engine {
         }
         let rest = self.batch_items(peer, rest, &mut step, more);
         (step, rest)
-    }
-
-    /// A frame other than a batch was heard from `peer`: an answer's wait is over.
-    fn note_heard(&mut self, peer: &UnitId) {
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.answered = false;
-        }
     }
 
     /// Handle items of a batch until `more` says no (at least one); the rest, if any.
@@ -1614,57 +1634,6 @@ impl Engine {
             }
         }
         None
-    }
-
-    fn receive_one(&mut self, peer: &UnitId, msg: Msg) -> Step {
-        let mut step = Step::default();
-        if !self.peers.contains_key(peer) {
-            step.reject(
-                peer,
-                Rejection::new(RejectReason::NotAdjacent, None, "not connected"),
-            );
-            return step;
-        }
-        if !matches!(msg, Msg::Probe)
-            && let Some(p) = self.peers.get_mut(peer)
-        {
-            p.answered = false;
-        }
-        match msg {
-            Msg::Root(d) => {
-                if let Some(p) = self.peers.get_mut(peer) {
-                    p.root_heard = true;
-                }
-                self.on_root(peer, d, &mut step)
-            }
-            Msg::Summary(sm) => {
-                if let Err(r) = self.on_summary(peer, sm, &mut step) {
-                    step.reject(peer, r);
-                }
-            }
-            Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut 0, &mut step),
-            // Whole (`receive_until` takes a batch in parts).
-            Msg::SyncBatch(items) => {
-                let _ = self.batch_items(peer, BatchRest::new(items), &mut step, &mut || true);
-            }
-            Msg::Reject {
-                reason: RejectReason::Unregistered,
-                doc: Some(doc),
-                ..
-            } => self.start_over(peer, &doc, &mut step),
-            Msg::Reject {
-                reason,
-                doc,
-                detail,
-            } => self.on_reject(peer, reason, doc, &detail, &mut step),
-            Msg::Unknown(t) => tracing::debug!(%peer, t, "ignoring unknown message type"),
-            Msg::Probe => {}
-            Msg::Hello(_) => step.reject(
-                peer,
-                Rejection::new(RejectReason::Malformed, None, "hello after the handshake"),
-            ),
-        }
-        step
     }
 
     /// The peer refused a message of this side's.
@@ -1820,14 +1789,17 @@ impl Engine {
     }
 
     fn on_summary(&mut self, peer: &UnitId, sm: Summary, step: &mut Step) -> Result<(), Rejection> {
+        // Heard, taken or refused: not waited for any more.
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.summaries_awaited.remove(&sm.unit);
+        }
         if let Err(r) = self.check_summary(peer, &sm) {
-            // Refused, it answers nothing this side could take: not waited for, nor
-            // summarised later (the peer counts it as answered and would not answer again).
-            if let Some(p) = self.peers.get_mut(peer) {
-                p.summaries_awaited.remove(&sm.unit);
-                if p.summarised.len() < MAX_SUMMARISED {
-                    p.summarised.insert(sm.unit.clone());
-                }
+            // Refused, it answers nothing this side could take: nor summarised later (the
+            // peer counts it as answered and would not answer again).
+            if let Some(p) = self.peers.get_mut(peer)
+                && p.summarised.len() < MAX_SUMMARISED
+            {
+                p.summarised.insert(sm.unit.clone());
             }
             return Err(r);
         }
@@ -1839,9 +1811,6 @@ impl Engine {
                 None,
                 format!("more than {MAX_SUMMARISED} units summarised in one session"),
             ));
-        }
-        if let Some(p) = self.peers.get_mut(peer) {
-            p.summaries_awaited.remove(&sm.unit);
         }
         let Some(child) = self.link_child(peer).cloned() else {
             return Ok(());
@@ -3236,9 +3205,11 @@ mod tests {
         for i in 0..8 {
             note(&mut v, format!("note {i}"), noise());
         }
-        // Delivered until quiet; the sizes of the document's messages from the village.
-        let run = |t: &mut Engine, v: &mut Engine, queue: Vec<(UnitId, UnitId, Msg)>| {
-            let mut queue: VecDeque<_> = queue.into();
+        // The village's push of the document, delivered until quiet; the sizes of the
+        // document's messages from the village.
+        let push = |t: &mut Engine, v: &mut Engine| {
+            let pushed = v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect();
+            let mut queue: VecDeque<_> = addressed(&uv, &ut, pushed).into();
             let mut sizes = Vec::new();
             while let Some((from, to, msg)) = queue.pop_front() {
                 if let (true, Msg::Sync { doc, data }) = (from == uv, &msg)
@@ -3254,27 +3225,21 @@ mod tests {
             sizes
         };
         let heads = |e: &Engine| e.get(&id).and_then(|d| d.doc().map(Automerge::get_heads));
-        let pushed = addressed(
-            &uv,
-            &ut,
-            v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
-        );
-        let sizes = run(&mut t, &mut v, pushed);
-        let big = sizes.iter().filter(|n| **n > MAX_PART / 4).count();
-        assert!(big >= 2, "the whole document in parts: {sizes:?}");
-        assert!(sizes.iter().all(|n| *n <= MAX_PART + 1024), "{sizes:?}");
+        // At least two large parts, none past the part's size.
+        let in_parts = |sizes: &[usize], what: &str| {
+            let big = sizes.iter().filter(|n| **n > MAX_PART / 4).count();
+            assert!(big >= 2, "{what} in parts: {sizes:?}");
+            assert!(sizes.iter().all(|n| *n <= MAX_PART + 1024), "{sizes:?}");
+        };
+        let sizes = push(&mut t, &mut v);
+        in_parts(&sizes, "the whole document");
         assert_eq!(heads(&t), heads(&v));
         // More than a third of the document's changes: automerge sends it whole, and in
         // parts only what the peer lacks goes, not the notes both hold.
         for i in 1..30 {
             write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i}"));
         }
-        let pushed = addressed(
-            &uv,
-            &ut,
-            v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
-        );
-        let sizes = run(&mut t, &mut v, pushed);
+        let sizes = push(&mut t, &mut v);
         assert!(
             sizes.iter().sum::<usize>() < MAX_PART / 4,
             "only the new members: {sizes:?}"
@@ -3284,15 +3249,8 @@ mod tests {
         for i in 8..14 {
             note(&mut v, format!("note {i}"), noise());
         }
-        let pushed = addressed(
-            &uv,
-            &ut,
-            v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect(),
-        );
-        let sizes = run(&mut t, &mut v, pushed);
-        let big = sizes.iter().filter(|n| **n > MAX_PART / 4).count();
-        assert!(big >= 2, "the backlog in parts: {sizes:?}");
-        assert!(sizes.iter().all(|n| *n <= MAX_PART + 1024), "{sizes:?}");
+        let sizes = push(&mut t, &mut v);
+        in_parts(&sizes, "the backlog");
         assert_eq!(heads(&t), heads(&v));
         assert_eq!(names(&t, "c01/k01/t01/v01").len(), 30);
     }

@@ -124,9 +124,10 @@ impl Reader<'_> {
             // answer, a status past waiting) is judged against the handler it names.
             let made_here = self.doc.length_at(obj, heads) == 0;
             let waiting = name == "status"
-                && text_at(self.doc, obj, "status", Some(after)).is_some_and(|s| {
-                    s == ComplaintStatus::Open.as_str() || s == ComplaintStatus::Escalated.as_str()
-                });
+                && text_at(self.doc, obj, "status", Some(after))
+                    .as_deref()
+                    .and_then(ComplaintStatus::parse)
+                    .is_some_and(ComplaintStatus::is_open);
             let at = if made_here && name != HANDLER && !waiting {
                 after
             } else {
