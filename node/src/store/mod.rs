@@ -4243,6 +4243,19 @@ mod tests {
         })
     }
 
+    /// A member written at `me` while the actor is held, the hold released, the write's
+    /// answer awaited.
+    async fn write_while_held(h: &StoreHandle, me: &UnitId, hold: std::thread::JoinHandle<()>) {
+        let write = {
+            let (h, me) = (h.clone(), me.clone());
+            tokio::spawn(async move { h.create_member(me, sample("Li Wei")).await })
+        };
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        write.await.unwrap().unwrap();
+    }
+
     /// The store of `me` with its link to its parent up and what the link sent on coming
     /// up drained: the handle, the thread, the link's outbox and its session.
     async fn linked_to_parent(
@@ -4285,15 +4298,7 @@ mod tests {
         h.from_peer(parent.clone(), session, Msg::SyncBatch(items), None)
             .await
             .unwrap();
-        let write = {
-            let h = h.clone();
-            let me = me.clone();
-            tokio::spawn(async move { h.create_member(me, sample("Li Wei")).await })
-        };
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
-        write.await.unwrap().unwrap();
+        write_while_held(&h, &me, hold).await;
         let mut refused = Vec::new();
         let mut pushed_after = None;
         while refused.len() < n || pushed_after.is_none() {
@@ -4348,15 +4353,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let write = {
-            let h = h.clone();
-            let me = me.clone();
-            tokio::spawn(async move { h.create_member(me, sample("Li Wei")).await })
-        };
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
-        write.await.unwrap().unwrap();
+        write_while_held(&h, &me, hold).await;
         // The write's push of the register to the parent comes after the refusals of the
         // first batch only.
         let mut refusals = 0;

@@ -305,6 +305,22 @@ struct PeerSync {
 }
 
 impl PeerSync {
+    /// This side cannot send `id` to the peer this session: its state dropped and the
+    /// document refused until the next session. Returns the word that tells the peer, as
+    /// this side's failure, so that it frees its slot and starts over next session; this
+    /// side's slot is handed on (the word is the last one).
+    fn give_up(&mut self, id: &DocId, detail: String) -> Msg {
+        self.states.remove(id);
+        if self.refused.len() < MAX_REFUSED {
+            self.refused.insert(id.clone());
+        }
+        Msg::Reject {
+            reason: RejectReason::ApplyFailed,
+            doc: Some(id.clone()),
+            detail,
+        }
+    }
+
     /// How many documents are set aside (see `deferred`).
     fn deferred_len(&self) -> usize {
         self.deferred.values().map(BTreeMap::len).sum()
@@ -1360,17 +1376,7 @@ impl Engine {
         let generated = catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(p.state(id))));
         let Ok(m) = generated else {
             tracing::error!(%peer, doc = %id, "automerge panicked generating a sync message; the document waits for the next session with this peer");
-            p.states.remove(id);
-            if p.refused.len() < MAX_REFUSED {
-                p.refused.insert(id.clone());
-            }
-            // Told as this side's failure, so the peer frees its slot and starts over next
-            // session; this side's slot is handed on (the word is the last one).
-            let reject = Msg::Reject {
-                reason: RejectReason::ApplyFailed,
-                doc: Some(id.clone()),
-                detail: "could not make a sync message for it".into(),
-            };
+            let reject = p.give_up(id, "could not make a sync message for it".into());
             return Some((vec![reject], true));
         };
         let m = m?;
@@ -1422,19 +1428,10 @@ impl Engine {
                     _ => "automerge panicked reading its changes".to_owned(),
                 };
                 tracing::error!(%peer, doc = %id, bytes = carried, "a sync message too large to send ({why}); the document waits for the next session with this peer");
-                p.states.remove(id);
-                if p.refused.len() < MAX_REFUSED {
-                    p.refused.insert(id.clone());
-                }
-                // As for a panic above: told as this side's failure, so the peer frees its
-                // slot and starts over next session; so does this side.
-                let reject = Msg::Reject {
-                    reason: RejectReason::ApplyFailed,
-                    doc: Some(id.clone()),
-                    detail: format!(
-                        "a sync message of {carried} bytes that cannot be split: {why}"
-                    ),
-                };
+                let reject = p.give_up(
+                    id,
+                    format!("a sync message of {carried} bytes that cannot be split: {why}"),
+                );
                 Some((vec![reject], true))
             }
         }
