@@ -10,9 +10,8 @@ use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -60,6 +59,10 @@ pub struct GatewayOptions {
     /// How long a client has to send a request's headers: one that sends them a byte a
     /// minute would otherwise hold its connection for ever.
     pub header_timeout: Duration,
+    /// How long a client has, once its headers are in, to send the body of a query. A
+    /// body trickled a byte at a time would otherwise hold its connection (one of 512)
+    /// for as long as the client likes: 256 KiB at a village's 256 kbit/s take 8 s.
+    pub body_timeout: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -67,6 +70,7 @@ impl Default for GatewayOptions {
         GatewayOptions {
             introspection: true,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -192,14 +196,22 @@ fn caller_of(app: &App, authorization: Option<&str>) -> Result<Who, async_graphq
     }
 }
 
-async fn graphql(
-    State(app): State<App>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => {
+async fn graphql(State(app): State<App>, request: axum::extract::Request) -> Response {
+    let headers = request.headers().clone();
+    let read = Bytes::from_request(request, &app);
+    let body = match tokio::time::timeout(app.options.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Err(_) => {
+            let e = error(
+                Code::Timeout,
+                format!(
+                    "request body: not received within {} s",
+                    app.options.body_timeout.as_secs()
+                ),
+            );
+            return (StatusCode::REQUEST_TIMEOUT, reply_error(e)).into_response();
+        }
+        Ok(Err(e)) => {
             let status = e.status();
             let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 Code::PayloadTooLarge

@@ -1487,21 +1487,11 @@ async fn a_full_disk_is_not_stored_and_unhealthy() {
 async fn a_client_slow_with_its_headers_is_disconnected() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let f = fixture().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let options = GatewayOptions {
         header_timeout: std::time::Duration::from_millis(500),
         ..GatewayOptions::default()
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(grassroots_gateway::http::serve_with(
-        listener,
-        f.backend.clone(),
-        options,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, server) = Serving::start(&f, options).await;
     // Half a request line, then nothing.
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\n")
@@ -1533,10 +1523,110 @@ async fn a_client_slow_with_its_headers_is_disconnected() {
         took >= std::time::Duration::from_millis(400),
         "closed before its time: {took:?}"
     );
-    stop.send(()).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), server)
-        .await
-        .expect("the server stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
+}
+
+/// A client whose headers are in but whose body trickles is answered `TIMEOUT` (408) once
+/// the body's time is up, and its connection does not stay held.
+#[tokio::test]
+async fn a_client_slow_with_its_body_is_answered_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = fixture().await;
+    let options = GatewayOptions {
+        body_timeout: std::time::Duration::from_millis(500),
+        ..GatewayOptions::default()
+    };
+    let (addr, server) = Serving::start(&f, options).await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"query\"",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after 5 s");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "answered before its time: {took:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("TIMEOUT"), "{answer}");
+    server.stop().await;
+}
+
+/// A kept-alive connection left idle after its answer is closed once the header time is up:
+/// idle connections do not pile up towards the bound.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = fixture().await;
+    let options = GatewayOptions {
+        header_timeout: std::time::Duration::from_millis(500),
+        ..GatewayOptions::default()
+    };
+    let (addr, server) = Serving::start(&f, options).await;
+    let body = r#"{"query":"{ __typename }"}"#;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after 5 s");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "closed before its time: {took:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
+}
+
+/// The gateway served on a loopback port, for the tests of the server itself.
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    async fn start(f: &Fixture, options: GatewayOptions) -> (std::net::SocketAddr, Serving) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(grassroots_gateway::http::serve_with(
+            listener,
+            f.backend.clone(),
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, Serving { stop, task })
+    }
+
+    /// Stops the server and waits until it has.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+            .await
+            .expect("the server stops")
+            .unwrap()
+            .unwrap();
+    }
 }
