@@ -1019,7 +1019,10 @@ pub struct Change {
     /// When this node stored the change (RFC 3339, UTC).
     at: String,
     /// Notifications this subscriber missed just before this one because it read too
-    /// slowly; when not 0, re-query everything shown.
+    /// slowly; when not 0, re-query everything shown. Counted over every change the node
+    /// stored, so told as a number only to a user of the node's unit or above (who may
+    /// read them all); to anyone else 1 stands for some: the count would tell how busy
+    /// the parts of the tree they may not read are.
     missed: i64,
 }
 
@@ -1042,6 +1045,8 @@ impl SubscriptionRoot {
             None => b.node_unit.clone(),
         };
         let who = caller(ctx).clone();
+        let counted =
+            matches!(&who, Caller::User { unit, .. } if b.node_unit.is_in_subtree_of(unit));
         let rx = b.store.subscribe();
         // A connection's token is checked again at every notification: revoking it ends the
         // subscription.
@@ -1073,7 +1078,7 @@ impl SubscriptionRoot {
                                     unit: ID(c.doc.owner.to_string()),
                                     kind,
                                     at: rfc3339(c.at_ms),
-                                    missed,
+                                    missed: if counted { missed } else { missed.min(1) },
                                 };
                                 return Some((change, (rx, root, who)));
                             }
@@ -2135,16 +2140,24 @@ impl MemberGql {
     /// Who created the record and when; null for records made without a caller (generated
     /// data, or written before records were stamped).
     async fn created(&self) -> Option<StampGql> {
-        self.0.created.clone().map(StampGql)
+        StampGql::of(&self.0.created, &self.0.id.unit)
     }
     /// Who last updated the record and when; null if never updated through the gateway.
     async fn changed(&self) -> Option<StampGql> {
-        self.0.changed.clone().map(StampGql)
+        StampGql::of(&self.0.changed, &self.0.id.unit)
     }
 }
 
-/// Who wrote a record and when. Written into the record, so every level sees the same.
-pub struct StampGql(pub gs::Stamp);
+/// Who wrote a record and when. Written into the record, so every level sees the same;
+/// with the unit whose record it is, which decides who sees the writer's name.
+pub struct StampGql(pub gs::Stamp, pub UnitId);
+
+impl StampGql {
+    /// The stamp of a record of `owner`, if it has one.
+    pub fn of(stamp: &Option<gs::Stamp>, owner: &UnitId) -> Option<StampGql> {
+        stamp.clone().map(|s| StampGql(s, owner.clone()))
+    }
+}
 
 #[Object(name = "Stamp")]
 impl StampGql {
@@ -2162,11 +2175,17 @@ impl StampGql {
     }
     /// The user the writer's token was issued to (`grassroots user add --name`, else a
     /// label from the token); null on records written before users were named, and for
-    /// callers without a token (who may read public records).
+    /// callers not of the record's unit or the writer's or above them: staff names are not
+    /// shown to the public, nor to another line reading a published record or a unit below
+    /// reading what was addressed to it.
     async fn user(&self, ctx: &Context<'_>) -> Option<&str> {
         match caller(ctx) {
-            Caller::Anonymous => None,
-            Caller::User { .. } => self.0.user.as_deref(),
+            Caller::User { unit, .. }
+                if self.1.is_in_subtree_of(unit) || self.0.unit.is_in_subtree_of(unit) =>
+            {
+                self.0.user.as_deref()
+            }
+            _ => None,
         }
     }
 }

@@ -525,15 +525,20 @@ fn asks_introspection(doc: &ExecutableDocument) -> bool {
 }
 
 /// `ok`, or 503 and why once the store cannot write (the node then stops).
-async fn healthz(State(app): State<App>) -> axum::response::Response {
+/// `ok`, or `failing` (503) once the store has stopped. Why it stopped (an I/O or database
+/// error, which may name paths or quote a row) is told to users of the node only: a
+/// monitor without a token sees the status, the log has the rest.
+async fn healthz(State(app): State<App>, headers: HeaderMap) -> axum::response::Response {
     let unit = app.backend.node_unit.to_string();
     match app.backend.store.failure() {
         None => Json(serde_json::json!({ "status": "ok", "unit": unit })).into_response(),
-        Some(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "failing", "unit": unit, "reason": reason })),
-        )
-            .into_response(),
+        Some(reason) => {
+            let mut body = serde_json::json!({ "status": "failing", "unit": unit });
+            if let Ok((Caller::User { .. }, _)) = authenticate(&app, &headers) {
+                body["reason"] = reason.into();
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 

@@ -430,15 +430,12 @@ async fn the_seed_entities_feed_indicators_and_targets() {
             "complaintsAnswered": 1, "meanResponseDays": 9.0 })
     );
 
-    // A directive to the villages, with report-backs.
-    let d = f
-        .ok(
-            Some(&county_clerk),
-            "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Spring planting\",
-                body: \"...\", issuedOn: \"2026-02-01\", toLevel: VILLAGE, reportBack: true }) { id } }",
-            json!({}),
-        )
-        .await;
+    // A directive to the villages, with report-backs: issued by a supervisor, not a clerk.
+    let issue = "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Spring planting\",
+                body: \"...\", issuedOn: \"2026-02-01\", toLevel: VILLAGE, reportBack: true }) { id } }";
+    let r = f.gql(Some(&county_clerk), issue, json!({})).await;
+    assert_eq!(code(&r), "FORBIDDEN", "a clerk issues a directive: {r}");
+    let d = f.ok(Some(&county), issue, json!({})).await;
     let directive = d["createDirective"]["id"].as_str().unwrap().to_owned();
     let target = directive.trim_start_matches("directives:").to_owned();
     let received = "query($u: ID!) { unit(id: $u) { directivesReceived { title } } }";
@@ -507,7 +504,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     );
     // With a deadline gone by, and asking for one unit of those missing.
     f.ok(
-        Some(&county_clerk),
+        Some(&county),
         "mutation($id: ID!) { updateDirective(id: $id, input: { deadline: \"2026-03-01\" }) { id } }",
         json!({ "id": directive }),
     )
@@ -622,6 +619,22 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         json!({ "totalCount": 1, "edges": [{ "node": { "title": "Subsidies 2026",
             "unit": { "name": "Liujia Village" } } }] })
     );
+    // Who wrote it is named to its unit and the units above, not to the public or to
+    // another line reading it.
+    let other_line = f.token("c01/k01/t02", Role::Viewer).await;
+    let stamp = "{ unit(id: \"c01/k01/t01/v01\") { disclosures { edges { node {
+        created { unit user } } } } } }";
+    for (token, named) in [
+        (Some(&v01), true),
+        (Some(&township), true),
+        (Some(&other_line), false),
+        (None, false),
+    ] {
+        let d = f.ok(token.map(String::as_str), stamp, json!({})).await;
+        let created = &d["unit"]["disclosures"]["edges"][0]["node"]["created"];
+        assert_eq!(created["unit"], "c01/k01/t01/v01", "{d}");
+        assert_eq!(created["user"].is_string(), named, "{token:?}: {d}");
+    }
     let r = f
         .gql(
             None,
@@ -719,7 +732,7 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
     .await;
     let d = f
         .ok(
-            Some(&county),
+            Some(&supervisor),
             "mutation { createFundProgramme(input: { unit: \"c01/k01\", name: \"Farmland subsidy\",
                 year: 2026, total: 300000, perRecipient: 800 }) { id } }",
             json!({}),
@@ -966,4 +979,81 @@ async fn null_clears_an_optional_field_and_is_refused_for_a_required_one() {
         .await;
     assert_eq!(d["member"]["name"], "Zhao Min", "{d}");
     assert_eq!(d["member"]["phone"], Value::Null, "{d}");
+}
+
+/// A village may hand its complaint up, but not answer it in the name of the unit above:
+/// not by hiding the handler behind a space, not in an update that hands it up, and a
+/// complaint handed up while marked open is still no longer the village's to change. Once
+/// escalated, its text and dates are changed from above the unit handling it.
+#[tokio::test]
+async fn a_complaint_is_not_answered_in_the_name_of_the_unit_above() {
+    let f = fixture().await;
+    let v01 = f.token(VILLAGES[0], Role::Clerk).await;
+    let v01_supervisor = f.token(VILLAGES[0], Role::Supervisor).await;
+    let township = f.token("c01/k01/t01", Role::Supervisor).await;
+    let county = f.token("c01/k01", Role::Supervisor).await;
+    let file = |extra: &str| {
+        format!(
+            "mutation {{ createComplaint(input: {{ unit: \"c01/k01/t01/v01\", subject: \"Road\",
+                body: \"Potholes\", filedOn: \"2026-03-01\", dueOn: \"2026-03-15\" {extra} }})
+                {{ id handler status }} }}"
+        )
+    };
+    // Filed already answered at the township, the handler behind a space.
+    let r = f
+        .gql(
+            Some(&v01_supervisor),
+            &file(
+                ", handler: \" c01/k01/t01\", status: CLOSED, response: \"Resolved\",
+                respondedOn: \"2026-03-02\"",
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "filed answered from above: {r}");
+    // Filed open, then handed up and answered in one update.
+    let d = f.ok(Some(&v01_supervisor), &file(""), json!({})).await;
+    let id = d["createComplaint"]["id"].as_str().unwrap().to_owned();
+    let update = "mutation($id: ID!, $i: UpdateComplaintInput!) {
+        updateComplaint(id: $id, input: $i) { handler status dueOn } }";
+    let r = f
+        .gql(
+            Some(&v01_supervisor),
+            update,
+            json!({ "id": id, "i": { "handler": "c01/k01/t01", "status": "CLOSED",
+                "response": "Resolved by the township", "respondedOn": "2026-03-02" } }),
+        )
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "handed up and answered: {r}");
+    // Handed up marked open: it waits escalated, and the village no longer edits it.
+    let d = f
+        .ok(
+            Some(&v01_supervisor),
+            update,
+            json!({ "id": id, "i": { "handler": "c01/k01/t01", "status": "OPEN" } }),
+        )
+        .await;
+    assert_eq!(d["updateComplaint"]["status"], "ESCALATED", "{d}");
+    let later = json!({ "id": id, "i": { "dueOn": "2030-01-01" } });
+    let r = f.gql(Some(&v01), update, later.clone()).await;
+    assert_eq!(code(&r), "FORBIDDEN", "the village moves the due date: {r}");
+    // Neither does the township handling it, but the county above it does.
+    let r = f.gql(Some(&township), update, later.clone()).await;
+    assert_eq!(
+        code(&r),
+        "FORBIDDEN",
+        "the handler moves its own due date: {r}"
+    );
+    let d = f.ok(Some(&county), update, later).await;
+    assert_eq!(d["updateComplaint"]["dueOn"], "2030-01-01", "{d}");
+    // The township answers it.
+    let d = f
+        .ok(
+            Some(&township),
+            update,
+            json!({ "id": id, "i": { "status": "HANDLED", "response": "Repaired",
+                "respondedOn": "2026-03-05" } }),
+        )
+        .await;
+    assert_eq!(d["updateComplaint"]["status"], "HANDLED", "{d}");
 }

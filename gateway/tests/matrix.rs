@@ -356,9 +356,11 @@ async fn every_role_relation_and_operation_on_every_other_record_kind() {
                 ("anonymous".into(), None, kind.public, false, false, false),
             ];
             for role in Role::ALL {
+                // What is addressed down the tree (directives, fund programmes) acts on the
+                // subtree: a supervisor's, not a clerk's.
                 let write = match role {
                     Role::Viewer => false,
-                    Role::Clerk => rel == Relation::SelfUnit,
+                    Role::Clerk => rel == Relation::SelfUnit && !kind.addressed_down,
                     Role::Supervisor | Role::Admin => in_subtree,
                 };
                 callers.push((

@@ -1413,7 +1413,7 @@ impl redb::StorageBackend for FillingDisk {
 }
 
 /// A full disk through the gateway: the write is answered `NOT_STORED` with the reason, and
-/// `/healthz` turns to 503 with it.
+/// `/healthz` turns to 503, with the reason for a user of the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_not_stored_and_unhealthy() {
     let disk = FillingDisk::default();
@@ -1441,16 +1441,20 @@ async fn a_full_disk_is_not_stored_and_unhealthy() {
         store,
         reader,
     });
-    let health = |app: axum::Router| async move {
+    let health = |app: axum::Router, token: Option<String>| async move {
+        let mut request = Request::get("/healthz");
+        if let Some(t) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
         let resp = app
-            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .oneshot(request.body(Body::empty()).unwrap())
             .await
             .unwrap();
         let status = resp.status();
         let body = to_bytes(resp.into_body(), 1 << 16).await.unwrap();
         (status, serde_json::from_slice::<Value>(&body).unwrap())
     };
-    assert_eq!(health(app.clone()).await.0, StatusCode::OK);
+    assert_eq!(health(app.clone(), None).await.0, StatusCode::OK);
     disk.0.full.store(true, std::sync::atomic::Ordering::SeqCst);
     let create = json!({ "query": "mutation { createMember(input: { unit: \"c01/k01\", name: \"Li\", birthYear: 1980, gender: MALE, education: PRIMARY, joinedOn: \"2001-07-01\" }) { id } }" });
     let resp = app
@@ -1469,7 +1473,8 @@ async fn a_full_disk_is_not_stored_and_unhealthy() {
     assert_eq!(code(&r), "NOT_STORED", "{r}");
     let message = r["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("the disk is full"), "{r}");
-    let (status, body) = health(app).await;
+    // Why, to a user of the node; to a monitor without a token, only that it fails.
+    let (status, body) = health(app.clone(), Some(token)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "failing", "{body}");
     assert!(
@@ -1478,6 +1483,9 @@ async fn a_full_disk_is_not_stored_and_unhealthy() {
             .unwrap_or_default()
             .contains("the disk is full")
     );
+    let (status, body) = health(app, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body, json!({ "status": "failing", "unit": "c01/k01" }));
     thread.shutdown().await;
 }
 

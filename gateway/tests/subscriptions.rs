@@ -294,3 +294,75 @@ async fn each_query_over_a_socket_reads_the_status_anew() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+/// A subscriber that fell behind is told how many notifications it missed, counted over the
+/// whole node: a number to a user of the node's unit, but only "some" (1) to a caller who
+/// may not read all that was counted (here anonymous, who reads public disclosures only).
+#[tokio::test]
+async fn a_lagging_subscriber_is_told_what_it_missed_as_far_as_it_may_know() {
+    use grassroots_schema::{Caller, DocKind, Value as V};
+    let f = common::fixture().await;
+    let store = f.backend.store.clone();
+    let schema = grassroots_gateway::build_schema(f.backend.clone());
+    let q = "subscription { changes { unit kind missed } }";
+    let viewer = Caller::User {
+        unit: "c01/k01".parse().unwrap(),
+        role: Role::Viewer,
+    };
+    let mut counted = schema.execute_stream(async_graphql::Request::new(q).data(viewer));
+    let mut public = schema.execute_stream(async_graphql::Request::new(q));
+    // Polled once, each has subscribed and waits.
+    for s in [&mut counted, &mut public] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), s.next())
+                .await
+                .is_err()
+        );
+    }
+    // More changes than the feed holds, none of them public.
+    let village: UnitId = "c01/k01/t01/v01".parse().unwrap();
+    for i in 0..grassroots_node::store::CHANGE_FEED + 10 {
+        let meeting = [("kind", "party_lecture"), ("heldOn", "2026-03-01")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), V::Text(v.into())))
+            .chain([("attendance".to_owned(), V::Int(i64::try_from(i).unwrap()))])
+            .collect();
+        store
+            .create_record(DocKind::Meetings, village.clone(), meeting, None, None)
+            .await
+            .unwrap();
+    }
+    let disclosure = [
+        ("title", "Subsidies"),
+        ("category", "funds"),
+        ("publishedOn", "2026-03-01"),
+        ("body", "..."),
+        ("item", "collective_income"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), V::Text(v.into())))
+    .collect();
+    store
+        .create_record(DocKind::Disclosures, village, disclosure, None, None)
+        .await
+        .unwrap();
+    let seen = first(&mut counted).await;
+    assert!(seen["missed"].as_i64().unwrap() > 1, "{seen}");
+    let seen = first(&mut public).await;
+    assert_eq!(
+        seen,
+        json!({ "unit": "c01/k01/t01/v01", "kind": "DISCLOSURES", "missed": 1 })
+    );
+}
+
+/// The next notification of a subscription run on the schema itself.
+async fn first(
+    s: &mut (impl futures_util::Stream<Item = async_graphql::Response> + Unpin),
+) -> Value {
+    let r = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    r.data.into_json().unwrap()["changes"].clone()
+}

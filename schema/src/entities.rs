@@ -644,6 +644,15 @@ pub fn handler_in(owner: &UnitId, fields: &Fields) -> Option<UnitId> {
     }
 }
 
+/// Whether a complaint's `fields` name a status past waiting (handled, closed).
+fn names_an_answer(fields: &Fields) -> bool {
+    fields
+        .get("status")
+        .and_then(Value::as_text)
+        .and_then(ComplaintStatus::parse)
+        .is_some_and(|s| !s.is_open())
+}
+
 /// The status a complaint of `owner` waits in while `handler` has it: escalated above its
 /// owner, open with it.
 fn waiting_status(owner: &UnitId, handler: &UnitId) -> Value {
@@ -696,6 +705,14 @@ impl Record {
     pub fn handler(&self) -> UnitId {
         self.text("handler")
             .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| self.id.unit.clone())
+    }
+
+    /// [`Self::handler`] when it is on the line above the unit the complaint was filed at
+    /// (as every handler written through a check is), else that unit.
+    pub fn handler_in_line(&self) -> UnitId {
+        Some(self.handler())
+            .filter(|h| self.id.unit.is_in_subtree_of(h))
             .unwrap_or_else(|| self.id.unit.clone())
     }
 
@@ -797,10 +814,13 @@ impl EntitySpec {
     /// - Any field of an existing appraisal rated from above that holds its result: the
     ///   rating stays with the person and year it was given for.
     /// - Any field but the handling of an existing complaint no longer open (escalated,
-    ///   handled or closed): what the handling answered stays what it answered.
+    ///   handled or closed) or handed up: what the handling answered stays what it answered,
+    ///   and the unit handling it does not move its own due date (the caller then needs to
+    ///   be strictly above the unit handling it, not only above the owner).
     pub fn above_only(
         &self,
         field: &str,
+        owner: &UnitId,
         exists: bool,
         held: &dyn Fn(&str) -> Option<String>,
         written: &dyn Fn(&str) -> Option<String>,
@@ -831,9 +851,10 @@ impl EntitySpec {
             DocKind::Complaints
                 if exists
                     && access != Access::Supervisory
-                    && held("status").is_some_and(|s| s != ComplaintStatus::Open.as_str()) =>
+                    && (held("status").is_some_and(|s| s != ComplaintStatus::Open.as_str())
+                        || held("handler").is_some_and(|h| h != owner.as_str())) =>
             {
-                Some("a complaint escalated or answered is changed only from above")
+                Some("a complaint escalated or answered is changed only from above its handler")
             }
             _ => None,
         }
@@ -882,10 +903,11 @@ impl EntitySpec {
     }
 
     /// The fields a new record of `owner` starts with besides those given: a complaint
-    /// without a status is open, or escalated when it is filed with a handler above its
-    /// owner.
+    /// without a status, or with a waiting one, is open, or escalated when it is filed with a
+    /// handler above its owner (the waiting status follows the handler: a complaint handed
+    /// up and marked open would look its unit's to change).
     pub fn with_defaults(&self, owner: &UnitId, mut fields: Fields) -> Fields {
-        if self.kind == DocKind::Complaints && !fields.contains_key("status") {
+        if self.kind == DocKind::Complaints && !names_an_answer(&fields) {
             let handler = handler_in(owner, &fields).unwrap_or_else(|| owner.clone());
             fields.insert("status".into(), waiting_status(owner, &handler));
         }
@@ -898,21 +920,29 @@ impl EntitySpec {
     /// made concurrently below); a handler that changes (a null: back to its owner) without
     /// a status named brings the waiting status that goes with it, escalated when handled
     /// above its owner, open when back with its owner, so a close made concurrently below
-    /// loses to the handover by authority instead of standing beside the new handler.
+    /// loses to the handover by authority instead of standing beside the new handler; a
+    /// waiting status named is the one that goes with the handler after the write.
     pub fn with_update_defaults(
         &self,
         owner: &UnitId,
         handler: &UnitId,
         mut fields: Fields,
     ) -> Fields {
-        let new = match handler_in(owner, &fields) {
-            Some(new) if self.kind == DocKind::Complaints => new,
-            _ => return fields,
+        if self.kind != DocKind::Complaints {
+            return fields;
+        }
+        let after = match handler_in(owner, &fields) {
+            Some(new) if &new == handler => {
+                fields.remove("handler");
+                handler.clone()
+            }
+            Some(new) => new,
+            None => handler.clone(),
         };
-        if &new == handler {
-            fields.remove("handler");
-        } else if !fields.contains_key("status") {
-            fields.insert("status".into(), waiting_status(owner, &new));
+        // A waiting status named follows the handler too, handed over or not.
+        let waits = fields.contains_key("status") && !names_an_answer(&fields);
+        if (&after != handler && !names_an_answer(&fields)) || waits {
+            fields.insert("status".into(), waiting_status(owner, &after));
         }
         fields
     }
@@ -1352,8 +1382,25 @@ mod tests {
         assert_eq!(filed(&[]), Some(t("open")));
         assert_eq!(filed(&[("handler", t("c01/k01/t01/v01"))]), Some(t("open")));
         assert_eq!(filed(&[("handler", t("c01/k01"))]), Some(t("escalated")));
+        // A waiting status named follows the handler: handed up and marked open would look
+        // like its unit's to change.
         assert_eq!(
             filed(&[("handler", t("c01/k01")), ("status", t("open"))]),
+            Some(t("escalated"))
+        );
+        assert_eq!(
+            status(&[("handler", t("c01/k01")), ("status", t("open"))]),
+            Some(t("escalated"))
+        );
+        assert_eq!(
+            status_with("c01/k01", &[("status", t("open"))]),
+            Some(t("escalated"))
+        );
+        assert_eq!(
+            status_with(
+                "c01/k01",
+                &[("handler", Value::Null), ("status", t("escalated"))]
+            ),
             Some(t("open"))
         );
     }

@@ -516,6 +516,19 @@ mod unit_ids_str {
     }
 }
 
+/// Text fields trimmed, as they are stored, validated and judged.
+pub fn trimmed(mut fields: crate::entities::Fields) -> crate::entities::Fields {
+    for v in fields.values_mut() {
+        if let crate::entities::Value::Text(t) = v {
+            let trimmed = t.trim();
+            if trimmed.len() != t.len() {
+                *t = trimmed.to_owned();
+            }
+        }
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -289,9 +289,12 @@ pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
 /// Rule 3 for the fields a write names on a record of `owner` (`current`: the record as it
 /// is, for an update): supervisory fields need a supervisor of the owner or above, and for
 /// a complaint of the unit handling it now or above (once escalated, the filing unit no
-/// longer closes it); fields [`EntitySpec::above_only`] names (reviews, the rating of a
-/// cadre's performance appraisal or a debriefing, an accepted report) need a supervisor
-/// strictly above the owner. The record-level rule ([`can_write`]) applies besides.
+/// longer closes it), and of the unit the write hands it to ([`handed_to`]); fields
+/// [`EntitySpec::above_only`] names (reviews, the rating of a cadre's performance appraisal
+/// or a debriefing, an accepted report, a complaint no longer with its unit) need a
+/// supervisor strictly above the owner, or for a complaint above the unit handling it. The
+/// record-level rule ([`can_write`]) applies besides. Text is judged as stored: trimmed
+/// ([`crate::records::trimmed`]).
 pub fn can_write_fields(
     caller: &Caller,
     spec: &EntitySpec,
@@ -304,39 +307,44 @@ pub fn can_write_fields(
         Some(v) => v.as_text().map(str::to_owned),
         None => held(k),
     };
+    let complaint = spec.kind == DocKind::Complaints;
+    // The unit handling a complaint now: its owner while new.
+    let handling = match current {
+        Some(r) if complaint => r.handler_in_line(),
+        _ => owner.clone(),
+    };
     let above = matches!(
         caller,
-        Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(owner)
+        Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(&handling)
     );
     fields.keys().all(|name| {
         if spec
-            .above_only(name, current.is_some(), &held, &written)
+            .above_only(name, owner, current.is_some(), &held, &written)
             .is_some()
         {
             return above;
         }
         match spec.field(name).map(|f| f.access) {
-            Some(Access::Supervisory) => {
-                let handler = match current {
-                    Some(r) if spec.kind == DocKind::Complaints => r.handler(),
-                    // Filed and handed up in one write: what only the handling unit says
-                    // (an answer, a status past waiting) is judged against the handler it
-                    // names, or a unit could file one already answered from above.
-                    None if spec.kind == DocKind::Complaints
-                        && name != "handler"
-                        && !hands_up_only(name, fields) =>
-                    {
-                        crate::entities::handler_in(owner, fields)
-                            .filter(|h| owner.is_in_subtree_of(h))
-                            .unwrap_or_else(|| owner.clone())
-                    }
-                    _ => owner.clone(),
-                };
-                can_supervise(caller, &handler)
+            Some(Access::Supervisory) if complaint => {
+                can_supervise(caller, &handling)
+                    && handed_to(owner, name, fields).is_none_or(|h| can_supervise(caller, &h))
             }
+            Some(Access::Supervisory) => can_supervise(caller, owner),
             _ => true,
         }
     })
+}
+
+/// The unit a write of `fields` hands a complaint of `owner` to, when what it writes of
+/// `name` is the new handler's to say: an answer, a status past waiting, written with the
+/// handover (at filing or later) is judged against the handler it names as well as the one
+/// handling it now, or a unit could hand a complaint up already answered in the name of the
+/// unit above. The handover itself and the waiting status that goes with it are not.
+pub fn handed_to(owner: &UnitId, name: &str, fields: &Fields) -> Option<UnitId> {
+    if name == "handler" || hands_up_only(name, fields) {
+        return None;
+    }
+    crate::entities::handler_in(owner, fields).filter(|h| owner.is_in_subtree_of(h))
 }
 
 /// Whether writing `name` of a new complaint with `fields` only hands it up: its waiting
@@ -354,6 +362,16 @@ pub fn hands_up_only(name: &str, fields: &Fields) -> bool {
 /// below it.
 pub fn can_manage_users(caller: &Caller, unit: &UnitId) -> bool {
     matches!(caller, Caller::User { unit: mine, role: Role::Admin } if unit.is_in_subtree_of(mine))
+}
+
+/// Rule 3 for records addressed down the tree (directives, fund programmes): issuing,
+/// changing or withdrawing one acts on the subtree, which is a supervisor's (or an admin's)
+/// of the owner or above, not a clerk's. Other kinds: no further condition than
+/// [`can_write`].
+pub fn can_address(caller: &Caller, kind: DocKind, owner: &UnitId) -> bool {
+    let addressed = kind != DocKind::Profile
+        && DocMeta::new(DocId::new(kind, owner.clone())).audience != Audience::None;
+    !addressed || can_supervise(caller, owner)
 }
 
 /// Rule 3 for writes of records in a document owned by `owner`: a clerk writes its own
@@ -759,6 +777,19 @@ mod tests {
                     above,
                     "escalated: {cell}"
                 );
+                // Handed up while still marked open: no longer its unit's either. Handled
+                // at the root of its tree, which no one is above.
+                let root = owner_for.as_str().split('/').next().unwrap();
+                let open_above = record(
+                    DocKind::Complaints,
+                    owner,
+                    &[("status", "open"), ("handler", root)],
+                );
+                assert_eq!(
+                    w(complaints, Some(&open_above), &later),
+                    root == owner_for.as_str(),
+                    "open, handled above: {cell}"
+                );
             }
         }
         // Filed and handed up in one write: the answer is the handling unit's.
@@ -781,6 +812,67 @@ mod tests {
             "a unit below the handler"
         );
         assert!(w(&at("c01"), &filed_answered));
+        // The same later: handed up and answered in one update, by the unit handing it up,
+        // or by one between; the handler a space hid, once trimmed as stored, too.
+        let open = record(DocKind::Complaints, owner.as_str(), &[("status", "open")]);
+        let up = |c: &Caller, f: &Fields| can_write_fields(c, complaints, &owner, Some(&open), f);
+        assert!(up(&at("c01/k01/t01/v01"), &filed_up));
+        assert!(!up(&at("c01/k01/t01/v01"), &filed_answered));
+        assert!(!up(&at("c01/k01"), &filed_answered));
+        assert!(up(&at("c01"), &filed_answered));
+        let spaced = crate::records::trimmed(fields(&[
+            ("handler", " c01/k01/t01"),
+            ("status", "closed"),
+            ("response", "Done"),
+        ]));
+        assert!(!w(&at("c01/k01/t01/v01"), &spaced));
+        assert!(!up(&at("c01/k01/t01/v01"), &spaced));
+        // Once escalated, its text and dates are changed from above the unit handling it:
+        // not by that unit (which could move its own due date), nor by one it went past.
+        let at_county = record(
+            DocKind::Complaints,
+            owner.as_str(),
+            &[("status", "escalated"), ("handler", "c01/k01")],
+        );
+        let later = fields(&[("dueOn", "2030-01-01")]);
+        let edit = |c: &Caller| can_write_fields(c, complaints, &owner, Some(&at_county), &later);
+        assert!(!edit(&at("c01/k01/t01")), "a unit it went past");
+        assert!(!edit(&at("c01/k01")), "the unit handling it");
+        assert!(edit(&at("c01")));
+    }
+
+    #[test]
+    fn only_supervisors_address_the_subtree() {
+        for (rel, me, owner) in cases() {
+            for role in Role::ALL {
+                let caller = Caller::User {
+                    unit: me.clone(),
+                    role,
+                };
+                let at_or_above = matches!(
+                    rel,
+                    Relation::SelfUnit | Relation::Child | Relation::Descendant
+                );
+                for kind in crate::ids::DocKind::ALL {
+                    let addressed = matches!(kind, DocKind::Directives | DocKind::Funds);
+                    let want = if addressed {
+                        role >= Role::Supervisor && at_or_above
+                    } else {
+                        can_write(&caller, &owner)
+                    };
+                    assert_eq!(
+                        can_write(&caller, &owner) && can_address(&caller, kind, &owner),
+                        want,
+                        "{role} {rel:?} {kind:?}"
+                    );
+                }
+            }
+        }
+        assert!(!can_address(
+            &Caller::Anonymous,
+            DocKind::Directives,
+            &u("c01")
+        ));
     }
 
     #[test]

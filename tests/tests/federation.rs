@@ -364,7 +364,7 @@ async fn records_of_every_kind_travel_by_the_rules() -> anyhow::Result<()> {
     // A directive to the villages of the county.
     let r = gql(
         &k01_url,
-        Some(fed.token(&k01, Role::Clerk)?),
+        Some(fed.token(&k01, Role::Supervisor)?),
         "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Spring planting\",
             body: \"...\", issuedOn: \"2026-02-01\", toLevel: VILLAGE, reportBack: true }) { id } }",
         json!({}),

@@ -1922,7 +1922,7 @@ impl Actor {
                 let checked = match entity(kind) {
                     None => Err(WriteError::NotARecordKind(kind)),
                     Some(spec) => {
-                        let fields = trimmed(fields);
+                        let fields = grassroots_schema::records::trimmed(fields);
                         match spec
                             .validate(&unit, &fields, true)
                             .and_then(|()| spec.check_text(&fields))
@@ -1955,7 +1955,7 @@ impl Actor {
                 let checked = match entity(id.kind) {
                     None => Err(WriteError::NotARecordKind(id.kind)),
                     Some(spec) => {
-                        let fields = trimmed(fields);
+                        let fields = grassroots_schema::records::trimmed(fields);
                         spec.validate(&id.unit, &fields, false)
                             .and_then(|()| spec.check_text(&fields))
                             .map(|()| (spec, fields))
@@ -3260,19 +3260,6 @@ fn compare_rows(
     for k in have.keys().filter(|k| !want.contains_key(*k)) {
         diffs.push(format!("{what} {k} in the view but not in the documents"));
     }
-}
-
-/// Text fields trimmed, as they are stored and validated.
-fn trimmed(mut fields: Fields) -> Fields {
-    for v in fields.values_mut() {
-        if let grassroots_schema::Value::Text(t) = v {
-            let t2 = t.trim();
-            if t2.len() != t.len() {
-                *t = t2.to_owned();
-            }
-        }
-    }
-    fields
 }
 
 /// Refuse a write that would add an entry to the profile `doc` (`adds`) when it holds the

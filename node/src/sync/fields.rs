@@ -117,33 +117,37 @@ impl Reader<'_> {
         after: &[ChangeHash],
     ) -> Option<String> {
         let owner = self.owner;
-        if self.spec.kind == DocKind::Complaints
-            && self.spec.field(name)?.access == Access::Supervisory
-        {
-            // Made in this change and handed up in it: what only the handling unit says (an
-            // answer, a status past waiting) is judged against the handler it names.
-            let made_here = self.doc.length_at(obj, heads) == 0;
+        let complaint = self.spec.kind == DocKind::Complaints;
+        if complaint && self.spec.field(name)?.access == Access::Supervisory {
+            // Judged against the unit handling it before the change and, for what only the
+            // handling unit says (an answer, a status past waiting), the one the change
+            // hands it to: a complaint is not handed up already answered in its name.
             let waiting = name == "status"
                 && text_at(self.doc, obj, "status", Some(after))
                     .as_deref()
                     .and_then(ComplaintStatus::parse)
                     .is_some_and(ComplaintStatus::is_open);
-            let at = if made_here && name != HANDLER && !waiting {
-                after
-            } else {
-                heads
-            };
-            let handler = self.handler(obj, at);
-            return (!handler.is_in_subtree_of(author)).then(|| {
-                format!("{author} may not set {name} of a complaint handled by {handler}")
-            });
+            let mut judges = vec![self.handler(obj, heads)];
+            if name != HANDLER && !waiting {
+                judges.push(self.handler(obj, after));
+            }
+            return judges
+                .into_iter()
+                .find(|h| !h.is_in_subtree_of(author))
+                .map(|h| format!("{author} may not set {name} of a complaint handled by {h}"));
         }
         let doc = self.doc;
         let exists = doc.length_at(obj, heads) > 0;
         let held = |k: &str| text_at(doc, obj, k, Some(heads));
         let written = |k: &str| text_at(doc, obj, k, Some(after));
-        let why = self.spec.above_only(name, exists, &held, &written)?;
-        (!author.is_ancestor_of(owner))
+        let why = self.spec.above_only(name, owner, exists, &held, &written)?;
+        // A complaint no longer with its unit: from above the unit handling it.
+        let closer = if complaint {
+            self.handler(obj, heads)
+        } else {
+            owner.clone()
+        };
+        (!author.is_ancestor_of(&closer))
             .then(|| format!("{author} may not set {name} of a record of {owner}: {why}"))
     }
 
@@ -345,38 +349,37 @@ pub fn check_local(
         Some(v) => v.as_text().map(str::to_owned),
         None => held(k),
     };
+    let complaint = spec.kind == DocKind::Complaints;
+    // The unit handling a complaint before the batch's change (its owner while new), as the
+    // parent will read it from the change's dependencies; and what the batch writes of the
+    // record, this write last, as the parent will read the change itself.
+    let handling = match obj.as_ref() {
+        Some(o) if complaint => reader.handler(o, &heads),
+        _ => owner.clone(),
+    };
+    let mut all = earlier.cloned().unwrap_or_default();
+    all.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
     for name in fields.keys() {
         let name = name.as_str();
-        if spec.kind == DocKind::Complaints
+        if complaint
             && spec
                 .field(name)
                 .is_some_and(|f| f.access == Access::Supervisory)
         {
-            // A new complaint is its owner's to fill, but for what only the unit it is
-            // handed up to says (an answer, a status past waiting).
-            if obj.is_none() && earlier.is_none() {
-                if name != HANDLER && !grassroots_schema::hands_up_only(name, fields) {
-                    let handler = grassroots_schema::entities::handler_in(owner, fields)
-                        .filter(|h| owner.is_in_subtree_of(h))
-                        .unwrap_or_else(|| owner.clone());
-                    if !handler.is_in_subtree_of(me) {
-                        return Err(format!(
-                            "{me} may not set {name} of a complaint handled by {handler}"
-                        ));
-                    }
-                }
-                continue;
-            }
-            if let Some(why) = obj
-                .as_ref()
-                .and_then(|o| reader.refusal(me, o, name, &heads, &heads))
+            let handed = grassroots_schema::handed_to(owner, name, &all);
+            if let Some(h) = Some(&handling)
+                .into_iter()
+                .chain(handed.as_ref())
+                .find(|h| !h.is_in_subtree_of(me))
             {
-                return Err(why);
+                return Err(format!(
+                    "{me} may not set {name} of a complaint handled by {h}"
+                ));
             }
             continue;
         }
-        if let Some(why) = spec.above_only(name, exists, &held, &written)
-            && !me.is_ancestor_of(owner)
+        if let Some(why) = spec.above_only(name, owner, exists, &held, &written)
+            && !me.is_ancestor_of(&handling)
         {
             return Err(format!(
                 "{me} may not set {name} of a record of {owner}: {why}"
@@ -602,6 +605,25 @@ mod tests {
             passes(&c, &complaints, t, file(&answered)),
             "by the township"
         );
+        // The same in a later change: handed up and answered at once by the village.
+        let mut filed = c.fork();
+        file(&[])(&mut filed);
+        let answer = |more: &'static [(&'static str, &'static str)]| {
+            move |d: &mut Automerge| write(d, DocKind::Complaints, 7, false, more)
+        };
+        let answered_later: &[(&str, &str)] = &[
+            ("handler", "c01/k01/t01"),
+            ("status", "closed"),
+            ("response", "Resolved by the township"),
+        ];
+        assert!(!passes(&filed, &complaints, v, answer(answered_later)));
+        assert!(passes(&filed, &complaints, t, answer(answered_later)));
+        assert!(passes(
+            &filed,
+            &complaints,
+            v,
+            answer(&[("handler", "c01/k01/t01"), ("status", "escalated")])
+        ));
 
         let meta = DocMeta::new(DocId::new(DocKind::Reports, u(v)));
         let mut r = doc::empty(&doc::actor_for(&u(v), [1; 8]));
@@ -667,8 +689,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
-        // Handed up, it is the handling unit's to change, its plain fields too (the dates
-        // the figures of overdue complaints and response times are read from).
+        // Handed up, its plain fields (the dates the figures of overdue complaints and
+        // response times are read from) are changed from above the handling unit: not by
+        // the village, nor by the township that would move its own due date.
         let e = check_local(
             &d,
             &meta,
@@ -679,18 +702,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("changed only from above"), "{e}");
-        assert!(
-            check_local(
-                &d,
-                &meta,
-                &township,
-                rec,
-                &set(&[("dueOn", "2027-01-01")]),
-                None
-            )
-            .is_ok()
-        );
+        let later = set(&[("dueOn", "2027-01-01")]);
+        let e = check_local(&d, &meta, &township, rec, &later, None).unwrap_err();
+        assert!(e.contains("changed only from above"), "{e}");
+        assert!(check_local(&d, &meta, &u("c01/k01"), rec, &later, None).is_ok());
         assert!(check_local(&d, &meta, &township, rec, &set(&[("status", "OPEN")]), None).is_ok());
+        // Handed up and answered in one write, or after a write of the same change handed
+        // it up: the answer is the township's.
+        let open = RecordId::from_u64(3);
+        write(&mut d, DocKind::Complaints, 3, true, &[("subject", "Well")]);
+        let answered_up = set(&[
+            ("handler", "c01/k01/t01"),
+            ("status", "closed"),
+            ("response", "Done above"),
+        ]);
+        let e = check_local(&d, &meta, &village, open, &answered_up, None).unwrap_err();
+        assert!(e.contains("handled by c01/k01/t01"), "{e}");
+        let up = set(&[("handler", "c01/k01/t01")]);
+        let answer = set(&[("status", "closed"), ("response", "Done above")]);
+        let e = check_local(&d, &meta, &village, open, &answer, Some(&up)).unwrap_err();
+        assert!(e.contains("handled by c01/k01/t01"), "{e}");
+        assert!(check_local(&d, &meta, &village, open, &answer, None).is_ok());
         // A new record (no such id yet) is the owner's to fill, but for what only a unit
         // above that it names as handler says.
         let new = RecordId::from_u64(2);
