@@ -290,6 +290,19 @@ impl NodeToml {
             .context("parent_addr")
     }
 
+    /// The store's memory settings, checked: 0 would evict every document after each
+    /// commit, and a shift past 64 bits would wrap to a small budget.
+    fn store_options(&self) -> anyhow::Result<StoreOptions> {
+        match self.doc_memory_mb {
+            None => Ok(StoreOptions::default()),
+            Some(mb @ 8..=65_536) => Ok(StoreOptions {
+                doc_memory_budget: mb << 20,
+                ..StoreOptions::default()
+            }),
+            Some(mb) => bail!("doc_memory_mb = {mb}: between 8 and 65536"),
+        }
+    }
+
     /// The backup settings, checked.
     fn backups(&self) -> anyhow::Result<BackupPolicy> {
         let mut policy = BackupPolicy::default();
@@ -555,6 +568,7 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         .map(|c| c.parse::<UnitId>())
         .collect::<Result<Vec<_>, _>>()?;
     let backups = cfg.backups()?;
+    let store = cfg.store_options()?;
     let parent_addr = cfg.parent()?;
     let node_cfg = NodeConfig {
         data_dir: dir.to_owned(),
@@ -563,13 +577,7 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         parent_addr,
         children,
         link,
-        store: match cfg.doc_memory_mb {
-            Some(mb) => StoreOptions {
-                doc_memory_budget: mb << 20,
-                ..StoreOptions::default()
-            },
-            None => StoreOptions::default(),
-        },
+        store,
         backups,
     };
     let gateway = grassroots_gateway::GatewayOptions {
@@ -644,8 +652,12 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
         }
     };
     let identity = Identity::load(&dir.join("pki"))?;
-    let (store, _reader, thread) =
-        grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
+    let path = dir.join("store.redb");
+    // Opening makes a store where there is none: an empty one would verify.
+    if !path.exists() {
+        bail!("no store at {}: nothing to verify", path.display());
+    }
+    let (store, _reader, thread) = grassroots_node::store::open(&path, identity.unit.clone())?;
     if rebuild {
         store.rebuild_views().await?;
     }
@@ -1101,6 +1113,23 @@ mod tests {
             })
             .collect();
         assert_eq!(kept.len(), 1);
+        // A restore cut short leaves its staged copy: the node does not start on what is
+        // there, and the restore run again goes through.
+        std::fs::copy(&backup, dir.join("store.restoring"))?;
+        let err = members(&dir, None).expect_err("opened beside an interrupted restore");
+        assert!(
+            format!("{err:#}").contains("restore of this store was interrupted"),
+            "{err:#}"
+        );
+        store_cli(&[
+            "restore",
+            "--dir",
+            d,
+            "--from",
+            backup.to_str().context("path")?,
+        ])?;
+        assert!(!dir.join("store.restoring").exists());
+        assert_eq!(members(&dir, None)?, 1);
         // Without --out, the backup goes to the node's backups folder.
         store_cli(&["backup", "--dir", d])?;
         assert_eq!(std::fs::read_dir(dir.join("backups"))?.count(), 1);
@@ -1131,14 +1160,46 @@ mod tests {
             "--deployment",
             "t.grassroots",
         ])?;
+        // Verifying a store that is not there is refused, and makes none.
+        let err = store_cli(&["verify", "--dir", fresh.to_str().context("path")?])
+            .expect_err("verified a store that is not there");
+        assert!(format!("{err:#}").contains("no store at"), "{err:#}");
+        assert!(!fresh.join("store.redb").exists());
+        // A store a command run as root makes is the folder owner's, and private.
+        #[cfg(unix)]
+        let root = {
+            use std::os::unix::fs::MetadataExt as _;
+            let root = std::fs::metadata(tmp.path())?.uid() == 0;
+            if root {
+                std::os::unix::fs::chown(&fresh, Some(65534), Some(65534))?;
+            }
+            root
+        };
         store_cli(&["take-back", "--dir", fresh.to_str().context("path")?])?;
+        // So does a node's (or `user add`'s) first opening of its store.
+        let first = tmp.path().join("c04");
+        std::fs::create_dir(&first)?;
+        #[cfg(unix)]
+        if root {
+            std::os::unix::fs::chown(&first, Some(65534), Some(65534))?;
+        }
+        assert_eq!(members(&first, None)?, 0);
+        #[cfg(unix)]
+        if root {
+            use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+            for made in [fresh.join("store.redb"), first.join("store.redb")] {
+                let m = std::fs::metadata(&made)?;
+                assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", made.display());
+                assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", made.display());
+            }
+        }
         assert_eq!(days(window(&fresh)?), Some(14), "a new store");
         assert_eq!(window(&other)?, None, "never told");
         Ok(())
     }
 
-    /// node.toml's backup settings: 0 hours switches periodic backups off; keeping none is
-    /// refused.
+    /// node.toml's backup and memory settings: 0 hours switches periodic backups off;
+    /// keeping none, and a memory budget of none or past 64 GiB, are refused.
     #[test]
     fn backup_settings_are_read_and_checked() -> anyhow::Result<()> {
         let base =
@@ -1152,6 +1213,16 @@ mod tests {
         assert_eq!((p.every, p.keep), (Some(Duration::from_secs(6 * 3600)), 28));
         assert_eq!(p.dir.as_deref(), Some(Path::new("/mnt/usb")));
         assert!(read("backups_kept = 0").is_err());
+        // The documents' memory: bounded both ways.
+        let memory = |extra: &str| -> anyhow::Result<u64> {
+            Ok(toml::from_str::<NodeToml>(&format!("{base}{extra}"))?
+                .store_options()?
+                .doc_memory_budget)
+        };
+        assert_eq!(memory("")?, StoreOptions::default().doc_memory_budget);
+        assert_eq!(memory("doc_memory_mb = 256")?, 256 << 20);
+        assert!(memory("doc_memory_mb = 0").is_err());
+        assert!(memory("doc_memory_mb = 17592186044416").is_err());
         assert!(read("backup_every_hours = 100000").is_err());
         Ok(())
     }

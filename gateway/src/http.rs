@@ -283,7 +283,15 @@ async fn graphql(State(app): State<App>, request: axum::extract::Request) -> Res
         request = request.data(u);
     }
     if !anonymous {
-        return run(app.schema.execute(request)).await;
+        let backs_up = request
+            .parsed_query()
+            .is_ok_and(|q| asks_field(q, &["backupStore"]));
+        let limit = if backs_up {
+            BACKUP_TIMEOUT
+        } else {
+            QUERY_TIMEOUT
+        };
+        return run_within(limit, app.schema.execute(request)).await;
     }
     let Ok(_waiting) = app.anonymous_waiting.clone().try_acquire_owned() else {
         let e = error(
@@ -309,7 +317,15 @@ async fn graphql(State(app): State<App>, request: axum::extract::Request) -> Res
 
 /// Answer with what `query` produces within the time a query has.
 async fn run(query: impl std::future::Future<Output = async_graphql::Response>) -> Response {
-    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+    run_within(QUERY_TIMEOUT, query).await
+}
+
+/// Answer with what `query` produces within `limit`.
+async fn run_within(
+    limit: Duration,
+    query: impl std::future::Future<Output = async_graphql::Response>,
+) -> Response {
+    match tokio::time::timeout(limit, query).await {
         Ok(mut resp) => {
             code_unlabelled(&mut resp);
             Json(resp).into_response()
@@ -501,30 +517,41 @@ fn is_subscription(request: &async_graphql::Request) -> bool {
 /// Whether any operation of `doc` selects `__schema` or `__type` at its root, directly or
 /// through fragments (async-graphql alone would answer null without saying why).
 fn asks_introspection(doc: &ExecutableDocument) -> bool {
+    asks_field(doc, &["__schema", "__type"])
+}
+
+/// Whether an operation of `doc` selects one of the top-level fields `names` (through
+/// fragments too).
+fn asks_field(doc: &ExecutableDocument, names: &[&str]) -> bool {
     fn walk<'a>(
         doc: &'a ExecutableDocument,
         set: &'a SelectionSet,
+        names: &[&str],
         seen: &mut HashSet<&'a str>,
     ) -> bool {
         set.items.iter().any(|item| match &item.node {
-            Selection::Field(f) => matches!(f.node.name.node.as_str(), "__schema" | "__type"),
-            Selection::InlineFragment(i) => walk(doc, &i.node.selection_set.node, seen),
+            Selection::Field(f) => names.contains(&f.node.name.node.as_str()),
+            Selection::InlineFragment(i) => walk(doc, &i.node.selection_set.node, names, seen),
             Selection::FragmentSpread(s) => {
                 let name = s.node.fragment_name.node.as_str();
                 seen.insert(name)
                     && doc
                         .fragments
                         .get(&s.node.fragment_name.node)
-                        .is_some_and(|f| walk(doc, &f.node.selection_set.node, seen))
+                        .is_some_and(|f| walk(doc, &f.node.selection_set.node, names, seen))
             }
         })
     }
     doc.operations
         .iter()
-        .any(|(_, op)| walk(doc, &op.node.selection_set.node, &mut HashSet::new()))
+        .any(|(_, op)| walk(doc, &op.node.selection_set.node, names, &mut HashSet::new()))
 }
 
-/// `ok`, or 503 and why once the store cannot write (the node then stops).
+/// How long a `backupStore` mutation may take: a copy of a large store on a slow disk takes
+/// minutes, and answered `TIMEOUT` at 10 s it would go on writing while the admin who
+/// asked is told it failed (and a second ask is refused as one is being written).
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// `ok`, or `failing` (503) once the store has stopped. Why it stopped (an I/O or database
 /// error, which may name paths or quote a row) is told to users of the node only: a
 /// monitor without a token sees the status, the log has the rest.
@@ -667,4 +694,28 @@ pub async fn serve_with(
     tasks.close();
     let _ = tokio::time::timeout(DRAIN, tasks.wait()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The operations given the backup's time: those selecting `backupStore` at the top,
+    /// directly or through a fragment, and no other.
+    #[test]
+    fn a_backup_is_told_apart_from_other_operations() {
+        let asks = |q: &str| {
+            let doc = async_graphql::parser::parse_query(q).unwrap();
+            asks_field(&doc, &["backupStore"])
+        };
+        assert!(asks("mutation { backupStore { file } }"));
+        assert!(asks(
+            "mutation { ... on Mutation { b: backupStore { file } } }"
+        ));
+        assert!(asks(
+            "mutation { ...B } fragment B on Mutation { backupStore { bytes } }"
+        ));
+        assert!(!asks("mutation { createMember(input: {}) { id } }"));
+        assert!(!asks("{ backups { last { file } } }"));
+    }
 }

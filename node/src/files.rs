@@ -52,3 +52,63 @@ pub(crate) fn folder_of(file: &Path) -> &Path {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
 }
+
+/// Make a new, empty file at `path`, readable and writable by its owner only from its
+/// creation (a mode set afterwards leaves a moment in which another local user may open it
+/// and keep reading). Fails if there is one already.
+pub(crate) fn new_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
+}
+
+/// [`new_private`] for a store file; made by root, it is given to the owner of its folder:
+/// a store an operator's command (run as root) makes for a node that runs as its own user
+/// must be that user's, or the node cannot open it. `Ok(false)` when there is a file there
+/// already.
+pub(crate) fn new_store_file(path: &Path) -> std::io::Result<bool> {
+    match new_private(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if owner_ids(path).is_some_and(|(uid, _)| uid == 0) {
+        give(path, owner_ids(folder_of(path)))?;
+    }
+    Ok(true)
+}
+
+/// The owner (user, group) of `path`.
+#[cfg(unix)]
+pub(crate) fn owner_ids(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn owner_ids(_path: &Path) -> Option<(u32, u32)> {
+    None
+}
+
+/// Give `path` to `owner` unless it is theirs already: a file made by an operator's command
+/// (run as root) for a node that runs as its own user must be that user's.
+#[cfg(unix)]
+pub(crate) fn give(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    if owner_ids(path) == Some((uid, gid)) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn give(_path: &Path, _owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    Ok(())
+}

@@ -211,6 +211,9 @@ fn remove_partials(dir: &Path, unit: &str) {
     }
 }
 
+/// redb's page cache while a backup is written (see [`copy_store`]).
+const BACKUP_CACHE: usize = 16 << 20;
+
 fn copy_store(
     source: &Database,
     out: &Path,
@@ -219,15 +222,16 @@ fn copy_store(
     owner: Option<(u32, u32)>,
 ) -> Result<BackupInfo, StoreError> {
     let documents = {
-        let target = Database::create(partial).map_err(db)?;
-        // It holds personal data and token hashes: its owner's alone, from the start.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o600))
-                .map_err(io(format!("restricting {}", partial.display())))?;
-        }
+        // It holds personal data and token hashes: its owner's alone, from its creation.
+        crate::files::new_private(partial)
+            .map_err(io(format!("creating {}", partial.display())))?;
         give(partial, owner)?;
+        // One write transaction copies the store: with redb's default cache (1 GiB) the
+        // copy of a large store would hold as much again in memory as the store's size.
+        let target = Database::builder()
+            .set_cache_size(BACKUP_CACHE)
+            .create(partial)
+            .map_err(db)?;
         let from = source.begin_read().map_err(db)?;
         let to = target.begin_write().map_err(db)?;
         copy(&from, &to, META)?;
@@ -423,6 +427,11 @@ pub struct Restored {
     pub users: UsersFrom,
 }
 
+/// Where a restore copies and checks a backup before it takes the place of `store`.
+pub fn staged_for(store: &Path) -> PathBuf {
+    store.with_extension("restoring")
+}
+
 /// Put the backup at `from` in place of the store at `store` (the node must be stopped).
 /// The backup is copied beside the store and the copy checked: a store of `me`, opened as
 /// a store (a migration runs if it is older), its views equal to its documents. The store it
@@ -454,17 +463,24 @@ pub async fn restore(
     } else {
         None
     };
-    let owner = owner_ids(if had_store {
-        store
+    // The restored store goes to the owner of the store it replaces, when that is a store
+    // (an empty file an interrupted restore left, or a store a command run as root made,
+    // says nothing of who runs the node), else to the folder's.
+    let owner = if current
+        .as_ref()
+        .is_some_and(|c| owner_of(c).ok().flatten().is_some())
+    {
+        owner_ids(store)
     } else {
-        crate::files::folder_of(store)
-    });
+        owner_ids(crate::files::folder_of(store))
+    };
     let placeholder = if had_store {
         None
     } else {
+        crate::files::new_store_file(store).map_err(io(format!("creating {}", store.display())))?;
         Some(Database::create(store).map_err(db)?)
     };
-    let staged = store.with_extension("restoring");
+    let staged = staged_for(store);
     // On any failure from here: no half copy left, and no empty placeholder where there
     // was no store (a node must not start on it).
     let fail = |placeholder: Option<Database>, e: StoreError| {
@@ -515,7 +531,10 @@ fn set_take_back(database: &Database, until_ms: u64) -> Result<(), StoreError> {
 /// its disk was lost (without a backup to restore) gets back what only its children hold.
 /// Where there is no store yet, an empty one is made for `me`.
 pub fn take_back(store: &Path, me: &UnitId, until_ms: u64) -> Result<(), StoreError> {
-    let made = !store.exists();
+    // A store made here is the folder owner's and private from its creation: an operator's
+    // command (run as root) makes it for a node that runs as its own user.
+    let made =
+        crate::files::new_store_file(store).map_err(io(format!("creating {}", store.display())))?;
     let database = if made {
         Database::create(store).map_err(db)?
     } else {
@@ -524,47 +543,18 @@ pub fn take_back(store: &Path, me: &UnitId, until_ms: u64) -> Result<(), StoreEr
     // As opening it for the node would: another unit's store or a newer layout is refused.
     super::load::init_tables(&database, me)?;
     set_take_back(&database, until_ms)?;
-    drop(database);
-    // A store made by an operator's command (run as root) must be the node's to open.
-    if made {
-        give(store, owner_ids(crate::files::folder_of(store)))?;
-    }
     Ok(())
 }
 
-/// The owner (user, group) of `path`, which files made for it are given.
-#[cfg(unix)]
-fn owner_ids(path: &Path) -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()))
-}
+use crate::files::owner_ids;
 
-#[cfg(not(unix))]
-fn owner_ids(_path: &Path) -> Option<(u32, u32)> {
-    None
-}
-
-/// Give `path` to `owner`: a file made by an operator's command (run as root) for a node
-/// that runs as its own user must be that user's, or the node cannot open it.
-#[cfg(unix)]
+/// Give `path` to `owner` ([`crate::files::give`]), as a store error.
 fn give(path: &Path, owner: Option<(u32, u32)>) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
-    let Some((uid, gid)) = owner else {
-        return Ok(());
-    };
-    let m = std::fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
-    if (m.uid(), m.gid()) == (uid, gid) {
-        return Ok(());
-    }
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(format!(
-        "giving {} to user {uid}, group {gid} (the store's owner)",
-        path.display()
+    crate::files::give(path, owner).map_err(io(format!(
+        "giving {} to {} (the store's owner)",
+        path.display(),
+        owner.map_or_else(String::new, |(u, g)| format!("user {u}, group {g}"))
     )))
-}
-
-#[cfg(not(unix))]
-fn give(_path: &Path, _owner: Option<(u32, u32)>) -> Result<(), StoreError> {
-    Ok(())
 }
 
 /// Users (tokens) a store holds (none when it has no users table).

@@ -143,6 +143,12 @@ pub enum StoreError {
     /// holds it now (the check at the handshake reads what is committed).
     #[error("certificate {0} is revoked")]
     Revoked(String),
+    /// A restore of this store was interrupted: its staged copy is still there.
+    #[error(
+        "a restore of this store was interrupted ({0} is left): run `grassroots store restore` \
+         again, or remove {0} to go on with the store as it is"
+    )]
+    RestoreInterrupted(String),
     /// A file operation outside redb failed (a backup, a restore).
     #[error("{what}: {source}")]
     Io {
@@ -455,6 +461,18 @@ pub fn open(path: &Path, me: UnitId) -> Result<Opened, StoreError> {
 
 /// Open (or create) the store at `path` for the node of `me`.
 pub fn open_with(path: &Path, me: UnitId, options: StoreOptions) -> Result<Opened, StoreError> {
+    // A node must not start on what an interrupted restore left: an empty file holding the
+    // place of a store it was bringing back, or the store it was replacing.
+    let staged = backup::staged_for(path);
+    if staged != path && staged.exists() {
+        return Err(StoreError::RestoreInterrupted(staged.display().to_string()));
+    }
+    // A new store is private from its creation, and the folder owner's (a command run as
+    // root, `user add` before the node's first start, makes it for the node's user).
+    crate::files::new_store_file(path).map_err(|source| StoreError::Io {
+        what: format!("creating {}", path.display()),
+        source,
+    })?;
     let database = match Database::builder()
         .set_cache_size(options.cache_bytes)
         .create(path)
