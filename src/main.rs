@@ -210,6 +210,11 @@ enum StoreCommand {
         /// The backup file.
         #[arg(long)]
         from: PathBuf,
+        /// Keep the backup's users (tokens) besides those of the store replaced, which
+        /// otherwise replace them: for a store made after the disk was lost (an admin's
+        /// first token), not one that is only newer (a token revoked since would come back).
+        #[arg(long)]
+        keep_backup_users: bool,
     },
     /// Have a stopped node take back from its children, for DAYS days, the changes made in
     /// its unit's name or above it, which it otherwise refuses from a child as forgeries:
@@ -626,13 +631,23 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        StoreCommand::Restore { dir, from } => {
+        StoreCommand::Restore {
+            dir,
+            from,
+            keep_backup_users,
+        } => {
             let identity = Identity::load(&dir.join("pki"))?;
-            let restored = backup::restore(
+            let keep = if keep_backup_users {
+                backup::KeepUsers::Both
+            } else {
+                backup::KeepUsers::Newest
+            };
+            let restored = backup::restore_keeping(
                 &from,
                 &dir.join("store.redb"),
                 &identity.unit,
                 grassroots_node::status::now_ms(),
+                keep,
             )
             .await
             .with_context(|| format!("restoring {}", from.display()))?;
@@ -642,8 +657,16 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
             }
             match restored.users {
                 UsersFrom::Replaced(n) => {
-                    println!("users (tokens): the {n} of the replaced store");
+                    println!(
+                        "users (tokens): the {n} of the replaced store; the backup's {} are \
+                         not kept (--keep-backup-users keeps them too)",
+                        restored.backup_users
+                    );
                 }
+                UsersFrom::Both(n) => println!(
+                    "users (tokens): {n}, the backup's and the replaced store's; revoke again \
+                     any revoked after the backup"
+                ),
                 UsersFrom::Backup(n) => println!(
                     "users (tokens): the {n} of the backup (the replaced store did not open or had none)"
                 ),

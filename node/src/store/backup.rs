@@ -416,6 +416,21 @@ pub enum UsersFrom {
     /// The backup: the store it replaced did not open or held no user (a node started
     /// on an empty disk before the restore).
     Backup(u64),
+    /// Both ([`KeepUsers::Both`]): how many in all.
+    Both(u64),
+}
+
+/// Whose users a restored store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepUsers {
+    /// The replaced store's when it opens and holds any, else the backup's: the replaced
+    /// store's list is the newest, so a token revoked after the backup stays revoked.
+    #[default]
+    Newest,
+    /// The backup's and the replaced store's: for a store made after the disk was lost,
+    /// whose few users (an admin's first token) are not all there were. A token revoked
+    /// after the backup comes back: revoke it again.
+    Both,
 }
 
 /// What a restore did.
@@ -425,6 +440,8 @@ pub struct Restored {
     pub kept: Option<PathBuf>,
     /// Whose users the restored store has, and how many.
     pub users: UsersFrom,
+    /// How many users the backup held.
+    pub backup_users: u64,
 }
 
 /// Where a restore copies and checks a backup before it takes the place of `store`.
@@ -443,6 +460,17 @@ pub async fn restore(
     store: &Path,
     me: &UnitId,
     now_ms: u64,
+) -> Result<Restored, StoreError> {
+    restore_keeping(from, store, me, now_ms, KeepUsers::Newest).await
+}
+
+/// [`restore`], keeping the users `keep` says.
+pub async fn restore_keeping(
+    from: &Path,
+    store: &Path,
+    me: &UnitId,
+    now_ms: u64,
+    keep: KeepUsers,
 ) -> Result<Restored, StoreError> {
     // Refuse while the node runs: redb holds a lock on an open store. The store stays open
     // (locked) until the copy is in its place, so a node started meanwhile cannot run on
@@ -478,7 +506,13 @@ pub async fn restore(
         None
     } else {
         crate::files::new_store_file(store).map_err(io(format!("creating {}", store.display())))?;
-        Some(Database::create(store).map_err(db)?)
+        match Database::create(store) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let _ = std::fs::remove_file(store);
+                return Err(db(e));
+            }
+        }
     };
     let staged = staged_for(store);
     // On any failure from here: no half copy left, and no empty placeholder where there
@@ -491,10 +525,11 @@ pub async fn restore(
         }
         Err(e)
     };
-    let users = match stage(from, &staged, current.as_ref(), me, owner, now_ms).await {
-        Ok(users) => users,
-        Err(e) => return fail(placeholder, e),
-    };
+    let (users, backup_users) =
+        match stage(from, &staged, current.as_ref(), me, owner, now_ms, keep).await {
+            Ok(users) => users,
+            Err(e) => return fail(placeholder, e),
+        };
     let kept = if had_store {
         let kept = store.with_extension(format!("redb.before-restore-{}", utc_stamp(now_ms)));
         // A second name for the old store, then the copy renamed over the first: no moment
@@ -514,7 +549,11 @@ pub async fn restore(
     }
     drop((current, placeholder));
     sync_dir(store)?;
-    Ok(Restored { kept, users })
+    Ok(Restored {
+        kept,
+        users,
+        backup_users,
+    })
 }
 
 fn set_take_back(database: &Database, until_ms: u64) -> Result<(), StoreError> {
@@ -568,7 +607,8 @@ fn users_in(database: &Database) -> Result<u64, StoreError> {
 }
 
 /// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
-/// any, open it as a store and check its views.
+/// any (in place of the backup's, or besides them: `keep`), open it as a store and check
+/// its views. Returns whose users it has, and how many the backup held.
 async fn stage(
     from: &Path,
     staged: &Path,
@@ -576,7 +616,8 @@ async fn stage(
     me: &UnitId,
     owner: Option<(u32, u32)>,
     now_ms: u64,
-) -> Result<UsersFrom, StoreError> {
+    keep: KeepUsers,
+) -> Result<(UsersFrom, u64), StoreError> {
     std::fs::copy(from, staged).map_err(io(format!(
         "copying {} to {}",
         from.display(),
@@ -593,17 +634,24 @@ async fn stage(
             Some(c) => users_in(c)?,
             None => 0,
         };
-        match current {
+        let backup_users = users_in(&target)?;
+        let users = match current {
             Some(c) if current_users > 0 => {
                 let read = c.begin_read().map_err(db)?;
                 let to = target.begin_write().map_err(db)?;
-                to.delete_table(USERS).map_err(db)?;
+                if keep == KeepUsers::Newest {
+                    to.delete_table(USERS).map_err(db)?;
+                }
                 copy(&read, &to, USERS)?;
                 to.commit().map_err(db)?;
-                UsersFrom::Replaced(current_users)
+                match keep {
+                    KeepUsers::Newest => UsersFrom::Replaced(current_users),
+                    KeepUsers::Both => UsersFrom::Both(users_in(&target)?),
+                }
             }
-            _ => UsersFrom::Backup(users_in(&target)?),
-        }
+            _ => UsersFrom::Backup(backup_users),
+        };
+        (users, backup_users)
     };
     let (handle, _reader, thread) = super::open(staged, me.clone())?;
     let diffs = handle.verify_views().await;
@@ -839,6 +887,38 @@ mod tests {
         assert_eq!(names(&r, &me), vec!["Kept".to_owned(), "Later".to_owned()]);
         t.shutdown().await;
         assert!(!path.with_extension("restoring").exists());
+    }
+
+    /// A store made after the disk was lost holds an admin's first token: a restore over it
+    /// keeps only that one, unless told to keep the backup's users too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_keeps_the_backups_users_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let old = dir.path().join("old.redb");
+        let (h, r, t) = super::super::open(&old, me.clone()).unwrap();
+        h.set_profile("Liujia".into(), vec![]).await.unwrap();
+        h.add_user([1; 32], me.clone(), Role::Clerk).await.unwrap();
+        let backup = r.backup(1_000).unwrap().path;
+        t.shutdown().await;
+        for (keep, want, both) in [
+            (KeepUsers::Newest, UsersFrom::Replaced(1), false),
+            (KeepUsers::Both, UsersFrom::Both(2), true),
+        ] {
+            let path = dir.path().join(format!("{keep:?}.redb"));
+            let (h, r, t) = super::super::open(&path, me.clone()).unwrap();
+            h.add_user([2; 32], me.clone(), Role::Admin).await.unwrap();
+            drop((h, r));
+            t.shutdown().await;
+            let restored = restore_keeping(&backup, &path, &me, 2_000, keep)
+                .await
+                .unwrap();
+            assert_eq!((restored.users, restored.backup_users), (want, 1));
+            let (_h, r, t) = super::super::open(&path, me.clone()).unwrap();
+            assert!(r.user(&[2; 32]).unwrap().is_some(), "{keep:?}");
+            assert_eq!(r.user(&[1; 32]).unwrap().is_some(), both, "{keep:?}");
+            t.shutdown().await;
+        }
     }
 
     /// A backup that would not leave the margin free on its disk is refused before a byte
