@@ -652,6 +652,12 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("restoring {}", from.display()))?;
             println!("restored {} into {}", from.display(), dir.display());
+            if restored.views_made > 0 {
+                println!(
+                    "the backup's views differed from its documents in {} rows: made again",
+                    restored.views_made
+                );
+            }
             if let Some(kept) = restored.kept {
                 println!("the replaced store is kept as {}", kept.display());
             }

@@ -442,6 +442,9 @@ pub struct Restored {
     pub users: UsersFrom,
     /// How many users the backup held.
     pub backup_users: u64,
+    /// How many view rows differed from the backup's documents and were made again (0:
+    /// its views were right).
+    pub views_made: usize,
 }
 
 /// Where a restore copies and checks a backup before it takes the place of `store`.
@@ -525,9 +528,9 @@ pub async fn restore_keeping(
         }
         Err(e)
     };
-    let (users, backup_users) =
+    let (users, backup_users, views_made) =
         match stage(from, &staged, current.as_ref(), me, owner, now_ms, keep).await {
-            Ok(users) => users,
+            Ok(staged) => staged,
             Err(e) => return fail(placeholder, e),
         };
     let kept = if had_store {
@@ -553,6 +556,7 @@ pub async fn restore_keeping(
         kept,
         users,
         backup_users,
+        views_made,
     })
 }
 
@@ -608,7 +612,8 @@ fn users_in(database: &Database) -> Result<u64, StoreError> {
 
 /// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
 /// any (in place of the backup's, or besides them: `keep`), open it as a store and check
-/// its views. Returns whose users it has, and how many the backup held.
+/// its views, making them again when they differ. Returns whose users it has, how many the
+/// backup held, and how many view rows were made again.
 async fn stage(
     from: &Path,
     staged: &Path,
@@ -617,14 +622,14 @@ async fn stage(
     owner: Option<(u32, u32)>,
     now_ms: u64,
     keep: KeepUsers,
-) -> Result<(UsersFrom, u64), StoreError> {
+) -> Result<(UsersFrom, u64, usize), StoreError> {
     std::fs::copy(from, staged).map_err(io(format!(
         "copying {} to {}",
         from.display(),
         staged.display()
     )))?;
     give(staged, owner)?;
-    let users = {
+    let (users, backup_users) = {
         let target = open_existing(staged)?;
         check_owner(&target, from, me)?;
         // What this node wrote after the backup may be held only by its children now: the
@@ -653,20 +658,36 @@ async fn stage(
         };
         (users, backup_users)
     };
+    // Views are made from the documents: a backup whose views differ (an older build's
+    // bug, say) is still the backup of its documents, so its views are made again; what
+    // still differs after that is a document that does not read.
     let (handle, _reader, thread) = super::open(staged, me.clone())?;
-    let diffs = handle.verify_views().await;
-    thread.shutdown().await;
-    let diffs = diffs?;
-    if let Some(first) = diffs.first() {
-        return Err(StoreError::Corrupt(format!(
-            "the backup's views differ from its documents in {} rows (first: {first})",
-            diffs.len()
-        )));
+    let checked = async {
+        let diffs = handle.verify_views().await?;
+        if diffs.is_empty() {
+            return Ok(0);
+        }
+        tracing::warn!(
+            "the backup's views differ from its documents in {} rows (first: {}): made again",
+            diffs.len(),
+            diffs[0]
+        );
+        handle.rebuild_views().await?;
+        match handle.verify_views().await?.first() {
+            None => Ok(diffs.len()),
+            Some(first) => Err(StoreError::Corrupt(format!(
+                "the backup's views differ from its documents even made again (first: {first})"
+            ))),
+        }
     }
+    .await;
+    drop(handle);
+    thread.shutdown().await;
+    let views_made = checked?;
     std::fs::File::open(staged)
         .and_then(|f| f.sync_all())
         .map_err(io(format!("flushing {}", staged.display())))?;
-    Ok(users)
+    Ok((users, backup_users, views_made))
 }
 
 #[cfg(test)]
@@ -887,6 +908,40 @@ mod tests {
         assert_eq!(names(&r, &me), vec!["Kept".to_owned(), "Later".to_owned()]);
         t.shutdown().await;
         assert!(!path.with_extension("restoring").exists());
+    }
+
+    /// A backup whose views differ from its documents (views are made from them) is
+    /// restored with its views made again, not refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_with_wrong_views_is_restored_with_them_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let path = dir.path().join("store.redb");
+        let (h, r, t) = super::super::open(&path, me.clone()).unwrap();
+        h.set_profile("Liujia".into(), vec![]).await.unwrap();
+        h.create_member(me.clone(), sample("Kept")).await.unwrap();
+        let backup = r.backup(1_000).unwrap().path;
+        drop((h, r));
+        t.shutdown().await;
+        // A view row lost in the backup.
+        {
+            let d = Database::open(&backup).unwrap();
+            let tx = d.begin_write().unwrap();
+            let mut members = tx.open_table(VIEW_MEMBERS).unwrap();
+            let (unit, member) = redb::ReadableTable::first(&members)
+                .unwrap()
+                .map(|(k, _)| (k.value().0.to_owned(), k.value().1.to_owned()))
+                .unwrap();
+            members.remove((unit.as_str(), member.as_str())).unwrap();
+            drop(members);
+            tx.commit().unwrap();
+        }
+        let restored = restore(&backup, &path, &me, 2_000).await.unwrap();
+        assert!(restored.views_made > 0, "{restored:?}");
+        let (h, r, t) = super::super::open(&path, me.clone()).unwrap();
+        assert_eq!(names(&r, &me), vec!["Kept".to_owned()]);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
     }
 
     /// A store made after the disk was lost holds an admin's first token: a restore over it
