@@ -84,6 +84,13 @@ pub enum PkiError {
          identity goes into a new folder, then replaces the old one)"
     )]
     Exists(String),
+    /// The folder holds keys but neither a certificate nor a request: what a `pki init` or
+    /// `pki issue` cut short leaves.
+    #[error(
+        "{0} holds keys but no root.pem and no request.pem: a `pki init` or `pki issue` was cut \
+         short there; remove the folder and run the command again"
+    )]
+    Incomplete(String),
 }
 
 /// PEM label of a PKCS#10 request.
@@ -437,6 +444,7 @@ impl Identity {
         if !dir.join("root.pem").exists() && dir.join(REQUEST_FILE).exists() {
             return Err(PkiError::Pending(dir.display().to_string()));
         }
+        refuse_incomplete(dir)?;
         let certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, PkiError> {
             let pems =
                 pem::parse_many(read(dir, name)?).map_err(|_| PkiError::BadPem(name.to_owned()))?;
@@ -849,8 +857,23 @@ impl PendingIdentity {
 /// for its answer): keys made where they are used exist nowhere else, so new keys are made
 /// only into a folder without any.
 pub fn refuse_held_keys(dir: &Path) -> Result<(), PkiError> {
+    refuse_incomplete(dir)?;
     if ["node.key", "ca.key"].iter().any(|k| dir.join(k).exists()) {
         return Err(PkiError::Exists(dir.display().to_string()));
+    }
+    Ok(())
+}
+
+/// Refuse a folder holding keys with neither a certificate nor a request beside them
+/// ([`PkiError::Incomplete`]): the files are written one by one, `root.pem` or the request
+/// last.
+fn refuse_incomplete(dir: &Path) -> Result<(), PkiError> {
+    let keys = ["node.key", "ca.key"].iter().any(|k| dir.join(k).exists());
+    let marked = ["root.pem", REQUEST_FILE]
+        .iter()
+        .any(|f| dir.join(f).exists());
+    if keys && !marked {
+        return Err(PkiError::Incomplete(dir.display().to_string()));
     }
     Ok(())
 }
@@ -1269,6 +1292,17 @@ mod tests {
         assert!(matches!(err, PkiError::Pending(_)), "{err}");
         let again = PendingIdentity::create(&t01, "test.grassroots").unwrap();
         assert!(matches!(again.save(&pki), Err(PkiError::Exists(_))));
+        // Cut short before its request was written: told so, at the start and at a retry.
+        let cut = dir.path().join("cut");
+        PendingIdentity::create(&t01, "test.grassroots")
+            .unwrap()
+            .save(&cut)
+            .unwrap();
+        std::fs::remove_file(cut.join(REQUEST_FILE)).unwrap();
+        let err = Identity::load(&cut).unwrap_err();
+        assert!(matches!(err, PkiError::Incomplete(_)), "{err}");
+        let err = refuse_held_keys(&cut).unwrap_err();
+        assert!(matches!(err, PkiError::Incomplete(_)), "{err}");
 
         let request = std::fs::read_to_string(pki.join(REQUEST_FILE)).unwrap();
         assert!(!request.contains("PRIVATE"));
