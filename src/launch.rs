@@ -34,11 +34,13 @@ impl RunningNode {
         http_listen: SocketAddr,
         options: GatewayOptions,
     ) -> anyhow::Result<RunningNode> {
+        let own_nodes = cfg.children.clone();
         let node = Node::start(cfg).await.context("starting node")?;
         let backend = Backend {
             node_unit: node.unit().clone(),
             store: node.store(),
             reader: node.reader(),
+            own_nodes,
         };
         let listener = tokio::net::TcpListener::bind(http_listen)
             .await

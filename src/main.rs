@@ -760,6 +760,14 @@ async fn user_add(
     if !unit.is_in_subtree_of(&identity.unit) {
         bail!("{unit} is not {} or below it", identity.unit);
     }
+    // A child with a node of its own makes its units' users there (as createUserToken says).
+    if let Ok((cfg, _)) = read_node_toml(&dir.join("node.toml")) {
+        for child in cfg.children.iter().filter_map(|c| c.parse::<UnitId>().ok()) {
+            if unit.is_in_subtree_of(&child) {
+                bail!("{child} runs its own node: tokens for {unit} are made there");
+            }
+        }
+    }
     let (store, reader, thread) =
         grassroots_node::store::open(&dir.join("store.redb"), identity.unit.clone())?;
     let token = new_token()?;
@@ -1224,6 +1232,35 @@ mod tests {
         }
         assert_eq!(days(window(&fresh)?), Some(14), "a new store");
         assert_eq!(window(&other)?, None, "never told");
+        Ok(())
+    }
+
+    /// `user add` makes no token for a unit under a child that runs its own node.
+    #[test]
+    fn no_token_is_added_for_a_child_with_its_own_node() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("c01");
+        pki_cli(&[
+            "init",
+            "--dir",
+            dir.to_str().context("path")?,
+            "--unit",
+            "c01",
+            "--deployment",
+            "t.grassroots",
+        ])?;
+        std::fs::write(
+            dir.join("node.toml"),
+            "name = \"C\"\nquic_listen = \"127.0.0.1:1\"\ngraphql_listen = \"127.0.0.1:2\"\n\
+             children = [\"c01/k01\"]\n",
+        )?;
+        let rt = tokio::runtime::Runtime::new()?;
+        let add = |unit: &str| rt.block_on(user_add(&dir, unit.parse()?, Role::Clerk, None));
+        let err = add("c01/k01/t01").expect_err("a token for a unit under a child's node");
+        assert!(format!("{err:#}").contains("runs its own node"), "{err:#}");
+        assert!(!dir.join("store.redb").exists(), "nothing opened for it");
+        add("c01/k02")?;
+        add("c01")?;
         Ok(())
     }
 

@@ -45,6 +45,10 @@ pub struct Backend {
     pub store: StoreHandle,
     /// Reads of the views.
     pub reader: StoreReader,
+    /// The children that run nodes of their own (`children` in node.toml): users of their
+    /// subtrees are made at those nodes, not here, where a token for one of their units
+    /// would read personal details that unit keeps from the levels above.
+    pub own_nodes: Vec<UnitId>,
 }
 
 /// The user a request's token was issued to (request data beside the [`Caller`]).
@@ -2589,6 +2593,18 @@ fn authorise_users(ctx: &Context<'_>, b: &Backend, unit: &UnitId) -> Result<()> 
     Ok(())
 }
 
+/// Refuse making a token here for a unit under a child that runs its own node: its users
+/// are made there. (Listing and revoking such tokens, made before, stay allowed.)
+fn refuse_own_node(b: &Backend, unit: &UnitId) -> Result<()> {
+    match b.own_nodes.iter().find(|c| unit.is_in_subtree_of(c)) {
+        Some(child) => Err(error(
+            Code::Forbidden,
+            format!("{child} runs its own node: tokens for {unit} are made there"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A new user's token.
 #[derive(InputObject)]
 pub struct CreateUserTokenInput {
@@ -2795,6 +2811,7 @@ impl MutationCore {
         let b = backend(ctx)?;
         let unit = parse_unit(&input.unit)?;
         authorise_users(ctx, b, &unit)?;
+        refuse_own_node(b, &unit)?;
         let name = input.name.trim().to_owned();
         let token = grassroots_node::auth::new_token().map_err(internal)?;
         b.store

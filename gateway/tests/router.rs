@@ -1440,6 +1440,7 @@ async fn a_full_disk_is_not_stored_and_unhealthy() {
         node_unit: unit,
         store,
         reader,
+        own_nodes: Vec::new(),
     });
     let health = |app: axum::Router, token: Option<String>| async move {
         let mut request = Request::get("/healthz");
@@ -1637,4 +1638,50 @@ impl Serving {
             .unwrap()
             .unwrap();
     }
+}
+
+/// Tokens for a unit under a child that runs its own node are made at that node, not here
+/// (where one would read the personal details that unit keeps from the levels above); a
+/// token made before is still listed and revoked here.
+#[tokio::test]
+async fn no_token_is_made_here_for_a_child_with_its_own_node() {
+    let mut f = fixture().await;
+    let admin = token_for(&f, "c01/k01", Role::Admin).await;
+    let create = |unit: &str| {
+        format!(
+            "mutation {{ createUserToken(input: {{ unit: \"{unit}\", role: CLERK,
+                name: \"Wang Li\" }}) {{ unit }} }}"
+        )
+    };
+    // Made while the village had no node of its own.
+    let r = query(&f, Some(&admin), &create("c01/k01/t01/v01")).await;
+    assert!(r["errors"].is_null(), "{r}");
+    f.backend.own_nodes = vec!["c01/k01/t01".parse().unwrap()];
+    for unit in ["c01/k01/t01", "c01/k01/t01/v01"] {
+        let r = query(&f, Some(&admin), &create(unit)).await;
+        assert_eq!(code(&r), "FORBIDDEN", "{unit}: {r}");
+        assert!(
+            r["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("runs its own node"),
+            "{r}"
+        );
+    }
+    let r = query(&f, Some(&admin), &create("c01/k01/t02/v01")).await;
+    assert!(r["errors"].is_null(), "a hosted village: {r}");
+    let r = query(
+        &f,
+        Some(&admin),
+        "{ users(unit: \"c01/k01/t01/v01\") { name } }",
+    )
+    .await;
+    assert_eq!(r["data"]["users"], json!([{ "name": "Wang Li" }]), "{r}");
+    let r = query(
+        &f,
+        Some(&admin),
+        "mutation { revokeUserTokens(name: \"Wang Li\", unit: \"c01/k01/t01/v01\") }",
+    )
+    .await;
+    assert_eq!(r["data"]["revokeUserTokens"], 1, "{r}");
 }

@@ -52,6 +52,7 @@ pub async fn store_taking_back(unit: &str, until_ms: Option<u64>) -> Fixture {
             node_unit: unit,
             store,
             reader,
+            own_nodes: Vec::new(),
         },
         _thread: thread,
         _dir: dir,

@@ -1397,6 +1397,7 @@ async fn rollup() -> anyhow::Result<()> {
         node_unit: city.clone(),
         store: store.clone(),
         reader,
+        own_nodes: Vec::new(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(grassroots_gateway::http::serve(listener, backend, async {
