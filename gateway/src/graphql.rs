@@ -1187,8 +1187,8 @@ impl DirectiveReceipts {
 pub struct FundTracking {
     /// The programme.
     programme: en::FundProgrammeGql,
-    /// People paid under it (by identity number, else by name; instalments to one person
-    /// count once).
+    /// People paid under it (by identity number, else by name, within the unit that paid
+    /// them; instalments to one person count once).
     recipients: i64,
     /// What they were paid in all (yuan).
     paid: i64,
@@ -1211,10 +1211,17 @@ impl FundTracking {
             .iter()
             .filter(|d| d.text("status") == Some("paid"))
         {
-            // Identity numbers are sensitive: only grouped by here, never shown.
+            // Identity numbers are sensitive: only grouped by here, never shown, and only
+            // within the unit that paid: a caller who may read this (a unit above the
+            // payers) could otherwise pay a guessed number itself and see from the count
+            // whether someone below was paid under it.
             let who = match d.text("recipientIdNumber") {
-                Some(id) => format!("id:{id}"),
-                None => format!("name:{}", d.text("recipient").unwrap_or_default()),
+                Some(id) => format!("{}/id:{id}", d.id.unit),
+                None => format!(
+                    "{}/name:{}",
+                    d.id.unit,
+                    d.text("recipient").unwrap_or_default()
+                ),
             };
             let paid = per.entry(who).or_default();
             *paid = paid.saturating_add(d.int("amount").unwrap_or(0));

@@ -842,6 +842,23 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
         "FORBIDDEN",
         "a village on its county's programmes: {r}"
     );
+    // The county paying a guessed identity number itself learns nothing of the village's
+    // recipients: it counts as one more person, not as the village's one paid more.
+    f.ok(
+        Some(&supervisor),
+        "mutation($p: ID!) { createDisbursement(input: { unit: \"c01/k01\",
+            programme: $p, recipient: \"Guess\", recipientIdNumber: \"11010519491231002X\",
+            amount: 1, method: CASH, status: PAID, paidOn: \"2026-04-04\" }) { id } }",
+        json!({ "p": programme }),
+    )
+    .await;
+    let d = f.ok(Some(&county), tracking, json!({})).await;
+    let node = &d["nodeUnit"]["fundTracking"]["edges"][0]["node"];
+    assert_eq!(
+        (&node["recipients"], &node["shortPaid"]),
+        (&json!(3), &json!(2)),
+        "{d}"
+    );
     assert_eq!(
         f.backend.store.verify_views().await.unwrap(),
         Vec::<String>::new()
