@@ -2888,7 +2888,7 @@ impl MutationCore {
 /// Create and update of every record kind, generated from the table below: one rule path
 /// (`entities::create`, `entities::update`) for all. Merged into [`Mutation`].
 macro_rules! record_mutations {
-    ($( $what:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident) $(, $delete:ident)?; )+) => {
+    ($( $what:literal by $who:literal: $gql:ident, $create:ident($cin:ident), $update:ident($uin:ident) $(, $delete:ident)?; )+) => {
         /// The record writes (their fields are `Mutation`'s).
         #[derive(Default)]
         pub struct RecordMutations;
@@ -2896,7 +2896,7 @@ macro_rules! record_mutations {
         #[Object]
         impl RecordMutations {
             $(
-                #[doc = concat!("Add ", $what, ": a clerk of the unit, or a supervisor above it (fields only supervisors write need a supervisor). `requestId` makes a retry harmless, as for `createMember`.")]
+                #[doc = concat!("Add ", $what, ": ", $who, " (fields only supervisors write need a supervisor). `requestId` makes a retry harmless, as for `createMember`.")]
                 async fn $create(&self, ctx: &Context<'_>, input: en::$cin, request_id: Option<String>) -> Result<en::$gql> {
                     en::$gql::create(ctx, input, request_id.as_deref()).await
                 }
@@ -2922,16 +2922,16 @@ macro_rules! record_mutations {
 // review, an appraisal made one rated from above) would be refused at the hop that holds the
 // decision, holding the document back there.
 record_mutations! {
-    "an activist, applicant or reserve cadre": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput), delete_activist;
-    "a cadre post": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput), delete_cadre_post;
-    "a meeting, activity or training": MeetingGql, create_meeting(CreateMeetingInput), update_meeting(UpdateMeetingInput), delete_meeting;
-    "an appraisal": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput);
-    "a project": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput), delete_project;
-    "a collective asset": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput), delete_collective_asset;
-    "a public disclosure": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput), delete_disclosure;
-    "a complaint": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput);
-    "a directive": DirectiveGql, create_directive(CreateDirectiveInput), update_directive(UpdateDirectiveInput), delete_directive;
-    "a report": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput);
-    "a fund programme": FundProgrammeGql, create_fund_programme(CreateFundProgrammeInput), update_fund_programme(UpdateFundProgrammeInput), delete_fund_programme;
-    "a disbursement": DisbursementGql, create_disbursement(CreateDisbursementInput), update_disbursement(UpdateDisbursementInput), delete_disbursement;
+    "an activist, applicant or reserve cadre" by "a clerk of the unit, or a supervisor above it": ActivistGql, create_activist(CreateActivistInput), update_activist(UpdateActivistInput), delete_activist;
+    "a cadre post" by "a clerk of the unit, or a supervisor above it": CadrePostGql, create_cadre_post(CreateCadrePostInput), update_cadre_post(UpdateCadrePostInput), delete_cadre_post;
+    "a meeting, activity or training" by "a clerk of the unit, or a supervisor above it": MeetingGql, create_meeting(CreateMeetingInput), update_meeting(UpdateMeetingInput), delete_meeting;
+    "an appraisal" by "a clerk of the unit, or a supervisor above it": AppraisalGql, create_appraisal(CreateAppraisalInput), update_appraisal(UpdateAppraisalInput);
+    "a project" by "a clerk of the unit, or a supervisor above it": ProjectGql, create_project(CreateProjectInput), update_project(UpdateProjectInput), delete_project;
+    "a collective asset" by "a clerk of the unit, or a supervisor above it": CollectiveAssetGql, create_collective_asset(CreateCollectiveAssetInput), update_collective_asset(UpdateCollectiveAssetInput), delete_collective_asset;
+    "a public disclosure" by "a clerk of the unit, or a supervisor above it": DisclosureGql, create_disclosure(CreateDisclosureInput), update_disclosure(UpdateDisclosureInput), delete_disclosure;
+    "a complaint" by "a clerk of the unit, or a supervisor above it": ComplaintGql, create_complaint(CreateComplaintInput), update_complaint(UpdateComplaintInput);
+    "a directive" by "a supervisor or admin of the unit or above it (it acts on the subtree; not a clerk)": DirectiveGql, create_directive(CreateDirectiveInput), update_directive(UpdateDirectiveInput), delete_directive;
+    "a report" by "a clerk of the unit, or a supervisor above it": ReportGql, create_report(CreateReportInput), update_report(UpdateReportInput);
+    "a fund programme" by "a supervisor or admin of the unit or above it (it acts on the subtree; not a clerk)": FundProgrammeGql, create_fund_programme(CreateFundProgrammeInput), update_fund_programme(UpdateFundProgrammeInput), delete_fund_programme;
+    "a disbursement" by "a clerk of the unit, or a supervisor above it": DisbursementGql, create_disbursement(CreateDisbursementInput), update_disbursement(UpdateDisbursementInput), delete_disbursement;
 }

@@ -1073,4 +1073,13 @@ async fn a_complaint_is_not_answered_in_the_name_of_the_unit_above() {
         )
         .await;
     assert_eq!(d["updateComplaint"]["status"], "HANDLED", "{d}");
+    // Opened again where it is handled, it waits there: escalated, not open at the village.
+    let d = f
+        .ok(
+            Some(&township),
+            update,
+            json!({ "id": id, "i": { "status": "OPEN" } }),
+        )
+        .await;
+    assert_eq!(d["updateComplaint"]["status"], "ESCALATED", "{d}");
 }

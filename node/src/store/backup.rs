@@ -494,16 +494,16 @@ pub async fn restore_keeping(
     } else {
         None
     };
-    // The restored store goes to the owner of the store it replaces, when that is a store
-    // (an empty file an interrupted restore left, or a store a command run as root made,
-    // says nothing of who runs the node), else to the folder's.
-    let owner = if current
-        .as_ref()
-        .is_some_and(|c| owner_of(c).ok().flatten().is_some())
-    {
-        owner_ids(store)
-    } else {
-        owner_ids(crate::files::folder_of(store))
+    // The restored store goes to the owner of the store it replaces, or of a file too
+    // damaged to open (what a restore is for); a store without its owner row (the empty
+    // one an interrupted restore left) says nothing of who runs the node, nor does no
+    // store: then the folder's owner.
+    let owner = match &current {
+        Some(c) if owner_of(c).ok().flatten().is_none() => {
+            owner_ids(crate::files::folder_of(store))
+        }
+        _ if had_store => owner_ids(store),
+        _ => owner_ids(crate::files::folder_of(store)),
     };
     let placeholder = if had_store {
         None

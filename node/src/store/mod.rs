@@ -1334,9 +1334,10 @@ impl Waiting for PendingRecord {
             RecordOp::Delete(..) => None,
         }
     }
-    /// A complaint's handler named is judged against the handler it has
-    /// (`EntitySpec::with_update_defaults`): left out when unchanged, else it brings its
-    /// waiting status along.
+    /// A complaint's handler or status named is judged against the handler it has
+    /// (`EntitySpec::with_update_defaults`): a handler left out when unchanged, else it
+    /// brings its waiting status along, and a waiting status named is the one that goes
+    /// with the handler.
     fn settle(&mut self, doc: &Automerge, earlier: &Handling) {
         if self.deletes() {
             let row = self.read(doc);
@@ -1345,7 +1346,8 @@ impl Waiting for PendingRecord {
             }
         }
         if let RecordOp::Update(id, fields, _) = &mut self.op
-            && fields.contains_key("handler")
+            && self.spec.kind == DocKind::Complaints
+            && (fields.contains_key("handler") || fields.contains_key("status"))
         {
             let now = handler_now(doc, self.spec, id, earlier);
             *fields = self

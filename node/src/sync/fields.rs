@@ -359,23 +359,30 @@ pub fn check_local(
     };
     let mut all = earlier.cloned().unwrap_or_default();
     all.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-    for name in fields.keys() {
-        let name = name.as_str();
-        if complaint
+    let supervisory = |name: &str| {
+        complaint
             && spec
                 .field(name)
                 .is_some_and(|f| f.access == Access::Supervisory)
+    };
+    // A complaint's handling over everything the batch writes of the record: an answer
+    // written before a handover in the same change is judged against the new handler too,
+    // as the parent will judge the change.
+    for name in all.keys().filter(|n| supervisory(n)) {
+        let handed = grassroots_schema::handed_to(owner, name, &all);
+        if let Some(h) = Some(&handling)
+            .into_iter()
+            .chain(handed.as_ref())
+            .find(|h| !h.is_in_subtree_of(me))
         {
-            let handed = grassroots_schema::handed_to(owner, name, &all);
-            if let Some(h) = Some(&handling)
-                .into_iter()
-                .chain(handed.as_ref())
-                .find(|h| !h.is_in_subtree_of(me))
-            {
-                return Err(format!(
-                    "{me} may not set {name} of a complaint handled by {h}"
-                ));
-            }
+            return Err(format!(
+                "{me} may not set {name} of a complaint handled by {h}"
+            ));
+        }
+    }
+    for name in fields.keys() {
+        let name = name.as_str();
+        if supervisory(name) {
             continue;
         }
         if let Some(why) = spec.above_only(name, owner, exists, &held, &written)
@@ -721,6 +728,10 @@ mod tests {
         let up = set(&[("handler", "c01/k01/t01")]);
         let answer = set(&[("status", "closed"), ("response", "Done above")]);
         let e = check_local(&d, &meta, &village, open, &answer, Some(&up)).unwrap_err();
+        assert!(e.contains("handled by c01/k01/t01"), "{e}");
+        // Answered, then handed up by a later write of the same change: the answer too.
+        let up_waiting = set(&[("handler", "c01/k01/t01"), ("status", "escalated")]);
+        let e = check_local(&d, &meta, &village, open, &up_waiting, Some(&answer)).unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
         assert!(check_local(&d, &meta, &village, open, &answer, None).is_ok());
         // A new record (no such id yet) is the owner's to fill, but for what only a unit
