@@ -94,6 +94,20 @@ pub fn code_unlabelled(resp: &mut async_graphql::Response) {
             .get_or_insert_with(Default::default)
             .set("code", code.as_str());
     }
+    // A query refused for what it reached while it ran (units through `children` and
+    // `parent`) is refused whole, as one refused before it ran is: not a partial tree of
+    // thousands of units with a null, and an error, at every place the budget ran out.
+    let too_complex = |e: &async_graphql::ServerError| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|c| *c == async_graphql::Value::from(Code::TooComplex.as_str()))
+    };
+    if let Some(first) = resp.errors.iter().position(too_complex) {
+        resp.data = async_graphql::Value::Null;
+        let e = resp.errors.swap_remove(first);
+        resp.errors = vec![e];
+    }
 }
 
 /// A client-visible error with its code.

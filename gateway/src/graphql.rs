@@ -1282,7 +1282,11 @@ const ACTIVISTS_PER_VILLAGE: i64 = 3;
 /// Periods of `year` `months` long that have ended by now, as `YYYY<mark>n` (quarters:
 /// 3 and `Q`, halves: 6 and `H`; the year itself: 12 and no mark).
 fn ended_periods(year: i64, months: i64, mark: &str) -> Vec<String> {
-    let now = today();
+    ended_periods_by(&today(), year, months, mark)
+}
+
+/// [`ended_periods`] as of the day `now` (`YYYY-MM-DD`).
+fn ended_periods_by(now: &str, year: i64, months: i64, mark: &str) -> Vec<String> {
     let this_year = now
         .get(..4)
         .and_then(|y| y.parse::<i64>().ok())
@@ -1581,6 +1585,26 @@ mod tests {
         assert_eq!(
             super::rfc3339(1_795_000_000_000),
             "2026-11-18T11:06:40.000Z"
+        );
+    }
+
+    /// The periods a target counts: those ended by the day, none of a year to come.
+    #[test]
+    fn ended_periods_are_those_over_by_the_day() {
+        let ended = |now: &str, year: i64, months: i64, mark: &str| {
+            super::ended_periods_by(now, year, months, mark)
+        };
+        let may = "2026-05-15";
+        assert_eq!(ended(may, 2026, 3, "Q"), ["2026Q1"]);
+        assert!(ended(may, 2026, 6, "H").is_empty());
+        assert!(ended(may, 2026, 12, "").is_empty());
+        assert!(ended(may, 2027, 3, "Q").is_empty());
+        assert_eq!(ended(may, 2025, 6, "H"), ["2025H1", "2025H2"]);
+        assert_eq!(ended(may, 2025, 12, ""), ["2025"]);
+        assert_eq!(ended("2026-07-01", 2026, 6, "H"), ["2026H1"]);
+        assert_eq!(
+            ended("2026-12-31", 2026, 3, "Q"),
+            ["2026Q1", "2026Q2", "2026Q3"]
         );
     }
 }

@@ -408,12 +408,20 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         );
         assert_eq!(d["record"]["complainantPhone"].is_null(), !sees, "{d}");
     }
+    // Another, open and due long after today: open, not overdue.
+    f.ok(
+        Some(&v01),
+        "mutation { createComplaint(input: { unit: \"c01/k01/t01/v01\", subject: \"Lamp\",
+            body: \"Broken\", filedOn: \"2026-01-03\", dueOn: \"2999-12-31\" }) { id } }",
+        json!({}),
+    )
+    .await;
     let figures = "{ nodeUnit { indicators(year: 2026) { complaints complaintsOpen
         complaintsOverdue complaintsAnswered meanResponseDays } } }";
     let d = f.ok(Some(&county), figures, json!({})).await;
     assert_eq!(
         d["nodeUnit"]["indicators"],
-        json!({ "complaints": 1, "complaintsOpen": 1, "complaintsOverdue": 1,
+        json!({ "complaints": 2, "complaintsOpen": 2, "complaintsOverdue": 1,
             "complaintsAnswered": 0, "meanResponseDays": 0.0 })
     );
     f.ok(
@@ -426,7 +434,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     let d = f.ok(Some(&county), figures, json!({})).await;
     assert_eq!(
         d["nodeUnit"]["indicators"],
-        json!({ "complaints": 1, "complaintsOpen": 0, "complaintsOverdue": 0,
+        json!({ "complaints": 2, "complaintsOpen": 1, "complaintsOverdue": 0,
             "complaintsAnswered": 1, "meanResponseDays": 9.0 })
     );
 

@@ -316,8 +316,10 @@ async fn a_dial_stuck_behind_a_dead_link_connects_soon_after_it_heals() -> anyho
     );
     let took = started.elapsed();
     let link = link.context("dial after the outage")?;
+    // Well before the 20 s a handshake stuck behind the outage would wait (a wide margin:
+    // this is behaviour, not a latency figure).
     assert!(
-        took < Duration::from_millis(6_000),
+        took < Duration::from_secs(12),
         "connected {took:?} after the dial began; the link healed at 4 s"
     );
     link.conn.close(0u32.into(), b"done");
@@ -451,15 +453,10 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
     // A child gets in all the same.
     let honest_end = net::endpoint(&honest, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     let dial = || net::connect_parent(&honest_end, &honest, &city, addr, Duration::from_secs(2));
-    let started = std::time::Instant::now();
+    // Within its 2 s handshake timeout: not held behind the forged ones.
     let link = dial()
         .await
         .context("a child dialling past forged Initials")?;
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "linked at once: {:?}",
-        started.elapsed()
-    );
     link.conn.close(0u32.into(), b"done");
     // k01 comes back validated (the Retry), completes TLS and never says hello: with the
     // first forged handshake it holds both until the node's handshake timeout.
@@ -467,7 +464,7 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
     let stalled = stalled_end.connect(addr, &name)?.await?;
     let slots_taken = std::time::Instant::now();
     let turned_away = dial().await;
-    let took = slots_taken.elapsed();
+    // Refused with its code, not timed out: turned away, not held.
     match &turned_away {
         Err(e @ NetError::Connection(quinn::ConnectionError::ConnectionClosed(c)))
             if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
@@ -479,10 +476,6 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
             other.as_ref().map(|l| &l.peer)
         ),
     }
-    assert!(
-        took < Duration::from_secs(1),
-        "turned away at once, not held: {took:?}"
-    );
     // Once the stalled handshakes have timed out, k02 gets in.
     let link = eventually(
         Duration::from_secs(10),
@@ -577,7 +570,10 @@ async fn a_stolen_ca_is_refused_once_its_issuer_revokes_it() -> anyhow::Result<(
                 reason: grassroots_node::sync::wire::RejectReason::Revoked,
                 ..
             }) => Some(()),
-            Err(e) if e.is_permanent() => Some(()),
+            // Refused at the handshake: the alert names the revocation.
+            Err(e) if e.is_permanent() && format!("{e:#}").to_lowercase().contains("revoked") => {
+                Some(())
+            }
             _ => None,
         })
     })

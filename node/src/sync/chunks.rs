@@ -172,6 +172,12 @@ mod tests {
         assert_eq!(chunks[0].0, CHUNK_DOCUMENT);
         let n = inflated_len(CHUNK_DOCUMENT, chunks[0].2, u64::MAX).unwrap();
         assert!(n > saved.len() as u64, "{n} vs {}", saved.len());
+        // Not under what the chunk is uncompressed: the cap on inflation relies on it.
+        let plain = d.save_nocompress();
+        let plain_chunks = split_chunks(&plain).unwrap();
+        assert_eq!(plain_chunks[0].0, CHUNK_DOCUMENT);
+        let plain_len = plain_chunks[0].2.len() as u64;
+        assert!(n >= plain_len, "{n} vs {plain_len} uncompressed");
         assert!(inflated_len(CHUNK_DOCUMENT, chunks[0].2, 100).unwrap() > 100);
         // A truncated body is unreadable, not misread.
         assert_eq!(

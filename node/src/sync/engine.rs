@@ -2219,7 +2219,15 @@ mod tests {
         let mut v = engine("c01/k01/t01/v01", 2);
         write(&mut t, "c01/k01/t01", 1, "Township Member");
         write(&mut t, "c01/k01/t01/v02", 2, "Sibling Village Member");
+        // What the village's own register holds at the township does go down, in the same
+        // session: the link carries what is in scope, and only that.
+        write(&mut t, "c01/k01/t01/v01", 3, "Own Member");
         link(&mut t, &mut v);
+        assert!(
+            v.get(&DocId::new(DocKind::Members, u("c01/k01/t01/v01")))
+                .is_some(),
+            "the village's own register"
+        );
         assert!(
             v.get(&DocId::new(DocKind::Members, u("c01/k01/t01")))
                 .is_none()
