@@ -35,14 +35,17 @@ pub enum BalanceFigure {
 }
 
 impl BalanceFigure {
-    /// Its value for a unit whose subtree's roll-up is `r`.
-    fn value(self, r: &gs::Rollup, year: i64, level: gs::Level) -> f64 {
+    /// Its value for a unit whose subtree's roll-up is `r`; none for a unit with nothing to
+    /// compare (a share of no members, a count per village of a unit holding no village),
+    /// which would otherwise enter the figures as a 0 or as a count not per village.
+    fn value(self, r: &gs::Rollup, year: i64, level: gs::Level) -> Option<f64> {
+        let of_members = |part: i64| (r.members > 0).then(|| share(part, r.members));
         let count = match self {
             BalanceFigure::Members => r.members,
             BalanceFigure::NewMembers => r.joined(year)[0],
-            BalanceFigure::Under35Share => return share(r.young(year), r.members),
-            BalanceFigure::Aged60PlusShare => return share(r.elderly(year), r.members),
-            BalanceFigure::HigherEducationShare => return share(r.higher_education(), r.members),
+            BalanceFigure::Under35Share => return of_members(r.young(year)),
+            BalanceFigure::Aged60PlusShare => return of_members(r.elderly(year)),
+            BalanceFigure::HigherEducationShare => return of_members(r.higher_education()),
             BalanceFigure::Activists => r.activists(),
             BalanceFigure::RoutineMeetings => r.routine_meetings_in(year),
             BalanceFigure::TrainingHours => r.training_hours(year),
@@ -55,11 +58,7 @@ impl BalanceFigure {
         } else {
             r.tally("villages")
         };
-        if villages > 0 {
-            share(count, villages)
-        } else {
-            count as f64
-        }
+        (villages > 0).then(|| share(count, villages))
     }
 }
 
@@ -86,7 +85,8 @@ impl UnitValue {
 pub struct Balance {
     /// The figure.
     figure: BalanceFigure,
-    /// Units compared: every unit of the subtree at the level that this node knows.
+    /// Units compared: every unit of the subtree at the level that this node knows and that
+    /// has something to compare (members, for a share; villages, for a count per village).
     units: i64,
     /// The lowest value.
     min: f64,
@@ -98,7 +98,8 @@ pub struct Balance {
     std_dev: f64,
     /// `stdDev / mean` (0 when the mean is 0): how uneven, comparable across figures.
     variation: f64,
-    /// The units with the lowest values, lowest first (ties by id): those that lag.
+    /// The units with the lowest values, lowest first (ties by id): those that lag, but for
+    /// `AGED_60_PLUS_SHARE`, where the highest are.
     lowest: Vec<UnitValue>,
     /// The units with the highest values, highest first.
     highest: Vec<UnitValue>,
@@ -116,10 +117,7 @@ impl Balance {
     ) -> Balance {
         let mut values: Vec<(UnitId, f64)> = units
             .into_iter()
-            .map(|(u, r)| {
-                let v = figure.value(&r, year, level);
-                (u, v)
-            })
+            .filter_map(|(u, r)| figure.value(&r, year, level).map(|v| (u, v)))
             .collect();
         values.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
         let n = values.len();

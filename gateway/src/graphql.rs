@@ -615,11 +615,19 @@ pub struct SecretaryFigures {
 }
 
 impl SecretaryFigures {
+    /// The secretaries in office at the end of `year`, or today for the year in progress
+    /// (one a handover replaced during the year is not counted beside the one who took
+    /// over), by their age reached in `year`.
     fn of(rollup: &gs::Rollup, year: i64) -> SecretaryFigures {
         let mut s = SecretaryFigures::default();
         let (mut ages, mut aged) = (0i64, 0i64);
         use gs::rollup::{ELDERLY_FROM, YOUNG_UNDER};
-        for (sec, n) in rollup.secretaries_in(year) {
+        let day = if year == this_year() {
+            today()
+        } else {
+            format!("{year:04}-12-31")
+        };
+        for (sec, n) in rollup.secretaries_on(&day) {
             s.total += n;
             match sec.birth_year {
                 Some(b) => {
@@ -906,7 +914,8 @@ impl Indicators {
             .collect()
     }
 
-    /// Disbursements paid in kind instead of money (all years).
+    /// Disbursements in kind instead of money, whatever their status (planned, paid,
+    /// delayed or returned; all years).
     async fn disbursements_in_kind(&self) -> i64 {
         self.rollup.tally("disbursements_in_kind")
     }
@@ -1822,7 +1831,11 @@ impl UnitCore {
     /// The seed's targets, each met or missed by this unit's subtree, with the units that
     /// miss it ("which villages have fewer than 3 activists, by township"). Each is checked
     /// on every unit of the subtree at the levels it applies to, against that unit's own
-    /// records. Same visibility as `indicators`.
+    /// records. Same visibility as `indicators`. A year not begun is refused (every target
+    /// of periods none of which has ended would read as met). In the year in progress,
+    /// meetings and reports are judged on the periods ended so far, the yearly targets on
+    /// what is recorded so far; the activists, reserve cadres and organisations are judged
+    /// as they stand today, whatever the year.
     #[graphql(complexity = "SUBTREE_SCAN + child_complexity")]
     async fn targets(&self, ctx: &Context<'_>, year: Option<i32>) -> Result<Option<Vec<Target>>> {
         let b = backend(ctx)?;
@@ -1830,6 +1843,12 @@ impl UnitCore {
             return Ok(None);
         }
         let year = parse_year(year)?;
+        if year > this_year() {
+            return Err(error(
+                Code::BadUserInput,
+                format!("targets of {year}: the year has not begun"),
+            ));
+        }
         let units = b.reader.units_own(&self.id).map_err(internal)?;
         Ok(Some(
             seed_targets(year)

@@ -681,6 +681,38 @@ async fn secretaries_are_counted_by_age_and_villages_without_a_successor_named()
         json!({ "total": 2, "aged60OrOver": 2 }),
         "{r}"
     );
+    // A handover within 2025 leaves one secretary at its end, not two in the year; a
+    // director recorded as also secretary is one, and also director.
+    let before = post(
+        "secretary",
+        "2020-01-01",
+        vec![("termEnd", t("2025-03-31")), ("birthYear", V::Int(1955))],
+    );
+    add(DocKind::Posts, "c01/k01/t01/v03", before).await;
+    let after = post("secretary", "2025-04-01", vec![("birthYear", V::Int(1995))]);
+    add(DocKind::Posts, "c01/k01/t01/v03", after).await;
+    let director = post(
+        "director",
+        "2022-01-01",
+        vec![
+            ("concurrentPost", t("secretary")),
+            ("birthYear", V::Int(1980)),
+        ],
+    );
+    add(DocKind::Posts, "c01/k01/t02/v02", director).await;
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { indicators(year: 2025) { secretaries { total under35 aged60OrOver
+            alsoDirector } } } }",
+    )
+    .await;
+    // v01 (68, director), v02, t02/v01's second term, v03's new one (30), t02/v02's director.
+    assert_eq!(
+        r["data"]["nodeUnit"]["indicators"]["secretaries"],
+        json!({ "total": 5, "under35": 1, "aged60OrOver": 1, "alsoDirector": 2 }),
+        "{r}"
+    );
 }
 
 /// Members who joined in a year are counted, with the young (under 35 when they joined) and
@@ -798,6 +830,56 @@ async fn new_members_are_counted_by_the_year_they_joined() {
     assert_eq!(
         r["data"]["nodeUnit"]["balance"],
         json!({ "units": 2, "min": 1.0, "max": 2.0, "lowest": [{ "unit": { "name": "Zhangwan" } }] }),
+        "{r}"
+    );
+    // A village with no member yet is not compared on a share (it would count as 0), and a
+    // township holding no village not on a count per village (it would count whole).
+    f.backend
+        .store
+        .set_unit_details(
+            "c01/k01/t01/v03".parse().unwrap(),
+            grassroots_schema::UnitDetails {
+                name: Some("Empty".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let compared = |figure: &str, level: &str| {
+        format!(
+            "{{ nodeUnit {{ balance(figure: {figure}, level: {level}, year: 2025) {{ units
+                lowest {{ unit {{ name }} }} }} }} }}"
+        )
+    };
+    let r = query(&f, Some(&viewer), &compared("UNDER_35_SHARE", "VILLAGE")).await;
+    assert_eq!(r["data"]["nodeUnit"]["balance"]["units"], 2, "{r}");
+    let r = query(&f, Some(&viewer), &compared("MEMBERS", "VILLAGE")).await;
+    assert_eq!(r["data"]["nodeUnit"]["balance"]["units"], 3, "a count: {r}");
+    // Targets of a year not begun are refused: with no period ended, each would read met.
+    let r = query(
+        &f,
+        Some(&viewer),
+        "{ nodeUnit { targets(year: 2199) { target met } } }",
+    )
+    .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    for (township, name) in [("c01/k01/t01", "Riverside"), ("c01/k01/t02", "No villages")] {
+        f.backend
+            .store
+            .set_unit_details(
+                township.parse().unwrap(),
+                grassroots_schema::UnitDetails {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let r = query(&f, Some(&viewer), &compared("MEMBERS", "TOWNSHIP")).await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["balance"],
+        json!({ "units": 1, "lowest": [{ "unit": { "name": "Riverside" } }] }),
         "{r}"
     );
 }
@@ -920,6 +1002,17 @@ async fn a_create_sent_again_with_its_request_id_makes_one_record() {
     let r = query(&f, Some(&clerk), count).await;
     assert_eq!(r["data"]["unit"]["members"]["totalCount"], 2, "{r}");
     assert_eq!(r["data"]["unit"]["meetings"]["totalCount"], 1, "{r}");
+    // Training hours are a training's: the group meeting's two hours are not counted.
+    let training = r#"mutation { createMeeting(input: { unit: "c01/k01", kind: TRAINING,
+        heldOn: "2026-03-09", attendance: 20, hours: 3 }) { id } }"#;
+    let r = query(&f, Some(&clerk), training).await;
+    assert!(r["data"]["createMeeting"]["id"].is_string(), "{r}");
+    let hours = "{ nodeUnit { indicators(year: 2026) { trainingHours } } }";
+    let r = query(&f, Some(&clerk), hours).await;
+    assert_eq!(
+        r["data"]["nodeUnit"]["indicators"]["trainingHours"], 3,
+        "{r}"
+    );
     for bad in [String::new(), "x".repeat(65), "a\\u0007b".into()] {
         let r = query(&f, Some(&clerk), &member(&bad)).await;
         assert_eq!(code(&r), "BAD_USER_INPUT", "{bad:?}: {r}");

@@ -601,8 +601,9 @@ pub const ENTITIES: &[EntitySpec] = &[
     },
 ];
 
-/// The prefix of a secretary post's tally: `secretary/<term start year>/<term end year or
-/// open>/<birth year or ->/<education or ->/<1 if also director>`.
+/// The prefix of a secretary post's tally: `secretary/<term start date>/<term end date or
+/// open>/<birth year or ->/<education or ->/<1 if also director>`. Dates in full: a handover
+/// within a year leaves one secretary in office on any day, not two in the year.
 pub(crate) const SECRETARY: &str = "secretary/";
 
 /// A secretary counted in a roll-up, from a SECRETARY post's tally.
@@ -617,15 +618,16 @@ pub struct Secretary {
 }
 
 impl Secretary {
-    /// The secretary a tally key (after [`SECRETARY`]) names, if the post is held in `year`
-    /// (a term begun by the year and not ended before it).
-    pub(crate) fn in_office(key: &str, year: i64) -> Option<Secretary> {
+    /// The secretary a tally key (after [`SECRETARY`]) names, if the post is held on `day`
+    /// (`YYYY-MM-DD`: a term begun by then and not ended before it; ISO dates compare as
+    /// text).
+    pub(crate) fn in_office(key: &str, day: &str) -> Option<Secretary> {
         let parts: Vec<&str> = key.split('/').collect();
         let [start, end, born, education, director] = parts[..] else {
             return None;
         };
-        let held = start.parse::<i64>().is_ok_and(|s| s <= year)
-            && (end == "open" || end.parse::<i64>().is_ok_and(|e| e >= year));
+        let date = |d: &str| d.len() == 10;
+        let held = date(start) && start <= day && (end == "open" || (date(end) && end >= day));
         held.then(|| Secretary {
             birth_year: born.parse().ok(),
             education: Education::parse(education),
@@ -956,16 +958,22 @@ impl EntitySpec {
             DocKind::Activists => out.push((format!("talent/{}", text("stage")), 1)),
             DocKind::Posts => {
                 out.push((format!("posts/{}", text("post")), 1));
-                if text("post") == PostKind::Secretary.as_str() {
-                    // The years it is held (to the end of the term's year, or open), who
-                    // holds it (born, education) and whether also director: the ageing of
-                    // secretaries, their education and concurrent posts, for any year.
-                    let end = r.text("termEnd").and_then(|d| d.get(..4)).unwrap_or("open");
-                    let start = text("termStart").get(..4).unwrap_or("");
+                let (secretary, director) =
+                    (PostKind::Secretary.as_str(), PostKind::Director.as_str());
+                let concurrent = r.text("concurrentPost");
+                // A secretary, recorded as such or as a director who is also secretary.
+                let holds = text("post") == secretary
+                    || (text("post") == director && concurrent == Some(secretary));
+                if holds {
+                    // The days it is held (to the term's end, or open), who holds it (born,
+                    // education) and whether also director: the ageing of secretaries, their
+                    // education and concurrent posts, for any day.
+                    let end = r.text("termEnd").unwrap_or("open");
+                    let start = text("termStart");
                     let born = r.int("birthYear").map_or("-".to_owned(), |y| y.to_string());
                     let edu = r.text("education").unwrap_or("-");
                     let director =
-                        u8::from(r.text("concurrentPost") == Some(PostKind::Director.as_str()));
+                        u8::from(text("post") == director || concurrent == Some(director));
                     out.push((
                         format!("{SECRETARY}{start}/{end}/{born}/{edu}/{director}"),
                         1,
@@ -979,7 +987,12 @@ impl EntitySpec {
                     let attendance = r.int("attendance").unwrap_or(0);
                     out.push((format!("attendance/{q}/{}", text("kind")), attendance));
                 }
-                if let (Some(h), Some(y)) = (r.int("hours"), held.get(..4)) {
+                // Hours of training only: another meeting's length is not training held.
+                if let (Some(h), Some(y), true) = (
+                    r.int("hours"),
+                    held.get(..4),
+                    text("kind") == MeetingKind::Training.as_str(),
+                ) {
                     out.push((format!("training_hours/{y}"), h));
                 }
             }

@@ -126,11 +126,15 @@ impl Rollup {
         }
     }
 
-    /// The secretaries in office in `year`, each with how many the roll-up counts alike.
-    pub fn secretaries_in(&self, year: i64) -> impl Iterator<Item = (Secretary, i64)> + '_ {
+    /// The secretaries in office on `day` (`YYYY-MM-DD`), each with how many the roll-up
+    /// counts alike.
+    pub fn secretaries_on<'a>(
+        &'a self,
+        day: &'a str,
+    ) -> impl Iterator<Item = (Secretary, i64)> + 'a {
         self.tallies_under(SECRETARY)
             .filter(|(_, n)| *n > 0)
-            .filter_map(move |(key, n)| Secretary::in_office(key, year).map(|s| (s, n)))
+            .filter_map(move |(key, n)| Secretary::in_office(key, day).map(|s| (s, n)))
     }
 
     /// Activists (stages ACTIVIST and DEVELOPMENT_TARGET).

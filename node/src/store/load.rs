@@ -27,23 +27,25 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "document state for start-up without loading",
         migrate_2_doc_state,
     ),
-    // Layout 9 writes every view and roll-up again, as 3 to 8 did: a store older than 8 does
-    // it once (3 and 4 computed the roll-ups from the view rows, which an old row that no
-    // longer decodes would have stopped, only for 9 to write them again).
-    (3, "per-unit roll-ups, written at layout 9", nothing),
+    // Layout 10 writes every view and roll-up again, as 3 to 9 did: a store older than 9
+    // does it once (3 and 4 computed the roll-ups from the view rows, which an old row that
+    // no longer decodes would have stopped, only for a later layout to write them again).
+    (3, "per-unit roll-ups, written at layout 10", nothing),
     (
         4,
-        "views of every record kind, roll-ups with their tallies, written at layout 9",
+        "views of every record kind, roll-ups with their tallies, written at layout 10",
         nothing,
     ),
-    (5, "views written again at layout 9", nothing),
-    (6, "views written again at layout 9", nothing),
-    (7, "views written again at layout 9", nothing),
-    (8, "views written again at layout 9", nothing),
+    (5, "views written again at layout 10", nothing),
+    (6, "views written again at layout 10", nothing),
+    (7, "views written again at layout 10", nothing),
+    (8, "views written again at layout 10", nothing),
+    (9, "views written again at layout 10", nothing),
     (
-        9,
+        10,
         "every view written again (stamps checked on reading; member categories, \
-         secretaries, attendance, disclosure years and items, appraisal results and \
+         secretaries by the dates of their terms, directors also secretary, attendance, \
+         training hours of trainings, disclosure years and items, appraisal results and \
          members by join year counted; appraisals' kind and rating read by authority, \
          reports changed below their acceptance read as not reviewed)",
         migrate_5_views,
@@ -150,7 +152,7 @@ fn migrate_2_doc_state(tx: &WriteTransaction) -> Result<(), StoreError> {
 
 /// A document's persistence state found from its stored bytes: its heads by loading it
 /// once, its change rows counted. A document whose bytes do not parse gets no heads (as
-/// layout 9 leaves it out of the views): one unreadable document must not keep the store
+/// layout 10 leaves it out of the views): one unreadable document must not keep the store
 /// from opening. The state still numbers its change rows, or later ones would be written
 /// over them.
 fn state_from_rows(
@@ -185,13 +187,15 @@ fn nothing(_tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Layouts 5 to 9: every view row written again from the documents, as `grassroots store rebuild`
+/// Layouts 5 to 10: every view row written again from the documents, as `grassroots store rebuild`
 /// does. Rows written by earlier builds could hold what readers now leave out (a stamp
 /// naming a unit outside the writing node's subtree, checked on reading since layout 5) or
 /// lack what they now count (member categories since layout 6, secretaries, attendance and
 /// disclosure years since 7, the rest of the roll-up's additions since 8), or read records
 /// otherwise than readers now do (an appraisal's kind and rating by authority, a report
-/// changed below its acceptance as not reviewed, since 9).
+/// changed below its acceptance as not reviewed, since 9), or count otherwise (secretaries
+/// by the dates of their terms, directors also secretary, training hours of trainings only,
+/// since 10).
 fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     let metas: Vec<(String, DocMeta)> = {
         let docs = tx.open_table(DOCS).map_err(db)?;

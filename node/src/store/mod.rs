@@ -5406,7 +5406,7 @@ mod tests {
                     .map(|(k, n)| (k.to_owned(), n))
                     .collect::<Vec<_>>()
             };
-            let want = vec![("2021/open/1961/-/0".to_owned(), 1)];
+            let want = vec![("2021-01-01/open/1961/-/0".to_owned(), 1)];
             assert_eq!(secretaries(&r), want);
             let joined = r.rollup(&me).unwrap().by_joined_year.clone();
             assert_eq!(joined.len(), 1, "{joined:?}");

@@ -24,8 +24,9 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// tallies); 8: views written again (appraisal results and outcomes, disclosures of
 /// sensitive items in the tallies; members by year of joining); 9: views written again (an
 /// appraisal's kind and rating read by authority, a report changed below its acceptance
-/// read as not reviewed).
-pub const LAYOUT: u64 = 9;
+/// read as not reviewed); 10: views written again (secretaries' terms by date, a director
+/// who is also secretary counted, training hours of trainings only).
+pub const LAYOUT: u64 = 10;
 
 /// `"layout"` -> layout version; [`TAKE_BACK_UNTIL`] -> until when (Unix milliseconds) the
 /// node takes back from its children changes made in its name or above it (set by a restore
