@@ -591,8 +591,9 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
     };
     let running = RunningNode::start_with(node_cfg, cfg.graphql_listen, gateway).await?;
     println!(
-        "{} running: QUIC {} GraphQL {}",
+        "{} running (grassroots {}): QUIC {} GraphQL {}",
         running.node.unit(),
+        env!("CARGO_PKG_VERSION"),
         running.node.quic_addr(),
         running.graphql_url()
     );
@@ -1232,6 +1233,37 @@ mod tests {
         }
         assert_eq!(days(window(&fresh)?), Some(14), "a new store");
         assert_eq!(window(&other)?, None, "never told");
+        Ok(())
+    }
+
+    /// The identity a command run as root writes into a node's data folder is the folder
+    /// owner's (the node's user), its keys private: the node must read them.
+    #[test]
+    fn an_identity_made_by_root_is_the_nodes() -> anyhow::Result<()> {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let tmp = tempfile::tempdir()?;
+        if std::fs::metadata(tmp.path())?.uid() != 0 {
+            return Ok(()); // Only root can give files away; CI runs as root.
+        }
+        let dir = tmp.path().join("c01");
+        std::fs::create_dir(&dir)?;
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534))?;
+        pki_cli(&[
+            "init",
+            "--dir",
+            dir.to_str().context("path")?,
+            "--unit",
+            "c01",
+            "--deployment",
+            "t.grassroots",
+        ])?;
+        for name in ["", "node.key", "ca.key", "root.pem", "node-chain.pem"] {
+            let m = std::fs::metadata(dir.join("pki").join(name))?;
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{name}");
+            if name.ends_with(".key") {
+                assert_eq!(m.permissions().mode() & 0o777, 0o600, "{name}");
+            }
+        }
         Ok(())
     }
 

@@ -749,12 +749,7 @@ pub fn list<T: EntityType>(
     let after = args.after.as_deref().map(decode_cursor).transpose()?;
     let spec = entity(T::KIND).ok_or_else(|| internal("a GraphQL record type without a kind"))?;
     let period = match &args.period {
-        Some(p) => Some(gs::entities::period_months(p).ok_or_else(|| {
-            error(
-                Code::BadUserInput,
-                format!("period {p:?} is not YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD"),
-            )
-        })?),
+        Some(p) => Some(listing_period(spec, p)?),
         None => None,
     };
     let level = args.level.map(gs::Level::from);
@@ -769,7 +764,12 @@ pub fn list<T: EntityType>(
                     .get(spec.period_field)
                     .is_some_and(|v| gs::entities::in_period(p, v))
             })
-            && filters.iter().all(|(k, v)| r.fields.get(*k) == Some(v))
+            && filters.iter().all(|(k, v)| match (v, r.fields.get(*k)) {
+                // A flag never set, or cleared, is false: `published: false` lists the
+                // disbursements never published too.
+                (gs::Value::Bool(false), None | Some(gs::Value::Null)) => true,
+                (v, got) => got == Some(v),
+            })
             && can_read_record(who, r)
     };
     let count = ctx.look_ahead().field("totalCount").exists();
@@ -839,6 +839,34 @@ pub fn by_id<T: EntityType>(ctx: &Context<'_>, id: &ID) -> Result<Option<T>> {
         .map(T::from))
 }
 
+/// The months a listing's `period` covers, for a kind filed under `spec.period_field`. A
+/// day is refused (the filter works by months: it would stand for its month), and so is a
+/// period shorter than a year for the kinds filed under a year (appraisals, fund
+/// programmes), which no record would ever fall within.
+fn listing_period(spec: &gs::EntitySpec, p: &str) -> Result<(i64, i64)> {
+    let months = gs::entities::period_months(p)
+        .filter(|_| p.len() != 10)
+        .ok_or_else(|| {
+            error(
+                Code::BadUserInput,
+                format!("period {p:?} is not YYYY, YYYYHn, YYYYQn or YYYY-MM"),
+            )
+        })?;
+    let by_year = spec
+        .field(spec.period_field)
+        .is_some_and(|f| matches!(f.ty, gs::entities::FieldType::Int { .. }));
+    if by_year && months.1 - months.0 < 11 {
+        return Err(error(
+            Code::BadUserInput,
+            format!(
+                "{} records are filed under a year ({}): give the period as YYYY",
+                spec.type_name, spec.period_field
+            ),
+        ));
+    }
+    Ok(months)
+}
+
 /// Refuse a write of a record addressed down the tree (a directive, a fund programme) by a
 /// caller who may not address the subtree ([`gs::can_address`]).
 fn authorise_addressing(ctx: &Context<'_>, kind: DocKind, owner: &UnitId) -> Result<()> {
@@ -872,7 +900,8 @@ fn authorise_fields(
                 "results and handling of {owner}'s records are written by supervisors of the \
                  unit handling them or above; reviews, the rating of a cadre's performance \
                  appraisal or a debriefing, and changes to a report once accepted by \
-                 supervisors above {owner}"
+                 supervisors above {owner}; the sensitive fields of a record held (phone and \
+                 identity numbers, a complainant) by those who read them"
             ),
         ));
     }

@@ -964,7 +964,6 @@ impl Indicators {
     }
 }
 
-/// The current calendar year (UTC).
 /// What a change notification names: one of a unit's documents.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum RecordKind {
@@ -1552,6 +1551,7 @@ fn today() -> String {
     now
 }
 
+/// The current calendar year (UTC).
 fn this_year() -> i64 {
     today()
         .get(..4)
@@ -2049,7 +2049,6 @@ impl UnitCore {
     }
 }
 
-/// A party member.
 /// The record listings of a unit, one per kind: the same arguments and the same path
 /// (`entities::list`), generated from the table below. Merged into [`Unit`].
 macro_rules! unit_listings {
@@ -2072,7 +2071,7 @@ macro_rules! unit_listings {
                     #[graphql(desc = "Cursor of the last item of the previous page.")] after: Option<String>,
                     #[graphql(default = false, desc = "Include every unit below this one.")] subtree: bool,
                     #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
-                    #[graphql(desc = "Only records within this period: YYYY, YYYYHn, YYYYQn, YYYY-MM or YYYY-MM-DD.")]
+                    #[graphql(desc = "Only records within this period (YYYY, YYYYHn, YYYYQn or YYYY-MM), by the date each kind is filed under: an activist's `since`, a post's `termStart`, a meeting's `heldOn`, an appraisal's and a fund programme's `year` (a year only), a project's `startedOn`, an asset's `recordedOn`, a disclosure's `publishedOn`, a complaint's `filedOn`, a directive's `issuedOn`, a report's `submittedOn` (not the period it reports on), a disbursement's `paidOn` (one without it is left out).")]
                     period: Option<String>,
                     $( #[graphql(desc = $fdesc)] $farg: Option<$fty>, )*
                 ) -> Result<RecordConnection<$gql>> {
@@ -2828,6 +2827,19 @@ impl MutationCore {
         let b = backend(ctx)?;
         let id = parse_member(&id)?;
         let by = authorise_write(ctx, b, &id.unit)?;
+        // A caller who reads these as null (they are not for it) would otherwise clear them
+        // by sending back the form it read.
+        let names_sensitive = !input.phone.is_undefined() || !input.id_number.is_undefined();
+        if names_sensitive && !can_read_sensitive(caller(ctx), &id.unit) {
+            return Err(error(
+                Code::Forbidden,
+                format!(
+                    "phone and idNumber of {}'s members are changed by its clerks and above, \
+                     who read them: leave them out",
+                    id.unit
+                ),
+            ));
+        }
         let patch = gs::MemberPatch {
             name: required("name", input.name)?,
             birth_year: required("birthYear", input.birth_year)?,

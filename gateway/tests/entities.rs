@@ -860,6 +860,20 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
         json!({ "p": programme }),
     )
     .await;
+    // Not published: those marked so and those never marked (Sun Li's).
+    let unpublished = "query($p: ID) { unit(id: \"c01/k01/t01/v01\") { disbursements(
+        programme: $p, published: false) { edges { node { recipient } } } } }";
+    let d = f
+        .ok(Some(&v01), unpublished, json!({ "p": programme }))
+        .await;
+    let mut names: Vec<&str> = d["unit"]["disbursements"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["recipient"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["Sun Li", "Wang Hua", "Zhao Qiang"], "{d}");
     let d = f.ok(Some(&county), tracking, json!({})).await;
     let node = &d["nodeUnit"]["fundTracking"]["edges"][0]["node"];
     assert_eq!(

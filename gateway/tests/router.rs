@@ -1790,3 +1790,59 @@ async fn no_token_is_made_here_for_a_child_with_its_own_node() {
     .await;
     assert_eq!(r["data"]["revokeUserTokens"], 1, "{r}");
 }
+
+/// A supervisor above a unit reads its members' phone and identity numbers as null: sending
+/// back the form it read would clear them, so it may not write them; its other edits go
+/// through, and the unit's own clerk writes them.
+#[tokio::test]
+async fn sensitive_fields_are_written_only_by_those_who_read_them() {
+    let f = fixture().await;
+    let clerk = token_for(&f, "c01/k01/t01/v01", Role::Clerk).await;
+    let above = token_for(&f, "c01/k01/t01", Role::Supervisor).await;
+    let r = query(
+        &f,
+        Some(&clerk),
+        r#"mutation { createMember(input: { unit: "c01/k01/t01/v01", name: "Li Wei",
+            birthYear: 1980, gender: MALE, education: PRIMARY, joinedOn: "2001-07-01",
+            phone: "138 0000 3333" }) { id } }"#,
+    )
+    .await;
+    let id = r["data"]["createMember"]["id"].as_str().unwrap().to_owned();
+    let update = |input: &str| {
+        format!(r#"mutation {{ updateMember(id: "{id}", input: {{ {input} }}) {{ name phone }} }}"#)
+    };
+    let r = query(&f, Some(&above), &update("phone: null")).await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = query(&f, Some(&above), &update(r#"name: "Li Wei (corrected)""#)).await;
+    assert_eq!(
+        r["data"]["updateMember"]["name"], "Li Wei (corrected)",
+        "{r}"
+    );
+    let r = query(&f, Some(&clerk), &update(r#"phone: "138 0000 4444""#)).await;
+    assert_eq!(r["data"]["updateMember"]["phone"], "138 0000 4444", "{r}");
+}
+
+/// A listing's period is refused where it would silently answer otherwise: a day (the
+/// filter works by months), and a quarter of kinds filed under a year (nothing would fall
+/// within it).
+#[tokio::test]
+async fn a_period_the_filter_cannot_honour_is_refused() {
+    let f = fixture().await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    for (listing, period, ok) in [
+        ("meetings", "2026-03", true),
+        ("meetings", "2026Q1", true),
+        ("meetings", "2026-03-15", false),
+        ("appraisals", "2026", true),
+        ("appraisals", "2026Q1", false),
+        ("fundProgrammes", "2026H1", false),
+    ] {
+        let q = format!("{{ nodeUnit {{ {listing}(period: \"{period}\") {{ totalCount }} }} }}");
+        let r = query(&f, Some(&viewer), &q).await;
+        if ok {
+            assert!(r.get("errors").is_none(), "{listing} {period}: {r}");
+        } else {
+            assert_eq!(code(&r), "BAD_USER_INPUT", "{listing} {period}: {r}");
+        }
+    }
+}

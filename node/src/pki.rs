@@ -914,12 +914,25 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
         move |source| PkiError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // Written by root (an operator's `sudo`) into a node's data folder, the folder and its
+    // files go to the data folder's owner, the node's user, as a store made so does: a
+    // `node.key` root keeps stops the node at its next start.
+    let owner = crate::files::owner_ids(crate::files::folder_of(dir));
+    let give = |path: &Path| {
+        let by_root = crate::files::owner_ids(path).is_some_and(|(uid, _)| uid == 0);
+        if by_root {
+            crate::files::give(path, owner).map_err(io(path))?;
+        }
+        Ok::<_, PkiError>(())
+    };
+    give(dir)?;
     for (name, content) in files {
         // Each durable (its rename too) before the next file: the last one may mark the
         // folder complete (`root.pem`).
         let path = dir.join(name);
         crate::files::replace(&path, content.as_bytes(), name.ends_with(".key"), true)
             .map_err(io(&path))?;
+        give(&path)?;
     }
     Ok(())
 }

@@ -220,7 +220,12 @@ impl Node {
         if let (Some(parent), Some(addr)) = (parent, cfg.parent_addr) {
             tasks.spawn(net::dial_loop(endpoint.clone(), ctx, parent, addr));
         }
-        tracing::info!(%unit, quic = ?endpoint.local_addr().ok(), "node started");
+        tracing::info!(
+            %unit,
+            software = crate::net::SOFTWARE,
+            quic = ?endpoint.local_addr().ok(),
+            "node started"
+        );
         Ok(Node {
             identity,
             store,

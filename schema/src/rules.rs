@@ -292,7 +292,9 @@ pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
 /// longer closes it), and of the unit the write hands it to ([`handed_to`]); fields
 /// [`EntitySpec::above_only`] names (reviews, the rating of a cadre's performance appraisal
 /// or a debriefing, an accepted report, a complaint no longer with its unit) need a
-/// supervisor strictly above the owner, or for a complaint above the unit handling it. The
+/// supervisor strictly above the owner, or for a complaint above the unit handling it;
+/// sensitive fields of a record held, those who read them ([`can_read_record_sensitive`]):
+/// a caller reading them as null would clear them by sending its form back. The
 /// record-level rule ([`can_write`]) applies besides. Text is judged as stored: trimmed
 /// ([`crate::records::trimmed`]).
 pub fn can_write_fields(
@@ -317,14 +319,22 @@ pub fn can_write_fields(
         caller,
         Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(&handling)
     );
+    // An existing record's sensitive field, by a caller who reads it as null: it would clear
+    // what it cannot see by sending back the form it read.
+    let reads_sensitive =
+        can_read_sensitive(caller, owner) || (complaint && can_read_sensitive(caller, &handling));
     fields.keys().all(|name| {
+        let access = spec.field(name).map(|f| f.access);
+        if access == Some(Access::Sensitive) && current.is_some() && !reads_sensitive {
+            return false;
+        }
         if spec
             .above_only(name, owner, current.is_some(), &held, &written)
             .is_some()
         {
             return above;
         }
-        match spec.field(name).map(|f| f.access) {
+        match access {
             Some(Access::Supervisory) if complaint => {
                 can_supervise(caller, &handling)
                     && handed_to(owner, name, fields).is_none_or(|h| can_supervise(caller, &h))
@@ -839,6 +849,28 @@ mod tests {
         assert!(!edit(&at("c01/k01/t01")), "a unit it went past");
         assert!(!edit(&at("c01/k01")), "the unit handling it");
         assert!(edit(&at("c01")));
+        // A held record's sensitive fields are written by those who read them: the village's
+        // clerks and supervisors, not a supervisor above who reads them as null (and would
+        // clear them).
+        let clear = fields(&[("complainant", "")]);
+        let clerk = Caller::User {
+            unit: owner.clone(),
+            role: Role::Clerk,
+        };
+        let sensitive =
+            |c: &Caller, r: &Record| can_write_fields(c, complaints, &owner, Some(r), &clear);
+        assert!(sensitive(&clerk, &open));
+        assert!(!sensitive(&at("c01/k01/t01"), &open), "a supervisor above");
+        // Escalated, it is closed below the county (above); the city, above it, reads it as
+        // null: the complainant stays as filed.
+        assert!(!sensitive(&at("c01"), &at_county), "the city");
+        assert!(can_write_fields(
+            &at("c01/k01/t01"),
+            complaints,
+            &owner,
+            None,
+            &clear
+        ));
     }
 
     #[test]
