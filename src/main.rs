@@ -1095,15 +1095,7 @@ mod tests {
             })
         };
         for (d, unit) in [(&dir, "c01"), (&other, "c02")] {
-            pki_cli(&[
-                "init",
-                "--dir",
-                d.to_str().context("path")?,
-                "--unit",
-                unit,
-                "--deployment",
-                "t.grassroots",
-            ])?;
+            init_root(d, unit)?;
             assert_eq!(members(d, Some("Before"))?, 1);
         }
         let d = dir.to_str().context("path")?;
@@ -1189,15 +1181,7 @@ mod tests {
         store_cli(&["take-back", "--dir", d, "--days", "30"])?;
         assert_eq!(days(window(&dir)?), Some(30));
         let fresh = tmp.path().join("c03");
-        pki_cli(&[
-            "init",
-            "--dir",
-            fresh.to_str().context("path")?,
-            "--unit",
-            "c03",
-            "--deployment",
-            "t.grassroots",
-        ])?;
+        init_root(&fresh, "c03")?;
         // Verifying a store that is not there is refused, and makes none.
         let err = store_cli(&["verify", "--dir", fresh.to_str().context("path")?])
             .expect_err("verified a store that is not there");
@@ -1236,6 +1220,19 @@ mod tests {
         Ok(())
     }
 
+    /// `pki init` of the root unit `unit` into the data folder `dir`.
+    fn init_root(dir: &Path, unit: &str) -> anyhow::Result<()> {
+        pki_cli(&[
+            "init",
+            "--dir",
+            dir.to_str().context("path")?,
+            "--unit",
+            unit,
+            "--deployment",
+            "t.grassroots",
+        ])
+    }
+
     /// The identity a command run as root writes into a node's data folder is the folder
     /// owner's (the node's user), its keys private: the node must read them.
     #[test]
@@ -1248,15 +1245,7 @@ mod tests {
         let dir = tmp.path().join("c01");
         std::fs::create_dir(&dir)?;
         std::os::unix::fs::chown(&dir, Some(65534), Some(65534))?;
-        pki_cli(&[
-            "init",
-            "--dir",
-            dir.to_str().context("path")?,
-            "--unit",
-            "c01",
-            "--deployment",
-            "t.grassroots",
-        ])?;
+        init_root(&dir, "c01")?;
         for name in ["", "node.key", "ca.key", "root.pem", "node-chain.pem"] {
             let m = std::fs::metadata(dir.join("pki").join(name))?;
             assert_eq!((m.uid(), m.gid()), (65534, 65534), "{name}");
@@ -1272,15 +1261,7 @@ mod tests {
     fn no_token_is_added_for_a_child_with_its_own_node() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().join("c01");
-        pki_cli(&[
-            "init",
-            "--dir",
-            dir.to_str().context("path")?,
-            "--unit",
-            "c01",
-            "--deployment",
-            "t.grassroots",
-        ])?;
+        init_root(&dir, "c01")?;
         std::fs::write(
             dir.join("node.toml"),
             "name = \"C\"\nquic_listen = \"127.0.0.1:1\"\ngraphql_listen = \"127.0.0.1:2\"\n\
