@@ -1126,13 +1126,16 @@ mod tests {
         .expect_err("another unit's backup was restored");
         assert!(format!("{err:#}").contains("not a store of c01"), "{err:#}");
         assert_eq!(members(&dir, None)?, 2);
-        store_cli(&[
-            "restore",
-            "--dir",
-            d,
-            "--from",
-            backup.to_str().context("path")?,
-        ])?;
+        let restore = || {
+            store_cli(&[
+                "restore",
+                "--dir",
+                d,
+                "--from",
+                backup.to_str().context("path")?,
+            ])
+        };
+        restore()?;
         assert_eq!(members(&dir, None)?, 1);
         let kept: Vec<_> = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
@@ -1151,13 +1154,7 @@ mod tests {
             format!("{err:#}").contains("restore of this store was interrupted"),
             "{err:#}"
         );
-        store_cli(&[
-            "restore",
-            "--dir",
-            d,
-            "--from",
-            backup.to_str().context("path")?,
-        ])?;
+        restore()?;
         assert!(!dir.join("store.restoring").exists());
         assert_eq!(members(&dir, None)?, 1);
         // Without --out, the backup goes to the node's backups folder.
