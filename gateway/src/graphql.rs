@@ -1127,6 +1127,7 @@ fn own_records<T: en::EntityType>(
     first: Option<i32>,
     after: Option<String>,
     period: Option<String>,
+    filters: &[(&str, Option<gs::Value>)],
 ) -> Result<en::RecordConnection<T>> {
     if let Some(e) = en::refuse_read(caller(ctx), DocKind::Members, unit) {
         return Err(e);
@@ -1138,7 +1139,7 @@ fn own_records<T: en::EntityType>(
         level: None,
         period,
     };
-    en::list::<T>(ctx, unit, args, &[])
+    en::list::<T>(ctx, unit, args, filters)
 }
 
 /// An empty connection paged as `page` is (its page flags and total), to hold a report on
@@ -1885,8 +1886,9 @@ impl UnitCore {
         en::addressed(ctx, &self.id)
     }
 
-    /// How the units each directive of this unit addresses have reported back, a page of
-    /// directives at a time: for the unit's own callers and those above it.
+    /// How the units each directive of this unit that asks for report-backs (`reportBack`)
+    /// addresses have reported back, a page of directives at a time: for the unit's own
+    /// callers and those above it.
     #[graphql(
         complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * (child_complexity + 5) + 1"
     )]
@@ -1898,7 +1900,10 @@ impl UnitCore {
         #[graphql(desc = "Only directives issued within this period.")] period: Option<String>,
     ) -> Result<Connection<String, DirectiveReceipts, ConnectionTotal, EmptyFields>> {
         let b = backend(ctx)?;
-        let page = own_records::<DirectiveGql>(ctx, &self.id, first, after, period)?;
+        // Only the directives that ask for report-backs: the others have none to receive,
+        // and every unit they address would read as missing.
+        let asking = [("reportBack", Some(gs::Value::Bool(true)))];
+        let page = own_records::<DirectiveGql>(ctx, &self.id, first, after, period, &asking)?;
         let today = today();
         let mut conn = paged_like(&page);
         for edge in page.edges {
@@ -1949,7 +1954,7 @@ impl UnitCore {
         #[graphql(desc = "Only programmes of this period (their `year`).")] period: Option<String>,
     ) -> Result<Connection<String, FundTracking, ConnectionTotal, EmptyFields>> {
         let b = backend(ctx)?;
-        let page = own_records::<en::FundProgrammeGql>(ctx, &self.id, first, after, period)?;
+        let page = own_records::<en::FundProgrammeGql>(ctx, &self.id, first, after, period, &[])?;
         let mut conn = paged_like(&page);
         for edge in page.edges {
             let p = edge.node.0;

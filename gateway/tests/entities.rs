@@ -500,6 +500,14 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         json!({ "u": "c01/k01/t01", "d": target }),
     )
     .await;
+    // A notice that asks for no report-back has none to receive: not listed.
+    f.ok(
+        Some(&county),
+        "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Notice\",
+            body: \"...\", issuedOn: \"2026-02-02\", toLevel: VILLAGE }) { id } }",
+        json!({}),
+    )
+    .await;
     let receipts = "{ nodeUnit { directiveReceipts { totalCount edges { node {
         directive { title } addressed received rate pastDeadline missing { id name } } } } } }";
     let d = f.ok(Some(&county), receipts, json!({})).await;
@@ -560,7 +568,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
         .await;
     assert_eq!(
         d["nodeUnit"]["indicators"],
-        json!({ "reportsSubmitted": 2, "reportsReviewed": 1, "directivesIssued": 1 })
+        json!({ "reportsSubmitted": 2, "reportsReviewed": 1, "directivesIssued": 2 })
     );
     // What was accepted stays so: the village no longer changes the report; the township may.
     let revise =
