@@ -172,6 +172,14 @@ enum NodeCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Check the node whose data folder is DIR without starting it: node.toml, the
+    /// identity, its children and parent, and its store; print what it found, or why it
+    /// would not start (under systemd a node that does not start is restarted every 10 s).
+    Check {
+        /// The node's data folder.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -378,6 +386,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing("info");
             node_run(&dir).await
         }
+        Command::Node {
+            command: NodeCommand::Check { dir },
+        } => {
+            init_tracing("warn");
+            print!("{}", node_check(&dir)?);
+            Ok(())
+        }
         Command::User {
             command:
                 UserCommand::Add {
@@ -560,9 +575,61 @@ fn read_node_toml(path: &Path) -> anyhow::Result<(NodeToml, LinkConfig)> {
         .with_context(|| format!("{}: the link settings", path.display()))?;
     cfg.backups()
         .with_context(|| format!("{}: the backup settings", path.display()))?;
+    cfg.store_options()
+        .with_context(|| format!("{}: the memory settings", path.display()))?;
     cfg.parent()
         .with_context(|| format!("{}: the parent", path.display()))?;
     Ok((cfg, link))
+}
+
+/// What `node check` finds of the node in `dir`: the checks `node run` makes before it
+/// starts anything, and whether its store opens as this unit's.
+fn node_check(dir: &Path) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let (cfg, _) = read_node_toml(&dir.join("node.toml"))?;
+    let identity = Identity::load(&dir.join("pki"))
+        .with_context(|| format!("{}: the identity", dir.join("pki").display()))?;
+    let unit = &identity.unit;
+    let mut out = String::new();
+    writeln!(out, "grassroots {}", env!("CARGO_PKG_VERSION"))?;
+    writeln!(
+        out,
+        "unit {unit} ({}), certificate {}",
+        cfg.name,
+        identity.fingerprint()
+    )?;
+    match (unit.parent(), cfg.parent()?) {
+        (Some(parent), Some(addr)) => writeln!(out, "parent {parent} at {addr}")?,
+        (Some(parent), None) => bail!("{unit} has a parent ({parent}): set parent_addr"),
+        (None, _) => writeln!(out, "the root: no parent")?,
+    }
+    for c in &cfg.children {
+        let child: UnitId = c.parse().with_context(|| format!("children: {c:?}"))?;
+        if child.parent().as_ref() != Some(unit) {
+            bail!("children: {child} is not a child of {unit}");
+        }
+    }
+    writeln!(out, "children: {}", cfg.children.join(", "))?;
+    writeln!(
+        out,
+        "QUIC on {}, GraphQL on {}",
+        cfg.quic_listen, cfg.graphql_listen
+    )?;
+    let path = dir.join("store.redb");
+    let store = if !path.exists() {
+        "none yet (made at the first start)".to_owned()
+    } else {
+        match backup::open_existing(&path) {
+            Ok(database) => {
+                backup::check_owner(&database, &path, unit)?;
+                "opens, this unit's".to_owned()
+            }
+            Err(grassroots_node::StoreError::Locked(_)) => "in use (the node runs)".to_owned(),
+            Err(e) => return Err(e).context(format!("the store {}", path.display())),
+        }
+    };
+    writeln!(out, "store: {store}")?;
+    Ok(out)
 }
 
 async fn node_run(dir: &Path) -> anyhow::Result<()> {
@@ -1250,6 +1317,39 @@ mod tests {
                 assert_eq!(m.permissions().mode() & 0o777, 0o600, "{name}");
             }
         }
+        Ok(())
+    }
+
+    /// `node check` says what a node would start with, and why it would not.
+    #[test]
+    fn a_node_is_checked_without_starting_it() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("c01");
+        init_root(&dir, "c01")?;
+        let toml = |children: &str| {
+            std::fs::write(
+                dir.join("node.toml"),
+                format!(
+                    "name = \"C\"\nquic_listen = \"127.0.0.1:1\"\n\
+                     graphql_listen = \"127.0.0.1:2\"\nchildren = [{children}]\n"
+                ),
+            )
+        };
+        toml("\"c01/k01\"")?;
+        let out = node_check(&dir)?;
+        assert!(out.contains("unit c01 (C)"), "{out}");
+        assert!(out.contains("the root"), "{out}");
+        assert!(out.contains("children: c01/k01"), "{out}");
+        assert!(out.contains("store: none yet"), "{out}");
+        assert!(!dir.join("store.redb").exists(), "checking made a store");
+        backup::take_back(&dir.join("store.redb"), &"c01".parse()?, 0)?;
+        assert!(node_check(&dir)?.contains("store: opens, this unit's"));
+        toml("\"c02/k01\"")?;
+        let err = node_check(&dir).expect_err("a child of another unit");
+        assert!(format!("{err:#}").contains("not a child of c01"), "{err:#}");
+        toml("")?;
+        std::fs::write(dir.join("node.toml"), "name = \"C\"\nquic_listen = 7\n")?;
+        assert!(node_check(&dir).is_err(), "a malformed node.toml");
         Ok(())
     }
 
