@@ -283,6 +283,9 @@ struct NodeToml {
     /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
     /// evicted and read back from the store when needed.
     doc_memory_mb: Option<u64>,
+    /// Minutes east of UTC of the day the units keep (480 in China; default 0, UTC): what
+    /// "today" is for overdue complaints, deadlines and the periods ended.
+    utc_offset_minutes: Option<i32>,
     /// Answer GraphQL introspection (`__schema`, `__type`); GraphiQL needs it. Default true.
     introspection: Option<bool>,
     /// Hours between backups of the store into `backups/` (default 24; 0: none).
@@ -313,6 +316,16 @@ impl NodeToml {
                 ..StoreOptions::default()
             }),
             Some(mb) => bail!("doc_memory_mb = {mb}: between 8 and 65536"),
+        }
+    }
+
+    /// The units' offset from UTC in minutes, checked (from -12 h to +14 h, as time zones
+    /// are).
+    fn utc_offset(&self) -> anyhow::Result<i32> {
+        match self.utc_offset_minutes {
+            None => Ok(0),
+            Some(m @ -720..=840) => Ok(m),
+            Some(m) => bail!("utc_offset_minutes = {m}: between -720 and 840"),
         }
     }
 
@@ -577,6 +590,8 @@ fn read_node_toml(path: &Path) -> anyhow::Result<(NodeToml, LinkConfig)> {
         .with_context(|| format!("{}: the backup settings", path.display()))?;
     cfg.store_options()
         .with_context(|| format!("{}: the memory settings", path.display()))?;
+    cfg.utc_offset()
+        .with_context(|| format!("{}: the units' day", path.display()))?;
     cfg.parent()
         .with_context(|| format!("{}: the parent", path.display()))?;
     Ok((cfg, link))
@@ -641,6 +656,7 @@ async fn node_run(dir: &Path) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let backups = cfg.backups()?;
     let store = cfg.store_options()?;
+    grassroots_gateway::set_utc_offset_minutes(cfg.utc_offset()?);
     let parent_addr = cfg.parent()?;
     let node_cfg = NodeConfig {
         data_dir: dir.to_owned(),
@@ -1398,6 +1414,12 @@ mod tests {
         assert_eq!(memory("")?, StoreOptions::default().doc_memory_budget);
         assert_eq!(memory("doc_memory_mb = 256")?, 256 << 20);
         assert!(memory("doc_memory_mb = 0").is_err());
+        let offset = |extra: &str| -> anyhow::Result<i32> {
+            toml::from_str::<NodeToml>(&format!("{base}{extra}"))?.utc_offset()
+        };
+        assert_eq!(offset("")?, 0);
+        assert_eq!(offset("utc_offset_minutes = 480")?, 480);
+        assert!(offset("utc_offset_minutes = 1000").is_err());
         assert!(memory("doc_memory_mb = 17592186044416").is_err());
         assert!(read("backup_every_hours = 100000").is_err());
         Ok(())

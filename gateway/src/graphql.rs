@@ -1545,14 +1545,39 @@ impl Target {
     }
 }
 
-/// Today's date, `YYYY-MM-DD` (UTC).
-fn today() -> String {
-    let mut now = rfc3339(grassroots_node::status::now_ms());
-    now.truncate(10);
-    now
+/// Minutes east of UTC of the day the units keep (`utc_offset_minutes` in node.toml): what
+/// "today" is for overdue complaints, deadlines, the default year and the periods ended.
+static UTC_OFFSET_MINUTES: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Set the offset of the units' day from UTC, in minutes (480 for China); at most a day.
+pub fn set_utc_offset_minutes(minutes: i32) {
+    UTC_OFFSET_MINUTES.store(
+        minutes.clamp(-1440, 1440),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
-/// The current calendar year (UTC).
+/// Today's date, `YYYY-MM-DD`, in the units' day ([`set_utc_offset_minutes`]; UTC unless
+/// set).
+fn today() -> String {
+    let offset = UTC_OFFSET_MINUTES.load(std::sync::atomic::Ordering::Relaxed);
+    day_at(grassroots_node::status::now_ms(), offset)
+}
+
+/// The date, `YYYY-MM-DD`, at the instant `ms` (Unix milliseconds) `offset` minutes east of
+/// UTC.
+fn day_at(ms: u64, offset: i32) -> String {
+    let shift = i64::from(offset) * 60_000;
+    let local = i64::try_from(ms)
+        .unwrap_or(i64::MAX)
+        .saturating_add(shift)
+        .max(0);
+    let mut day = rfc3339(u64::try_from(local).unwrap_or(0));
+    day.truncate(10);
+    day
+}
+
+/// The current calendar year, in the units' day.
 fn this_year() -> i64 {
     today()
         .get(..4)
@@ -1596,6 +1621,18 @@ mod tests {
             super::rfc3339(1_795_000_000_000),
             "2026-11-18T11:06:40.000Z"
         );
+    }
+
+    /// The units' day: 2026-11-27 16:30 UTC is already the 28th in China (+480), still the
+    /// 27th in UTC and west of it.
+    #[test]
+    fn today_is_the_units_day() {
+        let at = 1_795_797_000_000; // 2026-11-27T16:30:00Z
+        assert_eq!(super::rfc3339(at), "2026-11-27T16:30:00.000Z");
+        assert_eq!(super::day_at(at, 0), "2026-11-27");
+        assert_eq!(super::day_at(at, 480), "2026-11-28");
+        assert_eq!(super::day_at(at, -300), "2026-11-27");
+        assert_eq!(super::day_at(0, -60), "1970-01-01");
     }
 
     /// The periods a target counts: those ended by the day, none of a year to come.

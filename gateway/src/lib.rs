@@ -16,5 +16,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 
-pub use graphql::{Backend, GatewaySchema, build_schema, build_schema_with};
+pub use graphql::{
+    Backend, GatewaySchema, build_schema, build_schema_with, set_utc_offset_minutes,
+};
 pub use http::{GatewayOptions, router, router_with, serve, serve_with};
