@@ -631,6 +631,13 @@ fn node_check(dir: &Path) -> anyhow::Result<String> {
         cfg.quic_listen, cfg.graphql_listen
     )?;
     let path = dir.join("store.redb");
+    let staged = backup::staged_for(&path);
+    if staged.exists() {
+        return Err(grassroots_node::StoreError::RestoreInterrupted(
+            staged.display().to_string(),
+        ))
+        .context("the store");
+    }
     let store = if !path.exists() {
         "none yet (made at the first start)".to_owned()
     } else {
@@ -1360,6 +1367,11 @@ mod tests {
         assert!(!dir.join("store.redb").exists(), "checking made a store");
         backup::take_back(&dir.join("store.redb"), &"c01".parse()?, 0)?;
         assert!(node_check(&dir)?.contains("store: opens, this unit's"));
+        // Beside an interrupted restore the node would not start: said so.
+        std::fs::write(dir.join("store.restoring"), b"")?;
+        let err = node_check(&dir).expect_err("an interrupted restore");
+        assert!(format!("{err:#}").contains("restore of this store was interrupted"));
+        std::fs::remove_file(dir.join("store.restoring"))?;
         toml("\"c02/k01\"")?;
         let err = node_check(&dir).expect_err("a child of another unit");
         assert!(format!("{err:#}").contains("not a child of c01"), "{err:#}");
