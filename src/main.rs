@@ -613,16 +613,17 @@ fn node_check(dir: &Path) -> anyhow::Result<String> {
         cfg.name,
         identity.fingerprint()
     )?;
-    match (unit.parent(), cfg.parent()?) {
+    let children = cfg
+        .children
+        .iter()
+        .map(|c| c.parse::<UnitId>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("children")?;
+    let parent_addr = cfg.parent()?;
+    grassroots_node::runtime::check_place(unit, &children, parent_addr.is_some())?;
+    match (unit.parent(), parent_addr) {
         (Some(parent), Some(addr)) => writeln!(out, "parent {parent} at {addr}")?,
-        (Some(parent), None) => bail!("{unit} has a parent ({parent}): set parent_addr"),
-        (None, _) => writeln!(out, "the root: no parent")?,
-    }
-    for c in &cfg.children {
-        let child: UnitId = c.parse().with_context(|| format!("children: {c:?}"))?;
-        if child.parent().as_ref() != Some(unit) {
-            bail!("children: {child} is not a child of {unit}");
-        }
+        _ => writeln!(out, "the root: no parent")?,
     }
     writeln!(out, "children: {}", cfg.children.join(", "))?;
     writeln!(

@@ -518,15 +518,15 @@ fn is_subscription(request: &async_graphql::Request) -> bool {
 /// Whether any operation of `doc` selects `__schema` or `__type` at its root, directly or
 /// through fragments (async-graphql alone would answer null without saying why).
 fn asks_introspection(doc: &ExecutableDocument) -> bool {
-    asks_field(doc, &["__schema", "__type"])
-}
-
-/// Whether an operation of `doc` selects one of the top-level fields `names` (through
-/// fragments too).
-fn asks_field(doc: &ExecutableDocument, names: &[&str]) -> bool {
-    doc.operations
-        .iter()
-        .any(|(_, op)| walk_fields(doc, &op.node.selection_set.node, names, &mut HashSet::new()))
+    let names = ["__schema", "__type"];
+    doc.operations.iter().any(|(_, op)| {
+        walk_fields(
+            doc,
+            &op.node.selection_set.node,
+            &names,
+            &mut HashSet::new(),
+        )
+    })
 }
 
 /// Whether `set` selects one of the fields `names` at its level (through fragments too).

@@ -20,14 +20,7 @@ pub fn replace(path: &Path, bytes: &[u8], private: bool, durable: bool) -> std::
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let written = options.open(&tmp).and_then(|mut file| {
+    let written = create_new(&tmp, private).and_then(|mut file| {
         file.write_all(bytes)?;
         if durable {
             file.sync_all()?;
@@ -57,14 +50,20 @@ pub(crate) fn folder_of(file: &Path) -> &Path {
 /// creation (a mode set afterwards leaves a moment in which another local user may open it
 /// and keep reading). Fails if there is one already.
 pub(crate) fn new_private(path: &Path) -> std::io::Result<()> {
+    create_new(path, true).map(drop)
+}
+
+/// A new file at `path` (none may be there), for writing; the owner's only from its
+/// creation if `private`.
+fn create_new(path: &Path, private: bool) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
-    {
+    if private {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path).map(drop)
+    options.open(path)
 }
 
 /// [`new_private`] for a store file; made by root, it is given to the owner of its folder:

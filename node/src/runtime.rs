@@ -159,25 +159,33 @@ pub struct Node {
     tasks: TaskTracker,
 }
 
+/// Check that `unit`'s configured `children` are its children and that it has a parent's
+/// address when it has a parent (`has_parent_addr`): what a start refuses first, and what
+/// `grassroots node check` reports.
+pub fn check_place(
+    unit: &UnitId,
+    children: &[UnitId],
+    has_parent_addr: bool,
+) -> Result<(), NodeError> {
+    if let Some(child) = children.iter().find(|c| c.parent().as_ref() != Some(unit)) {
+        return Err(NodeError::NotAChild {
+            unit: unit.clone(),
+            child: child.clone(),
+        });
+    }
+    if unit.parent().is_some() && !has_parent_addr {
+        return Err(NodeError::NoParentAddress(unit.clone()));
+    }
+    Ok(())
+}
+
 impl Node {
     /// Start a node from its data folder.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let identity = Arc::new(Identity::load(&cfg.data_dir.join("pki"))?);
         let unit = identity.unit.clone();
-        if let Some(child) = cfg
-            .children
-            .iter()
-            .find(|c| c.parent().as_ref() != Some(&unit))
-        {
-            return Err(NodeError::NotAChild {
-                unit,
-                child: child.clone(),
-            });
-        }
+        check_place(&unit, &cfg.children, cfg.parent_addr.is_some())?;
         let parent = unit.parent();
-        if parent.is_some() && cfg.parent_addr.is_none() {
-            return Err(NodeError::NoParentAddress(unit));
-        }
         let (store, reader, store_thread) =
             store::open_with(&cfg.data_dir.join("store.redb"), unit.clone(), cfg.store)?;
         let reader = match &cfg.backups.dir {

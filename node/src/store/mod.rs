@@ -2163,7 +2163,7 @@ impl Actor {
             }
             Command::VerifyViews { reply } => batch.views.push(ViewsCommand::Verify(reply)),
             Command::LoadAll { reply } => {
-                let _ = reply.send(self.load_all());
+                let _ = reply.send(Ok(self.load_all()));
             }
             Command::RebuildViews { reply } => batch.views.push(ViewsCommand::Rebuild(reply)),
             Command::PeerUp {
@@ -2574,7 +2574,7 @@ impl Actor {
 
     /// [`StoreHandle::load_every_document`]: each document loaded, the cache evicted to the
     /// budget after every 64 (a document that does not parse is skipped).
-    fn load_all(&mut self) -> Result<u64, StoreError> {
+    fn load_all(&mut self) -> u64 {
         let ids: Vec<DocId> = self.engine.docs().map(|e| e.meta.id.clone()).collect();
         let mut loaded = 0u64;
         for (i, id) in ids.iter().enumerate() {
@@ -2586,7 +2586,7 @@ impl Actor {
             }
         }
         self.evict();
-        Ok(loaded)
+        loaded
     }
 
     /// Drop loaded documents beyond the memory budget, never one with changes not yet

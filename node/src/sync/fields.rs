@@ -740,12 +740,7 @@ mod tests {
         assert!(check_local(&d, &meta, &village, new, &set(&[("status", "OPEN")]), None).is_ok());
         let handed = set(&[("handler", "c01/k01/t01"), ("status", "escalated")]);
         assert!(check_local(&d, &meta, &village, new, &handed, None).is_ok());
-        let answered = set(&[
-            ("handler", "c01/k01/t01"),
-            ("status", "closed"),
-            ("response", "Done above"),
-        ]);
-        let e = check_local(&d, &meta, &village, new, &answered, None).unwrap_err();
+        let e = check_local(&d, &meta, &village, new, &answered_up, None).unwrap_err();
         assert!(e.contains("handled by c01/k01/t01"), "{e}");
 
         let reports = DocMeta::new(DocId::new(DocKind::Reports, village.clone()));
