@@ -37,6 +37,11 @@
 //! - `rollup`: a city's indicator query over 5,000 villages' members through its GraphQL
 //!   gateway at 32 concurrent connections: requests/s against `{ __typename }` on the same
 //!   server in the same run, and p99 latency; every response body checked.
+//! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
+//!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
+//!   a city's 5,000 villages): time until the county's views, then the city's, hold every
+//!   member, documents per second, and the frames the county took in over the records' raw
+//!   JSON. No baseline runs beside it.
 
 /// The node binary's allocator, so nodes run in this process as they run in production.
 #[global_allocator]
@@ -1434,6 +1439,135 @@ async fn cold_start() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A county and a city starting empty under ten townships that hold 50 villages' registers
+/// each (500 villages, 15,000 members from the demo generator, written while no node ran):
+/// a replaced county and city pulling the subtree, or a new deployment's first sync. Time
+/// from the townships' start until the county's and then the city's views hold every member,
+/// documents per second, and the frame bytes the county took in over the records' raw JSON.
+async fn full_sync() -> anyhow::Result<()> {
+    const VILLAGES: usize = 50;
+    let townships_n: usize = std::env::var("FULL_SYNC_TOWNSHIPS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir()?;
+    let (city, county) = (unit("c01"), unit("c01/k01"));
+    let root = grassroots_node::Identity::create_root(&city, "bench.grassroots")?;
+    let county_id = root.issue_child(&county)?;
+    let folder = |u: &UnitId| dir.path().join(u.to_string().replace('/', "_"));
+    root.save(&folder(&city).join("pki"))?;
+    county_id.save(&folder(&county).join("pki"))?;
+    let townships: Vec<UnitId> = (0..townships_n)
+        .map(|t| unit(&format!("c01/k01/t{t:02}")))
+        .collect();
+    let villages_of = |t: &UnitId| -> Vec<UnitId> {
+        (0..VILLAGES)
+            .map(|v| unit(&format!("{t}/v{v:02}")))
+            .collect()
+    };
+    let mut total = 0;
+    let mut raw_json = 0;
+    for t in &townships {
+        county_id.issue_child(t)?.save(&folder(t).join("pki"))?;
+        let path = folder(t).join("store.redb");
+        total += fill_store(&path, t, &villages_of(t)).await?;
+        let (_s, reader, thread) = grassroots_node::store::open(&path, t.clone())?;
+        let page = reader.members(t, true, None, VILLAGES * 31)?;
+        raw_json +=
+            serde_json::to_vec(&page.items.iter().map(|(_, m)| m).collect::<Vec<_>>())?.len();
+        thread.shutdown().await;
+    }
+    let config = |u: &UnitId, parent: Option<std::net::SocketAddr>, children: Vec<UnitId>| {
+        grassroots_node::NodeConfig {
+            data_dir: folder(u),
+            name: format!("Unit {u}"),
+            quic_listen: "127.0.0.1:0".parse().expect("address"),
+            parent_addr: parent.map(Into::into),
+            children,
+            link: grassroots_node::LinkConfig::default(),
+            store: grassroots_node::store::StoreOptions::default(),
+            backups: grassroots_node::BackupPolicy::default(),
+        }
+    };
+    let http = "127.0.0.1:0".parse()?;
+    let city_node =
+        grassroots::launch::RunningNode::start(config(&city, None, vec![county.clone()]), http)
+            .await?;
+    let county_node = grassroots::launch::RunningNode::start(
+        config(&county, Some(city_node.node.quic_addr()), townships.clone()),
+        http,
+    )
+    .await?;
+    let start = Instant::now();
+    let mut running = Vec::new();
+    for t in &townships {
+        let cfg = config(t, Some(county_node.node.quic_addr()), villages_of(t));
+        running.push(grassroots::launch::RunningNode::start(cfg, http).await?);
+    }
+    let reader = city_node.node.reader();
+    let mut at_county = None;
+    loop {
+        if at_county.is_none()
+            && county_node
+                .node
+                .reader()
+                .members(&county, true, None, 0)?
+                .total
+                == total
+        {
+            at_county = Some(start.elapsed().as_secs_f64());
+        }
+        if reader.members(&city, true, None, 0)?.total == total {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("the city did not hold every member in 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let docs = city_node.node.store().status().await?.documents;
+    let frames: u64 = county_node
+        .node
+        .store()
+        .status()
+        .await?
+        .links
+        .iter()
+        .map(|l| l.bytes_in)
+        .sum();
+    emit("full-sync", "time", seconds, "s", None);
+    emit(
+        "full-sync",
+        "time_at_county",
+        at_county.unwrap_or(f64::NAN),
+        "s",
+        None,
+    );
+    emit("full-sync", "documents", docs as f64, "documents", None);
+    emit(
+        "full-sync",
+        "documents_per_s",
+        docs as f64 / seconds,
+        "documents/s",
+        None,
+    );
+    emit("full-sync", "members", total as f64, "members", None);
+    emit(
+        "full-sync",
+        "frames_in_over_raw_json",
+        frames as f64 / raw_json as f64,
+        "ratio",
+        None,
+    );
+    for n in running {
+        n.shutdown().await;
+    }
+    county_node.shutdown().await;
+    city_node.shutdown().await;
+    Ok(())
+}
+
 /// A city node holding 5,000 villages' registers (150,000 members from the demo generator):
 /// the store is filled here, then opened by a fresh process of this binary that reports its
 /// resident memory before and after opening, and after a few roll-up queries.
@@ -1681,6 +1815,7 @@ fn main() -> anyhow::Result<()> {
         ("cold-start", Box::new(|| rt.block_on(cold_start()))),
         ("memory", Box::new(|| rt.block_on(memory()))),
         ("rollup", Box::new(|| rt.block_on(rollup()))),
+        ("full-sync", Box::new(|| rt.block_on(full_sync()))),
     ];
     let mut ran = false;
     for (name, run) in &scenarios {
