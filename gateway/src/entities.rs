@@ -830,15 +830,6 @@ fn parse_ref(id: &ID, kind: DocKind) -> Result<RecordRef> {
     Ok(r)
 }
 
-/// One record by id, if held here and readable by the caller.
-pub fn by_id<T: EntityType>(ctx: &Context<'_>, id: &ID) -> Result<Option<T>> {
-    let id = parse_ref(id, T::KIND)?;
-    let record = backend(ctx)?.reader.record(&id).map_err(internal)?;
-    Ok(record
-        .filter(|r| can_read_record(caller(ctx), r))
-        .map(T::from))
-}
-
 /// The months a listing's `period` covers, for a kind filed under `spec.period_field`. A
 /// day is refused (the filter works by months: it would stand for its month), and so is a
 /// period shorter than a year for the kinds filed under a year (appraisals, fund

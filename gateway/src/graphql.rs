@@ -2377,33 +2377,109 @@ impl Query {
         let r: gs::RecordRef = id
             .parse()
             .map_err(|e| error(Code::BadUserInput, format!("record id: {e}")))?;
-        Ok(match r.kind {
-            DocKind::Activists => en::by_id::<ActivistGql>(ctx, &id)?.map(AnyRecord::Activist),
-            DocKind::Posts => en::by_id::<CadrePostGql>(ctx, &id)?.map(AnyRecord::CadrePost),
-            DocKind::Meetings => en::by_id::<MeetingGql>(ctx, &id)?.map(AnyRecord::Meeting),
-            DocKind::Appraisals => en::by_id::<AppraisalGql>(ctx, &id)?.map(AnyRecord::Appraisal),
-            DocKind::Projects => en::by_id::<ProjectGql>(ctx, &id)?.map(AnyRecord::Project),
-            DocKind::Assets => {
-                en::by_id::<CollectiveAssetGql>(ctx, &id)?.map(AnyRecord::CollectiveAsset)
-            }
-            DocKind::Disclosures => {
-                en::by_id::<DisclosureGql>(ctx, &id)?.map(AnyRecord::Disclosure)
-            }
-            DocKind::Complaints => en::by_id::<ComplaintGql>(ctx, &id)?.map(AnyRecord::Complaint),
-            DocKind::Directives => en::by_id::<DirectiveGql>(ctx, &id)?.map(AnyRecord::Directive),
-            DocKind::Reports => en::by_id::<ReportGql>(ctx, &id)?.map(AnyRecord::Report),
-            DocKind::Funds => {
-                en::by_id::<en::FundProgrammeGql>(ctx, &id)?.map(AnyRecord::FundProgramme)
-            }
-            DocKind::Disbursements => {
-                en::by_id::<en::DisbursementGql>(ctx, &id)?.map(AnyRecord::Disbursement)
-            }
-            _ => {
-                return Err(error(
-                    Code::BadUserInput,
-                    "members are read with `member(id)`, units with `unit(id)`",
-                ));
-            }
+        if matches!(r.kind, DocKind::Members | DocKind::Profile) {
+            return Err(error(
+                Code::BadUserInput,
+                "members are read with `member(id)`, units with `unit(id)`",
+            ));
+        }
+        let record = backend(ctx)?.reader.record(&r).map_err(internal)?;
+        Ok(record
+            .filter(|r| gs::can_read_record(caller(ctx), r))
+            .and_then(AnyRecord::of))
+    }
+
+    /// The record feed, for keeping a copy up to date: records of every kind (members
+    /// included) that this node stored, changed or deleted after `after` (a `cursor` of an
+    /// earlier answer; none: from the start), oldest first. Made here or received from a
+    /// peer alike: a record made offline at a village a week ago comes after what the city
+    /// stored yesterday. Each record is listed once, at its last change; a deleted one as
+    /// `deleted`, to callers who may read its unit's records of that kind. Only records the
+    /// caller may read are listed, in `unit`'s subtree when given (else wherever they
+    /// belong). A page looks at no more than 10,000 changes, so it can hold fewer than
+    /// `first` entries (even none) while `hasMore` is true: go on from its `cursor`.
+    #[graphql(
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+    )]
+    async fn record_feed(
+        &self,
+        ctx: &Context<'_>,
+        unit: Option<ID>,
+        after: Option<String>,
+        first: Option<i32>,
+    ) -> Result<RecordFeed> {
+        let first = page_size(first)?;
+        let root = unit.as_ref().map(parse_unit).transpose()?;
+        let from = after
+            .map(|a| a.parse::<grassroots_node::store::FeedPosition>())
+            .transpose()
+            .map_err(|e| error(Code::BadUserInput, e))?;
+        let b = backend(ctx)?;
+        let who = caller(ctx);
+        let page = b
+            .reader
+            .feed(from, root.as_ref(), first, FEED_SCAN, |e| {
+                let r = &e.record;
+                if e.deleted {
+                    let doc = DocMeta::new(DocId::new(r.kind, r.unit.clone()));
+                    return Ok(can_read(who, &doc).then_some(FeedItem::Gone));
+                }
+                Ok(match r.kind {
+                    DocKind::Members => {
+                        let doc = DocMeta::new(DocId::new(DocKind::Members, r.unit.clone()));
+                        let id = MemberId {
+                            unit: r.unit.clone(),
+                            record: r.record,
+                        };
+                        match can_read(who, &doc) {
+                            true => b
+                                .reader
+                                .member(&id)?
+                                .map(|m| FeedItem::Member(MemberGql(m))),
+                            false => None,
+                        }
+                    }
+                    _ => b
+                        .reader
+                        .record(r)?
+                        .filter(|rec| gs::can_read_record(who, rec))
+                        .and_then(AnyRecord::of)
+                        .map(FeedItem::Record),
+                })
+            })
+            .map_err(internal)?;
+        Ok(RecordFeed {
+            entries: page
+                .entries
+                .into_iter()
+                .filter_map(|(e, item)| {
+                    let kind = RecordKind::of(e.record.kind)?;
+                    let id = match e.record.kind {
+                        DocKind::Members => MemberId {
+                            unit: e.record.unit.clone(),
+                            record: e.record.record,
+                        }
+                        .to_string(),
+                        _ => e.record.to_string(),
+                    };
+                    let (member, record) = match item {
+                        FeedItem::Member(m) => (Some(m), None),
+                        FeedItem::Record(r) => (None, Some(r)),
+                        FeedItem::Gone => (None, None),
+                    };
+                    Some(FeedEntry {
+                        id: ID(id),
+                        kind,
+                        unit: ID(e.record.unit.to_string()),
+                        deleted: e.deleted,
+                        member,
+                        record,
+                    })
+                })
+                .collect(),
+            cursor: page.next.to_string(),
+            has_more: page.more,
+            reset: page.reset,
         })
     }
 
@@ -2420,6 +2496,51 @@ impl Query {
             .map_err(internal)?
             .map(MemberGql))
     }
+}
+
+/// Changes a page of the record feed looks at, at most.
+const FEED_SCAN: usize = 10_000;
+
+/// What the feed found of one entry.
+enum FeedItem {
+    Member(MemberGql),
+    Record(AnyRecord),
+    Gone,
+}
+
+/// One page of the record feed.
+#[derive(SimpleObject)]
+pub struct RecordFeed {
+    /// Records changed, oldest change first.
+    entries: Vec<FeedEntry>,
+    /// Where the next page starts: pass it as `after`. Keep it between pages and across
+    /// days; a copy is up to date with this node once `hasMore` is false.
+    cursor: String,
+    /// More of the feed follows `cursor` (this page's entries may still be fewer than
+    /// `first`: the page looks at a bounded number of changes).
+    has_more: bool,
+    /// The `after` given belongs to an earlier life of this node's store (its views were
+    /// rebuilt, or it was restored from a backup): this page starts the feed again from
+    /// its beginning, and a copy should be made again from it (records it holds that are
+    /// not listed by the time `hasMore` is false are gone).
+    reset: bool,
+}
+
+/// A record changed at this node.
+#[derive(SimpleObject)]
+pub struct FeedEntry {
+    /// The record's id (a member's `unit#record`, another record's `kind:unit#record`).
+    id: ID,
+    /// Its kind.
+    kind: RecordKind,
+    /// The unit whose record it is.
+    unit: ID,
+    /// The record was deleted.
+    deleted: bool,
+    /// The member as it is now (kind `MEMBERS`, not deleted).
+    member: Option<MemberGql>,
+    /// The record as it is now (the other kinds, not deleted).
+    record: Option<AnyRecord>,
 }
 
 /// A record of one of the kinds besides members.
@@ -2449,6 +2570,27 @@ pub enum AnyRecord {
     FundProgramme(en::FundProgrammeGql),
     /// A disbursement.
     Disbursement(en::DisbursementGql),
+}
+
+impl AnyRecord {
+    /// A record as its kind's GraphQL type (none for members and profiles).
+    fn of(r: gs::Record) -> Option<AnyRecord> {
+        Some(match r.id.kind {
+            DocKind::Activists => AnyRecord::Activist(r.into()),
+            DocKind::Posts => AnyRecord::CadrePost(r.into()),
+            DocKind::Meetings => AnyRecord::Meeting(r.into()),
+            DocKind::Appraisals => AnyRecord::Appraisal(r.into()),
+            DocKind::Projects => AnyRecord::Project(r.into()),
+            DocKind::Assets => AnyRecord::CollectiveAsset(r.into()),
+            DocKind::Disclosures => AnyRecord::Disclosure(r.into()),
+            DocKind::Complaints => AnyRecord::Complaint(r.into()),
+            DocKind::Directives => AnyRecord::Directive(r.into()),
+            DocKind::Reports => AnyRecord::Report(r.into()),
+            DocKind::Funds => AnyRecord::FundProgramme(r.into()),
+            DocKind::Disbursements => AnyRecord::Disbursement(r.into()),
+            _ => return None,
+        })
+    }
 }
 
 /// A change to a unit's profile; omitted parts stay.

@@ -1113,3 +1113,131 @@ async fn a_complaint_is_not_answered_in_the_name_of_the_unit_above() {
         .await;
     assert_eq!(d["updateComplaint"]["status"], "ESCALATED", "{d}");
 }
+
+/// The record feed lists what the caller may read, in the order the node stored it, each
+/// record at its last change, deletions to those who may read the unit's records, and goes
+/// on from a cursor.
+#[tokio::test]
+async fn the_record_feed_follows_visibility_and_goes_on_from_a_cursor() {
+    let f = fixture().await;
+    let county = f.token("c01/k01", Role::Supervisor).await;
+    let update_unit =
+        "mutation($id: ID!) { updateUnit(id: $id, input: { name: \"A unit\" }) { id } }";
+    for id in ["c01/k01/t01", "c01/k01/t02", VILLAGES[0], VILLAGES[2]] {
+        f.ok(Some(&county), update_unit, json!({ "id": id })).await;
+    }
+    let v01 = f.token(VILLAGES[0], Role::Clerk).await;
+    let t02v01 = f.token(VILLAGES[2], Role::Clerk).await;
+    let create = "mutation($u: ID!, $n: String!) { createMember(input: { unit: $u, name: $n,
+        birthYear: 1980, gender: MALE, education: PRIMARY, joinedOn: \"2020-07-01\" }) { id } }";
+    let m1 = f
+        .ok(
+            Some(&v01),
+            create,
+            json!({ "u": VILLAGES[0], "n": "Li Wei" }),
+        )
+        .await["createMember"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let m2 = f
+        .ok(
+            Some(&t02v01),
+            create,
+            json!({ "u": VILLAGES[2], "n": "Wang Fang" }),
+        )
+        .await["createMember"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disclosure = f
+        .ok(
+            Some(&v01),
+            "mutation { createDisclosure(input: { unit: \"c01/k01/t01/v01\", title: \"Roads\",
+                category: FUNDS, publishedOn: \"2026-03-01\", body: \"...\" }) { id } }",
+            json!({}),
+        )
+        .await["createDisclosure"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let feed = "query($u: ID, $a: String, $f: Int) { recordFeed(unit: $u, after: $a, first: $f) {
+        cursor hasMore reset entries { id kind unit deleted
+            member { name } record { ... on Disclosure { title } } } } }";
+    let ids = |d: &Value| -> Vec<(String, bool)> {
+        d["recordFeed"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].as_str().unwrap().to_owned(), e["deleted"] == true))
+            .collect()
+    };
+    let d = f.ok(Some(&county), feed, json!({})).await;
+    assert_eq!(
+        ids(&d),
+        vec![
+            (m1.clone(), false),
+            (m2.clone(), false),
+            (disclosure.clone(), false)
+        ]
+    );
+    let entries = &d["recordFeed"]["entries"];
+    assert_eq!(entries[0]["member"]["name"], "Li Wei");
+    assert_eq!(entries[0]["kind"], "MEMBERS");
+    assert!(entries[0]["record"].is_null());
+    assert_eq!(entries[2]["record"]["title"], "Roads");
+    assert_eq!(entries[2]["kind"], "DISCLOSURES");
+    assert_eq!(d["recordFeed"]["hasMore"], false);
+    assert_eq!(d["recordFeed"]["reset"], false);
+    let cursor = d["recordFeed"]["cursor"].as_str().unwrap().to_owned();
+    // One unit's subtree; a page of one, then on from its cursor.
+    let d = f
+        .ok(Some(&county), feed, json!({ "u": "c01/k01/t02" }))
+        .await;
+    assert_eq!(ids(&d), vec![(m2.clone(), false)]);
+    let d = f.ok(Some(&county), feed, json!({ "f": 1 })).await;
+    assert_eq!(ids(&d), vec![(m1.clone(), false)]);
+    assert_eq!(d["recordFeed"]["hasMore"], true);
+    let next = d["recordFeed"]["cursor"].as_str().unwrap().to_owned();
+    let d = f
+        .ok(Some(&county), feed, json!({ "a": next, "f": 1 }))
+        .await;
+    assert_eq!(ids(&d), vec![(m2.clone(), false)]);
+    // A village's clerk sees its own records and the public ones, not another village's;
+    // the public sees the published disclosure only.
+    let d = f.ok(Some(&v01), feed, json!({})).await;
+    assert_eq!(
+        ids(&d),
+        vec![(m1.clone(), false), (disclosure.clone(), false)]
+    );
+    let d = f.ok(None, feed, json!({})).await;
+    assert_eq!(ids(&d), vec![(disclosure.clone(), false)]);
+    // After a change and a deletion, the county's cursor lists both, once each; the
+    // deletion is not shown to a caller who may not read the unit's members.
+    f.ok(
+        Some(&v01),
+        "mutation($id: ID!) { updateMember(id: $id, input: { name: \"Li Wei Jr\" }) { id } }",
+        json!({ "id": m1 }),
+    )
+    .await;
+    f.ok(
+        Some(&t02v01),
+        "mutation($id: ID!) { deleteMember(id: $id) { id } }",
+        json!({ "id": m2 }),
+    )
+    .await;
+    let d = f.ok(Some(&county), feed, json!({ "a": cursor })).await;
+    assert_eq!(ids(&d), vec![(m1.clone(), false), (m2.clone(), true)]);
+    assert_eq!(d["recordFeed"]["entries"][0]["member"]["name"], "Li Wei Jr");
+    assert!(d["recordFeed"]["entries"][1]["member"].is_null());
+    let d = f.ok(Some(&v01), feed, json!({ "a": cursor })).await;
+    assert_eq!(ids(&d), vec![(m1.clone(), false)]);
+    // Bad input is refused with a clear error.
+    let r = f
+        .gql(Some(&county), feed, json!({ "a": "yesterday" }))
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    let r = f.gql(Some(&county), feed, json!({ "f": 1000 })).await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    f.shutdown().await;
+}

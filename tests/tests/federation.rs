@@ -126,6 +126,21 @@ async fn village_member_reaches_ancestors_and_no_one_else() -> anyhow::Result<()
     )
     .await?;
     assert_eq!(r["data"]["nodeUnit"]["indicators"]["members"], 1, "{r}");
+    // The city's record feed lists the member it received from below, as one made there
+    // would be.
+    let feed = gql(
+        &fed.graphql_url(&c01)?,
+        Some(fed.token(&c01, Role::Viewer)?),
+        "{ recordFeed { hasMore entries { id kind deleted member { name } } } }",
+        json!({}),
+    )
+    .await?;
+    assert_eq!(
+        feed["data"]["recordFeed"],
+        json!({ "hasMore": false, "entries": [{ "id": id, "kind": "MEMBERS", "deleted": false,
+            "member": { "name": "Chen Xiu" } }] }),
+        "{feed}"
+    );
     let counties = r["data"]["nodeUnit"]["children"]
         .as_array()
         .context("children")?;

@@ -23,8 +23,8 @@ use redb::{
 };
 
 use super::tables::{
-    CHANGES, DOC_STATE, DOCS, HEARD, META, OWNER, SNAPSHOTS, SYNC_STATES, TAKE_BACK_UNTIL, USERS,
-    VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
+    CHANGES, DOC_STATE, DOCS, FEED, FEED_AT, HEARD, META, OWNER, SNAPSHOTS, SYNC_STATES,
+    TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
 use super::{StoreError, db};
 
@@ -248,6 +248,8 @@ fn copy_store(
         copy(&from, &to, VIEW_ROLLUPS)?;
         copy(&from, &to, VIEW_RECORDS)?;
         copy(&from, &to, VIEW_REFS)?;
+        copy(&from, &to, FEED)?;
+        copy(&from, &to, FEED_AT)?;
         // The commit's fsync makes the copy durable before it gets its name.
         to.commit().map_err(db)?;
         documents
@@ -635,6 +637,10 @@ async fn stage(
         // What this node wrote after the backup may be held only by its children now: the
         // store takes it back from them for a while (`RETURNING_WINDOW`).
         set_take_back(&target, super::window_end(now_ms, super::RETURNING_WINDOW))?;
+        // The feed's positions run again from the backup's: readers must start over.
+        let tx = target.begin_write().map_err(db)?;
+        super::new_feed_epoch(&tx)?;
+        tx.commit().map_err(db)?;
         let current_users = match current {
             Some(c) => users_in(c)?,
             None => 0,
@@ -831,6 +837,8 @@ mod tests {
         let backup = r.backup(1_000).unwrap().path;
         h.create_member(me.clone(), sample("Later")).await.unwrap();
         h.add_user([2; 32], me.clone(), Role::Admin).await.unwrap();
+        // A feed reader up to date with the store before it is lost.
+        let read = r.feed(None, None, 10, 10, |_| Ok(Some(()))).unwrap().next;
         assert!(matches!(
             restore(&backup, &path, &me, 2_000).await,
             Err(StoreError::Locked(_))
@@ -903,6 +911,11 @@ mod tests {
         let (_h, r, t) = super::super::open(&path, me.clone()).unwrap();
         assert_eq!(names(&r, &me), vec!["Kept".to_owned()]);
         assert!(r.user(&[2; 32]).unwrap().is_some(), "a newer user lost");
+        // The feed's positions ran again from the backup's: that reader starts over (its
+        // position, past the backup's, would otherwise skip the next writes).
+        let again = r.feed(Some(read), None, 10, 10, |_| Ok(Some(()))).unwrap();
+        assert!(again.reset);
+        assert_eq!(again.entries.len(), 1);
         t.shutdown().await;
         let (_h, r, t) = super::super::open(&kept, me.clone()).unwrap();
         assert_eq!(names(&r, &me), vec!["Kept".to_owned(), "Later".to_owned()]);

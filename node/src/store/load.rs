@@ -50,6 +50,11 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
          reports changed below their acceptance read as not reviewed)",
         migrate_5_views,
     ),
+    (
+        11,
+        "the record feed, filled by writing every view again",
+        migrate_5_views,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.
@@ -79,10 +84,11 @@ pub(super) fn init_tables(database: &Database, me: &UnitId) -> Result<(), StoreE
     match layout {
         None => {
             tracing::debug!(layout = LAYOUT, "new store");
-            tx.open_table(META)
-                .map_err(db)?
-                .insert("layout", LAYOUT)
+            let mut meta = tx.open_table(META).map_err(db)?;
+            meta.insert("layout", LAYOUT).map_err(db)?;
+            meta.insert(FEED_EPOCH, crate::status::now_ms())
                 .map_err(db)?;
+            drop(meta);
             tx.commit().map_err(db)?;
         }
         Some(l) if l > LAYOUT => {
@@ -126,6 +132,8 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(VIEW_RECORDS).map_err(db)?;
     tx.open_table(VIEW_REFS).map_err(db)?;
     tx.open_table(HEARD).map_err(db)?;
+    tx.open_table(FEED).map_err(db)?;
+    tx.open_table(FEED_AT).map_err(db)?;
     Ok(())
 }
 

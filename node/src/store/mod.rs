@@ -30,8 +30,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use reader::{
-    BackupLog, MemberCursor, MemberFilter, MemberPage, RecordPage, RecordQuery, StoreReader,
-    TokenUser,
+    BackupLog, FeedEntry, FeedPage, FeedPosition, MemberCursor, MemberFilter, MemberPage,
+    RecordPage, RecordQuery, StoreReader, TokenUser,
 };
 use tables::*;
 
@@ -3261,6 +3261,7 @@ impl Actor {
                     .map_err(db)?;
                 updated.insert(job.doc.clone(), p);
             }
+            views.save_feed(&tx)?;
             rollups_changed = views.deltas.apply(&mut rollups)?;
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
             for (peer, doc, state) in &batch.states {
@@ -3382,6 +3383,10 @@ struct Views<'t> {
     records: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     refs: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     deltas: rollup::Deltas,
+    feed: redb::Table<'t, u64, &'static str>,
+    feed_at: redb::Table<'t, &'static str, u64>,
+    /// The feed's next position, saved in [`META`] by [`Views::save_feed`].
+    feed_next: u64,
 }
 
 /// Drop every view row (roll-ups included) and write them again from `docs`, every hosted
@@ -3398,12 +3403,28 @@ fn rebuild_views_in<'d>(
     views.records.retain(|_, _| false).map_err(db)?;
     views.refs.retain(|_, _| false).map_err(db)?;
     rollups.retain(|_, _| false).map_err(db)?;
+    // The feed starts again in a new epoch, every record in it once: rows written from
+    // empty tables cannot tell what was removed since, so a reader's old position could
+    // miss a deletion.
+    views.feed.retain(|_, _| false).map_err(db)?;
+    views.feed_at.retain(|_, _| false).map_err(db)?;
     // From empty tables every row is a +1: the deltas are the roll-ups.
     for doc in docs {
         let (meta, d) = doc?;
         views.materialise(&meta, &d, &Only::All)?;
     }
+    views.save_feed(tx)?;
     views.deltas.apply(&mut rollups)?;
+    new_feed_epoch(tx)
+}
+
+/// Start a new epoch of the record feed: positions a reader holds from before mean nothing
+/// after a rebuild or a restore (a restored store's positions run again from the backup's).
+pub(super) fn new_feed_epoch(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = tx.open_table(META).map_err(db)?;
+    // Strictly later than the epoch it replaces, even within one millisecond.
+    let old = meta.get(FEED_EPOCH).map_err(db)?.map_or(0, |v| v.value());
+    meta.insert(FEED_EPOCH, now_ms().max(old + 1)).map_err(db)?;
     Ok(())
 }
 
@@ -3425,13 +3446,44 @@ fn ref_source(r: &Record) -> String {
 impl<'t> Views<'t> {
     /// The view tables of `tx`, with no delta yet.
     fn open(tx: &'t redb::WriteTransaction) -> Result<Views<'t>, StoreError> {
+        let feed_next = {
+            let meta = tx.open_table(META).map_err(db)?;
+            meta.get(FEED_NEXT).map_err(db)?.map_or(1, |v| v.value())
+        };
         Ok(Views {
             members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
             units: tx.open_table(VIEW_UNITS).map_err(db)?,
             records: tx.open_table(VIEW_RECORDS).map_err(db)?,
             refs: tx.open_table(VIEW_REFS).map_err(db)?,
             deltas: rollup::Deltas::default(),
+            feed: tx.open_table(FEED).map_err(db)?,
+            feed_at: tx.open_table(FEED_AT).map_err(db)?,
+            feed_next,
         })
+    }
+
+    /// Put `record` at the feed's next position (marked deleted when its row went), taking it
+    /// from where it was.
+    fn note_feed(&mut self, record: &RecordRef, deleted: bool) -> Result<(), StoreError> {
+        let at = self.feed_next;
+        self.feed_next += 1;
+        let key = record.to_string();
+        if let Some(old) = self.feed_at.insert(key.as_str(), at).map_err(db)? {
+            let old = old.value();
+            self.feed.remove(old).map_err(db)?;
+        }
+        let entry = if deleted { format!("-{key}") } else { key };
+        self.feed.insert(at, entry.as_str()).map_err(db)?;
+        Ok(())
+    }
+
+    /// Save the feed's next position in `tx`'s [`META`].
+    fn save_feed(&self, tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+        tx.open_table(META)
+            .map_err(db)?
+            .insert(FEED_NEXT, self.feed_next)
+            .map_err(db)?;
+        Ok(())
     }
 
     /// Rewrite the view rows of one document from its current content: all of them, or
@@ -3531,17 +3583,31 @@ impl<'t> Views<'t> {
         let key = owner.tree_key();
         let rec = record.to_string();
         let k = (key.as_str(), rec.as_str());
-        let old = match row {
-            Some(m) => {
-                self.deltas.note(m, 1);
-                self.members.insert(k, to_json(m)?.as_slice()).map_err(db)?
-            }
-            None => self.members.remove(k).map_err(db)?,
+        let old: Option<Member> = {
+            let guard = match row {
+                Some(m) => {
+                    self.deltas.note(m, 1);
+                    self.members.insert(k, to_json(m)?.as_slice()).map_err(db)?
+                }
+                None => self.members.remove(k).map_err(db)?,
+            };
+            guard
+                .map(|v| serde_json::from_slice(v.value()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("member row {key}{rec}: {e}")))?
         };
+        let had = old.is_some();
         if let Some(old) = old {
-            let old: Member = serde_json::from_slice(old.value())
-                .map_err(|e| StoreError::Corrupt(format!("member row {key}{rec}: {e}")))?;
             self.deltas.note(&old, -1);
+        }
+        // A row removed that was never there (a record that never read as one) is no news.
+        if row.is_some() || had {
+            let r = RecordRef {
+                kind: DocKind::Members,
+                unit: owner.clone(),
+                record,
+            };
+            self.note_feed(&r, row.is_none())?;
         }
         Ok(())
     }
@@ -3560,16 +3626,15 @@ impl<'t> Views<'t> {
         let key = records_key(kind, owner);
         let rec = record.to_string();
         let k = (key.as_str(), rec.as_str());
-        let old = match row {
-            Some(r) => self.records.insert(k, to_json(r)?.as_slice()).map_err(db)?,
-            None => self.records.remove(k).map_err(db)?,
-        };
-        let old: Option<Record> = match old {
-            Some(v) => Some(
-                serde_json::from_slice(v.value())
-                    .map_err(|e| StoreError::Corrupt(format!("record row {key}{rec}: {e}")))?,
-            ),
-            None => None,
+        let old: Option<Record> = {
+            let guard = match row {
+                Some(r) => self.records.insert(k, to_json(r)?.as_slice()).map_err(db)?,
+                None => self.records.remove(k).map_err(db)?,
+            };
+            guard
+                .map(|v| serde_json::from_slice(v.value()))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("record row {key}{rec}: {e}")))?
         };
         for (r, sign) in old.iter().map(|r| (r, -1)).chain(row.map(|r| (r, 1))) {
             self.deltas.note_tallies(owner, &spec.tallies(r), sign);
@@ -3583,6 +3648,14 @@ impl<'t> Views<'t> {
                     self.refs.remove((target, source.as_str())).map_err(db)?;
                 }
             }
+        }
+        if row.is_some() || old.is_some() {
+            let r = RecordRef {
+                kind,
+                unit: owner.clone(),
+                record,
+            };
+            self.note_feed(&r, row.is_none())?;
         }
         Ok(())
     }
@@ -3684,6 +3757,154 @@ mod tests {
             r.members(&me, false, None, 1000).unwrap().total,
             ids.len() + 1
         );
+        t.shutdown().await;
+    }
+
+    /// The record feed: each record once, at its last change, in the order this node stored
+    /// them; deletions as such; pages bounded by `first` and by the positions looked at; a
+    /// rebuild starts a new epoch from which an old position reads everything again.
+    #[tokio::test]
+    async fn the_record_feed_lists_each_record_at_its_last_change() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let me = u("c01/k01/t01");
+        let (v1, v2) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let all = |from: Option<FeedPosition>, root: Option<&UnitId>| {
+            r.feed(from, root, 1000, 1000, |e| Ok(Some(e.clone())))
+                .unwrap()
+        };
+        let names = |p: &FeedPage<FeedEntry>| -> Vec<(String, bool)> {
+            p.entries
+                .iter()
+                .map(|(e, _)| (e.record.to_string(), e.deleted))
+                .collect()
+        };
+        let start = all(None, None);
+        assert!(start.entries.is_empty() && !start.more && !start.reset);
+        let a = h.create_member(v1.clone(), sample("A")).await.unwrap();
+        let b = h.create_member(v2.clone(), sample("B")).await.unwrap();
+        let meeting = h
+            .create_record(
+                DocKind::Meetings,
+                v1.clone(),
+                [
+                    ("kind", V::Text("group_meeting".into())),
+                    ("heldOn", V::Text("2026-03-02".into())),
+                    ("attendance", V::Int(12)),
+                    ("hours", V::Int(2)),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let member_ref = |m: &Member| RecordRef {
+            kind: DocKind::Members,
+            unit: m.id.unit.clone(),
+            record: m.id.record,
+        };
+        let first = all(None, None);
+        assert_eq!(
+            names(&first),
+            vec![
+                (member_ref(&a).to_string(), false),
+                (member_ref(&b).to_string(), false),
+                (meeting.id.to_string(), false),
+            ]
+        );
+        let seen = first.next;
+        // Nothing new: nothing listed, the position kept.
+        let again = all(Some(seen), None);
+        assert!(again.entries.is_empty() && !again.more);
+        assert_eq!(again.next, seen);
+        // A change moves the record to the end (listed once); a deletion is listed as such.
+        h.update_member(
+            a.id.clone(),
+            MemberPatch {
+                name: Some("A2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        h.delete_member(b.id.clone()).await.unwrap();
+        let later = all(Some(seen), None);
+        assert_eq!(
+            names(&later),
+            vec![
+                (member_ref(&a).to_string(), false),
+                (member_ref(&b).to_string(), true),
+            ]
+        );
+        assert_eq!(
+            names(&all(None, None)),
+            vec![
+                (meeting.id.to_string(), false),
+                (member_ref(&a).to_string(), false),
+                (member_ref(&b).to_string(), true),
+            ]
+        );
+        // A subtree: only its records.
+        assert_eq!(
+            names(&all(None, Some(&v2))),
+            vec![(member_ref(&b).to_string(), true)]
+        );
+        // Pages: `first` entries, or fewer when `scan` positions were looked at first; each
+        // goes on from the last position looked at, and the pages add up to the whole.
+        let mut from = None;
+        let mut paged = Vec::new();
+        loop {
+            let p = r
+                .feed(from, None, 1, 2, |e| {
+                    Ok((e.record.kind == DocKind::Members).then(|| e.clone()))
+                })
+                .unwrap();
+            assert!(p.entries.len() <= 1);
+            paged.extend(names(&p));
+            from = Some(p.next);
+            if !p.more {
+                break;
+            }
+        }
+        assert_eq!(
+            paged,
+            vec![
+                (member_ref(&a).to_string(), false),
+                (member_ref(&b).to_string(), true),
+            ]
+        );
+        // A rebuild starts a new epoch: an old position reads the feed again from its start,
+        // said so, and the deleted record is no longer there to list.
+        h.rebuild_views().await.unwrap();
+        let rebuilt = all(Some(seen), None);
+        assert!(rebuilt.reset);
+        assert_ne!(rebuilt.next.epoch, seen.epoch);
+        let mut listed = names(&rebuilt);
+        listed.sort();
+        let mut want = vec![
+            (member_ref(&a).to_string(), false),
+            (meeting.id.to_string(), false),
+        ];
+        want.sort();
+        assert_eq!(listed, want);
+        // Positions survive a restart.
+        let before = all(None, None).next;
+        t.shutdown().await;
+        drop((h, r));
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        h.create_member(v1.clone(), sample("C")).await.unwrap();
+        let after = r
+            .feed(Some(before), None, 10, 10, |e| Ok(Some(e.clone())))
+            .unwrap();
+        assert!(!after.reset);
+        assert_eq!(after.entries.len(), 1);
+        assert!(after.entries[0].0.at > before.at);
+        assert!("12.x".parse::<FeedPosition>().is_err());
         t.shutdown().await;
     }
 

@@ -17,7 +17,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::backup::BackupInfo;
 use super::tables::{
-    USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
+    FEED, FEED_EPOCH, META, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
+    records_key, rows_of,
 };
 use super::{StoreError, db};
 
@@ -209,6 +210,60 @@ pub struct RecordQuery<'a> {
     pub first: usize,
     /// Whether to count the whole listing.
     pub count: bool,
+}
+
+/// Where a reader of the record feed stands: the feed's epoch and the last position read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPosition {
+    /// When the feed's positions began (Unix milliseconds); see [`FEED_EPOCH`].
+    pub epoch: u64,
+    /// The last position read (0: none yet).
+    pub at: u64,
+}
+
+impl std::fmt::Display for FeedPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.epoch, self.at)
+    }
+}
+
+impl std::str::FromStr for FeedPosition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a feed cursor (epoch.position)");
+        let (epoch, at) = s.split_once('.').ok_or_else(bad)?;
+        Ok(FeedPosition {
+            epoch: epoch.parse().map_err(|_| bad())?,
+            at: at.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// One entry of the record feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    /// Its position.
+    pub at: u64,
+    /// The record written or removed.
+    pub record: RecordRef,
+    /// Whether its row was removed (the record deleted).
+    pub deleted: bool,
+}
+
+/// What [`StoreReader::feed`] read.
+#[derive(Debug, Clone)]
+pub struct FeedPage<T> {
+    /// Entries of the subtree asked for, in position order, each with what the reader's
+    /// filter made of it.
+    pub entries: Vec<(FeedEntry, T)>,
+    /// Where the next read starts: the last position looked at (or the one asked from, or
+    /// the feed's last, when there was nothing to look at).
+    pub next: FeedPosition,
+    /// Whether the feed holds entries past `next`.
+    pub more: bool,
+    /// The position asked from belonged to another epoch (a rebuild or a restore came in
+    /// between): the entries are read from the start.
+    pub reset: bool,
 }
 
 /// One page of a listing of records of the other kinds.
@@ -554,6 +609,68 @@ impl StoreReader {
             from = Bound::Included(prefix_end(&child));
         }
         Ok(out)
+    }
+
+    /// The record feed after `from` (from its start when `None` or of another epoch): at most
+    /// `first` entries of records in `root`'s subtree (anywhere when `None`) that `keep`
+    /// makes something of, looking at no more than `scan` positions, so a reader who may see
+    /// little of the feed still gets an answer (and a position to go on from) at bounded
+    /// cost.
+    pub fn feed<T>(
+        &self,
+        from: Option<FeedPosition>,
+        root: Option<&UnitId>,
+        first: usize,
+        scan: usize,
+        mut keep: impl FnMut(&FeedEntry) -> Result<Option<T>, StoreError>,
+    ) -> Result<FeedPage<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let epoch = tx
+            .open_table(META)
+            .map_err(db)?
+            .get(FEED_EPOCH)
+            .map_err(db)?
+            .map_or(0, |v| v.value());
+        let reset = from.is_some_and(|f| f.epoch != epoch);
+        let after = from.filter(|f| f.epoch == epoch).map_or(0, |f| f.at);
+        let feed = tx.open_table(FEED).map_err(db)?;
+        let mut page = FeedPage {
+            entries: Vec::new(),
+            next: FeedPosition { epoch, at: after },
+            more: false,
+            reset,
+        };
+        let rows = feed
+            .range((Bound::Excluded(after), Bound::Unbounded))
+            .map_err(db)?;
+        for (looked, row) in rows.enumerate() {
+            let (k, v) = row.map_err(db)?;
+            if page.entries.len() >= first || looked >= scan {
+                page.more = true;
+                break;
+            }
+            page.next.at = k.value();
+            let text = v.value();
+            let (deleted, name) = match text.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, text),
+            };
+            let record: RecordRef = name
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("feed entry {text}: {e}")))?;
+            if root.is_some_and(|r| !record.unit.is_in_subtree_of(r)) {
+                continue;
+            }
+            let entry = FeedEntry {
+                at: k.value(),
+                record,
+                deleted,
+            };
+            if let Some(t) = keep(&entry)? {
+                page.entries.push((entry, t));
+            }
+        }
+        Ok(page)
     }
 
     /// One member, if this node holds it.

@@ -25,16 +25,26 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// sensitive items in the tallies; members by year of joining); 9: views written again (an
 /// appraisal's kind and rating read by authority, a report changed below its acceptance
 /// read as not reviewed); 10: views written again (secretaries' terms by date, a director
-/// who is also secretary counted, training hours of trainings only).
-pub const LAYOUT: u64 = 10;
+/// who is also secretary counted, training hours of trainings only); 11: [`FEED`] and
+/// [`FEED_AT`], filled by writing the views again.
+pub const LAYOUT: u64 = 11;
 
 /// `"layout"` -> layout version; [`TAKE_BACK_UNTIL`] -> until when (Unix milliseconds) the
 /// node takes back from its children changes made in its name or above it (set by a restore
-/// and by `grassroots store take-back`), absent if never.
+/// and by `grassroots store take-back`), absent if never; [`FEED_EPOCH`] and [`FEED_NEXT`]
+/// (since layout 11).
 pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 
 /// The [`META`] key of the end of the window in which a node takes back what it lost.
 pub const TAKE_BACK_UNTIL: &str = "take-back-until-ms";
+
+/// The [`META`] key of the record feed's epoch: when (Unix milliseconds) its positions began.
+/// A rebuild of the views or a restore starts a new epoch, and a reader's position from an
+/// earlier one no longer means anything here.
+pub const FEED_EPOCH: &str = "feed-epoch";
+
+/// The [`META`] key of the record feed's next position.
+pub const FEED_NEXT: &str = "feed-next";
 
 /// `"unit"` -> the unit whose node this store belongs to, written at its first open (by
 /// this build, at the first open of an older store); a store is opened only for it.
@@ -88,3 +98,11 @@ pub const VIEW_RECORDS: TableDefinition<'_, (&str, &str), &[u8]> =
 /// refers to each record: a directive's report-backs (its receipts), a fund programme's
 /// disbursements. Since layout 4.
 pub const VIEW_REFS: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("view-refs-1");
+
+/// Position -> record (`kind:unit#record`, `-` before it when the record was deleted): the
+/// record feed, each record once, at the position of the last commit that wrote or removed
+/// its view row here (local or synced). Since layout 11.
+pub const FEED: TableDefinition<'_, u64, &str> = TableDefinition::new("feed-1");
+
+/// Record (`kind:unit#record`) -> its position in [`FEED`]. Since layout 11.
+pub const FEED_AT: TableDefinition<'_, &str, u64> = TableDefinition::new("feed-at-1");
