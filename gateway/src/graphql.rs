@@ -1045,7 +1045,8 @@ pub struct SubscriptionRoot;
 impl SubscriptionRoot {
     /// Changes stored on this node (made here or received from a peer) to records of
     /// `unit`'s subtree (default: this node's unit) that the caller may read. A notification
-    /// says what changed, not the new values: re-query what you show.
+    /// says what changed, not the new values: re-query what you show, or read `recordFeed`
+    /// from your last cursor for the records themselves.
     async fn changes(
         &self,
         ctx: &Context<'_>,
@@ -2390,16 +2391,21 @@ impl Query {
     }
 
     /// The record feed, for keeping a copy up to date: records of every kind (members
-    /// included) that this node stored, changed or deleted after `after` (a `cursor` of an
+    /// included) that this node stored, changed or deleted after `after` (the `cursor` of an
     /// earlier answer; none: from the start), oldest first. Made here or received from a
     /// peer alike: a record made offline at a village a week ago comes after what the city
-    /// stored yesterday. Each record is listed once, at its last change; a deleted one as
-    /// `deleted`, to callers who may read its unit's records of that kind. Only records the
-    /// caller may read are listed, in `unit`'s subtree when given (else wherever they
-    /// belong). A page looks at no more than 10,000 changes, so it can hold fewer than
-    /// `first` entries (even none) while `hasMore` is true: go on from its `cursor`.
+    /// stored yesterday. Each record is listed at its last change (one changed while you
+    /// page comes again later). Listed are the records of the units and kinds whose records
+    /// the caller may read (as the `changes` subscription tells of them), in `unit`'s
+    /// subtree when given; one deleted, or no longer readable by the caller (a disbursement
+    /// no longer published, a directive now for another level), is listed as `deleted`,
+    /// without its content: drop it from your copy. Published records of units whose other
+    /// records the caller may not read (disbursements of another line) are not in the feed;
+    /// list them with `published: true`. A page looks at no more than 10,000 changes, so it
+    /// can hold fewer than `first` entries (even none) while `hasMore` is true: go on from
+    /// its `cursor`, which is sealed and opens only at this node.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "SUBTREE_SCAN + first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize * child_complexity"
     )]
     async fn record_feed(
         &self,
@@ -2408,36 +2414,38 @@ impl Query {
         after: Option<String>,
         first: Option<i32>,
     ) -> Result<RecordFeed> {
-        let first = page_size(first)?;
+        let first = match page_size(first)? {
+            0 => return Err(error(Code::BadUserInput, "first must be at least 1")),
+            n => n,
+        };
         let root = unit.as_ref().map(parse_unit).transpose()?;
         let from = after
-            .map(|a| a.parse::<grassroots_node::store::FeedPosition>())
+            .map(|a| a.parse::<grassroots_node::store::FeedCursor>())
             .transpose()
             .map_err(|e| error(Code::BadUserInput, e))?;
         let b = backend(ctx)?;
         let who = caller(ctx);
         let page = b
             .reader
-            .feed(from, root.as_ref(), first, FEED_SCAN, |e| {
+            .feed(from.as_ref(), root.as_ref(), first, FEED_SCAN, |e| {
                 let r = &e.record;
-                if e.deleted {
-                    let doc = DocMeta::new(DocId::new(r.kind, r.unit.clone()));
-                    return Ok(can_read(who, &doc).then_some(FeedItem::Gone));
+                // Judged by the document first, as the subscription is: what is listed at
+                // all says no more than it does.
+                if !can_read(who, &DocMeta::new(DocId::new(r.kind, r.unit.clone()))) {
+                    return Ok(None);
                 }
-                Ok(match r.kind {
+                if e.deleted {
+                    return Ok(Some(FeedItem::Gone));
+                }
+                let item = match r.kind {
                     DocKind::Members => {
-                        let doc = DocMeta::new(DocId::new(DocKind::Members, r.unit.clone()));
                         let id = MemberId {
                             unit: r.unit.clone(),
                             record: r.record,
                         };
-                        match can_read(who, &doc) {
-                            true => b
-                                .reader
-                                .member(&id)?
-                                .map(|m| FeedItem::Member(MemberGql(m))),
-                            false => None,
-                        }
+                        b.reader
+                            .member(&id)?
+                            .map(|m| FeedItem::Member(MemberGql(m)))
                     }
                     _ => b
                         .reader
@@ -2445,7 +2453,8 @@ impl Query {
                         .filter(|rec| gs::can_read_record(who, rec))
                         .and_then(AnyRecord::of)
                         .map(FeedItem::Record),
-                })
+                };
+                Ok(Some(item.unwrap_or(FeedItem::Gone)))
             })
             .map_err(internal)?;
         Ok(RecordFeed {
@@ -2462,16 +2471,16 @@ impl Query {
                         .to_string(),
                         _ => e.record.to_string(),
                     };
-                    let (member, record) = match item {
-                        FeedItem::Member(m) => (Some(m), None),
-                        FeedItem::Record(r) => (None, Some(r)),
-                        FeedItem::Gone => (None, None),
+                    let (member, record, deleted) = match item {
+                        FeedItem::Member(m) => (Some(m), None, false),
+                        FeedItem::Record(r) => (None, Some(r), false),
+                        FeedItem::Gone => (None, None, true),
                     };
                     Some(FeedEntry {
                         id: ID(id),
                         kind,
                         unit: ID(e.record.unit.to_string()),
-                        deleted: e.deleted,
+                        deleted,
                         member,
                         record,
                     })
@@ -2514,15 +2523,16 @@ pub struct RecordFeed {
     /// Records changed, oldest change first.
     entries: Vec<FeedEntry>,
     /// Where the next page starts: pass it as `after`. Keep it between pages and across
-    /// days; a copy is up to date with this node once `hasMore` is false.
+    /// days; a copy is up to date with this node once `hasMore` is false. Sealed: it says
+    /// nothing of the node's other writes, and opens only at this node.
     cursor: String,
     /// More of the feed follows `cursor` (this page's entries may still be fewer than
     /// `first`: the page looks at a bounded number of changes).
     has_more: bool,
     /// The `after` given belongs to an earlier life of this node's store (its views were
-    /// rebuilt, or it was restored from a backup): this page starts the feed again from
-    /// its beginning, and a copy should be made again from it (records it holds that are
-    /// not listed by the time `hasMore` is false are gone).
+    /// rebuilt, or it was restored from a backup) or is not this node's: this page starts
+    /// the feed again from its beginning, and a copy should be made again from it (records
+    /// it holds that are not listed by the time `hasMore` is false are gone).
     reset: bool,
 }
 
@@ -2535,7 +2545,7 @@ pub struct FeedEntry {
     kind: RecordKind,
     /// The unit whose record it is.
     unit: ID,
-    /// The record was deleted.
+    /// The record was deleted, or the caller may no longer read it: drop it from a copy.
     deleted: bool,
     /// The member as it is now (kind `MEMBERS`, not deleted).
     member: Option<MemberGql>,

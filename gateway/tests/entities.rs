@@ -1232,12 +1232,65 @@ async fn the_record_feed_follows_visibility_and_goes_on_from_a_cursor() {
     assert!(d["recordFeed"]["entries"][1]["member"].is_null());
     let d = f.ok(Some(&v01), feed, json!({ "a": cursor })).await;
     assert_eq!(ids(&d), vec![(m1.clone(), false)]);
+    // A record the caller may no longer read is listed as deleted, without its content: a
+    // directive to the townships, moved to the villages, leaves the township's copy.
+    let township = f.token("c01/k01/t01", Role::Viewer).await;
+    let from_here = f.ok(Some(&township), feed, json!({})).await["recordFeed"]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let directive = f
+        .ok(
+            Some(&county),
+            "mutation { createDirective(input: { unit: \"c01/k01\", title: \"Roads\",
+                body: \"...\", issuedOn: \"2026-02-01\", toLevel: TOWNSHIP }) { id } }",
+            json!({}),
+        )
+        .await["createDirective"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d = f.ok(Some(&township), feed, json!({ "a": from_here })).await;
+    assert_eq!(ids(&d), vec![(directive.clone(), false)]);
+    let from_here = d["recordFeed"]["cursor"].as_str().unwrap().to_owned();
+    f.ok(
+        Some(&county),
+        "mutation($id: ID!) { updateDirective(id: $id, input: { toLevel: VILLAGE }) { id } }",
+        json!({ "id": directive }),
+    )
+    .await;
+    let d = f.ok(Some(&township), feed, json!({ "a": from_here })).await;
+    assert_eq!(ids(&d), vec![(directive.clone(), true)]);
+    assert!(d["recordFeed"]["entries"][0]["record"].is_null());
+    // A cursor opens only at the node that gave it: another node's reads from the start.
+    let other = fixture().await;
+    let other_county = other.token("c01/k01", Role::Supervisor).await;
+    let foreign = other.ok(Some(&other_county), feed, json!({})).await["recordFeed"]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    other.shutdown().await;
+    let d = f
+        .ok(Some(&county), feed, json!({ "a": foreign, "f": 100 }))
+        .await;
+    assert_eq!(d["recordFeed"]["reset"], true);
+    assert_eq!(
+        ids(&d),
+        vec![
+            (disclosure.clone(), false),
+            (m1.clone(), false),
+            (m2.clone(), true),
+            (directive.clone(), false)
+        ]
+    );
     // Bad input is refused with a clear error.
     let r = f
         .gql(Some(&county), feed, json!({ "a": "yesterday" }))
         .await;
     assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
-    let r = f.gql(Some(&county), feed, json!({ "f": 1000 })).await;
-    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    for first in [0, 1000] {
+        let r = f.gql(Some(&county), feed, json!({ "f": first })).await;
+        assert_eq!(code(&r), "BAD_USER_INPUT", "first {first}: {r}");
+    }
     f.shutdown().await;
 }

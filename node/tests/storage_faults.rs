@@ -301,8 +301,11 @@ async fn a_full_disk_refuses_writes_clearly_and_loses_none() {
     }
     assert_eq!(h.failure(), None);
     {
+        // Room for redb to double the file once (it grows that way), so writes are taken
+        // until it needs to grow again: whether one more fits in a fixed margin would
+        // depend on the free pages left inside the file.
         let mut d = faulty.lock().unwrap();
-        d.capacity = Some(d.current.len() as u64 + (256 << 10));
+        d.capacity = Some(d.current.len() as u64 * 2 + (64 << 10));
     }
     let mut refused = None;
     for i in 20..5_000u64 {

@@ -23,7 +23,7 @@ use redb::{
 };
 
 use super::tables::{
-    CHANGES, DOC_STATE, DOCS, FEED, FEED_AT, HEARD, META, OWNER, SNAPSHOTS, SYNC_STATES,
+    CHANGES, DOC_STATE, DOCS, FEED, FEED_AT, HEARD, META, OWNER, SECRETS, SNAPSHOTS, SYNC_STATES,
     TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
 };
 use super::{StoreError, db};
@@ -250,6 +250,7 @@ fn copy_store(
         copy(&from, &to, VIEW_REFS)?;
         copy(&from, &to, FEED)?;
         copy(&from, &to, FEED_AT)?;
+        copy(&from, &to, SECRETS)?;
         // The commit's fsync makes the copy durable before it gets its name.
         to.commit().map_err(db)?;
         documents
@@ -913,7 +914,7 @@ mod tests {
         assert!(r.user(&[2; 32]).unwrap().is_some(), "a newer user lost");
         // The feed's positions ran again from the backup's: that reader starts over (its
         // position, past the backup's, would otherwise skip the next writes).
-        let again = r.feed(Some(read), None, 10, 10, |_| Ok(Some(()))).unwrap();
+        let again = r.feed(Some(&read), None, 10, 10, |_| Ok(Some(()))).unwrap();
         assert!(again.reset);
         assert_eq!(again.entries.len(), 1);
         t.shutdown().await;

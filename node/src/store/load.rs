@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::{Automerge, ChangeHash};
 use grassroots_schema::{DocId, DocMeta, UnitId};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+use ring::rand::SecureRandom as _;
 
 use super::tables::*;
 use super::{Persisted, StoreError, db};
@@ -27,32 +28,32 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "document state for start-up without loading",
         migrate_2_doc_state,
     ),
-    // Layout 10 writes every view and roll-up again, as 3 to 9 did: a store older than 9
+    // Layout 11 writes every view and roll-up again, as 3 to 10 did: a store older than 10
     // does it once (3 and 4 computed the roll-ups from the view rows, which an old row that
     // no longer decodes would have stopped, only for a later layout to write them again).
-    (3, "per-unit roll-ups, written at layout 10", nothing),
+    (3, "per-unit roll-ups, written at layout 11", nothing),
     (
         4,
-        "views of every record kind, roll-ups with their tallies, written at layout 10",
+        "views of every record kind, roll-ups with their tallies, written at layout 11",
         nothing,
     ),
-    (5, "views written again at layout 10", nothing),
-    (6, "views written again at layout 10", nothing),
-    (7, "views written again at layout 10", nothing),
-    (8, "views written again at layout 10", nothing),
-    (9, "views written again at layout 10", nothing),
+    (5, "views written again at layout 11", nothing),
+    (6, "views written again at layout 11", nothing),
+    (7, "views written again at layout 11", nothing),
+    (8, "views written again at layout 11", nothing),
+    (9, "views written again at layout 11", nothing),
     (
         10,
         "every view written again (stamps checked on reading; member categories, \
          secretaries by the dates of their terms, directors also secretary, attendance, \
          training hours of trainings, disclosure years and items, appraisal results and \
          members by join year counted; appraisals' kind and rating read by authority, \
-         reports changed below their acceptance read as not reviewed)",
-        migrate_5_views,
+         reports changed below their acceptance read as not reviewed), written at layout 11",
+        nothing,
     ),
     (
         11,
-        "the record feed, filled by writing every view again",
+        "every view written again (the views of layout 10), filling the record feed",
         migrate_5_views,
     ),
 ];
@@ -84,11 +85,11 @@ pub(super) fn init_tables(database: &Database, me: &UnitId) -> Result<(), StoreE
     match layout {
         None => {
             tracing::debug!(layout = LAYOUT, "new store");
-            let mut meta = tx.open_table(META).map_err(db)?;
-            meta.insert("layout", LAYOUT).map_err(db)?;
-            meta.insert(FEED_EPOCH, crate::status::now_ms())
+            tx.open_table(META)
+                .map_err(db)?
+                .insert("layout", LAYOUT)
                 .map_err(db)?;
-            drop(meta);
+            super::new_feed_epoch(&tx)?;
             tx.commit().map_err(db)?;
         }
         Some(l) if l > LAYOUT => {
@@ -134,6 +135,16 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(HEARD).map_err(db)?;
     tx.open_table(FEED).map_err(db)?;
     tx.open_table(FEED_AT).map_err(db)?;
+    // The key that seals feed cursors, made once per store (a restore brings back the
+    // backup's, which is this store's own or an earlier store's of this unit).
+    let mut secrets = tx.open_table(SECRETS).map_err(db)?;
+    if secrets.get(FEED_KEY).map_err(db)?.is_none() {
+        let mut key = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| StoreError::Random)?;
+        secrets.insert(FEED_KEY, key.as_slice()).map_err(db)?;
+    }
     Ok(())
 }
 

@@ -30,8 +30,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use reader::{
-    BackupLog, FeedEntry, FeedPage, FeedPosition, MemberCursor, MemberFilter, MemberPage,
-    RecordPage, RecordQuery, StoreReader, TokenUser,
+    BackupLog, FeedCursor, FeedEntry, FeedPage, FeedPosition, MemberCursor, MemberFilter,
+    MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser,
 };
 use tables::*;
 
@@ -3421,10 +3421,16 @@ fn rebuild_views_in<'d>(
 /// Start a new epoch of the record feed: positions a reader holds from before mean nothing
 /// after a rebuild or a restore (a restored store's positions run again from the backup's).
 pub(super) fn new_feed_epoch(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let mut meta = tx.open_table(META).map_err(db)?;
-    // Strictly later than the epoch it replaces, even within one millisecond.
-    let old = meta.get(FEED_EPOCH).map_err(db)?.map_or(0, |v| v.value());
-    meta.insert(FEED_EPOCH, now_ms().max(old + 1)).map_err(db)?;
+    // Random, not a clock reading: a restore must not come back to an epoch a reader holds
+    // (a clock set back, or two stores made in one millisecond).
+    let mut b = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| StoreError::Random)?;
+    tx.open_table(META)
+        .map_err(db)?
+        .insert(FEED_EPOCH, u64::from_le_bytes(b))
+        .map_err(db)?;
     Ok(())
 }
 
@@ -3761,8 +3767,9 @@ mod tests {
     }
 
     /// The record feed: each record once, at its last change, in the order this node stored
-    /// them; deletions as such; pages bounded by `first` and by the positions looked at; a
-    /// rebuild starts a new epoch from which an old position reads everything again.
+    /// them; deletions as such; pages bounded by `first` and by the positions looked at;
+    /// cursors sealed to this store; a rebuild starts a new epoch from which an old cursor
+    /// reads everything again.
     #[tokio::test]
     async fn the_record_feed_lists_each_record_at_its_last_change() {
         use grassroots_schema::Value as V;
@@ -3771,7 +3778,7 @@ mod tests {
         let me = u("c01/k01/t01");
         let (v1, v2) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
         let (h, r, t) = open(&path, me.clone()).unwrap();
-        let all = |from: Option<FeedPosition>, root: Option<&UnitId>| {
+        let all = |from: Option<&FeedCursor>, root: Option<&UnitId>| {
             r.feed(from, root, 1000, 1000, |e| Ok(Some(e.clone())))
                 .unwrap()
         };
@@ -3817,11 +3824,13 @@ mod tests {
                 (meeting.id.to_string(), false),
             ]
         );
-        let seen = first.next;
-        // Nothing new: nothing listed, the position kept.
-        let again = all(Some(seen), None);
-        assert!(again.entries.is_empty() && !again.more);
-        assert_eq!(again.next, seen);
+        let seen = first.next.clone();
+        // Nothing new: nothing listed, the position kept (sealed again: a cursor differs
+        // each time, the position in it does not).
+        let again = all(Some(&seen), None);
+        assert!(again.entries.is_empty() && !again.more && !again.reset);
+        assert_eq!(again.position, first.position);
+        assert_ne!(again.next, seen);
         // A change moves the record to the end (listed once); a deletion is listed as such.
         h.update_member(
             a.id.clone(),
@@ -3833,7 +3842,7 @@ mod tests {
         .await
         .unwrap();
         h.delete_member(b.id.clone()).await.unwrap();
-        let later = all(Some(seen), None);
+        let later = all(Some(&seen), None);
         assert_eq!(
             names(&later),
             vec![
@@ -3854,16 +3863,24 @@ mod tests {
             names(&all(None, Some(&v2))),
             vec![(member_ref(&b).to_string(), true)]
         );
-        // Pages: `first` entries, or fewer when `scan` positions were looked at first; each
-        // goes on from the last position looked at, and the pages add up to the whole.
-        let mut from = None;
+        // Pages: `first` entries, or fewer (none) when `scan` positions were looked at
+        // first; each goes on from the last position looked at, and the pages add up to
+        // the whole.
+        let members_only = |from: Option<&FeedCursor>, first: usize, scan: usize| {
+            r.feed(from, None, first, scan, |e| {
+                Ok((e.record.kind == DocKind::Members).then(|| e.clone()))
+            })
+            .unwrap()
+        };
+        let empty = members_only(None, 5, 1);
+        assert!(
+            empty.entries.is_empty() && empty.more,
+            "the meeting alone looked at"
+        );
+        let mut from = Some(empty.next);
         let mut paged = Vec::new();
         loop {
-            let p = r
-                .feed(from, None, 1, 2, |e| {
-                    Ok((e.record.kind == DocKind::Members).then(|| e.clone()))
-                })
-                .unwrap();
+            let p = members_only(from.as_ref(), 1, 2);
             assert!(p.entries.len() <= 1);
             paged.extend(names(&p));
             from = Some(p.next);
@@ -3878,12 +3895,30 @@ mod tests {
                 (member_ref(&b).to_string(), true),
             ]
         );
-        // A rebuild starts a new epoch: an old position reads the feed again from its start,
+        // Cursors open only here: another store's (its key differs) and one tampered with
+        // read from the start, said so.
+        let other = tempfile::tempdir().unwrap();
+        let (oh, or, ot) = open(&other.path().join("s.redb"), me.clone()).unwrap();
+        oh.create_member(v1.clone(), sample("Elsewhere"))
+            .await
+            .unwrap();
+        let foreign = or.feed(None, None, 10, 10, |_| Ok(Some(()))).unwrap().next;
+        ot.shutdown().await;
+        let read = all(Some(&foreign), None);
+        assert!(read.reset);
+        assert_eq!(read.entries.len(), 3);
+        let mut bytes = seen.to_string().into_bytes();
+        bytes[30] = if bytes[30] == b'0' { b'1' } else { b'0' };
+        let tampered: FeedCursor = String::from_utf8(bytes).unwrap().parse().unwrap();
+        assert!(all(Some(&tampered), None).reset);
+        assert!("12.x".parse::<FeedCursor>().is_err());
+        assert!("ab".parse::<FeedCursor>().is_err());
+        // A rebuild starts a new epoch: an old cursor reads the feed again from its start,
         // said so, and the deleted record is no longer there to list.
         h.rebuild_views().await.unwrap();
-        let rebuilt = all(Some(seen), None);
+        let rebuilt = all(Some(&seen), None);
         assert!(rebuilt.reset);
-        assert_ne!(rebuilt.next.epoch, seen.epoch);
+        assert_ne!(rebuilt.position.epoch, first.position.epoch);
         let mut listed = names(&rebuilt);
         listed.sort();
         let mut want = vec![
@@ -3892,19 +3927,18 @@ mod tests {
         ];
         want.sort();
         assert_eq!(listed, want);
-        // Positions survive a restart.
-        let before = all(None, None).next;
+        // Cursors and positions survive a restart.
+        let before = all(None, None);
         t.shutdown().await;
         drop((h, r));
         let (h, r, t) = open(&path, me.clone()).unwrap();
         h.create_member(v1.clone(), sample("C")).await.unwrap();
         let after = r
-            .feed(Some(before), None, 10, 10, |e| Ok(Some(e.clone())))
+            .feed(Some(&before.next), None, 10, 10, |e| Ok(Some(e.clone())))
             .unwrap();
         assert!(!after.reset);
         assert_eq!(after.entries.len(), 1);
-        assert!(after.entries[0].0.at > before.at);
-        assert!("12.x".parse::<FeedPosition>().is_err());
+        assert!(after.entries[0].0.at > before.position.at);
         t.shutdown().await;
     }
 

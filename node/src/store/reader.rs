@@ -17,8 +17,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::backup::BackupInfo;
 use super::tables::{
-    FEED, FEED_EPOCH, META, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
-    records_key, rows_of,
+    FEED, FEED_EPOCH, FEED_KEY, META, SECRETS, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS,
+    VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
 };
 use super::{StoreError, db};
 
@@ -215,26 +215,79 @@ pub struct RecordQuery<'a> {
 /// Where a reader of the record feed stands: the feed's epoch and the last position read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedPosition {
-    /// When the feed's positions began (Unix milliseconds); see [`FEED_EPOCH`].
+    /// The feed's epoch (a random number drawn when its positions began); see [`FEED_EPOCH`].
     pub epoch: u64,
     /// The last position read (0: none yet).
     pub at: u64,
 }
 
-impl std::fmt::Display for FeedPosition {
+/// A [`FeedPosition`] sealed with the store's feed key ([`FEED_KEY`], ChaCha20-Poly1305 under
+/// a random nonce), as a reader is given it: positions count every write at the node, which
+/// a caller who may read only part of it must not learn, and a cursor opens only at the
+/// store that sealed it (or a restore of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedCursor(Vec<u8>);
+
+/// Bytes of a sealed position: nonce, epoch and position, tag.
+const CURSOR_LEN: usize = ring::aead::NONCE_LEN + 16 + 16;
+
+impl std::fmt::Display for FeedCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.epoch, self.at)
+        f.write_str(&hex::encode(&self.0))
     }
 }
 
-impl std::str::FromStr for FeedPosition {
+impl std::str::FromStr for FeedCursor {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a feed cursor (epoch.position)");
-        let (epoch, at) = s.split_once('.').ok_or_else(bad)?;
-        Ok(FeedPosition {
-            epoch: epoch.parse().map_err(|_| bad())?,
-            at: at.parse().map_err(|_| bad())?,
+        match hex::decode(s) {
+            Ok(b) if b.len() == CURSOR_LEN => Ok(FeedCursor(b)),
+            _ => Err(format!("{s:?} is not a feed cursor")),
+        }
+    }
+}
+
+/// The cipher of the store's feed key, read in `tx`.
+fn feed_key(tx: &redb::ReadTransaction) -> Result<ring::aead::LessSafeKey, StoreError> {
+    let secrets = tx.open_table(SECRETS).map_err(db)?;
+    let key = secrets
+        .get(FEED_KEY)
+        .map_err(db)?
+        .ok_or_else(|| StoreError::Corrupt("no feed key".into()))?;
+    let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key.value())
+        .map_err(|_| StoreError::Corrupt("a feed key of the wrong size".into()))?;
+    Ok(ring::aead::LessSafeKey::new(key))
+}
+
+impl FeedPosition {
+    fn seal(&self, key: &ring::aead::LessSafeKey) -> Result<FeedCursor, StoreError> {
+        use ring::rand::SecureRandom as _;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| StoreError::Random)?;
+        let mut text = [self.epoch.to_le_bytes(), self.at.to_le_bytes()].concat();
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::empty(),
+            &mut text,
+        )
+        .map_err(|_| StoreError::Corrupt("sealing a feed cursor".into()))?;
+        Ok(FeedCursor([nonce.as_slice(), &text].concat()))
+    }
+
+    /// The position `cursor` holds, if it was sealed with `key`.
+    fn open(cursor: &FeedCursor, key: &ring::aead::LessSafeKey) -> Option<FeedPosition> {
+        let (nonce, sealed) = cursor.0.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut text = sealed.to_vec();
+        let plain = key
+            .open_in_place(nonce, ring::aead::Aad::empty(), &mut text)
+            .ok()?;
+        let (epoch, at) = plain.split_at(8);
+        Some(FeedPosition {
+            epoch: u64::from_le_bytes(epoch.try_into().ok()?),
+            at: u64::from_le_bytes(at.try_into().ok()?),
         })
     }
 }
@@ -256,13 +309,15 @@ pub struct FeedPage<T> {
     /// Entries of the subtree asked for, in position order, each with what the reader's
     /// filter made of it.
     pub entries: Vec<(FeedEntry, T)>,
-    /// Where the next read starts: the last position looked at (or the one asked from, or
-    /// the feed's last, when there was nothing to look at).
-    pub next: FeedPosition,
+    /// Where the next read starts: the last position looked at (the one asked from when
+    /// there was nothing past it), sealed.
+    pub next: FeedCursor,
+    /// The same, unsealed (for this process only: never shown to a caller).
+    pub position: FeedPosition,
     /// Whether the feed holds entries past `next`.
     pub more: bool,
-    /// The position asked from belonged to another epoch (a rebuild or a restore came in
-    /// between): the entries are read from the start.
+    /// The cursor asked from belonged to another epoch (a rebuild or a restore came in
+    /// between) or to another store: the entries are read from the start.
     pub reset: bool,
 }
 
@@ -618,46 +673,57 @@ impl StoreReader {
     /// cost.
     pub fn feed<T>(
         &self,
-        from: Option<FeedPosition>,
+        from: Option<&FeedCursor>,
         root: Option<&UnitId>,
         first: usize,
         scan: usize,
         mut keep: impl FnMut(&FeedEntry) -> Result<Option<T>, StoreError>,
     ) -> Result<FeedPage<T>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
+        let key = feed_key(&tx)?;
         let epoch = tx
             .open_table(META)
             .map_err(db)?
             .get(FEED_EPOCH)
             .map_err(db)?
             .map_or(0, |v| v.value());
-        let reset = from.is_some_and(|f| f.epoch != epoch);
-        let after = from.filter(|f| f.epoch == epoch).map_or(0, |f| f.at);
+        let from = from.map(|c| FeedPosition::open(c, &key).filter(|p| p.epoch == epoch));
+        let reset = matches!(from, Some(None));
         let feed = tx.open_table(FEED).map_err(db)?;
-        let mut page = FeedPage {
-            entries: Vec::new(),
-            next: FeedPosition { epoch, at: after },
-            more: false,
-            reset,
+        // A position past the feed's end cannot be sealed here (none was), but one from an
+        // epoch before a restore could be: the epoch check above refuses it.
+        let mut position = FeedPosition {
+            epoch,
+            at: from.flatten().map_or(0, |p| p.at),
         };
+        let (mut entries, mut more) = (Vec::new(), false);
         let rows = feed
-            .range((Bound::Excluded(after), Bound::Unbounded))
+            .range((Bound::Excluded(position.at), Bound::Unbounded))
             .map_err(db)?;
         for (looked, row) in rows.enumerate() {
             let (k, v) = row.map_err(db)?;
-            if page.entries.len() >= first || looked >= scan {
-                page.more = true;
+            if entries.len() >= first || looked >= scan {
+                more = true;
                 break;
             }
-            page.next.at = k.value();
+            position.at = k.value();
             let text = v.value();
             let (deleted, name) = match text.strip_prefix('-') {
                 Some(rest) => (true, rest),
                 None => (false, text),
             };
-            let record: RecordRef = name
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("feed entry {text}: {e}")))?;
+            // An entry that does not read is passed over (and named), not allowed to stop
+            // every reader at this position for good.
+            let record: RecordRef = match name.parse() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(
+                        position = k.value(),
+                        "a feed entry {text:?} does not read: {e}"
+                    );
+                    continue;
+                }
+            };
             if root.is_some_and(|r| !record.unit.is_in_subtree_of(r)) {
                 continue;
             }
@@ -667,10 +733,16 @@ impl StoreReader {
                 deleted,
             };
             if let Some(t) = keep(&entry)? {
-                page.entries.push((entry, t));
+                entries.push((entry, t));
             }
         }
-        Ok(page)
+        Ok(FeedPage {
+            entries,
+            next: position.seal(&key)?,
+            position,
+            more,
+            reset,
+        })
     }
 
     /// One member, if this node holds it.

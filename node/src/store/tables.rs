@@ -38,9 +38,9 @@ pub const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta-1");
 /// The [`META`] key of the end of the window in which a node takes back what it lost.
 pub const TAKE_BACK_UNTIL: &str = "take-back-until-ms";
 
-/// The [`META`] key of the record feed's epoch: when (Unix milliseconds) its positions began.
-/// A rebuild of the views or a restore starts a new epoch, and a reader's position from an
-/// earlier one no longer means anything here.
+/// The [`META`] key of the record feed's epoch: a random number drawn when its positions
+/// began. A rebuild of the views or a restore starts a new epoch, and a reader's position
+/// from an earlier one no longer means anything here.
 pub const FEED_EPOCH: &str = "feed-epoch";
 
 /// The [`META`] key of the record feed's next position.
@@ -106,3 +106,9 @@ pub const FEED: TableDefinition<'_, u64, &str> = TableDefinition::new("feed-1");
 
 /// Record (`kind:unit#record`) -> its position in [`FEED`]. Since layout 11.
 pub const FEED_AT: TableDefinition<'_, &str, u64> = TableDefinition::new("feed-at-1");
+
+/// Name -> secret bytes of this store: [`FEED_KEY`]. Since layout 11.
+pub const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets-1");
+
+/// The [`SECRETS`] key of the 32-byte key that seals feed cursors (ChaCha20-Poly1305).
+pub const FEED_KEY: &str = "feed-cursor-key";
