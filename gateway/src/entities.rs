@@ -12,7 +12,7 @@ use grassroots_schema::{
     can_read_record, can_read_record_sensitive, can_write_fields, entity,
 };
 
-use crate::error::{Code, error, from_write, internal};
+use crate::error::{Code, error, from_store, from_write, internal};
 use crate::graphql::{
     ConnectionTotal, LevelGql, ProfileCache, StampGql, Unit, authorise_write, backend, caller,
     decode_cursor, encode_cursor, page_size, parse_unit,
@@ -705,6 +705,50 @@ pub struct ListArgs {
     pub level: Option<LevelGql>,
     /// Only records within this period.
     pub period: Option<String>,
+    /// Order by this field (its GraphQL name), not by (unit, record).
+    pub order_by: Option<String>,
+    /// Greatest first.
+    pub descending: bool,
+}
+
+/// The sort key of a field's value: text as it is (dates sort as text), integers offset
+/// and padded, flags 0 and 1; none when the record has no value.
+pub fn sort_key(v: Option<&Value>) -> grassroots_node::store::SortKey {
+    use grassroots_node::store::SortKey;
+    match v {
+        Some(Value::Text(t)) => SortKey(Some(t.clone())),
+        Some(Value::Int(i)) => SortKey::int(*i),
+        Some(Value::Bool(b)) => SortKey(Some(u8::from(*b).to_string())),
+        Some(Value::Null) | None => SortKey(None),
+    }
+}
+
+/// An ordered listing's cursor: the key of the last row shown and the row.
+pub fn encode_ordered(c: &grassroots_node::store::OrderedCursor) -> String {
+    let text = serde_json::json!(["o", c.key.0, c.at.tree_key, c.at.record]).to_string();
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, text)
+}
+
+/// The cursor [`encode_ordered`] made.
+pub fn decode_ordered(s: &str) -> Result<grassroots_node::store::OrderedCursor> {
+    use grassroots_node::store::{MemberCursor, OrderedCursor, SortKey};
+    let bad = || {
+        error(
+            Code::BadUserInput,
+            "invalid cursor (an ordered listing takes the cursors of the same ordering)",
+        )
+    };
+    let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s)
+        .map_err(|_| bad())?;
+    let (tag, key, tree_key, record): (String, Option<String>, String, String) =
+        serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if tag != "o" {
+        return Err(bad());
+    }
+    Ok(OrderedCursor {
+        key: SortKey(key),
+        at: MemberCursor { tree_key, record },
+    })
 }
 
 /// A page of records of one kind.
@@ -746,7 +790,11 @@ pub fn list<T: EntityType>(
         return Err(e);
     }
     let first = page_size(args.first)?;
-    let after = args.after.as_deref().map(decode_cursor).transpose()?;
+    // An ordered listing's cursors are its own (`ordered`).
+    let after = match args.order_by {
+        None => args.after.as_deref().map(decode_cursor).transpose()?,
+        Some(_) => None,
+    };
     let spec = entity(T::KIND).ok_or_else(|| internal("a GraphQL record type without a kind"))?;
     let period = match &args.period {
         Some(p) => Some(listing_period(spec, p)?),
@@ -781,6 +829,10 @@ pub fn list<T: EntityType>(
         first,
         count,
     };
+    if let Some(field) = &args.order_by {
+        let after = args.after.as_deref().map(decode_ordered).transpose()?;
+        return ordered::<T>(ctx, spec, field, args.descending, after, &query, &wanted);
+    }
     let page = b.reader.records(&query, &wanted).map_err(internal)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let mut conn = Connection::with_additional_fields(
@@ -794,6 +846,57 @@ pub fn list<T: EntityType>(
         page.items
             .into_iter()
             .map(|(c, r)| Edge::new(encode_cursor(&c), T::from(r))),
+    );
+    Ok(conn)
+}
+
+/// [`list`]'s page ordered by `field`: a plain field of the kind (ordering by a sensitive
+/// one would tell callers who may not read it how it compares).
+fn ordered<T: EntityType>(
+    ctx: &Context<'_>,
+    spec: &gs::EntitySpec,
+    field: &str,
+    descending: bool,
+    after: Option<grassroots_node::store::OrderedCursor>,
+    query: &grassroots_node::store::RecordQuery<'_>,
+    wanted: &dyn Fn(&Record) -> bool,
+) -> Result<RecordConnection<T>> {
+    let orderable = spec
+        .field(field)
+        .is_some_and(|f| f.access != gs::entities::Access::Sensitive);
+    if !orderable {
+        let names: Vec<&str> = spec
+            .fields
+            .iter()
+            .filter(|f| f.access != gs::entities::Access::Sensitive)
+            .map(|f| f.name)
+            .collect();
+        return Err(error(
+            Code::BadUserInput,
+            format!("orderBy {field:?}: one of {}", names.join(", ")),
+        ));
+    }
+    let key = |r: &Record| sort_key(r.fields.get(field));
+    let order = grassroots_node::store::Order {
+        key: &key,
+        descending,
+    };
+    let page = backend(ctx)?
+        .reader
+        .records_ordered(query, &order, after.as_ref(), wanted)
+        .map_err(from_store)?;
+    ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
+    let mut conn = Connection::with_additional_fields(
+        after.is_some(),
+        page.has_next,
+        ConnectionTotal {
+            total_count: page.total,
+        },
+    );
+    conn.edges.extend(
+        page.items
+            .into_iter()
+            .map(|(c, r)| Edge::new(encode_ordered(&c), T::from(r))),
     );
     Ok(conn)
 }

@@ -26,6 +26,7 @@ use crate::entities::{
     ServiceFunctionGql,
 };
 use crate::error::{Code, error, from_store, from_write, internal};
+use grassroots_node::store::SortKey;
 
 /// Largest page a list returns.
 pub const MAX_PAGE: i32 = 100;
@@ -1021,6 +1022,18 @@ impl RecordKind {
     }
 }
 
+/// What a member listing is ordered by.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "MemberOrder")]
+pub enum MemberOrderGql {
+    /// Name, by character code (not by pinyin).
+    Name,
+    /// Year of birth.
+    BirthYear,
+    /// Date of joining.
+    JoinedOn,
+}
+
 /// A change stored on this node.
 #[derive(SimpleObject)]
 pub struct Change {
@@ -1139,6 +1152,8 @@ fn own_records<T: en::EntityType>(
         subtree: false,
         level: None,
         period,
+        order_by: None,
+        descending: false,
     };
     en::list::<T>(ctx, unit, args, filters)
 }
@@ -2016,7 +2031,7 @@ impl UnitCore {
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in
     /// (unit, record) order. Needs a token whose unit is this unit or above it.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
+        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree || order_by.is_some() { SUBTREE_SCAN } else { 1 }"
     )]
     // One argument per filter, as GraphQL takes them.
     #[allow(clippy::too_many_arguments)]
@@ -2040,36 +2055,73 @@ impl UnitCore {
         #[graphql(desc = "Only members of this gender.")] gender: Option<GenderGql>,
         #[graphql(desc = "Only members born in or after this year.")] born_from: Option<i32>,
         #[graphql(desc = "Only members born in or before this year.")] born_to: Option<i32>,
+        #[graphql(
+            desc = "Order by this, then by unit and record. An ordered listing reads every member of its range: at most 20,000 (else `QUERY_TOO_COMPLEX`: narrow it), and its cursors are its own."
+        )]
+        order_by: Option<MemberOrderGql>,
+        #[graphql(desc = "With `orderBy`: greatest (latest) first.")] descending: Option<bool>,
     ) -> Result<MemberConnection> {
+        let descending = descending.unwrap_or(false);
         let b = backend(ctx)?;
         let who = caller(ctx);
         if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
             return Err(e);
         }
         let first = page_size(first)?;
+        let filter = grassroots_node::store::MemberFilter {
+            status: status.map(Into::into),
+            category: category.map(Into::into),
+            name: match name_contains {
+                Some(n) if n.trim().is_empty() || n.chars().count() > 64 => {
+                    return Err(error(
+                        Code::BadUserInput,
+                        "nameContains: 1 to 64 characters",
+                    ));
+                }
+                n => n.map(|n| n.trim().to_lowercase()),
+            },
+            education: education.map(Into::into),
+            gender: gender.map(Into::into),
+            born_from: born_from.map(i64::from),
+            born_to: born_to.map(i64::from),
+        };
+        if let Some(by) = order_by {
+            let after = after.as_deref().map(en::decode_ordered).transpose()?;
+            let key = |m: &gs::Member| match by {
+                MemberOrderGql::Name => SortKey(Some(m.name.clone())),
+                MemberOrderGql::BirthYear => SortKey::int(m.birth_year),
+                MemberOrderGql::JoinedOn => SortKey(Some(m.joined_on.clone())),
+            };
+            let order = grassroots_node::store::Order {
+                key: &key,
+                descending,
+            };
+            let page = b
+                .reader
+                .members_ordered(&self.id, subtree, filter, &order, after.as_ref(), first)
+                .map_err(from_store)?;
+            let mut conn = Connection::with_additional_fields(
+                after.is_some(),
+                page.has_next,
+                ConnectionTotal {
+                    total_count: page.total,
+                },
+            );
+            ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
+            conn.edges.extend(
+                page.items
+                    .into_iter()
+                    .map(|(c, m)| Edge::new(en::encode_ordered(&c), MemberGql(m))),
+            );
+            return Ok(conn);
+        }
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let page = b
             .reader
             .members_with(
                 &self.id,
                 subtree,
-                grassroots_node::store::MemberFilter {
-                    status: status.map(Into::into),
-                    category: category.map(Into::into),
-                    name: match name_contains {
-                        Some(n) if n.trim().is_empty() || n.chars().count() > 64 => {
-                            return Err(error(
-                                Code::BadUserInput,
-                                "nameContains: 1 to 64 characters",
-                            ));
-                        }
-                        n => n.map(|n| n.trim().to_lowercase()),
-                    },
-                    education: education.map(Into::into),
-                    gender: gender.map(Into::into),
-                    born_from: born_from.map(i64::from),
-                    born_to: born_to.map(i64::from),
-                },
+                filter,
                 after.as_ref(),
                 first,
                 ctx.look_ahead().field("totalCount").exists(),
@@ -2104,7 +2156,7 @@ macro_rules! unit_listings {
             $(
                 $(#[$m])*
                 #[graphql(
-                    complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree { SUBTREE_SCAN } else { 1 }"
+                    complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree || order_by.is_some() { SUBTREE_SCAN } else { 1 }"
                 )]
                 #[allow(clippy::too_many_arguments)]
                 async fn $name(
@@ -2116,9 +2168,14 @@ macro_rules! unit_listings {
                     #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
                     #[graphql(desc = "Only records within this period (YYYY, YYYYHn, YYYYQn or YYYY-MM), by the date each kind is filed under: an activist's `since`, a post's `termStart`, a meeting's `heldOn`, an appraisal's and a fund programme's `year` (a year only), a project's `startedOn`, an asset's `recordedOn`, a disclosure's `publishedOn`, a complaint's `filedOn`, a directive's `issuedOn`, a report's `submittedOn` (not the period it reports on), a disbursement's `paidOn` (one without it is left out).")]
                     period: Option<String>,
+                    #[graphql(desc = "Order by this field of the record (its name as in the type, e.g. `heldOn`; not a sensitive one), then by unit and record; records without it come last. Dates sort as dates, text by character code (not by pinyin). An ordered listing reads every record of its range: at most 20,000 (else `QUERY_TOO_COMPLEX`: narrow it), and its cursors are its own.")]
+                    order_by: Option<String>,
+                    #[graphql(desc = "With `orderBy`: greatest (latest) first.")]
+                    descending: Option<bool>,
                     $( #[graphql(desc = $fdesc)] $farg: Option<$fty>, )*
                 ) -> Result<RecordConnection<$gql>> {
-                    let args = ListArgs { first, after, subtree, level, period };
+                    let descending = descending.unwrap_or(false);
+                    let args = ListArgs { first, after, subtree, level, period, order_by, descending };
                     en::list(ctx, &self.0, args, &[$( ($key, $farg.map(en::FieldValue::into_value)) ),*])
                 }
             )+

@@ -1294,3 +1294,123 @@ async fn the_record_feed_follows_visibility_and_goes_on_from_a_cursor() {
     }
     f.shutdown().await;
 }
+
+/// Listings ordered by a field: in order, paged by their own cursors, refused for an
+/// unknown or sensitive field.
+#[tokio::test]
+async fn listings_order_by_a_field_and_page_in_that_order() {
+    let f = fixture().await;
+    let county = f.token("c01/k01", Role::Supervisor).await;
+    for id in ["c01/k01/t01", VILLAGES[0], VILLAGES[1]] {
+        f.ok(
+            Some(&county),
+            "mutation($id: ID!) { updateUnit(id: $id, input: { name: \"A unit\" }) { id } }",
+            json!({ "id": id }),
+        )
+        .await;
+    }
+    let create = "mutation($u: ID!, $n: String!, $y: Int!) { createMember(input: { unit: $u,
+        name: $n, birthYear: $y, gender: MALE, education: PRIMARY, joinedOn: \"2020-07-01\" }) { id } }";
+    for (u, n, y) in [
+        (VILLAGES[0], "Zhao Lei", 1990),
+        (VILLAGES[1], "An Ping", 1970),
+        (VILLAGES[0], "Li Na", 1980),
+    ] {
+        f.ok(Some(&county), create, json!({ "u": u, "n": n, "y": y }))
+            .await;
+    }
+    let members = "query($o: MemberOrder, $d: Boolean, $a: String, $f: Int) {
+        unit(id: \"c01/k01\") { members(subtree: true, orderBy: $o, descending: $d, after: $a,
+            first: $f) { totalCount pageInfo { hasNextPage } edges { cursor node { name } } } } }";
+    let names = |d: &Value| -> Vec<String> {
+        d["unit"]["members"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let d = f.ok(Some(&county), members, json!({ "o": "NAME" })).await;
+    assert_eq!(names(&d), ["An Ping", "Li Na", "Zhao Lei"]);
+    assert_eq!(d["unit"]["members"]["totalCount"], 3);
+    let d = f
+        .ok(
+            Some(&county),
+            members,
+            json!({ "o": "BIRTH_YEAR", "d": true }),
+        )
+        .await;
+    assert_eq!(names(&d), ["Zhao Lei", "Li Na", "An Ping"]);
+    // Page by page in that order, each from the last one's cursor.
+    let (mut after, mut paged) = (Value::Null, Vec::new());
+    loop {
+        let d = f
+            .ok(
+                Some(&county),
+                members,
+                json!({ "o": "BIRTH_YEAR", "a": after, "f": 1 }),
+            )
+            .await;
+        paged.extend(names(&d));
+        let edges = d["unit"]["members"]["edges"].as_array().unwrap().clone();
+        after = edges[0]["cursor"].clone();
+        if d["unit"]["members"]["pageInfo"]["hasNextPage"] == false {
+            break;
+        }
+    }
+    assert_eq!(paged, ["An Ping", "Li Na", "Zhao Lei"]);
+    // A cursor of the unordered listing is not one of the ordered listing's.
+    let plain = f.ok(Some(&county), members, json!({ "f": 1 })).await["unit"]["members"]["edges"]
+        [0]["cursor"]
+        .clone();
+    let r = f
+        .gql(Some(&county), members, json!({ "o": "NAME", "a": plain }))
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+
+    // Records: by a field, latest first; a record without the field comes last.
+    let meeting = "mutation($d: String!, $h: Int) { createMeeting(input: {
+        unit: \"c01/k01/t01/v01\", kind: GROUP_MEETING, heldOn: $d, attendance: 9, hours: $h }) { id } }";
+    for (d, h) in [
+        ("2026-03-01", Some(2)),
+        ("2026-05-01", None),
+        ("2026-01-01", Some(3)),
+    ] {
+        f.ok(Some(&county), meeting, json!({ "d": d, "h": h }))
+            .await;
+    }
+    let meetings = "query($o: String, $d: Boolean) { unit(id: \"c01/k01/t01/v01\") {
+        meetings(orderBy: $o, descending: $d) { edges { node { heldOn } } } } }";
+    let held = |d: &Value| -> Vec<String> {
+        d["unit"]["meetings"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["heldOn"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let d = f
+        .ok(Some(&county), meetings, json!({ "o": "heldOn", "d": true }))
+        .await;
+    assert_eq!(held(&d), ["2026-05-01", "2026-03-01", "2026-01-01"]);
+    let d = f.ok(Some(&county), meetings, json!({ "o": "hours" })).await;
+    assert_eq!(held(&d), ["2026-03-01", "2026-01-01", "2026-05-01"]);
+    let d = f
+        .ok(Some(&county), meetings, json!({ "o": "hours", "d": true }))
+        .await;
+    assert_eq!(held(&d), ["2026-01-01", "2026-03-01", "2026-05-01"]);
+    let r = f
+        .gql(Some(&county), meetings, json!({ "o": "colour" }))
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    // Not by a sensitive field: the order would tell what the caller may not read.
+    let r = f
+        .gql(
+            Some(&county),
+            "{ unit(id: \"c01/k01/t01/v01\") { complaints(orderBy: \"complainantPhone\") { totalCount } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    f.shutdown().await;
+}

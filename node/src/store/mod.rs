@@ -30,8 +30,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use reader::{
-    BackupLog, FeedCursor, FeedEntry, FeedPage, FeedPosition, MemberCursor, MemberFilter,
-    MemberPage, RecordPage, RecordQuery, StoreReader, TokenUser,
+    BackupLog, FeedCursor, FeedEntry, FeedPage, FeedPosition, MAX_ORDERED, MemberCursor,
+    MemberFilter, MemberPage, Order, OrderedCursor, RecordPage, RecordQuery, SortKey, StoreReader,
+    TokenUser,
 };
 use tables::*;
 
@@ -116,6 +117,11 @@ pub enum StoreError {
     /// The store's random source failed.
     #[error("no randomness available")]
     Random,
+    /// A listing asked to be ordered holds more rows than are sorted at once.
+    #[error(
+        "more than {0} records to order: narrow the listing (one unit, a level, a period, a filter)"
+    )]
+    TooMany(usize),
     /// What was asked to be stored is invalid (a user's name).
     #[error(transparent)]
     Invalid(#[from] RecordError),
@@ -3939,6 +3945,50 @@ mod tests {
         assert!(!after.reset);
         assert_eq!(after.entries.len(), 1);
         assert!(after.entries[0].0.at > before.position.at);
+        t.shutdown().await;
+    }
+
+    /// An ordered listing sorts at most `MAX_ORDERED` rows: past that it is refused, not
+    /// read whole; within it, pages follow the order.
+    #[tokio::test]
+    async fn an_ordered_listing_is_refused_past_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01");
+        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        let a = h.create_member(me.clone(), sample("B")).await.unwrap();
+        let key = |m: &Member| SortKey(Some(m.name.clone()));
+        let order = Order {
+            key: &key,
+            descending: false,
+        };
+        let p = r
+            .members_ordered(&me, true, MemberFilter::default(), &order, None, 10)
+            .unwrap();
+        assert_eq!((p.items.len(), p.has_next, p.total), (1, false, 1));
+        assert_eq!(p.items[0].1.id, a.id);
+        // Rows written straight into the view (as many members of a subtree would be).
+        {
+            let tx = r.db_for_tests().begin_write().unwrap();
+            {
+                let mut rows = tx.open_table(VIEW_MEMBERS).unwrap();
+                let json = serde_json::to_vec(&a).unwrap();
+                for i in 0..MAX_ORDERED {
+                    let rec = format!("{i:016x}");
+                    rows.insert(("c01/k01/t01/", rec.as_str()), json.as_slice())
+                        .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let err = r
+            .members_ordered(&me, true, MemberFilter::default(), &order, None, 10)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TooMany(MAX_ORDERED)), "{err}");
+        // One unit's own members are within it.
+        let p = r
+            .members_ordered(&me, false, MemberFilter::default(), &order, None, 10)
+            .unwrap();
+        assert_eq!((p.items.len(), p.total), (1, 1));
         t.shutdown().await;
     }
 

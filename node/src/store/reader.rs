@@ -212,6 +212,115 @@ pub struct RecordQuery<'a> {
     pub count: bool,
 }
 
+/// A row's place in an ordered listing: its value of the field ordered by, as text that sorts
+/// as the value does (integers offset and zero-padded), or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey(pub Option<String>);
+
+impl SortKey {
+    /// The key of an integer.
+    pub fn int(v: i64) -> SortKey {
+        SortKey(Some(format!(
+            "{:020}",
+            i128::from(v) - i128::from(i64::MIN)
+        )))
+    }
+
+    /// How `a` and `b` compare in a listing ordered `descending` or not: rows without a
+    /// value last either way.
+    fn cmp_in(a: &SortKey, b: &SortKey, descending: bool) -> std::cmp::Ordering {
+        match (&a.0, &b.0) {
+            (Some(x), Some(y)) if descending => y.cmp(x),
+            (Some(x), Some(y)) => x.cmp(y),
+            (x, y) => x.is_none().cmp(&y.is_none()),
+        }
+    }
+}
+
+/// Where a page of an ordered listing starts: just after this key and row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderedCursor {
+    /// The key of the last row shown.
+    pub key: SortKey,
+    /// That row.
+    pub at: MemberCursor,
+}
+
+/// One page of an ordered listing.
+#[derive(Debug, Clone)]
+pub struct OrderedPage<T> {
+    /// The rows, each with the cursor that points at it.
+    pub items: Vec<(OrderedCursor, T)>,
+    /// Whether more follow the last one.
+    pub has_next: bool,
+    /// Rows in the whole listing.
+    pub total: usize,
+}
+
+/// Rows an ordered listing sorts at most: ordering reads every row of its range.
+pub const MAX_ORDERED: usize = 20_000;
+
+/// A listing ordered by `key` (`descending` or not), then by (unit, record).
+pub struct Order<'a, T> {
+    /// Each row's key.
+    pub key: &'a dyn Fn(&T) -> SortKey,
+    /// Greatest first.
+    pub descending: bool,
+}
+
+/// `first` rows of `lo..hi` that `wanted` keeps, in `order`, after `after`; whether more
+/// follow; and how many `wanted` keeps in all. Refused past [`MAX_ORDERED`] kept rows.
+fn ordered_page<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    lo: (&str, &str),
+    hi: (&str, &str),
+    order: &Order<'_, T>,
+    after: Option<&OrderedCursor>,
+    first: usize,
+    wanted: impl Fn(&T) -> bool,
+) -> Result<OrderedPage<T>, StoreError> {
+    let mut rows = Vec::new();
+    for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let item: T = decode(v.value())?;
+        if !wanted(&item) {
+            continue;
+        }
+        if rows.len() == MAX_ORDERED {
+            return Err(StoreError::TooMany(MAX_ORDERED));
+        }
+        let (tk, rec) = k.value();
+        let at = MemberCursor {
+            tree_key: tk.to_owned(),
+            record: rec.to_owned(),
+        };
+        rows.push((
+            OrderedCursor {
+                key: (order.key)(&item),
+                at,
+            },
+            item,
+        ));
+    }
+    let cmp = |a: &OrderedCursor, b: &OrderedCursor| {
+        SortKey::cmp_in(&a.key, &b.key, order.descending).then_with(|| {
+            (a.at.tree_key.as_str(), a.at.record.as_str())
+                .cmp(&(b.at.tree_key.as_str(), b.at.record.as_str()))
+        })
+    };
+    rows.sort_by(|a, b| cmp(&a.0, &b.0));
+    let total = rows.len();
+    let start = match after {
+        Some(a) => rows.partition_point(|(c, _)| cmp(c, a).is_le()),
+        None => 0,
+    };
+    Ok(OrderedPage {
+        has_next: total > start + first,
+        items: rows.into_iter().skip(start).take(first).collect(),
+        total,
+    })
+}
+
 /// Where a reader of the record feed stands: the feed's epoch and the last position read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeedPosition {
@@ -824,6 +933,42 @@ impl StoreReader {
             total,
             has_next,
         })
+    }
+
+    /// [`members_with`](Self::members_with) in `order`, with the count of the whole
+    /// listing; refused ([`StoreError::TooMany`]) past [`MAX_ORDERED`] members kept.
+    pub fn members_ordered(
+        &self,
+        unit: &UnitId,
+        subtree: bool,
+        filter: MemberFilter,
+        order: &Order<'_, Member>,
+        after: Option<&OrderedCursor>,
+        first: usize,
+    ) -> Result<OrderedPage<Member>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+        let (key, end) = listing("", unit, subtree);
+        let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
+        ordered_page(&t, lo, hi, order, after, first, |m: &Member| {
+            filter.keeps(m)
+        })
+    }
+
+    /// [`records`](Self::records) in `order`, with the count of the whole listing; refused
+    /// ([`StoreError::TooMany`]) past [`MAX_ORDERED`] records kept.
+    pub fn records_ordered(
+        &self,
+        q: &RecordQuery<'_>,
+        order: &Order<'_, Record>,
+        after: Option<&OrderedCursor>,
+        wanted: &dyn Fn(&Record) -> bool,
+    ) -> Result<OrderedPage<Record>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
+        let (key, end) = listing(&format!("{}|", q.kind.as_str()), q.unit, q.subtree);
+        let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
+        ordered_page(&t, lo, hi, order, after, q.first, wanted)
     }
 
     /// The page `q` asks for, of the records `wanted` keeps, in (unit, record) order.
