@@ -723,32 +723,54 @@ pub fn sort_key(v: Option<&Value>) -> grassroots_node::store::SortKey {
     }
 }
 
-/// An ordered listing's cursor: the key of the last row shown and the row.
-pub fn encode_ordered(c: &grassroots_node::store::OrderedCursor) -> String {
-    let text = serde_json::json!(["o", c.key.0, c.at.tree_key, c.at.record]).to_string();
+/// Which ordered listing a cursor belongs to: the kind, the field and the direction. A
+/// cursor of another ordering would put a page at a meaningless place (an empty page read
+/// as the end).
+pub fn ordering(kind: DocKind, field: &str, descending: bool) -> String {
+    let dir = if descending { "desc" } else { "asc" };
+    format!("{}:{field}:{dir}", kind.as_str())
+}
+
+/// An ordered listing's cursor: its `ordering`, the key of the last row shown and the row.
+pub fn encode_ordered(ordering: &str, c: &grassroots_node::store::OrderedCursor) -> String {
+    let text = serde_json::json!([ordering, c.key.0, c.at.tree_key, c.at.record]).to_string();
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, text)
 }
 
-/// The cursor [`encode_ordered`] made.
-pub fn decode_ordered(s: &str) -> Result<grassroots_node::store::OrderedCursor> {
+/// The cursor [`encode_ordered`] made for `ordering`.
+pub fn decode_ordered(ordering: &str, s: &str) -> Result<grassroots_node::store::OrderedCursor> {
     use grassroots_node::store::{MemberCursor, OrderedCursor, SortKey};
     let bad = || {
         error(
             Code::BadUserInput,
-            "invalid cursor (an ordered listing takes the cursors of the same ordering)",
+            "invalid cursor: an ordered listing takes the cursors of the same ordering",
         )
     };
     let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s)
         .map_err(|_| bad())?;
-    let (tag, key, tree_key, record): (String, Option<String>, String, String) =
+    let (of, key, tree_key, record): (String, Option<String>, String, String) =
         serde_json::from_slice(&raw).map_err(|_| bad())?;
-    if tag != "o" {
+    if of != ordering {
         return Err(bad());
     }
     Ok(OrderedCursor {
         key: SortKey(key),
         at: MemberCursor { tree_key, record },
     })
+}
+
+/// Whether a listing may be ordered by `f`: not a sensitive field (the order would tell
+/// callers who may not read it how values compare), not a long text (every row's key is
+/// compared), and one whose stored text sorts as its values do (not a period, whose forms
+/// `2026`, `2026Q1`, `2026-03` do not, nor references).
+fn orderable(f: &gs::entities::FieldSpec) -> bool {
+    use gs::entities::FieldType as F;
+    f.access != gs::entities::Access::Sensitive
+        && match f.ty {
+            F::Text { max } => max <= gs::entities::NAME_MAX,
+            F::Int { .. } | F::Date | F::Choice(_) | F::Bool => true,
+            _ => false,
+        }
 }
 
 /// A page of records of one kind.
@@ -830,7 +852,12 @@ pub fn list<T: EntityType>(
         count,
     };
     if let Some(field) = &args.order_by {
-        let after = args.after.as_deref().map(decode_ordered).transpose()?;
+        let of = ordering(T::KIND, field, args.descending);
+        let after = args
+            .after
+            .as_deref()
+            .map(|a| decode_ordered(&of, a))
+            .transpose()?;
         return ordered::<T>(ctx, spec, field, args.descending, after, &query, &wanted);
     }
     let page = b.reader.records(&query, &wanted).map_err(internal)?;
@@ -861,26 +888,29 @@ fn ordered<T: EntityType>(
     query: &grassroots_node::store::RecordQuery<'_>,
     wanted: &dyn Fn(&Record) -> bool,
 ) -> Result<RecordConnection<T>> {
-    let orderable = spec
-        .field(field)
-        .is_some_and(|f| f.access != gs::entities::Access::Sensitive);
-    if !orderable {
+    let Some(spec_field) = spec.field(field).filter(|f| orderable(f)) else {
         let names: Vec<&str> = spec
             .fields
             .iter()
-            .filter(|f| f.access != gs::entities::Access::Sensitive)
+            .filter(|f| orderable(f))
             .map(|f| f.name)
             .collect();
         return Err(error(
             Code::BadUserInput,
             format!("orderBy {field:?}: one of {}", names.join(", ")),
         ));
-    }
-    let key = |r: &Record| sort_key(r.fields.get(field));
+    };
+    // An unset flag reads as false, as the listing's filter takes it.
+    let unset_false = matches!(spec_field.ty, gs::entities::FieldType::Bool);
+    let key = |r: &Record| match r.fields.get(field) {
+        None | Some(Value::Null) if unset_false => sort_key(Some(&Value::Bool(false))),
+        v => sort_key(v),
+    };
     let order = grassroots_node::store::Order {
         key: &key,
         descending,
     };
+    let of = ordering(T::KIND, field, descending);
     let page = backend(ctx)?
         .reader
         .records_ordered(query, &order, after.as_ref(), wanted)
@@ -896,7 +926,7 @@ fn ordered<T: EntityType>(
     conn.edges.extend(
         page.items
             .into_iter()
-            .map(|(c, r)| Edge::new(encode_ordered(&c), T::from(r))),
+            .map(|(c, r)| Edge::new(encode_ordered(&of, &c), T::from(r))),
     );
     Ok(conn)
 }

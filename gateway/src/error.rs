@@ -125,7 +125,6 @@ pub fn internal(detail: impl std::fmt::Display) -> async_graphql::Error {
 pub fn from_store(e: StoreError) -> async_graphql::Error {
     match e {
         StoreError::NotStored(why) => error(Code::NotStored, format!("not stored: {why}")),
-        e @ StoreError::TooMany(_) => error(Code::TooComplex, e.to_string()),
         other => internal(other),
     }
 }

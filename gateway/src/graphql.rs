@@ -1619,6 +1619,13 @@ pub(crate) fn decode_cursor(s: &str) -> Result<MemberCursor> {
     let bad = || error(Code::BadUserInput, "invalid cursor");
     let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
+    if text.starts_with('[') {
+        // An ordered listing's (`entities::encode_ordered`).
+        return Err(error(
+            Code::BadUserInput,
+            "invalid cursor: a cursor of an ordered listing is for that ordering only",
+        ));
+    }
     // The record id is last; a record listing's first key (`kind|tree key`) has a '|' too.
     let (tree_key, record) = text.rsplit_once('|').ok_or_else(bad)?;
     Ok(MemberCursor {
@@ -2056,7 +2063,7 @@ impl UnitCore {
         #[graphql(desc = "Only members born in or after this year.")] born_from: Option<i32>,
         #[graphql(desc = "Only members born in or before this year.")] born_to: Option<i32>,
         #[graphql(
-            desc = "Order by this, then by unit and record. An ordered listing reads every member of its range: at most 20,000 (else `QUERY_TOO_COMPLEX`: narrow it), and its cursors are its own."
+            desc = "Order by this, then by unit and record. An ordered listing reads every member of its range for each page, and its cursors are for that ordering and direction only."
         )]
         order_by: Option<MemberOrderGql>,
         #[graphql(desc = "With `orderBy`: greatest (latest) first.")] descending: Option<bool>,
@@ -2086,7 +2093,11 @@ impl UnitCore {
             born_to: born_to.map(i64::from),
         };
         if let Some(by) = order_by {
-            let after = after.as_deref().map(en::decode_ordered).transpose()?;
+            let of = en::ordering(DocKind::Members, &format!("{by:?}"), descending);
+            let after = after
+                .as_deref()
+                .map(|a| en::decode_ordered(&of, a))
+                .transpose()?;
             let key = |m: &gs::Member| match by {
                 MemberOrderGql::Name => SortKey(Some(m.name.clone())),
                 MemberOrderGql::BirthYear => SortKey::int(m.birth_year),
@@ -2111,7 +2122,7 @@ impl UnitCore {
             conn.edges.extend(
                 page.items
                     .into_iter()
-                    .map(|(c, m)| Edge::new(en::encode_ordered(&c), MemberGql(m))),
+                    .map(|(c, m)| Edge::new(en::encode_ordered(&of, &c), MemberGql(m))),
             );
             return Ok(conn);
         }
@@ -2168,7 +2179,7 @@ macro_rules! unit_listings {
                     #[graphql(desc = "Only records of units at this level.")] level: Option<LevelGql>,
                     #[graphql(desc = "Only records within this period (YYYY, YYYYHn, YYYYQn or YYYY-MM), by the date each kind is filed under: an activist's `since`, a post's `termStart`, a meeting's `heldOn`, an appraisal's and a fund programme's `year` (a year only), a project's `startedOn`, an asset's `recordedOn`, a disclosure's `publishedOn`, a complaint's `filedOn`, a directive's `issuedOn`, a report's `submittedOn` (not the period it reports on), a disbursement's `paidOn` (one without it is left out).")]
                     period: Option<String>,
-                    #[graphql(desc = "Order by this field of the record (its name as in the type, e.g. `heldOn`; not a sensitive one), then by unit and record; records without it come last. Dates sort as dates, text by character code (not by pinyin). An ordered listing reads every record of its range: at most 20,000 (else `QUERY_TOO_COMPLEX`: narrow it), and its cursors are its own.")]
+                    #[graphql(desc = "Order by this field of the record (its name as in the type, e.g. `heldOn`): a date, number, flag, choice or short text, not a sensitive one; then by unit and record. Records without it come last, an unset flag counts as false; text sorts by character code (not by pinyin) and a choice by its name. An ordered listing reads every record of its range for each page, and its cursors are for that ordering and direction only.")]
                     order_by: Option<String>,
                     #[graphql(desc = "With `orderBy`: greatest (latest) first.")]
                     descending: Option<bool>,

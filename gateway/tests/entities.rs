@@ -1367,6 +1367,24 @@ async fn listings_order_by_a_field_and_page_in_that_order() {
         .gql(Some(&county), members, json!({ "o": "NAME", "a": plain }))
         .await;
     assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    // Nor, the other way, nor a cursor of another ordering or direction: each would put the
+    // page at a meaningless place.
+    let by_name = f
+        .ok(Some(&county), members, json!({ "o": "NAME", "f": 1 }))
+        .await["unit"]["members"]["edges"][0]["cursor"]
+        .clone();
+    for vars in [
+        json!({ "a": by_name }),
+        json!({ "o": "BIRTH_YEAR", "a": by_name }),
+        json!({ "o": "NAME", "d": true, "a": by_name }),
+    ] {
+        let r = f.gql(Some(&county), members, vars.clone()).await;
+        assert_eq!(code(&r), "BAD_USER_INPUT", "{vars}: {r}");
+    }
+    let d = f
+        .ok(Some(&county), members, json!({ "o": "NAME", "a": by_name }))
+        .await;
+    assert_eq!(names(&d), ["Li Na", "Zhao Lei"]);
 
     // Records: by a field, latest first; a record without the field comes last.
     let meeting = "mutation($d: String!, $h: Int) { createMeeting(input: {
@@ -1399,10 +1417,47 @@ async fn listings_order_by_a_field_and_page_in_that_order() {
         .ok(Some(&county), meetings, json!({ "o": "hours", "d": true }))
         .await;
     assert_eq!(held(&d), ["2026-01-01", "2026-03-01", "2026-05-01"]);
+    // Not by an unknown field, a long text, or a period (whose forms do not sort as
+    // periods).
+    for field in ["colour", "summary"] {
+        let r = f.gql(Some(&county), meetings, json!({ "o": field })).await;
+        assert_eq!(code(&r), "BAD_USER_INPUT", "{field}: {r}");
+    }
+    f.ok(Some(&county), meetings, json!({ "o": "theme" })).await;
     let r = f
-        .gql(Some(&county), meetings, json!({ "o": "colour" }))
+        .gql(
+            Some(&county),
+            "{ unit(id: \"c01/k01/t01/v01\") { reports(orderBy: \"period\") { totalCount } } }",
+            json!({}),
+        )
         .await;
     assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    // Only what the caller may read is ordered and counted: a township sees the county's
+    // directive to townships, not the one to villages.
+    for level in ["TOWNSHIP", "VILLAGE"] {
+        f.ok(
+            Some(&county),
+            &format!(
+                "mutation {{ createDirective(input: {{ unit: \"c01/k01\", title: \"{level}\",
+                    body: \"...\", issuedOn: \"2026-02-01\", toLevel: {level} }}) {{ id }} }}"
+            ),
+            json!({}),
+        )
+        .await;
+    }
+    let township = f.token("c01/k01/t01", Role::Viewer).await;
+    let d = f
+        .ok(
+            Some(&township),
+            "{ unit(id: \"c01/k01\") { directives(orderBy: \"title\") { totalCount
+                edges { node { title } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        d["unit"]["directives"],
+        json!({ "totalCount": 1, "edges": [{ "node": { "title": "TOWNSHIP" } }] })
+    );
     // Not by a sensitive field: the order would tell what the caller may not read.
     let r = f
         .gql(

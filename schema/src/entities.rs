@@ -390,7 +390,7 @@ const fn f(name: &'static str, ty: FieldType, required: bool, access: Access) ->
 }
 
 /// The longest name-like text (one line).
-const NAME_MAX: usize = 100;
+pub const NAME_MAX: usize = 100;
 const NAME: FieldType = FieldType::Text { max: NAME_MAX };
 const NOTE: FieldType = FieldType::Text { max: 2_000 };
 const BODY: FieldType = FieldType::Text { max: 20_000 };

@@ -228,7 +228,7 @@ impl SortKey {
 
     /// How `a` and `b` compare in a listing ordered `descending` or not: rows without a
     /// value last either way.
-    fn cmp_in(a: &SortKey, b: &SortKey, descending: bool) -> std::cmp::Ordering {
+    pub fn cmp_in(a: &SortKey, b: &SortKey, descending: bool) -> std::cmp::Ordering {
         match (&a.0, &b.0) {
             (Some(x), Some(y)) if descending => y.cmp(x),
             (Some(x), Some(y)) => x.cmp(y),
@@ -257,9 +257,6 @@ pub struct OrderedPage<T> {
     pub total: usize,
 }
 
-/// Rows an ordered listing sorts at most: ordering reads every row of its range.
-pub const MAX_ORDERED: usize = 20_000;
-
 /// A listing ordered by `key` (`descending` or not), then by (unit, record).
 pub struct Order<'a, T> {
     /// Each row's key.
@@ -269,7 +266,8 @@ pub struct Order<'a, T> {
 }
 
 /// `first` rows of `lo..hi` that `wanted` keeps, in `order`, after `after`; whether more
-/// follow; and how many `wanted` keeps in all. Refused past [`MAX_ORDERED`] kept rows.
+/// follow; and how many `wanted` keeps in all. Every row of the range is read (as a counted
+/// listing's are), but only the `first + 1` that come next are held.
 fn ordered_page<T: serde::de::DeserializeOwned>(
     t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     lo: (&str, &str),
@@ -279,44 +277,45 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
     first: usize,
     wanted: impl Fn(&T) -> bool,
 ) -> Result<OrderedPage<T>, StoreError> {
-    let mut rows = Vec::new();
-    for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
-        let (k, v) = row.map_err(db)?;
-        let item: T = decode(v.value())?;
-        if !wanted(&item) {
-            continue;
-        }
-        if rows.len() == MAX_ORDERED {
-            return Err(StoreError::TooMany(MAX_ORDERED));
-        }
-        let (tk, rec) = k.value();
-        let at = MemberCursor {
-            tree_key: tk.to_owned(),
-            record: rec.to_owned(),
-        };
-        rows.push((
-            OrderedCursor {
-                key: (order.key)(&item),
-                at,
-            },
-            item,
-        ));
-    }
     let cmp = |a: &OrderedCursor, b: &OrderedCursor| {
         SortKey::cmp_in(&a.key, &b.key, order.descending).then_with(|| {
             (a.at.tree_key.as_str(), a.at.record.as_str())
                 .cmp(&(b.at.tree_key.as_str(), b.at.record.as_str()))
         })
     };
-    rows.sort_by(|a, b| cmp(&a.0, &b.0));
-    let total = rows.len();
-    let start = match after {
-        Some(a) => rows.partition_point(|(c, _)| cmp(c, a).is_le()),
-        None => 0,
-    };
+    // The rows after the cursor that come first, in order, at most `first + 1` of them.
+    let mut next: Vec<(OrderedCursor, T)> = Vec::with_capacity(first + 1);
+    let mut total = 0;
+    for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let item: T = decode(v.value())?;
+        if !wanted(&item) {
+            continue;
+        }
+        total += 1;
+        let (tk, rec) = k.value();
+        let c = OrderedCursor {
+            key: (order.key)(&item),
+            at: MemberCursor {
+                tree_key: tk.to_owned(),
+                record: rec.to_owned(),
+            },
+        };
+        if after.is_some_and(|a| cmp(&c, a).is_le()) {
+            continue;
+        }
+        if next.len() > first && next.last().is_some_and(|(l, _)| cmp(&c, l).is_ge()) {
+            continue;
+        }
+        let at = next.partition_point(|(x, _)| cmp(x, &c).is_lt());
+        next.insert(at, (c, item));
+        next.truncate(first + 1);
+    }
+    let has_next = next.len() > first;
+    next.truncate(first);
     Ok(OrderedPage {
-        has_next: total > start + first,
-        items: rows.into_iter().skip(start).take(first).collect(),
+        items: next,
+        has_next,
         total,
     })
 }
@@ -936,7 +935,7 @@ impl StoreReader {
     }
 
     /// [`members_with`](Self::members_with) in `order`, with the count of the whole
-    /// listing; refused ([`StoreError::TooMany`]) past [`MAX_ORDERED`] members kept.
+    /// listing.
     pub fn members_ordered(
         &self,
         unit: &UnitId,
@@ -955,8 +954,7 @@ impl StoreReader {
         })
     }
 
-    /// [`records`](Self::records) in `order`, with the count of the whole listing; refused
-    /// ([`StoreError::TooMany`]) past [`MAX_ORDERED`] records kept.
+    /// [`records`](Self::records) in `order`, with the count of the whole listing.
     pub fn records_ordered(
         &self,
         q: &RecordQuery<'_>,

@@ -36,7 +36,9 @@
 //!   (its index entry), and the cache apart.
 //! - `rollup`: a city's indicator query over 5,000 villages' members through its GraphQL
 //!   gateway at 32 concurrent connections: requests/s against `{ __typename }` on the same
-//!   server in the same run, and p99 latency; every response body checked.
+//!   server in the same run, and p99 latency; every response body checked. Then, one
+//!   connection each: a page of a county's 15,000 members ordered by name against the same
+//!   page in stored order, and a page of 100 entries of the record feed.
 //! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
 //!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
 //!   a city's 5,000 villages): time until the county's views, then the city's, hold every
@@ -1735,6 +1737,16 @@ async fn rollup() -> anyhow::Result<()> {
             grassroots_schema::Role::Viewer,
         )
         .await?;
+    // The county whose members are listed below, named (registered) at the city.
+    store
+        .set_unit_details(
+            unit("c01/k00"),
+            grassroots_schema::UnitDetails {
+                name: Some("County 0".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/graphql", listener.local_addr()?);
     let backend = grassroots_gateway::graphql::Backend {
@@ -1777,6 +1789,22 @@ async fn rollup() -> anyhow::Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     let (base, rate) = (base_n / base_s, n / secs);
+    // A county's 15,000 members ordered by name (the whole range read and sorted for each
+    // page) against the same listing in its stored order; and a page of 100 entries of the
+    // record feed from its start.
+    let page_of = |r: &serde_json::Value| {
+        r["data"]["unit"]["members"]["edges"]
+            .as_array()
+            .is_some_and(|e| e.len() == 20)
+    };
+    let (_, stored) = load(&url, &token, STORED_QUERY, 1, PHASE * 2, page_of).await?;
+    let (_, ordered) = load(&url, &token, ORDERED_QUERY, 1, PHASE * 2, page_of).await?;
+    let feed_page = |r: &serde_json::Value| {
+        r["data"]["recordFeed"]["entries"]
+            .as_array()
+            .is_some_and(|e| e.len() == 100)
+    };
+    let (_, feed) = load(&url, &token, FEED_QUERY, 1, PHASE * 2, feed_page).await?;
     let _ = stop.send(());
     server.await??;
     drop(store);
@@ -1785,8 +1813,31 @@ async fn rollup() -> anyhow::Result<()> {
     emit("rollup", "p50_ms", percentile(&lat, 0.5), "ms", None);
     emit("rollup", "p99_ms", percentile(&lat, 0.99), "ms", None);
     emit("rollup", "members", total as f64, "members", None);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let stored = median(stored);
+    emit(
+        "rollup",
+        "ordered_listing_p50_ms",
+        median(ordered),
+        "ms",
+        Some(stored),
+    );
+    emit("rollup", "feed_page_100_p50_ms", median(feed), "ms", None);
     Ok(())
 }
+
+/// A page of a county's members (15,000 in its subtree) in stored order.
+const STORED_QUERY: &str =
+    "{ unit(id: \"c01/k00\") { members(subtree: true) { edges { node { name } } } } }";
+
+/// The same page ordered by name.
+const ORDERED_QUERY: &str = "{ unit(id: \"c01/k00\") { members(subtree: true, orderBy: NAME) { edges { node { name } } } } }";
+
+/// The record feed's first 100 entries.
+const FEED_QUERY: &str = "{ recordFeed(first: 100) { entries { id member { name } } } }";
 
 fn main() -> anyhow::Result<()> {
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
