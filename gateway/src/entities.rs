@@ -4,7 +4,7 @@
 //! their checks go through the generic functions at the end, so every kind obeys the same
 //! rules.
 
-use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, Enum, ID, InputObject, MaybeUndefined, Object, Result};
 use grassroots_schema as gs;
 use grassroots_schema::{
@@ -15,7 +15,7 @@ use grassroots_schema::{
 use crate::error::{Code, error, from_store, from_write, internal};
 use crate::graphql::{
     ConnectionTotal, LevelGql, ProfileCache, StampGql, Unit, authorise_write, backend, caller,
-    decode_cursor, encode_cursor, page_size, parse_unit,
+    connection, decode_cursor, encode_cursor, page_size, parse_unit,
 };
 
 /// A value of a record field, to and from its stored form.
@@ -862,19 +862,16 @@ pub fn list<T: EntityType>(
     }
     let page = b.reader.records(&query, &wanted).map_err(internal)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
-    let mut conn = Connection::with_additional_fields(
+    let edges = page
+        .items
+        .into_iter()
+        .map(|(c, r)| (encode_cursor(&c), T::from(r)));
+    Ok(connection(
         after.is_some(),
         page.has_next,
-        ConnectionTotal {
-            total_count: page.total,
-        },
-    );
-    conn.edges.extend(
-        page.items
-            .into_iter()
-            .map(|(c, r)| Edge::new(encode_cursor(&c), T::from(r))),
-    );
-    Ok(conn)
+        page.total,
+        edges,
+    ))
 }
 
 /// [`list`]'s page ordered by `field`: a plain field of the kind (ordering by a sensitive
@@ -916,19 +913,16 @@ fn ordered<T: EntityType>(
         .records_ordered(query, &order, after.as_ref(), wanted)
         .map_err(from_store)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
-    let mut conn = Connection::with_additional_fields(
+    let edges = page
+        .items
+        .into_iter()
+        .map(|(c, r)| (encode_ordered(&of, &c), T::from(r)));
+    Ok(connection(
         after.is_some(),
         page.has_next,
-        ConnectionTotal {
-            total_count: page.total,
-        },
-    );
-    conn.edges.extend(
-        page.items
-            .into_iter()
-            .map(|(c, r)| Edge::new(encode_ordered(&of, &c), T::from(r))),
-    );
-    Ok(conn)
+        page.total,
+        edges,
+    ))
 }
 
 /// The records of `T`'s kind that the units above `unit` address to it (directives for its

@@ -1163,12 +1163,11 @@ fn own_records<T: en::EntityType>(
 fn paged_like<T: async_graphql::OutputType, N: async_graphql::OutputType>(
     page: &en::RecordConnection<T>,
 ) -> Connection<String, N, ConnectionTotal, EmptyFields> {
-    Connection::with_additional_fields(
+    connection(
         page.has_previous_page,
         page.has_next_page,
-        ConnectionTotal {
-            total_count: page.additional_fields.total_count,
-        },
+        page.additional_fields.total_count,
+        std::iter::empty(),
     )
 }
 
@@ -1610,6 +1609,21 @@ pub struct ConnectionTotal {
 
 /// A page of members.
 pub type MemberConnection = Connection<String, MemberGql, ConnectionTotal, EmptyFields>;
+
+/// A page as a connection: whether it started after a cursor, whether more follow, the
+/// whole listing's count, and its edges (cursor, node).
+pub(crate) fn connection<N: async_graphql::OutputType>(
+    after: bool,
+    has_next: bool,
+    total: usize,
+    edges: impl IntoIterator<Item = (String, N)>,
+) -> Connection<String, N, ConnectionTotal, EmptyFields> {
+    let mut conn =
+        Connection::with_additional_fields(after, has_next, ConnectionTotal { total_count: total });
+    conn.edges
+        .extend(edges.into_iter().map(|(c, n)| Edge::new(c, n)));
+    conn
+}
 
 pub(crate) fn encode_cursor(c: &MemberCursor) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{}", c.tree_key, c.record))
@@ -2111,20 +2125,17 @@ impl UnitCore {
                 .reader
                 .members_ordered(&self.id, subtree, filter, &order, after.as_ref(), first)
                 .map_err(from_store)?;
-            let mut conn = Connection::with_additional_fields(
+            ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
+            let edges = page
+                .items
+                .into_iter()
+                .map(|(c, m)| (en::encode_ordered(&of, &c), MemberGql(m)));
+            return Ok(connection(
                 after.is_some(),
                 page.has_next,
-                ConnectionTotal {
-                    total_count: page.total,
-                },
-            );
-            ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
-            conn.edges.extend(
-                page.items
-                    .into_iter()
-                    .map(|(c, m)| Edge::new(en::encode_ordered(&of, &c), MemberGql(m))),
-            );
-            return Ok(conn);
+                page.total,
+                edges,
+            ));
         }
         let after = after.as_deref().map(decode_cursor).transpose()?;
         let page = b
@@ -2138,20 +2149,17 @@ impl UnitCore {
                 ctx.look_ahead().field("totalCount").exists(),
             )
             .map_err(internal)?;
-        let mut conn = Connection::with_additional_fields(
+        ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
+        let edges = page
+            .items
+            .into_iter()
+            .map(|(c, m)| (encode_cursor(&c), MemberGql(m)));
+        Ok(connection(
             after.is_some(),
             page.has_next,
-            ConnectionTotal {
-                total_count: page.total,
-            },
-        );
-        ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
-        conn.edges.extend(
-            page.items
-                .into_iter()
-                .map(|(c, m)| Edge::new(encode_cursor(&c), MemberGql(m))),
-        );
-        Ok(conn)
+            page.total,
+            edges,
+        ))
     }
 }
 

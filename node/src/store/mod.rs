@@ -3388,6 +3388,8 @@ struct Views<'t> {
     feed_at: redb::Table<'t, &'static str, u64>,
     /// The feed's next position, saved in [`META`] by [`Views::save_feed`].
     feed_next: u64,
+    /// The same as read when the views were opened.
+    feed_opened: u64,
 }
 
 /// Drop every view row (roll-ups included) and write them again from `docs`, every hosted
@@ -3466,6 +3468,7 @@ impl<'t> Views<'t> {
             feed: tx.open_table(FEED).map_err(db)?,
             feed_at: tx.open_table(FEED_AT).map_err(db)?,
             feed_next,
+            feed_opened: feed_next,
         })
     }
 
@@ -3484,8 +3487,11 @@ impl<'t> Views<'t> {
         Ok(())
     }
 
-    /// Save the feed's next position in `tx`'s [`META`].
+    /// Save the feed's next position in `tx`'s [`META`], if it moved.
     fn save_feed(&self, tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+        if self.feed_next == self.feed_opened {
+            return Ok(());
+        }
         tx.open_table(META)
             .map_err(db)?
             .insert(FEED_NEXT, self.feed_next)
