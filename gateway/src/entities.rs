@@ -874,8 +874,7 @@ pub fn list<T: EntityType>(
     ))
 }
 
-/// [`list`]'s page ordered by `field`: a plain field of the kind (ordering by a sensitive
-/// one would tell callers who may not read it how it compares).
+/// [`list`]'s page ordered by `field`, one of the kind's fields [`orderable`] allows.
 fn ordered<T: EntityType>(
     ctx: &Context<'_>,
     spec: &gs::EntitySpec,
