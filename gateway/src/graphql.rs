@@ -2467,15 +2467,16 @@ impl Query {
     }
 
     /// The record feed, for keeping a copy up to date: records of every kind (members
-    /// included) that this node stored, changed or deleted after `after` (the `cursor` of an
+    /// included; not unit profiles, which `unit` reads) that this node stored, changed or
+    /// deleted after `after` (the `cursor` of an
     /// earlier answer; none: from the start), oldest first. Made here or received from a
     /// peer alike: a record made offline at a village a week ago comes after what the city
     /// stored yesterday. Each record is listed at its last change (one changed while you
     /// page comes again later). Listed are the records of the units and kinds whose records
     /// the caller may read (as the `changes` subscription tells of them), in `unit`'s
-    /// subtree when given; one deleted, or no longer readable by the caller (a disbursement
-    /// no longer published, a directive now for another level), is listed as `deleted`,
-    /// without its content: drop it from your copy. Published records of units whose other
+    /// subtree when given; one deleted, or not readable by the caller (a directive now for
+    /// another level, or never for the caller's), is listed as `deleted`, by its id only:
+    /// drop it from your copy. Published records of units whose other
     /// records the caller may not read (disbursements of another line) are not in the feed;
     /// list them with `published: true`. A page looks at no more than 10,000 changes, so it
     /// can hold fewer than `first` entries (even none) while `hasMore` is true: go on from
@@ -2505,32 +2506,43 @@ impl Query {
             .reader
             .feed(from.as_ref(), root.as_ref(), first, FEED_SCAN, |e| {
                 let r = &e.record;
-                // Judged by the document first, as the subscription is: what is listed at
-                // all says no more than it does.
+                // Judged by the document first, as the subscription is. A record of it the
+                // caller may not read is listed as gone, by its id only: a directive moved
+                // to another level must leave a copy, and the caller cannot tell it from one
+                // never addressed to it (whose ids and changes it learns, as a unit below
+                // holds that document anyway).
                 if !can_read(who, &DocMeta::new(DocId::new(r.kind, r.unit.clone()))) {
                     return Ok(None);
                 }
                 if e.deleted {
                     return Ok(Some(FeedItem::Gone));
                 }
-                let item = match r.kind {
+                let read = match r.kind {
                     DocKind::Members => {
                         let id = MemberId {
                             unit: r.unit.clone(),
                             record: r.record,
                         };
                         b.reader
-                            .member(&id)?
-                            .map(|m| FeedItem::Member(MemberGql(m)))
+                            .member(&id)
+                            .map(|m| m.map(|m| FeedItem::Member(MemberGql(m))))
                     }
-                    _ => b
-                        .reader
-                        .record(r)?
-                        .filter(|rec| gs::can_read_record(who, rec))
-                        .and_then(AnyRecord::of)
-                        .map(FeedItem::Record),
+                    _ => b.reader.record(r).map(|rec| {
+                        rec.filter(|rec| gs::can_read_record(who, rec))
+                            .and_then(AnyRecord::of)
+                            .map(FeedItem::Record)
+                    }),
                 };
-                Ok(Some(item.unwrap_or(FeedItem::Gone)))
+                match read {
+                    Ok(item) => Ok(Some(item.unwrap_or(FeedItem::Gone))),
+                    // A row that does not decode is passed over (and named), not allowed to
+                    // stop every page at this position for good.
+                    Err(grassroots_node::StoreError::Corrupt(why)) => {
+                        tracing::error!(record = %r, "a record in the feed does not read: {why}");
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
             })
             .map_err(internal)?;
         Ok(RecordFeed {
@@ -2599,8 +2611,8 @@ pub struct RecordFeed {
     /// Records changed, oldest change first.
     entries: Vec<FeedEntry>,
     /// Where the next page starts: pass it as `after`. Keep it between pages and across
-    /// days; a copy is up to date with this node once `hasMore` is false. Sealed: it says
-    /// nothing of the node's other writes, and opens only at this node.
+    /// days; a copy is up to date with this node once `hasMore` is false. Sealed: it does not
+    /// count the node's other writes, and opens only at this node.
     cursor: String,
     /// More of the feed follows `cursor` (this page's entries may still be fewer than
     /// `first`: the page looks at a bounded number of changes).
