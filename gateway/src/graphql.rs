@@ -2633,7 +2633,7 @@ pub struct FeedEntry {
     kind: RecordKind,
     /// The unit whose record it is.
     unit: ID,
-    /// The record was deleted, or the caller may no longer read it: drop it from a copy.
+    /// The record was deleted, or the caller may not read it: drop it from a copy.
     deleted: bool,
     /// The member as it is now (kind `MEMBERS`, not deleted).
     member: Option<MemberGql>,
