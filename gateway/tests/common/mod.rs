@@ -14,6 +14,19 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A fixture over a store opened elsewhere, in `dir`.
+    pub fn over(
+        backend: Backend,
+        thread: grassroots_node::store::StoreThread,
+        dir: tempfile::TempDir,
+    ) -> Fixture {
+        Fixture {
+            backend,
+            _thread: thread,
+            _dir: dir,
+        }
+    }
+
     /// Stop the store; returns once its database is closed.
     pub async fn shutdown(self) {
         self._thread.shutdown().await;
