@@ -297,6 +297,15 @@ struct NodeToml {
 }
 
 impl NodeToml {
+    /// The registered children.
+    fn children(&self) -> anyhow::Result<Vec<UnitId>> {
+        self.children
+            .iter()
+            .map(|c| c.parse::<UnitId>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("children")
+    }
+
     /// `parent_addr`, checked (a host name is looked up at each dial, not here).
     fn parent(&self) -> anyhow::Result<Option<grassroots_node::net::ParentAddr>> {
         self.parent_addr
@@ -613,12 +622,7 @@ fn node_check(dir: &Path) -> anyhow::Result<String> {
         cfg.name,
         identity.fingerprint()
     )?;
-    let children = cfg
-        .children
-        .iter()
-        .map(|c| c.parse::<UnitId>())
-        .collect::<Result<Vec<_>, _>>()
-        .context("children")?;
+    let children = cfg.children()?;
     let parent_addr = cfg.parent()?;
     grassroots_node::runtime::check_place(unit, &children, parent_addr.is_some())?;
     match (unit.parent(), parent_addr) {
@@ -632,13 +636,7 @@ fn node_check(dir: &Path) -> anyhow::Result<String> {
         cfg.quic_listen, cfg.graphql_listen
     )?;
     let path = dir.join("store.redb");
-    let staged = backup::staged_for(&path);
-    if staged.exists() {
-        return Err(grassroots_node::StoreError::RestoreInterrupted(
-            staged.display().to_string(),
-        ))
-        .context("the store");
-    }
+    backup::not_restoring(&path).context("the store")?;
     let store = if !path.exists() {
         "none yet (made at the first start)".to_owned()
     } else {
@@ -657,11 +655,7 @@ fn node_check(dir: &Path) -> anyhow::Result<String> {
 
 async fn node_run(dir: &Path) -> anyhow::Result<()> {
     let (cfg, link) = read_node_toml(&dir.join("node.toml"))?;
-    let children = cfg
-        .children
-        .iter()
-        .map(|c| c.parse::<UnitId>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let children = cfg.children()?;
     let backups = cfg.backups()?;
     let store = cfg.store_options()?;
     grassroots_gateway::set_utc_offset_minutes(cfg.utc_offset()?);

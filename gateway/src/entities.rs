@@ -713,7 +713,7 @@ pub struct ListArgs {
 
 /// The sort key of a field's value: text as it is (dates sort as text), integers offset
 /// and padded, flags 0 and 1; none when the record has no value.
-pub fn sort_key(v: Option<&Value>) -> grassroots_node::store::SortKey {
+fn sort_key(v: Option<&Value>) -> grassroots_node::store::SortKey {
     use grassroots_node::store::SortKey;
     match v {
         Some(Value::Text(t)) => SortKey(Some(t.clone())),
@@ -726,19 +726,22 @@ pub fn sort_key(v: Option<&Value>) -> grassroots_node::store::SortKey {
 /// Which ordered listing a cursor belongs to: the kind, the field and the direction. A
 /// cursor of another ordering would put a page at a meaningless place (an empty page read
 /// as the end).
-pub fn ordering(kind: DocKind, field: &str, descending: bool) -> String {
+pub(crate) fn ordering(kind: DocKind, field: &str, descending: bool) -> String {
     let dir = if descending { "desc" } else { "asc" };
     format!("{}:{field}:{dir}", kind.as_str())
 }
 
 /// An ordered listing's cursor: its `ordering`, the key of the last row shown and the row.
-pub fn encode_ordered(ordering: &str, c: &grassroots_node::store::OrderedCursor) -> String {
+pub(crate) fn encode_ordered(ordering: &str, c: &grassroots_node::store::OrderedCursor) -> String {
     let text = serde_json::json!([ordering, c.key.0, c.at.tree_key, c.at.record]).to_string();
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, text)
 }
 
 /// The cursor [`encode_ordered`] made for `ordering`.
-pub fn decode_ordered(ordering: &str, s: &str) -> Result<grassroots_node::store::OrderedCursor> {
+pub(crate) fn decode_ordered(
+    ordering: &str,
+    s: &str,
+) -> Result<grassroots_node::store::OrderedCursor> {
     use grassroots_node::store::{MemberCursor, OrderedCursor, SortKey};
     let bad = || {
         error(

@@ -1582,12 +1582,7 @@ fn today() -> String {
 /// The date, `YYYY-MM-DD`, at the instant `ms` (Unix milliseconds) `offset` minutes east of
 /// UTC.
 fn day_at(ms: u64, offset: i32) -> String {
-    let shift = i64::from(offset) * 60_000;
-    let local = i64::try_from(ms)
-        .unwrap_or(i64::MAX)
-        .saturating_add(shift)
-        .max(0);
-    let mut day = rfc3339(u64::try_from(local).unwrap_or(0));
+    let mut day = rfc3339(ms.saturating_add_signed(i64::from(offset) * 60_000));
     day.truncate(10);
     day
 }

@@ -76,14 +76,20 @@ pub(crate) fn new_store_file(path: &Path) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(e),
     }
-    if owner_ids(path).is_some_and(|(uid, _)| uid == 0)
-        && let Err(e) = give(path, owner_ids(folder_of(path)))
-    {
+    if let Err(e) = give_if_root(path, owner_ids(folder_of(path))) {
         // Not left behind: a second run would take it as there already and keep root's.
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
     Ok(true)
+}
+
+/// [`give`] `path` to `owner` if root owns it (made by a command run as root).
+pub(crate) fn give_if_root(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if owner_ids(path).is_some_and(|(uid, _)| uid == 0) {
+        give(path, owner)?;
+    }
+    Ok(())
 }
 
 /// The owner (user, group) of `path`.

@@ -918,13 +918,7 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), PkiError> {
     // files go to the data folder's owner, the node's user, as a store made so does: a
     // `node.key` root keeps stops the node at its next start.
     let owner = crate::files::owner_ids(crate::files::folder_of(dir));
-    let give = |path: &Path| {
-        let by_root = crate::files::owner_ids(path).is_some_and(|(uid, _)| uid == 0);
-        if by_root {
-            crate::files::give(path, owner).map_err(io(path))?;
-        }
-        Ok::<_, PkiError>(())
-    };
+    let give = |path: &Path| crate::files::give_if_root(path, owner).map_err(io(path));
     give(dir)?;
     for (name, content) in files {
         // Each durable (its rename too) before the next file: the last one may mark the

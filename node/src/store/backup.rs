@@ -450,6 +450,17 @@ pub struct Restored {
     pub views_made: usize,
 }
 
+/// Refused when an interrupted restore left its staged copy beside the store at `path`: a
+/// node must not start on what it left (an empty file holding the place of a store it was
+/// bringing back, or the store it was replacing).
+pub fn not_restoring(path: &Path) -> Result<(), StoreError> {
+    let staged = staged_for(path);
+    if staged != path && staged.exists() {
+        return Err(StoreError::RestoreInterrupted(staged.display().to_string()));
+    }
+    Ok(())
+}
+
 /// Where a restore copies and checks a backup before it takes the place of `store`.
 pub fn staged_for(store: &Path) -> PathBuf {
     store.with_extension("restoring")

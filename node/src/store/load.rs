@@ -8,7 +8,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use automerge::{Automerge, ChangeHash};
 use grassroots_schema::{DocId, DocMeta, UnitId};
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
-use ring::rand::SecureRandom as _;
 
 use super::tables::*;
 use super::{Persisted, StoreError, db};
@@ -139,10 +138,7 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     // backup's, which is this store's own or an earlier store's of this unit).
     let mut secrets = tx.open_table(SECRETS).map_err(db)?;
     if secrets.get(FEED_KEY).map_err(db)?.is_none() {
-        let mut key = [0u8; 32];
-        ring::rand::SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| StoreError::Random)?;
+        let key: [u8; 32] = super::random_bytes()?;
         secrets.insert(FEED_KEY, key.as_slice()).map_err(db)?;
     }
     Ok(())

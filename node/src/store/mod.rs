@@ -466,12 +466,7 @@ pub fn open(path: &Path, me: UnitId) -> Result<Opened, StoreError> {
 
 /// Open (or create) the store at `path` for the node of `me`.
 pub fn open_with(path: &Path, me: UnitId, options: StoreOptions) -> Result<Opened, StoreError> {
-    // A node must not start on what an interrupted restore left: an empty file holding the
-    // place of a store it was bringing back, or the store it was replacing.
-    let staged = backup::staged_for(path);
-    if staged != path && staged.exists() {
-        return Err(StoreError::RestoreInterrupted(staged.display().to_string()));
-    }
+    backup::not_restoring(path)?;
     // A new store is private from its creation, and the folder owner's (a command run as
     // root, `user add` before the node's first start, makes it for the node's user).
     crate::files::new_store_file(path).map_err(|source| StoreError::Io {
@@ -525,10 +520,7 @@ pub fn open_database(
 ) -> Result<Opened, StoreError> {
     let database = Arc::new(database);
     load::init_tables(&database, &me)?;
-    let rng = SystemRandom::new();
-    let mut nonce = [0u8; 8];
-    rng.fill(&mut nonce).map_err(|_| StoreError::Random)?;
-    let mut engine = Engine::new(me.clone(), doc::actor_for(&me, nonce));
+    let mut engine = Engine::new(me.clone(), doc::actor_for(&me, random_bytes()?));
     if let Some(until) = load::take_back_until(&database)?
         && until > now_ms()
     {
@@ -568,7 +560,7 @@ pub fn open_database(
         engine,
         outboxes: HashMap::new(),
         persisted,
-        rng,
+        rng: SystemRandom::new(),
         links: HashMap::new(),
         dials: HashMap::new(),
         heard,
@@ -3426,15 +3418,20 @@ fn rebuild_views_in<'d>(
 pub(super) fn new_feed_epoch(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     // Random, not a clock reading: a restore must not come back to an epoch a reader holds
     // (a clock set back, or two stores made in one millisecond).
-    let mut b = [0u8; 8];
+    tx.open_table(META)
+        .map_err(db)?
+        .insert(FEED_EPOCH, u64::from_le_bytes(random_bytes()?))
+        .map_err(db)?;
+    Ok(())
+}
+
+/// `N` bytes from the system's random source.
+pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
+    let mut b = [0u8; N];
     SystemRandom::new()
         .fill(&mut b)
         .map_err(|_| StoreError::Random)?;
-    tx.open_table(META)
-        .map_err(db)?
-        .insert(FEED_EPOCH, u64::from_le_bytes(b))
-        .map_err(db)?;
-    Ok(())
+    Ok(b)
 }
 
 /// Which rows of a document a commit rewrites.

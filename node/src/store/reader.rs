@@ -369,11 +369,7 @@ fn feed_key(tx: &redb::ReadTransaction) -> Result<ring::aead::LessSafeKey, Store
 
 impl FeedPosition {
     fn seal(&self, key: &ring::aead::LessSafeKey) -> Result<FeedCursor, StoreError> {
-        use ring::rand::SecureRandom as _;
-        let mut nonce = [0u8; ring::aead::NONCE_LEN];
-        ring::rand::SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| StoreError::Random)?;
+        let nonce: [u8; ring::aead::NONCE_LEN] = super::random_bytes()?;
         let mut text = [self.epoch.to_le_bytes(), self.at.to_le_bytes()].concat();
         key.seal_in_place_append_tag(
             ring::aead::Nonce::assume_unique_for_key(nonce),

@@ -1529,15 +1529,8 @@ async fn full_sync() -> anyhow::Result<()> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let docs = city_node.node.store().status().await?.documents;
-    let frames: u64 = county_node
-        .node
-        .store()
-        .status()
-        .await?
-        .links
-        .iter()
-        .map(|l| l.bytes_in)
-        .sum();
+    let county_links = county_node.node.store().status().await?.links;
+    let frames: u64 = county_links.iter().map(|l| l.bytes_in).sum();
     emit("full-sync", "time", seconds, "s", None);
     emit(
         "full-sync",
