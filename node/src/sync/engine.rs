@@ -27,6 +27,9 @@ type UnitDigest = (UnitId, Digest);
 
 /// Documents per link whose reconciliation this side has started and not yet finished.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Documents a link to the parent starts as new at once ([`Engine::open_link`]); any more
+/// wait for the digest descent.
+const MAX_ASSUMED_NEW: usize = 64;
 
 /// Documents per link set aside because their owner is not registered yet (see
 /// [`RejectReason::Unregistered`]); past this, more are ignored until the next session.
@@ -1250,6 +1253,27 @@ impl Engine {
                 changed.push(id.clone());
             }
         }
+        // Documents of this node's subtree never synced with its parent, when earlier
+        // sessions were (their states are saved): most likely made since the last one (a
+        // village's new register, written offline). The parent is taken to lack them, so the
+        // whole document goes at once instead of after the digest descent has found it
+        // missing, a round trip or more later on a lossy line. Were the parent to hold one
+        // already (this node's last session ended in a crash, before its states were
+        // saved), it merges it as any message and costs the document's bytes once; the cap
+        // bounds that.
+        let mut new = Vec::new();
+        if !saved.is_empty() && self.me.parent().as_ref() == Some(peer) {
+            new = self
+                .docs
+                .values()
+                .filter(|e| {
+                    e.meta.owner().is_in_subtree_of(&self.me) && !saved.contains_key(&e.meta.id)
+                })
+                .map(|e| e.meta.id.clone())
+                .collect();
+            new.sort();
+            new.truncate(MAX_ASSUMED_NEW);
+        }
         self.peers.insert(
             peer.clone(),
             PeerSync {
@@ -1264,7 +1288,9 @@ impl Engine {
         let out = vec![Msg::Root(self.link_digest(&child, &root))];
         if let Some(p) = self.peers.get_mut(peer) {
             p.root_awaited = true;
+            p.lacking.extend(new.iter().cloned());
         }
+        changed.extend(new);
         changed.sort();
         for id in changed {
             let in_scope = self
@@ -3110,6 +3136,51 @@ mod tests {
             assert!(c.receive(&uk, m).rejected.is_empty());
         }
         assert!(names(&c, "c01/k01/t04/v004").contains(&"Changed Offline".to_string()));
+    }
+
+    /// A document of this node's subtree made since the last session with its parent (no
+    /// saved state names it) goes whole in the link's first flight, beside the root digest:
+    /// the parent holds it before it has answered anything. On a link never up before (no
+    /// saved states), and from the parent towards its child, the first flight is the root
+    /// digest alone: the digest descent finds what differs.
+    #[test]
+    fn a_document_made_since_the_last_session_goes_up_in_the_first_flight() {
+        let (mut k, mut c) = big_pair(20);
+        let (uk, uc) = (k.me().clone(), c.me().clone());
+        let sk: HashMap<_, _> = k.disconnect(&uc).into_iter().collect();
+        let sc: HashMap<_, _> = c.disconnect(&uk).into_iter().collect();
+        register(
+            &mut k,
+            "c01/k01/t00",
+            &["c01/k01/t00/v000", "c01/k01/t00/v900"],
+        );
+        let fresh = DocId::new(DocKind::Members, u("c01/k01/t00/v900"));
+        let made: Vec<String> = (0..50).map(|i| format!("Made Offline {i:03}")).collect();
+        for (i, name) in made.iter().enumerate() {
+            write(&mut k, "c01/k01/t00/v900", i as u64, name);
+        }
+        let first = k.connect(&uc, sk);
+        assert!(matches!(first[0], Msg::Root(_)), "{first:?}");
+        assert!(
+            first
+                .iter()
+                .any(|m| matches!(m, Msg::Sync { doc, .. } if *doc == fresh)),
+            "{first:?}"
+        );
+        let theirs = c.connect(&uk, sc);
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        for m in first {
+            let step = c.receive(&uk, m);
+            assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        }
+        assert_eq!(names(&c, "c01/k01/t00/v900"), made);
+
+        // A first link: nothing saved, nothing assumed.
+        let mut k2 = engine("c01/k01", 3);
+        let c2 = engine("c01", 4);
+        write(&mut k2, "c01/k01/t00/v001", 1, "Seed");
+        let first = k2.connect(c2.me(), HashMap::new());
+        assert_eq!(first.len(), 1, "{first:?}");
     }
 
     /// A document made since the last session, which the peer's summary shows it lacks, goes
