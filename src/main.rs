@@ -280,6 +280,8 @@ struct NodeToml {
     initial_rtt_ms: Option<u64>,
     /// How many times each QUIC handshake datagram is sent (default 1; at most 3).
     handshake_copies: Option<u8>,
+    /// Resume links with TLS 1.3 0-RTT (default true).
+    zero_rtt: Option<bool>,
     /// Memory for loaded automerge documents (MiB); the least recently used beyond it are
     /// evicted and read back from the store when needed.
     doc_memory_mb: Option<u64>,
@@ -592,6 +594,9 @@ fn read_node_toml(path: &Path) -> anyhow::Result<(NodeToml, LinkConfig)> {
     }
     if let Some(n) = cfg.handshake_copies {
         link.handshake_copies = n;
+    }
+    if let Some(z) = cfg.zero_rtt {
+        link.zero_rtt = z;
     }
     link.validate()
         .with_context(|| format!("{}: the link settings", path.display()))?;

@@ -112,6 +112,17 @@ pub struct LinkConfig {
     /// most this many handshakes' memory and signatures, not one per datagram for the whole
     /// handshake timeout, and Initials from forged sources cannot lock children out.
     pub max_handshakes: usize,
+    /// Resume links with TLS 1.3 0-RTT: a node redialling a parent that gave it a session
+    /// ticket on an earlier link since it started (rustls keeps 8 per parent in memory, each
+    /// good once and for 24 h; a parent keeps 256 sessions for all its children) sends its
+    /// hello in its first flight, and the parent answers in its own (0.5-RTT) once the
+    /// resumed session names a registered child, so the link is up a round trip sooner and
+    /// with fewer flights to lose. The parent uses the link only once the handshake is done
+    /// and the child's probe after its hello says it kept the link, and refuses one only
+    /// once the handshake is done; a session is taken once (the parent's session store, no
+    /// stateless tickets), so a replayed first flight never gets a link. Off, this node
+    /// neither sends nor accepts early data.
+    pub zero_rtt: bool,
 }
 
 /// quinn's (and RFC 9002's) initial round-trip estimate.
@@ -129,6 +140,7 @@ impl Default for LinkConfig {
             initial_rtt: DEFAULT_INITIAL_RTT,
             handshake_copies: 1,
             max_handshakes: 128,
+            zero_rtt: true,
         }
     }
 }
@@ -387,9 +399,11 @@ pub fn endpoint(
     tokens: Option<&std::path::Path>,
 ) -> Result<Endpoint, NetError> {
     cfg.validate()?;
-    let server_crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)
-            .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let mut server_tls = identity.server_config()?;
+    // QUIC allows 0 or all (RFC 9001): the amount is bounded by the transport's flow control.
+    server_tls.max_early_data_size = if cfg.zero_rtt { u32::MAX } else { 0 };
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(Arc::new(transport(cfg, End::Parent)?));
     if cfg.handshake_copies > 1 {
@@ -402,9 +416,10 @@ pub fn endpoint(
             .lifetime(copies::TOKEN_LIFETIME);
         server.validation_token_config(tokens);
     }
-    let client_crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(identity.client_config()?)
-            .map_err(|e| NetError::Endpoint(e.to_string()))?;
+    let mut client_tls = identity.client_config()?;
+    client_tls.enable_early_data = cfg.zero_rtt;
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)
+        .map_err(|e| NetError::Endpoint(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(Arc::new(transport(cfg, End::Child)?));
     if let Some(path) = tokens {
@@ -644,6 +659,9 @@ pub struct Link {
     pub version: u8,
     /// The peer's software, as its hello names it.
     pub software: String,
+    /// The child's hello went in its first flight (0-RTT) and the parent took it (at the
+    /// parent: it came so, and the child's probe after it said the child kept the link).
+    pub early: bool,
 }
 
 /// Dial `parent` at `addr` and complete the hello, racing handshakes (see
@@ -670,14 +688,16 @@ async fn dial(
 ) -> Result<Link, NetError> {
     let fut = async {
         tracing::debug!(%parent, %addr, "dialing");
-        let conn = race_handshakes(
+        let hello = hello_of(identity);
+        let (conn, early) = race_handshakes(
             endpoint,
             addr,
             &parent.dns_name(&identity.deployment),
             racing,
+            &hello,
         )
         .await?;
-        tracing::debug!(%parent, "handshake done; hello next");
+        tracing::debug!(%parent, early = early.is_some(), "handshake done");
         let (peer, fingerprint, cas) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
@@ -686,8 +706,22 @@ async fn dial(
                 detail: format!("{peer} answered for {parent}"),
             });
         }
-        let (mut send, mut recv) = conn.open_bi().await?;
-        write_frame(&mut send, &hello_of(identity)).await?;
+        // The hello went in the first flight (0-RTT) and the parent took it, or it goes now.
+        let early_streams = early;
+        let early = early_streams.is_some();
+        let (mut send, mut recv) = match early_streams {
+            Some(mut streams) => {
+                // This side keeps this connection: a parent uses a link with an early hello
+                // only once a frame after it says so (others raced may have been finished).
+                write_frame(&mut streams.0, &Msg::Probe).await?;
+                streams
+            }
+            None => {
+                let (mut send, recv) = conn.open_bi().await?;
+                write_frame(&mut send, &hello).await?;
+                (send, recv)
+            }
+        };
         // Probe while the answer is awaited, as a waiting link does (see `run_link`): a lost
         // hello is then noticed from the probes' acknowledgements, not after QUIC's backed-off
         // probe timeout. The parent reads the hello first and ignores the probes after it.
@@ -736,6 +770,7 @@ async fn dial(
                 cas,
                 version,
                 software: shown(&h.software),
+                early,
             }),
             // A parent of another release is refused like one that refused us: for good.
             Err(theirs) => {
@@ -773,31 +808,90 @@ async fn race_handshakes(
     addr: SocketAddr,
     server_name: &str,
     racing: usize,
-) -> Result<Connection, NetError> {
+    hello: &Msg,
+) -> Result<(Connection, Option<(SendStream, RecvStream)>), NetError> {
     // Handshake datagrams to the parent are copied while this runs, if the node says so.
     let _dialling = endpoint
         .local_addr()
         .map(|local| copies::copying(local, addr, copies::Side::Dial));
     let mut running = tokio::task::JoinSet::new();
-    running.spawn(endpoint.connect(addr, server_name)?);
+    running.spawn(handshake(
+        endpoint.connect(addr, server_name)?,
+        hello.clone(),
+    ));
     loop {
         let room = running.len() < racing;
         tokio::select! {
             done = running.join_next() => match done {
                 Some(Ok(Ok(conn))) => return Ok(conn),
                 // A refused certificate is refused again: no point waiting for the others.
-                Some(Ok(Err(e))) if running.is_empty() || NetError::from(e.clone()).is_permanent() => {
-                    return Err(e.into());
-                }
+                Some(Ok(Err(e))) if running.is_empty() || e.is_permanent() => return Err(e),
                 Some(Ok(Err(e))) => tracing::debug!(%addr, "one of the raced handshakes failed: {e}"),
                 Some(Err(e)) => return Err(NetError::Handshake(format!("handshake task: {e}"))),
                 None => return Err(NetError::Timeout),
             },
             () = tokio::time::sleep(RACE_AFTER), if room => {
                 tracing::debug!(%addr, racing = running.len() + 1, "handshake slow; starting another");
-                running.spawn(endpoint.connect(addr, server_name)?);
+                running.spawn(handshake(endpoint.connect(addr, server_name)?, hello.clone()));
             }
         }
+    }
+}
+
+/// One handshake of a dial, until it is done. With a session from an earlier link to this
+/// parent that allows early data, `hello` goes in the first flight (0-RTT) on the link's
+/// stream, which is returned when the parent took it. The parent's certificate is checked
+/// after, as on any link: the hello tells nothing secret, and only the holder of the session
+/// reads it. A parent that no longer holds the session (restarted) refuses the early data;
+/// the caller then sends the hello again on the finished handshake.
+async fn handshake(
+    connecting: quinn::Connecting,
+    hello: Msg,
+) -> Result<(Connection, Option<(SendStream, RecvStream)>), NetError> {
+    let (conn, accepted) = match connecting.into_0rtt() {
+        Ok(early) => early,
+        Err(connecting) => return Ok((connecting.await?, None)),
+    };
+    let streams = async {
+        let (mut send, recv) = conn.open_bi().await?;
+        write_frame(&mut send, &hello).await?;
+        Ok::<_, NetError>((send, recv))
+    }
+    .await;
+    let accepted = accepted.await;
+    if let Some(e) = conn.close_reason() {
+        return Err(e.into());
+    }
+    Ok((conn, streams.ok().filter(|_| accepted)))
+}
+
+/// Close a child's connection with `code` once its handshake is done (a close sent before,
+/// quinn sends as a plain transport error, which the child would take for a passing
+/// failure and redial soon). A handshake that never completes (a replayed first flight)
+/// is not refused: the caller's timeout ends it.
+async fn refuse(
+    conn: &Connection,
+    done: &mut Option<quinn::ZeroRttAccepted>,
+    code: VarInt,
+    reason: &'static [u8],
+) -> Result<(), NetError> {
+    handshake_done(conn, done.take()).await?;
+    conn.close(code, reason);
+    Ok(())
+}
+
+/// Wait for a connection's handshake to be done (`done`: quinn's signal of an early
+/// connection; none when it was awaited whole).
+async fn handshake_done(
+    conn: &Connection,
+    done: Option<quinn::ZeroRttAccepted>,
+) -> Result<(), NetError> {
+    if let Some(done) = done {
+        done.await;
+    }
+    match conn.close_reason() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 
@@ -831,16 +925,38 @@ async fn accept_child(
 ) -> Result<Link, NetError> {
     let mut known = None;
     let fut = async {
-        let conn = incoming.await?;
-        // The handshake is done: nothing more of this child's is copied.
-        drop(copied);
+        // Always possible for a server: the connection before its handshake is done.
+        let (conn, mut done) = match incoming.accept()?.into_0rtt() {
+            Ok((conn, done)) => (conn, Some(done)),
+            Err(connecting) => {
+                let conn = connecting.await?;
+                (conn, None)
+            }
+        };
+        // A child resuming a session of an earlier link is known from its first flight: the
+        // session holds its certificates, checked then, and rustls takes a session once (its
+        // session store; this node makes no stateless tickets), so a replayed flight resumes
+        // nothing. Its hello, sent in that flight (0-RTT), is answered in this node's first
+        // (0.5-RTT), which only that child can read. Any other child's handshake must be done
+        // first. Either way a refusal waits for the handshake to be done, so that the child
+        // reads its code (quinn sends an application's close mid-handshake as a plain
+        // transport error), and the link is used only once the handshake is done.
+        let mut copied = copied;
+        if conn.peer_identity().is_none() {
+            handshake_done(&conn, done.take()).await?;
+            // The handshake is done: nothing more of this child's is copied.
+            copied = None;
+        }
         let (peer, fingerprint, cas) = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
-                conn.close(
+                refuse(
+                    &conn,
+                    &mut done,
                     close::NOT_ADJACENT,
                     b"certificate not issued by the peer's parent",
-                );
+                )
+                .await?;
                 return Err(e);
             }
         };
@@ -848,14 +964,26 @@ async fn accept_child(
             known = Some(peer.clone());
         }
         if let Some(detail) = revoked_why(reader, &peer, &fingerprint, &cas) {
-            conn.close(close::NOT_ADJACENT, b"certificate revoked");
+            refuse(
+                &conn,
+                &mut done,
+                close::NOT_ADJACENT,
+                b"certificate revoked",
+            )
+            .await?;
             return Err(NetError::Refused {
                 reason: RejectReason::Revoked,
                 detail,
             });
         }
         if !children.contains(&peer) {
-            conn.close(close::NOT_ADJACENT, b"not a registered child");
+            refuse(
+                &conn,
+                &mut done,
+                close::NOT_ADJACENT,
+                b"not a registered child",
+            )
+            .await?;
             return Err(NetError::Refused {
                 reason: RejectReason::NotAdjacent,
                 detail: format!("{peer} is not a registered child of {}", identity.unit),
@@ -866,7 +994,7 @@ async fn accept_child(
             Some(Ok(Msg::Hello(h))) if h.unit == peer => agreed(h),
             Some(Err(WireError::Version(theirs))) => Err(theirs),
             other => {
-                conn.close(close::HANDSHAKE, b"expected hello");
+                refuse(&conn, &mut done, close::HANDSHAKE, b"expected hello").await?;
                 return Err(NetError::Handshake(format!(
                     "expected a hello naming {peer}, got {other:?}"
                 )));
@@ -875,6 +1003,24 @@ async fn accept_child(
         match hello {
             Ok((version, h)) => {
                 write_frame(&mut send, &hello_of(identity)).await?;
+                handshake_done(&conn, done.take()).await?;
+                drop(copied);
+                // A child racing handshakes sends its hello early on each that can resume,
+                // and may finish one it then drops: an early hello's link is used only once
+                // the child says it kept it, with a probe after the hello. Else a dropped
+                // handshake could take the place of the child's live link.
+                let early = recv.is_0rtt();
+                if early {
+                    match read_frame(&mut recv).await? {
+                        Some(Ok(Msg::Probe)) => {}
+                        other => {
+                            conn.close(close::HANDSHAKE, b"expected a probe");
+                            return Err(NetError::Handshake(format!(
+                                "expected a probe after an early hello, got {other:?}"
+                            )));
+                        }
+                    }
+                }
                 Ok(Link {
                     conn,
                     send,
@@ -884,6 +1030,7 @@ async fn accept_child(
                     cas,
                     version,
                     software: shown(&h.software),
+                    early,
                 })
             }
             Err(theirs) => {
@@ -897,7 +1044,7 @@ async fn accept_child(
                 let _ = write_frame(&mut send, &reject).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-                conn.close(close::HANDSHAKE, b"version");
+                refuse(&conn, &mut done, close::HANDSHAKE, b"version").await?;
                 Err(NetError::Refused {
                     reason: RejectReason::Version,
                     detail,
@@ -937,6 +1084,7 @@ pub async fn run_link(
         cas,
         version,
         software,
+        early,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let counters = Arc::new(LinkCounters {
@@ -961,7 +1109,7 @@ pub async fn run_link(
             return None;
         }
     }
-    tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, "link up");
+    tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, early, "link up");
     let reader = async {
         let mut malformed = 0u32;
         loop {

@@ -1009,6 +1009,140 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
     Ok(())
 }
 
+/// A child redialling a parent it linked with resumes the session and sends its hello in its
+/// first flight (0-RTT), which the parent takes; after the parent restarted (it no longer
+/// holds the session) the early hello is refused and sent again once the handshake is done,
+/// and the link comes up all the same. A child set without 0-RTT never sends early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redial_sends_its_hello_in_its_first_flight() -> anyhow::Result<()> {
+    let (mut fed, _dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
+    let dial = |endpoint: quinn::Endpoint| {
+        let (identity, city, addr) = (identity.clone(), city.clone(), relay.addr());
+        async move {
+            let link =
+                net::connect_parent(&endpoint, &identity, &city, addr, Duration::from_secs(10))
+                    .await?;
+            // Long enough for the parent's session tickets, sent after its handshake.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            link.conn.close(0u32.into(), b"done");
+            Ok::<_, anyhow::Error>(link.early)
+        }
+    };
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    assert!(
+        !dial(endpoint.clone()).await?,
+        "a first link has no session to resume"
+    );
+    assert!(
+        dial(endpoint.clone()).await?,
+        "the redial's hello went early"
+    );
+    assert!(
+        dial(endpoint.clone()).await?,
+        "and again, with the next session"
+    );
+    fed.stop(&city).await?;
+    fed.restart(&city).await?;
+    assert!(
+        !dial(endpoint.clone()).await?,
+        "a restarted parent refuses early data"
+    );
+    assert!(
+        dial(endpoint.clone()).await?,
+        "and takes it from the session it gave since"
+    );
+    endpoint.close(0u32.into(), b"done");
+
+    let off = grassroots_node::LinkConfig {
+        zero_rtt: false,
+        ..fast_links()
+    };
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &off, None)?;
+    for _ in 0..2 {
+        assert!(!dial(endpoint.clone()).await?, "0-RTT off");
+    }
+    endpoint.close(0u32.into(), b"done");
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A handshake the child finished with an early hello and then dropped, as it drops the
+/// handshakes it raced and did not keep, does not take the place of its live link: the
+/// parent uses an early hello's link only once a probe after it says the child kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_early_handshake_does_not_replace_the_live_link() -> anyhow::Result<()> {
+    let (fed, _dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    let live = net::connect_parent(&endpoint, &identity, &city, relay.addr(), WAIT).await?;
+    // The sessions for the next handshakes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (conn, accepted) = endpoint
+        .connect(relay.addr(), &city.dns_name(&identity.deployment))?
+        .into_0rtt()
+        .map_err(|_| anyhow::anyhow!("no session to resume"))?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Msg::Hello(Hello {
+        versions: VERSIONS,
+        capabilities: 0,
+        unit: identity.unit.clone(),
+        software: "grassroots 0.1.0".into(),
+    });
+    write_frame(&mut send, &hello).await?;
+    assert!(accepted.await, "the early hello was taken");
+    let answer = read_frame(&mut recv).await?.context("no answer")??;
+    assert!(matches!(answer, Msg::Hello(_)), "{answer:?}");
+    // Dropped as a raced handshake that lost: closed without a word after the hello.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.close(0u32.into(), b"");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        live.conn.close_reason().is_none(),
+        "the live link was closed: {:?}",
+        live.conn.close_reason()
+    );
+    live.conn.close(0u32.into(), b"done");
+    endpoint.close(0u32.into(), b"done");
+    fed.shutdown().await;
+    Ok(())
+}
+
+/// A child whose certificate was revoked since its last link, redialling with that link's
+/// session, is refused as for good (the close's code reaches it once the handshake is done),
+/// not as a passing failure it would redial soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_child_resuming_a_session_is_refused_for_good() -> anyhow::Result<()> {
+    let (fed, _dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    let dial = || net::connect_parent(&endpoint, &identity, &city, relay.addr(), WAIT);
+    let link = dial().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    link.conn.close(0u32.into(), b"done");
+    assert!(
+        dial().await?.early,
+        "the redial resumed with an early hello"
+    );
+    let r = gql(
+        &fed.graphql_url(&city)?,
+        Some(fed.token(&city, Role::Admin)?),
+        "mutation($u: ID!, $f: String!) { revokeCertificate(input: { unit: $u, fingerprint: $f }) { fingerprint } }",
+        json!({ "u": "c01/k01", "f": identity.fingerprint() }),
+    )
+    .await?;
+    assert_eq!(
+        r["data"]["revokeCertificate"]["fingerprint"],
+        identity.fingerprint(),
+        "{r}"
+    );
+    let err = dial().await.err().context("a revoked child got in")?;
+    assert!(err.is_permanent(), "refused but not for good: {err:?}");
+    endpoint.close(0u32.into(), b"done");
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// The tests' links for a child whose parent's answers are counted: it copies nothing of its
 /// own, since a copy of its Initial arriving after the parent answered draws one more
 /// acknowledgement, and the count would vary with timing.

@@ -20,7 +20,8 @@
 //!   link's hello is answered: link-up time p50, p90 and max and the bytes per dial (what the
 //!   whole lossy catch-up spends before its transfer starts, with enough samples to compare);
 //!   `link_up_*` from a fresh endpoint each time (a restarted node), `redial_*` from one
-//!   endpoint (a running node whose link came back, resuming its TLS session); then, loss
+//!   endpoint (a running node whose link came back, resuming its TLS session, its hello in
+//!   its first flight: 0-RTT), `redial_without_0rtt_*` the same without early data; then, loss
 //!   off, the bytes of a link held open 3 s with path MTU discovery on and off
 //!   (`mtu_on_bytes_per_link`, `mtu_off_bytes_per_link`).
 //! - `idle-link`: what an idle, connected village link costs per hour (bytes with IPv4 and
@@ -926,19 +927,34 @@ async fn lossy_dials(
     let tokens = dir.path().join("village-quic-tokens");
     // A restarted node presents the token its last link was given (kept in its folder);
     // only a parent that copies its answers makes anything of it.
-    let restart = (link.handshake_copies > 1).then_some(("restart", true, Some(tokens)));
-    for (what, fresh, tokens) in [("link_up", true, None)]
+    let restart = (link.handshake_copies > 1).then_some(("restart", true, Some(tokens), true));
+    // A running node's redial resumes its TLS session and sends its hello early (0-RTT);
+    // beside it the same without early data, in the same run.
+    for (what, fresh, tokens, zero_rtt) in [("link_up", true, None, true)]
         .into_iter()
         .chain(restart)
-        .chain([("redial", false, None)])
+        .chain([
+            ("redial", false, None, true),
+            ("redial_without_0rtt", false, None, false),
+        ])
     {
+        // A redial's link held a moment, as a running node's is held for long: the parent's
+        // session tickets for the next redial come after its handshake (not timed).
         let plain = Dials {
             fresh,
             count: 30,
-            hold: Duration::ZERO,
+            hold: if fresh {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            },
             tokens,
         };
-        let (times, failed, bytes) = dials(&identity, &township, &relay, dial, plain).await?;
+        let cfg = grassroots_node::LinkConfig {
+            zero_rtt,
+            ..dial.clone()
+        };
+        let (times, failed, bytes) = dials(&identity, &township, &relay, &cfg, plain).await?;
         let metric = |name: &str| format!("{what}{suffix}_{name}");
         let base = |name: &str| baseline.and_then(|b| b.get(&format!("{what}_{name}")).copied());
         for (name, p) in [("p50", 0.5), ("p90", 0.9), ("max", 1.0)] {
