@@ -24,7 +24,8 @@ use crate::pki::{self, Identity, PkiError};
 use crate::status::{LinkCounters, now_ms};
 use crate::store::{StoreError, StoreHandle, StoreReader};
 use crate::sync::wire::{
-    self, CAPABILITIES, Hello, MAX_FRAME, Msg, RejectReason, VERSIONS, Versions, WireError,
+    self, CAPABILITIES, EARLY_HELLO, Hello, MAX_FRAME, Msg, RejectReason, VERSIONS, Versions,
+    WireError,
 };
 
 /// Silence (both ways) after which a link waiting for its peer sends a probe.
@@ -115,7 +116,7 @@ pub struct LinkConfig {
     /// Resume links with TLS 1.3 0-RTT: a node redialling a parent that gave it a session
     /// ticket on an earlier link since it started (rustls keeps 8 per parent in memory, each
     /// good once and for 24 h; a parent keeps 256 sessions for all its children) sends its
-    /// hello in its first flight, and the parent answers in its own (0.5-RTT) once the
+    /// hello in its first flight, and the parent answers within that round trip (0.5-RTT) once the
     /// resumed session names a registered child, so the link is up a round trip sooner and
     /// with fewer flights to lose. The parent uses the link only once the handshake is done
     /// and the child's probe after its hello says it kept the link, and refuses one only
@@ -185,6 +186,10 @@ pub enum NetError {
     /// Timed out.
     #[error("timed out")]
     Timeout,
+    /// The child dropped a connection after its early hello without the probe that says it
+    /// kept it: a handshake it raced and did not keep.
+    #[error("the child dropped the connection (a raced handshake it did not keep)")]
+    Dropped,
     /// The peer took no bytes of a frame for this long (it stopped reading).
     #[error("the peer read nothing for {0:?}")]
     Stalled(Duration),
@@ -660,7 +665,7 @@ pub struct Link {
     /// The peer's software, as its hello names it.
     pub software: String,
     /// The child's hello went in its first flight (0-RTT) and the parent took it (at the
-    /// parent: it came so, and the child's probe after it said the child kept the link).
+    /// parent: the hello says so, and the child's probe after it said it kept the link).
     pub early: bool,
 }
 
@@ -852,9 +857,16 @@ async fn handshake(
         Ok(early) => early,
         Err(connecting) => return Ok((connecting.await?, None)),
     };
+    let early = match hello {
+        Msg::Hello(h) => Msg::Hello(Hello {
+            capabilities: h.capabilities | EARLY_HELLO,
+            ..h
+        }),
+        other => other,
+    };
     let streams = async {
         let (mut send, recv) = conn.open_bi().await?;
-        write_frame(&mut send, &hello).await?;
+        write_frame(&mut send, &early).await?;
         Ok::<_, NetError>((send, recv))
     }
     .await;
@@ -881,11 +893,13 @@ async fn refuse(
 }
 
 /// Wait for a connection's handshake to be done (`done`: quinn's signal of an early
-/// connection; none when it was awaited whole).
+/// connection; none when it was awaited whole): an error if the connection ended.
 async fn handshake_done(
     conn: &Connection,
     done: Option<quinn::ZeroRttAccepted>,
 ) -> Result<(), NetError> {
+    // quinn's signal comes when the handshake is done or the connection ended (at a server
+    // its value says whether early data was taken, not which).
     if let Some(done) = done {
         done.await;
     }
@@ -900,6 +914,7 @@ async fn handshake_done(
 /// transport's APPLICATION_ERROR).
 fn dropped_by_child(e: &NetError) -> bool {
     match e {
+        NetError::Dropped => true,
         NetError::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
             c.error_code == close::BYE
         }
@@ -990,9 +1005,12 @@ async fn accept_child(
             });
         }
         let (mut send, mut recv) = conn.accept_bi().await?;
-        let hello = match read_frame(&mut recv).await? {
-            Some(Ok(Msg::Hello(h))) if h.unit == peer => agreed(h),
-            Some(Err(WireError::Version(theirs))) => Err(theirs),
+        let (hello, early) = match read_frame(&mut recv).await? {
+            Some(Ok(Msg::Hello(h))) if h.unit == peer => {
+                let early = h.capabilities & EARLY_HELLO != 0;
+                (agreed(h), early)
+            }
+            Some(Err(WireError::Version(theirs))) => (Err(theirs), false),
             other => {
                 refuse(&conn, &mut done, close::HANDSHAKE, b"expected hello").await?;
                 return Err(NetError::Handshake(format!(
@@ -1009,10 +1027,11 @@ async fn accept_child(
                 // and may finish one it then drops: an early hello's link is used only once
                 // the child says it kept it, with a probe after the hello. Else a dropped
                 // handshake could take the place of the child's live link.
-                let early = recv.is_0rtt();
                 if early {
                     match read_frame(&mut recv).await? {
                         Some(Ok(Msg::Probe)) => {}
+                        // Its stream ended before its connection: dropped all the same.
+                        None => return Err(NetError::Dropped),
                         other => {
                             conn.close(close::HANDSHAKE, b"expected a probe");
                             return Err(NetError::Handshake(format!(
@@ -1044,7 +1063,9 @@ async fn accept_child(
                 let _ = write_frame(&mut send, &reject).await;
                 let _ = send.finish();
                 let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-                refuse(&conn, &mut done, close::HANDSHAKE, b"version").await?;
+                // Refused whatever came of the close: the child drops the connection as soon
+                // as it reads the refusal.
+                let _ = refuse(&conn, &mut done, close::HANDSHAKE, b"version").await;
                 Err(NetError::Refused {
                     reason: RejectReason::Version,
                     detail,

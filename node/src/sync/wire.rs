@@ -17,8 +17,14 @@ pub const VERSIONS: Versions = Versions {
 };
 /// Largest frame body either side sends or accepts.
 pub const MAX_FRAME: usize = 16 << 20;
-/// Capability flags this build sends; no capability is defined yet, the bits are reserved.
+/// Capability flags this build sends; no capability is defined yet, the other bits are
+/// reserved.
 pub const CAPABILITIES: u64 = 0;
+/// Hello flag (bit 0): this hello went in the child's first flight (TLS 0-RTT), and a
+/// [`Msg::Probe`] follows it on the connection the child keeps. A parent uses such a link
+/// only after that probe: a child racing handshakes sends an early hello on each, and one it
+/// finished and dropped must not take the place of the one it kept.
+pub const EARLY_HELLO: u64 = 1;
 
 /// One message of the exchange on a link's stream.
 ///
