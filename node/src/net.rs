@@ -116,13 +116,13 @@ pub struct LinkConfig {
     /// Resume links with TLS 1.3 0-RTT: a node redialling a parent that gave it a session
     /// ticket on an earlier link since it started (rustls keeps 8 per parent in memory, each
     /// good once and for 24 h; a parent keeps 256 sessions for all its children) sends its
-    /// hello in its first flight, and the parent answers within that round trip (0.5-RTT) once the
-    /// resumed session names a registered child, so the link is up a round trip sooner and
-    /// with fewer flights to lose. The parent uses the link only once the handshake is done
-    /// and the child's probe after its hello says it kept the link, and refuses one only
-    /// once the handshake is done; a session is taken once (the parent's session store, no
-    /// stateless tickets), so a replayed first flight never gets a link. Off, this node
-    /// neither sends nor accepts early data.
+    /// hello in its first flight, and the parent answers within that round trip (0.5-RTT)
+    /// once the resumed session names a registered child, so the link is up a round trip
+    /// sooner and with fewer flights to lose. The parent uses the link only once the
+    /// handshake is done and the child's probe after its hello says it kept the link, and
+    /// refuses one only once the handshake is done; a session is taken once (the parent's
+    /// session store, no stateless tickets), so a replayed first flight never gets a link.
+    /// Off, this node neither sends nor accepts early data.
     pub zero_rtt: bool,
 }
 
@@ -951,7 +951,7 @@ async fn accept_child(
         // A child resuming a session of an earlier link is known from its first flight: the
         // session holds its certificates, checked then, and rustls takes a session once (its
         // session store; this node makes no stateless tickets), so a replayed flight resumes
-        // nothing. Its hello, sent in that flight (0-RTT), is answered in this node's first
+        // nothing. Its hello, sent in that flight (0-RTT), is answered within that round trip
         // (0.5-RTT), which only that child can read. Any other child's handshake must be done
         // first. Either way a refusal waits for the handshake to be done, so that the child
         // reads its code (quinn sends an application's close mid-handshake as a plain

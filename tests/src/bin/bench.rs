@@ -1129,28 +1129,9 @@ async fn dials(
     let mut kept = None;
     if !how.fresh || how.tokens.is_some() {
         // One link first, so that the endpoint holds a session to resume, or the file the
-        // token of a link.
-        // Redialled until up (the parent gives up a handshake after its timeout, which a
-        // run of losses can outlast), and held as the timed links are (their sessions).
+        // token of a link; held as the timed links are (their sessions).
         let ep = endpoint()?;
-        let start = Instant::now();
-        let link = loop {
-            match grassroots_node::net::connect_parent(
-                &ep,
-                identity,
-                township,
-                relay.addr(),
-                cfg.handshake_timeout,
-            )
-            .await
-            {
-                Ok(link) => break link,
-                Err(e) if start.elapsed() < Duration::from_secs(120) => {
-                    eprintln!("first dial failed after {:?}: {e}", start.elapsed());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let (link, _) = dial_until_up(&ep, identity, township, relay, cfg).await?;
         tokio::time::sleep(how.hold).await;
         link.conn.close(0u32.into(), b"bench");
         if how.fresh {
@@ -1166,26 +1147,8 @@ async fn dials(
             None => endpoint()?,
         };
         let start = Instant::now();
-        // Redial at once after a failed attempt (the parent gives up a handshake after
-        // `handshake_timeout` too): the time counts until a link is up.
-        let link = loop {
-            match grassroots_node::net::connect_parent(
-                &endpoint,
-                identity,
-                township,
-                relay.addr(),
-                cfg.handshake_timeout,
-            )
-            .await
-            {
-                Ok(link) => break link,
-                Err(e) if start.elapsed() < Duration::from_secs(120) => {
-                    eprintln!("dial failed after {:?}: {e}", start.elapsed());
-                    failed += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let (link, failures) = dial_until_up(&endpoint, identity, township, relay, cfg).await?;
+        failed += failures;
         times.push(start.elapsed().as_secs_f64());
         early += usize::from(link.early);
         tokio::time::sleep(how.hold).await;
@@ -1198,6 +1161,37 @@ async fn dials(
     times.sort_by(f64::total_cmp);
     let bytes = (after.1 - before.1) as f64 / how.count as f64;
     Ok((times, failed, bytes, early))
+}
+
+/// Dial the township through `relay` until a link is up, at once again after a failed
+/// attempt (the parent gives up a handshake after `handshake_timeout` too, which a run of
+/// losses can outlast), for at most 120 s: the link and the failed attempts.
+async fn dial_until_up(
+    endpoint: &quinn::Endpoint,
+    identity: &grassroots_node::Identity,
+    township: &grassroots_schema::UnitId,
+    relay: &Relay,
+    cfg: &grassroots_node::LinkConfig,
+) -> anyhow::Result<(grassroots_node::net::Link, u32)> {
+    let (start, mut failed) = (Instant::now(), 0);
+    loop {
+        match grassroots_node::net::connect_parent(
+            endpoint,
+            identity,
+            township,
+            relay.addr(),
+            cfg.handshake_timeout,
+        )
+        .await
+        {
+            Ok(link) => return Ok((link, failed)),
+            Err(e) if start.elapsed() < Duration::from_secs(120) => {
+                eprintln!("dial failed after {:?}: {e}", start.elapsed());
+                failed += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The link settings of the village example (`deploy/village`, whose test checks the same):
