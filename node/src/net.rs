@@ -694,7 +694,7 @@ async fn dial(
     let fut = async {
         tracing::debug!(%parent, %addr, "dialing");
         let hello = hello_of(identity);
-        let (conn, early) = race_handshakes(
+        let (conn, early_streams) = race_handshakes(
             endpoint,
             addr,
             &parent.dns_name(&identity.deployment),
@@ -702,7 +702,8 @@ async fn dial(
             &hello,
         )
         .await?;
-        tracing::debug!(%parent, early = early.is_some(), "handshake done");
+        let early = early_streams.is_some();
+        tracing::debug!(%parent, early, "handshake done");
         let (peer, fingerprint, cas) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
@@ -712,8 +713,6 @@ async fn dial(
             });
         }
         // The hello went in the first flight (0-RTT) and the parent took it, or it goes now.
-        let early_streams = early;
-        let early = early_streams.is_some();
         let (mut send, mut recv) = match early_streams {
             Some(mut streams) => {
                 // This side keeps this connection: a parent uses a link with an early hello
@@ -931,7 +930,7 @@ fn dropped_by_child(e: &NetError) -> bool {
 /// a dropped connection is not: a child's raced handshakes end so).
 async fn accept_child(
     incoming: quinn::Incoming,
-    copied: Option<copies::Copying>,
+    mut copied: Option<copies::Copying>,
     identity: &Identity,
     children: &[UnitId],
     store: &StoreHandle,
@@ -956,7 +955,6 @@ async fn accept_child(
         // first. Either way a refusal waits for the handshake to be done, so that the child
         // reads its code (quinn sends an application's close mid-handshake as a plain
         // transport error), and the link is used only once the handshake is done.
-        let mut copied = copied;
         if conn.peer_identity().is_none() {
             handshake_done(&conn, done.take()).await?;
             // The handshake is done: nothing more of this child's is copied.

@@ -1011,6 +1011,21 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
     Ok(())
 }
 
+/// A link of `identity` to `parent` at `addr` from `endpoint`, held long enough for the
+/// parent's session tickets (sent after its handshake), then closed: whether its hello went
+/// early.
+async fn held_link(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    parent: &UnitId,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<bool> {
+    let link = net::connect_parent(endpoint, identity, parent, addr, WAIT).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    link.conn.close(0u32.into(), b"done");
+    Ok(link.early)
+}
+
 /// A child redialling a parent it linked with resumes the session and sends its hello in its
 /// first flight (0-RTT), which the parent takes; after the parent restarted (it no longer
 /// holds the session) the early hello is refused and sent again once the handshake is done,
@@ -1019,17 +1034,10 @@ async fn a_dial_sends_its_handshake_datagrams_as_often_as_set() -> anyhow::Resul
 async fn a_redial_sends_its_hello_in_its_first_flight() -> anyhow::Result<()> {
     let (mut fed, _dir, relay, identity) = county_to_dial_as().await?;
     let city = unit("c01");
+    let addr = relay.addr();
     let dial = |endpoint: quinn::Endpoint| {
-        let (identity, city, addr) = (identity.clone(), city.clone(), relay.addr());
-        async move {
-            let link =
-                net::connect_parent(&endpoint, &identity, &city, addr, Duration::from_secs(10))
-                    .await?;
-            // Long enough for the parent's session tickets, sent after its handshake.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            link.conn.close(0u32.into(), b"done");
-            Ok::<_, anyhow::Error>(link.early)
-        }
+        let (identity, city) = (identity.clone(), city.clone());
+        async move { held_link(&endpoint, &identity, &city, addr).await }
     };
     let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     assert!(
@@ -1119,15 +1127,12 @@ async fn a_revoked_child_resuming_a_session_is_refused_for_good() -> anyhow::Res
     let (fed, _dir, relay, identity) = county_to_dial_as().await?;
     let city = unit("c01");
     let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
-    let dial = || net::connect_parent(&endpoint, &identity, &city, relay.addr(), WAIT);
-    let link = dial().await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    link.conn.close(0u32.into(), b"done");
-    let link = dial().await?;
-    assert!(link.early, "the redial resumed with an early hello");
-    // Its sessions for the next dial, which must resume too.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    link.conn.close(0u32.into(), b"done");
+    held_link(&endpoint, &identity, &city, relay.addr()).await?;
+    // Held, so that the dial below must resume too.
+    assert!(
+        held_link(&endpoint, &identity, &city, relay.addr()).await?,
+        "the redial resumed with an early hello"
+    );
     let r = gql(
         &fed.graphql_url(&city)?,
         Some(fed.token(&city, Role::Admin)?),
@@ -1140,7 +1145,10 @@ async fn a_revoked_child_resuming_a_session_is_refused_for_good() -> anyhow::Res
         identity.fingerprint(),
         "{r}"
     );
-    let err = dial().await.err().context("a revoked child got in")?;
+    let err = net::connect_parent(&endpoint, &identity, &city, relay.addr(), WAIT)
+        .await
+        .err()
+        .context("a revoked child got in")?;
     assert!(err.is_permanent(), "refused but not for good: {err:?}");
     endpoint.close(0u32.into(), b"done");
     fed.shutdown().await;

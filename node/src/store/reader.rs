@@ -322,7 +322,7 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
 
 /// Where a reader of the record feed stands: the feed's epoch and the last position read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedPosition {
+pub(crate) struct FeedPosition {
     /// The feed's epoch (a random number drawn when its positions began); see [`FEED_EPOCH`].
     pub epoch: u64,
     /// The last position read (0: none yet).
@@ -416,8 +416,6 @@ pub struct FeedPage<T> {
     /// Where the next read starts: the last position looked at (the one asked from when
     /// there was nothing past it), sealed.
     pub next: FeedCursor,
-    /// The same, unsealed (for this process only: never shown to a caller).
-    pub position: FeedPosition,
     /// Whether the feed holds entries past `next`.
     pub more: bool,
     /// The cursor asked from belonged to another epoch (a rebuild or a restore came in
@@ -843,10 +841,17 @@ impl StoreReader {
         Ok(FeedPage {
             entries,
             next: position.seal(&key)?,
-            position,
             more,
             reset,
         })
+    }
+
+    /// The position a feed cursor of this store holds (tests only: positions count every
+    /// write, which a caller is not to learn).
+    #[cfg(test)]
+    pub(crate) fn feed_position(&self, cursor: &FeedCursor) -> Option<FeedPosition> {
+        let tx = self.db.begin_read().ok()?;
+        FeedPosition::open(cursor, &feed_key(&tx).ok()?)
     }
 
     /// One member, if this node holds it.

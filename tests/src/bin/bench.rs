@@ -901,6 +901,23 @@ async fn lossy_dial() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A chain with `link`'s settings in `dir`, its village stopped so that the bench dials as
+/// it, through a relay to the township at 30% loss, 256 kbit/s and 20 ms of delay each way:
+/// the federation, the village's identity and the relay.
+async fn village_to_dial_as(
+    dir: &std::path::Path,
+    link: grassroots_node::LinkConfig,
+) -> anyhow::Result<(Federation, grassroots_node::Identity, Relay)> {
+    let mut fed = start_chain(dir, link, None).await?;
+    fed.stop(&unit("c01/k01/t01/v01")).await?;
+    let identity = grassroots_node::Identity::load(&dir.join("c01_k01_t01_v01").join("pki"))?;
+    let relay = Relay::start(fed.node(&unit("c01/k01/t01"))?.node.quic_addr())?;
+    relay.set_rate(256_000);
+    relay.set_loss(0.30);
+    relay.set_delay(Duration::from_millis(20));
+    Ok((fed, identity, relay))
+}
+
 /// A running node's redials at 30% loss and 256 kbit/s, with and without early data (0-RTT),
 /// 60 of each, alternately in blocks of ten so that both meet the same stretch of the relay's
 /// loss pattern: link-up p50, p90 and max, the bytes per dial (each link held 1 s, as in
@@ -908,15 +925,9 @@ async fn lossy_dial() -> anyhow::Result<()> {
 /// and 100 ms of delay each way (`lossless_*`), where the round trip saved shows alone.
 async fn lossy_redial() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let (township, village) = (unit("c01/k01/t01"), unit("c01/k01/t01/v01"));
-    let mut fed = start_chain(dir.path(), grassroots_node::LinkConfig::default(), None).await?;
-    fed.stop(&village).await?;
-    let identity =
-        grassroots_node::Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
-    let relay = Relay::start(fed.node(&township)?.node.quic_addr())?;
-    relay.set_rate(256_000);
-    relay.set_loss(0.30);
-    relay.set_delay(Duration::from_millis(20));
+    let township = unit("c01/k01/t01");
+    let (fed, identity, relay) =
+        village_to_dial_as(dir.path(), grassroots_node::LinkConfig::default()).await?;
     for (prefix, blocks) in [("", 6u32), ("lossless_", 2)] {
         if !prefix.is_empty() {
             relay.set_loss(0.0);
@@ -994,15 +1005,8 @@ async fn lossy_dials(
 ) -> anyhow::Result<HashMap<String, f64>> {
     let dial = village.unwrap_or(link);
     let dir = tempfile::tempdir()?;
-    let (township, village) = (unit("c01/k01/t01"), unit("c01/k01/t01/v01"));
-    let mut fed = start_chain(dir.path(), link.clone(), None).await?;
-    fed.stop(&village).await?;
-    let identity =
-        grassroots_node::Identity::load(&dir.path().join("c01_k01_t01_v01").join("pki"))?;
-    let relay = Relay::start(fed.node(&township)?.node.quic_addr())?;
-    relay.set_rate(256_000);
-    relay.set_loss(0.30);
-    relay.set_delay(Duration::from_millis(20));
+    let township = unit("c01/k01/t01");
+    let (fed, identity, relay) = village_to_dial_as(dir.path(), link.clone()).await?;
     let mut figures = HashMap::new();
     let tokens = dir.path().join("village-quic-tokens");
     // A restarted node presents the token its last link was given (kept in its folder);
