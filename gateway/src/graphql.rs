@@ -2077,7 +2077,7 @@ impl UnitCore {
         order_by: Option<MemberOrderGql>,
         #[graphql(desc = "With `orderBy`: greatest (latest) first.")] descending: Option<bool>,
     ) -> Result<MemberConnection> {
-        let descending = descending.unwrap_or(false);
+        let descending = direction(order_by.is_some(), descending)?;
         let b = backend(ctx)?;
         let who = caller(ctx);
         if let Some(e) = en::refuse_read(who, DocKind::Members, &self.id) {
@@ -2188,13 +2188,22 @@ macro_rules! unit_listings {
                     descending: Option<bool>,
                     $( #[graphql(desc = $fdesc)] $farg: Option<$fty>, )*
                 ) -> Result<RecordConnection<$gql>> {
-                    let descending = descending.unwrap_or(false);
+                    let descending = direction(order_by.is_some(), descending)?;
                     let args = ListArgs { first, after, subtree, level, period, order_by, descending };
                     en::list(ctx, &self.0, args, &[$( ($key, $farg.map(en::FieldValue::into_value)) ),*])
                 }
             )+
         }
     };
+}
+
+/// A listing's `descending`: only with `orderBy`, which it reverses (the stored order has no
+/// other direction; taking it silently would hand back pages in an order not asked for).
+fn direction(ordered: bool, descending: Option<bool>) -> Result<bool> {
+    match descending {
+        Some(true) if !ordered => Err(error(Code::BadUserInput, "descending: only with orderBy")),
+        d => Ok(d.unwrap_or(false)),
+    }
 }
 
 unit_listings! {

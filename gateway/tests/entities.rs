@@ -1361,6 +1361,8 @@ async fn listings_order_by_a_field_and_page_in_that_order() {
         }
     }
     assert_eq!(paged, ["An Ping", "Li Na", "Zhao Lei"]);
+    let r = f.gql(Some(&county), members, json!({ "d": true })).await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
     // A cursor of the unordered listing is not one of the ordered listing's.
     let plain = f.ok(Some(&county), members, json!({ "f": 1 })).await["unit"]["members"]["edges"]
         [0]["cursor"]
@@ -1427,6 +1429,9 @@ async fn listings_order_by_a_field_and_page_in_that_order() {
         ["edges"][0]["cursor"]
         .clone();
     let r = f.gql(Some(&county), paged, json!({ "a": ordered })).await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+    // A direction without an ordering is refused, not ignored.
+    let r = f.gql(Some(&county), meetings, json!({ "d": true })).await;
     assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
     // Not by an unknown field, a long text, or a period (whose forms do not sort as
     // periods).
