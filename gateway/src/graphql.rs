@@ -26,7 +26,7 @@ use crate::entities::{
     ServiceFunctionGql,
 };
 use crate::error::{Code, error, from_store, from_write, internal};
-use grassroots_node::store::SortKey;
+use grassroots_node::store::MemberOrder;
 
 /// Largest page a list returns.
 pub const MAX_PAGE: i32 = 100;
@@ -2107,18 +2107,23 @@ impl UnitCore {
                 .as_deref()
                 .map(|a| en::decode_ordered(&of, a))
                 .transpose()?;
-            let key = |m: &gs::Member| match by {
-                MemberOrderGql::Name => SortKey(Some(m.name.clone())),
-                MemberOrderGql::BirthYear => SortKey::int(m.birth_year),
-                MemberOrderGql::JoinedOn => SortKey(Some(m.joined_on.clone())),
-            };
-            let order = grassroots_node::store::Order {
-                key: &key,
-                descending,
+            let by = match by {
+                MemberOrderGql::Name => MemberOrder::Name,
+                MemberOrderGql::BirthYear => MemberOrder::BirthYear,
+                MemberOrderGql::JoinedOn => MemberOrder::JoinedOn,
             };
             let page = b
                 .reader
-                .members_ordered(&self.id, subtree, filter, &order, after.as_ref(), first)
+                .members_ordered(
+                    &self.id,
+                    subtree,
+                    filter,
+                    by,
+                    descending,
+                    after.as_ref(),
+                    first,
+                    ctx.look_ahead().field("totalCount").exists(),
+                )
                 .map_err(from_store)?;
             ProfileCache::prefetch(ctx, page.items.iter().map(|(_, m)| &m.id.unit))?;
             let edges = page

@@ -187,7 +187,9 @@ fn member(name: String, i: u64) -> NewMember {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_power_cuts_below_redb() {
-    let me: UnitId = "c01/k01/t01".parse().unwrap();
+    // A county's store: it keeps the sorted index of its member listings, which the views'
+    // check after each cut covers with the rest.
+    let me: UnitId = "c01/k01".parse().unwrap();
     let units: Vec<UnitId> = ["c01/k01/t01", "c01/k01/t01/v01", "c01/k01/t01/v02"]
         .iter()
         .map(|s| s.parse().unwrap())

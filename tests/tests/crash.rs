@@ -1,6 +1,8 @@
 //! Crash safety: a writer process is killed with SIGKILL at random moments, 100 times, on
 //! the same store. After every kill the store opens, every acknowledged write is there with
-//! its acknowledged content, and the query views equal a rebuild from the documents.
+//! its acknowledged content, and the query views equal a rebuild from the documents. The
+//! store is a county node's, writing a village's members, so that the sorted index of its
+//! member listings (kept at county and city nodes) is under test with the other views.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -15,6 +17,7 @@ const KILLS: usize = 100;
 async fn sigkill_loses_no_acknowledged_write_and_views_match_a_rebuild() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store.redb");
+    let node: UnitId = "c01/k01".parse()?;
     let unit: UnitId = "c01/k01/t01/v01".parse()?;
     // Acknowledged content per member (the latest acknowledgement wins).
     let mut acked: BTreeMap<MemberId, String> = BTreeMap::new();
@@ -22,6 +25,7 @@ async fn sigkill_loses_no_acknowledged_write_and_views_match_a_rebuild() -> anyh
     for round in 0..KILLS {
         let mut child = Command::new(env!("CARGO_BIN_EXE_crash-writer"))
             .arg(&path)
+            .arg(node.as_str())
             .arg(unit.as_str())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -46,7 +50,7 @@ async fn sigkill_loses_no_acknowledged_write_and_views_match_a_rebuild() -> anyh
             };
             acked.insert(id.parse()?, name.to_owned());
         }
-        let (store, reader, thread) = grassroots_node::store::open(&path, unit.clone())
+        let (store, reader, thread) = grassroots_node::store::open(&path, node.clone())
             .unwrap_or_else(|e| panic!("store failed to open after kill {round}: {e}"));
         for (id, name) in &acked {
             let m = reader
@@ -63,6 +67,24 @@ async fn sigkill_loses_no_acknowledged_write_and_views_match_a_rebuild() -> anyh
         assert!(
             diffs.is_empty(),
             "kill {round}: views differ from a rebuild: {diffs:?}"
+        );
+        // The county's listing by name reads through the index (it is the node's own), so
+        // a page as long as the members held shows the index holds them.
+        let page = reader.members_ordered(
+            &node,
+            true,
+            grassroots_node::store::MemberFilter::default(),
+            grassroots_node::store::MemberOrder::Name,
+            false,
+            None,
+            acked.len(),
+            false,
+        )?;
+        assert!(
+            page.items.len() >= acked.len(),
+            "kill {round}: {} members listed by name, {} acknowledged",
+            page.items.len(),
+            acked.len()
         );
         thread.shutdown().await;
     }

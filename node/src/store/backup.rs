@@ -24,7 +24,8 @@ use redb::{
 
 use super::tables::{
     CHANGES, DOC_STATE, DOCS, FEED, FEED_AT, HEARD, META, OWNER, SECRETS, SNAPSHOTS, SYNC_STATES,
-    TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS,
+    TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS,
+    VIEW_UNITS,
 };
 use super::{StoreError, db};
 
@@ -244,6 +245,7 @@ fn copy_store(
         copy(&from, &to, USERS)?;
         copy(&from, &to, HEARD)?;
         copy(&from, &to, VIEW_MEMBERS)?;
+        copy(&from, &to, VIEW_ORDER)?;
         copy(&from, &to, VIEW_UNITS)?;
         copy(&from, &to, VIEW_ROLLUPS)?;
         copy(&from, &to, VIEW_RECORDS)?;

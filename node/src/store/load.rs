@@ -55,6 +55,11 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "every view written again (the views of layout 10), filling the record feed",
         migrate_5_views,
     ),
+    (
+        12,
+        "the sorted index of member listings, from the members view",
+        super::order::migrate_12_fill,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.
@@ -127,6 +132,7 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(SYNC_STATES).map_err(db)?;
     tx.open_table(USERS).map_err(db)?;
     tx.open_table(VIEW_MEMBERS).map_err(db)?;
+    tx.open_table(VIEW_ORDER).map_err(db)?;
     tx.open_table(VIEW_UNITS).map_err(db)?;
     tx.open_table(VIEW_ROLLUPS).map_err(db)?;
     tx.open_table(VIEW_RECORDS).map_err(db)?;

@@ -10,6 +10,7 @@
 pub mod backup;
 mod compact;
 mod load;
+mod order;
 mod reader;
 mod rollup;
 pub mod tables;
@@ -29,6 +30,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+pub use order::MemberOrder;
 pub use reader::{
     BackupLog, FeedCursor, FeedEntry, FeedPage, MemberCursor, MemberFilter, MemberPage, Order,
     OrderedCursor, OrderedPage, RecordPage, RecordQuery, SortKey, StoreReader, TokenUser,
@@ -2502,6 +2504,19 @@ impl Actor {
         };
         let mut diffs = unreadable;
         compare_rows("member", &want_members, &pairs(VIEW_MEMBERS)?, &mut diffs);
+        let me = order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+        let want_order: BTreeMap<String, Vec<u8>> = all_members
+            .iter()
+            .flat_map(|m| order::entry_texts(me.as_ref(), m))
+            .map(|k| (k, Vec::new()))
+            .collect();
+        let mut have_order = BTreeMap::new();
+        for row in tx.open_table(VIEW_ORDER).map_err(db)?.iter().map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let (l, key, unit, record) = k.value();
+            have_order.insert(order::entry_text(l, key, unit, record), v.value().to_vec());
+        }
+        compare_rows("sorted index entry", &want_order, &have_order, &mut diffs);
         compare_rows("record", &want_records, &pairs(VIEW_RECORDS)?, &mut diffs);
         compare_rows("receipt", &want_refs, &pairs(VIEW_REFS)?, &mut diffs);
         compare_rows("unit", &want_units, &rows(VIEW_UNITS)?, &mut diffs);
@@ -3367,6 +3382,9 @@ fn reply_after_commit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
 /// The view tables a commit writes, and the roll-up deltas of the rows it replaces.
 struct Views<'t> {
     members: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    order: order::OrderTable<'t>,
+    /// The store's unit: which sorted listings it indexes.
+    me: Option<UnitId>,
     units: redb::Table<'t, &'static str, &'static [u8]>,
     records: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
     refs: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
@@ -3389,6 +3407,7 @@ fn rebuild_views_in<'d>(
     let mut views = Views::open(tx)?;
     let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
     views.members.retain(|_, _| false).map_err(db)?;
+    views.order.retain(|_, _| false).map_err(db)?;
     views.units.retain(|_, _| false).map_err(db)?;
     views.records.retain(|_, _| false).map_err(db)?;
     views.refs.retain(|_, _| false).map_err(db)?;
@@ -3453,6 +3472,8 @@ impl<'t> Views<'t> {
         };
         Ok(Views {
             members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
+            order: tx.open_table(VIEW_ORDER).map_err(db)?,
+            me: order::store_unit(&tx.open_table(OWNER).map_err(db)?)?,
             units: tx.open_table(VIEW_UNITS).map_err(db)?,
             records: tx.open_table(VIEW_RECORDS).map_err(db)?,
             refs: tx.open_table(VIEW_REFS).map_err(db)?,
@@ -3602,6 +3623,14 @@ impl<'t> Views<'t> {
                 .map_err(|e| StoreError::Corrupt(format!("member row {key}{rec}: {e}")))?
         };
         let had = old.is_some();
+        order::update(
+            &mut self.order,
+            self.me.as_ref(),
+            owner,
+            &rec,
+            old.as_ref(),
+            row,
+        )?;
         if let Some(old) = old {
             self.deltas.note(&old, -1);
         }
@@ -3946,8 +3975,10 @@ mod tests {
     }
 
     /// An ordered listing's pages, each holding only what it shows, add up to the whole
-    /// listing sorted: ties broken by unit and record, rows without a value last in both
-    /// directions, the count over every row the filter keeps.
+    /// listing sorted, ties broken by unit and record (all reversed when descending), the
+    /// count over every row the filter keeps: through the sorted index (a county's subtree
+    /// at its own node, a unit's below it walking the county's) and by reading every row,
+    /// after renames, new years and deletions; and the index equals a rebuild's.
     #[tokio::test]
     async fn ordered_pages_add_up_to_the_listing_sorted() {
         let dir = tempfile::tempdir().unwrap();
@@ -3958,63 +3989,115 @@ mod tests {
             u("c01/k01/t01/v02"),
             u("c01/k01/t02/v01"),
         ];
-        // Phones with many ties; some members are left without one.
+        // Names and years with many ties.
         let mut all = Vec::new();
         for i in 0..60u64 {
             let mut m = sample(&format!("Name {}", (i * 7) % 9));
-            m.phone = (i % 4 != 0).then(|| format!("1390000{:04}", (i * 13) % 17));
+            m.birth_year = 1950 + ((i * 13) % 17) as i64;
+            m.joined_on = format!("20{:02}-01-01", (i * 5) % 11);
             all.push(
                 h.create_member(villages[(i % 3) as usize].clone(), m)
                     .await
                     .unwrap(),
             );
         }
-        let key = |m: &Member| SortKey(m.phone.clone());
-        for descending in [false, true] {
-            let order = Order {
-                key: &key,
-                descending,
+        // Renames and new years move rows in the index; deletions take them out.
+        for i in (0..60).step_by(5) {
+            let patch = MemberPatch {
+                name: Some(format!("Renamed {}", i % 4)),
+                birth_year: Some(1940 + (i % 3) as i64),
+                ..MemberPatch::default()
             };
-            let mut want: Vec<&Member> = all.iter().collect();
-            want.sort_by(|a, b| {
-                SortKey::cmp_in(&key(a), &key(b), descending).then_with(|| {
-                    (a.id.unit.tree_key(), a.id.record.to_string())
-                        .cmp(&(b.id.unit.tree_key(), b.id.record.to_string()))
-                })
-            });
-            let mut from: Option<OrderedCursor> = None;
-            let mut got = Vec::new();
-            loop {
-                let p = r
-                    .members_ordered(&me, true, MemberFilter::default(), &order, from.as_ref(), 7)
-                    .unwrap();
-                assert_eq!(p.total, 60);
-                assert!(p.items.len() <= 7);
-                got.extend(p.items.iter().map(|(_, m)| m.id.clone()));
-                from = p.items.last().map(|(c, _)| c.clone());
-                if !p.has_next {
-                    break;
+            all[i] = h.update_member(all[i].id.clone(), patch).await.unwrap();
+        }
+        for i in [3, 17, 44] {
+            h.delete_member(all[i].id.clone()).await.unwrap();
+        }
+        let all: Vec<Member> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| ![3, 17, 44].contains(i))
+            .map(|(_, m)| m)
+            .collect();
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        let cursor = |by: MemberOrder, m: &Member| OrderedCursor {
+            key: by.key(m),
+            at: MemberCursor {
+                tree_key: m.id.unit.tree_key(),
+                record: m.id.record.to_string(),
+            },
+        };
+        // (unit, page size, whether through the index): 57 members held, 39 in t01, 19 in
+        // t01/v01; a walk passes over 57 / kept entries per row shown, at most 4 per row of
+        // the listing.
+        for (unit, size, indexed) in [
+            (me.clone(), 7, true),
+            (u("c01/k01/t01"), 7, true),
+            (u("c01/k01/t01/v01"), 7, true),
+            (u("c01/k01/t01/v01"), 50, false),
+        ] {
+            let tx = r.db_for_tests().begin_read().unwrap();
+            let owner = order::store_unit(&tx.open_table(OWNER).unwrap()).unwrap();
+            let through =
+                reader::through_index(&tx, owner.as_ref(), &unit, &MemberFilter::default(), size);
+            assert_eq!(through.unwrap(), indexed, "{unit}, {size} a page");
+            let held: Vec<&Member> = all
+                .iter()
+                .filter(|m| m.id.unit.is_in_subtree_of(&unit))
+                .collect();
+            for by in MemberOrder::ALL {
+                for descending in [false, true] {
+                    let mut want = held.clone();
+                    want.sort_by(|a, b| {
+                        OrderedCursor::cmp_in(&cursor(by, a), &cursor(by, b), descending)
+                    });
+                    let mut from: Option<OrderedCursor> = None;
+                    let mut got = Vec::new();
+                    for _ in 0..=held.len() {
+                        let p = r
+                            .members_ordered(
+                                &unit,
+                                true,
+                                MemberFilter::default(),
+                                by,
+                                descending,
+                                from.as_ref(),
+                                size,
+                                true,
+                            )
+                            .unwrap();
+                        assert_eq!(p.total, held.len());
+                        assert!(p.items.len() <= size);
+                        got.extend(p.items.iter().map(|(_, m)| m.id.clone()));
+                        from = p.items.last().map(|(c, _)| c.clone());
+                        if !p.has_next {
+                            break;
+                        }
+                    }
+                    let want: Vec<MemberId> = want.iter().map(|m| m.id.clone()).collect();
+                    assert_eq!(got, want, "{unit} by {by:?}, descending {descending}");
                 }
             }
-            let want: Vec<MemberId> = want.iter().map(|m| m.id.clone()).collect();
-            assert_eq!(got, want, "descending {descending}");
-            let last = all.iter().find(|m| Some(&m.id) == got.last());
-            assert!(last.unwrap().phone.is_none(), "no phone comes last");
+            // The count is of what the filter keeps, and so is the page.
+            let filter = MemberFilter {
+                name: Some("name 3".into()),
+                ..MemberFilter::default()
+            };
+            let p = r
+                .members_ordered(
+                    &unit,
+                    true,
+                    filter,
+                    MemberOrder::Name,
+                    false,
+                    None,
+                    100,
+                    true,
+                )
+                .unwrap();
+            let named = held.iter().filter(|m| m.name == "Name 3").count();
+            assert_eq!((p.total, p.items.len()), (named, named));
         }
-        // The count is of what the filter keeps.
-        let filter = MemberFilter {
-            name: Some("name 3".into()),
-            ..MemberFilter::default()
-        };
-        let order = Order {
-            key: &key,
-            descending: false,
-        };
-        let p = r
-            .members_ordered(&me, true, filter, &order, None, 100)
-            .unwrap();
-        let named = all.iter().filter(|m| m.name == "Name 3").count();
-        assert_eq!((p.total, p.items.len()), (named, named));
         t.shutdown().await;
     }
 
@@ -5710,6 +5793,61 @@ mod tests {
             .insert("layout", layout)
             .unwrap();
         tx.commit().unwrap();
+    }
+
+    /// A layout 11 store has no sorted index: layout 12 writes it from the members view,
+    /// without touching the feed (no document read, no new epoch), and a county's ordered
+    /// listing reads through it.
+    #[tokio::test]
+    async fn a_layout_11_store_gets_its_sorted_index_from_the_members_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let mut made = Vec::new();
+        for (i, v) in ["c01/k01/t01/v01", "c01/k01/t02/v01", "c01/k01/t01/v02"]
+            .into_iter()
+            .enumerate()
+        {
+            made.push(
+                h.create_member(u(v), sample(&format!("Member {}", 3 - i)))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let epoch = |r: &StoreReader| {
+            let tx = r.db_for_tests().begin_read().unwrap();
+            let meta = tx.open_table(META).unwrap();
+            meta.get(FEED_EPOCH).unwrap().unwrap().value()
+        };
+        let before = epoch(&r);
+        t.shutdown().await;
+        drop((h, r));
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.delete_table(VIEW_ORDER).unwrap();
+            tx.open_table(META).unwrap().insert("layout", 11).unwrap();
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert!(h.verify_views().await.unwrap().is_empty());
+        assert_eq!(epoch(&r), before);
+        let p = r
+            .members_ordered(
+                &me,
+                true,
+                MemberFilter::default(),
+                MemberOrder::Name,
+                false,
+                None,
+                10,
+                true,
+            )
+            .unwrap();
+        let got: Vec<&str> = p.items.iter().map(|(_, m)| m.name.as_str()).collect();
+        assert_eq!(got, ["Member 1", "Member 2", "Member 3"]);
+        t.shutdown().await;
     }
 
     /// A node of an earlier build took a member's categories in without counting them: its

@@ -17,8 +17,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::backup::BackupInfo;
 use super::tables::{
-    FEED, FEED_EPOCH, FEED_KEY, META, SECRETS, USERS, VIEW_MEMBERS, VIEW_RECORDS, VIEW_REFS,
-    VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
+    FEED, FEED_EPOCH, FEED_KEY, META, OWNER, SECRETS, USERS, VIEW_MEMBERS, VIEW_ORDER,
+    VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
 };
 use super::{StoreError, db};
 
@@ -225,16 +225,6 @@ impl SortKey {
             i128::from(v) - i128::from(i64::MIN)
         )))
     }
-
-    /// How `a` and `b` compare in a listing ordered `descending` or not: rows without a
-    /// value last either way.
-    pub fn cmp_in(a: &SortKey, b: &SortKey, descending: bool) -> std::cmp::Ordering {
-        match (&a.0, &b.0) {
-            (Some(x), Some(y)) if descending => y.cmp(x),
-            (Some(x), Some(y)) => x.cmp(y),
-            (x, y) => x.is_none().cmp(&y.is_none()),
-        }
-    }
 }
 
 /// Where a page of an ordered listing starts: just after this key and row.
@@ -244,6 +234,28 @@ pub struct OrderedCursor {
     pub key: SortKey,
     /// That row.
     pub at: MemberCursor,
+}
+
+impl OrderedCursor {
+    /// How rows `a` and `b` compare in a listing ordered `descending` or not: rows without
+    /// a value last either way; the others by (key, unit, record), that order reversed when
+    /// `descending` (as the sorted index reads backwards).
+    pub fn cmp_in(a: &OrderedCursor, b: &OrderedCursor, descending: bool) -> std::cmp::Ordering {
+        let none = |c: &OrderedCursor| c.key.0.is_none();
+        none(a).cmp(&none(b)).then_with(|| {
+            let o = (
+                a.key.0.as_deref(),
+                a.at.tree_key.as_str(),
+                a.at.record.as_str(),
+            )
+                .cmp(&(
+                    b.key.0.as_deref(),
+                    b.at.tree_key.as_str(),
+                    b.at.record.as_str(),
+                ));
+            if descending { o.reverse() } else { o }
+        })
+    }
 }
 
 /// One page of an ordered listing.
@@ -277,12 +289,7 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
     first: usize,
     wanted: impl Fn(&T) -> bool,
 ) -> Result<OrderedPage<T>, StoreError> {
-    let cmp = |a: &OrderedCursor, b: &OrderedCursor| {
-        SortKey::cmp_in(&a.key, &b.key, order.descending).then_with(|| {
-            (a.at.tree_key.as_str(), a.at.record.as_str())
-                .cmp(&(b.at.tree_key.as_str(), b.at.record.as_str()))
-        })
-    };
+    let cmp = |a: &OrderedCursor, b: &OrderedCursor| OrderedCursor::cmp_in(a, b, order.descending);
     // The rows after the cursor that come first, in order, at most `first + 1` of them.
     let mut next: Vec<(OrderedCursor, T)> = Vec::with_capacity(first + 1);
     let mut total = 0;
@@ -475,6 +482,85 @@ fn page<T: serde::de::DeserializeOwned>(
         items.push((cursor, item));
     }
     Ok((items, false))
+}
+
+/// How many members of the listing `lo..hi` (of `unit`, or its `subtree`) `filter` keeps:
+/// the subtree's roll-up row (read in `tx`, so it matches the rows) when the filter asks
+/// only what roll-ups count; otherwise, and for a unit's own register, the rows counted,
+/// and only when `count` asks (0 when it does not).
+fn member_total(
+    tx: &redb::ReadTransaction,
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    unit: &UnitId,
+    subtree: bool,
+    filter: &MemberFilter,
+    (lo, hi): ((&str, &str), (&str, &str)),
+    count: bool,
+) -> Result<usize, StoreError> {
+    if subtree && !filter.beyond_rollups() {
+        usize::try_from(rollup_kept(tx, unit, filter)?).map_err(|_| {
+            StoreError::Corrupt(format!("a roll-up past this machine's size at {unit}"))
+        })
+    } else if !count {
+        Ok(0)
+    } else if *filter != MemberFilter::default() {
+        let mut n = 0;
+        for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            n += usize::from(filter.keeps(&decode(v.value())?));
+        }
+        Ok(n)
+    } else {
+        Ok(t.range::<(&str, &str)>(lo..hi).map_err(db)?.count())
+    }
+}
+
+/// The members of `unit`'s subtree that `filter` keeps, by its roll-up row, for a filter of
+/// at most a status and a category.
+fn rollup_kept(
+    tx: &redb::ReadTransaction,
+    unit: &UnitId,
+    filter: &MemberFilter,
+) -> Result<u64, StoreError> {
+    let key = unit.tree_key();
+    let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+    let n = match r.get(key.as_str()).map_err(db)? {
+        Some(v) => {
+            let rollup = decode::<Rollup>(v.value())?;
+            match (filter.category, filter.status) {
+                (Some(c), s) => rollup.in_category(c, s),
+                (None, Some(s)) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
+                (None, None) => rollup.members,
+            }
+        }
+        None => 0,
+    };
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))
+}
+
+/// Whether a subtree listing of `unit` at the node of `me` reads through the sorted index:
+/// the node's own, whenever the node keeps one; a unit's below it when the filter is one
+/// the roll-ups count and the walk is the cheaper ([`super::order::walk_below`]).
+pub(super) fn through_index(
+    tx: &redb::ReadTransaction,
+    me: Option<&UnitId>,
+    unit: &UnitId,
+    filter: &MemberFilter,
+    first: usize,
+) -> Result<bool, StoreError> {
+    let Some(me) = me.filter(|me| super::order::indexes(me) && unit.is_in_subtree_of(me)) else {
+        return Ok(false);
+    };
+    if unit == me {
+        return Ok(true);
+    }
+    if filter.beyond_rollups() {
+        return Ok(false);
+    }
+    let held = rollup_kept(tx, me, &MemberFilter::default())?;
+    let rows = rollup_kept(tx, unit, &MemberFilter::default())?;
+    let kept = rollup_kept(tx, unit, filter)?;
+    Ok(super::order::walk_below(first, held, rows, kept))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
@@ -891,42 +977,12 @@ impl StoreReader {
         first: usize,
         count: bool,
     ) -> Result<MemberPage, StoreError> {
-        let (status, category) = (filter.status, filter.category);
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
-        // The subtree's count is its roll-up row (same read transaction, so it matches the
-        // rows) when the filter asks only what roll-ups count; otherwise, and for a unit's
-        // own register, the rows are counted.
+        let total = member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?;
         let wanted = |m: &Member| filter.keeps(m);
-        let total = if subtree && !filter.beyond_rollups() {
-            let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-            let n = match r.get(key.as_str()).map_err(db)? {
-                Some(v) => {
-                    let rollup = decode::<Rollup>(v.value())?;
-                    match (category, status) {
-                        (Some(c), s) => rollup.in_category(c, s),
-                        (None, Some(s)) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
-                        (None, None) => rollup.members,
-                    }
-                }
-                None => 0,
-            };
-            usize::try_from(n)
-                .map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))?
-        } else if !count {
-            0
-        } else if filter != MemberFilter::default() {
-            let mut n = 0;
-            for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
-                let (_, v) = row.map_err(db)?;
-                n += usize::from(wanted(&decode(v.value())?));
-            }
-            n
-        } else {
-            t.range::<(&str, &str)>(lo..hi).map_err(db)?.count()
-        };
         let (items, has_next) = page(&t, lo, hi, after, first, wanted)?;
         Ok(MemberPage {
             items,
@@ -935,23 +991,98 @@ impl StoreReader {
         })
     }
 
-    /// [`members_with`](Self::members_with) in `order`, with the count of the whole
-    /// listing.
+    /// [`members_with`](Self::members_with) ordered `by` a field (greatest first when
+    /// `descending`), ties by (unit, record), `first` of them after `after`. At a city or a
+    /// county node a subtree listing reads through the sorted index
+    /// ([`super::tables::VIEW_ORDER`]) when [`through_index`] says so: only the rows the page
+    /// shows and those the filter passes over; other listings read every row. The count is
+    /// as [`members_with`](Self::members_with) makes it (0 when `count` does not ask and the
+    /// filter is beyond the roll-ups).
+    #[allow(clippy::too_many_arguments)]
     pub fn members_ordered(
         &self,
         unit: &UnitId,
         subtree: bool,
         filter: MemberFilter,
-        order: &Order<'_, Member>,
+        by: super::MemberOrder,
+        descending: bool,
         after: Option<&OrderedCursor>,
         first: usize,
+        count: bool,
     ) -> Result<OrderedPage<Member>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
-        ordered_page(&t, lo, hi, order, after, first, |m: &Member| {
-            filter.keeps(m)
+        let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+        if !(subtree && through_index(&tx, me.as_ref(), unit, &filter, first)?) {
+            let key = |m: &Member| by.key(m);
+            let order = Order {
+                key: &key,
+                descending,
+            };
+            return ordered_page(&t, lo, hi, &order, after, first, |m: &Member| {
+                filter.keeps(m)
+            });
+        }
+        let index = tx.open_table(VIEW_ORDER).map_err(db)?;
+        let from = by.as_str();
+        let to = format!("{from}\0");
+        let (start, stop) = ((from, "", "", ""), (to.as_str(), "", "", ""));
+        let at = after.map(|a| {
+            (
+                from,
+                a.key.0.as_deref().unwrap_or(""),
+                a.at.tree_key.as_str(),
+                a.at.record.as_str(),
+            )
+        });
+        let bounds = match (at, descending) {
+            (None, _) => (Bound::Included(start), Bound::Excluded(stop)),
+            (Some(a), false) => (Bound::Excluded(a), Bound::Excluded(stop)),
+            (Some(a), true) => (Bound::Included(start), Bound::Excluded(a)),
+        };
+        let range = index
+            .range::<(&str, &str, &str, &str)>(bounds)
+            .map_err(db)?;
+        let entries: Box<dyn Iterator<Item = _>> = if descending {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut items = Vec::with_capacity(first + 1);
+        for entry in entries {
+            let (k, _) = entry.map_err(db)?;
+            let (_, sort, tree, record) = k.value();
+            if !tree.starts_with(&key) {
+                continue;
+            }
+            let row = t.get((tree, record)).map_err(db)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("index entry {tree}{record}: no row"))
+            })?;
+            let m: Member = decode(row.value())?;
+            if !filter.keeps(&m) {
+                continue;
+            }
+            let c = OrderedCursor {
+                key: SortKey(Some(sort.to_owned())),
+                at: MemberCursor {
+                    tree_key: tree.to_owned(),
+                    record: record.to_owned(),
+                },
+            };
+            items.push((c, m));
+            if items.len() > first {
+                break;
+            }
+        }
+        let has_next = items.len() > first;
+        items.truncate(first);
+        let total = member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?;
+        Ok(OrderedPage {
+            items,
+            has_next,
+            total,
         })
     }
 

@@ -42,7 +42,9 @@
 //!   gateway at 32 concurrent connections: requests/s against `{ __typename }` on the same
 //!   server in the same run, and p99 latency; every response body checked. Then, one
 //!   connection each: a page of a county's 15,000 members ordered by name against the same
-//!   page in stored order, and a page of 100 entries of the record feed.
+//!   page in stored order; the same for the city's 150,000, and by year of birth, greatest
+//!   first, from the 5,000th row; a township's 1,500 by name; and a page of 100 entries of
+//!   the record feed.
 //! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
 //!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
 //!   a city's 5,000 villages): time until the county's views, then the city's, hold every
@@ -1779,7 +1781,7 @@ fn city_villages() -> Vec<UnitId> {
 async fn load(
     url: &str,
     token: &str,
-    query: &'static str,
+    query: &str,
     connections: usize,
     duration: Duration,
     check: fn(&serde_json::Value) -> bool,
@@ -1787,7 +1789,7 @@ async fn load(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (url, token) = (url.to_owned(), token.to_owned());
+        let (url, token, query) = (url.to_owned(), token.to_owned(), query.to_owned());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
@@ -1796,7 +1798,7 @@ async fn load(
             // At least one request each, so a zero duration is a warm-up.
             loop {
                 let t = Instant::now();
-                let r = gql_with(&client, &url, Some(&token), query, json!({})).await?;
+                let r = gql_with(&client, &url, Some(&token), &query, json!({})).await?;
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
                 anyhow::ensure!(check(&r), "unexpected answer: {r}");
                 if start.elapsed() >= duration {
@@ -1838,16 +1840,22 @@ async fn rollup() -> anyhow::Result<()> {
             grassroots_schema::Role::Viewer,
         )
         .await?;
-    // The county whose members are listed below, named (registered) at the city.
-    store
-        .set_unit_details(
-            unit("c01/k00"),
-            grassroots_schema::UnitDetails {
-                name: Some("County 0".into()),
-                ..Default::default()
-            },
-        )
-        .await?;
+    // The units whose members are listed below, named (registered) at the city.
+    for (id, name) in [
+        ("c01", "City"),
+        ("c01/k00", "County 0"),
+        ("c01/k00/t00", "Township 0"),
+    ] {
+        store
+            .set_unit_details(
+                unit(id),
+                grassroots_schema::UnitDetails {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/graphql", listener.local_addr()?);
     let backend = grassroots_gateway::graphql::Backend {
@@ -1890,9 +1898,10 @@ async fn rollup() -> anyhow::Result<()> {
     }
     lat.sort_by(f64::total_cmp);
     let (base, rate) = (base_n / base_s, n / secs);
-    // A county's 15,000 members ordered by name (the whole range read and sorted for each
-    // page) against the same listing in its stored order; and a page of 100 entries of the
-    // record feed from its start.
+    // A county's 15,000 members ordered by name against the same listing in its stored
+    // order; the city's 150,000 the same, and ordered by year of birth, greatest first, from
+    // a cursor deep in the listing; a township's 1,500 by name (read whole: townships are
+    // not indexed); and a page of 100 entries of the record feed from its start.
     let page_of = |r: &serde_json::Value| {
         r["data"]["unit"]["members"]["edges"]
             .as_array()
@@ -1900,6 +1909,24 @@ async fn rollup() -> anyhow::Result<()> {
     };
     let (_, stored) = load(&url, &token, STORED_QUERY, 1, PHASE * 2, page_of).await?;
     let (_, ordered) = load(&url, &token, ORDERED_QUERY, 1, PHASE * 2, page_of).await?;
+    let city_stored = members_page("c01", "", None);
+    let (_, city_stored) = load(&url, &token, &city_stored, 1, PHASE * 2, page_of).await?;
+    let city_ordered = members_page("c01", ", orderBy: NAME", None);
+    let (_, city_ordered) = load(&url, &token, &city_ordered, 1, PHASE * 2, page_of).await?;
+    // The cursor of the 5,000th row, walked to once.
+    let by_year = ", orderBy: BIRTH_YEAR, descending: true";
+    let (client, mut after) = (reqwest::Client::new(), None);
+    for _ in 0..250 {
+        let q = members_page("c01", by_year, after.as_deref());
+        let r = gql_with(&client, &url, Some(&token), &q, json!({})).await?;
+        after = r["data"]["unit"]["members"]["pageInfo"]["endCursor"]
+            .as_str()
+            .map(str::to_owned);
+    }
+    let deep = members_page("c01", by_year, after.as_deref());
+    let (_, deep) = load(&url, &token, &deep, 1, PHASE * 2, page_of).await?;
+    let township = members_page("c01/k00/t00", ", orderBy: NAME", None);
+    let (_, township) = load(&url, &token, &township, 1, PHASE * 2, page_of).await?;
     let feed_page = |r: &serde_json::Value| {
         r["data"]["recordFeed"]["entries"]
             .as_array()
@@ -1926,8 +1953,40 @@ async fn rollup() -> anyhow::Result<()> {
         "ms",
         Some(stored),
     );
+    let city_stored = median(city_stored);
+    emit(
+        "rollup",
+        "ordered_city_listing_p50_ms",
+        median(city_ordered),
+        "ms",
+        Some(city_stored),
+    );
+    emit(
+        "rollup",
+        "ordered_city_listing_deep_p50_ms",
+        median(deep),
+        "ms",
+        Some(city_stored),
+    );
+    emit(
+        "rollup",
+        "ordered_township_listing_p50_ms",
+        median(township),
+        "ms",
+        None,
+    );
     emit("rollup", "feed_page_100_p50_ms", median(feed), "ms", None);
     Ok(())
+}
+
+/// A page of 20 of `unit`'s subtree's members, with `order` (its arguments, each after a
+/// comma), after `after`; with the page's end cursor.
+fn members_page(unit: &str, order: &str, after: Option<&str>) -> String {
+    let after = after.map_or(String::new(), |a| format!(", after: \"{a}\""));
+    format!(
+        "{{ unit(id: \"{unit}\") {{ members(subtree: true{order}{after}) {{ \
+         edges {{ node {{ name }} }} pageInfo {{ endCursor }} }} }} }}"
+    )
 }
 
 /// A page of a county's members (15,000 in its subtree) in stored order.

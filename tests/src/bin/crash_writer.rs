@@ -1,8 +1,8 @@
-//! A store writer for the crash test: opens a store and writes members from several
-//! concurrent tasks, printing `ACK <member id>` for each write once it is acknowledged
-//! (durable), until it is killed.
+//! A store writer for the crash test: opens the store of a node and writes members of a unit
+//! of its subtree (the node's own by default) from several concurrent tasks, printing
+//! `ACK <member id>` for each write once it is acknowledged (durable), until it is killed.
 //!
-//! `crash-writer <store.redb> <unit>`
+//! `crash-writer <store.redb> <node unit> [<unit written>]`
 
 use std::io::Write as _;
 
@@ -13,17 +13,19 @@ const WRITERS: usize = 8;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().context("usage: crash-writer STORE UNIT")?;
-    let unit: UnitId = args
-        .next()
-        .context("usage: crash-writer STORE UNIT")?
-        .parse()?;
+    const USAGE: &str = "usage: crash-writer STORE NODE_UNIT [UNIT_WRITTEN]";
+    let path = args.next().context(USAGE)?;
+    let node: UnitId = args.next().context(USAGE)?.parse()?;
+    let unit: UnitId = match args.next() {
+        Some(u) => u.parse()?,
+        None => node.clone(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let (store, _reader, _thread) = grassroots_node::store::open(path.as_ref(), unit.clone())?;
+        let (store, _reader, _thread) = grassroots_node::store::open(path.as_ref(), node)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         for w in 0..WRITERS {
             let (store, unit, tx) = (store.clone(), unit.clone(), tx.clone());

@@ -1,0 +1,173 @@
+//! The sorted index of member listings ([`VIEW_ORDER`]): a page of a city's or a county's
+//! members in the order of a field reads only the rows it shows instead of every row of the
+//! subtree (a city's 150,000 members for each page of 20).
+//!
+//! Only city and county nodes keep it, over their whole subtree, in one listing per field.
+//! An entry's place in the index is random (the order of names is not the order members
+//! arrive in), so each costs a page write at the next commit: an index per level (a city
+//! node's counties each with their own) doubled a city's full sync where one costs a third.
+//! A listing of a unit below the node walks the node's listing and passes over the entries
+//! of other units by their keys alone, when that is cheaper than reading the listing whole
+//! ([`walk_below`]): a county's or a township's at a city, not a village's. Village and
+//! township nodes write no entry (writes at a village pay nothing); their listings are small
+//! enough to read whole.
+
+use grassroots_schema::{Level, Member, UnitId};
+use redb::ReadableTable;
+
+use super::reader::SortKey;
+use super::tables::{OWNER, VIEW_MEMBERS, VIEW_ORDER};
+use super::{StoreError, db};
+
+/// What a member listing is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberOrder {
+    /// Name, by character code.
+    Name,
+    /// Year of birth.
+    BirthYear,
+    /// Date of joining (`YYYY-MM-DD` sorts as the date).
+    JoinedOn,
+}
+
+impl MemberOrder {
+    /// Every order, each with its own index entries.
+    pub const ALL: [MemberOrder; 3] = [
+        MemberOrder::Name,
+        MemberOrder::BirthYear,
+        MemberOrder::JoinedOn,
+    ];
+
+    /// Its name in index keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberOrder::Name => "name",
+            MemberOrder::BirthYear => "birthYear",
+            MemberOrder::JoinedOn => "joinedOn",
+        }
+    }
+
+    /// A member's place in the listing.
+    pub fn key(self, m: &Member) -> SortKey {
+        match self {
+            MemberOrder::Name => SortKey(Some(m.name.clone())),
+            MemberOrder::BirthYear => SortKey::int(m.birth_year),
+            MemberOrder::JoinedOn => SortKey(Some(m.joined_on.clone())),
+        }
+    }
+}
+
+/// Whether the node of `me` keeps the index (of its own subtree).
+pub(super) fn indexes(me: &UnitId) -> bool {
+    matches!(me.level(), Level::City | Level::County)
+}
+
+/// Entries the index walk passes over per row a listing read whole would decode, at most:
+/// passing an entry reads its key alone (is the member in the subtree asked for?), a row
+/// read whole is decoded from JSON, several times the work.
+const ENTRIES_PER_ROW: u64 = 4;
+
+/// Whether a page of `first` rows of a listing of a unit below the node is cheaper through
+/// the node's index than by reading the listing whole: the walk passes over about
+/// `held / kept` entries per row it shows (`held` the node's members, `kept` those of the
+/// listing the filter keeps), reading whole decodes every one of the listing's `rows`.
+pub(super) fn walk_below(first: usize, held: u64, rows: u64, kept: u64) -> bool {
+    let shown = u64::try_from(first).unwrap_or(u64::MAX).saturating_add(1);
+    kept > 0 && shown.saturating_mul(held) / kept <= rows.saturating_mul(ENTRIES_PER_ROW)
+}
+
+/// The unit whose node the store is (its [`OWNER`] row), if written yet.
+pub(super) fn store_unit(
+    owner: &impl ReadableTable<&'static str, &'static str>,
+) -> Result<Option<UnitId>, StoreError> {
+    match owner.get("unit").map_err(db)? {
+        Some(v) => v
+            .value()
+            .parse()
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("the store's unit: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// The index entries of a member of `unit`: (order, sort key) for each order when the
+/// node's listing is indexed and holds it; the key's other parts are the unit and the
+/// record.
+fn entries(me: Option<&UnitId>, unit: &UnitId, m: &Member) -> Vec<(&'static str, String)> {
+    if !me.is_some_and(|me| indexes(me) && unit.is_in_subtree_of(me)) {
+        return Vec::new();
+    }
+    // Every member has a value of each field: the key is never empty.
+    MemberOrder::ALL
+        .iter()
+        .map(|o| (o.as_str(), o.key(m).0.unwrap_or_default()))
+        .collect()
+}
+
+/// Every index entry of `m`, as one text each (for comparing with a rebuild).
+pub(super) fn entry_texts(me: Option<&UnitId>, m: &Member) -> impl Iterator<Item = String> + use<> {
+    let (unit, record) = (m.id.unit.tree_key(), m.id.record.to_string());
+    entries(me, &m.id.unit, m)
+        .into_iter()
+        .map(move |(l, k)| entry_text(l, &k, &unit, &record))
+}
+
+/// One index key as one text.
+pub(super) fn entry_text(listing: &str, key: &str, unit: &str, record: &str) -> String {
+    format!("{listing}\u{1f}{key}\u{1f}{unit}\u{1f}{record}")
+}
+
+/// The index table as written in one commit.
+pub(super) type OrderTable<'t> =
+    redb::Table<'t, (&'static str, &'static str, &'static str, &'static str), &'static [u8]>;
+
+/// Move the index entries of the row of `record` of `unit` from `old` to `now` (either may
+/// be absent). Entries the two share stay as they are.
+pub(super) fn update(
+    table: &mut OrderTable<'_>,
+    me: Option<&UnitId>,
+    unit: &UnitId,
+    record: &str,
+    old: Option<&Member>,
+    now: Option<&Member>,
+) -> Result<(), StoreError> {
+    let old_entries = old.map(|m| entries(me, unit, m)).unwrap_or_default();
+    let now_entries = now.map(|m| entries(me, unit, m)).unwrap_or_default();
+    let tree = unit.tree_key();
+    for (l, k) in old_entries.iter().filter(|e| !now_entries.contains(e)) {
+        table
+            .remove((*l, k.as_str(), tree.as_str(), record))
+            .map_err(db)?;
+    }
+    for (l, k) in now_entries.iter().filter(|e| !old_entries.contains(e)) {
+        table
+            .insert((*l, k.as_str(), tree.as_str(), record), [].as_slice())
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Layout 12: the index written from the members view as it stands (no document is read).
+/// A row that does not decode is left out and named, not allowed to stop the store from
+/// opening; `grassroots store rebuild` writes the views and the index again.
+pub(super) fn migrate_12_fill(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let me = store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+    let members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+    let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
+    for row in redb::ReadableTable::iter(&members).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let (tree, record) = k.value();
+        match serde_json::from_slice::<Member>(v.value()) {
+            Ok(m) if m.id.unit.tree_key() == tree => {
+                update(&mut order, me.as_ref(), &m.id.unit, record, None, Some(&m))?;
+            }
+            Ok(_) => {
+                tracing::error!(row = %format!("{tree}{record}"), "a member row under another unit's key left out of the sorted index")
+            }
+            Err(e) => {
+                tracing::error!(row = %format!("{tree}{record}"), "a member row that does not decode left out of the sorted index ({e})")
+            }
+        }
+    }
+    Ok(())
+}
