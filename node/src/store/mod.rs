@@ -4078,6 +4078,31 @@ mod tests {
                     assert_eq!(got, want, "{unit} by {by:?}, descending {descending}");
                 }
             }
+            // Nothing sorts after a row without a value (a cursor only a client could make,
+            // members all having one), whichever way the listing is read.
+            let forged = OrderedCursor {
+                key: SortKey(None),
+                at: MemberCursor {
+                    tree_key: unit.tree_key(),
+                    record: String::new(),
+                },
+            };
+            for descending in [false, true] {
+                let p = r
+                    .members_ordered(
+                        &unit,
+                        true,
+                        MemberFilter::default(),
+                        MemberOrder::Name,
+                        descending,
+                        Some(&forged),
+                        size,
+                        true,
+                    )
+                    .unwrap();
+                assert!(p.items.is_empty() && !p.has_next, "{unit}, {size} a page");
+                assert_eq!(p.total, held.len());
+            }
             // The count is of what the filter keeps, and so is the page.
             let filter = MemberFilter {
                 name: Some("name 3".into()),

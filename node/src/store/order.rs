@@ -152,6 +152,9 @@ pub(super) fn update(
 /// opening; `grassroots store rebuild` writes the views and the index again.
 pub(super) fn migrate_12_fill(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let me = store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+    if !me.as_ref().is_some_and(indexes) {
+        return Ok(());
+    }
     let members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
     let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
     for row in redb::ReadableTable::iter(&members).map_err(db)? {

@@ -995,9 +995,9 @@ impl StoreReader {
     /// `descending`), ties by (unit, record), `first` of them after `after`. At a city or a
     /// county node a subtree listing reads through the sorted index
     /// ([`super::tables::VIEW_ORDER`]) when [`through_index`] says so: only the rows the page
-    /// shows and those the filter passes over; other listings read every row. The count is
-    /// as [`members_with`](Self::members_with) makes it (0 when `count` does not ask and the
-    /// filter is beyond the roll-ups).
+    /// shows and those the filter passes over; other listings read every row, and count
+    /// them. Through the index the count is as [`members_with`](Self::members_with) makes
+    /// it (0 when `count` does not ask and the filter is beyond the roll-ups).
     #[allow(clippy::too_many_arguments)]
     pub fn members_ordered(
         &self,
@@ -1023,6 +1023,15 @@ impl StoreReader {
             };
             return ordered_page(&t, lo, hi, &order, after, first, |m: &Member| {
                 filter.keeps(m)
+            });
+        }
+        // Every member has a value of each field, so nothing sorts after a row without one
+        // (a cursor only a client could make): as the rows read whole would give, no row.
+        if after.is_some_and(|a| a.key.0.is_none()) {
+            return Ok(OrderedPage {
+                items: Vec::new(),
+                has_next: false,
+                total: member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?,
             });
         }
         let index = tx.open_table(VIEW_ORDER).map_err(db)?;
