@@ -861,7 +861,14 @@ pub fn list<T: EntityType>(
             .as_deref()
             .map(|a| decode_ordered(&of, a))
             .transpose()?;
-        return ordered::<T>(ctx, spec, field, args.descending, after, &query, &wanted);
+        return ordered::<T>(
+            ctx,
+            spec,
+            (field, args.descending, &of),
+            after,
+            &query,
+            &wanted,
+        );
     }
     let page = b.reader.records(&query, &wanted).map_err(internal)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
@@ -877,12 +884,12 @@ pub fn list<T: EntityType>(
     ))
 }
 
-/// [`list`]'s page ordered by `field`, one of the kind's fields [`orderable`] allows.
+/// [`list`]'s page ordered by `field`, one of the kind's fields [`orderable`] allows,
+/// `descending` or not (`of`, its [`ordering`], names it in the cursors).
 fn ordered<T: EntityType>(
     ctx: &Context<'_>,
     spec: &gs::EntitySpec,
-    field: &str,
-    descending: bool,
+    (field, descending, of): (&str, bool, &str),
     after: Option<grassroots_node::store::OrderedCursor>,
     query: &grassroots_node::store::RecordQuery<'_>,
     wanted: &dyn Fn(&Record) -> bool,
@@ -909,7 +916,6 @@ fn ordered<T: EntityType>(
         key: &key,
         descending,
     };
-    let of = ordering(T::KIND, field, descending);
     let page = backend(ctx)?
         .reader
         .records_ordered(query, &order, after.as_ref(), wanted)
@@ -918,7 +924,7 @@ fn ordered<T: EntityType>(
     let edges = page
         .items
         .into_iter()
-        .map(|(c, r)| (encode_ordered(&of, &c), T::from(r)));
+        .map(|(c, r)| (encode_ordered(of, &c), T::from(r)));
     Ok(connection(
         after.is_some(),
         page.has_next,

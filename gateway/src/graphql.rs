@@ -2513,7 +2513,7 @@ impl Query {
         let who = caller(ctx);
         let page = b
             .reader
-            .feed(from.as_ref(), root.as_ref(), first, FEED_SCAN, |e| {
+            .feed(from.as_ref(), root.as_ref(), first, FEED_SCAN, |e, rows| {
                 let r = &e.record;
                 // Judged by the document first, as the subscription is. A record of it the
                 // caller may not read is listed as gone, by its id only: a directive moved
@@ -2532,11 +2532,10 @@ impl Query {
                             unit: r.unit.clone(),
                             record: r.record,
                         };
-                        b.reader
-                            .member(&id)
+                        rows.member(&id)
                             .map(|m| m.map(|m| FeedItem::Member(MemberGql(m))))
                     }
-                    _ => b.reader.record(r).map(|rec| {
+                    _ => rows.record(r).map(|rec| {
                         rec.filter(|rec| gs::can_read_record(who, rec))
                             .and_then(AnyRecord::of)
                             .map(FeedItem::Record)

@@ -852,7 +852,10 @@ mod tests {
         h.create_member(me.clone(), sample("Later")).await.unwrap();
         h.add_user([2; 32], me.clone(), Role::Admin).await.unwrap();
         // A feed reader up to date with the store before it is lost.
-        let read = r.feed(None, None, 10, 10, |_| Ok(Some(()))).unwrap().next;
+        let read = r
+            .feed(None, None, 10, 10, |_, _| Ok(Some(())))
+            .unwrap()
+            .next;
         assert!(matches!(
             restore(&backup, &path, &me, 2_000).await,
             Err(StoreError::Locked(_))
@@ -927,7 +930,9 @@ mod tests {
         assert!(r.user(&[2; 32]).unwrap().is_some(), "a newer user lost");
         // The feed's positions ran again from the backup's: that reader starts over (its
         // position, past the backup's, would otherwise skip the next writes).
-        let again = r.feed(Some(&read), None, 10, 10, |_| Ok(Some(()))).unwrap();
+        let again = r
+            .feed(Some(&read), None, 10, 10, |_, _| Ok(Some(())))
+            .unwrap();
         assert!(again.reset);
         assert_eq!(again.entries.len(), 1);
         t.shutdown().await;

@@ -32,8 +32,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use order::MemberOrder;
 pub use reader::{
-    BackupLog, FeedCursor, FeedEntry, FeedPage, MemberCursor, MemberFilter, MemberPage, Order,
-    OrderedCursor, OrderedPage, RecordPage, RecordQuery, SortKey, StoreReader, TokenUser,
+    BackupLog, FeedCursor, FeedEntry, FeedPage, FeedRows, MemberCursor, MemberFilter, MemberPage,
+    Order, OrderedCursor, OrderedPage, RecordPage, RecordQuery, SortKey, StoreReader, TokenUser,
 };
 use tables::*;
 
@@ -3807,7 +3807,7 @@ mod tests {
         let (v1, v2) = (u("c01/k01/t01/v01"), u("c01/k01/t01/v02"));
         let (h, r, t) = open(&path, me.clone()).unwrap();
         let all = |from: Option<&FeedCursor>, root: Option<&UnitId>| {
-            r.feed(from, root, 1000, 1000, |e| Ok(Some(e.clone())))
+            r.feed(from, root, 1000, 1000, |e, _| Ok(Some(e.clone())))
                 .unwrap()
         };
         let names = |p: &FeedPage<FeedEntry>| -> Vec<(String, bool)> {
@@ -3896,8 +3896,18 @@ mod tests {
         // first; each goes on from the last position looked at, and the pages add up to
         // the whole.
         let members_only = |from: Option<&FeedCursor>, first: usize, scan: usize| {
-            r.feed(from, None, first, scan, |e| {
-                Ok((e.record.kind == DocKind::Members).then(|| e.clone()))
+            r.feed(from, None, first, scan, |e, rows| {
+                if e.record.kind != DocKind::Members {
+                    return Ok(None);
+                }
+                // The row comes from the page's own read of the views: there unless the
+                // entry is the record's removal.
+                let id = MemberId {
+                    unit: e.record.unit.clone(),
+                    record: e.record.record,
+                };
+                assert_eq!(rows.member(&id)?.is_some(), !e.deleted, "{id}");
+                Ok(Some(e.clone()))
             })
             .unwrap()
         };
@@ -3931,7 +3941,10 @@ mod tests {
         oh.create_member(v1.clone(), sample("Elsewhere"))
             .await
             .unwrap();
-        let foreign = or.feed(None, None, 10, 10, |_| Ok(Some(()))).unwrap().next;
+        let foreign = or
+            .feed(None, None, 10, 10, |_, _| Ok(Some(())))
+            .unwrap()
+            .next;
         ot.shutdown().await;
         let read = all(Some(&foreign), None);
         assert!(read.reset);
@@ -3965,7 +3978,7 @@ mod tests {
         let (h, r, t) = open(&path, me.clone()).unwrap();
         h.create_member(v1.clone(), sample("C")).await.unwrap();
         let after = r
-            .feed(Some(&before.next), None, 10, 10, |e| Ok(Some(e.clone())))
+            .feed(Some(&before.next), None, 10, 10, |e, _| Ok(Some(e.clone())))
             .unwrap();
         assert!(!after.reset);
         assert_eq!(after.entries.len(), 1);

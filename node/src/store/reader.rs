@@ -414,6 +414,51 @@ pub struct FeedEntry {
     pub deleted: bool,
 }
 
+/// The view rows of a feed page's records, read in the transaction that read the page's
+/// entries: one consistent view, and no transaction per entry.
+pub struct FeedRows {
+    members: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+    records: redb::ReadOnlyTable<(&'static str, &'static str), &'static [u8]>,
+}
+
+impl FeedRows {
+    /// The member `id`, if its row is there.
+    pub fn member(&self, id: &MemberId) -> Result<Option<Member>, StoreError> {
+        member_row(&self.members, id)
+    }
+
+    /// The record `id` of the other kinds, if its row is there.
+    pub fn record(&self, id: &RecordRef) -> Result<Option<Record>, StoreError> {
+        record_row(&self.records, id)
+    }
+}
+
+/// The member `id`'s row in `t`, if there.
+fn member_row(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    id: &MemberId,
+) -> Result<Option<Member>, StoreError> {
+    let key = id.unit.tree_key();
+    let rec = id.record.to_string();
+    match t.get((key.as_str(), rec.as_str())).map_err(db)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// The record `id`'s row in `t`, if there.
+fn record_row(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    id: &RecordRef,
+) -> Result<Option<Record>, StoreError> {
+    let key = records_key(id.kind, &id.unit);
+    let rec = id.record.to_string();
+    match t.get((key.as_str(), rec.as_str())).map_err(db)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
 /// What [`StoreReader::feed`] read.
 #[derive(Debug, Clone)]
 pub struct FeedPage<T> {
@@ -858,16 +903,21 @@ impl StoreReader {
     /// `first` entries of records in `root`'s subtree (anywhere when `None`) that `keep`
     /// makes something of, looking at no more than `scan` positions, so a reader who may see
     /// little of the feed still gets an answer (and a position to go on from) at bounded
-    /// cost.
+    /// cost. `keep` reads the records' rows it wants from the [`FeedRows`] of the same
+    /// transaction: a row shown is as it was at the entry's position or later, never older.
     pub fn feed<T>(
         &self,
         from: Option<&FeedCursor>,
         root: Option<&UnitId>,
         first: usize,
         scan: usize,
-        mut keep: impl FnMut(&FeedEntry) -> Result<Option<T>, StoreError>,
+        mut keep: impl FnMut(&FeedEntry, &FeedRows) -> Result<Option<T>, StoreError>,
     ) -> Result<FeedPage<T>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
+        let views = FeedRows {
+            members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
+            records: tx.open_table(VIEW_RECORDS).map_err(db)?,
+        };
         let key = feed_key(&tx)?;
         let epoch = tx
             .open_table(META)
@@ -920,7 +970,7 @@ impl StoreReader {
                 record,
                 deleted,
             };
-            if let Some(t) = keep(&entry)? {
+            if let Some(t) = keep(&entry, &views)? {
                 entries.push((entry, t));
             }
         }
@@ -943,13 +993,7 @@ impl StoreReader {
     /// One member, if this node holds it.
     pub fn member(&self, id: &MemberId) -> Result<Option<Member>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
-        let key = id.unit.tree_key();
-        let rec = id.record.to_string();
-        match t.get((key.as_str(), rec.as_str())).map_err(db)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
+        member_row(&tx.open_table(VIEW_MEMBERS).map_err(db)?, id)
     }
 
     /// Members of `unit` (and of its whole subtree when `subtree`), in (unit, record) order,
@@ -1095,7 +1139,9 @@ impl StoreReader {
         })
     }
 
-    /// [`records`](Self::records) in `order`, with the count of the whole listing.
+    /// [`records`](Self::records) in `order`, after the ordered cursor `after` (`q.after`, a
+    /// cursor of the stored order, is not read), with the count of the whole listing (read
+    /// whole, it is counted whatever `q.count` says).
     pub fn records_ordered(
         &self,
         q: &RecordQuery<'_>,
@@ -1146,13 +1192,7 @@ impl StoreReader {
     /// One record of the other kinds, if this node holds it.
     pub fn record(&self, id: &RecordRef) -> Result<Option<Record>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
-        let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
-        let key = records_key(id.kind, &id.unit);
-        let rec = id.record.to_string();
-        match t.get((key.as_str(), rec.as_str())).map_err(db)? {
-            Some(v) => Ok(Some(decode(v.value())?)),
-            None => Ok(None),
-        }
+        record_row(&tx.open_table(VIEW_RECORDS).map_err(db)?, id)
     }
 
     /// The records of `kind` owned by every unit above `unit` (directives whoever they
