@@ -711,18 +711,6 @@ pub struct ListArgs {
     pub descending: bool,
 }
 
-/// The sort key of a field's value: text as it is (dates sort as text), integers offset
-/// and padded, flags 0 and 1; none when the record has no value.
-fn sort_key(v: Option<&Value>) -> grassroots_node::store::SortKey {
-    use grassroots_node::store::SortKey;
-    match v {
-        Some(Value::Text(t)) => SortKey(Some(t.clone())),
-        Some(Value::Int(i)) => SortKey::int(*i),
-        Some(Value::Bool(b)) => SortKey(Some(u8::from(*b).to_string())),
-        Some(Value::Null) | None => SortKey(None),
-    }
-}
-
 /// Which ordered listing a cursor belongs to: the kind, the field and the direction. A
 /// cursor of another ordering would put a page at a meaningless place (an empty page read
 /// as the end).
@@ -894,7 +882,7 @@ fn ordered<T: EntityType>(
     query: &grassroots_node::store::RecordQuery<'_>,
     wanted: &dyn Fn(&Record) -> bool,
 ) -> Result<RecordConnection<T>> {
-    let Some(spec_field) = spec.field(field).filter(|f| orderable(f)) else {
+    if spec.field(field).filter(|f| orderable(f)).is_none() {
         let names: Vec<&str> = spec
             .fields
             .iter()
@@ -906,19 +894,11 @@ fn ordered<T: EntityType>(
             format!("orderBy {field:?}: one of {}", names.join(", ")),
         ));
     };
-    // An unset flag reads as false, as the listing's filter takes it.
-    let unset_false = matches!(spec_field.ty, gs::entities::FieldType::Bool);
-    let key = |r: &Record| match r.fields.get(field) {
-        None | Some(Value::Null) if unset_false => sort_key(Some(&Value::Bool(false))),
-        v => sort_key(v),
-    };
-    let order = grassroots_node::store::Order {
-        key: &key,
-        descending,
-    };
+    // The store makes each row's key (an unset flag reads as false, as the listing's filter
+    // takes it) and reads the sorted index where it has one.
     let page = backend(ctx)?
         .reader
-        .records_ordered(query, &order, after.as_ref(), wanted)
+        .records_ordered(query, field, descending, after.as_ref(), wanted)
         .map_err(from_store)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let edges = page

@@ -60,6 +60,11 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "the sorted index of member listings, from the members view",
         super::order::migrate_12_fill,
     ),
+    (
+        13,
+        "the sorted index's record entries, from the records view",
+        super::order::migrate_13_fill,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.

@@ -2442,6 +2442,7 @@ impl Actor {
         let mut want_records = BTreeMap::new();
         let mut want_refs = BTreeMap::new();
         let mut all_members = Vec::new();
+        let mut all_records = Vec::new();
         let mut tallies = Vec::new();
         let mut unreadable = Vec::new();
         for entry in self.engine.docs() {
@@ -2479,6 +2480,7 @@ impl Actor {
                         }
                         want_records.insert(format!("{prefix}{}", r.id.record), to_json(&r)?);
                         tallies.push((owner.clone(), spec.tallies(&r)));
+                        all_records.push(r);
                     }
                 }
             }
@@ -2507,7 +2509,12 @@ impl Actor {
         let me = order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
         let want_order: BTreeMap<String, Vec<u8>> = all_members
             .iter()
-            .flat_map(|m| order::entry_texts(me.as_ref(), m))
+            .flat_map(|m| order::member_texts(me.as_ref(), m))
+            .chain(
+                all_records
+                    .iter()
+                    .flat_map(|r| order::record_texts(me.as_ref(), r)),
+            )
             .map(|k| (k, Vec::new()))
             .collect();
         let mut have_order = BTreeMap::new();
@@ -3623,7 +3630,7 @@ impl<'t> Views<'t> {
                 .map_err(|e| StoreError::Corrupt(format!("member row {key}{rec}: {e}")))?
         };
         let had = old.is_some();
-        order::update(
+        order::update_member(
             &mut self.order,
             self.me.as_ref(),
             owner,
@@ -3670,6 +3677,14 @@ impl<'t> Views<'t> {
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("record row {key}{rec}: {e}")))?
         };
+        order::update_record(
+            &mut self.order,
+            self.me.as_ref(),
+            owner,
+            &rec,
+            old.as_ref(),
+            row,
+        )?;
         for (r, sign) in old.iter().map(|r| (r, -1)).chain(row.map(|r| (r, 1))) {
             self.deltas.note_tallies(owner, &spec.tallies(r), sign);
             if let Some(target) = r.refers_to() {
@@ -4135,6 +4150,138 @@ mod tests {
                 .unwrap();
             let named = held.iter().filter(|m| m.name == "Name 3").count();
             assert_eq!((p.total, p.items.len()), (named, named));
+        }
+        t.shutdown().await;
+    }
+
+    /// A record listing ordered by its kind's period field at a county node reads the sorted
+    /// index (its own subtree) and gives what reading every row gives (a township's, or
+    /// ordered by another field): ties by unit and record, records without a value last in
+    /// both directions, after updates that set, change and clear the value and deletions;
+    /// and the index equals a rebuild's.
+    #[tokio::test]
+    async fn ordered_record_pages_through_the_index_add_up_to_the_listing_sorted() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01");
+        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        let fund = h
+            .create_record(
+                DocKind::Funds,
+                me.clone(),
+                fields(&[
+                    ("name", V::Text("Farmland subsidy".into())),
+                    ("year", V::Int(2026)),
+                    ("total", V::Int(100_000)),
+                ]),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let programme = format!("{}#{}", fund.id.unit, fund.id.record);
+        let villages = [
+            u("c01/k01/t01/v01"),
+            u("c01/k01/t01/v02"),
+            u("c01/k01/t02/v01"),
+        ];
+        let mut all = Vec::new();
+        for i in 0..40u64 {
+            let mut f = vec![
+                ("programme", V::Text(programme.clone())),
+                ("recipient", V::Text(format!("Recipient {}", i % 7))),
+                ("amount", V::Int(100 + (i % 5) as i64)),
+                ("method", V::Text("bank_transfer".into())),
+                ("status", V::Text("paid".into())),
+            ];
+            // Few dates, many ties; every fifth record without one.
+            if i % 5 != 0 {
+                f.push(("paidOn", V::Text(format!("2026-0{}-01", 1 + i % 4))));
+            }
+            let unit = villages[(i % 3) as usize].clone();
+            all.push(
+                h.create_record(DocKind::Disbursements, unit, fields(&f), None, None)
+                    .await
+                    .unwrap(),
+            );
+        }
+        // A date set, one changed, one cleared; two records removed.
+        for (i, paid) in [
+            (0, V::Text("2026-09-09".into())),
+            (1, V::Text("2025-01-01".into())),
+            (2, V::Null),
+        ] {
+            all[i] = h
+                .update_record(all[i].id.clone(), fields(&[("paidOn", paid)]), None)
+                .await
+                .unwrap();
+        }
+        for i in [7, 20] {
+            h.delete_record(all[i].id.clone()).await.unwrap();
+        }
+        let all: Vec<Record> = all
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| ![7, 20].contains(i))
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        let spec = entity(DocKind::Disbursements).unwrap();
+        let tx = r.db_for_tests().begin_read().unwrap();
+        let index_entries = tx.open_table(VIEW_ORDER).unwrap().iter().unwrap().count();
+        assert_eq!(
+            index_entries,
+            all.len() + 1,
+            "one entry per record, the fund's too"
+        );
+        for (unit, field) in [
+            (me.clone(), "paidOn"),
+            (u("c01/k01/t01"), "paidOn"),
+            (me.clone(), "recipient"),
+        ] {
+            let held: Vec<&Record> = all
+                .iter()
+                .filter(|r| r.id.unit.is_in_subtree_of(&unit))
+                .collect();
+            let cursor = |r: &Record| OrderedCursor {
+                key: SortKey::of_field(spec, field, r),
+                at: MemberCursor {
+                    tree_key: r.id.unit.tree_key(),
+                    record: r.id.record.to_string(),
+                },
+            };
+            for descending in [false, true] {
+                let mut want = held.clone();
+                want.sort_by(|a, b| OrderedCursor::cmp_in(&cursor(a), &cursor(b), descending));
+                let mut from: Option<OrderedCursor> = None;
+                let mut got = Vec::new();
+                for _ in 0..=held.len() {
+                    let q = RecordQuery {
+                        kind: DocKind::Disbursements,
+                        unit: &unit,
+                        subtree: true,
+                        after: None,
+                        first: 4,
+                        count: true,
+                    };
+                    let p = r
+                        .records_ordered(&q, field, descending, from.as_ref(), &|_| true)
+                        .unwrap();
+                    assert_eq!(p.total, held.len());
+                    got.extend(p.items.iter().map(|(_, r)| r.id.clone()));
+                    from = p.items.last().map(|(c, _)| c.clone());
+                    if !p.has_next {
+                        break;
+                    }
+                }
+                let want: Vec<RecordRef> = want.iter().map(|r| r.id.clone()).collect();
+                assert_eq!(got, want, "{unit} by {field}, descending {descending}");
+                let last = all.iter().find(|r| Some(&r.id) == got.last()).unwrap();
+                assert!(
+                    field != "paidOn" || last.fields.get("paidOn").is_none_or(|v| *v == V::Null),
+                    "no date comes last"
+                );
+            }
         }
         t.shutdown().await;
     }
@@ -5833,11 +5980,11 @@ mod tests {
         tx.commit().unwrap();
     }
 
-    /// A layout 11 store has no sorted index: layout 12 writes it from the members view,
-    /// without touching the feed (no document read, no new epoch), and a county's ordered
-    /// listing reads through it.
+    /// A layout 11 store has no sorted index: layouts 12 and 13 write it from the members
+    /// and records views, without touching the feed (no document read, no new epoch), and a
+    /// county's ordered listing reads through it.
     #[tokio::test]
-    async fn a_layout_11_store_gets_its_sorted_index_from_the_members_view() {
+    async fn a_layout_11_store_gets_its_sorted_index_from_the_views() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let me = u("c01/k01");
@@ -5853,6 +6000,20 @@ mod tests {
                     .unwrap(),
             );
         }
+        let meeting = fields(&[
+            (
+                "kind",
+                grassroots_schema::Value::Text("group_meeting".into()),
+            ),
+            (
+                "heldOn",
+                grassroots_schema::Value::Text("2026-03-01".into()),
+            ),
+            ("attendance", grassroots_schema::Value::Int(12)),
+        ]);
+        h.create_record(DocKind::Meetings, u("c01/k01/t01/v01"), meeting, None, None)
+            .await
+            .unwrap();
         let epoch = |r: &StoreReader| {
             let tx = r.db_for_tests().begin_read().unwrap();
             let meta = tx.open_table(META).unwrap();
@@ -5885,6 +6046,9 @@ mod tests {
             .unwrap();
         let got: Vec<&str> = p.items.iter().map(|(_, m)| m.name.as_str()).collect();
         assert_eq!(got, ["Member 1", "Member 2", "Member 3"]);
+        let tx = r.db_for_tests().begin_read().unwrap();
+        let entries = tx.open_table(VIEW_ORDER).unwrap().iter().unwrap().count();
+        assert_eq!(entries, 3 * 3 + 1, "three per member, one for the meeting");
         t.shutdown().await;
     }
 

@@ -1,6 +1,7 @@
-//! The sorted index of member listings ([`VIEW_ORDER`]): a page of a city's or a county's
-//! members in the order of a field reads only the rows it shows instead of every row of the
-//! subtree (a city's 150,000 members for each page of 20).
+//! The sorted index of listings ([`VIEW_ORDER`]): a page of a city's or a county's members
+//! in the order of a field, or of its records of a kind by their date (the kind's period
+//! field), reads only the rows it shows instead of every row of the subtree (a city's 150,000
+//! members for each page of 20).
 //!
 //! Only city and county nodes keep it, over their whole subtree, in one listing per field.
 //! An entry's place in the index is random (the order of names is not the order members
@@ -10,13 +11,14 @@
 //! of other units by their keys alone, when that is cheaper than reading the listing whole
 //! ([`walk_below`]): a county's or a township's at a city, not a village's. Village and
 //! township nodes write no entry (writes at a village pay nothing); their listings are small
-//! enough to read whole.
+//! enough to read whole. Records get one entry each, by their period field alone, and only
+//! the node's own listing reads them.
 
-use grassroots_schema::{Level, Member, UnitId};
+use grassroots_schema::{DocKind, Level, Member, Record, UnitId, entity};
 use redb::ReadableTable;
 
 use super::reader::SortKey;
-use super::tables::{OWNER, VIEW_MEMBERS, VIEW_ORDER};
+use super::tables::{OWNER, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS};
 use super::{StoreError, db};
 
 /// What a member listing is ordered by.
@@ -90,26 +92,68 @@ pub(super) fn store_unit(
     }
 }
 
-/// The index entries of a member of `unit`: (order, sort key) for each order when the
-/// node's listing is indexed and holds it; the key's other parts are the unit and the
+/// The index entries of a member of `unit`: (field, sort key) for each order when the
+/// node keeps the index and holds the member; the key's other parts are the unit and the
 /// record.
-fn entries(me: Option<&UnitId>, unit: &UnitId, m: &Member) -> Vec<(&'static str, String)> {
-    if !me.is_some_and(|me| indexes(me) && unit.is_in_subtree_of(me)) {
+fn member_entries(me: Option<&UnitId>, unit: &UnitId, m: &Member) -> Vec<(String, String)> {
+    if !held(me, unit) {
         return Vec::new();
     }
     // Every member has a value of each field: the key is never empty.
     MemberOrder::ALL
         .iter()
-        .map(|o| (o.as_str(), o.key(m).0.unwrap_or_default()))
+        .map(|o| (o.as_str().to_owned(), o.key(m).0.unwrap_or_default()))
         .collect()
 }
 
+/// Whether the node of `me` keeps the index and `unit` is in its subtree.
+fn held(me: Option<&UnitId>, unit: &UnitId) -> bool {
+    me.is_some_and(|me| indexes(me) && unit.is_in_subtree_of(me))
+}
+
+/// The index sections of a record listing of `kind` ordered by `field`: records with a
+/// value, then those without (which come last either way).
+pub(super) fn record_sections(kind: DocKind, field: &str) -> Vec<(String, bool)> {
+    vec![
+        (record_section(kind, field, true), true),
+        (record_section(kind, field, false), false),
+    ]
+}
+
+/// The first key part of the entries of records of `kind` by `field`, with a value or
+/// without.
+fn record_section(kind: DocKind, field: &str, valued: bool) -> String {
+    let none = if valued { "" } else { "|none" };
+    format!("{}|{field}{none}", kind.as_str())
+}
+
+/// The index entry of a record of `unit`: by its kind's period field (a meeting's date, an
+/// appraisal's year), in the section of records with a value or without.
+fn record_entries(me: Option<&UnitId>, unit: &UnitId, r: &Record) -> Vec<(String, String)> {
+    let Some(spec) = entity(r.id.kind).filter(|_| held(me, unit)) else {
+        return Vec::new();
+    };
+    let key = SortKey::of_field(spec, spec.period_field, r).0;
+    let section = record_section(r.id.kind, spec.period_field, key.is_some());
+    vec![(section, key.unwrap_or_default())]
+}
+
 /// Every index entry of `m`, as one text each (for comparing with a rebuild).
-pub(super) fn entry_texts(me: Option<&UnitId>, m: &Member) -> impl Iterator<Item = String> + use<> {
+pub(super) fn member_texts(me: Option<&UnitId>, m: &Member) -> Vec<String> {
     let (unit, record) = (m.id.unit.tree_key(), m.id.record.to_string());
-    entries(me, &m.id.unit, m)
+    member_entries(me, &m.id.unit, m)
         .into_iter()
-        .map(move |(l, k)| entry_text(l, &k, &unit, &record))
+        .map(|(l, k)| entry_text(&l, &k, &unit, &record))
+        .collect()
+}
+
+/// Every index entry of `r`, as one text each.
+pub(super) fn record_texts(me: Option<&UnitId>, r: &Record) -> Vec<String> {
+    let (unit, record) = (r.id.unit.tree_key(), r.id.record.to_string());
+    record_entries(me, &r.id.unit, r)
+        .into_iter()
+        .map(|(l, k)| entry_text(&l, &k, &unit, &record))
+        .collect()
 }
 
 /// One index key as one text.
@@ -121,9 +165,9 @@ pub(super) fn entry_text(listing: &str, key: &str, unit: &str, record: &str) -> 
 pub(super) type OrderTable<'t> =
     redb::Table<'t, (&'static str, &'static str, &'static str, &'static str), &'static [u8]>;
 
-/// Move the index entries of the row of `record` of `unit` from `old` to `now` (either may
-/// be absent). Entries the two share stay as they are.
-pub(super) fn update(
+/// Move the index entries of the member row of `record` of `unit` from `old` to `now`
+/// (either may be absent).
+pub(super) fn update_member(
     table: &mut OrderTable<'_>,
     me: Option<&UnitId>,
     unit: &UnitId,
@@ -131,17 +175,42 @@ pub(super) fn update(
     old: Option<&Member>,
     now: Option<&Member>,
 ) -> Result<(), StoreError> {
-    let old_entries = old.map(|m| entries(me, unit, m)).unwrap_or_default();
-    let now_entries = now.map(|m| entries(me, unit, m)).unwrap_or_default();
-    let tree = unit.tree_key();
-    for (l, k) in old_entries.iter().filter(|e| !now_entries.contains(e)) {
+    let old = old.map(|m| member_entries(me, unit, m)).unwrap_or_default();
+    let now = now.map(|m| member_entries(me, unit, m)).unwrap_or_default();
+    move_entries(table, &unit.tree_key(), record, &old, &now)
+}
+
+/// The same for a record row of another kind.
+pub(super) fn update_record(
+    table: &mut OrderTable<'_>,
+    me: Option<&UnitId>,
+    unit: &UnitId,
+    record: &str,
+    old: Option<&Record>,
+    now: Option<&Record>,
+) -> Result<(), StoreError> {
+    let old = old.map(|r| record_entries(me, unit, r)).unwrap_or_default();
+    let now = now.map(|r| record_entries(me, unit, r)).unwrap_or_default();
+    move_entries(table, &unit.tree_key(), record, &old, &now)
+}
+
+/// Take out the entries of `old` that `now` lacks and put in those it adds; entries the two
+/// share stay as they are.
+fn move_entries(
+    table: &mut OrderTable<'_>,
+    tree: &str,
+    record: &str,
+    old: &[(String, String)],
+    now: &[(String, String)],
+) -> Result<(), StoreError> {
+    for (l, k) in old.iter().filter(|e| !now.contains(e)) {
         table
-            .remove((*l, k.as_str(), tree.as_str(), record))
+            .remove((l.as_str(), k.as_str(), tree, record))
             .map_err(db)?;
     }
-    for (l, k) in now_entries.iter().filter(|e| !old_entries.contains(e)) {
+    for (l, k) in now.iter().filter(|e| !old.contains(e)) {
         table
-            .insert((*l, k.as_str(), tree.as_str(), record), [].as_slice())
+            .insert((l.as_str(), k.as_str(), tree, record), [].as_slice())
             .map_err(db)?;
     }
     Ok(())
@@ -162,13 +231,40 @@ pub(super) fn migrate_12_fill(tx: &redb::WriteTransaction) -> Result<(), StoreEr
         let (tree, record) = k.value();
         match serde_json::from_slice::<Member>(v.value()) {
             Ok(m) if m.id.unit.tree_key() == tree => {
-                update(&mut order, me.as_ref(), &m.id.unit, record, None, Some(&m))?;
+                update_member(&mut order, me.as_ref(), &m.id.unit, record, None, Some(&m))?;
             }
             Ok(_) => {
                 tracing::error!(row = %format!("{tree}{record}"), "a member row under another unit's key left out of the sorted index")
             }
             Err(e) => {
                 tracing::error!(row = %format!("{tree}{record}"), "a member row that does not decode left out of the sorted index ({e})")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Layout 13: the index's record entries (by each kind's period field) written from the
+/// records view as it stands, as layout 12 wrote the members'.
+pub(super) fn migrate_13_fill(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let me = store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+    if !me.as_ref().is_some_and(indexes) {
+        return Ok(());
+    }
+    let records = tx.open_table(VIEW_RECORDS).map_err(db)?;
+    let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
+    for row in redb::ReadableTable::iter(&records).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        let (first, record) = k.value();
+        match serde_json::from_slice::<Record>(v.value()) {
+            Ok(r) if super::tables::records_key(r.id.kind, &r.id.unit) == first => {
+                update_record(&mut order, me.as_ref(), &r.id.unit, record, None, Some(&r))?;
+            }
+            Ok(_) => {
+                tracing::error!(row = %format!("{first}{record}"), "a record row under another unit's key left out of the sorted index")
+            }
+            Err(e) => {
+                tracing::error!(row = %format!("{first}{record}"), "a record row that does not decode left out of the sorted index ({e})")
             }
         }
     }

@@ -218,6 +218,23 @@ pub struct RecordQuery<'a> {
 pub struct SortKey(pub Option<String>);
 
 impl SortKey {
+    /// The key of `field` of `r` (a field of `spec`'s kind): text as it is (dates sort as
+    /// text), integers offset and padded, flags 0 and 1 (an unset flag as false, as the
+    /// listings' filters take it); none when the record has no value.
+    pub fn of_field(spec: &grassroots_schema::EntitySpec, field: &str, r: &Record) -> SortKey {
+        use grassroots_schema::Value;
+        let flag = spec
+            .field(field)
+            .is_some_and(|f| matches!(f.ty, grassroots_schema::entities::FieldType::Bool));
+        match r.fields.get(field) {
+            None | Some(Value::Null) if flag => SortKey(Some("0".into())),
+            Some(Value::Text(t)) => SortKey(Some(t.clone())),
+            Some(Value::Int(i)) => SortKey::int(*i),
+            Some(Value::Bool(b)) => SortKey(Some(u8::from(*b).to_string())),
+            Some(Value::Null) | None => SortKey(None),
+        }
+    }
+
     /// The key of an integer.
     pub fn int(v: i64) -> SortKey {
         SortKey(Some(format!(
@@ -527,6 +544,78 @@ fn page<T: serde::de::DeserializeOwned>(
         items.push((cursor, item));
     }
     Ok((items, false))
+}
+
+/// Rows through the sorted index: `first + 1` of them at most, in order, from the index's
+/// `sections` (first key parts, each with whether its entries hold a value: rows without
+/// one come after the others, in a section of their own) walked one after another (each
+/// backwards when `descending`), from just after `after`. `fetch` reads an entry's row (by
+/// unit tree key and record), or none to pass it over.
+fn walk_index<T>(
+    index: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), &'static [u8]>,
+    sections: &[(String, bool)],
+    after: Option<&OrderedCursor>,
+    descending: bool,
+    first: usize,
+    mut fetch: impl FnMut(&str, &str) -> Result<Option<T>, StoreError>,
+) -> Result<Vec<(OrderedCursor, T)>, StoreError> {
+    let mut items = Vec::with_capacity(first + 1);
+    // The cursor's section (by whether its key holds a value); none precedes the first.
+    let mut from = match after {
+        None => Some(0),
+        Some(a) => sections
+            .iter()
+            .position(|(_, valued)| *valued == a.key.0.is_some()),
+    };
+    let Some(start) = from.take() else {
+        // A cursor no section holds (a row without a value where every row has one):
+        // nothing sorts after it.
+        return Ok(items);
+    };
+    for (i, (name, valued)) in sections.iter().enumerate().skip(start) {
+        let end = format!("{name}\0");
+        let (lo, hi) = ((name.as_str(), "", "", ""), (end.as_str(), "", "", ""));
+        let at = after.filter(|_| i == start).map(|a| {
+            (
+                name.as_str(),
+                a.key.0.as_deref().unwrap_or(""),
+                a.at.tree_key.as_str(),
+                a.at.record.as_str(),
+            )
+        });
+        let bounds = match (at, descending) {
+            (None, _) => (Bound::Included(lo), Bound::Excluded(hi)),
+            (Some(a), false) => (Bound::Excluded(a), Bound::Excluded(hi)),
+            (Some(a), true) => (Bound::Included(lo), Bound::Excluded(a)),
+        };
+        let range = index
+            .range::<(&str, &str, &str, &str)>(bounds)
+            .map_err(db)?;
+        let entries: Box<dyn Iterator<Item = _>> = if descending {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for entry in entries {
+            let (k, _) = entry.map_err(db)?;
+            let (_, sort, tree, record) = k.value();
+            let Some(row) = fetch(tree, record)? else {
+                continue;
+            };
+            let c = OrderedCursor {
+                key: SortKey(valued.then(|| sort.to_owned())),
+                at: MemberCursor {
+                    tree_key: tree.to_owned(),
+                    record: record.to_owned(),
+                },
+            };
+            items.push((c, row));
+            if items.len() > first {
+                return Ok(items);
+            }
+        }
+    }
+    Ok(items)
 }
 
 /// How many members of the listing `lo..hi` (of `unit`, or its `subtree`) `filter` keeps:
@@ -1069,66 +1158,26 @@ impl StoreReader {
                 filter.keeps(m)
             });
         }
-        // Every member has a value of each field, so nothing sorts after a row without one
-        // (a cursor only a client could make): as the rows read whole would give, no row.
-        if after.is_some_and(|a| a.key.0.is_none()) {
-            return Ok(OrderedPage {
-                items: Vec::new(),
-                has_next: false,
-                total: member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?,
-            });
-        }
         let index = tx.open_table(VIEW_ORDER).map_err(db)?;
-        let from = by.as_str();
-        let to = format!("{from}\0");
-        let (start, stop) = ((from, "", "", ""), (to.as_str(), "", "", ""));
-        let at = after.map(|a| {
-            (
-                from,
-                a.key.0.as_deref().unwrap_or(""),
-                a.at.tree_key.as_str(),
-                a.at.record.as_str(),
-            )
-        });
-        let bounds = match (at, descending) {
-            (None, _) => (Bound::Included(start), Bound::Excluded(stop)),
-            (Some(a), false) => (Bound::Excluded(a), Bound::Excluded(stop)),
-            (Some(a), true) => (Bound::Included(start), Bound::Excluded(a)),
-        };
-        let range = index
-            .range::<(&str, &str, &str, &str)>(bounds)
-            .map_err(db)?;
-        let entries: Box<dyn Iterator<Item = _>> = if descending {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
-        let mut items = Vec::with_capacity(first + 1);
-        for entry in entries {
-            let (k, _) = entry.map_err(db)?;
-            let (_, sort, tree, record) = k.value();
-            if !tree.starts_with(&key) {
-                continue;
-            }
-            let row = t.get((tree, record)).map_err(db)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("index entry {tree}{record}: no row"))
-            })?;
-            let m: Member = decode(row.value())?;
-            if !filter.keeps(&m) {
-                continue;
-            }
-            let c = OrderedCursor {
-                key: SortKey(Some(sort.to_owned())),
-                at: MemberCursor {
-                    tree_key: tree.to_owned(),
-                    record: record.to_owned(),
-                },
-            };
-            items.push((c, m));
-            if items.len() > first {
-                break;
-            }
-        }
+        // Every member has a value of each field: one section, of values.
+        let sections = [(by.as_str().to_owned(), true)];
+        let mut items = walk_index(
+            &index,
+            &sections,
+            after,
+            descending,
+            first,
+            |tree, record| {
+                if !tree.starts_with(&key) {
+                    return Ok(None);
+                }
+                let row = t.get((tree, record)).map_err(db)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("index entry {tree}{record}: no row"))
+                })?;
+                let m: Member = decode(row.value())?;
+                Ok(filter.keeps(&m).then_some(m))
+            },
+        )?;
         let has_next = items.len() > first;
         items.truncate(first);
         let total = member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?;
@@ -1139,13 +1188,17 @@ impl StoreReader {
         })
     }
 
-    /// [`records`](Self::records) in `order`, after the ordered cursor `after` (`q.after`, a
-    /// cursor of the stored order, is not read), with the count of the whole listing (read
-    /// whole, it is counted whatever `q.count` says).
+    /// [`records`](Self::records) ordered by `field` (greatest first when `descending`; its
+    /// key as [`SortKey::of_field`] makes it), ties by (unit, record), after the ordered
+    /// cursor `after` (`q.after`, a cursor of the stored order, is not read). The node's own
+    /// subtree listing by the kind's period field (a meeting's date, an appraisal's year) at a
+    /// city or a county node reads through the sorted index, counting only when `q.count`
+    /// asks (0 otherwise); other listings read every row, and count them.
     pub fn records_ordered(
         &self,
         q: &RecordQuery<'_>,
-        order: &Order<'_, Record>,
+        field: &str,
+        descending: bool,
         after: Option<&OrderedCursor>,
         wanted: &dyn Fn(&Record) -> bool,
     ) -> Result<OrderedPage<Record>, StoreError> {
@@ -1153,7 +1206,55 @@ impl StoreReader {
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
         let (key, end) = listing(&format!("{}|", q.kind.as_str()), q.unit, q.subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
-        ordered_page(&t, lo, hi, order, after, q.first, wanted)
+        let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+        let Some(spec) = grassroots_schema::entity(q.kind) else {
+            return Err(StoreError::Corrupt(format!(
+                "{} is no record kind",
+                q.kind.as_str()
+            )));
+        };
+        let indexed = me.as_ref().is_some_and(|me| {
+            super::order::indexes(me) && q.subtree && q.unit == me && field == spec.period_field
+        });
+        if !indexed {
+            let sort = |r: &Record| SortKey::of_field(spec, field, r);
+            let order = Order {
+                key: &sort,
+                descending,
+            };
+            return ordered_page(&t, lo, hi, &order, after, q.first, wanted);
+        }
+        let index = tx.open_table(VIEW_ORDER).map_err(db)?;
+        let sections = super::order::record_sections(q.kind, field);
+        let mut items = walk_index(
+            &index,
+            &sections,
+            after,
+            descending,
+            q.first,
+            |tree, record| {
+                let key = format!("{}|{tree}", q.kind.as_str());
+                let row = t.get((key.as_str(), record)).map_err(db)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("index entry {key}{record}: no row"))
+                })?;
+                let r: Record = decode(row.value())?;
+                Ok(wanted(&r).then_some(r))
+            },
+        )?;
+        let has_next = items.len() > q.first;
+        items.truncate(q.first);
+        let mut total = 0;
+        if q.count {
+            for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+                let (_, v) = row.map_err(db)?;
+                total += usize::from(wanted(&decode(v.value())?));
+            }
+        }
+        Ok(OrderedPage {
+            items,
+            has_next,
+            total,
+        })
     }
 
     /// The page `q` asks for, of the records `wanted` keeps, in (unit, record) order.

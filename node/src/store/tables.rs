@@ -27,8 +27,8 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// read as not reviewed); 10: views written again (secretaries' terms by date, a director
 /// who is also secretary counted, training hours of trainings only); 11: [`FEED`] and
 /// [`FEED_AT`], filled by writing the views again; 12: [`VIEW_ORDER`], filled from
-/// [`VIEW_MEMBERS`].
-pub const LAYOUT: u64 = 12;
+/// [`VIEW_MEMBERS`]; 13: record entries in [`VIEW_ORDER`], filled from [`VIEW_RECORDS`].
+pub const LAYOUT: u64 = 13;
 
 /// `"layout"` -> layout version; [`TAKE_BACK_UNTIL`] -> until when (Unix milliseconds) the
 /// node takes back from its children changes made in its name or above it (set by a restore
@@ -108,13 +108,15 @@ pub const FEED: TableDefinition<'_, u64, &str> = TableDefinition::new("feed-1");
 /// Record (`kind:unit#record`) -> its position in [`FEED`]. Since layout 11.
 pub const FEED_AT: TableDefinition<'_, &str, u64> = TableDefinition::new("feed-at-1");
 
-/// (field, sort key, member's unit tree key, record id) -> empty. The sorted index of the
-/// node's own subtree's member listings, at a city or a county node only (empty at the
-/// others; `store/order.rs`): one entry per member and per field a listing is ordered by
-/// (`name`, `birthYear`, `joinedOn`), its sort key that field's value as
-/// [`crate::store::SortKey`] writes it, e.g.
-/// `("name", "Li Wei", "c01/k01/t01/v01/", "0123456789abcdef")`. Written with the member
-/// rows, in the same commit. Since layout 12.
+/// (section, sort key, unit tree key, record id) -> empty. The sorted index of the node's
+/// own subtree's listings, at a city or a county node only (empty at the others;
+/// `store/order.rs`): one entry per member and per field a member listing is ordered by
+/// (sections `name`, `birthYear`, `joinedOn`), and one per record of the other kinds by its
+/// kind's period field (section `kind|field`, or `kind|field|none` with an empty key for a
+/// record without a value); the sort key that field's value as [`crate::store::SortKey`]
+/// writes it, e.g. `("name", "Li Wei", "c01/k01/t01/v01/", "0123456789abcdef")`,
+/// `("meetings|heldOn", "2026-03-01", "c01/k01/t01/v01/", "0123456789abcdef")`. Written with
+/// the view rows, in the same commit. Since layout 12 (records since 13).
 pub const VIEW_ORDER: TableDefinition<'_, (&str, &str, &str, &str), &[u8]> =
     TableDefinition::new("view-order-1");
 

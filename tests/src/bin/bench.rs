@@ -43,7 +43,8 @@
 //!   server in the same run, and p99 latency; every response body checked. Then, one
 //!   connection each: a page of a county's 15,000 members ordered by name against the same
 //!   page in stored order; the same for the city's 150,000, and by year of birth, greatest
-//!   first, from the 5,000th row; a township's 1,500 by name; and a page of 100 entries of
+//!   first, from the 5,000th row; a township's 1,500 by name; the city's 60,000 meetings,
+//!   latest first and by attendance, against stored order; and a page of 100 entries of
 //!   the record feed.
 //! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
 //!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
@@ -1832,6 +1833,38 @@ async fn rollup() -> anyhow::Result<()> {
     let path = dir.path().join("store.redb");
     let total = fill_store(&path, &city, &city_villages()).await?;
     let (store, reader, thread) = grassroots_node::store::open(&path, city.clone())?;
+    // A year of monthly meetings at every village: 60,000.
+    let mut made = Vec::new();
+    for (i, v) in city_villages().into_iter().enumerate() {
+        for month in 1..=12 {
+            use grassroots_schema::Value as V;
+            let fields: grassroots_schema::Fields = [
+                ("kind", V::Text("group_meeting".into())),
+                (
+                    "heldOn",
+                    V::Text(format!("2026-{month:02}-{:02}", 1 + i % 28)),
+                ),
+                ("attendance", V::Int(((i * 7 + month) % 40) as i64)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            made.push((v.clone(), fields));
+        }
+    }
+    let mut it = made.into_iter();
+    loop {
+        let chunk: Vec<_> = it.by_ref().take(64).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let writes = chunk
+            .into_iter()
+            .map(|(v, f)| store.create_record(DocKind::Meetings, v, f, None, None));
+        for r in futures::future::join_all(writes).await {
+            r?;
+        }
+    }
     let token = grassroots_node::auth::new_token()?;
     store
         .add_user(
@@ -1927,6 +1960,34 @@ async fn rollup() -> anyhow::Result<()> {
     let (_, deep) = load(&url, &token, &deep, 1, PHASE * 2, page_of).await?;
     let township = members_page("c01/k00/t00", ", orderBy: NAME", None);
     let (_, township) = load(&url, &token, &township, 1, PHASE * 2, page_of).await?;
+    // The city's 60,000 meetings: the latest first (by their date, which the index holds),
+    // against the same listing by attendance (read whole) and in stored order.
+    let meetings_of = |r: &serde_json::Value| {
+        r["data"]["unit"]["meetings"]["edges"]
+            .as_array()
+            .is_some_and(|e| e.len() == 20)
+    };
+    let meetings = |order: &str| {
+        format!(
+            "{{ unit(id: \"c01\") {{ meetings(subtree: true{order}) {{ \
+             edges {{ node {{ heldOn attendance }} }} }} }} }}"
+        )
+    };
+    let mut by_date = Vec::new();
+    let mut by_attendance = Vec::new();
+    let mut in_stored_order = Vec::new();
+    for (order, out) in [
+        (", orderBy: \"heldOn\", descending: true", &mut by_date),
+        (
+            ", orderBy: \"attendance\", descending: true",
+            &mut by_attendance,
+        ),
+        ("", &mut in_stored_order),
+    ] {
+        *out = load(&url, &token, &meetings(order), 1, PHASE * 2, meetings_of)
+            .await?
+            .1;
+    }
     let feed_page = |r: &serde_json::Value| {
         r["data"]["recordFeed"]["entries"]
             .as_array()
@@ -1974,6 +2035,21 @@ async fn rollup() -> anyhow::Result<()> {
         median(township),
         "ms",
         None,
+    );
+    let in_stored_order = median(in_stored_order);
+    emit(
+        "rollup",
+        "meetings_by_date_p50_ms",
+        median(by_date),
+        "ms",
+        Some(in_stored_order),
+    );
+    emit(
+        "rollup",
+        "meetings_by_attendance_p50_ms",
+        median(by_attendance),
+        "ms",
+        Some(in_stored_order),
     );
     emit("rollup", "feed_page_100_p50_ms", median(feed), "ms", None);
     Ok(())
