@@ -849,13 +849,15 @@ pub fn list<T: EntityType>(
             .as_deref()
             .map(|a| decode_ordered(&of, a))
             .transpose()?;
+        // Whether `wanted` keeps fewer than the records the caller may read.
+        let filtered = level.is_some() || period.is_some() || !filters.is_empty();
         return ordered::<T>(
             ctx,
             spec,
             (field, args.descending, &of),
             after,
             &query,
-            &wanted,
+            (&wanted, filtered),
         );
     }
     let page = b.reader.records(&query, &wanted).map_err(internal)?;
@@ -880,7 +882,7 @@ fn ordered<T: EntityType>(
     (field, descending, of): (&str, bool, &str),
     after: Option<grassroots_node::store::OrderedCursor>,
     query: &grassroots_node::store::RecordQuery<'_>,
-    wanted: &dyn Fn(&Record) -> bool,
+    (wanted, filtered): (&dyn Fn(&Record) -> bool, bool),
 ) -> Result<RecordConnection<T>> {
     if spec.field(field).filter(|f| orderable(f)).is_none() {
         let names: Vec<&str> = spec
@@ -898,7 +900,7 @@ fn ordered<T: EntityType>(
     // takes it) and reads the sorted index where it has one.
     let page = backend(ctx)?
         .reader
-        .records_ordered(query, field, descending, after.as_ref(), wanted)
+        .records_ordered(query, (field, descending), after.as_ref(), filtered, wanted)
         .map_err(from_store)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let edges = page

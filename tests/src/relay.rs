@@ -37,6 +37,10 @@ struct Control {
     handshake_up: AtomicU64,
     /// The same from the upstream to clients.
     handshake_down: AtomicU64,
+    /// How many times each distinct upstream handshake datagram came (by a hash of its
+    /// bytes), since last asked: QUIC never sends the same bytes twice of itself (a packet
+    /// sent again gets a new number), so more than once is a node's copies.
+    handshake_up_seen: Mutex<HashMap<u64, u32>>,
     /// The largest datagram forwarded since last asked.
     largest: AtomicU64,
     /// Per direction (0: to upstream, 1: to clients): when the bottleneck is free.
@@ -57,6 +61,7 @@ impl Control {
             forwarded_bytes: AtomicU64::new(0),
             handshake_up: AtomicU64::new(0),
             handshake_down: AtomicU64::new(0),
+            handshake_up_seen: Mutex::new(HashMap::new()),
             largest: AtomicU64::new(0),
             free_at: Mutex::new([Instant::now(); 2]),
             rng: Mutex::new(seed),
@@ -189,6 +194,13 @@ impl Relay {
                 };
                 if buf[..n].first().is_some_and(|b| b & 0x80 != 0) {
                     c.handshake_up.fetch_add(1, Ordering::Relaxed);
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::hash::Hash::hash(&buf[..n], &mut h);
+                    let mut seen = c
+                        .handshake_up_seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    *seen.entry(std::hash::Hasher::finish(&h)).or_default() += 1;
                 }
                 if let Some(at) = c.admit(n, 0) {
                     send_at(&out, &buf[..n], upstream, at).await;
@@ -256,6 +268,23 @@ impl Relay {
     /// Datagrams from clients that opened with a QUIC long header (a handshake's).
     pub fn handshakes_upstream(&self) -> u64 {
         self.ctl.handshake_up.load(Ordering::Relaxed)
+    }
+
+    /// The upstream handshake datagrams since the last call, as (times a datagram came ->
+    /// how many distinct datagrams came that many times).
+    pub fn take_handshake_copies(&self) -> std::collections::BTreeMap<u32, u64> {
+        let seen = std::mem::take(
+            &mut *self
+                .ctl
+                .handshake_up_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut out = std::collections::BTreeMap::new();
+        for times in seen.into_values() {
+            *out.entry(times).or_default() += 1;
+        }
+        out
     }
 
     /// Datagrams from the upstream to clients that opened with a QUIC long header.

@@ -4265,7 +4265,7 @@ mod tests {
                         count: true,
                     };
                     let p = r
-                        .records_ordered(&q, field, descending, from.as_ref(), &|_| true)
+                        .records_ordered(&q, (field, descending), from.as_ref(), false, &|_| true)
                         .unwrap();
                     assert_eq!(p.total, held.len());
                     got.extend(p.items.iter().map(|(_, r)| r.id.clone()));
@@ -4282,6 +4282,36 @@ mod tests {
                     "no date comes last"
                 );
             }
+        }
+        // Either reading's cursors serve the other: a page read whole (here: with a filter,
+        // keeping every row) goes on through the index from its last row, and back.
+        let q = |first| RecordQuery {
+            kind: DocKind::Disbursements,
+            unit: &me,
+            subtree: true,
+            after: None,
+            first,
+            count: false,
+        };
+        let whole = r
+            .records_ordered(&q(40), ("paidOn", false), None, false, &|_| true)
+            .unwrap();
+        let order: Vec<RecordRef> = whole.items.iter().map(|(_, r)| r.id.clone()).collect();
+        for (filtered, then) in [(true, false), (false, true)] {
+            let first = r
+                .records_ordered(&q(9), ("paidOn", false), None, filtered, &|_| true)
+                .unwrap();
+            let from = first.items.last().map(|(c, _)| c.clone());
+            let next = r
+                .records_ordered(&q(9), ("paidOn", false), from.as_ref(), then, &|_| true)
+                .unwrap();
+            let got: Vec<RecordRef> = first
+                .items
+                .iter()
+                .chain(&next.items)
+                .map(|(_, r)| r.id.clone())
+                .collect();
+            assert_eq!(got, order[..18], "read whole first: {filtered}");
         }
         t.shutdown().await;
     }

@@ -1193,13 +1193,16 @@ impl StoreReader {
     /// cursor `after` (`q.after`, a cursor of the stored order, is not read). The node's own
     /// subtree listing by the kind's period field (a meeting's date, an appraisal's year) at a
     /// city or a county node reads through the sorted index, counting only when `q.count`
-    /// asks (0 otherwise); other listings read every row, and count them.
+    /// asks (0 otherwise), unless `filtered` says `wanted` keeps only some of the rows the
+    /// caller may read (a period, a level, a field's value): the walk reads a row per entry
+    /// until the page is full, which for a filter that keeps few could be every row, one
+    /// lookup each. Other listings read every row, and count them.
     pub fn records_ordered(
         &self,
         q: &RecordQuery<'_>,
-        field: &str,
-        descending: bool,
+        (field, descending): (&str, bool),
         after: Option<&OrderedCursor>,
+        filtered: bool,
         wanted: &dyn Fn(&Record) -> bool,
     ) -> Result<OrderedPage<Record>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
@@ -1213,8 +1216,28 @@ impl StoreReader {
                 q.kind.as_str()
             )));
         };
+        // Rows of this table carry the kind before the unit (`meetings|c01/...`), and so do
+        // the cursors of its listings read whole: the index's cursors are made alike, and a
+        // cursor without it (none of this listing's) is given to the reading that made it.
+        let kind_key = format!("{}|", q.kind.as_str());
+        let after_in_index = after.map(|a| {
+            a.at.tree_key
+                .strip_prefix(&kind_key)
+                .map(|tree| OrderedCursor {
+                    key: a.key.clone(),
+                    at: MemberCursor {
+                        tree_key: tree.to_owned(),
+                        record: a.at.record.clone(),
+                    },
+                })
+        });
         let indexed = me.as_ref().is_some_and(|me| {
-            super::order::indexes(me) && q.subtree && q.unit == me && field == spec.period_field
+            super::order::indexes(me)
+                && q.subtree
+                && q.unit == me
+                && field == spec.period_field
+                && !filtered
+                && !matches!(after_in_index, Some(None))
         });
         if !indexed {
             let sort = |r: &Record| SortKey::of_field(spec, field, r);
@@ -1229,11 +1252,11 @@ impl StoreReader {
         let mut items = walk_index(
             &index,
             &sections,
-            after,
+            after_in_index.flatten().as_ref(),
             descending,
             q.first,
             |tree, record| {
-                let key = format!("{}|{tree}", q.kind.as_str());
+                let key = format!("{kind_key}{tree}");
                 let row = t.get((key.as_str(), record)).map_err(db)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("index entry {key}{record}: no row"))
                 })?;
@@ -1243,6 +1266,9 @@ impl StoreReader {
         )?;
         let has_next = items.len() > q.first;
         items.truncate(q.first);
+        for (c, _) in &mut items {
+            c.at.tree_key.insert_str(0, &kind_key);
+        }
         let mut total = 0;
         if q.count {
             for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
