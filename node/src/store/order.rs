@@ -18,7 +18,7 @@ use grassroots_schema::{DocKind, Level, Member, Record, UnitId, entity};
 use redb::ReadableTable;
 
 use super::reader::SortKey;
-use super::tables::{OWNER, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS};
+use super::tables::{OWNER, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS, records_key};
 use super::{StoreError, db};
 
 /// What a member listing is ordered by.
@@ -216,56 +216,62 @@ fn move_entries(
     Ok(())
 }
 
-/// Layout 12: the index written from the members view as it stands (no document is read).
-/// A row that does not decode is left out and named, not allowed to stop the store from
-/// opening; `grassroots store rebuild` writes the views and the index again.
+/// Layout 12: the index's member entries written from the members view as it stands (no
+/// document is read). A row that does not decode is left out and named, not allowed to stop
+/// the store from opening; `grassroots store rebuild` writes the views and the index again.
 pub(super) fn migrate_12_fill(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let me = store_unit(&tx.open_table(OWNER).map_err(db)?)?;
-    if !me.as_ref().is_some_and(indexes) {
-        return Ok(());
-    }
-    let members = tx.open_table(VIEW_MEMBERS).map_err(db)?;
-    let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
-    for row in redb::ReadableTable::iter(&members).map_err(db)? {
-        let (k, v) = row.map_err(db)?;
-        let (tree, record) = k.value();
-        match serde_json::from_slice::<Member>(v.value()) {
-            Ok(m) if m.id.unit.tree_key() == tree => {
-                update_member(&mut order, me.as_ref(), &m.id.unit, record, None, Some(&m))?;
-            }
-            Ok(_) => {
-                tracing::error!(row = %format!("{tree}{record}"), "a member row under another unit's key left out of the sorted index")
-            }
-            Err(e) => {
-                tracing::error!(row = %format!("{tree}{record}"), "a member row that does not decode left out of the sorted index ({e})")
-            }
-        }
-    }
-    Ok(())
+    fill_from(
+        tx,
+        VIEW_MEMBERS,
+        "member",
+        |m: &Member| (m.id.unit.clone(), m.id.unit.tree_key()),
+        |order, me, unit, record, m| update_member(order, me, unit, record, None, Some(m)),
+    )
 }
 
 /// Layout 13: the index's record entries (by each kind's period field) written from the
 /// records view as it stands, as layout 12 wrote the members'.
 pub(super) fn migrate_13_fill(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    fill_from(
+        tx,
+        VIEW_RECORDS,
+        "record",
+        |r: &Record| (r.id.unit.clone(), records_key(r.id.kind, &r.id.unit)),
+        |order, me, unit, record, r| update_record(order, me, unit, record, None, Some(r)),
+    )
+}
+
+/// The index entries of every row of `view` (at a node that keeps the index): `place` is
+/// a row's unit and the first part of the key it is stored under, which must be the row's.
+fn fill_from<T: serde::de::DeserializeOwned>(
+    tx: &redb::WriteTransaction,
+    view: redb::TableDefinition<'_, (&str, &str), &[u8]>,
+    what: &str,
+    place: impl Fn(&T) -> (UnitId, String),
+    put: impl Fn(&mut OrderTable<'_>, Option<&UnitId>, &UnitId, &str, &T) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let me = store_unit(&tx.open_table(OWNER).map_err(db)?)?;
     if !me.as_ref().is_some_and(indexes) {
         return Ok(());
     }
-    let records = tx.open_table(VIEW_RECORDS).map_err(db)?;
+    let rows = tx.open_table(view).map_err(db)?;
     let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
-    for row in redb::ReadableTable::iter(&records).map_err(db)? {
+    for row in redb::ReadableTable::iter(&rows).map_err(db)? {
         let (k, v) = row.map_err(db)?;
         let (first, record) = k.value();
-        match serde_json::from_slice::<Record>(v.value()) {
-            Ok(r) if super::tables::records_key(r.id.kind, &r.id.unit) == first => {
-                update_record(&mut order, me.as_ref(), &r.id.unit, record, None, Some(&r))?;
-            }
-            Ok(_) => {
-                tracing::error!(row = %format!("{first}{record}"), "a record row under another unit's key left out of the sorted index")
-            }
-            Err(e) => {
-                tracing::error!(row = %format!("{first}{record}"), "a record row that does not decode left out of the sorted index ({e})")
-            }
+        let at = format!("{first}{record}");
+        match serde_json::from_slice::<T>(v.value()) {
+            Ok(t) => match place(&t) {
+                (unit, key) if key == first => put(&mut order, me.as_ref(), &unit, record, &t)?,
+                _ => tracing::error!(
+                    row = %at,
+                    "a {what} row under another unit's key left out of the sorted index"
+                ),
+            },
+            Err(e) => tracing::error!(
+                row = %at,
+                "a {what} row that does not decode left out of the sorted index ({e})"
+            ),
         }
     }
     Ok(())

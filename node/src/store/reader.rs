@@ -561,13 +561,13 @@ fn walk_index<T>(
 ) -> Result<Vec<(OrderedCursor, T)>, StoreError> {
     let mut items = Vec::with_capacity(first + 1);
     // The cursor's section (by whether its key holds a value); none precedes the first.
-    let mut from = match after {
+    let start = match after {
         None => Some(0),
         Some(a) => sections
             .iter()
             .position(|(_, valued)| *valued == a.key.0.is_some()),
     };
-    let Some(start) = from.take() else {
+    let Some(start) = start else {
         // A cursor no section holds (a row without a value where every row has one):
         // nothing sorts after it.
         return Ok(items);
