@@ -4150,8 +4150,54 @@ mod tests {
                 .unwrap();
             let named = held.iter().filter(|m| m.name == "Name 3").count();
             assert_eq!((p.total, p.items.len()), (named, named));
+            // A range of years, by year (the index walk passes over the rest by their keys).
+            let filter = MemberFilter {
+                born_from: Some(1955),
+                born_to: Some(1960),
+                ..MemberFilter::default()
+            };
+            let p = r
+                .members_ordered(
+                    &unit,
+                    true,
+                    filter,
+                    MemberOrder::BirthYear,
+                    true,
+                    None,
+                    100,
+                    true,
+                )
+                .unwrap();
+            let mut born: Vec<&Member> = held
+                .iter()
+                .copied()
+                .filter(|m| (1955..=1960).contains(&m.birth_year))
+                .collect();
+            born.sort_by(|a, b| {
+                let key = |m: &Member| cursor(MemberOrder::BirthYear, m);
+                OrderedCursor::cmp_in(&key(a), &key(b), true)
+            });
+            let got: Vec<&MemberId> = p.items.iter().map(|(_, m)| &m.id).collect();
+            let want: Vec<&MemberId> = born.iter().map(|m| &m.id).collect();
+            assert!(!want.is_empty());
+            assert_eq!((p.total, got), (want.len(), want));
         }
         t.shutdown().await;
+    }
+
+    /// An integer's sort key reads back as the integer, and keys sort as the integers do.
+    #[test]
+    fn integer_sort_keys_read_back_and_sort_as_their_integers() {
+        let values = [i64::MIN, -1_000_000, -1, 0, 1, 1960, 2026, i64::MAX];
+        for w in values.windows(2) {
+            let (a, b) = (SortKey::int(w[0]).0.unwrap(), SortKey::int(w[1]).0.unwrap());
+            assert!(a < b, "{a} {b}");
+        }
+        for v in values {
+            assert_eq!(SortKey::int_of(&SortKey::int(v).0.unwrap()), Some(v));
+        }
+        assert_eq!(SortKey::int_of("Li Wei"), None);
+        assert_eq!(SortKey::int_of("99999999999999999999999"), None);
     }
 
     /// A record listing ordered by its kind's period field at a county node reads the sorted

@@ -114,6 +114,22 @@ impl MemberFilter {
             && self.born_to.is_none_or(|y| m.birth_year <= y)
     }
 
+    /// Whether it could keep a member whose sort key in a listing ordered `by` is `key`: false
+    /// when the key alone shows it drops the row (a name without the text asked for, a year
+    /// of birth out of the range), so that the row need not be read.
+    fn could_keep(&self, by: super::MemberOrder, key: &str) -> bool {
+        match by {
+            super::MemberOrder::Name => self
+                .name
+                .as_ref()
+                .is_none_or(|n| key.to_lowercase().contains(n.as_str())),
+            super::MemberOrder::BirthYear => SortKey::int_of(key).is_none_or(|y| {
+                self.born_from.is_none_or(|f| y >= f) && self.born_to.is_none_or(|t| y <= t)
+            }),
+            super::MemberOrder::JoinedOn => true,
+        }
+    }
+
     /// Whether it asks more than a status and a category, which the roll-ups count.
     fn beyond_rollups(&self) -> bool {
         self.name.is_some()
@@ -241,6 +257,12 @@ impl SortKey {
             "{:020}",
             i128::from(v) - i128::from(i64::MIN)
         )))
+    }
+
+    /// The integer whose key [`SortKey::int`] made `key`, if it is one.
+    pub fn int_of(key: &str) -> Option<i64> {
+        let offset: i128 = key.parse().ok()?;
+        i64::try_from(offset + i128::from(i64::MIN)).ok()
     }
 }
 
@@ -550,14 +572,14 @@ fn page<T: serde::de::DeserializeOwned>(
 /// `sections` (first key parts, each with whether its entries hold a value: rows without
 /// one come after the others, in a section of their own) walked one after another (each
 /// backwards when `descending`), from just after `after`. `fetch` reads an entry's row (by
-/// unit tree key and record), or none to pass it over.
+/// sort key, unit tree key and record), or none to pass it over.
 fn walk_index<T>(
     index: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), &'static [u8]>,
     sections: &[(String, bool)],
     after: Option<&OrderedCursor>,
     descending: bool,
     first: usize,
-    mut fetch: impl FnMut(&str, &str) -> Result<Option<T>, StoreError>,
+    mut fetch: impl FnMut(&str, &str, &str) -> Result<Option<T>, StoreError>,
 ) -> Result<Vec<(OrderedCursor, T)>, StoreError> {
     let mut items = Vec::with_capacity(first + 1);
     // The cursor's section (by whether its key holds a value); none precedes the first.
@@ -599,7 +621,7 @@ fn walk_index<T>(
         for entry in entries {
             let (k, _) = entry.map_err(db)?;
             let (_, sort, tree, record) = k.value();
-            let Some(row) = fetch(tree, record)? else {
+            let Some(row) = fetch(sort, tree, record)? else {
                 continue;
             };
             let c = OrderedCursor {
@@ -1167,8 +1189,8 @@ impl StoreReader {
             after,
             descending,
             first,
-            |tree, record| {
-                if !tree.starts_with(&key) {
+            |sort, tree, record| {
+                if !tree.starts_with(&key) || !filter.could_keep(by, sort) {
                     return Ok(None);
                 }
                 let row = t.get((tree, record)).map_err(db)?.ok_or_else(|| {
@@ -1255,7 +1277,7 @@ impl StoreReader {
             after_in_index.flatten().as_ref(),
             descending,
             q.first,
-            |tree, record| {
+            |_, tree, record| {
                 let key = format!("{kind_key}{tree}");
                 let row = t.get((key.as_str(), record)).map_err(db)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("index entry {key}{record}: no row"))

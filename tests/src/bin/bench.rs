@@ -1962,6 +1962,18 @@ async fn rollup() -> anyhow::Result<()> {
     let (_, township) = load(&url, &token, &township, 1, PHASE * 2, page_of).await?;
     // The city's 60,000 meetings: the latest first (by their date, which the index holds),
     // against the same listing by attendance (read whole) and in stored order.
+    // A search of the city's members by a name no member has, ordered by name (every entry
+    // of the listing passed over), and in stored order (every row read).
+    let no_match = |r: &serde_json::Value| {
+        r["data"]["unit"]["members"]["edges"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    };
+    let search = ", nameContains: \"Qqq\"";
+    let by_name = members_page("c01", &format!("{search}, orderBy: NAME"), None);
+    let (_, search_by_name) = load(&url, &token, &by_name, 1, PHASE * 2, no_match).await?;
+    let in_stored_order = members_page("c01", search, None);
+    let (_, search_stored) = load(&url, &token, &in_stored_order, 1, PHASE * 2, no_match).await?;
     let meetings_of = |r: &serde_json::Value| {
         r["data"]["unit"]["meetings"]["edges"]
             .as_array()
@@ -2050,6 +2062,13 @@ async fn rollup() -> anyhow::Result<()> {
         median(by_attendance),
         "ms",
         Some(in_stored_order),
+    );
+    emit(
+        "rollup",
+        "name_search_by_name_p50_ms",
+        median(search_by_name),
+        "ms",
+        Some(median(search_stored)),
     );
     emit("rollup", "feed_page_100_p50_ms", median(feed), "ms", None);
     Ok(())
