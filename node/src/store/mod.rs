@@ -4185,6 +4185,70 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// A name search of a county's own listing in stored order finds the names in the
+    /// sorted index and reads only the rows found: the pages add up to what reading every
+    /// row gives, with the name alone and with a status besides, counted or not.
+    #[tokio::test]
+    async fn a_name_search_through_the_index_pages_as_the_rows_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01");
+        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        let villages = [
+            u("c01/k01/t01/v01"),
+            u("c01/k01/t01/v02"),
+            u("c01/k01/t02/v01"),
+        ];
+        let mut all = Vec::new();
+        for i in 0..45u64 {
+            // Names that hold the text searched for differ, so the index's order (by name)
+            // is not the listing's.
+            let family = ["Wang", "Li", "Zhao", "Chen"][(i % 4) as usize];
+            let mut m = sample(&format!("Name {} {family}", (i * 7) % 9));
+            if i % 4 == 0 {
+                m.status = MemberStatus::Probationary;
+            }
+            all.push(
+                h.create_member(villages[(i % 3) as usize].clone(), m)
+                    .await
+                    .unwrap(),
+            );
+        }
+        all.sort_by_key(|m| (m.id.unit.tree_key(), m.id.record.to_string()));
+        for status in [None, Some(MemberStatus::Probationary)] {
+            for count in [true, false] {
+                let filter = MemberFilter {
+                    name: Some("name 3".into()),
+                    status,
+                    ..MemberFilter::default()
+                };
+                let want: Vec<&MemberId> = all
+                    .iter()
+                    .filter(|m| {
+                        m.name.starts_with("Name 3 ") && status.is_none_or(|s| m.status == s)
+                    })
+                    .map(|m| &m.id)
+                    .collect();
+                assert!(!want.is_empty());
+                let mut from: Option<MemberCursor> = None;
+                let mut got = Vec::new();
+                for _ in 0..=want.len() {
+                    let p = r
+                        .members_with(&me, true, filter.clone(), from.as_ref(), 2, count)
+                        .unwrap();
+                    assert_eq!(p.total, if count { want.len() } else { 0 });
+                    got.extend(p.items.iter().map(|(_, m)| m.id.clone()));
+                    from = p.items.last().map(|(c, _)| c.clone());
+                    if !p.has_next {
+                        break;
+                    }
+                }
+                let got: Vec<&MemberId> = got.iter().collect();
+                assert_eq!(got, want, "status {status:?}, count {count}");
+            }
+        }
+        t.shutdown().await;
+    }
+
     /// An integer's sort key reads back as the integer, and keys sort as the integers do.
     #[test]
     fn integer_sort_keys_read_back_and_sort_as_their_integers() {

@@ -640,6 +640,81 @@ fn walk_index<T>(
     Ok(items)
 }
 
+/// The node's own subtree's members whose name holds `name` (lower-cased), and that the
+/// rest of `filter` keeps, in stored (unit, record) order, `first` of them after `after`:
+/// the names are found in the sorted index's name section (keys alone, no row read), and
+/// only the rows found are read. Reading every row to find the names takes several times
+/// as long at a city (docs/storage.md, "Sorted listings").
+fn by_name(
+    tx: &redb::ReadTransaction,
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    name: &str,
+    filter: &MemberFilter,
+    after: Option<&MemberCursor>,
+    first: usize,
+    count: bool,
+) -> Result<MemberPage, StoreError> {
+    let index = tx.open_table(VIEW_ORDER).map_err(db)?;
+    let section = super::MemberOrder::Name.as_str();
+    let end = format!("{section}\0");
+    let mut found = Vec::new();
+    for entry in index
+        .range::<(&str, &str, &str, &str)>((section, "", "", "")..(end.as_str(), "", "", ""))
+        .map_err(db)?
+    {
+        let (k, _) = entry.map_err(db)?;
+        let (_, key, tree, record) = k.value();
+        if key.to_lowercase().contains(name) {
+            found.push((tree.to_owned(), record.to_owned()));
+        }
+    }
+    found.sort();
+    let after = after.map(|a| (a.tree_key.as_str(), a.record.as_str()));
+    // The name alone: every row found is kept, and none need be read for the count.
+    let name_only = *filter
+        == MemberFilter {
+            name: filter.name.clone(),
+            ..MemberFilter::default()
+        };
+    let (mut items, mut total) = (Vec::new(), 0);
+    for (tree, record) in found.iter() {
+        let past = after.is_none_or(|a| (tree.as_str(), record.as_str()) > a);
+        if !past && (name_only || !count) {
+            continue;
+        }
+        let full = items.len() > first;
+        if full && (!count || name_only) {
+            break;
+        }
+        let row = t
+            .get((tree.as_str(), record.as_str()))
+            .map_err(db)?
+            .ok_or_else(|| StoreError::Corrupt(format!("index entry {tree}{record}: no row")))?;
+        let m: Member = decode(row.value())?;
+        if !filter.keeps(&m) {
+            continue;
+        }
+        total += 1;
+        if past && !full {
+            let cursor = MemberCursor {
+                tree_key: tree.clone(),
+                record: record.clone(),
+            };
+            items.push((cursor, m));
+        }
+    }
+    if name_only {
+        total = found.len();
+    }
+    let has_next = items.len() > first;
+    items.truncate(first);
+    Ok(MemberPage {
+        items,
+        total: if count { total } else { 0 },
+        has_next,
+    })
+}
+
 /// How many members of the listing `lo..hi` (of `unit`, or its `subtree`) `filter` keeps:
 /// the subtree's roll-up row (read in `tx`, so it matches the rows) when the filter asks
 /// only what roll-ups count; otherwise, and for a unit's own register, the rows counted,
@@ -1134,6 +1209,14 @@ impl StoreReader {
     ) -> Result<MemberPage, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
+        let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+        if let Some(name) = filter.name.as_deref()
+            && subtree
+            && me.as_ref() == Some(unit)
+            && super::order::indexes(unit)
+        {
+            return by_name(&tx, &t, name, &filter, after, first, count);
+        }
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         let total = member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?;
