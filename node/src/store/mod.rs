@@ -4186,8 +4186,10 @@ mod tests {
     }
 
     /// A name search of a county's own listing in stored order finds the names in the
-    /// sorted index and reads only the rows found: the pages add up to what reading every
-    /// row gives, with the name alone and with a status besides, counted or not.
+    /// sorted index and reads only the rows found, when reading the first rows (8 in tests)
+    /// does not fill the page: the pages add up to what reading every row gives, with the
+    /// name alone and with a status besides, counted or not, a page of 2 (found within the
+    /// first rows, mostly) and of 20 (not).
     #[tokio::test]
     async fn a_name_search_through_the_index_pages_as_the_rows_read_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -4215,7 +4217,7 @@ mod tests {
         }
         all.sort_by_key(|m| (m.id.unit.tree_key(), m.id.record.to_string()));
         for status in [None, Some(MemberStatus::Probationary)] {
-            for count in [true, false] {
+            for (count, size) in [(true, 2), (false, 2), (false, 20)] {
                 let filter = MemberFilter {
                     name: Some("name 3".into()),
                     status,
@@ -4233,7 +4235,7 @@ mod tests {
                 let mut got = Vec::new();
                 for _ in 0..=want.len() {
                     let p = r
-                        .members_with(&me, true, filter.clone(), from.as_ref(), 2, count)
+                        .members_with(&me, true, filter.clone(), from.as_ref(), size, count)
                         .unwrap();
                     assert_eq!(p.total, if count { want.len() } else { 0 });
                     got.extend(p.items.iter().map(|(_, m)| m.id.clone()));
@@ -4243,7 +4245,7 @@ mod tests {
                     }
                 }
                 let got: Vec<&MemberId> = got.iter().collect();
-                assert_eq!(got, want, "status {status:?}, count {count}");
+                assert_eq!(got, want, "status {status:?}, count {count}, {size} a page");
             }
         }
         t.shutdown().await;

@@ -1974,6 +1974,10 @@ async fn rollup() -> anyhow::Result<()> {
     let (_, search_by_name) = load(&url, &token, &by_name, 1, PHASE * 2, no_match).await?;
     let in_stored_order = members_page("c01", search, None);
     let (_, search_stored) = load(&url, &token, &in_stored_order, 1, PHASE * 2, no_match).await?;
+    // And a name many members have (a family name), in stored order: found within the
+    // first rows.
+    let common = members_page("c01", ", nameContains: \"chen\"", None);
+    let (_, search_common) = load(&url, &token, &common, 1, PHASE * 2, page_of).await?;
     let meetings_of = |r: &serde_json::Value| {
         r["data"]["unit"]["meetings"]["edges"]
             .as_array()
@@ -2069,6 +2073,13 @@ async fn rollup() -> anyhow::Result<()> {
         median(search_by_name),
         "ms",
         Some(median(search_stored)),
+    );
+    emit(
+        "rollup",
+        "name_search_common_p50_ms",
+        median(search_common),
+        "ms",
+        None,
     );
     emit("rollup", "feed_page_100_p50_ms", median(feed), "ms", None);
     Ok(())
