@@ -4002,6 +4002,15 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// A county node's store in `dir`: its unit, three villages below it in two townships
+    /// (the listings the sorted index's tests walk), and the store.
+    fn county_store(dir: &Path) -> (UnitId, [UnitId; 3], Opened) {
+        let me = u("c01/k01");
+        let opened = open(&dir.join("store.redb"), me.clone()).unwrap();
+        let villages = ["c01/k01/t01/v01", "c01/k01/t01/v02", "c01/k01/t02/v01"].map(u);
+        (me, villages, opened)
+    }
+
     /// An ordered listing's pages, each holding only what it shows, add up to the whole
     /// listing sorted, ties broken by unit and record (all reversed when descending), the
     /// count over every row the filter keeps: through the sorted index (a county's subtree
@@ -4010,13 +4019,7 @@ mod tests {
     #[tokio::test]
     async fn ordered_pages_add_up_to_the_listing_sorted() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01");
-        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
-        let villages = [
-            u("c01/k01/t01/v01"),
-            u("c01/k01/t01/v02"),
-            u("c01/k01/t02/v01"),
-        ];
+        let (me, villages, (h, r, t)) = county_store(dir.path());
         // Names and years with many ties.
         let mut all = Vec::new();
         for i in 0..60u64 {
@@ -4193,13 +4196,7 @@ mod tests {
     #[tokio::test]
     async fn a_name_search_through_the_index_pages_as_the_rows_read_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01");
-        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
-        let villages = [
-            u("c01/k01/t01/v01"),
-            u("c01/k01/t01/v02"),
-            u("c01/k01/t02/v01"),
-        ];
+        let (me, villages, (h, r, t)) = county_store(dir.path());
         let mut all = Vec::new();
         for i in 0..45u64 {
             // Names that hold the text searched for differ, so the index's order (by name)
@@ -4275,8 +4272,7 @@ mod tests {
     async fn ordered_record_pages_through_the_index_add_up_to_the_listing_sorted() {
         use grassroots_schema::Value as V;
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01");
-        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        let (me, villages, (h, r, t)) = county_store(dir.path());
         let fund = h
             .create_record(
                 DocKind::Funds,
@@ -4292,11 +4288,6 @@ mod tests {
             .await
             .unwrap();
         let programme = format!("{}#{}", fund.id.unit, fund.id.record);
-        let villages = [
-            u("c01/k01/t01/v01"),
-            u("c01/k01/t01/v02"),
-            u("c01/k01/t02/v01"),
-        ];
         let mut all = Vec::new();
         for i in 0..40u64 {
             let mut f = vec![
