@@ -104,14 +104,15 @@ impl MemberFilter {
     fn keeps(&self, m: &Member) -> bool {
         self.status.is_none_or(|s| m.status == s)
             && self.category.is_none_or(|c| m.categories.contains(&c))
-            && self
-                .name
-                .as_ref()
-                .is_none_or(|n| m.name.to_lowercase().contains(n.as_str()))
+            && self.name.as_deref().is_none_or(|n| name_holds(n, &m.name))
             && self.education.is_none_or(|e| m.education == e)
             && self.gender.is_none_or(|g| m.gender == g)
-            && self.born_from.is_none_or(|y| m.birth_year >= y)
-            && self.born_to.is_none_or(|y| m.birth_year <= y)
+            && self.born_within(m.birth_year)
+    }
+
+    /// Whether a year of birth is within its range.
+    fn born_within(&self, year: i64) -> bool {
+        self.born_from.is_none_or(|f| year >= f) && self.born_to.is_none_or(|t| year <= t)
     }
 
     /// Whether it could keep a member whose sort key in a listing ordered `by` is `key`: false
@@ -119,13 +120,10 @@ impl MemberFilter {
     /// of birth out of the range), so that the row need not be read.
     fn could_keep(&self, by: super::MemberOrder, key: &str) -> bool {
         match by {
-            super::MemberOrder::Name => self
-                .name
-                .as_ref()
-                .is_none_or(|n| key.to_lowercase().contains(n.as_str())),
-            super::MemberOrder::BirthYear => SortKey::int_of(key).is_none_or(|y| {
-                self.born_from.is_none_or(|f| y >= f) && self.born_to.is_none_or(|t| y <= t)
-            }),
+            super::MemberOrder::Name => self.name.as_deref().is_none_or(|n| name_holds(n, key)),
+            super::MemberOrder::BirthYear => {
+                SortKey::int_of(key).is_none_or(|y| self.born_within(y))
+            }
             super::MemberOrder::JoinedOn => true,
         }
     }
@@ -138,6 +136,11 @@ impl MemberFilter {
             || self.born_from.is_some()
             || self.born_to.is_some()
     }
+}
+
+/// Whether `name` holds `text` (already lower-cased), whatever the case of its letters.
+fn name_holds(text: &str, name: &str) -> bool {
+    name.to_lowercase().contains(text)
 }
 
 /// One page of a members listing.
@@ -357,13 +360,20 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
         next.insert(at, (c, item));
         next.truncate(first + 1);
     }
-    let has_next = next.len() > first;
-    next.truncate(first);
+    let (items, has_next) = cut(next, first);
     Ok(OrderedPage {
-        items: next,
+        items,
         has_next,
         total,
     })
+}
+
+/// A page from the `first + 1` rows read at most: the first `first`, and whether one more
+/// was there.
+fn cut<C, T>(mut rows: Vec<(C, T)>, first: usize) -> (Vec<(C, T)>, bool) {
+    let more = rows.len() > first;
+    rows.truncate(first);
+    (rows, more)
 }
 
 /// Where a reader of the record feed stands: the feed's epoch and the last position read.
@@ -588,7 +598,7 @@ fn page_within<T: serde::de::DeserializeOwned>(
     Ok(((items, false), true))
 }
 
-/// Rows through the sorted index: `first + 1` of them at most, in order, from the index's
+/// A page of rows through the sorted index, and whether more follow: `first` rows, in order, from the index's
 /// `sections` (first key parts, each with whether its entries hold a value: rows without
 /// one come after the others, in a section of their own) walked one after another (each
 /// backwards when `descending`), from just after `after`. `fetch` reads an entry's row (by
@@ -600,7 +610,7 @@ fn walk_index<T>(
     descending: bool,
     first: usize,
     mut fetch: impl FnMut(&str, &str, &str) -> Result<Option<T>, StoreError>,
-) -> Result<Vec<(OrderedCursor, T)>, StoreError> {
+) -> Result<(Vec<(OrderedCursor, T)>, bool), StoreError> {
     let mut items = Vec::with_capacity(first + 1);
     // The cursor's section (by whether its key holds a value); none precedes the first.
     let start = match after {
@@ -612,7 +622,7 @@ fn walk_index<T>(
     let Some(start) = start else {
         // A cursor no section holds (a row without a value where every row has one):
         // nothing sorts after it.
-        return Ok(items);
+        return Ok((items, false));
     };
     for (i, (name, valued)) in sections.iter().enumerate().skip(start) {
         let end = format!("{name}\0");
@@ -653,11 +663,11 @@ fn walk_index<T>(
             };
             items.push((c, row));
             if items.len() > first {
-                return Ok(items);
+                return Ok(cut(items, first));
             }
         }
     }
-    Ok(items)
+    Ok(cut(items, first))
 }
 
 /// Rows read at most, in stored order, by a name search that does not count before it
@@ -684,7 +694,7 @@ fn name_matches(
     {
         let (k, _) = entry.map_err(db)?;
         let (_, key, tree, record) = k.value();
-        if key.to_lowercase().contains(name) {
+        if name_holds(name, key) {
             found.push((tree.to_owned(), record.to_owned()));
         }
     }
@@ -764,8 +774,7 @@ fn by_name(
             break;
         }
     }
-    let has_next = items.len() > first;
-    items.truncate(first);
+    let (items, has_next) = cut(items, first);
     let total = if count {
         count_kept(t, &found, filter)?
     } else {
@@ -855,6 +864,34 @@ pub(super) fn through_index(
     let rows = rollup_kept(tx, unit, &MemberFilter::default())?;
     let kept = rollup_kept(tx, unit, filter)?;
     Ok(super::order::walk_below(first, held, rows, kept))
+}
+
+/// How many records of the listing `lo..hi` `wanted` keeps, every row read.
+fn records_kept(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    (lo, hi): ((&str, &str), (&str, &str)),
+    wanted: &dyn Fn(&Record) -> bool,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+        let (_, v) = row.map_err(db)?;
+        n += usize::from(wanted(&decode(v.value())?));
+    }
+    Ok(n)
+}
+
+/// Whether a listing of `unit` (its `subtree`) is the whole of what the node of the store
+/// read in `tx` holds, and that node keeps the sorted index: its listings are all there.
+fn own_indexed(
+    tx: &redb::ReadTransaction,
+    unit: &UnitId,
+    subtree: bool,
+) -> Result<bool, StoreError> {
+    if !(subtree && super::order::indexes(unit)) {
+        return Ok(false);
+    }
+    let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+    Ok(me.as_ref() == Some(unit))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
@@ -1274,13 +1311,10 @@ impl StoreReader {
     ) -> Result<MemberPage, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_MEMBERS).map_err(db)?;
-        let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         if let Some(name) = filter.name.as_deref()
-            && subtree
-            && me.as_ref() == Some(unit)
-            && super::order::indexes(unit)
+            && own_indexed(&tx, unit, subtree)?
         {
             // A common name fills the page within the first rows; a rare one, or a count,
             // is looked up in the index instead of reading every row.
@@ -1345,7 +1379,7 @@ impl StoreReader {
         let index = tx.open_table(VIEW_ORDER).map_err(db)?;
         // Every member has a value of each field: one section, of values.
         let sections = [(by.as_str().to_owned(), true)];
-        let mut items = walk_index(
+        let (items, has_next) = walk_index(
             &index,
             &sections,
             after,
@@ -1355,18 +1389,13 @@ impl StoreReader {
                 if !tree.starts_with(&key) || !filter.could_keep(by, sort) {
                     return Ok(None);
                 }
-                let row = t.get((tree, record)).map_err(db)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("index entry {tree}{record}: no row"))
-                })?;
-                let m: Member = decode(row.value())?;
+                let m = indexed_row(&t, tree, record)?;
                 Ok(filter.keeps(&m).then_some(m))
             },
         )?;
-        let has_next = items.len() > first;
-        items.truncate(first);
         let total = match filter.name.as_deref() {
-            // The node's own listing (read through its index): its matches are there.
-            Some(name) if count && me.as_ref() == Some(unit) && super::order::indexes(unit) => {
+            // The node's own listing: its matches are in the index.
+            Some(name) if count && own_indexed(&tx, unit, subtree)? => {
                 count_kept(&t, &name_matches(&tx, name)?, &filter)?
             }
             _ => member_total(&tx, &t, unit, subtree, &filter, (lo, hi), count)?,
@@ -1397,19 +1426,18 @@ impl StoreReader {
     ) -> Result<OrderedPage<Record>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
-        let (key, end) = listing(&format!("{}|", q.kind.as_str()), q.unit, q.subtree);
+        // Rows of this table carry the kind before the unit (`meetings|c01/...`), and so do
+        // the cursors of its listings read whole: the index's cursors are made alike, and a
+        // cursor without it (none of this listing's) is given to the reading that made it.
+        let kind_key = format!("{}|", q.kind.as_str());
+        let (key, end) = listing(&kind_key, q.unit, q.subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
-        let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
         let Some(spec) = grassroots_schema::entity(q.kind) else {
             return Err(StoreError::Corrupt(format!(
                 "{} is no record kind",
                 q.kind.as_str()
             )));
         };
-        // Rows of this table carry the kind before the unit (`meetings|c01/...`), and so do
-        // the cursors of its listings read whole: the index's cursors are made alike, and a
-        // cursor without it (none of this listing's) is given to the reading that made it.
-        let kind_key = format!("{}|", q.kind.as_str());
         let after_in_index = after.map(|a| {
             a.at.tree_key
                 .strip_prefix(&kind_key)
@@ -1421,14 +1449,10 @@ impl StoreReader {
                     },
                 })
         });
-        let indexed = me.as_ref().is_some_and(|me| {
-            super::order::indexes(me)
-                && q.subtree
-                && q.unit == me
-                && field == spec.period_field
-                && !filtered
-                && !matches!(after_in_index, Some(None))
-        });
+        let indexed = field == spec.period_field
+            && !filtered
+            && !matches!(after_in_index, Some(None))
+            && own_indexed(&tx, q.unit, q.subtree)?;
         if !indexed {
             let sort = |r: &Record| SortKey::of_field(spec, field, r);
             let order = Order {
@@ -1439,7 +1463,7 @@ impl StoreReader {
         }
         let index = tx.open_table(VIEW_ORDER).map_err(db)?;
         let sections = super::order::record_sections(q.kind, field);
-        let mut items = walk_index(
+        let (mut items, has_next) = walk_index(
             &index,
             &sections,
             after_in_index.flatten().as_ref(),
@@ -1454,18 +1478,14 @@ impl StoreReader {
                 Ok(wanted(&r).then_some(r))
             },
         )?;
-        let has_next = items.len() > q.first;
-        items.truncate(q.first);
         for (c, _) in &mut items {
             c.at.tree_key.insert_str(0, &kind_key);
         }
-        let mut total = 0;
-        if q.count {
-            for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
-                let (_, v) = row.map_err(db)?;
-                total += usize::from(wanted(&decode(v.value())?));
-            }
-        }
+        let total = if q.count {
+            records_kept(&t, (lo, hi), wanted)?
+        } else {
+            0
+        };
         Ok(OrderedPage {
             items,
             has_next,
@@ -1491,13 +1511,11 @@ impl StoreReader {
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
         let (key, end) = listing(&format!("{}|", kind.as_str()), unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
-        let mut total = 0;
-        if count {
-            for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
-                let (_, v) = row.map_err(db)?;
-                total += usize::from(wanted(&decode(v.value())?));
-            }
-        }
+        let total = if count {
+            records_kept(&t, (lo, hi), wanted)?
+        } else {
+            0
+        };
         let (items, has_next) = page(&t, lo, hi, after, first, wanted)?;
         Ok(RecordPage {
             items,
