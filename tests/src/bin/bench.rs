@@ -1466,21 +1466,28 @@ async fn fill_store(
         }
     }
     let total = writes.len();
-    let mut it = writes.into_iter();
+    in_groups(writes, |(v, m)| store.create_member(v, m)).await?;
+    thread.shutdown().await;
+    Ok(total)
+}
+
+/// `write` over every one of `items`, 64 at a time (so that group commit shares their
+/// flushes, as concurrent writers would), stopping at the first refusal.
+async fn in_groups<I, T, E, Fut>(items: Vec<I>, write: impl Fn(I) -> Fut) -> anyhow::Result<()>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut it = items.into_iter();
     loop {
-        let chunk: Vec<_> = it.by_ref().take(64).collect();
-        if chunk.is_empty() {
-            break;
+        let group: Vec<_> = it.by_ref().take(64).map(&write).collect();
+        if group.is_empty() {
+            return Ok(());
         }
-        for r in
-            futures::future::join_all(chunk.into_iter().map(|(v, m)| store.create_member(v, m)))
-                .await
-        {
+        for r in futures::future::join_all(group).await {
             r?;
         }
     }
-    thread.shutdown().await;
-    Ok(total)
 }
 
 fn rss_bytes() -> u64 {
@@ -1852,19 +1859,10 @@ async fn rollup() -> anyhow::Result<()> {
             made.push((v.clone(), fields));
         }
     }
-    let mut it = made.into_iter();
-    loop {
-        let chunk: Vec<_> = it.by_ref().take(64).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let writes = chunk
-            .into_iter()
-            .map(|(v, f)| store.create_record(DocKind::Meetings, v, f, None, None));
-        for r in futures::future::join_all(writes).await {
-            r?;
-        }
-    }
+    in_groups(made, |(v, f)| {
+        store.create_record(DocKind::Meetings, v, f, None, None)
+    })
+    .await?;
     let token = grassroots_node::auth::new_token()?;
     store
         .add_user(
