@@ -749,6 +749,12 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
                     restored.views_made
                 );
             }
+            if restored.revocations > 0 {
+                println!(
+                    "certificates revoked after the backup: {}, revoked again",
+                    restored.revocations
+                );
+            }
             if let Some(kept) = restored.kept {
                 println!("the replaced store is kept as {}", kept.display());
             }

@@ -7,7 +7,7 @@
 //! a set, so additions merge too).
 
 use automerge::transaction::Transactable;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use automerge::{
     ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop,
@@ -1085,6 +1085,23 @@ pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bo
 /// Whether a profile lists `fingerprint` as revoked (whatever else it holds).
 pub fn is_revoked(doc: &Automerge, fingerprint: &str) -> bool {
     union_keys(doc, "revoked").contains(fingerprint)
+}
+
+/// The certificates a profile lists as revoked, each with the unit it was issued to (an
+/// entry whose unit does not read is left out).
+pub fn revocations(doc: &Automerge) -> Vec<(String, UnitId)> {
+    let mut found = BTreeMap::new();
+    for (v, map) in doc.get_all(ROOT, "revoked").unwrap_or_default() {
+        if !matches!(v, Value::Object(ObjType::Map)) {
+            continue;
+        }
+        for fingerprint in doc.keys(&map) {
+            if let Some(child) = get_str(doc, &map, &fingerprint).and_then(|c| c.parse().ok()) {
+                found.entry(fingerprint).or_insert(child);
+            }
+        }
+    }
+    found.into_iter().collect()
 }
 
 /// Record in a profile that the certificate with `fingerprint` (issued to `child`) is

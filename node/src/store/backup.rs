@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use grassroots_schema::UnitId;
+use grassroots_schema::{DocId, DocKind, UnitId};
 use redb::{
     Database, Key, ReadTransaction, ReadableDatabase, ReadableTableMetadata, TableDefinition,
     Value, WriteTransaction,
@@ -27,7 +27,7 @@ use super::tables::{
     TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS,
     VIEW_UNITS,
 };
-use super::{StoreError, db};
+use super::{StoreError, WriteError, db};
 
 /// Where a node keeps its backups: `backups/` beside its store file.
 pub fn backup_dir(store: &Path) -> PathBuf {
@@ -450,6 +450,17 @@ pub struct Restored {
     /// How many view rows differed from the backup's documents and were made again (0:
     /// its views were right).
     pub views_made: usize,
+    /// How many certificates the replaced store's profile revoked and the backup's did not,
+    /// revoked again in the restored store.
+    pub revocations: usize,
+}
+
+/// What [`stage`] did to the copy: [`Restored`] but where the replaced store is kept.
+struct Staged {
+    users: UsersFrom,
+    backup_users: u64,
+    views_made: usize,
+    revocations: usize,
 }
 
 /// Refused when an interrupted restore left its staged copy beside the store at `path`: a
@@ -544,11 +555,15 @@ pub async fn restore_keeping(
         }
         Err(e)
     };
-    let (users, backup_users, views_made) =
-        match stage(from, &staged, current.as_ref(), me, owner, now_ms, keep).await {
-            Ok(staged) => staged,
-            Err(e) => return fail(placeholder, e),
-        };
+    let Staged {
+        users,
+        backup_users,
+        views_made,
+        revocations,
+    } = match stage(from, &staged, current.as_ref(), me, owner, now_ms, keep).await {
+        Ok(staged) => staged,
+        Err(e) => return fail(placeholder, e),
+    };
     let kept = if had_store {
         let kept = store.with_extension(format!("redb.before-restore-{}", utc_stamp(now_ms)));
         // A second name for the old store, then the copy renamed over the first: no moment
@@ -573,6 +588,7 @@ pub async fn restore_keeping(
         users,
         backup_users,
         views_made,
+        revocations,
     })
 }
 
@@ -628,8 +644,8 @@ fn users_in(database: &Database) -> Result<u64, StoreError> {
 
 /// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
 /// any (in place of the backup's, or besides them: `keep`), open it as a store and check
-/// its views, making them again when they differ. Returns whose users it has, how many the
-/// backup held, and how many view rows were made again.
+/// its views, making them again when they differ; revoke again what `current`'s profile
+/// revokes and the backup's does not.
 async fn stage(
     from: &Path,
     staged: &Path,
@@ -638,7 +654,7 @@ async fn stage(
     owner: Option<(u32, u32)>,
     now_ms: u64,
     keep: KeepUsers,
-) -> Result<(UsersFrom, u64, usize), StoreError> {
+) -> Result<Staged, StoreError> {
     std::fs::copy(from, staged).map_err(io(format!(
         "copying {} to {}",
         from.display(),
@@ -681,11 +697,16 @@ async fn stage(
     // Views are made from the documents: a backup whose views differ (an older build's
     // bug, say) is still the backup of its documents, so its views are made again; what
     // still differs after that is a document that does not read.
-    let (handle, _reader, thread) = super::open(staged, me.clone())?;
+    let revoked = match current {
+        Some(c) => revocations_in(c, me),
+        None => Vec::new(),
+    };
+    let (handle, reader, thread) = super::open(staged, me.clone())?;
     let checked = async {
+        let carried = carry_revocations(&handle, &reader, me, revoked).await?;
         let diffs = handle.verify_views().await?;
         if diffs.is_empty() {
-            return Ok(0);
+            return Ok((0, carried));
         }
         tracing::warn!(
             "the backup's views differ from its documents in {} rows (first: {}): made again",
@@ -694,7 +715,7 @@ async fn stage(
         );
         handle.rebuild_views().await?;
         match handle.verify_views().await?.first() {
-            None => Ok(diffs.len()),
+            None => Ok((diffs.len(), carried)),
             Some(first) => Err(StoreError::Corrupt(format!(
                 "the backup's views differ from its documents even made again (first: {first})"
             ))),
@@ -703,11 +724,77 @@ async fn stage(
     .await;
     drop(handle);
     thread.shutdown().await;
-    let views_made = checked?;
+    let (views_made, revocations) = checked?;
     std::fs::File::open(staged)
         .and_then(|f| f.sync_all())
         .map_err(io(format!("flushing {}", staged.display())))?;
-    Ok((users, backup_users, views_made))
+    Ok(Staged {
+        users,
+        backup_users,
+        views_made,
+        revocations,
+    })
+}
+
+/// The revocations in `me`'s profile as `database` (the store a restore replaces) holds it:
+/// none where it holds no profile, and none, with a warning, where that does not read.
+fn revocations_in(database: &Database, me: &UnitId) -> Vec<(String, UnitId)> {
+    let id = DocId::new(DocKind::Profile, me.clone());
+    let held = (|| {
+        let tx = database.begin_read().map_err(db)?;
+        match tx.open_table(DOCS) {
+            Ok(t) => Ok(t.get(id.to_string().as_str()).map_err(db)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(db(e)),
+        }
+    })();
+    match held.and_then(|held| match held {
+        true => super::load::load_doc(database, &id).map(|d| crate::doc::revocations(&d)),
+        false => Ok(Vec::new()),
+    }) {
+        Ok(revoked) => revoked,
+        Err(e) => {
+            tracing::warn!(
+                "the replaced store's profile does not read ({e}): revocations made after the \
+                 backup come back only with the profile from the parent"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Revoke again in the restored store (`handle`, `reader`) what `revoked` lists and it does
+/// not: a certificate revoked after the backup stays revoked, rather than links coming up
+/// with it until the profile comes back from the parent. Returns how many.
+async fn carry_revocations(
+    handle: &super::StoreHandle,
+    reader: &super::StoreReader,
+    me: &UnitId,
+    revoked: Vec<(String, UnitId)>,
+) -> Result<usize, StoreError> {
+    let held: BTreeSet<String> = reader
+        .unit(me)?
+        .map(|p| p.revoked.into_iter().collect())
+        .unwrap_or_default();
+    let mut carried = 0;
+    for (fingerprint, child) in revoked {
+        if held.contains(&fingerprint) {
+            continue;
+        }
+        // Fail closed: a restore that would let a revoked certificate link again is refused.
+        handle
+            .revoke(child.clone(), fingerprint.clone())
+            .await
+            .map_err(|e| match e {
+                WriteError::Store(e) => e,
+                e => StoreError::NotStored(format!(
+                    "revoking {child}'s certificate {fingerprint} again, as the replaced store \
+                     did: {e}"
+                )),
+            })?;
+        carried += 1;
+    }
+    Ok(carried)
 }
 
 #[cfg(test)]
@@ -940,6 +1027,65 @@ mod tests {
         assert_eq!(names(&r, &me), vec!["Kept".to_owned(), "Later".to_owned()]);
         t.shutdown().await;
         assert!(!path.with_extension("restoring").exists());
+    }
+
+    /// Certificates revoked after the backup stay revoked in the restored store (its
+    /// profile, which the handshake reads, lists them): a revoked child does not link again
+    /// while the profile has yet to come back from the parent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_keeps_the_revocations_made_after_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let me = u("c01");
+        let (h, r, t) = city(dir.path()).await;
+        let fp = |b: char| b.to_string().repeat(64);
+        h.revoke(u("c01/k01"), fp('a')).await.unwrap();
+        let backup = r.backup(1_000).unwrap().path;
+        h.revoke(u("c01/k01"), fp('b')).await.unwrap();
+        h.revoke(u("c01/k02"), fp('c')).await.unwrap();
+        t.shutdown().await;
+        drop((h, r));
+
+        let revoked = |path: &Path| {
+            let database = Database::open(path).unwrap();
+            let d =
+                super::super::load::load_doc(&database, &DocId::new(DocKind::Profile, u("c01")))
+                    .unwrap();
+            crate::doc::revocations(&d)
+        };
+        let all = vec![
+            (fp('a'), u("c01/k01")),
+            (fp('b'), u("c01/k01")),
+            (fp('c'), u("c01/k02")),
+        ];
+        let restored = restore(&backup, &path, &me, 2_000).await.unwrap();
+        assert_eq!(restored.revocations, 2);
+        assert_eq!(revoked(&path), all);
+        let (h, r, t) = super::super::open(&path, me.clone()).unwrap();
+        let mut listed = r.unit(&me).unwrap().unwrap().revoked;
+        listed.sort();
+        assert_eq!(listed, vec![fp('a'), fp('b'), fp('c')]);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+        drop((h, r));
+        // Restored again, over the store that holds all three: the same two come over.
+        assert_eq!(
+            restore(&backup, &path, &me, 3_000)
+                .await
+                .unwrap()
+                .revocations,
+            2
+        );
+        // Over a store that does not open, the backup's alone.
+        std::fs::write(&path, b"not a database at all").unwrap();
+        assert_eq!(
+            restore(&backup, &path, &me, 4_000)
+                .await
+                .unwrap()
+                .revocations,
+            0
+        );
+        assert_eq!(revoked(&path), vec![(fp('a'), u("c01/k01"))]);
     }
 
     /// A backup whose views differ from its documents (views are made from them) is
