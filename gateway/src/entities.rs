@@ -833,6 +833,14 @@ pub fn list<T: EntityType>(
             })
             && can_read_record(who, r)
     };
+    // What the store may know of `wanted` (a count from keys alone where it keeps every
+    // record within the period).
+    let filter = grassroots_node::store::RecordFilter {
+        period,
+        all_within: level.is_none()
+            && filters.is_empty()
+            && gs::reads_every_record(who, T::KIND, unit),
+    };
     let count = ctx.look_ahead().field("totalCount").exists();
     let query = grassroots_node::store::RecordQuery {
         kind: T::KIND,
@@ -849,18 +857,20 @@ pub fn list<T: EntityType>(
             .as_deref()
             .map(|a| decode_ordered(&of, a))
             .transpose()?;
-        // Whether `wanted` keeps fewer than the records the caller may read.
-        let filtered = level.is_some() || period.is_some() || !filters.is_empty();
         return ordered::<T>(
             ctx,
             spec,
             (field, args.descending, &of),
             after,
             &query,
-            (&wanted, filtered),
+            &wanted,
+            filter,
         );
     }
-    let page = b.reader.records(&query, &wanted).map_err(internal)?;
+    let page = b
+        .reader
+        .records(&query, filter, &wanted)
+        .map_err(internal)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let edges = page
         .items
@@ -875,14 +885,16 @@ pub fn list<T: EntityType>(
 }
 
 /// [`list`]'s page ordered by `field`, one of the kind's fields [`orderable`] allows,
-/// `descending` or not (`of`, its [`ordering`], names it in the cursors).
+/// `descending` or not (`of`, its [`ordering`], names it in the cursors); `filter` tells the
+/// store what `wanted` keeps (a period: it reads only that period's keys).
 fn ordered<T: EntityType>(
     ctx: &Context<'_>,
     spec: &gs::EntitySpec,
     (field, descending, of): (&str, bool, &str),
     after: Option<grassroots_node::store::OrderedCursor>,
     query: &grassroots_node::store::RecordQuery<'_>,
-    (wanted, filtered): (&dyn Fn(&Record) -> bool, bool),
+    wanted: &dyn Fn(&Record) -> bool,
+    filter: grassroots_node::store::RecordFilter,
 ) -> Result<RecordConnection<T>> {
     if spec.field(field).filter(|f| orderable(f)).is_none() {
         let names: Vec<&str> = spec
@@ -900,7 +912,7 @@ fn ordered<T: EntityType>(
     // takes it) and reads the sorted index where it has one.
     let page = backend(ctx)?
         .reader
-        .records_ordered(query, (field, descending), after.as_ref(), filtered, wanted)
+        .records_ordered(query, (field, descending), after.as_ref(), filter, wanted)
         .map_err(from_store)?;
     ProfileCache::prefetch(ctx, page.items.iter().map(|(_, r)| &r.id.unit))?;
     let edges = page

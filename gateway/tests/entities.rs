@@ -192,6 +192,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
                 q2: meetings(subtree: true, period: "2025Q2") { totalCount }
                 lectures: meetings(subtree: true, period: "2025", kind: PARTY_LECTURE) { totalCount }
                 villages: meetings(subtree: true, level: VILLAGE) { totalCount }
+                all: meetings(subtree: true) { totalCount }
                 own: meetings { totalCount } } }"#,
             json!({}),
         )
@@ -199,6 +200,7 @@ async fn the_seed_entities_feed_indicators_and_targets() {
     assert_eq!(d["nodeUnit"]["q2"]["totalCount"], 8, "{d}");
     assert_eq!(d["nodeUnit"]["lectures"]["totalCount"], 7, "{d}");
     assert_eq!(d["nodeUnit"]["villages"]["totalCount"], 31, "{d}");
+    assert_eq!(d["nodeUnit"]["all"]["totalCount"], 31, "{d}");
     assert_eq!(d["nodeUnit"]["own"]["totalCount"], 0, "{d}");
     // Pages follow each other through their cursors: every meeting once, in order.
     let mut seen: Vec<String> = Vec::new();
@@ -815,6 +817,24 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
         d["unit"]["disbursements"]["edges"][0]["node"]["recipientIdNumber"],
         "11010519491231002X"
     );
+    // A quarter's, latest first, through the county node's sorted index: counted from its
+    // keys for a caller who reads them all, row by row for one who reads the published
+    // alone.
+    let quarter = "{ unit(id: \"c01/k01\") { disbursements(subtree: true, period: \"2026Q2\",
+        orderBy: \"paidOn\", descending: true) { totalCount edges { node { recipient } } } } }";
+    let d = f.ok(None, quarter, json!({})).await;
+    assert_eq!(
+        d["unit"]["disbursements"],
+        json!({ "totalCount": 1, "edges": [{ "node": { "recipient": "Li Ming" } }] })
+    );
+    let d = f.ok(Some(&county), quarter, json!({})).await;
+    assert_eq!(d["unit"]["disbursements"]["totalCount"], 3, "{d}");
+    // So are the listing's in stored order.
+    let all = "{ unit(id: \"c01/k01\") { disbursements(subtree: true) { totalCount } } }";
+    let d = f.ok(None, all, json!({})).await;
+    assert_eq!(d["unit"]["disbursements"]["totalCount"], 1, "{d}");
+    let d = f.ok(Some(&county), all, json!({})).await;
+    assert_eq!(d["unit"]["disbursements"]["totalCount"], 3, "{d}");
     let d = f
         .ok(
             Some(&county),

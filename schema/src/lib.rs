@@ -59,6 +59,6 @@ pub use rollup::Rollup;
 pub use rules::{
     Audience, Caller, DocMeta, Relation, Role, UnknownRole, addressed_to, can_address,
     can_manage_users, can_read, can_read_record, can_read_record_sensitive, can_read_sensitive,
-    can_supervise, can_write, can_write_fields, handed_to, hands_up_only, may_author, relation,
-    replicated_at,
+    can_supervise, can_write, can_write_fields, handed_to, hands_up_only, may_author,
+    reads_every_record, relation, replicated_at,
 };

@@ -266,6 +266,15 @@ pub fn can_read_record(caller: &Caller, record: &Record) -> bool {
     }
 }
 
+/// Whether [`can_read_record`] holds for every record of `kind` owned in `unit`'s subtree,
+/// whatever its fields: the kind is public, or the caller's unit is `unit` or above it (the
+/// narrowing of directives is for units below their issuer). A listing for such a caller
+/// may be counted without reading its rows.
+pub fn reads_every_record(caller: &Caller, kind: DocKind, unit: &UnitId) -> bool {
+    kind.is_public()
+        || matches!(caller, Caller::User { unit: mine, .. } if unit.is_in_subtree_of(mine))
+}
+
 /// Whether a record sent down (a directive, a fund programme) is addressed to `unit`: the
 /// unit is below the record's owner and, for a directive for one level, at that level.
 pub fn addressed_to(record: &Record, unit: &UnitId) -> bool {
@@ -633,6 +642,48 @@ mod tests {
         paid.fields
             .insert("published".into(), crate::entities::Value::Bool(true));
         assert!(can_read_record(&Caller::Anonymous, &paid), "published");
+    }
+
+    /// Where a caller reads every record of a listing, each record of it is readable,
+    /// whoever owns it and whatever it holds; where not, some record is not.
+    #[test]
+    fn reading_every_record_agrees_with_each_record() {
+        let units = [
+            "c01",
+            "c01/k01",
+            "c01/k01/t01",
+            "c01/k01/t01/v01",
+            "c01/k01/t02/v01",
+            "c01/k02/t01/v01",
+        ];
+        let callers: Vec<Caller> = std::iter::once(Caller::Anonymous)
+            .chain(units.iter().map(|unit| Caller::User {
+                unit: u(unit),
+                role: Role::Viewer,
+            }))
+            .collect();
+        for kind in DocKind::ALL {
+            for caller in &callers {
+                for listed in units.map(u) {
+                    let records: Vec<Record> = units
+                        .iter()
+                        .filter(|o| u(o).is_in_subtree_of(&listed))
+                        .flat_map(|o| {
+                            [
+                                record(kind, o, &[]),
+                                record(kind, o, &[("toLevel", "village")]),
+                                record(kind, o, &[("toLevel", "county")]),
+                            ]
+                        })
+                        .collect();
+                    let each = records.iter().all(|r| can_read_record(caller, r));
+                    let every = reads_every_record(caller, kind, &listed);
+                    assert!(!every || each, "{kind:?} of {listed} for {caller:?}");
+                    let own = matches!(caller, Caller::User { unit, .. } if *unit == listed);
+                    assert!(every || !own || kind.is_public(), "{kind:?} of {listed}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -33,7 +33,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use order::MemberOrder;
 pub use reader::{
     BackupLog, FeedCursor, FeedEntry, FeedPage, FeedRows, MemberCursor, MemberFilter, MemberPage,
-    Order, OrderedCursor, OrderedPage, RecordPage, RecordQuery, SortKey, StoreReader, TokenUser,
+    Order, OrderedCursor, OrderedPage, RecordFilter, RecordPage, RecordQuery, SortKey, StoreReader,
+    TokenUser,
 };
 use tables::*;
 
@@ -4329,7 +4330,6 @@ mod tests {
             .map(|(_, r)| r)
             .collect();
         assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
-        let spec = entity(DocKind::Disbursements).unwrap();
         let tx = r.db_for_tests().begin_read().unwrap();
         let index_entries = tx.open_table(VIEW_ORDER).unwrap().iter().unwrap().count();
         assert_eq!(
@@ -4337,15 +4337,44 @@ mod tests {
             all.len() + 1,
             "one entry per record, the fund's too"
         );
-        for (unit, field) in [
-            (me.clone(), "paidOn"),
-            (u("c01/k01/t01"), "paidOn"),
-            (me.clone(), "recipient"),
-        ] {
-            let held: Vec<&Record> = all
-                .iter()
-                .filter(|r| r.id.unit.is_in_subtree_of(&unit))
-                .collect();
+        // Every page of a listing, and its count (when asked; 0 otherwise).
+        let pages = |unit: &UnitId,
+                     kind: DocKind,
+                     (field, descending): (&str, bool),
+                     filter: RecordFilter,
+                     wanted: &dyn Fn(&Record) -> bool,
+                     count: bool| {
+            let mut from: Option<OrderedCursor> = None;
+            let mut got = Vec::new();
+            let mut totals = BTreeSet::new();
+            for _ in 0..=60 {
+                let q = RecordQuery {
+                    kind,
+                    unit,
+                    subtree: true,
+                    after: None,
+                    first: 4,
+                    count,
+                };
+                let p = r
+                    .records_ordered(&q, (field, descending), from.as_ref(), filter, wanted)
+                    .unwrap();
+                totals.insert(p.total);
+                got.extend(p.items.iter().map(|(_, r)| r.id.clone()));
+                from = p.items.last().map(|(c, _)| c.clone());
+                if !p.has_next {
+                    break;
+                }
+            }
+            (got, totals)
+        };
+        // The listing sorted, and its size.
+        let sorted = |of: &[Record],
+                      unit: &UnitId,
+                      field: &str,
+                      descending: bool,
+                      wanted: &dyn Fn(&Record) -> bool| {
+            let spec = entity(of[0].id.kind).unwrap();
             let cursor = |r: &Record| OrderedCursor {
                 key: SortKey::of_field(spec, field, r),
                 at: MemberCursor {
@@ -4353,60 +4382,223 @@ mod tests {
                     record: r.id.record.to_string(),
                 },
             };
-            for descending in [false, true] {
-                let mut want = held.clone();
-                want.sort_by(|a, b| OrderedCursor::cmp_in(&cursor(a), &cursor(b), descending));
-                let mut from: Option<OrderedCursor> = None;
-                let mut got = Vec::new();
-                for _ in 0..=held.len() {
-                    let q = RecordQuery {
-                        kind: DocKind::Disbursements,
-                        unit: &unit,
-                        subtree: true,
-                        after: None,
-                        first: 4,
-                        count: true,
-                    };
-                    let p = r
-                        .records_ordered(&q, (field, descending), from.as_ref(), false, &|_| true)
-                        .unwrap();
-                    assert_eq!(p.total, held.len());
-                    got.extend(p.items.iter().map(|(_, r)| r.id.clone()));
-                    from = p.items.last().map(|(c, _)| c.clone());
-                    if !p.has_next {
-                        break;
-                    }
-                }
-                let want: Vec<RecordRef> = want.iter().map(|r| r.id.clone()).collect();
-                assert_eq!(got, want, "{unit} by {field}, descending {descending}");
-                let last = all.iter().find(|r| Some(&r.id) == got.last()).unwrap();
+            let mut want: Vec<&Record> = of
+                .iter()
+                .filter(|r| r.id.unit.is_in_subtree_of(unit) && wanted(r))
+                .collect();
+            want.sort_by(|a, b| OrderedCursor::cmp_in(&cursor(a), &cursor(b), descending));
+            want.into_iter()
+                .map(|r| r.id.clone())
+                .collect::<Vec<RecordRef>>()
+        };
+        let quarter = grassroots_schema::entities::period_months("2026Q1").unwrap();
+        let in_quarter = |r: &Record| {
+            r.fields
+                .get("paidOn")
+                .is_some_and(|v| grassroots_schema::entities::in_period(quarter, v))
+        };
+        let smallest = |r: &Record| r.fields.get("amount") == Some(&V::Int(100));
+        let both = |r: &Record| in_quarter(r) && smallest(r);
+        let every = |_: &Record| true;
+        let within = |all_within| RecordFilter {
+            period: Some(quarter),
+            all_within,
+        };
+        type Filter<'a> = (&'a str, RecordFilter, &'a dyn Fn(&Record) -> bool);
+        let whole = RecordFilter {
+            period: None,
+            all_within: true,
+        };
+        let filters: [Filter<'_>; 6] = [
+            ("every", whole, &every),
+            ("every, each row read", RecordFilter::default(), &every),
+            ("2026Q1", within(true), &in_quarter),
+            ("2026Q1, each row read", within(false), &in_quarter),
+            ("2026Q1, the smallest", within(false), &both),
+            ("the smallest", RecordFilter::default(), &smallest),
+        ];
+        for (unit, field) in [
+            (me.clone(), "paidOn"),
+            (u("c01/k01/t01"), "paidOn"),
+            (u("c01/k01/t02"), "paidOn"),
+            (me.clone(), "recipient"),
+        ] {
+            for ((name, filter, wanted), descending, count) in filters
+                .iter()
+                .flat_map(|f| [(f, false), (f, true)])
+                .flat_map(|(f, d)| [(f, d, true), (f, d, false)])
+            {
+                let want = sorted(&all, &unit, field, descending, *wanted);
+                let kind = DocKind::Disbursements;
+                let (got, totals) =
+                    pages(&unit, kind, (field, descending), *filter, *wanted, count);
+                let case =
+                    format!("{unit} by {field}, descending {descending}, {name}, count {count}");
+                assert_eq!(got, want, "{case}");
+                // Uncounted, a page read whole still counts.
                 assert!(
-                    field != "paidOn" || last.fields.get("paidOn").is_none_or(|v| *v == V::Null),
-                    "no date comes last"
+                    totals == BTreeSet::from([want.len()])
+                        || !count && totals.iter().all(|n| [0, want.len()].contains(n)),
+                    "{case}: {totals:?}"
                 );
+                // In stored order, counted likewise.
+                let q = RecordQuery {
+                    kind,
+                    unit: &unit,
+                    subtree: true,
+                    after: None,
+                    first: 100,
+                    count: true,
+                };
+                let stored = r.records(&q, *filter, *wanted).unwrap();
+                assert_eq!(stored.total, want.len(), "{case}, in stored order");
+                let ids = |of: &mut dyn Iterator<Item = &RecordRef>| -> BTreeSet<String> {
+                    of.map(ToString::to_string).collect()
+                };
+                assert_eq!(
+                    ids(&mut stored.items.iter().map(|(_, r)| &r.id)),
+                    ids(&mut want.iter()),
+                    "{case}, in stored order"
+                );
+                if *name == "every" && field == "paidOn" {
+                    let last = all.iter().find(|r| Some(&r.id) == got.last()).unwrap();
+                    assert!(
+                        last.fields.get("paidOn").is_none_or(|v| *v == V::Null),
+                        "no date comes last: {case}"
+                    );
+                }
             }
         }
-        // Either reading's cursors serve the other: a page read whole (here: with a filter,
-        // keeping every row) goes on through the index from its last row, and back.
-        let q = |first| RecordQuery {
+        // A page of the quarter after any row's cursor (in the quarter, before it or after
+        // it: another listing's) holds the quarter's rows that sort after that row.
+        let spec = entity(DocKind::Disbursements).unwrap();
+        let cursor = |r: &Record| OrderedCursor {
+            key: SortKey::of_field(spec, "paidOn", r),
+            at: MemberCursor {
+                tree_key: format!("disbursements|{}", r.id.unit.tree_key()),
+                record: r.id.record.to_string(),
+            },
+        };
+        for descending in [false, true] {
+            let want = sorted(&all, &me, "paidOn", descending, &in_quarter);
+            for row in &all {
+                let q = RecordQuery {
+                    kind: DocKind::Disbursements,
+                    unit: &me,
+                    subtree: true,
+                    after: None,
+                    first: 3,
+                    count: false,
+                };
+                let at = cursor(row);
+                let p = r
+                    .records_ordered(
+                        &q,
+                        ("paidOn", descending),
+                        Some(&at),
+                        within(true),
+                        &in_quarter,
+                    )
+                    .unwrap();
+                let got: Vec<RecordRef> = p.items.iter().map(|(_, r)| r.id.clone()).collect();
+                let after: Vec<RecordRef> = want
+                    .iter()
+                    .filter(|id| {
+                        let r = all.iter().find(|r| &r.id == *id).unwrap();
+                        OrderedCursor::cmp_in(&cursor(r), &at, descending).is_gt()
+                    })
+                    .take(3)
+                    .cloned()
+                    .collect();
+                assert_eq!(got, after, "after {}, descending {descending}", row.id);
+            }
+        }
+        // Funds, filed under a year (an integer): a year's listing reads its keys alone.
+        let mut funds = vec![fund];
+        // Two of 2026, fewer than a walk passes over before it gives up: a half year (which
+        // holds no year, though its keys span 2026) is counted from the keys.
+        for (i, year) in [2025, 2027, 2026, 2024, 2023, 2028].into_iter().enumerate() {
+            funds.push(
+                h.create_record(
+                    DocKind::Funds,
+                    villages[i % 3].clone(),
+                    fields(&[
+                        ("name", V::Text(format!("Fund {i}"))),
+                        ("year", V::Int(year)),
+                        ("total", V::Int(1_000)),
+                    ]),
+                    None,
+                    None,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for year in ["2024", "2026", "2026H2", "2028"] {
+            let months = grassroots_schema::entities::period_months(year).unwrap();
+            let wanted = |r: &Record| {
+                r.fields
+                    .get("year")
+                    .is_some_and(|v| grassroots_schema::entities::in_period(months, v))
+            };
+            for descending in [false, true] {
+                let want = sorted(&funds, &me, "year", descending, &wanted);
+                let (got, totals) = pages(
+                    &me,
+                    DocKind::Funds,
+                    ("year", descending),
+                    RecordFilter {
+                        period: Some(months),
+                        all_within: true,
+                    },
+                    &wanted,
+                    true,
+                );
+                assert_eq!(got, want, "funds of {year}");
+                assert_eq!(totals, BTreeSet::from([want.len()]), "funds of {year}");
+            }
+        }
+        // Either reading's cursors serve the other: a page read whole (here: a township's
+        // listing counted) goes on through the index from its last row, and back.
+        let township = u("c01/k01/t01");
+        let q = |first, count| RecordQuery {
             kind: DocKind::Disbursements,
-            unit: &me,
+            unit: &township,
             subtree: true,
             after: None,
             first,
-            count: false,
+            count,
         };
         let whole = r
-            .records_ordered(&q(40), ("paidOn", false), None, false, &|_| true)
+            .records_ordered(
+                &q(40, true),
+                ("paidOn", false),
+                None,
+                Default::default(),
+                &|_| true,
+            )
             .unwrap();
         let order: Vec<RecordRef> = whole.items.iter().map(|(_, r)| r.id.clone()).collect();
-        for (filtered, then) in [(true, false), (false, true)] {
+        assert!(order.len() > 18);
+        for (counted, then) in [(true, false), (false, true)] {
             let first = r
-                .records_ordered(&q(9), ("paidOn", false), None, filtered, &|_| true)
+                .records_ordered(
+                    &q(9, counted),
+                    ("paidOn", false),
+                    None,
+                    Default::default(),
+                    &|_| true,
+                )
                 .unwrap();
             let from = first.items.last().map(|(c, _)| c.clone());
             let next = r
-                .records_ordered(&q(9), ("paidOn", false), from.as_ref(), then, &|_| true)
+                .records_ordered(
+                    &q(9, then),
+                    ("paidOn", false),
+                    from.as_ref(),
+                    Default::default(),
+                    &|_| true,
+                )
                 .unwrap();
             let got: Vec<RecordRef> = first
                 .items
@@ -4414,7 +4606,7 @@ mod tests {
                 .chain(&next.items)
                 .map(|(_, r)| r.id.clone())
                 .collect();
-            assert_eq!(got, order[..18], "read whole first: {filtered}");
+            assert_eq!(got, order[..18], "read whole first: {counted}");
         }
         t.shutdown().await;
     }
@@ -5294,7 +5486,8 @@ mod tests {
             first: 10,
             count: true,
         };
-        assert_eq!(r.records(&meetings, &|_| true).unwrap().items.len(), 1);
+        let all = RecordFilter::default();
+        assert_eq!(r.records(&meetings, all, &|_| true).unwrap().items.len(), 1);
         // A record removed since is made again by a repeat.
         h.delete_member(next.id.clone()).await.unwrap();
         let remade = create("Li Wei", "amy", "form-18").await.unwrap();

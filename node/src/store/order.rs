@@ -107,7 +107,7 @@ fn member_entries(me: Option<&UnitId>, unit: &UnitId, m: &Member) -> Vec<(String
 }
 
 /// Whether the node of `me` keeps the index and `unit` is in its subtree.
-fn held(me: Option<&UnitId>, unit: &UnitId) -> bool {
+pub(super) fn held(me: Option<&UnitId>, unit: &UnitId) -> bool {
     me.is_some_and(|me| indexes(me) && unit.is_in_subtree_of(me))
 }
 

@@ -598,19 +598,36 @@ fn page_within<T: serde::de::DeserializeOwned>(
     Ok(((items, false), true))
 }
 
+/// An ordered page's rows, each with its cursor, and whether more follow.
+type OrderedRows<T> = (Vec<(OrderedCursor, T)>, bool);
+
+/// What [`walk_index`]'s `fetch` makes of an entry.
+enum Fetched<T> {
+    /// The entry's row, for the page.
+    Row(T),
+    /// Passed over.
+    Skip,
+    /// The walk stops without a page (it read as many rows as it may): the caller reads the
+    /// listing another way.
+    GiveUp,
+}
+
 /// A page of rows through the sorted index, and whether more follow: `first` rows, in order, from the index's
 /// `sections` (first key parts, each with whether its entries hold a value: rows without
 /// one come after the others, in a section of their own) walked one after another (each
-/// backwards when `descending`), from just after `after`. `fetch` reads an entry's row (by
-/// sort key, unit tree key and record), or none to pass it over.
+/// backwards when `descending`), from just after `after`; in the sections of values, only
+/// the keys `within` (from the first, before the second) when given. `fetch` reads an
+/// entry's row (by sort key, unit tree key and record), passes it over, or gives the walk
+/// up (then none).
 fn walk_index<T>(
     index: &impl ReadableTable<(&'static str, &'static str, &'static str, &'static str), &'static [u8]>,
     sections: &[(String, bool)],
+    within: Option<(&str, &str)>,
     after: Option<&OrderedCursor>,
     descending: bool,
     first: usize,
-    mut fetch: impl FnMut(&str, &str, &str) -> Result<Option<T>, StoreError>,
-) -> Result<(Vec<(OrderedCursor, T)>, bool), StoreError> {
+    mut fetch: impl FnMut(&str, &str, &str) -> Result<Fetched<T>, StoreError>,
+) -> Result<Option<OrderedRows<T>>, StoreError> {
     let mut items = Vec::with_capacity(first + 1);
     // The cursor's section (by whether its key holds a value); none precedes the first.
     let start = match after {
@@ -622,11 +639,14 @@ fn walk_index<T>(
     let Some(start) = start else {
         // A cursor no section holds (a row without a value where every row has one):
         // nothing sorts after it.
-        return Ok((items, false));
+        return Ok(Some((items, false)));
     };
     for (i, (name, valued)) in sections.iter().enumerate().skip(start) {
         let end = format!("{name}\0");
-        let (lo, hi) = ((name.as_str(), "", "", ""), (end.as_str(), "", "", ""));
+        let (lo, hi) = match within.filter(|_| *valued) {
+            Some((from, to)) => ((name.as_str(), from, "", ""), (name.as_str(), to, "", "")),
+            None => ((name.as_str(), "", "", ""), (end.as_str(), "", "", "")),
+        };
         let at = after.filter(|_| i == start).map(|a| {
             (
                 name.as_str(),
@@ -635,10 +655,15 @@ fn walk_index<T>(
                 a.at.record.as_str(),
             )
         });
+        // The cursor narrows the range from its side, unless it lies outside it (then the
+        // range is whole, or empty).
         let bounds = match (at, descending) {
             (None, _) => (Bound::Included(lo), Bound::Excluded(hi)),
-            (Some(a), false) => (Bound::Excluded(a), Bound::Excluded(hi)),
-            (Some(a), true) => (Bound::Included(lo), Bound::Excluded(a)),
+            (Some(a), false) if a >= hi => continue,
+            (Some(a), false) if a >= lo => (Bound::Excluded(a), Bound::Excluded(hi)),
+            (Some(a), true) if a <= lo => continue,
+            (Some(a), true) if a < hi => (Bound::Included(lo), Bound::Excluded(a)),
+            (Some(_), _) => (Bound::Included(lo), Bound::Excluded(hi)),
         };
         let range = index
             .range::<(&str, &str, &str, &str)>(bounds)
@@ -651,8 +676,10 @@ fn walk_index<T>(
         for entry in entries {
             let (k, _) = entry.map_err(db)?;
             let (_, sort, tree, record) = k.value();
-            let Some(row) = fetch(sort, tree, record)? else {
-                continue;
+            let row = match fetch(sort, tree, record)? {
+                Fetched::Row(row) => row,
+                Fetched::Skip => continue,
+                Fetched::GiveUp => return Ok(None),
             };
             let c = OrderedCursor {
                 key: SortKey(valued.then(|| sort.to_owned())),
@@ -663,11 +690,108 @@ fn walk_index<T>(
             };
             items.push((c, row));
             if items.len() > first {
-                return Ok(cut(items, first));
+                return Ok(Some(cut(items, first)));
             }
         }
     }
-    Ok(cut(items, first))
+    Ok(Some(cut(items, first)))
+}
+
+/// Records a unit below a city or county node holds at least for its ordered listing to be
+/// read through the node's sorted index (a walk that passes over the other units' entries)
+/// rather than whole. (A handful in unit tests, so that their small stores take both ways.)
+const WALK_BELOW: usize = if cfg!(test) { 4 } else { 2_000 };
+
+/// Rows a walk through the sorted index reads and passes over (the listing's filter does not
+/// keep them) before it gives up for reading the listing whole: about 5 ms, what a filter
+/// that keeps few may cost on top of reading whole. (A handful in unit tests.)
+const WALK_PASSED: usize = if cfg!(test) { 4 } else { 2_000 };
+
+/// What a record listing's `wanted` keeps, as far as the store may know it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    /// Only records whose period field lies within these months (counted from year 0, as
+    /// [`grassroots_schema::entities::period_months`] counts them).
+    pub period: Option<(i64, i64)>,
+    /// It keeps every record of the listing within the period (every record when there is
+    /// none), and no other: the caller reads them all and no other filter is set. A count is
+    /// then made from keys alone.
+    pub all_within: bool,
+}
+
+/// The sort keys that the values of `spec`'s period field within `months` have (from, and
+/// before): a date's `YYYY-MM-DD` from the first month's `YYYY-MM` and before the month
+/// after the last (as `YYYY-13` when that is December); a year's [`SortKey::int`]. None
+/// for a field of another type.
+fn period_keys(
+    spec: &grassroots_schema::EntitySpec,
+    (from, to): (i64, i64),
+) -> Option<(String, String)> {
+    use grassroots_schema::entities::FieldType;
+    let month =
+        |m: i64, next: i64| format!("{:04}-{:02}", m.div_euclid(12), m.rem_euclid(12) + 1 + next);
+    match spec.field(spec.period_field)?.ty {
+        FieldType::Date => Some((month(from, 0), month(to, 1))),
+        FieldType::Int { .. } => Some((
+            SortKey::int(from.div_euclid(12)).0?,
+            SortKey::int(to.div_euclid(12).checked_add(1)?).0?,
+        )),
+        _ => None,
+    }
+}
+
+/// The records of `spec`'s kind within the period `months`, whose period field's keys lie
+/// `within` the keys given ([`period_keys`]), in the node's own subtree, as (unit tree key,
+/// record) in stored order: from the sorted index, keys alone (each checked, as the
+/// listing's filter checks the value).
+fn period_entries(
+    tx: &redb::ReadTransaction,
+    spec: &grassroots_schema::EntitySpec,
+    (from, to): (&str, &str),
+    months: (i64, i64),
+) -> Result<Vec<(String, String)>, StoreError> {
+    use grassroots_schema::{Value, entities::FieldType};
+    let index = tx.open_table(VIEW_ORDER).map_err(db)?;
+    let int = spec
+        .field(spec.period_field)
+        .is_some_and(|f| matches!(f.ty, FieldType::Int { .. }));
+    let mut found = Vec::new();
+    for (section, _) in super::order::record_sections(spec.kind, spec.period_field)
+        .iter()
+        .filter(|(_, valued)| *valued)
+    {
+        let range = (section.as_str(), from, "", "")..(section.as_str(), to, "", "");
+        for entry in index.range::<(&str, &str, &str, &str)>(range).map_err(db)? {
+            let (k, _) = entry.map_err(db)?;
+            let (_, key, tree, record) = k.value();
+            let value = match int {
+                true => SortKey::int_of(key).map(Value::Int),
+                false => Some(Value::Text(key.to_owned())),
+            };
+            if value.is_some_and(|v| grassroots_schema::entities::in_period(months, &v)) {
+                found.push((tree.to_owned(), record.to_owned()));
+            }
+        }
+    }
+    // In the order of the rows' table: the lookups go through its pages once.
+    found.sort();
+    Ok(found)
+}
+
+/// The record row of `tree`/`record` of the kind `kind_key` (`kind|`) names, which the index
+/// names.
+fn indexed_record(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    kind_key: &str,
+    tree: &str,
+    record: &str,
+) -> Result<Record, StoreError> {
+    let key = format!("{kind_key}{tree}");
+    let row = t
+        .get((key.as_str(), record))
+        .map_err(db)?
+        .ok_or_else(|| StoreError::Corrupt(format!("index entry {key}{record}: no row")))?;
+    decode(row.value())
 }
 
 /// Rows read at most, in stored order, by a name search that does not count before it
@@ -876,6 +1000,47 @@ fn records_kept(
     for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
         let (_, v) = row.map_err(db)?;
         n += usize::from(wanted(&decode(v.value())?));
+    }
+    Ok(n)
+}
+
+/// How many records of the listing `lo..hi` of `kind` `wanted` keeps. Within a period, for
+/// the node's own listing (`own`: the sorted index holds it whole), from the index's
+/// entries of the period: their number when `filter` says `wanted` keeps every record
+/// within it, else each of their rows read. Otherwise the listing's keys counted when
+/// `wanted` keeps every record (no period, nothing else), else each row read.
+fn listing_size(
+    tx: &redb::ReadTransaction,
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    kind: DocKind,
+    own: bool,
+    (lo, hi): ((&str, &str), (&str, &str)),
+    filter: RecordFilter,
+    wanted: &dyn Fn(&Record) -> bool,
+) -> Result<usize, StoreError> {
+    let indexed = match (own, filter.period, grassroots_schema::entity(kind)) {
+        (true, Some(months), Some(spec)) => period_keys(spec, months).map(|w| (spec, w, months)),
+        _ => None,
+    };
+    if let Some((spec, (from, to), months)) = indexed {
+        let entries = period_entries(tx, spec, (&from, &to), months)?;
+        if filter.all_within {
+            return Ok(entries.len());
+        }
+        let kind_key = format!("{}|", kind.as_str());
+        let mut n = 0;
+        for (tree, record) in entries {
+            n += usize::from(wanted(&indexed_record(t, &kind_key, &tree, &record)?));
+        }
+        return Ok(n);
+    }
+    if !(filter.all_within && filter.period.is_none()) {
+        return records_kept(t, (lo, hi), wanted);
+    }
+    let mut n = 0;
+    for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+        row.map_err(db)?;
+        n += 1;
     }
     Ok(n)
 }
@@ -1366,7 +1531,32 @@ impl StoreReader {
         let (key, end) = listing("", unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
-        if !(subtree && through_index(&tx, me.as_ref(), unit, &filter, first)?) {
+        let walked = if subtree && through_index(&tx, me.as_ref(), unit, &filter, first)? {
+            let index = tx.open_table(VIEW_ORDER).map_err(db)?;
+            // Every member has a value of each field: one section, of values.
+            let sections = [(by.as_str().to_owned(), true)];
+            walk_index(
+                &index,
+                &sections,
+                None,
+                after,
+                descending,
+                first,
+                |sort, tree, record| {
+                    if !tree.starts_with(&key) || !filter.could_keep(by, sort) {
+                        return Ok(Fetched::Skip);
+                    }
+                    let m = indexed_row(&t, tree, record)?;
+                    Ok(match filter.keeps(&m) {
+                        true => Fetched::Row(m),
+                        false => Fetched::Skip,
+                    })
+                },
+            )?
+        } else {
+            None
+        };
+        let Some((items, has_next)) = walked else {
             let key = |m: &Member| by.key(m);
             let order = Order {
                 key: &key,
@@ -1375,24 +1565,7 @@ impl StoreReader {
             return ordered_page(&t, lo, hi, &order, after, first, |m: &Member| {
                 filter.keeps(m)
             });
-        }
-        let index = tx.open_table(VIEW_ORDER).map_err(db)?;
-        // Every member has a value of each field: one section, of values.
-        let sections = [(by.as_str().to_owned(), true)];
-        let (items, has_next) = walk_index(
-            &index,
-            &sections,
-            after,
-            descending,
-            first,
-            |sort, tree, record| {
-                if !tree.starts_with(&key) || !filter.could_keep(by, sort) {
-                    return Ok(None);
-                }
-                let m = indexed_row(&t, tree, record)?;
-                Ok(filter.keeps(&m).then_some(m))
-            },
-        )?;
+        };
         let total = match filter.name.as_deref() {
             // The node's own listing: its matches are in the index.
             Some(name) if count && own_indexed(&tx, unit, subtree)? => {
@@ -1409,21 +1582,27 @@ impl StoreReader {
 
     /// [`records`](Self::records) ordered by `field` (greatest first when `descending`; its
     /// key as [`SortKey::of_field`] makes it), ties by (unit, record), after the ordered
-    /// cursor `after` (`q.after`, a cursor of the stored order, is not read). The node's own
-    /// subtree listing by the kind's period field (a meeting's date, an appraisal's year) at a
-    /// city or a county node reads through the sorted index, counting only when `q.count`
-    /// asks (0 otherwise), unless `filtered` says `wanted` keeps only some of the rows the
-    /// caller may read (a period, a level, a field's value): the walk reads a row per entry
-    /// until the page is full, which for a filter that keeps few could be every row, one
-    /// lookup each. Other listings read every row, and count them.
+    /// cursor `after` (`q.after`, a cursor of the stored order, is not read). `filter` says
+    /// what the store may know of what `wanted` keeps.
+    ///
+    /// At a city or a county node, a subtree listing by the kind's period field (a meeting's
+    /// date, an appraisal's year) reads through the sorted index: the node's own, and a unit
+    /// below's of at least `WALK_BELOW` records when no count is asked (the walk passes
+    /// over other units' entries by their keys; a smaller unit's rows are read whole
+    /// sooner). A period reads only the index's keys within it, and counts from them (from
+    /// the keys alone when `filter` says `wanted` keeps every record within it). The
+    /// walk reads a row per entry, so one that has passed over `WALK_PASSED` rows gives up
+    /// and the listing is read whole (a filter that keeps few). Other listings read every
+    /// row, and count them; through the index, the count is 0 when `q.count` does not ask.
     pub fn records_ordered(
         &self,
         q: &RecordQuery<'_>,
         (field, descending): (&str, bool),
         after: Option<&OrderedCursor>,
-        filtered: bool,
+        filter: RecordFilter,
         wanted: &dyn Fn(&Record) -> bool,
     ) -> Result<OrderedPage<Record>, StoreError> {
+        let period = filter.period;
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_RECORDS).map_err(db)?;
         // Rows of this table carry the kind before the unit (`meetings|c01/...`), and so do
@@ -1449,42 +1628,74 @@ impl StoreReader {
                     },
                 })
         });
+        let me = super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
+        let own = me.as_ref() == Some(q.unit);
+        // A period's keys: none when the field's values do not sort by period (then the
+        // listing is read whole).
+        let within = match period {
+            Some(p) => period_keys(spec, p),
+            None => None,
+        };
         let indexed = field == spec.period_field
-            && !filtered
+            && q.subtree
+            && period.is_none() == within.is_none()
             && !matches!(after_in_index, Some(None))
-            && own_indexed(&tx, q.unit, q.subtree)?;
-        if !indexed {
+            && super::order::held(me.as_ref(), q.unit)
+            && (own
+                || (!q.count
+                    && t.range::<(&str, &str)>(lo..hi)
+                        .map_err(db)?
+                        .nth(WALK_BELOW - 1)
+                        .is_some()));
+        let walked = if indexed {
+            let index = tx.open_table(VIEW_ORDER).map_err(db)?;
+            let mut sections = super::order::record_sections(q.kind, field);
+            // Records without a value are within no period.
+            if within.is_some() {
+                sections.retain(|(_, valued)| *valued);
+            }
+            let below = key.strip_prefix(&kind_key).unwrap_or_default();
+            let mut passed = 0;
+            walk_index(
+                &index,
+                &sections,
+                within.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+                after_in_index.flatten().as_ref(),
+                descending,
+                q.first,
+                |_, tree, record| {
+                    if !tree.starts_with(below) {
+                        return Ok(Fetched::Skip);
+                    }
+                    let r = indexed_record(&t, &kind_key, tree, record)?;
+                    if wanted(&r) {
+                        return Ok(Fetched::Row(r));
+                    }
+                    passed += 1;
+                    Ok(match passed < WALK_PASSED {
+                        true => Fetched::Skip,
+                        false => Fetched::GiveUp,
+                    })
+                },
+            )?
+        } else {
+            None
+        };
+        let Some((mut items, has_next)) = walked else {
             let sort = |r: &Record| SortKey::of_field(spec, field, r);
             let order = Order {
                 key: &sort,
                 descending,
             };
             return ordered_page(&t, lo, hi, &order, after, q.first, wanted);
-        }
-        let index = tx.open_table(VIEW_ORDER).map_err(db)?;
-        let sections = super::order::record_sections(q.kind, field);
-        let (mut items, has_next) = walk_index(
-            &index,
-            &sections,
-            after_in_index.flatten().as_ref(),
-            descending,
-            q.first,
-            |_, tree, record| {
-                let key = format!("{kind_key}{tree}");
-                let row = t.get((key.as_str(), record)).map_err(db)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("index entry {key}{record}: no row"))
-                })?;
-                let r: Record = decode(row.value())?;
-                Ok(wanted(&r).then_some(r))
-            },
-        )?;
+        };
         for (c, _) in &mut items {
             c.at.tree_key.insert_str(0, &kind_key);
         }
-        let total = if q.count {
-            records_kept(&t, (lo, hi), wanted)?
-        } else {
-            0
+        // Walked: the node's own listing, or a unit below's uncounted.
+        let total = match q.count {
+            true => listing_size(&tx, &t, q.kind, own, (lo, hi), filter, wanted)?,
+            false => 0,
         };
         Ok(OrderedPage {
             items,
@@ -1493,10 +1704,12 @@ impl StoreReader {
         })
     }
 
-    /// The page `q` asks for, of the records `wanted` keeps, in (unit, record) order.
+    /// The page `q` asks for, of the records `wanted` keeps, in (unit, record) order, and
+    /// when `q.count` asks how many there are ([`listing_size`]; 0 otherwise).
     pub fn records(
         &self,
         q: &RecordQuery<'_>,
+        filter: RecordFilter,
         wanted: &dyn Fn(&Record) -> bool,
     ) -> Result<RecordPage, StoreError> {
         let RecordQuery {
@@ -1512,7 +1725,8 @@ impl StoreReader {
         let (key, end) = listing(&format!("{}|", kind.as_str()), unit, subtree);
         let (lo, hi) = ((key.as_str(), ""), (end.0.as_str(), end.1));
         let total = if count {
-            records_kept(&t, (lo, hi), wanted)?
+            let own = own_indexed(&tx, unit, subtree)?;
+            listing_size(&tx, &t, kind, own, (lo, hi), filter, wanted)?
         } else {
             0
         };

@@ -44,8 +44,10 @@
 //!   connection each: a page of a county's 15,000 members ordered by name against the same
 //!   page in stored order; the same for the city's 150,000, and by year of birth, greatest
 //!   first, from the 5,000th row; a township's 1,500 by name; the city's 60,000 meetings,
-//!   latest first and by attendance, against stored order; and a page of 100 entries of
-//!   the record feed.
+//!   latest first and by attendance, against stored order; those of a quarter latest first,
+//!   uncounted and counted, and a county's latest first, each against the same listing by
+//!   attendance (read whole); all of them counted, against the villages' counted (each row
+//!   read); and a page of 100 entries of the record feed.
 //! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
 //!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
 //!   a city's 5,000 villages): time until the county's views, then the city's, hold every
@@ -1981,12 +1983,18 @@ async fn rollup() -> anyhow::Result<()> {
             .as_array()
             .is_some_and(|e| e.len() == 20)
     };
-    let meetings = |order: &str| {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let meetings_of_unit = |unit: &str, args: &str, count: bool| {
+        let count = if count { "totalCount " } else { "" };
         format!(
-            "{{ unit(id: \"c01\") {{ meetings(subtree: true{order}) {{ \
+            "{{ unit(id: \"{unit}\") {{ meetings(subtree: true{args}) {{ {count}\
              edges {{ node {{ heldOn attendance }} }} }} }} }}"
         )
     };
+    let meetings = |order: &str| meetings_of_unit("c01", order, false);
     let mut by_date = Vec::new();
     let mut by_attendance = Vec::new();
     let mut in_stored_order = Vec::new();
@@ -2002,6 +2010,32 @@ async fn rollup() -> anyhow::Result<()> {
             .await?
             .1;
     }
+    // A quarter of them (15,000), the latest first: the index's keys of the quarter alone,
+    // and counted (each of its rows read); a county's (a unit below the city: the walk
+    // passes over the other counties' entries). Each against the same listing by attendance,
+    // read whole. And all of them counted, in stored order: from their keys, against the
+    // same count asked for the villages' (all of them; each row read).
+    let quarter = ", period: \"2026Q3\"";
+    let latest = ", orderBy: \"heldOn\", descending: true";
+    let most = ", orderBy: \"attendance\", descending: true";
+    let mut below = Vec::new();
+    for (unit, args, count) in [
+        ("c01", format!("{quarter}{latest}"), false),
+        ("c01", format!("{quarter}{most}"), false),
+        ("c01", format!("{quarter}{latest}"), true),
+        ("c01", format!("{quarter}{most}"), true),
+        ("c01/k00", latest.to_owned(), false),
+        ("c01/k00", most.to_owned(), false),
+        ("c01", String::new(), true),
+        ("c01", ", level: VILLAGE".to_owned(), true),
+    ] {
+        let query = meetings_of_unit(unit, &args, count);
+        below.push(median(
+            load(&url, &token, &query, 1, PHASE * 2, meetings_of)
+                .await?
+                .1,
+        ));
+    }
     let feed_page = |r: &serde_json::Value| {
         r["data"]["recordFeed"]["entries"]
             .as_array()
@@ -2016,10 +2050,6 @@ async fn rollup() -> anyhow::Result<()> {
     emit("rollup", "p50_ms", percentile(&lat, 0.5), "ms", None);
     emit("rollup", "p99_ms", percentile(&lat, 0.99), "ms", None);
     emit("rollup", "members", total as f64, "members", None);
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        percentile(&v, 0.5)
-    };
     let stored = median(stored);
     emit(
         "rollup",
@@ -2065,6 +2095,17 @@ async fn rollup() -> anyhow::Result<()> {
         "ms",
         Some(in_stored_order),
     );
+    for (i, metric) in [
+        "meetings_quarter_by_date_p50_ms",
+        "meetings_quarter_counted_p50_ms",
+        "county_meetings_by_date_p50_ms",
+        "meetings_counted_p50_ms",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        emit("rollup", metric, below[2 * i], "ms", Some(below[2 * i + 1]));
+    }
     emit(
         "rollup",
         "name_search_by_name_p50_ms",
