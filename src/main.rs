@@ -749,11 +749,13 @@ async fn store_command(command: StoreCommand) -> anyhow::Result<()> {
                     restored.views_made
                 );
             }
-            if restored.revocations > 0 {
-                println!(
-                    "certificates revoked after the backup: {}, revoked again",
-                    restored.revocations
-                );
+            match restored.revocations {
+                Some(0) => {}
+                Some(n) => println!("certificates revoked after the backup: {n}, revoked again"),
+                None => println!(
+                    "the replaced store's revocations did not read: revoke again (mutation \
+                     revokeCertificate) any certificate revoked after the backup"
+                ),
             }
             if let Some(kept) = restored.kept {
                 println!("the replaced store is kept as {}", kept.display());

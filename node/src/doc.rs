@@ -1087,18 +1087,17 @@ pub fn is_revoked(doc: &Automerge, fingerprint: &str) -> bool {
     union_keys(doc, "revoked").contains(fingerprint)
 }
 
-/// The certificates a profile lists as revoked, each with the unit it was issued to (an
-/// entry whose unit does not read is left out).
-pub fn revocations(doc: &Automerge) -> Vec<(String, UnitId)> {
+/// The certificates a profile lists as revoked, each with the unit it names (as written:
+/// the text, if any).
+pub fn revocations(doc: &Automerge) -> Vec<(String, String)> {
     let mut found = BTreeMap::new();
     for (v, map) in doc.get_all(ROOT, "revoked").unwrap_or_default() {
         if !matches!(v, Value::Object(ObjType::Map)) {
             continue;
         }
         for fingerprint in doc.keys(&map) {
-            if let Some(child) = get_str(doc, &map, &fingerprint).and_then(|c| c.parse().ok()) {
-                found.entry(fingerprint).or_insert(child);
-            }
+            let child = get_str(doc, &map, &fingerprint).unwrap_or_default();
+            found.entry(fingerprint).or_insert(child);
         }
     }
     found.into_iter().collect()

@@ -451,8 +451,9 @@ pub struct Restored {
     /// its views were right).
     pub views_made: usize,
     /// How many certificates the replaced store's profile revoked and the backup's did not,
-    /// revoked again in the restored store.
-    pub revocations: usize,
+    /// revoked again in the restored store; none when the replaced store, or its profile,
+    /// did not read (revoke again any revoked after the backup).
+    pub revocations: Option<usize>,
 }
 
 /// What [`stage`] did to the copy: [`Restored`] but where the replaced store is kept.
@@ -460,7 +461,7 @@ struct Staged {
     users: UsersFrom,
     backup_users: u64,
     views_made: usize,
-    revocations: usize,
+    revocations: Option<usize>,
 }
 
 /// Refused when an interrupted restore left its staged copy beside the store at `path`: a
@@ -559,11 +560,15 @@ pub async fn restore_keeping(
         users,
         backup_users,
         views_made,
-        revocations,
+        mut revocations,
     } = match stage(from, &staged, current.as_ref(), me, owner, now_ms, keep).await {
         Ok(staged) => staged,
         Err(e) => return fail(placeholder, e),
     };
+    if had_store && current.is_none() {
+        // A store that did not open: what it revoked is not known.
+        revocations = None;
+    }
     let kept = if had_store {
         let kept = store.with_extension(format!("redb.before-restore-{}", utc_stamp(now_ms)));
         // A second name for the old store, then the copy renamed over the first: no moment
@@ -644,8 +649,8 @@ fn users_in(database: &Database) -> Result<u64, StoreError> {
 
 /// Copy the backup to `staged`, check the copy, give it `current`'s users when that has
 /// any (in place of the backup's, or besides them: `keep`), open it as a store and check
-/// its views, making them again when they differ; revoke again what `current`'s profile
-/// revokes and the backup's does not.
+/// its views, making them again when they differ, after revoking again what `current`'s
+/// profile revokes and the backup's does not (so the check covers those writes too).
 async fn stage(
     from: &Path,
     staged: &Path,
@@ -694,16 +699,29 @@ async fn stage(
         };
         (users, backup_users)
     };
-    // Views are made from the documents: a backup whose views differ (an older build's
-    // bug, say) is still the backup of its documents, so its views are made again; what
-    // still differs after that is a document that does not read.
-    let revoked = match current {
-        Some(c) => revocations_in(c, me),
-        None => Vec::new(),
+    // Certificates revoked after the backup: those the replaced store's profile lists and
+    // the backup's does not (by the documents, not the views, which are checked below).
+    let replaced = match current.map(|c| revocations_in(c, me)) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            tracing::warn!(
+                "the replaced store's profile does not read ({e}): certificates it revoked \
+                 after the backup are not revoked again"
+            );
+            None
+        }
+        None => Some(Vec::new()),
     };
-    let (handle, reader, thread) = super::open(staged, me.clone())?;
+    let held = revocations_in(&open_existing(staged)?, me).unwrap_or_default();
+    let (handle, _reader, thread) = super::open(staged, me.clone())?;
     let checked = async {
-        let carried = carry_revocations(&handle, &reader, me, revoked).await?;
+        let carried = match replaced {
+            Some(revoked) => Some(carry_revocations(&handle, &held, revoked).await?),
+            None => None,
+        };
+        // Views are made from the documents: a backup whose views differ (an older
+        // build's bug, say) is still the backup of its documents, so its views are made
+        // again; what still differs after that is a document that does not read.
         let diffs = handle.verify_views().await?;
         if diffs.is_empty() {
             return Ok((0, carried));
@@ -736,63 +754,61 @@ async fn stage(
     })
 }
 
-/// The revocations in `me`'s profile as `database` (the store a restore replaces) holds it:
-/// none where it holds no profile, and none, with a warning, where that does not read.
-fn revocations_in(database: &Database, me: &UnitId) -> Vec<(String, UnitId)> {
+/// The revocations in `me`'s profile as `database` holds it (none where it holds no
+/// profile), as (fingerprint, the unit it names).
+fn revocations_in(database: &Database, me: &UnitId) -> Result<Vec<(String, String)>, StoreError> {
     let id = DocId::new(DocKind::Profile, me.clone());
-    let held = (|| {
-        let tx = database.begin_read().map_err(db)?;
-        match tx.open_table(DOCS) {
-            Ok(t) => Ok(t.get(id.to_string().as_str()).map_err(db)?.is_some()),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-            Err(e) => Err(db(e)),
-        }
-    })();
-    match held.and_then(|held| match held {
-        true => super::load::load_doc(database, &id).map(|d| crate::doc::revocations(&d)),
-        false => Ok(Vec::new()),
-    }) {
-        Ok(revoked) => revoked,
-        Err(e) => {
-            tracing::warn!(
-                "the replaced store's profile does not read ({e}): revocations made after the \
-                 backup come back only with the profile from the parent"
-            );
-            Vec::new()
-        }
+    let tx = database.begin_read().map_err(db)?;
+    let held = match tx.open_table(DOCS) {
+        Ok(t) => t.get(id.to_string().as_str()).map_err(db)?.is_some(),
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(db(e)),
+    };
+    if !held {
+        return Ok(Vec::new());
     }
+    Ok(crate::doc::revocations(&super::load::load_doc(
+        database, &id,
+    )?))
 }
 
-/// Revoke again in the restored store (`handle`, `reader`) what `revoked` lists and it does
-/// not: a certificate revoked after the backup stays revoked, rather than links coming up
-/// with it until the profile comes back from the parent. Returns how many.
+/// Revoke again through `handle` (the restored store, whose profile revokes `held`) what
+/// `revoked` (the replaced store's) lists and it does not: a certificate revoked after the
+/// backup stays revoked, rather than links coming up with it until the profile comes back
+/// from the parent. Returns how many. A storage failure fails the restore; an entry this
+/// node could not have written itself (a unit that is not its child, a malformed one: an
+/// ancestor's, which comes back from it with the profile) is left with a warning.
 async fn carry_revocations(
     handle: &super::StoreHandle,
-    reader: &super::StoreReader,
-    me: &UnitId,
-    revoked: Vec<(String, UnitId)>,
+    held: &[(String, String)],
+    revoked: Vec<(String, String)>,
 ) -> Result<usize, StoreError> {
-    let held: BTreeSet<String> = reader
-        .unit(me)?
-        .map(|p| p.revoked.into_iter().collect())
-        .unwrap_or_default();
+    let held: BTreeSet<&str> = held.iter().map(|(f, _)| f.as_str()).collect();
     let mut carried = 0;
     for (fingerprint, child) in revoked {
-        if held.contains(&fingerprint) {
+        if held.contains(fingerprint.as_str()) {
             continue;
         }
-        // Fail closed: a restore that would let a revoked certificate link again is refused.
-        handle
-            .revoke(child.clone(), fingerprint.clone())
-            .await
-            .map_err(|e| match e {
-                WriteError::Store(e) => e,
-                e => StoreError::NotStored(format!(
-                    "revoking {child}'s certificate {fingerprint} again, as the replaced store \
-                     did: {e}"
-                )),
-            })?;
-        carried += 1;
+        let unit = match child.parse::<UnitId>() {
+            Ok(unit) => unit,
+            Err(e) => {
+                tracing::warn!(
+                    %fingerprint,
+                    "a revocation of the replaced store is not written again in the restored \
+                     one: the unit it names, {child:?}, does not read ({e})"
+                );
+                continue;
+            }
+        };
+        match handle.revoke(unit, fingerprint.clone()).await {
+            Ok(()) => carried += 1,
+            Err(WriteError::Store(e)) => return Err(e),
+            Err(e) => tracing::warn!(
+                %fingerprint,
+                unit = %child,
+                "a revocation of the replaced store is not written again in the restored one: {e}"
+            ),
+        }
     }
     Ok(carried)
 }
@@ -1054,12 +1070,12 @@ mod tests {
             crate::doc::revocations(&d)
         };
         let all = vec![
-            (fp('a'), u("c01/k01")),
-            (fp('b'), u("c01/k01")),
-            (fp('c'), u("c01/k02")),
+            (fp('a'), "c01/k01".to_owned()),
+            (fp('b'), "c01/k01".to_owned()),
+            (fp('c'), "c01/k02".to_owned()),
         ];
         let restored = restore(&backup, &path, &me, 2_000).await.unwrap();
-        assert_eq!(restored.revocations, 2);
+        assert_eq!(restored.revocations, Some(2));
         assert_eq!(revoked(&path), all);
         let (h, r, t) = super::super::open(&path, me.clone()).unwrap();
         let mut listed = r.unit(&me).unwrap().unwrap().revoked;
@@ -1074,18 +1090,19 @@ mod tests {
                 .await
                 .unwrap()
                 .revocations,
-            2
+            Some(2)
         );
-        // Over a store that does not open, the backup's alone.
+        // Over a store that does not open, the backup's alone, and the restore says it could
+        // not tell.
         std::fs::write(&path, b"not a database at all").unwrap();
         assert_eq!(
             restore(&backup, &path, &me, 4_000)
                 .await
                 .unwrap()
                 .revocations,
-            0
+            None
         );
-        assert_eq!(revoked(&path), vec![(fp('a'), u("c01/k01"))]);
+        assert_eq!(revoked(&path), all[..1]);
     }
 
     /// A backup whose views differ from its documents (views are made from them) is

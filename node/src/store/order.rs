@@ -11,8 +11,8 @@
 //! of other units by their keys alone, when that is cheaper than reading the listing whole
 //! ([`walk_below`]): a county's or a township's at a city, not a village's. Village and
 //! township nodes write no entry (writes at a village pay nothing); their listings are small
-//! enough to read whole. Records get one entry each, by their period field alone, and only
-//! the node's own listing reads them.
+//! enough to read whole. Records get one entry each, by their period field alone; the node's
+//! own listing reads them, and a large unit's below it (`reader::records_ordered`).
 
 use grassroots_schema::{DocKind, Level, Member, Record, UnitId, entity};
 use redb::ReadableTable;

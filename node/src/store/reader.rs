@@ -707,6 +707,11 @@ const WALK_BELOW: usize = if cfg!(test) { 4 } else { 2_000 };
 /// that keeps few may cost on top of reading whole. (A handful in unit tests.)
 const WALK_PASSED: usize = if cfg!(test) { 4 } else { 2_000 };
 
+/// Other units' entries a walk of a unit below the node passes over by their keys before it
+/// gives up for reading the listing whole (about 10 ms: a unit's records may all lie far
+/// along the walk, old ones asked latest first). (A handful in unit tests.)
+const WALK_SKIPPED: usize = if cfg!(test) { 16 } else { 100_000 };
+
 /// What a record listing's `wanted` keeps, as far as the store may know it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordFilter {
@@ -1589,7 +1594,8 @@ impl StoreReader {
     /// date, an appraisal's year) reads through the sorted index: the node's own, and a unit
     /// below's of at least `WALK_BELOW` records when no count is asked (the walk passes
     /// over other units' entries by their keys; a smaller unit's rows are read whole
-    /// sooner). A period reads only the index's keys within it, and counts from them (from
+    /// sooner; a walk that has passed over `WALK_SKIPPED` other units' entries gives up).
+    /// A period reads only the index's keys within it, and counts from them (from
     /// the keys alone when `filter` says `wanted` keeps every record within it). The
     /// walk reads a row per entry, so one that has passed over `WALK_PASSED` rows gives up
     /// and the listing is read whole (a filter that keeps few). Other listings read every
@@ -1655,7 +1661,7 @@ impl StoreReader {
                 sections.retain(|(_, valued)| *valued);
             }
             let below = key.strip_prefix(&kind_key).unwrap_or_default();
-            let mut passed = 0;
+            let (mut passed, mut skipped) = (0, 0);
             walk_index(
                 &index,
                 &sections,
@@ -1665,7 +1671,11 @@ impl StoreReader {
                 q.first,
                 |_, tree, record| {
                     if !tree.starts_with(below) {
-                        return Ok(Fetched::Skip);
+                        skipped += 1;
+                        return Ok(match skipped < WALK_SKIPPED {
+                            true => Fetched::Skip,
+                            false => Fetched::GiveUp,
+                        });
                     }
                     let r = indexed_record(&t, &kind_key, tree, record)?;
                     if wanted(&r) {
