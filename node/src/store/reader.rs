@@ -252,11 +252,20 @@ impl SortKey {
     /// text), integers offset and padded, flags 0 and 1 (an unset flag as false, as the
     /// listings' filters take it); none when the record has no value.
     pub fn of_field(spec: &grassroots_schema::EntitySpec, field: &str, r: &Record) -> SortKey {
+        SortKey::of_value(spec, field, r.fields.get(field))
+    }
+
+    /// [`SortKey::of_field`] of a record whose `field` holds `value`.
+    fn of_value(
+        spec: &grassroots_schema::EntitySpec,
+        field: &str,
+        value: Option<&grassroots_schema::Value>,
+    ) -> SortKey {
         use grassroots_schema::Value;
         let flag = spec
             .field(field)
             .is_some_and(|f| matches!(f.ty, grassroots_schema::entities::FieldType::Bool));
-        match r.fields.get(field) {
+        match value {
             None | Some(Value::Null) if flag => SortKey(Some("0".into())),
             Some(Value::Text(t)) => SortKey(Some(t.clone())),
             Some(Value::Int(i)) => SortKey::int(*i),
@@ -377,6 +386,139 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
         has_next,
         total,
     })
+}
+
+/// [`ordered_page`] of a record listing whose every row is kept (the caller reads them all
+/// and nothing filters them), by `field` of `spec`'s kind: each row's key is read from its
+/// bytes without decoding the rest ([`FieldOfRow`]), and only the rows that enter the page
+/// being made are decoded (about `first x ln(rows / first)` of them), where reading the
+/// listing decodes every row.
+fn ordered_by_field(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    (lo, hi): ((&str, &str), (&str, &str)),
+    spec: &grassroots_schema::EntitySpec,
+    field: &str,
+    descending: bool,
+    after: Option<&OrderedCursor>,
+    first: usize,
+) -> Result<OrderedPage<Record>, StoreError> {
+    let cmp = |a: &OrderedCursor, b: &OrderedCursor| OrderedCursor::cmp_in(a, b, descending);
+    let mut next: Vec<(OrderedCursor, Vec<u8>)> = Vec::with_capacity(first + 1);
+    let mut total = 0;
+    for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
+        let (k, v) = row.map_err(db)?;
+        total += 1;
+        let bytes = v.value();
+        let value = serde::de::DeserializeSeed::deserialize(
+            FieldOfRow(field),
+            &mut serde_json::Deserializer::from_slice(bytes),
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (tk, rec) = k.value();
+        let c = OrderedCursor {
+            key: SortKey::of_value(spec, field, value.as_ref()),
+            at: MemberCursor {
+                tree_key: tk.to_owned(),
+                record: rec.to_owned(),
+            },
+        };
+        if after.is_some_and(|a| cmp(&c, a).is_le()) {
+            continue;
+        }
+        if next.len() > first && next.last().is_some_and(|(l, _)| cmp(&c, l).is_ge()) {
+            continue;
+        }
+        let at = next.partition_point(|(x, _)| cmp(x, &c).is_lt());
+        next.insert(at, (c, bytes.to_vec()));
+        next.truncate(first + 1);
+    }
+    let mut rows = Vec::with_capacity(next.len());
+    for (c, bytes) in next {
+        rows.push((c, decode::<Record>(&bytes)?));
+    }
+    let (items, has_next) = cut(rows, first);
+    Ok(OrderedPage {
+        items,
+        has_next,
+        total,
+    })
+}
+
+/// The value of field `.0` of a record row (its JSON: `{"id": ..., "fields": {...}, ...}`),
+/// the rest of the row passed over without being decoded.
+struct FieldOfRow<'a>(&'a str);
+
+/// Whether a map key is `.0`, compared where it lies (no copy made).
+struct KeyIs<'a>(&'a str);
+
+/// The value of key `.0` of the row's `fields` map.
+struct FieldIn<'a>(&'a str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldOfRow<'_> {
+    type Value = Option<grassroots_schema::Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldOfRow<'_> {
+    type Value = Option<grassroots_schema::Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record row")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(fields) = map.next_key_seed(KeyIs("fields"))? {
+            if fields {
+                found = map.next_value_seed(FieldIn(self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldIn<'_> {
+    type Value = Option<grassroots_schema::Value>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldIn<'_> {
+    type Value = Option<grassroots_schema::Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a record's fields")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(wanted) = map.next_key_seed(KeyIs(self.0))? {
+            if wanted {
+                found = Some(map.next_value::<grassroots_schema::Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// A page from the `first + 1` rows read at most: the first `first`, and whether one more
@@ -1703,6 +1845,9 @@ impl StoreReader {
             None
         };
         let Some((mut items, has_next)) = walked else {
+            if filter.all_within && period.is_none() {
+                return ordered_by_field(&t, (lo, hi), spec, field, descending, after, q.first);
+            }
             let sort = |r: &Record| SortKey::of_field(spec, field, r);
             let order = Order {
                 key: &sort,
@@ -1892,7 +2037,40 @@ impl StoreReader {
 
 #[cfg(test)]
 mod tests {
-    use super::name_holds;
+    use super::{FieldOfRow, name_holds};
+    use grassroots_schema::Value;
+
+    /// One field of a record row, read from its bytes, is the field of the row decoded
+    /// whole: wherever the fields lie in the row, whatever the other fields hold, escaped
+    /// keys and texts included.
+    #[test]
+    fn a_field_read_alone_is_the_fields_value() {
+        let rows = [
+            r#"{"id":"meetings:c01/k01#0000000000000001","fields":{"attendance":12,"heldOn":"2026-03-01","kind":"group_meeting"}}"#,
+            r#"{"fields":{"note":"{\"heldOn\": 1}","heldOn":"2026-\u00303-02","x":[1,{"a":null}]},"id":"meetings:c01#0000000000000002","created":{"by":"c01","at":"2026-03-02T00:00:00Z"}}"#,
+            r#"{"id":"meetings:c01#0000000000000003","fields":{"held\u004fn":"2026-03-03","published":true}}"#,
+            r#"{"id":"meetings:c01#0000000000000004","fields":{}}"#,
+        ];
+        for row in rows {
+            let whole: serde_json::Value = serde_json::from_str(row).unwrap();
+            for field in ["heldOn", "attendance", "published", "note", "missing"] {
+                let alone = serde::de::DeserializeSeed::deserialize(
+                    FieldOfRow(field),
+                    &mut serde_json::Deserializer::from_str(row),
+                )
+                .unwrap();
+                let want: Option<Value> = whole["fields"]
+                    .get(field)
+                    .map(|v| serde_json::from_value(v.clone()).unwrap());
+                assert_eq!(alone, want, "{field} of {row}");
+            }
+        }
+        let bad = serde::de::DeserializeSeed::deserialize(
+            FieldOfRow("heldOn"),
+            &mut serde_json::Deserializer::from_str(r#"{"fields":{"heldOn":"#),
+        );
+        assert!(bad.is_err());
+    }
 
     /// A name holds a (lower-cased) text as its lower-cased copy would, ASCII or not.
     #[test]
