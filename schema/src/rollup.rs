@@ -50,10 +50,18 @@ pub struct Rollup {
 /// values must come back to where it was whatever the order (validated values keep real
 /// sums far from the limits).
 fn bump<K: Ord + Clone>(map: &mut BTreeMap<K, i64>, key: &K, by: i64) {
-    let v = map.entry(key.clone()).or_default();
-    *v = v.wrapping_add(by);
-    if *v == 0 {
-        map.remove(key);
+    // The key is copied only when it is new: a sum over many rows mostly meets keys it holds.
+    match map.get_mut(key) {
+        Some(v) => {
+            *v = v.wrapping_add(by);
+            if *v == 0 {
+                map.remove(key);
+            }
+        }
+        None if by != 0 => {
+            map.insert(key.clone(), by);
+        }
+        None => {}
     }
 }
 

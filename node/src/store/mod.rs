@@ -4611,6 +4611,76 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// Each unit's own counts are its roll-up less its children's, at every level of a
+    /// subtree whose units all hold records (members in villages, meetings everywhere).
+    #[tokio::test]
+    async fn a_units_own_counts_are_its_rollup_less_its_childrens() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01");
+        let (h, r, t) = open(&dir.path().join("store.redb"), me.clone()).unwrap();
+        let units = [
+            "c01",
+            "c01/k01",
+            "c01/k01/t01",
+            "c01/k01/t01/v01",
+            "c01/k01/t01/v02",
+            "c01/k01/t02/v01",
+            "c01/k02/t01",
+            "c01/k02/t01/v01",
+        ]
+        .map(u);
+        for (i, unit) in units.iter().enumerate() {
+            for n in 0..=i {
+                let month = 1 + (n % 12);
+                h.create_record(
+                    DocKind::Meetings,
+                    unit.clone(),
+                    fields(&[
+                        ("kind", V::Text("group_meeting".into())),
+                        ("heldOn", V::Text(format!("2026-{month:02}-01"))),
+                        ("attendance", V::Int(i as i64 + n as i64)),
+                    ]),
+                    None,
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+            if unit.level() == grassroots_schema::Level::Village {
+                for n in 0..i {
+                    h.create_member(unit.clone(), sample(&format!("M {n}")))
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        for root in [u("c01"), u("c01/k01"), u("c01/k01/t01")] {
+            let own = r.units_own(&root).unwrap();
+            let ids: Vec<UnitId> = own.iter().map(|(u, _)| u.clone()).collect();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(ids, sorted, "in id order");
+            let held: Vec<&UnitId> = units.iter().filter(|u| u.is_in_subtree_of(&root)).collect();
+            for unit in &held {
+                assert!(ids.contains(unit), "{unit} under {root}");
+            }
+            for (unit, counts) in &own {
+                let mut want = (*r.rollup(unit).unwrap()).clone();
+                for (child, _) in own
+                    .iter()
+                    .filter(|(c, _)| c.parent().as_ref() == Some(unit))
+                {
+                    want.merge(&r.rollup(child).unwrap(), -1);
+                }
+                assert_eq!(counts, &want, "{unit} under {root}");
+            }
+            let members: i64 = own.iter().map(|(_, c)| c.members).sum();
+            assert_eq!(members, r.rollup(&root).unwrap().members, "{root}");
+        }
+        t.shutdown().await;
+    }
+
     /// Change rows and whether a snapshot exists for `doc`, as committed.
     fn rows_and_snapshot(r: &StoreReader, doc: &DocId) -> (usize, bool) {
         let tx = r.db_for_tests().begin_read().unwrap();

@@ -390,9 +390,10 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
 
 /// [`ordered_page`] of a record listing whose every row is kept (the caller reads them all
 /// and nothing filters them), by `field` of `spec`'s kind: each row's key is read from its
-/// bytes without decoding the rest ([`FieldOfRow`]), and only the rows that enter the page
-/// being made are decoded (about `first x ln(rows / first)` of them), where reading the
-/// listing decodes every row.
+/// bytes without decoding the rest ([`FieldOfRow`]); the bytes of the rows that enter the
+/// page being made are kept (about `first x ln(rows / first)` of them), and only the page's
+/// `first + 1` decoded, where reading the listing decodes every row. (A row malformed
+/// elsewhere than in that field fails the listing only when it is on the page.)
 fn ordered_by_field(
     t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     (lo, hi): ((&str, &str), (&str, &str)),
@@ -409,11 +410,10 @@ fn ordered_by_field(
         let (k, v) = row.map_err(db)?;
         total += 1;
         let bytes = v.value();
-        let value = serde::de::DeserializeSeed::deserialize(
-            FieldOfRow(field),
-            &mut serde_json::Deserializer::from_slice(bytes),
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut row = serde_json::Deserializer::from_slice(bytes);
+        let value = serde::de::DeserializeSeed::deserialize(FieldOfRow(field), &mut row)
+            .and_then(|value| row.end().map(|()| value))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (tk, rec) = k.value();
         let c = OrderedCursor {
             key: SortKey::of_value(spec, field, value.as_ref()),
@@ -1424,30 +1424,50 @@ impl StoreReader {
             Bound::Excluded(end.as_str()),
         );
         let unit = |key: &str| key.trim_end_matches('/').parse::<UnitId>().ok();
-        let mut out: std::collections::BTreeMap<UnitId, Rollup> = Default::default();
+        // By tree key: a unit before the units below it.
+        let mut rows: std::collections::BTreeMap<String, (UnitId, Rollup)> = Default::default();
         let units = tx.open_table(VIEW_UNITS).map_err(db)?;
         for row in units.range::<&str>(range).map_err(db)? {
             let (k, _) = row.map_err(db)?;
             if let Some(u) = unit(k.value()) {
-                out.entry(u).or_default();
+                rows.entry(u.tree_key()).or_insert((u, Rollup::default()));
             }
         }
         let rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-        let mut subtract: Vec<(UnitId, Rollup)> = Vec::new();
         for row in rollups.range::<&str>(range).map_err(db)? {
             let (k, v) = row.map_err(db)?;
             if let Some(u) = unit(k.value()) {
-                let r: Rollup = decode(v.value())?;
-                if let Some(p) = u.parent().filter(|p| p.is_in_subtree_of(id)) {
-                    subtract.push((p, r.clone()));
-                }
-                out.entry(u).or_default().merge(&r, 1);
+                rows.insert(u.tree_key(), (u, decode(v.value())?));
             }
         }
-        for (parent, child) in subtract {
-            out.entry(parent).or_default().merge(&child, -1);
+        // A parent in the subtree has a row to take its children's from (one without a
+        // roll-up row of its own counts less than nothing, as its children's are taken).
+        let parents: Vec<UnitId> = rows
+            .values()
+            .filter_map(|(u, _)| u.parent().filter(|p| p.is_in_subtree_of(id)))
+            .collect();
+        for p in parents {
+            rows.entry(p.tree_key()).or_insert((p, Rollup::default()));
         }
-        Ok(out.into_iter().collect())
+        let mut rows: Vec<(UnitId, Rollup)> = rows.into_values().collect();
+        let at: HashMap<UnitId, usize> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (u, _))| (u.clone(), i))
+            .collect();
+        // Each unit's roll-up taken from its parent's, the child's still whole: a parent
+        // comes before its children, whose own are taken later.
+        for i in 0..rows.len() {
+            let parent = rows[i].0.parent().filter(|p| p.is_in_subtree_of(id));
+            if let Some(&j) = parent.as_ref().and_then(|p| at.get(p)) {
+                let (before, from) = rows.split_at_mut(i);
+                if let (Some((_, parent)), Some((_, child))) = (before.get_mut(j), from.first()) {
+                    parent.merge(child, -1);
+                }
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows)
     }
 
     /// The profile of a unit, if this node holds it.
