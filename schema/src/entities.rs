@@ -264,8 +264,9 @@ string_enum!(
 /// Levels a directive can be addressed to.
 const ADDRESSABLE: &[&str] = &["county", "township", "village"];
 
-/// A field's value. Stored in automerge as the matching scalar and in the views as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A field's value. Stored in automerge as the matching scalar and in the views as JSON (a
+/// JSON boolean, integer, string or null).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     /// A boolean.
@@ -277,6 +278,48 @@ pub enum Value {
     /// In an update only: clear this optional field. Never stored: a cleared field is
     /// absent from the record.
     Null,
+}
+
+/// Read by the JSON type it finds, as `#[serde(untagged)]` would read it, but without trying
+/// each variant in turn: that made (and formatted) an error for every variant tried before
+/// the right one, most of the cost of reading a record row (a text field tried as a boolean
+/// and as an integer first).
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl serde::de::Visitor<'_> for ValueVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a boolean, an integer, a string or null")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        i64::try_from(v)
+            .map(Value::Int)
+            .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Text(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Text(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
 }
 
 impl Value {
@@ -1233,6 +1276,58 @@ mod ref_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value reads from JSON as the derived untagged reading did, errors included.
+    #[test]
+    fn values_read_as_the_untagged_reading_did() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(untagged)]
+        enum Untagged {
+            Bool(bool),
+            Int(i64),
+            Text(String),
+            Null,
+        }
+        for json in [
+            "true",
+            "false",
+            "0",
+            "-5",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "1.5",
+            "1e3",
+            "\"text\"",
+            "\"\"",
+            "\"a\\u00e9\\\"b\"",
+            "null",
+            "[]",
+            "{}",
+            "[1]",
+        ] {
+            let ours = serde_json::from_str::<Value>(json).ok();
+            let derived = serde_json::from_str::<Untagged>(json)
+                .ok()
+                .map(|u| match u {
+                    Untagged::Bool(b) => Value::Bool(b),
+                    Untagged::Int(i) => Value::Int(i),
+                    Untagged::Text(t) => Value::Text(t),
+                    Untagged::Null => Value::Null,
+                });
+            assert_eq!(ours, derived, "{json}");
+            if let Some(v) = ours {
+                assert_eq!(
+                    serde_json::to_string(&v).unwrap(),
+                    serde_json::to_string(
+                        &serde_json::from_str::<serde_json::Value>(json).unwrap()
+                    )
+                    .unwrap(),
+                    "{json}"
+                );
+            }
+        }
+    }
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
