@@ -48,7 +48,8 @@
 //!   uncounted and counted, and a county's latest first, each against the same listing by
 //!   attendance with every row decoded; all of them counted, and all of them by attendance
 //!   (each row's attendance read alone), each against the villages' (every row decoded);
-//!   and a page of 100 entries of the record feed.
+//!   the seed's targets over the city and over a county; and a page of 100 entries of the
+//!   record feed.
 //! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
 //!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
 //!   a city's 5,000 villages): time until the county's views, then the city's, hold every
@@ -2047,6 +2048,19 @@ async fn rollup() -> anyhow::Result<()> {
             .is_some_and(|e| e.len() == 100)
     };
     let (_, feed) = load(&url, &token, FEED_QUERY, 1, PHASE * 2, feed_page).await?;
+    // The seed's targets over the city's 5,111 units, and over a county's 511: every
+    // roll-up row of the subtree read and each unit's own counts taken from it.
+    let targets = |unit: &str| {
+        format!("{{ unit(id: \"{unit}\") {{ targets {{ target units met missingCount }} }} }}")
+    };
+    let counted = |r: &serde_json::Value| {
+        r["data"]["unit"]["targets"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    };
+    let (_, city_targets) = load(&url, &token, &targets("c01"), 1, PHASE * 2, counted).await?;
+    let (_, county_targets) =
+        load(&url, &token, &targets("c01/k00"), 1, PHASE * 2, counted).await?;
     let _ = stop.send(());
     server.await??;
     drop(store);
@@ -2112,6 +2126,20 @@ async fn rollup() -> anyhow::Result<()> {
     {
         emit("rollup", metric, below[2 * i], "ms", Some(below[2 * i + 1]));
     }
+    emit(
+        "rollup",
+        "targets_city_p50_ms",
+        median(city_targets),
+        "ms",
+        None,
+    );
+    emit(
+        "rollup",
+        "targets_county_p50_ms",
+        median(county_targets),
+        "ms",
+        None,
+    );
     emit(
         "rollup",
         "name_search_by_name_p50_ms",
