@@ -1434,18 +1434,16 @@ impl StoreReader {
             }
         }
         let rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+        let mut parents = Vec::new();
         for row in rollups.range::<&str>(range).map_err(db)? {
             let (k, v) = row.map_err(db)?;
             if let Some(u) = unit(k.value()) {
+                parents.extend(u.parent().filter(|p| p.is_in_subtree_of(id)));
                 rows.insert(u.tree_key(), (u, decode(v.value())?));
             }
         }
-        // A parent in the subtree has a row to take its children's from (one without a
+        // The parent of a unit with counts has a row to take them from (one without a
         // roll-up row of its own counts less than nothing, as its children's are taken).
-        let parents: Vec<UnitId> = rows
-            .values()
-            .filter_map(|(u, _)| u.parent().filter(|p| p.is_in_subtree_of(id)))
-            .collect();
         for p in parents {
             rows.entry(p.tree_key()).or_insert((p, Rollup::default()));
         }
