@@ -390,7 +390,7 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
 
 /// [`ordered_page`] of a record listing whose every row is kept (the caller reads them all
 /// and nothing filters them), by `field` of `spec`'s kind: each row's key is read from its
-/// bytes without decoding the rest ([`FieldOfRow`]); the bytes of the rows that enter the
+/// bytes without decoding the rest ([`field_of_row`]); the bytes of the rows that enter the
 /// page being made are kept (about `first x ln(rows / first)` of them), and only the page's
 /// `first + 1` decoded, where reading the listing decodes every row. (A row malformed
 /// elsewhere than in that field fails the listing only when it is on the page.)
@@ -410,10 +410,7 @@ fn ordered_by_field(
         let (k, v) = row.map_err(db)?;
         total += 1;
         let bytes = v.value();
-        let mut row = serde_json::Deserializer::from_slice(bytes);
-        let value = serde::de::DeserializeSeed::deserialize(FieldOfRow(field), &mut row)
-            .and_then(|value| row.end().map(|()| value))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let value = field_of_row(bytes, field).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (tk, rec) = k.value();
         let c = OrderedCursor {
             key: SortKey::of_value(spec, field, value.as_ref()),
@@ -444,15 +441,37 @@ fn ordered_by_field(
     })
 }
 
-/// The value of field `.0` of a record row (its JSON: `{"id": ..., "fields": {...}, ...}`),
-/// the rest of the row passed over without being decoded.
-struct FieldOfRow<'a>(&'a str);
+/// The value of `field` in a record row's bytes (its JSON: `{"id": ..., "fields": {...},
+/// ...}`), the rest of the row passed over without being decoded; an error where the bytes
+/// are not one JSON object.
+fn field_of_row(
+    bytes: &[u8],
+    field: &str,
+) -> Result<Option<grassroots_schema::Value>, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut row = serde_json::Deserializer::from_slice(bytes);
+    let seed = At {
+        key: "fields",
+        seed: At {
+            key: field,
+            seed: std::marker::PhantomData::<grassroots_schema::Value>,
+        },
+    };
+    let found = seed.deserialize(&mut row)?;
+    row.end()?;
+    Ok(found.flatten())
+}
+
+/// The value at `key` of a JSON map, read by `seed` (the last, if the key comes twice), the
+/// other entries passed over undecoded.
+#[derive(Clone, Copy)]
+struct At<'a, S> {
+    key: &'a str,
+    seed: S,
+}
 
 /// Whether a map key is `.0`, compared where it lies (no copy made).
 struct KeyIs<'a>(&'a str);
-
-/// The value of key `.0` of the row's `fields` map.
-struct FieldIn<'a>(&'a str);
 
 impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
     type Value = bool;
@@ -471,48 +490,23 @@ impl serde::de::Visitor<'_> for KeyIs<'_> {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for FieldOfRow<'_> {
-    type Value = Option<grassroots_schema::Value>;
+impl<'de, S: serde::de::DeserializeSeed<'de> + Copy> serde::de::DeserializeSeed<'de> for At<'_, S> {
+    type Value = Option<S::Value>;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for FieldOfRow<'_> {
-    type Value = Option<grassroots_schema::Value>;
+impl<'de, S: serde::de::DeserializeSeed<'de> + Copy> serde::de::Visitor<'de> for At<'_, S> {
+    type Value = Option<S::Value>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a record row")
+        write!(f, "a map with {:?}", self.key)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(fields) = map.next_key_seed(KeyIs("fields"))? {
-            if fields {
-                found = map.next_value_seed(FieldIn(self.0))?;
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for FieldIn<'_> {
-    type Value = Option<grassroots_schema::Value>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for FieldIn<'_> {
-    type Value = Option<grassroots_schema::Value>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a record's fields")
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(wanted) = map.next_key_seed(KeyIs(self.0))? {
-            if wanted {
-                found = Some(map.next_value::<grassroots_schema::Value>()?);
+        while let Some(hit) = map.next_key_seed(KeyIs(self.key))? {
+            if hit {
+                found = Some(map.next_value_seed(self.seed)?);
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -2055,7 +2049,7 @@ impl StoreReader {
 
 #[cfg(test)]
 mod tests {
-    use super::{FieldOfRow, name_holds};
+    use super::{field_of_row, name_holds};
     use grassroots_schema::Value;
 
     /// One field of a record row, read from its bytes, is the field of the row decoded
@@ -2072,22 +2066,16 @@ mod tests {
         for row in rows {
             let whole: serde_json::Value = serde_json::from_str(row).unwrap();
             for field in ["heldOn", "attendance", "published", "note", "missing"] {
-                let alone = serde::de::DeserializeSeed::deserialize(
-                    FieldOfRow(field),
-                    &mut serde_json::Deserializer::from_str(row),
-                )
-                .unwrap();
+                let alone = field_of_row(row.as_bytes(), field).unwrap();
                 let want: Option<Value> = whole["fields"]
                     .get(field)
                     .map(|v| serde_json::from_value(v.clone()).unwrap());
                 assert_eq!(alone, want, "{field} of {row}");
             }
         }
-        let bad = serde::de::DeserializeSeed::deserialize(
-            FieldOfRow("heldOn"),
-            &mut serde_json::Deserializer::from_str(r#"{"fields":{"heldOn":"#),
-        );
-        assert!(bad.is_err());
+        for bad in [r#"{"fields":{"heldOn":"#, r#"{"fields":{}} {}"#, "[]"] {
+            assert!(field_of_row(bad.as_bytes(), "heldOn").is_err(), "{bad}");
+        }
     }
 
     /// A name holds a (lower-cased) text as its lower-cased copy would, ASCII or not.
