@@ -351,9 +351,7 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
     first: usize,
     wanted: impl Fn(&T) -> bool,
 ) -> Result<OrderedPage<T>, StoreError> {
-    let cmp = |a: &OrderedCursor, b: &OrderedCursor| OrderedCursor::cmp_in(a, b, order.descending);
-    // The rows after the cursor that come first, in order, at most `first + 1` of them.
-    let mut next: Vec<(OrderedCursor, T)> = Vec::with_capacity(first + 1);
+    let mut next = Leading::new(first, after, order.descending);
     let mut total = 0;
     for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
         let (k, v) = row.map_err(db)?;
@@ -370,22 +368,55 @@ fn ordered_page<T: serde::de::DeserializeOwned>(
                 record: rec.to_owned(),
             },
         };
-        if after.is_some_and(|a| cmp(&c, a).is_le()) {
-            continue;
-        }
-        if next.len() > first && next.last().is_some_and(|(l, _)| cmp(&c, l).is_ge()) {
-            continue;
-        }
-        let at = next.partition_point(|(x, _)| cmp(x, &c).is_lt());
-        next.insert(at, (c, item));
-        next.truncate(first + 1);
+        next.offer(c, || Ok(item))?;
     }
-    let (items, has_next) = cut(next, first);
+    let (items, has_next) = cut(next.rows, first);
     Ok(OrderedPage {
         items,
         has_next,
         total,
     })
+}
+
+/// The rows of an ordered listing that come first after a cursor, at most `first + 1` of
+/// them, in order, as the listing's rows are offered one at a time.
+struct Leading<'a, T> {
+    rows: Vec<(OrderedCursor, T)>,
+    first: usize,
+    after: Option<&'a OrderedCursor>,
+    descending: bool,
+}
+
+impl<'a, T> Leading<'a, T> {
+    fn new(first: usize, after: Option<&'a OrderedCursor>, descending: bool) -> Self {
+        Leading {
+            rows: Vec::with_capacity(first + 1),
+            first,
+            after,
+            descending,
+        }
+    }
+
+    /// Offer the row at `c`; `item` makes it, only if it is held.
+    fn offer(
+        &mut self,
+        c: OrderedCursor,
+        item: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<(), StoreError> {
+        let cmp =
+            |a: &OrderedCursor, b: &OrderedCursor| OrderedCursor::cmp_in(a, b, self.descending);
+        if self.after.is_some_and(|a| cmp(&c, a).is_le()) {
+            return Ok(());
+        }
+        let full = self.rows.len() > self.first;
+        if full && self.rows.last().is_some_and(|(l, _)| cmp(&c, l).is_ge()) {
+            return Ok(());
+        }
+        let at = self.rows.partition_point(|(x, _)| cmp(x, &c).is_lt());
+        self.rows.insert(at, (c, item()?));
+        self.rows.truncate(self.first + 1);
+        Ok(())
+    }
 }
 
 /// [`ordered_page`] of a record listing whose every row is kept (the caller reads them all
@@ -403,8 +434,7 @@ fn ordered_by_field(
     after: Option<&OrderedCursor>,
     first: usize,
 ) -> Result<OrderedPage<Record>, StoreError> {
-    let cmp = |a: &OrderedCursor, b: &OrderedCursor| OrderedCursor::cmp_in(a, b, descending);
-    let mut next: Vec<(OrderedCursor, Vec<u8>)> = Vec::with_capacity(first + 1);
+    let mut next = Leading::new(first, after, descending);
     let mut total = 0;
     for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
         let (k, v) = row.map_err(db)?;
@@ -419,18 +449,10 @@ fn ordered_by_field(
                 record: rec.to_owned(),
             },
         };
-        if after.is_some_and(|a| cmp(&c, a).is_le()) {
-            continue;
-        }
-        if next.len() > first && next.last().is_some_and(|(l, _)| cmp(&c, l).is_ge()) {
-            continue;
-        }
-        let at = next.partition_point(|(x, _)| cmp(x, &c).is_lt());
-        next.insert(at, (c, bytes.to_vec()));
-        next.truncate(first + 1);
+        next.offer(c, || Ok(bytes.to_vec()))?;
     }
-    let mut rows = Vec::with_capacity(next.len());
-    for (c, bytes) in next {
+    let mut rows = Vec::with_capacity(next.rows.len());
+    for (c, bytes) in next.rows {
         rows.push((c, decode::<Record>(&bytes)?));
     }
     let (items, has_next) = cut(rows, first);
