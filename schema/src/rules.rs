@@ -645,7 +645,8 @@ mod tests {
     }
 
     /// Where a caller reads every record of a listing, each record of it is readable,
-    /// whoever owns it and whatever it holds; where not, some record is not.
+    /// whoever owns it and whatever it holds; a unit's own callers read every record of
+    /// its listings.
     #[test]
     fn reading_every_record_agrees_with_each_record() {
         let units = [
