@@ -241,6 +241,7 @@ fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
     // committed, and the next open tries again).
     super::rebuild_views_in(
         tx,
+        super::order::store_unit(&tx.open_table(OWNER).map_err(db)?)?,
         metas
             .into_iter()
             .filter_map(|(id, meta)| match read_doc(&snaps, &changes, &id) {

@@ -2409,6 +2409,7 @@ impl Actor {
         let tx = self.db.begin_write().map_err(db)?;
         rebuild_views_in(
             &tx,
+            Some(self.engine.me().clone()),
             self.engine
                 .docs()
                 .filter_map(|entry| match self.doc_or_load(entry) {
@@ -2510,11 +2511,11 @@ impl Actor {
         let me = order::store_unit(&tx.open_table(OWNER).map_err(db)?)?;
         let want_order: BTreeMap<String, Vec<u8>> = all_members
             .iter()
-            .flat_map(|m| order::member_texts(me.as_ref(), m))
+            .flat_map(|m| order::texts(me.as_ref(), m))
             .chain(
                 all_records
                     .iter()
-                    .flat_map(|r| order::record_texts(me.as_ref(), r)),
+                    .flat_map(|r| order::texts(me.as_ref(), r)),
             )
             .map(|k| (k, Vec::new()))
             .collect();
@@ -3131,7 +3132,8 @@ impl Actor {
             let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
             let mut snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
             let mut changes = tx.open_table(CHANGES).map_err(db)?;
-            let mut views = Views::open(&tx)?;
+            // The store opened only for its owner's unit: the engine's.
+            let mut views = Views::open(&tx, Some(self.engine.me().clone()))?;
             // A document's audience is fixed at creation: its row is written once, when the
             // document is first committed (a created one whose commit failed is still dirty).
             let unwritten = batch
@@ -3410,9 +3412,10 @@ struct Views<'t> {
 /// fit in memory together.
 fn rebuild_views_in<'d>(
     tx: &redb::WriteTransaction,
+    me: Option<UnitId>,
     docs: impl Iterator<Item = Result<(DocMeta, Cow<'d, Automerge>), StoreError>>,
 ) -> Result<(), StoreError> {
-    let mut views = Views::open(tx)?;
+    let mut views = Views::open(tx, me)?;
     let mut rollups = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
     views.members.retain(|_, _| false).map_err(db)?;
     views.order.retain(|_, _| false).map_err(db)?;
@@ -3472,8 +3475,9 @@ fn ref_source(r: &Record) -> String {
 }
 
 impl<'t> Views<'t> {
-    /// The view tables of `tx`, with no delta yet.
-    fn open(tx: &'t redb::WriteTransaction) -> Result<Views<'t>, StoreError> {
+    /// The view tables of `tx`, with no delta yet, for the node of `me` (the store's unit,
+    /// which decides what the sorted index holds).
+    fn open(tx: &'t redb::WriteTransaction, me: Option<UnitId>) -> Result<Views<'t>, StoreError> {
         let feed_next = {
             let meta = tx.open_table(META).map_err(db)?;
             meta.get(FEED_NEXT).map_err(db)?.map_or(1, |v| v.value())
@@ -3481,7 +3485,7 @@ impl<'t> Views<'t> {
         Ok(Views {
             members: tx.open_table(VIEW_MEMBERS).map_err(db)?,
             order: tx.open_table(VIEW_ORDER).map_err(db)?,
-            me: order::store_unit(&tx.open_table(OWNER).map_err(db)?)?,
+            me,
             units: tx.open_table(VIEW_UNITS).map_err(db)?,
             records: tx.open_table(VIEW_RECORDS).map_err(db)?,
             refs: tx.open_table(VIEW_REFS).map_err(db)?,
@@ -3631,7 +3635,7 @@ impl<'t> Views<'t> {
                 .map_err(|e| StoreError::Corrupt(format!("member row {key}{rec}: {e}")))?
         };
         let had = old.is_some();
-        order::update_member(
+        order::update(
             &mut self.order,
             self.me.as_ref(),
             owner,
@@ -3678,7 +3682,7 @@ impl<'t> Views<'t> {
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("record row {key}{rec}: {e}")))?
         };
-        order::update_record(
+        order::update(
             &mut self.order,
             self.me.as_ref(),
             owner,

@@ -14,7 +14,7 @@
 //! enough to read whole. Records get one entry each, by their period field alone; the node's
 //! own listing reads them, and a large unit's below it (`reader::records_ordered`).
 
-use grassroots_schema::{DocKind, Level, Member, Record, UnitId, entity};
+use grassroots_schema::{DocKind, Level, Member, Record, RecordId, UnitId, entity};
 use redb::ReadableTable;
 
 use super::reader::SortKey;
@@ -92,18 +92,48 @@ pub(super) fn store_unit(
     }
 }
 
-/// The index entries of a member of `unit`: (field, sort key) for each order when the
-/// node keeps the index and holds the member; the key's other parts are the unit and the
-/// record.
-fn member_entries(me: Option<&UnitId>, unit: &UnitId, m: &Member) -> Vec<(String, String)> {
-    if !held(me, unit) {
-        return Vec::new();
+/// A view row the index holds entries of: a member, or a record of another kind.
+pub(super) trait Indexed {
+    /// Its unit and record id.
+    fn at(&self) -> (&UnitId, RecordId);
+    /// Its entries as (first key part, sort key) when the node of `me` keeps the index and
+    /// holds the row (of `unit`); the key's other parts are the unit and the record.
+    fn entries(&self, me: Option<&UnitId>, unit: &UnitId) -> Vec<(String, String)>;
+}
+
+impl Indexed for Member {
+    fn at(&self) -> (&UnitId, RecordId) {
+        (&self.id.unit, self.id.record)
     }
-    // Every member has a value of each field: the key is never empty.
-    MemberOrder::ALL
-        .iter()
-        .map(|o| (o.as_str().to_owned(), o.key(m).0.unwrap_or_default()))
-        .collect()
+
+    /// One entry for each order.
+    fn entries(&self, me: Option<&UnitId>, unit: &UnitId) -> Vec<(String, String)> {
+        if !held(me, unit) {
+            return Vec::new();
+        }
+        // Every member has a value of each field: the key is never empty.
+        MemberOrder::ALL
+            .iter()
+            .map(|o| (o.as_str().to_owned(), o.key(self).0.unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl Indexed for Record {
+    fn at(&self) -> (&UnitId, RecordId) {
+        (&self.id.unit, self.id.record)
+    }
+
+    /// One entry, by its kind's period field (a meeting's date, an appraisal's year), in
+    /// the section of records with a value or without.
+    fn entries(&self, me: Option<&UnitId>, unit: &UnitId) -> Vec<(String, String)> {
+        let Some(spec) = entity(self.id.kind).filter(|_| held(me, unit)) else {
+            return Vec::new();
+        };
+        let key = SortKey::of_field(spec, spec.period_field, self).0;
+        let section = record_section(self.id.kind, spec.period_field, key.is_some());
+        vec![(section, key.unwrap_or_default())]
+    }
 }
 
 /// Whether the node of `me` keeps the index and `unit` is in its subtree.
@@ -122,37 +152,18 @@ pub(super) fn record_sections(kind: DocKind, field: &str) -> Vec<(String, bool)>
 
 /// The first key part of the entries of records of `kind` by `field`, with a value or
 /// without.
-fn record_section(kind: DocKind, field: &str, valued: bool) -> String {
+pub(super) fn record_section(kind: DocKind, field: &str, valued: bool) -> String {
     let none = if valued { "" } else { "|none" };
     format!("{}|{field}{none}", kind.as_str())
 }
 
-/// The index entry of a record of `unit`: by its kind's period field (a meeting's date, an
-/// appraisal's year), in the section of records with a value or without.
-fn record_entries(me: Option<&UnitId>, unit: &UnitId, r: &Record) -> Vec<(String, String)> {
-    let Some(spec) = entity(r.id.kind).filter(|_| held(me, unit)) else {
-        return Vec::new();
-    };
-    let key = SortKey::of_field(spec, spec.period_field, r).0;
-    let section = record_section(r.id.kind, spec.period_field, key.is_some());
-    vec![(section, key.unwrap_or_default())]
-}
-
-/// Every index entry of `m`, as one text each (for comparing with a rebuild).
-pub(super) fn member_texts(me: Option<&UnitId>, m: &Member) -> Vec<String> {
-    let (unit, record) = (m.id.unit.tree_key(), m.id.record.to_string());
-    member_entries(me, &m.id.unit, m)
+/// Every index entry of `row`, as one text each (for comparing with a rebuild).
+pub(super) fn texts(me: Option<&UnitId>, row: &impl Indexed) -> Vec<String> {
+    let (unit, record) = row.at();
+    let (tree, record) = (unit.tree_key(), record.to_string());
+    row.entries(me, unit)
         .into_iter()
-        .map(|(l, k)| entry_text(&l, &k, &unit, &record))
-        .collect()
-}
-
-/// Every index entry of `r`, as one text each.
-pub(super) fn record_texts(me: Option<&UnitId>, r: &Record) -> Vec<String> {
-    let (unit, record) = (r.id.unit.tree_key(), r.id.record.to_string());
-    record_entries(me, &r.id.unit, r)
-        .into_iter()
-        .map(|(l, k)| entry_text(&l, &k, &unit, &record))
+        .map(|(l, k)| entry_text(&l, &k, &tree, &record))
         .collect()
 }
 
@@ -165,44 +176,21 @@ pub(super) fn entry_text(listing: &str, key: &str, unit: &str, record: &str) -> 
 pub(super) type OrderTable<'t> =
     redb::Table<'t, (&'static str, &'static str, &'static str, &'static str), &'static [u8]>;
 
-/// Move the index entries of the member row of `record` of `unit` from `old` to `now`
-/// (either may be absent).
-pub(super) fn update_member(
+/// Move the index entries of the row of `record` of `unit` (a member's, or a record's of
+/// another kind) from `old` to `now` (either may be absent): take out those `now` lacks and
+/// put in those it adds; entries the two share stay as they are.
+pub(super) fn update<T: Indexed>(
     table: &mut OrderTable<'_>,
     me: Option<&UnitId>,
     unit: &UnitId,
     record: &str,
-    old: Option<&Member>,
-    now: Option<&Member>,
+    old: Option<&T>,
+    now: Option<&T>,
 ) -> Result<(), StoreError> {
-    let old = old.map(|m| member_entries(me, unit, m)).unwrap_or_default();
-    let now = now.map(|m| member_entries(me, unit, m)).unwrap_or_default();
-    move_entries(table, &unit.tree_key(), record, &old, &now)
-}
-
-/// The same for a record row of another kind.
-pub(super) fn update_record(
-    table: &mut OrderTable<'_>,
-    me: Option<&UnitId>,
-    unit: &UnitId,
-    record: &str,
-    old: Option<&Record>,
-    now: Option<&Record>,
-) -> Result<(), StoreError> {
-    let old = old.map(|r| record_entries(me, unit, r)).unwrap_or_default();
-    let now = now.map(|r| record_entries(me, unit, r)).unwrap_or_default();
-    move_entries(table, &unit.tree_key(), record, &old, &now)
-}
-
-/// Take out the entries of `old` that `now` lacks and put in those it adds; entries the two
-/// share stay as they are.
-fn move_entries(
-    table: &mut OrderTable<'_>,
-    tree: &str,
-    record: &str,
-    old: &[(String, String)],
-    now: &[(String, String)],
-) -> Result<(), StoreError> {
+    let old = old.map(|r| r.entries(me, unit)).unwrap_or_default();
+    let now = now.map(|r| r.entries(me, unit)).unwrap_or_default();
+    let tree = unit.tree_key();
+    let tree = tree.as_str();
     for (l, k) in old.iter().filter(|e| !now.contains(e)) {
         table
             .remove((l.as_str(), k.as_str(), tree, record))
@@ -225,7 +213,7 @@ pub(super) fn migrate_12_fill(tx: &redb::WriteTransaction) -> Result<(), StoreEr
         VIEW_MEMBERS,
         "member",
         |m: &Member| (m.id.unit.clone(), m.id.unit.tree_key()),
-        |order, me, unit, record, m| update_member(order, me, unit, record, None, Some(m)),
+        |order, me, unit, record, m| update(order, me, unit, record, None, Some(m)),
     )
 }
 
@@ -237,7 +225,7 @@ pub(super) fn migrate_13_fill(tx: &redb::WriteTransaction) -> Result<(), StoreEr
         VIEW_RECORDS,
         "record",
         |r: &Record| (r.id.unit.clone(), records_key(r.id.kind, &r.id.unit)),
-        |order, me, unit, record, r| update_record(order, me, unit, record, None, Some(r)),
+        |order, me, unit, record, r| update(order, me, unit, record, None, Some(r)),
     )
 }
 

@@ -925,29 +925,38 @@ fn period_entries(
     months: (i64, i64),
 ) -> Result<Vec<(String, String)>, StoreError> {
     use grassroots_schema::{Value, entities::FieldType};
-    let index = tx.open_table(VIEW_ORDER).map_err(db)?;
     let int = spec
         .field(spec.period_field)
         .is_some_and(|f| matches!(f.ty, FieldType::Int { .. }));
+    // Records with a value, the only ones within a period.
+    let section = super::order::record_section(spec.kind, spec.period_field, true);
+    let range = (section.as_str(), from, "", "")..(section.as_str(), to, "", "");
+    entries_where(tx, range, |key| {
+        let value = match int {
+            true => SortKey::int_of(key).map(Value::Int),
+            false => Some(Value::Text(key.to_owned())),
+        };
+        value.is_some_and(|v| grassroots_schema::entities::in_period(months, &v))
+    })
+}
+
+/// The sorted index's entries in `range` whose sort key `keep` passes, as (unit tree key,
+/// record), keys alone (no row read), in stored order: the order of the rows' table, so
+/// that reading their rows goes through its pages once.
+fn entries_where(
+    tx: &redb::ReadTransaction,
+    range: std::ops::Range<(&str, &str, &str, &str)>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let index = tx.open_table(VIEW_ORDER).map_err(db)?;
     let mut found = Vec::new();
-    for (section, _) in super::order::record_sections(spec.kind, spec.period_field)
-        .iter()
-        .filter(|(_, valued)| *valued)
-    {
-        let range = (section.as_str(), from, "", "")..(section.as_str(), to, "", "");
-        for entry in index.range::<(&str, &str, &str, &str)>(range).map_err(db)? {
-            let (k, _) = entry.map_err(db)?;
-            let (_, key, tree, record) = k.value();
-            let value = match int {
-                true => SortKey::int_of(key).map(Value::Int),
-                false => Some(Value::Text(key.to_owned())),
-            };
-            if value.is_some_and(|v| grassroots_schema::entities::in_period(months, &v)) {
-                found.push((tree.to_owned(), record.to_owned()));
-            }
+    for entry in index.range::<(&str, &str, &str, &str)>(range).map_err(db)? {
+        let (k, _) = entry.map_err(db)?;
+        let (_, key, tree, record) = k.value();
+        if keep(key) {
+            found.push((tree.to_owned(), record.to_owned()));
         }
     }
-    // In the order of the rows' table: the lookups go through its pages once.
     found.sort();
     Ok(found)
 }
@@ -960,12 +969,7 @@ fn indexed_record(
     tree: &str,
     record: &str,
 ) -> Result<Record, StoreError> {
-    let key = format!("{kind_key}{tree}");
-    let row = t
-        .get((key.as_str(), record))
-        .map_err(db)?
-        .ok_or_else(|| StoreError::Corrupt(format!("index entry {key}{record}: no row")))?;
-    decode(row.value())
+    indexed_row(t, &format!("{kind_key}{tree}"), record)
 }
 
 /// Rows read at most, in stored order, by a name search that does not count before it
@@ -982,22 +986,10 @@ fn name_matches(
     tx: &redb::ReadTransaction,
     name: &str,
 ) -> Result<Vec<(String, String)>, StoreError> {
-    let index = tx.open_table(VIEW_ORDER).map_err(db)?;
     let section = super::MemberOrder::Name.as_str();
     let end = format!("{section}\0");
-    let mut found = Vec::new();
-    for entry in index
-        .range::<(&str, &str, &str, &str)>((section, "", "", "")..(end.as_str(), "", "", ""))
-        .map_err(db)?
-    {
-        let (k, _) = entry.map_err(db)?;
-        let (_, key, tree, record) = k.value();
-        if name_holds(name, key) {
-            found.push((tree.to_owned(), record.to_owned()));
-        }
-    }
-    found.sort();
-    Ok(found)
+    let range = (section, "", "", "")..(end.as_str(), "", "", "");
+    entries_where(tx, range, |key| name_holds(name, key))
 }
 
 /// Whether `filter` asks the name alone (every row whose name holds the text is kept).
@@ -1009,12 +1001,13 @@ fn name_only(filter: &MemberFilter) -> bool {
         }
 }
 
-/// The member row of `tree`/`record`, which the index names.
-fn indexed_row(
+/// The row of `tree`/`record` (a member's; with its kind before the unit, a record's), which
+/// the index names.
+fn indexed_row<T: serde::de::DeserializeOwned>(
     t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     tree: &str,
     record: &str,
-) -> Result<Member, StoreError> {
+) -> Result<T, StoreError> {
     let row = t
         .get((tree, record))
         .map_err(db)?
@@ -1112,7 +1105,7 @@ fn member_total(
         }
         Ok(n)
     } else {
-        Ok(t.range::<(&str, &str)>(lo..hi).map_err(db)?.count())
+        range_len(t, (lo, hi))
     }
 }
 
@@ -1123,20 +1116,31 @@ fn rollup_kept(
     unit: &UnitId,
     filter: &MemberFilter,
 ) -> Result<u64, StoreError> {
-    let key = unit.tree_key();
+    kept_in(unit, rollup_row(tx, unit)?.as_ref(), filter)
+}
+
+/// `unit`'s roll-up row, if it has one.
+fn rollup_row(tx: &redb::ReadTransaction, unit: &UnitId) -> Result<Option<Rollup>, StoreError> {
     let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-    let n = match r.get(key.as_str()).map_err(db)? {
-        Some(v) => {
-            let rollup = decode::<Rollup>(v.value())?;
-            match (filter.category, filter.status) {
-                (Some(c), s) => rollup.in_category(c, s),
-                (None, Some(s)) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
-                (None, None) => rollup.members,
-            }
-        }
+    let row = r.get(unit.tree_key().as_str()).map_err(db)?;
+    row.map(|v| decode(v.value())).transpose()
+}
+
+/// The members `filter` keeps by `unit`'s roll-up row `rollup` (none: no member).
+fn kept_in(
+    unit: &UnitId,
+    rollup: Option<&Rollup>,
+    filter: &MemberFilter,
+) -> Result<u64, StoreError> {
+    let n = match rollup {
+        Some(rollup) => match (filter.category, filter.status) {
+            (Some(c), s) => rollup.in_category(c, s),
+            (None, Some(s)) => rollup.by_status.get(s.as_str()).copied().unwrap_or(0),
+            (None, None) => rollup.members,
+        },
         None => 0,
     };
-    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative roll-up at {key}")))
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative roll-up at {unit}")))
 }
 
 /// Whether a subtree listing of `unit` at the node of `me` reads through the sorted index:
@@ -1159,8 +1163,10 @@ pub(super) fn through_index(
         return Ok(false);
     }
     let held = rollup_kept(tx, me, &MemberFilter::default())?;
-    let rows = rollup_kept(tx, unit, &MemberFilter::default())?;
-    let kept = rollup_kept(tx, unit, filter)?;
+    // The unit's row read once for both.
+    let row = rollup_row(tx, unit)?;
+    let rows = kept_in(unit, row.as_ref(), &MemberFilter::default())?;
+    let kept = kept_in(unit, row.as_ref(), filter)?;
     Ok(super::order::walk_below(first, held, rows, kept))
 }
 
@@ -1211,6 +1217,14 @@ fn listing_size(
     if !(filter.all_within && filter.period.is_none()) {
         return records_kept(t, (lo, hi), wanted);
     }
+    range_len(t, (lo, hi))
+}
+
+/// How many rows `lo..hi` holds, their keys counted (no row decoded).
+fn range_len(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    (lo, hi): ((&str, &str), (&str, &str)),
+) -> Result<usize, StoreError> {
     let mut n = 0;
     for row in t.range::<(&str, &str)>(lo..hi).map_err(db)? {
         row.map_err(db)?;
