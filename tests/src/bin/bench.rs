@@ -1962,8 +1962,6 @@ async fn rollup() -> anyhow::Result<()> {
     let (_, deep) = load(&url, &token, &deep, 1, PHASE * 2, page_of).await?;
     let township = members_page("c01/k00/t00", ", orderBy: NAME", None);
     let (_, township) = load(&url, &token, &township, 1, PHASE * 2, page_of).await?;
-    // The city's 60,000 meetings: the latest first (by their date, which the index holds),
-    // against the same listing by attendance (read whole) and in stored order.
     // A search of the city's members by a name no member has, ordered by name (every entry
     // of the listing passed over), and in stored order (every row read).
     let no_match = |r: &serde_json::Value| {
@@ -1996,6 +1994,8 @@ async fn rollup() -> anyhow::Result<()> {
              edges {{ node {{ heldOn attendance }} }} }} }} }}"
         )
     };
+    // The city's 60,000 meetings: the latest first (by their date, which the index holds)
+    // and by attendance (each row's attendance read), against stored order.
     let meetings = |order: &str| meetings_of_unit("c01", order, false);
     let mut by_date = Vec::new();
     let mut by_attendance = Vec::new();
