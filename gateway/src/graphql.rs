@@ -1360,12 +1360,33 @@ const REPORTING: &[gs::Level] = &[gs::Level::County, gs::Level::Township, gs::Le
 /// Whether one unit (at a level), by the counts of its own records, meets a target.
 type Meets = Box<dyn Fn(gs::Level, &gs::Rollup) -> bool>;
 
+/// One of the seed's targets, for a year.
+struct SeedTarget {
+    kind: TargetKind,
+    /// The target as the seed states it.
+    description: String,
+    /// The levels it applies to.
+    levels: &'static [gs::Level],
+    /// What `meets` reads of a unit's counts: the report reads only these parts of each
+    /// unit's roll-up (a test checks that each target judges the same on them alone).
+    reads: gs::Selection,
+    meets: Meets,
+}
+
+/// A selection of the tallies whose keys start with these.
+fn tallies(keys: impl IntoIterator<Item = String>) -> gs::Selection {
+    gs::Selection {
+        tallies: keys.into_iter().collect(),
+        ..gs::Selection::default()
+    }
+}
+
 /// The levels of villages.
 const VILLAGES: &[gs::Level] = &[gs::Level::Village];
 
 /// Each target, as the seed states it, the levels it applies to, and whether one unit's own
 /// counts meet it in `year`.
-fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Meets)> {
+fn seed_targets(year: i64) -> Vec<SeedTarget> {
     let quarters = ended_quarters(year);
     let routine: Vec<String> = quarters
         .iter()
@@ -1381,50 +1402,58 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
         .collect();
     let year_months = gs::entities::period_months(&year.to_string());
     vec![
-        (
-            TargetKind::NewYoungHigherEducatedMember,
-            "Each village develops at least 1 new member a year who is under 35 with higher \
-             education."
+        SeedTarget {
+            kind: TargetKind::NewYoungHigherEducatedMember,
+            description: "Each village develops at least 1 new member a year who is under 35 \
+                          with higher education."
                 .into(),
-            VILLAGES,
-            Box::new(move |_, r: &gs::Rollup| r.new_young_higher(year) >= 1),
-        ),
-        (
-            TargetKind::ActivistsPerVillage,
-            format!("At least {ACTIVISTS_PER_VILLAGE} activists in each village."),
-            VILLAGES,
-            Box::new(|_, r: &gs::Rollup| r.activists() >= ACTIVISTS_PER_VILLAGE),
-        ),
-        (
-            TargetKind::VillageOrganisationsAndPlace,
-            "Full coverage: every village has its party branch, its villagers' committee and \
-             an activity place."
+            levels: VILLAGES,
+            reads: gs::Selection {
+                higher_joined: vec![year],
+                ..gs::Selection::default()
+            },
+            meets: Box::new(move |_, r: &gs::Rollup| r.new_young_higher(year) >= 1),
+        },
+        SeedTarget {
+            kind: TargetKind::ActivistsPerVillage,
+            description: format!("At least {ACTIVISTS_PER_VILLAGE} activists in each village."),
+            levels: VILLAGES,
+            reads: tallies(["talent/".into()]),
+            meets: Box::new(|_, r: &gs::Rollup| r.activists() >= ACTIVISTS_PER_VILLAGE),
+        },
+        SeedTarget {
+            kind: TargetKind::VillageOrganisationsAndPlace,
+            description: "Full coverage: every village has its party branch, its villagers' \
+                          committee and an activity place."
                 .into(),
-            VILLAGES,
-            Box::new(|_, r: &gs::Rollup| {
+            levels: VILLAGES,
+            reads: tallies(["org/".into(), "place".into()]),
+            meets: Box::new(|_, r: &gs::Rollup| {
                 r.tally("org/party_branch") > 0
                     && r.tally("org/villagers_committee") > 0
                     && r.tally("place") > 0
             }),
-        ),
-        (
-            TargetKind::StudySessions,
-            "The city studies rural organisation work at least once a year; counties and \
-             townships at least twice (STUDY_SESSION meetings)."
+        },
+        SeedTarget {
+            kind: TargetKind::StudySessions,
+            description: "The city studies rural organisation work at least once a year; \
+                          counties and townships at least twice (STUDY_SESSION meetings)."
                 .into(),
-            &[gs::Level::City, gs::Level::County, gs::Level::Township],
-            Box::new(move |level, r: &gs::Rollup| {
+            levels: &[gs::Level::City, gs::Level::County, gs::Level::Township],
+            reads: tallies(studies.clone()),
+            meets: Box::new(move |level, r: &gs::Rollup| {
                 let held: i64 = studies.iter().map(|k| r.tally(k)).sum();
                 held >= if level == gs::Level::City { 1 } else { 2 }
             }),
-        ),
-        (
-            TargetKind::Debriefing,
-            "County, township and village secretaries debrief to the level above every year \
-             (a DEBRIEFING report for a period of the year)."
+        },
+        SeedTarget {
+            kind: TargetKind::Debriefing,
+            description: "County, township and village secretaries debrief to the level above \
+                          every year (a DEBRIEFING report for a period of the year)."
                 .into(),
-            REPORTING,
-            Box::new(move |_, r: &gs::Rollup| {
+            levels: REPORTING,
+            reads: tallies(["reports/debriefing/".into()]),
+            meets: Box::new(move |_, r: &gs::Rollup| {
                 r.tallies_under("reports/debriefing/").any(|(period, n)| {
                     n > 0
                         && year_months.is_some_and(|y| {
@@ -1432,32 +1461,37 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
                         })
                 })
             }),
-        ),
-        (
-            TargetKind::RoutineMeetings,
-            format!(
+        },
+        SeedTarget {
+            kind: TargetKind::RoutineMeetings,
+            description: format!(
                 "Each village holds a branch general meeting, a branch committee meeting, a \
                  group meeting and a party lecture in every quarter ({} of {year} ended so far).",
                 quarters.len()
             ),
-            VILLAGES,
-            Box::new(move |_, r: &gs::Rollup| routine.iter().all(|k| r.tally(k) > 0)),
-        ),
-        (
-            TargetKind::AnnualAppraisal,
-            "Each village holds its democratic appraisal of members once a year, with a result."
+            levels: VILLAGES,
+            reads: tallies(routine.clone()),
+            meets: Box::new(move |_, r: &gs::Rollup| routine.iter().all(|k| r.tally(k) > 0)),
+        },
+        SeedTarget {
+            kind: TargetKind::AnnualAppraisal,
+            description: "Each village holds its democratic appraisal of members once a year, \
+                          with a result."
                 .into(),
-            VILLAGES,
-            Box::new(move |_, r: &gs::Rollup| r.tally(&appraisal) > 0),
-        ),
-        (
-            TargetKind::SecretarySuccessors,
-            "Every village has a reserve cadre (an activist at stage RESERVE_CADRE) to succeed \
-             its secretary: missing successors are a weakness the seed names."
+            levels: VILLAGES,
+            reads: tallies([appraisal.clone()]),
+            meets: Box::new(move |_, r: &gs::Rollup| r.tally(&appraisal) > 0),
+        },
+        SeedTarget {
+            kind: TargetKind::SecretarySuccessors,
+            description: "Every village has a reserve cadre (an activist at stage RESERVE_CADRE) \
+                          to succeed its secretary: missing successors are a weakness the seed \
+                          names."
                 .into(),
-            VILLAGES,
-            Box::new(|_, r: &gs::Rollup| r.tally("talent/reserve_cadre") > 0),
-        ),
+            levels: VILLAGES,
+            reads: tallies(["talent/reserve_cadre".into()]),
+            meets: Box::new(|_, r: &gs::Rollup| r.tally("talent/reserve_cadre") > 0),
+        },
         scheduled_report(
             TargetKind::QuarterlyAnalysis,
             "a quarterly analysis for every quarter",
@@ -1485,12 +1519,12 @@ fn seed_targets(year: i64) -> Vec<(TargetKind, String, &'static [gs::Level], Mee
 /// A target of a report each county, township and village files to the level above for
 /// every period of `year` that has ended.
 fn scheduled_report(
-    target: TargetKind,
+    kind: TargetKind,
     what: &str,
-    kind: &'static str,
+    report: &'static str,
     periods: Vec<String>,
     year: i64,
-) -> (TargetKind, String, &'static [gs::Level], Meets) {
+) -> SeedTarget {
     let description = format!(
         "Each county, township and village files {what} of {year} that has ended ({}), \
          reported to the level above.",
@@ -1500,12 +1534,13 @@ fn scheduled_report(
             periods.join(", ")
         }
     );
-    (
-        target,
+    SeedTarget {
+        kind,
         description,
-        REPORTING,
-        Box::new(move |_, r: &gs::Rollup| filed_for_each(r, kind, &periods)),
-    )
+        levels: REPORTING,
+        reads: tallies([format!("reports/{report}/")]),
+        meets: Box::new(move |_, r: &gs::Rollup| filed_for_each(r, report, &periods)),
+    }
 }
 
 /// How a unit's subtree stands against one of the seed's targets.
@@ -1665,6 +1700,70 @@ mod tests {
         assert_eq!(super::day_at(at, 480), "2026-11-28");
         assert_eq!(super::day_at(at, -300), "2026-11-27");
         assert_eq!(super::day_at(0, -60), "1970-01-01");
+    }
+
+    /// Each target judges a unit the same on the parts of its counts it says it reads as on
+    /// the whole: the report reads only those. Counts that meet every target, then the same
+    /// less each count in turn, so that a count a target needs and does not name is missed.
+    #[test]
+    fn a_target_reads_only_what_it_names() {
+        use grassroots_schema as gs;
+        let year = 2025;
+        let mut good = gs::Rollup {
+            members: 40,
+            ..Default::default()
+        };
+        good.by_birth_year.insert(2000, 40);
+        good.by_joined_year.insert(year, [1, 1, 0]);
+        good.higher_by_joined
+            .insert(year, std::collections::BTreeMap::from([(2000, 1)]));
+        good.higher_by_joined
+            .insert(year - 1, std::collections::BTreeMap::from([(1999, 1)]));
+        let mut keys: Vec<(String, i64)> = vec![
+            ("talent/activist".into(), 2),
+            ("talent/development_target".into(), 1),
+            ("talent/reserve_cadre".into(), 1),
+            ("org/party_branch".into(), 1),
+            ("org/villagers_committee".into(), 1),
+            ("place".into(), 1),
+            (format!("appraisals_rated/{year}/democratic_appraisal"), 1),
+            (format!("reports/debriefing/{year}"), 1),
+            (format!("reports/annual_assessment/{year}"), 1),
+            (format!("meetings/{}Q1/study_session", year - 1), 3),
+        ];
+        for h in 1..=2 {
+            keys.push((format!("reports/half_year_self_examination/{year}H{h}"), 1));
+        }
+        for q in 1..=4 {
+            keys.push((format!("reports/quarterly_analysis/{year}Q{q}"), 1));
+            keys.push((format!("meetings/{year}Q{q}/study_session"), 1));
+            for k in gs::entities::MeetingKind::ROUTINE {
+                keys.push((format!("meetings/{year}Q{q}/{}", k.as_str()), 1));
+            }
+        }
+        good.count_tallies(&keys, 1);
+        let mut variants = vec![good.clone()];
+        for (k, v) in &keys {
+            let mut less = good.clone();
+            less.count_tallies(&[(k.clone(), *v)], -1);
+            variants.push(less);
+        }
+        let mut less = good.clone();
+        less.higher_by_joined.clear();
+        variants.push(less);
+        for t in super::seed_targets(year) {
+            for level in t.levels {
+                assert!((t.meets)(*level, &good), "{:?} at {level:?}", t.kind);
+                for r in &variants {
+                    assert_eq!(
+                        (t.meets)(*level, &r.selected(&t.reads)),
+                        (t.meets)(*level, r),
+                        "{:?} at {level:?}",
+                        t.kind
+                    );
+                }
+            }
+        }
     }
 
     /// The periods a target counts: those ended by the day, none of a year to come.
@@ -1919,25 +2018,30 @@ impl UnitCore {
                 format!("targets of {year}: the year has not begun"),
             ));
         }
-        let units = b.reader.units_own(&self.id).map_err(internal)?;
+        let targets = seed_targets(year);
+        let mut reads = gs::Selection::default();
+        for t in &targets {
+            reads.add(&t.reads);
+        }
+        let units = b.reader.units_own(&self.id, &reads).map_err(internal)?;
         Ok(Some(
-            seed_targets(year)
+            targets
                 .into_iter()
-                .map(|(target, description, levels, meets)| {
+                .map(|t| {
                     let checked: Vec<&(UnitId, gs::Rollup)> = units
                         .iter()
-                        .filter(|(u, _)| levels.contains(&u.level()))
+                        .filter(|(u, _)| t.levels.contains(&u.level()))
                         .collect();
                     let missing: Vec<UnitId> = checked
                         .iter()
-                        .filter(|(u, own)| !meets(u.level(), own))
+                        .filter(|(u, own)| !(t.meets)(u.level(), own))
                         .map(|(u, _)| u.clone())
                         .collect();
                     Target {
-                        target,
-                        description,
+                        target: t.kind,
+                        description: t.description,
                         year,
-                        levels: levels.iter().map(|l| (*l).into()).collect(),
+                        levels: t.levels.iter().map(|l| (*l).into()).collect(),
                         units: checked.len() as i64,
                         met: missing.is_empty() && !checked.is_empty(),
                         missing_count: missing.len() as i64,

@@ -3732,7 +3732,7 @@ fn stored(
 mod tests {
     use super::*;
     use grassroots_schema::entities::Organisation;
-    use grassroots_schema::{Education, Gender, MemberStatus};
+    use grassroots_schema::{Education, Gender, MemberStatus, Selection};
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
@@ -4659,8 +4659,21 @@ mod tests {
                 }
             }
         }
-        for root in [u("c01"), u("c01/k01"), u("c01/k01/t01")] {
-            let own = r.units_own(&root).unwrap();
+        let everything = Selection {
+            structure: true,
+            higher_joined: (1900..2100).collect(),
+            tallies: vec![String::new()],
+        };
+        let quarter = Selection {
+            tallies: vec!["meetings/2026Q1/".into()],
+            ..Selection::default()
+        };
+        let roots = [u("c01"), u("c01/k01"), u("c01/k01/t01")];
+        for (root, wanted) in roots
+            .iter()
+            .flat_map(|r| [(r.clone(), &everything), (r.clone(), &quarter)])
+        {
+            let own = r.units_own(&root, wanted).unwrap();
             let ids: Vec<UnitId> = own.iter().map(|(u, _)| u.clone()).collect();
             let mut sorted = ids.clone();
             sorted.sort();
@@ -4677,10 +4690,20 @@ mod tests {
                 {
                     want.merge(&r.rollup(child).unwrap(), -1);
                 }
-                assert_eq!(counts, &want, "{unit} under {root}");
+                assert_eq!(counts, &want.selected(wanted), "{unit} under {root}");
             }
             let members: i64 = own.iter().map(|(_, c)| c.members).sum();
-            assert_eq!(members, r.rollup(&root).unwrap().members, "{root}");
+            let meetings: i64 = own
+                .iter()
+                .map(|(_, c)| c.tallies.values().sum::<i64>())
+                .sum();
+            let whole = r.rollup(&root).unwrap().selected(wanted);
+            assert_eq!(members, whole.members, "{root}");
+            assert_eq!(meetings, whole.tallies.values().sum::<i64>(), "{root}");
+            assert!(
+                whole.tallies.values().sum::<i64>() > 0,
+                "{root}: counts were kept"
+            );
         }
         t.shutdown().await;
     }
