@@ -35,6 +35,44 @@ pub enum BalanceFigure {
 }
 
 impl BalanceFigure {
+    /// What [`value`](Self::value) reads of a roll-up in `year`: a comparison over many
+    /// units reads only these parts of each unit's row (a test checks that each figure comes
+    /// out the same from them alone).
+    pub fn reads(self, year: i64) -> gs::Selection {
+        let none = gs::Selection::default();
+        let tallies = |prefix: String| gs::Selection {
+            tallies: vec![prefix],
+            ..gs::Selection::default()
+        };
+        let mut reads = match self {
+            BalanceFigure::Members => gs::Selection {
+                members: true,
+                ..none
+            },
+            BalanceFigure::NewMembers => gs::Selection {
+                by_joined_year: true,
+                ..none
+            },
+            BalanceFigure::Under35Share | BalanceFigure::Aged60PlusShare => gs::Selection {
+                members: true,
+                by_birth_year: true,
+                ..none
+            },
+            BalanceFigure::HigherEducationShare => gs::Selection {
+                members: true,
+                by_education: true,
+                ..none
+            },
+            BalanceFigure::Activists => tallies("talent/".into()),
+            BalanceFigure::RoutineMeetings => tallies(format!("meetings/{year}Q")),
+            BalanceFigure::TrainingHours => tallies(format!("training_hours/{year}")),
+            BalanceFigure::Disclosures => tallies(format!("disclosures_in/{year}/")),
+        };
+        // A count per village, above the villages.
+        reads.tallies.push("villages".into());
+        reads
+    }
+
     /// Its value for a unit whose subtree's roll-up is `r`; none for a unit with nothing to
     /// compare (a share of no members, a count per village of a unit holding no village),
     /// which would otherwise enter the figures as a 0 or as a count not per village.
@@ -145,6 +183,65 @@ impl Balance {
             variation: if mean > 0.0 { std_dev / mean } else { 0.0 },
             lowest: values.iter().take(ends).map(named).collect(),
             highest: values.iter().rev().take(ends).map(named).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BalanceFigure;
+    use grassroots_schema as gs;
+    use std::collections::BTreeMap;
+
+    /// Each figure comes out the same from the parts of a roll-up it says it reads as from
+    /// the whole, at a village and above: a comparison over many units reads only those.
+    #[test]
+    fn a_figure_reads_only_what_it_names() {
+        let year = 2025;
+        let mut r = gs::Rollup {
+            members: 10,
+            by_birth_year: BTreeMap::from([(1950, 3), (2000, 7)]),
+            by_education: BTreeMap::from([
+                (gs::Education::Bachelor.as_str().to_owned(), 4),
+                (gs::Education::Primary.as_str().to_owned(), 6),
+            ]),
+            by_status: BTreeMap::from([("full".to_owned(), 10)]),
+            by_joined_year: BTreeMap::from([(year, [2, 1, 1]), (year - 1, [8, 0, 0])]),
+            higher_by_joined: BTreeMap::from([(year, BTreeMap::from([(2000, 1)]))]),
+            ..Default::default()
+        };
+        let mut tallies = vec![
+            ("talent/activist".to_owned(), 3),
+            ("talent/development_target".to_owned(), 1),
+            (format!("training_hours/{year}"), 5),
+            (format!("training_hours/{}", year - 1), 50),
+            (format!("disclosures_in/{year}/finance"), 2),
+            (format!("disclosures_in/{}/finance", year - 1), 20),
+            ("villages".to_owned(), 2),
+        ];
+        for (q, kind) in gs::entities::MeetingKind::ROUTINE.iter().enumerate() {
+            tallies.push((format!("meetings/{year}Q{}/{}", q + 1, kind.as_str()), 2));
+            tallies.push((format!("meetings/{}Q1/{}", year - 1, kind.as_str()), 9));
+        }
+        r.count_tallies(&tallies, 1);
+        let figures = [
+            BalanceFigure::Members,
+            BalanceFigure::NewMembers,
+            BalanceFigure::Under35Share,
+            BalanceFigure::Aged60PlusShare,
+            BalanceFigure::HigherEducationShare,
+            BalanceFigure::Activists,
+            BalanceFigure::RoutineMeetings,
+            BalanceFigure::TrainingHours,
+            BalanceFigure::Disclosures,
+        ];
+        for figure in figures {
+            for level in [gs::Level::Village, gs::Level::Township] {
+                let whole = figure.value(&r, year, level);
+                assert!(whole.is_some_and(|v| v > 0.0), "{figure:?}: {whole:?}");
+                let read = figure.value(&r.selected(&figure.reads(year)), year, level);
+                assert_eq!(read, whole, "{figure:?} at {level:?}");
+            }
         }
     }
 }

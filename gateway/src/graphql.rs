@@ -1360,6 +1360,10 @@ const REPORTING: &[gs::Level] = &[gs::Level::County, gs::Level::Township, gs::Le
 /// Whether one unit (at a level), by the counts of its own records, meets a target.
 type Meets = Box<dyn Fn(gs::Level, &gs::Rollup) -> bool>;
 
+/// Units a `balance` compares at most from the cache of decoded roll-ups (more are read
+/// for the figure alone).
+const BALANCE_CACHED: usize = 64;
+
 /// One of the seed's targets, for a year.
 struct SeedTarget {
     kind: TargetKind,
@@ -1984,14 +1988,24 @@ impl UnitCore {
             .reader
             .units_below(&self.id, Some(level))
             .map_err(internal)?;
-        let mut rollups = b.reader.rollups(&ids).map_err(internal)?;
-        let units = ids
-            .into_iter()
-            .map(|u| {
-                let r = rollups.remove(&u).unwrap_or_default();
-                (u, r)
-            })
-            .collect();
+        // A few units (a city's counties) from the decoded rows kept for indicator queries;
+        // many (its villages) read for the figure's parts alone, past the cache.
+        let units = if ids.len() <= BALANCE_CACHED {
+            let mut rollups = b.reader.rollups(&ids).map_err(internal)?;
+            ids.into_iter()
+                .map(|u| {
+                    let r = rollups.remove(&u).unwrap_or_default();
+                    (u, r)
+                })
+                .collect()
+        } else {
+            b.reader
+                .rollups_selected(&ids, &figure.reads(year))
+                .map_err(internal)?
+                .into_iter()
+                .map(|(u, r)| (u, std::sync::Arc::new(r)))
+                .collect()
+        };
         Ok(Some(crate::balance::Balance::of(
             figure, units, level, year, ends,
         )))

@@ -292,8 +292,18 @@ impl Rollup {
 /// rows and needs a few tallies of each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
-    /// `members` and the counts by status, gender, education, birth year and join year.
-    pub structure: bool,
+    /// `members`.
+    pub members: bool,
+    /// `by_status`.
+    pub by_status: bool,
+    /// `by_gender`.
+    pub by_gender: bool,
+    /// `by_education`.
+    pub by_education: bool,
+    /// `by_birth_year`.
+    pub by_birth_year: bool,
+    /// `by_joined_year`.
+    pub by_joined_year: bool,
     /// Of the members with higher education, those who joined in these years.
     pub higher_joined: Vec<i64>,
     /// The tallies whose key starts with one of these.
@@ -303,7 +313,12 @@ pub struct Selection {
 impl Selection {
     /// Everything `other` selects as well.
     pub fn add(&mut self, other: &Selection) {
-        self.structure |= other.structure;
+        self.members |= other.members;
+        self.by_status |= other.by_status;
+        self.by_gender |= other.by_gender;
+        self.by_education |= other.by_education;
+        self.by_birth_year |= other.by_birth_year;
+        self.by_joined_year |= other.by_joined_year;
         self.higher_joined.extend(&other.higher_joined);
         self.tallies.extend(other.tallies.iter().cloned());
     }
@@ -317,7 +332,16 @@ impl Rollup {
     /// Only the parts `sel` names: what reading this roll-up's row through [`Selected`]
     /// gives.
     pub fn selected(&self, sel: &Selection) -> Rollup {
-        let mut out = Rollup {
+        fn kept<T: Clone + Default>(yes: bool, v: &T) -> T {
+            if yes { v.clone() } else { T::default() }
+        }
+        Rollup {
+            members: kept(sel.members, &self.members),
+            by_status: kept(sel.by_status, &self.by_status),
+            by_gender: kept(sel.by_gender, &self.by_gender),
+            by_education: kept(sel.by_education, &self.by_education),
+            by_birth_year: kept(sel.by_birth_year, &self.by_birth_year),
+            by_joined_year: kept(sel.by_joined_year, &self.by_joined_year),
             higher_by_joined: self
                 .higher_by_joined
                 .iter()
@@ -330,17 +354,7 @@ impl Rollup {
                 .filter(|(k, _)| sel.keeps_tally(k))
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
-            ..Rollup::default()
-        };
-        if sel.structure {
-            out.members = self.members;
-            out.by_status = self.by_status.clone();
-            out.by_gender = self.by_gender.clone();
-            out.by_education = self.by_education.clone();
-            out.by_birth_year = self.by_birth_year.clone();
-            out.by_joined_year = self.by_joined_year.clone();
         }
-        out
     }
 }
 
@@ -366,12 +380,12 @@ impl<'de> Visitor<'de> for Selected<'_> {
         let mut r = Rollup::default();
         while let Some(field) = map.next_key_seed(FieldName)? {
             match field {
-                Field::Members if sel.structure => r.members = map.next_value()?,
-                Field::ByStatus if sel.structure => r.by_status = map.next_value()?,
-                Field::ByGender if sel.structure => r.by_gender = map.next_value()?,
-                Field::ByEducation if sel.structure => r.by_education = map.next_value()?,
-                Field::ByBirthYear if sel.structure => r.by_birth_year = map.next_value()?,
-                Field::ByJoinedYear if sel.structure => r.by_joined_year = map.next_value()?,
+                Field::Members if sel.members => r.members = map.next_value()?,
+                Field::ByStatus if sel.by_status => r.by_status = map.next_value()?,
+                Field::ByGender if sel.by_gender => r.by_gender = map.next_value()?,
+                Field::ByEducation if sel.by_education => r.by_education = map.next_value()?,
+                Field::ByBirthYear if sel.by_birth_year => r.by_birth_year = map.next_value()?,
+                Field::ByJoinedYear if sel.by_joined_year => r.by_joined_year = map.next_value()?,
                 Field::HigherByJoined if !sel.higher_joined.is_empty() => {
                     r.higher_by_joined = map.next_value_seed(HigherIn(&sel.higher_joined))?;
                 }
@@ -620,7 +634,7 @@ mod tests {
         #[test]
         fn a_selected_read_keeps_what_the_selection_names(
             n in 0u64..40,
-            structure: bool,
+            counts: [bool; 6],
             years in proptest::collection::vec(2010i64..2030, 0..4),
             prefixes in proptest::collection::vec(
                 proptest::sample::select(vec!["", "meetings/", "meetings/2026Q1/1", "reports/", "talent/", "nothing/"]),
@@ -628,8 +642,15 @@ mod tests {
             ),
         ) {
             let whole = assorted(n);
+            let [members, by_status, by_gender, by_education, by_birth_year, by_joined_year] =
+                counts;
             let sel = Selection {
-                structure,
+                members,
+                by_status,
+                by_gender,
+                by_education,
+                by_birth_year,
+                by_joined_year,
                 higher_joined: years,
                 tallies: prefixes.into_iter().map(str::to_owned).collect(),
             };
@@ -639,7 +660,12 @@ mod tests {
             d.end().unwrap();
             proptest::prop_assert_eq!(&read, &whole.selected(&sel));
             let everything = Selection {
-                structure: true,
+                members: true,
+                by_status: true,
+                by_gender: true,
+                by_education: true,
+                by_birth_year: true,
+                by_joined_year: true,
                 higher_joined: whole.higher_by_joined.keys().copied().collect(),
                 tallies: vec![String::new()],
             };

@@ -4660,7 +4660,12 @@ mod tests {
             }
         }
         let everything = Selection {
-            structure: true,
+            members: true,
+            by_status: true,
+            by_gender: true,
+            by_education: true,
+            by_birth_year: true,
+            by_joined_year: true,
             higher_joined: (1900..2100).collect(),
             tallies: vec![String::new()],
         };
@@ -4691,6 +4696,10 @@ mod tests {
                     want.merge(&r.rollup(child).unwrap(), -1);
                 }
                 assert_eq!(counts, &want.selected(wanted), "{unit} under {root}");
+            }
+            // The same units' whole roll-ups, read for the same parts.
+            for (unit, read) in r.rollups_selected(&ids, wanted).unwrap() {
+                assert_eq!(read, r.rollup(&unit).unwrap().selected(wanted), "{unit}");
             }
             let members: i64 = own.iter().map(|(_, c)| c.members).sum();
             let meetings: i64 = own

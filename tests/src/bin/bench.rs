@@ -48,8 +48,8 @@
 //!   uncounted and counted, and a county's latest first, each against the same listing by
 //!   attendance with every row decoded; all of them counted, and all of them by attendance
 //!   (each row's attendance read alone), each against the villages' (every row decoded);
-//!   the seed's targets over the city and over a county; and a page of 100 entries of the
-//!   record feed.
+//!   the seed's targets over the city and over a county; the balance of two figures over
+//!   the city's villages; and a page of 100 entries of the record feed.
 //! - `full-sync`: a county and a city starting empty under ten township nodes that hold 50
 //!   villages' registers each (500 villages, 15,000 members; `FULL_SYNC_TOWNSHIPS=100` for
 //!   a city's 5,000 villages): time until the county's views, then the city's, hold every
@@ -1875,6 +1875,15 @@ async fn rollup() -> anyhow::Result<()> {
             grassroots_schema::Role::Viewer,
         )
         .await?;
+    // Every village registered at the city (a profile each), as the demo's are.
+    in_groups(city_villages(), |v| {
+        let details = grassroots_schema::UnitDetails {
+            name: Some(format!("Village {v}")),
+            ..Default::default()
+        };
+        store.set_unit_details(v, details)
+    })
+    .await?;
     // The units whose members are listed below, named (registered) at the city.
     for (id, name) in [
         ("c01", "City"),
@@ -2061,6 +2070,29 @@ async fn rollup() -> anyhow::Result<()> {
     let (_, city_targets) = load(&url, &token, &targets("c01"), 1, PHASE * 2, counted).await?;
     let (_, county_targets) =
         load(&url, &token, &targets("c01/k00"), 1, PHASE * 2, counted).await?;
+    // How evenly a figure spreads over the city's 5,000 villages: each village's roll-up
+    // row read for the figure's parts.
+    let balance = |figure: &str| {
+        format!(
+            "{{ unit(id: \"c01\") {{ balance(figure: {figure}, level: VILLAGE) {{ units mean }} }} }}"
+        )
+    };
+    let compared = |r: &serde_json::Value| {
+        r["data"]["unit"]["balance"]["units"]
+            .as_i64()
+            .is_some_and(|n| n >= 5_000)
+    };
+    let (_, balance_members) =
+        load(&url, &token, &balance("MEMBERS"), 1, PHASE * 2, compared).await?;
+    let (_, balance_meetings) = load(
+        &url,
+        &token,
+        &balance("ROUTINE_MEETINGS"),
+        1,
+        PHASE * 2,
+        compared,
+    )
+    .await?;
     let _ = stop.send(());
     server.await??;
     drop(store);
@@ -2130,6 +2162,20 @@ async fn rollup() -> anyhow::Result<()> {
         "rollup",
         "targets_city_p50_ms",
         median(city_targets),
+        "ms",
+        None,
+    );
+    emit(
+        "rollup",
+        "balance_villages_members_p50_ms",
+        median(balance_members),
+        "ms",
+        None,
+    );
+    emit(
+        "rollup",
+        "balance_villages_meetings_p50_ms",
+        median(balance_meetings),
         "ms",
         None,
     );
