@@ -855,6 +855,58 @@ async fn new_members_are_counted_by_the_year_they_joined() {
     assert_eq!(r["data"]["nodeUnit"]["balance"]["units"], 2, "{r}");
     let r = query(&f, Some(&viewer), &compared("MEMBERS", "VILLAGE")).await;
     assert_eq!(r["data"]["nodeUnit"]["balance"]["units"], 3, "a count: {r}");
+    // Past 64 units each row is read for the figure's parts alone: the same figures, with
+    // 70 villages more that hold no member.
+    let figures = |figure: &str| {
+        format!(
+            "{{ nodeUnit {{ balance(figure: {figure}, level: VILLAGE, year: 2025, ends: 1) {{
+                units min max mean lowest {{ unit {{ name }} }} }} }} }}"
+        )
+    };
+    let few: Vec<serde_json::Value> = {
+        let mut out = Vec::new();
+        for figure in ["MEMBERS", "NEW_MEMBERS", "UNDER_35_SHARE"] {
+            out.push(
+                query(&f, Some(&viewer), &figures(figure)).await["data"]["nodeUnit"]["balance"]
+                    .clone(),
+            );
+        }
+        out
+    };
+    for n in 10..80 {
+        f.backend
+            .store
+            .set_unit_details(
+                format!("c01/k01/t03/v{n}").parse().unwrap(),
+                grassroots_schema::UnitDetails {
+                    name: Some(format!("Added {n}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    for (figure, few) in ["MEMBERS", "NEW_MEMBERS", "UNDER_35_SHARE"]
+        .into_iter()
+        .zip(few)
+    {
+        let r = query(&f, Some(&viewer), &figures(figure)).await;
+        let many = &r["data"]["nodeUnit"]["balance"];
+        assert_eq!(many["max"], few["max"], "{figure}: {r}");
+        if figure == "UNDER_35_SHARE" {
+            // A share of no member is not compared.
+            assert_eq!(many, &few, "{figure}: {r}");
+        } else {
+            assert_eq!(many["units"], 73, "{figure}: {r}");
+            assert_eq!(many["min"], 0.0, "{figure}: {r}");
+            let mean = few["mean"].as_f64().unwrap() * 3.0 / 73.0;
+            assert!(
+                (many["mean"].as_f64().unwrap() - mean).abs() < 1e-9,
+                "{figure}: {r}"
+            );
+            assert_eq!(many["lowest"][0]["unit"]["name"], "Empty", "{figure}: {r}");
+        }
+    }
     // Targets of a year not begun are refused: with no period ended, each would read met.
     let r = query(
         &f,

@@ -359,7 +359,8 @@ impl Rollup {
 }
 
 /// Reads a [`Rollup`] keeping only what a [`Selection`] names. The parts left out are
-/// passed over unchecked, so a row whose unselected parts are malformed still reads.
+/// parsed only as far as the format needs to pass over them (JSON: their syntax, not their
+/// types), so a row whose unselected parts hold the wrong types still reads.
 #[derive(Debug, Clone, Copy)]
 pub struct Selected<'a>(pub &'a Selection);
 
