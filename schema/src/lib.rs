@@ -55,7 +55,7 @@ pub use records::{
     Education, Gender, Member, MemberCategory, MemberPatch, MemberStatus, NewMember, RecordError,
     Stamp, UnitDetails, UnitProfile, category_set,
 };
-pub use rollup::{Rollup, Selected, Selection};
+pub use rollup::{Rollup, Selection};
 pub use rules::{
     Audience, Caller, DocMeta, Relation, Role, UnknownRole, addressed_to, can_address,
     can_manage_users, can_read, can_read_record, can_read_record_sensitive, can_read_sensitive,

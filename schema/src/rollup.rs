@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::entities::{MeetingKind, SECRETARY, Secretary};
@@ -287,9 +286,9 @@ impl Rollup {
     }
 }
 
-/// The parts of a roll-up a reader needs. A row read through [`Selected`] keeps only those
-/// and passes over the rest without decoding it: a target report over a city reads 5,000
-/// rows and needs a few tallies of each.
+/// The parts of a roll-up a reader needs. The store reads a row for those only and passes
+/// over the rest: a target report over a city reads 5,000 rows and needs a few tallies of
+/// each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     /// `members`.
@@ -323,13 +322,14 @@ impl Selection {
         self.tallies.extend(other.tallies.iter().cloned());
     }
 
-    fn keeps_tally(&self, key: &str) -> bool {
+    /// Whether it keeps the tally keyed `key`.
+    pub fn keeps_tally(&self, key: &str) -> bool {
         self.tallies.iter().any(|p| key.starts_with(p.as_str()))
     }
 }
 
 impl Rollup {
-    /// Only the parts `sel` names: what reading this roll-up's row through [`Selected`]
+    /// Only the parts `sel` names: what the store's reading of this roll-up's row for `sel`
     /// gives.
     pub fn selected(&self, sel: &Selection) -> Rollup {
         fn kept<T: Clone + Default>(yes: bool, v: &T) -> T {
@@ -355,176 +355,6 @@ impl Rollup {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
         }
-    }
-}
-
-/// Reads a [`Rollup`] keeping only what a [`Selection`] names. The parts left out are
-/// parsed only as far as the format needs to pass over them (JSON: their syntax, not their
-/// types), so a row whose unselected parts hold the wrong types still reads.
-#[derive(Debug, Clone, Copy)]
-pub struct Selected<'a>(pub &'a Selection);
-
-impl<'de> DeserializeSeed<'de> for Selected<'_> {
-    type Value = Rollup;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Rollup, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Selected<'_> {
-    type Value = Rollup;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a roll-up")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Rollup, A::Error> {
-        let sel = self.0;
-        let mut r = Rollup::default();
-        while let Some(field) = map.next_key_seed(FieldName)? {
-            match field {
-                Field::Members if sel.members => r.members = map.next_value()?,
-                Field::ByStatus if sel.by_status => r.by_status = map.next_value()?,
-                Field::ByGender if sel.by_gender => r.by_gender = map.next_value()?,
-                Field::ByEducation if sel.by_education => r.by_education = map.next_value()?,
-                Field::ByBirthYear if sel.by_birth_year => r.by_birth_year = map.next_value()?,
-                Field::ByJoinedYear if sel.by_joined_year => r.by_joined_year = map.next_value()?,
-                Field::HigherByJoined if !sel.higher_joined.is_empty() => {
-                    r.higher_by_joined = map.next_value_seed(HigherIn(&sel.higher_joined))?;
-                }
-                Field::Tallies if !sel.tallies.is_empty() => {
-                    r.tallies = map.next_value_seed(TalliesKept(sel))?;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(r)
-    }
-}
-
-/// A field of a roll-up's row, named as [`Rollup`] serialises it.
-enum Field {
-    Members,
-    ByStatus,
-    ByGender,
-    ByEducation,
-    ByBirthYear,
-    HigherByJoined,
-    ByJoinedYear,
-    Tallies,
-    Other,
-}
-
-/// Reads a [`Field`].
-#[derive(Clone, Copy)]
-struct FieldName;
-
-impl<'de> DeserializeSeed<'de> for FieldName {
-    type Value = Field;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Field, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for FieldName {
-    type Value = Field;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a roll-up field")
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
-        Ok(match v {
-            "members" => Field::Members,
-            "by_status" => Field::ByStatus,
-            "by_gender" => Field::ByGender,
-            "by_education" => Field::ByEducation,
-            "by_birth_year" => Field::ByBirthYear,
-            "higher_by_joined" => Field::HigherByJoined,
-            "by_joined_year" => Field::ByJoinedYear,
-            "tallies" => Field::Tallies,
-            _ => Field::Other,
-        })
-    }
-}
-
-/// `higher_by_joined`, only the join years given.
-#[derive(Clone, Copy)]
-struct HigherIn<'a>(&'a [i64]);
-
-impl<'de> DeserializeSeed<'de> for HigherIn<'_> {
-    type Value = BTreeMap<i64, BTreeMap<i64, i64>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for HigherIn<'_> {
-    type Value = BTreeMap<i64, BTreeMap<i64, i64>>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("counts by join year")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = BTreeMap::new();
-        while let Some(year) = map.next_key::<i64>()? {
-            if self.0.contains(&year) {
-                out.insert(year, map.next_value()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// `tallies`, only those a selection keeps: a key is copied only when kept.
-#[derive(Clone, Copy)]
-struct TalliesKept<'a>(&'a Selection);
-
-impl<'de> DeserializeSeed<'de> for TalliesKept<'_> {
-    type Value = BTreeMap<String, i64>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TalliesKept<'_> {
-    type Value = BTreeMap<String, i64>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("tallies")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = BTreeMap::new();
-        while let Some(key) = map.next_key_seed(KeptKey(self.0))? {
-            match key {
-                Some(k) => {
-                    out.insert(k, map.next_value()?);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// A tally's key, copied when the selection keeps it.
-#[derive(Clone, Copy)]
-struct KeptKey<'a>(&'a Selection);
-
-impl<'de> DeserializeSeed<'de> for KeptKey<'_> {
-    type Value = Option<String>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for KeptKey<'_> {
-    type Value = Option<String>;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a tally's key")
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.keeps_tally(v).then(|| v.to_owned()))
     }
 }
 
@@ -600,94 +430,5 @@ mod tests {
         .unwrap();
         let back: Rollup = serde_json::from_str(&json).unwrap();
         assert_eq!(back.members, 20);
-    }
-
-    /// A roll-up over members of every education and join year, with tallies under three
-    /// prefixes (one key with an escape, read as a copy rather than in place).
-    fn assorted(n: u64) -> Rollup {
-        let mut r = Rollup::default();
-        for i in 0..n {
-            let edu = Education::ALL[i as usize % Education::ALL.len()];
-            r.count(
-                &m(
-                    i,
-                    1950 + (i as i64 * 7) % 60,
-                    edu,
-                    &format!("{}-01-01", 2015 + i % 12),
-                ),
-                1,
-            );
-        }
-        let tallies: Vec<(String, i64)> = (0..n)
-            .map(|i| {
-                let what =
-                    ["meetings/2026Q1/", "reports/debriefing/", "talent/\"q/"][i as usize % 3];
-                (format!("{what}{i}"), i as i64 + 1)
-            })
-            .collect();
-        r.count_tallies(&tallies, 1);
-        r
-    }
-
-    proptest::proptest! {
-        /// A row read through `Selected` is the roll-up read whole, then `selected`: for any
-        /// selection, however the parts are spread over the row.
-        #[test]
-        fn a_selected_read_keeps_what_the_selection_names(
-            n in 0u64..40,
-            counts: [bool; 6],
-            years in proptest::collection::vec(2010i64..2030, 0..4),
-            prefixes in proptest::collection::vec(
-                proptest::sample::select(vec!["", "meetings/", "meetings/2026Q1/1", "reports/", "talent/", "nothing/"]),
-                0..3,
-            ),
-        ) {
-            let whole = assorted(n);
-            let [members, by_status, by_gender, by_education, by_birth_year, by_joined_year] =
-                counts;
-            let sel = Selection {
-                members,
-                by_status,
-                by_gender,
-                by_education,
-                by_birth_year,
-                by_joined_year,
-                higher_joined: years,
-                tallies: prefixes.into_iter().map(str::to_owned).collect(),
-            };
-            let row = serde_json::to_vec(&whole).unwrap();
-            let mut d = serde_json::Deserializer::from_slice(&row);
-            let read = Selected(&sel).deserialize(&mut d).unwrap();
-            d.end().unwrap();
-            proptest::prop_assert_eq!(&read, &whole.selected(&sel));
-            let everything = Selection {
-                members: true,
-                by_status: true,
-                by_gender: true,
-                by_education: true,
-                by_birth_year: true,
-                by_joined_year: true,
-                higher_joined: whole.higher_by_joined.keys().copied().collect(),
-                tallies: vec![String::new()],
-            };
-            proptest::prop_assert_eq!(whole.selected(&everything), whole);
-        }
-    }
-
-    #[test]
-    fn a_selected_read_passes_over_what_it_does_not_keep() {
-        let sel = Selection {
-            tallies: vec!["meetings/".into()],
-            ..Selection::default()
-        };
-        // Unselected parts are not checked; a malformed selected part is an error.
-        let row = br#"{"members":"x","by_status":[1],"future":{"a":1},"tallies":{"meetings/q":2,"org/x":"y"}}"#;
-        let mut d = serde_json::Deserializer::from_slice(row);
-        let read = Selected(&sel).deserialize(&mut d).unwrap();
-        assert_eq!(read.tallies, BTreeMap::from([("meetings/q".to_owned(), 2)]));
-        assert_eq!(read.members, 0);
-        let bad = br#"{"tallies":{"meetings/q":"two"}}"#;
-        let mut d = serde_json::Deserializer::from_slice(bad);
-        assert!(Selected(&sel).deserialize(&mut d).is_err());
     }
 }

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
         "the sorted index's record entries, from the records view",
         super::order::migrate_13_fill,
     ),
+    (
+        14,
+        "roll-up rows in their own format, from their JSON",
+        super::rollup::migrate_14_rows,
+    ),
 ];
 
 /// Create the tables of a new store, or bring an older store's layout up to date.

@@ -3423,6 +3423,9 @@ fn rebuild_views_in<'d>(
     views.records.retain(|_, _| false).map_err(db)?;
     views.refs.retain(|_, _| false).map_err(db)?;
     rollups.retain(|_, _| false).map_err(db)?;
+    // Roll-up rows of a layout before 14, which migration 14 would otherwise write over
+    // these.
+    tx.delete_table(VIEW_ROLLUPS_JSON).map_err(db)?;
     // The feed starts again in a new epoch, every record in it once: rows written from
     // empty tables cannot tell what was removed since, so a reader's old position could
     // miss a deletion.
@@ -3732,7 +3735,7 @@ fn stored(
 mod tests {
     use super::*;
     use grassroots_schema::entities::Organisation;
-    use grassroots_schema::{Education, Gender, MemberStatus, Selection};
+    use grassroots_schema::{Education, Gender, MemberStatus, Rollup, Selection};
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
@@ -6412,6 +6415,85 @@ mod tests {
         tx.commit().unwrap();
     }
 
+    /// Every roll-up row as a layout before 14 kept it (JSON, in the old table), changed by
+    /// `change` first; the rows of layout 14 gone.
+    fn as_json_rollups(tx: &redb::WriteTransaction, change: impl Fn(&mut Rollup)) {
+        let rows: Vec<(String, Rollup)> = {
+            let t = tx.open_table(VIEW_ROLLUPS).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|row| {
+                    let (k, v) = row.unwrap();
+                    let r = rollup::read(k.value(), v.value(), None).unwrap();
+                    (k.value().to_owned(), r)
+                })
+                .collect()
+        };
+        tx.delete_table(VIEW_ROLLUPS).unwrap();
+        let mut old = tx.open_table(VIEW_ROLLUPS_JSON).unwrap();
+        for (k, mut r) in rows {
+            change(&mut r);
+            let json = serde_json::to_vec(&r).unwrap();
+            old.insert(k.as_str(), json.as_slice()).unwrap();
+        }
+    }
+
+    /// A layout 13 store keeps its roll-ups as JSON: layout 14 writes the same counts in the
+    /// row format, views and all still equal to a rebuild, and the old table is gone.
+    #[tokio::test]
+    async fn a_layout_13_store_keeps_its_rollups_in_the_new_format() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let village = u("c01/k01/t01/v01");
+        let m = h
+            .create_member(village.clone(), sample("Kept"))
+            .await
+            .unwrap();
+        h.create_record(
+            DocKind::Meetings,
+            village.clone(),
+            fields(&[
+                ("kind", V::Text("group_meeting".into())),
+                ("heldOn", V::Text("2026-03-01".into())),
+                ("attendance", V::Int(12)),
+            ]),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+        let before: Vec<Rollup> = village
+            .line()
+            .map(|u| (*r.rollup(&u).unwrap()).clone())
+            .collect();
+        assert!(
+            before
+                .iter()
+                .all(|b| b.members == 1 && !b.tallies.is_empty())
+        );
+        t.shutdown().await;
+        drop((h, r));
+        as_written_before(&path, &m, 13, |tx| as_json_rollups(tx, |_| {}));
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let after: Vec<Rollup> = village
+            .line()
+            .map(|u| (*r.rollup(&u).unwrap()).clone())
+            .collect();
+        assert_eq!(after, before);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        {
+            let tx = r.db_for_tests().begin_read().unwrap();
+            assert!(matches!(
+                tx.open_table(VIEW_ROLLUPS_JSON),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ));
+        }
+        t.shutdown().await;
+    }
+
     /// A layout 11 store has no sorted index: layouts 12 and 13 write it from the members
     /// and records views, without touching the feed (no document read, no new epoch), and a
     /// county's ordered listing reads through it.
@@ -6502,18 +6584,10 @@ mod tests {
         let mut old = m.clone();
         old.categories.clear();
         as_written_before(&path, &old, 5, |tx| {
-            let mut rollups = tx.open_table(VIEW_ROLLUPS).unwrap();
-            for unit in me.line() {
-                let k = unit.tree_key();
-                let row = rollups.get(k.as_str()).unwrap().map(|v| v.value().to_vec());
-                if let Some(row) = row {
-                    let mut roll: grassroots_schema::Rollup = serde_json::from_slice(&row).unwrap();
-                    roll.tallies
-                        .retain(|k, _| !k.starts_with("member-category/"));
-                    let roll = serde_json::to_vec(&roll).unwrap();
-                    rollups.insert(k.as_str(), roll.as_slice()).unwrap();
-                }
-            }
+            as_json_rollups(tx, |roll| {
+                roll.tallies
+                    .retain(|k, _| !k.starts_with("member-category/"))
+            })
         });
         let (h, r, t) = open(&path, me.clone()).unwrap();
         assert_eq!(
@@ -6561,19 +6635,10 @@ mod tests {
             t.shutdown().await;
             drop((h, r));
             as_written_before(&path, &m, layout, |tx| {
-                let mut rollups = tx.open_table(VIEW_ROLLUPS).unwrap();
-                for unit in village.line() {
-                    let k = unit.tree_key();
-                    let row = rollups.get(k.as_str()).unwrap().map(|v| v.value().to_vec());
-                    if let Some(row) = row {
-                        let mut roll: grassroots_schema::Rollup =
-                            serde_json::from_slice(&row).unwrap();
-                        roll.tallies.retain(|k, _| !k.starts_with("secretary/"));
-                        roll.by_joined_year.clear();
-                        let roll = serde_json::to_vec(&roll).unwrap();
-                        rollups.insert(k.as_str(), roll.as_slice()).unwrap();
-                    }
-                }
+                as_json_rollups(tx, |roll| {
+                    roll.tallies.retain(|k, _| !k.starts_with("secretary/"));
+                    roll.by_joined_year.clear();
+                })
             });
             let (h, r, t) = open(&path, me.clone()).unwrap();
             assert_eq!(secretaries(&r), want, "from layout {layout}");

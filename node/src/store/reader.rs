@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use grassroots_schema::{
     DocKind, Education, Gender, Level, Member, MemberCategory, MemberId, MemberStatus, Record,
-    RecordRef, Role, Rollup, Selected, Selection, UnitId, UnitProfile,
+    RecordRef, Role, Rollup, Selection, UnitId, UnitProfile,
 };
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -20,7 +20,7 @@ use super::tables::{
     FEED, FEED_EPOCH, FEED_KEY, META, OWNER, SECRETS, USERS, VIEW_MEMBERS, VIEW_ORDER,
     VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS, VIEW_UNITS, records_key, rows_of,
 };
-use super::{StoreError, db};
+use super::{StoreError, db, rollup};
 
 /// A cloneable handle for reading the views. Shares the database with the store actor,
 /// which alone writes.
@@ -1122,8 +1122,9 @@ fn rollup_kept(
 /// `unit`'s roll-up row, if it has one.
 fn rollup_row(tx: &redb::ReadTransaction, unit: &UnitId) -> Result<Option<Rollup>, StoreError> {
     let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-    let row = r.get(unit.tree_key().as_str()).map_err(db)?;
-    row.map(|v| decode(v.value())).transpose()
+    let key = unit.tree_key();
+    let row = r.get(key.as_str()).map_err(db)?;
+    row.map(|v| rollup::read(&key, v.value(), None)).transpose()
 }
 
 /// The members `filter` keeps by `unit`'s roll-up row `rollup` (none: no member).
@@ -1249,16 +1250,6 @@ fn own_indexed(
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// A roll-up's row, only the parts `wanted` names.
-fn decode_selected(b: &[u8], wanted: &Selection) -> Result<Rollup, StoreError> {
-    use serde::de::DeserializeSeed;
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("roll-up: {e}"));
-    let mut row = serde_json::Deserializer::from_slice(b);
-    let read = Selected(wanted).deserialize(&mut row).map_err(corrupt)?;
-    row.end().map_err(corrupt)?;
-    Ok(read)
 }
 
 /// The keys a listing spans in a table keyed (`prefix` + unit tree key, record id): its
@@ -1431,8 +1422,9 @@ impl StoreReader {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
         for id in missing {
-            let rollup = Arc::new(match t.get(id.tree_key().as_str()).map_err(db)? {
-                Some(v) => decode(v.value())?,
+            let key = id.tree_key();
+            let rollup = Arc::new(match t.get(key.as_str()).map_err(db)? {
+                Some(v) => rollup::read(&key, v.value(), None)?,
                 None => Rollup::default(),
             });
             self.remember(id, commits, &rollup);
@@ -1455,8 +1447,9 @@ impl StoreReader {
         let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let rollup = match t.get(id.tree_key().as_str()).map_err(db)? {
-                Some(v) => decode_selected(v.value(), wanted)?,
+            let key = id.tree_key();
+            let rollup = match t.get(key.as_str()).map_err(db)? {
+                Some(v) => rollup::read(&key, v.value(), Some(wanted))?,
                 None => Rollup::default(),
             };
             out.push((id.clone(), rollup));
@@ -1507,7 +1500,8 @@ impl StoreReader {
             let (k, v) = row.map_err(db)?;
             if let Some(u) = unit(k.value()) {
                 parents.extend(u.parent().filter(|p| p.is_in_subtree_of(id)));
-                rows.insert(u.tree_key(), (u, decode_selected(v.value(), wanted)?));
+                let read = rollup::read(k.value(), v.value(), Some(wanted))?;
+                rows.insert(u.tree_key(), (u, read));
             }
         }
         // The parent of a unit with counts has a row to take them from (one without a

@@ -27,8 +27,9 @@ pub(super) fn rows_of(first: &str) -> std::ops::Range<(&str, &str)> {
 /// read as not reviewed); 10: views written again (secretaries' terms by date, a director
 /// who is also secretary counted, training hours of trainings only); 11: [`FEED`] and
 /// [`FEED_AT`], filled by writing the views again; 12: [`VIEW_ORDER`], filled from
-/// [`VIEW_MEMBERS`]; 13: record entries in [`VIEW_ORDER`], filled from [`VIEW_RECORDS`].
-pub const LAYOUT: u64 = 13;
+/// [`VIEW_MEMBERS`]; 13: record entries in [`VIEW_ORDER`], filled from [`VIEW_RECORDS`];
+/// 14: [`VIEW_ROLLUPS`] in its own row format, from [`VIEW_ROLLUPS_JSON`].
+pub const LAYOUT: u64 = 14;
 
 /// `"layout"` -> layout version; [`TAKE_BACK_UNTIL`] -> until when (Unix milliseconds) the
 /// node takes back from its children changes made in its name or above it (set by a restore
@@ -80,10 +81,16 @@ pub const VIEW_MEMBERS: TableDefinition<'_, (&str, &str), &[u8]> =
 /// unit tree key -> unit profile JSON. The units view.
 pub const VIEW_UNITS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-units-1");
 
-/// unit tree key -> [`grassroots_schema::Rollup`] JSON: counts over the members of the
-/// unit's whole subtree, adjusted by deltas in the commit that changes a member row. No row
-/// for a subtree without members. Since layout 3.
-pub const VIEW_ROLLUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-rollups-1");
+/// unit tree key -> [`grassroots_schema::Rollup`] in the row format of `store/rollup.rs`
+/// (each part behind its length, so a reader passes over the parts it does not need):
+/// counts over the records of the unit's whole subtree, adjusted by deltas in the commit
+/// that changes a view row. No row for a subtree without counts. Since layout 14.
+pub const VIEW_ROLLUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-rollups-2");
+
+/// [`VIEW_ROLLUPS`] as layouts 3 to 13 kept it: the same rows as JSON. Layout 14 writes its
+/// rows into [`VIEW_ROLLUPS`] and deletes it.
+pub const VIEW_ROLLUPS_JSON: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("view-rollups-1");
 
 /// unit path -> when a change authored by that unit last arrived or was made here (ms since
 /// the Unix epoch). Freshness for "last heard from".
