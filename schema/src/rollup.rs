@@ -157,8 +157,16 @@ impl Rollup {
 
     /// The routine meetings ("three sessions and one lesson") held in `year`, all kinds.
     pub fn routine_meetings_in(&self, year: i64) -> i64 {
-        (1..=4)
-            .flat_map(|q| MeetingKind::ROUTINE.map(|k| self.meetings(&format!("{year}Q{q}"), k)))
+        // One range of the tallies (`meetings/<year>Q<n>/<kind>`), not a key made for each
+        // quarter and kind: a balance over a city's villages asks it of 5,000 roll-ups.
+        self.tallies_under(&format!("meetings/{year}Q"))
+            .filter(|(rest, _)| {
+                rest.split_once('/').is_some_and(|(q, kind)| {
+                    matches!(q, "1" | "2" | "3" | "4")
+                        && MeetingKind::ROUTINE.iter().any(|k| k.as_str() == kind)
+                })
+            })
+            .map(|(_, n)| n)
             .sum()
     }
 
@@ -396,6 +404,32 @@ mod tests {
         assert_eq!(r.higher_education(), 2);
         assert_eq!(r.new_young_higher(2026), 1, "the 1980 member is too old");
         assert_eq!(r.new_young_higher(2025), 0);
+    }
+
+    /// The routine meetings of a year are the meetings of the four routine kinds in its four
+    /// quarters, and nothing else under those keys.
+    #[test]
+    fn routine_meetings_are_the_four_kinds_in_the_four_quarters() {
+        let mut r = Rollup::default();
+        let mut want = 0;
+        for (q, n) in [("1", 1), ("2", 2), ("4", 4), ("5", 50), ("12", 60)] {
+            for kind in MeetingKind::ROUTINE {
+                r.count_tallies(&[(format!("meetings/2026Q{q}/{}", kind.as_str()), n)], 1);
+                if q.len() == 1 && q != "5" {
+                    want += n;
+                }
+            }
+            r.count_tallies(&[(format!("meetings/2026Q{q}/study_session"), 100)], 1);
+            r.count_tallies(&[(format!("meetings/2026Q{q}/group_meeting/x"), 100)], 1);
+        }
+        r.count_tallies(&[("meetings/2025Q1/group_meeting".into(), 1000)], 1);
+        r.count_tallies(&[("attendance/2026Q1/group_meeting".into(), 1000)], 1);
+        let formatted: i64 = (1..=4)
+            .flat_map(|q| MeetingKind::ROUTINE.map(|k| r.meetings(&format!("2026Q{q}"), k)))
+            .sum();
+        assert_eq!(r.routine_meetings_in(2026), want);
+        assert_eq!(formatted, want);
+        assert_eq!(r.routine_meetings_in(2025), 1000);
     }
 
     #[test]

@@ -208,9 +208,13 @@ fn decode(bytes: &[u8], wanted: Option<&Selection>) -> Result<Rollup, &'static s
     if keeps(|s| !s.higher_joined.is_empty()) {
         for _ in 0..p.varint()? {
             let joined = p.int()?;
-            let births = p.years()?;
             if wanted.is_none_or(|s| s.higher_joined.contains(&joined)) {
-                r.higher_by_joined.insert(joined, births);
+                r.higher_by_joined.insert(joined, p.years()?);
+            } else {
+                for _ in 0..p.varint()? {
+                    p.int()?;
+                    p.int()?;
+                }
             }
         }
         p.end()?;
@@ -283,6 +287,10 @@ impl<'a> In<'a> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
+            // The tenth byte holds the top bit alone.
+            if shift == 63 && b > 1 {
+                break;
+            }
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
                 return Ok(v);
@@ -413,9 +421,10 @@ mod tests {
             prop_assert_eq!(read("k", &row, Some(&sel)).unwrap(), whole.selected(&sel));
         }
 
-        /// Bytes that are not a row are an error, never a panic, whatever part they spoil.
+        /// Bytes that are not a row never panic the reader, whatever part they spoil (an
+        /// error, or counts that differ: a byte changed within a count is another count).
         #[test]
-        fn a_spoilt_row_is_an_error(n in 0u64..20, at in any::<prop::sample::Index>(), to: u8) {
+        fn a_spoilt_row_never_panics(n in 0u64..20, at in any::<prop::sample::Index>(), to: u8) {
             let mut row = encode(&assorted(n, 1));
             let i = at.index(row.len());
             row[i] = to;
@@ -423,6 +432,38 @@ mod tests {
             let every = Selection { tallies: vec![String::new()], ..Selection::default() };
             let _ = read("k", &row, Some(&every));
         }
+    }
+
+    /// The parts of `row` as its bytes hold them, each without its length.
+    fn parts(row: &[u8]) -> Vec<Vec<u8>> {
+        let mut r = In(&row[1..]);
+        (0..8).map(|_| r.part().unwrap().0.to_vec()).collect()
+    }
+
+    /// A part longer than what it holds is an error, whichever part it is: each is read to
+    /// its end.
+    #[test]
+    fn a_part_with_bytes_past_its_counts_is_an_error() {
+        let row = encode(&assorted(12, 1));
+        for spoilt in 0..8 {
+            let mut out = vec![FORMAT];
+            for (i, mut part) in parts(&row).into_iter().enumerate() {
+                if i == spoilt {
+                    part.push(0);
+                }
+                varint(&mut out, part.len() as u64);
+                out.extend_from_slice(&part);
+            }
+            assert!(read("k", &out, None).is_err(), "part {spoilt}");
+        }
+    }
+
+    #[test]
+    fn a_number_past_64_bits_is_an_error() {
+        let mut p = In(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
+        assert!(p.varint().is_err());
+        let mut p = In(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(p.varint(), Ok(u64::MAX));
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub const VIEW_UNITS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("v
 /// unit tree key -> [`grassroots_schema::Rollup`] in the row format of `store/rollup.rs`
 /// (each part behind its length, so a reader passes over the parts it does not need):
 /// counts over the records of the unit's whole subtree, adjusted by deltas in the commit
-/// that changes a view row. No row for a subtree without counts. Since layout 14.
+/// that changes a view row. No row for a subtree without counts. The view since layout 3,
+/// this table and row format since 14.
 pub const VIEW_ROLLUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("view-rollups-2");
 
 /// [`VIEW_ROLLUPS`] as layouts 3 to 13 kept it: the same rows as JSON. Layout 14 writes its
