@@ -1471,7 +1471,7 @@ impl StoreReader {
     /// children's; for a village, its roll-up), in id order, only the parts `wanted` names.
     /// One read transaction and two range scans however many units: what a target report
     /// over a city needs, never a lookup per unit. Each row's other parts are passed over
-    /// undecoded: at a city they are most of its 7 MB of roll-ups.
+    /// by their length: at a city they are most of its roll-up rows' bytes.
     pub fn units_own(
         &self,
         id: &UnitId,

@@ -3,7 +3,8 @@
 //! Each commit notes the member, record and village profile rows it replaces (`-1`) and
 //! writes (`+1`) per owning unit,
 //! then adds each unit's delta to the rows of the unit and every ancestor: at most four
-//! read-modify-writes per unit touched, whatever the size of the subtree.
+//! read-modify-writes per unit touched, whatever the size of the subtree. The rows have
+//! their own format (below), which a reader can read in part.
 
 use std::collections::BTreeMap;
 
