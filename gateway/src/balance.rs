@@ -3,8 +3,6 @@
 //! comes from its subtree's roll-up row, read in one batch, so the cost is one row per unit
 //! compared.
 
-use std::sync::Arc;
-
 use async_graphql::{Context, Enum, Result, SimpleObject};
 use grassroots_schema as gs;
 use grassroots_schema::UnitId;
@@ -40,10 +38,7 @@ impl BalanceFigure {
     /// out the same from them alone).
     pub fn reads(self, year: i64) -> gs::Selection {
         let none = gs::Selection::default();
-        let tallies = |prefix: String| gs::Selection {
-            tallies: vec![prefix],
-            ..gs::Selection::default()
-        };
+        let tallies = |prefix: String| gs::Selection::of_tallies([prefix]);
         let mut reads = match self {
             BalanceFigure::Members => gs::Selection {
                 members: true,
@@ -148,7 +143,7 @@ impl Balance {
     /// the `ends` lowest and highest named.
     pub fn of(
         figure: BalanceFigure,
-        units: Vec<(UnitId, Arc<gs::Rollup>)>,
+        units: Vec<(UnitId, gs::Rollup)>,
         level: gs::Level,
         year: i64,
         ends: usize,

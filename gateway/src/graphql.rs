@@ -1360,10 +1360,6 @@ const REPORTING: &[gs::Level] = &[gs::Level::County, gs::Level::Township, gs::Le
 /// Whether one unit (at a level), by the counts of its own records, meets a target.
 type Meets = Box<dyn Fn(gs::Level, &gs::Rollup) -> bool>;
 
-/// Units a `balance` compares at most from the cache of decoded roll-ups (more are read
-/// for the figure alone).
-const BALANCE_CACHED: usize = 64;
-
 /// One of the seed's targets, for a year.
 struct SeedTarget {
     kind: TargetKind,
@@ -1375,14 +1371,6 @@ struct SeedTarget {
     /// unit's roll-up (a test checks that each target judges the same on them alone).
     reads: gs::Selection,
     meets: Meets,
-}
-
-/// A selection of the tallies whose keys start with these.
-fn tallies(keys: impl IntoIterator<Item = String>) -> gs::Selection {
-    gs::Selection {
-        tallies: keys.into_iter().collect(),
-        ..gs::Selection::default()
-    }
 }
 
 /// The levels of villages.
@@ -1422,7 +1410,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
             kind: TargetKind::ActivistsPerVillage,
             description: format!("At least {ACTIVISTS_PER_VILLAGE} activists in each village."),
             levels: VILLAGES,
-            reads: tallies(["talent/".into()]),
+            reads: gs::Selection::of_tallies(["talent/".into()]),
             meets: Box::new(|_, r: &gs::Rollup| r.activists() >= ACTIVISTS_PER_VILLAGE),
         },
         SeedTarget {
@@ -1431,7 +1419,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
                           committee and an activity place."
                 .into(),
             levels: VILLAGES,
-            reads: tallies(["org/".into(), "place".into()]),
+            reads: gs::Selection::of_tallies(["org/".into(), "place".into()]),
             meets: Box::new(|_, r: &gs::Rollup| {
                 r.tally("org/party_branch") > 0
                     && r.tally("org/villagers_committee") > 0
@@ -1444,7 +1432,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
                           counties and townships at least twice (STUDY_SESSION meetings)."
                 .into(),
             levels: &[gs::Level::City, gs::Level::County, gs::Level::Township],
-            reads: tallies(studies.clone()),
+            reads: gs::Selection::of_tallies(studies.clone()),
             meets: Box::new(move |level, r: &gs::Rollup| {
                 let held: i64 = studies.iter().map(|k| r.tally(k)).sum();
                 held >= if level == gs::Level::City { 1 } else { 2 }
@@ -1456,7 +1444,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
                           every year (a DEBRIEFING report for a period of the year)."
                 .into(),
             levels: REPORTING,
-            reads: tallies(["reports/debriefing/".into()]),
+            reads: gs::Selection::of_tallies(["reports/debriefing/".into()]),
             meets: Box::new(move |_, r: &gs::Rollup| {
                 r.tallies_under("reports/debriefing/").any(|(period, n)| {
                     n > 0
@@ -1474,7 +1462,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
                 quarters.len()
             ),
             levels: VILLAGES,
-            reads: tallies(routine.clone()),
+            reads: gs::Selection::of_tallies(routine.clone()),
             meets: Box::new(move |_, r: &gs::Rollup| routine.iter().all(|k| r.tally(k) > 0)),
         },
         SeedTarget {
@@ -1483,7 +1471,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
                           with a result."
                 .into(),
             levels: VILLAGES,
-            reads: tallies([appraisal.clone()]),
+            reads: gs::Selection::of_tallies([appraisal.clone()]),
             meets: Box::new(move |_, r: &gs::Rollup| r.tally(&appraisal) > 0),
         },
         SeedTarget {
@@ -1493,7 +1481,7 @@ fn seed_targets(year: i64) -> Vec<SeedTarget> {
                           names."
                 .into(),
             levels: VILLAGES,
-            reads: tallies(["talent/reserve_cadre".into()]),
+            reads: gs::Selection::of_tallies(["talent/reserve_cadre".into()]),
             meets: Box::new(|_, r: &gs::Rollup| r.tally("talent/reserve_cadre") > 0),
         },
         scheduled_report(
@@ -1542,7 +1530,7 @@ fn scheduled_report(
         kind,
         description,
         levels: REPORTING,
-        reads: tallies([format!("reports/{report}/")]),
+        reads: gs::Selection::of_tallies([format!("reports/{report}/")]),
         meets: Box::new(move |_, r: &gs::Rollup| filed_for_each(r, report, &periods)),
     }
 }
@@ -1988,24 +1976,12 @@ impl UnitCore {
             .reader
             .units_below(&self.id, Some(level))
             .map_err(internal)?;
-        // A few units (a city's counties) from the decoded rows kept for indicator queries;
-        // many (its villages) read for the figure's parts alone, past the cache.
-        let units = if ids.len() <= BALANCE_CACHED {
-            let mut rollups = b.reader.rollups(&ids).map_err(internal)?;
-            ids.into_iter()
-                .map(|u| {
-                    let r = rollups.remove(&u).unwrap_or_default();
-                    (u, r)
-                })
-                .collect()
-        } else {
-            b.reader
-                .rollups_selected(&ids, &figure.reads(year))
-                .map_err(internal)?
-                .into_iter()
-                .map(|(u, r)| (u, std::sync::Arc::new(r)))
-                .collect()
-        };
+        // Each row read for the figure's parts alone, past the cache of decoded rows (which
+        // a comparison of a city's 5,000 villages would empty).
+        let units = b
+            .reader
+            .rollups_selected(&ids, &figure.reads(year))
+            .map_err(internal)?;
         Ok(Some(crate::balance::Balance::of(
             figure, units, level, year, ends,
         )))

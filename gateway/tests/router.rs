@@ -855,7 +855,7 @@ async fn new_members_are_counted_by_the_year_they_joined() {
     assert_eq!(r["data"]["nodeUnit"]["balance"]["units"], 2, "{r}");
     let r = query(&f, Some(&viewer), &compared("MEMBERS", "VILLAGE")).await;
     assert_eq!(r["data"]["nodeUnit"]["balance"]["units"], 3, "a count: {r}");
-    // Past 64 units each row is read for the figure's parts alone: the same figures, with
+    // Over many units (each row read for the figure's parts alone): the same figures, with
     // 70 villages more that hold no member.
     let figures = |figure: &str| {
         format!(

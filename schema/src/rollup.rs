@@ -318,6 +318,14 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The tallies whose keys start with one of `prefixes`, and nothing else.
+    pub fn of_tallies(prefixes: impl IntoIterator<Item = String>) -> Selection {
+        Selection {
+            tallies: prefixes.into_iter().collect(),
+            ..Selection::default()
+        }
+    }
+
     /// Everything `other` selects as well.
     pub fn add(&mut self, other: &Selection) {
         self.members |= other.members;

@@ -1121,10 +1121,19 @@ fn rollup_kept(
 
 /// `unit`'s roll-up row, if it has one.
 fn rollup_row(tx: &redb::ReadTransaction, unit: &UnitId) -> Result<Option<Rollup>, StoreError> {
-    let r = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
+    rollup_in(&tx.open_table(VIEW_ROLLUPS).map_err(db)?, unit, None)
+}
+
+/// `unit`'s roll-up row in `t`, if it has one: only the parts `wanted` names, or all.
+fn rollup_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    unit: &UnitId,
+    wanted: Option<&Selection>,
+) -> Result<Option<Rollup>, StoreError> {
     let key = unit.tree_key();
-    let row = r.get(key.as_str()).map_err(db)?;
-    row.map(|v| rollup::read(&key, v.value(), None)).transpose()
+    let row = t.get(key.as_str()).map_err(db)?;
+    row.map(|v| rollup::read(&key, v.value(), wanted))
+        .transpose()
 }
 
 /// The members `filter` keeps by `unit`'s roll-up row `rollup` (none: no member).
@@ -1422,11 +1431,7 @@ impl StoreReader {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
         for id in missing {
-            let key = id.tree_key();
-            let rollup = Arc::new(match t.get(key.as_str()).map_err(db)? {
-                Some(v) => rollup::read(&key, v.value(), None)?,
-                None => Rollup::default(),
-            });
+            let rollup = Arc::new(rollup_in(&t, id, None)?.unwrap_or_default());
             self.remember(id, commits, &rollup);
             out.insert(id.clone(), rollup);
         }
@@ -1445,16 +1450,14 @@ impl StoreReader {
     ) -> Result<Vec<(UnitId, Rollup)>, StoreError> {
         let tx = self.db.begin_read().map_err(db)?;
         let t = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let key = id.tree_key();
-            let rollup = match t.get(key.as_str()).map_err(db)? {
-                Some(v) => rollup::read(&key, v.value(), Some(wanted))?,
-                None => Rollup::default(),
-            };
-            out.push((id.clone(), rollup));
-        }
-        Ok(out)
+        ids.iter()
+            .map(|id| {
+                Ok((
+                    id.clone(),
+                    rollup_in(&t, id, Some(wanted))?.unwrap_or_default(),
+                ))
+            })
+            .collect()
     }
 
     fn remember(&self, id: &UnitId, commits: u64, rollup: &Arc<Rollup>) {

@@ -2058,41 +2058,45 @@ async fn rollup() -> anyhow::Result<()> {
     };
     let (_, feed) = load(&url, &token, FEED_QUERY, 1, PHASE * 2, feed_page).await?;
     // The seed's targets over the city's 5,111 units, and over a county's 511: every
-    // roll-up row of the subtree read and each unit's own counts taken from it.
+    // roll-up row of the subtree read and each unit's own counts taken from it. And how
+    // evenly a figure spreads over the city's 5,000 villages: each village's roll-up row
+    // read for the figure's parts.
     let targets = |unit: &str| {
         format!("{{ unit(id: \"{unit}\") {{ targets {{ target units met missingCount }} }} }}")
     };
-    let counted = |r: &serde_json::Value| {
-        r["data"]["unit"]["targets"]
-            .as_array()
-            .is_some_and(|t| !t.is_empty())
-    };
-    let (_, city_targets) = load(&url, &token, &targets("c01"), 1, PHASE * 2, counted).await?;
-    let (_, county_targets) =
-        load(&url, &token, &targets("c01/k00"), 1, PHASE * 2, counted).await?;
-    // How evenly a figure spreads over the city's 5,000 villages: each village's roll-up
-    // row read for the figure's parts.
     let balance = |figure: &str| {
         format!(
             "{{ unit(id: \"c01\") {{ balance(figure: {figure}, level: VILLAGE) {{ units mean }} }} }}"
         )
     };
-    let compared = |r: &serde_json::Value| {
+    let counted: fn(&serde_json::Value) -> bool = |r| {
+        r["data"]["unit"]["targets"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    };
+    let compared: fn(&serde_json::Value) -> bool = |r| {
         r["data"]["unit"]["balance"]["units"]
             .as_i64()
             .is_some_and(|n| n >= 5_000)
     };
-    let (_, balance_members) =
-        load(&url, &token, &balance("MEMBERS"), 1, PHASE * 2, compared).await?;
-    let (_, balance_meetings) = load(
-        &url,
-        &token,
-        &balance("ROUTINE_MEETINGS"),
-        1,
-        PHASE * 2,
-        compared,
-    )
-    .await?;
+    let mut reports = Vec::new();
+    for (metric, query, check) in [
+        ("targets_city_p50_ms", targets("c01"), counted),
+        ("targets_county_p50_ms", targets("c01/k00"), counted),
+        (
+            "balance_villages_members_p50_ms",
+            balance("MEMBERS"),
+            compared,
+        ),
+        (
+            "balance_villages_meetings_p50_ms",
+            balance("ROUTINE_MEETINGS"),
+            compared,
+        ),
+    ] {
+        let (_, lat) = load(&url, &token, &query, 1, PHASE * 2, check).await?;
+        reports.push((metric, median(lat)));
+    }
     let _ = stop.send(());
     server.await??;
     drop(store);
@@ -2158,34 +2162,9 @@ async fn rollup() -> anyhow::Result<()> {
     {
         emit("rollup", metric, below[2 * i], "ms", Some(below[2 * i + 1]));
     }
-    emit(
-        "rollup",
-        "targets_city_p50_ms",
-        median(city_targets),
-        "ms",
-        None,
-    );
-    emit(
-        "rollup",
-        "balance_villages_members_p50_ms",
-        median(balance_members),
-        "ms",
-        None,
-    );
-    emit(
-        "rollup",
-        "balance_villages_meetings_p50_ms",
-        median(balance_meetings),
-        "ms",
-        None,
-    );
-    emit(
-        "rollup",
-        "targets_county_p50_ms",
-        median(county_targets),
-        "ms",
-        None,
-    );
+    for (metric, p50) in reports {
+        emit("rollup", metric, p50, "ms", None);
+    }
     emit(
         "rollup",
         "name_search_by_name_p50_ms",
