@@ -53,7 +53,7 @@ const MIGRATIONS: &[(u64, &str, Migration)] = &[
     (
         11,
         "every view written again (the views of layout 10), filling the record feed",
-        migrate_5_views,
+        views_from_documents,
     ),
     (
         12,
@@ -226,8 +226,10 @@ fn nothing(_tx: &WriteTransaction) -> Result<(), StoreError> {
 /// otherwise than readers now do (an appraisal's kind and rating by authority, a report
 /// changed below its acceptance as not reviewed, since 9), or count otherwise (secretaries
 /// by the dates of their terms, directors also secretary, training hours of trainings only,
-/// since 10).
-fn migrate_5_views(tx: &WriteTransaction) -> Result<(), StoreError> {
+/// since 10). Also what a later migration does when it meets a view row that does not
+/// decode: the views are what it would otherwise leave wrong until an operator ran
+/// `grassroots store rebuild`, and the documents they come from are the truth.
+pub(super) fn views_from_documents(tx: &WriteTransaction) -> Result<(), StoreError> {
     let metas: Vec<(String, DocMeta)> = {
         let docs = tx.open_table(DOCS).map_err(db)?;
         docs.iter()

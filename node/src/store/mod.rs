@@ -6494,6 +6494,100 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// A layout 13 store whose JSON roll-up row of one unit does not decode: layout 14 does
+    /// not leave that unit without a row (its later changes would count from zero) but writes
+    /// every view again from the documents.
+    #[tokio::test]
+    async fn a_spoilt_rollup_row_has_migration_14_write_the_views_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let village = u("c01/k01/t01/v01");
+        let m = h
+            .create_member(village.clone(), sample("Kept"))
+            .await
+            .unwrap();
+        t.shutdown().await;
+        drop((h, r));
+        as_written_before(&path, &m, 13, |tx| {
+            as_json_rollups(tx, |_| {});
+            tx.open_table(VIEW_ROLLUPS_JSON)
+                .unwrap()
+                .insert(
+                    village.tree_key().as_str(),
+                    b"{\"members\": \"x\"".as_slice(),
+                )
+                .unwrap();
+        });
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        for unit in village.line() {
+            assert_eq!(r.rollup(&unit).unwrap().members, 1, "{unit}");
+        }
+        assert!(h.verify_views().await.unwrap().is_empty());
+        // And the next change counts from the right row.
+        h.create_member(village.clone(), sample("Next"))
+            .await
+            .unwrap();
+        assert_eq!(r.rollup(&village).unwrap().members, 2);
+        assert!(h.verify_views().await.unwrap().is_empty());
+        t.shutdown().await;
+    }
+
+    /// A layout 11 store whose member row does not decode: layout 12 does not leave it out
+    /// of the sorted index (and the row spoilt) but writes every view again from the
+    /// documents, so the listing through the index holds every member.
+    #[tokio::test]
+    async fn a_spoilt_member_row_has_migration_12_write_the_views_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01");
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        let mut made = Vec::new();
+        for (i, v) in ["c01/k01/t01/v01", "c01/k01/t02/v01"]
+            .into_iter()
+            .enumerate()
+        {
+            made.push(
+                h.create_member(u(v), sample(&format!("Member {}", 2 - i)))
+                    .await
+                    .unwrap(),
+            );
+        }
+        t.shutdown().await;
+        drop((h, r));
+        {
+            let d = Database::create(&path).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.delete_table(VIEW_ORDER).unwrap();
+            let key = (made[0].id.unit.tree_key(), made[0].id.record.to_string());
+            tx.open_table(VIEW_MEMBERS)
+                .unwrap()
+                .insert((key.0.as_str(), key.1.as_str()), b"not json".as_slice())
+                .unwrap();
+            tx.open_table(META).unwrap().insert("layout", 11).unwrap();
+            tx.commit().unwrap();
+        }
+        let (h, r, t) = open(&path, me.clone()).unwrap();
+        assert!(h.verify_views().await.unwrap().is_empty());
+        assert_eq!(r.member(&made[0].id).unwrap().unwrap().name, "Member 2");
+        let p = r
+            .members_ordered(
+                &me,
+                true,
+                MemberFilter::default(),
+                MemberOrder::Name,
+                false,
+                None,
+                10,
+                true,
+            )
+            .unwrap();
+        let got: Vec<&str> = p.items.iter().map(|(_, m)| m.name.as_str()).collect();
+        assert_eq!(got, ["Member 1", "Member 2"]);
+        t.shutdown().await;
+    }
+
     /// A layout 11 store has no sorted index: layouts 12 and 13 write it from the members
     /// and records views, without touching the feed (no document read, no new epoch), and a
     /// county's ordered listing reads through it.

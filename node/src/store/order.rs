@@ -205,8 +205,9 @@ pub(super) fn update<T: Indexed>(
 }
 
 /// Layout 12: the index's member entries written from the members view as it stands (no
-/// document is read). A row that does not decode is left out and named, not allowed to stop
-/// the store from opening; `grassroots store rebuild` writes the views and the index again.
+/// document is read). A row that does not decode, or stands under another unit's key, stops
+/// nothing: every view and the index are then written again from the documents (as
+/// `grassroots store rebuild` does).
 pub(super) fn migrate_12_fill(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     fill_from(
         tx,
@@ -231,6 +232,7 @@ pub(super) fn migrate_13_fill(tx: &redb::WriteTransaction) -> Result<(), StoreEr
 
 /// The index entries of every row of `view` (at a node that keeps the index): `place` is
 /// a row's unit and the first part of the key it is stored under, which must be the row's.
+/// Past a row that is not so, the views are written again from the documents.
 fn fill_from<T: serde::de::DeserializeOwned>(
     tx: &redb::WriteTransaction,
     view: redb::TableDefinition<'_, (&str, &str), &[u8]>,
@@ -242,25 +244,37 @@ fn fill_from<T: serde::de::DeserializeOwned>(
     if !me.as_ref().is_some_and(indexes) {
         return Ok(());
     }
-    let rows = tx.open_table(view).map_err(db)?;
-    let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
-    for row in redb::ReadableTable::iter(&rows).map_err(db)? {
-        let (k, v) = row.map_err(db)?;
-        let (first, record) = k.value();
-        let at = format!("{first}{record}");
-        match serde_json::from_slice::<T>(v.value()) {
-            Ok(t) => match place(&t) {
-                (unit, key) if key == first => put(&mut order, me.as_ref(), &unit, record, &t)?,
-                _ => tracing::error!(
-                    row = %at,
-                    "a {what} row under another unit's key left out of the sorted index"
-                ),
-            },
-            Err(e) => tracing::error!(
-                row = %at,
-                "a {what} row that does not decode left out of the sorted index ({e})"
-            ),
+    let mut spoilt = 0usize;
+    {
+        let rows = tx.open_table(view).map_err(db)?;
+        let mut order = tx.open_table(VIEW_ORDER).map_err(db)?;
+        for row in redb::ReadableTable::iter(&rows).map_err(db)? {
+            let (k, v) = row.map_err(db)?;
+            let (first, record) = k.value();
+            let at = format!("{first}{record}");
+            match serde_json::from_slice::<T>(v.value()) {
+                Ok(t) => match place(&t) {
+                    (unit, key) if key == first => {
+                        put(&mut order, me.as_ref(), &unit, record, &t)?;
+                    }
+                    _ => {
+                        spoilt += 1;
+                        tracing::error!(row = %at, "a {what} row under another unit's key");
+                    }
+                },
+                Err(e) => {
+                    spoilt += 1;
+                    tracing::error!(row = %at, "a {what} row that does not decode ({e})");
+                }
+            }
         }
+    }
+    if spoilt > 0 {
+        tracing::warn!(
+            spoilt,
+            "{what} rows spoilt: every view written again from the documents"
+        );
+        super::load::views_from_documents(tx)?;
     }
     Ok(())
 }

@@ -96,10 +96,12 @@ pub(super) fn compute<'a>(
 }
 
 /// Layout 14: each roll-up row of [`VIEW_ROLLUPS_JSON`] written into [`VIEW_ROLLUPS`] in
-/// the row format below, and the old table deleted. A row that does not decode is left out
-/// with an error in the log rather than stop the store from opening (`grassroots store
-/// rebuild` writes every roll-up again).
+/// the row format below, and the old table deleted. A row that does not decode stops
+/// nothing: every view is then written again from the documents (as `grassroots store
+/// rebuild` does), since a unit whose row was left out would count its later changes from
+/// zero.
 pub(super) fn migrate_14_rows(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let mut spoilt = 0usize;
     {
         let old = tx.open_table(VIEW_ROLLUPS_JSON).map_err(db)?;
         let mut new = tx.open_table(VIEW_ROLLUPS).map_err(db)?;
@@ -109,14 +111,21 @@ pub(super) fn migrate_14_rows(tx: &WriteTransaction) -> Result<(), StoreError> {
                 Ok(r) => {
                     new.insert(k.value(), encode(&r).as_slice()).map_err(db)?;
                 }
-                Err(e) => tracing::error!(
-                    unit = k.value(),
-                    "roll-up row left out (run `grassroots store rebuild`): {e}"
-                ),
+                Err(e) => {
+                    spoilt += 1;
+                    tracing::error!(unit = k.value(), "a roll-up row that does not decode: {e}");
+                }
             }
         }
     }
     tx.delete_table(VIEW_ROLLUPS_JSON).map_err(db)?;
+    if spoilt > 0 {
+        tracing::warn!(
+            spoilt,
+            "roll-up rows spoilt: every view written again from the documents"
+        );
+        super::load::views_from_documents(tx)?;
+    }
     Ok(())
 }
 
