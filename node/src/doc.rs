@@ -37,6 +37,17 @@ pub fn actor_for(unit: &UnitId, nonce: [u8; 8]) -> ActorId {
     ActorId::from(ActorTag::encode(unit, nonce))
 }
 
+/// `doc` in automerge's compact form, without the changes it holds waiting for their
+/// dependencies (automerge's `save` keeps them): what a peer sent and never completed is
+/// not made durable, so a reload starts without it and the peer sends it again when it
+/// can.
+pub fn save(doc: &Automerge) -> Vec<u8> {
+    doc.save_with_options(automerge::SaveOptions {
+        deflate: true,
+        retain_orphans: false,
+    })
+}
+
 /// An empty document that will author changes as `actor`.
 pub fn empty(actor: &ActorId) -> Automerge {
     Automerge::new().with_actor(actor.clone())

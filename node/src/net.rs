@@ -168,7 +168,7 @@ pub enum NetError {
     /// Reading from the stream failed.
     #[error("read: {0}")]
     Read(String),
-    /// A frame over [`MAX_FRAME`].
+    /// A frame over its cap ([`MAX_FRAME`], or [`MAX_HANDSHAKE_FRAME`] in a handshake).
     #[error("frame of {0} bytes exceeds the cap")]
     TooLarge(usize),
     /// The handshake broke a rule.
@@ -500,9 +500,29 @@ pub async fn read_frame(recv: &mut RecvStream) -> Result<Option<Result<Msg, Wire
     Ok(read_counted(recv).await?.map(|(m, _)| m))
 }
 
+/// Largest frame of a handshake (a hello, the probe after an early one, a parent's answer
+/// or refusal): a few hundred bytes each. A peer that has not yet said who it is may not
+/// make this node hold a whole [`MAX_FRAME`] for each of the handshakes it works on.
+pub const MAX_HANDSHAKE_FRAME: usize = 64 << 10;
+
+/// [`read_frame`] of a handshake's frame, at most [`MAX_HANDSHAKE_FRAME`] bytes.
+async fn read_handshake_frame(
+    recv: &mut RecvStream,
+) -> Result<Option<Result<Msg, WireError>>, NetError> {
+    Ok(read_capped(recv, MAX_HANDSHAKE_FRAME).await?.map(|(m, _)| m))
+}
+
 /// [`read_frame`] that also returns the frame's size on the wire.
 pub async fn read_counted(
     recv: &mut RecvStream,
+) -> Result<Option<(Result<Msg, WireError>, usize)>, NetError> {
+    read_capped(recv, MAX_FRAME).await
+}
+
+/// [`read_counted`] of a frame of at most `cap` bytes.
+async fn read_capped(
+    recv: &mut RecvStream,
+    cap: usize,
 ) -> Result<Option<(Result<Msg, WireError>, usize)>, NetError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
@@ -511,7 +531,7 @@ pub async fn read_counted(
         Err(e) => return Err(read_error(e)),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > cap {
         return Err(NetError::TooLarge(len));
     }
     // Grown as the bytes arrive, not allocated whole from the length: a peer announcing a
@@ -730,7 +750,7 @@ async fn dial(
         // hello is then noticed from the probes' acknowledgements, not after QUIC's backed-off
         // probe timeout. The parent reads the hello first and ignores the probes after it.
         let answer = {
-            let answer = read_frame(&mut recv);
+            let answer = read_handshake_frame(&mut recv);
             tokio::pin!(answer);
             let mut probing = true;
             loop {
@@ -1003,7 +1023,7 @@ async fn accept_child(
             });
         }
         let (mut send, mut recv) = conn.accept_bi().await?;
-        let (hello, early) = match read_frame(&mut recv).await? {
+        let (hello, early) = match read_handshake_frame(&mut recv).await? {
             Some(Ok(Msg::Hello(h))) if h.unit == peer => {
                 let early = h.capabilities & EARLY_HELLO != 0;
                 (agreed(h), early)
@@ -1026,7 +1046,7 @@ async fn accept_child(
                 // the child says it kept it, with a probe after the hello. Else a dropped
                 // handshake could take the place of the child's live link.
                 if early {
-                    match read_frame(&mut recv).await? {
+                    match read_handshake_frame(&mut recv).await? {
                         Some(Ok(Msg::Probe)) => {}
                         // Its stream ended before its connection: dropped all the same.
                         None => return Err(NetError::Dropped),

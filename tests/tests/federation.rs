@@ -1087,6 +1087,38 @@ async fn a_redial_sends_its_hello_in_its_first_flight() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A hello is a few hundred bytes: a child (or anything that finished a TLS handshake with
+/// a child's certificate) may not make its parent read a frame of megabytes for each of
+/// the handshakes it has in progress. One over the handshake cap is refused, unread; the
+/// same child's ordinary hello then links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_over_the_handshake_cap_is_refused() -> anyhow::Result<()> {
+    let (fed, _dir, relay, identity) = county_to_dial_as().await?;
+    let city = unit("c01");
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    let conn = endpoint
+        .connect(relay.addr(), &city.dns_name(&identity.deployment))?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = Msg::Hello(Hello {
+        versions: VERSIONS,
+        capabilities: 0,
+        unit: identity.unit.clone(),
+        software: "x".repeat(net::MAX_HANDSHAKE_FRAME),
+    });
+    write_frame(&mut send, &hello).await?;
+    let answer = tokio::time::timeout(WAIT, read_frame(&mut recv)).await?;
+    assert!(
+        !matches!(answer, Ok(Some(Ok(Msg::Hello(_))))),
+        "a hello over the cap was answered: {answer:?}"
+    );
+    let linked = net::connect_parent(&endpoint, &identity, &city, relay.addr(), WAIT).await?;
+    assert_eq!(linked.peer, city);
+    endpoint.close(0u32.into(), b"done");
+    fed.shutdown().await;
+    Ok(())
+}
+
 /// A handshake the child finished with an early hello and then dropped, as it drops the
 /// handshakes it raced and did not keep, does not take the place of its live link: the
 /// parent uses an early hello's link only once a probe after it says the child kept it.

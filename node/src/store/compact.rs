@@ -172,7 +172,7 @@ pub(super) fn fold(database: &Database, job: &Job) -> Result<Vec<u8>, StoreError
     // Our own committed bytes, but a panic in automerge must still not take the thread down
     // silently with the job half done: it becomes an error like any other.
     let saved = catch_unwind(AssertUnwindSafe(|| {
-        Automerge::load(&bytes).map(|d: Automerge| d.save())
+        Automerge::load(&bytes).map(|d: Automerge| crate::doc::save(&d))
     }));
     match saved {
         Ok(Ok(s)) => Ok(s),

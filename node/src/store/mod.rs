@@ -3179,7 +3179,7 @@ impl Actor {
                     // households), and saving it costs less than re-encoding those changes
                     // (automerge keeps no raw bytes for a document received whole).
                     snaps
-                        .insert(key.as_str(), d.save().as_slice())
+                        .insert(key.as_str(), crate::doc::save(d).as_slice())
                         .map_err(db)?;
                     None
                 } else {

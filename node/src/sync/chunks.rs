@@ -1,8 +1,11 @@
 //! Reading automerge storage chunks from peers without handing them to automerge: the
-//! chunk headers, a document chunk's actor list, and how large the chunk becomes once
-//! inflated. The frame cap bounds only the compressed bytes; a 16 MiB frame of DEFLATE can
-//! expand a thousandfold, so what a chunk inflates to is measured (with a cap, never fully
-//! materialised) before automerge decompresses it.
+//! chunk headers, a document chunk's actor list, how large the chunk becomes once
+//! inflated, and how many values its columns declare. The frame cap bounds only the
+//! compressed bytes; a 16 MiB frame of DEFLATE can expand a thousandfold, so what a chunk
+//! inflates to is measured (with a cap, never fully materialised) before automerge
+//! decompresses it. And a column's run-length encoding can declare 2^62 values in ten
+//! bytes, which automerge visits one at a time when it checks a change (a loop no
+//! `catch_unwind` ends), so the values are counted, run by run, first.
 
 use std::io::Read;
 
@@ -21,6 +24,16 @@ const COLUMN_DEFLATE: u64 = 0b1000;
 /// Most columns a document chunk may declare per section (automerge writes about 20).
 const MAX_COLUMNS: u64 = 1024;
 
+/// A column specification's low three bits: the column's type.
+const COLUMN_TYPE: u64 = 0b111;
+/// Column types (automerge's storage format) read otherwise than as run-length encoded
+/// values: booleans are lengths of alternating runs, raw values are bytes whose count the
+/// value metadata column gives, strings are run-length encoded but each value is a length
+/// and its bytes.
+const TYPE_BOOLEAN: u64 = 4;
+const TYPE_STRING: u64 = 5;
+const TYPE_VALUE: u64 = 7;
+
 pub(crate) fn leb128(data: &[u8], pos: &mut usize) -> Option<u64> {
     let (mut v, mut shift) = (0u64, 0u32);
     loop {
@@ -34,6 +47,171 @@ pub(crate) fn leb128(data: &[u8], pos: &mut usize) -> Option<u64> {
         if shift > 63 {
             return None;
         }
+    }
+}
+
+/// A signed LEB128 integer at `pos`.
+fn sleb128(data: &[u8], pos: &mut usize) -> Option<i64> {
+    let (mut v, mut shift) = (0i64, 0u32);
+    loop {
+        let b = *data.get(*pos)?;
+        *pos += 1;
+        v |= i64::from(b & 0x7f).checked_shl(shift)?;
+        shift += 7;
+        if b & 0x80 == 0 {
+            if shift < 64 && b & 0x40 != 0 {
+                v |= -1i64 << shift;
+            }
+            return Some(v);
+        }
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+/// The length-prefixed byte string at `pos`.
+fn take_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let len = usize::try_from(leb128(data, pos)?).ok()?;
+    let end = pos.checked_add(len)?;
+    let bytes = data.get(*pos..end)?;
+    *pos = end;
+    Some(bytes)
+}
+
+/// Pass over a length-prefixed byte string at `pos`.
+fn skip_bytes(data: &[u8], pos: &mut usize) -> Option<()> {
+    take_bytes(data, pos).map(|_| ())
+}
+
+/// Pass over a length-prefixed list of byte strings at `pos` (nothing kept: a list of
+/// millions of empty strings costs no memory).
+fn skip_byte_strings(data: &[u8], pos: &mut usize) -> Option<()> {
+    for _ in 0..leb128(data, pos)? {
+        skip_bytes(data, pos)?;
+    }
+    Some(())
+}
+
+/// Pass over one value of a run-length encoded column of type `ty`.
+fn skip_value(ty: u64, data: &[u8], pos: &mut usize) -> Option<()> {
+    if ty == TYPE_STRING {
+        return skip_bytes(data, pos);
+    }
+    // Signed and unsigned LEB128 take the same bytes.
+    leb128(data, pos).map(|_| ())
+}
+
+/// The values one column of type `ty` declares, counted run by run: at most a little past
+/// `cap` (counting stops once past it). `None` when the column is unreadable.
+fn column_items(ty: u64, data: &[u8], cap: u64) -> Option<u64> {
+    if ty == TYPE_VALUE {
+        return Some(0);
+    }
+    let (mut pos, mut n) = (0usize, 0u64);
+    while pos < data.len() && n <= cap {
+        if ty == TYPE_BOOLEAN {
+            n = n.saturating_add(leb128(data, &mut pos)?);
+            continue;
+        }
+        match sleb128(data, &mut pos)? {
+            // A run of nulls: its length follows.
+            0 => n = n.saturating_add(leb128(data, &mut pos)?),
+            // A run of one value.
+            count if count > 0 => {
+                n = n.saturating_add(count.unsigned_abs());
+                skip_value(ty, data, &mut pos)?;
+            }
+            // Literal values, each written out: no more of them than the column has bytes.
+            count => {
+                let k = count.unsigned_abs();
+                n = n.saturating_add(k);
+                if n > cap {
+                    break;
+                }
+                for _ in 0..k {
+                    skip_value(ty, data, &mut pos)?;
+                }
+            }
+        }
+    }
+    Some(n)
+}
+
+/// The raw DEFLATE stream `deflated` inflated, if at most `cap` bytes.
+fn inflate(deflated: &[u8], cap: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(deflated)
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() as u64 <= cap).then_some(out)
+}
+
+/// The values the columns `cols` (whose data starts at `pos`) declare, summed, counting
+/// stopping past `cap`; a compressed column is inflated to be counted (at most
+/// `inflate_cap` bytes), where the chunk may have them.
+fn columns_items(
+    body: &[u8],
+    pos: &mut usize,
+    cols: &[(u64, u64)],
+    cap: u64,
+    inflate_cap: Option<u64>,
+) -> Option<u64> {
+    let mut total = 0u64;
+    for &(spec, len) in cols {
+        let end = pos.checked_add(usize::try_from(len).ok()?)?;
+        let data = body.get(*pos..end)?;
+        *pos = end;
+        let ty = spec & COLUMN_TYPE;
+        let n = if spec & COLUMN_DEFLATE != 0 {
+            column_items(ty, &inflate(data, inflate_cap?)?, cap - total)?
+        } else {
+            column_items(ty, data, cap - total)?
+        };
+        total = total.saturating_add(n);
+        if total > cap {
+            break;
+        }
+    }
+    Some(total)
+}
+
+/// The values a change's body declares in its op columns (its header read and passed over).
+fn change_items(body: &[u8], cap: u64) -> Option<u64> {
+    let mut pos = 0;
+    let deps = usize::try_from(leb128(body, &mut pos)?).ok()?;
+    pos = pos.checked_add(deps.checked_mul(32)?)?;
+    skip_bytes(body, &mut pos)?; // actor
+    leb128(body, &mut pos)?; // sequence number
+    leb128(body, &mut pos)?; // first op
+    leb128(body, &mut pos)?; // time (signed: the same bytes)
+    skip_bytes(body, &mut pos)?; // message
+    skip_byte_strings(body, &mut pos)?; // other actors
+    let cols = columns(body, &mut pos)?;
+    // A change's columns are never compressed one by one (the whole change is).
+    columns_items(body, &mut pos, &cols, cap, None)
+}
+
+/// How many values the columns of `chunk` declare in all (what automerge visits, one at a
+/// time, to check and apply it), counted without expanding a run: at most a little past
+/// `cap`, where counting stops. A compressed change, or compressed document columns, are
+/// inflated to be read (at most `inflate_cap` bytes each, which [`inflated_len`] has
+/// measured first). `None` when the chunk is unreadable.
+pub fn items_declared(kind: u8, body: &[u8], cap: u64, inflate_cap: u64) -> Option<u64> {
+    match kind {
+        CHUNK_CHANGE => change_items(body, cap),
+        CHUNK_COMPRESSED_CHANGE => change_items(&inflate(body, inflate_cap)?, cap),
+        CHUNK_DOCUMENT => {
+            let mut pos = 0;
+            skip_byte_strings(body, &mut pos)?; // actors
+            let heads = usize::try_from(leb128(body, &mut pos)?).ok()?;
+            pos = pos.checked_add(heads.checked_mul(32)?)?;
+            let mut cols = columns(body, &mut pos)?;
+            cols.extend(columns(body, &mut pos)?);
+            columns_items(body, &mut pos, &cols, cap, Some(inflate_cap))
+        }
+        _ => None,
     }
 }
 
@@ -60,22 +238,30 @@ pub fn split_chunks(mut data: &[u8]) -> Option<Vec<RawChunk<'_>>> {
     Some(out)
 }
 
-/// Read a length-prefixed list of byte strings at `pos`.
-fn byte_strings<'a>(body: &'a [u8], pos: &mut usize) -> Option<Vec<&'a [u8]>> {
-    let n = leb128(body, pos)?;
-    let mut out = Vec::with_capacity(n.min(1024) as usize);
-    for _ in 0..n {
-        let len = usize::try_from(leb128(body, pos)?).ok()?;
-        let end = pos.checked_add(len)?;
-        out.push(body.get(*pos..end)?);
-        *pos = end;
-    }
-    Some(out)
-}
-
-/// The actor list that opens a document chunk's body.
-pub fn document_actors(body: &[u8]) -> Option<Vec<&[u8]>> {
-    byte_strings(body, &mut 0)
+/// The actor list that opens a document chunk's body, one actor at a time (nothing
+/// collected: a list of millions of empty actors costs no memory before the first is
+/// refused). An unreadable entry is `None`, and the list ends after it.
+pub fn document_actors(body: &[u8]) -> impl Iterator<Item = Option<&[u8]>> + '_ {
+    let mut pos = 0usize;
+    let mut left = leb128(body, &mut pos);
+    std::iter::from_fn(move || {
+        match left {
+            Some(0) => None,
+            None => {
+                // Unreadable: said once, then the end.
+                left = Some(0);
+                Some(None)
+            }
+            Some(n) => {
+                left = Some(n - 1);
+                let actor = take_bytes(body, &mut pos);
+                if actor.is_none() {
+                    left = Some(0);
+                }
+                Some(actor)
+            }
+        }
+    })
 }
 
 /// The column specifications and lengths of one section of a document chunk.
@@ -105,7 +291,7 @@ pub fn inflated_len(kind: u8, body: &[u8], cap: u64) -> Option<u64> {
         CHUNK_COMPRESSED_CHANGE => inflate_len(body, cap),
         CHUNK_DOCUMENT => {
             let mut pos = 0;
-            byte_strings(body, &mut pos)?;
+            skip_byte_strings(body, &mut pos)?;
             let heads = usize::try_from(leb128(body, &mut pos)?).ok()?;
             pos = pos.checked_add(heads.checked_mul(32)?)?;
             let mut cols = columns(body, &mut pos)?;
@@ -140,6 +326,61 @@ mod tests {
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    /// Runs of every kind are counted without being expanded: a run of one value, literal
+    /// values, a run of nulls, booleans' alternating runs; raw values count none.
+    #[test]
+    fn values_are_counted_run_by_run() {
+        // 2^62 of one integer in ten bytes.
+        let mut col = vec![
+            0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0xc0, 0x00, 0x01,
+        ];
+        assert_eq!(column_items(2, &col, 1 << 20), Some(1 << 62));
+        // Three literals, then five nulls.
+        col = vec![0x7d, 1, 2, 3, 0, 5];
+        assert_eq!(column_items(2, &col, 100), Some(8));
+        // Strings: two of "ab", then one literal "c".
+        col = vec![2, 2, b'a', b'b', 0x7f, 1, b'c'];
+        assert_eq!(column_items(TYPE_STRING, &col, 100), Some(3));
+        // Booleans: 2 false, 3 true.
+        assert_eq!(column_items(TYPE_BOOLEAN, &[2, 3], 100), Some(5));
+        assert_eq!(column_items(TYPE_VALUE, &[1, 2, 3], 100), Some(0));
+        // Literals counted before they are read: far more than the bytes hold, over the cap.
+        assert!(column_items(2, &[0x80, 0x80, 0x80, 0x80, 0x70], 100).unwrap() > 100);
+        // Cut short: unreadable.
+        assert_eq!(column_items(2, &[0x7d, 1], 100), None);
+        assert_eq!(column_items(TYPE_STRING, &[1, 5, b'a'], 100), None);
+    }
+
+    /// A real change and a real document are counted: at least a value per operation in
+    /// each of several columns, and no more than a few dozen.
+    #[test]
+    fn real_chunks_declare_their_operations() {
+        use automerge::transaction::Transactable;
+        let mut d = automerge::AutoCommit::new();
+        for i in 0..500 {
+            d.put(automerge::ROOT, format!("key{i}"), i).unwrap();
+        }
+        d.commit();
+        let change = d.get_last_local_change().unwrap().clone();
+        let raw = change.raw_bytes();
+        let (kind, _, body) = split_chunks(raw).unwrap()[0];
+        assert_eq!(kind, CHUNK_CHANGE);
+        let n = items_declared(kind, body, u64::MAX, 1 << 20).unwrap();
+        assert!((5 * 500..=30 * 500).contains(&n), "{n}");
+        let mut change = change;
+        let compressed = change.bytes().into_owned();
+        let (kind, _, body) = split_chunks(&compressed).unwrap()[0];
+        assert_eq!(kind, CHUNK_COMPRESSED_CHANGE);
+        assert_eq!(items_declared(kind, body, u64::MAX, 1 << 20), Some(n));
+        let saved = d.save();
+        let (kind, _, body) = split_chunks(&saved).unwrap()[0];
+        assert_eq!(kind, CHUNK_DOCUMENT);
+        let m = items_declared(kind, body, u64::MAX, 1 << 20).unwrap();
+        assert!(m >= n / 2, "{m} for the document, {n} for its change");
+        // Counting stops past the cap.
+        assert!(items_declared(kind, body, 10, 1 << 20).unwrap() > 10);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use grassroots_schema::{ActorTag, DocId, DocKind, DocMeta, UnitId, may_author, r
 use ring::digest::{SHA256, digest};
 
 use super::chunks::{
-    CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE, CHUNK_DOCUMENT, document_actors, inflated_len, leb128,
-    split_chunks,
+    CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE, CHUNK_DOCUMENT, document_actors, inflated_len,
+    items_declared, leb128, split_chunks,
 };
 use super::wire::{self, Digest, Msg, RejectReason, Summary};
 use crate::doc;
@@ -77,6 +77,43 @@ pub(crate) fn is_peers_fault(reason: RejectReason) -> bool {
 /// before automerge decompresses them).
 pub const MAX_INFLATED: u64 = 64 << 20;
 
+/// Most values the columns of one incoming frame's changes may declare, summed over every
+/// column (counted run by run before automerge sees them: a run-length encoded column
+/// declares 2^62 values in ten bytes, which automerge would visit one at a time). An
+/// honest change declares about a dozen per operation, so this is some 700,000
+/// operations: a village register of 5,000 changes declares about 150,000 values.
+pub const MAX_ITEMS: u64 = 1 << 23;
+
+/// Most actors a document may hold (each node process that writes to it adds one: a
+/// register written by a node restarted daily for twenty years holds about 7,300). Each
+/// actor costs automerge memory in every cached clock of the document.
+#[cfg(not(test))]
+pub const MAX_DOC_ACTORS: u64 = 16_384;
+/// Smaller under test, so that a test reaches it with a few actors.
+#[cfg(test)]
+pub const MAX_DOC_ACTORS: u64 = 8;
+
+/// Most rewriting one message's new actors may cost: automerge rewrites every actor column
+/// of a document for each actor a message adds, so a message adding actors may do so only
+/// while (new actors) x (operations held and brought) stays under this. An honest backlog
+/// of 365 process starts into a register of 50,000 operations costs 1.8 x 10^7.
+pub const MAX_ACTOR_REWRITES: u64 = 1 << 27;
+
+/// Most bytes of a peer's changes a document may hold waiting for their dependencies
+/// (automerge keeps them aside, and honest peers cause it when a Bloom filter's false
+/// positive leaves a change out, which the next round asks for). Past it the message is
+/// refused: a peer could otherwise fill memory with changes that never apply.
+#[cfg(not(test))]
+pub const MAX_WAITING_BYTES: u64 = 16 << 20;
+/// Most changes a document may hold waiting, as above.
+#[cfg(not(test))]
+pub const MAX_WAITING: usize = 16_384;
+// Smaller under test, so that a test reaches them with a few changes.
+#[cfg(test)]
+pub const MAX_WAITING_BYTES: u64 = 1 << 20;
+#[cfg(test)]
+pub const MAX_WAITING: usize = 64;
+
 /// Most bytes of changes one outgoing sync message carries, compressed and inflated: a
 /// larger message (a big document sent whole, or a long backlog) goes as several, each with
 /// the same heads, need and have and a run of the changes in causal order, so that no frame
@@ -122,6 +159,18 @@ pub struct DocEntry {
     doc: Option<Box<Automerge>>,
     /// Engine tick of the last use (least recently used documents are evicted first).
     used: u64,
+    /// Peers' changes the loaded document holds waiting for their dependencies, with their
+    /// sizes (at most [`MAX_WAITING`], [`MAX_WAITING_BYTES`] in all). They live only in
+    /// memory: the store saves documents without them, so a reload starts empty.
+    waiting: Vec<(ChangeHash, u64)>,
+}
+
+impl DocEntry {
+    /// Estimated memory of the loaded document, its waiting changes included.
+    fn cost(&self) -> Option<u64> {
+        let waiting = self.waiting.iter().map(|(_, n)| n).sum::<u64>();
+        self.doc.as_deref().map(|d| doc_cost(d) + waiting)
+    }
 }
 
 impl DocEntry {
@@ -227,8 +276,8 @@ impl Step {
 #[derive(Debug)]
 pub struct BatchRest {
     items: VecDeque<(DocId, Vec<u8>)>,
-    /// Bytes the frame's changes inflated to so far ([`MAX_INFLATED`] for the whole frame).
-    inflated: u64,
+    /// What the frame's changes have cost so far (one budget for the whole frame).
+    spent: Spent,
     /// Items per document so far ([`MAX_ITEMS_PER_DOC`] for the whole frame).
     seen: HashMap<DocId, u32>,
 }
@@ -237,7 +286,7 @@ impl BatchRest {
     fn new(items: Vec<(DocId, Vec<u8>)>) -> Self {
         BatchRest {
             items: items.into(),
-            inflated: 0,
+            spent: Spent::default(),
             seen: HashMap::new(),
         }
     }
@@ -566,14 +615,106 @@ fn only_held_relayed(
             .all(|h| candidate.get_change_meta_by_hash(h).is_some())
 }
 
-/// The author of every change `chunk` carries, with the change's hash where the chunk is a
-/// single change (a document chunk's actors are read from its header, without hashes).
+/// What one incoming frame's changes have cost so far, across every message of a batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Spent {
+    /// Bytes they inflated to ([`MAX_INFLATED`]).
+    inflated: u64,
+    /// Values their columns declare ([`MAX_ITEMS`]).
+    items: u64,
+}
+
+/// What one sync message's changes carry, read before any is applied.
+#[derive(Debug, Default)]
+struct Carried {
+    /// The author of each change, with its hash where the chunk is a single change (a
+    /// document chunk's actors are read from its header, without hashes).
+    authors: Vec<(UnitId, Option<ChangeHash>)>,
+    /// Each single change's hash and inflated size.
+    changes: Vec<(ChangeHash, u64)>,
+    /// Changes opening an actor (sequence number 1): actors the message may add.
+    opening: u64,
+    /// Actors listed by document chunks (new to a document that holds anything already).
+    listed: u64,
+    /// Values the message's columns declare.
+    items: u64,
+}
+
+impl Carried {
+    /// Refuse what would add too many actors to `doc` at once, or in all
+    /// ([`MAX_ACTOR_REWRITES`], [`MAX_DOC_ACTORS`]): automerge rewrites every actor column
+    /// of the document for each new one. A document chunk loaded into an empty document
+    /// adds its actors at once, not one by one.
+    fn actors_fit(&self, doc: &Automerge, id: &DocId) -> Result<(), Rejection> {
+        let stats = doc.stats();
+        let empty = stats.num_changes == 0;
+        let new = self.opening + if empty { 0 } else { self.listed };
+        if new == 0 {
+            return Ok(());
+        }
+        let too_large = |detail: String| Rejection::new(RejectReason::TooLarge, Some(id), detail);
+        if stats.num_actors.saturating_add(new) > MAX_DOC_ACTORS {
+            return Err(too_large(format!(
+                "{new} actors more for a document of {} (at most {MAX_DOC_ACTORS})",
+                stats.num_actors
+            )));
+        }
+        if !empty
+            && new.saturating_mul(stats.num_ops.saturating_add(self.items)) > MAX_ACTOR_REWRITES
+        {
+            return Err(too_large(format!(
+                "{new} new actors for a document of {} operations in one message",
+                stats.num_ops
+            )));
+        }
+        Ok(())
+    }
+
+    /// The changes `candidate` (the document with this message applied) holds waiting for
+    /// their dependencies, of those `before` listed and this message's; refused past
+    /// [`MAX_WAITING`] or [`MAX_WAITING_BYTES`].
+    fn waiting_in(
+        &self,
+        candidate: &Automerge,
+        before: &[(ChangeHash, u64)],
+        id: &DocId,
+    ) -> Result<Vec<(ChangeHash, u64)>, Rejection> {
+        let mut seen = HashSet::new();
+        let waiting: Vec<(ChangeHash, u64)> = before
+            .iter()
+            .chain(&self.changes)
+            .filter(|(h, _)| seen.insert(*h) && candidate.get_change_meta_by_hash(h).is_none())
+            .copied()
+            .collect();
+        let bytes = waiting.iter().map(|(_, n)| n).sum::<u64>();
+        if waiting.len() > MAX_WAITING || bytes > MAX_WAITING_BYTES {
+            return Err(Rejection::new(
+                RejectReason::TooLarge,
+                Some(id),
+                format!(
+                    "{} changes ({bytes} bytes) waiting for changes never sent (at most \
+                     {MAX_WAITING}, {MAX_WAITING_BYTES} bytes)",
+                    waiting.len()
+                ),
+            ));
+        }
+        Ok(waiting)
+    }
+}
+
+/// Read one sync-message chunk (a change, several changes, or a whole document) into
+/// `carried`, without touching any hosted document: its authors, and what it costs. What
+/// it inflates to and the values its columns declare are added to the frame's `spent`,
+/// and the chunk refused once either passes its cap ([`MAX_INFLATED`], [`MAX_ITEMS`]),
+/// before automerge decodes it.
 fn authors_of(
     chunk: &[u8],
     id: &DocId,
-    inflated: &mut u64,
-) -> Result<Vec<(UnitId, Option<ChangeHash>)>, Rejection> {
+    spent: &mut Spent,
+    carried: &mut Carried,
+) -> Result<(), Rejection> {
     let malformed = |what: &str| Rejection::new(RejectReason::Malformed, Some(id), what.to_owned());
+    let too_large = |what: String| Rejection::new(RejectReason::TooLarge, Some(id), what);
     let unit = |c: &Change| {
         ActorTag::unit_of(c.actor_id().to_bytes()).map_err(|_| {
             Rejection::new(
@@ -583,20 +724,27 @@ fn authors_of(
             )
         })
     };
-    let mut out = Vec::new();
     for (kind, bytes, body) in
         split_chunks(chunk).ok_or_else(|| malformed("unreadable change chunk"))?
     {
-        let left = MAX_INFLATED.saturating_sub(*inflated);
+        let left = MAX_INFLATED.saturating_sub(spent.inflated);
         let size = inflated_len(kind, body, left)
             .ok_or_else(|| malformed("unreadable or corrupt compressed chunk"))?;
-        *inflated = inflated.saturating_add(size);
-        if *inflated > MAX_INFLATED {
-            return Err(Rejection::new(
-                RejectReason::TooLarge,
-                Some(id),
-                format!("the frame's changes inflate past {MAX_INFLATED} bytes"),
-            ));
+        spent.inflated = spent.inflated.saturating_add(size);
+        if spent.inflated > MAX_INFLATED {
+            return Err(too_large(format!(
+                "the frame's changes inflate past {MAX_INFLATED} bytes"
+            )));
+        }
+        let left = MAX_ITEMS.saturating_sub(spent.items);
+        let items = items_declared(kind, body, left, size)
+            .ok_or_else(|| malformed("unreadable change columns"))?;
+        spent.items = spent.items.saturating_add(items);
+        carried.items = carried.items.saturating_add(items);
+        if spent.items > MAX_ITEMS {
+            return Err(too_large(format!(
+                "the frame's changes declare more than {MAX_ITEMS} values"
+            )));
         }
         match kind {
             CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE => {
@@ -604,16 +752,17 @@ fn authors_of(
                 let c = catch_unwind(|| Change::from_bytes(bytes.to_vec()))
                     .map_err(|_| malformed("automerge panicked decoding a change"))?
                     .map_err(|e| malformed(&format!("change: {e}")))?;
-                out.push((unit(&c)?, Some(c.hash())));
+                carried.authors.push((unit(&c)?, Some(c.hash())));
+                carried.changes.push((c.hash(), size));
+                carried.opening += u64::from(c.seq() == 1);
             }
             CHUNK_DOCUMENT => {
                 // A whole document (sent to a peer that has nothing). Its body opens with the
                 // list of every actor its changes use (a change naming an actor outside the
                 // list does not load), so checking that list checks every author without
                 // decoding the document twice.
-                for actor in
-                    document_actors(body).ok_or_else(|| malformed("unreadable document chunk"))?
-                {
+                for actor in document_actors(body) {
+                    let actor = actor.ok_or_else(|| malformed("unreadable document chunk"))?;
                     let author = ActorTag::unit_of(actor).map_err(|_| {
                         Rejection::new(
                             RejectReason::Unauthorised,
@@ -621,13 +770,14 @@ fn authors_of(
                             "a document actor does not name a unit",
                         )
                     })?;
-                    out.push((author, None));
+                    carried.authors.push((author, None));
+                    carried.listed += 1;
                 }
             }
             _ => return Err(malformed("unknown chunk type")),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The documents of one node and the sync state of each connected peer.
@@ -747,6 +897,7 @@ impl Engine {
             // The digest kept while evicted must describe what was loaded.
             let stale = self.doc_digests.get(id) != Some(&heads_digest(&d));
             entry.doc = Some(Box::new(d));
+            entry.waiting.clear();
             self.resident.insert(id.clone());
             if stale {
                 tracing::warn!(doc = %id, "a reloaded document differs from its digest");
@@ -780,7 +931,7 @@ impl Engine {
             .iter()
             .filter_map(|id| {
                 let e = docs.get(id)?;
-                e.doc.as_ref().map(|d| (e.used, id.clone(), doc_cost(d)))
+                e.cost().map(|c| (e.used, id.clone(), c))
             })
             .collect();
         let mut total: u64 = loaded.iter().map(|(_, _, c)| c).sum();
@@ -816,6 +967,7 @@ impl Engine {
             self.doc_digest(&id);
             if let Some(e) = self.docs.get_mut(&id) {
                 e.doc = None;
+                e.waiting.clear();
                 self.resident.remove(&id);
                 total = total.saturating_sub(cost);
                 evicted += 1;
@@ -830,13 +982,13 @@ impl Engine {
             hosted: self.docs.len(),
             ..Residency::default()
         };
-        for d in self
+        for cost in self
             .resident
             .iter()
-            .filter_map(|id| self.docs.get(id)?.doc.as_ref())
+            .filter_map(|id| self.docs.get(id)?.cost())
         {
             r.loaded += 1;
-            r.loaded_bytes += doc_cost(d);
+            r.loaded_bytes += cost;
         }
         r
     }
@@ -849,7 +1001,15 @@ impl Engine {
         self.tick += 1;
         let used = self.tick;
         let doc = doc.map(Box::new);
-        self.docs.insert(id.clone(), DocEntry { meta, doc, used });
+        self.docs.insert(
+            id.clone(),
+            DocEntry {
+                meta,
+                doc,
+                used,
+                waiting: Vec::new(),
+            },
+        );
         self.by_owner
             .entry(owner.clone())
             .or_default()
@@ -1586,7 +1746,9 @@ impl Engine {
                     step.reject(peer, r);
                 }
             }
-            Msg::Sync { doc, data } => self.sync_or_refuse(peer, doc, &data, &mut 0, &mut step),
+            Msg::Sync { doc, data } => {
+                self.sync_or_refuse(peer, doc, &data, &mut Spent::default(), &mut step)
+            }
             Msg::SyncBatch(items) => {
                 rest = self.batch_items(peer, BatchRest::new(items), &mut step, more);
             }
@@ -1650,7 +1812,7 @@ impl Engine {
                     ),
                 );
             } else {
-                self.sync_or_refuse(peer, doc, &data, &mut rest.inflated, step);
+                self.sync_or_refuse(peer, doc, &data, &mut rest.spent, step);
             }
             if !rest.items.is_empty() && !more() {
                 return Some(rest);
@@ -1901,7 +2063,7 @@ impl Engine {
         peer: &UnitId,
         doc: DocId,
         data: &[u8],
-        inflated: &mut u64,
+        spent: &mut Spent,
         step: &mut Step,
     ) {
         if self
@@ -1913,7 +2075,7 @@ impl Engine {
             return;
         }
         let id = doc.clone();
-        if let Err(r) = self.on_sync(peer, doc, data, inflated, step) {
+        if let Err(r) = self.on_sync(peer, doc, data, spent, step) {
             // A local failure (the document could not be read back) is not the peer's
             // doing: the document stays in sync with it.
             if is_peers_fault(r.reason) {
@@ -1950,7 +2112,7 @@ impl Engine {
         peer: &UnitId,
         id: DocId,
         data: &[u8],
-        inflated: &mut u64,
+        spent: &mut Spent,
         step: &mut Step,
     ) -> Result<(), Rejection> {
         let meta = match self.docs.get(&id) {
@@ -1990,8 +2152,10 @@ impl Engine {
         let (mut relayed, mut relayed_hashes) = (false, Vec::new());
         let from_child =
             peer.parent().as_ref() == Some(&self.me) && self.returning_until().is_none();
+        let mut carried = Carried::default();
         for chunk in message.changes.iter() {
-            for (author, hash) in authors_of(chunk, &id, inflated)? {
+            authors_of(chunk, &id, spent, &mut carried)?;
+            for (author, hash) in carried.authors.drain(..) {
                 if !may_author(&author, owner) {
                     return Err(Rejection::new(
                         RejectReason::Unauthorised,
@@ -2021,16 +2185,22 @@ impl Engine {
             return Ok(());
         }
         self.ensure(&id)?;
-        let (Some(doc), Some(peer_sync)) = (
-            self.docs.get_mut(&id).and_then(|e| e.doc.as_mut()),
-            self.peers.get_mut(peer),
-        ) else {
+        let (
+            Some(DocEntry {
+                doc: Some(doc),
+                waiting,
+                ..
+            }),
+            Some(peer_sync),
+        ) = (self.docs.get_mut(&id), self.peers.get_mut(peer))
+        else {
             return Err(Rejection::new(
                 RejectReason::ApplyFailed,
                 Some(&id),
                 "document vanished",
             ));
         };
+        carried.actors_fit(doc, &id)?;
         let state = peer_sync.state(&id);
         let before = doc.get_heads();
 
@@ -2103,6 +2273,7 @@ impl Engine {
                     ));
                 }
             }
+            *waiting = carried.waiting_in(&candidate, waiting, &id)?;
             let after = candidate.get_heads();
             changed = after != before;
             *doc = candidate;
@@ -2329,6 +2500,203 @@ mod tests {
             before
         );
         assert!(names(&t, "c01/k01/t01/v01").is_empty());
+    }
+
+    /// A message of `changes` (whole chunks) for a document, as a peer would send it.
+    fn changes_message(changes: Vec<Vec<u8>>) -> Vec<u8> {
+        sync::Message {
+            heads: vec![],
+            need: vec![],
+            have: vec![],
+            changes: changes.into(),
+            flags: None,
+            version: sync::MessageVersion::V1,
+        }
+        .encode()
+    }
+
+    /// LEB128 of `v`, signed when `signed`.
+    fn leb(v: i64, signed: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut v = v;
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            let done = if signed {
+                (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0)
+            } else {
+                v == 0
+            };
+            if done {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// A change chunk of `unit`'s whose action column is one run of `run` values (2^62 in
+    /// ten bytes), which automerge's check of a change visits one at a time.
+    fn run_bomb(unit: &str, run: i64) -> Vec<u8> {
+        let actor = doc::actor_for(&u(unit), [7; 8]).to_bytes().to_vec();
+        let mut data = leb(run, true);
+        data.extend(leb(1, false));
+        let mut body = leb(0, false); // no dependencies
+        body.extend(leb(actor.len() as i64, false));
+        body.extend(&actor);
+        body.extend(leb(1, false)); // sequence number
+        body.extend(leb(1, false)); // first op
+        body.extend(leb(0, true)); // time
+        body.extend(leb(0, false)); // message
+        body.extend(leb(0, false)); // other actors
+        body.extend(leb(1, false)); // one column: the action, integers
+        body.extend(leb((4 << 4) | 2, false));
+        body.extend(leb(data.len() as i64, false));
+        body.extend(data);
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, CHUNK_CHANGE];
+        chunk.extend(leb(body.len() as i64, false));
+        chunk.extend(body);
+        chunk
+    }
+
+    /// A change of ten bytes of columns declaring more operations than a frame may is
+    /// refused before automerge sees it (its check visits them one by one: with 2^62, a loop
+    /// nothing ends), and the link goes on: the village's next write syncs.
+    #[test]
+    fn a_change_declaring_more_values_than_a_frame_may_is_refused_unread() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let mut t = engine(tu, 1);
+        let mut v = engine(vu, 2);
+        register(&mut t, tu, &[vu]);
+        link(&mut t, &mut v);
+        let id = DocId::new(DocKind::Members, u(vu));
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: id.clone(),
+                data: changes_message(vec![run_bomb(vu, 2 * MAX_ITEMS as i64)]),
+            },
+        );
+        let r = step.rejected.first().expect("refused");
+        assert_eq!(r.reason, RejectReason::TooLarge, "{r:?}");
+        assert!(r.detail.contains("values"), "{r:?}");
+        // Within the cap, the same chunk is read on (and refused by automerge, as it is
+        // no change): the count is what refused it above.
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: DocId::new(DocKind::Meetings, u(vu)),
+                data: changes_message(vec![run_bomb(vu, 3)]),
+            },
+        );
+        let r = step.rejected.first().expect("refused");
+        assert_eq!(r.reason, RejectReason::Malformed, "{r:?}");
+        // The link still works.
+        write(&mut v, vu, 1, "After the bomb");
+        let _ = t.disconnect(v.me());
+        let _ = v.disconnect(t.me());
+        link(&mut t, &mut v);
+        assert_eq!(names(&t, vu), ["After the bomb"]);
+    }
+
+    /// A peer's changes whose dependencies it never sends wait in the document, up to a
+    /// bound: within it they apply once the missing change comes (as after an honest
+    /// peer's Bloom filter false positive), past it the message is refused.
+    #[test]
+    fn changes_waiting_for_dependencies_are_bounded() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let mut t = engine(tu, 1);
+        let mut v = engine(vu, 2);
+        register(&mut t, tu, &[vu]);
+        link(&mut t, &mut v);
+        let id = DocId::new(DocKind::Members, u(vu));
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [5; 8]));
+        for i in 0..(MAX_WAITING as u64 + 12) {
+            doc::create_member(&mut d, RecordId::from_u64(i), &member(&format!("M{i}"))).unwrap();
+        }
+        let changes: Vec<Vec<u8>> = d
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let send = |t: &mut Engine, some: &[Vec<u8>]| {
+            t.receive(
+                &u(vu),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: changes_message(some.to_vec()),
+                },
+            )
+        };
+        // Ten changes after a missing first one: they wait.
+        let step = send(&mut t, &changes[1..11]);
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert_eq!(t.get(&id).unwrap().waiting.len(), 10);
+        assert!(names(&t, vu).is_empty());
+        // The rest but the first: more than may wait, refused; nothing more waits.
+        let step = send(&mut t, &changes[11..]);
+        let r = step.rejected.first().expect("refused");
+        assert_eq!(r.reason, RejectReason::TooLarge, "{r:?}");
+        assert!(r.detail.contains("waiting"), "{r:?}");
+        assert_eq!(t.get(&id).unwrap().waiting.len(), 10);
+        // The missing change comes (a new session: the document was refused for this one):
+        // the ten apply with it, and nothing waits.
+        let _ = t.disconnect(v.me());
+        let _ = v.disconnect(t.me());
+        link(&mut t, &mut v);
+        let step = send(&mut t, &changes[..1]);
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert!(t.get(&id).unwrap().waiting.is_empty());
+        assert_eq!(names(&t, vu).len(), 11);
+        // Saved, a document keeps no change waiting (it would come back at every load).
+        let mut w = doc::empty(&doc::actor_for(&u(tu), [6; 8]));
+        w.apply_changes(
+            changes[1..3]
+                .iter()
+                .map(|c| Change::from_bytes(c.clone()).unwrap()),
+        )
+        .unwrap();
+        assert!(!w.get_missing_deps(&[]).is_empty());
+        let loaded = Automerge::load(&doc::save(&w)).unwrap();
+        assert!(loaded.get_missing_deps(&[]).is_empty());
+        assert!(
+            !Automerge::load(&w.save())
+                .unwrap()
+                .get_missing_deps(&[])
+                .is_empty()
+        );
+    }
+
+    /// A message may not bring a document more actors than it may hold.
+    #[test]
+    fn a_document_holds_a_bounded_number_of_actors() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let mut t = engine(tu, 1);
+        let mut v = engine(vu, 2);
+        register(&mut t, tu, &[vu]);
+        link(&mut t, &mut v);
+        let id = DocId::new(DocKind::Members, u(vu));
+        let by = |n: u8| {
+            let mut d = doc::empty(&doc::actor_for(&u(vu), [n; 8]));
+            doc::create_member(&mut d, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
+            d.get_changes(&[])[0].raw_bytes().to_vec()
+        };
+        let send = |t: &mut Engine, changes: Vec<Vec<u8>>| {
+            t.receive(
+                &u(vu),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: changes_message(changes),
+                },
+            )
+        };
+        let step = send(&mut t, (10..10 + MAX_DOC_ACTORS as u8).map(by).collect());
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        let step = send(&mut t, vec![by(100)]);
+        let r = step.rejected.first().expect("refused");
+        assert_eq!(r.reason, RejectReason::TooLarge, "{r:?}");
+        assert!(r.detail.contains("actors"), "{r:?}");
+        assert_eq!(names(&t, vu).len(), MAX_DOC_ACTORS as usize);
     }
 
     /// A township linked to its village, which holds its own register and the township's
@@ -4025,21 +4393,36 @@ mod tests {
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].0, CHUNK_DOCUMENT);
         let mut units: Vec<UnitId> = document_actors(chunks[0].2)
-            .unwrap()
-            .into_iter()
-            .map(|a| ActorTag::unit_of(a).unwrap())
+            .map(|a| ActorTag::unit_of(a.unwrap()).unwrap())
             .collect();
         units.sort();
         assert_eq!(units, vec![a.clone(), b]);
         let id = DocId::new(DocKind::Members, a);
-        let mut n = 0;
-        assert_eq!(authors_of(&saved, &id, &mut n).unwrap().len(), 2);
-        assert!(n > 0);
+        let (mut spent, mut carried) = (Spent::default(), Carried::default());
+        authors_of(&saved, &id, &mut spent, &mut carried).unwrap();
+        assert_eq!(carried.authors.len(), 2);
+        assert_eq!(carried.listed, 2);
+        assert!(spent.inflated > 0 && spent.items > 0);
+        assert_eq!(spent.items, carried.items);
         // Truncated or junk chunks are refused, not misread.
-        assert!(authors_of(&saved[..saved.len() - 1], &id, &mut 0).is_err());
-        assert!(authors_of(b"junk", &id, &mut 0).is_err());
+        let refused = |bytes: &[u8], spent: &mut Spent| {
+            authors_of(bytes, &id, spent, &mut Carried::default()).unwrap_err()
+        };
+        refused(&saved[..saved.len() - 1], &mut Spent::default());
+        refused(b"junk", &mut Spent::default());
         // A message whose changes would inflate past the cap is refused as too large.
-        let r = authors_of(&saved, &id, &mut (MAX_INFLATED - 1)).unwrap_err();
+        let mut full = Spent {
+            inflated: MAX_INFLATED - 1,
+            items: 0,
+        };
+        assert_eq!(refused(&saved, &mut full).reason, RejectReason::TooLarge);
+        // As is one whose columns declare more values than the frame may.
+        let mut full = Spent {
+            inflated: 0,
+            items: MAX_ITEMS - 1,
+        };
+        let r = refused(&saved, &mut full);
+        assert!(r.detail.contains("values"), "{r:?}");
         assert_eq!(r.reason, RejectReason::TooLarge);
     }
 }
