@@ -509,7 +509,9 @@ pub const MAX_HANDSHAKE_FRAME: usize = 64 << 10;
 async fn read_handshake_frame(
     recv: &mut RecvStream,
 ) -> Result<Option<Result<Msg, WireError>>, NetError> {
-    Ok(read_capped(recv, MAX_HANDSHAKE_FRAME).await?.map(|(m, _)| m))
+    Ok(read_capped(recv, MAX_HANDSHAKE_FRAME)
+        .await?
+        .map(|(m, _)| m))
 }
 
 /// [`read_frame`] that also returns the frame's size on the wire.
