@@ -1020,8 +1020,9 @@ fn authorise_fields(
                 "results and handling of {owner}'s records are written by supervisors of the \
                  unit handling them or above; reviews, the rating of a cadre's performance \
                  appraisal or a debriefing, and changes to a report once accepted by \
-                 supervisors above {owner}; the sensitive fields of a record held (phone and \
-                 identity numbers, a complainant) by those who read them"
+                 supervisors above {owner}; sensitive fields (phone and identity numbers, a \
+                 complainant) by those who read them, the users of {owner} (of a complaint, \
+                 of the unit handling it) who are not viewers"
             ),
         ));
     }

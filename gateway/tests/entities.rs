@@ -888,6 +888,18 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
         json!({ "p": programme }),
     )
     .await;
+    // In the village's name, it may not write an identity number it could not read back
+    // (and so learn from the count whether someone was paid under it there).
+    let r = f
+        .gql(
+            Some(&supervisor),
+            "mutation($p: ID!) { createDisbursement(input: { unit: \"c01/k01/t01/v01\",
+            programme: $p, recipient: \"Guess\", recipientIdNumber: \"11010519491231002X\",
+            amount: 1, method: CASH, status: PAID, paidOn: \"2026-04-04\" }) { id } }",
+            json!({ "p": programme }),
+        )
+        .await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
     // Not published: those marked so and those never marked (Sun Li's).
     let unpublished = "query($p: ID) { unit(id: \"c01/k01/t01/v01\") { disbursements(
         programme: $p, published: false) { edges { node { recipient } } } } }";

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::entities::{Access, EntitySpec, Fields, Record};
+use crate::entities::{Access, EntitySpec, Fields, Record, Value};
 use crate::ids::{DocId, DocKind, UnitId};
 use crate::level::Level;
 
@@ -302,8 +302,11 @@ pub fn can_supervise(caller: &Caller, owner: &UnitId) -> bool {
 /// [`EntitySpec::above_only`] names (reviews, the rating of a cadre's performance appraisal
 /// or a debriefing, an accepted report, a complaint no longer with its unit) need a
 /// supervisor strictly above the owner, or for a complaint above the unit handling it;
-/// sensitive fields of a record held, those who read them ([`can_read_record_sensitive`]):
-/// a caller reading them as null would clear them by sending its form back. The
+/// sensitive fields, those who read them ([`can_read_record_sensitive`]): of a record held,
+/// a caller reading them as null would clear them by sending its form back; of a new one, a
+/// caller who could not read back what it wrote could still learn from a count over them
+/// (`fundTracking` counts recipients by identity number within the paying unit) whether a
+/// number it guessed is one already there. Null or empty on a new record writes nothing. The
 /// record-level rule ([`can_write`]) applies besides. Text is judged as stored: trimmed
 /// ([`crate::records::trimmed`]).
 pub fn can_write_fields(
@@ -328,13 +331,29 @@ pub fn can_write_fields(
         caller,
         Caller::User { unit, role } if *role >= Role::Supervisor && unit.is_ancestor_of(&handling)
     );
-    // An existing record's sensitive field, by a caller who reads it as null: it would clear
-    // what it cannot see by sending back the form it read.
+    // A sensitive field, by a caller who reads it as null: on a record held it would clear
+    // what it cannot see by sending back the form it read; on a new one it would write what
+    // it may not read back. A new complaint is read as its handler once filed.
+    let reader_of = match current {
+        Some(_) => handling.clone(),
+        None if complaint => crate::entities::handler_in(owner, fields)
+            .filter(|h| owner.is_in_subtree_of(h))
+            .unwrap_or_else(|| owner.clone()),
+        None => owner.clone(),
+    };
     let reads_sensitive =
-        can_read_sensitive(caller, owner) || (complaint && can_read_sensitive(caller, &handling));
+        can_read_sensitive(caller, owner) || (complaint && can_read_sensitive(caller, &reader_of));
+    let writes_nothing = |v: Option<&Value>| match v {
+        Some(Value::Null) => true,
+        Some(Value::Text(t)) => t.trim().is_empty(),
+        _ => false,
+    };
     fields.keys().all(|name| {
         let access = spec.field(name).map(|f| f.access);
-        if access == Some(Access::Sensitive) && current.is_some() && !reads_sensitive {
+        if access == Some(Access::Sensitive)
+            && !reads_sensitive
+            && (current.is_some() || !writes_nothing(fields.get(name)))
+        {
             return false;
         }
         if spec
@@ -916,13 +935,32 @@ mod tests {
         // Escalated, it is closed below the county (above); the city, above it, reads it as
         // null: the complainant stays as filed.
         assert!(!sensitive(&at("c01"), &at_county), "the city");
-        assert!(can_write_fields(
-            &at("c01/k01/t01"),
-            complaints,
-            &owner,
-            None,
-            &clear
-        ));
+        // A new record's: left empty by anyone who writes the record, written only by
+        // those who read them back (a supervisor above could otherwise pay a guessed
+        // identity number and see from a count whether someone was paid under it).
+        let new = |c: &Caller, f: &Fields| can_write_fields(c, complaints, &owner, None, f);
+        assert!(new(&at("c01/k01/t01"), &clear));
+        assert!(new(&at("c01/k01/t01"), &fields(&[("complainant", "  ")])));
+        let named = fields(&[("complainant", "Li Si")]);
+        assert!(new(&clerk, &named));
+        assert!(!new(&at("c01/k01/t01"), &named), "a supervisor above");
+        // Filed with the township as its handler: the township reads it, so may name them.
+        let township_clerk = Caller::User {
+            unit: u("c01/k01/t01"),
+            role: Role::Clerk,
+        };
+        let handled_above = fields(&[
+            ("complainant", "Li Si"),
+            ("handler", "c01/k01/t01"),
+            ("status", "escalated"),
+        ]);
+        assert!(new(&at("c01/k01/t01"), &handled_above));
+        assert!(!new(&township_clerk, &named));
+        let payments = spec(DocKind::Disbursements);
+        let id_number = fields(&[("recipientIdNumber", "11010519491231002X")]);
+        let pay = |c: &Caller| can_write_fields(c, payments, &owner, None, &id_number);
+        assert!(pay(&clerk));
+        assert!(!pay(&at("c01/k01")), "a county supervisor");
     }
 
     #[test]
