@@ -929,18 +929,32 @@ fn ordered<T: EntityType>(
 
 /// The records of `T`'s kind that the units above `unit` address to it (directives for its
 /// level, fund programmes), oldest issuer first: for callers of `unit` or above it.
-pub fn addressed<T: EntityType>(ctx: &Context<'_>, unit: &UnitId) -> Result<Vec<T>> {
+pub fn addressed<T: EntityType>(
+    ctx: &Context<'_>,
+    unit: &UnitId,
+    first: Option<i32>,
+    after: Option<&ID>,
+) -> Result<Vec<T>> {
     let who = caller(ctx);
     if let Some(e) = refuse_read(who, DocKind::Members, unit) {
         return Err(e);
     }
+    let first = crate::graphql::page_size(first.or(Some(crate::graphql::MAX_PAGE)))?;
+    // The list runs from the highest issuer down the line, each issuer's records in id
+    // order: a record's place is its issuer's depth and its id, whether or not the record
+    // named by `after` is still there.
+    let place = |r: &RecordRef| (r.unit.labels().count(), r.record.to_string());
+    let after = after.map(|a| parse_ref(a, T::KIND)).transpose()?;
+    let after = after.as_ref().map(place);
     let above = backend(ctx)?
         .reader
         .records_above(T::KIND, unit)
         .map_err(internal)?;
     Ok(above
         .into_iter()
+        .filter(|r| after.as_ref().is_none_or(|a| place(&r.id) > *a))
         .filter(|r| gs::addressed_to(r, unit) && can_read_record(who, r))
+        .take(first)
         .map(T::from)
         .collect())
 }

@@ -2043,10 +2043,18 @@ impl UnitCore {
     }
 
     /// Fund programmes of the units above this one, which it pays out: for callers of this
-    /// unit or above it.
-    #[graphql(complexity = "SUBTREE_SCAN + MAX_PAGE as usize * child_complexity")]
-    async fn fund_programmes_above(&self, ctx: &Context<'_>) -> Result<Vec<en::FundProgrammeGql>> {
-        en::addressed(ctx, &self.id)
+    /// unit or above it. The highest issuer's first, each issuer's in id order: `first` of
+    /// them (at most and by default 100) after the programme `after` names.
+    #[graphql(
+        complexity = "SUBTREE_SCAN + first.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity"
+    )]
+    async fn fund_programmes_above(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<ID>,
+    ) -> Result<Vec<en::FundProgrammeGql>> {
+        en::addressed(ctx, &self.id, first, after.as_ref())
     }
 
     /// How the units each directive of this unit that asks for report-backs (`reportBack`)
@@ -2131,11 +2139,19 @@ impl UnitCore {
         Ok(conn)
     }
 
-    /// Directives addressed to this unit by the units above it, oldest issuer first: for
-    /// callers of this unit or above it.
-    #[graphql(complexity = "SUBTREE_SCAN + MAX_PAGE as usize * child_complexity")]
-    async fn directives_received(&self, ctx: &Context<'_>) -> Result<Vec<DirectiveGql>> {
-        en::addressed(ctx, &self.id)
+    /// Directives addressed to this unit by the units above it, the highest issuer's first,
+    /// each issuer's in id order: for callers of this unit or above it. `first` of them (at
+    /// most and by default 100) after the directive `after` names.
+    #[graphql(
+        complexity = "SUBTREE_SCAN + first.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity"
+    )]
+    async fn directives_received(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<ID>,
+    ) -> Result<Vec<DirectiveGql>> {
+        en::addressed(ctx, &self.id, first, after.as_ref())
     }
 
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in

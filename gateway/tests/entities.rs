@@ -927,6 +927,81 @@ async fn fund_programmes_are_paid_point_to_point_and_published() {
     );
 }
 
+/// What the units above address to a unit comes a page at a time: the highest issuer's
+/// first, each issuer's in id order, `first` of them after the one `after` names, so a
+/// list that grows over the years is never read whole into one answer.
+#[tokio::test]
+async fn directives_received_come_a_page_at_a_time() {
+    let f = fixture().await;
+    // This node is the county's: what it issues and what its township issues.
+    let county = f.token("c01/k01", Role::Supervisor).await;
+    let township = f.token("c01/k01/t01", Role::Supervisor).await;
+    let v01 = f.token(VILLAGES[0], Role::Clerk).await;
+    let update_unit = "mutation($id: ID!, $i: UpdateUnitInput!) { updateUnit(id: $id, input: $i) {
+        id } }";
+    for (id, name) in [
+        ("c01/k01/t01", "Qingshui Township"),
+        (VILLAGES[0], "Liujia Village"),
+    ] {
+        f.ok(
+            Some(&county),
+            update_unit,
+            json!({ "id": id, "i": { "name": name } }),
+        )
+        .await;
+    }
+    for (who, unit, title) in [
+        (&township, "c01/k01/t01", "Township one"),
+        (&county, "c01/k01", "County one"),
+        (&township, "c01/k01/t01", "Township two"),
+        (&county, "c01/k01", "County two"),
+    ] {
+        f.ok(
+            Some(who),
+            "mutation($u: ID!, $t: String!) { createDirective(input: { unit: $u, title: $t,
+                body: \"...\", issuedOn: \"2026-02-01\", toLevel: VILLAGE }) { id } }",
+            json!({ "u": unit, "t": title }),
+        )
+        .await;
+    }
+    let page = "query($u: ID!, $first: Int, $after: ID) { unit(id: $u) {
+        directivesReceived(first: $first, after: $after) { id title } } }";
+    let d = f.ok(Some(&v01), page, json!({ "u": VILLAGES[0] })).await;
+    let whole = d["unit"]["directivesReceived"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{d}"))
+        .clone();
+    let titles: Vec<&str> = whole.iter().map(|d| d["title"].as_str().unwrap()).collect();
+    assert_eq!(titles.len(), 4);
+    assert!(
+        titles[..2].iter().all(|t| t.starts_with("County")),
+        "{titles:?}"
+    );
+    // Two at a time, each page going on from the last one's id.
+    let mut paged = Vec::new();
+    let mut after = serde_json::Value::Null;
+    // More rounds than pages: a page that did not go on would repeat itself.
+    for _ in 0..4 {
+        let d = f
+            .ok(
+                Some(&v01),
+                page,
+                json!({ "u": VILLAGES[0], "first": 2, "after": after }),
+            )
+            .await;
+        let items = d["unit"]["directivesReceived"].as_array().unwrap().clone();
+        assert!(items.len() <= 2, "{d}");
+        let Some(last) = items.last() else { break };
+        after = last["id"].clone();
+        paged.extend(items);
+    }
+    assert_eq!(paged, whole);
+    let r = f
+        .gql(Some(&v01), page, json!({ "u": VILLAGES[0], "first": 101 }))
+        .await;
+    assert_eq!(code(&r), "BAD_USER_INPUT", "{r}");
+}
+
 #[tokio::test]
 async fn null_clears_an_optional_field_and_is_refused_for_a_required_one() {
     let f = fixture().await;
