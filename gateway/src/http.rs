@@ -40,6 +40,12 @@ struct App {
     /// and the node's users; past the waiting bound they are told `BUSY`.
     anonymous_running: Arc<tokio::sync::Semaphore>,
     anonymous_waiting: Arc<tokio::sync::Semaphore>,
+    /// WebSocket connections open ([`MAX_WEBSOCKETS`]): an upgraded connection leaves the
+    /// HTTP connections' bound, so it has its own.
+    websockets: Arc<tokio::sync::Semaphore>,
+    /// Subscriptions without a token running, over every connection
+    /// ([`MAX_ANONYMOUS_SUBSCRIPTIONS`]).
+    anonymous_subscriptions: Arc<tokio::sync::Semaphore>,
     backend: Backend,
     parsed: Arc<ParsedQueries>,
     options: GatewayOptions,
@@ -48,6 +54,15 @@ struct App {
 /// Requests without a token that run at once, and that run or wait.
 const ANONYMOUS_RUNNING: usize = 1;
 const ANONYMOUS_WAITING: usize = 32;
+
+/// WebSocket connections open at once; past it an upgrade is answered `BUSY` (HTTP 503).
+pub const MAX_WEBSOCKETS: usize = 256;
+/// Subscriptions one WebSocket connection runs at once; past it one more is answered
+/// `BUSY`. Each wakes at every commit, so a connection holding thousands would make the
+/// node's commits wake thousands of streams.
+pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 16;
+/// Subscriptions without a token running at once over every connection.
+pub const MAX_ANONYMOUS_SUBSCRIPTIONS: usize = 64;
 
 /// How a node's gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +148,8 @@ pub fn router_with(backend: Backend, options: GatewayOptions) -> Router {
         ),
         anonymous_running: Arc::new(tokio::sync::Semaphore::new(ANONYMOUS_RUNNING)),
         anonymous_waiting: Arc::new(tokio::sync::Semaphore::new(ANONYMOUS_WAITING)),
+        websockets: Arc::new(tokio::sync::Semaphore::new(MAX_WEBSOCKETS)),
+        anonymous_subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_ANONYMOUS_SUBSCRIPTIONS)),
         backend,
         parsed: Arc::default(),
         options,
@@ -338,7 +355,9 @@ async fn run_within(
 /// Subscriptions (and queries) over a WebSocket. The token comes in the upgrade request's
 /// `Authorization` header or, since browsers cannot set one, as `Authorization` in the
 /// `connection_init` payload; an unknown token closes the connection. Messages are capped
-/// like request bodies; depth and complexity limits apply as over HTTP.
+/// like request bodies; depth and complexity limits apply as over HTTP. At most
+/// [`MAX_WEBSOCKETS`] connections are open (their place held for the socket's life), each
+/// running at most [`MAX_SUBSCRIPTIONS_PER_SOCKET`] subscriptions.
 async fn graphql_ws(
     State(app): State<App>,
     headers: HeaderMap,
@@ -352,6 +371,13 @@ async fn graphql_ws(
         },
         None => None,
     };
+    let Ok(open) = app.websockets.clone().try_acquire_owned() else {
+        let e = error(
+            Code::Busy,
+            format!("{MAX_WEBSOCKETS} WebSocket connections open: try again shortly"),
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, reply_error(e)).into_response();
+    };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY)
@@ -362,9 +388,11 @@ async fn graphql_ws(
                 anonymous: app.anonymous.clone(),
                 anonymous_running: app.anonymous_running.clone(),
                 anonymous_waiting: app.anonymous_waiting.clone(),
+                subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS_PER_SOCKET)),
+                anonymous_subscriptions: app.anonymous_subscriptions.clone(),
                 reader: app.backend.reader.clone(),
             };
-            GraphQLWebSocket::new(stream, schema, protocol)
+            let socket = GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let (caller, user) = match from_header {
                         Some(c) => c,
@@ -381,7 +409,11 @@ async fn graphql_ws(
                     }
                     Ok(data)
                 })
-                .serve()
+                .serve();
+            async move {
+                socket.await;
+                drop(open);
+            }
         })
 }
 
@@ -395,6 +427,10 @@ struct Timed {
     anonymous: GatewaySchema,
     anonymous_running: Arc<tokio::sync::Semaphore>,
     anonymous_waiting: Arc<tokio::sync::Semaphore>,
+    /// This connection's subscriptions running ([`MAX_SUBSCRIPTIONS_PER_SOCKET`]).
+    subscriptions: Arc<tokio::sync::Semaphore>,
+    /// Every connection's subscriptions without a token ([`MAX_ANONYMOUS_SUBSCRIPTIONS`]).
+    anonymous_subscriptions: Arc<tokio::sync::Semaphore>,
     reader: grassroots_node::StoreReader,
 }
 
@@ -464,15 +500,50 @@ impl async_graphql::Executor for Timed {
         } else {
             None
         };
-        let mut stream = async_graphql::Executor::execute_stream(schema, request, session_data);
         if subscription {
-            return stream
-                .map(|mut resp| {
+            // A place on this connection, and without a token among every connection's,
+            // held while the subscription runs.
+            let places = self
+                .subscriptions
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .and_then(|own| {
+                    if !anonymous {
+                        return Some((own, None));
+                    }
+                    let shared = self
+                        .anonymous_subscriptions
+                        .clone()
+                        .try_acquire_owned()
+                        .ok()?;
+                    Some((own, Some(shared)))
+                });
+            let Some(places) = places else {
+                let e = error(
+                    Code::Busy,
+                    format!(
+                        "at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions on a connection \
+                         ({MAX_ANONYMOUS_SUBSCRIPTIONS} without a token on all of them): stop \
+                         one first"
+                    ),
+                );
+                return futures_util::stream::once(async move {
+                    async_graphql::Response::from_errors(vec![
+                        e.into_server_error(async_graphql::Pos::default()),
+                    ])
+                })
+                .boxed();
+            };
+            return async_graphql::Executor::execute_stream(schema, request, session_data)
+                .map(move |mut resp| {
+                    let _held = &places;
                     code_unlabelled(&mut resp);
                     resp
                 })
                 .boxed();
         }
+        let mut stream = async_graphql::Executor::execute_stream(schema, request, session_data);
         futures_util::stream::once(async move {
             let answer = async {
                 let _running = match turn {

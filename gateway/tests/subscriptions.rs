@@ -375,3 +375,73 @@ async fn first(
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     r.data.into_json().unwrap()["changes"].clone()
 }
+
+/// A connection runs a bounded number of subscriptions (each wakes at every commit): one
+/// more is answered `BUSY`, and once one stops another runs. And a bounded number of
+/// WebSocket connections are open at once (an upgraded connection leaves the HTTP
+/// connections' bound): one more is refused until one closes.
+#[tokio::test]
+async fn subscriptions_and_sockets_are_bounded() {
+    use grassroots_gateway::http::{MAX_SUBSCRIPTIONS_PER_SOCKET, MAX_WEBSOCKETS};
+    let f = store_for("c01/k01").await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
+        let _ = stopped.await;
+    }));
+    let wait = Duration::from_secs(5);
+    let mut ws = connect(&url, Some(&viewer)).await;
+    assert_eq!(next(&mut ws, wait).await.unwrap()["type"], "connection_ack");
+    let sub = |id: usize| {
+        json!({ "id": id.to_string(), "type": "subscribe",
+                "payload": { "query": "subscription { changes { unit } }" } })
+    };
+    for id in 0..=MAX_SUBSCRIPTIONS_PER_SOCKET {
+        send(&mut ws, sub(id)).await;
+    }
+    // The one past the bound is answered at once with its error; the others run silently.
+    let busy = next(&mut ws, wait).await.unwrap();
+    assert_eq!(
+        busy["id"],
+        MAX_SUBSCRIPTIONS_PER_SOCKET.to_string(),
+        "{busy}"
+    );
+    assert_eq!(
+        busy["payload"]["errors"][0]["extensions"]["code"], "BUSY",
+        "{busy}"
+    );
+    // One stopped, another runs (no error comes for it).
+    send(&mut ws, json!({ "id": "0", "type": "complete" })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send(&mut ws, sub(100)).await;
+    while let Some(m) = next(&mut ws, Duration::from_millis(500)).await {
+        assert_ne!(
+            m["id"], "100",
+            "a subscription in the freed place was refused: {m}"
+        );
+    }
+
+    // Sockets: this one and as many more as the bound allows, then one more is refused.
+    let mut open = Vec::new();
+    for _ in 1..MAX_WEBSOCKETS {
+        open.push(connect(&url, Some(&viewer)).await);
+    }
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let refused = tokio_tungstenite::connect_async(req.clone()).await;
+    assert!(refused.is_err(), "one socket past the bound was upgraded");
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio_tungstenite::connect_async(req).await.is_ok(),
+        "a socket in the freed place was refused"
+    );
+    drop(open);
+    let _ = stop.send(());
+    let _ = server.await;
+}
