@@ -2732,8 +2732,9 @@ pub struct RecordFeed {
     /// days; a copy is up to date with this node once `hasMore` is false. Sealed: it does not
     /// count the node's other writes, and opens only at this node.
     cursor: String,
-    /// More of the feed follows `cursor` (this page's entries may still be fewer than
-    /// `first`: the page looks at a bounded number of changes).
+    /// An entry for the caller follows `cursor`, or the page stopped at its bound of
+    /// changes looked at before it knew (its entries may then be fewer than `first`). Not
+    /// set by changes the caller may not see: the feed does not tell of them.
     has_more: bool,
     /// The `after` given belongs to an earlier life of this node's store (its views were
     /// rebuilt, or it was restored from a backup) or is not this node's: this page starts

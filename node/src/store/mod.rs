@@ -3957,6 +3957,19 @@ mod tests {
                 (member_ref(&b).to_string(), true),
             ]
         );
+        // A reader who takes only the meeting: the members after it (which it may not
+        // see) do not make it told there is more, and its position goes past them.
+        let meetings_only = |from: Option<&FeedCursor>| {
+            r.feed(from, None, 1, 1000, |e, _| {
+                Ok((e.record.kind != DocKind::Members).then(|| e.clone()))
+            })
+            .unwrap()
+        };
+        let page = meetings_only(None);
+        assert_eq!(names(&page), vec![(meeting.id.to_string(), false)]);
+        assert!(!page.more, "entries it does not take follow: not said");
+        let again = meetings_only(Some(&page.next));
+        assert!(again.entries.is_empty() && !again.more);
         // Cursors open only here: another store's (its key differs) and one tampered with
         // read from the start, said so.
         let other = tempfile::tempdir().unwrap();

@@ -1597,6 +1597,9 @@ impl StoreReader {
     /// little of the feed still gets an answer (and a position to go on from) at bounded
     /// cost. `keep` reads the records' rows it wants from the [`FeedRows`] of the same
     /// transaction: a row shown is as it was at the entry's position or later, never older.
+    /// `more` says an entry `keep` takes follows the page (or the scan ran out first), not
+    /// that any entry does: a reader must not learn of writes it may not see from it. Past
+    /// the entries it could not take, the position goes on to the last one looked at.
     pub fn feed<T>(
         &self,
         from: Option<&FeedCursor>,
@@ -1627,16 +1630,20 @@ impl StoreReader {
             at: from.flatten().map_or(0, |p| p.at),
         };
         let (mut entries, mut more) = (Vec::new(), false);
+        // Where the page filled, and whether an entry to take was found after it (the
+        // position then stays at the page's end, for the next page to start with it).
+        let (mut page_end, mut next_found) = ((first == 0).then_some(position.at), false);
         let rows = feed
             .range((Bound::Excluded(position.at), Bound::Unbounded))
             .map_err(db)?;
+        let mut looked_at = position.at;
         for (looked, row) in rows.enumerate() {
             let (k, v) = row.map_err(db)?;
-            if entries.len() >= first || looked >= scan {
+            if looked >= scan {
                 more = true;
                 break;
             }
-            position.at = k.value();
+            looked_at = k.value();
             let text = v.value();
             let (deleted, name) = match text.strip_prefix('-') {
                 Some(rest) => (true, rest),
@@ -1663,9 +1670,20 @@ impl StoreReader {
                 deleted,
             };
             if let Some(t) = keep(&entry, &views)? {
+                if page_end.is_some() {
+                    (more, next_found) = (true, true);
+                    break;
+                }
                 entries.push((entry, t));
+                if entries.len() >= first {
+                    page_end = Some(looked_at);
+                }
             }
         }
+        position.at = match page_end {
+            Some(end) if next_found => end,
+            _ => looked_at,
+        };
         Ok(FeedPage {
             entries,
             next: position.seal(&key)?,
