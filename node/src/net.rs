@@ -44,9 +44,10 @@ const WRITE_STALL: Duration = Duration::from_secs(120);
 /// Frame bytes one link may have waiting in the store's inbox (at least one frame of
 /// [`MAX_FRAME`]).
 const LINK_INBOX_BYTES: usize = 2 * MAX_FRAME;
-/// What a frame holds of that budget at least: about what a frame waiting in the store
-/// costs beside its bytes, so that a flood of tiny frames is bounded in number too.
-const MIN_FRAME_CHARGE: usize = 256;
+/// What a frame holds of that budget at least, so that a flood of tiny frames is bounded in
+/// number too: one link holds at most 512 frames of the store's peers' inbox, which every
+/// link shares (4,096), so that no one link fills it.
+const MIN_FRAME_CHARGE: usize = LINK_INBOX_BYTES / 512;
 /// Frames that do not decode, on one connection, before it is closed (as for messages the
 /// store refuses, see the store's cap).
 const MAX_MALFORMED_FRAMES: u32 = 1024;

@@ -578,7 +578,9 @@ pub fn open_database(
         failure,
         peer_work: PEER_WORK,
         peer_until: std::time::Instant::now(),
-        peer_rest: None,
+        peer_rests: std::collections::VecDeque::new(),
+        stashed: HashMap::new(),
+        unstashed: std::collections::VecDeque::new(),
     };
     // Only to wait on both inboxes at once; it runs nothing else.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1564,10 +1566,16 @@ struct Actor {
     peer_work: std::time::Duration,
     /// When this batch's share of peer work ends (set as it begins).
     peer_until: std::time::Instant,
-    /// A peer's batch frame handled in part: the rest goes first in the next batch's share,
-    /// ahead of the peers' inbox, so that one frame of thousands of items, each of which
-    /// can cost a document sent whole, holds the node's own users for a share, not seconds.
-    peer_rest: Option<PeerRest>,
+    /// Peers' batch frames handled in part, one at most per peer: each goes on in the next
+    /// batch's share, so that one frame of thousands of items, each of which can cost a
+    /// document sent whole, holds the node's own users for a share, not seconds; and the
+    /// other links' frames are taken in the same shares, so that it does not hold them
+    /// either.
+    peer_rests: std::collections::VecDeque<PeerRest>,
+    /// Frames of a peer whose batch frame is under way, in order, taken once it is done.
+    stashed: HashMap<UnitId, std::collections::VecDeque<Command>>,
+    /// Frames taken out of `stashed` (their peer's batch frame done), before the inbox.
+    unstashed: std::collections::VecDeque<Command>,
 }
 
 /// The items of a peer's batch frame not handled yet.
@@ -1624,7 +1632,7 @@ impl Actor {
             // Documents a link has yet to start, or the rest of a peer's frame, are work too:
             // with some, nothing is waited for. The rest goes before that peer's later
             // frames, so none is taken first.
-            let first = if self.peer_rest.is_some() {
+            let first = if !self.peer_rests.is_empty() || !self.unstashed.is_empty() {
                 rx.try_recv().ok().map(|cmd| (cmd, false))
             } else if self.engine.has_unstarted() {
                 match rx.try_recv() {
@@ -1676,8 +1684,34 @@ impl Actor {
                 let until = std::time::Instant::now() + self.peer_work;
                 self.peer_until = until;
                 let time_left = |frames: usize| frames == 0 || std::time::Instant::now() < until;
-                if let Some(r) = self.peer_rest.take() {
+                // Frames first (a peer's later frames wait for its batch frame under way),
+                // then each batch frame under way since an earlier share goes on by at least
+                // one item: no link's work holds another's.
+                let under_way = self.peer_rests.len();
+                while timing.peer_frames < MAX_PEER_FRAMES
+                    && time_left(timing.peer_frames)
+                    && let Some(cmd) = self
+                        .unstashed
+                        .pop_front()
+                        .or_else(|| peer_first.take())
+                        .or_else(|| peers.try_recv().ok())
+                {
+                    if let Command::FromPeer { peer, .. } = &cmd
+                        && self.peer_rests.iter().any(|r| r.peer == *peer)
+                    {
+                        let peer = peer.clone();
+                        self.stashed.entry(peer).or_default().push_back(cmd);
+                        continue;
+                    }
                     timing.peer_frames += 1;
+                    self.on_command(cmd, &mut batch);
+                }
+                for _ in 0..under_way {
+                    let Some(r) = self.peer_rests.pop_front() else {
+                        break;
+                    };
+                    timing.peer_frames += 1;
+                    let peer = r.peer.clone();
                     self.on_peer_input(
                         r.peer,
                         r.session,
@@ -1685,14 +1719,12 @@ impl Actor {
                         r.held,
                         &mut batch,
                     );
-                }
-                while self.peer_rest.is_none()
-                    && timing.peer_frames < MAX_PEER_FRAMES
-                    && time_left(timing.peer_frames)
-                    && let Some(cmd) = peer_first.take().or_else(|| peers.try_recv().ok())
-                {
-                    timing.peer_frames += 1;
-                    self.on_command(cmd, &mut batch);
+                    // Done with it: the peer's frames that waited come next, in order.
+                    if !self.peer_rests.iter().any(|r| r.peer == peer)
+                        && let Some(waited) = self.stashed.remove(&peer)
+                    {
+                        self.unstashed.extend(waited);
+                    }
                 }
                 // Then links' documents to start, in what is left of it (at least one when
                 // no frame came, so that they advance).
@@ -2326,7 +2358,7 @@ impl Actor {
             PeerInput::Rest(rest) => self.engine.resume(&peer, rest, &mut more),
         };
         if let Some(rest) = rest {
-            self.peer_rest = Some(PeerRest {
+            self.peer_rests.push_back(PeerRest {
                 peer: peer.clone(),
                 session,
                 rest,
@@ -2388,9 +2420,8 @@ impl Actor {
     /// it still runs (a revocation, a replacement or a misbehaving peer end it from here).
     fn on_peer_down(&mut self, peer: UnitId, batch: &mut Batch) {
         // The rest of its last frame is dropped with the link, as its queued frames are.
-        if self.peer_rest.as_ref().is_some_and(|r| r.peer == peer) {
-            self.peer_rest = None;
-        }
+        self.peer_rests.retain(|r| r.peer != peer);
+        self.stashed.remove(&peer);
         for (doc, state) in self.engine.disconnect(&peer) {
             batch.states.push((peer.clone(), doc, state));
         }
@@ -5355,6 +5386,71 @@ mod tests {
         h.peer_up(parent, out, counters).await.unwrap();
         while sent.try_recv().is_ok() {}
         (h, t, sent, session)
+    }
+
+    /// One link's batch frame of many items does not hold another link's frames: they are
+    /// taken beside its parts, not after the whole of it.
+    #[tokio::test]
+    async fn one_links_large_batch_frame_does_not_hold_another_links_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, parent, child) = (u("c01/k01/t01"), u("c01/k01"), u("c01/k01/t01/v01"));
+        // Both links send into one channel, so that the order of their answers shows.
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let (out, mut sent) = mpsc::unbounded_channel();
+        let (up, down) = (link_counters("fp"), link_counters("fp-child"));
+        let (session, child_session) = (up.session, down.session);
+        h.peer_up(parent.clone(), out.clone(), up).await.unwrap();
+        h.peer_up(child.clone(), out, down).await.unwrap();
+        while sent.try_recv().is_ok() {}
+        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
+            .await
+            .unwrap();
+        // The parent's frame: items about other townships' registers, outside the link's
+        // scope, each answered with a refusal (one a batch).
+        let items: Vec<(DocId, Vec<u8>)> = (2..202)
+            .map(|i| {
+                let other = u(&format!("c01/k01/t{i:03}"));
+                (DocId::new(DocKind::Members, other), vec![0x42])
+            })
+            .collect();
+        let n = items.len();
+        let hold = hold_for_with_peers(&h, 0, 2).await;
+        h.from_peer(parent.clone(), session, Msg::SyncBatch(items), None)
+            .await
+            .unwrap();
+        // Then the child's: about a sibling's register, refused too.
+        let sibling = DocId::new(DocKind::Members, u("c01/k01/t01/v02"));
+        h.from_peer(
+            child.clone(),
+            child_session,
+            Msg::Sync {
+                doc: sibling,
+                data: vec![0x42],
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        let mut refused_before = 0;
+        loop {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(30), sent.recv())
+                .await
+                .expect("the child's frame answered")
+                .expect("links open");
+            match msg {
+                Msg::Reject { doc: Some(d), .. } if d.owner == u("c01/k01/t01/v02") => break,
+                Msg::Reject { .. } => refused_before += 1,
+                _ => {}
+            }
+        }
+        assert!(
+            refused_before <= 2,
+            "the child's frame waited for {refused_before} of the parent's {n} items"
+        );
+        t.shutdown().await;
     }
 
     /// One batch frame of many items is taken in parts, a share of peer work per batch: a
