@@ -136,6 +136,42 @@ const MAX_HEADS: usize = 1024;
 const MAX_NEED: usize = 16_384;
 /// Most `have` entries in a sync message (automerge sends at most one).
 const MAX_HAVES: usize = 4;
+/// Most changes one sync message may list: automerge's decoding makes a vector of each
+/// (an empty one takes a byte on the wire and some 24 of memory), so a frame of empty
+/// entries would cost twenty times its size. An honest part carries at most 4 MiB of
+/// changes of some 50 bytes or more each: about 84,000.
+const MAX_CHANGES: u64 = 1 << 18;
+
+/// How many heads, needed hashes, `have` entries and changes the sync message `data` lists,
+/// read from its lengths alone, before automerge decodes it: a frame of tiny entries
+/// (2-byte `have`s, 1-byte changes) would otherwise cost many times its size in memory
+/// while it is decoded. Counting stops at the first list past its cap (the later counts
+/// are then 0). `None` when the lengths do not read.
+fn message_counts(data: &[u8]) -> Option<[u64; 4]> {
+    let mut pos = 1usize;
+    data.first()?;
+    let hashes = |pos: &mut usize| -> Option<u64> {
+        let n = leb128(data, pos)?;
+        *pos = pos.checked_add(usize::try_from(n).ok()?.checked_mul(32)?)?;
+        (*pos <= data.len()).then_some(n)
+    };
+    let heads = hashes(&mut pos)?;
+    let need = hashes(&mut pos)?;
+    let haves = leb128(data, &mut pos)?;
+    if heads > MAX_HEADS as u64 || need > MAX_NEED as u64 || haves > MAX_HAVES as u64 {
+        return Some([heads, need, haves, 0]);
+    }
+    for _ in 0..haves {
+        hashes(&mut pos)?;
+        let bloom = usize::try_from(leb128(data, &mut pos)?).ok()?;
+        pos = pos.checked_add(bloom)?;
+    }
+    if pos > data.len() {
+        return None;
+    }
+    let changes = leb128(data, &mut pos)?;
+    Some([heads, need, haves, changes])
+}
 /// Most probes per hash a `have`'s Bloom filter may ask for (automerge uses 7): automerge
 /// allocates that many per change it tests, and trusts the number.
 const MAX_PROBES: u64 = 32;
@@ -2129,6 +2165,22 @@ impl Engine {
                 ),
             ));
         }
+        if let Some([heads, need, haves, changes]) = message_counts(data)
+            && (heads > MAX_HEADS as u64
+                || need > MAX_NEED as u64
+                || haves > MAX_HAVES as u64
+                || changes > MAX_CHANGES)
+        {
+            return Err(Rejection::new(
+                RejectReason::Malformed,
+                Some(&id),
+                format!(
+                    "sync message of {heads} heads, {need} needed, {haves} haves and \
+                     {changes} changes (at most {MAX_HEADS}, {MAX_NEED}, {MAX_HAVES}, \
+                     {MAX_CHANGES})"
+                ),
+            ));
+        }
         let message = catch_unwind(|| sync::Message::decode(data))
             .map_err(|_| "automerge panicked decoding it".to_owned())
             .and_then(|m| m.map_err(|e| e.to_string()))
@@ -2500,6 +2552,57 @@ mod tests {
             before
         );
         assert!(names(&t, "c01/k01/t01/v01").is_empty());
+    }
+
+    /// A sync message's lists are counted from their lengths before automerge decodes it:
+    /// one of more changes (or `have`s) than a message may hold is refused unread, whatever
+    /// they are; an honest one is counted as it is.
+    #[test]
+    fn a_message_listing_too_many_entries_is_refused_undecoded() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let mut t = engine(tu, 1);
+        let mut v = engine(vu, 2);
+        register(&mut t, tu, &[vu]);
+        link(&mut t, &mut v);
+        let id = DocId::new(DocKind::Members, u(vu));
+        // Empty changes: a byte each on the wire.
+        let mut data = vec![0x42, 0, 0, 0];
+        data.extend(leb(MAX_CHANGES as i64 + 1, false));
+        data.extend(std::iter::repeat_n(0u8, MAX_CHANGES as usize + 1));
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: id.clone(),
+                data,
+            },
+        );
+        let r = step.rejected.first().expect("refused");
+        assert_eq!(r.reason, RejectReason::Malformed, "{r:?}");
+        assert!(r.detail.contains("changes (at most"), "{r:?}");
+        // Empty haves: two bytes each.
+        let mut data = vec![0x42, 0, 0];
+        data.extend(leb(1 << 20, false));
+        data.extend(std::iter::repeat_n(0u8, 2 << 20));
+        data.push(0);
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: DocId::new(DocKind::Meetings, u(vu)),
+                data,
+            },
+        );
+        let r = step.rejected.first().expect("refused");
+        assert!(r.detail.contains("1048576 haves"), "{r:?}");
+        // An honest message reads as it is.
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [5; 8]));
+        doc::create_member(&mut d, RecordId::from_u64(1), &member("A")).unwrap();
+        let mut s = sync::State::new();
+        let m = d.generate_sync_message(&mut s).unwrap();
+        let (heads, haves) = (m.heads.len() as u64, m.have.len() as u64);
+        assert_eq!(message_counts(&m.encode()), Some([heads, 0, haves, 0]));
+        let bytes = changes_message(vec![d.get_changes(&[])[0].raw_bytes().to_vec()]);
+        assert_eq!(message_counts(&bytes), Some([0, 0, 0, 1]));
+        assert_eq!(message_counts(&bytes[..2]), None);
     }
 
     /// A message of `changes` (whole chunks) for a document, as a peer would send it.
