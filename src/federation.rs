@@ -222,13 +222,15 @@ impl Federation {
             .get(unit)
             .cloned()
             .with_context(|| format!("unknown unit {unit}"))?;
-        // quinn's endpoint driver may still hold the old UDP socket for a moment after
-        // shutdown (a restarted process gets its port back from the OS at exit).
+        // quinn's endpoint driver may still hold the old UDP socket after shutdown, until
+        // its connections have drained (three probe timeouts, seconds on a lossy relay: a
+        // CI run once saw more than 5 s); a restarted process gets its port back from the OS
+        // at exit.
         let mut attempts = 0;
         let running = loop {
             match RunningNode::start(cfg.clone(), http).await {
                 Ok(r) => break r,
-                Err(e) if attempts < 50 && format!("{e:#}").contains("in use") => {
+                Err(e) if attempts < 300 && format!("{e:#}").contains("in use") => {
                     attempts += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
