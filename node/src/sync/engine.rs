@@ -668,8 +668,9 @@ struct Carried {
     authors: Vec<(UnitId, Option<ChangeHash>)>,
     /// Each single change's hash and inflated size.
     changes: Vec<(ChangeHash, u64)>,
-    /// Changes opening an actor (sequence number 1): actors the message may add.
-    opening: u64,
+    /// Changes opening an actor (sequence number 1), by hash: those the document does not
+    /// hold yet are the actors the message adds.
+    opening: Vec<ChangeHash>,
     /// Actors listed by document chunks (new to a document that holds anything already).
     listed: u64,
     /// Values the message's columns declare.
@@ -684,7 +685,12 @@ impl Carried {
     fn actors_fit(&self, doc: &Automerge, id: &DocId) -> Result<(), Rejection> {
         let stats = doc.stats();
         let empty = stats.num_changes == 0;
-        let new = self.opening + if empty { 0 } else { self.listed };
+        let opening = self
+            .opening
+            .iter()
+            .filter(|h| doc.get_change_meta_by_hash(h).is_none())
+            .count() as u64;
+        let new = opening + if empty { 0 } else { self.listed };
         if new == 0 {
             return Ok(());
         }
@@ -790,7 +796,9 @@ fn authors_of(
                     .map_err(|e| malformed(&format!("change: {e}")))?;
                 carried.authors.push((unit(&c)?, Some(c.hash())));
                 carried.changes.push((c.hash(), size));
-                carried.opening += u64::from(c.seq() == 1);
+                if c.seq() == 1 {
+                    carried.opening.push(c.hash());
+                }
             }
             CHUNK_DOCUMENT => {
                 // A whole document (sent to a peer that has nothing). Its body opens with the
@@ -2793,6 +2801,9 @@ mod tests {
                 },
             )
         };
+        let step = send(&mut t, (10..10 + MAX_DOC_ACTORS as u8).map(by).collect());
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        // The same again (as after a reset): no actor is new, none refused.
         let step = send(&mut t, (10..10 + MAX_DOC_ACTORS as u8).map(by).collect());
         assert!(step.rejected.is_empty(), "{:?}", step.rejected);
         let step = send(&mut t, vec![by(100)]);
