@@ -6603,6 +6603,26 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// The names of `me`'s subtree's members, listed by name (through the sorted index at a
+    /// county or a city).
+    fn by_name(r: &StoreReader, me: &UnitId) -> Vec<String> {
+        r.members_ordered(
+            me,
+            true,
+            MemberFilter::default(),
+            MemberOrder::Name,
+            false,
+            None,
+            10,
+            true,
+        )
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|(_, m)| m.name)
+        .collect()
+    }
+
     /// A layout 13 store whose JSON roll-up row of one unit does not decode: layout 14 does
     /// not leave that unit without a row (its later changes would count from zero) but writes
     /// every view again from the documents.
@@ -6680,19 +6700,7 @@ mod tests {
         let (h, r, t) = open(&path, me.clone()).unwrap();
         assert!(h.verify_views().await.unwrap().is_empty());
         assert_eq!(r.member(&made[0].id).unwrap().unwrap().name, "Member 2");
-        let p = r
-            .members_ordered(
-                &me,
-                true,
-                MemberFilter::default(),
-                MemberOrder::Name,
-                false,
-                None,
-                10,
-                true,
-            )
-            .unwrap();
-        let got: Vec<&str> = p.items.iter().map(|(_, m)| m.name.as_str()).collect();
+        let got = by_name(&r, &me);
         assert_eq!(got, ["Member 1", "Member 2"]);
         t.shutdown().await;
     }
@@ -6749,19 +6757,7 @@ mod tests {
         let (h, r, t) = open(&path, me.clone()).unwrap();
         assert!(h.verify_views().await.unwrap().is_empty());
         assert_eq!(epoch(&r), before);
-        let p = r
-            .members_ordered(
-                &me,
-                true,
-                MemberFilter::default(),
-                MemberOrder::Name,
-                false,
-                None,
-                10,
-                true,
-            )
-            .unwrap();
-        let got: Vec<&str> = p.items.iter().map(|(_, m)| m.name.as_str()).collect();
+        let got = by_name(&r, &me);
         assert_eq!(got, ["Member 1", "Member 2", "Member 3"]);
         let tx = r.db_for_tests().begin_read().unwrap();
         let entries = tx.open_table(VIEW_ORDER).unwrap().iter().unwrap().count();

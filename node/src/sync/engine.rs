@@ -2562,17 +2562,23 @@ mod tests {
         assert!(names(&t, "c01/k01/t01/v01").is_empty());
     }
 
-    /// A sync message's lists are counted from their lengths before automerge decodes it:
-    /// one of more changes (or `have`s) than a message may hold is refused unread, whatever
-    /// they are; an honest one is counted as it is.
-    #[test]
-    fn a_message_listing_too_many_entries_is_refused_undecoded() {
+    /// A township and its registered village, linked; the village's register.
+    fn township_and_village() -> (Engine, Engine, DocId) {
         let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
         let mut t = engine(tu, 1);
         let mut v = engine(vu, 2);
         register(&mut t, tu, &[vu]);
         link(&mut t, &mut v);
-        let id = DocId::new(DocKind::Members, u(vu));
+        (t, v, DocId::new(DocKind::Members, u(vu)))
+    }
+
+    /// A sync message's lists are counted from their lengths before automerge decodes it:
+    /// one of more changes (or `have`s) than a message may hold is refused unread, whatever
+    /// they are; an honest one is counted as it is.
+    #[test]
+    fn a_message_listing_too_many_entries_is_refused_undecoded() {
+        let vu = "c01/k01/t01/v01";
+        let (mut t, _v, id) = township_and_village();
         // Empty changes: a byte each on the wire.
         let mut data = vec![0x42, 0, 0, 0];
         data.extend(leb(MAX_CHANGES as i64 + 1, false));
@@ -2675,12 +2681,8 @@ mod tests {
     /// nothing ends), and the link goes on: the village's next write syncs.
     #[test]
     fn a_change_declaring_more_values_than_a_frame_may_is_refused_unread() {
-        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
-        let mut t = engine(tu, 1);
-        let mut v = engine(vu, 2);
-        register(&mut t, tu, &[vu]);
-        link(&mut t, &mut v);
-        let id = DocId::new(DocKind::Members, u(vu));
+        let vu = "c01/k01/t01/v01";
+        let (mut t, mut v, id) = township_and_village();
         let step = t.receive(
             &u(vu),
             Msg::Sync {
@@ -2716,11 +2718,7 @@ mod tests {
     #[test]
     fn changes_waiting_for_dependencies_are_bounded() {
         let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
-        let mut t = engine(tu, 1);
-        let mut v = engine(vu, 2);
-        register(&mut t, tu, &[vu]);
-        link(&mut t, &mut v);
-        let id = DocId::new(DocKind::Members, u(vu));
+        let (mut t, mut v, id) = township_and_village();
         let mut d = doc::empty(&doc::actor_for(&u(vu), [5; 8]));
         for i in 0..(MAX_WAITING as u64 + 12) {
             doc::create_member(&mut d, RecordId::from_u64(i), &member(&format!("M{i}"))).unwrap();
@@ -2781,12 +2779,8 @@ mod tests {
     /// A message may not bring a document more actors than it may hold.
     #[test]
     fn a_document_holds_a_bounded_number_of_actors() {
-        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
-        let mut t = engine(tu, 1);
-        let mut v = engine(vu, 2);
-        register(&mut t, tu, &[vu]);
-        link(&mut t, &mut v);
-        let id = DocId::new(DocKind::Members, u(vu));
+        let vu = "c01/k01/t01/v01";
+        let (mut t, _v, id) = township_and_village();
         let by = |n: u8| {
             let mut d = doc::empty(&doc::actor_for(&u(vu), [n; 8]));
             doc::create_member(&mut d, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
