@@ -5388,6 +5388,17 @@ mod tests {
         (h, t, sent, session)
     }
 
+    /// Sync items (not even messages) about the registers of 200 units named `prefix` and
+    /// a number from 002: a batch frame of them.
+    fn registers_of(prefix: &str) -> Vec<(DocId, Vec<u8>)> {
+        (2..202)
+            .map(|i| {
+                let unit = u(&format!("{prefix}{i:03}"));
+                (DocId::new(DocKind::Members, unit), vec![0x42])
+            })
+            .collect()
+    }
+
     /// One link's batch frame of many items does not hold another link's frames: they are
     /// taken beside its parts, not after the whole of it.
     #[tokio::test]
@@ -5407,12 +5418,7 @@ mod tests {
             .unwrap();
         // The parent's frame: items about other townships' registers, outside the link's
         // scope, each answered with a refusal (one a batch).
-        let items: Vec<(DocId, Vec<u8>)> = (2..202)
-            .map(|i| {
-                let other = u(&format!("c01/k01/t{i:03}"));
-                (DocId::new(DocKind::Members, other), vec![0x42])
-            })
-            .collect();
+        let items = registers_of("c01/k01/t");
         let n = items.len();
         let hold = hold_for_with_peers(&h, 0, 2).await;
         h.from_peer(parent.clone(), session, Msg::SyncBatch(items), None)
@@ -5467,12 +5473,7 @@ mod tests {
             .unwrap();
         // Items about siblings' registers, outside the link's scope: each answered with a
         // refusal, in the order handled (fewer than close the link).
-        let items: Vec<(DocId, Vec<u8>)> = (2..202)
-            .map(|i| {
-                let sibling = u(&format!("c01/k01/t01/v{i:03}"));
-                (DocId::new(DocKind::Members, sibling), vec![0x42])
-            })
-            .collect();
+        let items = registers_of("c01/k01/t01/v");
         let n = items.len();
         assert!(n < MAX_REJECTED_PER_LINK as usize);
         let hold = hold_for_with_peers(&h, 1, 1).await;
