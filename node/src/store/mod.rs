@@ -1572,7 +1572,8 @@ struct Actor {
     /// other links' frames are taken in the same shares, so that it does not hold them
     /// either.
     peer_rests: std::collections::VecDeque<PeerRest>,
-    /// Frames of a peer whose batch frame is under way, in order, taken once it is done.
+    /// Frames of a peer whose batch frame is under way (and its link's coming up again or
+    /// going down), in order, taken once it is done.
     stashed: HashMap<UnitId, std::collections::VecDeque<Command>>,
     /// Frames taken out of `stashed` (their peer's batch frame done), before the inbox.
     unstashed: std::collections::VecDeque<Command>,
@@ -1696,7 +1697,11 @@ impl Actor {
                         .or_else(|| peer_first.take())
                         .or_else(|| peers.try_recv().ok())
                 {
-                    if let Command::FromPeer { peer, .. } = &cmd
+                    // A link's coming and going waits too: the frames it read before are
+                    // applied, not dropped with it.
+                    if let Command::FromPeer { peer, .. }
+                    | Command::PeerUp { peer, .. }
+                    | Command::PeerDown { peer, .. } = &cmd
                         && self.peer_rests.iter().any(|r| r.peer == *peer)
                     {
                         let peer = peer.clone();
@@ -2419,9 +2424,15 @@ impl Actor {
     /// The link to `peer` ends: its sync states are saved, and its connection is closed if
     /// it still runs (a revocation, a replacement or a misbehaving peer end it from here).
     fn on_peer_down(&mut self, peer: UnitId, batch: &mut Batch) {
-        // The rest of its last frame is dropped with the link, as its queued frames are.
+        // The rest of its last frame is dropped with the link, as its queued frames are; a
+        // newer connection's coming up (and what came on it) waited behind it, and goes on.
         self.peer_rests.retain(|r| r.peer != peer);
-        self.stashed.remove(&peer);
+        if let Some(waited) = self.stashed.remove(&peer) {
+            let old = self.links.get(&peer).map(|l| l.counters.session);
+            self.unstashed.extend(waited.into_iter().filter(
+                |c| !matches!(c, Command::FromPeer { session, .. } if Some(*session) == old),
+            ));
+        }
         for (doc, state) in self.engine.disconnect(&peer) {
             batch.states.push((peer.clone(), doc, state));
         }
@@ -5397,6 +5408,42 @@ mod tests {
                 (DocId::new(DocKind::Members, unit), vec![0x42])
             })
             .collect()
+    }
+
+    /// A link that goes down while its batch frame is under way has the whole frame applied
+    /// first (its going down waits behind it, as its frames do), not dropped with it.
+    #[tokio::test]
+    async fn a_link_going_down_waits_for_its_batch_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, parent) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
+        let (h, t, mut sent, session) = linked_to_parent(dir.path(), &me).await;
+        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
+            .await
+            .unwrap();
+        let items = registers_of("c01/k01/t01/v");
+        let n = items.len();
+        let hold = hold_for_with_peers(&h, 0, 2).await;
+        h.from_peer(parent.clone(), session, Msg::SyncBatch(items), None)
+            .await
+            .unwrap();
+        h.peer_down(parent.clone(), session).await;
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while h.status().await.unwrap().links.iter().any(|l| l.connected) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the link never went down"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut refused = 0;
+        while let Ok(m) = sent.try_recv() {
+            refused += usize::from(matches!(m, Msg::Reject { .. }));
+        }
+        assert_eq!(refused, n, "items dropped with the link");
+        t.shutdown().await;
     }
 
     /// One link's batch frame of many items does not hold another link's frames: they are

@@ -149,16 +149,16 @@ fn inflate(deflated: &[u8], cap: u64) -> Option<Vec<u8>> {
 }
 
 /// The values the columns `cols` (whose data starts at `pos`) declare, summed, counting
-/// stopping past `cap`; a compressed column is inflated to be counted (at most
-/// `inflate_cap` bytes), where the chunk may have them.
+/// stopping past `cap`, and the most any one column declares; a compressed column is
+/// inflated to be counted (at most `inflate_cap` bytes), where the chunk may have them.
 fn columns_items(
     body: &[u8],
     pos: &mut usize,
     cols: &[(u64, u64)],
     cap: u64,
     inflate_cap: Option<u64>,
-) -> Option<u64> {
-    let mut total = 0u64;
+) -> Option<Declared> {
+    let (mut total, mut widest) = (0u64, 0u64);
     for &(spec, len) in cols {
         let end = pos.checked_add(usize::try_from(len).ok()?)?;
         let data = body.get(*pos..end)?;
@@ -170,15 +170,30 @@ fn columns_items(
             column_items(ty, data, cap - total)?
         };
         total = total.saturating_add(n);
+        widest = widest.max(n);
         if total > cap {
             break;
         }
     }
-    Some(total)
+    Some(Declared {
+        values: total,
+        widest,
+    })
+}
+
+/// What a chunk's columns declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// Values, summed over every column (what automerge visits to read the chunk).
+    pub values: u64,
+    /// The most values one column declares: about the operations (or, of a document's
+    /// change columns, the changes) the chunk holds, each column holding one per operation
+    /// (the columns of an operation's predecessors, one per predecessor).
+    pub widest: u64,
 }
 
 /// The values a change's body declares in its op columns (its header read and passed over).
-fn change_items(body: &[u8], cap: u64) -> Option<u64> {
+fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
     let mut pos = 0;
     let deps = usize::try_from(leb128(body, &mut pos)?).ok()?;
     pos = pos.checked_add(deps.checked_mul(32)?)?;
@@ -195,10 +210,10 @@ fn change_items(body: &[u8], cap: u64) -> Option<u64> {
 
 /// How many values the columns of `chunk` declare in all (what automerge visits, one at a
 /// time, to check and apply it), counted without expanding a run: at most a little past
-/// `cap`, where counting stops. A compressed change, or compressed document columns, are
+/// `cap`, where counting stops; and the most one column declares. A compressed change, or compressed document columns, are
 /// inflated to be read (at most `inflate_cap` bytes each, which [`inflated_len`] has
 /// measured first). `None` when the chunk is unreadable.
-pub fn items_declared(kind: u8, body: &[u8], cap: u64, inflate_cap: u64) -> Option<u64> {
+pub fn items_declared(kind: u8, body: &[u8], cap: u64, inflate_cap: u64) -> Option<Declared> {
     match kind {
         CHUNK_CHANGE => change_items(body, cap),
         CHUNK_COMPRESSED_CHANGE => change_items(&inflate(body, inflate_cap)?, cap),
@@ -367,20 +382,32 @@ mod tests {
         let raw = change.raw_bytes();
         let (kind, _, body) = split_chunks(raw).unwrap()[0];
         assert_eq!(kind, CHUNK_CHANGE);
-        let n = items_declared(kind, body, u64::MAX, 1 << 20).unwrap();
+        let declared = items_declared(kind, body, u64::MAX, 1 << 20).unwrap();
+        let n = declared.values;
         assert!((5 * 500..=30 * 500).contains(&n), "{n}");
+        assert_eq!(
+            declared.widest, 500,
+            "a value per operation in the widest column"
+        );
         let mut change = change;
         let compressed = change.bytes().into_owned();
         let (kind, _, body) = split_chunks(&compressed).unwrap()[0];
         assert_eq!(kind, CHUNK_COMPRESSED_CHANGE);
-        assert_eq!(items_declared(kind, body, u64::MAX, 1 << 20), Some(n));
+        assert_eq!(
+            items_declared(kind, body, u64::MAX, 1 << 20),
+            Some(declared)
+        );
         let saved = d.save();
         let (kind, _, body) = split_chunks(&saved).unwrap()[0];
         assert_eq!(kind, CHUNK_DOCUMENT);
         let m = items_declared(kind, body, u64::MAX, 1 << 20).unwrap();
-        assert!(m >= n / 2, "{m} for the document, {n} for its change");
+        assert!(
+            m.values >= n / 2,
+            "{m:?} for the document, {n} for its change"
+        );
+        assert_eq!(m.widest, 500);
         // Counting stops past the cap.
-        assert!(items_declared(kind, body, 10, 1 << 20).unwrap() > 10);
+        assert!(items_declared(kind, body, 10, 1 << 20).unwrap().values > 10);
     }
 
     #[test]

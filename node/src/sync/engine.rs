@@ -80,9 +80,18 @@ pub const MAX_INFLATED: u64 = 64 << 20;
 /// Most values the columns of one incoming frame's changes may declare, summed over every
 /// column (counted run by run before automerge sees them: a run-length encoded column
 /// declares 2^62 values in ten bytes, which automerge would visit one at a time). An
-/// honest change declares about a dozen per operation, so this is some 700,000
-/// operations: a village register of 5,000 changes declares about 150,000 values.
-pub const MAX_ITEMS: u64 = 1 << 23;
+/// honest change declares about a dozen per operation: a village register of 5,000
+/// changes declares about 150,000 values, a compressed document about 5 a byte. A sender
+/// splits a message past [`MAX_PART_ITEMS`], and packs at most 1 MiB of messages into a
+/// batch frame, so an honest frame stays well under this.
+pub const MAX_ITEMS: u64 = 1 << 25;
+/// Most values one outgoing sync message's changes declare: a larger message goes in parts,
+/// as for its bytes ([`MAX_PART`]); a single change past it goes alone.
+#[cfg(not(test))]
+const MAX_PART_ITEMS: u64 = 1 << 23;
+// Smaller under test, so that a register of a thousand members goes in parts.
+#[cfg(test)]
+const MAX_PART_ITEMS: u64 = 1 << 15;
 
 /// Most actors a document may hold (each node process that writes to it adds one: a
 /// register written by a node restarted daily for twenty years holds about 7,300). Each
@@ -96,18 +105,25 @@ pub const MAX_DOC_ACTORS: u64 = 8;
 /// Most rewriting one message's new actors may cost: automerge rewrites every actor column
 /// of a document for each actor a message adds, so a message adding actors may do so only
 /// while (new actors) x (operations held and brought) stays under this. An honest backlog
-/// of 365 process starts into a register of 50,000 operations costs 1.8 x 10^7.
-pub const MAX_ACTOR_REWRITES: u64 = 1 << 27;
+/// of 365 process starts bringing 40,000 operations into a register of 50,000 costs
+/// 3.3 x 10^7; a whole register of 100,000 operations and 1,000 actors sent to a peer
+/// holding none of them, 10^8.
+pub const MAX_ACTOR_REWRITES: u64 = 1 << 28;
 
 /// Most bytes of a peer's changes a document may hold waiting for their dependencies
-/// (automerge keeps them aside, and honest peers cause it when a Bloom filter's false
-/// positive leaves a change out, which the next round asks for). Past it the message is
-/// refused: a peer could otherwise fill memory with changes that never apply.
+/// (automerge keeps them aside). Honest peers cause it: a Bloom filter's false positive
+/// (about 1% of the changes a round sends, when the receiver has changes of its own since
+/// the last sync) leaves a change out, and every later change of its writer waits for it
+/// until the next round asks for it; so a round's whole backlog may wait, and a refusal
+/// would come back at every session (the filter is the same). Past this the message is
+/// refused: a peer could otherwise fill memory with changes that never apply. Twice what
+/// one frame may inflate to; the waiting changes count towards the loaded documents'
+/// memory budget, and evicting their document drops them (it is saved without them).
 #[cfg(not(test))]
-pub const MAX_WAITING_BYTES: u64 = 16 << 20;
-/// Most changes a document may hold waiting, as above.
+pub const MAX_WAITING_BYTES: u64 = 2 * MAX_INFLATED;
+/// Most changes a document may hold waiting, as above: a backlog of a million changes.
 #[cfg(not(test))]
-pub const MAX_WAITING: usize = 16_384;
+pub const MAX_WAITING: usize = 1 << 20;
 // Smaller under test, so that a test reaches them with a few changes.
 #[cfg(test)]
 pub const MAX_WAITING_BYTES: u64 = 1 << 20;
@@ -599,7 +615,7 @@ fn split_message(
     // header leave this much for one change.
     let frame_room = wire::MAX_FRAME.saturating_sub(frame(Vec::new()).len() + 1024);
     let mut parts: Vec<Vec<Vec<u8>>> = Vec::new();
-    let (mut part, mut size, mut inflated) = (Vec::new(), 0, 0);
+    let (mut part, mut size, mut inflated, mut values) = (Vec::new(), 0, 0, 0);
     for mut c in doc.get_changes(&[]) {
         if !carried.contains(&c.hash()) {
             continue;
@@ -608,17 +624,27 @@ fn split_message(
         if raw > MAX_PART_INFLATED {
             return Err(format!("one change of {raw} bytes"));
         }
+        // A change past a part's values goes alone, as long as it stays well under a
+        // receiver's cap for the frame.
+        let declared = values_of(std::iter::once(c.raw_bytes()), MAX_ITEMS / 2);
+        if declared > MAX_ITEMS / 2 {
+            return Err(format!("one change of more than {} values", MAX_ITEMS / 2));
+        }
         let bytes = c.bytes().into_owned();
         if bytes.len() > frame_room {
             return Err(format!("one change of {} bytes compressed", bytes.len()));
         }
-        if !part.is_empty() && (size + bytes.len() > MAX_PART || inflated + raw > MAX_PART_INFLATED)
+        if !part.is_empty()
+            && (size + bytes.len() > MAX_PART
+                || inflated + raw > MAX_PART_INFLATED
+                || values + declared > MAX_PART_ITEMS)
         {
             parts.push(std::mem::take(&mut part));
-            (size, inflated) = (0, 0);
+            (size, inflated, values) = (0, 0, 0);
         }
         size += bytes.len();
         inflated += raw;
+        values += declared;
         part.push(bytes);
     }
     if !part.is_empty() {
@@ -630,6 +656,28 @@ fn split_message(
         parts.push(Vec::new());
     }
     Ok((parts.into_iter().map(frame).collect(), left_out))
+}
+
+/// The values the chunks of `changes` declare ([`items_declared`]), counting stopped a
+/// little past `cap`; a chunk that does not read counts as past it.
+fn values_of<'a>(changes: impl Iterator<Item = &'a [u8]>, cap: u64) -> u64 {
+    let mut total = 0u64;
+    for entry in changes {
+        let Some(chunks) = split_chunks(entry) else {
+            return u64::MAX;
+        };
+        for (kind, _, body) in chunks {
+            let left = cap.saturating_sub(total);
+            match items_declared(kind, body, left, MAX_INFLATED) {
+                Some(d) => total = total.saturating_add(d.values),
+                None => return u64::MAX,
+            }
+            if total > cap {
+                return total;
+            }
+        }
+    }
+    total
 }
 
 /// Whether the changes `candidate` gained beyond `before` are all authored by units `below`
@@ -671,10 +719,13 @@ struct Carried {
     /// Changes opening an actor (sequence number 1), by hash: those the document does not
     /// hold yet are the actors the message adds.
     opening: Vec<ChangeHash>,
-    /// Actors listed by document chunks (new to a document that holds anything already).
-    listed: u64,
+    /// Actors listed by document chunks (those a document holding anything already does
+    /// not hold are new to it).
+    listed: Vec<ActorId>,
     /// Values the message's columns declare.
     items: u64,
+    /// About the operations the message brings (its chunks' widest columns).
+    ops: u64,
 }
 
 impl Carried {
@@ -690,7 +741,19 @@ impl Carried {
             .iter()
             .filter(|h| doc.get_change_meta_by_hash(h).is_none())
             .count() as u64;
-        let new = opening + if empty { 0 } else { self.listed };
+        // Only a whole document sent to a peer holding part of it (rare) pays for reading
+        // the actors held.
+        let listed = if empty || self.listed.is_empty() {
+            0
+        } else {
+            let held: HashSet<ActorId> = doc
+                .get_changes_meta(&[])
+                .into_iter()
+                .map(|c| c.actor.into_owned())
+                .collect();
+            self.listed.iter().filter(|a| !held.contains(*a)).count() as u64
+        };
+        let new = opening + listed;
         if new == 0 {
             return Ok(());
         }
@@ -701,8 +764,7 @@ impl Carried {
                 stats.num_actors
             )));
         }
-        if !empty
-            && new.saturating_mul(stats.num_ops.saturating_add(self.items)) > MAX_ACTOR_REWRITES
+        if !empty && new.saturating_mul(stats.num_ops.saturating_add(self.ops)) > MAX_ACTOR_REWRITES
         {
             return Err(too_large(format!(
                 "{new} new actors for a document of {} operations in one message",
@@ -779,10 +841,11 @@ fn authors_of(
             )));
         }
         let left = MAX_ITEMS.saturating_sub(spent.items);
-        let items = items_declared(kind, body, left, size)
+        let declared = items_declared(kind, body, left, size)
             .ok_or_else(|| malformed("unreadable change columns"))?;
-        spent.items = spent.items.saturating_add(items);
-        carried.items = carried.items.saturating_add(items);
+        spent.items = spent.items.saturating_add(declared.values);
+        carried.items = carried.items.saturating_add(declared.values);
+        carried.ops = carried.ops.saturating_add(declared.widest);
         if spent.items > MAX_ITEMS {
             return Err(too_large(format!(
                 "the frame's changes declare more than {MAX_ITEMS} values"
@@ -815,7 +878,7 @@ fn authors_of(
                         )
                     })?;
                     carried.authors.push((author, None));
-                    carried.listed += 1;
+                    carried.listed.push(ActorId::from(actor));
                 }
             }
             _ => return Err(malformed("unknown chunk type")),
@@ -1625,7 +1688,7 @@ impl Engine {
                 theirs == m.heads
             });
         let carried: usize = m.changes.iter().map(<[u8]>::len).sum();
-        if carried <= MAX_PART {
+        if carried <= MAX_PART && values_of(m.changes.iter(), MAX_PART_ITEMS) <= MAX_PART_ITEMS {
             return Some((
                 vec![Msg::Sync {
                     doc: id.clone(),
@@ -2774,6 +2837,83 @@ mod tests {
                 .get_missing_deps(&[])
                 .is_empty()
         );
+    }
+
+    /// A message whose changes declare more values than a part may goes in parts, each
+    /// under the bound (so that no honest frame nears a receiver's cap), and the peer
+    /// takes them all.
+    #[test]
+    fn a_message_of_many_values_goes_in_parts() {
+        let (tu, vu) = ("c01/k01/t01", "c01/k01/t01/v01");
+        let mut t = engine(tu, 1);
+        let mut v = engine(vu, 2);
+        register(&mut t, tu, &[vu]);
+        for i in 0..1_000 {
+            write(&mut v, vu, i, &format!("Member {i:04}"));
+        }
+        let id = DocId::new(DocKind::Members, u(vu));
+        let mut queue: VecDeque<(UnitId, UnitId, Msg)> = connect(&mut t, &mut v).into();
+        let mut parts = Vec::new();
+        while let Some((from, to, msg)) = queue.pop_front() {
+            if let Msg::Sync { doc, data } = &msg
+                && doc == &id
+                && from == *v.me()
+            {
+                let m = sync::Message::decode(data).unwrap();
+                parts.push(values_of(m.changes.iter(), u64::MAX));
+            }
+            let target = if to == *t.me() { &mut t } else { &mut v };
+            let step = target.receive(&from, msg);
+            assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+            queue.extend(step.send.into_iter().map(|(p, m)| (to.clone(), p, m)));
+        }
+        let carrying: Vec<u64> = parts.into_iter().filter(|n| *n > 0).collect();
+        assert!(carrying.len() >= 2, "{carrying:?}");
+        assert!(
+            carrying.iter().all(|n| *n <= MAX_PART_ITEMS),
+            "{carrying:?}"
+        );
+        assert!(carrying.iter().sum::<u64>() > MAX_PART_ITEMS);
+        assert_eq!(names(&t, vu).len(), 1_000);
+    }
+
+    /// A whole document sent to a peer that holds part of it adds only the actors the peer
+    /// lacks: those it holds are not counted as new.
+    #[test]
+    fn a_whole_document_adds_only_the_actors_not_held() {
+        let vu = "c01/k01/t01/v01";
+        let (mut t, _v, id) = township_and_village();
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [0; 8]));
+        let mut held = Vec::new();
+        for n in 1..MAX_DOC_ACTORS as u8 {
+            let mut w = d.fork().with_actor(doc::actor_for(&u(vu), [n; 8]));
+            doc::create_member(&mut w, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
+            d.merge(&mut w).unwrap();
+        }
+        for c in d.get_changes(&[]) {
+            held.push(c.raw_bytes().to_vec());
+        }
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: id.clone(),
+                data: changes_message(held),
+            },
+        );
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        // One actor more, sent with the whole document: one new actor, not all of them.
+        let mut w = d.fork().with_actor(doc::actor_for(&u(vu), [99; 8]));
+        doc::create_member(&mut w, RecordId::from_u64(99), &member("B")).unwrap();
+        d.merge(&mut w).unwrap();
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: id.clone(),
+                data: changes_message(vec![d.save()]),
+            },
+        );
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert_eq!(names(&t, vu).len(), MAX_DOC_ACTORS as usize);
     }
 
     /// A message may not bring a document more actors than it may hold.
@@ -4509,7 +4649,7 @@ mod tests {
         let (mut spent, mut carried) = (Spent::default(), Carried::default());
         authors_of(&saved, &id, &mut spent, &mut carried).unwrap();
         assert_eq!(carried.authors.len(), 2);
-        assert_eq!(carried.listed, 2);
+        assert_eq!(carried.listed.len(), 2);
         assert!(spent.inflated > 0 && spent.items > 0);
         assert_eq!(spent.items, carried.items);
         // Truncated or junk chunks are refused, not misread.
