@@ -581,6 +581,7 @@ pub fn open_database(
         peer_rests: std::collections::VecDeque::new(),
         stashed: HashMap::new(),
         unstashed: std::collections::VecDeque::new(),
+        rests_first: false,
     };
     // Only to wait on both inboxes at once; it runs nothing else.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1577,6 +1578,9 @@ struct Actor {
     stashed: HashMap<UnitId, std::collections::VecDeque<Command>>,
     /// Frames taken out of `stashed` (their peer's batch frame done), before the inbox.
     unstashed: std::collections::VecDeque<Command>,
+    /// Whether this batch's share goes on with the batch frames under way before the
+    /// other links' frames (it alternates).
+    rests_first: bool,
 }
 
 /// The items of a peer's batch frame not handled yet.
@@ -1685,10 +1689,15 @@ impl Actor {
                 let until = std::time::Instant::now() + self.peer_work;
                 self.peer_until = until;
                 let time_left = |frames: usize| frames == 0 || std::time::Instant::now() < until;
-                // Frames first (a peer's later frames wait for its batch frame under way),
-                // then each batch frame under way since an earlier share goes on by at least
-                // one item: no link's work holds another's.
+                // The other links' frames (a peer's later frames wait for its batch frame
+                // under way), and each batch frame under way since an earlier share going on
+                // by at least one item; which of the two goes first alternates from share to
+                // share, so that neither holds the other: no link's work holds another's.
                 let under_way = self.peer_rests.len();
+                self.rests_first = !self.rests_first;
+                if self.rests_first {
+                    self.resume_rests(under_way, &mut batch, &mut timing);
+                }
                 while timing.peer_frames < MAX_PEER_FRAMES
                     && time_left(timing.peer_frames)
                     && let Some(cmd) = self
@@ -1711,25 +1720,8 @@ impl Actor {
                     timing.peer_frames += 1;
                     self.on_command(cmd, &mut batch);
                 }
-                for _ in 0..under_way {
-                    let Some(r) = self.peer_rests.pop_front() else {
-                        break;
-                    };
-                    timing.peer_frames += 1;
-                    let peer = r.peer.clone();
-                    self.on_peer_input(
-                        r.peer,
-                        r.session,
-                        PeerInput::Rest(r.rest),
-                        r.held,
-                        &mut batch,
-                    );
-                    // Done with it: the peer's frames that waited come next, in order.
-                    if !self.peer_rests.iter().any(|r| r.peer == peer)
-                        && let Some(waited) = self.stashed.remove(&peer)
-                    {
-                        self.unstashed.extend(waited);
-                    }
+                if !self.rests_first {
+                    self.resume_rests(under_way, &mut batch, &mut timing);
                 }
                 // Then links' documents to start, in what is left of it (at least one when
                 // no frame came, so that they advance).
@@ -2318,6 +2310,25 @@ impl Actor {
             } => self.on_peer_input(peer, session, PeerInput::Frame(msg), held, batch),
             Command::Compacted(done) => batch.compacted.push(done),
             Command::Shutdown { reply } => batch.shutdown = Some(reply),
+        }
+    }
+
+    /// The first `n` batch frames under way go on, each by at least one item and then while
+    /// the share lasts; a peer whose frame is done has the frames that waited behind it
+    /// taken next, in order.
+    fn resume_rests(&mut self, n: usize, batch: &mut Batch, timing: &mut BatchTiming) {
+        for _ in 0..n {
+            let Some(r) = self.peer_rests.pop_front() else {
+                break;
+            };
+            timing.peer_frames += 1;
+            let peer = r.peer.clone();
+            self.on_peer_input(r.peer, r.session, PeerInput::Rest(r.rest), r.held, batch);
+            if !self.peer_rests.iter().any(|r| r.peer == peer)
+                && let Some(waited) = self.stashed.remove(&peer)
+            {
+                self.unstashed.extend(waited);
+            }
         }
     }
 
