@@ -210,9 +210,9 @@ fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
 
 /// How many values the columns of `chunk` declare in all (what automerge visits, one at a
 /// time, to check and apply it), counted without expanding a run: at most a little past
-/// `cap`, where counting stops; and the most one column declares. A compressed change, or compressed document columns, are
-/// inflated to be read (at most `inflate_cap` bytes each, which [`inflated_len`] has
-/// measured first). `None` when the chunk is unreadable.
+/// `cap`, where counting stops; and the most one column declares. A compressed change, or
+/// compressed document columns, are inflated to be read (at most `inflate_cap` bytes each,
+/// which [`inflated_len`] has measured first). `None` when the chunk is unreadable.
 pub fn items_declared(kind: u8, body: &[u8], cap: u64, inflate_cap: u64) -> Option<Declared> {
     match kind {
         CHUNK_CHANGE => change_items(body, cap),
