@@ -229,7 +229,7 @@ fn nothing(_tx: &WriteTransaction) -> Result<(), StoreError> {
 /// since 10). Also what a later migration does when it meets a view row that does not
 /// decode: the views are what it would otherwise leave wrong until an operator ran
 /// `grassroots store rebuild`, and the documents they come from are the truth.
-pub(super) fn views_from_documents(tx: &WriteTransaction) -> Result<(), StoreError> {
+fn views_from_documents(tx: &WriteTransaction) -> Result<(), StoreError> {
     let metas: Vec<(String, DocMeta)> = {
         let docs = tx.open_table(DOCS).map_err(db)?;
         docs.iter()
@@ -264,6 +264,23 @@ pub(super) fn views_from_documents(tx: &WriteTransaction) -> Result<(), StoreErr
                 Err(e) => Some(Err(e)),
             }),
     )
+}
+
+/// After a migration met `spoilt` view rows of `what` that do not decode (each already
+/// named in the log): every view written again from the documents, if any.
+pub(super) fn rebuild_if_spoilt(
+    tx: &WriteTransaction,
+    spoilt: usize,
+    what: &str,
+) -> Result<(), StoreError> {
+    if spoilt == 0 {
+        return Ok(());
+    }
+    tracing::warn!(
+        spoilt,
+        "{what} rows spoilt: every view written again from the documents"
+    );
+    views_from_documents(tx)
 }
 
 /// Bytes before the heads in a [`DOC_STATE`] row.

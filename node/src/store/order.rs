@@ -269,12 +269,5 @@ fn fill_from<T: serde::de::DeserializeOwned>(
             }
         }
     }
-    if spoilt > 0 {
-        tracing::warn!(
-            spoilt,
-            "{what} rows spoilt: every view written again from the documents"
-        );
-        super::load::views_from_documents(tx)?;
-    }
-    Ok(())
+    super::load::rebuild_if_spoilt(tx, spoilt, what)
 }

@@ -119,14 +119,7 @@ pub(super) fn migrate_14_rows(tx: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     tx.delete_table(VIEW_ROLLUPS_JSON).map_err(db)?;
-    if spoilt > 0 {
-        tracing::warn!(
-            spoilt,
-            "roll-up rows spoilt: every view written again from the documents"
-        );
-        super::load::views_from_documents(tx)?;
-    }
-    Ok(())
+    super::load::rebuild_if_spoilt(tx, spoilt, "roll-up")
 }
 
 // The row format (since layout 14). A format byte, then the roll-up's parts in a fixed
