@@ -725,7 +725,11 @@ async fn dial(
             &hello,
         )
         .await?;
-        let early = early_streams.is_some();
+        // A hello that went on a stream opened after the handshake was not early, though
+        // it says so: the parent waits for a probe after it all the same.
+        let early = early_streams
+            .as_ref()
+            .is_some_and(|(_, recv)| recv.is_0rtt());
         tracing::debug!(%parent, early, "handshake done");
         let (peer, fingerprint, cas) = verify_peer(&conn, identity)?;
         if &peer != parent {
@@ -843,7 +847,7 @@ async fn race_handshakes(
         .map(|local| copies::copying(local, addr, copies::Side::Dial));
     let mut running = tokio::task::JoinSet::new();
     running.spawn(handshake(
-        endpoint.connect(addr, server_name)?,
+        early_start(endpoint.connect(addr, server_name)?),
         hello.clone(),
     ));
     loop {
@@ -859,9 +863,49 @@ async fn race_handshakes(
             },
             () = tokio::time::sleep(RACE_AFTER), if room => {
                 tracing::debug!(%addr, racing = running.len() + 1, "handshake slow; starting another");
-                running.spawn(handshake(endpoint.connect(addr, server_name)?, hello.clone()));
+                running.spawn(handshake(early_start(endpoint.connect(addr, server_name)?), hello.clone()));
             }
         }
+    }
+}
+
+/// A handshake as it starts: whole, or early with its stream for the hello.
+enum Start {
+    /// No session to resume (or none that allows early data).
+    Whole(quinn::Connecting),
+    /// Resuming a session: the connection usable in 0-RTT, quinn's signal of the parent's
+    /// answer, and the stream opened for the early hello (none when the connection had no
+    /// stream to give at once).
+    Early {
+        conn: Connection,
+        accepted: quinn::ZeroRttAccepted,
+        stream: Option<(SendStream, RecvStream)>,
+    },
+}
+
+/// Start a handshake: with a session that allows early data, open the hello's stream now,
+/// where the dial called `connect`, and not in the task that runs the handshake. That task
+/// may run only once the handshake is done (a busy runtime); a stream opened then is an
+/// ordinary stream, which a rejection of the early data does not discard.
+fn early_start(connecting: quinn::Connecting) -> Start {
+    match connecting.into_0rtt() {
+        Ok((conn, accepted)) => {
+            // Polled once: a stream is there at once within the session's stream limit.
+            let stream = {
+                let open = std::pin::pin!(conn.open_bi());
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match open.poll(&mut cx) {
+                    std::task::Poll::Ready(Ok(s)) => Some(s),
+                    _ => None,
+                }
+            };
+            Start::Early {
+                conn,
+                accepted,
+                stream,
+            }
+        }
+        Err(connecting) => Start::Whole(connecting),
     }
 }
 
@@ -872,12 +916,16 @@ async fn race_handshakes(
 /// reads it. A parent that no longer holds the session (restarted) refuses the early data;
 /// the caller then sends the hello again on the finished handshake.
 async fn handshake(
-    connecting: quinn::Connecting,
+    start: Start,
     hello: Msg,
 ) -> Result<(Connection, Option<(SendStream, RecvStream)>), NetError> {
-    let (conn, accepted) = match connecting.into_0rtt() {
-        Ok(early) => early,
-        Err(connecting) => return Ok((connecting.await?, None)),
+    let (conn, accepted, stream) = match start {
+        Start::Whole(connecting) => return Ok((connecting.await?, None)),
+        Start::Early {
+            conn,
+            accepted,
+            stream,
+        } => (conn, accepted, stream),
     };
     let early = match hello {
         Msg::Hello(h) => Msg::Hello(Hello {
@@ -886,17 +934,21 @@ async fn handshake(
         }),
         other => other,
     };
-    let streams = async {
-        let (mut send, recv) = conn.open_bi().await?;
-        write_frame(&mut send, &early).await?;
-        Ok::<_, NetError>((send, recv))
-    }
-    .await;
+    let streams = match stream {
+        Some((mut send, recv)) => write_frame(&mut send, &early).await.map(|_| (send, recv)),
+        None => Err(NetError::Handshake("no stream for an early hello".into())),
+    };
     let accepted = accepted.await;
     if let Some(e) = conn.close_reason() {
         return Err(e.into());
     }
-    Ok((conn, streams.ok().filter(|_| accepted)))
+    // A stream opened in 0-RTT is discarded with the early data when the parent refuses it
+    // (dropping it then says nothing to the parent); one opened after the handshake carries
+    // the hello all the same, and dropping it would stop the stream the parent answers on.
+    Ok((
+        conn,
+        streams.ok().filter(|(_, recv)| accepted || !recv.is_0rtt()),
+    ))
 }
 
 /// Close a child's connection with `code` once its handshake is done (a close sent before,
@@ -1675,6 +1727,77 @@ mod tests {
             missing.resolve(None, 0, wait).await,
             Err(NetError::Resolve { .. })
         ));
+    }
+
+    /// A dial's resumed handshake can be done before the hello's stream opens (its thread
+    /// preempted): the stream is then an ordinary one, which a parent refusing the early data
+    /// does not discard. The hello on it is kept and answered; dropped, its stream would be
+    /// stopped under the parent's answer, and the parent drop the link.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hello_stream_opened_after_a_refused_resumption_is_kept() {
+        let u = |s: &str| -> UnitId { s.parse().unwrap() };
+        let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let child = root.issue_child(&u("c01/k01")).unwrap();
+        let cfg = LinkConfig::default();
+        let any = || "127.0.0.1:0".parse().unwrap();
+        let name = u("c01").dns_name(&child.deployment);
+        let client = endpoint(&child, any(), &cfg, None).unwrap();
+
+        // A first parent gives the child a session (its tickets follow the handshake).
+        let first = endpoint(&root, any(), &cfg, None).unwrap();
+        let held = tokio::spawn({
+            let first = first.clone();
+            async move { first.accept().await.unwrap().await.unwrap() }
+        });
+        let conn = client
+            .connect(first.local_addr().unwrap(), &name)
+            .unwrap()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        conn.close(0u32.into(), b"done");
+        drop(held.await.unwrap());
+
+        // A parent without that session (as after a restart) refuses the early data.
+        let second = endpoint(&root, any(), &cfg, None).unwrap();
+        let parent = tokio::spawn({
+            let second = second.clone();
+            async move {
+                let conn = second.accept().await.unwrap().await.unwrap();
+                let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                let hello = read_frame(&mut recv).await.unwrap();
+                write_frame(&mut send, &Msg::Probe).await.unwrap();
+                // Its answer is read before the connection goes.
+                let after = read_frame(&mut recv).await;
+                (hello, after)
+            }
+        });
+        let connecting = client.connect(second.local_addr().unwrap(), &name).unwrap();
+        let Ok((conn, accepted)) = connecting.into_0rtt() else {
+            panic!("the child holds no session to resume");
+        };
+        while conn.peer_identity().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stream = conn.open_bi().await.unwrap();
+        assert!(!stream.1.is_0rtt(), "opened once the handshake was done");
+        let start = Start::Early {
+            conn,
+            accepted,
+            stream: Some(stream),
+        };
+        let (conn, streams) = handshake(start, hello_of(&child)).await.unwrap();
+        let (mut send, mut recv) = streams.expect("the hello's stream is kept");
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv))
+            .await
+            .unwrap();
+        assert!(matches!(answer, Ok(Some(Ok(Msg::Probe)))), "{answer:?}");
+        write_frame(&mut send, &Msg::Probe).await.unwrap();
+        let (hello, after) = parent.await.unwrap();
+        assert!(matches!(hello, Some(Ok(Msg::Hello(_)))), "{hello:?}");
+        assert!(matches!(after, Ok(Some(Ok(Msg::Probe)))), "{after:?}");
+        conn.close(0u32.into(), b"done");
     }
 
     #[test]

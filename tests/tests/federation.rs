@@ -1040,6 +1040,10 @@ async fn held_link(
 /// first flight (0-RTT), which the parent takes; after the parent restarted (it no longer
 /// holds the session) the early hello is refused and sent again once the handshake is done,
 /// and the link comes up all the same. A child set without 0-RTT never sends early.
+///
+/// A resumed handshake on loopback can be done before the dial opens the hello's stream
+/// (its thread preempted between the two: about 1 dial in 100 here); that hello is then not
+/// early, though the link comes up. So the redials are counted: all but one early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redial_sends_its_hello_in_its_first_flight() -> anyhow::Result<()> {
     let (mut fed, _dir, relay, identity) = county_to_dial_as().await?;
@@ -1054,13 +1058,13 @@ async fn a_redial_sends_its_hello_in_its_first_flight() -> anyhow::Result<()> {
         !dial(endpoint.clone()).await?,
         "a first link has no session to resume"
     );
+    let mut early = Vec::new();
+    for _ in 0..3 {
+        early.push(dial(endpoint.clone()).await?);
+    }
     assert!(
-        dial(endpoint.clone()).await?,
-        "the redial's hello went early"
-    );
-    assert!(
-        dial(endpoint.clone()).await?,
-        "and again, with the next session"
+        early.iter().filter(|e| **e).count() >= 2,
+        "redials' hellos went early, each with the session of the one before: {early:?}"
     );
     fed.stop(&city).await?;
     fed.restart(&city).await?;
@@ -1068,9 +1072,13 @@ async fn a_redial_sends_its_hello_in_its_first_flight() -> anyhow::Result<()> {
         !dial(endpoint.clone()).await?,
         "a restarted parent refuses early data"
     );
+    let mut early = Vec::new();
+    for _ in 0..2 {
+        early.push(dial(endpoint.clone()).await?);
+    }
     assert!(
-        dial(endpoint.clone()).await?,
-        "and takes it from the session it gave since"
+        early.iter().any(|e| *e),
+        "and takes it from the sessions it gave since: {early:?}"
     );
     endpoint.close(0u32.into(), b"done");
 
