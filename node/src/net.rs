@@ -1431,6 +1431,8 @@ pub async fn accept_loop(
     let handshakes = Arc::new(tokio::sync::Semaphore::new(most));
     // Permits kept for validated addresses.
     let unvalidated_floor = most / 2;
+    let sources = Arc::new(SourceHandshakes::default());
+    let per_source = (most / 8).max(1);
     loop {
         let incoming = tokio::select! {
             biased;
@@ -1452,7 +1454,15 @@ pub async fn accept_loop(
         // each of which would hold its handshake for the whole timeout, cannot take every
         // one and lock the node's children out.
         let validated = incoming.remote_address_validated();
-        let permit = if validated || handshakes.available_permits() > unvalidated_floor {
+        let free = handshakes.available_permits();
+        // Once half are taken, one source (an address; for IPv6 its /64) holds at most an
+        // eighth: a sender that answers the Retry from its own address is validated like a
+        // child, and could otherwise take every handshake. Below that no source is held
+        // back, so children behind one carrier's address redialling at once all get in.
+        let source = source_of(remote);
+        let held = sources.held(source);
+        let crowded = free <= most / 2 && held >= per_source;
+        let permit = if (validated || free > unvalidated_floor) && !crowded {
             handshakes.clone().try_acquire_owned().ok()
         } else {
             None
@@ -1466,15 +1476,20 @@ pub async fn accept_loop(
                 incoming.refuse();
                 "refused"
             };
-            let most = ctx.cfg.max_handshakes;
-            overload.warn(
-                remote,
-                &format!(
-                    "{most} handshakes in progress, the most this node takes at once: a new one was {answer}"
-                ),
-            );
+            let why = if crowded && validated {
+                format!(
+                    "{held} handshakes in progress from {source}, the most one address holds while the node is busy"
+                )
+            } else {
+                format!(
+                    "{} handshakes in progress, the most this node takes at once",
+                    ctx.cfg.max_handshakes
+                )
+            };
+            overload.warn(remote, &format!("{why}: a new one was {answer}"));
             continue;
         };
+        let permit = (permit, sources.hold(source));
         // A child whose address QUIC validated (it presented a token from an earlier link)
         // has this node's handshake datagrams copied, if the node says so: no amplification
         // limit applies to a validated address.
@@ -1520,6 +1535,68 @@ pub async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Where a handshake comes from, as the per-source bound counts it: the address, or for
+/// IPv6 its /64 (one host may hold a whole /64, and picks any address in it).
+fn source_of(remote: SocketAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match remote.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+/// Incoming handshakes in progress per source ([`source_of`]).
+#[derive(Debug, Default)]
+struct SourceHandshakes {
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl SourceHandshakes {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many `source` holds.
+    fn held(&self, source: std::net::IpAddr) -> usize {
+        self.lock().get(&source).copied().unwrap_or(0)
+    }
+
+    /// One more for `source`, until the returned hold is dropped.
+    fn hold(self: &Arc<Self>, source: std::net::IpAddr) -> SourceHold {
+        *self.lock().entry(source).or_default() += 1;
+        SourceHold {
+            sources: self.clone(),
+            source,
+        }
+    }
+}
+
+/// One handshake of a source in progress (see [`SourceHandshakes::hold`]).
+#[derive(Debug)]
+struct SourceHold {
+    sources: Arc<SourceHandshakes>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for SourceHold {
+    fn drop(&mut self) {
+        let mut held = self.sources.lock();
+        if let Some(n) = held.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -1798,6 +1875,30 @@ mod tests {
         assert!(matches!(hello, Some(Ok(Msg::Hello(_)))), "{hello:?}");
         assert!(matches!(after, Ok(Some(Ok(Msg::Probe)))), "{after:?}");
         conn.close(0u32.into(), b"done");
+    }
+
+    /// The per-source bound counts an IPv4 address (mapped into IPv6 or not) as itself and
+    /// an IPv6 address by its /64; a hold is counted until dropped.
+    #[test]
+    fn handshakes_are_counted_per_address_and_per_ipv6_slash_64() {
+        let at = |s: &str| source_of(s.parse().unwrap());
+        assert_eq!(at("192.0.2.7:4000"), at("192.0.2.7:5000"));
+        assert_ne!(at("192.0.2.7:4000"), at("192.0.2.8:4000"));
+        assert_eq!(at("[::ffff:192.0.2.7]:4000"), at("192.0.2.7:4000"));
+        assert_eq!(
+            at("[2001:db8:1:2::1]:4000"),
+            at("[2001:db8:1:2:ffff::9]:4000")
+        );
+        assert_ne!(at("[2001:db8:1:2::1]:4000"), at("[2001:db8:1:3::1]:4000"));
+        let sources = Arc::new(SourceHandshakes::default());
+        let a = at("192.0.2.7:1");
+        let (one, two) = (sources.hold(a), sources.hold(a));
+        assert_eq!(sources.held(a), 2);
+        drop(one);
+        assert_eq!(sources.held(a), 1);
+        drop(two);
+        assert_eq!(sources.held(a), 0);
+        assert!(sources.lock().is_empty());
     }
 
     #[test]

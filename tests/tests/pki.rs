@@ -501,6 +501,83 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
     Ok(())
 }
 
+/// Once half of a node's handshakes are taken, one address holds at most an eighth of them:
+/// a sender that answers the Retry from its own address (validated like a child) and then
+/// stalls cannot take them all. Stalled handshakes from 127.0.0.2 get the free half and no
+/// more (past it they are refused); a child from 127.0.0.1 still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_handshake() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir()?;
+    let city = unit("c01");
+    let root = Identity::create_root(&city, "test.grassroots")?;
+    let (k01, k02) = (unit("c01/k01"), unit("c01/k02"));
+    let (stalling, honest) = (root.issue_child(&k01)?, root.issue_child(&k02)?);
+    let (store, reader, thread) =
+        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone())?;
+    let cfg = LinkConfig {
+        max_handshakes: 8,
+        handshake_timeout: Duration::from_secs(5),
+        ..fast_links()
+    };
+    let endpoint = net::endpoint(&root, "127.0.0.1:0".parse()?, &cfg, None)?;
+    let addr = endpoint.local_addr()?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let ctx = net::LinkContext {
+        identity: Arc::new(root),
+        store,
+        reader,
+        cfg,
+        cancel: cancel.clone(),
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    let accepting = tokio::spawn(net::accept_loop(
+        endpoint.clone(),
+        ctx,
+        Arc::new(vec![k01.clone(), k02.clone()]),
+        tasks.clone(),
+    ));
+    let name = city.dns_name(&stalling.deployment);
+    // k01's certificate, from 127.0.0.2, one endpoint per handshake: each completes TLS
+    // (through a Retry once half are taken) and never says hello.
+    let mut stalled = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let e = net::endpoint(&stalling, "127.0.0.2:0".parse()?, &fast_links(), None)?;
+        match e.connect(addr, &name)?.await {
+            Ok(conn) => stalled.push((e, conn)),
+            Err(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                refused += 1;
+            }
+            Err(e) => anyhow::bail!("a stalling handshake failed otherwise: {e}"),
+        }
+    }
+    assert_eq!(
+        (stalled.len(), refused),
+        (4, 4),
+        "127.0.0.2 took the free half, and was refused past it"
+    );
+    // Within its 2 s handshake timeout, while the stalled ones hold theirs.
+    let honest_end = net::endpoint(&honest, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+    let link = net::connect_parent(&honest_end, &honest, &city, addr, Duration::from_secs(2))
+        .await
+        .context("a child dialling beside one address's stalled handshakes")?;
+    assert_eq!(link.peer, city);
+    link.conn.close(0u32.into(), b"done");
+    for (e, conn) in stalled {
+        conn.close(0u32.into(), b"done");
+        e.close(0u32.into(), b"done");
+    }
+    cancel.cancel();
+    accepting.await?;
+    tasks.close();
+    tasks.wait().await;
+    thread.shutdown().await;
+    Ok(())
+}
+
 /// A township issued again (its machine lost or stolen) has a new CA, and its children's
 /// certificates still chain through the old one. Certificates the old CA's key makes since
 /// (a thief's) get in until the county revokes that CA; from then on they are refused, and
