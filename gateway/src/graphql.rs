@@ -339,9 +339,22 @@ impl Unit {
         )
     }
 
+    /// The unit if this node knows it: its profile is held, or a held profile registers it
+    /// as a child (a village enrolled whose own profile has not arrived yet: its parent's
+    /// staff still look up its link and failed dials).
     fn load(b: &Backend, id: UnitId) -> Result<Option<Unit>> {
-        let profile = b.reader.unit(&id).map_err(internal)?;
-        Ok(profile.map(|p| Unit::new(id, Some(p), None)))
+        if let Some(p) = b.reader.unit(&id).map_err(internal)? {
+            return Ok(Some(Unit::new(id, Some(p), None)));
+        }
+        let registered = match id.parent() {
+            Some(parent) => b
+                .reader
+                .unit(&parent)
+                .map_err(internal)?
+                .is_some_and(|p| p.children.contains(&id)),
+            None => false,
+        };
+        Ok(registered.then(|| Unit::new(id, None, None)))
     }
 
     pub(crate) fn known(b: &Backend, id: UnitId) -> Result<Unit> {
@@ -1850,24 +1863,46 @@ impl UnitCore {
         }
     }
 
-    /// The units directly below that this node knows.
+    /// The units directly below that this node knows: those whose profiles it holds, and
+    /// those this unit registered whose profiles have not reached it yet (enrolled, never
+    /// linked: their name is their id).
     async fn children(&self, ctx: &Context<'_>) -> Result<Vec<Unit>> {
         let b = backend(ctx)?;
-        let profiles = b.reader.children(&self.id).map_err(internal)?;
-        reach_units(ctx, profiles.len())?;
+        let mut children: Vec<(UnitId, Option<gs::UnitProfile>)> = b
+            .reader
+            .children(&self.id)
+            .map_err(internal)?
+            .into_iter()
+            .map(|p| (p.id.clone(), Some(p)))
+            .collect();
+        // Children this unit registered whose own profiles have not arrived (enrolled,
+        // never linked): listed too, by id, so that a tree shows them.
+        if let Some(p) = &self.profile {
+            let held: std::collections::HashSet<&UnitId> =
+                children.iter().map(|(id, _)| id).collect();
+            let missing: Vec<UnitId> = p
+                .children
+                .iter()
+                .filter(|c| c.parent().as_ref() == Some(&self.id) && !held.contains(c))
+                .cloned()
+                .collect();
+            children.extend(missing.into_iter().map(|id| (id, None)));
+            children.sort_by_cached_key(|(id, _)| id.tree_key());
+        }
+        reach_units(ctx, children.len())?;
         // A tree query asking every child's figures reads their roll-ups in one batch
         // (one read transaction) rather than one lookup per child.
         let mut rollups = if ctx.look_ahead().field("indicators").exists() {
-            let ids: Vec<UnitId> = profiles.iter().map(|p| p.id.clone()).collect();
+            let ids: Vec<UnitId> = children.iter().map(|(id, _)| id.clone()).collect();
             b.reader.rollups(&ids).map_err(internal)?
         } else {
             HashMap::new()
         };
-        Ok(profiles
+        Ok(children
             .into_iter()
-            .map(|p| {
-                let rollup = rollups.remove(&p.id);
-                Unit::new(p.id.clone(), Some(p), rollup)
+            .map(|(id, p)| {
+                let rollup = rollups.remove(&id);
+                Unit::new(id, p, rollup)
             })
             .collect())
     }
@@ -2562,7 +2597,8 @@ impl Query {
         Unit::known(b, b.node_unit.clone())
     }
 
-    /// A unit by id; null when this node does not know it.
+    /// A unit by id; null when this node does not know it (holds neither its profile nor a
+    /// profile that registers it).
     async fn unit(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Unit>> {
         Unit::load(backend(ctx)?, parse_unit(&id)?)
     }

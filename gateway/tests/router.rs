@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 mod common;
-use common::{Fixture, fixture, token_for};
+use common::{Fixture, fixture, store_for, token_for};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -1883,4 +1883,46 @@ async fn closed_after(stream: &mut tokio::net::TcpStream, started: std::time::In
         "closed before its time: {took:?}"
     );
     got
+}
+
+/// A child the unit registered whose own profile has not arrived (enrolled, never linked)
+/// is known all the same: listed among the children, found by id, named by its id, with
+/// its sync state to read. A unit no held profile registers is not.
+#[tokio::test]
+async fn a_registered_child_is_known_before_its_profile_arrives() {
+    let f = store_for("c01/k01/t01").await;
+    let kids: Vec<UnitId> = ["c01/k01/t01/v01", "c01/k01/t01/v02"]
+        .iter()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    f.backend
+        .store
+        .set_profile("Qingshui Township".into(), kids)
+        .await
+        .unwrap();
+    let viewer = token_for(&f, "c01/k01/t01", Role::Viewer).await;
+    let r = query(
+        &f,
+        Some(&viewer),
+        r#"{ unit(id: "c01/k01/t01") { children { id name level } } }"#,
+    )
+    .await;
+    assert_eq!(
+        r["data"]["unit"]["children"],
+        json!([
+            { "id": "c01/k01/t01/v01", "name": "c01/k01/t01/v01", "level": "VILLAGE" },
+            { "id": "c01/k01/t01/v02", "name": "c01/k01/t01/v02", "level": "VILLAGE" },
+        ]),
+        "{r}"
+    );
+    let r = query(
+        &f,
+        Some(&viewer),
+        r#"{ a: unit(id: "c01/k01/t01/v02") { id sync { stale link { connected } } }
+             b: unit(id: "c01/k01/t01/v03") { id } }"#,
+    )
+    .await;
+    assert_eq!(r["data"]["a"]["id"], "c01/k01/t01/v02", "{r}");
+    assert_eq!(r["data"]["a"]["sync"]["stale"], true, "{r}");
+    assert!(r["data"]["b"].is_null(), "not registered: {r}");
 }
