@@ -339,12 +339,16 @@ impl Unit {
         )
     }
 
-    /// The unit if this node knows it: its profile is held, or a held profile registers it
-    /// as a child (a village enrolled whose own profile has not arrived yet: its parent's
-    /// staff still look up its link and failed dials).
+    /// The unit if this node knows it: its profile is held, or it is in this node's subtree
+    /// and a held profile registers it as a child (a village enrolled whose own profile has
+    /// not arrived yet: its parent's staff still look up its link and failed dials). A
+    /// sibling holds its parent's profile too, and learns nothing of the other children.
     fn load(b: &Backend, id: UnitId) -> Result<Option<Unit>> {
         if let Some(p) = b.reader.unit(&id).map_err(internal)? {
             return Ok(Some(Unit::new(id, Some(p), None)));
+        }
+        if !id.is_in_subtree_of(&b.node_unit) {
+            return Ok(None);
         }
         let registered = match id.parent() {
             Some(parent) => b
@@ -1876,8 +1880,13 @@ impl UnitCore {
             .map(|p| (p.id.clone(), Some(p)))
             .collect();
         // Children this unit registered whose own profiles have not arrived (enrolled,
-        // never linked): listed too, by id, so that a tree shows them.
-        if let Some(p) = &self.profile {
+        // never linked): listed too, by id, so that a tree shows them; only within this
+        // node's subtree (see `Unit::load`).
+        if let Some(p) = self
+            .profile
+            .as_ref()
+            .filter(|_| self.id.is_in_subtree_of(&b.node_unit))
+        {
             let held: std::collections::HashSet<&UnitId> =
                 children.iter().map(|(id, _)| id).collect();
             let missing: Vec<UnitId> = p
@@ -2597,8 +2606,8 @@ impl Query {
         Unit::known(b, b.node_unit.clone())
     }
 
-    /// A unit by id; null when this node does not know it (holds neither its profile nor a
-    /// profile that registers it).
+    /// A unit by id; null when this node does not know it (holds neither its profile nor,
+    /// for a unit of its subtree, a profile that registers it).
     async fn unit(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Unit>> {
         Unit::load(backend(ctx)?, parse_unit(&id)?)
     }
