@@ -957,10 +957,15 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn status_line(unit: &serde_json::Value) -> String {
+    let id = unit["id"].as_str().unwrap_or("?");
+    // A unit registered here whose profile has not arrived is named by its id.
+    let name = match unit["name"].as_str() {
+        Some(n) if n != id => n,
+        Some(_) => "(no profile yet)",
+        None => "?",
+    };
     let mut line = format!(
-        "{} {} ({})",
-        unit["id"].as_str().unwrap_or("?"),
-        unit["name"].as_str().unwrap_or("?"),
+        "{id} {name} ({})",
         unit["level"].as_str().unwrap_or("?").to_lowercase()
     );
     let sync = &unit["sync"];
@@ -1150,6 +1155,21 @@ mod tests {
             }
             _ => bail!("not a store command"),
         }
+    }
+
+    /// A status line names the unit, or says its profile has not arrived (GraphQL names
+    /// such a unit by its id).
+    #[test]
+    fn a_unit_without_its_profile_is_said_so_in_the_status() {
+        let unit = |name: &str| serde_json::json!({ "id": "c01/k01/t01/v03", "name": name, "level": "VILLAGE" });
+        assert_eq!(
+            status_line(&unit("Qingshui Village")),
+            "c01/k01/t01/v03 Qingshui Village (village)"
+        );
+        assert_eq!(
+            status_line(&unit("c01/k01/t01/v03")),
+            "c01/k01/t01/v03 (no profile yet) (village)"
+        );
     }
 
     /// `store backup` and `store restore` on a stopped node: the restore brings back what

@@ -1867,9 +1867,9 @@ impl UnitCore {
         }
     }
 
-    /// The units directly below that this node knows: those whose profiles it holds, and
-    /// those this unit registered whose profiles have not reached it yet (enrolled, never
-    /// linked: their name is their id).
+    /// The units directly below that this node knows: those whose profiles it holds, and,
+    /// within this node's subtree, those this unit registered whose profiles have not
+    /// reached it yet (enrolled, never linked: their name is their id).
     async fn children(&self, ctx: &Context<'_>) -> Result<Vec<Unit>> {
         let b = backend(ctx)?;
         let mut children: Vec<(UnitId, Option<gs::UnitProfile>)> = b

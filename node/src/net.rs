@@ -1455,10 +1455,12 @@ pub async fn accept_loop(
         // one and lock the node's children out.
         let validated = incoming.remote_address_validated();
         let free = handshakes.available_permits();
-        // Once half are taken, one source (an address; for IPv6 its /64) holds at most an
-        // eighth: a sender that answers the Retry from its own address is validated like a
-        // child, and could otherwise take every handshake. Below that no source is held
-        // back, so children behind one carrier's address redialling at once all get in.
+        // Once half are taken, a source (an address; for IPv6 its /64) that holds an eighth
+        // in validated handshakes gets no more: a sender that answers the Retry from its own
+        // address is validated like a child, and could otherwise take every handshake. Only
+        // validated ones count, so Initials forged with a child's address (which the half
+        // for unvalidated addresses bounds) do not lock that child out. Below half no source
+        // is held back: children behind one carrier's address redialling at once get in.
         let source = source_of(remote);
         let held = sources.held(source);
         let crowded = free <= most / 2 && held >= per_source;
@@ -1489,7 +1491,7 @@ pub async fn accept_loop(
             overload.warn(remote, &format!("{why}: a new one was {answer}"));
             continue;
         };
-        let permit = (permit, sources.hold(source));
+        let permit = (permit, validated.then(|| sources.hold(source)));
         // A child whose address QUIC validated (it presented a token from an earlier link)
         // has this node's handshake datagrams copied, if the node says so: no amplification
         // limit applies to a validated address.
@@ -1853,9 +1855,13 @@ mod tests {
         let Ok((conn, accepted)) = connecting.into_0rtt() else {
             panic!("the child holds no session to resume");
         };
-        while conn.peer_identity().is_none() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while conn.peer_identity().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the handshake completes");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let stream = conn.open_bi().await.unwrap();
         assert!(!stream.1.is_0rtt(), "opened once the handshake was done");
