@@ -66,6 +66,8 @@ pub mod close {
     pub const HANDSHAKE: VarInt = VarInt::from_u32(2);
     /// A frame over the size cap.
     pub const TOO_LARGE: VarInt = VarInt::from_u32(3);
+    /// The peer sent too many refused messages and is kept off for a while.
+    pub const KEPT_OFF: VarInt = VarInt::from_u32(4);
 }
 
 /// Link timing and limits, set on purpose rather than left at quinn's defaults.
@@ -1196,6 +1198,11 @@ pub async fn run_link(
         Ok(()) => {}
         Err(StoreError::Revoked(_)) => {
             conn.close(close::NOT_ADJACENT, b"certificate revoked");
+            return None;
+        }
+        Err(e @ StoreError::KeptOff { .. }) => {
+            // The child redials with its backoff, which a link this short does not reset.
+            conn.close(close::KEPT_OFF, e.to_string().as_bytes());
             return None;
         }
         Err(_) => {

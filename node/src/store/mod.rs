@@ -71,6 +71,17 @@ const INBOX: usize = 4096;
 /// honest peer's refusals are a few documents a session (each refused document is frozen),
 /// a hostile one's could otherwise flood the log and the replies.
 const MAX_REJECTED_PER_LINK: u32 = 1024;
+/// How long a peer cut off for [`MAX_REJECTED_PER_LINK`] refusals a second time is refused
+/// links; doubled at each cut-off after, up to [`MAX_KEPT_OFF_MS`]. Otherwise it could
+/// redial at once and have another thousand messages checked. The first cut-off keeps no
+/// peer off (one bad session of an honest child), nor does one an hour after the last.
+#[cfg(not(test))]
+const KEPT_OFF_MS: u64 = 30_000;
+#[cfg(test)]
+const KEPT_OFF_MS: u64 = 500;
+/// The longest a peer is kept off, and how long after its last cut-off a peer's count of
+/// them starts again.
+const MAX_KEPT_OFF_MS: u64 = 3_600_000;
 /// Bytes waiting to be sent to one peer before its connection is closed: an honest peer
 /// reads what it asked for; one that keeps asking without reading would hold this node's
 /// memory.
@@ -146,6 +157,15 @@ pub enum StoreError {
     /// holds it now (the check at the handshake reads what is committed).
     #[error("certificate {0} is revoked")]
     Revoked(String),
+    /// A link came up from a peer cut off for too many refused messages, before its time
+    /// off ended.
+    #[error("{peer} sent too many refused messages: links from it are refused for {secs} s more")]
+    KeptOff {
+        /// The peer.
+        peer: UnitId,
+        /// Seconds left.
+        secs: u64,
+    },
     /// A restore of this store was interrupted: its staged copy is still there.
     #[error(
         "a restore of this store was interrupted ({0} is left): run `grassroots store restore` \
@@ -1518,6 +1538,13 @@ struct LinkEntry {
     rejected: u64,
     /// Messages refused from the peer during this connection.
     rejected_now: u32,
+    /// Times the peer was cut off for too many refused messages, each within
+    /// [`MAX_KEPT_OFF_MS`] of the one before.
+    cut_off: u32,
+    /// When it was last cut off (ms since the epoch).
+    cut_off_at_ms: u64,
+    /// Until when its links are refused (ms since the epoch; 0: not kept off).
+    kept_off_until_ms: u64,
 }
 
 /// A peer this node has had no link with since it last went down, or ever: expected at
@@ -2201,6 +2228,18 @@ impl Actor {
                     let _ = reply.send(Err(StoreError::Revoked(counters.fingerprint.clone())));
                     return;
                 }
+                let now = now_ms();
+                if let Some(until) = self
+                    .links
+                    .get(&peer)
+                    .map(|l| l.kept_off_until_ms)
+                    .filter(|until| *until > now)
+                {
+                    tracing::debug!(%peer, "a link came up while the peer is kept off: refused");
+                    let secs = (until - now).div_ceil(1000);
+                    let _ = reply.send(Err(StoreError::KeptOff { peer, secs }));
+                    return;
+                }
                 // A newer connection of the same peer replaces a live one (a child whose
                 // address changed redials before its old connection times out here); two
                 // at once would feed one session from two streams.
@@ -2233,17 +2272,23 @@ impl Actor {
                     batch.sends.push((peer.clone(), msg));
                 }
                 self.outboxes.insert(peer.clone(), outbox);
-                let rejected = self.links.get(&peer).map_or(0, |l| l.rejected);
+                let (rejected, cut_off, cut_off_at_ms) = self
+                    .links
+                    .get(&peer)
+                    .map_or((0, 0, 0), |l| (l.rejected, l.cut_off, l.cut_off_at_ms));
                 self.dials.remove(&peer);
                 self.links.insert(
                     peer,
                     LinkEntry {
                         counters,
-                        since_ms: now_ms(),
+                        since_ms: now,
                         down_since_ms: 0,
                         connected: true,
                         rejected,
                         rejected_now: 0,
+                        cut_off,
+                        cut_off_at_ms,
+                        kept_off_until_ms: 0,
                     },
                 );
                 batch.replies.push(Box::new(move |_| {
@@ -2410,9 +2455,29 @@ impl Actor {
             over |= now > MAX_REJECTED_PER_LINK;
         }
         if over && self.outboxes.contains_key(&peer) {
+            let off = self.links.get_mut(&peer).map_or(0, |l| {
+                if now.saturating_sub(l.cut_off_at_ms) > MAX_KEPT_OFF_MS {
+                    l.cut_off = 0;
+                }
+                let off = match l.cut_off {
+                    0 => 0,
+                    n => KEPT_OFF_MS
+                        .saturating_mul(1u64 << (n - 1).min(20))
+                        .min(MAX_KEPT_OFF_MS),
+                };
+                l.cut_off = l.cut_off.saturating_add(1);
+                l.cut_off_at_ms = now;
+                l.kept_off_until_ms = now.saturating_add(off);
+                off
+            });
             tracing::warn!(
                 %peer,
-                "more than {MAX_REJECTED_PER_LINK} messages refused on this connection: closing it"
+                "more than {MAX_REJECTED_PER_LINK} messages refused on this connection: closing it{}",
+                if off > 0 {
+                    format!(", and refusing its links for {} s", off.div_ceil(1000))
+                } else {
+                    String::new()
+                }
             );
             self.on_peer_down(peer.clone(), batch);
         }
@@ -5419,6 +5484,52 @@ mod tests {
                 (DocId::new(DocKind::Members, unit), vec![0x42])
             })
             .collect()
+    }
+
+    /// A peer cut off for too many refused messages links again at once the first time; cut
+    /// off again, its links are refused for a while, then taken again.
+    #[tokio::test]
+    async fn a_peer_cut_off_again_is_kept_off_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let parent = me.parent().unwrap();
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let link = || async {
+            let (out, sent) = mpsc::unbounded_channel();
+            let counters = link_counters("fp");
+            h.peer_up(parent.clone(), out, counters.clone())
+                .await
+                .map(|()| (counters, sent))
+        };
+        for round in 0..2 {
+            let (counters, _sent) = link()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            // Items about the siblings' registers, out of the link's scope: 1,200 refusals.
+            for _ in 0..6 {
+                h.from_peer(
+                    parent.clone(),
+                    counters.session,
+                    Msg::SyncBatch(registers_of("c01/k01/t01/v")),
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+            tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                counters.close.cancelled(),
+            )
+            .await
+            .expect("cut off");
+        }
+        match link().await {
+            Err(StoreError::KeptOff { peer, .. }) => assert_eq!(peer, parent),
+            other => panic!("expected the link refused, got {:?}", other.map(|_| ())),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(KEPT_OFF_MS + 200)).await;
+        assert!(link().await.is_ok(), "taken again once the time off ended");
+        t.shutdown().await;
     }
 
     /// A link that goes down while its batch frame is under way has the whole frame applied
