@@ -1237,6 +1237,7 @@ pub async fn run_link(
                     // Answered here, without the store: counted and capped here too.
                     malformed += 1;
                     if malformed > MAX_MALFORMED_FRAMES {
+                        counters.misbehaved.store(true, Ordering::Relaxed);
                         return format!("{malformed} malformed frames; link closed");
                     }
                     if malformed <= 32 {
@@ -1254,6 +1255,7 @@ pub async fn run_link(
                 }
                 Ok(None) => return "peer finished the stream".to_owned(),
                 Err(NetError::TooLarge(n)) => {
+                    counters.misbehaved.store(true, Ordering::Relaxed);
                     conn.close(close::TOO_LARGE, b"frame over the size cap");
                     return format!("peer sent a {n} byte frame; link closed");
                 }

@@ -58,6 +58,10 @@ pub struct LinkCounters {
     /// Set by the store before [`LinkCounters::close`] when the certificate was revoked, so
     /// that the link closes as a refusal the peer does not redial, not as a goodbye.
     pub revoked: std::sync::atomic::AtomicBool,
+    /// Set by the link before it ends for what the peer sent (too many frames that do not
+    /// decode, a frame over the size cap): the store counts that closing as one for refused
+    /// messages, which may keep the peer off.
+    pub misbehaved: std::sync::atomic::AtomicBool,
 }
 
 impl LinkCounters {

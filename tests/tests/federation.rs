@@ -903,7 +903,11 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
     .await?;
 
     // Likewise frames that do not decode (a sync message cut short), which the link answers
-    // without the store.
+    // without the store; played as the other village (closed a second time within the hour,
+    // the first would be kept off a while, and the honest one below could not link).
+    fed.stop(&v02).await?;
+    let identity = Identity::load(&dir.path().join("c01_k01_t01_v02").join("pki"))?;
+    let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     let mut third =
         net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
     for _ in 0..1024 {

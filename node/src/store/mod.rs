@@ -82,6 +82,15 @@ const KEPT_OFF_MS: u64 = 500;
 /// The longest a peer is kept off, and how long after its last cut-off a peer's count of
 /// them starts again.
 const MAX_KEPT_OFF_MS: u64 = 3_600_000;
+
+/// The log's words for a peer kept off for `off` ms (none for 0).
+fn kept_off_for(off: u64) -> String {
+    if off > 0 {
+        format!(", and refusing its links for {} s", off.div_ceil(1000))
+    } else {
+        String::new()
+    }
+}
 /// Bytes waiting to be sent to one peer before its connection is closed: an honest peer
 /// reads what it asked for; one that keeps asking without reading would hold this node's
 /// memory.
@@ -2297,11 +2306,24 @@ impl Actor {
             }
             Command::PeerDown { peer, session } => {
                 // A late notice from an older connection must not end a newer one.
-                if self
+                let ended = self
                     .links
                     .get(&peer)
-                    .is_some_and(|l| l.counters.session == session)
-                {
+                    .filter(|l| l.counters.session == session)
+                    .map(|l| {
+                        l.counters
+                            .misbehaved
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    });
+                if let Some(misbehaved) = ended {
+                    // The link closed it for frames that do not decode or one over the cap:
+                    // counted as a closing for refused messages.
+                    if misbehaved {
+                        let off = self.cut_off(&peer, now_ms());
+                        if off > 0 {
+                            tracing::warn!(%peer, "closed for what it sent{}", kept_off_for(off));
+                        }
+                    }
                     self.on_peer_down(peer, batch);
                 }
             }
@@ -2455,29 +2477,11 @@ impl Actor {
             over |= now > MAX_REJECTED_PER_LINK;
         }
         if over && self.outboxes.contains_key(&peer) {
-            let off = self.links.get_mut(&peer).map_or(0, |l| {
-                if now.saturating_sub(l.cut_off_at_ms) > MAX_KEPT_OFF_MS {
-                    l.cut_off = 0;
-                }
-                let off = match l.cut_off {
-                    0 => 0,
-                    n => KEPT_OFF_MS
-                        .saturating_mul(1u64 << (n - 1).min(20))
-                        .min(MAX_KEPT_OFF_MS),
-                };
-                l.cut_off = l.cut_off.saturating_add(1);
-                l.cut_off_at_ms = now;
-                l.kept_off_until_ms = now.saturating_add(off);
-                off
-            });
+            let off = self.cut_off(&peer, now);
             tracing::warn!(
                 %peer,
                 "more than {MAX_REJECTED_PER_LINK} messages refused on this connection: closing it{}",
-                if off > 0 {
-                    format!(", and refusing its links for {} s", off.div_ceil(1000))
-                } else {
-                    String::new()
-                }
+                kept_off_for(off)
             );
             self.on_peer_down(peer.clone(), batch);
         }
@@ -2495,6 +2499,26 @@ impl Actor {
         if profiles_changed {
             self.drop_revoked_links(batch);
         }
+    }
+
+    /// Count a closing of `peer`'s link for what it sent, at `now`: how long its links are
+    /// refused from now on (ms; 0 for a first closing, see [`KEPT_OFF_MS`]).
+    fn cut_off(&mut self, peer: &UnitId, now: u64) -> u64 {
+        self.links.get_mut(peer).map_or(0, |l| {
+            if now.saturating_sub(l.cut_off_at_ms) > MAX_KEPT_OFF_MS {
+                l.cut_off = 0;
+            }
+            let off = match l.cut_off {
+                0 => 0,
+                n => KEPT_OFF_MS
+                    .saturating_mul(1u64 << (n - 1).min(20))
+                    .min(MAX_KEPT_OFF_MS),
+            };
+            l.cut_off = l.cut_off.saturating_add(1);
+            l.cut_off_at_ms = now;
+            l.kept_off_until_ms = now.saturating_add(off);
+            off
+        })
     }
 
     /// The link to `peer` ends: its sync states are saved, and its connection is closed if
@@ -5529,6 +5553,41 @@ mod tests {
         }
         tokio::time::sleep(std::time::Duration::from_millis(KEPT_OFF_MS + 200)).await;
         assert!(link().await.is_ok(), "taken again once the time off ended");
+        t.shutdown().await;
+    }
+
+    /// A link the network side closed for what the peer sent (frames that do not decode, a
+    /// frame over the cap) counts as a closing for refused messages: twice within the hour,
+    /// and the peer is kept off.
+    #[tokio::test]
+    async fn a_link_closed_for_undecodable_frames_counts_towards_keeping_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = u("c01/k01/t01/v01");
+        let parent = me.parent().unwrap();
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let link = || async {
+            let (out, sent) = mpsc::unbounded_channel();
+            let counters = link_counters("fp");
+            h.peer_up(parent.clone(), out, counters.clone())
+                .await
+                .map(|()| (counters, sent))
+        };
+        // An orderly closing counts for nothing.
+        let (counters, _sent) = link().await.unwrap();
+        h.peer_down(parent.clone(), counters.session).await;
+        for round in 0..2 {
+            let (counters, _sent) = link()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            counters
+                .misbehaved
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            h.peer_down(parent.clone(), counters.session).await;
+        }
+        assert!(
+            matches!(link().await, Err(StoreError::KeptOff { .. })),
+            "kept off after two closings"
+        );
         t.shutdown().await;
     }
 
