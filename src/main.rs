@@ -942,7 +942,7 @@ async fn run_demo(dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected protocol software since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected } } } \
+const STATUS_QUERY: &str = "fragment U on Unit { id name level sync { lastHeardFrom stale link { connected protocol software since downSince failedDials lastError lastFrameAt bytesIn bytesOut docsInFlight docsQueued docsUnregistered rejected keptOffUntil } } } \
     query { nodeUnit { ...U parent { ...U } children { ...U children { ...U children { ...U } } } } }";
 
 const BACKUPS_QUERY: &str =
@@ -1012,6 +1012,9 @@ fn status_line(unit: &serde_json::Value) -> String {
         let rejected = link["rejected"].as_u64().unwrap_or(0);
         if rejected > 0 {
             line += &format!("  REJECTED {rejected}");
+        }
+        if let Some(t) = link["keptOffUntil"].as_str() {
+            line += &format!("  KEPT OFF until {t}");
         }
     }
     match sync["lastHeardFrom"].as_str() {

@@ -266,6 +266,10 @@ pub struct LinkState {
     docs_unregistered: usize,
     /// Messages from this peer refused since the node started.
     rejected: u64,
+    /// Until when this node refuses the child's links, having closed them twice within an
+    /// hour for what it sent (refused messages, frames that do not decode); null when it
+    /// does not.
+    kept_off_until: Option<String>,
 }
 
 /// Freshness and sync state of a unit's data, as this node sees it.
@@ -1940,6 +1944,7 @@ impl UnitCore {
             .iter()
             .find(|(u, _)| u == &self.id)
             .map(|(_, t)| *t);
+        let now = grassroots_node::status::now_ms();
         let link = status
             .links
             .into_iter()
@@ -1960,8 +1965,8 @@ impl UnitCore {
                 docs_queued: l.docs_queued,
                 docs_unregistered: l.docs_unregistered,
                 rejected: l.rejected,
+                kept_off_until: (l.kept_off_until_ms > now).then(|| rfc3339(l.kept_off_until_ms)),
             });
-        let now = grassroots_node::status::now_ms();
         Ok(Some(UnitSync {
             last_heard_from: heard.map(rfc3339),
             stale: heard.is_none_or(|t| now.saturating_sub(t) > STALE_AFTER_MS),

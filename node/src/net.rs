@@ -305,6 +305,13 @@ impl ParentAddr {
 }
 
 impl NetError {
+    /// The parent closed the link because this node is kept off for what it sent (see
+    /// [`close::KEPT_OFF`]): it waits as for a refusal before it dials again.
+    pub fn is_kept_off(&self) -> bool {
+        matches!(self, NetError::Connection(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == close::KEPT_OFF)
+    }
+
     /// Whether retrying soon cannot help: the certificate or adjacency was refused.
     pub fn is_permanent(&self) -> bool {
         match self {
@@ -1201,7 +1208,7 @@ pub async fn run_link(
             return None;
         }
         Err(e @ StoreError::KeptOff { .. }) => {
-            // The child redials with its backoff, which a link this short does not reset.
+            // Only a child is kept off; it waits as for a refusal before it dials again.
             conn.close(close::KEPT_OFF, e.to_string().as_bytes());
             return None;
         }
@@ -1212,7 +1219,6 @@ pub async fn run_link(
     }
     tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, early, "link up");
     let reader = async {
-        let mut malformed = 0u32;
         loop {
             match read_counted(&mut recv).await {
                 // A probe only made the transport acknowledge; it is not data.
@@ -1235,7 +1241,7 @@ pub async fn run_link(
                 Ok(Some((Err(e), size))) => {
                     counters.received(size);
                     // Answered here, without the store: counted and capped here too.
-                    malformed += 1;
+                    let malformed = counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
                     if malformed > MAX_MALFORMED_FRAMES {
                         counters.misbehaved.store(true, Ordering::Relaxed);
                         return format!("{malformed} malformed frames; link closed");
@@ -1348,7 +1354,7 @@ pub async fn run_link(
     let refused = conn
         .close_reason()
         .map(NetError::Connection)
-        .filter(NetError::is_permanent);
+        .filter(|e| e.is_permanent() || e.is_kept_off());
     conn.close(close::BYE, b"bye");
     tracing::info!(%peer, "link down: {why}");
     refused

@@ -62,6 +62,9 @@ pub struct LinkCounters {
     /// decode, a frame over the size cap): the store counts that closing as one for refused
     /// messages, which may keep the peer off.
     pub misbehaved: std::sync::atomic::AtomicBool,
+    /// Frames from the peer that did not decode: on this connection, and on the ones before
+    /// it if recent (the store carries the count over at its coming up).
+    pub malformed: std::sync::atomic::AtomicU32,
 }
 
 impl LinkCounters {
@@ -130,6 +133,9 @@ pub struct LinkStatus {
     pub docs_unregistered: usize,
     /// Messages from this peer refused since the node started.
     pub rejected: u64,
+    /// Until when links from the peer are refused, for what it sent (ms since the epoch; 0
+    /// when they are not).
+    pub kept_off_until_ms: u64,
 }
 
 impl LinkStatus {
@@ -159,6 +165,7 @@ impl LinkStatus {
             docs_queued: 0,
             docs_unregistered: 0,
             rejected: 0,
+            kept_off_until_ms: 0,
         }
     }
 }

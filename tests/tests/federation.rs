@@ -921,6 +921,31 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
         "a child sending undecodable frames",
     )
     .await?;
+    // Closed for what it sent a second time within the hour (a frame over the cap), that
+    // village is kept off: its next link is closed as it comes up, with the code that says
+    // so (or before its hello is answered, the close dropping the answer).
+    let mut fourth =
+        net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
+    let over = u32::try_from(grassroots_node::sync::wire::MAX_FRAME + 1)?;
+    fourth.send.write_all(&over.to_be_bytes()).await?;
+    closed_by_peer(
+        &fourth.conn,
+        net::close::TOO_LARGE,
+        "a child sending a frame over the cap",
+    )
+    .await?;
+    let fifth = endpoint
+        .connect(t_addr, &t01.dns_name(&identity.deployment))?
+        .await?;
+    let (mut send, _recv) = fifth.open_bi().await?;
+    let hello = Msg::Hello(Hello {
+        versions: VERSIONS,
+        capabilities: 0,
+        unit: identity.unit.clone(),
+        software: "grassroots 0.1.0".into(),
+    });
+    write_frame(&mut send, &hello).await?;
+    closed_by_peer(&fifth, net::close::KEPT_OFF, "a child kept off").await?;
 
     // The township still works, and the honest village syncs through it again.
     honest_village_syncs_again(&mut fed, "After The Flood").await?;

@@ -78,10 +78,32 @@ const MAX_REJECTED_PER_LINK: u32 = 1024;
 #[cfg(not(test))]
 const KEPT_OFF_MS: u64 = 30_000;
 #[cfg(test)]
-const KEPT_OFF_MS: u64 = 500;
-/// The longest a peer is kept off, and how long after its last cut-off a peer's count of
-/// them starts again.
+const KEPT_OFF_MS: u64 = 2_000;
+/// The longest a peer is kept off, and how long after its last cut-off (or time off) a
+/// peer's count of them starts again.
 const MAX_KEPT_OFF_MS: u64 = 3_600_000;
+/// A peer's refused messages (and undecodable frames) carry over to its next connection if
+/// it comes up within this of the last: redialling does not start the count again.
+const RECENT_REFUSALS_MS: u64 = 600_000;
+
+/// A child closed for what it sent, for the `count`th time in a row (0: the first), the
+/// last at `last_ms` and kept off until `until_ms`, closed again at `now`: its count from
+/// now, and how long it is kept off (ms). The count starts again once a closing comes
+/// [`MAX_KEPT_OFF_MS`] after the last one and its time off.
+fn keep_off(count: u32, last_ms: u64, until_ms: u64, now: u64) -> (u32, u64) {
+    let count = if now.saturating_sub(last_ms.max(until_ms)) > MAX_KEPT_OFF_MS {
+        0
+    } else {
+        count
+    };
+    let off = match count {
+        0 => 0,
+        n => KEPT_OFF_MS
+            .saturating_mul(1u64 << (n - 1).min(20))
+            .min(MAX_KEPT_OFF_MS),
+    };
+    (count.saturating_add(1), off)
+}
 
 /// The log's words for a peer kept off for `off` ms (none for 0).
 fn kept_off_for(off: u64) -> String {
@@ -168,7 +190,9 @@ pub enum StoreError {
     Revoked(String),
     /// A link came up from a peer cut off for too many refused messages, before its time
     /// off ended.
-    #[error("{peer} sent too many refused messages: links from it are refused for {secs} s more")]
+    #[error(
+        "{peer} was closed twice for what it sent (refused messages, frames that do not decode or over the cap): links from it are refused for {secs} s more"
+    )]
     KeptOff {
         /// The peer.
         peer: UnitId,
@@ -1545,8 +1569,11 @@ struct LinkEntry {
     down_since_ms: u64,
     connected: bool,
     rejected: u64,
-    /// Messages refused from the peer during this connection.
+    /// Messages refused from the peer during this connection (and the ones before it, if
+    /// they came up within [`RECENT_REFUSALS_MS`] of the last refusal).
     rejected_now: u32,
+    /// When a message of the peer's was last refused (ms since the epoch).
+    rejected_at_ms: u64,
     /// Times the peer was cut off for too many refused messages, each within
     /// [`MAX_KEPT_OFF_MS`] of the one before.
     cut_off: u32,
@@ -2238,6 +2265,16 @@ impl Actor {
                     return;
                 }
                 let now = now_ms();
+                // A live connection this one replaces, closed by its link for what the peer
+                // sent, whose going down has not come yet: counted now (and only once).
+                if self.links.get(&peer).is_some_and(|l| {
+                    l.connected
+                        && l.counters
+                            .misbehaved
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                }) {
+                    self.cut_off(&peer, now);
+                }
                 if let Some(until) = self
                     .links
                     .get(&peer)
@@ -2285,6 +2322,22 @@ impl Actor {
                     .links
                     .get(&peer)
                     .map_or((0, 0, 0), |l| (l.rejected, l.cut_off, l.cut_off_at_ms));
+                // Refusals of the connections before, if recent: a peer does not start its
+                // count again by redialling.
+                let (rejected_now, rejected_at_ms) = self
+                    .links
+                    .get(&peer)
+                    .filter(|l| now.saturating_sub(l.rejected_at_ms) < RECENT_REFUSALS_MS)
+                    .map_or((0, 0), |l| {
+                        let malformed = l
+                            .counters
+                            .malformed
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        counters
+                            .malformed
+                            .store(malformed, std::sync::atomic::Ordering::Relaxed);
+                        (l.rejected_now, l.rejected_at_ms)
+                    });
                 self.dials.remove(&peer);
                 self.links.insert(
                     peer,
@@ -2294,7 +2347,8 @@ impl Actor {
                         down_since_ms: 0,
                         connected: true,
                         rejected,
-                        rejected_now: 0,
+                        rejected_now,
+                        rejected_at_ms,
                         cut_off,
                         cut_off_at_ms,
                         kept_off_until_ms: 0,
@@ -2456,15 +2510,16 @@ impl Actor {
         for rejection in &step.rejected {
             // A local failure (a document that would not load) is not the peer's.
             let theirs = crate::sync::is_peers_fault(rejection.reason);
-            let (total, now) = self.links.get_mut(&peer).map_or((0, 0), |l| {
+            let (total, recent) = self.links.get_mut(&peer).map_or((0, 0), |l| {
                 l.rejected += 1;
                 if theirs {
                     l.rejected_now = l.rejected_now.saturating_add(1);
+                    l.rejected_at_ms = now;
                 }
                 (l.rejected, l.rejected_now)
             });
             // Logged one by one up to a point; a peer past it is cut off.
-            if now <= MAX_REJECTED_PER_LINK {
+            if recent <= MAX_REJECTED_PER_LINK {
                 tracing::warn!(
                     %peer,
                     reason = ?rejection.reason,
@@ -2474,7 +2529,7 @@ impl Actor {
                     "rejected a message from a peer"
                 );
             }
-            over |= now > MAX_REJECTED_PER_LINK;
+            over |= recent > MAX_REJECTED_PER_LINK;
         }
         if over && self.outboxes.contains_key(&peer) {
             let off = self.cut_off(&peer, now);
@@ -2502,21 +2557,24 @@ impl Actor {
     }
 
     /// Count a closing of `peer`'s link for what it sent, at `now`: how long its links are
-    /// refused from now on (ms; 0 for a first closing, see [`KEPT_OFF_MS`]).
+    /// refused from now on (ms; see [`keep_off`]). Only a child is kept off: a node sets
+    /// its own pace of dialling its parent, which is also its certificate's issuer. The
+    /// connection's refusals and its link's closing are used up by this count.
     fn cut_off(&mut self, peer: &UnitId, now: u64) -> u64 {
+        let child = peer.parent().as_ref() == Some(self.engine.me());
         self.links.get_mut(peer).map_or(0, |l| {
-            if now.saturating_sub(l.cut_off_at_ms) > MAX_KEPT_OFF_MS {
-                l.cut_off = 0;
-            }
-            let off = match l.cut_off {
-                0 => 0,
-                n => KEPT_OFF_MS
-                    .saturating_mul(1u64 << (n - 1).min(20))
-                    .min(MAX_KEPT_OFF_MS),
-            };
-            l.cut_off = l.cut_off.saturating_add(1);
+            let (count, off) = keep_off(l.cut_off, l.cut_off_at_ms, l.kept_off_until_ms, now);
+            let off = if child { off } else { 0 };
+            l.cut_off = count;
             l.cut_off_at_ms = now;
             l.kept_off_until_ms = now.saturating_add(off);
+            l.rejected_now = 0;
+            l.counters
+                .misbehaved
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            l.counters
+                .malformed
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             off
         })
     }
@@ -2701,6 +2759,7 @@ impl Actor {
                     docs_queued: progress.queued,
                     docs_unregistered: progress.unregistered,
                     rejected: l.rejected,
+                    kept_off_until_ms: l.kept_off_until_ms,
                 }
             })
             .collect();
@@ -5510,82 +5569,160 @@ mod tests {
             .collect()
     }
 
-    /// A peer cut off for too many refused messages links again at once the first time; cut
-    /// off again, its links are refused for a while, then taken again.
-    #[tokio::test]
-    async fn a_peer_cut_off_again_is_kept_off_for_a_while() {
-        let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01/v01");
-        let parent = me.parent().unwrap();
-        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        let link = || async {
-            let (out, sent) = mpsc::unbounded_channel();
-            let counters = link_counters("fp");
-            h.peer_up(parent.clone(), out, counters.clone())
-                .await
-                .map(|()| (counters, sent))
-        };
-        for round in 0..2 {
-            let (counters, _sent) = link()
-                .await
-                .unwrap_or_else(|e| panic!("round {round}: {e}"));
-            // Items about the siblings' registers, out of the link's scope: 1,200 refusals.
-            for _ in 0..6 {
-                h.from_peer(
-                    parent.clone(),
-                    counters.session,
-                    Msg::SyncBatch(registers_of("c01/k01/t01/v")),
-                    None,
-                )
-                .await
-                .unwrap();
-            }
-            tokio::time::timeout(
-                std::time::Duration::from_secs(30),
-                counters.close.cancelled(),
+    /// The time a child is kept off: none at its first closing, 30 s at the second, doubled
+    /// after, at most an hour; the count starts again once a closing comes an hour after the
+    /// last one and its time off (not an hour after the closing alone, which a time off of
+    /// an hour always passes).
+    #[test]
+    fn a_child_is_kept_off_longer_each_time_up_to_an_hour() {
+        let mut at = 1_000_000_000;
+        let (mut count, mut until) = (0, 0);
+        let mut offs = Vec::new();
+        for _ in 0..12 {
+            let (c, off) = keep_off(count, at, until, at + 1_000);
+            at += 1_000;
+            (count, until) = (c, at + off);
+            offs.push(off / KEPT_OFF_MS);
+        }
+        let cap = MAX_KEPT_OFF_MS / KEPT_OFF_MS;
+        let want: Vec<u64> = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+            .iter()
+            .take(12)
+            .map(|n| (*n).min(cap))
+            .collect();
+        assert_eq!(offs, want);
+        // Closed again right as an hour's time off ends: still counted.
+        let (_, off) = keep_off(count, at, until, until + 1);
+        assert_eq!(off, MAX_KEPT_OFF_MS);
+        // An hour after the time off: a first closing again.
+        assert_eq!(
+            keep_off(count, at, until, until + MAX_KEPT_OFF_MS + 1),
+            (1, 0)
+        );
+        assert_eq!(keep_off(u32::MAX, 0, 0, 1), (u32::MAX, MAX_KEPT_OFF_MS));
+    }
+
+    /// A link of `peer` to the node of `h`, with its counters and what it is sent.
+    async fn link_of(
+        h: &StoreHandle,
+        peer: &UnitId,
+    ) -> Result<(Arc<LinkCounters>, mpsc::UnboundedReceiver<Msg>), StoreError> {
+        let (out, sent) = mpsc::unbounded_channel();
+        let counters = link_counters("fp");
+        h.peer_up(peer.clone(), out, counters.clone())
+            .await
+            .map(|()| (counters, sent))
+    }
+
+    /// `n` batch frames from `peer` of 200 items each about its siblings' registers, out of
+    /// its scope: 200 refusals each.
+    async fn refused_batches(h: &StoreHandle, peer: &UnitId, session: u64, n: usize) {
+        for _ in 0..n {
+            h.from_peer(
+                peer.clone(),
+                session,
+                Msg::SyncBatch(registers_of("c01/k01/t01/v")),
+                None,
             )
             .await
-            .expect("cut off");
+            .unwrap();
         }
-        match link().await {
-            Err(StoreError::KeptOff { peer, .. }) => assert_eq!(peer, parent),
+    }
+
+    /// A child closed for too many refused messages links again at once the first time;
+    /// closed again, its links are refused for a while, then taken again. Its count of
+    /// refusals goes on from one connection to the next: redialling does not start it
+    /// again. A parent is never kept off.
+    #[tokio::test]
+    async fn a_child_closed_again_is_kept_off_for_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let (me, child) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let wait = std::time::Duration::from_secs(30);
+        // 1,000 refusals, a new connection, 200 more: closed (the first time).
+        let (counters, _sent) = link_of(&h, &child).await.unwrap();
+        refused_batches(&h, &child, counters.session, 5).await;
+        h.peer_down(child.clone(), counters.session).await;
+        let (counters, _sent) = link_of(&h, &child).await.unwrap();
+        assert!(!counters.close.is_cancelled(), "under the cap");
+        refused_batches(&h, &child, counters.session, 1).await;
+        tokio::time::timeout(wait, counters.close.cancelled())
+            .await
+            .expect("closed past the cap over two connections");
+        // Linked again at once; closed again: kept off.
+        let (counters, _sent) = link_of(&h, &child)
+            .await
+            .expect("a first closing keeps no one off");
+        refused_batches(&h, &child, counters.session, 6).await;
+        tokio::time::timeout(wait, counters.close.cancelled())
+            .await
+            .expect("closed again");
+        match link_of(&h, &child).await {
+            Err(StoreError::KeptOff { peer, .. }) => assert_eq!(peer, child),
             other => panic!("expected the link refused, got {:?}", other.map(|_| ())),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(KEPT_OFF_MS + 200)).await;
-        assert!(link().await.is_ok(), "taken again once the time off ended");
+        let kept = h.status().await.unwrap();
+        let l = kept.links.iter().find(|l| l.peer == child).unwrap();
+        assert!(l.kept_off_until_ms > now_ms(), "the status says until when");
+        tokio::time::sleep(std::time::Duration::from_millis(KEPT_OFF_MS + 300)).await;
+        assert!(
+            link_of(&h, &child).await.is_ok(),
+            "taken again once the time off ended"
+        );
+        t.shutdown().await;
+
+        // At the village: its parent, closed twice, is not kept off.
+        let dir = tempfile::tempdir().unwrap();
+        let (me, parent) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        for _ in 0..2 {
+            let (counters, _sent) = link_of(&h, &parent).await.unwrap();
+            refused_batches(&h, &parent, counters.session, 6).await;
+            tokio::time::timeout(wait, counters.close.cancelled())
+                .await
+                .expect("closed");
+        }
+        assert!(
+            link_of(&h, &parent).await.is_ok(),
+            "a parent is not kept off"
+        );
         t.shutdown().await;
     }
 
     /// A link the network side closed for what the peer sent (frames that do not decode, a
     /// frame over the cap) counts as a closing for refused messages: twice within the hour,
-    /// and the peer is kept off.
+    /// and the child is kept off. Its going down counts once, though it came after a newer
+    /// connection replaced it.
     #[tokio::test]
     async fn a_link_closed_for_undecodable_frames_counts_towards_keeping_off() {
         let dir = tempfile::tempdir().unwrap();
-        let me = u("c01/k01/t01/v01");
-        let parent = me.parent().unwrap();
+        let (me, child) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
         let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
-        let link = || async {
-            let (out, sent) = mpsc::unbounded_channel();
-            let counters = link_counters("fp");
-            h.peer_up(parent.clone(), out, counters.clone())
-                .await
-                .map(|()| (counters, sent))
+        let misbehave = |c: &LinkCounters| {
+            c.misbehaved
+                .store(true, std::sync::atomic::Ordering::Relaxed)
         };
         // An orderly closing counts for nothing.
-        let (counters, _sent) = link().await.unwrap();
-        h.peer_down(parent.clone(), counters.session).await;
-        for round in 0..2 {
-            let (counters, _sent) = link()
-                .await
-                .unwrap_or_else(|e| panic!("round {round}: {e}"));
-            counters
-                .misbehaved
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            h.peer_down(parent.clone(), counters.session).await;
-        }
+        let (counters, _sent) = link_of(&h, &child).await.unwrap();
+        h.peer_down(child.clone(), counters.session).await;
+        // Closed by its link; replaced before its going down arrives: counted once.
+        let (first, _sent) = link_of(&h, &child).await.unwrap();
+        misbehave(&first);
+        let (second, _sent) = link_of(&h, &child)
+            .await
+            .expect("a first closing keeps no one off");
+        h.peer_down(child.clone(), first.session).await;
         assert!(
-            matches!(link().await, Err(StoreError::KeptOff { .. })),
+            link_of(&h, &child).await.is_ok(),
+            "the late going down was not counted again"
+        );
+        // Closed by its link again: kept off.
+        let (third, _sent) = link_of(&h, &child).await.unwrap();
+        drop(second);
+        misbehave(&third);
+        h.peer_down(child.clone(), third.session).await;
+        assert!(
+            matches!(link_of(&h, &child).await, Err(StoreError::KeptOff { .. })),
             "kept off after two closings"
         );
         t.shutdown().await;
