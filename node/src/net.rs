@@ -66,7 +66,8 @@ pub mod close {
     pub const HANDSHAKE: VarInt = VarInt::from_u32(2);
     /// A frame over the size cap.
     pub const TOO_LARGE: VarInt = VarInt::from_u32(3);
-    /// The peer sent too many refused messages and is kept off for a while.
+    /// The child was closed twice within the hour for what it sent (refused messages,
+    /// frames that do not decode or over the cap) and is kept off for a while.
     pub const KEPT_OFF: VarInt = VarInt::from_u32(4);
 }
 
