@@ -397,52 +397,81 @@ async fn a_parent_that_is_away_is_dialled_one_handshake_at_a_time() -> anyhow::R
     Ok(())
 }
 
-/// A node works on at most `max_handshakes` incoming handshakes at once, and addresses
-/// QUIC has not validated take at most half of them. Initials from forged sources (their
-/// answers never arrive) hold at most that half; a child still gets in, through a Retry.
-/// Once every handshake is taken, a new one is refused at once instead of held, and the
-/// child gets in when a slot is free.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Result<()> {
-    use std::sync::Arc;
-    let dir = tempfile::tempdir()?;
-    let city = unit("c01");
-    let root = Identity::create_root(&city, "test.grassroots")?;
-    let (k01, k02) = (unit("c01/k01"), unit("c01/k02"));
-    let (stalling, honest) = (root.issue_child(&k01)?, root.issue_child(&k02)?);
-    let (store, reader, thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone())?;
-    let cfg = LinkConfig {
-        max_handshakes: 2,
-        handshake_timeout: Duration::from_secs(3),
-        ..fast_links()
-    };
-    let endpoint = net::endpoint(&root, "127.0.0.1:0".parse()?, &cfg, None)?;
-    let addr = endpoint.local_addr()?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let ctx = net::LinkContext {
-        identity: Arc::new(root),
-        store,
-        reader,
-        cfg,
-        cancel: cancel.clone(),
-    };
-    let tasks = tokio_util::task::TaskTracker::new();
-    let accepting = tokio::spawn(net::accept_loop(
-        endpoint.clone(),
-        ctx,
-        Arc::new(vec![k01.clone(), k02.clone()]),
-        tasks.clone(),
-    ));
-    let name = city.dns_name(&stalling.deployment);
-    // Two senders whose answers never reach them, as with forged source addresses: the
-    // first takes a handshake (until the timeout), the second is only asked to retry.
+/// A parent node's store and accept loop alone (no dialling, no gateway), for tests of how
+/// it takes handshakes.
+struct AcceptingParent {
+    addr: std::net::SocketAddr,
+    cancel: tokio_util::sync::CancellationToken,
+    accepting: tokio::task::JoinHandle<()>,
+    tasks: tokio_util::task::TaskTracker,
+    thread: grassroots_node::store::StoreThread,
+    _dir: tempfile::TempDir,
+}
+
+impl AcceptingParent {
+    /// `root`'s node taking handshakes as `cfg` says, of `children`.
+    async fn start(
+        root: Identity,
+        cfg: LinkConfig,
+        children: Vec<UnitId>,
+    ) -> anyhow::Result<AcceptingParent> {
+        let dir = tempfile::tempdir()?;
+        let (store, reader, thread) =
+            grassroots_node::store::open(&dir.path().join("s.redb"), root.unit.clone())?;
+        let endpoint = net::endpoint(&root, "127.0.0.1:0".parse()?, &cfg, None)?;
+        let addr = endpoint.local_addr()?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let ctx = net::LinkContext {
+            identity: std::sync::Arc::new(root),
+            store,
+            reader,
+            cfg,
+            cancel: cancel.clone(),
+        };
+        let tasks = tokio_util::task::TaskTracker::new();
+        let accepting = tokio::spawn(net::accept_loop(
+            endpoint,
+            ctx,
+            std::sync::Arc::new(children),
+            tasks.clone(),
+        ));
+        Ok(AcceptingParent {
+            addr,
+            cancel,
+            accepting,
+            tasks,
+            thread,
+            _dir: dir,
+        })
+    }
+
+    /// Stop taking handshakes, wait for the links, close the store.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.accepting.await?;
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.thread.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Handshakes begun by `n` senders whose answers never reach them (a relay dropping what
+/// the node sends back), as with forged source addresses, each once its Initial reached the
+/// node at `addr`: the relay (their source towards the node), and each sender's endpoint and
+/// handshake.
+async fn forged_initials(
+    identity: &Identity,
+    addr: std::net::SocketAddr,
+    name: &str,
+    n: u64,
+) -> anyhow::Result<(Relay, Vec<ForgedInitial>)> {
     let forged = Relay::start(addr)?;
     forged.cut_down();
     let mut spoofers = Vec::new();
-    for i in 1..=2u64 {
-        let e = net::endpoint(&stalling, "127.0.0.1:0".parse()?, &fast_links(), None)?;
-        let connecting = e.connect(forged.addr(), &name)?;
+    for i in 1..=n {
+        let e = net::endpoint(identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
+        let connecting = e.connect(forged.addr(), name)?;
         spoofers.push((e, tokio::spawn(connecting)));
         eventually(WAIT, "the forged Initial reached the node", || async {
             Ok((forged.handshakes_upstream() >= i).then_some(()))
@@ -450,6 +479,44 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
         .await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((forged, spoofers))
+}
+
+/// A sender of [`forged_initials`]: its endpoint and its handshake.
+type ForgedInitial = (
+    quinn::Endpoint,
+    tokio::task::JoinHandle<Result<quinn::Connection, quinn::ConnectionError>>,
+);
+
+/// End the handshakes of [`forged_initials`].
+fn end_forged(spoofers: Vec<ForgedInitial>) {
+    for (e, connecting) in spoofers {
+        connecting.abort();
+        e.close(0u32.into(), b"done");
+    }
+}
+
+/// A node works on at most `max_handshakes` incoming handshakes at once, and addresses
+/// QUIC has not validated take at most half of them. Initials from forged sources (their
+/// answers never arrive) hold at most that half; a child still gets in, through a Retry.
+/// Once every handshake is taken, a new one is refused at once instead of held, and the
+/// child gets in when a slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Result<()> {
+    let city = unit("c01");
+    let root = Identity::create_root(&city, "test.grassroots")?;
+    let (k01, k02) = (unit("c01/k01"), unit("c01/k02"));
+    let (stalling, honest) = (root.issue_child(&k01)?, root.issue_child(&k02)?);
+    let cfg = LinkConfig {
+        max_handshakes: 2,
+        handshake_timeout: Duration::from_secs(3),
+        ..fast_links()
+    };
+    let parent = AcceptingParent::start(root, cfg, vec![k01, k02]).await?;
+    let (addr, name) = (parent.addr, city.dns_name(&stalling.deployment));
+    // Two senders whose answers never reach them, as with forged source addresses: the
+    // first takes a handshake (until the timeout), the second is only asked to retry.
+    let (_forged, spoofers) = forged_initials(&stalling, addr, &name, 2).await?;
     // A child gets in all the same.
     let honest_end = net::endpoint(&honest, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     let dial = || net::connect_parent(&honest_end, &honest, &city, addr, Duration::from_secs(2));
@@ -489,16 +556,8 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
     );
     link.conn.close(0u32.into(), b"done");
     drop(stalled);
-    for (e, connecting) in spoofers {
-        connecting.abort();
-        e.close(0u32.into(), b"done");
-    }
-    cancel.cancel();
-    accepting.await?;
-    tasks.close();
-    tasks.wait().await;
-    thread.shutdown().await;
-    Ok(())
+    end_forged(spoofers);
+    parent.stop().await
 }
 
 /// Once half of a node's handshakes are taken, an address holding an eighth of them in
@@ -507,53 +566,21 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
 /// address do not count against it: a child at that address still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_handshake() -> anyhow::Result<()> {
-    use std::sync::Arc;
-    let dir = tempfile::tempdir()?;
     let city = unit("c01");
     let root = Identity::create_root(&city, "test.grassroots")?;
     let (k01, k02, k03) = (unit("c01/k01"), unit("c01/k02"), unit("c01/k03"));
     let stalling = root.issue_child(&k01)?;
     let (honest, other) = (root.issue_child(&k02)?, root.issue_child(&k03)?);
-    let (store, reader, thread) =
-        grassroots_node::store::open(&dir.path().join("s.redb"), city.clone())?;
     let cfg = LinkConfig {
         max_handshakes: 8,
         handshake_timeout: Duration::from_secs(5),
         ..fast_links()
     };
-    let endpoint = net::endpoint(&root, "127.0.0.1:0".parse()?, &cfg, None)?;
-    let addr = endpoint.local_addr()?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let ctx = net::LinkContext {
-        identity: Arc::new(root),
-        store,
-        reader,
-        cfg,
-        cancel: cancel.clone(),
-    };
-    let tasks = tokio_util::task::TaskTracker::new();
-    let accepting = tokio::spawn(net::accept_loop(
-        endpoint.clone(),
-        ctx,
-        Arc::new(vec![k01.clone(), k02.clone(), k03.clone()]),
-        tasks.clone(),
-    ));
-    let name = city.dns_name(&stalling.deployment);
+    let parent = AcceptingParent::start(root, cfg, vec![k01, k02, k03]).await?;
+    let (addr, name) = (parent.addr, city.dns_name(&stalling.deployment));
     // Four Initials whose answers never arrive, from 127.0.0.2 (the relay's side towards
     // the node), as if forged with that address: they take the unvalidated half.
-    let forged = Relay::start(addr)?;
-    forged.cut_down();
-    let mut spoofers = Vec::new();
-    for i in 1..=4u64 {
-        let e = net::endpoint(&stalling, "127.0.0.1:0".parse()?, &fast_links(), None)?;
-        let connecting = e.connect(forged.addr(), &name)?;
-        spoofers.push((e, tokio::spawn(connecting)));
-        eventually(WAIT, "the forged Initial reached the node", || async {
-            Ok((forged.handshakes_upstream() >= i).then_some(()))
-        })
-        .await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_forged, spoofers) = forged_initials(&stalling, addr, &name, 4).await?;
     // A child at that address still gets in (through a Retry).
     let at_2 = || "127.0.0.2:0".parse::<std::net::SocketAddr>();
     let honest_end = net::endpoint(&honest, at_2()?, &fast_links(), None)?;
@@ -594,16 +621,8 @@ async fn one_address_cannot_take_every_handshake() -> anyhow::Result<()> {
         conn.close(0u32.into(), b"done");
         e.close(0u32.into(), b"done");
     }
-    for (e, connecting) in spoofers {
-        connecting.abort();
-        e.close(0u32.into(), b"done");
-    }
-    cancel.cancel();
-    accepting.await?;
-    tasks.close();
-    tasks.wait().await;
-    thread.shutdown().await;
-    Ok(())
+    end_forged(spoofers);
+    parent.stop().await
 }
 
 /// A township issued again (its machine lost or stolen) has a new CA, and its children's
