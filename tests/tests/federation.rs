@@ -839,7 +839,8 @@ async fn refusals(recv: &mut quinn::RecvStream, n: usize) -> anyhow::Result<()> 
 /// A connection of a child that a newer one replaces is closed; a sync message whose Bloom
 /// filter would make automerge 0.12 divide by zero (a panic on the store thread, which
 /// stopped the node) is refused; and a child that goes on sending refused messages, or
-/// frames that do not decode, is cut off. The township keeps working throughout.
+/// frames that do not decode, is cut off, and cut off again within the hour (a frame over
+/// the cap) kept off. The township keeps working throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Result<()> {
     let (mut fed, dir) = start(small_tree(), None).await?;
@@ -923,7 +924,7 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
     .await?;
     // Closed for what it sent a second time within the hour (a frame over the cap), that
     // village is kept off: its next link is closed as it comes up, with the code that says
-    // so (or before its hello is answered, the close dropping the answer).
+    // so (read from the close, which may drop the hello's answer).
     let mut fourth =
         net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
     let over = u32::try_from(grassroots_node::sync::wire::MAX_FRAME + 1)?;

@@ -2323,21 +2323,23 @@ impl Actor {
                     .get(&peer)
                     .map_or((0, 0, 0), |l| (l.rejected, l.cut_off, l.cut_off_at_ms));
                 // Refusals of the connections before, if recent: a peer does not start its
-                // count again by redialling.
-                let (rejected_now, rejected_at_ms) = self
-                    .links
-                    .get(&peer)
+                // count again by redialling. Its undecodable frames likewise, if the last
+                // connection went down recently (an honest peer sends none).
+                let before = self.links.get(&peer);
+                let (rejected_now, rejected_at_ms) = before
                     .filter(|l| now.saturating_sub(l.rejected_at_ms) < RECENT_REFUSALS_MS)
-                    .map_or((0, 0), |l| {
-                        let malformed = l
-                            .counters
-                            .malformed
-                            .load(std::sync::atomic::Ordering::Relaxed);
-                        counters
-                            .malformed
-                            .store(malformed, std::sync::atomic::Ordering::Relaxed);
-                        (l.rejected_now, l.rejected_at_ms)
-                    });
+                    .map_or((0, 0), |l| (l.rejected_now, l.rejected_at_ms));
+                if let Some(l) =
+                    before.filter(|l| now.saturating_sub(l.down_since_ms) < RECENT_REFUSALS_MS)
+                {
+                    let malformed = l
+                        .counters
+                        .malformed
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    counters
+                        .malformed
+                        .store(malformed, std::sync::atomic::Ordering::Relaxed);
+                }
                 self.dials.remove(&peer);
                 self.links.insert(
                     peer,
@@ -5701,8 +5703,21 @@ mod tests {
             c.misbehaved
                 .store(true, std::sync::atomic::Ordering::Relaxed)
         };
-        // An orderly closing counts for nothing.
+        // An orderly closing counts for nothing; its undecodable frames go on to the next
+        // connection, which the link counts on from.
         let (counters, _sent) = link_of(&h, &child).await.unwrap();
+        counters
+            .malformed
+            .store(1_000, std::sync::atomic::Ordering::Relaxed);
+        h.peer_down(child.clone(), counters.session).await;
+        let (counters, _sent) = link_of(&h, &child).await.unwrap();
+        assert_eq!(
+            counters
+                .malformed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1_000,
+            "carried over"
+        );
         h.peer_down(child.clone(), counters.session).await;
         // Closed by its link; replaced before its going down arrives: counted once.
         let (first, _sent) = link_of(&h, &child).await.unwrap();
