@@ -1593,6 +1593,44 @@ struct LinkEntry {
     kept_off_until_ms: u64,
 }
 
+impl LinkEntry {
+    /// The entry of a connection of a peer coming up at `now` with `counters`, after the
+    /// peer's entry `before` (if any): what goes on from one connection to the next (the
+    /// refusals less those forgiven since, the undecodable frames likewise, handed to the
+    /// link's counters; the closings and the time off, ended or not) carried over.
+    fn next(before: Option<&LinkEntry>, counters: Arc<LinkCounters>, now: u64) -> LinkEntry {
+        let mut entry = LinkEntry {
+            counters,
+            since_ms: now,
+            down_since_ms: 0,
+            connected: true,
+            rejected: 0,
+            rejected_now: 0,
+            rejected_at_ms: 0,
+            cut_off: 0,
+            cut_off_at_ms: 0,
+            kept_off_until_ms: 0,
+        };
+        if let Some(l) = before {
+            let malformed = l
+                .counters
+                .malformed
+                .load(std::sync::atomic::Ordering::Relaxed);
+            entry.counters.malformed.store(
+                carried(malformed, l.down_since_ms, now),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            entry.rejected = l.rejected;
+            entry.rejected_now = carried(l.rejected_now, l.rejected_at_ms, now);
+            entry.rejected_at_ms = l.rejected_at_ms;
+            entry.cut_off = l.cut_off;
+            entry.cut_off_at_ms = l.cut_off_at_ms;
+            entry.kept_off_until_ms = l.kept_off_until_ms;
+        }
+        entry
+    }
+}
+
 /// A peer this node has had no link with since it last went down, or ever: expected at
 /// start (parent and children), or dialled without success.
 #[derive(Debug, Default)]
@@ -2277,14 +2315,8 @@ impl Actor {
                 let now = now_ms();
                 // A live connection this one replaces, closed by its link for what the peer
                 // sent, whose going down has not come yet: counted now (and only once).
-                if self.links.get(&peer).is_some_and(|l| {
-                    l.connected
-                        && l.counters
-                            .misbehaved
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                }) {
-                    let off = self.cut_off(&peer, now);
-                    tracing::warn!(%peer, "closed for what it sent{}", kept_off_for(off));
+                if self.links.get(&peer).is_some_and(|l| l.connected) {
+                    self.count_closing_by_link(&peer, now);
                 }
                 // (A time off further ahead than the longest is a clock set back: not kept.)
                 if let Some(until) = self
@@ -2330,72 +2362,23 @@ impl Actor {
                     batch.sends.push((peer.clone(), msg));
                 }
                 self.outboxes.insert(peer.clone(), outbox);
-                // The time off ended (or never was) is kept too: the count of closings
-                // starts again only an hour after it.
-                let (rejected, cut_off, cut_off_at_ms, kept_off_until_ms) =
-                    self.links.get(&peer).map_or((0, 0, 0, 0), |l| {
-                        (l.rejected, l.cut_off, l.cut_off_at_ms, l.kept_off_until_ms)
-                    });
-                // Refusals of the connections before, less those forgiven since: a peer
-                // does not start its count again by redialling. Its undecodable frames
-                // likewise, from the last connection's end.
-                let before = self.links.get(&peer);
-                let (rejected_now, rejected_at_ms) = before.map_or((0, 0), |l| {
-                    (
-                        carried(l.rejected_now, l.rejected_at_ms, now),
-                        l.rejected_at_ms,
-                    )
-                });
-                if let Some(l) = before {
-                    let malformed = l
-                        .counters
-                        .malformed
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    counters.malformed.store(
-                        carried(malformed, l.down_since_ms, now),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
+                // A peer does not start its counts again by redialling, and the count of
+                // its closings starts again only an hour after its time off.
+                let entry = LinkEntry::next(self.links.get(&peer), counters, now);
                 self.dials.remove(&peer);
-                self.links.insert(
-                    peer,
-                    LinkEntry {
-                        counters,
-                        since_ms: now,
-                        down_since_ms: 0,
-                        connected: true,
-                        rejected,
-                        rejected_now,
-                        rejected_at_ms,
-                        cut_off,
-                        cut_off_at_ms,
-                        kept_off_until_ms,
-                    },
-                );
+                self.links.insert(peer, entry);
                 batch.replies.push(Box::new(move |_| {
                     let _ = reply.send(Ok(()));
                 }));
             }
             Command::PeerDown { peer, session } => {
                 // A late notice from an older connection must not end a newer one.
-                let ended = self
+                if self
                     .links
                     .get(&peer)
-                    .filter(|l| l.counters.session == session)
-                    .map(|l| {
-                        l.counters
-                            .misbehaved
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    });
-                if let Some(misbehaved) = ended {
-                    // The link closed it for frames that do not decode or one over the cap:
-                    // counted as a closing for refused messages.
-                    if misbehaved {
-                        let off = self.cut_off(&peer, now_ms());
-                        if off > 0 {
-                            tracing::warn!(%peer, "closed for what it sent{}", kept_off_for(off));
-                        }
-                    }
+                    .is_some_and(|l| l.counters.session == session)
+                {
+                    self.count_closing_by_link(&peer, now_ms());
                     self.on_peer_down(peer, batch);
                 }
             }
@@ -2595,6 +2578,23 @@ impl Actor {
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             off
         })
+    }
+
+    /// If `peer`'s link closed itself for what the peer sent (frames that do not decode, one
+    /// over the cap), count that as a closing for refused messages ([`Actor::cut_off`],
+    /// which uses the link's mark up, so it counts once).
+    fn count_closing_by_link(&mut self, peer: &UnitId, now: u64) {
+        let misbehaved = self.links.get(peer).is_some_and(|l| {
+            l.counters
+                .misbehaved
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        if misbehaved {
+            let off = self.cut_off(peer, now);
+            if off > 0 {
+                tracing::warn!(%peer, "closed for what it sent{}", kept_off_for(off));
+            }
+        }
     }
 
     /// The link to `peer` ends: its sync states are saved, and its connection is closed if
@@ -5547,6 +5547,20 @@ mod tests {
         })
     }
 
+    /// No share of time for peer work: one item of a batch frame a batch.
+    async fn one_item_a_batch(h: &StoreHandle) {
+        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
+            .await
+            .unwrap();
+    }
+
+    /// Wait for a hold ([`hold_for_with_peers`]) to be released.
+    async fn released(hold: std::thread::JoinHandle<()>) {
+        tokio::task::spawn_blocking(move || hold.join().unwrap())
+            .await
+            .unwrap();
+    }
+
     /// A member written at `me` while the actor is held, the hold released, the write's
     /// answer awaited.
     async fn write_while_held(h: &StoreHandle, me: &UnitId, hold: std::thread::JoinHandle<()>) {
@@ -5554,9 +5568,7 @@ mod tests {
             let (h, me) = (h.clone(), me.clone());
             tokio::spawn(async move { h.create_member(me, sample("Li Wei")).await })
         };
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
+        released(hold).await;
         write.await.unwrap().unwrap();
     }
 
@@ -5784,9 +5796,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (me, parent) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
         let (h, t, mut sent, session) = linked_to_parent(dir.path(), &me).await;
-        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
-            .await
-            .unwrap();
+        one_item_a_batch(&h).await;
         let items = registers_of("c01/k01/t01/v");
         let n = items.len();
         let hold = hold_for_with_peers(&h, 0, 2).await;
@@ -5794,9 +5804,7 @@ mod tests {
             .await
             .unwrap();
         h.peer_down(parent.clone(), session).await;
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
+        released(hold).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while h.status().await.unwrap().links.iter().any(|l| l.connected) {
             assert!(
@@ -5827,9 +5835,7 @@ mod tests {
         h.peer_up(parent.clone(), out.clone(), up).await.unwrap();
         h.peer_up(child.clone(), out, down).await.unwrap();
         while sent.try_recv().is_ok() {}
-        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
-            .await
-            .unwrap();
+        one_item_a_batch(&h).await;
         // The parent's frame: items about other townships' registers, outside the link's
         // scope, each answered with a refusal (one a batch).
         let items = registers_of("c01/k01/t");
@@ -5851,9 +5857,7 @@ mod tests {
         )
         .await
         .unwrap();
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
+        released(hold).await;
         let mut refused_before = 0;
         loop {
             let msg = tokio::time::timeout(std::time::Duration::from_secs(30), sent.recv())
@@ -5881,10 +5885,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (me, parent) = (u("c01/k01/t01/v01"), u("c01/k01/t01"));
         let (h, t, mut sent, session) = linked_to_parent(dir.path(), &me).await;
-        // No share of time: one item a batch.
-        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
-            .await
-            .unwrap();
+        one_item_a_batch(&h).await;
         // Items about siblings' registers, outside the link's scope: each answered with a
         // refusal, in the order handled (fewer than close the link).
         let items = registers_of("c01/k01/t01/v");
@@ -6001,9 +6002,7 @@ mod tests {
             let h = h.clone();
             tokio::spawn(async move { h.status().await })
         };
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
+        released(hold).await;
         // The status went ahead of the frames, and the link was still up then.
         let during = status.await.unwrap().unwrap();
         assert!(during.links.iter().any(|l| l.peer == parent && l.connected));
@@ -6265,9 +6264,7 @@ mod tests {
         // Before the county says anything, the store starts a slot's worth of them. With
         // no time for peers' work, the batch that brings the link up starts none: they are
         // started one a batch after it, batches the store runs without any command coming.
-        h.tx.send(Command::PeerWork(std::time::Duration::ZERO))
-            .await
-            .unwrap();
+        one_item_a_batch(&h).await;
         let slots = crate::sync::MAX_IN_FLIGHT;
         assert!(villages.len() > slots);
         let (mut link, hello) = PeerEngine::open(&h, &me, engine, saved).await;
@@ -6446,9 +6443,7 @@ mod tests {
             let (h, parent) = (h.clone(), parent.clone());
             tokio::spawn(async move { h.peer_up(parent, out, b).await })
         };
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
+        released(hold).await;
         redial.await.unwrap().unwrap();
         let st = h.status().await.unwrap();
         let link = st.links.iter().find(|l| l.peer == parent).unwrap();
@@ -6587,9 +6582,7 @@ mod tests {
         for msg in edit {
             h.from_peer(v01.clone(), session, msg, None).await.unwrap();
         }
-        tokio::task::spawn_blocking(move || hold.join().unwrap())
-            .await
-            .unwrap();
+        released(hold).await;
         let moved = moving.await.unwrap().unwrap();
         assert_eq!(moved.name, "Zhao Renamed");
         assert_eq!(r.member(&moved.id).unwrap().unwrap().name, "Zhao Renamed");
