@@ -138,14 +138,33 @@ fn column_items(ty: u64, data: &[u8], cap: u64) -> Option<u64> {
     Some(n)
 }
 
-/// The raw DEFLATE stream `deflated` inflated, if at most `cap` bytes.
-fn inflate(deflated: &[u8], cap: u64) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(deflated)
-        .take(cap.saturating_add(1))
-        .read_to_end(&mut out)
-        .ok()?;
-    (out.len() as u64 <= cap).then_some(out)
+thread_local! {
+    /// Where columns are inflated to be counted, kept from one to the next: a buffer grown
+    /// afresh for each cost more than the inflating (the allocator maps new pages for each
+    /// large one, and the kernel zeroes them; a township taking a 5,000-change register
+    /// spent a third of its time there).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What the scratch buffer keeps between uses at most: a peer's one large column does not
+/// hold its size for good.
+const SCRATCH_KEPT: usize = 4 << 20;
+
+/// `read` applied to the raw DEFLATE stream `deflated` inflated, if at most `cap` bytes.
+fn with_inflated<T>(deflated: &[u8], cap: u64, read: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+    SCRATCH.with_borrow_mut(|out| {
+        out.clear();
+        let inflated = flate2::read::DeflateDecoder::new(deflated)
+            .take(cap.saturating_add(1))
+            .read_to_end(out)
+            .is_ok_and(|n| n as u64 <= cap);
+        let result = if inflated { read(out) } else { None };
+        out.clear();
+        if out.capacity() > SCRATCH_KEPT {
+            out.shrink_to(SCRATCH_KEPT);
+        }
+        result
+    })
 }
 
 /// The values the columns `cols` (whose data starts at `pos`) declare, summed, counting
@@ -165,7 +184,7 @@ fn columns_items(
         *pos = end;
         let ty = spec & COLUMN_TYPE;
         let n = if spec & COLUMN_DEFLATE != 0 {
-            column_items(ty, &inflate(data, inflate_cap?)?, cap - total)?
+            with_inflated(data, inflate_cap?, |d| column_items(ty, d, cap - total))?
         } else {
             column_items(ty, data, cap - total)?
         };
@@ -216,7 +235,7 @@ fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
 pub fn items_declared(kind: u8, body: &[u8], cap: u64, inflate_cap: u64) -> Option<Declared> {
     match kind {
         CHUNK_CHANGE => change_items(body, cap),
-        CHUNK_COMPRESSED_CHANGE => change_items(&inflate(body, inflate_cap)?, cap),
+        CHUNK_COMPRESSED_CHANGE => with_inflated(body, inflate_cap, |d| change_items(d, cap)),
         CHUNK_DOCUMENT => {
             let mut pos = 0;
             skip_byte_strings(body, &mut pos)?; // actors
