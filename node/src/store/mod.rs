@@ -600,7 +600,14 @@ pub fn open_database(
     load::load_index(&database, &mut engine, &mut persisted)?;
     let source_db = database.clone();
     engine.set_source(Box::new(move |id| {
-        load::load_doc(&source_db, id).map_err(|e| e.to_string())
+        load::load_doc_and_compact(&source_db, id).map_err(|e| e.to_string())
+    }));
+    let compact_db = database.clone();
+    engine.set_compact_source(Box::new(move |id| {
+        load::stored_compact(&compact_db, id)
+            .inspect_err(|e| tracing::warn!(doc = %id, "cannot read the stored document: {e}"))
+            .ok()
+            .flatten()
     }));
     let heard = load_heard(&database)?;
     let (tx, rx) = mpsc::channel(INBOX);
@@ -3371,6 +3378,12 @@ impl Actor {
                 .map_err(db)?;
             }
             for id in &batch.dirty {
+                let mut p = self.persisted.get(id).cloned().unwrap_or_default();
+                // A document's first commit (nothing of it stored yet) is its snapshot, made
+                // here and kept beside the document: a register received whole from a peer
+                // often goes on whole to the next level up, which lacks it too.
+                let first = p.heads.is_empty() && p.next_seq == 0;
+                let snapshot = if first { self.engine.saved(id) } else { None };
                 let Some(entry) = self.engine.get(id) else {
                     continue;
                 };
@@ -3383,7 +3396,6 @@ impl Actor {
                 };
                 let meta = &entry.meta;
                 let key = id.to_string();
-                let mut p = self.persisted.get(id).cloned().unwrap_or_default();
                 // What the views reflect now: they were committed with these heads.
                 let viewed = p.heads.clone();
                 let heads = d.get_heads();
@@ -3391,15 +3403,13 @@ impl Actor {
                     continue;
                 }
                 // The changes since the views' heads, when this commit stores them as a row.
-                let new = if p.heads.is_empty() && p.next_seq == 0 {
-                    // A document's first commit (nothing of it stored yet) is its snapshot:
-                    // a register received whole from a peer is stored as automerge's compact
+                let new = if first {
+                    // A register received whole from a peer is stored as automerge's compact
                     // form, a ninth of its raw changes (29 KB against 268 KB for 1,000
                     // households), and saving it costs less than re-encoding those changes
                     // (automerge keeps no raw bytes for a document received whole).
-                    snaps
-                        .insert(key.as_str(), crate::doc::save(d).as_slice())
-                        .map_err(db)?;
+                    let bytes = snapshot.unwrap_or_else(|| crate::doc::save(d).into());
+                    snaps.insert(key.as_str(), &*bytes).map_err(db)?;
                     None
                 } else {
                     let changes_new = d.get_changes(&p.heads);
@@ -7450,6 +7460,40 @@ mod tests {
         let (_h, _r, t) = open(&path, u("c01")).unwrap();
         assert_eq!(mode(&path), 0o600);
         t.shutdown().await;
+    }
+
+    /// A document stored as one snapshot and nothing after it reads back as that compact
+    /// form with its heads (what a parent lacking it is sent without loading it); with a
+    /// change row after the snapshot it does not. What is read loads to the heads stored.
+    #[tokio::test]
+    async fn a_document_stored_as_one_snapshot_reads_back_as_its_compact_form() {
+        use automerge::Automerge;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let me = u("c01/k01/t01/v01");
+        let id = DocId::new(DocKind::Members, me.clone());
+        for (i, name) in ["First", "Second"].into_iter().enumerate() {
+            let (h, r, t) = open(&path, me.clone()).unwrap();
+            h.create_member(me.clone(), sample(name)).await.unwrap();
+            t.shutdown().await;
+            drop((h, r));
+            let d = Database::create(&path).unwrap();
+            let held = load::load_doc(&d, &id).unwrap().get_heads();
+            let compact = load::stored_compact(&d, &id).unwrap();
+            let (and_compact, kept) = load::load_doc_and_compact(&d, &id).unwrap();
+            assert_eq!(and_compact.get_heads(), held);
+            if i == 0 {
+                // The register's first commit: its snapshot.
+                let (heads, bytes) = compact.expect("stored as one snapshot");
+                assert_eq!(heads, held);
+                assert_eq!(Automerge::load(&bytes).unwrap().get_heads(), held);
+                assert_eq!(kept, Some(bytes));
+            } else {
+                // The second write is a change row after it.
+                assert!(compact.is_none());
+                assert!(kept.is_none());
+            }
+        }
     }
 
     /// A profile holding the most entries a peer takes refuses a local write that would add

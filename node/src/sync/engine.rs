@@ -188,12 +188,31 @@ fn message_counts(data: &[u8]) -> Option<[u64; 4]> {
     let changes = leb128(data, &mut pos)?;
     Some([heads, need, haves, changes])
 }
+/// Times this side sends a peer changes of a document again in a session, its heads
+/// unchanged, before it stops syncing the document with that peer until the next session.
+/// An honest peer asks again only for changes its Bloom filter hid (about one in a hundred,
+/// then fewer at each round) or when its first word crossed this side's. A peer saying it
+/// holds nothing, again and again, with a message of a few bytes each time, would cost this
+/// side the whole document (a save, or every change) each.
+const MAX_RESENDS: u32 = 8;
+
 /// Most probes per hash a `have`'s Bloom filter may ask for (automerge uses 7): automerge
 /// allocates that many per change it tests, and trusts the number.
 const MAX_PROBES: u64 = 32;
 
-/// Where an evicted document is read back from: the store's durable copy.
-pub type DocSource = Box<dyn FnMut(&DocId) -> Result<Automerge, String> + Send>;
+/// Where an evicted document is read back from: the store's durable copy, with its compact
+/// form (`doc::save`) when it is stored as exactly that, a snapshot and no later change.
+pub type DocSource = Box<dyn FnMut(&DocId) -> Result<(Automerge, Option<Vec<u8>>), String> + Send>;
+
+/// A loaded document's compact form (`doc::save`) as of `heads`: what a peer lacking the
+/// document is sent, and a document's first snapshot. Kept beside the document until it
+/// changes, so that sending it whole to several peers (a register received from a village
+/// goes on whole to a county that lacks it), or to a peer that asks again, saves it once.
+#[derive(Debug)]
+struct Saved {
+    heads: Vec<ChangeHash>,
+    bytes: std::sync::Arc<[u8]>,
+}
 
 /// Fixed memory a loaded automerge document costs, whatever its size (an estimate, measured
 /// with the `memory` benchmark).
@@ -215,14 +234,39 @@ pub struct DocEntry {
     /// sizes (at most [`MAX_WAITING`], [`MAX_WAITING_BYTES`] in all). They live only in
     /// memory: the store saves documents without them, so a reload starts empty.
     waiting: Vec<(ChangeHash, u64)>,
+    /// The loaded document's compact form, when made since it last changed.
+    saved: Option<Saved>,
 }
 
 impl DocEntry {
-    /// Estimated memory of the loaded document, its waiting changes included.
+    /// Estimated memory of the loaded document, its waiting changes and its compact form
+    /// included.
     fn cost(&self) -> Option<u64> {
         let waiting = self.waiting.iter().map(|(_, n)| n).sum::<u64>();
-        self.doc.as_deref().map(|d| doc_cost(d) + waiting)
+        let saved = self.saved.as_ref().map_or(0, |s| s.bytes.len() as u64);
+        self.doc.as_deref().map(|d| doc_cost(d) + waiting + saved)
     }
+
+    /// The loaded document's compact form as it is now (see [`compact_form`]).
+    fn saved(&mut self) -> Option<std::sync::Arc<[u8]>> {
+        Some(compact_form(self.doc.as_deref()?, &mut self.saved))
+    }
+}
+
+/// `d`'s compact form as it is now: the one `kept`, or made and kept there.
+fn compact_form(d: &Automerge, kept: &mut Option<Saved>) -> std::sync::Arc<[u8]> {
+    let heads = d.get_heads();
+    if let Some(s) = kept
+        && s.heads == heads
+    {
+        return s.bytes.clone();
+    }
+    let bytes: std::sync::Arc<[u8]> = doc::save(d).into();
+    *kept = Some(Saved {
+        heads,
+        bytes: bytes.clone(),
+    });
+    bytes
 }
 
 impl DocEntry {
@@ -248,9 +292,18 @@ pub struct Residency {
     pub loaded_bytes: u64,
 }
 
-/// The optional [`DocSource`] (a named type so that the engine stays `Debug`).
+/// Where an evicted document's compact form is read as stored, with the heads it holds,
+/// when it is stored as exactly that (a snapshot and no later change): a peer taken to lack
+/// the document is sent it without loading it.
+pub type CompactSource = Box<dyn FnMut(&DocId) -> Option<StoredCompact> + Send>;
+
+/// A document's heads as stored, and its compact form holding exactly them.
+pub type StoredCompact = (Vec<ChangeHash>, Vec<u8>);
+
+/// The optional [`DocSource`] and [`CompactSource`] (a named type so that the engine stays
+/// `Debug`).
 #[derive(Default)]
-struct Source(Option<DocSource>);
+struct Source(Option<DocSource>, Option<CompactSource>);
 
 impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -406,6 +459,9 @@ struct PeerSync {
     lacking: HashSet<DocId>,
     /// The peer's refusals of this side's messages heard this session.
     refusals_heard: u32,
+    /// Per document, the heads of the last message that carried changes to the peer this
+    /// session, and how many more did at those heads ([`MAX_RESENDS`]).
+    resent: HashMap<DocId, (Vec<ChangeHash>, u32)>,
 }
 
 impl PeerSync {
@@ -489,6 +545,85 @@ fn assume_lacking(state: &mut sync::State) -> bool {
     }]);
     assume_v2(state);
     true
+}
+
+/// Whether automerge's `generate_sync_message` would answer `state` with the whole document:
+/// the peer holds nothing of it (said so, or [`assume_lacking`]) and reads v2 messages, and
+/// nothing makes automerge answer otherwise (read-only modes, a reset to send, or a summary
+/// naming changes this side lacks, which it answers with a reset).
+fn wants_whole(doc: &Automerge, state: &sync::State) -> bool {
+    state.their_heads.as_deref() == Some(&[])
+        && state
+            .their_capabilities
+            .as_ref()
+            .is_some_and(|c| c.contains(&sync::Capability::MessageV2))
+        && state.their_need.is_some()
+        && state.their_have.as_ref().is_some_and(|have| {
+            have.first().is_none_or(|h| {
+                h.last_sync
+                    .iter()
+                    .all(|c| doc.get_change_meta_by_hash(c).is_some())
+            })
+        })
+        && !state.read_only
+        && !state.peer_read_only
+        && !state.needs_reset
+}
+
+/// What automerge's `generate_sync_message` makes, and does to `state`, where
+/// [`wants_whole`]: the same message, with `compact()` (the document's `doc::save`, which the
+/// caller keeps while the document does not change) where automerge would save the document
+/// again each time. Unlike automerge's, it leaves out changes held waiting for their
+/// dependencies (a peer's, never checked whole): `doc::save` does.
+fn whole_message(
+    doc: &Automerge,
+    state: &mut sync::State,
+    compact: impl FnOnce() -> Vec<u8>,
+) -> Option<sync::Message> {
+    let heads = doc.get_heads();
+    let heads_unchanged = state.last_sent_heads == heads;
+    if heads_unchanged && state.have_responded && state.in_flight {
+        return None;
+    }
+    // Their heads are empty, so nothing is needed from them, and the summary goes.
+    let hashes: Vec<ChangeHash> = doc.get_changes_meta(&[]).iter().map(|c| c.hash).collect();
+    let since_shared: Vec<ChangeHash> = if state.shared_heads.is_empty() {
+        hashes.clone()
+    } else {
+        doc.get_changes_meta(&state.shared_heads)
+            .iter()
+            .map(|c| c.hash)
+            .collect()
+    };
+    let have = sync::Have {
+        last_sync: state.shared_heads.clone(),
+        bloom: sync::BloomFilter::from_hashes(since_shared.iter()),
+    };
+    // A document with no change goes as none (automerge's compact form of an empty
+    // document is empty; one holding only changes waiting for others has no change to send).
+    let (changes, hashes) = if hashes.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        (vec![compact()], hashes)
+    };
+    let heads_equal = state.their_heads.as_ref() == Some(&heads);
+    if heads_unchanged && state.have_responded && heads_equal && changes.is_empty() {
+        return None;
+    }
+    state.have_responded = true;
+    state.last_sent_heads.clone_from(&heads);
+    state.sent_hashes.extend(hashes);
+    let mut flags = sync::MessageFlags::new();
+    flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+    state.in_flight = true;
+    Some(sync::Message {
+        heads,
+        need: Vec::new(),
+        have: vec![have],
+        changes: changes.into(),
+        flags: Some(flags),
+        version: sync::MessageVersion::V2,
+    })
 }
 
 /// Peers of this protocol version read automerge's v2 sync messages; automerge learns it
@@ -965,7 +1100,13 @@ impl Engine {
 
     /// Let the engine evict documents, reading them back from `source` when next needed.
     pub fn set_source(&mut self, source: DocSource) {
-        self.source = Source(Some(source));
+        self.source.0 = Some(source);
+    }
+
+    /// Let the engine send a peer that lacks an evicted document its compact form as
+    /// stored, without loading it.
+    pub fn set_compact_source(&mut self, source: CompactSource) {
+        self.source.1 = Some(source);
     }
 
     /// Make `id` loaded (reading it from the source if evicted) and mark it used.
@@ -979,7 +1120,7 @@ impl Engine {
             let source = self.source.0.as_mut().ok_or_else(|| {
                 Rejection::new(RejectReason::ApplyFailed, Some(id), "evicted, no source")
             })?;
-            let mut d = source(id).map_err(|e| {
+            let (mut d, compact) = source(id).map_err(|e| {
                 Rejection::new(
                     RejectReason::ApplyFailed,
                     Some(id),
@@ -989,6 +1130,10 @@ impl Engine {
             d.set_actor(self.actor.clone());
             // The digest kept while evicted must describe what was loaded.
             let stale = self.doc_digests.get(id) != Some(&heads_digest(&d));
+            entry.saved = compact.map(|bytes| Saved {
+                heads: d.get_heads(),
+                bytes: bytes.into(),
+            });
             entry.doc = Some(Box::new(d));
             entry.waiting.clear();
             self.resident.insert(id.clone());
@@ -1008,6 +1153,12 @@ impl Engine {
     /// The document `id`, loaded if it was evicted (for the store's reads and commits).
     pub fn load(&mut self, id: &DocId) -> Result<&Automerge, Rejection> {
         self.ensure(id).map(|d| &*d)
+    }
+
+    /// The compact form (`doc::save`) of `id` as it is now, when loaded: kept from the last
+    /// time it was made, or made and kept (see [`Saved`]).
+    pub fn saved(&mut self, id: &DocId) -> Option<std::sync::Arc<[u8]>> {
+        self.docs.get_mut(id)?.saved()
     }
 
     /// Evict least recently used documents until the loaded ones are estimated under
@@ -1060,6 +1211,7 @@ impl Engine {
             self.doc_digest(&id);
             if let Some(e) = self.docs.get_mut(&id) {
                 e.doc = None;
+                e.saved = None;
                 e.waiting.clear();
                 self.resident.remove(&id);
                 total = total.saturating_sub(cost);
@@ -1101,6 +1253,7 @@ impl Engine {
                 doc,
                 used,
                 waiting: Vec::new(),
+                saved: None,
             },
         );
         self.by_owner
@@ -1129,6 +1282,9 @@ impl Engine {
     /// the registrations read from it, for a profile).
     fn invalidate(&mut self, id: &DocId) {
         self.doc_digests.remove(id);
+        if let Some(e) = self.docs.get_mut(id) {
+            e.saved = None;
+        }
         self.invalidate_line(&id.owner);
         if id.kind == DocKind::Profile {
             self.registered.remove(&id.owner);
@@ -1640,25 +1796,60 @@ impl Engine {
         if p.refused.contains(id) {
             return None;
         }
+        if let Some(m) = self.whole_unloaded(peer, id) {
+            return Some((vec![m], false));
+        }
         if let Err(r) = self.ensure(id) {
             tracing::error!(doc = %id, "cannot sync a document: {}", r.detail);
             return None;
         }
-        let doc = self.docs.get(id)?.doc.as_ref()?;
+        let DocEntry { doc, saved, .. } = self.docs.get_mut(id)?;
         let p = self.peers.get_mut(peer)?;
         let assumed_empty = p.lacking.remove(id) && assume_lacking(p.state(id));
+        let doc = doc.as_deref()?;
         if !assumed_empty {
             assume_shared_heads_held(doc, p.state(id));
         }
+        let whole = wants_whole(doc, p.state(id));
         // The state holds what the peer said it has; automerge trusts it. A panic here must
         // not take the store down: the document stops syncing with this peer this session.
-        let generated = catch_unwind(AssertUnwindSafe(|| doc.generate_sync_message(p.state(id))));
+        let generated = catch_unwind(AssertUnwindSafe(|| {
+            if whole {
+                // The compact form kept since the document last changed, where automerge
+                // would save it again for every peer lacking it.
+                let state = p.state(id);
+                whole_message(doc, state, || compact_form(doc, saved).to_vec())
+            } else {
+                doc.generate_sync_message(p.state(id))
+            }
+        }));
         let Ok(m) = generated else {
             tracing::error!(%peer, doc = %id, "automerge panicked generating a sync message; the document waits for the next session with this peer");
             let reject = p.give_up(id, "could not make a sync message for it".into());
             return Some((vec![reject], true));
         };
         let m = m?;
+        if !m.changes.is_empty() {
+            // Changes sent again at the same heads: the peer asked again for what it was
+            // sent (an honest one seldom, for changes its Bloom filter hid).
+            let (at, times) = p.resent.entry(id.clone()).or_default();
+            if *at == m.heads {
+                *times += 1;
+            } else {
+                (*at, *times) = (m.heads.clone(), 0);
+            }
+            if *times > MAX_RESENDS {
+                tracing::warn!(%peer, doc = %id, "asked again and again for changes it was sent; the document waits for the next session with this peer");
+                let reject = p.give_up(
+                    id,
+                    format!(
+                        "asked for the same changes more than {MAX_RESENDS} times again this \
+                         session"
+                    ),
+                );
+                return Some((vec![reject], true));
+            }
+        }
         let state = p.state(id);
         if assumed_empty {
             // Empty heads would make every message until the peer answers the whole
@@ -1714,6 +1905,59 @@ impl Engine {
                 Some((vec![reject], true))
             }
         }
+    }
+
+    /// The first message of an evicted document to a peer taken to lack it (see
+    /// [`assume_lacking`]), made from its compact form as stored, without loading it: a
+    /// village's register made offline goes up as soon as its link is up, where loading it
+    /// took longer than the parent's taking it in. The message says this side's heads and
+    /// carries the document; it summarises nothing this side has, so the peer sends back only
+    /// what this side then asks for (it lacks the document, so nothing is missed; were it to
+    /// hold part of it, its answer says so and the exchange goes on from there, the document
+    /// loaded). None where the document is loaded, not stored as one compact form, or too
+    /// large for one message: it is made as any other.
+    fn whole_unloaded(&mut self, peer: &UnitId, id: &DocId) -> Option<Msg> {
+        let p = self.peers.get(peer)?;
+        if !p.lacking.contains(id)
+            || p.states.get(id).is_some_and(|s| s.their_heads.is_some())
+            || self.docs.get(id)?.doc.is_some()
+        {
+            return None;
+        }
+        let (heads, bytes) = self.source.1.as_mut()?(id)?;
+        // What was read must be the document as this side knows it (its digest kept while
+        // evicted), with something in it, and fit one message.
+        if heads.is_empty()
+            || self.doc_digests.get(id) != Some(&digest_of_heads(heads.clone()))
+            || bytes.len() > MAX_PART
+            || values_of(std::iter::once(&bytes[..]), MAX_PART_ITEMS) > MAX_PART_ITEMS
+        {
+            return None;
+        }
+        let p = self.peers.get_mut(peer)?;
+        p.lacking.remove(id);
+        p.resent.insert(id.clone(), (heads.clone(), 0));
+        let state = p.state(id);
+        assume_v2(state);
+        // What automerge's message would do to the state, but for the hashes sent (unknown
+        // unloaded): only automerge's own later messages consult them, to send no change twice.
+        state.have_responded = true;
+        state.last_sent_heads.clone_from(&heads);
+        state.in_flight = true;
+        let mut flags = sync::MessageFlags::new();
+        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        let m = sync::Message {
+            heads,
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![bytes].into(),
+            flags: Some(flags),
+            version: sync::MessageVersion::V2,
+        };
+        Some(Msg::Sync {
+            doc: id.clone(),
+            data: m.encode(),
+        })
     }
 
     /// Begin reconciling `id` with `peer`, or queue it when the link has enough in flight.
@@ -3848,6 +4092,218 @@ mod tests {
         assert!(pump(&mut k, &mut c, queue.into()).is_empty());
         assert_eq!(names(&c, "c01/k01/t00/v900").len(), made.len() + 1);
         assert!(names(&c, "c01/k01/t00/v900").contains(&"Written Meanwhile".to_string()));
+    }
+
+    /// Where automerge would answer with the whole document, the engine makes the same
+    /// message and leaves the same state, with the compact form it keeps instead of a new
+    /// save: for a peer assumed lacking the document, one that said it holds nothing, a
+    /// summary naming shared heads, and a message still unanswered.
+    #[test]
+    fn a_whole_document_is_answered_as_automerge_would() {
+        use automerge::transaction::Transactable as _;
+        let mut d = doc::empty(&doc::actor_for(&u("c01/k01/t01/v01"), [1; 8]));
+        let mut early = Vec::new();
+        for i in 0..40 {
+            let mut tx = d.transaction();
+            tx.put(automerge::ROOT, format!("k{}", i % 7), i as i64)
+                .unwrap();
+            tx.commit();
+            if i == 9 {
+                early = d.get_heads();
+            }
+        }
+        let mut other = d
+            .fork()
+            .with_actor(doc::actor_for(&u("c01/k01/t01"), [2; 8]));
+        other
+            .transaction()
+            .put(automerge::ROOT, "above", "x")
+            .unwrap();
+        d.merge(&mut other).unwrap();
+
+        let mut assumed = sync::State::new();
+        assert!(assume_lacking(&mut assumed));
+        // A peer's first word for a document it holds nothing of.
+        let mut told = sync::State::new();
+        let nothing = Automerge::new()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap();
+        d.clone().receive_sync_message(&mut told, nothing).unwrap();
+        let mut shared = told.clone();
+        shared.shared_heads = early.clone();
+        shared.have_responded = true;
+        shared.last_sent_heads = d.get_heads();
+        // Answered already, and not heard from since.
+        let mut unanswered = told.clone();
+        d.generate_sync_message(&mut unanswered).unwrap();
+
+        let empty = Automerge::new();
+        for (what, doc, state) in [
+            ("assumed lacking", &d, assumed.clone()),
+            ("told", &d, told),
+            ("shared heads", &d, shared),
+            ("unanswered", &d, unanswered),
+        ] {
+            assert!(wants_whole(doc, &state), "{what}");
+            let (mut ours, mut theirs) = (state.clone(), state.clone());
+            let mine = whole_message(doc, &mut ours, || doc::save(doc));
+            let automerge = doc.generate_sync_message(&mut theirs);
+            assert_eq!(
+                mine.map(sync::Message::encode),
+                automerge.map(sync::Message::encode),
+                "{what}"
+            );
+            assert_eq!(ours, theirs, "{what}");
+        }
+        // A document with no change goes as none, where automerge sends the compact form of
+        // nothing (which a peer equally empty answers in kind, back and forth).
+        let mut state = assumed.clone();
+        assert!(wants_whole(&empty, &state));
+        let m = whole_message(&empty, &mut state, || panic!("nothing to save")).unwrap();
+        assert!(m.changes.is_empty() && m.heads.is_empty());
+        // Not for a peer that holds some of it.
+        let mut holds = assumed;
+        holds.their_heads = Some(early);
+        assert!(!wants_whole(&d, &holds));
+    }
+
+    /// The compact form kept beside a document is the document as it is now: made once
+    /// while it does not change, made again once it has.
+    #[test]
+    fn the_compact_form_kept_follows_its_document() {
+        let mut v = engine("c01/k01/t01/v01", 2);
+        let id = write(&mut v, "c01/k01/t01/v01", 1, "First");
+        let a = v.saved(&id).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &v.saved(&id).unwrap()));
+        write(&mut v, "c01/k01/t01/v01", 2, "Second");
+        let b = v.saved(&id).unwrap();
+        let heads = v.get(&id).unwrap().doc().unwrap().get_heads();
+        assert_eq!(Automerge::load(&b).unwrap().get_heads(), heads);
+        assert_ne!(Automerge::load(&a).unwrap().get_heads(), heads);
+        // A change from a peer too.
+        let mut t = engine("c01/k01/t01", 1);
+        link(&mut t, &mut v);
+        let kept = t.saved(&id).unwrap();
+        write(&mut v, "c01/k01/t01/v01", 3, "Third");
+        let out = v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect();
+        let pushed = addressed(v.me(), t.me(), out);
+        assert!(pump(&mut t, &mut v, pushed).is_empty());
+        let now = t.saved(&id).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&kept, &now));
+        assert_eq!(
+            Automerge::load(&now).unwrap().get_heads(),
+            v.get(&id).unwrap().doc().unwrap().get_heads()
+        );
+    }
+
+    /// A peer saying again and again that it holds nothing of a document, a few bytes each
+    /// time, is sent it whole a few times, then refused it for the session; the copies it
+    /// got were one compact form, made once.
+    #[test]
+    fn a_peer_asking_again_and_again_for_a_document_is_refused_it_for_the_session() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        for i in 0..50 {
+            write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i:02}"));
+        }
+        let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
+        link(&mut t, &mut v);
+        let v01 = v.me().clone();
+        let nothing = Automerge::new()
+            .generate_sync_message(&mut sync::State::new())
+            .unwrap()
+            .encode();
+        let mut copies = Vec::new();
+        let mut refused = None;
+        for _ in 0..MAX_RESENDS + 5 {
+            let step = t.receive(
+                &v01,
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: nothing.clone(),
+                },
+            );
+            assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+            for (_, m) in step.send {
+                match m {
+                    Msg::Sync { data, .. } => {
+                        let m = sync::Message::decode(&data).unwrap();
+                        copies.extend(m.changes.iter().map(<[u8]>::to_vec));
+                    }
+                    Msg::Reject { reason, detail, .. } => {
+                        assert!(refused.is_none(), "refused twice");
+                        refused = Some((reason, detail));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        // The first answer, then MAX_RESENDS more; the next is refused, then silence.
+        assert_eq!(copies.len(), MAX_RESENDS as usize + 1);
+        assert!(copies.iter().all(|c| c == &copies[0]));
+        assert_eq!(&copies[0][..], &*t.saved(&id).unwrap());
+        let (reason, detail) = refused.expect("never refused");
+        assert_eq!(reason, RejectReason::ApplyFailed);
+        assert!(detail.contains("same changes"), "{detail}");
+        // The next session starts afresh.
+        let q = reconnect(&mut t, &mut v);
+        assert!(pump(&mut t, &mut v, q).is_empty());
+        assert_eq!(names(&t, "c01/k01/t01/v01").len(), 50);
+    }
+
+    /// A register made offline, which the parent is taken to lack, goes up whole from its
+    /// compact form as stored, without being loaded: the parent holds it after that one
+    /// message, and the child loads it only when the parent's answer comes.
+    #[test]
+    fn a_document_the_parent_lacks_goes_up_without_being_loaded() {
+        let (mut t, mut v, id) = township_and_village();
+        let (ut, uv) = (t.me().clone(), v.me().clone());
+        let st: HashMap<_, _> = t.disconnect(&uv).into_iter().collect();
+        let sv: HashMap<_, _> = v.disconnect(&ut).into_iter().collect();
+        let made: Vec<String> = (0..30).map(|i| format!("Made Offline {i:02}")).collect();
+        for (i, name) in made.iter().enumerate() {
+            write(&mut v, "c01/k01/t01/v01", i as u64, name);
+        }
+        // Stored as the store's first commit stores it, then evicted.
+        let d = v.get(&id).unwrap().doc().unwrap();
+        let stored = (d.get_heads(), doc::save(d));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (bytes, counted) = (stored.1.clone(), reads.clone());
+        v.set_source(Box::new(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((Automerge::load(&bytes).unwrap(), None))
+        }));
+        let wanted = id.clone();
+        v.set_compact_source(Box::new(move |asked| {
+            (*asked == wanted).then(|| stored.clone())
+        }));
+        assert!(v.evict_to(0, |_, _| false) > 0);
+        let first = v.connect(&ut, sv);
+        assert!(
+            first
+                .iter()
+                .any(|m| matches!(m, Msg::Sync { doc, .. } if *doc == id)),
+            "{first:?}"
+        );
+        assert!(v.get(&id).unwrap().doc().is_none(), "loaded to be sent");
+        let mut queue = addressed(&ut, &uv, t.connect(&uv, st));
+        for m in first {
+            let step = t.receive(&uv, m);
+            assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+            queue.extend(step.send.into_iter().map(|(p, m)| (ut.clone(), p, m)));
+        }
+        assert_eq!(names(&t, "c01/k01/t01/v01"), made);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert!(pump(&mut t, &mut v, queue).is_empty());
+        // Both sides agree, and a write made after goes up as any other.
+        write(&mut v, "c01/k01/t01/v01", 99, "Written After");
+        let out = v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect();
+        assert!(pump(&mut t, &mut v, addressed(&uv, &ut, out)).is_empty());
+        assert_eq!(names(&t, "c01/k01/t01/v01").len(), made.len() + 1);
+        assert_eq!(
+            t.get(&id).unwrap().doc().unwrap().get_heads(),
+            v.get(&id).unwrap().doc().unwrap().get_heads()
+        );
     }
 
     /// A document whose sync message would pass a frame goes in parts of at most

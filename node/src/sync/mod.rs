@@ -11,8 +11,8 @@ pub(crate) use engine::is_peers_fault;
 pub use fields::check_local;
 
 pub use engine::{
-    BatchRest, DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT, MAX_INFLATED,
-    MAX_PROFILE_ENTRIES, Rejection, Residency, Step,
+    BatchRest, CompactSource, DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT,
+    MAX_INFLATED, MAX_PROFILE_ENTRIES, Rejection, Residency, Step, StoredCompact,
 };
 
 /// A `Sync` message for `doc` carrying `changes` (raw change chunks) as they are, with
