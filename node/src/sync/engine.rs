@@ -188,12 +188,13 @@ fn message_counts(data: &[u8]) -> Option<[u64; 4]> {
     let changes = leb128(data, &mut pos)?;
     Some([heads, need, haves, changes])
 }
-/// Times this side sends a peer changes of a document again in a session, its heads
-/// unchanged, before it stops syncing the document with that peer until the next session.
-/// An honest peer asks again only for changes its Bloom filter hid (about one in a hundred,
-/// then fewer at each round) or when its first word crossed this side's. A peer saying it
-/// holds nothing, again and again, with a message of a few bytes each time, would cost this
-/// side the whole document (a save, or every change) each.
+/// Times this side sends a peer a document's changes again in a session, its heads
+/// unchanged (the whole document again, or changes after the peer had this side forget what
+/// it sent: a reset, an empty `heads`, a refusal that starts the document over), before it
+/// stops syncing the document with that peer until the next session. An honest peer does so
+/// about once, when its first word crossed this side's; one saying again and again, in a few
+/// bytes, that it holds nothing would cost this side the whole document each time. Changes
+/// the peer asks for because its Bloom filter hid them are not sent before: not counted.
 const MAX_RESENDS: u32 = 8;
 
 /// Most probes per hash a `have`'s Bloom filter may ask for (automerge uses 7): automerge
@@ -460,7 +461,8 @@ struct PeerSync {
     /// The peer's refusals of this side's messages heard this session.
     refusals_heard: u32,
     /// Per document, the heads of the last message that carried changes to the peer this
-    /// session, and how many more did at those heads ([`MAX_RESENDS`]).
+    /// session, and how many sent changes again at those heads ([`MAX_RESENDS`]). Kept when
+    /// the document starts over, so a peer's refusals cannot reset it.
     resent: HashMap<DocId, (Vec<ChangeHash>, u32)>,
 }
 
@@ -547,24 +549,30 @@ fn assume_lacking(state: &mut sync::State) -> bool {
     true
 }
 
-/// Whether automerge's `generate_sync_message` would answer `state` with the whole document:
-/// the peer holds nothing of it (said so, or [`assume_lacking`]) and reads v2 messages, and
-/// nothing makes automerge answer otherwise (read-only modes, a reset to send, or a summary
-/// naming changes this side lacks, which it answers with a reset).
-fn wants_whole(doc: &Automerge, state: &sync::State) -> bool {
+/// Whether a sync message's entry holds a whole document (automerge's compressed `save()`).
+fn carries_document(entry: &[u8]) -> bool {
+    split_chunks(entry)
+        .is_some_and(|chunks| chunks.iter().any(|(kind, ..)| *kind == CHUNK_DOCUMENT))
+}
+
+/// Whether automerge's `generate_sync_message` would answer `state` with the whole document
+/// (and this side makes that answer itself, [`whole_message`]): the peer holds nothing of it
+/// (said so, or [`assume_lacking`]) and reads v2 messages, and nothing may make automerge
+/// answer otherwise (read-only modes, a reset to send, a summary naming heads).
+fn wants_whole(state: &sync::State) -> bool {
     state.their_heads.as_deref() == Some(&[])
         && state
             .their_capabilities
             .as_ref()
             .is_some_and(|c| c.contains(&sync::Capability::MessageV2))
         && state.their_need.is_some()
-        && state.their_have.as_ref().is_some_and(|have| {
-            have.first().is_none_or(|h| {
-                h.last_sync
-                    .iter()
-                    .all(|c| doc.get_change_meta_by_hash(c).is_some())
-            })
-        })
+        // A summary naming heads (automerge checks this side holds them, or answers with a
+        // reset) is left to automerge: a peer holding nothing names none, and looking up
+        // hundreds a peer chose would cost this side more than automerge's own check.
+        && state
+            .their_have
+            .as_ref()
+            .is_some_and(|have| have.first().is_none_or(|h| h.last_sync.is_empty()))
         && !state.read_only
         && !state.peer_read_only
         && !state.needs_reset
@@ -1810,7 +1818,10 @@ impl Engine {
         if !assumed_empty {
             assume_shared_heads_held(doc, p.state(id));
         }
-        let whole = wants_whole(doc, p.state(id));
+        let whole = wants_whole(p.state(id));
+        // Nothing recorded as sent: the peer reset what it was sent, or made this side start
+        // over (see `MAX_RESENDS`).
+        let nothing_sent = p.state(id).sent_hashes.is_empty();
         // The state holds what the peer said it has; automerge trusts it. A panic here must
         // not take the store down: the document stops syncing with this peer this session.
         let generated = catch_unwind(AssertUnwindSafe(|| {
@@ -1830,13 +1841,15 @@ impl Engine {
         };
         let m = m?;
         if !m.changes.is_empty() {
-            // Changes sent again at the same heads: the peer asked again for what it was
-            // sent (an honest one seldom, for changes its Bloom filter hid).
+            // Changes again at the same heads, and either the whole document or what the
+            // peer had this side forget it sent: the peer asked again for what it was sent.
+            // (Changes it needs, which its Bloom filter hid, are new to it: not counted.)
+            let again = nothing_sent || m.changes.iter().any(carries_document);
             let (at, times) = p.resent.entry(id.clone()).or_default();
-            if *at == m.heads {
-                *times += 1;
-            } else {
+            if *at != m.heads {
                 (*at, *times) = (m.heads.clone(), 0);
+            } else if again {
+                *times += 1;
             }
             if *times > MAX_RESENDS {
                 tracing::warn!(%peer, doc = %id, "asked again and again for changes it was sent; the document waits for the next session with this peer");
@@ -1914,8 +1927,12 @@ impl Engine {
     /// carries the document; it summarises nothing this side has, so the peer sends back only
     /// what this side then asks for (it lacks the document, so nothing is missed; were it to
     /// hold part of it, its answer says so and the exchange goes on from there, the document
-    /// loaded). None where the document is loaded, not stored as one compact form, or too
-    /// large for one message: it is made as any other.
+    /// loaded). A write pushed before the answer comes carries only the new heads (nothing
+    /// of the peer is assumed, and what was sent is not recorded, being unknown unloaded);
+    /// its changes go once the answer is in, a round trip later. Such a document has no
+    /// saved state with the peer, so nothing older is assumed either. None where the
+    /// document is loaded, not stored as one compact form, or too large for one message: it
+    /// is made as any other.
     fn whole_unloaded(&mut self, peer: &UnitId, id: &DocId) -> Option<Msg> {
         let p = self.peers.get(peer)?;
         if !p.lacking.contains(id)
@@ -4144,7 +4161,7 @@ mod tests {
             ("shared heads", &d, shared),
             ("unanswered", &d, unanswered),
         ] {
-            assert!(wants_whole(doc, &state), "{what}");
+            assert!(wants_whole(&state), "{what}");
             let (mut ours, mut theirs) = (state.clone(), state.clone());
             let mine = whole_message(doc, &mut ours, || doc::save(doc));
             let automerge = doc.generate_sync_message(&mut theirs);
@@ -4158,13 +4175,13 @@ mod tests {
         // A document with no change goes as none, where automerge sends the compact form of
         // nothing (which a peer equally empty answers in kind, back and forth).
         let mut state = assumed.clone();
-        assert!(wants_whole(&empty, &state));
+        assert!(wants_whole(&state));
         let m = whole_message(&empty, &mut state, || panic!("nothing to save")).unwrap();
         assert!(m.changes.is_empty() && m.heads.is_empty());
         // Not for a peer that holds some of it.
         let mut holds = assumed;
         holds.their_heads = Some(early);
-        assert!(!wants_whole(&d, &holds));
+        assert!(!wants_whole(&holds));
     }
 
     /// The compact form kept beside a document is the document as it is now: made once
@@ -4197,8 +4214,8 @@ mod tests {
     }
 
     /// A peer saying again and again that it holds nothing of a document, a few bytes each
-    /// time, is sent it whole a few times, then refused it for the session; the copies it
-    /// got were one compact form, made once.
+    /// time (refusing it in between or not), is sent it whole a few times, then refused it
+    /// for the session; the copies it got were one compact form, made once.
     #[test]
     fn a_peer_asking_again_and_again_for_a_document_is_refused_it_for_the_session() {
         let mut t = engine("c01/k01/t01", 1);
@@ -4215,7 +4232,20 @@ mod tests {
             .encode();
         let mut copies = Vec::new();
         let mut refused = None;
-        for _ in 0..MAX_RESENDS + 5 {
+        for i in 0..MAX_RESENDS + 5 {
+            // Every other time the peer first refuses what it was sent, which makes this side
+            // start the document over: that forgets what was sent, not the count.
+            if i % 2 == 1 {
+                let step = t.receive(
+                    &v01,
+                    Msg::Reject {
+                        reason: RejectReason::ApplyFailed,
+                        doc: Some(id.clone()),
+                        detail: "again".into(),
+                    },
+                );
+                assert!(step.send.is_empty(), "{:?}", step.send);
+            }
             let step = t.receive(
                 &v01,
                 Msg::Sync {
@@ -4249,6 +4279,62 @@ mod tests {
         let q = reconnect(&mut t, &mut v);
         assert!(pump(&mut t, &mut v, q).is_empty());
         assert_eq!(names(&t, "c01/k01/t01/v01").len(), 50);
+    }
+
+    /// A peer resetting what it was sent, again and again, while claiming most of the
+    /// document, is sent the rest (changes, not the whole) a few times, then refused the
+    /// document for the session.
+    #[test]
+    fn a_peer_resetting_again_and_again_is_refused_the_document_for_the_session() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        for i in 0..30 {
+            write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i:02}"));
+        }
+        let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
+        link(&mut t, &mut v);
+        let v01 = v.me().clone();
+        let held = t.get(&id).unwrap().doc().unwrap().get_changes_meta(&[]);
+        let hashes: Vec<ChangeHash> = held.iter().map(|c| c.hash).collect();
+        let mut flags = sync::MessageFlags::new();
+        flags.set(sync::MessageFlags::SYNC_RESET);
+        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        let claim = sync::Message {
+            heads: vec![hashes[24]],
+            need: Vec::new(),
+            have: vec![sync::Have {
+                last_sync: Vec::new(),
+                bloom: sync::BloomFilter::from_hashes(hashes[..25].iter()),
+            }],
+            changes: Vec::<Vec<u8>>::new().into(),
+            flags: Some(flags),
+            version: sync::MessageVersion::V2,
+        }
+        .encode();
+        let (mut answers, mut refused) = (0, 0);
+        for _ in 0..MAX_RESENDS + 5 {
+            let step = t.receive(
+                &v01,
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: claim.clone(),
+                },
+            );
+            for (_, m) in step.send {
+                match m {
+                    Msg::Sync { data, .. } => {
+                        let m = sync::Message::decode(&data).unwrap();
+                        if !m.changes.is_empty() {
+                            assert!(!m.changes.iter().any(carries_document));
+                            answers += 1;
+                        }
+                    }
+                    Msg::Reject { .. } => refused += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!((answers, refused), (MAX_RESENDS + 1, 1));
     }
 
     /// A register made offline, which the parent is taken to lack, goes up whole from its
