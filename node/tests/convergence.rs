@@ -96,9 +96,7 @@ impl World {
                 let disk = disks[i].clone();
                 e.set_source(Box::new(move |id| {
                     let bytes = disk.lock().unwrap().get(id).cloned().ok_or("not on disk")?;
-                    // Stored as one save: the engine keeps it as the document's compact form.
-                    let doc = automerge::Automerge::load(&bytes).map_err(|e| e.to_string())?;
-                    Ok((doc, Some(bytes)))
+                    automerge::Automerge::load(&bytes).map_err(|e| e.to_string())
                 }));
                 e
             })

@@ -416,27 +416,6 @@ pub(super) fn stored_compact(
     Ok(Some((heads, snapshot.value().to_vec())))
 }
 
-/// Read one document as last committed, with its compact form when it is stored as exactly
-/// that (a snapshot, `doc::save`'s, and no change row after it): the engine keeps it beside
-/// the document, for a peer lacking the document (`Engine::saved`).
-pub(super) fn load_doc_and_compact(
-    database: &Database,
-    id: &DocId,
-) -> Result<(Automerge, Option<Vec<u8>>), StoreError> {
-    let key = id.to_string();
-    let tx = database.begin_read().map_err(db)?;
-    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
-    let changes = tx.open_table(CHANGES).map_err(db)?;
-    let rows = changes
-        .range((key.as_str(), 0)..(key.as_str(), u64::MAX))
-        .map_err(db)?
-        .next()
-        .is_some();
-    let bytes = doc_bytes(&snaps, &changes, &key, u64::MAX)?;
-    let doc = parse_doc(&key, &bytes)?;
-    Ok((doc, (!rows && !bytes.is_empty()).then_some(bytes)))
-}
-
 /// The committed bytes of one document (snapshot, then change rows numbered below `below`),
 /// read in one read transaction: what compaction folds.
 pub(super) fn committed_bytes(

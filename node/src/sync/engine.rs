@@ -201,9 +201,8 @@ const MAX_RESENDS: u32 = 8;
 /// allocates that many per change it tests, and trusts the number.
 const MAX_PROBES: u64 = 32;
 
-/// Where an evicted document is read back from: the store's durable copy, with its compact
-/// form (`doc::save`) when it is stored as exactly that, a snapshot and no later change.
-pub type DocSource = Box<dyn FnMut(&DocId) -> Result<(Automerge, Option<Vec<u8>>), String> + Send>;
+/// Where an evicted document is read back from: the store's durable copy.
+pub type DocSource = Box<dyn FnMut(&DocId) -> Result<Automerge, String> + Send>;
 
 /// A loaded document's compact form (`doc::save`) as of `heads`: what a peer lacking the
 /// document is sent, and a document's first snapshot. Kept beside the document until it
@@ -1128,7 +1127,7 @@ impl Engine {
             let source = self.source.0.as_mut().ok_or_else(|| {
                 Rejection::new(RejectReason::ApplyFailed, Some(id), "evicted, no source")
             })?;
-            let (mut d, compact) = source(id).map_err(|e| {
+            let mut d = source(id).map_err(|e| {
                 Rejection::new(
                     RejectReason::ApplyFailed,
                     Some(id),
@@ -1138,10 +1137,7 @@ impl Engine {
             d.set_actor(self.actor.clone());
             // The digest kept while evicted must describe what was loaded.
             let stale = self.doc_digests.get(id) != Some(&heads_digest(&d));
-            entry.saved = compact.map(|bytes| Saved {
-                heads: d.get_heads(),
-                bytes: bytes.into(),
-            });
+            entry.saved = None;
             entry.doc = Some(Box::new(d));
             entry.waiting.clear();
             self.resident.insert(id.clone());
@@ -4357,7 +4353,7 @@ mod tests {
         let (bytes, counted) = (stored.1.clone(), reads.clone());
         v.set_source(Box::new(move |_| {
             counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok((Automerge::load(&bytes).unwrap(), None))
+            Ok(Automerge::load(&bytes).unwrap())
         }));
         let wanted = id.clone();
         v.set_compact_source(Box::new(move |asked| {
