@@ -188,6 +188,7 @@ fn message_counts(data: &[u8]) -> Option<[u64; 4]> {
     let changes = leb128(data, &mut pos)?;
     Some([heads, need, haves, changes])
 }
+
 /// Times this side sends a peer a document's changes again in a session, its heads
 /// unchanged (the whole document again, or changes after the peer had this side forget what
 /// it sent: a reset, an empty `heads`, a refusal that starts the document over), before it
