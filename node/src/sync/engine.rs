@@ -464,6 +464,9 @@ struct PeerSync {
     /// session, and how many sent changes again at those heads ([`MAX_RESENDS`]). Kept when
     /// the document starts over, so a peer's refusals cannot reset it.
     resent: HashMap<DocId, (Vec<ChangeHash>, u32)>,
+    /// The peer's asking again past [`MAX_RESENDS`], counted as refusals of its messages
+    /// (as the store counts any) at the next step that carries them.
+    asked_again: Vec<Rejection>,
 }
 
 impl PeerSync {
@@ -1849,14 +1852,15 @@ impl Engine {
                 *times += 1;
             }
             if *times > MAX_RESENDS {
-                tracing::warn!(%peer, doc = %id, "asked again and again for changes it was sent; the document waits for the next session with this peer");
-                let reject = p.give_up(
-                    id,
-                    format!(
-                        "asked for the same changes more than {MAX_RESENDS} times again this \
-                         session"
-                    ),
+                let detail = format!(
+                    "asked for the same changes more than {MAX_RESENDS} times again this session"
                 );
+                p.asked_again.push(Rejection::new(
+                    RejectReason::TooLarge,
+                    Some(id),
+                    detail.clone(),
+                ));
+                let reject = p.give_up(id, detail);
                 return Some((vec![reject], true));
             }
         }
@@ -1998,7 +2002,11 @@ impl Engine {
     /// documents with nothing to say does not grow the stack.
     fn kick(&mut self, peer: &UnitId, mut id: DocId, step: &mut Step) {
         loop {
-            match self.generate(peer, &id) {
+            let generated = self.generate(peer, &id);
+            if let Some(p) = self.peers.get_mut(peer) {
+                step.rejected.append(&mut p.asked_again);
+            }
+            match generated {
                 Some((msgs, false)) => {
                     step.send
                         .extend(msgs.into_iter().map(|m| (peer.clone(), m)));
@@ -4212,7 +4220,8 @@ mod tests {
 
     /// A peer saying again and again that it holds nothing of a document, a few bytes each
     /// time (refusing it in between or not), is sent it whole a few times, then refused it
-    /// for the session; the copies it got were one compact form, made once.
+    /// for the session, which counts as a refusal of its message; the copies it got were one
+    /// compact form, made once.
     #[test]
     fn a_peer_asking_again_and_again_for_a_document_is_refused_it_for_the_session() {
         let mut t = engine("c01/k01/t01", 1);
@@ -4227,7 +4236,7 @@ mod tests {
             .generate_sync_message(&mut sync::State::new())
             .unwrap()
             .encode();
-        let mut copies = Vec::new();
+        let (mut copies, mut counted) = (Vec::new(), Vec::new());
         let mut refused = None;
         for i in 0..MAX_RESENDS + 5 {
             // Every other time the peer first refuses what it was sent, which makes this side
@@ -4250,7 +4259,7 @@ mod tests {
                     data: nothing.clone(),
                 },
             );
-            assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+            counted.extend(step.rejected);
             for (_, m) in step.send {
                 match m {
                     Msg::Sync { data, .. } => {
@@ -4272,6 +4281,14 @@ mod tests {
         let (reason, detail) = refused.expect("never refused");
         assert_eq!(reason, RejectReason::ApplyFailed);
         assert!(detail.contains("same changes"), "{detail}");
+        // Counted as the peer's refused message, as the store counts any.
+        let [r] = counted.as_slice() else {
+            panic!("{counted:?}")
+        };
+        assert_eq!(
+            (r.reason, r.doc.as_ref()),
+            (RejectReason::TooLarge, Some(&id))
+        );
         // The next session starts afresh.
         let q = reconnect(&mut t, &mut v);
         assert!(pump(&mut t, &mut v, q).is_empty());
@@ -4308,7 +4325,7 @@ mod tests {
             version: sync::MessageVersion::V2,
         }
         .encode();
-        let (mut answers, mut refused) = (0, 0);
+        let (mut answers, mut refused, mut counted) = (0, 0, 0);
         for _ in 0..MAX_RESENDS + 5 {
             let step = t.receive(
                 &v01,
@@ -4317,6 +4334,7 @@ mod tests {
                     data: claim.clone(),
                 },
             );
+            counted += step.rejected.len();
             for (_, m) in step.send {
                 match m {
                     Msg::Sync { data, .. } => {
@@ -4331,7 +4349,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!((answers, refused), (MAX_RESENDS + 1, 1));
+        assert_eq!((answers, refused, counted), (MAX_RESENDS + 1, 1, 1));
     }
 
     /// A register made offline, which the parent is taken to lack, goes up whole from its
