@@ -4218,19 +4218,25 @@ mod tests {
         );
     }
 
+    /// A township and its village linked, the village's register of `n` members (one change
+    /// each) held by both.
+    fn linked_with_members(n: u64) -> (Engine, Engine, DocId) {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        for i in 0..n {
+            write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i:02}"));
+        }
+        link(&mut t, &mut v);
+        (t, v, DocId::new(DocKind::Members, u("c01/k01/t01/v01")))
+    }
+
     /// A peer saying again and again that it holds nothing of a document, a few bytes each
     /// time (refusing it in between or not), is sent it whole a few times, then refused it
     /// for the session, which counts as a refusal of its message; the copies it got were one
     /// compact form, made once.
     #[test]
     fn a_peer_asking_again_and_again_for_a_document_is_refused_it_for_the_session() {
-        let mut t = engine("c01/k01/t01", 1);
-        let mut v = engine("c01/k01/t01/v01", 2);
-        for i in 0..50 {
-            write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i:02}"));
-        }
-        let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
-        link(&mut t, &mut v);
+        let (mut t, mut v, id) = linked_with_members(50);
         let v01 = v.me().clone();
         let nothing = Automerge::new()
             .generate_sync_message(&mut sync::State::new())
@@ -4300,14 +4306,8 @@ mod tests {
     /// document for the session.
     #[test]
     fn a_peer_resetting_again_and_again_is_refused_the_document_for_the_session() {
-        let mut t = engine("c01/k01/t01", 1);
-        let mut v = engine("c01/k01/t01/v01", 2);
-        for i in 0..30 {
-            write(&mut v, "c01/k01/t01/v01", i, &format!("Member {i:02}"));
-        }
-        let id = DocId::new(DocKind::Members, u("c01/k01/t01/v01"));
-        link(&mut t, &mut v);
-        let v01 = v.me().clone();
+        let (mut t, _v, id) = linked_with_members(30);
+        let v01 = u("c01/k01/t01/v01");
         let held = t.get(&id).unwrap().doc().unwrap().get_changes_meta(&[]);
         let hashes: Vec<ChangeHash> = held.iter().map(|c| c.hash).collect();
         let mut flags = sync::MessageFlags::new();
