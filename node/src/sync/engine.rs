@@ -1550,6 +1550,22 @@ impl Engine {
         }
         self.add_doc(meta.clone(), Some(doc::empty(&self.actor)));
         step.created.insert(meta.id.clone());
+        // New here, so new to this node's other linked neighbours too (their only way to it
+        // is through this node): its first message to each is the whole document (see
+        // [`assume_lacking`]), a round trip sooner at each hop. One that holds it after all
+        // (a node restored from an older backup) merges it as any message, at the cost of
+        // its bytes once.
+        let others: Vec<UnitId> = self
+            .peers
+            .keys()
+            .filter(|p| *p != peer && self.in_link_scope(p, meta))
+            .cloned()
+            .collect();
+        for other in others {
+            if let Some(p) = self.peers.get_mut(&other) {
+                p.lacking.insert(meta.id.clone());
+            }
+        }
         true
     }
 
@@ -4350,6 +4366,33 @@ mod tests {
             }
         }
         assert_eq!((answers, refused, counted), (MAX_RESENDS + 1, 1, 1));
+    }
+
+    /// A document new to a node, taken from one neighbour, goes on to its other neighbours
+    /// whole in its first message: the county holds a village's new register after the
+    /// township's one message, without first being asked what it has.
+    #[test]
+    fn a_document_new_here_goes_on_whole_in_its_first_message() {
+        let vu = "c01/k01/t01/v01";
+        let (mut t, mut v, id) = township_and_village();
+        let mut k = engine("c01/k01", 3);
+        register(&mut k, "c01/k01", &["c01/k01/t01"]);
+        link(&mut k, &mut t);
+        write(&mut v, vu, 1, "First Member");
+        let (uv, ut) = (v.me().clone(), t.me().clone());
+        let out = v.fan_out(&id, None).into_iter().map(|(_, m)| m).collect();
+        assert!(pump(&mut t, &mut v, addressed(&uv, &ut, out)).is_empty());
+        assert_eq!(names(&t, vu), ["First Member"]);
+        let up = t.fan_out(&id, Some(&uv));
+        let [(to, Msg::Sync { data, .. })] = up.as_slice() else {
+            panic!("{up:?}");
+        };
+        assert_eq!(to, k.me());
+        let m = sync::Message::decode(data).unwrap();
+        assert!(m.changes.iter().any(carries_document), "{m:?}");
+        let step = k.receive(&ut, up[0].1.clone());
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert_eq!(names(&k, vu), ["First Member"]);
     }
 
     /// A register made offline, which the parent is taken to lack, goes up whole from its
