@@ -621,20 +621,32 @@ fn whole_message(
     if heads_unchanged && state.have_responded && heads_equal && changes.is_empty() {
         return None;
     }
+    state.sent_hashes.extend(hashes);
+    Some(sent_whole(state, heads, vec![have], changes))
+}
+
+/// The v2 message carrying `changes` (a whole document, or none) at `heads` with `have`, and
+/// what sending it does to `state`, as automerge's `generate_sync_message` does: responded,
+/// these heads sent, an answer awaited. (The hashes sent are the caller's to record.)
+fn sent_whole(
+    state: &mut sync::State,
+    heads: Vec<ChangeHash>,
+    have: Vec<sync::Have>,
+    changes: Vec<Vec<u8>>,
+) -> sync::Message {
     state.have_responded = true;
     state.last_sent_heads.clone_from(&heads);
-    state.sent_hashes.extend(hashes);
+    state.in_flight = true;
     let mut flags = sync::MessageFlags::new();
     flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
-    state.in_flight = true;
-    Some(sync::Message {
+    sync::Message {
         heads,
         need: Vec::new(),
-        have: vec![have],
+        have,
         changes: changes.into(),
         flags: Some(flags),
         version: sync::MessageVersion::V2,
-    })
+    }
 }
 
 /// Peers of this protocol version read automerge's v2 sync messages; automerge learns it
@@ -1973,21 +1985,9 @@ impl Engine {
         p.resent.insert(id.clone(), (heads.clone(), 0));
         let state = p.state(id);
         assume_v2(state);
-        // What automerge's message would do to the state, but for the hashes sent (unknown
-        // unloaded): only automerge's own later messages consult them, to send no change twice.
-        state.have_responded = true;
-        state.last_sent_heads.clone_from(&heads);
-        state.in_flight = true;
-        let mut flags = sync::MessageFlags::new();
-        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
-        let m = sync::Message {
-            heads,
-            need: Vec::new(),
-            have: Vec::new(),
-            changes: vec![bytes].into(),
-            flags: Some(flags),
-            version: sync::MessageVersion::V2,
-        };
+        // The hashes sent stay unrecorded (unknown unloaded): only automerge's own later
+        // messages consult them, to send no change twice.
+        let m = sent_whole(state, heads, Vec::new(), vec![bytes]);
         Some(Msg::Sync {
             doc: id.clone(),
             data: m.encode(),
