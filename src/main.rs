@@ -387,6 +387,8 @@ async fn shutdown_signal() {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A kernel without the switch leaves huge pages on: slower and larger, nothing worse.
+    let _ = grassroots_node::runtime::no_transparent_huge_pages();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run(cli));

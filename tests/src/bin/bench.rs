@@ -2204,6 +2204,8 @@ const ORDERED_QUERY: &str = "{ unit(id: \"c01/k00\") { members(subtree: true, or
 const FEED_QUERY: &str = "{ recordFeed(first: 100) { entries { id member { name } } } }";
 
 fn main() -> anyhow::Result<()> {
+    // As the node binary does, so nodes here run as in production.
+    let _ = grassroots_node::runtime::no_transparent_huge_pages();
     let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     // The nodes' logs, on standard error, only when asked for (`RUST_LOG=grassroots_node=debug`).
     if std::env::var_os("RUST_LOG").is_some() {
