@@ -3830,7 +3830,12 @@ impl<'t> Views<'t> {
         mut put: impl FnMut(&mut Self, RecordId, Option<&T>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for (record, row) in now {
-            if old.remove(&record.to_string()) != Some(to_json(&row)?) {
+            // A row not stored yet is written without being encoded twice (`put` encodes it).
+            let differs = match old.remove(&record.to_string()) {
+                None => true,
+                Some(was) => was != to_json(&row)?,
+            };
+            if differs {
                 put(self, record, Some(&row))?;
             }
         }
