@@ -45,7 +45,8 @@ pub struct NodeConfig {
 /// views read, then dropped), so most of each huge page is zeroed for nothing and stays
 /// resident. With huge pages a node holding 5,000 villages took 115 MB against 94 MB
 /// without, and a full sync of 500 villages reached the city in 1.00 s against 0.82 s
-/// (docs/benchmarks.md, twenty-seventh session).
+/// (docs/benchmarks.md, twenty-seventh session). mimalloc is also built not to ask for
+/// them (its `no_thp` feature), which covers what it maps before `main` runs.
 pub fn no_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     rustix::thread::disable_transparent_huge_pages(true)?;
