@@ -834,7 +834,6 @@ fn member_from(
     let member = (|| {
         let fields = fields?;
         let text = |key: &str| fields.text(key).map(str::to_owned);
-        let int = |key: &str| fields.int(key);
         let (created, changed) = stamps(doc, unit, record, fields);
         Some(Member {
             id: MemberId {
@@ -842,11 +841,11 @@ fn member_from(
                 record,
             },
             name: text("name")?,
-            birth_year: int("birthYear")?,
-            gender: Gender::parse(&text("gender")?)?,
-            education: Education::parse(&text("education")?)?,
+            birth_year: fields.int("birthYear")?,
+            gender: Gender::parse(fields.text("gender")?)?,
+            education: Education::parse(fields.text("education")?)?,
             joined_on: text("joinedOn")?,
-            status: MemberStatus::parse(&text("status")?)?,
+            status: MemberStatus::parse(fields.text("status")?)?,
             phone: text(PHONE),
             id_number: text(ID_NUMBER),
             // A category is in when its field is `true`; anything else a peer wrote there

@@ -1153,7 +1153,7 @@ impl Engine {
             d.set_actor(self.actor.clone());
             // The digest kept while evicted must describe what was loaded.
             let stale = self.doc_digests.get(id) != Some(&heads_digest(&d));
-            entry.saved = None;
+            // (No compact form to clear: one is kept only while loaded, and eviction drops it.)
             entry.doc = Some(Box::new(d));
             entry.waiting.clear();
             self.resident.insert(id.clone());
