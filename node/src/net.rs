@@ -5,6 +5,7 @@
 //! children only. A link is trusted only after the application hello is answered: a client
 //! whose certificate the server rejected still sees `connect` succeed.
 
+mod admission;
 mod copies;
 mod tokens;
 
@@ -113,9 +114,12 @@ pub struct LinkConfig {
     /// hello), at least 1. Addresses QUIC has not validated (by a token or a Retry) take at
     /// most half of them; past that such a handshake is answered with a Retry, which costs
     /// this node no state and a forged source cannot answer, and past the whole a validated
-    /// one is refused (its child redials with backoff). So a flood of Initials holds at
-    /// most this many handshakes' memory and signatures, not one per datagram for the whole
-    /// handshake timeout, and Initials from forged sources cannot lock children out.
+    /// one is refused (its child redials with backoff). Validated addresses no child linked
+    /// from in the last week take at most three quarters with them (`net/admission.rs`).
+    /// So a flood of Initials holds at most this many handshakes' memory and signatures,
+    /// not one per datagram for the whole handshake timeout, Initials from forged sources
+    /// cannot lock children out, and senders answering Retries from addresses of their own
+    /// cannot take what children come back to from theirs.
     pub max_handshakes: usize,
     /// Resume links with TLS 1.3 0-RTT: a node redialling a parent that gave it a session
     /// ticket on an earlier link since it started (rustls keeps 8 per parent in memory, each
@@ -1443,12 +1447,7 @@ pub async fn accept_loop(
     let failures = Arc::new(LogBudget::default());
     let refusals = Arc::new(LogBudget::default());
     let overload = LogBudget::default();
-    let most = ctx.cfg.max_handshakes.max(1);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(most));
-    // Permits kept for validated addresses.
-    let unvalidated_floor = most / 2;
-    let sources = Arc::new(SourceHandshakes::default());
-    let per_source = (most / 8).max(1);
+    let gate = Arc::new(admission::Admission::new(ctx.cfg.max_handshakes));
     loop {
         let incoming = tokio::select! {
             biased;
@@ -1465,49 +1464,49 @@ pub async fn accept_loop(
             incoming.ignore();
             continue;
         }
-        // An address QUIC has not validated (it may be forged) takes at most half the
-        // handshakes: past that it is asked to retry, so that Initials from forged sources,
-        // each of which would hold its handshake for the whole timeout, cannot take every
-        // one and lock the node's children out.
+        // Each kind of sender leaves a share to the ones QUIC knows more of (`admission`):
+        // forged Initials cannot take what children come back to through a Retry, nor
+        // senders answering Retries what children linked from lately get.
         let validated = incoming.remote_address_validated();
-        let free = handshakes.available_permits();
-        // Once half are taken, a source (an address; for IPv6 its /64) that holds an eighth
-        // in validated handshakes gets no more: a sender that answers the Retry from its own
-        // address is validated like a child, and could otherwise take every handshake. Only
-        // validated ones count, so Initials forged with a child's address (which the half
-        // for unvalidated addresses bounds) do not lock that child out. Below half no source
-        // is held back: children behind one carrier's address redialling at once get in.
-        let source = source_of(remote);
-        let held = sources.held(source);
-        let crowded = free <= most / 2 && held >= per_source;
-        let permit = if (validated || free > unvalidated_floor) && !crowded {
-            handshakes.clone().try_acquire_owned().ok()
-        } else {
-            None
+        let sender = gate.sender(remote, validated, Instant::now());
+        let permit = match gate.admit(remote, sender) {
+            Ok(permit) => permit,
+            Err(turned) => {
+                let answer = if !validated && incoming.may_retry() {
+                    // Stateless: only a sender that receives the Retry comes back, validated.
+                    let _ = incoming.retry();
+                    "asked to retry"
+                } else {
+                    incoming.refuse();
+                    "refused"
+                };
+                let why = match turned {
+                    admission::Turned::Crowded { held } => format!(
+                        "{held} handshakes in progress from {}, the most one address holds while the node is busy",
+                        admission::source_of(remote)
+                    ),
+                    admission::Turned::Busy => {
+                        let (share, whose) = match sender {
+                            admission::Sender::Unvalidated => {
+                                ("half of ", "addresses not validated")
+                            }
+                            admission::Sender::Validated => (
+                                "three quarters of ",
+                                "addresses no child linked from lately",
+                            ),
+                            admission::Sender::Known => ("", "any address"),
+                        };
+                        format!(
+                            "{share}the {} handshakes this node takes at once are in progress, the most for {whose}",
+                            ctx.cfg.max_handshakes
+                        )
+                    }
+                };
+                overload.warn(remote, &format!("{why}: a new one was {answer}"));
+                continue;
+            }
         };
-        let Some(permit) = permit else {
-            let answer = if !validated && incoming.may_retry() {
-                // Stateless: only a sender that receives the Retry comes back, validated.
-                let _ = incoming.retry();
-                "asked to retry"
-            } else {
-                incoming.refuse();
-                "refused"
-            };
-            let why = if crowded && validated {
-                format!(
-                    "{held} handshakes in progress from {source}, the most one address holds while the node is busy"
-                )
-            } else {
-                format!(
-                    "{} handshakes in progress, the most this node takes at once",
-                    ctx.cfg.max_handshakes
-                )
-            };
-            overload.warn(remote, &format!("{why}: a new one was {answer}"));
-            continue;
-        };
-        let permit = (permit, validated.then(|| sources.hold(source)));
+        let gate = gate.clone();
         // A child whose address QUIC validated (it presented a token from an earlier link)
         // has this node's handshake datagrams copied, if the node says so: no amplification
         // limit applies to a validated address.
@@ -1528,6 +1527,7 @@ pub async fn accept_loop(
             drop(permit);
             match accepted {
                 Ok(link) => {
+                    gate.linked(remote, Instant::now());
                     run_link(link, ctx.store, ctx.cancel).await;
                 }
                 // A child that raced handshakes drops the ones that lost: not a refusal.
@@ -1553,68 +1553,6 @@ pub async fn accept_loop(
                 }
             }
         });
-    }
-}
-
-/// Where a handshake comes from, as the per-source bound counts it: the address, or for
-/// IPv6 its /64 (one host may hold a whole /64, and picks any address in it).
-fn source_of(remote: SocketAddr) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv6Addr};
-    match remote.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
-        },
-        v4 => v4,
-    }
-}
-
-/// Incoming handshakes in progress per source ([`source_of`]).
-#[derive(Debug, Default)]
-struct SourceHandshakes {
-    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-impl SourceHandshakes {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// How many `source` holds.
-    fn held(&self, source: std::net::IpAddr) -> usize {
-        self.lock().get(&source).copied().unwrap_or(0)
-    }
-
-    /// One more for `source`, until the returned hold is dropped.
-    fn hold(self: &Arc<Self>, source: std::net::IpAddr) -> SourceHold {
-        *self.lock().entry(source).or_default() += 1;
-        SourceHold {
-            sources: self.clone(),
-            source,
-        }
-    }
-}
-
-/// One handshake of a source in progress (see [`SourceHandshakes::hold`]).
-#[derive(Debug)]
-struct SourceHold {
-    sources: Arc<SourceHandshakes>,
-    source: std::net::IpAddr,
-}
-
-impl Drop for SourceHold {
-    fn drop(&mut self) {
-        let mut held = self.sources.lock();
-        if let Some(n) = held.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                held.remove(&self.source);
-            }
-        }
     }
 }
 
@@ -1897,30 +1835,6 @@ mod tests {
         assert!(matches!(hello, Some(Ok(Msg::Hello(_)))), "{hello:?}");
         assert!(matches!(after, Ok(Some(Ok(Msg::Probe)))), "{after:?}");
         conn.close(0u32.into(), b"done");
-    }
-
-    /// The per-source bound counts an IPv4 address (mapped into IPv6 or not) as itself and
-    /// an IPv6 address by its /64; a hold is counted until dropped.
-    #[test]
-    fn handshakes_are_counted_per_address_and_per_ipv6_slash_64() {
-        let at = |s: &str| source_of(s.parse().unwrap());
-        assert_eq!(at("192.0.2.7:4000"), at("192.0.2.7:5000"));
-        assert_ne!(at("192.0.2.7:4000"), at("192.0.2.8:4000"));
-        assert_eq!(at("[::ffff:192.0.2.7]:4000"), at("192.0.2.7:4000"));
-        assert_eq!(
-            at("[2001:db8:1:2::1]:4000"),
-            at("[2001:db8:1:2:ffff::9]:4000")
-        );
-        assert_ne!(at("[2001:db8:1:2::1]:4000"), at("[2001:db8:1:3::1]:4000"));
-        let sources = Arc::new(SourceHandshakes::default());
-        let a = at("192.0.2.7:1");
-        let (one, two) = (sources.hold(a), sources.hold(a));
-        assert_eq!(sources.held(a), 2);
-        drop(one);
-        assert_eq!(sources.held(a), 1);
-        drop(two);
-        assert_eq!(sources.held(a), 0);
-        assert!(sources.lock().is_empty());
     }
 
     #[test]

@@ -625,6 +625,82 @@ async fn one_address_cannot_take_every_handshake() -> anyhow::Result<()> {
     parent.stop().await
 }
 
+/// Validated addresses no child linked from lately take at most three quarters of a node's
+/// handshakes: senders answering Retries from addresses of their own (a few IPv6 /64s are
+/// cheap) and stalling cannot take the quarter a child comes back to from the address it
+/// linked from before, while a new address is turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_leave_a_quarter_to_the_addresses_children_linked_from() -> anyhow::Result<()> {
+    let city = unit("c01");
+    let root = Identity::create_root(&city, "test.grassroots")?;
+    let (k01, k02, k03) = (unit("c01/k01"), unit("c01/k02"), unit("c01/k03"));
+    let stalling = root.issue_child(&k01)?;
+    let (child, newcomer) = (root.issue_child(&k02)?, root.issue_child(&k03)?);
+    let cfg = LinkConfig {
+        max_handshakes: 8,
+        handshake_timeout: Duration::from_secs(5),
+        ..fast_links()
+    };
+    let parent = AcceptingParent::start(root, cfg, vec![k01, k02, k03]).await?;
+    let (addr, name) = (parent.addr, city.dns_name(&stalling.deployment));
+    let at = |n: u8| std::net::SocketAddr::from(([127, 0, 0, n], 0));
+    // k02 links from 127.0.0.9 and drops the link: the node knows that address from then on.
+    let child_end = net::endpoint(&child, at(9), &fast_links(), None)?;
+    let dial_child =
+        || net::connect_parent(&child_end, &child, &city, addr, Duration::from_secs(2));
+    let first = dial_child().await.context("k02's first link")?;
+    first.conn.close(0u32.into(), b"done");
+    // k01's certificate from six other addresses, one each: each completes TLS and never
+    // says hello. The first four take the half open to unvalidated addresses; the next two
+    // come back validated through a Retry and take another quarter.
+    let mut stalled = Vec::new();
+    for n in 2..8 {
+        let e = net::endpoint(&stalling, at(n), &fast_links(), None)?;
+        let conn = e
+            .connect(addr, &name)?
+            .await
+            .with_context(|| format!("a stalling handshake from 127.0.0.{n}"))?;
+        stalled.push((e, conn));
+    }
+    let refused = |r: &Result<_, quinn::ConnectionError>| {
+        matches!(r, Err(quinn::ConnectionError::ConnectionClosed(c))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+    };
+    // A seventh address, validated through its Retry, is refused: the last quarter is kept.
+    let seventh = net::endpoint(&stalling, at(8), &fast_links(), None)?;
+    let r = seventh.connect(addr, &name)?.await.map(|_| ());
+    assert!(
+        refused(&r),
+        "a seventh stranger took the last quarter: {r:?}"
+    );
+    // So is k03, registered but dialling from an address no child linked from.
+    let newcomer_end = net::endpoint(&newcomer, at(10), &fast_links(), None)?;
+    let r = net::connect_parent(
+        &newcomer_end,
+        &newcomer,
+        &city,
+        addr,
+        Duration::from_secs(2),
+    )
+    .await
+    .map(|l| l.peer);
+    assert!(
+        matches!(&r, Err(NetError::Connection(c)) if refused(&Err(c.clone()))),
+        "k03 from a new address got past the strangers' share: {r:?}"
+    );
+    // k02 gets in from the address it linked from, while the six still hold theirs.
+    let link = dial_child()
+        .await
+        .context("k02 back from the address it linked from")?;
+    assert_eq!(link.peer, city);
+    link.conn.close(0u32.into(), b"done");
+    for (e, conn) in stalled {
+        conn.close(0u32.into(), b"done");
+        e.close(0u32.into(), b"done");
+    }
+    parent.stop().await
+}
+
 /// A township issued again (its machine lost or stolen) has a new CA, and its children's
 /// certificates still chain through the old one. Certificates the old CA's key makes since
 /// (a thief's) get in until the county revokes that CA; from then on they are refused, and
