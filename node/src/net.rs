@@ -1183,6 +1183,16 @@ pub async fn run_link(
     store: StoreHandle,
     cancel: CancellationToken,
 ) -> Option<NetError> {
+    run_link_noting(link, store, cancel, |_| {}).await
+}
+
+/// [`run_link`], calling `up` once the store has taken the link.
+async fn run_link_noting(
+    link: Link,
+    store: StoreHandle,
+    cancel: CancellationToken,
+    up: impl FnOnce(&Connection),
+) -> Option<NetError> {
     let Link {
         conn,
         mut send,
@@ -1222,6 +1232,7 @@ pub async fn run_link(
             return None;
         }
     }
+    up(&conn);
     tracing::info!(%peer, remote = %conn.remote_address(), protocol = version, software = %counters.software, early, "link up");
     let reader = async {
         loop {
@@ -1482,8 +1493,8 @@ pub async fn accept_loop(
                 };
                 let why = match turned {
                     admission::Turned::Crowded { held } => format!(
-                        "{held} handshakes in progress from {}, the most one address holds while the node is busy",
-                        admission::source_of(remote)
+                        "{held} handshakes in progress from {}, the most one source holds while the node is busy",
+                        admission::source_label(remote)
                     ),
                     admission::Turned::Busy => {
                         let (share, whose) = match sender {
@@ -1498,7 +1509,7 @@ pub async fn accept_loop(
                         };
                         format!(
                             "{share}the {} handshakes this node takes at once are in progress, the most for {whose}",
-                            ctx.cfg.max_handshakes
+                            gate.most()
                         )
                     }
                 };
@@ -1527,8 +1538,18 @@ pub async fn accept_loop(
             drop(permit);
             match accepted {
                 Ok(link) => {
-                    gate.linked(remote, Instant::now());
-                    run_link(link, ctx.store, ctx.cancel).await;
+                    // Its address is known once the store takes the link, and again as it
+                    // ends (QUIC follows a child that moves; a link may outlast a week).
+                    let conn = link.conn.clone();
+                    let mut was_up = false;
+                    let noted = |c: &Connection| {
+                        gate.linked(c.remote_address(), Instant::now());
+                        was_up = true;
+                    };
+                    run_link_noting(link, ctx.store, ctx.cancel, noted).await;
+                    if was_up {
+                        gate.linked(conn.remote_address(), Instant::now());
+                    }
                 }
                 // A child that raced handshakes drops the ones that lost: not a refusal.
                 Err(e) if dropped_by_child(&e) => {

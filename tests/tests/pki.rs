@@ -653,6 +653,7 @@ async fn strangers_leave_a_quarter_to_the_addresses_children_linked_from() -> an
     // k01's certificate from six other addresses, one each: each completes TLS and never
     // says hello. The first four take the half open to unvalidated addresses; the next two
     // come back validated through a Retry and take another quarter.
+    let stalls_began = std::time::Instant::now();
     let mut stalled = Vec::new();
     for n in 2..8 {
         let e = net::endpoint(&stalling, at(n), &fast_links(), None)?;
@@ -693,6 +694,11 @@ async fn strangers_leave_a_quarter_to_the_addresses_children_linked_from() -> an
         .await
         .context("k02 back from the address it linked from")?;
     assert_eq!(link.peer, city);
+    // Not let in because the stalled handshakes had timed out.
+    assert!(
+        stalls_began.elapsed() < Duration::from_secs(5),
+        "the stalled handshakes may have timed out before k02 came back"
+    );
     link.conn.close(0u32.into(), b"done");
     for (e, conn) in stalled {
         conn.close(0u32.into(), b"done");

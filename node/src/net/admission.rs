@@ -4,7 +4,8 @@
 //! works on at most `max_handshakes` at once, shared out by what QUIC knows of the sender:
 //! - an address QUIC has not validated (it may be forged) takes at most half;
 //! - an address validated (a Retry answered, or a token from an earlier link) that no child
-//!   linked from lately takes at most three quarters with the unvalidated ones;
+//!   linked from lately takes at most three quarters with the unvalidated ones (a quarter
+//!   kept rounds down: with fewer than 4 none is);
 //! - an address a child of this node completed a link from in the last week, validated,
 //!   takes what is free.
 //!
@@ -16,8 +17,10 @@
 //! so children behind one carrier's address redialling at once (a parent restarted) all get
 //! in.
 //!
-//! A child's address is remembered only once its link is up (its certificate checked, its
-//! hello answered), in memory: a restarted node knows none until its children link again.
+//! A child's address is remembered once the store takes its link (its certificate checked,
+//! its hello answered, neither revoked nor kept off) and again as that link ends (from the
+//! address QUIC then has, and a week from then), in memory: a restarted node knows none
+//! until its children link again.
 //! A sender at an address a child linked from (the same carrier's NAT, say) is known too;
 //! the per-source bound still holds it to an eighth.
 
@@ -85,6 +88,14 @@ pub(super) fn source_of(remote: SocketAddr) -> IpAddr {
     }
 }
 
+/// A source as a log line names it: an address, or an IPv6 /64.
+pub(super) fn source_label(remote: SocketAddr) -> String {
+    match source_of(remote) {
+        IpAddr::V6(net) => format!("{net}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
 /// The incoming handshakes a node works on, and the sources they come from.
 #[derive(Debug)]
 pub(super) struct Admission {
@@ -111,6 +122,11 @@ impl Admission {
             sources: Arc::default(),
             known: Mutex::default(),
         }
+    }
+
+    /// The most handshakes worked on at once.
+    pub(super) fn most(&self) -> usize {
+        self.most
     }
 
     /// What is known of a handshake from `remote`, validated by QUIC or not.
@@ -148,7 +164,8 @@ impl Admission {
         })
     }
 
-    /// A child's link from `remote` is up: its source is known from now on.
+    /// A child's link from `remote` is up, or was until now: its source is known for
+    /// [`KNOWN_FOR`] from now.
     pub(super) fn linked(&self, remote: SocketAddr, now: Instant) {
         let mut known = self.known();
         if known.len() >= MAX_KNOWN && !known.contains_key(&source_of(remote)) {
@@ -229,6 +246,9 @@ mod tests {
             at("[2001:db8:1:2:ffff::9]:4000")
         );
         assert_ne!(at("[2001:db8:1:2::1]:4000"), at("[2001:db8:1:3::1]:4000"));
+        let label = |s: &str| source_label(s.parse().unwrap());
+        assert_eq!(label("[2001:db8:1:2:ffff::9]:4000"), "2001:db8:1:2::/64");
+        assert_eq!(label("[::ffff:192.0.2.7]:4000"), "192.0.2.7");
         let sources = Arc::new(SourceHandshakes::default());
         let a = at("192.0.2.7:1");
         let (one, two) = (sources.hold(a), sources.hold(a));
