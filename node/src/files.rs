@@ -53,6 +53,12 @@ pub(crate) fn new_private(path: &Path) -> std::io::Result<()> {
     create_new(path, true).map(drop)
 }
 
+/// [`new_private`], open for writing. Never opens what is there already, a symbolic link
+/// included: a command run as root in a folder its node's user owns writes only its own file.
+pub(crate) fn new_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    create_new(path, true)
+}
+
 /// A new file at `path` (none may be there), for writing; the owner's only from its
 /// creation if `private`.
 fn create_new(path: &Path, private: bool) -> std::io::Result<std::fs::File> {
@@ -119,5 +125,24 @@ pub(crate) fn give(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()
 
 #[cfg(not(unix))]
 pub(crate) fn give(_path: &Path, _owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// [`give`] an open file: whatever its path names by now, the file itself.
+#[cfg(unix)]
+pub(crate) fn give_file(file: &std::fs::File, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let meta = file.metadata()?;
+    if (meta.uid(), meta.gid()) == (uid, gid) {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn give_file(_file: &std::fs::File, _owner: Option<(u32, u32)>) -> std::io::Result<()> {
     Ok(())
 }

@@ -25,7 +25,7 @@ use redb::{
 use super::tables::{
     CHANGES, DOC_STATE, DOCS, FEED, FEED_AT, HEARD, META, OWNER, SECRETS, SNAPSHOTS, SYNC_STATES,
     TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS,
-    VIEW_UNITS,
+    VIEW_ROLLUPS_JSON, VIEW_UNITS,
 };
 use super::{StoreError, WriteError, db};
 
@@ -141,7 +141,7 @@ pub fn write_backup(
     let owner = file.and_then(owner_ids);
     let dir = crate::files::folder_of(out);
     if !dir.exists() {
-        let made: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        let made = folders_to_make(dir);
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         for d in made {
             give(d, owner)?;
@@ -181,18 +181,32 @@ pub fn write_backup(
         });
     }
     let partial = out.with_extension("partial");
-    // What a crash left under this very name (an `--out` of one's own choosing): redb would
-    // open it and the copy would land on top of its rows.
-    match std::fs::remove_file(&partial) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(format!("removing {}", partial.display()))(e)),
+    // A backup's own leftovers went above; a file under an `--out` of one's own choosing may
+    // be anyone's, so it is not removed, and the copy must not land on top of it.
+    if partial.symlink_metadata().is_ok() {
+        return Err(StoreError::Io {
+            what: format!(
+                "writing the backup {}: {} is in the way (a backup cut short? remove it)",
+                out.display(),
+                partial.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        });
     }
     let result = copy_store(source, out, &partial, started, owner);
     // The partial file is never a backup, whether the copy went well (it is linked under
     // the backup's name by then) or not (it takes room the store may need).
     let _ = std::fs::remove_file(&partial);
     result
+}
+
+/// The folders missing on the way to `dir`, deepest first: what a backup makes and gives to
+/// the store's owner (a relative path's empty last ancestor is no folder).
+fn folders_to_make(dir: &Path) -> Vec<&Path> {
+    dir.ancestors()
+        .take_while(|d| !d.exists())
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect()
 }
 
 /// Remove what crashed backups of `unit`'s store left in `dir` (they take room and are
@@ -248,6 +262,8 @@ fn copy_store(
         copy(&from, &to, VIEW_ORDER)?;
         copy(&from, &to, VIEW_UNITS)?;
         copy(&from, &to, VIEW_ROLLUPS)?;
+        // An older layout's roll-ups (`store backup` does not migrate the store it copies).
+        copy(&from, &to, VIEW_ROLLUPS_JSON)?;
         copy(&from, &to, VIEW_RECORDS)?;
         copy(&from, &to, VIEW_REFS)?;
         copy(&from, &to, FEED)?;
@@ -533,27 +549,41 @@ pub async fn restore_keeping(
         _ if had_store => owner_ids(store),
         _ => owner_ids(crate::files::folder_of(store)),
     };
+    // The staged copy's file first: while it is there no node starts on the store (a crash
+    // from here on leaves it), so it must be there before an empty placeholder is. What an
+    // earlier restore left is removed (a link there too, not what it points to), and the
+    // file is made new: never one found there.
+    let staged = staged_for(store);
+    match std::fs::remove_file(&staged) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(format!("removing {}", staged.display()))(e)),
+    }
+    let staged_file = crate::files::new_private_file(&staged)
+        .map_err(io(format!("creating {}", staged.display())))?;
     let placeholder = if had_store {
         None
     } else {
-        crate::files::new_store_file(store).map_err(io(format!("creating {}", store.display())))?;
-        match Database::create(store) {
+        let made = crate::files::new_store_file(store)
+            .map_err(io(format!("creating {}", store.display())))
+            .and_then(|_| Database::create(store).map_err(db));
+        match made {
             Ok(d) => Some(d),
             Err(e) => {
                 let _ = std::fs::remove_file(store);
-                return Err(db(e));
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
             }
         }
     };
-    let staged = staged_for(store);
-    // On any failure from here: no half copy left, and no empty placeholder where there
-    // was no store (a node must not start on it).
+    // On any failure from here: no empty placeholder where there was no store (a node
+    // must not start on it), then no half copy left.
     let fail = |placeholder: Option<Database>, e: StoreError| {
-        let _ = std::fs::remove_file(&staged);
         if let Some(p) = placeholder {
             drop(p);
             let _ = std::fs::remove_file(store);
         }
+        let _ = std::fs::remove_file(&staged);
         Err(e)
     };
     let Staged {
@@ -561,7 +591,18 @@ pub async fn restore_keeping(
         backup_users,
         views_made,
         mut revocations,
-    } = match stage(from, &staged, current.as_ref(), me, owner, now_ms, keep).await {
+    } = match stage(
+        from,
+        &staged,
+        staged_file,
+        current.as_ref(),
+        me,
+        owner,
+        now_ms,
+        keep,
+    )
+    .await
+    {
         Ok(staged) => staged,
         Err(e) => return fail(placeholder, e),
     };
@@ -579,6 +620,11 @@ pub async fn restore_keeping(
                 io(format!("keeping {} as {}", store.display(), kept.display()))(e),
             );
         }
+        // The second name durable before the first is given to the copy.
+        if let Err(e) = sync_dir(store) {
+            let _ = std::fs::remove_file(&kept);
+            return fail(placeholder, e);
+        }
         Some(kept)
     } else {
         None
@@ -587,7 +633,11 @@ pub async fn restore_keeping(
         return fail(placeholder, io(format!("renaming {}", staged.display()))(e));
     }
     drop((current, placeholder));
-    sync_dir(store)?;
+    // The restore has taken effect: a folder that does not flush now is said, not taken
+    // for a failed restore (whose report would not name the kept store).
+    if let Err(e) = sync_dir(store) {
+        tracing::warn!("the restored store is in place, but {e}: a power cut now may undo it");
+    }
     Ok(Restored {
         kept,
         users,
@@ -651,21 +701,30 @@ fn users_in(database: &Database) -> Result<u64, StoreError> {
 /// any (in place of the backup's, or besides them: `keep`), open it as a store and check
 /// its views, making them again when they differ, after revoking again what `current`'s
 /// profile revokes and the backup's does not (so the check covers those writes too).
+#[allow(clippy::too_many_arguments)]
 async fn stage(
     from: &Path,
     staged: &Path,
+    mut staged_file: std::fs::File,
     current: Option<&Database>,
     me: &UnitId,
     owner: Option<(u32, u32)>,
     now_ms: u64,
     keep: KeepUsers,
 ) -> Result<Staged, StoreError> {
-    std::fs::copy(from, staged).map_err(io(format!(
+    let copying = io(format!(
         "copying {} to {}",
         from.display(),
         staged.display()
+    ));
+    std::fs::File::open(from)
+        .and_then(|mut source| std::io::copy(&mut source, &mut staged_file))
+        .map_err(copying)?;
+    crate::files::give_file(&staged_file, owner).map_err(io(format!(
+        "giving {} to the store's owner",
+        staged.display()
     )))?;
-    give(staged, owner)?;
+    drop(staged_file);
     let (users, backup_users) = {
         let target = open_existing(staged)?;
         check_owner(&target, from, me)?;
@@ -682,7 +741,7 @@ async fn stage(
         };
         let backup_users = users_in(&target)?;
         let users = match current {
-            Some(c) if current_users > 0 => {
+            Some(c) if current_users > 0 && owner_of(c)?.as_deref() == Some(me.as_str()) => {
                 let read = c.begin_read().map_err(db)?;
                 let to = target.begin_write().map_err(db)?;
                 if keep == KeepUsers::Newest {
@@ -817,6 +876,23 @@ async fn carry_revocations(
 mod tests {
     use super::super::tests::{names, sample};
     use super::*;
+
+    /// A backup into folders to make, given relative to the working folder, makes (and
+    /// gives) those folders and nothing more.
+    #[test]
+    fn the_folders_made_for_a_backup_are_the_missing_ones() {
+        let missing = Path::new("grassroots-no-such-folder/nightly");
+        assert_eq!(
+            folders_to_make(missing),
+            vec![missing, Path::new("grassroots-no-such-folder")]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a").join("b");
+        assert_eq!(
+            folders_to_make(&deep),
+            vec![deep.as_path(), dir.path().join("a").as_path()]
+        );
+    }
 
     /// A unit's backups are its names with a stamp, not a unit's whose label extends its
     /// own in a shared folder.
@@ -1011,6 +1087,15 @@ mod tests {
             1
         );
 
+        // A link at the staged copy's name (the node's user owns the folder) is removed, not
+        // written through: what it points to is left as it was.
+        #[cfg(unix)]
+        let victim = {
+            let victim = dir.path().join("victim");
+            std::fs::write(&victim, b"not the store's").unwrap();
+            std::os::unix::fs::symlink(&victim, path.with_extension("restoring")).unwrap();
+            victim
+        };
         // The store belongs to the node's own user; the restore is run as root (as an
         // operator's `sudo` would: where this test is not root, ownership is not checked).
         #[cfg(unix)]
@@ -1026,6 +1111,8 @@ mod tests {
                 "the restored store is not the node's"
             );
         }
+        #[cfg(unix)]
+        assert_eq!(std::fs::read(&victim).unwrap(), b"not the store's");
         assert_eq!(restored.users, UsersFrom::Replaced(2));
         let kept = restored.kept.unwrap();
         let (_h, r, t) = super::super::open(&path, me.clone()).unwrap();
@@ -1169,6 +1256,24 @@ mod tests {
             assert_eq!(r.user(&[1; 32]).unwrap().is_some(), both, "{keep:?}");
             t.shutdown().await;
         }
+        // Another unit's store in the node's place (a folder mixed up): its users would be
+        // let into this node's store; the backup's stay.
+        let mixed = dir.path().join("mixed.redb");
+        let (h, r, t) = super::super::open(&mixed, u("c01/k01/t01/v02")).unwrap();
+        h.add_user([3; 32], u("c01/k01/t01/v02"), Role::Admin)
+            .await
+            .unwrap();
+        drop((h, r));
+        t.shutdown().await;
+        let restored = restore(&backup, &mixed, &me, 2_000).await.unwrap();
+        assert_eq!(restored.users, UsersFrom::Backup(1));
+        let (_h, r, t) = super::super::open(&mixed, me.clone()).unwrap();
+        assert!(
+            r.user(&[3; 32]).unwrap().is_none(),
+            "another unit's user let in"
+        );
+        assert!(r.user(&[1; 32]).unwrap().is_some());
+        t.shutdown().await;
     }
 
     /// A backup that would not leave the margin free on its disk is refused before a byte
@@ -1287,8 +1392,17 @@ mod tests {
             let mode = std::fs::metadata(&info.path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{mode:o}");
         }
+        // A file in the way of a name of one's own choosing may be anyone's: refused, kept.
         let out = dir.path().join("nightly.redb");
         std::fs::write(out.with_extension("partial"), b"left by a crash").unwrap();
+        let err = r.backup_to(&out).unwrap_err().to_string();
+        assert!(err.contains("nightly.partial is in the way"), "{err}");
+        assert_eq!(
+            std::fs::read(out.with_extension("partial")).unwrap(),
+            b"left by a crash"
+        );
+        assert!(!out.exists());
+        std::fs::remove_file(out.with_extension("partial")).unwrap();
         r.backup_to(&out).unwrap();
         assert!(!out.with_extension("partial").exists());
         t.shutdown().await;

@@ -450,6 +450,8 @@ pub(super) fn load_index(
     let tx = database.begin_read().map_err(db)?;
     let docs = tx.open_table(DOCS).map_err(db)?;
     let state = tx.open_table(DOC_STATE).map_err(db)?;
+    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
+    let changes = tx.open_table(CHANGES).map_err(db)?;
     for row in docs.iter().map_err(db)? {
         let (k, v) = row.map_err(db)?;
         let id_str = k.value();
@@ -457,17 +459,29 @@ pub(super) fn load_index(
         // write its rows over the stored ones.
         let meta = doc_meta(id_str, v.value())?;
         // A document created empty and never changed has no state row yet. One whose row
-        // does not read is counted again from its rows (its next commit writes it anew).
-        let p = match state.get(id_str).map_err(db)? {
-            Some(s) => match decode_state(id_str, s.value()) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(doc = %id_str, "{e}: counted again from the stored rows");
-                    let snaps = tx.open_table(SNAPSHOTS).map_err(db)?;
-                    let changes = tx.open_table(CHANGES).map_err(db)?;
-                    state_from_rows(&snaps, &changes, id_str)?
-                }
-            },
+        // does not read, or is missing beside stored bytes, is counted again from its rows
+        // (its next commit writes it anew): taken for empty, its next commit would store a
+        // snapshot as a first one and write change rows over the stored ones.
+        let recount = |why: String| {
+            tracing::error!(doc = %id_str, "{why}: counted again from the stored rows");
+            state_from_rows(&snaps, &changes, id_str)
+        };
+        let decoded = state
+            .get(id_str)
+            .map_err(db)?
+            .map(|s| decode_state(id_str, s.value()));
+        let p = match decoded {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => recount(e.to_string())?,
+            None if snaps.get(id_str).map_err(db)?.is_some()
+                || changes
+                    .range((id_str, 0)..=(id_str, u64::MAX))
+                    .map_err(db)?
+                    .next()
+                    .is_some() =>
+            {
+                recount(format!("document {id_str}: its state row is missing"))?
+            }
             None => Persisted::default(),
         };
         let heads = p.heads.clone();

@@ -212,7 +212,8 @@ pub enum StoreError {
     /// A restore of this store was interrupted: its staged copy is still there.
     #[error(
         "a restore of this store was interrupted ({0} is left): run `grassroots store restore` \
-         again, or remove {0} to go on with the store as it is"
+         again, or remove {0} to go on with the store as it is (an empty one where the restore \
+         was bringing one back to a folder without a store)"
     )]
     RestoreInterrupted(String),
     /// A file operation outside redb failed (a backup, a restore).
@@ -7384,11 +7385,17 @@ mod tests {
         t.shutdown().await;
     }
 
-    /// A document state row that does not read is counted again from the stored rows:
-    /// the store opens, and a write after it continues the numbering of the change rows
-    /// instead of writing over them.
+    /// A document state row that does not read, or is missing beside stored rows, is
+    /// counted again from the stored rows: the store opens, and a write after it continues
+    /// the numbering of the change rows instead of writing over them.
     #[tokio::test]
     async fn a_state_row_that_does_not_read_is_counted_again() {
+        for missing in [false, true] {
+            a_state_row_damaged(missing).await;
+        }
+    }
+
+    async fn a_state_row_damaged(missing: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let me = u("c01/k01/t01");
@@ -7414,10 +7421,13 @@ mod tests {
             let before = rows(&d);
             assert!(!before.is_empty(), "change rows after the first commit");
             let tx = d.begin_write().unwrap();
-            tx.open_table(DOC_STATE)
-                .unwrap()
-                .insert(key.as_str(), [1u8, 2, 3].as_slice())
-                .unwrap();
+            let mut state = tx.open_table(DOC_STATE).unwrap();
+            if missing {
+                state.remove(key.as_str()).unwrap();
+            } else {
+                state.insert(key.as_str(), [1u8, 2, 3].as_slice()).unwrap();
+            }
+            drop(state);
             tx.commit().unwrap();
             before
         };
@@ -7434,7 +7444,11 @@ mod tests {
             n.sort();
             n
         };
-        assert_eq!(names(&r), ["Four", "One", "Three", "Two"]);
+        assert_eq!(
+            names(&r),
+            ["Four", "One", "Three", "Two"],
+            "missing: {missing}"
+        );
         t.shutdown().await;
         drop((h, r));
         let after = rows(&Database::create(&path).unwrap());
