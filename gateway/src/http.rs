@@ -107,6 +107,7 @@ const PARSED_QUERY_BYTES: usize = 4096;
 impl ParsedQueries {
     /// Give `request` its parsed document, from the cache or parsed now (and kept).
     fn attach(&self, request: &mut async_graphql::Request) -> Result<(), async_graphql::Error> {
+        shallow_enough(&request.query)?;
         let hit = self
             .docs
             .lock()
@@ -130,6 +131,59 @@ impl ParsedQueries {
         }
         Ok(())
     }
+}
+
+/// Brackets a query may nest. async-graphql's parser recurses once per level of a value
+/// (`[[[...`) with no bound of its own: pest's stack guard stops it when the stack runs low
+/// (an error that quotes the whole query back), and nothing would bound the recursion
+/// without that guard. Refused before parsing, in a few microseconds and a short message.
+/// Selection sets stop at 32 once parsed (`limit_recursive_depth`).
+const MAX_QUERY_NESTING: usize = 64;
+
+/// Refuse, before it is parsed, a query that nests brackets (`{`, `[`, `(`) deeper than
+/// [`MAX_QUERY_NESTING`] outside its strings and comments.
+fn shallow_enough(query: &str) -> Result<(), async_graphql::Error> {
+    let b = query.as_bytes();
+    let at = |i: usize, s: &[u8]| b.get(i..).is_some_and(|rest| rest.starts_with(s));
+    let (mut i, mut depth) = (0, 0usize);
+    while let Some(&c) = b.get(i) {
+        i += 1;
+        match c {
+            b'#' => {
+                while b.get(i).is_some_and(|c| *c != b'\n' && *c != b'\r') {
+                    i += 1;
+                }
+            }
+            b'"' if at(i, b"\"\"") => {
+                // A block string ends at the next `"""` not escaped as `\"""`.
+                i += 2;
+                while i < b.len() && !at(i, b"\"\"\"") {
+                    i += if at(i, b"\\\"\"\"") { 4 } else { 1 };
+                }
+                i += 3;
+            }
+            b'"' => {
+                while let Some(&c) = b.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' || c == b'\n' {
+                        break;
+                    }
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > MAX_QUERY_NESTING {
+                    return Err(error(
+                        Code::ParseFailed,
+                        format!("the query nests brackets deeper than {MAX_QUERY_NESTING} levels"),
+                    ));
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The router of a node's gateway, with default options.
@@ -436,6 +490,11 @@ struct Timed {
 
 impl async_graphql::Executor for Timed {
     async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
+        if let Err(e) = shallow_enough(&request.query) {
+            return async_graphql::Response::from_errors(vec![
+                e.into_server_error(async_graphql::Pos::default()),
+            ]);
+        }
         match tokio::time::timeout(QUERY_TIMEOUT, self.schema.execute(request)).await {
             Ok(mut resp) => {
                 code_unlabelled(&mut resp);
@@ -451,6 +510,14 @@ impl async_graphql::Executor for Timed {
         session_data: Option<Arc<async_graphql::Data>>,
     ) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
         use futures_util::StreamExt as _;
+        if let Err(e) = shallow_enough(&request.query) {
+            return futures_util::stream::once(async move {
+                async_graphql::Response::from_errors(vec![
+                    e.into_server_error(async_graphql::Pos::default()),
+                ])
+            })
+            .boxed();
+        }
         let token = session_data
             .as_ref()
             .and_then(|d| d.get(&std::any::TypeId::of::<TokenHash>()))

@@ -166,6 +166,32 @@ async fn each_limit_is_refused_with_its_code() {
         assert!(!message.is_empty(), "{open}: an error, got {r}");
         assert!(r["data"].is_null(), "{open}");
     }
+    // Closed, so that the parser would get through it and build it level by level: refused
+    // before it is parsed. Brackets in strings and comments do not count.
+    let closed = format!(
+        "{{ unit(id: {}{}) {{ id }} }}",
+        "[".repeat(60_000),
+        "]".repeat(60_000)
+    );
+    let r = query(&f, None, &closed).await;
+    assert_eq!(code(&r), "GRAPHQL_PARSE_FAILED", "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nests brackets deeper than 64"),
+        "{r}"
+    );
+    let quoted = format!(
+        "{{ unit(id: \"{}\") {{ id }} # {}\n }}",
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    let r = query(&f, None, &quoted).await;
+    assert!(
+        !r.to_string().contains("nests brackets deeper"),
+        "brackets in a string or a comment counted: {r}"
+    );
     let r = query(&f, None, "{ nodeUnit { id } }").await;
     assert!(r.get("errors").is_none(), "still answering: {r}");
 

@@ -300,6 +300,43 @@ async fn each_query_over_a_socket_reads_the_status_anew() {
     assert_eq!(last_error("1").await, Value::Null);
     store.dial_failed(t01, "refused for a test".into()).await;
     assert_eq!(last_error("2").await, json!("refused for a test"));
+    // A query nesting brackets past any limit is refused before it is parsed (the parser
+    // recurses per level), over a socket as over HTTP; the socket goes on.
+    let mut ws = connect(&url, Some(&admin)).await;
+    let ack = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    let deep = format!(
+        "{{ unit(id: {}{}) {{ id }} }}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    send(
+        &mut ws,
+        json!({ "id": "3", "type": "subscribe", "payload": { "query": deep } }),
+    )
+    .await;
+    let got = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        got.to_string().contains("nests brackets deeper than 64"),
+        "{got}"
+    );
+    send(
+        &mut ws,
+        json!({ "id": "4", "type": "subscribe", "payload": { "query": "{ nodeUnit { id } }" } }),
+    )
+    .await;
+    let mut answered = None;
+    while let Some(m) = next(&mut ws, Duration::from_secs(5)).await {
+        if m["id"] == "4" && m["type"] == "next" {
+            answered = Some(m);
+            break;
+        }
+    }
+    let answered = answered.expect("an answer after the refused query");
+    assert_eq!(
+        answered["payload"]["data"]["nodeUnit"]["id"], "c01/k01",
+        "{answered}"
+    );
     let _ = stop.send(());
     let _ = server.await;
 }

@@ -871,6 +871,9 @@ struct Carried {
     listed: Vec<ActorId>,
     /// About the operations the message brings (its chunks' widest columns).
     ops: u64,
+    /// Whether the message brings a document chunk (its objects are checked once applied:
+    /// see [`nested_objects`]).
+    whole: bool,
 }
 
 impl Carried {
@@ -888,8 +891,12 @@ impl Carried {
             .count() as u64;
         // Only a whole document sent to a peer holding part of it (rare) pays for reading
         // the actors held.
-        let listed = if empty || self.listed.is_empty() {
+        let listed = if self.listed.is_empty() {
             0
+        } else if empty {
+            // All of them new: counted against the document's cap, which a chunk listing
+            // millions would otherwise pass.
+            self.listed.iter().collect::<HashSet<_>>().len() as u64
         } else {
             let held: HashSet<ActorId> = doc
                 .get_changes_meta(&[])
@@ -1001,6 +1008,9 @@ fn authors_of(
                 let c = catch_unwind(|| Change::from_bytes(bytes.to_vec()))
                     .map_err(|_| malformed("automerge panicked decoding a change"))?
                     .map_err(|e| malformed(&format!("change: {e}")))?;
+                if let Some(why) = nested_op(&c) {
+                    return Err(malformed(why));
+                }
                 carried.authors.push((unit(&c)?, Some(c.hash())));
                 carried.changes.push((c.hash(), size));
                 if c.seq() == 1 {
@@ -1012,8 +1022,15 @@ fn authors_of(
                 // list of every actor its changes use (a change naming an actor outside the
                 // list does not load), so checking that list checks every author without
                 // decoding the document twice.
+                carried.whole = true;
                 for actor in document_actors(body) {
                     let actor = actor.ok_or_else(|| malformed("unreadable document chunk"))?;
+                    // Held before any count: a chunk may list millions (see `actors_fit`).
+                    if carried.listed.len() as u64 >= MAX_DOC_ACTORS {
+                        return Err(too_large(format!(
+                            "a document chunk listing more than {MAX_DOC_ACTORS} actors"
+                        )));
+                    }
                     let author = ActorTag::unit_of(actor).map_err(|_| {
                         Rejection::new(
                             RejectReason::Unauthorised,
@@ -1029,6 +1046,67 @@ fn authors_of(
         }
     }
     Ok(())
+}
+
+/// Why a peer's change is refused for the objects it makes, if it is: every object of a
+/// document is a map directly under the root (a record, or a profile's set) holding scalars.
+/// automerge reads objects recursively (`hydrate`, the paths of a diff), so a chain of maps
+/// nested thousands deep in a few hundred KB would overflow a thread's stack, an abort no
+/// `catch_unwind` stops.
+fn nested_op(change: &Change) -> Option<&'static str> {
+    use automerge::ObjType;
+    use automerge::legacy::{ObjectId, OpType};
+    change
+        .decode()
+        .operations
+        .iter()
+        .find_map(|op| match &op.action {
+            OpType::Make(ObjType::Map) if matches!(op.obj, ObjectId::Root) => None,
+            OpType::Make(ObjType::Map) => {
+                Some("an object inside another (objects are maps under the root)")
+            }
+            OpType::Make(_) => Some("an object other than a map"),
+            _ => None,
+        })
+}
+
+/// Whether `doc` holds an object other than a map at the root, or any object inside one,
+/// among the values a read reaches (those that win, and those in conflict with them): the
+/// same rule as [`nested_op`], for a document that came whole.
+fn nested_objects(doc: &Automerge) -> bool {
+    use automerge::{ObjType, Value, ValueRef};
+    let at = |obj: &automerge::ObjId, key: &str| doc.get_all(obj, key).unwrap_or_default();
+    for item in doc.map_range(automerge::ROOT, ..) {
+        let values: Vec<(Value<'_>, automerge::ObjId)> = if item.conflict {
+            at(&automerge::ROOT, &item.key)
+        } else {
+            match item.value {
+                ValueRef::Object(t) => vec![(Value::Object(t), item.id())],
+                _ => continue,
+            }
+        };
+        for (value, obj) in values {
+            match value {
+                Value::Object(ObjType::Map) => {
+                    for inner in doc.map_range(&obj, ..) {
+                        let object = if inner.conflict {
+                            at(&obj, &inner.key)
+                                .iter()
+                                .any(|(v, _)| matches!(v, Value::Object(_)))
+                        } else {
+                            matches!(inner.value, ValueRef::Object(_))
+                        };
+                        if object {
+                            return true;
+                        }
+                    }
+                }
+                Value::Object(_) => return true,
+                Value::Scalar(_) => {}
+            }
+        }
+    }
+    false
 }
 
 /// The documents of one node and the sync state of each connected peer.
@@ -2072,13 +2150,24 @@ impl Engine {
             .filter(|p| Some(*p) != except && self.in_link_scope(p, &meta))
             .cloned()
             .collect();
-        targets
-            .into_iter()
-            .flat_map(|p| {
-                let msgs = self.generate(&p, id).map(|(m, _)| m).unwrap_or_default();
-                msgs.into_iter().map(move |m| (p.clone(), m))
-            })
-            .collect()
+        let mut step = Step::default();
+        for p in targets {
+            let Some((msgs, settled)) = self.generate(&p, id) else {
+                continue;
+            };
+            step.send.extend(msgs.into_iter().map(|m| (p.clone(), m)));
+            // A last word (or a refusal: `give_up`) says all this side will: a slot it holds
+            // goes on to the next queued document, as from `kick`; held, nothing would free
+            // it, since the peer answers neither. A later answer is still taken, slotless.
+            if settled {
+                self.finish(&p, id, &mut step);
+                // What that drained stays to be counted where the peer's input is.
+                if let Some(peer) = self.peers.get_mut(&p) {
+                    peer.asked_again.append(&mut step.rejected);
+                }
+            }
+        }
+        step.send
     }
 
     /// Handle one message from a connected `peer`. Refused parts are listed in
@@ -2178,6 +2267,10 @@ impl Engine {
             let n = rest.seen.entry(doc.clone()).or_default();
             *n += 1;
             if *n > MAX_ITEMS_PER_DOC {
+                // The peer, refused, stops the document as any refused one (`on_reject`):
+                // so does this side, or a slot it holds would wait for an answer that never
+                // comes.
+                self.freeze(peer, &doc, step);
                 step.reject(
                     peer,
                     Rejection::new(
@@ -2624,6 +2717,13 @@ impl Engine {
         }
         let (mut changed, mut new_digest) = (false, None);
         if let Some(candidate) = candidate {
+            if carried.whole && nested_objects(&candidate) {
+                return Err(Rejection::new(
+                    RejectReason::Malformed,
+                    Some(&id),
+                    "an object inside another, or other than a map (objects are maps under the root)",
+                ));
+            }
             // Rule 3's field-level authority, on the copy: which record a change touched,
             // and who handled it then, are only known against the document. And a profile,
             // read whole at every change of it by every node up the line, may not grow past
@@ -3215,6 +3315,107 @@ mod tests {
         assert_eq!(names(&t, vu).len(), MAX_DOC_ACTORS as usize);
     }
 
+    /// A whole document to a peer holding none of it brings all its actors at once: they
+    /// count against the cap as well.
+    #[test]
+    fn a_whole_new_document_holds_a_bounded_number_of_actors() {
+        let vu = "c01/k01/t01/v01";
+        let (mut t, _v, id) = township_and_village();
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [0; 8]));
+        for n in 1..=MAX_DOC_ACTORS as u8 + 1 {
+            let mut w = d.fork().with_actor(doc::actor_for(&u(vu), [n; 8]));
+            doc::create_member(&mut w, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
+            d.merge(&mut w).unwrap();
+        }
+        let step = t.receive(
+            &u(vu),
+            Msg::Sync {
+                doc: id.clone(),
+                data: changes_message(vec![d.save()]),
+            },
+        );
+        let r = step.rejected.first().expect("refused");
+        assert_eq!(r.reason, RejectReason::TooLarge, "{r:?}");
+        assert!(r.detail.contains("actors"), "{r:?}");
+        assert!(names(&t, vu).is_empty());
+    }
+
+    /// An object inside a record's map (a chain of them thousands deep would overflow the
+    /// stack of whatever reads the record: automerge reads objects recursively) is refused
+    /// before it is applied in a change, and once applied to a copy in a document sent whole.
+    #[test]
+    fn objects_below_the_root_maps_are_refused() {
+        use automerge::transaction::Transactable;
+        use automerge::{AutomergeError, ObjType, ROOT};
+        let vu = "c01/k01/t01/v01";
+        let nest = |d: &mut Automerge, ty: ObjType| {
+            d.transact::<_, _, AutomergeError>(|tx| {
+                let rec = tx.put_object(ROOT, RecordId::from_u64(9).to_string(), ObjType::Map)?;
+                let mut obj = tx.put_object(&rec, "name", ty)?;
+                if ty == ObjType::Map {
+                    for _ in 0..3 {
+                        obj = tx.put_object(&obj, "deeper", ObjType::Map)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        };
+        // (A refused document is stopped for the session: a new link each.)
+        for ty in [ObjType::Map, ObjType::Text] {
+            let (mut t, mut v, id) = township_and_village();
+            write(&mut v, vu, 1, "First");
+            assert!(push_among(&mut [&mut t, &mut v], 1, &id).is_empty());
+            let held = t.get(&id).unwrap().doc().unwrap().get_heads();
+            let mut d = v.get(&id).unwrap().doc().unwrap().fork();
+            d.set_actor(doc::actor_for(&u(vu), [7; 8]));
+            nest(&mut d, ty);
+            let change = d.get_last_local_change().unwrap().raw_bytes().to_vec();
+            let step = t.receive(
+                &u(vu),
+                Msg::Sync {
+                    doc: id.clone(),
+                    data: changes_message(vec![change]),
+                },
+            );
+            assert!(
+                step.rejected
+                    .iter()
+                    .any(|r| r.reason == RejectReason::Malformed
+                        && (r.detail.contains("an object inside another")
+                            || r.detail.contains("other than a map"))),
+                "{ty:?}: {:?}",
+                step.rejected
+            );
+            assert_eq!(t.get(&id).unwrap().doc().unwrap().get_heads(), held);
+        }
+        // The same in a document sent whole, to a township that holds none of it.
+        let (mut t, _v, id) = township_and_village();
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [7; 8]));
+        nest(&mut d, ObjType::Map);
+        let step = t.receive(&u(vu), carrying(&id, d.get_heads(), d.save()));
+        assert!(
+            step.rejected
+                .iter()
+                .any(|r| r.reason == RejectReason::Malformed
+                    && r.detail.contains("an object inside another")),
+            "{:?}",
+            step.rejected
+        );
+        assert!(
+            t.get(&id)
+                .is_none_or(|e| e.doc().is_none_or(|d| d.get_heads().is_empty()))
+        );
+        // An honest document sent whole is taken (on a new link: refused, the document is
+        // stopped for the session).
+        let (mut t, _v, id) = township_and_village();
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [7; 8]));
+        doc::create_member(&mut d, RecordId::from_u64(1), &member("Whole")).unwrap();
+        let step = t.receive(&u(vu), carrying(&id, d.get_heads(), d.save()));
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert_eq!(names(&t, vu), ["Whole"]);
+    }
+
     /// A township linked to its village, which holds its own register and the township's
     /// profile; the township then wrote a member into the village's register (as a
     /// transfer in does), synced down. Returns the documents as the township held them
@@ -3602,6 +3803,7 @@ mod tests {
                 .all(|r| r.reason == RejectReason::Malformed && r.detail.contains("one batch"))
         );
         // The same taken in parts: the count is the frame's, not each part's.
+        let nothing_again = nothing.clone();
         let items = vec![(id.clone(), nothing); MAX_ITEMS_PER_DOC as usize + 3];
         let v01 = u("c01/k01/t01/v01");
         let (first, mut rest) = t.receive_until(&v01, Msg::SyncBatch(items), &mut || false);
@@ -3614,6 +3816,16 @@ mod tests {
             rest = left;
         }
         assert_eq!((parts, rejected), (MAX_ITEMS_PER_DOC as usize + 3, 3));
+        // The document is stopped for the session, as the peer stops it once refused:
+        // further messages of it are not answered (nor would a slot of it wait).
+        let step = t.receive(
+            &v01,
+            Msg::Sync {
+                doc: id.clone(),
+                data: nothing_again,
+            },
+        );
+        assert!(step.send.is_empty(), "{:?}", step.send);
     }
 
     /// A peer's change may not grow a profile's registered units past the cap (each node
@@ -4580,6 +4792,59 @@ mod tests {
         let profile = register(&mut v, "c01/k01/t01/v01", &[]);
         assert!(push_among(&mut [&mut t, &mut v], 1, &profile).is_empty());
         assert!(t.get(&profile).is_some_and(|d| d.doc().is_some()));
+    }
+
+    /// A live push that gives a document up while it holds a slot (its answer still owed)
+    /// frees the slot: the peer, refused, answers nothing more, and the slot held would keep
+    /// the link's progress in flight (probes) and one fewer document reconciling at once.
+    #[test]
+    fn a_push_that_gives_a_document_up_frees_its_slot() {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        link(&mut t, &mut v);
+        let ut = t.me().clone();
+        let id = write(&mut v, "c01/k01/t01/v01", 0, "First");
+        assert!(push_among(&mut [&mut t, &mut v], 1, &id).is_empty());
+        let saved: HashMap<_, _> = v.disconnect(&ut).into_iter().collect();
+        // Written since the last session: the link starts it at once, and its first message
+        // is not answered yet.
+        write(&mut v, "c01/k01/t01/v01", 1, "Second");
+        let first = v.connect(&ut, saved);
+        assert!(
+            first
+                .iter()
+                .any(|m| matches!(m, Msg::Sync { doc, .. } if *doc == id))
+        );
+        assert_eq!(v.progress(&ut).unwrap().in_flight, 1);
+        // Then a change no message can carry: the push refuses the document.
+        let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
+        let huge = "!".repeat(MAX_PART_INFLATED + 1);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let huge: String = huge
+            .chars()
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'!' + (seed % 90) as u8)
+            })
+            .collect();
+        d.transact::<_, _, automerge::AutomergeError>(|tx| {
+            automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
+            Ok(())
+        })
+        .unwrap();
+        let pushed = v.fan_out(&id, None);
+        assert!(
+            matches!(pushed.as_slice(), [(_, Msg::Reject { .. })]),
+            "{} messages",
+            pushed.len()
+        );
+        assert_eq!(
+            v.progress(&ut).unwrap().in_flight,
+            0,
+            "the slot is still held"
+        );
     }
 
     /// A peer that no longer holds what both sides shared last session (restored from an
