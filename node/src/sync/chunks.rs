@@ -351,6 +351,169 @@ pub fn inflated_len(kind: u8, body: &[u8], cap: u64) -> Option<u64> {
     }
 }
 
+/// The op columns read for the objects a chunk makes: the parent object's counter (null for
+/// the root) and the action (automerge's storage format: column id << 4 | type).
+const OBJ_COUNTER_SPEC: u64 = 0x02;
+const ACTION_SPEC: u64 = 0x42;
+/// Actions that make an object: map, list, text, table. Only a map under the root is ever
+/// made by an honest node.
+const MAKE_MAP: u64 = 0;
+const MAKES: [u64; 4] = [MAKE_MAP, 2, 4, 6];
+
+/// The values of a run-length encoded column of unsigned integers, nulls as `None`.
+struct Runs<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// The current run: values left in it, and its value (`None` in a null run); `literal`
+    /// runs read each value afresh.
+    left: u64,
+    value: Option<u64>,
+    literal: bool,
+}
+
+impl<'a> Runs<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Runs {
+            data,
+            pos: 0,
+            left: 0,
+            value: None,
+            literal: false,
+        }
+    }
+
+    /// The next value: `Some(None)` a null; `None` at the end, `Err` when unreadable.
+    #[allow(clippy::type_complexity)]
+    fn next(&mut self) -> Result<Option<Option<u64>>, ()> {
+        while self.left == 0 {
+            if self.pos >= self.data.len() {
+                return Ok(None);
+            }
+            match sleb128(self.data, &mut self.pos).ok_or(())? {
+                0 => {
+                    self.left = leb128(self.data, &mut self.pos).ok_or(())?;
+                    (self.value, self.literal) = (None, false);
+                }
+                n if n > 0 => {
+                    self.left = n.unsigned_abs();
+                    self.value = Some(leb128(self.data, &mut self.pos).ok_or(())?);
+                    self.literal = false;
+                }
+                n => (self.left, self.literal) = (n.unsigned_abs(), true),
+            }
+        }
+        self.left -= 1;
+        if self.literal {
+            return Ok(Some(Some(leb128(self.data, &mut self.pos).ok_or(())?)));
+        }
+        Ok(Some(self.value))
+    }
+}
+
+/// Whether the ops of `cols` (data from `pos`) make an object anywhere but a map under the
+/// root, reading two columns row by row. `None` when unreadable.
+fn makes_nested(
+    body: &[u8],
+    mut pos: usize,
+    cols: &[(u64, u64)],
+    inflate_cap: u64,
+) -> Option<bool> {
+    let (mut objs, mut actions) = (None, None);
+    for &(spec, len) in cols {
+        let end = pos.checked_add(usize::try_from(len).ok()?)?;
+        let data = body.get(pos..end)?;
+        pos = end;
+        let slot = match spec & !COLUMN_DEFLATE {
+            OBJ_COUNTER_SPEC => &mut objs,
+            ACTION_SPEC => &mut actions,
+            _ => continue,
+        };
+        *slot = Some(if spec & COLUMN_DEFLATE != 0 {
+            let mut out = Vec::new();
+            flate2::read::DeflateDecoder::new(data)
+                .take(inflate_cap.saturating_add(1))
+                .read_to_end(&mut out)
+                .ok()?;
+            if out.len() as u64 > inflate_cap {
+                return None;
+            }
+            std::borrow::Cow::Owned(out)
+        } else {
+            std::borrow::Cow::Borrowed(data)
+        });
+    }
+    // No action column: no ops. No object column: every op is at the root.
+    let Some(actions) = actions else {
+        return Some(false);
+    };
+    let mut actions = Runs::new(&actions);
+    let mut objs = objs.as_deref().map(Runs::new);
+    loop {
+        let Some(action) = actions.next().ok()? else {
+            return Some(false);
+        };
+        let parent = match objs.as_mut() {
+            Some(o) => o.next().ok()?.flatten(),
+            None => None,
+        };
+        if let Some(a) = action
+            && MAKES.contains(&a)
+            && (a != MAKE_MAP || parent.is_some())
+        {
+            return Some(true);
+        }
+    }
+}
+
+/// Whether `chunk` makes an object other than a map directly under the root, read from its
+/// columns (a compressed change, or a document's compressed columns, inflated to at most
+/// `inflate_cap` bytes): every object of an honest document is such a map, and automerge
+/// reads objects recursively, so a deep chain of them would overflow the stack of whatever
+/// reads the record. `None` when the chunk is unreadable.
+pub fn makes_nested_objects(kind: u8, body: &[u8], inflate_cap: u64) -> Option<bool> {
+    let change = |body: &[u8]| {
+        let mut pos = 0;
+        let deps = usize::try_from(leb128(body, &mut pos)?).ok()?;
+        pos = pos.checked_add(deps.checked_mul(32)?)?;
+        skip_bytes(body, &mut pos)?; // actor
+        leb128(body, &mut pos)?; // sequence number
+        leb128(body, &mut pos)?; // first op
+        leb128(body, &mut pos)?; // time
+        skip_bytes(body, &mut pos)?; // message
+        skip_byte_strings(body, &mut pos)?; // other actors
+        let cols = columns(body, &mut pos)?;
+        makes_nested(body, pos, &cols, inflate_cap)
+    };
+    match kind {
+        CHUNK_CHANGE => change(body),
+        CHUNK_COMPRESSED_CHANGE => {
+            let mut out = Vec::new();
+            flate2::read::DeflateDecoder::new(body)
+                .take(inflate_cap.saturating_add(1))
+                .read_to_end(&mut out)
+                .ok()?;
+            if out.len() as u64 > inflate_cap {
+                return None;
+            }
+            change(&out)
+        }
+        CHUNK_DOCUMENT => {
+            let mut pos = 0;
+            skip_byte_strings(body, &mut pos)?; // actors
+            let heads = usize::try_from(leb128(body, &mut pos)?).ok()?;
+            pos = pos.checked_add(heads.checked_mul(32)?)?;
+            let change_cols = columns(body, &mut pos)?;
+            let op_cols = columns(body, &mut pos)?;
+            // The change columns' data first, then the ops'.
+            for &(_, len) in &change_cols {
+                pos = pos.checked_add(usize::try_from(len).ok()?)?;
+            }
+            makes_nested(body, pos, &op_cols, inflate_cap)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,5 +638,82 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// The objects a chunk makes, read from its columns: maps under the root pass; a map
+    /// inside one, or any other kind of object, does not, in a change (compressed or not)
+    /// or a document (its columns compressed or not), even once deleted.
+    #[test]
+    fn objects_made_below_the_root_maps_are_found_in_the_columns() {
+        use automerge::transaction::Transactable;
+        use automerge::{Automerge, AutomergeError, ObjType, ROOT};
+        let nested = |chunk: &[u8]| {
+            let [(kind, _, body)] = split_chunks(chunk).unwrap()[..] else {
+                panic!("one chunk");
+            };
+            makes_nested_objects(kind, body, 64 << 20).unwrap()
+        };
+        // Records, many (the document's columns then compressed, a change compressed).
+        let mut d = Automerge::new();
+        d.transact::<_, _, AutomergeError>(|tx| {
+            for i in 0..2_000 {
+                let r = tx.put_object(ROOT, format!("r{i}"), ObjType::Map)?;
+                tx.put(&r, "name", format!("Member {i} of a long register"))?;
+                tx.put(&r, "birthYear", 1950 + i % 50)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut change = d.get_last_local_change().unwrap();
+        assert!(!nested(change.raw_bytes()));
+        let compressed = change.bytes().to_vec();
+        assert_eq!(
+            split_chunks(&compressed).unwrap()[0].0,
+            CHUNK_COMPRESSED_CHANGE
+        );
+        assert!(!nested(&compressed));
+        let saved = d.save();
+        assert!(!nested(&saved));
+        for (ty, deep) in [
+            (ObjType::Map, true),
+            (ObjType::Map, false),
+            (ObjType::Text, false),
+            (ObjType::List, false),
+        ] {
+            let mut e = d.fork();
+            e.transact::<_, _, AutomergeError>(|tx| {
+                let rec = tx.put_object(ROOT, "r1", ObjType::Map)?;
+                let mut obj = tx.put_object(&rec, "name", ty)?;
+                if deep {
+                    for _ in 0..100 {
+                        obj = tx.put_object(&obj, "deeper", ObjType::Map)?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+            let mut change = e.get_last_local_change().unwrap();
+            assert!(nested(change.raw_bytes()), "{ty:?}, deep {deep}: change");
+            assert!(nested(&change.bytes()), "{ty:?}, deep {deep}: compressed");
+            assert!(nested(&e.save()), "{ty:?}, deep {deep}: document");
+            // Deleted, it stays in the document's history.
+            e.transact::<_, _, AutomergeError>(|tx| tx.delete(ROOT, "r1"))
+                .unwrap();
+            assert!(nested(&e.save()), "{ty:?}, deep {deep}: deleted");
+        }
+        // Another kind of object at the root.
+        let mut e = d.fork();
+        e.transact::<_, _, AutomergeError>(|tx| {
+            tx.put_object(ROOT, "list", ObjType::List).map(drop)
+        })
+        .unwrap();
+        assert!(nested(e.get_last_local_change().unwrap().raw_bytes()));
+        // A document of no ops, and one of scalars only.
+        assert!(!nested(&Automerge::new().save()));
+        let mut e = Automerge::new();
+        e.transact::<_, _, AutomergeError>(|tx| tx.put(ROOT, "name", "Unit"))
+            .unwrap();
+        assert!(!nested(&e.save()));
+        assert!(!nested(e.get_last_local_change().unwrap().raw_bytes()));
     }
 }

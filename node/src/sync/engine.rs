@@ -15,7 +15,7 @@ use ring::digest::{SHA256, digest};
 
 use super::chunks::{
     CHUNK_CHANGE, CHUNK_COMPRESSED_CHANGE, CHUNK_DOCUMENT, document_actors, inflated_len,
-    items_declared, leb128, split_chunks,
+    items_declared, leb128, makes_nested_objects, split_chunks,
 };
 use super::wire::{self, Digest, Msg, RejectReason, Summary};
 use crate::doc;
@@ -871,9 +871,6 @@ struct Carried {
     listed: Vec<ActorId>,
     /// About the operations the message brings (its chunks' widest columns).
     ops: u64,
-    /// Whether the message brings a document chunk (its objects are checked once applied:
-    /// see [`nested_objects`]).
-    whole: bool,
 }
 
 impl Carried {
@@ -1002,15 +999,25 @@ fn authors_of(
                 "the frame's changes declare more than {MAX_ITEMS} values"
             )));
         }
+        // Every object of a document is a map directly under the root (a record, or a
+        // profile's set) holding scalars. automerge reads objects recursively (`hydrate`, a
+        // diff's paths), so a chain of maps nested thousands deep in a few hundred KB would
+        // overflow the stack of whatever reads the record: an abort no `catch_unwind` stops.
+        match makes_nested_objects(kind, body, size) {
+            Some(false) => {}
+            Some(true) => {
+                return Err(malformed(
+                    "an object other than a map under the root (objects are records' maps)",
+                ));
+            }
+            None => return Err(malformed("unreadable op columns")),
+        }
         match kind {
             CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE => {
                 // Peer bytes: a panic decoding them is a refusal like any other.
                 let c = catch_unwind(|| Change::from_bytes(bytes.to_vec()))
                     .map_err(|_| malformed("automerge panicked decoding a change"))?
                     .map_err(|e| malformed(&format!("change: {e}")))?;
-                if let Some(why) = nested_op(&c) {
-                    return Err(malformed(why));
-                }
                 carried.authors.push((unit(&c)?, Some(c.hash())));
                 carried.changes.push((c.hash(), size));
                 if c.seq() == 1 {
@@ -1022,7 +1029,6 @@ fn authors_of(
                 // list of every actor its changes use (a change naming an actor outside the
                 // list does not load), so checking that list checks every author without
                 // decoding the document twice.
-                carried.whole = true;
                 for actor in document_actors(body) {
                     let actor = actor.ok_or_else(|| malformed("unreadable document chunk"))?;
                     // Held before any count: a chunk may list millions (see `actors_fit`).
@@ -1046,67 +1052,6 @@ fn authors_of(
         }
     }
     Ok(())
-}
-
-/// Why a peer's change is refused for the objects it makes, if it is: every object of a
-/// document is a map directly under the root (a record, or a profile's set) holding scalars.
-/// automerge reads objects recursively (`hydrate`, the paths of a diff), so a chain of maps
-/// nested thousands deep in a few hundred KB would overflow a thread's stack, an abort no
-/// `catch_unwind` stops.
-fn nested_op(change: &Change) -> Option<&'static str> {
-    use automerge::ObjType;
-    use automerge::legacy::{ObjectId, OpType};
-    change
-        .decode()
-        .operations
-        .iter()
-        .find_map(|op| match &op.action {
-            OpType::Make(ObjType::Map) if matches!(op.obj, ObjectId::Root) => None,
-            OpType::Make(ObjType::Map) => {
-                Some("an object inside another (objects are maps under the root)")
-            }
-            OpType::Make(_) => Some("an object other than a map"),
-            _ => None,
-        })
-}
-
-/// Whether `doc` holds an object other than a map at the root, or any object inside one,
-/// among the values a read reaches (those that win, and those in conflict with them): the
-/// same rule as [`nested_op`], for a document that came whole.
-fn nested_objects(doc: &Automerge) -> bool {
-    use automerge::{ObjType, Value, ValueRef};
-    let at = |obj: &automerge::ObjId, key: &str| doc.get_all(obj, key).unwrap_or_default();
-    for item in doc.map_range(automerge::ROOT, ..) {
-        let values: Vec<(Value<'_>, automerge::ObjId)> = if item.conflict {
-            at(&automerge::ROOT, &item.key)
-        } else {
-            match item.value {
-                ValueRef::Object(t) => vec![(Value::Object(t), item.id())],
-                _ => continue,
-            }
-        };
-        for (value, obj) in values {
-            match value {
-                Value::Object(ObjType::Map) => {
-                    for inner in doc.map_range(&obj, ..) {
-                        let object = if inner.conflict {
-                            at(&obj, &inner.key)
-                                .iter()
-                                .any(|(v, _)| matches!(v, Value::Object(_)))
-                        } else {
-                            matches!(inner.value, ValueRef::Object(_))
-                        };
-                        if object {
-                            return true;
-                        }
-                    }
-                }
-                Value::Object(_) => return true,
-                Value::Scalar(_) => {}
-            }
-        }
-    }
-    false
 }
 
 /// The documents of one node and the sync state of each connected peer.
@@ -2717,13 +2662,6 @@ impl Engine {
         }
         let (mut changed, mut new_digest) = (false, None);
         if let Some(candidate) = candidate {
-            if carried.whole && nested_objects(&candidate) {
-                return Err(Rejection::new(
-                    RejectReason::Malformed,
-                    Some(&id),
-                    "an object inside another, or other than a map (objects are maps under the root)",
-                ));
-            }
             // Rule 3's field-level authority, on the copy: which record a change touched,
             // and who handled it then, are only known against the document. And a profile,
             // read whole at every change of it by every node up the line, may not grow past
@@ -3341,8 +3279,9 @@ mod tests {
     }
 
     /// An object inside a record's map (a chain of them thousands deep would overflow the
-    /// stack of whatever reads the record: automerge reads objects recursively) is refused
-    /// before it is applied in a change, and once applied to a copy in a document sent whole.
+    /// stack of whatever reads the record: automerge reads objects recursively), or other
+    /// than a map, is refused from the chunk's columns before automerge reads it, in a
+    /// change as in a document sent whole.
     #[test]
     fn objects_below_the_root_maps_are_refused() {
         use automerge::transaction::Transactable;
@@ -3382,8 +3321,7 @@ mod tests {
                 step.rejected
                     .iter()
                     .any(|r| r.reason == RejectReason::Malformed
-                        && (r.detail.contains("an object inside another")
-                            || r.detail.contains("other than a map"))),
+                        && r.detail.contains("other than a map under the root")),
                 "{ty:?}: {:?}",
                 step.rejected
             );
@@ -3398,7 +3336,7 @@ mod tests {
             step.rejected
                 .iter()
                 .any(|r| r.reason == RejectReason::Malformed
-                    && r.detail.contains("an object inside another")),
+                    && r.detail.contains("other than a map under the root")),
             "{:?}",
             step.rejected
         );
