@@ -637,43 +637,47 @@ fn verify_peer(conn: &Connection, identity: &Identity) -> Result<Verified, NetEr
             reason: RejectReason::NotAdjacent,
             detail: e.to_string(),
         })?;
-    let fp = certs
+    let leaf = certs
         .first()
-        .map(|c| pki::fingerprint(c))
-        .unwrap_or_default();
-    Ok((unit, fp, cas))
+        .map(|c| pki::Revocable::of(unit.clone(), c))
+        .ok_or_else(|| NetError::Handshake("peer presented no certificate".into()))?;
+    let fp = leaf.key.clone();
+    Ok((unit, fp, std::iter::once(leaf).chain(cas).collect()))
 }
 
-/// A peer's unit, its certificate's fingerprint, and the CAs it was checked through, each
-/// with the unit it is the CA of ([`Identity::check_issued`]).
-type Verified = (UnitId, String, Vec<(UnitId, String)>);
+/// A peer's unit, its certificate's key fingerprint, and the certificates its link rests on:
+/// its own, then the CAs it was checked through ([`Identity::check_issued`]).
+type Verified = (UnitId, String, Vec<pki::Revocable>);
 
 /// Why a peer's certificate is revoked, if it is: the certificate itself in its issuer's
 /// profile, or a CA it was checked through in the profile of the unit that issued that CA
 /// (a unit issued again after its machine was stolen: certificates its old CA's key makes
-/// since are refused once that CA is revoked, wherever the old CA is still held).
+/// since are refused once that CA is revoked, wherever the old CA is still held). `certs`:
+/// the peer's own first, as [`verify_peer`] lists them.
 pub fn revoked_why(
     reader: &StoreReader,
     peer: &UnitId,
-    fingerprint: &str,
-    cas: &[(UnitId, String)],
+    certs: &[pki::Revocable],
 ) -> Option<String> {
-    if is_revoked(reader, peer, fingerprint) {
-        return Some(format!("certificate {fingerprint} of {peer} is revoked"));
+    let (first, rest) = certs.split_first()?;
+    if is_revoked(reader, first) {
+        return Some(format!("certificate {} of {peer} is revoked", first.key));
     }
-    cas.iter()
-        .find(|(unit, ca)| is_revoked(reader, unit, ca))
-        .map(|(unit, ca)| {
-            format!("the CA {ca} of {unit}, through which the certificate of {peer} was checked, is revoked")
-        })
+    rest.iter().find(|ca| is_revoked(reader, ca)).map(|ca| {
+        format!(
+            "the CA {} of {}, through which the certificate of {peer} was checked, is revoked",
+            ca.key, ca.unit
+        )
+    })
 }
 
-/// Whether the issuer of `peer`'s certificate (its parent, or itself at the root) lists the
-/// certificate as revoked in its profile, as far as this node knows.
-pub fn is_revoked(reader: &StoreReader, peer: &UnitId, fingerprint: &str) -> bool {
-    let issuer = pki::issuer_of(peer);
+/// Whether the issuer of `cert` (the parent of its unit, or the unit itself at the root)
+/// lists it as revoked in its profile, as far as this node knows.
+pub fn is_revoked(reader: &StoreReader, cert: &pki::Revocable) -> bool {
+    let issuer = pki::issuer_of(&cert.unit);
+    let peer = &cert.unit;
     match reader.unit(&issuer) {
-        Ok(Some(p)) => p.revoked.iter().any(|r| r == fingerprint),
+        Ok(Some(p)) => p.revoked.iter().any(|r| cert.named_by(r)),
         Ok(None) => false,
         Err(e) => {
             // Fail closed: a store that cannot answer does not let the peer in.
@@ -693,10 +697,10 @@ pub struct Link {
     pub recv: RecvStream,
     /// The unit at the other end.
     pub peer: UnitId,
-    /// Fingerprint of the certificate the peer presented.
+    /// Key fingerprint of the certificate the peer presented.
     pub fingerprint: String,
-    /// The CAs the certificate was checked through, each with the unit it is the CA of.
-    pub cas: Vec<(UnitId, String)>,
+    /// The certificates the link rests on: the peer's, then the CAs it was checked through.
+    pub certs: Vec<pki::Revocable>,
     /// The protocol version the link runs at: the newest both sides speak.
     pub version: u8,
     /// The peer's software, as its hello names it.
@@ -745,7 +749,7 @@ async fn dial(
             .as_ref()
             .is_some_and(|(_, recv)| recv.is_0rtt());
         tracing::debug!(%parent, early, "handshake done");
-        let (peer, fingerprint, cas) = verify_peer(&conn, identity)?;
+        let (peer, fingerprint, certs) = verify_peer(&conn, identity)?;
         if &peer != parent {
             conn.close(close::NOT_ADJACENT, b"not my parent");
             return Err(NetError::Refused {
@@ -812,7 +816,7 @@ async fn dial(
                 recv,
                 peer,
                 fingerprint,
-                cas,
+                certs,
                 version,
                 software: shown(&h.software),
                 early,
@@ -1049,7 +1053,7 @@ async fn accept_child(
             // The handshake is done: nothing more of this child's is copied.
             copied = None;
         }
-        let (peer, fingerprint, cas) = match verify_peer(&conn, identity) {
+        let (peer, fingerprint, certs) = match verify_peer(&conn, identity) {
             Ok(p) => p,
             Err(e) => {
                 refuse(
@@ -1065,7 +1069,7 @@ async fn accept_child(
         if children.contains(&peer) {
             known = Some(peer.clone());
         }
-        if let Some(detail) = revoked_why(reader, &peer, &fingerprint, &cas) {
+        if let Some(detail) = revoked_why(reader, &peer, &certs) {
             refuse(
                 &conn,
                 &mut done,
@@ -1133,7 +1137,7 @@ async fn accept_child(
                     recv,
                     peer,
                     fingerprint,
-                    cas,
+                    certs,
                     version,
                     software: shown(&h.software),
                     early,
@@ -1199,14 +1203,14 @@ async fn run_link_noting(
         mut recv,
         peer,
         fingerprint,
-        cas,
+        certs,
         version,
         software,
         early,
     } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let counters = Arc::new(LinkCounters {
-        cas,
+        certs,
         ..LinkCounters::new(fingerprint, version, software)
     });
     // Frames handed to the store and not yet handled hold their size of this budget, so a
@@ -1620,7 +1624,7 @@ pub async fn dial_loop(endpoint: Endpoint, ctx: LinkContext, parent: UnitId, at:
             failed_in_a_row.saturating_add(1)
         };
         let attempt = attempt.and_then(|link| {
-            let why = revoked_why(&ctx.reader, &link.peer, &link.fingerprint, &link.cas);
+            let why = revoked_why(&ctx.reader, &link.peer, &link.certs);
             if let Some(why) = why {
                 link.conn
                     .close(close::NOT_ADJACENT, b"your certificate is revoked");

@@ -331,7 +331,7 @@ impl Identity {
     /// machine is lost or stolen.
     pub fn answer_fingerprints(answer: &str) -> Result<(String, String), PkiError> {
         let issued = Issued::from_pem(answer)?;
-        Ok((fingerprint(&issued.leaf), fingerprint(&issued.ca)))
+        Ok((key_fingerprint(&issued.leaf), key_fingerprint(&issued.ca)))
     }
 
     /// The public key of one request, once its signature (proof that the requester holds
@@ -510,7 +510,7 @@ impl Identity {
         &self,
         peer: &UnitId,
         certs: &[CertificateDer<'_>],
-    ) -> Result<Vec<(UnitId, String)>, PkiError> {
+    ) -> Result<Vec<Revocable>, PkiError> {
         let leaf = certs
             .first()
             .ok_or_else(|| PkiError::PeerCert("no certificate".into()))?;
@@ -530,7 +530,7 @@ impl Identity {
                 .map_err(|e| PkiError::PeerCert(e.to_string()))
         };
         let direct = match self.known_ca(&issuer) {
-            Some(ca) => signed_by(ca, &[]).map(|()| vec![(issuer_unit.clone(), fingerprint(ca))]),
+            Some(ca) => signed_by(ca, &[]).map(|()| vec![Revocable::of(issuer_unit.clone(), ca)]),
             None => Err(PkiError::PeerCert(format!("{issuer:?} is not held here"))),
         };
         if direct.is_ok() {
@@ -541,8 +541,8 @@ impl Identity {
             (Some(presented), Some(ca), Some(above_unit)) => {
                 signed_by(ca, std::slice::from_ref(presented)).map(|()| {
                     vec![
-                        (issuer_unit.clone(), fingerprint(presented)),
-                        (above_unit, fingerprint(ca)),
+                        Revocable::of(issuer_unit.clone(), presented),
+                        Revocable::of(above_unit, ca),
                     ]
                 })
             }
@@ -1022,25 +1022,68 @@ impl rustls::client::danger::ServerCertVerifier
     signatures_by_inner!();
 }
 
-/// The SHA-256 fingerprint (lower-case hex) of a certificate: what revocations list.
+/// The SHA-256 (lower-case hex) of a certificate's bytes: the root's pin, and what
+/// revocations listed before key fingerprints ([`key_fingerprint`]).
 pub fn fingerprint(cert: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, cert).as_ref())
 }
 
+/// The SHA-256 (lower-case hex) of a certificate's public key (its DER SubjectPublicKeyInfo):
+/// what revocations list. Not of the certificate's bytes: an ECDSA signature (r, s) is as
+/// valid as (r, n - s), so whoever holds a revoked certificate can make another, equally
+/// valid, of other bytes; the key it certifies it cannot change. A certificate that does
+/// not parse (none that passed a handshake) is named by its bytes.
+pub fn key_fingerprint(cert: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(cert) {
+        Ok((_, c)) => fingerprint(c.tbs_certificate.subject_pki.raw),
+        Err(_) => fingerprint(cert),
+    }
+}
+
+/// A certificate a peer's link rests on (its own, or a CA it was checked through), as the
+/// profile of the unit that issued it may revoke it: by its key's fingerprint, or by the
+/// whole certificate's, as revocations made by earlier builds listed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocable {
+    /// The unit the certificate is of (its issuer's profile lists its revocation).
+    pub unit: UnitId,
+    /// [`key_fingerprint`].
+    pub key: String,
+    /// [`fingerprint`].
+    pub whole: String,
+}
+
+impl Revocable {
+    /// `cert`, of `unit`.
+    pub fn of(unit: UnitId, cert: &[u8]) -> Self {
+        Revocable {
+            unit,
+            key: key_fingerprint(cert),
+            whole: fingerprint(cert),
+        }
+    }
+
+    /// Whether `listed` (a revocation's fingerprint) names this certificate.
+    pub fn named_by(&self, listed: &str) -> bool {
+        listed == self.key || listed == self.whole
+    }
+}
+
 impl Identity {
-    /// Fingerprint of this node's own TLS certificate.
+    /// Fingerprint of this node's own TLS certificate's key ([`key_fingerprint`]): what
+    /// its parent revokes.
     pub fn fingerprint(&self) -> String {
         self.chain
             .first()
-            .map(|c| fingerprint(c))
+            .map(|c| key_fingerprint(c))
             .unwrap_or_default()
     }
 
-    /// Fingerprint of this node's CA certificate (none at the root, whose CA is the root):
-    /// what the issuing unit revokes, beside the node's certificate, when the machine
-    /// holding the CA's key is lost or stolen.
+    /// Fingerprint of this node's CA certificate's key (none at the root, whose CA is the
+    /// root): what the issuing unit revokes, beside the node's certificate, when the
+    /// machine holding the CA's key is lost or stolen.
     pub fn ca_fingerprint(&self) -> Option<String> {
-        self.issuer_chain.first().map(|c| fingerprint(c))
+        self.issuer_chain.first().map(|c| key_fingerprint(c))
     }
 
     /// Fingerprint of the deployment's root certificate: what two operators compare to
@@ -1098,6 +1141,101 @@ mod tests {
 
     fn u(s: &str) -> UnitId {
         s.parse().unwrap()
+    }
+
+    /// A DER element at the start of `d`: its tag, its content, and its whole length.
+    fn tlv(d: &[u8]) -> (u8, &[u8], usize) {
+        let (len, head) = match d[1] {
+            n if n < 0x80 => (usize::from(n), 2),
+            0x81 => (usize::from(d[2]), 3),
+            0x82 => (usize::from(d[2]) << 8 | usize::from(d[3]), 4),
+            n => panic!("length form {n:#x}"),
+        };
+        (d[0], &d[head..head + len], head + len)
+    }
+
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// `cert` with its ECDSA P-256 signature (r, s) written as (r, n - s): as valid, and
+    /// other bytes.
+    fn flipped(cert: &[u8]) -> Vec<u8> {
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let (_, body, _) = tlv(cert);
+        let (_, _, tbs) = tlv(body);
+        let (_, _, alg) = tlv(&body[tbs..]);
+        let (_, bits, _) = tlv(&body[tbs + alg..]);
+        let (_, sig, _) = tlv(&bits[1..]);
+        let (_, _, r) = tlv(sig);
+        let (_, s_bytes, _) = tlv(&sig[r..]);
+        let mut s_val = [0u8; 32];
+        let s_bytes = &s_bytes[s_bytes.len().saturating_sub(32)..];
+        s_val[32 - s_bytes.len()..].copy_from_slice(s_bytes);
+        let mut other = [0u8; 32];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(N[i]) - i16::from(s_val[i]) - borrow;
+            (other[i], borrow) = if d < 0 {
+                ((d + 256) as u8, 1)
+            } else {
+                (d as u8, 0)
+            };
+        }
+        let mut int: Vec<u8> = other.iter().copied().skip_while(|b| *b == 0).collect();
+        if int.first().is_some_and(|b| *b >= 0x80) {
+            int.insert(0, 0);
+        }
+        let mut new_sig = sig[..r].to_vec();
+        new_sig.extend(der(0x02, &int));
+        let mut new_bits = vec![0u8];
+        new_bits.extend(der(0x30, &new_sig));
+        let mut new_body = body[..tbs + alg].to_vec();
+        new_body.extend(der(0x03, &new_bits));
+        der(0x30, &new_body)
+    }
+
+    /// Whoever holds a certificate can write its ECDSA signature's s as n - s: a certificate
+    /// as valid, of other bytes, so a revocation listing the certificate's bytes' hash would
+    /// not name it. Its key is the same: revocations list the key's fingerprint.
+    #[test]
+    fn a_certificate_with_its_signature_rewritten_is_named_by_its_key() {
+        let root = Identity::create_root(&u("c01"), "test.grassroots").unwrap();
+        let county = root.issue_child(&u("c01/k01")).unwrap();
+        let town = county.issue_child(&u("c01/k01/t01")).unwrap();
+        let village = town.issue_child(&u("c01/k01/t01/v01")).unwrap();
+        let mut presented = village.presented();
+        let leaf = presented[0].to_vec();
+        let other = flipped(&leaf);
+        assert_ne!(other, leaf);
+        presented[0] = CertificateDer::from(other.clone());
+        town.check_issued(&village.unit, &presented)
+            .expect("the rewritten certificate is as valid");
+        assert_ne!(fingerprint(&leaf), fingerprint(&other));
+        assert_eq!(key_fingerprint(&leaf), key_fingerprint(&other));
+        let named = Revocable::of(village.unit.clone(), &other);
+        assert!(named.named_by(&village.fingerprint()), "revoked by its key");
+        // A revocation an earlier build made (the bytes' hash) names only the bytes it saw.
+        assert!(!named.named_by(&fingerprint(&leaf)));
+        assert!(Revocable::of(village.unit.clone(), &leaf).named_by(&fingerprint(&leaf)));
+        // A CA (the township's, which the village presents) rewritten so, as well.
+        let ca = presented[1].to_vec();
+        assert_ne!(flipped(&ca), ca);
+        assert_eq!(
+            key_fingerprint(&flipped(&ca)),
+            town.ca_fingerprint().unwrap()
+        );
     }
 
     #[test]
@@ -1278,9 +1416,14 @@ mod tests {
         // A township issued again takes its villages (through the old CA they present);
         // a leaf presented alone is checked against the CA held.
         let town_again = county.issue_child(&u("c01/k01/t01")).unwrap();
-        let through = town_again
-            .check_issued(&village.unit, &village.presented())
-            .unwrap();
+        let named = |certs: Vec<Revocable>| -> Vec<(UnitId, String)> {
+            certs.into_iter().map(|c| (c.unit, c.key)).collect()
+        };
+        let through = named(
+            town_again
+                .check_issued(&village.unit, &village.presented())
+                .unwrap(),
+        );
         // Checked through the old CA the village presented, and the county's above it: the
         // caller looks each up in the revocations of the unit that issued it.
         let old_ca = town.ca_fingerprint().unwrap();
@@ -1295,8 +1438,10 @@ mod tests {
         // against: a node below a unit issued again still holds that unit's old CA, and a
         // revocation of it stops certificates its stolen key makes there too.
         assert_eq!(
-            town.check_issued(&village.unit, &village.presented())
-                .unwrap(),
+            named(
+                town.check_issued(&village.unit, &village.presented())
+                    .unwrap()
+            ),
             vec![(town.unit.clone(), old_ca)],
             "a leaf of the CA held here names it"
         );

@@ -19,11 +19,11 @@ pub fn now_ms() -> u64 {
 pub struct LinkCounters {
     /// Unique per connection, so a late "link down" of an old connection cannot end a new one.
     pub session: u64,
-    /// SHA-256 fingerprint of the peer's certificate.
+    /// Key fingerprint of the peer's certificate (`pki::key_fingerprint`).
     pub fingerprint: String,
-    /// The CAs the peer's certificate was checked through, each with the unit it is the CA
-    /// of (`Identity::check_issued`): a revocation of any ends the link too.
-    pub cas: Vec<(grassroots_schema::UnitId, String)>,
+    /// The certificates the link rests on: the peer's, then the CAs it was checked through
+    /// (`Identity::check_issued`): a revocation of any ends the link.
+    pub certs: Vec<crate::pki::Revocable>,
     /// The protocol version the connection runs at.
     pub protocol: u8,
     /// The peer's software, as its hello names it.
@@ -102,7 +102,7 @@ pub struct LinkStatus {
     pub peer: UnitId,
     /// Whether the link is up now.
     pub connected: bool,
-    /// SHA-256 fingerprint of the certificate the peer presented.
+    /// Key fingerprint of the certificate the peer presented (`pki::key_fingerprint`).
     pub fingerprint: String,
     /// The protocol version the current (or last) connection ran at (0: never connected).
     pub protocol: u8,

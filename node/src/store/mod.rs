@@ -2415,10 +2415,13 @@ impl Actor {
                 let r = self.revoke(&child, &fingerprint, batch);
                 // Only the live link of that certificate: revoking an old one after a
                 // re-enrolment leaves the child's link with its new one alone.
-                let live = self
-                    .links
-                    .get(&child)
-                    .filter(|l| l.connected && l.counters.fingerprint == fingerprint);
+                let live = self.links.get(&child).filter(|l| {
+                    l.connected
+                        && l.counters
+                            .certs
+                            .first()
+                            .is_some_and(|c| c.named_by(&fingerprint))
+                });
                 if r.is_ok()
                     && let Some(l) = live
                     && self.outboxes.contains_key(&child)
@@ -3244,9 +3247,8 @@ impl Actor {
 
     /// Whether the link of `peer` with `counters` runs on a revoked certificate, or one
     /// checked through a revoked CA.
-    fn link_revoked(&mut self, peer: &UnitId, counters: &LinkCounters) -> bool {
-        self.revoked(peer, &counters.fingerprint)
-            || counters.cas.iter().any(|(unit, ca)| self.revoked(unit, ca))
+    fn link_revoked(&mut self, _peer: &UnitId, counters: &LinkCounters) -> bool {
+        counters.certs.iter().any(|c| self.revoked(c))
     }
 
     /// End the live links whose certificate, or the CA it was checked through, a profile
@@ -3270,16 +3272,17 @@ impl Actor {
         }
     }
 
-    /// Whether `fingerprint`, `peer`'s certificate, is revoked in the profile of its issuer
-    /// (its parent, or itself at the root) as this node holds it now.
-    fn revoked(&mut self, peer: &UnitId, fingerprint: &str) -> bool {
+    /// Whether `cert` is revoked in the profile of its issuer (its unit's parent, or the
+    /// unit itself at the root) as this node holds it now.
+    fn revoked(&mut self, cert: &crate::pki::Revocable) -> bool {
+        let peer = &cert.unit;
         let issuer = crate::pki::issuer_of(peer);
         let id = DocId::new(DocKind::Profile, issuer.clone());
         if self.engine.get(&id).is_none() {
             return false;
         }
         match self.engine.load(&id) {
-            Ok(d) => doc::is_revoked(d, fingerprint),
+            Ok(d) => doc::is_revoked(d, &cert.key) || doc::is_revoked(d, &cert.whole),
             Err(r) => {
                 // Fail closed, as the handshake's check does.
                 tracing::error!(%peer, "cannot read revocations: {}", r.detail);
@@ -6405,12 +6408,28 @@ mod tests {
         let (h, _r, t, _, v01, _) = two_village_township(dir.path()).await;
         let (old, new) = ("ab".repeat(32), "cd".repeat(32));
         h.revoke(v01.clone(), old.clone()).await.unwrap();
-        let up = |fp: &str| {
+        // A certificate named by its key's fingerprint and by its bytes' (what revocations
+        // made by earlier builds list).
+        let up_named = |key: &str, whole: &str| {
             let (out, _sent) = mpsc::unbounded_channel();
-            let counters = link_counters(fp);
+            let counters = Arc::new(LinkCounters {
+                certs: vec![crate::pki::Revocable {
+                    unit: v01.clone(),
+                    key: key.into(),
+                    whole: whole.into(),
+                }],
+                ..LinkCounters::new(key.into(), 1, "test".into())
+            });
             h.peer_up(v01.clone(), out, counters)
         };
+        let up = |fp: &str| up_named(fp, "00");
         assert!(matches!(up(&old).await, Err(StoreError::Revoked(fp)) if fp == old));
+        let listed_whole = "12".repeat(32);
+        h.revoke(v01.clone(), listed_whole.clone()).await.unwrap();
+        assert!(matches!(
+            up_named(&"34".repeat(32), &listed_whole).await,
+            Err(StoreError::Revoked(_))
+        ));
         up(&new).await.unwrap();
         let connected = |st: NodeStatus| st.links.iter().any(|l| l.peer == v01 && l.connected);
         assert!(connected(h.status().await.unwrap()));
