@@ -211,8 +211,9 @@ pub struct Declared {
     pub widest: u64,
 }
 
-/// The values a change's body declares in its op columns (its header read and passed over).
-fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
+/// A change body's op columns (its header read and passed over), and where their data
+/// starts.
+fn change_columns(body: &[u8]) -> Option<(usize, Vec<(u64, u64)>)> {
     let mut pos = 0;
     let deps = usize::try_from(leb128(body, &mut pos)?).ok()?;
     pos = pos.checked_add(deps.checked_mul(32)?)?;
@@ -223,8 +224,24 @@ fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
     skip_bytes(body, &mut pos)?; // message
     skip_byte_strings(body, &mut pos)?; // other actors
     let cols = columns(body, &mut pos)?;
+    Some((pos, cols))
+}
+
+/// The values a change's body declares in its op columns.
+fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
+    let (mut pos, cols) = change_columns(body)?;
     // A change's columns are never compressed one by one (the whole change is).
     columns_items(body, &mut pos, &cols, cap, None)
+}
+
+/// The raw DEFLATE stream `deflated` inflated, if at most `cap` bytes.
+fn inflated(deflated: &[u8], cap: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::DeflateDecoder::new(deflated)
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() as u64 <= cap).then_some(out)
 }
 
 /// How many values the columns of `chunk` declare in all (what automerge visits, one at a
@@ -429,15 +446,7 @@ fn makes_nested(
             _ => continue,
         };
         *slot = Some(if spec & COLUMN_DEFLATE != 0 {
-            let mut out = Vec::new();
-            flate2::read::DeflateDecoder::new(data)
-                .take(inflate_cap.saturating_add(1))
-                .read_to_end(&mut out)
-                .ok()?;
-            if out.len() as u64 > inflate_cap {
-                return None;
-            }
-            std::borrow::Cow::Owned(out)
+            std::borrow::Cow::Owned(inflated(data, inflate_cap)?)
         } else {
             std::borrow::Cow::Borrowed(data)
         });
@@ -472,31 +481,12 @@ fn makes_nested(
 /// reads the record. `None` when the chunk is unreadable.
 pub fn makes_nested_objects(kind: u8, body: &[u8], inflate_cap: u64) -> Option<bool> {
     let change = |body: &[u8]| {
-        let mut pos = 0;
-        let deps = usize::try_from(leb128(body, &mut pos)?).ok()?;
-        pos = pos.checked_add(deps.checked_mul(32)?)?;
-        skip_bytes(body, &mut pos)?; // actor
-        leb128(body, &mut pos)?; // sequence number
-        leb128(body, &mut pos)?; // first op
-        leb128(body, &mut pos)?; // time
-        skip_bytes(body, &mut pos)?; // message
-        skip_byte_strings(body, &mut pos)?; // other actors
-        let cols = columns(body, &mut pos)?;
+        let (pos, cols) = change_columns(body)?;
         makes_nested(body, pos, &cols, inflate_cap)
     };
     match kind {
         CHUNK_CHANGE => change(body),
-        CHUNK_COMPRESSED_CHANGE => {
-            let mut out = Vec::new();
-            flate2::read::DeflateDecoder::new(body)
-                .take(inflate_cap.saturating_add(1))
-                .read_to_end(&mut out)
-                .ok()?;
-            if out.len() as u64 > inflate_cap {
-                return None;
-            }
-            change(&out)
-        }
+        CHUNK_COMPRESSED_CHANGE => change(&inflated(body, inflate_cap)?),
         CHUNK_DOCUMENT => {
             let mut pos = 0;
             skip_byte_strings(body, &mut pos)?; // actors

@@ -4697,15 +4697,7 @@ mod tests {
         let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
         // Text deflate barely shrinks, so that neither the change nor the document whole
         // fits a message.
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let huge: String = (0..MAX_PART_INFLATED + 1)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                char::from(b'!' + (seed % 90) as u8)
-            })
-            .collect();
+        let huge = incompressible(MAX_PART_INFLATED + 1);
         d.transact::<_, _, automerge::AutomergeError>(|tx| {
             automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
             Ok(())
@@ -4732,6 +4724,19 @@ mod tests {
         assert!(t.get(&profile).is_some_and(|d| d.doc().is_some()));
     }
 
+    /// `len` printable characters from a xorshift: text DEFLATE barely shrinks.
+    fn incompressible(len: usize) -> String {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'!' + (seed % 90) as u8)
+            })
+            .collect()
+    }
+
     /// A live push that gives a document up while it holds a slot (its answer still owed)
     /// frees the slot: the peer, refused, answers nothing more, and the slot held would keep
     /// the link's progress in flight (probes) and one fewer document reconciling at once.
@@ -4756,17 +4761,7 @@ mod tests {
         assert_eq!(v.progress(&ut).unwrap().in_flight, 1);
         // Then a change no message can carry: the push refuses the document.
         let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
-        let huge = "!".repeat(MAX_PART_INFLATED + 1);
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let huge: String = huge
-            .chars()
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                char::from(b'!' + (seed % 90) as u8)
-            })
-            .collect();
+        let huge = incompressible(MAX_PART_INFLATED + 1);
         d.transact::<_, _, automerge::AutomergeError>(|tx| {
             automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
             Ok(())
