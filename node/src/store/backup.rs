@@ -741,7 +741,9 @@ async fn stage(
         };
         let backup_users = users_in(&target)?;
         let users = match current {
-            Some(c) if current_users > 0 && owner_of(c)?.as_deref() == Some(me.as_str()) => {
+            // Not another unit's store's (one naming no owner is an earlier build's, whose
+            // first open by this build names it).
+            Some(c) if current_users > 0 && owner_of(c)?.is_none_or(|o| o == me.as_str()) => {
                 let read = c.begin_read().map_err(db)?;
                 let to = target.begin_write().map_err(db)?;
                 if keep == KeepUsers::Newest {
@@ -1273,6 +1275,24 @@ mod tests {
             "another unit's user let in"
         );
         assert!(r.user(&[1; 32]).unwrap().is_some());
+        t.shutdown().await;
+        // A store naming no owner (an earlier build's, not opened by this one yet) is taken
+        // for the node's own: its users, the newest, replace the backup's.
+        let unnamed = dir.path().join("unnamed.redb");
+        let (h, r, t) = super::super::open(&unnamed, me.clone()).unwrap();
+        h.add_user([4; 32], me.clone(), Role::Admin).await.unwrap();
+        drop((h, r));
+        t.shutdown().await;
+        {
+            let d = Database::open(&unnamed).unwrap();
+            let tx = d.begin_write().unwrap();
+            tx.delete_table(OWNER).unwrap();
+            tx.commit().unwrap();
+        }
+        let restored = restore(&backup, &unnamed, &me, 2_000).await.unwrap();
+        assert_eq!(restored.users, UsersFrom::Replaced(1));
+        let (_h, r, t) = super::super::open(&unnamed, me.clone()).unwrap();
+        assert!(r.user(&[4; 32]).unwrap().is_some(), "the newest users lost");
         t.shutdown().await;
     }
 
