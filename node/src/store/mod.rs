@@ -2315,7 +2315,7 @@ impl Actor {
             } => {
                 // The handshake read the revocations committed then: one made since (or
                 // in a batch not yet committed) must not let the link in.
-                if self.link_revoked(&peer, &counters) {
+                if self.link_revoked(&counters) {
                     tracing::warn!(%peer, "a link came up with a certificate revoked meanwhile: refused");
                     let _ = reply.send(Err(StoreError::Revoked(counters.fingerprint.clone())));
                     return;
@@ -3245,9 +3245,9 @@ impl Actor {
         profile.ok_or_else(|| WriteError::NoUnit(unit.clone()))
     }
 
-    /// Whether the link of `peer` with `counters` runs on a revoked certificate, or one
+    /// Whether a link with `counters` runs on a revoked certificate, or one
     /// checked through a revoked CA.
-    fn link_revoked(&mut self, _peer: &UnitId, counters: &LinkCounters) -> bool {
+    fn link_revoked(&mut self, counters: &LinkCounters) -> bool {
         counters.certs.iter().any(|c| self.revoked(c))
     }
 
@@ -3262,7 +3262,7 @@ impl Actor {
             .map(|(p, l)| (p.clone(), l.counters.clone()))
             .collect();
         for (peer, counters) in live {
-            if self.link_revoked(&peer, &counters) {
+            if self.link_revoked(&counters) {
                 tracing::warn!(%peer, "a certificate of a live link is revoked now: dropping it");
                 counters
                     .revoked
