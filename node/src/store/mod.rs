@@ -1229,6 +1229,11 @@ trait Waiting: Sized {
     fn field_writes(&self) -> Option<(RecordId, &Fields)> {
         None
     }
+    /// The unit of the user who made the write, when one did (a token's): what its fields
+    /// are judged as, besides the parent judging them as this node's.
+    fn writer(&self) -> Option<&UnitId> {
+        None
+    }
     /// Complete the write against the document it is built on and what the writes before
     /// it in the batch leave (before it is checked).
     fn settle(&mut self, _doc: &Automerge, _earlier: &Handling) {}
@@ -1402,6 +1407,14 @@ impl Waiting for PendingRecord {
     }
     fn rows(batch: &mut Batch) -> &mut BTreeMap<DocId, BTreeMap<RecordId, Option<Record>>> {
         &mut batch.entity_rows
+    }
+    fn writer(&self) -> Option<&UnitId> {
+        match &self.op {
+            RecordOp::Create(_, _, stamp) | RecordOp::Update(_, _, stamp) => {
+                stamp.as_ref().map(|s| &s.unit)
+            }
+            RecordOp::Delete(..) => None,
+        }
     }
     fn field_writes(&self) -> Option<(RecordId, &Fields)> {
         match &self.op {
@@ -3111,10 +3124,19 @@ impl Actor {
                     w.fail(missing);
                     continue;
                 }
+                // Judged as the writer's unit (at or below this node's), against the record as
+                // the batch leaves it: the gateway judged the user against the record as the
+                // views held it when the request came, and a unit this node serves below it
+                // (a village without a node of its own) could otherwise have two racing
+                // requests both pass there, the second landing in this node's name.
+                let judge = w
+                    .writer()
+                    .filter(|u| u.is_in_subtree_of(&me))
+                    .unwrap_or(&me);
                 let verdict = match w.field_writes() {
                     Some((record, fields)) => {
                         let before = set_before.get(&record);
-                        crate::sync::check_local(doc, &meta, &me, record, fields, before)
+                        crate::sync::check_local(doc, &meta, judge, record, fields, before)
                             .map(|()| Some((record, fields.clone())))
                     }
                     None => Ok(None),
@@ -5282,6 +5304,73 @@ mod tests {
         let down = down.unwrap();
         assert_eq!(down.handler(), me);
         assert_eq!(status(&down), Some(text("escalated")));
+        t.shutdown().await;
+    }
+
+    /// A write is judged as the unit of the user who made it, against the record as the
+    /// batch leaves it: at a township serving a village, two requests of the village's
+    /// supervisor the gateway passed against the same record (a handover up, and an answer)
+    /// do not both land, the answer in the township's name. The township answers it.
+    #[tokio::test]
+    async fn a_served_units_writes_are_judged_as_that_unit() {
+        use grassroots_schema::Value as V;
+        let dir = tempfile::tempdir().unwrap();
+        let (me, village) = (u("c01/k01/t01"), u("c01/k01/t01/v01"));
+        let (h, _r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        let text = |s: &str| V::Text(s.into());
+        let f = |pairs: &[(&str, V)]| -> Fields {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect()
+        };
+        let supervisor = |unit: &UnitId| Writer {
+            unit: unit.clone(),
+            role: Role::Supervisor,
+            user: "Wang Fang".into(),
+        };
+        let filed = f(&[
+            ("subject", text("Road")),
+            ("body", text("Potholes")),
+            ("filedOn", text("2026-01-02")),
+            ("dueOn", text("2026-01-20")),
+        ]);
+        let c = h
+            .create_record(
+                DocKind::Complaints,
+                village.clone(),
+                filed,
+                Some(supervisor(&village)),
+                None,
+            )
+            .await
+            .unwrap();
+        let write = |pairs: &[(&str, V)], by: &UnitId| {
+            h.update_record(c.id.clone(), f(pairs), Some(supervisor(by)))
+        };
+        // Both in one batch, as two racing requests would be.
+        let releaser = hold_for(&h, 2).await;
+        let (up, answer) = tokio::join!(
+            write(&[("handler", text("c01/k01/t01"))], &village),
+            write(
+                &[("status", text("handled")), ("response", text("Fixed"))],
+                &village
+            ),
+        );
+        releaser.join().unwrap();
+        assert_eq!(up.unwrap().handler(), me);
+        assert!(
+            matches!(&answer, Err(WriteError::Refused(r)) if r.detail.contains("may not set")),
+            "{answer:?}"
+        );
+        // The township's supervisor answers it.
+        let answered = write(
+            &[("status", text("handled")), ("response", text("Fixed"))],
+            &me,
+        )
+        .await
+        .unwrap();
+        assert_eq!(answered.fields.get("status"), Some(&text("handled")));
         t.shutdown().await;
     }
 
