@@ -219,9 +219,20 @@ pub fn router_with(backend: Backend, options: GatewayOptions) -> Router {
 }
 
 fn reply_error(e: async_graphql::Error) -> Json<async_graphql::Response> {
-    Json(async_graphql::Response::from_errors(vec![
-        e.into_server_error(async_graphql::Pos::default()),
-    ]))
+    Json(error_response(e))
+}
+
+/// A response of `e` alone.
+fn error_response(e: async_graphql::Error) -> async_graphql::Response {
+    async_graphql::Response::from_errors(vec![e.into_server_error(async_graphql::Pos::default())])
+}
+
+/// A stream of one response, of `e` alone.
+fn error_stream(
+    e: async_graphql::Error,
+) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
+    use futures_util::StreamExt as _;
+    futures_util::stream::once(async move { error_response(e) }).boxed()
 }
 
 /// The caller a token names, the user it was issued to, and the token's hash.
@@ -491,9 +502,7 @@ struct Timed {
 impl async_graphql::Executor for Timed {
     async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
         if let Err(e) = shallow_enough(&request.query) {
-            return async_graphql::Response::from_errors(vec![
-                e.into_server_error(async_graphql::Pos::default()),
-            ]);
+            return error_response(e);
         }
         match tokio::time::timeout(QUERY_TIMEOUT, self.schema.execute(request)).await {
             Ok(mut resp) => {
@@ -511,12 +520,7 @@ impl async_graphql::Executor for Timed {
     ) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
         use futures_util::StreamExt as _;
         if let Err(e) = shallow_enough(&request.query) {
-            return futures_util::stream::once(async move {
-                async_graphql::Response::from_errors(vec![
-                    e.into_server_error(async_graphql::Pos::default()),
-                ])
-            })
-            .boxed();
+            return error_stream(e);
         }
         let token = session_data
             .as_ref()
@@ -527,12 +531,7 @@ impl async_graphql::Executor for Timed {
             && !matches!(self.reader.user(&t.0), Ok(Some(_)))
         {
             let e = error(Code::Unauthenticated, "the connection's token was revoked");
-            return futures_util::stream::once(async move {
-                async_graphql::Response::from_errors(vec![
-                    e.into_server_error(async_graphql::Pos::default()),
-                ])
-            })
-            .boxed();
+            return error_stream(e);
         }
         let subscription = is_subscription(&request);
         // Per operation, not per connection: a status read once per connection would show
@@ -556,12 +555,7 @@ impl async_graphql::Executor for Timed {
                     Code::Busy,
                     "too many requests without a token at once: ask again shortly",
                 );
-                return futures_util::stream::once(async move {
-                    async_graphql::Response::from_errors(vec![
-                        e.into_server_error(async_graphql::Pos::default()),
-                    ])
-                })
-                .boxed();
+                return error_stream(e);
             };
             Some((waiting, self.anonymous_running.clone()))
         } else {
@@ -595,12 +589,7 @@ impl async_graphql::Executor for Timed {
                          one first"
                     ),
                 );
-                return futures_util::stream::once(async move {
-                    async_graphql::Response::from_errors(vec![
-                        e.into_server_error(async_graphql::Pos::default()),
-                    ])
-                })
-                .boxed();
+                return error_stream(e);
             };
             return async_graphql::Executor::execute_stream(schema, request, session_data)
                 .map(move |mut resp| {
@@ -633,9 +622,7 @@ impl async_graphql::Executor for Timed {
 }
 
 fn timed_out() -> async_graphql::Response {
-    async_graphql::Response::from_errors(vec![
-        error(Code::Timeout, "query timed out").into_server_error(async_graphql::Pos::default()),
-    ])
+    error_response(error(Code::Timeout, "query timed out"))
 }
 
 /// Whether the operation a request runs is a subscription (a request that does not parse

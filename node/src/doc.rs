@@ -1135,9 +1135,10 @@ pub fn set_unit_details(doc: &mut Automerge, details: &UnitDetails) -> Result<bo
     Ok(doc.get_heads() != before)
 }
 
-/// Whether a profile lists `fingerprint` as revoked (whatever else it holds).
-pub fn is_revoked(doc: &Automerge, fingerprint: &str) -> bool {
-    union_keys(doc, "revoked").contains(fingerprint)
+/// Whether a profile lists any of `fingerprints` as revoked (whatever else it holds).
+pub fn is_revoked(doc: &Automerge, fingerprints: &[&str]) -> bool {
+    let listed = union_keys(doc, "revoked");
+    fingerprints.iter().any(|f| listed.contains(*f))
 }
 
 /// The certificates a profile lists as revoked, each with the unit it names (as written:

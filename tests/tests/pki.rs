@@ -560,23 +560,33 @@ async fn handshakes_past_the_most_in_progress_are_turned_away() -> anyhow::Resul
     parent.stop().await
 }
 
+/// A city's node taking at most 8 handshakes at once (held 5 s each), and the identities
+/// of its three registered counties.
+async fn eight_handshakes() -> anyhow::Result<(AcceptingParent, UnitId, [Identity; 3])> {
+    let city = unit("c01");
+    let root = Identity::create_root(&city, "test.grassroots")?;
+    let counties = [unit("c01/k01"), unit("c01/k02"), unit("c01/k03")];
+    let ids = [
+        root.issue_child(&counties[0])?,
+        root.issue_child(&counties[1])?,
+        root.issue_child(&counties[2])?,
+    ];
+    let cfg = LinkConfig {
+        max_handshakes: 8,
+        handshake_timeout: Duration::from_secs(5),
+        ..fast_links()
+    };
+    let parent = AcceptingParent::start(root, cfg, counties.to_vec()).await?;
+    Ok((parent, city, ids))
+}
+
 /// Once half of a node's handshakes are taken, an address holding an eighth of them in
 /// validated handshakes gets no more: a sender that answers the Retry from its own address
 /// (validated like a child) and then stalls cannot take them all. Initials forged with an
 /// address do not count against it: a child at that address still gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_handshake() -> anyhow::Result<()> {
-    let city = unit("c01");
-    let root = Identity::create_root(&city, "test.grassroots")?;
-    let (k01, k02, k03) = (unit("c01/k01"), unit("c01/k02"), unit("c01/k03"));
-    let stalling = root.issue_child(&k01)?;
-    let (honest, other) = (root.issue_child(&k02)?, root.issue_child(&k03)?);
-    let cfg = LinkConfig {
-        max_handshakes: 8,
-        handshake_timeout: Duration::from_secs(5),
-        ..fast_links()
-    };
-    let parent = AcceptingParent::start(root, cfg, vec![k01, k02, k03]).await?;
+    let (parent, city, [stalling, honest, other]) = eight_handshakes().await?;
     let (addr, name) = (parent.addr, city.dns_name(&stalling.deployment));
     // Four Initials whose answers never arrive, from 127.0.0.2 (the relay's side towards
     // the node), as if forged with that address: they take the unvalidated half.
@@ -631,17 +641,7 @@ async fn one_address_cannot_take_every_handshake() -> anyhow::Result<()> {
 /// linked from before, while a new address is turned away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_leave_a_quarter_to_the_addresses_children_linked_from() -> anyhow::Result<()> {
-    let city = unit("c01");
-    let root = Identity::create_root(&city, "test.grassroots")?;
-    let (k01, k02, k03) = (unit("c01/k01"), unit("c01/k02"), unit("c01/k03"));
-    let stalling = root.issue_child(&k01)?;
-    let (child, newcomer) = (root.issue_child(&k02)?, root.issue_child(&k03)?);
-    let cfg = LinkConfig {
-        max_handshakes: 8,
-        handshake_timeout: Duration::from_secs(5),
-        ..fast_links()
-    };
-    let parent = AcceptingParent::start(root, cfg, vec![k01, k02, k03]).await?;
+    let (parent, city, [stalling, child, newcomer]) = eight_handshakes().await?;
     let (addr, name) = (parent.addr, city.dns_name(&stalling.deployment));
     let at = |n: u8| std::net::SocketAddr::from(([127, 0, 0, n], 0));
     // k02 links from 127.0.0.9 and drops the link: the node knows that address from then on.

@@ -3304,7 +3304,7 @@ impl Actor {
             return false;
         }
         match self.engine.load(&id) {
-            Ok(d) => doc::is_revoked(d, &cert.key) || doc::is_revoked(d, &cert.whole),
+            Ok(d) => doc::is_revoked(d, &[&cert.key, &cert.whole]),
             Err(r) => {
                 // Fail closed, as the handshake's check does.
                 tracing::error!(%peer, "cannot read revocations: {}", r.detail);
@@ -3333,7 +3333,7 @@ impl Actor {
         let meta = DocMeta::new(DocId::new(DocKind::Profile, me));
         let id = meta.id.clone();
         let doc = self.local_doc(meta, batch)?;
-        full_profile(doc, &id, !doc::is_revoked(doc, fingerprint))?;
+        full_profile(doc, &id, !doc::is_revoked(doc, &[fingerprint]))?;
         doc::revoke(doc, fingerprint, child)?;
         self.after_local_write(id, batch);
         Ok(())

@@ -486,7 +486,7 @@ pub fn makes_nested_objects(kind: u8, body: &[u8], inflate_cap: u64) -> Option<b
     };
     match kind {
         CHUNK_CHANGE => change(body),
-        CHUNK_COMPRESSED_CHANGE => change(&inflated(body, inflate_cap)?),
+        CHUNK_COMPRESSED_CHANGE => with_inflated(body, inflate_cap, change),
         CHUNK_DOCUMENT => {
             let mut pos = 0;
             skip_byte_strings(body, &mut pos)?; // actors

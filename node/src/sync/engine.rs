@@ -4697,12 +4697,7 @@ mod tests {
         let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
         // Text deflate barely shrinks, so that neither the change nor the document whole
         // fits a message.
-        let huge = incompressible(MAX_PART_INFLATED + 1);
-        d.transact::<_, _, automerge::AutomergeError>(|tx| {
-            automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
-            Ok(())
-        })
-        .unwrap();
+        put_too_large(d);
         let pushed = v.fan_out(&id, None);
         let [(to, Msg::Reject { reason, doc, .. })] = pushed.as_slice() else {
             let sizes: Vec<u64> = pushed.iter().map(|(_, m)| wire::weight(m)).collect();
@@ -4724,17 +4719,23 @@ mod tests {
         assert!(t.get(&profile).is_some_and(|d| d.doc().is_some()));
     }
 
-    /// `len` printable characters from a xorshift: text DEFLATE barely shrinks.
-    fn incompressible(len: usize) -> String {
+    /// Put in `d` a text no sync message can carry: printable characters from a xorshift,
+    /// which DEFLATE barely shrinks, past what a message part holds inflated.
+    fn put_too_large(d: &mut Automerge) {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        (0..len)
+        let huge: String = (0..MAX_PART_INFLATED + 1)
             .map(|_| {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 char::from(b'!' + (seed % 90) as u8)
             })
-            .collect()
+            .collect();
+        d.transact::<_, _, automerge::AutomergeError>(|tx| {
+            automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
+            Ok(())
+        })
+        .unwrap();
     }
 
     /// A live push that gives a document up while it holds a slot (its answer still owed)
@@ -4761,12 +4762,7 @@ mod tests {
         assert_eq!(v.progress(&ut).unwrap().in_flight, 1);
         // Then a change no message can carry: the push refuses the document.
         let (d, _) = v.local_doc(DocMeta::new(id.clone())).unwrap();
-        let huge = incompressible(MAX_PART_INFLATED + 1);
-        d.transact::<_, _, automerge::AutomergeError>(|tx| {
-            automerge::transaction::Transactable::put(tx, automerge::ROOT, "huge", huge)?;
-            Ok(())
-        })
-        .unwrap();
+        put_too_large(d);
         let pushed = v.fan_out(&id, None);
         assert!(
             matches!(pushed.as_slice(), [(_, Msg::Reject { .. })]),
