@@ -3183,19 +3183,25 @@ mod tests {
         assert_eq!(names(&t, vu).len(), 1_000);
     }
 
+    /// `vu`'s register with a member written by each of `n` actors of its own.
+    fn written_by_actors(vu: &str, n: u8) -> Automerge {
+        let mut d = doc::empty(&doc::actor_for(&u(vu), [0; 8]));
+        for n in 1..=n {
+            let mut w = d.fork().with_actor(doc::actor_for(&u(vu), [n; 8]));
+            doc::create_member(&mut w, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
+            d.merge(&mut w).unwrap();
+        }
+        d
+    }
+
     /// A whole document sent to a peer that holds part of it adds only the actors the peer
     /// lacks: those it holds are not counted as new.
     #[test]
     fn a_whole_document_adds_only_the_actors_not_held() {
         let vu = "c01/k01/t01/v01";
         let (mut t, _v, id) = township_and_village();
-        let mut d = doc::empty(&doc::actor_for(&u(vu), [0; 8]));
+        let mut d = written_by_actors(vu, MAX_DOC_ACTORS as u8 - 1);
         let mut held = Vec::new();
-        for n in 1..MAX_DOC_ACTORS as u8 {
-            let mut w = d.fork().with_actor(doc::actor_for(&u(vu), [n; 8]));
-            doc::create_member(&mut w, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
-            d.merge(&mut w).unwrap();
-        }
         for c in d.get_changes(&[]) {
             held.push(c.raw_bytes().to_vec());
         }
@@ -3259,12 +3265,7 @@ mod tests {
     fn a_whole_new_document_holds_a_bounded_number_of_actors() {
         let vu = "c01/k01/t01/v01";
         let (mut t, _v, id) = township_and_village();
-        let mut d = doc::empty(&doc::actor_for(&u(vu), [0; 8]));
-        for n in 1..=MAX_DOC_ACTORS as u8 + 1 {
-            let mut w = d.fork().with_actor(doc::actor_for(&u(vu), [n; 8]));
-            doc::create_member(&mut w, RecordId::from_u64(u64::from(n)), &member("A")).unwrap();
-            d.merge(&mut w).unwrap();
-        }
+        let d = written_by_actors(vu, MAX_DOC_ACTORS as u8 + 1);
         let step = t.receive(
             &u(vu),
             Msg::Sync {
