@@ -139,10 +139,10 @@ fn stamp_changed(
 /// Checked here, where every view and every answer reads records, rather than on each hop,
 /// where a register received whole would have to be decoded change by change.
 fn stamps(
-    doc: &Automerge,
     unit: &UnitId,
     record: RecordId,
     map: &impl Scalars,
+    author_of: impl Fn(&str) -> Option<UnitId>,
 ) -> (Option<Stamp>, Option<Stamp>) {
     let stamp = |at: &str, by: &str| {
         let stamp = Stamp::parse(map.int(at)?, map.text(by)?)?;
@@ -152,7 +152,7 @@ fn stamps(
         if stamp.unit.is_in_subtree_of(unit) {
             return Some(stamp);
         }
-        let author = stamp_author(doc, record, by);
+        let author = author_of(by);
         if author
             .as_ref()
             .is_some_and(|a| stamp.unit.is_in_subtree_of(a))
@@ -196,9 +196,14 @@ impl Scalars for hydrate::Map {
 /// One record's fields as the document holds them now (each key's winning value), read in
 /// one pass over the record's map with keys and texts borrowed: the scalars only, since no
 /// reader takes a field holding an object.
-struct RecordFields<'a>(Vec<(Cow<'a, str>, ScalarValueRef<'a>)>);
+pub(crate) struct RecordFields<'a>(Vec<(Cow<'a, str>, ScalarValueRef<'a>)>);
 
 impl<'a> RecordFields<'a> {
+    /// Fields read elsewhere (each key's winning value, once).
+    pub(crate) fn new(fields: Vec<(Cow<'a, str>, ScalarValueRef<'a>)>) -> Self {
+        RecordFields(fields)
+    }
+
     fn read(doc: &'a Automerge, obj: &ObjId) -> Self {
         RecordFields(
             doc.map_range(obj, ..)
@@ -747,7 +752,7 @@ fn record_from(
         // What a peer wrote is held to the same description as a local write: a record that
         // does not validate stays in the document but out of the views.
         spec.validate(unit, &fields, true).ok()?;
-        let (created, changed) = stamps(doc, unit, record, map);
+        let (created, changed) = stamps(unit, record, map, |by| stamp_author(doc, record, by));
         Some(Record {
             id: RecordRef {
                 kind: spec.kind,
@@ -815,7 +820,8 @@ pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
             ValueRef::Object(ObjType::Map) => Some(RecordFields::read(doc, &item.id())),
             _ => None,
         };
-        if let Some(m) = member_from(doc, unit, record, fields.as_ref()) {
+        let author_of = |by: &str| stamp_author(doc, record, by);
+        if let Some(m) = member_from(unit, record, fields.as_ref(), author_of) {
             out.push(m);
         }
     }
@@ -825,16 +831,16 @@ pub fn read_members(doc: &Automerge, unit: &UnitId) -> Vec<Member> {
 
 /// A member from its record's fields (`None`: the record is not a map), or `None` (logged)
 /// if a field is missing or malformed.
-fn member_from(
-    doc: &Automerge,
+pub(crate) fn member_from(
     unit: &UnitId,
     record: RecordId,
     fields: Option<&RecordFields<'_>>,
+    author_of: impl Fn(&str) -> Option<UnitId>,
 ) -> Option<Member> {
     let member = (|| {
         let fields = fields?;
         let text = |key: &str| fields.text(key).map(str::to_owned);
-        let (created, changed) = stamps(doc, unit, record, fields);
+        let (created, changed) = stamps(unit, record, fields, author_of);
         Some(Member {
             id: MemberId {
                 unit: unit.clone(),
@@ -945,7 +951,13 @@ fn placed_records(doc: &Automerge, changes: &[Change]) -> Option<BTreeSet<Record
 /// One member record, if present and well-formed (an incomplete one is logged and skipped).
 pub fn read_member(doc: &Automerge, unit: &UnitId, record: RecordId) -> Option<Member> {
     let obj = record_obj(doc, record)?;
-    member_from(doc, unit, record, Some(&RecordFields::read(doc, &obj)))
+    let author_of = |by: &str| stamp_author(doc, record, by);
+    member_from(
+        unit,
+        record,
+        Some(&RecordFields::read(doc, &obj)),
+        author_of,
+    )
 }
 
 /// Write the profile fields that differ from what the document holds; no change when equal,

@@ -24,8 +24,8 @@ use redb::{
 
 use super::tables::{
     CHANGES, DOC_STATE, DOCS, FEED, FEED_AT, HEARD, META, OWNER, SECRETS, SNAPSHOTS, SYNC_STATES,
-    TAKE_BACK_UNTIL, USERS, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS, VIEW_REFS, VIEW_ROLLUPS,
-    VIEW_ROLLUPS_JSON, VIEW_UNITS,
+    TAKE_BACK_UNTIL, UNREAD, USERS, VIEW_MEMBERS, VIEW_ORDER, VIEW_RECORDS, VIEW_REFS,
+    VIEW_ROLLUPS, VIEW_ROLLUPS_JSON, VIEW_UNITS,
 };
 use super::{StoreError, WriteError, db};
 
@@ -258,6 +258,7 @@ fn copy_store(
         copy(&from, &to, SYNC_STATES)?;
         copy(&from, &to, USERS)?;
         copy(&from, &to, HEARD)?;
+        copy(&from, &to, UNREAD)?;
         copy(&from, &to, VIEW_MEMBERS)?;
         copy(&from, &to, VIEW_ORDER)?;
         copy(&from, &to, VIEW_UNITS)?;

@@ -148,6 +148,7 @@ fn create_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(VIEW_RECORDS).map_err(db)?;
     tx.open_table(VIEW_REFS).map_err(db)?;
     tx.open_table(HEARD).map_err(db)?;
+    tx.open_table(UNREAD).map_err(db)?;
     tx.open_table(FEED).map_err(db)?;
     tx.open_table(FEED_AT).map_err(db)?;
     // The key that seals feed cursors, made once per store (a restore brings back the

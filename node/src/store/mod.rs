@@ -60,6 +60,7 @@ const STOP_FOLD_ROWS: u32 = 8;
 const RECORD_RANDOM_BITS: u32 = 32;
 /// How long the store waits for the rest of a group of concurrent writers, and how often.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(20);
+
 const LINGER_ROUNDS: u32 = 2;
 /// Change notifications buffered per subscriber.
 pub const CHANGE_FEED: usize = 1024;
@@ -409,6 +410,8 @@ enum Command {
     },
     /// A snapshot from the compactor thread, to be stored with the next commit.
     Compacted(compact::Done),
+    /// A register taken unread as automerge loaded it on the compactor thread.
+    Checked(compact::CheckDone),
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -444,6 +447,7 @@ impl Command {
             Command::Revoke { .. } => "Revoke",
             Command::FromPeer { .. } => "FromPeer",
             Command::Compacted(_) => "Compacted",
+            Command::Checked(_) => "Checked",
             Command::Shutdown { .. } => "Shutdown",
         }
     }
@@ -637,6 +641,7 @@ pub fn open_database(
         dials: HashMap::new(),
         heard,
         retry: BTreeSet::new(),
+        unread_fixes: Default::default(),
         options,
         compactor,
         activity,
@@ -1563,10 +1568,40 @@ struct Batch {
     heard: BTreeMap<UnitId, u64>,
     /// Snapshots from the compactor, stored in this batch's transaction.
     compacted: Vec<compact::Done>,
+    /// What loading registers taken unread found, stored with this commit.
+    unread: UnreadFixes,
     /// Views checked or rebuilt once this batch's commit is in: before it, the loaded
     /// documents may hold what is not committed (a profile set earlier in the batch).
     views: Vec<ViewsCommand>,
     shutdown: Option<oneshot::Sender<()>>,
+}
+
+/// What automerge's loading of registers taken unread found (see [`crate::sync::Unread`]),
+/// for a commit to store: each loses its [`UNREAD`] row.
+#[derive(Debug, Default)]
+struct UnreadFixes {
+    /// Loaded, reading as their columns did.
+    loaded: BTreeSet<DocId>,
+    /// Loaded, reading otherwise: their views are written again from the loaded document.
+    reread: BTreeSet<DocId>,
+    /// Not loaded: empty again, what is stored of them goes.
+    emptied: BTreeSet<DocId>,
+}
+
+impl UnreadFixes {
+    fn is_empty(&self) -> bool {
+        self.loaded.is_empty() && self.reread.is_empty() && self.emptied.is_empty()
+    }
+
+    fn append(&mut self, other: &mut UnreadFixes) {
+        self.loaded.append(&mut other.loaded);
+        self.reread.append(&mut other.reread);
+        self.emptied.append(&mut other.emptied);
+    }
+
+    fn all(&self) -> impl Iterator<Item = &DocId> {
+        self.loaded.iter().chain(&self.reread).chain(&self.emptied)
+    }
 }
 
 /// A command on the views as a whole, taken after its batch's commit.
@@ -1675,6 +1710,8 @@ struct Actor {
     heard: HashMap<UnitId, u64>,
     /// Documents whose changes a failed commit did not persist.
     retry: BTreeSet<DocId>,
+    /// What loading registers taken unread found that a failed commit did not store.
+    unread_fixes: UnreadFixes,
     options: StoreOptions,
     compactor: compact::Compactor,
     /// When the store last had work (compactions wait for quiet).
@@ -1738,6 +1775,9 @@ impl Actor {
         mut peers: mpsc::Receiver<Command>,
     ) {
         let _span = tracing::info_span!("store", unit = %self.engine.me()).entered();
+        if let Err(e) = self.recheck_stored_unread() {
+            tracing::error!("cannot check the registers taken whole before the last stop: {e}");
+        }
         self.next_compaction();
         let done = self.serve(&rt, &mut rx, &mut peers);
         // No result can be delivered any more: close the inbox so a compactor sending one
@@ -1881,6 +1921,7 @@ impl Actor {
             let retry = std::mem::take(&mut self.retry);
             batch.resync.extend(retry.iter().cloned());
             batch.dirty.extend(retry);
+            self.take_unread_outcomes(&mut batch);
             let result = self.commit(&batch);
             timing.committed = started.elapsed();
             if !batch.compacted.is_empty() {
@@ -1899,11 +1940,13 @@ impl Actor {
                     self.failure.send_replace(Some(reason));
                 }
                 self.retry.extend(batch.dirty.iter().cloned());
+                self.unread_fixes.append(&mut batch.unread);
                 // A snapshot not stored is made again from what is committed by then.
                 self.due
                     .extend(batch.compacted.iter().map(|d| d.job.doc.clone()));
             } else if let Ok(changed) = &result {
                 self.notify(changed);
+                self.submit_unread_checks(changed);
                 self.heard
                     .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
                 let mut sends = std::mem::take(&mut batch.sends);
@@ -1960,7 +2003,7 @@ impl Actor {
     /// Take one local command into `batch`.
     fn take(&mut self, cmd: Command, batch: &mut Batch, timing: &mut BatchTiming) {
         match cmd {
-            Command::Compacted(_) => self.on_command(cmd, batch),
+            Command::Compacted(_) | Command::Checked(_) => self.on_command(cmd, batch),
             _ => {
                 self.activity.touch();
                 timing.local += 1;
@@ -1970,6 +2013,102 @@ impl Actor {
                 let took = started.elapsed();
                 if took > timing.slowest.1 {
                     timing.slowest = (name, took);
+                }
+            }
+        }
+    }
+
+    /// Load each register a peer sent whole that was stored before automerge loaded it (the
+    /// node stopped first): one that does not load is emptied, the others' views are written
+    /// again from automerge's reading. Then the [`UNREAD`] rows go, in a commit of its own.
+    fn recheck_stored_unread(&mut self) -> Result<(), StoreError> {
+        let stored: Vec<(DocId, String)> = {
+            let tx = self.db.begin_read().map_err(db)?;
+            let t = tx.open_table(UNREAD).map_err(db)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db)? {
+                let (k, v) = row.map_err(db)?;
+                if let Ok(id) = k.value().parse() {
+                    out.push((id, v.value().to_owned()));
+                }
+            }
+            out
+        };
+        if stored.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (id, from) in stored {
+            let Some(meta) = self.engine.get(&id).map(|e| e.meta.clone()) else {
+                // Not hosted: only its row goes.
+                batch.unread.loaded.insert(id);
+                continue;
+            };
+            // Checked as when it came (its heads those it named), not as the store's own
+            // documents are loaded.
+            let mut heads = self
+                .persisted
+                .get(&id)
+                .map(|p| p.heads.clone())
+                .unwrap_or_default();
+            heads.sort();
+            let loaded = load::committed_bytes(&self.db, &id, u64::MAX).map(|bytes| {
+                crate::sync::load_unread(&bytes, &heads, &BTreeMap::new(), &id.owner)
+            })?;
+            match loaded {
+                Ok((d, _)) => {
+                    self.engine.insert(meta, *d);
+                    batch.unread.reread.insert(id);
+                }
+                Err(detail) => {
+                    tracing::warn!(doc = %id, peer = %from, "a register taken whole does not load ({detail}); what was stored of it is taken out");
+                    self.engine.empty_again(&id);
+                    batch.unread.emptied.insert(id);
+                }
+            }
+        }
+        self.commit(&batch).map(|_| ())
+    }
+
+    /// Hand the registers `changed` that were stored unread to the compactor thread, for
+    /// automerge to load them there once the store is quiet (or here, without it).
+    fn submit_unread_checks(&mut self, changed: &[DocId]) {
+        for id in changed {
+            let Some(u) = self.engine.unread(id) else {
+                continue;
+            };
+            let check = compact::Check {
+                doc: id.clone(),
+                bytes: u.bytes.clone(),
+                heads: u.heads.clone(),
+                members: u.members.clone(),
+            };
+            if !self.compactor.check(check) {
+                self.engine.check_unread(id);
+            }
+        }
+    }
+
+    /// Put into `batch` what loading registers taken unread found (and what a failed commit
+    /// left of it): a register that did not load counts against the peer that sent it.
+    fn take_unread_outcomes(&mut self, batch: &mut Batch) {
+        batch.unread.append(&mut self.unread_fixes);
+        for outcome in self.engine.take_unread_outcomes() {
+            match outcome {
+                crate::sync::UnreadOutcome::Loaded(id) => {
+                    batch.unread.loaded.insert(id);
+                }
+                crate::sync::UnreadOutcome::Differs(id) => {
+                    batch.unread.reread.insert(id);
+                }
+                crate::sync::UnreadOutcome::Unloadable { doc, from, detail } => {
+                    tracing::warn!(peer = %from, %doc, "{detail}; what was stored of it is taken out");
+                    if let Some(l) = self.links.get_mut(&from) {
+                        l.rejected += 1;
+                        l.rejected_now = l.rejected_now.saturating_add(1);
+                        l.rejected_at_ms = now_ms();
+                    }
+                    batch.unread.emptied.insert(doc);
                 }
             }
         }
@@ -2455,6 +2594,10 @@ impl Actor {
                 held,
             } => self.on_peer_input(peer, session, PeerInput::Frame(msg), held, batch),
             Command::Compacted(done) => batch.compacted.push(done),
+            Command::Checked(done) => {
+                self.engine
+                    .adopt_checked(&done.doc, &done.heads, done.loaded)
+            }
             Command::Shutdown { reply } => batch.shutdown = Some(reply),
         }
     }
@@ -3364,12 +3507,16 @@ impl Actor {
             && batch.users.is_empty()
             && batch.users_removed.is_empty()
             && batch.compacted.is_empty()
+            && batch.unread.is_empty()
         {
             return Ok(Vec::new());
         }
         // Dirty documents are loaded (never evicted while unpersisted); a retried one might
-        // not be if its load failed before.
+        // not be if its load failed before. A register taken unread is stored as it came.
         for id in &batch.dirty {
+            if self.engine.unread(id).is_some() {
+                continue;
+            }
             if let Err(r) = self.engine.load(id) {
                 tracing::error!(doc = %id, "cannot load a changed document: {}", r.detail);
             }
@@ -3403,7 +3550,14 @@ impl Actor {
                 )
                 .map_err(db)?;
             }
-            for id in &batch.dirty {
+            // What a view row is read from when the rows are given.
+            let none = Automerge::new();
+            let mut unread_t = tx.open_table(UNREAD).map_err(db)?;
+            for id in batch
+                .dirty
+                .iter()
+                .filter(|id| !batch.unread.emptied.contains(*id))
+            {
                 let mut p = self.persisted.get(id).cloned().unwrap_or_default();
                 // A document's first commit (nothing of it stored yet) is its snapshot, made
                 // here and kept beside the document: a register received whole from a peer
@@ -3413,6 +3567,27 @@ impl Actor {
                 let Some(entry) = self.engine.get(id) else {
                     continue;
                 };
+                // A register taken unread: its chunk as received is its snapshot, its views
+                // the records read from the chunk's columns.
+                if let Some(u) = self.engine.unread(id) {
+                    if !first {
+                        return Err(StoreError::NotStored(format!(
+                            "document {id} was taken whole but something of it is stored"
+                        )));
+                    }
+                    let key = id.to_string();
+                    snaps.insert(key.as_str(), &*u.bytes).map_err(db)?;
+                    unread_t.insert(key.as_str(), u.from.as_str()).map_err(db)?;
+                    p.heads = u.heads.clone();
+                    state_t
+                        .insert(key.as_str(), load::encode_state(&p).as_slice())
+                        .map_err(db)?;
+                    let only = Only::Members(Cow::Borrowed(&*u.members));
+                    views.materialise(&entry.meta, &none, &only)?;
+                    updated.insert(id.clone(), p);
+                    changed.push(id.clone());
+                    continue;
+                }
                 // A changed document that is not loaded (a retried one whose load failed)
                 // fails the commit: its writers must not be told their writes are stored.
                 let Some(d) = entry.doc() else {
@@ -3496,6 +3671,29 @@ impl Actor {
                 updated.insert(id.clone(), p);
                 changed.push(id.clone());
             }
+            for id in batch.unread.all() {
+                unread_t.remove(id.to_string().as_str()).map_err(db)?;
+            }
+            for id in &batch.unread.reread {
+                if let Some(entry) = self.engine.get(id)
+                    && let Some(d) = entry.doc()
+                {
+                    views.materialise(&entry.meta, d, &Only::All)?;
+                }
+            }
+            for id in &batch.unread.emptied {
+                let Some(entry) = self.engine.get(id) else {
+                    continue;
+                };
+                let key = id.to_string();
+                views.materialise(&entry.meta, &none, &Only::All)?;
+                snaps.remove(key.as_str()).map_err(db)?;
+                changes
+                    .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
+                    .map_err(db)?;
+                state_t.remove(key.as_str()).map_err(db)?;
+                updated.remove(id);
+            }
             // Snapshots from the compactor replace exactly the rows they were made from; rows
             // appended since stay, and so does their share of the bookkeeping.
             for done in &batch.compacted {
@@ -3532,6 +3730,17 @@ impl Actor {
             views.save_feed(&tx)?;
             rollups_changed = views.deltas.apply(&mut rollups)?;
             let mut states = tx.open_table(SYNC_STATES).map_err(db)?;
+            if !batch.unread.emptied.is_empty() {
+                let emptied: HashSet<String> = batch
+                    .unread
+                    .emptied
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                states
+                    .retain(|(_, doc), _| !emptied.contains(doc))
+                    .map_err(db)?;
+            }
             for (peer, doc, state) in &batch.states {
                 let d = doc.to_string();
                 states
@@ -3562,6 +3771,10 @@ impl Actor {
                 .map(|(id, _)| id.clone()),
         );
         self.persisted.extend(updated);
+        for id in &batch.unread.emptied {
+            self.persisted.remove(id);
+            self.due.remove(id);
+        }
         Ok(changed)
     }
 }
@@ -6713,6 +6926,156 @@ mod tests {
         assert!(r.member(&m.id).unwrap().is_none());
         drop(h);
         t.shutdown().await;
+    }
+
+    /// A village's register sent whole is stored as it came, its views read from its
+    /// columns; one whose chunk reads but does not load is taken out again once automerge
+    /// loads it (counted against the village), the views following. Either way the views
+    /// equal a rebuild, and the store opens again as it was left.
+    #[tokio::test]
+    async fn a_register_sent_whole_is_stored_unread_or_taken_out() {
+        for loads in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (h, r, t, me, v01, _) = two_village_township(dir.path()).await;
+            let mut village = PeerEngine::synced(&h, &me, &v01).await;
+            let register = DocId::new(DocKind::Members, v01.clone());
+            let (d, _) = village
+                .engine
+                .local_doc(DocMeta::new(register.clone()))
+                .unwrap();
+            // Large enough to be taken unread.
+            for i in 0..1_500 {
+                let m = sample(&format!("Head {i}"));
+                doc::create_member(d, RecordId::from_u64(i + 1), &m).unwrap();
+            }
+            let saved = doc::save(d);
+            let (heads, chunk) = if loads {
+                (d.get_heads(), saved)
+            } else {
+                let (head, chunk) = crate::sync::register::head_flipped(&saved);
+                (vec![head], chunk)
+            };
+            let msg = crate::sync::carrying(&register, heads, chunk);
+            h.from_peer(v01.clone(), village.session, msg, None)
+                .await
+                .unwrap();
+            let want = if loads { 1_500 } else { 0 };
+            let waited = std::time::Instant::now();
+            loop {
+                let rejected: u64 = h
+                    .status()
+                    .await
+                    .unwrap()
+                    .links
+                    .iter()
+                    .map(|l| l.rejected)
+                    .sum();
+                let total = r.members(&v01, false, None, 0).unwrap().total;
+                if total == want && (loads || rejected == 1) {
+                    break;
+                }
+                assert!(
+                    waited.elapsed() < std::time::Duration::from_secs(10),
+                    "{total} members, {rejected} refused"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+            drop((h, r));
+            t.shutdown().await;
+            let stored = {
+                let db = redb::Database::open(dir.path().join("s.redb")).unwrap();
+                let tx = db.begin_read().unwrap();
+                let snaps = tx.open_table(SNAPSHOTS).unwrap();
+                snaps.get(register.to_string().as_str()).unwrap().is_some()
+            };
+            assert_eq!(stored, loads, "the snapshot stored");
+            let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+            assert_eq!(r.members(&v01, false, None, 0).unwrap().total, want);
+            assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+            drop((h, r));
+            t.shutdown().await;
+            if !loads {
+                continue;
+            }
+            // A node stopped after storing a register unread and before automerge loaded
+            // it: at the next open it is loaded then and its views written again from
+            // automerge's reading (here one of its rows is made to differ)...
+            let path = dir.path().join("s.redb");
+            {
+                let db = redb::Database::open(&path).unwrap();
+                let tx = db.begin_write().unwrap();
+                let key = register.to_string();
+                tx.open_table(UNREAD)
+                    .unwrap()
+                    .insert(key.as_str(), v01.as_str())
+                    .unwrap();
+                let mut rows = tx.open_table(VIEW_MEMBERS).unwrap();
+                let (first, row) = {
+                    let (k, v) = rows
+                        .range(rows_of(&v01.tree_key()))
+                        .unwrap()
+                        .next()
+                        .unwrap()
+                        .unwrap();
+                    (k.value().1.to_owned(), v.value().to_vec())
+                };
+                let mut m: Member = serde_json::from_slice(&row).unwrap();
+                m.name = "Not Read So".into();
+                let k = (v01.tree_key(), first);
+                let row = serde_json::to_vec(&m).unwrap();
+                rows.insert((k.0.as_str(), k.1.as_str()), row.as_slice())
+                    .unwrap();
+                drop(rows);
+                tx.commit().unwrap();
+            }
+            let (h, r, t) = open(&path, me.clone()).unwrap();
+            assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+            assert_eq!(r.members(&v01, false, None, 0).unwrap().total, want);
+            drop((h, r));
+            t.shutdown().await;
+            // ... and one that does not load is taken out (here the register stored is made
+            // one that does not).
+            {
+                let db = redb::Database::open(&path).unwrap();
+                let tx = db.begin_write().unwrap();
+                let key = register.to_string();
+                let (head, chunk) = {
+                    let t = tx.open_table(SNAPSHOTS).unwrap();
+                    let saved = t.get(key.as_str()).unwrap().unwrap().value().to_vec();
+                    crate::sync::register::head_flipped(&saved)
+                };
+                let p = Persisted {
+                    heads: vec![head],
+                    ..Persisted::default()
+                };
+                tx.open_table(SNAPSHOTS)
+                    .unwrap()
+                    .insert(key.as_str(), chunk.as_slice())
+                    .unwrap();
+                tx.open_table(DOC_STATE)
+                    .unwrap()
+                    .insert(key.as_str(), load::encode_state(&p).as_slice())
+                    .unwrap();
+                tx.open_table(UNREAD)
+                    .unwrap()
+                    .insert(key.as_str(), v01.as_str())
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            let (h, r, t) = open(&path, me.clone()).unwrap();
+            // The check is done before the store takes its first command.
+            assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+            assert_eq!(r.members(&v01, false, None, 0).unwrap().total, 0);
+            drop((h, r));
+            t.shutdown().await;
+            let db = redb::Database::open(&path).unwrap();
+            let tx = db.begin_read().unwrap();
+            let key = register.to_string();
+            assert_eq!(tx.open_table(UNREAD).unwrap().iter().unwrap().count(), 0);
+            let snaps = tx.open_table(SNAPSHOTS).unwrap();
+            assert!(snaps.get(key.as_str()).unwrap().is_none());
+        }
     }
 
     /// A member moved between two villages of the node: made in one register, removed

@@ -52,6 +52,12 @@ pub const FEED_NEXT: &str = "feed-next";
 /// this build, at the first open of an older store); a store is opened only for it.
 pub const OWNER: TableDefinition<'_, &str, &str> = TableDefinition::new("owner-1");
 
+/// doc id -> the peer that sent it: a register taken whole from a peer and stored as it came,
+/// which automerge has not loaded yet (a row is removed once it has). At open, each is
+/// loaded: one that does not load is emptied, the others' views written again. Since
+/// layout 14 of this build; a store without the table has no such rows.
+pub const UNREAD: TableDefinition<'_, &str, &str> = TableDefinition::new("unread-1");
+
 /// doc id (`kind:unit`) -> audience (wire encoding). One row per hosted document.
 pub const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs-1");
 

@@ -19,7 +19,7 @@ pub const CHUNK_CHANGE: u8 = 1;
 pub const CHUNK_COMPRESSED_CHANGE: u8 = 2;
 
 /// Bit of a column specification marking its data as DEFLATE-compressed.
-const COLUMN_DEFLATE: u64 = 0b1000;
+pub(super) const COLUMN_DEFLATE: u64 = 0b1000;
 
 /// Most columns a document chunk may declare per section (automerge writes about 20).
 const MAX_COLUMNS: u64 = 1024;
@@ -51,7 +51,7 @@ pub(crate) fn leb128(data: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// A signed LEB128 integer at `pos`.
-fn sleb128(data: &[u8], pos: &mut usize) -> Option<i64> {
+pub(super) fn sleb128(data: &[u8], pos: &mut usize) -> Option<i64> {
     let (mut v, mut shift) = (0i64, 0u32);
     loop {
         let b = *data.get(*pos)?;
@@ -71,7 +71,7 @@ fn sleb128(data: &[u8], pos: &mut usize) -> Option<i64> {
 }
 
 /// The length-prefixed byte string at `pos`.
-fn take_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+pub(super) fn take_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let len = usize::try_from(leb128(data, pos)?).ok()?;
     let end = pos.checked_add(len)?;
     let bytes = data.get(*pos..end)?;
@@ -86,7 +86,7 @@ fn skip_bytes(data: &[u8], pos: &mut usize) -> Option<()> {
 
 /// Pass over a length-prefixed list of byte strings at `pos` (nothing kept: a list of
 /// millions of empty strings costs no memory).
-fn skip_byte_strings(data: &[u8], pos: &mut usize) -> Option<()> {
+pub(super) fn skip_byte_strings(data: &[u8], pos: &mut usize) -> Option<()> {
     for _ in 0..leb128(data, pos)? {
         skip_bytes(data, pos)?;
     }
@@ -235,7 +235,7 @@ fn change_items(body: &[u8], cap: u64) -> Option<Declared> {
 }
 
 /// The raw DEFLATE stream `deflated` inflated, if at most `cap` bytes.
-fn inflated(deflated: &[u8], cap: u64) -> Option<Vec<u8>> {
+pub(super) fn inflated(deflated: &[u8], cap: u64) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(deflated)
         .take(cap.saturating_add(1))
@@ -316,7 +316,7 @@ pub fn document_actors(body: &[u8]) -> impl Iterator<Item = Option<&[u8]>> + '_ 
 }
 
 /// The column specifications and lengths of one section of a document chunk.
-fn columns(body: &[u8], pos: &mut usize) -> Option<Vec<(u64, u64)>> {
+pub(super) fn columns(body: &[u8], pos: &mut usize) -> Option<Vec<(u64, u64)>> {
     let n = leb128(body, pos)?;
     if n > MAX_COLUMNS {
         return None;
@@ -377,31 +377,52 @@ const ACTION_SPEC: u64 = 0x42;
 const MAKE_MAP: u64 = 0;
 const MAKES: [u64; 4] = [MAKE_MAP, 2, 4, 6];
 
-/// The values of a run-length encoded column of unsigned integers, nulls as `None`.
-struct Runs<'a> {
+/// The values of a run-length encoded column, nulls as `None`: unsigned integers
+/// ([`Runs::new`]), signed ones ([`Runs::signed`]) or strings ([`Runs::strings`]).
+pub(super) struct Runs<'a, T = u64> {
     data: &'a [u8],
     pos: usize,
     /// The current run: values left in it, and its value (`None` in a null run); `literal`
     /// runs read each value afresh.
     left: u64,
-    value: Option<u64>,
+    value: Option<T>,
     literal: bool,
+    read: fn(&'a [u8], &mut usize) -> Option<T>,
 }
 
 impl<'a> Runs<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(super) fn new(data: &'a [u8]) -> Self {
+        Runs::with(data, leb128)
+    }
+}
+
+impl<'a> Runs<'a, i64> {
+    pub(super) fn signed(data: &'a [u8]) -> Self {
+        Runs::with(data, sleb128)
+    }
+}
+
+impl<'a> Runs<'a, &'a str> {
+    pub(super) fn strings(data: &'a [u8]) -> Self {
+        Runs::with(data, |d, pos| std::str::from_utf8(take_bytes(d, pos)?).ok())
+    }
+}
+
+impl<'a, T: Clone> Runs<'a, T> {
+    fn with(data: &'a [u8], read: fn(&'a [u8], &mut usize) -> Option<T>) -> Self {
         Runs {
             data,
             pos: 0,
             left: 0,
             value: None,
             literal: false,
+            read,
         }
     }
 
     /// The next value: `Some(None)` a null; `None` at the end, `Err` when unreadable.
     #[allow(clippy::type_complexity)]
-    fn next(&mut self) -> Result<Option<Option<u64>>, ()> {
+    pub(super) fn next(&mut self) -> Result<Option<Option<T>>, ()> {
         while self.left == 0 {
             if self.pos >= self.data.len() {
                 return Ok(None);
@@ -413,7 +434,7 @@ impl<'a> Runs<'a> {
                 }
                 n if n > 0 => {
                     self.left = n.unsigned_abs();
-                    self.value = Some(leb128(self.data, &mut self.pos).ok_or(())?);
+                    self.value = Some((self.read)(self.data, &mut self.pos).ok_or(())?);
                     self.literal = false;
                 }
                 n => (self.left, self.literal) = (n.unsigned_abs(), true),
@@ -421,9 +442,74 @@ impl<'a> Runs<'a> {
         }
         self.left -= 1;
         if self.literal {
-            return Ok(Some(Some(leb128(self.data, &mut self.pos).ok_or(())?)));
+            return Ok(Some(Some((self.read)(self.data, &mut self.pos).ok_or(())?)));
         }
-        Ok(Some(self.value))
+        Ok(Some(self.value.clone()))
+    }
+
+    /// The next value, a null once the column has ended (automerge reads a column shorter
+    /// than the others so).
+    pub(super) fn next_or_null(&mut self) -> Result<Option<T>, ()> {
+        Ok(self.next()?.flatten())
+    }
+}
+
+/// A delta-encoded column: signed runs of differences, each value the running sum.
+pub(super) struct Deltas<'a> {
+    runs: Runs<'a, i64>,
+    sum: i64,
+}
+
+impl<'a> Deltas<'a> {
+    pub(super) fn new(data: &'a [u8]) -> Self {
+        Deltas {
+            runs: Runs::signed(data),
+            sum: 0,
+        }
+    }
+
+    /// The next value (a null leaves the sum), a null once the column has ended.
+    pub(super) fn next_or_null(&mut self) -> Result<Option<i64>, ()> {
+        match self.runs.next_or_null()? {
+            Some(d) => {
+                self.sum = self.sum.checked_add(d).ok_or(())?;
+                Ok(Some(self.sum))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A boolean column: lengths of alternating runs, the first of `false`.
+pub(super) struct Bools<'a> {
+    data: &'a [u8],
+    pos: usize,
+    left: u64,
+    value: bool,
+}
+
+impl<'a> Bools<'a> {
+    pub(super) fn new(data: &'a [u8]) -> Self {
+        // Flipped as the first run is read.
+        Bools {
+            data,
+            pos: 0,
+            left: 0,
+            value: true,
+        }
+    }
+
+    /// The next value, `false` once the column has ended.
+    pub(super) fn next_or_false(&mut self) -> Result<bool, ()> {
+        while self.left == 0 {
+            if self.pos >= self.data.len() {
+                return Ok(false);
+            }
+            self.left = leb128(self.data, &mut self.pos).ok_or(())?;
+            self.value = !self.value;
+        }
+        self.left -= 1;
+        Ok(self.value)
     }
 }
 

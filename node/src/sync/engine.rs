@@ -10,7 +10,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ReadDoc};
-use grassroots_schema::{ActorTag, DocId, DocKind, DocMeta, UnitId, may_author, replicated_at};
+use grassroots_schema::{
+    ActorTag, DocId, DocKind, DocMeta, Member, RecordId, UnitId, may_author, replicated_at,
+};
 use ring::digest::{SHA256, digest};
 
 use super::chunks::{
@@ -30,6 +32,16 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// Documents a link to the parent starts as new at once ([`Engine::open_link`]); any more
 /// wait for the digest descent.
 const MAX_ASSUMED_NEW: usize = 64;
+
+/// Most registers held unread at once (each holds its chunk and its members as read, some
+/// hundreds of KB for 1,000 households, until automerge has loaded it): past it, a register
+/// sent whole is loaded as it comes.
+const MAX_UNREAD: usize = 64;
+
+/// The smallest register taken unread: automerge loads a smaller one in about the time its
+/// columns take to read, and the later check would be work on top (a full sync of 500
+/// registers of 30 households took 15% longer with all of them taken unread).
+const MIN_UNREAD_BYTES: usize = 8 << 10;
 
 /// Documents per link set aside because their owner is not registered yet (see
 /// [`RejectReason::Unregistered`]); past this, more are ignored until the next session.
@@ -237,6 +249,76 @@ pub struct DocEntry {
     waiting: Vec<(ChangeHash, u64)>,
     /// The loaded document's compact form, when made since it last changed.
     saved: Option<Saved>,
+    /// A register taken whole from a peer that automerge has not read yet (then `doc` is
+    /// `None`).
+    unread: Option<Box<Unread>>,
+}
+
+/// A register a peer sent whole, taken without automerge (a village's register made
+/// offline, on its parent): the chunk as received, the heads it names and the member
+/// records read from its columns ([`super::register`]), which the store commits and writes
+/// the views from. automerge loads it when it is first needed, or when the store checks it
+/// ([`Engine::check_unread`]), whichever comes first: a reading that differs from the
+/// columns' has the views written again, and a chunk that does not load is taken out
+/// again ([`UnreadOutcome`]).
+#[derive(Debug)]
+pub struct Unread {
+    /// The document chunk as the peer sent it.
+    pub bytes: std::sync::Arc<[u8]>,
+    /// The heads it names (sorted).
+    pub heads: Vec<ChangeHash>,
+    /// Its member records, as the views take them.
+    pub members: std::sync::Arc<BTreeMap<RecordId, Option<Member>>>,
+    /// The peer it came from.
+    pub from: UnitId,
+}
+
+/// automerge's loading of an [`Unread`] register: the document and whether it reads as its
+/// columns did, or why it did not load.
+pub type Checked = Result<(Box<Automerge>, bool), String>;
+
+/// Load an [`Unread`] register's `bytes` with automerge (which checks the chunk whole, its
+/// `heads` included) and compare its members with `members`, the columns' reading. Peer
+/// bytes: a panic is a failure like any other. Needs no engine, so another thread can do
+/// it.
+pub fn load_unread(
+    bytes: &[u8],
+    heads: &[ChangeHash],
+    members: &BTreeMap<RecordId, Option<Member>>,
+    owner: &UnitId,
+) -> Checked {
+    catch_unwind(AssertUnwindSafe(|| {
+        let d = Automerge::load(bytes).map_err(|e| e.to_string())?;
+        let mut loaded = d.get_heads();
+        loaded.sort();
+        if loaded != heads {
+            return Err("its heads are not the ones it names".to_owned());
+        }
+        let read: BTreeMap<RecordId, Option<Member>> = doc::read_members(&d, owner)
+            .into_iter()
+            .map(|m| (m.id.record, Some(m)))
+            .collect();
+        let same = read == *members;
+        Ok((Box::new(d), same))
+    }))
+    .unwrap_or_else(|_| Err("automerge panicked loading it".to_owned()))
+}
+
+/// What automerge's loading of an [`Unread`] register found, for the store to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnreadOutcome {
+    /// It loaded, and reads as its columns did.
+    Loaded(DocId),
+    /// automerge reads its members otherwise than its columns read: the views are written
+    /// again from the loaded document.
+    Differs(DocId),
+    /// It does not load: the document is empty again here, and what the store holds of it
+    /// goes. `from` sent it.
+    Unloadable {
+        doc: DocId,
+        from: UnitId,
+        detail: String,
+    },
 }
 
 impl DocEntry {
@@ -1085,6 +1167,10 @@ pub struct Engine {
     /// Per unit, the children its hosted profile registers (read on first use, dropped
     /// when that profile may have changed).
     registered: HashMap<UnitId, BTreeSet<UnitId>>,
+    /// Documents held as [`Unread`].
+    unread: BTreeSet<DocId>,
+    /// What loading [`Unread`] documents found, until the store takes it.
+    unread_outcomes: Vec<UnreadOutcome>,
     /// Until when changes authored at or above this node are taken from its children (set
     /// after a restore from a backup, or by `store take-back` after a lost disk: what this
     /// node wrote may then be held only below).
@@ -1109,6 +1195,8 @@ impl Engine {
             resident: HashSet::new(),
             registered: HashMap::new(),
             returning_until: None,
+            unread: BTreeSet::new(),
+            unread_outcomes: Vec::new(),
         }
     }
 
@@ -1162,6 +1250,16 @@ impl Engine {
             Rejection::new(RejectReason::ApplyFailed, Some(id), "no such document")
         })?;
         entry.used = self.tick;
+        if entry.doc.is_none() && entry.unread.is_some() {
+            self.read_unread(id)?;
+        }
+        let Some(entry) = self.docs.get_mut(id) else {
+            return Err(Rejection::new(
+                RejectReason::ApplyFailed,
+                Some(id),
+                "no such document",
+            ));
+        };
         if entry.doc.is_none() {
             let source = self.source.0.as_mut().ok_or_else(|| {
                 Rejection::new(RejectReason::ApplyFailed, Some(id), "evicted, no source")
@@ -1202,6 +1300,285 @@ impl Engine {
     /// time it was made, or made and kept (see [`Saved`]).
     pub fn saved(&mut self, id: &DocId) -> Option<std::sync::Arc<[u8]>> {
         self.docs.get_mut(id)?.saved()
+    }
+
+    /// The register `id` as taken whole from a peer, while automerge has not read it.
+    pub fn unread(&self, id: &DocId) -> Option<&Unread> {
+        self.docs.get(id)?.unread.as_deref()
+    }
+
+    /// Have automerge load the unread register `id` (see [`Unread`]) here and now; what it
+    /// found is in [`Engine::take_unread_outcomes`].
+    pub fn check_unread(&mut self, id: &DocId) {
+        if self.unread(id).is_some() {
+            let _ = self.ensure(id);
+        }
+    }
+
+    /// What loading unread registers found since last asked.
+    pub fn take_unread_outcomes(&mut self) -> Vec<UnreadOutcome> {
+        std::mem::take(&mut self.unread_outcomes)
+    }
+
+    /// Take what automerge's loading of the unread register `id` at `heads` gave elsewhere
+    /// ([`load_unread`], on another thread): the loaded document, or why it did not load.
+    /// Nothing when `id` is no longer unread at those heads (loaded here since).
+    pub fn adopt_checked(&mut self, id: &DocId, heads: &[ChangeHash], loaded: Checked) {
+        if self.unread(id).is_some_and(|u| u.heads == heads) {
+            let _ = self.settle_unread(id, loaded);
+        }
+    }
+
+    /// Load the unread register `id` from the bytes its peer sent, here.
+    fn read_unread(&mut self, id: &DocId) -> Result<(), Rejection> {
+        let Some(unread) = self.unread(id) else {
+            return Ok(());
+        };
+        let loaded = load_unread(&unread.bytes, &unread.heads, &unread.members, &id.owner);
+        self.settle_unread(id, loaded)
+    }
+
+    /// Hold the unread register `id` as automerge loaded it, noting when its reading
+    /// differs from the columns'; when it did not load, the document is empty here again
+    /// (its peer refused for it this session, every peer's state of it dropped).
+    fn settle_unread(&mut self, id: &DocId, loaded: Checked) -> Result<(), Rejection> {
+        let Some(entry) = self.docs.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(unread) = entry.unread.take() else {
+            return Ok(());
+        };
+        self.unread.remove(id);
+        match loaded {
+            Ok((mut d, same)) => {
+                d.set_actor(self.actor.clone());
+                entry.doc = Some(d);
+                self.resident.insert(id.clone());
+                if same {
+                    self.unread_outcomes.push(UnreadOutcome::Loaded(id.clone()));
+                } else {
+                    tracing::error!(doc = %id, "a register read from its columns differs from automerge's reading; its views are written again");
+                    self.unread_outcomes
+                        .push(UnreadOutcome::Differs(id.clone()));
+                }
+                Ok(())
+            }
+            Err(detail) => {
+                self.empty_again(id);
+                if let Some(p) = self.peers.get_mut(&unread.from)
+                    && p.refused.len() < MAX_REFUSED
+                {
+                    p.refused.insert(id.clone());
+                }
+                let detail = format!("the register it sent whole does not load: {detail}");
+                self.unread_outcomes.push(UnreadOutcome::Unloadable {
+                    doc: id.clone(),
+                    from: unread.from.clone(),
+                    detail: detail.clone(),
+                });
+                // Not this message's fault (it may be another's): the peer is counted by
+                // the store, from the outcome.
+                Err(Rejection::new(RejectReason::ApplyFailed, Some(id), detail))
+            }
+        }
+    }
+
+    /// Hold `id` empty (what was held of it does not load): every peer's state of it
+    /// dropped, its digest made again.
+    pub fn empty_again(&mut self, id: &DocId) {
+        let Some(entry) = self.docs.get_mut(id) else {
+            return;
+        };
+        entry.doc = Some(Box::new(doc::empty(&self.actor)));
+        entry.waiting.clear();
+        entry.unread = None;
+        self.unread.remove(id);
+        self.resident.insert(id.clone());
+        self.invalidate(id);
+        for p in self.peers.values_mut() {
+            p.states.remove(id);
+        }
+    }
+
+    /// The register `message` carries whole, read from its columns, when it can be taken
+    /// unread (see [`Unread`]): a members document held empty here, sent as one document
+    /// chunk by a peer with which nothing of it is shared, nothing asked of this side, heads
+    /// named as the chunk names them.
+    fn unread_register(
+        &mut self,
+        peer: &UnitId,
+        id: &DocId,
+        meta: &DocMeta,
+        message: &sync::Message,
+    ) -> Option<super::register::Register> {
+        if id.kind != DocKind::Members
+            || self.unread.len() >= MAX_UNREAD
+            || !super::fields::unguarded(meta)
+            || !message.need.is_empty()
+            || message
+                .flags
+                .is_some_and(|f| f.contains(sync::MessageFlags::READ_ONLY))
+        {
+            return None;
+        }
+        let [chunk] = message.changes.iter().collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        if chunk.len() < MIN_UNREAD_BYTES {
+            return None;
+        }
+        let [(CHUNK_DOCUMENT, _, body)] = split_chunks(chunk)?[..] else {
+            return None;
+        };
+        // Nothing shared or sent yet (what this side said of it, holding nothing, does
+        // not count: the message's heads, summary and needs replace the peer's).
+        let state = self.peers.get_mut(peer)?.state(id);
+        if !state.sent_hashes.is_empty()
+            || !state.shared_heads.is_empty()
+            || state.read_only
+            || state.needs_reset
+        {
+            return None;
+        }
+        let register = super::register::read(body, &id.owner, MAX_INFLATED)?;
+        let mut named = message.heads.clone();
+        named.sort();
+        (!named.is_empty() && named == register.heads).then_some(register)
+    }
+
+    /// Hold `id` as the [`Unread`] `register` sent in `message` by `peer`, leaving the peer's
+    /// state as automerge's receiving the message would.
+    fn take_unread(
+        &mut self,
+        peer: &UnitId,
+        id: &DocId,
+        register: super::register::Register,
+        message: sync::Message,
+    ) {
+        let Some(entry) = self.docs.get_mut(id) else {
+            return;
+        };
+        let heads = register.heads;
+        entry.doc = None;
+        entry.waiting.clear();
+        entry.unread = Some(Box::new(Unread {
+            bytes: message
+                .changes
+                .iter()
+                .next()
+                .map(Into::into)
+                .unwrap_or_default(),
+            heads: heads.clone(),
+            members: std::sync::Arc::new(
+                register
+                    .members
+                    .into_iter()
+                    .map(|(r, m)| (r, Some(m)))
+                    .collect(),
+            ),
+            from: peer.clone(),
+        }));
+        self.unread.insert(id.clone());
+        self.resident.remove(id);
+        self.invalidate(id);
+        self.doc_digests
+            .insert(id.clone(), digest_of_heads(heads.clone()));
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let state = p.state(id);
+        state.in_flight = false;
+        if let Some(flags) = message.flags {
+            let mut caps = vec![sync::Capability::MessageV2];
+            if flags.contains(sync::MessageFlags::SUPPORTS_SYNC_RESET) {
+                caps.push(sync::Capability::SyncReset);
+            }
+            state.their_capabilities = Some(caps);
+            state.peer_read_only = false;
+        }
+        state.shared_heads = message.heads.clone();
+        state.their_have = Some(message.have);
+        state.their_heads = Some(message.heads);
+        state.their_need = Some(message.need);
+    }
+
+    /// Take `message` for the unread register `id` as automerge's `receive_sync_message`
+    /// would, without loading it, where that needs nothing the heads do not tell: the
+    /// message carries no change, names only heads this side holds, and nothing is recorded
+    /// as sent to the peer. False (nothing done) otherwise.
+    fn receive_unread(&mut self, peer: &UnitId, id: &DocId, message: &sync::Message) -> bool {
+        let Some(ours) = self.unread(id).map(|u| u.heads.clone()) else {
+            return false;
+        };
+        let Some(p) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        let state = p.state(id);
+        if !message.changes.is_empty()
+            || !state.sent_hashes.is_empty()
+            || message.heads.is_empty()
+            || !message.heads.iter().all(|h| ours.binary_search(h).is_ok())
+        {
+            return false;
+        }
+        state.in_flight = false;
+        if let Some(flags) = message.flags {
+            let mut caps = vec![sync::Capability::MessageV2];
+            if flags.contains(sync::MessageFlags::SUPPORTS_SYNC_RESET) {
+                caps.push(sync::Capability::SyncReset);
+            }
+            state.their_capabilities = Some(caps);
+            state.peer_read_only = flags.contains(sync::MessageFlags::READ_ONLY);
+        }
+        if message.heads == ours {
+            state.last_sent_heads.clone_from(&message.heads);
+        }
+        state.shared_heads.clone_from(&message.heads);
+        state.their_have = Some(message.have.clone());
+        state.their_heads = Some(message.heads.clone());
+        state.their_need = Some(message.need.clone());
+        true
+    }
+
+    /// What automerge's `generate_sync_message` would make for an unread register whose
+    /// peer holds exactly its heads and asks nothing (the answer to the peer that sent it):
+    /// `Some(None)` nothing to say, `Some(Some(_))` the message, `None` when the state is any
+    /// other (the register is then loaded, and automerge answers).
+    fn unread_answer(&mut self, peer: &UnitId, id: &DocId) -> Option<Option<sync::Message>> {
+        let heads = self.docs.get(id)?.unread.as_ref()?.heads.clone();
+        let state = self.peers.get_mut(peer)?.state(id);
+        let sorted = |h: &[ChangeHash]| {
+            let mut h = h.to_vec();
+            h.sort();
+            h
+        };
+        if state.their_heads.as_deref().map(sorted) != Some(heads.clone())
+            || sorted(&state.shared_heads) != heads
+            || state.their_need.as_ref().is_none_or(|n| !n.is_empty())
+            // A peer at exactly these heads is sent nothing whatever its summary says
+            // (its Bloom filter holds every change since its last sync, all of them this
+            // side's), once automerge finds the summary's last syncs here: heads of these
+            // are, any other needs the document to tell.
+            || state.their_have.as_ref().is_none_or(|have| {
+                have.iter()
+                    .flat_map(|h| &h.last_sync)
+                    .any(|h| heads.binary_search(h).is_err())
+            })
+            || state.read_only
+            || state.peer_read_only
+            || state.needs_reset
+        {
+            return None;
+        }
+        if state.last_sent_heads == heads && state.have_responded {
+            return Some(None);
+        }
+        // Nothing since the shared heads: an empty summary of them.
+        let have = sync::Have {
+            last_sync: state.shared_heads.clone(),
+            bloom: sync::BloomFilter::from_hashes(std::iter::empty::<&ChangeHash>()),
+        };
+        Some(Some(sent_whole(state, heads, vec![have], Vec::new())))
     }
 
     /// Evict least recently used documents until the loaded ones are estimated under
@@ -1297,6 +1674,7 @@ impl Engine {
                 used,
                 waiting: Vec::new(),
                 saved: None,
+                unread: None,
             },
         );
         self.by_owner
@@ -1854,6 +2232,17 @@ impl Engine {
         p.unstarted_ids.remove(id);
         if p.refused.contains(id) {
             return None;
+        }
+        match self.unread_answer(peer, id) {
+            Some(Some(m)) => {
+                let m = Msg::Sync {
+                    doc: id.clone(),
+                    data: m.encode(),
+                };
+                return Some((vec![m], true));
+            }
+            Some(None) => return None,
+            None => {}
         }
         if let Some(m) = self.whole_unloaded(peer, id) {
             return Some((vec![m], false));
@@ -2602,7 +2991,15 @@ impl Engine {
         // A document of a unit this node does not know to be registered waits for the
         // profile that registers it (often in flight on the same link): not an offence, so
         // it is answered but not counted as a rejection.
-        if !self.docs.contains_key(&id) && !self.take_new(peer, &meta, step) {
+        let new_here = !self.docs.contains_key(&id);
+        // Held with nothing in it: new here, or made empty when the peer's summary named it
+        // (this side then asked for it).
+        let empty_here = self.docs.get(&id).is_none_or(|e| {
+            e.unread.is_none()
+                && e.waiting.is_empty()
+                && e.doc.as_deref().is_some_and(|d| d.get_heads().is_empty())
+        });
+        if new_here && !self.take_new(peer, &meta, step) {
             step.send.push((
                 peer.clone(),
                 Msg::Reject {
@@ -2611,6 +3008,26 @@ impl Engine {
                     detail: format!("{owner} is not registered here yet"),
                 },
             ));
+            return Ok(());
+        }
+        // A village's register made offline, sent whole: taken from its columns, automerge's
+        // load of it left for later (see [`Unread`]).
+        if empty_here
+            && !relayed
+            && let Some(register) = self.unread_register(peer, &id, &meta, &message)
+        {
+            carried.actors_fit(&Automerge::new(), &id)?;
+            self.take_unread(peer, &id, register, message);
+            step.authors.extend(authors);
+            step.changed.insert(id.clone());
+            self.kick(peer, id.clone(), step);
+            step.forward.push((id, peer.clone()));
+            return Ok(());
+        }
+        // A peer's word on a register held unread that carries nothing (the next hop's
+        // answer to it, as taken whole): taken without loading it either.
+        if self.receive_unread(peer, &id, &message) {
+            self.kick(peer, id, step);
             return Ok(());
         }
         self.ensure(&id)?;
@@ -2815,11 +3232,17 @@ mod tests {
         q
     }
 
+    /// The names `e` reads in `owner`'s register (from its columns, when taken unread).
     fn names(e: &Engine, owner: &str) -> Vec<String> {
         let id = DocId::new(DocKind::Members, u(owner));
-        let mut v: Vec<String> = e
-            .get(&id)
-            .map(|d| doc::read_members(d.doc().unwrap(), &u(owner)))
+        let unread = e
+            .unread(&id)
+            .map(|r| r.members.values().flatten().cloned().collect());
+        let mut v: Vec<String> = unread
+            .or_else(|| {
+                e.get(&id)
+                    .map(|d| doc::read_members(d.doc().unwrap(), &u(owner)))
+            })
             .unwrap_or_default()
             .into_iter()
             .map(|m| m.name)
@@ -3943,6 +4366,165 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got.name, "Clear Water Village");
+    }
+
+    /// A township linked to its village, which holds a register of `n` members made
+    /// offline; the register's id and the message carrying it whole as a village sends it
+    /// unloaded (heads, the document chunk, nothing asked, no summary), with `chunk` made
+    /// from the saved register.
+    fn offline_register(
+        n: u64,
+        chunk: impl FnOnce(Vec<u8>) -> (Vec<ChangeHash>, Vec<u8>),
+    ) -> (Engine, Engine, DocId, Msg) {
+        let mut t = engine("c01/k01/t01", 1);
+        let mut v = engine("c01/k01/t01/v01", 2);
+        register(&mut t, "c01/k01/t01", &["c01/k01/t01/v01"]);
+        link(&mut t, &mut v);
+        let mut id = None;
+        for i in 0..n {
+            id = Some(write(
+                &mut v,
+                "c01/k01/t01/v01",
+                i + 1,
+                &format!("Head {i}"),
+            ));
+        }
+        let id = id.unwrap();
+        let (heads, bytes) = chunk(doc::save(v.get(&id).unwrap().doc().unwrap()));
+        // As the village's `whole_unloaded` makes it, its state following.
+        let state = v.peers.get_mut(t.me()).unwrap().state(&id);
+        assume_v2(state);
+        let m = sent_whole(state, heads, Vec::new(), vec![bytes]);
+        let msg = Msg::Sync {
+            doc: id.clone(),
+            data: m.encode(),
+        };
+        (t, v, id, msg)
+    }
+
+    /// A register sent whole to a parent that lacks it is taken from its columns, not
+    /// loaded: the parent answers that it holds the heads (as automerge would), the village
+    /// settles, and automerge's later load of it reads what the columns read. (A small one
+    /// is loaded as it comes.)
+    #[test]
+    fn a_register_sent_whole_is_taken_unread_and_loaded_later() {
+        let whole = |saved: Vec<u8>| (Automerge::load(&saved).unwrap().get_heads(), saved);
+        let (mut t, _, id, msg) = offline_register(20, whole);
+        assert!(t.receive(&u("c01/k01/t01/v01"), msg).rejected.is_empty());
+        assert!(t.unread(&id).is_none() && t.get(&id).unwrap().doc().is_some());
+        let (mut t, mut v, id, msg) = offline_register(1_500, |saved| {
+            let d = Automerge::load(&saved).unwrap();
+            (d.get_heads(), saved)
+        });
+        let (ut, uv) = (t.me().clone(), v.me().clone());
+        let step = t.receive(&uv, msg);
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert!(step.changed.contains(&id));
+        assert_eq!(step.forward, vec![(id.clone(), uv.clone())]);
+        let unread = t.unread(&id).expect("taken unread");
+        assert_eq!(unread.members.len(), 1_500);
+        assert!(t.get(&id).unwrap().doc().is_none(), "not loaded");
+        // The answer: this side's heads, the village's own.
+        let [(to, Msg::Sync { data, .. })] = &step.send[..] else {
+            panic!("one answer: {:?}", step.send);
+        };
+        assert_eq!(to, &uv);
+        let answer = sync::Message::decode(data).unwrap();
+        let mut heads = v.get(&id).unwrap().doc().unwrap().get_heads();
+        heads.sort();
+        assert_eq!(answer.heads, heads);
+        assert!(answer.changes.is_empty() && answer.need.is_empty());
+        let q = addressed(&ut, &uv, vec![step.send[0].1.clone()]);
+        assert!(pump(&mut t, &mut v, q).is_empty());
+        assert!(
+            t.get(&id).unwrap().doc().is_none(),
+            "still unread once settled"
+        );
+        // A word that carries nothing new (as the next hop up answers it) is taken
+        // unloaded too, and needs no answer.
+        let word = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            have: vec![sync::Have {
+                last_sync: heads.clone(),
+                bloom: sync::BloomFilter::from_hashes(std::iter::empty::<&ChangeHash>()),
+            }],
+            changes: Vec::<Vec<u8>>::new().into(),
+            flags: None,
+            version: sync::MessageVersion::V2,
+        };
+        let data = word.encode();
+        let step = t.receive(
+            &uv,
+            Msg::Sync {
+                doc: id.clone(),
+                data,
+            },
+        );
+        assert!(step.rejected.is_empty() && step.send.is_empty(), "{step:?}");
+        assert!(t.get(&id).unwrap().doc().is_none(), "still unread");
+        // The village has nothing more to say for it.
+        let p = v.progress(&ut).unwrap();
+        assert_eq!(p.in_flight + p.queued, 0, "{p:?}");
+        t.check_unread(&id);
+        assert!(t.unread(&id).is_none());
+        assert_eq!(
+            t.take_unread_outcomes(),
+            vec![UnreadOutcome::Loaded(id.clone())]
+        );
+        assert_eq!(names(&t, "c01/k01/t01/v01"), names(&v, "c01/k01/t01/v01"));
+        // Later changes go the usual way.
+        write(&mut v, "c01/k01/t01/v01", 999, "Later");
+        let q = v
+            .fan_out(&id, None)
+            .into_iter()
+            .map(|(to, m)| (uv.clone(), to, m))
+            .collect();
+        assert!(pump(&mut t, &mut v, q).is_empty());
+        assert_eq!(names(&t, "c01/k01/t01/v01"), names(&v, "c01/k01/t01/v01"));
+    }
+
+    /// A register whose columns read otherwise than automerge reads it is noted as such
+    /// when loaded (its views are then written again from automerge's reading).
+    #[test]
+    fn a_register_read_otherwise_by_automerge_is_noted() {
+        let whole = |saved: Vec<u8>| (Automerge::load(&saved).unwrap().get_heads(), saved);
+        let (mut t, _v, id, msg) = offline_register(1_500, whole);
+        assert!(t.receive(&u("c01/k01/t01/v01"), msg).rejected.is_empty());
+        let unread = t.docs.get_mut(&id).unwrap().unread.as_mut().unwrap();
+        let mut members = (*unread.members).clone();
+        members.pop_first();
+        unread.members = std::sync::Arc::new(members);
+        t.check_unread(&id);
+        assert_eq!(
+            t.take_unread_outcomes(),
+            vec![UnreadOutcome::Differs(id.clone())]
+        );
+        assert_eq!(names(&t, "c01/k01/t01/v01").len(), 1_500);
+    }
+
+    /// A register whose chunk reads but does not load (a head that is not its own) is taken
+    /// out again when automerge loads it: the document is empty here, and refused from the
+    /// village for the session.
+    #[test]
+    fn a_register_taken_unread_that_does_not_load_is_taken_out() {
+        let (mut t, _v, id, msg) = offline_register(1_500, |saved| {
+            let (head, chunk) = super::super::register::head_flipped(&saved);
+            (vec![head], chunk)
+        });
+        let uv = u("c01/k01/t01/v01");
+        let step = t.receive(&uv, msg);
+        assert!(step.rejected.is_empty(), "{:?}", step.rejected);
+        assert!(t.unread(&id).is_some(), "its columns read");
+        t.check_unread(&id);
+        let outcomes = t.take_unread_outcomes();
+        assert!(
+            matches!(&outcomes[..], [UnreadOutcome::Unloadable { doc, from, .. }] if *doc == id && *from == uv),
+            "{outcomes:?}"
+        );
+        let d = t.get(&id).unwrap().doc().unwrap();
+        assert!(d.get_heads().is_empty(), "empty again");
+        assert!(t.peers[&uv].refused.contains(&id));
     }
 
     #[test]

@@ -54,6 +54,12 @@ fn guarded(meta: &DocMeta) -> Option<&'static EntitySpec> {
     entity(meta.id.kind).filter(|spec| spec.record_guard().is_some())
 }
 
+/// Whether `meta`'s document has no field guarded beyond rule 2 (so [`check`] passes any
+/// change to it).
+pub(super) fn unguarded(meta: &DocMeta) -> bool {
+    guarded(meta).is_none()
+}
+
 /// Whether an op setting field `name` of a record of `spec`'s kind may need more than rule 2
 /// (so [`check`] looks the record up): the fields that resolve by authority (those decided
 /// above, a complaint's handler among them, an appraisal's kind and rating), and any field

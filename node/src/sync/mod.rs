@@ -5,14 +5,16 @@
 pub(crate) mod chunks;
 mod engine;
 mod fields;
+pub(crate) mod register;
 pub mod wire;
 
 pub(crate) use engine::is_peers_fault;
 pub use fields::check_local;
 
 pub use engine::{
-    BatchRest, CompactSource, DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT,
-    MAX_INFLATED, MAX_PROFILE_ENTRIES, Rejection, Residency, Step, StoredCompact,
+    BatchRest, Checked, CompactSource, DocEntry, DocSource, Engine, LinkProgress, MAX_IN_FLIGHT,
+    MAX_INFLATED, MAX_PROFILE_ENTRIES, Rejection, Residency, Step, StoredCompact, Unread,
+    UnreadOutcome, load_unread,
 };
 
 /// A `Sync` message for `doc` carrying `changes` (raw change chunks) as they are, with
