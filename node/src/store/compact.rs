@@ -35,6 +35,9 @@ use super::{Command, StoreError, load};
 pub(super) const QUIET: Duration = Duration::from_millis(50);
 /// How long a compaction waits for quiet at most.
 pub(super) const MAX_DEFER: Duration = Duration::from_secs(2);
+/// How long automerge's loading of a register taken unread waits for quiet at most: the
+/// register goes on to the next level up only once loaded.
+pub(super) const CHECK_DEFER: Duration = Duration::from_millis(200);
 
 /// When the store last had work, shared by the store thread (which notes it) and the
 /// compactor (which waits for it to be long enough ago).
@@ -66,9 +69,9 @@ impl Activity {
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 
-    /// Sleep until the store has been quiet for [`QUIET`], or for [`MAX_DEFER`] at most;
-    /// false if the store is stopping.
-    fn wait_for_quiet(&self) -> bool {
+    /// Sleep until the store has been quiet for [`QUIET`], or for `at_most`; false if the
+    /// store is stopping.
+    fn wait_for_quiet(&self, at_most: Duration) -> bool {
         let start = Instant::now();
         loop {
             if self.closing.load(Ordering::Relaxed) {
@@ -76,10 +79,10 @@ impl Activity {
             }
             let quiet = self.quiet_for();
             let waited = start.elapsed();
-            if quiet >= QUIET || waited >= MAX_DEFER {
+            if quiet >= QUIET || waited >= at_most {
                 return true;
             }
-            std::thread::sleep((QUIET - quiet).min(MAX_DEFER - waited));
+            std::thread::sleep((QUIET - quiet).min(at_most - waited));
         }
     }
 }
@@ -154,8 +157,12 @@ impl Compactor {
             .name(name)
             .spawn(move || {
                 for work in rx {
-                    let urgent = matches!(&work, Work::Fold(job) if job.urgent);
-                    if !urgent && !activity.wait_for_quiet() {
+                    let at_most = match &work {
+                        Work::Fold(job) if job.urgent => Duration::ZERO,
+                        Work::Fold(_) => MAX_DEFER,
+                        Work::Check(_) => CHECK_DEFER,
+                    };
+                    if !activity.wait_for_quiet(at_most) {
                         return;
                     }
                     let done = match work {

@@ -642,6 +642,7 @@ pub fn open_database(
         heard,
         retry: BTreeSet::new(),
         unread_fixes: Default::default(),
+        forward_when_loaded: HashMap::new(),
         options,
         compactor,
         activity,
@@ -1712,6 +1713,8 @@ struct Actor {
     retry: BTreeSet<DocId>,
     /// What loading registers taken unread found that a failed commit did not store.
     unread_fixes: UnreadFixes,
+    /// Registers taken unread, with the peer they came from, to forward once loaded.
+    forward_when_loaded: HashMap<DocId, UnitId>,
     options: StoreOptions,
     compactor: compact::Compactor,
     /// When the store last had work (compactions wait for quiet).
@@ -1951,7 +1954,21 @@ impl Actor {
                     .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
                 let mut sends = std::mem::take(&mut batch.sends);
                 for (doc, from) in std::mem::take(&mut batch.forward) {
+                    // A register taken unread goes on once automerge has loaded it: a node
+                    // passes on nothing it has not read itself.
+                    if self.engine.unread(&doc).is_some() {
+                        self.forward_when_loaded.insert(doc, from);
+                        continue;
+                    }
                     sends.extend(self.engine.fan_out(&doc, Some(&from)));
+                }
+                for id in batch.unread.loaded.iter().chain(&batch.unread.reread) {
+                    if let Some(from) = self.forward_when_loaded.remove(id) {
+                        sends.extend(self.engine.fan_out(id, Some(&from)));
+                    }
+                }
+                for id in &batch.unread.emptied {
+                    self.forward_when_loaded.remove(id);
                 }
                 self.deliver(sends);
                 for (peer, link) in &self.links {
@@ -2052,10 +2069,15 @@ impl Actor {
                 .map(|p| p.heads.clone())
                 .unwrap_or_default();
             heads.sort();
-            let loaded = load::committed_bytes(&self.db, &id, u64::MAX).map(|bytes| {
-                crate::sync::load_unread(&bytes, &heads, &BTreeMap::new(), &id.owner)
-            })?;
-            match loaded {
+            let bytes = match load::committed_bytes(&self.db, &id, u64::MAX) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Its row stays: the next open tries again.
+                    tracing::error!(doc = %id, "cannot read a register taken whole: {e}");
+                    continue;
+                }
+            };
+            match crate::sync::load_unread(&bytes, &heads, &BTreeMap::new(), &id.owner) {
                 Ok((d, _)) => {
                     self.engine.insert(meta, *d);
                     batch.unread.reread.insert(id);
@@ -3513,7 +3535,7 @@ impl Actor {
         }
         // Dirty documents are loaded (never evicted while unpersisted); a retried one might
         // not be if its load failed before. A register taken unread is stored as it came.
-        for id in &batch.dirty {
+        for id in batch.dirty.iter().chain(&batch.unread.reread) {
             if self.engine.unread(id).is_some() {
                 continue;
             }
@@ -3553,12 +3575,31 @@ impl Actor {
             // What a view row is read from when the rows are given.
             let none = Automerge::new();
             let mut unread_t = tx.open_table(UNREAD).map_err(db)?;
-            for id in batch
-                .dirty
-                .iter()
-                .filter(|id| !batch.unread.emptied.contains(*id))
-            {
-                let mut p = self.persisted.get(id).cloned().unwrap_or_default();
+            // What loading registers taken unread found goes first: a register emptied here
+            // may have been given something else since (a write here, or taken again), which
+            // the dirty documents below then store as a first commit.
+            for id in batch.unread.all() {
+                unread_t.remove(id.to_string().as_str()).map_err(db)?;
+            }
+            for id in &batch.unread.emptied {
+                let Some(entry) = self.engine.get(id) else {
+                    continue;
+                };
+                let key = id.to_string();
+                views.materialise(&entry.meta, &none, &Only::All)?;
+                snaps.remove(key.as_str()).map_err(db)?;
+                changes
+                    .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
+                    .map_err(db)?;
+                state_t.remove(key.as_str()).map_err(db)?;
+                changed.push(id.clone());
+            }
+            for id in &batch.dirty {
+                let mut p = if batch.unread.emptied.contains(id) {
+                    Persisted::default()
+                } else {
+                    self.persisted.get(id).cloned().unwrap_or_default()
+                };
                 // A document's first commit (nothing of it stored yet) is its snapshot, made
                 // here and kept beside the document: a register received whole from a peer
                 // often goes on whole to the next level up, which lacks it too.
@@ -3671,32 +3712,28 @@ impl Actor {
                 updated.insert(id.clone(), p);
                 changed.push(id.clone());
             }
-            for id in batch.unread.all() {
-                unread_t.remove(id.to_string().as_str()).map_err(db)?;
-            }
             for id in &batch.unread.reread {
-                if let Some(entry) = self.engine.get(id)
-                    && let Some(d) = entry.doc()
-                {
-                    views.materialise(&entry.meta, d, &Only::All)?;
-                }
-            }
-            for id in &batch.unread.emptied {
                 let Some(entry) = self.engine.get(id) else {
                     continue;
                 };
-                let key = id.to_string();
-                views.materialise(&entry.meta, &none, &Only::All)?;
-                snaps.remove(key.as_str()).map_err(db)?;
-                changes
-                    .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
-                    .map_err(db)?;
-                state_t.remove(key.as_str()).map_err(db)?;
-                updated.remove(id);
+                // Loaded before the transaction; one that no longer loads keeps its row, and
+                // the next open reads it again.
+                let Some(d) = entry.doc() else {
+                    unread_t.insert(id.to_string().as_str(), "").map_err(db)?;
+                    continue;
+                };
+                views.materialise(&entry.meta, d, &Only::All)?;
+                if !changed.contains(id) {
+                    changed.push(id.clone());
+                }
             }
             // Snapshots from the compactor replace exactly the rows they were made from; rows
             // appended since stay, and so does their share of the bookkeeping.
-            for done in &batch.compacted {
+            for done in batch
+                .compacted
+                .iter()
+                .filter(|d| !batch.unread.emptied.contains(&d.job.doc))
+            {
                 let job = &done.job;
                 let snapshot = match &done.snapshot {
                     Ok(s) => s,
@@ -3741,7 +3778,13 @@ impl Actor {
                     .retain(|(_, doc), _| !emptied.contains(doc))
                     .map_err(db)?;
             }
-            for (peer, doc, state) in &batch.states {
+            // A state saved in this batch of a register since emptied speaks of heads no
+            // longer held.
+            for (peer, doc, state) in batch
+                .states
+                .iter()
+                .filter(|(_, doc, _)| !batch.unread.emptied.contains(doc))
+            {
                 let d = doc.to_string();
                 states
                     .insert((peer.as_str(), d.as_str()), state.as_slice())
@@ -3770,11 +3813,11 @@ impl Actor {
                 .filter(|(_, p)| p.due())
                 .map(|(id, _)| id.clone()),
         );
-        self.persisted.extend(updated);
         for id in &batch.unread.emptied {
             self.persisted.remove(id);
             self.due.remove(id);
         }
+        self.persisted.extend(updated);
         Ok(changed)
     }
 }
@@ -7075,6 +7118,93 @@ mod tests {
             assert_eq!(tx.open_table(UNREAD).unwrap().iter().unwrap().count(), 0);
             let snaps = tx.open_table(SNAPSHOTS).unwrap();
             assert!(snaps.get(key.as_str()).unwrap().is_none());
+        }
+    }
+
+    /// A register taken unread goes on to the next level up once automerge has loaded it,
+    /// and one that does not load never leaves the node (the county here would refuse it).
+    #[tokio::test]
+    async fn a_register_taken_unread_goes_up_only_once_loaded() {
+        for loads in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (h, _r, t, me, v01, v02) = two_village_township(dir.path()).await;
+            // Registered in the township's profile, which the county takes its tree from.
+            h.set_profile("Township".into(), vec![v01.clone(), v02])
+                .await
+                .unwrap();
+            let mut up = PeerEngine::synced(&h, &me, &u("c01/k01")).await;
+            let mut village = PeerEngine::synced(&h, &me, &v01).await;
+            let register = DocId::new(DocKind::Members, v01.clone());
+            let (d, _) = village
+                .engine
+                .local_doc(DocMeta::new(register.clone()))
+                .unwrap();
+            // Names that compress badly: a register large enough to be taken unread, small
+            // enough to go up whole in one message (the tests' smaller part limits).
+            for i in 0..300u64 {
+                let noise: String = (0..6)
+                    .map(|k| {
+                        format!(
+                            "{:08x}",
+                            (i * 6 + k).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
+                        )
+                    })
+                    .collect();
+                let m = sample(&format!("Head {noise}"));
+                doc::create_member(d, RecordId::from_u64(i + 1), &m).unwrap();
+            }
+            let saved = doc::save(d);
+            let (heads, chunk) = if loads {
+                (d.get_heads(), saved)
+            } else {
+                let (head, chunk) = crate::sync::register::head_flipped(&saved);
+                (vec![head], chunk)
+            };
+            let msg = crate::sync::carrying(&register, heads, chunk);
+            h.from_peer(v01.clone(), village.session, msg, None)
+                .await
+                .unwrap();
+            let waited = std::time::Instant::now();
+            loop {
+                // The county answers whatever it is sent (refusing nothing, or the
+                // exchange fails).
+                up.exchange(&h, Vec::new()).await;
+                // Taken unread there too, or loaded.
+                let held = up.engine.unread(&register).map_or_else(
+                    || {
+                        up.engine
+                            .get(&register)
+                            .and_then(|e| e.doc())
+                            .map_or(0, |d| doc::read_members(d, &v01).len())
+                    },
+                    |u| u.members.len(),
+                );
+                let rejected: u64 = h
+                    .status()
+                    .await
+                    .unwrap()
+                    .links
+                    .iter()
+                    .map(|l| l.rejected)
+                    .sum();
+                if loads && held == 300 {
+                    break;
+                }
+                if !loads && rejected == 1 {
+                    up.exchange(&h, Vec::new()).await;
+                    // Nothing of it reached the county, loaded or taken unread.
+                    assert!(up.engine.unread(&register).is_none());
+                    let held = up.engine.get(&register).and_then(|e| e.doc());
+                    assert!(held.is_none_or(|d| d.get_heads().is_empty()));
+                    break;
+                }
+                assert!(
+                    waited.elapsed() < std::time::Duration::from_secs(20),
+                    "the county holds {held} members, {rejected} refused"
+                );
+            }
+            drop(h);
+            t.shutdown().await;
         }
     }
 

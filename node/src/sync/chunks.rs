@@ -468,6 +468,17 @@ impl<'a> Deltas<'a> {
         }
     }
 
+    /// The next value (a null leaves the sum): `Some(None)` a null, `None` at the end.
+    pub(super) fn next(&mut self) -> Result<Option<Option<i64>>, ()> {
+        match self.runs.next()? {
+            Some(Some(d)) => {
+                self.sum = self.sum.checked_add(d).ok_or(())?;
+                Ok(Some(Some(self.sum)))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The next value (a null leaves the sum), a null once the column has ended.
     pub(super) fn next_or_null(&mut self) -> Result<Option<i64>, ()> {
         match self.runs.next_or_null()? {

@@ -2376,9 +2376,13 @@ impl Engine {
     /// is made as any other.
     fn whole_unloaded(&mut self, peer: &UnitId, id: &DocId) -> Option<Msg> {
         let p = self.peers.get(peer)?;
+        let entry = self.docs.get(id)?;
+        // A register taken unread is not passed on as it came: the store forwards it once
+        // automerge has loaded it, and a peer asking sooner has it loaded first.
         if !p.lacking.contains(id)
             || p.states.get(id).is_some_and(|s| s.their_heads.is_some())
-            || self.docs.get(id)?.doc.is_some()
+            || entry.doc.is_some()
+            || entry.unread.is_some()
         {
             return None;
         }

@@ -247,10 +247,12 @@ fn winners<'a>(mut ops: Ops<'a>, actors: &[&[u8]]) -> Option<Maps<'a>> {
         let end = ops.value_pos.checked_add(len)?;
         let raw = ops.value_raw.get(ops.value_pos..end)?;
         ops.value_pos = end;
+        // Each successor is a value of the successor columns, whose values the frame's cap
+        // bounds: a count past their end (2^62 in a few bytes) ends the reading there.
         let succs = ops.succ_num.next_or_null().ok()?.unwrap_or(0);
         for _ in 0..succs {
-            ops.succ_actor.next_or_null().ok()?;
-            ops.succ_ctr.next_or_null().ok()?;
+            ops.succ_actor.next().ok()??;
+            ops.succ_ctr.next().ok()??;
         }
         if action == INCREMENT || action == MARK || meta & 0xf == VALUE_COUNTER {
             return None;
@@ -625,6 +627,90 @@ mod tests {
             "a column past the cap"
         );
         assert_eq!(read(&body(&saved)[..100], &owner, 64 << 20), None);
+    }
+
+    /// A document chunk `saved` (uncompressed columns) with op column `spec`'s data replaced
+    /// by `data`, its lengths and checksum made again.
+    fn with_op_column(saved: &[u8], spec: u64, data: &[u8]) -> Vec<u8> {
+        fn leb(mut v: u64, out: &mut Vec<u8>) {
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    out.push(b);
+                    return;
+                }
+                out.push(b | 0x80);
+            }
+        }
+        let body = body(saved);
+        let mut pos = 0;
+        for _ in 0..leb128(body, &mut pos).unwrap() {
+            take_bytes(body, &mut pos).unwrap();
+        }
+        pos += 32 * leb128(body, &mut pos).unwrap() as usize;
+        let prefix = &body[..pos];
+        let change_cols = columns(body, &mut pos).unwrap();
+        let op_cols = columns(body, &mut pos).unwrap();
+        let mut out = prefix.to_vec();
+        leb(change_cols.len() as u64, &mut out);
+        for &(sp, len) in &change_cols {
+            leb(sp, &mut out);
+            leb(len, &mut out);
+        }
+        let change_len: u64 = change_cols.iter().map(|c| c.1).sum();
+        let change_data = &body[pos..pos + change_len as usize];
+        pos += change_len as usize;
+        let mut op_data = Vec::new();
+        leb(op_cols.len() as u64, &mut out);
+        for &(sp, len) in &op_cols {
+            let col = &body[pos..pos + len as usize];
+            pos += len as usize;
+            let col = if sp == spec { data } else { col };
+            leb(sp, &mut out);
+            leb(col.len() as u64, &mut out);
+            op_data.extend_from_slice(col);
+        }
+        out.extend_from_slice(change_data);
+        out.extend_from_slice(&op_data);
+        out.extend_from_slice(&body[pos..]);
+        let mut chunk = saved[..4].to_vec();
+        let mut rest = vec![super::super::chunks::CHUNK_DOCUMENT];
+        leb(out.len() as u64, &mut rest);
+        rest.extend_from_slice(&out);
+        let sum = ring::digest::digest(&ring::digest::SHA256, &rest);
+        chunk.extend_from_slice(&sum.as_ref()[..4]);
+        chunk.extend_from_slice(&rest);
+        chunk
+    }
+
+    /// A successor count far past what the successor columns hold (2^62 in ten bytes) ends
+    /// the reading, not a loop of 2^62 steps.
+    #[test]
+    fn a_successor_count_past_the_columns_is_refused_at_once() {
+        let owner = u("c01/k01/t01/v01");
+        let mut d = replicas().remove(0);
+        for i in 0..20u64 {
+            let m = member(i as u8);
+            let w = MemberWrite::Create(RecordId::from_u64(i + 1), &m, None);
+            doc::apply_member_writes(&mut d, &[w]).unwrap();
+        }
+        let saved = d.save_nocompress();
+        // Rebuilt unchanged, the chunk reads as before.
+        let same = with_op_column(&saved, u64::MAX, &[]);
+        let want = read(body(&saved), &owner, 64 << 20);
+        assert!(want.is_some());
+        assert_eq!(read(body(&same), &owner, 64 << 20), want);
+        // One run: a single value, 2^62.
+        let huge = [0x01, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        let bad = with_op_column(&saved, SUCC_NUM, &huge);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let chunk = bad.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(body(&chunk), &u("c01/k01/t01/v01"), 64 << 20).is_none());
+        });
+        let refused = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(refused, Ok(true), "the reading ends, refusing the chunk");
     }
 
     /// What the reader does not model is left to automerge: a counter.
