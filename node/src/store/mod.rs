@@ -1780,6 +1780,7 @@ impl Actor {
         let _span = tracing::info_span!("store", unit = %self.engine.me()).entered();
         if let Err(e) = self.recheck_stored_unread() {
             tracing::error!("cannot check the registers taken whole before the last stop: {e}");
+            self.failure.send_replace(Some(failure_reason(&e)));
         }
         self.next_compaction();
         let done = self.serve(&rt, &mut rx, &mut peers);
@@ -1953,6 +1954,10 @@ impl Actor {
                 self.heard
                     .extend(batch.heard.iter().map(|(u, t)| (u.clone(), *t)));
                 let mut sends = std::mem::take(&mut batch.sends);
+                // Emptied first: one taken unread again in this batch waits anew below.
+                for id in &batch.unread.emptied {
+                    self.forward_when_loaded.remove(id);
+                }
                 for (doc, from) in std::mem::take(&mut batch.forward) {
                     // A register taken unread goes on once automerge has loaded it: a node
                     // passes on nothing it has not read itself.
@@ -1963,12 +1968,11 @@ impl Actor {
                     sends.extend(self.engine.fan_out(&doc, Some(&from)));
                 }
                 for id in batch.unread.loaded.iter().chain(&batch.unread.reread) {
-                    if let Some(from) = self.forward_when_loaded.remove(id) {
+                    if self.engine.unread(id).is_none()
+                        && let Some(from) = self.forward_when_loaded.remove(id)
+                    {
                         sends.extend(self.engine.fan_out(id, Some(&from)));
                     }
-                }
-                for id in &batch.unread.emptied {
-                    self.forward_when_loaded.remove(id);
                 }
                 self.deliver(sends);
                 for (peer, link) in &self.links {
@@ -2069,14 +2073,9 @@ impl Actor {
                 .map(|p| p.heads.clone())
                 .unwrap_or_default();
             heads.sort();
-            let bytes = match load::committed_bytes(&self.db, &id, u64::MAX) {
-                Ok(b) => b,
-                Err(e) => {
-                    // Its row stays: the next open tries again.
-                    tracing::error!(doc = %id, "cannot read a register taken whole: {e}");
-                    continue;
-                }
-            };
+            // A store that cannot be read here fails the open's check whole (the store then
+            // stops): left unchecked, the register would be served and sent on as stored.
+            let bytes = load::committed_bytes(&self.db, &id, u64::MAX)?;
             match crate::sync::load_unread(&bytes, &heads, &BTreeMap::new(), &id.owner) {
                 Ok((d, _)) => {
                     self.engine.insert(meta, *d);
@@ -3592,7 +3591,6 @@ impl Actor {
                     .retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)
                     .map_err(db)?;
                 state_t.remove(key.as_str()).map_err(db)?;
-                changed.push(id.clone());
             }
             for id in &batch.dirty {
                 let mut p = if batch.unread.emptied.contains(id) {
@@ -3816,6 +3814,10 @@ impl Actor {
         for id in &batch.unread.emptied {
             self.persisted.remove(id);
             self.due.remove(id);
+            // Its rows went: subscribers hear of it (once, if stored again too).
+            if !changed.contains(id) {
+                changed.push(id.clone());
+            }
         }
         self.persisted.extend(updated);
         Ok(changed)
@@ -6971,6 +6973,25 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// Whether the store's first word to `peer` on `doc` answers it (a `Sync`, as after a
+    /// register taken unread) rather than refusing it (a `Reject`, as automerge's refusal of
+    /// a chunk on arrival is answered).
+    async fn answered_not_refused(peer: &mut PeerEngine, doc: &DocId) -> bool {
+        loop {
+            let wait = std::time::Duration::from_secs(10);
+            let msg = tokio::time::timeout(wait, peer.sent.recv())
+                .await
+                .expect("a word on the document")
+                .expect("the link open");
+            match msg {
+                Msg::Sync { doc: d, .. } if d == *doc => return true,
+                Msg::SyncBatch(items) if items.iter().any(|(d, _)| d == doc) => return true,
+                Msg::Reject { doc: Some(d), .. } if d == *doc => return false,
+                _ => {}
+            }
+        }
+    }
+
     /// A village's register sent whole is stored as it came, its views read from its
     /// columns; one whose chunk reads but does not load is taken out again once automerge
     /// loads it (counted against the village), the views following. Either way the views
@@ -7002,6 +7023,9 @@ mod tests {
             h.from_peer(v01.clone(), village.session, msg, None)
                 .await
                 .unwrap();
+            // Taken unread (answered), even when it does not load: automerge has not
+            // read it yet.
+            assert!(answered_not_refused(&mut village, &register).await);
             let want = if loads { 1_500 } else { 0 };
             let waited = std::time::Instant::now();
             loop {
@@ -7164,6 +7188,9 @@ mod tests {
             h.from_peer(v01.clone(), village.session, msg, None)
                 .await
                 .unwrap();
+            // Taken unread (answered), even when it does not load: automerge has not
+            // read it yet.
+            assert!(answered_not_refused(&mut village, &register).await);
             let waited = std::time::Instant::now();
             loop {
                 // The county answers whatever it is sent (refusing nothing, or the

@@ -16,7 +16,7 @@
 //! goes to automerge as before.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::{ChangeHash, ScalarValueRef};
 use grassroots_schema::{ActorTag, Member, RecordId, UnitId};
@@ -57,6 +57,10 @@ const KNOWN: [u64; 14] = [
     VALUE_RAW, SUCC_NUM, SUCC_ACTOR, SUCC_CTR,
 ];
 
+/// The longest actor id or map key read (an actor names a unit and a nonce, a key a record
+/// or a field): longer ones are left to automerge, not compared op after op.
+const MAX_NAME_BYTES: usize = 256;
+
 /// Actions (automerge's storage format).
 const MAKE_MAP: u64 = 0;
 const SET: u64 = 1;
@@ -87,7 +91,13 @@ pub fn read(body: &[u8], owner: &UnitId, inflate_cap: u64) -> Option<Register> {
     let n_actors = usize::try_from(leb128(body, &mut pos)?).ok()?;
     let mut actors = Vec::with_capacity(n_actors.min(1 << 14));
     for _ in 0..n_actors {
-        actors.push(take_bytes(body, &mut pos)?);
+        let actor = take_bytes(body, &mut pos)?;
+        // Ops are told apart by their actors, compared for each key's winner: an actor of
+        // megabytes would make each comparison cost that.
+        if actor.len() > MAX_NAME_BYTES {
+            return None;
+        }
+        actors.push(actor);
     }
     let n_heads = usize::try_from(leb128(body, &mut pos)?).ok()?;
     let mut heads = Vec::with_capacity(n_heads.min(1024));
@@ -215,12 +225,17 @@ fn winners<'a>(mut ops: Ops<'a>, actors: &[&[u8]]) -> Option<Maps<'a>> {
     let mut run: Option<(Option<OpId>, &'a str)> = None;
     let mut object_start = 0usize;
     let mut best: Option<Entry<'a>> = None;
-    // Greater: a later counter, or the same counter by a greater actor (automerge's order).
-    let later = |a: OpId, b: OpId| {
-        a.0.cmp(&b.0)
-            .then_with(|| actors.get(a.1).cmp(&actors.get(b.1)))
-            .is_gt()
-    };
+    // Greater: a later counter, or the same counter by a greater actor (automerge's order),
+    // the actors ranked once.
+    let mut by_bytes: Vec<usize> = (0..actors.len()).collect();
+    by_bytes.sort_by_key(|&i| actors[i]);
+    let mut rank = vec![0usize; actors.len()];
+    for (r, &i) in by_bytes.iter().enumerate() {
+        rank[i] = r;
+    }
+    let later = |a: OpId, b: OpId| a.0.cmp(&b.0).then(rank[a.1].cmp(&rank[b.1])).is_gt();
+    // Objects made, each once: records sharing one object would each read all its keys.
+    let mut made: HashSet<OpId> = HashSet::new();
     while let Some(action) = ops.action.next().ok()? {
         let action = action?;
         let obj = match (
@@ -260,7 +275,13 @@ fn winners<'a>(mut ops: Ops<'a>, actors: &[&[u8]]) -> Option<Maps<'a>> {
         // Keys of list elements (no map object this reader reads holds them), and ops
         // superseded by others, name no value.
         let _ = (key_actor, key_ctr);
+        if action == MAKE_MAP && !made.insert(id) {
+            return None;
+        }
         let Some(key) = key else { continue };
+        if key.len() > MAX_NAME_BYTES {
+            return None;
+        }
         if run.is_none_or(|(o, k)| o != obj || k != key) {
             if let Some((o, k)) = run {
                 if let Some(b) = best.take() {
@@ -711,6 +732,56 @@ mod tests {
         });
         let refused = rx.recv_timeout(std::time::Duration::from_secs(20));
         assert_eq!(refused, Ok(true), "the reading ends, refusing the chunk");
+    }
+
+    /// What would make the reading cost more than the chunk's size is left to automerge:
+    /// an actor or a key of more than 256 bytes (compared op after op), and two objects made
+    /// with one id (each record naming it would read all its keys).
+    #[test]
+    fn long_names_and_repeated_object_ids_are_left_to_automerge() {
+        let owner = u("c01/k01/t01/v01");
+        let mut d = replicas().remove(0);
+        let mut tx = d.transaction();
+        tx.put_object(ROOT, "k".repeat(300), ObjType::Map).unwrap();
+        tx.commit();
+        assert!(
+            read(body(&d.save()), &owner, 64 << 20).is_none(),
+            "a long key"
+        );
+        let mut d = Automerge::new().with_actor(automerge::ActorId::from(vec![7u8; 300]));
+        let mut tx = d.transaction();
+        tx.put(ROOT, "short", 1).unwrap();
+        tx.commit();
+        assert!(
+            read(body(&d.save()), &owner, 64 << 20).is_none(),
+            "a long actor"
+        );
+        let mut d = replicas().remove(0);
+        for i in 0..2u64 {
+            let m = member(i as u8);
+            let w = MemberWrite::Create(RecordId::from_u64(i + 1), &m, None);
+            doc::apply_member_writes(&mut d, &[w]).unwrap();
+        }
+        let saved = d.save_nocompress();
+        assert!(read(body(&saved), &owner, 64 << 20).is_some());
+        // Every op's counter 1: a first delta of 1, then a run of zeros.
+        let mut ids = vec![0x01, 0x01];
+        let mut n = 1u64 << 20;
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 && b & 0x40 == 0 {
+                ids.push(b);
+                break;
+            }
+            ids.push(b | 0x80);
+        }
+        ids.push(0x00);
+        let same_ids = with_op_column(&saved, ID_CTR, &ids);
+        assert!(
+            read(body(&same_ids), &owner, 64 << 20).is_none(),
+            "one id, two objects"
+        );
     }
 
     /// What the reader does not model is left to automerge: a counter.
