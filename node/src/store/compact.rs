@@ -1,4 +1,5 @@
-//! Compaction off the store thread.
+//! Compaction off the store thread, and automerge's loading of registers taken unread
+//! ([`Check`]), which the same thread does between folds.
 //!
 //! Folding a document's change rows into a snapshot means loading and saving the whole
 //! document: tens of milliseconds for a large register. Done on the store thread, every write

@@ -257,10 +257,10 @@ pub struct DocEntry {
 /// A register a peer sent whole, taken without automerge (a village's register made
 /// offline, on its parent): the chunk as received, the heads it names and the member
 /// records read from its columns ([`super::register`]), which the store commits and writes
-/// the views from. automerge loads it when it is first needed, or when the store checks it
-/// ([`Engine::check_unread`]), whichever comes first: a reading that differs from the
-/// columns' has the views written again, and a chunk that does not load is taken out
-/// again ([`UnreadOutcome`]).
+/// the views from. automerge loads it on another thread once stored ([`load_unread`],
+/// taken back by [`Engine::adopt_checked`]), or here when it is needed sooner, whichever
+/// comes first: a reading that differs from the columns' has the views written again, and
+/// a chunk that does not load is taken out again ([`UnreadOutcome`]).
 #[derive(Debug)]
 pub struct Unread {
     /// The document chunk as the peer sent it.
