@@ -6973,6 +6973,42 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// `village`'s register of `n` members (named by `name`) sent whole to the store, as a
+    /// village sends it unloaded, or, unless `loads`, with a head that is not its own (its
+    /// columns read, automerge refuses it); returned once the store has answered it, which
+    /// shows it was taken unread (see [`answered_not_refused`]).
+    async fn register_sent_whole(
+        h: &StoreHandle,
+        village: &mut PeerEngine,
+        n: u64,
+        name: impl Fn(u64) -> String,
+        loads: bool,
+    ) -> DocId {
+        let unit = village.engine.me().clone();
+        let register = DocId::new(DocKind::Members, unit);
+        let (d, _) = village
+            .engine
+            .local_doc(DocMeta::new(register.clone()))
+            .unwrap();
+        for i in 0..n {
+            let m = sample(&format!("Head {}", name(i)));
+            doc::create_member(d, RecordId::from_u64(i + 1), &m).unwrap();
+        }
+        let saved = doc::save(d);
+        let (heads, chunk) = if loads {
+            (d.get_heads(), saved)
+        } else {
+            let (head, chunk) = crate::sync::register::head_flipped(&saved);
+            (vec![head], chunk)
+        };
+        let msg = crate::sync::carrying(&register, heads, chunk);
+        let v = village.engine.me().clone();
+        h.from_peer(v, village.session, msg, None).await.unwrap();
+        // Answered even when it does not load: automerge has not read it yet.
+        assert!(answered_not_refused(village, &register).await);
+        register
+    }
+
     /// Whether the store's first word to `peer` on `doc` answers it (a `Sync`, as after a
     /// register taken unread) rather than refusing it (a `Reject`, as automerge's refusal of
     /// a chunk on arrival is answered).
@@ -7002,30 +7038,9 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (h, r, t, me, v01, _) = two_village_township(dir.path()).await;
             let mut village = PeerEngine::synced(&h, &me, &v01).await;
-            let register = DocId::new(DocKind::Members, v01.clone());
-            let (d, _) = village
-                .engine
-                .local_doc(DocMeta::new(register.clone()))
-                .unwrap();
             // Large enough to be taken unread.
-            for i in 0..1_500 {
-                let m = sample(&format!("Head {i}"));
-                doc::create_member(d, RecordId::from_u64(i + 1), &m).unwrap();
-            }
-            let saved = doc::save(d);
-            let (heads, chunk) = if loads {
-                (d.get_heads(), saved)
-            } else {
-                let (head, chunk) = crate::sync::register::head_flipped(&saved);
-                (vec![head], chunk)
-            };
-            let msg = crate::sync::carrying(&register, heads, chunk);
-            h.from_peer(v01.clone(), village.session, msg, None)
-                .await
-                .unwrap();
-            // Taken unread (answered), even when it does not load: automerge has not
-            // read it yet.
-            assert!(answered_not_refused(&mut village, &register).await);
+            let name = |i: u64| i.to_string();
+            let register = register_sent_whole(&h, &mut village, 1_500, name, loads).await;
             let want = if loads { 1_500 } else { 0 };
             let waited = std::time::Instant::now();
             loop {
@@ -7158,39 +7173,19 @@ mod tests {
                 .unwrap();
             let mut up = PeerEngine::synced(&h, &me, &u("c01/k01")).await;
             let mut village = PeerEngine::synced(&h, &me, &v01).await;
-            let register = DocId::new(DocKind::Members, v01.clone());
-            let (d, _) = village
-                .engine
-                .local_doc(DocMeta::new(register.clone()))
-                .unwrap();
             // Names that compress badly: a register large enough to be taken unread, small
             // enough to go up whole in one message (the tests' smaller part limits).
-            for i in 0..300u64 {
-                let noise: String = (0..6)
+            let name = |i: u64| {
+                (0..6)
                     .map(|k| {
                         format!(
                             "{:08x}",
                             (i * 6 + k).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
                         )
                     })
-                    .collect();
-                let m = sample(&format!("Head {noise}"));
-                doc::create_member(d, RecordId::from_u64(i + 1), &m).unwrap();
-            }
-            let saved = doc::save(d);
-            let (heads, chunk) = if loads {
-                (d.get_heads(), saved)
-            } else {
-                let (head, chunk) = crate::sync::register::head_flipped(&saved);
-                (vec![head], chunk)
+                    .collect::<String>()
             };
-            let msg = crate::sync::carrying(&register, heads, chunk);
-            h.from_peer(v01.clone(), village.session, msg, None)
-                .await
-                .unwrap();
-            // Taken unread (answered), even when it does not load: automerge has not
-            // read it yet.
-            assert!(answered_not_refused(&mut village, &register).await);
+            let register = register_sent_whole(&h, &mut village, 300, name, loads).await;
             let waited = std::time::Instant::now();
             loop {
                 // The county answers whatever it is sent (refusing nothing, or the

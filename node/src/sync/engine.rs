@@ -731,6 +731,25 @@ fn sent_whole(
     }
 }
 
+/// What automerge's receiving a message does to `state` before anything else: nothing is in
+/// flight any more, and the message's flags say what the peer reads and whether it reads
+/// only (a reset it asks for clears what was recorded as sent).
+fn received_flags(state: &mut sync::State, flags: Option<sync::MessageFlags>) {
+    state.in_flight = false;
+    let Some(flags) = flags else {
+        return;
+    };
+    let mut caps = vec![sync::Capability::MessageV2];
+    if flags.contains(sync::MessageFlags::SUPPORTS_SYNC_RESET) {
+        caps.push(sync::Capability::SyncReset);
+    }
+    state.their_capabilities = Some(caps);
+    if flags.contains(sync::MessageFlags::SYNC_RESET) {
+        state.sent_hashes.clear();
+    }
+    state.peer_read_only = flags.contains(sync::MessageFlags::READ_ONLY);
+}
+
 /// Peers of this protocol version read automerge's v2 sync messages; automerge learns it
 /// only from the peer's first message, and without it sends a long backlog as a list of
 /// changes rather than the compressed document.
@@ -1487,15 +1506,7 @@ impl Engine {
             return;
         };
         let state = p.state(id);
-        state.in_flight = false;
-        if let Some(flags) = message.flags {
-            let mut caps = vec![sync::Capability::MessageV2];
-            if flags.contains(sync::MessageFlags::SUPPORTS_SYNC_RESET) {
-                caps.push(sync::Capability::SyncReset);
-            }
-            state.their_capabilities = Some(caps);
-            state.peer_read_only = false;
-        }
+        received_flags(state, message.flags);
         state.shared_heads = message.heads.clone();
         state.their_have = Some(message.have);
         state.their_heads = Some(message.heads);
@@ -1521,15 +1532,7 @@ impl Engine {
         {
             return false;
         }
-        state.in_flight = false;
-        if let Some(flags) = message.flags {
-            let mut caps = vec![sync::Capability::MessageV2];
-            if flags.contains(sync::MessageFlags::SUPPORTS_SYNC_RESET) {
-                caps.push(sync::Capability::SyncReset);
-            }
-            state.their_capabilities = Some(caps);
-            state.peer_read_only = flags.contains(sync::MessageFlags::READ_ONLY);
-        }
+        received_flags(state, message.flags);
         if message.heads == ours {
             state.last_sent_heads.clone_from(&message.heads);
         }
