@@ -6973,6 +6973,12 @@ mod tests {
         t.shutdown().await;
     }
 
+    /// The refusals the store has counted on all its links.
+    async fn refused_by(h: &StoreHandle) -> u64 {
+        let links = h.status().await.unwrap().links;
+        links.iter().map(|l| l.rejected).sum()
+    }
+
     /// `village`'s register of `n` members (named by `name`) sent whole to the store, as a
     /// village sends it unloaded, or, unless `loads`, with a head that is not its own (its
     /// columns read, automerge refuses it); returned once the store has answered it, which
@@ -7044,14 +7050,7 @@ mod tests {
             let want = if loads { 1_500 } else { 0 };
             let waited = std::time::Instant::now();
             loop {
-                let rejected: u64 = h
-                    .status()
-                    .await
-                    .unwrap()
-                    .links
-                    .iter()
-                    .map(|l| l.rejected)
-                    .sum();
+                let rejected = refused_by(&h).await;
                 let total = r.members(&v01, false, None, 0).unwrap().total;
                 if total == want && (loads || rejected == 1) {
                     break;
@@ -7201,14 +7200,7 @@ mod tests {
                     },
                     |u| u.members.len(),
                 );
-                let rejected: u64 = h
-                    .status()
-                    .await
-                    .unwrap()
-                    .links
-                    .iter()
-                    .map(|l| l.rejected)
-                    .sum();
+                let rejected = refused_by(&h).await;
                 if loads && held == 300 {
                     break;
                 }
