@@ -1,5 +1,5 @@
 //! Compaction off the store thread, and automerge's loading of registers taken unread
-//! ([`Check`]), which the same thread does between folds.
+//! ([`Check`]), which the same thread does ahead of any fold still waiting.
 //!
 //! Folding a document's change rows into a snapshot means loading and saving the whole
 //! document: tens of milliseconds for a large register. Done on the store thread, every write
@@ -23,7 +23,7 @@ use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use grassroots_schema::{DocId, Member, RecordId};
@@ -70,22 +70,36 @@ impl Activity {
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
 
-    /// Sleep until the store has been quiet for [`QUIET`], or for `at_most`; false if the
-    /// store is stopping.
-    fn wait_for_quiet(&self, at_most: Duration) -> bool {
+    /// Sleep until the store has been quiet for [`QUIET`], or for `at_most`, or until
+    /// `interrupt` says to stop waiting (asked at least every [`QUIET`]).
+    fn wait_for_quiet(&self, at_most: Duration, mut interrupt: impl FnMut() -> bool) -> Wait {
         let start = Instant::now();
         loop {
             if self.closing.load(Ordering::Relaxed) {
-                return false;
+                return Wait::Closing;
             }
             let quiet = self.quiet_for();
             let waited = start.elapsed();
             if quiet >= QUIET || waited >= at_most {
-                return true;
+                return Wait::Done;
+            }
+            if interrupt() {
+                return Wait::Interrupted;
             }
             std::thread::sleep((QUIET - quiet).min(at_most - waited));
         }
     }
+}
+
+/// How a wait for quiet ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    /// Quiet, or waited long enough: start.
+    Done,
+    /// Other work should go first.
+    Interrupted,
+    /// The store is stopping: drop the work.
+    Closing,
 }
 
 /// Fold the rows of `doc` with sequence numbers below `upto` (every row persisted when the
@@ -135,6 +149,12 @@ enum Work {
     Check(Check),
 }
 
+impl Work {
+    fn is_check(&self) -> bool {
+        matches!(self, Work::Check(_))
+    }
+}
+
 /// The compactor thread and the way to give it work.
 #[derive(Debug)]
 pub(super) struct Compactor {
@@ -157,14 +177,40 @@ impl Compactor {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                for work in rx {
+                let mut pending = VecDeque::new();
+                loop {
+                    if pending.is_empty() {
+                        match rx.recv() {
+                            Ok(work) => pending.push_back(work),
+                            Err(_) => return,
+                        }
+                    }
+                    pending.extend(rx.try_iter());
+                    // Registers to load first: one goes up to the next level only once
+                    // loaded, while a fold only makes the rows fewer.
+                    let next = pending.iter().position(Work::is_check).unwrap_or(0);
+                    let Some(work) = pending.remove(next) else {
+                        continue;
+                    };
                     let at_most = match &work {
                         Work::Fold(job) if job.urgent => Duration::ZERO,
                         Work::Fold(_) => MAX_DEFER,
                         Work::Check(_) => CHECK_DEFER,
                     };
-                    if !activity.wait_for_quiet(at_most) {
-                        return;
+                    let is_fold = !work.is_check();
+                    // A fold waiting for quiet gives way to a register that comes meanwhile
+                    // (its wait starts again after it).
+                    let wait = activity.wait_for_quiet(at_most, || {
+                        pending.extend(rx.try_iter());
+                        is_fold && pending.iter().any(Work::is_check)
+                    });
+                    match wait {
+                        Wait::Closing => return,
+                        Wait::Interrupted => {
+                            pending.push_front(work);
+                            continue;
+                        }
+                        Wait::Done => {}
                     }
                     let done = match work {
                         Work::Fold(job) => {
@@ -315,5 +361,54 @@ mod tests {
         write(&[one.as_slice(), two.as_slice()]);
         let folded = Automerge::load(&fold(&database, &job(2)).unwrap()).unwrap();
         assert_eq!(folded.get_heads(), d.get_heads());
+    }
+
+    /// A register to load goes ahead of a fold waiting for the store to be quiet, which
+    /// under steady work waits [`MAX_DEFER`]: the register goes up only once loaded.
+    #[test]
+    fn a_register_to_load_goes_ahead_of_a_waiting_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Arc::new(Database::create(dir.path().join("s.redb")).unwrap());
+        let (inbox, mut results) = mpsc::channel(8);
+        let activity = Arc::new(Activity::new());
+        let mut compactor =
+            Compactor::spawn(database, inbox.downgrade(), activity.clone(), "c".into()).unwrap();
+        // A store that never goes quiet.
+        let busy = Arc::new(AtomicBool::new(true));
+        let toucher = {
+            let (busy, activity) = (busy.clone(), activity.clone());
+            std::thread::spawn(move || {
+                while busy.load(Ordering::Relaxed) {
+                    activity.touch();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let id = DocId::new(grassroots_schema::DocKind::Members, "c01".parse().unwrap());
+        assert!(compactor.submit(Job {
+            doc: id.clone(),
+            upto: 1,
+            rows: 1,
+            changes: 1,
+            bytes: 0,
+            urgent: false,
+        }));
+        // The fold is waiting by now.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(compactor.check(Check {
+            doc: id,
+            bytes: Arc::from(Vec::new()),
+            heads: Vec::new(),
+            members: Arc::new(BTreeMap::new()),
+        }));
+        let first = results.blocking_recv().unwrap();
+        assert!(matches!(first, Command::Checked(_)), "{}", first.name());
+        busy.store(false, Ordering::Relaxed);
+        toucher.join().unwrap();
+        let second = results.blocking_recv().unwrap();
+        assert!(matches!(second, Command::Compacted(_)), "{}", second.name());
+        drop(inbox);
+        results.close();
+        compactor.stop();
     }
 }

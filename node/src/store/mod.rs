@@ -7044,10 +7044,22 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (h, r, t, me, v01, _) = two_village_township(dir.path()).await;
             let mut village = PeerEngine::synced(&h, &me, &v01).await;
+            let mut feed = h.subscribe();
             // Large enough to be taken unread.
             let name = |i: u64| i.to_string();
             let register = register_sent_whole(&h, &mut village, 1_500, name, loads).await;
             let want = if loads { 1_500 } else { 0 };
+            // Subscribers hear of it stored, and of it taken out again.
+            let heard = if loads { 1 } else { 2 };
+            for _ in 0..heard {
+                let wait = std::time::Duration::from_secs(10);
+                loop {
+                    let c = tokio::time::timeout(wait, feed.recv()).await;
+                    if c.expect("a change notified").unwrap().doc == register {
+                        break;
+                    }
+                }
+            }
             let waited = std::time::Instant::now();
             loop {
                 let rejected = refused_by(&h).await;
@@ -7157,6 +7169,52 @@ mod tests {
             let snaps = tx.open_table(SNAPSHOTS).unwrap();
             assert!(snaps.get(key.as_str()).unwrap().is_none());
         }
+    }
+
+    /// A register taken out again (it did not load) in the same commit as a write to it
+    /// made here: the write is stored as the register's first commit, and the views and
+    /// the store after a reopen hold it alone.
+    #[tokio::test]
+    async fn a_write_in_the_commit_that_takes_a_register_out_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, r, t, me, v01, _) = two_village_township(dir.path()).await;
+        let mut village = PeerEngine::synced(&h, &me, &v01).await;
+        let name = |i: u64| i.to_string();
+        let register = register_sent_whole(&h, &mut village, 1_500, name, false).await;
+        // Held until automerge's finding (from the compactor, once the store is quiet) and
+        // the write wait together: one batch takes both.
+        let hold = hold_for(&h, 2).await;
+        let write = {
+            let (h, v01) = (h.clone(), v01.clone());
+            tokio::spawn(async move { h.create_member(v01, sample("Written Here")).await })
+        };
+        released(hold).await;
+        let written = write.await.unwrap().unwrap();
+        assert_eq!(refused_by(&h).await, 1, "the village's register refused");
+        let names = |r: &StoreReader| {
+            let page = r.members(&v01, false, None, 10).unwrap();
+            page.items
+                .into_iter()
+                .map(|(_, m)| m.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&r), vec!["Written Here".to_string()]);
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        drop((h, r));
+        t.shutdown().await;
+        let (h, r, t) = open(&dir.path().join("s.redb"), me.clone()).unwrap();
+        assert_eq!(names(&r), vec!["Written Here".to_string()]);
+        assert!(r.member(&written.id).unwrap().is_some());
+        assert_eq!(h.verify_views().await.unwrap(), Vec::<String>::new());
+        drop((h, r));
+        t.shutdown().await;
+        let db = redb::Database::open(dir.path().join("s.redb")).unwrap();
+        let d = load::load_doc(&db, &register).unwrap();
+        assert_eq!(
+            doc::read_members(&d, &v01).len(),
+            1,
+            "the register as stored"
+        );
     }
 
     /// A register taken unread goes on to the next level up once automerge has loaded it,

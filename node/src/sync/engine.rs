@@ -1419,6 +1419,16 @@ impl Engine {
         }
     }
 
+    /// Whether `id` is held with nothing in it: new here, or made empty when the peer's
+    /// summary named it (this side then asked for it).
+    fn empty_here(&self, id: &DocId) -> bool {
+        self.docs.get(id).is_none_or(|e| {
+            e.unread.is_none()
+                && e.waiting.is_empty()
+                && e.doc.as_deref().is_some_and(|d| d.get_heads().is_empty())
+        })
+    }
+
     /// The register `message` carries whole, read from its columns, when it can be taken
     /// unread (see [`Unread`]): a members document held empty here, sent as one document
     /// chunk by a peer with which nothing of it is shared, nothing asked of this side, heads
@@ -1459,7 +1469,12 @@ impl Engine {
         {
             return None;
         }
-        let register = super::register::read(body, &id.owner, MAX_INFLATED)?;
+        // Our reader, on a peer's bytes: isolated as automerge is (a panic leaves the
+        // register to automerge's load).
+        let register = catch_unwind(AssertUnwindSafe(|| {
+            super::register::read(body, &id.owner, MAX_INFLATED)
+        }))
+        .ok()??;
         let mut named = message.heads.clone();
         named.sort();
         (!named.is_empty() && named == register.heads).then_some(register)
@@ -2999,13 +3014,6 @@ impl Engine {
         // profile that registers it (often in flight on the same link): not an offence, so
         // it is answered but not counted as a rejection.
         let new_here = !self.docs.contains_key(&id);
-        // Held with nothing in it: new here, or made empty when the peer's summary named it
-        // (this side then asked for it).
-        let empty_here = self.docs.get(&id).is_none_or(|e| {
-            e.unread.is_none()
-                && e.waiting.is_empty()
-                && e.doc.as_deref().is_some_and(|d| d.get_heads().is_empty())
-        });
         if new_here && !self.take_new(peer, &meta, step) {
             step.send.push((
                 peer.clone(),
@@ -3019,8 +3027,9 @@ impl Engine {
         }
         // A village's register made offline, sent whole: taken from its columns, automerge's
         // load of it left for later (see [`Unread`]).
-        if empty_here
-            && !relayed
+        if !relayed
+            && message.changes.len() == 1
+            && self.empty_here(&id)
             && let Some(register) = self.unread_register(peer, &id, &meta, &message)
         {
             carried.actors_fit(&Automerge::new(), &id)?;
