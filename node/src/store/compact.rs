@@ -1,5 +1,6 @@
 //! Compaction off the store thread, and automerge's loading of registers taken unread
-//! ([`Check`]), which the same thread does ahead of any fold still waiting.
+//! ([`Check`]), which the same thread does ahead of a fold still waiting for quiet (not of
+//! one that may wait no longer).
 //!
 //! Folding a document's change rows into a snapshot means loading and saving the whole
 //! document: tens of milliseconds for a large register. Done on the store thread, every write
@@ -178,6 +179,8 @@ impl Compactor {
             .name(name)
             .spawn(move || {
                 let mut pending = VecDeque::new();
+                // When the fold under way (the store submits one at a time) began to wait.
+                let mut fold_since: Option<Instant> = None;
                 loop {
                     if pending.is_empty() {
                         match rx.recv() {
@@ -186,20 +189,29 @@ impl Compactor {
                         }
                     }
                     pending.extend(rx.try_iter());
-                    // Registers to load first: one goes up to the next level only once
-                    // loaded, while a fold only makes the rows fewer.
-                    let next = pending.iter().position(Work::is_check).unwrap_or(0);
+                    // Registers to load go first (one goes up to the next level only once
+                    // loaded, while a fold only makes the rows fewer), except before a fold
+                    // that may not wait: urgent, or waiting its longest already.
+                    let waited_out = fold_since.is_some_and(|t| t.elapsed() >= MAX_DEFER);
+                    let next = pending
+                        .iter()
+                        .position(|w| matches!(w, Work::Fold(j) if j.urgent || waited_out))
+                        .or_else(|| pending.iter().position(Work::is_check))
+                        .unwrap_or(0);
                     let Some(work) = pending.remove(next) else {
                         continue;
                     };
                     let at_most = match &work {
                         Work::Fold(job) if job.urgent => Duration::ZERO,
-                        Work::Fold(_) => MAX_DEFER,
+                        Work::Fold(_) => {
+                            let since = *fold_since.get_or_insert_with(Instant::now);
+                            MAX_DEFER.saturating_sub(since.elapsed())
+                        }
                         Work::Check(_) => CHECK_DEFER,
                     };
                     let is_fold = !work.is_check();
-                    // A fold waiting for quiet gives way to a register that comes meanwhile
-                    // (its wait starts again after it).
+                    // A fold waiting for quiet gives way to a register that comes meanwhile,
+                    // and then waits what is left of its time.
                     let wait = activity.wait_for_quiet(at_most, || {
                         pending.extend(rx.try_iter());
                         is_fold && pending.iter().any(Work::is_check)
@@ -211,6 +223,9 @@ impl Compactor {
                             continue;
                         }
                         Wait::Done => {}
+                    }
+                    if is_fold {
+                        fold_since = None;
                     }
                     let done = match work {
                         Work::Fold(job) => {
@@ -260,7 +275,7 @@ impl Compactor {
             .is_some_and(|j| j.send(Work::Check(check)).is_ok())
     }
 
-    /// Stop taking jobs, drop one still waiting for quiet, and wait for the thread. The
+    /// Stop taking jobs, drop those still waiting, and wait for the thread. The
     /// store's inbox must be closed first, so a result being sent fails instead of waiting for
     /// a reader that is gone.
     pub fn stop(&mut self) {
@@ -363,52 +378,113 @@ mod tests {
         assert_eq!(folded.get_heads(), d.get_heads());
     }
 
-    /// A register to load goes ahead of a fold waiting for the store to be quiet, which
-    /// under steady work waits [`MAX_DEFER`]: the register goes up only once loaded.
-    #[test]
-    fn a_register_to_load_goes_ahead_of_a_waiting_fold() {
+    /// A compactor whose store never goes quiet, and where its results come back.
+    fn never_quiet() -> (
+        Compactor,
+        mpsc::Sender<Command>,
+        mpsc::Receiver<Command>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let database = Arc::new(Database::create(dir.path().join("s.redb")).unwrap());
-        let (inbox, mut results) = mpsc::channel(8);
+        let (inbox, results) = mpsc::channel(64);
         let activity = Arc::new(Activity::new());
-        let mut compactor =
-            Compactor::spawn(database, inbox.downgrade(), activity.clone(), "c".into()).unwrap();
-        // A store that never goes quiet.
-        let busy = Arc::new(AtomicBool::new(true));
-        let toucher = {
-            let (busy, activity) = (busy.clone(), activity.clone());
-            std::thread::spawn(move || {
-                while busy.load(Ordering::Relaxed) {
-                    activity.touch();
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        let id = DocId::new(grassroots_schema::DocKind::Members, "c01".parse().unwrap());
-        assert!(compactor.submit(Job {
-            doc: id.clone(),
+        // Work "now" for ever: `quiet_for` saturates to zero.
+        activity.last_ms.store(u64::MAX, Ordering::Relaxed);
+        let compactor =
+            Compactor::spawn(database, inbox.downgrade(), activity, "c".into()).unwrap();
+        (compactor, inbox, results, dir)
+    }
+
+    fn fold_job(urgent: bool) -> Job {
+        Job {
+            doc: DocId::new(grassroots_schema::DocKind::Members, "c01".parse().unwrap()),
             upto: 1,
             rows: 1,
             changes: 1,
             bytes: 0,
-            urgent: false,
-        }));
-        // The fold is waiting by now.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(compactor.check(Check {
-            doc: id,
+            urgent,
+        }
+    }
+
+    fn check_job() -> Check {
+        Check {
+            doc: DocId::new(grassroots_schema::DocKind::Members, "c01".parse().unwrap()),
             bytes: Arc::from(Vec::new()),
             heads: Vec::new(),
             members: Arc::new(BTreeMap::new()),
-        }));
-        let first = results.blocking_recv().unwrap();
-        assert!(matches!(first, Command::Checked(_)), "{}", first.name());
-        busy.store(false, Ordering::Relaxed);
-        toucher.join().unwrap();
-        let second = results.blocking_recv().unwrap();
-        assert!(matches!(second, Command::Compacted(_)), "{}", second.name());
+        }
+    }
+
+    fn stopped(
+        mut compactor: Compactor,
+        inbox: mpsc::Sender<Command>,
+        mut results: mpsc::Receiver<Command>,
+    ) {
         drop(inbox);
         results.close();
         compactor.stop();
+    }
+
+    /// A register to load goes ahead of a fold waiting for the store to be quiet (under
+    /// steady work, [`MAX_DEFER`]): the register goes up only once loaded.
+    #[test]
+    fn a_register_to_load_goes_ahead_of_a_waiting_fold() {
+        let (compactor, inbox, mut results, _dir) = never_quiet();
+        assert!(compactor.submit(fold_job(false)));
+        // The fold is waiting by now.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(compactor.check(check_job()));
+        let first = results.blocking_recv().unwrap();
+        assert!(matches!(first, Command::Checked(_)), "{}", first.name());
+        let second = results.blocking_recv().unwrap();
+        assert!(matches!(second, Command::Compacted(_)), "{}", second.name());
+        stopped(compactor, inbox, results);
+    }
+
+    /// However many registers come, a fold waits no more than [`MAX_DEFER`] in all (the
+    /// store submits no other fold meanwhile, so rows would pile up), and an urgent one
+    /// goes ahead of registers that come after it.
+    #[test]
+    fn registers_to_load_do_not_hold_a_fold_back() {
+        let (compactor, inbox, mut results, _dir) = never_quiet();
+        assert!(compactor.submit(fold_job(false)));
+        let started = std::time::Instant::now();
+        let (mut sent, mut loaded) = (0, 0);
+        let folded = loop {
+            // A register every 300 ms, each loaded after its 200 ms wait.
+            if sent < 20 {
+                assert!(compactor.check(check_job()));
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let mut folded = false;
+            while let Ok(done) = results.try_recv() {
+                folded |= matches!(done, Command::Compacted(_));
+                loaded += usize::from(matches!(done, Command::Checked(_)));
+            }
+            if folded {
+                break started.elapsed();
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "never folded");
+        };
+        assert!(
+            sent < 20,
+            "folded only once the registers stopped ({folded:?})"
+        );
+        while loaded < sent {
+            let done = results.blocking_recv().unwrap();
+            loaded += usize::from(matches!(done, Command::Checked(_)));
+        }
+        // An urgent fold behind a register already waiting, ahead of one that came after.
+        assert!(compactor.check(check_job()));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(compactor.submit(fold_job(true)));
+        assert!(compactor.check(check_job()));
+        let order: Vec<&str> = (0..3)
+            .map(|_| results.blocking_recv().unwrap().name())
+            .collect();
+        assert_eq!(order, ["Checked", "Compacted", "Checked"]);
+        stopped(compactor, inbox, results);
     }
 }

@@ -1928,6 +1928,11 @@ impl Actor {
             self.take_unread_outcomes(&mut batch);
             let result = self.commit(&batch);
             timing.committed = started.elapsed();
+            // Quiet is counted from the end of the work, the commit included: a long
+            // commit is no time for the compactor to start.
+            if timing.local + timing.peer_frames + timing.started > 0 {
+                self.activity.touch();
+            }
             if !batch.compacted.is_empty() {
                 self.compacting = None;
             }
