@@ -563,6 +563,22 @@ async fn read_capped(
 }
 
 /// Keep the connection error (and so the peer's close code) when a read fails.
+/// Most characters of a peer's text (an error quoting its frame, a refusal's detail) kept
+/// in logs, errors and status.
+const MAX_DETAIL: usize = 256;
+
+/// A handshake frame as named in an error: its type, or why it did not read.
+fn frame_named(frame: &Option<Result<Msg, WireError>>) -> String {
+    match frame {
+        None => "the end of the stream".to_owned(),
+        Some(Ok(m)) => format!("a {} frame", m.kind()),
+        Some(Err(e)) => format!(
+            "an unreadable frame ({})",
+            wire::printable(&e.to_string(), MAX_DETAIL)
+        ),
+    }
+}
+
 fn read_error(e: quinn::ReadExactError) -> NetError {
     match e {
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
@@ -799,15 +815,16 @@ async fn dial(
                 )));
             }
             Some(Ok(Msg::Reject { reason, detail, .. })) => {
+                let detail = wire::printable(&detail, MAX_DETAIL);
                 return Err(NetError::Refused { reason, detail });
             }
-            Some(Ok(other)) => {
+            None => return Err(NetError::Handshake("parent closed the stream".into())),
+            other => {
                 return Err(NetError::Handshake(format!(
-                    "expected hello, got {other:?}"
+                    "expected hello, got {}",
+                    frame_named(&other)
                 )));
             }
-            Some(Err(e)) => return Err(NetError::Handshake(e.to_string())),
-            None => return Err(NetError::Handshake("parent closed the stream".into())),
         };
         match hello {
             Ok((version, h)) => Ok(Link {
@@ -1105,7 +1122,8 @@ async fn accept_child(
             other => {
                 refuse(&conn, &mut done, close::HANDSHAKE, b"expected hello").await?;
                 return Err(NetError::Handshake(format!(
-                    "expected a hello naming {peer}, got {other:?}"
+                    "expected a hello naming {peer}, got {}",
+                    frame_named(&other)
                 )));
             }
         };
@@ -1126,7 +1144,8 @@ async fn accept_child(
                         other => {
                             conn.close(close::HANDSHAKE, b"expected a probe");
                             return Err(NetError::Handshake(format!(
-                                "expected a probe after an early hello, got {other:?}"
+                                "expected a probe after an early hello, got {}",
+                                frame_named(&other)
                             )));
                         }
                     }
@@ -1266,13 +1285,15 @@ async fn run_link_noting(
                         counters.misbehaved.store(true, Ordering::Relaxed);
                         return format!("{malformed} malformed frames; link closed");
                     }
+                    // The error may quote the frame: cut, as a peer's bytes in any text.
+                    let detail = wire::printable(&e.to_string(), MAX_DETAIL);
                     if malformed <= 32 {
-                        tracing::warn!(%peer, "malformed frame: {e}");
+                        tracing::warn!(%peer, "malformed frame: {detail}");
                     }
                     let reject = Msg::Reject {
                         reason: RejectReason::Malformed,
                         doc: None,
-                        detail: e.to_string(),
+                        detail,
                     };
                     counters
                         .queued_out

@@ -911,10 +911,31 @@ async fn a_replaced_or_misbehaving_child_connection_is_closed() -> anyhow::Resul
     let endpoint = net::endpoint(&identity, "127.0.0.1:0".parse()?, &fast_links(), None)?;
     let mut third =
         net::connect_parent(&endpoint, &identity, &t01, t_addr, Duration::from_secs(5)).await?;
-    for _ in 0..1024 {
+    // The first names a document of 65,535 control characters: its refusal quotes no more
+    // than 256 characters of it (a refusal does not cost the township five times the
+    // bytes it answers, nor its log).
+    let mut long = vec![3, 0xff, 0xff];
+    long.resize(3 + 0xffff, 1);
+    third
+        .send
+        .write_all(&u32::try_from(long.len())?.to_be_bytes())
+        .await?;
+    third.send.write_all(&long).await?;
+    let detail = loop {
+        let frame = tokio::time::timeout(WAIT, read_frame(&mut third.recv))
+            .await
+            .context("no refusal of the long document id")??
+            .context("the stream ended")??;
+        if let Msg::Reject { reason, detail, .. } = frame {
+            assert_eq!(reason, RejectReason::Malformed);
+            break detail;
+        }
+    };
+    assert!(detail.chars().count() <= 256, "{} characters", detail.len());
+    for _ in 0..1023 {
         third.send.write_all(&[0, 0, 0, 1, 3]).await?;
     }
-    refusals(&mut third.recv, 1024).await?;
+    refusals(&mut third.recv, 1023).await?;
     third.send.write_all(&[0, 0, 0, 1, 3]).await?;
     closed_by_peer(
         &third.conn,

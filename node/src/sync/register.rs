@@ -61,6 +61,11 @@ const KNOWN: [u64; 14] = [
 /// or a field): longer ones are left to automerge, not compared op after op.
 const MAX_NAME_BYTES: usize = 256;
 
+/// Most ops read: a register of 1,000 households and 5,000 changes has about 12,000. Past
+/// this the chunk goes to automerge, under the frame's caps, rather than into this
+/// reader's tables (a run-length column declares a million ops in a few bytes).
+const MAX_OPS: usize = 1 << 20;
+
 /// Actions (automerge's storage format).
 const MAKE_MAP: u64 = 0;
 const SET: u64 = 1;
@@ -236,8 +241,13 @@ fn winners<'a>(mut ops: Ops<'a>, actors: &[&[u8]]) -> Option<Maps<'a>> {
     let later = |a: OpId, b: OpId| a.0.cmp(&b.0).then(rank[a.1].cmp(&rank[b.1])).is_gt();
     // Objects made, each once: records sharing one object would each read all its keys.
     let mut made: HashSet<OpId> = HashSet::new();
+    let mut read = 0usize;
     while let Some(action) = ops.action.next().ok()? {
         let action = action?;
+        read += 1;
+        if read > MAX_OPS {
+            return None;
+        }
         let obj = match (
             ops.obj_actor.next_or_null().ok()?,
             ops.obj_ctr.next_or_null().ok()?,
@@ -650,20 +660,40 @@ mod tests {
         assert_eq!(read(&body(&saved)[..100], &owner, 64 << 20), None);
     }
 
+    /// `v` as unsigned LEB128, onto `out`.
+    fn leb(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// `v` as signed LEB128, onto `out`.
+    fn sleb(mut v: i64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if (v == 0 && b & 0x40 == 0) || (v == -1 && b & 0x40 != 0) {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
     /// A document chunk `saved` (uncompressed columns) with op column `spec`'s data replaced
     /// by `data`, its lengths and checksum made again.
     fn with_op_column(saved: &[u8], spec: u64, data: &[u8]) -> Vec<u8> {
-        fn leb(mut v: u64, out: &mut Vec<u8>) {
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    out.push(b);
-                    return;
-                }
-                out.push(b | 0x80);
-            }
-        }
+        with_op_columns(saved, &[(spec, data)])
+    }
+
+    /// [`with_op_column`] for each of `replaced`.
+    fn with_op_columns(saved: &[u8], replaced: &[(u64, &[u8])]) -> Vec<u8> {
         let body = body(saved);
         let mut pos = 0;
         for _ in 0..leb128(body, &mut pos).unwrap() {
@@ -687,7 +717,10 @@ mod tests {
         for &(sp, len) in &op_cols {
             let col = &body[pos..pos + len as usize];
             pos += len as usize;
-            let col = if sp == spec { data } else { col };
+            let col = replaced
+                .iter()
+                .find(|(spec, _)| *spec == sp)
+                .map_or(col, |(_, data)| *data);
             leb(sp, &mut out);
             leb(col.len() as u64, &mut out);
             op_data.extend_from_slice(col);
@@ -766,22 +799,53 @@ mod tests {
         assert!(read(body(&saved), &owner, 64 << 20).is_some());
         // Every op's counter 1: a first delta of 1, then a run of zeros.
         let mut ids = vec![0x01, 0x01];
-        let mut n = 1u64 << 20;
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 && b & 0x40 == 0 {
-                ids.push(b);
-                break;
-            }
-            ids.push(b | 0x80);
-        }
+        sleb(1 << 20, &mut ids);
         ids.push(0x00);
         let same_ids = with_op_column(&saved, ID_CTR, &ids);
         assert!(
             read(body(&same_ids), &owner, 64 << 20).is_none(),
             "one id, two objects"
         );
+    }
+
+    /// A chunk of more ops than [`MAX_OPS`] is left to automerge, not read into this
+    /// reader's tables: here runs of objects made at the root without a key, a few bytes
+    /// for any number (read, a thousand of them make an empty register).
+    #[test]
+    fn a_chunk_of_too_many_ops_is_left_to_automerge() {
+        let owner = u("c01/k01/t01/v01");
+        let mut d = replicas().remove(0);
+        let m = member(1);
+        let w = MemberWrite::Create(RecordId::from_u64(1), &m, None);
+        doc::apply_member_writes(&mut d, &[w]).unwrap();
+        let saved = d.save_nocompress();
+        let made = |n: usize| {
+            let (mut action, mut actor, mut ctr) = (Vec::new(), Vec::new(), Vec::new());
+            for (col, value) in [(&mut action, MAKE_MAP), (&mut actor, 0)] {
+                sleb(n as i64, col);
+                leb(value, col);
+            }
+            sleb(n as i64, &mut ctr);
+            sleb(1, &mut ctr);
+            let empty: &[u8] = &[];
+            let mut cols: Vec<(u64, &[u8])> = [
+                OBJ_ACTOR, OBJ_CTR, KEY_ACTOR, KEY_CTR, KEY_STR, INSERT, VALUE_META, VALUE_RAW,
+                SUCC_NUM, SUCC_ACTOR, SUCC_CTR,
+            ]
+            .into_iter()
+            .map(|c| (c, empty))
+            .collect();
+            cols.extend([
+                (ACTION, &action[..]),
+                (ID_ACTOR, &actor[..]),
+                (ID_CTR, &ctr[..]),
+            ]);
+            read(body(&with_op_columns(&saved, &cols)), &owner, 64 << 20)
+        };
+        let few = made(1_000).expect("read");
+        assert!(few.members.is_empty());
+        assert_eq!(made(MAX_OPS), Some(few));
+        assert_eq!(made(MAX_OPS + 1), None);
     }
 
     /// What the reader does not model is left to automerge: a counter.

@@ -74,6 +74,22 @@ pub enum Msg {
     Unknown(u8),
 }
 
+impl Msg {
+    /// The message's type, for logs and errors (a peer's frame is never printed whole).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello(_) => "hello",
+            Msg::Root(_) => "root",
+            Msg::Summary(_) => "summary",
+            Msg::Sync { .. } => "sync",
+            Msg::SyncBatch(_) => "sync batch",
+            Msg::Reject { .. } => "reject",
+            Msg::Probe => "probe",
+            Msg::Unknown(_) => "unknown",
+        }
+    }
+}
+
 /// A 128-bit digest (truncated SHA-256).
 pub type Digest = [u8; 16];
 
