@@ -75,6 +75,16 @@ pub fn build_schema_with(backend: Backend, introspection: bool) -> GatewaySchema
     build_schema_limited(backend, introspection, MAX_COMPLEXITY)
 }
 
+/// A list field's complexity: `page` items of `child` each, and `extra`. Saturating, and
+/// never past one more than [`MAX_COMPLEXITY`]: page sizes multiply level after level
+/// (100^10 passes 2^64), and async-graphql adds the fields of a selection unchecked (a
+/// wrapped sum would pass the limit; in a debug build it panics).
+pub(crate) fn list_cost(page: usize, child: usize, extra: usize) -> usize {
+    page.saturating_mul(child)
+        .saturating_add(extra)
+        .min(MAX_COMPLEXITY + 1)
+}
+
 /// Most complexity of an operation (a list field counts its page size times its selection).
 pub const MAX_COMPLEXITY: usize = 10_000;
 
@@ -1214,7 +1224,9 @@ pub struct DirectiveReceipts {
 impl DirectiveReceipts {
     /// The units it addresses that have not reported back, in tree order, at most `first`
     /// (default 100): whom to ask. `addressed - received` is how many there are in all.
-    #[graphql(complexity = "first.unwrap_or(100).clamp(0, 1000) as usize * child_complexity")]
+    #[graphql(
+        complexity = "list_cost(first.unwrap_or(100).clamp(0, 1000) as usize, child_complexity, 0)"
+    )]
     async fn missing(&self, ctx: &Context<'_>, first: Option<i32>) -> Result<Vec<Unit>> {
         let first = usize::try_from(first.unwrap_or(100).clamp(0, 1000)).unwrap_or(0);
         self.missing
@@ -1583,7 +1595,7 @@ impl Target {
     /// Units that miss the target, in id order (so grouped by county and township; each
     /// has its `parent`). At most 100 a page.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + 1"
+        complexity = "list_cost(first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity, 1)"
     )]
     async fn missing(
         &self,
@@ -1996,7 +2008,7 @@ impl UnitCore {
     /// work across branches" is a weakness the seed says the numbers must expose. Same
     /// visibility as `indicators`.
     #[graphql(
-        complexity = "SUBTREE_SCAN + 2 * ends.unwrap_or(5).clamp(0, 100) as usize * child_complexity"
+        complexity = "list_cost(2 * ends.unwrap_or(5).clamp(0, 100) as usize, child_complexity, SUBTREE_SCAN)"
     )]
     async fn balance(
         &self,
@@ -2095,7 +2107,7 @@ impl UnitCore {
     /// unit or above it. The highest issuer's first, each issuer's in id order: `first` of
     /// them (at most and by default 100) after the programme `after` names.
     #[graphql(
-        complexity = "SUBTREE_SCAN + first.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity"
+        complexity = "list_cost(first.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity, SUBTREE_SCAN)"
     )]
     async fn fund_programmes_above(
         &self,
@@ -2110,7 +2122,7 @@ impl UnitCore {
     /// addresses have reported back, a page of directives at a time: for the unit's own
     /// callers and those above it.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * (child_complexity + 5) + 1"
+        complexity = "list_cost(first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity.saturating_add(5), 1)"
     )]
     async fn directive_receipts(
         &self,
@@ -2164,7 +2176,7 @@ impl UnitCore {
     /// programmes at a time (each reads its disbursements): for the unit's own callers and
     /// those above it.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * (child_complexity + SUBTREE_SCAN) + 1"
+        complexity = "list_cost(first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity.saturating_add(SUBTREE_SCAN), 1)"
     )]
     async fn fund_tracking(
         &self,
@@ -2192,7 +2204,7 @@ impl UnitCore {
     /// each issuer's in id order: for callers of this unit or above it. `first` of them (at
     /// most and by default 100) after the directive `after` names.
     #[graphql(
-        complexity = "SUBTREE_SCAN + first.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity"
+        complexity = "list_cost(first.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity, SUBTREE_SCAN)"
     )]
     async fn directives_received(
         &self,
@@ -2206,7 +2218,7 @@ impl UnitCore {
     /// Party members of this unit (or of its whole subtree with `subtree: true`), in
     /// (unit, record) order. Needs a token whose unit is this unit or above it.
     #[graphql(
-        complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree || order_by.is_some() { SUBTREE_SCAN } else { 1 }"
+        complexity = "list_cost(first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity, if subtree || order_by.is_some() { SUBTREE_SCAN } else { 1 })"
     )]
     // One argument per filter, as GraphQL takes them.
     #[allow(clippy::too_many_arguments)]
@@ -2334,7 +2346,7 @@ macro_rules! unit_listings {
             $(
                 $(#[$m])*
                 #[graphql(
-                    complexity = "first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize * child_complexity + if subtree || order_by.is_some() { SUBTREE_SCAN } else { 1 }"
+                    complexity = "list_cost(first.unwrap_or(DEFAULT_PAGE).clamp(0, MAX_PAGE) as usize, child_complexity, if subtree || order_by.is_some() { SUBTREE_SCAN } else { 1 })"
                 )]
                 #[allow(clippy::too_many_arguments)]
                 async fn $name(
@@ -2651,7 +2663,7 @@ impl Query {
     /// can hold fewer than `first` entries (even none) while `hasMore` is true: go on from
     /// its `cursor`, which is sealed and opens only at this node.
     #[graphql(
-        complexity = "SUBTREE_SCAN + first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize * child_complexity"
+        complexity = "list_cost(first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize, child_complexity, SUBTREE_SCAN)"
     )]
     async fn record_feed(
         &self,

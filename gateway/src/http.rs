@@ -57,6 +57,13 @@ const ANONYMOUS_WAITING: usize = 32;
 
 /// WebSocket connections open at once; past it an upgrade is answered `BUSY` (HTTP 503).
 pub const MAX_WEBSOCKETS: usize = 256;
+/// How long an upgraded WebSocket has to send its `connection_init`: one that sends
+/// nothing would otherwise hold one of the [`MAX_WEBSOCKETS`] places for ever.
+pub const WEBSOCKET_INIT_WITHIN: Duration = Duration::from_secs(10);
+/// Operations (queries, mutations and subscriptions) one WebSocket connection has under
+/// way at once; past it one more is answered `BUSY`. async-graphql takes every operation a
+/// client sends as it comes, each holding its query (up to 256 KiB) until it ends.
+pub const MAX_OPERATIONS_PER_SOCKET: usize = 64;
 /// Subscriptions one WebSocket connection runs at once; past it one more is answered
 /// `BUSY`. Each wakes at every commit, so a connection holding thousands would make the
 /// node's commits wake thousands of streams.
@@ -100,9 +107,37 @@ struct ParsedQueries {
     docs: Mutex<HashMap<String, ExecutableDocument>>,
 }
 
-/// Queries kept parsed at most, and the longest query text kept.
+/// Queries kept parsed at most, and the longest query text kept, and the most selections
+/// it holds as written: 4 KB of `{ a a a ... }` parse to some hundreds of KB.
 const PARSED_QUERIES: usize = 256;
 const PARSED_QUERY_BYTES: usize = 4096;
+const PARSED_QUERY_SELECTIONS: usize = 512;
+
+/// The selections `doc` holds as written (its fragments not spread).
+fn selections(doc: &ExecutableDocument) -> usize {
+    // Nested no deeper than the brackets' bound (`shallow_enough`).
+    fn of(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|item| {
+                1 + match &item.node {
+                    Selection::Field(f) => of(&f.node.selection_set.node),
+                    Selection::InlineFragment(i) => of(&i.node.selection_set.node),
+                    Selection::FragmentSpread(_) => 0,
+                }
+            })
+            .sum()
+    }
+    let ops = doc
+        .operations
+        .iter()
+        .map(|(_, op)| of(&op.node.selection_set.node));
+    let fragments = doc
+        .fragments
+        .values()
+        .map(|f| of(&f.node.selection_set.node));
+    ops.chain(fragments).sum()
+}
 
 impl ParsedQueries {
     /// Give `request` its parsed document, from the cache or parsed now (and kept).
@@ -121,7 +156,9 @@ impl ParsedQueries {
             .parsed_query()
             .map_err(|e| error(Code::ParseFailed, e.message))?
             .clone();
+        spread_small_enough(&doc)?;
         if request.query.len() <= PARSED_QUERY_BYTES
+            && selections(&doc) <= PARSED_QUERY_SELECTIONS
             && let Ok(mut docs) = self.docs.lock()
         {
             if docs.len() >= PARSED_QUERIES {
@@ -184,6 +221,109 @@ fn shallow_enough(query: &str) -> Result<(), async_graphql::Error> {
         }
     }
     Ok(())
+}
+
+/// Selections a document may hold with every fragment spread out. async-graphql's checks
+/// before validation (recursion depth, directives) and its depth and complexity rules walk
+/// a fragment again at each of its spreads: fragments spreading the one before three times,
+/// 30 deep, are 1.5 KB of query and 3^29 visits, made synchronously, where no timeout cuts
+/// them. Counted here once per fragment. An operation within the complexity limit counts a
+/// point per field at least, so this refuses none async-graphql would run.
+const MAX_SPREAD_SELECTIONS: u64 = crate::graphql::MAX_COMPLEXITY as u64;
+
+/// How deep selection sets and fragment spreads may nest while [`spread_small_enough`]
+/// counts them (async-graphql refuses past 32 anyway): a chain of ten thousand fragments,
+/// each spreading the next, would otherwise recurse as deep.
+const MAX_SPREAD_DEPTH: usize = 64;
+
+/// Refuse a document whose operations and fragments hold more than
+/// [`MAX_SPREAD_SELECTIONS`] selections with their fragments spread out, nest deeper than
+/// [`MAX_SPREAD_DEPTH`], or spread a fragment within itself.
+fn spread_small_enough(doc: &ExecutableDocument) -> Result<(), async_graphql::Error> {
+    /// Each fragment's size, `None` while it is being counted.
+    type Sizes<'a> = HashMap<&'a str, Option<u64>>;
+    fn size<'a>(
+        doc: &'a ExecutableDocument,
+        set: &'a SelectionSet,
+        sizes: &mut Sizes<'a>,
+        depth: usize,
+    ) -> Result<u64, async_graphql::Error> {
+        if depth > MAX_SPREAD_DEPTH {
+            return Err(error(
+                Code::TooDeep,
+                format!("selections and fragments nest deeper than {MAX_SPREAD_DEPTH} levels"),
+            ));
+        }
+        let mut n = 0u64;
+        for item in &set.items {
+            let more = match &item.node {
+                Selection::Field(f) => 1 + size(doc, &f.node.selection_set.node, sizes, depth + 1)?,
+                Selection::InlineFragment(i) => {
+                    size(doc, &i.node.selection_set.node, sizes, depth + 1)?
+                }
+                Selection::FragmentSpread(s) => {
+                    let name = s.node.fragment_name.node.as_str();
+                    match sizes.get(name) {
+                        Some(Some(k)) => *k,
+                        Some(None) => {
+                            return Err(error(
+                                Code::ValidationFailed,
+                                format!("fragment {name} spreads itself"),
+                            ));
+                        }
+                        // An unknown fragment: validation says so.
+                        None => match doc.fragments.get(&s.node.fragment_name.node) {
+                            None => 0,
+                            Some(f) => {
+                                sizes.insert(name, None);
+                                let k = size(doc, &f.node.selection_set.node, sizes, depth + 1)?;
+                                sizes.insert(name, Some(k));
+                                k
+                            }
+                        },
+                    }
+                }
+            };
+            n = n.saturating_add(more);
+            if n > MAX_SPREAD_SELECTIONS {
+                return Err(too_many_selections());
+            }
+        }
+        Ok(n)
+    }
+    let mut sizes = Sizes::new();
+    // async-graphql's rules spread every operation's fragments, not only the one that runs.
+    let mut total = 0u64;
+    for (_, op) in doc.operations.iter() {
+        total = total.saturating_add(size(doc, &op.node.selection_set.node, &mut sizes, 0)?);
+        if total > MAX_SPREAD_SELECTIONS {
+            return Err(too_many_selections());
+        }
+    }
+    // Fragments no operation spreads (validation refuses them) are walked too: for cycles.
+    for f in doc.fragments.values() {
+        size(doc, &f.node.selection_set.node, &mut sizes, 0)?;
+    }
+    Ok(())
+}
+
+fn too_many_selections() -> async_graphql::Error {
+    error(
+        Code::TooComplex,
+        format!(
+            "the query holds more than {MAX_SPREAD_SELECTIONS} selections with its fragments \
+             spread out"
+        ),
+    )
+}
+
+/// [`spread_small_enough`] for a request that may not be parsed yet (one that does not
+/// parse is left to async-graphql, which says why).
+fn spread_checked(request: &mut async_graphql::Request) -> Result<(), async_graphql::Error> {
+    match request.parsed_query() {
+        Ok(doc) => spread_small_enough(doc),
+        Err(_) => Ok(()),
+    }
 }
 
 /// The router of a node's gateway, with default options.
@@ -453,12 +593,16 @@ async fn graphql_ws(
                 anonymous: app.anonymous.clone(),
                 anonymous_running: app.anonymous_running.clone(),
                 anonymous_waiting: app.anonymous_waiting.clone(),
+                operations: Arc::new(tokio::sync::Semaphore::new(MAX_OPERATIONS_PER_SOCKET)),
                 subscriptions: Arc::new(tokio::sync::Semaphore::new(MAX_SUBSCRIPTIONS_PER_SOCKET)),
                 anonymous_subscriptions: app.anonymous_subscriptions.clone(),
                 reader: app.backend.reader.clone(),
             };
+            let inited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let init_seen = inited.clone();
             let socket = GraphQLWebSocket::new(stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
+                    init_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     let (caller, user) = match from_header {
                         Some(c) => c,
                         None => match payload.get("Authorization").and_then(|v| v.as_str()) {
@@ -476,7 +620,17 @@ async fn graphql_ws(
                 })
                 .serve();
             async move {
-                socket.await;
+                // No `connection_init` in time: the socket is dropped, which closes it.
+                let deadline = async {
+                    tokio::time::sleep(WEBSOCKET_INIT_WITHIN).await;
+                    if inited.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = socket => {}
+                    () = deadline => {}
+                }
                 drop(open);
             }
         })
@@ -492,6 +646,8 @@ struct Timed {
     anonymous: GatewaySchema,
     anonymous_running: Arc<tokio::sync::Semaphore>,
     anonymous_waiting: Arc<tokio::sync::Semaphore>,
+    /// This connection's operations under way ([`MAX_OPERATIONS_PER_SOCKET`]).
+    operations: Arc<tokio::sync::Semaphore>,
     /// This connection's subscriptions running ([`MAX_SUBSCRIPTIONS_PER_SOCKET`]).
     subscriptions: Arc<tokio::sync::Semaphore>,
     /// Every connection's subscriptions without a token ([`MAX_ANONYMOUS_SUBSCRIPTIONS`]).
@@ -500,8 +656,8 @@ struct Timed {
 }
 
 impl async_graphql::Executor for Timed {
-    async fn execute(&self, request: async_graphql::Request) -> async_graphql::Response {
-        if let Err(e) = shallow_enough(&request.query) {
+    async fn execute(&self, mut request: async_graphql::Request) -> async_graphql::Response {
+        if let Err(e) = shallow_enough(&request.query).and_then(|_| spread_checked(&mut request)) {
             return error_response(e);
         }
         match tokio::time::timeout(QUERY_TIMEOUT, self.schema.execute(request)).await {
@@ -515,11 +671,11 @@ impl async_graphql::Executor for Timed {
 
     fn execute_stream(
         &self,
-        request: async_graphql::Request,
+        mut request: async_graphql::Request,
         session_data: Option<Arc<async_graphql::Data>>,
     ) -> futures_util::stream::BoxStream<'static, async_graphql::Response> {
         use futures_util::StreamExt as _;
-        if let Err(e) = shallow_enough(&request.query) {
+        if let Err(e) = shallow_enough(&request.query).and_then(|_| spread_checked(&mut request)) {
             return error_stream(e);
         }
         let token = session_data
@@ -533,6 +689,16 @@ impl async_graphql::Executor for Timed {
             let e = error(Code::Unauthenticated, "the connection's token was revoked");
             return error_stream(e);
         }
+        let Ok(operation) = self.operations.clone().try_acquire_owned() else {
+            let e = error(
+                Code::Busy,
+                format!(
+                    "at most {MAX_OPERATIONS_PER_SOCKET} operations under way on a connection: \
+                     wait for one to end"
+                ),
+            );
+            return error_stream(e);
+        };
         let subscription = is_subscription(&request);
         // Per operation, not per connection: a status read once per connection would show
         // its first snapshot for the connection's life, and a budget would run out.
@@ -593,7 +759,7 @@ impl async_graphql::Executor for Timed {
             };
             return async_graphql::Executor::execute_stream(schema, request, session_data)
                 .map(move |mut resp| {
-                    let _held = &places;
+                    let _held = (&places, &operation);
                     code_unlabelled(&mut resp);
                     resp
                 })
@@ -601,6 +767,7 @@ impl async_graphql::Executor for Timed {
         }
         let mut stream = async_graphql::Executor::execute_stream(schema, request, session_data);
         futures_util::stream::once(async move {
+            let _held = operation;
             let answer = async {
                 let _running = match turn {
                     Some((waiting, running)) => Some((waiting, running.acquire_owned().await.ok())),
@@ -869,5 +1036,25 @@ mod tests {
         let two = "query Q { nodeUnit { name } } mutation M { backupStore { file } }";
         assert!(!runs(two, Some("Q")));
         assert!(runs(two, Some("M")));
+    }
+
+    /// Selections are counted as written (a spread counts one, its fragment once), and a
+    /// query of many is not kept parsed.
+    #[test]
+    fn a_query_of_many_selections_is_not_kept_parsed() {
+        let doc = |q: &str| async_graphql::parser::parse_query(q).unwrap();
+        let q = "{ a { b c ...F } ... on Q { d } } fragment F on T { e f }";
+        assert_eq!(selections(&doc(q)), 8);
+        let cache = ParsedQueries::default();
+        let kept = |q: String| {
+            let mut request = async_graphql::Request::new(q);
+            cache.attach(&mut request).unwrap();
+            cache.docs.lock().unwrap().contains_key(&request.query)
+        };
+        let few = format!("{{ {} }}", "a ".repeat(PARSED_QUERY_SELECTIONS));
+        let many = format!("{{ {} }}", "a ".repeat(PARSED_QUERY_SELECTIONS + 1));
+        assert!(many.len() <= PARSED_QUERY_BYTES);
+        assert!(kept(few));
+        assert!(!kept(many));
     }
 }

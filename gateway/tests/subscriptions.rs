@@ -482,3 +482,84 @@ async fn subscriptions_and_sockets_are_bounded() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+/// A connection that sends no `connection_init` is closed after
+/// [`WEBSOCKET_INIT_WITHIN`](grassroots_gateway::http::WEBSOCKET_INIT_WITHIN) (it would hold
+/// one of the bounded places for ever); one that did stays. And a connection has a bounded
+/// number of operations under way: of many queries sent at once, those past the bound are
+/// answered `BUSY`, and every one is answered.
+#[tokio::test]
+async fn a_silent_socket_is_closed_and_operations_are_bounded() {
+    use grassroots_gateway::http::{MAX_OPERATIONS_PER_SOCKET, WEBSOCKET_INIT_WITHIN};
+    let f = store_for("c01/k01").await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
+        let _ = stopped.await;
+    }));
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut silent, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut ws = connect(&url, Some(&viewer)).await;
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "connection_ack"
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        ends(&mut silent, WEBSOCKET_INIT_WITHIN + Duration::from_secs(5)).await,
+        "a socket without connection_init was left open"
+    );
+    assert!(started.elapsed() + Duration::from_secs(1) >= WEBSOCKET_INIT_WITHIN);
+
+    let n = 4 * MAX_OPERATIONS_PER_SOCKET;
+    for id in 0..n {
+        let query = json!({ "id": id.to_string(), "type": "subscribe",
+                            "payload": { "query": "{ nodeUnit { id name } }" } });
+        ws.feed(Message::Text(query.to_string().into()))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+    let (mut answered, mut busy) = (std::collections::HashSet::new(), 0);
+    while answered.len() < n {
+        let m = next(&mut ws, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{} of {n} answered", answered.len()));
+        if m["type"] == "next" {
+            let errors = &m["payload"]["errors"];
+            if errors.is_array() {
+                assert_eq!(errors[0]["extensions"]["code"], "BUSY", "{m}");
+                busy += 1;
+            } else {
+                assert_eq!(m["payload"]["data"]["nodeUnit"]["id"], "c01/k01", "{m}");
+            }
+            answered.insert(m["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(
+        busy > 0 && busy <= n - MAX_OPERATIONS_PER_SOCKET,
+        "{busy} of {n} busy"
+    );
+    // The connection that did its init is still there.
+    send(
+        &mut ws,
+        json!({ "id": "last", "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { id } }" } }),
+    )
+    .await;
+    let m = loop {
+        let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        if m["id"] == "last" && m["type"] == "next" {
+            break m;
+        }
+    };
+    assert_eq!(m["payload"]["data"]["nodeUnit"]["id"], "c01/k01", "{m}");
+    let _ = stop.send(());
+    let _ = server.await;
+}
