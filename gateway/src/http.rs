@@ -223,25 +223,44 @@ fn shallow_enough(query: &str) -> Result<(), async_graphql::Error> {
     Ok(())
 }
 
-/// Selections a document may hold with every fragment spread out. async-graphql's checks
-/// before validation (recursion depth, directives) and its depth and complexity rules walk
-/// a fragment again at each of its spreads: fragments spreading the one before three times,
-/// 30 deep, are 1.5 KB of query and 3^29 visits, made synchronously, where no timeout cuts
-/// them. Counted here once per fragment. An operation within the complexity limit counts a
-/// point per field at least, so this refuses none async-graphql would run.
-const MAX_SPREAD_SELECTIONS: u64 = crate::graphql::MAX_COMPLEXITY as u64;
+/// What a document may hold with every fragment spread out, counting each selection, its
+/// directives and its arguments' values: async-graphql's checks before validation (the
+/// recursion depth) and its validation visitors walk a fragment again at each of its
+/// spreads, each field's arguments and directives with it: fragments spreading the one
+/// before three times, 30 deep, are 1.5 KB of query and 3^29 visits, made synchronously,
+/// where no timeout cuts them. Counted here once per fragment. A query of fewer fields
+/// than the complexity limit (each costs a point at least, `__typename` and fields under
+/// a list of `first: 0` aside) with few arguments is never refused by it.
+const MAX_SPREAD_NODES: u64 = crate::graphql::MAX_COMPLEXITY as u64;
 
 /// How deep selection sets and fragment spreads may nest while [`spread_small_enough`]
-/// counts them (async-graphql refuses past 32 anyway): a chain of ten thousand fragments,
+/// counts them (async-graphql refuses past 32 anyway): a chain of five thousand fragments,
 /// each spreading the next, would otherwise recurse as deep.
 const MAX_SPREAD_DEPTH: usize = 64;
 
-/// Refuse a document whose operations and fragments hold more than
-/// [`MAX_SPREAD_SELECTIONS`] selections with their fragments spread out, nest deeper than
-/// [`MAX_SPREAD_DEPTH`], or spread a fragment within itself.
+/// Refuse a document whose operations hold more than [`MAX_SPREAD_NODES`] with their
+/// fragments spread out, nest deeper than [`MAX_SPREAD_DEPTH`], spread a fragment within
+/// itself, or spread one it does not define.
 fn spread_small_enough(doc: &ExecutableDocument) -> Result<(), async_graphql::Error> {
+    use async_graphql::parser::Positioned;
+    use async_graphql::parser::types::Directive;
+    use async_graphql_value::{Name, Value};
     /// Each fragment's size, `None` while it is being counted.
     type Sizes<'a> = HashMap<&'a str, Option<u64>>;
+    /// A value's nodes (nested no deeper than the brackets' bound, `shallow_enough`).
+    fn value(v: &Value) -> u64 {
+        1 + match v {
+            Value::List(items) => items.iter().map(value).sum(),
+            Value::Object(fields) => fields.values().map(value).sum(),
+            _ => 0,
+        }
+    }
+    fn arguments(args: &[(Positioned<Name>, Positioned<Value>)]) -> u64 {
+        args.iter().map(|(_, v)| value(&v.node)).sum()
+    }
+    fn directives(ds: &[Positioned<Directive>]) -> u64 {
+        ds.iter().map(|d| 1 + arguments(&d.node.arguments)).sum()
+    }
     fn size<'a>(
         doc: &'a ExecutableDocument,
         set: &'a SelectionSet,
@@ -257,13 +276,18 @@ fn spread_small_enough(doc: &ExecutableDocument) -> Result<(), async_graphql::Er
         let mut n = 0u64;
         for item in &set.items {
             let more = match &item.node {
-                Selection::Field(f) => 1 + size(doc, &f.node.selection_set.node, sizes, depth + 1)?,
+                Selection::Field(f) => {
+                    let own = 1 + arguments(&f.node.arguments) + directives(&f.node.directives);
+                    own.saturating_add(size(doc, &f.node.selection_set.node, sizes, depth + 1)?)
+                }
                 Selection::InlineFragment(i) => {
-                    size(doc, &i.node.selection_set.node, sizes, depth + 1)?
+                    let own = 1 + directives(&i.node.directives);
+                    own.saturating_add(size(doc, &i.node.selection_set.node, sizes, depth + 1)?)
                 }
                 Selection::FragmentSpread(s) => {
+                    let own = 1 + directives(&s.node.directives);
                     let name = s.node.fragment_name.node.as_str();
-                    match sizes.get(name) {
+                    let spread = match sizes.get(name) {
                         Some(Some(k)) => *k,
                         Some(None) => {
                             return Err(error(
@@ -271,21 +295,26 @@ fn spread_small_enough(doc: &ExecutableDocument) -> Result<(), async_graphql::Er
                                 format!("fragment {name} spreads itself"),
                             ));
                         }
-                        // An unknown fragment: validation says so.
-                        None => match doc.fragments.get(&s.node.fragment_name.node) {
-                            None => 0,
-                            Some(f) => {
-                                sizes.insert(name, None);
-                                let k = size(doc, &f.node.selection_set.node, sizes, depth + 1)?;
-                                sizes.insert(name, Some(k));
-                                k
-                            }
-                        },
-                    }
+                        None => {
+                            // async-graphql walks past an unknown fragment: refused here,
+                            // or a bomb built on one would count for nothing.
+                            let Some(f) = doc.fragments.get(&s.node.fragment_name.node) else {
+                                return Err(error(
+                                    Code::ValidationFailed,
+                                    format!("unknown fragment {name}"),
+                                ));
+                            };
+                            sizes.insert(name, None);
+                            let k = size(doc, &f.node.selection_set.node, sizes, depth + 1)?;
+                            sizes.insert(name, Some(k));
+                            k
+                        }
+                    };
+                    own.saturating_add(spread)
                 }
             };
             n = n.saturating_add(more);
-            if n > MAX_SPREAD_SELECTIONS {
+            if n > MAX_SPREAD_NODES {
                 return Err(too_many_selections());
             }
         }
@@ -296,7 +325,7 @@ fn spread_small_enough(doc: &ExecutableDocument) -> Result<(), async_graphql::Er
     let mut total = 0u64;
     for (_, op) in doc.operations.iter() {
         total = total.saturating_add(size(doc, &op.node.selection_set.node, &mut sizes, 0)?);
-        if total > MAX_SPREAD_SELECTIONS {
+        if total > MAX_SPREAD_NODES {
             return Err(too_many_selections());
         }
     }
@@ -311,8 +340,8 @@ fn too_many_selections() -> async_graphql::Error {
     error(
         Code::TooComplex,
         format!(
-            "the query holds more than {MAX_SPREAD_SELECTIONS} selections with its fragments \
-             spread out"
+            "the query holds more than {MAX_SPREAD_NODES} selections, arguments and \
+             directives with its fragments spread out"
         ),
     )
 }
@@ -628,6 +657,7 @@ async fn graphql_ws(
                     }
                 };
                 tokio::select! {
+                    biased;
                     () = socket => {}
                     () = deadline => {}
                 }

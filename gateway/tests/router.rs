@@ -53,7 +53,8 @@ async fn query(f: &Fixture, token: Option<&str>, q: &str) -> Value {
 
 /// What async-graphql works out before anything runs, and would work out for ever or wrap
 /// on: fragments spreading others three at a time (3^29 visits in 1.5 KB, done
-/// synchronously, where no timeout cuts them), fragments spreading each other, a chain of
+/// synchronously, where no timeout cuts them; also built on an unknown fragment, or on
+/// fields of many directives), fragments spreading each other, a chain of
 /// fragments five thousand long, and page sizes multiplied past 2^64 (a panic in a debug
 /// build, a wrapped sum passing the limit in a release one). Each is refused with its code;
 /// a query spreading fragments within the limits runs. (Run on a worker of its own: the
@@ -93,7 +94,22 @@ async fn fragments_spread_out_and_pages_multiplied_are_refused_before_they_run()
         ));
     }
     bomb.push_str("{ nodeUnit { ...F29 } }");
-    let r = ask(None, bomb).await;
+    let r = ask(None, bomb.clone()).await;
+    assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{r}");
+    // The same built on a fragment it does not define (which async-graphql walks past).
+    let r = ask(
+        None,
+        bomb.replace("F0 on Unit { id }", "F0 on Unit { ...Missing }"),
+    )
+    .await;
+    assert_eq!(code(&r), "GRAPHQL_VALIDATION_FAILED", "{r}");
+    // Few fields, each with a thousand directives, spread ten times: walked at each spread.
+    let flags = "@include(if: true) ".repeat(1_000);
+    let many = format!(
+        "fragment D on Unit {{ id {flags} }} fragment T on Unit {{ {} }} {{ nodeUnit {{ ...T }} }}",
+        "...D ".repeat(10)
+    );
+    let r = ask(None, many).await;
     assert_eq!(code(&r), "QUERY_TOO_COMPLEX", "{r}");
     let cycle = "fragment A on Unit { ...B ...B } fragment B on Unit { ...A ...A } \
                  { nodeUnit { ...A } }";

@@ -562,7 +562,6 @@ async fn read_capped(
     Ok(Some((wire::decode(&body), len + 4)))
 }
 
-/// Keep the connection error (and so the peer's close code) when a read fails.
 /// Most characters of a peer's text (an error quoting its frame, a refusal's detail) kept
 /// in logs, errors and status.
 const MAX_DETAIL: usize = 256;
@@ -579,6 +578,7 @@ fn frame_named(frame: &Option<Result<Msg, WireError>>) -> String {
     }
 }
 
+/// Keep the connection error (and so the peer's close code) when a read fails.
 fn read_error(e: quinn::ReadExactError) -> NetError {
     match e {
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {

@@ -63,8 +63,9 @@ const MAX_NAME_BYTES: usize = 256;
 
 /// Most ops read: a register of 1,000 households and 5,000 changes has about 12,000. Past
 /// this the chunk goes to automerge, under the frame's caps, rather than into this
-/// reader's tables (a run-length column declares a million ops in a few bytes).
-const MAX_OPS: usize = 1 << 20;
+/// reader's tables (a run-length column declares millions of ops in a few bytes; at this
+/// cap the table of objects made holds some 10 MB).
+const MAX_OPS: usize = 1 << 18;
 
 /// Actions (automerge's storage format).
 const MAKE_MAP: u64 = 0;
