@@ -17,13 +17,38 @@ use common::{store_for, token_for};
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str, token: Option<&str>) -> Ws {
+/// The node's gateway of `f` served on a loopback port: its WebSocket URL, what stops it,
+/// and its task.
+async fn served(
+    f: &common::Fixture,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
+        let _ = stopped.await;
+    }));
+    (url, stop, server)
+}
+
+/// An upgrade request to `url` asking for `graphql-transport-ws`.
+fn request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
         "graphql-transport-ws".parse().unwrap(),
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    req
+}
+
+async fn connect(url: &str, token: Option<&str>) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(request(url))
+        .await
+        .unwrap();
     let payload = match token {
         Some(t) => json!({ "Authorization": format!("Bearer {t}") }),
         None => json!({}),
@@ -83,12 +108,7 @@ async fn changes_follow_the_callers_scope() {
     let store = f.backend.store.clone();
     let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
     let outsider = token_for(&f, "c01/k02", Role::Admin).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (url, stop, server) = served(&f).await;
 
     // An unknown token ends the connection instead of acknowledging it.
     let mut forged = connect(&url, Some("grt_forged")).await;
@@ -275,12 +295,7 @@ async fn each_query_over_a_socket_reads_the_status_anew() {
         .await
         .unwrap();
     let admin = token_for(&f, "c01/k01", Role::Admin).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (url, stop, server) = served(&f).await;
     let mut ws = connect(&url, Some(&admin)).await;
     let ack = next(&mut ws, Duration::from_secs(5)).await.unwrap();
     assert_eq!(ack["type"], "connection_ack", "{ack}");
@@ -422,12 +437,7 @@ async fn subscriptions_and_sockets_are_bounded() {
     use grassroots_gateway::http::{MAX_SUBSCRIPTIONS_PER_SOCKET, MAX_WEBSOCKETS};
     let f = store_for("c01/k01").await;
     let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (url, stop, server) = served(&f).await;
     let wait = Duration::from_secs(5);
     let mut ws = connect(&url, Some(&viewer)).await;
     assert_eq!(next(&mut ws, wait).await.unwrap()["type"], "connection_ack");
@@ -465,11 +475,7 @@ async fn subscriptions_and_sockets_are_bounded() {
     for _ in 1..MAX_WEBSOCKETS {
         open.push(connect(&url, Some(&viewer)).await);
     }
-    let mut req = url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
+    let req = request(&url);
     let refused = tokio_tungstenite::connect_async(req.clone()).await;
     assert!(refused.is_err(), "one socket past the bound was upgraded");
     drop(ws);
@@ -493,17 +499,8 @@ async fn a_silent_socket_is_closed_and_operations_are_bounded() {
     use grassroots_gateway::http::{MAX_OPERATIONS_PER_SOCKET, WEBSOCKET_INIT_WITHIN};
     let f = store_for("c01/k01").await;
     let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
-        let _ = stopped.await;
-    }));
-    let mut req = url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
+    let (url, stop, server) = served(&f).await;
+    let req = request(&url);
     let (mut silent, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let mut ws = connect(&url, Some(&viewer)).await;
     assert_eq!(
