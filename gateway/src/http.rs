@@ -85,6 +85,11 @@ pub struct GatewayOptions {
     /// body trickled a byte at a time would otherwise hold its connection (one of 512)
     /// for as long as the client likes: 256 KiB at a village's 256 kbit/s take 8 s.
     pub body_timeout: Duration,
+    /// How often a WebSocket is pinged (a WebSocket ping, which browsers and clients answer
+    /// by themselves); one from which nothing, not even a pong, has come for twice this is
+    /// closed: a client that vanished while its subscriptions were idle would otherwise
+    /// hold its place for ever.
+    pub websocket_ping: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -93,6 +98,7 @@ impl Default for GatewayOptions {
             introspection: true,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            websocket_ping: Duration::from_secs(30),
         }
     }
 }
@@ -616,7 +622,8 @@ async fn graphql_ws(
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
-        .on_upgrade(move |stream| {
+        .on_upgrade(move |socket| {
+            let ping_every = app.options.websocket_ping;
             let schema = Timed {
                 schema: app.schema.clone(),
                 anonymous: app.anonymous.clone(),
@@ -629,7 +636,19 @@ async fn graphql_ws(
             };
             let inited = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let init_seen = inited.clone();
-            let socket = GraphQLWebSocket::new(stream, schema, protocol)
+            // Frames in pass by a clock of the last one heard; frames out go through a
+            // channel to a writer that also pings.
+            let (mut sink, stream) = futures_util::StreamExt::split(socket);
+            let heard = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+            let heard_in = heard.clone();
+            let stream = futures_util::StreamExt::inspect(stream, move |_| {
+                if let Ok(mut at) = heard_in.lock() {
+                    *at = std::time::Instant::now();
+                }
+            });
+            let (out, mut outgoing) = tokio::sync::mpsc::channel(16);
+            let out = tokio_util::sync::PollSender::new(out);
+            let socket = GraphQLWebSocket::new_with_pair(out, stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     init_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     let (caller, user) = match from_header {
@@ -648,6 +667,34 @@ async fn graphql_ws(
                     Ok(data)
                 })
                 .serve();
+            let writer = async move {
+                use futures_util::SinkExt as _;
+                let mut ping = tokio::time::interval(ping_every);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.tick().await;
+                loop {
+                    tokio::select! {
+                        message = outgoing.recv() => {
+                            let Some(message) = message else { break };
+                            if sink.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                        _ = ping.tick() => {
+                            let silent = heard.lock().map_or(Duration::ZERO, |at| at.elapsed());
+                            if silent > 2 * ping_every {
+                                tracing::debug!(?silent, "a WebSocket client gone silent: closed");
+                                break;
+                            }
+                            let ping = axum::extract::ws::Message::Ping(Bytes::new());
+                            if sink.send(ping).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = sink.close().await;
+            };
             async move {
                 // No `connection_init` in time: the socket is dropped, which closes it.
                 let deadline = async {
@@ -656,9 +703,14 @@ async fn graphql_ws(
                         std::future::pending::<()>().await;
                     }
                 };
+                tokio::pin!(socket, writer);
                 tokio::select! {
                     biased;
-                    () = socket => {}
+                    () = &mut socket => {
+                        // Its last words (a close) go out before the socket does.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+                    }
+                    () = &mut writer => {}
                     () = deadline => {}
                 }
                 drop(open);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use grassroots_gateway::serve;
+use grassroots_gateway::{GatewayOptions, serve_with};
 use grassroots_node::auth::{new_token, token_hash};
 use grassroots_schema::{Education, Gender, MemberStatus, NewMember, Role, UnitId};
 use serde_json::{Value, json};
@@ -19,17 +19,22 @@ type Ws =
 
 /// The node's gateway of `f` served on a loopback port: its WebSocket URL, what stops it,
 /// and its task.
-async fn served(
-    f: &common::Fixture,
-) -> (
+async fn served(f: &common::Fixture) -> Served {
+    served_with(f, GatewayOptions::default()).await
+}
+
+type Served = (
     String,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<()>>,
-) {
+);
+
+/// [`served`] with `options`.
+async fn served_with(f: &common::Fixture, options: GatewayOptions) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/graphql/ws", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, f.backend.clone(), async {
+    let server = tokio::spawn(serve_with(listener, f.backend.clone(), options, async {
         let _ = stopped.await;
     }));
     (url, stop, server)
@@ -67,8 +72,9 @@ async fn send(ws: &mut Ws, v: Value) {
 
 /// The next JSON message, or None if the socket closes or nothing comes within `wait`.
 async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout(wait, ws.next()).await {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             _ => return None,
@@ -79,8 +85,10 @@ async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
 /// Whether the server ends the connection within `wait` without acknowledging it (a
 /// close, or the stream's end); not if it acknowledges it or stays silent.
 async fn ends(ws: &mut Ws, wait: Duration) -> bool {
+    // One deadline for all: pings may keep coming.
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout(wait, ws.next()).await {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
             Ok(Some(Ok(Message::Text(t)))) if t.contains("connection_ack") => return false,
             Ok(Some(Ok(_))) => continue,
@@ -553,6 +561,58 @@ async fn a_silent_socket_is_closed_and_operations_are_bounded() {
     let m = loop {
         let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
         if m["id"] == "last" && m["type"] == "next" {
+            break m;
+        }
+    };
+    assert_eq!(m["payload"]["data"]["nodeUnit"]["id"], "c01/k01", "{m}");
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+/// A client that has gone silent (it reads nothing, so it answers no ping) is closed after
+/// twice the ping interval, as one whose machine vanished would be; one that reads answers
+/// the pings by itself and stays.
+#[tokio::test]
+async fn a_socket_gone_silent_is_closed_and_one_answering_pings_stays() {
+    let f = store_for("c01/k01").await;
+    let viewer = token_for(&f, "c01/k01", Role::Viewer).await;
+    let options = GatewayOptions {
+        websocket_ping: Duration::from_millis(200),
+        ..GatewayOptions::default()
+    };
+    let (url, stop, server) = served_with(&f, options).await;
+    let wait = Duration::from_secs(5);
+    let mut gone = connect(&url, Some(&viewer)).await;
+    assert_eq!(
+        next(&mut gone, wait).await.unwrap()["type"],
+        "connection_ack"
+    );
+    let mut live = connect(&url, Some(&viewer)).await;
+    subscribe(&mut live).await;
+    // Ten intervals, the live client reading (a read sends the pongs it owes).
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        if let Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) =
+            tokio::time::timeout(Duration::from_millis(50), live.next()).await
+        {
+            panic!("a client answering pings was closed");
+        }
+    }
+    assert!(
+        ends(&mut gone, Duration::from_secs(1)).await,
+        "a silent client was left open"
+    );
+    send(
+        &mut live,
+        json!({ "id": "q", "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { id } }" } }),
+    )
+    .await;
+    let m = loop {
+        let m = next(&mut live, wait)
+            .await
+            .expect("the live socket answers");
+        if m["id"] == "q" && m["type"] == "next" {
             break m;
         }
     };
