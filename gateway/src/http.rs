@@ -86,9 +86,9 @@ pub struct GatewayOptions {
     /// for as long as the client likes: 256 KiB at a village's 256 kbit/s take 8 s.
     pub body_timeout: Duration,
     /// How often a WebSocket is pinged (a WebSocket ping, which browsers and clients answer
-    /// by themselves); one from which nothing, not even a pong, has come for twice this is
-    /// closed: a client that vanished while its subscriptions were idle would otherwise
-    /// hold its place for ever.
+    /// by themselves; 100 ms to an hour); one from which nothing, not even a pong, has come
+    /// for twice this (seen at the next ping), or that takes no frame for as long, is
+    /// closed: a client that vanished would otherwise hold its place for ever.
     pub websocket_ping: Duration,
 }
 
@@ -623,7 +623,11 @@ async fn graphql_ws(
         .max_message_size(MAX_BODY)
         .max_frame_size(MAX_BODY)
         .on_upgrade(move |socket| {
-            let ping_every = app.options.websocket_ping;
+            // Within bounds whatever the options say (`interval` refuses zero).
+            let ping_every = app
+                .options
+                .websocket_ping
+                .clamp(Duration::from_millis(100), Duration::from_secs(3600));
             let schema = Timed {
                 schema: app.schema.clone(),
                 anonymous: app.anonymous.clone(),
@@ -676,7 +680,10 @@ async fn graphql_ws(
                     tokio::select! {
                         message = outgoing.recv() => {
                             let Some(message) = message else { break };
-                            if sink.send(message).await.is_err() {
+                            // A client gone with data still to take blocks the send till
+                            // TCP gives up (some 15 minutes): as long as silence is allowed.
+                            let sent = tokio::time::timeout(2 * ping_every, sink.send(message));
+                            if !matches!(sent.await, Ok(Ok(()))) {
                                 break;
                             }
                         }
@@ -687,13 +694,14 @@ async fn graphql_ws(
                                 break;
                             }
                             let ping = axum::extract::ws::Message::Ping(Bytes::new());
-                            if sink.send(ping).await.is_err() {
+                            let sent = tokio::time::timeout(2 * ping_every, sink.send(ping));
+                            if !matches!(sent.await, Ok(Ok(()))) {
                                 break;
                             }
                         }
                     }
                 }
-                let _ = sink.close().await;
+                let _ = tokio::time::timeout(ping_every, sink.close()).await;
             };
             async move {
                 // No `connection_init` in time: the socket is dropped, which closes it.
