@@ -1,7 +1,10 @@
 //! The HTTP face of a node: `/graphql`, GraphiQL at `/` with embedded assets, `/healthz`.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
@@ -90,6 +93,10 @@ pub struct GatewayOptions {
     /// for twice this (seen at the next ping), or that takes no frame for as long, is
     /// closed: a client that vanished would otherwise hold its place for ever.
     pub websocket_ping: Duration,
+    /// How long a write to a client may wait for it to read: one that stops reading an
+    /// answer (a few MB, or requests sent one after another and never read) would
+    /// otherwise hold its connection, one of 512, until TCP gives up.
+    pub write_stall: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -99,6 +106,7 @@ impl Default for GatewayOptions {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             websocket_ping: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
         }
     }
 }
@@ -1048,7 +1056,7 @@ pub async fn serve_with(
     options: GatewayOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let header_timeout = options.header_timeout;
+    let (header_timeout, write_stall) = (options.header_timeout, options.write_stall);
     let app = router_with(backend, options);
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let (stop, stopping) = tokio::sync::watch::channel(());
@@ -1079,7 +1087,10 @@ pub async fn serve_with(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(WriteDeadline::new(stream, write_stall)),
+                    service,
+                )
                 .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -1098,6 +1109,102 @@ pub async fn serve_with(
     tasks.close();
     let _ = tokio::time::timeout(DRAIN, tasks.wait()).await;
     Ok(())
+}
+
+/// A connection whose writes fail once one has waited [`GatewayOptions::write_stall`] for
+/// the client to read (hyper sets no such limit; the connection then closes).
+struct WriteDeadline {
+    inner: tokio::net::TcpStream,
+    limit: Duration,
+    /// Running while a write waits.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(inner: tokio::net::TcpStream, limit: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `poll` (a write or a flush) with the deadline: ready clears it, pending starts or
+    /// checks it.
+    fn guarded<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: impl FnOnce(
+            Pin<&mut tokio::net::TcpStream>,
+            &mut std::task::Context<'_>,
+        ) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match poll(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteDeadline {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.guarded(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.guarded(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.guarded(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.guarded(cx, |s, cx| s.poll_shutdown(cx))
+    }
 }
 
 #[cfg(test)]

@@ -1794,6 +1794,47 @@ async fn a_client_slow_with_its_headers_is_disconnected() {
     server.stop().await;
 }
 
+/// A client that stops reading its answers (here GraphiQL's script asked for thirty times
+/// in one go, some 30 MB) is disconnected once a write has waited `write_stall`, rather
+/// than holding its connection until TCP gives up.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let f = fixture().await;
+    let options = GatewayOptions {
+        write_stall: std::time::Duration::from_millis(300),
+        ..GatewayOptions::default()
+    };
+    let (addr, server) = Serving::start(&f, options).await;
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let asked = 30;
+    let request = "GET /assets/graphiql.min.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(asked);
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Read what came before the server gave up: the stream then ends.
+    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 16]);
+    let ended = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), stalled.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the connection stayed open ({got} bytes read)");
+    assert!(got < asked * 1_000_000, "every answer came: {got} bytes");
+    // Others are answered meanwhile.
+    let mut quick = tokio::net::TcpStream::connect(addr).await.unwrap();
+    quick
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    quick.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
+}
+
 /// A client whose headers are in but whose body trickles is answered `TIMEOUT` (408) once
 /// the body's time is up, and its connection does not stay held.
 #[tokio::test]
