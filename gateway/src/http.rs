@@ -797,7 +797,7 @@ impl async_graphql::Executor for Timed {
             );
             return error_stream(e);
         };
-        let subscription = is_subscription(&request);
+        let subscription = is_subscription(&mut request);
         // Per operation, not per connection: a status read once per connection would show
         // its first snapshot for the connection's life, and a budget would run out.
         let request = request
@@ -892,12 +892,14 @@ fn timed_out() -> async_graphql::Response {
 
 /// Whether the operation a request runs is a subscription (a request that does not parse
 /// is not; the schema answers it with its error).
-fn is_subscription(request: &async_graphql::Request) -> bool {
+fn is_subscription(request: &mut async_graphql::Request) -> bool {
     use async_graphql::parser::types::{DocumentOperations, OperationType};
-    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+    let name = request.operation_name.clone();
+    // Parsed once: kept in the request (`spread_checked` parsed it already).
+    let Ok(doc) = request.parsed_query() else {
         return false;
     };
-    let op = match (&doc.operations, &request.operation_name) {
+    let op = match (&doc.operations, &name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
         (DocumentOperations::Multiple(_), None) => None,

@@ -97,6 +97,24 @@ async fn ends(ws: &mut Ws, wait: Duration) -> bool {
     }
 }
 
+/// `{ nodeUnit { id } }` asked under `id`, and its answer (other messages passed over).
+async fn node_unit(ws: &mut Ws, id: &str) -> Value {
+    send(
+        ws,
+        json!({ "id": id, "type": "subscribe",
+                "payload": { "query": "{ nodeUnit { id } }" } }),
+    )
+    .await;
+    loop {
+        let m = next(ws, Duration::from_secs(5))
+            .await
+            .expect("the socket answers");
+        if m["id"] == id && m["type"] == "next" {
+            break m;
+        }
+    }
+}
+
 async fn subscribe(ws: &mut Ws) {
     let ack = next(ws, Duration::from_secs(5)).await.unwrap();
     assert_eq!(ack["type"], "connection_ack", "{ack}");
@@ -552,18 +570,7 @@ async fn a_silent_socket_is_closed_and_operations_are_bounded() {
         "{busy} of {n} busy"
     );
     // The connection that did its init is still there.
-    send(
-        &mut ws,
-        json!({ "id": "last", "type": "subscribe",
-                "payload": { "query": "{ nodeUnit { id } }" } }),
-    )
-    .await;
-    let m = loop {
-        let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
-        if m["id"] == "last" && m["type"] == "next" {
-            break m;
-        }
-    };
+    let m = node_unit(&mut ws, "last").await;
     assert_eq!(m["payload"]["data"]["nodeUnit"]["id"], "c01/k01", "{m}");
     let _ = stop.send(());
     let _ = server.await;
@@ -602,20 +609,7 @@ async fn a_socket_gone_silent_is_closed_and_one_answering_pings_stays() {
         ends(&mut gone, Duration::from_secs(2)).await,
         "a silent client was left open"
     );
-    send(
-        &mut live,
-        json!({ "id": "q", "type": "subscribe",
-                "payload": { "query": "{ nodeUnit { id } }" } }),
-    )
-    .await;
-    let m = loop {
-        let m = next(&mut live, wait)
-            .await
-            .expect("the live socket answers");
-        if m["id"] == "q" && m["type"] == "next" {
-            break m;
-        }
-    };
+    let m = node_unit(&mut live, "q").await;
     assert_eq!(m["payload"]["data"]["nodeUnit"]["id"], "c01/k01", "{m}");
     let _ = stop.send(());
     let _ = server.await;

@@ -64,7 +64,7 @@ const MAX_NAME_BYTES: usize = 256;
 /// Most ops read: a register of 1,000 households and 5,000 changes has about 12,000. Past
 /// this the chunk goes to automerge, under the frame's caps, rather than into this
 /// reader's tables (a run-length column declares millions of ops in a few bytes; at this
-/// cap the table of objects made holds some 10 MB).
+/// cap the table of objects made holds some 10 MB, by arithmetic, not measured).
 const MAX_OPS: usize = 1 << 18;
 
 /// Actions (automerge's storage format).
@@ -661,6 +661,17 @@ mod tests {
         assert_eq!(read(&body(&saved)[..100], &owner, 64 << 20), None);
     }
 
+    /// The first replica's register with `n` members, made one write each.
+    fn registered(n: u64) -> Automerge {
+        let mut d = replicas().remove(0);
+        for i in 0..n {
+            let m = member(i as u8);
+            let w = MemberWrite::Create(RecordId::from_u64(i + 1), &m, None);
+            doc::apply_member_writes(&mut d, &[w]).unwrap();
+        }
+        d
+    }
+
     /// `v` as unsigned LEB128, onto `out`.
     fn leb(mut v: u64, out: &mut Vec<u8>) {
         loop {
@@ -744,13 +755,7 @@ mod tests {
     #[test]
     fn a_successor_count_past_the_columns_is_refused_at_once() {
         let owner = u("c01/k01/t01/v01");
-        let mut d = replicas().remove(0);
-        for i in 0..20u64 {
-            let m = member(i as u8);
-            let w = MemberWrite::Create(RecordId::from_u64(i + 1), &m, None);
-            doc::apply_member_writes(&mut d, &[w]).unwrap();
-        }
-        let saved = d.save_nocompress();
+        let saved = registered(20).save_nocompress();
         // Rebuilt unchanged, the chunk reads as before.
         let same = with_op_column(&saved, u64::MAX, &[]);
         let want = read(body(&saved), &owner, 64 << 20);
@@ -790,13 +795,7 @@ mod tests {
             read(body(&d.save()), &owner, 64 << 20).is_none(),
             "a long actor"
         );
-        let mut d = replicas().remove(0);
-        for i in 0..2u64 {
-            let m = member(i as u8);
-            let w = MemberWrite::Create(RecordId::from_u64(i + 1), &m, None);
-            doc::apply_member_writes(&mut d, &[w]).unwrap();
-        }
-        let saved = d.save_nocompress();
+        let saved = registered(2).save_nocompress();
         assert!(read(body(&saved), &owner, 64 << 20).is_some());
         // Every op's counter 1: a first delta of 1, then a run of zeros.
         let mut ids = vec![0x01, 0x01];
@@ -815,11 +814,7 @@ mod tests {
     #[test]
     fn a_chunk_of_too_many_ops_is_left_to_automerge() {
         let owner = u("c01/k01/t01/v01");
-        let mut d = replicas().remove(0);
-        let m = member(1);
-        let w = MemberWrite::Create(RecordId::from_u64(1), &m, None);
-        doc::apply_member_writes(&mut d, &[w]).unwrap();
-        let saved = d.save_nocompress();
+        let saved = registered(1).save_nocompress();
         let made = |n: usize| {
             let (mut action, mut actor, mut ctr) = (Vec::new(), Vec::new(), Vec::new());
             for (col, value) in [(&mut action, MAKE_MAP), (&mut actor, 0)] {
